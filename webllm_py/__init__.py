@@ -1,0 +1,1 @@
+"""webllm_py: LLM inference in the browser (Pyodide + WebGPU) and natively (wgpu-py)."""
