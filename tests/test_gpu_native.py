@@ -1,0 +1,65 @@
+"""The GPU layer's native backend (wgpu-py on Mesa lavapipe) runs templated kernels correctly.
+
+References are numpy on CPython, computed independently of the kernels."""
+import asyncio
+
+import numpy as np
+import pytest
+
+from webllm_py import kernels
+from webllm_py.errors import GPUFeatureError, ShaderError
+
+pytestmark = pytest.mark.gpu
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_matvec_f32_matches_numpy(device):
+    rng = np.random.default_rng(0)
+    rows, cols = 300, 1000
+    W = rng.standard_normal((rows, cols), dtype=np.float32)
+    x = rng.standard_normal(cols, dtype=np.float32)
+    k = device.kernel("matvec_f32", rows=rows, cols=cols, wg=64)
+    y = device.create_buffer(rows * 4)
+    device.run(k, [device.buffer_from(W), device.buffer_from(x), y], rows)
+    got = np.frombuffer(run(device.read_buffer(y)), np.float32)
+    np.testing.assert_allclose(got, W.astype(np.float64) @ x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 8, 16), (37, 50, 70), (64, 64, 64)])
+def test_matmul_f32_matches_numpy(device, M, N, K):
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((M, K), dtype=np.float32)
+    B = rng.standard_normal((N, K), dtype=np.float32)
+    k = device.kernel("matmul_f32", M=M, N=N, K=K, tm=8, tn=8, tk=16)
+    C = device.create_buffer(M * N * 4)
+    device.run(k, [device.buffer_from(A), device.buffer_from(B), C], -(-N // 8), -(-M // 8))
+    got = np.frombuffer(run(device.read_buffer(C)), np.float32).reshape(M, N)
+    np.testing.assert_allclose(got, A.astype(np.float64) @ B.T, rtol=1e-4, atol=1e-4)
+
+
+def test_pipelines_are_cached_by_rendered_source(device):
+    a = device.kernel("matvec_f32", rows=4, cols=4, wg=32)
+    b = device.kernel("matvec_f32", rows=4, cols=4, wg=32)
+    c = device.kernel("matvec_f32", rows=4, cols=8, wg=32)
+    assert a is b and a is not c
+
+
+def test_missing_template_parameter_is_an_error():
+    with pytest.raises(Exception, match="rows"):
+        kernels.render("matvec_f32", cols=4, wg=32)
+
+
+def test_kernel_needing_absent_feature_is_refused(device):
+    if "subgroups" in device.features:
+        pytest.skip("adapter has subgroups")
+    with pytest.raises(GPUFeatureError, match="subgroups"):
+        device.kernel("matvec_f32", rows=4, cols=4, wg=32, subgroups=True)
+
+
+def test_bad_wgsl_raises_shader_error_and_device_stays_usable(device):
+    with pytest.raises(ShaderError):
+        device._create_pipeline("fn main( {", "broken")
+    test_matvec_f32_matches_numpy(device)

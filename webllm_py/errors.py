@@ -1,0 +1,53 @@
+"""Typed errors. Each message tells the user what happened and what to do about it."""
+
+
+class WebLLMError(Exception):
+    """Base class for every error webllm_py raises on purpose."""
+
+
+class GPUUnavailableError(WebLLMError):
+    """No WebGPU adapter could be had (browser without WebGPU, no Vulkan driver natively)."""
+
+
+class GPUFeatureError(WebLLMError):
+    """The adapter lacks a feature a kernel needs (e.g. shader-f16)."""
+
+
+class DeviceLostError(WebLLMError):
+    """The GPU device was lost (destroyed, driver reset, out of memory); reload the engine."""
+
+
+class ShaderError(WebLLMError):
+    """A WGSL kernel failed to compile; this is a bug in webllm_py's templates."""
+
+
+class ModelFormatError(WebLLMError):
+    """A model file is malformed, truncated or of an unsupported kind."""
+
+
+class UnsupportedModelError(WebLLMError):
+    """The model's architecture or quantization type is not supported."""
+
+
+class ContextOverflowError(WebLLMError):
+    """The prompt (plus requested tokens) does not fit in the context window."""
+
+
+class ModelTooLargeError(WebLLMError):
+    """A tensor or the whole model exceeds the adapter's buffer limits or memory."""
+
+
+class TokenizerError(WebLLMError):
+    """The tokenizer data is malformed or a text cannot be encoded."""
+
+
+class ChatTemplateError(WebLLMError):
+    """The chat template failed to render (raise_exception in the template, bad messages)."""
+
+
+class RequestError(WebLLMError):
+    """A generation request has invalid parameters (e.g. top_p <= 0)."""
+
+
+class AbortedError(WebLLMError):
+    """The request was interrupted by the caller."""

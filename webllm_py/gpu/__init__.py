@@ -1,0 +1,23 @@
+"""One GPU interface (base.Device), two backends: `browser` (Pyodide + navigator.gpu) and `native` (wgpu-py)."""
+from __future__ import annotations
+
+import sys
+
+from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder
+
+IN_BROWSER = sys.platform == "emscripten"
+
+
+async def request_device(backend: str | None = None, **options) -> Device:
+    """The default backend is `browser` under Pyodide and `native` elsewhere."""
+    backend = backend or ("browser" if IN_BROWSER else "native")
+    if backend == "browser":
+        from .browser import BrowserDevice
+        return await BrowserDevice.create(**options)
+    if backend == "native":
+        from .native import NativeDevice
+        return NativeDevice(**options)
+    raise ValueError(f"unknown GPU backend {backend!r}: use 'browser' or 'native'")
+
+
+__all__ = ["AdapterInfo", "BindGroup", "Buffer", "Device", "Kernel", "Recorder", "request_device", "IN_BROWSER"]

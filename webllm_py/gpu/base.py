@@ -1,0 +1,178 @@
+"""The GPU interface the model code is written against, in WebGPU's own words.
+
+Two backends implement it: `browser` (navigator.gpu through Pyodide's FFI) and `native` (PyPI wgpu).
+Everything a model needs is here and nothing more:
+
+- buffers: `create_buffer`, `write_buffer` (zero-copy from Python memory), `read_buffer` (async,
+  because mapping is a Promise in the browser);
+- kernels: `kernel(template, **params)` renders a Jinja2 WGSL template with the adapter's features
+  filled in and returns a compute pipeline, cached by its rendered source;
+- `bind(kernel, *buffers)`: a bind group, created once and reused every token;
+- `Recorder`: one command encoder with one compute pass per submit, so a whole token's dispatches
+  cost one submit (Python->JS calls are the browser's bottleneck, ~1 us per recorded dispatch).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .. import kernels
+from ..errors import GPUFeatureError
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    backend: str  # "native" or "browser"
+    vendor: str = ""
+    architecture: str = ""
+    description: str = ""
+    is_fallback: bool = False
+
+
+@dataclass(eq=False)
+class Buffer:
+    handle: Any  # GPUBuffer of the backend
+    size: int
+    label: str = ""
+
+    def destroy(self) -> None:
+        self.handle.destroy()
+
+
+@dataclass(eq=False)
+class Kernel:
+    pipeline: Any  # GPUComputePipeline
+    source: str
+    label: str = ""
+
+
+@dataclass(eq=False)
+class BindGroup:
+    handle: Any
+    kernel: Kernel
+    buffers: tuple = field(default=())  # kept alive as long as the bind group
+
+
+class Recorder(ABC):
+    """Records dispatches into one compute pass; `submit()` ends the pass and submits the encoder."""
+
+    @abstractmethod
+    def dispatch(self, bind_group: BindGroup, x: int, y: int = 1, z: int = 1) -> None: ...
+
+    @abstractmethod
+    def copy_buffer(self, src: Buffer, src_offset: int, dst: Buffer, dst_offset: int, size: int) -> None:
+        """Buffer-to-buffer copy, ordered with the dispatches around it (ends and reopens the pass)."""
+
+    @abstractmethod
+    def submit(self) -> None: ...
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.submit()
+
+
+class Device(ABC):
+    """A WebGPU device with the features the kernels care about."""
+
+    info: AdapterInfo
+    features: frozenset[str]
+    limits: dict[str, int]
+
+    # Chrome requires `enable subgroups;` before subgroup builtins; native wgpu (naga) rejects the
+    # directive and enables subgroups by the device feature alone. Backends set this.
+    subgroups_directive: str = ""
+
+    def __init__(self) -> None:
+        self._pipelines: dict[tuple[str, str], Kernel] = {}
+
+    # -- features ---------------------------------------------------------------------------------
+    @property
+    def has_f16(self) -> bool:
+        return "shader-f16" in self.features
+
+    @property
+    def has_subgroups(self) -> bool:
+        return "subgroups" in self.features
+
+    def require(self, feature: str) -> None:
+        if feature not in self.features:
+            raise GPUFeatureError(
+                f"This GPU adapter ({self.info.vendor} {self.info.architecture}) lacks the WebGPU "
+                f"feature '{feature}'. Choose a model/kernel variant that does not need it."
+            )
+
+    @property
+    def max_binding_size(self) -> int:
+        return int(self.limits.get("max_storage_buffer_binding_size", 128 << 20))
+
+    # -- kernels ----------------------------------------------------------------------------------
+    def kernel(self, template: str, label: str = "", **params: Any) -> Kernel:
+        """Render `shaders/<template>` with `params` plus the adapter's features; cached by source."""
+        if params.get("f16"):
+            self.require("shader-f16")
+        if params.get("subgroups"):
+            self.require("subgroups")
+        source = kernels.render(template, subgroups_directive=self.subgroups_directive, **params)
+        key = (source, "main")
+        k = self._pipelines.get(key)
+        if k is None:
+            k = Kernel(self._create_pipeline(source, label or template), source, label or template)
+            self._pipelines[key] = k
+        return k
+
+    @abstractmethod
+    def _create_pipeline(self, source: str, label: str) -> Any: ...
+
+    async def check_errors(self) -> None:
+        """Raise ShaderError for pipelines that failed to build. Natively creation raises at once;
+        the browser reports validation errors asynchronously, so it overrides this."""
+
+    # -- buffers ----------------------------------------------------------------------------------
+    @abstractmethod
+    def create_buffer(self, size: int, label: str = "") -> Buffer:
+        """A storage buffer that can also be copied to and from; `size` is rounded up to 4 bytes."""
+
+    @abstractmethod
+    def write_buffer(self, buffer: Buffer, data, offset: int = 0) -> None:
+        """Queue a write of a bytes-like object (len a multiple of 4) into `buffer` at `offset`."""
+
+    @abstractmethod
+    async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
+        """Wait for submitted work, then return `size` bytes of `buffer` from `offset`."""
+
+    def buffer_from(self, data, label: str = "") -> Buffer:
+        buf = self.create_buffer(len(memoryview(data).cast("B")), label)
+        self.write_buffer(buf, pad4(data))
+        return buf
+
+    # -- recording --------------------------------------------------------------------------------
+    @abstractmethod
+    def bind(self, kernel: Kernel, buffers: Sequence[Buffer | tuple[Buffer, int, int]]) -> BindGroup:
+        """Bind group 0 of `kernel`: binding i gets buffers[i] (whole, or (buffer, offset, size))."""
+
+    @abstractmethod
+    def recorder(self) -> Recorder: ...
+
+    def run(self, kernel: Kernel, buffers: Sequence[Buffer], x: int, y: int = 1, z: int = 1) -> None:
+        """One dispatch in its own submit: convenient for tests and one-off work, not for decode."""
+        with self.recorder() as rec:
+            rec.dispatch(self.bind(kernel, buffers), x, y, z)
+
+    @abstractmethod
+    def destroy(self) -> None: ...
+
+
+def pad4(data) -> memoryview:
+    """A byte view whose length is a multiple of 4 (WebGPU's writeBuffer requirement)."""
+    mv = memoryview(data).cast("B")
+    if len(mv) % 4:
+        mv = memoryview(bytes(mv) + b"\0" * (4 - len(mv) % 4))
+    return mv
+
+
+def align_up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a

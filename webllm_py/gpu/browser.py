@@ -1,0 +1,164 @@
+"""Browser backend: `navigator.gpu` driven from Python in Pyodide through its JS FFI.
+
+FFI facts this file relies on (see shared/PLATFORM.md): JS null arrives as `jsnull`; writeBuffer
+needs a JS view, which `getBuffer()` gives zero-copy; a mapped range must be copied before unmap;
+each Python->JS call costs ~1 us, so a token's dispatches are recorded into one pass.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..errors import DeviceLostError, GPUUnavailableError, ShaderError
+from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, align_up
+
+import js  # type: ignore  # only importable under Pyodide
+from pyodide.ffi import create_proxy, jsnull, to_js  # type: ignore
+
+_LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupStorageSize",
+           "maxComputeInvocationsPerWorkgroup", "maxStorageBuffersPerShaderStage",
+           "maxComputeWorkgroupSizeX", "maxComputeWorkgroupsPerDimension")
+_FEATURES = ("shader-f16", "subgroups", "timestamp-query")
+
+
+def _js(obj):
+    """Python dict/list -> plain JS object/array (JsProxies inside pass through)."""
+    return to_js(obj, dict_converter=js.Object.fromEntries)
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+class BrowserRecorder(Recorder):
+    def __init__(self, device: "BrowserDevice") -> None:
+        self._dev = device
+        self._enc = device.raw.createCommandEncoder()
+        self._pass = None
+
+    def dispatch(self, bind_group: BindGroup, x: int, y: int = 1, z: int = 1) -> None:
+        if self._pass is None:
+            self._pass = self._enc.beginComputePass()
+        p = self._pass
+        p.setPipeline(bind_group.kernel.pipeline)
+        p.setBindGroup(0, bind_group.handle)
+        p.dispatchWorkgroups(x, y, z)
+
+    def copy_buffer(self, src: Buffer, src_offset: int, dst: Buffer, dst_offset: int, size: int) -> None:
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+        self._enc.copyBufferToBuffer(src.handle, src_offset, dst.handle, dst_offset, size)
+
+    def submit(self) -> None:
+        self._dev.check_lost()
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+        self._dev.raw.queue.submit(_js([self._enc.finish()]))
+
+
+class BrowserDevice(Device):
+    subgroups_directive = "enable subgroups;"  # Chrome requires it before subgroup builtins
+
+    @classmethod
+    async def create(cls, power_preference: str = "high-performance", use_subgroups: bool = False) -> "BrowserDevice":
+        gpu = getattr(js.navigator, "gpu", None)
+        if gpu is None or gpu is jsnull:
+            raise GPUUnavailableError("This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, "
+                                      "or start Chromium with --enable-unsafe-webgpu.")
+        adapter = await gpu.requestAdapter(_js({"powerPreference": power_preference}))
+        if adapter is None or adapter is jsnull:
+            raise GPUUnavailableError("navigator.gpu.requestAdapter() returned null: WebGPU is disabled or the GPU is blocklisted.")
+        self = cls()
+        info = adapter.info
+        self.info = AdapterInfo(
+            backend="browser", vendor=str(info.vendor), architecture=str(info.architecture),
+            description=str(info.description),
+            is_fallback=bool(getattr(info, "isFallbackAdapter", False) or getattr(adapter, "isFallbackAdapter", False)),
+        )
+        have = {str(f) for f in js.Array["from"](adapter.features)}
+        request = [f for f in _FEATURES if f in have and (use_subgroups or f != "subgroups")]
+        limits = {k: getattr(adapter.limits, k) for k in _LIMITS}
+        self.raw = await adapter.requestDevice(_js({"requiredFeatures": request, "requiredLimits": limits}))
+        self.features = frozenset(request)
+        self.limits = {_snake(k): int(getattr(self.raw.limits, k)) for k in _LIMITS}
+        self._lost_reason = None
+        self.raw.lost.then(create_proxy(self._on_lost))
+        u = js.GPUBufferUsage
+        self._usage = u.STORAGE | u.COPY_DST | u.COPY_SRC
+        self._read_usage = u.MAP_READ | u.COPY_DST
+        self._staging: dict[int, object] = {}
+        self._pending_scopes: list = []
+        return self
+
+    def _on_lost(self, info) -> None:
+        self._lost_reason = f"{info.reason}: {info.message}"
+
+    def check_lost(self) -> None:
+        if self._lost_reason is not None:
+            raise DeviceLostError(f"The GPU device was lost ({self._lost_reason}). Reload the model to continue.")
+
+    # -- kernels ----------------------------------------------------------------------------------
+    def _create_pipeline(self, source: str, label: str):
+        self.raw.pushErrorScope("validation")
+        module = self.raw.createShaderModule(_js({"code": source, "label": label}))
+        pipeline = self.raw.createComputePipeline(_js({"layout": "auto", "label": label,
+                                                       "compute": {"module": module, "entryPoint": "main"}}))
+        self._pending_scopes.append((label, source, self.raw.popErrorScope()))
+        return pipeline
+
+    async def check_errors(self) -> None:
+        """Await the validation scopes of pipelines created so far; raise ShaderError on the first failure."""
+        pending, self._pending_scopes = self._pending_scopes, []
+        for label, source, promise in pending:
+            err = await promise
+            if err is not None and err is not jsnull:
+                raise ShaderError(f"kernel '{label}' failed to compile: {err.message}\n--- source ---\n{source}")
+
+    # -- buffers ----------------------------------------------------------------------------------
+    def create_buffer(self, size: int, label: str = "") -> Buffer:
+        self.check_lost()
+        size = max(4, align_up(int(size), 4))
+        return Buffer(self.raw.createBuffer(_js({"size": size, "usage": self._usage, "label": label})), size, label)
+
+    def write_buffer(self, buffer: Buffer, data, offset: int = 0) -> None:
+        # Zero-copy: expose the Python buffer to JS as a typed-array view for the duration of the call.
+        px = create_proxy(memoryview(data).cast("B"))
+        view = px.getBuffer("u8")
+        try:
+            self.raw.queue.writeBuffer(buffer.handle, offset, view.data)
+        finally:
+            view.release()
+            px.destroy()
+
+    async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
+        self.check_lost()
+        size = buffer.size - offset if size is None else size
+        padded = align_up(size, 4)
+        staging = self._staging.pop(padded, None) or self.raw.createBuffer(_js({"size": padded, "usage": self._read_usage}))
+        enc = self.raw.createCommandEncoder()
+        enc.copyBufferToBuffer(buffer.handle, offset, staging, 0, padded)
+        self.raw.queue.submit(_js([enc.finish()]))
+        try:
+            await staging.mapAsync(js.GPUMapMode.READ)
+        except Exception as e:
+            self.check_lost()
+            raise DeviceLostError(f"reading back from the GPU failed: {e}") from e
+        data = js.Uint8Array.new(staging.getMappedRange()).to_bytes()
+        staging.unmap()
+        self._staging[padded] = staging  # reused: token-id readbacks have the same size every step
+        return data[:size]
+
+    def bind(self, kernel: Kernel, buffers: Sequence[Buffer | tuple[Buffer, int, int]]) -> BindGroup:
+        entries = []
+        for i, b in enumerate(buffers):
+            buf, off, size = (b, 0, b.size) if isinstance(b, Buffer) else b
+            entries.append({"binding": i, "resource": {"buffer": buf.handle, "offset": off, "size": size}})
+        handle = self.raw.createBindGroup(_js({"layout": kernel.pipeline.getBindGroupLayout(0), "entries": entries}))
+        return BindGroup(handle, kernel, tuple(buffers))
+
+    def recorder(self) -> Recorder:
+        return BrowserRecorder(self)
+
+    def destroy(self) -> None:
+        self.raw.destroy()

@@ -1,0 +1,111 @@
+"""Native backend: PyPI `wgpu` (wgpu-py over Vulkan/Metal/D3D12). Used for kernel tests on Mesa
+lavapipe (CPU) and for benchmarks on real GPUs. Mirrors browser.py call for call."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..errors import GPUUnavailableError, ShaderError
+from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, align_up
+
+# Features this runtime uses; wgpu-native names subgroups "subgroup".
+_WANTED = {"shader-f16": "shader-f16", "subgroup": "subgroups", "subgroups": "subgroups",
+           "timestamp-query": "timestamp-query"}
+
+
+class NativeRecorder(Recorder):
+    def __init__(self, device: "NativeDevice") -> None:
+        self._dev = device
+        self._enc = device.raw.create_command_encoder()
+        self._pass = None
+
+    def _compute_pass(self):
+        if self._pass is None:
+            self._pass = self._enc.begin_compute_pass()
+        return self._pass
+
+    def dispatch(self, bind_group: BindGroup, x: int, y: int = 1, z: int = 1) -> None:
+        p = self._compute_pass()
+        p.set_pipeline(bind_group.kernel.pipeline)
+        p.set_bind_group(0, bind_group.handle)
+        p.dispatch_workgroups(x, y, z)
+
+    def copy_buffer(self, src: Buffer, src_offset: int, dst: Buffer, dst_offset: int, size: int) -> None:
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+        self._enc.copy_buffer_to_buffer(src.handle, src_offset, dst.handle, dst_offset, size)
+
+    def submit(self) -> None:
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+        self._dev.raw.queue.submit([self._enc.finish()])
+
+
+class NativeDevice(Device):
+    subgroups_directive = ""  # naga enables subgroup builtins by the device feature alone
+
+    def __init__(self, power_preference: str = "high-performance", use_subgroups: bool = False) -> None:
+        super().__init__()
+        try:
+            import wgpu
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise GPUUnavailableError("The native backend needs PyPI `wgpu` (pip install 'webllm_py[native]').") from e
+        self._wgpu = wgpu
+        try:
+            adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        except Exception as e:
+            raise GPUUnavailableError(f"No native WebGPU adapter (is a Vulkan driver such as Mesa lavapipe installed?): {e}") from e
+        if adapter is None:
+            raise GPUUnavailableError("No native WebGPU adapter (is a Vulkan driver such as Mesa lavapipe installed?)")
+        info = adapter.info
+        self.info = AdapterInfo(
+            backend="native",
+            vendor=str(info.get("vendor", "")),
+            architecture=str(info.get("architecture", "")),
+            description=str(info.get("device", "")) + " " + str(info.get("description", "")),
+            is_fallback=str(info.get("adapter_type", "")).lower() == "cpu",
+        )
+        have = {f for f in adapter.features}
+        request = [f for f in have if f in _WANTED and (use_subgroups or _WANTED[f] != "subgroups")]
+        self.features = frozenset(_WANTED[f] for f in request)
+        lim = adapter.limits
+        want_limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
+                                           "max-compute-workgroup-storage-size",
+                                           "max-compute-invocations-per-workgroup",
+                                           "max-storage-buffers-per-shader-stage") if k in lim}
+        self.raw = adapter.request_device_sync(required_features=request, required_limits=want_limits)
+        self.limits = {k.replace("-", "_"): v for k, v in self.raw.limits.items()}
+        self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
+
+    def _create_pipeline(self, source: str, label: str):
+        try:
+            module = self.raw.create_shader_module(code=source, label=label)
+            return self.raw.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": "main"}, label=label)
+        except Exception as e:
+            raise ShaderError(f"kernel '{label}' failed to compile: {e}\n--- source ---\n{source}") from e
+
+    def create_buffer(self, size: int, label: str = "") -> Buffer:
+        size = max(4, align_up(int(size), 4))
+        return Buffer(self.raw.create_buffer(size=size, usage=self._usage, label=label), size, label)
+
+    def write_buffer(self, buffer: Buffer, data, offset: int = 0) -> None:
+        self.raw.queue.write_buffer(buffer.handle, offset, memoryview(data).cast("B"))
+
+    async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
+        size = buffer.size - offset if size is None else size
+        return bytes(self.raw.queue.read_buffer(buffer.handle, offset, size))
+
+    def bind(self, kernel: Kernel, buffers: Sequence[Buffer | tuple[Buffer, int, int]]) -> BindGroup:
+        entries = []
+        for i, b in enumerate(buffers):
+            buf, off, size = (b, 0, b.size) if isinstance(b, Buffer) else b
+            entries.append({"binding": i, "resource": {"buffer": buf.handle, "offset": off, "size": size}})
+        layout = kernel.pipeline.get_bind_group_layout(0)
+        return BindGroup(self.raw.create_bind_group(layout=layout, entries=entries), kernel, tuple(buffers))
+
+    def recorder(self) -> Recorder:
+        return NativeRecorder(self)
+
+    def destroy(self) -> None:
+        self.raw.destroy()
