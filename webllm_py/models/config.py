@@ -1,0 +1,122 @@
+"""Model hyper-parameters as data, read from GGUF metadata or a Hugging Face config.json."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ModelFormatError, UnsupportedModelError
+
+# Families whose graph is the Llama one with small switches (qkv bias for Qwen2).
+LLAMA_LIKE = {"llama", "mistral", "qwen2"}
+HF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    vocab_size: int
+    context_length: int
+    norm_eps: float
+    rope_theta: float
+    rope_pairs: str  # "adjacent" (GGUF llama: converter permuted Q/K rows) or "halves" (HF layout)
+    rot_dim: int
+    tie_embeddings: bool
+    qkv_bias: bool = False
+    rope_scaling: dict[str, Any] | None = None
+    sliding_window: int | None = None
+    activation: str = "silu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def inv_freq(self) -> list[float]:
+        """Per-pair rotation frequencies, with rope scaling folded in (pure Python: runs in Pyodide)."""
+        half = self.rot_dim // 2
+        freqs = [1.0 / (self.rope_theta ** (2 * i / self.rot_dim)) for i in range(half)]
+        sc = self.rope_scaling or {}
+        kind = sc.get("rope_type") or sc.get("type")
+        if kind == "linear":
+            freqs = [f / float(sc["factor"]) for f in freqs]
+        elif kind == "llama3":
+            # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend smoothly between.
+            factor = float(sc["factor"])
+            low, high = float(sc.get("low_freq_factor", 1.0)), float(sc.get("high_freq_factor", 4.0))
+            old_ctx = float(sc.get("original_max_position_embeddings", 8192))
+            low_wl, high_wl = old_ctx / low, old_ctx / high
+            out = []
+            for f in freqs:
+                wl = 2 * math.pi / f
+                if wl < high_wl:
+                    out.append(f)
+                elif wl > low_wl:
+                    out.append(f / factor)
+                else:
+                    smooth = (old_ctx / wl - low) / (high - low)
+                    out.append((1 - smooth) * f / factor + smooth * f)
+            freqs = out
+        elif kind not in (None, "default"):
+            raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (supported: linear, llama3)")
+        return freqs
+
+    # -- readers ------------------------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, meta: dict[str, Any], tensor_names: set[str]) -> "ModelConfig":
+        arch = meta.get("general.architecture")
+        if arch not in LLAMA_LIKE:
+            raise UnsupportedModelError(f"model architecture {arch!r} is not supported (supported: {sorted(LLAMA_LIKE)})")
+
+        def get(key: str, default: Any = None) -> Any:
+            v = meta.get(f"{arch}.{key}", default)
+            if v is None:
+                raise ModelFormatError(f"GGUF metadata lacks '{arch}.{key}'")
+            return v
+
+        dim = int(get("embedding_length"))
+        n_heads = int(get("attention.head_count"))
+        n_kv = int(get("attention.head_count_kv", n_heads))
+        head_dim = int(meta.get(f"{arch}.attention.key_length", dim // n_heads))
+        vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
+        scaling = None
+        st = meta.get(f"{arch}.rope.scaling.type")
+        if st == "linear":
+            scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+        rot = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
+        return cls(
+            arch=arch, n_layers=int(get("block_count")), dim=dim, n_heads=n_heads, n_kv_heads=n_kv,
+            head_dim=head_dim, hidden_dim=int(get("feed_forward_length")), vocab_size=int(vocab),
+            context_length=int(get("context_length", 2048)),
+            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(get("rope.freq_base", 10000.0)),
+            # llama.cpp's converter permutes Q/K of llama/mistral so adjacent pairs rotate; qwen2 is stored
+            # unpermuted and llama.cpp rotates it in "neox" (half-split) mode.
+            rope_pairs="adjacent" if arch in ("llama", "mistral") else "halves",
+            rot_dim=rot, tie_embeddings="output.weight" not in tensor_names,
+            qkv_bias="blk.0.attn_q.bias" in tensor_names, rope_scaling=scaling,
+            sliding_window=meta.get(f"{arch}.attention.sliding_window"),
+        )
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "ModelConfig":
+        archs = cfg.get("architectures") or []
+        arch = next((HF_ARCH[a] for a in archs if a in HF_ARCH), None)
+        if arch is None:
+            raise UnsupportedModelError(f"model architecture {archs or cfg.get('model_type')!r} is not supported "
+                                        f"(supported: {sorted(HF_ARCH)})")
+        dim = int(cfg["hidden_size"])
+        n_heads = int(cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or dim // n_heads)
+        return cls(
+            arch=arch, n_layers=int(cfg["num_hidden_layers"]), dim=dim, n_heads=n_heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=head_dim,
+            hidden_dim=int(cfg["intermediate_size"]), vocab_size=int(cfg["vocab_size"]),
+            context_length=int(cfg.get("max_position_embeddings", 2048)),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rope_pairs="halves", rot_dim=head_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=arch == "qwen2", rope_scaling=cfg.get("rope_scaling"),
+            sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", arch == "mistral") else None,
+        )

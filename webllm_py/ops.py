@@ -1,0 +1,70 @@
+"""Small elementwise and normalisation ops. Each op renders its kernel once, binds its buffers once
+(`bind`), and records one dispatch per step (`record(rec, n_tokens)`), like Linear and PagedAttention."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .gpu import BindGroup, Buffer, Device, Recorder
+
+ACTIVATIONS = ("silu", "gelu_tanh")
+
+
+@dataclass
+class Bound:
+    """A bind group and its dispatch size: ceil(n_tokens * items_per_token / items_per_group)
+    workgroups, or `fixed` workgroups whatever the step's size."""
+    bind_group: BindGroup
+    items_per_token: int
+    items_per_group: int = 1
+    fixed: int = 0
+
+    def record(self, rec: Recorder, n_tokens: int) -> None:
+        x = self.fixed or -(-n_tokens * self.items_per_token // self.items_per_group)
+        rec.dispatch(self.bind_group, max(1, x))
+
+
+class RMSNorm:
+    def __init__(self, device: Device, weight: Buffer, dim: int, eps: float, weight_offset: float = 0.0, wg: int = 64):
+        self.device, self.weight = device, weight
+        self.params = dict(dim=dim, eps=_f32_literal(eps), weight_offset=_f32_literal(weight_offset), wg=wg)
+
+    def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False) -> Bound:
+        k = self.device.kernel("rmsnorm", last_only=last_only, **self.params)
+        bg = self.device.bind(k, [x, self.weight, y, step])
+        return Bound(bg, 1, fixed=1 if last_only else 0)
+
+
+class RoPE:
+    def __init__(self, device: Device, inv_freq: list[float], n_heads: int, n_kv_heads: int, head_dim: int,
+                 pairs: str, wg: int = 64):
+        if pairs not in ("adjacent", "halves"):
+            raise ValueError(f"rope pairs must be 'adjacent' or 'halves', not {pairs!r}")
+        self.device = device
+        self.inv_freq = device.buffer_from(struct.pack(f"<{len(inv_freq)}f", *inv_freq), "rope.inv_freq")
+        rot_dim = 2 * len(inv_freq)
+        self.kernel = device.kernel("rope", n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                                    rot_dim=rot_dim, pairs=pairs, wg=wg)
+        self.pairs_per_token, self.wg = (n_heads + n_kv_heads) * (rot_dim // 2), wg
+
+    def bind(self, q: Buffer, k: Buffer, step: Buffer) -> Bound:
+        return Bound(self.device.bind(self.kernel, [q, k, self.inv_freq, step]), self.pairs_per_token, self.wg)
+
+
+class GLU:
+    """out = act(gate) * up: the gated MLP's middle (SwiGLU for Llama, GeGLU for Gemma)."""
+
+    def __init__(self, device: Device, n: int, act: str = "silu", wg: int = 64):
+        if act not in ACTIVATIONS:
+            raise ValueError(f"activation {act!r} not supported (supported: {ACTIVATIONS})")
+        self.device, self.n, self.wg = device, n, wg
+        self.kernel = device.kernel("glu", n=n, act=act, wg=wg)
+
+    def bind(self, gate: Buffer, up: Buffer, out: Buffer, step: Buffer) -> Bound:
+        return Bound(self.device.bind(self.kernel, [gate, up, out, step]), self.n, self.wg)
+
+
+def _f32_literal(v: float) -> str:
+    """A WGSL f32 literal that round-trips the value (repr keeps every digit; WGSL needs a '.' or 'e')."""
+    s = repr(float(v))
+    return s if ("." in s or "e" in s) else s + ".0"
