@@ -1,0 +1,147 @@
+"""Where model bytes come from: one small interface, three implementations.
+
+A `ByteSource` answers `read(offset, n)` for header parsing (small ranges copied into Python) and
+`upload(device, buffer, src_offset, n, dst_offset)` for tensor data, which should go from the
+file straight into a GPU buffer without passing through a Python `bytes` object where the
+platform allows it (mmap natively, a JS Uint8Array in the browser).
+
+WebGPU's writeBuffer needs sizes and offsets that are multiples of 4: uploads pad the tail with
+zeros. Large ranges are uploaded in chunks so the extra memory in flight stays small.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ModelFormatError
+
+UPLOAD_CHUNK = 32 << 20  # bytes per writeBuffer call for large tensors
+
+
+@runtime_checkable
+class ByteSource(Protocol):
+    size: int
+
+    def read(self, offset: int, n: int) -> bytes: ...
+
+    def upload(self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0) -> None: ...
+
+
+def _check_range(source: ByteSource, offset: int, n: int) -> None:
+    if offset < 0 or n < 0 or offset + n > source.size:
+        raise ModelFormatError(
+            f"read of {n} bytes at offset {offset} runs past the end of the data ({source.size} bytes): "
+            "the file is truncated or corrupt; download it again.")
+
+
+def _check_upload(device: Any, buffer: Any, n: int, dst_offset: int) -> None:
+    if dst_offset % 4:
+        raise ValueError(f"upload destination offset {dst_offset} is not a multiple of 4")
+    if dst_offset + ((n + 3) & ~3) > buffer.size:
+        raise ValueError(f"upload of {n} bytes at {dst_offset} does not fit buffer '{buffer.label}' ({buffer.size} bytes)")
+
+
+def _upload_views(device: Any, buffer: Any, view: memoryview, dst_offset: int, chunk: int) -> None:
+    """writeBuffer `view` in chunks (multiples of 4 bytes); the tail is zero-padded to 4."""
+    n = len(view)
+    body = n - n % 4
+    pos = 0
+    while pos < body:
+        m = min(chunk, body - pos)
+        device.write_buffer(buffer, view[pos:pos + m], dst_offset + pos)
+        pos += m
+    if n % 4:
+        device.write_buffer(buffer, bytes(view[body:]) + b"\0" * (4 - n % 4), dst_offset + body)
+
+
+class BytesSource:
+    """Bytes already in Python memory (tests, small files, fetched data)."""
+
+    def __init__(self, data) -> None:
+        self._view = memoryview(data).cast("B")
+        self.size = len(self._view)
+
+    def read(self, offset: int, n: int) -> bytes:
+        _check_range(self, offset, n)
+        return bytes(self._view[offset:offset + n])
+
+    def upload(self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0,
+               chunk: int = UPLOAD_CHUNK) -> None:
+        _check_range(self, src_offset, n)
+        _check_upload(device, buffer, n, dst_offset)
+        _upload_views(device, buffer, self._view[src_offset:src_offset + n], dst_offset, chunk)
+
+
+class FileSource(BytesSource):
+    """A file on disk, memory-mapped (CPython): uploads hand mmap views to writeBuffer, no copy."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as e:
+            raise ModelFormatError(f"cannot open model file '{self.path}': {e}") from e
+        size = os.fstat(self._file.fileno()).st_size
+        if size == 0:
+            self._file.close()
+            raise ModelFormatError(f"model file '{self.path}' is empty")
+        self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        super().__init__(self._mmap)
+
+    def close(self) -> None:
+        self._view.release()
+        self._mmap.close()
+        self._file.close()
+
+    def __enter__(self) -> "FileSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class JSBufferSource:
+    """A JS Uint8Array in the browser (fetched file, OPFS blob read into memory).
+
+    `upload` passes subarray views to queue.writeBuffer, so tensor bytes never enter Python;
+    `read` copies only the small ranges header parsing asks for.
+    """
+
+    def __init__(self, u8: Any) -> None:
+        self._u8 = u8
+        self.size = int(u8.length)
+
+    def read(self, offset: int, n: int) -> bytes:
+        _check_range(self, offset, n)
+        return self._u8.subarray(offset, offset + n).to_bytes()
+
+    def upload(self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0,
+               chunk: int = UPLOAD_CHUNK) -> None:
+        import js  # type: ignore  # Pyodide only
+
+        _check_range(self, src_offset, n)
+        _check_upload(device, buffer, n, dst_offset)
+        body = n - n % 4
+        pos = 0
+        queue = device.raw.queue
+        while pos < body:
+            m = min(chunk, body - pos)
+            off = src_offset + pos
+            queue.writeBuffer(buffer.handle, dst_offset + pos, self._u8.subarray(off, off + m))
+            pos += m
+        if n % 4:
+            tail = js.Uint8Array.new(4)
+            tail.set(self._u8.subarray(src_offset + body, src_offset + n))
+            queue.writeBuffer(buffer.handle, dst_offset + body, tail)
+
+
+def as_source(obj: Any) -> ByteSource:
+    """A ByteSource from a path, bytes-like object or an existing source."""
+    if isinstance(obj, (str, os.PathLike)):
+        return FileSource(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return BytesSource(obj)
+    if hasattr(obj, "read") and hasattr(obj, "upload") and hasattr(obj, "size"):
+        return obj
+    raise TypeError(f"cannot read model bytes from {type(obj).__name__}")
