@@ -1,0 +1,152 @@
+"""OpenAI-shaped API over the Engine: `engine.chat.completions.create(...)` and
+`engine.completions.create(...)`, returning OpenAI's response objects as plain dicts, or an async
+iterator of OpenAI's chunk objects when `stream=True`. The same shapes cross to JavaScript."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from .engine import Engine, Token
+from .errors import RequestError
+from .sampling import SamplingParams
+
+
+def sampling_params(temperature=None, top_p=None, top_k=None, min_p=None, seed=None, frequency_penalty=None,
+                    presence_penalty=None, repetition_penalty=None, logit_bias=None, logprobs=None,
+                    top_logprobs=None) -> SamplingParams:
+    """OpenAI request fields -> SamplingParams (OpenAI's default temperature is 1.0)."""
+    kw: dict[str, Any] = {}
+    for name, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("min_p", min_p),
+                    ("seed", seed), ("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty),
+                    ("repetition_penalty", repetition_penalty), ("top_logprobs", top_logprobs)):
+        if v is not None:
+            kw[name] = v
+    if logit_bias:
+        kw["logit_bias"] = {int(k): float(v) for k, v in logit_bias.items()}
+    if logprobs:
+        kw["logprobs"] = True
+    kw.setdefault("temperature", 1.0)
+    p = SamplingParams(**kw)
+    p.validate()
+    return p
+
+
+class _Completions:
+    def __init__(self, engine: Engine, chat: bool):
+        self._engine, self._chat = engine, chat
+
+    def create(self, *, messages: list[dict] | None = None, prompt: str | None = None, stream: bool = False,
+               max_tokens: int | None = None, max_completion_tokens: int | None = None, stop: str | list[str] | None = None,
+               stream_options: dict | None = None, ignore_eos: bool = False, tools: list | None = None,
+               model: str | None = None, n: int = 1, **sampling: Any):
+        """Returns an awaitable of the response dict, or (stream=True) an async iterator of chunk dicts."""
+        if n != 1:
+            raise RequestError("Only n=1 is supported.")
+        tok = self._engine.tokenizer
+        if self._chat:
+            if not messages:
+                raise RequestError("messages must be a non-empty list of {role, content} objects.")
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
+            # Like HF's apply_chat_template(tokenize=True): the template writes BOS itself where the model wants it.
+            ids = tok.encode(text, add_special=False, parse_special=True)
+        else:
+            if prompt is None:
+                raise RequestError("prompt is required.")
+            ids = tok.encode(prompt, add_special=True, parse_special=True)
+        params = sampling_params(**sampling)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        gen = self._engine.generate(ids, params, max_tokens=max_completion_tokens or max_tokens, stop=stops,
+                                    ignore_eos=ignore_eos)
+        meta = {"id": ("chatcmpl-" if self._chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
+                "model": self._engine.checkpoint.name}
+        if stream:
+            return self._stream(gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs)
+        return self._collect(gen, meta, params.logprobs)
+
+    # -- shapes -------------------------------------------------------------------------------------
+    def _logprobs(self, toks: list[Token]) -> dict | None:
+        tok = self._engine.tokenizer
+        content = []
+        for t in toks:
+            if t.id < 0:
+                continue
+            text = tok.token_bytes(t.id).decode("utf-8", "replace")
+            content.append({"token": text, "logprob": t.logprob, "bytes": list(tok.token_bytes(t.id)),
+                            "top_logprobs": [{"token": tok.token_bytes(i).decode("utf-8", "replace"), "logprob": lp,
+                                              "bytes": list(tok.token_bytes(i))} for i, lp in t.top_logprobs]})
+        return {"content": content}
+
+    def _usage(self) -> dict:
+        s = self._engine.last_stats
+        return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+                "total_tokens": s.prompt_tokens + s.completion_tokens,
+                "extra": {"prefill_tokens_per_s": round(s.prefill_tps, 2), "decode_tokens_per_s": round(s.decode_tps, 2),
+                          "cached_prompt_tokens": s.cached_prompt_tokens}}
+
+    def _choice_chunk(self, text: str | None, finish: str | None, logprobs: dict | None, first: bool) -> dict:
+        if self._chat:
+            delta: dict[str, Any] = {}
+            if first:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+
+    async def _stream(self, gen: AsyncIterator[Token], meta: dict, include_usage: bool, want_lp: bool):
+        obj = "chat.completion.chunk" if self._chat else "text_completion"
+        first = True
+        async for t in gen:
+            if not t.text and not want_lp:
+                continue  # an unfinished UTF-8 character: nothing to show yet
+            lp = self._logprobs([t]) if want_lp else None
+            yield {**meta, "object": obj, "choices": [self._choice_chunk(t.text, None, lp, first)]}
+            first = False
+        finish = self._engine.last_stats.finish_reason
+        yield {**meta, "object": obj, "choices": [self._choice_chunk(None if self._chat else "", finish, None, first)]}
+        if include_usage:
+            yield {**meta, "object": obj, "choices": [], "usage": self._usage()}
+
+    async def _collect(self, gen: AsyncIterator[Token], meta: dict, want_lp: bool) -> dict:
+        toks = [t async for t in gen]
+        text = "".join(t.text for t in toks)
+        finish = self._engine.last_stats.finish_reason
+        lp = self._logprobs(toks) if want_lp else None
+        if self._chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish}
+            return {**meta, "object": "chat.completion", "choices": [choice], "usage": self._usage()}
+        return {**meta, "object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": lp,
+                                                                   "finish_reason": finish}], "usage": self._usage()}
+
+
+class _Chat:
+    def __init__(self, engine: Engine):
+        self.completions = _Completions(engine, chat=True)
+
+
+class ChatEngine:
+    """What `webllm_py.create()` returns: OpenAI's client shape over one loaded model."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.chat = _Chat(engine)
+        self.completions = _Completions(engine, chat=False)
+
+    def interrupt(self) -> None:
+        self.engine.interrupt()
+
+    def unload(self) -> None:
+        self.engine.unload()
+
+    def runtime_stats(self) -> dict:
+        return self.engine.runtime_stats()
+
+
+async def create(model: Any = None, *, backend: str | None = None, on_progress=None, **options: Any) -> ChatEngine:
+    """Load a model and return an OpenAI-style engine. `model`: a GGUF path or Hugging Face directory
+    (CPython), or bytes / a JS Uint8Array / {file name: bytes} (browser). Default: SmolLM2-135M-Instruct."""
+    if model is None:
+        from .default_model import default_model_path
+        model = default_model_path()
+    return ChatEngine(await Engine.load(model, backend=backend, on_progress=on_progress, **options))

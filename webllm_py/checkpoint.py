@@ -1,0 +1,75 @@
+"""Open a model checkpoint — a GGUF file or a Hugging Face directory (config.json, tokenizer.json,
+*.safetensors) — into its config, tensor index and tokenizer, without reading tensor data.
+
+`model` may be a path (CPython), a ByteSource / bytes / JS Uint8Array holding a GGUF file, or a
+dict {file name: source} holding a Hugging Face checkpoint (what the browser worker passes).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ModelFormatError
+from .formats.gguf import GGUFFile
+from .formats.quants import TensorInfo
+from .formats.source import as_source
+from .models.config import ModelConfig
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    tensors: dict[str, TensorInfo]  # by GGUF-style name for GGUF, by HF name for safetensors
+    tokenizer: Tokenizer
+    format: str  # "gguf" or "hf"
+    name: str = ""
+
+
+def open_checkpoint(model: Any) -> Checkpoint:
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if os.path.isdir(path):
+            files = {f: os.path.join(path, f) for f in os.listdir(path)}
+            return _open_hf(files, os.path.basename(path.rstrip("/")))
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        return _open_gguf(path, os.path.basename(path))
+    if isinstance(model, dict):
+        return _open_hf(model, "model")
+    return _open_gguf(model, "model")
+
+
+def _open_gguf(src: Any, name: str) -> Checkpoint:
+    g = GGUFFile(src)
+    cfg = ModelConfig.from_gguf(g.metadata, set(g.tensors))
+    tok = Tokenizer.from_gguf_metadata(g.metadata)
+    return Checkpoint(cfg, g.tensors, tok, "gguf", g.metadata.get("general.name") or name)
+
+
+def _read_json(files: dict[str, Any], name: str, required: bool = True) -> Any:
+    if name not in files:
+        if required:
+            raise ModelFormatError(f"Hugging Face checkpoint lacks {name}")
+        return None
+    src = as_source(files[name])
+    try:
+        return json.loads(src.read(0, src.size).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"{name} is not valid JSON: {e}") from e
+
+
+def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
+    from .formats.safetensors import read_safetensors_tensors
+
+    cfg = ModelConfig.from_hf(_read_json(files, "config.json"))
+    tok = Tokenizer.from_hf(_read_json(files, "tokenizer.json"), _read_json(files, "tokenizer_config.json", False))
+    shards = sorted(f for f in files if f.endswith(".safetensors"))
+    if not shards:
+        raise ModelFormatError("Hugging Face checkpoint has no *.safetensors files")
+    tensors: dict[str, TensorInfo] = {}
+    for shard in shards:
+        tensors.update(read_safetensors_tensors(as_source(files[shard])))
+    return Checkpoint(cfg, tensors, tok, "hf", name)

@@ -1,0 +1,233 @@
+"""The generation loop: prefill the prompt in chunks, decode token by token, stream text.
+
+One Engine holds one model on one device. Requests are served one at a time (an asyncio lock), so
+concurrent callers queue and never interleave. The KV cache keeps the previous conversation of each
+sequence, and a new prompt that starts with it only prefills what is new (multi-turn reuse).
+"""
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from .checkpoint import Checkpoint, open_checkpoint
+from .errors import ContextOverflowError, RequestError
+from .gpu import Device, request_device
+from .kv_cache import PagedKVCache
+from .models import build_model
+from .models.store import WeightStore
+from .sampling import Sampler, SamplingParams
+from .tokenizer import StreamDecoder
+
+BLOCK_SIZE = 16
+
+
+@dataclass
+class Token:
+    """One generated token as the engine streams it."""
+    id: int
+    text: str            # text this token completes (may be "" while a UTF-8 character is unfinished)
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: str | None = None
+
+    @property
+    def prefill_tps(self) -> float:
+        n = self.prompt_tokens - self.cached_prompt_tokens
+        return n / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        # The first completion token comes out of the prefill step.
+        return max(self.completion_tokens - 1, 0) / self.decode_seconds if self.decode_seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
+                "completion_tokens": self.completion_tokens, "prefill_tokens_per_s": round(self.prefill_tps, 2),
+                "decode_tokens_per_s": round(self.decode_tps, 2), "prefill_s": round(self.prefill_seconds, 4),
+                "decode_s": round(self.decode_seconds, 4), "finish_reason": self.finish_reason}
+
+
+class Engine:
+    def __init__(self, device: Device, checkpoint: Checkpoint, model: Any, cache: PagedKVCache, sampler: Sampler,
+                 context_window: int, prefill_chunk: int):
+        self.device, self.checkpoint, self.model, self.cache = device, checkpoint, model, cache
+        self.config, self.tokenizer = checkpoint.config, checkpoint.tokenizer
+        self.sampler = sampler
+        self.sample_op = sampler.bind(model.state.logits)
+        self.context_window, self.prefill_chunk = context_window, prefill_chunk
+        self._lock = asyncio.Lock()
+        self._interrupt = False
+        self._cached: dict[int, list[int]] = {}  # token ids whose K/V are in the cache, per sequence
+        self.last_stats = Stats()
+
+    @classmethod
+    async def load(cls, model: Any, *, backend: str | None = None, device: Device | None = None,
+                   context_window: int | None = 4096, prefill_chunk: int = 64, max_sequences: int = 2,
+                   on_progress: Callable[[dict], None] | None = None) -> "Engine":
+        device = device or await request_device(backend)
+        ckpt = open_checkpoint(model)
+        cfg = ckpt.config
+        ctx = min(cfg.context_length, context_window or cfg.context_length)
+        blocks_per_seq = -(-ctx // BLOCK_SIZE)
+        cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
+                             num_blocks=blocks_per_seq * max_sequences, max_blocks_per_seq=blocks_per_seq,
+                             dtype="f16" if device.has_f16 else "f32")
+        store = (WeightStore.from_hf if ckpt.format == "hf" else WeightStore)(device, ckpt.tensors, on_progress=on_progress)
+        net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk)
+        sampler = Sampler(device, cfg.vocab_size)
+        await device.check_errors()
+        if on_progress:
+            on_progress({"stage": "ready", "loaded": store.loaded_bytes, "total": store.total_bytes})
+        return cls(device, ckpt, net, cache, sampler, ctx, prefill_chunk)
+
+    # -- one forward step ---------------------------------------------------------------------------
+    async def _step(self, seq: int, ids: list[int], sample: bool):
+        n = len(ids)
+        pos0 = len(self._cached[seq])
+        self.cache.ensure(seq, pos0 + n)
+        s = self.model.state
+        d = self.device
+        d.write_buffer(s.ids, struct.pack(f"<{n}I", *ids))
+        d.write_buffer(s.step, struct.pack("<2I", pos0, n))
+        d.write_buffer(s.table, self.cache.table_bytes(seq))
+        with d.recorder() as rec:
+            self.model.record(rec, n, logits=sample)
+            if sample:
+                self.sample_op.record(rec)
+        self._cached[seq].extend(ids)
+        return await self.sampler.read() if sample else None
+
+    def interrupt(self) -> None:
+        """Stop the running generation after its current token (finish_reason "abort")."""
+        self._interrupt = True
+
+    def reset(self, seq: int = 0) -> None:
+        """Forget a sequence's cached conversation."""
+        self._cached.pop(seq, None)
+        self.cache.free(seq)
+
+    # -- generation ---------------------------------------------------------------------------------
+    async def generate(self, prompt_ids: list[int], params: SamplingParams | None = None, *,
+                       max_tokens: int | None = None, stop: list[str] | None = None, ignore_eos: bool = False,
+                       seq: int = 0) -> AsyncIterator[Token]:
+        """Yield generated tokens. `self.last_stats.finish_reason` says why it ended: "stop" (EOS or a
+        stop string), "length" (max_tokens or the context window), or "abort" (interrupt())."""
+        params = params or SamplingParams()
+        params.validate()
+        if not prompt_ids:
+            raise RequestError("The prompt is empty: give at least one token (e.g. text, or a BOS token).")
+        if max_tokens is not None and max_tokens < 1:
+            raise RequestError(f"max_tokens must be >= 1, got {max_tokens}.")
+        if len(prompt_ids) >= self.context_window:
+            raise ContextOverflowError(
+                f"The prompt has {len(prompt_ids)} tokens but the context window is {self.context_window}: "
+                f"shorten the conversation or load the model with a larger context_window.")
+        budget = self.context_window - len(prompt_ids)
+        max_new = min(max_tokens or budget, budget)
+        stops = [s for s in (stop or []) if s]
+        async with self._lock:
+            self._interrupt = False
+            stats = self.last_stats = Stats(prompt_tokens=len(prompt_ids))
+            try:
+                async for tok in self._generate_locked(prompt_ids, params, max_new, stops, ignore_eos, seq, stats):
+                    yield tok
+            except BaseException:
+                # The cache may hold a half-written step; start this sequence afresh next time.
+                self.reset(seq)
+                raise
+
+    async def _generate_locked(self, prompt, params, max_new, stops, ignore_eos, seq, stats):
+        cached = self._cached.setdefault(seq, [])
+        reuse = 0
+        while reuse < min(len(cached), len(prompt) - 1) and cached[reuse] == prompt[reuse]:
+            reuse += 1  # keep at least one prompt token to prefill: its logits give the first token
+        self.cache.truncate(seq, reuse)
+        del cached[reuse:]
+        stats.cached_prompt_tokens = reuse
+        self.sampler.set_params(params)
+        self.sampler.reset(prompt)
+
+        t0 = time.perf_counter()
+        todo = prompt[reuse:]
+        result = None
+        for i in range(0, len(todo), self.prefill_chunk):
+            chunk = todo[i:i + self.prefill_chunk]
+            result = await self._step(seq, chunk, sample=i + self.prefill_chunk >= len(todo))
+        t1 = time.perf_counter()
+        stats.prefill_seconds = t1 - t0
+
+        decoder = StreamDecoder(self.tokenizer)
+        held = ""  # text that might be the start of a stop string
+        eos = self.tokenizer.eos_ids
+        finish, hit = "length", False
+        for i in range(max_new):
+            tid = result.token_id
+            if tid in eos and not ignore_eos:
+                finish = "stop"
+                break
+            stats.completion_tokens += 1
+            held += decoder.feed(tid)
+            out, held, hit = _split_stop(held, stops)
+            yield Token(tid, out, result.logprob, result.top_logprobs)
+            if hit:
+                finish = "stop"
+                break
+            if self._interrupt:
+                finish = "abort"
+                break
+            if i + 1 == max_new:
+                break
+            result = await self._step(seq, [tid], sample=True)
+        if not hit:  # after a stop string the held-back text belongs to it; otherwise emit the rest
+            tail = held + decoder.flush()
+            if tail:
+                yield Token(-1, tail)
+        stats.decode_seconds = time.perf_counter() - t1
+        stats.finish_reason = finish
+
+    async def complete(self, prompt_ids: list[int], **kw) -> tuple[str, list[int]]:
+        """Generate to the end; returns (text, token ids)."""
+        text, ids = [], []
+        async for t in self.generate(prompt_ids, **kw):
+            text.append(t.text)
+            if t.id >= 0:
+                ids.append(t.id)
+        return "".join(text), ids
+
+    def unload(self) -> None:
+        self.device.destroy()
+
+    def runtime_stats(self) -> dict[str, Any]:
+        info = self.device.info
+        return {**self.last_stats.as_dict(), "backend": info.backend,
+                "adapter": f"{info.vendor} {info.architecture}".strip(), "model": self.checkpoint.name,
+                "context_window": self.context_window}
+
+
+def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
+    """(text safe to emit, text held back, stop hit). Holds back the longest tail that could still
+    grow into a stop string, so a stop string is never half-emitted."""
+    if not stops:
+        return text, "", False
+    first = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if first >= 0:
+        return text[:first], "", True
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), keep, -1):
+            if s.startswith(text[-k:]):
+                keep = k
+                break
+    return text[:len(text) - keep], text[len(text) - keep:], False

@@ -1,0 +1,16 @@
+"""Model families. Each family is one file whose graph reads like its architecture diagram;
+adding one is a new file and a line in FAMILIES."""
+from __future__ import annotations
+
+from ..errors import UnsupportedModelError
+from .config import ModelConfig
+from .llama import LlamaModel
+
+FAMILIES = {"llama": LlamaModel, "mistral": LlamaModel, "qwen2": LlamaModel}
+
+
+def build_model(device, cfg: ModelConfig, weights, cache, max_tokens: int):
+    family = FAMILIES.get(cfg.arch)
+    if family is None:
+        raise UnsupportedModelError(f"no model graph for architecture {cfg.arch!r} (have: {sorted(FAMILIES)})")
+    return family(device, cfg, weights, cache, max_tokens=max_tokens)
