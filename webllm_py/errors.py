@@ -51,3 +51,8 @@ class RequestError(WebLLMError):
 
 class AbortedError(WebLLMError):
     """The request was interrupted by the caller."""
+
+
+class KVCacheFullError(ContextOverflowError):
+    """The paged KV cache has no free blocks left; the cache stays usable (free a sequence, or load
+    the engine with more cache blocks / a smaller context)."""

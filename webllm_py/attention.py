@@ -1,0 +1,83 @@
+"""Paged attention: write the step's K/V into the paged cache, then attend.
+
+`PagedAttention` holds the kernels of one model (shapes are baked into the WGSL at load time);
+`bind(layer, ...)` makes that layer's bind groups once; `Bound.record(rec, n_tokens)` records
+kv_write followed by `attention_decode` (one token) or `attention_prefill` (a chunk of tokens).
+Buffers follow the model's conventions: q [T, n_heads*head_dim], k/v [T, n_kv_heads*head_dim]
+(already RoPE'd), out [T, n_heads*head_dim], all f32; `step` = u32 {pos0, n_tokens};
+`block_table` = the active sequence's physical blocks (PagedKVCache.table_bytes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .gpu.base import BindGroup, Buffer, Device, Recorder
+from .kv_cache import PagedKVCache
+
+KV_WRITE_WG = 64
+
+
+def _prefill_tiles(head_dim: int, group: int, limits: dict) -> tuple[int, int]:
+    """(tq, tk): tokens per workgroup and key positions per tile, within the adapter's limits
+    (workgroup size, and 2*tk*head_dim floats of workgroup memory)."""
+    max_threads = int(limits.get("max_compute_invocations_per_workgroup", 256))
+    shared = int(limits.get("max_compute_workgroup_storage_size", 16384))
+    tq = 16
+    while tq > 1 and tq * group > max_threads:
+        tq //= 2
+    tk = 32
+    while tk > 1 and 2 * tk * head_dim * 4 > shared:
+        tk //= 2
+    return tq, tk
+
+
+class PagedAttention:
+    def __init__(self, device: Device, cache: PagedKVCache, n_heads: int, n_kv_heads: int, head_dim: int,
+                 max_tokens: int, sliding_window: int | None = None, scale: float | None = None,
+                 softcap: float | None = None, decode_wg: int = 64) -> None:
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+        if (cache.n_kv_heads, cache.head_dim) != (n_kv_heads, head_dim):
+            raise ValueError("the KV cache was made for a different n_kv_heads/head_dim")
+        self.device, self.cache = device, cache
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.max_tokens = max_tokens
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+        shape = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, block_size=cache.block_size,
+                     f16=cache.dtype == "f16")
+        attn = dict(shape, scale=repr(self.scale), softcap=repr(float(softcap)) if softcap else None,
+                    window=int(sliding_window) if sliding_window else None)
+        self.tq, self.tk = _prefill_tiles(head_dim, n_heads // n_kv_heads, device.limits)
+        self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
+            k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16")})
+        self.decode = device.kernel("attention_decode", label="attention_decode", wg=decode_wg, **attn)
+        self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
+
+    def bind(self, layer: int, q: Buffer, k: Buffer, v: Buffer, out: Buffer, step: Buffer,
+             block_table: Buffer) -> "Bound":
+        d, kc, vc = self.device, self.cache.k[layer], self.cache.v[layer]
+        return Bound(
+            self,
+            d.bind(self.kv_write, [k, v, kc, vc, step, block_table]),
+            d.bind(self.decode, [q, kc, vc, out, step, block_table]),
+            d.bind(self.prefill, [q, kc, vc, out, step, block_table]),
+        )
+
+
+@dataclass
+class Bound:
+    op: PagedAttention
+    kv_write: BindGroup
+    decode: BindGroup
+    prefill: BindGroup
+
+    def record(self, rec: Recorder, n_tokens: int) -> None:
+        op = self.op
+        if not 1 <= n_tokens <= op.max_tokens:
+            raise ValueError(f"attention step of {n_tokens} tokens; this op handles 1..{op.max_tokens}")
+        rec.dispatch(self.kv_write, -(-n_tokens * op.n_kv_heads * op.head_dim // KV_WRITE_WG))
+        if n_tokens == 1:
+            rec.dispatch(self.decode, op.n_heads)
+        else:
+            rec.dispatch(self.prefill, -(-n_tokens // op.tq), op.n_kv_heads)
