@@ -71,6 +71,7 @@ class Engine:
         self._interrupt = False
         self._cached: dict[int, list[int]] = {}  # token ids whose K/V are in the cache, per sequence
         self.last_stats = Stats()
+        self.last_issue_seconds = 0.0
 
     @classmethod
     async def load(cls, model: Any, *, backend: str | None = None, device: Device | None = None,
@@ -102,12 +103,31 @@ class Engine:
         d.write_buffer(s.ids, struct.pack(f"<{n}I", *ids))
         d.write_buffer(s.step, struct.pack("<2I", pos0, n))
         d.write_buffer(s.table, self.cache.table_bytes(seq))
+        t = time.perf_counter()
         with d.recorder() as rec:
             self.model.record(rec, n, logits=sample)
             if sample:
                 self.sample_op.record(rec)
+        self.last_issue_seconds = time.perf_counter() - t  # host time to record and submit the step
         self._cached[seq].extend(ids)
         return await self.sampler.read() if sample else None
+
+    async def logits(self, ids: list[int], seq: int = 1) -> bytes:
+        """Last-token logits (f32 bytes) of `ids` run from an empty cache on sequence `seq`: for
+        checking the model against a reference, not for generation."""
+        async with self._lock:
+            self.reset(seq)
+            self._cached[seq] = []
+            try:
+                for i in range(0, len(ids), self.prefill_chunk):
+                    chunk = ids[i:i + self.prefill_chunk]
+                    await self._step(seq, chunk, sample=False)
+                # The logits of the last step: run the head alone on the last token's row.
+                with self.device.recorder() as rec:
+                    self.model.record_head(rec, len(chunk))
+                return await self.device.read_buffer(self.model.state.logits)
+            finally:
+                self.reset(seq)
 
     def interrupt(self) -> None:
         """Stop the running generation after its current token (finish_reason "abort")."""

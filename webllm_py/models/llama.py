@@ -114,5 +114,9 @@ class LlamaModel:
         for layer in self.layers:
             layer.record(rec, n)
         if logits:
-            self.final_norm.record(rec, 1)
-            self.lm_head.record(rec, 1)
+            self.record_head(rec, n)
+
+    def record_head(self, rec: Recorder, n: int) -> None:
+        """Logits of the step's last token (final norm reads row n-1 of the residual stream)."""
+        self.final_norm.record(rec, n)
+        self.lm_head.record(rec, 1)

