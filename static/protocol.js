@@ -1,0 +1,41 @@
+// The page <-> worker protocol, written down once as data. `webllm_py/worker.py` mirrors it
+// (REQUESTS / RESPONSES there must name the same kinds; a browser test checks they agree).
+//
+// Every message is {kind, id, payload}. A request's id is chosen by the page (a positive integer,
+// unique per worker); every response carries the id of the request it answers. A request gets
+// any number of `progress` / `chunk` responses, then exactly one `result` or `error`.
+//
+// The worker runs queued requests one at a time, in arrival order, so concurrent requests never
+// interleave. `abort` is not queued: it acts at once on the request it names.
+export const PROTOCOL = Object.freeze({
+  version: 1,
+  requests: Object.freeze({
+    init: { queued: true, payload: "{}", result: "{python, pyodide, webllm_py, crossOriginIsolated, seconds}",
+            doc: "Load Pyodide, install jinja2/markupsafe/webllm_py from /wheels/. Sent once, first." },
+    exec: { queued: true, payload: "{code}", result: "the value of the last expression, as JSON",
+            doc: "Run Python source (top-level await allowed) in one persistent namespace." },
+    load: { queued: true, payload: "{model: url, options}", result: "{model, ...engine info}",
+            doc: "Download a model (with progress) and create the engine from its bytes." },
+    chat: { queued: true, payload: "OpenAI chat.completions request", result: "completion, or {done: true} when streamed",
+            doc: "Chat completion; with stream: true each OpenAI chunk arrives as a `chunk`." },
+    completion: { queued: true, payload: "OpenAI completions request", result: "completion, or {done: true} when streamed",
+                  doc: "Text completion; streaming as for chat." },
+    abort: { queued: false, payload: "{target: id, mode: 'cancel' | 'interrupt'}", result: "{aborted: bool}",
+             doc: "cancel: the target fails with AbortedError; interrupt: generation stops and returns what it has." },
+    unload: { queued: true, payload: "{}", result: "{}", doc: "Free the engine and its GPU memory." },
+    stats: { queued: true, payload: "{}", result: "engine.runtime_stats()", doc: "Runtime statistics." },
+  }),
+  responses: Object.freeze({
+    progress: { final: false, payload: "{phase, loaded?, total?, ...}", doc: "Download / load / start progress." },
+    chunk: { final: false, payload: "an OpenAI-shaped chunk", doc: "One streamed piece of a completion." },
+    result: { final: true, payload: "the request's result", doc: "Success; ends the request." },
+    error: { final: true, payload: "{name, message, traceback?}", doc: "Failure, typed by `name`; ends the request." },
+  }),
+});
+
+// Shared memory between page and worker (when the page is cross-origin isolated), as Int32 slots:
+// INTERRUPT is Pyodide's interrupt buffer (2 = raise KeyboardInterrupt in running Python code, which
+// is how a busy Python loop gets stopped: the worker's own event loop is blocked meanwhile);
+// RUNNING is the id of the request the worker is running (0 = idle), so the page sets INTERRUPT only
+// for the request it means to stop.
+export const CONTROL = Object.freeze({ INTERRUPT: 0, RUNNING: 1, SLOTS: 2, SIGINT: 2 });

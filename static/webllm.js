@@ -1,0 +1,186 @@
+// webllm.js: the page-side client. One classic script tag sets `window.webllm`:
+//
+//   <script src="/webllm.js"></script>
+//   const engine = await webllm.create({ model: "SmolLM2-135M-Instruct.Q4_1.gguf", onProgress });
+//   const reply = await engine.chat.completions.create({ messages });             // OpenAI-shaped
+//   for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) ...
+//   await webllm.runPython("1 + 1");                                             // 2
+//
+// As an ES module: `import webllm from "/webllm.mjs"`.
+// It starts the module worker (worker.js, Pyodide inside) as soon as it loads; every call is one
+// request of the protocol in protocol.js, answered by `progress`/`chunk` responses and then one
+// `result` or `error`. Errors reject with a WebLLMError whose `name` is the Python error class.
+(function () {
+  "use strict";
+  if (globalThis.webllm && globalThis.webllm.__client) return; // loaded twice: keep the first
+
+  const script = typeof document !== "undefined" && document.currentScript;
+
+  class WebLLMError extends Error {
+    constructor(name, message, traceback) {
+      super(message);
+      this.name = name || "WebLLMError";
+      if (traceback) this.traceback = traceback;
+    }
+  }
+
+  // A one-way channel from worker messages to an async iterator (for streamed chunks).
+  function channel() {
+    const items = [], waiters = [];
+    let done = false, error = null;
+    const wake = () => { while (waiters.length) waiters.shift()(); };
+    return {
+      push(v) { items.push(v); wake(); },
+      end(err) { done = true; error = err || null; wake(); },
+      async *[Symbol.asyncIterator]() {
+        for (;;) {
+          if (items.length) { yield items.shift(); continue; }
+          if (error) throw error;
+          if (done) return;
+          await new Promise((r) => waiters.push(r));
+        }
+      },
+    };
+  }
+
+  class Client {
+    constructor(baseURL) {
+      this.baseURL = baseURL;
+      this.protocol = import(new URL("protocol.js", baseURL).href);
+      this.worker = new Worker(new URL("worker.js", baseURL), { type: "module" });
+      this.nextId = 1;
+      this.pending = new Map(); // id -> {resolve, reject, onProgress, onChunk}
+      // Shared memory lets the page stop a busy Python loop (the worker's event loop is blocked
+      // then, so a message would wait). It exists only when the page is cross-origin isolated.
+      this.sab = globalThis.crossOriginIsolated ? new SharedArrayBuffer(4 * 2) : null;
+      this.control = this.sab ? new Int32Array(this.sab) : null;
+      this.worker.onmessage = (ev) => this._receive(ev.data);
+      this.worker.onerror = (ev) => this._crash(new WebLLMError("WorkerError",
+        `The worker failed to start or crashed: ${ev.message || "see the console"}`));
+      this.ready = this.request("init", { control: this.sab });
+    }
+
+    _receive({ kind, id, payload }) {
+      const p = this.pending.get(id);
+      if (!p) return;
+      if (kind === "progress") return p.onProgress && p.onProgress(payload);
+      if (kind === "chunk") return p.onChunk && p.onChunk(payload);
+      this.pending.delete(id);
+      if (p.cleanup) p.cleanup();
+      if (kind === "result") p.resolve(payload);
+      else if (kind === "error") p.reject(new WebLLMError(payload.name, payload.message, payload.traceback));
+      else p.reject(new WebLLMError("ProtocolError", `unexpected response kind ${kind}`));
+    }
+
+    _crash(err) {
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+    }
+
+    // Send one request; returns {id, promise}. Options: onProgress, onChunk, signal.
+    send(kind, payload = {}, { onProgress, onChunk, signal } = {}) {
+      const id = this.nextId++;
+      const promise = new Promise((resolve, reject) => {
+        const entry = { resolve, reject, onProgress, onChunk };
+        if (signal) {
+          if (signal.aborted) return reject(new WebLLMError("AbortedError", "The request was aborted before it was sent."));
+          const onAbort = () => this.abort(id, "cancel");
+          signal.addEventListener("abort", onAbort, { once: true });
+          entry.cleanup = () => signal.removeEventListener("abort", onAbort);
+        }
+        this.pending.set(id, entry);
+        this.protocol.then(({ PROTOCOL }) => {
+          if (!PROTOCOL.requests[kind]) {
+            this.pending.delete(id);
+            return reject(new WebLLMError("ProtocolError", `unknown request kind ${kind}`));
+          }
+          this.worker.postMessage({ kind, id, payload });
+        });
+      });
+      return { id, promise };
+    }
+
+    request(kind, payload, options) {
+      return this.send(kind, payload, options).promise;
+    }
+
+    // Stop request `id`: `cancel` makes it fail with AbortedError, `interrupt` ends generation early.
+    abort(id, mode = "cancel") {
+      if (!this.pending.has(id)) return Promise.resolve({ aborted: false });
+      if (this.control && mode === "cancel" && Atomics.load(this.control, 1) === id) {
+        Atomics.store(this.control, 0, 2); // Pyodide's interrupt buffer: KeyboardInterrupt in Python
+      }
+      return this.request("abort", { target: id, mode });
+    }
+  }
+
+  let client = null;
+  function getClient() {
+    if (!client) client = new Client(webllm.baseURL || (script && script.src) || location.href);
+    return client;
+  }
+
+  function modelURL(model) {
+    if (typeof model !== "string" || !model) throw new WebLLMError("RequestError", "webllm.create needs {model}: a name from /models/index.json or a URL.");
+    return model.includes("/") ? new URL(model, location.href).href : new URL(`models/${model}`, getClient().baseURL).href;
+  }
+
+  class Engine {
+    constructor(c, model) {
+      this._c = c;
+      this.model = model;
+      this._inflight = new Set();
+      this.chat = { completions: { create: (req) => this._generate("chat", req) } };
+      this.completions = { create: (req) => this._generate("completion", req) };
+    }
+
+    async _generate(kind, req = {}) {
+      const { signal, ...body } = req;
+      await this._c.ready;
+      if (!body.stream) {
+        const { id, promise } = this._c.send(kind, body, { signal });
+        this._inflight.add(id);
+        try { return await promise; } finally { this._inflight.delete(id); }
+      }
+      const ch = channel();
+      const { id, promise } = this._c.send(kind, body, { signal, onChunk: (c) => ch.push(c) });
+      this._inflight.add(id);
+      promise.then(() => ch.end(), (e) => ch.end(e)).finally(() => this._inflight.delete(id));
+      return ch;
+    }
+
+    // Stop whatever this engine is generating; streams end normally with what they have.
+    async interrupt() {
+      await Promise.all([...this._inflight].map((id) => this._c.abort(id, "interrupt")));
+    }
+
+    async unload() { await this._c.ready; return this._c.request("unload", {}); }
+    async runtimeStats() { await this._c.ready; return this._c.request("stats", {}); }
+  }
+
+  const webllm = {
+    __client: true,
+    baseURL: script ? script.src : null,
+    WebLLMError,
+    // Resolves with {python, pyodide, webllm_py, crossOriginIsolated, ...} once Pyodide is up.
+    ready() { return getClient().ready; },
+    async create({ model, onProgress, signal, ...options } = {}) {
+      const c = getClient();
+      const url = modelURL(model);
+      await c.ready;
+      await c.request("load", { model: url, options }, { onProgress, signal });
+      return new Engine(c, url);
+    },
+    // Run Python in the worker (top-level await allowed); resolves with the last expression's
+    // value as JSON (bytes arrive as {$bytes: base64}).
+    async runPython(code, { signal } = {}) {
+      const c = getClient();
+      await c.ready;
+      return c.request("exec", { code }, { signal });
+    },
+    // The lower-level client, for tests: send(kind, payload, {onProgress, onChunk, signal}) -> {id, promise}.
+    client: getClient,
+  };
+  globalThis.webllm = webllm;
+  if (script) getClient(); // start Pyodide now: it takes seconds
+})();

