@@ -1,0 +1,102 @@
+"""Paged KV cache: the allocator's bookkeeping, and sequences sharing the cache give the same
+attention outputs as each alone (checked against the numpy reference of test_attention)."""
+import numpy as np
+import pytest
+
+from .test_attention import HD, KV, H, Harness, make_qkv, reference, shuffled_cache
+from webllm_py.errors import ContextOverflowError, KVCacheFullError, ModelTooLargeError
+from webllm_py.kv_cache import PagedKVCache
+
+pytestmark = pytest.mark.gpu
+
+
+def test_allocator_ensure_truncate_free(device):
+    c = PagedKVCache(device, 2, KV, HD, block_size=4, num_blocks=10)
+    assert len(c.k) == len(c.v) == 2 and c.k[0].size == 10 * 4 * KV * HD * 4
+    c.ensure(0, 9)                      # 3 blocks
+    assert c.length(0) == 9 and len(c.blocks(0)) == 3 and c.free_blocks == 7
+    c.ensure(0, 12)                     # still 3 blocks
+    assert len(c.blocks(0)) == 3 and c.length(0) == 12
+    c.ensure(1, 1)
+    assert c.free_blocks == 6 and not set(c.blocks(0)) & set(c.blocks(1))
+    first = c.blocks(0)
+    c.truncate(0, 5)                    # keep 2 blocks, the first two
+    assert c.blocks(0) == first[:2] and c.length(0) == 5 and c.free_blocks == 7
+    assert np.frombuffer(c.table_bytes(0), "<u4").tolist() == first[:2]
+    c.free(0)
+    c.free(1)
+    assert c.free_blocks == 10 and c.length(0) == 0
+    assert len(c.table_bytes(0)) == 4   # never an empty write
+
+
+def test_out_of_blocks_is_typed_and_leaves_cache_usable(device):
+    c = shuffled_cache(device, num_blocks=12, block_size=4)
+    h = Harness(device, c, max_tokens=32)
+    qa, ka, va = make_qkv(30, 10)
+    h.run(0, qa, ka, va, [30])          # 8 blocks
+    with pytest.raises(KVCacheFullError, match="KV cache is full"):
+        c.ensure(1, 20)                 # needs 5, only 4 free
+    assert isinstance(KVCacheFullError("x"), ContextOverflowError)
+    assert c.free_blocks == 4 and c.blocks(1) == []   # all or nothing
+    # The cache still works: a short sequence fits, and after freeing seq 0 a long one does too.
+    qb, kb, vb = make_qkv(16, 11)
+    np.testing.assert_allclose(h.run(1, qb, kb, vb, [16]), reference(qb, kb, vb, H, KV), atol=2e-5, rtol=1e-4)
+    c.free(0)
+    c.free(1)
+    assert c.free_blocks == 12
+    qc, kc, vc = make_qkv(31, 12)
+    np.testing.assert_allclose(h.run(2, qc, kc, vc, [20, 1, 10]), reference(qc, kc, vc, H, KV), atol=2e-5, rtol=1e-4)
+
+
+def test_per_sequence_limit_is_context_overflow(device):
+    c = PagedKVCache(device, 1, KV, HD, block_size=4, num_blocks=10, max_blocks_per_seq=3)
+    with pytest.raises(ContextOverflowError, match="at most 12"):
+        c.ensure(0, 13)
+    c.ensure(0, 12)
+
+
+def test_binding_size_checked_before_allocation(device):
+    with pytest.raises(ModelTooLargeError, match="binding limit"):
+        PagedKVCache(device, 1, KV, HD, block_size=16, num_blocks=10_000_000)
+
+
+def test_interleaved_sequences_match_each_alone(device):
+    """Two sequences of different lengths, prefilled in chunks and decoded alternately step by step,
+    in one cache with shuffled blocks, give the outputs each gives alone (and the reference)."""
+    c = shuffled_cache(device, num_blocks=40, block_size=4, seed=7)
+    h = Harness(device, c, max_tokens=32)
+    seqs = {0: make_qkv(40, 20), 1: make_qkv(23, 21)}
+    plans = {0: [13, 7] + [1] * 20, 1: [5] + [1] * 18}
+    outs = {0: [], 1: []}
+    pos = {0: 0, 1: 0}
+    for i in range(max(len(p) for p in plans.values())):
+        for s in (0, 1):
+            if i < len(plans[s]):
+                n = plans[s][i]
+                q, k, v = (a[pos[s]:pos[s] + n] for a in seqs[s])
+                outs[s].append(h.step_(s, pos[s], q, k, v))
+                pos[s] += n
+    for s in (0, 1):
+        together = np.concatenate(outs[s])
+        alone = Harness(device, shuffled_cache(device, seed=s), max_tokens=32).run(5, *seqs[s], plans[s])
+        np.testing.assert_allclose(together, alone, atol=1e-6, rtol=1e-6)
+        np.testing.assert_allclose(together, reference(*seqs[s], H, KV), atol=2e-5, rtol=1e-4)
+    # The two sequences' pages interleave in the physical pool.
+    assert not set(c.blocks(0)) & set(c.blocks(1))
+    c.free(0)
+    c.free(1)
+    assert c.free_blocks == 40
+
+
+def test_truncate_then_continue_reuses_prefix(device):
+    """Prefix reuse: keep the first 17 positions, overwrite the rest with a new continuation."""
+    c = shuffled_cache(device, num_blocks=30, block_size=4, seed=9)
+    h = Harness(device, c, max_tokens=32)
+    q, k, v = make_qkv(30, 30)
+    h.run(0, q, k, v, [30])
+    c.truncate(0, 17)
+    q2, k2, v2 = make_qkv(30, 31)
+    q2[:17], k2[:17], v2[:17] = q[:17], k[:17], v[:17]
+    outs = [h.step_(0, 17, q2[17:25], k2[17:25], v2[17:25])]
+    outs += [h.step_(0, p, q2[p:p + 1], k2[p:p + 1], v2[p:p + 1]) for p in range(25, 30)]
+    np.testing.assert_allclose(np.concatenate(outs), reference(q2, k2, v2, H, KV)[17:], atol=2e-5, rtol=1e-4)
