@@ -1,0 +1,136 @@
+"""Linear layers and embeddings over quantized weights.
+
+`Linear` owns a weight (and optional bias) GPUTensor and its two pipelines: the decode matvec
+(one token) and the tiled prefill matmul (T > 1). `bind()` makes the bind groups once, for a
+fixed set of activation buffers; `BoundLinear.record()` then only records a dispatch, which is
+all a token's forward pass should cost in Python.
+
+Activations are f32, row-major: x [T, K] in, y [T, N] out. The prefill matmul reads T from
+`params[tokens_at]` (the model's step buffer {pos0, n_tokens}); the decode matvec needs none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UnsupportedModelError
+from .formats.quants import row_nbytes
+from .weights import GPUTensor
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class MatvecTiling:
+    wg: int = 64  # threads splitting K
+    rows: int = 2  # rows per workgroup
+
+
+@dataclass(frozen=True)
+class MatmulTiling:
+    tm: int = 32  # tokens per tile
+    tn: int = 32  # weight rows per tile
+    tk: int = 32  # K slab width (multiple of 4)
+    rm: int = 4  # tokens per thread
+    rn: int = 4  # rows per thread
+
+
+class Linear:
+    """y = x @ W^T (+ bias) with W [N = out, K = in] in any supported ggml type."""
+
+    def __init__(self, device: Any, weight: GPUTensor, bias: GPUTensor | None = None, *,
+                 matvec: MatvecTiling = MatvecTiling(), matmul: MatmulTiling = MatmulTiling(),
+                 tokens_at: int = 1, f16: bool = False, subgroups: bool = False) -> None:
+        if len(weight.shape) != 2:
+            raise UnsupportedModelError(f"linear weight '{weight.name}' must be 2-D, got shape {weight.shape}")
+        self.device = device
+        self.weight = weight
+        self.bias = bias
+        self.N, self.K = weight.shape
+        if self.K % 4:
+            raise UnsupportedModelError(f"linear weight '{weight.name}': in_features {self.K} is not a multiple of 4")
+        if bias is not None and bias.shape != (self.N,):
+            raise UnsupportedModelError(f"bias '{bias.name}' shape {bias.shape} does not match {self.N} outputs")
+        self.matvec_tiling = matvec
+        self.matmul_tiling = matmul
+        self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
+                            qtype=weight.ggml_type.name, has_bias=bias is not None)
+        self._tokens_at = tokens_at
+        self._f16 = f16
+        self._subgroups = subgroups
+        # Pipelines are made on first use (accumulate or not) and cached: lavapipe compiles slowly.
+        self._kernels: dict[tuple[str, bool], Any] = {}
+
+    def kernel(self, kind: str, accumulate: bool) -> Any:
+        """The 'matvec' or 'matmul' pipeline of this layer."""
+        k = self._kernels.get((kind, accumulate))
+        if k is None:
+            if kind == "matvec":
+                t = self.matvec_tiling
+                k = self.device.kernel("matvec", label=f"matvec {self.weight.name}", wg=t.wg, rows=t.rows,
+                                       accumulate=accumulate, f16=self._f16, subgroups=self._subgroups, **self._params)
+            else:
+                m = self.matmul_tiling
+                k = self.device.kernel("matmul", label=f"matmul {self.weight.name}", tm=m.tm, tn=m.tn, tk=m.tk,
+                                       rm=m.rm, rn=m.rn, tokens_at=self._tokens_at, accumulate=accumulate,
+                                       **self._params)
+            self._kernels[(kind, accumulate)] = k
+        return k
+
+    def bind(self, x: Any, y: Any, params: Any | None = None, accumulate: bool = False) -> "BoundLinear":
+        """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
+        w = self.weight.buffer
+        extra = [self.bias.buffer] if self.bias is not None else []
+        mv = self.device.bind(self.kernel("matvec", accumulate), [w, x, y, *extra])
+        mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra]) if params is not None else None
+        return BoundLinear(self, mv, mm)
+
+
+@dataclass(eq=False)
+class BoundLinear:
+    linear: Linear
+    matvec: Any
+    matmul: Any | None = field(default=None)
+
+    def record(self, rec: Any, n_tokens: int) -> None:
+        """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
+        lin = self.linear
+        if n_tokens == 1:
+            rec.dispatch(self.matvec, _ceil_div(lin.N, lin.matvec_tiling.rows), 1)
+            return
+        if self.matmul is None:
+            raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
+        t = lin.matmul_tiling
+        rec.dispatch(self.matmul, _ceil_div(lin.N, t.tn), _ceil_div(n_tokens, t.tm))
+
+
+class Embedding:
+    """out[t, :] = W[ids[t], :] * scale for a [V, D] table in any supported ggml type."""
+
+    def __init__(self, device: Any, weight: GPUTensor, scale: float = 1.0, wg: int = 64) -> None:
+        if len(weight.shape) != 2:
+            raise UnsupportedModelError(f"embedding '{weight.name}' must be 2-D, got shape {weight.shape}")
+        self.device = device
+        self.weight = weight
+        self.V, self.D = weight.shape
+        if self.D % 4:
+            raise UnsupportedModelError(f"embedding '{weight.name}': width {self.D} is not a multiple of 4")
+        self.wg = wg
+        self._kernel = device.kernel("embedding", label=f"embedding {weight.name}", D=self.D, V=self.V,
+                                     row_bytes=row_nbytes(weight.ggml_type, self.D), qtype=weight.ggml_type.name,
+                                     wg=wg, scale=float(scale))
+
+    def bind(self, ids: Any, out: Any) -> "BoundEmbedding":
+        return BoundEmbedding(self, self.device.bind(self._kernel, [self.weight.buffer, ids, out]))
+
+
+@dataclass(eq=False)
+class BoundEmbedding:
+    embedding: Embedding
+    bind_group: Any
+
+    def record(self, rec: Any, n_tokens: int) -> None:
+        e = self.embedding
+        rec.dispatch(self.bind_group, _ceil_div(e.D // 4, e.wg), n_tokens)
