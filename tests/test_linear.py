@@ -83,6 +83,10 @@ def test_matvec_and_matmul_every_type(device, qtype):
         x = rng.standard_normal((T, K)).astype(np.float32)
         y = run_linear(device, lin, x)
         assert_close(y, x.astype(np.float64) @ w.T, x, w)
+    # the barrier-free variant: each thread owns whole rows
+    lin = Linear(device, lin.weight, matvec=MatvecTiling(wg=16, rows=2, split_k=False))
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    assert_close(run_linear(device, lin, x), x.astype(np.float64) @ w.T, x, w)
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
@@ -152,21 +156,24 @@ def test_real_smollm2_projection(device, name):
 
 def test_matvec_timing_576x1536_q4_1(device):
     g = smollm2()
+    tilings = [MatvecTiling(64, 2, True), MatvecTiling(32, 4, True), MatvecTiling(64, 1, False), MatvecTiling(16, 2, False)]
     for name in ("blk.0.ffn_up.weight", "blk.0.ffn_down.weight"):  # 1536x576 and 576x1536
-        lin = Linear(device, upload_tensor(device, None, g.tensors[name]))
-        xb = f32_buffer(device, np.ones(lin.K, np.float32))
-        yb = device.create_buffer(lin.N * 4)
-        bound = lin.bind(xb, yb)
-        with device.recorder() as rec:  # warm-up
-            bound.record(rec, 1)
-        read_f32(device, yb, 1)
-        reps = 50
-        t0 = time.perf_counter()
-        with device.recorder() as rec:
-            for _ in range(reps):
+        weight = upload_tensor(device, None, g.tensors[name])
+        for tiling in tilings:
+            lin = Linear(device, weight, matvec=tiling)
+            xb = f32_buffer(device, np.ones(lin.K, np.float32))
+            yb = device.create_buffer(lin.N * 4)
+            bound = lin.bind(xb, yb)
+            with device.recorder() as rec:  # warm-up
                 bound.record(rec, 1)
-        read_f32(device, yb, 1)
-        dt = (time.perf_counter() - t0) / reps
-        nbytes = g.tensors[name].nbytes
-        print(f"\nmatvec Q4_1 N={lin.N} K={lin.K} on {device.info.description.strip()}: "
-              f"{dt * 1e6:.0f} us/dispatch, {nbytes / dt / 1e9:.2f} GB/s of weights")
+            read_f32(device, yb, 1)
+            reps = 20
+            t0 = time.perf_counter()
+            with device.recorder() as rec:
+                for _ in range(reps):
+                    bound.record(rec, 1)
+            read_f32(device, yb, 1)
+            dt = (time.perf_counter() - t0) / reps
+            nbytes = g.tensors[name].nbytes
+            print(f"\nmatvec Q4_1 N={lin.N} K={lin.K} {tiling}: {dt * 1e6:.0f} us/dispatch, "
+                  f"{nbytes / dt / 1e9:.3f} GB/s of weights ({device.info.description.strip()[:30]})")

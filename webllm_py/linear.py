@@ -24,8 +24,12 @@ def _ceil_div(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class MatvecTiling:
-    wg: int = 64  # threads splitting K
-    rows: int = 2  # rows per workgroup
+    wg: int = 64  # threads per workgroup
+    rows: int = 2  # rows per workgroup (split_k) or per thread
+    split_k: bool = True  # threads split K and reduce; False suits CPU adapters (no barriers)
+
+    def groups(self, n: int) -> int:
+        return _ceil_div(n, self.rows if self.split_k else self.rows * self.wg)
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Linear:
         if k is None:
             if kind == "matvec":
                 t = self.matvec_tiling
-                k = self.device.kernel("matvec", label=f"matvec {self.weight.name}", wg=t.wg, rows=t.rows,
+                k = self.device.kernel("matvec", label=f"matvec {self.weight.name}", wg=t.wg, rows=t.rows, split_k=t.split_k,
                                        accumulate=accumulate, f16=self._f16, subgroups=self._subgroups, **self._params)
             else:
                 m = self.matmul_tiling
@@ -98,7 +102,7 @@ class BoundLinear:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
         lin = self.linear
         if n_tokens == 1:
-            rec.dispatch(self.matvec, _ceil_div(lin.N, lin.matvec_tiling.rows), 1)
+            rec.dispatch(self.matvec, lin.matvec_tiling.groups(lin.N), 1)
             return
         if self.matmul is None:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
