@@ -137,6 +137,15 @@ function abort(id, { target, mode = "cancel" }) {
     return post("result", id, { aborted: true });
   }
   let aborted = false;
-  if (running && running.id === target && session) aborted = !!session.abort(target, mode);
+  if (running && running.id === target && session) {
+    // This message being handled means Python is not busy but waiting on an await, so the interrupt
+    // the page may have raised is not needed: clear it, or it would fire inside session.abort.
+    if (control) Atomics.store(control, CONTROL.INTERRUPT, 0);
+    try {
+      aborted = !!session.abort(target, mode);
+    } catch (e) {
+      return fail(id, "AbortError", String(e && e.message || e));
+    }
+  }
   post("result", id, { aborted });
 }

@@ -56,3 +56,7 @@ class AbortedError(WebLLMError):
 class KVCacheFullError(ContextOverflowError):
     """The paged KV cache has no free blocks left; the cache stays usable (free a sequence, or load
     the engine with more cache blocks / a smaller context)."""
+
+
+class ModelNotLoadedError(WebLLMError):
+    """A generation/stats request arrived before a model was loaded (call webllm.create({model}) first)."""

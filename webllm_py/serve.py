@@ -161,6 +161,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._file(self.site.models.get(path[len("/models/"):]), head, cache="no-cache")
         if path.startswith("/pyodide/"):
             return self._file(_inside(self.site.pyodide, path[len("/pyodide/"):]), head, cache="max-age=3600")
+        if path == "/favicon.ico" and not (self.site.static / "favicon.ico").is_file():
+            return self._headers(204, "image/x-icon", 0)  # no icon, and no 404 in the console
         rel = path.lstrip("/") or "index.html"
         return self._file(_inside(self.site.static, rel), head, cache="no-cache")
 

@@ -18,7 +18,7 @@ import json
 import traceback
 from typing import Any, Callable
 
-from .errors import AbortedError
+from .errors import AbortedError, ModelNotLoadedError
 
 # Mirror of PROTOCOL in static/protocol.js.
 REQUESTS = ("init", "exec", "load", "chat", "completion", "abort", "unload", "stats")
@@ -142,7 +142,7 @@ class Session:
     def _need_engine(self):
         self._engine_api()
         if self.engine is None:
-            raise RuntimeError("No model is loaded: call webllm.create({model}) (a `load` request) first.")
+            raise ModelNotLoadedError("No model is loaded: call webllm.create({model}) (a `load` request) first.")
         return self.engine
 
     async def _load(self, payload: dict, emit: Emit, data: Any) -> dict:

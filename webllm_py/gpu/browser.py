@@ -76,7 +76,7 @@ class BrowserDevice(Device):
             description=str(info.description),
             is_fallback=bool(getattr(info, "isFallbackAdapter", False) or getattr(adapter, "isFallbackAdapter", False)),
         )
-        have = {str(f) for f in js.Array["from"](adapter.features)}
+        have = {str(f) for f in getattr(js.Array, "from")(adapter.features)}
         request = [f for f in _FEATURES if f in have and (use_subgroups or f != "subgroups")]
         limits = {k: getattr(adapter.limits, k) for k in _LIMITS}
         self.raw = await adapter.requestDevice(_js({"requiredFeatures": request, "requiredLimits": limits}))

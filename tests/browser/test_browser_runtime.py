@@ -1,0 +1,184 @@
+"""The browser runtime end to end: a page with one script tag starts the worker, Python runs in
+Pyodide, drives WebGPU (SwiftShader) through webllm_py.gpu, and the protocol's error and abort
+paths behave. GPU results are checked on CPython with numpy, from the same input bytes."""
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+import pytest
+
+from webllm_py import wheel, worker
+
+from .conftest import BrowserPythonError, run_python
+
+pytestmark = pytest.mark.browser
+
+
+def test_script_tag_page_starts_the_worker(webllm_page):
+    info = webllm_page.info
+    assert info["python"].startswith("3.")
+    assert info["webllm_py"] == wheel.project_version()
+    # COOP/COEP from the server make the page isolated, which the interrupt buffer needs.
+    assert info["crossOriginIsolated"] is True and info["interruptible"] is True
+    assert webllm_page.evaluate("() => typeof webllm.create === 'function' && typeof webllm.runPython === 'function'")
+    assert run_python(webllm_page, "import sys; sys.platform") == "emscripten"
+
+
+def test_protocol_js_and_worker_py_name_the_same_kinds(webllm_page):
+    kinds = webllm_page.evaluate("""async () => {
+        const { PROTOCOL } = await import('/protocol.js');
+        return [Object.keys(PROTOCOL.requests), Object.keys(PROTOCOL.responses)];
+    }""")
+    assert sorted(kinds[0]) == sorted(worker.REQUESTS)
+    assert sorted(kinds[1]) == sorted(worker.RESPONSES)
+
+
+def test_wheel_brings_the_shader_templates(webllm_page):
+    d = run_python(webllm_page, "from webllm_py import kernels; str(kernels.shader_dir())")
+    assert d.endswith("site-packages/webllm_py/shaders")
+
+
+def test_python_reports_the_swiftshader_adapter(webllm_page):
+    r = run_python(webllm_page, """
+import js
+import webllm_py.gpu
+dev = await webllm_py.gpu.request_device()
+adapter = await js.navigator.gpu.requestAdapter()
+{"backend": dev.info.backend, "vendor": dev.info.vendor, "architecture": dev.info.architecture,
+ "fallback": dev.info.is_fallback, "features": sorted(dev.features),
+ "adapter_features": sorted(str(f) for f in getattr(js.Array, "from")(adapter.features)),
+ "max_binding": dev.max_binding_size}
+""")
+    assert r["backend"] == "browser"
+    assert (r["vendor"], r["architecture"]) == ("google", "swiftshader")
+    assert r["fallback"] is True
+    assert {"subgroups", "timestamp-query"} <= set(r["adapter_features"])
+    assert "shader-f16" not in r["adapter_features"] and "shader-f16" not in r["features"]
+    assert "timestamp-query" in r["features"]
+    assert r["max_binding"] >= 1 << 30  # the adapter's 1 GiB is requested, not the 128 MiB default
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode()
+
+
+# Inputs go in as bytes; the output comes back as bytes. Tolerance: fp32 accumulation over K terms
+# of standard normals vs a float64 reference, rtol = atol = 1e-4 (same as the native tests).
+RUN_KERNEL = """
+import base64, webllm_py.gpu
+dev = await webllm_py.gpu.request_device()
+ins = [dev.buffer_from(base64.b64decode(s)) for s in {inputs!r}]
+out = dev.create_buffer({out_bytes})
+k = dev.kernel({template!r}, **{params!r})
+await dev.check_errors()
+dev.run(k, ins + [out], *{grid!r})
+await dev.read_buffer(out)
+"""
+
+
+def test_matvec_f32_in_pyodide_matches_numpy(webllm_page):
+    rng = np.random.default_rng(7)
+    rows, cols = 96, 300
+    W = rng.standard_normal((rows, cols), dtype=np.float32)
+    x = rng.standard_normal(cols, dtype=np.float32)
+    code = RUN_KERNEL.format(inputs=[_b64(W), _b64(x)], out_bytes=rows * 4, template="matvec_f32",
+                             params=dict(rows=rows, cols=cols, wg=64), grid=(rows,))
+    y = np.frombuffer(run_python(webllm_page, code), "<f4")
+    np.testing.assert_allclose(y, W.astype(np.float64) @ x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 8, 16), (37, 50, 70)])
+def test_matmul_f32_in_pyodide_matches_numpy(webllm_page, M, N, K):
+    rng = np.random.default_rng(M * 1000 + N)
+    A = rng.standard_normal((M, K), dtype=np.float32)
+    B = rng.standard_normal((N, K), dtype=np.float32)
+    code = RUN_KERNEL.format(inputs=[_b64(A), _b64(B)], out_bytes=M * N * 4, template="matmul_f32",
+                             params=dict(M=M, N=N, K=K, tm=8, tn=8, tk=16), grid=(-(-N // 8), -(-M // 8)))
+    C = np.frombuffer(run_python(webllm_page, code), "<f4").reshape(M, N)
+    np.testing.assert_allclose(C, A.astype(np.float64) @ B.T, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_wgsl_is_a_shader_error_in_the_browser(webllm_page):
+    with pytest.raises(BrowserPythonError) as e:
+        run_python(webllm_page, """
+import webllm_py.gpu
+dev = await webllm_py.gpu.request_device()
+dev._create_pipeline("fn main( {", "broken")
+await dev.check_errors()
+""")
+    assert e.value.name == "ShaderError"
+
+
+def test_python_error_is_typed_and_worker_stays_usable(webllm_page):
+    with pytest.raises(BrowserPythonError) as e:
+        run_python(webllm_page, "x_before = 41\nraise ValueError('boom')")
+    assert e.value.name == "ValueError" and "boom" in e.value.message
+    assert "ValueError" in e.value.traceback
+    with pytest.raises(BrowserPythonError) as e:
+        run_python(webllm_page, "from webllm_py.errors import RequestError\nraise RequestError('top_p must be > 0')")
+    assert e.value.name == "RequestError"
+    with pytest.raises(BrowserPythonError) as e:
+        run_python(webllm_page, "def f(:\n  pass")
+    assert e.value.name == "SyntaxError"
+    with pytest.raises(BrowserPythonError) as e:
+        run_python(webllm_page, "object()")
+    assert e.value.name == "ResultNotSerializable"
+    # The namespace persists across requests (notebook-like) and the worker still answers.
+    assert run_python(webllm_page, "x_before + 1") == 42
+
+
+def test_abort_a_busy_python_loop(webllm_page):
+    """A CPU-bound loop blocks the worker's event loop; the page stops it through the interrupt buffer."""
+    t0 = time.monotonic()
+    with pytest.raises(BrowserPythonError) as e:
+        run_python(webllm_page, "n = 0\nwhile True:\n    n += 1", timeout_ms=1500)
+    assert e.value.name == "AbortedError"
+    assert time.monotonic() - t0 < 30
+    assert run_python(webllm_page, "n > 0") is True  # it really ran, and the worker is usable again
+
+
+def test_abort_python_waiting_on_an_await(webllm_page):
+    t0 = time.monotonic()
+    with pytest.raises(BrowserPythonError) as e:
+        run_python(webllm_page, "import asyncio\nawait asyncio.sleep(600)", timeout_ms=500)
+    assert e.value.name == "AbortedError"
+    assert time.monotonic() - t0 < 30
+    assert run_python(webllm_page, "2 * 21") == 42
+
+
+def test_queued_requests_run_one_at_a_time_and_can_be_aborted(webllm_page):
+    r = webllm_page.evaluate("""async () => {
+        await webllm.runPython('import asyncio\\nlog = []');
+        const step = (name) => `log.append('${name}0')\\nawait asyncio.sleep(0.05)\\nlog.append('${name}1')`;
+        const c = webllm.client();
+        const a = c.send('exec', { code: step('a') });
+        const b = c.send('exec', { code: step('b') });
+        const dropped = c.send('exec', { code: "log.append('dropped')" });
+        const abort = await c.abort(dropped.id);
+        const outcome = await dropped.promise.then(() => 'ran', (e) => e.name);
+        await Promise.all([a.promise, b.promise]);
+        return { abort, outcome, log: await webllm.runPython('log') };
+    }""")
+    assert r["abort"] == {"aborted": True}
+    assert r["outcome"] == "AbortedError"
+    assert r["log"] == ["a0", "a1", "b0", "b1"]  # no interleaving, and the dropped one never ran
+
+
+def test_unknown_request_kind_is_a_protocol_error(webllm_page):
+    name = webllm_page.evaluate("() => webllm.client().request('teleport', {}).then(() => 'ok', (e) => e.name)")
+    assert name == "ProtocolError"
+
+
+def test_stats_without_a_model_is_a_typed_error(webllm_page):
+    name = webllm_page.evaluate("""async () => {
+        await webllm.ready();
+        return webllm.client().request('stats', {}).then(() => 'ok', (e) => e.name);
+    }""")
+    assert name in ("ModelNotLoadedError", "NotImplementedYet")
+
+
+def test_page_logged_no_errors(webllm_page):
+    # Errors the tests provoked are answered as protocol errors, never as uncaught page errors.
+    assert [e for e in webllm_page.errors if "favicon" not in e and "404" not in e] == []
