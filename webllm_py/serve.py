@@ -20,7 +20,6 @@ import json
 import mimetypes
 import os
 import re
-import shutil
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -234,13 +233,21 @@ def _inside(base: Path, rel: str) -> Path | None:
     return p
 
 
-def make_server(host: str = "127.0.0.1", port: int = 8000, site: Site | None = None) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A browser dropping a keep-alive connection or a cancelled download is not worth a traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+def make_server(host: str = "127.0.0.1", port: int = 8000, site: Site | None = None) -> Server:
     """A ThreadingHTTPServer for `site` (built with build_site() when not given); port 0 picks a free one."""
     site = site or build_site()
     handler = type("SiteHandler", (Handler,), {"site": site})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return Server((host, port), handler)
 
 
 def server_url(server: ThreadingHTTPServer) -> str:
@@ -248,7 +255,7 @@ def server_url(server: ThreadingHTTPServer) -> str:
     return f"http://{host}:{port}/"
 
 
-def start_in_thread(host: str = "127.0.0.1", port: int = 0, site: Site | None = None) -> ThreadingHTTPServer:
+def start_in_thread(host: str = "127.0.0.1", port: int = 0, site: Site | None = None) -> Server:
     """Start a server on a background thread (for tests); stop it with server.shutdown()."""
     server = make_server(host, port, site)
     threading.Thread(target=server.serve_forever, name="webllm_py-serve", daemon=True).start()

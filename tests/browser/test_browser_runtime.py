@@ -182,3 +182,20 @@ def test_stats_without_a_model_is_a_typed_error(webllm_page):
 def test_page_logged_no_errors(webllm_page):
     # Errors the tests provoked are answered as protocol errors, never as uncaught page errors.
     assert [e for e in webllm_page.errors if "favicon" not in e and "404" not in e] == []
+
+
+def test_kernel_demo_page_matches_its_js_reference(chromium, server_url):
+    """static/index.html: adapter info shown, Python's templated matvec agrees with the page's JS reference."""
+    from .conftest import CONFIG, open_page
+
+    page = open_page(chromium, server_url)
+    try:
+        page.wait_for_function("() => document.querySelector('#matvec dd') && "
+                               "/OK|MISMATCH|Error/.test(document.querySelector('#matvec').textContent)",
+                               timeout=CONFIG.READY_TIMEOUT_MS)
+        text = page.inner_text("#matvec")
+        assert "OK" in text, text
+        assert "swiftshader" in page.inner_text("#adapter")
+        assert page.errors == []
+    finally:
+        page.close()

@@ -1,0 +1,54 @@
+"""webllm_py.worker (the Python side of the protocol) is plain Python: check it on CPython too."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from webllm_py import worker
+
+
+def call(session, kind, payload, id=1, emit=None):
+    out = []
+    text = asyncio.run(session.handle(kind, id, json.dumps(payload), emit or (lambda k, p: out.append((k, json.loads(p))))))
+    return json.loads(text), out
+
+
+def test_exec_top_level_await_and_last_expression():
+    s = worker.Session()
+    msg, _ = call(s, "exec", {"code": "import asyncio\nawait asyncio.sleep(0)\nx = 20\nx + 1"})
+    assert msg == {"kind": "result", "id": 1, "payload": 21}
+    msg, _ = call(s, "exec", {"code": "b'\\x00\\xff'"}, id=2)
+    assert msg["payload"] == {"$bytes": "AP8="}
+    msg, _ = call(s, "exec", {"code": "y = 1"}, id=3)
+    assert msg["payload"] is None
+
+
+def test_errors_are_typed():
+    s = worker.Session()
+    msg, _ = call(s, "exec", {"code": "raise KeyError('k')"})
+    assert msg["kind"] == "error" and msg["payload"]["name"] == "KeyError"
+    msg, _ = call(s, "exec", {"code": "object()"})
+    assert msg["payload"]["name"] == "ResultNotSerializable"
+    msg, _ = call(s, "teleport", {})
+    assert msg["kind"] == "error" and msg["payload"]["name"] == "ValueError"
+
+
+def test_abort_cancels_the_running_request():
+    s = worker.Session()
+
+    async def scenario():
+        t = asyncio.ensure_future(s.handle("exec", 5, json.dumps({"code": "import asyncio\nawait asyncio.sleep(60)"}),
+                                           lambda k, p: None))
+        await asyncio.sleep(0.05)
+        assert s.abort(5) is True
+        assert s.abort(6) is False  # not running
+        return json.loads(await asyncio.wait_for(t, 5))
+
+    msg = asyncio.run(scenario())
+    assert msg["kind"] == "error" and msg["payload"]["name"] == "AbortedError"
+
+
+def test_protocol_mirror_covers_the_engine_kinds():
+    assert set(worker.ENGINE_KINDS) <= set(worker.REQUESTS)
+    assert set(worker.REQUESTS) == {"init", "exec", "load", "chat", "completion", "abort", "unload", "stats"}
+    assert set(worker.RESPONSES) == {"progress", "chunk", "result", "error"}
