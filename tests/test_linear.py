@@ -177,3 +177,13 @@ def test_matvec_timing_576x1536_q4_1(device):
             nbytes = g.tensors[name].nbytes
             print(f"\nmatvec Q4_1 N={lin.N} K={lin.K} {tiling}: {dt * 1e6:.0f} us/dispatch, "
                   f"{nbytes / dt / 1e9:.3f} GB/s of weights ({device.info.description.strip()[:30]})")
+
+
+def test_more_than_65535_groups_spill_into_z(device):
+    # a 262k-vocabulary LM head needs > 65535 workgroups at 2 rows each; here 70001 groups of 1 row
+    rng = np.random.default_rng(5)
+    N, K = 70001, 32
+    raw, w = make_weight("Q8_0", N, K, rng)
+    lin = Linear(device, upload(device, raw, "Q8_0", N, K), matvec=MatvecTiling(wg=4, rows=1))
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    assert_close(run_linear(device, lin, x), x @ w.T, x, w)

@@ -18,6 +18,9 @@ from .formats.quants import row_nbytes
 from .weights import GPUTensor
 
 
+MAX_GROUPS = 65535  # WebGPU's default maxComputeWorkgroupsPerDimension
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -102,7 +105,9 @@ class BoundLinear:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
         lin = self.linear
         if n_tokens == 1:
-            rec.dispatch(self.matvec, lin.matvec_tiling.groups(lin.N), 1)
+            groups = lin.matvec_tiling.groups(lin.N)
+            z = _ceil_div(groups, MAX_GROUPS)  # past 65535 groups the grid spills into z
+            rec.dispatch(self.matvec, _ceil_div(groups, z), 1, z)
             return
         if self.matmul is None:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
