@@ -1,0 +1,137 @@
+"""Merge loops: rank-ordered BPE (GPT-2 style merges lists) and score-ordered SentencePiece BPE.
+
+Both keep the word as a doubly linked list of symbols and a heap of candidate pairs, so a word of n symbols
+costs O(n log n), not the O(n^2) of rescanning for the best pair after every merge. A heap entry can go stale
+when a neighbour merged first; it is checked against the live symbols when popped and dropped if so.
+"""
+import heapq
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte -> printable character table: printable Latin-1 bytes map to themselves, the other 68 bytes
+    to U+0100 onwards, so every byte string is a string of visible characters."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    table = [""] * 256
+    extra = 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+BYTE_TO_CHAR = _bytes_to_unicode()
+CHAR_TO_BYTE = {ch: b for b, ch in enumerate(BYTE_TO_CHAR)}
+
+
+def byte_level_encode(text: str) -> str:
+    """UTF-8 bytes of `text` spelled with GPT-2's byte characters."""
+    table = BYTE_TO_CHAR
+    return "".join([table[b] for b in text.encode("utf-8")])
+
+
+def byte_level_decode(piece: str) -> bytes:
+    """Inverse of byte_level_encode; characters outside the table stand for their own UTF-8."""
+    out = bytearray()
+    for ch in piece:
+        b = CHAR_TO_BYTE.get(ch)
+        if b is None:
+            out += ch.encode("utf-8")
+        else:
+            out.append(b)
+    return bytes(out)
+
+
+def merge_by_rank(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply merges lowest rank first (leftmost first among equal ranks) until no adjacent pair has a rank."""
+    n = len(symbols)
+    if n < 2:
+        return symbols
+    sym = list(symbols)
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    heap = []
+    for i in range(n - 1):
+        r = ranks.get((sym[i], sym[i + 1]))
+        if r is not None:
+            heap.append((r, i, i + 1, sym[i], sym[i + 1]))
+    heapq.heapify(heap)
+    while heap:
+        r, left, right, a, b = heapq.heappop(heap)
+        # Stale if either side changed since this pair was pushed.
+        if nxt[left] != right or sym[left] != a or sym[right] != b:
+            continue
+        merged = a + b
+        sym[left] = merged
+        sym[right] = ""
+        after = nxt[right]
+        nxt[left] = after
+        if after != -1:
+            prv[after] = left
+        nxt[right] = -2  # dead
+        before = prv[left]
+        if before != -1:
+            rr = ranks.get((sym[before], merged))
+            if rr is not None:
+                heapq.heappush(heap, (rr, before, left, sym[before], merged))
+        if after != -1:
+            rr = ranks.get((merged, sym[after]))
+            if rr is not None:
+                heapq.heappush(heap, (rr, left, after, merged, sym[after]))
+    out = []
+    i = 0
+    while i != -1:
+        out.append(sym[i])
+        i = nxt[i]
+    return out
+
+
+def merge_by_score(text: str, scores: dict[str, float]) -> list[str]:
+    """SentencePiece BPE as llama.cpp runs it (llm_tokenizer_spm): start from characters, repeatedly join the
+    adjacent pair whose concatenation is a vocabulary piece with the highest score (leftmost on ties).
+
+    `scores` maps piece text -> score for every vocabulary piece. Returns the final symbols: every merged symbol
+    is a piece; a lone character may not be, and then falls back to byte pieces."""
+    sym = list(text)
+    n = len(sym)
+    if n == 0:
+        return []
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    heap = []
+    for i in range(n - 1):
+        s = scores.get(sym[i] + sym[i + 1])
+        if s is not None:
+            heap.append((-s, i, i + 1, sym[i], sym[i + 1]))
+    heapq.heapify(heap)
+    while heap:
+        _, left, right, a, b = heapq.heappop(heap)
+        if nxt[left] != right or sym[left] != a or sym[right] != b:
+            continue
+        merged = a + b
+        sym[left] = merged
+        sym[right] = ""
+        after = nxt[right]
+        nxt[left] = after
+        if after != -1:
+            prv[after] = left
+        nxt[right] = -2
+        before = prv[left]
+        if before != -1:
+            s = scores.get(sym[before] + merged)
+            if s is not None:
+                heapq.heappush(heap, (-s, before, left, sym[before], merged))
+        if after != -1:
+            s = scores.get(merged + sym[after])
+            if s is not None:
+                heapq.heappush(heap, (-s, left, after, merged, sym[after]))
+    out = []
+    i = 0
+    while i != -1:
+        out.append(sym[i])
+        i = nxt[i]
+    return out

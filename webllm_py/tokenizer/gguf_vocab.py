@@ -1,0 +1,67 @@
+"""Build a Tokenizer from a GGUF file's tokenizer metadata (a plain {key: value} dict, arrays as lists).
+
+Keys (llama.cpp's names): tokenizer.ggml.model ("gpt2" = byte-level BPE, "llama" = SentencePiece),
+tokenizer.ggml.pre (which split pattern), .tokens, .merges, .token_type, .scores, .bos_token_id,
+.eos_token_id, .eot_token_id, .eom_token_id, .unknown_token_id, .add_bos_token, .add_eos_token,
+.add_space_prefix, tokenizer.chat_template.
+"""
+from ..errors import TokenizerError
+from .pretokenize import gguf_pre_tokenizer
+from .tokenizer import NORMAL, Tokenizer
+
+# Pre-tokenizer names for which llama.cpp sets ignore_merges (a word that is itself a piece is not merged) and
+# add_bos by default.
+_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                  "jina-v5-nano", "glm4", "glm5", "tekken", "youtu", "minicpm5"}
+_ADD_BOS = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+            "jina-v5-nano", "tekken", "chameleon"}
+
+
+def _opt_id(meta, key):
+    v = meta.get(key)
+    return None if v is None or v < 0 else int(v)
+
+
+def tokenizer_from_gguf_metadata(meta: dict) -> Tokenizer:
+    model = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if model is None or tokens is None:
+        raise TokenizerError("GGUF metadata has no tokenizer.ggml.model / tokenizer.ggml.tokens: "
+                             "this file carries no tokenizer")
+    kinds = list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
+    if len(kinds) != len(tokens):
+        raise TokenizerError("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length")
+    pre = meta.get("tokenizer.ggml.pre")
+    bos = _opt_id(meta, "tokenizer.ggml.bos_token_id")
+    eos = _opt_id(meta, "tokenizer.ggml.eos_token_id")
+    eos_ids = {i for i in (_opt_id(meta, "tokenizer.ggml.eot_token_id"),
+                           _opt_id(meta, "tokenizer.ggml.eom_token_id")) if i is not None}
+    common = dict(pieces=tokens, kinds=kinds, unk_id=_opt_id(meta, "tokenizer.ggml.unknown_token_id"),
+                  bos_id=bos, eos_id=eos, eos_ids=eos_ids, chat_template=meta.get("tokenizer.chat_template"))
+
+    if model == "gpt2":
+        merges = meta.get("tokenizer.ggml.merges") or []
+        ranks = {}
+        for r, m in enumerate(merges):
+            at = m.find(" ", 1)  # a piece may itself start with a space; llama.cpp searches from 1 too
+            if at < 0:
+                raise TokenizerError(f"malformed merge {m!r} in tokenizer.ggml.merges")
+            ranks.setdefault((m[:at], m[at + 1:]), r)
+        add_bos = meta.get("tokenizer.ggml.add_bos_token", pre in _ADD_BOS)
+        add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
+        return Tokenizer(mode="byte_bpe", stages=gguf_pre_tokenizer(pre), ranks=ranks,
+                         ignore_merges=pre in _IGNORE_MERGES,
+                         prefix_ids=[bos] if add_bos and bos is not None else [],
+                         suffix_ids=[eos] if add_eos and eos is not None else [], **common)
+    if model == "llama":
+        scores = meta.get("tokenizer.ggml.scores")
+        if scores is None:
+            raise TokenizerError("SentencePiece GGUF vocabulary without tokenizer.ggml.scores")
+        add_bos = meta.get("tokenizer.ggml.add_bos_token", True)
+        add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
+        return Tokenizer(mode="spm_scores", scores=scores,
+                         add_space_prefix=meta.get("tokenizer.ggml.add_space_prefix", True),
+                         prefix_ids=[bos] if add_bos and bos is not None else [],
+                         suffix_ids=[eos] if add_eos and eos is not None else [], **common)
+    raise TokenizerError(f"GGUF tokenizer model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
+                         f"'llama' SentencePiece BPE)")

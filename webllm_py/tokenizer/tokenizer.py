@@ -1,0 +1,321 @@
+"""The Tokenizer: text <-> token ids for byte-level BPE and SentencePiece-style vocabularies.
+
+Three ways to turn a piece of text (no special tokens in it) into ids:
+- "byte_bpe": GPT-2 / Llama 3 / Qwen2 / SmolLM / StarCoder. Split into words (pretokenize.py), spell each word's
+  UTF-8 bytes with GPT-2's byte characters, merge by rank. Results are cached per word.
+- "spm_scores": SentencePiece BPE as llama.cpp runs it on GGUF `llama` vocabularies (Llama 2, Mistral, Gemma):
+  spaces become U+2581, merge the best-scored pair first, unknown characters fall back to <0xXX> byte pieces.
+- "spm_ranks": SentencePiece vocabularies converted to HF tokenizer.json: the same, but merged by merge rank.
+
+Loaders live in gguf_vocab.py and hf_vocab.py; they only fill in the constructor's arguments.
+"""
+from ..errors import TokenizerError
+from .bpe import BYTE_TO_CHAR, byte_level_decode, merge_by_rank, merge_by_score
+from .pretokenize import apply_stages
+
+SPACE_MARK = "\u2581"  # SentencePiece's visible space
+
+# GGUF tokenizer.ggml.token_type values (llama.cpp's llama_token_type); HF vocabularies are mapped onto them.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# Texts of tokens that end a turn in common chat formats (llama.cpp treats the same list as end-of-generation).
+END_OF_TURN_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
+    "<|end_of_text|>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<end_of_utterance>", "<|return|>", "<|call|>",
+)
+
+
+class Tokenizer:
+    """Encode/decode for one vocabulary. Build with `Tokenizer.from_gguf_metadata(meta)` or
+    `Tokenizer.from_hf(tokenizer_json, tokenizer_config)`."""
+
+    def __init__(self, *, pieces, kinds, mode, stages=(), ranks=None, scores=None, ignore_merges=False,
+                 byte_fallback=True, unk_id=None, bos_id=None, eos_id=None, eos_ids=(), prefix_ids=(),
+                 suffix_ids=(), add_space_prefix=False, strip_leading_space=None, metaspace_split=False,
+                 byte_level_prefix_space=False, chat_template=None, special_tokens_map=None):
+        if mode not in ("byte_bpe", "spm_scores", "spm_ranks"):
+            raise TokenizerError(f"unknown tokenizer mode {mode!r}")
+        self.mode = mode
+        self._pieces = list(pieces)
+        self._kinds = list(kinds)
+        self._stages = list(stages)
+        self._ranks = ranks or {}
+        self._ignore_merges = ignore_merges
+        self._byte_fallback = byte_fallback
+        self.unk_id = unk_id
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self._prefix_ids = list(prefix_ids)
+        self._suffix_ids = list(suffix_ids)
+        self._add_space_prefix = add_space_prefix
+        self._strip_leading_space = add_space_prefix if strip_leading_space is None else strip_leading_space
+        self._metaspace_split = metaspace_split
+        self._byte_level_prefix_space = byte_level_prefix_space
+        self.chat_template = chat_template
+        self.special_tokens_map = dict(special_tokens_map or {})
+
+        self._piece_to_id = {}
+        for i, p in enumerate(self._pieces):
+            if p is not None:
+                self._piece_to_id.setdefault(p, i)
+        if mode == "spm_scores":
+            # Only pieces a merge may produce: llama.cpp looks every piece up, whatever its type.
+            self._scores = {p: float(s) for p, s in zip(self._pieces, scores) if p is not None}
+        self._byte_ids = self._find_byte_pieces()
+
+        # Tokens cut out of text before BPE, longest first (llama.cpp's order). Control tokens only when
+        # parse_special is on; user-defined ones always.
+        specials = [(p, i, k) for i, (p, k) in enumerate(zip(self._pieces, self._kinds))
+                    if p and k in (CONTROL, USER_DEFINED, UNKNOWN) and self._piece_to_id.get(p) == i]
+        specials.sort(key=lambda t: -len(t[0]))
+        self._specials_all = [(p, i) for p, i, _ in specials]
+        self._specials_user = [(p, i) for p, i, k in specials if k == USER_DEFINED]
+
+        eos = set(eos_ids)
+        if eos_id is not None:
+            eos.add(eos_id)
+        for text in END_OF_TURN_TEXTS:
+            i = self._piece_to_id.get(text)
+            if i is not None and self._kinds[i] in (CONTROL, USER_DEFINED):
+                eos.add(i)
+        self.eos_ids = eos
+        self._word_cache = {}
+        self._token_bytes = None
+
+    # ---- vocabulary --------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    def id_to_piece(self, i: int) -> str:
+        """The vocabulary's own spelling of token `i` (byte characters / U+2581 as stored)."""
+        return self._pieces[i]
+
+    def piece_to_id(self, piece: str):
+        return self._piece_to_id.get(piece)
+
+    def is_special(self, i: int) -> bool:
+        """Control tokens (BOS, EOS, chat markers): what decode(skip_special=True) leaves out."""
+        return self._kinds[i] == CONTROL
+
+    def token_bytes(self, i: int) -> bytes:
+        """The raw bytes token `i` decodes to (control tokens: their text). Structured output needs these."""
+        if self._token_bytes is None:
+            self._token_bytes = [self._bytes_of(i) for i in range(len(self._pieces))]
+        return self._token_bytes[i]
+
+    def _bytes_of(self, i: int) -> bytes:
+        p = self._pieces[i]
+        if p is None:
+            return b""
+        k = self._kinds[i]
+        if k in (CONTROL, USER_DEFINED, UNKNOWN) and self.mode == "byte_bpe":
+            return p.encode("utf-8")
+        if self.mode == "byte_bpe":
+            return byte_level_decode(p)
+        if k == BYTE or (i in self._byte_id_set):
+            return bytes([int(p[3:5], 16)])
+        return p.replace(SPACE_MARK, " ").encode("utf-8")
+
+    def _find_byte_pieces(self):
+        """Ids of the <0xXX> pieces (SentencePiece byte fallback), indexed by byte value."""
+        ids = [None] * 256
+        self._byte_id_set = set()
+        if self.mode == "byte_bpe":
+            return ids
+        for b in range(256):
+            i = self._piece_to_id.get(f"<0x{b:02X}>")
+            if i is not None and (self._kinds[i] in (BYTE, CONTROL, USER_DEFINED, NORMAL)):
+                ids[b] = i
+                self._byte_id_set.add(i)
+        return ids
+
+    # ---- encode ------------------------------------------------------------------------------------------
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`. add_special: BOS/EOS (or the HF post-processor's tokens) as the model wants.
+        parse_special: spell-outs of control tokens in `text` (e.g. "<|im_start|>") become those tokens."""
+        ids = list(self._prefix_ids) if add_special else []
+        prev_special = True  # SentencePiece puts a space in front of text that starts a fragment
+        for frag in self._split_specials(text, parse_special):
+            if isinstance(frag, int):
+                ids.append(frag)
+                prev_special = True
+            else:
+                self._encode_text(frag, prev_special, ids)
+                prev_special = False
+        if add_special:
+            ids.extend(self._suffix_ids)
+        return ids
+
+    def _split_specials(self, text: str, parse_special: bool) -> list:
+        """Cut special-token spellings out of `text`: a list of str fragments and int token ids."""
+        if not text:
+            return []
+        table = self._specials_all if parse_special else self._specials_user
+        frags = [text]
+        for piece, tid in table:
+            if piece not in text:
+                continue
+            out = []
+            for f in frags:
+                if isinstance(f, int) or piece not in f:
+                    out.append(f)
+                    continue
+                start = 0
+                while True:
+                    at = f.find(piece, start)
+                    if at < 0:
+                        break
+                    if at > start:
+                        out.append(f[start:at])
+                    out.append(tid)
+                    start = at + len(piece)
+                if start < len(f):
+                    out.append(f[start:])
+            frags = out
+        return frags
+
+    def _encode_text(self, text: str, first: bool, ids: list) -> None:
+        if self.mode == "byte_bpe":
+            cache = self._word_cache
+            if self._byte_level_prefix_space and not text.startswith(" "):
+                text = " " + text
+            for word in apply_stages(self._stages, text):
+                got = cache.get(word)
+                if got is None:
+                    got = self._bpe_word(word)
+                    if len(cache) < 200_000:
+                        cache[word] = got
+                ids.extend(got)
+        elif self.mode == "spm_scores":
+            if self._add_space_prefix and first:
+                text = " " + text
+            text = text.replace(" ", SPACE_MARK)
+            for sym in merge_by_score(text, self._scores):
+                self._append_piece_or_bytes(sym, ids)
+        else:  # spm_ranks
+            if self._add_space_prefix and (first or self._metaspace_split) and not (
+                    self._metaspace_split and text.startswith(" ")):
+                text = " " + text
+            text = text.replace(" ", SPACE_MARK)
+            words = [text]
+            if self._metaspace_split:
+                words = _split_before_marks(text)
+            cache = self._word_cache
+            for w in words:
+                got = cache.get(w)
+                if got is None:
+                    got = []
+                    syms = [w] if (self._ignore_merges and w in self._piece_to_id) else merge_by_rank(list(w), self._ranks)
+                    for sym in syms:
+                        self._append_piece_or_bytes(sym, got)
+                    if len(cache) < 200_000:
+                        cache[w] = got
+                ids.extend(got)
+
+    def _bpe_word(self, word: str) -> list[int]:
+        spelled = "".join([BYTE_TO_CHAR[b] for b in word.encode("utf-8")])
+        vocab = self._piece_to_id
+        if self._ignore_merges:
+            i = vocab.get(spelled)
+            if i is not None:
+                return [i]
+        out = []
+        for sym in merge_by_rank(list(spelled), self._ranks):
+            i = vocab.get(sym)
+            if i is not None:
+                out.append(i)
+                continue
+            for ch in sym:  # a symbol no merge made into a piece: its single bytes
+                j = vocab.get(ch)
+                if j is None:
+                    if self.unk_id is None:
+                        raise TokenizerError(f"byte {ch!r} has no token and the vocabulary has no <unk>")
+                    j = self.unk_id
+                out.append(j)
+        return out
+
+    def _append_piece_or_bytes(self, sym: str, ids: list) -> None:
+        i = self._piece_to_id.get(sym)
+        if i is not None:
+            ids.append(i)
+            return
+        if self._byte_fallback:
+            for b in sym.encode("utf-8"):
+                j = self._byte_ids[b]
+                if j is None:
+                    j = self._piece_to_id.get(chr(b)) if b < 128 else None
+                if j is None:
+                    j = self.unk_id
+                if j is None:
+                    raise TokenizerError(f"no byte piece for 0x{b:02X} and no <unk> in the vocabulary")
+                ids.append(j)
+        else:
+            if self.unk_id is None:
+                raise TokenizerError(f"{sym!r} is not in the vocabulary and there is no <unk>")
+            ids.append(self.unk_id)
+
+    # ---- decode ------------------------------------------------------------------------------------------
+    def decode_bytes(self, ids, skip_special: bool = False) -> bytes:
+        """The raw bytes of `ids` joined (SentencePiece's leading space of the first piece removed)."""
+        out = bytearray()
+        first = True
+        for i in ids:
+            if skip_special and self._kinds[i] == CONTROL:
+                continue
+            b = self.token_bytes(i)
+            if first and b:
+                first = False
+                if self._strip_leading_space and b[:1] == b" " and self._kinds[i] != CONTROL:
+                    b = b[1:]
+            out += b
+        return bytes(out)
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        """Text of `ids`; malformed UTF-8 (e.g. a cut-off multi-byte character) becomes U+FFFD."""
+        return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
+
+    # ---- chat --------------------------------------------------------------------------------------------
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tools=None, **kw) -> str:
+        """Render the model's own chat template (see chat_template.py)."""
+        from .chat_template import render_chat_template
+        from ..errors import ChatTemplateError
+        template = kw.pop("chat_template", None) or self.chat_template
+        if not template:
+            raise ChatTemplateError("this model has no chat template; pass chat_template=... explicitly")
+        variables = dict(self.special_tokens_map)
+        variables.setdefault("bos_token", self._piece_text(self.bos_id))
+        variables.setdefault("eos_token", self._piece_text(self.eos_id))
+        variables.update(kw)
+        return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
+                                    tools=tools, **variables)
+
+    def _piece_text(self, i):
+        if i is None or i >= len(self._pieces):
+            return ""
+        return self.token_bytes(i).decode("utf-8", errors="replace")
+
+    # ---- loaders -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict) -> "Tokenizer":
+        from .gguf_vocab import tokenizer_from_gguf_metadata
+        return tokenizer_from_gguf_metadata(meta)
+
+    @classmethod
+    def from_hf(cls, tokenizer_json, tokenizer_config=None) -> "Tokenizer":
+        from .hf_vocab import tokenizer_from_hf
+        return tokenizer_from_hf(tokenizer_json, tokenizer_config)
+
+
+def _split_before_marks(text: str) -> list[str]:
+    """Metaspace(split=True): a new word starts at every U+2581."""
+    out = []
+    start = 0
+    at = text.find(SPACE_MARK, 1)
+    while at >= 0:
+        out.append(text[start:at])
+        start = at
+        at = text.find(SPACE_MARK, at + 1)
+    if start < len(text):
+        out.append(text[start:])
+    return out
