@@ -44,8 +44,11 @@ def byte_level_decode(piece: str) -> bytes:
     return bytes(out)
 
 
-def merge_by_rank(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Apply merges lowest rank first (leftmost first among equal ranks) until no adjacent pair has a rank."""
+def merge_by_rank(symbols: list[str], ranks: dict[str, int]) -> list[str]:
+    """Apply merges lowest rank first (leftmost first among equal ranks) until no adjacent pair has a rank.
+
+    `ranks` is keyed by the merge as the vocabulary writes it, "left right": the GGUF/HF merges list loads into
+    a dict without splitting half a million strings, and a lookup is one concatenation."""
     n = len(symbols)
     if n < 2:
         return symbols
@@ -55,7 +58,7 @@ def merge_by_rank(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list
     prv = list(range(-1, n - 1))
     heap = []
     for i in range(n - 1):
-        r = ranks.get((sym[i], sym[i + 1]))
+        r = ranks.get(sym[i] + " " + sym[i + 1])
         if r is not None:
             heap.append((r, i, i + 1, sym[i], sym[i + 1]))
     heapq.heapify(heap)
@@ -74,11 +77,11 @@ def merge_by_rank(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list
         nxt[right] = -2  # dead
         before = prv[left]
         if before != -1:
-            rr = ranks.get((sym[before], merged))
+            rr = ranks.get(sym[before] + " " + merged)
             if rr is not None:
                 heapq.heappush(heap, (rr, before, left, sym[before], merged))
         if after != -1:
-            rr = ranks.get((merged, sym[after]))
+            rr = ranks.get(merged + " " + sym[after])
             if rr is not None:
                 heapq.heappush(heap, (rr, left, after, merged, sym[after]))
     out = []

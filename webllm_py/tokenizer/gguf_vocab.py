@@ -22,6 +22,12 @@ def _opt_id(meta, key):
     return None if v is None or v < 0 else int(v)
 
 
+def _ranks(merges) -> dict:
+    """{"left right": rank}; the first occurrence of a merge wins (as in llama.cpp)."""
+    n = len(merges)
+    return dict(zip(reversed(merges), range(n - 1, -1, -1)))
+
+
 def tokenizer_from_gguf_metadata(meta: dict) -> Tokenizer:
     model = meta.get("tokenizer.ggml.model")
     tokens = meta.get("tokenizer.ggml.tokens")
@@ -40,13 +46,7 @@ def tokenizer_from_gguf_metadata(meta: dict) -> Tokenizer:
                   bos_id=bos, eos_id=eos, eos_ids=eos_ids, chat_template=meta.get("tokenizer.chat_template"))
 
     if model == "gpt2":
-        merges = meta.get("tokenizer.ggml.merges") or []
-        ranks = {}
-        for r, m in enumerate(merges):
-            at = m.find(" ", 1)  # a piece may itself start with a space; llama.cpp searches from 1 too
-            if at < 0:
-                raise TokenizerError(f"malformed merge {m!r} in tokenizer.ggml.merges")
-            ranks.setdefault((m[:at], m[at + 1:]), r)
+        ranks = _ranks(meta.get("tokenizer.ggml.merges") or [])
         add_bos = meta.get("tokenizer.ggml.add_bos_token", pre in _ADD_BOS)
         add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
         return Tokenizer(mode="byte_bpe", stages=gguf_pre_tokenizer(pre), ranks=ranks,
@@ -62,6 +62,15 @@ def tokenizer_from_gguf_metadata(meta: dict) -> Tokenizer:
         return Tokenizer(mode="spm_scores", scores=scores,
                          add_space_prefix=meta.get("tokenizer.ggml.add_space_prefix", True),
                          prefix_ids=[bos] if add_bos and bos is not None else [],
+                         suffix_ids=[eos] if add_eos and eos is not None else [], **common)
+    if model == "gemma4":
+        # SentencePiece-style BPE over raw characters (spaces as U+2581), merged by rank, split only at newline
+        # runs; llama.cpp always adds BOS for it.
+        ranks = _ranks(meta.get("tokenizer.ggml.merges") or [])
+        add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
+        return Tokenizer(mode="spm_ranks", ranks=ranks, word_split="newlines",
+                         add_space_prefix=meta.get("tokenizer.ggml.add_space_prefix", False),
+                         prefix_ids=[bos] if bos is not None else [],
                          suffix_ids=[eos] if add_eos and eos is not None else [], **common)
     raise TokenizerError(f"GGUF tokenizer model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
                          f"'llama' SentencePiece BPE)")

@@ -9,7 +9,7 @@ as pieces of its own (llama.cpp applies several regexes this way, HF `Sequence` 
 does the same). Names follow llama.cpp's `tokenizer.ggml.pre`.
 """
 from ..errors import TokenizerError
-from .unicode_classes import LETTER, MARK, NUMBER, SPACE, classes, is_punctuation
+from .unicode_classes import LETTER, MARK, NUMBER, SPACE, WHITE_SPACE, char_class, classes, is_punctuation
 
 _NEWLINES = "\r\n"
 
@@ -208,6 +208,91 @@ def split_three_ascii_digits(text: str) -> list[str]:
     return out
 
 
+def _runs_stage(is_run, prefix=None, max_len=0):
+    """A stage for `P?R+` (or R{1,max_len}): an optional single `prefix` character, then a run of `is_run`."""
+
+    def stage(text: str) -> list[str]:
+        out = []
+        n = len(text)
+        start = i = 0
+        while i < n:
+            j = i + 1 if prefix is not None and i + 1 < n and prefix(text[i]) and is_run(text[i + 1]) else i
+            if is_run(text[j]):
+                k = j + 1
+                while k < n and (not max_len or k - j < max_len) and is_run(text[k]):
+                    k += 1
+                if start < i:
+                    out.append(text[start:i])
+                out.append(text[i:k])
+                i = start = k
+            else:
+                i += 1
+        if start < n:
+            out.append(text[start:])
+        return out
+
+    return stage
+
+
+def _re_stage(pattern: str):
+    """A stage from a stdlib `re` pattern. Only for patterns of explicit character ranges (no \\p{..}); `\\s`
+    here is spelled out as the White_Space set, since `re`'s \\s also matches U+001C..U+001F."""
+    import re
+    ws = "[" + "".join(sorted(WHITE_SPACE)).replace("\\", "\\\\") + "]"
+    compiled = re.compile(pattern.replace(r"\s", ws))
+
+    def stage(text: str) -> list[str]:
+        out = []
+        start = 0
+        for m in compiled.finditer(text):
+            if m.start() > start:
+                out.append(text[start:m.start()])
+            out.append(m.group())
+            start = m.end()
+        if start < len(text):
+            out.append(text[start:])
+        return out
+
+    return stage
+
+
+def _is_space(ch):
+    return ch in WHITE_SPACE
+
+
+def _is_letter(ch):
+    return char_class(ch) == LETTER
+
+
+def _is_number(ch):
+    return char_class(ch) == NUMBER
+
+
+_newline_each = _runs_stage(lambda ch: ch in _NEWLINES, max_len=1)
+_cjk = _re_stage("[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+")
+DEEPSEEK_CODER = [_newline_each, _runs_stage(_is_letter, _is_space), _runs_stage(is_punctuation, _is_space),
+                  _cjk, _runs_stage(_is_number, max_len=1)]
+DEEPSEEK_LLM = [
+    _newline_each,
+    _re_stage(
+        "\\s?[A-Za-z\xb5\xc0-\xd6\xd8-\xf6\xf8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376"
+        "\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f"
+        "\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77"
+        "\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d"
+        "\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb"
+        "\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128"
+        "\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4"
+        "\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf"
+        "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+        "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
+        "\U0001e900-\U0001e943]+"),
+    _re_stage("\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+"),
+    _re_stage("\\s+\\Z"),
+    _cjk,
+    _runs_stage(_is_number),
+]
+
+
 # llama.cpp `tokenizer.ggml.pre` names -> stages (llama-vocab.cpp lists which names share a pattern).
 _GPT2 = [split_gpt2]
 _LLAMA3 = [split_llama3]
@@ -225,6 +310,8 @@ GGUF_PRE_TOKENIZERS = {
     **dict.fromkeys(["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b",
                      "mellum2"], _STARCODER),
     "falcon": [split_falcon_punct, split_gpt2, split_three_ascii_digits],
+    "deepseek-coder": DEEPSEEK_CODER,
+    "deepseek-llm": DEEPSEEK_LLM,
 }
 
 

@@ -31,7 +31,7 @@ class Tokenizer:
 
     def __init__(self, *, pieces, kinds, mode, stages=(), ranks=None, scores=None, ignore_merges=False,
                  byte_fallback=True, unk_id=None, bos_id=None, eos_id=None, eos_ids=(), prefix_ids=(),
-                 suffix_ids=(), add_space_prefix=False, strip_leading_space=None, metaspace_split=False,
+                 suffix_ids=(), add_space_prefix=False, strip_leading_space=None, word_split=None,
                  byte_level_prefix_space=False, chat_template=None, special_tokens_map=None):
         if mode not in ("byte_bpe", "spm_scores", "spm_ranks"):
             raise TokenizerError(f"unknown tokenizer mode {mode!r}")
@@ -49,7 +49,7 @@ class Tokenizer:
         self._suffix_ids = list(suffix_ids)
         self._add_space_prefix = add_space_prefix
         self._strip_leading_space = add_space_prefix if strip_leading_space is None else strip_leading_space
-        self._metaspace_split = metaspace_split
+        self._word_split = word_split  # spm_ranks: None, "metaspace" or "newlines"
         self._byte_level_prefix_space = byte_level_prefix_space
         self.chat_template = chat_template
         self.special_tokens_map = dict(special_tokens_map or {})
@@ -194,21 +194,28 @@ class Tokenizer:
             for sym in merge_by_score(text, self._scores):
                 self._append_piece_or_bytes(sym, ids)
         else:  # spm_ranks
-            if self._add_space_prefix and (first or self._metaspace_split) and not (
-                    self._metaspace_split and text.startswith(" ")):
+            if self._add_space_prefix and (first or self._word_split == "metaspace") and not (
+                    self._word_split == "metaspace" and text.startswith(" ")):
                 text = " " + text
             text = text.replace(" ", SPACE_MARK)
-            words = [text]
-            if self._metaspace_split:
+            if self._word_split == "metaspace":
                 words = _split_before_marks(text)
+            elif self._word_split == "newlines":
+                words = _split_newline_runs(text)
+            else:
+                words = [text]
             cache = self._word_cache
+            vocab = self._piece_to_id
             for w in words:
                 got = cache.get(w)
                 if got is None:
                     got = []
-                    syms = [w] if (self._ignore_merges and w in self._piece_to_id) else merge_by_rank(list(w), self._ranks)
-                    for sym in syms:
-                        self._append_piece_or_bytes(sym, got)
+                    whole = self._ignore_merges or (self._word_split == "newlines" and w[0] == "\n")
+                    if whole and w in vocab:
+                        got.append(vocab[w])
+                    else:
+                        for sym in merge_by_rank(list(w), self._ranks):
+                            self._append_piece_or_bytes(sym, got)
                     if len(cache) < 200_000:
                         cache[w] = got
                 ids.extend(got)
@@ -318,4 +325,19 @@ def _split_before_marks(text: str) -> list[str]:
         at = text.find(SPACE_MARK, at + 1)
     if start < len(text):
         out.append(text[start:])
+    return out
+
+
+def _split_newline_runs(text: str) -> list[str]:
+    """[^\\n]+|[\\n]+ (Gemma 4): newline runs apart from the rest."""
+    out = []
+    n = len(text)
+    i = 0
+    while i < n:
+        nl = text[i] == "\n"
+        k = i + 1
+        while k < n and (text[k] == "\n") == nl:
+            k += 1
+        out.append(text[i:k])
+        i = k
     return out
