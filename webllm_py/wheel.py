@@ -35,8 +35,10 @@ def wheel_name(version: str | None = None) -> str:
 
 def package_files() -> list[tuple[str, Path]]:
     """(path inside the wheel, path on disk) for every file the wheel holds, sorted."""
-    files = [(f"{NAME}/{p.relative_to(PACKAGE).as_posix()}", p)
-             for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts]
+    # Every file of the package, not only *.py: data tables (e.g. tokenizer data) must come along.
+    files = [(f"{NAME}/{p.relative_to(PACKAGE).as_posix()}", p) for p in PACKAGE.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo", ".tmp")
+             and not p.name.startswith(".")]
     files += [(f"{NAME}/shaders/{p.name}", p) for p in SHADERS.glob("*.wgsl.j2")]
     return sorted(files)
 

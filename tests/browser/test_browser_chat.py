@@ -1,0 +1,55 @@
+"""The chat path end to end in the browser: webllm.js -> worker (download with progress) -> the
+engine in Pyodide -> WebGPU on SwiftShader, with the real SmolLM2-135M GGUF served by `serve`.
+
+Reference: SmolLM2-135M-Instruct answers "What is the capital of France?" greedily with
+"The capital of France is Paris." (HF transformers on CPython, see /work/shared/PLATFORM.md)."""
+from __future__ import annotations
+
+import pytest
+
+from .conftest import CONFIG, open_page
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def chat_page(chromium, server_url):
+    page = open_page(chromium, server_url + "chat.html")
+    page.wait_for_function("() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)",
+                           timeout=CONFIG.READY_TIMEOUT_MS)
+    yield page
+    page.close()
+
+
+def test_chat_page_lists_the_served_model(chat_page):
+    options = chat_page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    assert options == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    assert chat_page.errors == []
+
+
+def test_load_stream_and_complete_through_webllm_js(chat_page):
+    r = chat_page.evaluate("""async (messages) => {
+        const progress = [];
+        try {
+            const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf', onProgress: (p) => progress.push(p) });
+            const chunks = [];
+            const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: 12, temperature: 0 });
+            for await (const c of stream) chunks.push(c);
+            const full = await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 });
+            const stats = await engine.runtimeStats();
+            await engine.unload();
+            return { progress, chunks, full, stats };
+        } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
+    }""", QUESTION)
+    assert "error" not in r, r.get("error")
+    downloads = [p for p in r["progress"] if p.get("phase") == "download"]
+    assert downloads and downloads[-1]["loaded"] == downloads[-1]["total"] > 90_000_000
+    streamed = "".join((c["choices"][0].get("delta") or {}).get("content") or "" for c in r["chunks"] if c.get("choices"))
+    assert all(c["object"] == "chat.completion.chunk" for c in r["chunks"])
+    full = r["full"]
+    assert full["object"] == "chat.completion"
+    text = full["choices"][0]["message"]["content"]
+    assert "Paris" in text and text.strip() == streamed.strip()
+    assert isinstance(r["stats"], dict)
