@@ -114,7 +114,7 @@ class Sampler:
         self.bias = device.create_buffer(4 * V, "sampling.bias")
         self.z = device.create_buffer(4 * V, "sampling.z")
         self.partials = device.create_buffer(12 * self.n_partials, "sampling.partials")
-        self.cand = device.create_buffer(8 * V, "sampling.cand")
+        self.cand = device.create_buffer(12 * V, "sampling.cand")
         self.result = device.create_buffer(4 * _RESULT_WORDS, "sampling.result")
         self.params = SamplingParams()
         self._bias_dirty = False
