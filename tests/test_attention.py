@@ -148,3 +148,16 @@ def test_long_sequence_decode_crosses_many_chunks(device):
     h = Harness(device, shuffled_cache(device, num_blocks=40, block_size=3), max_tokens=64)
     got = h.run(0, q, k, v, [60, 38, 1, 1])
     np.testing.assert_allclose(got, reference(q, k, v, H, KV), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 16])
+def test_decode_split_k(device, splits):
+    """Split-K decode (slices merged by attention_combine) equals the reference for any number of
+    slices, including more slices than chunks (empty ones) and with a sliding window."""
+    N = 90
+    q, k, v = make_qkv(N, 7)
+    for window in (None, 70):
+        h = Harness(device, shuffled_cache(device, num_blocks=40, block_size=4), max_tokens=64,
+                    decode_splits=splits, decode_wg=16, sliding_window=window)
+        got = h.run(0, q, k, v, [40] + [1] * 50)
+        np.testing.assert_allclose(got, reference(q, k, v, H, KV, window=window), atol=2e-5, rtol=1e-4)

@@ -2,7 +2,8 @@
 
 `PagedAttention` holds the kernels of one model (shapes are baked into the WGSL at load time);
 `bind(layer, ...)` makes that layer's bind groups once; `Bound.record(rec, n_tokens)` records
-kv_write followed by `attention_decode` (one token) or `attention_prefill` (a chunk of tokens).
+kv_write followed by `attention_decode` (+ `attention_combine` of its split-K slices) for one token,
+or `attention_prefill` for a chunk of tokens.
 Buffers follow the model's conventions: q [T, n_heads*head_dim], k/v [T, n_kv_heads*head_dim]
 (already RoPE'd), out [T, n_heads*head_dim], all f32; `step` = u32 {pos0, n_tokens};
 `block_table` = the active sequence's physical blocks (PagedKVCache.table_bytes).
@@ -35,7 +36,7 @@ def _prefill_tiles(head_dim: int, group: int, limits: dict) -> tuple[int, int]:
 class PagedAttention:
     def __init__(self, device: Device, cache: PagedKVCache, n_heads: int, n_kv_heads: int, head_dim: int,
                  max_tokens: int, sliding_window: int | None = None, scale: float | None = None,
-                 softcap: float | None = None, decode_wg: int = 64) -> None:
+                 softcap: float | None = None, decode_wg: int = 64, decode_splits: int | None = None) -> None:
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if (cache.n_kv_heads, cache.head_dim) != (n_kv_heads, head_dim):
@@ -49,18 +50,30 @@ class PagedAttention:
         attn = dict(shape, scale=repr(self.scale), softcap=repr(float(softcap)) if softcap else None,
                     window=int(sliding_window) if sliding_window else None)
         self.tq, self.tk = _prefill_tiles(head_dim, n_heads // n_kv_heads, device.limits)
+        # Split-K decode: enough workgroups (heads x splits) to keep a GPU's cores busy on long
+        # contexts; short ones leave most slices empty, which costs little.
+        self.splits = decode_splits or max(1, min(16, 64 // n_heads))
         self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
             k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16")})
-        self.decode = device.kernel("attention_decode", label="attention_decode", wg=decode_wg, **attn)
+        self.decode = device.kernel("attention_decode", label="attention_decode", wg=decode_wg,
+                                    splits=self.splits, **attn)
+        self.combine = None
+        if self.splits > 1:
+            self.combine = device.kernel("attention_combine", label="attention_combine", n_heads=n_heads,
+                                         head_dim=head_dim, splits=self.splits, wg=min(64, head_dim))
+            # Shared by all layers: each layer's decode and combine run before the next layer's.
+            self.partials = device.create_buffer(4 * n_heads * self.splits * (head_dim + 2), "attention.partials")
         self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
 
     def bind(self, layer: int, q: Buffer, k: Buffer, v: Buffer, out: Buffer, step: Buffer,
              block_table: Buffer) -> "Bound":
         d, kc, vc = self.device, self.cache.k[layer], self.cache.v[layer]
+        split = self.splits > 1
         return Bound(
             self,
             d.bind(self.kv_write, [k, v, kc, vc, step, block_table]),
-            d.bind(self.decode, [q, kc, vc, out, step, block_table]),
+            d.bind(self.decode, [q, kc, vc, self.partials if split else out, step, block_table]),
+            d.bind(self.combine, [self.partials, out]) if split else None,
             d.bind(self.prefill, [q, kc, vc, out, step, block_table]),
         )
 
@@ -70,6 +83,7 @@ class Bound:
     op: PagedAttention
     kv_write: BindGroup
     decode: BindGroup
+    combine: BindGroup | None
     prefill: BindGroup
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
@@ -78,6 +92,8 @@ class Bound:
             raise ValueError(f"attention step of {n_tokens} tokens; this op handles 1..{op.max_tokens}")
         rec.dispatch(self.kv_write, -(-n_tokens * op.n_kv_heads * op.head_dim // KV_WRITE_WG))
         if n_tokens == 1:
-            rec.dispatch(self.decode, op.n_heads)
+            rec.dispatch(self.decode, op.n_heads, op.splits)
+            if self.combine is not None:
+                rec.dispatch(self.combine, op.n_heads)
         else:
             rec.dispatch(self.prefill, -(-n_tokens // op.tq), op.n_kv_heads)
