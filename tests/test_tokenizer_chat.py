@@ -1,0 +1,98 @@
+"""Chat templates rendered by webllm_py.tokenizer equal HF transformers' `apply_chat_template` output."""
+import os
+
+import pytest
+
+from .tokenizer_helpers import HF_DIR, gguf_metadata, require, smollm2_gguf
+from webllm_py.errors import ChatTemplateError
+from webllm_py.tokenizer import Tokenizer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")  # a dev dependency; always installed by scripts/setup.sh
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi!"}],
+    [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": "Und auf Deutsch? 你好 👋"}],
+    [{"role": "user", "content": "  spaces  \n\nand newlines\n"}, {"role": "assistant", "content": ""}],
+]
+
+# A template that exercises HF's helpers: tojson (with kwargs), raise_exception, loop controls, generation blocks.
+TOOLS_TEMPLATE = (
+    "{%- if tools %}<tools>{% for t in tools %}{{ t | tojson }}\n{{ t | tojson(indent=2) }}{% endfor %}</tools>\n"
+    "{%- endif %}"
+    "{%- for m in messages %}"
+    "{%- if m.role not in ['system', 'user', 'assistant', 'tool'] %}{{ raise_exception('bad role ' + m.role) }}"
+    "{%- endif %}"
+    "{%- if m.role == 'tool' %}{% continue %}{% endif %}"
+    "<|{{ m.role }}|>\n"
+    "{%- if m.role == 'assistant' %}{% generation %}{{ m.content | trim }}{% endgeneration %}"
+    "{%- else %}{{ m.content }}{% endif %}"
+    "{%- if m.tool_calls is defined %}{{ m.tool_calls | tojson(sort_keys=true) }}{% endif %}\n"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    "{{ bos_token }}|{{ eos_token }}|{{ strftime_now('%Y') }}"
+)
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Wetter <heute> & morgen",
+                                           "parameters": {"type": "object", "properties": {
+                                               "city": {"type": "string", "enum": ["Zürich", "東京"]}},
+                                               "required": ["city"]}}}]
+TOOL_MESSAGES = [
+    {"role": "user", "content": "Weather in Zürich?"},
+    {"role": "assistant", "content": "  calling  ",
+     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}]},
+    {"role": "tool", "content": "sunny"},
+]
+
+
+@pytest.fixture(scope="module")
+def hf_smollm2():
+    require(HF_DIR / "smollm2" / "tokenizer.json")
+    return transformers.AutoTokenizer.from_pretrained(str(HF_DIR / "smollm2"))
+
+
+@pytest.fixture(scope="module")
+def ours_smollm2():
+    return Tokenizer.from_gguf_metadata(gguf_metadata(smollm2_gguf()))
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize("conv", range(len(CONVERSATIONS)))
+def test_smollm2_template_matches_transformers(hf_smollm2, ours_smollm2, conv, add_generation_prompt):
+    messages = CONVERSATIONS[conv]
+    expected = hf_smollm2.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    got = ours_smollm2.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    assert got == expected
+    # And the ids: HF's tokenization of the rendered prompt (special tokens parsed) equals ours.
+    assert ours_smollm2.encode(got, add_special=False) == hf_smollm2.encode(expected, add_special_tokens=False)
+
+
+def test_llama3_template_matches_transformers():
+    require(HF_DIR / "llama3" / "tokenizer.json")
+    hf = transformers.AutoTokenizer.from_pretrained(str(HF_DIR / "llama3"))
+    ours = Tokenizer.from_hf(HF_DIR / "llama3" / "tokenizer.json", HF_DIR / "llama3" / "tokenizer_config.json")
+    for messages in CONVERSATIONS:
+        expected = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert ours.apply_chat_template(messages) == expected
+        assert ours.encode(expected, add_special=False) == hf.encode(expected, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("with_tools", [True, False])
+def test_helpers_match_transformers(hf_smollm2, ours_smollm2, with_tools):
+    tools = TOOLS if with_tools else None
+    expected = hf_smollm2.apply_chat_template(TOOL_MESSAGES, tools=tools, chat_template=TOOLS_TEMPLATE,
+                                              tokenize=False, add_generation_prompt=True)
+    got = ours_smollm2.apply_chat_template(TOOL_MESSAGES, tools=tools, chat_template=TOOLS_TEMPLATE)
+    assert got == expected
+
+
+def test_template_errors_are_typed(ours_smollm2):
+    with pytest.raises(ChatTemplateError, match="bad role"):
+        ours_smollm2.apply_chat_template([{"role": "robot", "content": "x"}], chat_template=TOOLS_TEMPLATE)
+    with pytest.raises(ChatTemplateError, match="does not compile"):
+        ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template="{% for %}")
+    with pytest.raises(ChatTemplateError):  # the sandbox refuses to mutate the caller's data
+        ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template="{{ messages.append(1) }}")
+    with pytest.raises(ChatTemplateError, match="list of dicts"):
+        ours_smollm2.apply_chat_template("hello")
