@@ -27,7 +27,8 @@ DIGITS = ["0", "7", "42", "123", "1234", "12345678901", "3.14159", "1,000,000", 
 CONTRACTIONS = ["don't", "I'm", "you're", "we've", "they'll", "he'd", "it's", "DON'T", "I'M", "YOU'RE", "WE'VE",
                 "THEY'LL", "HE'D", "IT'S", "'s", "'S", "'ll", "O'Neil", "rock'n'roll", "''", "'", "'''x"]
 ODD = ["\x00", "\x01", "\x7f", "\ufffd", "\ufeff", "\ue000", "\U0010fffd", "\u0378", "\U0001f9ff", "\u061c",
-       "\u200e", "\u200f", "\u202e", "\u2066", "\U000e0041", "\ufe0f", "\u034f", "🏻", "\u0300", "\u3099"]
+       "\u200e", "\u200f", "\u202e", "\u2066", "\U000e0041", "\ufe0f", "\u034f", "🏻", "\u0300", "\u3099",
+       "\x04", "\x1d", "\U00040000", "\U000f0000"]  # the last four: bytes some byte-level vocabularies lack
 POOLS = [WORDS, WORDS, WORDS, EMOJI, CODE, SPACES, SPACES, DIGITS, CONTRACTIONS, ODD]
 
 FIXED = [

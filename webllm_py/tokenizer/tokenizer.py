@@ -240,11 +240,8 @@ class Tokenizer:
                 continue
             for ch in sym:  # a symbol no merge made into a piece: its single bytes
                 j = vocab.get(ch)
-                if j is None:
-                    if self.unk_id is None:
-                        raise TokenizerError(f"byte {ch!r} has no token and the vocabulary has no <unk>")
-                    j = self.unk_id
-                out.append(j)
+                if j is not None:  # a byte the vocabulary lacks is dropped, as llama.cpp and HF do
+                    out.append(j)
         return out
 
     def _append_piece_or_bytes(self, sym: str, ids: list) -> None:
