@@ -16,6 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from .tokenizer_corpus import corpus
 from .tokenizer_helpers import HF_DIR, gguf_metadata, require, smollm2_gguf
 from webllm_py.tokenizer import Tokenizer
+from webllm_py.tokenizer.bpe import BYTE_TO_CHAR
 
 NAMES = ["smollm2", "smollm2-digits", "llama3", "mistral"]
 CORPUS = corpus()
@@ -69,10 +70,14 @@ def test_decode_matches_hf(name):
 
 
 def test_gguf_loader_matches_hf_on_smollm2():
-    """The default model's tokenizer as loaded from its GGUF agrees with HF's tokenizer for it."""
+    """The default model's tokenizer as loaded from its GGUF agrees with HF's tokenizer for it. Texts with bytes
+    the vocabulary lacks are left out: there llama.cpp (which the GGUF path follows, see the vector tests) and
+    HF differ on purpose (HF drops the byte before merging, llama.cpp after)."""
     ours = Tokenizer.from_gguf_metadata(gguf_metadata(smollm2_gguf()))
     _, hf = _pair("smollm2-digits")
-    bad = [s for s in CORPUS if ours.encode(s, add_special=False) != hf.encode(s, add_special_tokens=False).ids]
+    covered = [s for s in CORPUS if all(ours.piece_to_id(BYTE_TO_CHAR[b]) is not None for b in s.encode("utf-8"))]
+    assert len(covered) > 300
+    bad = [s for s in covered if ours.encode(s, add_special=False) != hf.encode(s, add_special_tokens=False).ids]
     assert not bad, f"{len(bad)} texts differ, e.g. {bad[0]!r}"
     assert ours.vocab_size == hf.get_vocab_size()
     assert ours.eos_ids >= {ours.piece_to_id("<|im_end|>")}

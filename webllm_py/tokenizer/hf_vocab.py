@@ -146,6 +146,7 @@ def tokenizer_from_hf(tokenizer_json, tokenizer_config=None) -> Tokenizer:
                   eos_id=piece_id.get(eos_text) if eos_text else None, prefix_ids=prefix_ids,
                   suffix_ids=suffix_ids, chat_template=template, special_tokens_map=special_map)
     if byte_level:
-        return Tokenizer(mode="byte_bpe", stages=stages, byte_level_prefix_space=prefix_space, **common)
+        return Tokenizer(mode="byte_bpe", stages=stages, byte_level_prefix_space=prefix_space,
+                         drop_unknown_first=True, **common)
     return Tokenizer(mode="spm_ranks", byte_fallback=bool(model.get("byte_fallback")), word_split=word_split,
                      add_space_prefix=space_prefix, **common)

@@ -32,7 +32,8 @@ class Tokenizer:
     def __init__(self, *, pieces, kinds, mode, stages=(), ranks=None, scores=None, ignore_merges=False,
                  byte_fallback=True, unk_id=None, bos_id=None, eos_id=None, eos_ids=(), prefix_ids=(),
                  suffix_ids=(), add_space_prefix=False, strip_leading_space=None, word_split=None,
-                 byte_level_prefix_space=False, chat_template=None, special_tokens_map=None):
+                 byte_level_prefix_space=False, drop_unknown_first=False, chat_template=None,
+                 special_tokens_map=None):
         if mode not in ("byte_bpe", "spm_scores", "spm_ranks"):
             raise TokenizerError(f"unknown tokenizer mode {mode!r}")
         self.mode = mode
@@ -56,6 +57,9 @@ class Tokenizer:
             else strip_leading_space
         self._word_split = word_split  # spm_ranks: None, "metaspace" or "newlines"
         self._byte_level_prefix_space = byte_level_prefix_space
+        # A byte with no token: HF's BPE drops it before merging (its neighbours may then merge), llama.cpp
+        # after (its neighbours stay apart). Each loader asks for its reference's behaviour.
+        self._drop_unknown_first = drop_unknown_first
         self.chat_template = chat_template
         self.special_tokens_map = dict(special_tokens_map or {})
 
@@ -228,6 +232,8 @@ class Tokenizer:
     def _bpe_word(self, word: str) -> list[int]:
         spelled = "".join([BYTE_TO_CHAR[b] for b in word.encode("utf-8")])
         vocab = self._piece_to_id
+        if self._drop_unknown_first:
+            spelled = "".join([ch for ch in spelled if ch in vocab])
         if self._ignore_merges:
             i = vocab.get(spelled)
             if i is not None:
