@@ -156,7 +156,8 @@ def test_real_smollm2_projection(device, name):
 
 def test_matvec_timing_576x1536_q4_1(device):
     g = smollm2()
-    tilings = [MatvecTiling(64, 2, True), MatvecTiling(32, 4, True), MatvecTiling(64, 1, False), MatvecTiling(16, 2, False)]
+    # the default (threads split K, tree reduction) and the barrier-free variant CPU adapters prefer
+    tilings = [MatvecTiling(), MatvecTiling(16, 2, False)]
     for name in ("blk.0.ffn_up.weight", "blk.0.ffn_down.weight"):  # 1536x576 and 576x1536
         weight = upload_tensor(device, None, g.tensors[name])
         for tiling in tilings:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UnsupportedModelError
-from .formats.quants import row_nbytes
+from .formats.quants import GGMLType, row_nbytes
 from .weights import GPUTensor
 
 
@@ -76,7 +76,11 @@ class Linear:
         if k is None:
             if kind == "matvec":
                 t = self.matvec_tiling
-                k = self.device.kernel("matvec", label=f"matvec {self.weight.name}", wg=t.wg, rows=t.rows, split_k=t.split_k,
+                wg = t.wg
+                if t.split_k:  # no more threads than the row has units (32-element blocks, or 4 floats)
+                    unit = 4 if self.weight.ggml_type in (GGMLType.F32, GGMLType.F16, GGMLType.BF16) else 32
+                    wg = min(wg, 1 << max(0, (self.K // unit - 1).bit_length()))
+                k = self.device.kernel("matvec", label=f"matvec {self.weight.name}", wg=wg, rows=t.rows, split_k=t.split_k,
                                        accumulate=accumulate, f16=self._f16, subgroups=self._subgroups, **self._params)
             else:
                 m = self.matmul_tiling
