@@ -68,7 +68,7 @@ class Tokenizer:
             if p is not None:
                 self._piece_to_id.setdefault(p, i)
         if mode == "spm_scores":
-            # Only pieces a merge may produce: llama.cpp looks every piece up, whatever its type.
+            # Every piece's score: llama.cpp lets a merge produce any piece, whatever its type.
             self._scores = {p: float(s) for p, s in zip(self._pieces, scores) if p is not None}
         self._byte_ids = self._find_byte_pieces()
 

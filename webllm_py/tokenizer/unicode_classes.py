@@ -52,10 +52,6 @@ def classes(text: str) -> list[int]:
     return out
 
 
-def is_number(ch: str) -> bool:
-    return char_class(ch) == NUMBER
-
-
 def is_punctuation(ch: str) -> bool:
     """\\p{P}: Pc Pd Ps Pe Pi Pf Po."""
     return unicodedata.category(ch)[0] == "P"
