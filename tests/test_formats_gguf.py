@@ -4,6 +4,7 @@ a huge allocation."""
 import importlib.util
 import math
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -148,12 +149,18 @@ def test_clear_errors():
 
 
 def _parse_or_format_error(data: bytes) -> None:
+    # Counts and lengths are checked before allocating: parsing a small file never takes much memory.
+    tracemalloc.start()
     try:
         GGUFFile(BytesSource(data))
     except ModelFormatError:
         pass
     except UnsupportedModelError:
         pass  # e.g. a mutated version field reading 1
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 16 * len(data) + (4 << 20), f"parsing {len(data)} bytes peaked at {peak} bytes"
 
 
 FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -2,6 +2,7 @@
 hand from the format spec; sharded directories; hypothesis fuzz: only ModelFormatError."""
 import json
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -100,10 +101,16 @@ def test_clear_errors():
 
 
 def _parse_or_format_error(data: bytes) -> None:
+    # Counts and lengths are checked before allocating: parsing a small file never takes much memory.
+    tracemalloc.start()
     try:
         SafetensorsFile(BytesSource(data))
     except ModelFormatError:
         pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 16 * len(data) + (4 << 20), f"parsing {len(data)} bytes peaked at {peak} bytes"
 
 
 FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
