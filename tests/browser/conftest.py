@@ -3,7 +3,9 @@ Chromium with WebGPU (SwiftShader) through plain Playwright, one page that loade
 `run_python(page, code)`, which goes page -> webllm.js -> worker -> Pyodide and back.
 
 The fixtures are package-scoped: Pyodide starts once for all the browser tests (3-10 s), and the
-Playwright driver is gone before the rest of the suite runs.
+Playwright driver is gone before the rest of the suite runs. While it is alive its sync API keeps an
+event loop running on the main thread: tests in this package must not call asyncio.run() there
+(test_worker_session.py runs its coroutines on a thread of their own).
 """
 from __future__ import annotations
 

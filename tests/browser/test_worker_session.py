@@ -4,12 +4,21 @@ from __future__ import annotations
 import asyncio
 import json
 
+from concurrent.futures import ThreadPoolExecutor
+
 from webllm_py import worker
+
+
+def run(coro):
+    """asyncio.run on a thread of its own: the browser tests' Playwright (sync API) keeps an event
+    loop running on the main thread while this package's fixtures are alive."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def call(session, kind, payload, id=1, emit=None):
     out = []
-    text = asyncio.run(session.handle(kind, id, json.dumps(payload), emit or (lambda k, p: out.append((k, json.loads(p))))))
+    text = run(session.handle(kind, id, json.dumps(payload), emit or (lambda k, p: out.append((k, json.loads(p))))))
     return json.loads(text), out
 
 
@@ -44,7 +53,7 @@ def test_abort_cancels_the_running_request():
         assert s.abort(6) is False  # not running
         return json.loads(await asyncio.wait_for(t, 5))
 
-    msg = asyncio.run(scenario())
+    msg = run(scenario())
     assert msg["kind"] == "error" and msg["payload"]["name"] == "AbortedError"
 
 
