@@ -150,7 +150,7 @@ def test_long_sequence_decode_crosses_many_chunks(device):
     np.testing.assert_allclose(got, reference(q, k, v, H, KV), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("splits", [1, 3, 16])
+@pytest.mark.parametrize("splits", [1, 3, 16, 56])
 def test_decode_split_k(device, splits):
     """Split-K decode (slices merged by attention_combine) equals the reference for any number of
     slices, including more slices than chunks (empty ones) and with a sliding window."""

@@ -21,9 +21,9 @@ def run(coro):
 
 
 class Rig:
-    def __init__(self, device, vocab):
+    def __init__(self, device, vocab, tree=None):
         self.device, self.vocab = device, vocab
-        self.sampler = Sampler(device, vocab)
+        self.sampler = Sampler(device, vocab, tree=tree)
         self.logits = device.create_buffer(4 * vocab)
         self.op = self.sampler.bind(self.logits)
 
@@ -82,10 +82,11 @@ def chi2_critical(dof, z=3.719):
 
 
 # -- greedy and logprobs ---------------------------------------------------------------------------
-@pytest.mark.parametrize("vocab", [1000, 49152, 262144])
-def test_greedy_is_argmax_and_logprobs_are_log_softmax(device, vocab):
+# tree=True: the GPU variant's tree reductions; None: the adapter's default (serial on lavapipe).
+@pytest.mark.parametrize("vocab,tree", [(1000, None), (49152, None), (262144, None), (49152, True)])
+def test_greedy_is_argmax_and_logprobs_are_log_softmax(device, vocab, tree):
     rng = np.random.default_rng(vocab)
-    rig = Rig(device, vocab)
+    rig = Rig(device, vocab, tree)
     for trial in range(3):
         x = (rng.standard_normal(vocab) * 3).astype(np.float32)
         rig.start(x, temperature=0, logprobs=True, top_logprobs=5)
@@ -98,11 +99,12 @@ def test_greedy_is_argmax_and_logprobs_are_log_softmax(device, vocab):
         np.testing.assert_allclose([lp for _, lp in r.top_logprobs], ref[top], atol=1e-4)
 
 
-def test_greedy_ties_pick_lowest_id_like_torch(device):
+@pytest.mark.parametrize("tree", [None, True])
+def test_greedy_ties_pick_lowest_id_like_torch(device, tree):
     import torch
 
     vocab = 5000
-    rig = Rig(device, vocab)
+    rig = Rig(device, vocab, tree)
     x = np.random.default_rng(3).standard_normal(vocab).astype(np.float32)
     for ties in ([4321, 77, 2500], [4999, 0], [17, 18, 19, 4000]):
         y = x.copy()
@@ -125,10 +127,12 @@ DIST_LOGITS = np.array([2.1, -0.3, 1.4, 0.2, 3.0, -1.7, 0.9, 1.9, -0.8, 0.5, 2.6
     dict(temperature=1.2, top_p=0.7),
     dict(temperature=1.0, min_p=0.15),
     dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05),
+    dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05, tree=True),
 ])
 def test_sampled_distribution_matches_hf_warpers(device, params):
-    n = 6000
-    rig = Rig(device, 16)
+    n = 5000
+    params = dict(params)
+    rig = Rig(device, 16, params.pop("tree", None))
     rig.start(DIST_LOGITS, seed=1234, **params)
     ids = rig.draws(n)
     freq = np.bincount(ids, minlength=16) / n
@@ -183,13 +187,14 @@ def reference_processed(logits, prompt, generated, rep, freq, pres, bias):
     return z
 
 
-@pytest.mark.parametrize("rep,freq,pres", [(1.3, 0.0, 0.0), (1.0, 0.7, 0.4), (0.8, -0.5, 1.5), (1.25, 0.3, -0.2)])
-def test_penalties_and_bias_match_reference(device, rep, freq, pres):
+@pytest.mark.parametrize("rep,freq,pres,tree", [(1.3, 0.0, 0.0, None), (1.0, 0.7, 0.4, None), (0.8, -0.5, 1.5, None),
+                                               (1.25, 0.3, -0.2, None), (1.25, 0.3, -0.2, True)])
+def test_penalties_and_bias_match_reference(device, rep, freq, pres, tree):
     vocab = 64
     rng = np.random.default_rng(int(rep * 100 + freq * 10))
     prompt = [3, 3, 10, 41, 63, 0]
     bias = {5: 2.5, 10: -1.0, 40: 0.75}
-    rig = Rig(device, vocab)
+    rig = Rig(device, vocab, tree)
     rig.start(np.zeros(vocab), prompt=prompt, temperature=0, repetition_penalty=rep, frequency_penalty=freq,
               presence_penalty=pres, logit_bias=bias, logprobs=True, top_logprobs=20)
     generated = []

@@ -51,8 +51,11 @@ class PagedAttention:
                     window=int(sliding_window) if sliding_window else None)
         self.tq, self.tk = _prefill_tiles(head_dim, n_heads // n_kv_heads, device.limits)
         # Split-K decode: enough workgroups (heads x splits) to keep a GPU's cores busy on long
-        # contexts; short ones leave most slices empty, which costs little.
-        self.splits = decode_splits or max(1, min(16, 64 // n_heads))
+        # contexts (short ones leave most slices empty, which costs little); a CPU adapter has few
+        # cores and already gets one workgroup per head.
+        if decode_splits is None:
+            decode_splits = max(1, 16 // n_heads) if device.info.is_fallback else max(1, min(64, 512 // n_heads))
+        self.splits = decode_splits
         self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
             k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16")})
         self.decode = device.kernel("attention_decode", label="attention_decode", wg=decode_wg,

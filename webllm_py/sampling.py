@@ -100,7 +100,7 @@ class Sampler:
     `Bound.record(rec)` after the logits are recorded, then `await read()`."""
 
     def __init__(self, device: Device, vocab_size: int, per_thread: int = 16, logits_wg: int = 64,
-                 draw_wg: int = 256, iters: int = 24, cut: float = 30.0) -> None:
+                 draw_wg: int = 256, iters: int = 24, cut: float = 30.0, tree: bool | None = None) -> None:
         self.device, self.vocab_size = device, vocab_size
         V = vocab_size
         self.n_partials = -(-V // per_thread)
@@ -108,7 +108,9 @@ class Sampler:
         self.k_logits = device.kernel("sampling_logits", label="sampling_logits", vocab=V,
                                       threads=self.n_partials, wg=logits_wg)
         self.k_draw = device.kernel("sampling_draw", label="sampling_draw", vocab=V, partials=self.n_partials,
-                                    wg=draw_wg, iters=iters, cut=repr(float(cut)))
+                                    wg=draw_wg, iters=iters, cut=repr(float(cut)),
+                                    # CPU adapters pay per barrier: serial reductions there, trees on GPUs.
+                                    tree=(not device.info.is_fallback) if tree is None else tree)
         self.params_buf = device.create_buffer(4 * _PARAM_WORDS, "sampling.params")
         self.counts = device.create_buffer(4 * V, "sampling.counts")
         self.bias = device.create_buffer(4 * V, "sampling.bias")
