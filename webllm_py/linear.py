@@ -48,7 +48,7 @@ class Linear:
     """y = x @ W^T (+ bias) with W [N = out, K = in] in any supported ggml type."""
 
     def __init__(self, device: Any, weight: GPUTensor, bias: GPUTensor | None = None, *,
-                 matvec: MatvecTiling = MatvecTiling(), matmul: MatmulTiling = MatmulTiling(),
+                 matvec: MatvecTiling | None = None, matmul: MatmulTiling = MatmulTiling(),
                  tokens_at: int = 1, f16: bool = False, subgroups: bool = False) -> None:
         if len(weight.shape) != 2:
             raise UnsupportedModelError(f"linear weight '{weight.name}' must be 2-D, got shape {weight.shape}")
@@ -60,7 +60,8 @@ class Linear:
             raise UnsupportedModelError(f"linear weight '{weight.name}': in_features {self.K} is not a multiple of 4")
         if bias is not None and bias.shape != (self.N,):
             raise UnsupportedModelError(f"bias '{bias.name}' shape {bias.shape} does not match {self.N} outputs")
-        self.matvec_tiling = matvec
+        # CPU adapters (lavapipe, SwiftShader) run workgroup barriers slowly: one row per thread there.
+        self.matvec_tiling = matvec or MatvecTiling(split_k=not device.info.is_fallback)
         self.matmul_tiling = matmul
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
