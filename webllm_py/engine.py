@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import ContextOverflowError, RequestError
+from .errors import ContextOverflowError, DeviceLostError, RequestError, WebLLMError
 from .gpu import Device, request_device
 from .kv_cache import PagedKVCache
 from .models import build_model
@@ -72,6 +72,8 @@ class Engine:
         self._cached: dict[int, list[int]] = {}  # token ids whose K/V are in the cache, per sequence
         self.last_stats = Stats()
         self.last_issue_seconds = 0.0
+        self.lost = False  # the device is gone: this Engine cannot run again (ChatEngine reloads a new one)
+        self._decode = None  # captured decode Program, built on first use
 
     @classmethod
     async def load(cls, model: Any, *, backend: str | None = None, device: Device | None = None,
@@ -105,9 +107,12 @@ class Engine:
         d.write_buffer(s.table, self.cache.table_bytes(seq))
         t = time.perf_counter()
         with d.recorder() as rec:
-            self.model.record(rec, n, logits=sample)
-            if sample:
-                self.sample_op.record(rec)
+            if n == 1 and sample:
+                rec.replay(self._decode_program())
+            else:
+                self.model.record(rec, n, logits=sample)
+                if sample:
+                    self.sample_op.record(rec)
         self.last_issue_seconds = time.perf_counter() - t  # host time to record and submit the step
         self._cached[seq].extend(ids)
         return await self.sampler.read() if sample else None
@@ -128,6 +133,16 @@ class Engine:
                 return await self.device.read_buffer(self.model.state.logits)
             finally:
                 self.reset(seq)
+
+    def _decode_program(self):
+        """A decode step's dispatches never change (sizes are fixed at n=1; positions live in the
+        step buffer), so they are captured once and replayed every token."""
+        if self._decode is None:
+            def record(rec):
+                self.model.record(rec, 1, logits=True)
+                self.sample_op.record(rec)
+            self._decode = self.device.capture(record)
+        return self._decode
 
     def interrupt(self) -> None:
         """Stop the running generation after its current token (finish_reason "abort")."""
@@ -158,15 +173,39 @@ class Engine:
         max_new = min(max_tokens or budget, budget)
         stops = [s for s in (stop or []) if s]
         async with self._lock:
+            self._check_lost()  # a request queued behind the one that lost the device
             self._interrupt = False
             stats = self.last_stats = Stats(prompt_tokens=len(prompt_ids))
             try:
                 async for tok in self._generate_locked(prompt_ids, params, max_new, stops, ignore_eos, seq, stats):
                     yield tok
-            except BaseException:
+            except BaseException as e:
                 # The cache may hold a half-written step; start this sequence afresh next time.
                 self.reset(seq)
+                if isinstance(e, Exception) and not isinstance(e, WebLLMError) and self._probe_lost():
+                    raise DeviceLostError(f"The GPU device was lost during generation ({type(e).__name__}: "
+                                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}). "
+                                          "Reload the model to continue.") from e
+                if isinstance(e, DeviceLostError):
+                    self.lost = True
                 raise
+
+    def _check_lost(self) -> None:
+        if self.lost:
+            raise DeviceLostError("The GPU device of this engine was lost. Reload the model to continue "
+                                  "(a ChatEngine from webllm_py.create() reloads by itself on the next request).")
+
+    def _probe_lost(self) -> bool:
+        """After an unexpected GPU-layer exception: is the device gone? The native backend (wgpu-py)
+        raises a validation error on every call to a lost device, so a 4-byte buffer tells. The browser
+        backend raises DeviceLostError itself (device.lost resolved) and never gets here for a loss."""
+        if self.lost:
+            return True
+        try:
+            self.device.create_buffer(4, label="lost-probe").destroy()
+        except Exception:
+            self.lost = True
+        return self.lost
 
     async def _generate_locked(self, prompt, params, max_new, stops, ignore_eos, seq, stats):
         cached = self._cached.setdefault(seq, [])

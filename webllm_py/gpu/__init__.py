@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder
+from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder
 
 IN_BROWSER = sys.platform == "emscripten"
 
@@ -20,4 +20,4 @@ async def request_device(backend: str | None = None, **options) -> Device:
     raise ValueError(f"unknown GPU backend {backend!r}: use 'browser' or 'native'")
 
 
-__all__ = ["AdapterInfo", "BindGroup", "Buffer", "Device", "Kernel", "Recorder", "request_device", "IN_BROWSER"]
+__all__ = ["AdapterInfo", "BindGroup", "Buffer", "Device", "Kernel", "Program", "Recorder", "request_device", "IN_BROWSER"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .. import kernels
 from ..errors import GPUFeatureError
@@ -67,12 +67,42 @@ class Recorder(ABC):
     @abstractmethod
     def submit(self) -> None: ...
 
+    def replay(self, program: "Program") -> None:
+        """Record a captured sequence of dispatches (see Device.capture)."""
+        for bind_group, x, y, z in program.commands:
+            self.dispatch(bind_group, x, y, z)
+
     def __enter__(self) -> "Recorder":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.submit()
+
+
+class Program:
+    """A fixed sequence of dispatches, captured once and replayed every step (a decode token's
+    work is the same every token: only the contents of the step buffer change). Backends may
+    attach a faster form (`native`): the browser keeps it as one JS array, so a token costs one
+    Python->JS call instead of three per dispatch."""
+
+    def __init__(self, commands: list[tuple[BindGroup, int, int, int]]):
+        self.commands = commands
+        self.native: Any = None
+
+
+class _CaptureRecorder(Recorder):
+    def __init__(self) -> None:
+        self.commands: list[tuple[BindGroup, int, int, int]] = []
+
+    def dispatch(self, bind_group: BindGroup, x: int, y: int = 1, z: int = 1) -> None:
+        self.commands.append((bind_group, x, y, z))
+
+    def copy_buffer(self, *args) -> None:
+        raise NotImplementedError("a captured Program holds dispatches only")
+
+    def submit(self) -> None:
+        pass
 
 
 class Device(ABC):
@@ -156,6 +186,12 @@ class Device(ABC):
 
     @abstractmethod
     def recorder(self) -> Recorder: ...
+
+    def capture(self, record: Callable[[Recorder], None]) -> Program:
+        """Run `record` against a capturing recorder and return the dispatches as a replayable Program."""
+        cap = _CaptureRecorder()
+        record(cap)
+        return Program(cap.commands)
 
     def run(self, kernel: Kernel, buffers: Sequence[Buffer], x: int, y: int = 1, z: int = 1) -> None:
         """One dispatch in its own submit: convenient for tests and one-off work, not for decode."""
