@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import struct
 import sys
 import time
 
 # Published shapes (config.json of the real models); weights random.
 SHAPES = {
+    # SmolLM2-135M-Instruct (the default model): its file is Q4_1 with Q8_0 embeddings.
+    "smollm2-135m": dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, hidden_dim=1536,
+                         vocab_size=49152, tie_embeddings=True, rope_theta=100000.0, rope_scaling=None),
     "llama-3.2-1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64, hidden_dim=8192,
                          vocab_size=128256, tie_embeddings=True, rope_theta=500000.0,
                          rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
@@ -31,14 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="GGUF/HF checkpoint (default: SmolLM2-135M-Instruct) unless --shape is given")
     p.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this published shape")
     p.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K"])
+    p.add_argument("--embed-quant", help="type of the token embedding (default: --quant)")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=256)
     p.add_argument("--prefill-chunk", type=int, default=128)
     p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
+    p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
 
 
-def random_checkpoint(shape: str, quant: str):
+def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
     """A Checkpoint whose tensors are random bytes in `quant`, with f16 scales set to small values."""
     import numpy as np
 
@@ -54,27 +60,31 @@ def random_checkpoint(shape: str, quant: str):
                       rope_pairs="halves", rot_dim=s["head_dim"], tie_embeddings=s["tie_embeddings"],
                       rope_scaling=s["rope_scaling"])
     qtype = GGMLType[quant]
-    lay = layout_of(qtype)
     rng = np.random.default_rng(0)
     # Byte offsets of f16 scale fields inside a block (d first for all but Q6_K, whose d is last).
-    scale_fields = {"Q4_0": [0], "Q4_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [lay.type_size - 2]}[quant]
+    scale_fields = {"Q4_0": [0], "Q4_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
     tensors = {}
+    made: dict[tuple, bytes] = {}  # one random matrix per (shape, type): speed does not depend on values
 
     def add(name, rows, cols, gtype=qtype):
         if gtype == GGMLType.F32:
             data = (1.0 + 0.01 * rng.standard_normal(cols)).astype(np.float32).tobytes()
             tensors[name] = TensorInfo(name, (cols,), gtype, 0, len(data), True, BytesSource(data))
             return
-        nblocks = rows * cols // lay.block_size
-        blocks = np.frombuffer(rng.bytes(nblocks * lay.type_size), np.uint8).reshape(nblocks, lay.type_size).copy()
-        scales = (rng.random(nblocks, dtype=np.float32) * 2e-3 + 1e-3).astype(np.float16).view(np.uint8).reshape(nblocks, 2)
-        for off in scale_fields:
-            blocks[:, off:off + 2] = scales
-        data = blocks.tobytes()
+        key = (rows, cols, gtype)
+        if key not in made:
+            lay = layout_of(gtype)
+            nblocks = rows * cols // lay.block_size
+            blocks = np.frombuffer(rng.bytes(nblocks * lay.type_size), np.uint8).reshape(nblocks, lay.type_size).copy()
+            scales = (rng.random(nblocks, dtype=np.float32) * 2e-3 + 1e-3).astype(np.float16).view(np.uint8).reshape(nblocks, 2)
+            for off in scale_fields[gtype.name]:
+                blocks[:, off:off + 2] = scales
+            made[key] = blocks.tobytes()
+        data = made[key]
         tensors[name] = TensorInfo(name, (cols, rows), gtype, 0, len(data), True, BytesSource(data))
 
     D, H, kv = cfg.dim, cfg.hidden_dim, cfg.n_kv_heads * cfg.head_dim
-    add("token_embd.weight", cfg.vocab_size, D)
+    add("token_embd.weight", cfg.vocab_size, D, GGMLType[embed_quant or quant])
     add("output_norm.weight", 1, D, GGMLType.F32)
     if not cfg.tie_embeddings:
         add("output.weight", cfg.vocab_size, D)
@@ -90,6 +100,57 @@ def random_checkpoint(shape: str, quant: str):
         add(b + "ffn_up.weight", H, D)
         add(b + "ffn_down.weight", D, H)
     return Checkpoint(cfg, tensors, None, "gguf", f"{shape} (random {quant})")
+
+
+async def load_engine(ckpt, device, context_window: int, prefill_chunk: int):
+    """Engine.load for an already-open Checkpoint (random weights have no file to open)."""
+    from .engine import BLOCK_SIZE, Engine
+    from .kv_cache import PagedKVCache
+    from .models import build_model
+    from .models.store import WeightStore
+    from .sampling import Sampler
+
+    cfg = ckpt.config
+    blocks = -(-context_window // BLOCK_SIZE)
+    cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
+                         num_blocks=blocks, max_blocks_per_seq=blocks, dtype="f16" if device.has_f16 else "f32")
+    store = WeightStore(device, ckpt.tensors)
+    net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk)
+    sampler = Sampler(device, cfg.vocab_size)
+    await device.check_errors()
+    return Engine(device, ckpt, net, cache, sampler, context_window, prefill_chunk)
+
+
+def count_buffers(device) -> list[int]:
+    """Wrap device.create_buffer so the sizes of every buffer made from now on are summed in the returned cell."""
+    total = [0]
+    make = device.create_buffer
+
+    def create_buffer(size, label=""):
+        buf = make(size, label)
+        total[0] += buf.size
+        return buf
+    device.create_buffer = create_buffer
+    return total
+
+
+async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
+    """GPU time of one decode step without the host in the loop: `reps` forward+sample steps recorded
+    into one submission (same position, so the same work as one token), one readback at the end."""
+    d, s = engine.device, engine.model.state
+    pos0 = len(engine._cached[0])
+    engine.cache.ensure(0, pos0 + 1)
+    d.write_buffer(s.ids, struct.pack("<I", tid))
+    d.write_buffer(s.step, struct.pack("<2I", pos0, 1))
+    d.write_buffer(s.table, engine.cache.table_bytes(0))
+    await d.read_buffer(s.logits, 0, 4)
+    t = time.perf_counter()
+    with d.recorder() as rec:
+        for _ in range(reps):
+            engine.model.record(rec, 1, logits=True)
+            engine.sample_op.record(rec)
+    await d.read_buffer(s.logits, 0, 4)
+    return 1e3 * (time.perf_counter() - t) / reps
 
 
 def weight_bytes_per_token(ckpt) -> int:
@@ -108,15 +169,17 @@ def weight_bytes_per_token(ckpt) -> int:
 async def _bench(args) -> dict:
     from .checkpoint import open_checkpoint
     from .default_model import default_model_path
-    from .engine import Engine
     from .gpu import request_device
     from .sampling import SamplingParams
 
     t_load = time.perf_counter()
-    ckpt = random_checkpoint(args.shape, args.quant) if args.shape else open_checkpoint(args.model or default_model_path())
+    ckpt = (random_checkpoint(args.shape, args.quant, args.embed_quant) if args.shape
+            else open_checkpoint(args.model or default_model_path()))
     device = await request_device("native")
+    allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
-    engine = await Engine.load(ckpt, device=device, context_window=ctx, prefill_chunk=args.prefill_chunk, max_sequences=1)
+    engine = await load_engine(ckpt, device, ctx, args.prefill_chunk)
+    await device.read_buffer(engine.model.state.logits, 0, 4)  # uploads finished
     load_s = time.perf_counter() - t_load
     cfg = ckpt.config
     vocab = cfg.vocab_size
@@ -147,6 +210,7 @@ async def _bench(args) -> dict:
         tid = res.token_id
     decode_s = time.perf_counter() - t1
     decode_tps = args.decode_tokens / decode_s
+    gpu_ms = await gpu_ms_per_token(engine, tid, args.gpu_reps) if args.gpu_reps else None
 
     bytes_tok = weight_bytes_per_token(ckpt)
     kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (2 if device.has_f16 else 4) * (args.prompt_tokens + args.decode_tokens // 2)
@@ -156,6 +220,7 @@ async def _bench(args) -> dict:
         "model": ckpt.name, "shape": {k: getattr(cfg, k) for k in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "vocab_size")},
         "quant": args.quant if args.shape else "file", "backend": "native", "adapter": desc.strip(),
         "features": sorted(device.features), "load_s": round(load_s, 2),
+        "gpu_buffers_gib": round(allocated[0] / 2**30, 3),
         "prompt_tokens": args.prompt_tokens, "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
         "decode_tokens": args.decode_tokens, "decode_tok_s": round(decode_tps, 1),
         "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
@@ -163,9 +228,15 @@ async def _bench(args) -> dict:
         "weight_bytes_per_token": bytes_tok, "kv_bytes_per_token_avg": kv_bytes,
         "achieved_gbps": round((bytes_tok + kv_bytes) * decode_tps / 1e9, 1),
     }
+    if gpu_ms:
+        out["gpu_ms_per_token"] = round(gpu_ms, 3)
+        out["gpu_bound_tok_s"] = round(1e3 / gpu_ms, 1)
+        out["gpu_bound_gbps"] = round((bytes_tok + kv_bytes) / gpu_ms / 1e6, 1)
     if bw:
         out["roofline_gbps"] = bw
         out["roofline_fraction"] = round((bytes_tok + kv_bytes) * decode_tps / 1e9 / bw, 3)
+        if gpu_ms:
+            out["gpu_bound_roofline_fraction"] = round(out["gpu_bound_gbps"] / bw, 3)
     engine.unload()
     return out
 
@@ -207,7 +278,11 @@ def main(args: argparse.Namespace) -> int:
         if not args.shape:
             print("--hf-reference needs --shape", file=sys.stderr)
             return 2
-        out.update(hf_reference(args))
-        out["decode_speedup_vs_hf"] = round(out["decode_tok_s"] / out["hf_decode_tok_s"], 2)
+        try:
+            out.update(hf_reference(args))
+            out["decode_speedup_vs_hf"] = round(out["decode_tok_s"] / out["hf_decode_tok_s"], 2)
+            out["prefill_speedup_vs_hf"] = round(out["prefill_tok_s"] / out["hf_prefill_tok_s"], 2)
+        except Exception as e:  # keep our own numbers when the reference cannot run
+            out["hf_error"] = f"{type(e).__name__}: {e}"
     print(json.dumps(out))
     return 0

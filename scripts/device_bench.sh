@@ -1,0 +1,23 @@
+#!/bin/bash
+# Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
+# with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
+# $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
+#   scripts/device_bench.sh [quick]
+set -u
+OUT=${OUT:-.}
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# NVIDIA's GLX Vulkan ICD fails headless ("Could not get vkCreateInstance"); its EGL library works.
+printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/icd.json
+export VK_DRIVER_FILES=/tmp/icd.json LD_LIBRARY_PATH=/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+date -u +%FT%TZ
+
+bench() { echo "+ python -m webllm_py bench $*"; timeout 240 python3 -m webllm_py bench "$@" 2>"$OUT/err.txt" | tee -a "$OUT/bench.jsonl"; tail -3 "$OUT/err.txt"; }
+bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0
+bench --shape llama-3.2-1b --quant Q4_0 --hf-reference
+bench --shape llama-3.2-1b --quant Q4_K
+bench --shape llama-3.1-8b --quant Q4_0 --hf-reference
+bench --shape llama-3.1-8b --quant Q4_K
