@@ -49,21 +49,43 @@ def merge_by_rank(symbols: list[str], ranks: dict[str, int]) -> list[str]:
 
     `ranks` is keyed by the merge as the vocabulary writes it, "left right": the GGUF/HF merges list loads into
     a dict without splitting half a million strings, and a lookup is one concatenation."""
-    n = len(symbols)
+    get = ranks.get
+    return _merge(list(symbols), lambda a, b: get(a + " " + b))
+
+
+def merge_by_score(text: str, scores: dict[str, float]) -> list[str]:
+    """SentencePiece BPE as llama.cpp runs it (llm_tokenizer_spm): start from characters, repeatedly join the
+    adjacent pair whose concatenation is a vocabulary piece with the highest score (leftmost on ties).
+
+    `scores` maps piece text -> score for every vocabulary piece. Returns the final symbols: every merged symbol
+    is a piece; a lone character may not be, and then falls back to byte pieces."""
+    get = scores.get
+
+    def priority(a: str, b: str):
+        s = get(a + b)
+        return None if s is None else -s
+
+    return _merge(list(text), priority)
+
+
+def _merge(sym: list[str], priority) -> list[str]:
+    """The BPE merge loop shared by both vocab kinds: repeatedly join the adjacent pair with the smallest
+    `priority(a, b)` (None: not mergeable), leftmost first on ties. Symbols form a linked list and candidate
+    pairs a heap, so each merge costs O(log n) instead of a rescan."""
+    n = len(sym)
     if n < 2:
-        return symbols
-    sym = list(symbols)
+        return sym
     nxt = list(range(1, n + 1))
     nxt[-1] = -1
     prv = list(range(-1, n - 1))
     heap = []
     for i in range(n - 1):
-        r = ranks.get(sym[i] + " " + sym[i + 1])
+        r = priority(sym[i], sym[i + 1])
         if r is not None:
             heap.append((r, i, i + 1, sym[i], sym[i + 1]))
     heapq.heapify(heap)
     while heap:
-        r, left, right, a, b = heapq.heappop(heap)
+        _, left, right, a, b = heapq.heappop(heap)
         # Stale if either side changed since this pair was pushed.
         if nxt[left] != right or sym[left] != a or sym[right] != b:
             continue
@@ -77,61 +99,13 @@ def merge_by_rank(symbols: list[str], ranks: dict[str, int]) -> list[str]:
         nxt[right] = -2  # dead
         before = prv[left]
         if before != -1:
-            rr = ranks.get(sym[before] + " " + merged)
-            if rr is not None:
-                heapq.heappush(heap, (rr, before, left, sym[before], merged))
+            r = priority(sym[before], merged)
+            if r is not None:
+                heapq.heappush(heap, (r, before, left, sym[before], merged))
         if after != -1:
-            rr = ranks.get(merged + " " + sym[after])
-            if rr is not None:
-                heapq.heappush(heap, (rr, left, after, merged, sym[after]))
-    out = []
-    i = 0
-    while i != -1:
-        out.append(sym[i])
-        i = nxt[i]
-    return out
-
-
-def merge_by_score(text: str, scores: dict[str, float]) -> list[str]:
-    """SentencePiece BPE as llama.cpp runs it (llm_tokenizer_spm): start from characters, repeatedly join the
-    adjacent pair whose concatenation is a vocabulary piece with the highest score (leftmost on ties).
-
-    `scores` maps piece text -> score for every vocabulary piece. Returns the final symbols: every merged symbol
-    is a piece; a lone character may not be, and then falls back to byte pieces."""
-    sym = list(text)
-    n = len(sym)
-    if n == 0:
-        return []
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    heap = []
-    for i in range(n - 1):
-        s = scores.get(sym[i] + sym[i + 1])
-        if s is not None:
-            heap.append((-s, i, i + 1, sym[i], sym[i + 1]))
-    heapq.heapify(heap)
-    while heap:
-        _, left, right, a, b = heapq.heappop(heap)
-        if nxt[left] != right or sym[left] != a or sym[right] != b:
-            continue
-        merged = a + b
-        sym[left] = merged
-        sym[right] = ""
-        after = nxt[right]
-        nxt[left] = after
-        if after != -1:
-            prv[after] = left
-        nxt[right] = -2
-        before = prv[left]
-        if before != -1:
-            s = scores.get(sym[before] + merged)
-            if s is not None:
-                heapq.heappush(heap, (-s, before, left, sym[before], merged))
-        if after != -1:
-            s = scores.get(merged + sym[after])
-            if s is not None:
-                heapq.heappush(heap, (-s, left, after, merged, sym[after]))
+            r = priority(merged, sym[after])
+            if r is not None:
+                heapq.heappush(heap, (r, left, after, merged, sym[after]))
     out = []
     i = 0
     while i != -1:
