@@ -5,6 +5,7 @@
 //   const reply = await engine.chat.completions.create({ messages });             // OpenAI-shaped
 //   for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) ...
 //   await webllm.runPython("1 + 1");                                             // 2
+//   await webllm.hasModelInCache("SmolLM2-135M-Instruct.Q4_1.gguf"); await webllm.deleteModel(...);
 //
 // As an ES module: `import webllm from "/webllm.mjs"`.
 // It starts the module worker (worker.js, Pyodide inside) as soon as it loads; every call is one
@@ -125,6 +126,13 @@
     return model.includes("/") ? new URL(model, location.href).href : new URL(`models/${model}`, getClient().baseURL).href;
   }
 
+  // cache.js (an ES module) from the same place as this script: the page and the worker share the
+  // origin's storage, so the page can look into the cache the worker fills.
+  async function openStore(kind) {
+    const { openModelCache } = await import(new URL("cache.js", getClient().baseURL).href);
+    return openModelCache(kind || null);
+  }
+
   class Engine {
     constructor(c, model) {
       this._c = c;
@@ -164,11 +172,14 @@
     WebLLMError,
     // Resolves with {python, pyodide, webllm_py, crossOriginIsolated, ...} once Pyodide is up.
     ready() { return getClient().ready; },
-    async create({ model, onProgress, signal, ...options } = {}) {
+    // cache: "cache-api" (default) | "opfs" | false (always download). Progress events:
+    // {phase: "cache", state: hit|miss|corrupt|stored|not-stored}, {phase: "download", loaded,
+    // total, seconds, eta}, {phase: "verify"}, then the engine's own {stage, loaded, total}.
+    async create({ model, onProgress, signal, cache, ...options } = {}) {
       const c = getClient();
       const url = modelURL(model);
       await c.ready;
-      await c.request("load", { model: url, options }, { onProgress, signal });
+      await c.request("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
       return new Engine(c, url);
     },
     // Run Python in the worker (top-level await allowed); resolves with the last expression's
@@ -177,6 +188,16 @@
       const c = getClient();
       await c.ready;
       return c.request("exec", { code }, { signal });
+    },
+    // Whether a model (name or URL) is in the browser's model cache (not verified here: loading does that).
+    async hasModelInCache(model, { cache } = {}) {
+      const store = await openStore(cache);
+      return !!store && store.has(modelURL(model));
+    },
+    // Remove a model from the cache; resolves with whether there was one.
+    async deleteModel(model, { cache } = {}) {
+      const store = await openStore(cache);
+      return !!store && store.delete(modelURL(model));
     },
     // The lower-level client, for tests: send(kind, payload, {onProgress, onChunk, signal}) -> {id, promise}.
     client: getClient,

