@@ -3,12 +3,13 @@
 iterator of OpenAI's chunk objects when `stream=True`. The same shapes cross to JavaScript."""
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from .engine import Engine, Token
-from .errors import RequestError
+from .errors import DeviceLostError, RequestError
 from .sampling import SamplingParams
 
 
@@ -33,8 +34,12 @@ def sampling_params(temperature=None, top_p=None, top_k=None, min_p=None, seed=N
 
 
 class _Completions:
-    def __init__(self, engine: Engine, chat: bool):
-        self._engine, self._chat = engine, chat
+    def __init__(self, owner: "ChatEngine", chat: bool):
+        self._owner, self._chat = owner, chat
+
+    @property
+    def _engine(self) -> Engine:
+        return self._owner.engine  # the current one: a reload after device loss replaces it
 
     def create(self, *, messages: list[dict] | None = None, prompt: str | None = None, stream: bool = False,
                max_tokens: int | None = None, max_completion_tokens: int | None = None, stop: str | list[str] | None = None,
@@ -56,7 +61,7 @@ class _Completions:
             ids = tok.encode(prompt, add_special=True, parse_special=True)
         params = sampling_params(**sampling)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        gen = self._engine.generate(ids, params, max_tokens=max_completion_tokens or max_tokens, stop=stops,
+        gen = self._owner._generate(ids, params, max_tokens=max_completion_tokens or max_tokens, stop=stops,
                                     ignore_eos=ignore_eos)
         meta = {"id": ("chatcmpl-" if self._chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
                 "model": self._engine.checkpoint.name}
@@ -121,17 +126,44 @@ class _Completions:
 
 
 class _Chat:
-    def __init__(self, engine: Engine):
-        self.completions = _Completions(engine, chat=True)
+    def __init__(self, owner: "ChatEngine"):
+        self.completions = _Completions(owner, chat=True)
 
 
 class ChatEngine:
-    """What `webllm_py.create()` returns: OpenAI's client shape over one loaded model."""
+    """What `webllm_py.create()` returns: OpenAI's client shape over one loaded model.
 
-    def __init__(self, engine: Engine):
+    `reload`: an async callable that loads the same model again (create() keeps the `model` argument and
+    options for it). When the GPU device is lost, the request running then fails with DeviceLostError and
+    the next request first reloads: a new device, the weights uploaded again, the kernels rebuilt."""
+
+    def __init__(self, engine: Engine, reload: Callable[[], Awaitable[Engine]] | None = None):
         self.engine = engine
-        self.chat = _Chat(engine)
-        self.completions = _Completions(engine, chat=False)
+        self._reload = reload
+        self._reload_lock: asyncio.Lock | None = None
+        self.reloads = 0  # how many times the engine was rebuilt after a device loss
+        self.chat = _Chat(self)
+        self.completions = _Completions(self, chat=False)
+
+    async def _ready_engine(self) -> Engine:
+        """The engine, reloaded first if its device was lost. One reload however many requests wait."""
+        if not self.engine.lost:
+            return self.engine
+        if self._reload is None:
+            raise DeviceLostError("The GPU device was lost and this engine cannot reload its model: "
+                                  "call webllm_py.create(model) again.")
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            if self.engine.lost:  # another request may have reloaded while this one waited
+                self.engine = await self._reload()
+                self.reloads += 1
+        return self.engine
+
+    async def _generate(self, ids: list[int], params, **kw) -> AsyncIterator[Token]:
+        engine = await self._ready_engine()
+        async for t in engine.generate(ids, params, **kw):
+            yield t
 
     def interrupt(self) -> None:
         self.engine.interrupt()
@@ -149,4 +181,14 @@ async def create(model: Any = None, *, backend: str | None = None, on_progress=N
     if model is None:
         from .default_model import default_model_path
         model = default_model_path()
-    return ChatEngine(await Engine.load(model, backend=backend, on_progress=on_progress, **options))
+
+    async def reload() -> Engine:
+        return await Engine.load(model, backend=backend, on_progress=on_progress, **options)
+
+    # A `device` passed in is not reusable after its loss: a reload requests a new one.
+    options_no_device = {k: v for k, v in options.items() if k != "device"}
+
+    async def reload_new_device() -> Engine:
+        return await Engine.load(model, backend=backend, on_progress=on_progress, **options_no_device)
+
+    return ChatEngine(await reload(), reload=reload_new_device)

@@ -143,6 +143,11 @@ class Tokenizer:
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of `text`. add_special: BOS/EOS (or the HF post-processor's tokens) as the model wants.
         parse_special: spell-outs of control tokens in `text` (e.g. "<|im_start|>") become those tokens."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
+        if any("\ud800" <= c <= "\udfff" for c in text):  # lone surrogates have no UTF-8 bytes to tokenize
+            raise TokenizerError("the text contains a lone UTF-16 surrogate (U+D800..U+DFFF), which is not "
+                                 "valid Unicode: decode the text's bytes with errors='replace' first")
         ids = list(self._prefix_ids) if add_special else []
         for n, frag in enumerate(self._split_specials(text, parse_special)):
             if isinstance(frag, int):
@@ -275,7 +280,10 @@ class Tokenizer:
         """The raw bytes of `ids` joined (SentencePiece's leading space of the first piece removed)."""
         out = bytearray()
         first = True
+        n = len(self._pieces)
         for i in ids:
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n:
+                raise TokenizerError(f"token id {i!r} is not in this vocabulary (ids are integers 0..{n - 1})")
             if skip_special and self._kinds[i] == CONTROL:
                 continue
             b = self.token_bytes(i)
@@ -314,12 +322,37 @@ class Tokenizer:
     @classmethod
     def from_gguf_metadata(cls, meta: dict) -> "Tokenizer":
         from .gguf_vocab import tokenizer_from_gguf_metadata
-        return tokenizer_from_gguf_metadata(meta)
+        return _typed_load(tokenizer_from_gguf_metadata, meta)
 
     @classmethod
     def from_hf(cls, tokenizer_json, tokenizer_config=None) -> "Tokenizer":
         from .hf_vocab import tokenizer_from_hf
-        return tokenizer_from_hf(tokenizer_json, tokenizer_config)
+        return _typed_load(tokenizer_from_hf, tokenizer_json, tokenizer_config)
+
+
+def _typed_load(loader, *args) -> "Tokenizer":
+    """Malformed vocabulary data (wrong types, missing keys, bad ids) surfaces as TokenizerError."""
+    try:
+        tok = loader(*args)
+        _check_ids(tok)
+        if tok.vocab_size:
+            tok.token_bytes(0)  # builds every token's bytes now: a malformed piece fails here, not mid-decode
+        return tok
+    except TokenizerError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OSError, RecursionError) as e:
+        raise TokenizerError(f"malformed tokenizer data: {type(e).__name__}: {e}"[:500]) from e
+
+
+def _check_ids(tok: "Tokenizer") -> None:
+    n = tok.vocab_size
+    if not all(isinstance(k, int) for k in tok._kinds):
+        raise TokenizerError("token types must be integers")
+    named = [("unknown", tok.unk_id), ("BOS", tok.bos_id), ("EOS", tok.eos_id)]
+    named += [("end-of-generation", i) for i in tok.eos_ids] + [("added", i) for i in tok._prefix_ids + tok._suffix_ids]
+    for what, i in named:
+        if i is not None and not (isinstance(i, int) and 0 <= i < n):
+            raise TokenizerError(f"the {what} token id {i!r} is outside the vocabulary of {n} tokens")
 
 
 def _split_before_marks(text: str) -> list[str]:
