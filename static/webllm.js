@@ -133,6 +133,26 @@
     return openModelCache(kind || null);
   }
 
+  // What the user can do about an error, by its typed name (the Python class or a JS-side one).
+  const HINTS = {
+    GPUUnavailableError: "This browser has no WebGPU. Use a recent Chrome or Edge (on Linux: start Chromium with --enable-unsafe-webgpu).",
+    GPUFeatureError: "Your GPU lacks a feature this model needs (for example shader-f16). Pick a model stored in f32/quantized weights, or use a GPU/browser that supports it.",
+    ModelTooLargeError: "The model does not fit in this GPU's memory or buffer limits. Pick a smaller model, or close other tabs using the GPU.",
+    DeviceLostError: "The GPU was reset or ran out of memory. Load the model again; if it keeps happening, pick a smaller model or context.",
+    QuotaError: "The browser's storage is full, so the model is not cached: delete cached models or clear site data.",
+    IntegrityError: "The downloaded file did not match its checksum. Try again; if it persists the server's copy changed.",
+    DownloadError: "The model could not be downloaded. Check the network and that the server is running.",
+    ContextOverflowError: "The conversation is longer than the model's context window. Clear the chat and start again.",
+    AbortedError: "Stopped.",
+    WorkerError: "The worker crashed (possibly out of memory). Reload the page.",
+  };
+  function errorHint(e) {
+    if (!e) return "";
+    if (HINTS[e.name]) return HINTS[e.name];
+    if (/out of memory|allocation failed|Array buffer allocation/i.test(String(e.message))) return HINTS.ModelTooLargeError;
+    return "";
+  }
+
   class Engine {
     constructor(c, model) {
       this._c = c;
@@ -170,6 +190,8 @@
     __client: true,
     baseURL: script ? script.src : null,
     WebLLMError,
+    // A sentence saying what to do about an error (by its name), or "".
+    errorHint,
     // Resolves with {python, pyodide, webllm_py, crossOriginIsolated, ...} once Pyodide is up.
     ready() { return getClient().ready; },
     // cache: "cache-api" (default) | "opfs" | false (always download). Progress events:

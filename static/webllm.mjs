@@ -7,4 +7,4 @@ if (!webllm.baseURL) webllm.baseURL = new URL("./", import.meta.url).href;
 webllm.ready(); // start the worker now, as the script tag does
 
 export default webllm;
-export const { create, runPython, ready, WebLLMError } = webllm;
+export const { create, runPython, ready, WebLLMError, hasModelInCache, deleteModel, errorHint } = webllm;

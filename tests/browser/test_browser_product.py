@@ -156,3 +156,167 @@ def test_cache_second_fetch_reads_no_network_and_corruption_is_refetched(context
     fourth = page.evaluate(_FETCH, [url, kind])
     assert states(fourth) == ["hit"]
     page.close()
+
+
+# -- the engine, loaded once for the tests below ------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine_page(context, site_server):
+    """script-tag.html with `window.engine` = webllm.create({model}) (from a cleared cache)."""
+    page = page_in(context, site_server.url + "script-tag.html")
+    page.requests = []
+    page.on("request", lambda r: page.requests.append(r.url))
+    r = page.evaluate("""async (model) => {
+      await webllm.deleteModel(model);
+      const before = await webllm.hasModelInCache(model);
+      const progress = [];
+      try {
+        const t0 = performance.now();
+        window.engine = await webllm.create({ model, onProgress: (p) => progress.push(p) });
+        return { before, after: await webllm.hasModelInCache(model), seconds: (performance.now() - t0) / 1000,
+                 cache: progress.filter((p) => p.phase === 'cache').map((p) => p.state) };
+      } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
+    }""", MODEL)
+    assert "error" not in r, r["error"]
+    print(f"\nmodel loaded in the browser in {r['seconds']:.1f} s")
+    page.load_result = r
+    yield page
+    page.close()
+
+
+@pytest.mark.slow
+def test_helpers_see_the_cache_fill(engine_page):
+    r = engine_page.load_result
+    assert r["before"] is False and r["after"] is True
+    assert r["cache"] == ["miss", "stored"]
+
+
+_STREAM = """async ([messages, max_tokens]) => {
+  try {
+    const chunks = [];
+    const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens, temperature: 0,
+                                                           stream_options: { include_usage: true } });
+    for await (const c of stream) chunks.push(c);
+    return { chunks };
+  } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
+}"""
+
+
+def streamed_text(chunks):
+    return "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
+
+
+@pytest.mark.slow
+def test_stream_chunks_have_openai_shape(engine_page):
+    r = engine_page.evaluate(_STREAM, [QUESTION, 3])
+    assert "error" not in r, r["error"]
+    chunks = r["chunks"]
+    ids = {c["id"] for c in chunks}
+    assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")
+    for c in chunks:
+        assert c["object"] == "chat.completion.chunk"
+        assert isinstance(c["created"], int) and c["created"] > 1_600_000_000
+        assert isinstance(c["model"], str) and c["model"]
+    *content, last_choice, usage = chunks
+    assert content and content[0]["choices"][0]["delta"]["role"] == "assistant"
+    for c in content:
+        (ch,) = c["choices"]
+        assert ch["index"] == 0 and ch["finish_reason"] is None and isinstance(ch["delta"]["content"], str)
+    assert last_choice["choices"][0]["finish_reason"] == "length"
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 3
+    assert usage["usage"]["total_tokens"] == usage["usage"]["prompt_tokens"] + 3
+    # Greedy reference (HF transformers): "The capital of France is Paris."
+    assert "The capital of France is Paris.".startswith(streamed_text(chunks).strip())
+    assert len(streamed_text(chunks).strip()) >= len("The capital")
+
+
+@pytest.mark.slow
+def test_interrupt_and_abort_signal_then_a_new_request_works(engine_page):
+    r = engine_page.evaluate("""async (messages) => {
+      const out = {};
+      try {
+        // interrupt(): the stream ends normally, finish_reason "abort", after the first token.
+        let chunks = [];
+        const s1 = await engine.chat.completions.create({ messages, stream: true, max_tokens: 6, temperature: 0 });
+        for await (const c of s1) { chunks.push(c); if (chunks.length === 1) await engine.interrupt(); }
+        out.interrupted = chunks;
+        // AbortSignal: the request fails with AbortedError.
+        const ctl = new AbortController();
+        chunks = [];
+        try {
+          const s2 = await engine.chat.completions.create({ messages, stream: true, max_tokens: 6, temperature: 0, signal: ctl.signal });
+          for await (const c of s2) { chunks.push(c); ctl.abort(); }
+          out.signal = { finished: chunks };
+        } catch (e) { out.signal = { name: e.name, chunks: chunks.length }; }
+        // And the engine still answers.
+        out.after = await engine.chat.completions.create({ messages, max_tokens: 1, temperature: 0 });
+      } catch (e) { out.error = `${e.name}: ${e.message}\\n${e.traceback || ''}`; }
+      return out;
+    }""", QUESTION)
+    assert "error" not in r, r["error"]
+    fin = [c["choices"][0]["finish_reason"] for c in r["interrupted"] if c["choices"]]
+    assert fin[-1] == "abort" and len(r["interrupted"]) <= 3, r["interrupted"]
+    assert r["signal"].get("name") == "AbortedError", r["signal"]
+    after = r["after"]
+    assert after["usage"]["completion_tokens"] == 1 and after["choices"][0]["message"]["content"].strip()
+    assert "The capital of France is Paris.".startswith(after["choices"][0]["message"]["content"].strip())
+
+
+DOC_SNIPPET = """
+import webllm_py
+from pyodide.http import pyfetch
+
+response = await pyfetch("/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+engine = await webllm_py.create(await response.bytes())
+chunks = []
+async for chunk in engine.chat.completions.create(
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=2, temperature=0, stream=True):
+    chunks.append(chunk)
+"""
+
+
+@pytest.mark.slow
+def test_python_api_inside_pyodide(engine_page):
+    """The notebook path (docs/pyodide.md): Python in Pyodide creates its own engine and streams."""
+    engine_page.evaluate("() => engine.unload()")  # one engine's GPU memory at a time
+    r = engine_page.evaluate("""async (code) => {
+      try { return { ok: await webllm.runPython(code + "\\nengine.unload()\\nchunks") }; }
+      catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
+    }""", DOC_SNIPPET)
+    assert "error" not in r, r["error"]
+    chunks = r["ok"]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    text = streamed_text(chunks).strip()
+    assert text and "The capital of France is Paris.".startswith(text)
+
+
+@pytest.mark.slow
+def test_reload_offline_loads_from_cache_and_answers(engine_page, site_server):
+    """Reload the page with /models/ unreachable: the model comes from the cache and answers."""
+    page = engine_page
+    page.route("**/models/**", lambda route: route.abort())
+    try:
+        page.requests.clear()
+        n0 = len(site_server.handler.log)
+        page.reload()
+        r = page.evaluate("""async ([model, messages]) => {
+          const progress = [];
+          try {
+            window.engine = await webllm.create({ model, onProgress: (p) => progress.push(p) });
+            const reply = await engine.chat.completions.create({ messages, max_tokens: 2, temperature: 0 });
+            return { reply, cache: progress.filter((p) => p.phase === 'cache').map((p) => p.state),
+                     downloads: progress.filter((p) => p.phase === 'download').length };
+          } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
+        }""", [MODEL, QUESTION])
+        assert "error" not in r, r["error"]
+        assert r["cache"] == ["hit"] and r["downloads"] == 0
+        text = r["reply"]["choices"][0]["message"]["content"].strip()
+        assert text and "The capital of France is Paris.".startswith(text)
+        # Nothing reached the server for the model; only index.json was tried (and blocked).
+        assert model_requests(site_server, n0) == []
+        model_urls = [u for u in page.requests if "/models/" in u]
+        print(f"\nrequests to /models/ while offline (all blocked): {model_urls}")
+        assert all(u.endswith("/models/index.json") for u in model_urls)
+    finally:
+        page.unroute("**/models/**")

@@ -1,0 +1,204 @@
+// <webllm-chat>: a chat box any page can embed, on top of webllm.js.
+//
+//   <script type="module" src="/webllm-chat.js"></script>
+//   <webllm-chat model="SmolLM2-135M-Instruct.Q4_1.gguf" max-tokens="256" temperature="0.7" autoload></webllm-chat>
+//
+// Attributes: model (a name from /models/index.json or a URL), max-tokens, temperature, autoload
+// (load when attached; otherwise a Load button), placeholder. Methods: load(), send(text), stop(),
+// clear(). Events (bubbling): webllm-loaded {model}, webllm-reply {text, usage}, webllm-error {error}.
+// Its look lives in a shadow root, so page styles do not leak in; `--webllm-accent` and
+// `--webllm-font` (CSS custom properties) restyle it from outside.
+import webllm from "./webllm.mjs";
+
+// One worker holds one engine: widgets asking for the same model share it.
+const engines = new Map(); // model -> Promise<Engine>
+
+const STYLE = `
+:host { display: block; font: var(--webllm-font, 14px/1.45 system-ui, sans-serif); color: #1d1d1f;
+  border: 1px solid #d7d7db; border-radius: 12px; background: #fff; overflow: hidden; max-width: 40rem; }
+header { display: flex; align-items: center; gap: .6rem; padding: .55rem .8rem; background: #f5f5f7; border-bottom: 1px solid #e5e5ea; }
+header .title { font-weight: 600; flex: 1; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+header .status { color: #6e6e73; font-size: 12px; }
+button { font: inherit; border: 1px solid #c7c7cc; background: #fff; border-radius: 8px; padding: .25rem .8rem; cursor: pointer; }
+button.primary { background: var(--webllm-accent, #0a64d8); border-color: transparent; color: #fff; }
+button:disabled { opacity: .45; cursor: default; }
+progress { display: block; width: 100%; height: 4px; border: 0; appearance: none; }
+progress::-webkit-progress-bar { background: #eee; }
+progress::-webkit-progress-value { background: var(--webllm-accent, #0a64d8); }
+.log { display: flex; flex-direction: column; gap: .5rem; padding: .8rem; min-height: 8rem; max-height: 24rem; overflow-y: auto; }
+.empty { color: #8e8e93; text-align: center; margin: auto; }
+.msg { padding: .45rem .75rem; border-radius: 12px; white-space: pre-wrap; max-width: 85%; word-wrap: break-word; }
+.user { align-self: flex-end; background: var(--webllm-accent, #0a64d8); color: #fff; }
+.assistant { align-self: flex-start; background: #f0f0f3; }
+.assistant.pending::after { content: "\\2026"; color: #8e8e93; }
+form { display: flex; gap: .5rem; padding: .6rem .8rem; border-top: 1px solid #e5e5ea; }
+textarea { flex: 1; font: inherit; resize: none; border: 1px solid #c7c7cc; border-radius: 8px; padding: .35rem .55rem; }
+footer { display: flex; justify-content: space-between; gap: 1rem; padding: 0 .8rem .5rem; font-size: 12px; color: #6e6e73; min-height: 1em; }
+.error { color: #b00020; }
+`;
+
+const fmtBytes = (n) => n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${(n / 1024).toFixed(0)} KiB`;
+
+class WebLLMChat extends HTMLElement {
+  constructor() {
+    super();
+    this.history = [];
+    this.engine = null;
+    this.busy = false;
+    const root = this.attachShadow({ mode: "open" });
+    root.innerHTML = `<style>${STYLE}</style>
+      <header><span class="title" part="title"></span><span class="status" part="status"></span>
+        <button class="load primary" part="load">Load</button></header>
+      <progress hidden value="0" max="1"></progress>
+      <div class="log" part="log"><div class="empty">Load the model, then ask something.</div></div>
+      <form part="form"><textarea rows="1" disabled></textarea>
+        <button class="send primary" type="submit" disabled>Send</button>
+        <button class="stop" type="button" disabled>Stop</button></form>
+      <footer><span class="speed"></span><span class="error" role="alert"></span></footer>`;
+    this.$ = (sel) => root.querySelector(sel);
+    this.$(".load").onclick = () => this.load();
+    this.$("form").onsubmit = (ev) => { ev.preventDefault(); this.send(this.$("textarea").value); };
+    this.$("textarea").onkeydown = (ev) => {
+      if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); this.send(this.$("textarea").value); }
+    };
+    this.$(".stop").onclick = () => this.stop();
+  }
+
+  static get observedAttributes() { return ["model", "placeholder"]; }
+  attributeChangedCallback() { this._render(); }
+
+  get model() { return this.getAttribute("model") || ""; }
+
+  connectedCallback() {
+    this._render();
+    if (this.hasAttribute("autoload")) this.load();
+  }
+
+  _render() {
+    this.$(".title").textContent = this.model ? this.model.replace(/\.gguf$/, "") : "webllm chat (no model attribute)";
+    this.$("textarea").placeholder = this.getAttribute("placeholder") || "Ask something (Enter sends)";
+    this._controls();
+  }
+
+  _controls() {
+    this.$(".load").hidden = !!this.engine;
+    this.$(".load").disabled = this.busy || !this.model;
+    this.$("textarea").disabled = !this.engine;
+    this.$(".send").disabled = this.busy || !this.engine;
+    this.$(".stop").disabled = !this.busy || !this.engine;
+  }
+
+  _status(text) { this.$(".status").textContent = text; }
+
+  _error(e) {
+    const hint = e && webllm.errorHint(e);
+    this.$(".error").textContent = e ? `${e.message}${hint && hint !== "Stopped." ? ` ${hint}` : ""}` : "";
+    if (e) this.dispatchEvent(new CustomEvent("webllm-error", { bubbles: true, detail: { error: e } }));
+  }
+
+  _progress(p) {
+    const bar = this.$("progress");
+    if (p.phase === "download") {
+      bar.hidden = false; bar.max = p.total; bar.value = p.loaded;
+      this._status(`downloading ${fmtBytes(p.loaded)} / ${fmtBytes(p.total)}` +
+        (p.eta > 0 && isFinite(p.eta) ? `, ${Math.ceil(p.eta)} s left` : ""));
+    } else if (p.phase === "cache" && p.state === "hit") {
+      this._status("from the browser cache");
+    } else if (p.phase === "verify") {
+      this._status("checking sha256");
+    } else if (p.total) {
+      bar.hidden = false; bar.max = p.total; bar.value = p.loaded || 0;
+      this._status(`loading onto the GPU ${Math.round(100 * (p.loaded || 0) / p.total)}%`);
+    }
+  }
+
+  async load() {
+    if (this.engine || this.busy || !this.model) return this.engine;
+    this.busy = true; this._controls(); this._error(null);
+    this._status("starting");
+    try {
+      if (!navigator.gpu) throw new webllm.WebLLMError("GPUUnavailableError", "This browser has no WebGPU.");
+      let p = engines.get(this.model);
+      if (!p) {
+        p = webllm.create({ model: this.model, onProgress: (e) => this._progress(e) });
+        engines.set(this.model, p);
+        p.catch(() => engines.delete(this.model));
+      }
+      this.engine = await p;
+      this._status("ready");
+      this.$(".empty").textContent = "Ask something.";
+      this.dispatchEvent(new CustomEvent("webllm-loaded", { bubbles: true, detail: { model: this.model } }));
+    } catch (e) {
+      this._status("not loaded");
+      this._error(e);
+    } finally {
+      this.$("progress").hidden = true;
+      this.busy = false; this._controls();
+    }
+    return this.engine;
+  }
+
+  _bubble(role, text) {
+    const empty = this.$(".empty");
+    if (empty) empty.remove();
+    const div = document.createElement("div");
+    div.className = `msg ${role}`;
+    div.setAttribute("part", `message ${role}`);
+    div.textContent = text;
+    this.$(".log").append(div);
+    this.$(".log").scrollTop = this.$(".log").scrollHeight;
+    return div;
+  }
+
+  async send(text) {
+    text = (text || "").trim();
+    if (!text || this.busy || !(await this.load())) return null;
+    this.$("textarea").value = "";
+    this._error(null);
+    this.history.push({ role: "user", content: text });
+    this._bubble("user", text);
+    const div = this._bubble("assistant", "");
+    div.classList.add("pending");
+    this.busy = true; this._controls();
+    let reply = "", usage = null, first = 0;
+    const t0 = performance.now();
+    try {
+      const stream = await this.engine.chat.completions.create({
+        messages: this.history, stream: true, stream_options: { include_usage: true },
+        max_tokens: +(this.getAttribute("max-tokens") || 256), temperature: +(this.getAttribute("temperature") ?? 0.7),
+      });
+      for await (const chunk of stream) {
+        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+        if (delta && delta.content) {
+          if (!first) first = performance.now();
+          reply += delta.content;
+          div.textContent = reply;
+          this.$(".log").scrollTop = this.$(".log").scrollHeight;
+        }
+        if (chunk.usage) usage = chunk.usage;
+      }
+      const secs = (performance.now() - (first || t0)) / 1000;
+      const n = usage ? usage.completion_tokens : 0;
+      this.$(".speed").textContent = `${n} tokens, ${(n / Math.max(secs, 1e-3)).toFixed(2)} tok/s`;
+      this.dispatchEvent(new CustomEvent("webllm-reply", { bubbles: true, detail: { text: reply, usage } }));
+    } catch (e) {
+      this._error(e);
+    } finally {
+      div.classList.remove("pending");
+      if (reply) this.history.push({ role: "assistant", content: reply });
+      else div.remove();
+      this.busy = false; this._controls();
+    }
+    return reply;
+  }
+
+  stop() { if (this.engine) return this.engine.interrupt(); }
+
+  clear() {
+    this.history = [];
+    this.$(".log").replaceChildren(Object.assign(document.createElement("div"), { className: "empty", textContent: "Ask something." }));
+  }
+}
+
+if (!customElements.get("webllm-chat")) customElements.define("webllm-chat", WebLLMChat);
+export { WebLLMChat };
