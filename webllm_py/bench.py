@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-chunk", type=int, default=128)
     p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
     p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
+    p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step (all layers)")
+    p.add_argument("--matvec-tiling", help="WG,ROWS: decode matvec tiling for every Linear (default: linear.py's)")
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
 
 
@@ -153,6 +155,35 @@ async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
     return 1e3 * (time.perf_counter() - t) / reps
 
 
+async def profile_ops(engine, reps: int) -> dict:
+    """GPU ms per decode step spent in each op kind: that op of every layer recorded `reps` times into
+    one submission (same inputs as the last decode step), one readback at the end."""
+    d, m = engine.device, engine.model
+    groups = {name: [getattr(layer, name) for layer in m.layers] for name in vars(m.layers[0])
+              if hasattr(getattr(m.layers[0], name), "record")}
+    groups["embed"] = [m.embed]
+    groups["final_norm"] = [m.final_norm]
+    groups["lm_head"] = [m.lm_head]
+    out = {}
+    for name, ops in groups.items():
+        await d.read_buffer(m.state.logits, 0, 4)
+        t = time.perf_counter()
+        with d.recorder() as rec:
+            for _ in range(reps):
+                for op in ops:
+                    op.record(rec, 1)
+        await d.read_buffer(m.state.logits, 0, 4)
+        out[name] = round(1e3 * (time.perf_counter() - t) / reps, 3)
+    await d.read_buffer(m.state.logits, 0, 4)
+    t = time.perf_counter()
+    with d.recorder() as rec:
+        for _ in range(reps):
+            engine.sample_op.record(rec)
+    await d.read_buffer(m.state.logits, 0, 4)
+    out["sampling"] = round(1e3 * (time.perf_counter() - t) / reps, 3)
+    return out
+
+
 def weight_bytes_per_token(ckpt) -> int:
     """Bytes of weights one decode step reads: every matrix, but only one row of the embedding."""
     total = 0
@@ -175,6 +206,10 @@ async def _bench(args) -> dict:
     t_load = time.perf_counter()
     ckpt = (random_checkpoint(args.shape, args.quant, args.embed_quant) if args.shape
             else open_checkpoint(args.model or default_model_path()))
+    if args.matvec_tiling:  # bench-only override of the default tiling Linear picks on GPUs
+        from . import linear
+        wg, rows = (int(v) for v in args.matvec_tiling.split(","))
+        linear.MatvecTiling.__init__.__defaults__ = (wg, rows, True)
     device = await request_device("native")
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
@@ -212,6 +247,8 @@ async def _bench(args) -> dict:
     decode_tps = args.decode_tokens / decode_s
     gpu_ms = await gpu_ms_per_token(engine, tid, args.gpu_reps) if args.gpu_reps else None
 
+    profile = await profile_ops(engine, args.gpu_reps or 10) if args.profile else None
+
     bytes_tok = weight_bytes_per_token(ckpt)
     kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (2 if device.has_f16 else 4) * (args.prompt_tokens + args.decode_tokens // 2)
     desc = device.info.description
@@ -237,6 +274,10 @@ async def _bench(args) -> dict:
         out["roofline_fraction"] = round((bytes_tok + kv_bytes) * decode_tps / 1e9 / bw, 3)
         if gpu_ms:
             out["gpu_bound_roofline_fraction"] = round(out["gpu_bound_gbps"] / bw, 3)
+    if profile:
+        out["gpu_ms_by_op"] = profile
+    if args.matvec_tiling:
+        out["matvec_tiling"] = args.matvec_tiling
     engine.unload()
     return out
 
