@@ -260,3 +260,22 @@ def test_template_cannot_reach_python_internals(template):
         return
     for leak in ("class", "module", "function", "built-in", "os", "datetime"):
         assert leak not in out
+
+
+def test_no_code_path_evaluates_text_except_the_exec_request():
+    """Model-provided text (templates, vocabularies, metadata) is data: the only eval/exec/compile of
+    code in webllm_py is worker.py's `exec` request, which runs code the page itself sends
+    (webllm.runPython). Chat templates go through jinja2's sandbox (tested above)."""
+    import ast
+    from pathlib import Path
+
+    import webllm_py
+
+    root = Path(webllm_py.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                    node.func.id in ("eval", "exec", "compile", "__import__"):
+                found.append((path.relative_to(root).as_posix(), node.func.id))
+    assert found and {p for p, _ in found} == {"worker.py"}, found
