@@ -1,0 +1,32 @@
+"""The browser benchmark page (static/bench.html) on SwiftShader: it must run end to end and report
+sane numbers. The JSON it produces is printed (pytest -s shows it) and copied into docs/benchmarks.md.
+Token counts are tiny: SwiftShader decodes SmolLM2 at ~0.1-1 tok/s on a shared CI core."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import open_page
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_bench_page_reports_issue_time_and_cached_first_token(chromium, server_url):
+    page = open_page(chromium, server_url + "bench.html")
+    try:
+        r = page.evaluate("() => runBench({ decode: 3, prompt: 8, chatTokens: 2 })")
+    finally:
+        page.close()
+    print("BENCH_JSON " + json.dumps(r))
+    assert r["adapter"]["isFallbackAdapter"] is True  # SwiftShader here
+    # The second load comes from the browser's model cache, and streaming produced a first token.
+    assert "hit" in r["cache_states"]
+    assert 0 < r["cached_load_ms"] <= r["cached_load_to_first_token_ms"]
+    assert r["chat_text"]
+    py = r["python"]
+    assert py["decoded"] == 3 and len(py["issue_s"]) == 2 == len(py["decode_step_s"])
+    # Issuing a step from Python is part of the step, so it can never exceed it.
+    for issue, step in zip(py["issue_s"], py["decode_step_s"]):
+        assert 0 < issue <= step
+    assert page.errors == []
