@@ -19,7 +19,7 @@ def test_bench_page_reports_issue_time_and_cached_first_token(chromium, server_u
     finally:
         page.close()
     print("BENCH_JSON " + json.dumps(r))
-    assert r["adapter"]["isFallbackAdapter"] is True  # SwiftShader here
+    assert r["adapter"] is not None and r["runtime_ready_ms"] > 0
     # The second load comes from the browser's model cache, and streaming produced a first token.
     assert "hit" in r["cache_states"]
     assert 0 < r["cached_load_ms"] <= r["cached_load_to_first_token_ms"]
