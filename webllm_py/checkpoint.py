@@ -62,14 +62,19 @@ def _read_json(files: dict[str, Any], name: str, required: bool = True) -> Any:
 
 
 def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
-    from .formats.safetensors import read_safetensors_tensors
+    from .formats.safetensors import SafetensorsFile, SafetensorsModel
 
     cfg = ModelConfig.from_hf(_read_json(files, "config.json"))
     tok = Tokenizer.from_hf(_read_json(files, "tokenizer.json"), _read_json(files, "tokenizer_config.json", False))
     shards = sorted(f for f in files if f.endswith(".safetensors"))
     if not shards:
         raise ModelFormatError("Hugging Face checkpoint has no *.safetensors files")
-    tensors: dict[str, TensorInfo] = {}
-    for shard in shards:
-        tensors.update(read_safetensors_tensors(as_source(files[shard])))
-    return Checkpoint(cfg, tensors, tok, "hf", name)
+    if INDEX in files:  # sharded: the index says which shard holds each tensor
+        src = as_source(files[INDEX])
+        weights = SafetensorsModel.from_index(src.read(0, src.size), {f: files[f] for f in shards})
+    else:
+        weights = SafetensorsModel({f: SafetensorsFile(files[f], f) for f in shards})
+    return Checkpoint(cfg, weights.tensors, tok, "hf", name)
+
+
+INDEX = "model.safetensors.index.json"

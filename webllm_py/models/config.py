@@ -102,21 +102,40 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(cfg, dict):
+            raise ModelFormatError("config.json must hold a JSON object")
         archs = cfg.get("architectures") or []
         arch = next((HF_ARCH[a] for a in archs if a in HF_ARCH), None)
         if arch is None:
             raise UnsupportedModelError(f"model architecture {archs or cfg.get('model_type')!r} is not supported "
                                         f"(supported: {sorted(HF_ARCH)})")
-        dim = int(cfg["hidden_size"])
-        n_heads = int(cfg["num_attention_heads"])
-        head_dim = int(cfg.get("head_dim") or dim // n_heads)
+        try:
+            dim = int(cfg["hidden_size"])
+            n_heads = int(cfg["num_attention_heads"])
+            head_dim = int(cfg.get("head_dim") or dim // n_heads)
+            n_layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
+            vocab = int(cfg["vocab_size"])
+        except KeyError as e:
+            raise ModelFormatError(f"config.json lacks {e.args[0]!r}, which a {arch} model needs") from None
+        except (TypeError, ValueError) as e:
+            raise ModelFormatError(f"config.json has a malformed size ({e})") from None
+        # transformers >= 5 writes rope settings as one `rope_parameters` dict (theta inside);
+        # earlier versions as `rope_theta` + `rope_scaling`.
+        rope = cfg.get("rope_parameters") or {}
+        scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        act = cfg.get("hidden_act", "silu")
+        if act != "silu":
+            raise UnsupportedModelError(f"activation {act!r} is not supported for {arch} (supported: silu)")
         return cls(
-            arch=arch, n_layers=int(cfg["num_hidden_layers"]), dim=dim, n_heads=n_heads,
+            arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
             n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=head_dim,
-            hidden_dim=int(cfg["intermediate_size"]), vocab_size=int(cfg["vocab_size"]),
+            hidden_dim=hidden, vocab_size=vocab,
             context_length=int(cfg.get("max_position_embeddings", 2048)),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
             rope_pairs="halves", rot_dim=head_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "qwen2", rope_scaling=cfg.get("rope_scaling"),
+            # Qwen2 always has Q/K/V biases; Llama's `attention_bias` adds them to Q/K/V and O. The graph
+            # adds any bias tensor the checkpoint holds, so this flag only describes the model.
+            qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias")), rope_scaling=scaling,
             sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", arch == "mistral") else None,
         )

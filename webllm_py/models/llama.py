@@ -69,7 +69,7 @@ class LlamaLayer:
         blk = f"blk.{i}."
 
         def linear(name: str, x: Buffer, y: Buffer, accumulate: bool = False):
-            bias = w.optional(blk + name + ".bias")
+            bias = w.bias(blk + name + ".bias")
             return Linear(device, w.matrix(blk + name + ".weight"), bias).bind(x, y, s.step, accumulate=accumulate)
 
         norm = lambda name: RMSNorm(device, w.vector(blk + name + ".weight"), cfg.dim, cfg.norm_eps)

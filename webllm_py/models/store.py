@@ -30,6 +30,11 @@ HF_TO_GGUF = {
     "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
     "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
     "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+    # Llama's optional biases (attention_bias: O as well as Q/K/V; mlp_bias).
+    "model.layers.{i}.self_attn.o_proj.bias": "blk.{i}.attn_output.bias",
+    "model.layers.{i}.mlp.gate_proj.bias": "blk.{i}.ffn_gate.bias",
+    "model.layers.{i}.mlp.up_proj.bias": "blk.{i}.ffn_up.bias",
+    "model.layers.{i}.mlp.down_proj.bias": "blk.{i}.ffn_down.bias",
 }
 
 
@@ -84,6 +89,14 @@ class WeightStore:
 
     def optional(self, name: str) -> GPUTensor | None:
         return self.matrix(name) if name in self.tensors else None
+
+    def bias(self, name: str) -> GPUTensor | None:
+        """A linear layer's bias as an f32 GPUTensor (kernels read bias[] as f32, whatever the
+        checkpoint stores), or None if the model has none."""
+        if name not in self.tensors:
+            return None
+        info = self.tensors[name]
+        return GPUTensor(self.vector(name), GGMLType.F32, (info.n_elements,), name)
 
     def vector(self, name: str) -> Buffer:
         """A 1-D tensor (norm weights) as f32: small, so converted on the host in pure Python."""
