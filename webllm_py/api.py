@@ -9,7 +9,7 @@ import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from .engine import Engine, Token
-from .errors import DeviceLostError, RequestError
+from .errors import DeviceLostError, ModelNotLoadedError, RequestError
 from .sampling import SamplingParams
 
 
@@ -142,11 +142,14 @@ class ChatEngine:
         self._reload = reload
         self._reload_lock: asyncio.Lock | None = None
         self.reloads = 0  # how many times the engine was rebuilt after a device loss
+        self._unloaded = False
         self.chat = _Chat(self)
         self.completions = _Completions(self, chat=False)
 
     async def _ready_engine(self) -> Engine:
         """The engine, reloaded first if its device was lost. One reload however many requests wait."""
+        if self._unloaded:
+            raise ModelNotLoadedError("This engine was unloaded: call webllm_py.create(model) to load a model again.")
         if not self.engine.lost:
             return self.engine
         if self._reload is None:
@@ -169,6 +172,7 @@ class ChatEngine:
         self.engine.interrupt()
 
     def unload(self) -> None:
+        self._unloaded = True  # a deliberate unload is not a device loss: no reload after it
         self.engine.unload()
 
     def runtime_stats(self) -> dict:
