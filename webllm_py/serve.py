@@ -274,7 +274,9 @@ def main(args: argparse.Namespace) -> int:
     site = build_site(args.model, quiet=not args.verbose)
     server = make_server(args.host, args.port, site)
     print(f"webllm_py: serving {len(site.models)} model(s) and {len(site.wheels)} wheel(s)")
-    print(f"webllm_py: open {server_url(server)}  (Ctrl-C to stop)", flush=True)
+    url = server_url(server).rstrip("/")
+    print(f"webllm_py: chat demo at {url}/chat.html  (kernel demo and Python console at {url}/; Ctrl-C to stop)",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
