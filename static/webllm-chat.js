@@ -23,6 +23,7 @@ button { font: inherit; border: 1px solid #c7c7cc; background: #fff; border-radi
 button.primary { background: var(--webllm-accent, #0a64d8); border-color: transparent; color: #fff; }
 button:disabled { opacity: .45; cursor: default; }
 progress { display: block; width: 100%; height: 4px; border: 0; appearance: none; }
+[hidden] { display: none !important; }
 progress::-webkit-progress-bar { background: #eee; }
 progress::-webkit-progress-value { background: var(--webllm-accent, #0a64d8); }
 .log { display: flex; flex-direction: column; gap: .5rem; padding: .8rem; min-height: 8rem; max-height: 24rem; overflow-y: auto; }
@@ -179,7 +180,10 @@ class WebLLMChat extends HTMLElement {
       }
       const secs = (performance.now() - (first || t0)) / 1000;
       const n = usage ? usage.completion_tokens : 0;
-      this.$(".speed").textContent = `${n} tokens, ${(n / Math.max(secs, 1e-3)).toFixed(2)} tok/s`;
+      const x = (usage && usage.extra) || {};
+      // The engine's own decode rate when it has one (n > 1), else tokens over wall time.
+      const rate = x.decode_tokens_per_s || n / Math.max(secs, 1e-3);
+      this.$(".speed").textContent = `${n} tokens, ${rate.toFixed(2)} tok/s`;
       this.dispatchEvent(new CustomEvent("webllm-reply", { bubbles: true, detail: { text: reply, usage } }));
     } catch (e) {
       this._error(e);

@@ -184,10 +184,16 @@ def engine_page(context, site_server):
 
 
 @pytest.mark.slow
-def test_helpers_see_the_cache_fill(engine_page):
+def test_helpers_see_the_cache_fill(engine_page, site_server):
     r = engine_page.load_result
     assert r["before"] is False and r["after"] is True
     assert r["cache"] == ["miss", "stored"]
+    # Python in the worker gets the same verified bytes from the cache (docs/pyodide.md).
+    n0 = len(site_server.handler.log)
+    code = f"import js\ndata = await js.webllmFetchModel({MODEL!r})\ndata.length"
+    size = engine_page.evaluate("(code) => webllm.runPython(code)", code)
+    assert size == site_server.model_path.stat().st_size
+    assert model_requests(site_server, n0) == []
 
 
 _STREAM = """async ([messages, max_tokens]) => {
@@ -320,3 +326,67 @@ def test_reload_offline_loads_from_cache_and_answers(engine_page, site_server):
         assert all(u.endswith("/models/index.json") for u in model_urls)
     finally:
         page.unroute("**/models/**")
+
+
+# -- pages: the widget and chat.html, with screenshots into build/screenshots/ -------------------------
+def _screenshot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"\nscreenshot: {path}")
+    return path
+
+
+@pytest.mark.slow
+def test_widget_renders_loads_and_answers(context, site_server):
+    page = page_in(context, site_server.url + "widget.html")
+    page.set_viewport_size({"width": 900, "height": 700})
+    page.wait_for_function("() => customElements.get('webllm-chat') && document.querySelector('webllm-chat').shadowRoot")
+    shell = page.evaluate("""() => { const r = document.querySelector('webllm-chat').shadowRoot;
+      return { title: r.querySelector('.title').textContent, load: !r.querySelector('.load').hidden,
+               textarea: !!r.querySelector('textarea'), send: r.querySelector('.send').disabled }; }""")
+    assert shell == {"title": MODEL.removesuffix(".gguf"), "load": True, "textarea": True, "send": True}
+    _screenshot(page, "widget-idle.png")
+    r = page.evaluate("""async (q) => {
+      const el = document.querySelector('webllm-chat');
+      el.setAttribute('max-tokens', '2');
+      const reply = await el.send(q);
+      const root = el.shadowRoot;
+      return { reply, error: root.querySelector('.error').textContent,
+               bubbles: [...root.querySelectorAll('.msg')].map((d) => [d.className, d.textContent]),
+               speed: root.querySelector('.speed').textContent, loadHidden: root.querySelector('.load').hidden };
+    }""", QUESTION[0]["content"])
+    assert r["error"] == "", r["error"]
+    assert r["loadHidden"] and r["bubbles"][0] == ["msg user", QUESTION[0]["content"]]
+    assert r["bubbles"][1][0] == "msg assistant" and r["bubbles"][1][1] == r["reply"]
+    assert r["reply"].strip() and "The capital of France is Paris.".startswith(r["reply"].strip())
+    assert "2 tokens" in r["speed"] and "tok/s" in r["speed"]
+    _screenshot(page, "widget.png")
+    assert page.errors == []
+    page.close()
+
+
+@pytest.mark.slow
+def test_chat_page_streams_with_progress_and_stats(context, site_server):
+    page = page_in(context, site_server.url + "chat.html")
+    page.set_viewport_size({"width": 1000, "height": 760})
+    page.wait_for_function("() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)",
+                           timeout=CONFIG.READY_TIMEOUT_MS)
+    page.wait_for_function("() => /cached/.test(document.getElementById('cached').textContent)")
+    assert "swiftshader" in page.text_content("#adapter") and "no shader-f16" in page.text_content("#adapter")
+    page.click("#load")
+    page.wait_for_function("() => /^Loaded /.test(document.getElementById('loadinfo').textContent)",
+                           timeout=CONFIG.READY_TIMEOUT_MS)
+    page.fill("#max_tokens", "2")
+    page.fill("#temperature", "0")
+    page.fill("#prompt", QUESTION[0]["content"])
+    page.click("#send")
+    page.wait_for_function("() => !document.getElementById('send').disabled && /tokens\\/s/.test(document.getElementById('speed').textContent)",
+                           timeout=CONFIG.READY_TIMEOUT_MS)
+    reply = page.text_content(".msg.assistant").strip()
+    assert reply and "The capital of France is Paris.".startswith(reply)
+    assert page.text_content("#speed").startswith("2 tokens") and "decode" in page.text_content("#speed")
+    assert page.text_content("#error") == ""
+    _screenshot(page, "chat.png")
+    assert page.errors == []
+    page.close()
