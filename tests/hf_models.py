@@ -45,7 +45,7 @@ VARIANTS = [
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
                         rope_theta=500000.0)),
     # Qwen2: QKV biases (always on in the family), untied head, F16.
-    Variant("qwen2-bias-f16", "qwen2", "float16", seed=3,
+    Variant("qwen2-bias-f16", "qwen2", "float16", seed=121,
             config=dict(hidden_size=128, intermediate_size=224, num_hidden_layers=2, tie_word_embeddings=False,
                         rope_theta=1000000.0, use_sliding_window=False)),
     # Mistral without sliding window, with Mistral's own SentencePiece-style tokenizer (vocab 32000).
