@@ -144,4 +144,6 @@ def as_source(obj: Any) -> ByteSource:
         return BytesSource(obj)
     if hasattr(obj, "read") and hasattr(obj, "upload") and hasattr(obj, "size"):
         return obj
+    if hasattr(obj, "subarray") and hasattr(obj, "length"):  # a JS Uint8Array (Pyodide JsProxy)
+        return JSBufferSource(obj)
     raise TypeError(f"cannot read model bytes from {type(obj).__name__}")
