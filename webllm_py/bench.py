@@ -104,25 +104,6 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
     return Checkpoint(cfg, tensors, None, "gguf", f"{shape} (random {quant})")
 
 
-async def load_engine(ckpt, device, context_window: int, prefill_chunk: int):
-    """Engine.load for an already-open Checkpoint (random weights have no file to open)."""
-    from .engine import BLOCK_SIZE, Engine
-    from .kv_cache import PagedKVCache
-    from .models import build_model
-    from .models.store import WeightStore
-    from .sampling import Sampler
-
-    cfg = ckpt.config
-    blocks = -(-context_window // BLOCK_SIZE)
-    cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
-                         num_blocks=blocks, max_blocks_per_seq=blocks, dtype="f16" if device.has_f16 else "f32")
-    store = WeightStore(device, ckpt.tensors)
-    net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk)
-    sampler = Sampler(device, cfg.vocab_size)
-    await device.check_errors()
-    return Engine(device, ckpt, net, cache, sampler, context_window, prefill_chunk)
-
-
 def count_buffers(device) -> list[int]:
     """Wrap device.create_buffer so the sizes of every buffer made from now on are summed in the returned cell."""
     total = [0]
@@ -201,6 +182,7 @@ async def _bench(args) -> dict:
     from .checkpoint import open_checkpoint
     from .default_model import default_model_path
     from .gpu import request_device
+    from .engine import Engine
     from .sampling import SamplingParams
 
     t_load = time.perf_counter()
@@ -213,7 +195,8 @@ async def _bench(args) -> dict:
     device = await request_device("native")
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
-    engine = await load_engine(ckpt, device, ctx, args.prefill_chunk)
+    engine = await Engine.load(ckpt, device=device, context_window=ctx, prefill_chunk=args.prefill_chunk,
+                               max_sequences=1)
     await device.read_buffer(engine.model.state.logits, 0, 4)  # uploads finished
     load_s = time.perf_counter() - t_load
     cfg = ckpt.config

@@ -29,6 +29,8 @@ class Checkpoint:
 
 
 def open_checkpoint(model: Any) -> Checkpoint:
+    if isinstance(model, Checkpoint):  # already open (e.g. the benchmark's random-weight checkpoints)
+        return model
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         if os.path.isdir(path):
