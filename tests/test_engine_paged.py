@@ -48,3 +48,15 @@ def test_interleaved_sequences_match_each_alone(device):
         assert both[2] == alone_b[2]
         assert engine.cache.free_blocks == engine.cache.num_blocks  # everything returned
     asyncio.run(main())
+
+
+def test_unload_keeps_a_shared_device_usable(device):
+    """An engine given a device (shared by tests, or by several engines) frees its own memory on
+    unload but leaves the device alive."""
+    import numpy as np
+
+    engine = asyncio.run(Engine.load(default_model_path(), device=device, context_window=64))
+    engine.unload()
+    x = np.arange(8, dtype=np.float32)
+    buf = device.buffer_from(x)
+    assert np.array_equal(np.frombuffer(asyncio.run(device.read_buffer(buf)), np.float32), x)

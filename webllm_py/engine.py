@@ -74,11 +74,13 @@ class Engine:
         self.last_issue_seconds = 0.0
         self.lost = False  # the device is gone: this Engine cannot run again (ChatEngine reloads a new one)
         self._decode = None  # captured decode Program, built on first use
+        self.owns_device = False  # set by load(): whether unload() may destroy the device
 
     @classmethod
     async def load(cls, model: Any, *, backend: str | None = None, device: Device | None = None,
                    context_window: int | None = 4096, prefill_chunk: int = 64, max_sequences: int = 2,
                    on_progress: Callable[[dict], None] | None = None) -> "Engine":
+        owns_device = device is None
         device = device or await request_device(backend)
         ckpt = open_checkpoint(model)
         cfg = ckpt.config
@@ -93,7 +95,9 @@ class Engine:
         await device.check_errors()
         if on_progress:
             on_progress({"stage": "ready", "loaded": store.loaded_bytes, "total": store.total_bytes})
-        return cls(device, ckpt, net, cache, sampler, ctx, prefill_chunk)
+        engine = cls(device, ckpt, net, cache, sampler, ctx, prefill_chunk)
+        engine.owns_device = owns_device
+        return engine
 
     # -- one forward step ---------------------------------------------------------------------------
     async def _step(self, seq: int, ids: list[int], sample: bool):
@@ -266,7 +270,13 @@ class Engine:
         return "".join(text), ids
 
     def unload(self) -> None:
-        self.device.destroy()
+        """Free the GPU memory. A device the engine requested itself is destroyed with it; a device
+        the caller passed in is shared (tests, several engines): then the KV cache is freed now and the
+        weights when this engine is garbage-collected."""
+        if self.owns_device:
+            self.device.destroy()
+        else:
+            self.cache.destroy()
 
     def runtime_stats(self) -> dict[str, Any]:
         info = self.device.info

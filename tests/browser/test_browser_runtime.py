@@ -156,8 +156,11 @@ def test_queued_requests_run_one_at_a_time_and_can_be_aborted(webllm_page):
         const a = c.send('exec', { code: step('a') });
         const b = c.send('exec', { code: step('b') });
         const dropped = c.send('exec', { code: "log.append('dropped')" });
+        // Handle the rejection before it can happen: an abort answered first would otherwise be an
+        // unhandled rejection, which the page logs as an error.
+        const outcomeP = dropped.promise.then(() => 'ran', (e) => e.name);
         const abort = await c.abort(dropped.id);
-        const outcome = await dropped.promise.then(() => 'ran', (e) => e.name);
+        const outcome = await outcomeP;
         await Promise.all([a.promise, b.promise]);
         return { abort, outcome, log: await webllm.runPython('log') };
     }""")
