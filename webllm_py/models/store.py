@@ -87,9 +87,6 @@ class WeightStore:
             self._progress(info)
         return self._cache[name]
 
-    def optional(self, name: str) -> GPUTensor | None:
-        return self.matrix(name) if name in self.tensors else None
-
     def bias(self, name: str) -> GPUTensor | None:
         """A linear layer's bias as an f32 GPUTensor (kernels read bias[] as f32, whatever the
         checkpoint stores), or None if the model has none."""
