@@ -29,10 +29,11 @@ class RMSNorm:
         self.device, self.weight = device, weight
         self.params = dict(dim=dim, eps=_f32_literal(eps), weight_offset=_f32_literal(weight_offset), wg=wg)
 
-    def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False) -> Bound:
-        k = self.device.kernel("rmsnorm", last_only=last_only, **self.params)
+    def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1) -> Bound:
+        """rows_per_token > 1 normalises each of a token's rows of `dim` separately (per-head norms)."""
+        k = self.device.kernel("rmsnorm", last_only=last_only, rows_per_token=rows_per_token, **self.params)
         bg = self.device.bind(k, [x, self.weight, y, step])
-        return Bound(bg, 1, fixed=1 if last_only else 0)
+        return Bound(bg, rows_per_token, fixed=1 if last_only else 0)
 
 
 class RoPE:
