@@ -160,9 +160,11 @@ class Engine:
     # -- generation ---------------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], params: SamplingParams | None = None, *,
                        max_tokens: int | None = None, stop: list[str] | None = None, ignore_eos: bool = False,
-                       seq: int = 0) -> AsyncIterator[Token]:
+                       seq: int = 0, constraint=None) -> AsyncIterator[Token]:
         """Yield generated tokens. `self.last_stats.finish_reason` says why it ended: "stop" (EOS or a
-        stop string), "length" (max_tokens or the context window), or "abort" (interrupt())."""
+        stop string), "length" (max_tokens or the context window), or "abort" (interrupt()).
+        `constraint`: a structured.Constraint (grammar); only tokens it allows are drawn, EOS only once
+        the output is complete, and generation stops when the grammar admits nothing more."""
         params = params or SamplingParams()
         params.validate()
         if not prompt_ids:
@@ -181,7 +183,8 @@ class Engine:
             self._interrupt = False
             stats = self.last_stats = Stats(prompt_tokens=len(prompt_ids))
             try:
-                async for tok in self._generate_locked(prompt_ids, params, max_new, stops, ignore_eos, seq, stats):
+                async for tok in self._generate_locked(prompt_ids, params, max_new, stops, ignore_eos, seq, stats,
+                                                       constraint):
                     yield tok
             except BaseException as e:
                 # The cache may hold a half-written step; start this sequence afresh next time.
@@ -211,7 +214,7 @@ class Engine:
             self.lost = True
         return self.lost
 
-    async def _generate_locked(self, prompt, params, max_new, stops, ignore_eos, seq, stats):
+    async def _generate_locked(self, prompt, params, max_new, stops, ignore_eos, seq, stats, constraint=None):
         cached = self._cached.setdefault(seq, [])
         reuse = 0
         while reuse < min(len(cached), len(prompt) - 1) and cached[reuse] == prompt[reuse]:
@@ -221,6 +224,8 @@ class Engine:
         stats.cached_prompt_tokens = reuse
         self.sampler.set_params(params)
         self.sampler.reset(prompt)
+        # Structured output: the mask for the state after the tokens so far goes in before each sampled step.
+        self.sampler.set_mask(constraint.mask() if constraint is not None else None)
 
         t0 = time.perf_counter()
         todo = prompt[reuse:]
@@ -237,14 +242,16 @@ class Engine:
         finish, hit = "length", False
         for i in range(max_new):
             tid = result.token_id
-            if tid in eos and not ignore_eos:
+            if tid in eos and (not ignore_eos or constraint is not None):
                 finish = "stop"
                 break
+            if constraint is not None:
+                constraint.advance(tid)
             stats.completion_tokens += 1
             held += decoder.feed(tid)
             out, held, hit = _split_stop(held, stops)
             yield Token(tid, out, result.logprob, result.top_logprobs)
-            if hit:
+            if hit or (constraint is not None and constraint.complete):  # the grammar admits nothing more
                 finish = "stop"
                 break
             if self._interrupt:
@@ -252,6 +259,8 @@ class Engine:
                 break
             if i + 1 == max_new:
                 break
+            if constraint is not None:
+                self.sampler.set_mask(constraint.mask())
             result = await self._step(seq, [tid], sample=True)
         if not hit:  # after a stop string the held-back text belongs to it; otherwise emit the rest
             tail = held + decoder.flush()

@@ -8,6 +8,7 @@ Semantics, so results can be compared with the usual references:
 - frequency_penalty / presence_penalty as OpenAI defines them, over output tokens:
   logit -= count * frequency_penalty + (count > 0) * presence_penalty;
 - logit_bias added last (values in [-100, 100], OpenAI's range);
+- an allowed-token mask (structured output, `set_mask`) then sets every other token's logit to -inf;
 - temperature 0 is greedy (ties -> lowest id, like torch.argmax); otherwise temperature, then
   top-k, top-p, min-p in Hugging Face's order, then a draw;
 - logprobs are log-softmax of the processed logits (after penalties and bias, before temperature
@@ -118,6 +119,10 @@ class Sampler:
         self.partials = device.create_buffer(12 * self.n_partials, "sampling.partials")
         self.cand = device.create_buffer(12 * V, "sampling.cand")
         self.result = device.create_buffer(4 * _RESULT_WORDS, "sampling.result")
+        self.mask_words = -(-V // 32)
+        self.mask = device.create_buffer(4 * self.mask_words, "sampling.mask")
+        self._use_mask = False
+        self._last_mask = None
         self.params = SamplingParams()
         self._bias_dirty = False
         self.set_params(self.params)
@@ -126,7 +131,8 @@ class Sampler:
     def bind(self, logits: Buffer) -> "Bound":
         d = self.device
         return Bound(self,
-                     d.bind(self.k_logits, [logits, self.z, self.partials, self.params_buf, self.counts, self.bias]),
+                     d.bind(self.k_logits, [logits, self.z, self.partials, self.params_buf, self.counts, self.bias,
+                                                   self.mask]),
                      d.bind(self.k_draw, [self.z, self.partials, self.params_buf, self.counts, self.cand, self.result]))
 
     def set_params(self, params: SamplingParams) -> None:
@@ -142,6 +148,7 @@ class Sampler:
         # Seed as two words (P_SEED_LO = 7, P_SEED_HI = 8), then P_USE_BIAS = 9, P_TOP_LOGPROBS = 10.
         struct.pack_into("<IIII", words, 28, seed & 0xFFFFFFFF, seed >> 32, 1 if params.logit_bias else 0,
                          params.top_logprobs if params.logprobs else 0)
+        self._use_mask = False  # P_USE_MASK = 11 stays 0 until set_mask
         self.device.write_buffer(self.params_buf, bytes(words))
         if params.logit_bias or self._bias_dirty:
             dense = bytearray(4 * self.vocab_size)  # zeros are f32 0.0
@@ -149,6 +156,23 @@ class Sampler:
                 struct.pack_into("<f", dense, 4 * int(tok), float(b))
             self.device.write_buffer(self.bias, bytes(dense))
             self._bias_dirty = bool(params.logit_bias)
+
+    def set_mask(self, mask: bytes | None) -> None:
+        """Allow only the tokens whose bits are set in `mask` (ceil(vocab/32) little-endian u32 words,
+        bit t%32 of word t//32 = token t) for the next draws; None lifts the constraint."""
+        if mask is None:
+            if self._use_mask:
+                self.device.write_buffer(self.params_buf, struct.pack("<I", 0), 44)
+                self._use_mask = False
+            return
+        if len(mask) != 4 * self.mask_words:
+            raise RequestError(f"token mask has {len(mask)} bytes, expected {4 * self.mask_words}")
+        if not (self._use_mask and mask is self._last_mask):  # masks are cached per state: same object, same bits
+            self.device.write_buffer(self.mask, mask)
+            self._last_mask = mask
+        if not self._use_mask:
+            self.device.write_buffer(self.params_buf, struct.pack("<I", 1), 44)
+            self._use_mask = True
 
     def reset(self, prompt_ids=()) -> None:
         """Start a request: forget generated-token counts, mark the prompt's tokens as seen (for the

@@ -1,0 +1,59 @@
+"""One request's constrained-decoding state: the grammar's matcher position after the tokens so far.
+
+The engine asks `mask()` before each sampled step (written to the sampler's mask buffer) and calls
+`advance(token)` after each token; `complete` says the grammar admits nothing more (stop now), and
+end-of-sequence tokens are in the mask only while the output so far is a complete sentence.
+
+Compiled matchers are cached per tokenizer and grammar text, so a repeated schema reuses every mask it
+has computed before (masks live on the matcher's states).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..errors import RequestError
+from .grammar import Grammar
+from .matcher import Matcher
+from .token_mask import TokenTrie, allowed_mask
+
+_MATCHERS_PER_TOKENIZER = 16
+
+
+class Constraint:
+    def __init__(self, tokenizer, gbnf: str, vocab_size: int | None = None):
+        self.tokenizer = tokenizer
+        self.trie = TokenTrie.for_tokenizer(tokenizer)
+        self.words = -(-(vocab_size or self.trie.vocab_size) // 32)
+        cache = self.trie.__dict__.setdefault("matchers", OrderedDict())
+        key = (gbnf, self.words)
+        m = cache.get(key)
+        if m is None:
+            m = Matcher(Grammar.from_gbnf(gbnf))
+            cache[key] = m
+            while len(cache) > _MATCHERS_PER_TOKENIZER:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        self.matcher = m
+        self.state = m.initial
+        self.text = bytearray()
+
+    @property
+    def complete(self) -> bool:
+        return self.state.complete
+
+    @property
+    def accepting(self) -> bool:
+        return self.state.accepting
+
+    def mask(self) -> bytes:
+        return allowed_mask(self.trie, self.matcher, self.state, self.words)
+
+    def advance(self, token_id: int) -> None:
+        data = self.tokenizer.token_bytes(token_id)
+        nxt = self.matcher.feed(self.state, data)
+        if nxt is None:
+            raise RequestError(f"structured output: token {token_id} ({data!r}) does not fit the grammar after "
+                               f"{bytes(self.text)[-60:]!r}; this is a bug in the token mask")
+        self.text += data
+        self.state = nxt

@@ -1,0 +1,93 @@
+"""Allowed-token masks: which tokens keep the output a prefix of the grammar, as a bitset for the GPU.
+
+Per tokenizer, once (`TokenTrie.for_tokenizer`, cached): a trie of every token's raw bytes (byte-level
+BPE pieces that are half a UTF-8 character are just bytes here, and the matcher takes characters a byte
+at a time). Control tokens (chat markers, BOS/EOS) are left out: their text is not output text.
+
+Per matcher state, once (`allowed_mask`, cached on the State): walk the trie from the root, advancing the
+state one byte per edge; a rejected byte prunes its whole subtree, and the matcher's memoised
+transitions make a step a dict lookup. Tokens reached are allowed; end-of-sequence tokens are allowed
+when the state accepts. The mask is `ceil(vocab / 32)` little-endian u32 words, bit t of the bitset =
+token t, which is what shaders/sampling_logits reads.
+"""
+from __future__ import annotations
+
+import weakref
+
+from .matcher import Matcher, State
+
+_TRIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class TokenTrie:
+    """Trie of token bytes. A node is [token ids ending here, {byte: child node}]."""
+
+    def __init__(self, token_bytes: list[bytes], eos_ids, vocab_size: int | None = None):
+        self.vocab_size = vocab_size or len(token_bytes)
+        self.eos_ids = sorted(i for i in eos_ids if 0 <= i < self.vocab_size)
+        self.root: list = [[], {}]
+        for tid, data in enumerate(token_bytes):
+            if not data:
+                continue
+            node = self.root
+            for b in data:
+                kids = node[1]
+                nxt = kids.get(b)
+                if nxt is None:
+                    nxt = kids[b] = [[], {}]
+                node = nxt
+            node[0].append(tid)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> "TokenTrie":
+        """The trie of `tokenizer`'s vocabulary, built on first use and kept as long as the tokenizer."""
+        trie = _TRIES.get(tokenizer)
+        if trie is None:
+            n = tokenizer.vocab_size
+            data = [b"" if tokenizer.is_special(i) else tokenizer.token_bytes(i) for i in range(n)]
+            trie = _TRIES[tokenizer] = cls(data, tokenizer.eos_ids, n)
+        return trie
+
+    def allowed_ids(self, matcher: Matcher, state: State) -> list[int]:
+        """Ids of the tokens whose bytes `state` accepts as a continuation (EOS not included)."""
+        out: list[int] = []
+        step = matcher.step
+        todo = [(self.root[1], state)]
+        pop, push, extend = todo.pop, todo.append, out.extend
+        while todo:
+            kids, st = pop()
+            trans = st.trans
+            for b, node in kids.items():
+                nxt = trans.get(b, _MISSING)
+                if nxt is _MISSING:
+                    nxt = step(st, b)
+                if nxt is None:
+                    continue
+                if node[0]:
+                    extend(node[0])
+                if node[1]:
+                    push((node[1], nxt))
+        return out
+
+
+_MISSING = object()
+
+
+def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None) -> bytes:
+    """The state's mask as bytes of `words` u32 words (default: enough for the trie's vocabulary)."""
+    m = state.mask
+    if m is None:
+        ids = trie.allowed_ids(matcher, state)
+        if state.accepting:
+            ids.extend(trie.eos_ids)
+        nbytes = 4 * (words if words is not None else -(-trie.vocab_size // 32))
+        bits = bytearray(nbytes)
+        for t in ids:
+            bits[t >> 3] |= 1 << (t & 7)
+        m = state.mask = bytes(bits)
+    return m
+
+
+def mask_ids(mask: bytes) -> list[int]:
+    """The token ids set in a mask (for tests and debugging)."""
+    return [8 * i + k for i, byte in enumerate(mask) if byte for k in range(8) if byte >> k & 1]
