@@ -11,6 +11,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from .engine import Engine, Token
 from .errors import DeviceLostError, ModelNotLoadedError, RequestError
 from .sampling import SamplingParams
+from .structured import Constraint, response_format_gbnf, schema_to_gbnf
+from .structured import tools as tooling
 
 
 def sampling_params(temperature=None, top_p=None, top_k=None, min_p=None, seed=None, frequency_penalty=None,
@@ -44,30 +46,52 @@ class _Completions:
     def create(self, *, messages: list[dict] | None = None, prompt: str | None = None, stream: bool = False,
                max_tokens: int | None = None, max_completion_tokens: int | None = None, stop: str | list[str] | None = None,
                stream_options: dict | None = None, ignore_eos: bool = False, tools: list | None = None,
+               tool_choice: Any = None, response_format: dict | None = None,
                model: str | None = None, n: int = 1, **sampling: Any):
-        """Returns an awaitable of the response dict, or (stream=True) an async iterator of chunk dicts."""
+        """Returns an awaitable of the response dict, or (stream=True) an async iterator of chunk dicts.
+        Structured output: `response_format` (json_object, json_schema, grammar: see structured/) and
+        `tools` / `tool_choice` (chat only: calls come back as OpenAI `tool_calls`)."""
         if n != 1:
             raise RequestError("Only n=1 is supported.")
         tok = self._engine.tokenizer
+        gbnf = response_format_gbnf(response_format)
+        call_tools = None  # the tools whose calls are parsed out of the output
         if self._chat:
             if not messages:
                 raise RequestError("messages must be a non-empty list of {role, content} objects.")
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
+            if tools is not None:
+                tooling.validate_tools(tools)
+            mode, forced = tooling.tool_choice_mode(tool_choice, tools)
+            prompt_tools = tools if mode != "none" else None
+            if prompt_tools and not tooling.template_uses_tools(tok.chat_template):
+                messages, prompt_tools = tooling.messages_with_tool_prompt(messages, tools), None
+            if mode != "none":
+                call_tools = tools
+            if mode == "required":
+                if gbnf is not None:
+                    raise RequestError("response_format cannot be combined with a forced tool call "
+                                       "(tool_choice 'required' or a named function): drop one of them.")
+                gbnf = schema_to_gbnf(tooling.forced_call_schema(tools, forced))
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tools=prompt_tools)
             # Like HF's apply_chat_template(tokenize=True): the template writes BOS itself where the model wants it.
             ids = tok.encode(text, add_special=False, parse_special=True)
         else:
+            if tools or tool_choice is not None:
+                raise RequestError("tools and tool_choice belong to chat.completions, not completions.")
             if prompt is None:
                 raise RequestError("prompt is required.")
             ids = tok.encode(prompt, add_special=True, parse_special=True)
         params = sampling_params(**sampling)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        constraint = Constraint(tok, gbnf, self._engine.config.vocab_size) if gbnf is not None else None
         gen = self._owner._generate(ids, params, max_tokens=max_completion_tokens or max_tokens, stop=stops,
-                                    ignore_eos=ignore_eos)
+                                    ignore_eos=ignore_eos, constraint=constraint)
         meta = {"id": ("chatcmpl-" if self._chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
                 "model": self._engine.checkpoint.name}
         if stream:
-            return self._stream(gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs)
-        return self._collect(gen, meta, params.logprobs)
+            return self._stream(gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs,
+                                call_tools)
+        return self._collect(gen, meta, params.logprobs, call_tools)
 
     # -- shapes -------------------------------------------------------------------------------------
     def _logprobs(self, toks: list[Token]) -> dict | None:
@@ -99,27 +123,56 @@ class _Completions:
             return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
 
-    async def _stream(self, gen: AsyncIterator[Token], meta: dict, include_usage: bool, want_lp: bool):
+    async def _stream(self, gen: AsyncIterator[Token], meta: dict, include_usage: bool, want_lp: bool,
+                      call_tools: list | None = None):
         obj = "chat.completion.chunk" if self._chat else "text_completion"
         first = True
+        # With tools, text that may still become a tool call is held back until it is clearly not one
+        # (then it streams as content) or the output ends (then it is parsed into tool_calls).
+        held: list[Token] | None = [] if call_tools else None
         async for t in gen:
-            if not t.text and not want_lp:
+            if held is not None:
+                held.append(t)
+                text = "".join(h.text for h in held)
+                if tooling.may_become_call(text):
+                    continue
+                t, lp_toks, held = Token(-1, text), held, None
+                lp = self._logprobs(lp_toks) if want_lp else None
+            elif not t.text and not want_lp:
                 continue  # an unfinished UTF-8 character: nothing to show yet
-            lp = self._logprobs([t]) if want_lp else None
+            else:
+                lp = self._logprobs([t]) if want_lp else None
             yield {**meta, "object": obj, "choices": [self._choice_chunk(t.text, None, lp, first)]}
             first = False
         finish = self._engine.last_stats.finish_reason
+        if held:
+            text = "".join(h.text for h in held)
+            calls = tooling.parse_tool_calls(text, call_tools)
+            lp = self._logprobs(held) if want_lp else None
+            if calls:
+                delta = {"role": "assistant", "content": None} if first else {}
+                delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(calls)]
+                yield {**meta, "object": obj, "choices": [{"index": 0, "delta": delta, "logprobs": lp,
+                                                           "finish_reason": None}]}
+                finish = "tool_calls"
+            else:
+                yield {**meta, "object": obj, "choices": [self._choice_chunk(text, None, lp, first)]}
+            first = False
         yield {**meta, "object": obj, "choices": [self._choice_chunk(None if self._chat else "", finish, None, first)]}
         if include_usage:
             yield {**meta, "object": obj, "choices": [], "usage": self._usage()}
 
-    async def _collect(self, gen: AsyncIterator[Token], meta: dict, want_lp: bool) -> dict:
+    async def _collect(self, gen: AsyncIterator[Token], meta: dict, want_lp: bool, call_tools: list | None = None) -> dict:
         toks = [t async for t in gen]
         text = "".join(t.text for t in toks)
         finish = self._engine.last_stats.finish_reason
         lp = self._logprobs(toks) if want_lp else None
         if self._chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            calls = tooling.parse_tool_calls(text, call_tools) if call_tools else None
+            if calls:
+                message, finish = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+            choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}
             return {**meta, "object": "chat.completion", "choices": [choice], "usage": self._usage()}
         return {**meta, "object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": lp,
                                                                    "finish_reason": finish}], "usage": self._usage()}

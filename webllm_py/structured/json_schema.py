@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 
-from .grammar import Grammar, GrammarError, gbnf_literal
+from ..errors import RequestError
+from .grammar import Grammar, gbnf_literal
 
 # Keywords that carry no constraint on the instance (annotations) or that we honour below.
 _ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "examples", "default", "deprecated",
@@ -66,12 +67,12 @@ class _Builder:
         if schema is True or schema == {}:
             return "value"
         if schema is False:
-            raise GrammarError(f"JSON schema at {path}: `false` admits no value")
+            raise RequestError(f"JSON schema at {path}: `false` admits no value")
         if not isinstance(schema, dict):
-            raise GrammarError(f"JSON schema at {path} must be an object, got {type(schema).__name__}")
+            raise RequestError(f"JSON schema at {path} must be an object, got {type(schema).__name__}")
         for k in schema:
             if k not in _HANDLED and k not in _ANNOTATIONS:
-                raise GrammarError(f"JSON schema keyword {k!r} (at {path}) is not supported by structured output")
+                raise RequestError(f"JSON schema keyword {k!r} (at {path}) is not supported by structured output")
         if "$ref" in schema:
             return self.ref(schema["$ref"], path)
         if "const" in schema:
@@ -79,13 +80,13 @@ class _Builder:
         if "enum" in schema:
             vals = schema["enum"]
             if not isinstance(vals, list) or not vals:
-                raise GrammarError(f"JSON schema at {path}: enum must be a non-empty list")
+                raise RequestError(f"JSON schema at {path}: enum must be a non-empty list")
             return "(" + " | ".join(gbnf_literal(_dump(v)) for v in vals) + ")"
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 subs = schema[key]
                 if not isinstance(subs, list) or not subs:
-                    raise GrammarError(f"JSON schema at {path}: {key} must be a non-empty list")
+                    raise RequestError(f"JSON schema at {path}: {key} must be a non-empty list")
                 base = {k: v for k, v in schema.items() if k != key}
                 alts = [self.build({**base, **s} if isinstance(s, dict) else s, f"{path}/{key}/{i}")
                         for i, s in enumerate(subs)]
@@ -93,7 +94,7 @@ class _Builder:
         if "allOf" in schema:
             subs = schema["allOf"]
             if not isinstance(subs, list) or len(subs) != 1:
-                raise GrammarError(f"JSON schema at {path}: allOf is supported with exactly one schema")
+                raise RequestError(f"JSON schema at {path}: allOf is supported with exactly one schema")
             base = {k: v for k, v in schema.items() if k != "allOf"}
             return self.build({**base, **subs[0]}, path)
         t = schema.get("type")
@@ -101,7 +102,7 @@ class _Builder:
             t = [t, "null"] if isinstance(t, str) else list(t) + ["null"]
         if isinstance(t, list):
             if not t:
-                raise GrammarError(f"JSON schema at {path}: type list is empty")
+                raise RequestError(f"JSON schema at {path}: type list is empty")
             return "(" + " | ".join(self.typed(x, schema, path) for x in t) + ")"
         if t is None:
             if "properties" in schema:
@@ -117,7 +118,7 @@ class _Builder:
             extra = [k for k in schema if k in _HANDLED and k not in allowed | {"type", "nullable", "$defs",
                                                                                    "definitions"}]
             if extra:
-                raise GrammarError(f"JSON schema keyword {extra[0]!r} (at {path}) does not apply to type {t!r}")
+                raise RequestError(f"JSON schema keyword {extra[0]!r} (at {path}) does not apply to type {t!r}")
         if t == "string":
             only({"minLength", "maxLength"})
             lo = _nonneg(schema.get("minLength", 0), "minLength", path)
@@ -126,7 +127,7 @@ class _Builder:
                 return "string" if lo == 0 else self.add("string", f'"\\"" json-char{{{lo},}} "\\""')
             hi = _nonneg(hi, "maxLength", path)
             if hi < lo:
-                raise GrammarError(f"JSON schema at {path}: maxLength < minLength")
+                raise RequestError(f"JSON schema at {path}: maxLength < minLength")
             return self.add("string", f'"\\"" json-char{{{lo},{hi}}} "\\""')
         if t in ("number", "integer", "boolean", "null"):
             only(set())
@@ -135,7 +136,7 @@ class _Builder:
             only({"items", "minItems", "maxItems", "prefixItems"})
             if "prefixItems" in schema:
                 if "items" in schema and schema["items"] is not False:
-                    raise GrammarError(f"JSON schema at {path}: prefixItems with extra items is not supported "
+                    raise RequestError(f"JSON schema at {path}: prefixItems with extra items is not supported "
                                        "(set items: false)")
                 parts = [self.build(s, f"{path}/prefixItems/{i}") for i, s in enumerate(schema["prefixItems"])]
                 if not parts:
@@ -146,7 +147,7 @@ class _Builder:
             hi = schema.get("maxItems")
             hi = None if hi is None else _nonneg(hi, "maxItems", path)
             if hi is not None and hi < lo:
-                raise GrammarError(f"JSON schema at {path}: maxItems < minItems")
+                raise RequestError(f"JSON schema at {path}: maxItems < minItems")
             if hi == 0:
                 return self.add("array", '"[" ws "]"')
             more = f'("," ws {item} ws)'
@@ -162,13 +163,13 @@ class _Builder:
             if props is None:
                 return "object"
             if not isinstance(props, dict):
-                raise GrammarError(f"JSON schema at {path}: properties must be an object")
+                raise RequestError(f"JSON schema at {path}: properties must be an object")
             required = schema.get("required", [])
             if not isinstance(required, list) or any(r not in props for r in required):
                 missing = [r for r in required if r not in props] if isinstance(required, list) else required
-                raise GrammarError(f"JSON schema at {path}: required names {missing!r} that are not in properties")
+                raise RequestError(f"JSON schema at {path}: required names {missing!r} that are not in properties")
             return self.obj(props, set(required), path)
-        raise GrammarError(f"JSON schema at {path}: unknown type {t!r}")
+        raise RequestError(f"JSON schema at {path}: unknown type {t!r}")
 
     def obj(self, props: dict, required: set, path: str) -> str:
         names = list(props)
@@ -198,7 +199,7 @@ class _Builder:
 
     def ref(self, ref, path: str) -> str:
         if not isinstance(ref, str) or not ref.startswith("#/"):
-            raise GrammarError(f"JSON schema at {path}: only local $ref ('#/$defs/...') is supported, got {ref!r}")
+            raise RequestError(f"JSON schema at {path}: only local $ref ('#/$defs/...') is supported, got {ref!r}")
         if ref in self.refs:
             return self.refs[ref]
         name = self.fresh("ref")
@@ -207,7 +208,7 @@ class _Builder:
         for part in ref[2:].split("/"):
             part = part.replace("~1", "/").replace("~0", "~")
             if not isinstance(target, dict) or part not in target:
-                raise GrammarError(f"JSON schema at {path}: $ref {ref!r} points at nothing")
+                raise RequestError(f"JSON schema at {path}: $ref {ref!r} points at nothing")
             target = target[part]
         self.rules[name] = self.build(target, ref)
         return name
@@ -215,9 +216,9 @@ class _Builder:
 
 def _nonneg(v, key: str, path: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise GrammarError(f"JSON schema at {path}: {key} must be a non-negative integer, got {v!r}")
+        raise RequestError(f"JSON schema at {path}: {key} must be a non-negative integer, got {v!r}")
     if v > 10_000:
-        raise GrammarError(f"JSON schema at {path}: {key} = {v} is too large for structured output (max 10000)")
+        raise RequestError(f"JSON schema at {path}: {key} = {v} is too large for structured output (max 10000)")
     return v
 
 
