@@ -35,6 +35,11 @@ class MatvecTiling:
         return _ceil_div(n, self.rows if self.split_k else self.rows * self.wg)
 
 
+# CPU adapters: 32 lanes per workgroup (4- or 8-wide SIMD), 2 rows per lane (matvec_rows.wgsl.j2).
+CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
+MAX_UNIFORM_BINDING = 65536  # WebGPU's default maxUniformBufferBindingSize
+
+
 @dataclass(frozen=True)
 class MatmulTiling:
     tm: int = 32  # tokens per tile
@@ -60,14 +65,19 @@ class Linear:
             raise UnsupportedModelError(f"linear weight '{weight.name}': in_features {self.K} is not a multiple of 4")
         if bias is not None and bias.shape != (self.N,):
             raise UnsupportedModelError(f"bias '{bias.name}' shape {bias.shape} does not match {self.N} outputs")
-        # CPU adapters (lavapipe, SwiftShader) run workgroup barriers slowly: one row per thread there.
-        self.matvec_tiling = matvec or MatvecTiling(split_k=not device.info.is_fallback)
+        # CPU adapters (lavapipe, SwiftShader) run workgroup barriers slowly: whole rows per thread
+        # there (matvec_rows.wgsl.j2).
+        self.matvec_tiling = matvec or (CPU_TILING if device.info.is_fallback else MatvecTiling())
         self.matmul_tiling = matmul
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
         self._tokens_at = tokens_at
         self._f16 = f16
         self._subgroups = subgroups
+        # CPU adapters load a uniform-buffer x once per SIMD batch, a storage x once per lane
+        # (~5x faster matvec on lavapipe): where one token's x fits a uniform binding.
+        self._x_uniform = (device.info.is_fallback and not self.matvec_tiling.split_k
+                           and 4 * self.K <= MAX_UNIFORM_BINDING)
         # Pipelines are made on first use (accumulate or not) and cached: lavapipe compiles slowly.
         self._kernels: dict[tuple[str, bool], Any] = {}
 
@@ -75,7 +85,11 @@ class Linear:
         """The 'matvec' or 'matmul' pipeline of this layer."""
         k = self._kernels.get((kind, accumulate))
         if k is None:
-            if kind == "matvec":
+            if kind == "matvec" and not self.matvec_tiling.split_k:
+                t = self.matvec_tiling
+                k = self.device.kernel("matvec_rows", label=f"matvec_rows {self.weight.name}", wg=t.wg, rows=t.rows,
+                                       accumulate=accumulate, x_uniform=self._x_uniform, **self._params)
+            elif kind == "matvec":
                 t = self.matvec_tiling
                 wg = t.wg
                 if t.split_k:  # no more threads than the row has units (32-element blocks, or 4 floats)
@@ -95,7 +109,8 @@ class Linear:
         """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
         w = self.weight.buffer
         extra = [self.bias.buffer] if self.bias is not None else []
-        mv = self.device.bind(self.kernel("matvec", accumulate), [w, x, y, *extra])
+        mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
+        mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra])
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra]) if params is not None else None
         return BoundLinear(self, mv, mm)
 

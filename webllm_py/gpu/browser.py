@@ -108,6 +108,8 @@ class BrowserDevice(Device):
         self.raw.lost.then(create_proxy(self._on_lost))
         u = js.GPUBufferUsage
         self._usage = u.STORAGE | u.COPY_DST | u.COPY_SRC
+        if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
+            self._usage |= u.UNIFORM
         self._read_usage = u.MAP_READ | u.COPY_DST
         self._staging: dict[int, object] = {}
         self._pending_scopes: list = []

@@ -77,6 +77,8 @@ class NativeDevice(Device):
         self.raw = adapter.request_device_sync(required_features=request, required_limits=want_limits)
         self.limits = {k.replace("-", "_"): v for k, v in self.raw.limits.items()}
         self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
+        if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
+            self._usage |= wgpu.BufferUsage.UNIFORM
 
     def _create_pipeline(self, source: str, label: str):
         try:
