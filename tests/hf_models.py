@@ -63,17 +63,24 @@ def tokenizer_vocab_size(tokenizer: str) -> int:
 
 
 def _config(v: Variant):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    import transformers
 
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[v.family]
-    kw = {**BASE, **v.config}
+    cls = getattr(transformers, CONFIG_CLASS[v.family])
+    kw = {**BASE, **v.config} if v.family in ("llama", "qwen2", "mistral") else dict(v.config)
     # transformers 5 takes rope settings as rope_parameters; keep the variant table in the familiar words.
     rope = dict(kw.pop("rope_scaling", None) or {"rope_type": "default"})
     rope["rope_theta"] = kw.pop("rope_theta")
     cfg = cls(vocab_size=tokenizer_vocab_size(v.tokenizer), initializer_range=v.init_std, rope_parameters=rope, **kw)
-    cfg.architectures = [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                          "mistral": "MistralForCausalLM"}[v.family]]
+    cfg.architectures = [ARCHITECTURE[v.family]]
     return cfg
+
+
+# Variant.family -> transformers config class and architecture (tests/test_model_families.py adds
+# Phi-2, StableLM, Mixtral; their variants set every size themselves instead of taking BASE).
+CONFIG_CLASS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "mistral": "MistralConfig", "phi2": "PhiConfig",
+                "stablelm": "StableLmConfig", "mixtral": "MixtralConfig"}
+ARCHITECTURE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
+                "phi2": "PhiForCausalLM", "stablelm": "StableLmForCausalLM", "mixtral": "MixtralForCausalLM"}
 
 
 def build(v: Variant, out_dir: str | os.PathLike) -> str:
@@ -89,7 +96,7 @@ def build(v: Variant, out_dir: str | os.PathLike) -> str:
         # Norm weights start at 1 and biases at 0: draw them too, so a loader that drops or misreads
         # them (e.g. BF16 vectors, bias layout) changes the output.
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if name.endswith("norm.weight") or ".norms." in name:  # .norms.: StableLM's per-head norms
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(v.init_std * torch.randn_like(p))

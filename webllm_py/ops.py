@@ -36,6 +36,26 @@ class RMSNorm:
         return Bound(bg, rows_per_token, fixed=1 if last_only else 0)
 
 
+
+class LayerNorm:
+    """y = (x - mean) / sqrt(var + eps) * w (+ b), per row (Phi-2, StableLM). With rows_per_token > 1
+    each of a token's rows of `dim` is normalised alone (per-head q/k norms); per_row_weight: w and b
+    hold one row per head (StableLM) instead of one shared row (Phi-2)."""
+
+    def __init__(self, device: Device, weight: Buffer, dim: int, eps: float, bias: Buffer | None = None,
+                 wg: int = 64):
+        self.device, self.weight, self.bias = device, weight, bias
+        self.params = dict(dim=dim, eps=_f32_literal(eps), wg=wg, has_bias=bias is not None)
+
+    def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1,
+             per_row_weight: bool = False) -> Bound:
+        k = self.device.kernel("layernorm", last_only=last_only, rows_per_token=rows_per_token,
+                               per_row_weight=per_row_weight, **self.params)
+        extra = [self.bias] if self.bias is not None else []
+        bg = self.device.bind(k, [x, self.weight, y, step, *extra])
+        return Bound(bg, rows_per_token, fixed=1 if last_only else 0)
+
+
 class RoPE:
     def __init__(self, device: Device, inv_freq: list[float], n_heads: int, n_kv_heads: int, head_dim: int,
                  pairs: str, wg: int = 64):
@@ -63,6 +83,20 @@ class GLU:
 
     def bind(self, gate: Buffer, up: Buffer, out: Buffer, step: Buffer) -> Bound:
         return Bound(self.device.bind(self.kernel, [gate, up, out, step]), self.n, self.wg)
+
+
+
+class Activation:
+    """out = act(x): the middle of an ungated MLP (Phi-2's fc1 -> gelu_new -> fc2)."""
+
+    def __init__(self, device: Device, n: int, act: str = "gelu_tanh", wg: int = 64):
+        if act not in ACTIVATIONS:
+            raise ValueError(f"activation {act!r} not supported (supported: {ACTIVATIONS})")
+        self.device, self.n, self.wg = device, n, wg
+        self.kernel = device.kernel("activation", n=n, act=act, wg=wg)
+
+    def bind(self, x: Buffer, out: Buffer, step: Buffer) -> Bound:
+        return Bound(self.device.bind(self.kernel, [x, out, step]), self.n, self.wg)
 
 
 def _f32_literal(v: float) -> str:

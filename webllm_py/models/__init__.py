@@ -5,8 +5,12 @@ from __future__ import annotations
 from ..errors import UnsupportedModelError
 from .config import ModelConfig
 from .llama import LlamaModel
+from .mixtral import MixtralModel
+from .phi2 import Phi2Model
+from .stablelm import StableLmModel
 
 FAMILIES = {"llama": LlamaModel, "mistral": LlamaModel, "qwen2": LlamaModel}
+FAMILIES.update({"phi2": Phi2Model, "stablelm": StableLmModel, "mixtral": MixtralModel})
 
 
 def build_model(device, cfg: ModelConfig, weights, cache, max_tokens: int):

@@ -10,6 +10,12 @@ from ..errors import ModelFormatError, UnsupportedModelError
 # Families whose graph is the Llama one with small switches (qkv bias for Qwen2).
 LLAMA_LIKE = {"llama", "mistral", "qwen2"}
 HF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+# Families with graphs of their own (models/phi2.py, stablelm.py, mixtral.py). GGUF Mixtral files say
+# "llama" and carry `llama.expert_count`; phi2 and stablelm have architectures of their own.
+HF_ARCH.update({"PhiForCausalLM": "phi2", "StableLmForCausalLM": "stablelm", "MixtralForCausalLM": "mixtral"})
+GGUF_OWN_ARCH = {"phi2", "stablelm"}
+# Hugging Face activation names -> the kernels' names (gelu_new is GELU's tanh approximation).
+HF_ACT = {"silu": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 @dataclass
@@ -33,6 +39,11 @@ class ModelConfig:
     sliding_window: int | None = None
     activation: str = "silu"
     extra: dict[str, Any] = field(default_factory=dict)
+    # Phi-2 / StableLM / Mixtral switches (models/phi2.py, stablelm.py, mixtral.py).
+    parallel_residual: bool = False  # x + attn(ln(x)) + mlp(ln(x)): one norm feeds both branches
+    qk_norm: bool = False            # LayerNorm of each head of q and k before rotary
+    n_experts: int = 0               # mixture of experts: experts per layer (0 = dense MLP)
+    n_experts_used: int = 0          # ... of which the router picks this many per token
 
     def inv_freq(self) -> list[float]:
         """Per-pair rotation frequencies, with rope scaling folded in (pure Python: runs in Pyodide)."""
@@ -67,8 +78,9 @@ class ModelConfig:
     @classmethod
     def from_gguf(cls, meta: dict[str, Any], tensor_names: set[str]) -> "ModelConfig":
         arch = meta.get("general.architecture")
-        if arch not in LLAMA_LIKE:
-            raise UnsupportedModelError(f"model architecture {arch!r} is not supported (supported: {sorted(LLAMA_LIKE)})")
+        if arch not in LLAMA_LIKE | GGUF_OWN_ARCH:
+            raise UnsupportedModelError(f"model architecture {arch!r} is not supported "
+                                        f"(supported: {sorted(LLAMA_LIKE | GGUF_OWN_ARCH)})")
 
         def get(key: str, default: Any = None) -> Any:
             v = meta.get(f"{arch}.{key}", default)
@@ -86,18 +98,29 @@ class ModelConfig:
         if st == "linear":
             scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
         rot = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
+        n_experts = int(meta.get(f"{arch}.expert_count") or 0)
+        layer_norm = arch in GGUF_OWN_ARCH  # phi2 and stablelm use LayerNorm, with its own eps key
+        eps = meta.get(f"{arch}.attention.layer_norm_epsilon" if layer_norm else f"{arch}.attention.layer_norm_rms_epsilon")
+        if arch == "phi2":
+            parallel = True
+        else:  # stablelm: written by the converter; older files tell by the missing second norm
+            parallel = bool(meta.get(f"{arch}.use_parallel_residual", "blk.0.ffn_norm.weight" not in tensor_names))
         return cls(
-            arch=arch, n_layers=int(get("block_count")), dim=dim, n_heads=n_heads, n_kv_heads=n_kv,
+            arch="mixtral" if n_experts else arch, n_layers=int(get("block_count")), dim=dim, n_heads=n_heads, n_kv_heads=n_kv,
             head_dim=head_dim, hidden_dim=int(get("feed_forward_length")), vocab_size=int(vocab),
             context_length=int(get("context_length", 2048)),
-            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            norm_eps=float(eps if eps is not None else 1e-5),
             rope_theta=float(get("rope.freq_base", 10000.0)),
-            # llama.cpp's converter permutes Q/K of llama/mistral so adjacent pairs rotate; qwen2 is stored
-            # unpermuted and llama.cpp rotates it in "neox" (half-split) mode.
+            # llama.cpp's converter permutes Q/K of llama/mistral so adjacent pairs rotate; qwen2, phi2 and
+            # stablelm are stored unpermuted and llama.cpp rotates them in "neox" (half-split) mode.
             rope_pairs="adjacent" if arch in ("llama", "mistral") else "halves",
             rot_dim=rot, tie_embeddings="output.weight" not in tensor_names,
             qkv_bias="blk.0.attn_q.bias" in tensor_names, rope_scaling=scaling,
             sliding_window=meta.get(f"{arch}.attention.sliding_window"),
+            activation="gelu_tanh" if arch == "phi2" else "silu",
+            parallel_residual=arch in GGUF_OWN_ARCH and parallel,
+            qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
+            n_experts=n_experts, n_experts_used=int(meta.get(f"{arch}.expert_used_count") or 0),
         )
 
     @classmethod
@@ -124,18 +147,27 @@ class ModelConfig:
         rope = cfg.get("rope_parameters") or {}
         scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
         act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise UnsupportedModelError(f"activation {act!r} is not supported for {arch} (supported: silu)")
+        if act not in HF_ACT:
+            raise UnsupportedModelError(f"activation {act!r} is not supported for {arch} (supported: {sorted(HF_ACT)})")
+        # Phi-2 / StableLM rotate only the first partial_rotary_factor of each head.
+        partial = float(rope.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0)
+        rot_dim = int(head_dim * partial)
+        if rot_dim % 2 or rot_dim < 2:
+            raise ModelFormatError(f"partial_rotary_factor {partial} leaves {rot_dim} rotary dims of {head_dim}; need an even number")
+        layer_norm_eps = cfg.get("layer_norm_eps")  # Phi-2 and StableLM (LayerNorm) say eps this way
         return cls(
             arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
             n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=head_dim,
             hidden_dim=hidden, vocab_size=vocab,
             context_length=int(cfg.get("max_position_embeddings", 2048)),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            norm_eps=float(layer_norm_eps if layer_norm_eps is not None else cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
-            rope_pairs="halves", rot_dim=head_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            rope_pairs="halves", rot_dim=rot_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             # Qwen2 always has Q/K/V biases; Llama's `attention_bias` adds them to Q/K/V and O. The graph
             # adds any bias tensor the checkpoint holds, so this flag only describes the model.
             qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias")), rope_scaling=scaling,
-            sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", arch == "mistral") else None,
+            sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", arch in ("mistral", "mixtral")) else None,
+            activation=HF_ACT[act], parallel_residual=arch == "phi2" or bool(cfg.get("use_parallel_residual")),
+            qk_norm=bool(cfg.get("qk_layernorm")),
+            n_experts=int(cfg.get("num_local_experts") or 0), n_experts_used=int(cfg.get("num_experts_per_tok") or 0),
         )

@@ -81,14 +81,24 @@ class LlamaLayer:
         self.attention = attention.bind(i, s.q, s.k, s.v, s.o, s.step, s.table)
         self.wo = linear("attn_output", s.o, s.x, accumulate=True)      # x += o Wo
         self.ffn_norm = norm("ffn_norm").bind(s.x, s.h, s.step)
+        self.ffn = self.feed_forward(device, cfg, w, i, s)
+
+    def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
+        """x += (silu(h Wgate) * (h Wup)) Wdown, as ops in order. The hook a family with another MLP
+        overrides (Mixtral: a mixture of such MLPs)."""
+        def linear(name: str, x: Buffer, y: Buffer, accumulate: bool = False):
+            blk = f"blk.{i}.{name}"
+            return Linear(device, w.matrix(blk + ".weight"), w.bias(blk + ".bias")).bind(x, y, s.step, accumulate=accumulate)
+
         self.w_gate = linear("ffn_gate", s.h, s.gate)
         self.w_up = linear("ffn_up", s.h, s.up)
         self.glu = GLU(device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step)
         self.w_down = linear("ffn_down", s.act, s.x, accumulate=True)   # x += act Wdown
+        return [self.w_gate, self.w_up, self.glu, self.w_down]
 
     def record(self, rec: Recorder, n: int) -> None:
         for op in (self.attn_norm, self.wq, self.wk, self.wv, self.rope, self.attention, self.wo,
-                   self.ffn_norm, self.w_gate, self.w_up, self.glu, self.w_down):
+                   self.ffn_norm, *self.ffn):
             op.record(rec, n)
 
 
@@ -101,11 +111,16 @@ class LlamaModel:
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
         attention = PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
                                    sliding_window=cfg.sliding_window)
-        self.layers = [LlamaLayer(device, cfg, weights, i, s, rope, attention) for i in range(cfg.n_layers)]
+        self.layers = [self.make_layer(device, cfg, weights, i, s, rope, attention) for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps).bind(
             s.x, s.last, s.step, last_only=True)
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head).bind(s.last, s.logits, None)
+
+    def make_layer(self, device: Device, cfg: ModelConfig, weights: WeightStore, i: int, s: RunState,
+                   rope: RoPE, attention: PagedAttention):
+        """Layer i (a family with its own layer class overrides this)."""
+        return LlamaLayer(device, cfg, weights, i, s, rope, attention)
 
     def record(self, rec: Recorder, n: int, logits: bool) -> None:
         """One step of n tokens: the residual stream through every layer, then (if asked) the last

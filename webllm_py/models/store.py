@@ -11,7 +11,7 @@ from typing import Callable
 from ..errors import ModelFormatError
 from ..formats.quants import GGMLType, TensorInfo
 from ..gpu import Buffer, Device
-from ..weights import GPUTensor, upload_tensor
+from ..weights import SPARE_BYTES, GPUTensor, upload_tensor
 
 # Hugging Face -> GGUF tensor names for the Llama-like families ({i} is the layer).
 HF_TO_GGUF = {
@@ -35,6 +35,31 @@ HF_TO_GGUF = {
     "model.layers.{i}.mlp.gate_proj.bias": "blk.{i}.ffn_gate.bias",
     "model.layers.{i}.mlp.up_proj.bias": "blk.{i}.ffn_up.bias",
     "model.layers.{i}.mlp.down_proj.bias": "blk.{i}.ffn_down.bias",
+    # LayerNorm biases (Phi-2, StableLM) and Phi-2's own names.
+    "model.layers.{i}.input_layernorm.bias": "blk.{i}.attn_norm.bias",
+    "model.layers.{i}.post_attention_layernorm.bias": "blk.{i}.ffn_norm.bias",
+    "model.norm.bias": "output_norm.bias",
+    "model.final_layernorm.weight": "output_norm.weight",
+    "model.final_layernorm.bias": "output_norm.bias",
+    "lm_head.bias": "output.bias",
+    "model.layers.{i}.self_attn.dense.weight": "blk.{i}.attn_output.weight",
+    "model.layers.{i}.self_attn.dense.bias": "blk.{i}.attn_output.bias",
+    "model.layers.{i}.mlp.fc1.weight": "blk.{i}.ffn_up.weight",
+    "model.layers.{i}.mlp.fc1.bias": "blk.{i}.ffn_up.bias",
+    "model.layers.{i}.mlp.fc2.weight": "blk.{i}.ffn_down.weight",
+    "model.layers.{i}.mlp.fc2.bias": "blk.{i}.ffn_down.bias",
+    # q/k LayerNorms: one shared over heads (Phi-2), or one per head {j} (StableLM).
+    "model.layers.{i}.self_attn.q_layernorm.weight": "blk.{i}.attn_q_norm.weight",
+    "model.layers.{i}.self_attn.q_layernorm.bias": "blk.{i}.attn_q_norm.bias",
+    "model.layers.{i}.self_attn.k_layernorm.weight": "blk.{i}.attn_k_norm.weight",
+    "model.layers.{i}.self_attn.k_layernorm.bias": "blk.{i}.attn_k_norm.bias",
+    "model.layers.{i}.self_attn.q_layernorm.norms.{j}.weight": "blk.{i}.attn_q_norm.{j}.weight",
+    "model.layers.{i}.self_attn.k_layernorm.norms.{j}.weight": "blk.{i}.attn_k_norm.{j}.weight",
+    # Mixtral: the router and expert {j}'s SwiGLU (llama.cpp's older per-expert GGUF names).
+    "model.layers.{i}.block_sparse_moe.gate.weight": "blk.{i}.ffn_gate_inp.weight",
+    "model.layers.{i}.block_sparse_moe.experts.{j}.w1.weight": "blk.{i}.ffn_gate.{j}.weight",
+    "model.layers.{i}.block_sparse_moe.experts.{j}.w3.weight": "blk.{i}.ffn_up.{j}.weight",
+    "model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight": "blk.{i}.ffn_down.{j}.weight",
 }
 
 
@@ -43,9 +68,12 @@ def gguf_name(hf_name: str) -> str | None:
     parts = hf_name.split(".")
     if len(parts) > 2 and parts[0] == "model" and parts[1] == "layers" and parts[2].isdigit():
         i = parts[2]
-        pattern = ".".join(parts[:2] + ["{i}"] + parts[3:])
+        # A second index inside the layer (expert or head number) becomes {j}.
+        rest = parts[3:]
+        j = next((p for p in rest if p.isdigit()), None)
+        pattern = ".".join(parts[:2] + ["{i}"] + ["{j}" if p == j else p for p in rest])
         target = HF_TO_GGUF.get(pattern)
-        return target.format(i=i) if target else None
+        return target.format(i=i, j=j) if target else None
     return HF_TO_GGUF.get(hf_name)
 
 
@@ -87,6 +115,34 @@ class WeightStore:
             self._progress(info)
         return self._cache[name]
 
+    def stacked_matrix(self, names: list[str], name: str) -> GPUTensor:
+        """Matrices of one type and shape [N, K] (Mixtral's experts) uploaded back to back into one
+        buffer, as a GPUTensor of shape [len(names), N, K]: a kernel picks matrix e by offset."""
+        if name not in self._cache:
+            infos = [self._info(n) for n in names]
+            first = infos[0]
+            if any(i.ggml_type != first.ggml_type or tuple(i.hf_shape) != tuple(first.hf_shape) for i in infos):
+                raise ModelFormatError(f"tensors {names[0]}..{names[-1]} differ in type or shape; cannot stack them")
+            if first.nbytes % 4:
+                raise ModelFormatError(f"tensor '{first.name}' is {first.nbytes} bytes, not a whole number of "
+                                       "words; cannot stack it")
+            buf = self.device.create_buffer(first.nbytes * len(infos) + SPARE_BYTES, name)
+            for e, info in enumerate(infos):
+                info.source.upload(self.device, buf, info.offset, info.nbytes, e * first.nbytes)
+                self._progress(info)
+            self._cache[name] = GPUTensor(buf, GGMLType(first.ggml_type), (len(infos), *first.hf_shape), name)
+        return self._cache[name]
+
+    def stacked_vector(self, names: list[str], name: str) -> Buffer:
+        """1-D tensors as one f32 buffer, back to back (StableLM's per-head q/k norm weights)."""
+        if name not in self._cache:
+            data = b"".join(self._vector_bytes(n) for n in names)
+            self._cache[name] = self.device.buffer_from(data, name)
+        return self._cache[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
     def bias(self, name: str) -> GPUTensor | None:
         """A linear layer's bias as an f32 GPUTensor (kernels read bias[] as f32, whatever the
         checkpoint stores), or None if the model has none."""
@@ -98,20 +154,23 @@ class WeightStore:
     def vector(self, name: str) -> Buffer:
         """A 1-D tensor (norm weights) as f32: small, so converted on the host in pure Python."""
         if name not in self._cache:
-            info = self._info(name)
-            raw = info.source.read(info.offset, info.nbytes)
-            n = info.n_elements
-            t = GGMLType(info.ggml_type)
-            if t == GGMLType.F32:
-                data = raw
-            elif t == GGMLType.F16:
-                data = struct.pack(f"<{n}f", *struct.unpack(f"<{n}e", raw))
-            elif t == GGMLType.BF16:
-                # bf16 is the top half of an f32: shift each 16-bit word up.
-                halves = struct.unpack(f"<{n}H", raw)
-                data = struct.pack(f"<{n}I", *(h << 16 for h in halves))
-            else:
-                raise ModelFormatError(f"tensor '{name}' is {info.type_name}; a norm weight must be F32/F16/BF16")
-            self._cache[name] = self.device.buffer_from(data, name)
-            self._progress(info)
+            self._cache[name] = self.device.buffer_from(self._vector_bytes(name), name)
         return self._cache[name]
+
+    def _vector_bytes(self, name: str) -> bytes:
+        info = self._info(name)
+        raw = info.source.read(info.offset, info.nbytes)
+        n = info.n_elements
+        t = GGMLType(info.ggml_type)
+        if t == GGMLType.F32:
+            data = raw
+        elif t == GGMLType.F16:
+            data = struct.pack(f"<{n}f", *struct.unpack(f"<{n}e", raw))
+        elif t == GGMLType.BF16:
+            # bf16 is the top half of an f32: shift each 16-bit word up.
+            halves = struct.unpack(f"<{n}H", raw)
+            data = struct.pack(f"<{n}I", *(h << 16 for h in halves))
+        else:
+            raise ModelFormatError(f"tensor '{name}' is {info.type_name}; a norm weight must be F32/F16/BF16")
+        self._progress(info)
+        return data

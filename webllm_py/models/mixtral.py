@@ -1,0 +1,118 @@
+"""Mixtral (MixtralForCausalLM): the Llama graph with each MLP replaced by a sparse mixture of experts.
+
+    for each layer:
+        ... attention exactly as Llama (Mistral's sliding window when the config sets one) ...
+        h = rmsnorm(x)
+        p = softmax(h Wrouter)                       # [n_experts] per token
+        e_1..e_k = top_k(p); w_j = p[e_j] / sum_j p[e_j]
+        x = x + sum_j w_j * (silu(h Wgate[e_j]) * (h Wup[e_j])) Wdown[e_j]
+
+Everything stays on the GPU: the router's choice is written to a small buffer (moe_route) that the
+expert matvecs (moe_matvec) read to find their experts' rows in the stacked [n_experts, out, in]
+weights, so a decode step reads only the chosen experts' weights and never waits on the host. Each
+token of a prefill chunk picks its own experts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..attention import PagedAttention
+from ..errors import ModelFormatError
+from ..formats.quants import row_nbytes
+from ..gpu import Buffer, Device, Recorder
+from ..linear import Linear
+from ..ops import GLU, Bound, RoPE
+from ..weights import GPUTensor
+from .config import ModelConfig
+from .llama import LlamaLayer, LlamaModel, RunState
+from .store import WeightStore
+
+WG = 64
+
+
+@dataclass
+class MoEState:
+    """Activations of the expert MLPs for a step of up to `max_tokens` tokens."""
+    router: Buffer   # router logits [T, n_experts]
+    idx: Buffer      # chosen experts [T, top_k] u32
+    weight: Buffer   # their renormalised weights [T, top_k]
+    gate: Buffer     # [T, top_k, hidden]
+    up: Buffer
+    act: Buffer
+
+    @classmethod
+    def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int) -> "MoEState":
+        T, k = max_tokens, cfg.n_experts_used
+        rows = 4 * T * k * cfg.hidden_dim
+        return cls(router=device.create_buffer(4 * T * cfg.n_experts, "moe.router"),
+                   idx=device.create_buffer(4 * T * k, "moe.idx"), weight=device.create_buffer(4 * T * k, "moe.weight"),
+                   gate=device.create_buffer(rows, "moe.gate"), up=device.create_buffer(rows, "moe.up"),
+                   act=device.create_buffer(rows, "moe.act"))
+
+
+def experts(w: WeightStore, i: int, name: str, n_experts: int) -> GPUTensor:
+    """Layer i's stacked expert matrices [n_experts, out, in]: llama.cpp's `ffn_gate_exps` as stored,
+    or the per-expert tensors (Hugging Face, older GGUF) stacked at upload."""
+    stacked = f"blk.{i}.{name}_exps.weight"
+    t = w.matrix(stacked) if w.has(stacked) else w.stacked_matrix(
+        [f"blk.{i}.{name}.{e}.weight" for e in range(n_experts)], stacked)
+    if len(t.shape) != 3 or t.shape[0] != n_experts:
+        raise ModelFormatError(f"'{stacked}' has shape {list(t.shape)}; expected [{n_experts}, out, in]")
+    return t
+
+
+class ExpertMatvec:
+    """y = x W_e^T for each token's chosen experts e (see shaders/moe_matvec.wgsl.j2)."""
+
+    def __init__(self, device: Device, weight: GPUTensor, top_k: int, combine: bool):
+        self.device, self.weight, self.top_k, self.combine = device, weight, top_k, combine
+        _, self.N, self.K = weight.shape
+        if self.K % 4:
+            raise ModelFormatError(f"expert weight '{weight.name}': in_features {self.K} is not a multiple of 4")
+        self.kernel = device.kernel("moe_matvec", label=f"moe_matvec {weight.name}", K=self.K, N=self.N,
+                                    row_bytes=row_nbytes(weight.ggml_type, self.K), qtype=weight.ggml_type.name,
+                                    top_k=top_k, combine=combine, wg=WG)
+
+    def bind(self, x: Buffer, y: Buffer, moe: MoEState) -> "BoundExperts":
+        extra = [moe.weight] if self.combine else []
+        return BoundExperts(self, self.device.bind(self.kernel, [self.weight.buffer, x, y, moe.idx, *extra]))
+
+
+@dataclass
+class BoundExperts:
+    op: ExpertMatvec
+    bind_group: object
+
+    def record(self, rec: Recorder, n_tokens: int) -> None:
+        op = self.op
+        rec.dispatch(self.bind_group, -(-op.N // WG), n_tokens, 1 if op.combine else op.top_k)
+
+
+class MixtralLayer(LlamaLayer):
+    def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState, rope: RoPE,
+                 attention: PagedAttention, moe: MoEState):
+        self.moe = moe
+        super().__init__(device, cfg, w, i, s, rope, attention)
+
+    def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
+        moe, E, k = self.moe, cfg.n_experts, cfg.n_experts_used
+        self.router = Linear(device, w.matrix(f"blk.{i}.ffn_gate_inp.weight")).bind(s.h, moe.router, s.step)
+        route = device.kernel("moe_route", n_experts=E, top_k=k, wg=WG)
+        self.route = Bound(device.bind(route, [moe.router, moe.idx, moe.weight, s.step]), 1, WG)
+        self.w_gate = ExpertMatvec(device, experts(w, i, "ffn_gate", E), k, combine=False).bind(s.h, moe.gate, moe)
+        self.w_up = ExpertMatvec(device, experts(w, i, "ffn_up", E), k, combine=False).bind(s.h, moe.up, moe)
+        # The GLU runs over each token's top_k rows of hidden_dim as one row of top_k * hidden_dim.
+        self.glu = GLU(device, k * cfg.hidden_dim, cfg.activation).bind(moe.gate, moe.up, moe.act, s.step)
+        self.w_down = ExpertMatvec(device, experts(w, i, "ffn_down", E), k, combine=True).bind(moe.act, s.x, moe)
+        return [self.router, self.route, self.w_gate, self.w_up, self.glu, self.w_down]
+
+
+class MixtralModel(LlamaModel):
+    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache, max_tokens: int = 64):
+        if not 1 <= cfg.n_experts_used <= cfg.n_experts:
+            raise ModelFormatError(f"a mixture of {cfg.n_experts} experts cannot use {cfg.n_experts_used} per token")
+        self.moe = MoEState.allocate(device, cfg, max_tokens)
+        super().__init__(device, cfg, weights, cache, max_tokens)
+
+    def make_layer(self, device, cfg, weights, i, s, rope, attention):
+        return MixtralLayer(device, cfg, weights, i, s, rope, attention, self.moe)
