@@ -80,7 +80,7 @@ class _Parser:
         alts = [self.sequence(top)]
         while self.i < len(self.s) and self.s[self.i] == "|":
             self.i += 1
-            self.ws()
+            self.ws(newlines=not top)  # an empty last alternative ends at the newline
             alts.append(self.sequence(top))
         return ("alt", alts)
 

@@ -5,10 +5,11 @@ What a schema becomes:
   placed by rules that know whether a property came before); nothing else (as strict structured outputs
   do), so `additionalProperties` other than false adds nothing. No `properties`: any JSON object.
 - array: `items` repeated minItems..maxItems times (unbounded: `*`); `prefixItems` a fixed tuple.
-- string: JSON string characters (escapes included), minLength..maxLength characters; enum/const: the
+- string: JSON string characters (escapes included; an escaped surrogate pair is one character),
+  minLength..maxLength characters; enum/const: the
   literal values; number / integer: JSON numbers (integers: up to 16 digits); boolean; null.
 - type lists, `anyOf` / `oneOf` (alternatives; oneOf's exclusivity is not enforced), `$ref` to
-  `#/$defs/...` or `#/definitions/...` (recursion allowed), `nullable`, `allOf` with one schema.
+  `#/$defs/...` or `#/definitions/...` (recursion allowed), `allOf` with one schema.
 Anything that would need checks the grammar cannot express (minimum, pattern, format, multipleOf,
 uniqueItems, ...) raises RequestError naming the keyword, rather than being silently ignored.
 
@@ -25,17 +26,18 @@ from .grammar import Grammar, gbnf_literal
 
 # Keywords that carry no constraint on the instance (annotations) or that we honour below.
 _ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "examples", "default", "deprecated",
-                "readOnly", "writeOnly", "strict", "name"}
+                "readOnly", "writeOnly", "strict", "name",
+                "nullable"}  # OpenAPI's, not JSON Schema's: validators ignore it, so the grammar does too
 _HANDLED = {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
             "prefixItems", "enum", "const", "minLength", "maxLength", "anyOf", "oneOf", "allOf", "$ref", "$defs",
-            "definitions", "nullable"}
+            "definitions"}
 
 _PRIMITIVES = r'''
 ws ::= " "?
-json-char ::= [^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
+json-char ::= [^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) | "\\u" [dD] [89abAB] [0-9a-fA-F]{2} "\\u" [dD] [c-fC-F] [0-9a-fA-F]{2}
 string ::= "\"" json-char* "\""
 integer ::= "-"? ("0" | [1-9] [0-9]{0,15})
-number ::= integer ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?
+number ::= integer ("." [0-9]{1,24})? ([eE] [-+]? [0-9]{1,3})?
 boolean ::= "true" | "false"
 null ::= "null"
 value ::= object | array | string | number | boolean | null
@@ -98,8 +100,6 @@ class _Builder:
             base = {k: v for k, v in schema.items() if k != "allOf"}
             return self.build({**base, **subs[0]}, path)
         t = schema.get("type")
-        if schema.get("nullable") and t is not None and t != "null":
-            t = [t, "null"] if isinstance(t, str) else list(t) + ["null"]
         if isinstance(t, list):
             if not t:
                 raise RequestError(f"JSON schema at {path}: type list is empty")
@@ -115,8 +115,7 @@ class _Builder:
 
     def typed(self, t: str, schema: dict, path: str) -> str:
         def only(allowed: set):
-            extra = [k for k in schema if k in _HANDLED and k not in allowed | {"type", "nullable", "$defs",
-                                                                                   "definitions"}]
+            extra = [k for k in schema if k in _HANDLED and k not in allowed | {"type", "$defs", "definitions"}]
             if extra:
                 raise RequestError(f"JSON schema keyword {extra[0]!r} (at {path}) does not apply to type {t!r}")
         if t == "string":

@@ -51,6 +51,8 @@ class Matcher:
             self.rule_alts.append(ids)
         self._states: dict[frozenset, State] = {}
         self._expanded: dict[tuple, tuple] = {}
+        self._active: set = set()   # stacks being expanded right now (a cycle through empty matches)
+        self._cut = False           # a cycle was cut: results below the cycle's start are partial
         self.initial = self._intern(self._expand_all([((a, 0),) for a in self.rule_alts[0]]))
 
     # -- states ---------------------------------------------------------------------------------------
@@ -80,7 +82,14 @@ class Matcher:
             return got
         if depth > _MAX_EXPAND_DEPTH:
             raise GrammarError("grammar is left-recursive (a rule reaches itself before matching any "
-                               "character), or a repetition repeats something that can be empty")
+                               "character)")
+        if stack in self._active:
+            # Back at a stack being expanded without consuming input ((x?)* and the like): that path
+            # adds nothing the outer expansion does not already produce.
+            self._cut = True
+            return ()
+        outer_cut, self._cut = self._cut, False
+        self._active.add(stack)
         out: list = []
         if not stack:
             out.append(stack)
@@ -101,8 +110,11 @@ class Matcher:
                             out.extend(self._expand(rest + ((b, 0),), depth + 1))
                     else:
                         out.append(stack)
+        self._active.discard(stack)
         got = tuple(dict.fromkeys(out))
-        self._expanded[stack] = got
+        if not self._cut or depth == 0:  # a partial result (inside a cut cycle) is not remembered
+            self._expanded[stack] = got
+        self._cut = self._cut or outer_cut
         return got
 
     # -- input ----------------------------------------------------------------------------------------

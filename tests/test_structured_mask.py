@@ -1,0 +1,110 @@
+"""Token masks, checked by brute force: for random matcher states, a token's bit is set exactly when
+feeding the token's bytes keeps the text a live prefix of the grammar, and EOS's bit exactly when the
+state accepts. Small random vocabularies (with half-characters of UTF-8, like byte-level BPE pieces),
+then the real vocabularies of SmolLM2 (byte-level BPE, from the GGUF) and Mistral (SentencePiece with
+<0xXX> byte pieces), whose token bytes come from HF `tokenizers` as the reference."""
+from __future__ import annotations
+
+import json
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from webllm_py.structured.constraint import Constraint
+from webllm_py.structured.grammar import Grammar
+from webllm_py.structured.json_schema import JSON_OBJECT_GBNF, schema_to_gbnf
+from webllm_py.structured.matcher import Matcher
+from webllm_py.structured.token_mask import TokenTrie, allowed_mask, mask_ids
+
+from .structured_schemas import instances, object_schemas, spellings
+from .tokenizer_helpers import HF_DIR, require, smollm2_gguf
+
+PIECES = ['{', '}', '[', ']', '"', ':', ',', ' ', 'a', 'b', 'x', '_', '0', '1', '-', '.', 'e', 'true', 'false', 'null',
+          'é', '€', '\\', 'n', 'u']
+EOS = 0
+
+
+def vocab_strategy():
+    """Token byte strings: joined JSON-ish pieces, and cuts of them at any byte (half characters)."""
+    whole = st.lists(st.sampled_from(PIECES), min_size=1, max_size=3).map(lambda p: "".join(p).encode())
+    cut = st.tuples(whole, st.integers(0, 3), st.integers(1, 4)).map(lambda t: t[0][t[1]:t[1] + t[2]] or t[0])
+    return st.lists(st.one_of(whole, cut), min_size=20, max_size=120)
+
+
+def brute_force(matcher: Matcher, state, vocab: list[bytes], eos_ids) -> set[int]:
+    ok = {i for i, b in enumerate(vocab) if b and i not in eos_ids and matcher.feed(state, b) is not None}
+    return ok | (set(eos_ids) if state.accepting else set())
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data(), object_schemas(small=True), vocab_strategy())
+def test_mask_equals_brute_force_small_vocab(data, schema, vocab):
+    vocab = [b""] + vocab  # id 0: EOS (no bytes)
+    m = Matcher(Grammar.from_gbnf(schema_to_gbnf(schema)))
+    trie = TokenTrie(vocab, [EOS])
+    text = spellings(data.draw(instances(schema)))[1].encode()
+    for cut in sorted(data.draw(st.lists(st.integers(0, len(text)), min_size=1, max_size=5))) + [len(text)]:
+        state = m.feed(m.initial, text[:cut])
+        assert state is not None
+        got = set(mask_ids(allowed_mask(trie, m, state)))
+        assert got == brute_force(m, state, vocab, [EOS]), (schema, text[:cut])
+        assert allowed_mask(trie, m, state) is state.mask  # cached on the state
+
+
+def _hf_token_bytes(path) -> list[bytes]:
+    """Each token's bytes as HF tokenizers decodes it (byte-level: the GPT-2 byte alphabet undone;
+    SentencePiece: U+2581 -> space, <0xXX> -> that byte)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    hf = HFTokenizer.from_file(str(path))
+    vocab = hf.get_vocab(with_added_tokens=True)
+    out = [b""] * hf.get_vocab_size(with_added_tokens=True)
+    byte_dec = None
+    if "ByteLevel" in json.dumps(json.loads(hf.to_str()).get("decoder")):
+        bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+        rest = [n for n in range(256) if n not in bs]   # GPT-2's bytes_to_unicode: the others map to 256+k
+        cs = bs + [256 + k for k in range(len(rest))]
+        bs = bs + rest
+        byte_dec = {chr(c): b for b, c in zip(bs, cs)}
+    for piece, i in vocab.items():
+        if byte_dec is not None:
+            out[i] = bytes(byte_dec[c] for c in piece) if all(c in byte_dec for c in piece) else piece.encode()
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            out[i] = bytes([int(piece[3:5], 16)])
+        else:
+            out[i] = piece.replace("\u2581", " ").encode()
+    return out
+
+
+def _check_real_vocab(tok, hf_path, texts, n_states=6):
+    ref_bytes = _hf_token_bytes(hf_path)
+    specials = {i for i in range(tok.vocab_size) if tok.is_special(i)}
+    vocab = [b"" if i in specials else ref_bytes[i] for i in range(tok.vocab_size)]
+    rng = random.Random(0)
+    for gbnf, text in texts:
+        c = Constraint(tok, gbnf)
+        data = text.encode()
+        for cut in sorted(rng.sample(range(len(data) + 1), min(n_states, len(data) + 1))):
+            state = c.matcher.feed(c.matcher.initial, data[:cut])
+            got = set(mask_ids(allowed_mask(c.trie, c.matcher, state, c.words)))
+            want = brute_force(c.matcher, state, vocab, sorted(tok.eos_ids))
+            assert got == want, (text[:cut], sorted(got ^ want)[:10])
+
+
+def test_mask_smollm2_vocab():
+    from webllm_py.checkpoint import open_checkpoint
+    tok = open_checkpoint(str(smollm2_gguf())).tokenizer
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                               "n": {"type": "integer"}, "ok": {"enum": [True, None]}},
+              "required": ["name"]}
+    _check_real_vocab(tok, require(HF_DIR / "smollm2" / "tokenizer.json"), [
+        (JSON_OBJECT_GBNF, '{"k": [1, -2.5e3, {"é€": null}], "z": "a\\n\\u00e9"}'),
+        (schema_to_gbnf(schema), '{"name": "€ab", "n": -12, "ok": true}'),
+    ])
+
+
+def test_mask_mistral_sentencepiece_vocab():
+    from webllm_py.tokenizer import Tokenizer
+    path = require(HF_DIR / "mistral" / "tokenizer.json")
+    tok = Tokenizer.from_hf(str(path))
+    _check_real_vocab(tok, path, [(JSON_OBJECT_GBNF, ' {"ключ": ["€😀", true]}')], n_states=5)
