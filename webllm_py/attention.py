@@ -36,7 +36,7 @@ def _prefill_tiles(head_dim: int, group: int, limits: dict) -> tuple[int, int]:
 class PagedAttention:
     def __init__(self, device: Device, cache: PagedKVCache, n_heads: int, n_kv_heads: int, head_dim: int,
                  max_tokens: int, sliding_window: int | None = None, scale: float | None = None,
-                 softcap: float | None = None, decode_wg: int = 64, decode_splits: int | None = None) -> None:
+                 softcap: float | None = None, decode_wg: int | None = None, decode_splits: int | None = None) -> None:
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if (cache.n_kv_heads, cache.head_dim) != (n_kv_heads, head_dim):
@@ -53,8 +53,12 @@ class PagedAttention:
         # Split-K decode: enough workgroups (heads x splits) to keep a GPU's cores busy on long
         # contexts (short ones leave most slices empty, which costs little); a CPU adapter has few
         # cores and already gets one workgroup per head.
+        # On GPUs, chunks of 32 positions and up to 1024 / n_heads slices: a 512-token context then
+        # runs as 16 slices of one chunk per head (a workgroup's passes over a chunk are serial).
+        if decode_wg is None:
+            decode_wg = 64 if device.info.is_fallback else 32
         if decode_splits is None:
-            decode_splits = max(1, 16 // n_heads) if device.info.is_fallback else max(1, min(64, 512 // n_heads))
+            decode_splits = max(1, 16 // n_heads) if device.info.is_fallback else max(1, min(64, 1024 // n_heads))
         self.splits = decode_splits
         self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
             k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16")})

@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
     p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step (all layers)")
     p.add_argument("--matvec-tiling", help="WG,ROWS: decode matvec tiling for every Linear (default: linear.py's)")
+    p.add_argument("--subgroups", action="store_true", help="request the adapter's subgroups feature (kernels use it)")
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
 
 
@@ -119,7 +120,8 @@ def count_buffers(device) -> list[int]:
 
 async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
     """GPU time of one decode step without the host in the loop: `reps` forward+sample steps recorded
-    into one submission (same position, so the same work as one token), one readback at the end."""
+    into one command buffer (same position, so the same work as one token), then its submit and
+    completion timed (the recording is not)."""
     d, s = engine.device, engine.model.state
     pos0 = len(engine._cached[0])
     engine.cache.ensure(0, pos0 + 1)
@@ -127,11 +129,12 @@ async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
     d.write_buffer(s.step, struct.pack("<2I", pos0, 1))
     d.write_buffer(s.table, engine.cache.table_bytes(0))
     await d.read_buffer(s.logits, 0, 4)
+    rec = d.recorder()  # recorded first: the host's recording is not part of the GPU time
+    for _ in range(reps):
+        engine.model.record(rec, 1, logits=True)
+        engine.sample_op.record(rec)
     t = time.perf_counter()
-    with d.recorder() as rec:
-        for _ in range(reps):
-            engine.model.record(rec, 1, logits=True)
-            engine.sample_op.record(rec)
+    rec.submit()
     await d.read_buffer(s.logits, 0, 4)
     return 1e3 * (time.perf_counter() - t) / reps
 
@@ -140,26 +143,38 @@ async def profile_ops(engine, reps: int) -> dict:
     """GPU ms per decode step spent in each op kind: that op of every layer recorded `reps` times into
     one submission (same inputs as the last decode step), one readback at the end."""
     d, m = engine.device, engine.model
-    groups = {name: [getattr(layer, name) for layer in m.layers] for name in vars(m.layers[0])
-              if hasattr(getattr(m.layers[0], name), "record")}
+    # Ops a fused MatvecGroup records in one dispatch are timed as that group, not again alone.
+    layer0 = m.layers[0]
+    fused = set()
+    for op in vars(layer0).values():
+        if hasattr(op, "members"):
+            if op.fused is None:  # not fused here: its members are timed one by one
+                fused.add(id(op))
+            else:
+                fused.update(id(b) for b in op.members)
+                fused.update(id(g[1]) for g in [op.glu] if g)
+    groups = {name: [getattr(layer, name) for layer in m.layers] for name, op in vars(layer0).items()
+              if hasattr(op, "record") and id(op) not in fused}
     groups["embed"] = [m.embed]
     groups["final_norm"] = [m.final_norm]
     groups["lm_head"] = [m.lm_head]
     out = {}
     for name, ops in groups.items():
         await d.read_buffer(m.state.logits, 0, 4)
+        rec = d.recorder()
+        for _ in range(reps):
+            for op in ops:
+                op.record(rec, 1)
         t = time.perf_counter()
-        with d.recorder() as rec:
-            for _ in range(reps):
-                for op in ops:
-                    op.record(rec, 1)
+        rec.submit()
         await d.read_buffer(m.state.logits, 0, 4)
         out[name] = round(1e3 * (time.perf_counter() - t) / reps, 3)
     await d.read_buffer(m.state.logits, 0, 4)
+    rec = d.recorder()
+    for _ in range(reps):
+        engine.sample_op.record(rec)
     t = time.perf_counter()
-    with d.recorder() as rec:
-        for _ in range(reps):
-            engine.sample_op.record(rec)
+    rec.submit()
     await d.read_buffer(m.state.logits, 0, 4)
     out["sampling"] = round(1e3 * (time.perf_counter() - t) / reps, 3)
     return out
@@ -192,7 +207,8 @@ async def _bench(args) -> dict:
         from . import linear
         wg, rows = (int(v) for v in args.matvec_tiling.split(","))
         linear.MatvecTiling.__init__.__defaults__ = (wg, rows, True)
-    device = await request_device("native")
+        linear.Q4_TILING = linear.MatvecTiling(wg, rows, True)
+    device = await request_device("native", use_subgroups=args.subgroups)
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
     engine = await Engine.load(ckpt, device=device, context_window=ctx, prefill_chunk=args.prefill_chunk,

@@ -25,8 +25,11 @@ class Bound:
 
 
 class RMSNorm:
-    def __init__(self, device: Device, weight: Buffer, dim: int, eps: float, weight_offset: float = 0.0, wg: int = 64):
+    def __init__(self, device: Device, weight: Buffer, dim: int, eps: float, weight_offset: float = 0.0,
+                 wg: int | None = None):
         self.device, self.weight = device, weight
+        if wg is None:  # a row is one workgroup: GPUs want a few loads per thread, CPU adapters few threads
+            wg = 64 if device.info.is_fallback else min(256, 1 << max(5, (dim // 4 - 1).bit_length()))
         self.params = dict(dim=dim, eps=_f32_literal(eps), weight_offset=_f32_literal(weight_offset), wg=wg)
 
     def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1) -> Bound:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..attention import PagedAttention
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
-from ..linear import Embedding, Linear
+from ..linear import Embedding, Linear, MatvecGroup
 from ..ops import GLU, RMSNorm, RoPE
 from .config import ModelConfig
 from .store import WeightStore
@@ -82,6 +82,7 @@ class LlamaLayer:
         self.wo = linear("attn_output", s.o, s.x, accumulate=True)      # x += o Wo
         self.ffn_norm = norm("ffn_norm").bind(s.x, s.h, s.step)
         self.ffn = self.feed_forward(device, cfg, w, i, s)
+        self.qkv = MatvecGroup([self.wq, self.wk, self.wv])  # one dispatch per decode step where it can fuse
 
     def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
         """x += (silu(h Wgate) * (h Wup)) Wdown, as ops in order. The hook a family with another MLP
@@ -94,10 +95,12 @@ class LlamaLayer:
         self.w_up = linear("ffn_up", s.h, s.up)
         self.glu = GLU(device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step)
         self.w_down = linear("ffn_down", s.act, s.x, accumulate=True)   # x += act Wdown
-        return [self.w_gate, self.w_up, self.glu, self.w_down]
+        # gate, up and the GLU in one dispatch per decode step where the matvec kernel can fuse them
+        self.gate_up = MatvecGroup([self.w_gate, self.w_up], glu=(cfg.activation, self.glu))
+        return [self.gate_up, self.w_down]
 
     def record(self, rec: Recorder, n: int) -> None:
-        for op in (self.attn_norm, self.wq, self.wk, self.wv, self.rope, self.attention, self.wo,
+        for op in (self.attn_norm, self.qkv, self.rope, self.attention, self.wo,
                    self.ffn_norm, *self.ffn):
             op.record(rec, n)
 

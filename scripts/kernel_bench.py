@@ -1,0 +1,128 @@
+"""Single-kernel microbenchmarks for the device machine: GB/s of each decode matvec variant over
+weight shapes of Llama-3.2-1B and Llama-3.1-8B, fused Q/K/V and gate/up dispatches, and the
+per-dispatch floor. One JSON line per measurement on stdout.
+
+    python scripts/kernel_bench.py [--quick]      # --quick: a small subset (e.g. on lavapipe)
+
+Each timing records `reps` dispatches of one kernel into one command buffer, then times its
+submit and completion: GPU time including the per-dispatch cost (barriers between dependent
+dispatches) the model pays, without Python's recording. Weights are random bytes (speed does not depend on values).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, ".")
+from webllm_py.formats.quants import GGMLType, TensorInfo, row_nbytes  # noqa: E402
+from webllm_py.formats.source import BytesSource  # noqa: E402
+from webllm_py.gpu.native import NativeDevice  # noqa: E402
+from webllm_py.linear import Linear, MatvecGroup, MatvecTiling  # noqa: E402
+from webllm_py.weights import upload_tensor  # noqa: E402
+
+QUICK = "--quick" in sys.argv
+dev = NativeDevice(use_subgroups=True)
+rng = np.random.default_rng(0)
+
+
+def weight(qtype: str, n: int, k: int):
+    nbytes = n * row_nbytes(GGMLType[qtype], k)
+    raw = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    # sane f16 scales: set every byte pair's high byte to a small exponent is overkill; random is fine
+    info = TensorInfo("w", (k, n), int(GGMLType[qtype]), 0, nbytes)
+    return upload_tensor(dev, BytesSource(raw.tobytes()), info), nbytes
+
+
+def sync():
+    asyncio.run(dev.read_buffer(sync_buf, 0, 4))
+
+
+sync_buf = dev.create_buffer(16)
+
+
+def time_dispatches(record, reps: int) -> float:
+    """GPU seconds per recorded unit: everything is recorded first (Python's cost is not timed),
+    then one submit and a wait."""
+    with dev.recorder() as rec:  # warm-up
+        record(rec)
+    sync()
+    best = 1e9
+    for _ in range(2 if QUICK else 3):
+        rec = dev.recorder()
+        for _ in range(reps):
+            record(rec)
+        t = time.perf_counter()
+        rec.submit()
+        sync()
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best
+
+
+def emit(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+REPS = 5 if QUICK else 200
+SHAPES_8B = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 4096)]
+SHAPES_1B = [(2048, 2048), (512, 2048), (8192, 2048), (2048, 8192), (128256, 2048)]
+if QUICK:
+    SHAPES_8B, SHAPES_1B = [(256, 512)], [(128, 256)]
+VARIANTS = [("generic", 64, 2, False)] + [("q4", wg, r, sg) for wg, r in
+            [(32, 1), (32, 2), (32, 4), (64, 1), (64, 2), (64, 4), (64, 8), (128, 2), (128, 4), (128, 8), (256, 4)]
+            for sg in (False, True)]
+if QUICK:
+    VARIANTS = VARIANTS[:3]
+
+emit(adapter=dev.info.description.strip(), features=sorted(dev.features))
+
+# per-dispatch floor: a tiny matvec
+w, nb = weight("Q4_0", 64, 64)
+lin = Linear(dev, w, matvec=MatvecTiling(64, 4, True))
+xb, yb = dev.create_buffer(64 * 4), dev.create_buffer(64 * 4)
+b = lin.bind(xb, yb)
+emit(kind="floor", us=round(1e6 * time_dispatches(lambda rec: b.record(rec, 1), REPS), 2))
+
+for qtype in ("Q4_0", "Q4_K"):
+    for n, k in SHAPES_8B + SHAPES_1B:
+        w, nb = weight(qtype, n, k)
+        xb, yb = dev.create_buffer(k * 4), dev.create_buffer(n * 4)
+        variants = VARIANTS if (n, k) in SHAPES_8B[:4] or QUICK else [v for v in VARIANTS if v[0] == "generic" or v[3]]
+        for name, wg, rows, sg in variants:
+            lin = Linear(dev, w, matvec=MatvecTiling(wg, rows, True), subgroups=sg)
+            if name == "generic":
+                lin.q4 = False
+            b = lin.bind(xb, yb)
+            dt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
+            emit(kind="matvec", qtype=qtype, N=n, K=k, kernel=name, wg=wg, rows=rows, subgroups=sg,
+                 us=round(dt * 1e6, 2), gbps=round(nb / dt / 1e9, 1))
+        dev.raw.queue.submit([])
+        w.buffer.destroy()
+
+# fused groups vs separate dispatches (8B and 1B layer shapes)
+for qtype in ("Q4_0", "Q4_K"):
+    for dim, kv, hidden in ([(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]):
+        for wg, rows, sg in ([(64, 4, True), (128, 4, True), (64, 2, True)] if not QUICK else [(32, 2, False)]):
+            tiling = MatvecTiling(wg, rows, True)
+            xb = dev.create_buffer(dim * 4)
+            for label, ns in (("qkv", [dim, kv, kv]), ("gate_up", [hidden, hidden])):
+                ws = [weight(qtype, n, dim) for n in ns]
+                ys = [dev.create_buffer(n * 4) for n in ns]
+                bounds = [Linear(dev, w, matvec=tiling, subgroups=sg).bind(xb, y) for (w, _), y in zip(ws, ys)]
+                glu = None
+                if label == "gate_up":
+                    from webllm_py.ops import GLU
+                    step = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
+                    act = dev.create_buffer(hidden * 4)
+                    glu = ("silu", GLU(dev, hidden, "silu").bind(ys[0], ys[1], act, step))
+                g = MatvecGroup(bounds, glu=glu)
+                nbytes = sum(nb for _, nb in ws)
+                sep = time_dispatches(lambda rec: [bb.record(rec, 1) for bb in bounds] + ([glu[1].record(rec, 1)] if glu else []), REPS)
+                fus = time_dispatches(lambda rec: g.record(rec, 1), REPS)
+                emit(kind="fused", qtype=qtype, op=label, dim=dim, wg=wg, rows=rows, subgroups=sg,
+                     separate_us=round(sep * 1e6, 2), fused_us=round(fus * 1e6, 2), fused_gbps=round(nbytes / fus / 1e9, 1))
+                for w, _ in ws:
+                    w.buffer.destroy()

@@ -1,0 +1,25 @@
+"""Kernel variants real GPUs get by default but CPU adapters (lavapipe, CI) do not: RMSNorm with
+many threads per row (vec4 and scalar rows) vs numpy from the formula."""
+import asyncio
+import struct
+
+import numpy as np
+import pytest
+
+from webllm_py.ops import RMSNorm
+
+
+@pytest.mark.parametrize("D,wg", [(2048, 256), (578, 128)])  # vec4 rows; a row length not a multiple of 4
+def test_rmsnorm_wide_workgroups(device, D, wg):
+    rng = np.random.default_rng(3)
+    T, eps = 3, 1e-6
+    x = rng.standard_normal((T, D), dtype=np.float32) * 2
+    w = rng.standard_normal(D, dtype=np.float32)
+    y = device.create_buffer(T * D * 4)
+    op = RMSNorm(device, device.buffer_from(w), D, eps, wg=wg)
+    with device.recorder() as rec:
+        op.bind(device.buffer_from(x), y, device.buffer_from(struct.pack("<2I", 0, T))).record(rec, T)
+    got = np.frombuffer(asyncio.run(device.read_buffer(y)), np.float32).reshape(T, D)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + eps) * w
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,103 @@
+"""The aligned 4-bit decode matvec (shaders/matvec_q4.wgsl.j2) on lavapipe vs numpy over gguf-py's
+dequantize (independent reference): Q4_0 and Q4_K, f32 and f16 arithmetic, tree and subgroup
+reductions, rows that do not fill the last workgroup, residual accumulate, and the fused forms
+(Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out)."""
+import asyncio
+import struct
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from webllm_py.linear import Linear, MatvecGroup, MatvecTiling  # noqa: E402
+from webllm_py.ops import GLU  # noqa: E402
+
+from .test_linear import f32_buffer, make_weight, read_f32, upload  # noqa: E402
+
+
+TOL = 1e-5
+
+
+def scaled_error(y, x, w):
+    ref = x.astype(np.float64) @ w.T
+    return (np.abs(y - ref) / (np.abs(x.astype(np.float64)) @ np.abs(w).T + 1e-30)).max()
+
+
+@pytest.fixture(scope="module")
+def sg_device():
+    from webllm_py.gpu.native import NativeDevice
+    dev = NativeDevice(use_subgroups=True)
+    if not dev.has_subgroups:
+        pytest.skip("adapter has no subgroups")  # lavapipe has them
+    return dev
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
+@pytest.mark.parametrize("subgroups,wg,rows", [(False, 64, 4), (False, 32, 3), (True, 16, 2), (True, 128, 1)])
+def test_single_matrix(device, sg_device, qtype, subgroups, wg, rows):
+    dev = sg_device if subgroups else device
+    rng = np.random.default_rng(7)
+    N, K = 37, 768  # N not a multiple of rows; K = 12 units (3 Q4_K super-blocks)
+    raw, w = make_weight(qtype, N, K, rng)
+    lin = Linear(dev, upload(dev, raw, qtype, N, K), matvec=MatvecTiling(wg, rows, True), subgroups=subgroups)
+    assert lin.q4
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    y0 = rng.standard_normal((1, N)).astype(np.float32)
+    for accumulate in (False, True):
+        xb, yb = f32_buffer(dev, x), f32_buffer(dev, y0)
+        bound = lin.bind(xb, yb, accumulate=accumulate)
+        with dev.recorder() as rec:
+            bound.record(rec, 1)
+        y = read_f32(dev, yb, N)[None] - (y0 if accumulate else 0)
+        # f32 throughout; weights enter as 1 + n/16, so sums lose a few bits to the sum(x) offset
+        assert scaled_error(y, x, w) < TOL, (accumulate, scaled_error(y, x, w))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
+def test_fused_qkv(device, qtype):
+    rng = np.random.default_rng(8)
+    K, parts = 512, (40, 12, 9)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    xb = f32_buffer(device, x)
+    bounds, ws, ys = [], [], []
+    for n in parts:
+        raw, w = make_weight(qtype, n, K, rng)
+        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
+        lin = Linear(device, upload(device, raw, qtype, n, K), matvec=MatvecTiling(32, 4, True), subgroups=False)
+        bounds.append(lin.bind(xb, yb))
+        ws.append(w)
+        ys.append(yb)
+    group = MatvecGroup(bounds)
+    assert group.fused is not None
+    with device.recorder() as rec:
+        group.record(rec, 1)
+    for n, w, yb in zip(parts, ws, ys):
+        assert scaled_error(read_f32(device, yb, n)[None], x, w) < TOL
+
+
+@pytest.mark.parametrize("qtype,act", [("Q4_0", "silu"), ("Q4_K", "gelu_tanh")])
+def test_fused_gate_up(device, qtype, act):
+    rng = np.random.default_rng(9)
+    H, K = 70, 256
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    xb = f32_buffer(device, x)
+    (rg, wg_), (ru, wu) = make_weight(qtype, H, K, rng), make_weight(qtype, H, K, rng)
+    bufs = [f32_buffer(device, np.zeros(H, np.float32)) for _ in range(3)]
+    tiling = MatvecTiling(64, 4, True)
+    gate = Linear(device, upload(device, rg, qtype, H, K), matvec=tiling).bind(xb, bufs[0])
+    up = Linear(device, upload(device, ru, qtype, H, K), matvec=tiling).bind(xb, bufs[1])
+    step = device.buffer_from(struct.pack("<II", 0, 1))
+    glu = GLU(device, H, act).bind(bufs[0], bufs[1], bufs[2], step)
+    group = MatvecGroup([gate, up], glu=(act, glu))
+    assert group.fused is not None
+    with device.recorder() as rec:
+        group.record(rec, 1)
+    out = read_f32(device, bufs[2], H)
+    g, u = x[0].astype(np.float64) @ wg_.T, x[0].astype(np.float64) @ wu.T
+    if act == "silu":
+        ref = g / (1 + np.exp(-g)) * u
+    else:
+        ref = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3))) * u
+    scale = (np.abs(x[0]) @ np.abs(wg_).T) * (np.abs(x[0]) @ np.abs(wu).T) + 1e-30
+    assert (np.abs(out - ref) / scale).max() < TOL
