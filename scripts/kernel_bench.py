@@ -85,6 +85,13 @@ lin = Linear(dev, w, matvec=MatvecTiling(64, 4, True))
 xb, yb = dev.create_buffer(64 * 4), dev.create_buffer(64 * 4)
 b = lin.bind(xb, yb)
 emit(kind="floor", us=round(1e6 * time_dispatches(lambda rec: b.record(rec, 1), REPS), 2))
+rec = dev.recorder()  # the host's side: Python recording one dispatch (set pipeline, bind group, dispatch)
+t = time.perf_counter()
+for _ in range(REPS):
+    b.record(rec, 1)
+emit(kind="record_host", us=round(1e6 * (time.perf_counter() - t) / REPS, 2))
+rec.submit()
+sync()
 
 for qtype in ("Q4_0", "Q4_K"):
     for n, k in SHAPES_8B + SHAPES_1B:
