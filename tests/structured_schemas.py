@@ -86,3 +86,18 @@ def spellings(value) -> list[str]:
     """JSON texts of one value in the layouts the grammar allows (compact, one space after : and ,)."""
     return [json.dumps(value, separators=(",", ":")), json.dumps(value),
             json.dumps(value, ensure_ascii=False, separators=(",", ":"))]
+
+
+def short_object_schemas():
+    """Objects of 1-3 properties whose values stay a few tokens long (for the real model, ~1 tok/s):
+    booleans, null, enums of short strings or small integers, strings of at most 4 characters."""
+    value = st.one_of(
+        st.just({"type": "boolean"}), st.just({"type": "null"}),
+        st.lists(st.sampled_from(["red", "green", "blue", "yes", "no"]), min_size=2, max_size=3, unique=True).map(
+            lambda v: {"enum": v}),
+        st.lists(st.integers(0, 9), min_size=2, max_size=4, unique=True).map(lambda v: {"type": "integer", "enum": v}),
+        st.just({"type": "string", "maxLength": 4}))
+    keys = st.sampled_from(["a", "ok", "color", "n", "x"])
+    return st.dictionaries(keys, value, min_size=1, max_size=3).flatmap(
+        lambda props: st.lists(st.sampled_from(sorted(props)), unique=True).map(
+            lambda req: {"type": "object", "properties": props, "required": req}))
