@@ -153,6 +153,46 @@
     return "";
   }
 
+  // Structured output and tools: catch malformed shapes here, with a message that says what to send
+  // (Python checks again, in depth: unsupported schema keywords, GBNF syntax, tool names).
+  function checkStructured(kind, body) {
+    const fail = (msg) => { throw new WebLLMError("RequestError", msg); };
+    const isObj = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+    const rf = body.response_format;
+    if (rf !== undefined && rf !== null) {
+      const types = ["text", "json_object", "json_schema", "grammar"];
+      if (!isObj(rf) || !types.includes(rf.type)) {
+        fail(`response_format must be {type: ${types.map((t) => `"${t}"`).join(" | ")}}, got ${JSON.stringify(rf)}.`);
+      }
+      if (rf.type === "json_schema") {
+        if (!isObj(rf.json_schema)) fail("response_format {type: \"json_schema\"} needs json_schema: {name, schema, strict?}.");
+        const sc = rf.json_schema.schema;
+        if (typeof sc === "string") fail("response_format.json_schema.schema must be a schema object, not a JSON string: pass JSON.parse(text).");
+        if (!isObj(sc) && typeof sc !== "boolean") fail("response_format.json_schema.schema must be a JSON schema object.");
+      }
+      if (rf.type === "grammar" && (typeof rf.grammar !== "string" || !rf.grammar.trim())) {
+        fail("response_format {type: \"grammar\"} needs grammar: a GBNF string with a `root ::= ...` rule.");
+      }
+    }
+    if (body.tools !== undefined && body.tools !== null) {
+      if (kind !== "chat") fail("tools belong to chat.completions.create, not completions.create.");
+      if (!Array.isArray(body.tools) || !body.tools.length) fail("tools must be a non-empty array of {type: \"function\", function: {name, description?, parameters?}}.");
+      body.tools.forEach((t, i) => {
+        if (!isObj(t) || !isObj(t.function) || typeof t.function.name !== "string" || !t.function.name) {
+          fail(`tools[${i}] must be {type: "function", function: {name, description?, parameters?}}.`);
+        }
+        if (t.function.parameters !== undefined && !isObj(t.function.parameters)) {
+          fail(`tools[${i}].function.parameters must be a JSON schema object.`);
+        }
+      });
+    }
+    const tc = body.tool_choice;
+    if (tc !== undefined && tc !== null && !["none", "auto", "required"].includes(tc)
+        && !(isObj(tc) && isObj(tc.function) && typeof tc.function.name === "string")) {
+      fail(`tool_choice must be "none", "auto", "required" or {type: "function", function: {name}}, got ${JSON.stringify(tc)}.`);
+    }
+  }
+
   class Engine {
     constructor(c, model) {
       this._c = c;
@@ -164,6 +204,7 @@
 
     async _generate(kind, req = {}) {
       const { signal, ...body } = req;
+      checkStructured(kind, body);
       await this._c.ready;
       if (!body.stream) {
         const { id, promise } = this._c.send(kind, body, { signal });
