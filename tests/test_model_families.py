@@ -154,15 +154,30 @@ def _adjacent_pairs(w, n_heads: int):
     return w.reshape(n_heads, 2, d // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
+def add_tokenizer(w) -> None:
+    """SmolLM2's tokenizer metadata (the tiny models use its vocabulary), copied into GGUFWriter `w`."""
+    from webllm_py.default_model import default_model_path
+    from webllm_py.formats.gguf import GGUFFile
+
+    for k, v in GGUFFile(str(default_model_path())).metadata.items():
+        if not k.startswith("tokenizer."):
+            continue
+        if isinstance(v, bool):
+            w.add_bool(k, v)
+        elif isinstance(v, int):
+            w.add_uint32(k, v)
+        elif isinstance(v, str):
+            w.add_string(k, v)
+        else:
+            w.add_array(k, list(v))
+
+
 def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with Q8_0-rounded experts)."""
     import shutil
 
     import gguf
     from safetensors.numpy import load_file, save_file
-
-    from webllm_py.default_model import default_model_path
-    from webllm_py.formats.gguf import GGUFFile
 
     with open(os.path.join(hf_dir, "config.json")) as f:
         c = json.load(f)
@@ -185,17 +200,7 @@ def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     w.add_expert_count(E)
     w.add_expert_used_count(c["num_experts_per_tok"])
     w.add_sliding_window(c["sliding_window"])
-    for k, v in GGUFFile(str(default_model_path())).metadata.items():
-        if not k.startswith("tokenizer."):
-            continue
-        if isinstance(v, bool):
-            w.add_bool(k, v)
-        elif isinstance(v, int):
-            w.add_uint32(k, v)
-        elif isinstance(v, str):
-            w.add_string(k, v)
-        else:
-            w.add_array(k, list(v))
+    add_tokenizer(w)
 
     ref = dict(t)
     w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"])
@@ -249,6 +254,111 @@ def test_gguf_mixtral_matches_transformers(mixtral_gguf):
     """Q8_0 experts read through their stacked tensor: logits after a 3-chunk prompt and 16 greedy
     tokens agree with transformers running the same (Q8_0-rounded) weights."""
     engine, ref_dir = mixtral_gguf
+    ids = prompt(ref_dir, LONG)
+    ref_tokens, ref_logits = hf_greedy(ref_dir, ids, N_GREEDY)
+    ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
+    assert np.abs(ours - ref_logits).max() <= LOGIT_RTOL * np.abs(ref_logits).max()
+    assert min(hf_margins(ref_dir, ids, N_GREEDY)) > 2 * LOGIT_RTOL
+    _, toks = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
+                                          ignore_eos=True))
+    assert toks == ref_tokens
+
+
+# -- GGUF: Phi-2 as llama.cpp writes it ----------------------------------------------------------------
+# Architecture "phi2": Q, K and V fused into one attn_qkv matrix and bias (llama.cpp's Phi-2 files), stored
+# Q8_0 (the engine splits the quantized rows at upload); fc1 as ffn_up in Q8_0, fc2 as ffn_down in F16;
+# LayerNorm weights and biases, q/k norms and the head's bias in F32; rope.dimension_count = the rotary part.
+
+def phi2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
+    """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
+    import shutil
+
+    import gguf
+    from safetensors.numpy import load_file, save_file
+
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        c = json.load(f)
+    t = load_file(os.path.join(hf_dir, "model.safetensors"))
+    L, H, KV, D = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
+    rot = int(D // H * c["rope_parameters"]["partial_rotary_factor"])
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    path = os.path.join(out_dir, "phi2.gguf")
+    w = gguf.GGUFWriter(path, "phi2")
+    w.add_block_count(L)
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    w.add_layer_norm_eps(c["layer_norm_eps"])
+    w.add_rope_dimension_count(rot)
+    w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
+    add_tokenizer(w)
+
+    ref = dict(t)
+
+    def put(name: str, arr, kind: str = "f32"):
+        """Add `arr` in `kind` (f32, f16, q8_0); return the values as stored."""
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if kind == "q8_0":
+            q = gguf.quants.quantize(arr, q8)
+            w.add_tensor(name, q, raw_dtype=q8)
+            return gguf.quants.dequantize(q, q8).reshape(arr.shape)
+        if kind == "f16":
+            w.add_tensor(name, arr.astype(np.float16))
+            return arr.astype(np.float16).astype(np.float32)
+        w.add_tensor(name, arr)
+        return arr
+
+    put("token_embd.weight", t["model.embed_tokens.weight"])
+    for suffix in ("weight", "bias"):
+        put(f"output_norm.{suffix}", t[f"model.final_layernorm.{suffix}"])
+        put(f"output.{suffix}", t[f"lm_head.{suffix}"])
+    for i in range(L):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        for suffix in ("weight", "bias"):
+            put(f"blk.{i}.attn_norm.{suffix}", t[p + f"input_layernorm.{suffix}"])
+            put(f"blk.{i}.attn_q_norm.{suffix}", t[a + f"q_layernorm.{suffix}"])
+            put(f"blk.{i}.attn_k_norm.{suffix}", t[a + f"k_layernorm.{suffix}"])
+            put(f"blk.{i}.attn_output.{suffix}", t[a + f"dense.{suffix}"])
+        parts = [a + f"{x}_proj.weight" for x in "qkv"]
+        qkv = put(f"blk.{i}.attn_qkv.weight", np.concatenate([t[n] for n in parts]), "q8_0")
+        put(f"blk.{i}.attn_qkv.bias", np.concatenate([t[a + f"{x}_proj.bias"] for x in "qkv"]))
+        r = 0
+        for n in parts:
+            ref[n] = np.ascontiguousarray(qkv[r:r + t[n].shape[0]])
+            r += t[n].shape[0]
+        ref[p + "mlp.fc1.weight"] = put(f"blk.{i}.ffn_up.weight", t[p + "mlp.fc1.weight"], "q8_0")
+        ref[p + "mlp.fc2.weight"] = put(f"blk.{i}.ffn_down.weight", t[p + "mlp.fc2.weight"], "f16")
+        put(f"blk.{i}.ffn_up.bias", t[p + "mlp.fc1.bias"])
+        put(f"blk.{i}.ffn_down.bias", t[p + "mlp.fc2.bias"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    ref_dir = os.path.join(out_dir, "phi2-gguf-reference")
+    shutil.copytree(hf_dir, ref_dir)
+    save_file(ref, os.path.join(ref_dir, "model.safetensors"), metadata={"format": "pt"})
+    return path, ref_dir
+
+
+@pytest.fixture(scope="module")
+def phi2_gguf(models_dir, tmp_path_factory, device):
+    path, ref_dir = phi2_to_gguf(models_dir["phi2"], str(tmp_path_factory.mktemp("gguf_phi2")))
+    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    yield engine, ref_dir
+    engine.unload()
+
+
+def test_gguf_phi2_matches_transformers(phi2_gguf):
+    """Fused Q8_0 attn_qkv split at upload, partial rotary from rope.dimension_count, LayerNorm eps
+    from attention.layer_norm_epsilon: logits and 16 greedy tokens as transformers on the same values."""
+    engine, ref_dir = phi2_gguf
+    cfg = engine.config
+    assert (cfg.arch, cfg.rot_dim, cfg.parallel_residual, cfg.qk_norm, cfg.activation, cfg.rope_pairs) == (
+        "phi2", 16, True, True, "gelu_tanh", "halves")
     ids = prompt(ref_dir, LONG)
     ref_tokens, ref_logits = hf_greedy(ref_dir, ids, N_GREEDY)
     ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]

@@ -47,9 +47,9 @@ class Phi2Layer:
         self.attn_norm = self.norm("attn_norm").bind(s.x, s.h, s.step)
         # With q/k norms the projections land in scratch rows `raw` and the norms write q and k.
         q_out, k_out = raw if cfg.qk_norm else (s.q, s.k)
-        self.wq = self.linear("attn_q", s.h, q_out)
-        self.wk = self.linear("attn_k", s.h, k_out)
-        self.wv = self.linear("attn_v", s.h, s.v)
+        self.wq = self.projection("attn_q", q_out)
+        self.wk = self.projection("attn_k", k_out)
+        self.wv = self.projection("attn_v", s.v)
         self.qk_norms = []
         if cfg.qk_norm:
             for name, src, dst, heads in (("attn_q_norm", q_out, s.q, cfg.n_heads), ("attn_k_norm", k_out, s.k, cfg.n_kv_heads)):
@@ -69,6 +69,19 @@ class Phi2Layer:
         blk = f"blk.{self.i}.{name}"
         return Linear(self.device, self.w.matrix(blk + ".weight"), self.w.bias(blk + ".bias")).bind(
             x, y, self.s.step, accumulate=accumulate)
+
+    def projection(self, name: str, y: Buffer):
+        """y = h W + b for name in attn_q/k/v. llama.cpp's Phi-2 files hold the three as one fused
+        `attn_qkv` matrix [q_dim + 2 kv_dim, dim] (and bias): its rows are split at upload."""
+        cfg, w, i = self.cfg, self.w, self.i
+        fused = f"blk.{i}.attn_qkv"
+        if not w.has(fused + ".weight"):
+            return self.linear(name, self.s.h, y)
+        q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        r0, r1 = {"attn_q": (0, q), "attn_k": (q, q + kv), "attn_v": (q + kv, q + 2 * kv)}[name]
+        weight = w.row_slice(fused + ".weight", r0, r1, f"blk.{i}.{name}.weight")
+        bias = w.row_slice(fused + ".bias", r0, r1, f"blk.{i}.{name}.bias") if w.has(fused + ".bias") else None
+        return Linear(self.device, weight, bias).bind(self.s.h, y, self.s.step)
 
     def feed_forward(self) -> list:
         """x += gelu_tanh(h W1 + b1) W2 + b2, reading the h the attention read."""

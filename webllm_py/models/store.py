@@ -143,6 +143,29 @@ class WeightStore:
     def has(self, name: str) -> bool:
         return name in self.tensors
 
+    def row_slice(self, name: str, r0: int, r1: int, label: str) -> GPUTensor:
+        """Rows [r0, r1) of a matrix, or elements [r0, r1) of a bias vector (as f32), as a tensor of
+        their own: llama.cpp's fused Phi-2 attn_qkv split into Q, K and V at upload."""
+        if label not in self._cache:
+            info = self._info(name)
+            if len(info.shape) == 1:
+                key = name + "#f32"
+                if key not in self._cache:
+                    self._cache[key] = self._vector_bytes(name)
+                data = self._cache[key][4 * r0:4 * r1]
+                self._cache[label] = GPUTensor(self.device.buffer_from(data, label), GGMLType.F32, (r1 - r0,), label)
+            else:
+                rows = info.hf_shape[0]
+                row_bytes = info.nbytes // rows
+                if not 0 <= r0 < r1 <= rows:
+                    raise ModelFormatError(f"tensor '{name}' has {rows} rows; cannot take rows {r0}..{r1}")
+                shape = (info.shape[0], r1 - r0) if info.ne_first else (r1 - r0, *info.shape[1:])
+                part = TensorInfo(label, shape, info.ggml_type, info.offset + r0 * row_bytes, (r1 - r0) * row_bytes,
+                                  info.ne_first, info.source)
+                self._cache[label] = upload_tensor(self.device, info.source, part)
+                self._progress(part)
+        return self._cache[label]
+
     def bias(self, name: str) -> GPUTensor | None:
         """A linear layer's bias as an f32 GPUTensor (kernels read bias[] as f32, whatever the
         checkpoint stores), or None if the model has none."""
