@@ -101,3 +101,42 @@ def test_fused_gate_up(device, qtype, act):
         ref = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3))) * u
     scale = (np.abs(x[0]) @ np.abs(wg_).T) * (np.abs(x[0]) @ np.abs(wu).T) + 1e-30
     assert (np.abs(out - ref) / scale).max() < TOL
+
+
+@pytest.mark.parametrize("qtype,glu", [("Q4_0", None), ("Q4_K", "silu")])
+def test_rmsnorm_folded_in(device, qtype, glu):
+    """MatvecGroup(norm=...) reads the residual and normalises on the way: equals
+    W @ (x / rms(x) * (w + offset)) from numpy; the norm's own dispatch is skipped for one token."""
+    from webllm_py.ops import RMSNorm
+    rng = np.random.default_rng(10)
+    K, eps, offset = 512, 1e-5, 1.0
+    parts = (24, 24) if glu else (24, 8, 8)
+    x = (rng.standard_normal((1, K)) * 3).astype(np.float32)
+    nw = rng.standard_normal(K).astype(np.float32)
+    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * (nw + offset)
+    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
+    step = device.buffer_from(struct.pack("<II", 0, 1))
+    norm = RMSNorm(device, f32_buffer(device, nw), K, eps, weight_offset=offset, wg=64).bind(xb, hb, step)
+    bounds, ws, ys = [], [], []
+    for n in parts:
+        raw, w = make_weight(qtype, n, K, rng)
+        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
+        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=MatvecTiling(64, 4, True)).bind(hb, yb))
+        ws.append(w)
+        ys.append(yb)
+    out = f32_buffer(device, np.zeros(parts[0], np.float32))
+    glu_op = ("silu", GLU(device, parts[0], "silu").bind(ys[0], ys[1], out, step)) if glu else None
+    group = MatvecGroup(bounds, glu=glu_op, norm=norm)
+    assert group.fused is not None and norm.absorbed
+    with device.recorder() as rec:
+        norm.record(rec, 1)  # skipped: folded into the group's dispatch
+        group.record(rec, 1)
+    assert np.isnan(read_f32(device, hb, K)).all()
+    if glu:
+        g, u = h[0] @ ws[0].T, h[0] @ ws[1].T
+        ref = g * 0.5 * (1 + np.tanh(g / 2)) * u  # silu, with the sigmoid written without overflow
+        scale = (np.abs(h[0]) @ np.abs(ws[0]).T) * (np.abs(h[0]) @ np.abs(ws[1]).T)
+        assert (np.abs(read_f32(device, out, parts[0]) - ref) / scale).max() < TOL
+    else:
+        for n, w, yb in zip(parts, ws, ys):
+            assert scaled_error(read_f32(device, yb, n)[None], h, w) < TOL

@@ -36,7 +36,8 @@ def _prefill_tiles(head_dim: int, group: int, limits: dict) -> tuple[int, int]:
 class PagedAttention:
     def __init__(self, device: Device, cache: PagedKVCache, n_heads: int, n_kv_heads: int, head_dim: int,
                  max_tokens: int, sliding_window: int | None = None, scale: float | None = None,
-                 softcap: float | None = None, decode_wg: int | None = None, decode_splits: int | None = None) -> None:
+                 softcap: float | None = None, decode_wg: int | None = None, decode_splits: int | None = None,
+                 decode_full_chunks: bool | None = None) -> None:
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if (cache.n_kv_heads, cache.head_dim) != (n_kv_heads, head_dim):
@@ -63,7 +64,9 @@ class PagedAttention:
         self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
             k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16")})
         self.decode = device.kernel("attention_decode", label="attention_decode", wg=decode_wg,
-                                    splits=self.splits, **attn)
+                                    splits=self.splits,
+                                    full_chunks=not device.info.is_fallback if decode_full_chunks is None else decode_full_chunks,
+                                    **attn)
         self.combine = None
         if self.splits > 1:
             self.combine = device.kernel("attention_combine", label="attention_combine", n_heads=n_heads,

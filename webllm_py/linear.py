@@ -119,14 +119,16 @@ class Linear:
             self._kernels[(kind, accumulate)] = k
         return k
 
-    def q4_kernel(self, parts: list[int], accumulate: bool, glu: str | None = None) -> Any:
-        """matvec_q4 for this layer's type and K over matrices of `parts` rows (see MatvecGroup)."""
+    def q4_kernel(self, parts: list[int], accumulate: bool, glu: str | None = None, norm: Any = None) -> Any:
+        """matvec_q4 for this layer's type and K over matrices of `parts` rows (see MatvecGroup);
+        norm: an ops.RMSNorm applied to x on the way in."""
+        nparams = dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         t = self.matvec_tiling
         wg = min(t.wg, 1 << max(0, (self.K // 64 - 1).bit_length()))  # no more threads than units
         return self.device.kernel("matvec_q4", label=f"matvec_q4 {self.weight.name}", wg=wg, rows=t.rows,
                                   subgroups=self._subgroups, qtype=self.weight.ggml_type.name,
                                   K=self.K, parts=list(parts), row_bytes=self._params["row_bytes"],
-                                  accumulate=accumulate, glu=glu)
+                                  accumulate=accumulate, glu=glu, **nparams)
 
     def bind(self, x: Any, y: Any, params: Any | None = None, accumulate: bool = False) -> "BoundLinear":
         """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
@@ -166,9 +168,14 @@ class MatvecGroup:
 
         MatvecGroup([wq, wk, wv])                      # y_q, y_k, y_v in one dispatch
         MatvecGroup([w_gate, w_up], glu=("silu", op))  # op: the ops.GLU Bound it replaces
+        MatvecGroup([wq, wk, wv], norm=attn_norm)      # attn_norm: the ops.RMSNorm Bound writing x
+
+    With `norm`, the fused dispatch reads the norm's input and normalises on the way (the norm's
+    own dispatch is then skipped for single tokens: it marks itself `absorbed`); the layer still
+    records the norm first, as before, and it runs for prefill.
     """
 
-    def __init__(self, members: list["BoundLinear"], glu: tuple[str, Any] | None = None) -> None:
+    def __init__(self, members: list["BoundLinear"], glu: tuple[str, Any] | None = None, norm: Any = None) -> None:
         self.members, self.glu = members, glu
         lins = [b.linear for b in members]
         first = lins[0]
@@ -178,12 +185,19 @@ class MatvecGroup:
               and len({(l.weight.ggml_type, l.K, l.matvec_tiling, l._subgroups) for l in lins}) == 1
               and len({id(bb[1]) for bb in bufs}) == 1 and 1 <= len(lins) <= 3
               and (glu is None or (len(lins) == 2 and lins[0].N == lins[1].N)))
+        # a norm folds in when it is a plain RMSNorm of one row per token writing this x
+        rms = getattr(norm, "norm", None)
+        nbufs = norm.bind_group.buffers if rms is not None else ()
+        fold = rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
         if ok:
             parts = [l.N for l in lins]
             act, glu_op = glu if glu else (None, None)
             outs = [glu_op.bind_group.buffers[2]] if glu else [bb[2] for bb in bufs]
-            k = first.q4_kernel(parts, False, glu=act)
-            self.fused = first.device.bind(k, [l.weight.buffer for l in lins] + [bufs[0][1]] + outs)
+            k = first.q4_kernel(parts, False, glu=act, norm=rms if fold else None)
+            ins = [nbufs[0], nbufs[1]] if fold else [bufs[0][1]]
+            self.fused = first.device.bind(k, [l.weight.buffer for l in lins] + ins + outs)
+            if fold:
+                norm.absorbed = True
             rows = first.matvec_tiling.rows
             self.groups = -(-parts[0] // rows) if glu else sum(-(-n // rows) for n in parts)
 

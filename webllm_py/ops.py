@@ -18,8 +18,12 @@ class Bound:
     items_per_token: int
     items_per_group: int = 1
     fixed: int = 0
+    norm: "RMSNorm | None" = None  # a plain RMSNorm (one row per token, y = ...) a matvec may fold in
+    absorbed: bool = False         # single tokens: a fused dispatch does this op's work (MatvecGroup)
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
+        if self.absorbed and n_tokens == 1:
+            return
         x = self.fixed or -(-n_tokens * self.items_per_token // self.items_per_group)
         rec.dispatch(self.bind_group, max(1, x))
 
@@ -36,7 +40,8 @@ class RMSNorm:
         """rows_per_token > 1 normalises each of a token's rows of `dim` separately (per-head norms)."""
         k = self.device.kernel("rmsnorm", last_only=last_only, rows_per_token=rows_per_token, **self.params)
         bg = self.device.bind(k, [x, self.weight, y, step])
-        return Bound(bg, rows_per_token, fixed=1 if last_only else 0)
+        plain = not last_only and rows_per_token == 1
+        return Bound(bg, rows_per_token, fixed=1 if last_only else 0, norm=self if plain else None)
 
 
 
