@@ -2,7 +2,7 @@
 # Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
 # with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
-#   scripts/device_bench.sh [full|kernels|dev]   (kernels: scripts/kernel_bench.py; dev: that + profiles)
+#   scripts/device_bench.sh [full|kernels|profile|dev]   (kernels: scripts/kernel_bench.py; dev: that + profiles)
 set -u
 OUT=${OUT:-.}
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -20,6 +20,12 @@ mode=${1:-full}
 if [ "$mode" = kernels ] || [ "$mode" = dev ]; then
     echo "+ python scripts/kernel_bench.py"
     timeout 240 python3 scripts/kernel_bench.py 2>"$OUT/kernel_err.txt" | tee "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
+fi
+if [ "$mode" = profile ]; then  # in-model: with and without subgroups
+    bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 --profile --subgroups
+    bench --shape llama-3.2-1b --quant Q4_0 --decode-tokens 64 --profile --subgroups
+    bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64
+    bench --shape llama-3.2-1b --quant Q4_0 --decode-tokens 64
 fi
 if [ "$mode" = dev ]; then  # the profile runs used while tuning
     bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 --profile --subgroups
