@@ -187,3 +187,34 @@ def test_smollm2_slowdown(smol, monkeypatch, capsys):
               f"{st_con['completion_tokens']} tokens ({per_token_ms:.2f} ms/token, first visit of each state "
               f"included), decode {stats.decode_seconds:.2f} s")
     assert spent[0] < 0.25 * stats.decode_seconds
+
+
+def test_tiny_model_tool_calls_streamed_and_not(tiny):
+    from .test_structured_tools import CHATML, TOOLS
+    tiny.engine.tokenizer.chat_template = CHATML  # the random checkpoint ships none; plain ChatML: the fallback prompt
+    params = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    msgs = [{"role": "user", "content": "Add 1 and 2."}]
+    r = run(tiny.chat.completions.create(messages=msgs, tools=TOOLS, tool_choice="required", temperature=1.0, seed=1,
+                                         max_tokens=200))
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None, choice
+    (call,) = choice["message"]["tool_calls"]
+    jsonschema.validate(json.loads(call["function"]["arguments"]), params[call["function"]["name"]])
+
+    async def stream():
+        return [c async for c in tiny.chat.completions.create(
+            messages=msgs, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "add"}},
+            temperature=1.0, seed=2, max_tokens=200, stream=True)]
+    chunks = run(stream())
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    calls = [tc for d in deltas for tc in d.get("tool_calls", [])]
+    assert len(calls) == 1 and calls[0]["index"] == 0 and calls[0]["function"]["name"] == "add"
+    jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), params["add"])
+    assert not any(d.get("content") for d in deltas)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+    # tool_choice "auto": the random model writes whatever it likes; the reply is one shape or the other.
+    r = run(tiny.chat.completions.create(messages=msgs, tools=TOOLS, temperature=1.0, seed=3, max_tokens=8))
+    m = r["choices"][0]["message"]
+    assert (r["choices"][0]["finish_reason"] == "tool_calls") == ("tool_calls" in m)
+    assert isinstance(m["content"], str) or m.get("tool_calls")

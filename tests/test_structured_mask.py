@@ -41,15 +41,18 @@ def brute_force(matcher: Matcher, state, vocab: list[bytes], eos_ids) -> set[int
 @given(st.data(), object_schemas(small=True), vocab_strategy())
 def test_mask_equals_brute_force_small_vocab(data, schema, vocab):
     vocab = [b""] + vocab  # id 0: EOS (no bytes)
-    m = Matcher(Grammar.from_gbnf(schema_to_gbnf(schema)))
     trie = TokenTrie(vocab, [EOS])
     text = spellings(data.draw(instances(schema)))[1].encode()
-    for cut in sorted(data.draw(st.lists(st.integers(0, len(text)), min_size=1, max_size=5))) + [len(text)]:
-        state = m.feed(m.initial, text[:cut])
-        assert state is not None
-        got = set(mask_ids(allowed_mask(trie, m, state)))
-        assert got == brute_force(m, state, vocab, [EOS]), (schema, text[:cut])
-        assert allowed_mask(trie, m, state) is state.mask  # cached on the state
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), min_size=1, max_size=5))) + [len(text)]
+    # The schema's grammar (bounded strings) and generic JSON (unbounded strings: the walk's shortcut
+    # over bytes on which the state loops).
+    for m in (Matcher(Grammar.from_gbnf(schema_to_gbnf(schema))), Matcher(Grammar.from_gbnf(JSON_OBJECT_GBNF))):
+        for cut in cuts:
+            state = m.feed(m.initial, text[:cut])
+            assert state is not None
+            got = set(mask_ids(allowed_mask(trie, m, state)))
+            assert got == brute_force(m, state, vocab, [EOS]), (schema, text[:cut])
+            assert allowed_mask(trie, m, state) is state.mask  # cached on the state
 
 
 def _hf_token_bytes(path) -> list[bytes]:

@@ -20,7 +20,14 @@ _TRIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class TokenTrie:
-    """Trie of token bytes. A node is [token ids ending here, {byte: child node}]."""
+    """Trie of token bytes. A node is [token ids ending here, {byte: child node}, bytes used below it (an
+    int bitset), start, end]: order[start:end] are the ids of every token strictly below the node.
+
+    The last three serve a shortcut of the walk: inside free text a state loops on most bytes (a JSON
+    string stays a string on any plain character), and when every byte below a node loops, every
+    token below is allowed without visiting it. That turns a walk over most of the vocabulary into
+    one over the tokens with a quote, backslash or non-ASCII byte.
+    """
 
     def __init__(self, token_bytes: list[bytes], eos_ids, vocab_size: int | None = None):
         self.vocab_size = vocab_size or len(token_bytes)
@@ -37,6 +44,28 @@ class TokenTrie:
                     nxt = kids[b] = [[], {}]
                 node = nxt
             node[0].append(tid)
+        self.order: list[int] = []
+        self._index()
+
+    def _index(self) -> None:
+        order = self.order
+        self.root += [0, 0, 0]
+        stack = [(self.root, False)]
+        while stack:
+            node, post = stack.pop()
+            if not post:
+                order.extend(node[0])
+                if len(node) == 2:
+                    node += [0, 0, 0]
+                node[3] = len(order)
+                stack.append((node, True))
+                stack.extend((child, False) for child in node[1].values())
+            else:
+                node[4] = len(order)
+                bits = 0
+                for b, child in node[1].items():
+                    bits |= (1 << b) | child[2]
+                node[2] = bits
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> "TokenTrie":
@@ -51,7 +80,7 @@ class TokenTrie:
     def allowed_ids(self, matcher: Matcher, state: State) -> list[int]:
         """Ids of the tokens whose bytes `state` accepts as a continuation (EOS not included)."""
         out: list[int] = []
-        step = matcher.step
+        step, order = matcher.step, self.order
         todo = [(self.root[1], state)]
         pop, push, extend = todo.pop, todo.append, out.extend
         while todo:
@@ -66,6 +95,13 @@ class TokenTrie:
                 if node[0]:
                     extend(node[0])
                 if node[1]:
+                    if nxt is st:  # the state loops on this byte: maybe on every byte below, too
+                        loop = st.loop
+                        if loop is None:
+                            loop = st.loop = sum(1 << c for c in range(256) if step(st, c) is st)
+                        if not node[2] & ~loop:
+                            extend(order[node[3]:node[4]])
+                            continue
                     push((node[1], nxt))
         return out
 
