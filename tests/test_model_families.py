@@ -10,6 +10,7 @@ prefill chunk routes on its own) plus its sliding window; Mistral's sliding wind
 prompt, so prefill chunks, the decode path and the paged cache all cut the window.
 """
 import asyncio
+import functools
 import json
 import os
 
@@ -172,18 +173,46 @@ def add_tokenizer(w) -> None:
             w.add_array(k, list(v))
 
 
-def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
-    """(GGUF path, Hugging Face reference dir with Q8_0-rounded experts)."""
+def put_tensor(w, name: str, arr, kind: str = "f32"):
+    """Add `arr` to GGUFWriter `w` as `kind` (f32, f16, q8_0); return the values as stored."""
+    import gguf
+
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if kind == "q8_0":
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        q = gguf.quants.quantize(arr, q8)
+        w.add_tensor(name, q, raw_dtype=q8)
+        return gguf.quants.dequantize(q, q8).reshape(arr.shape)
+    if kind == "f16":
+        w.add_tensor(name, arr.astype(np.float16))
+        return arr.astype(np.float16).astype(np.float32)
+    w.add_tensor(name, arr)
+    return arr
+
+
+def finish_gguf(w, hf_dir: str, ref: dict, ref_dir: str) -> None:
+    """Write out GGUFWriter `w`, and the reference: `hf_dir` with the weights `ref` (as stored in the GGUF)."""
     import shutil
 
+    from safetensors.numpy import save_file
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    shutil.copytree(hf_dir, ref_dir)
+    save_file(ref, os.path.join(ref_dir, "model.safetensors"), metadata={"format": "pt"})
+
+
+def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
+    """(GGUF path, Hugging Face reference dir with Q8_0-rounded experts)."""
     import gguf
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     with open(os.path.join(hf_dir, "config.json")) as f:
         c = json.load(f)
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     L, E, H, KV = c["num_hidden_layers"], c["num_local_experts"], c["num_attention_heads"], c["num_key_value_heads"]
-    q8 = gguf.GGMLQuantizationType.Q8_0
     path = os.path.join(out_dir, "mixtral-4x2.gguf")
     w = gguf.GGUFWriter(path, "llama")
     w.add_block_count(L)
@@ -217,20 +246,11 @@ def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
         w.add_tensor(f"blk.{i}.ffn_gate_inp.weight", t[p + "block_sparse_moe.gate.weight"])
         for gg, hf in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
             names = [f"{p}block_sparse_moe.experts.{e}.{hf}.weight" for e in range(E)]
-            stacked = np.stack([t[n] for n in names]).astype(np.float32)
-            q = gguf.quants.quantize(stacked, q8)
-            w.add_tensor(f"blk.{i}.ffn_{gg}_exps.weight", q, raw_dtype=q8)
-            rounded = gguf.quants.dequantize(q, q8).reshape(stacked.shape)
+            stored = put_tensor(w, f"blk.{i}.ffn_{gg}_exps.weight", np.stack([t[n] for n in names]), "q8_0")
             for e, n in enumerate(names):
-                ref[n] = np.ascontiguousarray(rounded[e])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
+                ref[n] = np.ascontiguousarray(stored[e])
     ref_dir = os.path.join(out_dir, "mixtral-4x2-q8-reference")
-    shutil.copytree(hf_dir, ref_dir)
-    save_file(ref, os.path.join(ref_dir, "model.safetensors"), metadata={"format": "pt"})
+    finish_gguf(w, hf_dir, ref, ref_dir)
     return path, ref_dir
 
 
@@ -271,17 +291,14 @@ def test_gguf_mixtral_matches_transformers(mixtral_gguf):
 
 def phi2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
-    import shutil
-
     import gguf
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     with open(os.path.join(hf_dir, "config.json")) as f:
         c = json.load(f)
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     L, H, KV, D = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
     rot = int(D // H * c["rope_parameters"]["partial_rotary_factor"])
-    q8 = gguf.GGMLQuantizationType.Q8_0
     path = os.path.join(out_dir, "phi2.gguf")
     w = gguf.GGUFWriter(path, "phi2")
     w.add_block_count(L)
@@ -296,19 +313,7 @@ def phi2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     add_tokenizer(w)
 
     ref = dict(t)
-
-    def put(name: str, arr, kind: str = "f32"):
-        """Add `arr` in `kind` (f32, f16, q8_0); return the values as stored."""
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if kind == "q8_0":
-            q = gguf.quants.quantize(arr, q8)
-            w.add_tensor(name, q, raw_dtype=q8)
-            return gguf.quants.dequantize(q, q8).reshape(arr.shape)
-        if kind == "f16":
-            w.add_tensor(name, arr.astype(np.float16))
-            return arr.astype(np.float16).astype(np.float32)
-        w.add_tensor(name, arr)
-        return arr
+    put = functools.partial(put_tensor, w)
 
     put("token_embd.weight", t["model.embed_tokens.weight"])
     for suffix in ("weight", "bias"):
@@ -333,14 +338,8 @@ def phi2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
         ref[p + "mlp.fc2.weight"] = put(f"blk.{i}.ffn_down.weight", t[p + "mlp.fc2.weight"], "f16")
         put(f"blk.{i}.ffn_up.bias", t[p + "mlp.fc1.bias"])
         put(f"blk.{i}.ffn_down.bias", t[p + "mlp.fc2.bias"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
     ref_dir = os.path.join(out_dir, "phi2-gguf-reference")
-    shutil.copytree(hf_dir, ref_dir)
-    save_file(ref, os.path.join(ref_dir, "model.safetensors"), metadata={"format": "pt"})
+    finish_gguf(w, hf_dir, ref, ref_dir)
     return path, ref_dir
 
 
@@ -367,3 +366,75 @@ def test_gguf_phi2_matches_transformers(phi2_gguf):
     _, toks = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
                                           ignore_eos=True))
     assert toks == ref_tokens
+
+
+# -- GGUF: StableLM as llama.cpp writes it ----------------------------------------------------------------
+# Architecture "stablelm": per-head q/k norm weights stacked into one [n_heads, head_dim] tensor,
+# stablelm.use_parallel_residual, LayerNorm biases, QKV biases; Q8_0 projections, F16 MLP.
+
+def stablelm_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
+    """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
+    import gguf
+    from safetensors.torch import load_file as load_torch
+
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        c = json.load(f)
+
+    # BF16 checkpoint: numpy has no bfloat16, so read through torch and widen (exact).
+    t = {k: v.float().numpy() for k, v in load_torch(os.path.join(hf_dir, "model.safetensors")).items()}
+    L, H, KV, D = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
+    path = os.path.join(out_dir, "stablelm.gguf")
+    w = gguf.GGUFWriter(path, "stablelm")
+    w.add_block_count(L)
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    w.add_layer_norm_eps(c["layer_norm_eps"])
+    w.add_rope_dimension_count(int(D // H * c["rope_parameters"]["partial_rotary_factor"]))
+    w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
+    w.add_parallel_residual(c["use_parallel_residual"])
+    add_tokenizer(w)
+    ref = dict(t)
+    put = functools.partial(put_tensor, w)
+    put("token_embd.weight", t["model.embed_tokens.weight"])
+    put("output_norm.weight", t["model.norm.weight"])
+    put("output_norm.bias", t["model.norm.bias"])
+    put("output.weight", t["lm_head.weight"])
+    for i in range(L):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        put(f"blk.{i}.attn_norm.weight", t[p + "input_layernorm.weight"])
+        put(f"blk.{i}.attn_norm.bias", t[p + "input_layernorm.bias"])
+        for x in "qkv":
+            ref[a + f"{x}_proj.weight"] = put(f"blk.{i}.attn_{x}.weight", t[a + f"{x}_proj.weight"], "q8_0")
+            put(f"blk.{i}.attn_{x}.bias", t[a + f"{x}_proj.bias"])
+        for x, n in (("q", H), ("k", KV)):
+            put(f"blk.{i}.attn_{x}_norm.weight", np.stack([t[a + f"{x}_layernorm.norms.{h}.weight"] for h in range(n)]))
+        put(f"blk.{i}.attn_output.weight", t[a + "o_proj.weight"])
+        for hf, gg in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
+            ref[p + f"mlp.{hf}.weight"] = put(f"blk.{i}.{gg}.weight", t[p + f"mlp.{hf}.weight"], "f16")
+    ref_dir = os.path.join(out_dir, "stablelm-gguf-reference")
+    finish_gguf(w, hf_dir, ref, ref_dir)
+    return path, ref_dir
+
+
+def test_gguf_stablelm_matches_transformers(models_dir, tmp_path, device):
+    """Stacked per-head q/k norms, parallel residual from stablelm.use_parallel_residual, partial rotary:
+    logits and 16 greedy tokens as transformers on the same values."""
+    path, ref_dir = stablelm_to_gguf(models_dir["stablelm-parallel"], str(tmp_path))
+    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    try:
+        cfg = engine.config
+        assert (cfg.arch, cfg.rot_dim, cfg.parallel_residual, cfg.qk_norm, cfg.qkv_bias) == ("stablelm", 8, True, True, True)
+        ids = prompt(ref_dir, LONG)
+        ref_tokens, ref_logits = hf_greedy(ref_dir, ids, N_GREEDY)
+        ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: cfg.vocab_size]
+        assert np.abs(ours - ref_logits).max() <= LOGIT_RTOL * np.abs(ref_logits).max()
+        assert min(hf_margins(ref_dir, ids, N_GREEDY)) > 2 * LOGIT_RTOL
+        _, toks = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
+                                              ignore_eos=True))
+        assert toks == ref_tokens
+    finally:
+        engine.unload()
