@@ -132,7 +132,7 @@ class Sampler:
         d = self.device
         return Bound(self,
                      d.bind(self.k_logits, [logits, self.z, self.partials, self.params_buf, self.counts, self.bias,
-                                                   self.mask]),
+                                            self.mask]),
                      d.bind(self.k_draw, [self.z, self.partials, self.params_buf, self.counts, self.cand, self.result]))
 
     def set_params(self, params: SamplingParams) -> None:
