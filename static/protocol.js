@@ -17,7 +17,7 @@ export const PROTOCOL = Object.freeze({
     load: { queued: true, payload: "{model: url, options}", result: "{model, ...engine info}",
             doc: "Download a model (with progress) and create the engine from its bytes." },
     chat: { queued: true, payload: "OpenAI chat.completions request", result: "completion, or {done: true} when streamed",
-            doc: "Chat completion; with stream: true each OpenAI chunk arrives as a `chunk`." },
+            doc: "Chat completion (response_format, tools, tool_choice included); with stream: true each OpenAI chunk arrives as a `chunk`." },
     completion: { queued: true, payload: "OpenAI completions request", result: "completion, or {done: true} when streamed",
                   doc: "Text completion; streaming as for chat." },
     abort: { queued: false, payload: "{target: id, mode: 'cancel' | 'interrupt'}", result: "{aborted: bool}",

@@ -9,8 +9,6 @@ has computed before (masks live on the matcher's states).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from ..errors import RequestError
 from .grammar import Grammar
 from .matcher import Matcher
@@ -24,16 +22,16 @@ class Constraint:
         self.tokenizer = tokenizer
         self.trie = TokenTrie.for_tokenizer(tokenizer)
         self.words = -(-(vocab_size or self.trie.vocab_size) // 32)
-        cache = self.trie.__dict__.setdefault("matchers", OrderedDict())
+        # Masks live on the matcher's states, so a matcher is only shared by requests with the same
+        # vocabulary and mask size: one cache per trie, keyed by mask size too. Least recently used goes.
+        cache = self.trie.matchers
         key = (gbnf, self.words)
-        m = cache.get(key)
+        m = cache.pop(key, None)
         if m is None:
             m = Matcher(Grammar.from_gbnf(gbnf))
-            cache[key] = m
-            while len(cache) > _MATCHERS_PER_TOKENIZER:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
+        cache[key] = m  # (re)inserted last: dicts keep insertion order
+        while len(cache) > _MATCHERS_PER_TOKENIZER:
+            del cache[next(iter(cache))]
         self.matcher = m
         self.state = m.initial
         self.text = bytearray()

@@ -46,6 +46,7 @@ class TokenTrie:
             node[0].append(tid)
         self.order: list[int] = []
         self._index()
+        self.matchers: dict = {}  # compiled grammars for this vocabulary (constraint.py keeps it small)
 
     def _index(self) -> None:
         order = self.order
@@ -118,8 +119,10 @@ def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | N
             ids.extend(trie.eos_ids)
         nbytes = 4 * (words if words is not None else -(-trie.vocab_size // 32))
         bits = bytearray(nbytes)
+        limit = 8 * nbytes  # a tokenizer may know more tokens than the model's logits have rows
         for t in ids:
-            bits[t >> 3] |= 1 << (t & 7)
+            if t < limit:
+                bits[t >> 3] |= 1 << (t & 7)
         m = state.mask = bytes(bits)
     return m
 
