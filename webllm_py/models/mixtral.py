@@ -62,16 +62,20 @@ def experts(w: WeightStore, i: int, name: str, n_experts: int) -> GPUTensor:
 
 
 class ExpertMatvec:
-    """y = x W_e^T for each token's chosen experts e (see shaders/moe_matvec.wgsl.j2)."""
+    """y = x W_e^T for each token's chosen experts e (see shaders/moe_matvec.wgsl.j2). split_k (one
+    workgroup per row, threads split K) suits GPUs; CPU adapters get one thread per row."""
 
-    def __init__(self, device: Device, weight: GPUTensor, top_k: int, combine: bool):
+    def __init__(self, device: Device, weight: GPUTensor, top_k: int, combine: bool, split_k: bool | None = None):
         self.device, self.weight, self.top_k, self.combine = device, weight, top_k, combine
         _, self.N, self.K = weight.shape
         if self.K % 4:
             raise ModelFormatError(f"expert weight '{weight.name}': in_features {self.K} is not a multiple of 4")
+        self.split_k = (not device.info.is_fallback) if split_k is None else split_k
+        if self.split_k and self.N > 65535:
+            raise ModelFormatError(f"expert weight '{weight.name}' has {self.N} rows, more than one grid dimension holds")
         self.kernel = device.kernel("moe_matvec", label=f"moe_matvec {weight.name}", K=self.K, N=self.N,
                                     row_bytes=row_nbytes(weight.ggml_type, self.K), qtype=weight.ggml_type.name,
-                                    top_k=top_k, combine=combine, wg=WG)
+                                    top_k=top_k, combine=combine, split_k=self.split_k, wg=WG)
 
     def bind(self, x: Buffer, y: Buffer, moe: MoEState) -> "BoundExperts":
         extra = [moe.weight] if self.combine else []
@@ -85,7 +89,8 @@ class BoundExperts:
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         op = self.op
-        rec.dispatch(self.bind_group, -(-op.N // WG), n_tokens, 1 if op.combine else op.top_k)
+        rows = op.N if op.split_k else -(-op.N // WG)
+        rec.dispatch(self.bind_group, rows, n_tokens, 1 if op.combine else op.top_k)
 
 
 class MixtralLayer(LlamaLayer):
