@@ -79,6 +79,57 @@ if QUICK:
 
 emit(adapter=dev.info.description.strip(), features=sorted(dev.features))
 
+ONLY = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]  # e.g. --only=attention,matmul,floor
+
+
+def want(part: str) -> bool:
+    return not ONLY or part in ONLY[0].split(",")
+
+
+def bench_attention():
+    """Decode attention's three dispatches at a 550-position context, 8B and 1B head layouts."""
+    import struct
+    from webllm_py.attention import PagedAttention
+    from webllm_py.kv_cache import PagedKVCache
+    n = 550
+    for label, nh, nkv, hd in (("8b", 32, 8, 128), ("1b", 32, 8, 64)):
+        cache = PagedKVCache(dev, 1, nkv, hd, block_size=16, num_blocks=64, dtype="f16")
+        cache.ensure(0, n)
+        step = dev.buffer_from(struct.pack("<2I", n - 1, 1))
+        table = dev.buffer_from(cache.table_bytes(0) + bytes(max(0, cache.table_buffer_size() - len(cache.table_bytes(0)))))
+        q, o = dev.create_buffer(nh * hd * 4), dev.create_buffer(nh * hd * 4)
+        k, v = dev.create_buffer(nkv * hd * 4), dev.create_buffer(nkv * hd * 4)
+        for wg, splits in ((32, 32), (32, 16), (64, 16), (32, 64), (16, 64)):
+            att = PagedAttention(dev, cache, nh, nkv, hd, 64, decode_wg=wg, decode_splits=splits)
+            b = att.bind(0, q, k, v, o, step, table)
+            kvw = time_dispatches(lambda rec: rec.dispatch(b.kv_write, -(-nkv * hd // 64)), REPS)
+            dec = time_dispatches(lambda rec: rec.dispatch(b.decode, nh, splits), REPS)
+            comb = time_dispatches(lambda rec: rec.dispatch(b.combine, nh), REPS) if b.combine else 0.0
+            allt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
+            emit(kind="attention", shape=label, positions=n, wg=wg, splits=splits, kv_write_us=round(kvw * 1e6, 2),
+                 decode_us=round(dec * 1e6, 2), combine_us=round(comb * 1e6, 2), all_us=round(allt * 1e6, 2))
+
+
+def bench_matmul():
+    """Prefill matmul tilings: GFLOP/s at a 128-token chunk."""
+    import struct
+    from webllm_py.linear import MatmulTiling
+    T = 128
+    params = dev.buffer_from(struct.pack("<2I", 0, T))
+    for qtype in ("Q4_0", "Q4_K"):
+        for n, k in (((256, 512),) if QUICK else ((4096, 4096), (14336, 4096), (2048, 8192))):
+            w, nb = weight(qtype, n, k)
+            xb, yb = dev.create_buffer(T * k * 4), dev.create_buffer(T * n * 4)
+            for tl in ((32, 32, 32, 4, 4), (64, 64, 32, 8, 8), (64, 64, 16, 8, 8), (64, 64, 32, 4, 4),
+                       (128, 64, 16, 8, 8), (64, 128, 16, 8, 8), (128, 128, 16, 8, 8), (64, 64, 16, 4, 8)):
+                lin = Linear(dev, w, matmul=MatmulTiling(*tl))
+                b = lin.bind(xb, yb, params)
+                dt = time_dispatches(lambda rec: b.record(rec, T), 5 if QUICK else 20)
+                emit(kind="matmul", qtype=qtype, T=T, N=n, K=k, tiling=tl, us=round(dt * 1e6, 1),
+                     gflops=round(2 * T * n * k / dt / 1e9, 1))
+            w.buffer.destroy()
+
+
 # per-dispatch floor: a tiny matvec
 w, nb = weight("Q4_0", 64, 64)
 lin = Linear(dev, w, matvec=MatvecTiling(64, 4, True))
@@ -93,7 +144,17 @@ emit(kind="record_host", us=round(1e6 * (time.perf_counter() - t) / REPS, 2))
 rec.submit()
 sync()
 
-for qtype in ("Q4_0", "Q4_K"):
+if want("floor"):  # an elementwise kernel over 64 numbers: all floor
+    import struct
+    from webllm_py.ops import GLU
+    bufs = [dev.create_buffer(256) for _ in range(3)]
+    g = GLU(dev, 64, "silu").bind(*bufs, dev.buffer_from(struct.pack("<2I", 0, 1)))
+    emit(kind="floor_glu", us=round(1e6 * time_dispatches(lambda rec: g.record(rec, 1), REPS), 2))
+if want("attention"):
+    bench_attention()
+if want("matmul"):
+    bench_matmul()
+for qtype in (("Q4_0", "Q4_K") if want("matvec") else ()):
     for n, k in SHAPES_8B + SHAPES_1B:
         w, nb = weight(qtype, n, k)
         xb, yb = dev.create_buffer(k * 4), dev.create_buffer(n * 4)
@@ -110,7 +171,7 @@ for qtype in ("Q4_0", "Q4_K"):
         w.buffer.destroy()
 
 # fused groups vs separate dispatches (8B and 1B layer shapes)
-for qtype in ("Q4_0", "Q4_K"):
+for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
     for dim, kv, hidden in ([(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]):
         for wg, rows, sg in ([(64, 4, True), (128, 4, True), (64, 2, True)] if not QUICK else [(32, 2, False)]):
             tiling = MatvecTiling(wg, rows, True)
