@@ -1,0 +1,136 @@
+"""Gemma, Gemma 2 and Gemma 3 (text) from Hugging Face safetensors directories, on the native backend,
+against transformers running the same directory: last-token logits within tolerance (prompts of one
+and of three prefill chunks) and greedy tokens identical.
+
+The models are tiny and random, built by transformers' own config classes (tests/hf_models.py writes
+them) with every feature of the family on: GeGLU, (1 + w) norms, sqrt(dim) embedding scale and the
+tied head everywhere; Gemma 2's sandwich norms, alternating local/global layers, query_pre_attn_scalar
+!= head_dim, attention and final logit softcaps; Gemma 3's per-head q/k norms, its own layer pattern,
+a local rope base and a linearly scaled global rope, and a final softcap. The sliding window (6) is
+shorter than the 20-token prompt, so prefill chunks, decode steps and the paged cache all cut it.
+"""
+import asyncio
+import json
+import os
+
+import numpy as np
+import pytest
+
+from webllm_py.engine import Engine
+from webllm_py.sampling import SamplingParams
+
+from .hf_models import Variant, build
+from .reference import hf_greedy, hf_model
+
+pytestmark = [pytest.mark.gpu]
+
+TEXT = ("The history of the printing press begins in Mainz, where Johannes Gutenberg combined movable "
+        "metal type with an oil-based ink around 1440.")
+PREFILL_CHUNK = 8
+LONG, SHORT = 20, 5   # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
+N_GREEDY = 16
+# |ours - transformers| <= LOGIT_RTOL * max|transformers|: our KV cache is f16 where transformers
+# keeps f32; the rest is f32 summation order.
+LOGIT_RTOL = 2.5e-3
+WINDOW = 6
+
+SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+             max_position_embeddings=256, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh")
+GEMMA_VARIANTS = [
+    # Gemma (1): GeGLU, (1 + w) norms, scaled embedding, tied head; full attention.
+    Variant("gemma", "gemma", "float32", tokenizer="mistral", seed=8,
+            config=dict(SHAPE, intermediate_size=160, num_hidden_layers=2, rope_theta=10000.0,
+                        hidden_act="gelu_pytorch_tanh")),
+    # Gemma 2: local, global, local; queries scaled by 48^-1/2 (head_dim 32); both softcaps bite.
+    Variant("gemma2-softcap", "gemma2", "bfloat16", tokenizer="mistral", seed=34,
+            config=dict(SHAPE, intermediate_size=128, num_hidden_layers=3, rope_theta=10000.0,
+                        sliding_window=WINDOW, query_pre_attn_scalar=48, attn_logit_softcapping=5.0,
+                        final_logit_softcapping=8.0)),
+    # Gemma 3: q/k norms; layers local, local, global, local; local rope base 10^4, global 10^6 scaled
+    # linearly by 4; queries scaled by 24^-1/2; a final softcap.
+    Variant("gemma3-local-global", "gemma3", "float32", tokenizer="mistral", seed=16,
+            config=dict(SHAPE, intermediate_size=128, num_hidden_layers=4, sliding_window=WINDOW,
+                        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+                        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                         "full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                            "rope_theta": 1000000.0}},
+                        query_pre_attn_scalar=24, final_logit_softcapping=10.0)),
+]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gemma_models")
+    return {v.name: build(v, d) for v in GEMMA_VARIANTS}
+
+
+@pytest.fixture(scope="module", params=GEMMA_VARIANTS, ids=[v.name for v in GEMMA_VARIANTS])
+def case(request, models_dir, device):
+    path = models_dir[request.param.name]
+    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    yield request.param, path, engine
+    engine.reset(0)
+    engine.unload()
+
+
+def prompt(path: str, n: int) -> list[int]:
+    ids = hf_model(path)[1](TEXT).input_ids
+    assert len(ids) >= n
+    return ids[:n]
+
+
+def hf_margins(path: str, ids: list[int], n: int) -> list[float]:
+    """Top-2 logit gap / max|logit| at each of transformers' n greedy steps after `ids`."""
+    import torch
+
+    model, _ = hf_model(path)
+    out, x, past = [], torch.tensor([ids]), None
+    with torch.no_grad():
+        for _ in range(n):
+            r = model(input_ids=x, past_key_values=past, use_cache=True)
+            past, logits = r.past_key_values, r.logits[0, -1]
+            top = torch.topk(logits, 2).values
+            out.append(float((top[0] - top[1]) / logits.abs().max()))
+            x = torch.tensor([[int(logits.argmax())]])
+    return out
+
+
+def test_config(case):
+    v, path, engine = case
+    cfg, hf = engine.config, json.load(open(os.path.join(path, "config.json")))
+    g = cfg.extra["gemma"]
+    assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.head_dim, cfg.vocab_size, cfg.activation) == (
+        v.family, hf["num_hidden_layers"], hf["hidden_size"], hf["head_dim"], hf["vocab_size"], "gelu_tanh")
+    assert cfg.tie_embeddings and g.norm_offset == 1.0 and g.embed_scale == hf["hidden_size"] ** 0.5
+    assert g.local_layers == tuple(t == "sliding_attention" for t in hf.get("layer_types") or [None] * cfg.n_layers)
+    assert g.attn_scale == (hf.get("query_pre_attn_scalar") or hf["head_dim"]) ** -0.5
+    if v.family != "gemma":
+        assert cfg.sliding_window == WINDOW < LONG and g.sandwich
+        assert g.final_softcap == hf["final_logit_softcapping"]
+    assert g.attn_softcap == (hf["attn_logit_softcapping"] if v.family == "gemma2" else None)
+    assert cfg.qk_norm == (v.family == "gemma3")
+
+
+@pytest.mark.parametrize("n", [SHORT, LONG], ids=["one-chunk", "three-chunks"])
+def test_last_token_logits_match_transformers(case, n):
+    v, path, engine = case
+    ids = prompt(path, n)
+    _, ref = hf_greedy(path, ids, 1)
+    ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
+    err = np.abs(ours - ref).max()
+    assert err <= LOGIT_RTOL * np.abs(ref).max(), (v.name, err, np.abs(ref).max())
+    assert int(ours.argmax()) == int(ref.argmax())
+
+
+def test_greedy_tokens_match_transformers(case):
+    """16 greedy tokens after a 20-token prompt that the engine prefills in chunks of 8."""
+    v, path, engine = case
+    ids = prompt(path, LONG)
+    # Seeds are picked so transformers' greedy path has no near-ties: every step's top-2 gap exceeds
+    # twice the logit tolerance, so equal tokens is what the tolerance implies.
+    assert min(hf_margins(path, ids, N_GREEDY)) > 2 * LOGIT_RTOL, "pick another seed for " + v.name
+    ref, _ = hf_greedy(path, ids, N_GREEDY)
+    _, ours = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
+                                          ignore_eos=True))
+    assert ours == ref
+    assert len(set(ref)) > N_GREEDY // 4  # not a degenerate repeat of one token

@@ -1,0 +1,272 @@
+"""The Gemma family: Gemma (1), Gemma 2 and Gemma 3 (text), one graph with the switches between them.
+
+    x = embed(tokens) * sqrt(dim)
+    for each layer (local: sliding window + local rope; global: full attention + global rope):
+        h = rmsnorm(x)
+        q, k, v = h Wq, h Wk, h Wv
+        q, k = rmsnorm_per_head(q), rmsnorm_per_head(k)        # Gemma 3
+        q, k = rope(q, k)
+        o = attention(q * scale, k, v)                          # scale = query_pre_attn_scalar^-1/2,
+                                                                # scores capped softcap*tanh(s/softcap) (Gemma 2)
+        x = x + rmsnorm(o Wo)                                   # Gemma 2/3 ("sandwich"); Gemma 1: x + o Wo
+        h = rmsnorm(x)
+        y = (gelu_tanh(h Wgate) * (h Wup)) Wdown                # GeGLU
+        x = x + rmsnorm(y)                                      # Gemma 2/3; Gemma 1: x + y
+    logits = rmsnorm(x[last]) Wembed                            # tied head
+    logits = cap * tanh(logits / cap)                           # final softcap, if the model has one
+
+Every rmsnorm multiplies by (1 + w): Hugging Face checkpoints store w, llama.cpp's converter stores
+w + 1 (so GGUF norms take offset 0). Layer types follow transformers: Gemma 2 alternates local and
+global layers, Gemma 3 has five local layers to each global one; checkpoints may list them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..attention import PagedAttention
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..gpu import Buffer, Device, Recorder
+from ..kv_cache import PagedKVCache
+from ..linear import Embedding, Linear
+from ..ops import GLU, RMSNorm, RoPE, Softcap
+from .config import ModelConfig
+from .llama import RunState
+from .store import WeightStore
+
+GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
+# Every n-th layer is global, the rest local, when a checkpoint does not list its layer types.
+SLIDING_PATTERN = {"gemma2": 2, "gemma3": 6}
+GEMMA3_LOCAL_THETA = 10000.0   # llama.cpp and transformers' default for Gemma 3's local layers
+
+
+@dataclass(frozen=True)
+class GemmaOptions:
+    """What Gemma adds to ModelConfig (kept in cfg.extra["gemma"])."""
+    norm_offset: float            # rmsnorm multiplies by (w + norm_offset): 1 for HF, 0 for GGUF
+    embed_scale: float            # sqrt(dim)
+    attn_scale: float             # query_pre_attn_scalar ** -0.5
+    sandwich: bool                # Gemma 2/3: norms after attention and after the MLP too
+    local_layers: tuple[bool, ...]  # per layer: sliding-window attention with the local rope
+    local_theta: float            # rope base of local layers (Gemma 3; Gemma 2 uses one base)
+    local_rope_scaling: dict | None = None
+    attn_softcap: float | None = None   # Gemma 2
+    final_softcap: float | None = None  # Gemma 2 (and Gemma 3 if set)
+
+
+def options(cfg: ModelConfig) -> GemmaOptions:
+    return cfg.extra["gemma"]
+
+
+def _layer_types(arch: str, n_layers: int, window: int | None, pattern: Any = None) -> tuple[bool, ...]:
+    """Which layers are local. `pattern` is a checkpoint's own statement: a list (per layer: True/
+    "sliding_attention" = local) or an int n (every n-th layer global)."""
+    if arch == "gemma" or not window:
+        return (False,) * n_layers
+    if isinstance(pattern, (list, tuple)):
+        if len(pattern) != n_layers:
+            raise ModelFormatError(f"the checkpoint lists {len(pattern)} layer types for {n_layers} layers")
+        return tuple(p is True or p == "sliding_attention" for p in pattern)
+    n = int(pattern or SLIDING_PATTERN[arch])
+    return tuple(bool((i + 1) % n) for i in range(n_layers))
+
+
+def config_from_gguf(cls: type[ModelConfig], meta: dict[str, Any], tensor_names: set[str]) -> ModelConfig:
+    """llama.cpp's metadata for gemma/gemma2/gemma3 files. GGUF keeps no query_pre_attn_scalar:
+    llama.cpp uses dim / n_heads for the 27B models (the only ones where it differs from head_dim) and
+    head_dim otherwise, telling the 27B by its layer count."""
+    arch = meta["general.architecture"]
+
+    def get(key: str, default: Any = None) -> Any:
+        v = meta.get(f"{arch}.{key}", default)
+        if v is None:
+            raise ModelFormatError(f"GGUF metadata lacks '{arch}.{key}'")
+        return v
+
+    dim, n_layers = int(get("embedding_length")), int(get("block_count"))
+    n_heads = int(get("attention.head_count"))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", dim // n_heads))
+    window = meta.get(f"{arch}.attention.sliding_window") if arch != "gemma" else None
+    is_27b = (arch, n_layers) in (("gemma2", 46), ("gemma3", 62))
+    scaling = None
+    if meta.get(f"{arch}.rope.scaling.type") == "linear":  # Gemma 3 4B+: global layers only
+        scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    opts = GemmaOptions(
+        norm_offset=0.0, embed_scale=math.sqrt(dim),
+        attn_scale=(dim / n_heads if is_27b else head_dim) ** -0.5,
+        sandwich=arch != "gemma",
+        local_layers=_layer_types(arch, n_layers, window, meta.get(f"{arch}.attention.sliding_window_pattern")),
+        local_theta=float(meta.get(f"{arch}.rope.freq_base_swa") or
+                          (GEMMA3_LOCAL_THETA if arch == "gemma3" else get("rope.freq_base", 10000.0))),
+        attn_softcap=meta.get(f"{arch}.attn_logit_softcapping") if arch == "gemma2" else None,
+        final_softcap=meta.get(f"{arch}.final_logit_softcapping"),
+    )
+    vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
+    return cls(
+        arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
+        n_kv_heads=int(get("attention.head_count_kv", n_heads)), head_dim=head_dim,
+        hidden_dim=int(get("feed_forward_length")), vocab_size=int(vocab),
+        context_length=int(get("context_length", 8192)),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_pairs="halves",  # llama.cpp leaves Gemma's Q/K unpermuted and rotates them in NEOX mode
+        rot_dim=head_dim, tie_embeddings="output.weight" not in tensor_names, rope_scaling=scaling,
+        sliding_window=int(window) if window else None, activation="gelu_tanh",
+        qk_norm="blk.0.attn_q_norm.weight" in tensor_names, extra={"gemma": opts},
+    )
+
+
+def config_from_hf(cls: type[ModelConfig], cfg: dict[str, Any], arch: str) -> ModelConfig:
+    """config.json of GemmaForCausalLM / Gemma2ForCausalLM / Gemma3ForCausalLM (transformers 4 or 5)."""
+    try:
+        dim, n_layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
+        n_heads, hidden, vocab = int(cfg["num_attention_heads"]), int(cfg["intermediate_size"]), int(cfg["vocab_size"])
+        head_dim = int(cfg.get("head_dim") or dim // n_heads)
+    except KeyError as e:
+        raise ModelFormatError(f"config.json lacks {e.args[0]!r}, which a {arch} model needs") from None
+    except (TypeError, ValueError) as e:
+        raise ModelFormatError(f"config.json has a malformed size ({e})") from None
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    # Gemma 1 configs say "gelu" and transformers runs it as the tanh approximation.
+    if act not in ("gelu_pytorch_tanh", "gelu_new", "gelu"):
+        raise UnsupportedModelError(f"activation {act!r} is not supported for {arch} (supported: gelu_pytorch_tanh)")
+    if cfg.get("use_bidirectional_attention"):
+        raise UnsupportedModelError(f"{arch} with bidirectional attention (an embedding model) is not a causal LM")
+    # Rope: transformers 5 writes `rope_parameters`, per layer type for Gemma 3; version 4 wrote
+    # rope_theta (+ rope_local_base_freq for Gemma 3) and rope_scaling (global layers only).
+    rope = cfg.get("rope_parameters") or {}
+    glob = rope.get("full_attention", rope) if arch == "gemma3" else rope
+    local = rope.get("sliding_attention", {}) if arch == "gemma3" else glob
+    theta = float(glob.get("rope_theta") or cfg.get("rope_theta") or (1e6 if arch == "gemma3" else 10000.0))
+    local_theta = float(local.get("rope_theta") or cfg.get("rope_local_base_freq") or
+                        (GEMMA3_LOCAL_THETA if arch == "gemma3" else theta))
+    scaled = lambda p: p if p.get("rope_type", "default") != "default" else None
+    scaling = cfg.get("rope_scaling") or scaled(glob)
+    window = cfg.get("sliding_window") if arch != "gemma" else None
+    softcap = lambda key: float(cfg[key]) if cfg.get(key) else None
+    opts = GemmaOptions(
+        norm_offset=1.0, embed_scale=math.sqrt(dim),
+        attn_scale=float(cfg.get("query_pre_attn_scalar") or head_dim) ** -0.5 if arch != "gemma" else head_dim ** -0.5,
+        sandwich=arch != "gemma",
+        local_layers=_layer_types(arch, n_layers, window, cfg.get("layer_types") or cfg.get("sliding_window_pattern")),
+        local_theta=local_theta, local_rope_scaling=scaled(local) if arch == "gemma3" else scaling,
+        # transformers' Gemma 3 does not apply attn_logit_softcapping even when set; Gemma 2 does.
+        attn_softcap=softcap("attn_logit_softcapping") if arch == "gemma2" else None,
+        final_softcap=softcap("final_logit_softcapping") if arch != "gemma" else None,
+    )
+    return cls(
+        arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
+        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=head_dim, hidden_dim=hidden,
+        vocab_size=vocab, context_length=int(cfg.get("max_position_embeddings", 8192)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_pairs="halves", rot_dim=head_dim,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), rope_scaling=scaling,
+        sliding_window=int(window) if window else None, activation="gelu_tanh", qk_norm=arch == "gemma3",
+        extra={"gemma": opts},
+    )
+
+
+@dataclass
+class GemmaState(RunState):
+    """Llama's activations plus the pre-norm Q/K (Gemma 3 normalises them into q, k: a kernel may not
+    read and write one buffer through two bindings) and y, a sub-block's output before its post-norm."""
+    q_proj: Buffer = None
+    k_proj: Buffer = None
+    y: Buffer = None      # [T, dim]
+
+    @classmethod
+    def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int, max_blocks: int) -> "GemmaState":
+        base = RunState.allocate(device, cfg, max_tokens, max_blocks)
+        f32, T = 4, max_tokens
+        return cls(**vars(base), q_proj=device.create_buffer(T * cfg.n_heads * cfg.head_dim * f32, "q_proj"),
+                   k_proj=device.create_buffer(T * cfg.n_kv_heads * cfg.head_dim * f32, "k_proj"),
+                   y=device.create_buffer(T * cfg.dim * f32, "y"))
+
+
+class GemmaLayer:
+    def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: GemmaState,
+                 rope: RoPE, attention: PagedAttention):
+        o = options(cfg)
+        blk = f"blk.{i}."
+
+        def linear(name: str, x: Buffer, y: Buffer, accumulate: bool = False):
+            bias = w.bias(blk + name + ".bias")
+            return Linear(device, w.matrix(blk + name + ".weight"), bias).bind(x, y, s.step, accumulate=accumulate)
+
+        def norm(name: str, dim: int = cfg.dim) -> RMSNorm:
+            return RMSNorm(device, w.vector(blk + name + ".weight"), dim, cfg.norm_eps, weight_offset=o.norm_offset)
+
+        ops = [norm("attn_norm").bind(s.x, s.h, s.step)]
+        if cfg.qk_norm:  # project, then normalise each head of q and k
+            ops += [linear("attn_q", s.h, s.q_proj), linear("attn_k", s.h, s.k_proj),
+                    norm("attn_q_norm", cfg.head_dim).bind(s.q_proj, s.q, s.step, rows_per_token=cfg.n_heads),
+                    norm("attn_k_norm", cfg.head_dim).bind(s.k_proj, s.k, s.step, rows_per_token=cfg.n_kv_heads)]
+        else:
+            ops += [linear("attn_q", s.h, s.q), linear("attn_k", s.h, s.k)]
+        ops += [linear("attn_v", s.h, s.v), rope.bind(s.q, s.k, s.step),
+                attention.bind(i, s.q, s.k, s.v, s.o, s.step, s.table)]
+        if o.sandwich:  # x += rmsnorm(o Wo)
+            ops += [linear("attn_output", s.o, s.y), norm("post_attention_norm").bind(s.y, s.x, s.step, accumulate=True)]
+        else:           # x += o Wo
+            ops += [linear("attn_output", s.o, s.x, accumulate=True)]
+        ops += [norm("ffn_norm").bind(s.x, s.h, s.step),
+                linear("ffn_gate", s.h, s.gate), linear("ffn_up", s.h, s.up),
+                GLU(device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step)]
+        if o.sandwich:  # x += rmsnorm(act Wdown)
+            ops += [linear("ffn_down", s.act, s.y), norm("post_ffw_norm").bind(s.y, s.x, s.step, accumulate=True)]
+        else:
+            ops += [linear("ffn_down", s.act, s.x, accumulate=True)]
+        self.ops = ops
+
+    def record(self, rec: Recorder, n: int) -> None:
+        for op in self.ops:
+            op.record(rec, n)
+
+
+class GemmaModel:
+    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
+                 max_tokens: int = 64):
+        self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
+        o = options(cfg)
+        s = self.state = GemmaState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
+        # The 262k-row table may exceed one storage binding: then it is split in row blocks, looked up
+        # block by block and, as the tied head, multiplied block by block into slices of the logits.
+        table = weights.matrix_parts("token_embd.weight")
+        split = len(table) > 1
+        self.embed = [Embedding(device, t, scale=o.embed_scale, first_row=r0, partial=split).bind(s.ids, s.x)
+                      for r0, t in table]
+
+        def rope(theta: float, scaling: dict | None) -> RoPE:
+            freqs = replace(cfg, rope_theta=theta, rope_scaling=scaling).inv_freq()
+            return RoPE(device, freqs, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
+
+        def attention(window: int | None) -> PagedAttention:
+            return PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
+                                  sliding_window=window, scale=o.attn_scale, softcap=o.attn_softcap)
+
+        glob = (rope(cfg.rope_theta, cfg.rope_scaling), attention(None))
+        local = (rope(o.local_theta, o.local_rope_scaling), attention(cfg.sliding_window)) if any(o.local_layers) else None
+        self.layers = [GemmaLayer(device, cfg, weights, i, s, *(local if o.local_layers[i] else glob))
+                       for i in range(cfg.n_layers)]
+        self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps,
+                                  weight_offset=o.norm_offset).bind(s.x, s.last, s.step, last_only=True)
+        head = table if cfg.tie_embeddings else weights.matrix_parts("output.weight")
+        self.lm_head = [Linear(device, t).bind(s.last, (s.logits, 4 * r0, 4 * t.rows) if len(head) > 1 else s.logits, None)
+                        for r0, t in head]
+        self.softcap = Softcap(device, cfg.vocab_size, o.final_softcap).bind(s.logits) if o.final_softcap else None
+
+    def record(self, rec: Recorder, n: int, logits: bool) -> None:
+        for part in self.embed:
+            part.record(rec, n)
+        for layer in self.layers:
+            layer.record(rec, n)
+        if logits:
+            self.record_head(rec, n)
+
+    def record_head(self, rec: Recorder, n: int) -> None:
+        """Logits of the step's last token."""
+        self.final_norm.record(rec, n)
+        for part in self.lm_head:
+            part.record(rec, 1)
+        if self.softcap is not None:
+            self.softcap.record(rec, 1)
