@@ -1,0 +1,51 @@
+"""The CPU-adapter kernels (matvec_rows / matmul_rows.wgsl.j2, what lavapipe and SwiftShader run)
+vs numpy over gguf-py's dequantize, for every ggml type: word-aligned rows and rows that are not
+(an odd number of 18/22/34-byte blocks, Q6_K's 210-byte blocks), several rows/tokens per lane,
+partial tiles (odd N, T not a multiple of tm), bias with accumulate (the plain store is the
+default Linear's)."""
+import numpy as np
+import pytest
+
+pytest.importorskip("gguf")
+
+from tests.test_linear import TYPES, assert_close, make_weight, run_linear, upload
+from webllm_py.formats.quants import TensorInfo
+from webllm_py.formats.source import BytesSource
+from webllm_py.linear import Linear, MatmulRowsTiling, MatvecTiling
+from webllm_py.weights import upload_tensor
+
+
+def shapes(qtype):
+    # K-quant kernels take seconds each to JIT on lavapipe: one shape (Q6_K rows are never word-aligned)
+    if qtype == "Q4_K":
+        return [(37, 512)]
+    if qtype == "Q6_K":
+        return [(21, 256)]
+    return [(37, 128), (21, 96)]  # 4 blocks (paired units); 3 (Q4_0/Q5_0/Q8_0 rows unaligned)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_rows_kernels_every_type(device, qtype):
+    if not device.info.is_fallback:
+        pytest.skip("CPU-adapter kernels are chosen on fallback adapters (CI: lavapipe)")
+    rng = np.random.default_rng(sum(map(ord, qtype)))
+    for N, K in shapes(qtype):
+        raw, w = make_weight(qtype, N, K, rng)
+        bias = rng.standard_normal(N).astype(np.float32)
+        bias_t = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, N * 4))
+        weight = upload(device, raw, qtype, N, K)
+        default = Linear(device, weight)
+        assert default.kernel("matvec", False).label.startswith("matvec_rows")
+        assert default.kernel("matmul", False).label.startswith("matmul_rows")
+        for T in (1, 7):
+            x = rng.standard_normal((T, K)).astype(np.float32)
+            assert_close(run_linear(device, default, x), x.astype(np.float64) @ w.T, x, w)
+        # other tilings, with bias and residual add
+        big = qtype in ("Q4_K", "Q6_K")  # 256-element units: small tiles keep compiles quick
+        lin = Linear(device, weight, bias_t, matvec=MatvecTiling(wg=4, rows=2 if big else 3, split_k=False),
+                     matmul=MatmulRowsTiling(wg=4, rows=2 if big else 3, tm=3 if big else 5))
+        for T in (1, 12):
+            x = rng.standard_normal((T, K)).astype(np.float32)
+            y0 = rng.standard_normal((T, N)).astype(np.float32)
+            ref = x.astype(np.float64) @ w.T + bias
+            assert_close(run_linear(device, lin, x, y0, accumulate=True), ref + y0, x, w)
