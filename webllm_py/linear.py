@@ -35,6 +35,11 @@ class MatvecTiling:
         return _ceil_div(n, self.rows if self.split_k else self.rows * self.wg)
 
 
+# The aligned 4-bit kernel (matvec_q4.wgsl.j2): threads per workgroup and rows per workgroup.
+Q4_TILING = MatvecTiling(wg=64, rows=4)
+Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_K)
+
+
 # CPU adapters: 32 lanes per workgroup (4- or 8-wide SIMD), 2 rows per lane (matvec_rows.wgsl.j2).
 CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
 MAX_UNIFORM_BINDING = 65536  # WebGPU's default maxUniformBufferBindingSize
@@ -71,7 +76,8 @@ class Linear:
 
     def __init__(self, device: Any, weight: GPUTensor, bias: GPUTensor | None = None, *,
                  matvec: MatvecTiling | None = None, matmul: MatmulTiling | MatmulRowsTiling | None = None,
-                 tokens_at: int = 1, f16: bool = False, subgroups: bool = False) -> None:
+                 tokens_at: int = 1, f16: bool = False, subgroups: bool | None = None) -> None:
+        """subgroups: None uses them where the device has them (requested: NativeDevice(use_subgroups=True))."""
         if len(weight.shape) != 2:
             raise UnsupportedModelError(f"linear weight '{weight.name}' must be 2-D, got shape {weight.shape}")
         self.device = device
@@ -85,14 +91,20 @@ class Linear:
         # CPU adapters (lavapipe, SwiftShader) run workgroup barriers slowly: whole rows per thread
         # there (matvec_rows.wgsl.j2).
         self.matvec_tiling = matvec or (CPU_TILING if device.info.is_fallback else MatvecTiling())
+        # 4-bit weights on a GPU: the aligned kernel, unless an explicit tiling asks for the
+        # one-row-per-thread form (split_k=False).
+        self.q4 = (weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
+                   and self.matvec_tiling.split_k)
+        if self.q4 and matvec is None:
+            self.matvec_tiling = Q4_TILING
         # Prefill: the tiled matmul on GPUs; on CPU adapters, barrier-free rows (matmul_rows.wgsl.j2).
         self.matmul_tiling = matmul or (cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback
                                         else MatmulTiling())
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
         self._tokens_at = tokens_at
-        self._f16 = f16
-        self._subgroups = subgroups
+        self._f16 = bool(f16)
+        self._subgroups = device.has_subgroups if subgroups is None else subgroups
         # CPU adapters load a uniform-buffer x once per SIMD batch, a storage x once per lane
         # (~5x faster matvec on lavapipe): where one token's x fits a uniform binding.
         self._x_uniform = (device.info.is_fallback and not self.matvec_tiling.split_k
@@ -104,7 +116,9 @@ class Linear:
         """The 'matvec' or 'matmul' pipeline of this layer."""
         k = self._kernels.get((kind, accumulate))
         if k is None:
-            if kind == "matvec" and not self.matvec_tiling.split_k:
+            if kind == "matvec" and self.q4:
+                k = self.q4_kernel([self.N], accumulate)
+            elif kind == "matvec" and not self.matvec_tiling.split_k:
                 t = self.matvec_tiling
                 k = self.device.kernel("matvec_rows", label=f"matvec_rows {self.weight.name}", wg=t.wg, rows=t.rows,
                                        accumulate=accumulate, x_uniform=self._x_uniform, **self._params)
@@ -128,6 +142,17 @@ class Linear:
             self._kernels[(kind, accumulate)] = k
         return k
 
+    def q4_kernel(self, parts: list[int], accumulate: bool, glu: str | None = None, norm: Any = None) -> Any:
+        """matvec_q4 for this layer's type and K over matrices of `parts` rows (see MatvecGroup);
+        norm: an ops.RMSNorm applied to x on the way in."""
+        nparams = dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
+        t = self.matvec_tiling
+        wg = min(t.wg, 1 << max(0, (self.K // 64 - 1).bit_length()))  # no more threads than units
+        return self.device.kernel("matvec_q4", label=f"matvec_q4 {self.weight.name}", wg=wg, rows=t.rows,
+                                  subgroups=self._subgroups, qtype=self.weight.ggml_type.name,
+                                  K=self.K, parts=list(parts), row_bytes=self._params["row_bytes"],
+                                  accumulate=accumulate, glu=glu, **nparams)
+
     def bind(self, x: Any, y: Any, params: Any | None = None, accumulate: bool = False) -> "BoundLinear":
         """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
         w = self.weight.buffer
@@ -135,7 +160,7 @@ class Linear:
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
         mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra])
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra]) if params is not None else None
-        return BoundLinear(self, mv, mm)
+        return BoundLinear(self, mv, mm, accumulate)
 
 
 @dataclass(eq=False)
@@ -143,6 +168,7 @@ class BoundLinear:
     linear: Linear
     matvec: Any
     matmul: Any | None = field(default=None)
+    accumulate: bool = False
 
     def record(self, rec: Any, n_tokens: int) -> None:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
@@ -161,10 +187,64 @@ class BoundLinear:
         rec.dispatch(self.matmul, _ceil_div(lin.N, t.tn), _ceil_div(n_tokens, t.tm))
 
 
+class MatvecGroup:
+    """Linears that read the same x, recorded as one dispatch for a single token where the aligned
+    4-bit kernel can fuse them (Q/K/V; gate and up with the GLU applied on the way out), and one by
+    one otherwise (prefill, other types, biases, CPU adapters).
+
+        MatvecGroup([wq, wk, wv])                      # y_q, y_k, y_v in one dispatch
+        MatvecGroup([w_gate, w_up], glu=("silu", op))  # op: the ops.GLU Bound it replaces
+        MatvecGroup([wq, wk, wv], norm=attn_norm)      # attn_norm: the ops.RMSNorm Bound writing x
+
+    With `norm`, the fused dispatch reads the norm's input and normalises on the way (the norm's
+    own dispatch is then skipped for single tokens: it marks itself `absorbed`); the layer still
+    records the norm first, as before, and it runs for prefill.
+    """
+
+    def __init__(self, members: list["BoundLinear"], glu: tuple[str, Any] | None = None, norm: Any = None) -> None:
+        self.members, self.glu = members, glu
+        lins = [b.linear for b in members]
+        first = lins[0]
+        bufs = [b.matvec.buffers for b in members]
+        self.fused = None
+        ok = (all(l.q4 and not b.accumulate for l, b in zip(lins, members))
+              and len({(l.weight.ggml_type, l.K, l.matvec_tiling, l._subgroups) for l in lins}) == 1
+              and len({id(bb[1]) for bb in bufs}) == 1 and 1 <= len(lins) <= 3
+              and (glu is None or (len(lins) == 2 and lins[0].N == lins[1].N)))
+        # a norm folds in when it is a plain RMSNorm of one row per token writing this x
+        rms = getattr(norm, "norm", None)
+        nbufs = norm.bind_group.buffers if rms is not None else ()
+        fold = rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
+        if ok:
+            parts = [l.N for l in lins]
+            act, glu_op = glu if glu else (None, None)
+            outs = [glu_op.bind_group.buffers[2]] if glu else [bb[2] for bb in bufs]
+            k = first.q4_kernel(parts, False, glu=act, norm=rms if fold else None)
+            ins = [nbufs[0], nbufs[1]] if fold else [bufs[0][1]]
+            self.fused = first.device.bind(k, [l.weight.buffer for l in lins] + ins + outs)
+            if fold:
+                norm.absorbed = True
+            rows = first.matvec_tiling.rows
+            self.groups = -(-parts[0] // rows) if glu else sum(-(-n // rows) for n in parts)
+
+    def record(self, rec: Any, n_tokens: int) -> None:
+        if n_tokens == 1 and self.fused is not None:
+            z = _ceil_div(self.groups, MAX_GROUPS)
+            rec.dispatch(self.fused, _ceil_div(self.groups, z), 1, z)
+            return
+        for b in self.members:
+            b.record(rec, n_tokens)
+        if self.glu:
+            self.glu[1].record(rec, n_tokens)
+
+
 class Embedding:
     """out[t, :] = W[ids[t], :] * scale for a [V, D] table in any supported ggml type."""
 
-    def __init__(self, device: Any, weight: GPUTensor, scale: float = 1.0, wg: int = 64) -> None:
+    def __init__(self, device: Any, weight: GPUTensor, scale: float = 1.0, wg: int = 64, first_row: int = 0,
+                 partial: bool = False) -> None:
+        """partial: `weight` is rows [first_row, first_row + V) of a table split over several buffers
+        (one storage binding is too small for it); other ids leave their output rows to the other parts."""
         if len(weight.shape) != 2:
             raise UnsupportedModelError(f"embedding '{weight.name}' must be 2-D, got shape {weight.shape}")
         self.device = device
@@ -175,7 +255,7 @@ class Embedding:
         self.wg = wg
         self._kernel = device.kernel("embedding", label=f"embedding {weight.name}", D=self.D, V=self.V,
                                      row_bytes=row_nbytes(weight.ggml_type, self.D), qtype=weight.ggml_type.name,
-                                     wg=wg, scale=float(scale))
+                                     wg=wg, scale=float(scale), first_row=first_row, partial=partial)
 
     def bind(self, ids: Any, out: Any) -> "BoundEmbedding":
         return BoundEmbedding(self, self.device.bind(self._kernel, [self.weight.buffer, ids, out]))
