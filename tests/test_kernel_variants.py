@@ -36,3 +36,31 @@ def test_decode_attention_gpu_form(device, f16):
                 max_tokens=64, decode_wg=32, decode_splits=8, decode_full_chunks=True)
     got = h.run(0, q, k, v, [40] + [1] * 35)
     np.testing.assert_allclose(got, reference(q, k, v, H, KV), atol=1e-3 if f16 else 2e-5, rtol=1e-3 if f16 else 1e-4)  # f16: K/V rounded
+
+
+@pytest.mark.parametrize("pairs,f16", [("adjacent", True), ("halves", False)])
+def test_rope_folded_into_cache_write(device, pairs, f16):
+    """PagedAttention.bind(rope=...): a prefill chunk runs RoPE then kv_write, then single tokens run
+    RoPE + cache write as one dispatch; every step's output equals numpy's RoPE then attention."""
+    from webllm_py.ops import RoPE
+    from .test_attention import H, HD, KV, Harness, make_qkv, reference, shuffled_cache
+    from .test_ops import rope_reference
+    N, T0 = 30, 20
+    q, k, v = make_qkv(N, 12)
+    inv_freq = [10000.0 ** (-2 * i / HD) for i in range(HD // 2)]
+    h = Harness(device, shuffled_cache(device, num_blocks=16, block_size=4, dtype="f16" if f16 else "f32"), max_tokens=32)
+    rope = RoPE(device, inv_freq, H, KV, HD, pairs).bind(h.q, h.k, h.step)
+    h.bound = h.attn.bind(0, h.q, h.k, h.v, h.o, h.step, h.table, rope=rope)
+    assert h.bound.rope_kv is not None and rope.absorbed
+    attention = h.bound
+
+    class Both:  # the layer's order: RoPE (skipped for one token), then attention
+        def record(self, rec, n):
+            rope.record(rec, n)
+            attention.record(rec, n)
+    h.bound = Both()
+    got = h.run(0, q, k, v, [T0] + [1] * (N - T0))
+    pos = np.arange(N)
+    qr = rope_reference(q.reshape(N, H, HD), pos, inv_freq, pairs).reshape(N, H * HD)
+    kr = rope_reference(k.reshape(N, KV, HD), pos, inv_freq, pairs).reshape(N, KV * HD)
+    np.testing.assert_allclose(got, reference(qr, kr, v, H, KV), atol=1e-3 if f16 else 2e-5, rtol=1e-3 if f16 else 1e-4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .gpu.base import BindGroup, Buffer, Device, Recorder
 from .kv_cache import PagedKVCache
@@ -76,15 +77,28 @@ class PagedAttention:
         self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
 
     def bind(self, layer: int, q: Buffer, k: Buffer, v: Buffer, out: Buffer, step: Buffer,
-             block_table: Buffer) -> "Bound":
+             block_table: Buffer, rope: Any = None) -> "Bound":
+        """rope: the ops.RoPE Bound the layer records before attention. Where it rotates whole
+        heads of these q/k, single-token steps fold it into the cache write (one dispatch: RoPE
+        marks itself `absorbed`); prefill records both as before."""
         d, kc, vc = self.device, self.cache.k[layer], self.cache.v[layer]
         split = self.splits > 1
+        rope_kv = None
+        rop = getattr(rope, "op", None)
+        if (rop is not None and rop.params["rot_dim"] == self.head_dim and rop.params["head_dim"] == self.head_dim
+                and rope.bind_group.buffers[0] is q and rope.bind_group.buffers[1] is k):
+            kern = d.kernel("rope", label="rope+kv_write", kv_cache=True, block_size=self.cache.block_size,
+                            f16=self.cache.dtype == "f16", **rop.params)
+            rope_kv = (d.bind(kern, [q, k, rope.bind_group.buffers[2], step, v, kc, vc, block_table]),
+                       -(-rop.pairs_per_token // rop.wg))
+            rope.absorbed = True
         return Bound(
             self,
             d.bind(self.kv_write, [k, v, kc, vc, step, block_table]),
             d.bind(self.decode, [q, kc, vc, self.partials if split else out, step, block_table]),
             d.bind(self.combine, [self.partials, out]) if split else None,
             d.bind(self.prefill, [q, kc, vc, out, step, block_table]),
+            rope_kv,
         )
 
 
@@ -95,12 +109,16 @@ class Bound:
     decode: BindGroup
     combine: BindGroup | None
     prefill: BindGroup
+    rope_kv: tuple[BindGroup, int] | None = None  # RoPE + cache write in one dispatch (single tokens)
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         op = self.op
         if not 1 <= n_tokens <= op.max_tokens:
             raise ValueError(f"attention step of {n_tokens} tokens; this op handles 1..{op.max_tokens}")
-        rec.dispatch(self.kv_write, -(-n_tokens * op.n_kv_heads * op.head_dim // KV_WRITE_WG))
+        if n_tokens == 1 and self.rope_kv is not None:
+            rec.dispatch(*self.rope_kv)
+        else:
+            rec.dispatch(self.kv_write, -(-n_tokens * op.n_kv_heads * op.head_dim // KV_WRITE_WG))
         if n_tokens == 1:
             rec.dispatch(self.decode, op.n_heads, op.splits)
             if self.combine is not None:

@@ -20,6 +20,7 @@ class Bound:
     fixed: int = 0
     norm: "RMSNorm | None" = None  # a plain RMSNorm (one row per token, y = ...) a matvec may fold in
     absorbed: bool = False         # single tokens: a fused dispatch does this op's work (MatvecGroup)
+    op: object = None              # the op that made it, for fusions that need its parameters (RoPE)
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         if self.absorbed and n_tokens == 1:
@@ -72,12 +73,14 @@ class RoPE:
         self.device = device
         self.inv_freq = device.buffer_from(struct.pack(f"<{len(inv_freq)}f", *inv_freq), "rope.inv_freq")
         rot_dim = 2 * len(inv_freq)
-        self.kernel = device.kernel("rope", n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
-                                    rot_dim=rot_dim, pairs=pairs, wg=wg)
+        self.params = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, rot_dim=rot_dim, pairs=pairs, wg=wg)
+        self.kernel = device.kernel("rope", kv_cache=False, **self.params)
         self.pairs_per_token, self.wg = (n_heads + n_kv_heads) * (rot_dim // 2), wg
 
     def bind(self, q: Buffer, k: Buffer, step: Buffer) -> Bound:
-        return Bound(self.device.bind(self.kernel, [q, k, self.inv_freq, step]), self.pairs_per_token, self.wg)
+        """(PagedAttention.bind(rope=...) may fold it into its cache write for single tokens.)"""
+        return Bound(self.device.bind(self.kernel, [q, k, self.inv_freq, step]), self.pairs_per_token, self.wg,
+                     op=self)
 
 
 class GLU:

@@ -78,7 +78,7 @@ class LlamaLayer:
         self.wk = linear("attn_k", s.h, s.k)
         self.wv = linear("attn_v", s.h, s.v)
         self.rope = rope.bind(s.q, s.k, s.step)
-        self.attention = attention.bind(i, s.q, s.k, s.v, s.o, s.step, s.table)
+        self.attention = attention.bind(i, s.q, s.k, s.v, s.o, s.step, s.table, rope=self.rope)  # decode: RoPE + cache write in one dispatch
         self.wo = linear("attn_output", s.o, s.x, accumulate=True)      # x += o Wo
         self.ffn_norm = norm("ffn_norm").bind(s.x, s.h, s.step)
         self.ffn = self.feed_forward(device, cfg, w, i, s)
