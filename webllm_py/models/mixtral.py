@@ -65,8 +65,9 @@ class ExpertMatvec:
     """y = x W_e^T for each token's chosen experts e (see shaders/moe_matvec.wgsl.j2). split_k (one
     workgroup per row, threads split K) suits GPUs; CPU adapters get one thread per row."""
 
-    def __init__(self, device: Device, weight: GPUTensor, top_k: int, combine: bool, split_k: bool | None = None):
-        self.device, self.weight, self.top_k, self.combine = device, weight, top_k, combine
+    def __init__(self, device: Device, weight: GPUTensor, top_k: int, combine: bool, split_k: bool | None = None,
+                 wg: int = WG):
+        self.device, self.weight, self.top_k, self.combine, self.wg = device, weight, top_k, combine, wg
         _, self.N, self.K = weight.shape
         if self.K % 4:
             raise ModelFormatError(f"expert weight '{weight.name}': in_features {self.K} is not a multiple of 4")
@@ -75,7 +76,7 @@ class ExpertMatvec:
             raise ModelFormatError(f"expert weight '{weight.name}' has {self.N} rows, more than one grid dimension holds")
         self.kernel = device.kernel("moe_matvec", label=f"moe_matvec {weight.name}", K=self.K, N=self.N,
                                     row_bytes=row_nbytes(weight.ggml_type, self.K), qtype=weight.ggml_type.name,
-                                    top_k=top_k, combine=combine, split_k=self.split_k, wg=WG)
+                                    top_k=top_k, combine=combine, split_k=self.split_k, wg=wg)
 
     def bind(self, x: Buffer, y: Buffer, moe: MoEState) -> "BoundExperts":
         extra = [moe.weight] if self.combine else []
@@ -89,7 +90,7 @@ class BoundExperts:
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         op = self.op
-        rows = op.N if op.split_k else -(-op.N // WG)
+        rows = op.N if op.split_k else -(-op.N // op.wg)
         rec.dispatch(self.bind_group, rows, n_tokens, 1 if op.combine else op.top_k)
 
 
