@@ -98,7 +98,7 @@ def test_prompt_template_with_tools_and_fallback():
         {"role": "tool", "tool_call_id": "call_1", "content": "3"}]
     out = T.messages_with_tool_prompt(history, TOOLS)
     rendered = render_chat_template(CHATML, out)
-    assert out[0]["role"] == "system" and "add - Add two integers" in out[0]["content"]
+    assert out[0]["role"] == "system" and "add: Add two integers" in out[0]["content"]
     assert json.loads(out[2]["content"]) == {"name": "add", "arguments": {"a": 1, "b": 2}}
     assert "<|im_start|>tool\n3<|im_end|>" in rendered
     with_system = T.messages_with_tool_prompt([{"role": "system", "content": "Be brief."}] + msgs, TOOLS)

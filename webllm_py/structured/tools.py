@@ -83,13 +83,13 @@ def template_uses_tools(template: str | None) -> bool:
 
 
 def tool_system_prompt(tools: list[dict]) -> str:
-    lines = ["You can call these functions (JSON schemas of their arguments):"]
+    # Short on purpose: every word is prefill work on each request.
+    lines = ["Functions you can call (JSON schema of the arguments):"]
     for t in tools:
         f = t["function"]
-        desc = f" - {f['description']}" if f.get("description") else ""
-        lines.append(f"- {f['name']}{desc}\n  arguments: {json.dumps(_params(t), ensure_ascii=False)}")
-    lines.append('To call a function, answer with only a JSON object: {"name": <function name>, "arguments": '
-                 '<arguments object>}. Otherwise answer normally.')
+        desc = f": {f['description']}" if f.get("description") else ""
+        lines.append(f"- {f['name']}{desc} {json.dumps(_params(t), ensure_ascii=False, separators=(',', ':'))}")
+    lines.append('To call one, reply with only {"name": <function>, "arguments": {...}}.')
     return "\n".join(lines)
 
 
