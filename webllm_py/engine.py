@@ -74,6 +74,8 @@ class Engine:
         self.last_issue_seconds = 0.0
         self.lost = False  # the device is gone: this Engine cannot run again (ChatEngine reloads a new one)
         self._decode = None  # captured decode Program, built on first use
+        self._next_decode = None  # the next decode step's command buffer, encoded ahead (see _step)
+        self.last_encode_seconds = 0.0  # host time to encode that step (off the critical path)
         self.owns_device = False  # set by load(): whether unload() may destroy the device
 
     @classmethod
@@ -110,16 +112,28 @@ class Engine:
         d.write_buffer(s.step, struct.pack("<2I", pos0, n))
         d.write_buffer(s.table, self.cache.table_bytes(seq))
         t = time.perf_counter()
-        with d.recorder() as rec:
-            if n == 1 and sample:
-                rec.replay(self._decode_program())
-            else:
+        decode = n == 1 and sample
+        if decode:  # the step's commands were encoded while the GPU ran the previous one
+            cb, self._next_decode = self._next_decode or self._encode_decode(), None
+            d.submit_commands(cb)
+        else:
+            with d.recorder() as rec:
                 self.model.record(rec, n, logits=sample)
                 if sample:
                     self.sample_op.record(rec)
-        self.last_issue_seconds = time.perf_counter() - t  # host time to record and submit the step
+        self.last_issue_seconds = time.perf_counter() - t  # host time to issue the step (critical path)
         self._cached[seq].extend(ids)
+        if decode:  # encode the next decode step now, overlapping this step's GPU work
+            t = time.perf_counter()
+            self._next_decode = self._encode_decode()
+            self.last_encode_seconds = time.perf_counter() - t
         return await self.sampler.read() if sample else None
+
+    def _encode_decode(self):
+        """A finished command buffer of one decode step (the captured Program, replayed)."""
+        rec = self.device.recorder()
+        rec.replay(self._decode_program())
+        return rec.finish()
 
     async def logits(self, ids: list[int], seq: int = 1) -> bytes:
         """Last-token logits (f32 bytes) of `ids` run from an empty cache on sequence `seq`: for

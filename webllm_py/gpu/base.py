@@ -67,6 +67,11 @@ class Recorder(ABC):
     @abstractmethod
     def submit(self) -> None: ...
 
+    def finish(self) -> Any:
+        """End recording without submitting: the command buffer, for Device.submit_commands (the
+        engine encodes the next decode step while the GPU runs this one)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hand out its command buffer")
+
     def replay(self, program: "Program") -> None:
         """Record a captured sequence of dispatches (see Device.capture)."""
         for bind_group, x, y, z in program.commands:
@@ -186,6 +191,10 @@ class Device(ABC):
 
     @abstractmethod
     def recorder(self) -> Recorder: ...
+
+    def submit_commands(self, command_buffer: Any) -> None:
+        """Submit a command buffer from Recorder.finish() (each one at most once)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot submit finished command buffers")
 
     def capture(self, record: Callable[[Recorder], None]) -> Program:
         """Run `record` against a capturing recorder and return the dispatches as a replayable Program."""

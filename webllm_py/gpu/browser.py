@@ -71,12 +71,14 @@ class BrowserRecorder(Recorder):
             program.native = _js([[bg.kernel.pipeline, bg.handle, x, y, z] for bg, x, y, z in program.commands])
         replay(self._pass, program.native)
 
-    def submit(self) -> None:
-        self._dev.check_lost()
+    def finish(self):
         if self._pass is not None:
             self._pass.end()
             self._pass = None
-        self._dev.raw.queue.submit(_js([self._enc.finish()]))
+        return self._enc.finish()
+
+    def submit(self) -> None:
+        self._dev.submit_commands(self.finish())
 
 
 class BrowserDevice(Device):
@@ -184,6 +186,10 @@ class BrowserDevice(Device):
 
     def recorder(self) -> Recorder:
         return BrowserRecorder(self)
+
+    def submit_commands(self, command_buffer) -> None:
+        self.check_lost()
+        self.raw.queue.submit(js.Array.of(command_buffer))  # one FFI call; to_js would walk a list
 
     def destroy(self) -> None:
         self.raw.destroy()

@@ -35,11 +35,14 @@ class NativeRecorder(Recorder):
             self._pass = None
         self._enc.copy_buffer_to_buffer(src.handle, src_offset, dst.handle, dst_offset, size)
 
-    def submit(self) -> None:
+    def finish(self):
         if self._pass is not None:
             self._pass.end()
             self._pass = None
-        self._dev.raw.queue.submit([self._enc.finish()])
+        return self._enc.finish()
+
+    def submit(self) -> None:
+        self._dev.raw.queue.submit([self.finish()])
 
 
 class NativeDevice(Device):
@@ -108,6 +111,9 @@ class NativeDevice(Device):
 
     def recorder(self) -> Recorder:
         return NativeRecorder(self)
+
+    def submit_commands(self, command_buffer) -> None:
+        self.raw.queue.submit([command_buffer])
 
     def destroy(self) -> None:
         self.raw.destroy()
