@@ -111,3 +111,32 @@ def test_mask_mistral_sentencepiece_vocab():
     path = require(HF_DIR / "mistral" / "tokenizer.json")
     tok = Tokenizer.from_hf(str(path))
     _check_real_vocab(tok, path, [(JSON_OBJECT_GBNF, ' {"ключ": ["€😀", true]}')], n_states=5)
+
+
+def test_sentencepiece_first_piece_leading_space():
+    """SentencePiece detokenizers drop the first output piece's leading space ("▁yes" shows as "yes",
+    HF tokenizers' decode agrees), so the first mask judges tokens without it; later ones with it."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from webllm_py.tokenizer import Tokenizer
+    path = require(HF_DIR / "mistral" / "tokenizer.json")
+    tok, hf = Tokenizer.from_hf(str(path)), HFTokenizer.from_file(str(path))
+    ref = _hf_token_bytes(path)
+    c = Constraint(tok, 'root ::= ("yes" | "no") " sir"\n')
+    first = set(mask_ids(c.mask()))
+    m = c.matcher
+    specials = {i for i in range(tok.vocab_size) if tok.is_special(i)}
+    want = {i for i, b in enumerate(ref) if b and i not in specials
+            and m.feed(m.initial, b[1:] if b[:1] == b" " else b) is not None}
+    assert first == want
+    yes = hf.token_to_id("\u2581yes")
+    assert yes in first and hf.decode([yes]) == "yes"
+    c.advance(yes)
+    later = set(mask_ids(c.mask()))
+    assert hf.token_to_id("\u2581sir") in later and hf.token_to_id("sir") not in later
+    c.advance(hf.token_to_id("\u2581sir"))
+    assert c.complete
+
+    from webllm_py.checkpoint import open_checkpoint
+    byte_level = Constraint(open_checkpoint(str(smollm2_gguf())).tokenizer, 'root ::= " yes"\n')
+    assert not byte_level._strip_first  # byte-level BPE keeps every space

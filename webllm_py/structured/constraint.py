@@ -35,6 +35,9 @@ class Constraint:
         self.matcher = m
         self.state = m.initial
         self.text = bytearray()
+        # SentencePiece detokenizers drop the leading space of the first output piece ("▁{" shows as
+        # "{"), so the grammar sees the first token without it, as the user will.
+        self._strip_first = bool(getattr(tokenizer, "_strip_leading_space", False))
 
     @property
     def complete(self) -> bool:
@@ -45,10 +48,14 @@ class Constraint:
         return self.state.accepting
 
     def mask(self) -> bytes:
-        return allowed_mask(self.trie, self.matcher, self.state, self.words)
+        return allowed_mask(self.trie, self.matcher, self.state, self.words, strip_space=self._strip_first)
 
     def advance(self, token_id: int) -> None:
         data = self.tokenizer.token_bytes(token_id)
+        if self._strip_first:
+            self._strip_first = False
+            if data[:1] == b" ":
+                data = data[1:]
         nxt = self.matcher.feed(self.state, data)
         if nxt is None:
             raise RequestError(f"structured output: token {token_id} ({data!r}) does not fit the grammar after "

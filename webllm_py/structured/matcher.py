@@ -51,6 +51,7 @@ class Matcher:
                 self.alts.append(a)
             self.rule_alts.append(ids)
         self._states: dict[frozenset, State] = {}
+        self.first_masks: dict[int, bytes] = {}  # masks of a first token whose leading space is dropped
         self._expanded: dict[tuple, tuple] = {}
         self._active: set = set()   # stacks being expanded right now (a cycle through empty matches)
         self._cut = False           # a cycle was cut: results below the cycle's start are partial

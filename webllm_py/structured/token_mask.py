@@ -78,11 +78,19 @@ class TokenTrie:
             trie = _TRIES[tokenizer] = cls(data, tokenizer.eos_ids, n)
         return trie
 
-    def allowed_ids(self, matcher: Matcher, state: State) -> list[int]:
-        """Ids of the tokens whose bytes `state` accepts as a continuation (EOS not included)."""
+    def allowed_ids(self, matcher: Matcher, state: State, strip_space: bool = False) -> list[int]:
+        """Ids of the tokens whose bytes `state` accepts as a continuation (EOS not included).
+        strip_space: a leading space of the token does not count (SentencePiece's first output piece,
+        whose space the detokenizer drops): the subtree under b" " is walked from `state` itself."""
         out: list[int] = []
         step, order = matcher.step, self.order
         todo = [(self.root[1], state)]
+        space = self.root[1].get(0x20) if strip_space else None
+        if space is not None:
+            todo = [({b: n for b, n in self.root[1].items() if b != 0x20}, state)]
+            out.extend(space[0])  # a lone space: nothing left of it
+            if space[1]:
+                todo.append((space[1], state))
         pop, push, extend = todo.pop, todo.append, out.extend
         while todo:
             kids, st = pop()
@@ -110,11 +118,13 @@ class TokenTrie:
 _MISSING = object()
 
 
-def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None) -> bytes:
-    """The state's mask as bytes of `words` u32 words (default: enough for the trie's vocabulary)."""
-    m = state.mask
+def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None,
+                 strip_space: bool = False) -> bytes:
+    """The state's mask as bytes of `words` u32 words (default: enough for the trie's vocabulary).
+    strip_space: see TokenTrie.allowed_ids (cached apart, on the matcher)."""
+    m = matcher.first_masks.get(state.id) if strip_space else state.mask
     if m is None:
-        ids = trie.allowed_ids(matcher, state)
+        ids = trie.allowed_ids(matcher, state, strip_space)
         if state.accepting:
             ids.extend(trie.eos_ids)
         nbytes = 4 * (words if words is not None else -(-trie.vocab_size // 32))
@@ -123,7 +133,11 @@ def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | N
         for t in ids:
             if t < limit:
                 bits[t >> 3] |= 1 << (t & 7)
-        m = state.mask = bytes(bits)
+        m = bytes(bits)
+        if strip_space:
+            matcher.first_masks[state.id] = m
+        else:
+            state.mask = m
     return m
 
 
