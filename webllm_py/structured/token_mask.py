@@ -64,9 +64,12 @@ class TokenTrie:
             else:
                 node[4] = len(order)
                 bits = 0
-                for b, child in node[1].items():
+                kids = node[1]
+                for b, child in kids.items():
                     bits |= (1 << b) | child[2]
+                    kids[b] = _freeze(child)
                 node[2] = bits
+        self.root = _freeze(self.root)
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> "TokenTrie":
@@ -116,6 +119,13 @@ class TokenTrie:
 
 
 _MISSING = object()
+_NO_IDS = ()
+
+
+def _freeze(node: list) -> tuple:
+    """A built node as a tuple (ids as a tuple, no dict for a leaf): a third less memory than lists
+    and empty dicts, which matters for 100k+ vocabularies in the browser."""
+    return (tuple(node[0]) if node[0] else _NO_IDS, node[1] or None, node[2], node[3], node[4])
 
 
 def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None,
