@@ -68,8 +68,11 @@ def _config(v: Variant):
     cls = getattr(transformers, CONFIG_CLASS[v.family])
     kw = {**BASE, **v.config} if v.family in ("llama", "qwen2", "mistral") else dict(v.config)
     # transformers 5 takes rope settings as rope_parameters; keep the variant table in the familiar words.
-    rope = dict(kw.pop("rope_scaling", None) or {"rope_type": "default"})
-    rope["rope_theta"] = kw.pop("rope_theta")
+    if "rope_parameters" in kw:  # Gemma 3: per layer type, already in transformers 5's words
+        rope = kw.pop("rope_parameters")
+    else:
+        rope = dict(kw.pop("rope_scaling", None) or {"rope_type": "default"})
+        rope["rope_theta"] = kw.pop("rope_theta")
     cfg = cls(vocab_size=tokenizer_vocab_size(v.tokenizer), initializer_range=v.init_std, rope_parameters=rope, **kw)
     cfg.architectures = [ARCHITECTURE[v.family]]
     return cfg
@@ -79,8 +82,11 @@ def _config(v: Variant):
 # Phi-2, StableLM, Mixtral; their variants set every size themselves instead of taking BASE).
 CONFIG_CLASS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "mistral": "MistralConfig", "phi2": "PhiConfig",
                 "stablelm": "StableLmConfig", "mixtral": "MixtralConfig"}
+# Gemma 1/2/3 (tests/test_model_gemma.py; Gemma 3 text-only).
+CONFIG_CLASS.update({"gemma": "GemmaConfig", "gemma2": "Gemma2Config", "gemma3": "Gemma3TextConfig"})
 ARCHITECTURE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
                 "phi2": "PhiForCausalLM", "stablelm": "StableLmForCausalLM", "mixtral": "MixtralForCausalLM"}
+ARCHITECTURE.update({"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"})
 
 
 def build(v: Variant, out_dir: str | os.PathLike) -> str:

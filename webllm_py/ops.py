@@ -37,11 +37,14 @@ class RMSNorm:
             wg = 64 if device.info.is_fallback else min(256, 1 << max(5, (dim // 4 - 1).bit_length()))
         self.params = dict(dim=dim, eps=_f32_literal(eps), weight_offset=_f32_literal(weight_offset), wg=wg)
 
-    def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1) -> Bound:
-        """rows_per_token > 1 normalises each of a token's rows of `dim` separately (per-head norms)."""
-        k = self.device.kernel("rmsnorm", last_only=last_only, rows_per_token=rows_per_token, **self.params)
+    def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1,
+             accumulate: bool = False) -> Bound:
+        """rows_per_token > 1 normalises each of a token's rows of `dim` separately (per-head norms);
+        accumulate adds the result to y (Gemma 2/3's post-norms: x += rmsnorm(o Wo))."""
+        k = self.device.kernel("rmsnorm", last_only=last_only, rows_per_token=rows_per_token,
+                               accumulate=accumulate, **self.params)
         bg = self.device.bind(k, [x, self.weight, y, step])
-        plain = not last_only and rows_per_token == 1
+        plain = not last_only and rows_per_token == 1 and not accumulate
         return Bound(bg, rows_per_token, fixed=1 if last_only else 0, norm=self if plain else None)
 
 
@@ -63,7 +66,6 @@ class LayerNorm:
         extra = [self.bias] if self.bias is not None else []
         bg = self.device.bind(k, [x, self.weight, y, step, *extra])
         return Bound(bg, rows_per_token, fixed=1 if last_only else 0)
-
 
 class RoPE:
     def __init__(self, device: Device, inv_freq: list[float], n_heads: int, n_kv_heads: int, head_dim: int,
@@ -108,6 +110,16 @@ class Activation:
 
     def bind(self, x: Buffer, out: Buffer, step: Buffer) -> Bound:
         return Bound(self.device.bind(self.kernel, [x, out, step]), self.n, self.wg)
+
+class Softcap:
+    """y = cap * tanh(y / cap), in place over n values (Gemma 2's final logits)."""
+
+    def __init__(self, device: Device, n: int, cap: float, wg: int = 64):
+        self.device, self.n, self.wg = device, n, wg
+        self.kernel = device.kernel("softcap", n=n, cap=_f32_literal(cap), wg=wg)
+
+    def bind(self, y: Buffer) -> Bound:
+        return Bound(self.device.bind(self.kernel, [y]), self.n, self.wg)
 
 
 def _f32_literal(v: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import UnsupportedModelError
 from .config import ModelConfig
+from .gemma import GemmaModel
 from .llama import LlamaModel
 from .mixtral import MixtralModel
 from .phi2 import Phi2Model
@@ -11,6 +12,7 @@ from .stablelm import StableLmModel
 
 FAMILIES = {"llama": LlamaModel, "mistral": LlamaModel, "qwen2": LlamaModel}
 FAMILIES.update({"phi2": Phi2Model, "stablelm": StableLmModel, "mixtral": MixtralModel})
+FAMILIES.update({"gemma": GemmaModel, "gemma2": GemmaModel, "gemma3": GemmaModel})
 
 
 def build_model(device, cfg: ModelConfig, weights, cache, max_tokens: int):

@@ -14,6 +14,9 @@ HF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2F
 # "llama" and carry `llama.expert_count`; phi2 and stablelm have architectures of their own.
 HF_ARCH.update({"PhiForCausalLM": "phi2", "StableLmForCausalLM": "stablelm", "MixtralForCausalLM": "mixtral"})
 GGUF_OWN_ARCH = {"phi2", "stablelm"}
+# Gemma 1/2/3: models/gemma.py reads their configs (local/global layers, softcaps, norm offsets).
+GEMMA_ARCHS = {"gemma", "gemma2", "gemma3"}
+HF_ARCH.update({"GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3"})
 # Hugging Face activation names -> the kernels' names (gelu_new is GELU's tanh approximation).
 HF_ACT = {"silu": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
@@ -78,9 +81,12 @@ class ModelConfig:
     @classmethod
     def from_gguf(cls, meta: dict[str, Any], tensor_names: set[str]) -> "ModelConfig":
         arch = meta.get("general.architecture")
+        if arch in GEMMA_ARCHS:
+            from .gemma import config_from_gguf
+            return config_from_gguf(cls, meta, tensor_names)
         if arch not in LLAMA_LIKE | GGUF_OWN_ARCH:
             raise UnsupportedModelError(f"model architecture {arch!r} is not supported "
-                                        f"(supported: {sorted(LLAMA_LIKE | GGUF_OWN_ARCH)})")
+                                        f"(supported: {sorted(LLAMA_LIKE | GGUF_OWN_ARCH | GEMMA_ARCHS)})")
 
         def get(key: str, default: Any = None) -> Any:
             v = meta.get(f"{arch}.{key}", default)
@@ -132,6 +138,9 @@ class ModelConfig:
         if arch is None:
             raise UnsupportedModelError(f"model architecture {archs or cfg.get('model_type')!r} is not supported "
                                         f"(supported: {sorted(HF_ARCH)})")
+        if arch in GEMMA_ARCHS:
+            from .gemma import config_from_hf
+            return config_from_hf(cls, cfg, arch)
         try:
             dim = int(cfg["hidden_size"])
             n_heads = int(cfg["num_attention_heads"])

@@ -62,9 +62,22 @@ HF_TO_GGUF = {
     "model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight": "blk.{i}.ffn_down.{j}.weight",
 }
 
+# Gemma 2/3 have a norm on each side of attention and of the MLP. Their HF names keep Llama's
+# post_attention_layernorm for the norm right after attention (not before the MLP), so a checkpoint
+# with pre_feedforward_layernorm maps these three differently; Gemma 3 also normalises q and k.
+SANDWICH_NORMS = {
+    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.post_attention_norm.weight",
+    "model.layers.{i}.pre_feedforward_layernorm.weight": "blk.{i}.ffn_norm.weight",
+    "model.layers.{i}.post_feedforward_layernorm.weight": "blk.{i}.post_ffw_norm.weight",
+    "model.layers.{i}.self_attn.q_norm.weight": "blk.{i}.attn_q_norm.weight",
+    "model.layers.{i}.self_attn.k_norm.weight": "blk.{i}.attn_k_norm.weight",
+}
 
-def gguf_name(hf_name: str) -> str | None:
-    """The GGUF name of a Hugging Face tensor name, or None if the family does not use it."""
+
+def gguf_name(hf_name: str, sandwich: bool = False) -> str | None:
+    """The GGUF name of a Hugging Face tensor name, or None if the family does not use it.
+    sandwich: the checkpoint has Gemma 2/3's norms after attention and after the MLP."""
+    names = {**HF_TO_GGUF, **SANDWICH_NORMS} if sandwich else HF_TO_GGUF
     parts = hf_name.split(".")
     if len(parts) > 2 and parts[0] == "model" and parts[1] == "layers" and parts[2].isdigit():
         i = parts[2]
@@ -72,9 +85,9 @@ def gguf_name(hf_name: str) -> str | None:
         rest = parts[3:]
         j = next((p for p in rest if p.isdigit()), None)
         pattern = ".".join(parts[:2] + ["{i}"] + ["{j}" if p == j else p for p in rest])
-        target = HF_TO_GGUF.get(pattern)
+        target = names.get(pattern)
         return target.format(i=i, j=j) if target else None
-    return HF_TO_GGUF.get(hf_name)
+    return names.get(hf_name)
 
 
 class WeightStore:
@@ -89,8 +102,9 @@ class WeightStore:
     @classmethod
     def from_hf(cls, device: Device, hf_tensors: dict[str, TensorInfo], **kw) -> "WeightStore":
         named = {}
+        sandwich = any(n.endswith(".pre_feedforward_layernorm.weight") for n in hf_tensors)
         for name, info in hf_tensors.items():
-            g = gguf_name(name)
+            g = gguf_name(name, sandwich)
             if g is not None:
                 named[g] = info
         return cls(device, named, **kw)
@@ -114,6 +128,31 @@ class WeightStore:
             self._cache[name] = upload_tensor(self.device, info.source, info)
             self._progress(info)
         return self._cache[name]
+
+    def matrix_parts(self, name: str, align_rows: int = 64) -> list[tuple[int, GPUTensor]]:
+        """A matrix as [(first_row, rows)] blocks that each fit one storage binding: one block when it
+        fits (most), several for a table larger than the adapter's limit (Gemma's 262k x 640 Q8_0
+        embedding is 170 MB; lavapipe binds at most 128 MiB). Blocks hold a multiple of `align_rows`
+        rows, so outputs written per block start at aligned offsets (4 * 64 = 256 bytes)."""
+        key = name + "#parts"
+        if key not in self._cache:
+            info = self._info(name)
+            rows = info.hf_shape[0]
+            row_bytes = info.nbytes // rows
+            per = (self.device.max_binding_size - SPARE_BYTES) // row_bytes // align_rows * align_rows
+            if info.nbytes + SPARE_BYTES <= self.device.max_binding_size or per == 0:
+                self._cache[key] = [(0, self.matrix(name))]
+            else:
+                parts = []
+                for r0 in range(0, rows, per):
+                    n = min(per, rows - r0)
+                    shape = (info.shape[0], n, *info.shape[2:]) if info.ne_first else (n, *info.shape[1:])
+                    part = TensorInfo(f"{name}[{r0}:{r0 + n}]", shape, info.ggml_type, info.offset + r0 * row_bytes,
+                                      n * row_bytes, info.ne_first, info.source)
+                    parts.append((r0, upload_tensor(self.device, info.source, part)))
+                self._cache[key] = parts
+                self._progress(info)
+        return self._cache[key]
 
     def stacked_matrix(self, names: list[str], name: str) -> GPUTensor:
         """Matrices of one type and shape [N, K] (Mixtral's experts) uploaded back to back into one
