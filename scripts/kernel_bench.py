@@ -104,7 +104,7 @@ def bench_attention():
             b = att.bind(0, q, k, v, o, step, table)
             kvw = time_dispatches(lambda rec: rec.dispatch(b.kv_write, -(-nkv * hd // 64)), REPS)
             dec = time_dispatches(lambda rec: rec.dispatch(b.decode, nh, splits), REPS)
-            comb = time_dispatches(lambda rec: rec.dispatch(b.combine, nh), REPS) if b.combine else 0.0
+            comb = time_dispatches(lambda rec: rec.dispatch(b.combine, nh, -(-hd // att.combine_wg)), REPS) if b.combine else 0.0
             allt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
             emit(kind="attention", shape=label, positions=n, wg=wg, splits=splits, kv_write_us=round(kvw * 1e6, 2),
                  decode_us=round(dec * 1e6, 2), combine_us=round(comb * 1e6, 2), all_us=round(allt * 1e6, 2))

@@ -33,7 +33,7 @@ def test_decode_attention_gpu_form(device, f16):
     N = 75
     q, k, v = make_qkv(N, 11)
     h = Harness(device, shuffled_cache(device, num_blocks=40, block_size=4, dtype="f16" if f16 else "f32"),
-                max_tokens=64, decode_wg=32, decode_splits=8, decode_full_chunks=True)
+                max_tokens=64, decode_wg=32, decode_splits=8, decode_full_chunks=True, combine_wg=16)
     got = h.run(0, q, k, v, [40] + [1] * 35)
     np.testing.assert_allclose(got, reference(q, k, v, H, KV), atol=1e-3 if f16 else 2e-5, rtol=1e-3 if f16 else 1e-4)  # f16: K/V rounded
 

@@ -38,7 +38,7 @@ class PagedAttention:
     def __init__(self, device: Device, cache: PagedKVCache, n_heads: int, n_kv_heads: int, head_dim: int,
                  max_tokens: int, sliding_window: int | None = None, scale: float | None = None,
                  softcap: float | None = None, decode_wg: int | None = None, decode_splits: int | None = None,
-                 decode_full_chunks: bool | None = None) -> None:
+                 decode_full_chunks: bool | None = None, combine_wg: int | None = None) -> None:
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if (cache.n_kv_heads, cache.head_dim) != (n_kv_heads, head_dim):
@@ -70,8 +70,10 @@ class PagedAttention:
                                     **attn)
         self.combine = None
         if self.splits > 1:
+            # GPUs: 32 dims per workgroup, so the merge spreads over n_heads * head_dim / 32 workgroups
+            self.combine_wg = combine_wg or (min(64, head_dim) if device.info.is_fallback else 32)
             self.combine = device.kernel("attention_combine", label="attention_combine", n_heads=n_heads,
-                                         head_dim=head_dim, splits=self.splits, wg=min(64, head_dim))
+                                         head_dim=head_dim, splits=self.splits, wg=self.combine_wg)
             # Shared by all layers: each layer's decode and combine run before the next layer's.
             self.partials = device.create_buffer(4 * n_heads * self.splits * (head_dim + 2), "attention.partials")
         self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
@@ -122,6 +124,6 @@ class Bound:
         if n_tokens == 1:
             rec.dispatch(self.decode, op.n_heads, op.splits)
             if self.combine is not None:
-                rec.dispatch(self.combine, op.n_heads)
+                rec.dispatch(self.combine, op.n_heads, -(-op.head_dim // op.combine_wg))
         else:
             rec.dispatch(self.prefill, -(-n_tokens // op.tq), op.n_kv_heads)
