@@ -24,7 +24,7 @@ _MAX_EXPAND_DEPTH = 400
 class State:
     """One interned matcher state. `accepting`: the input so far is a complete sentence; `complete`:
     accepting and nothing may follow (generation stops here)."""
-    __slots__ = ("stacks", "accepting", "complete", "trans", "mask", "loop", "id")
+    __slots__ = ("stacks", "accepting", "complete", "trans", "mask", "run", "id")
 
     def __init__(self, stacks: frozenset, id: int):
         self.stacks = stacks
@@ -32,7 +32,7 @@ class State:
         self.complete = stacks == frozenset([()])
         self.trans: dict = {}   # byte -> State | None
         self.mask = None        # token mask bytes, filled by token_mask
-        self.loop = None        # bitset of the bytes that lead back to this state, filled by token_mask
+        self.run = None         # (byte bitset, capacity), filled by token_mask
         self.id = id
 
 

@@ -20,13 +20,17 @@ _TRIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class TokenTrie:
-    """Trie of token bytes. A node is [token ids ending here, {byte: child node}, bytes used below it (an
-    int bitset), start, end]: order[start:end] are the ids of every token strictly below the node.
+    """Trie of token bytes. A node is (token ids ending here, {byte: child node} or None, bytes used
+    below it (an int bitset), start, end, depth below): order[start:end] are the ids of every token
+    strictly below the node, and the longest of them is `depth below` bytes longer than the node.
 
-    The last three serve a shortcut of the walk: inside free text a state loops on most bytes (a JSON
-    string stays a string on any plain character), and when every byte below a node loops, every
-    token below is allowed without visiting it. That turns a walk over most of the vocabulary into
-    one over the tokens with a quote, backslash or non-ASCII byte.
+    The last four serve a shortcut of the walk. Inside free text most bytes take a state to one same
+    successor: a JSON string stays a string on any plain character (a loop), a string of at most n
+    characters moves one step along a chain of n states. A state's `run` is that byte set and how
+    many such bytes in a row it accepts (its capacity; a loop: unbounded). When every byte below a
+    node is in the run's set and the longest token below fits the capacity, every token below is
+    allowed without visiting it. That turns a walk over most of the vocabulary into one over the
+    tokens with a quote, backslash or non-ASCII byte.
     """
 
     def __init__(self, token_bytes: list[bytes], eos_ids, vocab_size: int | None = None):
@@ -50,25 +54,26 @@ class TokenTrie:
 
     def _index(self) -> None:
         order = self.order
-        self.root += [0, 0, 0]
+        self.root += [0, 0, 0, 0]
         stack = [(self.root, False)]
         while stack:
             node, post = stack.pop()
             if not post:
                 order.extend(node[0])
                 if len(node) == 2:
-                    node += [0, 0, 0]
+                    node += [0, 0, 0, 0]
                 node[3] = len(order)
                 stack.append((node, True))
                 stack.extend((child, False) for child in node[1].values())
             else:
                 node[4] = len(order)
-                bits = 0
+                bits = depth = 0
                 kids = node[1]
                 for b, child in kids.items():
                     bits |= (1 << b) | child[2]
+                    depth = max(depth, 1 + child[5])
                     kids[b] = _freeze(child)
-                node[2] = bits
+                node[2], node[5] = bits, depth
         self.root = _freeze(self.root)
 
     @classmethod
@@ -95,6 +100,7 @@ class TokenTrie:
             if space[1]:
                 todo.append((space[1], state))
         pop, push, extend = todo.pop, todo.append, out.extend
+        _run(step, state)
         while todo:
             kids, st = pop()
             trans = st.trans
@@ -107,25 +113,68 @@ class TokenTrie:
                 if node[0]:
                     extend(node[0])
                 if node[1]:
-                    if nxt is st:  # the state loops on this byte: maybe on every byte below, too
-                        loop = st.loop
-                        if loop is None:
-                            loop = st.loop = sum(1 << c for c in range(256) if step(st, c) is st)
-                        if not node[2] & ~loop:
-                            extend(order[node[3]:node[4]])
-                            continue
+                    # Runs are known along the chain of the walk's start state; a state met inside
+                    # the walk gets one when it loops (e.g. the walk entered a string).
+                    run = nxt.run
+                    if run is None and nxt is st:
+                        run = _run(step, st)
+                    if run is not None and not node[2] & ~run[0] and node[5] <= run[1]:
+                        extend(order[node[3]:node[4]])
+                        continue
                     push((node[1], nxt))
         return out
 
 
 _MISSING = object()
 _NO_IDS = ()
+_UNBOUNDED = 1 << 62
+
+
+def _largest_group(step, st: State):
+    """(bits, successor): the largest set of bytes that all lead `st` to one same state."""
+    groups: dict = {}
+    for c in range(256):
+        n = step(st, c)
+        if n is not None:
+            groups.setdefault(n, []).append(c)
+    if not groups:
+        return 0, None
+    nxt, cs = max(groups.items(), key=lambda kv: len(kv[1]))
+    return sum(1 << c for c in cs), nxt
+
+
+def _run(step, st: State) -> tuple:
+    """st.run = (bits, capacity): how many bytes of `bits` in a row `st` accepts, each taking it to
+    the next state of a chain whose states have the same largest group (see TokenTrie)."""
+    if st.run is not None:
+        return st.run
+    chain, seen = [], set()
+    cur, tail = st, None
+    while True:
+        bits, nxt = _largest_group(step, cur)
+        chain.append((cur, bits))
+        seen.add(cur.id)
+        if nxt is None or bits == 0:
+            break
+        if nxt is cur:                  # a loop: unbounded
+            tail = (bits, _UNBOUNDED)
+            break
+        if nxt.id in seen:              # a longer cycle: counted no further (safe: capacity 1 here)
+            break
+        if nxt.run is not None:
+            tail = nxt.run
+            break
+        cur = nxt
+    for cur, bits in reversed(chain):  # capacity = 1 + the successor's, while the byte set stays
+        cap = 1 + tail[1] if tail is not None and tail[0] == bits else (1 if bits else 0)
+        cur.run = tail = (bits, min(cap, _UNBOUNDED))
+    return st.run
 
 
 def _freeze(node: list) -> tuple:
     """A built node as a tuple (ids as a tuple, no dict for a leaf): a third less memory than lists
     and empty dicts, which matters for 100k+ vocabularies in the browser."""
-    return (tuple(node[0]) if node[0] else _NO_IDS, node[1] or None, node[2], node[3], node[4])
+    return (tuple(node[0]) if node[0] else _NO_IDS, node[1] or None, node[2], node[3], node[4], node[5])
 
 
 def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None,
