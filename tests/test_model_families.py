@@ -438,3 +438,47 @@ def test_gguf_stablelm_matches_transformers(models_dir, tmp_path, device):
         assert toks == ref_tokens
     finally:
         engine.unload()
+
+
+# -- malformed checkpoints of these families: typed errors ------------------------------------------------
+
+def _copy(models_dir, name, tmp_path):
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(models_dir[name], dst)
+    return dst
+
+
+def _edit_config(path, **changes):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_unsupported_activation(models_dir, tmp_path, device):
+    from webllm_py.errors import UnsupportedModelError
+
+    path = _copy(models_dir, "phi2", tmp_path)
+    _edit_config(path, hidden_act="relu")
+    with pytest.raises(UnsupportedModelError, match="activation 'relu' is not supported"):
+        asyncio.run(Engine.load(str(path), device=device, context_window=64, prefill_chunk=8))
+
+
+def test_more_experts_per_token_than_experts(models_dir, tmp_path, device):
+    from webllm_py.errors import ModelFormatError
+
+    path = _copy(models_dir, "mixtral-4x2", tmp_path)
+    _edit_config(path, num_experts_per_tok=5)
+    with pytest.raises(ModelFormatError, match="mixture of 4 experts cannot use 5"):
+        asyncio.run(Engine.load(str(path), device=device, context_window=64, prefill_chunk=8))
+
+
+def test_checkpoint_with_fewer_experts_than_config(models_dir, tmp_path, device):
+    """config.json promises 5 experts; the router (and weights) hold 4."""
+    from webllm_py.errors import ModelFormatError
+
+    path = _copy(models_dir, "mixtral-4x2", tmp_path)
+    _edit_config(path, num_local_experts=5)
+    with pytest.raises(ModelFormatError, match=r"router 'blk\.0\.ffn_gate_inp\.weight' has shape \[4, 64\]"):
+        asyncio.run(Engine.load(str(path), device=device, context_window=64, prefill_chunk=8))

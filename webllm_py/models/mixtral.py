@@ -102,7 +102,11 @@ class MixtralLayer(LlamaLayer):
 
     def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
         moe, E, k = self.moe, cfg.n_experts, cfg.n_experts_used
-        self.router = Linear(device, w.matrix(f"blk.{i}.ffn_gate_inp.weight")).bind(s.h, moe.router, s.step)
+        router = w.matrix(f"blk.{i}.ffn_gate_inp.weight")
+        if router.shape != (E, cfg.dim):
+            raise ModelFormatError(f"router 'blk.{i}.ffn_gate_inp.weight' has shape {list(router.shape)}; "
+                                   f"expected [{E}, {cfg.dim}] for {E} experts")
+        self.router = Linear(device, router).bind(s.h, moe.router, s.step)
         route = device.kernel("moe_route", n_experts=E, top_k=k, wg=WG)
         self.route = Bound(device.bind(route, [moe.router, moe.idx, moe.weight, s.step]), 1, WG)
         self.w_gate = ExpertMatvec(device, experts(w, i, "ffn_gate", E), k, combine=False).bind(s.h, moe.gate, moe)
