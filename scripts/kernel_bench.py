@@ -173,7 +173,7 @@ for qtype in (("Q4_0", "Q4_K") if want("matvec") else ()):
 # fused groups vs separate dispatches (8B and 1B layer shapes)
 for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
     for dim, kv, hidden in ([(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]):
-        for wg, rows, sg in ([(64, 4, True), (128, 4, True), (64, 2, True)] if not QUICK else [(32, 2, False)]):
+        for wg, rows, sg in ([(64, 4, False), (64, 8, False), (128, 4, False)] if not QUICK else [(32, 2, False)]):
             tiling = MatvecTiling(wg, rows, True)
             xb = dev.create_buffer(dim * 4)
             for label, ns in (("qkv", [dim, kv, kv]), ("gate_up", [hidden, hidden])):
@@ -190,7 +190,16 @@ for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
                 nbytes = sum(nb for _, nb in ws)
                 sep = time_dispatches(lambda rec: [bb.record(rec, 1) for bb in bounds] + ([glu[1].record(rec, 1)] if glu else []), REPS)
                 fus = time_dispatches(lambda rec: g.record(rec, 1), REPS)
+                # the RMSNorm before it: its own dispatch, or folded into the fused matvec
+                from webllm_py.ops import RMSNorm
+                resid = dev.create_buffer(dim * 4)
+                step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
+                nb_ = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(resid, xb, step1)
+                with_norm = time_dispatches(lambda rec: (nb_.record(rec, 1), g.record(rec, 1)), REPS)
+                gn = MatvecGroup(bounds, glu=glu, norm=nb_)
+                folded = time_dispatches(lambda rec: gn.record(rec, 1), REPS)
                 emit(kind="fused", qtype=qtype, op=label, dim=dim, wg=wg, rows=rows, subgroups=sg,
-                     separate_us=round(sep * 1e6, 2), fused_us=round(fus * 1e6, 2), fused_gbps=round(nbytes / fus / 1e9, 1))
+                     separate_us=round(sep * 1e6, 2), fused_us=round(fus * 1e6, 2), fused_gbps=round(nbytes / fus / 1e9, 1),
+                     norm_then_fused_us=round(with_norm * 1e6, 2), norm_folded_us=round(folded * 1e6, 2))
                 for w, _ in ws:
                     w.buffer.destroy()
