@@ -42,6 +42,13 @@ Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_K)
 
 # CPU adapters: 32 lanes per workgroup (4- or 8-wide SIMD), 2 rows per lane (matvec_rows.wgsl.j2).
 CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
+# SwiftShader (Chrome's CPU adapter) is slower with a uniform x than a storage one (10 vs 1.7 ms
+# for a 1536x576 Q4_1 matvec) and wants more rows per lane to reuse x: docs/benchmarks.md.
+SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False)
+
+
+def _swiftshader(device: Any) -> bool:
+    return "swiftshader" in f"{device.info.architecture} {device.info.description}".lower()
 MAX_UNIFORM_BINDING = 65536  # WebGPU's default maxUniformBufferBindingSize
 
 
@@ -49,17 +56,18 @@ MAX_UNIFORM_BINDING = 65536  # WebGPU's default maxUniformBufferBindingSize
 class MatmulRowsTiling:
     """Prefill on CPU adapters (matmul_rows.wgsl.j2): each lane owns rows x tm outputs."""
     wg: int = 8  # lanes per workgroup
-    rows: int = 16  # rows per lane: each activation load serves this many rows
+    rows: int = 8  # rows per lane: each activation load serves this many rows
     tm: int = 4  # tokens per lane: each weight word serves this many tokens
 
 
 def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
-    # Fewer rows per lane for wide units: a lane keeps rows x (unit words) in registers.
-    # (K-quant units are 256 elements: fewer outputs per lane keep their shaders quick to compile.)
+    # Fewer outputs per lane for wide units: a lane keeps rows x (unit words) in registers, and
+    # the unrolled shader must compile quickly (SwiftShader: 6 s for rows 16 x tm 4 of Q4_1,
+    # 2.8 s for 8 x 4, and 8 x 4 also ran faster there: docs/benchmarks.md).
     if qtype in (GGMLType.Q4_K, GGMLType.Q6_K):
         return MatmulRowsTiling(rows=4, tm=2)
     wide = (GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.F32)  # units of 2 blocks / 32 bytes
-    return MatmulRowsTiling(rows=8 if qtype in wide else 16)
+    return MatmulRowsTiling(rows=4 if qtype in wide else 8)
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,8 @@ class Linear:
             raise UnsupportedModelError(f"bias '{bias.name}' shape {bias.shape} does not match {self.N} outputs")
         # CPU adapters (lavapipe, SwiftShader) run workgroup barriers slowly: whole rows per thread
         # there (matvec_rows.wgsl.j2).
-        self.matvec_tiling = matvec or (CPU_TILING if device.info.is_fallback else MatvecTiling())
+        cpu_tiling = SWIFTSHADER_TILING if _swiftshader(device) else CPU_TILING
+        self.matvec_tiling = matvec or (cpu_tiling if device.info.is_fallback else MatvecTiling())
         # 4-bit weights on a GPU: the aligned kernel, unless an explicit tiling asks for the
         # one-row-per-thread form (split_k=False).
         self.q4 = (weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
@@ -108,7 +117,7 @@ class Linear:
         # CPU adapters load a uniform-buffer x once per SIMD batch, a storage x once per lane
         # (~5x faster matvec on lavapipe): where one token's x fits a uniform binding.
         self._x_uniform = (device.info.is_fallback and not self.matvec_tiling.split_k
-                           and 4 * self.K <= MAX_UNIFORM_BINDING)
+                           and 4 * self.K <= MAX_UNIFORM_BINDING and not _swiftshader(device))
         # Pipelines are made on first use (accumulate or not) and cached: lavapipe compiles slowly.
         self._kernels: dict[tuple[str, bool], Any] = {}
 
