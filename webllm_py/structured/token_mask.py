@@ -20,7 +20,7 @@ _TRIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class TokenTrie:
-    """Trie of token bytes. A node is (token ids ending here, {byte: child node} or None, bytes used
+    """Trie of token bytes. A node is (token ids ending here, {byte: index of the child in `nodes`} or None, bytes used
     below it (an int bitset), start, end, depth below): order[start:end] are the ids of every token
     strictly below the node, and the longest of them is `depth below` bytes longer than the node.
 
@@ -49,6 +49,7 @@ class TokenTrie:
                 node = nxt
             node[0].append(tid)
         self.order: list[int] = []
+        self.nodes: list[tuple] = []
         self._index()
         self.matchers: dict = {}  # compiled grammars for this vocabulary (constraint.py keeps it small)
 
@@ -68,13 +69,21 @@ class TokenTrie:
             else:
                 node[4] = len(order)
                 bits = depth = 0
-                kids = node[1]
-                for b, child in kids.items():
+                for b, child in node[1].items():
                     bits |= (1 << b) | child[2]
                     depth = max(depth, 1 + child[5])
-                    kids[b] = _freeze(child)
                 node[2], node[5] = bits, depth
-        self.root = _freeze(self.root)
+                node.append(self._freeze(node))
+        self.root = self.nodes[self.root[6]]
+
+    def _freeze(self, node: list) -> int:
+        """A built node as a tuple in self.nodes, its children as {byte: index}; returns its index.
+        Tuples and dicts of ints only are left alone by the garbage collector, whose full passes would
+        otherwise scan every node of the trie (and cost more than a mask walk)."""
+        kids = {b: child[6] for b, child in node[1].items()} if node[1] else None
+        self.nodes.append((tuple(node[0]) if node[0] else _NO_IDS, kids, node[2], node[3], node[4], node[5]))
+        node[1] = None  # the children's build lists go now, not at the end: a lower peak
+        return len(self.nodes) - 1
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> "TokenTrie":
@@ -91,20 +100,21 @@ class TokenTrie:
         strip_space: a leading space of the token does not count (SentencePiece's first output piece,
         whose space the detokenizer drops): the subtree under b" " is walked from `state` itself."""
         out: list[int] = []
-        step, order = matcher.step, self.order
+        step, order, nodes = matcher.step, self.order, self.nodes
         todo = [(self.root[1], state)]
-        space = self.root[1].get(0x20) if strip_space else None
+        space = nodes[self.root[1][0x20]] if strip_space and 0x20 in self.root[1] else None
         if space is not None:
             todo = [({b: n for b, n in self.root[1].items() if b != 0x20}, state)]
             out.extend(space[0])  # a lone space: nothing left of it
             if space[1]:
                 todo.append((space[1], state))
         pop, push, extend = todo.pop, todo.append, out.extend
-        _run(step, state)
         while todo:
             kids, st = pop()
             trans = st.trans
-            for b, node in kids.items():
+            prev = None
+            for b, idx in kids.items():
+                node = nodes[idx]
                 nxt = trans.get(b, _MISSING)
                 if nxt is _MISSING:
                     nxt = step(st, b)
@@ -113,11 +123,12 @@ class TokenTrie:
                 if node[0]:
                     extend(node[0])
                 if node[1]:
-                    # Runs are known along the chain of the walk's start state; a state met inside
-                    # the walk gets one when it loops (e.g. the walk entered a string).
+                    # A run costs 256 steps per state of its chain: worked out only where a run shows
+                    # (a byte loops, or two sibling bytes lead to one state) above a big subtree.
                     run = nxt.run
-                    if run is None and nxt is st:
-                        run = _run(step, st)
+                    if run is None and (nxt is st or nxt is prev) and node[4] - node[3] >= _RUN_MIN_TOKENS:
+                        run = _run(step, nxt)
+                    prev = nxt
                     if run is not None and not node[2] & ~run[0] and node[5] <= run[1]:
                         extend(order[node[3]:node[4]])
                         continue
@@ -128,6 +139,8 @@ class TokenTrie:
 _MISSING = object()
 _NO_IDS = ()
 _UNBOUNDED = 1 << 62
+_RUN_MIN_TOKENS = 32   # subtree size from which a state's run is worked out
+_RUN_MAX_CHAIN = 16    # chain states looked at; capacities past this are under-counted (safe)
 
 
 def _largest_group(step, st: State):
@@ -164,6 +177,8 @@ def _run(step, st: State) -> tuple:
         if nxt.run is not None:
             tail = nxt.run
             break
+        if len(chain) >= _RUN_MAX_CHAIN:
+            break
         cur = nxt
     for cur, bits in reversed(chain):  # capacity = 1 + the successor's, while the byte set stays
         cap = 1 + tail[1] if tail is not None and tail[0] == bits else (1 if bits else 0)
@@ -171,10 +186,6 @@ def _run(step, st: State) -> tuple:
     return st.run
 
 
-def _freeze(node: list) -> tuple:
-    """A built node as a tuple (ids as a tuple, no dict for a leaf): a third less memory than lists
-    and empty dicts, which matters for 100k+ vocabularies in the browser."""
-    return (tuple(node[0]) if node[0] else _NO_IDS, node[1] or None, node[2], node[3], node[4], node[5])
 
 
 def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None,
@@ -186,18 +197,33 @@ def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | N
         ids = trie.allowed_ids(matcher, state, strip_space)
         if state.accepting:
             ids.extend(trie.eos_ids)
-        nbytes = 4 * (words if words is not None else -(-trie.vocab_size // 32))
-        bits = bytearray(nbytes)
-        limit = 8 * nbytes  # a tokenizer may know more tokens than the model's logits have rows
-        for t in ids:
-            if t < limit:
-                bits[t >> 3] |= 1 << (t & 7)
-        m = bytes(bits)
+        m = _pack(ids, 32 * (words if words is not None else -(-trie.vocab_size // 32)))
         if strip_space:
             matcher.first_masks[state.id] = m
         else:
             state.mask = m
     return m
+
+
+def _pack(ids: list[int], nbits: int) -> bytes:
+    """Token ids -> little-endian bitset of nbits bits. One flag byte per token, then 8 strided
+    slices of the flags folded into bit positions by C-level bytes/int operations."""
+    flags = bytearray(nbits)
+    try:
+        for t in ids:
+            flags[t] = 1
+    except IndexError:  # a tokenizer may know more tokens than the model's logits have rows
+        flags = bytearray(nbits)
+        for t in ids:
+            if t < nbits:
+                flags[t] = 1
+    acc = 0
+    for j in range(8):
+        acc |= int.from_bytes(bytes(flags[j::8]).translate(_SHIFTED[j]), "little")
+    return acc.to_bytes(nbits // 8, "little")
+
+
+_SHIFTED = [bytes([(1 << j) if v == 1 else 0 for v in range(256)]) for j in range(8)]
 
 
 def mask_ids(mask: bytes) -> list[int]:
