@@ -1,5 +1,5 @@
 """The aligned 4-bit decode matvec (shaders/matvec_q4.wgsl.j2) on lavapipe vs numpy over gguf-py's
-dequantize (independent reference): Q4_0 and Q4_K, f32 and f16 arithmetic, tree and subgroup
+dequantize (independent reference): Q4_0, Q4_1 and Q4_K, tree and subgroup
 reductions, rows that do not fill the last workgroup, residual accumulate, and the fused forms
 (Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out)."""
 import asyncio
@@ -33,7 +33,7 @@ def sg_device():
     return dev
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
 @pytest.mark.parametrize("subgroups,wg,rows", [(False, 64, 4), (False, 32, 3), (True, 16, 2), (True, 128, 1)])
 def test_single_matrix(device, sg_device, qtype, subgroups, wg, rows):
     dev = sg_device if subgroups else device
@@ -54,7 +54,7 @@ def test_single_matrix(device, sg_device, qtype, subgroups, wg, rows):
         assert scaled_error(y, x, w) < TOL, (accumulate, scaled_error(y, x, w))
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
 def test_fused_qkv(device, qtype):
     rng = np.random.default_rng(8)
     K, parts = 512, (40, 12, 9)

@@ -35,9 +35,9 @@ class MatvecTiling:
         return _ceil_div(n, self.rows if self.split_k else self.rows * self.wg)
 
 
-# The aligned 4-bit kernel (matvec_q4.wgsl.j2): threads per workgroup and rows per workgroup.
+# The aligned 4-bit kernel (matvec_q4.wgsl.j2, Q4_0 / Q4_1 / Q4_K): threads and rows per workgroup.
 Q4_TILING = MatvecTiling(wg=64, rows=4)
-Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_K)
+Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
 
 
 # CPU adapters: 32 lanes per workgroup (4- or 8-wide SIMD), 2 rows per lane (matvec_rows.wgsl.j2).
