@@ -46,7 +46,7 @@ FAMILY_VARIANTS = [
                         tie_word_embeddings=False, hidden_act="gelu_new", layer_norm_eps=1e-5, **HEADS,
                         rope_scaling={"rope_type": "default", "partial_rotary_factor": 0.5}, rope_theta=10000.0)),
     # StableLM 2 style: a quarter rotates, per-head q/k norms, QKV bias, parallel residual, BF16.
-    Variant("stablelm-parallel", "stablelm", "bfloat16", seed=7,
+    Variant("stablelm-parallel", "stablelm", "bfloat16", seed=16,
             config=dict(hidden_size=128, intermediate_size=192, num_hidden_layers=2, qk_layernorm=True,
                         use_qkv_bias=True, use_parallel_residual=True, tie_word_embeddings=False, **HEADS,
                         rope_scaling={"rope_type": "default", "partial_rotary_factor": 0.25}, rope_theta=10000.0)),
@@ -174,15 +174,16 @@ def add_tokenizer(w) -> None:
 
 
 def put_tensor(w, name: str, arr, kind: str = "f32"):
-    """Add `arr` to GGUFWriter `w` as `kind` (f32, f16, q8_0); return the values as stored."""
+    """Add `arr` to GGUFWriter `w` as `kind` (f32, f16, or a type gguf-py quantizes: q8_0, q4_0, ...);
+    return the values as stored."""
     import gguf
 
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if kind == "q8_0":
-        q8 = gguf.GGMLQuantizationType.Q8_0
-        q = gguf.quants.quantize(arr, q8)
-        w.add_tensor(name, q, raw_dtype=q8)
-        return gguf.quants.dequantize(q, q8).reshape(arr.shape)
+    if kind not in ("f32", "f16"):
+        qt = gguf.GGMLQuantizationType[kind.upper()]
+        q = gguf.quants.quantize(arr, qt)
+        w.add_tensor(name, q, raw_dtype=qt)
+        return gguf.quants.dequantize(q, qt).reshape(arr.shape)
     if kind == "f16":
         w.add_tensor(name, arr.astype(np.float16))
         return arr.astype(np.float16).astype(np.float32)
@@ -370,7 +371,8 @@ def test_gguf_phi2_matches_transformers(phi2_gguf):
 
 # -- GGUF: StableLM as llama.cpp writes it ----------------------------------------------------------------
 # Architecture "stablelm": per-head q/k norm weights stacked into one [n_heads, head_dim] tensor,
-# stablelm.use_parallel_residual, LayerNorm biases, QKV biases; Q8_0 projections, F16 MLP.
+# stablelm.use_parallel_residual, LayerNorm biases, QKV biases; Q8_0 projections, Q4_0 MLP (on a GPU the
+# decode step fuses gate, up and the GLU into one 4-bit dispatch).
 
 def stablelm_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
@@ -414,15 +416,15 @@ def stablelm_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
             put(f"blk.{i}.attn_{x}_norm.weight", np.stack([t[a + f"{x}_layernorm.norms.{h}.weight"] for h in range(n)]))
         put(f"blk.{i}.attn_output.weight", t[a + "o_proj.weight"])
         for hf, gg in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
-            ref[p + f"mlp.{hf}.weight"] = put(f"blk.{i}.{gg}.weight", t[p + f"mlp.{hf}.weight"], "f16")
+            ref[p + f"mlp.{hf}.weight"] = put(f"blk.{i}.{gg}.weight", t[p + f"mlp.{hf}.weight"], "q4_0")
     ref_dir = os.path.join(out_dir, "stablelm-gguf-reference")
     finish_gguf(w, hf_dir, ref, ref_dir)
     return path, ref_dir
 
 
 def test_gguf_stablelm_matches_transformers(models_dir, tmp_path, device):
-    """Stacked per-head q/k norms, parallel residual from stablelm.use_parallel_residual, partial rotary:
-    logits and 16 greedy tokens as transformers on the same values."""
+    """Stacked per-head q/k norms, parallel residual from stablelm.use_parallel_residual, partial rotary,
+    Q4_0 MLP: logits and 16 greedy tokens as transformers on the same values."""
     path, ref_dir = stablelm_to_gguf(models_dir["stablelm-parallel"], str(tmp_path))
     engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..attention import PagedAttention
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
-from ..linear import Embedding, Linear
+from ..linear import Embedding, Linear, MatvecGroup
 from ..ops import Activation, LayerNorm, RoPE
 from .config import ModelConfig
 from .llama import RunState
@@ -50,6 +50,7 @@ class Phi2Layer:
         self.wq = self.projection("attn_q", q_out)
         self.wk = self.projection("attn_k", k_out)
         self.wv = self.projection("attn_v", s.v)
+        self.qkv = MatvecGroup([self.wq, self.wk, self.wv])  # one decode dispatch where the matvec kernel can fuse them
         self.qk_norms = []
         if cfg.qk_norm:
             for name, src, dst, heads in (("attn_q_norm", q_out, s.q, cfg.n_heads), ("attn_k_norm", k_out, s.k, cfg.n_kv_heads)):
@@ -92,8 +93,7 @@ class Phi2Layer:
         return [self.fc1, self.act, self.fc2]
 
     def record(self, rec: Recorder, n: int) -> None:
-        for op in (self.attn_norm, self.wq, self.wk, self.wv, *self.qk_norms, self.rope, self.attention, self.wo,
-                   *self.ffn):
+        for op in (self.attn_norm, self.qkv, *self.qk_norms, self.rope, self.attention, self.wo, *self.ffn):
             op.record(rec, n)
 
 

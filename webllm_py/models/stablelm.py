@@ -19,6 +19,7 @@ The attention half is Phi-2's layer (models/phi2.py); only the MLP and its resid
 """
 from __future__ import annotations
 
+from ..linear import MatvecGroup
 from ..ops import GLU
 from .phi2 import Phi2Layer, Phi2Model
 
@@ -34,7 +35,9 @@ class StableLmLayer(Phi2Layer):
         self.w_up = self.linear("ffn_up", s.h, s.up)
         self.glu = GLU(self.device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step)
         self.w_down = self.linear("ffn_down", s.act, s.x, accumulate=True)   # x += act Wdown
-        return ops + [self.w_gate, self.w_up, self.glu, self.w_down]
+        # gate, up and the GLU in one decode dispatch where the matvec kernel can fuse them
+        self.gate_up = MatvecGroup([self.w_gate, self.w_up], glu=(cfg.activation, self.glu))
+        return ops + [self.gate_up, self.w_down]
 
 
 class StableLmModel(Phi2Model):
