@@ -20,9 +20,9 @@ _TRIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class TokenTrie:
-    """Trie of token bytes. A node is (token ids ending here, {byte: index of the child in `nodes`} or None, bytes used
-    below it (an int bitset), start, end, depth below): order[start:end] are the ids of every token
-    strictly below the node, and the longest of them is `depth below` bytes longer than the node.
+    """Trie of token bytes, as a flat list `nodes` of tuples (token ids ending here, {byte: child's
+    index} or None, bytes used below (an int bitset), start, end, depth below): order[start:end] are
+    the ids of every token strictly below the node, the longest `depth below` bytes longer than it.
 
     The last four serve a shortcut of the walk. Inside free text most bytes take a state to one same
     successor: a JSON string stays a string on any plain character (a loop), a string of at most n
