@@ -2,7 +2,7 @@
 # Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
 # with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
-#   scripts/device_bench.sh [full|kernels|profile|dev]   (kernels: scripts/kernel_bench.py; dev: that + profiles)
+#   scripts/device_bench.sh [full|kernels|profile|dev|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles; none: setup only)
 set -u
 OUT=${OUT:-.}
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
