@@ -28,7 +28,8 @@ MODEL = Path(__file__).resolve().parents[1] / "build" / "models" / "gemma-3-270m
 PROMPT = "def fibonacci(n):"
 N_GREEDY = 64
 # Both sides dequantize the same blocks exactly; differences are our f16 KV cache (transformers keeps
-# f32) and f32 summation order over 18 layers. Measured max |diff| 4.6e-3 against max |logit| 22.4.
+# f32) and f32 summation order over 18 layers. Measured max |diff| 6.4e-3 against max |logit| 27.8
+# (2.3e-4 of it).
 LOGIT_RTOL = 2e-3
 
 
