@@ -64,3 +64,15 @@ def test_rope_folded_into_cache_write(device, pairs, f16):
     qr = rope_reference(q.reshape(N, H, HD), pos, inv_freq, pairs).reshape(N, H * HD)
     kr = rope_reference(k.reshape(N, KV, HD), pos, inv_freq, pairs).reshape(N, KV * HD)
     np.testing.assert_allclose(got, reference(qr, kr, v, H, KV), atol=1e-3 if f16 else 2e-5, rtol=1e-3 if f16 else 1e-4)
+
+
+@pytest.mark.parametrize("n", [4100, 8200])  # the two large prefill tilings GPUs get (rows not a tile multiple)
+def test_gpu_prefill_tilings(device, n):
+    from webllm_py.linear import Linear, gpu_matmul_tiling
+    from .test_linear import assert_close, make_weight, run_linear, upload
+    rng = np.random.default_rng(13)
+    raw, w = make_weight("Q4_0", n, 128, rng)
+    lin = Linear(device, upload(device, raw, "Q4_0", n, 128), matmul=gpu_matmul_tiling(n))
+    assert lin.matmul_tiling.tm == 64
+    x = rng.standard_normal((70, 128)).astype(np.float32)  # two token tiles, the second partial
+    assert_close(run_linear(device, lin, x), x.astype(np.float64) @ w.T, x, w)

@@ -60,6 +60,17 @@ class MatmulRowsTiling:
     tm: int = 4  # tokens per lane: each weight word serves this many tokens
 
 
+def gpu_matmul_tiling(n: int) -> MatmulTiling:
+    """Prefill tiles on GPUs by the number of rows: big register tiles where a 128-token chunk still
+    makes a few hundred workgroups (H100, T = 128: 14336 rows 7.9 TFLOP/s at 64x64/8x8 against 3.8
+    at 32x32/4x4; 2048 rows 3.7 at 32x32 against 2.2 at 64x64: docs/benchmarks.md)."""
+    if n >= 8192:
+        return MatmulTiling(tm=64, tn=64, tk=16, rm=8, rn=8)
+    if n >= 4096:
+        return MatmulTiling(tm=64, tn=64, tk=32, rm=4, rn=4)
+    return MatmulTiling()
+
+
 def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
     # Fewer outputs per lane for wide units: a lane keeps rows x (unit words) in registers, and
     # the unrolled shader must compile quickly (SwiftShader: 6 s for rows 16 x tm 4 of Q4_1,
@@ -108,7 +119,7 @@ class Linear:
             self.matvec_tiling = Q4_TILING
         # Prefill: the tiled matmul on GPUs; on CPU adapters, barrier-free rows (matmul_rows.wgsl.j2).
         self.matmul_tiling = matmul or (cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback
-                                        else MatmulTiling())
+                                        else gpu_matmul_tiling(self.N))
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
         self._tokens_at = tokens_at
