@@ -104,7 +104,7 @@ def test_fused_gate_up(device, qtype, act):
 
 
 @pytest.mark.parametrize("qtype,glu", [("Q4_0", None), ("Q4_K", "silu")])
-def test_rmsnorm_folded_in(device, qtype, glu):
+def test_rmsnorm_folded_in(device, qtype, glu, monkeypatch):
     """MatvecGroup(norm=...) reads the residual and normalises on the way: equals
     W @ (x / rms(x) * (w + offset)) from numpy; the norm's own dispatch is skipped for one token."""
     from webllm_py.ops import RMSNorm
@@ -126,6 +126,8 @@ def test_rmsnorm_folded_in(device, qtype, glu):
         ys.append(yb)
     out = f32_buffer(device, np.zeros(parts[0], np.float32))
     glu_op = ("silu", GLU(device, parts[0], "silu").bind(ys[0], ys[1], out, step)) if glu else None
+    from webllm_py import linear
+    monkeypatch.setattr(linear, "FOLD_NORM_MAX_K", K)
     group = MatvecGroup(bounds, glu=glu_op, norm=norm)
     assert group.fused is not None and norm.absorbed
     with device.recorder() as rec:

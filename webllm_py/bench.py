@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step (all layers)")
     p.add_argument("--matvec-tiling", help="WG,ROWS: decode matvec tiling for every Linear (default: linear.py's)")
     p.add_argument("--subgroups", action="store_true", help="request the adapter's subgroups feature (kernels use it)")
+    p.add_argument("--fold-norms", type=int, metavar="MAX_K", help="fold RMSNorm into fused matvecs up to this K (linear.FOLD_NORM_MAX_K)")
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
 
 
@@ -208,6 +209,9 @@ async def _bench(args) -> dict:
         wg, rows = (int(v) for v in args.matvec_tiling.split(","))
         linear.MatvecTiling.__init__.__defaults__ = (wg, rows, True)
         linear.Q4_TILING = linear.MatvecTiling(wg, rows, True)
+    if args.fold_norms is not None:
+        from . import linear
+        linear.FOLD_NORM_MAX_K = args.fold_norms
     device = await request_device("native", use_subgroups=args.subgroups)
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16

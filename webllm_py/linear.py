@@ -38,6 +38,9 @@ class MatvecTiling:
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2, Q4_0 / Q4_1 / Q4_K): threads and rows per workgroup.
 Q4_TILING = MatvecTiling(wg=64, rows=4)
 Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
+# MatvecGroup folds a preceding RMSNorm into its dispatch only for rows this short: at K = 4096 the
+# fold's extra per-unit work cost more than the norm's dispatch on an H100 (docs/benchmarks.md).
+FOLD_NORM_MAX_K = 0
 
 
 # CPU adapters: 32 lanes per workgroup (4- or 8-wide SIMD), 2 rows per lane (matvec_rows.wgsl.j2).
@@ -234,7 +237,8 @@ class MatvecGroup:
         # a norm folds in when it is a plain RMSNorm of one row per token writing this x
         rms = getattr(norm, "norm", None)
         nbufs = norm.bind_group.buffers if rms is not None else ()
-        fold = rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
+        fold = (rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
+                and first.K <= FOLD_NORM_MAX_K)
         if ok:
             parts = [l.N for l in lins]
             act, glu_op = glu if glu else (None, None)

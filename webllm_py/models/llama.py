@@ -82,9 +82,9 @@ class LlamaLayer:
         self.wo = linear("attn_output", s.o, s.x, accumulate=True)      # x += o Wo
         self.ffn_norm = norm("ffn_norm").bind(s.x, s.h, s.step)
         self.ffn = self.feed_forward(device, cfg, w, i, s)
-        # One dispatch per decode step where the kernel can fuse them. (Folding attn_norm in too,
-        # MatvecGroup(norm=...), measured slower on an H100: docs/benchmarks.md.)
-        self.qkv = MatvecGroup([self.wq, self.wk, self.wv])
+        # One dispatch per decode step where the kernel can fuse them (the norm folds in only where
+        # linear.FOLD_NORM_MAX_K allows: docs/benchmarks.md).
+        self.qkv = MatvecGroup([self.wq, self.wk, self.wv], norm=self.attn_norm)
 
     def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
         """x += (silu(h Wgate) * (h Wup)) Wdown, as ops in order. The hook a family with another MLP
@@ -98,7 +98,7 @@ class LlamaLayer:
         self.glu = GLU(device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step)
         self.w_down = linear("ffn_down", s.act, s.x, accumulate=True)   # x += act Wdown
         # gate, up and the GLU in one dispatch per decode step where the matvec kernel can fuse them
-        self.gate_up = MatvecGroup([self.w_gate, self.w_up], glu=(cfg.activation, self.glu))
+        self.gate_up = MatvecGroup([self.w_gate, self.w_up], glu=(cfg.activation, self.glu), norm=self.ffn_norm)
         return [self.gate_up, self.w_down]
 
     def record(self, rec: Recorder, n: int) -> None:
