@@ -54,6 +54,23 @@ def test_single_matrix(device, sg_device, qtype, subgroups, wg, rows):
         assert scaled_error(y, x, w) < TOL, (accumulate, scaled_error(y, x, w))
 
 
+@pytest.mark.parametrize("qtype,K", [("Q4_0", 64), ("Q4_1", 128), ("Q4_0", 192), ("Q4_K", 256)])
+def test_short_rows(device, qtype, K):
+    """Rows of one to four units: fewer units than rows per workgroup (threads are still one per row)."""
+    rng = np.random.default_rng(9)
+    N = 11
+    raw, w = make_weight(qtype, N, K, rng)
+    lin = Linear(device, upload(device, raw, qtype, N, K), matvec=MatvecTiling(64, 4, True))
+    assert lin.q4
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    xb, yb = f32_buffer(device, x), f32_buffer(device, np.zeros((1, N), np.float32))
+    bound = lin.bind(xb, yb)
+    with device.recorder() as rec:
+        bound.record(rec, 1)
+    y = read_f32(device, yb, N)[None]
+    assert scaled_error(y, x, w) < TOL, scaled_error(y, x, w)
+
+
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
 def test_fused_qkv(device, qtype):
     rng = np.random.default_rng(8)

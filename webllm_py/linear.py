@@ -170,7 +170,9 @@ class Linear:
         norm: an ops.RMSNorm applied to x on the way in."""
         nparams = dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         t = self.matvec_tiling
-        wg = min(t.wg, 1 << max(0, (self.K // 64 - 1).bit_length()))  # no more threads than units
+        # No more threads than units, but at least one per row: thread r writes row r's result
+        # (rows K = 64, 128 would otherwise leave rows unwritten), and two for the tree reduction.
+        wg = max(min(t.wg, 1 << max(0, (self.K // 64 - 1).bit_length())), 1 << (max(2, t.rows) - 1).bit_length())
         return self.device.kernel("matvec_q4", label=f"matvec_q4 {self.weight.name}", wg=wg, rows=t.rows,
                                   subgroups=self._subgroups, qtype=self.weight.ggml_type.name,
                                   K=self.K, parts=list(parts), row_bytes=self._params["row_bytes"],
