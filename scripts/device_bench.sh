@@ -2,7 +2,8 @@
 # Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
 # with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
-#   scripts/device_bench.sh [full|kernels|profile|dev|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles; none: setup only)
+#   scripts/device_bench.sh [full|kernels|profile|dev|structured|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
+#   structured: decode with/without a JSON token mask, needs build/tokenizers/{smollm2,llama3} carried; none: setup only)
 set -u
 OUT=${OUT:-.}
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -30,6 +31,13 @@ fi
 if [ "$mode" = dev ]; then  # the profile runs used while tuning
     bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 --profile --subgroups
     bench --shape llama-3.2-1b --quant Q4_0 --decode-tokens 64 --profile --subgroups
+fi
+if [ "$mode" = structured ]; then  # issue 9: decode slowdown under response_format (real tokenizers, random weights)
+    for c in json_object schema; do
+        bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0 --constraint $c
+        bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0 --constraint $c --temperature 1
+    done
+    bench --shape llama-3.2-1b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1
 fi
 if [ "$mode" = full ]; then
     bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0

@@ -4,6 +4,11 @@ Runs a real checkpoint (default: SmolLM2-135M) or a model of a published shape w
 in a real quant type (weights are random bytes with sane scales: the speed of a quantized matvec
 does not depend on the values). Optionally runs Hugging Face transformers eager generation of the
 same shape on the same machine (CUDA if present) and reports the ratio.
+
+`--constraint json_object|schema` also measures structured output's cost (issue 9): the same decode
+steps with and without a token mask, the constraint built as api.py builds one from response_format.
+Random weights end a JSON output early or late at random, so a finished output starts a new one in
+the same sequence: both runs take exactly the same number of decode steps at the same positions.
 """
 from __future__ import annotations
 
@@ -29,6 +34,24 @@ SHAPES = {
                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
 }
 ROOFLINE_GBPS = {"H100": 3350.0, "H200": 4800.0}
+# --constraint schema: one fixed schema with the kinds issue 9 names (nested object, enum, array,
+# numbers, strings bounded and not), so runs compare across commits.
+BENCH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer"},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 4},
+        "address": {"type": "object", "properties": {"city": {"type": "string"},
+                                                     "zip": {"type": "string", "maxLength": 10}},
+                    "required": ["city", "zip"]},
+        "score": {"type": "number"},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["name", "age", "unit", "tags", "address", "score", "ok"],
+}
+DEFAULT_TOKENIZER = "build/tokenizers/smollm2"  # SmolLM2's real vocabulary (49152 = the smollm2-135m shape's)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subgroups", action="store_true", help="request the adapter's subgroups feature (kernels use it)")
     p.add_argument("--fold-norms", type=int, metavar="MAX_K", help="fold RMSNorm into fused matvecs up to this K (linear.FOLD_NORM_MAX_K)")
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
+    p.add_argument("--constraint", choices=["json_object", "schema"],
+                   help="also time decode under response_format json_object / json_schema (BENCH_SCHEMA)")
+    p.add_argument("--tokenizer", help=f"tokenizer.json or its folder, for --shape (default: {DEFAULT_TOKENIZER})")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the timed decode (seed 0)")
+    p.add_argument("--rounds", type=int, default=3, help="--constraint: alternating free/constrained runs")
 
 
 def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
@@ -204,6 +232,8 @@ async def _bench(args) -> dict:
     t_load = time.perf_counter()
     ckpt = (random_checkpoint(args.shape, args.quant, args.embed_quant) if args.shape
             else open_checkpoint(args.model or default_model_path()))
+    if args.shape and (args.constraint or args.tokenizer):  # masks need a real vocabulary
+        ckpt.tokenizer = load_tokenizer(args.tokenizer or DEFAULT_TOKENIZER)
     if args.matvec_tiling:  # bench-only override of the default tiling Linear picks on GPUs
         from . import linear
         wg, rows = (int(v) for v in args.matvec_tiling.split(","))
@@ -223,7 +253,8 @@ async def _bench(args) -> dict:
     vocab = cfg.vocab_size
     prompt = [(i * 7919 + 13) % vocab for i in range(args.prompt_tokens)]
 
-    engine.sampler.set_params(SamplingParams(temperature=0.0))
+    params = SamplingParams(temperature=args.temperature, seed=0)
+    engine.sampler.set_params(params)
     engine.sampler.reset(prompt)
     # Warm-up: compile every pipeline, touch every buffer.
     engine._cached[0] = []
@@ -281,8 +312,131 @@ async def _bench(args) -> dict:
         out["gpu_ms_by_op"] = profile
     if args.matvec_tiling:
         out["matvec_tiling"] = args.matvec_tiling
+    if args.temperature:
+        out["temperature"] = args.temperature
+    if args.constraint:
+        out["structured"] = await structured_bench(engine, args, prompt, params)
     engine.unload()
     return out
+
+
+def load_tokenizer(path: str):
+    """A Hugging Face tokenizer.json (with tokenizer_config.json beside it, for the EOS ids), or its folder."""
+    from pathlib import Path
+
+    from .tokenizer import Tokenizer
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    cfg = folder / "tokenizer_config.json"
+    return Tokenizer.from_hf(folder / "tokenizer.json" if p.is_dir() else p, cfg if cfg.exists() else None)
+
+
+def response_format_for(kind: str) -> dict:
+    if kind == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "bench", "schema": BENCH_SCHEMA, "strict": True}}
+
+
+def _mask_cached(con) -> bool:
+    """Whether con.mask() will return a mask computed before (cached on the matcher state)."""
+    if con._strip_first:
+        return con.matcher.first_masks.get(con.state.id) is not None
+    return con.state.mask is not None
+
+
+async def decode_run(engine, prompt: list[int], n: int, params, new_constraint=None) -> dict:
+    """Prefill `prompt` from an empty cache, then time `n` decode steps. With `new_constraint` (a
+    factory), each step is preceded by what Engine._generate_locked does (advance the matcher by the
+    last token, compute its mask, write it to the sampler); a finished output (EOS, or the grammar
+    admits nothing more) starts a new one in place, so the step count never depends on the output."""
+    perf = time.perf_counter
+    engine.reset(0)
+    engine._cached[0] = []
+    engine.sampler.set_params(params)
+    engine.sampler.reset(prompt)
+    con = new_constraint() if new_constraint else None
+    engine.sampler.set_mask(con.mask() if con is not None else None)
+    res = None
+    for i in range(0, len(prompt), engine.prefill_chunk):
+        res = await engine._step(0, prompt[i:i + engine.prefill_chunk], sample=True)
+    eos = set(engine.tokenizer.eos_ids) if con is not None else set()
+    first_ms, cached_ms, outputs = [], [], []
+    advance_s = 0.0
+    tid = res.token_id
+    t0 = perf()
+    for _ in range(n):
+        if con is not None:
+            t = perf()
+            done = tid in eos
+            if not done:
+                con.advance(tid)
+                done = con.complete
+            if done:
+                outputs.append(bytes(con.text))
+                con = new_constraint()
+            t1 = perf()
+            cached = _mask_cached(con)
+            m = con.mask()
+            t2 = perf()
+            advance_s += t1 - t
+            (cached_ms if cached else first_ms).append(1e3 * (t2 - t1))
+            engine.sampler.set_mask(m)
+        res = await engine._step(0, [tid], sample=True)
+        tid = res.token_id
+    wall = perf() - t0
+    engine.sampler.set_mask(None)
+    out = {"tok_s": round(n / wall, 1), "ms_per_token": round(1e3 * wall / n, 3)}
+    if con is not None:
+        valid = 0
+        for o in outputs:
+            try:
+                json.loads(o)
+                valid += 1
+            except ValueError:
+                pass
+        masks_ms = sum(first_ms) + sum(cached_ms)
+        out.update({
+            "mask_ms_per_token": round(masks_ms / n, 3), "advance_ms_per_token": round(1e3 * advance_s / n, 3),
+            "first_visits": len(first_ms), "first_visit_ms_mean": round(sum(first_ms) / len(first_ms), 2) if first_ms else None,
+            "first_visit_ms_max": round(max(first_ms), 2) if first_ms else None,
+            "cached_visits": len(cached_ms), "cached_ms_mean": round(sum(cached_ms) / len(cached_ms), 4) if cached_ms else None,
+            "outputs_finished": len(outputs), "outputs_valid_json": valid,
+            "output_sample": (outputs[0] if outputs else bytes(con.text))[:160].decode("utf-8", "replace"),
+            "partial_output_bytes": len(con.text),
+        })
+    return out
+
+
+async def structured_bench(engine, args, prompt: list[int], params) -> dict:
+    """Alternating free / constrained runs of the same decode steps (round 0's constrained run meets
+    every matcher state for the first time; later rounds reuse the masks cached on the states, as a
+    repeated schema does). Ratios compare each constrained run with the median free run."""
+    import statistics
+
+    from .structured import Constraint, response_format_gbnf
+
+    # As api.py: response_format -> GBNF -> Constraint(tokenizer, gbnf, the model's vocab size).
+    gbnf = response_format_gbnf(response_format_for(args.constraint))
+    tok, vocab = engine.tokenizer, engine.config.vocab_size
+    t = time.perf_counter()
+    Constraint(tok, gbnf, vocab)  # first use: the tokenizer's trie and the grammar's matcher
+    setup_s = time.perf_counter() - t
+    free, con = [], []
+    for _ in range(max(args.rounds, 1)):
+        free.append(await decode_run(engine, prompt, args.decode_tokens, params))
+        con.append(await decode_run(engine, prompt, args.decode_tokens, params, lambda: Constraint(tok, gbnf, vocab)))
+    free_tps = statistics.median(r["tok_s"] for r in free)
+    warm = con[1:] or con
+    warm_tps = statistics.median(r["tok_s"] for r in warm)
+    return {
+        "constraint": args.constraint, "tokenizer": args.tokenizer or (DEFAULT_TOKENIZER if args.shape else "file"),
+        "tokenizer_vocab": tok.vocab_size, "decode_steps": args.decode_tokens, "trie_and_grammar_s": round(setup_s, 3),
+        "free_tok_s": free_tps, "constrained_first_tok_s": con[0]["tok_s"], "constrained_warm_tok_s": warm_tps,
+        "ratio_first": round(con[0]["tok_s"] / free_tps, 3), "ratio_warm": round(warm_tps / free_tps, 3),
+        "slowdown_first_pct": round(100 * (1 - con[0]["tok_s"] / free_tps), 1),
+        "slowdown_warm_pct": round(100 * (1 - warm_tps / free_tps), 1),
+        "free_runs": free, "constrained_runs": con,
+    }
 
 
 def hf_reference(args) -> dict:
