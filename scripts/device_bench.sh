@@ -37,7 +37,10 @@ if [ "$mode" = structured ]; then  # issue 9: decode slowdown under response_for
         bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0 --constraint $c
         bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0 --constraint $c --temperature 1
     done
-    bench --shape llama-3.2-1b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1
+    for c in json_object schema; do
+        bench --shape llama-3.2-1b --quant Q4_0 --constraint $c --tokenizer build/tokenizers/llama3 --temperature 1
+    done
+    bench --shape llama-3.1-8b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1
 fi
 if [ "$mode" = full ]; then
     bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0

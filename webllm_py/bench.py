@@ -410,7 +410,9 @@ async def decode_run(engine, prompt: list[int], n: int, params, new_constraint=N
 async def structured_bench(engine, args, prompt: list[int], params) -> dict:
     """Alternating free / constrained runs of the same decode steps (round 0's constrained run meets
     every matcher state for the first time; later rounds reuse the masks cached on the states, as a
-    repeated schema does). Ratios compare each constrained run with the median free run."""
+    repeated schema does: with temperature 0 they are the same output again, all masks cached).
+    Ratios compare the constrained runs with the median free run."""
+    import dataclasses
     import statistics
 
     from .structured import Constraint, response_format_gbnf
@@ -422,9 +424,12 @@ async def structured_bench(engine, args, prompt: list[int], params) -> dict:
     Constraint(tok, gbnf, vocab)  # first use: the tokenizer's trie and the grammar's matcher
     setup_s = time.perf_counter() - t
     free, con = [], []
-    for _ in range(max(args.rounds, 1)):
-        free.append(await decode_run(engine, prompt, args.decode_tokens, params))
-        con.append(await decode_run(engine, prompt, args.decode_tokens, params, lambda: Constraint(tok, gbnf, vocab)))
+    for r in range(max(args.rounds, 1)):
+        # A new seed each round (same for its free and constrained run): with temperature > 0 a later
+        # round is a new output under the same schema, so it meets cached and new states both.
+        p = dataclasses.replace(params, seed=r)
+        free.append(await decode_run(engine, prompt, args.decode_tokens, p))
+        con.append(await decode_run(engine, prompt, args.decode_tokens, p, lambda: Constraint(tok, gbnf, vocab)))
     free_tps = statistics.median(r["tok_s"] for r in free)
     warm = con[1:] or con
     warm_tps = statistics.median(r["tok_s"] for r in warm)
