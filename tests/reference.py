@@ -26,20 +26,44 @@ def hf_model(path: str):
 
 def hf_greedy(path: str, ids: list[int], n: int) -> tuple[list[int], "list"]:
     """n greedy tokens after `ids` (EOS does not stop it), and the logits of the prompt's last token."""
+    tokens, first_logits, _ = _greedy_steps(path, tuple(ids), n)
+    return list(tokens), first_logits
+
+
+def hf_margins(path: str, ids: list[int], n: int) -> list[float]:
+    """Top-2 logit gap / max|logit| at each of transformers' n greedy steps after `ids`: a test of
+    token equality is meaningful only where these exceed twice its logit tolerance."""
+    return list(_greedy_steps(path, tuple(ids), n)[2])
+
+
+@functools.lru_cache(maxsize=16)
+def _greedy_steps(path: str, ids: tuple[int, ...], n: int):
     import torch
 
     model, _ = hf_model(path)
-    out, first_logits = [], None
+    tokens, first_logits, margins = [], None, []
     with torch.no_grad():
-        x = torch.tensor([ids])
-        past = None
+        x, past = torch.tensor([ids]), None
         for _ in range(n):
             r = model(input_ids=x, past_key_values=past, use_cache=True)
-            past = r.past_key_values
-            logits = r.logits[0, -1]
+            past, logits = r.past_key_values, r.logits[0, -1]
             if first_logits is None:
                 first_logits = logits.double().numpy()
+            top = torch.topk(logits, 2).values
+            margins.append(float((top[0] - top[1]) / logits.abs().max()))
             nxt = int(torch.argmax(logits))
-            out.append(nxt)
+            tokens.append(nxt)
             x = torch.tensor([[nxt]])
-    return out, first_logits
+    return tokens, first_logits, margins
+
+
+# The prompt of the tiny random models' tests: 20+ tokens, so it spans three prefill chunks of 8.
+TINY_TEXT = ("The history of the printing press begins in Mainz, where Johannes Gutenberg combined movable "
+             "metal type with an oil-based ink around 1440.")
+
+
+def prompt_ids(path: str, n: int, text: str = TINY_TEXT) -> list[int]:
+    """The first n ids of `text` by the checkpoint's own (transformers) tokenizer."""
+    ids = hf_model(path)[1](text).input_ids
+    assert len(ids) >= n
+    return ids[:n]

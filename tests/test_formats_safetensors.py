@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from webllm_py.errors import ModelFormatError
 from webllm_py.formats.quants import GGMLType
-from webllm_py.formats.safetensors import SafetensorsFile, SafetensorsModel, open_safetensors
+from webllm_py.formats.safetensors import SafetensorsFile, open_safetensors
 from webllm_py.formats.source import BytesSource
 
 

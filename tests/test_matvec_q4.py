@@ -2,7 +2,6 @@
 dequantize (independent reference): Q4_0, Q4_1 and Q4_K, tree and subgroup
 reductions, rows that do not fill the last workgroup, residual accumulate, and the fused forms
 (Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out)."""
-import asyncio
 import struct
 
 import numpy as np

@@ -20,12 +20,10 @@ from webllm_py.engine import Engine
 from webllm_py.sampling import SamplingParams
 
 from .hf_models import Variant, build
-from .reference import hf_greedy, hf_model
+from .reference import hf_greedy, hf_margins, prompt_ids as prompt
 
 pytestmark = [pytest.mark.gpu]
 
-TEXT = ("The history of the printing press begins in Mainz, where Johannes Gutenberg combined movable "
-        "metal type with an oil-based ink around 1440.")
 PREFILL_CHUNK = 8
 LONG, SHORT = 20, 5   # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
 N_GREEDY = 16
@@ -74,28 +72,6 @@ def case(request, models_dir, device):
     yield request.param, path, engine
     engine.reset(0)
     engine.unload()
-
-
-def prompt(path: str, n: int) -> list[int]:
-    ids = hf_model(path)[1](TEXT).input_ids
-    assert len(ids) >= n
-    return ids[:n]
-
-
-def hf_margins(path: str, ids: list[int], n: int) -> list[float]:
-    """Top-2 logit gap / max|logit| at each of transformers' n greedy steps after `ids`."""
-    import torch
-
-    model, _ = hf_model(path)
-    out, x, past = [], torch.tensor([ids]), None
-    with torch.no_grad():
-        for _ in range(n):
-            r = model(input_ids=x, past_key_values=past, use_cache=True)
-            past, logits = r.past_key_values, r.logits[0, -1]
-            top = torch.topk(logits, 2).values
-            out.append(float((top[0] - top[1]) / logits.abs().max()))
-            x = torch.tensor([[int(logits.argmax())]])
-    return out
 
 
 def test_config(case):

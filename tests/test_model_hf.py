@@ -20,12 +20,10 @@ from webllm_py.errors import ModelFormatError, UnsupportedModelError
 from webllm_py.sampling import SamplingParams
 
 from .hf_models import VARIANTS, build
-from .reference import hf_greedy, hf_model
+from .reference import TINY_TEXT, hf_greedy, hf_margins, hf_model, prompt_ids as prompt
 
 pytestmark = [pytest.mark.gpu]
 
-TEXT = ("The history of the printing press begins in Mainz, where Johannes Gutenberg combined movable "
-        "metal type with an oil-based ink around 1440.")
 PREFILL_CHUNK = 8
 LONG, SHORT = 20, 5   # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
 N_GREEDY = 32
@@ -48,29 +46,6 @@ def case(request, models_dir, device):
     engine.reset(0)
 
 
-def prompt(path: str, n: int) -> list[int]:
-    _, tok = hf_model(path)
-    ids = tok(TEXT).input_ids
-    assert len(ids) >= n
-    return ids[:n]
-
-
-def hf_margins(path: str, ids: list[int], n: int) -> list[float]:
-    """Top-2 logit gap / max|logit| at each of transformers' n greedy steps after `ids`."""
-    import torch
-
-    model, _ = hf_model(path)
-    out, x, past = [], torch.tensor([ids]), None
-    with torch.no_grad():
-        for _ in range(n):
-            r = model(input_ids=x, past_key_values=past, use_cache=True)
-            past, logits = r.past_key_values, r.logits[0, -1]
-            top = torch.topk(logits, 2).values
-            out.append(float((top[0] - top[1]) / logits.abs().max()))
-            x = torch.tensor([[int(logits.argmax())]])
-    return out
-
-
 def test_config_and_tokenizer(case):
     v, path, engine = case
     cfg = engine.config
@@ -80,7 +55,7 @@ def test_config_and_tokenizer(case):
         v.family, hf["num_hidden_layers"], hf["hidden_size"], hf["head_dim"], hf["vocab_size"])
     assert cfg.tie_embeddings == hf["tie_word_embeddings"]
     assert cfg.rope_theta == hf["rope_parameters"]["rope_theta"]
-    assert engine.tokenizer.encode(TEXT) == hf_model(path)[1](TEXT).input_ids
+    assert engine.tokenizer.encode(TINY_TEXT) == hf_model(path)[1](TINY_TEXT).input_ids
 
 
 @pytest.mark.parametrize("n", [SHORT, LONG], ids=["one-chunk", "three-chunks"])

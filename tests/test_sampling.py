@@ -5,7 +5,6 @@ HF's RepetitionPenaltyLogitsProcessor; frequency/presence penalties as OpenAI do
 logprobs = log_softmax."""
 import asyncio
 import math
-import struct
 
 import numpy as np
 import pytest

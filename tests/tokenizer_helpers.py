@@ -1,6 +1,5 @@
 """Shared helpers for the tokenizer tests: reference data locations and GGUF metadata loading."""
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest

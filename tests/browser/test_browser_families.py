@@ -14,8 +14,8 @@ import pytest
 from webllm_py import serve
 
 from ..hf_models import build
-from ..reference import hf_greedy, hf_model
-from ..test_model_families import FAMILY_VARIANTS, LONG, TEXT
+from ..reference import hf_greedy, prompt_ids
+from ..test_model_families import FAMILY_VARIANTS, LONG
 from .conftest import open_page, run_python
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -56,7 +56,7 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_browser_greedy_tokens_equal_transformers(chromium, checkpoints, variant):
     path = checkpoints[variant.name]
-    ids = hf_model(path)[1](TEXT).input_ids[:LONG]
+    ids = prompt_ids(path, LONG)
     ref, _ = hf_greedy(path, ids, N_TOKENS)
 
     from pathlib import Path

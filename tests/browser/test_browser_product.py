@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from pathlib import Path
 
 import pytest
 
 from webllm_py import serve
 
-from .conftest import CONFIG, ROOT, open_page
+from .conftest import CONFIG, ROOT
 
 pytestmark = [pytest.mark.browser]
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from ..errors import ModelFormatError
 from .quants import GGMLType, TensorInfo
-from .source import ByteSource, as_source
+from .source import as_source
 
 MAX_HEADER = 100 << 20  # the reference implementation's limit as well
 
