@@ -140,3 +140,31 @@ def test_sentencepiece_first_piece_leading_space():
     from webllm_py.checkpoint import open_checkpoint
     byte_level = Constraint(open_checkpoint(str(smollm2_gguf())).tokenizer, 'root ::= " yes"\n')
     assert not byte_level._strip_first  # byte-level BPE keeps every space
+
+
+def test_mask_bounded_string_near_the_bound():
+    """States inside a string of at most n characters, at every byte of outputs that fill it (multi-byte
+    characters, escapes, cut mid-character): the walk takes the tokens of a subtree that fit what is left
+    as the shortest of its ids, which only pays with big subtrees of long tokens — so a vocabulary of
+    thousands of letter runs of 1..24 bytes, plus the pieces that break a run."""
+    rng = random.Random(1)
+    letters = "abcdefgh"
+    vocab = [b""] + sorted({"".join(rng.choice(letters) for _ in range(rng.randint(1, 24))).encode()
+                            for _ in range(4000)})
+    extra = ['"', '",', '"}', '\\', '\\n', '\\u00e9', 'é', '€', '😀', 'aé', 'é"', 'ab"', ' ', ' a', 'a b']
+    vocab += [p.encode() for p in extra] + [p.encode()[:k] for p in ('€', '😀', 'é') for k in (1, 2)]
+    vocab += [p.encode()[1:] for p in ('€a', '😀ab', 'éabc')]   # continuation bytes, then letters
+    trie = TokenTrie(vocab, [EOS])
+    for hi in (3, 12, 20, 40):  # (past 16: chains followed in steps)
+        schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": hi}}, "required": ["s"]}
+        m = Matcher(Grammar.from_gbnf(schema_to_gbnf(schema)))
+        fill = "abcdefgh" * 5
+        for value in ("a" * hi, fill[:hi - 1] + "é", ("é€😀" + fill)[:hi], ("ab\\n€" + fill)[:hi]):
+            text = json.dumps({"s": value}, ensure_ascii=False).encode()
+            assert m.accepts(text)
+            start = text.index(b'"', 5)
+            for cut in range(start, len(text) + 1):
+                state = m.feed(m.initial, text[:cut])
+                got = set(mask_ids(allowed_mask(trie, m, state)))
+                assert got == brute_force(m, state, vocab, [EOS]), (hi, text[:cut])
+    assert trie._by_length  # the shortcut by length was taken (else this test checks nothing new)

@@ -32,7 +32,7 @@ class State:
         self.complete = stacks == frozenset([()])
         self.trans: dict = {}   # byte -> State | None
         self.mask = None        # token mask bytes, filled by token_mask
-        self.run = None         # (byte bitset, capacity), filled by token_mask
+        self.run = None         # (byte bitset, capacity, how it ends), filled by token_mask
         self.id = id
 
 

@@ -13,6 +13,7 @@ token t, which is what shaders/sampling_logits reads.
 from __future__ import annotations
 
 import weakref
+from bisect import bisect_right
 
 from .matcher import Matcher, State
 
@@ -31,10 +32,16 @@ class TokenTrie:
     node is in the run's set and the longest token below fits the capacity, every token below is
     allowed without visiting it. That turns a walk over most of the vocabulary into one over the
     tokens with a quote, backslash or non-ASCII byte.
+
+    Near the end of a bounded string the longest token below a node rarely fits (Llama 3 has tokens of
+    dozens of letters), so the fit is also taken in part: `by_length` lists the subtree's ids by length,
+    and the tokens that fit the capacity are a prefix of that list.
     """
 
     def __init__(self, token_bytes: list[bytes], eos_ids, vocab_size: int | None = None):
         self.vocab_size = vocab_size or len(token_bytes)
+        self.lengths = [len(b) for b in token_bytes]  # bytes per token (small ints: shared objects)
+        self._by_length: dict = {}  # node index -> its subtree's ids by length (see by_length)
         self.eos_ids = sorted(i for i in eos_ids if 0 <= i < self.vocab_size)
         self.root: list = [[], {}]
         for tid, data in enumerate(token_bytes):
@@ -95,22 +102,35 @@ class TokenTrie:
             trie = _TRIES[tokenizer] = cls(data, tokenizer.eos_ids, n)
         return trie
 
+    def by_length(self, idx: int, depth: int) -> tuple:
+        """(ids, ends) of node `idx` at `depth` bytes from the root: the ids below it ordered by length,
+        and ends[k] = how many of them are at most k bytes longer than the node. Worked out on first use
+        and kept (on the trie, shared by every grammar): only nodes a run shortcut reached get one."""
+        got = self._by_length.get(idx)
+        if got is None:
+            node, lengths = self.nodes[idx], self.lengths
+            ids = sorted(self.order[node[3]:node[4]], key=lengths.__getitem__)
+            lens = [lengths[t] - depth for t in ids]
+            ends = tuple(bisect_right(lens, k) for k in range(node[5] + 1))
+            got = self._by_length[idx] = (ids, ends)
+        return got
+
     def allowed_ids(self, matcher: Matcher, state: State, strip_space: bool = False) -> list[int]:
         """Ids of the tokens whose bytes `state` accepts as a continuation (EOS not included).
         strip_space: a leading space of the token does not count (SentencePiece's first output piece,
         whose space the detokenizer drops): the subtree under b" " is walked from `state` itself."""
         out: list[int] = []
         step, order, nodes = matcher.step, self.order, self.nodes
-        todo = [(self.root[1], state)]
+        todo = [(self.root[1], state, 1)]  # (children, state before their byte, their depth)
         space = nodes[self.root[1][0x20]] if strip_space and 0x20 in self.root[1] else None
         if space is not None:
-            todo = [({b: n for b, n in self.root[1].items() if b != 0x20}, state)]
+            todo = [({b: n for b, n in self.root[1].items() if b != 0x20}, state, 1)]
             out.extend(space[0])  # a lone space: nothing left of it
             if space[1]:
-                todo.append((space[1], state))
-        pop, push, extend = todo.pop, todo.append, out.extend
+                todo.append((space[1], state, 2))
+        pop, push, extend, by_length = todo.pop, todo.append, out.extend, self.by_length
         while todo:
-            kids, st = pop()
+            kids, st, depth = pop()
             trans = st.trans
             prev = None
             for b, idx in kids.items():
@@ -129,10 +149,18 @@ class TokenTrie:
                     if run is None and (nxt is st or nxt is prev) and node[4] - node[3] >= _RUN_MIN_TOKENS:
                         run = _run(step, nxt)
                     prev = nxt
-                    if run is not None and not node[2] & ~run[0] and node[5] <= run[1]:
-                        extend(order[node[3]:node[4]])
-                        continue
-                    push((node[1], nxt))
+                    if run is not None and not node[2] & ~run[0]:
+                        if node[5] > run[1] and run[2] == _CUT:  # follow the chain as far as needed
+                            run = _run(step, nxt, node[5] + 1)
+                        if node[5] <= run[1]:
+                            extend(order[node[3]:node[4]])
+                            continue
+                        if run[2] == _CLOSED and node[4] - node[3] >= _RUN_MIN_TOKENS:
+                            # Too long in part: the tokens that fit are the shortest ones.
+                            ids, ends = by_length(idx, depth)
+                            extend(ids[:ends[run[1]]])
+                            continue
+                    push((node[1], nxt, depth + 1))
         return out
 
 
@@ -156,11 +184,25 @@ def _largest_group(step, st: State):
     return sum(1 << c for c in cs), nxt
 
 
-def _run(step, st: State) -> tuple:
-    """st.run = (bits, capacity): how many bytes of `bits` in a row `st` accepts, each taking it to
-    the next state of a chain whose states have the same largest group (see TokenTrie)."""
-    if st.run is not None:
-        return st.run
+def _takes_none(step, st: State, bits: int) -> bool:
+    """Whether `st` rejects every byte of `bits`."""
+    return all(step(st, c) is None for c in range(256) if bits >> c & 1)
+
+
+# How a run ends (a State's run[2]). _CLOSED: the state after `capacity` bytes takes none of the run's
+# bytes, so a longer run of them is rejected: the tokens that fit are exactly the allowed ones (the walk's
+# slice by length). _OPEN: it may take some of them some other way (walk on). _CUT: the chain was followed
+# no further than asked; the capacity is a lower bound, and a larger ask follows it further.
+_OPEN, _CLOSED, _CUT = 0, 1, 2
+
+
+def _run(step, st: State, limit: int = _RUN_MAX_CHAIN) -> tuple:
+    """st.run = (bits, capacity, end): how many bytes of `bits` in a row `st` accepts, each taking it to
+    the next state of a chain whose states have the same largest group (see TokenTrie), and how the run
+    ends (_CLOSED, _OPEN or _CUT above); at most `limit` chain states are looked at."""
+    run = st.run
+    if run is not None and (run[2] != _CUT or run[1] >= limit):
+        return run
     chain, seen = [], set()
     cur, tail = st, None
     while True:
@@ -170,22 +212,37 @@ def _run(step, st: State) -> tuple:
         if nxt is None or bits == 0:
             break
         if nxt is cur:                  # a loop: unbounded
-            tail = (bits, _UNBOUNDED)
+            tail = (bits, _UNBOUNDED, _OPEN)
             break
         if nxt.id in seen:              # a longer cycle: counted no further (safe: capacity 1 here)
+            tail = (bits, 1, _OPEN)
             break
-        if nxt.run is not None:
-            tail = nxt.run
+        r = nxt.run
+        if r is not None and (r[2] != _CUT or r[1] >= limit - len(chain)):
             break
-        if len(chain) >= _RUN_MAX_CHAIN:
+        if len(chain) >= limit:
+            tail = (bits, 1, _CUT)
             break
         cur = nxt
-    for cur, bits in reversed(chain):  # capacity = 1 + the successor's, while the byte set stays
-        cap = 1 + tail[1] if tail is not None and tail[0] == bits else (1 if bits else 0)
-        cur.run = tail = (bits, min(cap, _UNBOUNDED))
+    # The last state's run, then backwards: capacity = 1 + the successor's while the byte set stays.
+    last, bits = chain[-1]
+    if tail is None:
+        if bits == 0:
+            tail = (0, 0, _CLOSED)
+        else:
+            r = nxt.run
+            if r[0] == bits:
+                tail = (bits, min(1 + r[1], _UNBOUNDED), r[2])
+            else:
+                tail = (bits, 1, _CLOSED if _takes_none(step, nxt, bits) else _OPEN)
+    last.run = tail
+    for (cur, bits), (succ, _) in zip(reversed(chain[:-1]), reversed(chain[1:])):
+        if tail[0] == bits:
+            tail = (bits, min(1 + tail[1], _UNBOUNDED), tail[2])
+        else:
+            tail = (bits, 1, _CLOSED if _takes_none(step, succ, bits) else _OPEN)
+        cur.run = tail
     return st.run
-
-
 
 
 def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None,
