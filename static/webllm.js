@@ -138,7 +138,7 @@
     GPUUnavailableError: "This browser has no WebGPU. Use a recent Chrome or Edge (on Linux: start Chromium with --enable-unsafe-webgpu).",
     GPUFeatureError: "Your GPU lacks a feature this model needs (for example shader-f16). Pick a model stored in f32/quantized weights, or use a GPU/browser that supports it.",
     ModelTooLargeError: "The model does not fit in this GPU's memory or buffer limits. Pick a smaller model, or close other tabs using the GPU.",
-    DeviceLostError: "The GPU was reset or ran out of memory. Load the model again; if it keeps happening, pick a smaller model or context.",
+    DeviceLostError: "The GPU was reset or ran out of memory. Send the request again: the engine reloads the model by itself; if it keeps happening, pick a smaller model or context.",
     QuotaError: "The browser's storage is full, so the model is not cached: delete cached models or clear site data.",
     IntegrityError: "The downloaded file did not match its checksum. Try again; if it persists the server's copy changed.",
     DownloadError: "The model could not be downloaded. Check the network and that the server is running.",

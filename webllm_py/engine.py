@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import ContextOverflowError, DeviceLostError, RequestError, WebLLMError
+from .errors import DEVICE_LOST_ADVICE, ContextOverflowError, DeviceLostError, RequestError, WebLLMError
 from .gpu import Device, request_device
 from .kv_cache import PagedKVCache
 from .models import build_model
@@ -206,15 +206,14 @@ class Engine:
                 if isinstance(e, Exception) and not isinstance(e, WebLLMError) and self._probe_lost():
                     raise DeviceLostError(f"The GPU device was lost during generation ({type(e).__name__}: "
                                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}). "
-                                          "Reload the model to continue.") from e
+                                          + DEVICE_LOST_ADVICE) from e
                 if isinstance(e, DeviceLostError):
                     self.lost = True
                 raise
 
     def _check_lost(self) -> None:
         if self.lost:
-            raise DeviceLostError("The GPU device of this engine was lost. Reload the model to continue "
-                                  "(a ChatEngine from webllm_py.create() reloads by itself on the next request).")
+            raise DeviceLostError("The GPU device of this engine was lost. " + DEVICE_LOST_ADVICE)
 
     def _probe_lost(self) -> bool:
         """After an unexpected GPU-layer exception: is the device gone? The native backend (wgpu-py)

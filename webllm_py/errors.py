@@ -17,6 +17,11 @@ class DeviceLostError(WebLLMError):
     """The GPU device was lost (destroyed, driver reset, out of memory); reload the engine."""
 
 
+# What a user should do after a DeviceLostError, said the same way wherever one is raised.
+DEVICE_LOST_ADVICE = ("Send the request again: an engine from create() reloads the model by itself "
+                      "(an Engine loaded directly must be loaded again).")
+
+
 class ShaderError(WebLLMError):
     """A WGSL kernel failed to compile; this is a bug in webllm_py's templates."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..errors import DeviceLostError, GPUUnavailableError, ShaderError
+from ..errors import DEVICE_LOST_ADVICE, DeviceLostError, GPUUnavailableError, ShaderError
 from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder, align_up
 
 import js  # type: ignore  # only importable under Pyodide
@@ -128,7 +128,7 @@ class BrowserDevice(Device):
 
     def check_lost(self) -> None:
         if self._lost_reason is not None:
-            raise DeviceLostError(f"The GPU device was lost ({self._lost_reason}). Reload the model to continue.")
+            raise DeviceLostError(f"The GPU device was lost ({self._lost_reason}). " + DEVICE_LOST_ADVICE)
 
     # -- kernels ----------------------------------------------------------------------------------
     def _create_pipeline(self, source: str, label: str):
