@@ -18,15 +18,12 @@ import numpy as np
 import pytest
 
 from webllm_py.engine import Engine
-from webllm_py.sampling import SamplingParams
 
 from .hf_models import Variant, build
-from .reference import hf_greedy, hf_margins, prompt_ids as prompt
+from .model_checks import LONG, SHORT, assert_greedy_match, assert_logits_match, load_engine
 
 pytestmark = [pytest.mark.gpu]
 
-PREFILL_CHUNK = 8
-LONG, SHORT = 20, 5   # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
 N_GREEDY = 16
 # |ours - transformers| <= LOGIT_RTOL * max|transformers|: our KV cache is f16 where transformers
 # keeps f32; the rest is f32 summation order (tests/test_model_hf.py measured 0.6e-3..1.2e-3 for Llama).
@@ -70,7 +67,7 @@ def models_dir(tmp_path_factory):
 @pytest.fixture(scope="module", params=FAMILY_VARIANTS, ids=[v.name for v in FAMILY_VARIANTS])
 def case(request, models_dir, device):
     path = models_dir[request.param.name]
-    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    engine = load_engine(path, device)
     yield request.param, path, engine
     engine.reset(0)
     engine.unload()
@@ -93,26 +90,13 @@ def test_config(case):
 @pytest.mark.parametrize("n", [SHORT, LONG], ids=["one-chunk", "three-chunks"])
 def test_last_token_logits_match_transformers(case, n):
     v, path, engine = case
-    ids = prompt(path, n)
-    _, ref = hf_greedy(path, ids, 1)
-    ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
-    err = np.abs(ours - ref).max()
-    assert err <= LOGIT_RTOL * np.abs(ref).max(), (v.name, err, np.abs(ref).max())
-    assert int(ours.argmax()) == int(ref.argmax())
+    assert_logits_match(engine, path, n, LOGIT_RTOL, v.name)
 
 
 def test_greedy_tokens_match_transformers(case):
     """16 greedy tokens after a 20-token prompt that the engine prefills in chunks of 8."""
     v, path, engine = case
-    ids = prompt(path, LONG)
-    # Seeds were picked so transformers' greedy path has no near-ties: every step's top-2 gap exceeds
-    # twice the logit tolerance, so equal tokens is what the tolerance implies.
-    assert min(hf_margins(path, ids, N_GREEDY)) > 2 * LOGIT_RTOL, "pick another seed for " + v.name
-    ref, _ = hf_greedy(path, ids, N_GREEDY)
-    _, ours = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
-                                          ignore_eos=True))
-    assert ours == ref
-    assert len(set(ref)) > N_GREEDY // 4  # not a degenerate repeat of one token
+    assert_greedy_match(engine, path, N_GREEDY, LOGIT_RTOL, v.name)
 
 
 # -- GGUF: Mixtral as llama.cpp writes it ----------------------------------------------------------------
@@ -233,7 +217,7 @@ def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def mixtral_gguf(models_dir, tmp_path_factory, device):
     path, ref_dir = mixtral_to_gguf(models_dir["mixtral-4x2"], str(tmp_path_factory.mktemp("gguf")))
-    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    engine = load_engine(path, device)
     yield engine, ref_dir
     engine.unload()
 
@@ -250,14 +234,8 @@ def test_gguf_mixtral_matches_transformers(mixtral_gguf):
     """Q8_0 experts read through their stacked tensor: logits after a 3-chunk prompt and 16 greedy
     tokens agree with transformers running the same (Q8_0-rounded) weights."""
     engine, ref_dir = mixtral_gguf
-    ids = prompt(ref_dir, LONG)
-    ref_tokens, ref_logits = hf_greedy(ref_dir, ids, N_GREEDY)
-    ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
-    assert np.abs(ours - ref_logits).max() <= LOGIT_RTOL * np.abs(ref_logits).max()
-    assert min(hf_margins(ref_dir, ids, N_GREEDY)) > 2 * LOGIT_RTOL
-    _, toks = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
-                                          ignore_eos=True))
-    assert toks == ref_tokens
+    assert_logits_match(engine, ref_dir, LONG, LOGIT_RTOL)
+    assert_greedy_match(engine, ref_dir, N_GREEDY, LOGIT_RTOL)
 
 
 # -- GGUF: Phi-2 as llama.cpp writes it ----------------------------------------------------------------
@@ -322,7 +300,7 @@ def phi2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def phi2_gguf(models_dir, tmp_path_factory, device):
     path, ref_dir = phi2_to_gguf(models_dir["phi2"], str(tmp_path_factory.mktemp("gguf_phi2")))
-    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    engine = load_engine(path, device)
     yield engine, ref_dir
     engine.unload()
 
@@ -334,14 +312,8 @@ def test_gguf_phi2_matches_transformers(phi2_gguf):
     cfg = engine.config
     assert (cfg.arch, cfg.rot_dim, cfg.parallel_residual, cfg.qk_norm, cfg.activation, cfg.rope_pairs) == (
         "phi2", 16, True, True, "gelu_tanh", "halves")
-    ids = prompt(ref_dir, LONG)
-    ref_tokens, ref_logits = hf_greedy(ref_dir, ids, N_GREEDY)
-    ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
-    assert np.abs(ours - ref_logits).max() <= LOGIT_RTOL * np.abs(ref_logits).max()
-    assert min(hf_margins(ref_dir, ids, N_GREEDY)) > 2 * LOGIT_RTOL
-    _, toks = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
-                                          ignore_eos=True))
-    assert toks == ref_tokens
+    assert_logits_match(engine, ref_dir, LONG, LOGIT_RTOL)
+    assert_greedy_match(engine, ref_dir, N_GREEDY, LOGIT_RTOL)
 
 
 # -- GGUF: StableLM as llama.cpp writes it ----------------------------------------------------------------
@@ -401,18 +373,12 @@ def test_gguf_stablelm_matches_transformers(models_dir, tmp_path, device):
     """Stacked per-head q/k norms, parallel residual from stablelm.use_parallel_residual, partial rotary,
     Q4_0 MLP: logits and 16 greedy tokens as transformers on the same values."""
     path, ref_dir = stablelm_to_gguf(models_dir["stablelm-parallel"], str(tmp_path))
-    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    engine = load_engine(path, device)
     try:
         cfg = engine.config
         assert (cfg.arch, cfg.rot_dim, cfg.parallel_residual, cfg.qk_norm, cfg.qkv_bias) == ("stablelm", 8, True, True, True)
-        ids = prompt(ref_dir, LONG)
-        ref_tokens, ref_logits = hf_greedy(ref_dir, ids, N_GREEDY)
-        ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: cfg.vocab_size]
-        assert np.abs(ours - ref_logits).max() <= LOGIT_RTOL * np.abs(ref_logits).max()
-        assert min(hf_margins(ref_dir, ids, N_GREEDY)) > 2 * LOGIT_RTOL
-        _, toks = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
-                                              ignore_eos=True))
-        assert toks == ref_tokens
+        assert_logits_match(engine, ref_dir, LONG, LOGIT_RTOL)
+        assert_greedy_match(engine, ref_dir, N_GREEDY, LOGIT_RTOL)
     finally:
         engine.unload()
 

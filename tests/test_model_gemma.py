@@ -9,23 +9,16 @@ tied head everywhere; Gemma 2's sandwich norms, alternating local/global layers,
 a local rope base and a linearly scaled global rope, and a final softcap. The sliding window (6) is
 shorter than the 20-token prompt, so prefill chunks, decode steps and the paged cache all cut it.
 """
-import asyncio
 import json
 import os
 
-import numpy as np
 import pytest
 
-from webllm_py.engine import Engine
-from webllm_py.sampling import SamplingParams
-
 from .hf_models import Variant, build
-from .reference import hf_greedy, hf_margins, prompt_ids as prompt
+from .model_checks import LONG, SHORT, assert_greedy_match, assert_logits_match, load_engine
 
 pytestmark = [pytest.mark.gpu]
 
-PREFILL_CHUNK = 8
-LONG, SHORT = 20, 5   # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
 N_GREEDY = 16
 # |ours - transformers| <= LOGIT_RTOL * max|transformers|: our KV cache is f16 where transformers
 # keeps f32; the rest is f32 summation order. Twice the Llama tests' 2.5e-3: the random norm weights
@@ -68,7 +61,7 @@ def models_dir(tmp_path_factory):
 @pytest.fixture(scope="module", params=GEMMA_VARIANTS, ids=[v.name for v in GEMMA_VARIANTS])
 def case(request, models_dir, device):
     path = models_dir[request.param.name]
-    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    engine = load_engine(path, device)
     yield request.param, path, engine
     engine.reset(0)
     engine.unload()
@@ -93,24 +86,10 @@ def test_config(case):
 @pytest.mark.parametrize("n", [SHORT, LONG], ids=["one-chunk", "three-chunks"])
 def test_last_token_logits_match_transformers(case, n):
     v, path, engine = case
-    ids = prompt(path, n)
-    _, ref = hf_greedy(path, ids, 1)
-    ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
-    err = np.abs(ours - ref).max()
-    print(f"\n{v.name} n={n}: max |diff| {err:.2e} = {err / np.abs(ref).max():.1e} of max |logit|")
-    assert err <= LOGIT_RTOL * np.abs(ref).max(), (v.name, err, np.abs(ref).max())
-    assert int(ours.argmax()) == int(ref.argmax())
+    assert_logits_match(engine, path, n, LOGIT_RTOL, v.name)
 
 
 def test_greedy_tokens_match_transformers(case):
     """16 greedy tokens after a 20-token prompt that the engine prefills in chunks of 8."""
     v, path, engine = case
-    ids = prompt(path, LONG)
-    # Seeds are picked so transformers' greedy path has no near-ties: every step's top-2 gap exceeds
-    # twice the logit tolerance, so equal tokens is what the tolerance implies.
-    assert min(hf_margins(path, ids, N_GREEDY)) > 2 * LOGIT_RTOL, "pick another seed for " + v.name
-    ref, _ = hf_greedy(path, ids, N_GREEDY)
-    _, ours = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
-                                          ignore_eos=True))
-    assert ours == ref
-    assert len(set(ref)) > N_GREEDY // 4  # not a degenerate repeat of one token
+    assert_greedy_match(engine, path, N_GREEDY, LOGIT_RTOL, v.name)

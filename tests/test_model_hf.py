@@ -12,20 +12,17 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 from webllm_py.engine import Engine
 from webllm_py.errors import ModelFormatError, UnsupportedModelError
-from webllm_py.sampling import SamplingParams
 
 from .hf_models import VARIANTS, build
-from .reference import TINY_TEXT, hf_greedy, hf_margins, hf_model, prompt_ids as prompt
+from .model_checks import LONG, SHORT, assert_greedy_match, assert_logits_match, load_engine
+from .reference import TINY_TEXT, hf_model
 
 pytestmark = [pytest.mark.gpu]
 
-PREFILL_CHUNK = 8
-LONG, SHORT = 20, 5   # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
 N_GREEDY = 32
 # |ours - transformers| <= LOGIT_RTOL * max|transformers|. Measured 0.6e-3..1.2e-3: the KV cache is f16
 # (11-bit mantissa) where transformers keeps f32; the rest is f32 summation order.
@@ -41,7 +38,7 @@ def models_dir(tmp_path_factory):
 @pytest.fixture(scope="module", params=VARIANTS, ids=[v.name for v in VARIANTS])
 def case(request, models_dir, device):
     path = models_dir[request.param.name]
-    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    engine = load_engine(path, device)
     yield request.param, path, engine
     engine.reset(0)
 
@@ -61,26 +58,13 @@ def test_config_and_tokenizer(case):
 @pytest.mark.parametrize("n", [SHORT, LONG], ids=["one-chunk", "three-chunks"])
 def test_last_token_logits_match_transformers(case, n):
     v, path, engine = case
-    ids = prompt(path, n)
-    _, ref = hf_greedy(path, ids, 1)
-    ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
-    err = np.abs(ours - ref).max()
-    assert err <= LOGIT_RTOL * np.abs(ref).max(), (v.name, err, np.abs(ref).max())
-    assert int(ours.argmax()) == int(ref.argmax())
+    assert_logits_match(engine, path, n, LOGIT_RTOL, v.name)
 
 
 def test_greedy_tokens_match_transformers(case):
     """32 greedy tokens after a 20-token prompt that the engine prefills in chunks of 8."""
     v, path, engine = case
-    ids = prompt(path, LONG)
-    # The seeds in hf_models.py were picked so transformers' greedy path has no near-ties: every step's
-    # top-2 gap exceeds twice the logit tolerance, so equal tokens is what the tolerance implies.
-    assert min(hf_margins(path, ids, N_GREEDY)) > 2 * LOGIT_RTOL, "pick another seed for " + v.name
-    ref, _ = hf_greedy(path, ids, N_GREEDY)
-    _, ours = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
-                                          ignore_eos=True))
-    assert ours == ref
-    assert len(set(ref)) > N_GREEDY // 4  # not a degenerate repeat of one token
+    assert_greedy_match(engine, path, N_GREEDY, LOGIT_RTOL, v.name)
 
 
 # -- malformed checkpoints ----------------------------------------------------------------------------
