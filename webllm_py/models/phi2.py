@@ -22,7 +22,7 @@ from ..kv_cache import PagedKVCache
 from ..linear import Embedding, Linear, MatvecGroup
 from ..ops import Activation, LayerNorm, RoPE
 from .config import ModelConfig
-from .llama import RunState
+from .llama import LlamaModel, RunState
 from .store import WeightStore
 
 
@@ -97,8 +97,9 @@ class Phi2Layer:
             op.record(rec, n)
 
 
-class Phi2Model:
-    """Same interface as LlamaModel: `state`, `record(rec, n, logits)`, `record_head(rec, n)`."""
+class Phi2Model(LlamaModel):
+    """Its own graph (LayerNorms with bias, biased head) recorded by LlamaModel's `record` and
+    `record_head`: embed, every layer, then the final norm and the head."""
     layer_class = Phi2Layer
 
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
@@ -120,14 +121,3 @@ class Phi2Model:
             s.x, s.last, s.step, last_only=True)
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head, weights.bias("output.bias")).bind(s.last, s.logits, None)
-
-    def record(self, rec: Recorder, n: int, logits: bool) -> None:
-        self.embed.record(rec, n)
-        for layer in self.layers:
-            layer.record(rec, n)
-        if logits:
-            self.record_head(rec, n)
-
-    def record_head(self, rec: Recorder, n: int) -> None:
-        self.final_norm.record(rec, n)
-        self.lm_head.record(rec, 1)
