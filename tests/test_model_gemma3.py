@@ -19,6 +19,8 @@ import pytest
 from webllm_py.engine import Engine
 from webllm_py.sampling import SamplingParams
 
+from .reference import hf_greedy, hf_margins
+
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 MODEL = Path(__file__).resolve().parents[1] / "build" / "models" / "gemma-3-270m-q4_k_m.gguf"
@@ -51,26 +53,9 @@ def engine(path, device):
 def reference(path, engine):
     """transformers' Gemma3ForCausalLM loaded from the GGUF (its own dequantization and config mapping):
     greedy tokens, the prompt's last-token logits, and each step's top-2 gap / max |logit|."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                 dtype=torch.float32).eval()
     ids = engine.tokenizer.encode(PROMPT)
-    tokens, first, margins = [], None, []
-    with torch.no_grad():
-        x, past = torch.tensor([ids]), None
-        for _ in range(N_GREEDY):
-            r = model(input_ids=x, past_key_values=past, use_cache=True)
-            past, logits = r.past_key_values, r.logits[0, -1]
-            if first is None:
-                first = logits.double().numpy()
-            top = torch.topk(logits, 2).values
-            margins.append(float((top[0] - top[1]) / logits.abs().max()))
-            tokens.append(int(logits.argmax()))
-            x = torch.tensor([[tokens[-1]]])
-    return ids, tokens, first, margins
+    tokens, first = hf_greedy(path, ids, N_GREEDY)
+    return ids, tokens, first, hf_margins(path, ids, N_GREEDY)
 
 
 def test_config(engine):
