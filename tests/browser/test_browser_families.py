@@ -15,13 +15,13 @@ from webllm_py import serve
 
 from ..hf_models import build
 from ..reference import hf_greedy, prompt_ids
-from ..test_model_families import FAMILY_VARIANTS, LONG
+from ..model_checks import LONG, PREFILL_CHUNK  # the 20-token prompt prefills in chunks of 8, 8 and 4
+from ..test_model_families import FAMILY_VARIANTS
 from .conftest import open_page, run_python
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 N_TOKENS = 8
-PREFILL_CHUNK = 8   # the 20-token prompt prefills in chunks of 8, 8 and 4
 VARIANTS = [v for v in FAMILY_VARIANTS if v.name in ("mixtral-4x2", "phi2")]
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
