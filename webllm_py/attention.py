@@ -1,9 +1,10 @@
 """Paged attention: write the step's K/V into the paged cache, then attend.
 
 `PagedAttention` holds the kernels of one model (shapes are baked into the WGSL at load time);
-`bind(layer, ...)` makes that layer's bind groups once; `Bound.record(rec, n_tokens)` records
-kv_write followed by `attention_decode` (+ `attention_combine` of its split-K slices) for one token,
-or `attention_prefill` for a chunk of tokens.
+`bind(layer, ...)` makes that layer's bind groups once; `Bound.record(rec, n_tokens)` records, for
+one token on GPUs, the single dispatch `attention_step` (RoPE + cache write + attention + merge of
+its split-K slices); on CPU adapters kv_write followed by `attention_decode` (+ `attention_combine`);
+and for a chunk of tokens kv_write then `attention_prefill`.
 Buffers follow the model's conventions: q [T, n_heads*head_dim], k/v [T, n_kv_heads*head_dim]
 (already RoPE'd), out [T, n_heads*head_dim], all f32; `step` = u32 {pos0, n_tokens};
 `block_table` = the active sequence's physical blocks (PagedKVCache.table_bytes).
@@ -18,6 +19,22 @@ from .gpu.base import BindGroup, Buffer, Device, Recorder
 from .kv_cache import PagedKVCache
 
 KV_WRITE_WG = 64
+
+
+@dataclass(frozen=True)
+class StepTiling:
+    """attention_step's shape: threads per workgroup, positions per pass, workgroups per kv head
+    (split-K slices, merged in the same dispatch) and the fewest positions a slice takes."""
+    wg: int = 128
+    chunk: int = 32
+    splits: int = 16
+    min_split: int = 64
+
+
+def default_step_tiling(n_kv_heads: int) -> StepTiling:
+    # ~128 workgroups at long contexts; a slice of >= 64 positions (two passes) at short ones, so a
+    # 550-position context runs as 9 slices per kv head and a short chat as one (no merge).
+    return StepTiling(splits=max(1, min(32, 128 // n_kv_heads)))
 
 
 def _prefill_tiles(head_dim: int, group: int, limits: dict) -> tuple[int, int]:
@@ -38,7 +55,8 @@ class PagedAttention:
     def __init__(self, device: Device, cache: PagedKVCache, n_heads: int, n_kv_heads: int, head_dim: int,
                  max_tokens: int, sliding_window: int | None = None, scale: float | None = None,
                  softcap: float | None = None, decode_wg: int | None = None, decode_splits: int | None = None,
-                 decode_full_chunks: bool | None = None, combine_wg: int | None = None) -> None:
+                 decode_full_chunks: bool | None = None, combine_wg: int | None = None,
+                 fused: bool | None = None, step_tiling: StepTiling | None = None) -> None:
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if (cache.n_kv_heads, cache.head_dim) != (n_kv_heads, head_dim):
@@ -52,7 +70,24 @@ class PagedAttention:
         attn = dict(shape, scale=repr(self.scale), softcap=repr(float(softcap)) if softcap else None,
                     window=int(sliding_window) if sliding_window else None)
         self.tq, self.tk = _prefill_tiles(head_dim, n_heads // n_kv_heads, device.limits)
-        # Split-K decode: enough workgroups (heads x splits) to keep a GPU's cores busy on long
+        # One token in one dispatch (attention_step) on GPUs: a dependent dispatch costs ~6 us there
+        # whatever it does. CPU adapters keep the kernels below (workgroup barriers cost ~10x there).
+        # It binds up to 10 storage buffers and needs head_dim % 8 == 0 (vec4s, RoPE halves in vec4s).
+        if fused is None:
+            fused = (not device.info.is_fallback and head_dim % 8 == 0
+                     and int(device.limits.get("max_storage_buffers_per_shader_stage", 8)) >= 10)
+        elif fused and head_dim % 8:
+            raise ValueError(f"the fused decode step needs head_dim % 8 == 0, not {head_dim}")
+        self.fused = bool(fused)
+        self.step_tiling = step_tiling or default_step_tiling(n_kv_heads)
+        self._step_params = dict(attn, **vars(self.step_tiling))
+        if self.fused and self.step_tiling.splits > 1:
+            # Shared by all layers (each layer's dispatch runs after the previous one's): the kv heads'
+            # arrival counters (back to 0 after every dispatch), then the slices' partials.
+            group = n_heads // n_kv_heads
+            words = -(-n_kv_heads // 4) * 4 + n_kv_heads * self.step_tiling.splits * group * (head_dim + 2)
+            self.scratch = device.create_buffer(4 * words, "attention.step_scratch")
+        # Otherwise split-K decode: enough workgroups (heads x splits) to keep a GPU's cores busy on long
         # contexts (short ones leave most slices empty, which costs little); a CPU adapter has few
         # cores and already gets one workgroup per head.
         # On GPUs, chunks of 32 positions and up to 1024 / n_heads slices: a 512-token context then
@@ -64,12 +99,13 @@ class PagedAttention:
         self.splits = decode_splits
         self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
             k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16")})
-        self.decode = device.kernel("attention_decode", label="attention_decode", wg=decode_wg,
-                                    splits=self.splits,
-                                    full_chunks=not device.info.is_fallback if decode_full_chunks is None else decode_full_chunks,
-                                    **attn)
-        self.combine = None
-        if self.splits > 1:
+        self.decode = self.combine = None
+        if not self.fused:
+            self.decode = device.kernel("attention_decode", label="attention_decode", wg=decode_wg,
+                                        splits=self.splits,
+                                        full_chunks=not device.info.is_fallback if decode_full_chunks is None else decode_full_chunks,
+                                        **attn)
+        if self.splits > 1 and not self.fused:
             # GPUs: 32 dims per workgroup, so the merge spreads over n_heads * head_dim / 32 workgroups
             self.combine_wg = combine_wg or (min(64, head_dim) if device.info.is_fallback else 32)
             self.combine = device.kernel("attention_combine", label="attention_combine", n_heads=n_heads,
@@ -81,14 +117,26 @@ class PagedAttention:
     def bind(self, layer: int, q: Buffer, k: Buffer, v: Buffer, out: Buffer, step: Buffer,
              block_table: Buffer, rope: Any = None) -> "Bound":
         """rope: the ops.RoPE Bound the layer records before attention. Where it rotates whole
-        heads of these q/k, single-token steps fold it into the cache write (one dispatch: RoPE
-        marks itself `absorbed`); prefill records both as before."""
+        heads of these q/k, single-token steps fold it into attention_step (or, on CPU adapters,
+        into the cache write): RoPE marks itself `absorbed`; prefill records both as before."""
         d, kc, vc = self.device, self.cache.k[layer], self.cache.v[layer]
-        split = self.splits > 1
-        rope_kv = None
+        split = self.combine is not None
+        rope_kv = step_bg = None
         rop = getattr(rope, "op", None)
-        if (rop is not None and rop.params["rot_dim"] == self.head_dim and rop.params["head_dim"] == self.head_dim
-                and rope.bind_group.buffers[0] is q and rope.bind_group.buffers[1] is k):
+        foldable = (rop is not None and rop.params["rot_dim"] == self.head_dim and rop.params["head_dim"] == self.head_dim
+                    and rope.bind_group.buffers[0] is q and rope.bind_group.buffers[1] is k)
+        if self.fused:
+            # RoPE of q and the new k inside the step where it rotates whole heads; otherwise (partial
+            # rotary) the layer's RoPE dispatch runs first and the step gets q and k rotated.
+            kern = d.kernel("attention_step", label="attention_step",
+                            rope=rop.params["pairs"] if foldable else None, **self._step_params)
+            bufs = [q, k, v, kc, vc, out, step, block_table]
+            bufs += [rope.bind_group.buffers[2]] if foldable else []
+            bufs += [self.scratch] if self.step_tiling.splits > 1 else []
+            step_bg = d.bind(kern, bufs)
+            if foldable:
+                rope.absorbed = True
+        elif foldable:
             kern = d.kernel("rope", label="rope+kv_write", kv_cache=True, block_size=self.cache.block_size,
                             f16=self.cache.dtype == "f16", **rop.params)
             rope_kv = (d.bind(kern, [q, k, rope.bind_group.buffers[2], step, v, kc, vc, block_table]),
@@ -97,10 +145,11 @@ class PagedAttention:
         return Bound(
             self,
             d.bind(self.kv_write, [k, v, kc, vc, step, block_table]),
-            d.bind(self.decode, [q, kc, vc, self.partials if split else out, step, block_table]),
+            d.bind(self.decode, [q, kc, vc, self.partials if split else out, step, block_table]) if self.decode else None,
             d.bind(self.combine, [self.partials, out]) if split else None,
             d.bind(self.prefill, [q, kc, vc, out, step, block_table]),
             rope_kv,
+            step_bg,
         )
 
 
@@ -108,15 +157,19 @@ class PagedAttention:
 class Bound:
     op: PagedAttention
     kv_write: BindGroup
-    decode: BindGroup
+    decode: BindGroup | None  # None where attention_step serves single tokens
     combine: BindGroup | None
     prefill: BindGroup
     rope_kv: tuple[BindGroup, int] | None = None  # RoPE + cache write in one dispatch (single tokens)
+    step: BindGroup | None = None  # single tokens, GPUs: attention_step does everything in one dispatch
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         op = self.op
         if not 1 <= n_tokens <= op.max_tokens:
             raise ValueError(f"attention step of {n_tokens} tokens; this op handles 1..{op.max_tokens}")
+        if n_tokens == 1 and self.step is not None:
+            rec.dispatch(self.step, op.n_kv_heads, op.step_tiling.splits)
+            return
         if n_tokens == 1 and self.rope_kv is not None:
             rec.dispatch(*self.rope_kv)
         else:
