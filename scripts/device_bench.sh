@@ -2,7 +2,7 @@
 # Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
 # with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
-#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
+#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
 #   structured: decode with/without a JSON token mask, needs build/tokenizers/{smollm2,llama3} carried;
 #   structured-overlap: schema runs as the engine steps and with bench --mask-overlap; none: setup only)
 set -u
@@ -49,6 +49,16 @@ if [ "$mode" = structured-overlap ]; then  # the same schema runs as the engine 
         bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0 --constraint schema --temperature 1 $o
         bench --shape llama-3.2-1b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1 $o
         bench --shape llama-3.1-8b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1 $o
+    done
+fi
+if [ "$mode" = matvec ]; then  # issue 7: the staged matvec (matvec_q4s) against matvec_q4 (WEBLLM_MATVEC=q4)
+    echo "+ python scripts/kernel_bench.py --only=staged"
+    timeout 170 python3 scripts/kernel_bench.py --only=staged 2>"$OUT/kernel_err.txt" | tee "$OUT/kernels.jsonl" | cut -c1-200; tail -3 "$OUT/kernel_err.txt"
+    for q in Q4_0 Q4_K; do
+        for s in llama-3.1-8b llama-3.2-1b; do
+            WEBLLM_MATVEC=q4 bench --shape $s --quant $q --decode-tokens 64 --profile
+            bench --shape $s --quant $q --decode-tokens 64 --profile
+        done
     done
 fi
 if [ "$mode" = full ]; then

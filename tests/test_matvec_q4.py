@@ -158,3 +158,109 @@ def test_rmsnorm_folded_in(device, qtype, glu, monkeypatch):
     else:
         for n, w, yb in zip(parts, ws, ys):
             assert scaled_error(read_f32(device, yb, n)[None], h, w) < TOL
+
+
+# --- the staged kernel (matvec_q4s.wgsl.j2): x quantized to int8 blocks in workgroup memory ---
+
+def q8_blocks(x: np.ndarray) -> np.ndarray:
+    """x rounded as the staged kernel stages it (llama.cpp's q8_1 rule, in f32): per 32 elements
+    d = max|x| / 127, q = round(x * (1 / d)) (half to even, as WGSL's round); returns q * d."""
+    b = np.asarray(x, np.float32).reshape(-1, 32)
+    d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    return (np.round(b * inv) * d.astype(np.float64)).reshape(x.shape)
+
+
+def staged_error(y, x, w):
+    """Max error against W @ q8(x), scaled by sum |q8(x)| |w| per output (f32 accumulation order)."""
+    xq = q8_blocks(x)
+    return (np.abs(y - xq @ w.T) / (np.abs(xq) @ np.abs(w).T + 1e-30)).max()
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("wg,lanes,rows", [(64, 2, 1), (32, 4, 2)])
+def test_staged_single_matrix(device, qtype, wg, lanes, rows):
+    """N = 37 is not a multiple of the workgroup's rows (32 or 16), K = 768 (3 units) not a multiple
+    of the lanes; accumulate or not."""
+    from webllm_py.linear import StagedTiling
+    rng = np.random.default_rng(11)
+    N, K = 37, 768
+    raw, w = make_weight(qtype, N, K, rng)
+    lin = Linear(device, upload(device, raw, qtype, N, K), matvec=StagedTiling(wg, lanes, rows))
+    assert lin.staged and lin.q4
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    x[0, :32] = 0  # an all-zero block: scale 0
+    y0 = rng.standard_normal((1, N)).astype(np.float32)
+    for accumulate in (False, True):
+        xb, yb = f32_buffer(device, x), f32_buffer(device, y0)
+        bound = lin.bind(xb, yb, accumulate=accumulate)
+        with device.recorder() as rec:
+            bound.record(rec, 1)
+        y = read_f32(device, yb, N)[None] - (y0 if accumulate else 0)
+        assert staged_error(y, x, w) < TOL, (accumulate, staged_error(y, x, w))
+        assert scaled_error(y, x, w) < 1e-2  # and the int8 activations stay near the f32 product
+
+
+def test_staged_falls_back(device):
+    """K % 256 != 0: a StagedTiling request gets the matvec_q4 kernel (still correct)."""
+    from webllm_py.linear import StagedTiling
+    rng = np.random.default_rng(12)
+    N, K = 9, 576
+    raw, w = make_weight("Q4_0", N, K, rng)
+    lin = Linear(device, upload(device, raw, "Q4_0", N, K), matvec=StagedTiling(64, 4, 1))
+    assert not lin.staged and lin.q4
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    xb, yb = f32_buffer(device, x), f32_buffer(device, np.zeros((1, N), np.float32))
+    bound = lin.bind(xb, yb)
+    with device.recorder() as rec:
+        bound.record(rec, 1)
+    assert scaled_error(read_f32(device, yb, N)[None], x, w) < TOL
+
+
+@pytest.mark.parametrize("qtype,glu,norm", [("Q4_0", None, True), ("Q4_K", None, False),
+                                            ("Q4_1", "silu", True), ("Q4_K", "gelu_tanh", True)])
+def test_staged_fused(device, qtype, glu, norm):
+    """Q/K/V in one dispatch, or gate/up with the GLU, with or without the RMSNorm folded in (the
+    staged kernel folds it at any K: the norm's own dispatch is skipped)."""
+    from webllm_py.linear import StagedTiling
+    from webllm_py.ops import RMSNorm
+    rng = np.random.default_rng(13)
+    K, eps, offset = 512, 1e-5, 1.0 if glu == "gelu_tanh" else 0.0
+    parts = (40, 40) if glu else (40, 12, 9)
+    x = (rng.standard_normal((1, K)) * 3).astype(np.float32)
+    nw = rng.standard_normal(K).astype(np.float32)
+    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
+    step = device.buffer_from(struct.pack("<II", 0, 1))
+    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, weight_offset=offset, wg=64).bind(xb, hb, step)
+    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * (nw + offset) if norm else x
+    tiling = StagedTiling(32, 2, 2)  # 32 rows per workgroup: the 40-row parts straddle two
+    bounds, ws, ys = [], [], []
+    for n in parts:
+        raw, w = make_weight(qtype, n, K, rng)
+        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
+        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=tiling).bind(hb if norm else xb, yb))
+        ws.append(w)
+        ys.append(yb)
+    out = f32_buffer(device, np.full(parts[0], np.nan, np.float32))
+    glu_op = (glu, GLU(device, parts[0], glu).bind(ys[0], ys[1], out, step)) if glu else None
+    group = MatvecGroup(bounds, glu=glu_op, norm=rms if norm else None)
+    assert group.fused is not None and rms.absorbed == norm
+    with device.recorder() as rec:
+        if norm:
+            rms.record(rec, 1)  # skipped: folded into the group's dispatch
+        group.record(rec, 1)
+    if norm:
+        assert np.isnan(read_f32(device, hb, K)).all()
+    hq = q8_blocks(h.astype(np.float32))
+    # with the norm, the GPU's 1/rms may differ from numpy's in the last bit and move an element
+    # across a rounding boundary: one int8 step of error at most in a few elements
+    tol = 3e-4 if norm else TOL
+    if glu:
+        g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
+        sig = 0.5 * (1 + np.tanh(g / 2))
+        a = g * sig if glu == "silu" else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+        scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
+        assert (np.abs(read_f32(device, out, parts[0]) - a * u) / scale).max() < tol
+    else:
+        for n, w, yb in zip(parts, ws, ys):
+            assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < tol

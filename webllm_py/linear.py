@@ -10,6 +10,7 @@ Activations are f32, row-major: x [T, K] in, y [T, N] out. The prefill matmul re
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,16 +32,49 @@ class MatvecTiling:
     rows: int = 2  # rows per workgroup (split_k) or per thread
     split_k: bool = True  # threads split K and reduce; False suits CPU adapters (no barriers)
 
-    def groups(self, n: int) -> int:
+    def groups(self, n: int, K: int = 0) -> int:
         return _ceil_div(n, self.rows if self.split_k else self.rows * self.wg)
 
 
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2, Q4_0 / Q4_1 / Q4_K): threads and rows per workgroup.
 Q4_TILING = MatvecTiling(wg=64, rows=4)
 Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
-# MatvecGroup folds a preceding RMSNorm into its dispatch only for rows this short: at K = 4096 the
-# fold's extra per-unit work cost more than the norm's dispatch on an H100 (docs/benchmarks.md).
+# MatvecGroup folds a preceding RMSNorm into matvec_q4's dispatch only for rows this short: at
+# K = 4096 the fold's extra per-unit work cost more than the norm's dispatch on an H100
+# (docs/benchmarks.md). The staged kernel below folds it at any K (it normalises x once per workgroup).
 FOLD_NORM_MAX_K = 0
+
+
+@dataclass(frozen=True)
+class StagedTiling:
+    """matvec_q4s.wgsl.j2: x staged as int8 in workgroup memory; teams of `lanes` threads own
+    `rows` rows each and split K into 256-weight units."""
+    wg: int = 256  # threads per workgroup
+    lanes: int = 16  # threads per row (at most K / 256)
+    rows: int = 1  # rows per team
+
+    split_k = True  # (threads split K, as MatvecTiling's split_k)
+
+    def rows_per_group(self, K: int) -> int:
+        return (self.wg // self.lanes_for(K)) * self.rows
+
+    def lanes_for(self, K: int) -> int:
+        return min(self.lanes, 1 << ((K // 256).bit_length() - 1))
+
+    def groups(self, n: int, K: int) -> int:
+        return _ceil_div(n, self.rows_per_group(K))
+
+
+# The staged kernel on GPUs where K % 256 == 0, x fits workgroup memory and packed 8-bit dot
+# products exist (WGSL's packed_4x8_integer_dot_product; Chrome 123+, naga): "q4" picks matvec_q4
+# instead (A/B runs: WEBLLM_MATVEC=q4).
+Q4S_TILING = StagedTiling(*(int(v) for v in os.environ.get("WEBLLM_Q4S", "256,16,1").split(",")))
+MATVEC_KERNEL = os.environ.get("WEBLLM_MATVEC", "staged")
+
+
+def staged_shared_bytes(K: int, tiling: StagedTiling, n_acc: int) -> int:
+    """Workgroup memory of matvec_q4s: 17 vec4 of q and 9 vec2 of scales per unit, one f32 per accumulator."""
+    return (K // 256) * (17 * 16 + 9 * 8) + 4 * tiling.wg * n_acc
 
 
 # CPU adapters: 32 lanes per workgroup (4- or 8-wide SIMD), 2 rows per lane (matvec_rows.wgsl.j2).
@@ -113,12 +147,22 @@ class Linear:
         # CPU adapters (lavapipe, SwiftShader) run workgroup barriers slowly: whole rows per thread
         # there (matvec_rows.wgsl.j2).
         cpu_tiling = SWIFTSHADER_TILING if _swiftshader(device) else CPU_TILING
-        self.matvec_tiling = matvec or (cpu_tiling if device.info.is_fallback else MatvecTiling())
-        # 4-bit weights on a GPU: the aligned kernel, unless an explicit tiling asks for the
-        # one-row-per-thread form (split_k=False).
-        self.q4 = (weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
-                   and self.matvec_tiling.split_k)
-        if self.q4 and matvec is None:
+        # 4-bit weights on a GPU: the staged kernel (matvec_q4s) where it applies, asked for by a
+        # StagedTiling or by default; else the aligned one (matvec_q4), unless an explicit tiling asks
+        # for the one-row-per-thread form (split_k=False).
+        aligned = weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
+        want = matvec if isinstance(matvec, StagedTiling) else Q4S_TILING
+        self.staged = (aligned and self.K % 256 == 0
+                       and (isinstance(matvec, StagedTiling)
+                            or (matvec is None and MATVEC_KERNEL == "staged" and not device.info.is_fallback))
+                       and staged_shared_bytes(self.K, want, 2)
+                       <= device.limits.get("max_compute_workgroup_storage_size", 16384))
+        if isinstance(matvec, StagedTiling) and not self.staged:  # asked for, but this weight cannot use it
+            matvec = Q4_TILING
+        self.matvec_tiling = want if self.staged else (
+            matvec or (cpu_tiling if device.info.is_fallback else MatvecTiling()))
+        self.q4 = aligned and (self.staged or self.matvec_tiling.split_k)
+        if self.q4 and not self.staged and matvec is None:
             self.matvec_tiling = Q4_TILING
         # Prefill: the tiled matmul on GPUs; on CPU adapters, barrier-free rows (matmul_rows.wgsl.j2).
         self.matmul_tiling = matmul or (cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback
@@ -170,6 +214,11 @@ class Linear:
         norm: an ops.RMSNorm applied to x on the way in."""
         nparams = dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         t = self.matvec_tiling
+        if self.staged:
+            return self.device.kernel("matvec_q4s", label=f"matvec_q4s {self.weight.name}", wg=t.wg,
+                                      lanes=t.lanes_for(self.K), rows=t.rows, qtype=self.weight.ggml_type.name,
+                                      K=self.K, parts=list(parts), row_bytes=self._params["row_bytes"],
+                                      accumulate=accumulate, glu=glu, **nparams)
         # No more threads than units, but at least one per row: thread r writes row r's result
         # (rows K = 64, 128 would otherwise leave rows unwritten), and two for the tree reduction.
         wg = max(min(t.wg, 1 << max(0, (self.K // 64 - 1).bit_length())), 1 << (max(2, t.rows) - 1).bit_length())
@@ -199,7 +248,7 @@ class BoundLinear:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
         lin = self.linear
         if n_tokens == 1:
-            groups = lin.matvec_tiling.groups(lin.N)
+            groups = lin.matvec_tiling.groups(lin.N, lin.K)
             z = _ceil_div(groups, MAX_GROUPS)  # past 65535 groups the grid spills into z
             rec.dispatch(self.matvec, _ceil_div(groups, z), 1, z)
             return
@@ -240,7 +289,7 @@ class MatvecGroup:
         rms = getattr(norm, "norm", None)
         nbufs = norm.bind_group.buffers if rms is not None else ()
         fold = (rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
-                and first.K <= FOLD_NORM_MAX_K)
+                and (first.K <= FOLD_NORM_MAX_K or first.staged))
         if ok:
             parts = [l.N for l in lins]
             act, glu_op = glu if glu else (None, None)
@@ -250,8 +299,8 @@ class MatvecGroup:
             self.fused = first.device.bind(k, [l.weight.buffer for l in lins] + ins + outs)
             if fold:
                 norm.absorbed = True
-            rows = first.matvec_tiling.rows
-            self.groups = -(-parts[0] // rows) if glu else sum(-(-n // rows) for n in parts)
+            t = first.matvec_tiling
+            self.groups = t.groups(parts[0], first.K) if glu else sum(t.groups(n, first.K) for n in parts)
 
     def record(self, rec: Any, n_tokens: int) -> None:
         if n_tokens == 1 and self.fused is not None:
