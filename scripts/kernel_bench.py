@@ -170,6 +170,49 @@ for qtype in (("Q4_0", "Q4_K") if want("matvec") else ()):
         dev.raw.queue.submit([])
         w.buffer.destroy()
 
+# the staged kernel (matvec_q4s: int8 x in workgroup memory) against matvec_q4 at its default
+STAGED = [(256, 16, 1), (256, 16, 2), (256, 8, 1), (256, 8, 2), (128, 16, 1), (128, 8, 1), (256, 32, 1),
+          (512, 16, 1), (64, 16, 1), (128, 4, 2)]
+for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
+    from webllm_py.linear import StagedTiling, Q4_TILING
+    shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (128256, 4096), (2048, 2048), (8192, 2048),
+              (2048, 8192), (512, 2048)] if not QUICK else [(64, 512)]
+    for n, k in shapes:
+        w, nb = weight(qtype, n, k)
+        xb, yb = dev.create_buffer(k * 4), dev.create_buffer(n * 4)
+        for t in [Q4_TILING] + [StagedTiling(*v) for v in (STAGED if not QUICK else STAGED[:2])]:
+            lin = Linear(dev, w, matvec=t)
+            b = lin.bind(xb, yb)
+            dt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
+            emit(kind="staged", qtype=qtype, N=n, K=k, kernel="q4s" if lin.staged else "q4",
+                 tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows], us=round(dt * 1e6, 2), gbps=round(nb / dt / 1e9, 1))
+        dev.raw.queue.submit([])
+        w.buffer.destroy()
+    # a Llama layer's norm + Q/K/V and norm + gate/up: norm dispatch + matvec_q4 group, against the
+    # staged group with the norm folded in
+    from webllm_py.ops import GLU, RMSNorm
+    for dim, kv, hidden in ([(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]):
+        resid, h = dev.create_buffer(dim * 4), dev.create_buffer(dim * 4)
+        step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
+        for label, ns in (("qkv", [dim, kv, kv]), ("gate_up", [hidden, hidden])):
+            ws = [weight(qtype, n, dim) for n in ns]
+            nbytes = sum(nb for _, nb in ws)
+            ys = [dev.create_buffer(n * 4) for n in ns]
+            for t in [Q4_TILING] + [StagedTiling(*v) for v in (STAGED[:6] if not QUICK else STAGED[:1])]:
+                norm = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(resid, h, step1)
+                bounds = [Linear(dev, w, matvec=t).bind(h, y) for (w, _), y in zip(ws, ys)]
+                glu = None
+                if label == "gate_up":
+                    act = dev.create_buffer(hidden * 4)
+                    glu = ("silu", GLU(dev, hidden, "silu").bind(ys[0], ys[1], act, step1))
+                g = MatvecGroup(bounds, glu=glu, norm=norm)
+                dt = time_dispatches(lambda rec: (norm.record(rec, 1), g.record(rec, 1)), REPS)
+                emit(kind="staged_group", qtype=qtype, op=label, dim=dim, kernel="q4s" if bounds[0].linear.staged else "q4",
+                     tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows], norm_folded=bool(norm.absorbed),
+                     us=round(dt * 1e6, 2), gbps=round(nbytes / dt / 1e9, 1))
+            for w, _ in ws:
+                w.buffer.destroy()
+
 # fused groups vs separate dispatches (8B and 1B layer shapes)
 for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
     for dim, kv, hidden in ([(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]):
