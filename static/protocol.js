@@ -10,8 +10,8 @@
 export const PROTOCOL = Object.freeze({
   version: 1,
   requests: Object.freeze({
-    init: { queued: true, payload: "{}", result: "{python, pyodide, webllm_py, crossOriginIsolated, seconds}",
-            doc: "Load Pyodide, install jinja2/markupsafe/webllm_py from /wheels/. Sent once, first." },
+    init: { queued: true, payload: "{control?, snapshot?: false}", result: "{python, pyodide, webllm_py, crossOriginIsolated, seconds, snapshot}",
+            doc: "Load Pyodide (from its start-up snapshot in Cache Storage when there is one; snapshot: false never uses one), install jinja2/markupsafe/webllm_py from /wheels/. Sent once, first." },
     exec: { queued: true, payload: "{code}", result: "the value of the last expression, as JSON",
             doc: "Run Python source (top-level await allowed) in one persistent namespace." },
     load: { queued: true, payload: "{model: url, options}", result: "{model, ...engine info}",

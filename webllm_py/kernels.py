@@ -31,7 +31,18 @@ def _env() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Templates never change under a running process; not checking the files' mtimes also lets a
+        # Pyodide start-up snapshot (worker.js) keep the templates it compiled.
+        auto_reload=False,
     )
+
+
+def compile_templates() -> list[str]:
+    """Parse every template now (the worker does this before its start-up snapshot)."""
+    names = sorted(p.name for p in shader_dir().glob("*.wgsl.j2"))
+    for name in names:
+        _env().get_template(name)
+    return names
 
 
 def render(template: str, **params: Any) -> str:

@@ -28,6 +28,26 @@ ENGINE_KINDS = ("load", "chat", "completion", "unload", "stats")
 Emit = Callable[[str, str], Any]
 
 
+# What a model load imports, imported ahead while static/worker.js makes its start-up snapshot (a
+# Pyodide memory snapshot kept in the browser's Cache Storage): a worker started from the snapshot
+# has them in memory already (~1 s of imports in Pyodide, measured). Nothing here may hold a JS
+# object (Pyodide cannot snapshot those), so the browser GPU backend (`import js`) is not listed.
+PRELOAD = ("webllm_py.api", "webllm_py.engine", "webllm_py.checkpoint", "webllm_py.models",
+           "webllm_py.formats.gguf", "webllm_py.formats.safetensors", "webllm_py.formats.source",
+           "webllm_py.tokenizer", "webllm_py.structured", "webllm_py.sampling", "webllm_py.kernels")
+
+
+def preload() -> list[str]:
+    """Import PRELOAD and compile every kernel template (Jinja's parse, not a render); returns the
+    templates compiled."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from . import kernels
+    return kernels.compile_templates()
+
+
 class NotImplementedYet(Exception):
     """The engine API this request needs has not landed in webllm_py yet."""
 
