@@ -168,3 +168,74 @@ def test_mask_bounded_string_near_the_bound():
                 got = set(mask_ids(allowed_mask(trie, m, state)))
                 assert got == brute_force(m, state, vocab, [EOS]), (hi, text[:cut])
     assert trie._by_length  # the shortcut by length was taken (else this test checks nothing new)
+
+
+def test_mask_strings_of_non_ascii_characters():
+    """Inside JSON strings (unbounded and of at most n characters) a vocabulary of thousands of runs of
+    Cyrillic, CJK, accented and emoji characters, plus their pieces cut at every byte: the walk takes
+    whole subtrees of such tokens as runs of characters, so their masks must still equal brute force,
+    and the matcher must count characters, not bytes, as Python's UTF-8 decoder and jsonschema do."""
+    import jsonschema
+
+    rng = random.Random(2)
+    alphabet = "abcдефжзий中文字日本語éüñ😀🚀"
+    words = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(3000)}
+    vocab = [b""] + sorted(w.encode() for w in words)
+    cuts = {w.encode()[i:j] for w in list(words)[:300] for i in range(3) for j in range(i + 1, i + 4)}
+    vocab += sorted(c for c in cuts if c not in set(vocab))
+    vocab += [p.encode() for p in ('"', '",', '"}', '\\', '\\n', ' ', 'a"', 'д"')]
+    vocab += [b"\xc0\xa2", b"\xe0\x80\xa2", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xff"]
+    trie = TokenTrie(vocab, [EOS])
+    for hi in (None, 4, 10):
+        schema = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+        if hi is not None:
+            schema["properties"]["s"]["maxLength"] = hi
+        m = Matcher(Grammar.from_gbnf(schema_to_gbnf(schema)))
+        for value in ("дед中😀é" * 3, "日本" + "a" * 9, "é" * 11, "🚀" * 4 + "x"):
+            text = json.dumps({"s": value}, ensure_ascii=False).encode()
+            fits = hi is None or len(value) <= hi
+            assert m.accepts(text) == fits
+            try:
+                jsonschema.validate({"s": value}, schema)
+                valid = True
+            except jsonschema.ValidationError:
+                valid = False
+            assert valid == fits
+            start = text.index(b'"', 5)
+            for cut in range(start, len(text) + 1):
+                state = m.feed(m.initial, text[:cut])
+                if state is None:
+                    break
+                got = set(mask_ids(allowed_mask(trie, m, state)))
+                want = brute_force(m, state, vocab, [EOS])
+                assert got == want, (hi, text[:cut], sorted(got ^ want)[:5])
+                for i in want - {EOS}:   # every allowed token keeps the text well-formed UTF-8 so far
+                    assert _utf8_prefix(text[:cut] + vocab[i]), (text[:cut], vocab[i])
+    runs = [s.run for s in m._states.values() if s.run is not None]
+    assert any(r[3] for r in runs)  # runs of characters were taken (else this test checks nothing new)
+
+
+def _utf8_prefix(data: bytes) -> bool:
+    """Whether data is well-formed UTF-8 or a prefix of it (Python's strict decoder as the reference)."""
+    for k in range(4):
+        try:
+            (data[:len(data) - k] if k else data).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return k == 0 or _is_lead_of(data[len(data) - k:])
+    return False
+
+
+def _is_lead_of(tail: bytes) -> bool:
+    """Whether `tail` (1-3 bytes) can begin a well-formed UTF-8 character."""
+    return any(_decodes(tail + bytes([c] * 3)) for c in range(0x80, 0xC0))
+
+
+def _decodes(data: bytes) -> bool:
+    for n in range(1, 5):
+        try:
+            data[:n].decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            pass
+    return False

@@ -32,7 +32,7 @@ class State:
         self.complete = stacks == frozenset([()])
         self.trans: dict = {}   # byte -> State | None
         self.mask = None        # token mask bytes, filled by token_mask
-        self.run = None         # (byte bitset, capacity, how it ends), filled by token_mask
+        self.run = None         # (byte bitset, capacity, how it ends, in characters), filled by token_mask
         self.id = id
 
 
@@ -134,10 +134,14 @@ class Matcher:
                 a, i, cp, need = top
                 if not 0x80 <= byte <= 0xBF:
                     continue
-                cp = (cp << 6) | (byte & 0x3F)
+                second = _SECOND.get((cp, need))   # just after a lead byte whose next byte is narrower
+                if second is not None and not second[0] <= byte <= second[1]:
+                    continue
                 if need > 1:
-                    out.add(stack[:-1] + ((a, i, cp, need - 1),))
-                elif _in_class(self.alts[a][i], cp):
+                    part = _partial(self.alts[a][i], a, i, cp if cp == _ANY else (cp << 6) | (byte & 0x3F), need - 1)
+                    if part is not None:
+                        out.add(stack[:-1] + (part,))
+                elif cp == _ANY or _in_class(self.alts[a][i], (cp << 6) | (byte & 0x3F)):
                     out.update(self._expand(stack[:-1] + ((a, i + 1),)))
                 continue
             a, i = top
@@ -150,9 +154,9 @@ class Matcher:
                     out.update(self._expand(stack[:-1] + ((a, i + 1),)))
             elif 0xC2 <= byte <= 0xF4:  # lead byte of a 2-4 byte character (no overlong 0xC0/0xC1)
                 need = 1 if byte < 0xE0 else 2 if byte < 0xF0 else 3
-                cp = byte & (0x1F if need == 1 else 0x0F if need == 2 else 0x07)
-                if _class_may_hold(el, need):
-                    out.add(stack[:-1] + ((a, i, cp, need),))
+                part = el[0] == "char" and _partial(el, a, i, byte & (0x1F, 0x0F, 0x07)[need - 1], need)
+                if part:
+                    out.add(stack[:-1] + (part,))
         nxt = self._intern(out)
         state.trans[byte] = nxt
         return nxt
@@ -188,12 +192,55 @@ def _in_class(el, cp: int) -> bool:
     return inside != el[2]
 
 
-def _class_may_hold(el, need: int) -> bool:
-    """Whether a character of need+1 UTF-8 bytes can be in the class (prunes early for ASCII-only classes)."""
-    if el[0] == "byte":
-        return False
-    if el[2]:
-        return True
-    lo_cp = (0x80, 0x800, 0x10000)[need - 1]
-    hi_cp = (0x7FF, 0xFFFF, 0x10FFFF)[need - 1]
-    return any(lo <= hi_cp and hi >= lo_cp for lo, hi in el[1])
+# A partial character whose every completion is in its class: the code point so far no longer matters,
+# so all such partials at one position are one state (else each lead byte and prefix of a multi-byte
+# character would make its own state, and a mask walk through a string's non-ASCII tokens would meet
+# thousands of new states).
+_ANY = -1
+
+
+def _partial(el, a: int, i: int, cp: int, need: int):
+    """The partial-character position for element `el` with code point bits `cp` so far and `need`
+    continuation bytes to come: None if no well-formed completion is in the class, cp replaced by _ANY
+    if all are (not yet right after E0, ED, F0 or F4, whose next byte is checked against _SECOND)."""
+    if cp == _ANY:
+        return (a, i, _ANY, need)
+    second = _SECOND.get((cp, need))
+    if second is None:
+        lo = cp << (6 * need)
+        hi = lo | ((1 << (6 * need)) - 1)
+    else:
+        shift = 6 * (need - 1)
+        lo = ((cp << 6) | (second[0] & 0x3F)) << shift
+        hi = ((cp << 6) | (second[1] & 0x3F)) << shift | ((1 << shift) - 1)
+    inside = _coverage(el[1], el[2], lo, hi)
+    if inside is False:
+        return None
+    return (a, i, _ANY, need) if inside and second is None else (a, i, cp, need)
+
+
+# Well-formed UTF-8 (Unicode's table 3-7) narrows the byte after four lead bytes: E0 (no overlong
+# 3-byte forms), ED (no surrogates), F0 (no overlong 4-byte forms), F4 (nothing past U+10FFFF). Keyed
+# by (code point bits, continuation bytes to come) as a partial holds them right after that lead,
+# a pair no other prefix reaches once these limits hold.
+_SECOND = {(0x0, 2): (0xA0, 0xBF), (0xD, 2): (0x80, 0x9F), (0x0, 3): (0x90, 0xBF), (0x4, 3): (0x80, 0x8F)}
+
+
+def _coverage(ranges: tuple, negated: bool, lo: int, hi: int) -> bool | None:
+    """Whether every code point of [lo, hi] is in the class (True), none is (False), or some are (None)."""
+    key = (ranges, negated, lo, hi)
+    got = _COVERAGE.get(key, _MISSING)
+    if got is _MISSING:
+        covered, start = 0, lo           # size of [lo, hi] & union(ranges), ranges merged as we go
+        for r_lo, r_hi in sorted(ranges):
+            r_lo, r_hi = max(r_lo, start), min(r_hi, hi)
+            if r_lo <= r_hi:
+                covered += r_hi - r_lo + 1
+                start = r_hi + 1
+        if negated:
+            covered = hi - lo + 1 - covered
+        got = _COVERAGE[key] = True if covered == hi - lo + 1 else False if covered == 0 else None
+    return got
+
+
+_COVERAGE: dict = {}
