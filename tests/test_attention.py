@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from webllm_py.attention import PagedAttention
+from webllm_py.attention import PagedAttention, StepTiling
 from webllm_py.kv_cache import PagedKVCache
 
 pytestmark = pytest.mark.gpu
@@ -46,14 +46,15 @@ def reference(q, k, v, n_heads, n_kv, window=None, scale=None, softcap=None):
 class Harness:
     """Drives PagedAttention like the model does: per step write step/table, record, read out."""
 
-    def __init__(self, device, cache, max_tokens=64, **kw):
+    def __init__(self, device, cache, max_tokens=64, layout=(H, KV, HD), **kw):
         self.device, self.cache = device, cache
-        self.attn = PagedAttention(device, cache, H, KV, HD, max_tokens, **kw)
+        self.heads, kv, self.head_dim = layout
+        self.attn = PagedAttention(device, cache, *layout, max_tokens, **kw)
         d = device
-        self.q = d.create_buffer(max_tokens * H * HD * 4)
-        self.k = d.create_buffer(max_tokens * KV * HD * 4)
-        self.v = d.create_buffer(max_tokens * KV * HD * 4)
-        self.o = d.create_buffer(max_tokens * H * HD * 4)
+        self.q = d.create_buffer(max_tokens * self.heads * self.head_dim * 4)
+        self.k = d.create_buffer(max_tokens * kv * self.head_dim * 4)
+        self.v = d.create_buffer(max_tokens * kv * self.head_dim * 4)
+        self.o = d.create_buffer(max_tokens * self.heads * self.head_dim * 4)
         self.step = d.create_buffer(8)
         self.table = d.create_buffer(cache.table_buffer_size())
         self.bound = self.attn.bind(0, self.q, self.k, self.v, self.o, self.step, self.table)
@@ -68,8 +69,8 @@ class Harness:
         d.write_buffer(self.table, self.cache.table_bytes(seq))
         with d.recorder() as rec:
             self.bound.record(rec, T)
-        out = asyncio.run(d.read_buffer(self.o, 0, T * H * HD * 4))
-        return np.frombuffer(out, np.float32).reshape(T, H * HD)
+        out = asyncio.run(d.read_buffer(self.o, 0, T * self.heads * self.head_dim * 4))
+        return np.frombuffer(out, np.float32).reshape(T, self.heads * self.head_dim)
 
     def run(self, seq, q, k, v, chunks):
         outs, pos = [], 0
@@ -80,15 +81,16 @@ class Harness:
         return np.concatenate(outs)
 
 
-def make_qkv(N, seed):
+def make_qkv(N, seed, layout=(H, KV, HD)):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((N, H * HD), dtype=np.float32),
-            rng.standard_normal((N, KV * HD), dtype=np.float32),
-            rng.standard_normal((N, KV * HD), dtype=np.float32))
+    h, kv, hd = layout
+    return (rng.standard_normal((N, h * hd), dtype=np.float32),
+            rng.standard_normal((N, kv * hd), dtype=np.float32),
+            rng.standard_normal((N, kv * hd), dtype=np.float32))
 
 
-def shuffled_cache(device, num_blocks=64, block_size=4, seed=0, **kw):
-    cache = PagedKVCache(device, 1, KV, HD, block_size=block_size, num_blocks=num_blocks, **kw)
+def shuffled_cache(device, num_blocks=64, block_size=4, seed=0, layout=(H, KV, HD), n_layers=1, **kw):
+    cache = PagedKVCache(device, n_layers, layout[1], layout[2], block_size=block_size, num_blocks=num_blocks, **kw)
     random.Random(seed).shuffle(cache._free)  # physical blocks out of order: pages are non-contiguous
     return cache
 
@@ -161,3 +163,100 @@ def test_decode_split_k(device, splits):
                     decode_splits=splits, decode_wg=16, sliding_window=window)
         got = h.run(0, q, k, v, [40] + [1] * 50)
         np.testing.assert_allclose(got, reference(q, k, v, H, KV, window=window), atol=2e-5, rtol=1e-4)
+
+
+# --- attention_step: one decode token in one dispatch (what GPUs run; forced here on any adapter) ---
+
+LAYOUTS = {"8b": (32, 8, 128), "1b": (32, 8, 64), "smollm2": (H, KV, HD), "gemma3": (4, 1, 256)}
+
+
+def f16_round(x):
+    return x.astype(np.float16).astype(np.float32)
+
+
+@pytest.mark.parametrize("layout,f16,tiling,window,softcap", [
+    ("8b", True, StepTiling(128, 32, 16, 32), None, None),     # the GPU default's shape, several slices
+    ("1b", True, StepTiling(128, 32, 16, 32), 29, None),       # 2 position groups per V item; window
+    ("1b", False, StepTiling(64, 16, 1, 16), None, 5.0),       # one workgroup per kv head, softcap
+    ("smollm2", False, StepTiling(32, 8, 56, 8), 70, None),    # GROUP 3, 2 output vec4s per thread, empty slices
+    ("smollm2", True, StepTiling(16, 8, 5, 24), None, None),   # 3 output vec4s per thread, slices of 3 chunks
+    ("gemma3", False, StepTiling(64, 16, 4, 16), None, 5.0),   # head_dim 256, one kv head
+])
+def test_step_matches_numpy(device, layout, f16, tiling, window, softcap):
+    """Decode tokens through attention_step after a prefill chunk (and a prefill chunk after decode
+    tokens: it reads the rows the step wrote), block size 3 so slices and chunks cross blocks;
+    f16 caches are checked against K/V rounded to f16, as the cache stores them."""
+    if f16 and not device.has_f16:
+        pytest.skip("adapter has no shader-f16")
+    lay = LAYOUTS[layout]
+    N = 61
+    q, k, v = make_qkv(N, 21, lay)
+    if softcap:
+        q *= 4  # large scores so the cap matters
+    h = Harness(device, shuffled_cache(device, num_blocks=24, block_size=3, layout=lay, dtype="f16" if f16 else "f32"),
+                max_tokens=32, layout=lay, fused=True, step_tiling=tiling, sliding_window=window, softcap=softcap)
+    assert h.bound.step is not None and h.attn.decode is None
+    got = h.run(0, q, k, v, [21] + [1] * 30 + [3] + [1] * 7)
+    kr, vr = (f16_round(k), f16_round(v)) if f16 else (k, v)
+    ref = reference(q, kr, vr, lay[0], lay[1], window=window, softcap=softcap)
+    tol = dict(atol=2e-4, rtol=1e-3) if f16 else dict(atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(got, ref, **tol)
+
+
+@pytest.mark.parametrize("pairs,rot_dim,f16", [("adjacent", 64, True), ("halves", 64, False), ("halves", 32, True)])
+def test_step_with_rope(device, pairs, rot_dim, f16):
+    """attention_step rotates q and the new k itself (full rotary: RoPE absorbed, its dispatch
+    skipped for single tokens); with partial rotary the RoPE dispatch runs and the step gets q/k
+    rotated. Every step equals numpy's RoPE then attention; the cache holds the rotated k."""
+    from webllm_py.ops import RoPE
+    from .test_ops import rope_reference
+    if f16 and not device.has_f16:
+        pytest.skip("adapter has no shader-f16")
+    N, T0 = 40, 12
+    q, k, v = make_qkv(N, 22)
+    inv_freq = [10000.0 ** (-2 * i / rot_dim) for i in range(rot_dim // 2)]
+    h = Harness(device, shuffled_cache(device, num_blocks=16, block_size=4, dtype="f16" if f16 else "f32"),
+                max_tokens=32, fused=True, step_tiling=StepTiling(64, 8, 8, 8))
+    rope = RoPE(device, inv_freq, H, KV, HD, pairs).bind(h.q, h.k, h.step)
+    attention = h.attn.bind(0, h.q, h.k, h.v, h.o, h.step, h.table, rope=rope)
+    assert attention.step is not None and rope.absorbed == (rot_dim == HD)
+
+    class Layer:  # the layer's order: RoPE (skipped for one token when absorbed), then attention
+        def record(self, rec, n):
+            rope.record(rec, n)
+            attention.record(rec, n)
+    h.bound = Layer()
+    got = h.run(0, q, k, v, [T0] + [1] * (N - T0 - 5) + [5])
+    pos = np.arange(N)
+    qr = rope_reference(q.reshape(N, H, HD), pos, inv_freq, pairs).reshape(N, H * HD)
+    kr = rope_reference(k.reshape(N, KV, HD), pos, inv_freq, pairs).reshape(N, KV * HD)
+    if f16:
+        kr, v = f16_round(kr), f16_round(v)
+    tol = dict(atol=2e-4, rtol=1e-3) if f16 else dict(atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(got, reference(qr, kr, v, H, KV), **tol)
+
+
+def test_step_merge_across_layers_and_steps(device):
+    """The slices' merge through the shared scratch buffer: four layers recorded back to back in one
+    pass (each dispatch must find the arrival counters back at 0), 1 to 9 slices in use as the
+    context grows, every layer's output checked at every step."""
+    (nh, nkv, hd), L, N = LAYOUTS["1b"], 4, 44
+    cache = shuffled_cache(device, num_blocks=16, block_size=4, layout=(nh, nkv, hd), n_layers=L)
+    h = Harness(device, cache, max_tokens=8, layout=(nh, nkv, hd), fused=True, step_tiling=StepTiling(64, 4, 9, 4))
+    data = [make_qkv(N, 30 + i, (nh, nkv, hd)) for i in range(L)]  # each layer its own q/k/v
+    bufs = [[device.create_buffer(x.shape[1] * 4) for x in (*data[i], data[i][0])] for i in range(L)]
+    layers = [h.attn.bind(i, q, k, v, o, h.step, h.table) for i, (q, k, v, o) in enumerate(bufs)]
+    for pos in range(N):
+        cache.ensure(0, pos + 1)
+        device.write_buffer(h.step, struct.pack("<2I", pos, 1))
+        device.write_buffer(h.table, cache.table_bytes(0))
+        for i in range(L):
+            for x, buf in zip(data[i], bufs[i]):
+                device.write_buffer(buf, np.ascontiguousarray(x[pos]))
+        with device.recorder() as rec:
+            for b in layers:
+                b.record(rec, 1)
+        for i in range(L):
+            got = np.frombuffer(asyncio.run(device.read_buffer(bufs[i][3])), np.float32)
+            q, k, v = (x[:pos + 1] for x in data[i])
+            np.testing.assert_allclose(got, reference(q, k, v, nh, nkv)[-1], atol=2e-5, rtol=1e-4)
