@@ -4,7 +4,8 @@
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
 #   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
 #   structured: decode with/without a JSON token mask, needs build/tokenizers/{smollm2,llama3} carried;
-#   structured-overlap: schema runs as the engine steps and with bench --mask-overlap; none: setup only)
+#   structured-overlap: schema runs as the engine steps and with bench --mask-overlap;
+#   attention: attention_step checked against numpy, its kernel timings, decode with it and without it; none: setup only)
 set -u
 OUT=${OUT:-.}
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -59,6 +60,22 @@ if [ "$mode" = matvec ]; then  # issue 7: the staged matvec (matvec_q4s) against
             WEBLLM_MATVEC=q4 bench --shape $s --quant $q --decode-tokens 64 --profile
             bench --shape $s --quant $q --decode-tokens 64 --profile
         done
+    done
+fi
+if [ "$mode" = attention ]; then  # one-dispatch decode attention (attention_step) vs the three-dispatch path
+    echo "+ python scripts/attention_step_check.py"
+    timeout 120 python3 scripts/attention_step_check.py 2>"$OUT/check_err.txt" | tee "$OUT/attention_check.jsonl"; tail -3 "$OUT/check_err.txt"
+    echo "+ python scripts/kernel_bench.py --only=attention"
+    timeout 150 python3 scripts/kernel_bench.py --only=attention 2>"$OUT/kernel_err.txt" | tee "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
+    unfused() {  # the same bench with PagedAttention(fused=False): kv_write/RoPE + attention_decode + combine
+        echo "+ (fused=False) python -m webllm_py bench $*"
+        timeout 300 python3 -c "import functools, runpy, webllm_py.attention as a
+a.PagedAttention.__init__ = functools.partialmethod(a.PagedAttention.__init__, fused=False)
+runpy.run_module('webllm_py', run_name='__main__')" bench "$@" 2>"$OUT/err.txt" | sed 's/^{/{"attention": "unfused", /' | tee -a "$OUT/bench.jsonl"; tail -3 "$OUT/err.txt"
+    }
+    for shape in llama-3.2-1b llama-3.1-8b; do
+        bench --shape $shape --quant Q4_0 --decode-tokens 64
+        unfused --shape $shape --quant Q4_0 --decode-tokens 64
     done
 fi
 if [ "$mode" = full ]; then
