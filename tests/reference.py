@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,12 +42,14 @@ def _greedy_steps(path: str, ids: tuple[int, ...], n: int):
     import torch
 
     model, _ = hf_model(path)
+    # transformers 5.x renamed the KV cache argument and output `cache` (`past_key_values` goes in 5.40)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     tokens, first_logits, margins = [], None, []
     with torch.no_grad():
         x, past = torch.tensor([ids]), None
         for _ in range(n):
-            r = model(input_ids=x, past_key_values=past, use_cache=True)
-            past, logits = r.past_key_values, r.logits[0, -1]
+            r = model(input_ids=x, use_cache=True, **{key: past})
+            past, logits = getattr(r, key), r.logits[0, -1]
             if first_logits is None:
                 first_logits = logits.double().numpy()
             top = torch.topk(logits, 2).values
