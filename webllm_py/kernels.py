@@ -52,6 +52,7 @@ def render(template: str, **params: Any) -> str:
     params.setdefault("f16", False)
     params.setdefault("subgroups", False)
     params.setdefault("subgroups_directive", "")
+    params.setdefault("cpu_adapter", False)
     # A model asks for the same few kernels once per layer (SmolLM2: 549 calls, 22 distinct), and a
     # render costs ~2 ms natively and ~5-9 ms in Pyodide: 2.7-4.9 s of a browser model load (measured).
     # Memoized when the params are hashable; the key holds each value's type, so 1, 1.0 and True

@@ -146,11 +146,14 @@ class Device(ABC):
 
     # -- kernels ----------------------------------------------------------------------------------
     def kernel(self, template: str, label: str = "", **params: Any) -> Kernel:
-        """Render `shaders/<template>` with `params` plus the adapter's features; cached by source."""
+        """Render `shaders/<template>` with `params` plus the adapter's features; cached by source.
+        Every template may read `cpu_adapter` (this adapter is a CPU: lavapipe, SwiftShader), for
+        forms that suit CPU drivers (no barriers, less unrolling); a caller may pass it to force one."""
         if params.get("f16"):
             self.require("shader-f16")
         if params.get("subgroups"):
             self.require("subgroups")
+        params.setdefault("cpu_adapter", self.info.is_fallback)
         source = kernels.render(template, subgroups_directive=self.subgroups_directive, **params)
         key = (source, "main")
         k = self._pipelines.get(key)
