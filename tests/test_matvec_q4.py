@@ -178,15 +178,15 @@ def staged_error(y, x, w):
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
-@pytest.mark.parametrize("wg,lanes,rows", [(64, 2, 1), (32, 4, 2)])
-def test_staged_single_matrix(device, qtype, wg, lanes, rows):
+@pytest.mark.parametrize("wg,lanes,rows,prefetch", [(64, 2, 1, False), (32, 4, 2, True)])
+def test_staged_single_matrix(device, qtype, wg, lanes, rows, prefetch):
     """N = 37 is not a multiple of the workgroup's rows (32 or 16), K = 768 (3 units) not a multiple
     of the lanes; accumulate or not."""
     from webllm_py.linear import StagedTiling
     rng = np.random.default_rng(11)
-    N, K = 37, 768
+    N, K = 37, 768 if not prefetch else 1536  # 3 units, or 6 (two or more per lane: the prefetch runs)
     raw, w = make_weight(qtype, N, K, rng)
-    lin = Linear(device, upload(device, raw, qtype, N, K), matvec=StagedTiling(wg, lanes, rows))
+    lin = Linear(device, upload(device, raw, qtype, N, K), matvec=StagedTiling(wg, lanes, rows, prefetch))
     assert lin.staged and lin.q4
     x = rng.standard_normal((1, K)).astype(np.float32)
     x[0, :32] = 0  # an all-zero block: scale 0
@@ -207,7 +207,7 @@ def test_staged_falls_back(device):
     rng = np.random.default_rng(12)
     N, K = 9, 576
     raw, w = make_weight("Q4_0", N, K, rng)
-    lin = Linear(device, upload(device, raw, "Q4_0", N, K), matvec=StagedTiling(64, 4, 1))
+    lin = Linear(device, upload(device, raw, "Q4_0", N, K), matvec=StagedTiling(64, 4, 1, True))
     assert not lin.staged and lin.q4
     x = rng.standard_normal((1, K)).astype(np.float32)
     xb, yb = f32_buffer(device, x), f32_buffer(device, np.zeros((1, N), np.float32))
@@ -233,7 +233,7 @@ def test_staged_fused(device, qtype, glu, norm):
     step = device.buffer_from(struct.pack("<II", 0, 1))
     rms = RMSNorm(device, f32_buffer(device, nw), K, eps, weight_offset=offset, wg=64).bind(xb, hb, step)
     h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * (nw + offset) if norm else x
-    tiling = StagedTiling(32, 2, 2)  # 32 rows per workgroup: the 40-row parts straddle two
+    tiling = StagedTiling(32, 2, 2, True)  # 32 rows per workgroup: the 40-row parts straddle two
     bounds, ws, ys = [], [], []
     for n in parts:
         raw, w = make_weight(qtype, n, K, rng)

@@ -52,6 +52,7 @@ class StagedTiling:
     wg: int = 256  # threads per workgroup
     lanes: int = 16  # threads per row (at most K / 256)
     rows: int = 1  # rows per team
+    prefetch: bool = False  # load a lane's next unit while the current one's math runs
 
     split_k = True  # (threads split K, as MatvecTiling's split_k)
 
@@ -68,8 +69,15 @@ class StagedTiling:
 # The staged kernel on GPUs where K % 256 == 0, x fits workgroup memory and packed 8-bit dot
 # products exist (WGSL's packed_4x8_integer_dot_product; Chrome 123+, naga): "q4" picks matvec_q4
 # instead (A/B runs: WEBLLM_MATVEC=q4).
-Q4S_TILING = StagedTiling(*(int(v) for v in os.environ.get("WEBLLM_Q4S", "256,16,1").split(",")))
 MATVEC_KERNEL = os.environ.get("WEBLLM_MATVEC", "staged")
+_Q4S_ENV = os.environ.get("WEBLLM_Q4S")  # "WG,LANES,ROWS[,PREFETCH]": a bench-only override
+
+
+def staged_tiling(K: int) -> StagedTiling:
+    """The staged kernel's tiling on GPUs for rows of K."""
+    if _Q4S_ENV:
+        return StagedTiling(*(int(v) for v in _Q4S_ENV.split(",")))
+    return StagedTiling(256, 16, 1)
 
 
 def staged_shared_bytes(K: int, tiling: StagedTiling, n_acc: int) -> int:
@@ -151,7 +159,7 @@ class Linear:
         # StagedTiling or by default; else the aligned one (matvec_q4), unless an explicit tiling asks
         # for the one-row-per-thread form (split_k=False).
         aligned = weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
-        want = matvec if isinstance(matvec, StagedTiling) else Q4S_TILING
+        want = matvec if isinstance(matvec, StagedTiling) else staged_tiling(self.K)
         self.staged = (aligned and self.K % 256 == 0
                        and (isinstance(matvec, StagedTiling)
                             or (matvec is None and MATVEC_KERNEL == "staged" and not device.info.is_fallback))
@@ -216,7 +224,8 @@ class Linear:
         t = self.matvec_tiling
         if self.staged:
             return self.device.kernel("matvec_q4s", label=f"matvec_q4s {self.weight.name}", wg=t.wg,
-                                      lanes=t.lanes_for(self.K), rows=t.rows, qtype=self.weight.ggml_type.name,
+                                      lanes=t.lanes_for(self.K), rows=t.rows, prefetch=t.prefetch,
+                                      qtype=self.weight.ggml_type.name,
                                       K=self.K, parts=list(parts), row_bytes=self._params["row_bytes"],
                                       accumulate=accumulate, glu=glu, **nparams)
         # No more threads than units, but at least one per row: thread r writes row r's result
