@@ -183,9 +183,49 @@ for qtype in (("Q4_0", "Q4_K") if want("matvec") else ()):
         dev.raw.queue.submit([])
         w.buffer.destroy()
 
+def sane_weight(qtype: str, n: int, k: int):
+    """Random nibbles with finite f16 scales (random bytes make NaN/inf scales): for correctness."""
+    bs = {"Q4_0": (32, 18, (0,)), "Q4_1": (32, 20, (0, 2)), "Q4_K": (256, 144, (0, 2))}[qtype]
+    raw = rng.integers(0, 256, (n, k // bs[0], bs[1]), dtype=np.uint8)
+    for p in bs[2]:
+        raw[:, :, p:p + 2] = rng.uniform(0.001, 0.02, (n, k // bs[0], 1)).astype(np.float16).view(np.uint8)
+    if qtype == "Q4_K":
+        raw[:, :, 4:16] &= 0x3F  # keep 6-bit scales/mins small-ish but valid
+    info = TensorInfo("w", (k, n), int(GGMLType[qtype]), 0, raw.nbytes)
+    return upload_tensor(dev, BytesSource(raw.tobytes()), info), raw
+
+
+if want("staged_check"):  # the staged kernel's output on this GPU against numpy (Q4_0) and matvec_q4
+    from webllm_py.linear import StagedTiling, Q4_TILING, staged_tiling
+    for qtype in ("Q4_0", "Q4_1", "Q4_K"):
+        for n, k in ((4096, 4096), (1024, 14336), (2048, 8192)):
+            w, raw = sane_weight(qtype, n, k)
+            x = rng.standard_normal(k).astype(np.float32)
+            xb = dev.buffer_from(x.tobytes())
+            ys = {}
+            for name, t in (("q4", Q4_TILING), ("q4s", staged_tiling(k)), ("q4s_prefetch", StagedTiling(256, 8, 1, True))):
+                yb = dev.create_buffer(n * 4)
+                b = Linear(dev, w, matvec=t).bind(xb, yb)
+                with dev.recorder() as rec:
+                    b.record(rec, 1)
+                ys[name] = np.frombuffer(asyncio.run(dev.read_buffer(yb, 0, n * 4)), np.float32).astype(np.float64)
+            out = dict(kind="staged_check", qtype=qtype, N=n, K=k)
+            if qtype == "Q4_0":  # numpy: d * (nibble - 8), byte j of a block: elements j (low) and j + 16 (high)
+                d = raw[:, :, 0:2].copy().view(np.float16).astype(np.float64)
+                qs = raw[:, :, 2:]
+                vals = np.concatenate([qs & 15, qs >> 4], axis=2).astype(np.float64) - 8
+                ref = (d * vals).reshape(n, k) @ x.astype(np.float64)
+                out["q4_vs_numpy"] = float(np.abs(ys["q4"] - ref).max() / np.abs(ref).max())
+            else:
+                ref = ys["q4"]
+            for name in ("q4s", "q4s_prefetch"):
+                out[name + "_rel_err"] = float(np.linalg.norm(ys[name] - ref) / np.linalg.norm(ref))
+            emit(**out)
+            w.buffer.destroy()
+
 # the staged kernel (matvec_q4s: int8 x in workgroup memory) against matvec_q4 at its default
-STAGED = [(256, 16, 1), (256, 16, 2), (256, 8, 1), (256, 8, 2), (128, 16, 1), (128, 8, 1), (256, 32, 1),
-          (512, 16, 1), (64, 16, 1), (128, 4, 2)]
+STAGED = [(256, 16, 1), (256, 8, 1), (256, 8, 2), (256, 16, 1, True), (256, 8, 1, True), (256, 8, 2, True),
+          (128, 8, 1, True), (256, 4, 2, True), (512, 8, 1, True)]
 for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
     from webllm_py.linear import StagedTiling, Q4_TILING
     shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (128256, 4096), (2048, 2048), (8192, 2048),
@@ -198,7 +238,7 @@ for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
             b = lin.bind(xb, yb)
             dt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
             emit(kind="staged", qtype=qtype, N=n, K=k, kernel="q4s" if lin.staged else "q4",
-                 tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows], us=round(dt * 1e6, 2), gbps=round(nb / dt / 1e9, 1))
+                 tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)], us=round(dt * 1e6, 2), gbps=round(nb / dt / 1e9, 1))
         dev.raw.queue.submit([])
         w.buffer.destroy()
     # a Llama layer's norm + Q/K/V and norm + gate/up: norm dispatch + matvec_q4 group, against the
@@ -221,7 +261,7 @@ for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
                 g = MatvecGroup(bounds, glu=glu, norm=norm)
                 dt = time_dispatches(lambda rec: (norm.record(rec, 1), g.record(rec, 1)), REPS)
                 emit(kind="staged_group", qtype=qtype, op=label, dim=dim, kernel="q4s" if bounds[0].linear.staged else "q4",
-                     tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows], norm_folded=bool(norm.absorbed),
+                     tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)], norm_folded=bool(norm.absorbed),
                      us=round(dt * 1e6, 2), gbps=round(nbytes / dt / 1e9, 1))
             for w, _ in ws:
                 w.buffer.destroy()
