@@ -93,9 +93,9 @@ def bench_attention():
     import struct
     from webllm_py.attention import PagedAttention, StepTiling, default_step_tiling
     from webllm_py.kv_cache import PagedKVCache
-    grid = [(128, 32, 16, 64), (128, 32, 16, 32), (128, 32, 32, 32), (128, 64, 16, 64), (256, 64, 16, 64),
-            (256, 32, 16, 32), (256, 32, 32, 32), (64, 16, 32, 16), (128, 16, 32, 16), (128, 32, 1, 32),
-            (256, 64, 4, 64), (256, 64, 1, 64)]
+    grid = [(128, 32, 32, 32), (256, 32, 32, 32), (512, 64, 32, 64), (128, 32, 16, 64), (256, 64, 16, 64),
+            (128, 64, 32, 64), (256, 128, 16, 128), (512, 128, 16, 128), (64, 16, 32, 16), (128, 16, 32, 16),
+            (256, 32, 64, 32), (256, 64, 4, 64), (256, 64, 1, 64), (128, 32, 1, 32)]
     for label, nh, nkv, hd in (("8b", 32, 8, 128), ("1b", 32, 8, 64)):
         for n in ((550,) if QUICK else (550, 2048, 4096)):
             cache = PagedKVCache(dev, 1, nkv, hd, block_size=16, num_blocks=-(-n // 16), dtype="f16")
@@ -114,7 +114,7 @@ def bench_attention():
                 emit(kind="attention", shape=label, positions=n, wg=wg, splits=splits, kv_write_us=round(kvw * 1e6, 2),
                      decode_us=round(dec * 1e6, 2), combine_us=round(comb * 1e6, 2), all_us=round(allt * 1e6, 2))
             tilings = [default_step_tiling(nkv)]
-            tilings += [t for t in (StepTiling(*g) for g in (grid if n == 550 else grid[1:3])) if t != tilings[0]]
+            tilings += [t for t in (StepTiling(*g) for g in (grid if n == 550 else grid[:3])) if t != tilings[0]]
             for t in tilings:
                 att = PagedAttention(dev, cache, nh, nkv, hd, 64, fused=True, step_tiling=t)
                 b = att.bind(0, q, k, v, o, step, table)

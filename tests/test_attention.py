@@ -180,6 +180,7 @@ def f16_round(x):
     ("1b", False, StepTiling(64, 16, 1, 16), None, 5.0),       # one workgroup per kv head, softcap
     ("smollm2", False, StepTiling(32, 8, 56, 8), 70, None),    # GROUP 3, 2 output vec4s per thread, empty slices
     ("smollm2", True, StepTiling(16, 8, 5, 24), None, None),   # 3 output vec4s per thread, slices of 3 chunks
+    ("smollm2", False, StepTiling(256, 32, 4, 32), None, None),  # 5 position groups: 32 % 5 != 0
     ("gemma3", False, StepTiling(64, 16, 4, 16), None, 5.0),   # head_dim 256, one kv head
 ])
 def test_step_matches_numpy(device, layout, f16, tiling, window, softcap):

@@ -25,16 +25,17 @@ KV_WRITE_WG = 64
 class StepTiling:
     """attention_step's shape: threads per workgroup, positions per pass, workgroups per kv head
     (split-K slices, merged in the same dispatch) and the fewest positions a slice takes."""
-    wg: int = 128
-    chunk: int = 32
-    splits: int = 16
+    wg: int = 256
+    chunk: int = 64
+    splits: int = 32
     min_split: int = 64
 
 
 def default_step_tiling(n_kv_heads: int) -> StepTiling:
-    # ~128 workgroups at long contexts; a slice of >= 64 positions (two passes) at short ones, so a
-    # 550-position context runs as 9 slices per kv head and a short chat as one (no merge).
-    return StepTiling(splits=max(1, min(32, 128 // n_kv_heads)))
+    # Slices of >= 64 positions (one pass each at short contexts; a short chat runs as one slice
+    # per kv head, no merge), up to ~256 workgroups at long contexts: 550 positions of the 8B
+    # layout run as 8 kv heads x 9 slices, 4096 as 8 x 32 slices of 128.
+    return StepTiling(splits=max(1, min(32, 256 // n_kv_heads)))
 
 
 def _prefill_tiles(head_dim: int, group: int, limits: dict) -> tuple[int, int]:
