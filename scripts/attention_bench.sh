@@ -1,0 +1,43 @@
+#!/bin/bash
+# Decode attention on the device machine (H100, native wgpu over Vulkan): attention_step checked
+# against numpy, its kernel timings (kernel_bench --only=attention), and decode tok/s with it (default
+# and other tilings) and without it (PagedAttention(fused=False): RoPE+kv_write, attention_decode,
+# attention_combine), both orders. Run after `bash scripts/device_bench.sh none` (Vulkan + wgpu set up):
+#   bash scripts/device_bench.sh none; bash scripts/attention_bench.sh
+set -u
+OUT=${OUT:-.}
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 VK_DRIVER_FILES=/tmp/icd.json
+export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+echo "+ python scripts/attention_step_check.py"
+timeout 120 python3 scripts/attention_step_check.py 2>"$OUT/check_err.txt" | tee "$OUT/attention_check.jsonl" | cut -c1-230; tail -3 "$OUT/check_err.txt"
+echo "+ python scripts/kernel_bench.py --only=attention"
+timeout 150 python3 scripts/kernel_bench.py --only=attention 2>"$OUT/kernel_err.txt" | tee "$OUT/kernels.jsonl" | grep -v '"kind": "attention"'; tail -3 "$OUT/kernel_err.txt"
+grep '"kind": "attention"' "$OUT/kernels.jsonl" | cut -c1-230
+# bench with PagedAttention's defaults changed: $1 = "unfused" or a tiling "wg,chunk,splits,min_split" or "default"
+variant() {
+    local v=$1; shift
+    echo "+ ($v) python -m webllm_py bench $*"
+    timeout 200 python3 -c "import functools, runpy, sys, webllm_py.attention as a
+v = sys.argv.pop(1)
+if v == 'unfused':
+    a.PagedAttention.__init__ = functools.partialmethod(a.PagedAttention.__init__, fused=False)
+elif v != 'default':
+    t = a.StepTiling(*map(int, v.split(',')))
+    a.default_step_tiling = lambda n_kv_heads: t
+runpy.run_module('webllm_py', run_name='__main__')" "$v" bench "$@" 2>"$OUT/err.txt" | sed "s/^{/{\"attention\": \"$v\", /" | tee -a "$OUT/bench.jsonl" | python3 -c "
+import json, sys
+for line in sys.stdin:
+    try:
+        r = json.loads(line)
+    except ValueError:
+        print(line.rstrip()); continue
+    print(json.dumps({k: r.get(k) for k in ('attention', 'model', 'decode_tok_s', 'step_ms_per_token', 'gpu_ms_per_token', 'gpu_ms_by_op')}))"
+    tail -2 "$OUT/err.txt"
+}
+for shape in llama-3.2-1b llama-3.1-8b; do
+    for v in unfused default 128,32,32,32 256,32,32,32 512,64,32,64 default unfused; do
+        variant $v --shape $shape --quant Q4_0 --decode-tokens 64
+    done
+    variant unfused --shape $shape --quant Q4_0 --decode-tokens 64 --profile
+    variant default --shape $shape --quant Q4_0 --decode-tokens 64 --profile
+done
