@@ -52,31 +52,17 @@ if [ "$mode" = structured-overlap ]; then  # the same schema runs as the engine 
         bench --shape llama-3.1-8b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1 $o
     done
 fi
-if [ "$mode" = matvec ]; then  # issue 7: the staged matvec (matvec_q4s) against matvec_q4 (WEBLLM_MATVEC=q4)
-    echo "+ python scripts/kernel_bench.py --only=staged"
-    timeout 170 python3 scripts/kernel_bench.py --only=staged 2>"$OUT/kernel_err.txt" | tee "$OUT/kernels.jsonl" | cut -c1-200; tail -3 "$OUT/kernel_err.txt"
+if [ "$mode" = matvec ]; then  # issue 7: the staged matvec (matvec_q4s) against matvec_q4 (WEBLLM_MATVEC=q4), each pair twice in swapped order
     for q in Q4_0 Q4_K; do
         for s in llama-3.1-8b llama-3.2-1b; do
             WEBLLM_MATVEC=q4 bench --shape $s --quant $q --decode-tokens 64 --profile
             bench --shape $s --quant $q --decode-tokens 64 --profile
+            bench --shape $s --quant $q --decode-tokens 64
+            WEBLLM_MATVEC=q4 bench --shape $s --quant $q --decode-tokens 64
         done
     done
-fi
-if [ "$mode" = attention ]; then  # one-dispatch decode attention (attention_step) vs the three-dispatch path
-    echo "+ python scripts/attention_step_check.py"
-    timeout 120 python3 scripts/attention_step_check.py 2>"$OUT/check_err.txt" | tee "$OUT/attention_check.jsonl"; tail -3 "$OUT/check_err.txt"
-    echo "+ python scripts/kernel_bench.py --only=attention"
-    timeout 150 python3 scripts/kernel_bench.py --only=attention 2>"$OUT/kernel_err.txt" | tee "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
-    unfused() {  # the same bench with PagedAttention(fused=False): kv_write/RoPE + attention_decode + combine
-        echo "+ (fused=False) python -m webllm_py bench $*"
-        timeout 300 python3 -c "import functools, runpy, webllm_py.attention as a
-a.PagedAttention.__init__ = functools.partialmethod(a.PagedAttention.__init__, fused=False)
-runpy.run_module('webllm_py', run_name='__main__')" bench "$@" 2>"$OUT/err.txt" | sed 's/^{/{"attention": "unfused", /' | tee -a "$OUT/bench.jsonl"; tail -3 "$OUT/err.txt"
-    }
-    for shape in llama-3.2-1b llama-3.1-8b; do
-        bench --shape $shape --quant Q4_0 --decode-tokens 64
-        unfused --shape $shape --quant Q4_0 --decode-tokens 64
-    done
+    echo "+ python scripts/kernel_bench.py --only=staged_check,staged"
+    timeout 200 python3 scripts/kernel_bench.py --only=staged_check,staged 2>"$OUT/kernel_err.txt" > "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
 fi
 if [ "$mode" = matvec-tune ]; then  # the staged matvec on this GPU: correctness vs numpy/matvec_q4, tilings alone and in the model
     echo "+ python scripts/kernel_bench.py --only=staged_check,staged"

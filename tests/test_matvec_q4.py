@@ -180,8 +180,8 @@ def staged_error(y, x, w):
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
 @pytest.mark.parametrize("wg,lanes,rows,prefetch", [(64, 2, 1, False), (32, 4, 2, True)])
 def test_staged_single_matrix(device, qtype, wg, lanes, rows, prefetch):
-    """N = 37 is not a multiple of the workgroup's rows (32 or 16), K = 768 (3 units) not a multiple
-    of the lanes; accumulate or not."""
+    """N = 37 is not a multiple of the workgroup's rows (32), K = 768 (3 units) or 1536 (6) not a
+    multiple of the lanes (2, 4: some lanes take one unit more); accumulate or not."""
     from webllm_py.linear import StagedTiling
     rng = np.random.default_rng(11)
     N, K = 37, 768 if not prefetch else 1536  # 3 units, or 6 (two or more per lane: the prefetch runs)
