@@ -61,8 +61,11 @@ if [ "$mode" = matvec ]; then  # issue 7: the staged matvec (matvec_q4s) against
             WEBLLM_MATVEC=q4 bench --shape $s --quant $q --decode-tokens 64
         done
     done
+    for s in llama-3.1-8b llama-3.2-1b; do  # two other tilings of the staged kernel
+        for t in 128,8,1 256,4,1,1; do echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S=$t bench --shape $s --quant Q4_0 --decode-tokens 64 >/dev/null; done
+    done
     echo "+ python scripts/kernel_bench.py --only=staged_check,staged"
-    timeout 200 python3 scripts/kernel_bench.py --only=staged_check,staged 2>"$OUT/kernel_err.txt" > "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
+    timeout 150 python3 scripts/kernel_bench.py --only=staged_check,staged 2>"$OUT/kernel_err.txt" > "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
 fi
 if [ "$mode" = matvec-tune ]; then  # the staged matvec on this GPU: correctness vs numpy/matvec_q4, tilings alone and in the model
     echo "+ python scripts/kernel_bench.py --only=staged_check,staged"

@@ -166,7 +166,7 @@ class Linear:
         self.staged = (aligned and self.K % 256 == 0
                        and (isinstance(matvec, StagedTiling)
                             or (matvec is None and MATVEC_KERNEL == "staged" and not device.info.is_fallback))
-                       and staged_shared_bytes(self.K, want, 2 * want.rows)
+                       and staged_shared_bytes(self.K, want, 2 * want.rows + 2)
                        <= device.limits.get("max_compute_workgroup_storage_size", 16384))
         if isinstance(matvec, StagedTiling) and not self.staged:  # asked for, but this weight cannot use it
             matvec = Q4_TILING
