@@ -111,6 +111,23 @@ await dev.check_errors()
     assert e.value.name == "ShaderError"
 
 
+def test_bad_wgsl_created_on_first_use_is_a_shader_error(webllm_page):
+    # Browser pipelines are created when first recorded (gpu/browser.py); the failure then surfaces
+    # at the next read-back, typed, instead of as a silent invalid pipeline.
+    with pytest.raises(BrowserPythonError) as e:
+        run_python(webllm_page, """
+import webllm_py.gpu
+dev = await webllm_py.gpu.request_device()
+k = dev._make_kernel("@group(0) @binding(0) var<storage, read_write> y: array<f32>;\\n"
+                     "@compute @workgroup_size(1) fn main() { y[0] = no_such_name; }", "broken-lazy")
+assert k.pipeline is None
+buf = dev.create_buffer(16)
+dev.run(k, [buf], 1)
+await dev.read_buffer(buf)
+""")
+    assert e.value.name == "ShaderError" and "broken-lazy" in e.value.message
+
+
 def test_python_error_is_typed_and_worker_stays_usable(webllm_page):
     with pytest.raises(BrowserPythonError) as e:
         run_python(webllm_page, "x_before = 41\nraise ValueError('boom')")

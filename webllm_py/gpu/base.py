@@ -42,9 +42,10 @@ class Buffer:
 
 @dataclass(eq=False)
 class Kernel:
-    pipeline: Any  # GPUComputePipeline
+    pipeline: Any  # GPUComputePipeline; None until first use where the backend creates it lazily
     source: str
     label: str = ""
+    layout: Any = None  # bind group 0's layout, where the backend declares it (browser)
 
 
 @dataclass(eq=False)
@@ -158,9 +159,12 @@ class Device(ABC):
         key = (source, "main")
         k = self._pipelines.get(key)
         if k is None:
-            k = Kernel(self._create_pipeline(source, label or template), source, label or template)
+            k = self._make_kernel(source, label or template)
             self._pipelines[key] = k
         return k
+
+    def _make_kernel(self, source: str, label: str) -> Kernel:
+        return Kernel(self._create_pipeline(source, label), source, label)
 
     @abstractmethod
     def _create_pipeline(self, source: str, label: str) -> Any: ...

@@ -6,6 +6,7 @@ each Python->JS call costs ~1 us, so a token's dispatches are recorded into one 
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from ..errors import DEVICE_LOST_ADVICE, DeviceLostError, GPUUnavailableError, ShaderError
@@ -37,6 +38,18 @@ def _make_js_replay():
         return None
 
 
+# Bind group 0 of a kernel, read from its WGSL: `@group(0) @binding(i) var<storage, read> ...`.
+_BINDING = re.compile(r"@group\(0\)\s*@binding\((\d+)\)\s*var<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>")
+_BUFFER_TYPE = {("storage", "read"): "read-only-storage", ("storage", ""): "read-only-storage",
+                ("storage", "read_write"): "storage", ("uniform", ""): "uniform"}
+
+
+def bindings(source: str) -> list[tuple[int, str]]:
+    """(binding, GPUBufferBindingType) of every buffer the WGSL declares in group 0."""
+    code = re.sub(r"//[^\n]*", "", source)
+    return sorted((int(i), _BUFFER_TYPE[(space, access or "")]) for i, space, access in _BINDING.findall(code))
+
+
 def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name)
 
@@ -51,7 +64,7 @@ class BrowserRecorder(Recorder):
         if self._pass is None:
             self._pass = self._enc.beginComputePass()
         p = self._pass
-        p.setPipeline(bind_group.kernel.pipeline)
+        p.setPipeline(bind_group.kernel.pipeline or self._dev.pipeline(bind_group.kernel))
         p.setBindGroup(0, bind_group.handle)
         p.dispatchWorkgroups(x, y, z)
 
@@ -68,7 +81,9 @@ class BrowserRecorder(Recorder):
         if self._pass is None:
             self._pass = self._enc.beginComputePass()
         if program.native is None:
-            program.native = _js([[bg.kernel.pipeline, bg.handle, x, y, z] for bg, x, y, z in program.commands])
+            pipe = self._dev.pipeline
+            program.native = _js([[bg.kernel.pipeline or pipe(bg.kernel), bg.handle, x, y, z]
+                                  for bg, x, y, z in program.commands])
         replay(self._pass, program.native)
 
     def finish(self):
@@ -131,10 +146,28 @@ class BrowserDevice(Device):
             raise DeviceLostError(f"The GPU device was lost ({self._lost_reason}). " + DEVICE_LOST_ADVICE)
 
     # -- kernels ----------------------------------------------------------------------------------
-    def _create_pipeline(self, source: str, label: str):
+    # Pipelines are created on first use, not when a model asks for its kernels: SwiftShader
+    # compiles them one after another (~0.2-1.3 s each for SmolLM2), so the first token should wait
+    # only for the ones its prefill and sampling record; decode-only ones (matvecs, decode attention)
+    # compile when the first decode step is recorded. Bind groups need no pipeline for that: each
+    # kernel's bind group layout is declared from its WGSL instead of taken from an "auto" pipeline.
+    def _make_kernel(self, source: str, label: str) -> Kernel:
+        u = js.GPUShaderStage.COMPUTE
+        entries = [{"binding": i, "visibility": u, "buffer": {"type": t}} for i, t in bindings(source)]
+        layout = self.raw.createBindGroupLayout(_js({"label": label, "entries": entries}))
+        return Kernel(None, source, label, layout)
+
+    def pipeline(self, kernel: Kernel):
+        """The kernel's compute pipeline, created now if it was not yet (see _make_kernel)."""
+        if kernel.pipeline is None:
+            kernel.pipeline = self._create_pipeline(kernel.source, kernel.label, kernel.layout)
+        return kernel.pipeline
+
+    def _create_pipeline(self, source: str, label: str, layout=None):
         self.raw.pushErrorScope("validation")
         module = self.raw.createShaderModule(_js({"code": source, "label": label}))
-        pipeline = self.raw.createComputePipeline(_js({"layout": "auto", "label": label,
+        pl = "auto" if layout is None else self.raw.createPipelineLayout(_js({"bindGroupLayouts": [layout]}))
+        pipeline = self.raw.createComputePipeline(_js({"layout": pl, "label": label,
                                                        "compute": {"module": module, "entryPoint": "main"}}))
         self._pending_scopes.append((label, source, self.raw.popErrorScope()))
         return pipeline
@@ -179,6 +212,8 @@ class BrowserDevice(Device):
         data = js.Uint8Array.new(staging.getMappedRange()).to_bytes()
         staging.unmap()
         self._staging[padded] = staging  # reused: token-id readbacks have the same size every step
+        if self._pending_scopes:  # pipelines created on first use since the last check: report them
+            await self.check_errors()
         return data[:size]
 
     def bind(self, kernel: Kernel, buffers: Sequence[Buffer | tuple[Buffer, int, int]]) -> BindGroup:
@@ -186,7 +221,8 @@ class BrowserDevice(Device):
         for i, b in enumerate(buffers):
             buf, off, size = (b, 0, b.size) if isinstance(b, Buffer) else b
             entries.append({"binding": i, "resource": {"buffer": buf.handle, "offset": off, "size": size}})
-        handle = self.raw.createBindGroup(_js({"layout": kernel.pipeline.getBindGroupLayout(0), "entries": entries}))
+        layout = kernel.layout if kernel.layout is not None else kernel.pipeline.getBindGroupLayout(0)
+        handle = self.raw.createBindGroup(_js({"layout": layout, "entries": entries}))
         return BindGroup(handle, kernel, tuple(buffers))
 
     def recorder(self) -> Recorder:
