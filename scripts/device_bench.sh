@@ -2,7 +2,7 @@
 # Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
 # with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
-#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|matvec-tune|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
+#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|matvec-tune|matvec-ops|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
 #   structured: decode with/without a JSON token mask, needs build/tokenizers/{smollm2,llama3} carried;
 #   structured-overlap: schema runs as the engine steps and with bench --mask-overlap;
 #   attention: attention_step checked against numpy, its kernel timings, decode with it and without it; none: setup only)
@@ -73,6 +73,13 @@ if [ "$mode" = matvec-tune ]; then  # the staged matvec on this GPU: correctness
     for s in llama-3.1-8b llama-3.2-1b; do
         for t in 256,16,1 256,8,1 256,8,2 256,16,1,1 256,8,1,1 256,8,2,1; do
             echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S=$t bench --shape $s --quant Q4_0 --decode-tokens 64 >/dev/null
+        done
+    done
+fi
+if [ "$mode" = matvec-ops ]; then  # the staged kernel's tiling per op kind, in the model (--profile): WEBLLM_Q4S="ALL[;glu=..][;wide=..]"
+    for s in llama-3.1-8b llama-3.2-1b; do
+        for t in "" "256,8,1;glu=256,8,2" "256,8,1;glu=128,8,1" "256,8,1;wide=256,16,1" "128,8,1" ""; do
+            echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S="$t" bench --shape $s --quant Q4_0 --decode-tokens 64 --profile >/dev/null
         done
     done
 fi

@@ -70,17 +70,24 @@ class StagedTiling:
 # products exist (WGSL's packed_4x8_integer_dot_product; Chrome 123+, naga): "q4" picks matvec_q4
 # instead (A/B runs: WEBLLM_MATVEC=q4).
 MATVEC_KERNEL = os.environ.get("WEBLLM_MATVEC", "staged")
-_Q4S_ENV = os.environ.get("WEBLLM_Q4S")  # "WG,LANES,ROWS[,PREFETCH]": a bench-only override
+# bench-only overrides: "WG,LANES,ROWS[,PREFETCH]" for all, then optional ";glu=..." (fused gate/up
+# groups) and ";wide=..." (K > 8192)
+_Q4S_ENV = dict(("all", v) if "=" not in v else v.split("=", 1)
+                for v in os.environ.get("WEBLLM_Q4S", "").split(";") if v)
 
 
-def staged_tiling(K: int) -> StagedTiling:
+def _env_tiling(key: str) -> StagedTiling | None:
+    v = _Q4S_ENV.get(key)
+    return StagedTiling(*(int(f) for f in v.split(","))) if v else None
+
+
+def staged_tiling(K: int, glu: bool = False) -> StagedTiling:
     """The staged kernel's tiling on GPUs for rows of K: 256 threads as 32 teams of 8 lanes, one row
     each, decoded fastest end to end on an H100 (8B Q4_0: 217.7 tok/s; 16 lanes (16 rows a group)
     185.6; 8 lanes x 2 rows (64 rows a group) 207.3; prefetching the next unit within noise; same
     device call, 2026-11-24 23:44 UTC)."""
-    if _Q4S_ENV:
-        return StagedTiling(*(int(v) for v in _Q4S_ENV.split(",")))
-    return StagedTiling(256, 8, 1)
+    t = (_env_tiling("glu") if glu else None) or (_env_tiling("wide") if K > 8192 else None) or _env_tiling("all")
+    return t or StagedTiling(256, 8, 1)
 
 
 def staged_shared_bytes(K: int, tiling: StagedTiling, n_acc: int) -> int:
@@ -220,11 +227,13 @@ class Linear:
             self._kernels[(kind, accumulate)] = k
         return k
 
-    def q4_kernel(self, parts: list[int], accumulate: bool, glu: str | None = None, norm: Any = None) -> Any:
-        """matvec_q4 for this layer's type and K over matrices of `parts` rows (see MatvecGroup);
-        norm: an ops.RMSNorm applied to x on the way in."""
+    def q4_kernel(self, parts: list[int], accumulate: bool, glu: str | None = None, norm: Any = None,
+                  tiling: StagedTiling | None = None) -> Any:
+        """matvec_q4 (or matvec_q4s) for this layer's type and K over matrices of `parts` rows (see
+        MatvecGroup); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
+        instead of this layer's."""
         nparams = dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
-        t = self.matvec_tiling
+        t = tiling or self.matvec_tiling
         if self.staged:
             return self.device.kernel("matvec_q4s", label=f"matvec_q4s {self.weight.name}", wg=t.wg,
                                       lanes=t.lanes_for(self.K), rows=t.rows, prefetch=t.prefetch,
@@ -306,12 +315,17 @@ class MatvecGroup:
             parts = [l.N for l in lins]
             act, glu_op = glu if glu else (None, None)
             outs = [glu_op.bind_group.buffers[2]] if glu else [bb[2] for bb in bufs]
-            k = first.q4_kernel(parts, False, glu=act, norm=rms if fold else None)
+            t = first.matvec_tiling
+            if first.staged and glu and first.matvec_tiling == staged_tiling(first.K):  # the default: glu's own
+                tg = staged_tiling(first.K, glu=True)
+                if (staged_shared_bytes(first.K, tg, 2 * tg.rows + 2)
+                        <= first.device.limits.get("max_compute_workgroup_storage_size", 16384)):
+                    t = tg
+            k = first.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)
             ins = [nbufs[0], nbufs[1]] if fold else [bufs[0][1]]
             self.fused = first.device.bind(k, [l.weight.buffer for l in lins] + ins + outs)
             if fold:
                 norm.absorbed = True
-            t = first.matvec_tiling
             self.groups = t.groups(parts[0], first.K) if glu else sum(t.groups(n, first.K) for n in parts)
 
     def record(self, rec: Any, n_tokens: int) -> None:
