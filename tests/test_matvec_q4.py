@@ -1,7 +1,9 @@
 """The aligned 4-bit decode matvec (shaders/matvec_q4.wgsl.j2) on lavapipe vs numpy over gguf-py's
 dequantize (independent reference): Q4_0, Q4_1 and Q4_K, tree and subgroup
 reductions, rows that do not fill the last workgroup, residual accumulate, and the fused forms
-(Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out)."""
+(Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out); and the staged
+kernel (shaders/matvec_q4s.wgsl.j2: x as int8 blocks in workgroup memory) against numpy over the
+same int8 rounding of x, with the RMSNorm folded in or not."""
 import struct
 
 import numpy as np

@@ -82,8 +82,8 @@ class LlamaLayer:
         self.wo = linear("attn_output", s.o, s.x, accumulate=True)      # x += o Wo
         self.ffn_norm = norm("ffn_norm").bind(s.x, s.h, s.step)
         self.ffn = self.feed_forward(device, cfg, w, i, s)
-        # One dispatch per decode step where the kernel can fuse them (the norm folds in only where
-        # linear.FOLD_NORM_MAX_K allows: docs/benchmarks.md).
+        # One dispatch per decode step where the kernel can fuse them; the norm folds in with the
+        # staged 4-bit matvec (GPUs, K % 256 == 0) or where linear.FOLD_NORM_MAX_K allows.
         self.qkv = MatvecGroup([self.wq, self.wk, self.wv], norm=self.attn_norm)
 
     def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
