@@ -118,8 +118,12 @@ class Engine:
             d.submit_commands(cb)
         else:
             with d.recorder() as rec:
-                self.model.record(rec, n, logits=sample)
-                if sample:
+                self.model.record(rec, n, logits=False)
+            if sample:  # in a second submission: a browser device creates pipelines on first use, and
+                # SwiftShader then compiles the head's and sampling's (~1.9 s for SmolLM2) while it
+                # runs the layers, instead of before them
+                with d.recorder() as rec:
+                    self.model.record_head(rec, n)
                     self.sample_op.record(rec)
         self.last_issue_seconds = time.perf_counter() - t  # host time to issue the step (critical path)
         self._cached[seq].extend(ids)
