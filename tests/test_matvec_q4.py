@@ -266,3 +266,36 @@ def test_staged_fused(device, qtype, glu, norm):
     else:
         for n, w, yb in zip(parts, ws, ys):
             assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < tol
+
+
+def test_staged_gate_up_default_tiling(device):
+    """A fused gate/up group of K >= 4096 at the default staged tiling takes the glu tiling of
+    linear.staged_tiling (128 threads: 16 rows a workgroup), norm folded; against numpy."""
+    from webllm_py.linear import staged_tiling
+    from webllm_py.ops import RMSNorm
+    rng = np.random.default_rng(14)
+    K, H, eps = 4096, 40, 1e-5
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    nw = rng.standard_normal(K).astype(np.float32)
+    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
+    step = device.buffer_from(struct.pack("<II", 0, 1))
+    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, wg=64).bind(xb, hb, step)
+    ws, bounds, ys = [], [], []
+    for _ in range(2):
+        raw, w = make_weight("Q4_0", H, K, rng)
+        yb = f32_buffer(device, np.zeros(H, np.float32))
+        bounds.append(Linear(device, upload(device, raw, "Q4_0", H, K), matvec=staged_tiling(K)).bind(hb, yb))
+        ws.append(w)
+        ys.append(yb)
+    out = f32_buffer(device, np.full(H, np.nan, np.float32))
+    group = MatvecGroup(bounds, glu=("silu", GLU(device, H, "silu").bind(ys[0], ys[1], out, step)), norm=rms)
+    tg = staged_tiling(K, glu=True)
+    assert tg != staged_tiling(K) and group.groups == -(-H // tg.rows_per_group(K)) and rms.absorbed
+    with device.recorder() as rec:
+        rms.record(rec, 1)
+        group.record(rec, 1)
+    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * nw
+    hq = q8_blocks(h.astype(np.float32))
+    g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
+    scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
+    assert (np.abs(read_f32(device, out, H) - g * 0.5 * (1 + np.tanh(g / 2)) * u) / scale).max() < 3e-4

@@ -82,11 +82,16 @@ def _env_tiling(key: str) -> StagedTiling | None:
 
 
 def staged_tiling(K: int, glu: bool = False) -> StagedTiling:
-    """The staged kernel's tiling on GPUs for rows of K: 256 threads as 32 teams of 8 lanes, one row
-    each, decoded fastest end to end on an H100 (8B Q4_0: 217.7 tok/s; 16 lanes (16 rows a group)
-    185.6; 8 lanes x 2 rows (64 rows a group) 207.3; prefetching the next unit within noise; same
-    device call, 2026-11-24 23:44 UTC)."""
+    """The staged kernel's tiling on GPUs for rows of K (glu: a fused gate/up group): 256 threads as
+    32 teams of 8 lanes, one row each, decoded fastest end to end on an H100 (8B Q4_0: 217.7 tok/s;
+    16 lanes (16 rows a group) 185.6; 8 lanes x 2 rows (64 rows a group) 207.3; prefetching the next
+    unit within noise; same device call, 2026-11-24 23:44 UTC). Per op kind (--profile, 23:59 UTC):
+    16 lanes for K > 8192 (down) and 128 threads for all ops were no better, except gate/up below."""
     t = (_env_tiling("glu") if glu else None) or (_env_tiling("wide") if K > 8192 else None) or _env_tiling("all")
+    if t is None and glu and K >= 4096:
+        # fused gate/up of a wide model: twice the workgroups of 16 rows each (8B gate_up 1.55-1.58
+        # -> 1.31 ms per token on the H100; at K = 2048 (1B) 0.32-0.33 -> 0.34-0.36: not there)
+        t = StagedTiling(128, 8, 1)
     return t or StagedTiling(256, 8, 1)
 
 
