@@ -195,8 +195,10 @@ def sane_weight(qtype: str, n: int, k: int):
     return upload_tensor(dev, BytesSource(raw.tobytes()), info), raw
 
 
+from webllm_py.linear import Q4_TILING, StagedTiling, staged_tiling  # noqa: E402
+from webllm_py.ops import GLU, RMSNorm  # noqa: E402
+
 if want("staged_check"):  # the staged kernel's output on this GPU against numpy (Q4_0) and matvec_q4
-    from webllm_py.linear import StagedTiling, Q4_TILING, staged_tiling
     for qtype in ("Q4_0", "Q4_1", "Q4_K"):
         for n, k in ((4096, 4096), (1024, 14336), (2048, 8192)):
             w, raw = sane_weight(qtype, n, k)
@@ -227,7 +229,6 @@ if want("staged_check"):  # the staged kernel's output on this GPU against numpy
 STAGED = [(256, 16, 1), (256, 8, 1), (256, 8, 2), (256, 16, 1, True), (256, 8, 1, True), (256, 8, 2, True),
           (128, 8, 1, True), (256, 4, 2, True), (512, 8, 1, True)]
 for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
-    from webllm_py.linear import StagedTiling, Q4_TILING
     shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (128256, 4096), (2048, 2048), (8192, 2048),
               (2048, 8192), (512, 2048)] if not QUICK else [(64, 512)]
     for n, k in shapes:
@@ -243,7 +244,6 @@ for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
         w.buffer.destroy()
     # a Llama layer's norm + Q/K/V and norm + gate/up: norm dispatch + matvec_q4 group, against the
     # staged group with the norm folded in
-    from webllm_py.ops import GLU, RMSNorm
     for dim, kv, hidden in ([(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]):
         resid, h = dev.create_buffer(dim * 4), dev.create_buffer(dim * 4)
         step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
@@ -287,7 +287,6 @@ for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
                 sep = time_dispatches(lambda rec: [bb.record(rec, 1) for bb in bounds] + ([glu[1].record(rec, 1)] if glu else []), REPS)
                 fus = time_dispatches(lambda rec: g.record(rec, 1), REPS)
                 # the RMSNorm before it: its own dispatch, or folded into the fused matvec
-                from webllm_py.ops import RMSNorm
                 resid = dev.create_buffer(dim * 4)
                 step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
                 nb_ = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(resid, xb, step1)
