@@ -203,9 +203,14 @@ def test_staged_single_matrix(device, qtype, wg, lanes, rows, prefetch):
         assert scaled_error(y, x, w) < 1e-2  # and the int8 activations stay near the f32 product
 
 
-def test_staged_falls_back(device):
-    """K % 256 != 0: a StagedTiling request gets the matvec_q4 kernel (still correct)."""
+def test_staged_falls_back(device, monkeypatch):
+    """K % 256 != 0: a StagedTiling request gets the matvec_q4 kernel (still correct); so does any K
+    on a device whose WGSL lacks packed_4x8_integer_dot_product."""
     from webllm_py.linear import StagedTiling
+    monkeypatch.setattr(device, "wgsl_language_features", set(), raising=False)
+    raw, _ = make_weight("Q4_0", 4, 256, np.random.default_rng(0))
+    assert not Linear(device, upload(device, raw, "Q4_0", 4, 256), matvec=StagedTiling()).staged
+    monkeypatch.undo()
     rng = np.random.default_rng(12)
     N, K = 9, 576
     raw, w = make_weight("Q4_0", N, K, rng)

@@ -95,6 +95,13 @@ def staged_tiling(K: int, glu: bool = False) -> StagedTiling:
     return t or StagedTiling(256, 8, 1)
 
 
+def _packed_dot(device: Any) -> bool:
+    """WGSL's packed_4x8_integer_dot_product (dot4I8Packed): naga always has it; a browser device
+    may list its language features as `wgsl_language_features` (navigator.gpu.wgslLanguageFeatures)."""
+    features = getattr(device, "wgsl_language_features", None)
+    return features is None or "packed_4x8_integer_dot_product" in features
+
+
 def staged_shared_bytes(K: int, tiling: StagedTiling, n_acc: int) -> int:
     """Workgroup memory of matvec_q4s: 17 vec4 of q and 9 vec2 of scales per unit, one f32 per accumulator."""
     return (K // 256) * (17 * 16 + 9 * 8) + 4 * tiling.wg * n_acc
@@ -175,7 +182,7 @@ class Linear:
         # for the one-row-per-thread form (split_k=False).
         aligned = weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
         want = matvec if isinstance(matvec, StagedTiling) else staged_tiling(self.K)
-        self.staged = (aligned and self.K % 256 == 0
+        self.staged = (aligned and self.K % 256 == 0 and _packed_dot(device)
                        and (isinstance(matvec, StagedTiling)
                             or (matvec is None and MATVEC_KERNEL == "staged" and not device.info.is_fallback))
                        and staged_shared_bytes(self.K, want, 2 * want.rows + 2)
