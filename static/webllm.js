@@ -241,8 +241,11 @@
     async create({ model, onProgress, signal, cache, ...options } = {}) {
       const c = getClient();
       const url = modelURL(model);
+      // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.
+      const loading = c.request("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
+      loading.catch(() => {});  // a failed start-up is the error to report
       await c.ready;
-      await c.request("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
+      await loading;
       return new Engine(c, url);
     },
     // Run Python in the worker (top-level await allowed); resolves with the last expression's

@@ -26,9 +26,24 @@ self.onmessage = (ev) => {
   if (!spec) return fail(id, "ProtocolError", `Unknown request kind ${JSON.stringify(kind)}; known: ${Object.keys(PROTOCOL.requests).join(", ")}.`);
   if (!Number.isInteger(id) || id <= 0) return fail(id, "ProtocolError", "A request needs a positive integer id.");
   if (!spec.queued) return abort(id, payload || {});
-  queue.push({ kind, id, payload: payload || {} });
+  const request = { kind, id, payload: payload || {} };
+  if (kind === "load") request.model = prefetchModel(request);
+  queue.push(request);
   pump();
 };
+
+// A model's bytes are read from the cache (sha256-checked) or downloaded as soon as its `load`
+// arrives, while the requests before it (Pyodide's start-up, usually) still run.
+function prefetchModel({ id, payload }) {
+  if (typeof payload.model !== "string") return null;
+  const bytes = (async () => {
+    // payload.cache: "cache-api" | "opfs" picks the cache backend, false skips the cache.
+    const store = payload.cache === false ? null : await openModelCache(payload.cache || null);
+    return fetchModel(payload.model, { store, onProgress: (p) => post("progress", id, p) });
+  })();
+  bytes.catch(() => {});  // a failure is reported when the request runs
+  return bytes;
+}
 
 async function pump() {
   if (running) return;
@@ -157,7 +172,8 @@ async function init(payload, id) {
   const t3 = performance.now();
   // Where start-up goes (bench.html reports it): interpreter (or snapshot restore), wheels, imports.
   const split = { pyodide_s: (t1 - t0) / 1000, wheels_s: (t2 - t1) / 1000, import_s: (t3 - t2) / 1000 };
-  return { ...(await info()), seconds: (t3 - t0) / 1000, snapshot, ...split };
+  // started_at: epoch ms, so the page can tell how long the worker took to get here.
+  return { ...(await info()), seconds: (t3 - t0) / 1000, snapshot, ...split, started_at: performance.timeOrigin + t0 };
 }
 
 async function info() {
@@ -168,15 +184,13 @@ async function info() {
 }
 
 // -- queued requests that Python runs -------------------------------------------------------------
-async function runPython({ kind, id, payload }) {
+async function runPython({ kind, id, payload, model }) {
   let data = null;
   if (kind === "load") {
     if (!session.can("load")) {
       return fail(id, "NotImplementedYet", "Loading models is not implemented yet: webllm_py.create (the engine) has not landed.");
     }
-    // payload.cache: "cache-api" | "opfs" picks the cache backend, false skips the cache.
-    const store = payload.cache === false ? null : await openModelCache(payload.cache || null);
-    data = await fetchModel(payload.model, { store, onProgress: (p) => post("progress", id, p) });
+    data = await (model || prefetchModel({ id, payload }));
   }
   const emit = (k, json) => post(k, id, JSON.parse(json));
   const out = await session.handle(kind, id, JSON.stringify(payload), emit, data);
