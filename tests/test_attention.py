@@ -175,7 +175,7 @@ def f16_round(x):
 
 
 @pytest.mark.parametrize("layout,f16,tiling,window,softcap", [
-    ("8b", True, StepTiling(128, 32, 16, 32), None, None),     # the GPU default's shape, several slices
+    ("8b", True, StepTiling(128, 32, 32, 32), None, None),     # the GPU default, several slices
     ("1b", True, StepTiling(128, 32, 16, 32), 29, None),       # 2 position groups per V item; window
     ("1b", False, StepTiling(64, 16, 1, 16), None, 5.0),       # one workgroup per kv head, softcap
     ("smollm2", False, StepTiling(32, 8, 56, 8), 70, None),    # GROUP 3, 2 output vec4s per thread, empty slices

@@ -25,16 +25,18 @@ KV_WRITE_WG = 64
 class StepTiling:
     """attention_step's shape: threads per workgroup, positions per pass, workgroups per kv head
     (split-K slices, merged in the same dispatch) and the fewest positions a slice takes."""
-    wg: int = 256
-    chunk: int = 64
+    wg: int = 128
+    chunk: int = 32
     splits: int = 32
-    min_split: int = 64
+    min_split: int = 32
 
 
 def default_step_tiling(n_kv_heads: int) -> StepTiling:
-    # Slices of >= 64 positions (one pass each at short contexts; a short chat runs as one slice
-    # per kv head, no merge), up to ~256 workgroups at long contexts: 550 positions of the 8B
-    # layout run as 8 kv heads x 9 slices, 4096 as 8 x 32 slices of 128.
+    # Slices of >= 32 positions, up to ~256 workgroups: 550 positions of the 8B layout run as
+    # 8 kv heads x 18 one-pass slices, 4096 as 8 x 32 slices of 4 passes; a short chat as one slice
+    # per kv head (no merge). H100, kernel_bench --only=attention (us per layer, floor ~8 us):
+    # 8B 19.8 / 29.0 / 43.3 at 550 / 2048 / 4096 positions (256 threads and 64-position passes:
+    # 20.9 / 31.8 / 50.2; the three-dispatch path 41.4 / 55.9 / 88.9).
     return StepTiling(splits=max(1, min(32, 256 // n_kv_heads)))
 
 
