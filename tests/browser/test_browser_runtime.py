@@ -100,6 +100,44 @@ def test_matmul_f32_in_pyodide_matches_numpy(webllm_page, M, N, K):
     np.testing.assert_allclose(C, A.astype(np.float64) @ B.T, rtol=1e-4, atol=1e-4)
 
 
+def test_staged_int8_matvec_in_chromium_matches_numpy(webllm_page):
+    """The staged matvec (matvec_q4s: `requires packed_4x8_integer_dot_product`, dot4I8Packed) is what
+    GPU adapters take for Q4 weights; here forced on SwiftShader, so Chromium's WGSL compiler must
+    accept it, and the device must read navigator.gpu.wgslLanguageFeatures as the page sees it.
+    Reference: numpy over gguf-py's dequantization and the kernel's int8 rounding of x."""
+    gguf = pytest.importorskip("gguf")
+    from tests.test_matvec_q4 import staged_error
+
+    rng = np.random.default_rng(5)
+    N, K = 37, 512
+    raw = gguf.quants.quantize(rng.standard_normal((N, K)).astype(np.float32), gguf.GGMLQuantizationType.Q4_0)
+    w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_0).astype(np.float64).reshape(N, K)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    r = run_python(webllm_page, f"""
+import base64, js, struct
+import webllm_py.gpu
+from webllm_py.formats.quants import GGMLType, TensorInfo
+from webllm_py.formats.source import BytesSource
+from webllm_py.linear import Linear, StagedTiling
+from webllm_py.weights import upload_tensor
+dev = await webllm_py.gpu.request_device()
+raw = base64.b64decode({base64.b64encode(raw.tobytes()).decode()!r})
+info = TensorInfo("w", ({K}, {N}), int(GGMLType["Q4_0"]), 0, len(raw))
+lin = Linear(dev, upload_tensor(dev, BytesSource(raw), info), matvec=StagedTiling(32, 4, 2))
+xb = dev.buffer_from(base64.b64decode({_b64(x)!r}))
+yb = dev.create_buffer({4 * N})
+with dev.recorder() as rec:
+    lin.bind(xb, yb).record(rec, 1)
+await dev.check_errors()
+{{"js_has": bool(js.navigator.gpu.wgslLanguageFeatures.has("packed_4x8_integer_dot_product")),
+  "listed": "packed_4x8_integer_dot_product" in dev.wgsl_language_features, "staged": lin.staged,
+  "y": base64.b64encode(await dev.read_buffer(yb)).decode()}}
+""")
+    assert r["js_has"] and r["listed"] and r["staged"]
+    y = np.frombuffer(base64.b64decode(r["y"]), "<f4").astype(np.float64)[None]
+    assert staged_error(y, x, w) < 1e-5
+
+
 def test_bad_wgsl_is_a_shader_error_in_the_browser(webllm_page):
     with pytest.raises(BrowserPythonError) as e:
         run_python(webllm_page, """

@@ -120,6 +120,11 @@ class BrowserDevice(Device):
         limits = {k: getattr(adapter.limits, k) for k in _LIMITS}
         self.raw = await adapter.requestDevice(_js({"requiredFeatures": request, "requiredLimits": limits}))
         self.features = frozenset(request)
+        # WGSL language features (e.g. packed_4x8_integer_dot_product, which linear.py's staged matvec
+        # `requires`): Chrome lists them on navigator.gpu; a browser without the set has none of them.
+        wgsl = getattr(gpu, "wgslLanguageFeatures", None)
+        self.wgsl_language_features = frozenset(
+            str(f) for f in getattr(js.Array, "from")(wgsl)) if wgsl is not None and wgsl is not jsnull else frozenset()
         self.limits = {_snake(k): int(getattr(self.raw.limits, k)) for k in _LIMITS}
         self._lost_reason = None
         self.raw.lost.then(create_proxy(self._on_lost))
