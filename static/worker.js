@@ -134,6 +134,7 @@ async function init(payload, id) {
   const hit = slot && await slot.cache.match(slot.url).catch(() => undefined);
   let snapshot = slot ? (hit ? "hit" : "miss") : "off";
   let bytes = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+  let snapshotError;  // why there is none, reported with the result
   if (snapshot === "miss") {
     // An instance in snapshot-making mode cannot use JS afterwards (js.navigator fails), so the
     // snapshot is made in one and the worker runs on its restored copy (+~0.6 s, first start only).
@@ -145,7 +146,8 @@ async function init(payload, id) {
       storeSnapshot(slot, bytes);  // not awaited: Cache Storage writes on its own
       snapshot = "stored";
     } catch (e) {
-      console.warn(`webllm: no start-up snapshot (${e && e.message || e})`);
+      snapshotError = String(e && e.message || e);
+      console.warn(`webllm: no start-up snapshot (${snapshotError})`);
       snapshot = "failed";
     }
   }
@@ -153,7 +155,8 @@ async function init(payload, id) {
     try {
       pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes });
     } catch (e) {  // a damaged or incompatible snapshot: forget it and start in full
-      console.warn(`webllm: start-up snapshot not usable (${e && e.message || e}); starting in full`);
+      snapshotError = String(e && e.message || e);
+      console.warn(`webllm: start-up snapshot not usable (${snapshotError}); starting in full`);
       if (slot) await slot.cache.delete(slot.url).catch(() => {});
       pyodide = null;
       snapshot = "failed";
@@ -173,7 +176,8 @@ async function init(payload, id) {
   // Where start-up goes (bench.html reports it): interpreter (or snapshot restore), wheels, imports.
   const split = { pyodide_s: (t1 - t0) / 1000, wheels_s: (t2 - t1) / 1000, import_s: (t3 - t2) / 1000 };
   // started_at: epoch ms, so the page can tell how long the worker took to get here.
-  return { ...(await info()), seconds: (t3 - t0) / 1000, snapshot, ...split, started_at: performance.timeOrigin + t0 };
+  return { ...(await info()), seconds: (t3 - t0) / 1000, snapshot, ...(snapshotError ? { snapshot_error: snapshotError } : {}),
+           ...split, started_at: performance.timeOrigin + t0 };
 }
 
 async function info() {
