@@ -2,7 +2,7 @@
 # Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
 # with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
-#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|matvec-tune|matvec-ops|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
+#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|matvec-tune|matvec-ops|latency-1b|subgroups|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
 #   structured: decode with/without a JSON token mask, needs build/tokenizers/{smollm2,llama3} carried;
 #   structured-overlap: schema runs as the engine steps and with bench --mask-overlap;
 #   attention: attention_step checked against numpy, its kernel timings, decode with it and without it; none: setup only)
@@ -81,6 +81,40 @@ if [ "$mode" = matvec-ops ]; then  # the staged kernel's tiling per op kind, in 
         for t in "" "256,8,1;glu=256,8,2" "256,8,1;glu=128,8,1" "256,8,1;wide=256,16,1" "128,8,1" ""; do
             echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S="$t" bench --shape $s --quant Q4_0 --decode-tokens 64 --profile >/dev/null
         done
+    done
+fi
+if [ "$mode" = latency-1b ]; then  # issue 7, 1B decode latency in-model (--profile): staged tilings per op (WEBLLM_Q4S keys
+    # k<K>=, tall=, glu=, wide=) and attention_step tilings (WEBLLM_STEP=wg,chunk,splits,min_split), the defaults before
+    # and after twice; then 8B with and without the prefetching down (wide=256,8,1: before)
+    show() { python3 -c 'import json,sys
+for l in sys.stdin:
+    if l.startswith("{"):
+        r = json.loads(l); print({k: r[k] for k in ("decode_tok_s", "step_ms_per_token", "gpu_ms_per_token", "gpu_ms_by_op") if k in r})
+    else:
+        print(l.rstrip())'; }
+    for ts in "k8192=256,8,1|" "|" "tall=256,8,2|" "tall=256,8,4|" "k2048=64,8,1;glu=256,8,1|" "|128,64,32,64" \
+              "|256,64,32,64" "|128,32,16,32" "|128,32,32,64" "k8192=256,8,1|" "|"; do
+        t=${ts%|*}; a=${ts#*|}
+        echo "WEBLLM_Q4S=$t WEBLLM_STEP=$a"; WEBLLM_STEP=$a WEBLLM_Q4S="$t" bench --shape llama-3.2-1b --quant Q4_0 --decode-tokens 64 --profile | show
+    done
+    for t in wide=256,8,1 "" wide=256,8,1 ""; do
+        echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S="$t" bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 | show
+    done
+fi
+if [ "$mode" = subgroups ]; then  # issue 7: matvec_q4s's team reduction by subgroupShuffleXor vs workgroup memory + barrier
+    echo "+ python scripts/kernel_bench.py --only=staged_sg"
+    [ -n "${SKIP_KERNELS:-}" ] || timeout 120 python3 scripts/kernel_bench.py --only=staged_sg 2>"$OUT/kernel_err.txt" | grep -v '"kind": "floor\|record_host'; tail -3 "$OUT/kernel_err.txt"
+    show() { python3 -c 'import json,sys
+for l in sys.stdin:
+    if l.startswith("{"):
+        r = json.loads(l); print({k: r[k] for k in ("decode_tok_s", "step_ms_per_token", "gpu_ms_per_token", "gpu_ms_by_op") if k in r})
+    else:
+        print(l.rstrip())'; }
+    for s in "" --subgroups "" --subgroups "" --subgroups; do
+        echo "1B $s"; bench --shape llama-3.2-1b --quant Q4_0 --decode-tokens 64 --profile $s | show
+    done
+    for s in "" --subgroups "" --subgroups; do
+        echo "8B $s"; bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 $s | show
     done
 fi
 if [ "$mode" = full ]; then

@@ -298,3 +298,41 @@ for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
                      norm_then_fused_us=round(with_norm * 1e6, 2), norm_folded_us=round(folded * 1e6, 2))
                 for w, _ in ws:
                     w.buffer.destroy()
+
+# the staged kernel's team reduction through workgroup memory + a barrier, or subgroupShuffleXor
+# (subgroups=True): each layer op of 1B and 8B at its default tiling, the two forms alternated
+# three times in this process (run-to-run drift on this machine is larger than the difference)
+if want("staged_sg"):
+    from webllm_py.linear import subgroup_min_size  # noqa: E402
+    emit(kind="staged_sg_info", subgroup_min_size=subgroup_min_size(dev), has_subgroups=dev.has_subgroups)
+    step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
+    for dim, kv, hidden, vocab in ([(2048, 512, 8192, 128256), (4096, 1024, 14336, 0)] if not QUICK else [(256, 64, 512, 1024)]):
+        resid, h = dev.create_buffer(dim * 4), dev.create_buffer(dim * 4)
+        ops = [("qkv", [dim, kv, kv], dim), ("wo", [dim], dim), ("gate_up", [hidden, hidden], dim), ("down", [dim], hidden)]
+        ops += [("lm_head", [vocab], dim)] if vocab else []
+        for label, ns, k in ops:
+            ws = [weight("Q4_0", n, k) for n in ns]
+            nbytes = sum(nb for _, nb in ws)
+            xb = dev.create_buffer(k * 4)
+            ys = [dev.create_buffer(n * 4) for n in ns]
+            recs = {}
+            for sg in (False, True):
+                bounds = [Linear(dev, w, matvec=staged_tiling(k, N=n), subgroups=sg).bind(xb if label in ("wo", "down", "lm_head") else h, y,
+                                                                                          accumulate=label in ("wo", "down"))
+                          for (w, _), y, n in zip(ws, ys, ns)]
+                if label in ("qkv", "gate_up"):
+                    norm = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(resid, h, step1)
+                    glu = ("silu", GLU(dev, hidden, "silu").bind(ys[0], ys[1], dev.create_buffer(hidden * 4), step1)) if label == "gate_up" else None
+                    g = MatvecGroup(bounds, glu=glu, norm=norm)
+                    assert g.fused is not None and norm.absorbed
+                    recs[sg] = (lambda g: lambda rec: g.record(rec, 1))(g)
+                else:
+                    recs[sg] = (lambda b: lambda rec: b.record(rec, 1))(bounds[0])
+            best = {False: 1e9, True: 1e9}
+            for _ in range(3 if not QUICK else 1):
+                for sg in (False, True):
+                    best[sg] = min(best[sg], time_dispatches(recs[sg], REPS))
+            emit(kind="staged_sg", op=label, dim=dim, N=ns, K=k, us_barrier=round(best[False] * 1e6, 2), us_subgroups=round(best[True] * 1e6, 2),
+                 gbps_subgroups=round(nbytes / best[True] / 1e9, 1))
+            for w, _ in ws:
+                w.buffer.destroy()

@@ -304,3 +304,90 @@ def test_staged_gate_up_default_tiling(device):
     g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
     scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
     assert (np.abs(read_f32(device, out, H) - g * 0.5 * (1 + np.tanh(g / 2)) * u) / scale).max() < 3e-4
+
+
+
+def test_staged_default_prefetch_long_rows(device):
+    """Rows where a lane walks 4+ units (1B down: K = 8192 at 8 lanes) take the prefetching tiling
+    by default, shorter ones not; the default kernel at K = 8192 vs numpy (accumulating, as down does)."""
+    from webllm_py.linear import staged_tiling
+    assert staged_tiling(8192).prefetch and not staged_tiling(2048).prefetch and not staged_tiling(4096).prefetch
+    rng = np.random.default_rng(16)
+    N, K = 40, 8192
+    raw, w = make_weight("Q4_0", N, K, rng)
+    lin = Linear(device, upload(device, raw, "Q4_0", N, K), matvec=staged_tiling(K, N=N))
+    assert lin.staged and lin.matvec_tiling.prefetch
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    y0 = rng.standard_normal((1, N)).astype(np.float32)
+    xb, yb = f32_buffer(device, x), f32_buffer(device, y0)
+    with device.recorder() as rec:
+        lin.bind(xb, yb, accumulate=True).record(rec, 1)
+    assert staged_error(read_f32(device, yb, N)[None] - y0, x, w) < TOL
+
+
+@pytest.mark.parametrize("lanes,glu,norm,accumulate", [(8, None, False, True), (4, None, True, False),
+                                                       (2, "silu", True, False), (8, "gelu_tanh", False, False)])
+def test_staged_subgroup_reduction(sg_device, lanes, glu, norm, accumulate):
+    """matvec_q4s with its teams reduced by subgroupShuffleXor (lavapipe's subgroups hold 8
+    invocations): one matrix, Q/K/V or gate/up, norm folded or not, vs numpy over q8(x)."""
+    from webllm_py.linear import StagedTiling
+    from webllm_py.ops import RMSNorm
+    dev = sg_device
+    rng = np.random.default_rng(17)
+    K, eps = 2048, 1e-5
+    parts = (40, 40) if glu else ((37,) if accumulate else (40, 12, 9))
+    x = (rng.standard_normal((1, K)) * 3).astype(np.float32)
+    nw = rng.standard_normal(K).astype(np.float32)
+    xb, hb = f32_buffer(dev, x), f32_buffer(dev, np.full((1, K), np.nan, np.float32))
+    step = dev.buffer_from(struct.pack("<II", 0, 1))
+    rms = RMSNorm(dev, f32_buffer(dev, nw), K, eps, wg=64).bind(xb, hb, step)
+    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * nw if norm else x
+    tiling = StagedTiling(64, lanes, 2)
+    bounds, ws, ys, y0s = [], [], [], []
+    for n in parts:
+        raw, w = make_weight("Q4_0", n, K, rng)
+        y0 = rng.standard_normal(n).astype(np.float32) if accumulate else np.full(n, np.nan, np.float32)
+        yb = f32_buffer(dev, y0)
+        lin = Linear(dev, upload(dev, raw, "Q4_0", n, K), matvec=tiling, subgroups=True)
+        assert lin.staged and "subgroupShuffleXor" in lin.q4_kernel([n], accumulate).source
+        bounds.append(lin.bind(hb if norm else xb, yb, accumulate=accumulate))
+        ws.append(w)
+        ys.append(yb)
+        y0s.append(y0 if accumulate else 0)
+    out = f32_buffer(dev, np.full(parts[0], np.nan, np.float32))
+    glu_op = (glu, GLU(dev, parts[0], glu).bind(ys[0], ys[1], out, step)) if glu else None
+    with dev.recorder() as rec:
+        if accumulate:
+            bounds[0].record(rec, 1)
+        else:
+            group = MatvecGroup(bounds, glu=glu_op, norm=rms if norm else None)
+            assert group.fused is not None and rms.absorbed == norm
+            group.record(rec, 1)
+    hq = q8_blocks(h.astype(np.float32))
+    tol = 3e-4 if norm else TOL
+    if glu:
+        g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
+        a = g * 0.5 * (1 + np.tanh(g / 2)) if glu == "silu" else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+        scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
+        assert (np.abs(read_f32(dev, out, parts[0]) - a * u) / scale).max() < tol
+    else:
+        for n, w, yb, y0 in zip(parts, ws, ys, y0s):
+            assert staged_error(read_f32(dev, yb, n)[None] - y0, h.astype(np.float32), w) < tol
+
+
+def test_staged_subgroups_need_known_size(sg_device):
+    """The staged kernel reduces through subgroups only where a team surely fits one subgroup: the
+    adapter's reported minimum, or its vendor's (wgpu-native reports 4 everywhere; NVIDIA's is 32)."""
+    from types import SimpleNamespace as NS
+    from webllm_py.linear import StagedTiling, subgroup_min_size
+    native = lambda info: NS(raw=NS(adapter=NS(info=info)))  # noqa: E731
+    assert subgroup_min_size(native({"vendor_id": 0x10DE, "stackgroup_min_size": 4})) == 32
+    assert subgroup_min_size(native({"vendor_id": 65541, "stackgroup_min_size": 4})) == 4  # lavapipe
+    assert subgroup_min_size(NS(subgroup_min_size=16)) == 16 and subgroup_min_size(NS()) == 0
+    rng = np.random.default_rng(18)
+    raw, _ = make_weight("Q4_0", 8, 2048, rng)
+    w = upload(sg_device, raw, "Q4_0", 8, 2048)
+    n = subgroup_min_size(sg_device)
+    for lanes in (2, 4, 8):
+        src = Linear(sg_device, w, matvec=StagedTiling(64, lanes, 1)).q4_kernel([8], False).source
+        assert ("subgroupShuffleXor" in src) == (lanes <= n)

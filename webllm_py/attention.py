@@ -12,6 +12,7 @@ Buffers follow the model's conventions: q [T, n_heads*head_dim], k/v [T, n_kv_he
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,9 @@ def default_step_tiling(n_kv_heads: int) -> StepTiling:
     # per kv head (no merge). H100, kernel_bench --only=attention (us per layer, floor ~8 us):
     # 8B 19.8 / 29.0 / 43.3 at 550 / 2048 / 4096 positions (256 threads and 64-position passes:
     # 20.9 / 31.8 / 50.2; the three-dispatch path 41.4 / 55.9 / 88.9).
+    env = os.environ.get("WEBLLM_STEP")  # bench-only override: "WG,CHUNK,SPLITS,MIN_SPLIT"
+    if env:
+        return StepTiling(*(int(f) for f in env.split(",")))
     return StepTiling(splits=max(1, min(32, 256 // n_kv_heads)))
 
 

@@ -71,7 +71,8 @@ class StagedTiling:
 # instead (A/B runs: WEBLLM_MATVEC=q4).
 MATVEC_KERNEL = os.environ.get("WEBLLM_MATVEC", "staged")
 # bench-only overrides: "WG,LANES,ROWS[,PREFETCH]" for all, then optional ";glu=..." (fused gate/up
-# groups) and ";wide=..." (K > 8192)
+# groups), ";tall=..." (N > 65536: LM heads), ";k<K>=..." (rows of exactly K, e.g. k8192=256,32,1)
+# and ";wide=..." (K > 8192)
 _Q4S_ENV = dict(("all", v) if "=" not in v else v.split("=", 1)
                 for v in os.environ.get("WEBLLM_Q4S", "").split(";") if v)
 
@@ -81,17 +82,25 @@ def _env_tiling(key: str) -> StagedTiling | None:
     return StagedTiling(*(int(f) for f in v.split(","))) if v else None
 
 
-def staged_tiling(K: int, glu: bool = False) -> StagedTiling:
-    """The staged kernel's tiling on GPUs for rows of K (glu: a fused gate/up group): 256 threads as
+def staged_tiling(K: int, glu: bool = False, N: int = 0) -> StagedTiling:
+    """The staged kernel's tiling on GPUs for N rows of K (glu: a fused gate/up group): 256 threads as
     32 teams of 8 lanes, one row each, decoded fastest end to end on an H100 (8B Q4_0: 217.7 tok/s;
-    16 lanes (16 rows a group) 185.6; 8 lanes x 2 rows (64 rows a group) 207.3; prefetching the next
-    unit within noise; same device call, 2026-11-24 23:44 UTC). Per op kind (--profile, 23:59 UTC):
-    16 lanes for K > 8192 (down) and 128 threads for all ops were no better, except gate/up below."""
-    t = (_env_tiling("glu") if glu else None) or (_env_tiling("wide") if K > 8192 else None) or _env_tiling("all")
+    16 lanes (16 rows a group) 185.6; 8 lanes x 2 rows (64 rows a group) 207.3; same device call,
+    2026-11-24 23:44 UTC). Per op kind (--profile, 23:59 UTC): 16 lanes for K > 8192 (down) and 128
+    threads for all ops were no better, except gate/up below. At 1B (2026-11-25 00:18 UTC) more
+    workgroups for down (K = 8192: 16 or 32 lanes, 8 or 16 rows a group) were no better either."""
+    t = ((_env_tiling("glu") if glu else None) or (_env_tiling("tall") if N > 65536 else None)
+         or _env_tiling(f"k{K}") or (_env_tiling("wide") if K > 8192 else None) or _env_tiling("all"))
     if t is None and glu and K >= 4096:
         # fused gate/up of a wide model: twice the workgroups of 16 rows each (8B gate_up 1.55-1.58
         # -> 1.31 ms per token on the H100; at K = 2048 (1B) 0.32-0.33 -> 0.34-0.36: not there)
         t = StagedTiling(128, 8, 1)
+    if t is None and K // 256 >= 4 * 8:
+        # a lane walks 4 or more units in turn: the next unit's loads go out before this one's math.
+        # H100 --profile, 1B w_down (K = 8192) 0.209-0.234 ms per token in 3 runs vs 0.230-0.244 in 6
+        # without (2026-11-25 00:18-00:21 UTC): at most a few %, near the run-to-run drift; 8B neutral.
+        # Every later measurement (the subgroup reduction) ran with it.
+        t = StagedTiling(256, 8, 1, prefetch=True)
     return t or StagedTiling(256, 8, 1)
 
 
@@ -100,6 +109,25 @@ def _packed_dot(device: Any) -> bool:
     may list its language features as `wgsl_language_features` (navigator.gpu.wgslLanguageFeatures)."""
     features = getattr(device, "wgsl_language_features", None)
     return features is None or "packed_4x8_integer_dot_product" in features
+
+
+# The smallest subgroup of GPU vendors (PCI ids) whose size wgpu-native does not report (it says 4
+# for every adapter, an H100's included): NVIDIA 32, AMD 32 (wave32; GCN 64), Apple 32, Intel 8.
+_VENDOR_SUBGROUP_MIN = {0x10DE: 32, 0x1002: 32, 0x106B: 32, 0x8086: 8}
+
+
+def subgroup_min_size(device: Any) -> int:
+    """The adapter's smallest subgroup as far as known: a device's `subgroup_min_size` where the
+    backend sets one, else native wgpu's adapter info (wgpu-py 0.32 spells the key
+    "stackgroup_min_size") or the vendor's known minimum, whichever is larger; 0 when unknown."""
+    size = getattr(device, "subgroup_min_size", None)
+    if size:
+        return int(size)
+    info = getattr(getattr(getattr(device, "raw", None), "adapter", None), "info", None)
+    if not hasattr(info, "get"):
+        return 0
+    said = int(info.get("subgroup_min_size", info.get("stackgroup_min_size", 0)) or 0)
+    return max(said, _VENDOR_SUBGROUP_MIN.get(int(info.get("vendor_id", 0) or 0), 0))
 
 
 def staged_shared_bytes(K: int, tiling: StagedTiling, n_acc: int) -> int:
@@ -163,7 +191,9 @@ class Linear:
     def __init__(self, device: Any, weight: GPUTensor, bias: GPUTensor | None = None, *,
                  matvec: MatvecTiling | None = None, matmul: MatmulTiling | MatmulRowsTiling | None = None,
                  tokens_at: int = 1, f16: bool = False, subgroups: bool | None = None) -> None:
-        """subgroups: None uses them where the device has them (requested: NativeDevice(use_subgroups=True))."""
+        """subgroups: None uses them where the device has them (requested: NativeDevice(use_subgroups=True));
+        the staged kernel's team reduction then also needs the adapter's smallest subgroup to hold a
+        team (subgroup_min_size >= lanes), which True asserts instead (tests)."""
         if len(weight.shape) != 2:
             raise UnsupportedModelError(f"linear weight '{weight.name}' must be 2-D, got shape {weight.shape}")
         self.device = device
@@ -181,7 +211,7 @@ class Linear:
         # StagedTiling or by default; else the aligned one (matvec_q4), unless an explicit tiling asks
         # for the one-row-per-thread form (split_k=False).
         aligned = weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
-        want = matvec if isinstance(matvec, StagedTiling) else staged_tiling(self.K)
+        want = matvec if isinstance(matvec, StagedTiling) else staged_tiling(self.K, N=self.N)
         self.staged = (aligned and self.K % 256 == 0 and _packed_dot(device)
                        and (isinstance(matvec, StagedTiling)
                             or (matvec is None and MATVEC_KERNEL == "staged" and not device.info.is_fallback))
@@ -202,6 +232,7 @@ class Linear:
         self._tokens_at = tokens_at
         self._f16 = bool(f16)
         self._subgroups = device.has_subgroups if subgroups is None else subgroups
+        self._subgroups_asked = subgroups is True
         # CPU adapters load a uniform-buffer x once per SIMD batch, a storage x once per lane
         # (~5x faster matvec on lavapipe): where one token's x fits a uniform binding.
         self._x_uniform = (device.info.is_fallback and not self.matvec_tiling.split_k
@@ -247,8 +278,13 @@ class Linear:
         nparams = dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         t = tiling or self.matvec_tiling
         if self.staged:
+            lanes = t.lanes_for(self.K)
+            # teams reduce through subgroupShuffleXor where a team surely fits one subgroup. H100, 1B
+            # layer ops alternated in one process (kernel_bench --only=staged_sg, us): qkv 11.7 ->
+            # 10.7, wo 9.0 -> 8.5, gate_up 18.8 -> 18.4, down 24.9 -> 23.3; 8B ops within +-1 us
+            sg = self._subgroups and (self._subgroups_asked or subgroup_min_size(self.device) >= lanes)
             return self.device.kernel("matvec_q4s", label=f"matvec_q4s {self.weight.name}", wg=t.wg,
-                                      lanes=t.lanes_for(self.K), rows=t.rows, prefetch=t.prefetch,
+                                      lanes=lanes, rows=t.rows, prefetch=t.prefetch, subgroups=sg,
                                       qtype=self.weight.ggml_type.name,
                                       K=self.K, parts=list(parts), row_bytes=self._params["row_bytes"],
                                       accumulate=accumulate, glu=glu, **nparams)
@@ -328,7 +364,7 @@ class MatvecGroup:
             act, glu_op = glu if glu else (None, None)
             outs = [glu_op.bind_group.buffers[2]] if glu else [bb[2] for bb in bufs]
             t = first.matvec_tiling
-            if first.staged and glu and first.matvec_tiling == staged_tiling(first.K):  # the default: glu's own
+            if first.staged and glu and first.matvec_tiling == staged_tiling(first.K, N=first.N):  # the default: glu's own
                 tg = staged_tiling(first.K, glu=True)
                 if (staged_shared_bytes(first.K, tg, 2 * tg.rows + 2)
                         <= first.device.limits.get("max_compute_workgroup_storage_size", 16384)):

@@ -48,7 +48,9 @@ class NativeRecorder(Recorder):
 class NativeDevice(Device):
     subgroups_directive = ""  # naga enables subgroup builtins by the device feature alone
 
-    def __init__(self, power_preference: str = "high-performance", use_subgroups: bool = False) -> None:
+    def __init__(self, power_preference: str = "high-performance", use_subgroups: bool | None = None) -> None:
+        """use_subgroups: request the adapter's subgroups feature; None: on GPU adapters only (the
+        staged matvec's team reduction, linear.py; CPU adapters' kernels do not use them)."""
         super().__init__()
         try:
             import wgpu
@@ -70,6 +72,8 @@ class NativeDevice(Device):
             is_fallback=str(info.get("adapter_type", "")).lower() == "cpu",
         )
         have = {f for f in adapter.features}
+        if use_subgroups is None:
+            use_subgroups = not self.info.is_fallback
         request = [f for f in have if f in _WANTED and (use_subgroups or _WANTED[f] != "subgroups")]
         self.features = frozenset(_WANTED[f] for f in request)
         lim = adapter.limits
