@@ -12,6 +12,7 @@ shorter than the 20-token prompt, so prefill chunks, decode steps and the paged 
 import json
 import os
 
+import numpy as np
 import pytest
 
 from .hf_models import Variant, build
@@ -93,3 +94,87 @@ def test_greedy_tokens_match_transformers(case):
     """16 greedy tokens after a 20-token prompt that the engine prefills in chunks of 8."""
     v, path, engine = case
     assert_greedy_match(engine, path, N_GREEDY, LOGIT_RTOL, v.name)
+
+
+# -- GGUF: Gemma 2 as llama.cpp writes it ----------------------------------------------------------------
+# Architecture "gemma2": norm weights stored as 1 + w (llama.cpp's converter adds the one), Q/K left in
+# Hugging Face's rotate-half layout (llama.cpp rotates Gemma in NEOX mode), the head tied to token_embd,
+# softcaps and the window as metadata, no query_pre_attn_scalar (head_dim is implied below 27B, so the
+# model here keeps it equal to head_dim). Attention in F16, MLP in Q8_0 (Q4_0 for down), norms in F32;
+# the SmolLM2 vocabulary, whose tokenizer metadata the GGUF carries. Softcaps are Gemma 2's own (50, 30):
+# the biting ones of the safetensors variant above squash this random model's logits into near-ties.
+# Reference: transformers on the Hugging Face directory with the weights as the GGUF stores them.
+GEMMA2_GGUF = Variant("gemma2-gguf", "gemma2", "float32", seed=35,
+                      config=dict(SHAPE, intermediate_size=128, num_hidden_layers=3, rope_theta=10000.0,
+                                  sliding_window=WINDOW, query_pre_attn_scalar=32, attn_logit_softcapping=50.0,
+                                  final_logit_softcapping=30.0))
+
+
+def gemma2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
+    """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
+    import functools
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    from .test_model_families import add_tokenizer, finish_gguf, put_tensor
+
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        c = json.load(f)
+    t = load_file(os.path.join(hf_dir, "model.safetensors"))
+    path = os.path.join(out_dir, "gemma2.gguf")
+    w = gguf.GGUFWriter(path, "gemma2")
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(c["num_attention_heads"])
+    w.add_head_count_kv(c["num_key_value_heads"])
+    w.add_key_length(c["head_dim"])
+    w.add_value_length(c["head_dim"])
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_float32("gemma2.attn_logit_softcapping", c["attn_logit_softcapping"])
+    w.add_float32("gemma2.final_logit_softcapping", c["final_logit_softcapping"])
+    w.add_sliding_window(c["sliding_window"])
+    add_tokenizer(w)
+
+    ref = dict(t)
+    put = functools.partial(put_tensor, w)
+    ref["model.embed_tokens.weight"] = put("token_embd.weight", t["model.embed_tokens.weight"], "q8_0")
+    put("output_norm.weight", t["model.norm.weight"] + 1)
+    norms = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+             "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+    mats = {"self_attn.q_proj": ("attn_q", "f16"), "self_attn.k_proj": ("attn_k", "f16"),
+            "self_attn.v_proj": ("attn_v", "f16"), "self_attn.o_proj": ("attn_output", "f16"),
+            "mlp.gate_proj": ("ffn_gate", "q8_0"), "mlp.up_proj": ("ffn_up", "q8_0"),
+            "mlp.down_proj": ("ffn_down", "q4_0")}
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for hf, name in norms.items():
+            put(f"blk.{i}.{name}.weight", t[p + hf + ".weight"] + 1)
+        for hf, (name, kind) in mats.items():
+            ref[p + hf + ".weight"] = np.ascontiguousarray(put(f"blk.{i}.{name}.weight", t[p + hf + ".weight"], kind))
+    ref_dir = os.path.join(out_dir, "gemma2-gguf-reference")
+    finish_gguf(w, hf_dir, ref, ref_dir)
+    return path, ref_dir
+
+
+@pytest.fixture(scope="module")
+def gemma2_gguf(tmp_path_factory, device):
+    d = tmp_path_factory.mktemp("gemma2_gguf")
+    path, ref_dir = gemma2_to_gguf(build(GEMMA2_GGUF, d), str(d))
+    engine = load_engine(path, device)
+    yield engine, ref_dir
+    engine.unload()
+
+
+def test_gguf_gemma2_matches_transformers(gemma2_gguf):
+    """Config from gemma2.* metadata (softcaps, window, local/global layers, norms already + 1, tied
+    head), then logits after a 3-chunk prompt and 16 greedy tokens as transformers on the same values."""
+    engine, ref_dir = gemma2_gguf
+    cfg, g = engine.config, engine.config.extra["gemma"]
+    assert (cfg.arch, cfg.sliding_window, cfg.tie_embeddings, cfg.rope_pairs) == ("gemma2", WINDOW, True, "halves")
+    assert (g.norm_offset, g.attn_softcap, g.final_softcap, g.local_layers) == (0.0, 50.0, 30.0, (True, False, True))
+    assert g.attn_scale == 32 ** -0.5 and g.sandwich
+    assert_logits_match(engine, ref_dir, LONG, LOGIT_RTOL)
+    assert_greedy_match(engine, ref_dir, N_GREEDY, LOGIT_RTOL)
