@@ -66,7 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
     p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step (all layers)")
     p.add_argument("--matvec-tiling", help="WG,ROWS: decode matvec tiling for every Linear (default: linear.py's)")
-    p.add_argument("--subgroups", action="store_true", help="request the adapter's subgroups feature (kernels use it)")
+    p.add_argument("--subgroups", action=argparse.BooleanOptionalAction, default=None,
+                   help="request the adapter's subgroups feature (kernels use it); default: as the engine "
+                        "does (on GPU adapters)")
     p.add_argument("--fold-norms", type=int, metavar="MAX_K", help="fold RMSNorm into fused matvecs up to this K (linear.FOLD_NORM_MAX_K)")
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
     p.add_argument("--constraint", choices=["json_object", "schema"],
