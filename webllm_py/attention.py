@@ -80,11 +80,12 @@ class PagedAttention:
         # One token in one dispatch (attention_step) on GPUs: a dependent dispatch costs ~6 us there
         # whatever it does. CPU adapters keep the kernels below (workgroup barriers cost ~10x there).
         # It binds up to 10 storage buffers and needs head_dim % 8 == 0 (vec4s, RoPE halves in vec4s).
-        # Native wgpu only by default: its slices' merge relies on storageBarrier() being a
-        # device-scope fence, which naga's SPIR-V emits (checked on the H100); WGSL itself promises
-        # only workgroup scope, and browsers' compilers have not been checked (fused=True forces it).
+        # Native wgpu over Vulkan only by default: its slices' merge relies on storageBarrier() being
+        # a device-scope fence, which naga's SPIR-V emits (checked on the H100); WGSL itself promises
+        # only workgroup scope, and naga's Metal/HLSL output and browsers' compilers have not been
+        # checked (fused=True forces it).
         if fused is None:
-            fused = (not device.info.is_fallback and device.info.backend == "native" and head_dim % 8 == 0
+            fused = (not device.info.is_fallback and device.info.api == "vulkan" and head_dim % 8 == 0
                      and int(device.limits.get("max_storage_buffers_per_shader_stage", 8)) >= 10)
         elif fused and head_dim % 8:
             raise ValueError(f"the fused decode step needs head_dim % 8 == 0, not {head_dim}")

@@ -28,6 +28,7 @@ class AdapterInfo:
     architecture: str = ""
     description: str = ""
     is_fallback: bool = False
+    api: str = ""  # the native API under wgpu-native ("vulkan", "metal", "d3d12"); "" in browsers
 
 
 @dataclass(eq=False)

@@ -70,6 +70,7 @@ class NativeDevice(Device):
             architecture=str(info.get("architecture", "")),
             description=str(info.get("device", "")) + " " + str(info.get("description", "")),
             is_fallback=str(info.get("adapter_type", "")).lower() == "cpu",
+            api=str(info.get("backend_type", "")).lower(),
         )
         have = {f for f in adapter.features}
         if use_subgroups is None:
