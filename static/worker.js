@@ -27,13 +27,14 @@ self.onmessage = (ev) => {
   if (!Number.isInteger(id) || id <= 0) return fail(id, "ProtocolError", "A request needs a positive integer id.");
   if (!spec.queued) return abort(id, payload || {});
   const request = { kind, id, payload: payload || {} };
-  if (kind === "load") request.model = prefetchModel(request);
+  // Only while Pyodide starts: later loads wait their turn, so two models' bytes are not held at once.
+  if (kind === "load" && !session) request.model = prefetchModel(request);
   queue.push(request);
   pump();
 };
 
 // A model's bytes are read from the cache (sha256-checked) or downloaded as soon as its `load`
-// arrives, while the requests before it (Pyodide's start-up, usually) still run.
+// arrives, while Pyodide's start-up still runs.
 function prefetchModel({ id, payload }) {
   if (typeof payload.model !== "string") return null;
   const bytes = (async () => {

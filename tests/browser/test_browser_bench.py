@@ -15,7 +15,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def test_bench_page_reports_issue_time_and_cached_first_token(chromium, server_url):
     page = open_page(chromium, server_url + "bench.html")
     try:
-        r = page.evaluate("() => runBench({ decode: 4, prompt: 8, chatTokens: 2 })")
+        # 6 decode steps: the best of 4 replayed issue times is the 1 ms check below (one or two
+        # steps can be preempted by other processes on a loaded 2-core machine: 1.2-2.6 ms seen)
+        r = page.evaluate("() => runBench({ decode: 6, prompt: 8, chatTokens: 2 })")
         # A returning visit (same profile: model and start-up snapshot cached), page start to first token.
         page.goto(server_url + "bench.html")
         again = page.evaluate("() => runCachedStart({ chatTokens: 2 })")
@@ -34,7 +36,7 @@ def test_bench_page_reports_issue_time_and_cached_first_token(chromium, server_u
     assert 0 < r["cached_load_ms"] <= r["cached_load_to_first_token_ms"]
     assert r["chat_text"]
     py = r["python"]
-    assert py["decoded"] == 4 and len(py["issue_s"]) == 3 == len(py["decode_step_s"])
+    assert py["decoded"] == 6 and len(py["issue_s"]) == 5 == len(py["decode_step_s"])
     # Issuing a step from Python is part of the step, so it can never exceed it.
     for issue, step in zip(py["issue_s"], py["decode_step_s"]):
         assert 0 < issue <= step
