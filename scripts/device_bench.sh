@@ -2,7 +2,7 @@
 # Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
 # with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
-#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|matvec-tune|matvec-ops|latency-1b|subgroups|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
+#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|matvec-tune|matvec-ops|latency-1b|subgroups|q8|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
 #   structured: decode with/without a JSON token mask, needs build/tokenizers/{smollm2,llama3} carried;
 #   structured-overlap: schema runs as the engine steps and with bench --mask-overlap;
 #   attention: attention_step checked against numpy, its kernel timings, decode with it and without it; none: setup only)
@@ -115,6 +115,21 @@ for l in sys.stdin:
     done
     for s in "" --subgroups "" --subgroups; do
         echo "8B $s"; bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 $s | show
+    done
+fi
+if [ "$mode" = q8 ]; then  # issue 7: Q8_0 weights in the staged kernel (matvec_q4s) vs the generic matvec (WEBLLM_MATVEC=q4), same process/call
+    echo "+ python scripts/kernel_bench.py --only=staged_q8"
+    timeout 150 python3 scripts/kernel_bench.py --only=staged_q8 2>"$OUT/kernel_err.txt" | grep staged_q8 | tee "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
+    show() { python3 -c 'import json,sys
+for l in sys.stdin:
+    if l.startswith("{"):
+        r = json.loads(l); print({k: r[k] for k in ("decode_tok_s", "step_ms_per_token", "gpu_ms_per_token", "gpu_ms_by_op") if k in r})
+    else:
+        print(l.rstrip())'; }
+    for q in ${Q8_QUANTS:-Q8_0}; do
+        for m in q4 staged staged q4; do
+            echo "1B $q WEBLLM_MATVEC=$m"; WEBLLM_MATVEC=$m bench --shape llama-3.2-1b --quant $q --decode-tokens 64 --profile | show
+        done
     done
 fi
 if [ "$mode" = full ]; then

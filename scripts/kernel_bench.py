@@ -336,3 +336,42 @@ if want("staged_sg"):
                  gbps_subgroups=round(nbytes / best[True] / 1e9, 1))
             for w, _ in ws:
                 w.buffer.destroy()
+
+# Q8_0 (and other 8-bit-capable types): the generic matvec (matvec.wgsl.j2, what Q8_0 ran before the
+# staged kernel took it) against matvec_q4s at its default and a few tilings; first each staged
+# tiling's output on this GPU against numpy over the same int8 rounding of x (q8_rel_err).
+if want("staged_q8"):
+    def q8_x(x):  # x as the staged kernel stages it: per 32, d = max|x| / 127, round(x / d) * d
+        b = x.reshape(-1, 32)
+        d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+        return (np.round(b * np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0)) * d.astype(np.float64)).reshape(-1)
+
+    Q8_STAGED = [(256, 8, 1), (256, 8, 1, True), (128, 8, 1), (256, 16, 1), (256, 4, 2)]
+    for n, k in ([(4096, 4096), (14336, 4096), (4096, 14336), (2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)]
+                 if not QUICK else [(64, 512)]):
+        raw = rng.integers(0, 256, (n, k // 32, 34), dtype=np.uint8)
+        raw[:, :, 0:2] = rng.uniform(0.001, 0.02, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
+        info = TensorInfo("w", (k, n), int(GGMLType.Q8_0), 0, raw.nbytes)
+        w, nb = upload_tensor(dev, BytesSource(raw.tobytes()), info), raw.nbytes
+        x = rng.standard_normal(k).astype(np.float32)
+        xb, yb = dev.buffer_from(x.tobytes()), dev.create_buffer(n * 4)
+        if n <= 16384:  # numpy reference: d * int8 per block
+            deq = (raw[:, :, 0:2].copy().view(np.float16).astype(np.float32)
+                   * raw[:, :, 2:].view(np.int8).astype(np.float32)).reshape(n, k)
+            ref_f32, ref_q8 = deq.astype(np.float64) @ x.astype(np.float64), deq.astype(np.float64) @ q8_x(x)
+        tilings = [("generic", MatvecTiling()), ("default", staged_tiling(k, N=n))] + [("q4s", StagedTiling(*v)) for v in Q8_STAGED]
+        for name, t in tilings:
+            lin = Linear(dev, w, matvec=t)
+            b = lin.bind(xb, yb)
+            out = dict(kind="staged_q8", qtype="Q8_0", N=n, K=k, kernel="q4s" if lin.staged else "generic",
+                       tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)])
+            if n <= 16384:
+                with dev.recorder() as rec:
+                    b.record(rec, 1)
+                y = np.frombuffer(asyncio.run(dev.read_buffer(yb, 0, n * 4)), np.float32).astype(np.float64)
+                ref = ref_q8 if lin.staged else ref_f32
+                out["rel_err"] = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+            dt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
+            emit(**out, us=round(dt * 1e6, 2), gbps=round(nb / dt / 1e9, 1))
+        dev.raw.queue.submit([])
+        w.buffer.destroy()

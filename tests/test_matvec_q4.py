@@ -2,8 +2,8 @@
 dequantize (independent reference): Q4_0, Q4_1 and Q4_K, tree and subgroup
 reductions, rows that do not fill the last workgroup, residual accumulate, and the fused forms
 (Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out); and the staged
-kernel (shaders/matvec_q4s.wgsl.j2: x as int8 blocks in workgroup memory) against numpy over the
-same int8 rounding of x, with the RMSNorm folded in or not."""
+kernel (shaders/matvec_q4s.wgsl.j2: x as int8 blocks in workgroup memory; Q4_0, Q4_1, Q4_K and
+Q8_0) against numpy over the same int8 rounding of x, with the RMSNorm folded in or not."""
 import struct
 
 import numpy as np
@@ -173,13 +173,25 @@ def q8_blocks(x: np.ndarray) -> np.ndarray:
     return (np.round(b * inv) * d.astype(np.float64)).reshape(x.shape)
 
 
+def staged_weight(qtype: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
+    """make_weight, except Q8_0 as random bytes with small f16 scales (every int8 value, -128
+    included, which gguf-py's quantizer never writes), dequantized by gguf-py."""
+    if qtype != "Q8_0":
+        return make_weight(qtype, n, k, rng)
+    raw = rng.integers(0, 256, (n, k // 32, 34), dtype=np.uint8)
+    raw[:, :, 0:2] = rng.uniform(0.001, 0.05, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
+    raw = raw.reshape(n, -1)
+    deq = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).astype(np.float64).reshape(n, k)
+    return raw.tobytes(), deq
+
+
 def staged_error(y, x, w):
     """Max error against W @ q8(x), scaled by sum |q8(x)| |w| per output (f32 accumulation order)."""
     xq = q8_blocks(x)
     return (np.abs(y - xq @ w.T) / (np.abs(xq) @ np.abs(w).T + 1e-30)).max()
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K", "Q8_0"])
 @pytest.mark.parametrize("wg,lanes,rows,prefetch", [(64, 2, 1, False), (32, 4, 2, True)])
 def test_staged_single_matrix(device, qtype, wg, lanes, rows, prefetch):
     """N = 37 is not a multiple of the workgroup's rows (32), K = 768 (3 units) or 1536 (6) not a
@@ -187,7 +199,7 @@ def test_staged_single_matrix(device, qtype, wg, lanes, rows, prefetch):
     from webllm_py.linear import StagedTiling
     rng = np.random.default_rng(11)
     N, K = 37, 768 if not prefetch else 1536  # 3 units, or 6 (two or more per lane: the prefetch runs)
-    raw, w = make_weight(qtype, N, K, rng)
+    raw, w = staged_weight(qtype, N, K, rng)
     lin = Linear(device, upload(device, raw, qtype, N, K), matvec=StagedTiling(wg, lanes, rows, prefetch))
     assert lin.staged and lin.q4
     x = rng.standard_normal((1, K)).astype(np.float32)
@@ -225,7 +237,8 @@ def test_staged_falls_back(device, monkeypatch):
 
 
 @pytest.mark.parametrize("qtype,glu,norm", [("Q4_0", None, True), ("Q4_K", None, False),
-                                            ("Q4_1", "silu", True), ("Q4_K", "gelu_tanh", True)])
+                                            ("Q4_1", "silu", True), ("Q4_K", "gelu_tanh", True),
+                                            ("Q8_0", None, True), ("Q8_0", "silu", False)])
 def test_staged_fused(device, qtype, glu, norm):
     """Q/K/V in one dispatch, or gate/up with the GLU, with or without the RMSNorm folded in (the
     staged kernel folds it at any K: the norm's own dispatch is skipped)."""
@@ -243,7 +256,7 @@ def test_staged_fused(device, qtype, glu, norm):
     tiling = StagedTiling(32, 2, 2, True)  # 32 rows per workgroup: the 40-row parts straddle two
     bounds, ws, ys = [], [], []
     for n in parts:
-        raw, w = make_weight(qtype, n, K, rng)
+        raw, w = staged_weight(qtype, n, K, rng)
         yb = f32_buffer(device, np.full(n, np.nan, np.float32))
         bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=tiling).bind(hb if norm else xb, yb))
         ws.append(w)
@@ -325,9 +338,11 @@ def test_staged_default_prefetch_long_rows(device):
     assert staged_error(read_f32(device, yb, N)[None] - y0, x, w) < TOL
 
 
-@pytest.mark.parametrize("lanes,glu,norm,accumulate", [(8, None, False, True), (4, None, True, False),
-                                                       (2, "silu", True, False), (8, "gelu_tanh", False, False)])
-def test_staged_subgroup_reduction(sg_device, lanes, glu, norm, accumulate):
+@pytest.mark.parametrize("lanes,glu,norm,accumulate,qtype", [(8, None, False, True, "Q4_0"), (4, None, True, False, "Q4_0"),
+                                                             (2, "silu", True, False, "Q4_0"),
+                                                             (8, "gelu_tanh", False, False, "Q4_0"),
+                                                             (8, None, True, False, "Q8_0")])
+def test_staged_subgroup_reduction(sg_device, lanes, glu, norm, accumulate, qtype):
     """matvec_q4s with its teams reduced by subgroupShuffleXor (lavapipe's subgroups hold 8
     invocations): one matrix, Q/K/V or gate/up, norm folded or not, vs numpy over q8(x)."""
     from webllm_py.linear import StagedTiling
@@ -345,10 +360,10 @@ def test_staged_subgroup_reduction(sg_device, lanes, glu, norm, accumulate):
     tiling = StagedTiling(64, lanes, 2)
     bounds, ws, ys, y0s = [], [], [], []
     for n in parts:
-        raw, w = make_weight("Q4_0", n, K, rng)
+        raw, w = staged_weight(qtype, n, K, rng)
         y0 = rng.standard_normal(n).astype(np.float32) if accumulate else np.full(n, np.nan, np.float32)
         yb = f32_buffer(dev, y0)
-        lin = Linear(dev, upload(dev, raw, "Q4_0", n, K), matvec=tiling, subgroups=True)
+        lin = Linear(dev, upload(dev, raw, qtype, n, K), matvec=tiling, subgroups=True)
         assert lin.staged and "subgroupShuffleXor" in lin.q4_kernel([n], accumulate).source
         bounds.append(lin.bind(hb if norm else xb, yb, accumulate=accumulate))
         ws.append(w)
@@ -391,3 +406,38 @@ def test_staged_subgroups_need_known_size(sg_device):
     for lanes in (2, 4, 8):
         src = Linear(sg_device, w, matvec=StagedTiling(64, lanes, 1)).q4_kernel([8], False).source
         assert ("subgroupShuffleXor" in src) == (lanes <= n)
+
+
+def test_staged_q8_0_default_and_switch(device, monkeypatch):
+    """Q8_0 takes the staged kernel by default on GPU adapters (here lavapipe posing as one), with the
+    default prefetching tiling at K = 8192 (1B down), accumulating; WEBLLM_MATVEC=q4 (the A/B switch)
+    and K % 256 != 0 give the generic matvec instead (matvec_q4 is 4-bit only), still vs numpy."""
+    from webllm_py import linear
+    from webllm_py.linear import StagedTiling
+    rng = np.random.default_rng(19)
+    N, K = 24, 8192
+    raw, w = staged_weight("Q8_0", N, K, rng)
+    wt = upload(device, raw, "Q8_0", N, K)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    y0 = rng.standard_normal((1, N)).astype(np.float32)
+    import dataclasses
+    monkeypatch.setattr(device, "info", dataclasses.replace(device.info, is_fallback=False))
+    lin = Linear(device, wt)
+    assert lin.staged and lin.q4 and lin.matvec_tiling.prefetch
+    monkeypatch.setattr(linear, "MATVEC_KERNEL", "q4")
+    generic = Linear(device, wt)
+    assert not generic.staged and not generic.q4
+    for layer, err in ((lin, staged_error), (generic, scaled_error)):
+        xb, yb = f32_buffer(device, x), f32_buffer(device, y0)
+        with device.recorder() as rec:
+            layer.bind(xb, yb, accumulate=True).record(rec, 1)
+        assert err(read_f32(device, yb, N)[None] - y0, x, w) < TOL
+    # K = 288: not whole units; a StagedTiling request falls back to the generic kernel
+    raw, w = staged_weight("Q8_0", 5, 288, rng)
+    odd = Linear(device, upload(device, raw, "Q8_0", 5, 288), matvec=StagedTiling(64, 2, 1))
+    assert not odd.staged and not odd.q4
+    x = rng.standard_normal((1, 288)).astype(np.float32)
+    xb, yb = f32_buffer(device, x), f32_buffer(device, np.zeros((1, 5), np.float32))
+    with device.recorder() as rec:
+        odd.bind(xb, yb).record(rec, 1)
+    assert scaled_error(read_f32(device, yb, 5)[None], x, w) < TOL

@@ -39,6 +39,9 @@ class MatvecTiling:
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2, Q4_0 / Q4_1 / Q4_K): threads and rows per workgroup.
 Q4_TILING = MatvecTiling(wg=64, rows=4)
 Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
+# The staged kernel (matvec_q4s.wgsl.j2) also takes Q8_0 (int8 weights: one dot4I8Packed a word);
+# where it does not apply, Q8_0 has only the generic matvec (matvec_q4 is 4-bit only).
+STAGED_TYPES = Q4_TYPES + (GGMLType.Q8_0,)
 # MatvecGroup folds a preceding RMSNorm into matvec_q4's dispatch only for rows this short: at
 # K = 4096 the fold's extra per-unit work cost more than the norm's dispatch on an H100
 # (docs/benchmarks.md). The staged kernel below folds it at any K (it normalises x once per workgroup).
@@ -68,7 +71,7 @@ class StagedTiling:
 
 # The staged kernel on GPUs where K % 256 == 0, x fits workgroup memory and packed 8-bit dot
 # products exist (WGSL's packed_4x8_integer_dot_product; Chrome 123+, naga): "q4" picks matvec_q4
-# instead (A/B runs: WEBLLM_MATVEC=q4).
+# instead for 4-bit weights and the generic matvec for Q8_0 (A/B runs: WEBLLM_MATVEC=q4).
 MATVEC_KERNEL = os.environ.get("WEBLLM_MATVEC", "staged")
 # bench-only overrides: "WG,LANES,ROWS[,PREFETCH]" for all, then optional ";glu=..." (fused gate/up
 # groups), ";tall=..." (N > 65536: LM heads), ";k<K>=..." (rows of exactly K, e.g. k8192=256,32,1)
@@ -207,21 +210,21 @@ class Linear:
         # CPU adapters (lavapipe, SwiftShader) run workgroup barriers slowly: whole rows per thread
         # there (matvec_rows.wgsl.j2).
         cpu_tiling = SWIFTSHADER_TILING if _swiftshader(device) else CPU_TILING
-        # 4-bit weights on a GPU: the staged kernel (matvec_q4s) where it applies, asked for by a
-        # StagedTiling or by default; else the aligned one (matvec_q4), unless an explicit tiling asks
-        # for the one-row-per-thread form (split_k=False).
+        # 4-bit and Q8_0 weights on a GPU: the staged kernel (matvec_q4s) where it applies, asked for
+        # by a StagedTiling or by default; else, for 4-bit ones, the aligned one (matvec_q4), unless
+        # an explicit tiling asks for the one-row-per-thread form (split_k=False).
         aligned = weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
         want = matvec if isinstance(matvec, StagedTiling) else staged_tiling(self.K, N=self.N)
-        self.staged = (aligned and self.K % 256 == 0 and _packed_dot(device)
+        self.staged = (weight.ggml_type in STAGED_TYPES and bias is None and self.K % 256 == 0 and _packed_dot(device)
                        and (isinstance(matvec, StagedTiling)
                             or (matvec is None and MATVEC_KERNEL == "staged" and not device.info.is_fallback))
                        and staged_shared_bytes(self.K, want, 2 * want.rows + 2)
                        <= device.limits.get("max_compute_workgroup_storage_size", 16384))
         if isinstance(matvec, StagedTiling) and not self.staged:  # asked for, but this weight cannot use it
-            matvec = Q4_TILING
+            matvec = Q4_TILING if aligned else None
         self.matvec_tiling = want if self.staged else (
             matvec or (cpu_tiling if device.info.is_fallback else MatvecTiling()))
-        self.q4 = aligned and (self.staged or self.matvec_tiling.split_k)
+        self.q4 = self.staged or (aligned and self.matvec_tiling.split_k)
         if self.q4 and not self.staged and matvec is None:
             self.matvec_tiling = Q4_TILING
         # Prefill: the tiled matmul on GPUs; on CPU adapters, barrier-free rows (matmul_rows.wgsl.j2).
