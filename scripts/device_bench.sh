@@ -117,7 +117,7 @@ for l in sys.stdin:
         echo "8B $s"; bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 $s | show
     done
 fi
-if [ "$mode" = q8 ]; then  # issue 7: Q8_0 weights in the staged kernel (matvec_q4s) vs the generic matvec (WEBLLM_MATVEC=q4), same process/call
+if [ "$mode" = q8 ]; then  # issue 7: Q8_0 and Q6_K weights in the staged kernel (matvec_q4s) vs the generic matvec (WEBLLM_MATVEC=q4), same process/call
     echo "+ python scripts/kernel_bench.py --only=staged_q8"
     timeout 150 python3 scripts/kernel_bench.py --only=staged_q8 2>"$OUT/kernel_err.txt" | grep staged_q8 | tee "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
     show() { python3 -c 'import json,sys
@@ -126,7 +126,7 @@ for l in sys.stdin:
         r = json.loads(l); print({k: r[k] for k in ("decode_tok_s", "step_ms_per_token", "gpu_ms_per_token", "gpu_ms_by_op") if k in r})
     else:
         print(l.rstrip())'; }
-    for q in ${Q8_QUANTS:-Q8_0}; do
+    for q in ${Q8_QUANTS:-Q8_0 Q6_K}; do
         for m in q4 staged staged q4; do
             echo "1B $q WEBLLM_MATVEC=$m"; WEBLLM_MATVEC=$m bench --shape llama-3.2-1b --quant $q --decode-tokens 64 --profile | show
         done

@@ -337,9 +337,9 @@ if want("staged_sg"):
             for w, _ in ws:
                 w.buffer.destroy()
 
-# Q8_0 (and other 8-bit-capable types): the generic matvec (matvec.wgsl.j2, what Q8_0 ran before the
-# staged kernel took it) against matvec_q4s at its default and a few tilings; first each staged
-# tiling's output on this GPU against numpy over the same int8 rounding of x (q8_rel_err).
+# Q8_0 and Q6_K: the generic matvec (matvec.wgsl.j2, what they ran before the staged kernel took
+# them) against matvec_q4s at its default and a few tilings; each one's output on this GPU against
+# numpy (over the same int8 rounding of x for the staged kernel: rel_err).
 if want("staged_q8"):
     def q8_x(x):  # x as the staged kernel stages it: per 32, d = max|x| / 127, round(x / d) * d
         b = x.reshape(-1, 32)
@@ -347,25 +347,44 @@ if want("staged_q8"):
         return (np.round(b * np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0)) * d.astype(np.float64)).reshape(-1)
 
     Q8_STAGED = [(256, 8, 1), (256, 8, 1, True), (128, 8, 1), (256, 16, 1), (256, 4, 2)]
-    for n, k in ([(4096, 4096), (14336, 4096), (4096, 14336), (2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)]
-                 if not QUICK else [(64, 512)]):
-        raw = rng.integers(0, 256, (n, k // 32, 34), dtype=np.uint8)
-        raw[:, :, 0:2] = rng.uniform(0.001, 0.02, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
-        info = TensorInfo("w", (k, n), int(GGMLType.Q8_0), 0, raw.nbytes)
+    for qtype, n, k in [(q, n, k) for q in ("Q8_0", "Q6_K") for n, k in
+                        ([(4096, 4096), (14336, 4096), (4096, 14336), (2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)]
+                         if not QUICK else [(64, 512)])]:
+        bsz, tsz, f16at = (32, 34, 0) if qtype == "Q8_0" else (256, 210, 208)
+        raw = rng.integers(0, 256, (n, k // bsz, tsz), dtype=np.uint8)
+        raw[:, :, f16at:f16at + 2] = rng.uniform(0.001, 0.02, (n, k // bsz, 1)).astype(np.float16).view(np.uint8)
+        info = TensorInfo("w", (k, n), int(GGMLType[qtype]), 0, raw.nbytes)
         w, nb = upload_tensor(dev, BytesSource(raw.tobytes()), info), raw.nbytes
         x = rng.standard_normal(k).astype(np.float32)
         xb, yb = dev.buffer_from(x.tobytes()), dev.create_buffer(n * 4)
-        if n <= 16384:  # numpy reference: d * int8 per block
-            deq = (raw[:, :, 0:2].copy().view(np.float16).astype(np.float32)
-                   * raw[:, :, 2:].view(np.int8).astype(np.float32)).reshape(n, k)
-            ref_f32, ref_q8 = deq.astype(np.float64) @ x.astype(np.float64), deq.astype(np.float64) @ q8_x(x)
+        if n <= 16384:  # numpy reference: gguf-py's dequantize where installed, else Q8_0's d * int8
+            try:
+                import gguf
+                deq = gguf.quants.dequantize(raw.reshape(n, -1), gguf.GGMLQuantizationType[qtype]).reshape(n, k)
+            except ImportError:  # from ggml's block layouts
+                if qtype == "Q8_0":
+                    deq = (raw[:, :, 0:2].copy().view(np.float16).astype(np.float32)
+                           * raw[:, :, 2:].view(np.int8).astype(np.float32)).reshape(n, k)
+                else:  # Q6_K: half h, quarter j, l < 32: ql[64h + 32(j % 2) + l] nibble j // 2, qh[128 + 32h + l] bits 2j
+                    ql, qh = raw[:, :, :128].astype(np.int32), raw[:, :, 128:192].astype(np.int32)
+                    sc = raw[:, :, 192:208].view(np.int8).astype(np.float32)
+                    d = raw[:, :, 208:210].copy().view(np.float16).astype(np.float32)
+                    q = np.empty((n, k // 256, 256), np.float32)
+                    for h in range(2):
+                        for j in range(4):
+                            lo = (ql[:, :, 64 * h + 32 * (j % 2): 64 * h + 32 * (j % 2) + 32] >> (4 * (j // 2))) & 15
+                            hi = (qh[:, :, 32 * h: 32 * h + 32] >> (2 * j)) & 3
+                            q[:, :, 128 * h + 32 * j: 128 * h + 32 * j + 32] = (lo | (hi << 4)) - 32
+                    deq = (q * d * np.repeat(sc, 16, axis=2)).reshape(n, k)
+            if deq is not None:
+                ref_f32, ref_q8 = deq.astype(np.float64) @ x.astype(np.float64), deq.astype(np.float64) @ q8_x(x)
         tilings = [("generic", MatvecTiling()), ("default", staged_tiling(k, N=n))] + [("q4s", StagedTiling(*v)) for v in Q8_STAGED]
         for name, t in tilings:
             lin = Linear(dev, w, matvec=t)
             b = lin.bind(xb, yb)
-            out = dict(kind="staged_q8", qtype="Q8_0", N=n, K=k, kernel="q4s" if lin.staged else "generic",
+            out = dict(kind="staged_q8", qtype=qtype, N=n, K=k, kernel="q4s" if lin.staged else "generic",
                        tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)])
-            if n <= 16384:
+            if n <= 16384 and deq is not None:
                 with dev.recorder() as rec:
                     b.record(rec, 1)
                 y = np.frombuffer(asyncio.run(dev.read_buffer(yb, 0, n * 4)), np.float32).astype(np.float64)

@@ -3,7 +3,7 @@ dequantize (independent reference): Q4_0, Q4_1 and Q4_K, tree and subgroup
 reductions, rows that do not fill the last workgroup, residual accumulate, and the fused forms
 (Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out); and the staged
 kernel (shaders/matvec_q4s.wgsl.j2: x as int8 blocks in workgroup memory; Q4_0, Q4_1, Q4_K and
-Q8_0) against numpy over the same int8 rounding of x, with the RMSNorm folded in or not."""
+Q8_0, Q6_K) against numpy over the same int8 rounding of x, with the RMSNorm folded in or not."""
 import struct
 
 import numpy as np
@@ -191,7 +191,7 @@ def staged_error(y, x, w):
     return (np.abs(y - xq @ w.T) / (np.abs(xq) @ np.abs(w).T + 1e-30)).max()
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K"])
 @pytest.mark.parametrize("wg,lanes,rows,prefetch", [(64, 2, 1, False), (32, 4, 2, True)])
 def test_staged_single_matrix(device, qtype, wg, lanes, rows, prefetch):
     """N = 37 is not a multiple of the workgroup's rows (32), K = 768 (3 units) or 1536 (6) not a
@@ -238,7 +238,8 @@ def test_staged_falls_back(device, monkeypatch):
 
 @pytest.mark.parametrize("qtype,glu,norm", [("Q4_0", None, True), ("Q4_K", None, False),
                                             ("Q4_1", "silu", True), ("Q4_K", "gelu_tanh", True),
-                                            ("Q8_0", None, True), ("Q8_0", "silu", False)])
+                                            ("Q8_0", None, True), ("Q8_0", "silu", False),
+                                            ("Q6_K", None, False), ("Q6_K", "gelu_tanh", True)])
 def test_staged_fused(device, qtype, glu, norm):
     """Q/K/V in one dispatch, or gate/up with the GLU, with or without the RMSNorm folded in (the
     staged kernel folds it at any K: the norm's own dispatch is skipped)."""
@@ -341,7 +342,8 @@ def test_staged_default_prefetch_long_rows(device):
 @pytest.mark.parametrize("lanes,glu,norm,accumulate,qtype", [(8, None, False, True, "Q4_0"), (4, None, True, False, "Q4_0"),
                                                              (2, "silu", True, False, "Q4_0"),
                                                              (8, "gelu_tanh", False, False, "Q4_0"),
-                                                             (8, None, True, False, "Q8_0")])
+                                                             (8, None, True, False, "Q8_0"),
+                                                             (4, "silu", False, False, "Q6_K")])
 def test_staged_subgroup_reduction(sg_device, lanes, glu, norm, accumulate, qtype):
     """matvec_q4s with its teams reduced by subgroupShuffleXor (lavapipe's subgroups hold 8
     invocations): one matrix, Q/K/V or gate/up, norm folded or not, vs numpy over q8(x)."""
@@ -408,16 +410,17 @@ def test_staged_subgroups_need_known_size(sg_device):
         assert ("subgroupShuffleXor" in src) == (lanes <= n)
 
 
-def test_staged_q8_0_default_and_switch(device, monkeypatch):
-    """Q8_0 takes the staged kernel by default on GPU adapters (here lavapipe posing as one), with the
-    default prefetching tiling at K = 8192 (1B down), accumulating; WEBLLM_MATVEC=q4 (the A/B switch)
-    and K % 256 != 0 give the generic matvec instead (matvec_q4 is 4-bit only), still vs numpy."""
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q6_K"])
+def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
+    """Q8_0 and Q6_K take the staged kernel by default on GPU adapters (here lavapipe posing as one),
+    with the default prefetching tiling at K = 8192 (1B down), accumulating; WEBLLM_MATVEC=q4 (the
+    A/B switch) and K % 256 != 0 give the generic matvec instead (matvec_q4 is 4-bit only), vs numpy."""
     from webllm_py import linear
     from webllm_py.linear import StagedTiling
     rng = np.random.default_rng(19)
     N, K = 24, 8192
-    raw, w = staged_weight("Q8_0", N, K, rng)
-    wt = upload(device, raw, "Q8_0", N, K)
+    raw, w = staged_weight(qtype, N, K, rng)
+    wt = upload(device, raw, qtype, N, K)
     x = rng.standard_normal((1, K)).astype(np.float32)
     y0 = rng.standard_normal((1, N)).astype(np.float32)
     import dataclasses
@@ -432,9 +435,11 @@ def test_staged_q8_0_default_and_switch(device, monkeypatch):
         with device.recorder() as rec:
             layer.bind(xb, yb, accumulate=True).record(rec, 1)
         assert err(read_f32(device, yb, N)[None] - y0, x, w) < TOL
+    if qtype == "Q6_K":  # super-blocks of 256: every K is whole units
+        return
     # K = 288: not whole units; a StagedTiling request falls back to the generic kernel
-    raw, w = staged_weight("Q8_0", 5, 288, rng)
-    odd = Linear(device, upload(device, raw, "Q8_0", 5, 288), matvec=StagedTiling(64, 2, 1))
+    raw, w = staged_weight(qtype, 5, 288, rng)
+    odd = Linear(device, upload(device, raw, qtype, 5, 288), matvec=StagedTiling(64, 2, 1))
     assert not odd.staged and not odd.q4
     x = rng.standard_normal((1, 288)).astype(np.float32)
     xb, yb = f32_buffer(device, x), f32_buffer(device, np.zeros((1, 5), np.float32))

@@ -39,9 +39,10 @@ class MatvecTiling:
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2, Q4_0 / Q4_1 / Q4_K): threads and rows per workgroup.
 Q4_TILING = MatvecTiling(wg=64, rows=4)
 Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
-# The staged kernel (matvec_q4s.wgsl.j2) also takes Q8_0 (int8 weights: one dot4I8Packed a word);
-# where it does not apply, Q8_0 has only the generic matvec (matvec_q4 is 4-bit only).
-STAGED_TYPES = Q4_TYPES + (GGMLType.Q8_0,)
+# The staged kernel (matvec_q4s.wgsl.j2) also takes Q8_0 (int8 weights: one dot4I8Packed a word)
+# and Q6_K (its unaligned super-blocks funnel-shifted into place); where it does not apply, these
+# have only the generic matvec (matvec_q4 is 4-bit only).
+STAGED_TYPES = Q4_TYPES + (GGMLType.Q8_0, GGMLType.Q6_K)
 # MatvecGroup folds a preceding RMSNorm into matvec_q4's dispatch only for rows this short: at
 # K = 4096 the fold's extra per-unit work cost more than the norm's dispatch on an H100
 # (docs/benchmarks.md). The staged kernel below folds it at any K (it normalises x once per workgroup).
