@@ -127,7 +127,7 @@ for l in sys.stdin:
     else:
         print(l.rstrip())'; }
     for q in ${Q8_QUANTS:-Q8_0 Q6_K}; do
-        for m in q4 staged staged q4; do
+        for m in ${Q8_MODES:-q4 staged staged q4}; do
             echo "1B $q WEBLLM_MATVEC=$m"; WEBLLM_MATVEC=$m bench --shape llama-3.2-1b --quant $q --decode-tokens 64 --profile | show
         done
     done
