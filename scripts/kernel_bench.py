@@ -378,7 +378,7 @@ if want("staged_q8"):
                     deq = (q * d * np.repeat(sc, 16, axis=2)).reshape(n, k)
             if deq is not None:
                 ref_f32, ref_q8 = deq.astype(np.float64) @ x.astype(np.float64), deq.astype(np.float64) @ q8_x(x)
-        tilings = [("generic", MatvecTiling()), ("default", staged_tiling(k, N=n))] + [("q4s", StagedTiling(*v)) for v in Q8_STAGED]
+        tilings = [("generic", MatvecTiling()), ("default", staged_tiling(k, N=n, qtype=GGMLType[qtype]))] + [("q4s", StagedTiling(*v)) for v in Q8_STAGED]
         for name, t in tilings:
             lin = Linear(dev, w, matvec=t)
             b = lin.bind(xb, yb)

@@ -413,10 +413,12 @@ def test_staged_subgroups_need_known_size(sg_device):
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q6_K"])
 def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
     """Q8_0 and Q6_K take the staged kernel by default on GPU adapters (here lavapipe posing as one),
-    with the default prefetching tiling at K = 8192 (1B down), accumulating; WEBLLM_MATVEC=q4 (the
-    A/B switch) and K % 256 != 0 give the generic matvec instead (matvec_q4 is 4-bit only), vs numpy."""
+    at K = 8192 (1B down) with their own default tiling (16 lanes a row, where 4-bit rows prefetch),
+    accumulating; WEBLLM_MATVEC=q4 (the A/B switch) and K % 256 != 0 give the generic matvec
+    instead (matvec_q4 is 4-bit only), vs numpy."""
     from webllm_py import linear
-    from webllm_py.linear import StagedTiling
+    from webllm_py.formats.quants import GGMLType
+    from webllm_py.linear import StagedTiling, staged_tiling
     rng = np.random.default_rng(19)
     N, K = 24, 8192
     raw, w = staged_weight(qtype, N, K, rng)
@@ -426,7 +428,8 @@ def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
     import dataclasses
     monkeypatch.setattr(device, "info", dataclasses.replace(device.info, is_fallback=False))
     lin = Linear(device, wt)
-    assert lin.staged and lin.q4 and lin.matvec_tiling.prefetch
+    assert lin.staged and lin.q4 and lin.matvec_tiling == StagedTiling(256, 16, 1) == staged_tiling(K, qtype=wt.ggml_type)
+    assert staged_tiling(K, qtype=GGMLType.Q4_0).prefetch and staged_tiling(4096, qtype=wt.ggml_type) == staged_tiling(4096)
     monkeypatch.setattr(linear, "MATVEC_KERNEL", "q4")
     generic = Linear(device, wt)
     assert not generic.staged and not generic.q4

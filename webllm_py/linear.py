@@ -86,7 +86,7 @@ def _env_tiling(key: str) -> StagedTiling | None:
     return StagedTiling(*(int(f) for f in v.split(","))) if v else None
 
 
-def staged_tiling(K: int, glu: bool = False, N: int = 0) -> StagedTiling:
+def staged_tiling(K: int, glu: bool = False, N: int = 0, qtype: GGMLType | None = None) -> StagedTiling:
     """The staged kernel's tiling on GPUs for N rows of K (glu: a fused gate/up group): 256 threads as
     32 teams of 8 lanes, one row each, decoded fastest end to end on an H100 (8B Q4_0: 217.7 tok/s;
     16 lanes (16 rows a group) 185.6; 8 lanes x 2 rows (64 rows a group) 207.3; same device call,
@@ -95,6 +95,12 @@ def staged_tiling(K: int, glu: bool = False, N: int = 0) -> StagedTiling:
     workgroups for down (K = 8192: 16 or 32 lanes, 8 or 16 rows a group) were no better either."""
     t = ((_env_tiling("glu") if glu else None) or (_env_tiling("tall") if N > 65536 else None)
          or _env_tiling(f"k{K}") or (_env_tiling("wide") if K > 8192 else None) or _env_tiling("all"))
+    if t is None and not glu and K >= 8192 and qtype in (GGMLType.Q8_0, GGMLType.Q6_K):
+        # 8- and 6-bit rows of 32+ units (1B down): 16 rows a workgroup, twice the workgroups, 16 lanes
+        # splitting each row (H100 kernel_bench --only=staged_q8, 2026-11-25 00:40 UTC, us for N x K
+        # 2048 x 8192: Q8_0 40.6 vs 54.8 at 256,8,1 prefetching, Q6_K 59.3 vs 94.3; 4096 x 14336:
+        # Q8_0 52.9 vs 51.7, Q6_K 87.4 vs 100.3)
+        t = StagedTiling(256, 16, 1)
     if t is None and glu and K >= 4096:
         # fused gate/up of a wide model: twice the workgroups of 16 rows each (8B gate_up 1.55-1.58
         # -> 1.31 ms per token on the H100; at K = 2048 (1B) 0.32-0.33 -> 0.34-0.36: not there)
@@ -215,7 +221,7 @@ class Linear:
         # by a StagedTiling or by default; else, for 4-bit ones, the aligned one (matvec_q4), unless
         # an explicit tiling asks for the one-row-per-thread form (split_k=False).
         aligned = weight.ggml_type in Q4_TYPES and self.K % 64 == 0 and bias is None
-        want = matvec if isinstance(matvec, StagedTiling) else staged_tiling(self.K, N=self.N)
+        want = matvec if isinstance(matvec, StagedTiling) else staged_tiling(self.K, N=self.N, qtype=weight.ggml_type)
         self.staged = (weight.ggml_type in STAGED_TYPES and bias is None and self.K % 256 == 0 and _packed_dot(device)
                        and (isinstance(matvec, StagedTiling)
                             or (matvec is None and MATVEC_KERNEL == "staged" and not device.info.is_fallback))
@@ -368,7 +374,8 @@ class MatvecGroup:
             act, glu_op = glu if glu else (None, None)
             outs = [glu_op.bind_group.buffers[2]] if glu else [bb[2] for bb in bufs]
             t = first.matvec_tiling
-            if first.staged and glu and first.matvec_tiling == staged_tiling(first.K, N=first.N):  # the default: glu's own
+            if (first.staged and glu  # the default tiling: glu's own instead
+                    and first.matvec_tiling == staged_tiling(first.K, N=first.N, qtype=first.weight.ggml_type)):
                 tg = staged_tiling(first.K, glu=True)
                 if (staged_shared_bytes(first.K, tg, 2 * tg.rows + 2)
                         <= first.device.limits.get("max_compute_workgroup_storage_size", 16384)):
