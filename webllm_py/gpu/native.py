@@ -2,7 +2,8 @@
 lavapipe (CPU) and for benchmarks on real GPUs. Mirrors browser.py call for call."""
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Any, Sequence
 
 from ..errors import GPUUnavailableError, ShaderError
 from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, align_up
@@ -87,6 +88,9 @@ class NativeDevice(Device):
         self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
         if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
             self._usage |= wgpu.BufferUsage.UNIFORM
+        spin = os.environ.get("WEBLLM_READ_SPIN")  # bench A/B: "0" = wgpu-py's read, "1" = polled here
+        self._spin_reads = not self.info.is_fallback if spin is None else spin == "1"
+        self._staging: dict[int, Any] = {}  # readback buffers by size (polled reads)
 
     def _create_pipeline(self, source: str, label: str):
         try:
@@ -104,7 +108,28 @@ class NativeDevice(Device):
 
     async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
         size = buffer.size - offset if size is None else size
-        return bytes(self.raw.queue.read_buffer(buffer.handle, offset, size))
+        if not self._spin_reads or offset % 4 or size % 4:
+            return bytes(self.raw.queue.read_buffer(buffer.handle, offset, size))
+        # GPU adapters: a decode step ends in this read of a few bytes, and the GPU idles until the
+        # next step is submitted. wgpu-py's own read waits on its poll thread, which blocks in
+        # wgpuDevicePoll until the queue is idle and then hands over to this thread: 0.1-0.9 ms a
+        # token on the H100, varying run to run. Here this thread polls (non-blocking) until the map
+        # completes, and the staging buffer is kept. Not on CPU adapters, whose cores run the kernels.
+        staging = self._staging.get(size)
+        if staging is None:
+            staging = self._staging[size] = self.raw.create_buffer(
+                size=size, usage=self._wgpu.BufferUsage.MAP_READ | self._wgpu.BufferUsage.COPY_DST, label="readback")
+        encoder = self.raw.create_command_encoder()
+        encoder.copy_buffer_to_buffer(buffer.handle, offset, staging, 0, size)
+        self.raw.queue.submit([encoder.finish()])
+        mapped = staging.map_async("READ_NOSYNC")  # the copy above is the sync
+        while mapped._state == "pending":  # wgpu-py 0.32 (pinned) keeps no public poll/state
+            self.raw._poll(False)
+        mapped.sync_wait()  # raises if the map failed (a lost device)
+        try:
+            return bytes(staging.read_mapped(0, size, copy=False))
+        finally:
+            staging.unmap()
 
     def bind(self, kernel: Kernel, buffers: Sequence[Buffer | tuple[Buffer, int, int]]) -> BindGroup:
         entries = []
