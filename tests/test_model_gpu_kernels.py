@@ -1,0 +1,154 @@
+"""The GPU adapters' kernels in a whole model, on lavapipe. CI has no GPU, and on its CPU adapter the
+engine picks the row kernels (`is_fallback`); here a second lavapipe device is told it is a GPU, so the
+engine records what it records on an H100: the tiled prefill matmul and attention, the staged int8
+matvec (matvec_q4s) with RMSNorm folded into fused Q/K/V and gate/up dispatches, attention_step (RoPE,
+cache write, attention and slice merge in one dispatch) and the tree sampler.
+
+The model is a tiny random Llama written as a GGUF the way llama.cpp lays it out (Q/K rows permuted,
+Q4_0 / Q4_1 / Q8_0 tensors, rows of 256 and 768 so every matrix takes the staged kernel); the reference
+is transformers on the same weights as the GGUF stores them (dequantized by gguf-py).
+
+Tolerance: the staged kernel rounds x to int8 blocks of 32 (llama.cpp's q8_1 rule), which moves each
+matvec's outputs by ~0.5-0.8% of their scale. Every logits vector passes through one (the LM head runs
+on the last row alone, prefill included: measured 6.1e-3 / 6.6e-3 of max |logit| after 5 / 20 tokens,
+against 3.7e-4 with the CPU adapter's f32 kernels on the same file), so logits are compared at 1.5e-2
+of max |logit| and greedy tokens where transformers' top-2 gap clears twice that.
+"""
+import asyncio
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from webllm_py.engine import Engine
+from webllm_py.sampling import SamplingParams
+
+from .hf_models import Variant, build
+from .model_checks import LONG, PREFILL_CHUNK, SHORT, assert_logits_match
+from .reference import prompt_ids
+from .test_model_families import _adjacent_pairs, add_tokenizer, finish_gguf, put_tensor
+
+pytestmark = [pytest.mark.gpu]
+
+RTOL = 1.5e-2
+N_GREEDY = 12
+VARIANT = Variant("llama-256", "llama", "float32", seed=3, init_std=0.05,
+                  config=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=64, max_position_embeddings=256, rms_norm_eps=1e-5,
+                              tie_word_embeddings=False, rope_theta=10000.0))
+# Members of a fused dispatch share one type (Q/K/V; gate/up); every staged type gguf-py can write is used.
+KINDS = {"attn_q": "q4_0", "attn_k": "q4_0", "attn_v": "q4_0", "attn_output": "q4_1",
+         "ffn_gate": "q8_0", "ffn_up": "q8_0", "ffn_down": "q4_0"}
+
+
+def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
+    """(GGUF path, Hugging Face reference dir with the weights as the GGUF stores them)."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        c = json.load(f)
+    t = load_file(os.path.join(hf_dir, "model.safetensors"))
+    L, H, KV = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]
+    path = os.path.join(out_dir, "llama-256.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(L)
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_rope_freq_base(c["rope_theta"] if "rope_theta" in c else c["rope_parameters"]["rope_theta"])
+    w.add_rope_dimension_count(c["head_dim"])
+    add_tokenizer(w)
+
+    ref = dict(t)
+    ref["model.embed_tokens.weight"] = put_tensor(w, "token_embd.weight", t["model.embed_tokens.weight"], "q8_0")
+    put_tensor(w, "output_norm.weight", t["model.norm.weight"])
+    ref["lm_head.weight"] = put_tensor(w, "output.weight", t["lm_head.weight"], "q8_0")
+    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj"}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        put_tensor(w, f"blk.{i}.attn_norm.weight", t[p + "input_layernorm.weight"])
+        put_tensor(w, f"blk.{i}.ffn_norm.weight", t[p + "post_attention_layernorm.weight"])
+        for gg, hf in names.items():
+            m = t[p + hf + ".weight"]
+            if gg in ("attn_q", "attn_k"):  # llama.cpp's layout: rotary pairs in adjacent rows
+                stored = put_tensor(w, f"blk.{i}.{gg}.weight", _adjacent_pairs(m, H if gg == "attn_q" else KV), KINDS[gg])
+                n = H if gg == "attn_q" else KV  # back to Hugging Face's row order for the reference
+                d = stored.shape[0] // n
+                stored = stored.reshape(n, d // 2, 2, -1).swapaxes(1, 2).reshape(stored.shape)
+            else:
+                stored = put_tensor(w, f"blk.{i}.{gg}.weight", m, KINDS[gg])
+            ref[p + hf + ".weight"] = np.ascontiguousarray(stored, dtype=np.float32)
+    ref_dir = os.path.join(out_dir, "llama-256-reference")
+    finish_gguf(w, hf_dir, ref, ref_dir)
+    return path, ref_dir
+
+
+@pytest.fixture(scope="module")
+def gpu_like_engine(tmp_path_factory):
+    from webllm_py.gpu.native import NativeDevice
+
+    d = tmp_path_factory.mktemp("gpu_kernels")
+    path, ref_dir = llama_to_gguf(build(VARIANT, d), str(d))
+    device = NativeDevice()
+    device.info = dataclasses.replace(device.info, is_fallback=False)  # pick the GPU kernels
+    engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+    yield engine, ref_dir
+    engine.unload()
+
+
+def test_engine_records_the_gpu_kernels(gpu_like_engine):
+    engine, _ = gpu_like_engine
+    layer = engine.model.layers[0]
+    assert all(b.linear.staged for b in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down))
+    assert layer.qkv.fused is not None and layer.gate_up.fused is not None
+    assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed
+    assert layer.attention.op.fused  # attention_step (lavapipe is a Vulkan adapter)
+
+
+@pytest.mark.parametrize("n", [SHORT, LONG], ids=["one-chunk", "three-chunks"])
+def test_prefill_logits_match_transformers(gpu_like_engine, n):
+    """Tiled matmul and tiled prefill attention over 1 and 3 prefill chunks, then the staged LM head."""
+    engine, ref_dir = gpu_like_engine
+    assert_logits_match(engine, ref_dir, n, RTOL, "gpu kernels prefill")
+
+
+def test_decode_steps_match_transformers(gpu_like_engine):
+    """N greedy decode steps (staged matvecs with folded norms, attention_step, LM head, tree sampler),
+    each checked against transformers run on the same tokens (teacher forcing: no luck with near-ties
+    needed): the token we chose is within the tolerance of transformers' best there, and the logprob we
+    report for it is transformers' log-softmax within the tolerance."""
+    import torch
+
+    from .reference import hf_model
+
+    engine, ref_dir = gpu_like_engine
+    ids = prompt_ids(ref_dir, LONG)
+
+    async def run():
+        params = SamplingParams(temperature=0.0, logprobs=True)
+        return [t async for t in engine.generate(ids, params, max_tokens=N_GREEDY, ignore_eos=True) if t.id >= 0]
+
+    out = asyncio.run(run())
+    assert len(out) == N_GREEDY
+    model, _ = hf_model(ref_dir)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids + [t.id for t in out]])).logits[0].double().numpy()
+    steps = logits[len(ids) - 1:-1]  # the logits each of our tokens was drawn from
+    scale = np.abs(steps).max(axis=1)
+    chosen = steps[np.arange(N_GREEDY), [t.id for t in out]]
+    gap = (steps.max(axis=1) - chosen) / scale
+    print(f"\ngpu kernels decode: worst gap to transformers' best {gap.max():.1e} of max |logit|")
+    assert (gap <= 2 * RTOL).all(), gap
+    hf_lp = chosen - np.log(np.exp(steps - steps.max(axis=1, keepdims=True)).sum(axis=1)) - steps.max(axis=1)
+    err = np.abs(np.array([t.logprob for t in out]) - hf_lp) / scale
+    print(f"gpu kernels decode: logprob error up to {err.max():.1e} of max |logit|")
+    assert (err <= 2 * RTOL).all(), err
+    assert len({t.id for t in out}) > N_GREEDY // 4
