@@ -57,7 +57,9 @@ DEFAULT_TOKENIZER = "build/tokenizers/smollm2"  # SmolLM2's real vocabulary (491
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="GGUF/HF checkpoint (default: SmolLM2-135M-Instruct) unless --shape is given")
     p.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this published shape")
-    p.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K"])
+    p.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K", "Q4_K_M"],
+                   help="Q4_K_M: llama.cpp's mix of that name (Q4_K; Q6_K for the head and for attn_v / "
+                        "ffn_down of some layers), what most published GGUF files use")
     p.add_argument("--embed-quant", help="type of the token embedding (default: --quant)")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=256)
@@ -96,7 +98,8 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
                       vocab_size=s["vocab_size"], context_length=131072, norm_eps=1e-5, rope_theta=s["rope_theta"],
                       rope_pairs="halves", rot_dim=s["head_dim"], tie_embeddings=s["tie_embeddings"],
                       rope_scaling=s["rope_scaling"])
-    qtype = GGMLType[quant]
+    mix = quant == "Q4_K_M"
+    qtype = GGMLType.Q4_K if mix else GGMLType[quant]
     rng = np.random.default_rng(0)
     # Byte offsets of f16 scale fields inside a block (d first for all but Q6_K, whose d is last).
     scale_fields = {"Q4_0": [0], "Q4_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
@@ -120,22 +123,31 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
         data = made[key]
         tensors[name] = TensorInfo(name, (cols, rows), gtype, 0, len(data), True, BytesSource(data))
 
+    def more_bits(i: int) -> bool:  # llama.cpp's use_more_bits: the first and last eighth, every third between
+        n = cfg.n_layers
+        return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+    def mixed(i: int) -> GGMLType:
+        return GGMLType.Q6_K if mix and more_bits(i) else qtype
+
     D, H, kv = cfg.dim, cfg.hidden_dim, cfg.n_kv_heads * cfg.head_dim
-    add("token_embd.weight", cfg.vocab_size, D, GGMLType[embed_quant or quant])
+    head = GGMLType.Q6_K if mix else qtype  # Q4_K_M: the output matrix (the tied embedding too) in Q6_K
+    embed = GGMLType[embed_quant] if embed_quant else (head if cfg.tie_embeddings else qtype)
+    add("token_embd.weight", cfg.vocab_size, D, embed)
     add("output_norm.weight", 1, D, GGMLType.F32)
     if not cfg.tie_embeddings:
-        add("output.weight", cfg.vocab_size, D)
+        add("output.weight", cfg.vocab_size, D, head)
     for i in range(cfg.n_layers):
         b = f"blk.{i}."
         add(b + "attn_norm.weight", 1, D, GGMLType.F32)
         add(b + "ffn_norm.weight", 1, D, GGMLType.F32)
         add(b + "attn_q.weight", cfg.n_heads * cfg.head_dim, D)
         add(b + "attn_k.weight", kv, D)
-        add(b + "attn_v.weight", kv, D)
+        add(b + "attn_v.weight", kv, D, mixed(i))
         add(b + "attn_output.weight", D, cfg.n_heads * cfg.head_dim)
         add(b + "ffn_gate.weight", H, D)
         add(b + "ffn_up.weight", H, D)
-        add(b + "ffn_down.weight", D, H)
+        add(b + "ffn_down.weight", D, H, mixed(i))
     return Checkpoint(cfg, tensors, None, "gguf", f"{shape} (random {quant})")
 
 
