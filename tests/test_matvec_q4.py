@@ -287,6 +287,38 @@ def test_staged_fused(device, qtype, glu, norm):
             assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < tol
 
 
+@pytest.mark.parametrize("types", [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q8_0", "Q8_0")], ids=["q4k-q4k-q6k", "q40-q80-q80"])
+def test_staged_mixed_types_fuse_in_runs(device, types):
+    """Q/K/V of two types (a Q4_K_M file's Q6_K attn_v): two dispatches, one per run of a type, each
+    folding the RMSNorm (whose own dispatch is skipped)."""
+    from webllm_py.linear import StagedTiling
+    from webllm_py.ops import RMSNorm
+    rng = np.random.default_rng(17)
+    K, eps = 512, 1e-5
+    parts = (40, 12, 9)
+    x = (rng.standard_normal((1, K)) * 3).astype(np.float32)
+    nw = rng.standard_normal(K).astype(np.float32)
+    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
+    step = device.buffer_from(struct.pack("<II", 0, 1))
+    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, wg=64).bind(xb, hb, step)
+    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * nw
+    bounds, ws, ys = [], [], []
+    for n, qtype in zip(parts, types):
+        raw, w = staged_weight(qtype, n, K, rng)
+        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
+        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=StagedTiling(32, 2, 2)).bind(hb, yb))
+        ws.append(w)
+        ys.append(yb)
+    group = MatvecGroup(bounds, norm=rms)
+    assert len(group.runs) == 2 and rms.absorbed
+    with device.recorder() as rec:
+        rms.record(rec, 1)  # skipped: folded into both runs
+        group.record(rec, 1)
+    assert np.isnan(read_f32(device, hb, K)).all()
+    for n, w, yb in zip(parts, ws, ys):
+        assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < 3e-4
+
+
 def test_staged_gate_up_default_tiling(device):
     """A fused gate/up group of K >= 4096 at the default staged tiling takes the glu tiling of
     linear.staged_tiling (128 threads: 16 rows a workgroup), norm folded; against numpy."""

@@ -351,7 +351,8 @@ class MatvecGroup:
 
     With `norm`, the fused dispatch reads the norm's input and normalises on the way (the norm's
     own dispatch is then skipped for single tokens: it marks itself `absorbed`); the layer still
-    records the norm first, as before, and it runs for prefill.
+    records the norm first, as before, and it runs for prefill. Members of different kernel variants
+    (a Q6_K attn_v beside Q4_K q and k) fuse in runs, one dispatch each, every run folding the norm.
     """
 
     def __init__(self, members: list["BoundLinear"], glu: tuple[str, Any] | None = None, norm: Any = None) -> None:
@@ -359,38 +360,61 @@ class MatvecGroup:
         lins = [b.linear for b in members]
         first = lins[0]
         bufs = [b.matvec.buffers for b in members]
-        self.fused = None
+        self.runs: list[tuple[Any, int]] = []  # (bind group, workgroups) of each fused dispatch
+        # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
+        # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
+        # Gate and up fuse only together (the GLU needs both).
+        def variant(l):
+            return (l.weight.ggml_type, l.K, l.matvec_tiling, l._subgroups)
+        spans: list[list[int]] = []
+        for i, l in enumerate(lins):
+            if spans and variant(lins[spans[-1][-1]]) == variant(l):
+                spans[-1].append(i)
+            else:
+                spans.append([i])
         ok = (all(l.q4 and not b.accumulate for l, b in zip(lins, members))
-              and len({(l.weight.ggml_type, l.K, l.matvec_tiling, l._subgroups) for l in lins}) == 1
               and len({id(bb[1]) for bb in bufs}) == 1 and 1 <= len(lins) <= 3
-              and (glu is None or (len(lins) == 2 and lins[0].N == lins[1].N)))
-        # a norm folds in when it is a plain RMSNorm of one row per token writing this x
+              and (glu is None or (len(spans) == 1 and len(lins) == 2 and lins[0].N == lins[1].N)))
+        # a norm folds in when it is a plain RMSNorm of one row per token writing this x, and every
+        # run's kernel can fold it (the norm's own dispatch is then skipped for single tokens)
         rms = getattr(norm, "norm", None)
         nbufs = norm.bind_group.buffers if rms is not None else ()
         fold = (rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
-                and (first.K <= FOLD_NORM_MAX_K or first.staged))
+                and all(lins[sp[0]].K <= FOLD_NORM_MAX_K or lins[sp[0]].staged for sp in spans))
         if ok:
-            parts = [l.N for l in lins]
             act, glu_op = glu if glu else (None, None)
-            outs = [glu_op.bind_group.buffers[2]] if glu else [bb[2] for bb in bufs]
-            t = first.matvec_tiling
-            if (first.staged and glu  # the default tiling: glu's own instead
-                    and first.matvec_tiling == staged_tiling(first.K, N=first.N, qtype=first.weight.ggml_type)):
-                tg = staged_tiling(first.K, glu=True)
-                if (staged_shared_bytes(first.K, tg, 2 * tg.rows + 2)
-                        <= first.device.limits.get("max_compute_workgroup_storage_size", 16384)):
-                    t = tg
-            k = first.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)
-            ins = [nbufs[0], nbufs[1]] if fold else [bufs[0][1]]
-            self.fused = first.device.bind(k, [l.weight.buffer for l in lins] + ins + outs)
+            for sp in spans:
+                lead = lins[sp[0]]
+                parts = [lins[i].N for i in sp]
+                outs = [glu_op.bind_group.buffers[2]] if glu else [bufs[i][2] for i in sp]
+                t = lead.matvec_tiling
+                if (lead.staged and glu  # the default tiling: glu's own instead
+                        and t == staged_tiling(lead.K, N=lead.N, qtype=lead.weight.ggml_type)):
+                    tg = staged_tiling(lead.K, glu=True)
+                    if (staged_shared_bytes(lead.K, tg, 2 * tg.rows + 2)
+                            <= lead.device.limits.get("max_compute_workgroup_storage_size", 16384)):
+                        t = tg
+                k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)
+                ins = [nbufs[0], nbufs[1]] if fold else [bufs[0][1]]
+                groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)
+                self.runs.append((lead.device.bind(k, [lins[i].weight.buffer for i in sp] + ins + outs), groups))
             if fold:
                 norm.absorbed = True
-            self.groups = t.groups(parts[0], first.K) if glu else sum(t.groups(n, first.K) for n in parts)
+
+    @property
+    def fused(self) -> Any:
+        """The first fused dispatch's bind group (None: the members are recorded one by one)."""
+        return self.runs[0][0] if self.runs else None
+
+    @property
+    def groups(self) -> int:
+        return self.runs[0][1]
 
     def record(self, rec: Any, n_tokens: int) -> None:
-        if n_tokens == 1 and self.fused is not None:
-            z = _ceil_div(self.groups, MAX_GROUPS)
-            rec.dispatch(self.fused, _ceil_div(self.groups, z), 1, z)
+        if n_tokens == 1 and self.runs:
+            for bind_group, groups in self.runs:
+                z = _ceil_div(groups, MAX_GROUPS)
+                rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
             return
         for b in self.members:
             b.record(rec, n_tokens)
