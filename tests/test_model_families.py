@@ -132,6 +132,20 @@ def add_tokenizer(w) -> None:
             w.add_array(k, list(v))
 
 
+def gguf_writer(path: str, arch: str, c: dict):
+    """A gguf-py GGUFWriter for `arch` with the shape keys every family writes, from config.json `c`."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, arch)
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(c["num_attention_heads"])
+    w.add_head_count_kv(c["num_key_value_heads"])
+    return w
+
+
 def put_tensor(w, name: str, arr, kind: str = "f32"):
     """Add `arr` to GGUFWriter `w` as `kind` (f32, f16, or a type gguf-py quantizes: q8_0, q4_0, ...);
     return the values as stored."""
@@ -166,7 +180,6 @@ def finish_gguf(w, hf_dir: str, ref: dict, ref_dir: str) -> None:
 
 def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with Q8_0-rounded experts)."""
-    import gguf
     from safetensors.numpy import load_file
 
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -174,13 +187,7 @@ def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     L, E, H, KV = c["num_hidden_layers"], c["num_local_experts"], c["num_attention_heads"], c["num_key_value_heads"]
     path = os.path.join(out_dir, "mixtral-4x2.gguf")
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_block_count(L)
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
+    w = gguf_writer(path, "llama", c)
     w.add_key_length(c["head_dim"])
     w.add_value_length(c["head_dim"])
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])
@@ -245,22 +252,15 @@ def test_gguf_mixtral_matches_transformers(mixtral_gguf):
 
 def phi2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
-    import gguf
     from safetensors.numpy import load_file
 
     with open(os.path.join(hf_dir, "config.json")) as f:
         c = json.load(f)
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
-    L, H, KV, D = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
+    L, H, D = c["num_hidden_layers"], c["num_attention_heads"], c["hidden_size"]
     rot = int(D // H * c["rope_parameters"]["partial_rotary_factor"])
     path = os.path.join(out_dir, "phi2.gguf")
-    w = gguf.GGUFWriter(path, "phi2")
-    w.add_block_count(L)
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(D)
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
+    w = gguf_writer(path, "phi2", c)
     w.add_layer_norm_eps(c["layer_norm_eps"])
     w.add_rope_dimension_count(rot)
     w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
@@ -323,7 +323,6 @@ def test_gguf_phi2_matches_transformers(phi2_gguf):
 
 def stablelm_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
-    import gguf
     from safetensors.torch import load_file as load_torch
 
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -333,13 +332,7 @@ def stablelm_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     t = {k: v.float().numpy() for k, v in load_torch(os.path.join(hf_dir, "model.safetensors")).items()}
     L, H, KV, D = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
     path = os.path.join(out_dir, "stablelm.gguf")
-    w = gguf.GGUFWriter(path, "stablelm")
-    w.add_block_count(L)
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(D)
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
+    w = gguf_writer(path, "stablelm", c)
     w.add_layer_norm_eps(c["layer_norm_eps"])
     w.add_rope_dimension_count(int(D // H * c["rope_parameters"]["partial_rotary_factor"]))
     w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])

@@ -114,22 +114,15 @@ def gemma2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
     import functools
 
-    import gguf
     from safetensors.numpy import load_file
 
-    from .test_model_families import add_tokenizer, finish_gguf, put_tensor
+    from .test_model_families import add_tokenizer, finish_gguf, gguf_writer, put_tensor
 
     with open(os.path.join(hf_dir, "config.json")) as f:
         c = json.load(f)
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     path = os.path.join(out_dir, "gemma2.gguf")
-    w = gguf.GGUFWriter(path, "gemma2")
-    w.add_block_count(c["num_hidden_layers"])
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(c["num_attention_heads"])
-    w.add_head_count_kv(c["num_key_value_heads"])
+    w = gguf_writer(path, "gemma2", c)
     w.add_key_length(c["head_dim"])
     w.add_value_length(c["head_dim"])
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])

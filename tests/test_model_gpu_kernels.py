@@ -28,7 +28,7 @@ from webllm_py.sampling import SamplingParams
 from .hf_models import Variant, build
 from .model_checks import LONG, PREFILL_CHUNK, SHORT, assert_logits_match
 from .reference import prompt_ids
-from .test_model_families import _adjacent_pairs, add_tokenizer, finish_gguf, put_tensor
+from .test_model_families import _adjacent_pairs, add_tokenizer, finish_gguf, gguf_writer, put_tensor
 
 pytestmark = [pytest.mark.gpu]
 
@@ -46,7 +46,6 @@ KINDS = {"attn_q": "q4_0", "attn_k": "q4_0", "attn_v": "q8_0", "attn_output": "q
 
 def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with the weights as the GGUF stores them)."""
-    import gguf
     from safetensors.numpy import load_file
 
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -54,13 +53,7 @@ def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     L, H, KV = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]
     path = os.path.join(out_dir, "llama-256.gguf")
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_block_count(L)
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
+    w = gguf_writer(path, "llama", c)
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])
     w.add_rope_freq_base(c["rope_theta"] if "rope_theta" in c else c["rope_parameters"]["rope_theta"])
     w.add_rope_dimension_count(c["head_dim"])
