@@ -19,6 +19,13 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 date -u +%FT%TZ
 
 bench() { echo "+ python -m webllm_py bench $*"; timeout 300 python3 -m webllm_py bench "$@" 2>"$OUT/err.txt" | tee -a "$OUT/bench.jsonl"; tail -3 "$OUT/err.txt"; }
+# the headline fields of bench's JSON lines (other lines pass through)
+show() { python3 -c 'import json,sys
+for l in sys.stdin:
+    if l.startswith("{"):
+        r = json.loads(l); print({k: r[k] for k in ("decode_tok_s", "step_ms_per_token", "gpu_ms_per_token", "gpu_ms_by_op") if k in r})
+    else:
+        print(l.rstrip())'; }
 mode=${1:-full}
 if [ "$mode" = kernels ] || [ "$mode" = dev ]; then
     echo "+ python scripts/kernel_bench.py"
@@ -86,12 +93,6 @@ fi
 if [ "$mode" = latency-1b ]; then  # issue 7, 1B decode latency in-model (--profile): staged tilings per op (WEBLLM_Q4S keys
     # k<K>=, tall=, glu=, wide=) and attention_step tilings (WEBLLM_STEP=wg,chunk,splits,min_split), the defaults before
     # and after twice; then 8B with and without the prefetching down (wide=256,8,1: before)
-    show() { python3 -c 'import json,sys
-for l in sys.stdin:
-    if l.startswith("{"):
-        r = json.loads(l); print({k: r[k] for k in ("decode_tok_s", "step_ms_per_token", "gpu_ms_per_token", "gpu_ms_by_op") if k in r})
-    else:
-        print(l.rstrip())'; }
     for ts in "k8192=256,8,1|" "|" "tall=256,8,2|" "tall=256,8,4|" "k2048=64,8,1;glu=256,8,1|" "|128,64,32,64" \
               "|256,64,32,64" "|128,32,16,32" "|128,32,32,64" "k8192=256,8,1|" "|"; do
         t=${ts%|*}; a=${ts#*|}
@@ -104,12 +105,6 @@ fi
 if [ "$mode" = subgroups ]; then  # issue 7: matvec_q4s's team reduction by subgroupShuffleXor vs workgroup memory + barrier
     echo "+ python scripts/kernel_bench.py --only=staged_sg"
     [ -n "${SKIP_KERNELS:-}" ] || timeout 120 python3 scripts/kernel_bench.py --only=staged_sg 2>"$OUT/kernel_err.txt" | grep -v '"kind": "floor\|record_host'; tail -3 "$OUT/kernel_err.txt"
-    show() { python3 -c 'import json,sys
-for l in sys.stdin:
-    if l.startswith("{"):
-        r = json.loads(l); print({k: r[k] for k in ("decode_tok_s", "step_ms_per_token", "gpu_ms_per_token", "gpu_ms_by_op") if k in r})
-    else:
-        print(l.rstrip())'; }
     for s in "" --subgroups "" --subgroups "" --subgroups; do
         echo "1B $s"; bench --shape llama-3.2-1b --quant Q4_0 --decode-tokens 64 --profile $s | show
     done
@@ -120,12 +115,6 @@ fi
 if [ "$mode" = q8 ]; then  # issue 7: Q8_0 and Q6_K weights in the staged kernel (matvec_q4s) vs the generic matvec (WEBLLM_MATVEC=q4), same process/call
     echo "+ python scripts/kernel_bench.py --only=staged_q8"
     timeout 150 python3 scripts/kernel_bench.py --only=staged_q8 2>"$OUT/kernel_err.txt" | grep staged_q8 | tee "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
-    show() { python3 -c 'import json,sys
-for l in sys.stdin:
-    if l.startswith("{"):
-        r = json.loads(l); print({k: r[k] for k in ("decode_tok_s", "step_ms_per_token", "gpu_ms_per_token", "gpu_ms_by_op") if k in r})
-    else:
-        print(l.rstrip())'; }
     for q in ${Q8_QUANTS:-Q8_0 Q6_K}; do
         for m in ${Q8_MODES:-q4 staged staged q4}; do
             echo "1B $q WEBLLM_MATVEC=$m"; WEBLLM_MATVEC=$m bench --shape llama-3.2-1b --quant $q --decode-tokens 64 --profile | show
