@@ -25,6 +25,15 @@ def scaled_error(y, x, w):
     return (np.abs(y - ref) / (np.abs(x.astype(np.float64)) @ np.abs(w).T + 1e-30)).max()
 
 
+def matvec_once(dev, lin, x, y0, accumulate: bool) -> np.ndarray:
+    """y = x W^T for one token through `lin` (y0 + x W^T with accumulate), less y0: [1, N] float64."""
+    xb, yb = f32_buffer(dev, x), f32_buffer(dev, y0)
+    bound = lin.bind(xb, yb, accumulate=accumulate)
+    with dev.recorder() as rec:
+        bound.record(rec, 1)
+    return read_f32(dev, yb, lin.N)[None] - (y0 if accumulate else 0)
+
+
 @pytest.fixture(scope="module")
 def sg_device():
     from webllm_py.gpu.native import NativeDevice
@@ -46,11 +55,7 @@ def test_single_matrix(device, sg_device, qtype, subgroups, wg, rows):
     x = rng.standard_normal((1, K)).astype(np.float32)
     y0 = rng.standard_normal((1, N)).astype(np.float32)
     for accumulate in (False, True):
-        xb, yb = f32_buffer(dev, x), f32_buffer(dev, y0)
-        bound = lin.bind(xb, yb, accumulate=accumulate)
-        with dev.recorder() as rec:
-            bound.record(rec, 1)
-        y = read_f32(dev, yb, N)[None] - (y0 if accumulate else 0)
+        y = matvec_once(dev, lin, x, y0, accumulate)
         # f32 throughout; weights enter as 1 + n/16, so sums lose a few bits to the sum(x) offset
         assert scaled_error(y, x, w) < TOL, (accumulate, scaled_error(y, x, w))
 
@@ -206,11 +211,7 @@ def test_staged_single_matrix(device, qtype, wg, lanes, rows, prefetch):
     x[0, :32] = 0  # an all-zero block: scale 0
     y0 = rng.standard_normal((1, N)).astype(np.float32)
     for accumulate in (False, True):
-        xb, yb = f32_buffer(device, x), f32_buffer(device, y0)
-        bound = lin.bind(xb, yb, accumulate=accumulate)
-        with device.recorder() as rec:
-            bound.record(rec, 1)
-        y = read_f32(device, yb, N)[None] - (y0 if accumulate else 0)
+        y = matvec_once(device, lin, x, y0, accumulate)
         assert staged_error(y, x, w) < TOL, (accumulate, staged_error(y, x, w))
         assert scaled_error(y, x, w) < 1e-2  # and the int8 activations stay near the f32 product
 
