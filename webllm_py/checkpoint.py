@@ -15,7 +15,7 @@ from .errors import ModelFormatError
 from .formats.gguf import GGUFFile
 from .formats.quants import TensorInfo
 from .formats.source import as_source
-from .models.config import ModelConfig
+from .models.config import ModelConfig, validate_config
 from .tokenizer import Tokenizer
 
 
@@ -46,9 +46,19 @@ def open_checkpoint(model: Any) -> Checkpoint:
 
 def _open_gguf(src: Any, name: str) -> Checkpoint:
     g = GGUFFile(src)
-    cfg = ModelConfig.from_gguf(g.metadata, set(g.tensors))
+    cfg = _config(lambda: ModelConfig.from_gguf(g.metadata, set(g.tensors)))
+    validate_config(cfg, g.tensors)
     tok = Tokenizer.from_gguf_metadata(g.metadata)
     return Checkpoint(cfg, g.tensors, tok, "gguf", g.metadata.get("general.name") or name)
+
+
+def _config(read) -> ModelConfig:
+    """`read()`'s config, with the errors of malformed values typed (validate_config then checks it)."""
+    try:
+        cfg = read()
+    except (ZeroDivisionError, TypeError, ValueError, OverflowError) as e:  # e.g. head_count 0, a string size
+        raise ModelFormatError(f"model metadata is malformed ({type(e).__name__}: {e}).") from None
+    return cfg
 
 
 def _read_json(files: dict[str, Any], name: str, required: bool = True) -> Any:
@@ -66,7 +76,7 @@ def _read_json(files: dict[str, Any], name: str, required: bool = True) -> Any:
 def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
     from .formats.safetensors import SafetensorsFile, SafetensorsModel
 
-    cfg = ModelConfig.from_hf(_read_json(files, "config.json"))
+    cfg = _config(lambda: ModelConfig.from_hf(_read_json(files, "config.json")))
     tok = Tokenizer.from_hf(_read_json(files, "tokenizer.json"), _read_json(files, "tokenizer_config.json", False))
     shards = sorted(f for f in files if f.endswith(".safetensors"))
     if not shards:
@@ -76,6 +86,7 @@ def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
         weights = SafetensorsModel.from_index(src.read(0, src.size), {f: files[f] for f in shards})
     else:
         weights = SafetensorsModel({f: SafetensorsFile(files[f], f) for f in shards})
+    validate_config(cfg, weights.tensors)
     return Checkpoint(cfg, weights.tensors, tok, "hf", name)
 
 

@@ -83,8 +83,8 @@ class Engine:
                    context_window: int | None = 4096, prefill_chunk: int = 64, max_sequences: int = 2,
                    on_progress: Callable[[dict], None] | None = None) -> "Engine":
         owns_device = device is None
+        ckpt = open_checkpoint(model)  # validated before anything is allocated (models/config.py)
         device = device or await request_device(backend)
-        ckpt = open_checkpoint(model)
         cfg = ckpt.config
         ctx = min(cfg.context_length, context_window or cfg.context_length)
         blocks_per_seq = -(-ctx // BLOCK_SIZE)

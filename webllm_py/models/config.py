@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,3 +181,64 @@ class ModelConfig:
             qk_norm=bool(cfg.get("qk_layernorm")),
             n_experts=int(cfg.get("num_local_experts") or 0), n_experts_used=int(cfg.get("num_experts_per_tok") or 0),
         )
+
+
+# -- validation ---------------------------------------------------------------------------------------
+# Sane bounds on hyper-parameters, far above any released model, checked before anything is allocated
+# (a hostile file otherwise makes the KV cache and scratch buffers as large as it says).
+MAX_WIDTH = 1 << 20       # dim, hidden_dim, head_dim
+MAX_VOCAB = 1 << 24
+MAX_TENSOR_DIM = 1 << 32  # any one dimension of a stored tensor
+_LAYER = re.compile(r"(?:^|\.)(?:blk|layers|h)\.(\d+)\.")
+# Layer-0 tensors whose shape the config determines: (GGUF name, HF name) -> expected hf_shape.
+_SHAPES = (
+    (("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight"), lambda c: (c.n_heads * c.head_dim, c.dim)),
+    (("blk.0.attn_k.weight", "model.layers.0.self_attn.k_proj.weight"), lambda c: (c.n_kv_heads * c.head_dim, c.dim)),
+    (("blk.0.attn_v.weight", "model.layers.0.self_attn.v_proj.weight"), lambda c: (c.n_kv_heads * c.head_dim, c.dim)),
+    (("blk.0.ffn_up.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.fc1.weight"),
+     lambda c: (c.hidden_dim, c.dim)),
+    (("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.fc2.weight"),
+     lambda c: (c.dim, c.hidden_dim)),
+    (("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight"), lambda c: (c.dim,)),
+)
+_EMBEDDING = ("token_embd.weight", "model.embed_tokens.weight")
+
+
+def validate_config(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
+    """Check every hyper-parameter against sane bounds and against the tensors present, so that a
+    malformed or hostile file is refused with ModelFormatError before anything is allocated from it.
+    `tensors`: name -> TensorInfo (GGUF or Hugging Face names). Runs in O(number of tensors)."""
+    def bad(msg: str) -> ModelFormatError:
+        return ModelFormatError(f"model metadata is inconsistent: {msg}; the file is corrupt or not a supported model.")
+
+    for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "vocab_size", "context_length"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise bad(f"{name} is {v!r}, must be a positive integer")
+    for name, limit in (("dim", MAX_WIDTH), ("hidden_dim", MAX_WIDTH), ("head_dim", MAX_WIDTH), ("vocab_size", MAX_VOCAB)):
+        if getattr(cfg, name) > limit:
+            raise bad(f"{name} {getattr(cfg, name)} exceeds {limit}")
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise bad(f"{cfg.n_heads} attention heads are not a multiple of {cfg.n_kv_heads} KV heads")
+    if cfg.rot_dim < 2 or cfg.rot_dim % 2 or cfg.rot_dim > cfg.head_dim:
+        raise bad(f"rotary dimension {cfg.rot_dim} must be even and within 2..head_dim ({cfg.head_dim})")
+    if not (cfg.norm_eps >= 0 and math.isfinite(cfg.norm_eps)) or not (cfg.rope_theta > 0 and math.isfinite(cfg.rope_theta)):
+        raise bad(f"norm epsilon {cfg.norm_eps} / rope base {cfg.rope_theta} out of range")
+    if cfg.n_experts < 0 or cfg.n_experts_used < 0 or cfg.n_experts_used > cfg.n_experts or cfg.n_experts > 4096 \
+            or (cfg.n_experts and not cfg.n_experts_used):
+        raise bad(f"{cfg.n_experts_used} of {cfg.n_experts} experts per token")
+    for t in tensors.values():
+        if not t.shape or any(not 1 <= d <= MAX_TENSOR_DIM for d in t.shape):
+            raise bad(f"tensor '{t.name}' has shape {list(t.shape)}")
+    layers = {int(m.group(1)) for m in map(_LAYER.search, tensors) if m}
+    if cfg.n_layers != len(layers) or layers != set(range(cfg.n_layers)):
+        raise bad(f"block count {cfg.n_layers}, but the file holds tensors of {len(layers)} layers")
+    for names, want in _SHAPES:
+        for n in names:
+            if n in tensors and tuple(tensors[n].hf_shape) != want(cfg):
+                raise bad(f"'{n}' has shape {list(tensors[n].hf_shape)}, the metadata implies {list(want(cfg))}")
+    for n in _EMBEDDING:
+        if n in tensors:
+            rows, cols = (tuple(tensors[n].hf_shape) + (0, 0))[:2]
+            if cols != cfg.dim or rows < cfg.vocab_size:
+                raise bad(f"'{n}' has shape {[rows, cols]}, too small for vocabulary {cfg.vocab_size} x width {cfg.dim}")
