@@ -107,3 +107,83 @@ def test_vocab_larger_than_embedding_is_refused(tmp_path):
     tiny_gguf(tmp_path / "ok.gguf")
     with pytest.raises(ModelFormatError, match=f"vocabulary {_TOKENS['n'] + 1}"):
         open_checkpoint(tiny_gguf(tmp_path / "bad.gguf", vocab_size=_TOKENS["n"] + 1))
+
+
+# -- the Python API on a tiny random model (tests/hf_models.py, ~14 tok/s on lavapipe) --------------------
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, device, loop):
+    import webllm_py
+
+    from .hf_models import BY_NAME, build
+
+    path = build(BY_NAME["llama-tied-bias-f32"], tmp_path_factory.mktemp("hardening"))
+    return loop.run_until_complete(webllm_py.create(path, device=device, context_window=256, prefill_chunk=32))
+
+
+def _complete(tiny, prompt: str, n: int, **kw):
+    return tiny.completions.create(prompt=prompt, temperature=0, max_tokens=n, ignore_eos=True, **kw)
+
+
+# -- 2: generation yields to the event loop; timeouts and cancellation land within a step ------------------
+@pytest.mark.gpu
+def test_generation_lets_other_tasks_run_and_wait_for_cancels_within_a_step(tiny, loop):
+    alone = loop.run_until_complete(_complete(tiny, "Once upon", 24))
+
+    async def with_heartbeat():
+        ticks = 0
+
+        async def beat():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+        hb = asyncio.ensure_future(beat())
+        t = time.perf_counter()
+        r = await _complete(tiny, "Once upon", 24)
+        seconds = time.perf_counter() - t
+        hb.cancel()
+        return r, ticks, seconds
+    r, ticks, seconds = loop.run_until_complete(with_heartbeat())
+    assert r["choices"][0]["text"] == alone["choices"][0]["text"]
+    # A blocked loop gives 0 ticks; a free one up to one per step or per 10 ms (2 shared cores: fewer).
+    assert ticks >= 5, (ticks, seconds)
+
+    step = seconds / 24
+    t = time.perf_counter()
+    with pytest.raises(asyncio.TimeoutError):
+        loop.run_until_complete(asyncio.wait_for(_complete(tiny, "Once upon", 200), timeout=0.2))
+    late = time.perf_counter() - t - 0.2
+    assert late < 3 * step + 0.1, (late, step)
+    # The engine is usable and its output unchanged.
+    again = loop.run_until_complete(_complete(tiny, "Once upon", 24))
+    assert again["choices"][0]["text"] == alone["choices"][0]["text"]
+
+
+# -- 3: gathered streams each report their own usage --------------------------------------------------------
+@pytest.mark.gpu
+def test_gathered_streams_report_their_own_usage(tiny, loop):
+    async def stream(prompt, n):
+        text, usage = "", None
+        async for c in _complete(tiny, prompt, n, stream=True, stream_options={"include_usage": True}):
+            if c["choices"]:
+                text += c["choices"][0]["text"]
+            else:
+                usage = c["usage"]
+            await asyncio.sleep(0.01)  # a consumer that awaits between chunks (e.g. writes to a socket)
+        return text, usage
+    prompts = [("The sky is", 3), ("A long time ago in a land", 7)]
+
+    async def both():
+        return await asyncio.gather(*(stream(p, n) for p, n in prompts))
+    got = loop.run_until_complete(both())
+    tok = tiny.engine.tokenizer
+    for (prompt, n), (text, usage) in zip(prompts, got):
+        assert usage["completion_tokens"] == n
+        assert usage["prompt_tokens"] == len(tok.encode(prompt, add_special=True, parse_special=True))

@@ -137,5 +137,5 @@ def test_no_safetensors(broken, device):
 def test_checkpoint_missing_a_layer(broken, device):
     cfg = json.loads((broken / "config.json").read_text())
     edit_config(broken, num_hidden_layers=cfg["num_hidden_layers"] + 1)
-    with pytest.raises(ModelFormatError, match=r"no tensor 'blk\.2\.attn_norm\.weight'"):
+    with pytest.raises(ModelFormatError, match=r"block count 3, but the file holds tensors of 2 layers \(no tensor of layer 2\)"):
         load(broken, device)

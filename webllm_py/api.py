@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from .engine import Engine, Token
+from .engine import Engine, Stats, Token
 from .errors import DeviceLostError, ModelNotLoadedError, RequestError
 from .sampling import SamplingParams
 from .structured import Constraint, response_format_gbnf, schema_to_gbnf
@@ -84,14 +84,15 @@ class _Completions:
         params = sampling_params(**sampling)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         constraint = Constraint(tok, gbnf, self._engine.config.vocab_size) if gbnf is not None else None
+        stats = Stats()  # this request's own: engine.last_stats may be another's by the time it is read
         gen = self._owner._generate(ids, params, max_tokens=max_completion_tokens or max_tokens, stop=stops,
-                                    ignore_eos=ignore_eos, constraint=constraint)
+                                    ignore_eos=ignore_eos, constraint=constraint, stats=stats)
         meta = {"id": ("chatcmpl-" if self._chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
                 "model": self._engine.checkpoint.name}
         if stream:
             return self._stream(gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs,
-                                call_tools)
-        return self._collect(gen, meta, params.logprobs, call_tools)
+                                call_tools, stats)
+        return self._collect(gen, meta, params.logprobs, call_tools, stats)
 
     # -- shapes -------------------------------------------------------------------------------------
     def _logprobs(self, toks: list[Token]) -> dict | None:
@@ -106,8 +107,8 @@ class _Completions:
                                               "bytes": list(tok.token_bytes(i))} for i, lp in t.top_logprobs]})
         return {"content": content}
 
-    def _usage(self) -> dict:
-        s = self._engine.last_stats
+    @staticmethod
+    def _usage(s: Stats) -> dict:
         return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
                 "total_tokens": s.prompt_tokens + s.completion_tokens,
                 "extra": {"prefill_tokens_per_s": round(s.prefill_tps, 2), "decode_tokens_per_s": round(s.decode_tps, 2),
@@ -124,7 +125,7 @@ class _Completions:
         return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
 
     async def _stream(self, gen: AsyncIterator[Token], meta: dict, include_usage: bool, want_lp: bool,
-                      call_tools: list | None = None):
+                      call_tools: list | None, stats: Stats):
         obj = "chat.completion.chunk" if self._chat else "text_completion"
         first = True
         # With tools, text that may still become a tool call is held back until it is clearly not one
@@ -144,7 +145,7 @@ class _Completions:
                 lp = self._logprobs([t]) if want_lp else None
             yield {**meta, "object": obj, "choices": [self._choice_chunk(t.text, None, lp, first)]}
             first = False
-        finish = self._engine.last_stats.finish_reason
+        finish = stats.finish_reason
         if held:
             text = "".join(h.text for h in held)
             calls = tooling.parse_tool_calls(text, call_tools)
@@ -160,12 +161,13 @@ class _Completions:
             first = False
         yield {**meta, "object": obj, "choices": [self._choice_chunk(None if self._chat else "", finish, None, first)]}
         if include_usage:
-            yield {**meta, "object": obj, "choices": [], "usage": self._usage()}
+            yield {**meta, "object": obj, "choices": [], "usage": self._usage(stats)}
 
-    async def _collect(self, gen: AsyncIterator[Token], meta: dict, want_lp: bool, call_tools: list | None = None) -> dict:
+    async def _collect(self, gen: AsyncIterator[Token], meta: dict, want_lp: bool, call_tools: list | None,
+                       stats: Stats) -> dict:
         toks = [t async for t in gen]
         text = "".join(t.text for t in toks)
-        finish = self._engine.last_stats.finish_reason
+        finish = stats.finish_reason
         lp = self._logprobs(toks) if want_lp else None
         if self._chat:
             message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -173,9 +175,9 @@ class _Completions:
             if calls:
                 message, finish = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
             choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}
-            return {**meta, "object": "chat.completion", "choices": [choice], "usage": self._usage()}
+            return {**meta, "object": "chat.completion", "choices": [choice], "usage": self._usage(stats)}
         return {**meta, "object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": lp,
-                                                                   "finish_reason": finish}], "usage": self._usage()}
+                                                                   "finish_reason": finish}], "usage": self._usage(stats)}
 
 
 class _Chat:

@@ -178,8 +178,9 @@ class Engine:
     # -- generation ---------------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], params: SamplingParams | None = None, *,
                        max_tokens: int | None = None, stop: list[str] | None = None, ignore_eos: bool = False,
-                       seq: int = 0, constraint=None) -> AsyncIterator[Token]:
-        """Yield generated tokens. `self.last_stats.finish_reason` says why it ended: "stop" (EOS or a
+                       seq: int = 0, constraint=None, stats: Stats | None = None) -> AsyncIterator[Token]:
+        """Yield generated tokens. `stats` (or `self.last_stats`, which is the latest request's and
+        may already be another's once this one has ended): its `finish_reason` says why it ended: "stop" (EOS or a
         stop string), "length" (max_tokens or the context window), or "abort" (interrupt()).
         `constraint`: a structured.Constraint (grammar); only tokens it allows are drawn, EOS only once
         the output is complete, and generation stops when the grammar admits nothing more."""
@@ -199,7 +200,8 @@ class Engine:
         async with self._lock:
             self._check_lost()  # a request queued behind the one that lost the device
             self._interrupt = False
-            stats = self.last_stats = Stats(prompt_tokens=len(prompt_ids))
+            stats = self.last_stats = stats if stats is not None else Stats()
+            stats.prompt_tokens = len(prompt_ids)
             try:
                 async for tok in self._generate_locked(prompt_ids, params, max_new, stops, ignore_eos, seq, stats,
                                                        constraint):

@@ -224,15 +224,14 @@ def validate_config(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
         raise bad(f"rotary dimension {cfg.rot_dim} must be even and within 2..head_dim ({cfg.head_dim})")
     if not (cfg.norm_eps >= 0 and math.isfinite(cfg.norm_eps)) or not (cfg.rope_theta > 0 and math.isfinite(cfg.rope_theta)):
         raise bad(f"norm epsilon {cfg.norm_eps} / rope base {cfg.rope_theta} out of range")
-    if cfg.n_experts < 0 or cfg.n_experts_used < 0 or cfg.n_experts_used > cfg.n_experts or cfg.n_experts > 4096 \
-            or (cfg.n_experts and not cfg.n_experts_used):
-        raise bad(f"{cfg.n_experts_used} of {cfg.n_experts} experts per token")
     for t in tensors.values():
         if not t.shape or any(not 1 <= d <= MAX_TENSOR_DIM for d in t.shape):
             raise bad(f"tensor '{t.name}' has shape {list(t.shape)}")
     layers = {int(m.group(1)) for m in map(_LAYER.search, tensors) if m}
     if cfg.n_layers != len(layers) or layers != set(range(cfg.n_layers)):
-        raise bad(f"block count {cfg.n_layers}, but the file holds tensors of {len(layers)} layers")
+        missing = min(set(range(min(cfg.n_layers, len(layers) + 1))) - layers, default=None)
+        raise bad(f"block count {cfg.n_layers}, but the file holds tensors of {len(layers)} layers"
+                  + (f" (no tensor of layer {missing})" if missing is not None else ""))
     for names, want in _SHAPES:
         for n in names:
             if n in tensors and tuple(tensors[n].hf_shape) != want(cfg):
