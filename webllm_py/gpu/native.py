@@ -9,9 +9,6 @@ from typing import Any, Sequence
 from ..errors import GPUUnavailableError, ShaderError
 from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, align_up
 
-# CPU adapters: the pause between polls of a pending readback (a decode step there takes >= 5 ms).
-_POLL_SECONDS = 0.0005
-
 # Features this runtime uses; wgpu-native names subgroups "subgroup".
 _WANTED = {"shader-f16": "shader-f16", "subgroup": "subgroups", "subgroups": "subgroups",
            "timestamp-query": "timestamp-query"}
@@ -92,7 +89,7 @@ class NativeDevice(Device):
         self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
         if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
             self._usage |= wgpu.BufferUsage.UNIFORM
-        spin = os.environ.get("WEBLLM_READ_SPIN")  # bench A/B: "0" = polled with pauses, "1" = polled at once
+        spin = os.environ.get("WEBLLM_READ_SPIN")  # bench A/B: "0" = wgpu-py's read, "1" = polled here
         self._spin_reads = not self.info.is_fallback if spin is None else spin == "1"
         self._staging: dict[int, Any] = {}  # readback buffers by size (polled reads)
 
@@ -114,13 +111,15 @@ class NativeDevice(Device):
         """The bytes once the GPU has written them. Awaits while the GPU works, so other asyncio tasks
         run meanwhile and a cancellation (asyncio.wait_for, Task.cancel) lands here, within one step."""
         size = buffer.size - offset if size is None else size
-        if offset % 4 or size % 4:
-            return bytes(self.raw.queue.read_buffer(buffer.handle, offset, size))
-        # The copy goes to a kept staging buffer whose map this thread polls (non-blocking) between
-        # turns of the event loop. GPU adapters poll at once again (sleep(0)): wgpu-py's own read waits
-        # on its poll thread, which blocks in wgpuDevicePoll until the queue is idle and then hands over
-        # to this thread, 0.1-0.9 ms a token on the H100. CPU adapters, whose cores run the kernels,
-        # sleep between polls instead of taking a core from them.
+        if not self._spin_reads or offset % 4 or size % 4:
+            # wgpu-py's blocking read, on a worker thread: it waits in wgpuDevicePoll without taking a
+            # core from a CPU adapter's kernels. A cancelled caller returns at once; the read finishes unseen.
+            return bytes(await asyncio.to_thread(self.raw.queue.read_buffer, buffer.handle, offset, size))
+        # GPU adapters: a decode step ends in this read of a few bytes, and the GPU idles until the
+        # next step is submitted. wgpu-py's own read waits on its poll thread, which blocks in
+        # wgpuDevicePoll until the queue is idle and then hands over: 0.1-0.9 ms a token on the H100.
+        # Here this thread polls (non-blocking), giving the event loop a turn between polls, until the
+        # map completes; the staging buffer is kept. Not on CPU adapters, whose cores run the kernels.
         staging = self._staging.get(size)
         if staging is None:
             staging = self._staging[size] = self.raw.create_buffer(
@@ -129,13 +128,12 @@ class NativeDevice(Device):
         encoder.copy_buffer_to_buffer(buffer.handle, offset, staging, 0, size)
         self.raw.queue.submit([encoder.finish()])
         mapped = staging.map_async("READ_NOSYNC")  # the copy above is the sync
-        pause = 0.0 if self._spin_reads else _POLL_SECONDS
         try:
             await asyncio.sleep(0)  # other tasks' turn while the GPU starts, even when the map is quick
             while mapped._state == "pending":  # wgpu-py 0.32 (pinned) keeps no public poll/state
                 self.raw._poll(False)
                 if mapped._state == "pending":
-                    await asyncio.sleep(pause)
+                    await asyncio.sleep(0)
         except BaseException:  # cancelled: finish the map (at most this step) so the buffer can be reused
             mapped.sync_wait()
             staging.unmap()
