@@ -187,3 +187,62 @@ def test_gathered_streams_report_their_own_usage(tiny, loop):
     for (prompt, n), (text, usage) in zip(prompts, got):
         assert usage["completion_tokens"] == n
         assert usage["prompt_tokens"] == len(tok.encode(prompt, add_special=True, parse_special=True))
+
+
+# -- 4: the CLI reports an error in one line and exits non-zero -------------------------------------------
+def _cli(*args: str, timeout: float = 120):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "webllm_py", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_generate_errors_are_one_line(tmp_path):
+    bad = tiny_gguf(tmp_path / "bad.gguf", **{"attention.head_count": 0})
+    r = _cli("generate", "--model", bad, "--prompt", "hi")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("error: ModelFormatError: ") and r.stderr.count("\n") == 1, r.stderr
+    r = _cli("generate", "--model", bad, "--prompt", "hi", "--verbose")
+    assert r.returncode == 1 and "Traceback" in r.stderr and r.stderr.splitlines()[-1].startswith("error: ModelFormatError")
+    r = _cli("generate", "--model", str(tmp_path / "missing.gguf"), "--prompt", "hi")
+    assert r.returncode == 1 and r.stderr.startswith("error: FileNotFoundError: model file not found") and r.stderr.count("\n") == 1
+    r = _cli("generate", "--model", tiny_gguf(tmp_path / "ok.gguf"), "--prompt", "hi", "--context", "-5")
+    assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
+
+
+def test_cli_serve_on_a_busy_or_invalid_port_is_one_line():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        for port in (str(s.getsockname()[1]), "70000"):
+            r = _cli("serve", "--port", port)
+            assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+            assert r.stderr.startswith(f"error: OSError: cannot listen on 127.0.0.1:{port}: ") and "--port" in r.stderr
+
+
+# -- 5: request sizes of the wrong type or range ---------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("kw", [{"max_tokens": 2.5}, {"max_tokens": "3"}, {"max_tokens": True}, {"max_tokens": 0},
+                                {"max_completion_tokens": 0}, {"max_completion_tokens": 0, "max_tokens": 3}],
+                         ids=repr)
+def test_bad_max_tokens_is_a_request_error(tiny, loop, kw):
+    from webllm_py.errors import RequestError
+
+    with pytest.raises(RequestError, match="max_tokens"):
+        loop.run_until_complete(tiny.completions.create(prompt="Hi", temperature=0, **kw))
+    r = loop.run_until_complete(tiny.completions.create(prompt="Hi", temperature=0, max_completion_tokens=2,
+                                                        max_tokens=5, ignore_eos=True))
+    assert r["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kw", [{"context_window": -5}, {"context_window": 1.5}, {"prefill_chunk": 0},
+                                {"max_sequences": 0}], ids=repr)
+def test_bad_load_options_are_request_errors(tmp_path, device, loop, kw):
+    from webllm_py.engine import Engine
+    from webllm_py.errors import RequestError
+
+    with pytest.raises(RequestError):
+        loop.run_until_complete(Engine.load(tiny_gguf(tmp_path / "ok.gguf"), device=device, **kw))

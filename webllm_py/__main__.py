@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 # name -> (module under webllm_py, one-line help)
 COMMANDS = {
@@ -26,7 +27,24 @@ def main(argv: list[str] | None = None) -> int:
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     args = parser.parse_args(argv)
-    return int(args._module.main(args) or 0)
+    try:
+        return int(args._module.main(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a CLI user gets one line; --verbose adds the traceback
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(error_line(e, hint=not getattr(args, "verbose", False)), file=sys.stderr)
+        return 1
+
+
+def error_line(e: BaseException, hint: bool = True) -> str:
+    """`error: <ErrorName>: <message>` on one line: the first line of a long message (a ShaderError
+    carries its WGSL source), with a pointer to --verbose for the rest."""
+    lines = str(e).strip().splitlines() or [""]
+    more = " (more with --verbose)" if hint and len(lines) > 1 else ""
+    return f"error: {type(e).__name__}: {lines[0]}{more}"
 
 
 if __name__ == "__main__":

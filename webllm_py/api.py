@@ -85,7 +85,8 @@ class _Completions:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         constraint = Constraint(tok, gbnf, self._engine.config.vocab_size) if gbnf is not None else None
         stats = Stats()  # this request's own: engine.last_stats may be another's by the time it is read
-        gen = self._owner._generate(ids, params, max_tokens=max_completion_tokens or max_tokens, stop=stops,
+        gen = self._owner._generate(ids, params, stop=stops,
+                                    max_tokens=max_tokens if max_completion_tokens is None else max_completion_tokens,
                                     ignore_eos=ignore_eos, constraint=constraint, stats=stats)
         meta = {"id": ("chatcmpl-" if self._chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
                 "model": self._engine.checkpoint.name}

@@ -82,6 +82,10 @@ class Engine:
     async def load(cls, model: Any, *, backend: str | None = None, device: Device | None = None,
                    context_window: int | None = 4096, prefill_chunk: int = 64, max_sequences: int = 2,
                    on_progress: Callable[[dict], None] | None = None) -> "Engine":
+        for name, v, least in (("context_window", context_window, 2), ("prefill_chunk", prefill_chunk, 1),
+                               ("max_sequences", max_sequences, 1)):
+            if (v is not None or name != "context_window") and not _is_int(v, least):
+                raise RequestError(f"{name} must be an integer >= {least}, got {v!r}.")
         owns_device = device is None
         ckpt = open_checkpoint(model)  # validated before anything is allocated (models/config.py)
         device = device or await request_device(backend)
@@ -188,8 +192,8 @@ class Engine:
         params.validate()
         if not prompt_ids:
             raise RequestError("The prompt is empty: give at least one token (e.g. text, or a BOS token).")
-        if max_tokens is not None and max_tokens < 1:
-            raise RequestError(f"max_tokens must be >= 1, got {max_tokens}.")
+        if max_tokens is not None and not _is_int(max_tokens, 1):
+            raise RequestError(f"max_tokens (max_completion_tokens) must be an integer >= 1, got {max_tokens!r}.")
         if len(prompt_ids) >= self.context_window:
             raise ContextOverflowError(
                 f"The prompt has {len(prompt_ids)} tokens but the context window is {self.context_window}: "
@@ -311,6 +315,11 @@ class Engine:
         return {**self.last_stats.as_dict(), "backend": info.backend,
                 "adapter": f"{info.vendor} {info.architecture}".strip(), "model": self.checkpoint.name,
                 "context_window": self.context_window}
+
+
+def _is_int(v: Any, least: int) -> bool:
+    """v is an int (not a bool, a float or a numeric string) of at least `least`."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
 
 
 def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:

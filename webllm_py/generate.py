@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
     p.add_argument("--context", type=int, default=4096, help="context window to allocate (tokens)")
     p.add_argument("--backend", default="native", choices=["native"], help="GPU backend (the browser one runs in Pyodide)")
+    p.add_argument("--verbose", action="store_true", help="print the traceback of an error")
 
 
 async def _run(args: argparse.Namespace) -> int:

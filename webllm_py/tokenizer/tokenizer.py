@@ -147,7 +147,8 @@ class Tokenizer:
             raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
         if any("\ud800" <= c <= "\udfff" for c in text):  # lone surrogates have no UTF-8 bytes to tokenize
             raise TokenizerError("the text contains a lone UTF-16 surrogate (U+D800..U+DFFF), which is not "
-                                 "valid Unicode: decode the text's bytes with errors='replace' first")
+                                 "valid Unicode (e.g. a command-line argument that is not UTF-8): pass UTF-8 "
+                                 "text, or decode its bytes with errors='replace' first")
         ids = list(self._prefix_ids) if add_special else []
         for n, frag in enumerate(self._split_specials(text, parse_special)):
             if isinstance(frag, int):
