@@ -79,3 +79,10 @@ export function shardNames(name) {
   const pad = (i) => String(i).padStart(5, "0");
   return Array.from({ length: count }, (_, i) => `${m[1]}-${pad(i + 1)}-of-${pad(count)}.gguf`);
 }
+
+// The URLs a model string stands for: {url, urls}: `urls` is [url], or every shard of a split GGUF.
+export function modelURLs(model, options = {}) {
+  const url = resolveModel(model, options);
+  const shards = shardNames(new URL(url).pathname);
+  return { url, urls: shards ? shards.map((p) => new URL(p, url).href) : [url] };
+}

@@ -106,3 +106,17 @@ def test_browser_copy_agrees():
     got = json.loads(out.stdout)
     assert got["resolve"] == [want for _, _, want in RESOLVE]
     assert got["shards"] == [want for _, want in SHARDS]
+
+
+def test_js_error_names_exist_in_python():
+    """Python in Pyodide re-raises download.js's errors by name (browser_models._typed)."""
+    from webllm_py import errors
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed")
+    script = f'import {{ ERRORS }} from "{(ROOT / "static" / "protocol.js").as_uri()}"; console.log(JSON.stringify(Object.keys(ERRORS)))'
+    names = json.loads(subprocess.run([node, "--input-type=module", "-e", script], capture_output=True, text=True,
+                                      timeout=60, check=True).stdout)
+    missing = [n for n in names if n != "QuotaError" and not issubclass(getattr(errors, n, type), errors.WebLLMError)]
+    assert names and missing == []
