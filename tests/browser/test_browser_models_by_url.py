@@ -12,6 +12,7 @@ One model load from the network and one (from Python, offline) from the cache se
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -74,6 +75,12 @@ class Mimic(BaseHTTPRequestHandler):
         if name == "short.gguf":  # announces 1 MiB, sends 4 KiB and closes: every time
             self.close_connection = True
             return self._send(200, b"GGUF" + bytes(4092), {"Content-Type": "application/octet-stream"}, length=1 << 20)
+        if name == "stall.gguf":  # announces 1 MiB, sends 4 KiB, then nothing (the connection stays open)
+            self.close_connection = True
+            self._send(200, b"GGUF" + bytes(4092), {"Content-Type": "application/octet-stream"}, length=1 << 20)
+            self.wfile.flush()
+            time.sleep(3)
+            return
         if name not in files:
             return self._send(404, b"Entry not found")
         data = files[name]
@@ -109,7 +116,7 @@ def hub(tmp_path_factory):
     shards = split_gguf(default_model_path(), tmp_path_factory.mktemp("shards"), 3)
     tiny = b"GGUF" + bytes(60)
     state = {"files": {p.name: p.read_bytes() for p in shards}, "log": [], "cut": {shards[1].name}}
-    state["files"].update({"nocors.gguf": tiny, "gone-00001-of-00002.gguf": tiny,
+    state["files"].update({"nocors.gguf": tiny, "gone-00001-of-00002.gguf": tiny, "tiny.gguf": tiny,
                            "long.gguf": open(default_model_path(), "rb").read()})
     cdn, state["cdn"] = start(type("CDN", (Mimic,), {"role": "cdn", "state": state}))
     srv, url = start(type("Hub", (Mimic,), {"role": "hub", "state": state}))
@@ -171,6 +178,7 @@ BAD = [  # (model, typed error the page gets)
     (f"hf:{REPO}/page.gguf", "NotGGUFError"),
     (f"hf:{REPO}/short.gguf", "ContentLengthError"),
     (f"hf:{REPO}/long.gguf", "ModelFormatError"),      # the browser keeps Content-Length bytes: a truncated GGUF
+    (f"hf:{REPO}/tiny.gguf", "ModelFormatError"),      # GGUF magic, then a malformed header
     (f"hf:{REPO}/gone-00001-of-00002.gguf", "ModelNotFoundError"),  # shard 2 missing
 ]
 
@@ -186,6 +194,15 @@ def test_bad_urls_are_typed_errors_and_nothing_is_cached(page, hub):
     assert "shard 2 of 2 is missing" in got[f"hf:{REPO}/gone-00001-of-00002.gguf"]
     assert "HTML page" in got[f"hf:{REPO}/page.gguf"]
     print("\n" + "\n".join(f"{m}: {msg[:110]}" for m, msg in got.items()))
+    # A server that stops sending but keeps the connection open: each attempt is dropped after stallMs.
+    t0 = time.monotonic()
+    r = page.evaluate("""async (url) => {
+      const { download } = await import('/download.js');
+      try { await download(url, () => {}, 2, { stallMs: 500 }); return {}; }
+      catch (e) { return { name: e.name, message: e.message }; }
+    }""", hub.cdn_url + "/cdn/stall.gguf")
+    assert r.get("name") == "ContentLengthError" and "stalled" in r["message"], r
+    assert time.monotonic() - t0 < 2.5
 
 
 @pytest.mark.slow
