@@ -33,6 +33,20 @@ export const PROTOCOL = Object.freeze({
   }),
 });
 
+// The typed errors the JS side raises before Python is involved (model downloads: download.js,
+// modelurl.js, cache.js), by `name`. webllm_py/errors.py has a class of each name (test_model_url.py
+// checks), so Python in Pyodide (browser_models.py) re-raises them typed.
+export const ERRORS = Object.freeze({
+  ModelURLError: "a model URL or hf: name that cannot be used (unparseable, unsupported scheme, malformed hf: form)",
+  DownloadError: "the network or the server failed (HTTP error, connection kept dropping)",
+  ModelNotFoundError: "HTTP 404/410 for a model file or one shard of a split model",
+  CORSError: "the server answered without CORS headers allowing this origin",
+  ContentLengthError: "the server sent fewer or more bytes than its Content-Length",
+  NotGGUFError: "the bytes are not a GGUF file (an HTML error page, a login page)",
+  IntegrityError: "a file does not match its sha256",
+  QuotaError: "the model cache is full (not fatal: the model runs, it is not kept)",
+});
+
 // Shared memory between page and worker (when the page is cross-origin isolated), as Int32 slots:
 // INTERRUPT is Pyodide's interrupt buffer (2 = raise KeyboardInterrupt in running Python code, which
 // is how a busy Python loop gets stopped: the worker's own event loop is blocked meanwhile);

@@ -121,9 +121,14 @@
     return client;
   }
 
-  function modelURL(model) {
-    if (typeof model !== "string" || !model) throw new WebLLMError("RequestError", "webllm.create needs {model}: a name from /models/index.json or a URL.");
-    return model.includes("/") ? new URL(model, location.href).href : new URL(`models/${model}`, getClient().baseURL).href;
+  // A model string -> {url, urls} (modelurl.js: served names, URLs, hf: names, split GGUFs).
+  // `hfEndpoint` (or webllm.hfEndpoint) replaces https://huggingface.co for hf: names.
+  async function modelURLs(model, hfEndpoint) {
+    const c = getClient();
+    const { modelURLs: resolve } = await import(new URL("modelurl.js", c.baseURL).href);
+    try {
+      return resolve(model, { hfEndpoint: hfEndpoint || webllm.hfEndpoint, base: c.baseURL, page: location.href });
+    } catch (e) { throw new WebLLMError(e.name, e.message); }
   }
 
   // cache.js (an ES module) from the same place as this script: the page and the worker share the
@@ -142,6 +147,11 @@
     QuotaError: "The browser's storage is full, so the model is not cached: delete cached models or clear site data.",
     IntegrityError: "The downloaded file did not match its checksum. Try again; if it persists the server's copy changed.",
     DownloadError: "The model could not be downloaded. Check the network and that the server is running.",
+    ModelURLError: "The model URL is not usable: give https://host/path/file.gguf or hf:owner/repo/path/file.gguf (optionally @revision).",
+    ModelNotFoundError: "The server has no file at that URL: check the owner, repository, file name and revision (private repositories answer 'not found' too).",
+    CORSError: "The model's server does not allow this site to download from it (CORS). Host the file somewhere that does, or on this site.",
+    ContentLengthError: "The server sent a different amount of data than it announced. Try again later, or download from another host.",
+    NotGGUFError: "The URL does not lead to a GGUF file (often an error or login page). Link to the .gguf file itself.",
     ContextOverflowError: "The conversation is longer than the model's context window. Clear the chat and start again.",
     AbortedError: "Stopped.",
     WorkerError: "The worker crashed (possibly out of memory). Reload the page.",
@@ -230,6 +240,8 @@
   const webllm = {
     __client: true,
     baseURL: script ? script.src : null,
+    // Where hf: names resolve (null: https://huggingface.co); create({hfEndpoint}) overrides it per call.
+    hfEndpoint: null,
     WebLLMError,
     // A sentence saying what to do about an error (by its name), or "".
     errorHint,
@@ -238,9 +250,11 @@
     // cache: "cache-api" (default) | "opfs" | false (always download). Progress events:
     // {phase: "cache", state: hit|miss|corrupt|stored|not-stored}, {phase: "download", loaded,
     // total, seconds, eta}, {phase: "verify"}, then the engine's own {stage, loaded, total}.
-    async create({ model, onProgress, signal, cache, ...options } = {}) {
+    // A model is a served model's name, a URL or hf:owner/repo/path/file.gguf[@revision] (split GGUFs
+    // by any shard's name, with {shard, shards} in progress events); hfEndpoint: see modelURLs.
+    async create({ model, onProgress, signal, cache, hfEndpoint, ...options } = {}) {
       const c = getClient();
-      const url = modelURL(model);
+      const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.
       const loading = c.request("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
       loading.catch(() => {});  // a failed start-up is the error to report
@@ -255,15 +269,18 @@
       await c.ready;
       return c.request("exec", { code }, { signal });
     },
-    // Whether a model (name or URL) is in the browser's model cache (not verified here: loading does that).
-    async hasModelInCache(model, { cache } = {}) {
+    // Whether a model (name, URL or hf:; every shard of a split one) is in the browser's model cache
+    // (not verified here: loading does that).
+    async hasModelInCache(model, { cache, hfEndpoint } = {}) {
+      const { urls } = await modelURLs(model, hfEndpoint);
       const store = await openStore(cache);
-      return !!store && store.has(modelURL(model));
+      return !!store && (await Promise.all(urls.map((u) => store.has(u)))).every(Boolean);
     },
-    // Remove a model from the cache; resolves with whether there was one.
-    async deleteModel(model, { cache } = {}) {
+    // Remove a model (every shard) from the cache; resolves with whether there was one.
+    async deleteModel(model, { cache, hfEndpoint } = {}) {
+      const { urls } = await modelURLs(model, hfEndpoint);
       const store = await openStore(cache);
-      return !!store && store.delete(modelURL(model));
+      return !!store && (await Promise.all(urls.map((u) => store.delete(u)))).some(Boolean);
     },
     // The lower-level client, for tests: send(kind, payload, {onProgress, onChunk, signal}) -> {id, promise}.
     client: getClient,

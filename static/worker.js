@@ -5,7 +5,7 @@
 // first, sha256-verified, with progress), and
 // hands each request to Python (`webllm_py.worker.Session.handle`), which does the work.
 import { PROTOCOL, CONTROL } from "./protocol.js";
-import { fetchModel } from "./download.js";
+import { fetchModel, fetchModelFiles } from "./download.js";
 import { openModelCache } from "./cache.js";
 
 const ORIGIN_ROOT = new URL("/", self.location.href).href;
@@ -33,17 +33,18 @@ self.onmessage = (ev) => {
   pump();
 };
 
-// A model's bytes are read from the cache (sha256-checked) or downloaded as soon as its `load`
-// arrives, while Pyodide's start-up still runs.
+// A model's files are read from the cache (sha256-checked) or downloaded as soon as its `load`
+// arrives, while Pyodide's start-up still runs: {parts: [Uint8Array per shard], commit}.
 function prefetchModel({ id, payload }) {
   if (typeof payload.model !== "string") return null;
-  const bytes = (async () => {
+  const files = (async () => {
     // payload.cache: "cache-api" | "opfs" picks the cache backend, false skips the cache.
     const store = payload.cache === false ? null : await openModelCache(payload.cache || null);
-    return fetchModel(payload.model, { store, onProgress: (p) => post("progress", id, p) });
+    return fetchModelFiles(payload.model, { store, base: ORIGIN_ROOT, hfEndpoint: payload.hfEndpoint,
+                                            onProgress: (p) => post("progress", id, p) });
   })();
-  bytes.catch(() => {});  // a failure is reported when the request runs
-  return bytes;
+  files.catch(() => {});  // a failure is reported when the request runs
+  return files;
 }
 
 async function pump() {
@@ -68,6 +69,10 @@ async function pump() {
 // Python in the worker (the notebook-style path) gets model bytes the same way `load` does, cache
 // and sha256 check included: `import js; data = await js.webllmFetchModel(url)` (a Uint8Array).
 self.webllmFetchModel = (url) => fetchModel(new URL(url, new URL("models/", ORIGIN_ROOT)).href);
+// webllm_py.create("hf:..." or a URL) in this worker's Python (webllm_py/browser_models.py) uses these;
+// elsewhere (JupyterLite) it imports download.js from webllmBaseURL or the page's origin.
+self.webllmFetchModelFiles = (model, options = {}) => fetchModelFiles(model, { base: ORIGIN_ROOT, ...options });
+self.webllmBaseURL = ORIGIN_ROOT;
 
 // -- init: Pyodide and the wheels, all from this origin ------------------------------------------
 // Start-up snapshot: the first start runs Pyodide, installs the wheels, imports what a model load
@@ -165,7 +170,7 @@ async function init(payload, id) {
   }
   if (!pyodide) pyodide = await loadPyodide({ indexURL });
   const t1 = performance.now();
-  if (payload.control instanceof SharedArrayBuffer) {
+  if (typeof SharedArrayBuffer !== "undefined" && payload.control instanceof SharedArrayBuffer) {  // only when isolated
     control = new Int32Array(payload.control);
     pyodide.setInterruptBuffer(new Int32Array(payload.control, CONTROL.INTERRUPT * 4, 1));
   }
@@ -190,16 +195,19 @@ async function info() {
 
 // -- queued requests that Python runs -------------------------------------------------------------
 async function runPython({ kind, id, payload, model }) {
-  let data = null;
+  let data = null, files = null;
   if (kind === "load") {
     if (!session.can("load")) {
       return fail(id, "NotImplementedYet", "Loading models is not implemented yet: webllm_py.create (the engine) has not landed.");
     }
-    data = await (model || prefetchModel({ id, payload }));
+    files = await (model || prefetchModel({ id, payload }));
+    data = files.parts.length === 1 ? files.parts[0] : files.parts;  // a split GGUF: one array per shard
   }
   const emit = (k, json) => post(k, id, JSON.parse(json));
   const out = await session.handle(kind, id, JSON.stringify(payload), emit, data);
   const msg = JSON.parse(out);
+  // Cached only once the model loaded: a file the engine refused (not GGUF, truncated) is not kept.
+  if (files && msg.kind === "result") await files.commit();
   self.postMessage(msg);
 }
 

@@ -4,12 +4,13 @@ iterator of OpenAI's chunk objects when `stream=True`. The same shapes cross to 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from .engine import Engine, Stats, Token
-from .errors import DeviceLostError, ModelNotLoadedError, RequestError
+from .errors import DeviceLostError, ModelNotLoadedError, ModelURLError, RequestError
 from .sampling import SamplingParams
 from .structured import Constraint, response_format_gbnf, schema_to_gbnf
 from .structured import tools as tooling
@@ -237,10 +238,27 @@ class ChatEngine:
 
 async def create(model: Any = None, *, backend: str | None = None, on_progress=None, **options: Any) -> ChatEngine:
     """Load a model and return an OpenAI-style engine. `model`: a GGUF path or Hugging Face directory
-    (CPython), or bytes / a JS Uint8Array / {file name: bytes} (browser). Default: SmolLM2-135M-Instruct."""
+    (CPython), or bytes / a JS Uint8Array / {file name: bytes} (browser). Default: SmolLM2-135M-Instruct.
+
+    In Pyodide, `model` may also be a URL or `hf:owner/repo/path/file.gguf[@rev]` (a split GGUF by its
+    first shard's name): downloaded with the runtime's JS, cached by URL once loaded (browser_models.py).
+    Options for that: `hf_endpoint` (instead of https://huggingface.co), `cache=False`, `runtime_url`."""
     if model is None:
         from .default_model import default_model_path
         model = default_model_path()
+    commit = None
+    url_options = {k: options.pop(k) for k in ("hf_endpoint", "cache", "runtime_url") if k in options}
+    if isinstance(model, str):
+        from .gpu import IN_BROWSER
+        from .model_url import is_model_url, resolve_model_url
+
+        if IN_BROWSER and (is_model_url(model) or not os.path.exists(model)):
+            from .browser_models import fetch_model
+            model, commit = await fetch_model(model, on_progress=on_progress, **url_options)
+        elif is_model_url(model):
+            resolve_model_url(model, url_options.get("hf_endpoint"))  # a malformed one: ModelURLError
+            raise ModelURLError(f"{model}: models load by URL in the browser (Pyodide); natively, download the "
+                                "file and pass its path.")
 
     async def reload() -> Engine:
         return await Engine.load(model, backend=backend, on_progress=on_progress, **options)
@@ -251,4 +269,7 @@ async def create(model: Any = None, *, backend: str | None = None, on_progress=N
     async def reload_new_device() -> Engine:
         return await Engine.load(model, backend=backend, on_progress=on_progress, **options_no_device)
 
-    return ChatEngine(await reload(), reload=reload_new_device)
+    engine = ChatEngine(await reload(), reload=reload_new_device)
+    if commit is not None:
+        await commit()  # cached only now that it loaded: nothing is kept of a file the engine refused
+    return engine

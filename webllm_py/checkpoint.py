@@ -1,8 +1,10 @@
 """Open a model checkpoint — a GGUF file or a Hugging Face directory (config.json, tokenizer.json,
 *.safetensors) — into its config, tensor index and tokenizer, without reading tensor data.
 
-`model` may be a path (CPython), a ByteSource / bytes / JS Uint8Array holding a GGUF file, or a
-dict {file name: source} holding a Hugging Face checkpoint (what the browser worker passes).
+`model` may be a path (CPython), a ByteSource / bytes / JS Uint8Array holding a GGUF file, a list of
+those holding the shards of a split GGUF (in order), or a dict {file name: source} holding a Hugging
+Face checkpoint (what the browser worker passes). A path named like a shard
+(`name-00001-of-00003.gguf`) opens every shard beside it.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ModelFormatError
-from .formats.gguf import GGUFFile
+from .formats.gguf import GGUFFile, merge_split
 from .formats.quants import TensorInfo
 from .formats.source import as_source
+from .model_url import shard_names
 from .models.config import ModelConfig, validate_config
 from .tokenizer import Tokenizer
 
@@ -38,6 +41,12 @@ def open_checkpoint(model: Any) -> Checkpoint:
             return _open_hf(files, os.path.basename(path.rstrip("/")))
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
+        shards = shard_names(path)
+        if shards:
+            missing = [p for p in shards if not os.path.exists(p)]
+            if missing:
+                raise FileNotFoundError(f"shard {missing[0]} of the split model {path} is missing")
+            return _open_gguf(shards, os.path.basename(path))
         return _open_gguf(path, os.path.basename(path))
     if isinstance(model, dict):
         return _open_hf(model, "model")
@@ -45,11 +54,14 @@ def open_checkpoint(model: Any) -> Checkpoint:
 
 
 def _open_gguf(src: Any, name: str) -> Checkpoint:
-    g = GGUFFile(src)
-    cfg = _config(lambda: ModelConfig.from_gguf(g.metadata, set(g.tensors)))
-    validate_config(cfg, g.tensors)
-    tok = Tokenizer.from_gguf_metadata(g.metadata)
-    return Checkpoint(cfg, g.tensors, tok, "gguf", g.metadata.get("general.name") or name)
+    parts = list(src) if isinstance(src, (list, tuple)) else [src]
+    if not parts:
+        raise ModelFormatError("a split GGUF needs at least one shard")
+    metadata, tensors = merge_split([GGUFFile(p) for p in parts])
+    cfg = _config(lambda: ModelConfig.from_gguf(metadata, set(tensors)))
+    validate_config(cfg, tensors)
+    tok = Tokenizer.from_gguf_metadata(metadata)
+    return Checkpoint(cfg, tensors, tok, "gguf", metadata.get("general.name") or name)
 
 
 def _config(read) -> ModelConfig:

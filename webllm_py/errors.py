@@ -65,3 +65,31 @@ class KVCacheFullError(ContextOverflowError):
 
 class ModelNotLoadedError(WebLLMError):
     """A generation/stats request arrived before a model was loaded (call webllm.create({model}) first)."""
+
+
+class ModelURLError(RequestError):
+    """A model URL or `hf:` name cannot be used: unparseable, an unsupported scheme, a malformed hf: form."""
+
+
+class DownloadError(WebLLMError):
+    """A model file could not be downloaded (network down, HTTP error, a connection that kept dropping)."""
+
+
+class ModelNotFoundError(DownloadError):
+    """The server answered 404/410 for a model file (a wrong URL, a private repository, a missing shard)."""
+
+
+class CORSError(DownloadError):
+    """The model's server is reachable but does not allow this page's origin to read it (no CORS headers)."""
+
+
+class ContentLengthError(DownloadError):
+    """The server sent a different number of bytes than its Content-Length announced."""
+
+
+class NotGGUFError(ModelFormatError):
+    """The URL answered with something that is not a GGUF file (often an HTML error or login page)."""
+
+
+class IntegrityError(DownloadError):
+    """A model file does not match its sha256 (from /models/index.json or recorded when it was cached)."""

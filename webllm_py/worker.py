@@ -167,9 +167,9 @@ class Session:
 
     async def _load(self, payload: dict, emit: Emit, data: Any) -> dict:
         create = self._engine_api()
-        if data is not None:  # the model's bytes, downloaded by worker.js (a JS ArrayBuffer/Uint8Array)
-            from webllm_py.formats.source import JSBufferSource
-            source = JSBufferSource(data)
+        if data is not None:  # the model's bytes, downloaded by worker.js: a JS Uint8Array, or an array
+            from webllm_py.formats.source import JSBufferSource  # of them (the shards of a split GGUF)
+            source = JSBufferSource(data) if hasattr(data, "subarray") else [JSBufferSource(p) for p in data]
         else:
             source = payload["model"]  # natively: a path
         if self.engine is not None:

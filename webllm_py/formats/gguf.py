@@ -181,3 +181,37 @@ class GGUFFile:
 def read_metadata(path_or_source: Any) -> dict[str, Any]:
     """The metadata dict of a GGUF file (tensor data is not read)."""
     return GGUFFile(path_or_source).metadata
+
+
+# llama-gguf-split (and gguf-py's writer with split_max_*) writes a model as N files, each a complete
+# GGUF: the first has all the model's metadata, every one has split.no (u16, from 0), split.count (u16)
+# and split.tensors.count (i32, the tensors of the whole set), and its own share of the tensors.
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+
+
+def merge_split(files: list[GGUFFile]) -> tuple[dict[str, Any], dict[str, TensorInfo]]:
+    """The metadata (the first shard's) and the tensors of all shards of a split GGUF, in order, checked
+    to be one whole set. One file that is not a shard passes through unchanged."""
+    n = len(files)
+    first = files[0].metadata
+    count = first.get(SPLIT_COUNT, 1)
+    if count != n:
+        raise ModelFormatError(
+            f"GGUF: this model is split into {count} files but {n} {'was' if n == 1 else 'were'} given: "
+            "load it by the name of its first shard (…-00001-of-0000N.gguf) so every shard is read.")
+    tensors: dict[str, TensorInfo] = {}
+    for i, g in enumerate(files):
+        if n > 1 and g.metadata.get(SPLIT_NO) != i:
+            raise ModelFormatError(f"GGUF: shard {i + 1} of {n} says it is shard {g.metadata.get(SPLIT_NO)!r} "
+                                   "(split.no counts from 0): the files are out of order or from different models.")
+        if n > 1 and g.metadata.get(SPLIT_COUNT) != n:
+            raise ModelFormatError(f"GGUF: shard {i + 1} says the model has {g.metadata.get(SPLIT_COUNT)!r} shards, "
+                                   f"not {n}: the files are from different splits.")
+        for name, info in g.tensors.items():
+            if name in tensors:
+                raise ModelFormatError(f"GGUF: tensor '{name}' is in more than one shard.")
+            tensors[name] = info
+    if n > 1 and first.get(SPLIT_TENSORS) != len(tensors):
+        raise ModelFormatError(f"GGUF: the shards hold {len(tensors)} tensors but split.tensors.count says "
+                               f"{first.get(SPLIT_TENSORS)!r}: a shard is missing or truncated.")
+    return first, tensors
