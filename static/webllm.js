@@ -72,12 +72,22 @@
       this.control = this.sab ? new Int32Array(this.sab) : null;
       this.worker.onmessage = (ev) => this._receive(ev.data);
       this.worker.onerror = (ev) => this._crash(new WebLLMError("WorkerError",
-        `The worker failed to start or crashed: ${ev.message || "see the console"}`));
+        `The worker failed to start or crashed: ${ev.message || "see the console"}${this._startHint()}`));
       this.ready = this.request("init", { control: this.sab });
       if (this.worker.boot) this.ready.finally(() => URL.revokeObjectURL(this.worker.boot)).catch(() => {});
     }
 
+    // Files another origin refused (no CORS for this page, or this page's CSP) fail with no detail
+    // the page can see: say what to check, while the worker has not answered yet.
+    _startHint() {
+      if (this.answered || new URL(this.baseURL).origin === location.origin) return "";
+      return ` (this page embeds the runtime from ${new URL(this.baseURL).origin}: that host must send ` +
+        "Access-Control-Allow-Origin for this page, and a Content-Security-Policy here must allow it in " +
+        "script-src and worker-src, plus worker-src blob:; see docs/product.md, Embedding)";
+    }
+
     _receive({ kind, id, payload }) {
+      this.answered = true;
       const p = this.pending.get(id);
       if (!p) return;
       if (kind === "progress") return p.onProgress && p.onProgress(payload);
@@ -112,6 +122,9 @@
             return reject(new WebLLMError("ProtocolError", `unknown request kind ${kind}`));
           }
           this.worker.postMessage({ kind, id, payload });
+        }, (e) => {
+          this.pending.delete(id);
+          reject(new WebLLMError("WorkerError", `${new URL("protocol.js", this.baseURL)} could not be loaded: ${e.message}${this._startHint()}`));
         });
       });
       return { id, promise };

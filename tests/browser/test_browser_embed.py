@@ -30,13 +30,28 @@ NO_ICON = '<link rel="icon" href="data:,">'  # no favicon request (a 404 in the 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     """Python's own static file server, as a web developer runs it: no COOP/COEP, no CORS."""
+    csp: dict = {}  # page name -> a Content-Security-Policy header sent with it
 
     def log_message(self, fmt, *args) -> None:
         pass
 
+    def end_headers(self) -> None:
+        policy = self.csp.get(self.path.lstrip("/"))
+        if policy:
+            self.send_header("Content-Security-Policy", policy)
+        super().end_headers()
 
-def plain_http_server(directory):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory)))
+
+# docs/product.md's policy for a page that embeds the runtime from RUNTIME (the worker's imports are
+# fetched as "worker" requests, hence RUNTIME in worker-src; the blob: worker inherits this policy).
+EMBED_CSP = ("default-src 'self'; script-src 'self' RUNTIME 'wasm-unsafe-eval'; worker-src blob: RUNTIME; "
+             "connect-src 'self' RUNTIME; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+             "base-uri 'none'; form-action 'none'")
+
+
+def plain_http_server(directory, csp=None):
+    handler = type("Handler", (QuietHandler,), {"csp": csp or {}})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
@@ -69,7 +84,9 @@ def embedder(runtime, tmp_path_factory):
         f'<script type="module">import webllm from "{b}webllm.mjs"; window.viaModule = webllm;</script>\n'
         f'<script type="module" src="{b}webllm-chat.js"></script>\n'
         f'<webllm-chat model="{MODEL}" max-tokens="8" temperature="0"></webllm-chat>\n')
-    srv = plain_http_server(d)
+    (d / "csp.html").write_text((d / "classic.html").read_text())
+    srv = plain_http_server(d, csp={"csp.html": EMBED_CSP.replace("RUNTIME", b.rstrip("/"))})
+    srv.dir = d
     yield srv
     stop(srv)
 
@@ -223,4 +240,23 @@ def test_static_build_on_a_plain_server_answers_from_its_chat_page(context, stat
     assert all(u.startswith(static_build.url) for u in http_requests), http_requests
     assert page.failed == [], page.failed
     assert [e for e in page.errors if "404" not in e] == [] and len(page.errors) <= 1  # the favicon
+    page.close()
+
+
+def test_embedding_page_under_a_strict_csp_and_a_host_without_cors(context, runtime, embedder, static_build):
+    """No model: the documented CSP lets the runtime start and run Python while the worker is under
+    the policy (eval refused); a runtime host that sends no CORS gives a WorkerError saying so."""
+    page = new_page(context, embedder.url + "csp.html")
+    assert page.evaluate("() => webllm.ready().then((i) => i.crossOriginIsolated)") is False
+    r = page.evaluate("""() => webllm.runPython(
+      "import js\\ntry:\\n    js.eval('1')\\n    r = 'eval ran'\\nexcept Exception as e:\\n    r = str(e)\\nr")""")
+    assert "EvalError" in r or "Content Security Policy" in r, r
+    assert page.failed == [] and page.errors == []
+    page.close()
+
+    (embedder.dir / "nocors.html").write_text(f'<!doctype html><meta charset="utf-8">{NO_ICON}'
+                                              f'<script src="{static_build.url}webllm.js"></script>\n')
+    page = new_page(context, embedder.url + "nocors.html")
+    e = page.evaluate("() => webllm.ready().then(() => null, (e) => ({ name: e.name, message: e.message }))")
+    assert e and e["name"] == "WorkerError" and "Access-Control-Allow-Origin" in e["message"], e
     page.close()
