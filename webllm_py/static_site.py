@@ -84,7 +84,7 @@ def build(out_dir: Path, models: list[Path] | None = None) -> dict:
     """Write the static site into `out_dir` (new, empty, or an earlier build, which is replaced).
     It is written into a sibling folder first and moved into place at the end, so a failed build
     leaves the old one as it was. Returns the manifest (also written as OUTDIR/webllm-build.json)."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # "." has no name to put the temporary sibling next to
     check_out_dir(out)
     for m in models or []:
         if not Path(m).is_file():
