@@ -7,7 +7,9 @@
 //   await webllm.runPython("1 + 1");                                             // 2
 //   await webllm.hasModelInCache("SmolLM2-135M-Instruct.Q4_1.gguf"); await webllm.deleteModel(...);
 //
-// As an ES module: `import webllm from "/webllm.mjs"`.
+// As an ES module: `import webllm from "/webllm.mjs"`. Any page may load it from another origin
+// (`<script src="https://runtime.example/webllm.js">`): every runtime file is found next to the
+// script, and the model cache lives in the page's origin (docs/product.md, "Embedding").
 // It starts the module worker (worker.js, Pyodide inside) as soon as it loads; every call is one
 // request of the protocol in protocol.js, answered by `progress`/`chunk` responses and then one
 // `result` or `error`. Errors reject with a WebLLMError whose `name` is the Python error class.
@@ -44,24 +46,48 @@
     };
   }
 
+  // The module worker (worker.js). Browsers refuse `new Worker(url)` for another origin's url, so a
+  // page elsewhere starts a blob: worker of its own origin whose one line imports worker.js over CORS:
+  // the same code, which finds Pyodide, the wheels and the models next to its own URL, while the
+  // worker's storage (the model cache, the start-up snapshot) is the embedding page's.
+  function startWorker(url) {
+    if (url.origin === location.origin) return new Worker(url, { type: "module" });
+    const boot = URL.createObjectURL(new Blob([`import ${JSON.stringify(url.href)};\n`], { type: "text/javascript" }));
+    const worker = new Worker(boot, { type: "module" });
+    worker.boot = boot;  // revoked once the worker answers: it has fetched it by then
+    return worker;
+  }
+
   class Client {
     constructor(baseURL) {
       this.baseURL = baseURL;
       this.protocol = import(new URL("protocol.js", baseURL).href);
-      this.worker = new Worker(new URL("worker.js", baseURL), { type: "module" });
+      this.worker = startWorker(new URL("worker.js", baseURL));
       this.nextId = 1;
       this.pending = new Map(); // id -> {resolve, reject, onProgress, onChunk}
       // Shared memory lets the page stop a busy Python loop (the worker's event loop is blocked
-      // then, so a message would wait). It exists only when the page is cross-origin isolated.
+      // then, so a message would wait). It exists only when the page is cross-origin isolated;
+      // elsewhere aborts travel as messages, which reach Python at its next await (every token).
       this.sab = globalThis.crossOriginIsolated ? new SharedArrayBuffer(4 * 2) : null;
       this.control = this.sab ? new Int32Array(this.sab) : null;
       this.worker.onmessage = (ev) => this._receive(ev.data);
       this.worker.onerror = (ev) => this._crash(new WebLLMError("WorkerError",
-        `The worker failed to start or crashed: ${ev.message || "see the console"}`));
+        `The worker failed to start or crashed: ${ev.message || "see the console"}${this._startHint()}`));
       this.ready = this.request("init", { control: this.sab });
+      if (this.worker.boot) this.ready.finally(() => URL.revokeObjectURL(this.worker.boot)).catch(() => {});
+    }
+
+    // Files another origin refused (no CORS for this page, or this page's CSP) fail with no detail
+    // the page can see: say what to check, while the worker has not answered yet.
+    _startHint() {
+      if (this.answered || new URL(this.baseURL).origin === location.origin) return "";
+      return ` (this page embeds the runtime from ${new URL(this.baseURL).origin}: that host must send ` +
+        "Access-Control-Allow-Origin for this page, and a Content-Security-Policy here must allow it in " +
+        "script-src and worker-src, plus worker-src blob:; see docs/product.md, Embedding)";
     }
 
     _receive({ kind, id, payload }) {
+      this.answered = true;
       const p = this.pending.get(id);
       if (!p) return;
       if (kind === "progress") return p.onProgress && p.onProgress(payload);
@@ -96,6 +122,9 @@
             return reject(new WebLLMError("ProtocolError", `unknown request kind ${kind}`));
           }
           this.worker.postMessage({ kind, id, payload });
+        }, (e) => {
+          this.pending.delete(id);
+          reject(new WebLLMError("WorkerError", `${new URL("protocol.js", this.baseURL)} could not be loaded: ${e.message}${this._startHint()}`));
         });
       });
       return { id, promise };

@@ -8,7 +8,9 @@ import { PROTOCOL, CONTROL } from "./protocol.js";
 import { fetchModel, fetchModelFiles } from "./download.js";
 import { openModelCache } from "./cache.js";
 
-const ORIGIN_ROOT = new URL("/", self.location.href).href;
+// The runtime's folder: where this file came from (its origin's root under `serve`, any folder of a
+// static build). Not self.location: a page of another origin runs this file in a blob: worker.
+const ORIGIN_ROOT = new URL("./", import.meta.url).href;
 const PACKAGES = ["jinja2", "markupsafe", "webllm_py"]; // what the worker installs from /wheels/
 
 let pyodide = null;
@@ -74,7 +76,7 @@ self.webllmFetchModel = (url) => fetchModel(new URL(url, new URL("models/", ORIG
 self.webllmFetchModelFiles = (model, options = {}) => fetchModelFiles(model, { base: ORIGIN_ROOT, ...options });
 self.webllmBaseURL = ORIGIN_ROOT;
 
-// -- init: Pyodide and the wheels, all from this origin ------------------------------------------
+// -- init: Pyodide and the wheels, all from the runtime's folder -----------------------------------
 // Start-up snapshot: the first start runs Pyodide, installs the wheels, imports what a model load
 // needs (webllm_py.worker.preload) and stores a memory snapshot of the interpreter in Cache Storage,
 // keyed by the Pyodide version and the wheels' bytes. Later starts restore it (measured: ~0.45 s
@@ -89,11 +91,12 @@ async function sha256Hex(bytes) {
 }
 
 async function fetchWheels() {
-  const index = await (await fetch(new URL("wheels/index.json", ORIGIN_ROOT))).json();
+  const indexURL = new URL("wheels/index.json", ORIGIN_ROOT);
+  const index = await (await fetch(indexURL)).json();
   return Promise.all(PACKAGES.map(async (name) => {
     const w = index.find((e) => e.package === name);
     if (!w) throw Object.assign(new Error(`wheel for ${name} is not served under /wheels/ (run ./scripts/setup.sh)`), { name: "SetupError" });
-    const r = await fetch(new URL(w.url, ORIGIN_ROOT));
+    const r = await fetch(new URL(w.url, indexURL));  // as index.json gives it: absolute or relative to it
     if (!r.ok) throw Object.assign(new Error(`wheel ${w.url}: HTTP ${r.status}`), { name: "SetupError" });
     return { name, bytes: new Uint8Array(await r.arrayBuffer()) };
   }));

