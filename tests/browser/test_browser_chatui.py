@@ -130,36 +130,53 @@ def ask(page, text, max_tokens):
     return page.locator(".msg.assistant").last
 
 
+def prompt_tokens(page):
+    """The prompt's length in tokens, from the page's final stats line ("N tokens (prompt P), ...")."""
+    import re
+    return int(re.search(r"\(prompt (\d+)\)", page.text_content("#speed")).group(1))
+
+
 @pytest.mark.slow
-def test_two_turns_code_block_injection_as_text_length_note_new_chat_and_phone(chat):
+def test_two_turns_code_blocks_length_note_phone_new_chat_and_echoed_tag(chat):
     page = chat
-    # Turn 1: a fenced code block, rendered as <pre><code class="language-python">.
-    a1 = ask(page, "Write a Python function that adds two numbers.", 28)
+    # Turn 1: a fenced code block, cut by max_tokens before its closing fence: still <pre><code>,
+    # and the answer says it was cut.
+    a1 = ask(page, "Write a Python function that adds two numbers.", 24)
     code = a1.locator("pre > code")
     assert code.count() == 1 and code.get_attribute("class") == "language-python"
     src = code.text_content()
     assert src.startswith("def add_two_numbers(num1, num2):") and "return num1 + num2" in src
     assert "```" not in a1.locator(".body").text_content()
-    assert "tokens/s" in page.text_content("#speed")
+    assert a1.locator(".finish.length").count() == 1
+    assert "token limit (max tokens 24)" in a1.locator(".finish").text_content()
+    assert "tokens/s decode" in page.text_content("#speed")
 
-    # Turn 2: the model echoes a raw tag; it is shown as text, with the token-limit note.
-    a2 = ask(page, f"What does this HTML do? {IMG}", 12)
+    # Turn 2 (the history goes with it): a second, closed code block.
+    a2 = ask(page, "Now one that multiplies them.", 24)
     assert page.locator(".msg").count() == 4
-    assert a2.locator(".finish.length").count() == 1
-    assert "token limit (max tokens 12)" in a2.locator(".finish").text_content()
-    bad = page.evaluate(f"() => ({_UNSAFE})(document.getElementById('messages'))")
-    assert bad == [] and page.dialogs == []
+    code2 = a2.locator("pre > code")
+    assert code2.count() == 1 and "return num1 * num2" in code2.text_content()
+    with_history = prompt_tokens(page)
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.locator("main").screenshot(path=str(SCREENSHOT))
     print(f"\nscreenshot: {SCREENSHOT} ({SCREENSHOT.stat().st_size} bytes)")
 
-    # Phone: 375x667, nothing wider than the screen (the code block scrolls inside itself).
+    # Phone: 375x667, nothing wider than the screen (code blocks scroll inside themselves).
     page.set_viewport_size({"width": 375, "height": 667})
     widths = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     assert widths[0] <= widths[1] == 375, widths
+    page.set_viewport_size({"width": 820, "height": 900})
 
-    # New chat: the conversation is gone from the page.
+    # New chat: the page and the history are cleared. The next question is sent alone (a shorter
+    # prompt than turn 2's) and SmolLM2 answers it as it does in a fresh conversation: it echoes
+    # the raw tag, which must stay text.
     page.click("#newchat")
     assert page.locator(".msg").count() == 0 and page.text_content("#speed") == ""
+    a3 = ask(page, f'Repeat after me: "{IMG}"', 16)
+    assert prompt_tokens(page) < with_history - 20
+    assert IMG in a3.locator(".body").text_content()
+    assert a3.locator(".body img").count() == 0
+    bad = page.evaluate(f"() => ({_UNSAFE})(document.getElementById('messages'))")
+    assert bad == [] and page.dialogs == []
     assert page.errors == []
