@@ -34,6 +34,10 @@ mkdir -p "$VENDOR/wheels"
 if [ ! -f "$VENDOR/node_modules/pyodide/pyodide.mjs" ]; then
   npm install --silent --prefix "$VENDOR" pyodide@314.0.7
 fi
+# markdown-it renders model output as markdown in the chat page (static/chatkit.js), served as /vendor/markdown-it.mjs.
+if [ ! -f "$VENDOR/node_modules/markdown-it/dist/browser/markdown-it.esm.min.mjs" ]; then
+  npm install --silent --prefix "$VENDOR" markdown-it@15.0.3
+fi
 $PY scripts/fetch_pyodide_wheels.py "$VENDOR/wheels"
 
 # --- Tokenizer reference data for the tests (llama.cpp vectors, tokenizer.json files); into build/.

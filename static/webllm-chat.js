@@ -3,12 +3,14 @@
 //   <script type="module" src="/webllm-chat.js"></script>
 //   <webllm-chat model="SmolLM2-135M-Instruct.Q4_1.gguf" max-tokens="256" temperature="0.7" autoload></webllm-chat>
 //
-// Attributes: model (a name from /models/index.json or a URL), max-tokens, temperature, autoload
-// (load when attached; otherwise a Load button), placeholder. Methods: load(), send(text), stop(),
-// clear(). Events (bubbling): webllm-loaded {model}, webllm-reply {text, usage}, webllm-error {error}.
+// Attributes: model (a name from /models/index.json, a URL or hf:owner/repo/file.gguf), max-tokens,
+// temperature, system-prompt, autoload (load when attached; otherwise a Load button), placeholder.
+// Methods: load(), send(text), stop(), clear() (also the New chat button). Answers render as safe
+// markdown (chatkit.js, shared with chat.html). Events (bubbling): webllm-loaded {model}, webllm-reply {text, usage}, webllm-error {error}.
 // Its look lives in a shadow root, so page styles do not leak in; `--webllm-accent` and
 // `--webllm-font` (CSS custom properties) restyle it from outside.
 import webllm from "./webllm.mjs";
+import { MARKDOWN_CSS, finishNote, progressText, streamChat, streamRenderer } from "./chatkit.js";
 
 // One worker holds one engine: widgets asking for the same model share it.
 const engines = new Map(); // model -> Promise<Engine>
@@ -28,17 +30,17 @@ progress::-webkit-progress-bar { background: #eee; }
 progress::-webkit-progress-value { background: var(--webllm-accent, #0a64d8); }
 .log { display: flex; flex-direction: column; gap: .5rem; padding: .8rem; min-height: 8rem; max-height: 24rem; overflow-y: auto; }
 .empty { color: #8e8e93; text-align: center; margin: auto; }
-.msg { padding: .45rem .75rem; border-radius: 12px; white-space: pre-wrap; max-width: 85%; word-wrap: break-word; }
+.msg { padding: .45rem .75rem; border-radius: 12px; white-space: pre-wrap; max-width: 85%; min-width: 0; overflow-wrap: anywhere; box-sizing: border-box; }
+.msg .md { white-space: normal; }
 .user { align-self: flex-end; background: var(--webllm-accent, #0a64d8); color: #fff; }
 .assistant { align-self: flex-start; background: #f0f0f3; }
-.assistant.pending::after { content: "\\2026"; color: #8e8e93; }
+.assistant.pending .body:empty::after { content: "\\2026"; color: #8e8e93; }
 form { display: flex; gap: .5rem; padding: .6rem .8rem; border-top: 1px solid #e5e5ea; }
 textarea { flex: 1; font: inherit; resize: none; border: 1px solid #c7c7cc; border-radius: 8px; padding: .35rem .55rem; }
 footer { display: flex; justify-content: space-between; gap: 1rem; padding: 0 .8rem .5rem; font-size: 12px; color: #6e6e73; min-height: 1em; }
 .error { color: #b00020; }
-`;
-
-const fmtBytes = (n) => n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${(n / 1024).toFixed(0)} KiB`;
+@media (max-width: 480px) { .msg { max-width: 100%; } }
+${MARKDOWN_CSS}`;
 
 class WebLLMChat extends HTMLElement {
   constructor() {
@@ -49,6 +51,7 @@ class WebLLMChat extends HTMLElement {
     const root = this.attachShadow({ mode: "open" });
     root.innerHTML = `<style>${STYLE}</style>
       <header><span class="title" part="title"></span><span class="status" part="status"></span>
+        <button class="new" part="new" title="Clear the conversation">New chat</button>
         <button class="load primary" part="load">Load</button></header>
       <progress hidden value="0" max="1"></progress>
       <div class="log" part="log"><div class="empty">Load the model, then ask something.</div></div>
@@ -63,6 +66,7 @@ class WebLLMChat extends HTMLElement {
       if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); this.send(this.$("textarea").value); }
     };
     this.$(".stop").onclick = () => this.stop();
+    this.$(".new").onclick = () => this.clear();
   }
 
   static get observedAttributes() { return ["model", "placeholder"]; }
@@ -98,19 +102,9 @@ class WebLLMChat extends HTMLElement {
   }
 
   _progress(p) {
-    const bar = this.$("progress");
-    if (p.phase === "download") {
-      bar.hidden = false; bar.max = p.total; bar.value = p.loaded;
-      this._status(`downloading ${fmtBytes(p.loaded)} / ${fmtBytes(p.total)}` +
-        (p.eta > 0 && isFinite(p.eta) ? `, ${Math.ceil(p.eta)} s left` : ""));
-    } else if (p.phase === "cache" && p.state === "hit") {
-      this._status("from the browser cache");
-    } else if (p.phase === "verify") {
-      this._status("checking sha256");
-    } else if (p.total) {
-      bar.hidden = false; bar.max = p.total; bar.value = p.loaded || 0;
-      this._status(`loading onto the GPU ${Math.round(100 * (p.loaded || 0) / p.total)}%`);
-    }
+    const { bar, text } = progressText(p);
+    if (bar) Object.assign(this.$("progress"), { hidden: false, max: bar.max, value: bar.value });
+    if (text) this._status(text);
   }
 
   async load() {
@@ -145,7 +139,10 @@ class WebLLMChat extends HTMLElement {
     const div = document.createElement("div");
     div.className = `msg ${role}`;
     div.setAttribute("part", `message ${role}`);
-    div.textContent = text;
+    const body = document.createElement("div");
+    body.className = role === "assistant" ? "body md" : "body";
+    body.textContent = text;
+    div.append(body);
     this.$(".log").append(div);
     this.$(".log").scrollTop = this.$(".log").scrollHeight;
     return div;
@@ -161,36 +158,33 @@ class WebLLMChat extends HTMLElement {
     const div = this._bubble("assistant", "");
     div.classList.add("pending");
     this.busy = true; this._controls();
-    let reply = "", usage = null, first = 0;
-    const t0 = performance.now();
+    const view = streamRenderer(div.querySelector(".body"));
+    const maxTokens = +(this.getAttribute("max-tokens") || 256);
+    const system = (this.getAttribute("system-prompt") || "").trim();
+    const log = this.$(".log");
+    const history = this.history;
+    let reply = "", usage = null;
+    const speed = (s) => `${s.tokens} tokens, ${s.tokensPerS ? s.tokensPerS.toFixed(2) : "n/a"} tok/s`;
     try {
-      const stream = await this.engine.chat.completions.create({
-        messages: this.history, stream: true, stream_options: { include_usage: true },
-        max_tokens: +(this.getAttribute("max-tokens") || 256), temperature: +(this.getAttribute("temperature") ?? 0.7),
-      });
-      for await (const chunk of stream) {
-        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-        if (delta && delta.content) {
-          if (!first) first = performance.now();
-          reply += delta.content;
-          div.textContent = reply;
-          this.$(".log").scrollTop = this.$(".log").scrollHeight;
-        }
-        if (chunk.usage) usage = chunk.usage;
-      }
-      const secs = (performance.now() - (first || t0)) / 1000;
-      const n = usage ? usage.completion_tokens : 0;
-      const x = (usage && usage.extra) || {};
-      // The engine's own decode rate when it has one (n > 1), else tokens over wall time.
-      const rate = x.decode_tokens_per_s || n / Math.max(secs, 1e-3);
-      this.$(".speed").textContent = `${n} tokens, ${rate.toFixed(2)} tok/s`;
-      this.dispatchEvent(new CustomEvent("webllm-reply", { bubbles: true, detail: { text: reply, usage } }));
+      const r = await streamChat(this.engine, {
+        messages: system ? [{ role: "system", content: system }, ...history] : history,
+        max_tokens: maxTokens, temperature: +(this.getAttribute("temperature") ?? 0.7),
+      }, { onText: (t) => { view.update(t); log.scrollTop = log.scrollHeight; },
+           onStats: (s) => { this.$(".speed").textContent = speed(s); } });
+      reply = r.text; usage = r.usage;
+      this.$(".speed").textContent = speed(r);
+      const note = finishNote(r.finishReason, maxTokens);
+      if (note) div.append(Object.assign(document.createElement("div"), { className: `finish ${r.finishReason}`, textContent: note }));
+      this.dispatchEvent(new CustomEvent("webllm-reply", { bubbles: true, detail: { text: reply, usage, finishReason: r.finishReason } }));
     } catch (e) {
+      reply = e.partial || "";
       this._error(e);
     } finally {
+      view.flush();
       div.classList.remove("pending");
-      if (reply) this.history.push({ role: "assistant", content: reply });
-      else div.remove();
+      // clear() during the stream started a new conversation: this answer belongs to the old one.
+      if (reply && history === this.history) history.push({ role: "assistant", content: reply });
+      else if (!reply) div.remove();
       this.busy = false; this._controls();
     }
     return reply;
@@ -199,7 +193,10 @@ class WebLLMChat extends HTMLElement {
   stop() { if (this.engine) return this.engine.interrupt(); }
 
   clear() {
+    if (this.busy && this.engine) this.engine.interrupt();
     this.history = [];
+    this.$(".speed").textContent = "";
+    this._error(null);
     this.$(".log").replaceChildren(Object.assign(document.createElement("div"), { className: "empty", textContent: "Ask something." }));
   }
 }

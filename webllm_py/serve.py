@@ -5,6 +5,7 @@ Everything comes from ONE origin, so nothing is fetched from a CDN at run time:
     /            static/ (the pages, webllm.js, worker.js)
     /pyodide/    the Pyodide interpreter from npm (build/vendor/node_modules/pyodide/)
     /wheels/     the webllm_py wheel (built at start) + build/vendor/wheels/*.whl; /wheels/index.json lists them
+    /vendor/markdown-it.mjs  the chat page's markdown renderer (npm markdown-it)
     /models/     model files; /models/index.json lists them with size and sha256
 
 Every response carries COOP/COEP, which makes this server's own pages cross-origin isolated:
@@ -37,6 +38,8 @@ STATIC = ROOT / "static"
 BUILD = ROOT / "build"
 PYODIDE = BUILD / "vendor" / "node_modules" / "pyodide"
 VENDOR_WHEELS = BUILD / "vendor" / "wheels"
+# markdown-it (npm, scripts/setup.sh): the chat page's renderer of model output, one self-contained module.
+MARKDOWN_IT = BUILD / "vendor" / "node_modules" / "markdown-it" / "dist" / "browser" / "markdown-it.esm.min.mjs"
 SHA_CACHE = BUILD / "cache" / "model-sha256.json"
 
 MIME = {
@@ -184,6 +187,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._file(self.site.models.get(path[len("/models/"):]), head, cache="no-cache")
         if path.startswith("/pyodide/"):
             return self._file(_inside(self.site.pyodide, path[len("/pyodide/"):]), head, cache="max-age=3600")
+        if path == "/vendor/markdown-it.mjs":
+            return self._file(MARKDOWN_IT, head, cache="max-age=3600")
         if path == "/favicon.ico" and not (self.site.static / "favicon.ico").is_file():
             return self._headers(204, "image/x-icon", 0)  # no icon, and no 404 in the console
         rel = path.lstrip("/") or "index.html"

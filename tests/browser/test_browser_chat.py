@@ -24,7 +24,7 @@ def chat_page(chromium, server_url):
 
 
 def test_chat_page_lists_the_served_model(chat_page):
-    options = chat_page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    options = chat_page.eval_on_selector_all("#models option", "os => os.map(o => o.value)")
     assert options == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
     assert chat_page.errors == []
 

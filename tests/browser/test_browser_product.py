@@ -352,12 +352,12 @@ def test_widget_renders_loads_and_answers(context, site_server):
       const reply = await el.send(q);
       const root = el.shadowRoot;
       return { reply, error: root.querySelector('.error').textContent,
-               bubbles: [...root.querySelectorAll('.msg')].map((d) => [d.className, d.textContent]),
+               bubbles: [...root.querySelectorAll('.msg')].map((d) => [d.className, d.querySelector('.body').textContent.trim()]),
                speed: root.querySelector('.speed').textContent, loadHidden: root.querySelector('.load').hidden };
     }""", QUESTION[0]["content"])
     assert r["error"] == "", r["error"]
     assert r["loadHidden"] and r["bubbles"][0] == ["msg user", QUESTION[0]["content"]]
-    assert r["bubbles"][1][0] == "msg assistant" and r["bubbles"][1][1] == r["reply"]
+    assert r["bubbles"][1][0] == "msg assistant" and r["bubbles"][1][1] == r["reply"].strip()
     assert r["reply"].strip() and "The capital of France is Paris.".startswith(r["reply"].strip())
     assert "2 tokens" in r["speed"] and "tok/s" in r["speed"]
     _screenshot(page, "widget.png")
@@ -382,7 +382,7 @@ def test_chat_page_streams_with_progress_and_stats(context, site_server):
     page.click("#send")
     page.wait_for_function("() => !document.getElementById('send').disabled && /tokens\\/s/.test(document.getElementById('speed').textContent)",
                            timeout=CONFIG.READY_TIMEOUT_MS)
-    reply = page.text_content(".msg.assistant").strip()
+    reply = page.text_content(".msg.assistant .body").strip()
     assert reply and "The capital of France is Paris.".startswith(reply)
     assert page.text_content("#speed").startswith("2 tokens") and "decode" in page.text_content("#speed")
     assert page.text_content("#error") == ""

@@ -1,0 +1,182 @@
+"""The chat page as a product (issue 14): model output rendered as markdown, safely; a two-turn
+conversation with a code block; New chat; the finish reason "length"; a phone-sized viewport; the
+screenshot in docs/product.md.
+
+Safety is checked two ways. The renderer (static/chatkit.js, shared by chat.html and <webllm-chat>)
+is fed the attack strings directly, so the exact bytes are under test whatever the model says. Then
+a real chat on SwiftShader: SmolLM2 greedy (no system prompt) echoes a raw <img onerror> tag, shown
+as text. The checks on the DOM are the test's own (any on* attribute, any javascript: value, any
+element that loads or runs something), not the renderer's allow-list, and any dialog fails.
+
+Reference: SmolLM2-135M-Instruct greedy answers "Write a Python function that adds two numbers."
+with a fenced ```python block (`def add_two_numbers(num1, num2):` ... `return num1 + num2`), by
+`python -m webllm_py generate --chat` natively (wgpu/lavapipe), whose greedy ids match HF
+transformers (PLATFORM.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import CONFIG, ROOT, open_page
+
+pytestmark = [pytest.mark.browser]
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+IMG = "<img src=x onerror=alert(1)>"
+JS_LINK = "[x](javascript:alert(1))"
+SCREENSHOT = ROOT / "docs" / "chat.png"
+
+# Strings a model could write to get markup into the page, each with what a reader must still see.
+ATTACKS = [
+    IMG,
+    JS_LINK,
+    "[y](JavaScript:alert(1)) [z]( javascript:alert(1) ) [w](java&#x09;script:alert(1)) [v](&#106;avascript:alert(1))",
+    "<script>alert(1)</script> <a href=\"javascript:alert(1)\">a</a> <svg onload=alert(1)>",
+    "<javascript:alert(1)> [d](data:text/html,<script>alert(1)</script>) [b](vbscript:msgbox(1)) [f](file:///etc/passwd)",
+    "![i](x\" onerror=\"alert(1)) ![j](javascript:alert(1)) ![k](https://example.com/track.png)",
+    "[r]: javascript:alert(1)\n\n[ref][r] and <https://example.com/\" onmouseover=\"alert(1)>",
+    "```html\n<img src=x onerror=alert(1)>\n```\n`<b onclick=alert(1)>` | a |\n|---|\n| <i onclick=alert(1)> |",
+]
+
+# The test's own notion of unsafe (independent of chatkit.js's allow-list): what it finds under root.
+_UNSAFE = """(root) => {
+  const bad = [];
+  for (const el of root.querySelectorAll('*')) {
+    if (/^(script|img|iframe|object|embed|svg|math|style|link|meta|form|input|button|base|video|audio|source)$/i.test(el.tagName)) bad.push(el.outerHTML);
+    for (const a of el.attributes) {
+      if (/^on/i.test(a.name)) bad.push(`${el.tagName} ${a.name}`);
+      if (/^\\s*(javascript|vbscript|data|file):/i.test(a.value.replace(/[\\u0000-\\u0020]/g, ''))) bad.push(`${el.tagName} ${a.name}=${a.value}`);
+    }
+  }
+  for (const a of root.querySelectorAll('a')) {
+    if (!/^(https?:|mailto:)/i.test(a.getAttribute('href') || '')) bad.push(`a href=${a.getAttribute('href')}`);
+    if (!/\\bnoopener\\b/.test(a.rel || '')) bad.push(`a without rel=noopener: ${a.outerHTML}`);
+  }
+  return bad;
+}"""
+
+
+def _watch_dialogs(page):
+    page.dialogs = []
+
+    def on_dialog(d):
+        page.dialogs.append(d.message)
+        d.dismiss()
+    page.on("dialog", on_dialog)
+
+
+def test_renderer_shows_attacks_as_text_and_keeps_safe_links(webllm_page):
+    page = webllm_page
+    _watch_dialogs(page)
+    r = page.evaluate("""async ([texts, unsafe]) => {
+      const { renderMarkdown } = await import('/chatkit.js');
+      const check = eval(unsafe);
+      const box = document.body.appendChild(document.createElement('div'));
+      const out = texts.map((t) => {
+        const d = box.appendChild(document.createElement('div'));
+        renderMarkdown(d, t);
+        return { text: d.textContent, html: d.innerHTML, bad: check(d) };
+      });
+      const ok = box.appendChild(document.createElement('div'));
+      renderMarkdown(ok, '[site](https://example.com/a?b=1) mail <me@example.com>\\n\\n```python\\ndef f(x):\\n    return x < 1\\n```');
+      await new Promise((r) => setTimeout(r, 500)); // an <img onerror> would have fired by now
+      const links = [...ok.querySelectorAll('a')].map((a) => [a.getAttribute('href'), a.target, a.rel]);
+      const code = ok.querySelector('pre > code');
+      const res = { out, links, code: code && [code.className, code.textContent], bad: check(ok) };
+      box.remove();
+      return res;
+    }""", [ATTACKS, _UNSAFE])
+    assert page.dialogs == []
+    for attack, o in zip(ATTACKS, r["out"]):
+        assert o["bad"] == [], (attack, o["html"])
+    # The raw tag and the javascript: link read as the characters the model wrote.
+    assert IMG in r["out"][0]["text"]
+    assert r["out"][1]["text"].strip() == JS_LINK
+    assert "<script>alert(1)</script>" in r["out"][3]["text"]
+    assert "<img src=x onerror=alert(1)>" in r["out"][7]["text"]
+    assert r["bad"] == []
+    assert r["links"] == [["https://example.com/a?b=1", "_blank", "noopener noreferrer nofollow"],
+                          ["mailto:me@example.com", "_blank", "noopener noreferrer nofollow"]]
+    assert r["code"] == ["language-python", "def f(x):\n    return x < 1\n"]
+
+
+# -- one chat page with the model loaded, shared by the tests below ----------------------------------
+@pytest.fixture(scope="module")
+def chat(chromium, server_url):
+    page = open_page(chromium, server_url + "chat.html")
+    _watch_dialogs(page)
+    page.set_viewport_size({"width": 820, "height": 900})
+    page.wait_for_function("() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)",
+                           timeout=CONFIG.READY_TIMEOUT_MS)
+    assert page.input_value("#model") == MODEL
+    assert page.eval_on_selector_all("#models option", "os => os.map(o => o.value)") == [MODEL]
+    page.click("#settings summary")
+    page.fill("#temperature", "0")
+    page.click("#load")
+    page.wait_for_function("() => /^Loaded /.test(document.getElementById('loadinfo').textContent)",
+                           timeout=CONFIG.READY_TIMEOUT_MS)
+    yield page
+    page.close()
+
+
+def ask(page, text, max_tokens):
+    page.fill("#max_tokens", str(max_tokens))
+    page.fill("#prompt", text)
+    page.click("#send")
+    page.wait_for_function("() => !document.getElementById('send').disabled && "
+                           "!document.querySelector('.msg.assistant.pending')", timeout=CONFIG.READY_TIMEOUT_MS)
+    assert page.text_content("#error") == ""
+    return page.locator(".msg.assistant").last
+
+
+def prompt_tokens(page):
+    """The prompt's length in tokens, from the page's final stats line ("N tokens (prompt P), ...")."""
+    import re
+    return int(re.search(r"\(prompt (\d+)\)", page.text_content("#speed")).group(1))
+
+
+@pytest.mark.slow
+def test_two_turns_code_blocks_length_note_phone_new_chat_and_echoed_tag(chat):
+    page = chat
+    # Turn 1: a fenced code block, cut by max_tokens before its closing fence: still <pre><code>,
+    # and the answer says it was cut.
+    a1 = ask(page, "Write a Python function that adds two numbers.", 24)
+    code = a1.locator("pre > code")
+    assert code.count() == 1 and code.get_attribute("class") == "language-python"
+    src = code.text_content()
+    assert src.startswith("def add_two_numbers(num1, num2):") and "return num1 + num2" in src
+    assert "```" not in a1.locator(".body").text_content()
+    assert a1.locator(".finish.length").count() == 1
+    assert "token limit (max tokens 24)" in a1.locator(".finish").text_content()
+    assert "tokens/s decode" in page.text_content("#speed")
+
+    # Turn 2 (the history goes with it): a second, closed code block.
+    a2 = ask(page, "Now one that multiplies them.", 24)
+    assert page.locator(".msg").count() == 4
+    code2 = a2.locator("pre > code")
+    assert code2.count() == 1 and "return num1 * num2" in code2.text_content()
+    with_history = prompt_tokens(page)
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.locator("main").screenshot(path=str(SCREENSHOT))
+    print(f"\nscreenshot: {SCREENSHOT} ({SCREENSHOT.stat().st_size} bytes)")
+
+    # Phone: 375x667, nothing wider than the screen (code blocks scroll inside themselves).
+    page.set_viewport_size({"width": 375, "height": 667})
+    widths = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert widths[0] <= widths[1] == 375, widths
+    page.set_viewport_size({"width": 820, "height": 900})
+
+    # New chat: the page and the history are cleared. The next question is sent alone (a shorter
+    # prompt than turn 2's) and SmolLM2 answers it as it does in a fresh conversation: it echoes
+    # the raw tag, which must stay text.
+    page.click("#newchat")
+    assert page.locator(".msg").count() == 0 and page.text_content("#speed") == ""
+    a3 = ask(page, f'Repeat after me: "{IMG}"', 16)
+    assert prompt_tokens(page) < with_history - 20
+    assert IMG in a3.locator(".body").text_content()
+    assert a3.locator(".body img").count() == 0
+    bad = page.evaluate(f"() => ({_UNSAFE})(document.getElementById('messages'))")
+    assert bad == [] and page.dialogs == []
+    assert page.errors == []
