@@ -67,6 +67,10 @@ def write_runtime(out: Path, site: serve.Site) -> list[str]:
         if not src.is_file():
             raise BuildError(f"Pyodide file {src} is missing: run ./scripts/setup.sh")
         put(f"pyodide/{name}", src)
+    # the chat page's markdown renderer (npm markdown-it), served by `serve` at the same path
+    if not serve.MARKDOWN_IT.is_file():
+        raise BuildError(f"{serve.MARKDOWN_IT} is missing: run ./scripts/setup.sh")
+    put("vendor/markdown-it.mjs", serve.MARKDOWN_IT)
     for name, src in sorted(site.wheels.items()):
         put(f"wheels/{name}", src)
     put("wheels/index.json", data=_json([{**e, "url": e["name"]} for e in site.wheel_index]))
