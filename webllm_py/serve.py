@@ -6,6 +6,9 @@ Everything comes from ONE origin, so nothing is fetched from a CDN at run time:
     /pyodide/    the Pyodide interpreter from npm (build/vendor/node_modules/pyodide/)
     /wheels/     the webllm_py wheel (built at start) + build/vendor/wheels/*.whl; /wheels/index.json lists them
     /models/     model files; /models/index.json lists them with size and sha256
+    /lab/, /notebooks/, ...  the JupyterLite site (build/jupyterlite/site/, built by setup; see
+                 jupyterlite.py): files that static/ does not have; /wheels/pyodide-lock.json is its
+                 kernel's lock file
 
 Every response carries COOP/COEP, which makes the page cross-origin isolated: SharedArrayBuffer
 (used to interrupt Python running in the worker) exists only then. Model files honour Range
@@ -28,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import wheel
+from . import jupyterlite, wheel
 
 ROOT = wheel.ROOT
 STATIC = ROOT / "static"
@@ -91,6 +94,8 @@ class Site:
     wheels: dict[str, Path] = field(default_factory=dict)   # file name -> path
     models: dict[str, Path] = field(default_factory=dict)   # file name -> path
     model_index: list[dict] = field(default_factory=list)
+    lite: Path | None = None   # the JupyterLite site, if built
+    lite_lock: dict | None = None
     quiet: bool = True
 
     @property
@@ -107,6 +112,8 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     wheels[built.name] = built
     models = default_models() if models is None else models
     site = Site(wheels=wheels, quiet=quiet)
+    if (jupyterlite.SITE / "jupyter-lite.json").is_file():
+        site.lite, site.lite_lock = jupyterlite.SITE, jupyterlite.lock_file(wheels)
     for m in models:
         m = Path(m)
         if not m.is_file():
@@ -154,6 +161,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(self.site.model_index, head)
         if path == "/wheels/index.json":
             return self._json(self.site.wheel_index, head)
+        if path == "/wheels/pyodide-lock.json" and self.site.lite_lock:
+            return self._json(self.site.lite_lock, head)
         if path.startswith("/wheels/"):
             return self._file(self.site.wheels.get(path[len("/wheels/"):]), head, cache="no-cache")
         if path.startswith("/models/"):
@@ -163,7 +172,10 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/favicon.ico" and not (self.site.static / "favicon.ico").is_file():
             return self._headers(204, "image/x-icon", 0)  # no icon, and no 404 in the console
         rel = path.lstrip("/") or "index.html"
-        return self._file(_inside(self.site.static, rel), head, cache="no-cache")
+        p = _inside(self.site.static, rel)
+        if self.site.lite and not (p and p.is_file()):
+            p = _inside(self.site.lite, rel + "index.html" if rel.endswith("/") else rel)
+        return self._file(p, head, cache="no-cache")
 
     # -- responses --------------------------------------------------------------------------------
     def _headers(self, status: int, ctype: str, length: int, extra: dict | None = None) -> None:
