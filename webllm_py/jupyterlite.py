@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 from .wheel import ROOT
@@ -35,8 +36,6 @@ NPM_LOCK = BUILD / "vendor" / "node_modules" / "pyodide" / "pyodide-lock.json"
 # Requirements the npm lock file does not state (IPython 9 imports ipython_pygments_lexers; the
 # kernel's ipykernel shim needs comm, which npm Pyodide does not list at all).
 EXTRA_DEPENDS = {"ipython": ["ipython-pygments-lexers"], "webllm-py": ["jinja2"], "jinja2": ["markupsafe"]}
-EXTRA_IMPORTS = {"webllm-py": ["webllm_py"], "comm": ["comm"], "ipython-pygments-lexers": ["ipython_pygments_lexers"],
-                 "markupsafe": ["markupsafe"]}
 
 
 class JupyterLiteError(RuntimeError):
@@ -45,6 +44,13 @@ class JupyterLiteError(RuntimeError):
 
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _top_level(wheel: Path) -> list[str]:
+    """The importable top-level names in a wheel (npm's lock has some wrong, e.g. 'matplotlib-inline')."""
+    with zipfile.ZipFile(wheel) as z:
+        tops = {n.split("/")[0].removesuffix(".py") for n in z.namelist()}
+    return sorted(t for t in tops if not t.endswith((".dist-info", ".data")) and t.isidentifier())
 
 
 def lock_file(wheels: dict[str, Path], npm_lock: Path = NPM_LOCK) -> dict:
@@ -61,7 +67,7 @@ def lock_file(wheels: dict[str, Path], npm_lock: Path = NPM_LOCK) -> dict:
         packages[name] = {
             "name": name, "version": version, "file_name": fname, "install_dir": "site",
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "package_type": "package",
-            "imports": known.get("imports") or EXTRA_IMPORTS.get(name, [name.replace("-", "_")]),
+            "imports": _top_level(path),
             "depends": sorted({_normalize(d) for d in known.get("depends", []) + EXTRA_DEPENDS.get(name, [])}),
             "unvendored_tests": False,
         }

@@ -44,17 +44,18 @@ def run_notebook(context, base: str) -> dict:
     menu(page, "Edit", "Clear Outputs of All Cells")
     menu(page, "Run", "Run All Cells")
     cells = page.locator(".jp-Notebook .jp-CodeCell")
-    chat = cells.nth(CHAT).locator(".jp-OutputArea")
-    chat.filter(has_text="Paris").wait_for(timeout=RUN_TIMEOUT_MS)
-    to_answer = time.monotonic() - t0
-    # The last cell done (or an error anywhere, which stops Run All).
-    page.locator(".jp-OutputArea").filter(has_text="result:").or_(
-        page.locator("[data-mime-type='application/vnd.jupyter.stderr']").filter(has_text="Error")).first.wait_for(
-        timeout=RUN_TIMEOUT_MS)
+    chat, last = cells.nth(CHAT).locator(".jp-OutputArea"), cells.nth(TOOL).locator(".jp-OutputArea")
+    failed = page.locator("[data-mime-type='application/vnd.jupyter.stderr']").filter(has_text="Error")
+    to_answer, deadline = None, time.monotonic() + RUN_TIMEOUT_MS / 1000
+    # Polled: the answer's time is wanted, and a failing cell (which stops Run All) ends the wait.
+    while time.monotonic() < deadline and "result:" not in last.inner_text() and not failed.count():
+        if to_answer is None and "Paris" in chat.inner_text():
+            to_answer = time.monotonic() - t0
+        page.wait_for_timeout(250)
     outputs = [cells.nth(i).locator(".jp-OutputArea").inner_text() for i in range(cells.count())]
     SHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOT, full_page=True)  # for a failure, and docs/jupyterlite-notebook.png
-    return {"page": page, "outputs": outputs, "to_answer_s": to_answer, "errors": errors}
+    return {"page": page, "outputs": outputs, "to_answer_s": to_answer or float("nan"), "errors": errors}
 
 
 def test_notebook_runs_offline_and_from_cache(chromium, server_url):
