@@ -287,6 +287,8 @@ def main(args: argparse.Namespace) -> int:
     server = make_server(args.host, args.port, site)
     print(f"webllm_py: serving {len(site.models)} model(s) and {len(site.wheels)} wheel(s)")
     url = server_url(server).rstrip("/")
+    if site.lite:
+        print(f"webllm_py: notebook at {url}/lab/index.html?path=webllm_py.ipynb")
     print(f"webllm_py: chat demo at {url}/chat.html  (kernel demo and Python console at {url}/; Ctrl-C to stop)",
           flush=True)
     try:
