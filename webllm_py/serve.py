@@ -175,6 +175,8 @@ class Handler(BaseHTTPRequestHandler):
         p = _inside(self.site.static, rel)
         if self.site.lite and not (p and p.is_file()):
             p = _inside(self.site.lite, rel + "index.html" if rel.endswith("/") else rel)
+            if p and p.is_dir():  # /lab -> /lab/: the apps' relative URLs need the slash
+                return self._headers(301, "text/plain", 0, {"Location": path + "/"})
         return self._file(p, head, cache="no-cache")
 
     # -- responses --------------------------------------------------------------------------------

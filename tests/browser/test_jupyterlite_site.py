@@ -35,6 +35,8 @@ def get(url: str) -> tuple[int, bytes]:
 def test_site_is_served_beside_the_static_pages(url):
     for path in ("lab/", "lab/index.html", "notebooks/index.html", "tree/", "files/webllm_py.ipynb", "config-utils.js"):
         assert get(url + path)[0] == 200, path
+    with urllib.request.urlopen(url + "lab", timeout=30) as r:   # redirected to the folder
+        assert r.url == url + "lab/" and r.status == 200
     status, body = get(url)   # the root stays the kernel demo, and declares itself JupyterLite's root
     assert b"kernel demo" in body and b'id="jupyter-config-data"' in body
     config = json.loads(get(url + "jupyter-lite.json")[1])["jupyter-config-data"]
