@@ -46,16 +46,27 @@ def run_notebook(context, base: str) -> dict:
     cells = page.locator(".jp-Notebook .jp-CodeCell")
     chat, last = cells.nth(CHAT).locator(".jp-OutputArea"), cells.nth(TOOL).locator(".jp-OutputArea")
     failed = page.locator("[data-mime-type='application/vnd.jupyter.stderr']").filter(has_text="Error")
+    bar = cells.nth(LOAD).locator("progress")
     to_answer, deadline = None, time.monotonic() + RUN_TIMEOUT_MS / 1000
-    # Polled: the answer's time is wanted, and a failing cell (which stops Run All) ends the wait.
+    bars, answers = [], []   # the progress bar's values and the chat output's text, as they changed
+    # Polled: the answer's time is wanted, what streams is seen, and a failing cell (which stops Run
+    # All) ends the wait.
     while time.monotonic() < deadline and "result:" not in last.inner_text() and not failed.count():
-        if to_answer is None and "Paris" in chat.inner_text():
+        text = chat.inner_text()
+        if text and text not in answers:
+            answers.append(text)
+        if to_answer is None and "Paris" in text:
             to_answer = time.monotonic() - t0
+        if bar.count() == 1:
+            value = bar.get_attribute("value")
+            if value and value not in bars:
+                bars.append(value)
         page.wait_for_timeout(250)
     outputs = [cells.nth(i).locator(".jp-OutputArea").inner_text() for i in range(cells.count())]
     SHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOT, full_page=True)  # for a failure, and docs/jupyterlite-notebook.png
-    return {"page": page, "outputs": outputs, "to_answer_s": to_answer or float("nan"), "errors": errors}
+    return {"page": page, "outputs": outputs, "to_answer_s": to_answer or float("nan"), "errors": errors,
+            "bars": bars, "bar_count": bar.count(), "answers": answers}
 
 
 def test_notebook_runs_offline_and_from_cache(chromium, server_url):
@@ -70,6 +81,10 @@ def test_notebook_runs_offline_and_from_cache(chromium, server_url):
         out = first["outputs"]
         assert "webllm_py" in out[IMPORT] and "jinja2" in out[IMPORT], out
         assert "Paris" in out[CHAT] and "tok/s" in out[CHAT], out
+        # Streamed: the answer was seen growing before the stats line; the bar was one element, updated.
+        partial = [t for t in first["answers"] if "tok/s" not in t]
+        assert len(partial) >= 2 and all(first["answers"][-1].startswith(t.rstrip()) for t in partial), first["answers"]
+        assert first["bar_count"] == 1 and len(first["bars"]) >= 2, (first["bar_count"], first["bars"])
         # The dict json.loads made of the schema-constrained reply, as IPython shows it.
         assert "'capital':" in out[JSON_ANSWER] and "'country':" in out[JSON_ANSWER], out
         assert "the model calls get_weather {'city':" in out[TOOL] and "result: {'city':" in out[TOOL], out
