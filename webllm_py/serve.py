@@ -95,7 +95,6 @@ class Site:
     models: dict[str, Path] = field(default_factory=dict)   # file name -> path
     model_index: list[dict] = field(default_factory=list)
     lite: Path | None = None   # the JupyterLite site, if built
-    lite_lock: dict | None = None
     quiet: bool = True
 
     @property
@@ -113,7 +112,8 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     models = default_models() if models is None else models
     site = Site(wheels=wheels, quiet=quiet)
     if (jupyterlite.SITE / "jupyter-lite.json").is_file():
-        site.lite, site.lite_lock = jupyterlite.SITE, jupyterlite.lock_file(wheels)
+        jupyterlite.lock_file(wheels)  # a missing wheel fails here, at start
+        site.lite = jupyterlite.SITE
     for m in models:
         m = Path(m)
         if not m.is_file():
@@ -161,8 +161,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(self.site.model_index, head)
         if path == "/wheels/index.json":
             return self._json(self.site.wheel_index, head)
-        if path == "/wheels/pyodide-lock.json" and self.site.lite_lock:
-            return self._json(self.site.lite_lock, head)
+        if path == "/wheels/pyodide-lock.json" and self.site.lite:
+            # Hashed per request: a wheel rebuilt while the server runs still matches its entry.
+            return self._json(jupyterlite.lock_file(self.site.wheels), head)
         if path.startswith("/wheels/"):
             return self._file(self.site.wheels.get(path[len("/wheels/"):]), head, cache="no-cache")
         if path.startswith("/models/"):
