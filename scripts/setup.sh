@@ -40,6 +40,13 @@ if [ ! -f "$VENDOR/node_modules/markdown-it/dist/browser/markdown-it.esm.min.mjs
 fi
 $PY scripts/fetch_pyodide_wheels.py "$VENDOR/wheels"
 
+# --- JupyterLite (/lab/): its own venv, so jupyter_server's dependencies stay out of the test venv
+# (jupyter_server only lets the build index the notebook); the site is built offline, in seconds.
+LITE=build/jupyterlite
+[ -x "$LITE/venv/bin/python" ] || python3 -m venv "$LITE/venv"
+"$LITE/venv/bin/pip" install -q jupyterlite-core==0.8.6 jupyterlite-pyodide-kernel==0.8.6 jupyter_server==2.21.1
+$PY -m webllm_py.jupyterlite "$LITE/site"
+
 # --- Tokenizer reference data for the tests (llama.cpp vectors, tokenizer.json files); into build/.
 bash scripts/fetch_tokenizer_vectors.sh
 

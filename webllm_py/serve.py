@@ -7,6 +7,9 @@ Everything comes from ONE origin, so nothing is fetched from a CDN at run time:
     /wheels/     the webllm_py wheel (built at start) + build/vendor/wheels/*.whl; /wheels/index.json lists them
     /vendor/markdown-it.mjs  the chat page's markdown renderer (npm markdown-it)
     /models/     model files; /models/index.json lists them with size and sha256
+    /lab/, /notebooks/, ...  the JupyterLite site (build/jupyterlite/site/, built by setup; see
+                 jupyterlite.py): files that static/ does not have; /wheels/pyodide-lock.json is its
+                 kernel's lock file
 
 Every response carries COOP/COEP, which makes this server's own pages cross-origin isolated:
 SharedArrayBuffer (used to interrupt Python running in the worker) exists only then. Every response
@@ -31,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import wheel
+from . import jupyterlite, wheel
 
 ROOT = wheel.ROOT
 STATIC = ROOT / "static"
@@ -113,6 +116,7 @@ class Site:
     models: dict[str, Path] = field(default_factory=dict)   # file name -> path
     model_index: list[dict] = field(default_factory=list)
     allow_origins: tuple[str, ...] | None = None  # CORS for these origins only; None: any
+    lite: Path | None = None   # the JupyterLite site, if built
     quiet: bool = True
 
     @property
@@ -129,6 +133,9 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     wheels[built.name] = built
     models = default_models() if models is None else models
     site = Site(wheels=wheels, quiet=quiet)
+    if (jupyterlite.SITE / "jupyter-lite.json").is_file():
+        jupyterlite.lock_file(wheels)  # a missing wheel fails here, at start
+        site.lite = jupyterlite.SITE
     for m in models:
         m = Path(m)
         if not m.is_file():
@@ -181,6 +188,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(self.site.model_index, head)
         if path == "/wheels/index.json":
             return self._json(self.site.wheel_index, head)
+        if path == "/wheels/pyodide-lock.json" and self.site.lite:
+            # Hashed per request: a wheel rebuilt while the server runs still matches its entry.
+            return self._json(jupyterlite.lock_file(self.site.wheels), head)
         if path.startswith("/wheels/"):
             return self._file(self.site.wheels.get(path[len("/wheels/"):]), head, cache="no-cache")
         if path.startswith("/models/"):
@@ -192,7 +202,12 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/favicon.ico" and not (self.site.static / "favicon.ico").is_file():
             return self._headers(204, "image/x-icon", 0)  # no icon, and no 404 in the console
         rel = path.lstrip("/") or "index.html"
-        return self._file(_inside(self.site.static, rel), head, cache="no-cache")
+        p = _inside(self.site.static, rel)
+        if self.site.lite and not (p and p.is_file()):
+            p = _inside(self.site.lite, rel + "index.html" if rel.endswith("/") else rel)
+            if p and p.is_dir():  # /lab -> /lab/: the apps' relative URLs need the slash
+                return self._headers(301, "text/plain", 0, {"Location": path + "/"})
+        return self._file(p, head, cache="no-cache")
 
     # -- responses --------------------------------------------------------------------------------
     def _headers(self, status: int, ctype: str, length: int, extra: dict | None = None) -> None:
@@ -322,6 +337,8 @@ def main(args: argparse.Namespace) -> int:
                       "pick another --port (0 picks a free one) or --host") from e
     print(f"webllm_py: serving {len(site.models)} model(s) and {len(site.wheels)} wheel(s)")
     url = server_url(server).rstrip("/")
+    if site.lite:
+        print(f"webllm_py: notebook at {url}/lab/index.html?path=webllm_py.ipynb")
     print(f"webllm_py: chat demo at {url}/chat.html  (kernel demo and Python console at {url}/; Ctrl-C to stop)",
           flush=True)
     try:

@@ -1,0 +1,112 @@
+"""The JupyterLite site: JupyterLab in the browser with a Pyodide kernel that imports webllm_py.
+
+`build_site(out_dir)` runs `jupyter lite build` (jupyterlite-core and jupyterlite-pyodide-kernel, in
+their own venv under build/jupyterlite/, offline: they ship the JupyterLab apps and the kernel
+extension) on the lite dir jupyterlite/ of this repo (its jupyter-lite.json and the notebook).
+The site is meant for the root of the origin that also serves /pyodide/ and /wheels/
+(`python -m webllm_py serve`), so the kernel fetches nothing from a CDN:
+
+- `pyodideUrl` is the npm Pyodide under /pyodide/ (314.0.7; the kernel names 314.0.6, and the JS API
+  it calls - loadPyodide, loadPackage, runPythonAsync - is the same in both).
+- `lockFileURL` is /wheels/pyodide-lock.json, written by `lock_file()`: npm Pyodide's lock file
+  ships no wheels and its hashes are those of Pyodide's own builds, so the served one lists only the
+  wheels under /wheels/ (PyPI's, fetched by scripts/fetch_pyodide_wheels.py, plus the webllm_py
+  wheel) with their own sha256. The kernel loads micropip, ipython, jedi and comm through it, and
+  preloads webllm_py (with jinja2, markupsafe) so `import webllm_py` works in the first cell.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .wheel import ROOT
+
+BUILD = ROOT / "build"
+LITE_DIR = ROOT / "jupyterlite"                 # jupyter-lite.json + files/ (the notebook)
+VENV = BUILD / "jupyterlite" / "venv"           # jupyterlite-core, jupyterlite-pyodide-kernel
+SITE = BUILD / "jupyterlite" / "site"           # what setup builds and serve serves
+NPM_LOCK = BUILD / "vendor" / "node_modules" / "pyodide" / "pyodide-lock.json"
+
+# Requirements the npm lock file does not state (IPython 9 imports ipython_pygments_lexers; the
+# kernel's ipykernel shim needs comm, which npm Pyodide does not list at all).
+EXTRA_DEPENDS = {"ipython": ["ipython-pygments-lexers"], "webllm-py": ["jinja2"], "jinja2": ["markupsafe"]}
+
+
+class JupyterLiteError(RuntimeError):
+    """The JupyterLite site cannot be built (its venv is missing, or `jupyter lite build` failed)."""
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _top_level(wheel: Path) -> list[str]:
+    """The importable top-level names in a wheel (npm's lock has some wrong, e.g. 'matplotlib-inline')."""
+    with zipfile.ZipFile(wheel) as z:
+        tops = {n.split("/")[0].removesuffix(".py") for n in z.namelist()}
+    return sorted(t for t in tops if not t.endswith((".dist-info", ".data")) and t.isidentifier())
+
+
+def lock_file(wheels: dict[str, Path], npm_lock: Path = NPM_LOCK) -> dict:
+    """A pyodide-lock.json for the pure wheels in `wheels` (file name -> path), relative file names:
+    Pyodide resolves them against the lock file's own URL. Dependencies come from npm Pyodide's lock
+    (plus EXTRA_DEPENDS); one that is not among `wheels` is an error, not a silent CDN fetch."""
+    base = json.loads(npm_lock.read_text())
+    npm = {_normalize(k): v for k, v in base["packages"].items()}
+    packages = {}
+    for fname, path in sorted(wheels.items()):
+        name = _normalize(fname.split("-")[0])
+        version = fname.split("-")[1]
+        known = npm.get(name, {})
+        packages[name] = {
+            "name": name, "version": version, "file_name": fname, "install_dir": "site",
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "package_type": "package",
+            "imports": _top_level(path),
+            "depends": sorted({_normalize(d) for d in known.get("depends", []) + EXTRA_DEPENDS.get(name, [])}),
+            "unvendored_tests": False,
+        }
+    missing = {d for p in packages.values() for d in p["depends"] if d not in packages}
+    if missing:
+        raise JupyterLiteError(f"wheels missing for the kernel's lock file: {sorted(missing)} (run ./scripts/setup.sh)")
+    return {"info": base["info"], "packages": packages}
+
+
+def build_site(out_dir: Path, lite_dir: Path = LITE_DIR, venv: Path = VENV) -> Path:
+    """Build the JupyterLite site into out_dir (replaced); offline, a few seconds."""
+    jupyter = venv / "bin" / "jupyter"
+    if not jupyter.is_file():
+        raise JupyterLiteError(f"JupyterLite is not installed at {venv}: run ./scripts/setup.sh")
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:  # the build leaves its doit state in the lite dir
+        work = Path(tmp) / "lite"
+        shutil.copytree(lite_dir, work)
+        r = subprocess.run([str(jupyter), "lite", "build", "--output-dir", str(out_dir)],
+                           cwd=work, capture_output=True, text=True)
+    if r.returncode != 0 or not (out_dir / "jupyter-lite.json").is_file():
+        raise JupyterLiteError(f"jupyter lite build failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0]) if args else SITE
+    try:
+        build_site(out)
+    except JupyterLiteError as e:
+        print(f"jupyterlite: {e}", file=sys.stderr)
+        return 1
+    print(f"jupyterlite: site built in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
