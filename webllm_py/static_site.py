@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import serve, wheel
+from . import jupyterlite, serve, wheel
 
 # What worker.js's loadPyodide fetches (checked by tests/browser/test_browser_embed.py, which serves a
 # build whose pyodide/ holds only these and asserts no request failed).
@@ -77,6 +77,13 @@ def write_runtime(out: Path, site: serve.Site) -> list[str]:
     for name, src in sorted(site.models.items()):
         put(f"models/{name}", src)
     put("models/index.json", data=_json([{**e, "url": e["name"]} for e in site.model_index]))
+    if site.lite:  # the JupyterLite site, as serve layers it: the files static/ does not have
+        put("wheels/pyodide-lock.json", data=_json(jupyterlite.lock_file(site.wheels)))
+        taken = set(written)
+        for p in sorted(site.lite.rglob("*")):
+            rel = p.relative_to(site.lite).as_posix()
+            if p.is_file() and rel not in taken:
+                put(rel, p)
     return written
 
 

@@ -103,3 +103,17 @@ def test_cli_writes_a_build(tmp_path, models):
     r = cli(tmp_path / "site", "--model", models[0])
     assert r.returncode == 0, r.stderr
     assert "chat.html" in r.stdout and (tmp_path / "site" / "models" / "a.gguf").is_file()
+
+
+def test_the_jupyterlite_site_and_its_lock_file(built):
+    """The notebook site setup built (jupyterlite.SITE) is in the build as serve layers it: the files
+    static/ lacks, and the kernel's lock file over the build's own wheels (sha256 of those bytes)."""
+    from webllm_py import jupyterlite
+    assert (jupyterlite.SITE / "jupyter-lite.json").is_file(), "setup builds the JupyterLite site"
+    for rel in ("lab/index.html", "jupyter-lite.json", "files/webllm_py.ipynb"):
+        assert (built / rel).read_bytes() == (jupyterlite.SITE / rel).read_bytes(), rel
+    lock = json.loads((built / "wheels" / "pyodide-lock.json").read_text())
+    for pkg in lock["packages"].values():
+        data = (built / "wheels" / pkg["file_name"]).read_bytes()
+        assert pkg["sha256"] == hashlib.sha256(data).hexdigest(), pkg["file_name"]
+    assert "webllm-py" in lock["packages"] or "webllm_py" in lock["packages"]
