@@ -226,12 +226,14 @@ def test_static_build_on_a_plain_server_answers_from_its_chat_page(context, stat
     page.wait_for_function("() => document.getElementById('model').value")
     page.click("#load")
     page.wait_for_function("() => /^Loaded /.test(document.getElementById('loadinfo').textContent)")
+    page.click("#settings summary")  # max tokens and temperature live in the Settings fold-out
     page.fill("#max_tokens", "2")
     page.fill("#temperature", "0")
+    page.click("#settings summary")
     page.fill("#prompt", QUESTION[0]["content"])
     page.click("#send")
     page.wait_for_function("() => !document.getElementById('send').disabled && /tokens/.test(document.getElementById('speed').textContent)")
-    reply = page.text_content(".msg.assistant").strip()
+    reply = page.text_content(".msg.assistant .body").strip()
     assert reply.startswith("The capital"), reply
     assert page.text_content("#error") == ""
     # The network log: this origin only, and no request the build could not answer.

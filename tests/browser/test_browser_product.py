@@ -376,8 +376,10 @@ def test_chat_page_streams_with_progress_and_stats(context, site_server):
     page.click("#load")
     page.wait_for_function("() => /^Loaded /.test(document.getElementById('loadinfo').textContent)",
                            timeout=CONFIG.READY_TIMEOUT_MS)
+    page.click("#settings summary")  # max tokens and temperature live in the Settings fold-out
     page.fill("#max_tokens", "2")
     page.fill("#temperature", "0")
+    page.click("#settings summary")
     page.fill("#prompt", QUESTION[0]["content"])
     page.click("#send")
     page.wait_for_function("() => !document.getElementById('send').disabled && /tokens\\/s/.test(document.getElementById('speed').textContent)",
