@@ -246,3 +246,54 @@ def test_bad_load_options_are_request_errors(tmp_path, device, loop, kw):
 
     with pytest.raises(RequestError):
         loop.run_until_complete(Engine.load(tiny_gguf(tmp_path / "ok.gguf"), device=device, **kw))
+
+
+# -- 6, 7, 9: the dev server under hostile requests and changing files ------------------------------------
+@pytest.fixture
+def server(tmp_path):
+    """serve's handler over a tmp static/ (a page, a symlink loop) and one model file, on a free port;
+    the server's handle_error (where a handler exception ends, with a traceback) records instead."""
+    from webllm_py import serve
+
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "index.html").write_text("<p>hi</p>")
+    os.symlink(static / "loop", static / "loop")
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(bytes(range(256)) * 40)
+    site = serve.Site(static=static, models={model.name: model})
+    srv = serve.start_in_thread(port=0, site=site)
+    srv.errors = []
+    srv.handle_error = lambda request, address: srv.errors.append(repr(__import__("sys").exc_info()[1]))
+    yield srv, model
+    srv.shutdown()
+    srv.server_close()
+
+
+def _http(srv, path: str, headers: dict | None = None, method: str = "GET"):
+    import http.client
+
+    c = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+    try:
+        c.request(method, path, headers=headers or {})
+        r = c.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        c.close()
+
+
+def test_serve_answers_hostile_paths_and_ranges_with_a_4xx(server):
+    srv, model = server
+    size = model.stat().st_size
+    cases = [("/%00", {}, 400), ("/index.html%00.txt", {}, 400), ("/" + "a" * 256, {}, 404),
+             ("/pyodide/" + "b" * 300, {}, 404), ("/" + "a/" * 2100, {}, 404), ("/loop", {}, 404),
+             ("/loop/x", {}, 404), ("/models/tiny.gguf", {"Range": "bytes=" + "9" * 4400 + "-"}, 416),
+             ("/models/tiny.gguf", {"Range": "bytes=-" + "9" * 4400}, 206),
+             ("/models/tiny.gguf", {"Range": "bytes=5-" + "9" * 4400}, 206)]
+    for path, headers, want in cases:
+        status, h, body = _http(srv, path, headers)
+        assert status == want, (path[:40], headers and str(headers)[:40], status)
+    assert srv.errors == []
+    status, _, body = _http(srv, "/models/tiny.gguf", {"Range": "bytes=5-" + "9" * 4400})
+    assert body == model.read_bytes()[5:] and len(body) == size - 5
+    assert _http(srv, "/index.html")[2] == b"<p>hi</p>"  # still serving

@@ -26,6 +26,7 @@ import json
 import mimetypes
 import os
 import re
+import stat
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -147,6 +148,12 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+NAME_MAX = 255  # the longest file name (path segment) in bytes on Linux, macOS and Windows
+_HUGE = 1 << 63  # a Range number of more digits than any file size has: int() of 4,301 digits raises
+
+
+def _num(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else _HUGE
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -156,10 +163,10 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     if not m or (not m.group(1) and not m.group(2)):
         return None
     if m.group(1):
-        start = int(m.group(1))
-        end = int(m.group(2)) if m.group(2) else size - 1
+        start = _num(m.group(1))
+        end = _num(m.group(2)) if m.group(2) else size - 1
     else:  # suffix range: the last n bytes
-        n = int(m.group(2))
+        n = _num(m.group(2))
         start, end = max(0, size - n), size - 1
     end = min(end, size - 1)
     return (start, end) if start <= end and start < size else None
@@ -184,6 +191,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self, head: bool = False) -> None:
         path = unquote(urlsplit(self.path).path)
+        if "\0" in path:  # no file name holds one; the OS calls would raise ValueError
+            return self._error(400, "bad request: NUL in the path")
+        if any(len(seg.encode()) > NAME_MAX for seg in path.split("/")):  # no such file can exist
+            return self._error(404, f"not found: {self.path}")
         if path == "/models/index.json":
             return self._json(self.site.model_index, head)
         if path == "/wheels/index.json":
@@ -203,9 +214,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._headers(204, "image/x-icon", 0)  # no icon, and no 404 in the console
         rel = path.lstrip("/") or "index.html"
         p = _inside(self.site.static, rel)
-        if self.site.lite and not (p and p.is_file()):
+        if self.site.lite and not (p and _is(p, Path.is_file)):
             p = _inside(self.site.lite, rel + "index.html" if rel.endswith("/") else rel)
-            if p and p.is_dir():  # /lab -> /lab/: the apps' relative URLs need the slash
+            if p and _is(p, Path.is_dir):  # /lab -> /lab/: the apps' relative URLs need the slash
                 return self._headers(301, "text/plain", 0, {"Location": path + "/"})
         return self._file(p, head, cache="no-cache")
 
@@ -232,9 +243,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _file(self, p: Path | None, head: bool, cache: str) -> None:
-        if p is None or not p.is_file():
+        f = _open_regular(p)
+        if f is None:
             return self._error(404, f"not found: {self.path}")
-        size = p.stat().st_size
+        with f:
+            self._send_file(f, p, head, cache)
+
+    def _send_file(self, f, p: Path, head: bool, cache: str) -> None:
+        size = os.fstat(f.fileno()).st_size  # of the file opened, not of whatever the name means now
         ctype = MIME.get(p.suffix.lower()) or mimetypes.guess_type(p.name)[0] or "application/octet-stream"
         extra = {"Cache-Control": cache, "Accept-Ranges": "bytes"}
         start, end, status = 0, size - 1, 200
@@ -251,12 +267,11 @@ class Handler(BaseHTTPRequestHandler):
         self._headers(status, ctype, length, extra)
         if head or not length:
             return
-        with open(p, "rb") as f:
-            f.seek(start)
-            try:
-                _copy(f, self.wfile, length)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client went away (e.g. a cancelled download); nothing to clean up
+        f.seek(start)
+        try:
+            _copy(f, self.wfile, length)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (e.g. a cancelled download); nothing to clean up
 
 
 def _copy(src, dst, n: int) -> None:
@@ -268,14 +283,38 @@ def _copy(src, dst, n: int) -> None:
         n -= len(block)
 
 
-def _inside(base: Path, rel: str) -> Path | None:
-    """base/rel, or None if rel climbs out of base (path traversal)."""
-    p = (base / rel).resolve()
+def _open_regular(p: Path | None):
+    """p opened for reading if it is a regular file, else None. O_NONBLOCK: opening a FIFO must not
+    wait for a writer (it is refused after fstat); reads of a regular file ignore the flag."""
+    if p is None:
+        return None
     try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _inside(base: Path, rel: str) -> Path | None:
+    """base/rel, or None if rel climbs out of base (path traversal) or cannot be resolved (a symlink
+    loop, a path too long for the OS)."""
+    try:
+        p = (base / rel).resolve()
         p.relative_to(base.resolve())
-    except ValueError:
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return None
     return p
+
+
+def _is(p: Path, test) -> bool:
+    """Path.is_file / is_dir that answer False where the OS refuses the path (ENAMETOOLONG ...)."""
+    try:
+        return test(p)
+    except (OSError, ValueError):
+        return False
 
 
 class Server(ThreadingHTTPServer):
