@@ -297,3 +297,60 @@ def test_serve_answers_hostile_paths_and_ranges_with_a_4xx(server):
     status, _, body = _http(srv, "/models/tiny.gguf", {"Range": "bytes=5-" + "9" * 4400})
     assert body == model.read_bytes()[5:] and len(body) == size - 5
     assert _http(srv, "/index.html")[2] == b"<p>hi</p>"  # still serving
+
+
+def test_serve_model_index_follows_a_changing_file(server):
+    import hashlib
+    import json
+
+    srv, model = server
+
+    def index():
+        (entry,) = json.loads(_http(srv, "/models/index.json")[2])
+        return entry["size"], entry["sha256"]
+
+    def truth():
+        data = model.read_bytes()
+        return len(data), hashlib.sha256(data).hexdigest()
+    assert index() == truth()
+    with open(model, "ab") as f:  # appended
+        f.write(b"more")
+    assert index() == truth()
+    st = model.stat()
+    with open(model, "r+b") as f:  # rewritten in place: same inode and size
+        f.write(b"X")
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert index() == truth()
+    new = model.with_name("new")
+    new.write_bytes(b"replaced")
+    os.replace(new, model)  # replaced by another file (another inode)
+    assert index() == truth()
+    status, _, body = _http(srv, "/models/tiny.gguf")
+    assert status == 200 and body == b"replaced"
+
+
+def test_serve_closes_the_connection_when_the_file_shrinks_mid_response(server):
+    """64 MiB (sparse) in flight, truncated to 1 MiB after the headers: the client must see the
+    connection close (fewer bytes than Content-Length), not wait for bytes that will never come."""
+    import socket
+
+    srv, model = server
+    os.truncate(model, 64 << 20)
+    s = socket.create_connection(srv.server_address[:2], timeout=10)
+    s.sendall(b"GET /models/tiny.gguf HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert b"Content-Length: 67108864" in head
+    os.truncate(model, 1 << 20)
+    got = len(head.split(b"\r\n\r\n", 1)[1])
+    t = time.perf_counter()
+    try:
+        while block := s.recv(1 << 20):
+            got += len(block)
+    except socket.timeout:
+        pytest.fail(f"the server kept the connection open after {got} of {64 << 20} bytes")
+    finally:
+        s.close()
+    assert got < 64 << 20 and time.perf_counter() - t < 10
+    assert srv.errors == []

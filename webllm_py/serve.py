@@ -86,23 +86,30 @@ def default_models() -> list[Path]:
     return [p] if p.is_file() else []
 
 
+def _file_key(st: os.stat_result) -> tuple:
+    """What changes when a file is replaced (inode), appended or truncated (size) or rewritten (mtime)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def sha256_cached(path: Path, cache_file: Path = SHA_CACHE) -> str:
-    """sha256 of a (large) model file, computed once per (path, size, mtime) and kept in build/cache/."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    """sha256 of a (large) model file, computed once per (path, inode, size, mtime) and kept in build/cache/."""
+    for _ in range(3):  # a file written while it is hashed: hash again
+        key = "|".join(map(str, (path.resolve(), *_file_key(path.stat()))))
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        if key in cache:
+            return cache[key]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            if "|".join(map(str, (path.resolve(), *_file_key(os.fstat(f.fileno()))))) == key:
+                break
     cache[key] = h.hexdigest()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp = cache_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # request threads hash too
     tmp.write_text(json.dumps(cache, indent=1))
     tmp.replace(cache_file)
     return cache[key]
@@ -115,10 +122,26 @@ class Site:
     pyodide: Path = PYODIDE
     wheels: dict[str, Path] = field(default_factory=dict)   # file name -> path
     models: dict[str, Path] = field(default_factory=dict)   # file name -> path
-    model_index: list[dict] = field(default_factory=list)
     allow_origins: tuple[str, ...] | None = None  # CORS for these origins only; None: any
     lite: Path | None = None   # the JupyterLite site, if built
     quiet: bool = True
+
+    _sha: dict = field(default_factory=dict, repr=False)  # (path, inode, size, mtime) -> sha256
+
+    @property
+    def model_index(self) -> list[dict]:
+        """name, url, size and sha256 of each model file as it is NOW: a file replaced, appended or
+        truncated while the server runs is hashed again (a stale sha256 fails every download's check)."""
+        index = []
+        for name, p in self.models.items():
+            try:
+                key = (str(p), *_file_key(p.stat()))
+            except OSError:
+                continue  # removed: not listed (and /models/<name> answers 404)
+            if key not in self._sha:
+                self._sha[key] = sha256_cached(p)
+            index.append({"name": name, "url": f"/models/{name}", "size": key[2], "sha256": self._sha[key]})
+        return index
 
     @property
     def wheel_index(self) -> list[dict]:
@@ -142,8 +165,7 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
         if not m.is_file():
             raise SystemExit(f"model file not found: {m}")
         site.models[m.name] = m
-        site.model_index.append({"name": m.name, "url": f"/models/{m.name}",
-                                 "size": m.stat().st_size, "sha256": sha256_cached(m)})
+    _ = site.model_index  # hashed now, at start, rather than by the first request
     return site
 
 
@@ -269,18 +291,23 @@ class Handler(BaseHTTPRequestHandler):
             return
         f.seek(start)
         try:
-            _copy(f, self.wfile, length)
+            if _copy(f, self.wfile, length):
+                # The file shrank while it was sent: the client would wait for the missing bytes of
+                # the Content-Length on this open connection; closing it tells it at once.
+                self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (e.g. a cancelled download); nothing to clean up
 
 
-def _copy(src, dst, n: int) -> None:
+def _copy(src, dst, n: int) -> int:
+    """Copy n bytes; returns how many could not be read (the file ended early)."""
     while n > 0:
         block = src.read(min(n, 1 << 20))
         if not block:
             break
         dst.write(block)
         n -= len(block)
+    return n
 
 
 def _open_regular(p: Path | None):
