@@ -354,3 +354,90 @@ def test_serve_closes_the_connection_when_the_file_shrinks_mid_response(server):
         s.close()
     assert got < 64 << 20 and time.perf_counter() - t < 10
     assert srv.errors == []
+
+
+def test_serve_ranges_per_rfc_9110(server):
+    srv, model = server
+    data = model.read_bytes()
+    for ignored in ("bytes=0-1,5-9", "items=0-9", "bytes=9-5", "bytes=x-", "bytes=-"):  # served whole
+        status, h, body = _http(srv, "/models/tiny.gguf", {"Range": ignored})
+        assert status == 200 and body == data and "Content-Range" not in h, ignored
+    assert _http(srv, "/models/tiny.gguf", {"Range": "BYTES=3-5"})[2] == data[3:6]
+    status, h, _ = _http(srv, "/models/tiny.gguf")
+    etag, modified = h["ETag"], h["Last-Modified"]
+    for validator in (etag, modified):  # If-Range still matching: the range
+        status, h, body = _http(srv, "/models/tiny.gguf", {"Range": "bytes=3-5", "If-Range": validator})
+        assert status == 206 and body == data[3:6], validator
+    for stale in ('"0-0-0"', "W/" + etag, "Thu, 01 Jan 2004 00:00:00 GMT"):  # no longer: the whole file
+        status, h, body = _http(srv, "/models/tiny.gguf", {"Range": "bytes=3-5", "If-Range": stale})
+        assert status == 200 and body == data, stale
+
+
+def test_serve_validators_and_304(server):
+    srv, model = server
+    status, h, body = _http(srv, "/index.html")
+    etag, modified = h["ETag"], h["Last-Modified"]
+    assert status == 200 and etag.startswith('"') and h["X-Content-Type-Options"] == "nosniff"
+    for cond in ({"If-None-Match": etag}, {"If-None-Match": f'"x", W/{etag}'}, {"If-None-Match": "*"},
+                 {"If-Modified-Since": modified}, {"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}):
+        for method in ("GET", "HEAD"):
+            status, h, body = _http(srv, "/index.html", cond, method)
+            assert status == 304 and body == b"" and h["ETag"] == etag, (cond, method)
+            assert h["Cross-Origin-Embedder-Policy"] == "require-corp"
+    for cond in ({"If-None-Match": '"other"'}, {"If-None-Match": '"other"', "If-Modified-Since": modified},
+                 {"If-Modified-Since": "Thu, 01 Jan 2004 00:00:00 GMT"}, {"If-Modified-Since": "garbage"}):
+        assert _http(srv, "/index.html", cond)[:3:2] == (200, b"<p>hi</p>"), cond
+    st = model.stat()
+    os.utime(model, (st.st_atime + 5, st.st_mtime + 5))  # the file changed: its old ETag no longer matches
+    status, h, _ = _http(srv, "/models/tiny.gguf")
+    status2, _, _ = _http(srv, "/models/tiny.gguf", {"If-None-Match": h["ETag"]})
+    os.utime(model, (st.st_atime + 10, st.st_mtime + 10))
+    status3, _, _ = _http(srv, "/models/tiny.gguf", {"If-None-Match": h["ETag"]})
+    assert (status, status2, status3) == (200, 304, 200)
+
+
+def test_serve_protocol_errors_carry_the_isolation_headers(server):
+    """http.server's own answers: 400 (bad request line), 414 (request line over 64 KiB), 431 (a header
+    line over 64 KiB), 501 (unknown method)."""
+    import socket
+
+    srv, _ = server
+    for raw, want in ((b"GET / x HTTP/1.1\r\n\r\n", 400), (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+                      (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+                      (b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 501)):
+        with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+            s.sendall(raw)
+            reply = b""
+            while block := s.recv(65536):
+                reply += block
+        head = reply.split(b"\r\n\r\n")[0].decode()
+        assert head.startswith(f"HTTP/1.1 {want} "), head
+        for k, v in {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
+                     "Cross-Origin-Resource-Policy": "cross-origin", "X-Content-Type-Options": "nosniff"}.items():
+            assert f"\r\n{k}: {v}\r\n" in head + "\r\n", (want, k)
+
+
+def test_serve_closes_idle_connections_and_bounds_its_threads(tmp_path, monkeypatch):
+    import socket
+
+    from webllm_py import serve
+
+    monkeypatch.setattr(serve.Handler, "timeout", 0.5)
+    monkeypatch.setattr(serve.Server, "max_connections", 4)
+    (tmp_path / "index.html").write_text("hi")
+    srv = serve.start_in_thread(port=0, site=serve.Site(static=tmp_path))
+    try:
+        idle = [socket.create_connection(srv.server_address[:2], timeout=10) for _ in range(4)]
+        time.sleep(0.1)
+        with socket.create_connection(srv.server_address[:2], timeout=10) as s:  # a 5th: refused at once
+            assert s.recv(4096).startswith(b"HTTP/1.1 503 ")
+        t = time.perf_counter()
+        for s in idle:  # each idle one is closed by the server
+            assert s.recv(4096) == b""
+            s.close()
+        assert time.perf_counter() - t < 3
+        time.sleep(0.1)
+        assert _http(srv, "/index.html")[:3:2] == (200, b"hi")
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -15,11 +15,14 @@ Every response carries COOP/COEP, which makes this server's own pages cross-orig
 SharedArrayBuffer (used to interrupt Python running in the worker) exists only then. Every response
 may also be used by pages of other origins (CORP cross-origin, CORS), which is how a page anywhere
 embeds webllm.js from here; `--allow-origin` limits CORS to the origins named. Model files honour
-Range requests, so an interrupted download can resume.
+Range requests, so an interrupted download can resume. Files carry ETag and Last-Modified (a
+revalidation gets 304) and every response `X-Content-Type-Options: nosniff`. A connection idle for
+IDLE_TIMEOUT is closed and at most MAX_CONNECTIONS are served at once (docs/security.md).
 """
 from __future__ import annotations
 
 import argparse
+import email.utils
 import hashlib
 import importlib.util
 import json
@@ -59,7 +62,10 @@ ISOLATION = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",
     "Cross-Origin-Resource-Policy": "cross-origin",
+    "X-Content-Type-Options": "nosniff",  # a file is only ever what its Content-Type says
 }
+IDLE_TIMEOUT = 60.0  # seconds a connection may sit idle (or a client stall a send) before it is closed
+MAX_CONNECTIONS = 128  # connections served at once (a thread each); more get 503 at once
 # CORS: a page of another origin imports the worker's modules and fetches Pyodide, wheels and models
 # from here (module imports and fetch() are CORS requests). Content-Range is read when resuming.
 CORS_EXPOSE = "Content-Length, Content-Range, Accept-Ranges"
@@ -169,7 +175,7 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     return site
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$", re.IGNORECASE)
 NAME_MAX = 255  # the longest file name (path segment) in bytes on Linux, macOS and Windows
 _HUGE = 1 << 63  # a Range number of more digits than any file size has: int() of 4,301 digits raises
 
@@ -178,9 +184,17 @@ def _num(digits: str) -> int:
     return int(digits) if len(digits) <= 18 else _HUGE
 
 
+def range_applies(header: str) -> bool:
+    """Whether a Range header is one valid byte range. Other units, several ranges (`bytes=0-1,5-9`)
+    and invalid ones (`bytes=9-5`) are ignored: the whole file is sent with 200 (RFC 9110 14.2)."""
+    m = _RANGE.match(header.strip())
+    if not m or not (m.group(1) or m.group(2)):
+        return False
+    return not (m.group(1) and m.group(2) and _num(m.group(1)) > _num(m.group(2)))
+
+
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One `bytes=a-b` range -> (start, end inclusive); None if unsatisfiable. Multi-range is not
-    supported (nobody resuming a download asks for it); the caller then serves the whole file."""
+    """One `bytes=a-b` range (range_applies) -> (start, end inclusive); None if unsatisfiable."""
     m = _RANGE.match(header.strip())
     if not m or (not m.group(1) and not m.group(2)):
         return None
@@ -194,14 +208,38 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return (start, end) if start <= end and start < size else None
 
 
+def _etag(st: os.stat_result) -> str:
+    return '"%x-%x-%x"' % _file_key(st)
+
+
+def _http_time(header: str | None) -> float | None:
+    """An HTTP-date's seconds since the epoch, None if absent or malformed (the header is then ignored)."""
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp() if header else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 class Handler(BaseHTTPRequestHandler):
     site: Site  # set on the subclass made by make_server
     protocol_version = "HTTP/1.1"
     server_version = "webllm_py"
+    timeout = IDLE_TIMEOUT  # socket timeout: an idle keep-alive connection (or a stalled client) is closed
 
     def log_message(self, fmt, *args) -> None:
         if not self.site.quiet:
             super().log_message(fmt, *args)
+
+    def handle_one_request(self) -> None:
+        self.headers = None  # a 414 answered before the headers are read must not use the last request's
+        super().handle_one_request()
+
+    def end_headers(self) -> None:
+        # Here, so that http.server's own errors (400, 414, 431, 501 from send_error) carry them too.
+        origin = self.headers.get("Origin") if self.headers is not None else None
+        for k, v in {**ISOLATION, **cors_headers(origin, self.site.allow_origins)}.items():
+            self.send_header(k, v)
+        super().end_headers()
 
     def do_HEAD(self) -> None:
         self.do_GET(head=True)
@@ -247,8 +285,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(length))
-        cors = cors_headers(self.headers.get("Origin"), self.site.allow_origins)
-        for k, v in {**ISOLATION, **cors, **(extra or {})}.items():
+        for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
 
@@ -271,13 +308,38 @@ class Handler(BaseHTTPRequestHandler):
         with f:
             self._send_file(f, p, head, cache)
 
+    def _not_modified(self, etag: str, mtime: float) -> bool:
+        """A conditional GET/HEAD the cached copy satisfies (RFC 9110 13.1.2-3): If-None-Match, by weak
+        comparison, or else If-Modified-Since at or after the file's mtime (in whole seconds)."""
+        inm = self.headers.get("If-None-Match")
+        if inm is not None:
+            tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+            return "*" in tags or etag in tags
+        since = _http_time(self.headers.get("If-Modified-Since"))
+        return since is not None and int(mtime) <= since
+
+    def _if_range(self, etag: str, mtime: float) -> bool:
+        """Whether to honour Range: no If-Range, or its validator still matches the file (an ETag, by
+        strong comparison, or the exact Last-Modified date); otherwise the whole file is sent."""
+        v = self.headers.get("If-Range")
+        if v is None:
+            return True
+        v = v.strip()
+        if v.startswith(("\"", "W/")):
+            return v == etag
+        return _http_time(v) == int(mtime)
+
     def _send_file(self, f, p: Path, head: bool, cache: str) -> None:
-        size = os.fstat(f.fileno()).st_size  # of the file opened, not of whatever the name means now
+        st = os.fstat(f.fileno())  # of the file opened, not of whatever the name means now
+        size, etag = st.st_size, _etag(st)
         ctype = MIME.get(p.suffix.lower()) or mimetypes.guess_type(p.name)[0] or "application/octet-stream"
-        extra = {"Cache-Control": cache, "Accept-Ranges": "bytes"}
+        extra = {"Cache-Control": cache, "Accept-Ranges": "bytes", "ETag": etag,
+                 "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True)}
+        if self._not_modified(etag, st.st_mtime):
+            return self._headers(304, ctype, size, extra)  # no body; the length is the 200's (RFC 9110 8.6)
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")
-        if rng:
+        if rng and range_applies(rng) and self._if_range(etag, st.st_mtime):
             r = parse_range(rng, size)
             if r is None:
                 return self._error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, "range not satisfiable",
@@ -346,6 +408,29 @@ def _is(p: Path, test) -> bool:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    max_connections = MAX_CONNECTIONS
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):  # a thread per connection: bounded
+            head = "".join(f"{k}: {v}\r\n" for k, v in ISOLATION.items())
+            try:
+                request.sendall(f"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                                f"Connection: close\r\n{head}\r\n".encode())
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request, client_address) -> None:
         # A browser dropping a keep-alive connection or a cancelled download is not worth a traceback.
