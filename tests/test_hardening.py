@@ -441,3 +441,38 @@ def test_serve_closes_idle_connections_and_bounds_its_threads(tmp_path, monkeypa
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# -- 10: a model file truncated while it loads, a FIFO as the model -----------------------------------------
+def test_gguf_truncated_while_loading_is_a_model_format_error_not_sigbus(tmp_path):
+    """In a subprocess: a memory-mapped file ended the process with SIGBUS (exit -7) here."""
+    import subprocess
+    import sys
+
+    path = tiny_gguf(tmp_path / "m.gguf")
+    code = f"""
+import os
+from webllm_py.errors import ModelFormatError
+from webllm_py.formats.gguf import GGUFFile
+g = GGUFFile({path!r})
+t = max(g.tensors.values(), key=lambda t: t.offset)  # the last tensor: its pages are gone
+os.truncate({path!r}, g.data_offset + 4096)
+class Device:
+    def write_buffer(self, buffer, data, offset): bytes(data)  # what the queue does: read the bytes
+class Buffer:
+    size, label = 1 << 30, "b"
+for touch in (lambda: t.source.read(t.offset, t.nbytes), lambda: t.source.upload(Device(), Buffer(), t.offset, t.nbytes)):
+    try:
+        touch()
+    except ModelFormatError as e:
+        print("ModelFormatError", "truncated" in str(e))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == "ModelFormatError True\n" * 2, (r.returncode, r.stdout, r.stderr[-500:])
+
+
+def test_fifo_as_model_is_a_model_format_error_at_once(tmp_path):
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    r = _cli("generate", "--model", str(fifo), "--prompt", "hi", timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("error: ModelFormatError: ") and "not a regular file" in r.stderr

@@ -3,15 +3,16 @@
 A `ByteSource` answers `read(offset, n)` for header parsing (small ranges copied into Python) and
 `upload(device, buffer, src_offset, n, dst_offset)` for tensor data, which should go from the
 file straight into a GPU buffer without passing through a Python `bytes` object where the
-platform allows it (mmap natively, a JS Uint8Array in the browser).
+platform allows it (a JS Uint8Array in the browser; natively, chunks read from the file).
 
 WebGPU's writeBuffer needs sizes and offsets that are multiples of 4: uploads pad the tail with
 zeros. Large ranges are uploaded in chunks so the extra memory in flight stays small.
 """
 from __future__ import annotations
 
-import mmap
 import os
+import stat
+import threading
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ModelFormatError
@@ -73,25 +74,56 @@ class BytesSource:
         _upload_views(device, buffer, self._view[src_offset:src_offset + n], dst_offset, chunk)
 
 
-class FileSource(BytesSource):
-    """A file on disk, memory-mapped (CPython): uploads hand mmap views to writeBuffer, no copy."""
+class FileSource:
+    """A file on disk (CPython), read with file reads, not memory-mapped: a mapped file truncated
+    while it is loaded (re-downloaded, replaced in place) ends the process with SIGBUS when a page
+    past its new end is touched, where a read just comes back short (-> ModelFormatError). Uploads
+    read UPLOAD_CHUNK at a time, so the extra memory in flight stays at one chunk."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         try:
-            self._file = open(self.path, "rb")
+            st = os.stat(self.path)
         except OSError as e:
             raise ModelFormatError(f"cannot open model file '{self.path}': {e}") from e
-        size = os.fstat(self._file.fileno()).st_size
-        if size == 0:
+        if not stat.S_ISREG(st.st_mode):  # opening a FIFO would wait for a writer, forever
+            raise ModelFormatError(f"'{self.path}' is not a regular file (a FIFO, socket or device): "
+                                   "give the path of a model file")
+        try:
+            self._file = open(self.path, "rb", buffering=0)
+        except OSError as e:
+            raise ModelFormatError(f"cannot open model file '{self.path}': {e}") from e
+        self.size = os.fstat(self._file.fileno()).st_size
+        if self.size == 0:
             self._file.close()
             raise ModelFormatError(f"model file '{self.path}' is empty")
-        self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        super().__init__(self._mmap)
+        self._lock = threading.Lock()  # seek + read as one
+
+    def read(self, offset: int, n: int) -> bytes:
+        _check_range(self, offset, n)
+        with self._lock:
+            self._file.seek(offset)
+            data = self._file.read(n)
+            while len(data) < n:  # a raw read may return less; only at the end of the file does it return b""
+                more = self._file.read(n - len(data))
+                if not more:
+                    raise ModelFormatError(
+                        f"model file '{self.path}' ended at {offset + len(data)} bytes while {offset + n} were "
+                        f"read ({self.size} when it was opened): it was truncated or replaced while loading; "
+                        "load it again.")
+                data += more
+        return data
+
+    def upload(self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0,
+               chunk: int = UPLOAD_CHUNK) -> None:
+        _check_range(self, src_offset, n)
+        _check_upload(device, buffer, n, dst_offset)
+        chunk -= chunk % 4
+        for pos in range(0, n, chunk):
+            _upload_views(device, buffer, memoryview(self.read(src_offset + pos, min(chunk, n - pos))),
+                          dst_offset + pos, chunk)
 
     def close(self) -> None:
-        self._view.release()
-        self._mmap.close()
         self._file.close()
 
     def __enter__(self) -> "FileSource":
