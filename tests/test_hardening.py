@@ -189,6 +189,54 @@ def test_gathered_streams_report_their_own_usage(tiny, loop):
         assert usage["prompt_tokens"] == len(tok.encode(prompt, add_special=True, parse_special=True))
 
 
+# -- 8: a stream neither finished nor closed does not hold the engine forever -------------------------------
+def _text(chunks) -> str:
+    return "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+
+
+@pytest.mark.gpu
+def test_an_abandoned_stream_is_aborted_by_the_next_request(tiny, loop, monkeypatch):
+    monkeypatch.setattr(tiny.engine, "stream_idle_timeout", 0.4)
+    alone = loop.run_until_complete(_complete(tiny, "Once upon", 6))["choices"][0]["text"]
+
+    async def left_open():  # one chunk pulled, then neither finished nor closed
+        s = _complete(tiny, "Once upon", 6, stream=True, stream_options={"include_usage": True})
+        first = await s.__anext__()
+        t = time.perf_counter()
+        r = await asyncio.wait_for(_complete(tiny, "Once upon", 6), 20)
+        waited = time.perf_counter() - t
+        rest = [c async for c in s]  # pulled again later: it ended, aborted
+        return first, r, waited, rest
+
+    first, r, waited, rest = loop.run_until_complete(left_open())
+    assert r["choices"][0]["text"] == alone and r["choices"][0]["finish_reason"] == "length"
+    assert 0.4 <= waited < 10, waited
+    assert [c["choices"][0]["finish_reason"] for c in rest if c["choices"]] == ["abort"]
+    assert rest[-1]["usage"]["completion_tokens"] == 1 and alone.startswith(_text([first, *rest]))
+
+    async def exception_kept():  # the consumer raised inside its loop and kept the exception (and frame)
+        try:
+            async for _ in _complete(tiny, "Once upon", 6, stream=True):
+                raise ValueError("the consumer's own bug")
+        except ValueError as e:
+            kept = e
+        r = await asyncio.wait_for(_complete(tiny, "Once upon", 6), 20)
+        return kept, r
+    kept, r = loop.run_until_complete(exception_kept())
+    assert r["choices"][0]["text"] == alone
+
+    async def slow_but_pulling():  # a consumer slower than the engine, but under the timeout: not aborted
+        async def consume():
+            chunks = []
+            async for c in _complete(tiny, "Once upon", 6, stream=True):
+                chunks.append(c)
+                await asyncio.sleep(0.15)
+            return chunks
+        return await asyncio.gather(consume(), _complete(tiny, "Once upon", 6))
+    chunks, r = loop.run_until_complete(slow_but_pulling())
+    assert _text(chunks) == alone == r["choices"][0]["text"] and chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
 # -- 4: the CLI reports an error in one line and exits non-zero -------------------------------------------
 def _cli(*args: str, timeout: float = 120):
     import subprocess

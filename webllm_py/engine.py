@@ -1,12 +1,15 @@
 """The generation loop: prefill the prompt in chunks, decode token by token, stream text.
 
-One Engine holds one model on one device. Requests are served one at a time (an asyncio lock), so
-concurrent callers queue and never interleave. The KV cache keeps the previous conversation of each
+One Engine holds one model on one device. Requests are served one at a time (a FIFO turn, see
+_acquire), so concurrent callers queue and never interleave. A stream whose consumer stopped pulling
+(neither finished nor closed) would hold the engine forever: once it has been idle for
+`stream_idle_timeout` seconds, the next request aborts it (it ends with finish_reason "abort"). The KV cache keeps the previous conversation of each
 sequence, and a new prompt that starts with it only prefills what is new (multi-turn reuse).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import struct
 import time
 from dataclasses import dataclass, field
@@ -22,6 +25,15 @@ from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder
 
 BLOCK_SIZE = 16
+STREAM_IDLE_TIMEOUT = 10.0  # seconds a stream's consumer may leave a token unpulled while others wait
+
+
+@dataclass(eq=False)
+class _Turn:
+    """One request's hold on the engine (or its place in the queue for it)."""
+    seq: int
+    idle_since: float | None = None  # when a token was handed to a consumer that has not pulled again
+    abandoned: bool = False  # aborted by a later request: the engine is no longer this one's to touch
 
 
 @dataclass
@@ -67,7 +79,10 @@ class Engine:
         self.sampler = sampler
         self.sample_op = sampler.bind(model.state.logits)
         self.context_window, self.prefill_chunk = context_window, prefill_chunk
-        self._lock = asyncio.Lock()
+        self._holder: _Turn | None = None
+        self._queue: collections.deque[_Turn] = collections.deque()
+        self._wake = asyncio.Event()  # set (and replaced) whenever the holder or the queue changes
+        self.stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT  # None: a stream is never aborted
         self._interrupt = False
         self._cached: dict[int, list[int]] = {}  # token ids whose K/V are in the cache, per sequence
         self.last_stats = Stats()
@@ -81,11 +96,15 @@ class Engine:
     @classmethod
     async def load(cls, model: Any, *, backend: str | None = None, device: Device | None = None,
                    context_window: int | None = 4096, prefill_chunk: int = 64, max_sequences: int = 2,
-                   on_progress: Callable[[dict], None] | None = None) -> "Engine":
+                   on_progress: Callable[[dict], None] | None = None,
+                   stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT) -> "Engine":
         for name, v, least in (("context_window", context_window, 2), ("prefill_chunk", prefill_chunk, 1),
                                ("max_sequences", max_sequences, 1)):
             if (v is not None or name != "context_window") and not _is_int(v, least):
                 raise RequestError(f"{name} must be an integer >= {least}, got {v!r}.")
+        if stream_idle_timeout is not None and (isinstance(stream_idle_timeout, bool) or not isinstance(
+                stream_idle_timeout, (int, float)) or not stream_idle_timeout > 0):
+            raise RequestError(f"stream_idle_timeout must be a number of seconds > 0 or None, got {stream_idle_timeout!r}.")
         owns_device = device is None
         ckpt = open_checkpoint(model)  # validated before anything is allocated (models/config.py)
         device = device or await request_device(backend)
@@ -103,6 +122,7 @@ class Engine:
             on_progress({"stage": "ready", "loaded": store.loaded_bytes, "total": store.total_bytes})
         engine = cls(device, ckpt, net, cache, sampler, ctx, prefill_chunk)
         engine.owns_device = owns_device
+        engine.stream_idle_timeout = stream_idle_timeout
         return engine
 
     # -- one forward step ---------------------------------------------------------------------------
@@ -146,7 +166,8 @@ class Engine:
     async def logits(self, ids: list[int], seq: int = 1) -> bytes:
         """Last-token logits (f32 bytes) of `ids` run from an empty cache on sequence `seq`: for
         checking the model against a reference, not for generation."""
-        async with self._lock:
+        turn = await self._acquire(seq)
+        try:
             self.reset(seq)
             self._cached[seq] = []
             try:
@@ -159,6 +180,54 @@ class Engine:
                 return await self.device.read_buffer(self.model.state.logits)
             finally:
                 self.reset(seq)
+        finally:
+            self._release(turn)
+
+    # -- one request at a time ----------------------------------------------------------------------
+    async def _acquire(self, seq: int) -> _Turn:
+        """Wait for the engine (first come, first served). The first in the queue aborts a holder
+        whose consumer has left a token unpulled for stream_idle_timeout seconds: a stream abandoned
+        without aclose() (a `break`, an exception kept by the caller) would otherwise block every
+        later request. Waiters poll the holder, so the abort lands within 1.25 x the timeout."""
+        turn = _Turn(seq)
+        self._queue.append(turn)
+        try:
+            while self._holder is not None or self._queue[0] is not turn:
+                h, timeout, limit = self._holder, None, self.stream_idle_timeout
+                if h is not None and limit is not None:
+                    timeout = limit / 4
+                    if h.idle_since is not None and self._queue[0] is turn:
+                        left = h.idle_since + limit - time.monotonic()
+                        if left <= 0:
+                            self._abandon(h)
+                            continue
+                        timeout = min(timeout, left)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+        except BaseException:
+            self._queue.remove(turn)
+            self._notify()
+            raise
+        self._queue.popleft()
+        self._holder = turn
+        self._notify()  # the next in the queue now judges this holder
+        return turn
+
+    def _release(self, turn: _Turn) -> None:
+        if self._holder is turn:
+            self._holder = None
+            self._notify()
+
+    def _abandon(self, turn: _Turn) -> None:
+        turn.abandoned = True
+        self.reset(turn.seq)  # its conversation stopped mid-way: start that sequence afresh next time
+        self._release(turn)
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
 
     def _decode_program(self):
         """A decode step's dispatches never change (sizes are fixed at n=1; positions live in the
@@ -185,7 +254,8 @@ class Engine:
                        seq: int = 0, constraint=None, stats: Stats | None = None) -> AsyncIterator[Token]:
         """Yield generated tokens. `stats` (or `self.last_stats`, which is the latest request's and
         may already be another's once this one has ended): its `finish_reason` says why it ended: "stop" (EOS or a
-        stop string), "length" (max_tokens or the context window), or "abort" (interrupt()).
+        stop string), "length" (max_tokens or the context window), or "abort" (interrupt(), or a later
+        request took the engine from this stream after it sat unpulled for stream_idle_timeout).
         `constraint`: a structured.Constraint (grammar); only tokens it allows are drawn, EOS only once
         the output is complete, and generation stops when the grammar admits nothing more."""
         params = params or SamplingParams()
@@ -201,16 +271,25 @@ class Engine:
         budget = self.context_window - len(prompt_ids)
         max_new = min(max_tokens or budget, budget)
         stops = [s for s in (stop or []) if s]
-        async with self._lock:
+        turn = await self._acquire(seq)
+        try:
             self._check_lost()  # a request queued behind the one that lost the device
             self._interrupt = False
             stats = self.last_stats = stats if stats is not None else Stats()
             stats.prompt_tokens = len(prompt_ids)
             try:
-                async for tok in self._generate_locked(prompt_ids, params, max_new, stops, ignore_eos, seq, stats,
-                                                       constraint):
+                gen = self._generate_locked(prompt_ids, params, max_new, stops, ignore_eos, seq, stats, constraint)
+                async for tok in gen:
+                    turn.idle_since = time.monotonic()
                     yield tok
+                    turn.idle_since = None
+                    if turn.abandoned:  # pulled again after a later request took the engine
+                        stats.finish_reason = "abort"
+                        await gen.aclose()  # suspended at a yield: closing it touches nothing
+                        return
             except BaseException as e:
+                if turn.abandoned:  # e.g. aclose() long after: the engine is another request's now
+                    raise
                 # The cache may hold a half-written step; start this sequence afresh next time.
                 self.reset(seq)
                 if isinstance(e, Exception) and not isinstance(e, WebLLMError) and self._probe_lost():
@@ -220,6 +299,8 @@ class Engine:
                 if isinstance(e, DeviceLostError):
                     self.lost = True
                 raise
+        finally:
+            self._release(turn)
 
     def _check_lost(self) -> None:
         if self.lost:
