@@ -118,13 +118,20 @@ def loop():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, device, loop):
-    import webllm_py
-
+def tiny_path(tmp_path_factory):
     from .hf_models import BY_NAME, build
 
-    path = build(BY_NAME["llama-tied-bias-f32"], tmp_path_factory.mktemp("hardening"))
-    return loop.run_until_complete(webllm_py.create(path, device=device, context_window=256, prefill_chunk=32))
+    return build(BY_NAME["llama-tied-bias-f32"], tmp_path_factory.mktemp("hardening"))
+
+
+TINY_OPTIONS = {"context_window": 256, "prefill_chunk": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path, device, loop):
+    import webllm_py
+
+    return loop.run_until_complete(webllm_py.create(tiny_path, device=device, **TINY_OPTIONS))
 
 
 def _complete(tiny, prompt: str, n: int, **kw):
@@ -524,3 +531,139 @@ def test_fifo_as_model_is_a_model_format_error_at_once(tmp_path):
     os.mkfifo(fifo)
     r = _cli("generate", "--model", str(fifo), "--prompt", "hi", timeout=60)
     assert r.returncode == 1 and r.stderr.startswith("error: ModelFormatError: ") and "not a regular file" in r.stderr
+
+
+# -- Also: random interleavings of the Python API ----------------------------------------------------------
+@pytest.mark.gpu
+def test_random_interleavings_of_requests_streams_aborts_and_unload(tiny_path, device, loop):
+    """A hypothesis state machine drives one engine with streamed and plain requests, pulls, closes,
+    interrupts, bad requests and unload/create in random orders. Every step must finish (30 s bound),
+    and every stream must get its own text and usage: a stream that ran to its end equals the same
+    request made alone; one aborted (interrupt, or abandoned: a later request took the engine after
+    IDLE seconds unpulled) after k tokens is a prefix of the k-token request made alone."""
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+    import webllm_py
+    from webllm_py.errors import ContextOverflowError, ModelNotLoadedError, RequestError
+
+    IDLE, MAXN, STEP = 0.25, 3, 30
+    prompts = ["Once upon", "The sky is blue and", "1, 2, 3,"]
+
+    def load():
+        engine = loop.run_until_complete(webllm_py.create(tiny_path, device=device, stream_idle_timeout=IDLE,
+                                                          **TINY_OPTIONS))
+        return engine
+
+    def run(aw):
+        return loop.run_until_complete(asyncio.wait_for(aw, STEP))
+
+    def plain(engine, prompt, n):
+        return run(engine.completions.create(prompt=prompt, temperature=0, max_tokens=n, ignore_eos=True))
+
+    first = load()
+    ref = {(p, k): plain(first, p, k) for p in prompts for k in range(1, MAXN + 1)}
+    assert len({ref[p, MAXN]["choices"][0]["text"] for p in prompts}) == len(prompts)  # told apart
+    first.unload()
+
+    class Stream:
+        def __init__(self, engine, prompt, n):
+            self.prompt, self.n, self.chunks, self.done = prompt, n, [], False
+            self.gen = engine.completions.create(prompt=prompt, temperature=0, max_tokens=n, ignore_eos=True,
+                                                 stream=True, stream_options={"include_usage": True})
+
+    class API(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.engine, self.streams, self.unloaded = load(), [], False
+
+        def check(self, s: Stream) -> None:
+            finish = [c["choices"][0]["finish_reason"] for c in s.chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+            usage, k = s.chunks[-1]["usage"], s.chunks[-1]["usage"]["completion_tokens"]
+            assert usage["prompt_tokens"] == ref[s.prompt, 1]["usage"]["prompt_tokens"]
+            text = "".join(c["choices"][0]["text"] for c in s.chunks if c["choices"])
+            if finish == ["length"]:
+                assert k == s.n and text == ref[s.prompt, s.n]["choices"][0]["text"]
+            else:
+                assert finish == ["abort"] and 1 <= k <= s.n, (finish, k)
+                assert ref[s.prompt, k]["choices"][0]["text"].startswith(text), (text, s.prompt, k)
+
+        def pull_one(self, s: Stream) -> None:
+            try:
+                s.chunks.append(run(s.gen.__anext__()))
+            except StopAsyncIteration:
+                s.done = True
+                self.streams.remove(s)
+                self.check(s)
+
+        @precondition(lambda self: not self.unloaded and len(self.streams) < 3)
+        @rule(prompt=st.sampled_from(prompts), n=st.integers(1, MAXN))
+        def open_stream(self, prompt, n):
+            self.streams.append(Stream(self.engine, prompt, n))
+
+        @precondition(lambda self: self.streams)
+        @rule(i=st.integers(0, 2), times=st.integers(1, 2))
+        def pull(self, i, times):
+            s = self.streams[i % len(self.streams)]
+            for _ in range(times):
+                if not s.done:
+                    self.pull_one(s)
+
+        @precondition(lambda self: self.streams)
+        @rule(i=st.integers(0, 2))
+        def close(self, i):
+            run(self.streams.pop(i % len(self.streams)).gen.aclose())
+
+        @precondition(lambda self: not self.unloaded)
+        @rule(prompt=st.sampled_from(prompts), n=st.integers(1, MAXN))
+        def plain_request(self, prompt, n):
+            r = plain(self.engine, prompt, n)
+            assert r["choices"][0]["text"] == ref[prompt, n]["choices"][0]["text"]
+            assert r["usage"]["completion_tokens"] == n
+
+        @precondition(lambda self: not self.unloaded)
+        @rule()
+        def interrupt(self):
+            self.engine.interrupt()
+
+        @precondition(lambda self: not self.unloaded)
+        @rule(stream=st.booleans())
+        def bad_requests(self, stream):
+            with pytest.raises(RequestError):
+                self.engine.completions.create(prompt="Hi", temperature=-1, stream=stream)
+            r = self.engine.completions.create(prompt="word " * 300, temperature=0, max_tokens=2, stream=stream)
+            with pytest.raises(ContextOverflowError):
+                run(r.__anext__() if stream else r)
+
+        @precondition(lambda self: not self.unloaded)
+        @rule(now=st.integers(0, 3))
+        def unload(self, now):
+            if now:  # most of the time not: a machine that unloads often tests little else
+                return
+            for s in self.streams:
+                run(s.gen.aclose())
+            self.streams = []
+            self.engine.unload()
+            self.unloaded = True
+            with pytest.raises(ModelNotLoadedError):
+                plain(self.engine, prompts[0], 1)
+
+        @precondition(lambda self: self.unloaded)
+        @rule()
+        def create_again(self):
+            self.engine, self.unloaded = load(), False
+
+        @invariant()
+        def streams_bounded(self):
+            assert len(self.streams) <= 3
+
+        def teardown(self):
+            for s in list(self.streams):  # every open stream still ends, by itself or aborted
+                while not s.done:
+                    self.pull_one(s)
+            if not self.unloaded:
+                self.engine.unload()
+
+    run_state_machine_as_test(API, settings=settings(max_examples=10, stateful_step_count=15, deadline=None,
+                                                     suppress_health_check=list(HealthCheck)))
