@@ -314,6 +314,7 @@ def server(tmp_path):
     static.mkdir()
     (static / "index.html").write_text("<p>hi</p>")
     os.symlink(static / "loop", static / "loop")
+    os.mkfifo(static / "fifo")
     model = tmp_path / "tiny.gguf"
     model.write_bytes(bytes(range(256)) * 40)
     site = serve.Site(static=static, models={model.name: model})
@@ -342,7 +343,8 @@ def test_serve_answers_hostile_paths_and_ranges_with_a_4xx(server):
     size = model.stat().st_size
     cases = [("/%00", {}, 400), ("/index.html%00.txt", {}, 400), ("/" + "a" * 256, {}, 404),
              ("/pyodide/" + "b" * 300, {}, 404), ("/" + "a/" * 2100, {}, 404), ("/loop", {}, 404),
-             ("/loop/x", {}, 404), ("/models/tiny.gguf", {"Range": "bytes=" + "9" * 4400 + "-"}, 416),
+             ("/loop/x", {}, 404), ("/fifo", {}, 404),
+             ("/models/tiny.gguf", {"Range": "bytes=" + "9" * 4400 + "-"}, 416),
              ("/models/tiny.gguf", {"Range": "bytes=-" + "9" * 4400}, 206),
              ("/models/tiny.gguf", {"Range": "bytes=5-" + "9" * 4400}, 206)]
     for path, headers, want in cases:
@@ -579,7 +581,8 @@ def test_random_interleavings_of_requests_streams_aborts_and_unload(tiny_path, d
             self.engine, self.streams, self.unloaded = load(), [], False
 
         def check(self, s: Stream) -> None:
-            finish = [c["choices"][0]["finish_reason"] for c in s.chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+            finish = [c["choices"][0]["finish_reason"] for c in s.chunks
+                      if c["choices"] and c["choices"][0]["finish_reason"]]
             usage, k = s.chunks[-1]["usage"], s.chunks[-1]["usage"]["completion_tokens"]
             assert usage["prompt_tokens"] == ref[s.prompt, 1]["usage"]["prompt_tokens"]
             text = "".join(c["choices"][0]["text"] for c in s.chunks if c["choices"])

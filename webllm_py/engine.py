@@ -3,8 +3,9 @@
 One Engine holds one model on one device. Requests are served one at a time (a FIFO turn, see
 _acquire), so concurrent callers queue and never interleave. A stream whose consumer stopped pulling
 (neither finished nor closed) would hold the engine forever: once it has been idle for
-`stream_idle_timeout` seconds, the next request aborts it (it ends with finish_reason "abort"). The KV cache keeps the previous conversation of each
-sequence, and a new prompt that starts with it only prefills what is new (multi-turn reuse).
+`stream_idle_timeout` seconds, the next request aborts it (it ends with finish_reason "abort").
+The KV cache keeps the previous conversation of each sequence, and a new prompt that starts with it
+only prefills what is new (multi-turn reuse).
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ class Engine:
                 raise RequestError(f"{name} must be an integer >= {least}, got {v!r}.")
         if stream_idle_timeout is not None and (isinstance(stream_idle_timeout, bool) or not isinstance(
                 stream_idle_timeout, (int, float)) or not stream_idle_timeout > 0):
-            raise RequestError(f"stream_idle_timeout must be a number of seconds > 0 or None, got {stream_idle_timeout!r}.")
+            raise RequestError(f"stream_idle_timeout must be a number of seconds > 0 or None, "
+                               f"got {stream_idle_timeout!r}.")
         owns_device = device is None
         ckpt = open_checkpoint(model)  # validated before anything is allocated (models/config.py)
         device = device or await request_device(backend)
