@@ -453,3 +453,39 @@ class BoundEmbedding:
     def record(self, rec: Any, n_tokens: int) -> None:
         e = self.embedding
         rec.dispatch(self.bind_group, _ceil_div(e.D // 4, e.wg), n_tokens)
+
+
+@dataclass(eq=False)
+class BoundParts:
+    """The ops over the row blocks of one matrix that one storage binding cannot hold
+    (WeightStore.matrix_parts), recorded in turn; a single op when the matrix fits."""
+    parts: list[Any]
+
+    def record(self, rec: Any, n_tokens: int) -> None:
+        for p in self.parts:
+            p.record(rec, n_tokens)
+
+
+def bind_embedding(device: Any, weights: Any, name: str, ids: Any, out: Any, scale: float = 1.0) -> BoundParts:
+    """out[t] = table[ids[t]] * scale, the table `name` of WeightStore `weights` looked up block by block
+    where it is split (each block writes only the rows of the ids it holds)."""
+    table = weights.matrix_parts(name)
+    split = len(table) > 1
+    return BoundParts([Embedding(device, t, scale=scale, first_row=r0, partial=split).bind(ids, out)
+                       for r0, t in table])
+
+
+def bind_head(device: Any, weights: Any, name: str, x: Any, logits: Any, bias: str | None = None) -> BoundParts:
+    """logits = x W^T (+ bias) for one token, W = `name` of WeightStore `weights` multiplied block by
+    block into slices of the logits where it is split (blocks start at multiples of 64 rows: 256-byte
+    aligned binding offsets)."""
+    parts = weights.matrix_parts(name)
+    split = len(parts) > 1
+    has_bias = bias is not None and weights.has(bias)
+    ops = []
+    for r0, t in parts:
+        b = None
+        if has_bias:
+            b = weights.row_slice(bias, r0, r0 + t.rows, f"{bias}[{r0}:{r0 + t.rows}]") if split else weights.bias(bias)
+        ops.append(Linear(device, t, b).bind(x, (logits, 4 * r0, 4 * t.rows) if split else logits, None))
+    return BoundParts(ops)

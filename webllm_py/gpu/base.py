@@ -144,7 +144,9 @@ class Device(ABC):
 
     @property
     def max_binding_size(self) -> int:
-        return int(self.limits.get("max_storage_buffer_binding_size", 128 << 20))
+        """The largest buffer one storage binding can hold: the binding limit, or the buffer limit if lower."""
+        return min(int(self.limits.get("max_storage_buffer_binding_size", 128 << 20)),
+                   int(self.limits.get("max_buffer_size", 256 << 20)))
 
     # -- kernels ----------------------------------------------------------------------------------
     def kernel(self, template: str, label: str = "", **params: Any) -> Kernel:

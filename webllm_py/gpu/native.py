@@ -50,9 +50,12 @@ class NativeRecorder(Recorder):
 class NativeDevice(Device):
     subgroups_directive = ""  # naga enables subgroup builtins by the device feature alone
 
-    def __init__(self, power_preference: str = "high-performance", use_subgroups: bool | None = None) -> None:
+    def __init__(self, power_preference: str = "high-performance", use_subgroups: bool | None = None,
+                 max_binding_size: int | None = None) -> None:
         """use_subgroups: request the adapter's subgroups feature; None: on GPU adapters only (the
-        staged matvec's team reduction, linear.py; CPU adapters' kernels do not use them)."""
+        staged matvec's team reduction, linear.py; CPU adapters' kernels do not use them).
+        max_binding_size: act as if the adapter bound (and allocated) at most this many bytes per
+        buffer, so that tests exercise the row-block split of large matrices with small models."""
         super().__init__()
         try:
             import wgpu
@@ -86,6 +89,9 @@ class NativeDevice(Device):
                                            "max-storage-buffers-per-shader-stage") if k in lim}
         self.raw = adapter.request_device_sync(required_features=request, required_limits=want_limits)
         self.limits = {k.replace("-", "_"): v for k, v in self.raw.limits.items()}
+        if max_binding_size:
+            for k in ("max_storage_buffer_binding_size", "max_buffer_size"):
+                self.limits[k] = min(int(self.limits.get(k, max_binding_size)), int(max_binding_size))
         self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
         if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
             self._usage |= wgpu.BufferUsage.UNIFORM

@@ -29,7 +29,7 @@ from ..attention import PagedAttention
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
-from ..linear import Embedding, Linear
+from ..linear import Linear, bind_embedding, bind_head
 from ..ops import GLU, RMSNorm, RoPE, Softcap
 from .config import ModelConfig
 from .llama import RunState
@@ -231,10 +231,7 @@ class GemmaModel:
         s = self.state = GemmaState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
         # The 262k-row table may exceed one storage binding: then it is split in row blocks, looked up
         # block by block and, as the tied head, multiplied block by block into slices of the logits.
-        table = weights.matrix_parts("token_embd.weight")
-        split = len(table) > 1
-        self.embed = [Embedding(device, t, scale=o.embed_scale, first_row=r0, partial=split).bind(s.ids, s.x)
-                      for r0, t in table]
+        self.embed = bind_embedding(device, weights, "token_embd.weight", s.ids, s.x, scale=o.embed_scale)
 
         def rope(theta: float, scaling: dict | None) -> RoPE:
             freqs = replace(cfg, rope_theta=theta, rope_scaling=scaling).inv_freq()
@@ -250,14 +247,12 @@ class GemmaModel:
                        for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps,
                                   weight_offset=o.norm_offset).bind(s.x, s.last, s.step, last_only=True)
-        head = table if cfg.tie_embeddings else weights.matrix_parts("output.weight")
-        self.lm_head = [Linear(device, t).bind(s.last, (s.logits, 4 * r0, 4 * t.rows) if len(head) > 1 else s.logits, None)
-                        for r0, t in head]
+        self.lm_head = bind_head(device, weights, "token_embd.weight" if cfg.tie_embeddings else "output.weight",
+                                 s.last, s.logits)
         self.softcap = Softcap(device, cfg.vocab_size, o.final_softcap).bind(s.logits) if o.final_softcap else None
 
     def record(self, rec: Recorder, n: int, logits: bool) -> None:
-        for part in self.embed:
-            part.record(rec, n)
+        self.embed.record(rec, n)
         for layer in self.layers:
             layer.record(rec, n)
         if logits:
@@ -266,7 +261,6 @@ class GemmaModel:
     def record_head(self, rec: Recorder, n: int) -> None:
         """Logits of the step's last token."""
         self.final_norm.record(rec, n)
-        for part in self.lm_head:
-            part.record(rec, 1)
+        self.lm_head.record(rec, 1)
         if self.softcap is not None:
             self.softcap.record(rec, 1)
