@@ -50,19 +50,29 @@ def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
 
     with open(os.path.join(hf_dir, "config.json")) as f:
         c = json.load(f)
-    t = load_file(os.path.join(hf_dir, "model.safetensors"))
-    L, H, KV = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]
     path = os.path.join(out_dir, "llama-256.gguf")
+    w, ref = write_llama_gguf(path, c, load_file(os.path.join(hf_dir, "model.safetensors")), KINDS)
+    ref_dir = os.path.join(out_dir, "llama-256-reference")
+    finish_gguf(w, hf_dir, ref, ref_dir)
+    return path, ref_dir
+
+
+def write_llama_gguf(path: str, c: dict, t: dict, kinds: dict, embd: str = "q8_0", head: str = "q8_0"):
+    """A GGUFWriter for Llama config.json `c` and Hugging Face tensors `t` (numpy), laid out as llama.cpp
+    does, each layer matrix in kinds[its GGUF name], the embedding and head in `embd` and `head`; and the
+    tensors as the GGUF stores them, under their Hugging Face names (the reference's weights)."""
+    L, H, KV = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]
     w = gguf_writer(path, "llama", c)
+    w.add_vocab_size(c["vocab_size"])  # may differ from the tokenizer's (SmolLM2's 49152)
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])
     w.add_rope_freq_base(c["rope_theta"] if "rope_theta" in c else c["rope_parameters"]["rope_theta"])
     w.add_rope_dimension_count(c["head_dim"])
     add_tokenizer(w)
 
     ref = dict(t)
-    ref["model.embed_tokens.weight"] = put_tensor(w, "token_embd.weight", t["model.embed_tokens.weight"], "q8_0")
+    ref["model.embed_tokens.weight"] = put_tensor(w, "token_embd.weight", t["model.embed_tokens.weight"], embd)
     put_tensor(w, "output_norm.weight", t["model.norm.weight"])
-    ref["lm_head.weight"] = put_tensor(w, "output.weight", t["lm_head.weight"], "q8_0")
+    ref["lm_head.weight"] = put_tensor(w, "output.weight", t["lm_head.weight"], head)
     names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
              "ffn_down": "mlp.down_proj"}
@@ -73,16 +83,14 @@ def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
         for gg, hf in names.items():
             m = t[p + hf + ".weight"]
             if gg in ("attn_q", "attn_k"):  # llama.cpp's layout: rotary pairs in adjacent rows
-                stored = put_tensor(w, f"blk.{i}.{gg}.weight", _adjacent_pairs(m, H if gg == "attn_q" else KV), KINDS[gg])
+                stored = put_tensor(w, f"blk.{i}.{gg}.weight", _adjacent_pairs(m, H if gg == "attn_q" else KV), kinds[gg])
                 n = H if gg == "attn_q" else KV  # back to Hugging Face's row order for the reference
                 d = stored.shape[0] // n
                 stored = stored.reshape(n, d // 2, 2, -1).swapaxes(1, 2).reshape(stored.shape)
             else:
-                stored = put_tensor(w, f"blk.{i}.{gg}.weight", m, KINDS[gg])
+                stored = put_tensor(w, f"blk.{i}.{gg}.weight", m, kinds[gg])
             ref[p + hf + ".weight"] = np.ascontiguousarray(stored, dtype=np.float32)
-    ref_dir = os.path.join(out_dir, "llama-256-reference")
-    finish_gguf(w, hf_dir, ref, ref_dir)
-    return path, ref_dir
+    return w, ref
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,21 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _from(binding: Any, offset: int) -> Any:
+    """A buffer binding (a Buffer or (buffer, offset, size)) from `offset` bytes on to its end."""
+    if not offset:
+        return binding
+    buf, off, size = binding if isinstance(binding, tuple) else (binding, 0, binding.size)
+    return buf, off + offset, size - offset
+
+
+def _rows(bias: GPUTensor, r0: int, n: int) -> GPUTensor:
+    """Elements [r0, r0 + n) of an f32 bias, bound in place."""
+    b = bias.buffer
+    buf, off = (b[0], b[1]) if isinstance(b, tuple) else (b, 0)
+    return GPUTensor((buf, off + 4 * r0, 4 * n), GGMLType.F32, (n,), f"{bias.name}[{r0}:{r0 + n}]")
+
+
 @dataclass(frozen=True)
 class MatvecTiling:
     wg: int = 64  # threads per workgroup
@@ -200,10 +215,13 @@ class Linear:
 
     def __init__(self, device: Any, weight: GPUTensor, bias: GPUTensor | None = None, *,
                  matvec: MatvecTiling | None = None, matmul: MatmulTiling | MatmulRowsTiling | None = None,
-                 tokens_at: int = 1, f16: bool = False, subgroups: bool | None = None) -> None:
+                 tokens_at: int = 1, f16: bool = False, subgroups: bool | None = None,
+                 out_stride: int | None = None) -> None:
         """subgroups: None uses them where the device has them (requested: NativeDevice(use_subgroups=True));
         the staged kernel's team reduction then also needs the adapter's smallest subgroup to hold a
-        team (subgroup_min_size >= lanes), which True asserts instead (tests)."""
+        team (subgroup_min_size >= lanes), which True asserts instead (tests).
+        A weight split into row blocks (GPUTensor.parts: one binding cannot hold it) becomes a Linear
+        per block, each writing its columns of y (out_stride: y's row length, for such a block)."""
         if len(weight.shape) != 2:
             raise UnsupportedModelError(f"linear weight '{weight.name}' must be 2-D, got shape {weight.shape}")
         self.device = device
@@ -239,6 +257,8 @@ class Linear:
                                         else gpu_matmul_tiling(self.N))
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
+        if out_stride is not None:
+            self._params["out_stride"] = out_stride
         self._tokens_at = tokens_at
         self._f16 = bool(f16)
         self._subgroups = device.has_subgroups if subgroups is None else subgroups
@@ -249,6 +269,13 @@ class Linear:
                            and 4 * self.K <= MAX_UNIFORM_BINDING and not _swiftshader(device))
         # Pipelines are made on first use (accumulate or not) and cached: lavapipe compiles slowly.
         self._kernels: dict[tuple[str, bool], Any] = {}
+        # Row blocks (blocks start at multiples of 64 rows: y's and the bias's binding offsets are
+        # 256-byte aligned); never fused into a MatvecGroup dispatch.
+        self.parts = [(r0, Linear(device, t, None if bias is None else _rows(bias, r0, t.rows), matvec=matvec,
+                                  matmul=matmul, tokens_at=tokens_at, f16=f16, subgroups=subgroups, out_stride=self.N))
+                      for r0, t in weight.parts]
+        if self.parts:
+            self.q4 = self.staged = False
 
     def kernel(self, kind: str, accumulate: bool) -> Any:
         """The 'matvec' or 'matmul' pipeline of this layer."""
@@ -308,6 +335,9 @@ class Linear:
 
     def bind(self, x: Any, y: Any, params: Any | None = None, accumulate: bool = False) -> "BoundLinear":
         """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
+        if self.parts:
+            return BoundLinear(self, None, None, accumulate,
+                               [lin.bind(x, _from(y, 4 * r0), params, accumulate) for r0, lin in self.parts])
         w = self.weight.buffer
         extra = [self.bias.buffer] if self.bias is not None else []
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
@@ -322,9 +352,14 @@ class BoundLinear:
     matvec: Any
     matmul: Any | None = field(default=None)
     accumulate: bool = False
+    parts: list["BoundLinear"] = field(default_factory=list)  # one per row block of a split weight
 
     def record(self, rec: Any, n_tokens: int) -> None:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
+        if self.parts:
+            for p in self.parts:
+                p.record(rec, n_tokens)
+            return
         lin = self.linear
         if n_tokens == 1:
             groups = lin.matvec_tiling.groups(lin.N, lin.K)
@@ -359,7 +394,7 @@ class MatvecGroup:
         self.members, self.glu = members, glu
         lins = [b.linear for b in members]
         first = lins[0]
-        bufs = [b.matvec.buffers for b in members]
+        bufs = [b.matvec.buffers if b.matvec is not None else () for b in members]  # () for a split weight
         self.runs: list[tuple[Any, int]] = []  # (bind group, workgroups) of each fused dispatch
         # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
         # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
@@ -379,7 +414,7 @@ class MatvecGroup:
         # run's kernel can fold it (the norm's own dispatch is then skipped for single tokens)
         rms = getattr(norm, "norm", None)
         nbufs = norm.bind_group.buffers if rms is not None else ()
-        fold = (rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
+        fold = (ok and rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
                 and all(lins[sp[0]].K <= FOLD_NORM_MAX_K or lins[sp[0]].staged for sp in spans))
         if ok:
             act, glu_op = glu if glu else (None, None)
@@ -428,7 +463,8 @@ class Embedding:
     def __init__(self, device: Any, weight: GPUTensor, scale: float = 1.0, wg: int = 64, first_row: int = 0,
                  partial: bool = False) -> None:
         """partial: `weight` is rows [first_row, first_row + V) of a table split over several buffers
-        (one storage binding is too small for it); other ids leave their output rows to the other parts."""
+        (one storage binding is too small for it); other ids leave their output rows to the other parts.
+        A weight split into row blocks (GPUTensor.parts) becomes such a partial Embedding per block."""
         if len(weight.shape) != 2:
             raise UnsupportedModelError(f"embedding '{weight.name}' must be 2-D, got shape {weight.shape}")
         self.device = device
@@ -437,11 +473,16 @@ class Embedding:
         if self.D % 4:
             raise UnsupportedModelError(f"embedding '{weight.name}': width {self.D} is not a multiple of 4")
         self.wg = wg
+        self.parts = [Embedding(device, t, scale, wg, first_row=r0, partial=True) for r0, t in weight.parts]
+        if self.parts:
+            return
         self._kernel = device.kernel("embedding", label=f"embedding {weight.name}", D=self.D, V=self.V,
                                      row_bytes=row_nbytes(weight.ggml_type, self.D), qtype=weight.ggml_type.name,
                                      wg=wg, scale=float(scale), first_row=first_row, partial=partial)
 
-    def bind(self, ids: Any, out: Any) -> "BoundEmbedding":
+    def bind(self, ids: Any, out: Any) -> "BoundEmbedding | BoundParts":
+        if self.parts:
+            return BoundParts([p.bind(ids, out) for p in self.parts])
         return BoundEmbedding(self, self.device.bind(self._kernel, [self.weight.buffer, ids, out]))
 
 
@@ -457,35 +498,9 @@ class BoundEmbedding:
 
 @dataclass(eq=False)
 class BoundParts:
-    """The ops over the row blocks of one matrix that one storage binding cannot hold
-    (WeightStore.matrix_parts), recorded in turn; a single op when the matrix fits."""
+    """The ops over the row blocks of one split matrix (GPUTensor.parts), recorded in turn."""
     parts: list[Any]
 
     def record(self, rec: Any, n_tokens: int) -> None:
         for p in self.parts:
             p.record(rec, n_tokens)
-
-
-def bind_embedding(device: Any, weights: Any, name: str, ids: Any, out: Any, scale: float = 1.0) -> BoundParts:
-    """out[t] = table[ids[t]] * scale, the table `name` of WeightStore `weights` looked up block by block
-    where it is split (each block writes only the rows of the ids it holds)."""
-    table = weights.matrix_parts(name)
-    split = len(table) > 1
-    return BoundParts([Embedding(device, t, scale=scale, first_row=r0, partial=split).bind(ids, out)
-                       for r0, t in table])
-
-
-def bind_head(device: Any, weights: Any, name: str, x: Any, logits: Any, bias: str | None = None) -> BoundParts:
-    """logits = x W^T (+ bias) for one token, W = `name` of WeightStore `weights` multiplied block by
-    block into slices of the logits where it is split (blocks start at multiples of 64 rows: 256-byte
-    aligned binding offsets)."""
-    parts = weights.matrix_parts(name)
-    split = len(parts) > 1
-    has_bias = bias is not None and weights.has(bias)
-    ops = []
-    for r0, t in parts:
-        b = None
-        if has_bias:
-            b = weights.row_slice(bias, r0, r0 + t.rows, f"{bias}[{r0}:{r0 + t.rows}]") if split else weights.bias(bias)
-        ops.append(Linear(device, t, b).bind(x, (logits, 4 * r0, 4 * t.rows) if split else logits, None))
-    return BoundParts(ops)

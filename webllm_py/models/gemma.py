@@ -29,7 +29,7 @@ from ..attention import PagedAttention
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
-from ..linear import Linear, bind_embedding, bind_head
+from ..linear import Embedding, Linear
 from ..ops import GLU, RMSNorm, RoPE, Softcap
 from .config import ModelConfig
 from .llama import RunState
@@ -229,9 +229,9 @@ class GemmaModel:
         self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
         o = options(cfg)
         s = self.state = GemmaState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
-        # The 262k-row table may exceed one storage binding: then it is split in row blocks, looked up
-        # block by block and, as the tied head, multiplied block by block into slices of the logits.
-        self.embed = bind_embedding(device, weights, "token_embd.weight", s.ids, s.x, scale=o.embed_scale)
+        # The 262k-row table may exceed one storage binding: then it is split in row blocks
+        # (WeightStore.matrix), looked up block by block and, as the tied head, multiplied block by block.
+        self.embed = Embedding(device, weights.matrix("token_embd.weight"), scale=o.embed_scale).bind(s.ids, s.x)
 
         def rope(theta: float, scaling: dict | None) -> RoPE:
             freqs = replace(cfg, rope_theta=theta, rope_scaling=scaling).inv_freq()
@@ -247,8 +247,8 @@ class GemmaModel:
                        for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps,
                                   weight_offset=o.norm_offset).bind(s.x, s.last, s.step, last_only=True)
-        self.lm_head = bind_head(device, weights, "token_embd.weight" if cfg.tie_embeddings else "output.weight",
-                                 s.last, s.logits)
+        head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
+        self.lm_head = Linear(device, head).bind(s.last, s.logits, None)
         self.softcap = Softcap(device, cfg.vocab_size, o.final_softcap).bind(s.logits) if o.final_softcap else None
 
     def record(self, rec: Recorder, n: int, logits: bool) -> None:

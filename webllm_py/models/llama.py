@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..attention import PagedAttention
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
-from ..linear import Linear, MatvecGroup, bind_embedding, bind_head
+from ..linear import Embedding, Linear, MatvecGroup
 from ..ops import GLU, RMSNorm, RoPE
 from .config import ModelConfig
 from .store import WeightStore
@@ -112,15 +112,15 @@ class LlamaModel:
                  max_tokens: int = 64):
         self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
         s = self.state = RunState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
-        self.embed = bind_embedding(device, weights, "token_embd.weight", s.ids, s.x)
+        self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
         attention = PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
                                    sliding_window=cfg.sliding_window)
         self.layers = [self.make_layer(device, cfg, weights, i, s, rope, attention) for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps).bind(
             s.x, s.last, s.step, last_only=True)
-        self.lm_head = bind_head(device, weights, "token_embd.weight" if cfg.tie_embeddings else "output.weight",
-                                 s.last, s.logits)
+        head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
+        self.lm_head = Linear(device, head).bind(s.last, s.logits, None)
 
     def make_layer(self, device: Device, cfg: ModelConfig, weights: WeightStore, i: int, s: RunState,
                    rope: RoPE, attention: PagedAttention):

@@ -20,7 +20,7 @@ from ..attention import PagedAttention
 from ..errors import ModelFormatError
 from ..formats.quants import row_nbytes
 from ..gpu import Buffer, Device, Recorder
-from ..linear import Linear
+from ..linear import BoundParts, Linear
 from ..ops import GLU, Bound, RoPE
 from ..weights import GPUTensor
 from .config import ModelConfig
@@ -66,19 +66,27 @@ class ExpertMatvec:
     workgroup per row, threads split K) suits GPUs; CPU adapters get one thread per row."""
 
     def __init__(self, device: Device, weight: GPUTensor, top_k: int, combine: bool, split_k: bool | None = None,
-                 wg: int = WG):
+                 wg: int = WG, first_expert: int | None = None):
+        """A stack split into blocks of experts (GPUTensor.parts: one binding cannot hold it) becomes an
+        ExpertMatvec per block (first_expert: the block's first), each doing its experts' share."""
         self.device, self.weight, self.top_k, self.combine, self.wg = device, weight, top_k, combine, wg
-        _, self.N, self.K = weight.shape
+        n_experts, self.N, self.K = weight.shape
         if self.K % 4:
             raise ModelFormatError(f"expert weight '{weight.name}': in_features {self.K} is not a multiple of 4")
         self.split_k = (not device.info.is_fallback) if split_k is None else split_k
         if self.split_k and self.N > 65535:
             raise ModelFormatError(f"expert weight '{weight.name}' has {self.N} rows, more than one grid dimension holds")
+        self.parts = [ExpertMatvec(device, t, top_k, combine, self.split_k, wg, first_expert=e0) for e0, t in weight.parts]
+        if self.parts:
+            return
+        block = {} if first_expert is None else dict(first_expert=first_expert, n_local=n_experts)
         self.kernel = device.kernel("moe_matvec", label=f"moe_matvec {weight.name}", K=self.K, N=self.N,
                                     row_bytes=row_nbytes(weight.ggml_type, self.K), qtype=weight.ggml_type.name,
-                                    top_k=top_k, combine=combine, split_k=self.split_k, wg=wg)
+                                    top_k=top_k, combine=combine, split_k=self.split_k, wg=wg, **block)
 
-    def bind(self, x: Buffer, y: Buffer, moe: MoEState) -> "BoundExperts":
+    def bind(self, x: Buffer, y: Buffer, moe: MoEState) -> "BoundExperts | BoundParts":
+        if self.parts:
+            return BoundParts([p.bind(x, y, moe) for p in self.parts])
         extra = [moe.weight] if self.combine else []
         return BoundExperts(self, self.device.bind(self.kernel, [self.weight.buffer, x, y, moe.idx, *extra]))
 

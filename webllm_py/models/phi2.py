@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..attention import PagedAttention
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
-from ..linear import Linear, MatvecGroup, bind_embedding, bind_head
+from ..linear import Embedding, Linear, MatvecGroup
 from ..ops import Activation, LayerNorm, RoPE
 from .config import ModelConfig
 from .llama import LlamaModel, RunState
@@ -111,7 +111,7 @@ class Phi2Model(LlamaModel):
             q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
             raw = (device.create_buffer(4 * max_tokens * q_dim, "q_raw"),
                    device.create_buffer(4 * max_tokens * kv_dim, "k_raw"))
-        self.embed = bind_embedding(device, weights, "token_embd.weight", s.ids, s.x)
+        self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
         attention = PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
                                    sliding_window=cfg.sliding_window)
@@ -119,5 +119,5 @@ class Phi2Model(LlamaModel):
         bias = weights.vector("output_norm.bias") if weights.has("output_norm.bias") else None
         self.final_norm = LayerNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps, bias).bind(
             s.x, s.last, s.step, last_only=True)
-        self.lm_head = bind_head(device, weights, "token_embd.weight" if cfg.tie_embeddings else "output.weight",
-                                 s.last, s.logits, bias="output.bias")
+        head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
+        self.lm_head = Linear(device, head, weights.bias("output.bias")).bind(s.last, s.logits, None)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, ModelTooLargeError
 from ..formats.quants import GGMLType, TensorInfo
 from ..gpu import Buffer, Device
-from ..weights import SPARE_BYTES, GPUTensor, upload_tensor
+from ..weights import SPARE_BYTES, GPUTensor, row_info, split_upload
 
 # Hugging Face -> GGUF tensor names for the Llama-like families ({i} is the layer).
 HF_TO_GGUF = {
@@ -122,41 +122,19 @@ class WeightStore:
                               "total": self.total_bytes})
 
     def matrix(self, name: str) -> GPUTensor:
-        """A weight matrix [out, in] in its stored (quantized) type."""
+        """A weight matrix [out, in] (or a stack [n, out, in]) in its stored (quantized) type; split into
+        blocks of rows (GPUTensor.parts) where one storage binding cannot hold it (weights.split_upload):
+        blocks of 64 rows for a matrix, of whole matrices for a stack."""
         if name not in self._cache:
             info = self._info(name)
-            self._cache[name] = upload_tensor(self.device, info.source, info)
+            self._cache[name] = split_upload(self.device, info, align_rows=64 if len(info.shape) == 2 else 1)
             self._progress(info)
         return self._cache[name]
 
-    def matrix_parts(self, name: str, align_rows: int = 64) -> list[tuple[int, GPUTensor]]:
-        """A matrix as [(first_row, rows)] blocks that each fit one storage binding: one block when it
-        fits (most), several for a table larger than the adapter's limit (Gemma's 262k x 640 Q8_0
-        embedding is 170 MB; lavapipe binds at most 128 MiB). Blocks hold a multiple of `align_rows`
-        rows, so outputs written per block start at aligned offsets (4 * 64 = 256 bytes)."""
-        key = name + "#parts"
-        if key not in self._cache:
-            info = self._info(name)
-            rows = info.hf_shape[0]
-            row_bytes = info.nbytes // rows
-            per = (self.device.max_binding_size - SPARE_BYTES) // row_bytes // align_rows * align_rows
-            if info.nbytes + SPARE_BYTES <= self.device.max_binding_size or per == 0:
-                self._cache[key] = [(0, self.matrix(name))]
-            else:
-                parts = []
-                for r0 in range(0, rows, per):
-                    n = min(per, rows - r0)
-                    shape = (info.shape[0], n, *info.shape[2:]) if info.ne_first else (n, *info.shape[1:])
-                    part = TensorInfo(f"{name}[{r0}:{r0 + n}]", shape, info.ggml_type, info.offset + r0 * row_bytes,
-                                      n * row_bytes, info.ne_first, info.source)
-                    parts.append((r0, upload_tensor(self.device, info.source, part)))
-                self._cache[key] = parts
-                self._progress(info)
-        return self._cache[key]
-
     def stacked_matrix(self, names: list[str], name: str) -> GPUTensor:
         """Matrices of one type and shape [N, K] (Mixtral's experts) uploaded back to back into one
-        buffer, as a GPUTensor of shape [len(names), N, K]: a kernel picks matrix e by offset."""
+        buffer, as a GPUTensor of shape [len(names), N, K]: a kernel picks matrix e by offset. Where one
+        binding cannot hold them all, into several (GPUTensor.parts, blocks of whole matrices)."""
         if name not in self._cache:
             infos = [self._info(n) for n in names]
             first = infos[0]
@@ -165,11 +143,24 @@ class WeightStore:
             if first.nbytes % 4:
                 raise ModelFormatError(f"tensor '{first.name}' is {first.nbytes} bytes, not a whole number of "
                                        "words; cannot stack it")
-            buf = self.device.create_buffer(first.nbytes * len(infos) + SPARE_BYTES, name)
-            for e, info in enumerate(infos):
-                info.source.upload(self.device, buf, info.offset, info.nbytes, e * first.nbytes)
-                self._progress(info)
-            self._cache[name] = GPUTensor(buf, GGMLType(first.ggml_type), (len(infos), *first.hf_shape), name)
+            # as many matrices a buffer as one binding holds (matrix() splits a stored stack alike)
+            limit = self.device.max_binding_size
+            per = (limit - SPARE_BYTES) // first.nbytes
+            if per == 0:
+                raise ModelTooLargeError(
+                    f"expert matrix '{first.name}' ({first.type_name}, shape {list(first.hf_shape)}) needs "
+                    f"{first.nbytes} bytes, more than this GPU's largest storage buffer binding ({limit} bytes).")
+            parts = []
+            for e0 in range(0, len(infos), per):
+                group = infos[e0:e0 + per]
+                label = name if per >= len(infos) else f"{name}[{e0}:{e0 + len(group)}]"
+                buf = self.device.create_buffer(first.nbytes * len(group) + SPARE_BYTES, label)
+                for e, info in enumerate(group):
+                    info.source.upload(self.device, buf, info.offset, info.nbytes, e * first.nbytes)
+                    self._progress(info)
+                parts.append((e0, GPUTensor(buf, GGMLType(first.ggml_type), (len(group), *first.hf_shape), label)))
+            self._cache[name] = parts[0][1] if len(parts) == 1 else GPUTensor(
+                None, GGMLType(first.ggml_type), (len(infos), *first.hf_shape), name, tuple(parts))
         return self._cache[name]
 
     def stacked_vector(self, names: list[str], name: str) -> Buffer:
@@ -194,14 +185,8 @@ class WeightStore:
                 data = self._cache[key][4 * r0:4 * r1]
                 self._cache[label] = GPUTensor(self.device.buffer_from(data, label), GGMLType.F32, (r1 - r0,), label)
             else:
-                rows = info.hf_shape[0]
-                row_bytes = info.nbytes // rows
-                if not 0 <= r0 < r1 <= rows:
-                    raise ModelFormatError(f"tensor '{name}' has {rows} rows; cannot take rows {r0}..{r1}")
-                shape = (info.shape[0], r1 - r0) if info.ne_first else (r1 - r0, *info.shape[1:])
-                part = TensorInfo(label, shape, info.ggml_type, info.offset + r0 * row_bytes, (r1 - r0) * row_bytes,
-                                  info.ne_first, info.source)
-                self._cache[label] = upload_tensor(self.device, info.source, part)
+                part = row_info(info, r0, r1, label)
+                self._cache[label] = split_upload(self.device, part)
                 self._progress(part)
         return self._cache[label]
 
