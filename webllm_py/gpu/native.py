@@ -10,6 +10,8 @@ from ..errors import GPUUnavailableError, ShaderError
 from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, align_up
 
 # Features this runtime uses; wgpu-native names subgroups "subgroup".
+FLUSH_BYTES = 64 << 20  # bytes written between flushes of wgpu's staging buffers (write_buffer)
+
 _WANTED = {"shader-f16": "shader-f16", "subgroup": "subgroups", "subgroups": "subgroups",
            "timestamp-query": "timestamp-query"}
 
@@ -92,6 +94,8 @@ class NativeDevice(Device):
         if max_binding_size:
             for k in ("max_storage_buffer_binding_size", "max_buffer_size"):
                 self.limits[k] = min(int(self.limits.get(k, max_binding_size)), int(max_binding_size))
+        self._staged = 0  # bytes written since the last submission (write_buffer)
+        self._flush_buffer: Buffer | None = None
         self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
         if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
             self._usage |= wgpu.BufferUsage.UNIFORM
@@ -111,7 +115,18 @@ class NativeDevice(Device):
         return Buffer(self.raw.create_buffer(size=size, usage=self._usage, label=label), size, label)
 
     def write_buffer(self, buffer: Buffer, data, offset: int = 0) -> None:
-        self.raw.queue.write_buffer(buffer.handle, offset, memoryview(data).cast("B"))
+        data = memoryview(data).cast("B")
+        self.raw.queue.write_buffer(buffer.handle, offset, data)
+        # wgpu keeps each write in a host staging buffer until the next submission has run: a model
+        # load (no submission) would hold a whole copy of the weights there. Flush every FLUSH_BYTES.
+        self._staged += len(data)
+        if self._staged >= FLUSH_BYTES:
+            self._staged = 0
+            if self._flush_buffer is None:
+                self._flush_buffer = self.create_buffer(4, "flush")
+            # a blocking read submits the pending writes and waits for them (wgpu-py 0.32's
+            # on_submitted_work_done_sync fails to build its callback)
+            self.raw.queue.read_buffer(self._flush_buffer.handle, 0, 4)
 
     async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
         """The bytes once the GPU has written them. Awaits while the GPU works, so other asyncio tasks
