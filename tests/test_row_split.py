@@ -240,3 +240,23 @@ def test_150k_vocabulary_head_past_128_mib_matches_transformers(tmp_path, device
             assert err <= 2.5e-3 and ours.argmax() == ref.argmax()
     finally:
         engine.unload()
+
+
+def test_kv_cache_sized_from_the_binding_limit(small_llama):
+    """context_window=None: as many positions as one layer's K buffer can hold within the limit (below the
+    model's 256); a larger context window asked for: a ModelTooLargeError naming the size that fits."""
+    from webllm_py.errors import ModelTooLargeError
+    from webllm_py.gpu.native import NativeDevice
+
+    path, _ = small_llama
+    dev = NativeDevice(max_binding_size=SMALL_LIMIT)
+    per_position = SMALL["num_key_value_heads"] * SMALL["head_dim"] * (2 if dev.has_f16 else 4)
+    fit = SMALL_LIMIT // (16 * per_position) * 16  # whole blocks of 16 positions
+    assert fit < 256
+    with pytest.raises(ModelTooLargeError, match=f"context_window <= {fit}, or context_window=None"):
+        asyncio.run(Engine.load(path, device=dev, context_window=256, max_sequences=1))
+    engine = asyncio.run(Engine.load(path, device=dev, context_window=None, max_sequences=1))
+    try:
+        assert engine.context_window == fit and engine.cache.layer_bytes <= SMALL_LIMIT
+    finally:
+        engine.unload()

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import DEVICE_LOST_ADVICE, ContextOverflowError, DeviceLostError, RequestError, WebLLMError
+from .errors import (DEVICE_LOST_ADVICE, ContextOverflowError, DeviceLostError, ModelTooLargeError, RequestError,
+                     WebLLMError)
 from .gpu import Device, request_device
-from .kv_cache import PagedKVCache
+from .kv_cache import PagedKVCache, max_blocks
 from .models import build_model
 from .models.store import WeightStore
 from .sampling import Sampler, SamplingParams
@@ -112,10 +113,21 @@ class Engine:
         device = device or await request_device(backend)
         cfg = ckpt.config
         ctx = min(cfg.context_length, context_window or cfg.context_length)
+        kv_dtype = "f16" if device.has_f16 else "f32"
+        fit = max_blocks(device, cfg.n_kv_heads, cfg.head_dim, BLOCK_SIZE, kv_dtype) // max_sequences * BLOCK_SIZE
+        if context_window is None:  # the model's own context, or as much of it as the adapter's cache allows
+            ctx = min(ctx, max(fit, BLOCK_SIZE))
+        elif ctx > fit:
+            need = -(-ctx // BLOCK_SIZE) * max_sequences * BLOCK_SIZE * cfg.n_kv_heads * cfg.head_dim * (2 if kv_dtype == "f16" else 4)
+            raise ModelTooLargeError(
+                f"A context window of {ctx} positions for {max_sequences} sequence(s) needs {need} bytes of KV cache per "
+                f"layer for K (and as much for V), more than this GPU's largest storage buffer binding "
+                f"({device.max_binding_size} bytes): load with context_window <= {fit}"
+                + (" or fewer max_sequences" if max_sequences > 1 else "") + ", or context_window=None to fit the GPU.")
         blocks_per_seq = -(-ctx // BLOCK_SIZE)
         cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
                              num_blocks=blocks_per_seq * max_sequences, max_blocks_per_seq=blocks_per_seq,
-                             dtype="f16" if device.has_f16 else "f32")
+                             dtype=kv_dtype)
         store = (WeightStore.from_hf if ckpt.format == "hf" else WeightStore)(device, ckpt.tensors, on_progress=on_progress)
         net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk)
         sampler = Sampler(device, cfg.vocab_size)

@@ -17,6 +17,11 @@ from .gpu.base import Buffer, Device
 _DTYPE_BYTES = {"f32": 4, "f16": 2}
 
 
+def max_blocks(device: Device, n_kv_heads: int, head_dim: int, block_size: int, dtype: str) -> int:
+    """The most cache blocks the adapter allows: one layer's K (or V) buffer is bound whole."""
+    return device.max_binding_size // (block_size * n_kv_heads * head_dim * _DTYPE_BYTES[dtype])
+
+
 class PagedKVCache:
     def __init__(self, device: Device, n_layers: int, n_kv_heads: int, head_dim: int, block_size: int = 16,
                  num_blocks: int = 256, dtype: str = "f32", max_blocks_per_seq: int | None = None) -> None:
@@ -35,9 +40,9 @@ class PagedKVCache:
 
         # Check the adapter's limits before allocating anything: one layer's K buffer is bound whole.
         self.layer_bytes = num_blocks * block_size * n_kv_heads * head_dim * _DTYPE_BYTES[dtype]
-        limit = min(device.max_binding_size, int(device.limits.get("max_buffer_size", device.max_binding_size)))
-        if self.layer_bytes > limit:
-            fit = limit // (block_size * n_kv_heads * head_dim * _DTYPE_BYTES[dtype])
+        fit = max_blocks(device, n_kv_heads, head_dim, block_size, dtype)
+        if num_blocks > fit:
+            limit = device.max_binding_size
             raise ModelTooLargeError(
                 f"The KV cache needs {self.layer_bytes / 2**20:.1f} MiB per layer for K (and as much for V), more than "
                 f"this GPU's storage-buffer binding limit of {limit / 2**20:.1f} MiB: use at most {fit} blocks "
