@@ -5,6 +5,7 @@ and simultaneous requests each get their own unmixed output.
 lavapipe decodes ~1 token/s: one module-scoped ChatEngine, max_tokens <= 3, a small context window."""
 import asyncio
 import copy
+import re
 
 import pytest
 
@@ -192,3 +193,26 @@ def test_after_unload_requests_fail_with_model_not_loaded(chat, loop):
     with pytest.raises(ModelNotLoadedError):
         loop.run_until_complete(_ask(chat, PROMPTS[0]))
     assert chat.reloads == reloads
+
+
+def test_model_over_gpu_memory_says_needed_and_allocated(device):
+    """An adapter with 40 MiB of memory (allocations past it fail as wgpu's GPUOutOfMemoryError): loading
+    SmolLM2 (94 MB of weights) is a ModelTooLargeError with what it needs and what it could allocate."""
+    import wgpu
+
+    from webllm_py.formats.gguf import GGUFFile
+    from webllm_py.formats.source import FileSource
+
+    class SmallMemory(_CountingDevice):
+        def create_buffer(self, size, label=""):
+            if sum(self.sizes) + size > 40 << 20:
+                raise wgpu.GPUOutOfMemoryError("out of memory")
+            return super().create_buffer(size, label)
+
+    small = SmallMemory(device, device.max_binding_size)
+    weights = sum(t.nbytes for t in GGUFFile(FileSource(default_model_path())).tensors.values())
+    with pytest.raises(ModelTooLargeError, match=rf"needs \d+ bytes \({weights} of weights, \d+ of KV cache .*"
+                                                 r"could allocate \d+ of them") as e:
+        asyncio.run(Engine.load(default_model_path(), device=small, context_window=64))
+    needed, got = (int(v) for v in re.search(r"needs (\d+) bytes .* could allocate (\d+)", str(e.value)).groups())
+    assert weights < needed and 0 < got <= 40 << 20 < needed

@@ -125,11 +125,24 @@ class Engine:
                 f"({device.max_binding_size} bytes): load with context_window <= {fit}"
                 + (" or fewer max_sequences" if max_sequences > 1 else "") + ", or context_window=None to fit the GPU.")
         blocks_per_seq = -(-ctx // BLOCK_SIZE)
-        cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
-                             num_blocks=blocks_per_seq * max_sequences, max_blocks_per_seq=blocks_per_seq,
-                             dtype=kv_dtype)
         store = (WeightStore.from_hf if ckpt.format == "hf" else WeightStore)(device, ckpt.tensors, on_progress=on_progress)
-        net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk)
+        kv = 2 * cfg.n_layers * blocks_per_seq * max_sequences * BLOCK_SIZE * cfg.n_kv_heads * cfg.head_dim * (
+            2 if kv_dtype == "f16" else 4)
+        cache = None
+        try:
+            cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
+                                 num_blocks=blocks_per_seq * max_sequences, max_blocks_per_seq=blocks_per_seq,
+                                 dtype=kv_dtype)
+            net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk)
+        except Exception as e:
+            if type(e).__name__ != "GPUOutOfMemoryError":  # wgpu's; a browser reports it asynchronously
+                raise
+            got = (kv if cache is not None else 0) + store.loaded_bytes
+            raise ModelTooLargeError(
+                f"The GPU ran out of memory loading the model: it needs {store.total_bytes + kv} bytes "
+                f"({store.total_bytes} of weights, {kv} of KV cache for {ctx} positions x {max_sequences} "
+                f"sequence(s)) and could allocate {got} of them. Use a smaller or more quantized model, or a "
+                f"smaller context_window.") from e
         sampler = Sampler(device, cfg.vocab_size)
         await device.check_errors()
         if on_progress:
