@@ -61,7 +61,7 @@ class Harness:
 
     def step_(self, seq, pos0, q, k, v):
         d, T = self.device, q.shape[0]
-        self.cache.ensure(seq, pos0 + T)
+        self.cache.ensure(seq, pos0 + T, first_new=pos0)
         d.write_buffer(self.q, np.ascontiguousarray(q, np.float32))
         d.write_buffer(self.k, np.ascontiguousarray(k, np.float32))
         d.write_buffer(self.v, np.ascontiguousarray(v, np.float32))

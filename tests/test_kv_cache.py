@@ -100,3 +100,25 @@ def test_truncate_then_continue_reuses_prefix(device):
     outs = [h.step_(0, 17, q2[17:25], k2[17:25], v2[17:25])]
     outs += [h.step_(0, p, q2[p:p + 1], k2[p:p + 1], v2[p:p + 1]) for p in range(25, 30)]
     np.testing.assert_allclose(np.concatenate(outs), reference(q2, k2, v2, H, KV)[17:], atol=2e-5, rtol=1e-4)
+
+
+def test_sliding_window_releases_blocks_out_of_the_window(device):
+    """Window 10, blocks of 4: of the 10 blocks of 40 positions (chunks of up to 8), those behind the
+    window go back to the pool as the sequence grows, so another sequence of 6 blocks fits beside it;
+    outputs as the windowed reference. An attention over everything beside it turns the release off."""
+    c = PagedKVCache(device, 1, KV, HD, block_size=4, num_blocks=10)
+    h = Harness(device, c, max_tokens=8, sliding_window=10)
+    assert c.window == 10
+    q, k, v = make_qkv(40, 13)
+    out = h.run(0, q, k, v, [8, 1, 1, 8, 1, 8, 1, 8, 4])
+    np.testing.assert_allclose(out, reference(q, k, v, H, KV, window=10), atol=2e-5, rtol=1e-4)
+    blocks = c.blocks(0)
+    assert len(blocks) == 10 and c.released(0) == 24 and blocks[:6] == [None] * 6 and c.free_blocks == 6
+    assert np.frombuffer(c.table_bytes(0), "<u4").tolist()[6:] == blocks[6:]
+    c.ensure(1, 24)  # the released blocks serve another sequence
+    c.truncate(0, 30)
+    c.free(0)
+    c.free(1)
+    assert c.free_blocks == 10
+    Harness(device, c, max_tokens=8)  # a layer attending to all positions
+    assert c.window is None

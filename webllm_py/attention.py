@@ -69,6 +69,7 @@ class PagedAttention:
         if (cache.n_kv_heads, cache.head_dim) != (n_kv_heads, head_dim):
             raise ValueError("the KV cache was made for a different n_kv_heads/head_dim")
         self.device, self.cache = device, cache
+        cache.attend_window(int(sliding_window) if sliding_window else None)
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.max_tokens = max_tokens
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)

@@ -156,7 +156,7 @@ class Engine:
     async def _step(self, seq: int, ids: list[int], sample: bool):
         n = len(ids)
         pos0 = len(self._cached[seq])
-        self.cache.ensure(seq, pos0 + n)
+        self.cache.ensure(seq, pos0 + n, first_new=pos0)
         s = self.model.state
         d = self.device
         d.write_buffer(s.ids, struct.pack(f"<{n}I", *ids))
@@ -350,6 +350,9 @@ class Engine:
         reuse = 0
         while reuse < min(len(cached), len(prompt) - 1) and cached[reuse] == prompt[reuse]:
             reuse += 1  # keep at least one prompt token to prefill: its logits give the first token
+        window = self.cache.window
+        if window is not None and self.cache.released(seq) > max(0, reuse + 1 - window):
+            reuse = 0  # blocks the next token would see fell out of the window and were released
         self.cache.truncate(seq, reuse)
         del cached[reuse:]
         stats.cached_prompt_tokens = reuse

@@ -6,6 +6,9 @@ A sequence owns a list of physical blocks; its block table maps logical block i 
 [i*B, (i+1)*B)) to a physical block, so a sequence's pages need not be contiguous or in order.
 The kernels (shaders/kv_write, attention_*) read the table from a u32 storage buffer that the host
 fills with `table_bytes(seq_id)` before each step.
+Where every attention over the cache has a sliding window (Mistral, Mixtral), blocks that fall wholly
+behind it go back to the pool as a sequence grows (`ensure(first_new=)`); Gemma 2/3's global layers read
+every position, so their cache keeps all blocks.
 """
 from __future__ import annotations
 
@@ -55,8 +58,31 @@ class PagedKVCache:
             self.v.append(device.create_buffer(self.layer_bytes, f"kv_cache.v{layer}"))
 
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
-        self._blocks: dict[int, list[int]] = {}
+        # a sequence's blocks; None where a block fell out of every layer's sliding window and was released
+        self._blocks: dict[int, list[int | None]] = {}
         self._length: dict[int, int] = {}
+        self._windows: list[int | None] = []  # of the attentions reading this cache (attend_window)
+
+    def attend_window(self, window: int | None) -> None:
+        """An attention over this cache sees the last `window` positions of a query (None: all)."""
+        self._windows.append(window)
+
+    @property
+    def window(self) -> int | None:
+        """The positions every attention over this cache may still read behind a query: blocks wholly
+        further back are released (ensure); None where some layer attends to everything (Gemma's global
+        layers) or no attention said."""
+        if not self._windows or None in self._windows:
+            return None
+        return max(self._windows)
+
+    def released(self, seq_id: int) -> int:
+        """Positions at the start of `seq_id` whose blocks were released (see window)."""
+        have = self._blocks.get(seq_id, [])
+        n = 0
+        while n < len(have) and have[n] is None:
+            n += 1
+        return n * self.block_size
 
     # -- allocator ---------------------------------------------------------------------------------
     @property
@@ -70,10 +96,16 @@ class PagedKVCache:
         """Positions reserved (and, once the step ran, written) for `seq_id`."""
         return self._length.get(seq_id, 0)
 
-    def ensure(self, seq_id: int, n_positions: int) -> None:
+    def ensure(self, seq_id: int, n_positions: int, first_new: int | None = None) -> None:
         """Make positions [0, n_positions) of `seq_id` backed by blocks. All or nothing: on failure
-        nothing is allocated and the cache stays as it was."""
+        nothing is allocated and the cache stays as it was. first_new: the first position the coming step
+        writes; with a window, blocks that no query from there on can see go back to the pool first."""
         have = self._blocks.setdefault(seq_id, [])
+        stale = []
+        if first_new is not None and self.window is not None:
+            # a query at first_new reads from first_new + 1 - window on (attention kernels start there)
+            stale = [i for i in range(min(len(have), (first_new + 1 - self.window) // self.block_size))
+                     if have[i] is not None]
         need = -(-n_positions // self.block_size)
         if need > self.max_blocks_per_seq:
             raise ContextOverflowError(
@@ -81,11 +113,14 @@ class PagedKVCache:
                 f"{self.max_blocks_per_seq * self.block_size}: shorten the conversation or load the model with a "
                 f"larger context window.")
         extra = need - len(have)
-        if extra > len(self._free):
+        if extra > len(self._free) + len(stale):
             raise KVCacheFullError(
                 f"The KV cache is full: sequence {seq_id} needs {extra} more blocks of {self.block_size} positions "
                 f"but only {len(self._free)} are free. Free (reset) another conversation, or load the engine "
                 f"with more cache blocks.")
+        for i in stale:
+            self._free.append(have[i])
+            have[i] = None
         for _ in range(max(0, extra)):
             have.append(self._free.pop())
         self._length[seq_id] = max(self._length.get(seq_id, 0), n_positions)
@@ -97,20 +132,24 @@ class PagedKVCache:
             return
         keep = -(-n_positions // self.block_size)
         while len(have) > keep:
-            self._free.append(have.pop())
+            b = have.pop()
+            if b is not None:
+                self._free.append(b)
         self._length[seq_id] = min(self._length.get(seq_id, 0), n_positions)
 
     def free(self, seq_id: int) -> None:
         """Return all blocks of `seq_id` to the pool."""
         for b in reversed(self._blocks.pop(seq_id, [])):
-            self._free.append(b)
+            if b is not None:
+                self._free.append(b)
         self._length.pop(seq_id, None)
 
     def table_bytes(self, seq_id: int) -> bytes:
         """The block table of `seq_id` as little-endian u32s, for the `block_table` storage buffer
         (at least 4 bytes, since WebGPU writes must not be empty)."""
         blocks = self._blocks.get(seq_id) or [0]
-        return struct.pack(f"<{len(blocks)}I", *blocks)
+        # a released block's entry: any block id (no kernel reads positions out of the window)
+        return struct.pack(f"<{len(blocks)}I", *(b or 0 for b in blocks))
 
     def table_buffer_size(self) -> int:
         """Bytes a block_table buffer needs to hold the longest sequence's table."""
