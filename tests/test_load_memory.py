@@ -2,10 +2,10 @@
 
 Each model loads in a fresh interpreter that reports its peak resident set (VmHWM) after the device is
 made and again after the load and a first forward step. On lavapipe the GPU's buffers are host memory,
-so the weights count once on their own; tensors go from the memory-mapped file to writeBuffer in chunks
-(formats/source.py), the uploaded pages leave the process, and wgpu's staging copies are flushed every
-64 MiB (gpu/native.py): before that a load held the weights three times (the mapped file, a staging
-copy, the buffers) -- SmolLM2 grew the peak by 326 MiB, Gemma-3-270M by 868 MiB (docs/benchmarks.md).
+so the weights count once on their own. Tensors are read from the file in chunks (formats/source.py) and
+wgpu's staging copies of the writes are flushed every 64 MiB (gpu/native.py): before that a load held
+a second copy of the weights in staging until its first submission -- Gemma-3-270M grew the peak by 627 MiB instead of
+463 MiB, past the second bound below (docs/benchmarks.md).
 """
 import json
 import os
