@@ -114,20 +114,21 @@ class Engine:
         cfg = ckpt.config
         ctx = min(cfg.context_length, context_window or cfg.context_length)
         kv_dtype = "f16" if device.has_f16 else "f32"
+        per_position = cfg.n_kv_heads * cfg.head_dim * (2 if kv_dtype == "f16" else 4)  # bytes of K in one layer
         fit = max_blocks(device, cfg.n_kv_heads, cfg.head_dim, BLOCK_SIZE, kv_dtype) // max_sequences * BLOCK_SIZE
         if context_window is None:  # the model's own context, or as much of it as the adapter's cache allows
             ctx = min(ctx, max(fit, BLOCK_SIZE))
         elif ctx > fit:
-            need = -(-ctx // BLOCK_SIZE) * max_sequences * BLOCK_SIZE * cfg.n_kv_heads * cfg.head_dim * (2 if kv_dtype == "f16" else 4)
+            need = -(-ctx // BLOCK_SIZE) * BLOCK_SIZE * max_sequences * per_position
             raise ModelTooLargeError(
-                f"A context window of {ctx} positions for {max_sequences} sequence(s) needs {need} bytes of KV cache per "
-                f"layer for K (and as much for V), more than this GPU's largest storage buffer binding "
+                f"A context window of {ctx} positions for {max_sequences} sequence(s) needs {need} bytes of KV "
+                f"cache per layer for K (and as much for V), more than this GPU's largest storage buffer binding "
                 f"({device.max_binding_size} bytes): load with context_window <= {fit}"
-                + (" or fewer max_sequences" if max_sequences > 1 else "") + ", or context_window=None to fit the GPU.")
+                + (" or fewer max_sequences" if max_sequences > 1 else "")
+                + ", or context_window=None to fit the GPU.")
         blocks_per_seq = -(-ctx // BLOCK_SIZE)
         store = (WeightStore.from_hf if ckpt.format == "hf" else WeightStore)(device, ckpt.tensors, on_progress=on_progress)
-        kv = 2 * cfg.n_layers * blocks_per_seq * max_sequences * BLOCK_SIZE * cfg.n_kv_heads * cfg.head_dim * (
-            2 if kv_dtype == "f16" else 4)
+        kv = 2 * cfg.n_layers * blocks_per_seq * BLOCK_SIZE * max_sequences * per_position
         cache = None
         try:
             cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,

@@ -76,7 +76,8 @@ class ExpertMatvec:
         self.split_k = (not device.info.is_fallback) if split_k is None else split_k
         if self.split_k and self.N > 65535:
             raise ModelFormatError(f"expert weight '{weight.name}' has {self.N} rows, more than one grid dimension holds")
-        self.parts = [ExpertMatvec(device, t, top_k, combine, self.split_k, wg, first_expert=e0) for e0, t in weight.parts]
+        self.parts = [ExpertMatvec(device, t, top_k, combine, self.split_k, wg, first_expert=e0)
+                      for e0, t in weight.parts]
         if self.parts:
             return
         block = {} if first_expert is None else dict(first_expert=first_expert, n_local=n_experts)
