@@ -21,11 +21,6 @@ class GPUTensor:
     parts: tuple[tuple[int, "GPUTensor"], ...] = ()
 
     @property
-    def blocks(self) -> tuple[tuple[int, "GPUTensor"], ...]:
-        """(first row, tensor) of each block: the parts, or the whole tensor as one block."""
-        return self.parts or ((0, self),)
-
-    @property
     def rows(self) -> int:
         n = 1
         for d in self.shape[:-1]:
