@@ -71,7 +71,7 @@ LAYOUTS: dict[GGMLType, BlockLayout] = {
     GGMLType.Q2_K: BlockLayout(QK_K, QK_K // 16 + QK_K // 4 + 4, False),
     GGMLType.Q3_K: BlockLayout(QK_K, QK_K // 8 + QK_K // 4 + 12 + 2, False),
     GGMLType.Q4_K: BlockLayout(QK_K, 4 + 12 + QK_K // 2, True),  # d,dmin:f16, scales[12] (6-bit), qs[128]
-    GGMLType.Q5_K: BlockLayout(QK_K, 4 + 12 + QK_K // 8 + QK_K // 2, False),
+    GGMLType.Q5_K: BlockLayout(QK_K, 4 + 12 + QK_K // 8 + QK_K // 2, True),  # Q4_K's fields, qh[32] before qs[128]
     GGMLType.Q6_K: BlockLayout(QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2, True),  # ql[128] qh[64] scales[16] d
     GGMLType.Q8_K: BlockLayout(QK_K, 4 + QK_K + QK_K // 8, False),
     GGMLType.I8: BlockLayout(1, 1, False),
