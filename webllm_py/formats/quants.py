@@ -68,8 +68,8 @@ LAYOUTS: dict[GGMLType, BlockLayout] = {
     GGMLType.Q5_1: BlockLayout(32, 4 + 4 + 16, False),
     GGMLType.Q8_0: BlockLayout(32, 2 + 32, True),  # d:f16, qs[32] int8
     GGMLType.Q8_1: BlockLayout(32, 4 + 32, False),
-    GGMLType.Q2_K: BlockLayout(QK_K, QK_K // 16 + QK_K // 4 + 4, False),
-    GGMLType.Q3_K: BlockLayout(QK_K, QK_K // 8 + QK_K // 4 + 12 + 2, False),
+    GGMLType.Q2_K: BlockLayout(QK_K, QK_K // 16 + QK_K // 4 + 4, True),  # scales[16], qs[64], d, dmin:f16
+    GGMLType.Q3_K: BlockLayout(QK_K, QK_K // 8 + QK_K // 4 + 12 + 2, True),  # hmask[32] qs[64] scales[12] d
     GGMLType.Q4_K: BlockLayout(QK_K, 4 + 12 + QK_K // 2, True),  # d,dmin:f16, scales[12] (6-bit), qs[128]
     GGMLType.Q5_K: BlockLayout(QK_K, 4 + 12 + QK_K // 8 + QK_K // 2, True),  # Q4_K's fields, qh[32] before qs[128]
     GGMLType.Q6_K: BlockLayout(QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2, True),  # ql[128] qh[64] scales[16] d
