@@ -65,7 +65,7 @@ LAYOUTS: dict[GGMLType, BlockLayout] = {
     GGMLType.Q4_0: BlockLayout(32, 2 + 16, True),  # d:f16, qs[16] (low nibbles = first 16 elements)
     GGMLType.Q4_1: BlockLayout(32, 4 + 16, True),  # d:f16, m:f16, qs[16]
     GGMLType.Q5_0: BlockLayout(32, 2 + 4 + 16, True),  # d:f16, qh:u32 (5th bits), qs[16]
-    GGMLType.Q5_1: BlockLayout(32, 4 + 4 + 16, False),
+    GGMLType.Q5_1: BlockLayout(32, 4 + 4 + 16, True),  # d, m:f16, qh:u32, qs[16]
     GGMLType.Q8_0: BlockLayout(32, 2 + 32, True),  # d:f16, qs[32] int8
     GGMLType.Q8_1: BlockLayout(32, 4 + 32, False),
     GGMLType.Q2_K: BlockLayout(QK_K, QK_K // 16 + QK_K // 4 + 4, True),  # scales[16], qs[64], d, dmin:f16
