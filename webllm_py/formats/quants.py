@@ -74,12 +74,17 @@ LAYOUTS: dict[GGMLType, BlockLayout] = {
     GGMLType.Q5_K: BlockLayout(QK_K, 4 + 12 + QK_K // 8 + QK_K // 2, True),  # Q4_K's fields, qh[32] before qs[128]
     GGMLType.Q6_K: BlockLayout(QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2, True),  # ql[128] qh[64] scales[16] d
     GGMLType.Q8_K: BlockLayout(QK_K, 4 + QK_K + QK_K // 8, False),
+    GGMLType.IQ4_NL: BlockLayout(32, 2 + 16, True),  # d:f16, qs[16] as Q4_0, nibbles index IQ4_NL_VALUES
+    GGMLType.IQ4_XS: BlockLayout(QK_K, 2 + 2 + QK_K // 64 + QK_K // 2, True),  # d, scales_h:u16, scales_l[4], qs[128]
     GGMLType.I8: BlockLayout(1, 1, False),
     GGMLType.I16: BlockLayout(1, 2, False),
     GGMLType.I32: BlockLayout(1, 4, False),
     GGMLType.I64: BlockLayout(1, 8, False),
     GGMLType.F64: BlockLayout(1, 8, False),
 }
+
+# The 16 levels IQ4_NL / IQ4_XS nibbles index (kvalues_iq4nl in ggml-common.h), times the block scale.
+IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 SUPPORTED = frozenset(t for t, lay in LAYOUTS.items() if lay.supported)
 
