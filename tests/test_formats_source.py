@@ -39,8 +39,8 @@ def test_upload_tensor_checks_binding_size(device):
     info = TensorInfo("big", (32, 4), int(GGMLType.Q8_0), 0, 4 * 34)
     with pytest.raises(ModelTooLargeError, match="136 bytes"):
         upload_tensor(Small(), BytesSource(b"\0" * 136), info)
-    with pytest.raises(UnsupportedModelError, match="Q5_1"):
-        upload_tensor(device, BytesSource(b"\0" * 96), TensorInfo("q", (32, 4), int(GGMLType.Q5_1), 0, 96))
+    with pytest.raises(UnsupportedModelError, match="Q8_1"):
+        upload_tensor(device, BytesSource(b"\0" * 144), TensorInfo("q", (32, 4), int(GGMLType.Q8_1), 0, 144))
 
 
 class FakeU8:

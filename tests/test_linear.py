@@ -18,9 +18,9 @@ from webllm_py.formats.source import BytesSource, FileSource
 from webllm_py.linear import Linear, MatmulTiling, MatvecTiling
 from webllm_py.weights import upload_tensor
 
-TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
+TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 # gguf-py has no quantizer for these: random blocks are valid blocks once the f16 scales are sane.
-F16_FIELDS = {"Q4_K": (0, 2), "Q6_K": (208,)}
+F16_FIELDS = {"IQ4_NL": (0,), "IQ4_XS": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
 def make_weight(name: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:

@@ -19,7 +19,7 @@ def shapes(qtype):
     # K-quant kernels take seconds each to JIT on lavapipe: one shape (Q6_K rows are never word-aligned)
     if qtype == "Q4_K":
         return [(37, 512)]
-    if qtype == "Q6_K":
+    if qtype in ("Q2_K", "Q3_K", "Q5_K", "Q6_K", "IQ4_XS"):
         return [(21, 256)]
     return [(37, 128), (21, 96)]  # 4 blocks (paired units); 3 (Q4_0/Q5_0/Q8_0 rows unaligned)
 
@@ -41,7 +41,7 @@ def test_rows_kernels_every_type(device, qtype):
             x = rng.standard_normal((T, K)).astype(np.float32)
             assert_close(run_linear(device, default, x), x.astype(np.float64) @ w.T, x, w)
         # other tilings, with bias and residual add
-        big = qtype in ("Q4_K", "Q6_K")  # 256-element units: small tiles keep compiles quick
+        big = qtype in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")  # 256-element units: small tiles keep compiles quick
         lin = Linear(device, weight, bias_t, matvec=MatvecTiling(wg=4, rows=2 if big else 3, split_k=False),
                      matmul=MatmulRowsTiling(wg=4, rows=2 if big else 3, tm=3 if big else 5))
         for T in (1, 12):

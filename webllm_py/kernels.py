@@ -12,6 +12,8 @@ from typing import Any
 
 import jinja2
 
+from .formats.quants import IQ4_NL_VALUES
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -25,7 +27,7 @@ def shader_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(shader_dir())),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -35,6 +37,8 @@ def _env() -> jinja2.Environment:
         # Pyodide start-up snapshot (worker.js) keep the templates it compiled.
         auto_reload=False,
     )
+    env.globals["iq4nl_values"] = IQ4_NL_VALUES  # format data the IQ4 kernels' lookup table is rendered from
+    return env
 
 
 def compile_templates() -> list[str]:

@@ -195,9 +195,9 @@ def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
     # Fewer outputs per lane for wide units: a lane keeps rows x (unit words) in registers, and
     # the unrolled shader must compile quickly (SwiftShader: 6 s for rows 16 x tm 4 of Q4_1,
     # 2.8 s for 8 x 4, and 8 x 4 also ran faster there: docs/benchmarks.md).
-    if qtype in (GGMLType.Q4_K, GGMLType.Q6_K):
+    if qtype in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS):
         return MatmulRowsTiling(rows=4, tm=2)
-    wide = (GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.F32)  # units of 2 blocks / 32 bytes
+    wide = (GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.IQ4_NL, GGMLType.F32)  # units of 2 blocks / 32 bytes
     return MatmulRowsTiling(rows=4 if qtype in wide else 8)
 
 

@@ -65,21 +65,26 @@ LAYOUTS: dict[GGMLType, BlockLayout] = {
     GGMLType.Q4_0: BlockLayout(32, 2 + 16, True),  # d:f16, qs[16] (low nibbles = first 16 elements)
     GGMLType.Q4_1: BlockLayout(32, 4 + 16, True),  # d:f16, m:f16, qs[16]
     GGMLType.Q5_0: BlockLayout(32, 2 + 4 + 16, True),  # d:f16, qh:u32 (5th bits), qs[16]
-    GGMLType.Q5_1: BlockLayout(32, 4 + 4 + 16, False),
+    GGMLType.Q5_1: BlockLayout(32, 4 + 4 + 16, True),  # d, m:f16, qh:u32, qs[16]
     GGMLType.Q8_0: BlockLayout(32, 2 + 32, True),  # d:f16, qs[32] int8
     GGMLType.Q8_1: BlockLayout(32, 4 + 32, False),
-    GGMLType.Q2_K: BlockLayout(QK_K, QK_K // 16 + QK_K // 4 + 4, False),
-    GGMLType.Q3_K: BlockLayout(QK_K, QK_K // 8 + QK_K // 4 + 12 + 2, False),
+    GGMLType.Q2_K: BlockLayout(QK_K, QK_K // 16 + QK_K // 4 + 4, True),  # scales[16], qs[64], d, dmin:f16
+    GGMLType.Q3_K: BlockLayout(QK_K, QK_K // 8 + QK_K // 4 + 12 + 2, True),  # hmask[32] qs[64] scales[12] d
     GGMLType.Q4_K: BlockLayout(QK_K, 4 + 12 + QK_K // 2, True),  # d,dmin:f16, scales[12] (6-bit), qs[128]
-    GGMLType.Q5_K: BlockLayout(QK_K, 4 + 12 + QK_K // 8 + QK_K // 2, False),
+    GGMLType.Q5_K: BlockLayout(QK_K, 4 + 12 + QK_K // 8 + QK_K // 2, True),  # Q4_K's fields, qh[32] before qs[128]
     GGMLType.Q6_K: BlockLayout(QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2, True),  # ql[128] qh[64] scales[16] d
     GGMLType.Q8_K: BlockLayout(QK_K, 4 + QK_K + QK_K // 8, False),
+    GGMLType.IQ4_NL: BlockLayout(32, 2 + 16, True),  # d:f16, qs[16] as Q4_0, nibbles index IQ4_NL_VALUES
+    GGMLType.IQ4_XS: BlockLayout(QK_K, 2 + 2 + QK_K // 64 + QK_K // 2, True),  # d, scales_h:u16, scales_l[4], qs[128]
     GGMLType.I8: BlockLayout(1, 1, False),
     GGMLType.I16: BlockLayout(1, 2, False),
     GGMLType.I32: BlockLayout(1, 4, False),
     GGMLType.I64: BlockLayout(1, 8, False),
     GGMLType.F64: BlockLayout(1, 8, False),
 }
+
+# The 16 levels IQ4_NL / IQ4_XS nibbles index (kvalues_iq4nl in ggml-common.h), times the block scale.
+IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 SUPPORTED = frozenset(t for t, lay in LAYOUTS.items() if lay.supported)
 
