@@ -187,6 +187,52 @@ def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
 
 
 @dataclass(frozen=True)
+class MatmulI8Tiling:
+    """Prefill through packed 8-bit dot products (matmul_i8.wgsl.j2 after quantize_i8.wgsl.j2): x is
+    quantized per 32-block to int8 once per dispatch pair, and each 32-block of a row and a token is
+    8 dot4I8Packed. stage: workgroup tiles of tm x tn (GPUs) or barrier-free lanes (CPU adapters)."""
+    stage: bool = True
+    tm: int = 64  # staged: tokens per workgroup tile (a 128-token chunk: 2 tiles)
+    tn: int = 64  # staged: rows per workgroup tile
+    rm: int = 4  # tokens per thread: each weight vec4 read serves rm tokens
+    rn: int = 4  # rows per thread: each activation vec4 read serves rn rows
+    kb: int = 2  # staged: 32-blocks per K step (between barriers), where it divides K / 32
+    wg: int = 8  # not staged: lanes per workgroup
+
+    def groups(self, n: int, T: int) -> tuple[int, int]:
+        if self.stage:
+            return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
+        return _ceil_div(n, self.wg * self.rn), _ceil_div(T, self.rm)
+
+
+I8_TYPES = (GGMLType.Q4_0, GGMLType.Q8_0)
+# The prefill policy: "i8" takes matmul_i8 wherever prefill_i8_tiling allows it, "f32" always the
+# dequantizing matmul / matmul_rows (A/B runs and tests: WEBLLM_PREFILL=f32, or set this attribute).
+PREFILL_KERNEL = os.environ.get("WEBLLM_PREFILL", "i8")
+
+
+def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int, has_bias: bool = False) -> MatmulI8Tiling | None:
+    """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0 and Q8_0
+    weights (K a multiple of 32) where WGSL's packed_4x8_integer_dot_product exists. The int8
+    activations cost accuracy (docs/benchmarks.md: SmolLM2 logits against transformers)."""
+    if PREFILL_KERNEL != "i8" or qtype not in I8_TYPES or K % 32 or not _packed_dot(device):
+        return None
+    if device.info.is_fallback:
+        return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=4)
+    return MatmulI8Tiling(kb=2 if K % 64 == 0 else 1)
+
+
+def _scratch(device: Any, role: str, nbytes: int) -> Any:
+    """A device-wide scratch buffer of `nbytes` for `role`, shared by every layer that asks for the
+    same size: the dispatches that write and read it are recorded in order."""
+    cache = device.__dict__.setdefault("_linear_scratch", {})
+    buf = cache.get((role, nbytes))
+    if buf is None:
+        buf = cache[(role, nbytes)] = device.create_buffer(nbytes, label=f"linear {role}")
+    return buf
+
+
+@dataclass(frozen=True)
 class MatmulTiling:
     tm: int = 32  # tokens per tile
     tn: int = 32  # weight rows per tile
@@ -235,8 +281,8 @@ class Linear:
         if self.q4 and not self.staged and matvec is None:
             self.matvec_tiling = Q4_TILING
         # Prefill: the tiled matmul on GPUs; on CPU adapters, barrier-free rows (matmul_rows.wgsl.j2).
-        self.matmul_tiling = matmul or (cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback
-                                        else gpu_matmul_tiling(self.N))
+        self.matmul_tiling = matmul or prefill_i8_tiling(device, weight.ggml_type, self.K) or (
+            cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback else gpu_matmul_tiling(self.N))
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
         self._tokens_at = tokens_at
@@ -268,6 +314,15 @@ class Linear:
                     wg = min(wg, 1 << max(0, (self.K // unit - 1).bit_length()))
                 k = self.device.kernel("matvec", label=f"matvec {self.weight.name}", wg=wg, rows=t.rows, split_k=t.split_k,
                                        accumulate=accumulate, f16=self._f16, subgroups=self._subgroups, **self._params)
+            elif kind == "quantize":
+                k = self.device.kernel("quantize_i8", label=f"quantize_i8 K {self.K}", K=self.K, wg=64,
+                                       tokens_at=self._tokens_at)
+            elif isinstance(self.matmul_tiling, MatmulI8Tiling):
+                m = self.matmul_tiling
+                k = self.device.kernel("matmul_i8", label=f"matmul_i8 {self.weight.name}", stage=m.stage, tm=m.tm,
+                                       tn=m.tn, rm=m.rm, rn=m.rn, kb=m.kb, wg=m.wg, qtype=self.weight.ggml_type.name,
+                                       K=self.K, row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
+                                       has_bias=self.bias is not None, accumulate=accumulate)
             elif isinstance(self.matmul_tiling, MatmulRowsTiling):
                 m = self.matmul_tiling
                 k = self.device.kernel("matmul_rows", label=f"matmul_rows {self.weight.name}", wg=m.wg, rows=m.rows,
@@ -312,7 +367,16 @@ class Linear:
         extra = [self.bias.buffer] if self.bias is not None else []
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
         mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra])
-        mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra]) if params is not None else None
+        if params is None:
+            return BoundLinear(self, mv, None, accumulate)
+        if isinstance(self.matmul_tiling, MatmulI8Tiling):
+            # x as int8 blocks for as many tokens as x holds: words [T, K / 4] and scales [T, K / 32]
+            tokens = x.size // (4 * self.K)
+            xq, xd = _scratch(self.device, "xq", tokens * self.K), _scratch(self.device, "xd", tokens * self.K // 8)
+            quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
+            mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
+            return BoundLinear(self, mv, mm, accumulate, quant)
+        mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
         return BoundLinear(self, mv, mm, accumulate)
 
 
@@ -322,6 +386,7 @@ class BoundLinear:
     matvec: Any
     matmul: Any | None = field(default=None)
     accumulate: bool = False
+    quant: Any | None = None  # quantize_i8's bind group (matmul_i8 prefill)
 
     def record(self, rec: Any, n_tokens: int) -> None:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
@@ -334,6 +399,10 @@ class BoundLinear:
         if self.matmul is None:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
         t = lin.matmul_tiling
+        if isinstance(t, MatmulI8Tiling):
+            rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
+            rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
+            return
         if isinstance(t, MatmulRowsTiling):
             rec.dispatch(self.matmul, _ceil_div(lin.N, t.wg * t.rows), _ceil_div(n_tokens, t.tm))
             return
