@@ -205,14 +205,14 @@ class MatmulI8Tiling:
         return _ceil_div(n, self.wg * self.rn), _ceil_div(T, self.rm)
 
 
-I8_TYPES = (GGMLType.Q4_0, GGMLType.Q8_0)
+I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0)
 # The prefill policy: "i8" takes matmul_i8 wherever prefill_i8_tiling allows it, "f32" always the
 # dequantizing matmul / matmul_rows (A/B runs and tests: WEBLLM_PREFILL=f32, or set this attribute).
 PREFILL_KERNEL = os.environ.get("WEBLLM_PREFILL", "i8")
 
 
 def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int, has_bias: bool = False) -> MatmulI8Tiling | None:
-    """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0 and Q8_0
+    """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0, Q4_1 and Q8_0
     weights (K a multiple of 32) where WGSL's packed_4x8_integer_dot_product exists. The int8
     activations cost accuracy (docs/benchmarks.md: SmolLM2 logits against transformers)."""
     if PREFILL_KERNEL != "i8" or qtype not in I8_TYPES or K % 32 or not _packed_dot(device):
@@ -370,9 +370,9 @@ class Linear:
         if params is None:
             return BoundLinear(self, mv, None, accumulate)
         if isinstance(self.matmul_tiling, MatmulI8Tiling):
-            # x as int8 blocks for as many tokens as x holds: words [T, K / 4] and scales [T, K / 32]
+            # x as int8 blocks for as many tokens as x holds: words [T, K / 4], (d, d * sum q) [T, K / 32]
             tokens = x.size // (4 * self.K)
-            xq, xd = _scratch(self.device, "xq", tokens * self.K), _scratch(self.device, "xd", tokens * self.K // 8)
+            xq, xd = _scratch(self.device, "xq", tokens * self.K), _scratch(self.device, "xd", tokens * self.K // 4)
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant)
