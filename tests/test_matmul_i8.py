@@ -1,0 +1,105 @@
+"""The packed-dot prefill matmul (matmul_i8.wgsl.j2 after quantize_i8.wgsl.j2) on lavapipe against numpy over
+gguf-py's dequantize times the f32 activations, both forms (workgroup tiles, barrier-free lanes), shapes that are
+not multiples of the tiles, bias and accumulate; and the policy that chooses it (linear.prefill_i8_tiling).
+
+Tolerance: the kernel's integer dot products are exact and its f32 scaling adds ~1e-7 relative error; what
+moves the result is x rounded to int8 per 32-block, |x_k - d q_k| <= d / 2 with d = max|x_block| / 127, so
+|y - ref| <= sum_k |w_k| d_block(k) / 2 per output (random signs make the actual error ~5x smaller). The test
+asserts that bound, and that it is within 3% of sum |x||w| (so it is not a loose pass)."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from webllm_py import linear
+from webllm_py.formats.quants import GGMLType, TensorInfo
+from webllm_py.formats.source import BytesSource
+from webllm_py.linear import Linear, MatmulI8Tiling, MatmulRowsTiling, MatmulTiling, prefill_i8_tiling
+from webllm_py.weights import upload_tensor
+
+from .test_linear import make_weight, run_linear, upload
+
+pytestmark = pytest.mark.gpu
+
+STAGED = MatmulI8Tiling(stage=True, tm=32, tn=32, rm=4, rn=4, kb=2)
+LANES = MatmulI8Tiling(stage=False, wg=8, rm=4, rn=4)
+
+
+def int8_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sum_k |w_k| * (half an int8 step of x's block) for every output [T, N]."""
+    T, K = x.shape
+    half_step = np.abs(x.astype(np.float64)).reshape(T, K // 32, 32).max(2) / 127 / 2
+    return np.repeat(half_step, 32, 1) @ np.abs(w).T
+
+
+# (N, K, T): K / 32 odd (one block a K step) and even; N and T neither multiples of the 32 x 32 tile nor of
+# a CPU workgroup's 32 rows x 4 tokens; T = 2, the smallest prefill
+SHAPES = [(37, 96, 5), (130, 256, 70), (33, 64, 2)]
+
+
+@pytest.mark.parametrize("tiling", [STAGED, LANES], ids=["staged", "lanes"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_matches_numpy(device, qtype, tiling):
+    rng = np.random.default_rng(abs(hash((qtype, tiling.stage))) % 2**32)
+    for N, K, T in SHAPES:
+        raw, w = make_weight(qtype, N, K, rng)
+        t = tiling if (K // 32) % tiling.kb == 0 else MatmulI8Tiling(**{**tiling.__dict__, "kb": 1})
+        lin = Linear(device, upload(device, raw, qtype, N, K), matmul=t)
+        x = rng.standard_normal((T, K)).astype(np.float32)
+        x[0, :32] = 0.0  # an all-zero block: scale 0, no division by it
+        x[1, 32:64] *= 100.0  # one large block beside ordinary ones
+        y = run_linear(device, lin, x)  # y starts as NaN: every output must be written
+        ref = x.astype(np.float64) @ w.T
+        bound = int8_bound(x, w)
+        scale = np.abs(x.astype(np.float64)) @ np.abs(w).T
+        assert (bound <= 0.03 * scale).all()  # max|x_block| / 254 against a mean |x| of ~0.8
+        err = np.abs(y - ref)
+        assert (err <= bound + 1e-5 * scale).all(), (N, K, T, float((err / (bound + 1e-30)).max()))
+
+
+@pytest.mark.parametrize("tiling", [STAGED, LANES], ids=["staged", "lanes"])
+def test_bias_and_accumulate(device, tiling):
+    rng = np.random.default_rng(7)
+    N, K, T = 45, 128, 9
+    raw, w = make_weight("Q8_0", N, K, rng)
+    bias = rng.standard_normal(N).astype(np.float32)
+    bias_t = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, N * 4))
+    lin = Linear(device, upload(device, raw, "Q8_0", N, K), bias_t, matmul=tiling)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    y0 = rng.standard_normal((T, N)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.T + bias
+    tol = int8_bound(x, w) + 1e-5 * (np.abs(x) @ np.abs(w).T + np.abs(bias) + np.abs(y0))
+    assert (np.abs(run_linear(device, lin, x) - ref) <= tol).all()
+    assert (np.abs(run_linear(device, lin, x, y0, accumulate=True) - (ref + y0)) <= tol).all()
+
+
+class _NoPackedDot:
+    """A browser-like device whose WGSL lacks packed_4x8_integer_dot_product."""
+    wgsl_language_features = frozenset({"readonly_and_readwrite_storage_textures"})
+
+    def __init__(self, info):
+        self.info = info
+
+
+def test_policy(device, monkeypatch):
+    rng = np.random.default_rng(8)
+    # the default on lavapipe: the barrier-free int8 form for the three types, the f32 kernels for others
+    for qtype in ("Q4_0", "Q4_1", "Q8_0"):
+        assert prefill_i8_tiling(device, GGMLType[qtype], 64) == MatmulI8Tiling(stage=False, wg=8, rm=4, rn=4)
+    raw, _ = make_weight("Q4_0", 8, 64, rng)
+    assert isinstance(Linear(device, upload(device, raw, "Q4_0", 8, 64)).matmul_tiling, MatmulI8Tiling)
+    raw, _ = make_weight("Q4_K", 8, 256, rng)
+    assert isinstance(Linear(device, upload(device, raw, "Q4_K", 8, 256)).matmul_tiling, MatmulRowsTiling)
+    assert prefill_i8_tiling(_NoPackedDot(device.info), GGMLType.Q4_0, 64) is None
+    # GPUs: workgroup tiles (K / 32 odd: one block a K step)
+    gpu = _NoPackedDot(dataclasses.replace(device.info, is_fallback=False))
+    gpu.wgsl_language_features = frozenset({"packed_4x8_integer_dot_product"})
+    assert prefill_i8_tiling(gpu, GGMLType.Q8_0, 4096) == MatmulI8Tiling(stage=True, kb=2)
+    assert prefill_i8_tiling(gpu, GGMLType.Q8_0, 96).kb == 1
+    # the switch: "f32" keeps the dequantizing kernels everywhere
+    monkeypatch.setattr(linear, "PREFILL_KERNEL", "f32")
+    assert prefill_i8_tiling(device, GGMLType.Q4_0, 64) is None
+    raw, _ = make_weight("Q4_0", 8, 64, rng)
+    assert isinstance(Linear(device, upload(device, raw, "Q4_0", 8, 64)).matmul_tiling, MatmulRowsTiling)
+    assert not isinstance(Linear(device, upload(device, raw, "Q4_0", 8, 64), matmul=MatmulTiling()).matmul_tiling,
+                          MatmulI8Tiling)
