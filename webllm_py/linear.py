@@ -198,6 +198,8 @@ class MatmulI8Tiling:
     rn: int = 4  # rows per thread: each activation vec4 read serves rn rows
     kb: int = 2  # staged: 32-blocks per K step (between barriers), where it divides K / 32
     wg: int = 8  # not staged: lanes per workgroup
+    planes: int = 2  # int8 planes of x: 2 adds the rounding residual (16-bit-like x; 1 plane moved
+    # SmolLM2's logits ~0.7 from transformers' against 0.008 in f32: docs/benchmarks.md)
 
     def groups(self, n: int, T: int) -> tuple[int, int]:
         if self.stage:
@@ -206,20 +208,26 @@ class MatmulI8Tiling:
 
 
 I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0)
-# The prefill policy: "i8" takes matmul_i8 wherever prefill_i8_tiling allows it, "f32" always the
-# dequantizing matmul / matmul_rows (A/B runs and tests: WEBLLM_PREFILL=f32, or set this attribute).
-PREFILL_KERNEL = os.environ.get("WEBLLM_PREFILL", "i8")
+# The prefill policy: "auto" takes matmul_i8 with two int8 planes of x where prefill_i8_tiling's table
+# says it pays; "i8x2" (two planes) and "i8" (one: faster, less accurate) force it wherever it can run;
+# "f32" keeps the dequantizing matmul / matmul_rows (A/B runs and tests: WEBLLM_PREFILL=..., or set this).
+PREFILL_KERNEL = os.environ.get("WEBLLM_PREFILL", "auto")
 
 
-def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int, has_bias: bool = False) -> MatmulI8Tiling | None:
-    """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0, Q4_1 and Q8_0
-    weights (K a multiple of 32) where WGSL's packed_4x8_integer_dot_product exists. The int8
-    activations cost accuracy (docs/benchmarks.md: SmolLM2 logits against transformers)."""
-    if PREFILL_KERNEL != "i8" or qtype not in I8_TYPES or K % 32 or not _packed_dot(device):
+def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int) -> MatmulI8Tiling | None:
+    """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0, Q4_1 and
+    Q8_0 weights (K a multiple of 32) where WGSL's packed_4x8_integer_dot_product exists; on CPU
+    adapters only Q4_0 and Q8_0, whose unaligned blocks slow matmul_rows (lavapipe, 128 tokens, ms
+    for 1536x576 / 576x1536, two planes: Q4_0 33.5 / 17.2 vs 38.4 / 35.1, Q8_0 18.9 / 19.7 vs
+    22.7 / 22.9, Q4_1 16.6 / 27.5 vs 16.4 / 28.6: no gain, docs/benchmarks.md)."""
+    if PREFILL_KERNEL == "f32" or qtype not in I8_TYPES or K % 32 or not _packed_dot(device):
         return None
+    planes = 1 if PREFILL_KERNEL == "i8" else 2
     if device.info.is_fallback:
-        return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=4)
-    return MatmulI8Tiling(kb=2 if K % 64 == 0 else 1)
+        if PREFILL_KERNEL == "auto" and qtype == GGMLType.Q4_1:
+            return None
+        return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=planes)
+    return MatmulI8Tiling(kb=2 if K % 64 == 0 else 1, planes=planes)
 
 
 def _scratch(device: Any, role: str, nbytes: int) -> Any:
@@ -316,11 +324,11 @@ class Linear:
                                        accumulate=accumulate, f16=self._f16, subgroups=self._subgroups, **self._params)
             elif kind == "quantize":
                 k = self.device.kernel("quantize_i8", label=f"quantize_i8 K {self.K}", K=self.K, wg=64,
-                                       tokens_at=self._tokens_at)
+                                       planes=self.matmul_tiling.planes, tokens_at=self._tokens_at)
             elif isinstance(self.matmul_tiling, MatmulI8Tiling):
                 m = self.matmul_tiling
                 k = self.device.kernel("matmul_i8", label=f"matmul_i8 {self.weight.name}", stage=m.stage, tm=m.tm,
-                                       tn=m.tn, rm=m.rm, rn=m.rn, kb=m.kb, wg=m.wg, qtype=self.weight.ggml_type.name,
+                                       tn=m.tn, rm=m.rm, rn=m.rn, kb=m.kb, wg=m.wg, planes=m.planes, qtype=self.weight.ggml_type.name,
                                        K=self.K, row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
                                        has_bias=self.bias is not None, accumulate=accumulate)
             elif isinstance(self.matmul_tiling, MatmulRowsTiling):
@@ -372,7 +380,8 @@ class Linear:
         if isinstance(self.matmul_tiling, MatmulI8Tiling):
             # x as int8 blocks for as many tokens as x holds: words [T, K / 4], (d, d * sum q) [T, K / 32]
             tokens = x.size // (4 * self.K)
-            xq, xd = _scratch(self.device, "xq", tokens * self.K), _scratch(self.device, "xd", tokens * self.K // 4)
+            planes = self.matmul_tiling.planes
+            xq, xd = _scratch(self.device, "xq", tokens * self.K * planes), _scratch(self.device, "xd", tokens * self.K // 4)
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant)
