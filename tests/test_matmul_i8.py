@@ -21,10 +21,11 @@ from .test_linear import make_weight, run_linear, upload
 
 pytestmark = pytest.mark.gpu
 
-STAGED = MatmulI8Tiling(stage=True, tm=32, tn=32, rm=4, rn=4, kb=2)
-LANES = MatmulI8Tiling(stage=False, wg=8, rm=4, rn=4)
-TILINGS = [STAGED, LANES, dataclasses.replace(STAGED, planes=1), dataclasses.replace(LANES, planes=1)]
-IDS = ["staged", "lanes", "staged-1plane", "lanes-1plane"]
+STAGED = MatmulI8Tiling(stage=True, tm=64, tn=32, rm=4, rn=2, kb=2)  # a GPU's for N < 4096
+LANES = MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8)  # lavapipe's
+TILINGS = [STAGED, MatmulI8Tiling(), LANES, MatmulI8Tiling(tm=32, tn=32, planes=1),
+           MatmulI8Tiling(stage=False, wg=8, rm=3, rn=4, planes=1)]
+IDS = ["staged", "staged64", "lanes", "staged32-1plane", "lanes-1plane"]
 
 
 def int8_bound(x: np.ndarray, w: np.ndarray, planes: int = 1) -> np.ndarray:
@@ -100,7 +101,8 @@ def test_policy(device, monkeypatch):
     # GPUs: workgroup tiles for all three (K / 32 odd: one block a K step)
     gpu = _NoPackedDot(dataclasses.replace(device.info, is_fallback=False))
     gpu.wgsl_language_features = frozenset({"packed_4x8_integer_dot_product"})
-    assert prefill_i8_tiling(gpu, GGMLType.Q4_1, 4096) == MatmulI8Tiling(stage=True, kb=2, planes=2)
+    assert prefill_i8_tiling(gpu, GGMLType.Q4_1, 4096, 14336) == MatmulI8Tiling(stage=True, kb=2, planes=2)
+    assert prefill_i8_tiling(gpu, GGMLType.Q4_0, 2048, 2048) == MatmulI8Tiling(tm=64, tn=32, rm=4, rn=2)
     assert prefill_i8_tiling(gpu, GGMLType.Q8_0, 96).kb == 1
     # the switch: "i8" / "i8x2" force the int8 kernel wherever it runs, "f32" keeps the dequantizing kernels
     monkeypatch.setattr(linear, "PREFILL_KERNEL", "i8")

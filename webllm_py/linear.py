@@ -212,9 +212,10 @@ I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0)
 # says it pays; "i8x2" (two planes) and "i8" (one: faster, less accurate) force it wherever it can run;
 # "f32" keeps the dequantizing matmul / matmul_rows (A/B runs and tests: WEBLLM_PREFILL=..., or set this).
 PREFILL_KERNEL = os.environ.get("WEBLLM_PREFILL", "auto")
+_I8_ENV = os.environ.get("WEBLLM_I8_TILING", "")
 
 
-def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int) -> MatmulI8Tiling | None:
+def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int, N: int = 0) -> MatmulI8Tiling | None:
     """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0, Q4_1 and
     Q8_0 weights (K a multiple of 32) where WGSL's packed_4x8_integer_dot_product exists; on CPU
     adapters only Q4_0 and Q8_0, whose unaligned blocks slow matmul_rows (lavapipe, 128 tokens, ms
@@ -227,7 +228,13 @@ def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int) -> MatmulI8Tiling | 
         if PREFILL_KERNEL == "auto" and qtype == GGMLType.Q4_1:
             return None
         return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=planes)
-    return MatmulI8Tiling(kb=2 if K % 64 == 0 else 1, planes=planes)
+    kb = 2 if K % 64 == 0 else 1
+    if _I8_ENV:  # bench-only override "TM,TN,RM,RN[,KB]": tile sweeps on a GPU without code changes
+        tm, tn, rm, rn, *rest = (int(f) for f in _I8_ENV.split(","))
+        return MatmulI8Tiling(tm=tm, tn=tn, rm=rm, rn=rn, kb=(rest or [kb])[0] if K % 64 == 0 else 1, planes=planes)
+    # 256 threads of 4 tokens x 4 (or 2) rows; narrower tiles for fewer rows, so that a 128-token chunk
+    # still makes a few hundred workgroups (as gpu_matmul_tiling). Not yet measured on a GPU.
+    return MatmulI8Tiling(tm=64, tn=64 if N >= 4096 else 32, rm=4, rn=4 if N >= 4096 else 2, kb=kb, planes=planes)
 
 
 def _scratch(device: Any, role: str, nbytes: int) -> Any:
@@ -289,7 +296,7 @@ class Linear:
         if self.q4 and not self.staged and matvec is None:
             self.matvec_tiling = Q4_TILING
         # Prefill: the tiled matmul on GPUs; on CPU adapters, barrier-free rows (matmul_rows.wgsl.j2).
-        self.matmul_tiling = matmul or prefill_i8_tiling(device, weight.ggml_type, self.K) or (
+        self.matmul_tiling = matmul or prefill_i8_tiling(device, weight.ggml_type, self.K, self.N) or (
             cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback else gpu_matmul_tiling(self.N))
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
