@@ -26,7 +26,7 @@ F16_FIELDS = {"Q4_K": (0, 2), "Q6_K": (208,)}
 @pytest.fixture(autouse=True)
 def f32_prefill(monkeypatch):
     """This file checks the f32 kernels to ~1e-6; the int8 prefill (linear.prefill_i8_tiling, which Linear
-    picks by default for Q4_0 / Q4_1 / Q8_0) has its own bound in test_matmul_i8.py."""
+    picks by default for Q4_0 / Q8_0 / Q4_K, and on GPUs Q4_1) has its own bound in test_matmul_i8.py."""
     monkeypatch.setattr("webllm_py.linear.PREFILL_KERNEL", "f32")
 
 

@@ -39,13 +39,14 @@ def int8_bound(x: np.ndarray, w: np.ndarray, planes: int = 1) -> np.ndarray:
 # (N, K, T): K / 32 odd (one block a K step) and even; N and T neither multiples of the 32 x 32 tile nor of
 # a CPU workgroup's 32 rows x 4 tokens; T = 2, the smallest prefill
 SHAPES = [(37, 96, 5), (130, 256, 70), (33, 64, 2)]
+SHAPES_K = [(37, 256, 5), (70, 512, 33)]  # Q4_K: super-blocks of 256
 
 
 @pytest.mark.parametrize("tiling", TILINGS, ids=IDS)
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K"])
 def test_matches_numpy(device, qtype, tiling):
     rng = np.random.default_rng(sum(map(ord, qtype)) + 10 * tiling.stage + tiling.planes)
-    for N, K, T in SHAPES:
+    for N, K, T in SHAPES_K if qtype == "Q4_K" else SHAPES:
         raw, w = make_weight(qtype, N, K, rng)
         t = tiling if (K // 32) % tiling.kb == 0 else MatmulI8Tiling(**{**tiling.__dict__, "kb": 1})
         lin = Linear(device, upload(device, raw, qtype, N, K), matmul=t)
@@ -88,15 +89,16 @@ class _NoPackedDot:
 def test_policy(device, monkeypatch):
     rng = np.random.default_rng(8)
     lanes = MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=2)
-    # the default on lavapipe: the barrier-free form for Q4_0 and Q8_0; the f32 kernels for Q4_1 (no faster
-    # there) and the types it does not take
-    for qtype in ("Q4_0", "Q8_0"):
-        assert prefill_i8_tiling(device, GGMLType[qtype], 64) == lanes
+    # the default on lavapipe: the barrier-free form for Q4_0, Q8_0 and Q4_K; the f32 kernels for Q4_1 (no
+    # faster there) and the types it does not take
+    for qtype in ("Q4_0", "Q8_0", "Q4_K"):
+        assert prefill_i8_tiling(device, GGMLType[qtype], 256) == lanes
     assert prefill_i8_tiling(device, GGMLType.Q4_1, 64) is None
     raw, _ = make_weight("Q4_0", 8, 64, rng)
     assert isinstance(Linear(device, upload(device, raw, "Q4_0", 8, 64)).matmul_tiling, MatmulI8Tiling)
-    raw, _ = make_weight("Q4_K", 8, 256, rng)
-    assert isinstance(Linear(device, upload(device, raw, "Q4_K", 8, 256)).matmul_tiling, MatmulRowsTiling)
+    raw, _ = make_weight("Q6_K", 8, 256, rng)
+    assert isinstance(Linear(device, upload(device, raw, "Q6_K", 8, 256)).matmul_tiling, MatmulRowsTiling)
+    assert prefill_i8_tiling(device, GGMLType.Q4_K, 96) is None  # rows of whole super-blocks only
     assert prefill_i8_tiling(_NoPackedDot(device.info), GGMLType.Q4_0, 64) is None
     # GPUs: workgroup tiles for all three (K / 32 odd: one block a K step)
     gpu = _NoPackedDot(dataclasses.replace(device.info, is_fallback=False))

@@ -207,7 +207,7 @@ class MatmulI8Tiling:
         return _ceil_div(n, self.wg * self.rn), _ceil_div(T, self.rm)
 
 
-I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0)
+I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K)
 # The prefill policy: "auto" takes matmul_i8 with two int8 planes of x where prefill_i8_tiling's table
 # says it pays; "i8x2" (two planes) and "i8" (one: faster, less accurate) force it wherever it can run;
 # "f32" keeps the dequantizing matmul / matmul_rows (A/B runs and tests: WEBLLM_PREFILL=..., or set this).
@@ -216,12 +216,12 @@ _I8_ENV = os.environ.get("WEBLLM_I8_TILING", "")
 
 
 def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int, N: int = 0) -> MatmulI8Tiling | None:
-    """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0, Q4_1 and
-    Q8_0 weights (K a multiple of 32) where WGSL's packed_4x8_integer_dot_product exists; on CPU
-    adapters only Q4_0 and Q8_0, whose unaligned blocks slow matmul_rows (lavapipe, 128 tokens, ms
-    for 1536x576 / 576x1536, two planes: Q4_0 33.5 / 17.2 vs 38.4 / 35.1, Q8_0 18.9 / 19.7 vs
-    22.7 / 22.9, Q4_1 16.6 / 27.5 vs 16.4 / 28.6: no gain, docs/benchmarks.md)."""
-    if PREFILL_KERNEL == "f32" or qtype not in I8_TYPES or K % 32 or not _packed_dot(device):
+    """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0, Q4_1, Q8_0
+    and Q4_K weights where WGSL's packed_4x8_integer_dot_product exists; on CPU adapters not Q4_1,
+    whose word-aligned blocks matmul_rows already reads well (lavapipe, 128 tokens, ms for 1536x576 /
+    576x1536, two planes vs matmul_rows: Q4_0 33.5 / 17.2 vs 38.4 / 35.1, Q8_0 18.9 / 19.7 vs 22.7 /
+    22.9, Q4_1 16.6 / 27.5 vs 16.4 / 28.6; Q4_K at 1536x512 / 512x1536 33.6 / 32.8 vs 56.0 / 48.8)."""
+    if PREFILL_KERNEL == "f32" or qtype not in I8_TYPES or K % (256 if qtype == GGMLType.Q4_K else 32) or not _packed_dot(device):
         return None
     planes = 1 if PREFILL_KERNEL == "i8" else 2
     if device.info.is_fallback:
