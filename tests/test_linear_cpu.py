@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("gguf")
 
-from tests.test_linear import TYPES, assert_close, make_weight, run_linear, upload
+from tests.test_linear import TYPES, assert_close, f32_prefill, make_weight, run_linear, upload  # noqa: F401 (autouse)
 from webllm_py.formats.quants import TensorInfo
 from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Linear, MatmulRowsTiling, MatvecTiling

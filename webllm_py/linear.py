@@ -202,6 +202,67 @@ def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
 
 
 @dataclass(frozen=True)
+class MatmulI8Tiling:
+    """Prefill through packed 8-bit dot products (matmul_i8.wgsl.j2 after quantize_i8.wgsl.j2): x is
+    quantized per 32-block to int8 once per dispatch pair, and each 32-block of a row and a token is
+    8 dot4I8Packed. stage: workgroup tiles of tm x tn (GPUs) or barrier-free lanes (CPU adapters)."""
+    stage: bool = True
+    tm: int = 64  # staged: tokens per workgroup tile (a 128-token chunk: 2 tiles)
+    tn: int = 64  # staged: rows per workgroup tile
+    rm: int = 4  # tokens per thread: each weight vec4 read serves rm tokens
+    rn: int = 4  # rows per thread: each activation vec4 read serves rn rows
+    kb: int = 2  # staged: 32-blocks per K step (between barriers), where it divides K / 32
+    wg: int = 8  # not staged: lanes per workgroup
+    planes: int = 2  # int8 planes of x: 2 adds the rounding residual (16-bit-like x; 1 plane moved
+    # SmolLM2's logits ~0.7 from transformers' against 0.008 in f32: docs/benchmarks.md)
+
+    def groups(self, n: int, T: int) -> tuple[int, int]:
+        if self.stage:
+            return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
+        return _ceil_div(n, self.wg * self.rn), _ceil_div(T, self.rm)
+
+
+I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K)
+# The prefill policy: "auto" takes matmul_i8 with two int8 planes of x where prefill_i8_tiling's table
+# says it pays; "i8x2" (two planes) and "i8" (one: faster, less accurate) force it wherever it can run;
+# "f32" keeps the dequantizing matmul / matmul_rows (A/B runs and tests: WEBLLM_PREFILL=..., or set this).
+PREFILL_KERNEL = os.environ.get("WEBLLM_PREFILL", "auto")
+_I8_ENV = os.environ.get("WEBLLM_I8_TILING", "")
+
+
+def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int, N: int = 0) -> MatmulI8Tiling | None:
+    """The one place that chooses the packed-dot prefill (None: the f32 matmul stays): Q4_0, Q4_1, Q8_0
+    and Q4_K weights where WGSL's packed_4x8_integer_dot_product exists; on CPU adapters not Q4_1,
+    whose word-aligned blocks matmul_rows already reads well (lavapipe, 128 tokens, ms for 1536x576 /
+    576x1536, two planes vs matmul_rows: Q4_0 33.5 / 17.2 vs 38.4 / 35.1, Q8_0 18.9 / 19.7 vs 22.7 /
+    22.9, Q4_1 16.6 / 27.5 vs 16.4 / 28.6; Q4_K at 1536x512 / 512x1536 33.6 / 32.8 vs 56.0 / 48.8)."""
+    if PREFILL_KERNEL == "f32" or qtype not in I8_TYPES or K % (256 if qtype == GGMLType.Q4_K else 32) or not _packed_dot(device):
+        return None
+    planes = 1 if PREFILL_KERNEL == "i8" else 2
+    if device.info.is_fallback:
+        if PREFILL_KERNEL == "auto" and qtype == GGMLType.Q4_1:
+            return None
+        return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=planes)
+    kb = 2 if K % 64 == 0 else 1
+    if _I8_ENV:  # bench-only override "TM,TN,RM,RN[,KB]": tile sweeps on a GPU without code changes
+        tm, tn, rm, rn, *rest = (int(f) for f in _I8_ENV.split(","))
+        return MatmulI8Tiling(tm=tm, tn=tn, rm=rm, rn=rn, kb=(rest or [kb])[0] if K % 64 == 0 else 1, planes=planes)
+    # 256 threads of 4 tokens x 4 (or 2) rows; narrower tiles for fewer rows, so that a 128-token chunk
+    # still makes a few hundred workgroups (as gpu_matmul_tiling). Not yet measured on a GPU.
+    return MatmulI8Tiling(tm=64, tn=64 if N >= 4096 else 32, rm=4, rn=4 if N >= 4096 else 2, kb=kb, planes=planes)
+
+
+def _scratch(device: Any, role: str, nbytes: int) -> Any:
+    """A device-wide scratch buffer of `nbytes` for `role`, shared by every layer that asks for the
+    same size: the dispatches that write and read it are recorded in order."""
+    cache = device.__dict__.setdefault("_linear_scratch", {})
+    buf = cache.get((role, nbytes))
+    if buf is None:
+        buf = cache[(role, nbytes)] = device.create_buffer(nbytes, label=f"linear {role}")
+    return buf
+
+
+@dataclass(frozen=True)
 class MatmulTiling:
     tm: int = 32  # tokens per tile
     tn: int = 32  # weight rows per tile
@@ -253,8 +314,9 @@ class Linear:
         if self.q4 and not self.staged and matvec is None:
             self.matvec_tiling = Q4_TILING
         # Prefill: the tiled matmul on GPUs; on CPU adapters, barrier-free rows (matmul_rows.wgsl.j2).
-        self.matmul_tiling = matmul or (cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback
-                                        else gpu_matmul_tiling(self.N))
+        # matmul_i8 writes whole rows of y: a row block of a split weight (out_stride) keeps the f32 matmul.
+        self.matmul_tiling = matmul or (None if out_stride is not None else prefill_i8_tiling(device, weight.ggml_type, self.K, self.N)) or (
+            cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback else gpu_matmul_tiling(self.N))
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
         if out_stride is not None:
@@ -295,6 +357,15 @@ class Linear:
                     wg = min(wg, 1 << max(0, (self.K // unit - 1).bit_length()))
                 k = self.device.kernel("matvec", label=f"matvec {self.weight.name}", wg=wg, rows=t.rows, split_k=t.split_k,
                                        accumulate=accumulate, f16=self._f16, subgroups=self._subgroups, **self._params)
+            elif kind == "quantize":
+                k = self.device.kernel("quantize_i8", label=f"quantize_i8 K {self.K}", K=self.K, wg=64,
+                                       planes=self.matmul_tiling.planes, tokens_at=self._tokens_at)
+            elif isinstance(self.matmul_tiling, MatmulI8Tiling):
+                m = self.matmul_tiling
+                k = self.device.kernel("matmul_i8", label=f"matmul_i8 {self.weight.name}", stage=m.stage, tm=m.tm,
+                                       tn=m.tn, rm=m.rm, rn=m.rn, kb=m.kb, wg=m.wg, planes=m.planes, qtype=self.weight.ggml_type.name,
+                                       K=self.K, row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
+                                       has_bias=self.bias is not None, accumulate=accumulate)
             elif isinstance(self.matmul_tiling, MatmulRowsTiling):
                 m = self.matmul_tiling
                 k = self.device.kernel("matmul_rows", label=f"matmul_rows {self.weight.name}", wg=m.wg, rows=m.rows,
@@ -342,7 +413,17 @@ class Linear:
         extra = [self.bias.buffer] if self.bias is not None else []
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
         mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra])
-        mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra]) if params is not None else None
+        if params is None:
+            return BoundLinear(self, mv, None, accumulate)
+        if isinstance(self.matmul_tiling, MatmulI8Tiling):
+            # x as int8 blocks for as many tokens as x holds: words [T, K / 4], (d, d * sum q) [T, K / 32]
+            tokens = x.size // (4 * self.K)
+            planes = self.matmul_tiling.planes
+            xq, xd = _scratch(self.device, "xq", tokens * self.K * planes), _scratch(self.device, "xd", tokens * self.K // 4)
+            quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
+            mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
+            return BoundLinear(self, mv, mm, accumulate, quant)
+        mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
         return BoundLinear(self, mv, mm, accumulate)
 
 
@@ -353,6 +434,7 @@ class BoundLinear:
     matmul: Any | None = field(default=None)
     accumulate: bool = False
     parts: list["BoundLinear"] = field(default_factory=list)  # one per row block of a split weight
+    quant: Any | None = None  # quantize_i8's bind group (matmul_i8 prefill)
 
     def record(self, rec: Any, n_tokens: int) -> None:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
@@ -369,6 +451,10 @@ class BoundLinear:
         if self.matmul is None:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
         t = lin.matmul_tiling
+        if isinstance(t, MatmulI8Tiling):
+            rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
+            rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
+            return
         if isinstance(t, MatmulRowsTiling):
             rec.dispatch(self.matmul, _ceil_div(lin.N, t.wg * t.rows), _ceil_div(n_tokens, t.tm))
             return
