@@ -19,3 +19,5 @@ TMP=$(mktemp -d)
 mkdir -p "$DEST"
 for d in "$TMP"/*.deb; do dpkg -x "$d" "$DEST"; done
 rm -rf "$TMP"
+# Fail loudly (CI must not skip the Dawn tests silently) if the packages lacked the driver.
+[ -f "$DEST/usr/lib/x86_64-linux-gnu/libvulkan_lvp.so" ] || { echo "fetch_mesa25: no libvulkan_lvp.so from bookworm-backports" >&2; exit 1; }
