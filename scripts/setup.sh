@@ -47,6 +47,14 @@ LITE=build/jupyterlite
 "$LITE/venv/bin/pip" install -q jupyterlite-core==0.8.6 jupyterlite-pyodide-kernel==0.8.6 jupyter_server==2.21.1
 $PY -m webllm_py.jupyterlite "$LITE/site"
 
+# --- Dawn (Chrome's WebGPU engine) for the Dawn tests and scripts/dawn_host.mjs: npm `webgpu` (dawn.node).
+if [ ! -f "$VENDOR/node_modules/webgpu/dist/linux-x64/dawn.node" ]; then
+  npm install --silent --prefix "$VENDOR" webgpu@0.6.2
+fi
+# dawn.node rejects bookworm's Mesa 22.3 lavapipe; Mesa 25 lavapipe from bookworm-backports is unpacked
+# privately into build/mesa25 (the system Mesa stays for the native tests). Used via VK_DRIVER_FILES.
+bash scripts/fetch_mesa25.sh
+
 # --- Tokenizer reference data for the tests (llama.cpp vectors, tokenizer.json files); into build/.
 bash scripts/fetch_tokenizer_vectors.sh
 

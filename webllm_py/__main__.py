@@ -16,6 +16,7 @@ COMMANDS = {
     "build": ("static_site", "write the browser runtime as a folder of static files for any web host"),
     "generate": ("generate", "generate text natively (wgpu); timing to stderr"),
     "bench": ("bench", "native prefill/decode benchmark; prints JSON"),
+    "dawn-bench": ("dawn", "the same benchmark on Dawn (browser backend in Pyodide under Node); prints JSON"),
 }
 
 

@@ -77,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time decode under response_format json_object / json_schema (BENCH_SCHEMA)")
     p.add_argument("--tokenizer", help=f"tokenizer.json or its folder, for --shape (default: {DEFAULT_TOKENIZER})")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the timed decode (seed 0)")
+    p.add_argument("--token-ids", type=int, default=0, metavar="N", help="also print the first N greedy token ids")
     p.add_argument("--rounds", type=int, default=3, help="--constraint: alternating free/constrained runs")
     p.add_argument("--mask-overlap", action="store_true",
                    help="--constraint: prototype of a split decode step (forward submitted, then the mask computed "
@@ -259,7 +260,8 @@ async def _bench(args) -> dict:
     if args.fold_norms is not None:
         from . import linear
         linear.FOLD_NORM_MAX_K = args.fold_norms
-    device = await request_device("native", use_subgroups=args.subgroups)
+    backend = getattr(args, "backend", "native")  # "browser": the Dawn host (webllm_py/dawn.py) runs this
+    device = await request_device(backend, use_subgroups=bool(args.subgroups) if backend == "browser" else args.subgroups)
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
     engine = await Engine.load(ckpt, device=device, context_window=ctx, prefill_chunk=args.prefill_chunk,
@@ -290,10 +292,12 @@ async def _bench(args) -> dict:
     issue_s = 0.0
     t1 = time.perf_counter()
     tid = res.token_id
+    token_ids = [tid]  # greedy ids (prefill's, then each step's): compared across backends
     for _ in range(args.decode_tokens):
         res = await engine._step(0, [tid], sample=True)
         issue_s += engine.last_issue_seconds
         tid = res.token_id
+        token_ids.append(tid)
     decode_s = time.perf_counter() - t1
     decode_tps = args.decode_tokens / decode_s
     gpu_ms = await gpu_ms_per_token(engine, tid, args.gpu_reps) if args.gpu_reps else None
@@ -306,7 +310,7 @@ async def _bench(args) -> dict:
     bw = args.bandwidth_gbps or next((v for k, v in ROOFLINE_GBPS.items() if k in desc), None)
     out = {
         "model": ckpt.name, "shape": {k: getattr(cfg, k) for k in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "vocab_size")},
-        "quant": args.quant if args.shape else "file", "backend": "native", "adapter": desc.strip(),
+        "quant": args.quant if args.shape else "file", "backend": backend, "adapter": desc.strip(),
         "features": sorted(device.features), "load_s": round(load_s, 2),
         "gpu_buffers_gib": round(allocated[0] / 2**30, 3),
         "prompt_tokens": args.prompt_tokens, "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
@@ -327,6 +331,8 @@ async def _bench(args) -> dict:
             out["gpu_bound_roofline_fraction"] = round(out["gpu_bound_gbps"] / bw, 3)
     if profile:
         out["gpu_ms_by_op"] = profile
+    if args.token_ids:
+        out["token_ids"] = token_ids[:args.token_ids]
     if args.matvec_tiling:
         out["matvec_tiling"] = args.matvec_tiling
     if args.temperature:

@@ -1,0 +1,143 @@
+"""The browser backend on Dawn (Chrome's WebGPU engine, npm `webgpu`) under Node, on Mesa 25 lavapipe.
+
+The same Python as in the browser's worker runs in Pyodide with dawn.node's navigator.gpu
+(webllm_py.dawn.DawnHost). References are independent of the code under test: numpy formulas for
+the kernels, the native wgpu backend's greedy tokens for the model.
+"""
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from webllm_py.dawn import DawnHost, DawnRequestError
+
+pytestmark = pytest.mark.dawn
+
+_SETUP = """
+import base64, struct
+from webllm_py.gpu.browser import BrowserDevice
+from webllm_py.ops import RMSNorm
+dev = await BrowserDevice.create()
+sorted(dev.features)
+"""
+
+_RMSNORM = """
+x = base64.b64decode({x!r}); w = base64.b64decode({w!r})
+y = dev.create_buffer({T} * {D} * 4)
+op = RMSNorm(dev, dev.buffer_from(w), {D}, 1e-5)
+with dev.recorder() as rec:
+    op.bind(dev.buffer_from(x), y, dev.buffer_from(struct.pack("<2I", 0, {T})), last_only=False).record(rec, {T})
+base64.b64encode(await dev.read_buffer(y)).decode()
+"""
+
+
+@pytest.fixture(scope="module")
+def host():
+    with DawnHost(timeout=120) as h:
+        yield h
+
+
+def test_dawn_adapter_is_mesa25_with_f16(host):
+    feats = host.exec(_SETUP)
+    # Dawn on Mesa 25 lavapipe offers shader-f16: the f16 kernels run through Tint on this adapter.
+    assert "shader-f16" in feats
+
+
+def test_rmsnorm_vs_numpy(host):
+    host.exec(_SETUP)
+    rng = np.random.default_rng(3)
+    T, D = 4, 576
+    x = rng.standard_normal((T, D), dtype=np.float32) * 3
+    w = rng.standard_normal(D, dtype=np.float32)
+    out = host.exec(_RMSNORM.format(x=base64.b64encode(x.tobytes()).decode(), w=base64.b64encode(w.tobytes()).decode(), T=T, D=D))
+    got = np.frombuffer(base64.b64decode(out), np.float32)[: T * D].reshape(T, D)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lost_device_is_typed_and_a_new_device_works(host):
+    host.exec(_SETUP)
+    host.exec("dev.raw.destroy()\nimport asyncio\nawait asyncio.sleep(0.2)")
+    with pytest.raises(DawnRequestError) as e:
+        host.exec("dev.check_lost()")
+    assert e.value.name == "DeviceLostError"
+    # recovery: a fresh device in the same host runs a kernel again
+    test_rmsnorm_vs_numpy(host)
+
+
+def _bench(cmd):
+    env = dict(os.environ)
+    r = subprocess.run([sys.executable, "-m", "webllm_py", cmd, "--prompt-tokens", "16", "--decode-tokens", "32",
+                        "--gpu-reps", "0", "--token-ids", "32"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_smollm2_greedy_tokens_dawn_equal_native():
+    dawn, native = _bench("dawn-bench"), _bench("bench")
+    assert dawn["backend"] == "browser" and native["backend"] == "native"
+    assert len(native["token_ids"]) == 32
+    assert dawn["token_ids"] == native["token_ids"]
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                            "population": {"type": "integer"}},
+          "required": ["city", "population"], "additionalProperties": False}
+
+
+def _native_session(requests):
+    """The same worker requests on the native backend (worker.Session on CPython, wgpu on Mesa 22)."""
+    from webllm_py.worker import Session
+
+    async def go():
+        s, out = Session(), []
+        for i, (kind, payload) in enumerate(requests, 1):
+            r = json.loads(await s.handle(kind, i, json.dumps(payload), lambda k, j: None))
+            assert r["kind"] == "result", r
+            out.append(r["payload"])
+        return out
+    return asyncio.run(go())
+
+
+def _dawn_session(requests):
+    with DawnHost(timeout=300) as h:
+        return [h.request(kind, payload) for kind, payload in requests]
+
+
+def _model_path(name):
+    from webllm_py.default_model import default_model_path
+    if name == "smollm2":
+        return str(default_model_path())
+    p = Path(__file__).resolve().parents[1] / "build" / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if not p.is_file():
+        pytest.fail(f"{p} missing: scripts/setup.sh (fetch_gemma3.sh) fetches it")
+    return str(p)
+
+
+def test_structured_output_mask_on_dawn_equals_native():
+    """The schema's token mask applied on Dawn: greedy output parses, fits the schema, equals native's."""
+    chat = {"messages": [{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
+            "temperature": 0, "max_tokens": 40,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}}}
+    reqs = [("load", {"model": _model_path("smollm2")}), ("chat", chat)]
+    dawn = _dawn_session(reqs)[1]["choices"][0]["message"]["content"]
+    native = _native_session(reqs)[1]["choices"][0]["message"]["content"]
+    obj = json.loads(dawn)
+    assert set(obj) == {"city", "population"} and isinstance(obj["population"], int) and len(obj["city"]) <= 20
+    assert dawn == native
+
+
+def test_gemma3_greedy_text_dawn_equals_native():
+    # A completion: this GGUF carries no chat template.
+    req = {"prompt": "The three primary colours are", "temperature": 0, "max_tokens": 32}
+    reqs = [("load", {"model": _model_path("gemma3")}), ("completion", req)]
+    dawn, native = _dawn_session(reqs)[1], _native_session(reqs)[1]
+    assert native["usage"]["completion_tokens"] == 32
+    assert dawn["choices"][0]["text"] == native["choices"][0]["text"]

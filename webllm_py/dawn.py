@@ -1,0 +1,180 @@
+"""Dawn (Chrome's WebGPU engine) outside the browser: the browser backend in Pyodide under Node.
+
+`DawnHost` starts scripts/dawn_host.mjs (Pyodide + dawn.node from npm `webgpu`) and talks the
+worker protocol to it over JSON lines: the same Python as in the browser's worker
+(webllm_py.worker.Session, webllm_py.gpu.browser) runs there. Tests use it to run kernels and
+models through Dawn on Mesa 25 lavapipe; `python -m webllm_py dawn-bench` runs the benchmark
+(bench.py's, with backend "browser") there.
+
+Where things are (each overridable, e.g. on a machine with only carried files):
+- WEBLLM_NODE: the node binary (default: `node` on PATH);
+- WEBLLM_WEBGPU / WEBLLM_PYODIDE / WEBLLM_WHEELS: npm `webgpu` and `pyodide` folders, the wheels
+  (default: build/vendor/...);
+- VK_DRIVER_FILES: the Vulkan driver. Unset, and build/mesa25 (scripts/fetch_mesa25.sh) present,
+  Mesa 25 lavapipe is used (bookworm's Mesa 22.3 lavapipe lacks what Dawn needs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = ROOT / "scripts" / "dawn_host.mjs"
+MESA = ROOT / "build" / "mesa25"
+TOGGLES = ("allow_unsafe_apis", "vulkan_enable_f16_on_nvidia")
+
+
+class DawnHostError(RuntimeError):
+    """The Dawn host could not start or stopped answering."""
+
+
+class DawnRequestError(RuntimeError):
+    """A request the Dawn host ran failed; `name` is the error's type name in Python/JS."""
+
+    def __init__(self, name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{name}: {message}")
+        self.name, self.message, self.traceback = name, message, traceback
+
+
+def _mesa_env(tmp: Path) -> dict:
+    lib = MESA / "usr" / "lib" / "x86_64-linux-gnu"
+    if not (lib / "libvulkan_lvp.so").exists():
+        raise DawnHostError(f"no Mesa 25 lavapipe under {MESA} and VK_DRIVER_FILES unset: run scripts/fetch_mesa25.sh")
+    icd = tmp / "lvp_icd.json"  # written per run: the absolute library path depends on where the tree is
+    icd.write_text(json.dumps({"file_format_version": "1.0.0",
+                               "ICD": {"api_version": "1.4.305", "library_path": str(lib.resolve() / "libvulkan_lvp.so")}}))
+    ld = os.environ.get("LD_LIBRARY_PATH")
+    return {"VK_DRIVER_FILES": str(icd), "LD_LIBRARY_PATH": str(lib.resolve()) + (":" + ld if ld else "")}
+
+
+class DawnHost:
+    """One Node process with Pyodide and Dawn; `request()` runs one worker-protocol request."""
+
+    def __init__(self, flags: list[str] | tuple[str, ...] = (), timeout: float | None = None) -> None:
+        node = os.environ.get("WEBLLM_NODE") or shutil.which("node")
+        if not node:
+            raise DawnHostError("node not found: install Node 20 or set WEBLLM_NODE")
+        self._tmp = tempfile.TemporaryDirectory(prefix="webllm-dawn-")
+        env = dict(os.environ)
+        if not env.get("VK_DRIVER_FILES"):
+            env.update(_mesa_env(Path(self._tmp.name)))
+        cmd = [node, str(HOST)]
+        for f in flags:
+            cmd += ["--flag", f]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+        self._id = 0
+        self.timeout = timeout
+        self.ready = self._read(0)
+
+    def _read(self, id: int) -> Any:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                rc = self.proc.wait()
+                raise DawnHostError(f"the Dawn host exited (status {rc}); its stderr says why")
+            msg = json.loads(line)
+            if msg.get("kind") == "error":
+                p = msg.get("payload") or {}
+                if msg.get("id") in (0, id) and p.get("name") == "HostError":
+                    raise DawnHostError(p.get("message", ""))
+                if msg.get("id") == id:
+                    raise DawnRequestError(p.get("name", "Error"), p.get("message", ""), p.get("traceback", ""))
+            if msg.get("id") == id and msg.get("kind") in ("result", "ready"):
+                return msg.get("payload")
+            # progress / chunk responses: not needed by the callers here
+
+    def request(self, kind: str, payload: dict | None = None) -> Any:
+        self._id += 1
+        self.proc.stdin.write(json.dumps({"kind": kind, "id": self._id, "payload": payload or {}}) + "\n")
+        self.proc.stdin.flush()
+        return self._read(self._id)
+
+    def exec(self, code: str) -> Any:
+        """Run Python in Pyodide (top-level await allowed); the value of its last expression."""
+        return self.request("exec", {"code": code})
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "DawnHost":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- `python -m webllm_py dawn-bench` ---------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import bench
+    bench.add_arguments(p)
+    p.add_argument("--dawn-flag", action="append", default=[], choices=TOGGLES,
+                   help="a Dawn toggle for create([...]) (repeatable)")
+
+
+_BENCH = """
+import argparse, js, json
+from webllm_py import bench
+from webllm_py.formats.source import JSBufferSource
+_p = argparse.ArgumentParser()
+bench.add_arguments(_p)
+_a = _p.parse_args(json.loads({argv!r}))
+_a.backend = "browser"
+if _a.model:
+    _a.model = JSBufferSource(js.webllmFileBytes(_a.model))
+await bench._bench(_a)
+"""
+
+
+def main(args: argparse.Namespace) -> int:
+    argv = [a for a in sys.argv[sys.argv.index("dawn-bench") + 1:]] if "dawn-bench" in sys.argv else []
+    argv = _strip_flags(argv)
+    if args.model:
+        argv = _absolute_model(argv, args.model)
+    elif not args.shape:  # the default model's file is found here, on CPython (Pyodide has no site-packages of ours)
+        from .default_model import default_model_path
+        argv += ["--model", str(default_model_path())]
+    try:
+        with DawnHost(args.dawn_flag) as host:
+            out = host.exec(_BENCH.format(argv=json.dumps(argv)))
+    except (DawnHostError, DawnRequestError) as e:
+        print(f"dawn-bench: {e}", file=sys.stderr)
+        return 1
+    out["dawn_flags"] = args.dawn_flag
+    print(json.dumps(out))
+    return 0
+
+
+def _strip_flags(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--dawn-flag":
+            skip = True
+        elif not a.startswith("--dawn-flag="):
+            out.append(a)
+    return out
+
+
+def _absolute_model(argv: list[str], model: str) -> list[str]:
+    path = str(Path(model).resolve())
+    if not Path(path).is_file():
+        raise SystemExit(f"dawn-bench: model file not found: {model}")
+    return [path if a == model else a.replace("--model=" + model, "--model=" + path) for a in argv]
+
+
+__all__ = ["DawnHost", "DawnHostError", "DawnRequestError", "TOGGLES"]
