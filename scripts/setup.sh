@@ -43,6 +43,8 @@ $PY scripts/fetch_pyodide_wheels.py "$VENDOR/wheels"
 # --- JupyterLite (/lab/): its own venv, so jupyter_server's dependencies stay out of the test venv
 # (jupyter_server only lets the build index the notebook); the site is built offline, in seconds.
 LITE=build/jupyterlite
+# A venv whose scripts point elsewhere (the folder was moved or made through another path) is made anew.
+"$LITE/venv/bin/pip" --version >/dev/null 2>&1 || rm -rf "$LITE/venv"
 [ -x "$LITE/venv/bin/python" ] || python3 -m venv "$LITE/venv"
 "$LITE/venv/bin/pip" install -q jupyterlite-core==0.8.6 jupyterlite-pyodide-kernel==0.8.6 jupyter_server==2.21.1
 $PY -m webllm_py.jupyterlite "$LITE/site"
