@@ -422,7 +422,7 @@ class Linear:
             xq, xd = _scratch(self.device, "xq", tokens * self.K * planes), _scratch(self.device, "xd", tokens * self.K // 4)
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
-            return BoundLinear(self, mv, mm, accumulate, quant)
+            return BoundLinear(self, mv, mm, accumulate, quant=quant)
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
         return BoundLinear(self, mv, mm, accumulate)
 
