@@ -58,7 +58,8 @@ VARIANTS = {  # name: (qtype, Linear keywords, bias)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_split_linear_matches_numpy(small_device, variant):
+def test_split_linear_matches_numpy(small_device, variant, monkeypatch):
+    monkeypatch.setattr("webllm_py.linear.PREFILL_KERNEL", "f32")  # the f32 bound; int8 prefill: below
     dev = small_device
     qtype, kw, with_bias = VARIANTS[variant]
     rng = np.random.default_rng(7)
@@ -84,6 +85,26 @@ def test_split_linear_matches_numpy(small_device, variant):
         ref = x.astype(np.float64) @ w.T + b
         assert_close(y, ref, x, w)
         assert_close(y_acc, ref, x, w)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+def test_split_int8_prefill_equals_unsplit(small_device, qtype):
+    """The int8 prefill (matmul_i8) of a split weight writes each block's rows at y's full row length
+    (out_stride): the same numbers as the whole matrix on a device whose limit does not split it."""
+    from webllm_py.gpu.native import NativeDevice
+    from webllm_py.linear import MatmulI8Tiling
+
+    rng = np.random.default_rng(11)
+    raw, w = make_weight(qtype, N, K, rng)
+    lins = [Linear(d, split_matrix(d, raw, qtype, (N, K))) for d in (small_device, NativeDevice())]
+    assert len(lins[0].parts) == 4 and not lins[1].parts
+    assert all(isinstance(p.matmul_tiling, MatmulI8Tiling) for _, p in lins[0].parts)
+    assert isinstance(lins[1].matmul_tiling, MatmulI8Tiling)
+    x = rng.standard_normal((7, K)).astype(np.float32)
+    split, whole = (run_linear(lin.device, lin, x) for lin in lins)
+    assert np.array_equal(split, whole)
+    ref = x.astype(np.float64) @ w.T
+    assert np.abs(split - ref).max() < 1e-2 * np.abs(ref).max()  # int8 rounding of x (test_matmul_i8 bounds it)
 
 
 @pytest.mark.parametrize("split_k", [False, True], ids=["thread-per-row", "split-k"])

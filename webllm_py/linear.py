@@ -314,8 +314,7 @@ class Linear:
         if self.q4 and not self.staged and matvec is None:
             self.matvec_tiling = Q4_TILING
         # Prefill: the tiled matmul on GPUs; on CPU adapters, barrier-free rows (matmul_rows.wgsl.j2).
-        # matmul_i8 writes whole rows of y: a row block of a split weight (out_stride) keeps the f32 matmul.
-        self.matmul_tiling = matmul or (None if out_stride is not None else prefill_i8_tiling(device, weight.ggml_type, self.K, self.N)) or (
+        self.matmul_tiling = matmul or prefill_i8_tiling(device, weight.ggml_type, self.K, self.N) or (
             cpu_matmul_tiling(weight.ggml_type) if device.info.is_fallback else gpu_matmul_tiling(self.N))
         self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
                             qtype=weight.ggml_type.name, has_bias=bias is not None)
@@ -365,7 +364,8 @@ class Linear:
                 k = self.device.kernel("matmul_i8", label=f"matmul_i8 {self.weight.name}", stage=m.stage, tm=m.tm,
                                        tn=m.tn, rm=m.rm, rn=m.rn, kb=m.kb, wg=m.wg, planes=m.planes, qtype=self.weight.ggml_type.name,
                                        K=self.K, row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
-                                       has_bias=self.bias is not None, accumulate=accumulate)
+                                       has_bias=self.bias is not None, accumulate=accumulate,
+                                       **{k: v for k, v in self._params.items() if k == "out_stride"})
             elif isinstance(self.matmul_tiling, MatmulRowsTiling):
                 m = self.matmul_tiling
                 k = self.device.kernel("matmul_rows", label=f"matmul_rows {self.weight.name}", wg=m.wg, rows=m.rows,
