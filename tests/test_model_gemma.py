@@ -71,7 +71,7 @@ def case(request, models_dir, device):
 def test_config(case):
     v, path, engine = case
     cfg, hf = engine.config, json.load(open(os.path.join(path, "config.json")))
-    g = cfg.extra["gemma"]
+    g = cfg.options
     assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.head_dim, cfg.vocab_size, cfg.activation) == (
         v.family, hf["num_hidden_layers"], hf["hidden_size"], hf["head_dim"], hf["vocab_size"], "gelu_tanh")
     assert cfg.tie_embeddings and g.norm_offset == 1.0 and g.embed_scale == hf["hidden_size"] ** 0.5
@@ -165,7 +165,7 @@ def test_gguf_gemma2_matches_transformers(gemma2_gguf):
     """Config from gemma2.* metadata (softcaps, window, local/global layers, norms already + 1, tied
     head), then logits after a 3-chunk prompt and 16 greedy tokens as transformers on the same values."""
     engine, ref_dir = gemma2_gguf
-    cfg, g = engine.config, engine.config.extra["gemma"]
+    cfg, g = engine.config, engine.config.options
     assert (cfg.arch, cfg.sliding_window, cfg.tie_embeddings, cfg.rope_pairs) == ("gemma2", WINDOW, True, "halves")
     assert (g.norm_offset, g.attn_softcap, g.final_softcap, g.local_layers) == (0.0, 50.0, 30.0, (True, False, True))
     assert g.attn_scale == 32 ** -0.5 and g.sandwich

@@ -60,7 +60,7 @@ def reference(path, engine):
 
 def test_config(engine):
     cfg = engine.config
-    g = cfg.extra["gemma"]
+    g = cfg.options
     assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.vocab_size) == (
         "gemma3", 18, 640, 4, 1, 256, 262144)
     assert cfg.sliding_window == 512 and g.local_layers == tuple((i + 1) % 6 != 0 for i in range(18))

@@ -18,6 +18,8 @@ from .formats.gguf import GGUFFile, merge_split
 from .formats.quants import TensorInfo
 from .formats.source import as_source
 from .model_url import shard_names
+from .formats.gguf_keys import General
+from .models import config_from_gguf, config_from_hf
 from .models.config import ModelConfig, validate_config
 from .tokenizer import Tokenizer
 
@@ -58,10 +60,10 @@ def _open_gguf(src: Any, name: str) -> Checkpoint:
     if not parts:
         raise ModelFormatError("a split GGUF needs at least one shard")
     metadata, tensors = merge_split([GGUFFile(p) for p in parts])
-    cfg = _config(lambda: ModelConfig.from_gguf(metadata, set(tensors)))
+    cfg = _config(lambda: config_from_gguf(metadata, set(tensors)))
     validate_config(cfg, tensors)
     tok = Tokenizer.from_gguf_metadata(metadata)
-    return Checkpoint(cfg, tensors, tok, "gguf", metadata.get("general.name") or name)
+    return Checkpoint(cfg, tensors, tok, "gguf", metadata.get(General.NAME) or name)
 
 
 def _config(read) -> ModelConfig:
@@ -88,7 +90,7 @@ def _read_json(files: dict[str, Any], name: str, required: bool = True) -> Any:
 def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
     from .formats.safetensors import SafetensorsFile, SafetensorsModel
 
-    cfg = _config(lambda: ModelConfig.from_hf(_read_json(files, "config.json")))
+    cfg = _config(lambda: config_from_hf(_read_json(files, "config.json")))
     tok = Tokenizer.from_hf(_read_json(files, "tokenizer.json"), _read_json(files, "tokenizer_config.json", False))
     shards = sorted(f for f in files if f.endswith(".safetensors"))
     if not shards:

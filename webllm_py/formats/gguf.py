@@ -17,6 +17,7 @@ import struct
 from typing import Any
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from .gguf_keys import General
 from .quants import TensorInfo, tensor_nbytes, type_name
 from .source import ByteSource, as_source
 
@@ -137,7 +138,7 @@ class GGUFFile:
             self.metadata[key] = _read_value(cur, vtype, f"metadata '{key}'")
             self.value_types[key] = vtype
 
-        align = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        align = self.metadata.get(General.ALIGNMENT, DEFAULT_ALIGNMENT)
         if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
             raise ModelFormatError(f"GGUF: general.alignment must be a power of two, got {align!r}.")
         self.alignment = align

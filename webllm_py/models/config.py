@@ -3,23 +3,20 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from ..formats.gguf_keys import LLM, ArchMeta, Attention, Rope, Tokenizer
 
-# Families whose graph is the Llama one with small switches (qkv bias for Qwen2).
-LLAMA_LIKE = {"llama", "mistral", "qwen2"}
-HF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
-# Families with graphs of their own (models/phi2.py, stablelm.py, mixtral.py). GGUF Mixtral files say
-# "llama" and carry `llama.expert_count`; phi2 and stablelm have architectures of their own.
-HF_ARCH.update({"PhiForCausalLM": "phi2", "StableLmForCausalLM": "stablelm", "MixtralForCausalLM": "mixtral"})
-GGUF_OWN_ARCH = {"phi2", "stablelm"}
-# Gemma 1/2/3: models/gemma.py reads their configs (local/global layers, softcaps, norm offsets).
-GEMMA_ARCHS = {"gemma", "gemma2", "gemma3"}
-HF_ARCH.update({"GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3"})
 # Hugging Face activation names -> the kernels' names (gelu_new is GELU's tanh approximation).
 HF_ACT = {"silu": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+# GGUF architectures with LayerNorms (and their own eps key) and the parallel residual switch.
+LAYER_NORM_ARCHS = {"phi2", "stablelm"}
+
+
+class FamilyOptions:
+    """Base of a family's own typed options (ModelConfig.options), e.g. models.gemma.GemmaOptions."""
 
 
 @dataclass
@@ -42,7 +39,7 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     sliding_window: int | None = None
     activation: str = "silu"
-    extra: dict[str, Any] = field(default_factory=dict)
+    options: FamilyOptions | None = None  # what a family adds (models.gemma.GemmaOptions)
     # Phi-2 / StableLM / Mixtral switches (models/phi2.py, stablelm.py, mixtral.py).
     parallel_residual: bool = False  # x + attn(ln(x)) + mlp(ln(x)): one norm feeds both branches
     qk_norm: bool = False            # LayerNorm of each head of q and k before rotary
@@ -78,109 +75,88 @@ class ModelConfig:
             raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (supported: linear, llama3)")
         return freqs
 
-    # -- readers ------------------------------------------------------------------------------------
-    @classmethod
-    def from_gguf(cls, meta: dict[str, Any], tensor_names: set[str]) -> "ModelConfig":
-        arch = meta.get("general.architecture")
-        if arch in GEMMA_ARCHS:
-            from .gemma import config_from_gguf
-            return config_from_gguf(cls, meta, tensor_names)
-        if arch not in LLAMA_LIKE | GGUF_OWN_ARCH:
-            raise UnsupportedModelError(f"model architecture {arch!r} is not supported "
-                                        f"(supported: {sorted(LLAMA_LIKE | GGUF_OWN_ARCH | GEMMA_ARCHS)})")
 
-        def get(key: str, default: Any = None) -> Any:
-            v = meta.get(f"{arch}.{key}", default)
-            if v is None:
-                raise ModelFormatError(f"GGUF metadata lacks '{arch}.{key}'")
-            return v
+# -- readers (the registry in models/families.py picks one per architecture) --------------------------
+def read_gguf(meta: dict[str, Any], tensor_names: set[str], arch: str) -> ModelConfig:
+    """llama.cpp's metadata of the Llama-like files (llama, mistral, qwen2; phi2, stablelm); a `llama`
+    file with `llama.expert_count` is Mixtral."""
+    m = ArchMeta(meta, arch)
+    dim = int(m.need(LLM.EMBEDDING_LENGTH))
+    n_heads = int(m.need(Attention.HEAD_COUNT))
+    n_kv = int(m.need(Attention.HEAD_COUNT_KV, n_heads))
+    head_dim = int(m.get(Attention.KEY_LENGTH, dim // n_heads))
+    vocab = m.get(LLM.VOCAB_SIZE) or len(meta.get(Tokenizer.LIST, ()))
+    scaling = None
+    if m.get(Rope.SCALING_TYPE) == "linear":
+        scaling = {"rope_type": "linear", "factor": float(m.need(Rope.SCALING_FACTOR))}
+    rot = int(m.get(Rope.DIMENSION_COUNT, head_dim))
+    n_experts = int(m.get(LLM.EXPERT_COUNT) or 0)
+    layer_norm = arch in LAYER_NORM_ARCHS  # phi2 and stablelm use LayerNorm, with its own eps key
+    eps = m.get(Attention.LAYERNORM_EPS if layer_norm else Attention.LAYERNORM_RMS_EPS)
+    if arch == "phi2":
+        parallel = True
+    else:  # stablelm: written by the converter; older files tell by the missing second norm
+        parallel = bool(m.get(LLM.USE_PARALLEL_RESIDUAL, "blk.0.ffn_norm.weight" not in tensor_names))
+    return ModelConfig(
+        arch="mixtral" if n_experts else arch, n_layers=int(m.need(LLM.BLOCK_COUNT)), dim=dim, n_heads=n_heads,
+        n_kv_heads=n_kv, head_dim=head_dim, hidden_dim=int(m.need(LLM.FEED_FORWARD_LENGTH)), vocab_size=int(vocab),
+        context_length=int(m.need(LLM.CONTEXT_LENGTH, 2048)),
+        norm_eps=float(eps if eps is not None else 1e-5),
+        rope_theta=float(m.need(Rope.FREQ_BASE, 10000.0)),
+        # llama.cpp's converter permutes Q/K of llama/mistral so adjacent pairs rotate; qwen2, phi2 and
+        # stablelm are stored unpermuted and llama.cpp rotates them in "neox" (half-split) mode.
+        rope_pairs="adjacent" if arch in ("llama", "mistral") else "halves",
+        rot_dim=rot, tie_embeddings="output.weight" not in tensor_names,
+        qkv_bias="blk.0.attn_q.bias" in tensor_names, rope_scaling=scaling,
+        sliding_window=m.get(Attention.SLIDING_WINDOW),
+        activation="gelu_tanh" if arch == "phi2" else "silu",
+        parallel_residual=layer_norm and parallel,
+        qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
+        n_experts=n_experts, n_experts_used=int(m.get(LLM.EXPERT_USED_COUNT) or 0),
+    )
 
-        dim = int(get("embedding_length"))
-        n_heads = int(get("attention.head_count"))
-        n_kv = int(get("attention.head_count_kv", n_heads))
-        head_dim = int(meta.get(f"{arch}.attention.key_length", dim // n_heads))
-        vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
-        scaling = None
-        st = meta.get(f"{arch}.rope.scaling.type")
-        if st == "linear":
-            scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
-        rot = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
-        n_experts = int(meta.get(f"{arch}.expert_count") or 0)
-        layer_norm = arch in GGUF_OWN_ARCH  # phi2 and stablelm use LayerNorm, with its own eps key
-        eps = meta.get(f"{arch}.attention.layer_norm_epsilon" if layer_norm else f"{arch}.attention.layer_norm_rms_epsilon")
-        if arch == "phi2":
-            parallel = True
-        else:  # stablelm: written by the converter; older files tell by the missing second norm
-            parallel = bool(meta.get(f"{arch}.use_parallel_residual", "blk.0.ffn_norm.weight" not in tensor_names))
-        return cls(
-            arch="mixtral" if n_experts else arch, n_layers=int(get("block_count")), dim=dim, n_heads=n_heads, n_kv_heads=n_kv,
-            head_dim=head_dim, hidden_dim=int(get("feed_forward_length")), vocab_size=int(vocab),
-            context_length=int(get("context_length", 2048)),
-            norm_eps=float(eps if eps is not None else 1e-5),
-            rope_theta=float(get("rope.freq_base", 10000.0)),
-            # llama.cpp's converter permutes Q/K of llama/mistral so adjacent pairs rotate; qwen2, phi2 and
-            # stablelm are stored unpermuted and llama.cpp rotates them in "neox" (half-split) mode.
-            rope_pairs="adjacent" if arch in ("llama", "mistral") else "halves",
-            rot_dim=rot, tie_embeddings="output.weight" not in tensor_names,
-            qkv_bias="blk.0.attn_q.bias" in tensor_names, rope_scaling=scaling,
-            sliding_window=meta.get(f"{arch}.attention.sliding_window"),
-            activation="gelu_tanh" if arch == "phi2" else "silu",
-            parallel_residual=arch in GGUF_OWN_ARCH and parallel,
-            qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
-            n_experts=n_experts, n_experts_used=int(meta.get(f"{arch}.expert_used_count") or 0),
-        )
 
-    @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> "ModelConfig":
-        if not isinstance(cfg, dict):
-            raise ModelFormatError("config.json must hold a JSON object")
-        archs = cfg.get("architectures") or []
-        arch = next((HF_ARCH[a] for a in archs if a in HF_ARCH), None)
-        if arch is None:
-            raise UnsupportedModelError(f"model architecture {archs or cfg.get('model_type')!r} is not supported "
-                                        f"(supported: {sorted(HF_ARCH)})")
-        if arch in GEMMA_ARCHS:
-            from .gemma import config_from_hf
-            return config_from_hf(cls, cfg, arch)
-        try:
-            dim = int(cfg["hidden_size"])
-            n_heads = int(cfg["num_attention_heads"])
-            head_dim = int(cfg.get("head_dim") or dim // n_heads)
-            n_layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
-            vocab = int(cfg["vocab_size"])
-        except KeyError as e:
-            raise ModelFormatError(f"config.json lacks {e.args[0]!r}, which a {arch} model needs") from None
-        except (TypeError, ValueError) as e:
-            raise ModelFormatError(f"config.json has a malformed size ({e})") from None
-        # transformers >= 5 writes rope settings as one `rope_parameters` dict (theta inside);
-        # earlier versions as `rope_theta` + `rope_scaling`.
-        rope = cfg.get("rope_parameters") or {}
-        scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-        act = cfg.get("hidden_act", "silu")
-        if act not in HF_ACT:
-            raise UnsupportedModelError(f"activation {act!r} is not supported for {arch} (supported: {sorted(HF_ACT)})")
-        # Phi-2 / StableLM rotate only the first partial_rotary_factor of each head.
-        partial = float(rope.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0)
-        rot_dim = int(head_dim * partial)
-        if rot_dim % 2 or rot_dim < 2:
-            raise ModelFormatError(f"partial_rotary_factor {partial} leaves {rot_dim} rotary dims of {head_dim}; need an even number")
-        layer_norm_eps = cfg.get("layer_norm_eps")  # Phi-2 and StableLM (LayerNorm) say eps this way
-        return cls(
-            arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=head_dim,
-            hidden_dim=hidden, vocab_size=vocab,
-            context_length=int(cfg.get("max_position_embeddings", 2048)),
-            norm_eps=float(layer_norm_eps if layer_norm_eps is not None else cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
-            rope_pairs="halves", rot_dim=rot_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            # Qwen2 always has Q/K/V biases; Llama's `attention_bias` adds them to Q/K/V and O. The graph
-            # adds any bias tensor the checkpoint holds, so this flag only describes the model.
-            qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias")), rope_scaling=scaling,
-            sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", arch in ("mistral", "mixtral")) else None,
-            activation=HF_ACT[act], parallel_residual=arch == "phi2" or bool(cfg.get("use_parallel_residual")),
-            qk_norm=bool(cfg.get("qk_layernorm")),
-            n_experts=int(cfg.get("num_local_experts") or 0), n_experts_used=int(cfg.get("num_experts_per_tok") or 0),
-        )
+def read_hf(cfg: dict[str, Any], arch: str) -> ModelConfig:
+    """config.json of the Llama-like families (Llama, Mistral, Qwen2, Phi-2, StableLM, Mixtral)."""
+    try:
+        dim = int(cfg["hidden_size"])
+        n_heads = int(cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or dim // n_heads)
+        n_layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
+        vocab = int(cfg["vocab_size"])
+    except KeyError as e:
+        raise ModelFormatError(f"config.json lacks {e.args[0]!r}, which a {arch} model needs") from None
+    except (TypeError, ValueError) as e:
+        raise ModelFormatError(f"config.json has a malformed size ({e})") from None
+    # transformers >= 5 writes rope settings as one `rope_parameters` dict (theta inside);
+    # earlier versions as `rope_theta` + `rope_scaling`.
+    rope = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    act = cfg.get("hidden_act", "silu")
+    if act not in HF_ACT:
+        raise UnsupportedModelError(f"activation {act!r} is not supported for {arch} (supported: {sorted(HF_ACT)})")
+    # Phi-2 / StableLM rotate only the first partial_rotary_factor of each head.
+    partial = float(rope.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0)
+    rot_dim = int(head_dim * partial)
+    if rot_dim % 2 or rot_dim < 2:
+        raise ModelFormatError(f"partial_rotary_factor {partial} leaves {rot_dim} rotary dims of {head_dim}; need an even number")
+    layer_norm_eps = cfg.get("layer_norm_eps")  # Phi-2 and StableLM (LayerNorm) say eps this way
+    return ModelConfig(
+        arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
+        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=head_dim,
+        hidden_dim=hidden, vocab_size=vocab,
+        context_length=int(cfg.get("max_position_embeddings", 2048)),
+        norm_eps=float(layer_norm_eps if layer_norm_eps is not None else cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
+        rope_pairs="halves", rot_dim=rot_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        # Qwen2 always has Q/K/V biases; Llama's `attention_bias` adds them to Q/K/V and O. The graph
+        # adds any bias tensor the checkpoint holds, so this flag only describes the model.
+        qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias")), rope_scaling=scaling,
+        sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", arch in ("mistral", "mixtral")) else None,
+        activation=HF_ACT[act], parallel_residual=arch == "phi2" or bool(cfg.get("use_parallel_residual")),
+        qk_norm=bool(cfg.get("qk_layernorm")),
+        n_experts=int(cfg.get("num_local_experts") or 0), n_experts_used=int(cfg.get("num_experts_per_tok") or 0),
+    )
 
 
 # -- validation ---------------------------------------------------------------------------------------

@@ -31,19 +31,19 @@ from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
 from ..linear import Embedding, Linear
 from ..ops import GLU, RMSNorm, RoPE, Softcap
-from .config import ModelConfig
+from ..formats.gguf_keys import LLM, ArchMeta, Attention, Rope, Tokenizer
+from .config import FamilyOptions, ModelConfig
 from .llama import RunState
 from .store import WeightStore
 
-GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
 # Every n-th layer is global, the rest local, when a checkpoint does not list its layer types.
 SLIDING_PATTERN = {"gemma2": 2, "gemma3": 6}
 GEMMA3_LOCAL_THETA = 10000.0   # llama.cpp and transformers' default for Gemma 3's local layers
 
 
 @dataclass(frozen=True)
-class GemmaOptions:
-    """What Gemma adds to ModelConfig (kept in cfg.extra["gemma"])."""
+class GemmaOptions(FamilyOptions):
+    """What Gemma adds to ModelConfig (its `options`)."""
     norm_offset: float            # rmsnorm multiplies by (w + norm_offset): 1 for HF, 0 for GGUF
     embed_scale: float            # sqrt(dim)
     attn_scale: float             # query_pre_attn_scalar ** -0.5
@@ -56,7 +56,9 @@ class GemmaOptions:
 
 
 def options(cfg: ModelConfig) -> GemmaOptions:
-    return cfg.extra["gemma"]
+    if not isinstance(cfg.options, GemmaOptions):
+        raise UnsupportedModelError(f"a {cfg.arch} config without Gemma's options")
+    return cfg.options
 
 
 def _layer_types(arch: str, n_layers: int, window: int | None, pattern: Any = None) -> tuple[bool, ...]:
@@ -72,52 +74,45 @@ def _layer_types(arch: str, n_layers: int, window: int | None, pattern: Any = No
     return tuple(bool((i + 1) % n) for i in range(n_layers))
 
 
-def config_from_gguf(cls: type[ModelConfig], meta: dict[str, Any], tensor_names: set[str]) -> ModelConfig:
+def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], arch: str) -> ModelConfig:
     """llama.cpp's metadata for gemma/gemma2/gemma3 files. GGUF keeps no query_pre_attn_scalar:
     llama.cpp uses dim / n_heads for the 27B models (the only ones where it differs from head_dim) and
     head_dim otherwise, telling the 27B by its layer count."""
-    arch = meta["general.architecture"]
-
-    def get(key: str, default: Any = None) -> Any:
-        v = meta.get(f"{arch}.{key}", default)
-        if v is None:
-            raise ModelFormatError(f"GGUF metadata lacks '{arch}.{key}'")
-        return v
-
-    dim, n_layers = int(get("embedding_length")), int(get("block_count"))
-    n_heads = int(get("attention.head_count"))
-    head_dim = int(meta.get(f"{arch}.attention.key_length", dim // n_heads))
-    window = meta.get(f"{arch}.attention.sliding_window") if arch != "gemma" else None
+    m = ArchMeta(meta, arch)
+    dim, n_layers = int(m.need(LLM.EMBEDDING_LENGTH)), int(m.need(LLM.BLOCK_COUNT))
+    n_heads = int(m.need(Attention.HEAD_COUNT))
+    head_dim = int(m.get(Attention.KEY_LENGTH, dim // n_heads))
+    window = m.get(Attention.SLIDING_WINDOW) if arch != "gemma" else None
     is_27b = (arch, n_layers) in (("gemma2", 46), ("gemma3", 62))
     scaling = None
-    if meta.get(f"{arch}.rope.scaling.type") == "linear":  # Gemma 3 4B+: global layers only
-        scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    if m.get(Rope.SCALING_TYPE) == "linear":  # Gemma 3 4B+: global layers only
+        scaling = {"rope_type": "linear", "factor": float(m.need(Rope.SCALING_FACTOR))}
     opts = GemmaOptions(
         norm_offset=0.0, embed_scale=math.sqrt(dim),
         attn_scale=(dim / n_heads if is_27b else head_dim) ** -0.5,
         sandwich=arch != "gemma",
-        local_layers=_layer_types(arch, n_layers, window, meta.get(f"{arch}.attention.sliding_window_pattern")),
-        local_theta=float(meta.get(f"{arch}.rope.freq_base_swa") or
-                          (GEMMA3_LOCAL_THETA if arch == "gemma3" else get("rope.freq_base", 10000.0))),
-        attn_softcap=meta.get(f"{arch}.attn_logit_softcapping") if arch == "gemma2" else None,
-        final_softcap=meta.get(f"{arch}.final_logit_softcapping"),
+        local_layers=_layer_types(arch, n_layers, window, m.get(Attention.SLIDING_WINDOW_PATTERN)),
+        local_theta=float(m.get(Rope.FREQ_BASE_SWA) or
+                          (GEMMA3_LOCAL_THETA if arch == "gemma3" else m.need(Rope.FREQ_BASE, 10000.0))),
+        attn_softcap=m.get(LLM.ATTN_LOGIT_SOFTCAPPING) if arch == "gemma2" else None,
+        final_softcap=m.get(LLM.FINAL_LOGIT_SOFTCAPPING),
     )
-    vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
-    return cls(
+    vocab = m.get(LLM.VOCAB_SIZE) or len(meta.get(Tokenizer.LIST, ()))
+    return ModelConfig(
         arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
-        n_kv_heads=int(get("attention.head_count_kv", n_heads)), head_dim=head_dim,
-        hidden_dim=int(get("feed_forward_length")), vocab_size=int(vocab),
-        context_length=int(get("context_length", 8192)),
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=float(get("rope.freq_base", 10000.0)),
+        n_kv_heads=int(m.need(Attention.HEAD_COUNT_KV, n_heads)), head_dim=head_dim,
+        hidden_dim=int(m.need(LLM.FEED_FORWARD_LENGTH)), vocab_size=int(vocab),
+        context_length=int(m.need(LLM.CONTEXT_LENGTH, 8192)),
+        norm_eps=float(m.need(Attention.LAYERNORM_RMS_EPS, 1e-6)),
+        rope_theta=float(m.need(Rope.FREQ_BASE, 10000.0)),
         rope_pairs="halves",  # llama.cpp leaves Gemma's Q/K unpermuted and rotates them in NEOX mode
         rot_dim=head_dim, tie_embeddings="output.weight" not in tensor_names, rope_scaling=scaling,
         sliding_window=int(window) if window else None, activation="gelu_tanh",
-        qk_norm="blk.0.attn_q_norm.weight" in tensor_names, extra={"gemma": opts},
+        qk_norm="blk.0.attn_q_norm.weight" in tensor_names, options=opts,
     )
 
 
-def config_from_hf(cls: type[ModelConfig], cfg: dict[str, Any], arch: str) -> ModelConfig:
+def config_from_hf(cfg: dict[str, Any], arch: str) -> ModelConfig:
     """config.json of GemmaForCausalLM / Gemma2ForCausalLM / Gemma3ForCausalLM (transformers 4 or 5)."""
     try:
         dim, n_layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
@@ -155,14 +150,14 @@ def config_from_hf(cls: type[ModelConfig], cfg: dict[str, Any], arch: str) -> Mo
         attn_softcap=softcap("attn_logit_softcapping") if arch == "gemma2" else None,
         final_softcap=softcap("final_logit_softcapping") if arch != "gemma" else None,
     )
-    return cls(
+    return ModelConfig(
         arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
         n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=head_dim, hidden_dim=hidden,
         vocab_size=vocab, context_length=int(cfg.get("max_position_embeddings", 8192)),
         norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_pairs="halves", rot_dim=head_dim,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), rope_scaling=scaling,
         sliding_window=int(window) if window else None, activation="gelu_tanh", qk_norm=arch == "gemma3",
-        extra={"gemma": opts},
+        options=opts,
     )
 
 

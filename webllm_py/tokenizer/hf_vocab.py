@@ -1,4 +1,4 @@
-"""Build a Tokenizer from a Hugging Face `tokenizer.json` (+ optional `tokenizer_config.json`).
+"""The Tokenizer's arguments from a Hugging Face `tokenizer.json` (+ optional `tokenizer_config.json`).
 
 Either argument may be a dict (already parsed) or a path. Supported: model type "BPE" with a byte-level
 pre-tokenizer (GPT-2 / Llama 3 / Qwen2 / SmolLM), or SentencePiece-style (Metaspace pre-tokenizer or the
@@ -6,10 +6,11 @@ Prepend/Replace normalizer pair, byte fallback). Anything else raises TokenizerE
 """
 import json
 import os
+from typing import Any
 
 from ..errors import TokenizerError
 from .pretokenize import HF_SPLIT_PATTERNS, split_digit_runs, split_each_digit, split_gpt2
-from .tokenizer import CONTROL, NORMAL, SPACE_MARK, USER_DEFINED, Tokenizer
+from .token_types import SPACE_MARK, TokenType
 
 
 def _load_json(obj):
@@ -39,7 +40,8 @@ def _token_text(value):
     return value
 
 
-def tokenizer_from_hf(tokenizer_json, tokenizer_config=None) -> Tokenizer:
+def tokenizer_args_from_hf(tokenizer_json, tokenizer_config=None) -> dict[str, Any]:
+    """Tokenizer(**these) for a tokenizer.json (and tokenizer_config.json)."""
     tj, json_dir = _load_json(tokenizer_json)
     cfg, cfg_dir = _load_json(tokenizer_config)
     if cfg is None and json_dir is not None and os.path.exists(os.path.join(json_dir, "tokenizer_config.json")):
@@ -53,12 +55,12 @@ def tokenizer_from_hf(tokenizer_json, tokenizer_config=None) -> Tokenizer:
     added = tj.get("added_tokens") or []
     size = max([max(vocab.values(), default=-1)] + [a["id"] for a in added]) + 1
     pieces = [None] * size
-    kinds = [NORMAL] * size
+    kinds = [TokenType.NORMAL] * size
     for piece, i in vocab.items():
         pieces[i] = piece
     for a in added:
         pieces[a["id"]] = a["content"]
-        kinds[a["id"]] = CONTROL if a.get("special") else USER_DEFINED
+        kinds[a["id"]] = TokenType.CONTROL if a.get("special") else TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     ranks = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
     piece_id = {p: i for i, p in enumerate(pieces) if p is not None}
@@ -146,7 +148,7 @@ def tokenizer_from_hf(tokenizer_json, tokenizer_config=None) -> Tokenizer:
                   eos_id=piece_id.get(eos_text) if eos_text else None, prefix_ids=prefix_ids,
                   suffix_ids=suffix_ids, chat_template=template, special_tokens_map=special_map)
     if byte_level:
-        return Tokenizer(mode="byte_bpe", stages=stages, byte_level_prefix_space=prefix_space,
+        return dict(mode="byte_bpe", stages=stages, byte_level_prefix_space=prefix_space,
                          drop_unknown_first=True, **common)
-    return Tokenizer(mode="spm_ranks", byte_fallback=bool(model.get("byte_fallback")), word_split=word_split,
+    return dict(mode="spm_ranks", byte_fallback=bool(model.get("byte_fallback")), word_split=word_split,
                      add_space_prefix=space_prefix, **common)

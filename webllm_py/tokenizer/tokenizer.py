@@ -11,12 +11,10 @@ Loaders live in gguf_vocab.py and hf_vocab.py; they only fill in the constructor
 """
 from ..errors import TokenizerError
 from .bpe import BYTE_TO_CHAR, byte_level_decode, merge_by_rank, merge_by_score
+from .gguf_vocab import tokenizer_args_from_gguf
+from .hf_vocab import tokenizer_args_from_hf
 from .pretokenize import apply_stages
-
-SPACE_MARK = "\u2581"  # SentencePiece's visible space
-
-# GGUF tokenizer.ggml.token_type values (llama.cpp's llama_token_type); HF vocabularies are mapped onto them.
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+from .token_types import SPACE_MARK, TokenType
 
 # Texts of tokens that end a turn in common chat formats (llama.cpp treats the same list as end-of-generation).
 END_OF_TURN_TEXTS = (
@@ -75,17 +73,17 @@ class Tokenizer:
         # Tokens cut out of text before BPE, longest first (llama.cpp's order). Control tokens only when
         # parse_special is on; user-defined ones always.
         specials = [(p, i, k) for i, (p, k) in enumerate(zip(self._pieces, self._kinds))
-                    if p and k in (CONTROL, USER_DEFINED, UNKNOWN) and self._piece_to_id.get(p) == i]
+                    if p and k in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN) and self._piece_to_id.get(p) == i]
         specials.sort(key=lambda t: -len(t[0]))
         self._specials_all = [(p, i) for p, i, _ in specials]
-        self._specials_user = [(p, i) for p, i, k in specials if k == USER_DEFINED]
+        self._specials_user = [(p, i) for p, i, k in specials if k == TokenType.USER_DEFINED]
 
         eos = set(eos_ids)
         if eos_id is not None:
             eos.add(eos_id)
         for text in END_OF_TURN_TEXTS:
             i = self._piece_to_id.get(text)
-            if i is not None and self._kinds[i] in (CONTROL, USER_DEFINED):
+            if i is not None and self._kinds[i] in (TokenType.CONTROL, TokenType.USER_DEFINED):
                 eos.add(i)
         self.eos_ids = eos
         self._word_cache = {}
@@ -105,7 +103,7 @@ class Tokenizer:
 
     def is_special(self, i: int) -> bool:
         """Control tokens (BOS, EOS, chat markers): what decode(skip_special=True) leaves out."""
-        return self._kinds[i] == CONTROL
+        return self._kinds[i] == TokenType.CONTROL
 
     def token_bytes(self, i: int) -> bytes:
         """The raw bytes token `i` decodes to (control tokens: their text). Structured output needs these."""
@@ -118,11 +116,11 @@ class Tokenizer:
         if p is None:
             return b""
         k = self._kinds[i]
-        if k in (CONTROL, USER_DEFINED, UNKNOWN) and self.mode == "byte_bpe":
+        if k in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN) and self.mode == "byte_bpe":
             return p.encode("utf-8")
         if self.mode == "byte_bpe":
             return byte_level_decode(p)
-        if k == BYTE or (i in self._byte_id_set):
+        if k == TokenType.BYTE or (i in self._byte_id_set):
             return bytes([int(p[3:5], 16)])
         return p.replace(SPACE_MARK, " ").encode("utf-8")
 
@@ -134,7 +132,7 @@ class Tokenizer:
             return ids
         for b in range(256):
             i = self._piece_to_id.get(f"<0x{b:02X}>")
-            if i is not None and (self._kinds[i] in (BYTE, CONTROL, USER_DEFINED, NORMAL)):
+            if i is not None and (self._kinds[i] in (TokenType.BYTE, TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.NORMAL)):
                 ids[b] = i
                 self._byte_id_set.add(i)
         return ids
@@ -285,12 +283,12 @@ class Tokenizer:
         for i in ids:
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n:
                 raise TokenizerError(f"token id {i!r} is not in this vocabulary (ids are integers 0..{n - 1})")
-            if skip_special and self._kinds[i] == CONTROL:
+            if skip_special and self._kinds[i] == TokenType.CONTROL:
                 continue
             b = self.token_bytes(i)
             if first and b:
                 first = False
-                if self._strip_leading_space and b[:1] == b" " and self._kinds[i] != CONTROL:
+                if self._strip_leading_space and b[:1] == b" " and self._kinds[i] != TokenType.CONTROL:
                     b = b[1:]
             out += b
         return bytes(out)
@@ -322,19 +320,17 @@ class Tokenizer:
     # ---- loaders -----------------------------------------------------------------------------------------
     @classmethod
     def from_gguf_metadata(cls, meta: dict) -> "Tokenizer":
-        from .gguf_vocab import tokenizer_from_gguf_metadata
-        return _typed_load(tokenizer_from_gguf_metadata, meta)
+        return _typed_load(cls, tokenizer_args_from_gguf, meta)
 
     @classmethod
     def from_hf(cls, tokenizer_json, tokenizer_config=None) -> "Tokenizer":
-        from .hf_vocab import tokenizer_from_hf
-        return _typed_load(tokenizer_from_hf, tokenizer_json, tokenizer_config)
+        return _typed_load(cls, tokenizer_args_from_hf, tokenizer_json, tokenizer_config)
 
 
-def _typed_load(loader, *args) -> "Tokenizer":
+def _typed_load(cls, loader, *args) -> "Tokenizer":
     """Malformed vocabulary data (wrong types, missing keys, bad ids) surfaces as TokenizerError."""
     try:
-        tok = loader(*args)
+        tok = cls(**loader(*args))
         _check_ids(tok)
         if tok.vocab_size:
             tok.token_bytes(0)  # builds every token's bytes now: a malformed piece fails here, not mid-decode

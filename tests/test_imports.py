@@ -1,0 +1,85 @@
+"""The package's import graph has no circles (issue 16): every `import` and `from ... import` in
+webllm_py/**.py, module level or inside a function (a deferred import still ties the two modules),
+read with ast; a circle fails the test with its modules in order."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_names(package: Path) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py under `package` (a package is its __init__.py)."""
+    out = {}
+    for p in package.rglob("*.py"):
+        parts = list(p.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """module -> the package's modules it imports. `from a import b` counts b where b is a module,
+    else a; importing a.b.c is an edge to a.b.c only (its parents' __init__ run too, but a parent
+    that re-exports its children would make every child a circle with it)."""
+    mods = module_names(package)
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here[:len(here) - node.level + 1] + [node.module or ""]) if node.level else node.module
+                base = base.rstrip(".")
+                edges.update(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names)
+        graph[name] = {e for e in edges if e in mods and e != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of the graph as [a, b, ..., a], or None (depth-first search, iterative)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        path, stack = [start], [iter(sorted(graph[start]))]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(graph[nxt])))
+    return None
+
+
+def test_package_has_no_import_cycle():
+    graph = import_graph(ROOT / "webllm_py")
+    assert len(graph) > 50 and "webllm_py.models.families" in graph["webllm_py.engine"] | graph["webllm_py.models"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_sees_deferred_and_relative_imports(tmp_path):
+    """The walker itself: a circle closed only by an import inside a function, two levels apart."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .b import f\n")
+    (pkg / "a.py").write_text("from .sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from ..a import x\n    return x\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.c"] == {"pkg.a"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
+    (pkg / "sub" / "b.py").write_text("def f():\n    return 1\n")
+    assert find_cycle(import_graph(pkg)) is None
