@@ -16,15 +16,11 @@ grep '"kind": "attention"' "$OUT/kernels.jsonl" | cut -c1-230
 # bench with PagedAttention's defaults changed: $1 = "unfused" or a tiling "wg,chunk,splits,min_split" or "default"
 variant() {
     local v=$1; shift
-    echo "+ ($v) python -m webllm_py bench $*"
-    timeout 200 python3 -c "import functools, runpy, sys, webllm_py.attention as a
-v = sys.argv.pop(1)
-if v == 'unfused':
-    a.PagedAttention.__init__ = functools.partialmethod(a.PagedAttention.__init__, fused=False)
-elif v != 'default':
-    t = a.StepTiling(*map(int, v.split(',')))
-    a.default_step_tiling = lambda n_kv_heads: t
-runpy.run_module('webllm_py', run_name='__main__')" "$v" bench "$@" 2>"$OUT/err.txt" | sed "s/^{/{\"attention\": \"$v\", /" | tee -a "$OUT/bench.jsonl" | python3 -c "
+    local flags=()
+    [ "$v" = unfused ] && flags=(--attention unfused)
+    [ "$v" != unfused ] && [ "$v" != default ] && flags=(--step-tiling "$v")
+    echo "+ python -m webllm_py bench ${flags[*]} $*"
+    timeout 200 python3 -m webllm_py bench "${flags[@]}" "$@" 2>"$OUT/err.txt" | sed "s/^{/{\"attention\": \"$v\", /" | tee -a "$OUT/bench.jsonl" | python3 -c "
 import json, sys
 for line in sys.stdin:
     try:

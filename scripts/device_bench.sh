@@ -59,17 +59,17 @@ if [ "$mode" = structured-overlap ]; then  # the same schema runs as the engine 
         bench --shape llama-3.1-8b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1 $o
     done
 fi
-if [ "$mode" = matvec ]; then  # issue 7: the staged matvec (matvec_q4s) against matvec_q4 (WEBLLM_MATVEC=q4), each pair twice in swapped order
+if [ "$mode" = matvec ]; then  # issue 7: the staged matvec (matvec_q4s) against matvec_q4 (--matvec-kernel q4), each pair twice in swapped order
     for q in Q4_0 Q4_K; do
         for s in llama-3.1-8b llama-3.2-1b; do
-            WEBLLM_MATVEC=q4 bench --shape $s --quant $q --decode-tokens 64 --profile
+            bench --matvec-kernel q4 --shape $s --quant $q --decode-tokens 64 --profile
             bench --shape $s --quant $q --decode-tokens 64 --profile
             bench --shape $s --quant $q --decode-tokens 64
-            WEBLLM_MATVEC=q4 bench --shape $s --quant $q --decode-tokens 64
+            bench --matvec-kernel q4 --shape $s --quant $q --decode-tokens 64
         done
     done
     for s in llama-3.1-8b llama-3.2-1b; do  # two other tilings of the staged kernel
-        for t in 128,8,1 256,4,1,1; do echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S=$t bench --shape $s --quant Q4_0 --decode-tokens 64 >/dev/null; done
+        for t in 128,8,1 256,4,1,1; do echo "--staged-tiling $t"; bench --staged-tiling "$t" --shape $s --quant Q4_0 --decode-tokens 64 >/dev/null; done
     done
     echo "+ python scripts/kernel_bench.py --only=staged_check,staged"
     timeout 150 python3 scripts/kernel_bench.py --only=staged_check,staged 2>"$OUT/kernel_err.txt" > "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
@@ -79,27 +79,27 @@ if [ "$mode" = matvec-tune ]; then  # the staged matvec on this GPU: correctness
     timeout 200 python3 scripts/kernel_bench.py --only=staged_check,staged 2>"$OUT/kernel_err.txt" | tee "$OUT/kernels.jsonl" | grep -v '"kind": "staged' ; grep staged_check "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
     for s in llama-3.1-8b llama-3.2-1b; do
         for t in 256,16,1 256,8,1 256,8,2 256,16,1,1 256,8,1,1 256,8,2,1; do
-            echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S=$t bench --shape $s --quant Q4_0 --decode-tokens 64 >/dev/null
+            echo "--staged-tiling $t"; bench --staged-tiling "$t" --shape $s --quant Q4_0 --decode-tokens 64 >/dev/null
         done
     done
 fi
-if [ "$mode" = matvec-ops ]; then  # the staged kernel's tiling per op kind, in the model (--profile): WEBLLM_Q4S="ALL[;glu=..][;wide=..]"
+if [ "$mode" = matvec-ops ]; then  # the staged kernel's tiling per op kind, in the model (--profile): --staged-tiling "ALL[;glu=..][;wide=..]"
     for s in llama-3.1-8b llama-3.2-1b; do
         for t in "" "256,8,1;glu=256,8,2" "256,8,1;glu=128,8,1" "256,8,1;wide=256,16,1" "128,8,1" ""; do
-            echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S="$t" bench --shape $s --quant Q4_0 --decode-tokens 64 --profile >/dev/null
+            echo "--staged-tiling $t"; bench --staged-tiling "$t" --shape $s --quant Q4_0 --decode-tokens 64 --profile >/dev/null
         done
     done
 fi
-if [ "$mode" = latency-1b ]; then  # issue 7, 1B decode latency in-model (--profile): staged tilings per op (WEBLLM_Q4S keys
-    # k<K>=, tall=, glu=, wide=) and attention_step tilings (WEBLLM_STEP=wg,chunk,splits,min_split), the defaults before
+if [ "$mode" = latency-1b ]; then  # issue 7, 1B decode latency in-model (--profile): staged tilings per op (--staged-tiling keys
+    # k<K>=, tall=, glu=, wide=) and attention_step tilings (--step-tiling wg,chunk,splits,min_split), the defaults before
     # and after twice; then 8B with and without the prefetching down (wide=256,8,1: before)
     for ts in "k8192=256,8,1|" "|" "tall=256,8,2|" "tall=256,8,4|" "k2048=64,8,1;glu=256,8,1|" "|128,64,32,64" \
               "|256,64,32,64" "|128,32,16,32" "|128,32,32,64" "k8192=256,8,1|" "|"; do
         t=${ts%|*}; a=${ts#*|}
-        echo "WEBLLM_Q4S=$t WEBLLM_STEP=$a"; WEBLLM_STEP=$a WEBLLM_Q4S="$t" bench --shape llama-3.2-1b --quant Q4_0 --decode-tokens 64 --profile | show
+        echo "--staged-tiling $t --step-tiling $a"; bench --step-tiling "$a" --staged-tiling "$t" --shape llama-3.2-1b --quant Q4_0 --decode-tokens 64 --profile | show
     done
     for t in wide=256,8,1 "" wide=256,8,1 ""; do
-        echo "WEBLLM_Q4S=$t"; WEBLLM_Q4S="$t" bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 | show
+        echo "--staged-tiling $t"; bench --staged-tiling "$t" --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 | show
     done
 fi
 if [ "$mode" = subgroups ]; then  # issue 7: matvec_q4s's team reduction by subgroupShuffleXor vs workgroup memory + barrier
@@ -112,12 +112,12 @@ if [ "$mode" = subgroups ]; then  # issue 7: matvec_q4s's team reduction by subg
         echo "8B $s"; bench --shape llama-3.1-8b --quant Q4_0 --decode-tokens 64 $s | show
     done
 fi
-if [ "$mode" = q8 ]; then  # issue 7: Q8_0 and Q6_K weights in the staged kernel (matvec_q4s) vs the generic matvec (WEBLLM_MATVEC=q4), same process/call
+if [ "$mode" = q8 ]; then  # issue 7: Q8_0 and Q6_K weights in the staged kernel (matvec_q4s) vs the generic matvec (--matvec-kernel q4), same process/call
     echo "+ python scripts/kernel_bench.py --only=staged_q8"
     timeout 150 python3 scripts/kernel_bench.py --only=staged_q8 2>"$OUT/kernel_err.txt" | grep staged_q8 | tee "$OUT/kernels.jsonl"; tail -3 "$OUT/kernel_err.txt"
     for q in ${Q8_QUANTS:-Q8_0 Q6_K}; do
         for m in ${Q8_MODES:-q4 staged staged q4}; do
-            echo "1B $q WEBLLM_MATVEC=$m"; WEBLLM_MATVEC=$m bench --shape llama-3.2-1b --quant $q --decode-tokens 64 --profile | show
+            echo "1B $q --matvec-kernel $m"; bench --matvec-kernel $m --shape llama-3.2-1b --quant $q --decode-tokens 64 --profile | show
         done
     done
 fi

@@ -16,6 +16,7 @@ from webllm_py.formats.gguf import GGUFFile
 from webllm_py.formats.quants import GGMLType, TensorInfo
 from webllm_py.formats.source import BytesSource, FileSource
 from webllm_py.linear import Linear, MatmulTiling, MatvecTiling
+from webllm_py.planner import KernelPolicy
 from webllm_py.weights import upload_tensor
 
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
@@ -23,11 +24,9 @@ TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "
 F16_FIELDS = {"IQ4_NL": (0,), "IQ4_XS": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
-@pytest.fixture(autouse=True)
-def f32_prefill(monkeypatch):
-    """This file checks the f32 kernels to ~1e-6; the int8 prefill (linear.prefill_i8_tiling, which Linear
-    picks by default for Q4_0 / Q8_0 / Q4_K, and on GPUs Q4_1) has its own bound in test_matmul_i8.py."""
-    monkeypatch.setattr("webllm_py.linear.PREFILL_KERNEL", "f32")
+# This file checks the f32 kernels to ~1e-6; the int8 prefill (planner.i8_tiling, which Linear picks by
+# default for Q4_0 / Q8_0 / Q4_K, and on GPUs Q4_1) has its own bound in test_matmul_i8.py.
+F32 = KernelPolicy(prefill="f32")
 
 
 def make_weight(name: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
@@ -85,13 +84,13 @@ def test_matvec_and_matmul_every_type(device, qtype):
     rng = np.random.default_rng(abs(hash(qtype)) % 2**32)
     N, K = 37, 512  # odd N; K two Q*_K super-blocks
     raw, w = make_weight(qtype, N, K, rng)
-    lin = Linear(device, upload(device, raw, qtype, N, K), matmul=MatmulTiling(tm=16, tn=16, tk=32, rm=2, rn=2))
+    lin = Linear(device, upload(device, raw, qtype, N, K), matmul=MatmulTiling(tm=16, tn=16, tk=32, rm=2, rn=2), policy=F32)
     for T in (1, 7, 64):
         x = rng.standard_normal((T, K)).astype(np.float32)
         y = run_linear(device, lin, x)
         assert_close(y, x.astype(np.float64) @ w.T, x, w)
     # the barrier-free variant: each thread owns whole rows
-    lin = Linear(device, lin.weight, matvec=MatvecTiling(wg=16, rows=2, split_k=False))
+    lin = Linear(device, lin.weight, matvec=MatvecTiling(wg=16, rows=2, split_k=False), policy=F32)
     x = rng.standard_normal((1, K)).astype(np.float32)
     assert_close(run_linear(device, lin, x), x.astype(np.float64) @ w.T, x, w)
 
@@ -103,7 +102,7 @@ def test_bias_and_accumulate(device, qtype):
     raw, w = make_weight(qtype, N, K, rng)
     bias = rng.standard_normal(N).astype(np.float32)
     bias_t = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, N * 4))
-    lin = Linear(device, upload(device, raw, qtype, N, K), bias_t, matvec=MatvecTiling(wg=32, rows=4))
+    lin = Linear(device, upload(device, raw, qtype, N, K), bias_t, matvec=MatvecTiling(wg=32, rows=4), policy=F32)
     for T in (1, 7):
         x = rng.standard_normal((T, K)).astype(np.float32)
         y0 = rng.standard_normal((T, N)).astype(np.float32)
@@ -116,7 +115,7 @@ def test_f16_multiply(device):
     rng = np.random.default_rng(2)
     N, K = 33, 256
     raw, w = make_weight("Q4_1", N, K, rng)
-    lin = Linear(device, upload(device, raw, "Q4_1", N, K), f16=True)
+    lin = Linear(device, upload(device, raw, "Q4_1", N, K), f16=True, policy=F32)
     x = rng.standard_normal((1, K)).astype(np.float32)
     y = run_linear(device, lin, x)
     scale = np.abs(x) @ np.abs(w).T
@@ -131,7 +130,7 @@ def test_subgroup_reduction():
     rng = np.random.default_rng(3)
     N, K = 29, 1024
     raw, w = make_weight("Q6_K", N, K, rng)
-    lin = Linear(dev, upload(dev, raw, "Q6_K", N, K), matvec=MatvecTiling(wg=128, rows=3), subgroups=True)
+    lin = Linear(dev, upload(dev, raw, "Q6_K", N, K), matvec=MatvecTiling(wg=128, rows=3), subgroups=True, policy=F32)
     x = rng.standard_normal((1, K)).astype(np.float32)
     assert_close(run_linear(dev, lin, x), x @ w.T, x, w)
 
@@ -154,7 +153,7 @@ def test_real_smollm2_projection(device, name):
     info = g.tensors[name]
     assert info.ggml_type == GGMLType.Q4_1
     w = reference_matrix(g, name)
-    lin = Linear(device, upload_tensor(device, None, info))
+    lin = Linear(device, upload_tensor(device, None, info), policy=F32)
     rng = np.random.default_rng(4)
     for T in (1, 7):
         x = rng.standard_normal((T, lin.K)).astype(np.float32)
@@ -168,7 +167,7 @@ def test_matvec_timing_576x1536_q4_1(device):
     for name in ("blk.0.ffn_up.weight", "blk.0.ffn_down.weight"):  # 1536x576 and 576x1536
         weight = upload_tensor(device, None, g.tensors[name])
         for tiling in tilings:
-            lin = Linear(device, weight, matvec=tiling)
+            lin = Linear(device, weight, matvec=tiling, policy=F32)
             xb = f32_buffer(device, np.ones(lin.K, np.float32))
             yb = device.create_buffer(lin.N * 4)
             bound = lin.bind(xb, yb)
@@ -192,6 +191,6 @@ def test_more_than_65535_groups_spill_into_z(device):
     rng = np.random.default_rng(5)
     N, K = 70001, 32
     raw, w = make_weight("Q8_0", N, K, rng)
-    lin = Linear(device, upload(device, raw, "Q8_0", N, K), matvec=MatvecTiling(wg=4, rows=1))
+    lin = Linear(device, upload(device, raw, "Q8_0", N, K), matvec=MatvecTiling(wg=4, rows=1), policy=F32)
     x = rng.standard_normal((1, K)).astype(np.float32)
     assert_close(run_linear(device, lin, x), x @ w.T, x, w)

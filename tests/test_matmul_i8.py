@@ -11,10 +11,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from webllm_py import linear
 from webllm_py.formats.quants import GGMLType, TensorInfo
 from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Linear, MatmulI8Tiling, MatmulRowsTiling, MatmulTiling, prefill_i8_tiling
+from webllm_py.planner import KernelPolicy
 from webllm_py.weights import upload_tensor
 
 from .test_linear import make_weight, run_linear, upload
@@ -86,7 +86,7 @@ class _NoPackedDot:
         self.info = info
 
 
-def test_policy(device, monkeypatch):
+def test_policy(device):
     rng = np.random.default_rng(8)
     lanes = MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=2)
     # the default on lavapipe: the barrier-free form for Q4_0, Q8_0 and Q4_K; the f32 kernels for Q4_1 (no
@@ -107,18 +107,17 @@ def test_policy(device, monkeypatch):
     assert prefill_i8_tiling(gpu, GGMLType.Q4_0, 2048, 2048) == MatmulI8Tiling(tm=64, tn=32, rm=4, rn=2)
     assert prefill_i8_tiling(gpu, GGMLType.Q8_0, 96).kb == 1
     # the switch: "i8" / "i8x2" force the int8 kernel wherever it runs, "f32" keeps the dequantizing kernels
-    monkeypatch.setattr(linear, "PREFILL_KERNEL", "i8")
-    assert prefill_i8_tiling(device, GGMLType.Q4_1, 64) == dataclasses.replace(lanes, planes=1)
-    assert prefill_i8_tiling(gpu, GGMLType.Q4_0, 64).planes == 1
-    monkeypatch.setattr(linear, "PREFILL_KERNEL", "f32")
-    assert prefill_i8_tiling(device, GGMLType.Q4_0, 64) is None
-    assert prefill_i8_tiling(gpu, GGMLType.Q4_0, 64) is None
+    i8, f32 = KernelPolicy(prefill="i8"), KernelPolicy(prefill="f32")
+    assert prefill_i8_tiling(device, GGMLType.Q4_1, 64, policy=i8) == dataclasses.replace(lanes, planes=1)
+    assert prefill_i8_tiling(gpu, GGMLType.Q4_0, 64, policy=i8).planes == 1
+    assert prefill_i8_tiling(device, GGMLType.Q4_0, 64, policy=f32) is None
+    assert prefill_i8_tiling(gpu, GGMLType.Q4_0, 64, policy=f32) is None
     raw, _ = make_weight("Q4_0", 8, 64, rng)
-    assert isinstance(Linear(device, upload(device, raw, "Q4_0", 8, 64)).matmul_tiling, MatmulRowsTiling)
+    assert isinstance(Linear(device, upload(device, raw, "Q4_0", 8, 64), policy=f32).matmul_tiling, MatmulRowsTiling)
 
 
 @pytest.mark.slow
-def test_smollm2_two_planes_match_transformers(device, monkeypatch):
+def test_smollm2_two_planes_match_transformers(device):
     """The real model with the int8 prefill forced on every Q4_1 layer (lavapipe's default keeps Q4_1 in f32,
     a GPU's takes it): last-token logits after an 80-token prompt (5 prefill chunks) within 2e-3 of max|logit|
     of transformers' (f32 kernels: 2e-4; one plane: 2.9e-2, which fails this), 32 greedy tokens equal."""
@@ -130,9 +129,9 @@ def test_smollm2_two_planes_match_transformers(device, monkeypatch):
 
     from .reference import hf_greedy
 
-    monkeypatch.setattr(linear, "PREFILL_KERNEL", "i8x2")
     path = default_model_path()
-    engine = asyncio.run(Engine.load(path, device=device, context_window=256, prefill_chunk=16))
+    engine = asyncio.run(Engine.load(path, device=device, context_window=256, prefill_chunk=16,
+                                     policy=KernelPolicy(prefill="i8x2")))
     assert sum(isinstance(m, MatmulI8Tiling) for m in _linear_tilings(engine)) >= 7 * 30  # q k v o gate up down
     text = ("In 1440, Johannes Gutenberg, a goldsmith from Mainz, developed a movable-type printing press that "
             "changed how books were made across Europe. Before that, texts were copied by hand in monasteries, "

@@ -12,6 +12,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from webllm_py.linear import Linear, MatvecGroup, MatvecTiling  # noqa: E402
+from webllm_py.planner import KernelPolicy  # noqa: E402
 from webllm_py.ops import GLU  # noqa: E402
 
 from .test_linear import f32_buffer, make_weight, read_f32, upload  # noqa: E402
@@ -127,7 +128,7 @@ def test_fused_gate_up(device, qtype, act):
 
 
 @pytest.mark.parametrize("qtype,glu", [("Q4_0", None), ("Q4_K", "silu")])
-def test_rmsnorm_folded_in(device, qtype, glu, monkeypatch):
+def test_rmsnorm_folded_in(device, qtype, glu):
     """MatvecGroup(norm=...) reads the residual and normalises on the way: equals
     W @ (x / rms(x) * (w + offset)) from numpy; the norm's own dispatch is skipped for one token."""
     from webllm_py.ops import RMSNorm
@@ -144,13 +145,12 @@ def test_rmsnorm_folded_in(device, qtype, glu, monkeypatch):
     for n in parts:
         raw, w = make_weight(qtype, n, K, rng)
         yb = f32_buffer(device, np.full(n, np.nan, np.float32))
-        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=MatvecTiling(64, 4, True)).bind(hb, yb))
+        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=MatvecTiling(64, 4, True),
+                             policy=KernelPolicy(fold_norm_max_k=K)).bind(hb, yb))
         ws.append(w)
         ys.append(yb)
     out = f32_buffer(device, np.zeros(parts[0], np.float32))
     glu_op = ("silu", GLU(device, parts[0], "silu").bind(ys[0], ys[1], out, step)) if glu else None
-    from webllm_py import linear
-    monkeypatch.setattr(linear, "FOLD_NORM_MAX_K", K)
     group = MatvecGroup(bounds, glu=glu_op, norm=norm)
     assert group.fused is not None and norm.absorbed
     with device.recorder() as rec:
@@ -447,9 +447,8 @@ def test_staged_subgroups_need_known_size(sg_device):
 def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
     """Q8_0 and Q6_K take the staged kernel by default on GPU adapters (here lavapipe posing as one),
     at K = 8192 (1B down) with their own default tiling (16 lanes a row, where 4-bit rows prefetch),
-    accumulating; WEBLLM_MATVEC=q4 (the A/B switch) and K % 256 != 0 give the generic matvec
+    accumulating; KernelPolicy(staged_matvec=False) (the A/B switch) and K % 256 != 0 give the generic matvec
     instead (matvec_q4 is 4-bit only), vs numpy."""
-    from webllm_py import linear
     from webllm_py.formats.quants import GGMLType
     from webllm_py.linear import StagedTiling, staged_tiling
     rng = np.random.default_rng(19)
@@ -463,8 +462,7 @@ def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
     lin = Linear(device, wt)
     assert lin.staged and lin.q4 and lin.matvec_tiling == StagedTiling(256, 16, 1) == staged_tiling(K, qtype=wt.ggml_type)
     assert staged_tiling(K, qtype=GGMLType.Q4_0).prefetch and staged_tiling(4096, qtype=wt.ggml_type) == staged_tiling(4096)
-    monkeypatch.setattr(linear, "MATVEC_KERNEL", "q4")
-    generic = Linear(device, wt)
+    generic = Linear(device, wt, policy=KernelPolicy(staged_matvec=False))
     assert not generic.staged and not generic.q4
     for layer, err in ((lin, staged_error), (generic, scaled_error)):
         xb, yb = f32_buffer(device, x), f32_buffer(device, y0)

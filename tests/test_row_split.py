@@ -22,6 +22,7 @@ from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Q4_TILING, Linear, MatmulTiling, MatvecTiling, StagedTiling
 from webllm_py.models.mixtral import ExpertMatvec
 from webllm_py.models.store import WeightStore
+from webllm_py.planner import KernelPolicy
 
 from .test_linear import assert_close, f32_buffer, make_weight, read_f32, run_linear
 from .test_matvec_q4 import staged_error
@@ -58,8 +59,7 @@ VARIANTS = {  # name: (qtype, Linear keywords, bias)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_split_linear_matches_numpy(small_device, variant, monkeypatch):
-    monkeypatch.setattr("webllm_py.linear.PREFILL_KERNEL", "f32")  # the f32 bound; int8 prefill: below
+def test_split_linear_matches_numpy(small_device, variant):
     dev = small_device
     qtype, kw, with_bias = VARIANTS[variant]
     rng = np.random.default_rng(7)
@@ -72,7 +72,7 @@ def test_split_linear_matches_numpy(small_device, variant, monkeypatch):
         b = rng.standard_normal(N).astype(np.float32)
         info = TensorInfo("b", (N,), int(GGMLType.F32), 0, 4 * N, source=BytesSource(b.tobytes()))
         bias = WeightStore(dev, {"b": info}).bias("b")
-    lin = Linear(dev, weight, bias, **kw)
+    lin = Linear(dev, weight, bias, **kw, policy=KernelPolicy(prefill="f32"))  # the f32 bound; int8 prefill: below
     if variant in ("q4-aligned", "staged"):
         assert all(p.q4 and p.staged == (variant == "staged") for _, p in lin.parts)
     for T in (1, 7):

@@ -12,50 +12,15 @@ Buffers follow the model's conventions: q [T, n_heads*head_dim], k/v [T, n_kv_he
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from .gpu.base import BindGroup, Buffer, Device, Recorder
 from .kv_cache import PagedKVCache
+from .planner import (  # noqa: F401  (StepTiling, default_step_tiling: tests and scripts/kernel_bench.py)
+    DEFAULT_POLICY, Adapter, KernelPolicy, StepTiling, default_step_tiling, plan_attention)
 
 KV_WRITE_WG = 64
-
-
-@dataclass(frozen=True)
-class StepTiling:
-    """attention_step's shape: threads per workgroup, positions per pass, workgroups per kv head
-    (split-K slices, merged in the same dispatch) and the fewest positions a slice takes."""
-    wg: int = 128
-    chunk: int = 32
-    splits: int = 32
-    min_split: int = 32
-
-
-def default_step_tiling(n_kv_heads: int) -> StepTiling:
-    # Slices of >= 32 positions, up to ~256 workgroups: 550 positions of the 8B layout run as
-    # 8 kv heads x 18 one-pass slices, 4096 as 8 x 32 slices of 4 passes; a short chat as one slice
-    # per kv head (no merge). H100, kernel_bench --only=attention (us per layer, floor ~8 us):
-    # 8B 19.8 / 29.0 / 43.3 at 550 / 2048 / 4096 positions (256 threads and 64-position passes:
-    # 20.9 / 31.8 / 50.2; the three-dispatch path 41.4 / 55.9 / 88.9).
-    env = os.environ.get("WEBLLM_STEP")  # bench-only override: "WG,CHUNK,SPLITS,MIN_SPLIT"
-    if env:
-        return StepTiling(*(int(f) for f in env.split(",")))
-    return StepTiling(splits=max(1, min(32, 256 // n_kv_heads)))
-
-
-def _prefill_tiles(head_dim: int, group: int, limits: dict) -> tuple[int, int]:
-    """(tq, tk): tokens per workgroup and key positions per tile, within the adapter's limits
-    (workgroup size, and 2*tk*head_dim floats of workgroup memory)."""
-    max_threads = int(limits.get("max_compute_invocations_per_workgroup", 256))
-    shared = int(limits.get("max_compute_workgroup_storage_size", 16384))
-    tq = 16
-    while tq > 1 and tq * group > max_threads:
-        tq //= 2
-    tk = 32
-    while tk > 1 and 2 * tk * head_dim * 4 > shared:
-        tk //= 2
-    return tq, tk
 
 
 class PagedAttention:
@@ -63,7 +28,10 @@ class PagedAttention:
                  max_tokens: int, sliding_window: int | None = None, scale: float | None = None,
                  softcap: float | None = None, decode_wg: int | None = None, decode_splits: int | None = None,
                  decode_full_chunks: bool | None = None, combine_wg: int | None = None,
-                 fused: bool | None = None, step_tiling: StepTiling | None = None) -> None:
+                 fused: bool | None = None, step_tiling: StepTiling | None = None,
+                 policy: KernelPolicy = DEFAULT_POLICY) -> None:
+        """The kernels and their tilings are planner.plan_attention's; the arguments from decode_wg on
+        override its choice (tests)."""
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if (cache.n_kv_heads, cache.head_dim) != (n_kv_heads, head_dim):
@@ -77,21 +45,14 @@ class PagedAttention:
                      f16=cache.dtype == "f16")
         attn = dict(shape, scale=repr(self.scale), softcap=repr(float(softcap)) if softcap else None,
                     window=int(sliding_window) if sliding_window else None)
-        self.tq, self.tk = _prefill_tiles(head_dim, n_heads // n_kv_heads, device.limits)
         # One token in one dispatch (attention_step) on GPUs: a dependent dispatch costs ~6 us there
         # whatever it does. CPU adapters keep the kernels below (workgroup barriers cost ~10x there).
-        # It binds up to 10 storage buffers and needs head_dim % 8 == 0 (vec4s, RoPE halves in vec4s).
-        # Native wgpu over Vulkan only by default: its slices' merge relies on storageBarrier() being
-        # a device-scope fence, which naga's SPIR-V emits (checked on the H100); WGSL itself promises
-        # only workgroup scope, and naga's Metal/HLSL output and browsers' compilers have not been
-        # checked (fused=True forces it).
-        if fused is None:
-            fused = (not device.info.is_fallback and device.info.api == "vulkan" and head_dim % 8 == 0
-                     and int(device.limits.get("max_storage_buffers_per_shader_stage", 8)) >= 10)
-        elif fused and head_dim % 8:
-            raise ValueError(f"the fused decode step needs head_dim % 8 == 0, not {head_dim}")
-        self.fused = bool(fused)
-        self.step_tiling = step_tiling or default_step_tiling(n_kv_heads)
+        plan = self.plan = plan_attention(Adapter.of(device), n_heads, n_kv_heads, head_dim, policy, fused=fused,
+                                          step_tiling=step_tiling, decode_wg=decode_wg, decode_splits=decode_splits,
+                                          decode_full_chunks=decode_full_chunks, combine_wg=combine_wg)
+        self.tq, self.tk = plan.tq, plan.tk
+        self.fused = plan.fused
+        self.step_tiling = plan.step
         self._step_params = dict(attn, **vars(self.step_tiling))
         if self.fused and self.step_tiling.splits > 1:
             # Shared by all layers (each layer's dispatch runs after the previous one's): the kv heads'
@@ -99,27 +60,16 @@ class PagedAttention:
             group = n_heads // n_kv_heads
             words = -(-n_kv_heads // 4) * 4 + n_kv_heads * self.step_tiling.splits * group * (head_dim + 2)
             self.scratch = device.create_buffer(4 * words, "attention.step_scratch")
-        # Otherwise split-K decode: enough workgroups (heads x splits) to keep a GPU's cores busy on long
-        # contexts (short ones leave most slices empty, which costs little); a CPU adapter has few
-        # cores and already gets one workgroup per head.
-        # On GPUs, chunks of 32 positions and up to 1024 / n_heads slices: a 512-token context then
-        # runs as 16 slices of one chunk per head (a workgroup's passes over a chunk are serial).
-        if decode_wg is None:
-            decode_wg = 64 if device.info.is_fallback else 32
-        if decode_splits is None:
-            decode_splits = max(1, 16 // n_heads) if device.info.is_fallback else max(1, min(64, 1024 // n_heads))
-        self.splits = decode_splits
+        # Otherwise split-K decode (attention_decode, merged by attention_combine).
+        self.splits = plan.splits
         self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
             k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16")})
         self.decode = self.combine = None
         if not self.fused:
-            self.decode = device.kernel("attention_decode", label="attention_decode", wg=decode_wg,
-                                        splits=self.splits,
-                                        full_chunks=not device.info.is_fallback if decode_full_chunks is None else decode_full_chunks,
-                                        **attn)
+            self.decode = device.kernel("attention_decode", label="attention_decode", wg=plan.decode_wg,
+                                        splits=self.splits, full_chunks=plan.full_chunks, **attn)
         if self.splits > 1 and not self.fused:
-            # GPUs: 32 dims per workgroup, so the merge spreads over n_heads * head_dim / 32 workgroups
-            self.combine_wg = combine_wg or (min(64, head_dim) if device.info.is_fallback else 32)
+            self.combine_wg = plan.combine_wg
             self.combine = device.kernel("attention_combine", label="attention_combine", n_heads=n_heads,
                                          head_dim=head_dim, splits=self.splits, wg=self.combine_wg)
             # Shared by all layers: each layer's decode and combine run before the next layer's.

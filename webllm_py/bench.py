@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import struct
 import sys
@@ -67,11 +68,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
     p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
     p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step (all layers)")
-    p.add_argument("--matvec-tiling", help="WG,ROWS: decode matvec tiling for every Linear (default: linear.py's)")
+    # Kernel choices other than the planner's (planner.KernelPolicy), for A/B runs
+    p.add_argument("--matvec-tiling", help="WG,ROWS: matvec_q4's and the generic matvec's tiling (KernelPolicy)")
+    p.add_argument("--matvec-kernel", choices=["staged", "q4"], default="staged",
+                   help="q4: no staged matvec (matvec_q4 for 4-bit weights, the generic one for Q8_0/Q6_K)")
+    p.add_argument("--staged-tiling", metavar="SPEC",
+                   help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH] for all, then optional ;glu=... "
+                        ";tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)")
+    p.add_argument("--prefill-kernel", choices=["auto", "i8x2", "i8", "f32"], default="auto",
+                   help="prefill matmul: auto = matmul_i8 (two int8 planes) where it pays; i8x2 / i8 force it; "
+                        "f32 = the dequantizing matmul (KernelPolicy.prefill)")
+    p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
+    p.add_argument("--attention", choices=["fused", "unfused"],
+                   help="single-token attention as attention_step or as kv_write + decode + combine (default: planner's)")
+    p.add_argument("--step-tiling", metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
+    p.add_argument("--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)")
     p.add_argument("--subgroups", action=argparse.BooleanOptionalAction, default=None,
                    help="request the adapter's subgroups feature (kernels use it); default: as the engine "
                         "does (on GPU adapters)")
-    p.add_argument("--fold-norms", type=int, metavar="MAX_K", help="fold RMSNorm into fused matvecs up to this K (linear.FOLD_NORM_MAX_K)")
+    p.add_argument("--fold-norms", type=int, metavar="MAX_K", default=0,
+                   help="matvec_q4 folds RMSNorm into fused matvecs up to this K (KernelPolicy.fold_norm_max_k)")
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
     p.add_argument("--constraint", choices=["json_object", "schema"],
                    help="also time decode under response_format json_object / json_schema (BENCH_SCHEMA)")
@@ -150,6 +166,23 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
         add(b + "ffn_up.weight", H, D)
         add(b + "ffn_down.weight", D, H, mixed(i))
     return Checkpoint(cfg, tensors, None, "gguf", f"{shape} (random {quant})")
+
+
+def kernel_policy(args: argparse.Namespace):
+    """The KernelPolicy that bench's flags ask for (the planner's defaults where none is given)."""
+    from .planner import KernelPolicy, MatmulI8Tiling, MatvecTiling, StepTiling, parse_staged_tilings
+
+    ints = lambda v: [int(f) for f in v.split(",")]  # noqa: E731
+    tiling = {}
+    if args.matvec_tiling:
+        wg, rows = ints(args.matvec_tiling)
+        tiling = dict(q4_tiling=MatvecTiling(wg, rows), gpu_tiling=MatvecTiling(wg, rows))
+    return KernelPolicy(
+        staged_matvec=args.matvec_kernel == "staged",
+        staged_tilings=parse_staged_tilings(args.staged_tiling or ""), fold_norm_max_k=args.fold_norms,
+        prefill=args.prefill_kernel, i8_tiling=MatmulI8Tiling(*ints(args.i8_tiling)) if args.i8_tiling else None,
+        fused_attention=None if args.attention is None else args.attention == "fused",
+        step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None, **tiling)
 
 
 def count_buffers(device) -> list[int]:
@@ -245,6 +278,7 @@ async def _bench(args) -> dict:
     from .default_model import default_model_path
     from .gpu import request_device
     from .engine import Engine
+    from .planner import DEFAULT_POLICY
     from .sampling import SamplingParams
 
     t_load = time.perf_counter()
@@ -252,20 +286,14 @@ async def _bench(args) -> dict:
             else open_checkpoint(args.model or default_model_path()))
     if args.shape and (args.constraint or args.tokenizer):  # masks need a real vocabulary
         ckpt.tokenizer = load_tokenizer(args.tokenizer or DEFAULT_TOKENIZER)
-    if args.matvec_tiling:  # bench-only override of the default tiling Linear picks on GPUs
-        from . import linear
-        wg, rows = (int(v) for v in args.matvec_tiling.split(","))
-        linear.MatvecTiling.__init__.__defaults__ = (wg, rows, True)
-        linear.Q4_TILING = linear.MatvecTiling(wg, rows, True)
-    if args.fold_norms is not None:
-        from . import linear
-        linear.FOLD_NORM_MAX_K = args.fold_norms
     backend = getattr(args, "backend", "native")  # "browser": the Dawn host (webllm_py/dawn.py) runs this
-    device = await request_device(backend, use_subgroups=bool(args.subgroups) if backend == "browser" else args.subgroups)
+    spin = {} if args.read_spin is None else {"spin_reads": args.read_spin == "1"}  # native only
+    device = await request_device(backend, use_subgroups=bool(args.subgroups) if backend == "browser" else args.subgroups,
+                                  **spin)
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
     engine = await Engine.load(ckpt, device=device, context_window=ctx, prefill_chunk=args.prefill_chunk,
-                               max_sequences=1)
+                               max_sequences=1, policy=kernel_policy(args))
     await device.read_buffer(engine.model.state.logits, 0, 4)  # uploads finished
     load_s = time.perf_counter() - t_load
     cfg = ckpt.config
@@ -335,6 +363,11 @@ async def _bench(args) -> dict:
         out["token_ids"] = token_ids[:args.token_ids]
     if args.matvec_tiling:
         out["matvec_tiling"] = args.matvec_tiling
+    policy = engine.model.policy
+    changed = {f.name: repr(getattr(policy, f.name)) for f in dataclasses.fields(policy)
+               if getattr(policy, f.name) != getattr(DEFAULT_POLICY, f.name)}
+    if changed:  # the kernel choices this run made other than the planner's defaults
+        out["kernel_policy"] = changed
     if args.temperature:
         out["temperature"] = args.temperature
     if args.constraint:
@@ -482,7 +515,6 @@ async def structured_bench(engine, args, prompt: list[int], params) -> dict:
     every matcher state for the first time; later rounds reuse the masks cached on the states, as a
     repeated schema does: with temperature 0 they are the same output again, all masks cached).
     Ratios compare the constrained runs with the median free run."""
-    import dataclasses
     import statistics
 
     from .structured import Constraint, response_format_gbnf

@@ -23,6 +23,7 @@ from .gpu import Device, request_device
 from .kv_cache import PagedKVCache, max_blocks
 from .models import build_model
 from .models.store import WeightStore
+from .planner import DEFAULT_POLICY, KernelPolicy
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder
 
@@ -99,7 +100,9 @@ class Engine:
     async def load(cls, model: Any, *, backend: str | None = None, device: Device | None = None,
                    context_window: int | None = 4096, prefill_chunk: int = 64, max_sequences: int = 2,
                    on_progress: Callable[[dict], None] | None = None,
-                   stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT) -> "Engine":
+                   stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT,
+                   policy: KernelPolicy | None = None) -> "Engine":
+        """policy: kernel choices other than the planner's defaults (planner.KernelPolicy: bench, tests)."""
         for name, v, least in (("context_window", context_window, 2), ("prefill_chunk", prefill_chunk, 1),
                                ("max_sequences", max_sequences, 1)):
             if (v is not None or name != "context_window") and not _is_int(v, least):
@@ -134,7 +137,7 @@ class Engine:
             cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
                                  num_blocks=blocks_per_seq * max_sequences, max_blocks_per_seq=blocks_per_seq,
                                  dtype=kv_dtype)
-            net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk)
+            net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk, policy=policy or DEFAULT_POLICY)
         except Exception as e:
             if type(e).__name__ != "GPUOutOfMemoryError":  # wgpu's; a browser reports it asynchronously
                 raise

@@ -3,7 +3,6 @@ lavapipe (CPU) and for benchmarks on real GPUs. Mirrors browser.py call for call
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, Sequence
 
 from ..errors import GPUUnavailableError, ShaderError
@@ -53,11 +52,13 @@ class NativeDevice(Device):
     subgroups_directive = ""  # naga enables subgroup builtins by the device feature alone
 
     def __init__(self, power_preference: str = "high-performance", use_subgroups: bool | None = None,
-                 max_binding_size: int | None = None) -> None:
+                 max_binding_size: int | None = None, spin_reads: bool | None = None) -> None:
         """use_subgroups: request the adapter's subgroups feature; None: on GPU adapters only (the
         staged matvec's team reduction, linear.py; CPU adapters' kernels do not use them).
         max_binding_size: act as if the adapter bound (and allocated) at most this many bytes per
-        buffer, so that tests exercise the row-block split of large matrices with small models."""
+        buffer, so that tests exercise the row-block split of large matrices with small models.
+        spin_reads: poll for a readback here (see read_buffer) instead of wgpu-py's blocking read; None:
+        on GPU adapters only (bench --read-spin A/B runs)."""
         super().__init__()
         try:
             import wgpu
@@ -99,8 +100,7 @@ class NativeDevice(Device):
         self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
         if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
             self._usage |= wgpu.BufferUsage.UNIFORM
-        spin = os.environ.get("WEBLLM_READ_SPIN")  # bench A/B: "0" = wgpu-py's read, "1" = polled here
-        self._spin_reads = not self.info.is_fallback if spin is None else spin == "1"
+        self._spin_reads = not self.info.is_fallback if spin_reads is None else spin_reads
         self._staging: dict[int, Any] = {}  # readback buffers by size (polled reads)
 
     def _create_pipeline(self, source: str, label: str):

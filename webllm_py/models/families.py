@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..formats.gguf_keys import General
+from ..planner import DEFAULT_POLICY, KernelPolicy
 from . import gemma
 from .config import ModelConfig, read_gguf, read_hf
 from .gemma import GemmaModel
@@ -22,7 +23,7 @@ from .stablelm import StableLmModel
 
 @dataclass(frozen=True)
 class Family:
-    model: type                      # the graph: model(device, cfg, weights, cache, max_tokens=...)
+    model: type                      # the graph: model(device, cfg, weights, cache, max_tokens=..., policy=...)
     hf_class: str                    # config.json's architectures entry
     # GGUF metadata -> config (None: no GGUF files of this name; GGUF Mixtral files say "llama")
     from_gguf: Callable[[dict[str, Any], set[str], str], ModelConfig] | None
@@ -65,8 +66,9 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     return FAMILIES[arch].from_hf(cfg, arch)
 
 
-def build_model(device: Any, cfg: ModelConfig, weights: Any, cache: Any, max_tokens: int) -> Any:
+def build_model(device: Any, cfg: ModelConfig, weights: Any, cache: Any, max_tokens: int,
+                policy: KernelPolicy = DEFAULT_POLICY) -> Any:
     family = FAMILIES.get(cfg.arch)
     if family is None:
         raise UnsupportedModelError(f"no model graph for architecture {cfg.arch!r} (have: {sorted(FAMILIES)})")
-    return family.model(device, cfg, weights, cache, max_tokens=max_tokens)
+    return family.model(device, cfg, weights, cache, max_tokens=max_tokens, policy=policy)

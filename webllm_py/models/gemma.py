@@ -30,6 +30,7 @@ from ..errors import ModelFormatError, UnsupportedModelError
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
 from ..linear import Embedding, Linear
+from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import GLU, RMSNorm, RoPE, Softcap
 from ..formats.gguf_keys import LLM, ArchMeta, Attention, Rope, Tokenizer
 from .config import FamilyOptions, ModelConfig
@@ -180,13 +181,14 @@ class GemmaState(RunState):
 
 class GemmaLayer:
     def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: GemmaState,
-                 rope: RoPE, attention: PagedAttention):
+                 rope: RoPE, attention: PagedAttention, policy: KernelPolicy = DEFAULT_POLICY):
         o = options(cfg)
         blk = f"blk.{i}."
 
         def linear(name: str, x: Buffer, y: Buffer, accumulate: bool = False):
             bias = w.bias(blk + name + ".bias")
-            return Linear(device, w.matrix(blk + name + ".weight"), bias).bind(x, y, s.step, accumulate=accumulate)
+            return Linear(device, w.matrix(blk + name + ".weight"), bias, policy=policy).bind(
+                x, y, s.step, accumulate=accumulate)
 
         def norm(name: str, dim: int = cfg.dim) -> RMSNorm:
             return RMSNorm(device, w.vector(blk + name + ".weight"), dim, cfg.norm_eps, weight_offset=o.norm_offset)
@@ -220,8 +222,8 @@ class GemmaLayer:
 
 class GemmaModel:
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
-                 max_tokens: int = 64):
-        self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
+                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
+        self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
         o = options(cfg)
         s = self.state = GemmaState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
         # The 262k-row table may exceed one storage binding: then it is split in row blocks
@@ -234,16 +236,16 @@ class GemmaModel:
 
         def attention(window: int | None) -> PagedAttention:
             return PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
-                                  sliding_window=window, scale=o.attn_scale, softcap=o.attn_softcap)
+                                  sliding_window=window, scale=o.attn_scale, softcap=o.attn_softcap, policy=policy)
 
         glob = (rope(cfg.rope_theta, cfg.rope_scaling), attention(None))
         local = (rope(o.local_theta, o.local_rope_scaling), attention(cfg.sliding_window)) if any(o.local_layers) else None
-        self.layers = [GemmaLayer(device, cfg, weights, i, s, *(local if o.local_layers[i] else glob))
+        self.layers = [GemmaLayer(device, cfg, weights, i, s, *(local if o.local_layers[i] else glob), policy)
                        for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps,
                                   weight_offset=o.norm_offset).bind(s.x, s.last, s.step, last_only=True)
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
-        self.lm_head = Linear(device, head).bind(s.last, s.logits, None)
+        self.lm_head = Linear(device, head, policy=policy).bind(s.last, s.logits, None)
         self.softcap = Softcap(device, cfg.vocab_size, o.final_softcap).bind(s.logits) if o.final_softcap else None
 
     def record(self, rec: Recorder, n: int, logits: bool) -> None:

@@ -22,6 +22,7 @@ from ..attention import PagedAttention
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
 from ..linear import Embedding, Linear, MatvecGroup
+from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import GLU, RMSNorm, RoPE
 from .config import ModelConfig
 from .store import WeightStore
@@ -65,12 +66,14 @@ class RunState:
 
 class LlamaLayer:
     def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState,
-                 rope: RoPE, attention: PagedAttention):
+                 rope: RoPE, attention: PagedAttention, policy: KernelPolicy = DEFAULT_POLICY):
         blk = f"blk.{i}."
+        self.policy = policy
 
         def linear(name: str, x: Buffer, y: Buffer, accumulate: bool = False):
             bias = w.bias(blk + name + ".bias")
-            return Linear(device, w.matrix(blk + name + ".weight"), bias).bind(x, y, s.step, accumulate=accumulate)
+            return Linear(device, w.matrix(blk + name + ".weight"), bias, policy=policy).bind(
+                x, y, s.step, accumulate=accumulate)
 
         norm = lambda name: RMSNorm(device, w.vector(blk + name + ".weight"), cfg.dim, cfg.norm_eps)
         self.attn_norm = norm("attn_norm").bind(s.x, s.h, s.step)
@@ -83,7 +86,7 @@ class LlamaLayer:
         self.ffn_norm = norm("ffn_norm").bind(s.x, s.h, s.step)
         self.ffn = self.feed_forward(device, cfg, w, i, s)
         # One dispatch per decode step where the kernel can fuse them; the norm folds in with the
-        # staged 4-bit matvec (GPUs, K % 256 == 0) or where linear.FOLD_NORM_MAX_K allows.
+        # staged 4-bit matvec (GPUs, K % 256 == 0) or where KernelPolicy.fold_norm_max_k allows.
         self.qkv = MatvecGroup([self.wq, self.wk, self.wv], norm=self.attn_norm)
 
     def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
@@ -91,7 +94,8 @@ class LlamaLayer:
         overrides (Mixtral: a mixture of such MLPs)."""
         def linear(name: str, x: Buffer, y: Buffer, accumulate: bool = False):
             blk = f"blk.{i}.{name}"
-            return Linear(device, w.matrix(blk + ".weight"), w.bias(blk + ".bias")).bind(x, y, s.step, accumulate=accumulate)
+            return Linear(device, w.matrix(blk + ".weight"), w.bias(blk + ".bias"), policy=self.policy).bind(
+                x, y, s.step, accumulate=accumulate)
 
         self.w_gate = linear("ffn_gate", s.h, s.gate)
         self.w_up = linear("ffn_up", s.h, s.up)
@@ -109,23 +113,24 @@ class LlamaLayer:
 
 class LlamaModel:
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
-                 max_tokens: int = 64):
+                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
         self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
+        self.policy = policy
         s = self.state = RunState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
         attention = PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
-                                   sliding_window=cfg.sliding_window)
+                                   sliding_window=cfg.sliding_window, policy=policy)
         self.layers = [self.make_layer(device, cfg, weights, i, s, rope, attention) for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps).bind(
             s.x, s.last, s.step, last_only=True)
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
-        self.lm_head = Linear(device, head).bind(s.last, s.logits, None)
+        self.lm_head = Linear(device, head, policy=policy).bind(s.last, s.logits, None)
 
     def make_layer(self, device: Device, cfg: ModelConfig, weights: WeightStore, i: int, s: RunState,
                    rope: RoPE, attention: PagedAttention):
         """Layer i (a family with its own layer class overrides this)."""
-        return LlamaLayer(device, cfg, weights, i, s, rope, attention)
+        return LlamaLayer(device, cfg, weights, i, s, rope, attention, self.policy)
 
     def record(self, rec: Recorder, n: int, logits: bool) -> None:
         """One step of n tokens: the residual stream through every layer, then (if asked) the last

@@ -21,6 +21,7 @@ from ..errors import ModelFormatError
 from ..formats.quants import row_nbytes
 from ..gpu import Buffer, Device, Recorder
 from ..linear import BoundParts, Linear
+from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import GLU, Bound, RoPE
 from ..weights import GPUTensor
 from .config import ModelConfig
@@ -105,9 +106,9 @@ class BoundExperts:
 
 class MixtralLayer(LlamaLayer):
     def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState, rope: RoPE,
-                 attention: PagedAttention, moe: MoEState):
+                 attention: PagedAttention, moe: MoEState, policy: KernelPolicy = DEFAULT_POLICY):
         self.moe = moe
-        super().__init__(device, cfg, w, i, s, rope, attention)
+        super().__init__(device, cfg, w, i, s, rope, attention, policy)
 
     def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
         moe, E, k = self.moe, cfg.n_experts, cfg.n_experts_used
@@ -115,7 +116,7 @@ class MixtralLayer(LlamaLayer):
         if router.shape != (E, cfg.dim):
             raise ModelFormatError(f"router 'blk.{i}.ffn_gate_inp.weight' has shape {list(router.shape)}; "
                                    f"expected [{E}, {cfg.dim}] for {E} experts")
-        self.router = Linear(device, router).bind(s.h, moe.router, s.step)
+        self.router = Linear(device, router, policy=self.policy).bind(s.h, moe.router, s.step)
         route = device.kernel("moe_route", n_experts=E, top_k=k, wg=WG)
         self.route = Bound(device.bind(route, [moe.router, moe.idx, moe.weight, s.step]), 1, WG)
         self.w_gate = ExpertMatvec(device, experts(w, i, "ffn_gate", E), k, combine=False).bind(s.h, moe.gate, moe)
@@ -127,11 +128,12 @@ class MixtralLayer(LlamaLayer):
 
 
 class MixtralModel(LlamaModel):
-    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache, max_tokens: int = 64):
+    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache, max_tokens: int = 64,
+                 policy: KernelPolicy = DEFAULT_POLICY):
         if not 1 <= cfg.n_experts_used <= cfg.n_experts:
             raise ModelFormatError(f"a mixture of {cfg.n_experts} experts cannot use {cfg.n_experts_used} per token")
         self.moe = MoEState.allocate(device, cfg, max_tokens)
-        super().__init__(device, cfg, weights, cache, max_tokens)
+        super().__init__(device, cfg, weights, cache, max_tokens, policy)
 
     def make_layer(self, device, cfg, weights, i, s, rope, attention):
-        return MixtralLayer(device, cfg, weights, i, s, rope, attention, self.moe)
+        return MixtralLayer(device, cfg, weights, i, s, rope, attention, self.moe, self.policy)

@@ -20,6 +20,7 @@ from ..attention import PagedAttention
 from ..gpu import Buffer, Device, Recorder
 from ..kv_cache import PagedKVCache
 from ..linear import Embedding, Linear, MatvecGroup
+from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import Activation, LayerNorm, RoPE
 from .config import ModelConfig
 from .llama import LlamaModel, RunState
@@ -42,8 +43,8 @@ def head_norm(device: Device, cfg: ModelConfig, w: WeightStore, name: str, n_hea
 
 class Phi2Layer:
     def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState, rope: RoPE,
-                 attention: PagedAttention, raw: tuple[Buffer, Buffer] | None):
-        self.device, self.cfg, self.w, self.i, self.s = device, cfg, w, i, s
+                 attention: PagedAttention, raw: tuple[Buffer, Buffer] | None, policy: KernelPolicy = DEFAULT_POLICY):
+        self.device, self.cfg, self.w, self.i, self.s, self.policy = device, cfg, w, i, s, policy
         self.attn_norm = self.norm("attn_norm").bind(s.x, s.h, s.step)
         # With q/k norms the projections land in scratch rows `raw` and the norms write q and k.
         q_out, k_out = raw if cfg.qk_norm else (s.q, s.k)
@@ -68,7 +69,7 @@ class Phi2Layer:
 
     def linear(self, name: str, x: Buffer, y: Buffer, accumulate: bool = False):
         blk = f"blk.{self.i}.{name}"
-        return Linear(self.device, self.w.matrix(blk + ".weight"), self.w.bias(blk + ".bias")).bind(
+        return Linear(self.device, self.w.matrix(blk + ".weight"), self.w.bias(blk + ".bias"), policy=self.policy).bind(
             x, y, self.s.step, accumulate=accumulate)
 
     def projection(self, name: str, y: Buffer):
@@ -82,7 +83,7 @@ class Phi2Layer:
         r0, r1 = {"attn_q": (0, q), "attn_k": (q, q + kv), "attn_v": (q + kv, q + 2 * kv)}[name]
         weight = w.row_slice(fused + ".weight", r0, r1, f"blk.{i}.{name}.weight")
         bias = w.row_slice(fused + ".bias", r0, r1, f"blk.{i}.{name}.bias") if w.has(fused + ".bias") else None
-        return Linear(self.device, weight, bias).bind(self.s.h, y, self.s.step)
+        return Linear(self.device, weight, bias, policy=self.policy).bind(self.s.h, y, self.s.step)
 
     def feed_forward(self) -> list:
         """x += gelu_tanh(h W1 + b1) W2 + b2, reading the h the attention read."""
@@ -103,8 +104,8 @@ class Phi2Model(LlamaModel):
     layer_class = Phi2Layer
 
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
-                 max_tokens: int = 64):
-        self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
+                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
+        self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
         s = self.state = RunState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
         raw = None
         if cfg.qk_norm:  # q and k before their norms
@@ -114,10 +115,11 @@ class Phi2Model(LlamaModel):
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
         attention = PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
-                                   sliding_window=cfg.sliding_window)
-        self.layers = [self.layer_class(device, cfg, weights, i, s, rope, attention, raw) for i in range(cfg.n_layers)]
+                                   sliding_window=cfg.sliding_window, policy=policy)
+        self.layers = [self.layer_class(device, cfg, weights, i, s, rope, attention, raw, policy)
+                       for i in range(cfg.n_layers)]
         bias = weights.vector("output_norm.bias") if weights.has("output_norm.bias") else None
         self.final_norm = LayerNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps, bias).bind(
             s.x, s.last, s.step, last_only=True)
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
-        self.lm_head = Linear(device, head, weights.bias("output.bias")).bind(s.last, s.logits, None)
+        self.lm_head = Linear(device, head, weights.bias("output.bias"), policy=policy).bind(s.last, s.logits, None)

@@ -1,0 +1,173 @@
+"""planner.py: each op's kernel choice, one case per table row (pure functions: no device).
+
+Each case gives an adapter, a weight and a policy and names the row it must land on; the cases'
+rows cover every table's rows, so a row that can no longer be reached (or a new one without a case)
+fails here. The kernels each row picks are checked against numpy in test_linear*.py, test_matvec_q4.py
+and test_attention.py."""
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+
+from webllm_py.formats.quants import GGMLType as T
+from webllm_py.planner import (
+    CPU_MATMUL_TABLE, CPU_TILING, GPU_MATMUL_TABLE, MATVEC_TABLE, Q4_TILING, STAGED_TABLE, SWIFTSHADER_TILING,
+    Adapter, AttentionPlan, KernelPolicy, MatmulRowsTiling, MatmulTiling, MatvecTiling, StagedTiling, StepTiling,
+    cpu_matmul_tiling, gpu_matmul_tiling, parse_staged_tilings, plan_attention, plan_fused_glu, plan_matmul,
+    plan_matvec, staged_tiling)
+
+GPU = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=32768, storage_buffers=10)
+CPU = Adapter(cpu=True)
+SWIFTSHADER = Adapter(cpu=True, swiftshader=True, vulkan=False)
+STAGED = STAGED_TABLE[-1].tiling  # 256 threads, 8 lanes, one row each
+
+# (case, adapter, qtype, N, K, bias, policy, request) -> (row template, tiling, x_uniform)
+MATVEC_CASES = [
+    ("staged 4-bit", GPU, T.Q4_0, 2048, 2048, False, KernelPolicy(), None, "matvec_q4s", STAGED, False),
+    ("staged Q6_K, 8/6-bit long rows", GPU, T.Q6_K, 2048, 8192, False, KernelPolicy(), None, "matvec_q4s",
+     StagedTiling(256, 16, 1), False),
+    ("staged asked for on a CPU adapter", CPU, T.Q8_0, 64, 512, False, KernelPolicy(), StagedTiling(32, 2, 1),
+     "matvec_q4s", StagedTiling(32, 2, 1), False),
+    ("4-bit, K % 256 != 0", GPU, T.Q4_K, 64, 320, False, KernelPolicy(), None, "matvec_q4", Q4_TILING, False),
+    ("4-bit, staged off by policy", GPU, T.Q4_1, 64, 2048, False, KernelPolicy(staged_matvec=False), None,
+     "matvec_q4", Q4_TILING, False),
+    ("4-bit, no packed dot products", Adapter(packed_dot=False), T.Q4_0, 64, 2048, False, KernelPolicy(), None,
+     "matvec_q4", Q4_TILING, False),
+    ("4-bit, x does not fit workgroup memory", Adapter(workgroup_storage=4096), T.Q4_0, 64, 8192, False,
+     KernelPolicy(), None, "matvec_q4", Q4_TILING, False),
+    ("staged asked for, K % 256 != 0: matvec_q4 with the policy's tiling", GPU, T.Q4_0, 8, 320, False,
+     KernelPolicy(q4_tiling=MatvecTiling(32, 2)), StagedTiling(), "matvec_q4", MatvecTiling(32, 2), False),
+    ("CPU adapter", CPU, T.Q4_0, 64, 2048, False, KernelPolicy(), None, "matvec_rows", CPU_TILING, True),
+    ("CPU adapter, x too wide for a uniform", CPU, T.Q8_0, 64, 32768, False, KernelPolicy(), None,
+     "matvec_rows", CPU_TILING, False),
+    ("SwiftShader", SWIFTSHADER, T.Q4_1, 64, 576, False, KernelPolicy(), None, "matvec_rows", SWIFTSHADER_TILING,
+     False),
+    ("rows per thread asked for on a GPU", GPU, T.Q4_0, 64, 2048, False, KernelPolicy(),
+     MatvecTiling(16, 2, False), "matvec_rows", MatvecTiling(16, 2, False), False),
+    ("float weights on a GPU", GPU, T.F16, 64, 2048, False, KernelPolicy(), None, "matvec", MatvecTiling(), False),
+    ("4-bit with a bias", GPU, T.Q4_0, 64, 2048, True, KernelPolicy(), None, "matvec", MatvecTiling(), False),
+    ("Q8_0, staged off by policy", GPU, T.Q8_0, 64, 2048, False, KernelPolicy(staged_matvec=False), None,
+     "matvec", MatvecTiling(), False),
+    ("the policy's generic tiling", GPU, T.Q5_0, 64, 2048, False, KernelPolicy(gpu_tiling=MatvecTiling(128, 4)),
+     None, "matvec", MatvecTiling(128, 4), False),
+]
+
+
+@pytest.mark.parametrize("case", MATVEC_CASES, ids=[c[0] for c in MATVEC_CASES])
+def test_matvec_row(case):
+    _, adapter, qtype, n, k, bias, policy, request, template, tiling, x_uniform = case
+    plan = plan_matvec(adapter, qtype, n, k, bias, policy, request)
+    assert (plan.template, plan.tiling, plan.x_uniform) == (template, tiling, x_uniform)
+    assert plan.fusable == (template in ("matvec_q4s", "matvec_q4"))
+
+
+def test_matvec_cases_cover_every_row():
+    assert {c[8] for c in MATVEC_CASES} == {r.template for r in MATVEC_TABLE}
+
+
+# (K, N, glu, qtype) -> the row of STAGED_TABLE it lands on
+STAGED_CASES = [((8192, 2048, False, T.Q8_0), 0), ((14336, 4096, False, T.Q6_K), 0),
+                ((4096, 14336, True, T.Q4_0), 1), ((8192, 2048, False, T.Q4_0), 2), ((16384, 4096, False, None), 2),
+                ((2048, 2048, True, T.Q4_0), 3), ((4096, 4096, False, T.Q6_K), 3)]
+
+
+@pytest.mark.parametrize("args,row", STAGED_CASES)
+def test_staged_row(args, row):
+    K, N, glu, q = args
+    assert staged_tiling(K, glu=glu, N=N, qtype=q) == STAGED_TABLE[row].tiling
+
+
+def test_table_cases_cover_every_row():
+    assert {r for _, r in STAGED_CASES} == set(range(len(STAGED_TABLE)))
+    assert {r for _, r in GPU_MATMUL_CASES} == set(range(len(GPU_MATMUL_TABLE)))
+    assert {r for _, r in CPU_MATMUL_CASES} == set(range(len(CPU_MATMUL_TABLE)))
+
+
+def test_staged_policy_overrides_by_op_kind():
+    """bench's --staged-tiling: glu before tall before k<K> before wide before all."""
+    spec = parse_staged_tilings("64,4,1;glu=128,8,1;tall=256,8,2;k8192=256,32,1,1;wide=256,16,1")
+    assert spec[0] == ("all", StagedTiling(64, 4, 1)) and spec[3] == ("k8192", StagedTiling(256, 32, 1, True))
+    p = KernelPolicy(staged_tilings=spec)
+    assert staged_tiling(8192, glu=True, N=200000, policy=p) == StagedTiling(128, 8, 1)
+    assert staged_tiling(8192, N=200000, policy=p) == StagedTiling(256, 8, 2)
+    assert staged_tiling(8192, N=2048, policy=p) == StagedTiling(256, 32, 1, True)
+    assert staged_tiling(16384, N=2048, policy=p) == StagedTiling(256, 16, 1)
+    assert staged_tiling(2048, N=2048, policy=p) == StagedTiling(64, 4, 1)
+    assert parse_staged_tilings("") == () and staged_tiling(2048, policy=KernelPolicy()) == STAGED
+
+
+def test_fused_glu_tiling():
+    """A fused gate/up group takes the glu row where its members have the default tiling and it fits."""
+    K, N = 4096, 14336
+    plan = plan_matvec(GPU, T.Q4_0, N, K)
+    assert plan_fused_glu(GPU, plan, T.Q4_0, N, K) == STAGED_TABLE[1].tiling != plan.tiling
+    asked = plan_matvec(GPU, T.Q4_0, N, K, request=StagedTiling(64, 4, 1))
+    assert plan_fused_glu(GPU, asked, T.Q4_0, N, K) == StagedTiling(64, 4, 1)
+    # the glu tiling's 128 threads x 4 accumulators need less workgroup memory than 256 x 4: a limit
+    # between the two keeps the default's (planned on a roomier adapter) instead
+    small = Adapter(workgroup_storage=STAGED_TABLE[1].tiling.shared_bytes(K) - 4)
+    assert plan_fused_glu(small, plan, T.Q4_0, N, K) == plan.tiling
+    q4 = plan_matvec(GPU, T.Q4_0, N, K, policy=KernelPolicy(staged_matvec=False))
+    assert plan_fused_glu(GPU, q4, T.Q4_0, N, K) == Q4_TILING
+
+
+GPU_MATMUL_CASES = [(14336, 0), (8192, 0), (4096, 1), (8191, 1), (2048, 2), (64, 2)]
+CPU_MATMUL_CASES = [(T.Q4_K, 0), (T.Q6_K, 0), (T.Q4_0, 1), (T.Q8_0, 1), (T.F32, 1), (T.Q4_1, 2), (T.F16, 2)]
+
+
+@pytest.mark.parametrize("n,row", GPU_MATMUL_CASES)
+def test_gpu_matmul_row(n, row):
+    assert gpu_matmul_tiling(n) == GPU_MATMUL_TABLE[row][1]
+    plan = plan_matmul(GPU, T.Q4_0, n)
+    assert (plan.template, plan.tiling) == ("matmul", GPU_MATMUL_TABLE[row][1])
+
+
+@pytest.mark.parametrize("qtype,row", CPU_MATMUL_CASES)
+def test_cpu_matmul_row(qtype, row):
+    assert cpu_matmul_tiling(qtype) == CPU_MATMUL_TABLE[row][1]
+    plan = plan_matmul(CPU, qtype, 4096)
+    assert (plan.template, plan.tiling) == ("matmul_rows", CPU_MATMUL_TABLE[row][1])
+
+
+def test_matmul_request():
+    assert plan_matmul(GPU, T.Q4_0, 64, MatmulRowsTiling(4, 2, 3)).template == "matmul_rows"
+    assert plan_matmul(CPU, T.Q4_0, 64, MatmulTiling(tm=16)).tiling == MatmulTiling(tm=16)
+
+
+def test_attention_plan():
+    """Fused single-token step on native Vulkan GPUs with 10 storage bindings and head_dim % 8 == 0;
+    split-K decode elsewhere; the policy's choices; prefill tiles within the adapter's limits."""
+    gpu = plan_attention(GPU, 32, 8, 128)
+    assert isinstance(gpu, AttentionPlan) and gpu.fused and gpu.step == StepTiling(splits=32)
+    assert plan_attention(GPU, 9, 3, 64).step == StepTiling(splits=32) and plan_attention(GPU, 8, 1, 256).step.splits == 32
+    assert plan_attention(GPU, 64, 16, 64).step.splits == 16
+    assert not plan_attention(GPU, 32, 8, 12).fused  # head_dim % 8
+    assert not plan_attention(Adapter(vulkan=False, storage_buffers=10), 32, 8, 128).fused
+    assert not plan_attention(Adapter(storage_buffers=8), 32, 8, 128).fused
+    cpu = plan_attention(CPU, 9, 3, 64)
+    assert not cpu.fused and (cpu.decode_wg, cpu.splits, cpu.full_chunks, cpu.combine_wg) == (64, 1, False, 64)
+    assert plan_attention(CPU, 4, 2, 32).splits == 4
+    unfused = plan_attention(GPU, 32, 8, 128, KernelPolicy(fused_attention=False, step_tiling=StepTiling(64)))
+    assert not unfused.fused and unfused.step == StepTiling(64)
+    assert (unfused.decode_wg, unfused.splits, unfused.full_chunks, unfused.combine_wg) == (32, 32, True, 32)
+    assert plan_attention(CPU, 32, 8, 128, fused=True).fused
+    with pytest.raises(ValueError, match="head_dim % 8"):
+        plan_attention(GPU, 32, 8, 12, fused=True)
+    assert (gpu.tq, gpu.tk) == (16, 32)
+    assert (plan_attention(Adapter(invocations=64, workgroup_storage=16384), 32, 4, 256).tq,
+            plan_attention(Adapter(workgroup_storage=16384), 32, 4, 256).tk) == (8, 8)
+
+
+def test_adapter_of_device():
+    """Adapter.of reads a device's info, limits and features (a browser's WGSL language features)."""
+    info = NS(is_fallback=False, architecture="", description="NVIDIA H200", api="vulkan")
+    dev = NS(info=info, limits={"max_compute_workgroup_storage_size": 49152}, has_subgroups=True,
+             raw=NS(adapter=NS(info={"vendor_id": 0x10DE, "stackgroup_min_size": 4})))
+    a = Adapter.of(dev)
+    assert (a.cpu, a.vulkan, a.packed_dot, a.subgroups, a.subgroup_min, a.workgroup_storage) == (
+        False, True, True, True, 32, 49152)
+    sw = NS(info=NS(is_fallback=True, architecture="swiftshader", description="", api="webgpu"), limits={},
+            has_subgroups=False, wgsl_language_features={"readonly_and_readwrite_storage_textures"})
+    b = Adapter.of(sw)
+    assert b.cpu and b.swiftshader and not b.vulkan and not b.packed_dot and b.workgroup_storage == 16384

@@ -1,0 +1,502 @@
+"""Kernel choice: which template and tiling runs an op, as pure functions of data.
+
+    plan_matvec(adapter, qtype, N, K, bias, policy, request)  -> MatvecPlan(template, tiling, ...)
+    plan_matmul(adapter, qtype, N, K, policy, request)         -> MatmulPlan(template, tiling)
+    plan_attention(adapter, n_heads, n_kv_heads, head_dim, policy, ...) -> AttentionPlan
+
+`Adapter` is what the choice needs to know of a device (Adapter.of(device)); `KernelPolicy` holds the
+choices a caller may override (Engine.load(policy=...): bench A/B runs, tests); nothing here reads the
+environment or is patched. Each op's choice is a table read top to bottom, the first row that applies
+wins and the last always applies (llama.cpp's Vulkan backend picks its pipelines the same way). The
+measurements behind the rows are in docs/benchmarks.md ("Kernel choice").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from .formats.quants import GGMLType
+
+DEFAULT_WORKGROUP_STORAGE = 16384  # WebGPU's default maxComputeWorkgroupStorageSize
+MAX_UNIFORM_BINDING = 65536  # WebGPU's default maxUniformBufferBindingSize
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# -- tilings ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MatvecTiling:
+    """matvec.wgsl.j2 (split_k: a workgroup's threads split K and reduce) or matvec_rows.wgsl.j2
+    (not split_k: whole rows per thread, no barriers; CPU adapters)."""
+    wg: int = 64  # threads per workgroup
+    rows: int = 2  # rows per workgroup (split_k) or per thread
+    split_k: bool = True
+
+    def groups(self, n: int, K: int = 0) -> int:
+        return _ceil_div(n, self.rows if self.split_k else self.rows * self.wg)
+
+
+@dataclass(frozen=True)
+class StagedTiling:
+    """matvec_q4s.wgsl.j2: x staged as int8 in workgroup memory; teams of `lanes` threads own
+    `rows` rows each and split K into 256-weight units."""
+    wg: int = 256  # threads per workgroup
+    lanes: int = 8  # threads per row (at most K / 256)
+    rows: int = 1  # rows per team
+    prefetch: bool = False  # load a lane's next unit while the current one's math runs
+
+    split_k = True  # (threads split K, as MatvecTiling's split_k)
+
+    def rows_per_group(self, K: int) -> int:
+        return (self.wg // self.lanes_for(K)) * self.rows
+
+    def lanes_for(self, K: int) -> int:
+        return min(self.lanes, 1 << ((K // 256).bit_length() - 1))
+
+    def groups(self, n: int, K: int) -> int:
+        return _ceil_div(n, self.rows_per_group(K))
+
+    def shared_bytes(self, K: int) -> int:
+        """Workgroup memory: 17 vec4 of q and 9 vec2 of scales per unit, one f32 per accumulator
+        (2 * rows + 2 of them)."""
+        return (K // 256) * (17 * 16 + 9 * 8) + 4 * self.wg * (2 * self.rows + 2)
+
+
+@dataclass(frozen=True)
+class MatmulTiling:
+    """Prefill on GPUs (matmul.wgsl.j2): register tiles."""
+    tm: int = 32  # tokens per tile
+    tn: int = 32  # weight rows per tile
+    tk: int = 32  # K slab width (multiple of 4)
+    rm: int = 4  # tokens per thread
+    rn: int = 4  # rows per thread
+
+
+@dataclass(frozen=True)
+class MatmulRowsTiling:
+    """Prefill on CPU adapters (matmul_rows.wgsl.j2): each lane owns rows x tm outputs."""
+    wg: int = 8  # lanes per workgroup
+    rows: int = 8  # rows per lane: each activation load serves this many rows
+    tm: int = 4  # tokens per lane: each weight word serves this many tokens
+
+
+@dataclass(frozen=True)
+class MatmulI8Tiling:
+    """Prefill through packed 8-bit dot products (matmul_i8.wgsl.j2 after quantize_i8.wgsl.j2): x is
+    quantized per 32-block to int8 once per dispatch pair, and each 32-block of a row and a token is
+    8 dot4I8Packed. stage: workgroup tiles of tm x tn (GPUs) or barrier-free lanes (CPU adapters)."""
+    stage: bool = True
+    tm: int = 64  # staged: tokens per workgroup tile (a 128-token chunk: 2 tiles)
+    tn: int = 64  # staged: rows per workgroup tile
+    rm: int = 4  # tokens per thread: each weight vec4 read serves rm tokens
+    rn: int = 4  # rows per thread: each activation vec4 read serves rn rows
+    kb: int = 2  # staged: 32-blocks per K step (between barriers), where it divides K / 32
+    wg: int = 8  # not staged: lanes per workgroup
+    planes: int = 2  # int8 planes of x: 2 adds the rounding residual (16-bit-like x; 1 plane moved
+    # SmolLM2's logits ~0.7 from transformers' against 0.008 in f32: docs/benchmarks.md)
+
+    def groups(self, n: int, T: int) -> tuple[int, int]:
+        if self.stage:
+            return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
+        return _ceil_div(n, self.wg * self.rn), _ceil_div(T, self.rm)
+
+
+@dataclass(frozen=True)
+class StepTiling:
+    """attention_step's shape: threads per workgroup, positions per pass, workgroups per kv head
+    (split-K slices, merged in the same dispatch) and the fewest positions a slice takes."""
+    wg: int = 128
+    chunk: int = 32
+    splits: int = 32
+    min_split: int = 32
+
+
+# The aligned 4-bit kernel (matvec_q4.wgsl.j2): its weight types and default tiling.
+Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
+Q4_TILING = MatvecTiling(wg=64, rows=4)
+# The staged kernel (matvec_q4s.wgsl.j2) also takes Q8_0 (int8 weights: one dot4I8Packed a word)
+# and Q6_K (its unaligned super-blocks funnel-shifted into place).
+STAGED_TYPES = Q4_TYPES + (GGMLType.Q8_0, GGMLType.Q6_K)
+# CPU adapters: 32 lanes per workgroup (4- or 8-wide SIMD), 2 rows per lane; SwiftShader wants more
+# rows per lane to reuse x (docs/benchmarks.md).
+CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
+SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False)
+# The packed-dot prefill (matmul_i8) reads these types.
+I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K)
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+# The smallest subgroup of GPU vendors (PCI ids) whose size wgpu-native does not report (it says 4
+# for every adapter, an H100's included): NVIDIA 32, AMD 32 (wave32; GCN 64), Apple 32, Intel 8.
+_VENDOR_SUBGROUP_MIN = {0x10DE: 32, 0x1002: 32, 0x106B: 32, 0x8086: 8}
+
+
+def subgroup_min_size(device: Any) -> int:
+    """The adapter's smallest subgroup as far as known: a device's `subgroup_min_size` where the
+    backend sets one, else native wgpu's adapter info (wgpu-py 0.32 spells the key
+    "stackgroup_min_size") or the vendor's known minimum, whichever is larger; 0 when unknown."""
+    size = getattr(device, "subgroup_min_size", None)
+    if size:
+        return int(size)
+    info = getattr(getattr(getattr(device, "raw", None), "adapter", None), "info", None)
+    if not hasattr(info, "get"):
+        return 0
+    said = int(info.get("subgroup_min_size", info.get("stackgroup_min_size", 0)) or 0)
+    return max(said, _VENDOR_SUBGROUP_MIN.get(int(info.get("vendor_id", 0) or 0), 0))
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What kernel choice needs to know of a device."""
+    cpu: bool = False  # a CPU adapter (lavapipe, SwiftShader): workgroup barriers cost ~10x
+    swiftshader: bool = False
+    vulkan: bool = True  # native wgpu over Vulkan (naga's SPIR-V)
+    packed_dot: bool = True  # WGSL's packed_4x8_integer_dot_product (dot4I8Packed)
+    subgroups: bool = False  # the subgroups feature was granted
+    subgroup_min: int = 0  # the smallest subgroup, where known
+    workgroup_storage: int = DEFAULT_WORKGROUP_STORAGE  # bytes of workgroup memory
+    invocations: int = 256  # threads per workgroup
+    storage_buffers: int = 8  # storage bindings per shader stage
+
+    @classmethod
+    def of(cls, device: Any) -> "Adapter":
+        info, limits = device.info, getattr(device, "limits", {})
+        # naga always has dot4I8Packed; a browser device lists its language features
+        # (navigator.gpu.wgslLanguageFeatures) as `wgsl_language_features`
+        features = getattr(device, "wgsl_language_features", None)
+        return cls(
+            cpu=bool(info.is_fallback),
+            swiftshader="swiftshader" in f"{info.architecture} {info.description}".lower(),
+            vulkan=info.api == "vulkan",
+            packed_dot=features is None or "packed_4x8_integer_dot_product" in features,
+            subgroups=bool(getattr(device, "has_subgroups", False)),
+            subgroup_min=subgroup_min_size(device),
+            workgroup_storage=int(limits.get("max_compute_workgroup_storage_size", DEFAULT_WORKGROUP_STORAGE)),
+            invocations=int(limits.get("max_compute_invocations_per_workgroup", 256)),
+            storage_buffers=int(limits.get("max_storage_buffers_per_shader_stage", 8)),
+        )
+
+    def fits(self, workgroup_bytes: int) -> bool:
+        """Whether a kernel's workgroup memory fits this adapter (the one place this is checked)."""
+        return workgroup_bytes <= self.workgroup_storage
+
+
+def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
+    """bench's --staged-tiling: "WG,LANES,ROWS[,PREFETCH]" for all, then optional ";glu=..." (fused
+    gate/up groups), ";tall=..." (N > 65536: LM heads), ";k<K>=..." (rows of exactly K, e.g.
+    k8192=256,32,1) and ";wide=..." (K > 8192)."""
+    out = []
+    for item in filter(None, spec.split(";")):
+        key, v = item.split("=", 1) if "=" in item else ("all", item)
+        out.append((key, StagedTiling(*(int(f) for f in v.split(",")))))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class KernelPolicy:
+    """The choices a caller may override; the defaults are the measured best (docs/benchmarks.md)."""
+    staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
+    staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
+    q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
+    gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
+    fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
+    # prefill: "auto" takes matmul_i8 with two int8 planes of x where I8 pays; "i8x2" (two planes) and
+    # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
+    prefill: str = "auto"
+    i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
+    fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
+    step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
+
+    def __post_init__(self) -> None:
+        if self.prefill not in ("auto", "i8x2", "i8", "f32"):
+            raise ValueError(f"KernelPolicy.prefill must be auto, i8x2, i8 or f32, not {self.prefill!r}")
+
+    def staged_override(self, key: str) -> StagedTiling | None:
+        return dict(self.staged_tilings).get(key)
+
+
+DEFAULT_POLICY = KernelPolicy()
+
+
+# -- matvec (decode: one token) -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class StagedRow:
+    """A row of the staged kernel's tiling table: the first row whose `when` holds gives the tiling."""
+    when: Callable[[int, int, bool, GGMLType | None], bool]  # (K, N, glu, qtype)
+    tiling: StagedTiling
+
+
+STAGED_TABLE: tuple[StagedRow, ...] = (
+    # 8- and 6-bit rows of 32+ units (1B down): 16 rows a workgroup, twice the workgroups, 16 lanes
+    # splitting each row
+    StagedRow(lambda K, N, glu, q: not glu and K >= 8192 and q in (GGMLType.Q8_0, GGMLType.Q6_K),
+              StagedTiling(256, 16, 1)),
+    # fused gate/up of a wide model: twice the workgroups of 16 rows each
+    StagedRow(lambda K, N, glu, q: glu and K >= 4096, StagedTiling(128, 8, 1)),
+    # a lane walks 4 or more units in turn: the next unit's loads go out before this one's math
+    StagedRow(lambda K, N, glu, q: K // 256 >= 4 * 8, StagedTiling(256, 8, 1, prefetch=True)),
+    # 256 threads as 32 teams of 8 lanes, one row each
+    StagedRow(lambda K, N, glu, q: True, StagedTiling(256, 8, 1)),
+)
+
+
+def staged_tiling(K: int, glu: bool = False, N: int = 0, qtype: GGMLType | None = None,
+                  policy: KernelPolicy = DEFAULT_POLICY) -> StagedTiling:
+    """The staged kernel's tiling on GPUs for N rows of K (glu: a fused gate/up group): the policy's
+    override for this op kind, else the first row of STAGED_TABLE that applies."""
+    for key, applies in (("glu", glu), ("tall", N > 65536), (f"k{K}", True), ("wide", K > 8192), ("all", True)):
+        t = policy.staged_override(key) if applies else None
+        if t is not None:
+            return t
+    return next(r.tiling for r in STAGED_TABLE if r.when(K, N, glu, qtype))
+
+
+@dataclass(frozen=True)
+class MatvecPlan:
+    template: str  # matvec_q4s | matvec_q4 | matvec_rows | matvec
+    tiling: MatvecTiling | StagedTiling
+    x_uniform: bool = False  # matvec_rows: x bound as a uniform (CPU adapters load it once per SIMD batch)
+
+    @property
+    def fusable(self) -> bool:
+        """The 4-bit / staged kernels take several matrices and a GLU in one dispatch (MatvecGroup)."""
+        return self.template in ("matvec_q4s", "matvec_q4")
+
+
+@dataclass(frozen=True)
+class MatvecQuery:
+    """One Linear's matvec: its weight, the adapter, the policy and an explicit tiling (tests, bench)."""
+    adapter: Adapter
+    qtype: GGMLType
+    N: int
+    K: int
+    bias: bool
+    policy: KernelPolicy
+    request: MatvecTiling | StagedTiling | None
+
+    @property
+    def aligned(self) -> bool:  # matvec_q4: 4-bit rows of whole 64-weight units, no bias
+        return self.qtype in Q4_TYPES and self.K % 64 == 0 and not self.bias
+
+    @property
+    def default_staged(self) -> StagedTiling:
+        return staged_tiling(self.K, N=self.N, qtype=self.qtype, policy=self.policy)
+
+    @property
+    def staged_tiling(self) -> StagedTiling:
+        return self.request if isinstance(self.request, StagedTiling) else self.default_staged
+
+    def staged_applies(self) -> bool:
+        a = self.adapter
+        return (self.qtype in STAGED_TYPES and not self.bias and self.K % 256 == 0 and a.packed_dot
+                and (isinstance(self.request, StagedTiling)
+                     or (self.request is None and self.policy.staged_matvec and not a.cpu))
+                and a.fits(self.staged_tiling.shared_bytes(self.K)))
+
+    @property
+    def fallback(self) -> MatvecTiling | None:
+        """The request where the staged kernel is not taken: a StagedTiling asked for where it cannot
+        run becomes matvec_q4's tiling for 4-bit rows and no request otherwise."""
+        if isinstance(self.request, StagedTiling):
+            return self.policy.q4_tiling if self.aligned else None
+        return self.request
+
+
+@dataclass(frozen=True)
+class MatvecRow:
+    template: str
+    when: Callable[[MatvecQuery], bool]
+    tiling: Callable[[MatvecQuery], MatvecTiling | StagedTiling]
+
+
+MATVEC_TABLE: tuple[MatvecRow, ...] = (
+    # 4-bit, Q8_0 and Q6_K rows of whole 256-weight units on GPUs with packed 8-bit dot products, x
+    # staged in workgroup memory (where it fits)
+    MatvecRow("matvec_q4s", MatvecQuery.staged_applies, lambda q: q.staged_tiling),
+    # other 4-bit rows of whole 64-weight units, threads splitting K
+    MatvecRow("matvec_q4", lambda q: q.aligned and (q.fallback.split_k if q.fallback else not q.adapter.cpu),
+              lambda q: q.fallback or q.policy.q4_tiling),
+    # CPU adapters (lavapipe, SwiftShader): whole rows per thread, no barriers
+    MatvecRow("matvec_rows", lambda q: not q.fallback.split_k if q.fallback else q.adapter.cpu,
+              lambda q: q.fallback or (SWIFTSHADER_TILING if q.adapter.swiftshader else CPU_TILING)),
+    # any type on GPUs: threads split K and reduce
+    MatvecRow("matvec", lambda q: True, lambda q: q.fallback or q.policy.gpu_tiling),
+)
+
+
+def plan_matvec(adapter: Adapter, qtype: GGMLType, N: int, K: int, bias: bool = False,
+                policy: KernelPolicy = DEFAULT_POLICY,
+                request: MatvecTiling | StagedTiling | None = None) -> MatvecPlan:
+    q = MatvecQuery(adapter, qtype, N, K, bias, policy, request)
+    row = next(r for r in MATVEC_TABLE if r.when(q))
+    # CPU adapters load a uniform-buffer x once per SIMD batch, a storage x once per lane (~5x faster
+    # on lavapipe; SwiftShader is slower with it): where one token's x fits a uniform binding.
+    x_uniform = (row.template == "matvec_rows" and adapter.cpu and not adapter.swiftshader
+                 and 4 * K <= MAX_UNIFORM_BINDING)
+    return MatvecPlan(row.template, row.tiling(q), x_uniform)
+
+
+def plan_fused_glu(adapter: Adapter, plan: MatvecPlan, qtype: GGMLType, N: int, K: int,
+                   policy: KernelPolicy = DEFAULT_POLICY) -> StagedTiling | MatvecTiling:
+    """The tiling of a fused gate/up dispatch whose members run `plan`: the staged kernel's glu row
+    where the members have their default tiling and it fits, else theirs."""
+    if plan.template != "matvec_q4s" or plan.tiling != staged_tiling(K, N=N, qtype=qtype, policy=policy):
+        return plan.tiling
+    glu = staged_tiling(K, glu=True, policy=policy)
+    return glu if adapter.fits(glu.shared_bytes(K)) else plan.tiling
+
+
+def matvec_wg(template: str, tiling: MatvecTiling, qtype: GGMLType, K: int) -> int:
+    """Threads of a split-K matvec's workgroup: no more than the row has units (a 4-bit kernel's
+    64-weight ones, the generic kernel's 32-element blocks or 4 floats), but for matvec_q4 at least one
+    per row (thread r writes row r's result) and two for the tree reduction."""
+    if template == "matvec_q4":
+        units = K // 64
+        floor = 1 << (max(2, tiling.rows) - 1).bit_length()
+        return max(min(tiling.wg, 1 << max(0, (units - 1).bit_length())), floor)
+    unit = 4 if qtype in (GGMLType.F32, GGMLType.F16, GGMLType.BF16) else 32
+    return min(tiling.wg, 1 << max(0, (K // unit - 1).bit_length()))
+
+
+# -- matmul (prefill: a chunk of tokens) --------------------------------------------------------------
+@dataclass(frozen=True)
+class MatmulPlan:
+    template: str  # matmul_i8 | matmul_rows | matmul
+    tiling: MatmulI8Tiling | MatmulTiling | MatmulRowsTiling
+
+
+# GPUs, by the number of rows: big register tiles where a 128-token chunk still makes a few hundred
+# workgroups (first row whose least N the matrix reaches).
+GPU_MATMUL_TABLE: tuple[tuple[int, MatmulTiling], ...] = (
+    (8192, MatmulTiling(tm=64, tn=64, tk=16, rm=8, rn=8)),
+    (4096, MatmulTiling(tm=64, tn=64, tk=32, rm=4, rn=4)),
+    (0, MatmulTiling()),
+)
+# CPU adapters, by weight type: fewer outputs per lane for wide units (a lane keeps rows x unit words
+# in registers, and the unrolled shader must compile quickly).
+CPU_MATMUL_TABLE: tuple[tuple[tuple[GGMLType, ...], MatmulRowsTiling], ...] = (
+    ((GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS),
+     MatmulRowsTiling(rows=4, tm=2)),
+    ((GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.IQ4_NL, GGMLType.F32),  # units of 2 blocks / 32 bytes
+     MatmulRowsTiling(rows=4)),
+    ((), MatmulRowsTiling()),  # () = any other type
+)
+
+
+def gpu_matmul_tiling(n: int) -> MatmulTiling:
+    return next(t for least, t in GPU_MATMUL_TABLE if n >= least)
+
+
+def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
+    return next(t for types, t in CPU_MATMUL_TABLE if qtype in types or not types)
+
+
+def i8_tiling(adapter: Adapter, qtype: GGMLType, K: int, N: int = 0,
+              policy: KernelPolicy = DEFAULT_POLICY) -> MatmulI8Tiling | None:
+    """matmul_i8's tiling, or None where the policy or the weight keeps the f32 matmul: Q4_0, Q4_1, Q8_0
+    and Q4_K rows (of whole super-blocks for Q4_K) where WGSL's packed_4x8_integer_dot_product exists; on
+    CPU adapters not Q4_1 by default (matmul_rows already reads its word-aligned blocks well)."""
+    if (policy.prefill == "f32" or qtype not in I8_TYPES or K % (256 if qtype == GGMLType.Q4_K else 32)
+            or not adapter.packed_dot):
+        return None
+    planes = 1 if policy.prefill == "i8" else 2
+    if adapter.cpu:
+        if policy.prefill == "auto" and qtype == GGMLType.Q4_1:
+            return None
+        return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=planes)
+    kb = 2 if K % 64 == 0 else 1
+    if policy.i8_tiling is not None:
+        return replace(policy.i8_tiling, stage=True, kb=policy.i8_tiling.kb if kb == 2 else 1, planes=planes)
+    # 256 threads of 4 tokens x 4 (or 2) rows; narrower tiles for fewer rows, so that a 128-token chunk
+    # still makes a few hundred workgroups (as GPU_MATMUL_TABLE).
+    return MatmulI8Tiling(tm=64, tn=64 if N >= 4096 else 32, rm=4, rn=4 if N >= 4096 else 2, kb=kb, planes=planes)
+
+
+@dataclass(frozen=True)
+class MatmulRow:
+    template: str
+    tiling: Callable[[Adapter, GGMLType, int, int, KernelPolicy], MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None]
+
+
+MATMUL_TABLE: tuple[MatmulRow, ...] = (
+    # packed 8-bit dot products over x quantized once per dispatch pair (where i8_tiling says it runs)
+    MatmulRow("matmul_i8", i8_tiling),
+    # CPU adapters: barrier-free rows, by weight type
+    MatmulRow("matmul_rows", lambda a, q, K, N, p: cpu_matmul_tiling(q) if a.cpu else None),
+    # GPUs: register tiles, by the number of rows
+    MatmulRow("matmul", lambda a, q, K, N, p: gpu_matmul_tiling(N)),
+)
+_MATMUL_TEMPLATES = {MatmulI8Tiling: "matmul_i8", MatmulRowsTiling: "matmul_rows", MatmulTiling: "matmul"}
+
+
+def plan_matmul(adapter: Adapter, qtype: GGMLType, N: int, K: int, policy: KernelPolicy = DEFAULT_POLICY,
+                request: MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None = None) -> MatmulPlan:
+    if request is not None:
+        return MatmulPlan(_MATMUL_TEMPLATES[type(request)], request)
+    for row in MATMUL_TABLE:
+        tiling = row.tiling(adapter, qtype, K, N, policy)
+        if tiling is not None:
+            return MatmulPlan(row.template, tiling)
+    raise AssertionError("the last row of MATMUL_TABLE always applies")
+
+
+# -- attention ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionPlan:
+    fused: bool  # single tokens: attention_step (RoPE + cache write + attention + merge, one dispatch)
+    step: StepTiling
+    decode_wg: int  # otherwise: attention_decode's threads, split-K slices and full-chunk loop
+    splits: int
+    full_chunks: bool
+    combine_wg: int  # attention_combine's threads (splits > 1)
+    tq: int  # attention_prefill: tokens per workgroup
+    tk: int  # ... and key positions per tile
+
+
+def default_step_tiling(n_kv_heads: int) -> StepTiling:
+    """Slices of >= 32 positions, up to ~256 workgroups: a short chat runs as one slice per kv head
+    (no merge), long contexts as up to 32 slices per kv head."""
+    return StepTiling(splits=max(1, min(32, 256 // n_kv_heads)))
+
+
+def prefill_tiles(adapter: Adapter, head_dim: int, group: int) -> tuple[int, int]:
+    """(tq, tk) of attention_prefill: tokens per workgroup and key positions per tile, within the
+    adapter's limits (workgroup size, and 2*tk*head_dim floats of workgroup memory)."""
+    tq = 16
+    while tq > 1 and tq * group > adapter.invocations:
+        tq //= 2
+    tk = 32
+    while tk > 1 and not adapter.fits(2 * tk * head_dim * 4):
+        tk //= 2
+    return tq, tk
+
+
+def plan_attention(adapter: Adapter, n_heads: int, n_kv_heads: int, head_dim: int,
+                   policy: KernelPolicy = DEFAULT_POLICY, fused: bool | None = None,
+                   step_tiling: StepTiling | None = None, decode_wg: int | None = None,
+                   decode_splits: int | None = None, decode_full_chunks: bool | None = None,
+                   combine_wg: int | None = None) -> AttentionPlan:
+    """Arguments other than the adapter's and the policy's override a choice (tests)."""
+    fused = policy.fused_attention if fused is None else fused
+    if fused is None:
+        # Native wgpu over Vulkan only by default: attention_step's merge of its slices relies on
+        # storageBarrier() being a device-scope fence, which naga's SPIR-V emits; WGSL promises only
+        # workgroup scope. It binds up to 10 storage buffers and needs head_dim % 8 == 0.
+        fused = not adapter.cpu and adapter.vulkan and head_dim % 8 == 0 and adapter.storage_buffers >= 10
+    elif fused and head_dim % 8:
+        raise ValueError(f"the fused decode step needs head_dim % 8 == 0, not {head_dim}")
+    cpu = adapter.cpu
+    # Split-K decode: enough workgroups (heads x splits) to keep a GPU's cores busy on long contexts;
+    # a CPU adapter has few cores and gets one workgroup per head. GPUs: chunks of 32 positions and up
+    # to 1024 / n_heads slices.
+    if decode_splits is None:
+        decode_splits = max(1, 16 // n_heads) if cpu else max(1, min(64, 1024 // n_heads))
+    tq, tk = prefill_tiles(adapter, head_dim, n_heads // n_kv_heads)
+    return AttentionPlan(
+        fused=bool(fused), step=step_tiling or policy.step_tiling or default_step_tiling(n_kv_heads),
+        decode_wg=(64 if cpu else 32) if decode_wg is None else decode_wg, splits=decode_splits,
+        full_chunks=not cpu if decode_full_chunks is None else decode_full_chunks,
+        # GPUs: 32 dims per workgroup, so the merge spreads over n_heads * head_dim / 32 workgroups
+        combine_wg=combine_wg or (min(64, head_dim) if cpu else 32), tq=tq, tk=tk)
