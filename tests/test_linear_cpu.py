@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("gguf")
 
-from tests.test_linear import TYPES, assert_close, f32_prefill, make_weight, run_linear, upload  # noqa: F401 (autouse)
+from tests.test_linear import F32, TYPES, assert_close, make_weight, run_linear, upload
 from webllm_py.formats.quants import TensorInfo
 from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Linear, MatmulRowsTiling, MatvecTiling
@@ -34,7 +34,7 @@ def test_rows_kernels_every_type(device, qtype):
         bias = rng.standard_normal(N).astype(np.float32)
         bias_t = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, N * 4))
         weight = upload(device, raw, qtype, N, K)
-        default = Linear(device, weight)
+        default = Linear(device, weight, policy=F32)  # the f32 kernels (int8 prefill: test_matmul_i8.py)
         assert default.kernel("matvec", False).label.startswith("matvec_rows")
         assert default.kernel("matmul", False).label.startswith("matmul_rows")
         for T in (1, 7):

@@ -12,9 +12,9 @@ import pytest
 
 from webllm_py.formats.quants import GGMLType as T
 from webllm_py.planner import (
-    CPU_MATMUL_TABLE, CPU_TILING, GPU_MATMUL_TABLE, MATVEC_TABLE, Q4_TILING, STAGED_TABLE, SWIFTSHADER_TILING,
-    Adapter, AttentionPlan, KernelPolicy, MatmulRowsTiling, MatmulTiling, MatvecTiling, StagedTiling, StepTiling,
-    cpu_matmul_tiling, gpu_matmul_tiling, parse_staged_tilings, plan_attention, plan_fused_glu, plan_matmul,
+    CPU_MATMUL_TABLE, CPU_TILING, GPU_MATMUL_TABLE, MATMUL_TABLE, MATVEC_TABLE, Q4_TILING, STAGED_TABLE, SWIFTSHADER_TILING,
+    Adapter, AttentionPlan, KernelPolicy, MatmulI8Tiling, MatmulRowsTiling, MatmulTiling, MatvecTiling, StagedTiling,
+    StepTiling, cpu_matmul_tiling, gpu_matmul_tiling, i8_tiling, parse_staged_tilings, plan_attention, plan_fused_glu, plan_matmul,
     plan_matvec, staged_tiling)
 
 GPU = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=32768, storage_buffers=10)
@@ -113,26 +113,58 @@ def test_fused_glu_tiling():
 
 
 GPU_MATMUL_CASES = [(14336, 0), (8192, 0), (4096, 1), (8191, 1), (2048, 2), (64, 2)]
-CPU_MATMUL_CASES = [(T.Q4_K, 0), (T.Q6_K, 0), (T.Q4_0, 1), (T.Q8_0, 1), (T.F32, 1), (T.Q4_1, 2), (T.F16, 2)]
+CPU_MATMUL_CASES = [(T.Q4_K, 0), (T.Q6_K, 0), (T.IQ4_XS, 0), (T.Q4_0, 1), (T.Q8_0, 1), (T.IQ4_NL, 1), (T.F32, 1),
+                    (T.Q4_1, 2), (T.F16, 2)]
+F32 = KernelPolicy(prefill="f32")
 
 
 @pytest.mark.parametrize("n,row", GPU_MATMUL_CASES)
 def test_gpu_matmul_row(n, row):
     assert gpu_matmul_tiling(n) == GPU_MATMUL_TABLE[row][1]
-    plan = plan_matmul(GPU, T.Q4_0, n)
+    plan = plan_matmul(GPU, T.Q6_K, n, 4096)
     assert (plan.template, plan.tiling) == ("matmul", GPU_MATMUL_TABLE[row][1])
 
 
 @pytest.mark.parametrize("qtype,row", CPU_MATMUL_CASES)
 def test_cpu_matmul_row(qtype, row):
     assert cpu_matmul_tiling(qtype) == CPU_MATMUL_TABLE[row][1]
-    plan = plan_matmul(CPU, qtype, 4096)
+    plan = plan_matmul(CPU, qtype, 4096, 512, F32)
     assert (plan.template, plan.tiling) == ("matmul_rows", CPU_MATMUL_TABLE[row][1])
 
 
+# (adapter, qtype, N, K, policy) -> matmul_i8's tiling, or None (the rows below it)
+I8_CASES = [
+    ("GPU, wide", GPU, T.Q4_1, 14336, 4096, KernelPolicy(), MatmulI8Tiling(stage=True, kb=2, planes=2)),
+    ("GPU, narrow", GPU, T.Q4_0, 2048, 2048, KernelPolicy(), MatmulI8Tiling(tm=64, tn=32, rm=4, rn=2)),
+    ("GPU, K / 32 odd: one block a step", GPU, T.Q8_0, 64, 96, KernelPolicy(), MatmulI8Tiling(tn=32, rn=2, kb=1)),
+    ("GPU, one plane", GPU, T.Q4_K, 64, 256, KernelPolicy(prefill="i8"), MatmulI8Tiling(tn=32, rn=2, planes=1)),
+    ("GPU, the policy's tile", GPU, T.Q4_0, 64, 96, KernelPolicy(i8_tiling=MatmulI8Tiling(tm=32, tn=32, rm=2, rn=2, kb=4)),
+     MatmulI8Tiling(tm=32, tn=32, rm=2, rn=2, kb=1)),
+    ("CPU lanes", CPU, T.Q8_0, 64, 256, KernelPolicy(), MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8)),
+    ("CPU, Q4_1 forced", CPU, T.Q4_1, 64, 64, KernelPolicy(prefill="i8x2"), MatmulI8Tiling(stage=False, rn=8)),
+    ("CPU, Q4_1 by default: matmul_rows", CPU, T.Q4_1, 64, 64, KernelPolicy(), None),
+    ("Q4_K rows of part of a super-block", GPU, T.Q4_K, 64, 96, KernelPolicy(), None),
+    ("a type matmul_i8 does not read", GPU, T.Q6_K, 64, 256, KernelPolicy(), None),
+    ("no packed dot products", Adapter(packed_dot=False), T.Q4_0, 64, 64, KernelPolicy(), None),
+    ("f32 by policy", GPU, T.Q4_0, 64, 64, F32, None),
+]
+
+
+@pytest.mark.parametrize("case", I8_CASES, ids=[c[0] for c in I8_CASES])
+def test_i8_row(case):
+    _, adapter, qtype, n, k, policy, tiling = case
+    assert i8_tiling(adapter, qtype, k, n, policy) == tiling
+    plan = plan_matmul(adapter, qtype, n, k, policy)
+    assert plan.template == ("matmul_i8" if tiling else "matmul_rows" if adapter.cpu else "matmul")
+
+
 def test_matmul_request():
-    assert plan_matmul(GPU, T.Q4_0, 64, MatmulRowsTiling(4, 2, 3)).template == "matmul_rows"
-    assert plan_matmul(CPU, T.Q4_0, 64, MatmulTiling(tm=16)).tiling == MatmulTiling(tm=16)
+    assert plan_matmul(GPU, T.Q4_0, 64, 64, request=MatmulRowsTiling(4, 2, 3)).template == "matmul_rows"
+    assert plan_matmul(CPU, T.Q4_0, 64, 64, request=MatmulTiling(tm=16)).tiling == MatmulTiling(tm=16)
+    assert plan_matmul(CPU, T.Q6_K, 64, 256, request=MatmulI8Tiling()).template == "matmul_i8"
+    assert {r.template for r in MATMUL_TABLE} == {"matmul_i8", "matmul_rows", "matmul"}
+    with pytest.raises(ValueError, match="prefill"):
+        KernelPolicy(prefill="int4")
 
 
 def test_attention_plan():

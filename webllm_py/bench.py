@@ -180,7 +180,8 @@ def kernel_policy(args: argparse.Namespace):
     return KernelPolicy(
         staged_matvec=args.matvec_kernel == "staged",
         staged_tilings=parse_staged_tilings(args.staged_tiling or ""), fold_norm_max_k=args.fold_norms,
-        prefill=args.prefill_kernel, i8_tiling=MatmulI8Tiling(*ints(args.i8_tiling)) if args.i8_tiling else None,
+        prefill=args.prefill_kernel, i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
+        if args.i8_tiling else None,
         fused_attention=None if args.attention is None else args.attention == "fused",
         step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None, **tiling)
 
