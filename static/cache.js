@@ -12,6 +12,8 @@
 // /models/index.json cannot be reached. Both the worker (model downloads) and webllm.js
 // (hasModelInCache / deleteModel) use this module: the storage is the origin's, shared by both.
 
+import { E } from "./protocol.js";
+
 export const CACHE_NAME = "webllm-models";
 
 // A storage quota was exceeded. `needed` = bytes the model needs, `available` = what the origin had
@@ -23,7 +25,7 @@ export class QuotaError extends Error {
       (available == null ? "" : `, the site has ${mib(Math.max(available, 0))} left`) +
       ". Free space (delete cached models with webllm.deleteModel, or clear this site's data) or " +
       "allow more storage; the model still runs, it will be downloaded again next time.");
-    this.name = "QuotaError";
+    this.name = E.QuotaError;
     this.needed = needed;
     this.available = available;
     if (cause) this.cause = cause;

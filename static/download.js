@@ -17,6 +17,7 @@
 // Errors are typed by `name` (protocol.js ERRORS; webllm_py/errors.py has the same classes).
 import { openModelCache, sha256Hex } from "./cache.js";
 import { modelURLs } from "./modelurl.js";
+import { E } from "./protocol.js";
 
 const typed = (name, message, extra = {}) => Object.assign(new Error(message), { name, ...extra });
 const GGUF_MAGIC = [0x47, 0x47, 0x55, 0x46];  // "GGUF"
@@ -40,19 +41,19 @@ async function fetchFailure(url, e) {
   let reachable = false;
   try { reachable = (await fetch(url, { mode: "no-cors", cache: "no-store" })).type === "opaque"; } catch { /* down */ }
   if (reachable) {
-    return typed("CORSError", `${url} answered, but without CORS headers that let this page (${self.location.origin}) ` +
+    return typed(E.CORSError, `${url} answered, but without CORS headers that let this page (${self.location.origin}) ` +
       "read it: host the model where it sends Access-Control-Allow-Origin (the Hugging Face Hub does), or serve it from this origin.");
   }
   const why = self.crossOriginIsolated ? "the network or the server is down, or the server sends no CORS headers for this origin"
     : "is the network or the server down?";
-  return typed("DownloadError", `Downloading ${url} failed: ${e.message || e} (${why})`);
+  return typed(E.DownloadError, `Downloading ${url} failed: ${e.message || e} (${why})`);
 }
 
 function checkMagic(url, head, contentType) {
   if (GGUF_MAGIC.every((b, i) => head[i] === b)) return;
   const text = new TextDecoder().decode(head.subarray(0, 64)).trim();
   const html = /html/i.test(contentType || "") || text.startsWith("<");
-  throw typed("NotGGUFError", `${url} is not a GGUF file: the server sent ${html ? "an HTML page" : `bytes starting ${JSON.stringify(text.slice(0, 16))}`}` +
+  throw typed(E.NotGGUFError, `${url} is not a GGUF file: the server sent ${html ? "an HTML page" : `bytes starting ${JSON.stringify(text.slice(0, 16))}`}` +
     ` (${contentType || "no content type"}) — often an error or login page. Check the URL points at the .gguf file itself.`);
 }
 
@@ -73,14 +74,14 @@ export async function download(url, onProgress = () => {}, attempts = 4, { magic
       continue;
     }
     if (res.status === 404 || res.status === 410) {
-      throw typed("ModelNotFoundError", `${url} was not found (HTTP ${res.status}): check the URL, the file name and the revision` +
+      throw typed(E.ModelNotFoundError, `${url} was not found (HTTP ${res.status}): check the URL, the file name and the revision` +
         " (a private or gated Hugging Face repository answers 404 too).");
     }
-    if (!(res.ok || res.status === 206)) throw typed("DownloadError", `Downloading ${url} failed: HTTP ${res.status}`);
+    if (!(res.ok || res.status === 206)) throw typed(E.DownloadError, `Downloading ${url} failed: HTTP ${res.status}`);
     const length = Number(res.headers.get("Content-Length") || 0);
     if (!buf) {
       total = length;
-      if (!total) throw typed("DownloadError", `${url}: the server sent no Content-Length`);
+      if (!total) throw typed(E.DownloadError, `${url}: the server sent no Content-Length`);
       if (res.status === 206) loaded = 0;  // a Range we did not ask for: treat as the start
       buf = new Uint8Array(total);
     } else if (res.status !== 206) {
@@ -97,7 +98,7 @@ export async function download(url, onProgress = () => {}, attempts = 4, { magic
         if (done) break;
         arm();
         if (loaded + value.length > total) {
-          throw typed("ContentLengthError", `${url} sent more bytes than its Content-Length (${total}): the server is misconfigured ` +
+          throw typed(E.ContentLengthError, `${url} sent more bytes than its Content-Length (${total}): the server is misconfigured ` +
             "(a compressed response with the compressed length?) and the file cannot be trusted.");
         }
         buf.set(value, loaded);
@@ -109,7 +110,7 @@ export async function download(url, onProgress = () => {}, attempts = 4, { magic
       }
       if (loaded < total) short = { got: loaded - start, want: length };  // ended cleanly but early
     } catch (e) {
-      if (e.name === "NotGGUFError" || e.name === "ContentLengthError") { ctl.abort(); throw e; }
+      if (e.name === E.NotGGUFError || e.name === E.ContentLengthError) { ctl.abort(); throw e; }
       short = { got: loaded - start, want: length, stalled: ctl.signal.aborted };
       console.warn(`download of ${url} interrupted at ${loaded} bytes${ctl.signal.aborted ? " (stalled)" : ""}, resuming`, e);
     } finally {
@@ -118,11 +119,11 @@ export async function download(url, onProgress = () => {}, attempts = 4, { magic
     if (loaded >= total) return buf;
   }
   if (short) {
-    throw typed("ContentLengthError", `${url}: the server announced ${short.want} bytes but sent ${short.got}` +
+    throw typed(E.ContentLengthError, `${url}: the server announced ${short.want} bytes but sent ${short.got}` +
       `${short.stalled ? " and then stalled" : ""}, ${attempts} times (${loaded}/${total} bytes in all): the server or a proxy ` +
       "is cutting the file. Nothing was cached; try again later or from another host.");
   }
-  throw typed("DownloadError", `Downloading ${url} failed after ${attempts} attempts (${loaded}/${total} bytes).`);
+  throw typed(E.DownloadError, `Downloading ${url} failed after ${attempts} attempts (${loaded}/${total} bytes).`);
 }
 
 // One file's bytes: the cached copy when it passes its sha256 check, else a download (not stored:
@@ -152,7 +153,7 @@ async function fetchOne(url, { onProgress, store, served, magic }) {
   onProgress({ phase: "verify", url, total: bytes.byteLength });
   const got = await sha256Hex(bytes);
   if (expected && got !== expected) {
-    throw typed("IntegrityError", `${url} does not match the sha256 in /models/index.json (got ${got}, ` +
+    throw typed(E.IntegrityError, `${url} does not match the sha256 in /models/index.json (got ${got}, ` +
       `expected ${expected}): the file on the server changed or the download was corrupted. Try again.`);
   }
   return { url, bytes, sha256: got, fresh: true };
@@ -190,7 +191,7 @@ export async function fetchModelFiles(model, { onProgress = () => {}, store, hfE
     try {
       files.push(await fetchOne(urls[i], { onProgress: (p) => onProgress({ ...p, ...tag }), store, served, magic }));
     } catch (e) {
-      if (urls.length > 1 && e.name === "ModelNotFoundError") {
+      if (urls.length > 1 && e.name === E.ModelNotFoundError) {
         e.message = `shard ${i + 1} of ${urls.length} is missing: ${e.message}`;
       }
       throw e;
@@ -206,7 +207,7 @@ export async function fetchModelFiles(model, { onProgress = () => {}, store, hfE
 // One model file's bytes, verified and cached at once (the single-file form of fetchModelFiles).
 export async function fetchModel(url, options = {}) {
   const got = await fetchModelFiles(url, options);
-  if (got.parts.length !== 1) throw typed("ModelURLError", `${url} is a split model (${got.parts.length} shards): use fetchModelFiles.`);
+  if (got.parts.length !== 1) throw typed(E.ModelURLError, `${url} is a split model (${got.parts.length} shards): use fetchModelFiles.`);
   await got.commit();
   return got.parts[0];
 }

@@ -7,6 +7,8 @@
 //   shardURLs(".../x-00002-of-00003.gguf") -> the URLs of shards 1..3 (null: not a shard's name)
 //
 // Errors are thrown as {name: "ModelURLError"} (a RequestError in webllm_py/errors.py).
+import { E } from "./protocol.js";
+
 export const HF_ENDPOINT = "https://huggingface.co";
 const SCHEMES = ["http:", "https:"];
 const SHARD = /^(.*)-(\d{5})-of-(\d{5})\.gguf$/;
@@ -14,7 +16,7 @@ const HF_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?$/;
 const HF_REV = /^[A-Za-z0-9._-][A-Za-z0-9._/-]*$/;
 const SCHEME = /^([A-Za-z][A-Za-z0-9+.-]*):/;
 
-const urlError = (message) => Object.assign(new Error(message), { name: "ModelURLError" });
+const urlError = (message) => Object.assign(new Error(message), { name: E.ModelURLError });
 const q = (s) => JSON.stringify(s);
 
 export function isModelURL(model) {

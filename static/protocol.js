@@ -33,9 +33,11 @@ export const PROTOCOL = Object.freeze({
   }),
 });
 
-// The typed errors the JS side raises before Python is involved (model downloads: download.js,
-// modelurl.js, cache.js), by `name`. webllm_py/errors.py has a class of each name (test_model_url.py
-// checks), so Python in Pyodide (browser_models.py) re-raises them typed.
+// Every typed error the JS side raises itself (model downloads: download.js, modelurl.js, cache.js;
+// the worker and the client: worker.js, webllm.js, webllm-chat.js), by `name`: the one list of them.
+// webllm_py/errors.py has a class of each name but QuotaError (test_model_url.py checks both, and that
+// the JS files name no error outside this table), so Python in Pyodide (browser_models.py) re-raises
+// them typed. Python's own errors reach the page under their class names.
 export const ERRORS = Object.freeze({
   ModelURLError: "a model URL or hf: name that cannot be used (unparseable, unsupported scheme, malformed hf: form)",
   DownloadError: "the network or the server failed (HTTP error, connection kept dropping)",
@@ -45,7 +47,17 @@ export const ERRORS = Object.freeze({
   NotGGUFError: "the bytes are not a GGUF file (an HTML error page, a login page)",
   IntegrityError: "a file does not match its sha256",
   QuotaError: "the model cache is full (not fatal: the model runs, it is not kept)",
+  ProtocolError: "a message the protocol above does not allow (unknown kind, bad id, unexpected response)",
+  NotInitializedError: "a request before `init` (webllm.js always sends it first)",
+  SetupError: "a wheel the worker installs is not served under /wheels/ (run scripts/setup.sh)",
+  WorkerError: "the worker could not start, crashed, or failed outside Python",
+  AbortedError: "the request was aborted (abort mode cancel, or before it started)",
+  RequestError: "a malformed request (bad options)",
+  GPUUnavailableError: "the browser has no WebGPU",
 });
+
+// The names of ERRORS as constants (E.DownloadError): the modules raise them by these.
+export const E = Object.freeze(Object.fromEntries(Object.keys(ERRORS).map((name) => [name, name])));
 
 // Shared memory between page and worker (when the page is cross-origin isolated), as Int32 slots:
 // INTERRUPT is Pyodide's interrupt buffer (2 = raise KeyboardInterrupt in running Python code, which

@@ -10,6 +10,7 @@
 // Its look lives in a shadow root, so page styles do not leak in; `--webllm-accent` and
 // `--webllm-font` (CSS custom properties) restyle it from outside.
 import webllm from "./webllm.mjs";
+import { E } from "./protocol.js";
 import { MARKDOWN_CSS, finishNote, progressText, streamChat, streamRenderer } from "./chatkit.js";
 
 // One worker holds one engine: widgets asking for the same model share it.
@@ -112,7 +113,7 @@ class WebLLMChat extends HTMLElement {
     this.busy = true; this._controls(); this._error(null);
     this._status("starting");
     try {
-      if (!navigator.gpu) throw new webllm.WebLLMError("GPUUnavailableError", "This browser has no WebGPU.");
+      if (!navigator.gpu) throw new webllm.WebLLMError(E.GPUUnavailableError, "This browser has no WebGPU.");
       let p = engines.get(this.model);
       if (!p) {
         p = webllm.create({ model: this.model, onProgress: (e) => this._progress(e) });

@@ -4,7 +4,7 @@
 // them one at a time (so concurrent requests never interleave), gets models (download.js: cache
 // first, sha256-verified, with progress), and
 // hands each request to Python (`webllm_py.worker.Session.handle`), which does the work.
-import { PROTOCOL, CONTROL } from "./protocol.js";
+import { PROTOCOL, CONTROL, E } from "./protocol.js";
 import { fetchModel, fetchModelFiles } from "./download.js";
 import { openModelCache } from "./cache.js";
 
@@ -25,8 +25,8 @@ const fail = (id, name, message, traceback) => post("error", id, { name, message
 self.onmessage = (ev) => {
   const { kind, id, payload } = ev.data || {};
   const spec = PROTOCOL.requests[kind];
-  if (!spec) return fail(id, "ProtocolError", `Unknown request kind ${JSON.stringify(kind)}; known: ${Object.keys(PROTOCOL.requests).join(", ")}.`);
-  if (!Number.isInteger(id) || id <= 0) return fail(id, "ProtocolError", "A request needs a positive integer id.");
+  if (!spec) return fail(id, E.ProtocolError, `Unknown request kind ${JSON.stringify(kind)}; known: ${Object.keys(PROTOCOL.requests).join(", ")}.`);
+  if (!Number.isInteger(id) || id <= 0) return fail(id, E.ProtocolError, "A request needs a positive integer id.");
   if (!spec.queued) return abort(id, payload || {});
   const request = { kind, id, payload: payload || {} };
   // Only while Pyodide starts: later loads wait their turn, so two models' bytes are not held at once.
@@ -57,7 +57,7 @@ async function pump() {
     if (control) { Atomics.store(control, CONTROL.INTERRUPT, 0); Atomics.store(control, CONTROL.RUNNING, id); }
     try {
       if (kind === "init") post("result", id, await init(running.payload, id));
-      else if (!session) fail(id, "NotInitializedError", "The worker is not initialised: send `init` first (webllm.js does).");
+      else if (!session) fail(id, E.NotInitializedError, "The worker is not initialised: send `init` first (webllm.js does).");
       else await runPython(running);
     } catch (e) {
       fail(id, e && e.name === "PythonError" ? "PythonError" : (e && e.name) || "Error", String(e && e.message || e));
@@ -95,9 +95,9 @@ async function fetchWheels() {
   const index = await (await fetch(indexURL)).json();
   return Promise.all(PACKAGES.map(async (name) => {
     const w = index.find((e) => e.package === name);
-    if (!w) throw Object.assign(new Error(`wheel for ${name} is not served under /wheels/ (run ./scripts/setup.sh)`), { name: "SetupError" });
+    if (!w) throw Object.assign(new Error(`wheel for ${name} is not served under /wheels/ (run ./scripts/setup.sh)`), { name: E.SetupError });
     const r = await fetch(new URL(w.url, indexURL));  // as index.json gives it: absolute or relative to it
-    if (!r.ok) throw Object.assign(new Error(`wheel ${w.url}: HTTP ${r.status}`), { name: "SetupError" });
+    if (!r.ok) throw Object.assign(new Error(`wheel ${w.url}: HTTP ${r.status}`), { name: E.SetupError });
     return { name, bytes: new Uint8Array(await r.arrayBuffer()) };
   }));
 }
@@ -200,9 +200,6 @@ async function info() {
 async function runPython({ kind, id, payload, model }) {
   let data = null, files = null;
   if (kind === "load") {
-    if (!session.can("load")) {
-      return fail(id, "NotImplementedYet", "Loading models is not implemented yet: webllm_py.create (the engine) has not landed.");
-    }
     files = await (model || prefetchModel({ id, payload }));
     data = files.parts.length === 1 ? files.parts[0] : files.parts;  // a split GGUF: one array per shard
   }
@@ -219,7 +216,7 @@ function abort(id, { target, mode = "cancel" }) {
   const i = queue.findIndex((r) => r.id === target);
   if (i >= 0) {
     queue.splice(i, 1);
-    fail(target, "AbortedError", "The request was aborted before it started.");
+    fail(target, E.AbortedError, "The request was aborted before it started.");
     return post("result", id, { aborted: true });
   }
   let aborted = false;
@@ -230,7 +227,7 @@ function abort(id, { target, mode = "cancel" }) {
     try {
       aborted = !!session.abort(target, mode);
     } catch (e) {
-      return fail(id, "AbortError", String(e && e.message || e));
+      return fail(id, E.WorkerError, String(e && e.message || e));
     }
   }
   post("result", id, { aborted });

@@ -5,6 +5,7 @@ revision percent-encoded as huggingface_hub's hf_hub_url does) and llama.cpp's "
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -120,3 +121,28 @@ def test_js_error_names_exist_in_python():
                                       timeout=60, check=True).stdout)
     missing = [n for n in names if n != "QuotaError" and not issubclass(getattr(errors, n, type), errors.WebLLMError)]
     assert names and missing == []
+
+
+# Error names the JS files may use that are not theirs to define: Pyodide's (an uncaught Python
+# exception) and the DOM's (a full storage quota, caught and turned into QuotaError).
+PLATFORM_ERRORS = {"PythonError", "QuotaExceededError"}
+
+
+def test_js_files_name_errors_from_the_table():
+    """static/*.js raise only errors of protocol.js's ERRORS table (by E.Name in the modules, as a string
+    literal in the classic script webllm.js), or errors.py's base class; every E.Name is in the table."""
+    from webllm_py import errors
+
+    text = (ROOT / "static" / "protocol.js").read_text()
+    table = set(re.findall(r"^  (\w+Error): ", text[text.index("export const ERRORS"):], re.M))
+    assert {"DownloadError", "ProtocolError", "WorkerError"} <= table
+    used, constants = set(), set()
+    for f in sorted((ROOT / "static").glob("*.js")):
+        if f.name == "protocol.js":
+            continue
+        code = re.sub(r"^\s*//.*$", "", f.read_text(), flags=re.M)  # comments may name anything
+        used |= set(re.findall(r"[\"'`](\w+Error)[\"'`]", code))
+        constants |= set(re.findall(r"\bE\.(\w+)", code))
+    loose = sorted(n for n in used - table - PLATFORM_ERRORS if getattr(errors, n, None) is not errors.WebLLMError)
+    assert used and loose == []
+    assert constants and sorted(constants - table) == []

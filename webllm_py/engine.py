@@ -93,7 +93,6 @@ class Engine:
         self.lost = False  # the device is gone: this Engine cannot run again (ChatEngine reloads a new one)
         self._decode = None  # captured decode Program, built on first use
         self._next_decode = None  # the next decode step's command buffer, encoded ahead (see _step)
-        self.last_encode_seconds = 0.0  # host time to encode that step (off the critical path)
         self.owns_device = False  # set by load(): whether unload() may destroy the device
 
     @classmethod
@@ -183,9 +182,7 @@ class Engine:
         self.last_issue_seconds = time.perf_counter() - t  # host time to issue the step (critical path)
         self._cached[seq].extend(ids)
         if decode:  # encode the next decode step now, overlapping this step's GPU work
-            t = time.perf_counter()
             self._next_decode = self._encode_decode()
-            self.last_encode_seconds = time.perf_counter() - t
         return await self.sampler.read() if sample else None
 
     def _encode_decode(self):

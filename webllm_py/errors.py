@@ -67,6 +67,22 @@ class ModelNotLoadedError(WebLLMError):
     """A generation/stats request arrived before a model was loaded (call webllm.create({model}) first)."""
 
 
+class ProtocolError(RequestError):
+    """A worker message the protocol does not allow (static/protocol.js: unknown kind, bad id); raised by worker.js."""
+
+
+class NotInitializedError(WebLLMError):
+    """A worker request before `init`; raised by worker.js."""
+
+
+class SetupError(WebLLMError):
+    """A wheel the browser worker installs is not served under /wheels/ (run scripts/setup.sh); raised by worker.js."""
+
+
+class WorkerError(WebLLMError):
+    """The browser worker could not start, crashed, or failed outside Python; raised by webllm.js / worker.js."""
+
+
 class ModelURLError(RequestError):
     """A model URL or `hf:` name cannot be used: unparseable, an unsupported scheme, a malformed hf: form."""
 

@@ -48,10 +48,6 @@ def preload() -> list[str]:
     return kernels.compile_templates()
 
 
-class NotImplementedYet(Exception):
-    """The engine API this request needs has not landed in webllm_py yet."""
-
-
 class ResultNotSerializable(Exception):
     """An `exec` request's value cannot be sent back as JSON."""
 
@@ -104,13 +100,6 @@ class Session:
         self._running: dict[int, tuple[str, asyncio.Future]] = {}
 
     # -- capabilities -----------------------------------------------------------------------------
-    def can(self, kind: str) -> bool:
-        """Whether `kind` can be served now (worker.js asks before downloading a model)."""
-        if kind in ENGINE_KINDS:
-            import webllm_py
-            return callable(getattr(webllm_py, "create", None))
-        return kind in REQUESTS
-
     # -- requests ---------------------------------------------------------------------------------
     async def handle(self, kind: str, id: int, payload_json: str, emit: Emit, data: Any = None) -> str:
         """Run one request; return the final response {kind: result|error, id, payload} as JSON."""
@@ -152,21 +141,13 @@ class Session:
         to_json(v)  # fail here, typed, rather than in handle's final dump
         return v
 
-    def _engine_api(self):
-        import webllm_py
-        create = getattr(webllm_py, "create", None)
-        if not callable(create):
-            raise NotImplementedYet("webllm_py.create is not implemented yet: the engine has not landed.")
-        return create
-
     def _need_engine(self):
-        self._engine_api()
         if self.engine is None:
             raise ModelNotLoadedError("No model is loaded: call webllm.create({model}) (a `load` request) first.")
         return self.engine
 
     async def _load(self, payload: dict, emit: Emit, data: Any) -> dict:
-        create = self._engine_api()
+        from webllm_py import create
         if data is not None:  # the model's bytes, downloaded by worker.js: a JS Uint8Array, or an array
             from webllm_py.formats.source import JSBufferSource  # of them (the shards of a split GGUF)
             source = JSBufferSource(data) if hasattr(data, "subarray") else [JSBufferSource(p) for p in data]
@@ -198,7 +179,6 @@ class Session:
         return await self._generate(self._need_engine().completions, payload, emit)
 
     async def _unload(self, payload: dict, emit: Emit, data: Any) -> dict:
-        self._engine_api()
         if self.engine is not None:
             r = self.engine.unload()
             if inspect.isawaitable(r):

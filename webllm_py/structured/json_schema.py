@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 
 from ..errors import RequestError
-from .grammar import Grammar, gbnf_literal
+from .grammar import gbnf_literal
 
 # Keywords that carry no constraint on the instance (annotations) or that we honour below.
 _ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "examples", "default", "deprecated",
@@ -231,11 +231,3 @@ def schema_to_gbnf(schema) -> str:
     top = b.build(schema, "#")
     lines = [f"root ::= ws {top}"] + [f"{k} ::= {v}" for k, v in b.rules.items()]
     return "\n".join(lines) + "\n" + _PRIMITIVES
-
-
-def schema_to_grammar(schema) -> Grammar:
-    return Grammar.from_gbnf(schema_to_gbnf(schema))
-
-
-def json_object_grammar() -> Grammar:
-    return Grammar.from_gbnf(JSON_OBJECT_GBNF)
