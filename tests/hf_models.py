@@ -113,3 +113,34 @@ def build(v: Variant, out_dir: str | os.PathLike) -> str:
         if (src / f).exists():
             shutil.copy(src / f, path / f)
     return str(path)
+
+
+HEADS = dict(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+
+FAMILY_VARIANTS = [
+    # Mistral, window 6: the 20-token prompt and every generated token see only the last 6 positions.
+    Variant("mistral-sliding-window", "mistral", "float32", tokenizer="mistral", seed=23,
+            config=dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, tie_word_embeddings=False,
+                        sliding_window=6, rope_theta=10000.0)),
+    # Phi-2: half of each head rotates, shared q/k LayerNorms with bias, GQA, untied head with bias.
+    Variant("phi2", "phi2", "float32", seed=20,
+            config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, qk_layernorm=True,
+                        tie_word_embeddings=False, hidden_act="gelu_new", layer_norm_eps=1e-5, **HEADS,
+                        rope_scaling={"rope_type": "default", "partial_rotary_factor": 0.5}, rope_theta=10000.0)),
+    # StableLM 2 style: a quarter rotates, per-head q/k norms, QKV bias, parallel residual, BF16.
+    Variant("stablelm-parallel", "stablelm", "bfloat16", seed=16,
+            config=dict(hidden_size=128, intermediate_size=192, num_hidden_layers=2, qk_layernorm=True,
+                        use_qkv_bias=True, use_parallel_residual=True, tie_word_embeddings=False, **HEADS,
+                        rope_scaling={"rope_type": "default", "partial_rotary_factor": 0.25}, rope_theta=10000.0)),
+    # StableLM 3B style: sequential residual (post-attention LayerNorm), no qk norms, F16.
+    Variant("stablelm-sequential", "stablelm", "float16", seed=2,
+            config=dict(hidden_size=128, intermediate_size=192, num_hidden_layers=2, qk_layernorm=False,
+                        use_qkv_bias=False, use_parallel_residual=False, tie_word_embeddings=False, **HEADS,
+                        rope_scaling={"rope_type": "default", "partial_rotary_factor": 0.25}, rope_theta=10000.0)),
+    # Mixtral: 4 experts, top-2, window 12 (shorter than prompt + generated tokens).
+    Variant("mixtral-4x2", "mixtral", "float32", seed=48,
+            config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_local_experts=4,
+                        num_experts_per_tok=2, sliding_window=12, head_dim=32, tie_word_embeddings=False,
+                        rms_norm_eps=1e-5, **HEADS, rope_theta=10000.0)),
+]

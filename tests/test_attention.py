@@ -4,99 +4,16 @@ causal softmax attention with GQA, computed in float64 from the same q/k/v.
 Tolerance: f32 cache atol 2e-5 + rtol 1e-4 (outputs are O(1) averages of N(0,1) values);
 f16 cache: the reference uses K/V rounded to f16 as well, same tolerance x10."""
 import asyncio
-import random
 import struct
 
 import numpy as np
 import pytest
 
-from webllm_py.attention import PagedAttention, StepTiling
-from webllm_py.kv_cache import PagedKVCache
+from webllm_py.attention import StepTiling
+
+from .attention_helpers import HD, KV, H, Harness, chunking, make_qkv, reference, shuffled_cache
 
 pytestmark = pytest.mark.gpu
-
-H, KV, HD = 9, 3, 64   # SmolLM2's head layout
-
-
-def reference(q, k, v, n_heads, n_kv, window=None, scale=None, softcap=None):
-    """q [N, H*D], k/v [N, KV*D]: causal attention of every token over positions <= its own."""
-    N = q.shape[0]
-    D = q.shape[1] // n_heads
-    scale = 1 / np.sqrt(D) if scale is None else scale
-    qh = q.reshape(N, n_heads, D).astype(np.float64)
-    kh = k.reshape(N, n_kv, D).astype(np.float64)
-    vh = v.reshape(N, n_kv, D).astype(np.float64)
-    out = np.zeros((N, n_heads, D))
-    g = n_heads // n_kv
-    for h in range(n_heads):
-        s = qh[:, h] @ kh[:, h // g].T * scale                 # [N, N]
-        if softcap:
-            s = softcap * np.tanh(s / softcap)
-        i, j = np.indices((N, N))
-        mask = j <= i
-        if window:
-            mask &= (i - j) < window
-        s = np.where(mask, s, -np.inf)
-        p = np.exp(s - s.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        out[:, h] = p @ vh[:, h // g]
-    return out.reshape(N, n_heads * D)
-
-
-class Harness:
-    """Drives PagedAttention like the model does: per step write step/table, record, read out."""
-
-    def __init__(self, device, cache, max_tokens=64, layout=(H, KV, HD), **kw):
-        self.device, self.cache = device, cache
-        self.heads, kv, self.head_dim = layout
-        self.attn = PagedAttention(device, cache, *layout, max_tokens, **kw)
-        d = device
-        self.q = d.create_buffer(max_tokens * self.heads * self.head_dim * 4)
-        self.k = d.create_buffer(max_tokens * kv * self.head_dim * 4)
-        self.v = d.create_buffer(max_tokens * kv * self.head_dim * 4)
-        self.o = d.create_buffer(max_tokens * self.heads * self.head_dim * 4)
-        self.step = d.create_buffer(8)
-        self.table = d.create_buffer(cache.table_buffer_size())
-        self.bound = self.attn.bind(0, self.q, self.k, self.v, self.o, self.step, self.table)
-
-    def step_(self, seq, pos0, q, k, v):
-        d, T = self.device, q.shape[0]
-        self.cache.ensure(seq, pos0 + T, first_new=pos0)
-        d.write_buffer(self.q, np.ascontiguousarray(q, np.float32))
-        d.write_buffer(self.k, np.ascontiguousarray(k, np.float32))
-        d.write_buffer(self.v, np.ascontiguousarray(v, np.float32))
-        d.write_buffer(self.step, struct.pack("<2I", pos0, T))
-        d.write_buffer(self.table, self.cache.table_bytes(seq))
-        with d.recorder() as rec:
-            self.bound.record(rec, T)
-        out = asyncio.run(d.read_buffer(self.o, 0, T * self.heads * self.head_dim * 4))
-        return np.frombuffer(out, np.float32).reshape(T, self.heads * self.head_dim)
-
-    def run(self, seq, q, k, v, chunks):
-        outs, pos = [], 0
-        for c in chunks:
-            outs.append(self.step_(seq, pos, q[pos:pos + c], k[pos:pos + c], v[pos:pos + c]))
-            pos += c
-        assert pos == q.shape[0]
-        return np.concatenate(outs)
-
-
-def make_qkv(N, seed, layout=(H, KV, HD)):
-    rng = np.random.default_rng(seed)
-    h, kv, hd = layout
-    return (rng.standard_normal((N, h * hd), dtype=np.float32),
-            rng.standard_normal((N, kv * hd), dtype=np.float32),
-            rng.standard_normal((N, kv * hd), dtype=np.float32))
-
-
-def shuffled_cache(device, num_blocks=64, block_size=4, seed=0, layout=(H, KV, HD), n_layers=1, **kw):
-    cache = PagedKVCache(device, n_layers, layout[1], layout[2], block_size=block_size, num_blocks=num_blocks, **kw)
-    random.Random(seed).shuffle(cache._free)  # physical blocks out of order: pages are non-contiguous
-    return cache
-
-
-def chunking(N, size):
-    return [min(size, N - i) for i in range(0, N, size)]
 
 
 @pytest.mark.parametrize("name,chunks", [
@@ -210,7 +127,7 @@ def test_step_with_rope(device, pairs, rot_dim, f16):
     skipped for single tokens); with partial rotary the RoPE dispatch runs and the step gets q/k
     rotated. Every step equals numpy's RoPE then attention; the cache holds the rotated k."""
     from webllm_py.ops import RoPE
-    from .test_ops import rope_reference
+    from .attention_helpers import rope_reference
     if f16 and not device.has_f16:
         pytest.skip("adapter has no shader-f16")
     N, T0 = 40, 12

@@ -4,7 +4,7 @@ one GPUs get, forced here through the Device's `cpu_adapter` parameter so that l
 import numpy as np
 import pytest
 
-from .test_attention import H, KV, Harness, chunking, make_qkv, reference, shuffled_cache
+from .attention_helpers import H, KV, Harness, chunking, make_qkv, reference, shuffled_cache
 
 pytestmark = pytest.mark.gpu
 

@@ -9,7 +9,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from .test_linear import TYPES, make_weight, upload  # same reference weights as the linear tests
+from .linear_helpers import TYPES, make_weight, upload  # same reference weights as the linear tests
 
 from webllm_py.formats.gguf import GGUFFile
 from webllm_py.formats.quants import GGMLType

@@ -15,9 +15,9 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from webllm_py.checkpoint import open_checkpoint
-from webllm_py.errors import ModelFormatError, WebLLMError
+from webllm_py.errors import ModelFormatError
 
-from .test_model_families import add_tokenizer
+from .gguf_models import add_tokenizer
 
 DIM, HEADS, KV, FF, LAYERS = 64, 4, 2, 96, 2
 _TOKENS: dict = {}

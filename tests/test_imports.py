@@ -1,6 +1,7 @@
 """The package's import graph has no circles (issue 16): every `import` and `from ... import` in
 webllm_py/**.py, module level or inside a function (a deferred import still ties the two modules),
 read with ast; a circle fails the test with its modules in order."""
+
 from __future__ import annotations
 
 import ast
@@ -33,7 +34,7 @@ def import_graph(package: Path) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 edges.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
-                base = ".".join(here[:len(here) - node.level + 1] + [node.module or ""]) if node.level else node.module
+                base = ".".join(here[: len(here) - node.level + 1] + [node.module or ""]) if node.level else node.module
                 base = base.rstrip(".")
                 edges.update(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names)
         graph[name] = {e for e in edges if e in mods and e != name}
@@ -54,7 +55,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -83,3 +84,15 @@ def test_cycle_finder_sees_deferred_and_relative_imports(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
     (pkg / "sub" / "b.py").write_text("def f():\n    return 1\n")
     assert find_cycle(import_graph(pkg)) is None
+
+
+def test_test_modules_do_not_import_each_other():
+    """Shared test helpers live in helper modules (tests/*_helpers.py, gguf_models.py, ...), not in test files."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                last = (node.module or "").split(".")[-1]
+                names = [last] if node.module else [a.name for a in node.names]
+                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith("test_")]
+    assert offenders == []

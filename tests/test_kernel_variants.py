@@ -29,7 +29,7 @@ def test_rmsnorm_wide_workgroups(device, D, wg):
 def test_decode_attention_gpu_form(device, f16):
     """Decode attention as GPUs run it (32-position chunks looped in full, many slices) vs numpy:
     partial last chunks, empty slices, GQA, f16 and f32 caches."""
-    from .test_attention import H, KV, Harness, make_qkv, reference, shuffled_cache
+    from .attention_helpers import H, KV, Harness, make_qkv, reference, shuffled_cache
     N = 75
     q, k, v = make_qkv(N, 11)
     h = Harness(device, shuffled_cache(device, num_blocks=40, block_size=4, dtype="f16" if f16 else "f32"),
@@ -43,8 +43,8 @@ def test_rope_folded_into_cache_write(device, pairs, f16):
     """PagedAttention.bind(rope=...): a prefill chunk runs RoPE then kv_write, then single tokens run
     RoPE + cache write as one dispatch; every step's output equals numpy's RoPE then attention."""
     from webllm_py.ops import RoPE
-    from .test_attention import H, HD, KV, Harness, make_qkv, reference, shuffled_cache
-    from .test_ops import rope_reference
+    from .attention_helpers import H, HD, KV, Harness, make_qkv, reference, shuffled_cache
+    from .attention_helpers import rope_reference
     N, T0 = 30, 20
     q, k, v = make_qkv(N, 12)
     inv_freq = [10000.0 ** (-2 * i / HD) for i in range(HD // 2)]
@@ -69,7 +69,7 @@ def test_rope_folded_into_cache_write(device, pairs, f16):
 @pytest.mark.parametrize("n", [4100, 8200])  # the two large prefill tilings GPUs get (rows not a tile multiple)
 def test_gpu_prefill_tilings(device, n):
     from webllm_py.linear import Linear, gpu_matmul_tiling
-    from .test_linear import assert_close, make_weight, run_linear, upload
+    from .linear_helpers import assert_close, make_weight, run_linear, upload
     rng = np.random.default_rng(13)
     raw, w = make_weight("Q4_0", n, 128, rng)
     lin = Linear(device, upload(device, raw, "Q4_0", n, 128), matmul=gpu_matmul_tiling(n))

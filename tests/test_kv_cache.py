@@ -3,7 +3,7 @@ attention outputs as each alone (checked against the numpy reference of test_att
 import numpy as np
 import pytest
 
-from .test_attention import HD, KV, H, Harness, make_qkv, reference, shuffled_cache
+from .attention_helpers import HD, KV, H, Harness, make_qkv, reference, shuffled_cache
 from webllm_py.errors import ContextOverflowError, KVCacheFullError, ModelTooLargeError
 from webllm_py.kv_cache import PagedKVCache
 

@@ -1,9 +1,7 @@
 """Quantized matvec / matmul kernels on the GPU (lavapipe) vs numpy over gguf-py's dequantize
 (independent reference), for every supported ggml type, several token counts, bias/accumulate,
 odd N; plus real SmolLM2 tensors and a timing print of the decode matvec."""
-import asyncio
 import importlib.util
-import struct
 import time
 from pathlib import Path
 
@@ -16,67 +14,9 @@ from webllm_py.formats.gguf import GGUFFile
 from webllm_py.formats.quants import GGMLType, TensorInfo
 from webllm_py.formats.source import BytesSource, FileSource
 from webllm_py.linear import Linear, MatmulTiling, MatvecTiling
-from webllm_py.planner import KernelPolicy
 from webllm_py.weights import upload_tensor
 
-TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
-# gguf-py has no quantizer for these: random blocks are valid blocks once the f16 scales are sane.
-F16_FIELDS = {"IQ4_NL": (0,), "IQ4_XS": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
-
-
-# This file checks the f32 kernels to ~1e-6; the int8 prefill (planner.i8_tiling, which Linear picks by
-# default for Q4_0 / Q8_0 / Q4_K, and on GPUs Q4_1) has its own bound in test_matmul_i8.py.
-F32 = KernelPolicy(prefill="f32")
-
-
-def make_weight(name: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
-    """(raw ggml bytes of an [n, k] matrix, its float64 dequantization by gguf-py)."""
-    qt = gguf.GGMLQuantizationType[name]
-    if name in F16_FIELDS:
-        bs, ts = gguf.GGML_QUANT_SIZES[qt]
-        raw = rng.integers(0, 256, (n, k // bs, ts), dtype=np.uint8)
-        for p in F16_FIELDS[name]:
-            raw[:, :, p:p + 2] = rng.uniform(0.001, 0.05, (n, k // bs, 1)).astype(np.float16).view(np.uint8)
-        raw = raw.reshape(n, -1)
-    elif name == "F32":
-        raw = rng.standard_normal((n, k)).astype(np.float32)
-    elif name == "F16":
-        raw = rng.standard_normal((n, k)).astype(np.float16)
-    else:
-        raw = gguf.quants.quantize(rng.standard_normal((n, k)).astype(np.float32), qt)
-    deq = gguf.quants.dequantize(raw, qt).astype(np.float64).reshape(n, k)
-    return raw.tobytes(), deq
-
-
-def upload(device, raw: bytes, name: str, n: int, k: int):
-    info = TensorInfo("w", (k, n), int(GGMLType[name]), 0, len(raw))
-    return upload_tensor(device, BytesSource(raw), info)
-
-
-def f32_buffer(device, a: np.ndarray):
-    return device.buffer_from(np.ascontiguousarray(a, np.float32).tobytes())
-
-
-def read_f32(device, buf, count: int) -> np.ndarray:
-    return np.frombuffer(asyncio.run(device.read_buffer(buf, 0, count * 4)), np.float32).astype(np.float64)
-
-
-def assert_close(y, ref, x, w):
-    # f32 accumulation in a different order: error bounded relative to sum |x||w| per output.
-    scale = np.abs(x.astype(np.float64)) @ np.abs(w).T + 1e-30
-    err = np.abs(y - ref) / scale
-    assert err.max() < 2e-6, f"max scaled error {err.max():.3g}"
-
-
-def run_linear(device, lin: Linear, x: np.ndarray, y0: np.ndarray | None = None, accumulate=False) -> np.ndarray:
-    T = x.shape[0]
-    xb = f32_buffer(device, x)
-    yb = f32_buffer(device, y0 if y0 is not None else np.full((T, lin.N), np.nan, np.float32))
-    params = device.buffer_from(struct.pack("<II", 0, T))
-    bound = lin.bind(xb, yb, params, accumulate=accumulate)
-    with device.recorder() as rec:
-        bound.record(rec, T)
-    return read_f32(device, yb, T * lin.N).reshape(T, lin.N)
+from .linear_helpers import F32, TYPES, assert_close, f32_buffer, make_weight, read_f32, run_linear, upload
 
 
 @pytest.mark.parametrize("qtype", TYPES)

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("gguf")
 
-from tests.test_linear import F32, TYPES, assert_close, make_weight, run_linear, upload
+from tests.linear_helpers import F32, TYPES, assert_close, make_weight, run_linear, upload
 from webllm_py.formats.quants import TensorInfo
 from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Linear, MatmulRowsTiling, MatvecTiling

@@ -13,11 +13,11 @@ import pytest
 
 from webllm_py.formats.quants import GGMLType, TensorInfo
 from webllm_py.formats.source import BytesSource
-from webllm_py.linear import Linear, MatmulI8Tiling, MatmulRowsTiling, MatmulTiling, prefill_i8_tiling
+from webllm_py.linear import Linear, MatmulI8Tiling, MatmulRowsTiling, prefill_i8_tiling
 from webllm_py.planner import KernelPolicy
 from webllm_py.weights import upload_tensor
 
-from .test_linear import make_weight, run_linear, upload
+from .linear_helpers import make_weight, run_linear, upload
 
 pytestmark = pytest.mark.gpu
 

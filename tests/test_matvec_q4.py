@@ -15,15 +15,10 @@ from webllm_py.linear import Linear, MatvecGroup, MatvecTiling  # noqa: E402
 from webllm_py.planner import KernelPolicy  # noqa: E402
 from webllm_py.ops import GLU  # noqa: E402
 
-from .test_linear import f32_buffer, make_weight, read_f32, upload  # noqa: E402
+from .linear_helpers import f32_buffer, make_weight, q8_blocks, read_f32, scaled_error, staged_error, staged_weight, upload  # noqa: E402
 
 
 TOL = 1e-5
-
-
-def scaled_error(y, x, w):
-    ref = x.astype(np.float64) @ w.T
-    return (np.abs(y - ref) / (np.abs(x.astype(np.float64)) @ np.abs(w).T + 1e-30)).max()
 
 
 def matvec_once(dev, lin, x, y0, accumulate: bool) -> np.ndarray:
@@ -168,32 +163,6 @@ def test_rmsnorm_folded_in(device, qtype, glu):
 
 
 # --- the staged kernel (matvec_q4s.wgsl.j2): x quantized to int8 blocks in workgroup memory ---
-
-def q8_blocks(x: np.ndarray) -> np.ndarray:
-    """x rounded as the staged kernel stages it (llama.cpp's q8_1 rule, in f32): per 32 elements
-    d = max|x| / 127, q = round(x * (1 / d)) (half to even, as WGSL's round); returns q * d."""
-    b = np.asarray(x, np.float32).reshape(-1, 32)
-    d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
-    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
-    return (np.round(b * inv) * d.astype(np.float64)).reshape(x.shape)
-
-
-def staged_weight(qtype: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
-    """make_weight, except Q8_0 as random bytes with small f16 scales (every int8 value, -128
-    included, which gguf-py's quantizer never writes), dequantized by gguf-py."""
-    if qtype != "Q8_0":
-        return make_weight(qtype, n, k, rng)
-    raw = rng.integers(0, 256, (n, k // 32, 34), dtype=np.uint8)
-    raw[:, :, 0:2] = rng.uniform(0.001, 0.05, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
-    raw = raw.reshape(n, -1)
-    deq = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).astype(np.float64).reshape(n, k)
-    return raw.tobytes(), deq
-
-
-def staged_error(y, x, w):
-    """Max error against W @ q8(x), scaled by sum |q8(x)| |w| per output (f32 accumulation order)."""
-    xq = q8_blocks(x)
-    return (np.abs(y - xq @ w.T) / (np.abs(xq) @ np.abs(w).T + 1e-30)).max()
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K"])
@@ -351,7 +320,6 @@ def test_staged_gate_up_default_tiling(device):
     g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
     scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
     assert (np.abs(read_f32(device, out, H) - g * 0.5 * (1 + np.tanh(g / 2)) * u) / scale).max() < 3e-4
-
 
 
 def test_staged_default_prefetch_long_rows(device):

@@ -19,7 +19,8 @@ import pytest
 
 from webllm_py.engine import Engine
 
-from .hf_models import Variant, build
+from .gguf_models import _adjacent_pairs, add_tokenizer, finish_gguf, gguf_writer, put_tensor
+from .hf_models import FAMILY_VARIANTS, build
 from .model_checks import LONG, SHORT, assert_greedy_match, assert_logits_match, load_engine
 
 pytestmark = [pytest.mark.gpu]
@@ -28,34 +29,6 @@ N_GREEDY = 16
 # |ours - transformers| <= LOGIT_RTOL * max|transformers|: our KV cache is f16 where transformers
 # keeps f32; the rest is f32 summation order (tests/test_model_hf.py measured 0.6e-3..1.2e-3 for Llama).
 LOGIT_RTOL = 2.5e-3
-
-HEADS = dict(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-FAMILY_VARIANTS = [
-    # Mistral, window 6: the 20-token prompt and every generated token see only the last 6 positions.
-    Variant("mistral-sliding-window", "mistral", "float32", tokenizer="mistral", seed=23,
-            config=dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, tie_word_embeddings=False,
-                        sliding_window=6, rope_theta=10000.0)),
-    # Phi-2: half of each head rotates, shared q/k LayerNorms with bias, GQA, untied head with bias.
-    Variant("phi2", "phi2", "float32", seed=20,
-            config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, qk_layernorm=True,
-                        tie_word_embeddings=False, hidden_act="gelu_new", layer_norm_eps=1e-5, **HEADS,
-                        rope_scaling={"rope_type": "default", "partial_rotary_factor": 0.5}, rope_theta=10000.0)),
-    # StableLM 2 style: a quarter rotates, per-head q/k norms, QKV bias, parallel residual, BF16.
-    Variant("stablelm-parallel", "stablelm", "bfloat16", seed=16,
-            config=dict(hidden_size=128, intermediate_size=192, num_hidden_layers=2, qk_layernorm=True,
-                        use_qkv_bias=True, use_parallel_residual=True, tie_word_embeddings=False, **HEADS,
-                        rope_scaling={"rope_type": "default", "partial_rotary_factor": 0.25}, rope_theta=10000.0)),
-    # StableLM 3B style: sequential residual (post-attention LayerNorm), no qk norms, F16.
-    Variant("stablelm-sequential", "stablelm", "float16", seed=2,
-            config=dict(hidden_size=128, intermediate_size=192, num_hidden_layers=2, qk_layernorm=False,
-                        use_qkv_bias=False, use_parallel_residual=False, tie_word_embeddings=False, **HEADS,
-                        rope_scaling={"rope_type": "default", "partial_rotary_factor": 0.25}, rope_theta=10000.0)),
-    # Mixtral: 4 experts, top-2, window 12 (shorter than prompt + generated tokens).
-    Variant("mixtral-4x2", "mixtral", "float32", seed=48,
-            config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_local_experts=4,
-                        num_experts_per_tok=2, sliding_window=12, head_dim=32, tie_word_embeddings=False,
-                        rms_norm_eps=1e-5, **HEADS, rope_theta=10000.0)),
-]
 
 
 @pytest.fixture(scope="module")
@@ -111,77 +84,6 @@ def test_greedy_tokens_match_transformers(case):
 # router as blk.N.ffn_gate_inp, each layer's experts stacked into one [n_experts, out, in] tensor
 # (blk.N.ffn_{gate,up,down}_exps) and quantized to Q8_0. The tokenizer metadata is SmolLM2's (same vocabulary).
 # Reference: transformers on the Hugging Face directory with the experts replaced by their Q8_0 values.
-
-def _adjacent_pairs(w, n_heads: int):
-    """Rows of each head reordered from Hugging Face's rotate-half layout (pair i = rows i, i + d/2) to
-    llama.cpp's (pair i = rows 2i, 2i+1)."""
-    rows, cols = w.shape
-    d = rows // n_heads
-    return w.reshape(n_heads, 2, d // 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
-
-def add_tokenizer(w) -> None:
-    """SmolLM2's tokenizer metadata (the tiny models use its vocabulary), copied into GGUFWriter `w`."""
-    from webllm_py.default_model import default_model_path
-    from webllm_py.formats.gguf import GGUFFile
-
-    for k, v in GGUFFile(str(default_model_path())).metadata.items():
-        if not k.startswith("tokenizer."):
-            continue
-        if isinstance(v, bool):
-            w.add_bool(k, v)
-        elif isinstance(v, int):
-            w.add_uint32(k, v)
-        elif isinstance(v, str):
-            w.add_string(k, v)
-        else:
-            w.add_array(k, list(v))
-
-
-def gguf_writer(path: str, arch: str, c: dict):
-    """A gguf-py GGUFWriter for `arch` with the shape keys every family writes, from config.json `c`."""
-    import gguf
-
-    w = gguf.GGUFWriter(path, arch)
-    w.add_block_count(c["num_hidden_layers"])
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(c["num_attention_heads"])
-    w.add_head_count_kv(c["num_key_value_heads"])
-    return w
-
-
-def put_tensor(w, name: str, arr, kind: str = "f32"):
-    """Add `arr` to GGUFWriter `w` as `kind` (f32, f16, or a type gguf-py quantizes: q8_0, q4_0, ...);
-    return the values as stored."""
-    import gguf
-
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if kind not in ("f32", "f16"):
-        qt = gguf.GGMLQuantizationType[kind.upper()]
-        q = gguf.quants.quantize(arr, qt)
-        w.add_tensor(name, q, raw_dtype=qt)
-        return gguf.quants.dequantize(q, qt).reshape(arr.shape)
-    if kind == "f16":
-        w.add_tensor(name, arr.astype(np.float16))
-        return arr.astype(np.float16).astype(np.float32)
-    w.add_tensor(name, arr)
-    return arr
-
-
-def finish_gguf(w, hf_dir: str, ref: dict, ref_dir: str) -> None:
-    """Write out GGUFWriter `w`, and the reference: `hf_dir` with the weights `ref` (as stored in the GGUF)."""
-    import shutil
-
-    from safetensors.numpy import save_file
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    shutil.copytree(hf_dir, ref_dir)
-    save_file(ref, os.path.join(ref_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
 def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:

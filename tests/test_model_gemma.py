@@ -116,7 +116,7 @@ def gemma2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
 
     from safetensors.numpy import load_file
 
-    from .test_model_families import add_tokenizer, finish_gguf, gguf_writer, put_tensor
+    from .gguf_models import add_tokenizer, finish_gguf, gguf_writer, put_tensor
 
     with open(os.path.join(hf_dir, "config.json")) as f:
         c = json.load(f)

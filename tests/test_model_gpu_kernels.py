@@ -28,7 +28,7 @@ from webllm_py.sampling import SamplingParams
 from .hf_models import Variant, build
 from .model_checks import LONG, PREFILL_CHUNK, SHORT, assert_logits_match
 from .reference import prompt_ids
-from .test_model_families import _adjacent_pairs, add_tokenizer, finish_gguf, gguf_writer, put_tensor
+from .gguf_models import KINDS, finish_gguf, write_llama_gguf
 
 pytestmark = [pytest.mark.gpu]
 
@@ -38,10 +38,6 @@ VARIANT = Variant("llama-256", "llama", "float32", seed=3, init_std=0.05,
                   config=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, head_dim=64, max_position_embeddings=256, rms_norm_eps=1e-5,
                               tie_word_embeddings=False, rope_theta=10000.0))
-# Every staged type gguf-py can write; attn_v of another type than q and k, as in Q4_K_M files (Q/K/V
-# then fuse in two runs, each folding the norm).
-KINDS = {"attn_q": "q4_0", "attn_k": "q4_0", "attn_v": "q8_0", "attn_output": "q4_1",
-         "ffn_gate": "q8_0", "ffn_up": "q8_0", "ffn_down": "q4_0"}
 
 
 def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
@@ -55,42 +51,6 @@ def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     ref_dir = os.path.join(out_dir, "llama-256-reference")
     finish_gguf(w, hf_dir, ref, ref_dir)
     return path, ref_dir
-
-
-def write_llama_gguf(path: str, c: dict, t: dict, kinds: dict, embd: str = "q8_0", head: str = "q8_0"):
-    """A GGUFWriter for Llama config.json `c` and Hugging Face tensors `t` (numpy), laid out as llama.cpp
-    does, each layer matrix in kinds[its GGUF name], the embedding and head in `embd` and `head`; and the
-    tensors as the GGUF stores them, under their Hugging Face names (the reference's weights)."""
-    L, H, KV = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]
-    w = gguf_writer(path, "llama", c)
-    w.add_vocab_size(c["vocab_size"])  # may differ from the tokenizer's (SmolLM2's 49152)
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_rope_freq_base(c["rope_theta"] if "rope_theta" in c else c["rope_parameters"]["rope_theta"])
-    w.add_rope_dimension_count(c["head_dim"])
-    add_tokenizer(w)
-
-    ref = dict(t)
-    ref["model.embed_tokens.weight"] = put_tensor(w, "token_embd.weight", t["model.embed_tokens.weight"], embd)
-    put_tensor(w, "output_norm.weight", t["model.norm.weight"])
-    ref["lm_head.weight"] = put_tensor(w, "output.weight", t["lm_head.weight"], head)
-    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        put_tensor(w, f"blk.{i}.attn_norm.weight", t[p + "input_layernorm.weight"])
-        put_tensor(w, f"blk.{i}.ffn_norm.weight", t[p + "post_attention_layernorm.weight"])
-        for gg, hf in names.items():
-            m = t[p + hf + ".weight"]
-            if gg in ("attn_q", "attn_k"):  # llama.cpp's layout: rotary pairs in adjacent rows
-                stored = put_tensor(w, f"blk.{i}.{gg}.weight", _adjacent_pairs(m, H if gg == "attn_q" else KV), kinds[gg])
-                n = H if gg == "attn_q" else KV  # back to Hugging Face's row order for the reference
-                d = stored.shape[0] // n
-                stored = stored.reshape(n, d // 2, 2, -1).swapaxes(1, 2).reshape(stored.shape)
-            else:
-                stored = put_tensor(w, f"blk.{i}.{gg}.weight", m, kinds[gg])
-            ref[p + hf + ".weight"] = np.ascontiguousarray(stored, dtype=np.float32)
-    return w, ref
 
 
 @pytest.fixture(scope="module")

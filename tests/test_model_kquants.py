@@ -14,8 +14,8 @@ gguf = pytest.importorskip("gguf")
 
 from .hf_models import Variant, build
 from .model_checks import LONG, assert_logits_match, load_engine
-from .test_linear import make_weight
-from .test_model_families import add_tokenizer, finish_gguf, gguf_writer
+from .linear_helpers import make_weight
+from .gguf_models import add_tokenizer, finish_gguf, gguf_writer
 
 pytestmark = [pytest.mark.gpu]
 

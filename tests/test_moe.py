@@ -15,7 +15,7 @@ from webllm_py.models.mixtral import WG, ExpertMatvec
 from webllm_py.ops import Bound
 from webllm_py.weights import GPUTensor
 
-from .test_linear import TYPES, make_weight
+from .linear_helpers import TYPES, make_weight
 
 pytestmark = [pytest.mark.gpu]
 

@@ -7,6 +7,8 @@ import pytest
 
 from webllm_py.ops import GLU, RMSNorm, RoPE
 
+from .attention_helpers import rope_reference
+
 pytestmark = pytest.mark.gpu
 
 
@@ -34,24 +36,6 @@ def test_rmsnorm(device, last_only, offset):
         np.testing.assert_allclose(read(device, y, (1, D))[0], ref[-1], rtol=1e-5, atol=1e-5)
     else:
         np.testing.assert_allclose(read(device, y, (T, D)), ref, rtol=1e-5, atol=1e-5)
-
-
-def rope_reference(x, positions, inv_freq, pairs):
-    """x: [T, H, hd]. Rotation of pairs by angle pos*inv_freq, written independently of the kernel."""
-    out = x.astype(np.float64).copy()
-    half = len(inv_freq)
-    for t, p in enumerate(positions):
-        ang = p * np.asarray(inv_freq, np.float64)
-        c, s = np.cos(ang), np.sin(ang)
-        if pairs == "adjacent":
-            a, b = x[t, :, 0:2 * half:2], x[t, :, 1:2 * half:2]
-            out[t, :, 0:2 * half:2] = a * c - b * s
-            out[t, :, 1:2 * half:2] = a * s + b * c
-        else:
-            a, b = x[t, :, :half], x[t, :, half:2 * half]
-            out[t, :, :half] = a * c - b * s
-            out[t, :, half:2 * half] = a * s + b * c
-    return out
 
 
 @pytest.mark.parametrize("pairs,rot_dim", [("adjacent", 64), ("halves", 64), ("halves", 32)])

@@ -4,6 +4,7 @@ Each case gives an adapter, a weight and a policy and names the row it must land
 rows cover every table's rows, so a row that can no longer be reached (or a new one without a case)
 fails here. The kernels each row picks are checked against numpy in test_linear*.py, test_matvec_q4.py
 and test_attention.py."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace as NS
@@ -12,10 +13,33 @@ import pytest
 
 from webllm_py.formats.quants import GGMLType as T
 from webllm_py.planner import (
-    CPU_MATMUL_TABLE, CPU_TILING, GPU_MATMUL_TABLE, MATMUL_TABLE, MATVEC_TABLE, Q4_TILING, STAGED_TABLE, SWIFTSHADER_TILING,
-    Adapter, AttentionPlan, KernelPolicy, MatmulI8Tiling, MatmulRowsTiling, MatmulTiling, MatvecTiling, StagedTiling,
-    StepTiling, cpu_matmul_tiling, gpu_matmul_tiling, i8_tiling, parse_staged_tilings, plan_attention, plan_fused_glu, plan_matmul,
-    plan_matvec, staged_tiling)
+    CPU_MATMUL_TABLE,
+    CPU_TILING,
+    GPU_MATMUL_TABLE,
+    MATMUL_TABLE,
+    MATVEC_TABLE,
+    Q4_TILING,
+    STAGED_TABLE,
+    SWIFTSHADER_TILING,
+    Adapter,
+    AttentionPlan,
+    KernelPolicy,
+    MatmulI8Tiling,
+    MatmulRowsTiling,
+    MatmulTiling,
+    MatvecTiling,
+    StagedTiling,
+    StepTiling,
+    cpu_matmul_tiling,
+    gpu_matmul_tiling,
+    i8_tiling,
+    parse_staged_tilings,
+    plan_attention,
+    plan_fused_glu,
+    plan_matmul,
+    plan_matvec,
+    staged_tiling,
+)
 
 GPU = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=32768, storage_buffers=10)
 CPU = Adapter(cpu=True)
@@ -23,6 +47,7 @@ SWIFTSHADER = Adapter(cpu=True, swiftshader=True, vulkan=False)
 STAGED = STAGED_TABLE[-1].tiling  # 256 threads, 8 lanes, one row each
 
 # (case, adapter, qtype, N, K, bias, policy, request) -> (row template, tiling, x_uniform)
+# fmt: off
 MATVEC_CASES = [
     ("staged 4-bit", GPU, T.Q4_0, 2048, 2048, False, KernelPolicy(), None, "matvec_q4s", STAGED, False),
     ("staged Q6_K, 8/6-bit long rows", GPU, T.Q6_K, 2048, 8192, False, KernelPolicy(), None, "matvec_q4s",
@@ -52,6 +77,7 @@ MATVEC_CASES = [
     ("the policy's generic tiling", GPU, T.Q5_0, 64, 2048, False, KernelPolicy(gpu_tiling=MatvecTiling(128, 4)),
      None, "matvec", MatvecTiling(128, 4), False),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("case", MATVEC_CASES, ids=[c[0] for c in MATVEC_CASES])
@@ -67,9 +93,11 @@ def test_matvec_cases_cover_every_row():
 
 
 # (K, N, glu, qtype) -> the row of STAGED_TABLE it lands on
+# fmt: off
 STAGED_CASES = [((8192, 2048, False, T.Q8_0), 0), ((14336, 4096, False, T.Q6_K), 0),
                 ((4096, 14336, True, T.Q4_0), 1), ((8192, 2048, False, T.Q4_0), 2), ((16384, 4096, False, None), 2),
                 ((2048, 2048, True, T.Q4_0), 3), ((4096, 4096, False, T.Q6_K), 3)]
+# fmt: on
 
 
 @pytest.mark.parametrize("args,row", STAGED_CASES)
@@ -112,9 +140,11 @@ def test_fused_glu_tiling():
     assert plan_fused_glu(GPU, q4, T.Q4_0, N, K) == Q4_TILING
 
 
+# fmt: off
 GPU_MATMUL_CASES = [(14336, 0), (8192, 0), (4096, 1), (8191, 1), (2048, 2), (64, 2)]
 CPU_MATMUL_CASES = [(T.Q4_K, 0), (T.Q6_K, 0), (T.IQ4_XS, 0), (T.Q4_0, 1), (T.Q8_0, 1), (T.IQ4_NL, 1), (T.F32, 1),
                     (T.Q4_1, 2), (T.F16, 2)]
+# fmt: on
 F32 = KernelPolicy(prefill="f32")
 
 
@@ -133,6 +163,7 @@ def test_cpu_matmul_row(qtype, row):
 
 
 # (adapter, qtype, N, K, policy) -> matmul_i8's tiling, or None (the rows below it)
+# fmt: off
 I8_CASES = [
     ("GPU, wide", GPU, T.Q4_1, 14336, 4096, KernelPolicy(), MatmulI8Tiling(stage=True, kb=2, planes=2)),
     ("GPU, narrow", GPU, T.Q4_0, 2048, 2048, KernelPolicy(), MatmulI8Tiling(tm=64, tn=32, rm=4, rn=2)),
@@ -148,6 +179,7 @@ I8_CASES = [
     ("no packed dot products", Adapter(packed_dot=False), T.Q4_0, 64, 64, KernelPolicy(), None),
     ("f32 by policy", GPU, T.Q4_0, 64, 64, F32, None),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("case", I8_CASES, ids=[c[0] for c in I8_CASES])
@@ -172,7 +204,9 @@ def test_attention_plan():
     split-K decode elsewhere; the policy's choices; prefill tiles within the adapter's limits."""
     gpu = plan_attention(GPU, 32, 8, 128)
     assert isinstance(gpu, AttentionPlan) and gpu.fused and gpu.step == StepTiling(splits=32)
-    assert plan_attention(GPU, 9, 3, 64).step == StepTiling(splits=32) and plan_attention(GPU, 8, 1, 256).step.splits == 32
+    assert (
+        plan_attention(GPU, 9, 3, 64).step == StepTiling(splits=32) and plan_attention(GPU, 8, 1, 256).step.splits == 32
+    )
     assert plan_attention(GPU, 64, 16, 64).step.splits == 16
     assert not plan_attention(GPU, 32, 8, 12).fused  # head_dim % 8
     assert not plan_attention(Adapter(vulkan=False, storage_buffers=10), 32, 8, 128).fused
@@ -187,19 +221,35 @@ def test_attention_plan():
     with pytest.raises(ValueError, match="head_dim % 8"):
         plan_attention(GPU, 32, 8, 12, fused=True)
     assert (gpu.tq, gpu.tk) == (16, 32)
-    assert (plan_attention(Adapter(invocations=64, workgroup_storage=16384), 32, 4, 256).tq,
-            plan_attention(Adapter(workgroup_storage=16384), 32, 4, 256).tk) == (8, 8)
+    assert (
+        plan_attention(Adapter(invocations=64, workgroup_storage=16384), 32, 4, 256).tq,
+        plan_attention(Adapter(workgroup_storage=16384), 32, 4, 256).tk,
+    ) == (8, 8)
 
 
 def test_adapter_of_device():
     """Adapter.of reads a device's info, limits and features (a browser's WGSL language features)."""
     info = NS(is_fallback=False, architecture="", description="NVIDIA H200", api="vulkan")
-    dev = NS(info=info, limits={"max_compute_workgroup_storage_size": 49152}, has_subgroups=True,
-             raw=NS(adapter=NS(info={"vendor_id": 0x10DE, "stackgroup_min_size": 4})))
+    dev = NS(
+        info=info,
+        limits={"max_compute_workgroup_storage_size": 49152},
+        has_subgroups=True,
+        raw=NS(adapter=NS(info={"vendor_id": 0x10DE, "stackgroup_min_size": 4})),
+    )
     a = Adapter.of(dev)
     assert (a.cpu, a.vulkan, a.packed_dot, a.subgroups, a.subgroup_min, a.workgroup_storage) == (
-        False, True, True, True, 32, 49152)
-    sw = NS(info=NS(is_fallback=True, architecture="swiftshader", description="", api="webgpu"), limits={},
-            has_subgroups=False, wgsl_language_features={"readonly_and_readwrite_storage_textures"})
+        False,
+        True,
+        True,
+        True,
+        32,
+        49152,
+    )
+    sw = NS(
+        info=NS(is_fallback=True, architecture="swiftshader", description="", api="webgpu"),
+        limits={},
+        has_subgroups=False,
+        wgsl_language_features={"readonly_and_readwrite_storage_textures"},
+    )
     b = Adapter.of(sw)
     assert b.cpu and b.swiftshader and not b.vulkan and not b.packed_dot and b.workgroup_storage == 16384

@@ -10,7 +10,6 @@ model whose untied F16 LM head (and embedding) is 154 MB.
 """
 import asyncio
 import dataclasses
-import struct
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,10 +23,8 @@ from webllm_py.models.mixtral import ExpertMatvec
 from webllm_py.models.store import WeightStore
 from webllm_py.planner import KernelPolicy
 
-from .test_linear import assert_close, f32_buffer, make_weight, read_f32, run_linear
-from .test_matvec_q4 import staged_error
-from .test_model_families import _adjacent_pairs  # noqa: F401  (write_llama_gguf's layout)
-from .test_model_gpu_kernels import KINDS, write_llama_gguf
+from .linear_helpers import assert_close, f32_buffer, make_weight, read_f32, run_linear, staged_error
+from .gguf_models import KINDS, write_llama_gguf
 
 pytestmark = [pytest.mark.gpu]
 

@@ -15,12 +15,8 @@ from webllm_py.structured.grammar import Grammar
 from webllm_py.structured.matcher import Matcher
 from webllm_py.tokenizer.chat_template import render_chat_template
 
-ADD = {"type": "function", "function": {"name": "add", "description": "Add two integers",
-                                        "parameters": {"type": "object", "properties": {"a": {"type": "integer"},
-                                                                                        "b": {"type": "integer"}},
-                                                       "required": ["a", "b"]}}}
-NOW = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
-TOOLS = [ADD, NOW]
+from .tool_defs import ADD, CHATML, TOOLS
+
 
 # A Hermes/Qwen-style template written for this test: it renders `tools` itself.
 TOOLS_TEMPLATE = """{%- if tools %}<|im_start|>system
@@ -31,8 +27,6 @@ TOOLS_TEMPLATE = """{%- if tools %}<|im_start|>system
 {{ m.content }}<|im_end|>
 {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
 {% endif %}"""
-CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 @pytest.mark.parametrize("text, calls", [

@@ -119,46 +119,44 @@ class Linear:
         if k is None:
             name = self.plan.template if kind == "matvec" else self.matmul_plan.template
             label = f"{name} {self.weight.name}"
+            t, m = self.matvec_tiling, self.matmul_tiling
             if kind == "matvec" and self.q4:
                 k = self.q4_kernel([self.N], accumulate)
-            elif kind == "quantize":  # x to int8 blocks for matmul_i8
-                k = self.device.kernel("quantize_i8", label=f"quantize_i8 K {self.K}", K=self.K, wg=64,
-                                       planes=self.matmul_tiling.planes, tokens_at=self._tokens_at)
-            elif name == "matvec_rows":
-                t = self.matvec_tiling
+            elif kind == "matvec" and isinstance(t, MatvecTiling) and name == "matvec_rows":
                 k = self.device.kernel(name, label=label, wg=t.wg, rows=t.rows, accumulate=accumulate,
                                        x_uniform=self._x_uniform, **self._params)
-            elif name == "matvec":
-                t = self.matvec_tiling
+            elif kind == "matvec" and isinstance(t, MatvecTiling):
                 k = self.device.kernel(name, label=label, wg=matvec_wg(name, t, self.weight.ggml_type, self.K),
                                        rows=t.rows, accumulate=accumulate, f16=self._f16, subgroups=self._subgroups,
                                        **self._params)
-            elif name == "matmul_i8":
-                m = self.matmul_tiling
+            elif kind == "quantize" and isinstance(m, MatmulI8Tiling):  # x to int8 blocks for matmul_i8
+                k = self.device.kernel("quantize_i8", label=f"quantize_i8 K {self.K}", K=self.K, wg=64,
+                                       planes=m.planes, tokens_at=self._tokens_at)
+            elif kind == "matmul" and isinstance(m, MatmulI8Tiling):
                 k = self.device.kernel(name, label=label, stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, kb=m.kb,
                                        wg=m.wg, planes=m.planes, qtype=self.weight.ggml_type.name, K=self.K,
                                        row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
                                        has_bias=self.bias is not None, accumulate=accumulate,
                                        **{k: v for k, v in self._params.items() if k == "out_stride"})
-            elif name == "matmul_rows":
-                m = self.matmul_tiling
+            elif kind == "matmul" and isinstance(m, MatmulRowsTiling):
                 k = self.device.kernel(name, label=label, wg=m.wg, rows=m.rows, tm=m.tm, tokens_at=self._tokens_at,
                                        accumulate=accumulate, **self._params)
-            else:
-                m = self.matmul_tiling
+            elif kind == "matmul" and isinstance(m, MatmulTiling):
                 k = self.device.kernel(name, label=label, tm=m.tm, tn=m.tn, tk=m.tk, rm=m.rm, rn=m.rn,
                                        tokens_at=self._tokens_at, accumulate=accumulate, **self._params)
+            else:
+                raise ValueError(f"no {kind!r} kernel for {label} ({t}, {m})")
             self._kernels[(kind, accumulate)] = k
         return k
 
     def q4_kernel(self, parts: list[int], accumulate: bool, glu: str | None = None, norm: Any = None,
-                  tiling: StagedTiling | None = None) -> Any:
+                  tiling: StagedTiling | MatvecTiling | None = None) -> Any:
         """matvec_q4 (or matvec_q4s) for this layer's type and K over matrices of `parts` rows (see
         MatvecGroup); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
         instead of this layer's."""
         nparams = dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         t = tiling or self.matvec_tiling
-        if self.staged:
+        if isinstance(t, StagedTiling):
             lanes = t.lanes_for(self.K)
             # teams reduce through subgroupShuffleXor where a team surely fits one subgroup (a little
             # faster on an H100: docs/benchmarks.md, "Kernel choice")
@@ -188,7 +186,7 @@ class Linear:
         if self.matmul_plan.template == "matmul_i8":
             # x as int8 blocks for as many tokens as x holds: words [T, K / 4], (d, d * sum q) [T, K / 32]
             tokens = x.size // (4 * self.K)
-            planes = self.matmul_tiling.planes
+            planes = self.matmul_tiling.planes if isinstance(self.matmul_tiling, MatmulI8Tiling) else 2
             xq, xd = _scratch(self.device, "xq", tokens * self.K * planes), _scratch(self.device, "xd", tokens * self.K // 4)
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
@@ -250,7 +248,7 @@ class MatvecGroup:
         self.members, self.glu = members, glu
         lins = [b.linear for b in members]
         first = lins[0]
-        bufs = [b.matvec.buffers if b.matvec is not None else () for b in members]  # () for a split weight
+        bufs: list[tuple[Any, ...]] = [b.matvec.buffers if b.matvec is not None else () for b in members]  # () for a split weight
         self.runs: list[tuple[Any, int]] = []  # (bind group, workgroups) of each fused dispatch
         # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
         # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
@@ -269,15 +267,15 @@ class MatvecGroup:
         # a norm folds in when it is a plain RMSNorm of one row per token writing this x, and every
         # run's kernel can fold it (the norm's own dispatch is then skipped for single tokens)
         rms = getattr(norm, "norm", None)
-        nbufs = norm.bind_group.buffers if rms is not None else ()
+        nbufs: tuple[Any, ...] = norm.bind_group.buffers if rms is not None else ()
         fold = (ok and rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
                 and all(lins[sp[0]].K <= lins[sp[0]].policy.fold_norm_max_k or lins[sp[0]].staged for sp in spans))
         if ok:
-            act, glu_op = glu if glu else (None, None)
+            act = glu[0] if glu else None
             for sp in spans:
                 lead = lins[sp[0]]
                 parts = [lins[i].N for i in sp]
-                outs = [glu_op.bind_group.buffers[2]] if glu else [bufs[i][2] for i in sp]
+                outs = [glu[1].bind_group.buffers[2]] if glu else [bufs[i][2] for i in sp]
                 t = (plan_fused_glu(lead.adapter, lead.plan, lead.weight.ggml_type, lead.N, lead.K, lead.policy)
                      if glu else lead.matvec_tiling)
                 k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)

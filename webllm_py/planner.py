@@ -10,6 +10,7 @@ environment or is patched. Each op's choice is a table read top to bottom, the f
 wins and the last always applies (llama.cpp's Vulkan backend picks its pipelines the same way). The
 measurements behind the rows are in docs/benchmarks.md ("Kernel choice").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ def _ceil_div(a: int, b: int) -> int:
 class MatvecTiling:
     """matvec.wgsl.j2 (split_k: a workgroup's threads split K and reduce) or matvec_rows.wgsl.j2
     (not split_k: whole rows per thread, no barriers; CPU adapters)."""
+
     wg: int = 64  # threads per workgroup
     rows: int = 2  # rows per workgroup (split_k) or per thread
     split_k: bool = True
@@ -42,6 +44,7 @@ class MatvecTiling:
 class StagedTiling:
     """matvec_q4s.wgsl.j2: x staged as int8 in workgroup memory; teams of `lanes` threads own
     `rows` rows each and split K into 256-weight units."""
+
     wg: int = 256  # threads per workgroup
     lanes: int = 8  # threads per row (at most K / 256)
     rows: int = 1  # rows per team
@@ -67,6 +70,7 @@ class StagedTiling:
 @dataclass(frozen=True)
 class MatmulTiling:
     """Prefill on GPUs (matmul.wgsl.j2): register tiles."""
+
     tm: int = 32  # tokens per tile
     tn: int = 32  # weight rows per tile
     tk: int = 32  # K slab width (multiple of 4)
@@ -77,6 +81,7 @@ class MatmulTiling:
 @dataclass(frozen=True)
 class MatmulRowsTiling:
     """Prefill on CPU adapters (matmul_rows.wgsl.j2): each lane owns rows x tm outputs."""
+
     wg: int = 8  # lanes per workgroup
     rows: int = 8  # rows per lane: each activation load serves this many rows
     tm: int = 4  # tokens per lane: each weight word serves this many tokens
@@ -87,6 +92,7 @@ class MatmulI8Tiling:
     """Prefill through packed 8-bit dot products (matmul_i8.wgsl.j2 after quantize_i8.wgsl.j2): x is
     quantized per 32-block to int8 once per dispatch pair, and each 32-block of a row and a token is
     8 dot4I8Packed. stage: workgroup tiles of tm x tn (GPUs) or barrier-free lanes (CPU adapters)."""
+
     stage: bool = True
     tm: int = 64  # staged: tokens per workgroup tile (a 128-token chunk: 2 tiles)
     tn: int = 64  # staged: rows per workgroup tile
@@ -107,6 +113,7 @@ class MatmulI8Tiling:
 class StepTiling:
     """attention_step's shape: threads per workgroup, positions per pass, workgroups per kv head
     (split-K slices, merged in the same dispatch) and the fewest positions a slice takes."""
+
     wg: int = 128
     chunk: int = 32
     splits: int = 32
@@ -140,7 +147,7 @@ def subgroup_min_size(device: Any) -> int:
     size = getattr(device, "subgroup_min_size", None)
     if size:
         return int(size)
-    info = getattr(getattr(getattr(device, "raw", None), "adapter", None), "info", None)
+    info: Any = getattr(getattr(getattr(device, "raw", None), "adapter", None), "info", None)
     if not hasattr(info, "get"):
         return 0
     said = int(info.get("subgroup_min_size", info.get("stackgroup_min_size", 0)) or 0)
@@ -150,6 +157,7 @@ def subgroup_min_size(device: Any) -> int:
 @dataclass(frozen=True)
 class Adapter:
     """What kernel choice needs to know of a device."""
+
     cpu: bool = False  # a CPU adapter (lavapipe, SwiftShader): workgroup barriers cost ~10x
     swiftshader: bool = False
     vulkan: bool = True  # native wgpu over Vulkan (naga's SPIR-V)
@@ -190,13 +198,15 @@ def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
     out = []
     for item in filter(None, spec.split(";")):
         key, v = item.split("=", 1) if "=" in item else ("all", item)
-        out.append((key, StagedTiling(*(int(f) for f in v.split(",")))))
+        f = [int(x) for x in v.split(",")]
+        out.append((key, StagedTiling(f[0], f[1], f[2], bool(f[3]) if len(f) > 3 else False)))
     return tuple(out)
 
 
 @dataclass(frozen=True)
 class KernelPolicy:
     """The choices a caller may override; the defaults are the measured best (docs/benchmarks.md)."""
+
     staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
@@ -224,6 +234,7 @@ DEFAULT_POLICY = KernelPolicy()
 @dataclass(frozen=True)
 class StagedRow:
     """A row of the staged kernel's tiling table: the first row whose `when` holds gives the tiling."""
+
     when: Callable[[int, int, bool, GGMLType | None], bool]  # (K, N, glu, qtype)
     tiling: StagedTiling
 
@@ -231,8 +242,9 @@ class StagedRow:
 STAGED_TABLE: tuple[StagedRow, ...] = (
     # 8- and 6-bit rows of 32+ units (1B down): 16 rows a workgroup, twice the workgroups, 16 lanes
     # splitting each row
-    StagedRow(lambda K, N, glu, q: not glu and K >= 8192 and q in (GGMLType.Q8_0, GGMLType.Q6_K),
-              StagedTiling(256, 16, 1)),
+    StagedRow(
+        lambda K, N, glu, q: not glu and K >= 8192 and q in (GGMLType.Q8_0, GGMLType.Q6_K), StagedTiling(256, 16, 1)
+    ),
     # fused gate/up of a wide model: twice the workgroups of 16 rows each
     StagedRow(lambda K, N, glu, q: glu and K >= 4096, StagedTiling(128, 8, 1)),
     # a lane walks 4 or more units in turn: the next unit's loads go out before this one's math
@@ -242,8 +254,9 @@ STAGED_TABLE: tuple[StagedRow, ...] = (
 )
 
 
-def staged_tiling(K: int, glu: bool = False, N: int = 0, qtype: GGMLType | None = None,
-                  policy: KernelPolicy = DEFAULT_POLICY) -> StagedTiling:
+def staged_tiling(
+    K: int, glu: bool = False, N: int = 0, qtype: GGMLType | None = None, policy: KernelPolicy = DEFAULT_POLICY
+) -> StagedTiling:
     """The staged kernel's tiling on GPUs for N rows of K (glu: a fused gate/up group): the policy's
     override for this op kind, else the first row of STAGED_TABLE that applies."""
     for key, applies in (("glu", glu), ("tall", N > 65536), (f"k{K}", True), ("wide", K > 8192), ("all", True)):
@@ -268,6 +281,7 @@ class MatvecPlan:
 @dataclass(frozen=True)
 class MatvecQuery:
     """One Linear's matvec: its weight, the adapter, the policy and an explicit tiling (tests, bench)."""
+
     adapter: Adapter
     qtype: GGMLType
     N: int
@@ -290,10 +304,17 @@ class MatvecQuery:
 
     def staged_applies(self) -> bool:
         a = self.adapter
-        return (self.qtype in STAGED_TYPES and not self.bias and self.K % 256 == 0 and a.packed_dot
-                and (isinstance(self.request, StagedTiling)
-                     or (self.request is None and self.policy.staged_matvec and not a.cpu))
-                and a.fits(self.staged_tiling.shared_bytes(self.K)))
+        return (
+            self.qtype in STAGED_TYPES
+            and not self.bias
+            and self.K % 256 == 0
+            and a.packed_dot
+            and (
+                isinstance(self.request, StagedTiling)
+                or (self.request is None and self.policy.staged_matvec and not a.cpu)
+            )
+            and a.fits(self.staged_tiling.shared_bytes(self.K))
+        )
 
     @property
     def fallback(self) -> MatvecTiling | None:
@@ -316,30 +337,44 @@ MATVEC_TABLE: tuple[MatvecRow, ...] = (
     # staged in workgroup memory (where it fits)
     MatvecRow("matvec_q4s", MatvecQuery.staged_applies, lambda q: q.staged_tiling),
     # other 4-bit rows of whole 64-weight units, threads splitting K
-    MatvecRow("matvec_q4", lambda q: q.aligned and (q.fallback.split_k if q.fallback else not q.adapter.cpu),
-              lambda q: q.fallback or q.policy.q4_tiling),
+    MatvecRow(
+        "matvec_q4",
+        lambda q: q.aligned and (q.fallback.split_k if q.fallback else not q.adapter.cpu),
+        lambda q: q.fallback or q.policy.q4_tiling,
+    ),
     # CPU adapters (lavapipe, SwiftShader): whole rows per thread, no barriers
-    MatvecRow("matvec_rows", lambda q: not q.fallback.split_k if q.fallback else q.adapter.cpu,
-              lambda q: q.fallback or (SWIFTSHADER_TILING if q.adapter.swiftshader else CPU_TILING)),
+    MatvecRow(
+        "matvec_rows",
+        lambda q: not q.fallback.split_k if q.fallback else q.adapter.cpu,
+        lambda q: q.fallback or (SWIFTSHADER_TILING if q.adapter.swiftshader else CPU_TILING),
+    ),
     # any type on GPUs: threads split K and reduce
     MatvecRow("matvec", lambda q: True, lambda q: q.fallback or q.policy.gpu_tiling),
 )
 
 
-def plan_matvec(adapter: Adapter, qtype: GGMLType, N: int, K: int, bias: bool = False,
-                policy: KernelPolicy = DEFAULT_POLICY,
-                request: MatvecTiling | StagedTiling | None = None) -> MatvecPlan:
+def plan_matvec(
+    adapter: Adapter,
+    qtype: GGMLType,
+    N: int,
+    K: int,
+    bias: bool = False,
+    policy: KernelPolicy = DEFAULT_POLICY,
+    request: MatvecTiling | StagedTiling | None = None,
+) -> MatvecPlan:
     q = MatvecQuery(adapter, qtype, N, K, bias, policy, request)
     row = next(r for r in MATVEC_TABLE if r.when(q))
     # CPU adapters load a uniform-buffer x once per SIMD batch, a storage x once per lane (~5x faster
     # on lavapipe; SwiftShader is slower with it): where one token's x fits a uniform binding.
-    x_uniform = (row.template == "matvec_rows" and adapter.cpu and not adapter.swiftshader
-                 and 4 * K <= MAX_UNIFORM_BINDING)
+    x_uniform = (
+        row.template == "matvec_rows" and adapter.cpu and not adapter.swiftshader and 4 * K <= MAX_UNIFORM_BINDING
+    )
     return MatvecPlan(row.template, row.tiling(q), x_uniform)
 
 
-def plan_fused_glu(adapter: Adapter, plan: MatvecPlan, qtype: GGMLType, N: int, K: int,
-                   policy: KernelPolicy = DEFAULT_POLICY) -> StagedTiling | MatvecTiling:
+def plan_fused_glu(
+    adapter: Adapter, plan: MatvecPlan, qtype: GGMLType, N: int, K: int, policy: KernelPolicy = DEFAULT_POLICY
+) -> StagedTiling | MatvecTiling:
     """The tiling of a fused gate/up dispatch whose members run `plan`: the staged kernel's glu row
     where the members have their default tiling and it fits, else theirs."""
     if plan.template != "matvec_q4s" or plan.tiling != staged_tiling(K, N=N, qtype=qtype, policy=policy):
@@ -377,10 +412,14 @@ GPU_MATMUL_TABLE: tuple[tuple[int, MatmulTiling], ...] = (
 # CPU adapters, by weight type: fewer outputs per lane for wide units (a lane keeps rows x unit words
 # in registers, and the unrolled shader must compile quickly).
 CPU_MATMUL_TABLE: tuple[tuple[tuple[GGMLType, ...], MatmulRowsTiling], ...] = (
-    ((GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS),
-     MatmulRowsTiling(rows=4, tm=2)),
-    ((GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.IQ4_NL, GGMLType.F32),  # units of 2 blocks / 32 bytes
-     MatmulRowsTiling(rows=4)),
+    (
+        (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS),
+        MatmulRowsTiling(rows=4, tm=2),
+    ),
+    (
+        (GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.IQ4_NL, GGMLType.F32),  # units of 2 blocks / 32 bytes
+        MatmulRowsTiling(rows=4),
+    ),
     ((), MatmulRowsTiling()),  # () = any other type
 )
 
@@ -393,13 +432,18 @@ def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
     return next(t for types, t in CPU_MATMUL_TABLE if qtype in types or not types)
 
 
-def i8_tiling(adapter: Adapter, qtype: GGMLType, K: int, N: int = 0,
-              policy: KernelPolicy = DEFAULT_POLICY) -> MatmulI8Tiling | None:
+def i8_tiling(
+    adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
+) -> MatmulI8Tiling | None:
     """matmul_i8's tiling, or None where the policy or the weight keeps the f32 matmul: Q4_0, Q4_1, Q8_0
     and Q4_K rows (of whole super-blocks for Q4_K) where WGSL's packed_4x8_integer_dot_product exists; on
     CPU adapters not Q4_1 by default (matmul_rows already reads its word-aligned blocks well)."""
-    if (policy.prefill == "f32" or qtype not in I8_TYPES or K % (256 if qtype == GGMLType.Q4_K else 32)
-            or not adapter.packed_dot):
+    if (
+        policy.prefill == "f32"
+        or qtype not in I8_TYPES
+        or K % (256 if qtype == GGMLType.Q4_K else 32)
+        or not adapter.packed_dot
+    ):
         return None
     planes = 1 if policy.prefill == "i8" else 2
     if adapter.cpu:
@@ -417,7 +461,9 @@ def i8_tiling(adapter: Adapter, qtype: GGMLType, K: int, N: int = 0,
 @dataclass(frozen=True)
 class MatmulRow:
     template: str
-    tiling: Callable[[Adapter, GGMLType, int, int, KernelPolicy], MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None]
+    tiling: Callable[
+        [Adapter, GGMLType, int, int, KernelPolicy], MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None
+    ]
 
 
 MATMUL_TABLE: tuple[MatmulRow, ...] = (
@@ -431,8 +477,14 @@ MATMUL_TABLE: tuple[MatmulRow, ...] = (
 _MATMUL_TEMPLATES = {MatmulI8Tiling: "matmul_i8", MatmulRowsTiling: "matmul_rows", MatmulTiling: "matmul"}
 
 
-def plan_matmul(adapter: Adapter, qtype: GGMLType, N: int, K: int, policy: KernelPolicy = DEFAULT_POLICY,
-                request: MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None = None) -> MatmulPlan:
+def plan_matmul(
+    adapter: Adapter,
+    qtype: GGMLType,
+    N: int,
+    K: int,
+    policy: KernelPolicy = DEFAULT_POLICY,
+    request: MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None = None,
+) -> MatmulPlan:
     if request is not None:
         return MatmulPlan(_MATMUL_TEMPLATES[type(request)], request)
     for row in MATMUL_TABLE:
@@ -473,11 +525,19 @@ def prefill_tiles(adapter: Adapter, head_dim: int, group: int) -> tuple[int, int
     return tq, tk
 
 
-def plan_attention(adapter: Adapter, n_heads: int, n_kv_heads: int, head_dim: int,
-                   policy: KernelPolicy = DEFAULT_POLICY, fused: bool | None = None,
-                   step_tiling: StepTiling | None = None, decode_wg: int | None = None,
-                   decode_splits: int | None = None, decode_full_chunks: bool | None = None,
-                   combine_wg: int | None = None) -> AttentionPlan:
+def plan_attention(
+    adapter: Adapter,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    policy: KernelPolicy = DEFAULT_POLICY,
+    fused: bool | None = None,
+    step_tiling: StepTiling | None = None,
+    decode_wg: int | None = None,
+    decode_splits: int | None = None,
+    decode_full_chunks: bool | None = None,
+    combine_wg: int | None = None,
+) -> AttentionPlan:
     """Arguments other than the adapter's and the policy's override a choice (tests)."""
     fused = policy.fused_attention if fused is None else fused
     if fused is None:
@@ -495,8 +555,13 @@ def plan_attention(adapter: Adapter, n_heads: int, n_kv_heads: int, head_dim: in
         decode_splits = max(1, 16 // n_heads) if cpu else max(1, min(64, 1024 // n_heads))
     tq, tk = prefill_tiles(adapter, head_dim, n_heads // n_kv_heads)
     return AttentionPlan(
-        fused=bool(fused), step=step_tiling or policy.step_tiling or default_step_tiling(n_kv_heads),
-        decode_wg=(64 if cpu else 32) if decode_wg is None else decode_wg, splits=decode_splits,
+        fused=bool(fused),
+        step=step_tiling or policy.step_tiling or default_step_tiling(n_kv_heads),
+        decode_wg=(64 if cpu else 32) if decode_wg is None else decode_wg,
+        splits=decode_splits,
         full_chunks=not cpu if decode_full_chunks is None else decode_full_chunks,
         # GPUs: 32 dims per workgroup, so the merge spreads over n_heads * head_dim / 32 workgroups
-        combine_wg=combine_wg or (min(64, head_dim) if cpu else 32), tq=tq, tk=tk)
+        combine_wg=combine_wg or (min(64, head_dim) if cpu else 32),
+        tq=tq,
+        tk=tk,
+    )

@@ -14,7 +14,6 @@ with a fenced ```python block (`def add_two_numbers(num1, num2):` ... `return nu
 transformers (PLATFORM.md)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -16,7 +16,7 @@ from webllm_py import serve
 from ..hf_models import build
 from ..reference import hf_greedy, prompt_ids
 from ..model_checks import LONG, PREFILL_CHUNK  # the 20-token prompt prefills in chunks of 8, 8 and 4
-from ..test_model_families import FAMILY_VARIANTS
+from ..hf_models import FAMILY_VARIANTS
 from .conftest import open_page, run_python
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -106,7 +106,7 @@ def test_staged_int8_matvec_in_chromium_matches_numpy(webllm_page):
     accept it, and the device must read navigator.gpu.wgslLanguageFeatures as the page sees it.
     Reference: numpy over gguf-py's dequantization and the kernel's int8 rounding of x."""
     gguf = pytest.importorskip("gguf")
-    from tests.test_matvec_q4 import staged_error
+    from tests.linear_helpers import staged_error
 
     rng = np.random.default_rng(5)
     N, K = 37, 512

@@ -3,6 +3,7 @@
 Keys of one architecture are templates: `LLM.BLOCK_COUNT.format(arch="llama")` is "llama.block_count";
 `ArchMeta` reads them for one file's architecture.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,6 +19,7 @@ class General:
 
 class LLM:
     """Hyper-parameters, per architecture."""
+
     VOCAB_SIZE = "{arch}.vocab_size"
     CONTEXT_LENGTH = "{arch}.context_length"
     EMBEDDING_LENGTH = "{arch}.embedding_length"

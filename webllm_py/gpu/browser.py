@@ -7,7 +7,7 @@ each Python->JS call costs ~1 us, so a token's dispatches are recorded into one 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import DEVICE_LOST_ADVICE, DeviceLostError, GPUUnavailableError, ShaderError
 from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder, align_up
@@ -58,7 +58,7 @@ class BrowserRecorder(Recorder):
     def __init__(self, device: "BrowserDevice") -> None:
         self._dev = device
         self._enc = device.raw.createCommandEncoder()
-        self._pass = None
+        self._pass: Any = None  # the open GPUComputePassEncoder (a JS object)
 
     def dispatch(self, bind_group: BindGroup, x: int, y: int = 1, z: int = 1) -> None:
         if self._pass is None:
@@ -98,6 +98,17 @@ class BrowserRecorder(Recorder):
 
 class BrowserDevice(Device):
     subgroups_directive = "enable subgroups;"  # Chrome requires it before subgroup builtins
+    # Set by create() (JS objects are Any to Python)
+    raw: Any  # the GPUDevice
+    wgsl_language_features: frozenset[str]
+    js_replay: Any
+    _lost_reason: str | None
+    _usage: int
+    _read_usage: int
+    _staging: dict[int, Any]
+    _pending_scopes: list[tuple[str, str, Any]]
+    _queue: Any
+    _submit: Any
 
     @classmethod
     async def create(cls, power_preference: str = "high-performance", use_subgroups: bool = False) -> "BrowserDevice":
@@ -133,8 +144,8 @@ class BrowserDevice(Device):
         if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
             self._usage |= u.UNIFORM
         self._read_usage = u.MAP_READ | u.COPY_DST
-        self._staging: dict[int, object] = {}
-        self._pending_scopes: list = []
+        self._staging = {}
+        self._pending_scopes = []
         self.js_replay = _make_js_replay()
         self._queue = self.raw.queue
         try:

@@ -4,6 +4,7 @@ A GGUF file names its architecture in `general.architecture`, a Hugging Face che
 `architectures` (class names). Each row says which graph runs it and which reader turns its metadata
 into a ModelConfig; adding a family is a new module and its rows here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from .stablelm import StableLmModel
 
 @dataclass(frozen=True)
 class Family:
-    model: type                      # the graph: model(device, cfg, weights, cache, max_tokens=..., policy=...)
-    hf_class: str                    # config.json's architectures entry
+    model: type  # the graph: model(device, cfg, weights, cache, max_tokens=..., policy=...)
+    hf_class: str  # config.json's architectures entry
     # GGUF metadata -> config (None: no GGUF files of this name; GGUF Mixtral files say "llama")
     from_gguf: Callable[[dict[str, Any], set[str], str], ModelConfig] | None
     from_hf: Callable[[dict[str, Any], str], ModelConfig]
@@ -49,7 +50,7 @@ HF_ARCH = {f.hf_class: arch for arch, f in FAMILIES.items()}
 def config_from_gguf(meta: dict[str, Any], tensor_names: set[str]) -> ModelConfig:
     arch = meta.get(General.ARCHITECTURE)
     family = FAMILIES.get(arch) if isinstance(arch, str) else None
-    if family is None or family.from_gguf is None:
+    if not isinstance(arch, str) or family is None or family.from_gguf is None:
         supported = sorted(a for a, f in FAMILIES.items() if f.from_gguf)
         raise UnsupportedModelError(f"model architecture {arch!r} is not supported (supported: {supported})")
     return family.from_gguf(meta, tensor_names, arch)
@@ -61,13 +62,15 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     archs = cfg.get("architectures") or []
     arch = next((HF_ARCH[a] for a in archs if a in HF_ARCH), None)
     if arch is None:
-        raise UnsupportedModelError(f"model architecture {archs or cfg.get('model_type')!r} is not supported "
-                                    f"(supported: {sorted(HF_ARCH)})")
+        raise UnsupportedModelError(
+            f"model architecture {archs or cfg.get('model_type')!r} is not supported (supported: {sorted(HF_ARCH)})"
+        )
     return FAMILIES[arch].from_hf(cfg, arch)
 
 
-def build_model(device: Any, cfg: ModelConfig, weights: Any, cache: Any, max_tokens: int,
-                policy: KernelPolicy = DEFAULT_POLICY) -> Any:
+def build_model(
+    device: Any, cfg: ModelConfig, weights: Any, cache: Any, max_tokens: int, policy: KernelPolicy = DEFAULT_POLICY
+) -> Any:
     family = FAMILIES.get(cfg.arch)
     if family is None:
         raise UnsupportedModelError(f"no model graph for architecture {cfg.arch!r} (have: {sorted(FAMILIES)})")

@@ -166,9 +166,9 @@ def config_from_hf(cfg: dict[str, Any], arch: str) -> ModelConfig:
 class GemmaState(RunState):
     """Llama's activations plus the pre-norm Q/K (Gemma 3 normalises them into q, k: a kernel may not
     read and write one buffer through two bindings) and y, a sub-block's output before its post-norm."""
-    q_proj: Buffer = None
-    k_proj: Buffer = None
-    y: Buffer = None      # [T, dim]
+    q_proj: Buffer
+    k_proj: Buffer
+    y: Buffer      # [T, dim]
 
     @classmethod
     def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int, max_blocks: int) -> "GemmaState":
@@ -193,7 +193,7 @@ class GemmaLayer:
         def norm(name: str, dim: int = cfg.dim) -> RMSNorm:
             return RMSNorm(device, w.vector(blk + name + ".weight"), dim, cfg.norm_eps, weight_offset=o.norm_offset)
 
-        ops = [norm("attn_norm").bind(s.x, s.h, s.step)]
+        ops: list[Any] = [norm("attn_norm").bind(s.x, s.h, s.step)]
         if cfg.qk_norm:  # project, then normalise each head of q and k
             ops += [linear("attn_q", s.h, s.q_proj), linear("attn_k", s.h, s.k_proj),
                     norm("attn_q_norm", cfg.head_dim).bind(s.q_proj, s.q, s.step, rows_per_token=cfg.n_heads),
@@ -240,7 +240,7 @@ class GemmaModel:
 
         glob = (rope(cfg.rope_theta, cfg.rope_scaling), attention(None))
         local = (rope(o.local_theta, o.local_rope_scaling), attention(cfg.sliding_window)) if any(o.local_layers) else None
-        self.layers = [GemmaLayer(device, cfg, weights, i, s, *(local if o.local_layers[i] else glob), policy)
+        self.layers = [GemmaLayer(device, cfg, weights, i, s, *(local if local and o.local_layers[i] else glob), policy)
                        for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps,
                                   weight_offset=o.norm_offset).bind(s.x, s.last, s.step, last_only=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..attention import PagedAttention
 from ..errors import ModelFormatError
 from ..formats.quants import row_nbytes
-from ..gpu import Buffer, Device, Recorder
+from ..gpu import BindGroup, Buffer, Device, Recorder
 from ..linear import BoundParts, Linear
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import GLU, Bound, RoPE
@@ -96,7 +96,7 @@ class ExpertMatvec:
 @dataclass
 class BoundExperts:
     op: ExpertMatvec
-    bind_group: object
+    bind_group: BindGroup
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         op = self.op

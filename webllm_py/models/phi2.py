@@ -47,7 +47,7 @@ class Phi2Layer:
         self.device, self.cfg, self.w, self.i, self.s, self.policy = device, cfg, w, i, s, policy
         self.attn_norm = self.norm("attn_norm").bind(s.x, s.h, s.step)
         # With q/k norms the projections land in scratch rows `raw` and the norms write q and k.
-        q_out, k_out = raw if cfg.qk_norm else (s.q, s.k)
+        q_out, k_out = raw if cfg.qk_norm and raw else (s.q, s.k)
         self.wq = self.projection("attn_q", q_out)
         self.wk = self.projection("attn_k", k_out)
         self.wv = self.projection("attn_v", s.v)

@@ -6,7 +6,7 @@ safetensors checkpoint is opened, so model files only ever see one naming scheme
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ModelFormatError, ModelTooLargeError
 from ..formats.quants import GGMLType, TensorInfo
@@ -97,7 +97,7 @@ class WeightStore:
         self.on_progress = on_progress
         self.total_bytes = sum(max(t.nbytes, 0) for t in tensors.values())
         self.loaded_bytes = 0
-        self._cache: dict[str, object] = {}
+        self._cache: dict[str, Any] = {}
 
     @classmethod
     def from_hf(cls, device: Device, hf_tensors: dict[str, TensorInfo], **kw) -> "WeightStore":

@@ -1,0 +1,109 @@
+"""Weights and buffers for the kernel tests (test_linear*.py, test_matvec_q4.py, test_matmul_i8.py,
+test_embedding.py, test_moe.py, test_row_split.py ...): random ggml matrices and their float64
+dequantization by gguf-py (the independent reference), uploads, f32 buffers, and the error measures."""
+import asyncio
+import struct
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from webllm_py.formats.quants import GGMLType, TensorInfo  # noqa: E402
+from webllm_py.formats.source import BytesSource  # noqa: E402
+from webllm_py.linear import Linear  # noqa: E402
+from webllm_py.planner import KernelPolicy  # noqa: E402
+from webllm_py.weights import upload_tensor  # noqa: E402
+
+TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+
+
+# gguf-py has no quantizer for these: random blocks are valid blocks once the f16 scales are sane.
+F16_FIELDS = {"IQ4_NL": (0,), "IQ4_XS": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+# This file checks the f32 kernels to ~1e-6; the int8 prefill (planner.i8_tiling, which Linear picks by
+# default for Q4_0 / Q8_0 / Q4_K, and on GPUs Q4_1) has its own bound in test_matmul_i8.py.
+F32 = KernelPolicy(prefill="f32")
+
+
+def make_weight(name: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
+    """(raw ggml bytes of an [n, k] matrix, its float64 dequantization by gguf-py)."""
+    qt = gguf.GGMLQuantizationType[name]
+    if name in F16_FIELDS:
+        bs, ts = gguf.GGML_QUANT_SIZES[qt]
+        raw = rng.integers(0, 256, (n, k // bs, ts), dtype=np.uint8)
+        for p in F16_FIELDS[name]:
+            raw[:, :, p:p + 2] = rng.uniform(0.001, 0.05, (n, k // bs, 1)).astype(np.float16).view(np.uint8)
+        raw = raw.reshape(n, -1)
+    elif name == "F32":
+        raw = rng.standard_normal((n, k)).astype(np.float32)
+    elif name == "F16":
+        raw = rng.standard_normal((n, k)).astype(np.float16)
+    else:
+        raw = gguf.quants.quantize(rng.standard_normal((n, k)).astype(np.float32), qt)
+    deq = gguf.quants.dequantize(raw, qt).astype(np.float64).reshape(n, k)
+    return raw.tobytes(), deq
+
+
+def upload(device, raw: bytes, name: str, n: int, k: int):
+    info = TensorInfo("w", (k, n), int(GGMLType[name]), 0, len(raw))
+    return upload_tensor(device, BytesSource(raw), info)
+
+
+def f32_buffer(device, a: np.ndarray):
+    return device.buffer_from(np.ascontiguousarray(a, np.float32).tobytes())
+
+
+def read_f32(device, buf, count: int) -> np.ndarray:
+    return np.frombuffer(asyncio.run(device.read_buffer(buf, 0, count * 4)), np.float32).astype(np.float64)
+
+
+def assert_close(y, ref, x, w):
+    # f32 accumulation in a different order: error bounded relative to sum |x||w| per output.
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w).T + 1e-30
+    err = np.abs(y - ref) / scale
+    assert err.max() < 2e-6, f"max scaled error {err.max():.3g}"
+
+
+def run_linear(device, lin: Linear, x: np.ndarray, y0: np.ndarray | None = None, accumulate=False) -> np.ndarray:
+    T = x.shape[0]
+    xb = f32_buffer(device, x)
+    yb = f32_buffer(device, y0 if y0 is not None else np.full((T, lin.N), np.nan, np.float32))
+    params = device.buffer_from(struct.pack("<II", 0, T))
+    bound = lin.bind(xb, yb, params, accumulate=accumulate)
+    with device.recorder() as rec:
+        bound.record(rec, T)
+    return read_f32(device, yb, T * lin.N).reshape(T, lin.N)
+
+
+def scaled_error(y, x, w):
+    ref = x.astype(np.float64) @ w.T
+    return (np.abs(y - ref) / (np.abs(x.astype(np.float64)) @ np.abs(w).T + 1e-30)).max()
+
+
+def q8_blocks(x: np.ndarray) -> np.ndarray:
+    """x rounded as the staged kernel stages it (llama.cpp's q8_1 rule, in f32): per 32 elements
+    d = max|x| / 127, q = round(x * (1 / d)) (half to even, as WGSL's round); returns q * d."""
+    b = np.asarray(x, np.float32).reshape(-1, 32)
+    d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    return (np.round(b * inv) * d.astype(np.float64)).reshape(x.shape)
+
+
+def staged_weight(qtype: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
+    """make_weight, except Q8_0 as random bytes with small f16 scales (every int8 value, -128
+    included, which gguf-py's quantizer never writes), dequantized by gguf-py."""
+    if qtype != "Q8_0":
+        return make_weight(qtype, n, k, rng)
+    raw = rng.integers(0, 256, (n, k // 32, 34), dtype=np.uint8)
+    raw[:, :, 0:2] = rng.uniform(0.001, 0.05, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
+    raw = raw.reshape(n, -1)
+    deq = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).astype(np.float64).reshape(n, k)
+    return raw.tobytes(), deq
+
+
+def staged_error(y, x, w):
+    """Max error against W @ q8(x), scaled by sum |q8(x)| |w| per output (f32 accumulation order)."""
+    xq = q8_blocks(x)
+    return (np.abs(y - xq @ w.T) / (np.abs(xq) @ np.abs(w).T + 1e-30)).max()
