@@ -96,3 +96,38 @@ def test_test_modules_do_not_import_each_other():
                 names = [last] if node.module else [a.name for a in node.names]
                 offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith("test_")]
     assert offenders == []
+
+
+# docs/architecture.md's layers, top to bottom: a module imports only its own layer and those below.
+LAYERS = [
+    {"worker"},
+    {"__init__", "api", "generate", "structured", "browser_models", "default_model"},
+    {"engine", "sampling"},
+    {"models", "checkpoint"},
+    {"linear", "attention", "kv_cache", "ops", "weights"},
+    {"planner"},
+    {"gpu"},
+    {"kernels"},
+    {"tokenizer"},
+    {"formats", "model_url"},
+    {"errors"},
+]
+DEV_ONLY = {"__main__", "bench", "serve", "static_site", "wheel", "dawn", "jupyterlite"}
+
+
+def test_imports_go_down_the_layers():
+    graph = import_graph(ROOT / "webllm_py")
+    depth = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+    def layer(module: str) -> int | None:
+        top = (module.split(".") + ["__init__"])[1]
+        assert top in depth or top in DEV_ONLY, f"{module} is in no layer of docs/architecture.md"
+        return depth.get(top)
+
+    upward = [
+        f"{a} -> {b}"
+        for a, bs in graph.items()
+        for b in bs
+        if layer(a) is not None and layer(b) is not None and layer(b) < layer(a)
+    ]
+    assert upward == []
