@@ -19,6 +19,7 @@ import pytest
 
 from webllm_py.engine import Engine
 
+from .gguf_models import add_tokenizer
 from .hf_models import Variant, build
 from .model_checks import LONG, SHORT, assert_greedy_match, assert_logits_match, load_engine
 
@@ -120,24 +121,6 @@ def _adjacent_pairs(w, n_heads: int):
     return w.reshape(n_heads, 2, d // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def add_tokenizer(w) -> None:
-    """SmolLM2's tokenizer metadata (the tiny models use its vocabulary), copied into GGUFWriter `w`."""
-    from webllm_py.default_model import default_model_path
-    from webllm_py.formats.gguf import GGUFFile
-
-    for k, v in GGUFFile(str(default_model_path())).metadata.items():
-        if not k.startswith("tokenizer."):
-            continue
-        if isinstance(v, bool):
-            w.add_bool(k, v)
-        elif isinstance(v, int):
-            w.add_uint32(k, v)
-        elif isinstance(v, str):
-            w.add_string(k, v)
-        else:
-            w.add_array(k, list(v))
-
-
 def gguf_writer(path: str, arch: str, c: dict):
     """A gguf-py GGUFWriter for `arch` with the shape keys every family writes, from config.json `c`."""
     import gguf
@@ -149,6 +132,18 @@ def gguf_writer(path: str, arch: str, c: dict):
     w.add_feed_forward_length(c["intermediate_size"])
     w.add_head_count(c["num_attention_heads"])
     w.add_head_count_kv(c["num_key_value_heads"])
+    return w
+
+
+def llama_gguf_writer(path: str, c: dict):
+    """gguf_writer for a Llama-layout config.json `c` (Mistral, Mixtral, the K-quant mixes), with the head
+    sizes, the norm's eps and the rope keys."""
+    w = gguf_writer(path, "llama", c)
+    w.add_key_length(c["head_dim"])
+    w.add_value_length(c["head_dim"])
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
+    w.add_rope_dimension_count(c["head_dim"])
     return w
 
 
@@ -193,12 +188,7 @@ def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     L, E, H, KV = c["num_hidden_layers"], c["num_local_experts"], c["num_attention_heads"], c["num_key_value_heads"]
     path = os.path.join(out_dir, "mixtral-4x2.gguf")
-    w = gguf_writer(path, "llama", c)
-    w.add_key_length(c["head_dim"])
-    w.add_value_length(c["head_dim"])
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
-    w.add_rope_dimension_count(c["head_dim"])
+    w = llama_gguf_writer(path, c)
     w.add_expert_count(E)
     w.add_expert_used_count(c["num_experts_per_tok"])
     w.add_sliding_window(c["sliding_window"])
