@@ -248,7 +248,8 @@ def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int, N: int = 0) -> Matmu
         tm, tn, rm, rn, *rest = (int(f) for f in _I8_ENV.split(","))
         return MatmulI8Tiling(tm=tm, tn=tn, rm=rm, rn=rn, kb=(rest or [kb])[0] if K % 64 == 0 else 1, planes=planes)
     # 256 threads of 4 tokens x 4 (or 2) rows; narrower tiles for fewer rows, so that a 128-token chunk
-    # still makes a few hundred workgroups (as gpu_matmul_tiling). Not yet measured on a GPU.
+    # still makes a few hundred workgroups (as gpu_matmul_tiling). The best of the tilings swept on the
+    # H200 (docs/benchmarks.md, packed-dot prefill).
     return MatmulI8Tiling(tm=64, tn=64 if N >= 4096 else 32, rm=4, rn=4 if N >= 4096 else 2, kb=kb, planes=planes)
 
 
@@ -407,8 +408,10 @@ class Linear:
     def bind(self, x: Any, y: Any, params: Any | None = None, accumulate: bool = False) -> "BoundLinear":
         """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
         if self.parts:
-            return BoundLinear(self, None, None, accumulate,
-                               [lin.bind(x, _from(y, 4 * r0), params, accumulate) for r0, lin in self.parts])
+            parts = [lin.bind(x, _from(y, 4 * r0), params, accumulate) for r0, lin in self.parts]
+            for p in parts[1:]:  # one x, one K: the blocks share its int8 scratch (_scratch), quantized once
+                p.quant = None
+            return BoundLinear(self, None, None, accumulate, parts)
         w = self.weight.buffer
         extra = [self.bias.buffer] if self.bias is not None else []
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
@@ -452,7 +455,8 @@ class BoundLinear:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
         t = lin.matmul_tiling
         if isinstance(t, MatmulI8Tiling):
-            rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
+            if self.quant is not None:  # None: an earlier row block of this weight quantized x
+                rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
             return
         if isinstance(t, MatmulRowsTiling):
