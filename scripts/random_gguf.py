@@ -11,28 +11,15 @@ Rope scaling (Llama 3.1's rope_freqs) is not written: speed does not depend on i
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
 
-from webllm_py.bench import SHAPES, random_checkpoint
-from webllm_py.formats.gguf import GGUFFile
-
-
-def copy_tokenizer(w: gguf.GGUFWriter, path: str) -> None:
-    for k, v in GGUFFile(path).metadata.items():
-        if not k.startswith("tokenizer."):
-            continue
-        if isinstance(v, bool):
-            w.add_bool(k, v)
-        elif isinstance(v, int):
-            w.add_uint32(k, v)
-        elif isinstance(v, float):
-            w.add_float32(k, v)
-        elif isinstance(v, str):
-            w.add_string(k, v)
-        else:
-            w.add_array(k, list(v))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.gguf_models import add_tokenizer  # noqa: E402
+from webllm_py.bench import SHAPES, random_checkpoint  # noqa: E402
 
 
 def write(out: str, w: gguf.GGUFWriter) -> None:
@@ -52,7 +39,7 @@ def main() -> None:
     a = p.parse_args()
     if a.vocab_only:
         w = gguf.GGUFWriter(a.out, "llama")
-        copy_tokenizer(w, a.vocab_only)
+        add_tokenizer(w, a.vocab_only)
         write(a.out, w)
         return
     if not (a.shape and a.vocab):
@@ -70,7 +57,7 @@ def main() -> None:
     w.add_rope_freq_base(c.rope_theta)
     w.add_rope_dimension_count(c.head_dim)
     w.add_vocab_size(c.vocab_size)
-    copy_tokenizer(w, a.vocab)
+    add_tokenizer(w, a.vocab)
     for name, t in ck.tensors.items():
         data = np.frombuffer(t.source.read(t.offset, t.nbytes), np.uint8)
         qt = gguf.GGMLQuantizationType(int(t.ggml_type))

@@ -1,10 +1,12 @@
 """Tiny models written as GGUF files the way llama.cpp lays them out (test_model_families.py,
-test_model_gpu_kernels.py, test_model_kquants.py, test_row_split.py, test_hardening.py): gguf-py's
+test_model_gpu_kernels.py, test_model_kquants.py, test_row_split.py, test_hardening.py; scripts/random_gguf.py,
+which runs without pytest): gguf-py's
 writer with the shape keys, SmolLM2's tokenizer metadata, tensors quantized by gguf-py (returned as
 stored, for the transformers reference), Q/K rows in llama.cpp's rotary order."""
 import os
 
 import numpy as np
+
 
 def _adjacent_pairs(w, n_heads: int):
     """Rows of each head reordered from Hugging Face's rotate-half layout (pair i = rows i, i + d/2) to
@@ -14,18 +16,24 @@ def _adjacent_pairs(w, n_heads: int):
     return w.reshape(n_heads, 2, d // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def add_tokenizer(w) -> None:
-    """SmolLM2's tokenizer metadata (the tiny models use its vocabulary), copied into GGUFWriter `w`."""
-    from webllm_py.default_model import default_model_path
+def add_tokenizer(w, path: str | None = None) -> None:
+    """The tokenizer.* metadata of GGUF `path` (default: SmolLM2's, whose vocabulary the tiny models use),
+    copied into gguf-py GGUFWriter `w`."""
     from webllm_py.formats.gguf import GGUFFile
 
-    for k, v in GGUFFile(str(default_model_path())).metadata.items():
+    if path is None:
+        from webllm_py.default_model import default_model_path
+
+        path = str(default_model_path())
+    for k, v in GGUFFile(path).metadata.items():
         if not k.startswith("tokenizer."):
             continue
         if isinstance(v, bool):
             w.add_bool(k, v)
         elif isinstance(v, int):
             w.add_uint32(k, v)
+        elif isinstance(v, float):
+            w.add_float32(k, v)
         elif isinstance(v, str):
             w.add_string(k, v)
         else:
@@ -43,6 +51,18 @@ def gguf_writer(path: str, arch: str, c: dict):
     w.add_feed_forward_length(c["intermediate_size"])
     w.add_head_count(c["num_attention_heads"])
     w.add_head_count_kv(c["num_key_value_heads"])
+    return w
+
+
+def llama_gguf_writer(path: str, c: dict):
+    """gguf_writer for a Llama-layout config.json `c` (Mistral, Mixtral, the K-quant mixes), with the head
+    sizes, the norm's eps and the rope keys."""
+    w = gguf_writer(path, "llama", c)
+    w.add_key_length(c["head_dim"])
+    w.add_value_length(c["head_dim"])
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
+    w.add_rope_dimension_count(c["head_dim"])
     return w
 
 

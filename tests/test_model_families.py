@@ -19,7 +19,7 @@ import pytest
 
 from webllm_py.engine import Engine
 
-from .gguf_models import _adjacent_pairs, add_tokenizer, finish_gguf, gguf_writer, put_tensor
+from .gguf_models import _adjacent_pairs, add_tokenizer, finish_gguf, gguf_writer, llama_gguf_writer, put_tensor
 from .hf_models import FAMILY_VARIANTS, build
 from .model_checks import LONG, SHORT, assert_greedy_match, assert_logits_match, load_engine
 
@@ -95,12 +95,7 @@ def mixtral_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     L, E, H, KV = c["num_hidden_layers"], c["num_local_experts"], c["num_attention_heads"], c["num_key_value_heads"]
     path = os.path.join(out_dir, "mixtral-4x2.gguf")
-    w = gguf_writer(path, "llama", c)
-    w.add_key_length(c["head_dim"])
-    w.add_value_length(c["head_dim"])
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
-    w.add_rope_dimension_count(c["head_dim"])
+    w = llama_gguf_writer(path, c)
     w.add_expert_count(E)
     w.add_expert_used_count(c["num_experts_per_tok"])
     w.add_sliding_window(c["sliding_window"])

@@ -15,7 +15,7 @@ gguf = pytest.importorskip("gguf")
 from .hf_models import Variant, build
 from .model_checks import LONG, assert_logits_match, load_engine
 from .linear_helpers import make_weight
-from .gguf_models import add_tokenizer, finish_gguf, gguf_writer
+from .gguf_models import add_tokenizer, finish_gguf, llama_gguf_writer
 
 pytestmark = [pytest.mark.gpu]
 
@@ -57,12 +57,7 @@ def mix_to_gguf(hf_dir: str, out_dir: str, mix: str) -> tuple[str, str]:
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     L, H, KV = c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]
     path = os.path.join(out_dir, f"llama-{mix}.gguf")
-    w = gguf_writer(path, "llama", c)
-    w.add_key_length(c["head_dim"])
-    w.add_value_length(c["head_dim"])
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
-    w.add_rope_dimension_count(c["head_dim"])
+    w = llama_gguf_writer(path, c)
     add_tokenizer(w)
     rng = np.random.default_rng(sum(map(ord, mix)))
     ref = dict(t)

@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .errors import (DEVICE_LOST_ADVICE, ContextOverflowError, DeviceLostError, ModelTooLargeError, RequestError,
                      WebLLMError)
 from .gpu import Device, request_device
-from .kv_cache import PagedKVCache, max_blocks
+from .kv_cache import DTYPE_BYTES, PagedKVCache, max_blocks
 from .models import build_model
 from .models.store import WeightStore
 from .planner import DEFAULT_POLICY, KernelPolicy
@@ -116,7 +116,7 @@ class Engine:
         cfg = ckpt.config
         ctx = min(cfg.context_length, context_window or cfg.context_length)
         kv_dtype = "f16" if device.has_f16 else "f32"
-        per_position = cfg.n_kv_heads * cfg.head_dim * (2 if kv_dtype == "f16" else 4)  # bytes of K in one layer
+        per_position = cfg.n_kv_heads * cfg.head_dim * DTYPE_BYTES[kv_dtype]  # bytes of K in one layer
         fit = max_blocks(device, cfg.n_kv_heads, cfg.head_dim, BLOCK_SIZE, kv_dtype) // max_sequences * BLOCK_SIZE
         if context_window is None:  # the model's own context, or as much of it as the adapter's cache allows
             ctx = min(ctx, max(fit, BLOCK_SIZE))

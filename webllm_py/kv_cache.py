@@ -17,18 +17,18 @@ import struct
 from .errors import ContextOverflowError, KVCacheFullError, ModelTooLargeError
 from .gpu.base import Buffer, Device
 
-_DTYPE_BYTES = {"f32": 4, "f16": 2}
+DTYPE_BYTES = {"f32": 4, "f16": 2}
 
 
 def max_blocks(device: Device, n_kv_heads: int, head_dim: int, block_size: int, dtype: str) -> int:
     """The most cache blocks the adapter allows: one layer's K (or V) buffer is bound whole."""
-    return device.max_binding_size // (block_size * n_kv_heads * head_dim * _DTYPE_BYTES[dtype])
+    return device.max_binding_size // (block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype])
 
 
 class PagedKVCache:
     def __init__(self, device: Device, n_layers: int, n_kv_heads: int, head_dim: int, block_size: int = 16,
                  num_blocks: int = 256, dtype: str = "f32", max_blocks_per_seq: int | None = None) -> None:
-        if dtype not in _DTYPE_BYTES:
+        if dtype not in DTYPE_BYTES:
             raise ValueError(f"KV cache dtype must be 'f32' or 'f16', got {dtype!r}")
         if dtype == "f16":
             device.require("shader-f16")
@@ -42,7 +42,7 @@ class PagedKVCache:
         self.max_blocks_per_seq = min(num_blocks, max_blocks_per_seq or num_blocks)
 
         # Check the adapter's limits before allocating anything: one layer's K buffer is bound whole.
-        self.layer_bytes = num_blocks * block_size * n_kv_heads * head_dim * _DTYPE_BYTES[dtype]
+        self.layer_bytes = num_blocks * block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype]
         fit = max_blocks(device, n_kv_heads, head_dim, block_size, dtype)
         if num_blocks > fit:
             limit = device.max_binding_size

@@ -175,8 +175,10 @@ class Linear:
     def bind(self, x: Any, y: Any, params: Any | None = None, accumulate: bool = False) -> "BoundLinear":
         """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
         if self.parts:
-            return BoundLinear(self, None, None, accumulate,
-                               [lin.bind(x, _from(y, 4 * r0), params, accumulate) for r0, lin in self.parts])
+            parts = [lin.bind(x, _from(y, 4 * r0), params, accumulate) for r0, lin in self.parts]
+            for p in parts[1:]:  # one x, one K: the blocks share its int8 scratch (_scratch), quantized once
+                p.quant = None
+            return BoundLinear(self, None, None, accumulate, parts)
         w = self.weight.buffer
         extra = [self.bias.buffer] if self.bias is not None else []
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
@@ -220,7 +222,8 @@ class BoundLinear:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
         t = lin.matmul_tiling
         if isinstance(t, MatmulI8Tiling):  # matmul_i8, after x's quantization
-            rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
+            if self.quant is not None:  # None: an earlier row block of this weight quantized x
+                rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
             return
         if isinstance(t, MatmulRowsTiling):  # matmul_rows

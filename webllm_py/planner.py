@@ -454,7 +454,8 @@ def i8_tiling(
     if policy.i8_tiling is not None:
         return replace(policy.i8_tiling, stage=True, kb=policy.i8_tiling.kb if kb == 2 else 1, planes=planes)
     # 256 threads of 4 tokens x 4 (or 2) rows; narrower tiles for fewer rows, so that a 128-token chunk
-    # still makes a few hundred workgroups (as GPU_MATMUL_TABLE).
+    # still makes a few hundred workgroups (as GPU_MATMUL_TABLE). The best of the tilings swept on the
+    # H200 (docs/benchmarks.md, packed-dot prefill).
     return MatmulI8Tiling(tm=64, tn=64 if N >= 4096 else 32, rm=4, rn=4 if N >= 4096 else 2, kb=kb, planes=planes)
 
 
