@@ -131,3 +131,17 @@ def test_imports_go_down_the_layers():
         if layer(a) is not None and layer(b) is not None and layer(b) < layer(a)
     ]
     assert upward == []
+
+
+def test_browser_wheel_holds_no_host_only_module():
+    """The wheel Pyodide installs leaves out the host-only modules (wheel.HOST_ONLY), and none of the
+    modules it does hold imports one (it would fail in the browser with ModuleNotFoundError)."""
+    from webllm_py.wheel import HOST_ONLY, package_files
+
+    in_wheel = {arc for arc, _ in package_files()}
+    host = {"webllm_py." + name.removesuffix(".py") for name in HOST_ONLY}
+    assert not {"webllm_py/" + name for name in HOST_ONLY} & in_wheel
+    assert {"webllm_py/bench.py", "webllm_py/worker.py", "webllm_py/shaders/matmul_i8.wgsl.j2"} <= in_wheel
+    graph = import_graph(ROOT / "webllm_py")
+    bad = [f"{a} -> {b}" for a, bs in graph.items() if a not in host for b in bs if b in host]
+    assert bad == []

@@ -33,12 +33,19 @@ def wheel_name(version: str | None = None) -> str:
     return f"{NAME}-{version or project_version()}-py3-none-any.whl"
 
 
+# Modules that run only on the host (CPython), never in Pyodide: the dev server, the static-site and
+# wheel builders, the JupyterLite build, the Dawn host (it starts Node; the code it runs inside Pyodide
+# is the wheel's) and the CLI. They stay out of the browser wheel; tests/test_imports.py checks that no
+# module the wheel holds imports one. (bench.py stays: bench.html and the Dawn host run it in Pyodide.)
+HOST_ONLY = frozenset({"__main__.py", "serve.py", "static_site.py", "wheel.py", "jupyterlite.py", "dawn.py"})
+
+
 def package_files() -> list[tuple[str, Path]]:
     """(path inside the wheel, path on disk) for every file the wheel holds, sorted."""
     # Every file of the package, not only *.py: data tables (e.g. tokenizer data) must come along.
     files = [(f"{NAME}/{p.relative_to(PACKAGE).as_posix()}", p) for p in PACKAGE.rglob("*")
              if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo", ".tmp")
-             and not p.name.startswith(".")]
+             and not p.name.startswith(".") and p.relative_to(PACKAGE).as_posix() not in HOST_ONLY]
     files += [(f"{NAME}/shaders/{p.name}", p) for p in SHADERS.glob("*.wgsl.j2")]
     return sorted(files)
 
