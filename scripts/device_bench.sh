@@ -2,9 +2,8 @@
 # Benchmarks on the device machine (an H100 through native wgpu over Vulkan). Run from the repo root
 # with `.gl` (Vulkan loader debs) and `.whl` (wgpu 0.32 + deps, cp312) carried; JSON lines go to
 # $OUT/bench.jsonl (or ./bench.jsonl), one per run, and are copied into docs/benchmarks.md by hand.
-#   scripts/device_bench.sh [full|kernels|profile|dev|structured|structured-overlap|matvec|matvec-tune|matvec-ops|latency-1b|subgroups|q8|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
+#   scripts/device_bench.sh [full|kernels|profile|dev|structured|matvec|matvec-tune|matvec-ops|latency-1b|subgroups|q8|none]   (kernels: scripts/kernel_bench.py; dev: that + profiles;
 #   structured: decode with/without a JSON token mask, needs build/tokenizers/{smollm2,llama3} carried;
-#   structured-overlap: schema runs as the engine steps and with bench --mask-overlap;
 #   attention: attention_step checked against numpy, its kernel timings, decode with it and without it; none: setup only)
 set -u
 OUT=${OUT:-.}
@@ -50,14 +49,6 @@ if [ "$mode" = structured ]; then  # issue 9: decode slowdown under response_for
         bench --shape llama-3.2-1b --quant Q4_0 --constraint $c --tokenizer build/tokenizers/llama3 --temperature 1
     done
     bench --shape llama-3.1-8b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1
-fi
-if [ "$mode" = structured-overlap ]; then  # the same schema runs as the engine steps, then with bench's split step
-    for o in "" --mask-overlap; do
-        bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0 --constraint schema $o
-        bench --shape smollm2-135m --quant Q4_1 --embed-quant Q8_0 --constraint schema --temperature 1 $o
-        bench --shape llama-3.2-1b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1 $o
-        bench --shape llama-3.1-8b --quant Q4_0 --constraint schema --tokenizer build/tokenizers/llama3 --temperature 1 $o
-    done
 fi
 if [ "$mode" = matvec ]; then  # issue 7: the staged matvec (matvec_q4s) against matvec_q4 (--matvec-kernel q4), each pair twice in swapped order
     for q in Q4_0 Q4_K; do

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import struct
 import sys
 import time
 
@@ -95,9 +94,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the timed decode (seed 0)")
     p.add_argument("--token-ids", type=int, default=0, metavar="N", help="also print the first N greedy token ids")
     p.add_argument("--rounds", type=int, default=3, help="--constraint: alternating free/constrained runs")
-    p.add_argument("--mask-overlap", action="store_true",
-                   help="--constraint: prototype of a split decode step (forward submitted, then the mask computed "
-                        "while the GPU runs it, then sampling submitted), free and constrained runs both")
 
 
 def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
@@ -204,11 +200,7 @@ async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
     into one command buffer (same position, so the same work as one token), then its submit and
     completion timed (the recording is not)."""
     d, s = engine.device, engine.model.state
-    pos0 = len(engine._cached[0])
-    engine.cache.ensure(0, pos0 + 1)
-    d.write_buffer(s.ids, struct.pack("<I", tid))
-    d.write_buffer(s.step, struct.pack("<2I", pos0, 1))
-    d.write_buffer(s.table, engine.cache.table_bytes(0))
+    engine._stage_step(0, [tid])  # the next decode step's inputs (not appended: it is run reps times)
     await d.read_buffer(s.logits, 0, 4)
     rec = d.recorder()  # recorded first: the host's recording is not part of the GPU time
     for _ in range(reps):
@@ -401,46 +393,7 @@ def _mask_cached(con) -> bool:
     return con.state.mask is not None
 
 
-class SplitDecode:
-    """A decode step as two submissions: the forward pass (needs only the last token), then sampling
-    (needs the mask). The host's mask work goes between them, so it overlaps the GPU's forward pass
-    instead of preceding it. A prototype for the engine (Engine._step submits both as one); like the
-    engine, the next step's command buffers are encoded while the GPU runs this one."""
-
-    def __init__(self, engine):
-        d = engine.device
-        self.engine = engine
-        self.forward = d.capture(lambda rec: engine.model.record(rec, 1, logits=True))
-        self.sample = d.capture(lambda rec: engine.sample_op.record(rec))
-        self._next = None
-
-    def _encode(self):
-        cbs = []
-        for prog in (self.forward, self.sample):
-            rec = self.engine.device.recorder()
-            rec.replay(prog)
-            cbs.append(rec.finish())
-        return cbs
-
-    async def step(self, seq: int, tid: int, host_work=None):
-        e, d = self.engine, self.engine.device
-        s = e.model.state
-        pos0 = len(e._cached[seq])
-        e.cache.ensure(seq, pos0 + 1)
-        d.write_buffer(s.ids, struct.pack("<I", tid))
-        d.write_buffer(s.step, struct.pack("<2I", pos0, 1))
-        d.write_buffer(s.table, e.cache.table_bytes(seq))
-        fwd, smp = self._next or self._encode()
-        d.submit_commands(fwd)
-        e._cached[seq].append(tid)
-        self._next = self._encode()
-        if host_work is not None:
-            host_work()  # e.g. advance the matcher and write the mask: the sampling reads it
-        d.submit_commands(smp)
-        return await e.sampler.read()
-
-
-async def decode_run(engine, prompt: list[int], n: int, params, new_constraint=None, split=None) -> dict:
+async def decode_run(engine, prompt: list[int], n: int, params, new_constraint=None) -> dict:
     """Prefill `prompt` from an empty cache, then time `n` decode steps. With `new_constraint` (a
     factory), each step is preceded by what Engine._generate_locked does (advance the matcher by the
     last token, compute its mask, write it to the sampler); a finished output (EOS, or the grammar
@@ -479,12 +432,9 @@ async def decode_run(engine, prompt: list[int], n: int, params, new_constraint=N
     work = host_work if con is not None else None
     t0 = perf()
     for _ in range(n):
-        if split is not None:  # the mask's work between the forward pass's and the sampling's submission
-            res = await split.step(0, tid, work)
-        else:  # as the engine: the mask's work first, then the whole step
-            if work is not None:
-                work()
-            res = await engine._step(0, [tid], sample=True)
+        if work is not None:  # as the engine: the mask's work first, then the whole step
+            work()
+        res = await engine._step(0, [tid], sample=True)
         tid = res.token_id
     wall = perf() - t0
     con, advance_s = state["con"], state["advance_s"]
@@ -526,20 +476,18 @@ async def structured_bench(engine, args, prompt: list[int], params) -> dict:
     t = time.perf_counter()
     Constraint(tok, gbnf, vocab)  # first use: the tokenizer's trie and the grammar's matcher
     setup_s = time.perf_counter() - t
-    split = SplitDecode(engine) if args.mask_overlap else None
     free, con = [], []
     for r in range(max(args.rounds, 1)):
         # A new seed each round (same for its free and constrained run): with temperature > 0 a later
         # round is a new output under the same schema, so it meets cached and new states both.
         p = dataclasses.replace(params, seed=r)
-        free.append(await decode_run(engine, prompt, args.decode_tokens, p, split=split))
-        con.append(await decode_run(engine, prompt, args.decode_tokens, p, lambda: Constraint(tok, gbnf, vocab),
-                                    split=split))
+        free.append(await decode_run(engine, prompt, args.decode_tokens, p))
+        con.append(await decode_run(engine, prompt, args.decode_tokens, p, lambda: Constraint(tok, gbnf, vocab)))
     free_tps = statistics.median(r["tok_s"] for r in free)
     warm = con[1:] or con
     warm_tps = statistics.median(r["tok_s"] for r in warm)
     return {
-        "constraint": args.constraint, "mask_overlap": bool(split), "tokenizer": args.tokenizer or (DEFAULT_TOKENIZER if args.shape else "file"),
+        "constraint": args.constraint, "tokenizer": args.tokenizer or (DEFAULT_TOKENIZER if args.shape else "file"),
         "tokenizer_vocab": tok.vocab_size, "decode_steps": args.decode_tokens, "trie_and_grammar_s": round(setup_s, 3),
         "free_tok_s": free_tps, "constrained_first_tok_s": con[0]["tok_s"], "constrained_warm_tok_s": warm_tps,
         "ratio_first": round(con[0]["tok_s"] / free_tps, 3), "ratio_warm": round(warm_tps / free_tps, 3),

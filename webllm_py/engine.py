@@ -156,15 +156,20 @@ class Engine:
         return engine
 
     # -- one forward step ---------------------------------------------------------------------------
-    async def _step(self, seq: int, ids: list[int], sample: bool):
-        n = len(ids)
-        pos0 = len(self._cached[seq])
+    def _stage_step(self, seq: int, ids: list[int]) -> None:
+        """Write a step's inputs (its token ids, position and count, sequence `seq`'s block table) to the
+        model's state buffers, with KV blocks for the new positions."""
+        n, pos0 = len(ids), len(self._cached[seq])
         self.cache.ensure(seq, pos0 + n, first_new=pos0)
-        s = self.model.state
-        d = self.device
+        s, d = self.model.state, self.device
         d.write_buffer(s.ids, struct.pack(f"<{n}I", *ids))
         d.write_buffer(s.step, struct.pack("<2I", pos0, n))
         d.write_buffer(s.table, self.cache.table_bytes(seq))
+
+    async def _step(self, seq: int, ids: list[int], sample: bool):
+        n = len(ids)
+        self._stage_step(seq, ids)
+        d = self.device
         t = time.perf_counter()
         decode = n == 1 and sample
         if decode:  # the step's commands were encoded while the GPU ran the previous one
