@@ -1,0 +1,159 @@
+#!/bin/bash
+# The peer table on the device (issues 17, 22): llama.cpp built with CUDA, webllm_py native (wgpu over
+# Vulkan) and webllm_py on Dawn (Chrome's WebGPU engine: Pyodide under Node, npm `webgpu`) on the same
+# random-weight GGUF files, in one device call, printed as one markdown table (ratios vs llama.cpp).
+#
+# The bundle: `scripts/peer_bundle.sh DIR` on the CPU machine puts into DIR the tree (`git archive HEAD`,
+# this script included), Node 20, npm `webgpu` + `pyodide`, the wheels, the Vulkan loader deb, the Llama 3
+# vocabulary and llama.cpp's sources pruned from the PyPI `llama-cpp-python` 0.3.36 sdist (~45 MiB in all).
+# On the device, with DIR carried (the device tool's `carry`):
+#   cd DIR && mkdir -p src && tar xJf src.tar.xz -C src && bash src/scripts/peer_bench.sh
+# Env:
+#   PEER_DIR         the bundle (default: the working directory)
+#   LLAMA_BIN        a folder with a built llama-bench and its lib*.so; default: DIR/llama-bin.tar.xz unpacked
+#                    if present, else built from DIR/llama.cpp.tar.xz (CUDA, sm_90, ~5 min on 14 cores)
+#   PEER_BUILD_ONLY  1: build llama-bench, pack it into $OUT/llama-bin.tar.xz (to carry next time), stop
+#   PEER_FILES       shape:quant list (default: the 1B and 8B Llama shapes x Q4_0, Q4_K_M)
+#   PEER_DECODE      decode tokens (default 256)
+# Columns: llama.cpp `llama-bench -fa 1 -ngl 99`: pp512 (`-p 512 -n 0`) and tg256 at depth 512
+# (`-p 0 -n 256 -d 512`); webllm_py `bench --model F --prompt-tokens 512 --decode-tokens 256` (prefill of the
+# 512-token prompt, then decode after it) natively and as `dawn-bench` (same arguments); a "Dawn + subgroup
+# matrices" column when `dawn-bench --help` offers a subgroup-matrix option. A cell that did not run says why.
+set -u
+DIR=$(cd "${PEER_DIR:-$PWD}" && pwd)
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$DIR/out}; mkdir -p "$OUT"
+LOG=$OUT/peer.jsonl; : > "$LOG"
+date -u +%FT%TZ; echo "tree $(cat "$DIR/REV" 2>/dev/null || echo "?")"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+# -- llama.cpp: unpack a built llama-bench, or build it ------------------------------------------------------
+build_llama() {
+    local t0=$SECONDS b=/tmp/llama.cpp
+    mkdir -p $b && tar xJf "$DIR/llama.cpp.tar.xz" -C /tmp || return 1
+    cmake -S $b -B $b/build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release \
+        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF > /tmp/llama-cmake.log 2>&1 || { tail -20 /tmp/llama-cmake.log; return 1; }
+    cmake --build $b/build -j "$(nproc)" --target llama-bench > /tmp/llama-build.log 2>&1 \
+        || { grep -m5 -i error /tmp/llama-build.log; tail -5 /tmp/llama-build.log; return 1; }
+    mkdir -p /tmp/llama-bin && cp $b/build/bin/llama-bench /tmp/llama-bin/ \
+        && find $b/build -name 'lib*.so*' -exec cp -P {} /tmp/llama-bin/ \;
+    echo "llama.cpp built in $((SECONDS - t0)) s"
+}
+if [ -z "${LLAMA_BIN:-}" ]; then
+    LLAMA_BIN=/tmp/llama-bin
+    if [ ! -x $LLAMA_BIN/llama-bench ]; then
+        if [ -f "$DIR/llama-bin.tar.xz" ] && [ -z "${PEER_BUILD_ONLY:-}" ]; then
+            mkdir -p $LLAMA_BIN && tar xJf "$DIR/llama-bin.tar.xz" -C $LLAMA_BIN
+        else
+            build_llama || echo "llama.cpp: build failed"
+        fi
+    fi
+fi
+if [ -n "${PEER_BUILD_ONLY:-}" ]; then
+    tar cf - -C $LLAMA_BIN . | xz -T0 -6 > "$OUT/llama-bin.tar.xz"; ls -l "$OUT/llama-bin.tar.xz"; exit 0
+fi
+export LD_LIBRARY_PATH=$LLAMA_BIN:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+
+# -- webllm_py's hosts: Vulkan loader, NVIDIA's ICD, wheels, Node + npm packages -------------------------------
+for f in "$DIR"/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+# NVIDIA's GLX Vulkan ICD fails headless; its EGL library works (as in scripts/device_bench.sh)
+printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/icd.json
+export VK_DRIVER_FILES=/tmp/icd.json
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DIR"/whl/*.whl || exit 1
+mkdir -p "$SRC/build/vendor/node_modules" "$SRC/build/vendor/wheels"
+tar xJf "$DIR/js.tar.xz" -C "$SRC/build/vendor/node_modules"
+cp "$DIR"/whl/jinja2-*.whl "$DIR"/whl/markupsafe-*.whl "$SRC/build/vendor/wheels/"
+xz -dc "$DIR/node.xz" > /tmp/node && chmod +x /tmp/node
+export WEBLLM_NODE=/tmp/node PYTHONPATH=/tmp/site:$SRC PYTHONUNBUFFERED=1
+cd "$SRC" || exit 1
+
+# -- the runs: each appends one JSON line {file, engine, ...} to $LOG ------------------------------------------
+DEC=${PEER_DECODE:-256}
+A="--prompt-tokens 512 --decode-tokens $DEC --token-ids 32 --gpu-reps 0"
+SGMAT=$(python3 -m webllm_py dawn-bench --help 2>/dev/null | grep -o -- '--[a-z-]*subgroup-matri[a-z-]*' | head -1)
+echo "dawn-bench subgroup-matrix option: ${SGMAT:-none}"
+record() {  # record FILE ENGINE TIMEOUT CMD...: the command's last JSON line, or its last error line as the reason
+    local f=$1 e=$2 t=$3; shift 3
+    echo "+ $*"
+    timeout "$t" "$@" > /tmp/run.out 2> /tmp/run.err; local rc=$?
+    python3 - "$f" "$e" "$rc" >> "$LOG" <<'EOF'
+import json, sys
+f, e, rc = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lines = [l for l in open("/tmp/run.out") if l.startswith("{")]
+r = {"file": f, "engine": e}
+if rc == 0 and lines:
+    r.update(json.loads(lines[-1]))
+else:
+    err = [l.strip() for l in open("/tmp/run.err", errors="replace") if l.strip() and not l.startswith("Warning")]
+    r["error"] = "timed out" if rc == 124 else (err[-1][:160] if err else f"exit {rc}")
+print(json.dumps(r))
+EOF
+    tail -1 "$LOG" | cut -c1-400
+}
+llama() {  # llama FILE: pp512 and tg256 at depth 512, one JSON line
+    local f=$1
+    echo "+ llama-bench -m $f -fa 1 -ngl 99 -p 512 -n 0 ; -p 0 -n 256 -d 512"
+    { timeout 240 $LLAMA_BIN/llama-bench -m "$f" -fa 1 -ngl 99 -p 512 -n 0 -o jsonl
+      timeout 240 $LLAMA_BIN/llama-bench -m "$f" -fa 1 -ngl 99 -p 0 -n 256 -d 512 -o jsonl; } > /tmp/llama.out 2> /tmp/llama.err
+    python3 - "$f" >> "$LOG" <<'EOF'
+import json, sys
+r = {"file": sys.argv[1], "engine": "llama.cpp"}
+for l in open("/tmp/llama.out"):
+    if l.startswith("{"):
+        j = json.loads(l)
+        key = "prefill_tok_s" if j["n_prompt"] else "decode_tok_s"
+        r[key] = round(j["avg_ts"], 1); r["build_commit"] = j.get("build_commit")
+if "prefill_tok_s" not in r and "decode_tok_s" not in r:
+    err = [l.strip() for l in open("/tmp/llama.err", errors="replace") if l.strip()]
+    r["error"] = err[-1][:160] if err else "no output"
+print(json.dumps(r))
+EOF
+    tail -1 "$LOG"
+}
+G="python3 scripts/random_gguf.py --vocab $DIR/vocab.gguf"
+for sq in ${PEER_FILES:-llama-3.2-1b:Q4_0 llama-3.2-1b:Q4_K_M llama-3.1-8b:Q4_0 llama-3.1-8b:Q4_K_M}; do
+    sh=${sq%%:*}; q=${sq##*:}; f=/tmp/$sh-$q.gguf
+    echo "=== $sh $q"
+    [ -f "$f" ] || $G --shape "$sh" --quant "$q" "$f" || continue
+    ls -l "$f"
+    if [ -x $LLAMA_BIN/llama-bench ]; then llama "$f"; fi
+    record "$f" native 300 python3 -m webllm_py bench --model "$f" $A
+    record "$f" dawn 300 python3 -m webllm_py dawn-bench --model "$f" $A
+    if [ -n "$SGMAT" ]; then record "$f" dawn-sgmat 300 python3 -m webllm_py dawn-bench --model "$f" $A "$SGMAT"; fi
+done
+
+# -- the table -------------------------------------------------------------------------------------------------
+python3 - "$LOG" <<'EOF'
+import json, os, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+engines = ["llama.cpp", "native", "dawn"] + (["dawn-sgmat"] if any(r["engine"] == "dawn-sgmat" for r in rows) else [])
+names = {"llama.cpp": "llama.cpp CUDA", "native": "webllm_py native", "dawn": "webllm_py on Dawn",
+         "dawn-sgmat": "Dawn + subgroup matrices"}
+files = list(dict.fromkeys(r["file"] for r in rows))
+by = {(r["file"], r["engine"]): r for r in rows}
+greedy = []
+print("\n| file | metric | " + " | ".join(names[e] for e in engines) + " |")
+print("|---|---|" + "---|" * len(engines))
+for f in files:
+    ref = by.get((f, "llama.cpp"), {})
+    for key, label in (("prefill_tok_s", "prefill 512 (pp512), tok/s"), ("decode_tok_s", "decode (tg256 @ depth 512), tok/s")):
+        cells = []
+        for e in engines:
+            r = by.get((f, e))
+            if r is None:
+                cells.append("not run")
+            elif "error" in r:
+                cells.append("failed: " + r["error"].replace("|", "/"))
+            elif key not in r:
+                cells.append("-")
+            elif e == "llama.cpp" or not ref.get(key):
+                cells.append(f"{r[key]:,.0f}")
+            else:
+                cells.append(f"{r[key]:,.0f} ({r[key] / ref[key]:.2f}x)")
+        print(f"| {os.path.basename(f)[:-5]} | {label} | " + " | ".join(cells) + " |")
+    n, d = by.get((f, "native"), {}), by.get((f, "dawn"), {})
+    if n.get("token_ids") and d.get("token_ids"):
+        greedy.append(f"{os.path.basename(f)}: first 32 greedy ids, Dawn == native: {n['token_ids'] == d['token_ids']}")
+print("\n".join([""] + greedy))
+EOF
