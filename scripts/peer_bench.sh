@@ -5,14 +5,16 @@
 #
 # The bundle: `scripts/peer_bundle.sh DIR` on the CPU machine puts into DIR the tree (`git archive HEAD`,
 # this script included), Node 20, npm `webgpu` + `pyodide`, the wheels, the Vulkan loader deb, the Llama 3
-# vocabulary and llama.cpp's sources pruned from the PyPI `llama-cpp-python` 0.3.36 sdist (~45 MiB in all).
+# vocabulary and llama.cpp's sources pruned from the PyPI `llama-cpp-python` 0.3.36 sdist (~49 MiB in all).
 # On the device, with DIR carried (the device tool's `carry`):
 #   cd DIR && mkdir -p src && tar xJf src.tar.xz -C src && bash src/scripts/peer_bench.sh
 # Env:
 #   PEER_DIR         the bundle (default: the working directory)
-#   LLAMA_BIN        a folder with a built llama-bench and its lib*.so; default: DIR/llama-bin.tar.xz unpacked
-#                    if present, else built from DIR/llama.cpp.tar.xz (CUDA, sm_90, ~5 min on 14 cores)
-#   PEER_BUILD_ONLY  1: build llama-bench, pack it into $OUT/llama-bin.tar.xz (to carry next time), stop
+#   LLAMA_BIN        a folder with a built llama-bench and its lib*.so; default /tmp/llama-bin, built there from
+#                    DIR/llama.cpp.tar.xz (CUDA, sm_90: 250 s on the H200 machine's 16 cores) unless a previous
+#                    call on the same warm machine left it. (Packed, llama-bench + libs are 43 MB as tar.xz: over
+#                    what a device call returns per file, 16 MiB, and too much to carry beside this bundle.)
+#   PEER_BUILD_ONLY  1: build llama-bench into /tmp/llama-bin and stop
 #   PEER_FILES       shape:quant list (default: the 1B and 8B Llama shapes x Q4_0, Q4_K_M)
 #   PEER_DECODE      decode tokens (default 256)
 # Columns: llama.cpp `llama-bench -fa 1 -ngl 99`: pp512 (`-p 512 -n 0`) and tg256 at depth 512
@@ -27,7 +29,7 @@ LOG=$OUT/peer.jsonl; : > "$LOG"
 date -u +%FT%TZ; echo "tree $(cat "$DIR/REV" 2>/dev/null || echo "?")"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
-# -- llama.cpp: unpack a built llama-bench, or build it ------------------------------------------------------
+# -- llama.cpp: a built llama-bench, or build it ---------------------------------------------------------------
 build_llama() {
     local t0=$SECONDS b=/tmp/llama.cpp
     mkdir -p $b && tar xJf "$DIR/llama.cpp.tar.xz" -C /tmp || return 1
@@ -42,17 +44,9 @@ build_llama() {
 }
 if [ -z "${LLAMA_BIN:-}" ]; then
     LLAMA_BIN=/tmp/llama-bin
-    if [ ! -x $LLAMA_BIN/llama-bench ]; then
-        if [ -f "$DIR/llama-bin.tar.xz" ] && [ -z "${PEER_BUILD_ONLY:-}" ]; then
-            mkdir -p $LLAMA_BIN && tar xJf "$DIR/llama-bin.tar.xz" -C $LLAMA_BIN
-        else
-            build_llama || echo "llama.cpp: build failed"
-        fi
-    fi
+    [ -x $LLAMA_BIN/llama-bench ] || build_llama || echo "llama.cpp: build failed"
 fi
-if [ -n "${PEER_BUILD_ONLY:-}" ]; then
-    tar cf - -C $LLAMA_BIN . | xz -T0 -6 > "$OUT/llama-bin.tar.xz"; ls -l "$OUT/llama-bin.tar.xz"; exit 0
-fi
+[ -z "${PEER_BUILD_ONLY:-}" ] || exit 0
 export LD_LIBRARY_PATH=$LLAMA_BIN:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 
 # -- webllm_py's hosts: Vulkan loader, NVIDIA's ICD, wheels, Node + npm packages -------------------------------

@@ -1,12 +1,12 @@
 #!/bin/bash
 # Makes the bundle scripts/peer_bench.sh runs from on the device (nothing can be downloaded there):
-#   scripts/peer_bundle.sh DIR [LLAMA_BIN_TAR_XZ]
+#   scripts/peer_bundle.sh DIR
 # DIR gets: src.tar.xz + REV (`git archive HEAD` of this checkout), node.xz (this machine's Node 20),
 # js.tar.xz (npm `pyodide` and `webgpu` with only dawn.node for linux-x64, from build/vendor/node_modules),
 # whl/ (wgpu 0.32 + deps for CPython 3.12, gguf, jinja2, the pure markupsafe wheel), gl/ (the Vulkan loader deb),
 # vocab.gguf (the sdist's Llama 3 vocabulary), llama.cpp.tar.xz (the PyPI `llama-cpp-python` 0.3.36 sdist's
-# vendor/llama.cpp minus the backends, tools and assets llama-bench does not need: ~4 MB) and, if given, the
-# llama-bin.tar.xz a `PEER_BUILD_ONLY=1` run brought back. ~45 MiB, under the device call's 64 MiB carry.
+# vendor/llama.cpp minus the backends, tools and assets llama-bench does not need: ~4 MB). ~49 MiB, under the
+# device call's 64 MiB carry.
 set -eu
 DIR=$(mkdir -p "$1" && cd "$1" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,16 +29,15 @@ if ! ls "$DIR"/whl/wgpu-*.whl > /dev/null 2>&1; then
     cp "$ROOT"/build/vendor/wheels/markupsafe-*-py3-none-any.whl "$DIR/whl/"  # pure build (scripts/setup.sh)
 fi
 ls "$DIR"/gl/libvulkan1_*.deb > /dev/null 2>&1 || (cd "$DIR/gl" && apt-get download libvulkan1)
-if [ ! -f "$DIR/llama.cpp.tar.xz" ]; then
+if [ ! -f "$DIR/llama.cpp.tar.xz" ] || [ ! -f "$DIR/vocab.gguf" ]; then
     "$PIP" download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d "$T"
     tar xzf "$T"/llama_cpp_python-0.3.36.tar.gz -C "$T"
     V=$T/llama_cpp_python-0.3.36/vendor/llama.cpp
-    cp "$V/models/ggml-vocab-llama-bpe.gguf" "$DIR/vocab.gguf"
+    cp "$V/models/ggml-vocab-llama-bpe.gguf" "$DIR/vocab.gguf"  # Llama 3's 128,256 tokens (random_gguf.py checks)
     mkdir -p "$T/lc/llama.cpp"
     cp -a "$V"/{CMakeLists.txt,cmake,include,src,common,ggml,vendor,tools,app,LICENSE} "$T/lc/llama.cpp/"
     rm -rf "$T"/lc/llama.cpp/ggml/src/ggml-{cann,hexagon,hip,metal,musa,opencl,openvino,sycl,virtgpu,vulkan,webgpu,zdnn,zendnn,et,blas,rpc} \
         "$T"/lc/llama.cpp/tools/{ui,server,cli}  # tools/ui, server, cli: only with LLAMA_BUILD_SERVER
     tar cf - -C "$T/lc" llama.cpp | xz -T2 -6 > "$DIR/llama.cpp.tar.xz"
 fi
-[ -z "${2:-}" ] || cp "$2" "$DIR/llama-bin.tar.xz"
 du -sh "$DIR"; ls -l "$DIR"

@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.gguf_models import add_tokenizer  # noqa: E402
 from webllm_py.bench import SHAPES, random_checkpoint  # noqa: E402
+from webllm_py.formats.gguf import GGUFFile  # noqa: E402
 
 
 def write(out: str, w: gguf.GGUFWriter) -> None:
@@ -46,6 +47,10 @@ def main() -> None:
         p.error("--shape and --vocab are needed")
     ck = random_checkpoint(a.shape, a.quant)
     c = ck.config
+    # llama.cpp refuses a file whose token_embd rows differ from its vocabulary (webllm_py does not check)
+    n_vocab = len(GGUFFile(a.vocab).metadata.get("tokenizer.ggml.tokens", ()))
+    if n_vocab != c.vocab_size:
+        p.error(f"--vocab {a.vocab} has {n_vocab} tokens, the {a.shape} shape {c.vocab_size}")
     w = gguf.GGUFWriter(a.out, "llama")
     w.add_block_count(c.n_layers)
     w.add_context_length(8192)
