@@ -39,11 +39,12 @@ from webllm_py.planner import (
     plan_matmul,
     plan_matvec,
     staged_tiling,
+    team_subgroups,
 )
 
 GPU = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=32768, storage_buffers=10)
 CPU = Adapter(cpu=True)
-SWIFTSHADER = Adapter(cpu=True, swiftshader=True, vulkan=False)
+SWIFTSHADER = Adapter(cpu=True, swiftshader=True, device_scope_barrier=False)
 STAGED = STAGED_TABLE[-1].tiling  # 256 threads, 8 lanes, one row each
 
 # (case, adapter, qtype, N, K, bias, policy, request) -> (row template, tiling, x_uniform)
@@ -200,7 +201,7 @@ def test_matmul_request():
 
 
 def test_attention_plan():
-    """Fused single-token step on native Vulkan GPUs with 10 storage bindings and head_dim % 8 == 0;
+    """Fused single-token step on GPUs with a device-scope storageBarrier (native Vulkan), 10 storage bindings and head_dim % 8 == 0;
     split-K decode elsewhere; the policy's choices; prefill tiles within the adapter's limits."""
     gpu = plan_attention(GPU, 32, 8, 128)
     assert isinstance(gpu, AttentionPlan) and gpu.fused and gpu.step == StepTiling(splits=32)
@@ -209,7 +210,7 @@ def test_attention_plan():
     )
     assert plan_attention(GPU, 64, 16, 64).step.splits == 16
     assert not plan_attention(GPU, 32, 8, 12).fused  # head_dim % 8
-    assert not plan_attention(Adapter(vulkan=False, storage_buffers=10), 32, 8, 128).fused
+    assert not plan_attention(Adapter(device_scope_barrier=False, storage_buffers=10), 32, 8, 128).fused
     assert not plan_attention(Adapter(storage_buffers=8), 32, 8, 128).fused
     cpu = plan_attention(CPU, 9, 3, 64)
     assert not cpu.fused and (cpu.decode_wg, cpu.splits, cpu.full_chunks, cpu.combine_wg) == (64, 1, False, 64)
@@ -229,7 +230,7 @@ def test_attention_plan():
 
 def test_adapter_of_device():
     """Adapter.of reads a device's info, limits and features (a browser's WGSL language features)."""
-    info = NS(is_fallback=False, architecture="", description="NVIDIA H200", api="vulkan")
+    info = NS(backend="native", is_fallback=False, architecture="", description="NVIDIA H200", api="vulkan")
     dev = NS(
         info=info,
         limits={"max_compute_workgroup_storage_size": 49152},
@@ -237,7 +238,7 @@ def test_adapter_of_device():
         raw=NS(adapter=NS(info={"vendor_id": 0x10DE, "stackgroup_min_size": 4})),
     )
     a = Adapter.of(dev)
-    assert (a.cpu, a.vulkan, a.packed_dot, a.subgroups, a.subgroup_min, a.workgroup_storage) == (
+    assert (a.cpu, a.device_scope_barrier, a.packed_dot, a.subgroups, a.subgroup_min, a.workgroup_storage) == (
         False,
         True,
         True,
@@ -246,10 +247,59 @@ def test_adapter_of_device():
         49152,
     )
     sw = NS(
-        info=NS(is_fallback=True, architecture="swiftshader", description="", api="webgpu"),
+        info=NS(backend="browser", is_fallback=True, architecture="swiftshader", description="", api=""),
         limits={},
         has_subgroups=False,
         wgsl_language_features={"readonly_and_readwrite_storage_textures"},
     )
     b = Adapter.of(sw)
-    assert b.cpu and b.swiftshader and not b.vulkan and not b.packed_dot and b.workgroup_storage == 16384
+    assert b.cpu and b.swiftshader and not b.device_scope_barrier and not b.packed_dot and b.workgroup_storage == 16384
+
+
+def _dawn_nvidia(features=("subgroups", "timestamp-query"), wgsl=("packed_4x8_integer_dot_product",), subgroup_min=32):
+    """A browser device as Dawn on the H200 makes it (docs: PLATFORM.md): no shader-f16, subgroups of 32
+    (GPUAdapterInfo.subgroupMinSize), packed_4x8_integer_dot_product, 48 KiB workgroup memory."""
+    from webllm_py.gpu.base import AdapterInfo, Device
+
+    class Fake(Device):  # Device's own has_f16 / has_subgroups over the features a BrowserDevice was granted
+        _create_pipeline = create_buffer = write_buffer = read_buffer = bind = recorder = destroy = None
+
+    d = Fake()
+    d.info = AdapterInfo(backend="browser", vendor="nvidia", architecture="hopper", description="")
+    d.features = frozenset(features)
+    d.limits = {"max_compute_workgroup_storage_size": 49152, "max_compute_invocations_per_workgroup": 1024,
+                "max_storage_buffers_per_shader_stage": 10}
+    d.wgsl_language_features = frozenset(wgsl)
+    d.subgroup_min_size = subgroup_min if "subgroups" in features else 0
+    return d
+
+
+def test_browser_gpu_without_f16_with_subgroups():
+    """Dawn/NVIDIA: no shader-f16 (the engine's KV cache is f32: no kernel choice reads f16), subgroups
+    of 32 and packed dot products: the staged kernel with subgroup team reductions, matmul_i8, and the
+    split-K decode attention (Tint's storageBarrier is workgroup-scoped: no fused step)."""
+    dev = _dawn_nvidia()
+    assert not dev.has_f16
+    a = Adapter.of(dev)
+    assert (a.cpu, a.subgroups, a.subgroup_min, a.packed_dot, a.device_scope_barrier) == (False, True, 32, True, False)
+    plan = plan_matvec(a, T.Q4_0, 2048, 2048)
+    assert plan.template == "matvec_q4s" and team_subgroups(a, plan.tiling.lanes_for(2048))
+    assert plan_matvec(a, T.Q6_K, 2048, 8192).tiling == StagedTiling(256, 16, 1) and team_subgroups(a, 16)
+    assert plan_matmul(a, T.Q4_0, 2048, 2048).template == "matmul_i8"
+    att = plan_attention(a, 32, 8, 64)
+    assert not att.fused and (att.decode_wg, att.splits, att.full_chunks) == (32, 32, True)
+    assert plan_attention(a, 32, 8, 64, KernelPolicy(fused_attention=True)).fused  # bench --attention fused
+
+
+def test_browser_gpu_fallbacks():
+    """Each feature absent: no subgroups (or an unknown size) -> workgroup-memory team reductions; no
+    packed_4x8_integer_dot_product -> matvec_q4 and the f32 matmul."""
+    a = Adapter.of(_dawn_nvidia(features=("timestamp-query",)))
+    assert not a.subgroups and a.subgroup_min == 0 and not team_subgroups(a, 8)
+    assert plan_matvec(a, T.Q4_0, 2048, 2048).template == "matvec_q4s"
+    assert not team_subgroups(Adapter.of(_dawn_nvidia(subgroup_min=0)), 8)
+    assert not team_subgroups(Adapter.of(_dawn_nvidia(subgroup_min=8)), 16)  # a team of 16 spans two subgroups
+    b = Adapter.of(_dawn_nvidia(wgsl=()))
+    assert not b.packed_dot and b.subgroups
+    assert plan_matvec(b, T.Q4_0, 2048, 2048).template == "matvec_q4"
+    assert plan_matmul(b, T.Q4_0, 2048, 2048).template == "matmul"

@@ -281,8 +281,7 @@ async def _bench(args) -> dict:
         ckpt.tokenizer = load_tokenizer(args.tokenizer or DEFAULT_TOKENIZER)
     backend = getattr(args, "backend", "native")  # "browser": the Dawn host (webllm_py/dawn.py) runs this
     spin = {} if args.read_spin is None else {"spin_reads": args.read_spin == "1"}  # native only
-    device = await request_device(backend, use_subgroups=bool(args.subgroups) if backend == "browser" else args.subgroups,
-                                  **spin)
+    device = await request_device(backend, use_subgroups=args.subgroups, **spin)
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
     engine = await Engine.load(ckpt, device=device, context_window=ctx, prefill_chunk=args.prefill_chunk,

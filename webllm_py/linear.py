@@ -18,7 +18,7 @@ from .formats.quants import GGMLType, row_nbytes
 from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and scripts/kernel_bench.py)
     DEFAULT_POLICY, I8_TYPES, Q4_TILING, Q4_TYPES, STAGED_TYPES, Adapter, KernelPolicy, MatmulI8Tiling,
     MatmulRowsTiling, MatmulTiling, MatvecTiling, StagedTiling, cpu_matmul_tiling, gpu_matmul_tiling, i8_tiling,
-    matvec_wg, plan_fused_glu, plan_matmul, plan_matvec, staged_tiling, subgroup_min_size)
+    matvec_wg, plan_fused_glu, plan_matmul, plan_matvec, staged_tiling, subgroup_min_size, team_subgroups)
 from .weights import GPUTensor
 
 
@@ -158,9 +158,7 @@ class Linear:
         t = tiling or self.matvec_tiling
         if isinstance(t, StagedTiling):
             lanes = t.lanes_for(self.K)
-            # teams reduce through subgroupShuffleXor where a team surely fits one subgroup (a little
-            # faster on an H100: docs/benchmarks.md, "Kernel choice")
-            sg = self._subgroups and (self._subgroups_asked or self.adapter.subgroup_min >= lanes)
+            sg = self._subgroups and (self._subgroups_asked or team_subgroups(self.adapter, lanes))
             return self.device.kernel("matvec_q4s", label=f"matvec_q4s {self.weight.name}", wg=t.wg,
                                       lanes=lanes, rows=t.rows, prefetch=t.prefetch, subgroups=sg,
                                       qtype=self.weight.ggml_type.name,

@@ -160,7 +160,9 @@ class Adapter:
 
     cpu: bool = False  # a CPU adapter (lavapipe, SwiftShader): workgroup barriers cost ~10x
     swiftshader: bool = False
-    vulkan: bool = True  # native wgpu over Vulkan (naga's SPIR-V)
+    # storageBarrier() is a device-scope fence in the shader compiler's output (see Adapter.of):
+    # attention_step's merge of its slices across workgroups needs one
+    device_scope_barrier: bool = True
     packed_dot: bool = True  # WGSL's packed_4x8_integer_dot_product (dot4I8Packed)
     subgroups: bool = False  # the subgroups feature was granted
     subgroup_min: int = 0  # the smallest subgroup, where known
@@ -177,7 +179,11 @@ class Adapter:
         return cls(
             cpu=bool(info.is_fallback),
             swiftshader="swiftshader" in f"{info.architecture} {info.description}".lower(),
-            vulkan=info.api == "vulkan",
+            # naga (native wgpu) writes storageBarrier() to SPIR-V as OpControlBarrier with memory scope
+            # Device; Tint (Dawn, Chrome) with memory scope Workgroup (its SPIR-V writer's tests expect
+            # `OpControlBarrier %uint_2 %uint_2 %uint_72`), all WGSL promises. Over Metal / D3D12 naga's
+            # barrier is not checked, so only native wgpu over Vulkan counts.
+            device_scope_barrier=info.backend == "native" and info.api == "vulkan",
             packed_dot=features is None or "packed_4x8_integer_dot_product" in features,
             subgroups=bool(getattr(device, "has_subgroups", False)),
             subgroup_min=subgroup_min_size(device),
@@ -264,6 +270,14 @@ def staged_tiling(
         if t is not None:
             return t
     return next(r.tiling for r in STAGED_TABLE if r.when(K, N, glu, qtype))
+
+
+def team_subgroups(adapter: Adapter, lanes: int) -> bool:
+    """Whether the staged kernel's teams of `lanes` threads reduce through subgroupShuffleXor (a little
+    faster on an H100: docs/benchmarks.md, "Kernel choice") rather than workgroup memory: where the
+    subgroups feature was granted and a team surely fits the smallest subgroup (native wgpu: the
+    vendor's known minimum; browsers: GPUAdapterInfo.subgroupMinSize); an unknown size (0) never does."""
+    return adapter.subgroups and adapter.subgroup_min >= lanes
 
 
 @dataclass(frozen=True)
@@ -542,10 +556,13 @@ def plan_attention(
     """Arguments other than the adapter's and the policy's override a choice (tests)."""
     fused = policy.fused_attention if fused is None else fused
     if fused is None:
-        # Native wgpu over Vulkan only by default: attention_step's merge of its slices relies on
-        # storageBarrier() being a device-scope fence, which naga's SPIR-V emits; WGSL promises only
-        # workgroup scope. It binds up to 10 storage buffers and needs head_dim % 8 == 0.
-        fused = not adapter.cpu and adapter.vulkan and head_dim % 8 == 0 and adapter.storage_buffers >= 10
+        # attention_step's merge of its slices relies on storageBarrier() being a device-scope fence
+        # (Adapter.device_scope_barrier: native wgpu over Vulkan); WGSL promises only workgroup scope,
+        # and a test passing on a CPU adapter (coherent memory) shows nothing of a GPU's caches. It
+        # binds up to 10 storage buffers and needs head_dim % 8 == 0.
+        fused = (
+            not adapter.cpu and adapter.device_scope_barrier and head_dim % 8 == 0 and adapter.storage_buffers >= 10
+        )
     elif fused and head_dim % 8:
         raise ValueError(f"the fused decode step needs head_dim % 8 == 0, not {head_dim}")
     cpu = adapter.cpu

@@ -98,6 +98,7 @@ class BrowserRecorder(Recorder):
 
 class BrowserDevice(Device):
     subgroups_directive = "enable subgroups;"  # Chrome requires it before subgroup builtins
+    subgroup_min_size = 0  # the adapter's smallest subgroup where subgroups were granted (planner.subgroup_min_size)
     # Set by create() (JS objects are Any to Python)
     raw: Any  # the GPUDevice
     wgsl_language_features: frozenset[str]
@@ -111,7 +112,10 @@ class BrowserDevice(Device):
     _submit: Any
 
     @classmethod
-    async def create(cls, power_preference: str = "high-performance", use_subgroups: bool = False) -> "BrowserDevice":
+    async def create(cls, power_preference: str = "high-performance",
+                     use_subgroups: bool | None = None) -> "BrowserDevice":
+        """use_subgroups: request the adapter's subgroups feature where it is offered; None: on GPU
+        adapters only, as NativeDevice (CPU adapters' kernels do not use them)."""
         gpu = getattr(js.navigator, "gpu", None)
         if gpu is None or gpu is jsnull:
             raise GPUUnavailableError("This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, "
@@ -127,10 +131,16 @@ class BrowserDevice(Device):
             is_fallback=bool(getattr(info, "isFallbackAdapter", False) or getattr(adapter, "isFallbackAdapter", False)),
         )
         have = {str(f) for f in getattr(js.Array, "from")(adapter.features)}
+        if use_subgroups is None:
+            use_subgroups = not self.info.is_fallback
         request = [f for f in _FEATURES if f in have and (use_subgroups or f != "subgroups")]
         limits = {k: getattr(adapter.limits, k) for k in _LIMITS}
         self.raw = await adapter.requestDevice(_js({"requiredFeatures": request, "requiredLimits": limits}))
         self.features = frozenset(request)
+        if "subgroups" in request:
+            # GPUAdapterInfo.subgroupMinSize (Chrome/Dawn, with the subgroups feature): the staged matvec's
+            # teams reduce through subgroup shuffles only where a team fits the smallest subgroup
+            self.subgroup_min_size = int(getattr(info, "subgroupMinSize", 0) or 0)
         # WGSL language features (e.g. packed_4x8_integer_dot_product, which linear.py's staged matvec
         # `requires`): Chrome lists them on navigator.gpu; a browser without the set has none of them.
         wgsl = getattr(gpu, "wgslLanguageFeatures", None)
