@@ -1,0 +1,132 @@
+"""What the browser device takes from Dawn, each behind its feature, through Dawn on Mesa 25 lavapipe
+(webllm_py.dawn.DawnHost; Pyodide has no numpy, so the data goes in and out as base64 and the
+references are numpy's, here):
+
+- subgroups: requested where offered, the size from GPUAdapterInfo.subgroupMinSize, the staged matvec's
+  subgroup team reduction (and the packed 8-bit dot products it stages x for) through Tint vs gguf-py's
+  dequantize; the fallback (not requested: lavapipe is a CPU adapter, where the default leaves them
+  off) reduces through workgroup memory, same reference;
+- attention_step's merge of split-K slices across workgroups, forced on (the planner keeps it off on
+  browsers: Tint's storageBarrier is workgroup-scoped), over many steps and four layers in one pass,
+  with the f32 cache of a device without shader-f16 (Dawn on NVIDIA), vs numpy.
+The planner's rows for each feature and its absence: tests/test_planner.py (test_browser_gpu_*)."""
+import base64
+
+import numpy as np
+import pytest
+
+from webllm_py.dawn import DawnHost
+
+from .attention_helpers import make_qkv, reference
+from .linear_helpers import make_weight, staged_error
+
+pytestmark = pytest.mark.dawn
+
+
+def _b64(a) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()
+
+
+def _f32(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), np.float32)
+
+
+@pytest.fixture(scope="module")
+def host():
+    with DawnHost(timeout=120) as h:
+        yield h
+
+
+_MATVEC = """
+import base64, js, struct
+from webllm_py.gpu.browser import BrowserDevice
+from webllm_py.formats.quants import GGMLType, TensorInfo
+from webllm_py.formats.source import BytesSource
+from webllm_py.linear import Linear
+from webllm_py.planner import Adapter, StagedTiling
+from webllm_py.weights import upload_tensor
+dev = await BrowserDevice.create(use_subgroups={use_subgroups})
+a = Adapter.of(dev)
+raw = base64.b64decode({w!r})
+w = upload_tensor(dev, BytesSource(raw), TensorInfo("w", ({K}, {N}), int(GGMLType.{qtype}), 0, len(raw)))
+lin = Linear(dev, w, matvec=StagedTiling(64, 8, 1))  # staged: asked for (the planner's GPU row, on a CPU adapter)
+src = lin.kernel("matvec", False).source
+x, y = dev.buffer_from(base64.b64decode({x!r})), dev.create_buffer({N} * 4)
+with dev.recorder() as rec:
+    lin.bind(x, y).record(rec, 1)
+out = base64.b64encode(await dev.read_buffer(y)).decode()
+info = (await js.navigator.gpu.requestAdapter()).info
+dev.destroy()
+dict(features=sorted(dev.features), subgroup_min=a.subgroup_min, subgroups=a.subgroups, packed_dot=a.packed_dot,
+     adapter_min=int(info.subgroupMinSize), template=lin.plan.template, shuffles="subgroupShuffleXor" in src,
+     directive="enable subgroups;" in src, dot4="dot4I8Packed" in src, y=out)
+"""
+
+
+@pytest.mark.parametrize("use_subgroups", [True, None])
+def test_staged_matvec_with_and_without_subgroups(host, use_subgroups):
+    """True: subgroups asked for and granted, size 8 from the adapter info, teams of 8 lanes reduce by
+    subgroupShuffleXor; None (the default on this CPU adapter): not requested, workgroup memory."""
+    rng = np.random.default_rng(7)
+    N, K = 45, 1024
+    raw, w = make_weight("Q4_0", N, K, rng)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    r = host.exec(_MATVEC.format(use_subgroups=use_subgroups, w=base64.b64encode(raw).decode(), x=_b64(x),
+                                 N=N, K=K, qtype="Q4_0"))
+    assert r["template"] == "matvec_q4s" and r["packed_dot"] and r["dot4"]
+    if use_subgroups:
+        assert "subgroups" in r["features"] and r["subgroups"]
+        assert r["subgroup_min"] == r["adapter_min"] == 8  # lavapipe's 256-bit SIMD: 8 lanes
+        assert r["shuffles"] and r["directive"]
+    else:
+        assert "subgroups" not in r["features"] and not r["subgroups"] and r["subgroup_min"] == 0
+        assert not r["shuffles"] and not r["directive"]
+    assert staged_error(_f32(r["y"])[:N].astype(np.float64), x, w) < 2e-6
+
+
+_STEP = """
+import base64, random, struct
+from webllm_py.gpu.browser import BrowserDevice
+from webllm_py.attention import PagedAttention
+from webllm_py.kv_cache import PagedKVCache
+from webllm_py.planner import StepTiling
+dev = await BrowserDevice.create()
+nh, nkv, hd, L, N = {nh}, {nkv}, {hd}, {L}, {N}
+cache = PagedKVCache(dev, L, nkv, hd, block_size=4, num_blocks=16, dtype="f32")
+random.Random(0).shuffle(cache._free)  # pages out of order
+attn = PagedAttention(dev, cache, nh, nkv, hd, 8, fused=True, step_tiling=StepTiling(64, 4, 9, 4))
+step, table = dev.create_buffer(8), dev.create_buffer(cache.table_buffer_size())
+data = [[base64.b64decode(s) for s in layer] for layer in {data!r}]  # per layer: q, k, v, all positions
+rows = [(nh * hd * 4, nkv * hd * 4, nkv * hd * 4)] * L
+bufs = [[dev.create_buffer(n) for n in (*rows[i], rows[i][0])] for i in range(L)]
+layers = [attn.bind(i, q, k, v, o, step, table) for i, (q, k, v, o) in enumerate(bufs)]
+assert all(b.step is not None for b in layers)
+outs = []
+for pos in range(N):
+    cache.ensure(0, pos + 1)
+    dev.write_buffer(step, struct.pack("<2I", pos, 1))
+    dev.write_buffer(table, cache.table_bytes(0))
+    for i in range(L):
+        for x, buf, n in zip(data[i], bufs[i], rows[i]):
+            dev.write_buffer(buf, x[pos * n:(pos + 1) * n])
+    with dev.recorder() as rec:  # the layers back to back in one pass, as a decode step records them
+        for b in layers:
+            b.record(rec, 1)
+    for i in range(L):
+        outs.append(await dev.read_buffer(bufs[i][3]))
+dev.destroy()
+base64.b64encode(b"".join(outs)).decode()
+"""
+
+
+def test_fused_step_merge_across_workgroups_on_dawn(host):
+    """attention_step with up to 9 slices per kv head merged by the last workgroup to arrive, through
+    Tint's SPIR-V: 4 layers x 44 steps (1 to 9 slices in use), every layer's output at every step vs
+    numpy; the f32 cache (what a device without shader-f16 gets)."""
+    (nh, nkv, hd), L, N = (32, 8, 64), 4, 44
+    data = [make_qkv(N, 30 + i, (nh, nkv, hd)) for i in range(L)]
+    got = _f32(host.exec(_STEP.format(nh=nh, nkv=nkv, hd=hd, L=L, N=N,
+                                      data=[[_b64(x) for x in layer] for layer in data])))
+    got = got.reshape(N, L, nh * hd)
+    for i, (q, k, v) in enumerate(data):
+        np.testing.assert_allclose(got[:, i], reference(q, k, v, nh, nkv), atol=2e-5, rtol=1e-4)
