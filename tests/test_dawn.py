@@ -6,6 +6,7 @@ the kernels, the native wgpu backend's greedy tokens for the model.
 """
 import asyncio
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -72,10 +73,12 @@ def test_lost_device_is_typed_and_a_new_device_works(host):
     test_rmsnorm_vs_numpy(host)
 
 
-def _bench(cmd):
+@functools.cache
+def _bench(cmd, *flags):
     env = dict(os.environ)
     r = subprocess.run([sys.executable, "-m", "webllm_py", cmd, "--prompt-tokens", "16", "--decode-tokens", "32",
-                        "--gpu-reps", "0", "--token-ids", "32"], capture_output=True, text=True, timeout=300, env=env)
+                        "--gpu-reps", "0", "--token-ids", "32", *flags], capture_output=True, text=True, timeout=300,
+                       env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -85,6 +88,14 @@ def test_smollm2_greedy_tokens_dawn_equal_native():
     assert dawn["backend"] == "browser" and native["backend"] == "native"
     assert len(native["token_ids"]) == 32
     assert dawn["token_ids"] == native["token_ids"]
+
+
+def test_smollm2_greedy_tokens_dawn_with_its_features_equal_native():
+    """What the browser device takes from Dawn on a GPU, forced on this CPU adapter: subgroups requested
+    and the fused attention_step (its slices merged across workgroups) through Tint."""
+    dawn = _bench("dawn-bench", "--subgroups", "--attention", "fused")
+    assert "subgroups" in dawn["features"]
+    assert dawn["token_ids"] == _bench("bench")["token_ids"]
 
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
