@@ -94,7 +94,8 @@ def test_smollm2_greedy_tokens_dawn_with_its_features_equal_native():
     """What the browser device takes from Dawn on a GPU, forced on this CPU adapter: subgroups requested
     and the fused attention_step (its slices merged across workgroups) through Tint."""
     dawn = _bench("dawn-bench", "--subgroups", "--attention", "fused")
-    assert "subgroups" in dawn["features"]
+    assert "subgroups" in dawn["features"] and dawn["kernels"]["adapter"]["subgroup_min"] == 8
+    assert "attention_step" in dawn["kernels"]["templates"] and "attention_decode" not in dawn["kernels"]["templates"]
     assert dawn["token_ids"] == _bench("bench")["token_ids"]
 
 

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import re
 import sys
 import time
 
@@ -34,6 +35,18 @@ SHAPES = {
                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
 }
 ROOFLINE_GBPS = {"H100": 3350.0, "H200": 4800.0}
+_SUBGROUP_CALL = re.compile(r"\bsubgroup[A-Z]\w*\(")  # a WGSL subgroup builtin called
+
+
+def kernels_taken(device) -> dict:
+    """What the planner saw of the adapter and the templates the run rendered (":subgroups": calling
+    subgroup builtins), e.g. to check on a device which kernels Dawn took."""
+    from .planner import Adapter
+    a = Adapter.of(device)
+    names = {k.label.split()[0] + (":subgroups" if _SUBGROUP_CALL.search(k.source) else "") for k in device.kernels_made}
+    return {"adapter": {f: getattr(a, f) for f in ("cpu", "subgroups", "subgroup_min", "packed_dot",
+                                                   "device_scope_barrier")},
+            "templates": sorted(names)}
 # --constraint schema: one fixed schema with the kinds issue 9 names (nested object, enum, array,
 # numbers, strings bounded and not), so runs compare across commits.
 BENCH_SCHEMA = {
@@ -364,6 +377,7 @@ async def _bench(args) -> dict:
         out["temperature"] = args.temperature
     if args.constraint:
         out["structured"] = await structured_bench(engine, args, prompt, params)
+    out["kernels"] = kernels_taken(device)
     engine.unload()
     return out
 

@@ -169,6 +169,11 @@ class Device(ABC):
     def _make_kernel(self, source: str, label: str) -> Kernel:
         return Kernel(self._create_pipeline(source, label), source, label)
 
+    @property
+    def kernels_made(self) -> list[Kernel]:
+        """The kernels rendered so far (bench reports which ones a run took)."""
+        return list(self._pipelines.values())
+
     @abstractmethod
     def _create_pipeline(self, source: str, label: str) -> Any: ...
 
