@@ -267,8 +267,11 @@ def _dawn_nvidia(features=("subgroups", "timestamp-query"), wgsl=("packed_4x8_in
     d = Fake()
     d.info = AdapterInfo(backend="browser", vendor="nvidia", architecture="hopper", description="")
     d.features = frozenset(features)
-    d.limits = {"max_compute_workgroup_storage_size": 49152, "max_compute_invocations_per_workgroup": 1024,
-                "max_storage_buffers_per_shader_stage": 10}
+    d.limits = {
+        "max_compute_workgroup_storage_size": 49152,
+        "max_compute_invocations_per_workgroup": 1024,
+        "max_storage_buffers_per_shader_stage": 10,
+    }
     d.wgsl_language_features = frozenset(wgsl)
     d.subgroup_min_size = subgroup_min if "subgroups" in features else 0
     return d

@@ -560,9 +560,7 @@ def plan_attention(
         # (Adapter.device_scope_barrier: native wgpu over Vulkan); WGSL promises only workgroup scope,
         # and a test passing on a CPU adapter (coherent memory) shows nothing of a GPU's caches. It
         # binds up to 10 storage buffers and needs head_dim % 8 == 0.
-        fused = (
-            not adapter.cpu and adapter.device_scope_barrier and head_dim % 8 == 0 and adapter.storage_buffers >= 10
-        )
+        fused = not adapter.cpu and adapter.device_scope_barrier and head_dim % 8 == 0 and adapter.storage_buffers >= 10
     elif fused and head_dim % 8:
         raise ValueError(f"the fused decode step needs head_dim % 8 == 0, not {head_dim}")
     cpu = adapter.cpu
