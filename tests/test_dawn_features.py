@@ -18,7 +18,7 @@ import pytest
 from webllm_py.dawn import DawnHost
 
 from .attention_helpers import make_qkv, reference
-from .linear_helpers import make_weight, staged_error
+from .linear_helpers import assert_close, make_weight, staged_error
 
 pytestmark = pytest.mark.dawn
 
@@ -43,13 +43,13 @@ from webllm_py.gpu.browser import BrowserDevice
 from webllm_py.formats.quants import GGMLType, TensorInfo
 from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Linear
-from webllm_py.planner import Adapter, StagedTiling
+from webllm_py.planner import Adapter, MatvecTiling, StagedTiling
 from webllm_py.weights import upload_tensor
 dev = await BrowserDevice.create(use_subgroups={use_subgroups})
 a = Adapter.of(dev)
 raw = base64.b64decode({w!r})
 w = upload_tensor(dev, BytesSource(raw), TensorInfo("w", ({K}, {N}), int(GGMLType.{qtype}), 0, len(raw)))
-lin = Linear(dev, w, matvec=StagedTiling(64, 8, 1))  # staged: asked for (the planner's GPU row, on a CPU adapter)
+lin = Linear(dev, w, matvec={tiling})  # asked for: the planner's GPU rows, on this CPU adapter
 src = lin.kernel("matvec", False).source
 x, y = dev.buffer_from(base64.b64decode({x!r})), dev.create_buffer({N} * 4)
 with dev.recorder() as rec:
@@ -59,7 +59,7 @@ info = (await js.navigator.gpu.requestAdapter()).info
 dev.destroy()
 dict(features=sorted(dev.features), subgroup_min=a.subgroup_min, subgroups=a.subgroups, packed_dot=a.packed_dot,
      adapter_min=int(info.subgroupMinSize), template=lin.plan.template, shuffles="subgroupShuffleXor" in src,
-     directive="enable subgroups;" in src, dot4="dot4I8Packed" in src, y=out)
+     directive="enable subgroups;" in src, dot4="dot4I8Packed" in src, source=src, y=out)
 """
 
 
@@ -67,12 +67,7 @@ dict(features=sorted(dev.features), subgroup_min=a.subgroup_min, subgroups=a.sub
 def test_staged_matvec_with_and_without_subgroups(host, use_subgroups):
     """True: subgroups asked for and granted, size 8 from the adapter info, teams of 8 lanes reduce by
     subgroupShuffleXor; None (the default on this CPU adapter): not requested, workgroup memory."""
-    rng = np.random.default_rng(7)
-    N, K = 45, 1024
-    raw, w = make_weight("Q4_0", N, K, rng)
-    x = rng.standard_normal((1, K)).astype(np.float32)
-    r = host.exec(_MATVEC.format(use_subgroups=use_subgroups, w=base64.b64encode(raw).decode(), x=_b64(x),
-                                 N=N, K=K, qtype="Q4_0"))
+    r, x, w = _matvec(host, "Q4_0", 45, 1024, "StagedTiling(64, 8, 1)", use_subgroups)
     assert r["template"] == "matvec_q4s" and r["packed_dot"] and r["dot4"]
     if use_subgroups:
         assert "subgroups" in r["features"] and r["subgroups"]
@@ -81,7 +76,28 @@ def test_staged_matvec_with_and_without_subgroups(host, use_subgroups):
     else:
         assert "subgroups" not in r["features"] and not r["subgroups"] and r["subgroup_min"] == 0
         assert not r["shuffles"] and not r["directive"]
-    assert staged_error(_f32(r["y"])[:N].astype(np.float64), x, w) < 2e-6
+    assert staged_error(_f32(r["y"])[: w.shape[0]].astype(np.float64), x, w) < 2e-6
+
+
+@pytest.mark.parametrize("qtype,N,K,tiling,template", [
+    ("Q4_1", 45, 320, "MatvecTiling(wg=64, rows=4)", "matvec_q4"),  # 4-bit rows, K % 256 != 0
+    ("Q8_0", 29, 512, "MatvecTiling(wg=128, rows=3)", "matvec"),  # other types: the generic split-K matvec
+])
+def test_split_k_matvecs_with_subgroups(host, qtype, N, K, tiling, template):
+    """The other kernels a GPU browser device now renders with subgroups (subgroupAdd reductions)
+    compile under Tint's uniformity rules and match gguf-py's dequantize."""
+    r, x, w = _matvec(host, qtype, N, K, tiling, True)
+    assert r["template"] == template and r["directive"] and "subgroupAdd" in r["source"]
+    assert_close(_f32(r["y"])[:N].astype(np.float64), x.astype(np.float64) @ w.T, x, w)
+
+
+def _matvec(host, qtype, N, K, tiling, use_subgroups):
+    rng = np.random.default_rng(7)
+    raw, w = make_weight(qtype, N, K, rng)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    r = host.exec(_MATVEC.format(use_subgroups=use_subgroups, w=base64.b64encode(raw).decode(), x=_b64(x),
+                                 N=N, K=K, qtype=qtype, tiling=tiling))
+    return r, x, w
 
 
 _STEP = """
