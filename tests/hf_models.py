@@ -73,7 +73,9 @@ def _config(v: Variant):
     else:
         rope = dict(kw.pop("rope_scaling", None) or {"rope_type": "default"})
         rope["rope_theta"] = kw.pop("rope_theta")
-    cfg = cls(vocab_size=tokenizer_vocab_size(v.tokenizer), initializer_range=v.init_std, rope_parameters=rope, **kw)
+    # a variant may take fewer ids than its tokenizer has (tests/test_model_matrix.py: a tiny vocabulary)
+    vocab = kw.pop("vocab_size", None) or tokenizer_vocab_size(v.tokenizer)
+    cfg = cls(vocab_size=vocab, initializer_range=v.init_std, rope_parameters=rope, **kw)
     cfg.architectures = [ARCHITECTURE[v.family]]
     return cfg
 

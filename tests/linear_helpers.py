@@ -15,11 +15,9 @@ from webllm_py.linear import Linear  # noqa: E402
 from webllm_py.planner import KernelPolicy  # noqa: E402
 from webllm_py.weights import upload_tensor  # noqa: E402
 
+from .gguf_models import F16_FIELDS  # noqa: E402
+
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
-
-
-# gguf-py has no quantizer for these: random blocks are valid blocks once the f16 scales are sane.
-F16_FIELDS = {"IQ4_NL": (0,), "IQ4_XS": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
 # This file checks the f32 kernels to ~1e-6; the int8 prefill (planner.i8_tiling, which Linear picks by

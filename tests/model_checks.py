@@ -15,8 +15,8 @@ PREFILL_CHUNK = 8
 LONG, SHORT = 20, 5   # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
 
 
-def load_engine(path: str, device) -> Engine:
-    return asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
+def load_engine(path: str, device, policy=None) -> Engine:
+    return asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK, policy=policy))
 
 
 def assert_logits_match(engine: Engine, ref_path: str, n: int, rtol: float, label: str = "") -> None:

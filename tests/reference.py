@@ -39,9 +39,14 @@ def hf_margins(path: str, ids: list[int], n: int) -> list[float]:
 
 @functools.lru_cache(maxsize=16)
 def _greedy_steps(path: str, ids: tuple[int, ...], n: int):
+    return greedy_steps(hf_model(path)[0], ids, n)
+
+
+def greedy_steps(model, ids, n: int) -> tuple[list[int], "list", list[float]]:
+    """Transformers model `model`'s n greedy tokens after `ids`, the logits of the prompt's last token,
+    and each step's top-2 margin (as hf_margins)."""
     import torch
 
-    model, _ = hf_model(path)
     # transformers 5.x renamed the KV cache argument and output `cache` (`past_key_values` goes in 5.40)
     key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     tokens, first_logits, margins = [], None, []

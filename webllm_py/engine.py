@@ -115,7 +115,7 @@ class Engine:
         device = device or await request_device(backend)
         cfg = ckpt.config
         ctx = min(cfg.context_length, context_window or cfg.context_length)
-        kv_dtype = "f16" if device.has_f16 else "f32"
+        kv_dtype = "f16" if device.has_f16 and (policy or DEFAULT_POLICY).kv_cache == "auto" else "f32"
         per_position = cfg.n_kv_heads * cfg.head_dim * DTYPE_BYTES[kv_dtype]  # bytes of K in one layer
         fit = max_blocks(device, cfg.n_kv_heads, cfg.head_dim, BLOCK_SIZE, kv_dtype) // max_sequences * BLOCK_SIZE
         if context_window is None:  # the model's own context, or as much of it as the adapter's cache allows

@@ -224,10 +224,15 @@ class KernelPolicy:
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
+    # the KV cache's element type: "auto" f16 where the adapter has shader-f16, else f32; "f32" always
+    # (tests that compare with transformers' f32 cache to 1e-5 rather than f16's 1e-3)
+    kv_cache: str = "auto"
 
     def __post_init__(self) -> None:
         if self.prefill not in ("auto", "i8x2", "i8", "f32"):
             raise ValueError(f"KernelPolicy.prefill must be auto, i8x2, i8 or f32, not {self.prefill!r}")
+        if self.kv_cache not in ("auto", "f32"):
+            raise ValueError(f"KernelPolicy.kv_cache must be auto or f32, not {self.kv_cache!r}")
 
     def staged_override(self, key: str) -> StagedTiling | None:
         return dict(self.staged_tilings).get(key)
