@@ -200,6 +200,19 @@ def test_matmul_request():
         KernelPolicy(prefill="int4")
 
 
+def test_kv_cache_policy():
+    """KernelPolicy.kv_cache, and bench's --kv-cache that sets it."""
+    with pytest.raises(ValueError, match="kv_cache must be auto or f32"):
+        KernelPolicy(kv_cache="f8")
+    import argparse
+
+    from webllm_py.bench import add_arguments, kernel_policy
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert [kernel_policy(p.parse_args(a)).kv_cache for a in ([], ["--kv-cache", "f32"])] == ["auto", "f32"]
+
+
 def test_attention_plan():
     """Fused single-token step on GPUs with a device-scope storageBarrier (native Vulkan), 10 storage bindings and head_dim % 8 == 0;
     split-K decode elsewhere; the policy's choices; prefill tiles within the adapter's limits."""

@@ -91,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="prefill matmul: auto = matmul_i8 (two int8 planes) where it pays; i8x2 / i8 force it; "
                         "f32 = the dequantizing matmul (KernelPolicy.prefill)")
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
+    p.add_argument("--kv-cache", choices=["auto", "f32"], default="auto",
+                   help="KV cache element type: auto = f16 where the adapter has shader-f16 (KernelPolicy.kv_cache)")
     p.add_argument("--attention", choices=["fused", "unfused"],
                    help="single-token attention as attention_step or as kv_write + decode + combine (default: planner's)")
     p.add_argument("--step-tiling", metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
@@ -192,7 +194,8 @@ def kernel_policy(args: argparse.Namespace):
         prefill=args.prefill_kernel, i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
         if args.i8_tiling else None,
         fused_attention=None if args.attention is None else args.attention == "fused",
-        step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None, **tiling)
+        step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None, kv_cache=args.kv_cache,
+        **tiling)
 
 
 def count_buffers(device) -> list[int]:
