@@ -13,7 +13,7 @@ K-quants and IQ4_XS cover all of them. gguf-py quantizes F32, F16, BF16, Q4_0, Q
 from the model's weights; it has no quantizer for Q2_K..Q6_K, IQ4_NL and IQ4_XS, so those tensors are random
 valid blocks at the weights' spread (gguf_models.random_blocks), dequantized by gguf-py for the reference.
 
-Size: 9 families x 15 types = 135 cells; 65 s here (2 shared cores, lavapipe through native wgpu), most
+Size: 9 families x 15 types = 135 cells; 65-86 s here (2 shared cores, lavapipe through native wgpu), most
 of it compiling each type's kernels and running transformers. The f16 KV cache the engine uses by default is
 covered by tests/test_model_families.py and test_model_gemma.py; this matrix keeps an f32 one (below).
 """
@@ -24,14 +24,13 @@ import pytest
 
 pytest.importorskip("gguf")
 
-from webllm_py.formats.quants import GGMLType  # noqa: E402
+from webllm_py.formats.quants import LAYOUTS, GGMLType  # noqa: E402
 from webllm_py.linear import prefill_i8_tiling  # noqa: E402
 from webllm_py.planner import KernelPolicy  # noqa: E402
 from webllm_py.sampling import SamplingParams  # noqa: E402
 
 from .gguf_models import hf_to_gguf  # noqa: E402
 from .hf_models import Variant, build  # noqa: E402
-from .linear_helpers import TYPES  # noqa: E402
 from .model_checks import LONG, load_engine  # noqa: E402
 from .reference import greedy_steps  # noqa: E402
 
@@ -81,6 +80,8 @@ FAMILIES = [
                                          "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}})),
 ]
 BY_NAME = {v.name: v for v in FAMILIES}
+# every type the kernels decode: a type added to formats/quants.py joins the matrix
+TYPES = [t.name for t, layout in LAYOUTS.items() if layout.supported]
 CELLS = [(f, t) for f in BY_NAME for t in TYPES]
 
 
