@@ -26,6 +26,7 @@ from webllm_py.planner import (
     KernelPolicy,
     MatmulI8Tiling,
     MatmulRowsTiling,
+    MatmulSgmatTiling,
     MatmulTiling,
     MatvecTiling,
     StagedTiling,
@@ -38,6 +39,7 @@ from webllm_py.planner import (
     plan_fused_glu,
     plan_matmul,
     plan_matvec,
+    sgmat_tiling,
     staged_tiling,
     team_subgroups,
 )
@@ -191,11 +193,38 @@ def test_i8_row(case):
     assert plan.template == ("matmul_i8" if tiling else "matmul_rows" if adapter.cpu else "matmul")
 
 
+# Dawn with allow_unsafe_apis on an H200: subgroup matrices, 48 KiB of workgroup memory
+SGMAT = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=49152, invocations=1024, subgroup_matrix=True)
+# (adapter, qtype, N, K, policy) -> matmul_sgmat's tiling, or None (then matmul_i8, its fallback, or below)
+# fmt: off
+SGMAT_CASES = [
+    ("tensor cores, Q4_0", SGMAT, T.Q4_0, 4096, 4096, KernelPolicy(), MatmulSgmatTiling()),
+    ("tensor cores, Q8_0, K / 32 odd: one block a step", SGMAT, T.Q8_0, 64, 96, KernelPolicy(), MatmulSgmatTiling(kb=1)),
+    ("the policy's tile", SGMAT, T.Q4_0, 64, 256, KernelPolicy(sgmat_tiling=MatmulSgmatTiling(sg_n=4, tj=1)),
+     MatmulSgmatTiling(sg_n=4, tj=1)),
+    ("a type it does not read: matmul_i8", SGMAT, T.Q4_K, 4096, 4096, KernelPolicy(), None),
+    ("matmul_i8 forced by policy", SGMAT, T.Q4_0, 4096, 4096, KernelPolicy(prefill="i8x2"), None),
+    ("no subgroup matrices (default Chrome, native wgpu, lavapipe)", GPU, T.Q4_0, 4096, 4096, KernelPolicy(), None),
+    ("tiles past the workgroup memory", Adapter(subgroup_matrix=True), T.Q4_0, 4096, 4096, KernelPolicy(), None),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", SGMAT_CASES, ids=[c[0] for c in SGMAT_CASES])
+def test_sgmat_row(case):
+    _, adapter, qtype, n, k, policy, tiling = case
+    assert sgmat_tiling(adapter, qtype, k, n, policy) == tiling
+    plan = plan_matmul(adapter, qtype, n, k, policy)
+    assert plan.template == ("matmul_sgmat" if tiling else "matmul_i8")
+    assert tiling is None or plan.tiling == tiling
+
+
 def test_matmul_request():
     assert plan_matmul(GPU, T.Q4_0, 64, 64, request=MatmulRowsTiling(4, 2, 3)).template == "matmul_rows"
     assert plan_matmul(CPU, T.Q4_0, 64, 64, request=MatmulTiling(tm=16)).tiling == MatmulTiling(tm=16)
     assert plan_matmul(CPU, T.Q6_K, 64, 256, request=MatmulI8Tiling()).template == "matmul_i8"
-    assert {r.template for r in MATMUL_TABLE} == {"matmul_i8", "matmul_rows", "matmul"}
+    assert plan_matmul(GPU, T.Q4_0, 64, 64, request=MatmulSgmatTiling()).template == "matmul_sgmat"
+    assert {r.template for r in MATMUL_TABLE} == {"matmul_sgmat", "matmul_i8", "matmul_rows", "matmul"}
     with pytest.raises(ValueError, match="prefill"):
         KernelPolicy(prefill="int4")
 
@@ -267,6 +296,15 @@ def test_adapter_of_device():
     )
     b = Adapter.of(sw)
     assert b.cpu and b.swiftshader and not b.device_scope_barrier and not b.packed_dot and b.workgroup_storage == 16384
+    assert not a.subgroup_matrix and not b.subgroup_matrix
+    # Dawn's subgroup matrices: the feature granted, an i8 16x16x32 config, subgroups of exactly 32
+    i8 = ("i8", "i32", 16, 16, 32)
+    dawn = dict(info=info, limits={}, features=frozenset({"chromium-experimental-subgroup-matrix"}),
+                subgroup_matrix_configs=frozenset({i8}), subgroup_sizes=(32, 32))
+    assert Adapter.of(NS(**dawn)).subgroup_matrix
+    assert not Adapter.of(NS(**{**dawn, "subgroup_sizes": (32, 64)})).subgroup_matrix
+    assert not Adapter.of(NS(**{**dawn, "subgroup_matrix_configs": frozenset({("u8", "u32", 16, 16, 32)})})).subgroup_matrix
+    assert not Adapter.of(NS(**{**dawn, "features": frozenset()})).subgroup_matrix
 
 
 def _dawn_nvidia(features=("subgroups", "timestamp-query"), wgsl=("packed_4x8_integer_dot_product",), subgroup_min=32):

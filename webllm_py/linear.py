@@ -17,7 +17,7 @@ from .errors import UnsupportedModelError
 from .formats.quants import GGMLType, row_nbytes
 from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and scripts/kernel_bench.py)
     DEFAULT_POLICY, I8_TYPES, Q4_TILING, Q4_TYPES, STAGED_TYPES, Adapter, KernelPolicy, MatmulI8Tiling,
-    MatmulRowsTiling, MatmulTiling, MatvecTiling, StagedTiling, cpu_matmul_tiling, gpu_matmul_tiling, i8_tiling,
+    MatmulRowsTiling, MatmulSgmatTiling, MatmulTiling, MatvecTiling, StagedTiling, cpu_matmul_tiling, gpu_matmul_tiling, i8_tiling,
     matvec_wg, plan_fused_glu, plan_matmul, plan_matvec, staged_tiling, subgroup_min_size, team_subgroups)
 from .weights import GPUTensor
 
@@ -65,7 +65,7 @@ class Linear:
 
     def __init__(self, device: Any, weight: GPUTensor, bias: GPUTensor | None = None, *,
                  matvec: MatvecTiling | StagedTiling | None = None,
-                 matmul: MatmulTiling | MatmulRowsTiling | MatmulI8Tiling | None = None,
+                 matmul: MatmulTiling | MatmulRowsTiling | MatmulI8Tiling | MatmulSgmatTiling | None = None,
                  tokens_at: int = 1, f16: bool = False, subgroups: bool | None = None,
                  out_stride: int | None = None, policy: KernelPolicy = DEFAULT_POLICY) -> None:
         """matvec / matmul: a tiling to use instead of the planner's choice (planner.py), where its kernel
@@ -129,12 +129,18 @@ class Linear:
                 k = self.device.kernel(name, label=label, wg=matvec_wg(name, t, self.weight.ggml_type, self.K),
                                        rows=t.rows, accumulate=accumulate, f16=self._f16, subgroups=self._subgroups,
                                        **self._params)
-            elif kind == "quantize" and isinstance(m, MatmulI8Tiling):  # x to int8 blocks for matmul_i8
+            elif kind == "quantize" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling)):  # x to int8 blocks
                 k = self.device.kernel("quantize_i8", label=f"quantize_i8 K {self.K}", K=self.K, wg=64,
                                        planes=m.planes, tokens_at=self._tokens_at)
             elif kind == "matmul" and isinstance(m, MatmulI8Tiling):
                 k = self.device.kernel(name, label=label, stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, kb=m.kb,
                                        wg=m.wg, planes=m.planes, qtype=self.weight.ggml_type.name, K=self.K,
+                                       row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
+                                       has_bias=self.bias is not None, accumulate=accumulate,
+                                       **{k: v for k, v in self._params.items() if k == "out_stride"})
+            elif kind == "matmul" and isinstance(m, MatmulSgmatTiling):
+                k = self.device.kernel(name, label=label, sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb,
+                                       planes=m.planes, qtype=self.weight.ggml_type.name, K=self.K,
                                        row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
                                        has_bias=self.bias is not None, accumulate=accumulate,
                                        **{k: v for k, v in self._params.items() if k == "out_stride"})
@@ -183,10 +189,10 @@ class Linear:
         mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra])
         if params is None:
             return BoundLinear(self, mv, None, accumulate)
-        if self.matmul_plan.template == "matmul_i8":
+        if self.matmul_plan.template in ("matmul_i8", "matmul_sgmat"):
             # x as int8 blocks for as many tokens as x holds: words [T, K / 4], (d, d * sum q) [T, K / 32]
             tokens = x.size // (4 * self.K)
-            planes = self.matmul_tiling.planes if isinstance(self.matmul_tiling, MatmulI8Tiling) else 2
+            planes = self.matmul_tiling.planes if isinstance(self.matmul_tiling, (MatmulI8Tiling, MatmulSgmatTiling)) else 2
             xq, xd = _scratch(self.device, "xq", tokens * self.K * planes), _scratch(self.device, "xd", tokens * self.K // 4)
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
@@ -219,7 +225,7 @@ class BoundLinear:
         if self.matmul is None:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
         t = lin.matmul_tiling
-        if isinstance(t, MatmulI8Tiling):  # matmul_i8, after x's quantization
+        if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)):  # matmul_i8 / matmul_sgmat, after x's quantization
             if self.quant is not None:  # None: an earlier row block of this weight quantized x
                 rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))

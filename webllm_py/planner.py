@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .formats.quants import GGMLType
+from .gpu.base import SGMAT_FEATURE
 
 DEFAULT_WORKGROUP_STORAGE = 16384  # WebGPU's default maxComputeWorkgroupStorageSize
 MAX_UNIFORM_BINDING = 65536  # WebGPU's default maxUniformBufferBindingSize
@@ -110,6 +111,37 @@ class MatmulI8Tiling:
 
 
 @dataclass(frozen=True)
+class MatmulSgmatTiling:
+    """Prefill on subgroup matrices (matmul_sgmat.wgsl.j2, tensor cores through Dawn's
+    chromium-experimental-subgroup-matrix) after quantize_i8.wgsl.j2, as matmul_i8: a workgroup of
+    sg_m x sg_n subgroups, each owning ti x tj 16x16 tiles of y, walks K in steps of kb blocks."""
+
+    sg_m: int = 2  # subgroups along tokens
+    sg_n: int = 2  # subgroups along rows
+    ti: int = 2  # 16-token tiles per subgroup: each weight matrix loaded serves ti multiplies
+    tj: int = 2  # 16-row tiles per subgroup: each x matrix loaded serves tj multiplies
+    kb: int = 2  # 32-blocks per K step (between staging barriers), where it divides K / 32
+    planes: int = 2  # int8 planes of x (as MatmulI8Tiling's)
+
+    @property
+    def tm(self) -> int:
+        return 16 * self.sg_m * self.ti
+
+    @property
+    def tn(self) -> int:
+        return 16 * self.sg_n * self.tj
+
+    def groups(self, n: int, T: int) -> tuple[int, int]:
+        return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
+
+    def shared_bytes(self) -> int:
+        """Workgroup memory: staged x and W rows (4 words of padding each), their scales, and one
+        block's integers of every tile."""
+        return 4 * (self.tm * (8 * self.kb * self.planes + 4) + self.tn * (8 * self.kb + 4)
+                    + self.kb * (self.tm + self.tn) + self.sg_m * self.sg_n * self.ti * self.tj * 256)
+
+
+@dataclass(frozen=True)
 class StepTiling:
     """attention_step's shape: threads per workgroup, positions per pass, workgroups per kv head
     (split-K slices, merged in the same dispatch) and the fewest positions a slice takes."""
@@ -132,6 +164,8 @@ CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
 SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False)
 # The packed-dot prefill (matmul_i8) reads these types.
 I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K)
+# ... and the subgroup-matrix prefill (matmul_sgmat) these (whole 32-blocks of signed int8 once unpacked).
+SGMAT_TYPES = (GGMLType.Q4_0, GGMLType.Q8_0)
 
 
 # -- inputs -------------------------------------------------------------------------------------------
@@ -169,6 +203,9 @@ class Adapter:
     workgroup_storage: int = DEFAULT_WORKGROUP_STORAGE  # bytes of workgroup memory
     invocations: int = 256  # threads per workgroup
     storage_buffers: int = 8  # storage bindings per shader stage
+    # Dawn's chromium-experimental-subgroup-matrix granted with an i8 x i8 -> i32 16x16x32 config, and
+    # subgroups of exactly 32 (matmul_sgmat gives each lane 8 elements of a 16x16 tile)
+    subgroup_matrix: bool = False
 
     @classmethod
     def of(cls, device: Any) -> "Adapter":
@@ -190,6 +227,9 @@ class Adapter:
             workgroup_storage=int(limits.get("max_compute_workgroup_storage_size", DEFAULT_WORKGROUP_STORAGE)),
             invocations=int(limits.get("max_compute_invocations_per_workgroup", 256)),
             storage_buffers=int(limits.get("max_storage_buffers_per_shader_stage", 8)),
+            subgroup_matrix=SGMAT_FEATURE in getattr(device, "features", ())
+            and ("i8", "i32", 16, 16, 32) in getattr(device, "subgroup_matrix_configs", ())
+            and tuple(getattr(device, "subgroup_sizes", ())) == (32, 32),
         )
 
     def fits(self, workgroup_bytes: int) -> bool:
@@ -221,6 +261,7 @@ class KernelPolicy:
     # prefill: "auto" takes matmul_i8 with two int8 planes of x where I8 pays; "i8x2" (two planes) and
     # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
     prefill: str = "auto"
+    sgmat_tiling: MatmulSgmatTiling | None = None  # matmul_sgmat's tile (kb drops to 1 where K % 64 != 0)
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
@@ -417,8 +458,8 @@ def matvec_wg(template: str, tiling: MatvecTiling, qtype: GGMLType, K: int) -> i
 # -- matmul (prefill: a chunk of tokens) --------------------------------------------------------------
 @dataclass(frozen=True)
 class MatmulPlan:
-    template: str  # matmul_i8 | matmul_rows | matmul
-    tiling: MatmulI8Tiling | MatmulTiling | MatmulRowsTiling
+    template: str  # matmul_sgmat | matmul_i8 | matmul_rows | matmul
+    tiling: MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling
 
 
 # GPUs, by the number of rows: big register tiles where a 128-token chunk still makes a few hundred
@@ -478,15 +519,32 @@ def i8_tiling(
     return MatmulI8Tiling(tm=64, tn=64 if N >= 4096 else 32, rm=4, rn=4 if N >= 4096 else 2, kb=kb, planes=planes)
 
 
+def sgmat_tiling(
+    adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
+) -> MatmulSgmatTiling | None:
+    """matmul_sgmat's tiling where the adapter has subgroup matrices (Dawn with allow_unsafe_apis; not
+    default Chrome, not native wgpu, not lavapipe) and the policy is "auto": Q4_0 and Q8_0 rows (None
+    elsewhere: matmul_i8 is the fallback, on the same int8 x)."""
+    if policy.prefill != "auto" or qtype not in SGMAT_TYPES or K % 32 or not adapter.subgroup_matrix:
+        return None
+    t = policy.sgmat_tiling or MatmulSgmatTiling()
+    if (K // 32) % t.kb:
+        t = replace(t, kb=1)
+    return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
+
+
 @dataclass(frozen=True)
 class MatmulRow:
     template: str
     tiling: Callable[
-        [Adapter, GGMLType, int, int, KernelPolicy], MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None
+        [Adapter, GGMLType, int, int, KernelPolicy],
+        MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None,
     ]
 
 
 MATMUL_TABLE: tuple[MatmulRow, ...] = (
+    # tensor cores: i8 subgroup matrix multiplies over the same int8 x (where sgmat_tiling says it runs)
+    MatmulRow("matmul_sgmat", sgmat_tiling),
     # packed 8-bit dot products over x quantized once per dispatch pair (where i8_tiling says it runs)
     MatmulRow("matmul_i8", i8_tiling),
     # CPU adapters: barrier-free rows, by weight type
@@ -494,7 +552,7 @@ MATMUL_TABLE: tuple[MatmulRow, ...] = (
     # GPUs: register tiles, by the number of rows
     MatmulRow("matmul", lambda a, q, K, N, p: gpu_matmul_tiling(N)),
 )
-_MATMUL_TEMPLATES = {MatmulI8Tiling: "matmul_i8", MatmulRowsTiling: "matmul_rows", MatmulTiling: "matmul"}
+_MATMUL_TEMPLATES = {MatmulSgmatTiling: "matmul_sgmat", MatmulI8Tiling: "matmul_i8", MatmulRowsTiling: "matmul_rows", MatmulTiling: "matmul"}
 
 
 def plan_matmul(
@@ -503,7 +561,7 @@ def plan_matmul(
     N: int,
     K: int,
     policy: KernelPolicy = DEFAULT_POLICY,
-    request: MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None = None,
+    request: MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None = None,
 ) -> MatmulPlan:
     if request is not None:
         return MatmulPlan(_MATMUL_TEMPLATES[type(request)], request)

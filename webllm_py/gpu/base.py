@@ -112,6 +112,11 @@ class _CaptureRecorder(Recorder):
         pass
 
 
+# Dawn's tensor-core feature (WGSL `enable chromium_experimental_subgroup_matrix;`): offered with
+# allow_unsafe_apis only; a device lists it in `features` and its configs in `subgroup_matrix_configs`.
+SGMAT_FEATURE = "chromium-experimental-subgroup-matrix"
+
+
 class Device(ABC):
     """A WebGPU device with the features the kernels care about."""
 

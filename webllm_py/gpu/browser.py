@@ -10,7 +10,7 @@ import re
 from typing import Any, Sequence
 
 from ..errors import DEVICE_LOST_ADVICE, DeviceLostError, GPUUnavailableError, ShaderError
-from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder, align_up
+from .base import SGMAT_FEATURE, AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder, align_up
 
 import js  # type: ignore  # only importable under Pyodide
 from pyodide.ffi import create_proxy, jsnull, to_js  # type: ignore
@@ -134,8 +134,22 @@ class BrowserDevice(Device):
         if use_subgroups is None:
             use_subgroups = not self.info.is_fallback
         request = [f for f in _FEATURES if f in have and (use_subgroups or f != "subgroups")]
+        # Tensor cores (matmul_sgmat.wgsl.j2), where offered: Dawn with allow_unsafe_apis (Chrome's
+        # "Unsafe WebGPU Support"), never default Chrome. Its kernels also need `subgroups` (subgroup_id),
+        # granted with it; the other kernels' use of subgroups stays as use_subgroups says.
+        self.subgroup_matrix_configs = frozenset()
+        self.subgroup_sizes = (int(getattr(info, "subgroupMinSize", 0) or 0), int(getattr(info, "subgroupMaxSize", 0) or 0))
+        granted = list(request)
+        if SGMAT_FEATURE in have and "subgroups" in have:
+            granted += [SGMAT_FEATURE] + ([] if "subgroups" in request else ["subgroups"])
+            self.subgroup_matrix_configs = frozenset(
+                (str(c.componentType), str(c.resultComponentType), int(c.M), int(c.N), int(c.K))
+                for c in getattr(js.Array, "from")(getattr(info, "subgroupMatrixConfigs", None) or js.Array.new()))
+            request.append(SGMAT_FEATURE)
+        # every limit at the adapter's maximum: matmul_sgmat's tiles need more than the default 16 KiB
+        # of workgroup memory (maxComputeWorkgroupStorageSize)
         limits = {k: getattr(adapter.limits, k) for k in _LIMITS}
-        self.raw = await adapter.requestDevice(_js({"requiredFeatures": request, "requiredLimits": limits}))
+        self.raw = await adapter.requestDevice(_js({"requiredFeatures": granted, "requiredLimits": limits}))
         self.features = frozenset(request)
         if "subgroups" in request:
             # GPUAdapterInfo.subgroupMinSize (Chrome/Dawn, with the subgroups feature): the staged matvec's
