@@ -105,3 +105,11 @@ def staged_error(y, x, w):
     """Max error against W @ q8(x), scaled by sum |q8(x)| |w| per output (f32 accumulation order)."""
     xq = q8_blocks(x)
     return (np.abs(y - xq @ w.T) / (np.abs(xq) @ np.abs(w).T + 1e-30)).max()
+
+
+def int8_bound(x: np.ndarray, w: np.ndarray, planes: int = 1) -> np.ndarray:
+    """sum_k |w_k| * (half a step of x's block) for every output [T, N]: the step is max|x_block| / 127
+    with one int8 plane, 254 times finer with the residual plane."""
+    T, K = x.shape
+    half_step = np.abs(x.astype(np.float64)).reshape(T, K // 32, 32).max(2) / 127 / 2 / (254 if planes == 2 else 1)
+    return np.repeat(half_step, 32, 1) @ np.abs(w).T

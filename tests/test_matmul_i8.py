@@ -17,7 +17,7 @@ from webllm_py.linear import Linear, MatmulI8Tiling, MatmulRowsTiling, prefill_i
 from webllm_py.planner import KernelPolicy
 from webllm_py.weights import upload_tensor
 
-from .linear_helpers import make_weight, run_linear, upload
+from .linear_helpers import int8_bound, make_weight, run_linear, upload
 
 pytestmark = pytest.mark.gpu
 
@@ -26,14 +26,6 @@ LANES = MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8)  # lavapipe's
 TILINGS = [STAGED, MatmulI8Tiling(), LANES, MatmulI8Tiling(tm=32, tn=32, planes=1),
            MatmulI8Tiling(stage=False, wg=8, rm=3, rn=4, planes=1)]
 IDS = ["staged", "staged64", "lanes", "staged32-1plane", "lanes-1plane"]
-
-
-def int8_bound(x: np.ndarray, w: np.ndarray, planes: int = 1) -> np.ndarray:
-    """sum_k |w_k| * (half a step of x's block) for every output [T, N]: the step is max|x_block| / 127
-    with one int8 plane, 254 times finer with the residual plane."""
-    T, K = x.shape
-    half_step = np.abs(x.astype(np.float64)).reshape(T, K // 32, 32).max(2) / 127 / 2 / (254 if planes == 2 else 1)
-    return np.repeat(half_step, 32, 1) @ np.abs(w).T
 
 
 # (N, K, T): K / 32 odd (one block a K step) and even; N and T neither multiples of the 32 x 32 tile nor of

@@ -79,6 +79,9 @@ class DawnHost:
             if not line:
                 rc = self.proc.wait()
                 raise DawnHostError(f"the Dawn host exited (status {rc}); its stderr says why")
+            if not line.startswith("{"):  # dawn.node's own warnings go to stdout too: pass them on
+                sys.stderr.write(line)
+                continue
             msg = json.loads(line)
             if msg.get("kind") == "error":
                 p = msg.get("payload") or {}

@@ -1,0 +1,97 @@
+"""Prefill matmul speed on Dawn: matmul_sgmat (subgroup matrices) tilings against matmul_i8 (packed dot
+products), same device, same weights, in one Dawn host with allow_unsafe_apis. Prints one JSON line per
+(shape, kernel): TOPS = 2 T N K / time of one matmul dispatch (x's quantization, shared, not counted).
+
+    python scripts/sgmat_bench.py [--shapes 512x4096x4096,512x14336x4096] [--reps 30]
+
+Weights are Q4_0 blocks (scales set to a small f16, nibbles random); the GPU's time is the wall time of a
+submitted pass of `reps` dispatches, read back once (one submit + readback is ~0.06 ms on Dawn)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from webllm_py.dawn import DawnHost  # noqa: E402
+
+_SETUP = """
+import os, struct, time
+from webllm_py.gpu.browser import BrowserDevice
+from webllm_py.formats.quants import GGMLType, TensorInfo
+from webllm_py.formats.source import BytesSource
+from webllm_py.linear import Linear
+from webllm_py.planner import Adapter, KernelPolicy, MatmulSgmatTiling, MatmulI8Tiling
+from webllm_py.weights import upload_tensor
+dev = await BrowserDevice.create()
+blocks = b"".join(b"\\x00\\x20" + os.urandom(16) for _ in range(4096))  # f16 0x2000 ~ 1.5e-5
+Adapter.of(dev).subgroup_matrix
+"""
+
+_TIME = """
+T, N, K, reps = {T}, {N}, {K}, {reps}
+nbytes = N * K // 32 * 18
+raw = (blocks * (nbytes // len(blocks) + 1))[:nbytes]
+w = upload_tensor(dev, BytesSource(raw), TensorInfo("w", (K, N), int(GGMLType.Q4_0), 0, nbytes))
+x = dev.buffer_from(os.urandom(4 * T * K)[: 4 * T * K])  # random bits: some NaN, as fast as any
+y = dev.create_buffer(4 * T * N)
+params = dev.buffer_from(struct.pack("<II", 0, T))
+out = []
+for label, tiling, policy in {variants}:
+    lin = Linear(dev, w, matmul=tiling, policy=KernelPolicy(**policy))
+    b = lin.bind(x, y, params)
+    groups = lin.matmul_tiling.groups(N, T)
+    try:
+        with dev.recorder() as rec:
+            b.record(rec, T)  # quantize x, warm the pipeline
+        await dev.read_buffer(y, 0, 4)
+    except Exception as e:  # a tiling this adapter cannot run: say so, go on
+        out.append({{"shape": f"{{T}}x{{N}}x{{K}}", "label": label, "error": str(e)[:300]}})
+        continue
+    best = None
+    for _ in range(3):
+        with dev.recorder() as rec:
+            for _ in range(reps):
+                rec.dispatch(b.matmul, *groups)
+        t0 = time.perf_counter()
+        await dev.read_buffer(y, 0, 4)  # the recorder submitted on exit; this waits for the GPU
+        dt = (time.perf_counter() - t0) / reps
+        best = dt if best is None else min(best, dt)
+    out.append({{"shape": f"{{T}}x{{N}}x{{K}}", "kernel": lin.matmul_plan.template, "label": label,
+                "tiling": repr(lin.matmul_tiling), "ms": round(best * 1e3, 4),
+                "tops": round(2 * T * N * K / best / 1e12, 2)}})
+out
+"""
+
+VARIANTS = [
+    ("matmul_i8 (planner's tile)", None, {"prefill": "i8x2"}),
+    ("sgmat planner", None, {}),
+    ("sgmat kb1", "MatmulSgmatTiling(kb=1)", {}),
+    ("sgmat 4x2 subgroups, 1x2 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=2, ti=1, tj=2)", {}),
+    ("sgmat 2x4 subgroups, 2x1 tiles", "MatmulSgmatTiling(sg_m=2, sg_n=4, ti=2, tj=1)", {}),
+    ("sgmat 4x4 subgroups, 1x1 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=4, ti=1, tj=1)", {}),
+    ("sgmat 2x2 subgroups, 2x4 tiles, kb1", "MatmulSgmatTiling(tj=4, kb=1)", {}),
+    ("sgmat one plane", "MatmulSgmatTiling(planes=1)", {}),
+]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shapes", default="512x4096x4096,512x14336x4096", help="TxNxK, comma-separated")
+    p.add_argument("--reps", type=int, default=30)
+    a = p.parse_args()
+    variants = "[" + ", ".join(f"({lab!r}, {t or 'None'}, {pol!r})" for lab, t, pol in VARIANTS) + "]"
+    with DawnHost(flags=["allow_unsafe_apis"], timeout=600) as host:
+        if not host.exec(_SETUP):
+            print("sgmat_bench: this adapter has no i8 subgroup matrices", file=sys.stderr)
+            return 1
+        for shape in a.shapes.split(","):
+            T, N, K = (int(v) for v in shape.split("x"))
+            for row in host.exec(_TIME.format(T=T, N=N, K=K, reps=a.reps, variants=variants)):
+                print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

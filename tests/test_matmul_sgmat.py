@@ -1,0 +1,123 @@
+"""The subgroup-matrix prefill (matmul_sgmat.wgsl.j2 after quantize_i8.wgsl.j2) on Dawn against numpy over
+gguf-py's dequantize times the f32 activations, within the int8 rounding bound of test_matmul_i8.py.
+
+It needs Dawn's chromium-experimental-subgroup-matrix with an i8 16x16x32 config, offered only with
+allow_unsafe_apis and only on GPUs with such units (the device H200; Mesa 25 lavapipe offers no configs):
+elsewhere the tests skip, saying what the adapter offered. The same Python as in the browser runs in
+Pyodide (webllm_py.dawn.DawnHost): Linear, its planner row, quantize_i8 and the kernel."""
+import base64
+
+import numpy as np
+import pytest
+
+from webllm_py.dawn import DawnHost, DawnHostError
+
+from .linear_helpers import int8_bound, make_weight
+
+pytestmark = pytest.mark.dawn
+
+_SETUP = """
+import base64, struct
+from webllm_py.gpu.browser import BrowserDevice
+from webllm_py.formats.quants import GGMLType, TensorInfo
+from webllm_py.formats.source import BytesSource
+from webllm_py.linear import Linear
+from webllm_py.planner import Adapter, KernelPolicy, MatmulSgmatTiling
+from webllm_py.weights import upload_tensor
+dev = await BrowserDevice.create()
+{"features": sorted(dev.features), "configs": sorted(map(list, dev.subgroup_matrix_configs)),
+ "subgroup_sizes": list(dev.subgroup_sizes), "sgmat": Adapter.of(dev).subgroup_matrix}
+"""
+
+# Pyodide side: one Linear over the given weight; y starts as NaN (every output must be written).
+_RUN = """
+def _b(s): return base64.b64decode(s)
+N, K, T = {N}, {K}, {T}
+raw = _b({raw!r})
+w = upload_tensor(dev, BytesSource(raw), TensorInfo("w", (K, N), int(GGMLType[{qtype!r}]), 0, len(raw)))
+bias = None
+if {bias!r}:
+    bb = _b({bias!r})
+    bias = upload_tensor(dev, BytesSource(bb), TensorInfo("b", (N,), 0, 0, len(bb)))
+lin = Linear(dev, w, bias, matmul={tiling}, policy=KernelPolicy({policy}))
+xb = dev.buffer_from(_b({x!r}))
+yb = dev.buffer_from(_b({y0!r}))
+params = dev.buffer_from(struct.pack("<II", 0, T))
+bound = lin.bind(xb, yb, params, accumulate={accumulate})
+with dev.recorder() as rec:
+    bound.record(rec, T)
+[lin.matmul_plan.template, base64.b64encode(await dev.read_buffer(yb, 0, 4 * T * N)).decode()]
+"""
+
+
+def _b64(a) -> str:
+    return base64.b64encode(a if isinstance(a, bytes) else np.ascontiguousarray(a).tobytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def host():
+    try:
+        h = DawnHost(flags=["allow_unsafe_apis"], timeout=300)
+    except DawnHostError as e:  # no Node / Dawn / Vulkan driver here: the dawn marker's other tests fail loudly
+        pytest.fail(f"the Dawn host did not start: {e}")
+    with h:
+        info = h.exec(_SETUP)
+        if not info["sgmat"]:
+            pytest.skip(f"this adapter has no i8 subgroup matrices (features {info['features']}, "
+                        f"subgroup matrix configs {info['configs']}, subgroup sizes {info['subgroup_sizes']})")
+        yield h
+
+
+def run(host, qtype, raw, N, K, x, tiling="None", policy="", bias=None, y0=None, accumulate=False):
+    T = x.shape[0]
+    y0 = np.full((T, N), np.nan, np.float32) if y0 is None else y0.astype(np.float32)
+    template, y = host.exec(_RUN.format(N=N, K=K, T=T, raw=_b64(raw), qtype=qtype, tiling=tiling, policy=policy,
+                                        bias=_b64(bias.astype(np.float32)) if bias is not None else "",
+                                        x=_b64(x.astype(np.float32)), y0=_b64(y0), accumulate=accumulate))
+    return template, np.frombuffer(base64.b64decode(y), np.float32).astype(np.float64).reshape(T, N)
+
+
+# (N, K, T): K / 32 odd (one block a K step) and even; N and T not multiples of the 64 x 64 tile;
+# T = 2, the smallest prefill; a 4096 x 512 weight over a 128-token chunk (many workgroups)
+SHAPES = [(37, 96, 5), (130, 256, 70), (33, 64, 2), (4096, 512, 128)]
+TILINGS = ["None", "MatmulSgmatTiling(planes=1)", "MatmulSgmatTiling(sg_m=1, sg_n=4, ti=4, tj=1, kb=1)"]
+IDS = ["planner", "one-plane", "1x4-subgroups"]
+
+
+@pytest.mark.parametrize("tiling", TILINGS, ids=IDS)
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+def test_matches_numpy(host, qtype, tiling):
+    planes = 1 if "planes=1" in tiling else 2
+    rng = np.random.default_rng(sum(map(ord, qtype)) + len(tiling))
+    for N, K, T in SHAPES:
+        raw, w = make_weight(qtype, N, K, rng)
+        if "kb=1" not in tiling and tiling != "None" and (K // 32) % 2:
+            continue  # kb = 2 needs K / 32 even (the planner drops to kb = 1 itself)
+        x = rng.standard_normal((T, K)).astype(np.float32)
+        x[0, :32] = 0.0  # an all-zero block: step 0, no division by it
+        x[1, 32:64] *= 100.0  # one large block beside ordinary ones
+        template, y = run(host, qtype, raw, N, K, x, tiling)
+        assert template == "matmul_sgmat"  # the planner's row for this adapter, or the requested tiling
+        ref = x.astype(np.float64) @ w.T
+        scale = np.abs(x.astype(np.float64)) @ np.abs(w).T
+        err = np.abs(y - ref)
+        bound = int8_bound(x, w, planes)
+        assert (err <= bound + 1e-5 * scale).all(), (N, K, T, float((err / (bound + 1e-30)).max()))
+
+
+def test_bias_accumulate_and_fallback(host):
+    """Bias and y += on the tensor-core kernel; the policy's fallback (matmul_i8) on the same adapter agrees."""
+    rng = np.random.default_rng(7)
+    N, K, T = 45, 128, 9
+    raw, w = make_weight("Q4_0", N, K, rng)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    y0 = rng.standard_normal((T, N)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.T + bias
+    tol = int8_bound(x, w, 2) + 1e-5 * (np.abs(x) @ np.abs(w).T + np.abs(bias) + np.abs(y0))
+    template, y = run(host, "Q4_0", raw, N, K, x, bias=bias)
+    assert template == "matmul_sgmat" and (np.abs(y - ref) <= tol).all()
+    template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, y0=y0, accumulate=True)
+    assert template == "matmul_sgmat" and (np.abs(y - (ref + y0)) <= tol).all()
+    template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, policy='prefill="i8x2"')
+    assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
