@@ -121,3 +121,10 @@ def test_bias_accumulate_and_fallback(host):
     assert template == "matmul_sgmat" and (np.abs(y - (ref + y0)) <= tol).all()
     template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, policy='prefill="i8x2"')
     assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
+
+
+def test_unsafe_apis_flag_stays_with_the_host():
+    """dawn-bench --unsafe-apis creates Dawn with allow_unsafe_apis; bench's own parser (in Pyodide) never sees it."""
+    from webllm_py.dawn import _strip_flags
+    argv = ["--model", "f.gguf", "--unsafe-apis", "--dawn-flag", "allow_unsafe_apis", "--prompt-tokens", "5"]
+    assert _strip_flags(argv) == ["--model", "f.gguf", "--prompt-tokens", "5"]

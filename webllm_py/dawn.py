@@ -126,6 +126,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bench.add_arguments(p)
     p.add_argument("--dawn-flag", action="append", default=[], choices=TOGGLES,
                    help="a Dawn toggle for create([...]) (repeatable)")
+    p.add_argument("--unsafe-apis", action="store_true",
+                   help="= --dawn-flag allow_unsafe_apis: Dawn then offers chromium-experimental-subgroup-matrix where "
+                        "the GPU has it, and prefill runs on tensor cores (matmul_sgmat; Chrome: --enable-unsafe-webgpu)")
 
 
 _BENCH = """
@@ -150,13 +153,14 @@ def main(args: argparse.Namespace) -> int:
     elif not args.shape:  # the default model's file is found here, on CPython (Pyodide has no site-packages of ours)
         from .default_model import default_model_path
         argv += ["--model", str(default_model_path())]
+    flags = list(dict.fromkeys(args.dawn_flag + (["allow_unsafe_apis"] if args.unsafe_apis else [])))
     try:
-        with DawnHost(args.dawn_flag) as host:
+        with DawnHost(flags) as host:
             out = host.exec(_BENCH.format(argv=json.dumps(argv)))
     except (DawnHostError, DawnRequestError) as e:
         print(f"dawn-bench: {e}", file=sys.stderr)
         return 1
-    out["dawn_flags"] = args.dawn_flag
+    out["dawn_flags"] = flags
     print(json.dumps(out))
     return 0
 
@@ -168,7 +172,7 @@ def _strip_flags(argv: list[str]) -> list[str]:
             skip = False
         elif a == "--dawn-flag":
             skip = True
-        elif not a.startswith("--dawn-flag="):
+        elif a != "--unsafe-apis" and not a.startswith("--dawn-flag="):
             out.append(a)
     return out
 
