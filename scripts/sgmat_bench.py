@@ -65,8 +65,8 @@ out
 """
 
 VARIANTS = [
-    ("matmul_i8 (planner's tile)", None, {"prefill": "i8x2"}),
-    ("sgmat planner", None, {}),
+    ("matmul_i8 (planner's tile)", None, {}),
+    ("sgmat planner", None, {"prefill": "sgmat"}),
     ("sgmat kb1", "MatmulSgmatTiling(kb=1)", {}),
     ("sgmat 4x2 subgroups, 1x2 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=2, ti=1, tj=2)", {}),
     ("sgmat 2x4 subgroups, 2x1 tiles", "MatmulSgmatTiling(sg_m=2, sg_n=4, ti=2, tj=1)", {}),

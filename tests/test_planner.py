@@ -177,6 +177,7 @@ I8_CASES = [
     ("CPU lanes", CPU, T.Q8_0, 64, 256, KernelPolicy(), MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8)),
     ("CPU, Q4_1 forced", CPU, T.Q4_1, 64, 64, KernelPolicy(prefill="i8x2"), MatmulI8Tiling(stage=False, rn=8)),
     ("CPU, Q4_1 by default: matmul_rows", CPU, T.Q4_1, 64, 64, KernelPolicy(), None),
+    ("CPU, Q4_1, sgmat asked for (none here): as auto", CPU, T.Q4_1, 64, 64, KernelPolicy(prefill="sgmat"), None),
     ("Q4_K rows of part of a super-block", GPU, T.Q4_K, 64, 96, KernelPolicy(), None),
     ("a type matmul_i8 does not read", GPU, T.Q6_K, 64, 256, KernelPolicy(), None),
     ("no packed dot products", Adapter(packed_dot=False), T.Q4_0, 64, 64, KernelPolicy(), None),
@@ -197,15 +198,17 @@ def test_i8_row(case):
 SGMAT = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=49152, invocations=1024, subgroup_matrix=True)
 # (adapter, qtype, N, K, policy) -> matmul_sgmat's tiling, or None (then matmul_i8, its fallback, or below)
 # fmt: off
+SG = KernelPolicy(prefill="sgmat")
 SGMAT_CASES = [
-    ("tensor cores, Q4_0", SGMAT, T.Q4_0, 4096, 4096, KernelPolicy(), MatmulSgmatTiling()),
-    ("tensor cores, Q8_0, K / 32 odd: one block a step", SGMAT, T.Q8_0, 64, 96, KernelPolicy(), MatmulSgmatTiling(kb=1)),
-    ("the policy's tile", SGMAT, T.Q4_0, 64, 256, KernelPolicy(sgmat_tiling=MatmulSgmatTiling(sg_n=4, tj=1)),
+    ("tensor cores, Q4_0", SGMAT, T.Q4_0, 4096, 4096, SG, MatmulSgmatTiling()),
+    ("tensor cores, Q8_0, K / 32 odd: one block a step", SGMAT, T.Q8_0, 64, 96, SG, MatmulSgmatTiling(kb=1)),
+    ("the policy's tile", SGMAT, T.Q4_0, 64, 256, KernelPolicy(prefill="sgmat", sgmat_tiling=MatmulSgmatTiling(sg_n=4, tj=1)),
      MatmulSgmatTiling(sg_n=4, tj=1)),
-    ("a type it does not read: matmul_i8", SGMAT, T.Q4_K, 4096, 4096, KernelPolicy(), None),
+    ("not by default (slower than matmul_i8 on the H200)", SGMAT, T.Q4_0, 4096, 4096, KernelPolicy(), None),
+    ("a type it does not read: matmul_i8", SGMAT, T.Q4_K, 4096, 4096, SG, None),
     ("matmul_i8 forced by policy", SGMAT, T.Q4_0, 4096, 4096, KernelPolicy(prefill="i8x2"), None),
-    ("no subgroup matrices (default Chrome, native wgpu, lavapipe)", GPU, T.Q4_0, 4096, 4096, KernelPolicy(), None),
-    ("tiles past the workgroup memory", Adapter(subgroup_matrix=True), T.Q4_0, 4096, 4096, KernelPolicy(), None),
+    ("no subgroup matrices (default Chrome, native wgpu, lavapipe)", GPU, T.Q4_0, 4096, 4096, SG, None),
+    ("tiles past the workgroup memory", Adapter(subgroup_matrix=True), T.Q4_0, 4096, 4096, SG, None),
 ]
 # fmt: on
 

@@ -87,8 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staged-tiling", metavar="SPEC",
                    help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH] for all, then optional ;glu=... "
                         ";tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)")
-    p.add_argument("--prefill-kernel", choices=["auto", "i8x2", "i8", "f32"], default="auto",
-                   help="prefill matmul: auto = matmul_i8 (two int8 planes) where it pays; i8x2 / i8 force it; "
+    p.add_argument("--prefill-kernel", choices=["auto", "sgmat", "i8x2", "i8", "f32"], default="auto",
+                   help="prefill matmul: auto = matmul_i8 (two int8 planes) where it pays; sgmat = matmul_sgmat "
+                        "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; i8x2 / i8 force matmul_i8; "
                         "f32 = the dequantizing matmul (KernelPolicy.prefill)")
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
     p.add_argument("--kv-cache", choices=["auto", "f32"], default="auto",

@@ -260,6 +260,7 @@ class KernelPolicy:
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
     # prefill: "auto" takes matmul_i8 with two int8 planes of x where I8 pays; "i8x2" (two planes) and
     # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
+    # "sgmat" takes matmul_sgmat (tensor cores) where the adapter has i8 subgroup matrices, else as "auto"
     prefill: str = "auto"
     sgmat_tiling: MatmulSgmatTiling | None = None  # matmul_sgmat's tile (kb drops to 1 where K % 64 != 0)
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
@@ -270,8 +271,8 @@ class KernelPolicy:
     kv_cache: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.prefill not in ("auto", "i8x2", "i8", "f32"):
-            raise ValueError(f"KernelPolicy.prefill must be auto, i8x2, i8 or f32, not {self.prefill!r}")
+        if self.prefill not in ("auto", "sgmat", "i8x2", "i8", "f32"):
+            raise ValueError(f"KernelPolicy.prefill must be auto, sgmat, i8x2, i8 or f32, not {self.prefill!r}")
         if self.kv_cache not in ("auto", "f32"):
             raise ValueError(f"KernelPolicy.kv_cache must be auto or f32, not {self.kv_cache!r}")
 
@@ -507,7 +508,7 @@ def i8_tiling(
         return None
     planes = 1 if policy.prefill == "i8" else 2
     if adapter.cpu:
-        if policy.prefill == "auto" and qtype == GGMLType.Q4_1:
+        if policy.prefill in ("auto", "sgmat") and qtype == GGMLType.Q4_1:
             return None
         return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=planes)
     kb = 2 if K % 64 == 0 else 1
@@ -523,9 +524,10 @@ def sgmat_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatTiling | None:
     """matmul_sgmat's tiling where the adapter has subgroup matrices (Dawn with allow_unsafe_apis; not
-    default Chrome, not native wgpu, not lavapipe) and the policy is "auto": Q4_0 and Q8_0 rows (None
-    elsewhere: matmul_i8 is the fallback, on the same int8 x)."""
-    if policy.prefill != "auto" or qtype not in SGMAT_TYPES or K % 32 or not adapter.subgroup_matrix:
+    default Chrome, not native wgpu, not lavapipe) and the policy asks for it ("sgmat"): Q4_0 and Q8_0 rows
+    (None elsewhere: matmul_i8 is the fallback, on the same int8 x). Not by default: on the H200 it ran
+    at 0.63-0.88x matmul_i8's speed and a 1B prefill at 0.41x (docs/benchmarks.md, "Tensor cores on Dawn")."""
+    if policy.prefill != "sgmat" or qtype not in SGMAT_TYPES or K % 32 or not adapter.subgroup_matrix:
         return None
     t = policy.sgmat_tiling or MatmulSgmatTiling()
     if (K // 32) % t.kb:
@@ -543,7 +545,8 @@ class MatmulRow:
 
 
 MATMUL_TABLE: tuple[MatmulRow, ...] = (
-    # tensor cores: i8 subgroup matrix multiplies over the same int8 x (where sgmat_tiling says it runs)
+    # tensor cores: i8 subgroup matrix multiplies over the same int8 x (where sgmat_tiling says it runs:
+    # asked for by the policy, for now)
     MatmulRow("matmul_sgmat", sgmat_tiling),
     # packed 8-bit dot products over x quantized once per dispatch pair (where i8_tiling says it runs)
     MatmulRow("matmul_i8", i8_tiling),
