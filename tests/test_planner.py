@@ -302,11 +302,18 @@ def test_adapter_of_device():
     assert not a.subgroup_matrix and not b.subgroup_matrix
     # Dawn's subgroup matrices: the feature granted, an i8 16x16x32 config, subgroups of exactly 32
     i8 = ("i8", "i32", 16, 16, 32)
-    dawn = dict(info=info, limits={}, features=frozenset({"chromium-experimental-subgroup-matrix"}),
-                subgroup_matrix_configs=frozenset({i8}), subgroup_sizes=(32, 32))
+    dawn = dict(
+        info=info,
+        limits={},
+        features=frozenset({"chromium-experimental-subgroup-matrix"}),
+        subgroup_matrix_configs=frozenset({i8}),
+        subgroup_sizes=(32, 32),
+    )
     assert Adapter.of(NS(**dawn)).subgroup_matrix
     assert not Adapter.of(NS(**{**dawn, "subgroup_sizes": (32, 64)})).subgroup_matrix
-    assert not Adapter.of(NS(**{**dawn, "subgroup_matrix_configs": frozenset({("u8", "u32", 16, 16, 32)})})).subgroup_matrix
+    assert not Adapter.of(
+        NS(**{**dawn, "subgroup_matrix_configs": frozenset({("u8", "u32", 16, 16, 32)})})
+    ).subgroup_matrix
     assert not Adapter.of(NS(**{**dawn, "features": frozenset()})).subgroup_matrix
 
 

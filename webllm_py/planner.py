@@ -137,8 +137,12 @@ class MatmulSgmatTiling:
     def shared_bytes(self) -> int:
         """Workgroup memory: staged x and W rows (4 words of padding each), their scales, and one
         block's integers of every tile."""
-        return 4 * (self.tm * (8 * self.kb * self.planes + 4) + self.tn * (8 * self.kb + 4)
-                    + self.kb * (self.tm + self.tn) + self.sg_m * self.sg_n * self.ti * self.tj * 256)
+        return 4 * (
+            self.tm * (8 * self.kb * self.planes + 4)
+            + self.tn * (8 * self.kb + 4)
+            + self.kb * (self.tm + self.tn)
+            + self.sg_m * self.sg_n * self.ti * self.tj * 256
+        )
 
 
 @dataclass(frozen=True)
@@ -555,7 +559,12 @@ MATMUL_TABLE: tuple[MatmulRow, ...] = (
     # GPUs: register tiles, by the number of rows
     MatmulRow("matmul", lambda a, q, K, N, p: gpu_matmul_tiling(N)),
 )
-_MATMUL_TEMPLATES = {MatmulSgmatTiling: "matmul_sgmat", MatmulI8Tiling: "matmul_i8", MatmulRowsTiling: "matmul_rows", MatmulTiling: "matmul"}
+_MATMUL_TEMPLATES = {
+    MatmulSgmatTiling: "matmul_sgmat",
+    MatmulI8Tiling: "matmul_i8",
+    MatmulRowsTiling: "matmul_rows",
+    MatmulTiling: "matmul",
+}
 
 
 def plan_matmul(

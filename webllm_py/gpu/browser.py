@@ -99,6 +99,10 @@ class BrowserRecorder(Recorder):
 class BrowserDevice(Device):
     subgroups_directive = "enable subgroups;"  # Chrome requires it before subgroup builtins
     subgroup_min_size = 0  # the adapter's smallest subgroup where subgroups were granted (planner.subgroup_min_size)
+    # Dawn's subgroup matrices (SGMAT_FEATURE): (component, result, M, N, K) of each config offered, and the
+    # adapter's (subgroupMinSize, subgroupMaxSize) (planner.Adapter.subgroup_matrix)
+    subgroup_matrix_configs: frozenset[tuple[str, str, int, int, int]] = frozenset()
+    subgroup_sizes: tuple[int, int] = (0, 0)
     # Set by create() (JS objects are Any to Python)
     raw: Any  # the GPUDevice
     wgsl_language_features: frozenset[str]
