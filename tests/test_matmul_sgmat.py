@@ -125,7 +125,9 @@ def test_bias_accumulate_and_fallback(host):
 
 
 def test_unsafe_apis_flag_stays_with_the_host():
-    """dawn-bench --unsafe-apis creates Dawn with allow_unsafe_apis; bench's own parser (in Pyodide) never sees it."""
+    """dawn-bench --unsafe-apis / --subgroup-matrix create Dawn with allow_unsafe_apis; bench's own parser (in
+    Pyodide) never sees them (--subgroup-matrix reaches it as --prefill-kernel sgmat)."""
     from webllm_py.dawn import _strip_flags
-    argv = ["--model", "f.gguf", "--unsafe-apis", "--dawn-flag", "allow_unsafe_apis", "--prompt-tokens", "5"]
+    argv = ["--model", "f.gguf", "--unsafe-apis", "--dawn-flag", "allow_unsafe_apis", "--subgroup-matrix",
+            "--prompt-tokens", "5"]
     assert _strip_flags(argv) == ["--model", "f.gguf", "--prompt-tokens", "5"]

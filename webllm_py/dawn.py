@@ -128,7 +128,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a Dawn toggle for create([...]) (repeatable)")
     p.add_argument("--unsafe-apis", action="store_true",
                    help="= --dawn-flag allow_unsafe_apis: Dawn then offers chromium-experimental-subgroup-matrix where "
-                        "the GPU has it, and prefill runs on tensor cores (matmul_sgmat; Chrome: --enable-unsafe-webgpu)")
+                        "the GPU has it (Chrome: --enable-unsafe-webgpu)")
+    p.add_argument("--subgroup-matrix", action="store_true",
+                   help="= --unsafe-apis --prefill-kernel sgmat: prefill on tensor cores (matmul_sgmat) where offered")
 
 
 _BENCH = """
@@ -153,7 +155,10 @@ def main(args: argparse.Namespace) -> int:
     elif not args.shape:  # the default model's file is found here, on CPython (Pyodide has no site-packages of ours)
         from .default_model import default_model_path
         argv += ["--model", str(default_model_path())]
-    flags = list(dict.fromkeys(args.dawn_flag + (["allow_unsafe_apis"] if args.unsafe_apis else [])))
+    unsafe = args.unsafe_apis or args.subgroup_matrix
+    flags = list(dict.fromkeys(args.dawn_flag + (["allow_unsafe_apis"] if unsafe else [])))
+    if args.subgroup_matrix:
+        argv += ["--prefill-kernel", "sgmat"]
     try:
         with DawnHost(flags) as host:
             out = host.exec(_BENCH.format(argv=json.dumps(argv)))
@@ -172,7 +177,7 @@ def _strip_flags(argv: list[str]) -> list[str]:
             skip = False
         elif a == "--dawn-flag":
             skip = True
-        elif a != "--unsafe-apis" and not a.startswith("--dawn-flag="):
+        elif a not in ("--unsafe-apis", "--subgroup-matrix") and not a.startswith("--dawn-flag="):
             out.append(a)
     return out
 
