@@ -530,7 +530,7 @@ def sgmat_tiling(
     """matmul_sgmat's tiling where the adapter has subgroup matrices (Dawn with allow_unsafe_apis; not
     default Chrome, not native wgpu, not lavapipe) and the policy asks for it ("sgmat"): Q4_0 and Q8_0 rows
     (None elsewhere: matmul_i8 is the fallback, on the same int8 x). Not by default: on the H200 it ran
-    at 0.63-0.88x matmul_i8's speed and a 1B prefill at 0.41x (docs/benchmarks.md, "Tensor cores on Dawn")."""
+    at 0.63-0.77x matmul_i8's speed and a 1B prefill at 0.41x (docs/benchmarks.md, "Tensor cores on Dawn")."""
     if policy.prefill != "sgmat" or qtype not in SGMAT_TYPES or K % 32 or not adapter.subgroup_matrix:
         return None
     t = policy.sgmat_tiling or MatmulSgmatTiling()
