@@ -11,8 +11,9 @@
     logits = rmsnorm(x[last]) Wout                 # Wout = Wembed when tied
 
 Like llama2.c: a config (models.config.ModelConfig), the weights (uploaded once, still quantized) and
-the run state (activation buffers, bound once for the largest step). `record` lays one step's
-dispatches into a single command encoder, top to bottom as above.
+the run state (activation buffers, bound once for the largest step). A layer is its ops in run order
+(`llama_layer`), fused once by models/layer.py; `record` lays one step's dispatches into a single
+command encoder, top to bottom as above.
 """
 from __future__ import annotations
 

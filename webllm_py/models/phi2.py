@@ -12,7 +12,7 @@
 
 The run state, rotary, paged attention and linear layers are the Llama family's (models/llama.py);
 what differs is the norm (LayerNorm with bias), the biases everywhere, the partial rotary, and the
-MLP on the same normed input as attention. StableLM (models/stablelm.py) reuses this layer's attention.
+MLP on the same normed input as attention. StableLM (models/stablelm.py) is this layer with its own MLP.
 """
 from __future__ import annotations
 
