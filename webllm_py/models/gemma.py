@@ -27,14 +27,14 @@ from typing import Any
 
 from ..attention import PagedAttention
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..gpu import Buffer, Device, Recorder
+from ..gpu import Buffer, Device
 from ..kv_cache import PagedKVCache
 from ..linear import Embedding, Linear
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import GLU, RMSNorm, RoPE, Softcap
 from ..formats.gguf_keys import LLM, ArchMeta, Attention, Rope, Tokenizer
 from .config import FamilyOptions, ModelConfig
-from .layer import Layer, LayerWeights, Named
+from .layer import Decoder, Layer, LayerWeights, Named
 from .llama import RunState
 from .store import WeightStore
 
@@ -205,7 +205,7 @@ def gemma_layer(b: LayerWeights, cfg: ModelConfig, s: GemmaState, rope: RoPE, at
     return ops
 
 
-class GemmaModel:
+class GemmaModel(Decoder):
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
                  max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
         self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
@@ -233,17 +233,3 @@ class GemmaModel:
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head, policy=policy).bind(s.last, s.logits, None)
         self.softcap = Softcap(device, cfg.vocab_size, o.final_softcap).bind(s.logits) if o.final_softcap else None
-
-    def record(self, rec: Recorder, n: int, logits: bool) -> None:
-        self.embed.record(rec, n)
-        for layer in self.layers:
-            layer.record(rec, n)
-        if logits:
-            self.record_head(rec, n)
-
-    def record_head(self, rec: Recorder, n: int) -> None:
-        """Logits of the step's last token."""
-        self.final_norm.record(rec, n)
-        self.lm_head.record(rec, 1)
-        if self.softcap is not None:
-            self.softcap.record(rec, 1)

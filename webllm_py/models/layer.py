@@ -144,3 +144,30 @@ class Layer:
     def record(self, rec: Recorder, n_tokens: int) -> None:
         for op in self.ops:
             op.record(rec, n_tokens)
+
+
+class Decoder:
+    """What every family's model records: the embedding, every layer, then, when asked, the head
+    (final norm, LM head, and a final softcap where the model has one)."""
+
+    embed: Recordable
+    layers: list[Layer]
+    final_norm: Recordable
+    lm_head: Recordable
+    softcap: Recordable | None = None
+
+    def record(self, rec: Recorder, n: int, logits: bool) -> None:
+        """One step of n tokens: the residual stream through every layer, then (if asked) the last
+        token's logits."""
+        self.embed.record(rec, n)
+        for layer in self.layers:
+            layer.record(rec, n)
+        if logits:
+            self.record_head(rec, n)
+
+    def record_head(self, rec: Recorder, n: int) -> None:
+        """Logits of the step's last token (the final norm reads row n-1 of the residual stream)."""
+        self.final_norm.record(rec, n)
+        self.lm_head.record(rec, 1)
+        if self.softcap is not None:
+            self.softcap.record(rec, 1)

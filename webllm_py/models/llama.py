@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..attention import PagedAttention
-from ..gpu import Buffer, Device, Recorder
+from ..gpu import Buffer, Device
 from ..kv_cache import PagedKVCache
 from ..linear import Embedding, Linear
 from ..ops import GLU, RMSNorm, RoPE
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from .config import ModelConfig
-from .layer import Layer, LayerWeights, Named
+from .layer import Decoder, Layer, LayerWeights, Named
 from .store import WeightStore
 
 
@@ -105,7 +105,7 @@ def llama_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, atte
     ]
 
 
-class LlamaModel:
+class LlamaModel(Decoder):
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
                  max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY, mlp: MLP = swiglu):
         """mlp: each layer's MLP (Mixtral: a mixture of experts)."""
@@ -123,17 +123,3 @@ class LlamaModel:
             s.x, s.last, s.step, last_only=True)
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head, policy=policy).bind(s.last, s.logits, None)
-
-    def record(self, rec: Recorder, n: int, logits: bool) -> None:
-        """One step of n tokens: the residual stream through every layer, then (if asked) the last
-        token's logits."""
-        self.embed.record(rec, n)
-        for layer in self.layers:
-            layer.record(rec, n)
-        if logits:
-            self.record_head(rec, n)
-
-    def record_head(self, rec: Recorder, n: int) -> None:
-        """Logits of the step's last token (final norm reads row n-1 of the residual stream)."""
-        self.final_norm.record(rec, n)
-        self.lm_head.record(rec, 1)

@@ -23,8 +23,8 @@ from ..linear import BoundLinear, Embedding, Linear
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import Activation, LayerNorm, RoPE
 from .config import ModelConfig
-from .layer import Layer, LayerWeights, Named
-from .llama import MLP, LlamaModel, RunState
+from .layer import Decoder, Layer, LayerWeights, Named
+from .llama import MLP, RunState
 from .store import WeightStore
 
 
@@ -87,9 +87,8 @@ def phi2_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, atten
     ]
 
 
-class Phi2Model(LlamaModel):
-    """Its own graph (LayerNorms with bias, biased head) recorded by LlamaModel's `record` and
-    `record_head`: embed, every layer, then the final norm and the head."""
+class Phi2Model(Decoder):
+    """Llama's run state and rotary; LayerNorms with bias and a biased head."""
 
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
                  max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY, mlp: MLP = gelu_mlp):
