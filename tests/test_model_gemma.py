@@ -110,8 +110,9 @@ GEMMA2_GGUF = Variant("gemma2-gguf", "gemma2", "float32", seed=35,
                                   final_logit_softcapping=30.0))
 
 
-def gemma2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
-    """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
+def gemma2_to_gguf(hf_dir: str, out_dir: str, kinds: dict | None = None) -> tuple[str, str]:
+    """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF); kinds:
+    each layer matrix's type by GGUF name, instead of the mix above."""
     import functools
 
     from safetensors.numpy import load_file
@@ -146,6 +147,7 @@ def gemma2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
         for hf, name in norms.items():
             put(f"blk.{i}.{name}.weight", t[p + hf + ".weight"] + 1)
         for hf, (name, kind) in mats.items():
+            kind = (kinds or {}).get(name, kind)
             ref[p + hf + ".weight"] = np.ascontiguousarray(put(f"blk.{i}.{name}.weight", t[p + hf + ".weight"], kind))
     ref_dir = os.path.join(out_dir, "gemma2-gguf-reference")
     finish_gguf(w, hf_dir, ref, ref_dir)
@@ -171,3 +173,46 @@ def test_gguf_gemma2_matches_transformers(gemma2_gguf):
     assert g.attn_scale == 32 ** -0.5 and g.sandwich
     assert_logits_match(engine, ref_dir, LONG, LOGIT_RTOL)
     assert_greedy_match(engine, ref_dir, N_GREEDY, LOGIT_RTOL)
+
+
+# The same family on the GPU adapters' kernels (lavapipe told it is a GPU, as tests/test_model_gpu_kernels.py
+# does for Llama): 4-bit and 8-bit matrices whose rows (256, 512) take the staged int8 matvec, which rounds
+# x to int8 blocks of 32 (llama.cpp's q8_1 rule). A one-token step runs every matvec that way: measured
+# 2.0e-2 of max |logit| after 17 prompt ids, the same with the fusion pass switched off (5.5e-3 after 16,
+# where only the head is a matvec; 7.1e-4 with the CPU adapter's kernels).
+GPU_RTOL = 3e-2
+GEMMA2_GPU = Variant("gemma2-gpu", "gemma2", "float32", seed=36, init_std=0.05,
+                     config=dict(SHAPE, hidden_size=256, head_dim=64, intermediate_size=512, num_hidden_layers=2,
+                                 rope_theta=10000.0, sliding_window=WINDOW, query_pre_attn_scalar=64,
+                                 attn_logit_softcapping=50.0, final_logit_softcapping=30.0))
+
+
+@pytest.fixture(scope="module")
+def gemma2_gpu(tmp_path_factory):
+    import dataclasses
+
+    from webllm_py.gpu.native import NativeDevice
+
+    from .gguf_models import KINDS
+
+    d = tmp_path_factory.mktemp("gemma2_gpu")
+    path, ref_dir = gemma2_to_gguf(build(GEMMA2_GPU, d), str(d), kinds=KINDS)
+    device = NativeDevice()
+    device.info = dataclasses.replace(device.info, is_fallback=False)  # pick the GPU kernels
+    engine = load_engine(path, device)
+    yield engine, ref_dir
+    engine.unload()
+
+
+def test_gemma_fuses_as_llama_does(gemma2_gpu):
+    """Gemma's layer goes through the one fusion pass (models/layer.py) as Llama's does: Q/K/V (two runs:
+    attn_v is Q8_0 beside Q4_0 q and k) and gate/up with the GeGLU in one dispatch each, both norms folded
+    into them, RoPE into attention_step. Then the last logits of prompts whose last chunk is one token
+    (8 + 1, 8 + 8 + 1: the fused decode path, the second past the window) as transformers' on the weights
+    as stored."""
+    engine, ref_dir = gemma2_gpu
+    layer = engine.model.layers[0]
+    assert len(layer.qkv.runs) == 2 and len(layer.gate_up.runs) == 1
+    assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed and layer.rope.absorbed
+    for n in (9, 17):
+        assert_logits_match(engine, ref_dir, n, GPU_RTOL, "gemma2 gpu kernels")

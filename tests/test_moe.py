@@ -12,7 +12,7 @@ import pytest
 
 from webllm_py.formats.quants import GGMLType
 from webllm_py.models.mixtral import WG, ExpertMatvec
-from webllm_py.ops import Bound
+from webllm_py.ops import BoundOp
 from webllm_py.weights import GPUTensor
 
 from .linear_helpers import TYPES, make_weight
@@ -42,7 +42,7 @@ def test_router_top_k(device, E, k):
     idx, w = device.create_buffer(4 * T * k), device.create_buffer(4 * T * k)
     step = device.buffer_from(struct.pack("<2I", 0, T))
     kernel = device.kernel("moe_route", n_experts=E, top_k=k, wg=WG)
-    op = Bound(device.bind(kernel, [f32(device, logits), idx, w, step]), 1, WG)
+    op = BoundOp(device.bind(kernel, [f32(device, logits), idx, w, step]), 1, WG)
     with device.recorder() as rec:
         op.record(rec, T)
     assert (read(device, idx, T * k, np.uint32).reshape(T, k) == want_idx).all()

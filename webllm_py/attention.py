@@ -1,7 +1,7 @@
 """Paged attention: write the step's K/V into the paged cache, then attend.
 
 `PagedAttention` holds the kernels of one model (shapes are baked into the WGSL at load time);
-`bind(layer, ...)` makes that layer's bind groups once; `Bound.record(rec, n_tokens)` records, for
+`bind(layer, ...)` makes that layer's bind groups once; `BoundAttention.record(rec, n_tokens)` records, for
 one token on GPUs, the single dispatch `attention_step` (RoPE + cache write + attention + merge of
 its split-K slices); on CPU adapters kv_write followed by `attention_decode` (+ `attention_combine`);
 and for a chunk of tokens kv_write then `attention_prefill`.
@@ -77,23 +77,24 @@ class PagedAttention:
         self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
 
     def bind(self, layer: int, q: Buffer, k: Buffer, v: Buffer, out: Buffer, step: Buffer,
-             block_table: Buffer, rope: Any = None) -> "Bound":
-        """rope: the ops.RoPE Bound the layer records before attention. Where it rotates whole
-        heads of these q/k, single-token steps fold it into attention_step (or, on CPU adapters,
-        into the cache write): RoPE marks itself `absorbed`; prefill records both as before."""
+             block_table: Buffer, rope: Any = None) -> "BoundAttention":
+        """rope: the ops.RoPE BoundOp the layer records just before attention (the fusion pass,
+        models/layer.py, passes it). Where it rotates whole heads of these q/k, single-token steps fold
+        it into attention_step (or, on CPU adapters, into the cache write): RoPE marks itself
+        `absorbed`; prefill records both as before."""
         d, kc, vc = self.device, self.cache.k[layer], self.cache.v[layer]
         split = self.combine is not None
         rope_kv = step_bg = None
         rop = getattr(rope, "op", None)
         foldable = (rop is not None and rop.params["rot_dim"] == self.head_dim and rop.params["head_dim"] == self.head_dim
-                    and rope.bind_group.buffers[0] is q and rope.bind_group.buffers[1] is k)
+                    and rope.reads[0] is q and rope.reads[1] is k)
         if self.fused:
             # RoPE of q and the new k inside the step where it rotates whole heads; otherwise (partial
             # rotary) the layer's RoPE dispatch runs first and the step gets q and k rotated.
             kern = d.kernel("attention_step", label="attention_step",
                             rope=rop.params["pairs"] if foldable else None, **self._step_params)
             bufs = [q, k, v, kc, vc, out, step, block_table]
-            bufs += [rope.bind_group.buffers[2]] if foldable else []
+            bufs += [rop.inv_freq] if foldable else []
             bufs += [self.scratch] if self.step_tiling.splits > 1 else []
             step_bg = d.bind(kern, bufs)
             if foldable:
@@ -101,10 +102,10 @@ class PagedAttention:
         elif foldable:
             kern = d.kernel("rope", label="rope+kv_write", kv_cache=True, block_size=self.cache.block_size,
                             f16=self.cache.dtype == "f16", **rop.params)
-            rope_kv = (d.bind(kern, [q, k, rope.bind_group.buffers[2], step, v, kc, vc, block_table]),
+            rope_kv = (d.bind(kern, [q, k, rop.inv_freq, step, v, kc, vc, block_table]),
                        -(-rop.pairs_per_token // rop.wg))
             rope.absorbed = True
-        return Bound(
+        return BoundAttention(
             self,
             d.bind(self.kv_write, [k, v, kc, vc, step, block_table]),
             d.bind(self.decode, [q, kc, vc, self.partials if split else out, step, block_table]) if self.decode else None,
@@ -112,11 +113,13 @@ class PagedAttention:
             d.bind(self.prefill, [q, kc, vc, out, step, block_table]),
             rope_kv,
             step_bg,
+            (layer, q, k, v, out, step, block_table),
         )
 
 
-@dataclass
-class Bound:
+@dataclass(eq=False)
+class BoundAttention:
+    """One layer's attention, bound: the dispatches of a decode token or of a prefill chunk."""
     op: PagedAttention
     kv_write: BindGroup
     decode: BindGroup | None  # None where attention_step serves single tokens
@@ -124,6 +127,15 @@ class Bound:
     prefill: BindGroup
     rope_kv: tuple[BindGroup, int] | None = None  # RoPE + cache write in one dispatch (single tokens)
     step: BindGroup | None = None  # single tokens, GPUs: attention_step does everything in one dispatch
+    args: tuple = ()  # bind's arguments (layer, q, k, v, out, step, block_table)
+
+    def with_rope(self, rope: Any) -> "BoundAttention":
+        """This attention bound again with the RoPE op recorded before it, to fold where it can."""
+        return self.op.bind(*self.args, rope=rope)
+
+    @property
+    def reads(self) -> tuple:
+        return self.args[1:4]
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         op = self.op

@@ -182,13 +182,13 @@ class Linear:
             parts = [lin.bind(x, _from(y, 4 * r0), params, accumulate) for r0, lin in self.parts]
             for p in parts[1:]:  # one x, one K: the blocks share its int8 scratch (_scratch), quantized once
                 p.quant = None
-            return BoundLinear(self, None, None, accumulate, parts)
+            return BoundLinear(self, None, None, accumulate, parts, x=x, y=y)
         w = self.weight.buffer
         extra = [self.bias.buffer] if self.bias is not None else []
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
         mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra])
         if params is None:
-            return BoundLinear(self, mv, None, accumulate)
+            return BoundLinear(self, mv, None, accumulate, x=x, y=y)
         if self.matmul_plan.template in ("matmul_i8", "matmul_sgmat"):
             # x as int8 blocks for as many tokens as x holds: words [T, K / 4], (d, d * sum q) [T, K / 32]
             tokens = x.size // (4 * self.K)
@@ -196,19 +196,30 @@ class Linear:
             xq, xd = _scratch(self.device, "xq", tokens * self.K * planes), _scratch(self.device, "xd", tokens * self.K // 4)
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
-            return BoundLinear(self, mv, mm, accumulate, quant=quant)
+            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
-        return BoundLinear(self, mv, mm, accumulate)
+        return BoundLinear(self, mv, mm, accumulate, x=x, y=y)
 
 
 @dataclass(eq=False)
 class BoundLinear:
+    """A Linear bound to x and y: the decode matvec's and the prefill matmul's bind groups."""
     linear: Linear
     matvec: Any
     matmul: Any | None = field(default=None)
     accumulate: bool = False
     parts: list["BoundLinear"] = field(default_factory=list)  # one per row block of a split weight
     quant: Any | None = None  # quantize_i8's bind group (matmul_i8 prefill)
+    x: Any = None  # the activations it reads and writes (bind's x and y)
+    y: Any = None
+
+    @property
+    def reads(self) -> tuple:
+        return (self.x,)
+
+    @property
+    def writes(self) -> tuple:
+        return (self.y,)
 
     def record(self, rec: Any, n_tokens: int) -> None:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
@@ -239,15 +250,16 @@ class BoundLinear:
 class MatvecGroup:
     """Linears that read the same x, recorded as one dispatch for a single token where the aligned
     4-bit kernel can fuse them (Q/K/V; gate and up with the GLU applied on the way out), and one by
-    one otherwise (prefill, other types, biases, CPU adapters).
+    one otherwise (prefill, other types, biases, CPU adapters). The fusion pass over a layer's ops
+    (models/layer.py) makes them; tests and benches may too:
 
         MatvecGroup([wq, wk, wv])                      # y_q, y_k, y_v in one dispatch
-        MatvecGroup([w_gate, w_up], glu=("silu", op))  # op: the ops.GLU Bound it replaces
-        MatvecGroup([wq, wk, wv], norm=attn_norm)      # attn_norm: the ops.RMSNorm Bound writing x
+        MatvecGroup([w_gate, w_up], glu=("silu", op))  # op: the ops.GLU BoundOp it replaces
+        MatvecGroup([wq, wk, wv], norm=attn_norm)      # attn_norm: the ops.RMSNorm BoundOp writing x
 
     With `norm`, the fused dispatch reads the norm's input and normalises on the way (the norm's
     own dispatch is then skipped for single tokens: it marks itself `absorbed`); the layer still
-    records the norm first, as before, and it runs for prefill. Members of different kernel variants
+    records the norm first, and it runs for prefill. Members of different kernel variants
     (a Q6_K attn_v beside Q4_K q and k) fuse in runs, one dispatch each, every run folding the norm.
     """
 
@@ -255,7 +267,6 @@ class MatvecGroup:
         self.members, self.glu = members, glu
         lins = [b.linear for b in members]
         first = lins[0]
-        bufs: list[tuple[Any, ...]] = [b.matvec.buffers if b.matvec is not None else () for b in members]  # () for a split weight
         self.runs: list[tuple[Any, int]] = []  # (bind group, workgroups) of each fused dispatch
         # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
         # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
@@ -269,24 +280,23 @@ class MatvecGroup:
             else:
                 spans.append([i])
         ok = (all(l.q4 and not b.accumulate for l, b in zip(lins, members))
-              and len({id(bb[1]) for bb in bufs}) == 1 and 1 <= len(lins) <= 3
+              and len({id(b.x) for b in members}) == 1 and 1 <= len(lins) <= 3
               and (glu is None or (len(spans) == 1 and len(lins) == 2 and lins[0].N == lins[1].N)))
         # a norm folds in when it is a plain RMSNorm of one row per token writing this x, and every
         # run's kernel can fold it (the norm's own dispatch is then skipped for single tokens)
         rms = getattr(norm, "norm", None)
-        nbufs: tuple[Any, ...] = norm.bind_group.buffers if rms is not None else ()
-        fold = (ok and rms is not None and nbufs[2] is bufs[0][1] and rms.params["dim"] == first.K
+        fold = (ok and rms is not None and norm.writes[0] is members[0].x and rms.params["dim"] == first.K
                 and all(lins[sp[0]].K <= lins[sp[0]].policy.fold_norm_max_k or lins[sp[0]].staged for sp in spans))
         if ok:
             act = glu[0] if glu else None
             for sp in spans:
                 lead = lins[sp[0]]
                 parts = [lins[i].N for i in sp]
-                outs = [glu[1].bind_group.buffers[2]] if glu else [bufs[i][2] for i in sp]
+                outs = [glu[1].writes[0]] if glu else [members[i].y for i in sp]
                 t = (plan_fused_glu(lead.adapter, lead.plan, lead.weight.ggml_type, lead.N, lead.K, lead.policy)
                      if glu else lead.matvec_tiling)
                 k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)
-                ins = [nbufs[0], nbufs[1]] if fold else [bufs[0][1]]
+                ins = [norm.reads[0], norm.norm.weight] if fold else [members[0].x]
                 groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)
                 self.runs.append((lead.device.bind(k, [lins[i].weight.buffer for i in sp] + ins + outs), groups))
             if fold:

@@ -1,19 +1,31 @@
 """Small elementwise and normalisation ops. Each op renders its kernel once, binds its buffers once
-(`bind`), and records one dispatch per step (`record(rec, n_tokens)`), like Linear and PagedAttention."""
+(`bind`), and records one dispatch per step (`record(rec, n_tokens)`), like Linear and PagedAttention.
+
+Everything bound for a step is `Recordable`: a layer is the list of such ops in run order
+(models/layer.py), and recording a step is calling `record` on each in turn."""
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from .gpu import BindGroup, Buffer, Device, Recorder
 
 ACTIVATIONS = ("silu", "gelu_tanh")
 
 
-@dataclass
-class Bound:
-    """A bind group and its dispatch size: ceil(n_tokens * items_per_token / items_per_group)
-    workgroups, or `fixed` workgroups whatever the step's size."""
+class Recordable(Protocol):
+    """An op bound to its buffers once; `record` lays its dispatches for a step of n_tokens tokens
+    into `rec` (BoundOp, linear.BoundLinear, attention.BoundAttention, linear.MatvecGroup, ...)."""
+
+    def record(self, rec: Recorder, n_tokens: int) -> None: ...
+
+
+@dataclass(eq=False)
+class BoundOp:
+    """One small op's bind group and its dispatch size: ceil(n_tokens * items_per_token /
+    items_per_group) workgroups, or `fixed` workgroups whatever the step's size. `reads` / `writes`
+    name its activation buffers, which the fusion pass (models/layer.py) follows from op to op."""
     bind_group: BindGroup
     items_per_token: int
     items_per_group: int = 1
@@ -21,6 +33,8 @@ class Bound:
     norm: "RMSNorm | None" = None  # a plain RMSNorm (one row per token, y = ...) a matvec may fold in
     absorbed: bool = False         # single tokens: a fused dispatch does this op's work (MatvecGroup)
     op: object = None              # the op that made it, for fusions that need its parameters (RoPE)
+    reads: tuple | None = None     # None: unknown (the fusion pass then assumes it reads everything)
+    writes: tuple = ()
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         if self.absorbed and n_tokens == 1:
@@ -38,14 +52,15 @@ class RMSNorm:
         self.params = dict(dim=dim, eps=_f32_literal(eps), weight_offset=_f32_literal(weight_offset), wg=wg)
 
     def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1,
-             accumulate: bool = False) -> Bound:
+             accumulate: bool = False) -> BoundOp:
         """rows_per_token > 1 normalises each of a token's rows of `dim` separately (per-head norms);
         accumulate adds the result to y (Gemma 2/3's post-norms: x += rmsnorm(o Wo))."""
         k = self.device.kernel("rmsnorm", last_only=last_only, rows_per_token=rows_per_token,
                                accumulate=accumulate, **self.params)
         bg = self.device.bind(k, [x, self.weight, y, step])
         plain = not last_only and rows_per_token == 1 and not accumulate
-        return Bound(bg, rows_per_token, fixed=1 if last_only else 0, norm=self if plain else None)
+        return BoundOp(bg, rows_per_token, fixed=1 if last_only else 0, norm=self if plain else None,
+                       reads=(x,), writes=(y,))
 
 
 
@@ -60,12 +75,12 @@ class LayerNorm:
         self.params = dict(dim=dim, eps=_f32_literal(eps), wg=wg, has_bias=bias is not None)
 
     def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1,
-             per_row_weight: bool = False) -> Bound:
+             per_row_weight: bool = False) -> BoundOp:
         k = self.device.kernel("layernorm", last_only=last_only, rows_per_token=rows_per_token,
                                per_row_weight=per_row_weight, **self.params)
         extra = [self.bias] if self.bias is not None else []
         bg = self.device.bind(k, [x, self.weight, y, step, *extra])
-        return Bound(bg, rows_per_token, fixed=1 if last_only else 0)
+        return BoundOp(bg, rows_per_token, fixed=1 if last_only else 0, reads=(x,), writes=(y,))
 
 class RoPE:
     def __init__(self, device: Device, inv_freq: list[float], n_heads: int, n_kv_heads: int, head_dim: int,
@@ -79,10 +94,10 @@ class RoPE:
         self.kernel = device.kernel("rope", kv_cache=False, **self.params)
         self.pairs_per_token, self.wg = (n_heads + n_kv_heads) * (rot_dim // 2), wg
 
-    def bind(self, q: Buffer, k: Buffer, step: Buffer) -> Bound:
+    def bind(self, q: Buffer, k: Buffer, step: Buffer) -> BoundOp:
         """(PagedAttention.bind(rope=...) may fold it into its cache write for single tokens.)"""
-        return Bound(self.device.bind(self.kernel, [q, k, self.inv_freq, step]), self.pairs_per_token, self.wg,
-                     op=self)
+        return BoundOp(self.device.bind(self.kernel, [q, k, self.inv_freq, step]), self.pairs_per_token, self.wg,
+                       op=self, reads=(q, k), writes=(q, k))
 
 
 class GLU:
@@ -91,11 +106,12 @@ class GLU:
     def __init__(self, device: Device, n: int, act: str = "silu", wg: int = 64):
         if act not in ACTIVATIONS:
             raise ValueError(f"activation {act!r} not supported (supported: {ACTIVATIONS})")
-        self.device, self.n, self.wg = device, n, wg
+        self.device, self.n, self.wg, self.act = device, n, wg, act
         self.kernel = device.kernel("glu", n=n, act=act, wg=wg)
 
-    def bind(self, gate: Buffer, up: Buffer, out: Buffer, step: Buffer) -> Bound:
-        return Bound(self.device.bind(self.kernel, [gate, up, out, step]), self.n, self.wg)
+    def bind(self, gate: Buffer, up: Buffer, out: Buffer, step: Buffer) -> BoundOp:
+        return BoundOp(self.device.bind(self.kernel, [gate, up, out, step]), self.n, self.wg,
+                       op=self, reads=(gate, up), writes=(out,))
 
 
 
@@ -108,8 +124,8 @@ class Activation:
         self.device, self.n, self.wg = device, n, wg
         self.kernel = device.kernel("activation", n=n, act=act, wg=wg)
 
-    def bind(self, x: Buffer, out: Buffer, step: Buffer) -> Bound:
-        return Bound(self.device.bind(self.kernel, [x, out, step]), self.n, self.wg)
+    def bind(self, x: Buffer, out: Buffer, step: Buffer) -> BoundOp:
+        return BoundOp(self.device.bind(self.kernel, [x, out, step]), self.n, self.wg, reads=(x,), writes=(out,))
 
 class Softcap:
     """y = cap * tanh(y / cap), in place over n values (Gemma 2's final logits)."""
@@ -118,8 +134,8 @@ class Softcap:
         self.device, self.n, self.wg = device, n, wg
         self.kernel = device.kernel("softcap", n=n, cap=_f32_literal(cap), wg=wg)
 
-    def bind(self, y: Buffer) -> Bound:
-        return Bound(self.device.bind(self.kernel, [y]), self.n, self.wg)
+    def bind(self, y: Buffer) -> BoundOp:
+        return BoundOp(self.device.bind(self.kernel, [y]), self.n, self.wg, reads=(y,), writes=(y,))
 
 
 def _f32_literal(v: float) -> str:

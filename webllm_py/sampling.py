@@ -98,7 +98,7 @@ class SampleResult:
 
 class Sampler:
     """GPU sampler for one vocabulary. Per request: `set_params`, `reset(prompt_ids)`; per token:
-    `Bound.record(rec)` after the logits are recorded, then `await read()`."""
+    `BoundSampler.record(rec)` after the logits are recorded, then `await read()`."""
 
     def __init__(self, device: Device, vocab_size: int, per_thread: int = 16, logits_wg: int = 64,
                  draw_wg: int = 256, iters: int = 24, cut: float = 30.0, tree: bool | None = None) -> None:
@@ -128,12 +128,13 @@ class Sampler:
         self.set_params(self.params)
         self.reset(())
 
-    def bind(self, logits: Buffer) -> "Bound":
+    def bind(self, logits: Buffer) -> "BoundSampler":
         d = self.device
-        return Bound(self,
-                     d.bind(self.k_logits, [logits, self.z, self.partials, self.params_buf, self.counts, self.bias,
-                                            self.mask]),
-                     d.bind(self.k_draw, [self.z, self.partials, self.params_buf, self.counts, self.cand, self.result]))
+        return BoundSampler(self,
+                            d.bind(self.k_logits, [logits, self.z, self.partials, self.params_buf, self.counts,
+                                                   self.bias, self.mask]),
+                            d.bind(self.k_draw, [self.z, self.partials, self.params_buf, self.counts, self.cand,
+                                                 self.result]))
 
     def set_params(self, params: SamplingParams) -> None:
         params.validate(self.vocab_size)
@@ -192,13 +193,15 @@ class Sampler:
         return SampleResult(tid, logprob, [(i, lp) for i, lp in tops])
 
 
-@dataclass
-class Bound:
+@dataclass(eq=False)
+class BoundSampler:
+    """The sampler bound to a model's logits: two dispatches after the step's last token."""
     sampler: Sampler
     logits_pass: BindGroup
     draw_pass: BindGroup
 
-    def record(self, rec: Recorder) -> None:
+    def record(self, rec: Recorder, n_tokens: int = 1) -> None:
+        """(Recordable: the sampler reads one token's logits whatever the step's size.)"""
         s = self.sampler
         rec.dispatch(self.logits_pass, -(-s.n_partials // s.logits_wg))
         rec.dispatch(self.draw_pass, 1)

@@ -27,13 +27,14 @@ from typing import Any
 
 from ..attention import PagedAttention
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..gpu import Buffer, Device, Recorder
+from ..gpu import Buffer, Device
 from ..kv_cache import PagedKVCache
 from ..linear import Embedding, Linear
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import GLU, RMSNorm, RoPE, Softcap
 from ..formats.gguf_keys import LLM, ArchMeta, Attention, Rope, Tokenizer
 from .config import FamilyOptions, ModelConfig
+from .layer import Decoder, Layer, LayerWeights, Named
 from .llama import RunState
 from .store import WeightStore
 
@@ -164,63 +165,47 @@ def config_from_hf(cfg: dict[str, Any], arch: str) -> ModelConfig:
 
 @dataclass
 class GemmaState(RunState):
-    """Llama's activations plus the pre-norm Q/K (Gemma 3 normalises them into q, k: a kernel may not
-    read and write one buffer through two bindings) and y, a sub-block's output before its post-norm."""
-    q_proj: Buffer
-    k_proj: Buffer
+    """Llama's activations plus y, a sub-block's output before its post-norm (Gemma 2/3)."""
     y: Buffer      # [T, dim]
 
     @classmethod
     def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int, max_blocks: int) -> "GemmaState":
         base = RunState.allocate(device, cfg, max_tokens, max_blocks)
-        f32, T = 4, max_tokens
-        return cls(**vars(base), q_proj=device.create_buffer(T * cfg.n_heads * cfg.head_dim * f32, "q_proj"),
-                   k_proj=device.create_buffer(T * cfg.n_kv_heads * cfg.head_dim * f32, "k_proj"),
-                   y=device.create_buffer(T * cfg.dim * f32, "y"))
+        return cls(**vars(base), y=device.create_buffer(max_tokens * cfg.dim * 4, "y"))
 
 
-class GemmaLayer:
-    def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: GemmaState,
-                 rope: RoPE, attention: PagedAttention, policy: KernelPolicy = DEFAULT_POLICY):
-        o = options(cfg)
-        blk = f"blk.{i}."
-
-        def linear(name: str, x: Buffer, y: Buffer, accumulate: bool = False):
-            bias = w.bias(blk + name + ".bias")
-            return Linear(device, w.matrix(blk + name + ".weight"), bias, policy=policy).bind(
-                x, y, s.step, accumulate=accumulate)
-
-        def norm(name: str, dim: int = cfg.dim) -> RMSNorm:
-            return RMSNorm(device, w.vector(blk + name + ".weight"), dim, cfg.norm_eps, weight_offset=o.norm_offset)
-
-        ops: list[Any] = [norm("attn_norm").bind(s.x, s.h, s.step)]
-        if cfg.qk_norm:  # project, then normalise each head of q and k
-            ops += [linear("attn_q", s.h, s.q_proj), linear("attn_k", s.h, s.k_proj),
-                    norm("attn_q_norm", cfg.head_dim).bind(s.q_proj, s.q, s.step, rows_per_token=cfg.n_heads),
-                    norm("attn_k_norm", cfg.head_dim).bind(s.k_proj, s.k, s.step, rows_per_token=cfg.n_kv_heads)]
-        else:
-            ops += [linear("attn_q", s.h, s.q), linear("attn_k", s.h, s.k)]
-        ops += [linear("attn_v", s.h, s.v), rope.bind(s.q, s.k, s.step),
-                attention.bind(i, s.q, s.k, s.v, s.o, s.step, s.table)]
-        if o.sandwich:  # x += rmsnorm(o Wo)
-            ops += [linear("attn_output", s.o, s.y), norm("post_attention_norm").bind(s.y, s.x, s.step, accumulate=True)]
-        else:           # x += o Wo
-            ops += [linear("attn_output", s.o, s.x, accumulate=True)]
-        ops += [norm("ffn_norm").bind(s.x, s.h, s.step),
-                linear("ffn_gate", s.h, s.gate), linear("ffn_up", s.h, s.up),
-                GLU(device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step)]
-        if o.sandwich:  # x += rmsnorm(act Wdown)
-            ops += [linear("ffn_down", s.act, s.y), norm("post_ffw_norm").bind(s.y, s.x, s.step, accumulate=True)]
-        else:
-            ops += [linear("ffn_down", s.act, s.x, accumulate=True)]
-        self.ops = ops
-
-    def record(self, rec: Recorder, n: int) -> None:
-        for op in self.ops:
-            op.record(rec, n)
+def gemma_layer(b: LayerWeights, cfg: ModelConfig, s: GemmaState, rope: RoPE, attention: PagedAttention) -> Named:
+    """Layer b.i in run order (the fusion pass, models/layer.py, then fuses Q/K/V, gate/up and the norms)."""
+    o = options(cfg)
+    ops: Named = [
+        ("attn_norm", b.rmsnorm("attn_norm", s.x, s.h)),                # h = rmsnorm(x)
+        ("wq", b.linear("attn_q", s.h, s.q_proj)),                      # q, k, v = h Wq, h Wk, h Wv
+        ("wk", b.linear("attn_k", s.h, s.k_proj)),
+        ("wv", b.linear("attn_v", s.h, s.v)),
+    ]
+    if cfg.qk_norm:  # Gemma 3: q, k = rmsnorm_per_head(q), rmsnorm_per_head(k)
+        ops += [("q_norm", b.rmsnorm("attn_q_norm", s.q_proj, s.q, cfg.head_dim, rows_per_token=cfg.n_heads)),
+                ("k_norm", b.rmsnorm("attn_k_norm", s.k_proj, s.k, cfg.head_dim, rows_per_token=cfg.n_kv_heads))]
+    ops += [("rope", rope.bind(s.q, s.k, s.step)),                      # q, k = rope(q, k)
+            ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step, s.table))]
+    if o.sandwich:   # x += rmsnorm(o Wo)
+        ops += [("wo", b.linear("attn_output", s.o, s.y)),
+                ("post_attention_norm", b.rmsnorm("post_attention_norm", s.y, s.x, accumulate=True))]
+    else:            # x += o Wo
+        ops += [("wo", b.linear("attn_output", s.o, s.x, accumulate=True))]
+    ops += [("ffn_norm", b.rmsnorm("ffn_norm", s.x, s.h)),              # h = rmsnorm(x)
+            ("w_gate", b.linear("ffn_gate", s.h, s.gate)),              # y = (gelu_tanh(h Wgate) * (h Wup)) Wdown
+            ("w_up", b.linear("ffn_up", s.h, s.up)),
+            ("glu", GLU(b.device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step))]
+    if o.sandwich:   # x += rmsnorm(y)
+        ops += [("w_down", b.linear("ffn_down", s.act, s.y)),
+                ("post_ffw_norm", b.rmsnorm("post_ffw_norm", s.y, s.x, accumulate=True))]
+    else:            # x += y
+        ops += [("w_down", b.linear("ffn_down", s.act, s.x, accumulate=True))]
+    return ops
 
 
-class GemmaModel:
+class GemmaModel(Decoder):
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
                  max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
         self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
@@ -240,24 +225,11 @@ class GemmaModel:
 
         glob = (rope(cfg.rope_theta, cfg.rope_scaling), attention(None))
         local = (rope(o.local_theta, o.local_rope_scaling), attention(cfg.sliding_window)) if any(o.local_layers) else None
-        self.layers = [GemmaLayer(device, cfg, weights, i, s, *(local if local and o.local_layers[i] else glob), policy)
+        self.layers = [Layer(gemma_layer(LayerWeights(device, cfg, weights, i, s.step, policy, o.norm_offset), cfg, s,
+                                         *(local if local and o.local_layers[i] else glob)))
                        for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps,
                                   weight_offset=o.norm_offset).bind(s.x, s.last, s.step, last_only=True)
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head, policy=policy).bind(s.last, s.logits, None)
         self.softcap = Softcap(device, cfg.vocab_size, o.final_softcap).bind(s.logits) if o.final_softcap else None
-
-    def record(self, rec: Recorder, n: int, logits: bool) -> None:
-        self.embed.record(rec, n)
-        for layer in self.layers:
-            layer.record(rec, n)
-        if logits:
-            self.record_head(rec, n)
-
-    def record_head(self, rec: Recorder, n: int) -> None:
-        """Logits of the step's last token."""
-        self.final_norm.record(rec, n)
-        self.lm_head.record(rec, 1)
-        if self.softcap is not None:
-            self.softcap.record(rec, 1)

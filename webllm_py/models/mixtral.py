@@ -15,17 +15,18 @@ token of a prefill chunk picks its own experts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
-from ..attention import PagedAttention
 from ..errors import ModelFormatError
 from ..formats.quants import row_nbytes
 from ..gpu import BindGroup, Buffer, Device, Recorder
-from ..linear import BoundParts, Linear
+from ..linear import BoundParts
+from ..ops import GLU, BoundOp
 from ..planner import DEFAULT_POLICY, KernelPolicy
-from ..ops import GLU, Bound, RoPE
 from ..weights import GPUTensor
 from .config import ModelConfig
-from .llama import LlamaLayer, LlamaModel, RunState
+from .layer import LayerWeights, Named
+from .llama import LlamaModel, RunState
 from .store import WeightStore
 
 WG = 64
@@ -104,27 +105,28 @@ class BoundExperts:
         rec.dispatch(self.bind_group, rows, n_tokens, 1 if op.combine else op.top_k)
 
 
-class MixtralLayer(LlamaLayer):
-    def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState, rope: RoPE,
-                 attention: PagedAttention, moe: MoEState, policy: KernelPolicy = DEFAULT_POLICY):
-        self.moe = moe
-        super().__init__(device, cfg, w, i, s, rope, attention, policy)
+def moe_mlp(moe: MoEState, b: LayerWeights, cfg: ModelConfig, s: RunState) -> Named:
+    """x += sum_j w_j * (silu(h Wgate[e_j]) * (h Wup[e_j])) Wdown[e_j] over each token's top_k experts."""
+    w, i, E, k = b.w, b.i, cfg.n_experts, cfg.n_experts_used
+    router = w.matrix(f"blk.{i}.ffn_gate_inp.weight")
+    if router.shape != (E, cfg.dim):
+        raise ModelFormatError(f"router 'blk.{i}.ffn_gate_inp.weight' has shape {list(router.shape)}; "
+                               f"expected [{E}, {cfg.dim}] for {E} experts")
+    route = b.device.kernel("moe_route", n_experts=E, top_k=k, wg=WG)
 
-    def feed_forward(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState) -> list:
-        moe, E, k = self.moe, cfg.n_experts, cfg.n_experts_used
-        router = w.matrix(f"blk.{i}.ffn_gate_inp.weight")
-        if router.shape != (E, cfg.dim):
-            raise ModelFormatError(f"router 'blk.{i}.ffn_gate_inp.weight' has shape {list(router.shape)}; "
-                                   f"expected [{E}, {cfg.dim}] for {E} experts")
-        self.router = Linear(device, router, policy=self.policy).bind(s.h, moe.router, s.step)
-        route = device.kernel("moe_route", n_experts=E, top_k=k, wg=WG)
-        self.route = Bound(device.bind(route, [moe.router, moe.idx, moe.weight, s.step]), 1, WG)
-        self.w_gate = ExpertMatvec(device, experts(w, i, "ffn_gate", E), k, combine=False).bind(s.h, moe.gate, moe)
-        self.w_up = ExpertMatvec(device, experts(w, i, "ffn_up", E), k, combine=False).bind(s.h, moe.up, moe)
+    def expert(name: str, combine: bool) -> ExpertMatvec:
+        return ExpertMatvec(b.device, experts(w, i, name, E), k, combine=combine)
+
+    return [
+        ("router", b.linear("ffn_gate_inp", s.h, moe.router, weight=router)),          # p = h Wrouter
+        ("route", BoundOp(b.device.bind(route, [moe.router, moe.idx, moe.weight, s.step]), 1, WG,
+                          reads=(moe.router,), writes=(moe.idx, moe.weight))),         # top_k, renormalised
+        ("w_gate", expert("ffn_gate", False).bind(s.h, moe.gate, moe)),
+        ("w_up", expert("ffn_up", False).bind(s.h, moe.up, moe)),
         # The GLU runs over each token's top_k rows of hidden_dim as one row of top_k * hidden_dim.
-        self.glu = GLU(device, k * cfg.hidden_dim, cfg.activation).bind(moe.gate, moe.up, moe.act, s.step)
-        self.w_down = ExpertMatvec(device, experts(w, i, "ffn_down", E), k, combine=True).bind(moe.act, s.x, moe)
-        return [self.router, self.route, self.w_gate, self.w_up, self.glu, self.w_down]
+        ("glu", GLU(b.device, k * cfg.hidden_dim, cfg.activation).bind(moe.gate, moe.up, moe.act, s.step)),
+        ("w_down", expert("ffn_down", True).bind(moe.act, s.x, moe)),
+    ]
 
 
 class MixtralModel(LlamaModel):
@@ -133,7 +135,4 @@ class MixtralModel(LlamaModel):
         if not 1 <= cfg.n_experts_used <= cfg.n_experts:
             raise ModelFormatError(f"a mixture of {cfg.n_experts} experts cannot use {cfg.n_experts_used} per token")
         self.moe = MoEState.allocate(device, cfg, max_tokens)
-        super().__init__(device, cfg, weights, cache, max_tokens, policy)
-
-    def make_layer(self, device, cfg, weights, i, s, rope, attention):
-        return MixtralLayer(device, cfg, weights, i, s, rope, attention, self.moe, self.policy)
+        super().__init__(device, cfg, weights, cache, max_tokens, policy, mlp=partial(moe_mlp, self.moe))

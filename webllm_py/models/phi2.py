@@ -12,18 +12,19 @@
 
 The run state, rotary, paged attention and linear layers are the Llama family's (models/llama.py);
 what differs is the norm (LayerNorm with bias), the biases everywhere, the partial rotary, and the
-MLP on the same normed input as attention. StableLM (models/stablelm.py) reuses this layer's attention.
+MLP on the same normed input as attention. StableLM (models/stablelm.py) is this layer with its own MLP.
 """
 from __future__ import annotations
 
 from ..attention import PagedAttention
-from ..gpu import Buffer, Device, Recorder
+from ..gpu import Buffer, Device
 from ..kv_cache import PagedKVCache
-from ..linear import Embedding, Linear, MatvecGroup
+from ..linear import BoundLinear, Embedding, Linear
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import Activation, LayerNorm, RoPE
 from .config import ModelConfig
-from .llama import LlamaModel, RunState
+from .layer import Decoder, Layer, LayerWeights, Named
+from .llama import MLP, RunState
 from .store import WeightStore
 
 
@@ -41,82 +42,65 @@ def head_norm(device: Device, cfg: ModelConfig, w: WeightStore, name: str, n_hea
     return LayerNorm(device, weight, cfg.head_dim, cfg.norm_eps, bias), per_head
 
 
-class Phi2Layer:
-    def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, s: RunState, rope: RoPE,
-                 attention: PagedAttention, raw: tuple[Buffer, Buffer] | None, policy: KernelPolicy = DEFAULT_POLICY):
-        self.device, self.cfg, self.w, self.i, self.s, self.policy = device, cfg, w, i, s, policy
-        self.attn_norm = self.norm("attn_norm").bind(s.x, s.h, s.step)
-        # With q/k norms the projections land in scratch rows `raw` and the norms write q and k.
-        q_out, k_out = raw if cfg.qk_norm and raw else (s.q, s.k)
-        self.wq = self.projection("attn_q", q_out)
-        self.wk = self.projection("attn_k", k_out)
-        self.wv = self.projection("attn_v", s.v)
-        self.qkv = MatvecGroup([self.wq, self.wk, self.wv])  # one decode dispatch where the matvec kernel can fuse them
-        self.qk_norms = []
-        if cfg.qk_norm:
-            for name, src, dst, heads in (("attn_q_norm", q_out, s.q, cfg.n_heads), ("attn_k_norm", k_out, s.k, cfg.n_kv_heads)):
-                op, per_head = head_norm(device, cfg, w, f"blk.{i}.{name}", heads)
-                self.qk_norms.append(op.bind(src, dst, s.step, rows_per_token=heads, per_row_weight=per_head))
-        self.rope = rope.bind(s.q, s.k, s.step)
-        self.attention = attention.bind(i, s.q, s.k, s.v, s.o, s.step, s.table)
-        self.wo = self.linear("attn_output", s.o, s.x, accumulate=True)   # x += o Wdense + bdense
-        self.ffn = self.feed_forward()
-
-    def norm(self, name: str) -> LayerNorm:
-        blk = f"blk.{self.i}.{name}"
-        bias = self.w.vector(blk + ".bias") if self.w.has(blk + ".bias") else None
-        return LayerNorm(self.device, self.w.vector(blk + ".weight"), self.cfg.dim, self.cfg.norm_eps, bias)
-
-    def linear(self, name: str, x: Buffer, y: Buffer, accumulate: bool = False):
-        blk = f"blk.{self.i}.{name}"
-        return Linear(self.device, self.w.matrix(blk + ".weight"), self.w.bias(blk + ".bias"), policy=self.policy).bind(
-            x, y, self.s.step, accumulate=accumulate)
-
-    def projection(self, name: str, y: Buffer):
-        """y = h W + b for name in attn_q/k/v. llama.cpp's Phi-2 files hold the three as one fused
-        `attn_qkv` matrix [q_dim + 2 kv_dim, dim] (and bias): its rows are split at upload."""
-        cfg, w, i = self.cfg, self.w, self.i
-        fused = f"blk.{i}.attn_qkv"
-        if not w.has(fused + ".weight"):
-            return self.linear(name, self.s.h, y)
-        q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        r0, r1 = {"attn_q": (0, q), "attn_k": (q, q + kv), "attn_v": (q + kv, q + 2 * kv)}[name]
-        weight = w.row_slice(fused + ".weight", r0, r1, f"blk.{i}.{name}.weight")
-        bias = w.row_slice(fused + ".bias", r0, r1, f"blk.{i}.{name}.bias") if w.has(fused + ".bias") else None
-        return Linear(self.device, weight, bias, policy=self.policy).bind(self.s.h, y, self.s.step)
-
-    def feed_forward(self) -> list:
-        """x += gelu_tanh(h W1 + b1) W2 + b2, reading the h the attention read."""
-        s = self.s
-        self.fc1 = self.linear("ffn_up", s.h, s.up)
-        self.act = Activation(self.device, self.cfg.hidden_dim, self.cfg.activation).bind(s.up, s.act, s.step)
-        self.fc2 = self.linear("ffn_down", s.act, s.x, accumulate=True)
-        return [self.fc1, self.act, self.fc2]
-
-    def record(self, rec: Recorder, n: int) -> None:
-        for op in (self.attn_norm, self.qkv, *self.qk_norms, self.rope, self.attention, self.wo, *self.ffn):
-            op.record(rec, n)
+def projection(b: LayerWeights, cfg: ModelConfig, s: RunState, name: str, y: Buffer) -> BoundLinear:
+    """y = h W + b for name in attn_q/k/v. llama.cpp's Phi-2 files hold the three as one fused
+    `attn_qkv` matrix [q_dim + 2 kv_dim, dim] (and bias): its rows are split at upload."""
+    w, fused = b.w, b.name("attn_qkv")
+    if not w.has(fused + ".weight"):
+        return b.linear(name, s.h, y)
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    r0, r1 = {"attn_q": (0, q), "attn_k": (q, q + kv), "attn_v": (q + kv, q + 2 * kv)}[name]
+    weight = w.row_slice(fused + ".weight", r0, r1, b.name(name + ".weight"))
+    bias = w.row_slice(fused + ".bias", r0, r1, b.name(name + ".bias")) if w.has(fused + ".bias") else None
+    return b.linear(name, s.h, y, weight=weight, bias=bias)
 
 
-class Phi2Model(LlamaModel):
-    """Its own graph (LayerNorms with bias, biased head) recorded by LlamaModel's `record` and
-    `record_head`: embed, every layer, then the final norm and the head."""
-    layer_class = Phi2Layer
+def gelu_mlp(b: LayerWeights, cfg: ModelConfig, s: RunState) -> Named:
+    """x += gelu_tanh(h W1 + b1) W2 + b2, reading the h the attention read."""
+    return [
+        ("fc1", b.linear("ffn_up", s.h, s.up)),
+        ("act", Activation(b.device, cfg.hidden_dim, cfg.activation).bind(s.up, s.act, s.step)),
+        ("fc2", b.linear("ffn_down", s.act, s.x, accumulate=True)),
+    ]
+
+
+def phi2_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, attention: PagedAttention,
+               mlp: MLP = gelu_mlp) -> Named:
+    """Layer b.i in run order: attention and the MLP both read h = layernorm(x) (the fusion pass,
+    models/layer.py, then fuses Q/K/V)."""
+    ops: Named = [
+        ("attn_norm", b.layernorm("attn_norm", s.x, s.h)),              # h = layernorm(x) * w + b
+        ("wq", projection(b, cfg, s, "attn_q", s.q_proj)),              # q, k, v = h Wq + bq, ...
+        ("wk", projection(b, cfg, s, "attn_k", s.k_proj)),
+        ("wv", projection(b, cfg, s, "attn_v", s.v)),
+    ]
+    if cfg.qk_norm:  # q, k = layernorm_per_head(q), layernorm_per_head(k)
+        for name, src, dst, heads in (("attn_q_norm", s.q_proj, s.q, cfg.n_heads),
+                                      ("attn_k_norm", s.k_proj, s.k, cfg.n_kv_heads)):
+            op, per_head = head_norm(b.device, cfg, b.w, b.name(name), heads)
+            ops.append((name, op.bind(src, dst, s.step, rows_per_token=heads, per_row_weight=per_head)))
+    return ops + [
+        ("rope", rope.bind(s.q, s.k, s.step)),                          # partial rotary: rot_dim of each head
+        ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step, s.table)),
+        ("wo", b.linear("attn_output", s.o, s.x, accumulate=True)),     # x += o Wdense + bdense
+        *mlp(b, cfg, s),                                                # x += mlp(h)
+    ]
+
+
+class Phi2Model(Decoder):
+    """Llama's run state and rotary; LayerNorms with bias and a biased head."""
 
     def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
-                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
+                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY, mlp: MLP = gelu_mlp):
+        """mlp: each layer's MLP (StableLM: Llama's SwiGLU)."""
         self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
         s = self.state = RunState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
-        raw = None
-        if cfg.qk_norm:  # q and k before their norms
-            q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-            raw = (device.create_buffer(4 * max_tokens * q_dim, "q_raw"),
-                   device.create_buffer(4 * max_tokens * kv_dim, "k_raw"))
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
         attention = PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
                                    sliding_window=cfg.sliding_window, policy=policy)
-        self.layers = [self.layer_class(device, cfg, weights, i, s, rope, attention, raw, policy)
+        self.layers = [Layer(phi2_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope,
+                                        attention, mlp))
                        for i in range(cfg.n_layers)]
         bias = weights.vector("output_norm.bias") if weights.has("output_norm.bias") else None
         self.final_norm = LayerNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps, bias).bind(

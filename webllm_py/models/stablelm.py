@@ -19,26 +19,24 @@ The attention half is Phi-2's layer (models/phi2.py); only the MLP and its resid
 """
 from __future__ import annotations
 
-from ..linear import MatvecGroup
-from ..ops import GLU
-from .phi2 import Phi2Layer, Phi2Model
+from ..gpu import Device
+from ..kv_cache import PagedKVCache
+from ..planner import DEFAULT_POLICY, KernelPolicy
+from .config import ModelConfig
+from .layer import LayerWeights, Named
+from .llama import RunState, swiglu
+from .phi2 import Phi2Model
+from .store import WeightStore
 
 
-class StableLmLayer(Phi2Layer):
-    def feed_forward(self) -> list:
-        s, cfg = self.s, self.cfg
-        ops = []
-        if not cfg.parallel_residual:  # the MLP reads the residual stream after attention, normed again
-            self.ffn_norm = self.norm("ffn_norm").bind(s.x, s.h, s.step)
-            ops.append(self.ffn_norm)
-        self.w_gate = self.linear("ffn_gate", s.h, s.gate)
-        self.w_up = self.linear("ffn_up", s.h, s.up)
-        self.glu = GLU(self.device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step)
-        self.w_down = self.linear("ffn_down", s.act, s.x, accumulate=True)   # x += act Wdown
-        # gate, up and the GLU in one decode dispatch where the matvec kernel can fuse them
-        self.gate_up = MatvecGroup([self.w_gate, self.w_up], glu=(cfg.activation, self.glu))
-        return ops + [self.gate_up, self.w_down]
+def stablelm_mlp(b: LayerWeights, cfg: ModelConfig, s: RunState) -> Named:
+    """x += mlp(h), on the attention's h (parallel residual) or on layernorm2(x)."""
+    if cfg.parallel_residual:
+        return swiglu(b, cfg, s)
+    return [("ffn_norm", b.layernorm("ffn_norm", s.x, s.h)), *swiglu(b, cfg, s)]
 
 
 class StableLmModel(Phi2Model):
-    layer_class = StableLmLayer
+    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
+                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
+        super().__init__(device, cfg, weights, cache, max_tokens, policy, mlp=stablelm_mlp)

@@ -1,0 +1,173 @@
+"""One way to write a layer: the list of its ops in run order, then one fusion pass over that list.
+
+A family writes its block as named ops, top to bottom as its diagram reads (models/llama.py):
+
+    b = LayerWeights(device, cfg, weights, i, s.step, policy)
+    ops = [("attn_norm", b.rmsnorm("attn_norm", s.x, s.h)),
+           ("wq", b.linear("attn_q", s.h, s.q)), ("wk", ...), ("wv", ...),
+           ("rope", rope.bind(s.q, s.k, s.step)),
+           ("attention", attention.bind(i, s.q, s.k, s.v, s.o, s.step, s.table)), ...]
+    layer = Layer(ops)
+
+`Layer` keeps each op under its name (layer.wq, layer.attn_norm) and records `fuse(ops)`, which
+follows the activation buffers each op reads and writes (`reads` / `writes`) and, for every family:
+
+- linears that read the same x one after another become one `MatvecGroup` (Q/K/V; gate and up, with
+  the GLU that reads their two outputs): one dispatch per decode token where the matvec kernel fuses;
+- the RMSNorm just before such a group folds into it (the group reads the norm's input and normalises
+  on the way) where the planner's kernel allows and no later op reads the norm's output;
+- the RoPE just before attention folds into it (attention_step, or the cache write on CPU adapters)
+  where it rotates whole heads.
+
+Prefill (n_tokens > 1) records every op as written; the folds change single-token steps only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..attention import BoundAttention
+from ..gpu import Buffer, Device, Recorder
+from ..linear import BoundLinear, Linear, MatvecGroup
+from ..ops import GLU, BoundOp, LayerNorm, Recordable, RMSNorm, RoPE
+from ..planner import DEFAULT_POLICY, KernelPolicy
+from ..weights import GPUTensor
+from .config import ModelConfig
+from .store import WeightStore
+
+Named = list[tuple[str, Any]]  # (name, Recordable) in run order
+
+# What a fused group is called on the layer: by its first member's name.
+GROUP_NAMES = {"wq": "qkv", "w_gate": "gate_up"}
+
+
+class LayerWeights:
+    """Layer i's tensors (`blk.{i}.<name>.weight`, and `.bias` where the file has one) as bound ops
+    over the run state's buffers; every family builds its layer's linears and norms here."""
+
+    def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, step: Buffer,
+                 policy: KernelPolicy = DEFAULT_POLICY, norm_offset: float = 0.0):
+        self.device, self.cfg, self.w, self.i, self.step, self.policy = device, cfg, w, i, step, policy
+        self.norm_offset = norm_offset  # Gemma's rmsnorm multiplies by (w + offset)
+
+    def name(self, name: str) -> str:
+        return f"blk.{self.i}.{name}"
+
+    def linear(self, name: str, x: Buffer, y: Buffer, accumulate: bool = False,
+               weight: GPUTensor | None = None, bias: GPUTensor | None = None) -> BoundLinear:
+        """y = x W + b (accumulate: y += ...) for W = `name`.weight, or the `weight` / `bias` given."""
+        full = self.name(name)
+        if weight is None:
+            weight, bias = self.w.matrix(full + ".weight"), self.w.bias(full + ".bias")
+        return Linear(self.device, weight, bias, policy=self.policy).bind(x, y, self.step, accumulate=accumulate)
+
+    def rmsnorm(self, name: str, x: Buffer, y: Buffer, dim: int | None = None, **bind: Any) -> BoundOp:
+        """y = rmsnorm(x) * (w + norm_offset) over rows of `dim` (the model's width unless given)."""
+        norm = RMSNorm(self.device, self.w.vector(self.name(name) + ".weight"), dim or self.cfg.dim,
+                       self.cfg.norm_eps, weight_offset=self.norm_offset)
+        return norm.bind(x, y, self.step, **bind)
+
+    def layernorm(self, name: str, x: Buffer, y: Buffer) -> BoundOp:
+        """y = layernorm(x) * w (+ b)."""
+        full = self.name(name)
+        bias = self.w.vector(full + ".bias") if self.w.has(full + ".bias") else None
+        norm = LayerNorm(self.device, self.w.vector(full + ".weight"), self.cfg.dim, self.cfg.norm_eps, bias)
+        return norm.bind(x, y, self.step)
+
+
+def _read_later(ops: list[Any], buf: Any) -> bool:
+    """Whether an op of `ops` reads `buf` before one overwrites it (an op that does not say what it
+    reads counts as reading it)."""
+    for op in ops:
+        reads = getattr(op, "reads", None)
+        if reads is None or any(r is buf for r in reads):
+            return True
+        if any(wr is buf for wr in getattr(op, "writes", ())):
+            return False
+    return False
+
+
+def _is_glu_of(op: Any, members: list[BoundLinear]) -> bool:
+    return (isinstance(op, BoundOp) and isinstance(op.op, GLU) and len(members) == 2 and op.reads is not None
+            and op.reads[0] is members[0].y and op.reads[1] is members[1].y)
+
+
+def fuse(named: Named) -> Named:
+    """The fusion pass (see the module docstring): `named` as it records, each fused group under a
+    name (GROUP_NAMES, else its members' names joined + "_group"), a rebound attention under its own."""
+    ops = [op for _, op in named]
+    names = {id(op): name for name, op in named}
+    out: Named = []
+    i = 0
+    while i < len(ops):
+        op = ops[i]
+        if isinstance(op, BoundLinear) and not op.accumulate:
+            j = i + 1
+            while (j < len(ops) and isinstance(ops[j], BoundLinear) and not ops[j].accumulate
+                   and ops[j].x is op.x):
+                j += 1
+            members = ops[i:j]
+            glu = None
+            if j < len(ops) and _is_glu_of(ops[j], members) and not any(_read_later(ops[j + 1:], m.y) for m in members):
+                glu = (ops[j].op.act, ops[j])
+                j += 1
+            prev = out[-1][1] if out else None
+            norm = (prev if isinstance(prev, BoundOp) and prev.norm is not None and prev.writes[0] is op.x
+                    and not _read_later(ops[j:], op.x) else None)
+            if len(members) > 1 or glu or norm:
+                first = names[id(members[0])]
+                group_name = GROUP_NAMES.get(first) or "_".join(names[id(m)] for m in members) + "_group"
+                out.append((group_name, MatvecGroup(members, glu=glu, norm=norm)))
+                i = j
+                continue
+        if isinstance(op, BoundAttention) and out:
+            prev = out[-1][1]
+            if isinstance(prev, BoundOp) and isinstance(prev.op, RoPE):
+                op = op.with_rope(prev)
+        out.append((names[id(ops[i])], op))
+        i += 1
+    return out
+
+
+class Layer:
+    """A transformer block: its ops in run order (`ops`, after the fusion pass), each also an
+    attribute under its name (layer.wq, layer.qkv, layer.attention, ...)."""
+
+    def __init__(self, named: Named):
+        for name, op in named:
+            setattr(self, name, op)
+        fused = fuse(named)
+        for name, op in fused:
+            setattr(self, name, op)
+        self.ops: list[Recordable] = [op for _, op in fused]
+
+    def record(self, rec: Recorder, n_tokens: int) -> None:
+        for op in self.ops:
+            op.record(rec, n_tokens)
+
+
+class Decoder:
+    """What every family's model records: the embedding, every layer, then, when asked, the head
+    (final norm, LM head, and a final softcap where the model has one)."""
+
+    embed: Recordable
+    layers: list[Layer]
+    final_norm: Recordable
+    lm_head: Recordable
+    softcap: Recordable | None = None
+
+    def record(self, rec: Recorder, n: int, logits: bool) -> None:
+        """One step of n tokens: the residual stream through every layer, then (if asked) the last
+        token's logits."""
+        self.embed.record(rec, n)
+        for layer in self.layers:
+            layer.record(rec, n)
+        if logits:
+            self.record_head(rec, n)
+
+    def record_head(self, rec: Recorder, n: int) -> None:
+        """Logits of the step's last token (the final norm reads row n-1 of the residual stream)."""
+        self.final_norm.record(rec, n)
+        self.lm_head.record(rec, 1)
+        if self.softcap is not None:
+            self.softcap.record(rec, 1)
