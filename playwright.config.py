@@ -5,14 +5,15 @@ Measured on the CPU-only machine (see /work/shared/PLATFORM.md and docs/browser-
 Debian's chromium gives WebGPU through its bundled SwiftShader Vulkan driver with just
 `--enable-unsafe-webgpu`; the other flags keep a root, offline, headless run quiet and stable.
 """
+
 import os
 
 # Never `playwright install`: its download is blocked. Use the system Chromium.
 CHROMIUM = os.environ.get("WEBLLM_CHROMIUM", "/usr/bin/chromium")
 
 LAUNCH_ARGS = [
-    "--enable-unsafe-webgpu",           # WebGPU on Linux is behind this flag
-    "--no-sandbox",                     # needed as root (CI containers)
+    "--enable-unsafe-webgpu",  # WebGPU on Linux is behind this flag
+    "--no-sandbox",  # needed as root (CI containers)
     # Chromium otherwise floods the closed network with refused connections:
     "--disable-background-networking",
     "--disable-component-update",

@@ -6,6 +6,7 @@ must match the reference, and the arrival counters must be back at 0 afterwards.
 
     python scripts/attention_step_check.py [--quick]      # prints one JSON line per case; exit 1 on a mismatch
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +42,7 @@ def main() -> int:
     B = 16
     for label, nh, nkv, hd in (("8b", 32, 8, 128), ("1b", 32, 8, 64)):
         inv_freq = [500000.0 ** (-2 * i / hd) for i in range(hd // 2)]
-        for n in ((1, 70) if QUICK else (1, 17, 64, 65, 550, 2048, 4111)):
+        for n in (1, 70) if QUICK else (1, 17, 64, 65, 550, 2048, 4111):
             blocks = -(-n // B)
             cache = PagedKVCache(dev, 1, nkv, hd, block_size=B, num_blocks=blocks + 3, dtype="f16")
             cache._free = list(rng.permutation(cache._free))  # pages out of order
@@ -87,16 +88,35 @@ def main() -> int:
                 for o in outs:
                     got = np.frombuffer(asyncio.run(dev.read_buffer(o)), np.float32).reshape(nh, hd)
                     worst = max(worst, float(np.abs(got - ref).max()))
-            counters = np.frombuffer(asyncio.run(dev.read_buffer(att.scratch, 0, 4 * nkv)), np.uint32) if att.step_tiling.splits > 1 else np.zeros(1)
+            counters = (
+                np.frombuffer(asyncio.run(dev.read_buffer(att.scratch, 0, 4 * nkv)), np.uint32)
+                if att.step_tiling.splits > 1
+                else np.zeros(1)
+            )
             written = np.frombuffer(asyncio.run(dev.read_buffer(cache.k[0])), np.float16).reshape(kc.shape)
             b, s = phys[pos // B], pos % B
-            k_ok = bool(np.array_equal(written[b, s], kr.astype(np.float16)) or
-                        np.abs(written[b, s].astype(np.float64) - kr).max() < 2e-3)
+            k_ok = bool(
+                np.array_equal(written[b, s], kr.astype(np.float16))
+                or np.abs(written[b, s].astype(np.float64) - kr).max() < 2e-3
+            )
             good = worst < 2e-3 and not counters.any() and k_ok
             ok &= good
-            print(json.dumps(dict(kind="attention_step_check", shape=label, positions=n,
-                                  tiling=list(vars(att.step_tiling).values()), dispatches=OUTS * ROUNDS,
-                                  max_abs_err=worst, counters_zero=not counters.any(), k_written=k_ok, ok=good)), flush=True)
+            print(
+                json.dumps(
+                    dict(
+                        kind="attention_step_check",
+                        shape=label,
+                        positions=n,
+                        tiling=list(vars(att.step_tiling).values()),
+                        dispatches=OUTS * ROUNDS,
+                        max_abs_err=worst,
+                        counters_zero=not counters.any(),
+                        k_written=k_ok,
+                        ok=good,
+                    )
+                ),
+                flush=True,
+            )
     return 0 if ok else 1
 
 

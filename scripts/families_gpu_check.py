@@ -1,6 +1,7 @@
 """One-off check on a real GPU (device machine): every tiny random family model of
 tests/test_model_families.py, run by our engine through native wgpu, against transformers on the CPU:
 max relative logit error after a 20-token prompt (prefill chunks of 8) and 16 greedy tokens."""
+
 import asyncio
 import sys
 import tempfile
@@ -24,7 +25,9 @@ for v in FAMILY_VARIANTS:
     ref, ref_logits = hf_greedy(path, ids, N_GREEDY)
     engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=8))
     ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
-    _, toks = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY, ignore_eos=True))
+    _, toks = asyncio.run(
+        engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY, ignore_eos=True)
+    )
     err = np.abs(ours - ref_logits).max() / np.abs(ref_logits).max()
     print(v.name, "rel_logit_err", f"{err:.2e}", "greedy_equal", toks == ref, flush=True)
     engine.unload()

@@ -8,6 +8,7 @@ Each timing records `reps` dispatches of one kernel into one command buffer, the
 submit and completion: GPU time including the per-dispatch cost (barriers between dependent
 dispatches) the model pays, without Python's recording. Weights are random bytes (speed does not depend on values).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -71,9 +72,11 @@ SHAPES_8B = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 
 SHAPES_1B = [(2048, 2048), (512, 2048), (8192, 2048), (2048, 8192), (128256, 2048)]
 if QUICK:
     SHAPES_8B, SHAPES_1B = [(256, 512)], [(128, 256)]
-VARIANTS = [("generic", 64, 2, False)] + [("q4", wg, r, sg) for wg, r in
-            [(32, 1), (32, 2), (32, 4), (64, 1), (64, 2), (64, 4), (64, 8), (128, 2), (128, 4), (128, 8), (256, 4)]
-            for sg in (False, True)]
+VARIANTS = [("generic", 64, 2, False)] + [
+    ("q4", wg, r, sg)
+    for wg, r in [(32, 1), (32, 2), (32, 4), (64, 1), (64, 2), (64, 4), (64, 8), (128, 2), (128, 4), (128, 8), (256, 4)]
+    for sg in (False, True)
+]
 if QUICK:
     VARIANTS = VARIANTS[:3]
 
@@ -93,15 +96,31 @@ def bench_attention():
     import struct
     from webllm_py.attention import PagedAttention, StepTiling, default_step_tiling
     from webllm_py.kv_cache import PagedKVCache
-    grid = [(128, 32, 32, 32), (256, 32, 32, 32), (512, 64, 32, 64), (128, 32, 16, 64), (256, 64, 16, 64),
-            (128, 64, 32, 64), (256, 128, 16, 128), (512, 128, 16, 128), (64, 16, 32, 16), (128, 16, 32, 16),
-            (256, 32, 64, 32), (256, 64, 4, 64), (256, 64, 1, 64), (128, 32, 1, 32)]
+
+    grid = [
+        (128, 32, 32, 32),
+        (256, 32, 32, 32),
+        (512, 64, 32, 64),
+        (128, 32, 16, 64),
+        (256, 64, 16, 64),
+        (128, 64, 32, 64),
+        (256, 128, 16, 128),
+        (512, 128, 16, 128),
+        (64, 16, 32, 16),
+        (128, 16, 32, 16),
+        (256, 32, 64, 32),
+        (256, 64, 4, 64),
+        (256, 64, 1, 64),
+        (128, 32, 1, 32),
+    ]
     for label, nh, nkv, hd in (("8b", 32, 8, 128), ("1b", 32, 8, 64)):
-        for n in ((550,) if QUICK else (550, 2048, 4096)):
+        for n in (550,) if QUICK else (550, 2048, 4096):
             cache = PagedKVCache(dev, 1, nkv, hd, block_size=16, num_blocks=-(-n // 16), dtype="f16")
             cache.ensure(0, n)
             step = dev.buffer_from(struct.pack("<2I", n - 1, 1))
-            table = dev.buffer_from(cache.table_bytes(0) + bytes(max(0, cache.table_buffer_size() - len(cache.table_bytes(0)))))
+            table = dev.buffer_from(
+                cache.table_bytes(0) + bytes(max(0, cache.table_buffer_size() - len(cache.table_bytes(0))))
+            )
             q, o = dev.create_buffer(nh * hd * 4), dev.create_buffer(nh * hd * 4)
             k, v = dev.create_buffer(nkv * hd * 4), dev.create_buffer(nkv * hd * 4)
             for wg, splits in ((32, 32),) + (((32, 16), (64, 16), (32, 64)) if n == 550 else ()):
@@ -109,37 +128,73 @@ def bench_attention():
                 b = att.bind(0, q, k, v, o, step, table)
                 kvw = time_dispatches(lambda rec: rec.dispatch(b.kv_write, -(-nkv * hd // 64)), REPS)
                 dec = time_dispatches(lambda rec: rec.dispatch(b.decode, nh, splits), REPS)
-                comb = time_dispatches(lambda rec: rec.dispatch(b.combine, nh, -(-hd // att.combine_wg)), REPS) if b.combine else 0.0
+                comb = (
+                    time_dispatches(lambda rec: rec.dispatch(b.combine, nh, -(-hd // att.combine_wg)), REPS)
+                    if b.combine
+                    else 0.0
+                )
                 allt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
-                emit(kind="attention", shape=label, positions=n, wg=wg, splits=splits, kv_write_us=round(kvw * 1e6, 2),
-                     decode_us=round(dec * 1e6, 2), combine_us=round(comb * 1e6, 2), all_us=round(allt * 1e6, 2))
+                emit(
+                    kind="attention",
+                    shape=label,
+                    positions=n,
+                    wg=wg,
+                    splits=splits,
+                    kv_write_us=round(kvw * 1e6, 2),
+                    decode_us=round(dec * 1e6, 2),
+                    combine_us=round(comb * 1e6, 2),
+                    all_us=round(allt * 1e6, 2),
+                )
             tilings = [default_step_tiling(nkv)]
             tilings += [t for t in (StepTiling(*g) for g in (grid if n == 550 else grid[:3])) if t != tilings[0]]
             for t in tilings:
                 att = PagedAttention(dev, cache, nh, nkv, hd, 64, fused=True, step_tiling=t)
                 b = att.bind(0, q, k, v, o, step, table)
                 us = time_dispatches(lambda rec: b.record(rec, 1), REPS)
-                emit(kind="attention_step", shape=label, positions=n, tiling=list(vars(t).values()),
-                     default=t == tilings[0], all_us=round(us * 1e6, 2))
+                emit(
+                    kind="attention_step",
+                    shape=label,
+                    positions=n,
+                    tiling=list(vars(t).values()),
+                    default=t == tilings[0],
+                    all_us=round(us * 1e6, 2),
+                )
 
 
 def bench_matmul():
     """Prefill matmul tilings: GFLOP/s at a 128-token chunk."""
     import struct
     from webllm_py.linear import MatmulTiling
+
     T = 128
     params = dev.buffer_from(struct.pack("<2I", 0, T))
     for qtype in ("Q4_0", "Q4_K"):
-        for n, k in (((256, 512),) if QUICK else ((4096, 4096), (14336, 4096), (2048, 8192))):
+        for n, k in ((256, 512),) if QUICK else ((4096, 4096), (14336, 4096), (2048, 8192)):
             w, nb = weight(qtype, n, k)
             xb, yb = dev.create_buffer(T * k * 4), dev.create_buffer(T * n * 4)
-            for tl in ((32, 32, 32, 4, 4), (64, 64, 32, 8, 8), (64, 64, 16, 8, 8), (64, 64, 32, 4, 4),
-                       (128, 64, 16, 8, 8), (64, 128, 16, 8, 8), (128, 128, 16, 8, 8), (64, 64, 16, 4, 8)):
+            for tl in (
+                (32, 32, 32, 4, 4),
+                (64, 64, 32, 8, 8),
+                (64, 64, 16, 8, 8),
+                (64, 64, 32, 4, 4),
+                (128, 64, 16, 8, 8),
+                (64, 128, 16, 8, 8),
+                (128, 128, 16, 8, 8),
+                (64, 64, 16, 4, 8),
+            ):
                 lin = Linear(dev, w, matmul=MatmulTiling(*tl))
                 b = lin.bind(xb, yb, params)
                 dt = time_dispatches(lambda rec: b.record(rec, T), 5 if QUICK else 20)
-                emit(kind="matmul", qtype=qtype, T=T, N=n, K=k, tiling=tl, us=round(dt * 1e6, 1),
-                     gflops=round(2 * T * n * k / dt / 1e9, 1))
+                emit(
+                    kind="matmul",
+                    qtype=qtype,
+                    T=T,
+                    N=n,
+                    K=k,
+                    tiling=tl,
+                    us=round(dt * 1e6, 1),
+                    gflops=round(2 * T * n * k / dt / 1e9, 1),
+                )
             w.buffer.destroy()
 
 
@@ -160,6 +215,7 @@ sync()
 if want("floor"):  # an elementwise kernel over 64 numbers: all floor
     import struct
     from webllm_py.ops import GLU
+
     bufs = [dev.create_buffer(256) for _ in range(3)]
     g = GLU(dev, 64, "silu").bind(*bufs, dev.buffer_from(struct.pack("<2I", 0, 1)))
     emit(kind="floor_glu", us=round(1e6 * time_dispatches(lambda rec: g.record(rec, 1), REPS), 2))
@@ -167,7 +223,7 @@ if want("attention"):
     bench_attention()
 if want("matmul"):
     bench_matmul()
-for qtype in (("Q4_0", "Q4_K") if want("matvec") else ()):
+for qtype in ("Q4_0", "Q4_K") if want("matvec") else ():
     for n, k in SHAPES_8B + SHAPES_1B:
         w, nb = weight(qtype, n, k)
         xb, yb = dev.create_buffer(k * 4), dev.create_buffer(n * 4)
@@ -178,17 +234,28 @@ for qtype in (("Q4_0", "Q4_K") if want("matvec") else ()):
                 lin.q4 = False
             b = lin.bind(xb, yb)
             dt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
-            emit(kind="matvec", qtype=qtype, N=n, K=k, kernel=name, wg=wg, rows=rows, subgroups=sg,
-                 us=round(dt * 1e6, 2), gbps=round(nb / dt / 1e9, 1))
+            emit(
+                kind="matvec",
+                qtype=qtype,
+                N=n,
+                K=k,
+                kernel=name,
+                wg=wg,
+                rows=rows,
+                subgroups=sg,
+                us=round(dt * 1e6, 2),
+                gbps=round(nb / dt / 1e9, 1),
+            )
         dev.raw.queue.submit([])
         w.buffer.destroy()
+
 
 def sane_weight(qtype: str, n: int, k: int):
     """Random nibbles with finite f16 scales (random bytes make NaN/inf scales): for correctness."""
     bs = {"Q4_0": (32, 18, (0,)), "Q4_1": (32, 20, (0, 2)), "Q4_K": (256, 144, (0, 2))}[qtype]
     raw = rng.integers(0, 256, (n, k // bs[0], bs[1]), dtype=np.uint8)
     for p in bs[2]:
-        raw[:, :, p:p + 2] = rng.uniform(0.001, 0.02, (n, k // bs[0], 1)).astype(np.float16).view(np.uint8)
+        raw[:, :, p : p + 2] = rng.uniform(0.001, 0.02, (n, k // bs[0], 1)).astype(np.float16).view(np.uint8)
     if qtype == "Q4_K":
         raw[:, :, 4:16] &= 0x3F  # keep 6-bit scales/mins small-ish but valid
     info = TensorInfo("w", (k, n), int(GGMLType[qtype]), 0, raw.nbytes)
@@ -205,7 +272,11 @@ if want("staged_check"):  # the staged kernel's output on this GPU against numpy
             x = rng.standard_normal(k).astype(np.float32)
             xb = dev.buffer_from(x.tobytes())
             ys = {}
-            for name, t in (("q4", Q4_TILING), ("q4s", staged_tiling(k)), ("q4s_prefetch", StagedTiling(256, 8, 1, True))):
+            for name, t in (
+                ("q4", Q4_TILING),
+                ("q4s", staged_tiling(k)),
+                ("q4s_prefetch", StagedTiling(256, 8, 1, True)),
+            ):
                 yb = dev.create_buffer(n * 4)
                 b = Linear(dev, w, matvec=t).bind(xb, yb)
                 with dev.recorder() as rec:
@@ -226,11 +297,32 @@ if want("staged_check"):  # the staged kernel's output on this GPU against numpy
             w.buffer.destroy()
 
 # the staged kernel (matvec_q4s: int8 x in workgroup memory) against matvec_q4 at its default
-STAGED = [(256, 16, 1), (256, 8, 1), (256, 8, 2), (256, 16, 1, True), (256, 8, 1, True), (256, 8, 2, True),
-          (128, 8, 1, True), (256, 4, 2, True), (512, 8, 1, True)]
-for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
-    shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (128256, 4096), (2048, 2048), (8192, 2048),
-              (2048, 8192), (512, 2048)] if not QUICK else [(64, 512)]
+STAGED = [
+    (256, 16, 1),
+    (256, 8, 1),
+    (256, 8, 2),
+    (256, 16, 1, True),
+    (256, 8, 1, True),
+    (256, 8, 2, True),
+    (128, 8, 1, True),
+    (256, 4, 2, True),
+    (512, 8, 1, True),
+]
+for qtype in ("Q4_0", "Q4_K") if want("staged") else ():
+    shapes = (
+        [
+            (4096, 4096),
+            (14336, 4096),
+            (4096, 14336),
+            (128256, 4096),
+            (2048, 2048),
+            (8192, 2048),
+            (2048, 8192),
+            (512, 2048),
+        ]
+        if not QUICK
+        else [(64, 512)]
+    )
     for n, k in shapes:
         w, nb = weight(qtype, n, k)
         xb, yb = dev.create_buffer(k * 4), dev.create_buffer(n * 4)
@@ -238,13 +330,21 @@ for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
             lin = Linear(dev, w, matvec=t)
             b = lin.bind(xb, yb)
             dt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
-            emit(kind="staged", qtype=qtype, N=n, K=k, kernel="q4s" if lin.staged else "q4",
-                 tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)], us=round(dt * 1e6, 2), gbps=round(nb / dt / 1e9, 1))
+            emit(
+                kind="staged",
+                qtype=qtype,
+                N=n,
+                K=k,
+                kernel="q4s" if lin.staged else "q4",
+                tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)],
+                us=round(dt * 1e6, 2),
+                gbps=round(nb / dt / 1e9, 1),
+            )
         dev.raw.queue.submit([])
         w.buffer.destroy()
     # a Llama layer's norm + Q/K/V and norm + gate/up: norm dispatch + matvec_q4 group, against the
     # staged group with the norm folded in
-    for dim, kv, hidden in ([(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]):
+    for dim, kv, hidden in [(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]:
         resid, h = dev.create_buffer(dim * 4), dev.create_buffer(dim * 4)
         step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
         for label, ns in (("qkv", [dim, kv, kv]), ("gate_up", [hidden, hidden])):
@@ -252,7 +352,9 @@ for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
             nbytes = sum(nb for _, nb in ws)
             ys = [dev.create_buffer(n * 4) for n in ns]
             for t in [Q4_TILING] + [StagedTiling(*v) for v in (STAGED[:6] if not QUICK else STAGED[:1])]:
-                norm = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(resid, h, step1)
+                norm = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(
+                    resid, h, step1
+                )
                 bounds = [Linear(dev, w, matvec=t).bind(h, y) for (w, _), y in zip(ws, ys)]
                 glu = None
                 if label == "gate_up":
@@ -260,16 +362,24 @@ for qtype in (("Q4_0", "Q4_K") if want("staged") else ()):
                     glu = ("silu", GLU(dev, hidden, "silu").bind(ys[0], ys[1], act, step1))
                 g = MatvecGroup(bounds, glu=glu, norm=norm)
                 dt = time_dispatches(lambda rec: (norm.record(rec, 1), g.record(rec, 1)), REPS)
-                emit(kind="staged_group", qtype=qtype, op=label, dim=dim, kernel="q4s" if bounds[0].linear.staged else "q4",
-                     tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)], norm_folded=bool(norm.absorbed),
-                     us=round(dt * 1e6, 2), gbps=round(nbytes / dt / 1e9, 1))
+                emit(
+                    kind="staged_group",
+                    qtype=qtype,
+                    op=label,
+                    dim=dim,
+                    kernel="q4s" if bounds[0].linear.staged else "q4",
+                    tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)],
+                    norm_folded=bool(norm.absorbed),
+                    us=round(dt * 1e6, 2),
+                    gbps=round(nbytes / dt / 1e9, 1),
+                )
             for w, _ in ws:
                 w.buffer.destroy()
 
 # fused groups vs separate dispatches (8B and 1B layer shapes)
-for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
-    for dim, kv, hidden in ([(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]):
-        for wg, rows, sg in ([(64, 4, False), (64, 8, False), (128, 4, False)] if not QUICK else [(32, 2, False)]):
+for qtype in ("Q4_0", "Q4_K") if want("fused") else ():
+    for dim, kv, hidden in [(4096, 1024, 14336), (2048, 512, 8192)] if not QUICK else [(256, 64, 512)]:
+        for wg, rows, sg in [(64, 4, False), (64, 8, False), (128, 4, False)] if not QUICK else [(32, 2, False)]:
             tiling = MatvecTiling(wg, rows, True)
             xb = dev.create_buffer(dim * 4)
             for label, ns in (("qkv", [dim, kv, kv]), ("gate_up", [hidden, hidden])):
@@ -279,23 +389,39 @@ for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
                 glu = None
                 if label == "gate_up":
                     from webllm_py.ops import GLU
+
                     step = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
                     act = dev.create_buffer(hidden * 4)
                     glu = ("silu", GLU(dev, hidden, "silu").bind(ys[0], ys[1], act, step))
                 g = MatvecGroup(bounds, glu=glu)
                 nbytes = sum(nb for _, nb in ws)
-                sep = time_dispatches(lambda rec: [bb.record(rec, 1) for bb in bounds] + ([glu[1].record(rec, 1)] if glu else []), REPS)
+                sep = time_dispatches(
+                    lambda rec: [bb.record(rec, 1) for bb in bounds] + ([glu[1].record(rec, 1)] if glu else []), REPS
+                )
                 fus = time_dispatches(lambda rec: g.record(rec, 1), REPS)
                 # the RMSNorm before it: its own dispatch, or folded into the fused matvec
                 resid = dev.create_buffer(dim * 4)
                 step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
-                nb_ = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(resid, xb, step1)
+                nb_ = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(
+                    resid, xb, step1
+                )
                 with_norm = time_dispatches(lambda rec: (nb_.record(rec, 1), g.record(rec, 1)), REPS)
                 gn = MatvecGroup(bounds, glu=glu, norm=nb_)
                 folded = time_dispatches(lambda rec: gn.record(rec, 1), REPS)
-                emit(kind="fused", qtype=qtype, op=label, dim=dim, wg=wg, rows=rows, subgroups=sg,
-                     separate_us=round(sep * 1e6, 2), fused_us=round(fus * 1e6, 2), fused_gbps=round(nbytes / fus / 1e9, 1),
-                     norm_then_fused_us=round(with_norm * 1e6, 2), norm_folded_us=round(folded * 1e6, 2))
+                emit(
+                    kind="fused",
+                    qtype=qtype,
+                    op=label,
+                    dim=dim,
+                    wg=wg,
+                    rows=rows,
+                    subgroups=sg,
+                    separate_us=round(sep * 1e6, 2),
+                    fused_us=round(fus * 1e6, 2),
+                    fused_gbps=round(nbytes / fus / 1e9, 1),
+                    norm_then_fused_us=round(with_norm * 1e6, 2),
+                    norm_folded_us=round(folded * 1e6, 2),
+                )
                 for w, _ in ws:
                     w.buffer.destroy()
 
@@ -304,11 +430,19 @@ for qtype in (("Q4_0", "Q4_K") if want("fused") else ()):
 # three times in this process (run-to-run drift on this machine is larger than the difference)
 if want("staged_sg"):
     from webllm_py.linear import subgroup_min_size  # noqa: E402
+
     emit(kind="staged_sg_info", subgroup_min_size=subgroup_min_size(dev), has_subgroups=dev.has_subgroups)
     step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
-    for dim, kv, hidden, vocab in ([(2048, 512, 8192, 128256), (4096, 1024, 14336, 0)] if not QUICK else [(256, 64, 512, 1024)]):
+    for dim, kv, hidden, vocab in (
+        [(2048, 512, 8192, 128256), (4096, 1024, 14336, 0)] if not QUICK else [(256, 64, 512, 1024)]
+    ):
         resid, h = dev.create_buffer(dim * 4), dev.create_buffer(dim * 4)
-        ops = [("qkv", [dim, kv, kv], dim), ("wo", [dim], dim), ("gate_up", [hidden, hidden], dim), ("down", [dim], hidden)]
+        ops = [
+            ("qkv", [dim, kv, kv], dim),
+            ("wo", [dim], dim),
+            ("gate_up", [hidden, hidden], dim),
+            ("down", [dim], hidden),
+        ]
         ops += [("lm_head", [vocab], dim)] if vocab else []
         for label, ns, k in ops:
             ws = [weight("Q4_0", n, k) for n in ns]
@@ -317,12 +451,21 @@ if want("staged_sg"):
             ys = [dev.create_buffer(n * 4) for n in ns]
             recs = {}
             for sg in (False, True):
-                bounds = [Linear(dev, w, matvec=staged_tiling(k, N=n), subgroups=sg).bind(xb if label in ("wo", "down", "lm_head") else h, y,
-                                                                                          accumulate=label in ("wo", "down"))
-                          for (w, _), y, n in zip(ws, ys, ns)]
+                bounds = [
+                    Linear(dev, w, matvec=staged_tiling(k, N=n), subgroups=sg).bind(
+                        xb if label in ("wo", "down", "lm_head") else h, y, accumulate=label in ("wo", "down")
+                    )
+                    for (w, _), y, n in zip(ws, ys, ns)
+                ]
                 if label in ("qkv", "gate_up"):
-                    norm = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(resid, h, step1)
-                    glu = ("silu", GLU(dev, hidden, "silu").bind(ys[0], ys[1], dev.create_buffer(hidden * 4), step1)) if label == "gate_up" else None
+                    norm = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5).bind(
+                        resid, h, step1
+                    )
+                    glu = (
+                        ("silu", GLU(dev, hidden, "silu").bind(ys[0], ys[1], dev.create_buffer(hidden * 4), step1))
+                        if label == "gate_up"
+                        else None
+                    )
                     g = MatvecGroup(bounds, glu=glu, norm=norm)
                     assert g.fused is not None and norm.absorbed
                     recs[sg] = (lambda g: lambda rec: g.record(rec, 1))(g)
@@ -332,8 +475,16 @@ if want("staged_sg"):
             for _ in range(3 if not QUICK else 1):
                 for sg in (False, True):
                     best[sg] = min(best[sg], time_dispatches(recs[sg], REPS))
-            emit(kind="staged_sg", op=label, dim=dim, N=ns, K=k, us_barrier=round(best[False] * 1e6, 2), us_subgroups=round(best[True] * 1e6, 2),
-                 gbps_subgroups=round(nbytes / best[True] / 1e9, 1))
+            emit(
+                kind="staged_sg",
+                op=label,
+                dim=dim,
+                N=ns,
+                K=k,
+                us_barrier=round(best[False] * 1e6, 2),
+                us_subgroups=round(best[True] * 1e6, 2),
+                gbps_subgroups=round(nbytes / best[True] / 1e9, 1),
+            )
             for w, _ in ws:
                 w.buffer.destroy()
 
@@ -341,18 +492,27 @@ if want("staged_sg"):
 # them) against matvec_q4s at its default and a few tilings; each one's output on this GPU against
 # numpy (over the same int8 rounding of x for the staged kernel: rel_err).
 if want("staged_q8"):
+
     def q8_x(x):  # x as the staged kernel stages it: per 32, d = max|x| / 127, round(x / d) * d
         b = x.reshape(-1, 32)
         d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
-        return (np.round(b * np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0)) * d.astype(np.float64)).reshape(-1)
+        return (np.round(b * np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0)) * d.astype(np.float64)).reshape(
+            -1
+        )
 
     Q8_STAGED = [(256, 8, 1), (256, 8, 1, True), (128, 8, 1), (256, 16, 1), (256, 4, 2)]
-    for qtype, n, k in [(q, n, k) for q in ("Q8_0", "Q6_K") for n, k in
-                        ([(4096, 4096), (14336, 4096), (4096, 14336), (2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)]
-                         if not QUICK else [(64, 512)])]:
+    for qtype, n, k in [
+        (q, n, k)
+        for q in ("Q8_0", "Q6_K")
+        for n, k in (
+            [(4096, 4096), (14336, 4096), (4096, 14336), (2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)]
+            if not QUICK
+            else [(64, 512)]
+        )
+    ]:
         bsz, tsz, f16at = (32, 34, 0) if qtype == "Q8_0" else (256, 210, 208)
         raw = rng.integers(0, 256, (n, k // bsz, tsz), dtype=np.uint8)
-        raw[:, :, f16at:f16at + 2] = rng.uniform(0.001, 0.02, (n, k // bsz, 1)).astype(np.float16).view(np.uint8)
+        raw[:, :, f16at : f16at + 2] = rng.uniform(0.001, 0.02, (n, k // bsz, 1)).astype(np.float16).view(np.uint8)
         info = TensorInfo("w", (k, n), int(GGMLType[qtype]), 0, raw.nbytes)
         w, nb = upload_tensor(dev, BytesSource(raw.tobytes()), info), raw.nbytes
         x = rng.standard_normal(k).astype(np.float32)
@@ -360,11 +520,14 @@ if want("staged_q8"):
         if n <= 16384:  # numpy reference: gguf-py's dequantize where installed, else Q8_0's d * int8
             try:
                 import gguf
+
                 deq = gguf.quants.dequantize(raw.reshape(n, -1), gguf.GGMLQuantizationType[qtype]).reshape(n, k)
             except ImportError:  # from ggml's block layouts
                 if qtype == "Q8_0":
-                    deq = (raw[:, :, 0:2].copy().view(np.float16).astype(np.float32)
-                           * raw[:, :, 2:].view(np.int8).astype(np.float32)).reshape(n, k)
+                    deq = (
+                        raw[:, :, 0:2].copy().view(np.float16).astype(np.float32)
+                        * raw[:, :, 2:].view(np.int8).astype(np.float32)
+                    ).reshape(n, k)
                 else:  # Q6_K: half h, quarter j, l < 32: ql[64h + 32(j % 2) + l] nibble j // 2, qh[128 + 32h + l] bits 2j
                     ql, qh = raw[:, :, :128].astype(np.int32), raw[:, :, 128:192].astype(np.int32)
                     sc = raw[:, :, 192:208].view(np.int8).astype(np.float32)
@@ -372,18 +535,26 @@ if want("staged_q8"):
                     q = np.empty((n, k // 256, 256), np.float32)
                     for h in range(2):
                         for j in range(4):
-                            lo = (ql[:, :, 64 * h + 32 * (j % 2): 64 * h + 32 * (j % 2) + 32] >> (4 * (j // 2))) & 15
-                            hi = (qh[:, :, 32 * h: 32 * h + 32] >> (2 * j)) & 3
-                            q[:, :, 128 * h + 32 * j: 128 * h + 32 * j + 32] = (lo | (hi << 4)) - 32
+                            lo = (ql[:, :, 64 * h + 32 * (j % 2) : 64 * h + 32 * (j % 2) + 32] >> (4 * (j // 2))) & 15
+                            hi = (qh[:, :, 32 * h : 32 * h + 32] >> (2 * j)) & 3
+                            q[:, :, 128 * h + 32 * j : 128 * h + 32 * j + 32] = (lo | (hi << 4)) - 32
                     deq = (q * d * np.repeat(sc, 16, axis=2)).reshape(n, k)
             if deq is not None:
                 ref_f32, ref_q8 = deq.astype(np.float64) @ x.astype(np.float64), deq.astype(np.float64) @ q8_x(x)
-        tilings = [("generic", MatvecTiling()), ("default", staged_tiling(k, N=n, qtype=GGMLType[qtype]))] + [("q4s", StagedTiling(*v)) for v in Q8_STAGED]
+        tilings = [("generic", MatvecTiling()), ("default", staged_tiling(k, N=n, qtype=GGMLType[qtype]))] + [
+            ("q4s", StagedTiling(*v)) for v in Q8_STAGED
+        ]
         for name, t in tilings:
             lin = Linear(dev, w, matvec=t)
             b = lin.bind(xb, yb)
-            out = dict(kind="staged_q8", qtype=qtype, N=n, K=k, kernel="q4s" if lin.staged else "generic",
-                       tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)])
+            out = dict(
+                kind="staged_q8",
+                qtype=qtype,
+                N=n,
+                K=k,
+                kernel="q4s" if lin.staged else "generic",
+                tiling=[t.wg, getattr(t, "lanes", t.rows), t.rows, getattr(t, "prefetch", False)],
+            )
             if n <= 16384 and deq is not None:
                 with dev.recorder() as rec:
                     b.record(rec, 1)

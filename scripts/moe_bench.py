@@ -8,6 +8,7 @@ GB/s counts the bytes of the chosen experts' weights only (2 of 8), which is all
 Timing as scripts/kernel_bench.py: `reps` dispatches recorded into one command buffer, one submit,
 one wait. Weights are random bytes with sane f16 scales (random F16 values for F16).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,12 +73,14 @@ def raw_weight(qtype: str, rows: int, k: int) -> bytes:
     size, scales = BLOCK[qtype]
     blocks = raw.reshape(-1, size)
     for off in scales:
-        blocks[:, off:off + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+        blocks[:, off : off + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
     return raw.tobytes()
 
 
 emit(adapter=dev.info.description.strip(), fallback=dev.info.is_fallback)
-moe = SimpleNamespace(idx=dev.buffer_from(struct.pack("<2I", 3, 6)), weight=dev.buffer_from(struct.pack("<2f", 0.6, 0.4)))
+moe = SimpleNamespace(
+    idx=dev.buffer_from(struct.pack("<2I", 3, 6)), weight=dev.buffer_from(struct.pack("<2f", 0.6, 0.4))
+)
 for qtype in ("Q4_0", "Q8_0", "F16"):
     for part, n, k in SHAPES:
         raw = raw_weight(qtype, E * n, k)
@@ -89,12 +92,31 @@ for qtype in ("Q4_0", "Q8_0", "F16"):
         for split_k, wg in ((True, 32), (True, 64), (True, 128), (True, 256), (False, 64)):
             b = ExpertMatvec(dev, experts, TOP_K, combine=combine, split_k=split_k, wg=wg).bind(x, y, moe)
             dt = seconds_per(lambda rec: b.record(rec, 1))
-            emit(kind="moe_matvec", qtype=qtype, part=part, N=n, K=k, split_k=split_k, wg=wg, us=round(dt * 1e6, 1),
-                 GBps=round(read / dt / 1e9, 1))
+            emit(
+                kind="moe_matvec",
+                qtype=qtype,
+                part=part,
+                N=n,
+                K=k,
+                split_k=split_k,
+                wg=wg,
+                us=round(dt * 1e6, 1),
+                GBps=round(read / dt / 1e9, 1),
+            )
         # The dense decode matvec over one [n, k] matrix, for scale (reads half the bytes of two experts).
-        one = upload_tensor(dev, BytesSource(raw_weight(qtype, n, k)),
-                            TensorInfo("w", (k, n), int(GGMLType[qtype]), 0, n * row_nbytes(GGMLType[qtype], k)))
+        one = upload_tensor(
+            dev,
+            BytesSource(raw_weight(qtype, n, k)),
+            TensorInfo("w", (k, n), int(GGMLType[qtype]), 0, n * row_nbytes(GGMLType[qtype], k)),
+        )
         lb = Linear(dev, one).bind(dev.create_buffer(4 * k), dev.create_buffer(4 * n))
         dt = seconds_per(lambda rec: lb.record(rec, 1))
-        emit(kind="dense_matvec", qtype=qtype, part=part, N=n, K=k, us=round(dt * 1e6, 1),
-             GBps=round(read / TOP_K / dt / 1e9, 1))
+        emit(
+            kind="dense_matvec",
+            qtype=qtype,
+            part=part,
+            N=n,
+            K=k,
+            us=round(dt * 1e6, 1),
+            GBps=round(read / TOP_K / dt / 1e9, 1),
+        )

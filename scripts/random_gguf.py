@@ -8,6 +8,7 @@ Rope scaling (Llama 3.1's rope_freqs) is not written: speed does not depend on i
     python scripts/random_gguf.py --shape llama-3.2-1b --quant Q4_0 --vocab VOCAB.gguf OUT.gguf
     python scripts/random_gguf.py --vocab-only SmolLM2.gguf OUT.gguf   # a tokenizer-only GGUF to carry
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ products), same device, same weights, in one Dawn host with allow_unsafe_apis. P
 
 Weights are Q4_0 blocks (scales set to a small f16, nibbles random); the GPU's time is the wall time of a
 submitted pass of `reps` dispatches, read back once (one submit + readback is ~0.06 ms on Dawn)."""
+
 from __future__ import annotations
 
 import argparse

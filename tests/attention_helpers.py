@@ -1,6 +1,7 @@
 """The attention tests' harness (test_attention.py, test_attention_prefill_forms.py, test_kv_cache.py):
 a numpy reference of causal softmax attention with GQA in float64, a driver that runs PagedAttention as
 the model does, random q/k/v and a KV cache whose pages are out of order."""
+
 import asyncio
 import random
 import struct
@@ -10,7 +11,7 @@ import numpy as np
 from webllm_py.attention import PagedAttention
 from webllm_py.kv_cache import PagedKVCache
 
-H, KV, HD = 9, 3, 64   # SmolLM2's head layout
+H, KV, HD = 9, 3, 64  # SmolLM2's head layout
 
 
 def reference(q, k, v, n_heads, n_kv, window=None, scale=None, softcap=None):
@@ -24,7 +25,7 @@ def reference(q, k, v, n_heads, n_kv, window=None, scale=None, softcap=None):
     out = np.zeros((N, n_heads, D))
     g = n_heads // n_kv
     for h in range(n_heads):
-        s = qh[:, h] @ kh[:, h // g].T * scale                 # [N, N]
+        s = qh[:, h] @ kh[:, h // g].T * scale  # [N, N]
         if softcap:
             s = softcap * np.tanh(s / softcap)
         i, j = np.indices((N, N))
@@ -70,7 +71,7 @@ class Harness:
     def run(self, seq, q, k, v, chunks):
         outs, pos = [], 0
         for c in chunks:
-            outs.append(self.step_(seq, pos, q[pos:pos + c], k[pos:pos + c], v[pos:pos + c]))
+            outs.append(self.step_(seq, pos, q[pos : pos + c], k[pos : pos + c], v[pos : pos + c]))
             pos += c
         assert pos == q.shape[0]
         return np.concatenate(outs)
@@ -79,9 +80,11 @@ class Harness:
 def make_qkv(N, seed, layout=(H, KV, HD)):
     rng = np.random.default_rng(seed)
     h, kv, hd = layout
-    return (rng.standard_normal((N, h * hd), dtype=np.float32),
-            rng.standard_normal((N, kv * hd), dtype=np.float32),
-            rng.standard_normal((N, kv * hd), dtype=np.float32))
+    return (
+        rng.standard_normal((N, h * hd), dtype=np.float32),
+        rng.standard_normal((N, kv * hd), dtype=np.float32),
+        rng.standard_normal((N, kv * hd), dtype=np.float32),
+    )
 
 
 def shuffled_cache(device, num_blocks=64, block_size=4, seed=0, layout=(H, KV, HD), n_layers=1, **kw):
@@ -102,11 +105,11 @@ def rope_reference(x, positions, inv_freq, pairs):
         ang = p * np.asarray(inv_freq, np.float64)
         c, s = np.cos(ang), np.sin(ang)
         if pairs == "adjacent":
-            a, b = x[t, :, 0:2 * half:2], x[t, :, 1:2 * half:2]
-            out[t, :, 0:2 * half:2] = a * c - b * s
-            out[t, :, 1:2 * half:2] = a * s + b * c
+            a, b = x[t, :, 0 : 2 * half : 2], x[t, :, 1 : 2 * half : 2]
+            out[t, :, 0 : 2 * half : 2] = a * c - b * s
+            out[t, :, 1 : 2 * half : 2] = a * s + b * c
         else:
-            a, b = x[t, :, :half], x[t, :, half:2 * half]
+            a, b = x[t, :, :half], x[t, :, half : 2 * half]
             out[t, :, :half] = a * c - b * s
-            out[t, :, half:2 * half] = a * s + b * c
+            out[t, :, half : 2 * half] = a * s + b * c
     return out

@@ -2,6 +2,7 @@
 split_max_tensors mode writes `name-0000k-of-0000N.gguf`, each a complete GGUF with split.no /
 split.count / split.tensors.count, the model's metadata in the first): an independent producer of the
 format webllm_py/formats/gguf.py's merge_split reads."""
+
 from __future__ import annotations
 
 from pathlib import Path

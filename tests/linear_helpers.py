@@ -1,6 +1,7 @@
 """Weights and buffers for the kernel tests (test_linear*.py, test_matvec_q4.py, test_matmul_i8.py,
 test_embedding.py, test_moe.py, test_row_split.py ...): random ggml matrices and their float64
 dequantization by gguf-py (the independent reference), uploads, f32 buffers, and the error measures."""
+
 import asyncio
 import struct
 
@@ -17,7 +18,23 @@ from webllm_py.weights import upload_tensor  # noqa: E402
 
 from .gguf_models import F16_FIELDS  # noqa: E402
 
-TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+TYPES = [
+    "F32",
+    "F16",
+    "BF16",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "IQ4_NL",
+    "IQ4_XS",
+]
 
 
 # This file checks the f32 kernels to ~1e-6; the int8 prefill (planner.i8_tiling, which Linear picks by
@@ -32,7 +49,7 @@ def make_weight(name: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
         bs, ts = gguf.GGML_QUANT_SIZES[qt]
         raw = rng.integers(0, 256, (n, k // bs, ts), dtype=np.uint8)
         for p in F16_FIELDS[name]:
-            raw[:, :, p:p + 2] = rng.uniform(0.001, 0.05, (n, k // bs, 1)).astype(np.float16).view(np.uint8)
+            raw[:, :, p : p + 2] = rng.uniform(0.001, 0.05, (n, k // bs, 1)).astype(np.float16).view(np.uint8)
         raw = raw.reshape(n, -1)
     elif name == "F32":
         raw = rng.standard_normal((n, k)).astype(np.float32)

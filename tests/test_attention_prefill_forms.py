@@ -1,6 +1,7 @@
 """Both forms of attention_prefill.wgsl.j2 on lavapipe vs the numpy reference of test_attention.py:
 the barrier-free one CPU adapters get (`cpu_adapter`, which the Device sets) and the workgroup-tiled
 one GPUs get, forced here through the Device's `cpu_adapter` parameter so that lavapipe checks both."""
+
 import numpy as np
 import pytest
 
@@ -21,8 +22,9 @@ def forced(monkeypatch, device, cpu_adapter: bool):
 
 
 @pytest.mark.parametrize("cpu_adapter", [True, False])
-@pytest.mark.parametrize("f16,window,softcap", [(False, None, None), (True, None, None), (False, 9, None),
-                                                (False, None, 5.0)])
+@pytest.mark.parametrize(
+    "f16,window,softcap", [(False, None, None), (True, None, None), (False, 9, None), (False, None, 5.0)]
+)
 def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, f16, window, softcap):
     if f16 and not device.has_f16:
         pytest.skip("the adapter has no shader-f16")
@@ -31,8 +33,13 @@ def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, f16, window
     if softcap:
         q *= 4  # large scores so the cap matters
     forced(monkeypatch, device, cpu_adapter)
-    h = Harness(device, shuffled_cache(device, dtype="f16" if f16 else "f32"), max_tokens=32,
-                sliding_window=window, softcap=softcap)
+    h = Harness(
+        device,
+        shuffled_cache(device, dtype="f16" if f16 else "f32"),
+        max_tokens=32,
+        sliding_window=window,
+        softcap=softcap,
+    )
     assert ("CacheV" in h.attn.prefill.source) == cpu_adapter  # the form asked for was built
     if f16:  # the cache holds f16: the reference sees K/V rounded the same way
         k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)

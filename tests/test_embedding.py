@@ -1,5 +1,6 @@
 """Embedding lookup on the GPU vs gguf-py's dequantize, for every supported type and for the real
 SmolLM2 Q8_0 token embedding."""
+
 import asyncio
 import importlib.util
 from pathlib import Path

@@ -1,6 +1,7 @@
 """GGUF reader vs gguf-py's GGUFReader (independent reference) on the real SmolLM2 file, plus
 hypothesis fuzzing of malformed files: only ModelFormatError (or a clean parse), never a hang or
 a huge allocation."""
+
 import importlib.util
 import math
 import struct
@@ -110,7 +111,12 @@ def test_small_file_all_value_types(small_gguf, tmp_path):
     ref = gguf.GGUFReader(_write(tmp_path, small_gguf))
     for rt in ref.tensors:
         t = g.tensors[rt.name]
-        assert (list(t.shape), t.ggml_type, t.offset, t.nbytes) == ([int(x) for x in rt.shape], int(rt.tensor_type), rt.data_offset, rt.n_bytes)
+        assert (list(t.shape), t.ggml_type, t.offset, t.nbytes) == (
+            [int(x) for x in rt.shape],
+            int(rt.tensor_type),
+            rt.data_offset,
+            rt.n_bytes,
+        )
     assert g.data_offset % 32 == 0
 
 

@@ -1,5 +1,6 @@
 """safetensors reader vs the `safetensors` package (independent reference) on files written by
 hand from the format spec; sharded directories; hypothesis fuzz: only ModelFormatError."""
+
 import json
 import struct
 import tracemalloc
@@ -12,7 +13,6 @@ from webllm_py.errors import ModelFormatError
 from webllm_py.formats.quants import GGMLType
 from webllm_py.formats.safetensors import SafetensorsFile, open_safetensors
 from webllm_py.formats.source import BytesSource
-
 
 
 def write_safetensors(tensors: dict[str, tuple[str, np.ndarray]], metadata=None) -> bytes:
@@ -70,8 +70,10 @@ def test_sharded_directory(tmp_path):
     b = {"y.weight": ("F16", rng.standard_normal((4,)).astype(np.float16))}
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(write_safetensors(a))
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(write_safetensors(b))
-    index = {"metadata": {}, "weight_map": {"x.weight": "model-00001-of-00002.safetensors",
-                                             "y.weight": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"x.weight": "model-00001-of-00002.safetensors", "y.weight": "model-00002-of-00002.safetensors"},
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     m = open_safetensors(tmp_path)
     x = m.tensors["x.weight"]
@@ -128,7 +130,7 @@ def test_fuzz_random_bytes(data):
 @given(data=st.data())
 def test_fuzz_truncations_and_mutations(data):
     blob = bytearray(VALID)
-    _parse_or_format_error(bytes(blob[:data.draw(st.integers(0, len(blob)))]))
+    _parse_or_format_error(bytes(blob[: data.draw(st.integers(0, len(blob)))]))
     (hlen,) = struct.unpack("<Q", VALID[:8])
     for _ in range(data.draw(st.integers(1, 6))):
         blob[data.draw(st.integers(0, 8 + hlen - 1))] = data.draw(st.integers(0, 255))

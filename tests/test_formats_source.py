@@ -1,5 +1,6 @@
 """ByteSource uploads: chunking, 4-byte tail padding, bounds; upload_tensor's size check; the
 browser source's logic against a stand-in for Pyodide's JS objects."""
+
 import asyncio
 import sys
 import types
@@ -22,8 +23,8 @@ def test_chunked_upload_with_padded_tail(device, tmp_path):
         device.write_buffer(buf, b"\xff" * 1024)
         src.upload(device, buf, 3, 998, dst_offset=8, chunk=64)
         got = asyncio.run(device.read_buffer(buf))
-        assert got[8:8 + 998] == data[3:1001]
-        assert got[8 + 998:8 + 1000] == b"\0\0"  # padded tail
+        assert got[8 : 8 + 998] == data[3:1001]
+        assert got[8 + 998 : 8 + 1000] == b"\0\0"  # padded tail
         assert got[:8] == b"\xff" * 8
     with pytest.raises(ModelFormatError, match="past the end"):
         BytesSource(data).read(1000, 2)
@@ -57,7 +58,7 @@ class FakeU8:
         return FakeU8(self.data[a:b])
 
     def set(self, other, offset=0):
-        self.data[offset:offset + len(other.data)] = other.data
+        self.data[offset : offset + len(other.data)] = other.data
 
     def to_bytes(self):
         return bytes(self.data)

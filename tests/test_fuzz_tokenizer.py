@@ -4,6 +4,7 @@ raised stays usable (the same text encodes to the same ids afterwards).
 
 The vocabularies here are small ones written by hand (GPT-2's byte alphabet plus a few merges; a
 SentencePiece vocabulary with <0xXX> byte pieces) so each example is fast."""
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -13,8 +14,10 @@ from webllm_py.tokenizer.bpe import BYTE_TO_CHAR
 
 FUZZ = settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _gpt2_meta() -> dict:
@@ -23,10 +26,16 @@ def _gpt2_meta() -> dict:
     merges = ["h e", "l l", "he ll"]
     pieces += ["he", "ll", "hell", "<|im_start|>", "<|im_end|>"]
     kinds = [1] * (len(pieces) - 2) + [3, 3]
-    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": pieces,
-            "tokenizer.ggml.token_type": kinds, "tokenizer.ggml.merges": merges,
-            "tokenizer.ggml.bos_token_id": len(pieces) - 2, "tokenizer.ggml.eos_token_id": len(pieces) - 1,
-            "tokenizer.chat_template": CHATML}
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "smollm",
+        "tokenizer.ggml.tokens": pieces,
+        "tokenizer.ggml.token_type": kinds,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": len(pieces) - 2,
+        "tokenizer.ggml.eos_token_id": len(pieces) - 1,
+        "tokenizer.chat_template": CHATML,
+    }
 
 
 def _spm_meta() -> dict:
@@ -34,23 +43,35 @@ def _spm_meta() -> dict:
     pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["\u2581", "\u2581h", "el", "lo"]
     kinds = [2, 3, 3] + [6] * 256 + [1] * 4
     scores = [0.0] * 259 + [-1.0, -2.0, -3.0, -4.0]
-    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces, "tokenizer.ggml.token_type": kinds,
-            "tokenizer.ggml.scores": scores, "tokenizer.ggml.unknown_token_id": 0,
-            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": pieces,
+        "tokenizer.ggml.token_type": kinds,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
 
 
 def _hf_json() -> dict:
     """A byte-level BPE tokenizer.json (GPT-2 style)."""
     vocab = {BYTE_TO_CHAR[b]: b for b in range(256)}
     vocab.update({"he": 256, "ll": 257, "hell": 258})
-    return {"model": {"type": "BPE", "vocab": vocab, "merges": ["h e", "l l", "he ll"]},
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
-            "decoder": {"type": "ByteLevel"}, "normalizer": None,
-            "added_tokens": [{"id": 259, "content": "<|endoftext|>", "special": True}]}
+    return {
+        "model": {"type": "BPE", "vocab": vocab, "merges": ["h e", "l l", "he ll"]},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel"},
+        "normalizer": None,
+        "added_tokens": [{"id": 259, "content": "<|endoftext|>", "special": True}],
+    }
 
 
-TOKENIZERS = {"gpt2": Tokenizer.from_gguf_metadata(_gpt2_meta()), "spm": Tokenizer.from_gguf_metadata(_spm_meta()),
-              "hf": Tokenizer.from_hf(_hf_json())}
+TOKENIZERS = {
+    "gpt2": Tokenizer.from_gguf_metadata(_gpt2_meta()),
+    "spm": Tokenizer.from_gguf_metadata(_spm_meta()),
+    "hf": Tokenizer.from_hf(_hf_json()),
+}
 PROBE = "hello, world \u00e9\u4e16 <|im_start|>"
 BASELINE = {k: t.encode(PROBE) for k, t in TOKENIZERS.items()}
 
@@ -61,10 +82,16 @@ def _still_usable(name: str) -> None:
 
 
 # -- malformed vocabulary data --------------------------------------------------------------------
-junk = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
-                    | st.text(max_size=8) | st.binary(max_size=8),
-                    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-                    max_leaves=12)
+junk = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -79,7 +106,7 @@ def mangled_meta(draw):
             meta[key] = draw(junk)
         elif isinstance(meta[key], list) and meta[key]:
             if action == "truncate":
-                meta[key] = meta[key][:draw(st.integers(0, len(meta[key]) - 1))]
+                meta[key] = meta[key][: draw(st.integers(0, len(meta[key]) - 1))]
             else:
                 meta[key] = list(meta[key])
                 meta[key][draw(st.integers(0, len(meta[key]) - 1))] = draw(junk)
@@ -116,8 +143,17 @@ def mangled_hf(draw):
     if draw(st.integers(0, 9)) == 0:
         return "/nonexistent/" + draw(st.text(st.characters(exclude_characters="\0/"), max_size=20))
     obj = _hf_json()
-    paths = [("model",), ("model", "vocab"), ("model", "merges"), ("model", "type"), ("pre_tokenizer",),
-             ("pre_tokenizer", "type"), ("added_tokens",), ("normalizer",), ("decoder",)]
+    paths = [
+        ("model",),
+        ("model", "vocab"),
+        ("model", "merges"),
+        ("model", "type"),
+        ("pre_tokenizer",),
+        ("pre_tokenizer", "type"),
+        ("added_tokens",),
+        ("normalizer",),
+        ("decoder",),
+    ]
     for path in draw(st.lists(st.sampled_from(paths), max_size=3, unique=True)):
         parent = obj
         for k in path[:-1]:
@@ -145,10 +181,29 @@ def test_malformed_hf_tokenizer_json_is_a_tokenizer_error(tokenizer_json, config
 
 # -- arbitrary text, arbitrary ids ----------------------------------------------------------------
 any_char = st.characters(codec=None, exclude_categories=())  # includes lone surrogates (category Cs)
-texts = st.one_of(st.text(any_char, max_size=60),
-                  st.lists(st.sampled_from(["\ud800", "\udfff", "a\udc80b", "<|im_start|>", "<|im_end|>", " ", "\n",
-                                            "hello", "\u00e9", "\U0001f600", "\x00", "<0x41>", "<unk>"]),
-                           max_size=12).map("".join))
+texts = st.one_of(
+    st.text(any_char, max_size=60),
+    st.lists(
+        st.sampled_from(
+            [
+                "\ud800",
+                "\udfff",
+                "a\udc80b",
+                "<|im_start|>",
+                "<|im_end|>",
+                " ",
+                "\n",
+                "hello",
+                "\u00e9",
+                "\U0001f600",
+                "\x00",
+                "<0x41>",
+                "<unk>",
+            ]
+        ),
+        max_size=12,
+    ).map("".join),
+)
 
 
 @FUZZ
@@ -163,12 +218,12 @@ def test_encode_any_text_gives_ids_or_a_tokenizer_error(name, text, add_special,
         assert all(isinstance(i, int) and 0 <= i < tok.vocab_size for i in ids)
         if not any(0xD800 <= ord(c) <= 0xDFFF for c in text):
             # Round trip where the text is valid Unicode (byte pieces make every character encodable).
-            assert tok.decode(ids, skip_special=False).lstrip(" ") .endswith(text.lstrip(" ")) or "<" in text
+            assert tok.decode(ids, skip_special=False).lstrip(" ").endswith(text.lstrip(" ")) or "<" in text
     _still_usable(name)
 
 
 @FUZZ
-@given(st.sampled_from(sorted(TOKENIZERS)), st.lists(st.integers(-2**33, 2**33), max_size=8), st.booleans())
+@given(st.sampled_from(sorted(TOKENIZERS)), st.lists(st.integers(-(2**33), 2**33), max_size=8), st.booleans())
 def test_decode_out_of_range_ids_is_a_tokenizer_error(name, ids, skip_special):
     tok = TOKENIZERS[name]
     bad = [i for i in ids if not 0 <= i < tok.vocab_size]
@@ -215,7 +270,7 @@ RAISING_TEMPLATES = [
     "{{ messages | map(attribute='x') | join(1) + 2 }}",
     "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",  # unbounded recursion
     "{% for m in messages %}",  # does not compile
-    "{{ 'x' * 10 ** 12 }}",     # the sandbox refuses huge repeats? either way, a typed error
+    "{{ 'x' * 10 ** 12 }}",  # the sandbox refuses huge repeats? either way, a typed error
     "{{ strftime_now(1) }}",
     "{{ messages.append(1) }}",  # immutable sandbox
 ]
@@ -275,7 +330,10 @@ def test_no_code_path_evaluates_text_except_the_exec_request():
     found = []
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-                    node.func.id in ("eval", "exec", "compile", "__import__"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("eval", "exec", "compile", "__import__")
+            ):
                 found.append((path.relative_to(root).as_posix(), node.func.id))
     assert found and {p for p, _ in found} == {"worker.py"}, found

@@ -1,6 +1,7 @@
 """Split GGUFs (llama-gguf-split's `name-0000k-of-0000N.gguf`) open as one model: the shards are written
 by gguf-py's own writer (tests/gguf_split.py), and the merged checkpoint must equal the original file's,
 tensor bytes included. Mismatched or missing shards are ModelFormatErrors."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The GPU layer's native backend (wgpu-py on Mesa lavapipe) runs templated kernels correctly.
 
 References are numpy on CPython, computed independently of the kernels."""
+
 import asyncio
 
 import numpy as np

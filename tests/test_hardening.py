@@ -2,6 +2,7 @@
 hangs, and leave the runtime usable. Model metadata: a tiny 2-layer GGUF written with gguf-py, each
 hyper-parameter replaced by an impossible value; the file must be refused by `open_checkpoint` (no
 GPU needed) before anything is allocated from it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,9 +33,17 @@ def tiny_gguf(path, *, shapes: dict | None = None, **meta) -> str:
     if not _TOKENS:
         _TOKENS["n"] = len(GGUFFile(str(default_model_path())).metadata["tokenizer.ggml.tokens"])
     vocab = _TOKENS["n"]
-    keys = {"block_count": LAYERS, "context_length": 256, "embedding_length": DIM, "feed_forward_length": FF,
-            "attention.head_count": HEADS, "attention.head_count_kv": KV, "rope.dimension_count": DIM // HEADS,
-            "attention.layer_norm_rms_epsilon": 1e-5, **meta}
+    keys = {
+        "block_count": LAYERS,
+        "context_length": 256,
+        "embedding_length": DIM,
+        "feed_forward_length": FF,
+        "attention.head_count": HEADS,
+        "attention.head_count_kv": KV,
+        "rope.dimension_count": DIM // HEADS,
+        "attention.layer_norm_rms_epsilon": 1e-5,
+        **meta,
+    }
     w = gguf.GGUFWriter(str(path), "llama")
     for k, v in keys.items():
         (w.add_float32 if isinstance(v, float) else w.add_uint64 if v >= 2**32 else w.add_uint32)(f"llama.{k}", v)
@@ -43,11 +52,19 @@ def tiny_gguf(path, *, shapes: dict | None = None, **meta) -> str:
     hd = DIM // HEADS
     sh = {"token_embd.weight": (vocab, DIM), "output_norm.weight": (DIM,)}
     for i in range(LAYERS):
-        sh.update({f"blk.{i}.attn_norm.weight": (DIM,), f"blk.{i}.ffn_norm.weight": (DIM,),
-                   f"blk.{i}.attn_q.weight": (HEADS * hd, DIM), f"blk.{i}.attn_k.weight": (KV * hd, DIM),
-                   f"blk.{i}.attn_v.weight": (KV * hd, DIM), f"blk.{i}.attn_output.weight": (DIM, HEADS * hd),
-                   f"blk.{i}.ffn_gate.weight": (FF, DIM), f"blk.{i}.ffn_up.weight": (FF, DIM),
-                   f"blk.{i}.ffn_down.weight": (DIM, FF)})
+        sh.update(
+            {
+                f"blk.{i}.attn_norm.weight": (DIM,),
+                f"blk.{i}.ffn_norm.weight": (DIM,),
+                f"blk.{i}.attn_q.weight": (HEADS * hd, DIM),
+                f"blk.{i}.attn_k.weight": (KV * hd, DIM),
+                f"blk.{i}.attn_v.weight": (KV * hd, DIM),
+                f"blk.{i}.attn_output.weight": (DIM, HEADS * hd),
+                f"blk.{i}.ffn_gate.weight": (FF, DIM),
+                f"blk.{i}.ffn_up.weight": (FF, DIM),
+                f"blk.{i}.ffn_down.weight": (DIM, FF),
+            }
+        )
     for name, shape in sh.items():
         if shapes and name in shapes:
             w.add_tensor(name, np.zeros(0, np.float32), raw_shape=shapes[name], raw_dtype=gguf.GGMLQuantizationType.F32)
@@ -81,11 +98,20 @@ def test_four_billion_layers_refused_fast_and_small(tmp_path):
 
 
 BAD_META = [
-    {"block_count": 100_000}, {"block_count": 0}, {"block_count": 1},
-    {"attention.head_count": 0}, {"attention.head_count_kv": 0}, {"attention.head_count_kv": 3},
-    {"rope.dimension_count": 0}, {"rope.dimension_count": 7}, {"rope.dimension_count": 1000},
-    {"feed_forward_length": 4_000_000_000}, {"embedding_length": 4_000_000_000}, {"embedding_length": 0},
-    {"attention.head_count": 2**40}, {"context_length": 0},
+    {"block_count": 100_000},
+    {"block_count": 0},
+    {"block_count": 1},
+    {"attention.head_count": 0},
+    {"attention.head_count_kv": 0},
+    {"attention.head_count_kv": 3},
+    {"rope.dimension_count": 0},
+    {"rope.dimension_count": 7},
+    {"rope.dimension_count": 1000},
+    {"feed_forward_length": 4_000_000_000},
+    {"embedding_length": 4_000_000_000},
+    {"embedding_length": 0},
+    {"attention.head_count": 2**40},
+    {"context_length": 0},
 ]
 
 
@@ -151,12 +177,14 @@ def test_generation_lets_other_tasks_run_and_wait_for_cancels_within_a_step(tiny
             while True:
                 await asyncio.sleep(0.01)
                 ticks += 1
+
         hb = asyncio.ensure_future(beat())
         t = time.perf_counter()
         r = await _complete(tiny, "Once upon", 24)
         seconds = time.perf_counter() - t
         hb.cancel()
         return r, ticks, seconds
+
     r, ticks, seconds = loop.run_until_complete(with_heartbeat())
     assert r["choices"][0]["text"] == alone["choices"][0]["text"]
     # A blocked loop gives 0 ticks; a free one up to one per step or per 10 ms (2 shared cores: fewer).
@@ -185,10 +213,12 @@ def test_gathered_streams_report_their_own_usage(tiny, loop):
                 usage = c["usage"]
             await asyncio.sleep(0.01)  # a consumer that awaits between chunks (e.g. writes to a socket)
         return text, usage
+
     prompts = [("The sky is", 3), ("A long time ago in a land", 7)]
 
     async def both():
         return await asyncio.gather(*(stream(p, n) for p, n in prompts))
+
     got = loop.run_until_complete(both())
     tok = tiny.engine.tokenizer
     for (prompt, n), (text, usage) in zip(prompts, got):
@@ -229,6 +259,7 @@ def test_an_abandoned_stream_is_aborted_by_the_next_request(tiny, loop, monkeypa
             kept = e
         r = await asyncio.wait_for(_complete(tiny, "Once upon", 6), 20)
         return kept, r
+
     kept, r = loop.run_until_complete(exception_kept())
     assert r["choices"][0]["text"] == alone
 
@@ -239,7 +270,9 @@ def test_an_abandoned_stream_is_aborted_by_the_next_request(tiny, loop, monkeypa
                 chunks.append(c)
                 await asyncio.sleep(0.15)
             return chunks
+
         return await asyncio.gather(consume(), _complete(tiny, "Once upon", 6))
+
     chunks, r = loop.run_until_complete(slow_but_pulling())
     assert _text(chunks) == alone == r["choices"][0]["text"] and chunks[-1]["choices"][0]["finish_reason"] == "length"
 
@@ -258,9 +291,17 @@ def test_cli_generate_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.startswith("error: ModelFormatError: ") and r.stderr.count("\n") == 1, r.stderr
     r = _cli("generate", "--model", bad, "--prompt", "hi", "--verbose")
-    assert r.returncode == 1 and "Traceback" in r.stderr and r.stderr.splitlines()[-1].startswith("error: ModelFormatError")
+    assert (
+        r.returncode == 1
+        and "Traceback" in r.stderr
+        and r.stderr.splitlines()[-1].startswith("error: ModelFormatError")
+    )
     r = _cli("generate", "--model", str(tmp_path / "missing.gguf"), "--prompt", "hi")
-    assert r.returncode == 1 and r.stderr.startswith("error: FileNotFoundError: model file not found") and r.stderr.count("\n") == 1
+    assert (
+        r.returncode == 1
+        and r.stderr.startswith("error: FileNotFoundError: model file not found")
+        and r.stderr.count("\n") == 1
+    )
     r = _cli("generate", "--model", tiny_gguf(tmp_path / "ok.gguf"), "--prompt", "hi", "--context", "-5")
     assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
 
@@ -279,22 +320,33 @@ def test_cli_serve_on_a_busy_or_invalid_port_is_one_line():
 
 # -- 5: request sizes of the wrong type or range ---------------------------------------------------------
 @pytest.mark.gpu
-@pytest.mark.parametrize("kw", [{"max_tokens": 2.5}, {"max_tokens": "3"}, {"max_tokens": True}, {"max_tokens": 0},
-                                {"max_completion_tokens": 0}, {"max_completion_tokens": 0, "max_tokens": 3}],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_tokens": 2.5},
+        {"max_tokens": "3"},
+        {"max_tokens": True},
+        {"max_tokens": 0},
+        {"max_completion_tokens": 0},
+        {"max_completion_tokens": 0, "max_tokens": 3},
+    ],
+    ids=repr,
+)
 def test_bad_max_tokens_is_a_request_error(tiny, loop, kw):
     from webllm_py.errors import RequestError
 
     with pytest.raises(RequestError, match="max_tokens"):
         loop.run_until_complete(tiny.completions.create(prompt="Hi", temperature=0, **kw))
-    r = loop.run_until_complete(tiny.completions.create(prompt="Hi", temperature=0, max_completion_tokens=2,
-                                                        max_tokens=5, ignore_eos=True))
+    r = loop.run_until_complete(
+        tiny.completions.create(prompt="Hi", temperature=0, max_completion_tokens=2, max_tokens=5, ignore_eos=True)
+    )
     assert r["usage"]["completion_tokens"] == 2
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kw", [{"context_window": -5}, {"context_window": 1.5}, {"prefill_chunk": 0},
-                                {"max_sequences": 0}], ids=repr)
+@pytest.mark.parametrize(
+    "kw", [{"context_window": -5}, {"context_window": 1.5}, {"prefill_chunk": 0}, {"max_sequences": 0}], ids=repr
+)
 def test_bad_load_options_are_request_errors(tmp_path, device, loop, kw):
     from webllm_py.engine import Engine
     from webllm_py.errors import RequestError
@@ -341,12 +393,19 @@ def _http(srv, path: str, headers: dict | None = None, method: str = "GET"):
 def test_serve_answers_hostile_paths_and_ranges_with_a_4xx(server):
     srv, model = server
     size = model.stat().st_size
-    cases = [("/%00", {}, 400), ("/index.html%00.txt", {}, 400), ("/" + "a" * 256, {}, 404),
-             ("/pyodide/" + "b" * 300, {}, 404), ("/" + "a/" * 2100, {}, 404), ("/loop", {}, 404),
-             ("/loop/x", {}, 404), ("/fifo", {}, 404),
-             ("/models/tiny.gguf", {"Range": "bytes=" + "9" * 4400 + "-"}, 416),
-             ("/models/tiny.gguf", {"Range": "bytes=-" + "9" * 4400}, 206),
-             ("/models/tiny.gguf", {"Range": "bytes=5-" + "9" * 4400}, 206)]
+    cases = [
+        ("/%00", {}, 400),
+        ("/index.html%00.txt", {}, 400),
+        ("/" + "a" * 256, {}, 404),
+        ("/pyodide/" + "b" * 300, {}, 404),
+        ("/" + "a/" * 2100, {}, 404),
+        ("/loop", {}, 404),
+        ("/loop/x", {}, 404),
+        ("/fifo", {}, 404),
+        ("/models/tiny.gguf", {"Range": "bytes=" + "9" * 4400 + "-"}, 416),
+        ("/models/tiny.gguf", {"Range": "bytes=-" + "9" * 4400}, 206),
+        ("/models/tiny.gguf", {"Range": "bytes=5-" + "9" * 4400}, 206),
+    ]
     for path, headers, want in cases:
         status, h, body = _http(srv, path, headers)
         assert status == want, (path[:40], headers and str(headers)[:40], status)
@@ -369,6 +428,7 @@ def test_serve_model_index_follows_a_changing_file(server):
     def truth():
         data = model.read_bytes()
         return len(data), hashlib.sha256(data).hexdigest()
+
     assert index() == truth()
     with open(model, "ab") as f:  # appended
         f.write(b"more")
@@ -435,14 +495,23 @@ def test_serve_validators_and_304(server):
     status, h, body = _http(srv, "/index.html")
     etag, modified = h["ETag"], h["Last-Modified"]
     assert status == 200 and etag.startswith('"') and h["X-Content-Type-Options"] == "nosniff"
-    for cond in ({"If-None-Match": etag}, {"If-None-Match": f'"x", W/{etag}'}, {"If-None-Match": "*"},
-                 {"If-Modified-Since": modified}, {"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}):
+    for cond in (
+        {"If-None-Match": etag},
+        {"If-None-Match": f'"x", W/{etag}'},
+        {"If-None-Match": "*"},
+        {"If-Modified-Since": modified},
+        {"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"},
+    ):
         for method in ("GET", "HEAD"):
             status, h, body = _http(srv, "/index.html", cond, method)
             assert status == 304 and body == b"" and h["ETag"] == etag, (cond, method)
             assert h["Cross-Origin-Embedder-Policy"] == "require-corp"
-    for cond in ({"If-None-Match": '"other"'}, {"If-None-Match": '"other"', "If-Modified-Since": modified},
-                 {"If-Modified-Since": "Thu, 01 Jan 2004 00:00:00 GMT"}, {"If-Modified-Since": "garbage"}):
+    for cond in (
+        {"If-None-Match": '"other"'},
+        {"If-None-Match": '"other"', "If-Modified-Since": modified},
+        {"If-Modified-Since": "Thu, 01 Jan 2004 00:00:00 GMT"},
+        {"If-Modified-Since": "garbage"},
+    ):
         assert _http(srv, "/index.html", cond)[:3:2] == (200, b"<p>hi</p>"), cond
     st = model.stat()
     os.utime(model, (st.st_atime + 5, st.st_mtime + 5))  # the file changed: its old ETag no longer matches
@@ -459,9 +528,12 @@ def test_serve_protocol_errors_carry_the_isolation_headers(server):
     import socket
 
     srv, _ = server
-    for raw, want in ((b"GET / x HTTP/1.1\r\n\r\n", 400), (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
-                      (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
-                      (b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 501)):
+    for raw, want in (
+        (b"GET / x HTTP/1.1\r\n\r\n", 400),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+        (b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+    ):
         with socket.create_connection(srv.server_address[:2], timeout=10) as s:
             s.sendall(raw)
             reply = b""
@@ -469,8 +541,12 @@ def test_serve_protocol_errors_carry_the_isolation_headers(server):
                 reply += block
         head = reply.split(b"\r\n\r\n")[0].decode()
         assert head.startswith(f"HTTP/1.1 {want} "), head
-        for k, v in {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
-                     "Cross-Origin-Resource-Policy": "cross-origin", "X-Content-Type-Options": "nosniff"}.items():
+        for k, v in {
+            "Cross-Origin-Opener-Policy": "same-origin",
+            "Cross-Origin-Embedder-Policy": "require-corp",
+            "Cross-Origin-Resource-Policy": "cross-origin",
+            "X-Content-Type-Options": "nosniff",
+        }.items():
             assert f"\r\n{k}: {v}\r\n" in head + "\r\n", (want, k)
 
 
@@ -554,8 +630,9 @@ def test_random_interleavings_of_requests_streams_aborts_and_unload(tiny_path, d
     prompts = ["Once upon", "The sky is blue and", "1, 2, 3,"]
 
     def load():
-        engine = loop.run_until_complete(webllm_py.create(tiny_path, device=device, stream_idle_timeout=IDLE,
-                                                          **TINY_OPTIONS))
+        engine = loop.run_until_complete(
+            webllm_py.create(tiny_path, device=device, stream_idle_timeout=IDLE, **TINY_OPTIONS)
+        )
         return engine
 
     def run(aw):
@@ -572,8 +649,14 @@ def test_random_interleavings_of_requests_streams_aborts_and_unload(tiny_path, d
     class Stream:
         def __init__(self, engine, prompt, n):
             self.prompt, self.n, self.chunks, self.done = prompt, n, [], False
-            self.gen = engine.completions.create(prompt=prompt, temperature=0, max_tokens=n, ignore_eos=True,
-                                                 stream=True, stream_options={"include_usage": True})
+            self.gen = engine.completions.create(
+                prompt=prompt,
+                temperature=0,
+                max_tokens=n,
+                ignore_eos=True,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
 
     class API(RuleBasedStateMachine):
         def __init__(self):
@@ -581,8 +664,9 @@ def test_random_interleavings_of_requests_streams_aborts_and_unload(tiny_path, d
             self.engine, self.streams, self.unloaded = load(), [], False
 
         def check(self, s: Stream) -> None:
-            finish = [c["choices"][0]["finish_reason"] for c in s.chunks
-                      if c["choices"] and c["choices"][0]["finish_reason"]]
+            finish = [
+                c["choices"][0]["finish_reason"] for c in s.chunks if c["choices"] and c["choices"][0]["finish_reason"]
+            ]
             usage, k = s.chunks[-1]["usage"], s.chunks[-1]["usage"]["completion_tokens"]
             assert usage["prompt_tokens"] == ref[s.prompt, 1]["usage"]["prompt_tokens"]
             text = "".join(c["choices"][0]["text"] for c in s.chunks if c["choices"])
@@ -668,5 +752,9 @@ def test_random_interleavings_of_requests_streams_aborts_and_unload(tiny_path, d
             if not self.unloaded:
                 self.engine.unload()
 
-    run_state_machine_as_test(API, settings=settings(max_examples=10, stateful_step_count=15, deadline=None,
-                                                     suppress_health_check=list(HealthCheck)))
+    run_state_machine_as_test(
+        API,
+        settings=settings(
+            max_examples=10, stateful_step_count=15, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
+    )

@@ -1,6 +1,7 @@
 """Quantized matvec / matmul kernels on the GPU (lavapipe) vs numpy over gguf-py's dequantize
 (independent reference), for every supported ggml type, several token counts, bias/accumulate,
 odd N; plus real SmolLM2 tensors and a timing print of the decode matvec."""
+
 import importlib.util
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ def test_matvec_and_matmul_every_type(device, qtype):
     rng = np.random.default_rng(abs(hash(qtype)) % 2**32)
     N, K = 37, 512  # odd N; K two Q*_K super-blocks
     raw, w = make_weight(qtype, N, K, rng)
-    lin = Linear(device, upload(device, raw, qtype, N, K), matmul=MatmulTiling(tm=16, tn=16, tk=32, rm=2, rn=2), policy=F32)
+    lin = Linear(
+        device, upload(device, raw, qtype, N, K), matmul=MatmulTiling(tm=16, tn=16, tk=32, rm=2, rn=2), policy=F32
+    )
     for T in (1, 7, 64):
         x = rng.standard_normal((T, K)).astype(np.float32)
         y = run_linear(device, lin, x)
@@ -64,6 +67,7 @@ def test_f16_multiply(device):
 
 def test_subgroup_reduction():
     from webllm_py.gpu.native import NativeDevice
+
     dev = NativeDevice(use_subgroups=True)
     if not dev.has_subgroups:
         pytest.skip("adapter has no subgroups")  # lavapipe has them; a skip here means a different driver
@@ -122,8 +126,10 @@ def test_matvec_timing_576x1536_q4_1(device):
             read_f32(device, yb, 1)
             dt = (time.perf_counter() - t0) / reps
             nbytes = g.tensors[name].nbytes
-            print(f"\nmatvec Q4_1 N={lin.N} K={lin.K} {tiling}: {dt * 1e6:.0f} us/dispatch, "
-                  f"{nbytes / dt / 1e9:.3f} GB/s of weights ({device.info.description.strip()[:30]})")
+            print(
+                f"\nmatvec Q4_1 N={lin.N} K={lin.K} {tiling}: {dt * 1e6:.0f} us/dispatch, "
+                f"{nbytes / dt / 1e9:.3f} GB/s of weights ({device.info.description.strip()[:30]})"
+            )
 
 
 def test_more_than_65535_groups_spill_into_z(device):

@@ -3,6 +3,7 @@ vs numpy over gguf-py's dequantize, for every ggml type: word-aligned rows and r
 (an odd number of 18/22/34-byte blocks, Q6_K's 210-byte blocks), several rows/tokens per lane,
 partial tiles (odd N, T not a multiple of tm), bias with accumulate (the plain store is the
 default Linear's)."""
+
 import numpy as np
 import pytest
 
@@ -41,9 +42,21 @@ def test_rows_kernels_every_type(device, qtype):
             x = rng.standard_normal((T, K)).astype(np.float32)
             assert_close(run_linear(device, default, x), x.astype(np.float64) @ w.T, x, w)
         # other tilings, with bias and residual add
-        big = qtype in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")  # 256-element units: small tiles keep compiles quick
-        lin = Linear(device, weight, bias_t, matvec=MatvecTiling(wg=4, rows=2 if big else 3, split_k=False),
-                     matmul=MatmulRowsTiling(wg=4, rows=2 if big else 3, tm=3 if big else 5))
+        big = qtype in (
+            "Q2_K",
+            "Q3_K",
+            "Q4_K",
+            "Q5_K",
+            "Q6_K",
+            "IQ4_XS",
+        )  # 256-element units: small tiles keep compiles quick
+        lin = Linear(
+            device,
+            weight,
+            bias_t,
+            matvec=MatvecTiling(wg=4, rows=2 if big else 3, split_k=False),
+            matmul=MatmulRowsTiling(wg=4, rows=2 if big else 3, tm=3 if big else 5),
+        )
         for T in (1, 12):
             x = rng.standard_normal((T, K)).astype(np.float32)
             y0 = rng.standard_normal((T, N)).astype(np.float32)

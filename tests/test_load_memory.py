@@ -7,6 +7,7 @@ wgpu's staging copies of the writes are flushed every 64 MiB (gpu/native.py): be
 a second copy of the weights in staging until its first submission -- Gemma-3-270M grew the peak by 627 MiB instead of
 463 MiB, past the second bound below (docs/benchmarks.md).
 """
+
 import json
 import os
 import subprocess
@@ -52,8 +53,10 @@ def test_load_peak_memory_against_file_size(model):
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     grown, size = r["after"] - r["before"], os.path.getsize(path)
-    print(f"\n{model}: file {size / 2**20:.0f} MiB, load + one step raised the peak RSS by {grown / 2**20:.0f} MiB "
-          f"(from {r['before'] / 2**20:.0f} MiB)")
+    print(
+        f"\n{model}: file {size / 2**20:.0f} MiB, load + one step raised the peak RSS by {grown / 2**20:.0f} MiB "
+        f"(from {r['before'] / 2**20:.0f} MiB)"
+    )
     assert grown <= size + host_memory() // 10  # the issue's bound
     # and what this adapter needs: the buffers (host memory on lavapipe), one staging flush, pipelines
     assert grown <= 2 * size + (96 << 20)

@@ -6,6 +6,7 @@ Tolerance: the kernel's integer dot products are exact and its f32 scaling adds 
 moves the result is x rounded to int8 per 32-block, |x_k - d q_k| <= d / 2 with d = max|x_block| / 127, so
 |y - ref| <= sum_k |w_k| d_block(k) / 2 per output (random signs make the actual error ~5x smaller). The test
 asserts that bound, and that it is within 3% of sum |x||w| (so it is not a loose pass)."""
+
 import dataclasses
 
 import numpy as np
@@ -23,8 +24,13 @@ pytestmark = pytest.mark.gpu
 
 STAGED = MatmulI8Tiling(stage=True, tm=64, tn=32, rm=4, rn=2, kb=2)  # a GPU's for N < 4096
 LANES = MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8)  # lavapipe's
-TILINGS = [STAGED, MatmulI8Tiling(), LANES, MatmulI8Tiling(tm=32, tn=32, planes=1),
-           MatmulI8Tiling(stage=False, wg=8, rm=3, rn=4, planes=1)]
+TILINGS = [
+    STAGED,
+    MatmulI8Tiling(),
+    LANES,
+    MatmulI8Tiling(tm=32, tn=32, planes=1),
+    MatmulI8Tiling(stage=False, wg=8, rm=3, rn=4, planes=1),
+]
 IDS = ["staged", "staged64", "lanes", "staged32-1plane", "lanes-1plane"]
 
 
@@ -72,6 +78,7 @@ def test_bias_and_accumulate(device, tiling):
 
 class _NoPackedDot:
     """A browser-like device whose WGSL lacks packed_4x8_integer_dot_product."""
+
     wgsl_language_features = frozenset({"readonly_and_readwrite_storage_textures"})
 
     def __init__(self, info):
@@ -122,13 +129,16 @@ def test_smollm2_two_planes_match_transformers(device):
     from .reference import hf_greedy
 
     path = default_model_path()
-    engine = asyncio.run(Engine.load(path, device=device, context_window=256, prefill_chunk=16,
-                                     policy=KernelPolicy(prefill="i8x2")))
+    engine = asyncio.run(
+        Engine.load(path, device=device, context_window=256, prefill_chunk=16, policy=KernelPolicy(prefill="i8x2"))
+    )
     assert sum(isinstance(m, MatmulI8Tiling) for m in _linear_tilings(engine)) >= 7 * 30  # q k v o gate up down
-    text = ("In 1440, Johannes Gutenberg, a goldsmith from Mainz, developed a movable-type printing press that "
-            "changed how books were made across Europe. Before that, texts were copied by hand in monasteries, "
-            "a slow and costly process. Within decades, presses had spread to more than two hundred cities, and "
-            "millions of books were printed. The history of the printing press begins")
+    text = (
+        "In 1440, Johannes Gutenberg, a goldsmith from Mainz, developed a movable-type printing press that "
+        "changed how books were made across Europe. Before that, texts were copied by hand in monasteries, "
+        "a slow and costly process. Within decades, presses had spread to more than two hundred cities, and "
+        "millions of books were printed. The history of the printing press begins"
+    )
     ids = engine.tokenizer.encode(text)
     ref_tokens, ref_logits = hf_greedy(path, ids, 32)
     logits = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]

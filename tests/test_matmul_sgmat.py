@@ -6,6 +6,7 @@ allow_unsafe_apis and only on GPUs with such units (the device H200; Mesa 25 lav
 elsewhere the tests skip, saying what the adapter offered. The same Python as in the browser runs in
 Pyodide (webllm_py.dawn.DawnHost): Linear, its planner row (KernelPolicy(prefill="sgmat"): not the default
 while matmul_i8 is faster, docs/benchmarks.md), quantize_i8 and the kernel."""
+
 import base64
 
 import numpy as np
@@ -64,17 +65,31 @@ def host():
     with h:
         info = h.exec(_SETUP)
         if not info["sgmat"]:
-            pytest.skip(f"this adapter has no i8 subgroup matrices (features {info['features']}, "
-                        f"subgroup matrix configs {info['configs']}, subgroup sizes {info['subgroup_sizes']})")
+            pytest.skip(
+                f"this adapter has no i8 subgroup matrices (features {info['features']}, "
+                f"subgroup matrix configs {info['configs']}, subgroup sizes {info['subgroup_sizes']})"
+            )
         yield h
 
 
 def run(host, qtype, raw, N, K, x, tiling="None", policy='prefill="sgmat"', bias=None, y0=None, accumulate=False):
     T = x.shape[0]
     y0 = np.full((T, N), np.nan, np.float32) if y0 is None else y0.astype(np.float32)
-    template, y = host.exec(_RUN.format(N=N, K=K, T=T, raw=_b64(raw), qtype=qtype, tiling=tiling, policy=policy,
-                                        bias=_b64(bias.astype(np.float32)) if bias is not None else "",
-                                        x=_b64(x.astype(np.float32)), y0=_b64(y0), accumulate=accumulate))
+    template, y = host.exec(
+        _RUN.format(
+            N=N,
+            K=K,
+            T=T,
+            raw=_b64(raw),
+            qtype=qtype,
+            tiling=tiling,
+            policy=policy,
+            bias=_b64(bias.astype(np.float32)) if bias is not None else "",
+            x=_b64(x.astype(np.float32)),
+            y0=_b64(y0),
+            accumulate=accumulate,
+        )
+    )
     return template, np.frombuffer(base64.b64decode(y), np.float32).astype(np.float64).reshape(T, N)
 
 
@@ -128,6 +143,15 @@ def test_unsafe_apis_flag_stays_with_the_host():
     """dawn-bench --unsafe-apis / --subgroup-matrix create Dawn with allow_unsafe_apis; bench's own parser (in
     Pyodide) never sees them (--subgroup-matrix reaches it as --prefill-kernel sgmat)."""
     from webllm_py.dawn import _strip_flags
-    argv = ["--model", "f.gguf", "--unsafe-apis", "--dawn-flag", "allow_unsafe_apis", "--subgroup-matrix",
-            "--prompt-tokens", "5"]
+
+    argv = [
+        "--model",
+        "f.gguf",
+        "--unsafe-apis",
+        "--dawn-flag",
+        "allow_unsafe_apis",
+        "--subgroup-matrix",
+        "--prompt-tokens",
+        "5",
+    ]
     assert _strip_flags(argv) == ["--model", "f.gguf", "--prompt-tokens", "5"]

@@ -4,6 +4,7 @@ reductions, rows that do not fill the last workgroup, residual accumulate, and t
 (Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out); and the staged
 kernel (shaders/matvec_q4s.wgsl.j2: x as int8 blocks in workgroup memory; Q4_0, Q4_1, Q4_K and
 Q8_0, Q6_K) against numpy over the same int8 rounding of x, with the RMSNorm folded in or not."""
+
 import struct
 
 import numpy as np
@@ -15,7 +16,16 @@ from webllm_py.linear import Linear, MatvecGroup, MatvecTiling  # noqa: E402
 from webllm_py.planner import KernelPolicy  # noqa: E402
 from webllm_py.ops import GLU  # noqa: E402
 
-from .linear_helpers import f32_buffer, make_weight, q8_blocks, read_f32, scaled_error, staged_error, staged_weight, upload  # noqa: E402
+from .linear_helpers import (
+    f32_buffer,
+    make_weight,
+    q8_blocks,
+    read_f32,
+    scaled_error,
+    staged_error,
+    staged_weight,
+    upload,
+)  # noqa: E402
 
 
 TOL = 1e-5
@@ -33,6 +43,7 @@ def matvec_once(dev, lin, x, y0, accumulate: bool) -> np.ndarray:
 @pytest.fixture(scope="module")
 def sg_device():
     from webllm_py.gpu.native import NativeDevice
+
     dev = NativeDevice(use_subgroups=True)
     if not dev.has_subgroups:
         pytest.skip("adapter has no subgroups")  # lavapipe has them
@@ -117,7 +128,7 @@ def test_fused_gate_up(device, qtype, act):
     if act == "silu":
         ref = g / (1 + np.exp(-g)) * u
     else:
-        ref = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3))) * u
+        ref = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * u
     scale = (np.abs(x[0]) @ np.abs(wg_).T) * (np.abs(x[0]) @ np.abs(wu).T) + 1e-30
     assert (np.abs(out - ref) / scale).max() < TOL
 
@@ -127,6 +138,7 @@ def test_rmsnorm_folded_in(device, qtype, glu):
     """MatvecGroup(norm=...) reads the residual and normalises on the way: equals
     W @ (x / rms(x) * (w + offset)) from numpy; the norm's own dispatch is skipped for one token."""
     from webllm_py.ops import RMSNorm
+
     rng = np.random.default_rng(10)
     K, eps, offset = 512, 1e-5, 1.0
     parts = (24, 24) if glu else (24, 8, 8)
@@ -140,8 +152,14 @@ def test_rmsnorm_folded_in(device, qtype, glu):
     for n in parts:
         raw, w = make_weight(qtype, n, K, rng)
         yb = f32_buffer(device, np.full(n, np.nan, np.float32))
-        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=MatvecTiling(64, 4, True),
-                             policy=KernelPolicy(fold_norm_max_k=K)).bind(hb, yb))
+        bounds.append(
+            Linear(
+                device,
+                upload(device, raw, qtype, n, K),
+                matvec=MatvecTiling(64, 4, True),
+                policy=KernelPolicy(fold_norm_max_k=K),
+            ).bind(hb, yb)
+        )
         ws.append(w)
         ys.append(yb)
     out = f32_buffer(device, np.zeros(parts[0], np.float32))
@@ -171,6 +189,7 @@ def test_staged_single_matrix(device, qtype, wg, lanes, rows, prefetch):
     """N = 37 is not a multiple of the workgroup's rows (32), K = 768 (3 units) or 1536 (6) not a
     multiple of the lanes (2, 4: some lanes take one unit more); accumulate or not."""
     from webllm_py.linear import StagedTiling
+
     rng = np.random.default_rng(11)
     N, K = 37, 768 if not prefetch else 1536  # 3 units, or 6 (two or more per lane: the prefetch runs)
     raw, w = staged_weight(qtype, N, K, rng)
@@ -189,6 +208,7 @@ def test_staged_falls_back(device, monkeypatch):
     """K % 256 != 0: a StagedTiling request gets the matvec_q4 kernel (still correct); so does any K
     on a device whose WGSL lacks packed_4x8_integer_dot_product."""
     from webllm_py.linear import StagedTiling
+
     monkeypatch.setattr(device, "wgsl_language_features", set(), raising=False)
     raw, _ = make_weight("Q4_0", 4, 256, np.random.default_rng(0))
     assert not Linear(device, upload(device, raw, "Q4_0", 4, 256), matvec=StagedTiling()).staged
@@ -206,15 +226,25 @@ def test_staged_falls_back(device, monkeypatch):
     assert scaled_error(read_f32(device, yb, N)[None], x, w) < TOL
 
 
-@pytest.mark.parametrize("qtype,glu,norm", [("Q4_0", None, True), ("Q4_K", None, False),
-                                            ("Q4_1", "silu", True), ("Q4_K", "gelu_tanh", True),
-                                            ("Q8_0", None, True), ("Q8_0", "silu", False),
-                                            ("Q6_K", None, False), ("Q6_K", "gelu_tanh", True)])
+@pytest.mark.parametrize(
+    "qtype,glu,norm",
+    [
+        ("Q4_0", None, True),
+        ("Q4_K", None, False),
+        ("Q4_1", "silu", True),
+        ("Q4_K", "gelu_tanh", True),
+        ("Q8_0", None, True),
+        ("Q8_0", "silu", False),
+        ("Q6_K", None, False),
+        ("Q6_K", "gelu_tanh", True),
+    ],
+)
 def test_staged_fused(device, qtype, glu, norm):
     """Q/K/V in one dispatch, or gate/up with the GLU, with or without the RMSNorm folded in (the
     staged kernel folds it at any K: the norm's own dispatch is skipped)."""
     from webllm_py.linear import StagedTiling
     from webllm_py.ops import RMSNorm
+
     rng = np.random.default_rng(13)
     K, eps, offset = 512, 1e-5, 1.0 if glu == "gelu_tanh" else 0.0
     parts = (40, 40) if glu else (40, 12, 9)
@@ -249,7 +279,7 @@ def test_staged_fused(device, qtype, glu, norm):
     if glu:
         g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
         sig = 0.5 * (1 + np.tanh(g / 2))
-        a = g * sig if glu == "silu" else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+        a = g * sig if glu == "silu" else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
         scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
         assert (np.abs(read_f32(device, out, parts[0]) - a * u) / scale).max() < tol
     else:
@@ -257,12 +287,15 @@ def test_staged_fused(device, qtype, glu, norm):
             assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < tol
 
 
-@pytest.mark.parametrize("types", [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q8_0", "Q8_0")], ids=["q4k-q4k-q6k", "q40-q80-q80"])
+@pytest.mark.parametrize(
+    "types", [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q8_0", "Q8_0")], ids=["q4k-q4k-q6k", "q40-q80-q80"]
+)
 def test_staged_mixed_types_fuse_in_runs(device, types):
     """Q/K/V of two types (a Q4_K_M file's Q6_K attn_v): two dispatches, one per run of a type, each
     folding the RMSNorm (whose own dispatch is skipped)."""
     from webllm_py.linear import StagedTiling
     from webllm_py.ops import RMSNorm
+
     rng = np.random.default_rng(17)
     K, eps = 512, 1e-5
     parts = (40, 12, 9)
@@ -294,6 +327,7 @@ def test_staged_gate_up_default_tiling(device):
     linear.staged_tiling (128 threads: 16 rows a workgroup), norm folded; against numpy."""
     from webllm_py.linear import staged_tiling
     from webllm_py.ops import RMSNorm
+
     rng = np.random.default_rng(14)
     K, H, eps = 4096, 40, 1e-5
     x = rng.standard_normal((1, K)).astype(np.float32)
@@ -326,6 +360,7 @@ def test_staged_default_prefetch_long_rows(device):
     """Rows where a lane walks 4+ units (1B down: K = 8192 at 8 lanes) take the prefetching tiling
     by default, shorter ones not; the default kernel at K = 8192 vs numpy (accumulating, as down does)."""
     from webllm_py.linear import staged_tiling
+
     assert staged_tiling(8192).prefetch and not staged_tiling(2048).prefetch and not staged_tiling(4096).prefetch
     rng = np.random.default_rng(16)
     N, K = 40, 8192
@@ -340,16 +375,23 @@ def test_staged_default_prefetch_long_rows(device):
     assert staged_error(read_f32(device, yb, N)[None] - y0, x, w) < TOL
 
 
-@pytest.mark.parametrize("lanes,glu,norm,accumulate,qtype", [(8, None, False, True, "Q4_0"), (4, None, True, False, "Q4_0"),
-                                                             (2, "silu", True, False, "Q4_0"),
-                                                             (8, "gelu_tanh", False, False, "Q4_0"),
-                                                             (8, None, True, False, "Q8_0"),
-                                                             (4, "silu", False, False, "Q6_K")])
+@pytest.mark.parametrize(
+    "lanes,glu,norm,accumulate,qtype",
+    [
+        (8, None, False, True, "Q4_0"),
+        (4, None, True, False, "Q4_0"),
+        (2, "silu", True, False, "Q4_0"),
+        (8, "gelu_tanh", False, False, "Q4_0"),
+        (8, None, True, False, "Q8_0"),
+        (4, "silu", False, False, "Q6_K"),
+    ],
+)
 def test_staged_subgroup_reduction(sg_device, lanes, glu, norm, accumulate, qtype):
     """matvec_q4s with its teams reduced by subgroupShuffleXor (lavapipe's subgroups hold 8
     invocations): one matrix, Q/K/V or gate/up, norm folded or not, vs numpy over q8(x)."""
     from webllm_py.linear import StagedTiling
     from webllm_py.ops import RMSNorm
+
     dev = sg_device
     rng = np.random.default_rng(17)
     K, eps = 2048, 1e-5
@@ -385,7 +427,11 @@ def test_staged_subgroup_reduction(sg_device, lanes, glu, norm, accumulate, qtyp
     tol = 3e-4 if norm else TOL
     if glu:
         g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
-        a = g * 0.5 * (1 + np.tanh(g / 2)) if glu == "silu" else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+        a = (
+            g * 0.5 * (1 + np.tanh(g / 2))
+            if glu == "silu"
+            else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        )
         scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
         assert (np.abs(read_f32(dev, out, parts[0]) - a * u) / scale).max() < tol
     else:
@@ -398,6 +444,7 @@ def test_staged_subgroups_need_known_size(sg_device):
     adapter's reported minimum, or its vendor's (wgpu-native reports 4 everywhere; NVIDIA's is 32)."""
     from types import SimpleNamespace as NS
     from webllm_py.linear import StagedTiling, subgroup_min_size
+
     native = lambda info: NS(raw=NS(adapter=NS(info=info)))  # noqa: E731
     assert subgroup_min_size(native({"vendor_id": 0x10DE, "stackgroup_min_size": 4})) == 32
     assert subgroup_min_size(native({"vendor_id": 65541, "stackgroup_min_size": 4})) == 4  # lavapipe
@@ -419,6 +466,7 @@ def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
     instead (matvec_q4 is 4-bit only), vs numpy."""
     from webllm_py.formats.quants import GGMLType
     from webllm_py.linear import StagedTiling, staged_tiling
+
     rng = np.random.default_rng(19)
     N, K = 24, 8192
     raw, w = staged_weight(qtype, N, K, rng)
@@ -426,10 +474,15 @@ def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
     x = rng.standard_normal((1, K)).astype(np.float32)
     y0 = rng.standard_normal((1, N)).astype(np.float32)
     import dataclasses
+
     monkeypatch.setattr(device, "info", dataclasses.replace(device.info, is_fallback=False))
     lin = Linear(device, wt)
-    assert lin.staged and lin.q4 and lin.matvec_tiling == StagedTiling(256, 16, 1) == staged_tiling(K, qtype=wt.ggml_type)
-    assert staged_tiling(K, qtype=GGMLType.Q4_0).prefetch and staged_tiling(4096, qtype=wt.ggml_type) == staged_tiling(4096)
+    assert (
+        lin.staged and lin.q4 and lin.matvec_tiling == StagedTiling(256, 16, 1) == staged_tiling(K, qtype=wt.ggml_type)
+    )
+    assert staged_tiling(K, qtype=GGMLType.Q4_0).prefetch and staged_tiling(4096, qtype=wt.ggml_type) == staged_tiling(
+        4096
+    )
     generic = Linear(device, wt, policy=KernelPolicy(staged_matvec=False))
     assert not generic.staged and not generic.q4
     for layer, err in ((lin, staged_error), (generic, scaled_error)):

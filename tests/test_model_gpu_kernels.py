@@ -14,6 +14,7 @@ on the last row alone, prefill included: measured 6.1e-3 to 6.6e-3 of max |logit
 against 3.7e-4 with the CPU adapter's f32 kernels on the same file), so logits are compared at 1.5e-2
 of max |logit| and greedy tokens where transformers' top-2 gap clears twice that.
 """
+
 import asyncio
 import dataclasses
 import json
@@ -34,10 +35,25 @@ pytestmark = [pytest.mark.gpu]
 
 RTOL = 1.5e-2
 N_GREEDY = 12
-VARIANT = Variant("llama-256", "llama", "float32", seed=3, init_std=0.05,
-                  config=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, head_dim=64, max_position_embeddings=256, rms_norm_eps=1e-5,
-                              tie_word_embeddings=False, rope_theta=10000.0))
+VARIANT = Variant(
+    "llama-256",
+    "llama",
+    "float32",
+    seed=3,
+    init_std=0.05,
+    config=dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    ),
+)
 
 
 def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
@@ -69,7 +85,9 @@ def gpu_like_engine(tmp_path_factory):
 def test_engine_records_the_gpu_kernels(gpu_like_engine):
     engine, _ = gpu_like_engine
     layer = engine.model.layers[0]
-    assert all(b.linear.staged for b in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down))
+    assert all(
+        b.linear.staged for b in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down)
+    )
     assert len(layer.qkv.runs) == 2 and len(layer.gate_up.runs) == 1
     assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed
     assert layer.attention.op.fused  # attention_step (lavapipe is a Vulkan adapter)
@@ -103,7 +121,7 @@ def test_decode_steps_match_transformers(gpu_like_engine):
     model, _ = hf_model(ref_dir)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids + [t.id for t in out]])).logits[0].double().numpy()
-    steps = logits[len(ids) - 1:-1]  # the logits each of our tokens was drawn from
+    steps = logits[len(ids) - 1 : -1]  # the logits each of our tokens was drawn from
     scale = np.abs(steps).max(axis=1)
     chosen = steps[np.arange(N_GREEDY), [t.id for t in out]]
     gap = (steps.max(axis=1) - chosen) / scale

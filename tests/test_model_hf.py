@@ -7,6 +7,7 @@ The models are tiny and random (tests/hf_models.py), written by transformers' ow
 Reference: transformers loads the directory in f32 (BF16/F16 weights upcast exactly), so both sides
 use the same weights; differences come from our f16 KV cache on lavapipe and f32 summation order.
 """
+
 import asyncio
 import json
 import os
@@ -49,7 +50,12 @@ def test_config_and_tokenizer(case):
     with open(os.path.join(path, "config.json")) as f:
         hf = json.load(f)
     assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.head_dim, cfg.vocab_size) == (
-        v.family, hf["num_hidden_layers"], hf["hidden_size"], hf["head_dim"], hf["vocab_size"])
+        v.family,
+        hf["num_hidden_layers"],
+        hf["hidden_size"],
+        hf["head_dim"],
+        hf["vocab_size"],
+    )
     assert cfg.tie_embeddings == hf["tie_word_embeddings"]
     assert cfg.rope_theta == hf["rope_parameters"]["rope_theta"]
     assert engine.tokenizer.encode(TINY_TEXT) == hf_model(path)[1](TINY_TEXT).input_ids
@@ -68,6 +74,7 @@ def test_greedy_tokens_match_transformers(case):
 
 
 # -- malformed checkpoints ----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def broken(models_dir, tmp_path):
@@ -123,7 +130,7 @@ def test_unsupported_rope_scaling(broken, device):
 def test_truncated_safetensors(broken, device, cut):
     f = broken / "model.safetensors"
     data = f.read_bytes()
-    f.write_bytes(data[:cut(len(data))])
+    f.write_bytes(data[: cut(len(data))])
     with pytest.raises(ModelFormatError, match="truncated"):
         load(broken, device)
 
@@ -137,5 +144,7 @@ def test_no_safetensors(broken, device):
 def test_checkpoint_missing_a_layer(broken, device):
     cfg = json.loads((broken / "config.json").read_text())
     edit_config(broken, num_hidden_layers=cfg["num_hidden_layers"] + 1)
-    with pytest.raises(ModelFormatError, match=r"block count 3, but the file holds tensors of 2 layers \(no tensor of layer 2\)"):
+    with pytest.raises(
+        ModelFormatError, match=r"block count 3, but the file holds tensors of 2 layers \(no tensor of layer 2\)"
+    ):
         load(broken, device)

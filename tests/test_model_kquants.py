@@ -4,6 +4,7 @@ IQ4_NL / Q5_1 rows) load and give the logits transformers gives on the same weig
 gguf-py cannot quantize the k-quants, so each weight is random blocks with sane f16 scales
 (tests/test_linear.make_weight); the reference weights are gguf-py's dequantize of those bytes,
 Q/K rows put back from llama.cpp's adjacent rotary pairs into Hugging Face's layout."""
+
 import json
 import os
 
@@ -21,25 +22,81 @@ pytestmark = [pytest.mark.gpu]
 
 LOGIT_RTOL = 2.5e-3  # as tests/test_model_families.py: f16 KV cache against transformers' f32
 # Rows of 256 and 512: every k-quant needs whole 256-element super-blocks.
-LLAMA = Variant("llama-kquant", "llama", "float32", seed=7,
-                config=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, tie_word_embeddings=False,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
-                            rms_norm_eps=1e-5, rope_theta=10000.0))
+LLAMA = Variant(
+    "llama-kquant",
+    "llama",
+    "float32",
+    seed=7,
+    config=dict(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        tie_word_embeddings=False,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    ),
+)
 # Per tensor: (layer 0 type, layer 1 type), after llama.cpp's mixes (attn_v / ffn_down get more bits in
 # some layers; the head is Q6_K); token_embd, output, then blk tensors.
 MIXES = {
-    "Q5_K_M": dict(token_embd="Q5_K", output="Q6_K", attn_q="Q5_K", attn_k="Q5_K", attn_v=("Q6_K", "Q5_K"),
-                   attn_output="Q5_K", ffn_gate="Q5_K", ffn_up="Q5_K", ffn_down=("Q6_K", "Q5_K")),
-    "Q3_K_M": dict(token_embd="Q3_K", output="Q6_K", attn_q="Q3_K", attn_k="Q3_K", attn_v=("Q5_K", "Q4_K"),
-                   attn_output="Q4_K", ffn_gate="Q3_K", ffn_up="Q3_K", ffn_down=("Q5_K", "Q4_K")),
-    "Q2_K": dict(token_embd="Q2_K", output="Q6_K", attn_q="Q2_K", attn_k="Q2_K", attn_v="Q3_K",
-                 attn_output="Q3_K", ffn_gate="Q2_K", ffn_up="Q2_K", ffn_down="Q3_K"),
-    "IQ4_XS": dict(token_embd="IQ4_XS", output="Q6_K", attn_q="IQ4_XS", attn_k="IQ4_NL", attn_v="Q5_1",
-                   attn_output="IQ4_XS", ffn_gate="IQ4_NL", ffn_up="IQ4_XS", ffn_down="IQ4_XS"),
+    "Q5_K_M": dict(
+        token_embd="Q5_K",
+        output="Q6_K",
+        attn_q="Q5_K",
+        attn_k="Q5_K",
+        attn_v=("Q6_K", "Q5_K"),
+        attn_output="Q5_K",
+        ffn_gate="Q5_K",
+        ffn_up="Q5_K",
+        ffn_down=("Q6_K", "Q5_K"),
+    ),
+    "Q3_K_M": dict(
+        token_embd="Q3_K",
+        output="Q6_K",
+        attn_q="Q3_K",
+        attn_k="Q3_K",
+        attn_v=("Q5_K", "Q4_K"),
+        attn_output="Q4_K",
+        ffn_gate="Q3_K",
+        ffn_up="Q3_K",
+        ffn_down=("Q5_K", "Q4_K"),
+    ),
+    "Q2_K": dict(
+        token_embd="Q2_K",
+        output="Q6_K",
+        attn_q="Q2_K",
+        attn_k="Q2_K",
+        attn_v="Q3_K",
+        attn_output="Q3_K",
+        ffn_gate="Q2_K",
+        ffn_up="Q2_K",
+        ffn_down="Q3_K",
+    ),
+    "IQ4_XS": dict(
+        token_embd="IQ4_XS",
+        output="Q6_K",
+        attn_q="IQ4_XS",
+        attn_k="IQ4_NL",
+        attn_v="Q5_1",
+        attn_output="IQ4_XS",
+        ffn_gate="IQ4_NL",
+        ffn_up="IQ4_XS",
+        ffn_down="IQ4_XS",
+    ),
 }
-HF = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-      "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-      "ffn_down": "mlp.down_proj"}
+HF = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
 
 
 def _hf_pairs(w, n_heads: int):

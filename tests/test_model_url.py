@@ -2,6 +2,7 @@
 through Node, in the browser's copy of the same rules (static/modelurl.js): one table, both must agree.
 The expected URLs are written from the Hub's own scheme (`/<owner>/<repo>/resolve/<rev>/<path>`,
 revision percent-encoded as huggingface_hub's hf_hub_url does) and llama.cpp's "%s-%05d-of-%05d.gguf"."""
+
 from __future__ import annotations
 
 import json
@@ -19,41 +20,52 @@ ROOT = Path(__file__).resolve().parents[1]
 HUB = "https://huggingface.co"
 RESOLVE = [  # (model, hf endpoint, expected URL or None for a ModelURLError)
     ("hf:owner/repo/file.gguf", None, f"{HUB}/owner/repo/resolve/main/file.gguf"),
-    ("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/sub dir/x-Q4.gguf", None,
-     f"{HUB}/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/resolve/main/sub%20dir/x-Q4.gguf"),
+    (
+        "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/sub dir/x-Q4.gguf",
+        None,
+        f"{HUB}/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/resolve/main/sub%20dir/x-Q4.gguf",
+    ),
     ("hf:o/r/a/b/file.gguf@v1.0", None, f"{HUB}/o/r/resolve/v1.0/a/b/file.gguf"),
     ("hf:o/r@abc123/file.gguf", None, f"{HUB}/o/r/resolve/abc123/file.gguf"),
     ("hf:o/r/file.gguf@refs/pr/1", None, f"{HUB}/o/r/resolve/refs%2Fpr%2F1/file.gguf"),
     ("  hf:o/r/file.GGUF ", "http://127.0.0.1:9/", "http://127.0.0.1:9/o/r/resolve/main/file.GGUF"),
     ("https://example.com/m/x.gguf", None, "https://example.com/m/x.gguf"),
     ("http://127.0.0.1:8000/x.gguf?download=1", None, "http://127.0.0.1:8000/x.gguf?download=1"),
-    ("hf:o/file.gguf", None, None),            # no repository
-    ("hf:o/r", None, None),                    # no file
-    ("hf:o/r/file.bin", None, None),           # not GGUF
-    ("hf:o/r/../x.gguf", None, None),          # path escape
-    ("hf:o/r//x.gguf", None, None),            # empty segment
-    ("hf:o/r@a/x.gguf@b", None, None),         # two revisions
-    ("hf:o/r/x.gguf@", None, None),            # empty revision
+    ("hf:o/file.gguf", None, None),  # no repository
+    ("hf:o/r", None, None),  # no file
+    ("hf:o/r/file.bin", None, None),  # not GGUF
+    ("hf:o/r/../x.gguf", None, None),  # path escape
+    ("hf:o/r//x.gguf", None, None),  # empty segment
+    ("hf:o/r@a/x.gguf@b", None, None),  # two revisions
+    ("hf:o/r/x.gguf@", None, None),  # empty revision
     ("hf:o/r/x.gguf@a..b", None, None),
-    ("hf:-o/r/x.gguf", None, None),            # bad owner
-    ("hf:o/r:x/x.gguf", None, None),           # bad repository
-    ("ftp://host/x.gguf", None, None),         # unsupported scheme
+    ("hf:-o/r/x.gguf", None, None),  # bad owner
+    ("hf:o/r:x/x.gguf", None, None),  # bad repository
+    ("ftp://host/x.gguf", None, None),  # unsupported scheme
     ("file:///etc/passwd", None, None),
     ("javascript:alert(1)", None, None),
     ("data:application/octet-stream;base64,R0dVRg==", None, None),
-    ("http://[::1/x.gguf", None, None),        # unparseable
+    ("http://[::1/x.gguf", None, None),  # unparseable
     ("http://host:99999/x.gguf", None, None),  # port out of range
-    ("https:///x.gguf", None, None),           # no host
-    ("models/x.gguf", None, None),             # not a URL (served names are resolved by the client)
+    ("https:///x.gguf", None, None),  # no host
+    ("models/x.gguf", None, None),  # not a URL (served names are resolved by the client)
     ("", None, None),
 ]
 SHARDS = [
     ("m-00001-of-00003.gguf", ["m-00001-of-00003.gguf", "m-00002-of-00003.gguf", "m-00003-of-00003.gguf"]),
-    ("https://h/o/r/resolve/main/Q4/m.Q4-00002-of-00002.gguf",
-     ["https://h/o/r/resolve/main/Q4/m.Q4-00001-of-00002.gguf", "https://h/o/r/resolve/main/Q4/m.Q4-00002-of-00002.gguf"]),
+    (
+        "https://h/o/r/resolve/main/Q4/m.Q4-00002-of-00002.gguf",
+        [
+            "https://h/o/r/resolve/main/Q4/m.Q4-00001-of-00002.gguf",
+            "https://h/o/r/resolve/main/Q4/m.Q4-00002-of-00002.gguf",
+        ],
+    ),
     ("m-00001-of-00001.gguf", ["m-00001-of-00001.gguf"]),
-    ("m.gguf", None), ("m-1-of-3.gguf", None), ("m-00001-of-00003.gguf.part", None),
-    ("m-00000-of-00003.gguf", "error"), ("m-00004-of-00003.gguf", "error"),
+    ("m.gguf", None),
+    ("m-1-of-3.gguf", None),
+    ("m-00001-of-00003.gguf.part", None),
+    ("m-00000-of-00003.gguf", "error"),
+    ("m-00004-of-00003.gguf", "error"),
 ]
 
 
@@ -102,8 +114,13 @@ def test_browser_copy_agrees():
     if node is None:
         pytest.fail("node is not installed (scripts/setup.sh installs it for Pyodide's npm package)")
     script = _NODE % (ROOT / "static" / "modelurl.js").as_uri()
-    out = subprocess.run([node, "--input-type=module", "-e", script, json.dumps([RESOLVE, SHARDS])],
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [node, "--input-type=module", "-e", script, json.dumps([RESOLVE, SHARDS])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     got = json.loads(out.stdout)
     assert got["resolve"] == [want for _, _, want in RESOLVE]
     assert got["shards"] == [want for _, want in SHARDS]
@@ -117,8 +134,11 @@ def test_js_error_names_exist_in_python():
     if node is None:
         pytest.fail("node is not installed")
     script = f'import {{ ERRORS }} from "{(ROOT / "static" / "protocol.js").as_uri()}"; console.log(JSON.stringify(Object.keys(ERRORS)))'
-    names = json.loads(subprocess.run([node, "--input-type=module", "-e", script], capture_output=True, text=True,
-                                      timeout=60, check=True).stdout)
+    names = json.loads(
+        subprocess.run(
+            [node, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    )
     missing = [n for n in names if n != "QuotaError" and not issubclass(getattr(errors, n, type), errors.WebLLMError)]
     assert names and missing == []
 
@@ -134,7 +154,7 @@ def test_js_files_name_errors_from_the_table():
     from webllm_py import errors
 
     text = (ROOT / "static" / "protocol.js").read_text()
-    table = set(re.findall(r"^  (\w+Error): ", text[text.index("export const ERRORS"):], re.M))
+    table = set(re.findall(r"^  (\w+Error): ", text[text.index("export const ERRORS") :], re.M))
     assert {"DownloadError", "ProtocolError", "WorkerError"} <= table
     used, constants = set(), set()
     for f in sorted((ROOT / "static").glob("*.js")):

@@ -3,6 +3,7 @@ and the expert matvecs over stacked [n_experts, N, K] weights in every supported
 dequantize is the reference), both work splits (one thread per row; a workgroup per row splitting K),
 gate/up ("expand": one input row through each chosen expert) and down ("combine": weighted sum into
 the residual), with several tokens each routed on its own."""
+
 import asyncio
 import struct
 from types import SimpleNamespace
@@ -74,7 +75,7 @@ def test_expert_matvec(device, qtype, split_k):
         up.record(rec, T)
         down.record(rec, T)
 
-    we = w[route]                                                     # [T, top_k, N, K]
+    we = w[route]  # [T, top_k, N, K]
     want_up = np.einsum("tjnk,tk->tjn", we, x.astype(np.float64))
     scale_up = np.einsum("tjnk,tk->tjn", np.abs(we), np.abs(x.astype(np.float64))) + 1e-30
     got_up = read(device, y, T * top_k * N).reshape(T, top_k, N)

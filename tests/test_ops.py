@@ -1,4 +1,5 @@
 """RMSNorm, RoPE and the gated MLP activation on the native GPU vs numpy written from the papers' formulas."""
+
 import asyncio
 import struct
 
@@ -31,7 +32,7 @@ def test_rmsnorm(device, last_only, offset):
     with device.recorder() as rec:
         op.bind(device.buffer_from(x), y, step_buffer(device, 0, T), last_only=last_only).record(rec, T)
     x64 = x.astype(np.float64)
-    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + eps) * (w + offset)
+    ref = x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + eps) * (w + offset)
     if last_only:
         np.testing.assert_allclose(read(device, y, (1, D))[0], ref[-1], rtol=1e-5, atol=1e-5)
     else:
@@ -68,5 +69,5 @@ def test_glu(device, act):
     if act == "silu":
         a = g64 / (1 + np.exp(-g64))
     else:
-        a = 0.5 * g64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (g64 + 0.044715 * g64 ** 3)))
+        a = 0.5 * g64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (g64 + 0.044715 * g64**3)))
     np.testing.assert_allclose(read(device, out, (T, n)), a * u, rtol=1e-4, atol=1e-5)

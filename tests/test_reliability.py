@@ -3,6 +3,7 @@ allocated, a lost device fails the running request cleanly and the next request 
 and simultaneous requests each get their own unmixed output.
 
 lavapipe decodes ~1 token/s: one module-scoped ChatEngine, max_tokens <= 3, a small context window."""
+
 import asyncio
 import copy
 import re
@@ -37,8 +38,9 @@ def chat(loop):
 
 
 def _ask(chat, prompt: str):
-    return chat.chat.completions.create(messages=[{"role": "user", "content": prompt}], temperature=0,
-                                        max_tokens=MAX_TOKENS)
+    return chat.chat.completions.create(
+        messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=MAX_TOKENS
+    )
 
 
 def _text(resp: dict) -> str:
@@ -60,9 +62,11 @@ def test_prompt_longer_than_context_fails_with_sizes_and_engine_stays_usable(cha
     long_text = "apple " * (CONTEXT * 2)
     with pytest.raises(ContextOverflowError) as e:
         loop.run_until_complete(_ask(chat, long_text))
-    n = len(chat.engine.tokenizer.encode(
-        chat.engine.tokenizer.apply_chat_template([{"role": "user", "content": long_text}]),
-        add_special=False))
+    n = len(
+        chat.engine.tokenizer.encode(
+            chat.engine.tokenizer.apply_chat_template([{"role": "user", "content": long_text}]), add_special=False
+        )
+    )
     assert n > CONTEXT
     assert str(n) in str(e.value) and str(CONTEXT) in str(e.value)
     # The next request on the same engine works and stops at max_tokens.
@@ -78,8 +82,7 @@ def test_bad_request_parameters_are_typed_errors(chat, loop):
     with pytest.raises(RequestError):
         chat.chat.completions.create(messages=[])
     with pytest.raises(RequestError):
-        loop.run_until_complete(chat.chat.completions.create(messages=[{"role": "user", "content": "x"}],
-                                                             max_tokens=0))
+        loop.run_until_complete(chat.chat.completions.create(messages=[{"role": "user", "content": "x"}], max_tokens=0))
 
 
 class _CountingDevice:
@@ -87,8 +90,11 @@ class _CountingDevice:
 
     def __init__(self, device, max_binding: int):
         self._dev = copy.copy(device)
-        self._dev.limits = {**device.limits, "max_storage_buffer_binding_size": max_binding,
-                            "max_buffer_size": max_binding}
+        self._dev.limits = {
+            **device.limits,
+            "max_storage_buffer_binding_size": max_binding,
+            "max_buffer_size": max_binding,
+        }
         self.sizes: list[int] = []
         self.weight_sizes: list[int] = []  # of buffers labelled as a tensor
 
@@ -144,8 +150,9 @@ def test_simultaneous_streams_are_not_interleaved(chat, loop):
 
     async def stream(p):
         parts = []
-        async for chunk in chat.chat.completions.create(messages=[{"role": "user", "content": p}], temperature=0,
-                                                        max_tokens=MAX_TOKENS, stream=True):
+        async for chunk in chat.chat.completions.create(
+            messages=[{"role": "user", "content": p}], temperature=0, max_tokens=MAX_TOKENS, stream=True
+        ):
             parts.append(chunk["choices"][0]["delta"].get("content") or "")
         return "".join(parts)
 
@@ -162,8 +169,9 @@ def test_device_lost_mid_generation_then_next_request_reloads(chat, loop):
 
     async def lose_device_while_streaming():
         got = 0
-        async for chunk in chat.chat.completions.create(messages=[{"role": "user", "content": PROMPTS[0]}],
-                                                        temperature=0, max_tokens=MAX_TOKENS, stream=True):
+        async for chunk in chat.chat.completions.create(
+            messages=[{"role": "user", "content": PROMPTS[0]}], temperature=0, max_tokens=MAX_TOKENS, stream=True
+        ):
             got += 1
             chat.engine.device.destroy()  # the GPU goes away between two tokens
         return got
@@ -211,8 +219,11 @@ def test_model_over_gpu_memory_says_needed_and_allocated(device):
 
     small = SmallMemory(device, device.max_binding_size)
     weights = sum(t.nbytes for t in GGUFFile(FileSource(default_model_path())).tensors.values())
-    with pytest.raises(ModelTooLargeError, match=rf"needs \d+ bytes \({weights} of weights, \d+ of KV cache .*"
-                                                 r"could allocate \d+ of them") as e:
+    with pytest.raises(
+        ModelTooLargeError,
+        match=rf"needs \d+ bytes \({weights} of weights, \d+ of KV cache .*"
+        r"could allocate \d+ of them",
+    ) as e:
         asyncio.run(Engine.load(default_model_path(), device=small, context_window=64))
     needed, got = (int(v) for v in re.search(r"needs (\d+) bytes .* could allocate (\d+)", str(e.value)).groups())
     assert weights < needed and 0 < got <= 40 << 20 < needed

@@ -8,6 +8,7 @@ gguf-py's dequantize; then a small Llama whose every large matrix splits, on the
 on the GPU ones, against transformers. One test keeps lavapipe's own 128 MiB limit: a 150k-vocabulary
 model whose untied F16 LM head (and embedding) is 154 MB.
 """
+
 import asyncio
 import dataclasses
 from types import SimpleNamespace
@@ -115,8 +116,10 @@ def test_split_expert_stack_matches_numpy(small_device, split_k, stored):
     if stored:  # llama.cpp's ffn_*_exps: one [E, n, K] tensor
         stack = split_matrix(dev, b"".join(r for r, _ in mats), "Q8_0", (E, n, K))
     else:  # per-expert tensors (Hugging Face, older GGUF)
-        infos = {f"e{e}": TensorInfo(f"e{e}", (K, n), int(GGMLType.Q8_0), 0, len(r), source=BytesSource(r))
-                 for e, (r, _) in enumerate(mats)}
+        infos = {
+            f"e{e}": TensorInfo(f"e{e}", (K, n), int(GGMLType.Q8_0), 0, len(r), source=BytesSource(r))
+            for e, (r, _) in enumerate(mats)
+        }
         stack = WeightStore(dev, infos).stacked_matrix(list(infos), "stack")
     assert len(stack.parts) == E
     idx = np.array([[3, 0], [1, 2], [2, 3]], np.uint32)
@@ -131,7 +134,7 @@ def test_split_expert_stack_matches_numpy(small_device, split_k, stored):
     for t in range(T):
         for j in range(top_k):
             w = mats[idx[t, j]][1]
-            assert_close(got[t, j][None], x[t:t + 1] @ w.T, x[t:t + 1], w)
+            assert_close(got[t, j][None], x[t : t + 1] @ w.T, x[t : t + 1], w)
     # combine (down): each choice's own row through its expert, weighted, added to the residual
     xs = rng.standard_normal((T, top_k, K)).astype(np.float32)
     y0 = rng.standard_normal((T, n)).astype(np.float32)
@@ -139,12 +142,14 @@ def test_split_expert_stack_matches_numpy(small_device, split_k, stored):
     with dev.recorder() as rec:
         ExpertMatvec(dev, stack, top_k, combine=True, split_k=split_k).bind(f32_buffer(dev, xs), y, moe).record(rec, T)
     got = read_f32(dev, y, T * n).reshape(T, n)
-    ref = y0 + np.stack([sum(wts[t, j] * (xs[t, j].astype(np.float64) @ mats[idx[t, j]][1].T) for j in range(top_k))
-                         for t in range(T)])
+    ref = y0 + np.stack(
+        [sum(wts[t, j] * (xs[t, j].astype(np.float64) @ mats[idx[t, j]][1].T) for j in range(top_k)) for t in range(T)]
+    )
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
 
 
 # -- whole models against transformers ----------------------------------------------------------------
+
 
 def llama_gguf(path, rng_seed: int, kinds: dict, embd: str, head: str, **config):
     """A random untied Llama written to `path` as GGUF, and transformers' model holding the weights as
@@ -152,9 +157,14 @@ def llama_gguf(path, rng_seed: int, kinds: dict, embd: str, head: str, **config)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(tie_word_embeddings=False, max_position_embeddings=256, rms_norm_eps=1e-5,
-                      initializer_range=0.05, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                      **config)
+    cfg = LlamaConfig(
+        tie_word_embeddings=False,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        initializer_range=0.05,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        **config,
+    )
     torch.manual_seed(rng_seed)
     model = LlamaForCausalLM(cfg).eval()
     t = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -184,8 +194,15 @@ def engine_logits(engine, ids) -> np.ndarray:
 # Prompt lengths, with prefill chunks of 8: 5 (one prefill matmul chunk), 17 (8 + 8, then one token
 # through the decode matvecs and fused groups).
 LENGTHS = (5, 17)
-SMALL = dict(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=64)
+SMALL = dict(
+    vocab_size=512,
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+)
 # 64 rows of the Q4_0 ffn_down (K = 768: 432 bytes a row): every matrix of SMALL splits but k (Q4_0, 128 x 256)
 SMALL_LIMIT = 64 * 432 + 4
 
@@ -242,8 +259,15 @@ def test_150k_vocabulary_head_past_128_mib_matches_transformers(tmp_path, device
     as large: both split in two blocks at the adapter's own limit; ids from both halves of the table."""
     limit = device.max_binding_size
     assert limit == 128 << 20
-    cfg = dict(vocab_size=150000, hidden_size=512, intermediate_size=256, num_hidden_layers=1,
-               num_attention_heads=4, num_key_value_heads=2, head_dim=128)
+    cfg = dict(
+        vocab_size=150000,
+        hidden_size=512,
+        intermediate_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=128,
+    )
     kinds = dict.fromkeys(KINDS, "q8_0")
     path, model = llama_gguf(tmp_path / "vocab150k.gguf", 9, kinds, "f16", "f16", **cfg)
     engine = asyncio.run(Engine.load(path, device=device, context_window=64, prefill_chunk=8))

@@ -3,6 +3,7 @@ greedy = argmax (ties -> lowest id, torch.argmax's rule); the sampled distributi
 temperature/top-k/top-p/min-p = Hugging Face's warpers applied in HF's order; repetition penalty as
 HF's RepetitionPenaltyLogitsProcessor; frequency/presence penalties as OpenAI documents them;
 logprobs = log_softmax."""
+
 import asyncio
 import math
 
@@ -63,10 +64,10 @@ def hf_target(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
         kth = np.sort(s)[-top_k]
         s = np.where(s < kth, -np.inf, s)
     if top_p < 1:
-        order = np.argsort(s)                          # ascending, like HF
+        order = np.argsort(s)  # ascending, like HF
         cum = np.cumsum(np.exp(log_softmax(s[order])))
         remove = cum <= 1 - top_p
-        remove[-1] = False                             # min_tokens_to_keep = 1
+        remove[-1] = False  # min_tokens_to_keep = 1
         s[order[remove]] = -np.inf
     if min_p:
         p = np.exp(log_softmax(s))
@@ -115,19 +116,23 @@ def test_greedy_ties_pick_lowest_id_like_torch(device, tree):
 
 
 # -- sampled distributions -------------------------------------------------------------------------
-DIST_LOGITS = np.array([2.1, -0.3, 1.4, 0.2, 3.0, -1.7, 0.9, 1.9, -0.8, 0.5, 2.6, -2.4, 1.1, 0.0, -0.5, 1.6],
-                       np.float32)
+DIST_LOGITS = np.array(
+    [2.1, -0.3, 1.4, 0.2, 3.0, -1.7, 0.9, 1.9, -0.8, 0.5, 2.6, -2.4, 1.1, 0.0, -0.5, 1.6], np.float32
+)
 
 
-@pytest.mark.parametrize("params", [
-    dict(temperature=1.0),
-    dict(temperature=0.6),
-    dict(temperature=1.5, top_k=5),
-    dict(temperature=1.2, top_p=0.7),
-    dict(temperature=1.0, min_p=0.15),
-    dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05),
-    dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05, tree=True),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(temperature=1.0),
+        dict(temperature=0.6),
+        dict(temperature=1.5, top_k=5),
+        dict(temperature=1.2, top_p=0.7),
+        dict(temperature=1.0, min_p=0.15),
+        dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05),
+        dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05, tree=True),
+    ],
+)
 def test_sampled_distribution_matches_hf_warpers(device, params):
     n = 5000
     params = dict(params)
@@ -186,16 +191,33 @@ def reference_processed(logits, prompt, generated, rep, freq, pres, bias):
     return z
 
 
-@pytest.mark.parametrize("rep,freq,pres,tree", [(1.3, 0.0, 0.0, None), (1.0, 0.7, 0.4, None), (0.8, -0.5, 1.5, None),
-                                               (1.25, 0.3, -0.2, None), (1.25, 0.3, -0.2, True)])
+@pytest.mark.parametrize(
+    "rep,freq,pres,tree",
+    [
+        (1.3, 0.0, 0.0, None),
+        (1.0, 0.7, 0.4, None),
+        (0.8, -0.5, 1.5, None),
+        (1.25, 0.3, -0.2, None),
+        (1.25, 0.3, -0.2, True),
+    ],
+)
 def test_penalties_and_bias_match_reference(device, rep, freq, pres, tree):
     vocab = 64
     rng = np.random.default_rng(int(rep * 100 + freq * 10))
     prompt = [3, 3, 10, 41, 63, 0]
     bias = {5: 2.5, 10: -1.0, 40: 0.75}
     rig = Rig(device, vocab, tree)
-    rig.start(np.zeros(vocab), prompt=prompt, temperature=0, repetition_penalty=rep, frequency_penalty=freq,
-              presence_penalty=pres, logit_bias=bias, logprobs=True, top_logprobs=20)
+    rig.start(
+        np.zeros(vocab),
+        prompt=prompt,
+        temperature=0,
+        repetition_penalty=rep,
+        frequency_penalty=freq,
+        presence_penalty=pres,
+        logit_bias=bias,
+        logprobs=True,
+        top_logprobs=20,
+    )
     generated = []
     for step in range(12):
         # Logits favour already-seen tokens so the penalties decide the ranking.
@@ -217,8 +239,8 @@ def test_reset_clears_counts(device):
     rig = Rig(device, 8)
     x = np.array([0, 0, 5, 0, 0, 0, 0, 0], np.float32)
     rig.start(x, temperature=0, presence_penalty=2.0, frequency_penalty=2.0)
-    assert [rig.sample().token_id for _ in range(2)] == [2, 2]     # 5, then 5 - 2 - 2 > 0: still the best
-    assert rig.sample().token_id == 0                              # 5 - 2*2 - 2 < 0: ties at 0, lowest id
+    assert [rig.sample().token_id for _ in range(2)] == [2, 2]  # 5, then 5 - 2 - 2 > 0: still the best
+    assert rig.sample().token_id == 0  # 5 - 2*2 - 2 < 0: ties at 0, lowest id
     rig.sampler.reset([])
     assert rig.sample().token_id == 2
 
@@ -230,26 +252,29 @@ def test_bias_can_ban_and_force(device):
     assert rig.sample().token_id == 30
     rig.start(x, seed=3, temperature=1.0, logit_bias={4: 100})
     assert {rig.sample().token_id for _ in range(10)} == {4}
-    rig.start(x, temperature=0)                                    # bias of the last request is gone
+    rig.start(x, temperature=0)  # bias of the last request is gone
     assert rig.sample().token_id == 31
 
 
 # -- validation ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kw,msg", [
-    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(temperature=-1), "temperature must be >= 0"),
-    (dict(top_k=2.5), "top_k must be an integer"),
-    (dict(min_p=2), r"min_p must be in \[0, 1\]"),
-    (dict(repetition_penalty=0), "repetition_penalty must be > 0"),
-    (dict(frequency_penalty=3), r"frequency_penalty must be in \[-2, 2\]"),
-    (dict(presence_penalty=float("nan")), "presence_penalty must be a finite number"),
-    (dict(logit_bias={"x": 1}), "logit_bias keys must be token ids"),
-    (dict(logit_bias={3: 101}), r"logit_bias values must be in \[-100, 100\]"),
-    (dict(top_logprobs=3), "top_logprobs needs logprobs=True"),
-    (dict(logprobs=True, top_logprobs=21), r"top_logprobs must be an integer in \[0, 20\]"),
-    (dict(seed="abc"), "seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(temperature=-1), "temperature must be >= 0"),
+        (dict(top_k=2.5), "top_k must be an integer"),
+        (dict(min_p=2), r"min_p must be in \[0, 1\]"),
+        (dict(repetition_penalty=0), "repetition_penalty must be > 0"),
+        (dict(frequency_penalty=3), r"frequency_penalty must be in \[-2, 2\]"),
+        (dict(presence_penalty=float("nan")), "presence_penalty must be a finite number"),
+        (dict(logit_bias={"x": 1}), "logit_bias keys must be token ids"),
+        (dict(logit_bias={3: 101}), r"logit_bias values must be in \[-100, 100\]"),
+        (dict(top_logprobs=3), "top_logprobs needs logprobs=True"),
+        (dict(logprobs=True, top_logprobs=21), r"top_logprobs must be an integer in \[0, 20\]"),
+        (dict(seed="abc"), "seed must be an integer"),
+    ],
+)
 def test_validation_messages(kw, msg):
     with pytest.raises(RequestError, match=msg):
         SamplingParams(**kw)

@@ -3,6 +3,7 @@ random regular grammars are written both as GBNF and as a regular expression, an
 (ASCII and multi-byte characters) must be accepted exactly when `re.fullmatch` matches; every prefix
 of an accepted string must be a live prefix. Plus parse errors (line/column), left recursion,
 recursive (non-regular) rules and byte-at-a-time UTF-8."""
+
 from __future__ import annotations
 
 import re
@@ -32,12 +33,16 @@ def expr(depth: int = 3):
 
     def extend(inner):
         seq = st.lists(inner, min_size=1, max_size=3).map(
-            lambda xs: (" ".join(g for g, _ in xs), "".join(f"(?:{r})" for _, r in xs)))
+            lambda xs: (" ".join(g for g, _ in xs), "".join(f"(?:{r})" for _, r in xs))
+        )
         alt = st.lists(inner, min_size=2, max_size=3).map(
-            lambda xs: ("(" + " | ".join(g for g, _ in xs) + ")", "(?:" + "|".join(r for _, r in xs) + ")"))
+            lambda xs: ("(" + " | ".join(g for g, _ in xs) + ")", "(?:" + "|".join(r for _, r in xs) + ")")
+        )
         rep = st.tuples(inner, st.sampled_from(["*", "+", "?", "{2}", "{1,3}", "{0,2}", "{2,}"])).map(
-            lambda p: (f"({p[0][0]}){p[1]}", f"(?:{p[0][1]}){p[1]}"))
+            lambda p: (f"({p[0][0]}){p[1]}", f"(?:{p[0][1]}){p[1]}")
+        )
         return st.one_of(seq, alt, rep)
+
     return st.recursive(leaf, extend, max_leaves=6)
 
 
@@ -77,8 +82,8 @@ def test_utf8_character_split_across_steps():
         s = m.step(s, b)
         assert s is not None and not s.accepting
     assert m.step(s, ord("!")).complete
-    assert m.step(m.initial, 0x80) is None            # a continuation byte cannot start a character
-    assert m.feed(m.initial, b"\xe2\x82!") is None     # an unfinished character cannot be cut short
+    assert m.step(m.initial, 0x80) is None  # a continuation byte cannot start a character
+    assert m.feed(m.initial, b"\xe2\x82!") is None  # an unfinished character cannot be cut short
 
 
 def test_escapes():
@@ -86,16 +91,19 @@ def test_escapes():
     assert m.accepts('Aé\n42"')
 
 
-@pytest.mark.parametrize("text, where", [
-    ('root ::= "a', "unterminated string"),
-    ('root ::= [a-', "unterminated character class"),
-    ('root ::= ( "a"', "expected ')'"),
-    ('root ::= "a"\nroot ::= "b"', "defined twice"),
-    ('root ::= x', "not defined"),
-    ('start ::= "a"', "root"),
-    ('root ::= "a"{3,1}', "max < min"),
-    ('root ::= [z-a]', "empty range"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ('root ::= "a', "unterminated string"),
+        ("root ::= [a-", "unterminated character class"),
+        ('root ::= ( "a"', "expected ')'"),
+        ('root ::= "a"\nroot ::= "b"', "defined twice"),
+        ("root ::= x", "not defined"),
+        ('start ::= "a"', "root"),
+        ('root ::= "a"{3,1}', "max < min"),
+        ("root ::= [z-a]", "empty range"),
+    ],
+)
 def test_parse_errors(text, where):
     with pytest.raises(GrammarError, match=re.escape(where)):
         Matcher(Grammar.from_gbnf(text))

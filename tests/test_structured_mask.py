@@ -3,6 +3,7 @@ feeding the token's bytes keeps the text a live prefix of the grammar, and EOS's
 state accepts. Small random vocabularies (with half-characters of UTF-8, like byte-level BPE pieces),
 then the real vocabularies of SmolLM2 (byte-level BPE, from the GGUF) and Mistral (SentencePiece with
 <0xXX> byte pieces), whose token bytes come from HF `tokenizers` as the reference."""
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,40 @@ from webllm_py.structured.token_mask import TokenTrie, allowed_mask, mask_ids
 from .structured_schemas import instances, object_schemas, spellings
 from .tokenizer_helpers import HF_DIR, require, smollm2_gguf
 
-PIECES = ['{', '}', '[', ']', '"', ':', ',', ' ', 'a', 'b', 'x', '_', '0', '1', '-', '.', 'e', 'true', 'false', 'null',
-          'é', '€', '\\', 'n', 'u']
+PIECES = [
+    "{",
+    "}",
+    "[",
+    "]",
+    '"',
+    ":",
+    ",",
+    " ",
+    "a",
+    "b",
+    "x",
+    "_",
+    "0",
+    "1",
+    "-",
+    ".",
+    "e",
+    "true",
+    "false",
+    "null",
+    "é",
+    "€",
+    "\\",
+    "n",
+    "u",
+]
 EOS = 0
 
 
 def vocab_strategy():
     """Token byte strings: joined JSON-ish pieces, and cuts of them at any byte (half characters)."""
     whole = st.lists(st.sampled_from(PIECES), min_size=1, max_size=3).map(lambda p: "".join(p).encode())
-    cut = st.tuples(whole, st.integers(0, 3), st.integers(1, 4)).map(lambda t: t[0][t[1]:t[1] + t[2]] or t[0])
+    cut = st.tuples(whole, st.integers(0, 3), st.integers(1, 4)).map(lambda t: t[0][t[1] : t[1] + t[2]] or t[0])
     return st.lists(st.one_of(whole, cut), min_size=20, max_size=120)
 
 
@@ -59,13 +85,14 @@ def _hf_token_bytes(path) -> list[bytes]:
     """Each token's bytes as HF tokenizers decodes it (byte-level: the GPT-2 byte alphabet undone;
     SentencePiece: U+2581 -> space, <0xXX> -> that byte)."""
     from tokenizers import Tokenizer as HFTokenizer
+
     hf = HFTokenizer.from_file(str(path))
     vocab = hf.get_vocab(with_added_tokens=True)
     out = [b""] * hf.get_vocab_size(with_added_tokens=True)
     byte_dec = None
     if "ByteLevel" in json.dumps(json.loads(hf.to_str()).get("decoder")):
         bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-        rest = [n for n in range(256) if n not in bs]   # GPT-2's bytes_to_unicode: the others map to 256+k
+        rest = [n for n in range(256) if n not in bs]  # GPT-2's bytes_to_unicode: the others map to 256+k
         cs = bs + [256 + k for k in range(len(rest))]
         bs = bs + rest
         byte_dec = {chr(c): b for b, c in zip(bs, cs)}
@@ -96,18 +123,30 @@ def _check_real_vocab(tok, hf_path, texts, n_states=6):
 
 def test_mask_smollm2_vocab():
     from webllm_py.checkpoint import open_checkpoint
+
     tok = open_checkpoint(str(smollm2_gguf())).tokenizer
-    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
-                                               "n": {"type": "integer"}, "ok": {"enum": [True, None]}},
-              "required": ["name"]}
-    _check_real_vocab(tok, require(HF_DIR / "smollm2" / "tokenizer.json"), [
-        (JSON_OBJECT_GBNF, '{"k": [1, -2.5e3, {"é€": null}], "z": "a\\n\\u00e9"}'),
-        (schema_to_gbnf(schema), '{"name": "€ab", "n": -12, "ok": true}'),
-    ])
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 6},
+            "n": {"type": "integer"},
+            "ok": {"enum": [True, None]},
+        },
+        "required": ["name"],
+    }
+    _check_real_vocab(
+        tok,
+        require(HF_DIR / "smollm2" / "tokenizer.json"),
+        [
+            (JSON_OBJECT_GBNF, '{"k": [1, -2.5e3, {"é€": null}], "z": "a\\n\\u00e9"}'),
+            (schema_to_gbnf(schema), '{"name": "€ab", "n": -12, "ok": true}'),
+        ],
+    )
 
 
 def test_mask_mistral_sentencepiece_vocab():
     from webllm_py.tokenizer import Tokenizer
+
     path = require(HF_DIR / "mistral" / "tokenizer.json")
     tok = Tokenizer.from_hf(str(path))
     _check_real_vocab(tok, path, [(JSON_OBJECT_GBNF, ' {"ключ": ["€😀", true]}')], n_states=5)
@@ -119,6 +158,7 @@ def test_sentencepiece_first_piece_leading_space():
     from tokenizers import Tokenizer as HFTokenizer
 
     from webllm_py.tokenizer import Tokenizer
+
     path = require(HF_DIR / "mistral" / "tokenizer.json")
     tok, hf = Tokenizer.from_hf(str(path)), HFTokenizer.from_file(str(path))
     ref = _hf_token_bytes(path)
@@ -126,8 +166,11 @@ def test_sentencepiece_first_piece_leading_space():
     first = set(mask_ids(c.mask()))
     m = c.matcher
     specials = {i for i in range(tok.vocab_size) if tok.is_special(i)}
-    want = {i for i, b in enumerate(ref) if b and i not in specials
-            and m.feed(m.initial, b[1:] if b[:1] == b" " else b) is not None}
+    want = {
+        i
+        for i, b in enumerate(ref)
+        if b and i not in specials and m.feed(m.initial, b[1:] if b[:1] == b" " else b) is not None
+    }
     assert first == want
     yes = hf.token_to_id("\u2581yes")
     assert yes in first and hf.decode([yes]) == "yes"
@@ -138,6 +181,7 @@ def test_sentencepiece_first_piece_leading_space():
     assert c.complete
 
     from webllm_py.checkpoint import open_checkpoint
+
     byte_level = Constraint(open_checkpoint(str(smollm2_gguf())).tokenizer, 'root ::= " yes"\n')
     assert not byte_level._strip_first  # byte-level BPE keeps every space
 
@@ -149,17 +193,18 @@ def test_mask_bounded_string_near_the_bound():
     thousands of letter runs of 1..24 bytes, plus the pieces that break a run."""
     rng = random.Random(1)
     letters = "abcdefgh"
-    vocab = [b""] + sorted({"".join(rng.choice(letters) for _ in range(rng.randint(1, 24))).encode()
-                            for _ in range(4000)})
-    extra = ['"', '",', '"}', '\\', '\\n', '\\u00e9', 'é', '€', '😀', 'aé', 'é"', 'ab"', ' ', ' a', 'a b']
-    vocab += [p.encode() for p in extra] + [p.encode()[:k] for p in ('€', '😀', 'é') for k in (1, 2)]
-    vocab += [p.encode()[1:] for p in ('€a', '😀ab', 'éabc')]   # continuation bytes, then letters
+    vocab = [b""] + sorted(
+        {"".join(rng.choice(letters) for _ in range(rng.randint(1, 24))).encode() for _ in range(4000)}
+    )
+    extra = ['"', '",', '"}', "\\", "\\n", "\\u00e9", "é", "€", "😀", "aé", 'é"', 'ab"', " ", " a", "a b"]
+    vocab += [p.encode() for p in extra] + [p.encode()[:k] for p in ("€", "😀", "é") for k in (1, 2)]
+    vocab += [p.encode()[1:] for p in ("€a", "😀ab", "éabc")]  # continuation bytes, then letters
     trie = TokenTrie(vocab, [EOS])
     for hi in (3, 12, 20, 40):  # (past 16: chains followed in steps)
         schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": hi}}, "required": ["s"]}
         m = Matcher(Grammar.from_gbnf(schema_to_gbnf(schema)))
         fill = "abcdefgh" * 5
-        for value in ("a" * hi, fill[:hi - 1] + "é", ("é€😀" + fill)[:hi], ("ab\\n€" + fill)[:hi]):
+        for value in ("a" * hi, fill[: hi - 1] + "é", ("é€😀" + fill)[:hi], ("ab\\n€" + fill)[:hi]):
             text = json.dumps({"s": value}, ensure_ascii=False).encode()
             assert m.accepts(text)
             start = text.index(b'"', 5)
@@ -183,7 +228,7 @@ def test_mask_strings_of_non_ascii_characters():
     vocab = [b""] + sorted(w.encode() for w in words)
     cuts = {w.encode()[i:j] for w in list(words)[:300] for i in range(3) for j in range(i + 1, i + 4)}
     vocab += sorted(c for c in cuts if c not in set(vocab))
-    vocab += [p.encode() for p in ('"', '",', '"}', '\\', '\\n', ' ', 'a"', 'д"')]
+    vocab += [p.encode() for p in ('"', '",', '"}', "\\", "\\n", " ", 'a"', 'д"')]
     vocab += [b"\xc0\xa2", b"\xe0\x80\xa2", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xff"]
     trie = TokenTrie(vocab, [EOS])
     for hi in (None, 4, 10):
@@ -209,7 +254,7 @@ def test_mask_strings_of_non_ascii_characters():
                 got = set(mask_ids(allowed_mask(trie, m, state)))
                 want = brute_force(m, state, vocab, [EOS])
                 assert got == want, (hi, text[:cut], sorted(got ^ want)[:5])
-                for i in want - {EOS}:   # every allowed token keeps the text well-formed UTF-8 so far
+                for i in want - {EOS}:  # every allowed token keeps the text well-formed UTF-8 so far
                     assert _utf8_prefix(text[:cut] + vocab[i]), (text[:cut], vocab[i])
     runs = [s.run for s in m._states.values() if s.run is not None]
     assert any(r[3] for r in runs)  # runs of characters were taken (else this test checks nothing new)
@@ -219,10 +264,10 @@ def _utf8_prefix(data: bytes) -> bool:
     """Whether data is well-formed UTF-8 or a prefix of it (Python's strict decoder as the reference)."""
     for k in range(4):
         try:
-            (data[:len(data) - k] if k else data).decode("utf-8")
+            (data[: len(data) - k] if k else data).decode("utf-8")
         except UnicodeDecodeError:
             continue
-        return k == 0 or _is_lead_of(data[len(data) - k:])
+        return k == 0 or _is_lead_of(data[len(data) - k :])
     return False
 
 

@@ -2,6 +2,7 @@
 over the allowed tokens only; logprobs are log-softmax over the allowed tokens (the others are -inf);
 draws at temperature 1 (with penalties and a bias that would favour masked tokens) never leave the
 mask; clearing the mask restores the unconstrained choice."""
+
 import asyncio
 
 import numpy as np
@@ -16,7 +17,7 @@ def pack(allowed: np.ndarray) -> bytes:
     """Bitset, bit t%32 of little-endian u32 word t//32 = token t (numpy's own bit packing)."""
     words = -(-allowed.size // 32)
     bits = np.zeros(32 * words, bool)
-    bits[:allowed.size] = allowed
+    bits[: allowed.size] = allowed
     return np.packbits(bits, bitorder="little").tobytes()
 
 
@@ -55,8 +56,9 @@ def test_mask_on_gpu(device, vocab):
         assert abs(r.logprob - ref.max()) < 1e-3
         assert all(allowed[i] for i, _ in r.top_logprobs)
 
-        s.set_params(SamplingParams(temperature=1.0, seed=trial, repetition_penalty=0.5, presence_penalty=-2.0,
-                                    logit_bias=bias))
+        s.set_params(
+            SamplingParams(temperature=1.0, seed=trial, repetition_penalty=0.5, presence_penalty=-2.0, logit_bias=bias)
+        )
         s.reset([top])
         s.set_mask(pack(allowed))
         for _ in range(20):

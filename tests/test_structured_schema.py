@@ -3,6 +3,7 @@ for hypothesis-generated schemas, every valid instance (generated from the schem
 jsonschema) is accepted in each layout the grammar allows, and every corruption of it that the grammar
 accepts is still JSON that jsonschema validates (the grammar never lets an invalid output through).
 Plus: the generic json_object grammar, unsupported keywords named in RequestError, $ref / anyOf."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ from webllm_py.structured.matcher import Matcher
 
 from .structured_schemas import instances, schemas, spellings
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                             HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def matcher_for(schema) -> Matcher:
@@ -39,10 +41,11 @@ def valid(schema, text: str) -> bool:
 def corruptions(text: str):
     """Edits of a valid text: drop / duplicate / replace a character, cut the end."""
     return st.one_of(
-        st.integers(0, max(len(text) - 1, 0)).map(lambda i: text[:i] + text[i + 1:]),
-        st.integers(0, max(len(text) - 1, 0)).map(lambda i: text[:i] + text[i:i + 1] * 2 + text[i + 1:]),
+        st.integers(0, max(len(text) - 1, 0)).map(lambda i: text[:i] + text[i + 1 :]),
+        st.integers(0, max(len(text) - 1, 0)).map(lambda i: text[:i] + text[i : i + 1] * 2 + text[i + 1 :]),
         st.tuples(st.integers(0, len(text)), st.sampled_from(list('{}[]",:0-1.etn "\\aé '))).map(
-            lambda a: text[:a[0]] + a[1] + text[a[0] + 1:]),
+            lambda a: text[: a[0]] + a[1] + text[a[0] + 1 :]
+        ),
         st.integers(0, max(len(text) - 1, 0)).map(lambda i: text[:i]),
     )
 
@@ -63,10 +66,18 @@ def test_valid_instances_accepted_corruptions_never_invalid(data, schema):
 
 
 @SETTINGS
-@given(st.recursive(st.none() | st.booleans() | st.integers(-10**15, 10**15)
-                    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
-                    max_leaves=12), st.data())
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**15), 10**15)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=6),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
+        max_leaves=12,
+    ),
+    st.data(),
+)
 def test_json_object_grammar(value, data):
     m = Matcher(Grammar.from_gbnf(JSON_OBJECT_GBNF))
     for text in spellings(value):
@@ -85,37 +96,51 @@ def test_prefixes_and_completion():
     for i, b in enumerate(text.encode()):
         assert not st_.accepting
         st_ = m.step(st_, b)
-        assert st_ is not None, text[:i + 1]
+        assert st_ is not None, text[: i + 1]
     assert st_.accepting and st_.complete  # nothing may follow the closing brace
     assert m.accepts('{"a":"y"}') and not m.accepts('{"b":true}') and not m.accepts('{"a":"z"}')
     assert not m.is_prefix('{"a": "x", "c"')
 
 
-@pytest.mark.parametrize("schema, keyword", [
-    ({"type": "integer", "minimum": 0}, "minimum"),
-    ({"type": "string", "pattern": "^a+$"}, "pattern"),
-    ({"type": "string", "format": "date"}, "format"),
-    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
-    ({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 2}}}, "multipleOf"),
-    ({"type": "object", "patternProperties": {"^a": {}}}, "patternProperties"),
-    ({"not": {"type": "string"}}, "not"),
-])
+@pytest.mark.parametrize(
+    "schema, keyword",
+    [
+        ({"type": "integer", "minimum": 0}, "minimum"),
+        ({"type": "string", "pattern": "^a+$"}, "pattern"),
+        ({"type": "string", "format": "date"}, "format"),
+        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
+        ({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 2}}}, "multipleOf"),
+        ({"type": "object", "patternProperties": {"^a": {}}}, "patternProperties"),
+        ({"not": {"type": "string"}}, "not"),
+    ],
+)
 def test_unsupported_keyword_is_named(schema, keyword):
     with pytest.raises(RequestError, match=keyword):
         schema_to_gbnf(schema)
 
 
 def test_ref_anyof_type_lists_and_recursion():
-    schema = {"$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"},
-                                                                   "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
-                                 "required": ["v"]}},
-              "type": "object", "properties": {"root": {"$ref": "#/$defs/node"},
-                                               "tag": {"anyOf": [{"type": "string", "maxLength": 2}, {"type": "null"}]},
-                                               "n": {"type": ["integer", "null"]}},
-              "required": ["root", "tag", "n"]}
+    schema = {
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                "required": ["v"],
+            }
+        },
+        "type": "object",
+        "properties": {
+            "root": {"$ref": "#/$defs/node"},
+            "tag": {"anyOf": [{"type": "string", "maxLength": 2}, {"type": "null"}]},
+            "n": {"type": ["integer", "null"]},
+        },
+        "required": ["root", "tag", "n"],
+    }
     m = matcher_for(schema)
-    for value in ({"root": {"v": 1, "kids": [{"v": 2, "kids": []}, {"v": 3}]}, "tag": None, "n": None},
-                  {"root": {"v": 1}, "tag": "ab", "n": 5}):
+    for value in (
+        {"root": {"v": 1, "kids": [{"v": 2, "kids": []}, {"v": 3}]}, "tag": None, "n": None},
+        {"root": {"v": 1}, "tag": "ab", "n": 5},
+    ):
         jsonschema.validate(value, schema)
         assert m.accepts(json.dumps(value))
     assert not m.accepts(json.dumps({"root": {"v": 1}, "tag": "abc", "n": 5}))

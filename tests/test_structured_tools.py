@@ -1,6 +1,7 @@
 """Tool calling without a GPU: request validation, the prompt (a template that renders `tools` vs the
 system-prompt fallback), the forced-call schema (checked with jsonschema) and parsing model output
 into OpenAI tool_calls (arguments as JSON text that json.loads reads back)."""
+
 from __future__ import annotations
 
 import json
@@ -29,17 +30,22 @@ TOOLS_TEMPLATE = """{%- if tools %}<|im_start|>system
 {% endif %}"""
 
 
-@pytest.mark.parametrize("text, calls", [
-    ('{"name": "add", "arguments": {"a": 1, "b": 2}}', [("add", {"a": 1, "b": 2})]),
-    ('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>', [("add", {"a": 1, "b": 2})]),
-    ('Sure. {"name": "now", "parameters": {}}', [("now", {})]),                      # Llama 3.1 spelling
-    ('[{"name": "add", "arguments": {"a": 0, "b": -1}}, {"name": "now", "arguments": {}}]',
-     [("add", {"a": 0, "b": -1}), ("now", {})]),
-    ('{"name": "add", "arguments": "{\\"a\\": 5, \\"b\\": 6}"}', [("add", {"a": 5, "b": 6})]),  # arguments as text
-    ('{"name": "mul", "arguments": {}}', None),                                     # not a known tool
-    ("The answer is 3.", None),
-    ('{"name": "add", "arguments": {"a": 1', None),                                  # cut off
-])
+@pytest.mark.parametrize(
+    "text, calls",
+    [
+        ('{"name": "add", "arguments": {"a": 1, "b": 2}}', [("add", {"a": 1, "b": 2})]),
+        ('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>', [("add", {"a": 1, "b": 2})]),
+        ('Sure. {"name": "now", "parameters": {}}', [("now", {})]),  # Llama 3.1 spelling
+        (
+            '[{"name": "add", "arguments": {"a": 0, "b": -1}}, {"name": "now", "arguments": {}}]',
+            [("add", {"a": 0, "b": -1}), ("now", {})],
+        ),
+        ('{"name": "add", "arguments": "{\\"a\\": 5, \\"b\\": 6}"}', [("add", {"a": 5, "b": 6})]),  # arguments as text
+        ('{"name": "mul", "arguments": {}}', None),  # not a known tool
+        ("The answer is 3.", None),
+        ('{"name": "add", "arguments": {"a": 1', None),  # cut off
+    ],
+)
 def test_parse_tool_calls(text, calls):
     got = T.parse_tool_calls(text, TOOLS)
     if calls is None:
@@ -87,9 +93,16 @@ def test_prompt_template_with_tools_and_fallback():
     rendered = render_chat_template(TOOLS_TEMPLATE, msgs, tools=TOOLS)
     assert '"name": "add"' in rendered and "# Tools" in rendered
     # Fallback: the tools go into a system message; earlier calls are written as the JSON asked for.
-    history = msgs + [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "3"}]
+    history = msgs + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "3"},
+    ]
     out = T.messages_with_tool_prompt(history, TOOLS)
     rendered = render_chat_template(CHATML, out)
     assert out[0]["role"] == "system" and "add: Add two integers" in out[0]["content"]

@@ -1,5 +1,6 @@
 """The public surface the engine relies on: special-token parsing switches, EOS sets, byte views of tokens,
 typed errors. Expectations come from the vocabularies themselves (token texts, GGUF ids), not our output."""
+
 import pytest
 
 from .tokenizer_helpers import VOCAB_DIR, HF_DIR, gguf_metadata, require, smollm2_gguf

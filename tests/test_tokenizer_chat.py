@@ -1,4 +1,5 @@
 """Chat templates rendered by webllm_py.tokenizer equal HF transformers' `apply_chat_template` output."""
+
 import os
 
 import pytest
@@ -13,8 +14,12 @@ transformers = pytest.importorskip("transformers")  # a dev dependency; always i
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi!"}],
-    [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "Und auf Deutsch? 你好 👋"}],
+    [
+        {"role": "system", "content": "Be nice."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "Und auf Deutsch? 你好 👋"},
+    ],
     [{"role": "user", "content": "  spaces  \n\nand newlines\n"}, {"role": "assistant", "content": ""}],
 ]
 
@@ -34,14 +39,27 @@ TOOLS_TEMPLATE = (
     "{%- if add_generation_prompt %}<|assistant|>\n{% endif %}"
     "{{ bos_token }}|{{ eos_token }}|{{ strftime_now('%Y') }}"
 )
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Wetter <heute> & morgen",
-                                           "parameters": {"type": "object", "properties": {
-                                               "city": {"type": "string", "enum": ["Zürich", "東京"]}},
-                                               "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Wetter <heute> & morgen",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "enum": ["Zürich", "東京"]}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 TOOL_MESSAGES = [
     {"role": "user", "content": "Weather in Zürich?"},
-    {"role": "assistant", "content": "  calling  ",
-     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}]},
+    {
+        "role": "assistant",
+        "content": "  calling  ",
+        "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}],
+    },
     {"role": "tool", "content": "sunny"},
 ]
 
@@ -81,8 +99,9 @@ def test_llama3_template_matches_transformers():
 @pytest.mark.parametrize("with_tools", [True, False])
 def test_helpers_match_transformers(hf_smollm2, ours_smollm2, with_tools):
     tools = TOOLS if with_tools else None
-    expected = hf_smollm2.apply_chat_template(TOOL_MESSAGES, tools=tools, chat_template=TOOLS_TEMPLATE,
-                                              tokenize=False, add_generation_prompt=True)
+    expected = hf_smollm2.apply_chat_template(
+        TOOL_MESSAGES, tools=tools, chat_template=TOOLS_TEMPLATE, tokenize=False, add_generation_prompt=True
+    )
     got = ours_smollm2.apply_chat_template(TOOL_MESSAGES, tools=tools, chat_template=TOOLS_TEMPLATE)
     assert got == expected
 

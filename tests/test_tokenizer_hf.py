@@ -7,6 +7,7 @@ over a generated multilingual corpus (tests/tokenizer_corpus.py). Data: `bash sc
 - mistral: Mistral 7B's SentencePiece vocabulary as tokenizer.json (Prepend/Replace normalizer, byte fallback).
 Plus: our GGUF loader on the SmolLM2 GGUF agrees with HF on smollm2-digits.
 """
+
 import json
 import time
 
@@ -27,8 +28,10 @@ def _json(name):
     base = name.split("-")[0]
     j = json.loads(require(HF_DIR / base / "tokenizer.json").read_text(encoding="utf-8"))
     if name == "smollm2-digits":
-        j["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": True}, j["pre_tokenizer"]]}
+        j["pre_tokenizer"] = {
+            "type": "Sequence",
+            "pretokenizers": [{"type": "Digits", "individual_digits": True}, j["pre_tokenizer"]],
+        }
     cfg = json.loads(require(HF_DIR / base / "tokenizer_config.json").read_text(encoding="utf-8"))
     return j, cfg
 

@@ -1,6 +1,7 @@
 """StreamDecoder properties (hypothesis): chunks joined == Tokenizer.decode, text comes out as soon as it is
 complete UTF-8, never a broken character, never a lost byte; on byte-level BPE (SmolLM2), SentencePiece with
 byte fallback from GGUF (llama-spm) and from tokenizer.json (Mistral)."""
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -62,9 +63,14 @@ def incomplete_tail_ok(tail: bytes) -> bool:
 @given(data=st.data())
 def test_random_ids_join_to_full_decode(name, data):
     tok = tokenizer(name)
-    ids = data.draw(st.lists(st.one_of(st.integers(0, tok.vocab_size - 1),
-                                       st.sampled_from([i for i in byte_ids(tok) if i is not None] or [0])),
-                             max_size=40))
+    ids = data.draw(
+        st.lists(
+            st.one_of(
+                st.integers(0, tok.vocab_size - 1), st.sampled_from([i for i in byte_ids(tok) if i is not None] or [0])
+            ),
+            max_size=40,
+        )
+    )
     skip = data.draw(st.booleans())
     assert "".join(stream(tok, ids, skip)) == tok.decode(ids, skip_special=skip)
 
@@ -74,8 +80,11 @@ def test_random_ids_join_to_full_decode(name, data):
 @given(data=st.data())
 def test_text_round_trip_never_breaks_characters(name, data):
     tok = tokenizer(name)
-    text = data.draw(smollm2_text(max_size=60) if name == "smollm2"
-                     else st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\ufffd"), max_size=60))
+    text = data.draw(
+        smollm2_text(max_size=60)
+        if name == "smollm2"
+        else st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\ufffd"), max_size=60)
+    )
     ids = tok.encode(text, add_special=False, parse_special=False)
     dec = StreamDecoder(tok)
     emitted = ""
@@ -106,8 +115,8 @@ def test_byte_fallback_split_characters(name, text):
     for n, i in enumerate(ids, 1):
         emitted += dec.feed(i)
         done = emitted.encode("utf-8")
-        assert raw[:len(done)] == done
-        assert incomplete_tail_ok(raw[len(done):n])
+        assert raw[: len(done)] == done
+        assert incomplete_tail_ok(raw[len(done) : n])
     emitted += dec.flush()
     assert emitted == "a" + text == tok.decode(ids)
 
@@ -126,8 +135,8 @@ def test_byte_level_multibyte_across_tokens(text):
         raw += tok.token_bytes(i)
         emitted += dec.feed(i)
         done = emitted.encode("utf-8")
-        assert raw[:len(done)] == done
-        assert incomplete_tail_ok(raw[len(done):])
+        assert raw[: len(done)] == done
+        assert incomplete_tail_ok(raw[len(done) :])
     assert emitted + dec.flush() == text
 
 

@@ -1,6 +1,7 @@
 """llama.cpp's tokenizer test vectors (ggml-vocab-*.gguf + .inp/.out from the llama-cpp-python 0.3.36 sdist):
 our encode of every input must equal llama.cpp's ids exactly (add_special=False, parse_special=False, as
 llama.cpp's test-tokenizer-0 calls it). Data: `bash scripts/fetch_tokenizer_vectors.sh`."""
+
 import pytest
 
 from .tokenizer_helpers import VOCAB_DIR, gguf_metadata, read_vocab_tests, require
@@ -8,8 +9,22 @@ from webllm_py.errors import TokenizerError
 from webllm_py.tokenizer import Tokenizer
 
 # Every vocab in the sdist with test vectors whose tokenizer is byte-level BPE or SentencePiece BPE.
-SUPPORTED = ["llama-bpe", "llama-spm", "gpt-2", "qwen2", "qwen35", "phi-3", "starcoder", "refact", "command-r",
-             "mpt", "falcon", "deepseek-coder", "deepseek-llm", "gemma-4"]
+SUPPORTED = [
+    "llama-bpe",
+    "llama-spm",
+    "gpt-2",
+    "qwen2",
+    "qwen35",
+    "phi-3",
+    "starcoder",
+    "refact",
+    "command-r",
+    "mpt",
+    "falcon",
+    "deepseek-coder",
+    "deepseek-llm",
+    "gemma-4",
+]
 # Vocab types the runtime does not implement (WordPiece); they must be refused with a clear error.
 UNSUPPORTED = ["bert-bge"]
 

@@ -1,4 +1,5 @@
 """Shared helpers for the tokenizer tests: reference data locations and GGUF metadata loading."""
+
 import importlib.util
 from pathlib import Path
 

@@ -1,9 +1,17 @@
 """Tools and a chat template for the tool-calling tests (test_structured_tools.py, test_structured_e2e.py)."""
 
-ADD = {"type": "function", "function": {"name": "add", "description": "Add two integers",
-                                        "parameters": {"type": "object", "properties": {"a": {"type": "integer"},
-                                                                                        "b": {"type": "integer"}},
-                                                       "required": ["a", "b"]}}}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
 
 
 NOW = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
@@ -12,5 +20,7 @@ NOW = {"type": "function", "function": {"name": "now", "parameters": {"type": "o
 TOOLS = [ADD, NOW]
 
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)

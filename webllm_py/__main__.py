@@ -3,6 +3,7 @@
 A small dispatcher: each subcommand lives in its own module, which provides
 `add_arguments(parser)` and `main(args) -> exit code`. Add a command by adding a line to COMMANDS.
 """
+
 from __future__ import annotations
 
 import argparse

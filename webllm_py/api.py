@@ -1,6 +1,7 @@
 """OpenAI-shaped API over the Engine: `engine.chat.completions.create(...)` and
 `engine.completions.create(...)`, returning OpenAI's response objects as plain dicts, or an async
 iterator of OpenAI's chunk objects when `stream=True`. The same shapes cross to JavaScript."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,14 +17,32 @@ from .structured import Constraint, response_format_gbnf, schema_to_gbnf
 from .structured import tools as tooling
 
 
-def sampling_params(temperature=None, top_p=None, top_k=None, min_p=None, seed=None, frequency_penalty=None,
-                    presence_penalty=None, repetition_penalty=None, logit_bias=None, logprobs=None,
-                    top_logprobs=None) -> SamplingParams:
+def sampling_params(
+    temperature=None,
+    top_p=None,
+    top_k=None,
+    min_p=None,
+    seed=None,
+    frequency_penalty=None,
+    presence_penalty=None,
+    repetition_penalty=None,
+    logit_bias=None,
+    logprobs=None,
+    top_logprobs=None,
+) -> SamplingParams:
     """OpenAI request fields -> SamplingParams (OpenAI's default temperature is 1.0)."""
     kw: dict[str, Any] = {}
-    for name, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("min_p", min_p),
-                    ("seed", seed), ("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty),
-                    ("repetition_penalty", repetition_penalty), ("top_logprobs", top_logprobs)):
+    for name, v in (
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("top_k", top_k),
+        ("min_p", min_p),
+        ("seed", seed),
+        ("frequency_penalty", frequency_penalty),
+        ("presence_penalty", presence_penalty),
+        ("repetition_penalty", repetition_penalty),
+        ("top_logprobs", top_logprobs),
+    ):
         if v is not None:
             kw[name] = v
     if logit_bias:
@@ -44,11 +63,24 @@ class _Completions:
     def _engine(self) -> Engine:
         return self._owner.engine  # the current one: a reload after device loss replaces it
 
-    def create(self, *, messages: list[dict] | None = None, prompt: str | None = None, stream: bool = False,
-               max_tokens: int | None = None, max_completion_tokens: int | None = None, stop: str | list[str] | None = None,
-               stream_options: dict | None = None, ignore_eos: bool = False, tools: list | None = None,
-               tool_choice: Any = None, response_format: dict | None = None,
-               model: str | None = None, n: int = 1, **sampling: Any):
+    def create(
+        self,
+        *,
+        messages: list[dict] | None = None,
+        prompt: str | None = None,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        max_completion_tokens: int | None = None,
+        stop: str | list[str] | None = None,
+        stream_options: dict | None = None,
+        ignore_eos: bool = False,
+        tools: list | None = None,
+        tool_choice: Any = None,
+        response_format: dict | None = None,
+        model: str | None = None,
+        n: int = 1,
+        **sampling: Any,
+    ):
         """Returns an awaitable of the response dict, or (stream=True) an async iterator of chunk dicts.
         Structured output: `response_format` (json_object, json_schema, grammar: see structured/) and
         `tools` / `tool_choice` (chat only: calls come back as OpenAI `tool_calls`)."""
@@ -70,8 +102,10 @@ class _Completions:
                 call_tools = tools
             if mode == "required":
                 if gbnf is not None:
-                    raise RequestError("response_format cannot be combined with a forced tool call "
-                                       "(tool_choice 'required' or a named function): drop one of them.")
+                    raise RequestError(
+                        "response_format cannot be combined with a forced tool call "
+                        "(tool_choice 'required' or a named function): drop one of them."
+                    )
                 gbnf = schema_to_gbnf(tooling.forced_call_schema(tools, forced))
             text = tok.apply_chat_template(messages, add_generation_prompt=True, tools=prompt_tools)
             # Like HF's apply_chat_template(tokenize=True): the template writes BOS itself where the model wants it.
@@ -86,14 +120,24 @@ class _Completions:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         constraint = Constraint(tok, gbnf, self._engine.config.vocab_size) if gbnf is not None else None
         stats = Stats()  # this request's own: engine.last_stats may be another's by the time it is read
-        gen = self._owner._generate(ids, params, stop=stops,
-                                    max_tokens=max_tokens if max_completion_tokens is None else max_completion_tokens,
-                                    ignore_eos=ignore_eos, constraint=constraint, stats=stats)
-        meta = {"id": ("chatcmpl-" if self._chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
-                "model": self._engine.checkpoint.name}
+        gen = self._owner._generate(
+            ids,
+            params,
+            stop=stops,
+            max_tokens=max_tokens if max_completion_tokens is None else max_completion_tokens,
+            ignore_eos=ignore_eos,
+            constraint=constraint,
+            stats=stats,
+        )
+        meta = {
+            "id": ("chatcmpl-" if self._chat else "cmpl-") + uuid.uuid4().hex[:24],
+            "created": int(time.time()),
+            "model": self._engine.checkpoint.name,
+        }
         if stream:
-            return self._stream(gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs,
-                                call_tools, stats)
+            return self._stream(
+                gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs, call_tools, stats
+            )
         return self._collect(gen, meta, params.logprobs, call_tools, stats)
 
     # -- shapes -------------------------------------------------------------------------------------
@@ -104,17 +148,35 @@ class _Completions:
             if t.id < 0:
                 continue
             text = tok.token_bytes(t.id).decode("utf-8", "replace")
-            content.append({"token": text, "logprob": t.logprob, "bytes": list(tok.token_bytes(t.id)),
-                            "top_logprobs": [{"token": tok.token_bytes(i).decode("utf-8", "replace"), "logprob": lp,
-                                              "bytes": list(tok.token_bytes(i))} for i, lp in t.top_logprobs]})
+            content.append(
+                {
+                    "token": text,
+                    "logprob": t.logprob,
+                    "bytes": list(tok.token_bytes(t.id)),
+                    "top_logprobs": [
+                        {
+                            "token": tok.token_bytes(i).decode("utf-8", "replace"),
+                            "logprob": lp,
+                            "bytes": list(tok.token_bytes(i)),
+                        }
+                        for i, lp in t.top_logprobs
+                    ],
+                }
+            )
         return {"content": content}
 
     @staticmethod
     def _usage(s: Stats) -> dict:
-        return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-                "total_tokens": s.prompt_tokens + s.completion_tokens,
-                "extra": {"prefill_tokens_per_s": round(s.prefill_tps, 2), "decode_tokens_per_s": round(s.decode_tps, 2),
-                          "cached_prompt_tokens": s.cached_prompt_tokens}}
+        return {
+            "prompt_tokens": s.prompt_tokens,
+            "completion_tokens": s.completion_tokens,
+            "total_tokens": s.prompt_tokens + s.completion_tokens,
+            "extra": {
+                "prefill_tokens_per_s": round(s.prefill_tps, 2),
+                "decode_tokens_per_s": round(s.decode_tps, 2),
+                "cached_prompt_tokens": s.cached_prompt_tokens,
+            },
+        }
 
     def _choice_chunk(self, text: str | None, finish: str | None, logprobs: dict | None, first: bool) -> dict:
         if self._chat:
@@ -126,8 +188,15 @@ class _Completions:
             return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
 
-    async def _stream(self, gen: AsyncIterator[Token], meta: dict, include_usage: bool, want_lp: bool,
-                      call_tools: list | None, stats: Stats):
+    async def _stream(
+        self,
+        gen: AsyncIterator[Token],
+        meta: dict,
+        include_usage: bool,
+        want_lp: bool,
+        call_tools: list | None,
+        stats: Stats,
+    ):
         obj = "chat.completion.chunk" if self._chat else "text_completion"
         first = True
         # With tools, text that may still become a tool call is held back until it is clearly not one
@@ -155,8 +224,11 @@ class _Completions:
             if calls:
                 delta = {"role": "assistant", "content": None} if first else {}
                 delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(calls)]
-                yield {**meta, "object": obj, "choices": [{"index": 0, "delta": delta, "logprobs": lp,
-                                                           "finish_reason": None}]}
+                yield {
+                    **meta,
+                    "object": obj,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": None}],
+                }
                 finish = "tool_calls"
             else:
                 yield {**meta, "object": obj, "choices": [self._choice_chunk(text, None, lp, first)]}
@@ -165,8 +237,9 @@ class _Completions:
         if include_usage:
             yield {**meta, "object": obj, "choices": [], "usage": self._usage(stats)}
 
-    async def _collect(self, gen: AsyncIterator[Token], meta: dict, want_lp: bool, call_tools: list | None,
-                       stats: Stats) -> dict:
+    async def _collect(
+        self, gen: AsyncIterator[Token], meta: dict, want_lp: bool, call_tools: list | None, stats: Stats
+    ) -> dict:
         toks = [t async for t in gen]
         text = "".join(t.text for t in toks)
         finish = stats.finish_reason
@@ -178,8 +251,12 @@ class _Completions:
                 message, finish = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
             choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}
             return {**meta, "object": "chat.completion", "choices": [choice], "usage": self._usage(stats)}
-        return {**meta, "object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": lp,
-                                                                   "finish_reason": finish}], "usage": self._usage(stats)}
+        return {
+            **meta,
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}],
+            "usage": self._usage(stats),
+        }
 
 
 class _Chat:
@@ -210,8 +287,9 @@ class ChatEngine:
         if not self.engine.lost:
             return self.engine
         if self._reload is None:
-            raise DeviceLostError("The GPU device was lost and this engine cannot reload its model: "
-                                  "call webllm_py.create(model) again.")
+            raise DeviceLostError(
+                "The GPU device was lost and this engine cannot reload its model: call webllm_py.create(model) again."
+            )
         if self._reload_lock is None:
             self._reload_lock = asyncio.Lock()
         async with self._reload_lock:
@@ -245,6 +323,7 @@ async def create(model: Any = None, *, backend: str | None = None, on_progress=N
     Options for that: `hf_endpoint` (instead of https://huggingface.co), `cache=False`, `runtime_url`."""
     if model is None:
         from .default_model import default_model_path
+
         model = default_model_path()
     commit = None
     url_options = {k: options.pop(k) for k in ("hf_endpoint", "cache", "runtime_url") if k in options}
@@ -254,11 +333,13 @@ async def create(model: Any = None, *, backend: str | None = None, on_progress=N
 
         if IN_BROWSER and (is_model_url(model) or not os.path.exists(model)):
             from .browser_models import fetch_model
+
             model, commit = await fetch_model(model, on_progress=on_progress, **url_options)
         elif is_model_url(model):
             resolve_model_url(model, url_options.get("hf_endpoint"))  # a malformed one: ModelURLError
-            raise ModelURLError(f"{model}: models load by URL in the browser (Pyodide); natively, download the "
-                                "file and pass its path.")
+            raise ModelURLError(
+                f"{model}: models load by URL in the browser (Pyodide); natively, download the file and pass its path."
+            )
 
     async def reload() -> Engine:
         return await Engine.load(model, backend=backend, on_progress=on_progress, **options)

@@ -11,6 +11,7 @@ webllm.js's worker, the functions that worker exposes (`webllmFetchModelFiles`);
 `globalThis.webllmBaseURL` if a page or kernel set it; else the root of the current origin
 (`/download.js`, where `python -m webllm_py serve` and the static build put it).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -41,8 +42,14 @@ async def _fetcher(runtime_url: str | None):
     return module.fetchModelFiles, str(base)
 
 
-async def fetch_model(model: str, *, on_progress: Callable[[dict], Any] | None = None, hf_endpoint: str | None = None,
-                      cache: bool = True, runtime_url: str | None = None):
+async def fetch_model(
+    model: str,
+    *,
+    on_progress: Callable[[dict], Any] | None = None,
+    hf_endpoint: str | None = None,
+    cache: bool = True,
+    runtime_url: str | None = None,
+):
     """(sources, commit): one JSBufferSource per file (per shard of a split GGUF) and an async callable
     that stores what was downloaded in the model cache (call it once the model loaded)."""
     import js  # type: ignore

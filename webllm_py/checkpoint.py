@@ -6,6 +6,7 @@ those holding the shards of a split GGUF (in order), or a dict {file name: sourc
 Face checkpoint (what the browser worker passes). A path named like a shard
 (`name-00001-of-00003.gguf`) opens every shard beside it.
 """
+
 from __future__ import annotations
 
 import json

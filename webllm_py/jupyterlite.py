@@ -14,6 +14,7 @@ The site is meant for the root of the origin that also serves /pyodide/ and /whe
   wheel) with their own sha256. The kernel loads micropip, ipython, jedi and comm through it, and
   preloads webllm_py (with jinja2, markupsafe) so `import webllm_py` works in the first cell.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,9 +29,9 @@ from pathlib import Path
 from .wheel import ROOT
 
 BUILD = ROOT / "build"
-LITE_DIR = ROOT / "jupyterlite"                 # jupyter-lite.json + files/ (the notebook)
-VENV = BUILD / "jupyterlite" / "venv"           # jupyterlite-core, jupyterlite-pyodide-kernel
-SITE = BUILD / "jupyterlite" / "site"           # what setup builds and serve serves
+LITE_DIR = ROOT / "jupyterlite"  # jupyter-lite.json + files/ (the notebook)
+VENV = BUILD / "jupyterlite" / "venv"  # jupyterlite-core, jupyterlite-pyodide-kernel
+SITE = BUILD / "jupyterlite" / "site"  # what setup builds and serve serves
 NPM_LOCK = BUILD / "vendor" / "node_modules" / "pyodide" / "pyodide-lock.json"
 
 # Requirements the npm lock file does not state (IPython 9 imports ipython_pygments_lexers; the
@@ -65,8 +66,12 @@ def lock_file(wheels: dict[str, Path], npm_lock: Path = NPM_LOCK) -> dict:
         version = fname.split("-")[1]
         known = npm.get(name, {})
         packages[name] = {
-            "name": name, "version": version, "file_name": fname, "install_dir": "site",
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "package_type": "package",
+            "name": name,
+            "version": version,
+            "file_name": fname,
+            "install_dir": "site",
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "package_type": "package",
             "imports": _top_level(path),
             "depends": sorted({_normalize(d) for d in known.get("depends", []) + EXTRA_DEPENDS.get(name, [])}),
             "unvendored_tests": False,
@@ -88,8 +93,9 @@ def build_site(out_dir: Path, lite_dir: Path = LITE_DIR, venv: Path = VENV) -> P
     with tempfile.TemporaryDirectory() as tmp:  # the build leaves its doit state in the lite dir
         work = Path(tmp) / "lite"
         shutil.copytree(lite_dir, work)
-        r = subprocess.run([str(jupyter), "lite", "build", "--output-dir", str(out_dir)],
-                           cwd=work, capture_output=True, text=True)
+        r = subprocess.run(
+            [str(jupyter), "lite", "build", "--output-dir", str(out_dir)], cwd=work, capture_output=True, text=True
+        )
     if r.returncode != 0 or not (out_dir / "jupyter-lite.json").is_file():
         raise JupyterLiteError(f"jupyter lite build failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
     return out_dir
@@ -97,6 +103,7 @@ def build_site(out_dir: Path, lite_dir: Path = LITE_DIR, venv: Path = VENV) -> P
 
 def main(argv: list[str] | None = None) -> int:
     import sys
+
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0]) if args else SITE
     try:

@@ -4,6 +4,7 @@ Each template lists its parameters in a header comment. Rendering is strict: a p
 template uses but the caller did not give is an error, not an empty string. The GPU layer caches
 pipelines by the rendered source, so the same specialisation compiles once per device.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

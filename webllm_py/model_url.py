@@ -15,6 +15,7 @@ Forms accepted (docs/product.md, "Models by URL"):
 static/modelurl.js implements the same rules for the browser, where downloads happen;
 tests/test_model_url.py runs one table of cases through both so they cannot drift apart.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,14 +45,16 @@ def resolve_hf(name: str, endpoint: str | None = None) -> str:
     rev = None
     i = name.lower().rfind(".gguf@")
     if i >= 0:  # a revision after the file name (it may hold slashes: refs/pr/1)
-        name, rev = name[:i + 5], name[i + 6:]
+        name, rev = name[: i + 5], name[i + 6 :]
     parts = name.split("/")
     if len(parts) < 3:
         raise ModelURLError(f"hf:{name} names no file: write hf:owner/repo/path/file.gguf (optionally @revision).")
     owner, repo, path = parts[0], parts[1], parts[2:]
     if "@" in repo:
         if rev is not None:
-            raise ModelURLError(f"hf:{name}@{rev} gives two revisions: give one (owner/repo@rev/... or .../file.gguf@rev).")
+            raise ModelURLError(
+                f"hf:{name}@{rev} gives two revisions: give one (owner/repo@rev/... or .../file.gguf@rev)."
+            )
         repo, rev = repo.split("@", 1)
     for what, v in (("owner", owner), ("repository", repo)):
         if not _HF_NAME.match(v) or ".." in v:
@@ -79,7 +82,9 @@ def resolve_model_url(model: str, hf_endpoint: str | None = None) -> str:
         raise ModelURLError(f"{model!r} is not a URL: write https://host/path/file.gguf or hf:owner/repo/file.gguf.")
     scheme = m.group(1).lower()
     if scheme not in SCHEMES:
-        raise ModelURLError(f"{model!r}: the {scheme}: scheme is not supported; models load from http(s) URLs or hf: names.")
+        raise ModelURLError(
+            f"{model!r}: the {scheme}: scheme is not supported; models load from http(s) URLs or hf: names."
+        )
     try:
         parts = urlsplit(model)
         parts.port  # noqa: B018 - raises ValueError for a port out of range

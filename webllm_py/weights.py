@@ -1,4 +1,5 @@
 """Weights on the GPU: raw (still quantized) tensor bytes streamed from a ByteSource into buffers."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from .formats.quants import GGMLType, TensorInfo, require_supported, type_name
 class GPUTensor:
     """A tensor in a GPU buffer in its ggml type. `shape` is outermost first (HF order): a linear
     weight is (rows = out_features, cols = in_features); each row is contiguous."""
+
     buffer: Any  # gpu.base.Buffer, or a (buffer, offset, size) binding; None when split into `parts`
     ggml_type: GGMLType
     shape: tuple[int, ...]
@@ -45,7 +47,8 @@ def upload_tensor(device: Any, source: Any, info: TensorInfo, name: str | None =
     if size > limit:
         raise ModelTooLargeError(
             f"tensor '{info.name}' ({type_name(gtype)}, shape {list(info.hf_shape)}) needs {info.nbytes} bytes, more "
-            f"than this GPU's largest storage buffer binding ({limit} bytes). Use a smaller or more quantized model.")
+            f"than this GPU's largest storage buffer binding ({limit} bytes). Use a smaller or more quantized model."
+        )
     buf = device.create_buffer(size, label=name or info.name)
     source.upload(device, buf, info.offset, info.nbytes, 0)
     return GPUTensor(buf, gtype, tuple(info.hf_shape), name or info.name)
@@ -58,8 +61,9 @@ def row_info(info: TensorInfo, r0: int, r1: int, name: str) -> TensorInfo:
         raise ModelFormatError(f"tensor '{info.name}' has {rows} rows; cannot take rows {r0}..{r1}")
     row_bytes = info.nbytes // rows
     shape = (*info.shape[:-1], r1 - r0) if info.ne_first else (r1 - r0, *info.shape[1:])
-    return TensorInfo(name, shape, info.ggml_type, info.offset + r0 * row_bytes, (r1 - r0) * row_bytes,
-                      info.ne_first, info.source)
+    return TensorInfo(
+        name, shape, info.ggml_type, info.offset + r0 * row_bytes, (r1 - r0) * row_bytes, info.ne_first, info.source
+    )
 
 
 def split_upload(device: Any, info: TensorInfo, align_rows: int = 64) -> GPUTensor:
@@ -79,8 +83,15 @@ def split_upload(device: Any, info: TensorInfo, align_rows: int = 64) -> GPUTens
         raise ModelTooLargeError(
             f"tensor '{info.name}' ({info.type_name}, shape {list(info.hf_shape)}) cannot be split to fit this GPU: "
             f"a block of {align_rows} row(s) needs {align_rows * row_bytes + SPARE_BYTES} bytes, more than its "
-            f"largest storage buffer binding ({limit} bytes).")
-    parts = tuple((r0, upload_tensor(device, None, row_info(info, r0, min(r0 + per, rows),
-                                                             f"{info.name}[{r0}:{min(r0 + per, rows)}]")))
-                  for r0 in range(0, rows, per))
+            f"largest storage buffer binding ({limit} bytes)."
+        )
+    parts = tuple(
+        (
+            r0,
+            upload_tensor(
+                device, None, row_info(info, r0, min(r0 + per, rows), f"{info.name}[{r0}:{min(r0 + per, rows)}]")
+            ),
+        )
+        for r0 in range(0, rows, per)
+    )
     return GPUTensor(None, require_supported(info.ggml_type), tuple(info.hf_shape), info.name, parts)

@@ -6,6 +6,7 @@ through a build backend so that `serve` starts in well under a second and needs 
 The Jinja2 kernel templates live at the top of the checkout (`shaders/`); inside the wheel they go
 to `webllm_py/shaders/`, where `webllm_py.kernels.shader_dir()` looks first.
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,9 +44,15 @@ HOST_ONLY = frozenset({"__main__.py", "serve.py", "static_site.py", "wheel.py", 
 def package_files() -> list[tuple[str, Path]]:
     """(path inside the wheel, path on disk) for every file the wheel holds, sorted."""
     # Every file of the package, not only *.py: data tables (e.g. tokenizer data) must come along.
-    files = [(f"{NAME}/{p.relative_to(PACKAGE).as_posix()}", p) for p in PACKAGE.rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo", ".tmp")
-             and not p.name.startswith(".") and p.relative_to(PACKAGE).as_posix() not in HOST_ONLY]
+    files = [
+        (f"{NAME}/{p.relative_to(PACKAGE).as_posix()}", p)
+        for p in PACKAGE.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix not in (".pyc", ".pyo", ".tmp")
+        and not p.name.startswith(".")
+        and p.relative_to(PACKAGE).as_posix() not in HOST_ONLY
+    ]
     files += [(f"{NAME}/shaders/{p.name}", p) for p in SHADERS.glob("*.wgsl.j2")]
     return sorted(files)
 
@@ -62,17 +69,24 @@ def build_wheel(out_dir: Path) -> Path:
     path = out_dir / wheel_name(version)
     info = f"{NAME}-{version}.dist-info"
     entries: list[tuple[str, bytes]] = [(arc, p.read_bytes()) for arc, p in package_files()]
-    entries.append((f"{info}/METADATA", (
-        "Metadata-Version: 2.1\n"
-        f"Name: {NAME}\n"
-        f"Version: {version}\n"
-        "Summary: LLM inference in the browser: Python in Pyodide drives WebGPU\n"
-        "Requires-Dist: jinja2>=3.1\n").encode()))
-    entries.append((f"{info}/WHEEL", (
-        "Wheel-Version: 1.0\n"
-        "Generator: webllm_py.wheel\n"
-        "Root-Is-Purelib: true\n"
-        "Tag: py3-none-any\n").encode()))
+    entries.append(
+        (
+            f"{info}/METADATA",
+            (
+                "Metadata-Version: 2.1\n"
+                f"Name: {NAME}\n"
+                f"Version: {version}\n"
+                "Summary: LLM inference in the browser: Python in Pyodide drives WebGPU\n"
+                "Requires-Dist: jinja2>=3.1\n"
+            ).encode(),
+        )
+    )
+    entries.append(
+        (
+            f"{info}/WHEEL",
+            ("Wheel-Version: 1.0\nGenerator: webllm_py.wheel\nRoot-Is-Purelib: true\nTag: py3-none-any\n").encode(),
+        )
+    )
     entries.append((f"{info}/top_level.txt", f"{NAME}\n".encode()))
     record = [_record_line(arc, data) for arc, data in entries] + [f"{info}/RECORD,,"]
     entries.append((f"{info}/RECORD", ("\n".join(record) + "\n").encode()))

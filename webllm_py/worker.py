@@ -8,6 +8,7 @@ JS proxies from leaking across the FFI. Generation itself is the engine's job
 
 It is plain Python (no Pyodide imports), so it also runs, and is tested, on CPython.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,9 +33,19 @@ Emit = Callable[[str, str], Any]
 # Pyodide memory snapshot kept in the browser's Cache Storage): a worker started from the snapshot
 # has them in memory already (~1 s of imports in Pyodide, measured). Nothing here may hold a JS
 # object (Pyodide cannot snapshot those), so the browser GPU backend (`import js`) is not listed.
-PRELOAD = ("webllm_py.api", "webllm_py.engine", "webllm_py.checkpoint", "webllm_py.models",
-           "webllm_py.formats.gguf", "webllm_py.formats.safetensors", "webllm_py.formats.source",
-           "webllm_py.tokenizer", "webllm_py.structured", "webllm_py.sampling", "webllm_py.kernels")
+PRELOAD = (
+    "webllm_py.api",
+    "webllm_py.engine",
+    "webllm_py.checkpoint",
+    "webllm_py.models",
+    "webllm_py.formats.gguf",
+    "webllm_py.formats.safetensors",
+    "webllm_py.formats.source",
+    "webllm_py.tokenizer",
+    "webllm_py.structured",
+    "webllm_py.sampling",
+    "webllm_py.kernels",
+)
 
 
 def preload() -> list[str]:
@@ -45,6 +56,7 @@ def preload() -> list[str]:
     for name in PRELOAD:
         importlib.import_module(name)
     from . import kernels
+
     return kernels.compile_templates()
 
 
@@ -60,8 +72,9 @@ def _jsonable(v: Any) -> Any:
         return sorted(v)
     if hasattr(v, "__dataclass_fields__"):
         return {k: getattr(v, k) for k in v.__dataclass_fields__}
-    raise ResultNotSerializable(f"the result ({type(v).__name__}) is not JSON-serialisable: "
-                                "return numbers, strings, lists, dicts or bytes")
+    raise ResultNotSerializable(
+        f"the result ({type(v).__name__}) is not JSON-serialisable: return numbers, strings, lists, dicts or bytes"
+    )
 
 
 def to_json(v: Any) -> str:
@@ -71,8 +84,11 @@ def to_json(v: Any) -> str:
 def error_payload(e: BaseException) -> dict:
     if isinstance(e, (KeyboardInterrupt, asyncio.CancelledError)):
         return {"name": "AbortedError", "message": "The request was aborted by the caller."}
-    return {"name": type(e).__name__, "message": str(e),
-            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))}
+    return {
+        "name": type(e).__name__,
+        "message": str(e),
+        "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
+    }
 
 
 async def run_source(code: str, namespace: dict) -> Any:
@@ -148,8 +164,10 @@ class Session:
 
     async def _load(self, payload: dict, emit: Emit, data: Any) -> dict:
         from webllm_py import create
+
         if data is not None:  # the model's bytes, downloaded by worker.js: a JS Uint8Array, or an array
             from webllm_py.formats.source import JSBufferSource  # of them (the shards of a split GGUF)
+
             source = JSBufferSource(data) if hasattr(data, "subarray") else [JSBufferSource(p) for p in data]
         else:
             source = payload["model"]  # natively: a path

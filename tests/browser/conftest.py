@@ -7,6 +7,7 @@ Playwright driver is gone before the rest of the suite runs. While it is alive i
 event loop running on the main thread: tests in this package must not call asyncio.run() there
 (test_worker_session.py runs its coroutines on a thread of their own).
 """
+
 from __future__ import annotations
 
 import base64

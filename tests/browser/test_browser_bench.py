@@ -1,6 +1,7 @@
 """The browser benchmark page (static/bench.html) on SwiftShader: it must run end to end and report
 sane numbers. The JSON it produces is printed (pytest -s shows it) and copied into docs/benchmarks.md.
 Token counts are tiny: SwiftShader decodes SmolLM2 at ~0.1-1 tok/s on a shared CI core."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ engine in Pyodide -> WebGPU on SwiftShader, with the real SmolLM2-135M GGUF serv
 
 Reference: SmolLM2-135M-Instruct answers "What is the capital of France?" greedily with
 "The capital of France is Paris." (HF transformers on CPython, see /work/shared/PLATFORM.md)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,9 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def chat_page(chromium, server_url):
     page = open_page(chromium, server_url + "chat.html")
-    page.wait_for_function("() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)",
-                           timeout=CONFIG.READY_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)", timeout=CONFIG.READY_TIMEOUT_MS
+    )
     yield page
     page.close()
 
@@ -30,7 +32,8 @@ def test_chat_page_lists_the_served_model(chat_page):
 
 
 def test_load_stream_and_complete_through_webllm_js(chat_page):
-    r = chat_page.evaluate("""async (messages) => {
+    r = chat_page.evaluate(
+        """async (messages) => {
         const progress = [];
         try {
             const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf', onProgress: (p) => progress.push(p) });
@@ -42,11 +45,15 @@ def test_load_stream_and_complete_through_webllm_js(chat_page):
             await engine.unload();
             return { progress, chunks, full, stats };
         } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
-    }""", QUESTION)
+    }""",
+        QUESTION,
+    )
     assert "error" not in r, r.get("error")
     downloads = [p for p in r["progress"] if p.get("phase") == "download"]
     assert downloads and downloads[-1]["loaded"] == downloads[-1]["total"] > 90_000_000
-    streamed = "".join((c["choices"][0].get("delta") or {}).get("content") or "" for c in r["chunks"] if c.get("choices"))
+    streamed = "".join(
+        (c["choices"][0].get("delta") or {}).get("content") or "" for c in r["chunks"] if c.get("choices")
+    )
     assert all(c["object"] == "chat.completion.chunk" for c in r["chunks"])
     full = r["full"]
     assert full["object"] == "chat.completion"

@@ -12,6 +12,7 @@ Reference: SmolLM2-135M-Instruct greedy answers "Write a Python function that ad
 with a fenced ```python block (`def add_two_numbers(num1, num2):` ... `return num1 + num2`), by
 `python -m webllm_py generate --chat` natively (wgpu/lavapipe), whose greedy ids match HF
 transformers (PLATFORM.md)."""
+
 from __future__ import annotations
 
 
@@ -32,10 +33,10 @@ ATTACKS = [
     IMG,
     JS_LINK,
     "[y](JavaScript:alert(1)) [z]( javascript:alert(1) ) [w](java&#x09;script:alert(1)) [v](&#106;avascript:alert(1))",
-    "<script>alert(1)</script> <a href=\"javascript:alert(1)\">a</a> <svg onload=alert(1)>",
+    '<script>alert(1)</script> <a href="javascript:alert(1)">a</a> <svg onload=alert(1)>',
     "<javascript:alert(1)> [d](data:text/html,<script>alert(1)</script>) [b](vbscript:msgbox(1)) [f](file:///etc/passwd)",
-    "![i](x\" onerror=\"alert(1)) ![j](javascript:alert(1)) ![k](https://example.com/track.png)",
-    "[r]: javascript:alert(1)\n\n[ref][r] and <https://example.com/\" onmouseover=\"alert(1)>",
+    '![i](x" onerror="alert(1)) ![j](javascript:alert(1)) ![k](https://example.com/track.png)',
+    '[r]: javascript:alert(1)\n\n[ref][r] and <https://example.com/" onmouseover="alert(1)>',
     "```html\n<img src=x onerror=alert(1)>\n```\n`<b onclick=alert(1)>` | a |\n|---|\n| <i onclick=alert(1)> |",
 ]
 
@@ -63,13 +64,15 @@ def _watch_dialogs(page):
     def on_dialog(d):
         page.dialogs.append(d.message)
         d.dismiss()
+
     page.on("dialog", on_dialog)
 
 
 def test_renderer_shows_attacks_as_text_and_keeps_safe_links(webllm_page):
     page = webllm_page
     _watch_dialogs(page)
-    r = page.evaluate("""async ([texts, unsafe]) => {
+    r = page.evaluate(
+        """async ([texts, unsafe]) => {
       const { renderMarkdown } = await import('/chatkit.js');
       const check = eval(unsafe);
       const box = document.body.appendChild(document.createElement('div'));
@@ -86,7 +89,9 @@ def test_renderer_shows_attacks_as_text_and_keeps_safe_links(webllm_page):
       const res = { out, links, code: code && [code.className, code.textContent], bad: check(ok) };
       box.remove();
       return res;
-    }""", [ATTACKS, _UNSAFE])
+    }""",
+        [ATTACKS, _UNSAFE],
+    )
     assert page.dialogs == []
     for attack, o in zip(ATTACKS, r["out"]):
         assert o["bad"] == [], (attack, o["html"])
@@ -96,8 +101,10 @@ def test_renderer_shows_attacks_as_text_and_keeps_safe_links(webllm_page):
     assert "<script>alert(1)</script>" in r["out"][3]["text"]
     assert "<img src=x onerror=alert(1)>" in r["out"][7]["text"]
     assert r["bad"] == []
-    assert r["links"] == [["https://example.com/a?b=1", "_blank", "noopener noreferrer nofollow"],
-                          ["mailto:me@example.com", "_blank", "noopener noreferrer nofollow"]]
+    assert r["links"] == [
+        ["https://example.com/a?b=1", "_blank", "noopener noreferrer nofollow"],
+        ["mailto:me@example.com", "_blank", "noopener noreferrer nofollow"],
+    ]
     assert r["code"] == ["language-python", "def f(x):\n    return x < 1\n"]
 
 
@@ -107,15 +114,17 @@ def chat(chromium, server_url):
     page = open_page(chromium, server_url + "chat.html")
     _watch_dialogs(page)
     page.set_viewport_size({"width": 820, "height": 900})
-    page.wait_for_function("() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)",
-                           timeout=CONFIG.READY_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)", timeout=CONFIG.READY_TIMEOUT_MS
+    )
     assert page.input_value("#model") == MODEL
     assert page.eval_on_selector_all("#models option", "os => os.map(o => o.value)") == [MODEL]
     page.click("#settings summary")
     page.fill("#temperature", "0")
     page.click("#load")
-    page.wait_for_function("() => /^Loaded /.test(document.getElementById('loadinfo').textContent)",
-                           timeout=CONFIG.READY_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => /^Loaded /.test(document.getElementById('loadinfo').textContent)", timeout=CONFIG.READY_TIMEOUT_MS
+    )
     yield page
     page.close()
 
@@ -124,8 +133,10 @@ def ask(page, text, max_tokens):
     page.fill("#max_tokens", str(max_tokens))
     page.fill("#prompt", text)
     page.click("#send")
-    page.wait_for_function("() => !document.getElementById('send').disabled && "
-                           "!document.querySelector('.msg.assistant.pending')", timeout=CONFIG.READY_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => !document.getElementById('send').disabled && !document.querySelector('.msg.assistant.pending')",
+        timeout=CONFIG.READY_TIMEOUT_MS,
+    )
     assert page.text_content("#error") == ""
     return page.locator(".msg.assistant").last
 
@@ -133,6 +144,7 @@ def ask(page, text, max_tokens):
 def prompt_tokens(page):
     """The prompt's length in tokens, from the page's final stats line ("N tokens (prompt P), ...")."""
     import re
+
     return int(re.search(r"\(prompt (\d+)\)", page.text_content("#speed")).group(1))
 
 

@@ -11,6 +11,7 @@ after a driver reset. The reloaded Engine is a new object, so the wrapper fires 
 Reference: the answer after the reload is compared with the greedy answer the same engine gave to the
 same request before the loss (greedy decoding on the same weights and kernels is deterministic).
 SwiftShader decodes slowly, so every request asks for a few tokens."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,7 +31,9 @@ from webllm_py.worker import Session
 _chat = next(o for o in gc.get_objects() if isinstance(o, Session) and o.engine is not None).engine
 """
 
-_ARM_LOSS = _CHAT_ENGINE + """
+_ARM_LOSS = (
+    _CHAT_ENGINE
+    + """
 _old = _chat.engine
 _inner = _old.generate
 
@@ -45,11 +48,15 @@ async def _generate_then_lose_device(*args, **kw):
 _old.generate = _generate_then_lose_device
 _chat.reloads
 """
+)
 
-_PROBE = _CHAT_ENGINE + """
+_PROBE = (
+    _CHAT_ENGINE
+    + """
 {"reloads": _chat.reloads, "old_lost": _old.lost, "new_engine": _chat.engine is not _old,
  "new_device": _chat.engine.device is not _old.device, "new_lost": _chat.engine.lost}
 """
+)
 
 
 def _text(resp):
@@ -59,12 +66,15 @@ def _text(resp):
 def test_device_lost_mid_stream_then_next_request_reloads(webllm_page):
     page = webllm_page
     ask = {"messages": QUESTION, "max_tokens": MAX_TOKENS, "temperature": 0}
-    r = page.evaluate("""async ([model, ask]) => {
+    r = page.evaluate(
+        """async ([model, ask]) => {
         try {
             window.lostEngine = await webllm.create({ model });
             return { before: await window.lostEngine.chat.completions.create(ask) };
         } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
-    }""", [MODEL, ask])
+    }""",
+        [MODEL, ask],
+    )
     try:
         assert "error" not in r, r.get("error")
         before = _text(r["before"])
@@ -72,7 +82,8 @@ def test_device_lost_mid_stream_then_next_request_reloads(webllm_page):
 
         assert run_python(page, _ARM_LOSS) == 0
 
-        s = page.evaluate("""async (ask) => {
+        s = page.evaluate(
+            """async (ask) => {
             const chunks = [];
             try {
                 for await (const c of await window.lostEngine.chat.completions.create({ ...ask, stream: true })) chunks.push(c);
@@ -80,14 +91,17 @@ def test_device_lost_mid_stream_then_next_request_reloads(webllm_page):
             } catch (e) {
                 return { chunks, error: { name: e.name, message: e.message, hint: webllm.errorHint(e) } };
             }
-        }""", ask)
+        }""",
+            ask,
+        )
         assert "error" in s, f"the stream ended normally after the device was destroyed: {s['chunks']}"
         err = s["error"]
         assert err["name"] == "DeviceLostError", err
         assert "lost" in err["message"] and "reload" in err["message"].lower(), err["message"]  # says what to do
         assert err["hint"], "webllm.errorHint gives no advice for DeviceLostError"
-        streamed = "".join((c["choices"][0].get("delta") or {}).get("content") or ""
-                           for c in s["chunks"] if c.get("choices"))
+        streamed = "".join(
+            (c["choices"][0].get("delta") or {}).get("content") or "" for c in s["chunks"] if c.get("choices")
+        )
         assert streamed and before.startswith(streamed), (streamed, before)  # the loss came mid-stream
 
         after = page.evaluate("(ask) => window.lostEngine.chat.completions.create(ask)", ask)

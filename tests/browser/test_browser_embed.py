@@ -9,6 +9,7 @@ the embedding page nor the static build's host sends any special header. One mod
 
 Reference: SmolLM2-135M-Instruct answers "What is the capital of France?" greedily with "The capital
 of France is Paris." (HF transformers on CPython, see /work/shared/PLATFORM.md)."""
+
 from __future__ import annotations
 
 import functools
@@ -30,6 +31,7 @@ NO_ICON = '<link rel="icon" href="data:,">'  # no favicon request (a 404 in the 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     """Python's own static file server, as a web developer runs it: no COOP/COEP, no CORS."""
+
     csp: dict = {}  # page name -> a Content-Security-Policy header sent with it
 
     def log_message(self, fmt, *args) -> None:
@@ -44,9 +46,11 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 # docs/product.md's policy for a page that embeds the runtime from RUNTIME (the worker's imports are
 # fetched as "worker" requests, hence RUNTIME in worker-src; the blob: worker inherits this policy).
-EMBED_CSP = ("default-src 'self'; script-src 'self' RUNTIME 'wasm-unsafe-eval'; worker-src blob: RUNTIME; "
-             "connect-src 'self' RUNTIME; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-             "base-uri 'none'; form-action 'none'")
+EMBED_CSP = (
+    "default-src 'self'; script-src 'self' RUNTIME 'wasm-unsafe-eval'; worker-src blob: RUNTIME; "
+    "connect-src 'self' RUNTIME; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 def plain_http_server(directory, csp=None):
@@ -77,13 +81,15 @@ def embedder(runtime, tmp_path_factory):
     """A plain http.server on port A with two pages naming the runtime on port B."""
     d = tmp_path_factory.mktemp("embedder")
     b = runtime.url
-    (d / "classic.html").write_text(f'<!doctype html><meta charset="utf-8">{NO_ICON}<title>classic</title>\n'
-                                    f'<script src="{b}webllm.js"></script>\n')
+    (d / "classic.html").write_text(
+        f'<!doctype html><meta charset="utf-8">{NO_ICON}<title>classic</title>\n<script src="{b}webllm.js"></script>\n'
+    )
     (d / "module.html").write_text(
         f'<!doctype html><meta charset="utf-8">{NO_ICON}<title>module</title>\n'
         f'<script type="module">import webllm from "{b}webllm.mjs"; window.viaModule = webllm;</script>\n'
         f'<script type="module" src="{b}webllm-chat.js"></script>\n'
-        f'<webllm-chat model="{MODEL}" max-tokens="8" temperature="0"></webllm-chat>\n')
+        f'<webllm-chat model="{MODEL}" max-tokens="8" temperature="0"></webllm-chat>\n'
+    )
     (d / "csp.html").write_text((d / "classic.html").read_text())
     srv = plain_http_server(d, csp={"csp.html": EMBED_CSP.replace("RUNTIME", b.rstrip("/"))})
     srv.dir = d
@@ -142,8 +148,11 @@ def test_classic_script_from_another_origin_gets_the_whole_api(context, runtime,
     info = page.evaluate("() => webllm.ready()")
     # The embedding page is not isolated: no SharedArrayBuffer, and nothing needs it.
     assert info["crossOriginIsolated"] is False and info["interruptible"] is False
-    assert page.evaluate("() => [self.crossOriginIsolated, typeof SharedArrayBuffer, webllm.baseURL]") == \
-        [False, "undefined", b + "webllm.js"]
+    assert page.evaluate("() => [self.crossOriginIsolated, typeof SharedArrayBuffer, webllm.baseURL]") == [
+        False,
+        "undefined",
+        b + "webllm.js",
+    ]
     assert page.evaluate("() => webllm.runPython('import sys; sys.platform')") == "emscripten"
 
     r = page.evaluate(_CREATE_AND_STREAM, ["webllm", MODEL, QUESTION])
@@ -152,7 +161,8 @@ def test_classic_script_from_another_origin_gets_the_whole_api(context, runtime,
     assert r["finish"] in ("abort", "stop"), r
     assert r["cache"] == ["miss", "stored"] and r["downloaded"] == b + "models/" + MODEL
 
-    rest = page.evaluate("""async ([model, messages]) => {
+    rest = page.evaluate(
+        """async ([model, messages]) => {
       const out = {};
       try {
         // AbortSignal: the running request fails with AbortedError (a message: no shared memory here).
@@ -173,14 +183,18 @@ def test_classic_script_from_another_origin_gets_the_whole_api(context, runtime,
         out.hasAfter = await webllm.hasModelInCache(model);
       } catch (e) { out.error = `${e.name}: ${e.message}\\n${e.traceback || ""}`; }
       return out;
-    }""", [MODEL, QUESTION])
+    }""",
+        [MODEL, QUESTION],
+    )
     assert "error" not in rest, rest["error"]
     assert rest["abort"] == "AbortedError"
     assert rest["grammar"] in ("Paris", "Lyon")
     assert rest["has"] is True and rest["keys"] == [b + "models/" + MODEL]
     assert rest["deleted"] is True and rest["hasAfter"] is False
     # Every runtime file came from the runtime's origin; only the page itself from the embedder's.
-    runtime_files = [u for u in page.requests if any(p in u for p in ("/pyodide/", "/wheels/", "/models/", "worker.js"))]
+    runtime_files = [
+        u for u in page.requests if any(p in u for p in ("/pyodide/", "/wheels/", "/models/", "worker.js"))
+    ]
     assert runtime_files and all(u.startswith(b) for u in runtime_files), runtime_files
     assert [u for u in page.requests if u.startswith(embedder.url)] == [embedder.url + "classic.html"]
     assert page.failed == [] and page.errors == []
@@ -198,11 +212,14 @@ def test_module_and_widget_from_another_origin_stream_an_answer(context, runtime
     assert "error" not in r, r["error"]
     assert "Paris" in r["text"] and "The capital of France is Paris.".startswith(r["text"].strip())
     page.evaluate("() => engine.unload()")  # one engine's GPU memory at a time
-    w = page.evaluate("""async (q) => {
+    w = page.evaluate(
+        """async (q) => {
       const el = document.querySelector("webllm-chat");
       const reply = await el.send(q);
       return { reply, error: el.shadowRoot.querySelector(".error").textContent };
-    }""", QUESTION[0]["content"])
+    }""",
+        QUESTION[0]["content"],
+    )
     assert w["error"] == "", w["error"]
     assert "Paris" in w["reply"] and "The capital of France is Paris.".startswith(w["reply"].strip())
     assert page.failed == [] and page.errors == []
@@ -232,7 +249,9 @@ def test_static_build_on_a_plain_server_answers_from_its_chat_page(context, stat
     page.click("#settings summary")
     page.fill("#prompt", QUESTION[0]["content"])
     page.click("#send")
-    page.wait_for_function("() => !document.getElementById('send').disabled && /tokens/.test(document.getElementById('speed').textContent)")
+    page.wait_for_function(
+        "() => !document.getElementById('send').disabled && /tokens/.test(document.getElementById('speed').textContent)"
+    )
     reply = page.text_content(".msg.assistant .body").strip()
     assert reply.startswith("The capital"), reply
     assert page.text_content("#error") == ""
@@ -257,8 +276,9 @@ def test_embedding_page_under_a_strict_csp_and_a_host_without_cors(context, runt
     assert page.failed == [] and page.errors == []
     page.close()
 
-    (embedder.dir / "nocors.html").write_text(f'<!doctype html><meta charset="utf-8">{NO_ICON}'
-                                              f'<script src="{static_build.url}webllm.js"></script>\n')
+    (embedder.dir / "nocors.html").write_text(
+        f'<!doctype html><meta charset="utf-8">{NO_ICON}<script src="{static_build.url}webllm.js"></script>\n'
+    )
     page = new_page(context, embedder.url + "nocors.html")
     e = page.evaluate("() => webllm.ready().then(() => null, (e) => ({ name: e.name, message: e.message }))")
     assert e and e["name"] == "WorkerError" and "Access-Control-Allow-Origin" in e["message"], e

@@ -7,6 +7,7 @@ prefill chunk routes on its own; decode reads only the chosen experts); Phi-2 it
 partial rotary, q/k norms and parallel attention + GELU MLP. The checkpoint is served by a dev server
 of this test's own (the package server serves only the default model), to a page of its own.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@ webllm.js -> worker download -> the engine in Pyodide -> WebGPU on SwiftShader.
 The file is the pretrained model (no chat template, not instruction-tuned), so the question goes
 through completions.create as a plain prompt. Reference: transformers running the same GGUF on CPU
 answers it greedily with " Paris\\nQuestion: What is ..." (its first token is " Paris")."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,8 @@ def test_gemma3_completes_paris(chromium, gemma_server):
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.evaluate("() => webllm.ready()")
-        r = page.evaluate("""async ([model, prompt]) => {
+        r = page.evaluate(
+            """async ([model, prompt]) => {
             try {
                 const t0 = performance.now();
                 const marks = {};  // when each download phase / load stage was first and last seen
@@ -54,7 +56,9 @@ def test_gemma3_completes_paris(chromium, gemma_server):
                 await engine.unload();
                 return { out, stats, marks, load_s: (t1 - t0) / 1000, generate_s: (performance.now() - t1) / 1000 };
             } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
-        }""", [MODEL.name, PROMPT])
+        }""",
+            [MODEL.name, PROMPT],
+        )
     finally:
         page.close()
     assert "error" not in r, r.get("error")

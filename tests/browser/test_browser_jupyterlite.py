@@ -7,6 +7,7 @@ model URL aborted and must answer from the cache the first run filled. Service w
 that every request the pages and their workers make passes Playwright's router and request log
 (JupyterLite's service worker only mirrors contents, which the kernel syncs through
 SharedArrayBuffer when the page is cross-origin isolated, as this server makes it)."""
+
 from __future__ import annotations
 
 import time
@@ -19,7 +20,7 @@ from .conftest import CONFIG, ROOT
 pytestmark = [pytest.mark.browser]
 
 NOTEBOOK = "lab/index.html?path=webllm_py.ipynb"
-RUN_TIMEOUT_MS = 600_000   # one model load, three requests, SwiftShader, 2 shared cores
+RUN_TIMEOUT_MS = 600_000  # one model load, three requests, SwiftShader, 2 shared cores
 # The notebook's code cells, in order.
 IMPORT, LOAD, CHAT, JSON_ANSWER, TOOL = range(5)
 SHOT = ROOT / "build" / "jupyterlite" / "last-run.png"
@@ -48,7 +49,7 @@ def run_notebook(context, base: str) -> dict:
     failed = page.locator("[data-mime-type='application/vnd.jupyter.stderr']").filter(has_text="Error")
     bar = cells.nth(LOAD).locator("progress")
     to_answer, deadline = None, time.monotonic() + RUN_TIMEOUT_MS / 1000
-    bars, answers = [], []   # the progress bar's values and the chat output's text, as they changed
+    bars, answers = [], []  # the progress bar's values and the chat output's text, as they changed
     # Polled: the answer's time is wanted, what streams is seen, and a failing cell (which stops Run
     # All) ends the wait.
     while time.monotonic() < deadline and "result:" not in last.inner_text() and not failed.count():
@@ -65,8 +66,15 @@ def run_notebook(context, base: str) -> dict:
     outputs = [cells.nth(i).locator(".jp-OutputArea").inner_text() for i in range(cells.count())]
     SHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOT, full_page=True)  # for a failure, and docs/jupyterlite-notebook.png
-    return {"page": page, "outputs": outputs, "to_answer_s": to_answer or float("nan"), "errors": errors,
-            "bars": bars, "bar_count": bar.count(), "answers": answers}
+    return {
+        "page": page,
+        "outputs": outputs,
+        "to_answer_s": to_answer or float("nan"),
+        "errors": errors,
+        "bars": bars,
+        "bar_count": bar.count(),
+        "answers": answers,
+    }
 
 
 def test_notebook_runs_offline_and_from_cache(chromium, server_url):
@@ -89,8 +97,10 @@ def test_notebook_runs_offline_and_from_cache(chromium, server_url):
         assert "'capital':" in out[JSON_ANSWER] and "'country':" in out[JSON_ANSWER], out
         assert "the model calls get_weather {'city':" in out[TOOL] and "result: {'city':" in out[TOOL], out
         # JupyterLab's own console noise (e.g. "A(...).value.then is not a function") is reported, not failed on.
-        print(f"\njupyterlite: first run (download), page open to 'Paris': {first['to_answer_s']:.1f} s;"
-              f" page errors: {first['errors']}")
+        print(
+            f"\njupyterlite: first run (download), page open to 'Paris': {first['to_answer_s']:.1f} s;"
+            f" page errors: {first['errors']}"
+        )
         first["page"].close()
 
         def abort_model(route):
@@ -101,8 +111,10 @@ def test_notebook_runs_offline_and_from_cache(chromium, server_url):
         second = run_notebook(context, server_url)
         out = second["outputs"]
         assert "Paris" in out[CHAT] and "result: {'city':" in out[TOOL], out
-        print(f"jupyterlite: second run (model URL aborted, cache), page open to 'Paris': {second['to_answer_s']:.1f} s;"
-              f" model requests aborted: {len(model_requests)}")
+        print(
+            f"jupyterlite: second run (model URL aborted, cache), page open to 'Paris': {second['to_answer_s']:.1f} s;"
+            f" model requests aborted: {len(model_requests)}"
+        )
         second["page"].close()
         foreign = sorted({u for u in seen if not (u.startswith(origin + "/") or u.startswith(("data:", "blob:")))})
         assert not foreign, foreign

@@ -9,6 +9,7 @@ COOP/COEP (the common embedding case, and the one where a CORS refusal can be to
 Reference for the answer: HF transformers' greedy reply to QUESTION is "The capital of France is Paris."
 (PLATFORM.md), so after the template and "The capital of France is" the next greedy token is " Paris".
 One model load from the network and one (from Python, offline) from the cache serve every case."""
+
 from __future__ import annotations
 
 import threading
@@ -30,12 +31,16 @@ pytestmark = [pytest.mark.browser]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 REPO = "owner/repo"
 NAME = "SmolLM2-135M-Instruct.Q4_1-00001-of-00003.gguf"
-CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "Range",
-        "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges"}
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "Range",
+    "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges",
+}
 
 
 class Mimic(BaseHTTPRequestHandler):
     """The Hub (role "hub": resolve paths -> 302 to the CDN) or its CDN (role "cdn": files, Range)."""
+
     protocol_version = "HTTP/1.1"
     role: str
     state: dict  # shared: files {name: bytes}, cdn (URL), log [(role, path, range)], cut {name}
@@ -66,12 +71,13 @@ class Mimic(BaseHTTPRequestHandler):
             prefix = f"/{REPO}/resolve/main/"
             if not path.startswith(prefix):
                 return self._send(404, b"Repository not found")
-            return self._send(302, headers={"Location": self.state["cdn"] + "/cdn/" + path[len(prefix):]})
+            return self._send(302, headers={"Location": self.state["cdn"] + "/cdn/" + path[len(prefix) :]})
         name = path.removeprefix("/cdn/")
         files = self.state["files"]
         if name == "page.gguf":  # an HTML error page with status 200
-            return self._send(200, b"<!DOCTYPE html><html><body>Sign in to continue</body></html>",
-                              {"Content-Type": "text/html"})
+            return self._send(
+                200, b"<!DOCTYPE html><html><body>Sign in to continue</body></html>", {"Content-Type": "text/html"}
+            )
         if name == "short.gguf":  # announces 1 MiB, sends 4 KiB and closes: every time
             self.close_connection = True
             return self._send(200, b"GGUF" + bytes(4092), {"Content-Type": "application/octet-stream"}, length=1 << 20)
@@ -99,7 +105,7 @@ class Mimic(BaseHTTPRequestHandler):
             for k, v in {**CORS, **headers, "Content-Length": str(len(body))}.items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(body[:len(body) // 2])
+            self.wfile.write(body[: len(body) // 2])
             return
         self._send(status, body, headers, cors=name != "nocors.gguf")
 
@@ -116,8 +122,14 @@ def hub(tmp_path_factory):
     shards = split_gguf(default_model_path(), tmp_path_factory.mktemp("shards"), 3)
     tiny = b"GGUF" + bytes(60)
     state = {"files": {p.name: p.read_bytes() for p in shards}, "log": [], "cut": {shards[1].name}}
-    state["files"].update({"nocors.gguf": tiny, "gone-00001-of-00002.gguf": tiny, "tiny.gguf": tiny,
-                           "long.gguf": open(default_model_path(), "rb").read()})
+    state["files"].update(
+        {
+            "nocors.gguf": tiny,
+            "gone-00001-of-00002.gguf": tiny,
+            "tiny.gguf": tiny,
+            "long.gguf": open(default_model_path(), "rb").read(),
+        }
+    )
     cdn, state["cdn"] = start(type("CDN", (Mimic,), {"role": "cdn", "state": state}))
     srv, url = start(type("Hub", (Mimic,), {"role": "hub", "state": state}))
     srv.endpoint, srv.state, srv.cdn_url = url, state, state["cdn"]
@@ -129,6 +141,7 @@ def hub(tmp_path_factory):
 
 class NotIsolated(serve.Handler):
     """serve's site without COOP/COEP: a page that is not cross-origin isolated."""
+
     def send_header(self, key, value):
         if key not in ("Cross-Origin-Opener-Policy", "Cross-Origin-Embedder-Policy"):
             super().send_header(key, value)
@@ -177,8 +190,8 @@ BAD = [  # (model, typed error the page gets)
     ("{cdn}/cdn/nocors.gguf", "CORSError"),
     (f"hf:{REPO}/page.gguf", "NotGGUFError"),
     (f"hf:{REPO}/short.gguf", "ContentLengthError"),
-    (f"hf:{REPO}/long.gguf", "ModelFormatError"),      # the browser keeps Content-Length bytes: a truncated GGUF
-    (f"hf:{REPO}/tiny.gguf", "ModelFormatError"),      # GGUF magic, then a malformed header
+    (f"hf:{REPO}/long.gguf", "ModelFormatError"),  # the browser keeps Content-Length bytes: a truncated GGUF
+    (f"hf:{REPO}/tiny.gguf", "ModelFormatError"),  # GGUF magic, then a malformed header
     (f"hf:{REPO}/gone-00001-of-00002.gguf", "ModelNotFoundError"),  # shard 2 missing
 ]
 
@@ -196,11 +209,14 @@ def test_bad_urls_are_typed_errors_and_nothing_is_cached(page, hub):
     print("\n" + "\n".join(f"{m}: {msg[:110]}" for m, msg in got.items()))
     # A server that stops sending but keeps the connection open: each attempt is dropped after stallMs.
     t0 = time.monotonic()
-    r = page.evaluate("""async (url) => {
+    r = page.evaluate(
+        """async (url) => {
       const { download } = await import('/download.js');
       try { await download(url, () => {}, 2, { stallMs: 500 }); return {}; }
       catch (e) { return { name: e.name, message: e.message }; }
-    }""", hub.cdn_url + "/cdn/stall.gguf")
+    }""",
+        hub.cdn_url + "/cdn/stall.gguf",
+    )
     assert r.get("name") == "ContentLengthError" and "stalled" in r["message"], r
     assert time.monotonic() - t0 < 2.5
 
@@ -251,11 +267,17 @@ def test_python_in_pyodide_loads_the_cached_model_offline(page, hub, prompt):
         page.route(url + "/**", lambda route: route.abort())
     n0 = len(hub.state["log"])
     code = PYTHON.replace("ENDPOINT", repr(hub.endpoint)).replace("NAME", NAME).replace("PROMPT", repr(prompt))
-    r = page.evaluate("""async (code) => { try { return await webllm.runPython(code); }
-                         catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; } }""", code)
+    r = page.evaluate(
+        """async (code) => { try { return await webllm.runPython(code); }
+                         catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; } }""",
+        code,
+    )
     assert "error" not in r, r["error"]
-    assert r["errors"] == {"hf:owner": "ModelURLError", "gopher://x/y.gguf": "ModelURLError",
-                           "hf:owner/repo/missing.gguf": "DownloadError"}  # offline: the network is refused
+    assert r["errors"] == {
+        "hf:owner": "ModelURLError",
+        "gopher://x/y.gguf": "ModelURLError",
+        "hf:owner/repo/missing.gguf": "DownloadError",
+    }  # offline: the network is refused
     assert r["cache"] == [["hit", 1], ["hit", 2], ["hit", 3]] and r["downloads"] == 0
     assert r["text"] == " Paris"
     assert hub.state["log"][n0:] == []

@@ -7,6 +7,7 @@ serves (test_browser_chat.py unloads its engine, so nothing is loaded twice at o
 decodes at ~0.1 tok/s, so the answer is cut at 4 tokens (the first token comes from the prefill, the
 other three from the decode path); that the full answer is "...Paris." is test_model_smollm2.py's job.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,13 +61,15 @@ def native_run(request) -> dict:
             device = request.getfixturevalue("device")
 
             async def go():
-                engine = await Engine.load(default_model_path(), device=device, context_window=256,
-                                           prefill_chunk=PREFILL_CHUNK)
+                engine = await Engine.load(
+                    default_model_path(), device=device, context_window=256, prefill_chunk=PREFILL_CHUNK
+                )
                 try:
                     tok = engine.tokenizer
                     ids = tok.encode(tok.apply_chat_template(QUESTION), add_special=False)
-                    _, toks = await engine.complete(ids, params=SamplingParams(temperature=0.0),
-                                                    max_tokens=N_TOKENS, ignore_eos=True)
+                    _, toks = await engine.complete(
+                        ids, params=SamplingParams(temperature=0.0), max_tokens=N_TOKENS, ignore_eos=True
+                    )
                     return {"prompt": ids, "tokens": toks}
                 finally:
                     engine.reset(0)

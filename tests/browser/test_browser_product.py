@@ -8,6 +8,7 @@ into the engine once (module fixture `engine_page`): SmolLM2 on SwiftShader deco
 generation asks for a handful of tokens. References: the sha256 of the served file is computed here
 with hashlib; the greedy answer to "What is the capital of France?" starts "The capital of France"
 (HF transformers, PLATFORM.md)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,18 +30,26 @@ SHOTS = ROOT / "build" / "screenshots"
 class LoggingHandler(serve.Handler):
     """serve's handler + a log of request paths + `cut_next`: the next full (non-Range) model
     response sends its headers and half the body, then drops the connection."""
+
     log: list
     cut_next: list  # [bool] (a mutable cell shared with the test)
 
     def do_GET(self, head: bool = False) -> None:
         self.log.append((self.path, self.headers.get("Range")))
         path = self.path.split("?")[0]
-        if (not head and self.cut_next[0] and path.startswith("/models/") and path != "/models/index.json"
-                and not self.headers.get("Range")):
+        if (
+            not head
+            and self.cut_next[0]
+            and path.startswith("/models/")
+            and path != "/models/index.json"
+            and not self.headers.get("Range")
+        ):
             self.cut_next[0] = False
-            p = self.site.models[path[len("/models/"):]]
+            p = self.site.models[path[len("/models/") :]]
             size = p.stat().st_size
-            self._headers(200, "application/octet-stream", size, {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"})
+            self._headers(
+                200, "application/octet-stream", size, {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
+            )
             with open(p, "rb") as f:
                 self.wfile.write(f.read(size // 2))
             self.wfile.flush()
@@ -66,7 +75,11 @@ def site_server():
 
 
 def model_requests(srv, since=0):
-    return [(p, r) for p, r in srv.handler.log[since:] if p.startswith("/models/") and not p.startswith("/models/index.json")]
+    return [
+        (p, r)
+        for p, r in srv.handler.log[since:]
+        if p.startswith("/models/") and not p.startswith("/models/index.json")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +130,11 @@ def states(r):
 def test_cache_second_fetch_reads_no_network_and_corruption_is_refetched(context, site_server, model_sha256, kind):
     page = page_in(context, site_server.url + "script-tag.html")
     url = site_server.url + "models/" + MODEL
-    page.evaluate("async ([url, kind]) => { const { openModelCache } = await import('/cache.js'); "
-                  "await (await openModelCache(kind)).delete(url); }", [url, kind])
+    page.evaluate(
+        "async ([url, kind]) => { const { openModelCache } = await import('/cache.js'); "
+        "await (await openModelCache(kind)).delete(url); }",
+        [url, kind],
+    )
     n0 = len(site_server.handler.log)
     site_server.handler.cut_next[0] = True  # the first download drops half-way: it must resume
     first = page.evaluate(_FETCH, [url, kind])
@@ -140,13 +156,16 @@ def test_cache_second_fetch_reads_no_network_and_corruption_is_refetched(context
     assert model_requests(site_server, n1) == []
 
     # Flip one byte of the cached copy (keeping its recorded sha256): detected, deleted, refetched.
-    page.evaluate("""async ([url, kind]) => {
+    page.evaluate(
+        """async ([url, kind]) => {
       const { openModelCache } = await import('/cache.js');
       const store = await openModelCache(kind);
       const { bytes, sha256 } = await store.get(url);
       bytes[12345] ^= 0xff;
       await store.put(url, bytes, sha256);
-    }""", [url, kind])
+    }""",
+        [url, kind],
+    )
     n2 = len(site_server.handler.log)
     third = page.evaluate(_FETCH, [url, kind])
     assert "error" not in third, third
@@ -164,7 +183,8 @@ def engine_page(context, site_server):
     page = page_in(context, site_server.url + "script-tag.html")
     page.requests = []
     page.on("request", lambda r: page.requests.append(r.url))
-    r = page.evaluate("""async (model) => {
+    r = page.evaluate(
+        """async (model) => {
       await webllm.deleteModel(model);
       const before = await webllm.hasModelInCache(model);
       const progress = [];
@@ -174,7 +194,9 @@ def engine_page(context, site_server):
         return { before, after: await webllm.hasModelInCache(model), seconds: (performance.now() - t0) / 1000,
                  cache: progress.filter((p) => p.phase === 'cache').map((p) => p.state) };
       } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
-    }""", MODEL)
+    }""",
+        MODEL,
+    )
     assert "error" not in r, r["error"]
     print(f"\nmodel loaded in the browser in {r['seconds']:.1f} s")
     page.load_result = r
@@ -236,7 +258,8 @@ def test_stream_chunks_have_openai_shape(engine_page):
 
 @pytest.mark.slow
 def test_interrupt_and_abort_signal_then_a_new_request_works(engine_page):
-    r = engine_page.evaluate("""async (messages) => {
+    r = engine_page.evaluate(
+        """async (messages) => {
       const out = {};
       try {
         // interrupt(): the stream ends normally, finish_reason "abort", after the first token.
@@ -256,7 +279,9 @@ def test_interrupt_and_abort_signal_then_a_new_request_works(engine_page):
         out.after = await engine.chat.completions.create({ messages, max_tokens: 1, temperature: 0 });
       } catch (e) { out.error = `${e.name}: ${e.message}\\n${e.traceback || ''}`; }
       return out;
-    }""", QUESTION)
+    }""",
+        QUESTION,
+    )
     assert "error" not in r, r["error"]
     fin = [c["choices"][0]["finish_reason"] for c in r["interrupted"] if c["choices"]]
     assert fin[-1] == "abort" and len(r["interrupted"]) <= 3, r["interrupted"]
@@ -284,10 +309,13 @@ async for chunk in engine.chat.completions.create(
 def test_python_api_inside_pyodide(engine_page):
     """The notebook path (docs/pyodide.md): Python in Pyodide creates its own engine and streams."""
     engine_page.evaluate("() => engine.unload()")  # one engine's GPU memory at a time
-    r = engine_page.evaluate("""async (code) => {
+    r = engine_page.evaluate(
+        """async (code) => {
       try { return { ok: await webllm.runPython(code + "\\nengine.unload()\\nchunks") }; }
       catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
-    }""", DOC_SNIPPET)
+    }""",
+        DOC_SNIPPET,
+    )
     assert "error" not in r, r["error"]
     chunks = r["ok"]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
@@ -305,7 +333,8 @@ def test_reload_offline_loads_from_cache_and_answers(engine_page, site_server):
         page.requests.clear()
         n0 = len(site_server.handler.log)
         page.reload()
-        r = page.evaluate("""async ([model, messages]) => {
+        r = page.evaluate(
+            """async ([model, messages]) => {
           const progress = [];
           try {
             window.engine = await webllm.create({ model, onProgress: (p) => progress.push(p) });
@@ -313,7 +342,9 @@ def test_reload_offline_loads_from_cache_and_answers(engine_page, site_server):
             return { reply, cache: progress.filter((p) => p.phase === 'cache').map((p) => p.state),
                      downloads: progress.filter((p) => p.phase === 'download').length };
           } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
-        }""", [MODEL, QUESTION])
+        }""",
+            [MODEL, QUESTION],
+        )
         assert "error" not in r, r["error"]
         assert r["cache"] == ["hit"] and r["downloads"] == 0
         text = r["reply"]["choices"][0]["message"]["content"].strip()
@@ -340,13 +371,16 @@ def _screenshot(page, name):
 def test_widget_renders_loads_and_answers(context, site_server):
     page = page_in(context, site_server.url + "widget.html")
     page.set_viewport_size({"width": 900, "height": 700})
-    page.wait_for_function("() => customElements.get('webllm-chat') && document.querySelector('webllm-chat').shadowRoot")
+    page.wait_for_function(
+        "() => customElements.get('webllm-chat') && document.querySelector('webllm-chat').shadowRoot"
+    )
     shell = page.evaluate("""() => { const r = document.querySelector('webllm-chat').shadowRoot;
       return { title: r.querySelector('.title').textContent, load: !r.querySelector('.load').hidden,
                textarea: !!r.querySelector('textarea'), send: r.querySelector('.send').disabled }; }""")
     assert shell == {"title": MODEL.removesuffix(".gguf"), "load": True, "textarea": True, "send": True}
     _screenshot(page, "widget-idle.png")
-    r = page.evaluate("""async (q) => {
+    r = page.evaluate(
+        """async (q) => {
       const el = document.querySelector('webllm-chat');
       el.setAttribute('max-tokens', '2');
       const reply = await el.send(q);
@@ -354,7 +388,9 @@ def test_widget_renders_loads_and_answers(context, site_server):
       return { reply, error: root.querySelector('.error').textContent,
                bubbles: [...root.querySelectorAll('.msg')].map((d) => [d.className, d.querySelector('.body').textContent.trim()]),
                speed: root.querySelector('.speed').textContent, loadHidden: root.querySelector('.load').hidden };
-    }""", QUESTION[0]["content"])
+    }""",
+        QUESTION[0]["content"],
+    )
     assert r["error"] == "", r["error"]
     assert r["loadHidden"] and r["bubbles"][0] == ["msg user", QUESTION[0]["content"]]
     assert r["bubbles"][1][0] == "msg assistant" and r["bubbles"][1][1] == r["reply"].strip()
@@ -369,21 +405,25 @@ def test_widget_renders_loads_and_answers(context, site_server):
 def test_chat_page_streams_with_progress_and_stats(context, site_server):
     page = page_in(context, site_server.url + "chat.html")
     page.set_viewport_size({"width": 1000, "height": 760})
-    page.wait_for_function("() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)",
-                           timeout=CONFIG.READY_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)", timeout=CONFIG.READY_TIMEOUT_MS
+    )
     page.wait_for_function("() => /cached/.test(document.getElementById('cached').textContent)")
     assert "swiftshader" in page.text_content("#adapter") and "no shader-f16" in page.text_content("#adapter")
     page.click("#load")
-    page.wait_for_function("() => /^Loaded /.test(document.getElementById('loadinfo').textContent)",
-                           timeout=CONFIG.READY_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => /^Loaded /.test(document.getElementById('loadinfo').textContent)", timeout=CONFIG.READY_TIMEOUT_MS
+    )
     page.click("#settings summary")  # max tokens and temperature live in the Settings fold-out
     page.fill("#max_tokens", "2")
     page.fill("#temperature", "0")
     page.click("#settings summary")
     page.fill("#prompt", QUESTION[0]["content"])
     page.click("#send")
-    page.wait_for_function("() => !document.getElementById('send').disabled && /tokens\\/s/.test(document.getElementById('speed').textContent)",
-                           timeout=CONFIG.READY_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => !document.getElementById('send').disabled && /tokens\\/s/.test(document.getElementById('speed').textContent)",
+        timeout=CONFIG.READY_TIMEOUT_MS,
+    )
     reply = page.text_content(".msg.assistant .body").strip()
     assert reply and "The capital of France is Paris.".startswith(reply)
     assert page.text_content("#speed").startswith("2 tokens") and "decode" in page.text_content("#speed")

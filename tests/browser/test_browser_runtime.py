@@ -1,6 +1,7 @@
 """The browser runtime end to end: a page with one script tag starts the worker, Python runs in
 Pyodide, drives WebGPU (SwiftShader) through webllm_py.gpu, and the protocol's error and abort
 paths behave. GPU results are checked on CPython with numpy, from the same input bytes."""
+
 from __future__ import annotations
 
 import base64
@@ -41,7 +42,9 @@ def test_wheel_brings_the_shader_templates(webllm_page):
 
 
 def test_python_reports_the_swiftshader_adapter(webllm_page):
-    r = run_python(webllm_page, """
+    r = run_python(
+        webllm_page,
+        """
 import js
 import webllm_py.gpu
 dev = await webllm_py.gpu.request_device()
@@ -50,7 +53,8 @@ adapter = await js.navigator.gpu.requestAdapter()
  "fallback": dev.info.is_fallback, "features": sorted(dev.features),
  "adapter_features": sorted(str(f) for f in getattr(js.Array, "from")(adapter.features)),
  "max_binding": dev.max_binding_size}
-""")
+""",
+    )
     assert r["backend"] == "browser"
     assert (r["vendor"], r["architecture"]) == ("google", "swiftshader")
     assert r["fallback"] is True
@@ -83,8 +87,13 @@ def test_matvec_f32_in_pyodide_matches_numpy(webllm_page):
     rows, cols = 96, 300
     W = rng.standard_normal((rows, cols), dtype=np.float32)
     x = rng.standard_normal(cols, dtype=np.float32)
-    code = RUN_KERNEL.format(inputs=[_b64(W), _b64(x)], out_bytes=rows * 4, template="matvec_f32",
-                             params=dict(rows=rows, cols=cols, wg=64), grid=(rows,))
+    code = RUN_KERNEL.format(
+        inputs=[_b64(W), _b64(x)],
+        out_bytes=rows * 4,
+        template="matvec_f32",
+        params=dict(rows=rows, cols=cols, wg=64),
+        grid=(rows,),
+    )
     y = np.frombuffer(run_python(webllm_page, code), "<f4")
     np.testing.assert_allclose(y, W.astype(np.float64) @ x, rtol=1e-4, atol=1e-4)
 
@@ -94,8 +103,13 @@ def test_matmul_f32_in_pyodide_matches_numpy(webllm_page, M, N, K):
     rng = np.random.default_rng(M * 1000 + N)
     A = rng.standard_normal((M, K), dtype=np.float32)
     B = rng.standard_normal((N, K), dtype=np.float32)
-    code = RUN_KERNEL.format(inputs=[_b64(A), _b64(B)], out_bytes=M * N * 4, template="matmul_f32",
-                             params=dict(M=M, N=N, K=K, tm=8, tn=8, tk=16), grid=(-(-N // 8), -(-M // 8)))
+    code = RUN_KERNEL.format(
+        inputs=[_b64(A), _b64(B)],
+        out_bytes=M * N * 4,
+        template="matmul_f32",
+        params=dict(M=M, N=N, K=K, tm=8, tn=8, tk=16),
+        grid=(-(-N // 8), -(-M // 8)),
+    )
     C = np.frombuffer(run_python(webllm_page, code), "<f4").reshape(M, N)
     np.testing.assert_allclose(C, A.astype(np.float64) @ B.T, rtol=1e-4, atol=1e-4)
 
@@ -113,7 +127,9 @@ def test_staged_int8_matvec_in_chromium_matches_numpy(webllm_page):
     raw = gguf.quants.quantize(rng.standard_normal((N, K)).astype(np.float32), gguf.GGMLQuantizationType.Q4_0)
     w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_0).astype(np.float64).reshape(N, K)
     x = rng.standard_normal((1, K)).astype(np.float32)
-    r = run_python(webllm_page, f"""
+    r = run_python(
+        webllm_page,
+        f"""
 import base64, js, struct
 import webllm_py.gpu
 from webllm_py.formats.quants import GGMLType, TensorInfo
@@ -132,7 +148,8 @@ await dev.check_errors()
 {{"js_has": bool(js.navigator.gpu.wgslLanguageFeatures.has("packed_4x8_integer_dot_product")),
   "listed": "packed_4x8_integer_dot_product" in dev.wgsl_language_features, "staged": lin.staged,
   "y": base64.b64encode(await dev.read_buffer(yb)).decode()}}
-""")
+""",
+    )
     assert r["js_has"] and r["listed"] and r["staged"]
     y = np.frombuffer(base64.b64decode(r["y"]), "<f4").astype(np.float64)[None]
     assert staged_error(y, x, w) < 1e-5
@@ -140,12 +157,15 @@ await dev.check_errors()
 
 def test_bad_wgsl_is_a_shader_error_in_the_browser(webllm_page):
     with pytest.raises(BrowserPythonError) as e:
-        run_python(webllm_page, """
+        run_python(
+            webllm_page,
+            """
 import webllm_py.gpu
 dev = await webllm_py.gpu.request_device()
 dev._create_pipeline("fn main( {", "broken")
 await dev.check_errors()
-""")
+""",
+        )
     assert e.value.name == "ShaderError"
 
 
@@ -153,7 +173,9 @@ def test_bad_wgsl_created_on_first_use_is_a_shader_error(webllm_page):
     # Browser pipelines are created when first recorded (gpu/browser.py); the failure then surfaces
     # at the next read-back, typed, instead of as a silent invalid pipeline.
     with pytest.raises(BrowserPythonError) as e:
-        run_python(webllm_page, """
+        run_python(
+            webllm_page,
+            """
 import webllm_py.gpu
 dev = await webllm_py.gpu.request_device()
 k = dev._make_kernel("@group(0) @binding(0) var<storage, read_write> y: array<f32>;\\n"
@@ -162,7 +184,8 @@ assert k.pipeline is None
 buf = dev.create_buffer(16)
 dev.run(k, [buf], 1)
 await dev.read_buffer(buf)
-""")
+""",
+        )
     assert e.value.name == "ShaderError" and "broken-lazy" in e.value.message
 
 
@@ -248,9 +271,11 @@ def test_kernel_demo_page_matches_its_js_reference(chromium, server_url):
 
     page = open_page(chromium, server_url)
     try:
-        page.wait_for_function("() => document.querySelector('#matvec dd') && "
-                               "/OK|MISMATCH|Error/.test(document.querySelector('#matvec').textContent)",
-                               timeout=CONFIG.READY_TIMEOUT_MS)
+        page.wait_for_function(
+            "() => document.querySelector('#matvec dd') && "
+            "/OK|MISMATCH|Error/.test(document.querySelector('#matvec').textContent)",
+            timeout=CONFIG.READY_TIMEOUT_MS,
+        )
         text = page.inner_text("#matvec")
         assert "OK" in text, text
         assert "swiftshader" in page.inner_text("#adapter")

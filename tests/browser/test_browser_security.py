@@ -6,6 +6,7 @@ name to nothing, a dead proxy for everything that is not loopback). Every HTML/J
 strict policy as a header (the worker's policy comes from worker.js's headers, not from the page's
 <meta>), so the page AND the worker run under it. One model load, tiny max_tokens (SwiftShader decodes
 at ~0.1 tok/s)."""
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -18,8 +19,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The same policy as static/csp.html's <meta> (docs/security.md explains each directive).
-CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; "
-       "style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; "
+    "style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'"
+)
 LOCKDOWN_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
     "--proxy-server=http://127.0.0.1:9",  # loopback bypasses a proxy by default; anything else dead-ends
@@ -32,15 +35,17 @@ MAX_TOKENS = 2
 def locked(chromium, server_url):
     """(context, page at csp.html with the runtime ready, list of every request URL the context made)."""
     # A second browser from the package's Playwright driver (one sync driver per process).
-    browser = chromium.browser_type.launch(executable_path=CONFIG.CHROMIUM, args=CONFIG.LAUNCH_ARGS + LOCKDOWN_ARGS,
-                                 headless=CONFIG.HEADLESS)
+    browser = chromium.browser_type.launch(
+        executable_path=CONFIG.CHROMIUM, args=CONFIG.LAUNCH_ARGS + LOCKDOWN_ARGS, headless=CONFIG.HEADLESS
+    )
     context = browser.new_context()
     requests: list[str] = []
     context.on("request", lambda r: requests.append(r.url))
 
     def add_csp(route):
         if route.request.resource_type in ("document", "script") or urlsplit(route.request.url).path.endswith(
-                (".js", ".mjs", ".html", "/")):
+            (".js", ".mjs", ".html", "/")
+        ):
             resp = route.fetch()
             route.fulfill(response=resp, headers={**resp.headers, "content-security-policy": CSP})
         else:
@@ -59,8 +64,11 @@ def locked(chromium, server_url):
 
 
 def _run_python(page, code: str):
-    r = page.evaluate("""(code) => webllm.runPython(code).then((ok) => ({ ok }),
-        (e) => ({ error: `${e.name}: ${e.message}` }))""", code)
+    r = page.evaluate(
+        """(code) => webllm.runPython(code).then((ok) => ({ ok }),
+        (e) => ({ error: `${e.name}: ${e.message}` }))""",
+        code,
+    )
     assert "error" not in r, r["error"]
     return decode(r["ok"])
 
@@ -77,20 +85,25 @@ def test_runtime_runs_python_under_strict_csp(locked):
 def test_worker_is_under_the_policy_and_needs_no_eval(locked):
     """The worker got the header policy: JavaScript eval is refused there, and the runtime still works."""
     _, page, _ = locked
-    r = _run_python(page, """
+    r = _run_python(
+        page,
+        """
 import js
 try:
     js.eval("1 + 1")
     out = "eval allowed"
 except Exception as e:
     out = type(e).__name__ + ": " + str(e)
-out""")
+out""",
+    )
     assert "EvalError" in r or "unsafe-eval" in r, r
 
 
 def test_chat_template_renders_in_the_sandbox_in_the_browser(locked):
     _, page, _ = locked
-    r = _run_python(page, """
+    r = _run_python(
+        page,
+        """
 from webllm_py.errors import ChatTemplateError
 from webllm_py.tokenizer import render_chat_template
 try:
@@ -98,7 +111,8 @@ try:
     out = "rendered"
 except ChatTemplateError as e:
     out = "ChatTemplateError"
-out""")
+out""",
+    )
     assert r == "ChatTemplateError"
 
 
@@ -106,16 +120,20 @@ out""")
 def loaded(locked):
     """The model loaded once in the CSP page (window.__engine)."""
     _, page, _ = locked
-    r = page.evaluate("""async (model) => {
+    r = page.evaluate(
+        """async (model) => {
         try { window.__engine = await webllm.create({ model }); return { ok: true }; }
         catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
-    }""", MODEL)
+    }""",
+        MODEL,
+    )
     assert "error" not in r, r["error"]
     return page
 
 
 def test_three_simultaneous_requests_get_their_own_output(loaded):
-    r = loaded.evaluate("""async ([prompts, max_tokens]) => {
+    r = loaded.evaluate(
+        """async ([prompts, max_tokens]) => {
         const ask = (p) => window.__engine.chat.completions.create(
             { messages: [{ role: 'user', content: p }], max_tokens, temperature: 0 });
         const text = (resp) => resp.choices[0].message.content;
@@ -126,7 +144,9 @@ def test_three_simultaneous_requests_get_their_own_output(loaded):
             return { alone, together: together.map(text), usage: together.map((x) => x.usage.completion_tokens),
                      ids: together.map((x) => x.id) };
         } catch (e) { return { error: `${e.name}: ${e.message}\\n${e.traceback || ''}` }; }
-    }""", [PROMPTS, MAX_TOKENS])
+    }""",
+        [PROMPTS, MAX_TOKENS],
+    )
     assert "error" not in r, r["error"]
     assert len(set(r["alone"])) > 1  # different answers, so mixing would show
     assert r["together"] == r["alone"]

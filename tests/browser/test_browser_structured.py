@@ -2,6 +2,7 @@
 Pyodide -> WebGPU on SwiftShader) with SmolLM2; the output is checked here with json.loads and
 jsonschema. Malformed structured options fail in webllm.js with a RequestError that says what to send.
 Also measures, inside Pyodide, what masks cost there (trie build, first visit of a state, cached)."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required
 
 
 def test_json_schema_through_webllm_js(webllm_page):
-    r = webllm_page.evaluate("""async ([model, schema]) => {
+    r = webllm_page.evaluate(
+        """async ([model, schema]) => {
         const engine = await webllm.create({ model });
         const messages = [{ role: "system", content: "Answer in JSON." }, { role: "user", content: "Is water wet?" }];
         const reply = await engine.chat.completions.create({ messages, temperature: 0, max_tokens: 12,
@@ -36,7 +38,9 @@ def test_json_schema_through_webllm_js(webllm_page):
                 { type: "json_schema", json_schema: { name: "x", schema: { type: "string", pattern: "a+" } } } }); errors.push(null); }
         catch (e) { errors.push({ name: e.name, message: e.message }); }
         return { reply, errors };
-    }""", [MODEL, SCHEMA])
+    }""",
+        [MODEL, SCHEMA],
+    )
     choice = r["reply"]["choices"][0]
     assert choice["finish_reason"] == "stop", choice
     jsonschema.validate(json.loads(choice["message"]["content"]), SCHEMA)
@@ -49,7 +53,9 @@ def test_json_schema_through_webllm_js(webllm_page):
 
 def test_mask_cost_in_pyodide(webllm_page):
     """Runs after the request above: the worker's engine holds SmolLM2's tokenizer."""
-    got = run_python(webllm_page, """
+    got = run_python(
+        webllm_page,
+        """
 import gc, time
 from webllm_py.worker import Session
 from webllm_py.structured.constraint import Constraint
@@ -73,9 +79,13 @@ first, done = run()
 again, _ = run()
 {"trie_s": trie_s, "tokens": len(ids), "first_ms": [round(1000 * x, 2) for x in first],
  "cached_ms_per_token": 1000 * sum(again) / len(again), "done": done}
-""", timeout_ms=240_000)
+""",
+        timeout_ms=240_000,
+    )
     assert got["done"]
     first = got["first_ms"]
-    print(f"\n[pyodide masks] trie build {got['trie_s']:.2f} s; first visit per token (ms) {first}; "
-          f"mean {sum(first) / len(first):.1f} ms; cached {got['cached_ms_per_token']:.3f} ms/token")
+    print(
+        f"\n[pyodide masks] trie build {got['trie_s']:.2f} s; first visit per token (ms) {first}; "
+        f"mean {sum(first) / len(first):.1f} ms; cached {got['cached_ms_per_token']:.3f} ms/token"
+    )
     assert got["cached_ms_per_token"] < 5

@@ -1,6 +1,7 @@
 """The pure-Python tokenizer in Pyodide: SmolLM2's vocabulary read from the GGUF in the browser
 encodes exactly as HF `tokenizers` does on CPython, decodes back to the text, and the streaming
 decoder's chunks (fed one token at a time) add up to the same text."""
+
 import json
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """CI runs exactly the README's test command, and does not pass when no tests were collected."""
+
 import re
 import stat
 from pathlib import Path
@@ -14,7 +15,7 @@ def readme_commands() -> list[str]:
 def test_readme_starts_with_two_commands_and_ci_runs_the_test_one():
     cmds = readme_commands()
     assert len(cmds) == 2 and all(c.startswith("./scripts/setup.sh && ") for c in cmds)
-    ci = (ROOT / ".ci" / "run")
+    ci = ROOT / ".ci" / "run"
     assert ci.stat().st_mode & stat.S_IXUSR
     assert cmds[1] in ci.read_text().splitlines()
 

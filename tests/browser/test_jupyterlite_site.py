@@ -1,6 +1,7 @@
 """The JupyterLite site as the server hands it out (CPython, no browser): the apps under /lab/ and
 /notebooks/ beside the chat pages, and the lock file its Pyodide kernel loads packages through, checked
 against the wheels' own bytes and against npm Pyodide's lock file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,9 +36,9 @@ def get(url: str) -> tuple[int, bytes]:
 def test_site_is_served_beside_the_static_pages(url):
     for path in ("lab/", "lab/index.html", "notebooks/index.html", "tree/", "files/webllm_py.ipynb", "config-utils.js"):
         assert get(url + path)[0] == 200, path
-    with urllib.request.urlopen(url + "lab", timeout=30) as r:   # redirected to the folder
+    with urllib.request.urlopen(url + "lab", timeout=30) as r:  # redirected to the folder
         assert r.url == url + "lab/" and r.status == 200
-    status, body = get(url)   # the root stays the kernel demo, and declares itself JupyterLite's root
+    status, body = get(url)  # the root stays the kernel demo, and declares itself JupyterLite's root
     assert b"kernel demo" in body and b'id="jupyter-config-data"' in body
     config = json.loads(get(url + "jupyter-lite.json")[1])["jupyter-config-data"]
     kernel = config["litePluginSettings"]["@jupyterlite/pyodide-kernel-extension:kernel"]
@@ -58,9 +59,10 @@ def test_kernel_lock_file_lists_the_served_wheels_with_their_hashes(url):
         status, whl = get(url + "wheels/" + p["file_name"])
         assert status == 200 and hashlib.sha256(whl).hexdigest() == p["sha256"], name
         assert set(p["depends"]) <= set(pkgs), name
-        with zipfile.ZipFile(io.BytesIO(whl)) as z:   # what Pyodide will import exists
-            assert p["imports"] and all(any(n.startswith((i + "/", i + ".py")) for n in z.namelist())
-                                        for i in p["imports"]), name
+        with zipfile.ZipFile(io.BytesIO(whl)) as z:  # what Pyodide will import exists
+            assert p["imports"] and all(
+                any(n.startswith((i + "/", i + ".py")) for n in z.namelist()) for i in p["imports"]
+            ), name
     assert pkgs["webllm-py"]["imports"] == ["webllm_py"] and pkgs["ipython"]["imports"] == ["IPython"]
     assert pkgs["matplotlib-inline"]["imports"] == ["matplotlib_inline"]
 

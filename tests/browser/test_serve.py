@@ -1,4 +1,5 @@
 """The dev server and the wheel it builds, checked over real HTTP on CPython (no browser needed)."""
+
 from __future__ import annotations
 
 import base64
@@ -62,12 +63,21 @@ def test_preflight_allows_range(url):
 
     u = urlsplit(url)
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-    c.request("OPTIONS", "/models/tiny.gguf", headers={"Origin": "http://example.test",
-              "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"})
+    c.request(
+        "OPTIONS",
+        "/models/tiny.gguf",
+        headers={
+            "Origin": "http://example.test",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "range",
+        },
+    )
     r = c.getresponse()
     r.read()
     assert r.status == 204 and r.getheader("Access-Control-Allow-Origin") == "*"
-    assert "Range" in r.getheader("Access-Control-Allow-Headers") and "GET" in r.getheader("Access-Control-Allow-Methods")
+    assert "Range" in r.getheader("Access-Control-Allow-Headers") and "GET" in r.getheader(
+        "Access-Control-Allow-Methods"
+    )
     c.close()
 
 
@@ -93,17 +103,28 @@ def test_allow_origin_refuses_what_is_not_an_origin_in_one_line(bad):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "webllm_py", "serve", "--port", "0", "--allow-origin", bad],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "webllm_py", "serve", "--port", "0", "--allow-origin", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "--allow-origin" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("path,mime", [
-    ("webllm.js", "text/javascript"), ("webllm.mjs", "text/javascript"), ("worker.js", "text/javascript"),
-    ("pyodide/pyodide.mjs", "text/javascript"), ("pyodide/pyodide.asm.wasm", "application/wasm"),
-    ("models/tiny.gguf", "application/octet-stream"), ("index.html", "text/html"),
-])
+@pytest.mark.parametrize(
+    "path,mime",
+    [
+        ("webllm.js", "text/javascript"),
+        ("webllm.mjs", "text/javascript"),
+        ("worker.js", "text/javascript"),
+        ("pyodide/pyodide.mjs", "text/javascript"),
+        ("pyodide/pyodide.asm.wasm", "application/wasm"),
+        ("models/tiny.gguf", "application/octet-stream"),
+        ("index.html", "text/html"),
+    ],
+)
 def test_mime_types(url, path, mime):
     status, h, _ = get(url + path)
     assert status == 200 and h["Content-Type"].split(";")[0] == mime
@@ -112,8 +133,9 @@ def test_mime_types(url, path, mime):
 def test_model_index_lists_size_and_sha256(url, model_file):
     status, _, body = get(url + "models/index.json")
     data = model_file.read_bytes()
-    assert json.loads(body) == [{"name": "tiny.gguf", "url": "/models/tiny.gguf", "size": len(data),
-                                 "sha256": hashlib.sha256(data).hexdigest()}]
+    assert json.loads(body) == [
+        {"name": "tiny.gguf", "url": "/models/tiny.gguf", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    ]
 
 
 def test_range_requests_resume_downloads(url, model_file):

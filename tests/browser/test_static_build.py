@@ -2,6 +2,7 @@
 against the sources (static/, npm's Pyodide, the wheel as serve builds it, hashlib over the models),
 and the CLI's one-line errors. The browser side (the build answering from a plain http.server) is in
 test_browser_embed.py."""
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,10 @@ def test_wheels_as_serve_builds_them_with_a_relative_index(built, tmp_path):
 
 def test_models_with_size_and_sha256(built, models):
     index = json.loads((built / "models" / "index.json").read_text())
-    want = [{"name": m.name, "url": m.name, "size": m.stat().st_size,
-             "sha256": hashlib.sha256(m.read_bytes()).hexdigest()} for m in models]
+    want = [
+        {"name": m.name, "url": m.name, "size": m.stat().st_size, "sha256": hashlib.sha256(m.read_bytes()).hexdigest()}
+        for m in models
+    ]
     assert index == want
     for m in models:
         assert (built / "models" / m.name).read_bytes() == m.read_bytes()
@@ -76,8 +79,9 @@ def test_rebuild_replaces_an_earlier_build(models, tmp_path):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "webllm_py", "build", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "webllm_py", "build", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def one_line_error(r, *words):
@@ -109,6 +113,7 @@ def test_the_jupyterlite_site_and_its_lock_file(built):
     """The notebook site setup built (jupyterlite.SITE) is in the build as serve layers it: the files
     static/ lacks, and the kernel's lock file over the build's own wheels (sha256 of those bytes)."""
     from webllm_py import jupyterlite
+
     assert (jupyterlite.SITE / "jupyter-lite.json").is_file(), "setup builds the JupyterLite site"
     for rel in ("lab/index.html", "jupyter-lite.json", "files/webllm_py.ipynb"):
         assert (built / rel).read_bytes() == (jupyterlite.SITE / rel).read_bytes(), rel

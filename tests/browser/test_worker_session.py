@@ -1,4 +1,5 @@
 """webllm_py.worker (the Python side of the protocol) is plain Python: check it on CPython too."""
+
 from __future__ import annotations
 
 import asyncio
@@ -46,8 +47,9 @@ def test_abort_cancels_the_running_request():
     s = worker.Session()
 
     async def scenario():
-        t = asyncio.ensure_future(s.handle("exec", 5, json.dumps({"code": "import asyncio\nawait asyncio.sleep(60)"}),
-                                           lambda k, p: None))
+        t = asyncio.ensure_future(
+            s.handle("exec", 5, json.dumps({"code": "import asyncio\nawait asyncio.sleep(60)"}), lambda k, p: None)
+        )
         await asyncio.sleep(0.05)
         assert s.abort(5) is True
         assert s.abort(6) is False  # not running

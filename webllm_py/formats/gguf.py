@@ -11,6 +11,7 @@ Only the header is parsed: tensor data stays in the ByteSource. Every count and 
 against the bytes that remain before anything is allocated for it, so a corrupt or hostile file
 raises ModelFormatError instead of exhausting memory.
 """
+
 from __future__ import annotations
 
 import struct
@@ -29,8 +30,17 @@ _WINDOW = 1 << 20  # header bytes fetched from the source per read
 # GGUF metadata value types -> (struct code, size) for the fixed-size ones.
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
 _SCALARS = {
-    UINT8: ("B", 1), INT8: ("b", 1), UINT16: ("H", 2), INT16: ("h", 2), UINT32: ("I", 4), INT32: ("i", 4),
-    FLOAT32: ("f", 4), BOOL: ("?", 1), UINT64: ("Q", 8), INT64: ("q", 8), FLOAT64: ("d", 8),
+    UINT8: ("B", 1),
+    INT8: ("b", 1),
+    UINT16: ("H", 2),
+    INT16: ("h", 2),
+    UINT32: ("I", 4),
+    INT32: ("i", 4),
+    FLOAT32: ("f", 4),
+    BOOL: ("?", 1),
+    UINT64: ("Q", 8),
+    INT64: ("q", 8),
+    FLOAT64: ("d", 8),
 }
 # The fewest bytes one element of each type can take: the bound for checking array counts.
 _MIN_SIZE = {**{t: s for t, (_, s) in _SCALARS.items()}, STRING: 8, ARRAY: 12}
@@ -54,7 +64,8 @@ class _Cursor:
         if n < 0 or n > self.remaining:
             raise ModelFormatError(
                 f"GGUF: {what} needs {n} bytes at offset {self.pos} but only {max(self.remaining, 0)} remain: "
-                "the file is truncated or corrupt.")
+                "the file is truncated or corrupt."
+            )
         i = self.pos - self._buf_start
         if i < 0 or i + n > len(self._buf):
             self._buf_start = self.pos
@@ -79,10 +90,10 @@ class _Cursor:
             raise ModelFormatError(f"GGUF: {what} claims {n} bytes but only {self.remaining} remain in the file.")
         buf, i = self.take(n, what)
         try:
-            return bytes(buf[i:i + n]).decode("utf-8")
+            return bytes(buf[i : i + n]).decode("utf-8")
         except UnicodeDecodeError:
             # Token pieces of some vocabularies are not valid UTF-8 on their own; keep them lossless.
-            return bytes(buf[i:i + n]).decode("utf-8", errors="surrogateescape")
+            return bytes(buf[i : i + n]).decode("utf-8", errors="surrogateescape")
 
 
 def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> Any:
@@ -99,8 +110,10 @@ def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> Any:
         if etype not in _MIN_SIZE:
             raise ModelFormatError(f"GGUF: {what} has unknown element type {etype}.")
         if count * _MIN_SIZE[etype] > cur.remaining:
-            raise ModelFormatError(f"GGUF: {what} claims {count} elements, more than the {cur.remaining} "
-                                   "remaining bytes can hold: the file is corrupt.")
+            raise ModelFormatError(
+                f"GGUF: {what} claims {count} elements, more than the {cur.remaining} "
+                "remaining bytes can hold: the file is corrupt."
+            )
         if etype in _SCALARS:  # one struct call for the whole array
             code, size = _SCALARS[etype]
             buf, i = cur.take(count * size, what)
@@ -116,14 +129,18 @@ class GGUFFile:
         self.source = as_source(source)
         cur = _Cursor(self.source)
         magic, i = cur.take(4, "magic")
-        if bytes(magic[i:i + 4]) != GGUF_MAGIC:
-            raise ModelFormatError(f"not a GGUF file (magic {bytes(magic[i:i + 4])!r}, expected b'GGUF').")
+        if bytes(magic[i : i + 4]) != GGUF_MAGIC:
+            raise ModelFormatError(f"not a GGUF file (magic {bytes(magic[i : i + 4])!r}, expected b'GGUF').")
         self.version = cur.u32("version")
         if self.version not in (2, 3):
             if self.version in (1,):
-                raise UnsupportedModelError("GGUF version 1 is obsolete; convert the model again with a recent llama.cpp.")
-            raise ModelFormatError(f"GGUF version {self.version} is not supported (expected 2 or 3); a big-endian "
-                                   "file or a corrupt header reads this way.")
+                raise UnsupportedModelError(
+                    "GGUF version 1 is obsolete; convert the model again with a recent llama.cpp."
+                )
+            raise ModelFormatError(
+                f"GGUF version {self.version} is not supported (expected 2 or 3); a big-endian "
+                "file or a corrupt header reads this way."
+            )
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
         if n_kv * 13 > cur.remaining:  # key len 8 + at least 1 char... + type 4 -> >= 12 bytes + value
@@ -171,9 +188,11 @@ class GGUFFile:
             if nbytes >= 0 and offset + nbytes > data_size:
                 raise ModelFormatError(
                     f"GGUF: tensor '{name}' ({type_name(gtype)}, shape {list(shape)}, {nbytes} bytes at data offset "
-                    f"{offset}) runs past the end of the file ({data_size} data bytes): the file is truncated.")
-            self.tensors[name] = TensorInfo(name, shape, gtype, self.data_offset + offset, nbytes,
-                                            ne_first=True, source=self.source)
+                    f"{offset}) runs past the end of the file ({data_size} data bytes): the file is truncated."
+                )
+            self.tensors[name] = TensorInfo(
+                name, shape, gtype, self.data_offset + offset, nbytes, ne_first=True, source=self.source
+            )
 
     def __repr__(self) -> str:
         return f"GGUFFile(v{self.version}, {len(self.metadata)} metadata keys, {len(self.tensors)} tensors)"
@@ -199,20 +218,27 @@ def merge_split(files: list[GGUFFile]) -> tuple[dict[str, Any], dict[str, Tensor
     if count != n:
         raise ModelFormatError(
             f"GGUF: this model is split into {count} files but {n} {'was' if n == 1 else 'were'} given: "
-            "load it by the name of its first shard (…-00001-of-0000N.gguf) so every shard is read.")
+            "load it by the name of its first shard (…-00001-of-0000N.gguf) so every shard is read."
+        )
     tensors: dict[str, TensorInfo] = {}
     for i, g in enumerate(files):
         if n > 1 and g.metadata.get(SPLIT_NO) != i:
-            raise ModelFormatError(f"GGUF: shard {i + 1} of {n} says it is shard {g.metadata.get(SPLIT_NO)!r} "
-                                   "(split.no counts from 0): the files are out of order or from different models.")
+            raise ModelFormatError(
+                f"GGUF: shard {i + 1} of {n} says it is shard {g.metadata.get(SPLIT_NO)!r} "
+                "(split.no counts from 0): the files are out of order or from different models."
+            )
         if n > 1 and g.metadata.get(SPLIT_COUNT) != n:
-            raise ModelFormatError(f"GGUF: shard {i + 1} says the model has {g.metadata.get(SPLIT_COUNT)!r} shards, "
-                                   f"not {n}: the files are from different splits.")
+            raise ModelFormatError(
+                f"GGUF: shard {i + 1} says the model has {g.metadata.get(SPLIT_COUNT)!r} shards, "
+                f"not {n}: the files are from different splits."
+            )
         for name, info in g.tensors.items():
             if name in tensors:
                 raise ModelFormatError(f"GGUF: tensor '{name}' is in more than one shard.")
             tensors[name] = info
     if n > 1 and first.get(SPLIT_TENSORS) != len(tensors):
-        raise ModelFormatError(f"GGUF: the shards hold {len(tensors)} tensors but split.tensors.count says "
-                               f"{first.get(SPLIT_TENSORS)!r}: a shard is missing or truncated.")
+        raise ModelFormatError(
+            f"GGUF: the shards hold {len(tensors)} tensors but split.tensors.count says "
+            f"{first.get(SPLIT_TENSORS)!r}: a shard is missing or truncated."
+        )
     return first, tensors

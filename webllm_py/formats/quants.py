@@ -4,6 +4,7 @@ A quantized ggml tensor is a sequence of blocks along each row (ne0, the fastest
 `block_size` elements packed into `type_size` bytes. Values are those of ggml's `enum ggml_type`
 (ggml.h); the byte layouts follow ggml-common.h and are what the WGSL kernels decode.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -103,7 +104,8 @@ def layout_of(t: Any) -> BlockLayout:
     except (ValueError, KeyError):
         raise UnsupportedModelError(
             f"tensor type {type_name(t)} is not supported by webllm_py; use a model quantized as one of "
-            f"{', '.join(sorted(x.name for x in SUPPORTED))}.") from None
+            f"{', '.join(sorted(x.name for x in SUPPORTED))}."
+        ) from None
 
 
 def require_supported(t: Any) -> GGMLType:
@@ -112,15 +114,18 @@ def require_supported(t: Any) -> GGMLType:
     if not lay.supported:
         raise UnsupportedModelError(
             f"tensor type {type_name(t)} is not supported by webllm_py's kernels; use a model quantized as one of "
-            f"{', '.join(sorted(x.name for x in SUPPORTED))}.")
+            f"{', '.join(sorted(x.name for x in SUPPORTED))}."
+        )
     return GGMLType(int(t))
 
 
 def row_nbytes(t: Any, n_cols: int) -> int:
     lay = layout_of(t)
     if n_cols % lay.block_size:
-        raise ModelFormatError(f"a row of {n_cols} elements is not a whole number of {type_name(t)} blocks "
-                               f"({lay.block_size} elements each)")
+        raise ModelFormatError(
+            f"a row of {n_cols} elements is not a whole number of {type_name(t)} blocks "
+            f"({lay.block_size} elements each)"
+        )
     return n_cols // lay.block_size * lay.type_size
 
 
@@ -143,6 +148,7 @@ class TensorInfo:
     weight is (out_features, in_features) = (rows, cols) from either format.
     `offset` is absolute within `source`.
     """
+
     name: str
     shape: tuple[int, ...]
     ggml_type: int

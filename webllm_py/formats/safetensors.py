@@ -8,6 +8,7 @@ plus an optional "__metadata__" of string pairs. Sharded checkpoints add
 Tensors are described by the same TensorInfo as GGUF (ne_first=False) and read through a
 ByteSource, so data is never loaded to parse. Malformed input raises ModelFormatError.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,21 @@ MAX_HEADER = 100 << 20  # the reference implementation's limit as well
 
 # dtype -> (bytes per element, ggml type or None where no kernel reads it)
 DTYPES: dict[str, tuple[int, int]] = {
-    "F32": (4, GGMLType.F32), "F16": (2, GGMLType.F16), "BF16": (2, GGMLType.BF16),
-    "F64": (8, GGMLType.F64), "I64": (8, GGMLType.I64), "I32": (4, GGMLType.I32), "I16": (2, GGMLType.I16),
-    "I8": (1, GGMLType.I8), "U8": (1, -1), "U16": (2, -1), "U32": (4, -1), "U64": (8, -1), "BOOL": (1, -1),
-    "F8_E4M3": (1, -1), "F8_E5M2": (1, -1),
+    "F32": (4, GGMLType.F32),
+    "F16": (2, GGMLType.F16),
+    "BF16": (2, GGMLType.BF16),
+    "F64": (8, GGMLType.F64),
+    "I64": (8, GGMLType.I64),
+    "I32": (4, GGMLType.I32),
+    "I16": (2, GGMLType.I16),
+    "I8": (1, GGMLType.I8),
+    "U8": (1, -1),
+    "U16": (2, -1),
+    "U32": (4, -1),
+    "U64": (8, -1),
+    "BOOL": (1, -1),
+    "F8_E4M3": (1, -1),
+    "F8_E5M2": (1, -1),
 }
 
 
@@ -50,8 +62,10 @@ class SafetensorsFile:
             raise ModelFormatError(f"{self.name}: {size} bytes is too short for a safetensors file (truncated?).")
         (hlen,) = struct.unpack("<Q", self.source.read(0, 8))
         if hlen > min(MAX_HEADER, size - 8):
-            raise ModelFormatError(f"{self.name}: header length {hlen} exceeds the file ({size} bytes) or the "
-                                   f"{MAX_HEADER}-byte limit: not a safetensors file, or truncated.")
+            raise ModelFormatError(
+                f"{self.name}: header length {hlen} exceeds the file ({size} bytes) or the "
+                f"{MAX_HEADER}-byte limit: not a safetensors file, or truncated."
+            )
         try:
             header = json.loads(self.source.read(8, hlen).decode("utf-8"), object_pairs_hook=_no_duplicates)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -83,19 +97,27 @@ class SafetensorsFile:
             raise ModelFormatError(f"{where} has unknown dtype {dtype!r}.")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) or len(shape) > 8:
             raise ModelFormatError(f"{where} has an invalid shape {shape!r}.")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= data_size):
-            raise ModelFormatError(f"{where} has data_offsets {offsets!r} outside the {data_size} data bytes "
-                                   "(truncated file?).")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise ModelFormatError(
+                f"{where} has data_offsets {offsets!r} outside the {data_size} data bytes (truncated file?)."
+            )
         n = 1
         for d in shape:
             n *= d
         esize, gtype = DTYPES[dtype]
         begin, end = offsets
         if end - begin != n * esize:
-            raise ModelFormatError(f"{where}: {dtype} {shape} needs {n * esize} bytes but data_offsets span {end - begin}.")
-        self.tensors[tname] = TensorInfo(tname, tuple(shape), int(gtype), self.data_offset + begin, end - begin,
-                                         ne_first=False, source=self.source)
+            raise ModelFormatError(
+                f"{where}: {dtype} {shape} needs {n * esize} bytes but data_offsets span {end - begin}."
+            )
+        self.tensors[tname] = TensorInfo(
+            tname, tuple(shape), int(gtype), self.data_offset + begin, end - begin, ne_first=False, source=self.source
+        )
         self.dtypes[tname] = dtype
         return begin, end, tname
 
@@ -111,8 +133,9 @@ class SafetensorsModel:
             self.metadata.update(f.metadata)
             for tname, info in f.tensors.items():
                 if weight_map is not None and weight_map.get(tname) != fname:
-                    raise ModelFormatError(f"tensor '{tname}' is in shard '{fname}' but the index puts it in "
-                                           f"'{weight_map.get(tname)}'.")
+                    raise ModelFormatError(
+                        f"tensor '{tname}' is in shard '{fname}' but the index puts it in '{weight_map.get(tname)}'."
+                    )
                 if tname in self.tensors:
                     raise ModelFormatError(f"tensor '{tname}' appears in more than one shard.")
                 self.tensors[tname] = info
@@ -154,8 +177,9 @@ def open_safetensors(path: str | os.PathLike) -> SafetensorsModel:
                 names = set()
             if any(os.sep in str(n) or n in ("", "..") for n in names):
                 raise ModelFormatError("model.safetensors.index.json names shards outside its directory.")
-            return SafetensorsModel.from_index(data, {n: os.path.join(path, n) for n in names
-                                                      if os.path.exists(os.path.join(path, n))})
+            return SafetensorsModel.from_index(
+                data, {n: os.path.join(path, n) for n in names if os.path.exists(os.path.join(path, n))}
+            )
         path = os.path.join(path, "model.safetensors")
     name = os.path.basename(path)
     return SafetensorsModel({name: SafetensorsFile(as_source(path), name)})

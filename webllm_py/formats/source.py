@@ -8,6 +8,7 @@ platform allows it (a JS Uint8Array in the browser; natively, chunks read from t
 WebGPU's writeBuffer needs sizes and offsets that are multiples of 4: uploads pad the tail with
 zeros. Large ranges are uploaded in chunks so the extra memory in flight stays small.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,14 +34,17 @@ def _check_range(source: ByteSource, offset: int, n: int) -> None:
     if offset < 0 or n < 0 or offset + n > source.size:
         raise ModelFormatError(
             f"read of {n} bytes at offset {offset} runs past the end of the data ({source.size} bytes): "
-            "the file is truncated or corrupt; download it again.")
+            "the file is truncated or corrupt; download it again."
+        )
 
 
 def _check_upload(device: Any, buffer: Any, n: int, dst_offset: int) -> None:
     if dst_offset % 4:
         raise ValueError(f"upload destination offset {dst_offset} is not a multiple of 4")
     if dst_offset + ((n + 3) & ~3) > buffer.size:
-        raise ValueError(f"upload of {n} bytes at {dst_offset} does not fit buffer '{buffer.label}' ({buffer.size} bytes)")
+        raise ValueError(
+            f"upload of {n} bytes at {dst_offset} does not fit buffer '{buffer.label}' ({buffer.size} bytes)"
+        )
 
 
 def _upload_views(device: Any, buffer: Any, view: memoryview, dst_offset: int, chunk: int) -> None:
@@ -50,7 +54,7 @@ def _upload_views(device: Any, buffer: Any, view: memoryview, dst_offset: int, c
     pos = 0
     while pos < body:
         m = min(chunk, body - pos)
-        device.write_buffer(buffer, view[pos:pos + m], dst_offset + pos)
+        device.write_buffer(buffer, view[pos : pos + m], dst_offset + pos)
         pos += m
     if n % 4:
         device.write_buffer(buffer, bytes(view[body:]) + b"\0" * (4 - n % 4), dst_offset + body)
@@ -65,13 +69,14 @@ class BytesSource:
 
     def read(self, offset: int, n: int) -> bytes:
         _check_range(self, offset, n)
-        return bytes(self._view[offset:offset + n])
+        return bytes(self._view[offset : offset + n])
 
-    def upload(self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0,
-               chunk: int = UPLOAD_CHUNK) -> None:
+    def upload(
+        self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0, chunk: int = UPLOAD_CHUNK
+    ) -> None:
         _check_range(self, src_offset, n)
         _check_upload(device, buffer, n, dst_offset)
-        _upload_views(device, buffer, self._view[src_offset:src_offset + n], dst_offset, chunk)
+        _upload_views(device, buffer, self._view[src_offset : src_offset + n], dst_offset, chunk)
 
 
 class FileSource:
@@ -87,8 +92,9 @@ class FileSource:
         except OSError as e:
             raise ModelFormatError(f"cannot open model file '{self.path}': {e}") from e
         if not stat.S_ISREG(st.st_mode):  # opening a FIFO would wait for a writer, forever
-            raise ModelFormatError(f"'{self.path}' is not a regular file (a FIFO, socket or device): "
-                                   "give the path of a model file")
+            raise ModelFormatError(
+                f"'{self.path}' is not a regular file (a FIFO, socket or device): give the path of a model file"
+            )
         try:
             self._file = open(self.path, "rb", buffering=0)
         except OSError as e:
@@ -110,18 +116,21 @@ class FileSource:
                     raise ModelFormatError(
                         f"model file '{self.path}' ended at {offset + len(data)} bytes while {offset + n} were "
                         f"read ({self.size} when it was opened): it was truncated or replaced while loading; "
-                        "load it again.")
+                        "load it again."
+                    )
                 data += more
         return data
 
-    def upload(self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0,
-               chunk: int = UPLOAD_CHUNK) -> None:
+    def upload(
+        self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0, chunk: int = UPLOAD_CHUNK
+    ) -> None:
         _check_range(self, src_offset, n)
         _check_upload(device, buffer, n, dst_offset)
         chunk -= chunk % 4
         for pos in range(0, n, chunk):
-            _upload_views(device, buffer, memoryview(self.read(src_offset + pos, min(chunk, n - pos))),
-                          dst_offset + pos, chunk)
+            _upload_views(
+                device, buffer, memoryview(self.read(src_offset + pos, min(chunk, n - pos))), dst_offset + pos, chunk
+            )
 
     def close(self) -> None:
         self._file.close()
@@ -148,8 +157,9 @@ class JSBufferSource:
         _check_range(self, offset, n)
         return self._u8.subarray(offset, offset + n).to_bytes()
 
-    def upload(self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0,
-               chunk: int = UPLOAD_CHUNK) -> None:
+    def upload(
+        self, device: Any, buffer: Any, src_offset: int, n: int, dst_offset: int = 0, chunk: int = UPLOAD_CHUNK
+    ) -> None:
         import js  # type: ignore  # Pyodide only
 
         _check_range(self, src_offset, n)

@@ -9,11 +9,19 @@ tool calling, in pure Python (runs in Pyodide).
   response_format.py  OpenAI response_format -> GBNF
   tools.py            tools / tool_choice: prompt, forced-call schema, parsing into tool_calls
 """
+
 from .constraint import Constraint
 from .grammar import Grammar, GrammarError
 from .json_schema import JSON_OBJECT_GBNF, schema_to_gbnf
 from .matcher import Matcher
 from .response_format import response_format_gbnf
 
-__all__ = ["Constraint", "Grammar", "GrammarError", "JSON_OBJECT_GBNF", "Matcher", "response_format_gbnf",
-           "schema_to_gbnf"]
+__all__ = [
+    "Constraint",
+    "Grammar",
+    "GrammarError",
+    "JSON_OBJECT_GBNF",
+    "Matcher",
+    "response_format_gbnf",
+    "schema_to_gbnf",
+]

@@ -7,6 +7,7 @@ end-of-sequence tokens are in the mask only while the output so far is a complet
 Compiled matchers are cached per tokenizer and grammar text, so a repeated schema reuses every mask it
 has computed before (masks live on the matcher's states).
 """
+
 from __future__ import annotations
 
 from ..errors import RequestError
@@ -58,7 +59,9 @@ class Constraint:
                 data = data[1:]
         nxt = self.matcher.feed(self.state, data)
         if nxt is None:
-            raise RequestError(f"structured output: token {token_id} ({data!r}) does not fit the grammar after "
-                               f"{bytes(self.text)[-60:]!r}; this is a bug in the token mask")
+            raise RequestError(
+                f"structured output: token {token_id} ({data!r}) does not fit the grammar after "
+                f"{bytes(self.text)[-60:]!r}; this is a bug in the token mask"
+            )
         self.text += data
         self.state = nxt

@@ -15,6 +15,7 @@ ends inside a multi-byte character is matched as far as it goes. Repetitions bec
   x{m,n} -> m copies of x, then n-m nested optionals (O_k ::= x O_k-1 | ε), so the count lives in the
   matcher's stack and bounded lengths (maxLength, maxItems) cost no counters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class _Parser:
             self.i += 1
         if j == self.i:
             self.error("expected a rule name")
-        return self.s[j:self.i]
+        return self.s[j : self.i]
 
     def rules(self) -> dict:
         out: dict = {}
@@ -167,14 +168,27 @@ class _Parser:
             self.error("dangling backslash")
         e = s[self.i]
         self.i += 1
-        simple = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "[": "[", "]": "]", "-": "-", "^": "^",
-                  "/": "/", "f": "\f", "b": "\b", "0": "\0"}
+        simple = {
+            "n": "\n",
+            "t": "\t",
+            "r": "\r",
+            "\\": "\\",
+            '"': '"',
+            "[": "[",
+            "]": "]",
+            "-": "-",
+            "^": "^",
+            "/": "/",
+            "f": "\f",
+            "b": "\b",
+            "0": "\0",
+        }
         if e in simple:
             return simple[e]
         width = {"x": 2, "u": 4, "U": 8}.get(e)
         if width is None:
             self.error(f"unknown escape \\{e}")
-        digits = s[self.i:self.i + width]
+        digits = s[self.i : self.i + width]
         if len(digits) != width or any(d not in "0123456789abcdefABCDEF" for d in digits):
             self.error(f"\\{e} needs {width} hex digits")
         self.i += width
@@ -194,7 +208,7 @@ class _Parser:
                 j = s.find("}", self.i)
                 if j < 0:
                     self.error("unterminated {m,n}")
-                body = s[self.i + 1:j].replace(" ", "")
+                body = s[self.i + 1 : j].replace(" ", "")
                 try:
                     if "," in body:
                         a, b = body.split(",", 1)
@@ -223,6 +237,7 @@ def parse_gbnf(text: str) -> dict:
 @dataclass
 class Grammar:
     """Rules as lists of alternatives (tuples of elements, see the module docstring); rule 0 is root."""
+
     rules: list = field(default_factory=list)
     names: list = field(default_factory=list)
 
@@ -284,7 +299,7 @@ def _lower(ast_rules: dict, root: str) -> Grammar:
                 r = new_rule(f"{owner}-star")
                 g.rules[r] = [tuple(one) + (("ref", r),), ()]
                 out.append(("ref", r))
-            elif n > m:   # O_k ::= x O_k-1 | ε
+            elif n > m:  # O_k ::= x O_k-1 | ε
                 prev = None
                 for _ in range(n - m):
                     r = new_rule(f"{owner}-opt")

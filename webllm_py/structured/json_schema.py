@@ -17,6 +17,7 @@ Whitespace: at most one space after `:` and `,` and around brackets is allowed (
 model cannot run away emitting blank lines), and a root value may be preceded by up to one space,
 which SentencePiece vocabularies' leading-space pieces need.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,43 @@ from ..errors import RequestError
 from .grammar import gbnf_literal
 
 # Keywords that carry no constraint on the instance (annotations) or that we honour below.
-_ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "examples", "default", "deprecated",
-                "readOnly", "writeOnly", "strict", "name",
-                "nullable"}  # OpenAPI's, not JSON Schema's: validators ignore it, so the grammar does too
-_HANDLED = {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
-            "prefixItems", "enum", "const", "minLength", "maxLength", "anyOf", "oneOf", "allOf", "$ref", "$defs",
-            "definitions"}
+_ANNOTATIONS = {
+    "title",
+    "description",
+    "$schema",
+    "$id",
+    "$comment",
+    "examples",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "strict",
+    "name",
+    "nullable",
+}  # OpenAPI's, not JSON Schema's: validators ignore it, so the grammar does too
+_HANDLED = {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "prefixItems",
+    "enum",
+    "const",
+    "minLength",
+    "maxLength",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "$defs",
+    "definitions",
+}
 
-_PRIMITIVES = r'''
+_PRIMITIVES = r"""
 ws ::= " "?
 json-char ::= [^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) | "\\u" [dD] [89abAB] [0-9a-fA-F]{2} "\\u" [dD] [c-fC-F] [0-9a-fA-F]{2}
 string ::= "\"" json-char* "\""
@@ -43,7 +73,7 @@ null ::= "null"
 value ::= object | array | string | number | boolean | null
 object ::= "{" ws ( string ws ":" ws value ws ( "," ws string ws ":" ws value ws )* )? "}"
 array ::= "[" ws ( value ws ( "," ws value ws )* )? "]"
-'''
+"""
 
 JSON_OBJECT_GBNF = "root ::= ws object\n" + _PRIMITIVES
 
@@ -90,8 +120,10 @@ class _Builder:
                 if not isinstance(subs, list) or not subs:
                     raise RequestError(f"JSON schema at {path}: {key} must be a non-empty list")
                 base = {k: v for k, v in schema.items() if k != key}
-                alts = [self.build({**base, **s} if isinstance(s, dict) else s, f"{path}/{key}/{i}")
-                        for i, s in enumerate(subs)]
+                alts = [
+                    self.build({**base, **s} if isinstance(s, dict) else s, f"{path}/{key}/{i}")
+                    for i, s in enumerate(subs)
+                ]
                 return self.add("any-of", " | ".join(alts))
         if "allOf" in schema:
             subs = schema["allOf"]
@@ -118,6 +150,7 @@ class _Builder:
             extra = [k for k in schema if k in _HANDLED and k not in allowed | {"type", "$defs", "definitions"}]
             if extra:
                 raise RequestError(f"JSON schema keyword {extra[0]!r} (at {path}) does not apply to type {t!r}")
+
         if t == "string":
             only({"minLength", "maxLength"})
             lo = _nonneg(schema.get("minLength", 0), "minLength", path)
@@ -135,8 +168,9 @@ class _Builder:
             only({"items", "minItems", "maxItems", "prefixItems"})
             if "prefixItems" in schema:
                 if "items" in schema and schema["items"] is not False:
-                    raise RequestError(f"JSON schema at {path}: prefixItems with extra items is not supported "
-                                       "(set items: false)")
+                    raise RequestError(
+                        f"JSON schema at {path}: prefixItems with extra items is not supported (set items: false)"
+                    )
                 parts = [self.build(s, f"{path}/prefixItems/{i}") for i, s in enumerate(schema["prefixItems"])]
                 if not parts:
                     return self.add("array", '"[" ws "]"')
@@ -172,8 +206,12 @@ class _Builder:
 
     def obj(self, props: dict, required: set, path: str) -> str:
         names = list(props)
-        kv = [gbnf_literal(json.dumps(k, ensure_ascii=False)) + ' ws ":" ws ' + self.build(props[k], f"{path}/properties/{k}")
-              for k in names]
+        kv = [
+            gbnf_literal(json.dumps(k, ensure_ascii=False))
+            + ' ws ":" ws '
+            + self.build(props[k], f"{path}/properties/{k}")
+            for k in names
+        ]
         # rest(i, comma): properties i.. , `comma` = something came before (so a "," is due).
         memo: dict = {}
 

@@ -14,6 +14,7 @@ States are interned (`State` objects, one per distinct stack set) and remember t
 byte seen before from a state costs one dict lookup — what the token-mask walk relies on. Left
 recursion (a rule that reaches itself before consuming anything) is rejected with GrammarError.
 """
+
 from __future__ import annotations
 
 from .grammar import Grammar, GrammarError
@@ -24,15 +25,16 @@ _MAX_EXPAND_DEPTH = 400
 class State:
     """One interned matcher state. `accepting`: the input so far is a complete sentence; `complete`:
     accepting and nothing may follow (generation stops here)."""
+
     __slots__ = ("stacks", "accepting", "complete", "trans", "mask", "run", "id")
 
     def __init__(self, stacks: frozenset, id: int):
         self.stacks = stacks
         self.accepting = () in stacks
         self.complete = stacks == frozenset([()])
-        self.trans: dict = {}   # byte -> State | None
-        self.mask = None        # token mask bytes, filled by token_mask
-        self.run = None         # (byte bitset, capacity, how it ends, in characters), filled by token_mask
+        self.trans: dict = {}  # byte -> State | None
+        self.mask = None  # token mask bytes, filled by token_mask
+        self.run = None  # (byte bitset, capacity, how it ends, in characters), filled by token_mask
         self.id = id
 
 
@@ -53,8 +55,8 @@ class Matcher:
         self._states: dict[frozenset, State] = {}
         self.first_masks: dict[int, bytes] = {}  # masks of a first token whose leading space is dropped
         self._expanded: dict[tuple, tuple] = {}
-        self._active: set = set()   # stacks being expanded right now (a cycle through empty matches)
-        self._cut = False           # a cycle was cut: results below the cycle's start are partial
+        self._active: set = set()  # stacks being expanded right now (a cycle through empty matches)
+        self._cut = False  # a cycle was cut: results below the cycle's start are partial
         self.initial = self._intern(self._expand_all([((a, 0),) for a in self.rule_alts[0]]))
 
     # -- states ---------------------------------------------------------------------------------------
@@ -83,8 +85,7 @@ class Matcher:
         if got is not None:
             return got
         if depth > _MAX_EXPAND_DEPTH:
-            raise GrammarError("grammar is left-recursive (a rule reaches itself before matching any "
-                               "character)")
+            raise GrammarError("grammar is left-recursive (a rule reaches itself before matching any character)")
         if stack in self._active:
             # Back at a stack being expanded without consuming input ((x?)* and the like): that path
             # adds nothing the outer expansion does not already produce.
@@ -97,12 +98,12 @@ class Matcher:
             out.append(stack)
         else:
             top = stack[-1]
-            if len(top) == 4:          # partial character: already a terminal
+            if len(top) == 4:  # partial character: already a terminal
                 out.append(stack)
             else:
                 a, i = top
                 alt = self.alts[a]
-                if i == len(alt):      # this alternative is done: continue in the rule below
+                if i == len(alt):  # this alternative is done: continue in the rule below
                     out.extend(self._expand(stack[:-1], depth + 1))
                 else:
                     el = alt[i]
@@ -130,11 +131,11 @@ class Matcher:
             if not stack:
                 continue
             top = stack[-1]
-            if len(top) == 4:      # continuation byte of a partial character
+            if len(top) == 4:  # continuation byte of a partial character
                 a, i, cp, need = top
                 if not 0x80 <= byte <= 0xBF:
                     continue
-                second = _SECOND.get((cp, need))   # just after a lead byte whose next byte is narrower
+                second = _SECOND.get((cp, need))  # just after a lead byte whose next byte is narrower
                 if second is not None and not second[0] <= byte <= second[1]:
                     continue
                 if need > 1:
@@ -231,7 +232,7 @@ def _coverage(ranges: tuple, negated: bool, lo: int, hi: int) -> bool | None:
     key = (ranges, negated, lo, hi)
     got = _COVERAGE.get(key, _MISSING)
     if got is _MISSING:
-        covered, start = 0, lo           # size of [lo, hi] & union(ranges), ranges merged as we go
+        covered, start = 0, lo  # size of [lo, hi] & union(ranges), ranges merged as we go
         for r_lo, r_hi in sorted(ranges):
             r_lo, r_hi = max(r_lo, start), min(r_hi, hi)
             if r_lo <= r_hi:

@@ -6,14 +6,17 @@
   {"type": "grammar", "grammar": "<GBNF text>"}                     a sentence of the grammar
 Each malformed shape raises RequestError saying what is expected.
 """
+
 from __future__ import annotations
 
 from ..errors import RequestError
 from .grammar import Grammar
 from .json_schema import JSON_OBJECT_GBNF, schema_to_gbnf
 
-_SHAPES = ("{type: 'text'}, {type: 'json_object'}, {type: 'json_schema', json_schema: {name, schema}} or "
-           "{type: 'grammar', grammar: '<GBNF>'}")
+_SHAPES = (
+    "{type: 'text'}, {type: 'json_object'}, {type: 'json_schema', json_schema: {name, schema}} or "
+    "{type: 'grammar', grammar: '<GBNF>'}"
+)
 
 
 def response_format_gbnf(response_format) -> str | None:
@@ -29,8 +32,10 @@ def response_format_gbnf(response_format) -> str | None:
     if kind == "json_schema":
         js = response_format.get("json_schema")
         if not isinstance(js, dict):
-            raise RequestError("response_format json_schema needs json_schema: {name, schema, strict?} "
-                               "(the JSON schema goes in json_schema.schema).")
+            raise RequestError(
+                "response_format json_schema needs json_schema: {name, schema, strict?} "
+                "(the JSON schema goes in json_schema.schema)."
+            )
         if "name" in js and not isinstance(js["name"], str):
             raise RequestError("response_format json_schema.name must be a string.")
         schema = js.get("schema")

@@ -10,6 +10,7 @@ transitions make a step a dict lookup. Tokens reached are allowed; end-of-sequen
 when the state accepts. The mask is `ceil(vocab / 32)` little-endian u32 words, bit t of the bitset =
 token t, which is what shaders/sampling_logits reads.
 """
+
 from __future__ import annotations
 
 import gc
@@ -126,11 +127,11 @@ class TokenTrie:
             node = self.nodes[idx]
             if chars:
                 data = self.token_bytes
-                size = {t: len(data[t][depth:].translate(None, _CONTINUATION)) for t in self.order[node[3]:node[4]]}
+                size = {t: len(data[t][depth:].translate(None, _CONTINUATION)) for t in self.order[node[3] : node[4]]}
                 ids = sorted(size, key=size.__getitem__)
                 lens = [size[t] for t in ids]
             else:
-                ids = sorted(self.order[node[3]:node[4]], key=self.lengths.__getitem__)
+                ids = sorted(self.order[node[3] : node[4]], key=self.lengths.__getitem__)
                 lens = [self.lengths[t] - depth for t in ids]
             ends = tuple(bisect_right(lens, k) for k in range(node[7 if chars else 5] + 1))
             got = self._by_length[(idx, chars)] = (ids, ends)
@@ -171,16 +172,16 @@ class TokenTrie:
                         run = _run(step, nxt)
                     prev = nxt
                     if run is not None and not node[2] & ~run[0] and (not run[3] or node[6] & 1):
-                        need = node[7] if run[3] else node[5]   # characters or bytes below
-                        if need > run[1] and run[2] == _CUT:    # follow the chain as far as needed
+                        need = node[7] if run[3] else node[5]  # characters or bytes below
+                        if need > run[1] and run[2] == _CUT:  # follow the chain as far as needed
                             run = _run(step, nxt, need + 1)
                         if need <= run[1]:
-                            extend(order[node[3]:node[4]])
+                            extend(order[node[3] : node[4]])
                             continue
                         if run[2] == _CLOSED and node[4] - node[3] >= _RUN_MIN_TOKENS:
                             # Too long in part: the tokens that fit are the shortest ones.
                             ids, ends = by_length(idx, depth, run[3])
-                            extend(ids[:ends[run[1]]])
+                            extend(ids[: ends[run[1]]])
                             continue
                     push((node[1], nxt, depth + 1))
         return out
@@ -189,9 +190,9 @@ class TokenTrie:
 _MISSING = object()
 _NO_IDS = ()
 _UNBOUNDED = 1 << 62
-_RUN_MIN_TOKENS = 32   # subtree size from which a state's run is worked out
-_RUN_MAX_CHAIN = 16    # chain states looked at; capacities past this are under-counted (safe)
-_CONTINUATION = bytes(range(0x80, 0xC0))            # UTF-8 continuation bytes 0b10xxxxxx
+_RUN_MIN_TOKENS = 32  # subtree size from which a state's run is worked out
+_RUN_MAX_CHAIN = 16  # chain states looked at; capacities past this are under-counted (safe)
+_CONTINUATION = bytes(range(0x80, 0xC0))  # UTF-8 continuation bytes 0b10xxxxxx
 _CONTINUATION_BITS = sum(1 << b for b in range(0x80, 0xC0))
 
 
@@ -289,10 +290,10 @@ def _run(step, st: State, limit: int = _RUN_MAX_CHAIN) -> tuple:
         seen.add(cur.id)
         if nxt is None or bits == 0:
             break
-        if nxt is cur:                  # a loop: unbounded
+        if nxt is cur:  # a loop: unbounded
             tail = (bits, _UNBOUNDED, _OPEN, chars)
             break
-        if nxt.id in seen:              # a longer cycle: counted no further (safe: capacity 1 here)
+        if nxt.id in seen:  # a longer cycle: counted no further (safe: capacity 1 here)
             tail = (bits, 1, _OPEN, chars)
             break
         r = nxt.run
@@ -323,8 +324,9 @@ def _run(step, st: State, limit: int = _RUN_MAX_CHAIN) -> tuple:
     return st.run
 
 
-def allowed_mask(trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None,
-                 strip_space: bool = False) -> bytes:
+def allowed_mask(
+    trie: TokenTrie, matcher: Matcher, state: State, words: int | None = None, strip_space: bool = False
+) -> bytes:
     """The state's mask as bytes of `words` u32 words (default: enough for the trie's vocabulary).
     strip_space: see TokenTrie.allowed_ids (cached apart, on the matcher)."""
     m = matcher.first_masks.get(state.id) if strip_space else state.mask

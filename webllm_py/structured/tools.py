@@ -13,6 +13,7 @@ output is constrained by the schema {"name": <const>, "arguments": <the function
 Parsing accepts what common templates make models write: a bare {"name", "arguments"} object, the same
 inside <tool_call>...</tool_call> tags, "parameters" for "arguments" (Llama 3.1), or a list of calls.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,16 @@ _TAG_OPEN = "<tool_call>"
 def validate_tools(tools) -> list[dict]:
     """The request's `tools`, checked: a list of {"type": "function", "function": {"name", ...}}."""
     if not isinstance(tools, list) or not tools:
-        raise RequestError("tools must be a non-empty list of {type: 'function', function: {name, description, "
-                           "parameters}} objects.")
+        raise RequestError(
+            "tools must be a non-empty list of {type: 'function', function: {name, description, parameters}} objects."
+        )
     seen = set()
     for i, t in enumerate(tools):
-        if not isinstance(t, dict) or t.get("type", "function") != "function" or not isinstance(t.get("function"), dict):
+        if (
+            not isinstance(t, dict)
+            or t.get("type", "function") != "function"
+            or not isinstance(t.get("function"), dict)
+        ):
             raise RequestError(f"tools[{i}] must be {{type: 'function', function: {{name, parameters}}}}.")
         f = t["function"]
         name = f.get("name")
@@ -51,17 +57,25 @@ def tool_choice_mode(tool_choice, tools) -> tuple[str, str | None]:
         return ("auto" if tools else "none"), None
     if isinstance(tool_choice, str):
         if tool_choice not in ("none", "auto", "required"):
-            raise RequestError(f"tool_choice must be 'none', 'auto', 'required' or {{type: 'function', function: "
-                               f"{{name}}}}, got {tool_choice!r}.")
+            raise RequestError(
+                f"tool_choice must be 'none', 'auto', 'required' or {{type: 'function', function: "
+                f"{{name}}}}, got {tool_choice!r}."
+            )
         if tool_choice != "none" and not tools:
             raise RequestError(f"tool_choice {tool_choice!r} needs a non-empty tools list.")
         return tool_choice, None
-    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function" \
-            and isinstance(tool_choice.get("function"), dict) and isinstance(tool_choice["function"].get("name"), str):
+    if (
+        isinstance(tool_choice, dict)
+        and tool_choice.get("type") == "function"
+        and isinstance(tool_choice.get("function"), dict)
+        and isinstance(tool_choice["function"].get("name"), str)
+    ):
         name = tool_choice["function"]["name"]
         names = [t["function"]["name"] for t in tools or []]
         if name not in names:
-            raise RequestError(f"tool_choice names function {name!r}, which is not in tools ({', '.join(names) or 'none'}).")
+            raise RequestError(
+                f"tool_choice names function {name!r}, which is not in tools ({', '.join(names) or 'none'})."
+            )
         return "required", name
     raise RequestError("tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.")
 
@@ -73,8 +87,14 @@ def _params(tool: dict) -> dict:
 def forced_call_schema(tools: list[dict], name: str | None) -> dict:
     """The JSON schema a forced call's output must satisfy."""
     chosen = [t for t in tools if name is None or t["function"]["name"] == name]
-    alts = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]}, "arguments": _params(t)},
-             "required": ["name", "arguments"]} for t in chosen]
+    alts = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t["function"]["name"]}, "arguments": _params(t)},
+            "required": ["name", "arguments"],
+        }
+        for t in chosen
+    ]
     return alts[0] if len(alts) == 1 else {"anyOf": alts}
 
 
@@ -99,8 +119,10 @@ def messages_with_tool_prompt(messages: list[dict], tools: list[dict]) -> list[d
     out = []
     for m in messages:
         if isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls"):
-            calls = [{"name": c["function"]["name"], "arguments": _loads_or_keep(c["function"].get("arguments", "{}"))}
-                     for c in m["tool_calls"]]
+            calls = [
+                {"name": c["function"]["name"], "arguments": _loads_or_keep(c["function"].get("arguments", "{}"))}
+                for c in m["tool_calls"]
+            ]
             m = {**m, "content": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)}
             m.pop("tool_calls")
         elif isinstance(m, dict) and m.get("content") is None:
@@ -138,7 +160,7 @@ def parse_tool_calls(text: str, tools: list[dict]) -> list[dict] | None:
         except ValueError:
             i = j + 1
             continue
-        for item in (obj if isinstance(obj, list) else [obj]):
+        for item in obj if isinstance(obj, list) else [obj]:
             call = _as_call(item, names)
             if call:
                 calls.append(call)
@@ -157,11 +179,17 @@ def _as_call(obj, names: set) -> dict | None:
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):
         args = _loads_or_keep(args)
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
+    return {
+        "id": "call_" + uuid.uuid4().hex[:24],
+        "type": "function",
+        "function": {
+            "name": name,
+            "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False),
+        },
+    }
 
 
 def may_become_call(text: str) -> bool:
     """Whether streamed `text` could still be the start of a tool call (so it is held back)."""
     s = text.lstrip()
-    return not s or s[0] in "{[" or _TAG_OPEN.startswith(s[:len(_TAG_OPEN)]) or s.startswith(_TAG_OPEN)
+    return not s or s[0] in "{[" or _TAG_OPEN.startswith(s[: len(_TAG_OPEN)]) or s.startswith(_TAG_OPEN)

@@ -6,6 +6,7 @@ Runs under Pyodide: stdlib + jinja2 only.
     ids = tok.encode(tok.apply_chat_template(messages))
     dec = StreamDecoder(tok); text = "".join(dec.feed(i) for i in ids) + dec.flush()
 """
+
 from .chat_template import render_chat_template
 from .stream import StreamDecoder
 from .tokenizer import Tokenizer

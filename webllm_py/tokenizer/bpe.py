@@ -4,6 +4,7 @@ Both keep the word as a doubly linked list of symbols and a heap of candidate pa
 costs O(n log n), not the O(n^2) of rescanning for the best pair after every merge. A heap entry can go stale
 when a neighbour merged first; it is checked against the live symbols when popped and dropped if so.
 """
+
 import heapq
 
 

@@ -5,6 +5,7 @@ the loopcontrols extension, a `{% generation %}` block (marks assistant text; re
 helpers: `raise_exception(msg)`, `strftime_now(fmt)` and a `tojson` filter that does not HTML-escape.
 Templates are compiled once and cached.
 """
+
 import json
 from datetime import datetime
 from functools import lru_cache
@@ -32,6 +33,7 @@ def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False
 
 class _GenerationBlock(Extension):
     """`{% generation %}...{% endgeneration %}`: HF uses it to find assistant spans; here it renders its body."""
+
     tags = {"generation"}
 
     def parse(self, parser):
@@ -45,8 +47,9 @@ class _GenerationBlock(Extension):
 
 @lru_cache(maxsize=16)
 def _compile(template: str):
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationBlock, "jinja2.ext.loopcontrols"])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, "jinja2.ext.loopcontrols"]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -56,16 +59,22 @@ def _compile(template: str):
         raise ChatTemplateError(f"the chat template does not compile: {e}") from e
 
 
-def render_chat_template(template: str, messages, add_generation_prompt: bool = True, tools=None,
-                         documents=None, **variables) -> str:
+def render_chat_template(
+    template: str, messages, add_generation_prompt: bool = True, tools=None, documents=None, **variables
+) -> str:
     """Render `template` for `messages` (list of {"role", "content", ...}). `variables` typically holds
     bos_token / eos_token and template-specific switches (e.g. enable_thinking)."""
     if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
         raise ChatTemplateError("messages must be a list of dicts like {'role': 'user', 'content': '...'}")
     compiled = _compile(template)
     try:
-        return compiled.render(messages=list(messages), tools=tools, documents=documents,
-                               add_generation_prompt=add_generation_prompt, **variables)
+        return compiled.render(
+            messages=list(messages),
+            tools=tools,
+            documents=documents,
+            add_generation_prompt=add_generation_prompt,
+            **variables,
+        )
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f"the chat template failed: {e}") from e
     except Exception as e:  # templates index and call freely; any failure is a template failure to the caller

@@ -4,6 +4,7 @@ Either argument may be a dict (already parsed) or a path. Supported: model type 
 pre-tokenizer (GPT-2 / Llama 3 / Qwen2 / SmolLM), or SentencePiece-style (Metaspace pre-tokenizer or the
 Prepend/Replace normalizer pair, byte fallback). Anything else raises TokenizerError naming what is missing.
 """
+
 import json
 import os
 from typing import Any
@@ -79,8 +80,9 @@ def tokenizer_args_from_hf(tokenizer_json, tokenizer_config=None) -> dict[str, A
             pattern = (pt.get("pattern") or {}).get("Regex")
             split = HF_SPLIT_PATTERNS.get(pattern)
             if split is None or pt.get("behavior") != "Isolated" or pt.get("invert"):
-                raise TokenizerError(f"tokenizer.json Split pre-tokenizer {pattern!r} "
-                                     f"({pt.get('behavior')}) is not supported")
+                raise TokenizerError(
+                    f"tokenizer.json Split pre-tokenizer {pattern!r} ({pt.get('behavior')}) is not supported"
+                )
             stages.append(split)
         elif kind == "Digits":
             stages.append(split_each_digit if pt.get("individual_digits") else split_digit_runs)
@@ -101,8 +103,9 @@ def tokenizer_args_from_hf(tokenizer_json, tokenizer_config=None) -> dict[str, A
             kind = nm.get("type")
             if kind == "Prepend" and nm.get("prepend") == SPACE_MARK:
                 space_prefix = "always"
-            elif kind == "Replace" and (nm.get("pattern") or {}).get("String") == " " \
-                    and nm.get("content") == SPACE_MARK:
+            elif (
+                kind == "Replace" and (nm.get("pattern") or {}).get("String") == " " and nm.get("content") == SPACE_MARK
+            ):
                 pass
             else:
                 raise TokenizerError(f"tokenizer.json normalizer {kind!r} is not supported")
@@ -143,12 +146,27 @@ def tokenizer_args_from_hf(tokenizer_json, tokenizer_config=None) -> dict[str, A
                     template = f.read()
                 break
 
-    common = dict(pieces=pieces, kinds=kinds, ranks=ranks, ignore_merges=bool(model.get("ignore_merges")),
-                  unk_id=unk_id, bos_id=piece_id.get(bos_text) if bos_text else None,
-                  eos_id=piece_id.get(eos_text) if eos_text else None, prefix_ids=prefix_ids,
-                  suffix_ids=suffix_ids, chat_template=template, special_tokens_map=special_map)
+    common = dict(
+        pieces=pieces,
+        kinds=kinds,
+        ranks=ranks,
+        ignore_merges=bool(model.get("ignore_merges")),
+        unk_id=unk_id,
+        bos_id=piece_id.get(bos_text) if bos_text else None,
+        eos_id=piece_id.get(eos_text) if eos_text else None,
+        prefix_ids=prefix_ids,
+        suffix_ids=suffix_ids,
+        chat_template=template,
+        special_tokens_map=special_map,
+    )
     if byte_level:
-        return dict(mode="byte_bpe", stages=stages, byte_level_prefix_space=prefix_space,
-                         drop_unknown_first=True, **common)
-    return dict(mode="spm_ranks", byte_fallback=bool(model.get("byte_fallback")), word_split=word_split,
-                     add_space_prefix=space_prefix, **common)
+        return dict(
+            mode="byte_bpe", stages=stages, byte_level_prefix_space=prefix_space, drop_unknown_first=True, **common
+        )
+    return dict(
+        mode="spm_ranks",
+        byte_fallback=bool(model.get("byte_fallback")),
+        word_split=word_split,
+        add_space_prefix=space_prefix,
+        **common,
+    )

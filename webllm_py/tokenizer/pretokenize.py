@@ -8,6 +8,7 @@ A pre-tokenizer is a list of stages; each stage splits every piece further, keep
 as pieces of its own (llama.cpp applies several regexes this way, HF `Sequence` + `Split(behavior=Isolated)`
 does the same). Names follow llama.cpp's `tokenizer.ggml.pre`.
 """
+
 from ..errors import TokenizerError
 from .unicode_classes import LETTER, MARK, NUMBER, SPACE, WHITE_SPACE, char_class, classes, is_punctuation
 
@@ -43,7 +44,7 @@ def split_gpt2(text: str) -> list[str]:
         if ch == "'":
             k = _contraction_len(text, i, n, False)
             if k:
-                out.append(text[i:i + k])
+                out.append(text[i : i + k])
                 i += k
                 continue
         # " ?X+": an optional single space in front of a run of one class.
@@ -85,7 +86,7 @@ def _llama3_like(max_digits: int, marks_are_letters: bool):
             if ch == "'":
                 k = _contraction_len(text, i, n, True)
                 if k:
-                    out.append(text[i:i + k])
+                    out.append(text[i : i + k])
                     i += k
                     continue
             c = cls[i]
@@ -198,7 +199,7 @@ def split_three_ascii_digits(text: str) -> list[str]:
         if "0" <= text[i] <= "9" and "0" <= text[i + 1] <= "9" and "0" <= text[i + 2] <= "9":
             if start < i:
                 out.append(text[start:i])
-            out.append(text[i:i + 3])
+            out.append(text[i : i + 3])
             i += 3
             start = i
         else:
@@ -238,6 +239,7 @@ def _re_stage(pattern: str):
     """A stage from a stdlib `re` pattern. Only for patterns of explicit character ranges (no \\p{..}); `\\s`
     here is spelled out as the White_Space set, since `re`'s \\s also matches U+001C..U+001F."""
     import re
+
     ws = "[" + "".join(sorted(WHITE_SPACE)).replace("\\", "\\\\") + "]"
     compiled = re.compile(pattern.replace(r"\s", ws))
 
@@ -246,7 +248,7 @@ def _re_stage(pattern: str):
         start = 0
         for m in compiled.finditer(text):
             if m.start() > start:
-                out.append(text[start:m.start()])
+                out.append(text[start : m.start()])
             out.append(m.group())
             start = m.end()
         if start < len(text):
@@ -270,8 +272,13 @@ def _is_number(ch):
 
 _newline_each = _runs_stage(lambda ch: ch in _NEWLINES, max_len=1)
 _cjk = _re_stage("[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+")
-DEEPSEEK_CODER = [_newline_each, _runs_stage(_is_letter, _is_space), _runs_stage(is_punctuation, _is_space),
-                  _cjk, _runs_stage(_is_number, max_len=1)]
+DEEPSEEK_CODER = [
+    _newline_each,
+    _runs_stage(_is_letter, _is_space),
+    _runs_stage(is_punctuation, _is_space),
+    _cjk,
+    _runs_stage(_is_number, max_len=1),
+]
 DEEPSEEK_LLM = [
     _newline_each,
     _re_stage(
@@ -285,7 +292,8 @@ DEEPSEEK_LLM = [
         "\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf"
         "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
         "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
-        "\U0001e900-\U0001e943]+"),
+        "\U0001e900-\U0001e943]+"
+    ),
     _re_stage("\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+"),
     _re_stage("\\s+\\Z"),
     _cjk,
@@ -299,16 +307,56 @@ _LLAMA3 = [split_llama3]
 _QWEN2 = [split_qwen2]
 _STARCODER = [split_each_digit, split_gpt2]
 GGUF_PRE_TOKENIZERS = {
-    **dict.fromkeys(["gpt-2", "phi-2", "mpt", "olmo", "jais", "jina-es", "jina-de", "jina-v2-es", "jina-v2-de",
-                     "gigachat", "a.x-4.0", "mellum", "modern-bert", "exaone4", "trillion", "roberta-bpe",
-                     "jina-v1-en", "jina-v2-code", "granite-docling"], _GPT2),
-    **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-                     "dbrx", "smaug-bpe", "chatglm-bpe", "glm4", "glm5", "jina-v5-nano"], _LLAMA3),
-    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan", "kormo", "f2llmv2",
-                     "solar-open"], _QWEN2),
+    **dict.fromkeys(
+        [
+            "gpt-2",
+            "phi-2",
+            "mpt",
+            "olmo",
+            "jais",
+            "jina-es",
+            "jina-de",
+            "jina-v2-es",
+            "jina-v2-de",
+            "gigachat",
+            "a.x-4.0",
+            "mellum",
+            "modern-bert",
+            "exaone4",
+            "trillion",
+            "roberta-bpe",
+            "jina-v1-en",
+            "jina-v2-code",
+            "granite-docling",
+        ],
+        _GPT2,
+    ),
+    **dict.fromkeys(
+        [
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "dbrx",
+            "smaug-bpe",
+            "chatglm-bpe",
+            "glm4",
+            "glm5",
+            "jina-v5-nano",
+        ],
+        _LLAMA3,
+    ),
+    **dict.fromkeys(
+        ["qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan", "kormo", "f2llmv2", "solar-open"], _QWEN2
+    ),
     "qwen35": [split_qwen35],
-    **dict.fromkeys(["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b",
-                     "mellum2"], _STARCODER),
+    **dict.fromkeys(
+        ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"], _STARCODER
+    ),
     "falcon": [split_falcon_punct, split_gpt2, split_three_ascii_digits],
     "deepseek-coder": DEEPSEEK_CODER,
     "deepseek-llm": DEEPSEEK_LLM,
@@ -321,7 +369,8 @@ def gguf_pre_tokenizer(name: str | None) -> list:
     if stages is None:
         raise TokenizerError(
             f"pre-tokenizer {name!r} (GGUF tokenizer.ggml.pre) is not supported; supported: "
-            f"{', '.join(sorted(GGUF_PRE_TOKENIZERS))}")
+            f"{', '.join(sorted(GGUF_PRE_TOKENIZERS))}"
+        )
     return stages
 
 
@@ -329,12 +378,9 @@ def gguf_pre_tokenizer(name: str | None) -> list:
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 HF_SPLIT_PATTERNS = {
     GPT2_PATTERN: split_gpt2,
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        split_llama3,
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        split_qwen2,
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        split_qwen35,
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": split_llama3,
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": split_qwen2,
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": split_qwen35,
 }
 
 

@@ -5,6 +5,7 @@ emoji), so the bytes of each token go through an incremental UTF-8 decoder: it r
 character at once and holds back an incomplete tail. Malformed bytes become U+FFFD exactly as the one-shot
 `Tokenizer.decode` does, so the chunks joined always equal the full decode.
 """
+
 import codecs
 
 

@@ -9,6 +9,7 @@ Three ways to turn a piece of text (no special tokens in it) into ids:
 
 Loaders live in gguf_vocab.py and hf_vocab.py; they only fill in the constructor's arguments.
 """
+
 from ..errors import TokenizerError
 from .bpe import BYTE_TO_CHAR, byte_level_decode, merge_by_rank, merge_by_score
 from .gguf_vocab import tokenizer_args_from_gguf
@@ -18,8 +19,19 @@ from .token_types import SPACE_MARK, TokenType
 
 # Texts of tokens that end a turn in common chat formats (llama.cpp treats the same list as end-of-generation).
 END_OF_TURN_TEXTS = (
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
-    "<|end_of_text|>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<end_of_utterance>", "<|return|>", "<|call|>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "<end_of_utterance>",
+    "<|return|>",
+    "<|call|>",
 )
 
 
@@ -27,11 +39,31 @@ class Tokenizer:
     """Encode/decode for one vocabulary. Build with `Tokenizer.from_gguf_metadata(meta)` or
     `Tokenizer.from_hf(tokenizer_json, tokenizer_config)`."""
 
-    def __init__(self, *, pieces, kinds, mode, stages=(), ranks=None, scores=None, ignore_merges=False,
-                 byte_fallback=True, unk_id=None, bos_id=None, eos_id=None, eos_ids=(), prefix_ids=(),
-                 suffix_ids=(), add_space_prefix=False, strip_leading_space=None, word_split=None,
-                 byte_level_prefix_space=False, drop_unknown_first=False, chat_template=None,
-                 special_tokens_map=None):
+    def __init__(
+        self,
+        *,
+        pieces,
+        kinds,
+        mode,
+        stages=(),
+        ranks=None,
+        scores=None,
+        ignore_merges=False,
+        byte_fallback=True,
+        unk_id=None,
+        bos_id=None,
+        eos_id=None,
+        eos_ids=(),
+        prefix_ids=(),
+        suffix_ids=(),
+        add_space_prefix=False,
+        strip_leading_space=None,
+        word_split=None,
+        byte_level_prefix_space=False,
+        drop_unknown_first=False,
+        chat_template=None,
+        special_tokens_map=None,
+    ):
         if mode not in ("byte_bpe", "spm_scores", "spm_ranks"):
             raise TokenizerError(f"unknown tokenizer mode {mode!r}")
         self.mode = mode
@@ -51,8 +83,9 @@ class Tokenizer:
         if add_space_prefix in (True, False):
             add_space_prefix = "always" if add_space_prefix else "never"
         self._space_prefix = add_space_prefix
-        self._strip_leading_space = (add_space_prefix != "never") if strip_leading_space is None \
-            else strip_leading_space
+        self._strip_leading_space = (
+            (add_space_prefix != "never") if strip_leading_space is None else strip_leading_space
+        )
         self._word_split = word_split  # spm_ranks: None, "metaspace" or "newlines"
         self._byte_level_prefix_space = byte_level_prefix_space
         # A byte with no token: HF's BPE drops it before merging (its neighbours may then merge), llama.cpp
@@ -72,8 +105,13 @@ class Tokenizer:
 
         # Tokens cut out of text before BPE, longest first (llama.cpp's order). Control tokens only when
         # parse_special is on; user-defined ones always.
-        specials = [(p, i, k) for i, (p, k) in enumerate(zip(self._pieces, self._kinds))
-                    if p and k in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN) and self._piece_to_id.get(p) == i]
+        specials = [
+            (p, i, k)
+            for i, (p, k) in enumerate(zip(self._pieces, self._kinds))
+            if p
+            and k in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+            and self._piece_to_id.get(p) == i
+        ]
         specials.sort(key=lambda t: -len(t[0]))
         self._specials_all = [(p, i) for p, i, _ in specials]
         self._specials_user = [(p, i) for p, i, k in specials if k == TokenType.USER_DEFINED]
@@ -132,7 +170,9 @@ class Tokenizer:
             return ids
         for b in range(256):
             i = self._piece_to_id.get(f"<0x{b:02X}>")
-            if i is not None and (self._kinds[i] in (TokenType.BYTE, TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.NORMAL)):
+            if i is not None and (
+                self._kinds[i] in (TokenType.BYTE, TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.NORMAL)
+            ):
                 ids[b] = i
                 self._byte_id_set.add(i)
         return ids
@@ -144,9 +184,11 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
         if any("\ud800" <= c <= "\udfff" for c in text):  # lone surrogates have no UTF-8 bytes to tokenize
-            raise TokenizerError("the text contains a lone UTF-16 surrogate (U+D800..U+DFFF), which is not "
-                                 "valid Unicode (e.g. a command-line argument that is not UTF-8): pass UTF-8 "
-                                 "text, or decode its bytes with errors='replace' first")
+            raise TokenizerError(
+                "the text contains a lone UTF-16 surrogate (U+D800..U+DFFF), which is not "
+                "valid Unicode (e.g. a command-line argument that is not UTF-8): pass UTF-8 "
+                "text, or decode its bytes with errors='replace' first"
+            )
         ids = list(self._prefix_ids) if add_special else []
         for n, frag in enumerate(self._split_specials(text, parse_special)):
             if isinstance(frag, int):
@@ -302,6 +344,7 @@ class Tokenizer:
         """Render the model's own chat template (see chat_template.py)."""
         from .chat_template import render_chat_template
         from ..errors import ChatTemplateError
+
         template = kw.pop("chat_template", None) or self.chat_template
         if not template:
             raise ChatTemplateError("this model has no chat template; pass chat_template=... explicitly")
@@ -309,8 +352,9 @@ class Tokenizer:
         variables.setdefault("bos_token", self._piece_text(self.bos_id))
         variables.setdefault("eos_token", self._piece_text(self.eos_id))
         variables.update(kw)
-        return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
-                                    tools=tools, **variables)
+        return render_chat_template(
+            template, messages, add_generation_prompt=add_generation_prompt, tools=tools, **variables
+        )
 
     def _piece_text(self, i):
         if i is None or i >= len(self._pieces):

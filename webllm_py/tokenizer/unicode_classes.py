@@ -3,14 +3,15 @@
 Stdlib `re` has no \\p{..} and the browser has no `regex`, so the split patterns are hand-written scanners
 (pretokenize.py) that ask this module what class each character is in. Classes are cached per character.
 """
+
 import unicodedata
 
 # Class codes: one per character. A character is exactly one of these.
-LETTER = 1      # \p{L}: Lu Ll Lt Lm Lo
-NUMBER = 2      # \p{N}: Nd Nl No
-SPACE = 3       # \s: the Unicode White_Space property (what Oniguruma/Rust regex and llama.cpp use)
-MARK = 4        # \p{M}: Mn Mc Me (only Qwen 3.5's pattern treats marks apart from "other")
-OTHER = 5       # everything else: punctuation, symbols, controls, unassigned...
+LETTER = 1  # \p{L}: Lu Ll Lt Lm Lo
+NUMBER = 2  # \p{N}: Nd Nl No
+SPACE = 3  # \s: the Unicode White_Space property (what Oniguruma/Rust regex and llama.cpp use)
+MARK = 4  # \p{M}: Mn Mc Me (only Qwen 3.5's pattern treats marks apart from "other")
+OTHER = 5  # everything else: punctuation, symbols, controls, unassigned...
 
 # White_Space (PropList.txt). Not str.isspace(): that one also counts U+001C..U+001F, which \s does not.
 WHITE_SPACE = frozenset(
@@ -19,9 +20,17 @@ WHITE_SPACE = frozenset(
 )
 
 _BY_CATEGORY = {
-    "Lu": LETTER, "Ll": LETTER, "Lt": LETTER, "Lm": LETTER, "Lo": LETTER,
-    "Nd": NUMBER, "Nl": NUMBER, "No": NUMBER,
-    "Mn": MARK, "Mc": MARK, "Me": MARK,
+    "Lu": LETTER,
+    "Ll": LETTER,
+    "Lt": LETTER,
+    "Lm": LETTER,
+    "Lo": LETTER,
+    "Nd": NUMBER,
+    "Nl": NUMBER,
+    "No": NUMBER,
+    "Mn": MARK,
+    "Mc": MARK,
+    "Me": MARK,
 }
 
 _cache: dict[str, int] = {}
