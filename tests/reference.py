@@ -37,7 +37,9 @@ def hf_margins(path: str, ids: list[int], n: int) -> list[float]:
     return list(_greedy_steps(path, tuple(ids), n)[2])
 
 
-@functools.lru_cache(maxsize=16)
+# Results only (ids, one logits row, margins: a few MB at most), so many are kept: the real models'
+# 64-step references are computed once per run for their native and Dawn tests, tiny models' in between.
+@functools.lru_cache(maxsize=64)
 def _greedy_steps(path: str, ids: tuple[int, ...], n: int):
     return greedy_steps(hf_model(path)[0], ids, n)
 
