@@ -12,12 +12,12 @@ after (it never shrinks: its growth is the Python heap's peak growth). Prints on
 `--gc`: the worker's garbage is collected (CDP HeapProfiler.collectGarbage) before each sample.
 tests/browser/test_browser_load_memory.py asserts the bounds on SmolLM2.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -47,8 +47,9 @@ class WorkerCDP:
         workers = set(worker_targets(self.cdp)) - before
         if len(workers) != 1:
             raise RuntimeError(f"expected one new worker target, found {workers}")
-        self.session = self.cdp.send("Target.attachToTarget", {"targetId": workers.pop(),
-                                                               "flatten": False})["sessionId"]
+        self.session = self.cdp.send("Target.attachToTarget", {"targetId": workers.pop(), "flatten": False})[
+            "sessionId"
+        ]
         self._id = 0
 
     def _on(self, ev) -> None:
@@ -59,8 +60,10 @@ class WorkerCDP:
     def call(self, method: str, page, timeout: float = 30.0) -> dict:
         self._id += 1
         i = self._id
-        self.cdp.send("Target.sendMessageToTarget", {"sessionId": self.session,
-                                                     "message": json.dumps({"id": i, "method": method, "params": {}})})
+        self.cdp.send(
+            "Target.sendMessageToTarget",
+            {"sessionId": self.session, "message": json.dumps({"id": i, "method": method, "params": {}})},
+        )
         t0 = time.monotonic()
         while i not in self.replies:  # events are delivered while Playwright's sync API runs
             page.wait_for_timeout(10)
@@ -95,8 +98,9 @@ def _chromium_rss() -> dict:
     return out
 
 
-def measure(chromium, url: str, model_name: str, size: int, run_python, interval: float = 0.1,
-            gc: bool = False) -> dict:
+def measure(
+    chromium, url: str, model_name: str, size: int, run_python, interval: float = 0.1, gc: bool = False
+) -> dict:
     """Load `model_name` (served at url + models/) in a fresh page; the peaks during the load, in bytes,
     and their growth over the ready worker's values. `gc`: collect the worker's garbage before each
     sample (then ArrayBuffers count what is live, not the download's chunks awaiting collection)."""
@@ -138,24 +142,36 @@ def measure(chromium, url: str, model_name: str, size: int, run_python, interval
     finally:
         page.close()
     return {
-        "model": model_name, "file_bytes": size, "gc": gc, "load_s": round(done["seconds"], 1), "samples": samples,
-        "js_heap_used_before": base["usedSize"], "js_heap_used_peak": peak["usedSize"],
+        "model": model_name,
+        "file_bytes": size,
+        "gc": gc,
+        "load_s": round(done["seconds"], 1),
+        "samples": samples,
+        "js_heap_used_before": base["usedSize"],
+        "js_heap_used_peak": peak["usedSize"],
         "js_heap_used_growth": peak["usedSize"] - base["usedSize"],
-        "backing_store_before": base.get("backingStorageSize"), "backing_store_peak": peak.get("backingStorageSize"),
-        "backing_store_growth": (peak["backingStorageSize"] - base["backingStorageSize"]
-                                 if "backingStorageSize" in base else None),
-        "wasm_before": wasm_before, "wasm_growth": wasm_after - wasm_before,
-        "renderer_rss_before": rss0["renderer"], "renderer_rss_growth": rss_peak["renderer"] - rss0["renderer"],
-        "gpu_rss_before": rss0["gpu"], "gpu_rss_growth": rss_peak["gpu"] - rss0["gpu"],
+        "backing_store_before": base.get("backingStorageSize"),
+        "backing_store_peak": peak.get("backingStorageSize"),
+        "backing_store_growth": (
+            peak["backingStorageSize"] - base["backingStorageSize"] if "backingStorageSize" in base else None
+        ),
+        "wasm_before": wasm_before,
+        "wasm_growth": wasm_after - wasm_before,
+        "renderer_rss_before": rss0["renderer"],
+        "renderer_rss_growth": rss_peak["renderer"] - rss0["renderer"],
+        "gpu_rss_before": rss0["gpu"],
+        "gpu_rss_growth": rss_peak["gpu"] - rss0["gpu"],
     }
 
 
 def summary(r: dict) -> str:
     f = r["file_bytes"]
-    return (f"{r['model']}: file {f / MiB:.0f} MiB; during the load ({r['load_s']} s, {r['samples']} samples): "
-            f"V8 heap +{r['js_heap_used_growth'] / MiB:.0f} MiB (peak {r['js_heap_used_peak'] / MiB:.0f}), "
-            f"ArrayBuffers +{r['backing_store_growth'] / MiB:.0f} MiB, wasm memory +{r['wasm_growth'] / MiB:.0f} MiB, "
-            f"renderer RSS +{r['renderer_rss_growth'] / MiB:.0f} MiB, GPU process RSS +{r['gpu_rss_growth'] / MiB:.0f} MiB")
+    return (
+        f"{r['model']}: file {f / MiB:.0f} MiB; during the load ({r['load_s']} s, {r['samples']} samples): "
+        f"V8 heap +{r['js_heap_used_growth'] / MiB:.0f} MiB (peak {r['js_heap_used_peak'] / MiB:.0f}), "
+        f"ArrayBuffers +{r['backing_store_growth'] / MiB:.0f} MiB, wasm memory +{r['wasm_growth'] / MiB:.0f} MiB, "
+        f"renderer RSS +{r['renderer_rss_growth'] / MiB:.0f} MiB, GPU process RSS +{r['gpu_rss_growth'] / MiB:.0f} MiB"
+    )
 
 
 def _load(name: str, path: Path):

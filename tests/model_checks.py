@@ -108,7 +108,7 @@ def assert_greedy_parity(generate: Callable[[list[int], int], list[int]], ids: l
         msg = (f"{label}: near tie at greedy step {i}: ours {ours[diff]}, transformers' {ref[i]}, top-2 gap "
                f"{margins[i]:.1e} of max |logit| (<= {tie:.1e}); continuing from transformers' token")
         print("\n" + msg)
-        warnings.warn(msg)
+        warnings.warn(msg, stacklevel=2)
         pos = i + 1
     close = sum(m <= tie for m in margins)
     print(f"\n{label}: {len(ref)} greedy tokens equal to transformers' except near ties at {flipped}; "

@@ -1,6 +1,7 @@
 """model_checks.assert_greedy_parity, the rule every whole-model greedy comparison uses: a different
 token is an error unless transformers' own top-2 gap at that step is within twice the logit tolerance
 (a near tie), which is then reported and the comparison continues from transformers' token."""
+
 import pytest
 
 from .model_checks import assert_greedy_parity
@@ -23,6 +24,7 @@ def engine_flipping(steps: dict[int, int]):
                 return out + [steps[i]] + [-1] * (n - len(out) - 1)
             out.append(REF[i])
         return out
+
     generate.calls = calls
     return generate
 
@@ -55,6 +57,7 @@ def test_a_later_mismatch_after_a_near_tie_still_fails():
 
     def gen(prompt, n):  # flips the tie at 1, then, resumed from transformers' token, gets step 4 wrong
         return [REF[0], 99] + [-1] * (n - 2) if len(prompt) == 1 else [REF[2], REF[3], 42, REF[5]][:n]
+
     with pytest.warns(UserWarning), pytest.raises(AssertionError, match="token 4 is 42"):
         assert_greedy_parity(gen, [0], REF, margins, RTOL)
 

@@ -8,6 +8,7 @@ are tight enough to fail if the load made one more whole-file copy: the download
 copy of the weights in the worker (queue.writeBuffer reads subarray views of it, formats/source.py).
 ~25 s for both models here.
 """
+
 import importlib.util
 import os
 from pathlib import Path
