@@ -132,3 +132,24 @@ def test_decode_steps_match_transformers(gpu_like_engine):
     print(f"gpu kernels decode: logprob error up to {err.max():.1e} of max |logit|")
     assert (err <= 2 * RTOL).all(), err
     assert len({t.id for t in out}) > N_GREEDY // 4
+
+
+def test_prefill_quantizes_x_once_per_group(gpu_like_engine):
+    """Q/K/V read one x: in a prefill step only the first of consecutive members that quantize it alike
+    (BoundLinear.x_int8) records quantize_i8; the others' matmuls read the shared scratch (the logits
+    tests above check the values)."""
+    engine, _ = gpu_like_engine
+    group = engine.model.layers[0].qkv
+    keys = [b.x_int8 for b in group.members]
+    assert keys[0] is not None and keys[0] == keys[1]  # Q and K: Q4_0, the same int8 prefill
+    quants = {id(b.quant) for b in group.members if b.quant is not None}
+
+    class Counting:
+        n = 0
+
+        def dispatch(self, bind_group, *groups):
+            self.n += id(bind_group) in quants
+
+    rec = Counting()
+    group.record(rec, 8)
+    assert rec.n == 1 + sum(b != a for a, b in zip(keys, keys[1:]))

@@ -221,8 +221,18 @@ class BoundLinear:
     def writes(self) -> tuple:
         return (self.y,)
 
-    def record(self, rec: Any, n_tokens: int) -> None:
-        """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs."""
+    @property
+    def x_int8(self) -> tuple | None:
+        """What this linear's prefill quantizes x into, where it does (matmul_i8 / matmul_sgmat): x, K
+        and the planes, which pick the shared int8 scratch (_scratch is keyed by role and size); else None."""
+        t = self.linear.matmul_tiling
+        if self.quant is None or not isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)):
+            return None
+        return (id(self.x), self.linear.K, t.planes)
+
+    def record(self, rec: Any, n_tokens: int, x_quantized: bool = False) -> None:
+        """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs.
+        x_quantized: the int8 scratch already holds x (a linear just before read the same x: x_int8)."""
         if self.parts:
             for p in self.parts:
                 p.record(rec, n_tokens)
@@ -237,7 +247,7 @@ class BoundLinear:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
         t = lin.matmul_tiling
         if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)):  # matmul_i8 / matmul_sgmat, after x's quantization
-            if self.quant is not None:  # None: an earlier row block of this weight quantized x
+            if self.quant is not None and not x_quantized:  # None: an earlier row block of this weight quantized x
                 rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
             return
@@ -317,8 +327,13 @@ class MatvecGroup:
                 z = _ceil_div(groups, MAX_GROUPS)
                 rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
             return
+        # Prefill: members one by one. Q/K/V (gate/up) read one x: where consecutive members quantize it
+        # alike for the int8 prefill, only the first does (Q4_K_M's Q and K; V in Q6_K runs the f32 matmul).
+        quantized = None
         for b in self.members:
-            b.record(rec, n_tokens)
+            key = b.x_int8
+            b.record(rec, n_tokens, x_quantized=key is not None and key == quantized)
+            quantized = key
         if self.glu:
             self.glu[1].record(rec, n_tokens)
 
