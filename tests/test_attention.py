@@ -2,7 +2,8 @@
 causal softmax attention with GQA, computed in float64 from the same q/k/v.
 
 Tolerance: f32 cache atol 2e-5 + rtol 1e-4 (outputs are O(1) averages of N(0,1) values);
-f16 cache: the reference uses K/V rounded to f16 as well, same tolerance x10."""
+f16 cache (and f16x2: f16 pairs packed in u32s, for adapters without shader-f16): the reference uses K/V
+rounded to f16 as well, same tolerance x10."""
 import asyncio
 import struct
 
@@ -12,6 +13,15 @@ import pytest
 from webllm_py.attention import StepTiling
 
 from .attention_helpers import HD, KV, H, Harness, chunking, make_qkv, reference, shuffled_cache
+
+
+def f16_round(x):
+    return x.astype(np.float16).astype(np.float32)
+
+
+def cache_dtype(f16) -> str:
+    """A test row's cache: True f16, False f32, or a dtype name ("f16x2")."""
+    return {True: "f16", False: "f32"}.get(f16, f16)
 
 pytestmark = pytest.mark.gpu
 
@@ -60,6 +70,18 @@ def test_f16_cache(device):
     np.testing.assert_allclose(h.run(0, q, k, v, [30] + [1] * 15), ref, atol=2e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_packed_cache(device, splits):
+    """The f16x2 cache (no shader-f16 needed) through kv_write, attention_prefill and split-K
+    attention_decode: the kernels CPU adapters and browser GPUs without shader-f16 run."""
+    N = 45
+    q, k, v = make_qkv(N, 5)
+    ref = reference(q, f16_round(k), f16_round(v), H, KV)
+    h = Harness(device, shuffled_cache(device, dtype="f16x2"), max_tokens=64, fused=False, decode_splits=splits)
+    assert "unpack2x16float" in h.attn.decode.source and "enable f16" not in h.attn.decode.source
+    np.testing.assert_allclose(h.run(0, q, k, v, [30] + [1] * 15), ref, atol=2e-4, rtol=1e-3)
+
+
 def test_long_sequence_decode_crosses_many_chunks(device):
     """~100 positions with block_size 3 and decode chunks of 64: online-softmax rescaling across chunks."""
     N = 100
@@ -87,10 +109,6 @@ def test_decode_split_k(device, splits):
 LAYOUTS = {"8b": (32, 8, 128), "1b": (32, 8, 64), "smollm2": (H, KV, HD), "gemma3": (4, 1, 256)}
 
 
-def f16_round(x):
-    return x.astype(np.float16).astype(np.float32)
-
-
 @pytest.mark.parametrize("layout,f16,tiling,window,softcap", [
     ("8b", True, StepTiling(128, 32, 32, 32), None, None),     # the GPU default, several slices
     ("1b", True, StepTiling(128, 32, 16, 32), 29, None),       # 2 position groups per V item; window
@@ -98,20 +116,22 @@ def f16_round(x):
     ("smollm2", False, StepTiling(32, 8, 56, 8), 70, None),    # GROUP 3, 2 output vec4s per thread, empty slices
     ("smollm2", True, StepTiling(16, 8, 5, 24), None, None),   # 3 output vec4s per thread, slices of 3 chunks
     ("smollm2", False, StepTiling(256, 32, 4, 32), None, None),  # 5 position groups: 32 % 5 != 0
+    ("8b", "f16x2", StepTiling(128, 32, 32, 32), None, None),  # packed f16 pairs, several slices
+    ("smollm2", "f16x2", StepTiling(32, 8, 56, 8), 70, None),  # packed, GROUP 3, window
     ("gemma3", False, StepTiling(64, 16, 4, 16), None, 5.0),   # head_dim 256, one kv head
 ])
 def test_step_matches_numpy(device, layout, f16, tiling, window, softcap):
     """Decode tokens through attention_step after a prefill chunk (and a prefill chunk after decode
     tokens: it reads the rows the step wrote), block size 3 so slices and chunks cross blocks;
     f16 caches are checked against K/V rounded to f16, as the cache stores them."""
-    if f16 and not device.has_f16:
+    if f16 is True and not device.has_f16:
         pytest.skip("adapter has no shader-f16")
     lay = LAYOUTS[layout]
     N = 61
     q, k, v = make_qkv(N, 21, lay)
     if softcap:
         q *= 4  # large scores so the cap matters
-    h = Harness(device, shuffled_cache(device, num_blocks=24, block_size=3, layout=lay, dtype="f16" if f16 else "f32"),
+    h = Harness(device, shuffled_cache(device, num_blocks=24, block_size=3, layout=lay, dtype=cache_dtype(f16)),
                 max_tokens=32, layout=lay, fused=True, step_tiling=tiling, sliding_window=window, softcap=softcap)
     assert h.bound.step is not None and h.attn.decode is None
     got = h.run(0, q, k, v, [21] + [1] * 30 + [3] + [1] * 7)
@@ -121,19 +141,20 @@ def test_step_matches_numpy(device, layout, f16, tiling, window, softcap):
     np.testing.assert_allclose(got, ref, **tol)
 
 
-@pytest.mark.parametrize("pairs,rot_dim,f16", [("adjacent", 64, True), ("halves", 64, False), ("halves", 32, True)])
+@pytest.mark.parametrize("pairs,rot_dim,f16", [("adjacent", 64, True), ("halves", 64, False), ("halves", 32, True),
+                                                ("halves", 64, "f16x2"), ("adjacent", 64, "f16x2")])
 def test_step_with_rope(device, pairs, rot_dim, f16):
     """attention_step rotates q and the new k itself (full rotary: RoPE absorbed, its dispatch
     skipped for single tokens); with partial rotary the RoPE dispatch runs and the step gets q/k
     rotated. Every step equals numpy's RoPE then attention; the cache holds the rotated k."""
     from webllm_py.ops import RoPE
     from .attention_helpers import rope_reference
-    if f16 and not device.has_f16:
+    if f16 is True and not device.has_f16:
         pytest.skip("adapter has no shader-f16")
     N, T0 = 40, 12
     q, k, v = make_qkv(N, 22)
     inv_freq = [10000.0 ** (-2 * i / rot_dim) for i in range(rot_dim // 2)]
-    h = Harness(device, shuffled_cache(device, num_blocks=16, block_size=4, dtype="f16" if f16 else "f32"),
+    h = Harness(device, shuffled_cache(device, num_blocks=16, block_size=4, dtype=cache_dtype(f16)),
                 max_tokens=32, fused=True, step_tiling=StepTiling(64, 8, 8, 8))
     rope = RoPE(device, inv_freq, H, KV, HD, pairs).bind(h.q, h.k, h.step)
     attention = h.attn.bind(0, h.q, h.k, h.v, h.o, h.step, h.table, rope=rope)

@@ -23,10 +23,12 @@ def forced(monkeypatch, device, cpu_adapter: bool):
 
 @pytest.mark.parametrize("cpu_adapter", [True, False])
 @pytest.mark.parametrize(
-    "f16,window,softcap", [(False, None, None), (True, None, None), (False, 9, None), (False, None, 5.0)]
+    "dtype,window,softcap",
+    [("f32", None, None), ("f16", None, None), ("f16x2", None, None), ("f32", 9, None), ("f32", None, 5.0)],
 )
-def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, f16, window, softcap):
-    if f16 and not device.has_f16:
+def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, dtype, window, softcap):
+    f16 = dtype != "f32"  # f16 values in the cache (f16x2: packed two to a u32, no shader-f16 needed)
+    if dtype == "f16" and not device.has_f16:
         pytest.skip("the adapter has no shader-f16")
     N = 45
     q, k, v = make_qkv(N, 7)
@@ -35,12 +37,12 @@ def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, f16, window
     forced(monkeypatch, device, cpu_adapter)
     h = Harness(
         device,
-        shuffled_cache(device, dtype="f16" if f16 else "f32"),
+        shuffled_cache(device, dtype=dtype),
         max_tokens=32,
         sliding_window=window,
         softcap=softcap,
     )
-    assert ("CacheV" in h.attn.prefill.source) == cpu_adapter  # the form asked for was built
+    assert ("k_tile" not in h.attn.prefill.source) == cpu_adapter  # the form asked for was built
     if f16:  # the cache holds f16: the reference sees K/V rounded the same way
         k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
     ref = reference(q, k, v, H, KV, window=window, softcap=softcap)

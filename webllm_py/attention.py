@@ -42,7 +42,7 @@ class PagedAttention:
         self.max_tokens = max_tokens
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
         shape = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, block_size=cache.block_size,
-                     f16=cache.dtype == "f16")
+                     f16=cache.dtype == "f16", packed=cache.dtype == "f16x2")
         attn = dict(shape, scale=repr(self.scale), softcap=repr(float(softcap)) if softcap else None,
                     window=int(sliding_window) if sliding_window else None)
         # One token in one dispatch (attention_step) on GPUs: a dependent dispatch costs ~6 us there
@@ -63,7 +63,7 @@ class PagedAttention:
         # Otherwise split-K decode (attention_decode, merged by attention_combine).
         self.splits = plan.splits
         self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
-            k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16")})
+            k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16", "packed")})
         self.decode = self.combine = None
         if not self.fused:
             self.decode = device.kernel("attention_decode", label="attention_decode", wg=plan.decode_wg,
@@ -99,7 +99,9 @@ class PagedAttention:
             step_bg = d.bind(kern, bufs)
             if foldable:
                 rope.absorbed = True
-        elif foldable:
+        elif foldable and self.cache.dtype != "f16x2":
+            # (a packed cache keeps the separate kv_write: rope's threads own rotation pairs, which for
+            # "halves" RoPE are not the cache's u32 pairs, so two threads would write halves of one word)
             kern = d.kernel("rope", label="rope+kv_write", kv_cache=True, block_size=self.cache.block_size,
                             f16=self.cache.dtype == "f16", **rop.params)
             rope_kv = (d.bind(kern, [q, k, rop.inv_freq, step, v, kc, vc, block_table]),

@@ -92,10 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; i8x2 / i8 force matmul_i8; "
                         "f32 = the dequantizing matmul (KernelPolicy.prefill)")
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
-    p.add_argument("--kv-cache", choices=["auto", "f32"], default="auto",
-                   help="KV cache element type: auto = f16 where the adapter has shader-f16 (KernelPolicy.kv_cache)")
     p.add_argument("--attention", choices=["fused", "unfused"],
                    help="single-token attention as attention_step or as kv_write + decode + combine (default: planner's)")
+    p.add_argument("--kv-cache", choices=["auto", "f32", "f16", "f16x2"], default="auto",
+                   help="the KV cache's element: auto = the planner's (f16 with shader-f16, else f16x2 on GPUs); "
+                        "f16x2 = f16 pairs packed in u32s (KernelPolicy.kv_cache)")
     p.add_argument("--step-tiling", metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
     p.add_argument("--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)")
     p.add_argument("--subgroups", action=argparse.BooleanOptionalAction, default=None,
@@ -342,7 +343,7 @@ async def _bench(args) -> dict:
     profile = await profile_ops(engine, args.gpu_reps or 10) if args.profile else None
 
     bytes_tok = weight_bytes_per_token(ckpt)
-    kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (2 if device.has_f16 else 4) * (args.prompt_tokens + args.decode_tokens // 2)
+    kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * DTYPE_BYTES[engine.cache.dtype] * (args.prompt_tokens + args.decode_tokens // 2)
     desc = device.info.description
     bw = args.bandwidth_gbps or next((v for k, v in ROOFLINE_GBPS.items() if k in desc), None)
     out = {
@@ -354,7 +355,7 @@ async def _bench(args) -> dict:
         "decode_tokens": args.decode_tokens, "decode_tok_s": round(decode_tps, 1),
         "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
         "step_ms_per_token": round(1e3 * decode_s / args.decode_tokens, 3),
-        "weight_bytes_per_token": bytes_tok, "kv_bytes_per_token_avg": kv_bytes,
+        "weight_bytes_per_token": bytes_tok, "kv_cache": engine.cache.dtype, "kv_bytes_per_token_avg": kv_bytes,
         "achieved_gbps": round((bytes_tok + kv_bytes) * decode_tps / 1e9, 1),
     }
     if gpu_ms:

@@ -23,7 +23,7 @@ from .gpu import Device, request_device
 from .kv_cache import DTYPE_BYTES, PagedKVCache, max_blocks
 from .models import build_model
 from .models.store import WeightStore
-from .planner import DEFAULT_POLICY, KernelPolicy
+from .planner import DEFAULT_POLICY, Adapter, KernelPolicy, kv_cache_dtype
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder
 
@@ -115,7 +115,8 @@ class Engine:
         device = device or await request_device(backend)
         cfg = ckpt.config
         ctx = min(cfg.context_length, context_window or cfg.context_length)
-        kv_dtype = "f16" if device.has_f16 and (policy or DEFAULT_POLICY).kv_cache == "auto" else "f32"
+        policy = policy or DEFAULT_POLICY
+        kv_dtype = kv_cache_dtype(Adapter.of(device), cfg.head_dim, policy)
         per_position = cfg.n_kv_heads * cfg.head_dim * DTYPE_BYTES[kv_dtype]  # bytes of K in one layer
         fit = max_blocks(device, cfg.n_kv_heads, cfg.head_dim, BLOCK_SIZE, kv_dtype) // max_sequences * BLOCK_SIZE
         if context_window is None:  # the model's own context, or as much of it as the adapter's cache allows
@@ -136,7 +137,7 @@ class Engine:
             cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
                                  num_blocks=blocks_per_seq * max_sequences, max_blocks_per_seq=blocks_per_seq,
                                  dtype=kv_dtype)
-            net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk, policy=policy or DEFAULT_POLICY)
+            net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk, policy=policy)
         except Exception as e:
             if type(e).__name__ != "GPUOutOfMemoryError":  # wgpu's; a browser reports it asynchronously
                 raise

@@ -55,6 +55,7 @@ def render(template: str, **params: Any) -> str:
     if not template.endswith(".j2"):
         template += ".wgsl.j2"
     params.setdefault("f16", False)
+    params.setdefault("packed", False)  # the KV cache holds f16 pairs in u32s (kv_elem.wgsl.j2)
     params.setdefault("subgroups", False)
     params.setdefault("subgroups_directive", "")
     params.setdefault("cpu_adapter", False)

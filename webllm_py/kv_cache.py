@@ -1,7 +1,9 @@
 """Paged KV cache: per-layer K and V GPU buffers cut into fixed-size blocks, plus a pure-Python
 block allocator.
 
-Layout of each layer's K (and V) buffer: [num_blocks, block_size, n_kv_heads, head_dim], f32 or f16.
+Layout of each layer's K (and V) buffer: [num_blocks, block_size, n_kv_heads, head_dim], f32, f16, or
+"f16x2": f16 values packed two to a u32 (dims 2i, 2i+1 in the low, high half; WGSL's core pack2x16float),
+half the bytes of f32 on adapters without shader-f16 (planner.kv_cache_dtype decides).
 A sequence owns a list of physical blocks; its block table maps logical block i (positions
 [i*B, (i+1)*B)) to a physical block, so a sequence's pages need not be contiguous or in order.
 The kernels (shaders/kv_write, attention_*) read the table from a u32 storage buffer that the host
@@ -17,7 +19,7 @@ import struct
 from .errors import ContextOverflowError, KVCacheFullError, ModelTooLargeError
 from .gpu.base import Buffer, Device
 
-DTYPE_BYTES = {"f32": 4, "f16": 2}
+DTYPE_BYTES = {"f32": 4, "f16": 2, "f16x2": 2}  # per value
 
 
 def max_blocks(device: Device, n_kv_heads: int, head_dim: int, block_size: int, dtype: str) -> int:
@@ -29,11 +31,13 @@ class PagedKVCache:
     def __init__(self, device: Device, n_layers: int, n_kv_heads: int, head_dim: int, block_size: int = 16,
                  num_blocks: int = 256, dtype: str = "f32", max_blocks_per_seq: int | None = None) -> None:
         if dtype not in DTYPE_BYTES:
-            raise ValueError(f"KV cache dtype must be 'f32' or 'f16', got {dtype!r}")
+            raise ValueError(f"KV cache dtype must be 'f32', 'f16' or 'f16x2', got {dtype!r}")
         if dtype == "f16":
             device.require("shader-f16")
             if head_dim % 2:
                 raise ValueError("an f16 KV cache needs an even head_dim")
+        if dtype == "f16x2" and head_dim % 4:
+            raise ValueError("a packed f16x2 KV cache needs head_dim % 4 == 0 (the kernels load 4 dims at a time)")
         if block_size < 1 or num_blocks < 1:
             raise ValueError("block_size and num_blocks must be >= 1")
         self.device = device

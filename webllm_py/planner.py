@@ -210,6 +210,7 @@ class Adapter:
     # Dawn's chromium-experimental-subgroup-matrix granted with an i8 x i8 -> i32 16x16x32 config, and
     # subgroups of exactly 32 (matmul_sgmat gives each lane 8 elements of a 16x16 tile)
     subgroup_matrix: bool = False
+    f16: bool = False  # shader-f16 was granted
 
     @classmethod
     def of(cls, device: Any) -> "Adapter":
@@ -234,6 +235,7 @@ class Adapter:
             subgroup_matrix=SGMAT_FEATURE in getattr(device, "features", ())
             and ("i8", "i32", 16, 16, 32) in getattr(device, "subgroup_matrix_configs", ())
             and tuple(getattr(device, "subgroup_sizes", ())) == (32, 32),
+            f16=bool(getattr(device, "has_f16", False)),
         )
 
     def fits(self, workgroup_bytes: int) -> bool:
@@ -270,15 +272,16 @@ class KernelPolicy:
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
-    # the KV cache's element type: "auto" f16 where the adapter has shader-f16, else f32; "f32" always
-    # (tests that compare with transformers' f32 cache to 1e-5 rather than f16's 1e-3)
+    # the KV cache's element: "auto" (kv_cache_dtype's rule), "f32" (tests that compare with
+    # transformers' f32 cache to 1e-5 rather than f16's 1e-3), "f16" (needs shader-f16) or "f16x2" (f16
+    # pairs packed in u32s, any adapter; head_dim % 4 == 0)
     kv_cache: str = "auto"
 
     def __post_init__(self) -> None:
         if self.prefill not in ("auto", "sgmat", "i8x2", "i8", "f32"):
             raise ValueError(f"KernelPolicy.prefill must be auto, sgmat, i8x2, i8 or f32, not {self.prefill!r}")
-        if self.kv_cache not in ("auto", "f32"):
-            raise ValueError(f"KernelPolicy.kv_cache must be auto or f32, not {self.kv_cache!r}")
+        if self.kv_cache not in ("auto", "f32", "f16", "f16x2"):
+            raise ValueError(f"KernelPolicy.kv_cache must be auto, f32, f16 or f16x2, not {self.kv_cache!r}")
 
     def staged_override(self, key: str) -> StagedTiling | None:
         return dict(self.staged_tilings).get(key)
@@ -656,3 +659,23 @@ def plan_attention(
         tq=tq,
         tk=tk,
     )
+
+
+# -- the KV cache's element ---------------------------------------------------------------------------
+# On CPU adapters (lavapipe, SwiftShader) the unpacking costs ALU the halved bytes need not repay:
+# measured on lavapipe, docs/benchmarks.md ("KV cache element")
+CPU_PACKED_KV = False
+
+
+def kv_cache_dtype(adapter: Adapter, head_dim: int, policy: KernelPolicy = DEFAULT_POLICY) -> str:
+    """The KV cache's element type (kv_cache.DTYPE_BYTES): f16 where shader-f16 is granted; without it,
+    f16 pairs packed in u32s ("f16x2") on GPUs, half the bytes attention reads per token of an f32
+    cache (Dawn on NVIDIA keeps shader-f16 off); CPU adapters CPU_PACKED_KV. The policy's choice
+    otherwise (bench --kv-cache, tests)."""
+    if policy.kv_cache != "auto":
+        return policy.kv_cache
+    if adapter.f16:
+        return "f16"
+    if head_dim % 4 == 0 and (not adapter.cpu or CPU_PACKED_KV):
+        return "f16x2"
+    return "f32"
