@@ -34,6 +34,7 @@ from webllm_py.planner import (
     cpu_matmul_tiling,
     gpu_matmul_tiling,
     i8_tiling,
+    kv_cache_dtype,
     parse_staged_tilings,
     plan_attention,
     plan_fused_glu,
@@ -339,7 +340,7 @@ def _dawn_nvidia(features=("subgroups", "timestamp-query"), wgsl=("packed_4x8_in
 
 
 def test_browser_gpu_without_f16_with_subgroups():
-    """Dawn/NVIDIA: no shader-f16 (the engine's KV cache is f32: no kernel choice reads f16), subgroups
+    """Dawn/NVIDIA: no shader-f16 (the KV cache holds f16 pairs packed in u32s), subgroups
     of 32 and packed dot products: the staged kernel with subgroup team reductions, matmul_i8, and the
     split-K decode attention (Tint's storageBarrier is workgroup-scoped: no fused step)."""
     dev = _dawn_nvidia()
@@ -353,6 +354,25 @@ def test_browser_gpu_without_f16_with_subgroups():
     att = plan_attention(a, 32, 8, 64)
     assert not att.fused and (att.decode_wg, att.splits, att.full_chunks) == (32, 32, True)
     assert plan_attention(a, 32, 8, 64, KernelPolicy(fused_attention=True)).fused  # bench --attention fused
+    assert not a.f16 and kv_cache_dtype(a, 64) == "f16x2"
+
+
+@pytest.mark.parametrize("adapter,head_dim,policy,want", [
+    (Adapter(f16=True), 64, "auto", "f16"),                # shader-f16: f16 values
+    (Adapter(), 64, "auto", "f16x2"),                      # a GPU without it: f16 pairs in u32s
+    (Adapter(), 6, "auto", "f32"),                         # packed needs head_dim % 4 == 0
+    (Adapter(cpu=True), 64, "auto", "f32"),                # CPU adapters: f32 (measured on lavapipe)
+    (Adapter(cpu=True, f16=True), 64, "auto", "f16"),
+    (Adapter(cpu=True), 64, "f16x2", "f16x2"),             # bench --kv-cache / tests force it
+    (Adapter(f16=True), 64, "f32", "f32"),
+])
+def test_kv_cache_dtype(adapter, head_dim, policy, want):
+    assert kv_cache_dtype(adapter, head_dim, KernelPolicy(kv_cache=policy)) == want
+
+
+def test_kv_cache_policy_checked():
+    with pytest.raises(ValueError, match="kv_cache"):
+        KernelPolicy(kv_cache="f8")
 
 
 def test_browser_gpu_fallbacks():

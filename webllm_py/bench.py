@@ -289,6 +289,7 @@ async def _bench(args) -> dict:
     from .default_model import default_model_path
     from .gpu import request_device
     from .engine import Engine
+    from .kv_cache import DTYPE_BYTES
     from .planner import DEFAULT_POLICY
     from .sampling import SamplingParams
 

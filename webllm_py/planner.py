@@ -662,20 +662,16 @@ def plan_attention(
 
 
 # -- the KV cache's element ---------------------------------------------------------------------------
-# On CPU adapters (lavapipe, SwiftShader) the unpacking costs ALU the halved bytes need not repay:
-# measured on lavapipe, docs/benchmarks.md ("KV cache element")
-CPU_PACKED_KV = False
-
-
 def kv_cache_dtype(adapter: Adapter, head_dim: int, policy: KernelPolicy = DEFAULT_POLICY) -> str:
     """The KV cache's element type (kv_cache.DTYPE_BYTES): f16 where shader-f16 is granted; without it,
     f16 pairs packed in u32s ("f16x2") on GPUs, half the bytes attention reads per token of an f32
-    cache (Dawn on NVIDIA keeps shader-f16 off); CPU adapters CPU_PACKED_KV. The policy's choice
-    otherwise (bench --kv-cache, tests)."""
+    cache (Dawn on NVIDIA keeps shader-f16 off); f32 on CPU adapters, where the halved bytes bought no
+    decode speed on lavapipe (docs/benchmarks.md, "KV cache element"). The policy's choice otherwise
+    (bench --kv-cache, tests)."""
     if policy.kv_cache != "auto":
         return policy.kv_cache
     if adapter.f16:
         return "f16"
-    if head_dim % 4 == 0 and (not adapter.cpu or CPU_PACKED_KV):
+    if head_dim % 4 == 0 and not adapter.cpu:
         return "f16x2"
     return "f32"
