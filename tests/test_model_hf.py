@@ -17,6 +17,7 @@ import pytest
 
 from webllm_py.engine import Engine
 from webllm_py.errors import ModelFormatError, UnsupportedModelError
+from webllm_py.planner import KernelPolicy
 
 from .hf_models import VARIANTS, build
 from .model_checks import LONG, SHORT, assert_greedy_match, assert_logits_match, load_engine
@@ -71,6 +72,19 @@ def test_greedy_tokens_match_transformers(case):
     """32 greedy tokens after a 20-token prompt that the engine prefills in chunks of 8."""
     v, path, engine = case
     assert_greedy_match(engine, path, N_GREEDY, LOGIT_RTOL, v.name)
+
+
+@pytest.mark.parametrize("name", ["llama3-rope-untied-bf16", "mistral-f32"])
+def test_packed_kv_cache_matches_transformers(models_dir, device, name):
+    """The f16x2 KV cache (f16 pairs in u32s: what browser GPUs without shader-f16 get), forced through
+    the policy: within the f16 cache's tolerance of transformers, the same greedy tokens."""
+    path = models_dir[name]
+    engine = load_engine(path, device, KernelPolicy(kv_cache="f16x2"))
+    assert engine.cache.dtype == "f16x2"
+    assert_logits_match(engine, path, LONG, LOGIT_RTOL, name + " f16x2")
+    engine.reset(0)
+    assert_greedy_match(engine, path, N_GREEDY, LOGIT_RTOL, name + " f16x2")
+    engine.reset(0)
 
 
 # -- malformed checkpoints ----------------------------------------------------------------------------
