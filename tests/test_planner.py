@@ -357,15 +357,18 @@ def test_browser_gpu_without_f16_with_subgroups():
     assert not a.f16 and kv_cache_dtype(a, 64) == "f16x2"
 
 
-@pytest.mark.parametrize("adapter,head_dim,policy,want", [
-    (Adapter(f16=True), 64, "auto", "f16"),                # shader-f16: f16 values
-    (Adapter(), 64, "auto", "f16x2"),                      # a GPU without it: f16 pairs in u32s
-    (Adapter(), 6, "auto", "f32"),                         # packed needs head_dim % 4 == 0
-    (Adapter(cpu=True), 64, "auto", "f32"),                # CPU adapters: f32 (measured on lavapipe)
-    (Adapter(cpu=True, f16=True), 64, "auto", "f16"),
-    (Adapter(cpu=True), 64, "f16x2", "f16x2"),             # bench --kv-cache / tests force it
-    (Adapter(f16=True), 64, "f32", "f32"),
-])
+@pytest.mark.parametrize(
+    "adapter,head_dim,policy,want",
+    [
+        (Adapter(f16=True), 64, "auto", "f16"),  # shader-f16: f16 values
+        (Adapter(), 64, "auto", "f16x2"),  # a GPU without it: f16 pairs in u32s
+        (Adapter(), 6, "auto", "f32"),  # packed needs head_dim % 4 == 0
+        (Adapter(cpu=True), 64, "auto", "f32"),  # CPU adapters: f32 (measured on lavapipe)
+        (Adapter(cpu=True, f16=True), 64, "auto", "f16"),
+        (Adapter(cpu=True), 64, "f16x2", "f16x2"),  # bench --kv-cache / tests force it
+        (Adapter(f16=True), 64, "f32", "f32"),
+    ],
+)
 def test_kv_cache_dtype(adapter, head_dim, policy, want):
     assert kv_cache_dtype(adapter, head_dim, KernelPolicy(kv_cache=policy)) == want
 
