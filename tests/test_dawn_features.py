@@ -108,7 +108,7 @@ from webllm_py.kv_cache import PagedKVCache
 from webllm_py.planner import StepTiling
 dev = await BrowserDevice.create()
 nh, nkv, hd, L, N = {nh}, {nkv}, {hd}, {L}, {N}
-cache = PagedKVCache(dev, L, nkv, hd, block_size=4, num_blocks=16, dtype="f32")
+cache = PagedKVCache(dev, L, nkv, hd, block_size=4, num_blocks=16, dtype={dtype!r})
 random.Random(0).shuffle(cache._free)  # pages out of order
 attn = PagedAttention(dev, cache, nh, nkv, hd, 8, fused=True, step_tiling=StepTiling(64, 4, 9, 4))
 step, table = dev.create_buffer(8), dev.create_buffer(cache.table_buffer_size())
@@ -135,14 +135,22 @@ base64.b64encode(b"".join(outs)).decode()
 """
 
 
-def test_fused_step_merge_across_workgroups_on_dawn(host):
+@pytest.mark.parametrize("dtype", ["f32", "f16x2"])
+def test_fused_step_merge_across_workgroups_on_dawn(host, dtype):
     """attention_step with up to 9 slices per kv head merged by the last workgroup to arrive, through
     Tint's SPIR-V: 4 layers x 44 steps (1 to 9 slices in use), every layer's output at every step vs
-    numpy; the f32 cache (what a device without shader-f16 gets)."""
+    numpy; the f32 cache, and the f16x2 one (f16 pairs packed in u32s: what a GPU without shader-f16,
+    Dawn on NVIDIA, gets; its reference sees K/V rounded to f16)."""
     (nh, nkv, hd), L, N = (32, 8, 64), 4, 44
     data = [make_qkv(N, 30 + i, (nh, nkv, hd)) for i in range(L)]
-    got = _f32(host.exec(_STEP.format(nh=nh, nkv=nkv, hd=hd, L=L, N=N,
+    got = _f32(host.exec(_STEP.format(nh=nh, nkv=nkv, hd=hd, L=L, N=N, dtype=dtype,
                                       data=[[_b64(x) for x in layer] for layer in data])))
     got = got.reshape(N, L, nh * hd)
+    packed = dtype == "f16x2"
     for i, (q, k, v) in enumerate(data):
-        np.testing.assert_allclose(got[:, i], reference(q, k, v, nh, nkv), atol=2e-5, rtol=1e-4)
+        if packed:
+            k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+        # packed: WGSL lets f32 -> f16 round to either neighbour (numpy: the nearest), so a K/V value
+        # may sit one f16 ulp away; 3 of 90,112 outputs were 3.7e-4 off here: atol 5e-4
+        np.testing.assert_allclose(got[:, i], reference(q, k, v, nh, nkv), atol=5e-4 if packed else 2e-5,
+                                   rtol=1e-3 if packed else 1e-4)
