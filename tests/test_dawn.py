@@ -189,3 +189,14 @@ def test_64_greedy_tokens_on_dawn_match_transformers(host, name):
                              hf_margins(path, ids, N_GREEDY), model.logit_rtol, f"{name} on Dawn")
     finally:
         host.exec("_pe.unload() if '_pe' in globals() else None\n_pe = None")
+
+
+def test_smollm2_greedy_tokens_dawn_packed_kv_cache_equal_native():
+    """The f16x2 KV cache (f16 pairs in u32s: what the engine picks on a browser GPU without shader-f16,
+    Dawn on NVIDIA; forced here, lavapipe being a CPU adapter) through Tint's kv_write, attention_prefill
+    and attention_decode: the same greedy tokens as native's f16 cache (both hold K/V as f16)."""
+    dawn = _bench("dawn-bench", "--kv-cache", "f16x2")
+    assert dawn["kv_cache"] == "f16x2" and "shader-f16" in dawn["features"]
+    native = _bench("bench")
+    assert native["kv_cache"] == "f16"
+    assert dawn["token_ids"] == native["token_ids"]
