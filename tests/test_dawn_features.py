@@ -8,7 +8,8 @@ references are numpy's, here):
   off) reduces through workgroup memory, same reference;
 - attention_step's merge of split-K slices across workgroups, forced on (the planner keeps it off on
   browsers: Tint's storageBarrier is workgroup-scoped), over many steps and four layers in one pass,
-  with the f32 cache of a device without shader-f16 (Dawn on NVIDIA), vs numpy.
+  with the f32 cache and the f16x2 one (f16 pairs in u32s: what a GPU without shader-f16, Dawn on NVIDIA,
+  gets), vs numpy.
 The planner's rows for each feature and its absence: tests/test_planner.py (test_browser_gpu_*)."""
 import base64
 
