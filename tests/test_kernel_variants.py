@@ -49,10 +49,14 @@ def test_decode_attention_gpu_form(device, f16):
     )  # f16: K/V rounded
 
 
-@pytest.mark.parametrize("pairs,f16", [("adjacent", True), ("halves", False)])
+@pytest.mark.parametrize(
+    "pairs,f16", [("adjacent", True), ("halves", False), ("adjacent", "f16x2"), ("halves", "f16x2")]
+)
 def test_rope_folded_into_cache_write(device, pairs, f16):
     """PagedAttention.bind(rope=...): a prefill chunk runs RoPE then kv_write, then single tokens run
-    RoPE + cache write as one dispatch; every step's output equals numpy's RoPE then attention."""
+    RoPE + cache write as one dispatch; every step's output equals numpy's RoPE then attention. The
+    f16x2 cache (f16 pairs in u32s) folds only "adjacent" pairs (a pair is one u32 word); "halves"
+    keeps RoPE then kv_write."""
     from webllm_py.ops import RoPE
     from .attention_helpers import H, HD, KV, Harness, make_qkv, reference, shuffled_cache
     from .attention_helpers import rope_reference
@@ -61,11 +65,14 @@ def test_rope_folded_into_cache_write(device, pairs, f16):
     q, k, v = make_qkv(N, 12)
     inv_freq = [10000.0 ** (-2 * i / HD) for i in range(HD // 2)]
     h = Harness(
-        device, shuffled_cache(device, num_blocks=16, block_size=4, dtype="f16" if f16 else "f32"), max_tokens=32
+        device,
+        shuffled_cache(device, num_blocks=16, block_size=4, dtype={True: "f16", False: "f32"}.get(f16, f16)),
+        max_tokens=32,
     )
     rope = RoPE(device, inv_freq, H, KV, HD, pairs).bind(h.q, h.k, h.step)
     h.bound = h.attn.bind(0, h.q, h.k, h.v, h.o, h.step, h.table, rope=rope)
-    assert h.bound.rope_kv is not None and rope.absorbed
+    folded = not (f16 == "f16x2" and pairs == "halves")
+    assert (h.bound.rope_kv is not None) == folded and rope.absorbed == folded
     attention = h.bound
 
     class Both:  # the layer's order: RoPE (skipped for one token), then attention

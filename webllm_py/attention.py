@@ -99,11 +99,11 @@ class PagedAttention:
             step_bg = d.bind(kern, bufs)
             if foldable:
                 rope.absorbed = True
-        elif foldable and self.cache.dtype != "f16x2":
-            # (a packed cache keeps the separate kv_write: rope's threads own rotation pairs, which for
-            # "halves" RoPE are not the cache's u32 pairs, so two threads would write halves of one word)
+        elif foldable and (self.cache.dtype != "f16x2" or rop.params["pairs"] == "adjacent"):
+            # (a packed cache with "halves" RoPE keeps the separate kv_write: a thread's rotation pair
+            # (i, i + half) is not one of the cache's u32 words, so two threads would write halves of one)
             kern = d.kernel("rope", label="rope+kv_write", kv_cache=True, block_size=self.cache.block_size,
-                            f16=self.cache.dtype == "f16", **rop.params)
+                            f16=self.cache.dtype == "f16", packed=self.cache.dtype == "f16x2", **rop.params)
             rope_kv = (d.bind(kern, [q, k, rop.inv_freq, step, v, kc, vc, block_table]),
                        -(-rop.pairs_per_token // rop.wg))
             rope.absorbed = True
