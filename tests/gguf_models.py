@@ -3,6 +3,7 @@ test_model_gpu_kernels.py, test_model_kquants.py, test_row_split.py, test_harden
 which runs without pytest): gguf-py's
 writer with the shape keys, SmolLM2's tokenizer metadata, tensors quantized by gguf-py (returned as
 stored, for the transformers reference), Q/K rows in llama.cpp's rotary order."""
+
 import functools
 import json
 import os
@@ -40,8 +41,9 @@ def add_tokenizer(w, path: str | None = None, n_tokens: int | None = None) -> No
                 meta[k] = list(meta[k])[:n_tokens]
         kept = set(meta["tokenizer.ggml.tokens"])
         if "tokenizer.ggml.merges" in meta:
-            meta["tokenizer.ggml.merges"] = [m for m in meta["tokenizer.ggml.merges"]
-                                             if set(m.split(" ")) <= kept and m.replace(" ", "") in kept]
+            meta["tokenizer.ggml.merges"] = [
+                m for m in meta["tokenizer.ggml.merges"] if set(m.split(" ")) <= kept and m.replace(" ", "") in kept
+            ]
     for k, v in meta.items():
         if isinstance(v, bool):
             w.add_bool(k, v)
@@ -83,7 +85,15 @@ def llama_gguf_writer(path: str, c: dict):
 
 # gguf-py has no quantizer for these: random blocks are valid blocks once the f16 scales are sane
 # (byte offsets of each block's f16 scale fields: d, and dmin where the type has one).
-F16_FIELDS = {"IQ4_NL": (0,), "IQ4_XS": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+F16_FIELDS = {
+    "IQ4_NL": (0,),
+    "IQ4_XS": (0,),
+    "Q2_K": (80, 82),
+    "Q3_K": (108,),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (208,),
+}
 
 
 def random_blocks(arr, qtype: str, rng):
@@ -99,13 +109,15 @@ def random_blocks(arr, qtype: str, rng):
     fields, shape = F16_FIELDS[qtype], (*raw.shape[:2], 1)
 
     def field(p: int):
-        return raw[:, :, p:p + 2].copy().view(np.float16)
+        return raw[:, :, p : p + 2].copy().view(np.float16)
 
     def set_field(p: int, v):
-        raw[:, :, p:p + 2] = np.ascontiguousarray(np.broadcast_to(np.float16(v), shape)).view(np.uint8)
+        raw[:, :, p : p + 2] = np.ascontiguousarray(np.broadcast_to(np.float16(v), shape)).view(np.uint8)
 
     def block_means():
-        return gguf.quants.dequantize(raw.reshape(rows.shape[0], -1), qt).reshape(*shape[:2], bs).mean(-1, keepdims=True)
+        return (
+            gguf.quants.dequantize(raw.reshape(rows.shape[0], -1), qt).reshape(*shape[:2], bs).mean(-1, keepdims=True)
+        )
 
     if len(fields) == 1:  # d of either sign (IQ4's value table leans negative)
         set_field(fields[0], rng.uniform(0.001, 0.05, shape) * rng.choice([-1, 1], shape))
@@ -164,8 +176,15 @@ def finish_gguf(w, hf_dir: str, ref: dict, ref_dir: str | None) -> None:
 
 # Every staged type gguf-py can write; attn_v of another type than q and k, as in Q4_K_M files (Q/K/V
 # then fuse in two runs, each folding the norm).
-KINDS = {"attn_q": "q4_0", "attn_k": "q4_0", "attn_v": "q8_0", "attn_output": "q4_1",
-         "ffn_gate": "q8_0", "ffn_up": "q8_0", "ffn_down": "q4_0"}
+KINDS = {
+    "attn_q": "q4_0",
+    "attn_k": "q4_0",
+    "attn_v": "q8_0",
+    "attn_output": "q4_1",
+    "ffn_gate": "q8_0",
+    "ffn_up": "q8_0",
+    "ffn_down": "q4_0",
+}
 
 
 def write_llama_gguf(path: str, c: dict, t: dict, kinds: dict, embd: str = "q8_0", head: str = "q8_0"):
@@ -184,9 +203,15 @@ def write_llama_gguf(path: str, c: dict, t: dict, kinds: dict, embd: str = "q8_0
     ref["model.embed_tokens.weight"] = put_tensor(w, "token_embd.weight", t["model.embed_tokens.weight"], embd)
     put_tensor(w, "output_norm.weight", t["model.norm.weight"])
     ref["lm_head.weight"] = put_tensor(w, "output.weight", t["lm_head.weight"], head)
-    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
+    names = {
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
     for i in range(L):
         p = f"model.layers.{i}."
         put_tensor(w, f"blk.{i}.attn_norm.weight", t[p + "input_layernorm.weight"])
@@ -194,7 +219,9 @@ def write_llama_gguf(path: str, c: dict, t: dict, kinds: dict, embd: str = "q8_0
         for gg, hf in names.items():
             m = t[p + hf + ".weight"]
             if gg in ("attn_q", "attn_k"):  # llama.cpp's layout: rotary pairs in adjacent rows
-                stored = put_tensor(w, f"blk.{i}.{gg}.weight", _adjacent_pairs(m, H if gg == "attn_q" else KV), kinds[gg])
+                stored = put_tensor(
+                    w, f"blk.{i}.{gg}.weight", _adjacent_pairs(m, H if gg == "attn_q" else KV), kinds[gg]
+                )
                 n = H if gg == "attn_q" else KV  # back to Hugging Face's row order for the reference
                 d = stored.shape[0] // n
                 stored = stored.reshape(n, d // 2, 2, -1).swapaxes(1, 2).reshape(stored.shape)
@@ -207,22 +234,44 @@ def write_llama_gguf(path: str, c: dict, t: dict, kinds: dict, embd: str = "q8_0
 # -- any family's Hugging Face checkpoint as llama.cpp's converter lays it out, every matrix in one type ------
 # (tests/test_model_matrix.py). config.json's architectures entry -> (our family, general.architecture):
 # llama.cpp writes Mistral and Mixtral as "llama".
-HF_TO_GGUF_ARCH = {"LlamaForCausalLM": ("llama", "llama"), "MistralForCausalLM": ("mistral", "llama"),
-                   "MixtralForCausalLM": ("mixtral", "llama"), "Qwen2ForCausalLM": ("qwen2", "qwen2"),
-                   "PhiForCausalLM": ("phi2", "phi2"), "StableLmForCausalLM": ("stablelm", "stablelm"),
-                   "GemmaForCausalLM": ("gemma", "gemma"), "Gemma2ForCausalLM": ("gemma2", "gemma2"),
-                   "Gemma3ForCausalLM": ("gemma3", "gemma3")}
+HF_TO_GGUF_ARCH = {
+    "LlamaForCausalLM": ("llama", "llama"),
+    "MistralForCausalLM": ("mistral", "llama"),
+    "MixtralForCausalLM": ("mixtral", "llama"),
+    "Qwen2ForCausalLM": ("qwen2", "qwen2"),
+    "PhiForCausalLM": ("phi2", "phi2"),
+    "StableLmForCausalLM": ("stablelm", "stablelm"),
+    "GemmaForCausalLM": ("gemma", "gemma"),
+    "Gemma2ForCausalLM": ("gemma2", "gemma2"),
+    "Gemma3ForCausalLM": ("gemma3", "gemma3"),
+}
 # Hugging Face name within model.layers.N -> GGUF name within blk.N (post_attention_layernorm: see below).
-LAYER_NAMES = {"input_layernorm": "attn_norm", "pre_feedforward_layernorm": "ffn_norm",
-               "post_feedforward_layernorm": "post_ffw_norm",
-               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-               "self_attn.o_proj": "attn_output", "self_attn.dense": "attn_output",
-               "self_attn.q_layernorm": "attn_q_norm", "self_attn.k_layernorm": "attn_k_norm",
-               "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-               "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down", "block_sparse_moe.gate": "ffn_gate_inp"}
-TOP_NAMES = {"model.embed_tokens": "token_embd", "lm_head": "output", "model.norm": "output_norm",
-             "model.final_layernorm": "output_norm"}
+LAYER_NAMES = {
+    "input_layernorm": "attn_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.dense": "attn_output",
+    "self_attn.q_layernorm": "attn_q_norm",
+    "self_attn.k_layernorm": "attn_k_norm",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "mlp.fc1": "ffn_up",
+    "mlp.fc2": "ffn_down",
+    "block_sparse_moe.gate": "ffn_gate_inp",
+}
+TOP_NAMES = {
+    "model.embed_tokens": "token_embd",
+    "lm_head": "output",
+    "model.norm": "output_norm",
+    "model.final_layernorm": "output_norm",
+}
 
 
 def hf_to_gguf(hf_dir: str, out_dir: str, kind: str) -> tuple[str, str]:
@@ -293,7 +342,7 @@ def hf_to_gguf(hf_dir: str, out_dir: str, kind: str) -> tuple[str, str]:
         r = 0
         for name in hf:  # stacked vectors take a row each; concatenated matrices their rows
             rows = 1 if t[name].ndim < stored.ndim else t[name].shape[0]
-            ref[name] = np.ascontiguousarray(stored[r:r + rows], dtype=np.float32).reshape(t[name].shape)
+            ref[name] = np.ascontiguousarray(stored[r : r + rows], dtype=np.float32).reshape(t[name].shape)
             r += rows
 
     for name in t:
@@ -303,19 +352,32 @@ def hf_to_gguf(hf_dir: str, out_dir: str, kind: str) -> tuple[str, str]:
             put(f"{TOP_NAMES[base]}.{suffix}", name, matrix=t[name].ndim == 2, offset=float(gemma and norm))
     for i in range(L):
         p = f"model.layers.{i}."
-        for hf, gg in dict(LAYER_NAMES, post_attention_layernorm="post_attention_norm" if sandwich else "ffn_norm").items():
+        for hf, gg in dict(
+            LAYER_NAMES, post_attention_layernorm="post_attention_norm" if sandwich else "ffn_norm"
+        ).items():
             for suffix in ("weight", "bias"):
                 name = p + hf + "." + suffix
                 if name not in t or (family == "phi2" and gg in ("attn_q", "attn_k", "attn_v")):
                     continue
                 heads = {"attn_q": H, "attn_k": KV}.get(gg, 0) if arch == "llama" and suffix == "weight" else 0
                 # Gemma's norms multiply by 1 + w: llama.cpp's converter stores the 1 + w
-                put(f"blk.{i}.{gg}.{suffix}", name, None, heads, matrix=t[name].ndim == 2 and gg != "ffn_gate_inp",
-                    offset=float(gemma and gg.endswith("norm")))
+                put(
+                    f"blk.{i}.{gg}.{suffix}",
+                    name,
+                    None,
+                    heads,
+                    matrix=t[name].ndim == 2 and gg != "ffn_gate_inp",
+                    offset=float(gemma and gg.endswith("norm")),
+                )
         if family == "phi2":  # Q, K and V fused into one attn_qkv matrix and bias
             for suffix in ("weight", "bias"):
                 parts = [p + f"self_attn.{x}_proj.{suffix}" for x in "qkv"]
-                put(f"blk.{i}.attn_qkv.{suffix}", parts, np.concatenate([t[n] for n in parts]), matrix=suffix == "weight")
+                put(
+                    f"blk.{i}.attn_qkv.{suffix}",
+                    parts,
+                    np.concatenate([t[n] for n in parts]),
+                    matrix=suffix == "weight",
+                )
         if family == "stablelm" and c.get("qk_layernorm"):  # per-head q/k norms stacked [heads, head_dim]
             for x, n in (("q", H), ("k", KV)):
                 names = [p + f"self_attn.{x}_layernorm.norms.{h}.weight" for h in range(n)]

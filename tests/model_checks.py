@@ -1,5 +1,6 @@
 """Our engine against transformers on the same tiny checkpoint: the checks that test_model_hf,
 test_model_families and test_model_gemma share (their models differ, the comparison does not)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ from webllm_py.sampling import SamplingParams
 from .reference import hf_greedy, hf_margins, prompt_ids
 
 PREFILL_CHUNK = 8
-LONG, SHORT = 20, 5   # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
+LONG, SHORT = 20, 5  # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one partial chunk
 
 
 def load_engine(path: str, device, policy=None) -> Engine:
@@ -43,8 +44,9 @@ def assert_greedy_match(engine: Engine, ref_path: str, n_tokens: int, rtol: floa
     # twice the logit tolerance, so equal tokens is what the tolerance implies.
     assert min(hf_margins(ref_path, ids, n_tokens)) > 2 * rtol, "pick another seed for " + label
     ref, _ = hf_greedy(ref_path, ids, n_tokens)
-    _, ours = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=n_tokens,
-                                          ignore_eos=True))
+    _, ours = asyncio.run(
+        engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=n_tokens, ignore_eos=True)
+    )
     assert ours == ref
     assert len(set(ref)) > n_tokens // 4  # not a degenerate repeat of one token
 
@@ -54,6 +56,7 @@ def assert_greedy_match(engine: Engine, ref_path: str, n_tokens: int, rtol: floa
 class RealModel:
     """A real checkpoint the project ships or fetches, and how its parity with transformers is checked.
     `logit_rtol`: |ours - transformers| of the prompt's last-token logits, as a fraction of max |logit|."""
+
     name: str
     prompt: str
     logit_rtol: float
@@ -62,6 +65,7 @@ class RealModel:
     def path(self) -> str:
         if self.name == "smollm2":
             from webllm_py.default_model import default_model_path
+
             return str(default_model_path())
         p = Path(__file__).resolve().parents[1] / "build" / "models" / "gemma-3-270m-q4_k_m.gguf"
         if not p.is_file():
@@ -83,8 +87,14 @@ REAL_MODELS = {
 }
 
 
-def assert_greedy_parity(generate: Callable[[list[int], int], list[int]], ids: list[int], ref: list[int],
-                         margins: list[float], rtol: float, label: str = "") -> list[int]:
+def assert_greedy_parity(
+    generate: Callable[[list[int], int], list[int]],
+    ids: list[int],
+    ref: list[int],
+    margins: list[float],
+    rtol: float,
+    label: str = "",
+) -> list[int]:
     """Our greedy tokens after `ids` equal transformers' `ref`, step by step, where the margins allow.
 
     `generate(prompt_ids, n)` returns our n greedy tokens (EOS not stopping); `margins[i]` is
@@ -103,14 +113,19 @@ def assert_greedy_parity(generate: Callable[[list[int], int], list[int]], ids: l
         i = pos + diff
         assert margins[i] <= tie, (
             f"{label}: token {i} is {ours[diff]}, transformers' is {ref[i]}, and transformers' top-2 gap there "
-            f"is {margins[i]:.1e} of max |logit| (> {tie:.1e}, twice the logit tolerance): not a near tie")
+            f"is {margins[i]:.1e} of max |logit| (> {tie:.1e}, twice the logit tolerance): not a near tie"
+        )
         flipped.append(i)
-        msg = (f"{label}: near tie at greedy step {i}: ours {ours[diff]}, transformers' {ref[i]}, top-2 gap "
-               f"{margins[i]:.1e} of max |logit| (<= {tie:.1e}); continuing from transformers' token")
+        msg = (
+            f"{label}: near tie at greedy step {i}: ours {ours[diff]}, transformers' {ref[i]}, top-2 gap "
+            f"{margins[i]:.1e} of max |logit| (<= {tie:.1e}); continuing from transformers' token"
+        )
         print("\n" + msg)
         warnings.warn(msg, stacklevel=2)
         pos = i + 1
     close = sum(m <= tie for m in margins)
-    print(f"\n{label}: {len(ref)} greedy tokens equal to transformers' except near ties at {flipped}; "
-          f"{close} steps had a top-2 gap <= {tie:.1e}")
+    print(
+        f"\n{label}: {len(ref)} greedy tokens equal to transformers' except near ties at {flipped}; "
+        f"{close} steps had a top-2 gap <= {tie:.1e}"
+    )
     return flipped

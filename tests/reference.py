@@ -1,4 +1,5 @@
 """Independent references on CPython: Hugging Face transformers running the same checkpoint."""
+
 from __future__ import annotations
 
 import functools
@@ -68,8 +69,10 @@ def greedy_steps(model, ids, n: int) -> tuple[list[int], "list", list[float]]:
 
 
 # The prompt of the tiny random models' tests: 20+ tokens, so it spans three prefill chunks of 8.
-TINY_TEXT = ("The history of the printing press begins in Mainz, where Johannes Gutenberg combined movable "
-             "metal type with an oil-based ink around 1440.")
+TINY_TEXT = (
+    "The history of the printing press begins in Mainz, where Johannes Gutenberg combined movable "
+    "metal type with an oil-based ink around 1440."
+)
 
 
 def prompt_ids(path: str, n: int, text: str = TINY_TEXT) -> list[int]:

@@ -2,6 +2,7 @@
 conversation, so only the new tokens are prefilled (`cached_prompt_tokens` > 0), and the answer is
 the same greedy text Hugging Face transformers gives for the whole second-turn prompt from scratch
 (and the same as our own engine from an empty cache)."""
+
 import asyncio
 
 import pytest
@@ -26,8 +27,10 @@ def test_second_turn_reuses_the_prefix_and_matches_a_fresh_run(device):
         turn1 = [{"role": "user", "content": "What is the capital of France?"}]
         r1 = await chat.create(messages=turn1, max_tokens=N, temperature=0)
         s1 = engine.runtime_stats()
-        turn2 = turn1 + [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
-                         {"role": "user", "content": "And of Germany?"}]
+        turn2 = turn1 + [
+            {"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
+            {"role": "user", "content": "And of Germany?"},
+        ]
         r2 = await chat.create(messages=turn2, max_tokens=N, temperature=0)
         s2 = engine.runtime_stats()
         engine.engine.reset(0)  # forget the conversation: the same request from an empty cache

@@ -2,6 +2,7 @@
 linears that read one x become one MatvecGroup, the GLU after gate and up joins it, and the RMSNorm
 before them folds in only where no later op reads the norm's output (Mixtral's experts read the h its
 router reads). Values against numpy over gguf-py's dequantize."""
+
 import struct
 
 import numpy as np
@@ -31,8 +32,12 @@ def ops(device, rng, reader: bool):
     for name in ("w_gate", "w_up"):
         raw, w = make_weight("Q4_0", N, K, rng)
         ys.append(f32_buffer(device, np.zeros(N, np.float32)))
-        lin = Linear(device, upload(device, raw, "Q4_0", N, K), matvec=MatvecTiling(64, 4, True),
-                     policy=KernelPolicy(fold_norm_max_k=K))
+        lin = Linear(
+            device,
+            upload(device, raw, "Q4_0", N, K),
+            matvec=MatvecTiling(64, 4, True),
+            policy=KernelPolicy(fold_norm_max_k=K),
+        )
         named.append((name, lin.bind(hb, ys[-1])))
         ws.append(w)
     act = f32_buffer(device, np.zeros(N, np.float32))

@@ -8,6 +8,7 @@ What this model exercises: 18 layers, 5 local (sliding window 512, rope base 10^
 262,144-row tied embedding (170 MB as Q8_0: larger than lavapipe's 128 MiB binding, so it is split).
 The prompt is far shorter than the window: the window itself is checked by tests/test_model_gemma.py.
 """
+
 import asyncio
 import os
 import time
@@ -53,17 +54,27 @@ def test_config(engine):
     cfg = engine.config
     g = cfg.options
     assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.vocab_size) == (
-        "gemma3", 18, 640, 4, 1, 256, 262144)
+        "gemma3",
+        18,
+        640,
+        4,
+        1,
+        256,
+        262144,
+    )
     assert cfg.sliding_window == 512 and g.local_layers == tuple((i + 1) % 6 != 0 for i in range(18))
-    assert (cfg.rope_theta, g.local_theta, g.norm_offset, g.attn_scale) == (1e6, 1e4, 0.0, 256 ** -0.5)
+    assert (cfg.rope_theta, g.local_theta, g.norm_offset, g.attn_scale) == (1e6, 1e4, 0.0, 256**-0.5)
 
 
 def test_tokenizer_matches_transformers(path, engine):
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-    for text in (PROMPT, "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n",
-                 "  Grüße, 東京!\n\n\tx = 3.14159;  🤖"):
+    for text in (
+        PROMPT,
+        "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n",
+        "  Grüße, 東京!\n\n\tx = 3.14159;  🤖",
+    ):
         ids = engine.tokenizer.encode(text)
         assert ids == hf(text).input_ids, text
         assert engine.tokenizer.decode(ids[1:]) == text  # after <bos>
@@ -75,15 +86,18 @@ def test_logits_and_64_greedy_tokens_match_transformers(engine, reference):
     t0 = time.perf_counter()
     logits = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
     err = np.abs(logits - ref_logits).max()
-    print(f"\nmax |logit diff| {err:.2e} of max |logit| {np.abs(ref_logits).max():.2f} "
-          f"({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"\nmax |logit diff| {err:.2e} of max |logit| {np.abs(ref_logits).max():.2f} ({time.perf_counter() - t0:.1f} s)"
+    )
     assert err < LOGIT_RTOL * np.abs(ref_logits).max(), err
     assert int(logits.argmax()) == int(ref_logits.argmax())
 
     t0 = time.perf_counter()
 
     def generate(prompt, n):
-        return asyncio.run(engine.complete(prompt, params=SamplingParams(temperature=0.0), max_tokens=n,
-                                           ignore_eos=True))[1]
+        return asyncio.run(
+            engine.complete(prompt, params=SamplingParams(temperature=0.0), max_tokens=n, ignore_eos=True)
+        )[1]
+
     assert_greedy_parity(generate, ids, ref_tokens, margins, LOGIT_RTOL, "Gemma-3 native")
     print(f"{N_GREEDY} greedy tokens in {time.perf_counter() - t0:.1f} s; {engine.last_stats.as_dict()}")

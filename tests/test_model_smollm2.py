@@ -2,6 +2,7 @@
 Hugging Face transformers running the same GGUF: final logits within tolerance, 64 greedy tokens identical
 (a near tie, if one flips, named by model_checks.assert_greedy_parity). tests/test_dawn.py checks the same on
 Dawn."""
+
 import asyncio
 
 import numpy as np
@@ -41,16 +42,20 @@ def test_logits_and_64_greedy_tokens_match_transformers(engine):
     assert len(set(ref_tokens)) > N_GREEDY // 8  # not a degenerate repeat
 
     def generate(prompt, n):
-        return asyncio.run(engine.complete(prompt, params=SamplingParams(temperature=0.0), max_tokens=n,
-                                           ignore_eos=True))[1]
-    assert_greedy_parity(generate, ids, ref_tokens, hf_margins(MODEL.path, ids, N_GREEDY), MODEL.logit_rtol,
-                         "SmolLM2 native")
+        return asyncio.run(
+            engine.complete(prompt, params=SamplingParams(temperature=0.0), max_tokens=n, ignore_eos=True)
+        )[1]
+
+    assert_greedy_parity(
+        generate, ids, ref_tokens, hf_margins(MODEL.path, ids, N_GREEDY), MODEL.logit_rtol, "SmolLM2 native"
+    )
 
 
 def test_chat_answers_paris(engine):
     tok = engine.tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
-    out, _ = asyncio.run(engine.complete(tok.encode(text, add_special=False), params=SamplingParams(temperature=0.0),
-                                         max_tokens=32))
+    out, _ = asyncio.run(
+        engine.complete(tok.encode(text, add_special=False), params=SamplingParams(temperature=0.0), max_tokens=32)
+    )
     assert "Paris" in out
     assert engine.last_stats.finish_reason == "stop"

@@ -13,6 +13,7 @@ Where things are (each overridable, e.g. on a machine with only carried files):
 - VK_DRIVER_FILES: the Vulkan driver. Unset, and build/mesa25 (scripts/fetch_mesa25.sh) present,
   Mesa 25 lavapipe is used (bookworm's Mesa 22.3 lavapipe lacks what Dawn needs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,14 @@ def _mesa_env(tmp: Path) -> dict:
     if not (lib / "libvulkan_lvp.so").exists():
         raise DawnHostError(f"no Mesa 25 lavapipe under {MESA} and VK_DRIVER_FILES unset: run scripts/fetch_mesa25.sh")
     icd = tmp / "lvp_icd.json"  # written per run: the absolute library path depends on where the tree is
-    icd.write_text(json.dumps({"file_format_version": "1.0.0",
-                               "ICD": {"api_version": "1.4.305", "library_path": str(lib.resolve() / "libvulkan_lvp.so")}}))
+    icd.write_text(
+        json.dumps(
+            {
+                "file_format_version": "1.0.0",
+                "ICD": {"api_version": "1.4.305", "library_path": str(lib.resolve() / "libvulkan_lvp.so")},
+            }
+        )
+    )
     ld = os.environ.get("LD_LIBRARY_PATH")
     return {"VK_DRIVER_FILES": str(icd), "LD_LIBRARY_PATH": str(lib.resolve()) + (":" + ld if ld else "")}
 
@@ -123,14 +130,22 @@ class DawnHost:
 # -- `python -m webllm_py dawn-bench` ---------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from . import bench
+
     bench.add_arguments(p)
-    p.add_argument("--dawn-flag", action="append", default=[], choices=TOGGLES,
-                   help="a Dawn toggle for create([...]) (repeatable)")
-    p.add_argument("--unsafe-apis", action="store_true",
-                   help="= --dawn-flag allow_unsafe_apis: Dawn then offers chromium-experimental-subgroup-matrix where "
-                        "the GPU has it (Chrome: --enable-unsafe-webgpu)")
-    p.add_argument("--subgroup-matrix", action="store_true",
-                   help="= --unsafe-apis --prefill-kernel sgmat: prefill on tensor cores (matmul_sgmat) where offered")
+    p.add_argument(
+        "--dawn-flag", action="append", default=[], choices=TOGGLES, help="a Dawn toggle for create([...]) (repeatable)"
+    )
+    p.add_argument(
+        "--unsafe-apis",
+        action="store_true",
+        help="= --dawn-flag allow_unsafe_apis: Dawn then offers chromium-experimental-subgroup-matrix where "
+        "the GPU has it (Chrome: --enable-unsafe-webgpu)",
+    )
+    p.add_argument(
+        "--subgroup-matrix",
+        action="store_true",
+        help="= --unsafe-apis --prefill-kernel sgmat: prefill on tensor cores (matmul_sgmat) where offered",
+    )
 
 
 _BENCH = """
@@ -148,12 +163,13 @@ await bench._bench(_a)
 
 
 def main(args: argparse.Namespace) -> int:
-    argv = [a for a in sys.argv[sys.argv.index("dawn-bench") + 1:]] if "dawn-bench" in sys.argv else []
+    argv = [a for a in sys.argv[sys.argv.index("dawn-bench") + 1 :]] if "dawn-bench" in sys.argv else []
     argv = _strip_flags(argv)
     if args.model:
         argv = _absolute_model(argv, args.model)
     elif not args.shape:  # the default model's file is found here, on CPython (Pyodide has no site-packages of ours)
         from .default_model import default_model_path
+
         argv += ["--model", str(default_model_path())]
     unsafe = args.unsafe_apis or args.subgroup_matrix
     flags = list(dict.fromkeys(args.dawn_flag + (["allow_unsafe_apis"] if unsafe else [])))

@@ -8,6 +8,7 @@ all a token's forward pass should cost in Python.
 Activations are f32, row-major: x [T, K] in, y [T, N] out. The prefill matmul reads T from
 `params[tokens_at]` (the model's step buffer {pos0, n_tokens}); the decode matvec needs none.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,9 +17,30 @@ from typing import Any
 from .errors import UnsupportedModelError
 from .formats.quants import GGMLType, row_nbytes
 from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and scripts/kernel_bench.py)
-    DEFAULT_POLICY, I8_TYPES, Q4_TILING, Q4_TYPES, STAGED_TYPES, Adapter, KernelPolicy, MatmulI8Tiling,
-    MatmulRowsTiling, MatmulSgmatTiling, MatmulTiling, MatvecTiling, StagedTiling, cpu_matmul_tiling, gpu_matmul_tiling, i8_tiling,
-    matvec_wg, plan_fused_glu, plan_matmul, plan_matvec, staged_tiling, subgroup_min_size, team_subgroups)
+    DEFAULT_POLICY,
+    I8_TYPES,
+    Q4_TILING,
+    Q4_TYPES,
+    STAGED_TYPES,
+    Adapter,
+    KernelPolicy,
+    MatmulI8Tiling,
+    MatmulRowsTiling,
+    MatmulSgmatTiling,
+    MatmulTiling,
+    MatvecTiling,
+    StagedTiling,
+    cpu_matmul_tiling,
+    gpu_matmul_tiling,
+    i8_tiling,
+    matvec_wg,
+    plan_fused_glu,
+    plan_matmul,
+    plan_matvec,
+    staged_tiling,
+    subgroup_min_size,
+    team_subgroups,
+)
 from .weights import GPUTensor
 
 
@@ -44,8 +66,9 @@ def _rows(bias: GPUTensor, r0: int, n: int) -> GPUTensor:
     return GPUTensor((buf, off + 4 * r0, 4 * n), GGMLType.F32, (n,), f"{bias.name}[{r0}:{r0 + n}]")
 
 
-def prefill_i8_tiling(device: Any, qtype: GGMLType, K: int, N: int = 0,
-                      policy: KernelPolicy = DEFAULT_POLICY) -> MatmulI8Tiling | None:
+def prefill_i8_tiling(
+    device: Any, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
+) -> MatmulI8Tiling | None:
     """planner.i8_tiling for a device: the packed-dot prefill's tiling, or None where the f32 matmul stays."""
     return i8_tiling(Adapter.of(device), qtype, K, N, policy)
 
@@ -63,11 +86,20 @@ def _scratch(device: Any, role: str, nbytes: int) -> Any:
 class Linear:
     """y = x @ W^T (+ bias) with W [N = out, K = in] in any supported ggml type."""
 
-    def __init__(self, device: Any, weight: GPUTensor, bias: GPUTensor | None = None, *,
-                 matvec: MatvecTiling | StagedTiling | None = None,
-                 matmul: MatmulTiling | MatmulRowsTiling | MatmulI8Tiling | MatmulSgmatTiling | None = None,
-                 tokens_at: int = 1, f16: bool = False, subgroups: bool | None = None,
-                 out_stride: int | None = None, policy: KernelPolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self,
+        device: Any,
+        weight: GPUTensor,
+        bias: GPUTensor | None = None,
+        *,
+        matvec: MatvecTiling | StagedTiling | None = None,
+        matmul: MatmulTiling | MatmulRowsTiling | MatmulI8Tiling | MatmulSgmatTiling | None = None,
+        tokens_at: int = 1,
+        f16: bool = False,
+        subgroups: bool | None = None,
+        out_stride: int | None = None,
+        policy: KernelPolicy = DEFAULT_POLICY,
+    ) -> None:
         """matvec / matmul: a tiling to use instead of the planner's choice (planner.py), where its kernel
         applies; policy: the planner's overridable choices (Engine.load(policy=...)).
         subgroups: None uses them where the device has them (requested: NativeDevice(use_subgroups=True));
@@ -93,8 +125,13 @@ class Linear:
         self.q4 = self.plan.fusable
         self.matmul_plan = plan_matmul(self.adapter, weight.ggml_type, self.N, self.K, policy, matmul)
         self.matmul_tiling = self.matmul_plan.tiling
-        self._params = dict(K=self.K, N=self.N, row_bytes=row_nbytes(weight.ggml_type, self.K),
-                            qtype=weight.ggml_type.name, has_bias=bias is not None)
+        self._params = dict(
+            K=self.K,
+            N=self.N,
+            row_bytes=row_nbytes(weight.ggml_type, self.K),
+            qtype=weight.ggml_type.name,
+            has_bias=bias is not None,
+        )
         if out_stride is not None:
             self._params["out_stride"] = out_stride
         self._tokens_at = tokens_at
@@ -106,10 +143,24 @@ class Linear:
         self._kernels: dict[tuple[str, bool], Any] = {}
         # Row blocks (blocks start at multiples of 64 rows: y's and the bias's binding offsets are
         # 256-byte aligned); never fused into a MatvecGroup dispatch.
-        self.parts = [(r0, Linear(device, t, None if bias is None else _rows(bias, r0, t.rows), matvec=matvec,
-                                  matmul=matmul, tokens_at=tokens_at, f16=f16, subgroups=subgroups, out_stride=self.N,
-                                  policy=policy))
-                      for r0, t in weight.parts]
+        self.parts = [
+            (
+                r0,
+                Linear(
+                    device,
+                    t,
+                    None if bias is None else _rows(bias, r0, t.rows),
+                    matvec=matvec,
+                    matmul=matmul,
+                    tokens_at=tokens_at,
+                    f16=f16,
+                    subgroups=subgroups,
+                    out_stride=self.N,
+                    policy=policy,
+                ),
+            )
+            for r0, t in weight.parts
+        ]
         if self.parts:
             self.q4 = self.staged = False
 
@@ -123,58 +174,150 @@ class Linear:
             if kind == "matvec" and self.q4:
                 k = self.q4_kernel([self.N], accumulate)
             elif kind == "matvec" and isinstance(t, MatvecTiling) and name == "matvec_rows":
-                k = self.device.kernel(name, label=label, wg=t.wg, rows=t.rows, accumulate=accumulate,
-                                       x_uniform=self._x_uniform, **self._params)
+                k = self.device.kernel(
+                    name,
+                    label=label,
+                    wg=t.wg,
+                    rows=t.rows,
+                    accumulate=accumulate,
+                    x_uniform=self._x_uniform,
+                    **self._params,
+                )
             elif kind == "matvec" and isinstance(t, MatvecTiling):
-                k = self.device.kernel(name, label=label, wg=matvec_wg(name, t, self.weight.ggml_type, self.K),
-                                       rows=t.rows, accumulate=accumulate, f16=self._f16, subgroups=self._subgroups,
-                                       **self._params)
+                k = self.device.kernel(
+                    name,
+                    label=label,
+                    wg=matvec_wg(name, t, self.weight.ggml_type, self.K),
+                    rows=t.rows,
+                    accumulate=accumulate,
+                    f16=self._f16,
+                    subgroups=self._subgroups,
+                    **self._params,
+                )
             elif kind == "quantize" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling)):  # x to int8 blocks
-                k = self.device.kernel("quantize_i8", label=f"quantize_i8 K {self.K}", K=self.K, wg=64,
-                                       planes=m.planes, tokens_at=self._tokens_at)
+                k = self.device.kernel(
+                    "quantize_i8",
+                    label=f"quantize_i8 K {self.K}",
+                    K=self.K,
+                    wg=64,
+                    planes=m.planes,
+                    tokens_at=self._tokens_at,
+                )
             elif kind == "matmul" and isinstance(m, MatmulI8Tiling):
-                k = self.device.kernel(name, label=label, stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, kb=m.kb,
-                                       wg=m.wg, planes=m.planes, qtype=self.weight.ggml_type.name, K=self.K,
-                                       row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
-                                       has_bias=self.bias is not None, accumulate=accumulate,
-                                       **{k: v for k, v in self._params.items() if k == "out_stride"})
+                k = self.device.kernel(
+                    name,
+                    label=label,
+                    stage=m.stage,
+                    tm=m.tm,
+                    tn=m.tn,
+                    rm=m.rm,
+                    rn=m.rn,
+                    kb=m.kb,
+                    wg=m.wg,
+                    planes=m.planes,
+                    qtype=self.weight.ggml_type.name,
+                    K=self.K,
+                    row_bytes=self._params["row_bytes"],
+                    tokens_at=self._tokens_at,
+                    has_bias=self.bias is not None,
+                    accumulate=accumulate,
+                    **{k: v for k, v in self._params.items() if k == "out_stride"},
+                )
             elif kind == "matmul" and isinstance(m, MatmulSgmatTiling):
-                k = self.device.kernel(name, label=label, sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb,
-                                       planes=m.planes, qtype=self.weight.ggml_type.name, K=self.K,
-                                       row_bytes=self._params["row_bytes"], tokens_at=self._tokens_at,
-                                       has_bias=self.bias is not None, accumulate=accumulate,
-                                       **{k: v for k, v in self._params.items() if k == "out_stride"})
+                k = self.device.kernel(
+                    name,
+                    label=label,
+                    sg_m=m.sg_m,
+                    sg_n=m.sg_n,
+                    ti=m.ti,
+                    tj=m.tj,
+                    kb=m.kb,
+                    planes=m.planes,
+                    qtype=self.weight.ggml_type.name,
+                    K=self.K,
+                    row_bytes=self._params["row_bytes"],
+                    tokens_at=self._tokens_at,
+                    has_bias=self.bias is not None,
+                    accumulate=accumulate,
+                    **{k: v for k, v in self._params.items() if k == "out_stride"},
+                )
             elif kind == "matmul" and isinstance(m, MatmulRowsTiling):
-                k = self.device.kernel(name, label=label, wg=m.wg, rows=m.rows, tm=m.tm, tokens_at=self._tokens_at,
-                                       accumulate=accumulate, **self._params)
+                k = self.device.kernel(
+                    name,
+                    label=label,
+                    wg=m.wg,
+                    rows=m.rows,
+                    tm=m.tm,
+                    tokens_at=self._tokens_at,
+                    accumulate=accumulate,
+                    **self._params,
+                )
             elif kind == "matmul" and isinstance(m, MatmulTiling):
-                k = self.device.kernel(name, label=label, tm=m.tm, tn=m.tn, tk=m.tk, rm=m.rm, rn=m.rn,
-                                       tokens_at=self._tokens_at, accumulate=accumulate, **self._params)
+                k = self.device.kernel(
+                    name,
+                    label=label,
+                    tm=m.tm,
+                    tn=m.tn,
+                    tk=m.tk,
+                    rm=m.rm,
+                    rn=m.rn,
+                    tokens_at=self._tokens_at,
+                    accumulate=accumulate,
+                    **self._params,
+                )
             else:
                 raise ValueError(f"no {kind!r} kernel for {label} ({t}, {m})")
             self._kernels[(kind, accumulate)] = k
         return k
 
-    def q4_kernel(self, parts: list[int], accumulate: bool, glu: str | None = None, norm: Any = None,
-                  tiling: StagedTiling | MatvecTiling | None = None) -> Any:
+    def q4_kernel(
+        self,
+        parts: list[int],
+        accumulate: bool,
+        glu: str | None = None,
+        norm: Any = None,
+        tiling: StagedTiling | MatvecTiling | None = None,
+    ) -> Any:
         """matvec_q4 (or matvec_q4s) for this layer's type and K over matrices of `parts` rows (see
         MatvecGroup); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
         instead of this layer's."""
-        nparams = dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
+        nparams = (
+            dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
+        )
         t = tiling or self.matvec_tiling
         if isinstance(t, StagedTiling):
             lanes = t.lanes_for(self.K)
             sg = self._subgroups and (self._subgroups_asked or team_subgroups(self.adapter, lanes))
-            return self.device.kernel("matvec_q4s", label=f"matvec_q4s {self.weight.name}", wg=t.wg,
-                                      lanes=lanes, rows=t.rows, prefetch=t.prefetch, subgroups=sg,
-                                      qtype=self.weight.ggml_type.name,
-                                      K=self.K, parts=list(parts), row_bytes=self._params["row_bytes"],
-                                      accumulate=accumulate, glu=glu, **nparams)
-        return self.device.kernel("matvec_q4", label=f"matvec_q4 {self.weight.name}",
-                                  wg=matvec_wg("matvec_q4", t, self.weight.ggml_type, self.K), rows=t.rows,
-                                  subgroups=self._subgroups, qtype=self.weight.ggml_type.name,
-                                  K=self.K, parts=list(parts), row_bytes=self._params["row_bytes"],
-                                  accumulate=accumulate, glu=glu, **nparams)
+            return self.device.kernel(
+                "matvec_q4s",
+                label=f"matvec_q4s {self.weight.name}",
+                wg=t.wg,
+                lanes=lanes,
+                rows=t.rows,
+                prefetch=t.prefetch,
+                subgroups=sg,
+                qtype=self.weight.ggml_type.name,
+                K=self.K,
+                parts=list(parts),
+                row_bytes=self._params["row_bytes"],
+                accumulate=accumulate,
+                glu=glu,
+                **nparams,
+            )
+        return self.device.kernel(
+            "matvec_q4",
+            label=f"matvec_q4 {self.weight.name}",
+            wg=matvec_wg("matvec_q4", t, self.weight.ggml_type, self.K),
+            rows=t.rows,
+            subgroups=self._subgroups,
+            qtype=self.weight.ggml_type.name,
+            K=self.K,
+            parts=list(parts),
+            row_bytes=self._params["row_bytes"],
+            accumulate=accumulate,
+            glu=glu,
+            **nparams,
+        )
 
     def bind(self, x: Any, y: Any, params: Any | None = None, accumulate: bool = False) -> "BoundLinear":
         """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
@@ -192,8 +335,13 @@ class Linear:
         if self.matmul_plan.template in ("matmul_i8", "matmul_sgmat"):
             # x as int8 blocks for as many tokens as x holds: words [T, K / 4], (d, d * sum q) [T, K / 32]
             tokens = x.size // (4 * self.K)
-            planes = self.matmul_tiling.planes if isinstance(self.matmul_tiling, (MatmulI8Tiling, MatmulSgmatTiling)) else 2
-            xq, xd = _scratch(self.device, "xq", tokens * self.K * planes), _scratch(self.device, "xd", tokens * self.K // 4)
+            planes = (
+                self.matmul_tiling.planes if isinstance(self.matmul_tiling, (MatmulI8Tiling, MatmulSgmatTiling)) else 2
+            )
+            xq, xd = (
+                _scratch(self.device, "xq", tokens * self.K * planes),
+                _scratch(self.device, "xd", tokens * self.K // 4),
+            )
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
@@ -204,6 +352,7 @@ class Linear:
 @dataclass(eq=False)
 class BoundLinear:
     """A Linear bound to x and y: the decode matvec's and the prefill matmul's bind groups."""
+
     linear: Linear
     matvec: Any
     matmul: Any | None = field(default=None)
@@ -278,33 +427,46 @@ class MatvecGroup:
         lins = [b.linear for b in members]
         first = lins[0]
         self.runs: list[tuple[Any, int]] = []  # (bind group, workgroups) of each fused dispatch
+
         # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
         # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
         # Gate and up fuse only together (the GLU needs both).
         def variant(l):
             return (l.weight.ggml_type, l.K, l.matvec_tiling, l._subgroups)
+
         spans: list[list[int]] = []
         for i, l in enumerate(lins):
             if spans and variant(lins[spans[-1][-1]]) == variant(l):
                 spans[-1].append(i)
             else:
                 spans.append([i])
-        ok = (all(l.q4 and not b.accumulate for l, b in zip(lins, members))
-              and len({id(b.x) for b in members}) == 1 and 1 <= len(lins) <= 3
-              and (glu is None or (len(spans) == 1 and len(lins) == 2 and lins[0].N == lins[1].N)))
+        ok = (
+            all(l.q4 and not b.accumulate for l, b in zip(lins, members))
+            and len({id(b.x) for b in members}) == 1
+            and 1 <= len(lins) <= 3
+            and (glu is None or (len(spans) == 1 and len(lins) == 2 and lins[0].N == lins[1].N))
+        )
         # a norm folds in when it is a plain RMSNorm of one row per token writing this x, and every
         # run's kernel can fold it (the norm's own dispatch is then skipped for single tokens)
         rms = getattr(norm, "norm", None)
-        fold = (ok and rms is not None and norm.writes[0] is members[0].x and rms.params["dim"] == first.K
-                and all(lins[sp[0]].K <= lins[sp[0]].policy.fold_norm_max_k or lins[sp[0]].staged for sp in spans))
+        fold = (
+            ok
+            and rms is not None
+            and norm.writes[0] is members[0].x
+            and rms.params["dim"] == first.K
+            and all(lins[sp[0]].K <= lins[sp[0]].policy.fold_norm_max_k or lins[sp[0]].staged for sp in spans)
+        )
         if ok:
             act = glu[0] if glu else None
             for sp in spans:
                 lead = lins[sp[0]]
                 parts = [lins[i].N for i in sp]
                 outs = [glu[1].writes[0]] if glu else [members[i].y for i in sp]
-                t = (plan_fused_glu(lead.adapter, lead.plan, lead.weight.ggml_type, lead.N, lead.K, lead.policy)
-                     if glu else lead.matvec_tiling)
+                t = (
+                    plan_fused_glu(lead.adapter, lead.plan, lead.weight.ggml_type, lead.N, lead.K, lead.policy)
+                    if glu
+                    else lead.matvec_tiling
+                )
                 k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)
                 ins = [norm.reads[0], norm.norm.weight] if fold else [members[0].x]
                 groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)
@@ -341,8 +503,15 @@ class MatvecGroup:
 class Embedding:
     """out[t, :] = W[ids[t], :] * scale for a [V, D] table in any supported ggml type."""
 
-    def __init__(self, device: Any, weight: GPUTensor, scale: float = 1.0, wg: int = 64, first_row: int = 0,
-                 partial: bool = False) -> None:
+    def __init__(
+        self,
+        device: Any,
+        weight: GPUTensor,
+        scale: float = 1.0,
+        wg: int = 64,
+        first_row: int = 0,
+        partial: bool = False,
+    ) -> None:
         """partial: `weight` is rows [first_row, first_row + V) of a table split over several buffers
         (one storage binding is too small for it); other ids leave their output rows to the other parts.
         A weight split into row blocks (GPUTensor.parts) becomes such a partial Embedding per block."""
@@ -357,9 +526,18 @@ class Embedding:
         self.parts = [Embedding(device, t, scale, wg, first_row=r0, partial=True) for r0, t in weight.parts]
         if self.parts:
             return
-        self._kernel = device.kernel("embedding", label=f"embedding {weight.name}", D=self.D, V=self.V,
-                                     row_bytes=row_nbytes(weight.ggml_type, self.D), qtype=weight.ggml_type.name,
-                                     wg=wg, scale=float(scale), first_row=first_row, partial=partial)
+        self._kernel = device.kernel(
+            "embedding",
+            label=f"embedding {weight.name}",
+            D=self.D,
+            V=self.V,
+            row_bytes=row_nbytes(weight.ggml_type, self.D),
+            qtype=weight.ggml_type.name,
+            wg=wg,
+            scale=float(scale),
+            first_row=first_row,
+            partial=partial,
+        )
 
     def bind(self, ids: Any, out: Any) -> "BoundEmbedding | BoundParts":
         if self.parts:
@@ -380,6 +558,7 @@ class BoundEmbedding:
 @dataclass(eq=False)
 class BoundParts:
     """The ops over the row blocks of one split matrix (GPUTensor.parts), recorded in turn."""
+
     parts: list[Any]
 
     def record(self, rec: Any, n_tokens: int) -> None:

@@ -3,6 +3,7 @@
 
 Everything bound for a step is `Recordable`: a layer is the list of such ops in run order
 (models/layer.py), and recording a step is calling `record` on each in turn."""
+
 from __future__ import annotations
 
 import struct
@@ -26,14 +27,15 @@ class BoundOp:
     """One small op's bind group and its dispatch size: ceil(n_tokens * items_per_token /
     items_per_group) workgroups, or `fixed` workgroups whatever the step's size. `reads` / `writes`
     name its activation buffers, which the fusion pass (models/layer.py) follows from op to op."""
+
     bind_group: BindGroup
     items_per_token: int
     items_per_group: int = 1
     fixed: int = 0
     norm: "RMSNorm | None" = None  # a plain RMSNorm (one row per token, y = ...) a matvec may fold in
-    absorbed: bool = False         # single tokens: a fused dispatch does this op's work (MatvecGroup)
-    op: object = None              # the op that made it, for fusions that need its parameters (RoPE)
-    reads: tuple | None = None     # None: unknown (the fusion pass then assumes it reads everything)
+    absorbed: bool = False  # single tokens: a fused dispatch does this op's work (MatvecGroup)
+    op: object = None  # the op that made it, for fusions that need its parameters (RoPE)
+    reads: tuple | None = None  # None: unknown (the fusion pass then assumes it reads everything)
     writes: tuple = ()
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
@@ -44,24 +46,33 @@ class BoundOp:
 
 
 class RMSNorm:
-    def __init__(self, device: Device, weight: Buffer, dim: int, eps: float, weight_offset: float = 0.0,
-                 wg: int | None = None):
+    def __init__(
+        self, device: Device, weight: Buffer, dim: int, eps: float, weight_offset: float = 0.0, wg: int | None = None
+    ):
         self.device, self.weight = device, weight
         if wg is None:  # a row is one workgroup: GPUs want a few loads per thread, CPU adapters few threads
             wg = 64 if device.info.is_fallback else min(256, 1 << max(5, (dim // 4 - 1).bit_length()))
         self.params = dict(dim=dim, eps=_f32_literal(eps), weight_offset=_f32_literal(weight_offset), wg=wg)
 
-    def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1,
-             accumulate: bool = False) -> BoundOp:
+    def bind(
+        self,
+        x: Buffer,
+        y: Buffer,
+        step: Buffer,
+        last_only: bool = False,
+        rows_per_token: int = 1,
+        accumulate: bool = False,
+    ) -> BoundOp:
         """rows_per_token > 1 normalises each of a token's rows of `dim` separately (per-head norms);
         accumulate adds the result to y (Gemma 2/3's post-norms: x += rmsnorm(o Wo))."""
-        k = self.device.kernel("rmsnorm", last_only=last_only, rows_per_token=rows_per_token,
-                               accumulate=accumulate, **self.params)
+        k = self.device.kernel(
+            "rmsnorm", last_only=last_only, rows_per_token=rows_per_token, accumulate=accumulate, **self.params
+        )
         bg = self.device.bind(k, [x, self.weight, y, step])
         plain = not last_only and rows_per_token == 1 and not accumulate
-        return BoundOp(bg, rows_per_token, fixed=1 if last_only else 0, norm=self if plain else None,
-                       reads=(x,), writes=(y,))
-
+        return BoundOp(
+            bg, rows_per_token, fixed=1 if last_only else 0, norm=self if plain else None, reads=(x,), writes=(y,)
+        )
 
 
 class LayerNorm:
@@ -69,35 +80,63 @@ class LayerNorm:
     each of a token's rows of `dim` is normalised alone (per-head q/k norms); per_row_weight: w and b
     hold one row per head (StableLM) instead of one shared row (Phi-2)."""
 
-    def __init__(self, device: Device, weight: Buffer, dim: int, eps: float, bias: Buffer | None = None,
-                 wg: int = 64):
+    def __init__(self, device: Device, weight: Buffer, dim: int, eps: float, bias: Buffer | None = None, wg: int = 64):
         self.device, self.weight, self.bias = device, weight, bias
         self.params = dict(dim=dim, eps=_f32_literal(eps), wg=wg, has_bias=bias is not None)
 
-    def bind(self, x: Buffer, y: Buffer, step: Buffer, last_only: bool = False, rows_per_token: int = 1,
-             per_row_weight: bool = False) -> BoundOp:
-        k = self.device.kernel("layernorm", last_only=last_only, rows_per_token=rows_per_token,
-                               per_row_weight=per_row_weight, **self.params)
+    def bind(
+        self,
+        x: Buffer,
+        y: Buffer,
+        step: Buffer,
+        last_only: bool = False,
+        rows_per_token: int = 1,
+        per_row_weight: bool = False,
+    ) -> BoundOp:
+        k = self.device.kernel(
+            "layernorm",
+            last_only=last_only,
+            rows_per_token=rows_per_token,
+            per_row_weight=per_row_weight,
+            **self.params,
+        )
         extra = [self.bias] if self.bias is not None else []
         bg = self.device.bind(k, [x, self.weight, y, step, *extra])
         return BoundOp(bg, rows_per_token, fixed=1 if last_only else 0, reads=(x,), writes=(y,))
 
+
 class RoPE:
-    def __init__(self, device: Device, inv_freq: list[float], n_heads: int, n_kv_heads: int, head_dim: int,
-                 pairs: str, wg: int = 64):
+    def __init__(
+        self,
+        device: Device,
+        inv_freq: list[float],
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        pairs: str,
+        wg: int = 64,
+    ):
         if pairs not in ("adjacent", "halves"):
             raise ValueError(f"rope pairs must be 'adjacent' or 'halves', not {pairs!r}")
         self.device = device
         self.inv_freq = device.buffer_from(struct.pack(f"<{len(inv_freq)}f", *inv_freq), "rope.inv_freq")
         rot_dim = 2 * len(inv_freq)
-        self.params = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, rot_dim=rot_dim, pairs=pairs, wg=wg)
+        self.params = dict(
+            n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, rot_dim=rot_dim, pairs=pairs, wg=wg
+        )
         self.kernel = device.kernel("rope", kv_cache=False, **self.params)
         self.pairs_per_token, self.wg = (n_heads + n_kv_heads) * (rot_dim // 2), wg
 
     def bind(self, q: Buffer, k: Buffer, step: Buffer) -> BoundOp:
         """(PagedAttention.bind(rope=...) may fold it into its cache write for single tokens.)"""
-        return BoundOp(self.device.bind(self.kernel, [q, k, self.inv_freq, step]), self.pairs_per_token, self.wg,
-                       op=self, reads=(q, k), writes=(q, k))
+        return BoundOp(
+            self.device.bind(self.kernel, [q, k, self.inv_freq, step]),
+            self.pairs_per_token,
+            self.wg,
+            op=self,
+            reads=(q, k),
+            writes=(q, k),
+        )
 
 
 class GLU:
@@ -110,9 +149,14 @@ class GLU:
         self.kernel = device.kernel("glu", n=n, act=act, wg=wg)
 
     def bind(self, gate: Buffer, up: Buffer, out: Buffer, step: Buffer) -> BoundOp:
-        return BoundOp(self.device.bind(self.kernel, [gate, up, out, step]), self.n, self.wg,
-                       op=self, reads=(gate, up), writes=(out,))
-
+        return BoundOp(
+            self.device.bind(self.kernel, [gate, up, out, step]),
+            self.n,
+            self.wg,
+            op=self,
+            reads=(gate, up),
+            writes=(out,),
+        )
 
 
 class Activation:
@@ -126,6 +170,7 @@ class Activation:
 
     def bind(self, x: Buffer, out: Buffer, step: Buffer) -> BoundOp:
         return BoundOp(self.device.bind(self.kernel, [x, out, step]), self.n, self.wg, reads=(x,), writes=(out,))
+
 
 class Softcap:
     """y = cap * tanh(y / cap), in place over n values (Gemma 2's final logits)."""

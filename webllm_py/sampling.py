@@ -14,6 +14,7 @@ Semantics, so results can be compared with the usual references:
 - logprobs are log-softmax of the processed logits (after penalties and bias, before temperature
   and truncation); equal to the model's own log-probabilities when no penalty or bias is set.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ _PROMPT_BIT = 1 << 31  # counts[i]: bit 31 = token in the prompt, bits 0-30 = ti
 @dataclass
 class SamplingParams:
     temperature: float = 1.0
-    top_k: int = 0                      # 0 (or -1): off
+    top_k: int = 0  # 0 (or -1): off
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
@@ -49,6 +50,7 @@ class SamplingParams:
 
     def validate(self, vocab_size: int | None = None) -> "SamplingParams":
         """Raise RequestError naming the first bad parameter and its valid range."""
+
         def num(name: str) -> float:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -81,9 +83,14 @@ class SamplingParams:
                 raise RequestError(f"logit_bias values must be in [-100, 100], got {bias!r} for token {tid}.")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise RequestError(f"seed must be an integer or None, got {self.seed!r}.")
-        if isinstance(self.top_logprobs, bool) or not isinstance(self.top_logprobs, int) \
-                or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise RequestError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}.")
+        if (
+            isinstance(self.top_logprobs, bool)
+            or not isinstance(self.top_logprobs, int)
+            or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS
+        ):
+            raise RequestError(
+                f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}."
+            )
         if self.top_logprobs and not self.logprobs:
             raise RequestError("top_logprobs needs logprobs=True.")
         return self
@@ -100,18 +107,35 @@ class Sampler:
     """GPU sampler for one vocabulary. Per request: `set_params`, `reset(prompt_ids)`; per token:
     `BoundSampler.record(rec)` after the logits are recorded, then `await read()`."""
 
-    def __init__(self, device: Device, vocab_size: int, per_thread: int = 16, logits_wg: int = 64,
-                 draw_wg: int = 256, iters: int = 24, cut: float = 30.0, tree: bool | None = None) -> None:
+    def __init__(
+        self,
+        device: Device,
+        vocab_size: int,
+        per_thread: int = 16,
+        logits_wg: int = 64,
+        draw_wg: int = 256,
+        iters: int = 24,
+        cut: float = 30.0,
+        tree: bool | None = None,
+    ) -> None:
         self.device, self.vocab_size = device, vocab_size
         V = vocab_size
         self.n_partials = -(-V // per_thread)
         self.logits_wg = logits_wg
-        self.k_logits = device.kernel("sampling_logits", label="sampling_logits", vocab=V,
-                                      threads=self.n_partials, wg=logits_wg)
-        self.k_draw = device.kernel("sampling_draw", label="sampling_draw", vocab=V, partials=self.n_partials,
-                                    wg=draw_wg, iters=iters, cut=repr(float(cut)),
-                                    # CPU adapters pay per barrier: serial reductions there, trees on GPUs.
-                                    tree=(not device.info.is_fallback) if tree is None else tree)
+        self.k_logits = device.kernel(
+            "sampling_logits", label="sampling_logits", vocab=V, threads=self.n_partials, wg=logits_wg
+        )
+        self.k_draw = device.kernel(
+            "sampling_draw",
+            label="sampling_draw",
+            vocab=V,
+            partials=self.n_partials,
+            wg=draw_wg,
+            iters=iters,
+            cut=repr(float(cut)),
+            # CPU adapters pay per barrier: serial reductions there, trees on GPUs.
+            tree=(not device.info.is_fallback) if tree is None else tree,
+        )
         self.params_buf = device.create_buffer(4 * _PARAM_WORDS, "sampling.params")
         self.counts = device.create_buffer(4 * V, "sampling.counts")
         self.bias = device.create_buffer(4 * V, "sampling.bias")
@@ -130,11 +154,11 @@ class Sampler:
 
     def bind(self, logits: Buffer) -> "BoundSampler":
         d = self.device
-        return BoundSampler(self,
-                            d.bind(self.k_logits, [logits, self.z, self.partials, self.params_buf, self.counts,
-                                                   self.bias, self.mask]),
-                            d.bind(self.k_draw, [self.z, self.partials, self.params_buf, self.counts, self.cand,
-                                                 self.result]))
+        return BoundSampler(
+            self,
+            d.bind(self.k_logits, [logits, self.z, self.partials, self.params_buf, self.counts, self.bias, self.mask]),
+            d.bind(self.k_draw, [self.z, self.partials, self.params_buf, self.counts, self.cand, self.result]),
+        )
 
     def set_params(self, params: SamplingParams) -> None:
         params.validate(self.vocab_size)
@@ -143,12 +167,31 @@ class Sampler:
         seed &= (1 << 64) - 1
         top_k = params.top_k if params.top_k > 0 else 0
         words = struct.pack(
-            "<fIffffffIIII", params.temperature, top_k, params.top_p, params.min_p, params.repetition_penalty,
-            params.frequency_penalty, params.presence_penalty, 0.0, 0, 0, 0, 0)
+            "<fIffffffIIII",
+            params.temperature,
+            top_k,
+            params.top_p,
+            params.min_p,
+            params.repetition_penalty,
+            params.frequency_penalty,
+            params.presence_penalty,
+            0.0,
+            0,
+            0,
+            0,
+            0,
+        )
         words = bytearray(words + b"\0" * (4 * _PARAM_WORDS - len(words)))
         # Seed as two words (P_SEED_LO = 7, P_SEED_HI = 8), then P_USE_BIAS = 9, P_TOP_LOGPROBS = 10.
-        struct.pack_into("<IIII", words, 28, seed & 0xFFFFFFFF, seed >> 32, 1 if params.logit_bias else 0,
-                         params.top_logprobs if params.logprobs else 0)
+        struct.pack_into(
+            "<IIII",
+            words,
+            28,
+            seed & 0xFFFFFFFF,
+            seed >> 32,
+            1 if params.logit_bias else 0,
+            params.top_logprobs if params.logprobs else 0,
+        )
         self._use_mask = False  # P_USE_MASK = 11 stays 0 until set_mask
         self.device.write_buffer(self.params_buf, bytes(words))
         if params.logit_bias or self._bias_dirty:
@@ -196,6 +239,7 @@ class Sampler:
 @dataclass(eq=False)
 class BoundSampler:
     """The sampler bound to a model's logits: two dispatches after the step's last token."""
+
     sampler: Sampler
     logits_pass: BindGroup
     draw_pass: BindGroup

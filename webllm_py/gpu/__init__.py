@@ -1,4 +1,5 @@
 """One GPU interface (base.Device), two backends: `browser` (Pyodide + navigator.gpu) and `native` (wgpu-py)."""
+
 from __future__ import annotations
 
 import sys
@@ -13,11 +14,23 @@ async def request_device(backend: str | None = None, **options) -> Device:
     backend = backend or ("browser" if IN_BROWSER else "native")
     if backend == "browser":
         from .browser import BrowserDevice
+
         return await BrowserDevice.create(**options)
     if backend == "native":
         from .native import NativeDevice
+
         return NativeDevice(**options)
     raise ValueError(f"unknown GPU backend {backend!r}: use 'browser' or 'native'")
 
 
-__all__ = ["AdapterInfo", "BindGroup", "Buffer", "Device", "Kernel", "Program", "Recorder", "request_device", "IN_BROWSER"]
+__all__ = [
+    "AdapterInfo",
+    "BindGroup",
+    "Buffer",
+    "Device",
+    "Kernel",
+    "Program",
+    "Recorder",
+    "request_device",
+    "IN_BROWSER",
+]

@@ -11,6 +11,7 @@ Everything a model needs is here and nothing more:
 - `Recorder`: one command encoder with one compute pass per submit, so a whole token's dispatches
   cost one submit (Python->JS calls are the browser's bottleneck, ~1 us per recorded dispatch).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -150,8 +151,10 @@ class Device(ABC):
     @property
     def max_binding_size(self) -> int:
         """The largest buffer one storage binding can hold: the binding limit, or the buffer limit if lower."""
-        return min(int(self.limits.get("max_storage_buffer_binding_size", 128 << 20)),
-                   int(self.limits.get("max_buffer_size", 256 << 20)))
+        return min(
+            int(self.limits.get("max_storage_buffer_binding_size", 128 << 20)),
+            int(self.limits.get("max_buffer_size", 256 << 20)),
+        )
 
     # -- kernels ----------------------------------------------------------------------------------
     def kernel(self, template: str, label: str = "", **params: Any) -> Kernel:

@@ -4,6 +4,7 @@ FFI facts this file relies on (see shared/PLATFORM.md): JS null arrives as `jsnu
 needs a JS view, which `getBuffer()` gives zero-copy; a mapped range must be copied before unmap;
 each Python->JS call costs ~1 us, so a token's dispatches are recorded into one pass.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,9 +16,15 @@ from .base import SGMAT_FEATURE, AdapterInfo, BindGroup, Buffer, Device, Kernel,
 import js  # type: ignore  # only importable under Pyodide
 from pyodide.ffi import create_proxy, jsnull, to_js  # type: ignore
 
-_LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupStorageSize",
-           "maxComputeInvocationsPerWorkgroup", "maxStorageBuffersPerShaderStage",
-           "maxComputeWorkgroupSizeX", "maxComputeWorkgroupsPerDimension")
+_LIMITS = (
+    "maxStorageBufferBindingSize",
+    "maxBufferSize",
+    "maxComputeWorkgroupStorageSize",
+    "maxComputeInvocationsPerWorkgroup",
+    "maxStorageBuffersPerShaderStage",
+    "maxComputeWorkgroupSizeX",
+    "maxComputeWorkgroupsPerDimension",
+)
 _FEATURES = ("shader-f16", "subgroups", "timestamp-query")
 
 
@@ -27,8 +34,10 @@ def _js(obj):
 
 
 # Replays a captured Program inside JS: a decode token's ~400 dispatches then cost one FFI call.
-_REPLAY_JS = ("for (const c of cmds) { pass.setPipeline(c[0]); pass.setBindGroup(0, c[1]); "
-              "pass.dispatchWorkgroups(c[2], c[3], c[4]); }")
+_REPLAY_JS = (
+    "for (const c of cmds) { pass.setPipeline(c[0]); pass.setBindGroup(0, c[1]); "
+    "pass.dispatchWorkgroups(c[2], c[3], c[4]); }"
+)
 
 
 def _make_js_replay():
@@ -40,8 +49,12 @@ def _make_js_replay():
 
 # Bind group 0 of a kernel, read from its WGSL: `@group(0) @binding(i) var<storage, read> ...`.
 _BINDING = re.compile(r"@group\(0\)\s*@binding\((\d+)\)\s*var<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>")
-_BUFFER_TYPE = {("storage", "read"): "read-only-storage", ("storage", ""): "read-only-storage",
-                ("storage", "read_write"): "storage", ("uniform", ""): "uniform"}
+_BUFFER_TYPE = {
+    ("storage", "read"): "read-only-storage",
+    ("storage", ""): "read-only-storage",
+    ("storage", "read_write"): "storage",
+    ("uniform", ""): "uniform",
+}
 
 
 def bindings(source: str) -> list[tuple[int, str]]:
@@ -82,8 +95,9 @@ class BrowserRecorder(Recorder):
             self._pass = self._enc.beginComputePass()
         if program.native is None:
             pipe = self._dev.pipeline
-            program.native = _js([[bg.kernel.pipeline or pipe(bg.kernel), bg.handle, x, y, z]
-                                  for bg, x, y, z in program.commands])
+            program.native = _js(
+                [[bg.kernel.pipeline or pipe(bg.kernel), bg.handle, x, y, z] for bg, x, y, z in program.commands]
+            )
         replay(self._pass, program.native)
 
     def finish(self):
@@ -116,21 +130,28 @@ class BrowserDevice(Device):
     _submit: Any
 
     @classmethod
-    async def create(cls, power_preference: str = "high-performance",
-                     use_subgroups: bool | None = None) -> "BrowserDevice":
+    async def create(
+        cls, power_preference: str = "high-performance", use_subgroups: bool | None = None
+    ) -> "BrowserDevice":
         """use_subgroups: request the adapter's subgroups feature where it is offered; None: on GPU
         adapters only, as NativeDevice (CPU adapters' kernels do not use them)."""
         gpu = getattr(js.navigator, "gpu", None)
         if gpu is None or gpu is jsnull:
-            raise GPUUnavailableError("This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, "
-                                      "or start Chromium with --enable-unsafe-webgpu.")
+            raise GPUUnavailableError(
+                "This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, "
+                "or start Chromium with --enable-unsafe-webgpu."
+            )
         adapter = await gpu.requestAdapter(_js({"powerPreference": power_preference}))
         if adapter is None or adapter is jsnull:
-            raise GPUUnavailableError("navigator.gpu.requestAdapter() returned null: WebGPU is disabled or the GPU is blocklisted.")
+            raise GPUUnavailableError(
+                "navigator.gpu.requestAdapter() returned null: WebGPU is disabled or the GPU is blocklisted."
+            )
         self = cls()
         info = adapter.info
         self.info = AdapterInfo(
-            backend="browser", vendor=str(info.vendor), architecture=str(info.architecture),
+            backend="browser",
+            vendor=str(info.vendor),
+            architecture=str(info.architecture),
             description=str(info.description),
             is_fallback=bool(getattr(info, "isFallbackAdapter", False) or getattr(adapter, "isFallbackAdapter", False)),
         )
@@ -142,13 +163,17 @@ class BrowserDevice(Device):
         # "Unsafe WebGPU Support"), never default Chrome. Its kernels also need `subgroups` (subgroup_id),
         # granted with it; the other kernels' use of subgroups stays as use_subgroups says.
         self.subgroup_matrix_configs = frozenset()
-        self.subgroup_sizes = (int(getattr(info, "subgroupMinSize", 0) or 0), int(getattr(info, "subgroupMaxSize", 0) or 0))
+        self.subgroup_sizes = (
+            int(getattr(info, "subgroupMinSize", 0) or 0),
+            int(getattr(info, "subgroupMaxSize", 0) or 0),
+        )
         granted = list(request)
         if SGMAT_FEATURE in have and "subgroups" in have:
             granted += [SGMAT_FEATURE] + ([] if "subgroups" in request else ["subgroups"])
             self.subgroup_matrix_configs = frozenset(
                 (str(c.componentType), str(c.resultComponentType), int(c.M), int(c.N), int(c.K))
-                for c in getattr(js.Array, "from")(getattr(info, "subgroupMatrixConfigs", None) or js.Array.new()))
+                for c in getattr(js.Array, "from")(getattr(info, "subgroupMatrixConfigs", None) or js.Array.new())
+            )
             request.append(SGMAT_FEATURE)
         # every limit at the adapter's maximum: matmul_sgmat's tiles need more than the default 16 KiB
         # of workgroup memory (maxComputeWorkgroupStorageSize)
@@ -162,8 +187,11 @@ class BrowserDevice(Device):
         # WGSL language features (e.g. packed_4x8_integer_dot_product, which linear.py's staged matvec
         # `requires`): Chrome lists them on navigator.gpu; a browser without the set has none of them.
         wgsl = getattr(gpu, "wgslLanguageFeatures", None)
-        self.wgsl_language_features = frozenset(
-            str(f) for f in getattr(js.Array, "from")(wgsl)) if wgsl is not None and wgsl is not jsnull else frozenset()
+        self.wgsl_language_features = (
+            frozenset(str(f) for f in getattr(js.Array, "from")(wgsl))
+            if wgsl is not None and wgsl is not jsnull
+            else frozenset()
+        )
         self.limits = {_snake(k): int(getattr(self.raw.limits, k)) for k in _LIMITS}
         self._lost_reason = None
         self.raw.lost.then(create_proxy(self._on_lost))
@@ -211,8 +239,9 @@ class BrowserDevice(Device):
         self.raw.pushErrorScope("validation")
         module = self.raw.createShaderModule(_js({"code": source, "label": label}))
         pl = "auto" if layout is None else self.raw.createPipelineLayout(_js({"bindGroupLayouts": [layout]}))
-        pipeline = self.raw.createComputePipeline(_js({"layout": pl, "label": label,
-                                                       "compute": {"module": module, "entryPoint": "main"}}))
+        pipeline = self.raw.createComputePipeline(
+            _js({"layout": pl, "label": label, "compute": {"module": module, "entryPoint": "main"}})
+        )
         self._pending_scopes.append((label, source, self.raw.popErrorScope()))
         return pipeline
 
@@ -244,7 +273,9 @@ class BrowserDevice(Device):
         self.check_lost()
         size = buffer.size - offset if size is None else size
         padded = align_up(size, 4)
-        staging = self._staging.pop(padded, None) or self.raw.createBuffer(_js({"size": padded, "usage": self._read_usage}))
+        staging = self._staging.pop(padded, None) or self.raw.createBuffer(
+            _js({"size": padded, "usage": self._read_usage})
+        )
         enc = self.raw.createCommandEncoder()
         enc.copyBufferToBuffer(buffer.handle, offset, staging, 0, padded)
         self.raw.queue.submit(_js([enc.finish()]))

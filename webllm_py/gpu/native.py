@@ -1,5 +1,6 @@
 """Native backend: PyPI `wgpu` (wgpu-py over Vulkan/Metal/D3D12). Used for kernel tests on Mesa
 lavapipe (CPU) and for benchmarks on real GPUs. Mirrors browser.py call for call."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +12,12 @@ from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, alig
 # Features this runtime uses; wgpu-native names subgroups "subgroup".
 FLUSH_BYTES = 64 << 20  # bytes written between flushes of wgpu's staging buffers (write_buffer)
 
-_WANTED = {"shader-f16": "shader-f16", "subgroup": "subgroups", "subgroups": "subgroups",
-           "timestamp-query": "timestamp-query"}
+_WANTED = {
+    "shader-f16": "shader-f16",
+    "subgroup": "subgroups",
+    "subgroups": "subgroups",
+    "timestamp-query": "timestamp-query",
+}
 
 
 class NativeRecorder(Recorder):
@@ -51,8 +56,13 @@ class NativeRecorder(Recorder):
 class NativeDevice(Device):
     subgroups_directive = ""  # naga enables subgroup builtins by the device feature alone
 
-    def __init__(self, power_preference: str = "high-performance", use_subgroups: bool | None = None,
-                 max_binding_size: int | None = None, spin_reads: bool | None = None) -> None:
+    def __init__(
+        self,
+        power_preference: str = "high-performance",
+        use_subgroups: bool | None = None,
+        max_binding_size: int | None = None,
+        spin_reads: bool | None = None,
+    ) -> None:
         """use_subgroups: request the adapter's subgroups feature; None: on GPU adapters only (the
         staged matvec's team reduction, linear.py; CPU adapters' kernels do not use them).
         max_binding_size: act as if the adapter bound (and allocated) at most this many bytes per
@@ -68,7 +78,9 @@ class NativeDevice(Device):
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
         except Exception as e:
-            raise GPUUnavailableError(f"No native WebGPU adapter (is a Vulkan driver such as Mesa lavapipe installed?): {e}") from e
+            raise GPUUnavailableError(
+                f"No native WebGPU adapter (is a Vulkan driver such as Mesa lavapipe installed?): {e}"
+            ) from e
         if adapter is None:
             raise GPUUnavailableError("No native WebGPU adapter (is a Vulkan driver such as Mesa lavapipe installed?)")
         info = adapter.info
@@ -86,10 +98,17 @@ class NativeDevice(Device):
         request = [f for f in have if f in _WANTED and (use_subgroups or _WANTED[f] != "subgroups")]
         self.features = frozenset(_WANTED[f] for f in request)
         lim = adapter.limits
-        want_limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
-                                           "max-compute-workgroup-storage-size",
-                                           "max-compute-invocations-per-workgroup",
-                                           "max-storage-buffers-per-shader-stage") if k in lim}
+        want_limits = {
+            k: lim[k]
+            for k in (
+                "max-storage-buffer-binding-size",
+                "max-buffer-size",
+                "max-compute-workgroup-storage-size",
+                "max-compute-invocations-per-workgroup",
+                "max-storage-buffers-per-shader-stage",
+            )
+            if k in lim
+        }
         self.raw = adapter.request_device_sync(required_features=request, required_limits=want_limits)
         self.limits = {k.replace("-", "_"): v for k, v in self.raw.limits.items()}
         if max_binding_size:
@@ -106,7 +125,9 @@ class NativeDevice(Device):
     def _create_pipeline(self, source: str, label: str):
         try:
             module = self.raw.create_shader_module(code=source, label=label)
-            return self.raw.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": "main"}, label=label)
+            return self.raw.create_compute_pipeline(
+                layout="auto", compute={"module": module, "entry_point": "main"}, label=label
+            )
         except Exception as e:
             raise ShaderError(f"kernel '{label}' failed to compile: {e}\n--- source ---\n{source}") from e
 
@@ -144,7 +165,8 @@ class NativeDevice(Device):
         staging = self._staging.get(size)
         if staging is None:
             staging = self._staging[size] = self.raw.create_buffer(
-                size=size, usage=self._wgpu.BufferUsage.MAP_READ | self._wgpu.BufferUsage.COPY_DST, label="readback")
+                size=size, usage=self._wgpu.BufferUsage.MAP_READ | self._wgpu.BufferUsage.COPY_DST, label="readback"
+            )
         encoder = self.raw.create_command_encoder()
         encoder.copy_buffer_to_buffer(buffer.handle, offset, staging, 0, size)
         self.raw.queue.submit([encoder.finish()])

@@ -3,6 +3,7 @@
 Names are GGUF's (`blk.3.attn_q.weight`); Hugging Face names are translated once when a
 safetensors checkpoint is opened, so model files only ever see one naming scheme.
 """
+
 from __future__ import annotations
 
 import struct
@@ -91,8 +92,9 @@ def gguf_name(hf_name: str, sandwich: bool = False) -> str | None:
 
 
 class WeightStore:
-    def __init__(self, device: Device, tensors: dict[str, TensorInfo],
-                 on_progress: Callable[[dict], None] | None = None):
+    def __init__(
+        self, device: Device, tensors: dict[str, TensorInfo], on_progress: Callable[[dict], None] | None = None
+    ):
         self.device, self.tensors = device, tensors
         self.on_progress = on_progress
         self.total_bytes = sum(max(t.nbytes, 0) for t in tensors.values())
@@ -118,8 +120,9 @@ class WeightStore:
     def _progress(self, info: TensorInfo) -> None:
         self.loaded_bytes += max(info.nbytes, 0)
         if self.on_progress:
-            self.on_progress({"stage": "upload", "tensor": info.name, "loaded": self.loaded_bytes,
-                              "total": self.total_bytes})
+            self.on_progress(
+                {"stage": "upload", "tensor": info.name, "loaded": self.loaded_bytes, "total": self.total_bytes}
+            )
 
     def matrix(self, name: str) -> GPUTensor:
         """A weight matrix [out, in] (or a stack [n, out, in]) in its stored (quantized) type; split into
@@ -141,26 +144,31 @@ class WeightStore:
             if any(i.ggml_type != first.ggml_type or tuple(i.hf_shape) != tuple(first.hf_shape) for i in infos):
                 raise ModelFormatError(f"tensors {names[0]}..{names[-1]} differ in type or shape; cannot stack them")
             if first.nbytes % 4:
-                raise ModelFormatError(f"tensor '{first.name}' is {first.nbytes} bytes, not a whole number of "
-                                       "words; cannot stack it")
+                raise ModelFormatError(
+                    f"tensor '{first.name}' is {first.nbytes} bytes, not a whole number of words; cannot stack it"
+                )
             # as many matrices a buffer as one binding holds (matrix() splits a stored stack alike)
             limit = self.device.max_binding_size
             per = (limit - SPARE_BYTES) // first.nbytes
             if per == 0:
                 raise ModelTooLargeError(
                     f"expert matrix '{first.name}' ({first.type_name}, shape {list(first.hf_shape)}) needs "
-                    f"{first.nbytes} bytes, more than this GPU's largest storage buffer binding ({limit} bytes).")
+                    f"{first.nbytes} bytes, more than this GPU's largest storage buffer binding ({limit} bytes)."
+                )
             parts = []
             for e0 in range(0, len(infos), per):
-                group = infos[e0:e0 + per]
+                group = infos[e0 : e0 + per]
                 label = name if per >= len(infos) else f"{name}[{e0}:{e0 + len(group)}]"
                 buf = self.device.create_buffer(first.nbytes * len(group) + SPARE_BYTES, label)
                 for e, info in enumerate(group):
                     info.source.upload(self.device, buf, info.offset, info.nbytes, e * first.nbytes)
                     self._progress(info)
                 parts.append((e0, GPUTensor(buf, GGMLType(first.ggml_type), (len(group), *first.hf_shape), label)))
-            self._cache[name] = parts[0][1] if len(parts) == 1 else GPUTensor(
-                None, GGMLType(first.ggml_type), (len(infos), *first.hf_shape), name, tuple(parts))
+            self._cache[name] = (
+                parts[0][1]
+                if len(parts) == 1
+                else GPUTensor(None, GGMLType(first.ggml_type), (len(infos), *first.hf_shape), name, tuple(parts))
+            )
         return self._cache[name]
 
     def stacked_vector(self, names: list[str], name: str) -> Buffer:
@@ -182,7 +190,7 @@ class WeightStore:
                 key = name + "#f32"
                 if key not in self._cache:
                     self._cache[key] = self._vector_bytes(name)
-                data = self._cache[key][4 * r0:4 * r1]
+                data = self._cache[key][4 * r0 : 4 * r1]
                 self._cache[label] = GPUTensor(self.device.buffer_from(data, label), GGMLType.F32, (r1 - r0,), label)
             else:
                 part = row_info(info, r0, r1, label)
