@@ -300,6 +300,6 @@ def test_kv_cache_sized_from_the_binding_limit(small_llama):
         asyncio.run(Engine.load(path, device=dev, context_window=256, max_sequences=1))
     engine = asyncio.run(Engine.load(path, device=dev, context_window=None, max_sequences=1))
     try:
-        assert engine.context_window == fit and engine.cache.layer_bytes <= SMALL_LIMIT
+        assert engine.context_window == fit and engine.cache[None].layer_bytes <= SMALL_LIMIT
     finally:
         engine.unload()

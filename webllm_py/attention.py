@@ -7,7 +7,8 @@ its split-K slices); on CPU adapters kv_write followed by `attention_decode` (+ 
 and for a chunk of tokens kv_write then `attention_prefill`.
 Buffers follow the model's conventions: q [T, n_heads*head_dim], k/v [T, n_kv_heads*head_dim]
 (already RoPE'd), out [T, n_heads*head_dim], all f32; `step` = u32 {pos0, n_tokens};
-`block_table` = the active sequence's physical blocks (PagedKVCache.table_bytes).
+`block_table` = the active sequence's physical blocks (PagedKVCache.table_bytes): the cache's own
+`table` buffer unless bind is given another.
 """
 from __future__ import annotations
 
@@ -77,12 +78,14 @@ class PagedAttention:
         self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
 
     def bind(self, layer: int, q: Buffer, k: Buffer, v: Buffer, out: Buffer, step: Buffer,
-             block_table: Buffer, rope: Any = None) -> "BoundAttention":
-        """rope: the ops.RoPE BoundOp the layer records just before attention (the fusion pass,
+             block_table: Buffer | None = None, rope: Any = None) -> "BoundAttention":
+        """layer: the model's layer, whose K/V the cache holds. block_table: the cache's `table` unless
+        given. rope: the ops.RoPE BoundOp the layer records just before attention (the fusion pass,
         models/layer.py, passes it). Where it rotates whole heads of these q/k, single-token steps fold
         it into attention_step (or, on CPU adapters, into the cache write): RoPE marks itself
         `absorbed`; prefill records both as before."""
         d, kc, vc = self.device, self.cache.k[layer], self.cache.v[layer]
+        block_table = self.cache.table if block_table is None else block_table
         split = self.combine is not None
         rope_kv = step_bg = None
         rop = getattr(rope, "op", None)

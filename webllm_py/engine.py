@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .errors import (DEVICE_LOST_ADVICE, ContextOverflowError, DeviceLostError, ModelTooLargeError, RequestError,
                      WebLLMError)
 from .gpu import Device, request_device
-from .kv_cache import DTYPE_BYTES, PagedKVCache, max_blocks
+from .kv_cache import DTYPE_BYTES, KVCaches, max_blocks
 from .models import build_model
 from .models.store import WeightStore
 from .planner import DEFAULT_POLICY, Adapter, KernelPolicy, kv_cache_dtype
@@ -75,7 +75,7 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, device: Device, checkpoint: Checkpoint, model: Any, cache: PagedKVCache, sampler: Sampler,
+    def __init__(self, device: Device, checkpoint: Checkpoint, model: Any, cache: KVCaches, sampler: Sampler,
                  context_window: int, prefill_chunk: int):
         self.device, self.checkpoint, self.model, self.cache = device, checkpoint, model, cache
         self.config, self.tokenizer = checkpoint.config, checkpoint.tokenizer
@@ -131,12 +131,15 @@ class Engine:
                 + ", or context_window=None to fit the GPU.")
         blocks_per_seq = -(-ctx // BLOCK_SIZE)
         store = (WeightStore.from_hf if ckpt.format == "hf" else WeightStore)(device, ckpt.tensors, on_progress=on_progress)
-        kv = 2 * cfg.n_layers * blocks_per_seq * BLOCK_SIZE * max_sequences * per_position
+        # one cache per attention window: a windowed one holds the window per sequence (KVCaches)
+        windows = cfg.layer_windows()
+        kv = 2 * BLOCK_SIZE * max_sequences * per_position * sum(
+            len(layers) * pool for layers, pool in KVCaches.plan(windows, BLOCK_SIZE, blocks_per_seq, prefill_chunk).values())
         cache = None
         try:
-            cache = PagedKVCache(device, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
-                                 num_blocks=blocks_per_seq * max_sequences, max_blocks_per_seq=blocks_per_seq,
-                                 dtype=kv_dtype)
+            cache = KVCaches(device, windows, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
+                             blocks_per_seq=blocks_per_seq, max_sequences=max_sequences, max_tokens=prefill_chunk,
+                             dtype=kv_dtype)
             net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk, policy=policy)
         except Exception as e:
             if type(e).__name__ != "GPUOutOfMemoryError":  # wgpu's; a browser reports it asynchronously
@@ -159,13 +162,14 @@ class Engine:
     # -- one forward step ---------------------------------------------------------------------------
     def _stage_step(self, seq: int, ids: list[int]) -> None:
         """Write a step's inputs (its token ids, position and count, sequence `seq`'s block table) to the
-        model's state buffers, with KV blocks for the new positions."""
+        model's state buffers, with KV blocks for the new positions (each cache's block table to its own buffer)."""
         n, pos0 = len(ids), len(self._cached[seq])
         self.cache.ensure(seq, pos0 + n, first_new=pos0)
         s, d = self.model.state, self.device
         d.write_buffer(s.ids, struct.pack(f"<{n}I", *ids))
         d.write_buffer(s.step, struct.pack("<2I", pos0, n))
-        d.write_buffer(s.table, self.cache.table_bytes(seq))
+        for c in self.cache:
+            d.write_buffer(c.table, c.table_bytes(seq))
 
     async def _step(self, seq: int, ids: list[int], sample: bool):
         n = len(ids)
@@ -357,9 +361,8 @@ class Engine:
         reuse = 0
         while reuse < min(len(cached), len(prompt) - 1) and cached[reuse] == prompt[reuse]:
             reuse += 1  # keep at least one prompt token to prefill: its logits give the first token
-        window = self.cache.window
-        if window is not None and self.cache.released(seq) > max(0, reuse + 1 - window):
-            reuse = 0  # blocks the next token would see fell out of the window and were released
+        if not self.cache.resumable(seq, reuse):
+            reuse = 0  # blocks the next token would see fell out of a window and were released
         self.cache.truncate(seq, reuse)
         del cached[reuse:]
         stats.cached_prompt_tokens = reuse

@@ -6,15 +6,19 @@ Layout of each layer's K (and V) buffer: [num_blocks, block_size, n_kv_heads, he
 half the bytes of f32 on adapters without shader-f16 (planner.kv_cache_dtype decides).
 A sequence owns a list of physical blocks; its block table maps logical block i (positions
 [i*B, (i+1)*B)) to a physical block, so a sequence's pages need not be contiguous or in order.
-The kernels (shaders/kv_write, attention_*) read the table from a u32 storage buffer that the host
-fills with `table_bytes(seq_id)` before each step.
-Where every attention over the cache has a sliding window (Mistral, Mixtral), blocks that fall wholly
-behind it go back to the pool as a sequence grows (`ensure(first_new=)`); Gemma 2/3's global layers read
-every position, so their cache keeps all blocks.
+The kernels (shaders/kv_write, attention_*) read the table from a u32 storage buffer (`table`, one per
+cache) that the host fills with `table_bytes(seq_id)` before each step.
+Where every attention over a cache has a sliding window, blocks that fall wholly behind it go back to
+the pool as a sequence grows (`ensure(first_new=)`). A model's layers are split by window into
+`KVCaches`, one cache per window: Mistral's (every layer windowed) is one windowed cache; Gemma 2/3 have
+a full cache for the global layers and a windowed one for the local layers, whose pool holds only the
+window (plus a prefill chunk) per sequence, so their KV memory does not grow with the context.
 """
 from __future__ import annotations
 
 import struct
+
+from typing import Iterator, Sequence
 
 from .errors import ContextOverflowError, KVCacheFullError, ModelTooLargeError
 from .gpu.base import Buffer, Device
@@ -27,8 +31,15 @@ def max_blocks(device: Device, n_kv_heads: int, head_dim: int, block_size: int, 
     return device.max_binding_size // (block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype])
 
 
+def window_blocks(window: int, max_tokens: int, block_size: int) -> int:
+    """The most blocks one sequence holds at once in a cache whose attentions see `window` positions,
+    with steps of up to `max_tokens`: a step from pos0 writes pos0.. pos0+max_tokens-1 and reads from
+    pos0+1-window on, W+T-1 positions, which span at most ceil((W+T-2)/B) + 1 blocks."""
+    return -(-(window + max_tokens - 2) // block_size) + 1
+
+
 class PagedKVCache:
-    def __init__(self, device: Device, n_layers: int, n_kv_heads: int, head_dim: int, block_size: int = 16,
+    def __init__(self, device: Device, n_layers: int | Sequence[int], n_kv_heads: int, head_dim: int, block_size: int = 16,
                  num_blocks: int = 256, dtype: str = "f32", max_blocks_per_seq: int | None = None) -> None:
         if dtype not in DTYPE_BYTES:
             raise ValueError(f"KV cache dtype must be 'f32', 'f16' or 'f16x2', got {dtype!r}")
@@ -41,9 +52,13 @@ class PagedKVCache:
         if block_size < 1 or num_blocks < 1:
             raise ValueError("block_size and num_blocks must be >= 1")
         self.device = device
+        # the model's layers whose K/V this cache holds (an int n: layers 0..n-1)
+        self.layers = list(range(n_layers)) if isinstance(n_layers, int) else list(n_layers)
+        n_layers = len(self.layers)
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.block_size, self.num_blocks, self.dtype = block_size, num_blocks, dtype
-        self.max_blocks_per_seq = min(num_blocks, max_blocks_per_seq or num_blocks)
+        # a sequence's logical blocks; more than the pool where a window releases blocks (window_blocks)
+        self.max_blocks_per_seq = max_blocks_per_seq or num_blocks
 
         # Check the adapter's limits before allocating anything: one layer's K buffer is bound whole.
         self.layer_bytes = num_blocks * block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype]
@@ -55,11 +70,13 @@ class PagedKVCache:
                 f"this GPU's storage-buffer binding limit of {limit / 2**20:.1f} MiB: use at most {fit} blocks "
                 f"({fit * block_size} positions), i.e. a smaller context window or fewer parallel sequences.")
 
-        self.k: list[Buffer] = []
-        self.v: list[Buffer] = []
-        for layer in range(n_layers):
-            self.k.append(device.create_buffer(self.layer_bytes, f"kv_cache.k{layer}"))
-            self.v.append(device.create_buffer(self.layer_bytes, f"kv_cache.v{layer}"))
+        self.k: dict[int, Buffer] = {}  # by model layer
+        self.v: dict[int, Buffer] = {}
+        for layer in self.layers:
+            self.k[layer] = device.create_buffer(self.layer_bytes, f"kv_cache.k{layer}")
+            self.v[layer] = device.create_buffer(self.layer_bytes, f"kv_cache.v{layer}")
+        # the active sequence's block table, written by the host before each step (table_bytes)
+        self.table = device.create_buffer(self.table_buffer_size(), "kv_cache.block_table")
 
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
         # a sequence's blocks; None where a block fell out of every layer's sliding window and was released
@@ -79,6 +96,11 @@ class PagedKVCache:
         if not self._windows or None in self._windows:
             return None
         return max(self._windows)
+
+    def resumable(self, seq_id: int, n_positions: int) -> bool:
+        """Whether `seq_id` can keep its first `n_positions` and go on from there: the next position's
+        query must not read a released block (prefix reuse, Engine)."""
+        return self.window is None or self.released(seq_id) <= max(0, n_positions + 1 - self.window)
 
     def released(self, seq_id: int) -> int:
         """Positions at the start of `seq_id` whose blocks were released (see window)."""
@@ -104,12 +126,28 @@ class PagedKVCache:
         """Make positions [0, n_positions) of `seq_id` backed by blocks. All or nothing: on failure
         nothing is allocated and the cache stays as it was. first_new: the first position the coming step
         writes; with a window, blocks that no query from there on can see go back to the pool first."""
+        self.check(seq_id, n_positions, first_new)
+        stale = self._stale(seq_id, first_new)
         have = self._blocks.setdefault(seq_id, [])
-        stale = []
-        if first_new is not None and self.window is not None:
-            # a query at first_new reads from first_new + 1 - window on (attention kernels start there)
-            stale = [i for i in range(min(len(have), (first_new + 1 - self.window) // self.block_size))
-                     if have[i] is not None]
+        for i in stale:
+            self._free.append(have[i])
+            have[i] = None
+        for _ in range(max(0, -(-n_positions // self.block_size) - len(have))):
+            have.append(self._free.pop())
+        self._length[seq_id] = max(self._length.get(seq_id, 0), n_positions)
+
+    def _stale(self, seq_id: int, first_new: int | None) -> list[int]:
+        """Blocks of `seq_id` that no query from `first_new` on can see (with a window)."""
+        have = self._blocks.get(seq_id, [])
+        if first_new is None or self.window is None:
+            return []
+        # a query at first_new reads from first_new + 1 - window on (attention kernels start there)
+        return [i for i in range(min(len(have), (first_new + 1 - self.window) // self.block_size))
+                if have[i] is not None]
+
+    def check(self, seq_id: int, n_positions: int, first_new: int | None = None) -> None:
+        """Raise what ensure() would raise, changing nothing."""
+        have, stale = self._blocks.get(seq_id, []), self._stale(seq_id, first_new)
         need = -(-n_positions // self.block_size)
         if need > self.max_blocks_per_seq:
             raise ContextOverflowError(
@@ -122,12 +160,6 @@ class PagedKVCache:
                 f"The KV cache is full: sequence {seq_id} needs {extra} more blocks of {self.block_size} positions "
                 f"but only {len(self._free)} are free. Free (reset) another conversation, or load the engine "
                 f"with more cache blocks.")
-        for i in stale:
-            self._free.append(have[i])
-            have[i] = None
-        for _ in range(max(0, extra)):
-            have.append(self._free.pop())
-        self._length[seq_id] = max(self._length.get(seq_id, 0), n_positions)
 
     def truncate(self, seq_id: int, n_positions: int) -> None:
         """Keep the first `n_positions` of `seq_id` (prefix reuse); blocks past them go back to the pool."""
@@ -159,7 +191,77 @@ class PagedKVCache:
         """Bytes a block_table buffer needs to hold the longest sequence's table."""
         return 4 * self.max_blocks_per_seq
 
+    @property
+    def nbytes(self) -> int:
+        """GPU bytes of K and V."""
+        return 2 * self.n_layers * self.layer_bytes
+
     def destroy(self) -> None:
-        for b in self.k + self.v:
+        for b in [*self.k.values(), *self.v.values(), self.table]:
             b.destroy()
-        self.k, self.v = [], []
+        self.k, self.v = {}, {}
+
+
+class KVCaches:
+    """A model's KV caches, one per attention window (None: full attention), each over the layers
+    with that window (`layer_windows`), with its own block pool and block table. The engine drives them
+    together: ensure / truncate / free / resumable for a sequence apply to every cache. A windowed
+    cache's pool holds `window_blocks` per sequence; a full one the whole context."""
+
+    def __init__(self, device: Device, layer_windows: Sequence[int | None], n_kv_heads: int, head_dim: int,
+                 block_size: int, blocks_per_seq: int, max_sequences: int, max_tokens: int, dtype: str = "f32"):
+        self.caches: dict[int | None, PagedKVCache] = {}
+        try:
+            for window, (layers, pool) in self.plan(layer_windows, block_size, blocks_per_seq, max_tokens).items():
+                self.caches[window] = PagedKVCache(
+                    device, layers, n_kv_heads, head_dim, block_size=block_size, num_blocks=pool * max_sequences,
+                    dtype=dtype, max_blocks_per_seq=blocks_per_seq)
+        except BaseException:
+            self.destroy()
+            raise
+
+    @staticmethod
+    def plan(layer_windows: Sequence[int | None], block_size: int, blocks_per_seq: int,
+             max_tokens: int) -> dict[int | None, tuple[list[int], int]]:
+        """window -> (its layers, blocks per sequence of its pool)."""
+        out: dict[int | None, tuple[list[int], int]] = {}
+        for i, w in enumerate(layer_windows):
+            w = int(w) if w else None
+            pool = blocks_per_seq if w is None else min(blocks_per_seq, window_blocks(w, max_tokens, block_size))
+            out.setdefault(w, ([], pool))[0].append(i)
+        return out
+
+    def __getitem__(self, window: int | None) -> PagedKVCache:
+        return self.caches[int(window) if window else None]
+
+    def __iter__(self) -> Iterator[PagedKVCache]:
+        return iter(self.caches.values())
+
+    def __len__(self) -> int:
+        return len(self.caches)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self)
+
+    def ensure(self, seq_id: int, n_positions: int, first_new: int | None = None) -> None:
+        """PagedKVCache.ensure on every cache, all or nothing."""
+        for c in self:
+            c.check(seq_id, n_positions, first_new)
+        for c in self:
+            c.ensure(seq_id, n_positions, first_new)
+
+    def truncate(self, seq_id: int, n_positions: int) -> None:
+        for c in self:
+            c.truncate(seq_id, n_positions)
+
+    def free(self, seq_id: int) -> None:
+        for c in self:
+            c.free(seq_id)
+
+    def resumable(self, seq_id: int, n_positions: int) -> bool:
+        return all(c.resumable(seq_id, n_positions) for c in self)
+
+    def destroy(self) -> None:
+        for c in self:
+            c.destroy()

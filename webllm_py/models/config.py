@@ -18,6 +18,11 @@ LAYER_NORM_ARCHS = {"phi2", "stablelm"}
 class FamilyOptions:
     """Base of a family's own typed options (ModelConfig.options), e.g. models.gemma.GemmaOptions."""
 
+    def layer_windows(self, cfg: "ModelConfig") -> list[int | None] | None:
+        """Per layer, the sliding window of its attention, where a family's layers differ (Gemma's local
+        and global layers); None: every layer has cfg.sliding_window."""
+        return None
+
 
 @dataclass
 class ModelConfig:
@@ -45,6 +50,10 @@ class ModelConfig:
     qk_norm: bool = False            # LayerNorm of each head of q and k before rotary
     n_experts: int = 0               # mixture of experts: experts per layer (0 = dense MLP)
     n_experts_used: int = 0          # ... of which the router picks this many per token
+
+    def layer_windows(self) -> list[int | None]:
+        """Per layer, how many positions back its attention sees (None: all): the KV caches follow it."""
+        return (self.options and self.options.layer_windows(self)) or [self.sliding_window] * self.n_layers
 
     def inv_freq(self) -> list[float]:
         """Per-pair rotation frequencies, with rope scaling folded in (pure Python: runs in Pyodide)."""

@@ -17,7 +17,9 @@
 
 Every rmsnorm multiplies by (1 + w): Hugging Face checkpoints store w, llama.cpp's converter stores
 w + 1 (so GGUF norms take offset 0). Layer types follow transformers: Gemma 2 alternates local and
-global layers, Gemma 3 has five local layers to each global one; checkpoints may list them.
+global layers, Gemma 3 has five local layers to each global one; checkpoints may list them. Local and
+global layers keep K/V in caches of their own (kv_cache.KVCaches, by window): the local layers' holds
+the window per sequence, not the whole context.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any
 from ..attention import PagedAttention
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..gpu import Buffer, Device
-from ..kv_cache import PagedKVCache
+from ..kv_cache import KVCaches
 from ..linear import Embedding, Linear
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import GLU, RMSNorm, RoPE, Softcap
@@ -55,6 +57,9 @@ class GemmaOptions(FamilyOptions):
     local_rope_scaling: dict | None = None
     attn_softcap: float | None = None   # Gemma 2
     final_softcap: float | None = None  # Gemma 2 (and Gemma 3 if set)
+
+    def layer_windows(self, cfg: ModelConfig) -> list[int | None]:
+        return [cfg.sliding_window if local else None for local in self.local_layers]
 
 
 def options(cfg: ModelConfig) -> GemmaOptions:
@@ -169,8 +174,8 @@ class GemmaState(RunState):
     y: Buffer      # [T, dim]
 
     @classmethod
-    def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int, max_blocks: int) -> "GemmaState":
-        base = RunState.allocate(device, cfg, max_tokens, max_blocks)
+    def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int) -> "GemmaState":
+        base = RunState.allocate(device, cfg, max_tokens)
         return cls(**vars(base), y=device.create_buffer(max_tokens * cfg.dim * 4, "y"))
 
 
@@ -187,7 +192,7 @@ def gemma_layer(b: LayerWeights, cfg: ModelConfig, s: GemmaState, rope: RoPE, at
         ops += [("q_norm", b.rmsnorm("attn_q_norm", s.q_proj, s.q, cfg.head_dim, rows_per_token=cfg.n_heads)),
                 ("k_norm", b.rmsnorm("attn_k_norm", s.k_proj, s.k, cfg.head_dim, rows_per_token=cfg.n_kv_heads))]
     ops += [("rope", rope.bind(s.q, s.k, s.step)),                      # q, k = rope(q, k)
-            ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step, s.table))]
+            ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step))]
     if o.sandwich:   # x += rmsnorm(o Wo)
         ops += [("wo", b.linear("attn_output", s.o, s.y)),
                 ("post_attention_norm", b.rmsnorm("post_attention_norm", s.y, s.x, accumulate=True))]
@@ -206,11 +211,11 @@ def gemma_layer(b: LayerWeights, cfg: ModelConfig, s: GemmaState, rope: RoPE, at
 
 
 class GemmaModel(Decoder):
-    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
+    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: KVCaches,
                  max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
         self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
         o = options(cfg)
-        s = self.state = GemmaState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
+        s = self.state = GemmaState.allocate(device, cfg, max_tokens)
         # The 262k-row table may exceed one storage binding: then it is split in row blocks
         # (WeightStore.matrix), looked up block by block and, as the tied head, multiplied block by block.
         self.embed = Embedding(device, weights.matrix("token_embd.weight"), scale=o.embed_scale).bind(s.ids, s.x)
@@ -220,13 +225,18 @@ class GemmaModel(Decoder):
             return RoPE(device, freqs, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
 
         def attention(window: int | None) -> PagedAttention:
-            return PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
+            return PagedAttention(device, cache[window], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
                                   sliding_window=window, scale=o.attn_scale, softcap=o.attn_softcap, policy=policy)
 
-        glob = (rope(cfg.rope_theta, cfg.rope_scaling), attention(None))
-        local = (rope(o.local_theta, o.local_rope_scaling), attention(cfg.sliding_window)) if any(o.local_layers) else None
+        # (rope, attention) of the global layers (False) and the local ones (True) the model has, each
+        # attention over its window's cache
+        kinds: dict[bool, tuple[RoPE, PagedAttention]] = {}
+        if not all(o.local_layers):
+            kinds[False] = (rope(cfg.rope_theta, cfg.rope_scaling), attention(None))
+        if any(o.local_layers):
+            kinds[True] = (rope(o.local_theta, o.local_rope_scaling), attention(cfg.sliding_window))
         self.layers = [Layer(gemma_layer(LayerWeights(device, cfg, weights, i, s.step, policy, o.norm_offset), cfg, s,
-                                         *(local if local and o.local_layers[i] else glob)))
+                                         *kinds[o.local_layers[i]]))
                        for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps,
                                   weight_offset=o.norm_offset).bind(s.x, s.last, s.step, last_only=True)

@@ -6,7 +6,7 @@ A family writes its block as named ops, top to bottom as its diagram reads (mode
     ops = [("attn_norm", b.rmsnorm("attn_norm", s.x, s.h)),
            ("wq", b.linear("attn_q", s.h, s.q)), ("wk", ...), ("wv", ...),
            ("rope", rope.bind(s.q, s.k, s.step)),
-           ("attention", attention.bind(i, s.q, s.k, s.v, s.o, s.step, s.table)), ...]
+           ("attention", attention.bind(i, s.q, s.k, s.v, s.o, s.step)), ...]
     layer = Layer(ops)
 
 `Layer` keeps each op under its name (layer.wq, layer.attn_norm) and records `fuse(ops)`, which

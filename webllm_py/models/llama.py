@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..attention import PagedAttention
 from ..gpu import Buffer, Device
-from ..kv_cache import PagedKVCache
+from ..kv_cache import KVCaches
 from ..linear import Embedding, Linear
 from ..ops import GLU, RMSNorm, RoPE
 from ..planner import DEFAULT_POLICY, KernelPolicy
@@ -37,7 +37,6 @@ class RunState:
     """Activations for a step of up to `max_tokens` tokens, f32, row-major [tokens, features]."""
     step: Buffer     # u32 {pos0, n_tokens}, written by the host each step
     ids: Buffer      # u32 [max_tokens]
-    table: Buffer    # u32 block table of the active sequence
     x: Buffer        # residual stream [T, dim]
     h: Buffer        # normed input of a sub-block [T, dim]
     q: Buffer        # [T, n_heads * head_dim]
@@ -55,7 +54,7 @@ class RunState:
     k_proj: Buffer
 
     @classmethod
-    def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int, max_blocks: int) -> "RunState":
+    def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int) -> "RunState":
         f32 = 4
         T = max_tokens
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
@@ -64,7 +63,6 @@ class RunState:
                           if cfg.qk_norm else (q, k))
         return cls(
             step=device.create_buffer(8, "step"), ids=device.create_buffer(4 * T, "ids"),
-            table=device.create_buffer(4 * max_blocks, "block_table"),
             x=device.create_buffer(T * cfg.dim * f32, "x"), h=device.create_buffer(T * cfg.dim * f32, "h"),
             q=q, k=k, v=device.create_buffer(T * kv_dim * f32, "v"), o=device.create_buffer(T * q_dim * f32, "o"),
             gate=device.create_buffer(T * cfg.hidden_dim * f32, "gate"),
@@ -98,7 +96,7 @@ def llama_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, atte
         ("wk", b.linear("attn_k", s.h, s.k)),
         ("wv", b.linear("attn_v", s.h, s.v)),
         ("rope", rope.bind(s.q, s.k, s.step)),                          # q, k = rope(q, k)
-        ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step, s.table)),
+        ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step)),
         ("wo", b.linear("attn_output", s.o, s.x, accumulate=True)),     # x += o Wo
         ("ffn_norm", b.rmsnorm("ffn_norm", s.x, s.h)),                  # h = rmsnorm(x)
         *mlp(b, cfg, s),                                                # x += mlp(h)
@@ -106,15 +104,15 @@ def llama_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, atte
 
 
 class LlamaModel(Decoder):
-    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
+    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: KVCaches,
                  max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY, mlp: MLP = swiglu):
         """mlp: each layer's MLP (Mixtral: a mixture of experts)."""
         self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
         self.policy = policy
-        s = self.state = RunState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
+        s = self.state = RunState.allocate(device, cfg, max_tokens)
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
-        attention = PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
+        attention = PagedAttention(device, cache[cfg.sliding_window], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
                                    sliding_window=cfg.sliding_window, policy=policy)
         self.layers = [Layer(llama_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope,
                                          attention, mlp))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..attention import PagedAttention
 from ..gpu import Buffer, Device
-from ..kv_cache import PagedKVCache
+from ..kv_cache import KVCaches
 from ..linear import BoundLinear, Embedding, Linear
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import Activation, LayerNorm, RoPE
@@ -81,7 +81,7 @@ def phi2_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, atten
             ops.append((name, op.bind(src, dst, s.step, rows_per_token=heads, per_row_weight=per_head)))
     return ops + [
         ("rope", rope.bind(s.q, s.k, s.step)),                          # partial rotary: rot_dim of each head
-        ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step, s.table)),
+        ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step)),
         ("wo", b.linear("attn_output", s.o, s.x, accumulate=True)),     # x += o Wdense + bdense
         *mlp(b, cfg, s),                                                # x += mlp(h)
     ]
@@ -90,14 +90,14 @@ def phi2_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, atten
 class Phi2Model(Decoder):
     """Llama's run state and rotary; LayerNorms with bias and a biased head."""
 
-    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
+    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: KVCaches,
                  max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY, mlp: MLP = gelu_mlp):
         """mlp: each layer's MLP (StableLM: Llama's SwiGLU)."""
         self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
-        s = self.state = RunState.allocate(device, cfg, max_tokens, cache.max_blocks_per_seq)
+        s = self.state = RunState.allocate(device, cfg, max_tokens)
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
-        attention = PagedAttention(device, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
+        attention = PagedAttention(device, cache[cfg.sliding_window], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
                                    sliding_window=cfg.sliding_window, policy=policy)
         self.layers = [Layer(phi2_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope,
                                         attention, mlp))

@@ -20,7 +20,7 @@ The attention half is Phi-2's layer (models/phi2.py); only the MLP and its resid
 from __future__ import annotations
 
 from ..gpu import Device
-from ..kv_cache import PagedKVCache
+from ..kv_cache import KVCaches
 from ..planner import DEFAULT_POLICY, KernelPolicy
 from .config import ModelConfig
 from .layer import LayerWeights, Named
@@ -37,6 +37,6 @@ def stablelm_mlp(b: LayerWeights, cfg: ModelConfig, s: RunState) -> Named:
 
 
 class StableLmModel(Phi2Model):
-    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: PagedKVCache,
+    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: KVCaches,
                  max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
         super().__init__(device, cfg, weights, cache, max_tokens, policy, mlp=stablelm_mlp)
