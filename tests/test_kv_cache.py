@@ -5,7 +5,7 @@ import pytest
 
 from .attention_helpers import HD, KV, H, Harness, make_qkv, reference, shuffled_cache
 from webllm_py.errors import ContextOverflowError, KVCacheFullError, ModelTooLargeError
-from webllm_py.kv_cache import PagedKVCache
+from webllm_py.kv_cache import KVCaches, PagedKVCache, window_blocks
 
 pytestmark = pytest.mark.gpu
 
@@ -122,3 +122,52 @@ def test_sliding_window_releases_blocks_out_of_the_window(device):
     assert c.free_blocks == 10
     Harness(device, c, max_tokens=8)  # a layer attending to all positions
     assert c.window is None
+
+
+def test_caches_by_window_release_only_the_windowed_pool(device):
+    """Layers local, local, global, local (window 10, blocks of 4, steps of up to 8): two caches, each
+    with its own pool and table. Over 40 positions the local cache's blocks in use never exceed
+    window_blocks (ceil((10 + 8 - 2) / 4) + 1 = 5) while the global one's grow to 10; a sequence the
+    local pool cannot hold fails in both caches at once (all or nothing)."""
+    caches = KVCaches(device, [10, 10, None, 10], KV, HD, block_size=4, blocks_per_seq=10, max_sequences=2,
+                      max_tokens=8)
+    local, glob = caches[10], caches[None]
+    assert len(caches) == 2 and local.layers == [0, 1, 3] and glob.layers == [2] and set(local.k) == {0, 1, 3}
+    assert local.num_blocks == 2 * window_blocks(10, 8, 4) == 10 and glob.num_blocks == 20
+    assert local.table is not glob.table and local.max_blocks_per_seq == glob.max_blocks_per_seq == 10
+    local.attend_window(10)  # as the models' PagedAttentions do
+    glob.attend_window(None)
+    pos, held = 0, []
+    for n in [8, 1, 1, 8, 1, 8, 1, 8, 4]:
+        caches.ensure(0, pos + n, first_new=pos)
+        pos += n
+        held.append((sum(b is not None for b in local.blocks(0)), len(glob.blocks(0))))
+        assert len(np.frombuffer(local.table_bytes(0), "<u4")) == len(glob.blocks(0))  # logical entries alike
+    assert max(h for h, _ in held) <= 5 and [g for _, g in held] == sorted(g for _, g in held) and held[-1][1] == 10
+    assert local.released(0) == 24 and glob.released(0) == 0
+    # prefix reuse: keeping 33 positions, the next token (at 33) reads from 24 on, past the released blocks;
+    # keeping 32, it would read position 23
+    assert caches.resumable(0, 33) and not caches.resumable(0, 32)
+    with pytest.raises(KVCacheFullError):
+        caches.ensure(1, 40, first_new=0)  # 10 local blocks, 6 free (sequence 0 holds blocks 6..9)
+    assert glob.free_blocks == 10 and local.free_blocks == 6 and not glob.blocks(1) and not local.blocks(1)
+    caches.truncate(0, 30)
+    assert len(glob.blocks(0)) == len(local.blocks(0)) == 8
+    caches.free(0)
+    assert local.free_blocks == 10 and glob.free_blocks == 20
+    caches.destroy()
+
+
+def test_gemma3_270m_kv_memory_at_32k_positions():
+    """Gemma-3-270M's layout (18 layers, every 6th global, window 512; 1 KV head of 256; blocks of 16,
+    prefill chunks of 64): the local layers' pools hold 37 blocks per sequence whatever the context, so
+    at 32k positions the KV cache is 6,699 blocks of layers x positions instead of 36,864 (0.18x), and at
+    128k 3 x 8,192 + 15 x 37."""
+    windows = [None if (i + 1) % 6 == 0 else 512 for i in range(18)]
+    for ctx in (32768, 131072):
+        plan = KVCaches.plan(windows, 16, ctx // 16, 64)
+        assert plan == {512: ([i for i in range(18) if (i + 1) % 6], 37), None: ([5, 11, 17], ctx // 16)}
+    per_block = 2 * 16 * 256 * 2  # K and V, f16
+    before = sum(len(ls) * p for ls, p in KVCaches.plan([None] * 18, 16, 2048, 64).values()) * per_block
+    after = sum(len(ls) * p for ls, p in KVCaches.plan(windows, 16, 2048, 64).values()) * per_block
+    assert (before, after) == (36864 * per_block, 6699 * per_block)  # 576 MiB -> 104.7 MiB per sequence

@@ -9,14 +9,19 @@ tied head everywhere; Gemma 2's sandwich norms, alternating local/global layers,
 a local rope base and a linearly scaled global rope, and a final softcap. The sliding window (6) is
 shorter than the 20-token prompt, so prefill chunks, decode steps and the paged cache all cut it.
 """
+import asyncio
 import json
 import os
 
 import numpy as np
 import pytest
 
+from webllm_py.kv_cache import window_blocks
+from webllm_py.sampling import SamplingParams
+
 from .hf_models import Variant, build
-from .model_checks import LONG, SHORT, assert_greedy_match, assert_logits_match, load_engine
+from .model_checks import LONG, PREFILL_CHUNK, SHORT, assert_greedy_match, assert_logits_match, load_engine
+from .reference import hf_greedy, hf_margins, prompt_ids
 
 pytestmark = [pytest.mark.gpu]
 
@@ -94,6 +99,57 @@ def test_greedy_tokens_match_transformers(case):
     """16 greedy tokens after a 20-token prompt that the engine prefills in chunks of 8."""
     v, path, engine = case
     assert_greedy_match(engine, path, N_GREEDY, LOGIT_RTOL, v.name)
+
+
+def test_local_layers_cache_the_window_and_a_second_turn_reuses_the_prefix(case):
+    """The local layers keep K/V in a cache of their own (window 6, blocks of 16): over a 20-token
+    prompt and 16 greedy tokens (6 windows) its blocks in use stay within window_blocks while the global
+    cache's grow with the sequence. A second turn (the first's tokens + 5 more) reuses the first turn's
+    prefix in both caches and prefills the rest as one chunk; asked again, it reuses all but the last
+    token and runs that one as a decode step. Both last-token logits are transformers' within
+    tolerance, and the greedy tokens after it equal transformers' up to its first near-tie."""
+    v, path, engine = case
+    caches = engine.cache
+    if v.family == "gemma":  # full attention everywhere: one cache, nothing released
+        assert len(caches) == 1 and caches[None].layers == list(range(engine.config.n_layers))
+        return
+    local, glob = caches[WINDOW], caches[None]
+    is_local = engine.config.options.local_layers
+    assert local.layers == [i for i, t in enumerate(is_local) if t]
+    assert glob.layers == [i for i, t in enumerate(is_local) if not t]
+    bound = window_blocks(WINDOW, PREFILL_CHUNK, local.block_size)
+    assert local.num_blocks == 2 * bound < glob.num_blocks == 2 * -(-engine.context_window // glob.block_size)
+    ids = prompt_ids(path, LONG)
+    engine.reset(0)
+    greedy = SamplingParams(temperature=0.0)
+
+    async def turn1():
+        held, toks = [], []
+        async for t in engine.generate(ids, params=greedy, max_tokens=16, ignore_eos=True):
+            toks += [t.id] if t.id >= 0 else []
+            held.append((sum(b is not None for b in local.blocks(0)), len(glob.blocks(0))))
+        return toks, held
+
+    toks, held = asyncio.run(turn1())
+    assert toks == hf_greedy(path, ids, 16)[0]
+    # 35 positions written: the global cache holds their 3 blocks, the local one at most `bound`
+    assert max(h for h, _ in held) <= bound and [g for _, g in held] == sorted(g for _, g in held) == [g for _, g in held]
+    assert held[-1][1] == 3 and local.released(0) == 16 and glob.released(0) == 0
+
+    ids2 = ids + toks + prompt_ids(path, 10)[5:]
+    ref_tokens, ref = hf_greedy(path, ids2, 8)
+    for cached in (len(ids) + 15, len(ids2) - 1):
+        asyncio.run(engine.complete(ids2, params=greedy, max_tokens=1, ignore_eos=True))
+        assert engine.last_stats.cached_prompt_tokens == cached
+        ours = np.frombuffer(asyncio.run(engine.device.read_buffer(engine.model.state.logits)), np.float32)
+        err = np.abs(ours[: engine.config.vocab_size] - ref).max()
+        print(f"\n{v.name} second turn, {cached} cached: max |diff| {err:.2e} = {err / np.abs(ref).max():.1e}")
+        assert err <= LOGIT_RTOL * np.abs(ref).max()
+    n = next((i for i, m in enumerate(hf_margins(path, ids2, 8)) if m <= 2 * LOGIT_RTOL), 8)
+    _, ours_tokens = asyncio.run(engine.complete(ids2, params=greedy, max_tokens=8, ignore_eos=True))
+    assert ours_tokens[:n] == ref_tokens[:n]
+    assert sum(b is not None for b in local.blocks(0)) <= bound and len(glob.blocks(0)) == -(-(len(ids2) + 7) // 16)
+    engine.reset(0)
 
 
 # -- GGUF: Gemma 2 as llama.cpp writes it ----------------------------------------------------------------
