@@ -210,6 +210,7 @@ class KVCaches:
 
     def __init__(self, device: Device, layer_windows: Sequence[int | None], n_kv_heads: int, head_dim: int,
                  block_size: int, blocks_per_seq: int, max_sequences: int, max_tokens: int, dtype: str = "f32"):
+        self.dtype = dtype  # every cache's
         self.caches: dict[int | None, PagedKVCache] = {}
         try:
             for window, (layers, pool) in self.plan(layer_windows, block_size, blocks_per_seq, max_tokens).items():
