@@ -175,6 +175,63 @@ def test_step_with_rope(device, pairs, rot_dim, f16):
     np.testing.assert_allclose(got, reference(qr, kr, v, H, KV), **tol)
 
 
+@pytest.mark.parametrize("layout,f16,tiling,window,rope", [
+    ("1b", True, StepTiling(64, 4, 9, 4), None, "adjacent"),    # 1 to 9 slices used, empty ones at 0
+    ("smollm2", False, StepTiling(32, 8, 56, 8), 70, "halves"),  # GROUP 3, many empty slices, window
+    ("smollm2", False, StepTiling(16, 8, 5, 24), None, None),   # 3 output vec4s per thread, slices of 3 chunks
+])
+def test_step_combine_matches_numpy(device, layout, f16, tiling, window, rope):
+    """attention_step writing its slices' partials and attention_combine merging them (the layout
+    for devices whose storageBarrier() is workgroup scope only): two dispatches per token, no
+    arrival counters; every decode step of three layers recorded in one pass (the partials buffer
+    is shared) equals numpy's RoPE then attention."""
+    from webllm_py.ops import RoPE
+    from webllm_py.planner import KernelPolicy
+    from .attention_helpers import rope_reference
+    if f16 and not device.has_f16:
+        pytest.skip("adapter has no shader-f16")
+    (nh, nkv, hd), L, N, T0 = LAYOUTS[layout], 3, 40, 5
+    cache = shuffled_cache(device, num_blocks=24, block_size=2, layout=(nh, nkv, hd), n_layers=L,
+                           dtype="f16" if f16 else "f32")
+    h = Harness(device, cache, max_tokens=8, layout=(nh, nkv, hd), fused=True, step_tiling=tiling,
+                sliding_window=window, policy=KernelPolicy(step_merge=False))
+    assert h.attn.step_combine and not hasattr(h.attn, "scratch")
+    inv_freq = [10000.0 ** (-2 * i / hd) for i in range(hd // 2)]
+    data = [make_qkv(N, 40 + i, (nh, nkv, hd)) for i in range(L)]
+    bufs = [[device.create_buffer(x.shape[1] * 4 * T0) for x in (*data[i], data[i][0])] for i in range(L)]
+    layers = []
+    for i, (q, k, v, o) in enumerate(bufs):
+        rp = RoPE(device, inv_freq, nh, nkv, hd, rope).bind(q, k, h.step) if rope else None
+        att = h.attn.bind(i, q, k, v, o, h.step, h.table, rope=rp)
+        assert att.step is not None and att.combine is not None and att.decode is None
+        layers.append((rp, att))
+    pos = np.arange(N)
+    refs = []
+    for q, k, v in data:
+        if rope:
+            q = rope_reference(q.reshape(N, nh, hd), pos, inv_freq, rope).reshape(N, nh * hd)
+            k = rope_reference(k.reshape(N, nkv, hd), pos, inv_freq, rope).reshape(N, nkv * hd)
+        refs.append(reference(q, f16_round(k) if f16 else k, f16_round(v) if f16 else v, nh, nkv, window=window))
+    p0 = 0
+    for T in [T0] + [1] * (N - T0):  # a prefill chunk, then decode tokens that read its rows
+        cache.ensure(0, p0 + T, first_new=p0)
+        device.write_buffer(h.step, struct.pack("<2I", p0, T))
+        device.write_buffer(h.table, cache.table_bytes(0))
+        for i in range(L):
+            for x, buf in zip(data[i], bufs[i]):
+                device.write_buffer(buf, np.ascontiguousarray(x[p0:p0 + T]))
+        with device.recorder() as rec:
+            for rp, att in layers:
+                if rp is not None:
+                    rp.record(rec, T)
+                att.record(rec, T)
+        for i in range(L):
+            got = np.frombuffer(asyncio.run(device.read_buffer(bufs[i][3])), np.float32)[:T * nh * hd]
+            np.testing.assert_allclose(got.reshape(T, -1), refs[i][p0:p0 + T], atol=2e-4 if f16 else 2e-5,
+                                       rtol=1e-3 if f16 else 1e-4)
+        p0 += T
+
+
 def test_step_merge_across_layers_and_steps(device):
     """The slices' merge through the shared scratch buffer: four layers recorded back to back in one
     pass (each dispatch must find the arrival counters back at 0), 1 to 9 slices in use as the

@@ -3,7 +3,8 @@
 `PagedAttention` holds the kernels of one model (shapes are baked into the WGSL at load time);
 `bind(layer, ...)` makes that layer's bind groups once; `BoundAttention.record(rec, n_tokens)` records, for
 one token on GPUs, the single dispatch `attention_step` (RoPE + cache write + attention + merge of
-its split-K slices); on CPU adapters kv_write followed by `attention_decode` (+ `attention_combine`);
+its split-K slices; where storageBarrier() is not a device-scope fence, the merge is the
+`attention_combine` dispatch after it); on CPU adapters kv_write followed by `attention_decode` (+ `attention_combine`);
 and for a chunk of tokens kv_write then `attention_prefill`.
 Buffers follow the model's conventions: q [T, n_heads*head_dim], k/v [T, n_kv_heads*head_dim]
 (already RoPE'd), out [T, n_heads*head_dim], all f32; `step` = u32 {pos0, n_tokens};
@@ -54,26 +55,28 @@ class PagedAttention:
         self.tq, self.tk = plan.tq, plan.tk
         self.fused = plan.fused
         self.step_tiling = plan.step
-        self._step_params = dict(attn, **vars(self.step_tiling))
-        if self.fused and self.step_tiling.splits > 1:
+        # The step's slices merged by attention_combine (a second dispatch) rather than in the step
+        self.step_combine = self.fused and not plan.step_merge and self.step_tiling.splits > 1
+        self._step_params = dict(attn, combine=self.step_combine, **vars(self.step_tiling))
+        if self.fused and self.step_tiling.splits > 1 and not self.step_combine:
             # Shared by all layers (each layer's dispatch runs after the previous one's): the kv heads'
             # arrival counters (back to 0 after every dispatch), then the slices' partials.
             group = n_heads // n_kv_heads
             words = -(-n_kv_heads // 4) * 4 + n_kv_heads * self.step_tiling.splits * group * (head_dim + 2)
             self.scratch = device.create_buffer(4 * words, "attention.step_scratch")
         # Otherwise split-K decode (attention_decode, merged by attention_combine).
-        self.splits = plan.splits
+        self.splits = self.step_tiling.splits if self.step_combine else plan.splits
         self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
             k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16", "packed")})
         self.decode = self.combine = None
         if not self.fused:
             self.decode = device.kernel("attention_decode", label="attention_decode", wg=plan.decode_wg,
                                         splits=self.splits, full_chunks=plan.full_chunks, **attn)
-        if self.splits > 1 and not self.fused:
+        if self.splits > 1 and (not self.fused or self.step_combine):
             self.combine_wg = plan.combine_wg
             self.combine = device.kernel("attention_combine", label="attention_combine", n_heads=n_heads,
                                          head_dim=head_dim, splits=self.splits, wg=self.combine_wg)
-            # Shared by all layers: each layer's decode and combine run before the next layer's.
+            # Shared by all layers: each layer's decode (or step) and combine run before the next layer's.
             self.partials = device.create_buffer(4 * n_heads * self.splits * (head_dim + 2), "attention.partials")
         self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
 
@@ -96,9 +99,9 @@ class PagedAttention:
             # rotary) the layer's RoPE dispatch runs first and the step gets q and k rotated.
             kern = d.kernel("attention_step", label="attention_step",
                             rope=rop.params["pairs"] if foldable else None, **self._step_params)
-            bufs = [q, k, v, kc, vc, out, step, block_table]
+            bufs = [q, k, v, kc, vc, self.partials if split else out, step, block_table]
             bufs += [rop.inv_freq] if foldable else []
-            bufs += [self.scratch] if self.step_tiling.splits > 1 else []
+            bufs += [self.scratch] if self.step_tiling.splits > 1 and not split else []
             step_bg = d.bind(kern, bufs)
             if foldable:
                 rope.absorbed = True
@@ -131,7 +134,7 @@ class BoundAttention:
     combine: BindGroup | None
     prefill: BindGroup
     rope_kv: tuple[BindGroup, int] | None = None  # RoPE + cache write in one dispatch (single tokens)
-    step: BindGroup | None = None  # single tokens, GPUs: attention_step does everything in one dispatch
+    step: BindGroup | None = None  # single tokens, GPUs: attention_step (+ combine where op.step_combine)
     args: tuple = ()  # bind's arguments (layer, q, k, v, out, step, block_table)
 
     def with_rope(self, rope: Any) -> "BoundAttention":
@@ -148,6 +151,8 @@ class BoundAttention:
             raise ValueError(f"attention step of {n_tokens} tokens; this op handles 1..{op.max_tokens}")
         if n_tokens == 1 and self.step is not None:
             rec.dispatch(self.step, op.n_kv_heads, op.step_tiling.splits)
+            if self.combine is not None:
+                rec.dispatch(self.combine, op.n_heads, -(-op.head_dim // op.combine_wg))
             return
         if n_tokens == 1 and self.rope_kv is not None:
             rec.dispatch(*self.rope_kv)

@@ -92,8 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; i8x2 / i8 force matmul_i8; "
                         "f32 = the dequantizing matmul (KernelPolicy.prefill)")
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
-    p.add_argument("--attention", choices=["fused", "unfused"],
-                   help="single-token attention as attention_step or as kv_write + decode + combine (default: planner's)")
+    p.add_argument("--attention", choices=["fused", "combine", "unfused"],
+                   help="single-token attention as attention_step merging its slices (one dispatch), attention_step "
+                        "+ attention_combine, or kv_write + decode + combine (default: planner's)")
     p.add_argument("--kv-cache", choices=["auto", "f32", "f16", "f16x2"], default="auto",
                    help="the KV cache's element: auto = the planner's (f16 with shader-f16, else f16x2 on GPUs); "
                         "f16x2 = f16 pairs packed in u32s (KernelPolicy.kv_cache)")
@@ -195,7 +196,8 @@ def kernel_policy(args: argparse.Namespace):
         staged_tilings=parse_staged_tilings(args.staged_tiling or ""), fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel, i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
         if args.i8_tiling else None,
-        fused_attention=None if args.attention is None else args.attention == "fused",
+        fused_attention=None if args.attention is None else args.attention != "unfused",
+        step_merge=None if args.attention is None else args.attention == "fused",
         step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None, kv_cache=args.kv_cache,
         **tiling)
 

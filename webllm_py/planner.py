@@ -271,6 +271,9 @@ class KernelPolicy:
     sgmat_tiling: MatmulSgmatTiling | None = None  # matmul_sgmat's tile (kb drops to 1 where K % 64 != 0)
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
+    # attention_step merges its split-K slices itself (one dispatch; needs a device-scope
+    # storageBarrier) or leaves them to attention_combine (None: by Adapter.device_scope_barrier)
+    step_merge: bool | None = None
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
     # the KV cache's element: "auto" (kv_cache_dtype's rule), "f32" (tests that compare with
     # transformers' f32 cache to 1e-5 rather than f16's 1e-3), "f16" (needs shader-f16) or "f16x2" (f16
@@ -592,6 +595,8 @@ def plan_matmul(
 class AttentionPlan:
     fused: bool  # single tokens: attention_step (RoPE + cache write + attention + merge, one dispatch)
     step: StepTiling
+    # fused: attention_step merges its slices (device-scope barrier); else attention_combine after it
+    step_merge: bool
     decode_wg: int  # otherwise: attention_decode's threads, split-K slices and full-chunk loop
     splits: int
     full_chunks: bool
@@ -633,12 +638,18 @@ def plan_attention(
 ) -> AttentionPlan:
     """Arguments other than the adapter's and the policy's override a choice (tests)."""
     fused = policy.fused_attention if fused is None else fused
-    if fused is None:
+    merge = policy.step_merge
+    if merge is None:
         # attention_step's merge of its slices relies on storageBarrier() being a device-scope fence
         # (Adapter.device_scope_barrier: native wgpu over Vulkan); WGSL promises only workgroup scope,
-        # and a test passing on a CPU adapter (coherent memory) shows nothing of a GPU's caches. It
-        # binds up to 10 storage buffers and needs head_dim % 8 == 0.
-        fused = not adapter.cpu and adapter.device_scope_barrier and head_dim % 8 == 0 and adapter.storage_buffers >= 10
+        # and a test passing on a CPU adapter (coherent memory) shows nothing of a GPU's caches.
+        # Elsewhere the step writes its slices' partials and attention_combine merges them in a
+        # second dispatch (the boundary orders memory): 2 dispatches, not 3 unfused.
+        merge = adapter.device_scope_barrier
+    if fused is None:
+        # GPUs only (CPU adapters: workgroup barriers cost ~10x); head_dim % 8 == 0; up to 10 storage
+        # bindings with the merge, 9 without (`out` is attention_combine's).
+        fused = not adapter.cpu and head_dim % 8 == 0 and adapter.storage_buffers >= (10 if merge else 9)
     elif fused and head_dim % 8:
         raise ValueError(f"the fused decode step needs head_dim % 8 == 0, not {head_dim}")
     cpu = adapter.cpu
@@ -650,6 +661,7 @@ def plan_attention(
     tq, tk = prefill_tiles(adapter, head_dim, n_heads // n_kv_heads)
     return AttentionPlan(
         fused=bool(fused),
+        step_merge=bool(merge),
         step=step_tiling or policy.step_tiling or default_step_tiling(n_kv_heads),
         decode_wg=(64 if cpu else 32) if decode_wg is None else decode_wg,
         splits=decode_splits,
