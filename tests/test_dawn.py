@@ -102,6 +102,15 @@ def test_smollm2_greedy_tokens_dawn_with_its_features_equal_native():
     assert dawn["token_ids"] == _bench("bench")["token_ids"]
 
 
+def test_smollm2_greedy_tokens_dawn_step_with_combine_equal_native():
+    """The single-token attention the planner gives Dawn GPUs, forced on this CPU adapter: attention_step
+    writing split-K partials, attention_combine merging them (2 dispatches per layer, not 3)."""
+    dawn = _bench("dawn-bench", "--attention", "combine")
+    templates = dawn["kernels"]["templates"]
+    assert "attention_step" in templates and "attention_combine" in templates and "attention_decode" not in templates
+    assert dawn["token_ids"] == _bench("bench")["token_ids"]
+
+
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                             "population": {"type": "integer"}},
           "required": ["city", "population"], "additionalProperties": False}

@@ -9,7 +9,8 @@ references are numpy's, here):
 - attention_step's merge of split-K slices across workgroups, forced on (the planner keeps it off on
   browsers: Tint's storageBarrier is workgroup-scoped), over many steps and four layers in one pass,
   with the f32 cache and the f16x2 one (f16 pairs in u32s: what a GPU without shader-f16, Dawn on NVIDIA,
-  gets), vs numpy.
+  gets), vs numpy; and what the planner picks there instead: the step writing its slices' partials,
+  merged by attention_combine.
 The planner's rows for each feature and its absence: tests/test_planner.py (test_browser_gpu_*)."""
 import base64
 
@@ -106,18 +107,20 @@ import base64, random, struct
 from webllm_py.gpu.browser import BrowserDevice
 from webllm_py.attention import PagedAttention
 from webllm_py.kv_cache import PagedKVCache
-from webllm_py.planner import StepTiling
+from webllm_py.planner import KernelPolicy, StepTiling
 dev = await BrowserDevice.create()
 nh, nkv, hd, L, N = {nh}, {nkv}, {hd}, {L}, {N}
 cache = PagedKVCache(dev, L, nkv, hd, block_size=4, num_blocks=16, dtype={dtype!r})
 random.Random(0).shuffle(cache._free)  # pages out of order
-attn = PagedAttention(dev, cache, nh, nkv, hd, 8, fused=True, step_tiling=StepTiling(64, 4, 9, 4))
+attn = PagedAttention(dev, cache, nh, nkv, hd, 8, fused=True, step_tiling=StepTiling(*{tiling}),
+                      policy=KernelPolicy(step_merge={merge}))
+assert attn.step_combine == (not {merge})
 step, table = dev.create_buffer(8), dev.create_buffer(cache.table_buffer_size())
 data = [[base64.b64decode(s) for s in layer] for layer in {data!r}]  # per layer: q, k, v, all positions
 rows = [(nh * hd * 4, nkv * hd * 4, nkv * hd * 4)] * L
 bufs = [[dev.create_buffer(n) for n in (*rows[i], rows[i][0])] for i in range(L)]
 layers = [attn.bind(i, q, k, v, o, step, table) for i, (q, k, v, o) in enumerate(bufs)]
-assert all(b.step is not None for b in layers)
+assert all(b.step is not None and (b.combine is None) == {merge} for b in layers)
 outs = []
 for pos in range(N):
     cache.ensure(0, pos + 1)
@@ -143,8 +146,13 @@ def test_fused_step_merge_across_workgroups_on_dawn(host, dtype):
     numpy; the f32 cache, and the f16x2 one (f16 pairs packed in u32s: what a GPU without shader-f16,
     Dawn on NVIDIA, gets; its reference sees K/V rounded to f16)."""
     (nh, nkv, hd), L, N = (32, 8, 64), 4, 44
+    _check_steps(host, (nh, nkv, hd), L, N, (64, 4, 9, 4), True, dtype)
+
+
+def _check_steps(host, layout, L, N, tiling, merge, dtype):
+    nh, nkv, hd = layout
     data = [make_qkv(N, 30 + i, (nh, nkv, hd)) for i in range(L)]
-    got = _f32(host.exec(_STEP.format(nh=nh, nkv=nkv, hd=hd, L=L, N=N, dtype=dtype,
+    got = _f32(host.exec(_STEP.format(nh=nh, nkv=nkv, hd=hd, L=L, N=N, dtype=dtype, tiling=tiling, merge=merge,
                                       data=[[_b64(x) for x in layer] for layer in data])))
     got = got.reshape(N, L, nh * hd)
     packed = dtype == "f16x2"
@@ -155,3 +163,10 @@ def test_fused_step_merge_across_workgroups_on_dawn(host, dtype):
         # may sit one f16 ulp away; 3 of 90,112 outputs were 3.7e-4 off here: atol 5e-4
         np.testing.assert_allclose(got[:, i], reference(q, k, v, nh, nkv), atol=5e-4 if packed else 2e-5,
                                    rtol=1e-3 if packed else 1e-4)
+
+
+@pytest.mark.parametrize("tiling,dtype", [((64, 4, 9, 4), "f16x2"), ((32, 8, 16, 8), "f32")])
+def test_fused_step_with_combine_on_dawn(host, tiling, dtype):
+    """What the planner picks on Dawn GPUs: attention_step writing each slice's partials and
+    attention_combine merging them in the next dispatch, through Tint: 2 layers x 36 steps (1 to 9,
+    resp. 1 to 5 of 16 slices in use), every layer's output at every step vs numpy."""

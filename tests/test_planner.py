@@ -257,8 +257,18 @@ def test_attention_plan():
     )
     assert plan_attention(GPU, 64, 16, 64).step.splits == 16
     assert not plan_attention(GPU, 32, 8, 12).fused  # head_dim % 8
-    assert not plan_attention(Adapter(device_scope_barrier=False, storage_buffers=10), 32, 8, 128).fused
+    assert gpu.fused and gpu.step_merge  # device-scope barrier: the step merges its slices, one dispatch
+    # without one (Dawn/Tint): the step + attention_combine (9 storage bindings: out is the combine's)
+    safe = plan_attention(Adapter(device_scope_barrier=False, storage_buffers=9), 32, 8, 128)
+    assert safe.fused and not safe.step_merge and safe.step == StepTiling(splits=32)
+    assert not plan_attention(Adapter(device_scope_barrier=False, storage_buffers=8), 32, 8, 128).fused
+    assert not plan_attention(Adapter(device_scope_barrier=False, storage_buffers=10), 32, 8, 12).fused
+    assert not plan_attention(Adapter(device_scope_barrier=False, cpu=True, storage_buffers=10), 32, 8, 128).fused
     assert not plan_attention(Adapter(storage_buffers=8), 32, 8, 128).fused
+    nine = plan_attention(Adapter(storage_buffers=9), 32, 8, 128)  # device scope, but no room for the scratch
+    assert not nine.fused
+    forced = plan_attention(Adapter(storage_buffers=9), 32, 8, 128, KernelPolicy(step_merge=False))
+    assert forced.fused and not forced.step_merge
     cpu = plan_attention(CPU, 9, 3, 64)
     assert not cpu.fused and (cpu.decode_wg, cpu.splits, cpu.full_chunks, cpu.combine_wg) == (64, 1, False, 64)
     assert plan_attention(CPU, 4, 2, 32).splits == 4
@@ -343,7 +353,8 @@ def _dawn_nvidia(features=("subgroups", "timestamp-query"), wgsl=("packed_4x8_in
 def test_browser_gpu_without_f16_with_subgroups():
     """Dawn/NVIDIA: no shader-f16 (the KV cache holds f16 pairs packed in u32s), subgroups
     of 32 and packed dot products: the staged kernel with subgroup team reductions, matmul_i8, and the
-    split-K decode attention (Tint's storageBarrier is workgroup-scoped: no fused step)."""
+    fused step writing partials for attention_combine (Tint's storageBarrier is workgroup-scoped: the
+    step does not merge its slices itself)."""
     dev = _dawn_nvidia()
     assert not dev.has_f16
     a = Adapter.of(dev)
@@ -353,8 +364,11 @@ def test_browser_gpu_without_f16_with_subgroups():
     assert plan_matvec(a, T.Q6_K, 2048, 8192).tiling == StagedTiling(256, 16, 1) and team_subgroups(a, 16)
     assert plan_matmul(a, T.Q4_0, 2048, 2048).template == "matmul_i8"
     att = plan_attention(a, 32, 8, 64)
-    assert not att.fused and (att.decode_wg, att.splits, att.full_chunks) == (32, 32, True)
-    assert plan_attention(a, 32, 8, 64, KernelPolicy(fused_attention=True)).fused  # bench --attention fused
+    assert att.fused and not att.step_merge
+    merged = plan_attention(a, 32, 8, 64, KernelPolicy(fused_attention=True, step_merge=True))  # --attention fused
+    assert merged.fused and merged.step_merge
+    unfused = plan_attention(a, 32, 8, 64, KernelPolicy(fused_attention=False))  # --attention unfused
+    assert not unfused.fused and (unfused.decode_wg, unfused.splits, unfused.full_chunks) == (32, 32, True)
     assert not a.f16 and kv_cache_dtype(a, 64) == "f16x2"
 
 
