@@ -357,6 +357,7 @@ async def _bench(args) -> dict:
         "prompt_tokens": args.prompt_tokens, "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
         "decode_tokens": args.decode_tokens, "decode_tok_s": round(decode_tps, 1),
         "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
+        "dispatches_per_token": len(engine._decode_program().commands),  # the captured decode step's
         "step_ms_per_token": round(1e3 * decode_s / args.decode_tokens, 3),
         "weight_bytes_per_token": bytes_tok, "kv_cache": engine.cache.dtype, "kv_bytes_per_token_avg": kv_bytes,
         "achieved_gbps": round((bytes_tok + kv_bytes) * decode_tps / 1e9, 1),
