@@ -178,7 +178,7 @@ def test_step_with_rope(device, pairs, rot_dim, f16):
 @pytest.mark.parametrize("layout,f16,tiling,window,rope", [
     ("1b", True, StepTiling(64, 4, 9, 4), None, "adjacent"),    # 1 to 9 slices used, empty ones at 0
     ("smollm2", False, StepTiling(32, 8, 56, 8), 70, "halves"),  # GROUP 3, many empty slices, window
-    ("smollm2", False, StepTiling(16, 8, 5, 24), None, None),   # 3 output vec4s per thread, slices of 3 chunks
+    ("smollm2", "f16x2", StepTiling(16, 8, 5, 24), None, None),  # packed cache; slices of 3 chunks
 ])
 def test_step_combine_matches_numpy(device, layout, f16, tiling, window, rope):
     """attention_step writing its slices' partials and attention_combine merging them (the layout
@@ -188,11 +188,11 @@ def test_step_combine_matches_numpy(device, layout, f16, tiling, window, rope):
     from webllm_py.ops import RoPE
     from webllm_py.planner import KernelPolicy
     from .attention_helpers import rope_reference
-    if f16 and not device.has_f16:
+    if f16 is True and not device.has_f16:
         pytest.skip("adapter has no shader-f16")
     (nh, nkv, hd), L, N, T0 = LAYOUTS[layout], 3, 40, 5
     cache = shuffled_cache(device, num_blocks=24, block_size=2, layout=(nh, nkv, hd), n_layers=L,
-                           dtype="f16" if f16 else "f32")
+                           dtype=cache_dtype(f16))
     h = Harness(device, cache, max_tokens=8, layout=(nh, nkv, hd), fused=True, step_tiling=tiling,
                 sliding_window=window, policy=KernelPolicy(step_merge=False))
     assert h.attn.step_combine and not hasattr(h.attn, "scratch")
