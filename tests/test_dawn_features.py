@@ -170,3 +170,4 @@ def test_fused_step_with_combine_on_dawn(host, tiling, dtype):
     """What the planner picks on Dawn GPUs: attention_step writing each slice's partials and
     attention_combine merging them in the next dispatch, through Tint: 2 layers x 36 steps (1 to 9,
     resp. 1 to 5 of 16 slices in use), every layer's output at every step vs numpy."""
+    _check_steps(host, (32, 8, 64), 2, 36, tiling, False, dtype)
