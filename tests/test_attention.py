@@ -4,6 +4,7 @@ causal softmax attention with GQA, computed in float64 from the same q/k/v.
 Tolerance: f32 cache atol 2e-5 + rtol 1e-4 (outputs are O(1) averages of N(0,1) values);
 f16 cache (and f16x2: f16 pairs packed in u32s, for adapters without shader-f16): the reference uses K/V
 rounded to f16 as well, same tolerance x10."""
+
 import asyncio
 import struct
 
@@ -23,15 +24,19 @@ def cache_dtype(f16) -> str:
     """A test row's cache: True f16, False f32, or a dtype name ("f16x2")."""
     return {True: "f16", False: "f32"}.get(f16, f16)
 
+
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("name,chunks", [
-    ("whole", lambda N: [N]),
-    ("by7", lambda N: chunking(N, 7)),
-    ("by_token", lambda N: [1] * N),
-    ("prompt_then_decode", lambda N: [37] + [1] * (N - 37)),
-])
+@pytest.mark.parametrize(
+    "name,chunks",
+    [
+        ("whole", lambda N: [N]),
+        ("by7", lambda N: chunking(N, 7)),
+        ("by_token", lambda N: [1] * N),
+        ("prompt_then_decode", lambda N: [37] + [1] * (N - 37)),
+    ],
+)
 def test_attention_matches_numpy(device, name, chunks):
     N = 53
     q, k, v = make_qkv(N, 1)
@@ -98,8 +103,14 @@ def test_decode_split_k(device, splits):
     N = 90
     q, k, v = make_qkv(N, 7)
     for window in (None, 70):
-        h = Harness(device, shuffled_cache(device, num_blocks=40, block_size=4), max_tokens=64,
-                    decode_splits=splits, decode_wg=16, sliding_window=window)
+        h = Harness(
+            device,
+            shuffled_cache(device, num_blocks=40, block_size=4),
+            max_tokens=64,
+            decode_splits=splits,
+            decode_wg=16,
+            sliding_window=window,
+        )
         got = h.run(0, q, k, v, [40] + [1] * 50)
         np.testing.assert_allclose(got, reference(q, k, v, H, KV, window=window), atol=2e-5, rtol=1e-4)
 
@@ -109,17 +120,20 @@ def test_decode_split_k(device, splits):
 LAYOUTS = {"8b": (32, 8, 128), "1b": (32, 8, 64), "smollm2": (H, KV, HD), "gemma3": (4, 1, 256)}
 
 
-@pytest.mark.parametrize("layout,f16,tiling,window,softcap", [
-    ("8b", True, StepTiling(128, 32, 32, 32), None, None),     # the GPU default, several slices
-    ("1b", True, StepTiling(128, 32, 16, 32), 29, None),       # 2 position groups per V item; window
-    ("1b", False, StepTiling(64, 16, 1, 16), None, 5.0),       # one workgroup per kv head, softcap
-    ("smollm2", False, StepTiling(32, 8, 56, 8), 70, None),    # GROUP 3, 2 output vec4s per thread, empty slices
-    ("smollm2", True, StepTiling(16, 8, 5, 24), None, None),   # 3 output vec4s per thread, slices of 3 chunks
-    ("smollm2", False, StepTiling(256, 32, 4, 32), None, None),  # 5 position groups: 32 % 5 != 0
-    ("8b", "f16x2", StepTiling(128, 32, 32, 32), None, None),  # packed f16 pairs, several slices
-    ("smollm2", "f16x2", StepTiling(32, 8, 56, 8), 70, None),  # packed, GROUP 3, window
-    ("gemma3", False, StepTiling(64, 16, 4, 16), None, 5.0),   # head_dim 256, one kv head
-])
+@pytest.mark.parametrize(
+    "layout,f16,tiling,window,softcap",
+    [
+        ("8b", True, StepTiling(128, 32, 32, 32), None, None),  # the GPU default, several slices
+        ("1b", True, StepTiling(128, 32, 16, 32), 29, None),  # 2 position groups per V item; window
+        ("1b", False, StepTiling(64, 16, 1, 16), None, 5.0),  # one workgroup per kv head, softcap
+        ("smollm2", False, StepTiling(32, 8, 56, 8), 70, None),  # GROUP 3, 2 output vec4s per thread, empty slices
+        ("smollm2", True, StepTiling(16, 8, 5, 24), None, None),  # 3 output vec4s per thread, slices of 3 chunks
+        ("smollm2", False, StepTiling(256, 32, 4, 32), None, None),  # 5 position groups: 32 % 5 != 0
+        ("8b", "f16x2", StepTiling(128, 32, 32, 32), None, None),  # packed f16 pairs, several slices
+        ("smollm2", "f16x2", StepTiling(32, 8, 56, 8), 70, None),  # packed, GROUP 3, window
+        ("gemma3", False, StepTiling(64, 16, 4, 16), None, 5.0),  # head_dim 256, one kv head
+    ],
+)
 def test_step_matches_numpy(device, layout, f16, tiling, window, softcap):
     """Decode tokens through attention_step after a prefill chunk (and a prefill chunk after decode
     tokens: it reads the rows the step wrote), block size 3 so slices and chunks cross blocks;
@@ -131,8 +145,16 @@ def test_step_matches_numpy(device, layout, f16, tiling, window, softcap):
     q, k, v = make_qkv(N, 21, lay)
     if softcap:
         q *= 4  # large scores so the cap matters
-    h = Harness(device, shuffled_cache(device, num_blocks=24, block_size=3, layout=lay, dtype=cache_dtype(f16)),
-                max_tokens=32, layout=lay, fused=True, step_tiling=tiling, sliding_window=window, softcap=softcap)
+    h = Harness(
+        device,
+        shuffled_cache(device, num_blocks=24, block_size=3, layout=lay, dtype=cache_dtype(f16)),
+        max_tokens=32,
+        layout=lay,
+        fused=True,
+        step_tiling=tiling,
+        sliding_window=window,
+        softcap=softcap,
+    )
     assert h.bound.step is not None and h.attn.decode is None
     got = h.run(0, q, k, v, [21] + [1] * 30 + [3] + [1] * 7)
     kr, vr = (f16_round(k), f16_round(v)) if f16 else (k, v)
@@ -141,21 +163,35 @@ def test_step_matches_numpy(device, layout, f16, tiling, window, softcap):
     np.testing.assert_allclose(got, ref, **tol)
 
 
-@pytest.mark.parametrize("pairs,rot_dim,f16", [("adjacent", 64, True), ("halves", 64, False), ("halves", 32, True),
-                                                ("halves", 64, "f16x2"), ("adjacent", 64, "f16x2")])
+@pytest.mark.parametrize(
+    "pairs,rot_dim,f16",
+    [
+        ("adjacent", 64, True),
+        ("halves", 64, False),
+        ("halves", 32, True),
+        ("halves", 64, "f16x2"),
+        ("adjacent", 64, "f16x2"),
+    ],
+)
 def test_step_with_rope(device, pairs, rot_dim, f16):
     """attention_step rotates q and the new k itself (full rotary: RoPE absorbed, its dispatch
     skipped for single tokens); with partial rotary the RoPE dispatch runs and the step gets q/k
     rotated. Every step equals numpy's RoPE then attention; the cache holds the rotated k."""
     from webllm_py.ops import RoPE
     from .attention_helpers import rope_reference
+
     if f16 is True and not device.has_f16:
         pytest.skip("adapter has no shader-f16")
     N, T0 = 40, 12
     q, k, v = make_qkv(N, 22)
     inv_freq = [10000.0 ** (-2 * i / rot_dim) for i in range(rot_dim // 2)]
-    h = Harness(device, shuffled_cache(device, num_blocks=16, block_size=4, dtype=cache_dtype(f16)),
-                max_tokens=32, fused=True, step_tiling=StepTiling(64, 8, 8, 8))
+    h = Harness(
+        device,
+        shuffled_cache(device, num_blocks=16, block_size=4, dtype=cache_dtype(f16)),
+        max_tokens=32,
+        fused=True,
+        step_tiling=StepTiling(64, 8, 8, 8),
+    )
     rope = RoPE(device, inv_freq, H, KV, HD, pairs).bind(h.q, h.k, h.step)
     attention = h.attn.bind(0, h.q, h.k, h.v, h.o, h.step, h.table, rope=rope)
     assert attention.step is not None and rope.absorbed == (rot_dim == HD)
@@ -164,6 +200,7 @@ def test_step_with_rope(device, pairs, rot_dim, f16):
         def record(self, rec, n):
             rope.record(rec, n)
             attention.record(rec, n)
+
     h.bound = Layer()
     got = h.run(0, q, k, v, [T0] + [1] * (N - T0 - 5) + [5])
     pos = np.arange(N)
@@ -175,11 +212,14 @@ def test_step_with_rope(device, pairs, rot_dim, f16):
     np.testing.assert_allclose(got, reference(qr, kr, v, H, KV), **tol)
 
 
-@pytest.mark.parametrize("layout,f16,tiling,window,rope", [
-    ("1b", True, StepTiling(64, 4, 9, 4), None, "adjacent"),    # 1 to 9 slices used, empty ones at 0
-    ("smollm2", False, StepTiling(32, 8, 56, 8), 70, "halves"),  # GROUP 3, many empty slices, window
-    ("smollm2", "f16x2", StepTiling(16, 8, 5, 24), None, None),  # packed cache; slices of 3 chunks
-])
+@pytest.mark.parametrize(
+    "layout,f16,tiling,window,rope",
+    [
+        ("1b", True, StepTiling(64, 4, 9, 4), None, "adjacent"),  # 1 to 9 slices used, empty ones at 0
+        ("smollm2", False, StepTiling(32, 8, 56, 8), 70, "halves"),  # GROUP 3, many empty slices, window
+        ("smollm2", "f16x2", StepTiling(16, 8, 5, 24), None, None),  # packed cache; slices of 3 chunks
+    ],
+)
 def test_step_combine_matches_numpy(device, layout, f16, tiling, window, rope):
     """attention_step writing its slices' partials and attention_combine merging them (the layout
     for devices whose storageBarrier() is workgroup scope only): two dispatches per token, no
@@ -188,13 +228,23 @@ def test_step_combine_matches_numpy(device, layout, f16, tiling, window, rope):
     from webllm_py.ops import RoPE
     from webllm_py.planner import KernelPolicy
     from .attention_helpers import rope_reference
+
     if f16 is True and not device.has_f16:
         pytest.skip("adapter has no shader-f16")
     (nh, nkv, hd), L, N, T0 = LAYOUTS[layout], 3, 40, 5
-    cache = shuffled_cache(device, num_blocks=24, block_size=2, layout=(nh, nkv, hd), n_layers=L,
-                           dtype=cache_dtype(f16))
-    h = Harness(device, cache, max_tokens=8, layout=(nh, nkv, hd), fused=True, step_tiling=tiling,
-                sliding_window=window, policy=KernelPolicy(step_merge=False))
+    cache = shuffled_cache(
+        device, num_blocks=24, block_size=2, layout=(nh, nkv, hd), n_layers=L, dtype=cache_dtype(f16)
+    )
+    h = Harness(
+        device,
+        cache,
+        max_tokens=8,
+        layout=(nh, nkv, hd),
+        fused=True,
+        step_tiling=tiling,
+        sliding_window=window,
+        policy=KernelPolicy(step_merge=False),
+    )
     assert h.attn.step_combine and not hasattr(h.attn, "scratch")
     inv_freq = [10000.0 ** (-2 * i / hd) for i in range(hd // 2)]
     data = [make_qkv(N, 40 + i, (nh, nkv, hd)) for i in range(L)]
@@ -219,16 +269,17 @@ def test_step_combine_matches_numpy(device, layout, f16, tiling, window, rope):
         device.write_buffer(h.table, cache.table_bytes(0))
         for i in range(L):
             for x, buf in zip(data[i], bufs[i]):
-                device.write_buffer(buf, np.ascontiguousarray(x[p0:p0 + T]))
+                device.write_buffer(buf, np.ascontiguousarray(x[p0 : p0 + T]))
         with device.recorder() as rec:
             for rp, att in layers:
                 if rp is not None:
                     rp.record(rec, T)
                 att.record(rec, T)
         for i in range(L):
-            got = np.frombuffer(asyncio.run(device.read_buffer(bufs[i][3])), np.float32)[:T * nh * hd]
-            np.testing.assert_allclose(got.reshape(T, -1), refs[i][p0:p0 + T], atol=2e-4 if f16 else 2e-5,
-                                       rtol=1e-3 if f16 else 1e-4)
+            got = np.frombuffer(asyncio.run(device.read_buffer(bufs[i][3])), np.float32)[: T * nh * hd]
+            np.testing.assert_allclose(
+                got.reshape(T, -1), refs[i][p0 : p0 + T], atol=2e-4 if f16 else 2e-5, rtol=1e-3 if f16 else 1e-4
+            )
         p0 += T
 
 
@@ -254,5 +305,5 @@ def test_step_merge_across_layers_and_steps(device):
                 b.record(rec, 1)
         for i in range(L):
             got = np.frombuffer(asyncio.run(device.read_buffer(bufs[i][3])), np.float32)
-            q, k, v = (x[:pos + 1] for x in data[i])
+            q, k, v = (x[: pos + 1] for x in data[i])
             np.testing.assert_allclose(got, reference(q, k, v, nh, nkv)[-1], atol=2e-5, rtol=1e-4)

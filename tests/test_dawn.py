@@ -5,6 +5,7 @@ The same Python as in the browser's worker runs in Pyodide with dawn.node's navi
 the kernels, transformers' greedy tokens and logits for the real models (and the native wgpu
 backend's tokens for the protocol-level checks).
 """
+
 import asyncio
 import base64
 import functools
@@ -59,10 +60,12 @@ def test_rmsnorm_vs_numpy(host):
     T, D = 4, 576
     x = rng.standard_normal((T, D), dtype=np.float32) * 3
     w = rng.standard_normal(D, dtype=np.float32)
-    out = host.exec(_RMSNORM.format(x=base64.b64encode(x.tobytes()).decode(), w=base64.b64encode(w.tobytes()).decode(), T=T, D=D))
+    out = host.exec(
+        _RMSNORM.format(x=base64.b64encode(x.tobytes()).decode(), w=base64.b64encode(w.tobytes()).decode(), T=T, D=D)
+    )
     got = np.frombuffer(base64.b64decode(out), np.float32)[: T * D].reshape(T, D)
     x64 = x.astype(np.float64)
-    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    ref = x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + 1e-5) * w
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -79,9 +82,27 @@ def test_lost_device_is_typed_and_a_new_device_works(host):
 @functools.cache
 def _bench(cmd, *flags):
     env = dict(os.environ)
-    r = subprocess.run([sys.executable, "-m", "webllm_py", cmd, "--prompt-tokens", "16", "--decode-tokens", "32",
-                        "--gpu-reps", "0", "--token-ids", "32", *flags], capture_output=True, text=True, timeout=300,
-                       env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webllm_py",
+            cmd,
+            "--prompt-tokens",
+            "16",
+            "--decode-tokens",
+            "32",
+            "--gpu-reps",
+            "0",
+            "--token-ids",
+            "32",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -105,9 +126,12 @@ def test_smollm2_greedy_tokens_dawn_with_its_features_equal_native():
     assert dawn["token_ids"] == _bench("bench")["token_ids"]
 
 
-SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
-                                            "population": {"type": "integer"}},
-          "required": ["city", "population"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer"}},
+    "required": ["city", "population"],
+    "additionalProperties": False,
+}
 
 
 def _native_session(requests):
@@ -121,6 +145,7 @@ def _native_session(requests):
             assert r["kind"] == "result", r
             out.append(r["payload"])
         return out
+
     return asyncio.run(go())
 
 
@@ -135,9 +160,12 @@ def _model_path(name):
 
 def test_structured_output_mask_on_dawn_equals_native():
     """The schema's token mask applied on Dawn: greedy output parses, fits the schema, equals native's."""
-    chat = {"messages": [{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
-            "temperature": 0, "max_tokens": 40,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}}}
+    chat = {
+        "messages": [{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
+        "temperature": 0,
+        "max_tokens": 40,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}},
+    }
     reqs = [("load", {"model": _model_path("smollm2")}), ("chat", chat)]
     dawn = _dawn_session(reqs)[1]["choices"][0]["message"]["content"]
     native = _native_session(reqs)[1]["choices"][0]["message"]["content"]
@@ -188,8 +216,14 @@ def test_64_greedy_tokens_on_dawn_match_transformers(host, name):
         print(f"\n{name} on Dawn: max |logit diff| {err:.2e} of max |logit| {np.abs(ref_logits).max():.2f}")
         assert err < model.logit_rtol * np.abs(ref_logits).max(), err
         assert int(logits.argmax()) == int(ref_logits.argmax())
-        assert_greedy_parity(lambda p, n: host.exec(_PARITY_GENERATE.format(ids=list(p), n=n)), ids, ref_tokens,
-                             hf_margins(path, ids, N_GREEDY), model.logit_rtol, f"{name} on Dawn")
+        assert_greedy_parity(
+            lambda p, n: host.exec(_PARITY_GENERATE.format(ids=list(p), n=n)),
+            ids,
+            ref_tokens,
+            hf_margins(path, ids, N_GREEDY),
+            model.logit_rtol,
+            f"{name} on Dawn",
+        )
     finally:
         host.exec("_pe.unload() if '_pe' in globals() else None\n_pe = None")
 

@@ -12,6 +12,7 @@ references are numpy's, here):
   gets), vs numpy; and what the planner picks there instead: the step writing its slices' partials,
   merged by attention_combine.
 The planner's rows for each feature and its absence: tests/test_planner.py (test_browser_gpu_*)."""
+
 import base64
 
 import numpy as np
@@ -81,10 +82,13 @@ def test_staged_matvec_with_and_without_subgroups(host, use_subgroups):
     assert staged_error(_f32(r["y"])[: w.shape[0]].astype(np.float64), x, w) < 2e-6
 
 
-@pytest.mark.parametrize("qtype,N,K,tiling,template", [
-    ("Q4_1", 45, 320, "MatvecTiling(wg=64, rows=4)", "matvec_q4"),  # 4-bit rows, K % 256 != 0
-    ("Q8_0", 29, 512, "MatvecTiling(wg=128, rows=3)", "matvec"),  # other types: the generic split-K matvec
-])
+@pytest.mark.parametrize(
+    "qtype,N,K,tiling,template",
+    [
+        ("Q4_1", 45, 320, "MatvecTiling(wg=64, rows=4)", "matvec_q4"),  # 4-bit rows, K % 256 != 0
+        ("Q8_0", 29, 512, "MatvecTiling(wg=128, rows=3)", "matvec"),  # other types: the generic split-K matvec
+    ],
+)
 def test_split_k_matvecs_with_subgroups(host, qtype, N, K, tiling, template):
     """The other kernels a GPU browser device now renders with subgroups (subgroupAdd reductions)
     compile under Tint's uniformity rules and match gguf-py's dequantize."""
@@ -97,8 +101,17 @@ def _matvec(host, qtype, N, K, tiling, use_subgroups):
     rng = np.random.default_rng(7)
     raw, w = make_weight(qtype, N, K, rng)
     x = rng.standard_normal((1, K)).astype(np.float32)
-    r = host.exec(_MATVEC.format(use_subgroups=use_subgroups, w=base64.b64encode(raw).decode(), x=_b64(x),
-                                 N=N, K=K, qtype=qtype, tiling=tiling))
+    r = host.exec(
+        _MATVEC.format(
+            use_subgroups=use_subgroups,
+            w=base64.b64encode(raw).decode(),
+            x=_b64(x),
+            N=N,
+            K=K,
+            qtype=qtype,
+            tiling=tiling,
+        )
+    )
     return r, x, w
 
 
@@ -152,8 +165,21 @@ def test_fused_step_merge_across_workgroups_on_dawn(host, dtype):
 def _check_steps(host, layout, L, N, tiling, merge, dtype):
     nh, nkv, hd = layout
     data = [make_qkv(N, 30 + i, (nh, nkv, hd)) for i in range(L)]
-    got = _f32(host.exec(_STEP.format(nh=nh, nkv=nkv, hd=hd, L=L, N=N, dtype=dtype, tiling=tiling, merge=merge,
-                                      data=[[_b64(x) for x in layer] for layer in data])))
+    got = _f32(
+        host.exec(
+            _STEP.format(
+                nh=nh,
+                nkv=nkv,
+                hd=hd,
+                L=L,
+                N=N,
+                dtype=dtype,
+                tiling=tiling,
+                merge=merge,
+                data=[[_b64(x) for x in layer] for layer in data],
+            )
+        )
+    )
     got = got.reshape(N, L, nh * hd)
     packed = dtype == "f16x2"
     for i, (q, k, v) in enumerate(data):
@@ -161,8 +187,9 @@ def _check_steps(host, layout, L, N, tiling, merge, dtype):
             k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
         # packed: WGSL lets f32 -> f16 round to either neighbour (numpy: the nearest), so a K/V value
         # may sit one f16 ulp away; 3 of 90,112 outputs were 3.7e-4 off here: atol 5e-4
-        np.testing.assert_allclose(got[:, i], reference(q, k, v, nh, nkv), atol=5e-4 if packed else 2e-5,
-                                   rtol=1e-3 if packed else 1e-4)
+        np.testing.assert_allclose(
+            got[:, i], reference(q, k, v, nh, nkv), atol=5e-4 if packed else 2e-5, rtol=1e-3 if packed else 1e-4
+        )
 
 
 @pytest.mark.parametrize("tiling,dtype", [((64, 4, 9, 4), "f16x2"), ((32, 8, 16, 8), "f32")])

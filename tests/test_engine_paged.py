@@ -1,5 +1,6 @@
 """Paged KV cache at the engine level: two sequences of different lengths, decoded step by step in
 alternation (their blocks interleaved in the pool), give the same greedy tokens as each run alone."""
+
 import asyncio
 
 import pytest
@@ -22,8 +23,7 @@ async def _greedy(engine, runs: dict[int, list[int]], interleave: bool) -> dict[
     for seq in runs:
         engine.reset(seq)
         engine._cached[seq] = []
-    order = ([(s, i) for i in range(N_NEW) for s in runs] if interleave
-             else [(s, i) for s in runs for i in range(N_NEW)])
+    order = [(s, i) for i in range(N_NEW) for s in runs] if interleave else [(s, i) for s in runs for i in range(N_NEW)]
     for seq, i in order:
         ids = runs[seq] if i == 0 else [out[seq][-1]]
         res = await engine._step(seq, ids, sample=True)
@@ -47,6 +47,7 @@ def test_interleaved_sequences_match_each_alone(device):
         assert both[1] == alone_a[1]
         assert both[2] == alone_b[2]
         assert all(c.free_blocks == c.num_blocks for c in engine.cache)  # everything returned
+
     asyncio.run(main())
 
 

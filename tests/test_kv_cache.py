@@ -1,5 +1,6 @@
 """Paged KV cache: the allocator's bookkeeping, and sequences sharing the cache give the same
 attention outputs as each alone (checked against the numpy reference of test_attention)."""
+
 import numpy as np
 import pytest
 
@@ -13,31 +14,31 @@ pytestmark = pytest.mark.gpu
 def test_allocator_ensure_truncate_free(device):
     c = PagedKVCache(device, 2, KV, HD, block_size=4, num_blocks=10)
     assert len(c.k) == len(c.v) == 2 and c.k[0].size == 10 * 4 * KV * HD * 4
-    c.ensure(0, 9)                      # 3 blocks
+    c.ensure(0, 9)  # 3 blocks
     assert c.length(0) == 9 and len(c.blocks(0)) == 3 and c.free_blocks == 7
-    c.ensure(0, 12)                     # still 3 blocks
+    c.ensure(0, 12)  # still 3 blocks
     assert len(c.blocks(0)) == 3 and c.length(0) == 12
     c.ensure(1, 1)
     assert c.free_blocks == 6 and not set(c.blocks(0)) & set(c.blocks(1))
     first = c.blocks(0)
-    c.truncate(0, 5)                    # keep 2 blocks, the first two
+    c.truncate(0, 5)  # keep 2 blocks, the first two
     assert c.blocks(0) == first[:2] and c.length(0) == 5 and c.free_blocks == 7
     assert np.frombuffer(c.table_bytes(0), "<u4").tolist() == first[:2]
     c.free(0)
     c.free(1)
     assert c.free_blocks == 10 and c.length(0) == 0
-    assert len(c.table_bytes(0)) == 4   # never an empty write
+    assert len(c.table_bytes(0)) == 4  # never an empty write
 
 
 def test_out_of_blocks_is_typed_and_leaves_cache_usable(device):
     c = shuffled_cache(device, num_blocks=12, block_size=4)
     h = Harness(device, c, max_tokens=32)
     qa, ka, va = make_qkv(30, 10)
-    h.run(0, qa, ka, va, [30])          # 8 blocks
+    h.run(0, qa, ka, va, [30])  # 8 blocks
     with pytest.raises(KVCacheFullError, match="KV cache is full"):
-        c.ensure(1, 20)                 # needs 5, only 4 free
+        c.ensure(1, 20)  # needs 5, only 4 free
     assert isinstance(KVCacheFullError("x"), ContextOverflowError)
-    assert c.free_blocks == 4 and c.blocks(1) == []   # all or nothing
+    assert c.free_blocks == 4 and c.blocks(1) == []  # all or nothing
     # The cache still works: a short sequence fits, and after freeing seq 0 a long one does too.
     qb, kb, vb = make_qkv(16, 11)
     np.testing.assert_allclose(h.run(1, qb, kb, vb, [16]), reference(qb, kb, vb, H, KV), atol=2e-5, rtol=1e-4)
@@ -73,7 +74,7 @@ def test_interleaved_sequences_match_each_alone(device):
         for s in (0, 1):
             if i < len(plans[s]):
                 n = plans[s][i]
-                q, k, v = (a[pos[s]:pos[s] + n] for a in seqs[s])
+                q, k, v = (a[pos[s] : pos[s] + n] for a in seqs[s])
                 outs[s].append(h.step_(s, pos[s], q, k, v))
                 pos[s] += n
     for s in (0, 1):
@@ -98,7 +99,7 @@ def test_truncate_then_continue_reuses_prefix(device):
     q2, k2, v2 = make_qkv(30, 31)
     q2[:17], k2[:17], v2[:17] = q[:17], k[:17], v[:17]
     outs = [h.step_(0, 17, q2[17:25], k2[17:25], v2[17:25])]
-    outs += [h.step_(0, p, q2[p:p + 1], k2[p:p + 1], v2[p:p + 1]) for p in range(25, 30)]
+    outs += [h.step_(0, p, q2[p : p + 1], k2[p : p + 1], v2[p : p + 1]) for p in range(25, 30)]
     np.testing.assert_allclose(np.concatenate(outs), reference(q2, k2, v2, H, KV)[17:], atol=2e-5, rtol=1e-4)
 
 
@@ -129,8 +130,9 @@ def test_caches_by_window_release_only_the_windowed_pool(device):
     with its own pool and table. Over 40 positions the local cache's blocks in use never exceed
     window_blocks (ceil((10 + 8 - 2) / 4) + 1 = 5) while the global one's grow to 10; a sequence the
     local pool cannot hold fails in both caches at once (all or nothing)."""
-    caches = KVCaches(device, [10, 10, None, 10], KV, HD, block_size=4, blocks_per_seq=10, max_sequences=2,
-                      max_tokens=8)
+    caches = KVCaches(
+        device, [10, 10, None, 10], KV, HD, block_size=4, blocks_per_seq=10, max_sequences=2, max_tokens=8
+    )
     local, glob = caches[10], caches[None]
     assert len(caches) == 2 and local.layers == [0, 1, 3] and glob.layers == [2] and set(local.k) == {0, 1, 3}
     assert local.num_blocks == 2 * window_blocks(10, 8, 4) == 10 and glob.num_blocks == 20

@@ -1,7 +1,6 @@
 """Lint and type check in CI (issue 16), run by the test suite so that `.ci/run` stays the README's one
-test command: ruff's checks over the Python tree, `ruff format` over the files kept formatted (the rest
-of the tree is formatted in one pass later), and mypy over the GPU layer, the kernel planner, linear.py
-and the model families (pyproject.toml's [tool.ruff] and [tool.mypy] say which rules and files)."""
+test command: ruff's checks and `ruff format --check` over the Python tree, and mypy over the GPU layer,
+the kernel planner, linear.py and the model families (pyproject.toml's [tool.ruff] and [tool.mypy] say which rules and files)."""
 
 from __future__ import annotations
 
@@ -10,16 +9,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Files written formatted (ruff format) from the start; the rest of the tree joins them in one pass.
-FORMATTED = [
-    "webllm_py/planner.py",
-    "webllm_py/models/families.py",
-    "webllm_py/formats/gguf_keys.py",
-    "webllm_py/tokenizer/token_types.py",
-    "tests/test_planner.py",
-    "tests/test_imports.py",
-    "tests/test_lint.py",
-]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -31,8 +20,8 @@ def test_ruff_check_is_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_ruff_format_keeps_the_formatted_files():
-    r = run("ruff", "format", "--no-cache", "--check", *FORMATTED)
+def test_ruff_format_is_clean():
+    r = run("ruff", "format", "--no-cache", "--check", "webllm_py", "tests", "scripts")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

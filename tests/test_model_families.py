@@ -9,6 +9,7 @@ rotary, parallel and sequential residuals; Mixtral's 4 experts with top-2 routin
 prefill chunk routes on its own) plus its sliding window; Mistral's sliding window shorter than the
 prompt, so prefill chunks, the decode path and the paged cache all cut the window.
 """
+
 import asyncio
 import functools
 import json
@@ -52,7 +53,11 @@ def test_config(case):
     with open(os.path.join(path, "config.json")) as f:
         hf = json.load(f)
     assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.vocab_size) == (
-        v.family, hf["num_hidden_layers"], hf["hidden_size"], hf["vocab_size"])
+        v.family,
+        hf["num_hidden_layers"],
+        hf["hidden_size"],
+        hf["vocab_size"],
+    )
     partial = hf["rope_parameters"].get("partial_rotary_factor", 1.0)
     assert cfg.rot_dim == int(cfg.head_dim * partial)
     assert cfg.sliding_window == hf.get("sliding_window")
@@ -136,7 +141,12 @@ def test_gguf_mixtral_config(mixtral_gguf):
     engine, _ = mixtral_gguf
     cfg = engine.config
     assert (cfg.arch, cfg.n_experts, cfg.n_experts_used, cfg.rope_pairs, cfg.sliding_window) == (
-        "mixtral", 4, 2, "adjacent", 12)
+        "mixtral",
+        4,
+        2,
+        "adjacent",
+        12,
+    )
     assert engine.checkpoint.tensors["blk.0.ffn_gate_exps.weight"].type_name == "Q8_0"
 
 
@@ -152,6 +162,7 @@ def test_gguf_mixtral_matches_transformers(mixtral_gguf):
 # Architecture "phi2": Q, K and V fused into one attn_qkv matrix and bias (llama.cpp's Phi-2 files), stored
 # Q8_0 (the engine splits the quantized rows at upload); fc1 as ffn_up in Q8_0, fc2 as ffn_down in F16;
 # LayerNorm weights and biases, q/k norms and the head's bias in F32; rope.dimension_count = the rotary part.
+
 
 def phi2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
@@ -189,7 +200,7 @@ def phi2_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
         put(f"blk.{i}.attn_qkv.bias", np.concatenate([t[a + f"{x}_proj.bias"] for x in "qkv"]))
         r = 0
         for n in parts:
-            ref[n] = np.ascontiguousarray(qkv[r:r + t[n].shape[0]])
+            ref[n] = np.ascontiguousarray(qkv[r : r + t[n].shape[0]])
             r += t[n].shape[0]
         ref[p + "mlp.fc1.weight"] = put(f"blk.{i}.ffn_up.weight", t[p + "mlp.fc1.weight"], "q8_0")
         ref[p + "mlp.fc2.weight"] = put(f"blk.{i}.ffn_down.weight", t[p + "mlp.fc2.weight"], "f16")
@@ -214,7 +225,13 @@ def test_gguf_phi2_matches_transformers(phi2_gguf):
     engine, ref_dir = phi2_gguf
     cfg = engine.config
     assert (cfg.arch, cfg.rot_dim, cfg.parallel_residual, cfg.qk_norm, cfg.activation, cfg.rope_pairs) == (
-        "phi2", 16, True, True, "gelu_tanh", "halves")
+        "phi2",
+        16,
+        True,
+        True,
+        "gelu_tanh",
+        "halves",
+    )
     assert_logits_match(engine, ref_dir, LONG, LOGIT_RTOL)
     assert_greedy_match(engine, ref_dir, N_GREEDY, LOGIT_RTOL)
 
@@ -223,6 +240,7 @@ def test_gguf_phi2_matches_transformers(phi2_gguf):
 # Architecture "stablelm": per-head q/k norm weights stacked into one [n_heads, head_dim] tensor,
 # stablelm.use_parallel_residual, LayerNorm biases, QKV biases; Q8_0 projections, Q4_0 MLP (on a GPU the
 # decode step fuses gate, up and the GLU into one 4-bit dispatch).
+
 
 def stablelm_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     """(GGUF path, Hugging Face reference dir with the weights rounded as stored in the GGUF)."""
@@ -272,7 +290,13 @@ def test_gguf_stablelm_matches_transformers(models_dir, tmp_path, device):
     engine = load_engine(path, device)
     try:
         cfg = engine.config
-        assert (cfg.arch, cfg.rot_dim, cfg.parallel_residual, cfg.qk_norm, cfg.qkv_bias) == ("stablelm", 8, True, True, True)
+        assert (cfg.arch, cfg.rot_dim, cfg.parallel_residual, cfg.qk_norm, cfg.qkv_bias) == (
+            "stablelm",
+            8,
+            True,
+            True,
+            True,
+        )
         assert_logits_match(engine, ref_dir, LONG, LOGIT_RTOL)
         assert_greedy_match(engine, ref_dir, N_GREEDY, LOGIT_RTOL)
     finally:
@@ -280,6 +304,7 @@ def test_gguf_stablelm_matches_transformers(models_dir, tmp_path, device):
 
 
 # -- malformed checkpoints of these families: typed errors ------------------------------------------------
+
 
 def _copy(models_dir, name, tmp_path):
     import shutil

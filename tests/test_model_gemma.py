@@ -9,6 +9,7 @@ tied head everywhere; Gemma 2's sandwich norms, alternating local/global layers,
 a local rope base and a linearly scaled global rope, and a final softcap. The sliding window (6) is
 shorter than the 20-token prompt, so prefill chunks, decode steps and the paged cache all cut it.
 """
+
 import asyncio
 import json
 import os
@@ -34,27 +35,67 @@ N_GREEDY = 16
 LOGIT_RTOL = 5e-3
 WINDOW = 6
 
-SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-             max_position_embeddings=256, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh")
+SHAPE = dict(
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    hidden_activation="gelu_pytorch_tanh",
+)
 GEMMA_VARIANTS = [
     # Gemma (1): GeGLU, (1 + w) norms, scaled embedding, tied head; full attention.
-    Variant("gemma", "gemma", "float32", tokenizer="mistral", seed=8,
-            config=dict(SHAPE, intermediate_size=160, num_hidden_layers=2, rope_theta=10000.0,
-                        hidden_act="gelu_pytorch_tanh")),
+    Variant(
+        "gemma",
+        "gemma",
+        "float32",
+        tokenizer="mistral",
+        seed=8,
+        config=dict(
+            SHAPE, intermediate_size=160, num_hidden_layers=2, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"
+        ),
+    ),
     # Gemma 2: local, global, local; queries scaled by 48^-1/2 (head_dim 32); both softcaps bite.
-    Variant("gemma2-softcap", "gemma2", "bfloat16", tokenizer="mistral", seed=34,
-            config=dict(SHAPE, intermediate_size=128, num_hidden_layers=3, rope_theta=10000.0,
-                        sliding_window=WINDOW, query_pre_attn_scalar=48, attn_logit_softcapping=5.0,
-                        final_logit_softcapping=8.0)),
+    Variant(
+        "gemma2-softcap",
+        "gemma2",
+        "bfloat16",
+        tokenizer="mistral",
+        seed=34,
+        config=dict(
+            SHAPE,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            rope_theta=10000.0,
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=48,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=8.0,
+        ),
+    ),
     # Gemma 3: q/k norms; layers local, local, global, local; local rope base 10^4, global 10^6 scaled
     # linearly by 4; queries scaled by 24^-1/2; a final softcap.
-    Variant("gemma3-local-global", "gemma3", "float32", tokenizer="mistral", seed=94,
-            config=dict(SHAPE, intermediate_size=128, num_hidden_layers=4, sliding_window=WINDOW,
-                        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
-                        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                                         "full_attention": {"rope_type": "linear", "factor": 4.0,
-                                                            "rope_theta": 1000000.0}},
-                        query_pre_attn_scalar=24, final_logit_softcapping=10.0)),
+    Variant(
+        "gemma3-local-global",
+        "gemma3",
+        "float32",
+        tokenizer="mistral",
+        seed=94,
+        config=dict(
+            SHAPE,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+            },
+            query_pre_attn_scalar=24,
+            final_logit_softcapping=10.0,
+        ),
+    ),
 ]
 
 
@@ -78,7 +119,13 @@ def test_config(case):
     cfg, hf = engine.config, json.load(open(os.path.join(path, "config.json")))
     g = cfg.options
     assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.head_dim, cfg.vocab_size, cfg.activation) == (
-        v.family, hf["num_hidden_layers"], hf["hidden_size"], hf["head_dim"], hf["vocab_size"], "gelu_tanh")
+        v.family,
+        hf["num_hidden_layers"],
+        hf["hidden_size"],
+        hf["head_dim"],
+        hf["vocab_size"],
+        "gelu_tanh",
+    )
     assert cfg.tie_embeddings and g.norm_offset == 1.0 and g.embed_scale == hf["hidden_size"] ** 0.5
     assert g.local_layers == tuple(t == "sliding_attention" for t in hf.get("layer_types") or [None] * cfg.n_layers)
     assert g.attn_scale == (hf.get("query_pre_attn_scalar") or hf["head_dim"]) ** -0.5
@@ -133,7 +180,9 @@ def test_local_layers_cache_the_window_and_a_second_turn_reuses_the_prefix(case)
     toks, held = asyncio.run(turn1())
     assert toks == hf_greedy(path, ids, 16)[0]
     # 35 positions written: the global cache holds their 3 blocks, the local one at most `bound`
-    assert max(h for h, _ in held) <= bound and [g for _, g in held] == sorted(g for _, g in held) == [g for _, g in held]
+    assert max(h for h, _ in held) <= bound and [g for _, g in held] == sorted(g for _, g in held) == [
+        g for _, g in held
+    ]
     assert held[-1][1] == 3 and local.released(0) == 16 and glob.released(0) == 0
 
     ids2 = ids + toks + prompt_ids(path, 10)[5:]
@@ -160,10 +209,22 @@ def test_local_layers_cache_the_window_and_a_second_turn_reuses_the_prefix(case)
 # the SmolLM2 vocabulary, whose tokenizer metadata the GGUF carries. Softcaps are Gemma 2's own (50, 30):
 # the biting ones of the safetensors variant above squash this random model's logits into near-ties.
 # Reference: transformers on the Hugging Face directory with the weights as the GGUF stores them.
-GEMMA2_GGUF = Variant("gemma2-gguf", "gemma2", "float32", seed=35,
-                      config=dict(SHAPE, intermediate_size=128, num_hidden_layers=3, rope_theta=10000.0,
-                                  sliding_window=WINDOW, query_pre_attn_scalar=32, attn_logit_softcapping=50.0,
-                                  final_logit_softcapping=30.0))
+GEMMA2_GGUF = Variant(
+    "gemma2-gguf",
+    "gemma2",
+    "float32",
+    seed=35,
+    config=dict(
+        SHAPE,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        rope_theta=10000.0,
+        sliding_window=WINDOW,
+        query_pre_attn_scalar=32,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+    ),
+)
 
 
 def gemma2_to_gguf(hf_dir: str, out_dir: str, kinds: dict | None = None) -> tuple[str, str]:
@@ -192,12 +253,21 @@ def gemma2_to_gguf(hf_dir: str, out_dir: str, kinds: dict | None = None) -> tupl
     put = functools.partial(put_tensor, w)
     ref["model.embed_tokens.weight"] = put("token_embd.weight", t["model.embed_tokens.weight"], "q8_0")
     put("output_norm.weight", t["model.norm.weight"] + 1)
-    norms = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
-             "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
-    mats = {"self_attn.q_proj": ("attn_q", "f16"), "self_attn.k_proj": ("attn_k", "f16"),
-            "self_attn.v_proj": ("attn_v", "f16"), "self_attn.o_proj": ("attn_output", "f16"),
-            "mlp.gate_proj": ("ffn_gate", "q8_0"), "mlp.up_proj": ("ffn_up", "q8_0"),
-            "mlp.down_proj": ("ffn_down", "q4_0")}
+    norms = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "post_attention_norm",
+        "pre_feedforward_layernorm": "ffn_norm",
+        "post_feedforward_layernorm": "post_ffw_norm",
+    }
+    mats = {
+        "self_attn.q_proj": ("attn_q", "f16"),
+        "self_attn.k_proj": ("attn_k", "f16"),
+        "self_attn.v_proj": ("attn_v", "f16"),
+        "self_attn.o_proj": ("attn_output", "f16"),
+        "mlp.gate_proj": ("ffn_gate", "q8_0"),
+        "mlp.up_proj": ("ffn_up", "q8_0"),
+        "mlp.down_proj": ("ffn_down", "q4_0"),
+    }
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         for hf, name in norms.items():
@@ -226,7 +296,7 @@ def test_gguf_gemma2_matches_transformers(gemma2_gguf):
     cfg, g = engine.config, engine.config.options
     assert (cfg.arch, cfg.sliding_window, cfg.tie_embeddings, cfg.rope_pairs) == ("gemma2", WINDOW, True, "halves")
     assert (g.norm_offset, g.attn_softcap, g.final_softcap, g.local_layers) == (0.0, 50.0, 30.0, (True, False, True))
-    assert g.attn_scale == 32 ** -0.5 and g.sandwich
+    assert g.attn_scale == 32**-0.5 and g.sandwich
     assert_logits_match(engine, ref_dir, LONG, LOGIT_RTOL)
     assert_greedy_match(engine, ref_dir, N_GREEDY, LOGIT_RTOL)
 
@@ -237,10 +307,25 @@ def test_gguf_gemma2_matches_transformers(gemma2_gguf):
 # 2.0e-2 of max |logit| after 17 prompt ids, the same with the fusion pass switched off (5.5e-3 after 16,
 # where only the head is a matvec; 7.1e-4 with the CPU adapter's kernels).
 GPU_RTOL = 3e-2
-GEMMA2_GPU = Variant("gemma2-gpu", "gemma2", "float32", seed=36, init_std=0.05,
-                     config=dict(SHAPE, hidden_size=256, head_dim=64, intermediate_size=512, num_hidden_layers=2,
-                                 rope_theta=10000.0, sliding_window=WINDOW, query_pre_attn_scalar=64,
-                                 attn_logit_softcapping=50.0, final_logit_softcapping=30.0))
+GEMMA2_GPU = Variant(
+    "gemma2-gpu",
+    "gemma2",
+    "float32",
+    seed=36,
+    init_std=0.05,
+    config=dict(
+        SHAPE,
+        hidden_size=256,
+        head_dim=64,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        rope_theta=10000.0,
+        sliding_window=WINDOW,
+        query_pre_attn_scalar=64,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+    ),
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ Size: 9 families x 15 types = 135 cells; 65-86 s here (2 shared cores, lavapipe 
 of it compiling each type's kernels and running transformers. The f16 KV cache the engine uses by default is
 covered by tests/test_model_families.py and test_model_gemma.py; this matrix keeps an f32 one (below).
 """
+
 import asyncio
 
 import numpy as np
@@ -46,38 +47,117 @@ VOCAB = 320
 # rounding (measured <= 8.1e-4, Gemma Q4_0).
 F32_PATH, I8_PREFILL = 5e-5, 2e-3
 
-SHAPE = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+SHAPE = dict(
+    vocab_size=VOCAB,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 ROPE = {"rope_type": "default", "partial_rotary_factor": 0.5}
 GEMMA = dict(SHAPE, head_dim=64, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh")
 FAMILIES = [
-    Variant("llama", "llama", "float32", seed=1,
-            config=dict(SHAPE, head_dim=64, tie_word_embeddings=False, rope_theta=10000.0)),
-    Variant("qwen2", "qwen2", "float32", seed=2,  # QKV biases
-            config=dict(SHAPE, head_dim=64, tie_word_embeddings=False, rope_theta=1000000.0,
-                        use_sliding_window=False)),
-    Variant("mistral", "mistral", "float32", seed=3,  # window 6 < the 20-token prompt
-            config=dict(SHAPE, head_dim=64, tie_word_embeddings=False, sliding_window=6, rope_theta=10000.0)),
-    Variant("mixtral", "mixtral", "float32", seed=4,  # 4 experts, top 2, window 12
-            config=dict(SHAPE, head_dim=64, num_local_experts=4, num_experts_per_tok=2, sliding_window=12,
-                        tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0)),
-    Variant("phi2", "phi2", "float32", seed=5,  # half rotates, q/k LayerNorms, biases, fused QKV in the GGUF
-            config=dict(SHAPE, qk_layernorm=True, tie_word_embeddings=False, hidden_act="gelu_new",
-                        layer_norm_eps=1e-5, rope_scaling=ROPE, rope_theta=10000.0)),
-    Variant("stablelm", "stablelm", "float32", seed=6,  # per-head q/k norms, QKV bias, parallel residual
-            config=dict(SHAPE, qk_layernorm=True, use_qkv_bias=True, use_parallel_residual=True,
-                        tie_word_embeddings=False, rope_scaling=dict(ROPE, partial_rotary_factor=0.25),
-                        rope_theta=10000.0)),
+    Variant(
+        "llama",
+        "llama",
+        "float32",
+        seed=1,
+        config=dict(SHAPE, head_dim=64, tie_word_embeddings=False, rope_theta=10000.0),
+    ),
+    Variant(
+        "qwen2",
+        "qwen2",
+        "float32",
+        seed=2,  # QKV biases
+        config=dict(SHAPE, head_dim=64, tie_word_embeddings=False, rope_theta=1000000.0, use_sliding_window=False),
+    ),
+    Variant(
+        "mistral",
+        "mistral",
+        "float32",
+        seed=3,  # window 6 < the 20-token prompt
+        config=dict(SHAPE, head_dim=64, tie_word_embeddings=False, sliding_window=6, rope_theta=10000.0),
+    ),
+    Variant(
+        "mixtral",
+        "mixtral",
+        "float32",
+        seed=4,  # 4 experts, top 2, window 12
+        config=dict(
+            SHAPE,
+            head_dim=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=12,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+        ),
+    ),
+    Variant(
+        "phi2",
+        "phi2",
+        "float32",
+        seed=5,  # half rotates, q/k LayerNorms, biases, fused QKV in the GGUF
+        config=dict(
+            SHAPE,
+            qk_layernorm=True,
+            tie_word_embeddings=False,
+            hidden_act="gelu_new",
+            layer_norm_eps=1e-5,
+            rope_scaling=ROPE,
+            rope_theta=10000.0,
+        ),
+    ),
+    Variant(
+        "stablelm",
+        "stablelm",
+        "float32",
+        seed=6,  # per-head q/k norms, QKV bias, parallel residual
+        config=dict(
+            SHAPE,
+            qk_layernorm=True,
+            use_qkv_bias=True,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            rope_scaling=dict(ROPE, partial_rotary_factor=0.25),
+            rope_theta=10000.0,
+        ),
+    ),
     Variant("gemma", "gemma", "float32", seed=7, config=dict(GEMMA, rope_theta=10000.0)),
     # GGUF keeps no query_pre_attn_scalar: llama.cpp takes head_dim (models/gemma.py), so the models do too
-    Variant("gemma2", "gemma2", "float32", seed=8,
-            config=dict(GEMMA, rope_theta=10000.0, sliding_window=6, query_pre_attn_scalar=64,
-                        attn_logit_softcapping=50.0, final_logit_softcapping=30.0)),
-    Variant("gemma3", "gemma3", "float32", seed=9,
-            config=dict(GEMMA, sliding_window=6, query_pre_attn_scalar=64,
-                        layer_types=["sliding_attention", "full_attention"],
-                        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                                         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}})),
+    Variant(
+        "gemma2",
+        "gemma2",
+        "float32",
+        seed=8,
+        config=dict(
+            GEMMA,
+            rope_theta=10000.0,
+            sliding_window=6,
+            query_pre_attn_scalar=64,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+        ),
+    ),
+    Variant(
+        "gemma3",
+        "gemma3",
+        "float32",
+        seed=9,
+        config=dict(
+            GEMMA,
+            sliding_window=6,
+            query_pre_attn_scalar=64,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            },
+        ),
+    ),
 ]
 BY_NAME = {v.name: v for v in FAMILIES}
 # every type the kernels decode: a type added to formats/quants.py joins the matrix
@@ -99,6 +179,7 @@ def hf_dir(tmp_path_factory):
         if family not in built:
             built[family] = build(BY_NAME[family], root)
         return built[family]
+
     return get
 
 
@@ -117,7 +198,10 @@ def test_cell_matches_transformers(hf_dir, tmp_path, device, family, qtype):
         cfg = engine.config
         # llama.cpp writes Mistral as "llama" (a sliding window is then just a key)
         assert (cfg.arch, cfg.vocab_size, engine.checkpoint.tensors["token_embd.weight"].type_name) == (
-            {"mistral": "llama"}.get(family, family), VOCAB, qtype)
+            {"mistral": "llama"}.get(family, family),
+            VOCAB,
+            qtype,
+        )
         # every matrix in the cell's type; the MoE router, vectors, norms (StableLM's stacked per-head ones
         # too) and biases in F32
         tensors = engine.checkpoint.tensors
@@ -133,8 +217,9 @@ def test_cell_matches_transformers(hf_dir, tmp_path, device, family, qtype):
         print(f"\n{family}-{qtype}: max |diff| {err:.1e} of max |logit| (bound {rtol:.1e}); {n} greedy tokens compared")
         assert err <= rtol
         engine.reset(0)
-        _, tokens = asyncio.run(engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY,
-                                                ignore_eos=True))
+        _, tokens = asyncio.run(
+            engine.complete(ids, params=SamplingParams(temperature=0.0), max_tokens=N_GREEDY, ignore_eos=True)
+        )
         assert tokens[:n] == ref_tokens[:n], (n, margins)
     finally:
         engine.unload()

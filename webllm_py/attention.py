@@ -11,6 +11,7 @@ Buffers follow the model's conventions: q [T, n_heads*head_dim], k/v [T, n_kv_he
 `block_table` = the active sequence's physical blocks (PagedKVCache.table_bytes): the cache's own
 `table` buffer unless bind is given another.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,18 +21,37 @@ from typing import Any
 from .gpu.base import BindGroup, Buffer, Device, Recorder
 from .kv_cache import PagedKVCache
 from .planner import (  # noqa: F401  (StepTiling, default_step_tiling: tests and scripts/kernel_bench.py)
-    DEFAULT_POLICY, Adapter, KernelPolicy, StepTiling, default_step_tiling, plan_attention)
+    DEFAULT_POLICY,
+    Adapter,
+    KernelPolicy,
+    StepTiling,
+    default_step_tiling,
+    plan_attention,
+)
 
 KV_WRITE_WG = 64
 
 
 class PagedAttention:
-    def __init__(self, device: Device, cache: PagedKVCache, n_heads: int, n_kv_heads: int, head_dim: int,
-                 max_tokens: int, sliding_window: int | None = None, scale: float | None = None,
-                 softcap: float | None = None, decode_wg: int | None = None, decode_splits: int | None = None,
-                 decode_full_chunks: bool | None = None, combine_wg: int | None = None,
-                 fused: bool | None = None, step_tiling: StepTiling | None = None,
-                 policy: KernelPolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self,
+        device: Device,
+        cache: PagedKVCache,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_tokens: int,
+        sliding_window: int | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+        decode_wg: int | None = None,
+        decode_splits: int | None = None,
+        decode_full_chunks: bool | None = None,
+        combine_wg: int | None = None,
+        fused: bool | None = None,
+        step_tiling: StepTiling | None = None,
+        policy: KernelPolicy = DEFAULT_POLICY,
+    ) -> None:
         """The kernels and their tilings are planner.plan_attention's; the arguments from decode_wg on
         override its choice (tests)."""
         if n_heads % n_kv_heads:
@@ -43,15 +63,35 @@ class PagedAttention:
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.max_tokens = max_tokens
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-        shape = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, block_size=cache.block_size,
-                     f16=cache.dtype == "f16", packed=cache.dtype == "f16x2")
-        attn = dict(shape, scale=repr(self.scale), softcap=repr(float(softcap)) if softcap else None,
-                    window=int(sliding_window) if sliding_window else None)
+        shape = dict(
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=head_dim,
+            block_size=cache.block_size,
+            f16=cache.dtype == "f16",
+            packed=cache.dtype == "f16x2",
+        )
+        attn = dict(
+            shape,
+            scale=repr(self.scale),
+            softcap=repr(float(softcap)) if softcap else None,
+            window=int(sliding_window) if sliding_window else None,
+        )
         # One token in one dispatch (attention_step) on GPUs: a dependent dispatch costs ~6 us there
         # whatever it does. CPU adapters keep the kernels below (workgroup barriers cost ~10x there).
-        plan = self.plan = plan_attention(Adapter.of(device), n_heads, n_kv_heads, head_dim, policy, fused=fused,
-                                          step_tiling=step_tiling, decode_wg=decode_wg, decode_splits=decode_splits,
-                                          decode_full_chunks=decode_full_chunks, combine_wg=combine_wg)
+        plan = self.plan = plan_attention(
+            Adapter.of(device),
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            policy,
+            fused=fused,
+            step_tiling=step_tiling,
+            decode_wg=decode_wg,
+            decode_splits=decode_splits,
+            decode_full_chunks=decode_full_chunks,
+            combine_wg=combine_wg,
+        )
         self.tq, self.tk = plan.tq, plan.tk
         self.fused = plan.fused
         self.step_tiling = plan.step
@@ -66,22 +106,47 @@ class PagedAttention:
             self.scratch = device.create_buffer(4 * words, "attention.step_scratch")
         # Otherwise split-K decode (attention_decode, merged by attention_combine).
         self.splits = self.step_tiling.splits if self.step_combine else plan.splits
-        self.kv_write = device.kernel("kv_write", label="kv_write", wg=KV_WRITE_WG, **{
-            k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16", "packed")})
+        self.kv_write = device.kernel(
+            "kv_write",
+            label="kv_write",
+            wg=KV_WRITE_WG,
+            **{k: shape[k] for k in ("n_kv_heads", "head_dim", "block_size", "f16", "packed")},
+        )
         self.decode = self.combine = None
         if not self.fused:
-            self.decode = device.kernel("attention_decode", label="attention_decode", wg=plan.decode_wg,
-                                        splits=self.splits, full_chunks=plan.full_chunks, **attn)
+            self.decode = device.kernel(
+                "attention_decode",
+                label="attention_decode",
+                wg=plan.decode_wg,
+                splits=self.splits,
+                full_chunks=plan.full_chunks,
+                **attn,
+            )
         if self.splits > 1 and (not self.fused or self.step_combine):
             self.combine_wg = plan.combine_wg
-            self.combine = device.kernel("attention_combine", label="attention_combine", n_heads=n_heads,
-                                         head_dim=head_dim, splits=self.splits, wg=self.combine_wg)
+            self.combine = device.kernel(
+                "attention_combine",
+                label="attention_combine",
+                n_heads=n_heads,
+                head_dim=head_dim,
+                splits=self.splits,
+                wg=self.combine_wg,
+            )
             # Shared by all layers: each layer's decode (or step) and combine run before the next layer's.
             self.partials = device.create_buffer(4 * n_heads * self.splits * (head_dim + 2), "attention.partials")
         self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
 
-    def bind(self, layer: int, q: Buffer, k: Buffer, v: Buffer, out: Buffer, step: Buffer,
-             block_table: Buffer | None = None, rope: Any = None) -> "BoundAttention":
+    def bind(
+        self,
+        layer: int,
+        q: Buffer,
+        k: Buffer,
+        v: Buffer,
+        out: Buffer,
+        step: Buffer,
+        block_table: Buffer | None = None,
+        rope: Any = None,
+    ) -> "BoundAttention":
         """layer: the model's layer, whose K/V the cache holds. block_table: the cache's `table` unless
         given. rope: the ops.RoPE BoundOp the layer records just before attention (the fusion pass,
         models/layer.py, passes it). Where it rotates whole heads of these q/k, single-token steps fold
@@ -92,13 +157,22 @@ class PagedAttention:
         split = self.combine is not None
         rope_kv = step_bg = None
         rop = getattr(rope, "op", None)
-        foldable = (rop is not None and rop.params["rot_dim"] == self.head_dim and rop.params["head_dim"] == self.head_dim
-                    and rope.reads[0] is q and rope.reads[1] is k)
+        foldable = (
+            rop is not None
+            and rop.params["rot_dim"] == self.head_dim
+            and rop.params["head_dim"] == self.head_dim
+            and rope.reads[0] is q
+            and rope.reads[1] is k
+        )
         if self.fused:
             # RoPE of q and the new k inside the step where it rotates whole heads; otherwise (partial
             # rotary) the layer's RoPE dispatch runs first and the step gets q and k rotated.
-            kern = d.kernel("attention_step", label="attention_step",
-                            rope=rop.params["pairs"] if foldable else None, **self._step_params)
+            kern = d.kernel(
+                "attention_step",
+                label="attention_step",
+                rope=rop.params["pairs"] if foldable else None,
+                **self._step_params,
+            )
             bufs = [q, k, v, kc, vc, self.partials if split else out, step, block_table]
             bufs += [rop.inv_freq] if foldable else []
             bufs += [self.scratch] if self.step_tiling.splits > 1 and not split else []
@@ -108,15 +182,26 @@ class PagedAttention:
         elif foldable and (self.cache.dtype != "f16x2" or rop.params["pairs"] == "adjacent"):
             # (a packed cache with "halves" RoPE keeps the separate kv_write: a thread's rotation pair
             # (i, i + half) is not one of the cache's u32 words, so two threads would write halves of one)
-            kern = d.kernel("rope", label="rope+kv_write", kv_cache=True, block_size=self.cache.block_size,
-                            f16=self.cache.dtype == "f16", packed=self.cache.dtype == "f16x2", **rop.params)
-            rope_kv = (d.bind(kern, [q, k, rop.inv_freq, step, v, kc, vc, block_table]),
-                       -(-rop.pairs_per_token // rop.wg))
+            kern = d.kernel(
+                "rope",
+                label="rope+kv_write",
+                kv_cache=True,
+                block_size=self.cache.block_size,
+                f16=self.cache.dtype == "f16",
+                packed=self.cache.dtype == "f16x2",
+                **rop.params,
+            )
+            rope_kv = (
+                d.bind(kern, [q, k, rop.inv_freq, step, v, kc, vc, block_table]),
+                -(-rop.pairs_per_token // rop.wg),
+            )
             rope.absorbed = True
         return BoundAttention(
             self,
             d.bind(self.kv_write, [k, v, kc, vc, step, block_table]),
-            d.bind(self.decode, [q, kc, vc, self.partials if split else out, step, block_table]) if self.decode else None,
+            d.bind(self.decode, [q, kc, vc, self.partials if split else out, step, block_table])
+            if self.decode
+            else None,
             d.bind(self.combine, [self.partials, out]) if split else None,
             d.bind(self.prefill, [q, kc, vc, out, step, block_table]),
             rope_kv,
@@ -128,6 +213,7 @@ class PagedAttention:
 @dataclass(eq=False)
 class BoundAttention:
     """One layer's attention, bound: the dispatches of a decode token or of a prefill chunk."""
+
     op: PagedAttention
     kv_write: BindGroup
     decode: BindGroup | None  # None where attention_step serves single tokens

@@ -10,6 +10,7 @@ steps with and without a token mask, the constraint built as api.py builds one f
 Random weights end a JSON output early or late at random, so a finished output starts a new one in
 the same sequence: both runs take exactly the same number of decode steps at the same positions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,54 @@ import time
 # Published shapes (config.json of the real models); weights random.
 SHAPES = {
     # SmolLM2-135M-Instruct (the default model): its file is Q4_1 with Q8_0 embeddings.
-    "smollm2-135m": dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, hidden_dim=1536,
-                         vocab_size=49152, tie_embeddings=True, rope_theta=100000.0, rope_scaling=None),
-    "llama-3.2-1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64, hidden_dim=8192,
-                         vocab_size=128256, tie_embeddings=True, rope_theta=500000.0,
-                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-    "llama-3.1-8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, hidden_dim=14336,
-                         vocab_size=128256, tie_embeddings=False, rope_theta=500000.0,
-                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "smollm2-135m": dict(
+        dim=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        head_dim=64,
+        hidden_dim=1536,
+        vocab_size=49152,
+        tie_embeddings=True,
+        rope_theta=100000.0,
+        rope_scaling=None,
+    ),
+    "llama-3.2-1b": dict(
+        dim=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=64,
+        hidden_dim=8192,
+        vocab_size=128256,
+        tie_embeddings=True,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+    "llama-3.1-8b": dict(
+        dim=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=128,
+        hidden_dim=14336,
+        vocab_size=128256,
+        tie_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
 }
 ROOFLINE_GBPS = {"H100": 3350.0, "H200": 4800.0}
 _SUBGROUP_CALL = re.compile(r"\bsubgroup[A-Z]\w*\(")  # a WGSL subgroup builtin called
@@ -42,11 +81,19 @@ def kernels_taken(device) -> dict:
     """What the planner saw of the adapter and the templates the run rendered (":subgroups": calling
     subgroup builtins), e.g. to check on a device which kernels Dawn took."""
     from .planner import Adapter
+
     a = Adapter.of(device)
-    names = {k.label.split()[0] + (":subgroups" if _SUBGROUP_CALL.search(k.source) else "") for k in device.kernels_made}
-    return {"adapter": {f: getattr(a, f) for f in ("cpu", "subgroups", "subgroup_min", "packed_dot",
-                                                   "device_scope_barrier")},
-            "templates": sorted(names)}
+    names = {
+        k.label.split()[0] + (":subgroups" if _SUBGROUP_CALL.search(k.source) else "") for k in device.kernels_made
+    }
+    return {
+        "adapter": {
+            f: getattr(a, f) for f in ("cpu", "subgroups", "subgroup_min", "packed_dot", "device_scope_barrier")
+        },
+        "templates": sorted(names),
+    }
+
+
 # --constraint schema: one fixed schema with the kinds issue 9 names (nested object, enum, array,
 # numbers, strings bounded and not), so runs compare across commits.
 BENCH_SCHEMA = {
@@ -56,9 +103,11 @@ BENCH_SCHEMA = {
         "age": {"type": "integer"},
         "unit": {"enum": ["celsius", "fahrenheit"]},
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 4},
-        "address": {"type": "object", "properties": {"city": {"type": "string"},
-                                                     "zip": {"type": "string", "maxLength": 10}},
-                    "required": ["city", "zip"]},
+        "address": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string", "maxLength": 10}},
+            "required": ["city", "zip"],
+        },
         "score": {"type": "number"},
         "ok": {"type": "boolean"},
     },
@@ -70,9 +119,13 @@ DEFAULT_TOKENIZER = "build/tokenizers/smollm2"  # SmolLM2's real vocabulary (491
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="GGUF/HF checkpoint (default: SmolLM2-135M-Instruct) unless --shape is given")
     p.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this published shape")
-    p.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K", "Q4_K_M"],
-                   help="Q4_K_M: llama.cpp's mix of that name (Q4_K; Q6_K for the head and for attn_v / "
-                        "ffn_down of some layers), what most published GGUF files use")
+    p.add_argument(
+        "--quant",
+        default="Q4_0",
+        choices=["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K", "Q4_K_M"],
+        help="Q4_K_M: llama.cpp's mix of that name (Q4_K; Q6_K for the head and for attn_v / "
+        "ffn_down of some layers), what most published GGUF files use",
+    )
     p.add_argument("--embed-quant", help="type of the token embedding (default: --quant)")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=256)
@@ -82,32 +135,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step (all layers)")
     # Kernel choices other than the planner's (planner.KernelPolicy), for A/B runs
     p.add_argument("--matvec-tiling", help="WG,ROWS: matvec_q4's and the generic matvec's tiling (KernelPolicy)")
-    p.add_argument("--matvec-kernel", choices=["staged", "q4"], default="staged",
-                   help="q4: no staged matvec (matvec_q4 for 4-bit weights, the generic one for Q8_0/Q6_K)")
-    p.add_argument("--staged-tiling", metavar="SPEC",
-                   help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH] for all, then optional ;glu=... "
-                        ";tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)")
-    p.add_argument("--prefill-kernel", choices=["auto", "sgmat", "i8x2", "i8", "f32"], default="auto",
-                   help="prefill matmul: auto = matmul_i8 (two int8 planes) where it pays; sgmat = matmul_sgmat "
-                        "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; i8x2 / i8 force matmul_i8; "
-                        "f32 = the dequantizing matmul (KernelPolicy.prefill)")
+    p.add_argument(
+        "--matvec-kernel",
+        choices=["staged", "q4"],
+        default="staged",
+        help="q4: no staged matvec (matvec_q4 for 4-bit weights, the generic one for Q8_0/Q6_K)",
+    )
+    p.add_argument(
+        "--staged-tiling",
+        metavar="SPEC",
+        help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH] for all, then optional ;glu=... "
+        ";tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)",
+    )
+    p.add_argument(
+        "--prefill-kernel",
+        choices=["auto", "sgmat", "i8x2", "i8", "f32"],
+        default="auto",
+        help="prefill matmul: auto = matmul_i8 (two int8 planes) where it pays; sgmat = matmul_sgmat "
+        "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; i8x2 / i8 force matmul_i8; "
+        "f32 = the dequantizing matmul (KernelPolicy.prefill)",
+    )
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
-    p.add_argument("--attention", choices=["fused", "combine", "unfused"],
-                   help="single-token attention as attention_step merging its slices (one dispatch), attention_step "
-                        "+ attention_combine, or kv_write + decode + combine (default: planner's)")
-    p.add_argument("--kv-cache", choices=["auto", "f32", "f16", "f16x2"], default="auto",
-                   help="the KV cache's element: auto = the planner's (f16 with shader-f16, else f16x2 on GPUs); "
-                        "f16x2 = f16 pairs packed in u32s (KernelPolicy.kv_cache)")
+    p.add_argument(
+        "--attention",
+        choices=["fused", "combine", "unfused"],
+        help="single-token attention as attention_step merging its slices (one dispatch), attention_step "
+        "+ attention_combine, or kv_write + decode + combine (default: planner's)",
+    )
+    p.add_argument(
+        "--kv-cache",
+        choices=["auto", "f32", "f16", "f16x2"],
+        default="auto",
+        help="the KV cache's element: auto = the planner's (f16 with shader-f16, else f16x2 on GPUs); "
+        "f16x2 = f16 pairs packed in u32s (KernelPolicy.kv_cache)",
+    )
     p.add_argument("--step-tiling", metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
-    p.add_argument("--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)")
-    p.add_argument("--subgroups", action=argparse.BooleanOptionalAction, default=None,
-                   help="request the adapter's subgroups feature (kernels use it); default: as the engine "
-                        "does (on GPU adapters)")
-    p.add_argument("--fold-norms", type=int, metavar="MAX_K", default=0,
-                   help="matvec_q4 folds RMSNorm into fused matvecs up to this K (KernelPolicy.fold_norm_max_k)")
+    p.add_argument(
+        "--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)"
+    )
+    p.add_argument(
+        "--subgroups",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="request the adapter's subgroups feature (kernels use it); default: as the engine does (on GPU adapters)",
+    )
+    p.add_argument(
+        "--fold-norms",
+        type=int,
+        metavar="MAX_K",
+        default=0,
+        help="matvec_q4 folds RMSNorm into fused matvecs up to this K (KernelPolicy.fold_norm_max_k)",
+    )
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
-    p.add_argument("--constraint", choices=["json_object", "schema"],
-                   help="also time decode under response_format json_object / json_schema (BENCH_SCHEMA)")
+    p.add_argument(
+        "--constraint",
+        choices=["json_object", "schema"],
+        help="also time decode under response_format json_object / json_schema (BENCH_SCHEMA)",
+    )
     p.add_argument("--tokenizer", help=f"tokenizer.json or its folder, for --shape (default: {DEFAULT_TOKENIZER})")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the timed decode (seed 0)")
     p.add_argument("--token-ids", type=int, default=0, metavar="N", help="also print the first N greedy token ids")
@@ -124,11 +208,23 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
     from .models.config import ModelConfig
 
     s = SHAPES[shape]
-    cfg = ModelConfig(arch="llama", n_layers=s["n_layers"], dim=s["dim"], n_heads=s["n_heads"],
-                      n_kv_heads=s["n_kv_heads"], head_dim=s["head_dim"], hidden_dim=s["hidden_dim"],
-                      vocab_size=s["vocab_size"], context_length=131072, norm_eps=1e-5, rope_theta=s["rope_theta"],
-                      rope_pairs="halves", rot_dim=s["head_dim"], tie_embeddings=s["tie_embeddings"],
-                      rope_scaling=s["rope_scaling"])
+    cfg = ModelConfig(
+        arch="llama",
+        n_layers=s["n_layers"],
+        dim=s["dim"],
+        n_heads=s["n_heads"],
+        n_kv_heads=s["n_kv_heads"],
+        head_dim=s["head_dim"],
+        hidden_dim=s["hidden_dim"],
+        vocab_size=s["vocab_size"],
+        context_length=131072,
+        norm_eps=1e-5,
+        rope_theta=s["rope_theta"],
+        rope_pairs="halves",
+        rot_dim=s["head_dim"],
+        tie_embeddings=s["tie_embeddings"],
+        rope_scaling=s["rope_scaling"],
+    )
     mix = quant == "Q4_K_M"
     qtype = GGMLType.Q4_K if mix else GGMLType[quant]
     rng = np.random.default_rng(0)
@@ -147,9 +243,14 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
             lay = layout_of(gtype)
             nblocks = rows * cols // lay.block_size
             blocks = np.frombuffer(rng.bytes(nblocks * lay.type_size), np.uint8).reshape(nblocks, lay.type_size).copy()
-            scales = (rng.random(nblocks, dtype=np.float32) * 2e-3 + 1e-3).astype(np.float16).view(np.uint8).reshape(nblocks, 2)
+            scales = (
+                (rng.random(nblocks, dtype=np.float32) * 2e-3 + 1e-3)
+                .astype(np.float16)
+                .view(np.uint8)
+                .reshape(nblocks, 2)
+            )
             for off in scale_fields[gtype.name]:
-                blocks[:, off:off + 2] = scales
+                blocks[:, off : off + 2] = scales
             made[key] = blocks.tobytes()
         data = made[key]
         tensors[name] = TensorInfo(name, (cols, rows), gtype, 0, len(data), True, BytesSource(data))
@@ -193,13 +294,18 @@ def kernel_policy(args: argparse.Namespace):
         tiling = dict(q4_tiling=MatvecTiling(wg, rows), gpu_tiling=MatvecTiling(wg, rows))
     return KernelPolicy(
         staged_matvec=args.matvec_kernel == "staged",
-        staged_tilings=parse_staged_tilings(args.staged_tiling or ""), fold_norm_max_k=args.fold_norms,
-        prefill=args.prefill_kernel, i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
-        if args.i8_tiling else None,
+        staged_tilings=parse_staged_tilings(args.staged_tiling or ""),
+        fold_norm_max_k=args.fold_norms,
+        prefill=args.prefill_kernel,
+        i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
+        if args.i8_tiling
+        else None,
         fused_attention=None if args.attention is None else args.attention != "unfused",
         step_merge=None if args.attention is None else args.attention == "fused",
-        step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None, kv_cache=args.kv_cache,
-        **tiling)
+        step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None,
+        kv_cache=args.kv_cache,
+        **tiling,
+    )
 
 
 def count_buffers(device) -> list[int]:
@@ -211,6 +317,7 @@ def count_buffers(device) -> list[int]:
         buf = make(size, label)
         total[0] += buf.size
         return buf
+
     device.create_buffer = create_buffer
     return total
 
@@ -246,8 +353,11 @@ async def profile_ops(engine, reps: int) -> dict:
             else:
                 fused.update(id(b) for b in op.members)
                 fused.update(id(g[1]) for g in [op.glu] if g)
-    groups = {name: [getattr(layer, name) for layer in m.layers] for name, op in vars(layer0).items()
-              if hasattr(op, "record") and id(op) not in fused}
+    groups = {
+        name: [getattr(layer, name) for layer in m.layers]
+        for name, op in vars(layer0).items()
+        if hasattr(op, "record") and id(op) not in fused
+    }
     groups["embed"] = [m.embed]
     groups["final_norm"] = [m.final_norm]
     groups["lm_head"] = [m.lm_head]
@@ -296,8 +406,11 @@ async def _bench(args) -> dict:
     from .sampling import SamplingParams
 
     t_load = time.perf_counter()
-    ckpt = (random_checkpoint(args.shape, args.quant, args.embed_quant) if args.shape
-            else open_checkpoint(args.model or default_model_path()))
+    ckpt = (
+        random_checkpoint(args.shape, args.quant, args.embed_quant)
+        if args.shape
+        else open_checkpoint(args.model or default_model_path())
+    )
     if args.shape and (args.constraint or args.tokenizer):  # masks need a real vocabulary
         ckpt.tokenizer = load_tokenizer(args.tokenizer or DEFAULT_TOKENIZER)
     backend = getattr(args, "backend", "native")  # "browser": the Dawn host (webllm_py/dawn.py) runs this
@@ -305,8 +418,14 @@ async def _bench(args) -> dict:
     device = await request_device(backend, use_subgroups=args.subgroups, **spin)
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
-    engine = await Engine.load(ckpt, device=device, context_window=ctx, prefill_chunk=args.prefill_chunk,
-                               max_sequences=1, policy=kernel_policy(args))
+    engine = await Engine.load(
+        ckpt,
+        device=device,
+        context_window=ctx,
+        prefill_chunk=args.prefill_chunk,
+        max_sequences=1,
+        policy=kernel_policy(args),
+    )
     await device.read_buffer(engine.model.state.logits, 0, 4)  # uploads finished
     load_s = time.perf_counter() - t_load
     cfg = ckpt.config
@@ -318,7 +437,7 @@ async def _bench(args) -> dict:
     engine.sampler.reset(prompt)
     # Warm-up: compile every pipeline, touch every buffer.
     engine._cached[0] = []
-    await engine._step(0, prompt[:args.prefill_chunk], sample=True)
+    await engine._step(0, prompt[: args.prefill_chunk], sample=True)
     await engine._step(0, [1], sample=True)
     engine.reset(0)
 
@@ -326,7 +445,7 @@ async def _bench(args) -> dict:
     t0 = time.perf_counter()
     res = None
     for i in range(0, len(prompt), args.prefill_chunk):
-        res = await engine._step(0, prompt[i:i + args.prefill_chunk], sample=True)
+        res = await engine._step(0, prompt[i : i + args.prefill_chunk], sample=True)
     prefill_s = time.perf_counter() - t0
 
     # Decode: time the host's recording separately from the whole step (submit + GPU + readback).
@@ -346,20 +465,38 @@ async def _bench(args) -> dict:
     profile = await profile_ops(engine, args.gpu_reps or 10) if args.profile else None
 
     bytes_tok = weight_bytes_per_token(ckpt)
-    kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * DTYPE_BYTES[engine.cache.dtype] * (args.prompt_tokens + args.decode_tokens // 2)
+    kv_bytes = (
+        2
+        * cfg.n_layers
+        * cfg.n_kv_heads
+        * cfg.head_dim
+        * DTYPE_BYTES[engine.cache.dtype]
+        * (args.prompt_tokens + args.decode_tokens // 2)
+    )
     desc = device.info.description
     bw = args.bandwidth_gbps or next((v for k, v in ROOFLINE_GBPS.items() if k in desc), None)
     out = {
-        "model": ckpt.name, "shape": {k: getattr(cfg, k) for k in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "vocab_size")},
-        "quant": args.quant if args.shape else "file", "backend": backend, "adapter": desc.strip(),
-        "features": sorted(device.features), "load_s": round(load_s, 2),
+        "model": ckpt.name,
+        "shape": {
+            k: getattr(cfg, k)
+            for k in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "vocab_size")
+        },
+        "quant": args.quant if args.shape else "file",
+        "backend": backend,
+        "adapter": desc.strip(),
+        "features": sorted(device.features),
+        "load_s": round(load_s, 2),
         "gpu_buffers_gib": round(allocated[0] / 2**30, 3),
-        "prompt_tokens": args.prompt_tokens, "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
-        "decode_tokens": args.decode_tokens, "decode_tok_s": round(decode_tps, 1),
+        "prompt_tokens": args.prompt_tokens,
+        "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
+        "decode_tokens": args.decode_tokens,
+        "decode_tok_s": round(decode_tps, 1),
         "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
         "dispatches_per_token": len(engine._decode_program().commands),  # the captured decode step's
         "step_ms_per_token": round(1e3 * decode_s / args.decode_tokens, 3),
-        "weight_bytes_per_token": bytes_tok, "kv_cache": engine.cache.dtype, "kv_bytes_per_token_avg": kv_bytes,
+        "weight_bytes_per_token": bytes_tok,
+        "kv_cache": engine.cache.dtype,
+        "kv_bytes_per_token_avg": kv_bytes,
         "achieved_gbps": round((bytes_tok + kv_bytes) * decode_tps / 1e9, 1),
     }
     if gpu_ms:
@@ -374,12 +511,15 @@ async def _bench(args) -> dict:
     if profile:
         out["gpu_ms_by_op"] = profile
     if args.token_ids:
-        out["token_ids"] = token_ids[:args.token_ids]
+        out["token_ids"] = token_ids[: args.token_ids]
     if args.matvec_tiling:
         out["matvec_tiling"] = args.matvec_tiling
     policy = engine.model.policy
-    changed = {f.name: repr(getattr(policy, f.name)) for f in dataclasses.fields(policy)
-               if getattr(policy, f.name) != getattr(DEFAULT_POLICY, f.name)}
+    changed = {
+        f.name: repr(getattr(policy, f.name))
+        for f in dataclasses.fields(policy)
+        if getattr(policy, f.name) != getattr(DEFAULT_POLICY, f.name)
+    }
     if changed:  # the kernel choices this run made other than the planner's defaults
         out["kernel_policy"] = changed
     if args.temperature:
@@ -396,6 +536,7 @@ def load_tokenizer(path: str):
     from pathlib import Path
 
     from .tokenizer import Tokenizer
+
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     cfg = folder / "tokenizer_config.json"
@@ -429,7 +570,7 @@ async def decode_run(engine, prompt: list[int], n: int, params, new_constraint=N
     engine.sampler.set_mask(con.mask() if con is not None else None)
     res = None
     for i in range(0, len(prompt), engine.prefill_chunk):
-        res = await engine._step(0, prompt[i:i + engine.prefill_chunk], sample=True)
+        res = await engine._step(0, prompt[i : i + engine.prefill_chunk], sample=True)
     eos = set(engine.tokenizer.eos_ids) if con is not None else set()
     first_ms, cached_ms, outputs = [], [], []
     tid = res.token_id
@@ -471,15 +612,21 @@ async def decode_run(engine, prompt: list[int], n: int, params, new_constraint=N
             except ValueError:
                 pass
         masks_ms = sum(first_ms) + sum(cached_ms)
-        out.update({
-            "mask_ms_per_token": round(masks_ms / n, 3), "advance_ms_per_token": round(1e3 * advance_s / n, 3),
-            "first_visits": len(first_ms), "first_visit_ms_mean": round(sum(first_ms) / len(first_ms), 2) if first_ms else None,
-            "first_visit_ms_max": round(max(first_ms), 2) if first_ms else None,
-            "cached_visits": len(cached_ms), "cached_ms_mean": round(sum(cached_ms) / len(cached_ms), 4) if cached_ms else None,
-            "outputs_finished": len(outputs), "outputs_valid_json": valid,
-            "output_sample": (outputs[0] if outputs else bytes(con.text))[:160].decode("utf-8", "replace"),
-            "partial_output_bytes": len(con.text),
-        })
+        out.update(
+            {
+                "mask_ms_per_token": round(masks_ms / n, 3),
+                "advance_ms_per_token": round(1e3 * advance_s / n, 3),
+                "first_visits": len(first_ms),
+                "first_visit_ms_mean": round(sum(first_ms) / len(first_ms), 2) if first_ms else None,
+                "first_visit_ms_max": round(max(first_ms), 2) if first_ms else None,
+                "cached_visits": len(cached_ms),
+                "cached_ms_mean": round(sum(cached_ms) / len(cached_ms), 4) if cached_ms else None,
+                "outputs_finished": len(outputs),
+                "outputs_valid_json": valid,
+                "output_sample": (outputs[0] if outputs else bytes(con.text))[:160].decode("utf-8", "replace"),
+                "partial_output_bytes": len(con.text),
+            }
+        )
     return out
 
 
@@ -509,13 +656,20 @@ async def structured_bench(engine, args, prompt: list[int], params) -> dict:
     warm = con[1:] or con
     warm_tps = statistics.median(r["tok_s"] for r in warm)
     return {
-        "constraint": args.constraint, "tokenizer": args.tokenizer or (DEFAULT_TOKENIZER if args.shape else "file"),
-        "tokenizer_vocab": tok.vocab_size, "decode_steps": args.decode_tokens, "trie_and_grammar_s": round(setup_s, 3),
-        "free_tok_s": free_tps, "constrained_first_tok_s": con[0]["tok_s"], "constrained_warm_tok_s": warm_tps,
-        "ratio_first": round(con[0]["tok_s"] / free_tps, 3), "ratio_warm": round(warm_tps / free_tps, 3),
+        "constraint": args.constraint,
+        "tokenizer": args.tokenizer or (DEFAULT_TOKENIZER if args.shape else "file"),
+        "tokenizer_vocab": tok.vocab_size,
+        "decode_steps": args.decode_tokens,
+        "trie_and_grammar_s": round(setup_s, 3),
+        "free_tok_s": free_tps,
+        "constrained_first_tok_s": con[0]["tok_s"],
+        "constrained_warm_tok_s": warm_tps,
+        "ratio_first": round(con[0]["tok_s"] / free_tps, 3),
+        "ratio_warm": round(warm_tps / free_tps, 3),
         "slowdown_first_pct": round(100 * (1 - con[0]["tok_s"] / free_tps), 1),
         "slowdown_warm_pct": round(100 * (1 - warm_tps / free_tps), 1),
-        "free_runs": free, "constrained_runs": con,
+        "free_runs": free,
+        "constrained_runs": con,
     }
 
 
@@ -525,10 +679,19 @@ def hf_reference(args) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     s = SHAPES[args.shape]
-    cfg = LlamaConfig(hidden_size=s["dim"], num_hidden_layers=s["n_layers"], num_attention_heads=s["n_heads"],
-                      num_key_value_heads=s["n_kv_heads"], head_dim=s["head_dim"], intermediate_size=s["hidden_dim"],
-                      vocab_size=s["vocab_size"], tie_word_embeddings=s["tie_embeddings"], rope_theta=s["rope_theta"],
-                      rope_scaling=s["rope_scaling"], max_position_embeddings=131072)
+    cfg = LlamaConfig(
+        hidden_size=s["dim"],
+        num_hidden_layers=s["n_layers"],
+        num_attention_heads=s["n_heads"],
+        num_key_value_heads=s["n_kv_heads"],
+        head_dim=s["head_dim"],
+        intermediate_size=s["hidden_dim"],
+        vocab_size=s["vocab_size"],
+        tie_word_embeddings=s["tie_embeddings"],
+        rope_theta=s["rope_theta"],
+        rope_scaling=s["rope_scaling"],
+        max_position_embeddings=131072,
+    )
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if dev == "cuda" else torch.float32
     with torch.device(dev):
@@ -546,8 +709,12 @@ def hf_reference(args) -> dict:
 
     run(4)
     t_short, t_long = run(1), run(args.decode_tokens + 1)
-    return {"hf_device": dev, "hf_dtype": str(dtype), "hf_prefill_tok_s": round(args.prompt_tokens / t_short, 1),
-            "hf_decode_tok_s": round(args.decode_tokens / (t_long - t_short), 1)}
+    return {
+        "hf_device": dev,
+        "hf_dtype": str(dtype),
+        "hf_prefill_tok_s": round(args.prompt_tokens / t_short, 1),
+        "hf_decode_tok_s": round(args.decode_tokens / (t_long - t_short), 1),
+    }
 
 
 def main(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ _acquire), so concurrent callers queue and never interleave. A stream whose cons
 The KV cache keeps the previous conversation of each sequence, and a new prompt that starts with it
 only prefills what is new (multi-turn reuse).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import (DEVICE_LOST_ADVICE, ContextOverflowError, DeviceLostError, ModelTooLargeError, RequestError,
-                     WebLLMError)
+from .errors import (
+    DEVICE_LOST_ADVICE,
+    ContextOverflowError,
+    DeviceLostError,
+    ModelTooLargeError,
+    RequestError,
+    WebLLMError,
+)
 from .gpu import Device, request_device
 from .kv_cache import DTYPE_BYTES, KVCaches, max_blocks
 from .models import build_model
@@ -34,6 +41,7 @@ STREAM_IDLE_TIMEOUT = 10.0  # seconds a stream's consumer may leave a token unpu
 @dataclass(eq=False)
 class _Turn:
     """One request's hold on the engine (or its place in the queue for it)."""
+
     seq: int
     idle_since: float | None = None  # when a token was handed to a consumer that has not pulled again
     abandoned: bool = False  # aborted by a later request: the engine is no longer this one's to touch
@@ -42,8 +50,9 @@ class _Turn:
 @dataclass
 class Token:
     """One generated token as the engine streams it."""
+
     id: int
-    text: str            # text this token completes (may be "" while a UTF-8 character is unfinished)
+    text: str  # text this token completes (may be "" while a UTF-8 character is unfinished)
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
 
@@ -68,15 +77,29 @@ class Stats:
         return max(self.completion_tokens - 1, 0) / self.decode_seconds if self.decode_seconds else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
-                "completion_tokens": self.completion_tokens, "prefill_tokens_per_s": round(self.prefill_tps, 2),
-                "decode_tokens_per_s": round(self.decode_tps, 2), "prefill_s": round(self.prefill_seconds, 4),
-                "decode_s": round(self.decode_seconds, 4), "finish_reason": self.finish_reason}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "prefill_tokens_per_s": round(self.prefill_tps, 2),
+            "decode_tokens_per_s": round(self.decode_tps, 2),
+            "prefill_s": round(self.prefill_seconds, 4),
+            "decode_s": round(self.decode_seconds, 4),
+            "finish_reason": self.finish_reason,
+        }
 
 
 class Engine:
-    def __init__(self, device: Device, checkpoint: Checkpoint, model: Any, cache: KVCaches, sampler: Sampler,
-                 context_window: int, prefill_chunk: int):
+    def __init__(
+        self,
+        device: Device,
+        checkpoint: Checkpoint,
+        model: Any,
+        cache: KVCaches,
+        sampler: Sampler,
+        context_window: int,
+        prefill_chunk: int,
+    ):
         self.device, self.checkpoint, self.model, self.cache = device, checkpoint, model, cache
         self.config, self.tokenizer = checkpoint.config, checkpoint.tokenizer
         self.sampler = sampler
@@ -96,20 +119,35 @@ class Engine:
         self.owns_device = False  # set by load(): whether unload() may destroy the device
 
     @classmethod
-    async def load(cls, model: Any, *, backend: str | None = None, device: Device | None = None,
-                   context_window: int | None = 4096, prefill_chunk: int = 64, max_sequences: int = 2,
-                   on_progress: Callable[[dict], None] | None = None,
-                   stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT,
-                   policy: KernelPolicy | None = None) -> "Engine":
+    async def load(
+        cls,
+        model: Any,
+        *,
+        backend: str | None = None,
+        device: Device | None = None,
+        context_window: int | None = 4096,
+        prefill_chunk: int = 64,
+        max_sequences: int = 2,
+        on_progress: Callable[[dict], None] | None = None,
+        stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT,
+        policy: KernelPolicy | None = None,
+    ) -> "Engine":
         """policy: kernel choices other than the planner's defaults (planner.KernelPolicy: bench, tests)."""
-        for name, v, least in (("context_window", context_window, 2), ("prefill_chunk", prefill_chunk, 1),
-                               ("max_sequences", max_sequences, 1)):
+        for name, v, least in (
+            ("context_window", context_window, 2),
+            ("prefill_chunk", prefill_chunk, 1),
+            ("max_sequences", max_sequences, 1),
+        ):
             if (v is not None or name != "context_window") and not _is_int(v, least):
                 raise RequestError(f"{name} must be an integer >= {least}, got {v!r}.")
-        if stream_idle_timeout is not None and (isinstance(stream_idle_timeout, bool) or not isinstance(
-                stream_idle_timeout, (int, float)) or not stream_idle_timeout > 0):
-            raise RequestError(f"stream_idle_timeout must be a number of seconds > 0 or None, "
-                               f"got {stream_idle_timeout!r}.")
+        if stream_idle_timeout is not None and (
+            isinstance(stream_idle_timeout, bool)
+            or not isinstance(stream_idle_timeout, (int, float))
+            or not stream_idle_timeout > 0
+        ):
+            raise RequestError(
+                f"stream_idle_timeout must be a number of seconds > 0 or None, got {stream_idle_timeout!r}."
+            )
         owns_device = device is None
         ckpt = open_checkpoint(model)  # validated before anything is allocated (models/config.py)
         device = device or await request_device(backend)
@@ -128,18 +166,37 @@ class Engine:
                 f"cache per layer for K (and as much for V), more than this GPU's largest storage buffer binding "
                 f"({device.max_binding_size} bytes): load with context_window <= {fit}"
                 + (" or fewer max_sequences" if max_sequences > 1 else "")
-                + ", or context_window=None to fit the GPU.")
+                + ", or context_window=None to fit the GPU."
+            )
         blocks_per_seq = -(-ctx // BLOCK_SIZE)
-        store = (WeightStore.from_hf if ckpt.format == "hf" else WeightStore)(device, ckpt.tensors, on_progress=on_progress)
+        store = (WeightStore.from_hf if ckpt.format == "hf" else WeightStore)(
+            device, ckpt.tensors, on_progress=on_progress
+        )
         # one cache per attention window: a windowed one holds the window per sequence (KVCaches)
         windows = cfg.layer_windows()
-        kv = 2 * BLOCK_SIZE * max_sequences * per_position * sum(
-            len(layers) * pool for layers, pool in KVCaches.plan(windows, BLOCK_SIZE, blocks_per_seq, prefill_chunk).values())
+        kv = (
+            2
+            * BLOCK_SIZE
+            * max_sequences
+            * per_position
+            * sum(
+                len(layers) * pool
+                for layers, pool in KVCaches.plan(windows, BLOCK_SIZE, blocks_per_seq, prefill_chunk).values()
+            )
+        )
         cache = None
         try:
-            cache = KVCaches(device, windows, cfg.n_kv_heads, cfg.head_dim, block_size=BLOCK_SIZE,
-                             blocks_per_seq=blocks_per_seq, max_sequences=max_sequences, max_tokens=prefill_chunk,
-                             dtype=kv_dtype)
+            cache = KVCaches(
+                device,
+                windows,
+                cfg.n_kv_heads,
+                cfg.head_dim,
+                block_size=BLOCK_SIZE,
+                blocks_per_seq=blocks_per_seq,
+                max_sequences=max_sequences,
+                max_tokens=prefill_chunk,
+                dtype=kv_dtype,
+            )
             net = build_model(device, cfg, store, cache, max_tokens=prefill_chunk, policy=policy)
         except Exception as e:
             if type(e).__name__ != "GPUOutOfMemoryError":  # wgpu's; a browser reports it asynchronously
@@ -149,7 +206,8 @@ class Engine:
                 f"The GPU ran out of memory loading the model: it needs {store.total_bytes + kv} bytes "
                 f"({store.total_bytes} of weights, {kv} of KV cache for {ctx} positions x {max_sequences} "
                 f"sequence(s)) and could allocate {got} of them. Use a smaller or more quantized model, or a "
-                f"smaller context_window.") from e
+                f"smaller context_window."
+            ) from e
         sampler = Sampler(device, cfg.vocab_size)
         await device.check_errors()
         if on_progress:
@@ -210,7 +268,7 @@ class Engine:
             self._cached[seq] = []
             try:
                 for i in range(0, len(ids), self.prefill_chunk):
-                    chunk = ids[i:i + self.prefill_chunk]
+                    chunk = ids[i : i + self.prefill_chunk]
                     await self._step(seq, chunk, sample=False)
                 # The logits of the last step: run the head alone on the last token's row.
                 with self.device.recorder() as rec:
@@ -271,9 +329,11 @@ class Engine:
         """A decode step's dispatches never change (sizes are fixed at n=1; positions live in the
         step buffer), so they are captured once and replayed every token."""
         if self._decode is None:
+
             def record(rec):
                 self.model.record(rec, 1, logits=True)
                 self.sample_op.record(rec)
+
             self._decode = self.device.capture(record)
         return self._decode
 
@@ -287,9 +347,18 @@ class Engine:
         self.cache.free(seq)
 
     # -- generation ---------------------------------------------------------------------------------
-    async def generate(self, prompt_ids: list[int], params: SamplingParams | None = None, *,
-                       max_tokens: int | None = None, stop: list[str] | None = None, ignore_eos: bool = False,
-                       seq: int = 0, constraint=None, stats: Stats | None = None) -> AsyncIterator[Token]:
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams | None = None,
+        *,
+        max_tokens: int | None = None,
+        stop: list[str] | None = None,
+        ignore_eos: bool = False,
+        seq: int = 0,
+        constraint=None,
+        stats: Stats | None = None,
+    ) -> AsyncIterator[Token]:
         """Yield generated tokens. `stats` (or `self.last_stats`, which is the latest request's and
         may already be another's once this one has ended): its `finish_reason` says why it ended: "stop" (EOS or a
         stop string), "length" (max_tokens or the context window), or "abort" (interrupt(), or a later
@@ -305,7 +374,8 @@ class Engine:
         if len(prompt_ids) >= self.context_window:
             raise ContextOverflowError(
                 f"The prompt has {len(prompt_ids)} tokens but the context window is {self.context_window}: "
-                f"shorten the conversation or load the model with a larger context_window.")
+                f"shorten the conversation or load the model with a larger context_window."
+            )
         budget = self.context_window - len(prompt_ids)
         max_new = min(max_tokens or budget, budget)
         stops = [s for s in (stop or []) if s]
@@ -331,9 +401,10 @@ class Engine:
                 # The cache may hold a half-written step; start this sequence afresh next time.
                 self.reset(seq)
                 if isinstance(e, Exception) and not isinstance(e, WebLLMError) and self._probe_lost():
-                    raise DeviceLostError(f"The GPU device was lost during generation ({type(e).__name__}: "
-                                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}). "
-                                          + DEVICE_LOST_ADVICE) from e
+                    raise DeviceLostError(
+                        f"The GPU device was lost during generation ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}). " + DEVICE_LOST_ADVICE
+                    ) from e
                 if isinstance(e, DeviceLostError):
                     self.lost = True
                 raise
@@ -375,7 +446,7 @@ class Engine:
         todo = prompt[reuse:]
         result = None
         for i in range(0, len(todo), self.prefill_chunk):
-            chunk = todo[i:i + self.prefill_chunk]
+            chunk = todo[i : i + self.prefill_chunk]
             result = await self._step(seq, chunk, sample=i + self.prefill_chunk >= len(todo))
         t1 = time.perf_counter()
         stats.prefill_seconds = t1 - t0
@@ -433,9 +504,13 @@ class Engine:
 
     def runtime_stats(self) -> dict[str, Any]:
         info = self.device.info
-        return {**self.last_stats.as_dict(), "backend": info.backend,
-                "adapter": f"{info.vendor} {info.architecture}".strip(), "model": self.checkpoint.name,
-                "context_window": self.context_window}
+        return {
+            **self.last_stats.as_dict(),
+            "backend": info.backend,
+            "adapter": f"{info.vendor} {info.architecture}".strip(),
+            "model": self.checkpoint.name,
+            "context_window": self.context_window,
+        }
 
 
 def _is_int(v: Any, least: int) -> bool:
@@ -457,4 +532,4 @@ def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
             if s.startswith(text[-k:]):
                 keep = k
                 break
-    return text[:len(text) - keep], text[len(text) - keep:], False
+    return text[: len(text) - keep], text[len(text) - keep :], False

@@ -14,6 +14,7 @@ the pool as a sequence grows (`ensure(first_new=)`). A model's layers are split 
 a full cache for the global layers and a windowed one for the local layers, whose pool holds only the
 window (plus a prefill chunk) per sequence, so their KV memory does not grow with the context.
 """
+
 from __future__ import annotations
 
 import struct
@@ -39,8 +40,17 @@ def window_blocks(window: int, max_tokens: int, block_size: int) -> int:
 
 
 class PagedKVCache:
-    def __init__(self, device: Device, n_layers: int | Sequence[int], n_kv_heads: int, head_dim: int, block_size: int = 16,
-                 num_blocks: int = 256, dtype: str = "f32", max_blocks_per_seq: int | None = None) -> None:
+    def __init__(
+        self,
+        device: Device,
+        n_layers: int | Sequence[int],
+        n_kv_heads: int,
+        head_dim: int,
+        block_size: int = 16,
+        num_blocks: int = 256,
+        dtype: str = "f32",
+        max_blocks_per_seq: int | None = None,
+    ) -> None:
         if dtype not in DTYPE_BYTES:
             raise ValueError(f"KV cache dtype must be 'f32', 'f16' or 'f16x2', got {dtype!r}")
         if dtype == "f16":
@@ -68,7 +78,8 @@ class PagedKVCache:
             raise ModelTooLargeError(
                 f"The KV cache needs {self.layer_bytes / 2**20:.1f} MiB per layer for K (and as much for V), more than "
                 f"this GPU's storage-buffer binding limit of {limit / 2**20:.1f} MiB: use at most {fit} blocks "
-                f"({fit * block_size} positions), i.e. a smaller context window or fewer parallel sequences.")
+                f"({fit * block_size} positions), i.e. a smaller context window or fewer parallel sequences."
+            )
 
         self.k: dict[int, Buffer] = {}  # by model layer
         self.v: dict[int, Buffer] = {}
@@ -142,8 +153,9 @@ class PagedKVCache:
         if first_new is None or self.window is None:
             return []
         # a query at first_new reads from first_new + 1 - window on (attention kernels start there)
-        return [i for i in range(min(len(have), (first_new + 1 - self.window) // self.block_size))
-                if have[i] is not None]
+        return [
+            i for i in range(min(len(have), (first_new + 1 - self.window) // self.block_size)) if have[i] is not None
+        ]
 
     def check(self, seq_id: int, n_positions: int, first_new: int | None = None) -> None:
         """Raise what ensure() would raise, changing nothing."""
@@ -153,13 +165,15 @@ class PagedKVCache:
             raise ContextOverflowError(
                 f"Sequence {seq_id} needs {n_positions} positions but one sequence may hold at most "
                 f"{self.max_blocks_per_seq * self.block_size}: shorten the conversation or load the model with a "
-                f"larger context window.")
+                f"larger context window."
+            )
         extra = need - len(have)
         if extra > len(self._free) + len(stale):
             raise KVCacheFullError(
                 f"The KV cache is full: sequence {seq_id} needs {extra} more blocks of {self.block_size} positions "
                 f"but only {len(self._free)} are free. Free (reset) another conversation, or load the engine "
-                f"with more cache blocks.")
+                f"with more cache blocks."
+            )
 
     def truncate(self, seq_id: int, n_positions: int) -> None:
         """Keep the first `n_positions` of `seq_id` (prefix reuse); blocks past them go back to the pool."""
@@ -208,22 +222,40 @@ class KVCaches:
     together: ensure / truncate / free / resumable for a sequence apply to every cache. A windowed
     cache's pool holds `window_blocks` per sequence; a full one the whole context."""
 
-    def __init__(self, device: Device, layer_windows: Sequence[int | None], n_kv_heads: int, head_dim: int,
-                 block_size: int, blocks_per_seq: int, max_sequences: int, max_tokens: int, dtype: str = "f32"):
+    def __init__(
+        self,
+        device: Device,
+        layer_windows: Sequence[int | None],
+        n_kv_heads: int,
+        head_dim: int,
+        block_size: int,
+        blocks_per_seq: int,
+        max_sequences: int,
+        max_tokens: int,
+        dtype: str = "f32",
+    ):
         self.dtype = dtype  # every cache's
         self.caches: dict[int | None, PagedKVCache] = {}
         try:
             for window, (layers, pool) in self.plan(layer_windows, block_size, blocks_per_seq, max_tokens).items():
                 self.caches[window] = PagedKVCache(
-                    device, layers, n_kv_heads, head_dim, block_size=block_size, num_blocks=pool * max_sequences,
-                    dtype=dtype, max_blocks_per_seq=blocks_per_seq)
+                    device,
+                    layers,
+                    n_kv_heads,
+                    head_dim,
+                    block_size=block_size,
+                    num_blocks=pool * max_sequences,
+                    dtype=dtype,
+                    max_blocks_per_seq=blocks_per_seq,
+                )
         except BaseException:
             self.destroy()
             raise
 
     @staticmethod
-    def plan(layer_windows: Sequence[int | None], block_size: int, blocks_per_seq: int,
-             max_tokens: int) -> dict[int | None, tuple[list[int], int]]:
+    def plan(
+        layer_windows: Sequence[int | None], block_size: int, blocks_per_seq: int, max_tokens: int
+    ) -> dict[int | None, tuple[list[int], int]]:
         """window -> (its layers, blocks per sequence of its pool)."""
         out: dict[int | None, tuple[list[int], int]] = {}
         for i, w in enumerate(layer_windows):

@@ -1,4 +1,5 @@
 """Model hyper-parameters as data, read from GGUF metadata or a Hugging Face config.json."""
+
 from __future__ import annotations
 
 import math
@@ -47,9 +48,9 @@ class ModelConfig:
     options: FamilyOptions | None = None  # what a family adds (models.gemma.GemmaOptions)
     # Phi-2 / StableLM / Mixtral switches (models/phi2.py, stablelm.py, mixtral.py).
     parallel_residual: bool = False  # x + attn(ln(x)) + mlp(ln(x)): one norm feeds both branches
-    qk_norm: bool = False            # LayerNorm of each head of q and k before rotary
-    n_experts: int = 0               # mixture of experts: experts per layer (0 = dense MLP)
-    n_experts_used: int = 0          # ... of which the router picks this many per token
+    qk_norm: bool = False  # LayerNorm of each head of q and k before rotary
+    n_experts: int = 0  # mixture of experts: experts per layer (0 = dense MLP)
+    n_experts_used: int = 0  # ... of which the router picks this many per token
 
     def layer_windows(self) -> list[int | None]:
         """Per layer, how many positions back its attention sees (None: all): the KV caches follow it."""
@@ -107,21 +108,30 @@ def read_gguf(meta: dict[str, Any], tensor_names: set[str], arch: str) -> ModelC
     else:  # stablelm: written by the converter; older files tell by the missing second norm
         parallel = bool(m.get(LLM.USE_PARALLEL_RESIDUAL, "blk.0.ffn_norm.weight" not in tensor_names))
     return ModelConfig(
-        arch="mixtral" if n_experts else arch, n_layers=int(m.need(LLM.BLOCK_COUNT)), dim=dim, n_heads=n_heads,
-        n_kv_heads=n_kv, head_dim=head_dim, hidden_dim=int(m.need(LLM.FEED_FORWARD_LENGTH)), vocab_size=int(vocab),
+        arch="mixtral" if n_experts else arch,
+        n_layers=int(m.need(LLM.BLOCK_COUNT)),
+        dim=dim,
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        hidden_dim=int(m.need(LLM.FEED_FORWARD_LENGTH)),
+        vocab_size=int(vocab),
         context_length=int(m.need(LLM.CONTEXT_LENGTH, 2048)),
         norm_eps=float(eps if eps is not None else 1e-5),
         rope_theta=float(m.need(Rope.FREQ_BASE, 10000.0)),
         # llama.cpp's converter permutes Q/K of llama/mistral so adjacent pairs rotate; qwen2, phi2 and
         # stablelm are stored unpermuted and llama.cpp rotates them in "neox" (half-split) mode.
         rope_pairs="adjacent" if arch in ("llama", "mistral") else "halves",
-        rot_dim=rot, tie_embeddings="output.weight" not in tensor_names,
-        qkv_bias="blk.0.attn_q.bias" in tensor_names, rope_scaling=scaling,
+        rot_dim=rot,
+        tie_embeddings="output.weight" not in tensor_names,
+        qkv_bias="blk.0.attn_q.bias" in tensor_names,
+        rope_scaling=scaling,
         sliding_window=m.get(Attention.SLIDING_WINDOW),
         activation="gelu_tanh" if arch == "phi2" else "silu",
         parallel_residual=layer_norm and parallel,
         qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
-        n_experts=n_experts, n_experts_used=int(m.get(LLM.EXPERT_USED_COUNT) or 0),
+        n_experts=n_experts,
+        n_experts_used=int(m.get(LLM.EXPERT_USED_COUNT) or 0),
     )
 
 
@@ -148,30 +158,44 @@ def read_hf(cfg: dict[str, Any], arch: str) -> ModelConfig:
     partial = float(rope.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0)
     rot_dim = int(head_dim * partial)
     if rot_dim % 2 or rot_dim < 2:
-        raise ModelFormatError(f"partial_rotary_factor {partial} leaves {rot_dim} rotary dims of {head_dim}; need an even number")
+        raise ModelFormatError(
+            f"partial_rotary_factor {partial} leaves {rot_dim} rotary dims of {head_dim}; need an even number"
+        )
     layer_norm_eps = cfg.get("layer_norm_eps")  # Phi-2 and StableLM (LayerNorm) say eps this way
     return ModelConfig(
-        arch=arch, n_layers=n_layers, dim=dim, n_heads=n_heads,
-        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=head_dim,
-        hidden_dim=hidden, vocab_size=vocab,
+        arch=arch,
+        n_layers=n_layers,
+        dim=dim,
+        n_heads=n_heads,
+        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+        head_dim=head_dim,
+        hidden_dim=hidden,
+        vocab_size=vocab,
         context_length=int(cfg.get("max_position_embeddings", 2048)),
         norm_eps=float(layer_norm_eps if layer_norm_eps is not None else cfg.get("rms_norm_eps", 1e-6)),
         rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
-        rope_pairs="halves", rot_dim=rot_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        rope_pairs="halves",
+        rot_dim=rot_dim,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         # Qwen2 always has Q/K/V biases; Llama's `attention_bias` adds them to Q/K/V and O. The graph
         # adds any bias tensor the checkpoint holds, so this flag only describes the model.
-        qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias")), rope_scaling=scaling,
-        sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", arch in ("mistral", "mixtral")) else None,
-        activation=HF_ACT[act], parallel_residual=arch == "phi2" or bool(cfg.get("use_parallel_residual")),
+        qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias")),
+        rope_scaling=scaling,
+        sliding_window=cfg.get("sliding_window")
+        if cfg.get("use_sliding_window", arch in ("mistral", "mixtral"))
+        else None,
+        activation=HF_ACT[act],
+        parallel_residual=arch == "phi2" or bool(cfg.get("use_parallel_residual")),
         qk_norm=bool(cfg.get("qk_layernorm")),
-        n_experts=int(cfg.get("num_local_experts") or 0), n_experts_used=int(cfg.get("num_experts_per_tok") or 0),
+        n_experts=int(cfg.get("num_local_experts") or 0),
+        n_experts_used=int(cfg.get("num_experts_per_tok") or 0),
     )
 
 
 # -- validation ---------------------------------------------------------------------------------------
 # Sane bounds on hyper-parameters, far above any released model, checked before anything is allocated
 # (a hostile file otherwise makes the KV cache and scratch buffers as large as it says).
-MAX_WIDTH = 1 << 20       # dim, hidden_dim, head_dim
+MAX_WIDTH = 1 << 20  # dim, hidden_dim, head_dim
 MAX_VOCAB = 1 << 24
 MAX_TENSOR_DIM = 1 << 32  # any one dimension of a stored tensor
 _LAYER = re.compile(r"(?:^|\.)(?:blk|layers|h)\.(\d+)\.")
@@ -180,10 +204,14 @@ _SHAPES = (
     (("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight"), lambda c: (c.n_heads * c.head_dim, c.dim)),
     (("blk.0.attn_k.weight", "model.layers.0.self_attn.k_proj.weight"), lambda c: (c.n_kv_heads * c.head_dim, c.dim)),
     (("blk.0.attn_v.weight", "model.layers.0.self_attn.v_proj.weight"), lambda c: (c.n_kv_heads * c.head_dim, c.dim)),
-    (("blk.0.ffn_up.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.fc1.weight"),
-     lambda c: (c.hidden_dim, c.dim)),
-    (("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.fc2.weight"),
-     lambda c: (c.dim, c.hidden_dim)),
+    (
+        ("blk.0.ffn_up.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.fc1.weight"),
+        lambda c: (c.hidden_dim, c.dim),
+    ),
+    (
+        ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.fc2.weight"),
+        lambda c: (c.dim, c.hidden_dim),
+    ),
     (("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight"), lambda c: (c.dim,)),
 )
 _EMBEDDING = ("token_embd.weight", "model.embed_tokens.weight")
@@ -193,6 +221,7 @@ def validate_config(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
     """Check every hyper-parameter against sane bounds and against the tensors present, so that a
     malformed or hostile file is refused with ModelFormatError before anything is allocated from it.
     `tensors`: name -> TensorInfo (GGUF or Hugging Face names). Runs in O(number of tensors)."""
+
     def bad(msg: str) -> ModelFormatError:
         return ModelFormatError(f"model metadata is inconsistent: {msg}; the file is corrupt or not a supported model.")
 
@@ -200,14 +229,21 @@ def validate_config(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise bad(f"{name} is {v!r}, must be a positive integer")
-    for name, limit in (("dim", MAX_WIDTH), ("hidden_dim", MAX_WIDTH), ("head_dim", MAX_WIDTH), ("vocab_size", MAX_VOCAB)):
+    for name, limit in (
+        ("dim", MAX_WIDTH),
+        ("hidden_dim", MAX_WIDTH),
+        ("head_dim", MAX_WIDTH),
+        ("vocab_size", MAX_VOCAB),
+    ):
         if getattr(cfg, name) > limit:
             raise bad(f"{name} {getattr(cfg, name)} exceeds {limit}")
     if cfg.n_heads % cfg.n_kv_heads:
         raise bad(f"{cfg.n_heads} attention heads are not a multiple of {cfg.n_kv_heads} KV heads")
     if cfg.rot_dim < 2 or cfg.rot_dim % 2 or cfg.rot_dim > cfg.head_dim:
         raise bad(f"rotary dimension {cfg.rot_dim} must be even and within 2..head_dim ({cfg.head_dim})")
-    if not (cfg.norm_eps >= 0 and math.isfinite(cfg.norm_eps)) or not (cfg.rope_theta > 0 and math.isfinite(cfg.rope_theta)):
+    if not (cfg.norm_eps >= 0 and math.isfinite(cfg.norm_eps)) or not (
+        cfg.rope_theta > 0 and math.isfinite(cfg.rope_theta)
+    ):
         raise bad(f"norm epsilon {cfg.norm_eps} / rope base {cfg.rope_theta} out of range")
     for t in tensors.values():
         if not t.shape or any(not 1 <= d <= MAX_TENSOR_DIM for d in t.shape):
@@ -215,8 +251,10 @@ def validate_config(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
     layers = {int(m.group(1)) for m in map(_LAYER.search, tensors) if m}
     if cfg.n_layers != len(layers) or layers != set(range(cfg.n_layers)):
         missing = min(set(range(min(cfg.n_layers, len(layers) + 1))) - layers, default=None)
-        raise bad(f"block count {cfg.n_layers}, but the file holds tensors of {len(layers)} layers"
-                  + (f" (no tensor of layer {missing})" if missing is not None else ""))
+        raise bad(
+            f"block count {cfg.n_layers}, but the file holds tensors of {len(layers)} layers"
+            + (f" (no tensor of layer {missing})" if missing is not None else "")
+        )
     for names, want in _SHAPES:
         for n in names:
             if n in tensors and tuple(tensors[n].hf_shape) != want(cfg):
@@ -225,4 +263,6 @@ def validate_config(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
         if n in tensors:
             rows, cols = (tuple(tensors[n].hf_shape) + (0, 0))[:2]
             if cols != cfg.dim or rows < cfg.vocab_size:
-                raise bad(f"'{n}' has shape {[rows, cols]}, too small for vocabulary {cfg.vocab_size} x width {cfg.dim}")
+                raise bad(
+                    f"'{n}' has shape {[rows, cols]}, too small for vocabulary {cfg.vocab_size} x width {cfg.dim}"
+                )

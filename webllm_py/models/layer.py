@@ -45,16 +45,31 @@ class LayerWeights:
     """Layer i's tensors (`blk.{i}.<name>.weight`, and `.bias` where the file has one) as bound ops
     over the run state's buffers; every family builds its layer's linears and norms here."""
 
-    def __init__(self, device: Device, cfg: ModelConfig, w: WeightStore, i: int, step: Buffer,
-                 policy: KernelPolicy = DEFAULT_POLICY, norm_offset: float = 0.0):
+    def __init__(
+        self,
+        device: Device,
+        cfg: ModelConfig,
+        w: WeightStore,
+        i: int,
+        step: Buffer,
+        policy: KernelPolicy = DEFAULT_POLICY,
+        norm_offset: float = 0.0,
+    ):
         self.device, self.cfg, self.w, self.i, self.step, self.policy = device, cfg, w, i, step, policy
         self.norm_offset = norm_offset  # Gemma's rmsnorm multiplies by (w + offset)
 
     def name(self, name: str) -> str:
         return f"blk.{self.i}.{name}"
 
-    def linear(self, name: str, x: Buffer, y: Buffer, accumulate: bool = False,
-               weight: GPUTensor | None = None, bias: GPUTensor | None = None) -> BoundLinear:
+    def linear(
+        self,
+        name: str,
+        x: Buffer,
+        y: Buffer,
+        accumulate: bool = False,
+        weight: GPUTensor | None = None,
+        bias: GPUTensor | None = None,
+    ) -> BoundLinear:
         """y = x W + b (accumulate: y += ...) for W = `name`.weight, or the `weight` / `bias` given."""
         full = self.name(name)
         if weight is None:
@@ -63,8 +78,13 @@ class LayerWeights:
 
     def rmsnorm(self, name: str, x: Buffer, y: Buffer, dim: int | None = None, **bind: Any) -> BoundOp:
         """y = rmsnorm(x) * (w + norm_offset) over rows of `dim` (the model's width unless given)."""
-        norm = RMSNorm(self.device, self.w.vector(self.name(name) + ".weight"), dim or self.cfg.dim,
-                       self.cfg.norm_eps, weight_offset=self.norm_offset)
+        norm = RMSNorm(
+            self.device,
+            self.w.vector(self.name(name) + ".weight"),
+            dim or self.cfg.dim,
+            self.cfg.norm_eps,
+            weight_offset=self.norm_offset,
+        )
         return norm.bind(x, y, self.step, **bind)
 
     def layernorm(self, name: str, x: Buffer, y: Buffer) -> BoundOp:
@@ -88,8 +108,14 @@ def _read_later(ops: list[Any], buf: Any) -> bool:
 
 
 def _is_glu_of(op: Any, members: list[BoundLinear]) -> bool:
-    return (isinstance(op, BoundOp) and isinstance(op.op, GLU) and len(members) == 2 and op.reads is not None
-            and op.reads[0] is members[0].y and op.reads[1] is members[1].y)
+    return (
+        isinstance(op, BoundOp)
+        and isinstance(op.op, GLU)
+        and len(members) == 2
+        and op.reads is not None
+        and op.reads[0] is members[0].y
+        and op.reads[1] is members[1].y
+    )
 
 
 def fuse(named: Named) -> Named:
@@ -103,17 +129,26 @@ def fuse(named: Named) -> Named:
         op = ops[i]
         if isinstance(op, BoundLinear) and not op.accumulate:
             j = i + 1
-            while (j < len(ops) and isinstance(ops[j], BoundLinear) and not ops[j].accumulate
-                   and ops[j].x is op.x):
+            while j < len(ops) and isinstance(ops[j], BoundLinear) and not ops[j].accumulate and ops[j].x is op.x:
                 j += 1
             members = ops[i:j]
             glu = None
-            if j < len(ops) and _is_glu_of(ops[j], members) and not any(_read_later(ops[j + 1:], m.y) for m in members):
+            if (
+                j < len(ops)
+                and _is_glu_of(ops[j], members)
+                and not any(_read_later(ops[j + 1 :], m.y) for m in members)
+            ):
                 glu = (ops[j].op.act, ops[j])
                 j += 1
             prev = out[-1][1] if out else None
-            norm = (prev if isinstance(prev, BoundOp) and prev.norm is not None and prev.writes[0] is op.x
-                    and not _read_later(ops[j:], op.x) else None)
+            norm = (
+                prev
+                if isinstance(prev, BoundOp)
+                and prev.norm is not None
+                and prev.writes[0] is op.x
+                and not _read_later(ops[j:], op.x)
+                else None
+            )
             if len(members) > 1 or glu or norm:
                 first = names[id(members[0])]
                 group_name = GROUP_NAMES.get(first) or "_".join(names[id(m)] for m in members) + "_group"

@@ -15,6 +15,7 @@ the run state (activation buffers, bound once for the largest step). A layer is 
 (`llama_layer`), fused once by models/layer.py; `record` lays one step's dispatches into a single
 command encoder, top to bottom as above.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,19 +36,20 @@ from .store import WeightStore
 @dataclass
 class RunState:
     """Activations for a step of up to `max_tokens` tokens, f32, row-major [tokens, features]."""
-    step: Buffer     # u32 {pos0, n_tokens}, written by the host each step
-    ids: Buffer      # u32 [max_tokens]
-    x: Buffer        # residual stream [T, dim]
-    h: Buffer        # normed input of a sub-block [T, dim]
-    q: Buffer        # [T, n_heads * head_dim]
-    k: Buffer        # [T, n_kv_heads * head_dim]
+
+    step: Buffer  # u32 {pos0, n_tokens}, written by the host each step
+    ids: Buffer  # u32 [max_tokens]
+    x: Buffer  # residual stream [T, dim]
+    h: Buffer  # normed input of a sub-block [T, dim]
+    q: Buffer  # [T, n_heads * head_dim]
+    k: Buffer  # [T, n_kv_heads * head_dim]
     v: Buffer
-    o: Buffer        # attention output [T, n_heads * head_dim]
-    gate: Buffer     # [T, hidden]
+    o: Buffer  # attention output [T, n_heads * head_dim]
+    gate: Buffer  # [T, hidden]
     up: Buffer
     act: Buffer
-    last: Buffer     # final-normed last token [dim]
-    logits: Buffer   # [vocab]
+    last: Buffer  # final-normed last token [dim]
+    logits: Buffer  # [vocab]
     # q and k before their per-head norms (models with qk norms; a kernel may not read and write one
     # buffer through two bindings); q and k themselves otherwise
     q_proj: Buffer
@@ -59,17 +61,27 @@ class RunState:
         T = max_tokens
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
         q, k = device.create_buffer(T * q_dim * f32, "q"), device.create_buffer(T * kv_dim * f32, "k")
-        q_proj, k_proj = ((device.create_buffer(T * q_dim * f32, "q_proj"), device.create_buffer(T * kv_dim * f32, "k_proj"))
-                          if cfg.qk_norm else (q, k))
+        q_proj, k_proj = (
+            (device.create_buffer(T * q_dim * f32, "q_proj"), device.create_buffer(T * kv_dim * f32, "k_proj"))
+            if cfg.qk_norm
+            else (q, k)
+        )
         return cls(
-            step=device.create_buffer(8, "step"), ids=device.create_buffer(4 * T, "ids"),
-            x=device.create_buffer(T * cfg.dim * f32, "x"), h=device.create_buffer(T * cfg.dim * f32, "h"),
-            q=q, k=k, v=device.create_buffer(T * kv_dim * f32, "v"), o=device.create_buffer(T * q_dim * f32, "o"),
+            step=device.create_buffer(8, "step"),
+            ids=device.create_buffer(4 * T, "ids"),
+            x=device.create_buffer(T * cfg.dim * f32, "x"),
+            h=device.create_buffer(T * cfg.dim * f32, "h"),
+            q=q,
+            k=k,
+            v=device.create_buffer(T * kv_dim * f32, "v"),
+            o=device.create_buffer(T * q_dim * f32, "o"),
             gate=device.create_buffer(T * cfg.hidden_dim * f32, "gate"),
             up=device.create_buffer(T * cfg.hidden_dim * f32, "up"),
             act=device.create_buffer(T * cfg.hidden_dim * f32, "act"),
-            last=device.create_buffer(cfg.dim * f32, "last"), logits=device.create_buffer(cfg.vocab_size * f32, "logits"),
-            q_proj=q_proj, k_proj=k_proj,
+            last=device.create_buffer(cfg.dim * f32, "last"),
+            logits=device.create_buffer(cfg.vocab_size * f32, "logits"),
+            q_proj=q_proj,
+            k_proj=k_proj,
         )
 
 
@@ -87,37 +99,56 @@ def swiglu(b: LayerWeights, cfg: ModelConfig, s: RunState) -> Named:
     ]
 
 
-def llama_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, attention: PagedAttention,
-                mlp: MLP = swiglu) -> Named:
+def llama_layer(
+    b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, attention: PagedAttention, mlp: MLP = swiglu
+) -> Named:
     """Layer b.i in run order (the fusion pass, models/layer.py, then fuses Q/K/V, gate/up and the norms)."""
     return [
-        ("attn_norm", b.rmsnorm("attn_norm", s.x, s.h)),               # h = rmsnorm(x)
-        ("wq", b.linear("attn_q", s.h, s.q)),                           # q, k, v = h Wq, h Wk, h Wv
+        ("attn_norm", b.rmsnorm("attn_norm", s.x, s.h)),  # h = rmsnorm(x)
+        ("wq", b.linear("attn_q", s.h, s.q)),  # q, k, v = h Wq, h Wk, h Wv
         ("wk", b.linear("attn_k", s.h, s.k)),
         ("wv", b.linear("attn_v", s.h, s.v)),
-        ("rope", rope.bind(s.q, s.k, s.step)),                          # q, k = rope(q, k)
+        ("rope", rope.bind(s.q, s.k, s.step)),  # q, k = rope(q, k)
         ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step)),
-        ("wo", b.linear("attn_output", s.o, s.x, accumulate=True)),     # x += o Wo
-        ("ffn_norm", b.rmsnorm("ffn_norm", s.x, s.h)),                  # h = rmsnorm(x)
-        *mlp(b, cfg, s),                                                # x += mlp(h)
+        ("wo", b.linear("attn_output", s.o, s.x, accumulate=True)),  # x += o Wo
+        ("ffn_norm", b.rmsnorm("ffn_norm", s.x, s.h)),  # h = rmsnorm(x)
+        *mlp(b, cfg, s),  # x += mlp(h)
     ]
 
 
 class LlamaModel(Decoder):
-    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: KVCaches,
-                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY, mlp: MLP = swiglu):
+    def __init__(
+        self,
+        device: Device,
+        cfg: ModelConfig,
+        weights: WeightStore,
+        cache: KVCaches,
+        max_tokens: int = 64,
+        policy: KernelPolicy = DEFAULT_POLICY,
+        mlp: MLP = swiglu,
+    ):
         """mlp: each layer's MLP (Mixtral: a mixture of experts)."""
         self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
         self.policy = policy
         s = self.state = RunState.allocate(device, cfg, max_tokens)
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
-        attention = PagedAttention(device, cache[cfg.sliding_window], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
-                                   sliding_window=cfg.sliding_window, policy=policy)
-        self.layers = [Layer(llama_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope,
-                                         attention, mlp))
-                       for i in range(cfg.n_layers)]
+        attention = PagedAttention(
+            device,
+            cache[cfg.sliding_window],
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            max_tokens,
+            sliding_window=cfg.sliding_window,
+            policy=policy,
+        )
+        self.layers = [
+            Layer(llama_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope, attention, mlp))
+            for i in range(cfg.n_layers)
+        ]
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps).bind(
-            s.x, s.last, s.step, last_only=True)
+            s.x, s.last, s.step, last_only=True
+        )
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head, policy=policy).bind(s.last, s.logits, None)

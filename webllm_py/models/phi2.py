@@ -14,6 +14,7 @@ The run state, rotary, paged attention and linear layers are the Llama family's 
 what differs is the norm (LayerNorm with bias), the biases everywhere, the partial rotary, and the
 MLP on the same normed input as attention. StableLM (models/stablelm.py) is this layer with its own MLP.
 """
+
 from __future__ import annotations
 
 from ..attention import PagedAttention
@@ -64,46 +65,67 @@ def gelu_mlp(b: LayerWeights, cfg: ModelConfig, s: RunState) -> Named:
     ]
 
 
-def phi2_layer(b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, attention: PagedAttention,
-               mlp: MLP = gelu_mlp) -> Named:
+def phi2_layer(
+    b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, attention: PagedAttention, mlp: MLP = gelu_mlp
+) -> Named:
     """Layer b.i in run order: attention and the MLP both read h = layernorm(x) (the fusion pass,
     models/layer.py, then fuses Q/K/V)."""
     ops: Named = [
-        ("attn_norm", b.layernorm("attn_norm", s.x, s.h)),              # h = layernorm(x) * w + b
-        ("wq", projection(b, cfg, s, "attn_q", s.q_proj)),              # q, k, v = h Wq + bq, ...
+        ("attn_norm", b.layernorm("attn_norm", s.x, s.h)),  # h = layernorm(x) * w + b
+        ("wq", projection(b, cfg, s, "attn_q", s.q_proj)),  # q, k, v = h Wq + bq, ...
         ("wk", projection(b, cfg, s, "attn_k", s.k_proj)),
         ("wv", projection(b, cfg, s, "attn_v", s.v)),
     ]
     if cfg.qk_norm:  # q, k = layernorm_per_head(q), layernorm_per_head(k)
-        for name, src, dst, heads in (("attn_q_norm", s.q_proj, s.q, cfg.n_heads),
-                                      ("attn_k_norm", s.k_proj, s.k, cfg.n_kv_heads)):
+        for name, src, dst, heads in (
+            ("attn_q_norm", s.q_proj, s.q, cfg.n_heads),
+            ("attn_k_norm", s.k_proj, s.k, cfg.n_kv_heads),
+        ):
             op, per_head = head_norm(b.device, cfg, b.w, b.name(name), heads)
             ops.append((name, op.bind(src, dst, s.step, rows_per_token=heads, per_row_weight=per_head)))
     return ops + [
-        ("rope", rope.bind(s.q, s.k, s.step)),                          # partial rotary: rot_dim of each head
+        ("rope", rope.bind(s.q, s.k, s.step)),  # partial rotary: rot_dim of each head
         ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step)),
-        ("wo", b.linear("attn_output", s.o, s.x, accumulate=True)),     # x += o Wdense + bdense
-        *mlp(b, cfg, s),                                                # x += mlp(h)
+        ("wo", b.linear("attn_output", s.o, s.x, accumulate=True)),  # x += o Wdense + bdense
+        *mlp(b, cfg, s),  # x += mlp(h)
     ]
 
 
 class Phi2Model(Decoder):
     """Llama's run state and rotary; LayerNorms with bias and a biased head."""
 
-    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: KVCaches,
-                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY, mlp: MLP = gelu_mlp):
+    def __init__(
+        self,
+        device: Device,
+        cfg: ModelConfig,
+        weights: WeightStore,
+        cache: KVCaches,
+        max_tokens: int = 64,
+        policy: KernelPolicy = DEFAULT_POLICY,
+        mlp: MLP = gelu_mlp,
+    ):
         """mlp: each layer's MLP (StableLM: Llama's SwiGLU)."""
         self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
         s = self.state = RunState.allocate(device, cfg, max_tokens)
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
         rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
-        attention = PagedAttention(device, cache[cfg.sliding_window], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, max_tokens,
-                                   sliding_window=cfg.sliding_window, policy=policy)
-        self.layers = [Layer(phi2_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope,
-                                        attention, mlp))
-                       for i in range(cfg.n_layers)]
+        attention = PagedAttention(
+            device,
+            cache[cfg.sliding_window],
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            max_tokens,
+            sliding_window=cfg.sliding_window,
+            policy=policy,
+        )
+        self.layers = [
+            Layer(phi2_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope, attention, mlp))
+            for i in range(cfg.n_layers)
+        ]
         bias = weights.vector("output_norm.bias") if weights.has("output_norm.bias") else None
         self.final_norm = LayerNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps, bias).bind(
-            s.x, s.last, s.step, last_only=True)
+            s.x, s.last, s.step, last_only=True
+        )
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head, weights.bias("output.bias"), policy=policy).bind(s.last, s.logits, None)

@@ -17,6 +17,7 @@
 
 The attention half is Phi-2's layer (models/phi2.py); only the MLP and its residual differ.
 """
+
 from __future__ import annotations
 
 from ..gpu import Device
@@ -37,6 +38,13 @@ def stablelm_mlp(b: LayerWeights, cfg: ModelConfig, s: RunState) -> Named:
 
 
 class StableLmModel(Phi2Model):
-    def __init__(self, device: Device, cfg: ModelConfig, weights: WeightStore, cache: KVCaches,
-                 max_tokens: int = 64, policy: KernelPolicy = DEFAULT_POLICY):
+    def __init__(
+        self,
+        device: Device,
+        cfg: ModelConfig,
+        weights: WeightStore,
+        cache: KVCaches,
+        max_tokens: int = 64,
+        policy: KernelPolicy = DEFAULT_POLICY,
+    ):
         super().__init__(device, cfg, weights, cache, max_tokens, policy, mlp=stablelm_mlp)
