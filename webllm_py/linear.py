@@ -203,34 +203,17 @@ class Linear:
                     planes=m.planes,
                     tokens_at=self._tokens_at,
                 )
-            elif kind == "matmul" and isinstance(m, MatmulI8Tiling):
-                k = self.device.kernel(
-                    name,
-                    label=label,
-                    stage=m.stage,
-                    tm=m.tm,
-                    tn=m.tn,
-                    rm=m.rm,
-                    rn=m.rn,
-                    kb=m.kb,
-                    wg=m.wg,
-                    planes=m.planes,
-                    qtype=self.weight.ggml_type.name,
-                    K=self.K,
-                    row_bytes=self._params["row_bytes"],
-                    tokens_at=self._tokens_at,
-                    has_bias=self.bias is not None,
-                    accumulate=accumulate,
-                    **{k: v for k, v in self._params.items() if k == "out_stride"},
+            elif kind == "matmul" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling)):
+                # the int8 prefills (matmul_i8, matmul_sgmat): their tilings, then what both read the same way
+                tiling = (
+                    dict(stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, wg=m.wg)
+                    if isinstance(m, MatmulI8Tiling)
+                    else dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj)
                 )
-            elif kind == "matmul" and isinstance(m, MatmulSgmatTiling):
                 k = self.device.kernel(
                     name,
                     label=label,
-                    sg_m=m.sg_m,
-                    sg_n=m.sg_n,
-                    ti=m.ti,
-                    tj=m.tj,
+                    **tiling,
                     kb=m.kb,
                     planes=m.planes,
                     qtype=self.weight.ggml_type.name,

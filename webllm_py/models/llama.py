@@ -99,6 +99,25 @@ def swiglu(b: LayerWeights, cfg: ModelConfig, s: RunState) -> Named:
     ]
 
 
+def rope_and_attention(
+    device: Device, cfg: ModelConfig, cache: KVCaches, max_tokens: int, policy: KernelPolicy = DEFAULT_POLICY
+) -> tuple[RoPE, PagedAttention]:
+    """The rotary embedding and the paged attention every layer of a one-rope family shares (Llama,
+    Qwen2, Mistral, Mixtral, Phi-2, StableLM): the config's rope, over the cache of its sliding window."""
+    rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
+    attention = PagedAttention(
+        device,
+        cache[cfg.sliding_window],
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        max_tokens,
+        sliding_window=cfg.sliding_window,
+        policy=policy,
+    )
+    return rope, attention
+
+
 def llama_layer(
     b: LayerWeights, cfg: ModelConfig, s: RunState, rope: RoPE, attention: PagedAttention, mlp: MLP = swiglu
 ) -> Named:
@@ -132,17 +151,7 @@ class LlamaModel(Decoder):
         self.policy = policy
         s = self.state = RunState.allocate(device, cfg, max_tokens)
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
-        rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
-        attention = PagedAttention(
-            device,
-            cache[cfg.sliding_window],
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            max_tokens,
-            sliding_window=cfg.sliding_window,
-            policy=policy,
-        )
+        rope, attention = rope_and_attention(device, cfg, cache, max_tokens, policy)
         self.layers = [
             Layer(llama_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope, attention, mlp))
             for i in range(cfg.n_layers)

@@ -25,7 +25,7 @@ from ..planner import DEFAULT_POLICY, KernelPolicy
 from ..ops import Activation, LayerNorm, RoPE
 from .config import ModelConfig
 from .layer import Decoder, Layer, LayerWeights, Named
-from .llama import MLP, RunState
+from .llama import MLP, RunState, rope_and_attention
 from .store import WeightStore
 
 
@@ -108,17 +108,7 @@ class Phi2Model(Decoder):
         self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
         s = self.state = RunState.allocate(device, cfg, max_tokens)
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
-        rope = RoPE(device, cfg.inv_freq(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_pairs)
-        attention = PagedAttention(
-            device,
-            cache[cfg.sliding_window],
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            max_tokens,
-            sliding_window=cfg.sliding_window,
-            policy=policy,
-        )
+        rope, attention = rope_and_attention(device, cfg, cache, max_tokens, policy)
         self.layers = [
             Layer(phi2_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope, attention, mlp))
             for i in range(cfg.n_layers)
