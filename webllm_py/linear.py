@@ -306,8 +306,6 @@ class Linear:
         """Bind groups for fixed buffers x [>=T, K] and y [>=T, N]; `params` is needed for T > 1."""
         if self.parts:
             parts = [lin.bind(x, _from(y, 4 * r0), params, accumulate) for r0, lin in self.parts]
-            for p in parts[1:]:  # one x, one K: the blocks share its int8 scratch (_scratch), quantized once
-                p.quant = None
             return BoundLinear(self, None, None, accumulate, parts, x=x, y=y)
         w = self.weight.buffer
         extra = [self.bias.buffer] if self.bias is not None else []
@@ -357,6 +355,8 @@ class BoundLinear:
     def x_int8(self) -> tuple | None:
         """What this linear's prefill quantizes x into, where it does (matmul_i8 / matmul_sgmat): x, K
         and the planes, which pick the shared int8 scratch (_scratch is keyed by role and size); else None."""
+        if self.parts:  # a split weight: its row blocks read the one x (record_in_turn quantizes it once)
+            return self.parts[0].x_int8
         t = self.linear.matmul_tiling
         if self.quant is None or not isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)):
             return None
@@ -366,8 +366,7 @@ class BoundLinear:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs.
         x_quantized: the int8 scratch already holds x (a linear just before read the same x: x_int8)."""
         if self.parts:
-            for p in self.parts:
-                p.record(rec, n_tokens)
+            record_in_turn(self.parts, rec, n_tokens, self.x_int8 if x_quantized else None)
             return
         lin = self.linear
         if n_tokens == 1:
@@ -379,7 +378,7 @@ class BoundLinear:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
         t = lin.matmul_tiling
         if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)):  # matmul_i8 / matmul_sgmat, after x's quantization
-            if self.quant is not None and not x_quantized:  # None: an earlier row block of this weight quantized x
+            if not x_quantized:
                 rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
             return
@@ -387,6 +386,16 @@ class BoundLinear:
             rec.dispatch(self.matmul, _ceil_div(lin.N, t.wg * t.rows), _ceil_div(n_tokens, t.tm))
             return
         rec.dispatch(self.matmul, _ceil_div(lin.N, t.tn), _ceil_div(n_tokens, t.tm))
+
+
+def record_in_turn(linears: list[BoundLinear], rec: Any, n_tokens: int, quantized: tuple | None = None) -> None:
+    """Record linears that read one x one after another (a group's members, a split weight's row blocks):
+    where consecutive ones quantize x alike for the int8 prefill (x_int8), only the first dispatches
+    quantize_i8 and the rest read the shared scratch. `quantized`: what the scratch already holds."""
+    for b in linears:
+        key = b.x_int8
+        b.record(rec, n_tokens, x_quantized=key is not None and key == quantized)
+        quantized = key
 
 
 class MatvecGroup:
@@ -472,13 +481,8 @@ class MatvecGroup:
                 z = _ceil_div(groups, MAX_GROUPS)
                 rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
             return
-        # Prefill: members one by one. Q/K/V (gate/up) read one x: where consecutive members quantize it
-        # alike for the int8 prefill, only the first does (Q4_K_M's Q and K; V in Q6_K runs the f32 matmul).
-        quantized = None
-        for b in self.members:
-            key = b.x_int8
-            b.record(rec, n_tokens, x_quantized=key is not None and key == quantized)
-            quantized = key
+        # Prefill: members one by one (Q4_K_M's Q and K quantize x once; V in Q6_K runs the f32 matmul).
+        record_in_turn(self.members, rec, n_tokens)
         if self.glu:
             self.glu[1].record(rec, n_tokens)
 
