@@ -132,7 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-chunk", type=int, default=128)
     p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
     p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
-    p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step (all layers)")
+    p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step and of the prompt's last chunk (all layers)")
     # Kernel choices other than the planner's (planner.KernelPolicy), for A/B runs
     p.add_argument("--matvec-tiling", help="WG,ROWS: matvec_q4's and the generic matvec's tiling (KernelPolicy)")
     p.add_argument(
@@ -339,9 +339,10 @@ async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
     return 1e3 * (time.perf_counter() - t) / reps
 
 
-async def profile_ops(engine, reps: int) -> dict:
-    """GPU ms per decode step spent in each op kind: that op of every layer recorded `reps` times into
-    one submission (same inputs as the last decode step), one readback at the end."""
+async def profile_ops(engine, reps: int, n: int = 1) -> dict:
+    """GPU ms per step of `n` tokens spent in each op kind: that op of every layer recorded `reps`
+    times into one submission, one readback at the end, with the inputs staged last (a decode step's,
+    or a prefill chunk's of n tokens: then the head runs on its last row, as in generation)."""
     d, m = engine.device, engine.model
     # Ops a fused MatvecGroup records in one dispatch are timed as that group, not again alone.
     layer0 = m.layers[0]
@@ -367,7 +368,7 @@ async def profile_ops(engine, reps: int) -> dict:
         rec = d.recorder()
         for _ in range(reps):
             for op in ops:
-                op.record(rec, 1)
+                op.record(rec, 1 if op is m.lm_head else n)
         t = time.perf_counter()
         rec.submit()
         await d.read_buffer(m.state.logits, 0, 4)
@@ -443,9 +444,7 @@ async def _bench(args) -> dict:
 
     engine._cached[0] = []
     t0 = time.perf_counter()
-    res = None
-    for i in range(0, len(prompt), args.prefill_chunk):
-        res = await engine._step(0, prompt[i : i + args.prefill_chunk], sample=True)
+    res = await engine._prefill(0, prompt)  # as generation runs it: one readback, after the last chunk
     prefill_s = time.perf_counter() - t0
 
     # Decode: time the host's recording separately from the whole step (submit + GPU + readback).
@@ -463,6 +462,12 @@ async def _bench(args) -> dict:
     gpu_ms = await gpu_ms_per_token(engine, tid, args.gpu_reps) if args.gpu_reps else None
 
     profile = await profile_ops(engine, args.gpu_reps or 10) if args.profile else None
+    if args.profile:  # the prompt's last chunk again, over the positions before it
+        n = min(args.prefill_chunk, len(prompt))
+        engine.reset(0)
+        engine._cached[0] = prompt[:-n]
+        engine._stage_step(0, prompt[-n:])
+        prefill_profile = await profile_ops(engine, args.gpu_reps or 10, n)
 
     bytes_tok = weight_bytes_per_token(ckpt)
     kv_bytes = (
@@ -510,6 +515,7 @@ async def _bench(args) -> dict:
             out["gpu_bound_roofline_fraction"] = round(out["gpu_bound_gbps"] / bw, 3)
     if profile:
         out["gpu_ms_by_op"] = profile
+        out[f"gpu_ms_by_op_prefill_{n}"] = prefill_profile
     if args.token_ids:
         out["token_ids"] = token_ids[: args.token_ids]
     if args.matvec_tiling:
@@ -568,9 +574,7 @@ async def decode_run(engine, prompt: list[int], n: int, params, new_constraint=N
     engine.sampler.reset(prompt)
     con = new_constraint() if new_constraint else None
     engine.sampler.set_mask(con.mask() if con is not None else None)
-    res = None
-    for i in range(0, len(prompt), engine.prefill_chunk):
-        res = await engine._step(0, prompt[i : i + engine.prefill_chunk], sample=True)
+    res = await engine._prefill(0, prompt)
     eos = set(engine.tokenizer.eos_ids) if con is not None else set()
     first_ms, cached_ms, outputs = [], [], []
     tid = res.token_id

@@ -253,6 +253,15 @@ class Engine:
             self._next_decode = self._encode_decode()
         return await self.sampler.read() if sample else None
 
+    async def _prefill(self, seq: int, ids: list[int]):
+        """Run `ids` (non-empty) in chunks of prefill_chunk and sample after the last one: the chunks
+        before it queue on the GPU without a readback between them."""
+        result = None
+        for i in range(0, len(ids), self.prefill_chunk):
+            chunk = ids[i : i + self.prefill_chunk]
+            result = await self._step(seq, chunk, sample=i + self.prefill_chunk >= len(ids))
+        return result
+
     def _encode_decode(self):
         """A finished command buffer of one decode step (the captured Program, replayed)."""
         rec = self.device.recorder()
@@ -444,10 +453,7 @@ class Engine:
 
         t0 = time.perf_counter()
         todo = prompt[reuse:]
-        result = None
-        for i in range(0, len(todo), self.prefill_chunk):
-            chunk = todo[i : i + self.prefill_chunk]
-            result = await self._step(seq, chunk, sample=i + self.prefill_chunk >= len(todo))
+        result = await self._prefill(seq, todo)
         t1 = time.perf_counter()
         stats.prefill_seconds = t1 - t0
 
