@@ -69,6 +69,22 @@ def test_rmsnorm_vs_numpy(host):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_rejected_commands_are_typed_and_the_device_stays_usable(host):
+    """A dispatch past WebGPU's 65,535 workgroups a dimension is dropped by Dawn with only an
+    uncaptured-error event: the next readback raises GPUCommandError instead of returning stale bytes."""
+    host.exec(_SETUP)
+    with pytest.raises(DawnRequestError) as e:
+        host.exec(
+            "k = dev.kernel('glu', n=64, act='silu', wg=64)\n"
+            "b = dev.create_buffer(256)\n"
+            "with dev.recorder() as rec:\n"
+            "    rec.dispatch(dev.bind(k, [b, b, b, b]), 70000)\n"
+            "await dev.read_buffer(b)"
+        )
+    assert e.value.name == "GPUCommandError"
+    test_rmsnorm_vs_numpy(host)  # the same device runs a kernel again
+
+
 def test_lost_device_is_typed_and_a_new_device_works(host):
     host.exec(_SETUP)
     host.exec("dev.raw.destroy()\nimport asyncio\nawait asyncio.sleep(0.2)")

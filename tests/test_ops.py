@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from webllm_py.ops import GLU, RMSNorm, RoPE
+from webllm_py.ops import GLU, Activation, RMSNorm, RoPE
 
 from .attention_helpers import rope_reference
 
@@ -55,19 +55,44 @@ def test_rope(device, pairs, rot_dim):
     np.testing.assert_allclose(read(device, bk, k.shape), rope_reference(k, pos, inv_freq, pairs), atol=2e-4)
 
 
+def act_reference(act, g):
+    g64 = g.astype(np.float64)
+    if act == "silu":
+        return g64 / (1 + np.exp(-g64))
+    return 0.5 * g64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (g64 + 0.044715 * g64**3)))
+
+
+# (520, 8200): 520 x 8200 / 64 threads = 66,625 workgroups, past WebGPU's 65,535 a dimension (a 512-token
+# prefill chunk of Llama-3.2-1B's 8192-wide MLP is 65,536): the grid is capped and the threads stride
+@pytest.mark.parametrize("T,n", [(3, 1536), (520, 8200)])
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
-def test_glu(device, act):
+def test_glu(device, act, T, n):
     rng = np.random.default_rng(4)
-    T, n = 3, 1536
     g = rng.standard_normal((T, n), dtype=np.float32) * 4
     u = rng.standard_normal((T, n), dtype=np.float32)
     out = device.create_buffer(T * n * 4)
     op = GLU(device, n, act)
     with device.recorder() as rec:
         op.bind(device.buffer_from(g), device.buffer_from(u), out, step_buffer(device, 0, T)).record(rec, T)
-    g64 = g.astype(np.float64)
-    if act == "silu":
-        a = g64 / (1 + np.exp(-g64))
-    else:
-        a = 0.5 * g64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (g64 + 0.044715 * g64**3)))
-    np.testing.assert_allclose(read(device, out, (T, n)), a * u, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(read(device, out, (T, n)), act_reference(act, g) * u, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,n", [(3, 1536), (520, 8200)])
+def test_activation(device, T, n):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((T, n), dtype=np.float32) * 4
+    out = device.create_buffer(T * n * 4)
+    op = Activation(device, n, "gelu_tanh")
+    with device.recorder() as rec:
+        op.bind(device.buffer_from(x), out, step_buffer(device, 0, T)).record(rec, T)
+    np.testing.assert_allclose(read(device, out, (T, n)), act_reference("gelu_tanh", x), rtol=1e-4, atol=1e-5)
+
+
+def test_unstrided_grid_past_the_limit_is_refused(device):
+    """An op whose kernel does not stride refuses a grid WebGPU would reject (a validation error later)."""
+    op = RMSNorm(device, device.buffer_from(np.ones(64, np.float32)), 64, 1e-5)
+    x = device.create_buffer(64 * 4)
+    bound = op.bind(x, x, step_buffer(device, 0, 1))
+    with pytest.raises(ValueError, match="workgroups in one dimension"):
+        with device.recorder() as rec:
+            bound.record(rec, 70000)

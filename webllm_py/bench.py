@@ -132,7 +132,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-chunk", type=int, default=128)
     p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
     p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
-    p.add_argument("--profile", action="store_true", help="GPU time per op kind of one decode step and of the prompt's last chunk (all layers)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="GPU time per op kind of one decode step and of the prompt's last chunk (all layers)",
+    )
     # Kernel choices other than the planner's (planner.KernelPolicy), for A/B runs
     p.add_argument("--matvec-tiling", help="WG,ROWS: matvec_q4's and the generic matvec's tiling (KernelPolicy)")
     p.add_argument(

@@ -28,6 +28,11 @@ class ShaderError(WebLLMError):
     """A WGSL kernel failed to compile; this is a bug in webllm_py's templates."""
 
 
+class GPUCommandError(WebLLMError):
+    """The GPU rejected submitted commands (a validation error: their results are not to be trusted);
+    a bug in webllm_py. The device stays usable."""
+
+
 class ModelFormatError(WebLLMError):
     """A model file is malformed, truncated or of an unsupported kind."""
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import UnsupportedModelError
 from .formats.quants import GGMLType, row_nbytes
+from .gpu import MAX_GROUPS
 from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and scripts/kernel_bench.py)
     DEFAULT_POLICY,
     I8_TYPES,
@@ -42,9 +43,6 @@ from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and
     team_subgroups,
 )
 from .weights import GPUTensor
-
-
-MAX_GROUPS = 65535  # WebGPU's default maxComputeWorkgroupsPerDimension
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from .gpu import BindGroup, Buffer, Device, Recorder
+from .gpu import MAX_GROUPS, BindGroup, Buffer, Device, Recorder
 
 ACTIVATIONS = ("silu", "gelu_tanh")
 
@@ -37,11 +37,18 @@ class BoundOp:
     op: object = None  # the op that made it, for fusions that need its parameters (RoPE)
     reads: tuple | None = None  # None: unknown (the fusion pass then assumes it reads everything)
     writes: tuple = ()
+    strided: bool = False  # the kernel loops over its items (grid-stride): the grid may be capped
 
     def record(self, rec: Recorder, n_tokens: int) -> None:
         if self.absorbed and n_tokens == 1:
             return
         x = self.fixed or -(-n_tokens * self.items_per_token // self.items_per_group)
+        if x > MAX_GROUPS:
+            if not self.strided:
+                raise ValueError(
+                    f"{x} workgroups in one dimension (WebGPU allows {MAX_GROUPS}): a smaller prefill_chunk"
+                )
+            x = MAX_GROUPS
         rec.dispatch(self.bind_group, max(1, x))
 
 
@@ -156,6 +163,7 @@ class GLU:
             op=self,
             reads=(gate, up),
             writes=(out,),
+            strided=True,
         )
 
 
@@ -169,7 +177,9 @@ class Activation:
         self.kernel = device.kernel("activation", n=n, act=act, wg=wg)
 
     def bind(self, x: Buffer, out: Buffer, step: Buffer) -> BoundOp:
-        return BoundOp(self.device.bind(self.kernel, [x, out, step]), self.n, self.wg, reads=(x,), writes=(out,))
+        return BoundOp(
+            self.device.bind(self.kernel, [x, out, step]), self.n, self.wg, reads=(x,), writes=(out,), strided=True
+        )
 
 
 class Softcap:

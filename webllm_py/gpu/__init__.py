@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder
+from .base import MAX_GROUPS, AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder
 
 IN_BROWSER = sys.platform == "emscripten"
 
@@ -24,6 +24,7 @@ async def request_device(backend: str | None = None, **options) -> Device:
 
 
 __all__ = [
+    "MAX_GROUPS",
     "AdapterInfo",
     "BindGroup",
     "Buffer",

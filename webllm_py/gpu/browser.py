@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from ..errors import DEVICE_LOST_ADVICE, DeviceLostError, GPUUnavailableError, ShaderError
+from ..errors import DEVICE_LOST_ADVICE, DeviceLostError, GPUCommandError, GPUUnavailableError, ShaderError
 from .base import SGMAT_FEATURE, AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder, align_up
 
 import js  # type: ignore  # only importable under Pyodide
@@ -117,6 +117,7 @@ class BrowserDevice(Device):
     # adapter's (subgroupMinSize, subgroupMaxSize) (planner.Adapter.subgroup_matrix)
     subgroup_matrix_configs: frozenset[tuple[str, str, int, int, int]] = frozenset()
     subgroup_sizes: tuple[int, int] = (0, 0)
+    _rejected: str | None = None  # the first uncaptured error since the last readback (_on_uncaptured)
     # Set by create() (JS objects are Any to Python)
     raw: Any  # the GPUDevice
     wgsl_language_features: frozenset[str]
@@ -195,6 +196,11 @@ class BrowserDevice(Device):
         self.limits = {_snake(k): int(getattr(self.raw.limits, k)) for k in _LIMITS}
         self._lost_reason = None
         self.raw.lost.then(create_proxy(self._on_lost))
+        # A command buffer the GPU rejects at submit (a grid past a limit, a binding too small) is
+        # dropped with only an "uncaptured error" event: kept here and raised at the next readback, so
+        # its missing results never pass for output.
+        self._rejected = None
+        self.raw.onuncapturederror = create_proxy(self._on_uncaptured)
         u = js.GPUBufferUsage
         self._usage = u.STORAGE | u.COPY_DST | u.COPY_SRC
         if self.info.is_fallback:  # CPU matvecs bind x as a uniform (linear.py, matvec_rows.wgsl.j2)
@@ -212,6 +218,10 @@ class BrowserDevice(Device):
 
     def _on_lost(self, info) -> None:
         self._lost_reason = f"{info.reason}: {info.message}"
+
+    def _on_uncaptured(self, event) -> None:
+        if self._rejected is None:
+            self._rejected = str(getattr(event.error, "message", event.error))
 
     def check_lost(self) -> None:
         if self._lost_reason is not None:
@@ -287,6 +297,10 @@ class BrowserDevice(Device):
         data = js.Uint8Array.new(staging.getMappedRange()).to_bytes()
         staging.unmap()
         self._staging[padded] = staging  # reused: token-id readbacks have the same size every step
+        if self._rejected is not None:
+            msg = self._rejected
+            self._rejected = None
+            raise GPUCommandError(f"the GPU rejected commands submitted before this readback: {msg}")
         if self._pending_scopes:  # pipelines created on first use since the last check: report them
             await self.check_errors()
         return data[:size]
