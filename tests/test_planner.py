@@ -35,6 +35,7 @@ from webllm_py.planner import (
     gpu_matmul_tiling,
     i8_tiling,
     kv_cache_dtype,
+    prefill_chunk,
     parse_staged_tilings,
     plan_attention,
     plan_fused_glu,
@@ -386,6 +387,16 @@ def test_browser_gpu_without_f16_with_subgroups():
 )
 def test_kv_cache_dtype(adapter, head_dim, policy, want):
     assert kv_cache_dtype(adapter, head_dim, KernelPolicy(kv_cache=policy)) == want
+
+
+def test_prefill_chunk():
+    """GPUs take a 512-token prompt in one step; CPU adapters in steps of 64."""
+    assert (prefill_chunk(GPU), prefill_chunk(SGMAT), prefill_chunk(CPU), prefill_chunk(SWIFTSHADER)) == (
+        512,
+        512,
+        64,
+        64,
+    )
 
 
 def test_browser_gpu_fallbacks():

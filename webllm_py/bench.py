@@ -129,7 +129,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-quant", help="type of the token embedding (default: --quant)")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=256)
-    p.add_argument("--prefill-chunk", type=int, default=128)
+    p.add_argument("--prefill-chunk", type=int, help="tokens per prefill step (default: the planner's)")
     p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
     p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
     p.add_argument(
@@ -442,7 +442,7 @@ async def _bench(args) -> dict:
     engine.sampler.reset(prompt)
     # Warm-up: compile every pipeline, touch every buffer.
     engine._cached[0] = []
-    await engine._step(0, prompt[: args.prefill_chunk], sample=True)
+    await engine._step(0, prompt[: engine.prefill_chunk], sample=True)
     await engine._step(0, [1], sample=True)
     engine.reset(0)
 
@@ -467,7 +467,7 @@ async def _bench(args) -> dict:
 
     profile = await profile_ops(engine, args.gpu_reps or 10) if args.profile else None
     if args.profile:  # the prompt's last chunk again, over the positions before it
-        n = min(args.prefill_chunk, len(prompt))
+        n = min(engine.prefill_chunk, len(prompt))
         engine.reset(0)
         engine._cached[0] = prompt[:-n]
         engine._stage_step(0, prompt[-n:])
@@ -497,6 +497,7 @@ async def _bench(args) -> dict:
         "load_s": round(load_s, 2),
         "gpu_buffers_gib": round(allocated[0] / 2**30, 3),
         "prompt_tokens": args.prompt_tokens,
+        "prefill_chunk": engine.prefill_chunk,
         "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
         "decode_tokens": args.decode_tokens,
         "decode_tok_s": round(decode_tps, 1),

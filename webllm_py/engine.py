@@ -31,6 +31,7 @@ from .kv_cache import DTYPE_BYTES, KVCaches, max_blocks
 from .models import build_model
 from .models.store import WeightStore
 from .planner import DEFAULT_POLICY, Adapter, KernelPolicy, kv_cache_dtype
+from .planner import prefill_chunk as default_prefill_chunk
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder
 
@@ -126,16 +127,17 @@ class Engine:
         backend: str | None = None,
         device: Device | None = None,
         context_window: int | None = 4096,
-        prefill_chunk: int = 64,
+        prefill_chunk: int | None = None,
         max_sequences: int = 2,
         on_progress: Callable[[dict], None] | None = None,
         stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT,
         policy: KernelPolicy | None = None,
     ) -> "Engine":
-        """policy: kernel choices other than the planner's defaults (planner.KernelPolicy: bench, tests)."""
+        """prefill_chunk: tokens per prefill step (None: planner.prefill_chunk, by the adapter).
+        policy: kernel choices other than the planner's defaults (planner.KernelPolicy: bench, tests)."""
         for name, v, least in (
             ("context_window", context_window, 2),
-            ("prefill_chunk", prefill_chunk, 1),
+            ("prefill_chunk", 1 if prefill_chunk is None else prefill_chunk, 1),
             ("max_sequences", max_sequences, 1),
         ):
             if (v is not None or name != "context_window") and not _is_int(v, least):
@@ -152,6 +154,7 @@ class Engine:
         ckpt = open_checkpoint(model)  # validated before anything is allocated (models/config.py)
         device = device or await request_device(backend)
         cfg = ckpt.config
+        prefill_chunk = prefill_chunk or default_prefill_chunk(Adapter.of(device))
         ctx = min(cfg.context_length, context_window or cfg.context_length)
         policy = policy or DEFAULT_POLICY
         kv_dtype = kv_cache_dtype(Adapter.of(device), cfg.head_dim, policy)

@@ -673,6 +673,15 @@ def plan_attention(
     )
 
 
+# -- the prompt's chunks ------------------------------------------------------------------------------
+def prefill_chunk(adapter: Adapter) -> int:
+    """Tokens per prefill step (Engine.load's default). GPUs: 512, one step for most prompts (llama.cpp's
+    default batch): the H200's 1B prefill ran 2.1x (native) and ~1.8x (Dawn) faster than in 128-token
+    chunks, whose projections make too few workgroups to fill the GPU (docs/benchmarks.md, "prefill
+    chunk"). CPU adapters: 64 (a few cores are filled by less; smaller activation buffers)."""
+    return 64 if adapter.cpu else 512
+
+
 # -- the KV cache's element ---------------------------------------------------------------------------
 def kv_cache_dtype(adapter: Adapter, head_dim: int, policy: KernelPolicy = DEFAULT_POLICY) -> str:
     """The KV cache's element type (kv_cache.DTYPE_BYTES): f16 where shader-f16 is granted; without it,
