@@ -306,6 +306,15 @@ def test_cli_generate_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
 
 
+def test_cli_bench_error_is_one_line_and_verbose_exists(tmp_path):
+    """Every command takes the --verbose its error line points to (bench had none)."""
+    bad = tiny_gguf(tmp_path / "bad.gguf", **{"attention.head_count": 0})
+    r = _cli("bench", "--model", bad, "--decode-tokens", "1")
+    assert r.returncode == 1 and r.stderr.startswith("error: ModelFormatError: ") and r.stderr.count("\n") == 1
+    r = _cli("bench", "--model", bad, "--decode-tokens", "1", "--verbose")
+    assert r.returncode == 1 and "Traceback" in r.stderr, r.stderr
+
+
 def test_cli_serve_on_a_busy_or_invalid_port_is_one_line():
     import socket
 

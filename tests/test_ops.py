@@ -96,3 +96,16 @@ def test_unstrided_grid_past_the_limit_is_refused(device):
     with pytest.raises(ValueError, match="workgroups in one dimension"):
         with device.recorder() as rec:
             bound.record(rec, 70000)
+
+
+def test_rejected_commands_are_a_typed_error_and_the_device_stays_usable(device):
+    """A grid WebGPU rejects (70,000 workgroups in x) raises GPUCommandError natively, as the browser
+    device does at its next readback (tests/test_dawn.py); the device then runs a kernel again."""
+    from webllm_py.errors import GPUCommandError
+
+    k = device.kernel("glu", n=64, act="silu", wg=64)
+    bufs = [device.create_buffer(256) for _ in range(3)]
+    with pytest.raises(GPUCommandError, match="rejected"):
+        with device.recorder() as rec:
+            rec.dispatch(device.bind(k, [*bufs, step_buffer(device, 0, 1)]), 70000)
+    test_glu(device, "silu", 3, 1536)

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         mod = importlib.import_module(f"webllm_py.{module}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(p)
+        if "--verbose" not in p._option_string_actions:  # every command: the error line points to it
+            p.add_argument("--verbose", action="store_true", help="print the traceback of an error")
         p.set_defaults(_module=mod)
     args = parser.parse_args(argv)
     try:

@@ -113,9 +113,9 @@ class _CaptureRecorder(Recorder):
         pass
 
 
+MAX_GROUPS = 65535  # WebGPU's default maxComputeWorkgroupsPerDimension: a larger grid spills into y/z or strides
 # Dawn's tensor-core feature (WGSL `enable chromium_experimental_subgroup_matrix;`): offered with
 # allow_unsafe_apis only; a device lists it in `features` and its configs in `subgroup_matrix_configs`.
-MAX_GROUPS = 65535  # WebGPU's default maxComputeWorkgroupsPerDimension: a larger grid spills into y/z or strides
 SGMAT_FEATURE = "chromium-experimental-subgroup-matrix"
 
 

@@ -4,9 +4,10 @@ lavapipe (CPU) and for benchmarks on real GPUs. Mirrors browser.py call for call
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from typing import Any, Sequence
 
-from ..errors import GPUUnavailableError, ShaderError
+from ..errors import GPUCommandError, GPUUnavailableError, ShaderError
 from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, align_up
 
 # Features this runtime uses; wgpu-native names subgroups "subgroup".
@@ -44,13 +45,27 @@ class NativeRecorder(Recorder):
         self._enc.copy_buffer_to_buffer(src.handle, src_offset, dst.handle, dst_offset, size)
 
     def finish(self):
-        if self._pass is not None:
-            self._pass.end()
-            self._pass = None
-        return self._enc.finish()
+        with _rejected():
+            if self._pass is not None:
+                self._pass.end()
+                self._pass = None
+            return self._enc.finish()
 
     def submit(self) -> None:
-        self._dev.raw.queue.submit([self.finish()])
+        cb = self.finish()
+        with _rejected():
+            self._dev.raw.queue.submit([cb])
+
+
+@contextmanager
+def _rejected():
+    """wgpu-py's validation errors of recorded commands as the typed error the browser device raises."""
+    import wgpu
+
+    try:
+        yield
+    except wgpu.GPUValidationError as e:
+        raise GPUCommandError(f"the GPU rejected the recorded commands: {e}") from e
 
 
 class NativeDevice(Device):
@@ -199,7 +214,8 @@ class NativeDevice(Device):
         return NativeRecorder(self)
 
     def submit_commands(self, command_buffer) -> None:
-        self.raw.queue.submit([command_buffer])
+        with _rejected():
+            self.raw.queue.submit([command_buffer])
 
     def destroy(self) -> None:
         self.raw.destroy()
