@@ -476,11 +476,11 @@ async def _bench(args) -> dict:
     bytes_tok = weight_bytes_per_token(ckpt)
     kv_bytes = (
         2
-        * cfg.n_layers
         * cfg.n_kv_heads
         * cfg.head_dim
         * DTYPE_BYTES[engine.cache.dtype]
-        * (args.prompt_tokens + args.decode_tokens // 2)
+        # positions a decode step reads, on average over the run: a windowed layer no more than its window
+        * sum(min(w or ctx, args.prompt_tokens + args.decode_tokens // 2) for w in cfg.layer_windows())
     )
     desc = device.info.description
     bw = args.bandwidth_gbps or next((v for k, v in ROOFLINE_GBPS.items() if k in desc), None)
