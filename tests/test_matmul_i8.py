@@ -41,10 +41,10 @@ SHAPES_K = [(37, 256, 5), (70, 512, 33)]  # Q4_K: super-blocks of 256
 
 
 @pytest.mark.parametrize("tiling", TILINGS, ids=IDS)
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
 def test_matches_numpy(device, qtype, tiling):
     rng = np.random.default_rng(sum(map(ord, qtype)) + 10 * tiling.stage + tiling.planes)
-    for N, K, T in SHAPES_K if qtype == "Q4_K" else SHAPES:
+    for N, K, T in SHAPES_K if qtype in ("Q4_K", "Q6_K") else SHAPES:
         raw, w = make_weight(qtype, N, K, rng)
         t = tiling if (K // 32) % tiling.kb == 0 else MatmulI8Tiling(**{**tiling.__dict__, "kb": 1})
         lin = Linear(device, upload(device, raw, qtype, N, K), matmul=t)

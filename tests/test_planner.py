@@ -156,7 +156,7 @@ F32 = KernelPolicy(prefill="f32")
 @pytest.mark.parametrize("n,row", GPU_MATMUL_CASES)
 def test_gpu_matmul_row(n, row):
     assert gpu_matmul_tiling(n) == GPU_MATMUL_TABLE[row][1]
-    plan = plan_matmul(GPU, T.Q6_K, n, 4096)
+    plan = plan_matmul(GPU, T.Q5_K, n, 4096)  # a type matmul_i8 does not read
     assert (plan.template, plan.tiling) == ("matmul", GPU_MATMUL_TABLE[row][1])
 
 
@@ -181,7 +181,10 @@ I8_CASES = [
     ("CPU, Q4_1 by default: matmul_rows", CPU, T.Q4_1, 64, 64, KernelPolicy(), None),
     ("CPU, Q4_1, sgmat asked for (none here): as auto", CPU, T.Q4_1, 64, 64, KernelPolicy(prefill="sgmat"), None),
     ("Q4_K rows of part of a super-block", GPU, T.Q4_K, 64, 96, KernelPolicy(), None),
-    ("a type matmul_i8 does not read", GPU, T.Q6_K, 64, 256, KernelPolicy(), None),
+    ("a type matmul_i8 does not read", GPU, T.Q5_K, 64, 256, KernelPolicy(), None),
+    ("GPU, Q6_K (Q4_K_M's attn_v, ffn_down)", GPU, T.Q6_K, 64, 256, KernelPolicy(), MatmulI8Tiling(tn=32, rn=2)),
+    ("Q6_K rows of part of a super-block", GPU, T.Q6_K, 64, 96, KernelPolicy(), None),
+    ("CPU, Q6_K by default: matmul_rows", CPU, T.Q6_K, 64, 256, KernelPolicy(), None),
     ("no packed dot products", Adapter(packed_dot=False), T.Q4_0, 64, 64, KernelPolicy(), None),
     ("f32 by policy", GPU, T.Q4_0, 64, 64, F32, None),
 ]

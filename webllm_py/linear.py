@@ -479,7 +479,7 @@ class MatvecGroup:
                 z = _ceil_div(groups, MAX_GROUPS)
                 rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
             return
-        # Prefill: members one by one (Q4_K_M's Q and K quantize x once; V in Q6_K runs the f32 matmul).
+        # Prefill: members one by one (each run of int8 matmuls reading x quantizes it once: record_in_turn).
         record_in_turn(self.members, rec, n_tokens)
         if self.glu:
             self.glu[1].record(rec, n_tokens)

@@ -167,7 +167,7 @@ STAGED_TYPES = Q4_TYPES + (GGMLType.Q8_0, GGMLType.Q6_K)
 CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
 SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False)
 # The packed-dot prefill (matmul_i8) reads these types.
-I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K)
+I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
 # ... and the subgroup-matrix prefill (matmul_sgmat) these (whole 32-blocks of signed int8 once unpacked).
 SGMAT_TYPES = (GGMLType.Q4_0, GGMLType.Q8_0)
 
@@ -506,20 +506,21 @@ def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
 def i8_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulI8Tiling | None:
-    """matmul_i8's tiling, or None where the policy or the weight keeps the f32 matmul: Q4_0, Q4_1, Q8_0
-    and Q4_K rows (of whole super-blocks for Q4_K) where WGSL's packed_4x8_integer_dot_product exists; on
-    CPU adapters not Q4_1 by default (matmul_rows already reads its word-aligned blocks well)."""
+    """matmul_i8's tiling, or None where the policy or the weight keeps the f32 matmul: Q4_0, Q4_1, Q8_0,
+    Q4_K and Q6_K rows (of whole super-blocks for the K types) where WGSL's packed_4x8_integer_dot_product
+    exists; on CPU adapters not Q4_1 by default (matmul_rows already reads its word-aligned blocks well)
+    nor Q6_K (not measured there)."""
     if (
         policy.prefill == "f32"
         or qtype not in I8_TYPES
-        or K % (256 if qtype == GGMLType.Q4_K else 32)
+        or K % (256 if qtype in (GGMLType.Q4_K, GGMLType.Q6_K) else 32)
         or not adapter.packed_dot
     ):
         return None
     planes = 1 if policy.prefill == "i8" else 2
     if adapter.cpu:
-        if policy.prefill in ("auto", "sgmat") and qtype == GGMLType.Q4_1:
-            return None
+        if policy.prefill in ("auto", "sgmat") and qtype in (GGMLType.Q4_1, GGMLType.Q6_K):
+            return None  # Q6_K: not measured there; matmul_rows keeps it
         return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=planes)
     kb = 2 if K % 64 == 0 else 1
     if policy.i8_tiling is not None:
