@@ -1,9 +1,14 @@
-"""Both forms of attention_prefill.wgsl.j2 on lavapipe vs the numpy reference of test_attention.py:
+"""The forms of attention_prefill.wgsl.j2 on lavapipe vs the numpy reference of test_attention.py:
 the barrier-free one CPU adapters get (`cpu_adapter`, which the Device sets) and the workgroup-tiled
-one GPUs get, forced here through the Device's `cpu_adapter` parameter so that lavapipe checks both."""
+ones GPUs get (a thread per query row, or with subgroups L lanes per row), forced here through the
+Device's `cpu_adapter` parameter and KernelPolicy.prefill_attention so that lavapipe checks them all."""
+
+import asyncio
 
 import numpy as np
 import pytest
+
+from webllm_py.planner import KernelPolicy, PrefillTiling
 
 from .attention_helpers import H, KV, Harness, chunking, make_qkv, reference, shuffled_cache
 
@@ -47,5 +52,60 @@ def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, dtype, wind
         k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
     ref = reference(q, k, v, H, KV, window=window, softcap=softcap)
     tol = 10 if f16 else 1
+    got = h.run(0, q, k, v, [32] + chunking(N - 32, 7))
+    np.testing.assert_allclose(got, ref, atol=2e-5 * tol, rtol=1e-4 * tol)
+
+
+@pytest.fixture(scope="module")
+def sg_device():
+    """A lavapipe device with the subgroups feature (the session's asks for it on GPUs only)."""
+    from webllm_py.gpu import request_device
+
+    dev = asyncio.run(request_device("native", use_subgroups=True))
+    if not dev.has_subgroups:
+        pytest.skip("the adapter grants no subgroups")
+    return dev
+
+
+# (heads, kv heads, head_dim), PrefillTiling(tq, tk, lanes), cache element, window, softcap: L = 4 and 8,
+# GQA groups 1/3/4/8, head_dim 64 and 128, tiles of 8-32 positions (the 45 positions span several),
+# workgroups with rows past n_tokens (chunks of 7: ragged against tq).
+LANE_CASES = [
+    ((H, KV, 64), PrefillTiling(4, 8, 4), "f32", None, None),
+    ((H, KV, 64), PrefillTiling(4, 8, 4), "f16", None, None),
+    ((H, KV, 64), PrefillTiling(4, 8, 4), "f16x2", None, None),
+    ((H, KV, 64), PrefillTiling(2, 16, 4), "f32", 9, None),
+    ((H, KV, 64), PrefillTiling(4, 8, 4), "f32", None, 5.0),
+    ((4, 4, 128), PrefillTiling(4, 16, 8), "f16x2", 9, None),
+    ((8, 2, 128), PrefillTiling(4, 32, 8), "f16", None, 5.0),
+    ((8, 1, 64), PrefillTiling(2, 16, 4), "f32", 9, 5.0),
+    ((4, 1, 128), PrefillTiling(4, 8, 4), "f32", None, None),
+]
+
+
+@pytest.mark.parametrize("layout,tiling,dtype,window,softcap", LANE_CASES)
+def test_prefill_lanes_match_numpy(sg_device, monkeypatch, layout, tiling, dtype, window, softcap):
+    device = sg_device
+    if dtype == "f16" and not device.has_f16:
+        pytest.skip("the adapter has no shader-f16")
+    N = 45
+    q, k, v = make_qkv(N, 11, layout)
+    if softcap:
+        q *= 4  # large scores so the cap matters
+    forced(monkeypatch, device, False)
+    h = Harness(
+        device,
+        shuffled_cache(device, dtype=dtype, layout=layout),
+        max_tokens=32,
+        layout=layout,
+        sliding_window=window,
+        softcap=softcap,
+        policy=KernelPolicy(prefill_attention=tiling),
+    )
+    assert "subgroupShuffleXor" in h.attn.prefill.source  # the lanes form was built
+    if dtype != "f32":
+        k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
+    tol = 1 if dtype == "f32" else 10
     got = h.run(0, q, k, v, [32] + chunking(N - 32, 7))
     np.testing.assert_allclose(got, ref, atol=2e-5 * tol, rtol=1e-4 * tol)

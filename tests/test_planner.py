@@ -7,6 +7,7 @@ and test_attention.py."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace as NS
 
 import pytest
@@ -29,6 +30,7 @@ from webllm_py.planner import (
     MatmulSgmatTiling,
     MatmulTiling,
     MatvecTiling,
+    PrefillTiling,
     StagedTiling,
     StepTiling,
     cpu_matmul_tiling,
@@ -282,11 +284,36 @@ def test_attention_plan():
     assert plan_attention(CPU, 32, 8, 128, fused=True).fused
     with pytest.raises(ValueError, match="head_dim % 8"):
         plan_attention(GPU, 32, 8, 12, fused=True)
-    assert (gpu.tq, gpu.tk) == (16, 32)
+    assert plan_attention(replace(GPU, subgroups=False), 32, 8, 128).prefill == PrefillTiling(16, 32, 1)
     assert (
-        plan_attention(Adapter(invocations=64, workgroup_storage=16384), 32, 4, 256).tq,
-        plan_attention(Adapter(workgroup_storage=16384), 32, 4, 256).tk,
+        plan_attention(Adapter(invocations=64, workgroup_storage=16384), 32, 4, 256).prefill.tq,
+        plan_attention(Adapter(workgroup_storage=16384), 32, 4, 256).prefill.tk,
     ) == (8, 8)
+
+
+def test_prefill_attention_lanes():
+    """With subgroups of 32, attention_prefill splits a query row over 8 lanes (head_dim 128) or 4 (64,
+    80): ~128 threads a workgroup, so a 128-token chunk of Llama-3.1-8B (32 heads, 8 kv) makes
+    128 / 4 * 8 = 256 workgroups; lanes must fit the smallest subgroup and divide head_dim / 4."""
+    sg = GPU
+    assert plan_attention(sg, 32, 8, 128).prefill == PrefillTiling(4, 32, 8)
+    assert plan_attention(sg, 32, 8, 64).prefill == PrefillTiling(8, 32, 4)  # Llama-3.2-1B
+    assert plan_attention(sg, 32, 32, 80).prefill == PrefillTiling(16, 32, 4)  # Phi-2: 20 vec4s, L 4
+    assert plan_attention(sg, 14, 2, 64).prefill == PrefillTiling(4, 32, 4)  # group 7: 112 threads
+    assert plan_attention(sg, 8, 8, 24).prefill.lanes == 1  # 6 vec4s: no power-of-two split
+    assert plan_attention(replace(sg, subgroup_min=4), 32, 8, 128).prefill == PrefillTiling(8, 32, 4)
+    assert plan_attention(replace(sg, subgroup_min=0), 32, 8, 128).prefill.lanes == 1  # unknown size
+    assert plan_attention(replace(sg, cpu=True), 32, 8, 128).prefill.lanes == 1
+    # 16 KiB of workgroup memory: tiles of 16 positions at head_dim 128
+    assert plan_attention(replace(sg, workgroup_storage=16384), 32, 8, 128).prefill.tk == 16
+    forced = KernelPolicy(prefill_attention=PrefillTiling(2, 16, 8))
+    assert plan_attention(sg, 32, 8, 128, forced).prefill == PrefillTiling(2, 16, 8)
+    with pytest.raises(ValueError, match="lanes must divide"):
+        plan_attention(sg, 32, 8, 80, forced)
+    with pytest.raises(ValueError, match="subgroups feature"):
+        plan_attention(replace(sg, subgroups=False), 32, 8, 128, forced)
+    with pytest.raises(ValueError, match="power of two"):
+        KernelPolicy(prefill_attention=PrefillTiling(4, 32, 6))
 
 
 def test_adapter_of_device():

@@ -92,7 +92,7 @@ class PagedAttention:
             decode_full_chunks=decode_full_chunks,
             combine_wg=combine_wg,
         )
-        self.tq, self.tk = plan.tq, plan.tk
+        self.tq, self.tk = plan.prefill.tq, plan.prefill.tk
         self.fused = plan.fused
         self.step_tiling = plan.step
         # The step's slices merged by attention_combine (a second dispatch) rather than in the step
@@ -134,7 +134,16 @@ class PagedAttention:
             )
             # Shared by all layers: each layer's decode (or step) and combine run before the next layer's.
             self.partials = device.create_buffer(4 * n_heads * self.splits * (head_dim + 2), "attention.partials")
-        self.prefill = device.kernel("attention_prefill", label="attention_prefill", tq=self.tq, tk=self.tk, **attn)
+        lanes = plan.prefill.lanes
+        self.prefill = device.kernel(
+            "attention_prefill",
+            label="attention_prefill",
+            tq=self.tq,
+            tk=self.tk,
+            lanes=lanes,
+            subgroups=lanes > 1,  # the lanes of a query row sum its scores with subgroupShuffleXor
+            **attn,
+        )
 
     def bind(
         self,

@@ -175,6 +175,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--step-tiling", metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
     p.add_argument(
+        "--prefill-attention-tiling",
+        metavar="TQ,TK,L",
+        help="attention_prefill's on GPUs: tokens per workgroup, key positions per tile, lanes per query "
+        "row (1: a thread per row; 4/8 need subgroups) (KernelPolicy.prefill_attention)",
+    )
+    p.add_argument(
         "--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)"
     )
     p.add_argument(
@@ -289,7 +295,7 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
 
 def kernel_policy(args: argparse.Namespace):
     """The KernelPolicy that bench's flags ask for (the planner's defaults where none is given)."""
-    from .planner import KernelPolicy, MatmulI8Tiling, MatvecTiling, StepTiling, parse_staged_tilings
+    from .planner import KernelPolicy, MatmulI8Tiling, MatvecTiling, PrefillTiling, StepTiling, parse_staged_tilings
 
     ints = lambda v: [int(f) for f in v.split(",")]  # noqa: E731
     tiling = {}
@@ -307,6 +313,9 @@ def kernel_policy(args: argparse.Namespace):
         fused_attention=None if args.attention is None else args.attention != "unfused",
         step_merge=None if args.attention is None else args.attention == "fused",
         step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None,
+        prefill_attention=PrefillTiling(*ints(args.prefill_attention_tiling))
+        if args.prefill_attention_tiling
+        else None,
         kv_cache=args.kv_cache,
         **tiling,
     )

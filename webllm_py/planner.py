@@ -156,6 +156,18 @@ class StepTiling:
     min_split: int = 32
 
 
+@dataclass(frozen=True)
+class PrefillTiling:
+    """attention_prefill's shape on GPUs: tokens per workgroup, key positions per tile (staged in
+    workgroup memory: 2 * tk * head_dim floats) and lanes per query row: 1 is a thread per row holding
+    all of q and acc; L > 1 splits a row's head_dim over L consecutive invocations of one subgroup,
+    its scores summed by subgroupShuffleXor (L a power of two dividing head_dim / 4)."""
+
+    tq: int = 16
+    tk: int = 32
+    lanes: int = 1
+
+
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2): its weight types and default tiling.
 Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
 Q4_TILING = MatvecTiling(wg=64, rows=4)
@@ -275,6 +287,7 @@ class KernelPolicy:
     # storageBarrier) or leaves them to attention_combine (None: by Adapter.device_scope_barrier)
     step_merge: bool | None = None
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
+    prefill_attention: PrefillTiling | None = None  # attention_prefill's on GPUs (None: prefill_tiles' rule)
     # the KV cache's element: "auto" (kv_cache_dtype's rule), "f32" (tests that compare with
     # transformers' f32 cache to 1e-5 rather than f16's 1e-3), "f16" (needs shader-f16) or "f16x2" (f16
     # pairs packed in u32s, any adapter; head_dim % 4 == 0)
@@ -285,6 +298,9 @@ class KernelPolicy:
             raise ValueError(f"KernelPolicy.prefill must be auto, sgmat, i8x2, i8 or f32, not {self.prefill!r}")
         if self.kv_cache not in ("auto", "f32", "f16", "f16x2"):
             raise ValueError(f"KernelPolicy.kv_cache must be auto, f32, f16 or f16x2, not {self.kv_cache!r}")
+        t = self.prefill_attention
+        if t is not None and (min(t.tq, t.tk, t.lanes) < 1 or t.lanes & (t.lanes - 1) or t.lanes > 32):
+            raise ValueError(f"KernelPolicy.prefill_attention needs tq, tk >= 1 and lanes a power of two <= 32: {t}")
 
     def staged_override(self, key: str) -> StagedTiling | None:
         return dict(self.staged_tilings).get(key)
@@ -602,8 +618,7 @@ class AttentionPlan:
     splits: int
     full_chunks: bool
     combine_wg: int  # attention_combine's threads (splits > 1)
-    tq: int  # attention_prefill: tokens per workgroup
-    tk: int  # ... and key positions per tile
+    prefill: PrefillTiling  # attention_prefill's on GPUs
 
 
 def default_step_tiling(n_kv_heads: int) -> StepTiling:
@@ -612,16 +627,36 @@ def default_step_tiling(n_kv_heads: int) -> StepTiling:
     return StepTiling(splits=max(1, min(32, 256 // n_kv_heads)))
 
 
-def prefill_tiles(adapter: Adapter, head_dim: int, group: int) -> tuple[int, int]:
-    """(tq, tk) of attention_prefill: tokens per workgroup and key positions per tile, within the
-    adapter's limits (workgroup size, and 2*tk*head_dim floats of workgroup memory)."""
-    tq = 16
-    while tq > 1 and tq * group > adapter.invocations:
+def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY) -> PrefillTiling:
+    """attention_prefill's tiling on GPUs (the policy's where it gives one), within the adapter's limits
+    (threads per workgroup; 2*tk*head_dim floats of workgroup memory).
+    With subgroups: L lanes per query row (8 for head_dim >= 128, else 4, where they divide
+    head_dim / 4 and fit the smallest subgroup), so a lane keeps head_dim / L dims of q and acc in
+    registers (a whole head_dim 128 row per thread spills) and tq tokens x group heads x L lanes
+    make ~128 threads: a 128-token chunk of an 8B model (group 4, L 8) is 32 x 8 kv heads = 256
+    workgroups, not 64 of the one-thread-per-row form. Without subgroups that form: 16 tokens."""
+    t = policy.prefill_attention
+    d4 = head_dim // 4
+    if t is None:
+        lanes = 1
+        if not adapter.cpu and head_dim % 4 == 0:
+            # 8 lanes only where each keeps >= 4 vec4s (head_dim >= 128): fewer lanes, fewer shuffles
+            for n in (8, 4) if head_dim >= 128 else (4,):
+                if d4 % n == 0 and team_subgroups(adapter, n):
+                    lanes = n
+                    break
+        tq = 16 if lanes == 1 else max(1, min(16, 128 // (group * lanes)))
+        t = PrefillTiling(tq, 32, lanes)
+    elif t.lanes > 1 and (head_dim % 4 or d4 % t.lanes):
+        raise ValueError(f"attention_prefill's {t.lanes} lanes must divide head_dim / 4 = {head_dim / 4}")
+    elif t.lanes > 1 and not adapter.subgroups:
+        raise ValueError(f"attention_prefill's {t.lanes} lanes per row need the subgroups feature")
+    tq, tk = t.tq, t.tk
+    while tq > 1 and tq * group * t.lanes > adapter.invocations:
         tq //= 2
-    tk = 32
     while tk > 1 and not adapter.fits(2 * tk * head_dim * 4):
         tk //= 2
-    return tq, tk
+    return PrefillTiling(tq, tk, t.lanes)
 
 
 def plan_attention(
@@ -659,7 +694,6 @@ def plan_attention(
     # to 1024 / n_heads slices.
     if decode_splits is None:
         decode_splits = max(1, 16 // n_heads) if cpu else max(1, min(64, 1024 // n_heads))
-    tq, tk = prefill_tiles(adapter, head_dim, n_heads // n_kv_heads)
     return AttentionPlan(
         fused=bool(fused),
         step_merge=bool(merge),
@@ -669,8 +703,7 @@ def plan_attention(
         full_chunks=not cpu if decode_full_chunks is None else decode_full_chunks,
         # GPUs: 32 dims per workgroup, so the merge spreads over n_heads * head_dim / 32 workgroups
         combine_wg=combine_wg or (min(64, head_dim) if cpu else 32),
-        tq=tq,
-        tk=tk,
+        prefill=prefill_tiles(adapter, head_dim, n_heads // n_kv_heads, policy),
     )
 
 
