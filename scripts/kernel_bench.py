@@ -82,7 +82,7 @@ if QUICK:
 
 emit(adapter=dev.info.description.strip(), features=sorted(dev.features))
 
-ONLY = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]  # e.g. --only=attention,matmul,floor
+ONLY = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]  # e.g. --only=attention,prefill_attention
 
 
 def want(part: str) -> bool:
@@ -161,6 +161,50 @@ def bench_attention():
                 )
 
 
+def bench_prefill_attention():
+    """attention_prefill per layer (one dispatch) for a prompt chunk: Llama-3.2-1B and -3.1-8B head
+    layouts, 128 tokens over 384 earlier positions and 512 from the start, each KV cache element the
+    adapter takes, the planner's tiling and others (TQ, TK, L; L = 1: a thread per query row)."""
+    import struct
+    from webllm_py.attention import PagedAttention
+    from webllm_py.kv_cache import PagedKVCache
+    from webllm_py.planner import KernelPolicy, PrefillTiling
+
+    dtypes = ["f16x2", "f32"] + (["f16"] if dev.has_f16 else [])
+    for label, nh, nkv, hd in (("1b", 32, 8, 64), ("8b", 32, 8, 128)):
+        lanes = 8 if hd >= 128 else 4
+        grid = [None, (16, 32, 1), (2, 32, lanes), (4, 32, lanes), (8, 32, lanes), (4, 16, lanes), (4, 32, 4)]
+        for pos0, T in ((384, 128),) if QUICK else ((384, 128), (0, 512)):
+            for dtype in dtypes[:1] if QUICK else dtypes:
+                cache = PagedKVCache(dev, 1, nkv, hd, block_size=16, num_blocks=-(-(pos0 + T) // 16), dtype=dtype)
+                cache.ensure(0, pos0 + T)
+                step = dev.buffer_from(struct.pack("<2I", pos0, T))
+                table = dev.buffer_from(
+                    cache.table_bytes(0) + bytes(max(0, cache.table_buffer_size() - len(cache.table_bytes(0))))
+                )
+                q, o = dev.create_buffer(T * nh * hd * 4), dev.create_buffer(T * nh * hd * 4)
+                k, v = dev.create_buffer(T * nkv * hd * 4), dev.create_buffer(T * nkv * hd * 4)
+                for g in grid[:3] if QUICK else grid:
+                    policy = KernelPolicy(prefill_attention=PrefillTiling(*g) if g else None)
+                    try:
+                        att = PagedAttention(dev, cache, nh, nkv, hd, T, policy=policy)
+                    except ValueError as e:  # e.g. lanes without subgroups
+                        emit(kind="prefill_attention", shape=label, tiling=g, error=str(e))
+                        continue
+                    b = att.bind(0, q, k, v, o, step, table)
+                    us = time_dispatches(lambda rec: rec.dispatch(b.prefill, -(-T // att.tq), nkv), 5 if QUICK else 50)
+                    emit(
+                        kind="prefill_attention",
+                        shape=label,
+                        pos0=pos0,
+                        T=T,
+                        cache=dtype,
+                        tiling=[att.tq, att.tk, att.plan.prefill.lanes],
+                        default=g is None,
+                        us=round(us * 1e6, 1),
+                    )
+
+
 def bench_matmul():
     """Prefill matmul tilings: GFLOP/s at a 128-token chunk."""
     import struct
@@ -221,6 +265,8 @@ if want("floor"):  # an elementwise kernel over 64 numbers: all floor
     emit(kind="floor_glu", us=round(1e6 * time_dispatches(lambda rec: g.record(rec, 1), REPS), 2))
 if want("attention"):
     bench_attention()
+if want("prefill_attention"):
+    bench_prefill_attention()
 if want("matmul"):
     bench_matmul()
 for qtype in ("Q4_0", "Q4_K") if want("matvec") else ():

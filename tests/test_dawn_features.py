@@ -10,7 +10,9 @@ references are numpy's, here):
   browsers: Tint's storageBarrier is workgroup-scoped), over many steps and four layers in one pass,
   with the f32 cache and the f16x2 one (f16 pairs in u32s: what a GPU without shader-f16, Dawn on NVIDIA,
   gets), vs numpy; and what the planner picks there instead: the step writing its slices' partials,
-  merged by attention_combine.
+  merged by attention_combine;
+- attention_prefill's lanes form (L lanes per query row, scores summed by subgroupShuffleXor: what GPUs
+  with subgroups get; forced here, lavapipe being a CPU adapter) through Tint, vs numpy.
 The planner's rows for each feature and its absence: tests/test_planner.py (test_browser_gpu_*)."""
 
 import base64
@@ -20,7 +22,7 @@ import pytest
 
 from webllm_py.dawn import DawnHost
 
-from .attention_helpers import make_qkv, reference
+from .attention_helpers import chunking, make_qkv, reference
 from .linear_helpers import assert_close, make_weight, staged_error
 
 pytestmark = pytest.mark.dawn
@@ -198,3 +200,75 @@ def test_fused_step_with_combine_on_dawn(host, tiling, dtype):
     attention_combine merging them in the next dispatch, through Tint: 2 layers x 36 steps (1 to 9,
     resp. 1 to 5 of 16 slices in use), every layer's output at every step vs numpy."""
     _check_steps(host, (32, 8, 64), 2, 36, tiling, False, dtype)
+
+
+_PREFILL = """
+import base64, random, struct
+from webllm_py.gpu.browser import BrowserDevice
+from webllm_py.attention import PagedAttention
+from webllm_py.kv_cache import PagedKVCache
+from webllm_py.planner import KernelPolicy, PrefillTiling
+dev = await BrowserDevice.create(use_subgroups=True)
+kernel = dev.kernel
+def gpu_form(template, label="", **p):  # the GPU form of attention_prefill on this CPU adapter
+    return kernel(template, label, **(dict(p, cpu_adapter=False) if template == "attention_prefill" else p))
+dev.kernel = gpu_form
+nh, nkv, hd = {layout}
+cache = PagedKVCache(dev, 1, nkv, hd, block_size=4, num_blocks=16, dtype={dtype!r})
+random.Random(0).shuffle(cache._free)  # pages out of order
+attn = PagedAttention(dev, cache, nh, nkv, hd, 32, sliding_window={window}, softcap={softcap},
+                      policy=KernelPolicy(prefill_attention=PrefillTiling(*{tiling})))
+src = attn.prefill.source
+data = [base64.b64decode(s) for s in {data!r}]  # q, k, v of all positions
+rows = (nh * hd * 4, nkv * hd * 4, nkv * hd * 4)
+bufs = [dev.create_buffer(32 * n) for n in rows] + [dev.create_buffer(32 * rows[0])]
+step, table = dev.create_buffer(8), dev.create_buffer(cache.table_buffer_size())
+b = attn.bind(0, *bufs, step, table)
+outs, pos = [], 0
+for c in {chunks}:
+    cache.ensure(0, pos + c, first_new=pos)
+    for x, buf, n in zip(data, bufs, rows):
+        dev.write_buffer(buf, x[pos * n:(pos + c) * n])
+    dev.write_buffer(step, struct.pack("<2I", pos, c))
+    dev.write_buffer(table, cache.table_bytes(0))
+    with dev.recorder() as rec:
+        b.record(rec, c)
+    outs.append((await dev.read_buffer(bufs[3]))[: c * rows[0]])
+    pos += c
+dev.destroy()
+dict(shuffles="subgroupShuffleXor" in src, directive="enable subgroups;" in src,
+     out=base64.b64encode(b"".join(outs)).decode())
+"""
+
+
+@pytest.mark.parametrize(
+    "layout,tiling,dtype,window,softcap",
+    [((9, 3, 64), (4, 8, 4), "f16x2", 9, None), ((8, 2, 128), (4, 16, 8), "f32", None, 5.0)],
+)
+def test_prefill_attention_lanes_on_dawn(host, layout, tiling, dtype, window, softcap):
+    """attention_prefill with 4 or 8 lanes per query row through Tint (its uniformity analysis takes the
+    shuffles; Chrome needs `enable subgroups;`): 45 positions in chunks of 32 and 7 (ragged against tq,
+    several K/V tiles), every token's output vs numpy."""
+    N = 45
+    q, k, v = make_qkv(N, 5, layout)
+    if softcap:
+        q *= 4  # large scores so the cap matters
+    r = host.exec(
+        _PREFILL.format(
+            layout=layout,
+            dtype=dtype,
+            window=window,
+            softcap=softcap,
+            tiling=tiling,
+            chunks=[32] + chunking(N - 32, 7),
+            data=[_b64(x) for x in (q, k, v)],
+        )
+    )
+    assert r["shuffles"] and r["directive"]
+    packed = dtype == "f16x2"
+    if packed:
+        k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
+    got = _f32(r["out"]).reshape(N, -1)
+    # packed: WGSL lets f32 -> f16 round to either neighbour (see _check_steps): atol 5e-4
+    np.testing.assert_allclose(got, ref, atol=5e-4 if packed else 2e-5, rtol=1e-3 if packed else 1e-4)
