@@ -67,7 +67,7 @@ def sg_device():
     return dev
 
 
-# (heads, kv heads, head_dim), PrefillTiling(tq, tk, lanes), cache element, window, softcap: L = 4 and 8,
+# (heads, kv heads, head_dim), PrefillTiling(tq, tk, lanes[, rows]), cache element, window, softcap: L = 4 and 8,
 # GQA groups 1/3/4/8, head_dim 64 and 128, tiles of 8-32 positions (the 45 positions span several),
 # workgroups with rows past n_tokens (chunks of 7: ragged against tq).
 LANE_CASES = [
@@ -80,6 +80,10 @@ LANE_CASES = [
     ((8, 2, 128), PrefillTiling(4, 32, 8), "f16", None, 5.0),
     ((8, 1, 64), PrefillTiling(2, 16, 4), "f32", 9, 5.0),
     ((4, 1, 128), PrefillTiling(4, 8, 4), "f32", None, None),
+    # R rows per thread: 2 of SmolLM2's 12 rows, 3, and 4 of 16 with window and softcap
+    ((H, KV, 64), PrefillTiling(4, 8, 4, 2), "f16x2", None, None),
+    ((H, KV, 64), PrefillTiling(4, 16, 4, 3), "f32", 9, None),
+    ((8, 1, 128), PrefillTiling(2, 16, 8, 4), "f32", 9, 5.0),
 ]
 
 

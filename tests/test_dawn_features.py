@@ -243,12 +243,12 @@ dict(shuffles="subgroupShuffleXor" in src, directive="enable subgroups;" in src,
 
 @pytest.mark.parametrize(
     "layout,tiling,dtype,window,softcap",
-    [((9, 3, 64), (4, 8, 4), "f16x2", 9, None), ((8, 2, 128), (4, 16, 8), "f32", None, 5.0)],
+    [((9, 3, 64), (4, 8, 4), "f16x2", 9, None), ((8, 2, 128), (4, 16, 8, 2), "f32", None, 5.0)],
 )
 def test_prefill_attention_lanes_on_dawn(host, layout, tiling, dtype, window, softcap):
-    """attention_prefill with 4 or 8 lanes per query row through Tint (its uniformity analysis takes the
-    shuffles; Chrome needs `enable subgroups;`): 45 positions in chunks of 32 and 7 (ragged against tq,
-    several K/V tiles), every token's output vs numpy."""
+    """attention_prefill with 4 or 8 lanes per query row (and 2 rows per thread) through Tint (its
+    uniformity analysis takes the shuffles; Chrome needs `enable subgroups;`): 45 positions in chunks
+    of 32 and 7 (ragged against tq, several K/V tiles), every token's output vs numpy."""
     N = 45
     q, k, v = make_qkv(N, 5, layout)
     if softcap:

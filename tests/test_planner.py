@@ -312,6 +312,11 @@ def test_prefill_attention_lanes():
         plan_attention(sg, 32, 8, 80, forced)
     with pytest.raises(ValueError, match="subgroups feature"):
         plan_attention(replace(sg, subgroups=False), 32, 8, 128, forced)
+    assert plan_attention(sg, 32, 8, 128, KernelPolicy(prefill_attention=PrefillTiling(8, 32, 8, 2))).prefill.rows == 2
+    with pytest.raises(ValueError, match="must divide tq"):
+        plan_attention(sg, 24, 8, 128, KernelPolicy(prefill_attention=PrefillTiling(1, 32, 8, 2)))  # 3 rows
+    with pytest.raises(ValueError, match="rows 1 where lanes is"):
+        KernelPolicy(prefill_attention=PrefillTiling(16, 32, 1, 2))
     with pytest.raises(ValueError, match="power of two"):
         KernelPolicy(prefill_attention=PrefillTiling(4, 32, 6))
 

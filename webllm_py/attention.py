@@ -141,6 +141,7 @@ class PagedAttention:
             tq=self.tq,
             tk=self.tk,
             lanes=lanes,
+            rows=plan.prefill.rows,
             subgroups=lanes > 1,  # the lanes of a query row sum its scores with subgroupShuffleXor
             **attn,
         )

@@ -176,9 +176,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-tiling", metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
     p.add_argument(
         "--prefill-attention-tiling",
-        metavar="TQ,TK,L",
+        metavar="TQ,TK,L[,R]",
         help="attention_prefill's on GPUs: tokens per workgroup, key positions per tile, lanes per query "
-        "row (1: a thread per row; 4/8 need subgroups) (KernelPolicy.prefill_attention)",
+        "row (1: a thread per row; 4/8 need subgroups), rows per thread (with L > 1) (KernelPolicy.prefill_attention)",
     )
     p.add_argument(
         "--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)"

@@ -161,11 +161,14 @@ class PrefillTiling:
     """attention_prefill's shape on GPUs: tokens per workgroup, key positions per tile (staged in
     workgroup memory: 2 * tk * head_dim floats) and lanes per query row: 1 is a thread per row holding
     all of q and acc; L > 1 splits a row's head_dim over L consecutive invocations of one subgroup,
-    its scores summed by subgroupShuffleXor (L a power of two dividing head_dim / 4)."""
+    its scores summed by subgroupShuffleXor (L a power of two dividing head_dim / 4); with L > 1 a
+    thread may take `rows` query rows (of tq * group), each K/V value it reads from workgroup memory
+    serving them all."""
 
     tq: int = 16
     tk: int = 32
     lanes: int = 1
+    rows: int = 1
 
 
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2): its weight types and default tiling.
@@ -299,8 +302,16 @@ class KernelPolicy:
         if self.kv_cache not in ("auto", "f32", "f16", "f16x2"):
             raise ValueError(f"KernelPolicy.kv_cache must be auto, f32, f16 or f16x2, not {self.kv_cache!r}")
         t = self.prefill_attention
-        if t is not None and (min(t.tq, t.tk, t.lanes) < 1 or t.lanes & (t.lanes - 1) or t.lanes > 32):
-            raise ValueError(f"KernelPolicy.prefill_attention needs tq, tk >= 1 and lanes a power of two <= 32: {t}")
+        if t is not None and (
+            min(t.tq, t.tk, t.lanes, t.rows) < 1
+            or t.lanes & (t.lanes - 1)
+            or t.lanes > 32
+            or (t.rows > 1 and t.lanes == 1)
+        ):
+            raise ValueError(
+                f"KernelPolicy.prefill_attention needs tq, tk, rows >= 1, lanes a power of two <= 32 "
+                f"and rows 1 where lanes is: {t}"
+            )
 
     def staged_override(self, key: str) -> StagedTiling | None:
         return dict(self.staged_tilings).get(key)
@@ -651,12 +662,14 @@ def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPol
         raise ValueError(f"attention_prefill's {t.lanes} lanes must divide head_dim / 4 = {head_dim / 4}")
     elif t.lanes > 1 and not adapter.subgroups:
         raise ValueError(f"attention_prefill's {t.lanes} lanes per row need the subgroups feature")
+    elif t.tq * group % t.rows:
+        raise ValueError(f"attention_prefill's {t.rows} rows per thread must divide tq * group = {t.tq * group}")
     tq, tk = t.tq, t.tk
-    while tq > 1 and tq * group * t.lanes > adapter.invocations:
+    while tq > 1 and tq * group * t.lanes // t.rows > adapter.invocations and (tq // 2 * group) % t.rows == 0:
         tq //= 2
     while tk > 1 and not adapter.fits(2 * tk * head_dim * 4):
         tk //= 2
-    return PrefillTiling(tq, tk, t.lanes)
+    return PrefillTiling(tq, tk, t.lanes, t.rows)
 
 
 def plan_attention(
