@@ -164,7 +164,7 @@ def bench_attention():
 def bench_prefill_attention():
     """attention_prefill per layer (one dispatch) for a prompt chunk: Llama-3.2-1B and -3.1-8B head
     layouts, 128 tokens over 384 earlier positions and 512 from the start, each KV cache element the
-    adapter takes, the planner's tiling and others (TQ, TK, L; L = 1: a thread per query row)."""
+    adapter takes, the planner's tiling and others (TQ, TK, L[, R]; L = 1: a thread per query row)."""
     import struct
     from webllm_py.attention import PagedAttention
     from webllm_py.kv_cache import PagedKVCache
@@ -174,6 +174,7 @@ def bench_prefill_attention():
     for label, nh, nkv, hd in (("1b", 32, 8, 64), ("8b", 32, 8, 128)):
         lanes = 8 if hd >= 128 else 4
         grid = [None, (16, 32, 1), (2, 32, lanes), (4, 32, lanes), (8, 32, lanes), (4, 16, lanes), (4, 32, 4)]
+        grid += [(8, 32, lanes, 2), (16, 32, lanes, 2), (16, 32, lanes, 4), (8, 16, lanes, 2)]
         for pos0, T in ((384, 128),) if QUICK else ((384, 128), (0, 512)):
             for dtype in dtypes[:1] if QUICK else dtypes:
                 cache = PagedKVCache(dev, 1, nkv, hd, block_size=16, num_blocks=-(-(pos0 + T) // 16), dtype=dtype)
@@ -199,7 +200,7 @@ def bench_prefill_attention():
                         pos0=pos0,
                         T=T,
                         cache=dtype,
-                        tiling=[att.tq, att.tk, att.plan.prefill.lanes],
+                        tiling=[att.tq, att.tk, att.plan.prefill.lanes, att.plan.prefill.rows],
                         default=g is None,
                         us=round(us * 1e6, 1),
                     )
