@@ -113,3 +113,18 @@ def test_prefill_lanes_match_numpy(sg_device, monkeypatch, layout, tiling, dtype
     tol = 1 if dtype == "f32" else 10
     got = h.run(0, q, k, v, [32] + chunking(N - 32, 7))
     np.testing.assert_allclose(got, ref, atol=2e-5 * tol, rtol=1e-4 * tol)
+
+
+@pytest.mark.parametrize("layout,dtype", [((4, 2, 6), "f32"), ((4, 2, 6), "f16")])
+def test_prefill_gpu_form_odd_head_dim(device, monkeypatch, layout, dtype):
+    """The thread-per-row GPU form where head_dim % 4 != 0 (no vec4 loads): scalar cache elements."""
+    if dtype == "f16" and not device.has_f16:
+        pytest.skip("the adapter has no shader-f16")
+    q, k, v = make_qkv(45, 3, layout)
+    forced(monkeypatch, device, False)
+    h = Harness(device, shuffled_cache(device, dtype=dtype, layout=layout), max_tokens=32, layout=layout)
+    assert "k_tile" in h.attn.prefill.source and "Cache4>" not in h.attn.prefill.source
+    if dtype != "f32":
+        k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    got = h.run(0, q, k, v, [32, 13])
+    np.testing.assert_allclose(got, reference(q, k, v, *layout[:2]), atol=2e-5, rtol=1e-4)
