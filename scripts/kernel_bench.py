@@ -173,7 +173,7 @@ def bench_prefill_attention():
     dtypes = ["f16x2", "f32"] + (["f16"] if dev.has_f16 else [])
     for label, nh, nkv, hd in (("1b", 32, 8, 64), ("8b", 32, 8, 128)):
         lanes = 8 if hd >= 128 else 4
-        grid = [None, (16, 32, 1), (2, 32, lanes), (4, 32, lanes), (8, 32, lanes), (4, 16, lanes), (4, 32, 4)]
+        grid = [None, (16, 32, 1), (2, 32, lanes), (4, 32, lanes), (8, 32, lanes), (4, 16, lanes), (4, 32, 12 - lanes)]
         grid += [(8, 32, lanes, 2), (16, 32, lanes, 2), (16, 32, lanes, 4), (8, 16, lanes, 2)]
         for pos0, T in ((384, 128),) if QUICK else ((384, 128), (0, 512)):
             for dtype in dtypes[:1] if QUICK else dtypes:

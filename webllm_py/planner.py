@@ -357,7 +357,8 @@ def staged_tiling(
 
 
 def team_subgroups(adapter: Adapter, lanes: int) -> bool:
-    """Whether the staged kernel's teams of `lanes` threads reduce through subgroupShuffleXor (a little
+    """Whether teams of `lanes` threads (the staged kernel's; attention_prefill's query rows, which
+    need it) reduce through subgroupShuffleXor (for the staged kernel a little
     faster on an H100: docs/benchmarks.md, "Kernel choice") rather than workgroup memory: where the
     subgroups feature was granted and a team surely fits the smallest subgroup (native wgpu: the
     vendor's known minimum; browsers: GPUAdapterInfo.subgroupMinSize); an unknown size (0) never does."""
