@@ -357,11 +357,11 @@ def staged_tiling(
 
 
 def team_subgroups(adapter: Adapter, lanes: int) -> bool:
-    """Whether teams of `lanes` threads (the staged kernel's; attention_prefill's query rows, which
-    need it) reduce through subgroupShuffleXor (for the staged kernel a little
-    faster on an H100: docs/benchmarks.md, "Kernel choice") rather than workgroup memory: where the
-    subgroups feature was granted and a team surely fits the smallest subgroup (native wgpu: the
-    vendor's known minimum; browsers: GPUAdapterInfo.subgroupMinSize); an unknown size (0) never does."""
+    """Whether teams of `lanes` threads may reduce through subgroupShuffleXor: where the subgroups
+    feature was granted and a team surely fits the smallest subgroup (native wgpu: the vendor's known
+    minimum; browsers: GPUAdapterInfo.subgroupMinSize); an unknown size (0) never does. The staged
+    kernel's teams then use it rather than workgroup memory (a little faster on an H100:
+    docs/benchmarks.md, "Kernel choice"); attention_prefill's lanes per query row need it."""
     return adapter.subgroups and adapter.subgroup_min >= lanes
 
 
