@@ -153,10 +153,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--prefill-kernel",
-        choices=["auto", "sgmat", "i8x2", "i8", "f32"],
+        choices=["auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32"],
         default="auto",
         help="prefill matmul: auto = matmul_i8 (two int8 planes) where it pays; sgmat = matmul_sgmat "
-        "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; i8x2 / i8 force matmul_i8; "
+        "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; sgmat-f16 = matmul_sgmat_f16 "
+        "(tensor cores on f16 tiles; Dawn on NVIDIA also needs --dawn-flag vulkan_enable_f16_on_nvidia) where "
+        "offered, else as auto; i8x2 / i8 force matmul_i8; "
         "f32 = the dequantizing matmul (KernelPolicy.prefill)",
     )
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
