@@ -271,7 +271,13 @@ def test_matmul_request():
     assert plan_matmul(CPU, T.Q6_K, 64, 256, request=MatmulI8Tiling()).template == "matmul_i8"
     assert plan_matmul(GPU, T.Q4_0, 64, 64, request=MatmulSgmatTiling()).template == "matmul_sgmat"
     assert plan_matmul(GPU, T.Q4_0, 64, 64, request=MatmulSgmatF16Tiling()).template == "matmul_sgmat_f16"
-    assert {r.template for r in MATMUL_TABLE} == {"matmul_sgmat_f16", "matmul_sgmat", "matmul_i8", "matmul_rows", "matmul"}
+    assert {r.template for r in MATMUL_TABLE} == {
+        "matmul_sgmat_f16",
+        "matmul_sgmat",
+        "matmul_i8",
+        "matmul_rows",
+        "matmul",
+    }
     with pytest.raises(ValueError, match="prefill"):
         KernelPolicy(prefill="int4")
 
@@ -377,7 +383,12 @@ def test_adapter_of_device():
     assert Adapter.of(NS(**with_f16)).f16_subgroup_matrix
     assert not Adapter.of(NS(**{**with_f16, "has_f16": False})).f16_subgroup_matrix
     assert not Adapter.of(
-        NS(**{**with_f16, "subgroup_matrix_configs": frozenset({("f16", "f16", 16, 16, 16), ("f16", "f32", 16, 8, 16)})})
+        NS(
+            **{
+                **with_f16,
+                "subgroup_matrix_configs": frozenset({("f16", "f16", 16, 16, 16), ("f16", "f32", 16, 8, 16)}),
+            }
+        )
     ).f16_subgroup_matrix
 
 

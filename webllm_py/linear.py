@@ -92,7 +92,12 @@ class Linear:
         bias: GPUTensor | None = None,
         *,
         matvec: MatvecTiling | StagedTiling | None = None,
-        matmul: MatmulTiling | MatmulRowsTiling | MatmulI8Tiling | MatmulSgmatTiling | MatmulSgmatF16Tiling | None = None,
+        matmul: MatmulTiling
+        | MatmulRowsTiling
+        | MatmulI8Tiling
+        | MatmulSgmatTiling
+        | MatmulSgmatF16Tiling
+        | None = None,
         tokens_at: int = 1,
         f16: bool = False,
         subgroups: bool | None = None,
