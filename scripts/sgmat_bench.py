@@ -68,16 +68,16 @@ for label, tiling, policy in {variants}:
 out
 """
 
-# (kernel group, label, tiling, policy)
+# (kernel group, label, tiling, policy); "sgmat-sweep": the rest of matmul_sgmat's sweep (docs/benchmarks.md)
 VARIANTS = [
     ("i8", "matmul_i8 (planner's tile)", None, {}),
     ("sgmat", "sgmat planner", None, {"prefill": "sgmat"}),
-    ("sgmat", "sgmat kb1", "MatmulSgmatTiling(kb=1)", {}),
+    ("sgmat-sweep", "sgmat kb1", "MatmulSgmatTiling(kb=1)", {}),
     ("sgmat", "sgmat 4x2 subgroups, 1x2 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=2, ti=1, tj=2)", {}),
-    ("sgmat", "sgmat 2x4 subgroups, 2x1 tiles", "MatmulSgmatTiling(sg_m=2, sg_n=4, ti=2, tj=1)", {}),
-    ("sgmat", "sgmat 4x4 subgroups, 1x1 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=4, ti=1, tj=1)", {}),
-    ("sgmat", "sgmat 2x2 subgroups, 2x4 tiles, kb1", "MatmulSgmatTiling(tj=4, kb=1)", {}),
-    ("sgmat", "sgmat one plane", "MatmulSgmatTiling(planes=1)", {}),
+    ("sgmat-sweep", "sgmat 2x4 subgroups, 2x1 tiles", "MatmulSgmatTiling(sg_m=2, sg_n=4, ti=2, tj=1)", {}),
+    ("sgmat-sweep", "sgmat 4x4 subgroups, 1x1 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=4, ti=1, tj=1)", {}),
+    ("sgmat-sweep", "sgmat 2x2 subgroups, 2x4 tiles, kb1", "MatmulSgmatTiling(tj=4, kb=1)", {}),
+    ("sgmat-sweep", "sgmat one plane", "MatmulSgmatTiling(planes=1)", {}),
     # matmul_sgmat_f16: sg_m x sg_n subgroups, ti x tj tiles each (workgroup tile TM x TN), kb, db
     ("f16", "f16 planner", None, {"prefill": "sgmat-f16"}),
     ("f16", "f16 64x64, 2x2 sg, 2x2, kb2, single buffer", "MatmulSgmatF16Tiling(db=False)", {}),
@@ -103,7 +103,7 @@ def main() -> int:
     groups = a.kernels.split(",")
     with DawnHost(flags=["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"], timeout=600) as host:
         offered = host.exec(_SETUP)  # {"i8": i8 subgroup matrices, "f16": f16 ones}
-        need = {"sgmat": "i8", "f16": "f16"}
+        need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16"}
         for g in groups:
             if g in need and not offered[need[g]]:
                 print(f"sgmat_bench: this adapter has no {need[g]} subgroup matrices: no {g} rows", file=sys.stderr)
