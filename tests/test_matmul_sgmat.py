@@ -251,6 +251,22 @@ def test_f16_template_emulated(device, case):
     assert (np.abs(y - ref) <= f16_bound(x, w, extra)).all()
 
 
+_ADAPTER_FEATURES = """
+import js
+sorted(str(f) for f in getattr(js.Array, "from")((await js.navigator.gpu.requestAdapter()).features))
+"""
+
+
+def test_dawn_toggles_combine(dawn):
+    """Both toggles reach Dawn together (dawn.node keeps only the last of repeated enable-dawn-features
+    entries): the adapter with both offers all that allow_unsafe_apis alone adds to the default one."""
+    both = set(dawn[0].exec(_ADAPTER_FEATURES))
+    with DawnHost(flags=["allow_unsafe_apis"]) as h1, DawnHost() as h0:
+        unsafe, default = set(h1.exec(_ADAPTER_FEATURES)), set(h0.exec(_ADAPTER_FEATURES))
+    assert unsafe - default, "allow_unsafe_apis offered nothing more here: this test cannot tell"
+    assert unsafe - default <= both, unsafe - default - both
+
+
 def test_unsafe_apis_flag_stays_with_the_host():
     """dawn-bench --unsafe-apis / --subgroup-matrix create Dawn with allow_unsafe_apis; bench's own parser (in
     Pyodide) never sees them (--subgroup-matrix reaches it as --prefill-kernel sgmat)."""
