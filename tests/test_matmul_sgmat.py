@@ -179,10 +179,10 @@ def f16_bound(x: np.ndarray, w: np.ndarray, extra: np.ndarray | float = 0.0) -> 
 
 F16_TILINGS = [
     "None",
-    "MatmulSgmatF16Tiling(kb=1, db=False)",
+    "MatmulSgmatF16Tiling(kb=1, db=True)",
     "MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=4, tj=1, kb=1)",
 ]
-F16_IDS = ["planner", "single-buffer", "1x4-subgroups"]
+F16_IDS = ["planner", "double-buffer", "1x4-subgroups"]
 # Q4_K rows are whole super-blocks of 256
 F16_SHAPES = {"Q4_K": [(37, 256, 5), (70, 512, 33), (4096, 512, 128)]}
 
@@ -225,9 +225,9 @@ def test_f16_bias_accumulate_and_fallback(host16):
 
 # (qtype, N, K, T, tiling, bias, accumulate): ragged N and T, K / 32 odd, both buffer forms, Q4_K super-blocks
 EMULATED = [
-    ("Q4_0", 37, 96, 5, MatmulSgmatF16Tiling(kb=1), True, False),
+    ("Q4_0", 37, 96, 5, MatmulSgmatF16Tiling(kb=1, db=True), True, False),
     ("Q8_0", 130, 256, 70, MatmulSgmatF16Tiling(kb=2, db=False), False, True),
-    ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=2, tj=1, kb=2), True, True),
+    ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=2, tj=1, kb=2, db=True), True, True),
     ("Q4_1", 33, 64, 2, MatmulSgmatF16Tiling(), False, False),
 ]
 

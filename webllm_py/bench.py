@@ -163,6 +163,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
     p.add_argument(
+        "--sgmat-f16-tiling",
+        metavar="SG_M,SG_N,TI,TJ,KB,DB",
+        help="matmul_sgmat_f16's tile: subgroups along tokens and rows, 16x16 tiles each, 32-blocks a K step, "
+        "double buffering 0/1 (planner.MatmulSgmatF16Tiling)",
+    )
+    p.add_argument(
         "--attention",
         choices=["fused", "combine", "unfused"],
         help="single-token attention as attention_step merging its slices (one dispatch), attention_step "
@@ -291,7 +297,14 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
 
 def kernel_policy(args: argparse.Namespace):
     """The KernelPolicy that bench's flags ask for (the planner's defaults where none is given)."""
-    from .planner import KernelPolicy, MatmulI8Tiling, MatvecTiling, StepTiling, parse_staged_tilings
+    from .planner import (
+        KernelPolicy,
+        MatmulI8Tiling,
+        MatmulSgmatF16Tiling,
+        MatvecTiling,
+        StepTiling,
+        parse_staged_tilings,
+    )
 
     ints = lambda v: [int(f) for f in v.split(",")]  # noqa: E731
     tiling = {}
@@ -305,6 +318,9 @@ def kernel_policy(args: argparse.Namespace):
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
         if args.i8_tiling
+        else None,
+        sgmat_f16_tiling=MatmulSgmatF16Tiling(*ints(args.sgmat_f16_tiling)[:5], bool(ints(args.sgmat_f16_tiling)[5]))
+        if args.sgmat_f16_tiling
         else None,
         fused_attention=None if args.attention is None else args.attention != "unfused",
         step_merge=None if args.attention is None else args.attention == "fused",

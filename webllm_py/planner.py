@@ -156,7 +156,10 @@ class MatmulSgmatF16Tiling:
     ti: int = 2  # 16-token tiles per subgroup: each weight matrix loaded serves ti multiplies
     tj: int = 2  # 16-row tiles per subgroup: each x matrix loaded serves tj multiplies
     kb: int = 2  # 32-blocks per K step (between barriers), where it divides K / 32
-    db: bool = True  # double-buffered K steps: one barrier a step, the next step's loads in flight
+    # double-buffered K steps (one barrier a step, the next step's loads in flight): 0.67x the single
+    # buffer's speed on the H200 (docs/benchmarks.md: twice the workgroup memory, registers live across
+    # the multiplies), so off
+    db: bool = False
 
     @property
     def tm(self) -> int:
