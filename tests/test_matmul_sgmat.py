@@ -7,7 +7,8 @@ with such units (the device H200; Mesa 25 lavapipe offers no configs): an i8 16x
 f16 -> f32 16x16x16 config with shader-f16 for the second (on NVIDIA only with the vulkan_enable_f16_on_nvidia
 toggle, which the host is started with). Elsewhere those tests skip, saying what the adapter offered. The same
 Python as in the browser runs in Pyodide (webllm_py.dawn.DawnHost): Linear, its planner rows
-(KernelPolicy(prefill="sgmat" / "sgmat-f16"): not the default, docs/benchmarks.md), and the kernels.
+(KernelPolicy(prefill="sgmat"), not the default; matmul_sgmat_f16 is "auto"'s choice where offered:
+docs/benchmarks.md), and the kernels.
 What lavapipe can check of the f16 kernel, it does: its staging, dequantization, tiling and bounds with the
 five subgroup-matrix builtins emulated (tests/sgmat_emulation.py)."""
 
@@ -161,7 +162,7 @@ def test_bias_accumulate_and_fallback(host):
     assert template == "matmul_sgmat" and (np.abs(y - ref) <= tol).all()
     template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, y0=y0, accumulate=True)
     assert template == "matmul_sgmat" and (np.abs(y - (ref + y0)) <= tol).all()
-    template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, policy="")  # "auto": matmul_i8 (faster, for now)
+    template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, policy='prefill="i8x2"')  # matmul_i8 (faster)
     assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
 
 
@@ -204,7 +205,8 @@ def test_f16_matches_numpy(host16, qtype, tiling):
 
 
 def test_f16_bias_accumulate_and_fallback(host16):
-    """Bias and y += on the f16 kernel (a ragged 45-row, 9-token shape); the same layer under "auto" agrees."""
+    """Bias and y += on the f16 kernel (a ragged 45-row, 9-token shape), which "auto" takes where offered;
+    the same layer on matmul_i8 agrees."""
     rng = np.random.default_rng(17)
     N, K, T = 45, 128, 9
     raw, w = make_weight("Q4_0", N, K, rng)
@@ -213,12 +215,14 @@ def test_f16_bias_accumulate_and_fallback(host16):
     y0 = rng.standard_normal((T, N)).astype(np.float32)
     ref = x.astype(np.float64) @ w.T + bias
     policy = 'prefill="sgmat-f16"'
+    template, y = run(host16, "Q4_0", raw, N, K, x, policy="", bias=bias)  # "auto"
+    assert template == "matmul_sgmat_f16" and (np.abs(y - ref) <= f16_bound(x, w, bias)).all()
     template, y = run(host16, "Q4_0", raw, N, K, x, policy=policy, bias=bias)
     assert template == "matmul_sgmat_f16" and (np.abs(y - ref) <= f16_bound(x, w, bias)).all()
     template, y = run(host16, "Q4_0", raw, N, K, x, policy=policy, bias=bias, y0=y0, accumulate=True)
     bound = f16_bound(x, w, np.abs(bias) + np.abs(y0))
     assert template == "matmul_sgmat_f16" and (np.abs(y - (ref + y0)) <= bound).all()
-    template, y = run(host16, "Q4_0", raw, N, K, x, bias=bias, policy="")  # "auto": matmul_i8
+    template, y = run(host16, "Q4_0", raw, N, K, x, bias=bias, policy='prefill="i8x2"')
     tol = int8_bound(x, w, 2) + 1e-5 * (np.abs(x) @ np.abs(w).T + np.abs(bias))
     assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
 

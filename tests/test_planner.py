@@ -244,7 +244,9 @@ SGMAT_F16_CASES = [
     ("the policy's tile", SGMAT16, T.Q4_0, 64, 256,
      KernelPolicy(prefill="sgmat-f16", sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
      MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
-    ("not by default", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(), None),
+    ("by default where offered", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(), MatmulSgmatF16Tiling()),
+    ("matmul_i8 forced by policy", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(prefill="i8x2"), None),
+    ("the int8 subgroup matrices asked for", SGMAT16, T.Q4_0, 4096, 4096, SG, None),
     ("a type it does not read: matmul_i8's rows", SGMAT16, T.Q6_K, 4096, 4096, SG16, None),
     ("Q4_K rows of part of a super-block", SGMAT16, T.Q4_K, 64, 96, SG16, None),
     ("i8 subgroup matrices only (Dawn on NVIDIA without the f16 toggle)", SGMAT, T.Q4_0, 4096, 4096, SG16, None),
@@ -260,8 +262,9 @@ def test_sgmat_f16_row(case):
     _, adapter, qtype, n, k, policy, tiling = case
     assert sgmat_f16_tiling(adapter, qtype, k, n, policy) == tiling
     plan = plan_matmul(adapter, qtype, n, k, policy)
-    fallback = plan_matmul(adapter, qtype, n, k, KernelPolicy()).template  # where it does not run: as "auto"
-    assert plan.template == ("matmul_sgmat_f16" if tiling else fallback)
+    # where it does not run: matmul_sgmat if asked for, else as without it (matmul_i8, matmul)
+    fallback = plan_matmul(adapter, qtype, n, k, policy if policy.prefill == "sgmat" else KernelPolicy(prefill="i8x2"))
+    assert plan.template == ("matmul_sgmat_f16" if tiling else fallback.template)
     assert tiling is None or plan.tiling == tiling
 
 

@@ -317,10 +317,11 @@ class KernelPolicy:
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
-    # prefill: "auto" takes matmul_i8 with two int8 planes of x where I8 pays; "i8x2" (two planes) and
+    # prefill: "auto" takes matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else matmul_i8
+    # with two int8 planes of x where I8 pays; "i8x2" (two planes) and
     # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
-    # "sgmat" takes matmul_sgmat (tensor cores) where the adapter has i8 subgroup matrices, else as "auto";
-    # "sgmat-f16" matmul_sgmat_f16 (tensor cores on f16 tiles) where it has the f16 config, else as "auto"
+    # "sgmat" takes matmul_sgmat (tensor cores) where the adapter has i8 subgroup matrices, else matmul_i8;
+    # "sgmat-f16" only matmul_sgmat_f16 (as "auto" does), never matmul_sgmat
     prefill: str = "auto"
     sgmat_tiling: MatmulSgmatTiling | None = None  # matmul_sgmat's tile (kb drops to 1 where K % 64 != 0)
     sgmat_f16_tiling: MatmulSgmatF16Tiling | None = None  # matmul_sgmat_f16's (kb as sgmat_tiling's)
@@ -605,10 +606,12 @@ def sgmat_f16_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatF16Tiling | None:
     """matmul_sgmat_f16's tiling where the adapter has f16 subgroup matrices at 16x16x16 with shader-f16
-    (Adapter.f16_subgroup_matrix) and the policy asks for it ("sgmat-f16"): Q4_0, Q4_1, Q8_0 and Q4_K rows
-    (of whole super-blocks for Q4_K), where the tile fits the adapter."""
+    (Adapter.f16_subgroup_matrix) and the policy takes it ("auto" or "sgmat-f16"): Q4_0, Q4_1, Q8_0 and Q4_K
+    rows (of whole super-blocks for Q4_K), where the tile fits the adapter. By default where offered: on the
+    H200 it ran at 2.3-2.7x matmul_i8's speed at 512-token shapes, 1.5-2.6x at 128-token chunks, and a 1B
+    prefill at 1.31x (docs/benchmarks.md, "f16 weight tiles"). x is rounded to f16 (|x| > 65504 becomes inf)."""
     if (
-        policy.prefill != "sgmat-f16"
+        policy.prefill not in ("auto", "sgmat-f16")
         or qtype not in SGMAT_F16_TYPES
         or K % (256 if qtype == GGMLType.Q4_K else 32)
         or not adapter.f16_subgroup_matrix
@@ -631,7 +634,7 @@ class MatmulRow:
 
 MATMUL_TABLE: tuple[MatmulRow, ...] = (
     # tensor cores on f16 tiles: weights dequantized while staged, x rounded to f16 (where
-    # sgmat_f16_tiling says it runs: asked for by the policy, for now)
+    # sgmat_f16_tiling says it runs: where the adapter has the f16 config, unless the policy says otherwise)
     MatmulRow("matmul_sgmat_f16", sgmat_f16_tiling),
     # tensor cores: i8 subgroup matrix multiplies over the same int8 x (where sgmat_tiling says it runs:
     # asked for by the policy, for now)
