@@ -185,11 +185,11 @@ F16_TILINGS = [
 ]
 F16_IDS = ["planner", "double-buffer", "1x4-subgroups"]
 # Q4_K rows are whole super-blocks of 256
-F16_SHAPES = {"Q4_K": [(37, 256, 5), (70, 512, 33), (4096, 512, 128)]}
+F16_SHAPES = {q: [(37, 256, 5), (70, 512, 33), (4096, 512, 128)] for q in ("Q4_K", "Q6_K")}
 
 
 @pytest.mark.parametrize("tiling", F16_TILINGS, ids=F16_IDS)
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0", "Q4_K", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0", "Q4_K", "Q4_1", "Q6_K"])
 def test_f16_matches_numpy(host16, qtype, tiling):
     rng = np.random.default_rng(sum(map(ord, qtype)) + len(tiling) + 16)
     for N, K, T in F16_SHAPES.get(qtype, SHAPES):
@@ -233,6 +233,7 @@ EMULATED = [
     ("Q8_0", 130, 256, 70, MatmulSgmatF16Tiling(kb=2, db=False), False, True),
     ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=2, tj=1, kb=2, db=True), True, True),
     ("Q4_1", 33, 64, 2, MatmulSgmatF16Tiling(), False, False),
+    ("Q6_K", 37, 512, 9, MatmulSgmatF16Tiling(kb=2), True, False),
 ]
 
 

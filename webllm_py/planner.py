@@ -203,7 +203,8 @@ SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False)
 I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
 # ... and the subgroup-matrix prefill (matmul_sgmat) these (whole 32-blocks of signed int8 once unpacked).
 SGMAT_TYPES = (GGMLType.Q4_0, GGMLType.Q8_0)
-# The f16 one (matmul_sgmat_f16) dequantizes what matmul_i8's block loader unpacks: w = d q + m.
+# The f16 one (matmul_sgmat_f16) dequantizes what matmul_i8's block loader unpacks: w = d q + m (Q6_K:
+# a scale per 16-element half).
 SGMAT_F16_TYPES = I8_TYPES
 # ... on the f16 x f16 -> f32 config of this shape: (component, result, M, N, K) as the adapter lists it
 SGMAT_F16_CONFIG = ("f16", "f32", 16, 16, 16)
@@ -606,14 +607,14 @@ def sgmat_f16_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatF16Tiling | None:
     """matmul_sgmat_f16's tiling where the adapter has f16 subgroup matrices at 16x16x16 with shader-f16
-    (Adapter.f16_subgroup_matrix) and the policy takes it ("auto" or "sgmat-f16"): Q4_0, Q4_1, Q8_0 and Q4_K
-    rows (of whole super-blocks for Q4_K), where the tile fits the adapter. By default where offered: on the
+    (Adapter.f16_subgroup_matrix) and the policy takes it ("auto" or "sgmat-f16"): Q4_0, Q4_1, Q8_0, Q4_K and
+    Q6_K rows (of whole super-blocks for the K types), where the tile fits the adapter. By default where offered: on the
     H200 it ran at 2.3-2.7x matmul_i8's speed at 512-token shapes, 1.5-2.6x at 128-token chunks, and a 1B
     prefill at 1.31x (docs/benchmarks.md, "f16 weight tiles"). x is rounded to f16 (|x| > 65504 becomes inf)."""
     if (
         policy.prefill not in ("auto", "sgmat-f16")
         or qtype not in SGMAT_F16_TYPES
-        or K % (256 if qtype == GGMLType.Q4_K else 32)
+        or K % (256 if qtype in (GGMLType.Q4_K, GGMLType.Q6_K) else 32)
         or not adapter.f16_subgroup_matrix
     ):
         return None
