@@ -51,7 +51,10 @@ async function main() {
   const { create, globals } = await import(pathToFileURL(join(WEBGPU, "index.js")).href);
   Object.assign(globalThis, globals);
   // Node 20 has no navigator; Pyodide's start reads navigator.userAgent whenever navigator exists.
-  globalThis.navigator = { gpu: create(flags.map((f) => `enable-dawn-features=${f}`)), userAgent: "node-dawn" };
+  // One enable-dawn-features entry naming every toggle: dawn.node keeps only the last value of a repeated key
+  // (two entries would leave allow_unsafe_apis off beside vulkan_enable_f16_on_nvidia).
+  const toggles = flags.length ? [`enable-dawn-features=${flags.join(",")}`] : [];
+  globalThis.navigator = { gpu: create(toggles), userAgent: "node-dawn" };
   const { loadPyodide } = await import(pathToFileURL(join(PYODIDE, "pyodide.mjs")).href);
   const py = await loadPyodide({ indexURL: PYODIDE + "/", stdout: (s) => console.error(s), stderr: (s) => console.error(s) });
   const names = readdirSync(WHEELS);

@@ -1,11 +1,16 @@
-"""The subgroup-matrix prefill (matmul_sgmat.wgsl.j2 after quantize_i8.wgsl.j2) on Dawn against numpy over
-gguf-py's dequantize times the f32 activations, within the int8 rounding bound of test_matmul_i8.py.
+"""The subgroup-matrix prefills on Dawn against numpy over gguf-py's dequantize times the f32 activations:
+matmul_sgmat.wgsl.j2 (int8 tiles, after quantize_i8.wgsl.j2) within the int8 rounding bound of
+test_matmul_i8.py, and matmul_sgmat_f16.wgsl.j2 (f16 tiles) within the f16 rounding bound (f16_bound).
 
-It needs Dawn's chromium-experimental-subgroup-matrix with an i8 16x16x32 config, offered only with
-allow_unsafe_apis and only on GPUs with such units (the device H200; Mesa 25 lavapipe offers no configs):
-elsewhere the tests skip, saying what the adapter offered. The same Python as in the browser runs in
-Pyodide (webllm_py.dawn.DawnHost): Linear, its planner row (KernelPolicy(prefill="sgmat"): not the default
-while matmul_i8 is faster, docs/benchmarks.md), quantize_i8 and the kernel."""
+They need Dawn's chromium-experimental-subgroup-matrix, offered only with allow_unsafe_apis and only on GPUs
+with such units (the device H200; Mesa 25 lavapipe offers no configs): an i8 16x16x32 config for the first, an
+f16 -> f32 16x16x16 config with shader-f16 for the second (on NVIDIA only with the vulkan_enable_f16_on_nvidia
+toggle, which the host is started with). Elsewhere those tests skip, saying what the adapter offered. The same
+Python as in the browser runs in Pyodide (webllm_py.dawn.DawnHost): Linear, its planner rows
+(KernelPolicy(prefill="sgmat"), not the default; matmul_sgmat_f16 is "auto"'s choice where offered:
+docs/benchmarks.md), and the kernels.
+What lavapipe can check of the f16 kernel, it does: its staging, dequantization, tiling and bounds with the
+five subgroup-matrix builtins emulated (tests/sgmat_emulation.py)."""
 
 import base64
 
@@ -13,8 +18,10 @@ import numpy as np
 import pytest
 
 from webllm_py.dawn import DawnHost, DawnHostError
+from webllm_py.planner import MatmulSgmatF16Tiling
 
 from .linear_helpers import int8_bound, make_weight
+from .sgmat_emulation import run_emulated
 
 pytestmark = pytest.mark.dawn
 
@@ -24,11 +31,12 @@ from webllm_py.gpu.browser import BrowserDevice
 from webllm_py.formats.quants import GGMLType, TensorInfo
 from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Linear
-from webllm_py.planner import Adapter, KernelPolicy, MatmulSgmatTiling
+from webllm_py.planner import Adapter, KernelPolicy, MatmulSgmatF16Tiling, MatmulSgmatTiling
 from webllm_py.weights import upload_tensor
 dev = await BrowserDevice.create()
 {"features": sorted(dev.features), "configs": sorted(map(list, dev.subgroup_matrix_configs)),
- "subgroup_sizes": list(dev.subgroup_sizes), "sgmat": Adapter.of(dev).subgroup_matrix}
+ "subgroup_sizes": list(dev.subgroup_sizes), "sgmat": Adapter.of(dev).subgroup_matrix,
+ "sgmat16": Adapter.of(dev).f16_subgroup_matrix}
 """
 
 # Pyodide side: one Linear over the given weight; y starts as NaN (every output must be written).
@@ -57,19 +65,38 @@ def _b64(a) -> str:
 
 
 @pytest.fixture(scope="module")
-def host():
+def dawn():
+    """One Dawn host for both kernels: allow_unsafe_apis (the subgroup-matrix feature) and, on NVIDIA,
+    vulkan_enable_f16_on_nvidia (shader-f16 and the f16 configs; other GPUs ignore the toggle)."""
     try:
-        h = DawnHost(flags=["allow_unsafe_apis"], timeout=300)
+        h = DawnHost(flags=["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"], timeout=300)
     except DawnHostError as e:  # no Node / Dawn / Vulkan driver here: the dawn marker's other tests fail loudly
         pytest.fail(f"the Dawn host did not start: {e}")
     with h:
-        info = h.exec(_SETUP)
-        if not info["sgmat"]:
-            pytest.skip(
-                f"this adapter has no i8 subgroup matrices (features {info['features']}, "
-                f"subgroup matrix configs {info['configs']}, subgroup sizes {info['subgroup_sizes']})"
-            )
-        yield h
+        yield h, h.exec(_SETUP)
+
+
+def _offer(info) -> str:
+    return (
+        f"features {info['features']}, subgroup matrix configs {info['configs']}, "
+        f"subgroup sizes {info['subgroup_sizes']}"
+    )
+
+
+@pytest.fixture(scope="module")
+def host(dawn):
+    h, info = dawn
+    if not info["sgmat"]:
+        pytest.skip(f"this adapter has no i8 subgroup matrices ({_offer(info)})")
+    return h
+
+
+@pytest.fixture(scope="module")
+def host16(dawn):
+    h, info = dawn
+    if not info["sgmat16"]:
+        pytest.skip(f"this adapter has no f16 -> f32 16x16x16 subgroup matrices with shader-f16 ({_offer(info)})")
+    return h
 
 
 def run(host, qtype, raw, N, K, x, tiling="None", policy='prefill="sgmat"', bias=None, y0=None, accumulate=False):
@@ -135,8 +162,114 @@ def test_bias_accumulate_and_fallback(host):
     assert template == "matmul_sgmat" and (np.abs(y - ref) <= tol).all()
     template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, y0=y0, accumulate=True)
     assert template == "matmul_sgmat" and (np.abs(y - (ref + y0)) <= tol).all()
-    template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, policy="")  # "auto": matmul_i8 (faster, for now)
+    template, y = run(host, "Q4_0", raw, N, K, x, bias=bias, policy='prefill="i8x2"')  # matmul_i8 (faster)
     assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
+
+
+def f16_bound(x: np.ndarray, w: np.ndarray, extra: np.ndarray | float = 0.0) -> np.ndarray:
+    """What matmul_sgmat_f16 may be off by, per output [T, N]: x_k and w_k are each rounded to f16 once
+    (relative error <= u = 2^-11, round to nearest), so a product is off by <= (2u + u^2) |x_k w_k|; the f32
+    sums (tensor core and bias/y adds) add <= K 2^-24 of sum |x_k w_k| (gamma_K) and 2^-24 of `extra`
+    (|bias| + |y0|). f16's subnormals (|v| < 2^-14) round to 2^-24 absolute instead: |x| > 2^-14 here
+    except by rare chance, whose 2^-25 |w_k| is far inside the relative terms."""
+    K = x.shape[1]
+    u = 2.0**-11
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w).T
+    return (2 * u + u * u + K * 2.0**-24) * scale + 2.0**-24 * np.abs(extra) + 1e-30
+
+
+F16_TILINGS = [
+    "None",
+    "MatmulSgmatF16Tiling(kb=1, db=True)",
+    "MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=4, tj=1, kb=1)",
+]
+F16_IDS = ["planner", "double-buffer", "1x4-subgroups"]
+# Q4_K rows are whole super-blocks of 256
+F16_SHAPES = {q: [(37, 256, 5), (70, 512, 33), (4096, 512, 128)] for q in ("Q4_K", "Q6_K")}
+
+
+@pytest.mark.parametrize("tiling", F16_TILINGS, ids=F16_IDS)
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0", "Q4_K", "Q4_1", "Q6_K"])
+def test_f16_matches_numpy(host16, qtype, tiling):
+    rng = np.random.default_rng(sum(map(ord, qtype)) + len(tiling) + 16)
+    for N, K, T in F16_SHAPES.get(qtype, SHAPES):
+        raw, w = make_weight(qtype, N, K, rng)
+        x = rng.standard_normal((T, K)).astype(np.float32)
+        x[0, :32] = 0.0
+        x[1, 32:64] *= 100.0
+        template, y = run(host16, qtype, raw, N, K, x, tiling, policy='prefill="sgmat-f16"')
+        assert template == "matmul_sgmat_f16"
+        err = np.abs(y - x.astype(np.float64) @ w.T)
+        bound = f16_bound(x, w)
+        assert (err <= bound).all(), (N, K, T, float((err / bound).max()))
+
+
+def test_f16_bias_accumulate_and_fallback(host16):
+    """Bias and y += on the f16 kernel (a ragged 45-row, 9-token shape), which "auto" takes where offered;
+    the same layer on matmul_i8 agrees."""
+    rng = np.random.default_rng(17)
+    N, K, T = 45, 128, 9
+    raw, w = make_weight("Q4_0", N, K, rng)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    y0 = rng.standard_normal((T, N)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.T + bias
+    policy = 'prefill="sgmat-f16"'
+    template, y = run(host16, "Q4_0", raw, N, K, x, policy="", bias=bias)  # "auto"
+    assert template == "matmul_sgmat_f16" and (np.abs(y - ref) <= f16_bound(x, w, bias)).all()
+    template, y = run(host16, "Q4_0", raw, N, K, x, policy=policy, bias=bias)
+    assert template == "matmul_sgmat_f16" and (np.abs(y - ref) <= f16_bound(x, w, bias)).all()
+    template, y = run(host16, "Q4_0", raw, N, K, x, policy=policy, bias=bias, y0=y0, accumulate=True)
+    bound = f16_bound(x, w, np.abs(bias) + np.abs(y0))
+    assert template == "matmul_sgmat_f16" and (np.abs(y - (ref + y0)) <= bound).all()
+    template, y = run(host16, "Q4_0", raw, N, K, x, bias=bias, policy='prefill="i8x2"')
+    tol = int8_bound(x, w, 2) + 1e-5 * (np.abs(x) @ np.abs(w).T + np.abs(bias))
+    assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
+
+
+# (qtype, N, K, T, tiling, bias, accumulate): ragged N and T, K / 32 odd, both buffer forms, Q4_K super-blocks
+EMULATED = [
+    ("Q4_0", 37, 96, 5, MatmulSgmatF16Tiling(kb=1, db=True), True, False),
+    ("Q8_0", 130, 256, 70, MatmulSgmatF16Tiling(kb=2, db=False), False, True),
+    ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=2, tj=1, kb=2, db=True), True, True),
+    ("Q4_1", 33, 64, 2, MatmulSgmatF16Tiling(), False, False),
+    ("Q6_K", 37, 512, 9, MatmulSgmatF16Tiling(kb=2), True, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", EMULATED, ids=[c[0] for c in EMULATED])
+def test_f16_template_emulated(device, case):
+    """matmul_sgmat_f16's own WGSL (staging, dequantization, double buffering, tile offsets, bounds, bias,
+    y +=) on lavapipe, its five subgroup-matrix calls emulated through workgroup memory, within f16_bound."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    qtype, N, K, T, tiling, bias, accumulate = case
+    rng = np.random.default_rng(N + K + T)
+    raw, w = make_weight(qtype, N, K, rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32) if bias else None
+    y0 = rng.standard_normal((T, N)).astype(np.float32) if accumulate else None
+    y = run_emulated(device, qtype, raw, N, K, x, tiling, b, y0)
+    extra = (np.abs(b) if bias else 0.0) + (np.abs(y0) if accumulate else 0.0)
+    ref = x.astype(np.float64) @ w.T + (b if bias else 0.0) + (y0 if accumulate else 0.0)
+    assert (np.abs(y - ref) <= f16_bound(x, w, extra)).all()
+
+
+_ADAPTER_FEATURES = """
+import js
+sorted(str(f) for f in getattr(js.Array, "from")((await js.navigator.gpu.requestAdapter()).features))
+"""
+
+
+def test_dawn_toggles_combine(dawn):
+    """Both toggles reach Dawn together (dawn.node keeps only the last of repeated enable-dawn-features
+    entries): the adapter with both offers all that allow_unsafe_apis alone adds to the default one."""
+    both = set(dawn[0].exec(_ADAPTER_FEATURES))
+    with DawnHost(flags=["allow_unsafe_apis"]) as h1, DawnHost() as h0:
+        unsafe, default = set(h1.exec(_ADAPTER_FEATURES)), set(h0.exec(_ADAPTER_FEATURES))
+    assert unsafe - default, "allow_unsafe_apis offered nothing more here: this test cannot tell"
+    assert unsafe - default <= both, unsafe - default - both
 
 
 def test_unsafe_apis_flag_stays_with_the_host():

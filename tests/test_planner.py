@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from types import SimpleNamespace as NS
 
+import dataclasses
+
 import pytest
 
 from webllm_py.formats.quants import GGMLType as T
@@ -27,6 +29,7 @@ from webllm_py.planner import (
     KernelPolicy,
     MatmulI8Tiling,
     MatmulRowsTiling,
+    MatmulSgmatF16Tiling,
     MatmulSgmatTiling,
     MatmulTiling,
     MatvecTiling,
@@ -43,6 +46,7 @@ from webllm_py.planner import (
     plan_fused_glu,
     plan_matmul,
     plan_matvec,
+    sgmat_f16_tiling,
     sgmat_tiling,
     staged_tiling,
     team_subgroups,
@@ -229,12 +233,58 @@ def test_sgmat_row(case):
     assert tiling is None or plan.tiling == tiling
 
 
+# ... with the f16 config too (Dawn on the H200 with vulkan_enable_f16_on_nvidia; Apple, Intel, AMD by default)
+SGMAT16 = dataclasses.replace(SGMAT, f16=True, f16_subgroup_matrix=True)
+SG16 = KernelPolicy(prefill="sgmat-f16")
+# (adapter, qtype, N, K, policy) -> matmul_sgmat_f16's tiling, or None (then the rows below it)
+# fmt: off
+SGMAT_F16_CASES = [
+    ("f16 tiles, Q4_0", SGMAT16, T.Q4_0, 4096, 4096, SG16, MatmulSgmatF16Tiling()),
+    ("f16 tiles, Q4_K super-blocks", SGMAT16, T.Q4_K, 2048, 8192, SG16, MatmulSgmatF16Tiling()),
+    ("f16 tiles, Q4_1", SGMAT16, T.Q4_1, 64, 64, SG16, MatmulSgmatF16Tiling()),
+    ("Q8_0, K / 32 odd: one block a step", SGMAT16, T.Q8_0, 64, 96, SG16, MatmulSgmatF16Tiling(kb=1)),
+    ("the policy's tile", SGMAT16, T.Q4_0, 64, 256,
+     KernelPolicy(prefill="sgmat-f16", sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
+     MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
+    ("by default where offered", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(), MatmulSgmatF16Tiling()),
+    ("matmul_i8 forced by policy", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(prefill="i8x2"), None),
+    ("the int8 subgroup matrices asked for", SGMAT16, T.Q4_0, 4096, 4096, SG, None),
+    ("f16 tiles, Q6_K super-blocks", SGMAT16, T.Q6_K, 2048, 8192, SG16, MatmulSgmatF16Tiling()),
+    ("a type it does not read", SGMAT16, T.Q5_K, 4096, 4096, SG16, None),
+    ("Q6_K rows of part of a super-block", SGMAT16, T.Q6_K, 64, 96, SG16, None),
+    ("Q4_K rows of part of a super-block", SGMAT16, T.Q4_K, 64, 96, SG16, None),
+    ("i8 subgroup matrices only (Dawn on NVIDIA without the f16 toggle)", SGMAT, T.Q4_0, 4096, 4096, SG16, None),
+    ("no subgroup matrices (default Chrome, native wgpu, lavapipe)", GPU, T.Q4_0, 4096, 4096, SG16, None),
+    ("tiles past the workgroup memory", Adapter(f16=True, f16_subgroup_matrix=True), T.Q4_0, 4096, 4096, SG16,
+     None),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", SGMAT_F16_CASES, ids=[c[0] for c in SGMAT_F16_CASES])
+def test_sgmat_f16_row(case):
+    _, adapter, qtype, n, k, policy, tiling = case
+    assert sgmat_f16_tiling(adapter, qtype, k, n, policy) == tiling
+    plan = plan_matmul(adapter, qtype, n, k, policy)
+    # where it does not run: matmul_sgmat if asked for, else as without it (matmul_i8, matmul)
+    fallback = plan_matmul(adapter, qtype, n, k, policy if policy.prefill == "sgmat" else KernelPolicy(prefill="i8x2"))
+    assert plan.template == ("matmul_sgmat_f16" if tiling else fallback.template)
+    assert tiling is None or plan.tiling == tiling
+
+
 def test_matmul_request():
     assert plan_matmul(GPU, T.Q4_0, 64, 64, request=MatmulRowsTiling(4, 2, 3)).template == "matmul_rows"
     assert plan_matmul(CPU, T.Q4_0, 64, 64, request=MatmulTiling(tm=16)).tiling == MatmulTiling(tm=16)
     assert plan_matmul(CPU, T.Q6_K, 64, 256, request=MatmulI8Tiling()).template == "matmul_i8"
     assert plan_matmul(GPU, T.Q4_0, 64, 64, request=MatmulSgmatTiling()).template == "matmul_sgmat"
-    assert {r.template for r in MATMUL_TABLE} == {"matmul_sgmat", "matmul_i8", "matmul_rows", "matmul"}
+    assert plan_matmul(GPU, T.Q4_0, 64, 64, request=MatmulSgmatF16Tiling()).template == "matmul_sgmat_f16"
+    assert {r.template for r in MATMUL_TABLE} == {
+        "matmul_sgmat_f16",
+        "matmul_sgmat",
+        "matmul_i8",
+        "matmul_rows",
+        "matmul",
+    }
     with pytest.raises(ValueError, match="prefill"):
         KernelPolicy(prefill="int4")
 
@@ -363,6 +413,20 @@ def test_adapter_of_device():
         NS(**{**dawn, "subgroup_matrix_configs": frozenset({("u8", "u32", 16, 16, 32)})})
     ).subgroup_matrix
     assert not Adapter.of(NS(**{**dawn, "features": frozenset()})).subgroup_matrix
+    # ... and the f16 kernel's: the f16 -> f32 16x16x16 config with shader-f16 granted
+    f16 = ("f16", "f32", 16, 16, 16)
+    assert not Adapter.of(NS(**dawn)).f16_subgroup_matrix
+    with_f16 = {**dawn, "subgroup_matrix_configs": frozenset({i8, f16}), "has_f16": True}
+    assert Adapter.of(NS(**with_f16)).f16_subgroup_matrix
+    assert not Adapter.of(NS(**{**with_f16, "has_f16": False})).f16_subgroup_matrix
+    assert not Adapter.of(
+        NS(
+            **{
+                **with_f16,
+                "subgroup_matrix_configs": frozenset({("f16", "f16", 16, 16, 16), ("f16", "f32", 16, 8, 16)}),
+            }
+        )
+    ).f16_subgroup_matrix
 
 
 def _dawn_nvidia(features=("subgroups", "timestamp-query"), wgsl=("packed_4x8_integer_dot_product",), subgroup_min=32):

@@ -153,13 +153,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--prefill-kernel",
-        choices=["auto", "sgmat", "i8x2", "i8", "f32"],
+        choices=["auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32"],
         default="auto",
-        help="prefill matmul: auto = matmul_i8 (two int8 planes) where it pays; sgmat = matmul_sgmat "
-        "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; i8x2 / i8 force matmul_i8; "
+        help="prefill matmul: auto = matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else "
+        "matmul_i8 (two int8 planes) where it pays; sgmat = matmul_sgmat "
+        "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; sgmat-f16 = matmul_sgmat_f16 "
+        "(tensor cores on f16 tiles; Dawn on NVIDIA also needs --dawn-flag vulkan_enable_f16_on_nvidia) where "
+        "offered, else as auto; i8x2 / i8 force matmul_i8; "
         "f32 = the dequantizing matmul (KernelPolicy.prefill)",
     )
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
+    p.add_argument(
+        "--sgmat-f16-tiling",
+        metavar="SG_M,SG_N,TI,TJ,KB,DB",
+        help="matmul_sgmat_f16's tile: subgroups along tokens and rows, 16x16 tiles each, 32-blocks a K step, "
+        "double buffering 0/1 (planner.MatmulSgmatF16Tiling)",
+    )
     p.add_argument(
         "--attention",
         choices=["fused", "combine", "unfused"],
@@ -295,7 +304,15 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
 
 def kernel_policy(args: argparse.Namespace):
     """The KernelPolicy that bench's flags ask for (the planner's defaults where none is given)."""
-    from .planner import KernelPolicy, MatmulI8Tiling, MatvecTiling, PrefillTiling, StepTiling, parse_staged_tilings
+    from .planner import (
+        KernelPolicy,
+        MatmulI8Tiling,
+        MatmulSgmatF16Tiling,
+        MatvecTiling,
+        PrefillTiling,
+        StepTiling,
+        parse_staged_tilings,
+    )
 
     ints = lambda v: [int(f) for f in v.split(",")]  # noqa: E731
     tiling = {}
@@ -309,6 +326,9 @@ def kernel_policy(args: argparse.Namespace):
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
         if args.i8_tiling
+        else None,
+        sgmat_f16_tiling=MatmulSgmatF16Tiling(*ints(args.sgmat_f16_tiling)[:5], bool(ints(args.sgmat_f16_tiling)[5]))
+        if args.sgmat_f16_tiling
         else None,
         fused_attention=None if args.attention is None else args.attention != "unfused",
         step_merge=None if args.attention is None else args.attention == "fused",

@@ -27,6 +27,7 @@ from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and
     KernelPolicy,
     MatmulI8Tiling,
     MatmulRowsTiling,
+    MatmulSgmatF16Tiling,
     MatmulSgmatTiling,
     MatmulTiling,
     MatvecTiling,
@@ -91,7 +92,12 @@ class Linear:
         bias: GPUTensor | None = None,
         *,
         matvec: MatvecTiling | StagedTiling | None = None,
-        matmul: MatmulTiling | MatmulRowsTiling | MatmulI8Tiling | MatmulSgmatTiling | None = None,
+        matmul: MatmulTiling
+        | MatmulRowsTiling
+        | MatmulI8Tiling
+        | MatmulSgmatTiling
+        | MatmulSgmatF16Tiling
+        | None = None,
         tokens_at: int = 1,
         f16: bool = False,
         subgroups: bool | None = None,
@@ -214,6 +220,24 @@ class Linear:
                     **tiling,
                     kb=m.kb,
                     planes=m.planes,
+                    qtype=self.weight.ggml_type.name,
+                    K=self.K,
+                    row_bytes=self._params["row_bytes"],
+                    tokens_at=self._tokens_at,
+                    has_bias=self.bias is not None,
+                    accumulate=accumulate,
+                    **{k: v for k, v in self._params.items() if k == "out_stride"},
+                )
+            elif kind == "matmul" and isinstance(m, MatmulSgmatF16Tiling):  # f32 x in, f16 tiles inside
+                k = self.device.kernel(
+                    name,
+                    label=label,
+                    sg_m=m.sg_m,
+                    sg_n=m.sg_n,
+                    ti=m.ti,
+                    tj=m.tj,
+                    kb=m.kb,
+                    db=m.db,
                     qtype=self.weight.ggml_type.name,
                     K=self.K,
                     row_bytes=self._params["row_bytes"],

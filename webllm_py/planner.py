@@ -146,6 +146,39 @@ class MatmulSgmatTiling:
 
 
 @dataclass(frozen=True)
+class MatmulSgmatF16Tiling:
+    """Prefill on f16 subgroup matrices (matmul_sgmat_f16.wgsl.j2): weights dequantized to f16 tiles in
+    workgroup memory (block scales applied while staging), x rounded to f16 there too, f32 accumulators
+    over the whole K; a workgroup of sg_m x sg_n subgroups, each owning ti x tj 16x16 tiles of y."""
+
+    sg_m: int = 2  # subgroups along tokens
+    sg_n: int = 2  # subgroups along rows
+    ti: int = 2  # 16-token tiles per subgroup: each weight matrix loaded serves ti multiplies
+    tj: int = 2  # 16-row tiles per subgroup: each x matrix loaded serves tj multiplies
+    kb: int = 2  # 32-blocks per K step (between barriers), where it divides K / 32
+    # double-buffered K steps (one barrier a step, the next step's loads in flight): 0.67x the single
+    # buffer's speed on the H200 (docs/benchmarks.md: twice the workgroup memory, registers live across
+    # the multiplies), so off
+    db: bool = False
+
+    @property
+    def tm(self) -> int:
+        return 16 * self.sg_m * self.ti
+
+    @property
+    def tn(self) -> int:
+        return 16 * self.sg_n * self.tj
+
+    def groups(self, n: int, T: int) -> tuple[int, int]:
+        return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
+
+    def shared_bytes(self) -> int:
+        """Workgroup memory: f16 rows of x and W (8 f16 of padding each), twice when double-buffered,
+        and one f32 16x16 tile per subgroup on the way out."""
+        return 2 * (2 if self.db else 1) * (self.tm + self.tn) * (32 * self.kb + 8) + 4 * 256 * self.sg_m * self.sg_n
+
+
+@dataclass(frozen=True)
 class StepTiling:
     """attention_step's shape: threads per workgroup, positions per pass, workgroups per kv head
     (split-K slices, merged in the same dispatch) and the fewest positions a slice takes."""
@@ -185,6 +218,11 @@ SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False)
 I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
 # ... and the subgroup-matrix prefill (matmul_sgmat) these (whole 32-blocks of signed int8 once unpacked).
 SGMAT_TYPES = (GGMLType.Q4_0, GGMLType.Q8_0)
+# The f16 one (matmul_sgmat_f16) dequantizes what matmul_i8's block loader unpacks: w = d q + m (Q6_K:
+# a scale per 16-element half).
+SGMAT_F16_TYPES = I8_TYPES
+# ... on the f16 x f16 -> f32 config of this shape: (component, result, M, N, K) as the adapter lists it
+SGMAT_F16_CONFIG = ("f16", "f32", 16, 16, 16)
 
 
 # -- inputs -------------------------------------------------------------------------------------------
@@ -207,6 +245,16 @@ def subgroup_min_size(device: Any) -> int:
     return max(said, _VENDOR_SUBGROUP_MIN.get(int(info.get("vendor_id", 0) or 0), 0))
 
 
+def _sgmat(device: Any, config: tuple[str, str, int, int, int]) -> bool:
+    """The subgroup-matrix feature was granted with `config`, on subgroups of exactly 32 (the kernels give
+    each lane 8 elements of a 16x16 tile)."""
+    return (
+        SGMAT_FEATURE in getattr(device, "features", ())
+        and config in getattr(device, "subgroup_matrix_configs", ())
+        and tuple(getattr(device, "subgroup_sizes", ())) == (32, 32)
+    )
+
+
 @dataclass(frozen=True)
 class Adapter:
     """What kernel choice needs to know of a device."""
@@ -226,6 +274,9 @@ class Adapter:
     # subgroups of exactly 32 (matmul_sgmat gives each lane 8 elements of a 16x16 tile)
     subgroup_matrix: bool = False
     f16: bool = False  # shader-f16 was granted
+    # ... and the f16 x f16 -> f32 16x16x16 config with shader-f16 (matmul_sgmat_f16; Dawn on NVIDIA lists
+    # it only with the vulkan_enable_f16_on_nvidia toggle; Apple, Intel and AMD by default)
+    f16_subgroup_matrix: bool = False
 
     @classmethod
     def of(cls, device: Any) -> "Adapter":
@@ -247,10 +298,9 @@ class Adapter:
             workgroup_storage=int(limits.get("max_compute_workgroup_storage_size", DEFAULT_WORKGROUP_STORAGE)),
             invocations=int(limits.get("max_compute_invocations_per_workgroup", 256)),
             storage_buffers=int(limits.get("max_storage_buffers_per_shader_stage", 8)),
-            subgroup_matrix=SGMAT_FEATURE in getattr(device, "features", ())
-            and ("i8", "i32", 16, 16, 32) in getattr(device, "subgroup_matrix_configs", ())
-            and tuple(getattr(device, "subgroup_sizes", ())) == (32, 32),
+            subgroup_matrix=_sgmat(device, ("i8", "i32", 16, 16, 32)),
             f16=bool(getattr(device, "has_f16", False)),
+            f16_subgroup_matrix=_sgmat(device, SGMAT_F16_CONFIG) and bool(getattr(device, "has_f16", False)),
         )
 
     def fits(self, workgroup_bytes: int) -> bool:
@@ -270,6 +320,10 @@ def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
     return tuple(out)
 
 
+# KernelPolicy.prefill's choices (bench --prefill-kernel)
+PREFILL_KERNELS = ("auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32")
+
+
 @dataclass(frozen=True)
 class KernelPolicy:
     """The choices a caller may override; the defaults are the measured best (docs/benchmarks.md)."""
@@ -279,11 +333,14 @@ class KernelPolicy:
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
-    # prefill: "auto" takes matmul_i8 with two int8 planes of x where I8 pays; "i8x2" (two planes) and
+    # prefill: "auto" takes matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else matmul_i8
+    # with two int8 planes of x where I8 pays; "i8x2" (two planes) and
     # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
-    # "sgmat" takes matmul_sgmat (tensor cores) where the adapter has i8 subgroup matrices, else as "auto"
+    # "sgmat" takes matmul_sgmat (tensor cores) where the adapter has i8 subgroup matrices, else matmul_i8;
+    # "sgmat-f16" only matmul_sgmat_f16 (as "auto" does), never matmul_sgmat
     prefill: str = "auto"
     sgmat_tiling: MatmulSgmatTiling | None = None  # matmul_sgmat's tile (kb drops to 1 where K % 64 != 0)
+    sgmat_f16_tiling: MatmulSgmatF16Tiling | None = None  # matmul_sgmat_f16's (kb as sgmat_tiling's)
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
     # attention_step merges its split-K slices itself (one dispatch; needs a device-scope
@@ -297,8 +354,8 @@ class KernelPolicy:
     kv_cache: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.prefill not in ("auto", "sgmat", "i8x2", "i8", "f32"):
-            raise ValueError(f"KernelPolicy.prefill must be auto, sgmat, i8x2, i8 or f32, not {self.prefill!r}")
+        if self.prefill not in PREFILL_KERNELS:
+            raise ValueError(f"KernelPolicy.prefill must be one of {', '.join(PREFILL_KERNELS)}, not {self.prefill!r}")
         if self.kv_cache not in ("auto", "f32", "f16", "f16x2"):
             raise ValueError(f"KernelPolicy.kv_cache must be auto, f32, f16 or f16x2, not {self.kv_cache!r}")
         t = self.prefill_attention
@@ -497,8 +554,8 @@ def matvec_wg(template: str, tiling: MatvecTiling, qtype: GGMLType, K: int) -> i
 # -- matmul (prefill: a chunk of tokens) --------------------------------------------------------------
 @dataclass(frozen=True)
 class MatmulPlan:
-    template: str  # matmul_sgmat | matmul_i8 | matmul_rows | matmul
-    tiling: MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling
+    template: str  # matmul_sgmat_f16 | matmul_sgmat | matmul_i8 | matmul_rows | matmul
+    tiling: MatmulSgmatF16Tiling | MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling
 
 
 # GPUs, by the number of rows: big register tiles where a 128-token chunk still makes a few hundred
@@ -547,7 +604,7 @@ def i8_tiling(
         return None
     planes = 1 if policy.prefill == "i8" else 2
     if adapter.cpu:
-        if policy.prefill in ("auto", "sgmat") and qtype in (GGMLType.Q4_1, GGMLType.Q6_K):
+        if policy.prefill in ("auto", "sgmat", "sgmat-f16") and qtype in (GGMLType.Q4_1, GGMLType.Q6_K):
             return None  # Q6_K: not measured there; matmul_rows keeps it
         return MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8, planes=planes)
     kb = 2 if K % 64 == 0 else 1
@@ -574,16 +631,40 @@ def sgmat_tiling(
     return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
 
 
+def sgmat_f16_tiling(
+    adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
+) -> MatmulSgmatF16Tiling | None:
+    """matmul_sgmat_f16's tiling where the adapter has f16 subgroup matrices at 16x16x16 with shader-f16
+    (Adapter.f16_subgroup_matrix) and the policy takes it ("auto" or "sgmat-f16"): Q4_0, Q4_1, Q8_0, Q4_K and
+    Q6_K rows (of whole super-blocks for the K types), where the tile fits the adapter. By default where offered: on the
+    H200 it ran at 2.3-2.7x matmul_i8's speed at 512-token shapes, 1.5-2.6x at 128-token chunks, and a 1B
+    prefill at 1.31x (docs/benchmarks.md, "f16 weight tiles"). x is rounded to f16 (|x| > 65504 becomes inf)."""
+    if (
+        policy.prefill not in ("auto", "sgmat-f16")
+        or qtype not in SGMAT_F16_TYPES
+        or K % (256 if qtype in (GGMLType.Q4_K, GGMLType.Q6_K) else 32)
+        or not adapter.f16_subgroup_matrix
+    ):
+        return None
+    t = policy.sgmat_f16_tiling or MatmulSgmatF16Tiling()
+    if (K // 32) % t.kb:
+        t = replace(t, kb=1)
+    return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
+
+
 @dataclass(frozen=True)
 class MatmulRow:
     template: str
     tiling: Callable[
         [Adapter, GGMLType, int, int, KernelPolicy],
-        MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None,
+        MatmulSgmatF16Tiling | MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None,
     ]
 
 
 MATMUL_TABLE: tuple[MatmulRow, ...] = (
+    # tensor cores on f16 tiles: weights dequantized while staged, x rounded to f16 (where
+    # sgmat_f16_tiling says it runs: where the adapter has the f16 config, unless the policy says otherwise)
+    MatmulRow("matmul_sgmat_f16", sgmat_f16_tiling),
     # tensor cores: i8 subgroup matrix multiplies over the same int8 x (where sgmat_tiling says it runs:
     # asked for by the policy, for now)
     MatmulRow("matmul_sgmat", sgmat_tiling),
@@ -595,6 +676,7 @@ MATMUL_TABLE: tuple[MatmulRow, ...] = (
     MatmulRow("matmul", lambda a, q, K, N, p: gpu_matmul_tiling(N)),
 )
 _MATMUL_TEMPLATES = {
+    MatmulSgmatF16Tiling: "matmul_sgmat_f16",
     MatmulSgmatTiling: "matmul_sgmat",
     MatmulI8Tiling: "matmul_i8",
     MatmulRowsTiling: "matmul_rows",
@@ -608,7 +690,7 @@ def plan_matmul(
     N: int,
     K: int,
     policy: KernelPolicy = DEFAULT_POLICY,
-    request: MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None = None,
+    request: MatmulSgmatF16Tiling | MatmulSgmatTiling | MatmulI8Tiling | MatmulTiling | MatmulRowsTiling | None = None,
 ) -> MatmulPlan:
     if request is not None:
         return MatmulPlan(_MATMUL_TEMPLATES[type(request)], request)

@@ -1,0 +1,140 @@
+"""matmul_sgmat_f16.wgsl.j2 on a device without subgroup matrices (lavapipe): the template rendered as the
+planner would, then its five subgroup-matrix calls replaced by WGSL that does what
+chromium_experimental_subgroup_matrix specifies, through the workgroup arrays they name:
+
+    subgroupMatrixLoad<left/right ...>(&a, o, s)       -> (o, s): the operand is read where the multiply runs
+    subgroupMatrixLoad<result ..., row_major>(&cs, o, s) -> each lane's 8 elements (lane + 32 e: row
+                                                         lane / 16 + 2 e, column lane % 16) of cs
+    subgroupMatrixMultiplyAccumulate(l, r, acc)        -> acc + l r, l row-major [16 tokens][16 k] in xs,
+                                                         r column-major [16 rows][16 k] in ws, in f32
+    subgroupMatrixStore<row_major>(&cs, o, acc, s)     -> the lane's 8 elements back to cs
+and subgroup_id / subgroup_invocation_id from local_invocation_index (subgroups of 32). Reading the left and
+right operands at the multiply is the same as at the load because the kernel stores nothing in between.
+This checks everything the kernel does around the tensor cores (staging, dequantization, double buffering,
+offsets, strides, bounds, bias, y +=) on CI; the builtins themselves run on the device only
+(tests/test_matmul_sgmat.py's host16 tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import numpy as np
+
+from webllm_py import kernels
+from webllm_py.formats.quants import GGMLType, row_nbytes
+from webllm_py.planner import MatmulSgmatF16Tiling
+
+_BUILTINS = """
+struct EmuAcc { v: array<f32, 8> }
+fn emu_load(o: u32, s: u32, lane: u32) -> EmuAcc {
+    var a: EmuAcc;
+    for (var e = 0u; e < 8u; e++) { a.v[e] = cs[o + (lane / 16u + 2u * e) * s + lane % 16u]; }
+    return a;
+}
+fn emu_store(o: u32, a: EmuAcc, s: u32, lane: u32) {
+    for (var e = 0u; e < 8u; e++) { cs[o + (lane / 16u + 2u * e) * s + lane % 16u] = a.v[e]; }
+}
+fn emu_mma(l: vec2<u32>, r: vec2<u32>, a: EmuAcc, lane: u32) -> EmuAcc {
+    var out = a;
+    for (var e = 0u; e < 8u; e++) {
+        let row = lane / 16u + 2u * e;
+        let col = lane % 16u;
+        var sum = 0.0;
+        for (var k = 0u; k < 16u; k++) { sum += f32(xs[l.x + row * l.y + k]) * f32(ws[r.x + col * r.y + k]); }
+        out.v[e] += sum;
+    }
+    return out;
+}
+"""
+
+
+def _args(s: str) -> list[str]:
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += (ch in "(<") - (ch in ")>")
+        cur += ch
+    return out + [cur.strip()]
+
+
+def _replace_calls(src: str, name: str, make) -> str:
+    while (i := src.find(name + "(")) >= 0:
+        j = k = i + len(name) + 1
+        depth = 1
+        while depth:
+            depth += (src[k] == "(") - (src[k] == ")")
+            k += 1
+        src = src[:i] + make(_args(src[j : k - 1])) + src[k:]
+    return src
+
+
+def emulate(src: str) -> str:
+    """The rendered kernel with the subgroup-matrix extension's calls emulated (see the module's doc)."""
+    for line in ("enable chromium_experimental_subgroup_matrix;\n", "enable subgroups;\n", "requires subgroup_id;\n"):
+        assert line in src
+        src = src.replace(line, "")
+    sig = "@builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {"
+    assert sig in src
+    src = src.replace(
+        sig, "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let sg = tid / 32u;\n    let lane = tid % 32u;"
+    )
+    operand = lambda a: f"vec2<u32>({a[1]}, {a[2]})"  # noqa: E731
+    src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>", operand)
+    src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>", operand)
+    src = _replace_calls(
+        src,
+        "subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>",
+        lambda a: f"emu_load({a[1]}, {a[2]}, lane)",
+    )
+    src = _replace_calls(src, "subgroupMatrixMultiplyAccumulate", lambda a: f"emu_mma({a[0]}, {a[1]}, {a[2]}, lane)")
+    src = _replace_calls(src, "subgroupMatrixStore<row_major>", lambda a: f"emu_store({a[1]}, {a[2]}, {a[3]}, lane)")
+    assert "subgroupMatrix" not in src and "subgroup_matrix" not in src
+    i = src.index("@compute")
+    return src[:i] + _BUILTINS + src[i:]
+
+
+def run_emulated(
+    device,
+    qtype: str,
+    raw: bytes,
+    N: int,
+    K: int,
+    x: np.ndarray,
+    t: MatmulSgmatF16Tiling,
+    bias: np.ndarray | None = None,
+    y0: np.ndarray | None = None,
+) -> np.ndarray:
+    """y [T, N] (float64) of the emulated kernel over raw ggml rows and f32 x (y0: y += onto it)."""
+    T = x.shape[0]
+    src = kernels.render(
+        "matmul_sgmat_f16",
+        sg_m=t.sg_m,
+        sg_n=t.sg_n,
+        ti=t.ti,
+        tj=t.tj,
+        kb=t.kb,
+        db=t.db,
+        qtype=qtype,
+        K=K,
+        row_bytes=row_nbytes(GGMLType[qtype], K),
+        tokens_at=1,
+        has_bias=bias is not None,
+        accumulate=y0 is not None,
+    )
+    kernel = device._make_kernel(emulate(src), f"matmul_sgmat_f16 emulated {qtype}")
+    y = np.full((T, N), np.nan, np.float32) if y0 is None else y0.astype(np.float32)
+    bufs = [
+        device.buffer_from(raw + b"\0" * 4),  # the spare word weights carry (weights.SPARE_BYTES)
+        device.buffer_from(np.ascontiguousarray(x, np.float32).tobytes()),
+        device.buffer_from(y.tobytes()),
+        device.buffer_from(struct.pack("<II", 0, T)),
+    ]
+    if bias is not None:
+        bufs.append(device.buffer_from(bias.astype(np.float32).tobytes()))
+    device.run(kernel, bufs, *t.groups(N, T))
+    out = asyncio.run(device.read_buffer(bufs[2], 0, 4 * T * N))
+    return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)
