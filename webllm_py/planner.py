@@ -333,11 +333,11 @@ class KernelPolicy:
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
-    # prefill: "auto" takes matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else matmul_i8
+    # prefill: "auto" takes matmul_i8 (matmul_sgmat_f16 only when asked: x rounded to f16 may overflow)
     # with two int8 planes of x where I8 pays; "i8x2" (two planes) and
     # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
     # "sgmat" takes matmul_sgmat (tensor cores) where the adapter has i8 subgroup matrices, else matmul_i8;
-    # "sgmat-f16" only matmul_sgmat_f16 (as "auto" does), never matmul_sgmat
+    # "sgmat-f16" takes matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else matmul_i8
     prefill: str = "auto"
     sgmat_tiling: MatmulSgmatTiling | None = None  # matmul_sgmat's tile (kb drops to 1 where K % 64 != 0)
     sgmat_f16_tiling: MatmulSgmatF16Tiling | None = None  # matmul_sgmat_f16's (kb as sgmat_tiling's)
@@ -635,12 +635,13 @@ def sgmat_f16_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatF16Tiling | None:
     """matmul_sgmat_f16's tiling where the adapter has f16 subgroup matrices at 16x16x16 with shader-f16
-    (Adapter.f16_subgroup_matrix) and the policy takes it ("auto" or "sgmat-f16"): Q4_0, Q4_1, Q8_0, Q4_K and
-    Q6_K rows (of whole super-blocks for the K types), where the tile fits the adapter. By default where offered: on the
-    H200 it ran at 2.3-2.7x matmul_i8's speed at 512-token shapes, 1.5-2.6x at 128-token chunks, and a 1B
-    prefill at 1.31x (docs/benchmarks.md, "f16 weight tiles"). x is rounded to f16 (|x| > 65504 becomes inf)."""
+    (Adapter.f16_subgroup_matrix) and the policy asks for it ("sgmat-f16"): Q4_0, Q4_1, Q8_0, Q4_K and
+    Q6_K rows (of whole super-blocks for the K types), where the tile fits the adapter. On the H200 it ran
+    at 2.3-2.7x matmul_i8's speed at 512-token shapes, 1.5-2.6x at 128-token chunks, and a 1B prefill at
+    1.31x (docs/benchmarks.md, "f16 weight tiles"), but x is rounded to f16: |x| > 65504 becomes inf (a
+    random-weight Q4_K_M file's MLP reached it: NaN logits), so not by default until x is scaled."""
     if (
-        policy.prefill not in ("auto", "sgmat-f16")
+        policy.prefill != "sgmat-f16"
         or qtype not in SGMAT_F16_TYPES
         or K % (256 if qtype in (GGMLType.Q4_K, GGMLType.Q6_K) else 32)
         or not adapter.f16_subgroup_matrix
