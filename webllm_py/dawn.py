@@ -144,7 +144,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--subgroup-matrix",
         action="store_true",
-        help="= --unsafe-apis --prefill-kernel sgmat: prefill on tensor cores (matmul_sgmat) where offered",
+        help="= --unsafe-apis --dawn-flag vulkan_enable_f16_on_nvidia --prefill-kernel sgmat-f16: prefill on "
+        "tensor cores with f16 tiles (matmul_sgmat_f16) where the f16 configs are offered, else matmul_i8 "
+        "(the int8 ones: --unsafe-apis --prefill-kernel sgmat)",
     )
 
 
@@ -172,9 +174,11 @@ def main(args: argparse.Namespace) -> int:
 
         argv += ["--model", str(default_model_path())]
     unsafe = args.unsafe_apis or args.subgroup_matrix
-    flags = list(dict.fromkeys(args.dawn_flag + (["allow_unsafe_apis"] if unsafe else [])))
-    if args.subgroup_matrix:
-        argv += ["--prefill-kernel", "sgmat"]
+    extra = ["allow_unsafe_apis"] if unsafe else []
+    if args.subgroup_matrix:  # NVIDIA's f16 configs (and shader-f16) need Dawn's f16 toggle too
+        extra.append("vulkan_enable_f16_on_nvidia")
+        argv += ["--prefill-kernel", "sgmat-f16"]
+    flags = list(dict.fromkeys(args.dawn_flag + extra))
     try:
         with DawnHost(flags) as host:
             out = host.exec(_BENCH.format(argv=json.dumps(argv)))
