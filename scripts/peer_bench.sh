@@ -146,8 +146,10 @@ for f in files:
             else:
                 cells.append(f"{r[key]:,.0f} ({r[key] / ref[key]:.2f}x)")
         print(f"| {os.path.basename(f)[:-5]} | {label} | " + " | ".join(cells) + " |")
-    n, d = by.get((f, "native"), {}), by.get((f, "dawn"), {})
-    if n.get("token_ids") and d.get("token_ids"):
-        greedy.append(f"{os.path.basename(f)}: first 32 greedy ids, Dawn == native: {n['token_ids'] == d['token_ids']}")
+    n = by.get((f, "native"), {})
+    for e in ("dawn", "dawn-sgmat"):
+        d = by.get((f, e), {})
+        if n.get("token_ids") and d.get("token_ids"):
+            greedy.append(f"{os.path.basename(f)}: first 32 greedy ids, {names[e]} == native: {n['token_ids'] == d['token_ids']}")
 print("\n".join([""] + greedy))
 EOF
