@@ -10,7 +10,9 @@ Python as in the browser runs in Pyodide (webllm_py.dawn.DawnHost): Linear, its 
 (KernelPolicy(prefill="sgmat"), not the default; matmul_sgmat_f16 is "auto"'s choice where offered:
 docs/benchmarks.md), and the kernels.
 What lavapipe can check of the f16 kernel, it does: its staging, dequantization, tiling and bounds with the
-five subgroup-matrix builtins emulated (tests/sgmat_emulation.py)."""
+five subgroup-matrix builtins emulated (tests/sgmat_emulation.py). Both check x's per-token power-of-two scales
+(row_scale.wgsl.j2): rows of 1e6 and 1e9, past f16's range, beside ordinary and all-zero ones (outlier_rows),
+and one pass over x for Q/K/V and for a weight split into row blocks."""
 
 import base64
 import struct
@@ -402,3 +404,90 @@ def test_f16_scales_once_per_x_emulated(device):
             assert counting.scales == 1
     for (_, w), y, n in zip(weights, ys, QKV_N):
         _check_scaled(read_f32(device, y, T * n).reshape(T, n), x, w)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
+def test_f16_scaled_rows(host16, qtype):
+    """test_f16_scaled_rows_emulated on the tensor cores, as "auto" plans it: rows of 1e6 and 1e9 beside ordinary
+    and all-zero ones stay finite and within f16_bound, with a bias, then y +=."""
+    rng = np.random.default_rng(24)
+    N, K, T = 45, 256, 19
+    raw, w = make_weight(qtype, N, K, rng)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = outlier_rows(rng, T, K)
+    y0 = rng.standard_normal((T, N)).astype(np.float32)
+    template, y = run(host16, qtype, raw, N, K, x, policy="", bias=bias)
+    assert template == "matmul_sgmat_f16"
+    _check_scaled(y, x, w, bias)
+    template, y = run(host16, qtype, raw, N, K, x, policy="", bias=bias, y0=y0, accumulate=True)
+    _check_scaled(y, x, w, bias, y0)
+
+
+# Pyodide side of test_f16_scales_once_per_x: Q, K and V over one x, V split into row blocks at upload (the
+# binding limit lowered meanwhile), recorded as a group and V alone, counting the passes over x
+_QKV = """
+from webllm_py.linear import MatvecGroup
+from webllm_py.weights import split_upload
+T, K, ns = {T}, {K}, {ns}
+raws = [base64.b64decode(r) for r in {raws!r}]
+limit = dev.limits["max_storage_buffer_binding_size"]
+dev.limits["max_storage_buffer_binding_size"] = {limit}
+try:
+    ts = [split_upload(dev, TensorInfo("w", (K, n), int(GGMLType.Q4_0), 0, len(r), source=BytesSource(r)))
+          for r, n in zip(raws, ns)]
+finally:
+    dev.limits["max_storage_buffer_binding_size"] = limit
+xb = dev.buffer_from(base64.b64decode({x!r}))
+ys = [dev.buffer_from(struct.pack(f"<{{T * n}}f", *[float("nan")] * (T * n))) for n in ns]
+params = dev.buffer_from(struct.pack("<II", 0, T))
+lins = [Linear(dev, t, policy=KernelPolicy({policy})) for t in ts]
+bound = [lin.bind(xb, y, params) for lin, y in zip(lins, ys)]
+
+class Counting:
+    def __init__(self, rec):
+        self.rec, self.passes = rec, 0
+    def dispatch(self, bind_group, *groups):
+        self.passes += bind_group.kernel.label.startswith({pass_label!r})
+        self.rec.dispatch(bind_group, *groups)
+
+counts = []
+for g in (MatvecGroup(bound), bound[2]):
+    with dev.recorder() as rec:
+        c = Counting(rec)
+        g.record(c, T)
+    counts.append(c.passes)
+templates = [lin.matmul_plan.template for lin in lins[:2]] + [p.matmul_plan.template for _, p in lins[2].parts]
+ys = [base64.b64encode(await dev.read_buffer(y, 0, 4 * T * n)).decode() for y, n in zip(ys, ns)]
+[[len(t.parts) for t in ts], counts, templates, ys]
+"""
+
+
+def run_qkv(host, x, raws, policy="", pass_label="row_scale"):
+    """[parts per weight, passes over x (group, V alone), templates (Q, K, V's blocks), ys] from _QKV."""
+    T, K = x.shape
+    src = _QKV.format(
+        T=T,
+        K=K,
+        ns=QKV_N,
+        raws=[_b64(r) for r in raws],
+        limit=QKV_LIMIT,
+        x=_b64(x),
+        policy=policy,
+        pass_label=pass_label,
+    )
+    parts, counts, templates, ys = host.exec(src)
+    ys = [np.frombuffer(base64.b64decode(y), np.float32).astype(np.float64).reshape(T, n) for y, n in zip(ys, QKV_N)]
+    return parts, counts, templates, ys
+
+
+def test_f16_scales_once_per_x(host16):
+    """test_f16_scales_once_per_x_emulated on the tensor cores, as "auto" plans it: one row_scale for Q/K/V and
+    one for V's four row blocks; every y within f16_bound of numpy."""
+    rng = np.random.default_rng(25)
+    weights = [make_weight("Q4_0", n, QKV_K, rng) for n in QKV_N]
+    x = outlier_rows(rng, 16, QKV_K)
+    parts, counts, templates, ys = run_qkv(host16, x, [raw for raw, _ in weights])
+    assert parts == [0, 0, 4] and counts == [1, 1]
+    assert templates == ["matmul_sgmat_f16"] * 6
+    for (_, w), y in zip(weights, ys):
+        _check_scaled(y, x, w)

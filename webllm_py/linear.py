@@ -208,7 +208,9 @@ class Linear:
                     tokens_at=self._tokens_at,
                 )
             elif kind == "quantize" and isinstance(m, MatmulSgmatF16Tiling):  # x's per-token scales
-                k = self.device.kernel("row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at)
+                k = self.device.kernel(
+                    "row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at
+                )
             elif kind == "matmul" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling)):
                 # the int8 prefills (matmul_i8, matmul_sgmat): their tilings, then what both read the same way
                 tiling = (
