@@ -2,7 +2,7 @@
 matrices over f16 weight tiles) tilings against matmul_i8 (packed dot products), same device, same weights, in
 one Dawn host with allow_unsafe_apis and vulkan_enable_f16_on_nvidia (NVIDIA's f16 configs and shader-f16).
 Prints one JSON line per (shape, kernel): TOPS = 2 T N K / time of one matmul dispatch (matmul_i8's and
-matmul_sgmat's quantization of x, shared by a layer's linears, not counted; matmul_sgmat_f16 has none).
+matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a layer's linears, not counted).
 
     python scripts/sgmat_bench.py [--shapes 512x4096x4096,512x14336x4096] [--reps 30] [--kernels i8,sgmat,f16]
 

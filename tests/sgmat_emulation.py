@@ -11,13 +11,15 @@ chromium_experimental_subgroup_matrix specifies, through the workgroup arrays th
 and subgroup_id / subgroup_invocation_id from local_invocation_index (subgroups of 32). Reading the left and
 right operands at the multiply is the same as at the load because the kernel stores nothing in between.
 This checks everything the kernel does around the tensor cores (staging, dequantization, double buffering,
-offsets, strides, bounds, bias, y +=) on CI; the builtins themselves run on the device only
-(tests/test_matmul_sgmat.py's host16 tests)."""
+offsets, strides, bounds, x's per-token scales, bias, y +=) on CI; the builtins themselves run on the device
+only (tests/test_matmul_sgmat.py's host16 tests). run_emulated runs the kernel alone (after row_scale.wgsl.j2,
+its scales of x); under `emulating(device)` a Linear planned onto it runs as in a model."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -97,6 +99,23 @@ def emulate(src: str) -> str:
     return src[:i] + _BUILTINS + src[i:]
 
 
+@contextmanager
+def emulating(device):
+    """Kernels made on `device` meanwhile have their subgroup-matrix calls emulated (a Linear given a
+    MatmulSgmatF16Tiling then runs on lavapipe); their pipelines leave the device's cache afterwards."""
+    make = device._make_kernel
+    device._make_kernel = lambda src, label: make(emulate(src) if _ENABLE in src else src, label)
+    try:
+        yield device
+    finally:
+        del device._make_kernel
+        for key in [k for k in device._pipelines if _ENABLE in k[0]]:
+            del device._pipelines[key]
+
+
+_ENABLE = "enable chromium_experimental_subgroup_matrix;"
+
+
 def run_emulated(
     device,
     qtype: str,
@@ -108,7 +127,8 @@ def run_emulated(
     bias: np.ndarray | None = None,
     y0: np.ndarray | None = None,
 ) -> np.ndarray:
-    """y [T, N] (float64) of the emulated kernel over raw ggml rows and f32 x (y0: y += onto it)."""
+    """y [T, N] (float64) of the emulated kernel over raw ggml rows and f32 x (y0: y += onto it), after
+    row_scale.wgsl.j2 (not emulated: plain WGSL) wrote x's per-token scales."""
     T = x.shape[0]
     src = kernels.render(
         "matmul_sgmat_f16",
@@ -130,11 +150,14 @@ def run_emulated(
     bufs = [
         device.buffer_from(raw + b"\0" * 4),  # the spare word weights carry (weights.SPARE_BYTES)
         device.buffer_from(np.ascontiguousarray(x, np.float32).tobytes()),
+        device.create_buffer(8 * T),
         device.buffer_from(y.tobytes()),
         device.buffer_from(struct.pack("<II", 0, T)),
     ]
     if bias is not None:
         bufs.append(device.buffer_from(bias.astype(np.float32).tobytes()))
+    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1)
+    device.run(scales, [bufs[1], bufs[2], bufs[4]], 1, T)
     device.run(kernel, bufs, *t.groups(N, T))
-    out = asyncio.run(device.read_buffer(bufs[2], 0, 4 * T * N))
+    out = asyncio.run(device.read_buffer(bufs[3], 0, 4 * T * N))
     return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)

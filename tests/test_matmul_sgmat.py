@@ -10,18 +10,25 @@ Python as in the browser runs in Pyodide (webllm_py.dawn.DawnHost): Linear, its 
 (KernelPolicy(prefill="sgmat"), not the default; matmul_sgmat_f16 is "auto"'s choice where offered:
 docs/benchmarks.md), and the kernels.
 What lavapipe can check of the f16 kernel, it does: its staging, dequantization, tiling and bounds with the
-five subgroup-matrix builtins emulated (tests/sgmat_emulation.py)."""
+five subgroup-matrix builtins emulated (tests/sgmat_emulation.py). Both check x's per-token power-of-two scales
+(row_scale.wgsl.j2): rows of 1e6 and 1e9, past f16's range, beside ordinary and all-zero ones (outlier_rows),
+and one pass over x for Q/K/V and for a weight split into row blocks."""
 
 import base64
+import struct
 
 import numpy as np
 import pytest
 
 from webllm_py.dawn import DawnHost, DawnHostError
+from webllm_py.formats.quants import GGMLType, TensorInfo
+from webllm_py.formats.source import BytesSource
+from webllm_py.linear import Linear, MatvecGroup, _scratch
 from webllm_py.planner import MatmulSgmatF16Tiling
+from webllm_py.weights import split_upload, upload_tensor
 
-from .linear_helpers import int8_bound, make_weight
-from .sgmat_emulation import run_emulated
+from .linear_helpers import f32_buffer, int8_bound, make_weight, read_f32, run_linear, upload
+from .sgmat_emulation import emulating, run_emulated
 
 pytestmark = pytest.mark.dawn
 
@@ -166,16 +173,38 @@ def test_bias_accumulate_and_fallback(host):
     assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
 
 
+def row_scales(x: np.ndarray) -> np.ndarray:
+    """row_scale.wgsl.j2's s_t in numpy: the smallest 2^e, e >= 0, with max_k |x[t, k]| / 2^e <= 2^14."""
+    m, e = np.frexp(np.abs(x.astype(np.float64)).max(axis=1) / 2.0**14)  # = m 2^e, m in [0.5, 1) (0: 0, 0)
+    return 2.0 ** np.maximum(np.where(m == 0.5, e - 1, e), 0)
+
+
 def f16_bound(x: np.ndarray, w: np.ndarray, extra: np.ndarray | float = 0.0) -> np.ndarray:
-    """What matmul_sgmat_f16 may be off by, per output [T, N]: x_k and w_k are each rounded to f16 once
-    (relative error <= u = 2^-11, round to nearest), so a product is off by <= (2u + u^2) |x_k w_k|; the f32
-    sums (tensor core and bias/y adds) add <= K 2^-24 of sum |x_k w_k| (gamma_K) and 2^-24 of `extra`
-    (|bias| + |y0|). f16's subnormals (|v| < 2^-14) round to 2^-24 absolute instead: |x| > 2^-14 here
-    except by rare chance, whose 2^-25 |w_k| is far inside the relative terms."""
+    """What matmul_sgmat_f16 may be off by, per output [T, N]. x_k / s_t (row_scales: exact) and w_k are
+    each rounded to f16 once: relative error <= u = 2^-11 (round to nearest), except where x_k / s_t is
+    below 2^-14 (f16's subnormals: absolute step 2^-24, so <= 2^-25 s_t). A product is then off by
+    <= (2u + u^2) |x_k w_k| + 2^-25 s_t (1 + u) |w_k|: the second term is what a row with outliers
+    (s_t > 1) costs its small values, relative to the row's scale. The f32 sums (tensor core and bias/y
+    adds) add <= K 2^-24 of the sum of |products| (gamma_K) and 2^-24 of `extra` (|bias| + |y0|)."""
     K = x.shape[1]
     u = 2.0**-11
     scale = np.abs(x.astype(np.float64)) @ np.abs(w).T
-    return (2 * u + u * u + K * 2.0**-24) * scale + 2.0**-24 * np.abs(extra) + 1e-30
+    sub = 2.0**-25 * row_scales(x)[:, None] * np.abs(w).sum(axis=1)[None, :]
+    return (1 + K * 2.0**-24) * ((2 * u + u * u) * scale + (1 + u) * sub) + 2.0**-24 * np.abs(extra) + 1e-30
+
+
+def outlier_rows(rng, T: int, K: int) -> np.ndarray:
+    """x [T, K] f32 (T >= 10) whose rows f16 alone cannot hold beside ordinary ones: one value of 1e6, one
+    of -1e9, a whole row times 1e6, an all-zero row, and rows at row_scale's edges (max 2^14: s = 1; just
+    past it and 2^15: s = 2)."""
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x[1] = 0.0
+    x[2, 5] = 1e6
+    x[3, K - 1] = -1e9
+    x[4] *= 1e6
+    x[6, 0], x[7, 1], x[8, 2] = 16384.0, -16385.0, 32768.0
+    x[9, :32] = 0.0  # an all-zero block in an ordinary row
+    return x
 
 
 F16_TILINGS = [
@@ -225,6 +254,15 @@ def test_f16_bias_accumulate_and_fallback(host16):
     template, y = run(host16, "Q4_0", raw, N, K, x, bias=bias, policy='prefill="i8x2"')
     tol = int8_bound(x, w, 2) + 1e-5 * (np.abs(x) @ np.abs(w).T + np.abs(bias))
     assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
+
+
+def _check_scaled(y, x, w, bias=None, y0=None):
+    """y finite and within f16_bound of numpy's x @ w.T (+ bias) (+ y0), x with outlier_rows."""
+    extra = (np.abs(bias) if bias is not None else 0.0) + (np.abs(y0) if y0 is not None else 0.0)
+    ref = x.astype(np.float64) @ w.T + (bias if bias is not None else 0.0) + (y0 if y0 is not None else 0.0)
+    bound = f16_bound(x, w, extra)
+    assert np.isfinite(y).all()
+    assert (np.abs(y - ref) <= bound).all(), float((np.abs(y - ref) / bound).max())
 
 
 # (qtype, N, K, T, tiling, bias, accumulate): ragged N and T, K / 32 odd, both buffer forms, Q4_K super-blocks
@@ -288,3 +326,168 @@ def test_unsafe_apis_flag_stays_with_the_host():
         "5",
     ]
     assert _strip_flags(argv) == ["--model", "f.gguf", "--prompt-tokens", "5"]
+
+
+# one subgroup of one 16x16 tile: the emulated kernel compiles fastest on lavapipe (the scales are under test)
+SMALL = MatmulSgmatF16Tiling(sg_m=1, sg_n=1, ti=1, tj=1, kb=1)
+
+
+@pytest.mark.gpu
+def test_f16_scaled_rows_emulated(device):
+    """x past f16's range (outlier_rows) through a Linear on matmul_sgmat_f16, builtins emulated: row_scale's
+    scales are numpy's row_scales exactly; y finite and within f16_bound, with a bias, then y +=."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    rng = np.random.default_rng(22)
+    N, K, T = 45, 128, 19
+    raw, w = make_weight("Q4_0", N, K, rng)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = outlier_rows(rng, T, K)
+    y0 = rng.standard_normal((T, N)).astype(np.float32)
+    with emulating(device):
+        b = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, 4 * N))
+        lin = Linear(device, upload(device, raw, "Q4_0", N, K), b, matmul=SMALL)
+        assert lin.matmul_plan.template == "matmul_sgmat_f16"
+        y = run_linear(device, lin, x)
+        scales = read_f32(device, _scratch(device, "xscale", 8 * T), 2 * T).reshape(T, 2)
+        y_acc = run_linear(device, lin, x, y0, accumulate=True)
+    assert (scales[:, 0] == row_scales(x)).all() and (scales[:, 0] * scales[:, 1] == 1).all(), scales
+    _check_scaled(y, x, w, bias)
+    _check_scaled(y_acc, x, w, bias, y0)
+
+
+class _Counting:
+    """A recorder passing dispatches on, counting row_scale's."""
+
+    def __init__(self, rec):
+        self.rec, self.scales = rec, 0
+
+    def dispatch(self, bind_group, *groups):
+        self.scales += bind_group.kernel.label.startswith("row_scale")
+        self.rec.dispatch(bind_group, *groups)
+
+
+# Q/K/V of 64, 32 and 200 rows of Q4_0 at K = 128 (72 bytes a row): a binding limit of 64 rows splits V
+# into blocks of 64, 64, 64 and 8 rows
+QKV_N, QKV_K, QKV_LIMIT = (64, 32, 200), 128, 64 * 72 + 4
+
+
+@pytest.mark.gpu
+def test_f16_scales_once_per_x_emulated(device):
+    """Q, K and V read one x: a prefill records row_scale once for the group, and once for V alone, whose
+    row blocks (a split weight) all read the same scales; every y within f16_bound of numpy."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    rng = np.random.default_rng(23)
+    T, K = 16, QKV_K
+    weights = [make_weight("Q4_0", n, K, rng) for n in QKV_N]
+    x = outlier_rows(rng, T, K)
+    limit = device.limits["max_storage_buffer_binding_size"]
+    device.limits["max_storage_buffer_binding_size"] = QKV_LIMIT  # V splits at upload, as past a real limit
+    try:
+        tensors = [
+            split_upload(device, TensorInfo("w", (K, n), int(GGMLType.Q4_0), 0, len(raw), source=BytesSource(raw)))
+            for (raw, _), n in zip(weights, QKV_N)
+        ]
+    finally:
+        device.limits["max_storage_buffer_binding_size"] = limit
+    assert [len(t.parts) for t in tensors] == [0, 0, 4]
+    with emulating(device):
+        xb = f32_buffer(device, x)
+        ys = [f32_buffer(device, np.full((T, n), np.nan, np.float32)) for n in QKV_N]
+        params = device.buffer_from(struct.pack("<II", 0, T))
+        bound = [Linear(device, t, matmul=SMALL).bind(xb, y, params) for t, y in zip(tensors, ys)]
+        for group in (MatvecGroup(bound), bound[2]):
+            with device.recorder() as rec:
+                counting = _Counting(rec)
+                group.record(counting, T)
+            assert counting.scales == 1
+    for (_, w), y, n in zip(weights, ys, QKV_N):
+        _check_scaled(read_f32(device, y, T * n).reshape(T, n), x, w)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
+def test_f16_scaled_rows(host16, qtype):
+    """test_f16_scaled_rows_emulated on the tensor cores, as "auto" plans it: rows of 1e6 and 1e9 beside ordinary
+    and all-zero ones stay finite and within f16_bound, with a bias, then y +=."""
+    rng = np.random.default_rng(24)
+    N, K, T = 45, 256, 19
+    raw, w = make_weight(qtype, N, K, rng)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = outlier_rows(rng, T, K)
+    y0 = rng.standard_normal((T, N)).astype(np.float32)
+    template, y = run(host16, qtype, raw, N, K, x, policy="", bias=bias)
+    assert template == "matmul_sgmat_f16"
+    _check_scaled(y, x, w, bias)
+    template, y = run(host16, qtype, raw, N, K, x, policy="", bias=bias, y0=y0, accumulate=True)
+    _check_scaled(y, x, w, bias, y0)
+
+
+# Pyodide side of test_f16_scales_once_per_x: Q, K and V over one x, V split into row blocks at upload (the
+# binding limit lowered meanwhile), recorded as a group and V alone, counting the passes over x
+_QKV = """
+from webllm_py.linear import MatvecGroup
+from webllm_py.weights import split_upload
+T, K, ns = {T}, {K}, {ns}
+raws = [base64.b64decode(r) for r in {raws!r}]
+limit = dev.limits["max_storage_buffer_binding_size"]
+dev.limits["max_storage_buffer_binding_size"] = {limit}
+try:
+    ts = [split_upload(dev, TensorInfo("w", (K, n), int(GGMLType.Q4_0), 0, len(r), source=BytesSource(r)))
+          for r, n in zip(raws, ns)]
+finally:
+    dev.limits["max_storage_buffer_binding_size"] = limit
+xb = dev.buffer_from(base64.b64decode({x!r}))
+ys = [dev.buffer_from(struct.pack(f"<{{T * n}}f", *[float("nan")] * (T * n))) for n in ns]
+params = dev.buffer_from(struct.pack("<II", 0, T))
+lins = [Linear(dev, t, policy=KernelPolicy({policy})) for t in ts]
+bound = [lin.bind(xb, y, params) for lin, y in zip(lins, ys)]
+
+class Counting:
+    def __init__(self, rec):
+        self.rec, self.passes = rec, 0
+    def dispatch(self, bind_group, *groups):
+        self.passes += bind_group.kernel.label.startswith({pass_label!r})
+        self.rec.dispatch(bind_group, *groups)
+
+counts = []
+for g in (MatvecGroup(bound), bound[2]):
+    with dev.recorder() as rec:
+        c = Counting(rec)
+        g.record(c, T)
+    counts.append(c.passes)
+templates = [lin.matmul_plan.template for lin in lins[:2]] + [p.matmul_plan.template for _, p in lins[2].parts]
+ys = [base64.b64encode(await dev.read_buffer(y, 0, 4 * T * n)).decode() for y, n in zip(ys, ns)]
+[[len(t.parts) for t in ts], counts, templates, ys]
+"""
+
+
+def run_qkv(host, x, raws, policy="", pass_label="row_scale"):
+    """[parts per weight, passes over x (group, V alone), templates (Q, K, V's blocks), ys] from _QKV."""
+    T, K = x.shape
+    src = _QKV.format(
+        T=T,
+        K=K,
+        ns=QKV_N,
+        raws=[_b64(r) for r in raws],
+        limit=QKV_LIMIT,
+        x=_b64(x),
+        policy=policy,
+        pass_label=pass_label,
+    )
+    parts, counts, templates, ys = host.exec(src)
+    ys = [np.frombuffer(base64.b64decode(y), np.float32).astype(np.float64).reshape(T, n) for y, n in zip(ys, QKV_N)]
+    return parts, counts, templates, ys
+
+
+def test_f16_scales_once_per_x(host16):
+    """test_f16_scales_once_per_x_emulated on the tensor cores, as "auto" plans it: one row_scale for Q/K/V and
+    one for V's four row blocks; every y within f16_bound of numpy."""
+    rng = np.random.default_rng(25)
+    weights = [make_weight("Q4_0", n, QKV_K, rng) for n in QKV_N]
+    x = outlier_rows(rng, 16, QKV_K)
+    parts, counts, templates, ys = run_qkv(host16, x, [raw for raw, _ in weights])
+    assert parts == [0, 0, 4] and counts == [1, 1]
+    assert templates == ["matmul_sgmat_f16"] * 6
+    for (_, w), y in zip(weights, ys):
+        _check_scaled(y, x, w)

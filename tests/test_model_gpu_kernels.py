@@ -136,11 +136,11 @@ def test_decode_steps_match_transformers(gpu_like_engine):
 
 def test_prefill_quantizes_x_once_per_group(gpu_like_engine):
     """Q/K/V read one x: in a prefill step only the first of consecutive members that quantize it alike
-    (BoundLinear.x_int8) records quantize_i8; the others' matmuls read the shared scratch (the logits
+    (BoundLinear.x_pass) records quantize_i8; the others' matmuls read the shared scratch (the logits
     tests above check the values)."""
     engine, _ = gpu_like_engine
     group = engine.model.layers[0].qkv
-    keys = [b.x_int8 for b in group.members]
+    keys = [b.x_pass for b in group.members]
     assert keys[0] is not None and keys[0] == keys[1]  # Q and K: Q4_0, the same int8 prefill
     quants = {id(b.quant) for b in group.members if b.quant is not None}
 

@@ -246,7 +246,7 @@ SGMAT_F16_CASES = [
     ("the policy's tile", SGMAT16, T.Q4_0, 64, 256,
      KernelPolicy(prefill="sgmat-f16", sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
      MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
-    ("not by default: x rounded to f16 may overflow", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(), None),
+    ("by default where offered", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(), MatmulSgmatF16Tiling()),
     ("matmul_i8 forced by policy", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(prefill="i8x2"), None),
     ("the int8 subgroup matrices asked for", SGMAT16, T.Q4_0, 4096, 4096, SG, None),
     ("f16 tiles, Q6_K super-blocks", SGMAT16, T.Q6_K, 2048, 8192, SG16, MatmulSgmatF16Tiling()),

@@ -207,6 +207,10 @@ class Linear:
                     planes=m.planes,
                     tokens_at=self._tokens_at,
                 )
+            elif kind == "quantize" and isinstance(m, MatmulSgmatF16Tiling):  # x's per-token scales
+                k = self.device.kernel(
+                    "row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at
+                )
             elif kind == "matmul" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling)):
                 # the int8 prefills (matmul_i8, matmul_sgmat): their tilings, then what both read the same way
                 tiling = (
@@ -228,7 +232,7 @@ class Linear:
                     accumulate=accumulate,
                     **{k: v for k, v in self._params.items() if k == "out_stride"},
                 )
-            elif kind == "matmul" and isinstance(m, MatmulSgmatF16Tiling):  # f32 x in, f16 tiles inside
+            elif kind == "matmul" and isinstance(m, MatmulSgmatF16Tiling):  # f32 x / s_t in, f16 tiles inside
                 k = self.device.kernel(
                     name,
                     label=label,
@@ -348,6 +352,12 @@ class Linear:
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
+        if self.matmul_plan.template == "matmul_sgmat_f16":
+            # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds
+            scale = _scratch(self.device, "xscale", 8 * (x.size // (4 * self.K)))
+            quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
+            mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
+            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
         return BoundLinear(self, mv, mm, accumulate, x=x, y=y)
 
@@ -361,7 +371,7 @@ class BoundLinear:
     matmul: Any | None = field(default=None)
     accumulate: bool = False
     parts: list["BoundLinear"] = field(default_factory=list)  # one per row block of a split weight
-    quant: Any | None = None  # quantize_i8's bind group (matmul_i8 prefill)
+    quant: Any | None = None  # the bind group of the pass over x before the matmul (x_pass)
     x: Any = None  # the activations it reads and writes (bind's x and y)
     y: Any = None
 
@@ -374,21 +384,24 @@ class BoundLinear:
         return (self.y,)
 
     @property
-    def x_int8(self) -> tuple | None:
-        """What this linear's prefill quantizes x into, where it does (matmul_i8 / matmul_sgmat): x, K
-        and the planes, which pick the shared int8 scratch (_scratch is keyed by role and size); else None."""
-        if self.parts:  # a split weight: its row blocks read the one x (record_in_turn quantizes it once)
-            return self.parts[0].x_int8
+    def x_pass(self) -> tuple | None:
+        """What this linear's prefill makes of x in a pass before its matmul, where it has one: quantize_i8's
+        int8 blocks (matmul_i8 / matmul_sgmat: x, K and the planes) or row_scale's per-token scales
+        (matmul_sgmat_f16: x, K), which pick the shared scratch (_scratch is keyed by role and size); else None."""
+        if self.parts:  # a split weight: its row blocks read the one x (record_in_turn passes over it once)
+            return self.parts[0].x_pass
         t = self.linear.matmul_tiling
-        if self.quant is None or not isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)):
+        if self.quant is None:
             return None
-        return (id(self.x), self.linear.K, t.planes)
+        if isinstance(t, MatmulSgmatF16Tiling):
+            return (id(self.x), self.linear.K, "row_scale")
+        return (id(self.x), self.linear.K, t.planes) if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)) else None
 
-    def record(self, rec: Any, n_tokens: int, x_quantized: bool = False) -> None:
+    def record(self, rec: Any, n_tokens: int, x_passed: bool = False) -> None:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs.
-        x_quantized: the int8 scratch already holds x (a linear just before read the same x: x_int8)."""
+        x_passed: the scratch already holds this x's pass (a linear just before read the same x: x_pass)."""
         if self.parts:
-            record_in_turn(self.parts, rec, n_tokens, self.x_int8 if x_quantized else None)
+            record_in_turn(self.parts, rec, n_tokens, self.x_pass if x_passed else None)
             return
         lin = self.linear
         if n_tokens == 1:
@@ -400,8 +413,13 @@ class BoundLinear:
             raise ValueError("Linear.bind() was given no params buffer, so it can only record single tokens")
         t = lin.matmul_tiling
         if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)):  # matmul_i8 / matmul_sgmat, after x's quantization
-            if not x_quantized:
+            if not x_passed:
                 rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
+            rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
+            return
+        if isinstance(t, MatmulSgmatF16Tiling):  # matmul_sgmat_f16, after x's per-token scales (a row each)
+            if not x_passed:
+                rec.dispatch(self.quant, 1, n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
             return
         if isinstance(t, MatmulRowsTiling):  # matmul_rows
@@ -410,14 +428,15 @@ class BoundLinear:
         rec.dispatch(self.matmul, _ceil_div(lin.N, t.tn), _ceil_div(n_tokens, t.tm))
 
 
-def record_in_turn(linears: list[BoundLinear], rec: Any, n_tokens: int, quantized: tuple | None = None) -> None:
+def record_in_turn(linears: list[BoundLinear], rec: Any, n_tokens: int, passed: tuple | None = None) -> None:
     """Record linears that read one x one after another (a group's members, a split weight's row blocks):
-    where consecutive ones quantize x alike for the int8 prefill (x_int8), only the first dispatches
-    quantize_i8 and the rest read the shared scratch. `quantized`: what the scratch already holds."""
+    where consecutive ones pass over x alike before their matmuls (x_pass: the int8 prefills' quantize_i8,
+    matmul_sgmat_f16's row_scale), only the first dispatches that pass and the rest read the shared
+    scratch. `passed`: what the scratch already holds."""
     for b in linears:
-        key = b.x_int8
-        b.record(rec, n_tokens, x_quantized=key is not None and key == quantized)
-        quantized = key
+        key = b.x_pass
+        b.record(rec, n_tokens, x_passed=key is not None and key == passed)
+        passed = key
 
 
 class MatvecGroup:
@@ -503,7 +522,7 @@ class MatvecGroup:
                 z = _ceil_div(groups, MAX_GROUPS)
                 rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
             return
-        # Prefill: members one by one (each run of int8 matmuls reading x quantizes it once: record_in_turn).
+        # Prefill: members one by one (each run of matmuls passing over x alike passes once: record_in_turn).
         record_in_turn(self.members, rec, n_tokens)
         if self.glu:
             self.glu[1].record(rec, n_tokens)

@@ -148,8 +148,9 @@ class MatmulSgmatTiling:
 @dataclass(frozen=True)
 class MatmulSgmatF16Tiling:
     """Prefill on f16 subgroup matrices (matmul_sgmat_f16.wgsl.j2): weights dequantized to f16 tiles in
-    workgroup memory (block scales applied while staging), x rounded to f16 there too, f32 accumulators
-    over the whole K; a workgroup of sg_m x sg_n subgroups, each owning ti x tj 16x16 tiles of y."""
+    workgroup memory (block scales applied while staging), x / s_t (s_t: its token's power-of-two scale)
+    rounded to f16 there too, f32 accumulators over the whole K; a workgroup of sg_m x sg_n subgroups, each
+    owning ti x tj 16x16 tiles of y."""
 
     sg_m: int = 2  # subgroups along tokens
     sg_n: int = 2  # subgroups along rows
@@ -333,11 +334,11 @@ class KernelPolicy:
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
-    # prefill: "auto" takes matmul_i8 (matmul_sgmat_f16 only when asked: x rounded to f16 may overflow)
+    # prefill: "auto" takes matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else matmul_i8
     # with two int8 planes of x where I8 pays; "i8x2" (two planes) and
     # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
     # "sgmat" takes matmul_sgmat (tensor cores) where the adapter has i8 subgroup matrices, else matmul_i8;
-    # "sgmat-f16" takes matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else matmul_i8
+    # "sgmat-f16" only matmul_sgmat_f16 (as "auto" does), never matmul_sgmat
     prefill: str = "auto"
     sgmat_tiling: MatmulSgmatTiling | None = None  # matmul_sgmat's tile (kb drops to 1 where K % 64 != 0)
     sgmat_f16_tiling: MatmulSgmatF16Tiling | None = None  # matmul_sgmat_f16's (kb as sgmat_tiling's)
@@ -635,13 +636,15 @@ def sgmat_f16_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatF16Tiling | None:
     """matmul_sgmat_f16's tiling where the adapter has f16 subgroup matrices at 16x16x16 with shader-f16
-    (Adapter.f16_subgroup_matrix) and the policy asks for it ("sgmat-f16"): Q4_0, Q4_1, Q8_0, Q4_K and
-    Q6_K rows (of whole super-blocks for the K types), where the tile fits the adapter. On the H200 it ran
-    at 2.3-2.7x matmul_i8's speed at 512-token shapes, 1.5-2.6x at 128-token chunks, and a 1B prefill at
-    1.31x (docs/benchmarks.md, "f16 weight tiles"), but x is rounded to f16: |x| > 65504 becomes inf (a
-    random-weight Q4_K_M file's MLP reached it: NaN logits), so not by default until x is scaled."""
+    (Adapter.f16_subgroup_matrix) and the policy takes it ("auto" or "sgmat-f16"): Q4_0, Q4_1, Q8_0, Q4_K and
+    Q6_K rows (of whole super-blocks for the K types), where the tile fits the adapter. By default where offered: on the
+    H200 it ran at 2.3-2.7x matmul_i8's speed at 512-token shapes, 1.5-2.6x at 128-token chunks, and a 1B
+    prefill at 1.31x (docs/benchmarks.md, "f16 weight tiles"). Safe for any f32 x: x is rounded to f16 only
+    after division by a per-token power of two (row_scale.wgsl.j2: max |x / s_t| <= 2^14, multiplied back
+    exactly), so |x| > 65504 no longer becomes inf (a random-weight Q4_K_M file's MLP reached it: NaN
+    logits before); small values of a row with outliers lose relative precision below 2^-14 s_t."""
     if (
-        policy.prefill != "sgmat-f16"
+        policy.prefill not in ("auto", "sgmat-f16")
         or qtype not in SGMAT_F16_TYPES
         or K % (256 if qtype in (GGMLType.Q4_K, GGMLType.Q6_K) else 32)
         or not adapter.f16_subgroup_matrix
@@ -663,7 +666,7 @@ class MatmulRow:
 
 
 MATMUL_TABLE: tuple[MatmulRow, ...] = (
-    # tensor cores on f16 tiles: weights dequantized while staged, x rounded to f16 (where
+    # tensor cores on f16 tiles: weights dequantized while staged, x / s_t rounded to f16 (where
     # sgmat_f16_tiling says it runs: where the adapter has the f16 config, unless the policy says otherwise)
     MatmulRow("matmul_sgmat_f16", sgmat_f16_tiling),
     # tensor cores: i8 subgroup matrix multiplies over the same int8 x (where sgmat_tiling says it runs:
