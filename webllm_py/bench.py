@@ -473,6 +473,8 @@ async def _bench(args) -> dict:
     engine._cached[0] = []
     await engine._step(0, prompt[: engine.prefill_chunk], sample=True)
     await engine._step(0, [1], sample=True)
+    async for _ in engine._decode_pipelined(0, 1, 2):  # and both readback slots of the pipelined path
+        pass
     engine.reset(0)
 
     engine._cached[0] = []
@@ -480,13 +482,13 @@ async def _bench(args) -> dict:
     res = await engine._prefill(0, prompt)  # as generation runs it: one readback, after the last chunk
     prefill_s = time.perf_counter() - t0
 
-    # Decode: time the host's recording separately from the whole step (submit + GPU + readback).
+    # Decode as generation runs it (pipelined: Engine._decode_pipelined); the host's time to issue
+    # each step is timed apart from the whole step (submit + GPU + readback).
     issue_s = 0.0
     t1 = time.perf_counter()
     tid = res.token_id
     token_ids = [tid]  # greedy ids (prefill's, then each step's): compared across backends
-    for _ in range(args.decode_tokens):
-        res = await engine._step(0, [tid], sample=True)
+    async for res in engine._decode_pipelined(0, tid, args.decode_tokens):
         issue_s += engine.last_issue_seconds
         tid = res.token_id
         token_ids.append(tid)

@@ -32,11 +32,14 @@ from .models import build_model
 from .models.store import WeightStore
 from .planner import DEFAULT_POLICY, Adapter, KernelPolicy, kv_cache_dtype
 from .planner import prefill_chunk as default_prefill_chunk
-from .sampling import Sampler, SamplingParams
+from .sampling import SampleResult, Sampler, SamplingParams
 from .tokenizer import StreamDecoder
 
 BLOCK_SIZE = 16
 STREAM_IDLE_TIMEOUT = 10.0  # seconds a stream's consumer may leave a token unpulled while others wait
+# Readback buffers of pipelined decode: step k copies its sample into slot k % 2, which the host maps
+# while step k+1 runs; step k+2 writes the slot again only once the host has read and unmapped it.
+READBACK_SLOTS = 2
 
 
 @dataclass(eq=False)
@@ -116,7 +119,11 @@ class Engine:
         self.last_issue_seconds = 0.0
         self.lost = False  # the device is gone: this Engine cannot run again (ChatEngine reloads a new one)
         self._decode = None  # captured decode Program, built on first use
-        self._next_decode = None  # the next decode step's command buffer, encoded ahead (see _step)
+        self._next_decode = None  # (readback slot or None, command buffer) of the next decode step, encoded ahead
+        self._readback: list = []  # pipelined decode's readback slots (create_readback), made on first use
+        # Decode without the GPU waiting on the host (_decode_pipelined); False: each step waits for its
+        # token's readback before the next is staged, as under a constraint (tests compare the two).
+        self.pipelined_decode = True
         self.owns_device = False  # set by load(): whether unload() may destroy the device
 
     @classmethod
@@ -221,13 +228,17 @@ class Engine:
         return engine
 
     # -- one forward step ---------------------------------------------------------------------------
-    def _stage_step(self, seq: int, ids: list[int]) -> None:
+    def _stage_step(self, seq: int, ids: list[int] | None, pos0: int | None = None) -> None:
         """Write a step's inputs (its token ids, position and count, sequence `seq`'s block table) to the
-        model's state buffers, with KV blocks for the new positions (each cache's block table to its own buffer)."""
-        n, pos0 = len(ids), len(self._cached[seq])
+        model's state buffers, with KV blocks for the new positions (each cache's block table to its own buffer).
+        ids None: one token that the step's own commands copy in (pipelined decode); pos0: the first
+        position (default: right after the sequence's cached tokens)."""
+        n = 1 if ids is None else len(ids)
+        pos0 = len(self._cached[seq]) if pos0 is None else pos0
         self.cache.ensure(seq, pos0 + n, first_new=pos0)
         s, d = self.model.state, self.device
-        d.write_buffer(s.ids, struct.pack(f"<{n}I", *ids))
+        if ids is not None:
+            d.write_buffer(s.ids, struct.pack(f"<{n}I", *ids))
         d.write_buffer(s.step, struct.pack("<2I", pos0, n))
         for c in self.cache:
             d.write_buffer(c.table, c.table_bytes(seq))
@@ -239,8 +250,7 @@ class Engine:
         t = time.perf_counter()
         decode = n == 1 and sample
         if decode:  # the step's commands were encoded while the GPU ran the previous one
-            cb, self._next_decode = self._next_decode or self._encode_decode(), None
-            d.submit_commands(cb)
+            d.submit_commands(self._decode_commands(None))
         else:
             with d.recorder() as rec:
                 self.model.record(rec, n, logits=False)
@@ -253,8 +263,42 @@ class Engine:
         self.last_issue_seconds = time.perf_counter() - t  # host time to issue the step (critical path)
         self._cached[seq].extend(ids)
         if decode:  # encode the next decode step now, overlapping this step's GPU work
-            self._next_decode = self._encode_decode()
+            self._next_decode = (None, self._encode_decode())
         return await self.sampler.read() if sample else None
+
+    async def _decode_pipelined(self, seq: int, first: int, steps: int) -> AsyncIterator[SampleResult]:
+        """Up to `steps` decode steps after `first`, the token just sampled (still in sampler.result),
+        without the GPU waiting on the host between steps: each step copies its input id from the
+        previous step's sample on the GPU and its own sample into a readback slot, and step k+1 is
+        submitted before step k's sample is mapped, so the GPU runs it while the host reads, streams and
+        stages. Yields each step's sample. Pulling the next one takes the yielded token as the input of
+        the step already running; closing the iterator instead discards that step: its K/V lies at the
+        position right after _cached, which the next step or prefill of the sequence writes over."""
+        if not self._readback:
+            self._readback = [self.device.create_readback(self.sampler.result.size) for _ in range(READBACK_SLOTS)]
+        cached = self._cached[seq]
+        pos = len(cached)
+        cached.append(first)
+        self._submit_fed(seq, pos, 0)
+        for i in range(steps):
+            if i + 1 < steps:  # the step after this one first: it runs while this one's sample is read
+                self._submit_fed(seq, pos + i + 1, (i + 1) % READBACK_SLOTS)
+            raw = await self.device.map_read(self._readback[i % READBACK_SLOTS], self.sampler.result_size)
+            res = self.sampler.parse(raw)
+            yield res
+            if i + 1 < steps:  # pulled again: the token is the input of the step running now
+                cached.append(res.token_id)
+
+    def _submit_fed(self, seq: int, pos: int, slot: int) -> None:
+        """Stage and submit a pipelined decode step at position `pos` whose sample goes to readback `slot`.
+        Its position and block tables are queue writes issued after the previous step's submission, so
+        they land between the two steps (WebGPU orders a queue's writes and submissions as issued)."""
+        self._stage_step(seq, None, pos)
+        t = time.perf_counter()
+        self.device.submit_commands(self._decode_commands(slot))
+        self.last_issue_seconds = time.perf_counter() - t
+        nxt = (slot + 1) % READBACK_SLOTS  # encoded while this step runs (the slot is still unmapped now)
+        self._next_decode = (nxt, self._encode_decode(nxt))
 
     async def _prefill(self, seq: int, ids: list[int]):
         """Run `ids` (non-empty) in chunks of prefill_chunk and sample after the last one: the chunks
@@ -265,11 +309,25 @@ class Engine:
             result = await self._step(seq, chunk, sample=i + self.prefill_chunk >= len(ids))
         return result
 
-    def _encode_decode(self):
-        """A finished command buffer of one decode step (the captured Program, replayed)."""
+    def _encode_decode(self, slot: int | None = None):
+        """A finished command buffer of one decode step (the captured Program, replayed). With a readback
+        slot (pipelined decode), the step takes its input id from the previous step's sample first and
+        copies its own sample (all result words: any request's logprobs) into the slot last."""
         rec = self.device.recorder()
+        res = self.sampler.result
+        if slot is not None:
+            rec.copy_buffer(res, 0, self.model.state.ids, 0, 4)
         rec.replay(self._decode_program())
+        if slot is not None:
+            rec.copy_buffer(res, 0, self._readback[slot], 0, res.size)
         return rec.finish()
+
+    def _decode_commands(self, slot: int | None):
+        """The decode step's command buffer: the one encoded ahead if it was encoded for this slot."""
+        ahead, self._next_decode = self._next_decode, None
+        if ahead is not None and ahead[0] == slot:
+            return ahead[1]
+        return self._encode_decode(slot)
 
     async def logits(self, ids: list[int], seq: int = 1) -> bytes:
         """Last-token logits (f32 bytes) of `ids` run from an empty cache on sequence `seq`: for
@@ -464,28 +522,40 @@ class Engine:
         held = ""  # text that might be the start of a stop string
         eos = self.tokenizer.eos_ids
         finish, hit = "length", False
-        for i in range(max_new):
-            tid = result.token_id
-            if tid in eos and (not ignore_eos or constraint is not None):
-                finish = "stop"
-                break
-            if constraint is not None:
-                constraint.advance(tid)
-            stats.completion_tokens += 1
-            held += decoder.feed(tid)
-            out, held, hit = _split_stop(held, stops)
-            yield Token(tid, out, result.logprob, result.top_logprobs)
-            if hit or (constraint is not None and constraint.complete):  # the grammar admits nothing more
-                finish = "stop"
-                break
-            if self._interrupt:
-                finish = "abort"
-                break
-            if i + 1 == max_new:
-                break
-            if constraint is not None:
-                self.sampler.set_mask(constraint.mask())
-            result = await self._step(seq, [tid], sample=True)
+        # One place decides: decode pipelined (the next step runs on the GPU while the host reads and
+        # streams a token), except under a constraint, whose mask for a step depends on the token before.
+        # The pipelined iterator's body starts at the first pull, i.e. once t0 is taken as an input.
+        pipelined = self.pipelined_decode and constraint is None
+        steps = self._decode_pipelined(seq, result.token_id, max_new - 1) if pipelined else None
+        try:
+            for i in range(max_new):
+                tid = result.token_id
+                if tid in eos and (not ignore_eos or constraint is not None):
+                    finish = "stop"
+                    break
+                if constraint is not None:
+                    constraint.advance(tid)
+                stats.completion_tokens += 1
+                held += decoder.feed(tid)
+                out, held, hit = _split_stop(held, stops)
+                yield Token(tid, out, result.logprob, result.top_logprobs)
+                if hit or (constraint is not None and constraint.complete):  # the grammar admits nothing more
+                    finish = "stop"
+                    break
+                if self._interrupt:
+                    finish = "abort"
+                    break
+                if i + 1 == max_new:
+                    break
+                if steps is not None:
+                    result = await steps.__anext__()
+                    continue
+                if constraint is not None:
+                    self.sampler.set_mask(constraint.mask())
+                result = await self._step(seq, [tid], sample=True)
+        finally:
+            if steps is not None:  # discards the step run ahead, if any
+                await steps.aclose()
         if not hit:  # after a stop string the held-back text belongs to it; otherwise emit the rest
             tail = held + decoder.flush()
             if tail:

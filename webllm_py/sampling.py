@@ -228,12 +228,20 @@ class Sampler:
         self.device.write_buffer(self.counts, bytes(counts))
         self.device.write_buffer(self.result, bytes(4 * _RESULT_WORDS))
 
-    async def read(self) -> SampleResult:
+    @property
+    def result_size(self) -> int:
+        """Bytes of `result` a read needs: the id, its logprob, the count and the top logprobs asked for."""
+        return 4 * (4 + 2 * (self.params.top_logprobs if self.params.logprobs else 0))
+
+    def parse(self, raw: bytes) -> SampleResult:
+        """A SampleResult from `result`'s first result_size bytes (read here, or copied elsewhere by a step)."""
         n_top = self.params.top_logprobs if self.params.logprobs else 0
-        raw = await self.device.read_buffer(self.result, 0, 4 * (4 + 2 * n_top))
         tid, logprob, n = struct.unpack_from("<IfI", raw)
         tops = [struct.unpack_from("<If", raw, 16 + 8 * r) for r in range(min(n, n_top))]
         return SampleResult(tid, logprob, [(i, lp) for i, lp in tops])
+
+    async def read(self) -> SampleResult:
+        return self.parse(await self.device.read_buffer(self.result, 0, self.result_size))
 
 
 @dataclass(eq=False)

@@ -4,7 +4,8 @@ Two backends implement it: `browser` (navigator.gpu through Pyodide's FFI) and `
 Everything a model needs is here and nothing more:
 
 - buffers: `create_buffer`, `write_buffer` (zero-copy from Python memory), `read_buffer` (async,
-  because mapping is a Promise in the browser);
+  because mapping is a Promise in the browser); `create_readback` + `map_read` to read what a step
+  copied into a mappable buffer without waiting for later steps (pipelined decode, engine.py);
 - kernels: `kernel(template, **params)` renders a Jinja2 WGSL template with the adapter's features
   filled in and returns a compute pipeline, cached by its rendered source;
 - `bind(kernel, *buffers)`: a bind group, created once and reused every token;
@@ -202,6 +203,17 @@ class Device(ABC):
     @abstractmethod
     async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
         """Wait for submitted work, then return `size` bytes of `buffer` from `offset`."""
+
+    def create_readback(self, size: int, label: str = "") -> Buffer:
+        """A small buffer the host maps (MAP_READ | COPY_DST, not storage): a Recorder copies results
+        into it at the end of a step, and `map_read` reads them without another submission."""
+        raise NotImplementedError(f"{type(self).__name__} has no readback buffers")
+
+    async def map_read(self, buffer: Buffer, size: int | None = None) -> bytes:
+        """The first `size` bytes of a create_readback buffer once the submitted work that wrote it has
+        run; work submitted after it may still be running (the engine reads a decode step's token while
+        the next step runs). The buffer is unmapped again before this returns, also when cancelled."""
+        raise NotImplementedError(f"{type(self).__name__} has no readback buffers")
 
     def buffer_from(self, data, label: str = "") -> Buffer:
         buf = self.create_buffer(len(memoryview(data).cast("B")), label)

@@ -297,12 +297,39 @@ class BrowserDevice(Device):
         data = js.Uint8Array.new(staging.getMappedRange()).to_bytes()
         staging.unmap()
         self._staging[padded] = staging  # reused: token-id readbacks have the same size every step
+        await self._after_readback()
+        return data[:size]
+
+    async def _after_readback(self) -> None:
+        """Raise what the GPU reported asynchronously about the work a readback waited for."""
         if self._rejected is not None:
             msg = self._rejected
             self._rejected = None
             raise GPUCommandError(f"the GPU rejected commands submitted before this readback: {msg}")
         if self._pending_scopes:  # pipelines created on first use since the last check: report them
             await self.check_errors()
+
+    def create_readback(self, size: int, label: str = "") -> Buffer:
+        self.check_lost()
+        size = max(4, align_up(int(size), 4))
+        return Buffer(
+            self.raw.createBuffer(_js({"size": size, "usage": self._read_usage, "label": label})), size, label
+        )
+
+    async def map_read(self, buffer: Buffer, size: int | None = None) -> bytes:
+        self.check_lost()
+        size = buffer.size if size is None else size
+        try:
+            await buffer.handle.mapAsync(js.GPUMapMode.READ, 0, align_up(size, 4))
+        except Exception as e:
+            self.check_lost()
+            raise DeviceLostError(f"reading back from the GPU failed: {e}") from e
+        except BaseException:  # cancelled: unmap() aborts the pending map, so later steps may use the buffer
+            buffer.handle.unmap()
+            raise
+        data = js.Uint8Array.new(buffer.handle.getMappedRange(0, align_up(size, 4))).to_bytes()
+        buffer.handle.unmap()
+        await self._after_readback()
         return data[:size]
 
     def bind(self, kernel: Kernel, buffers: Sequence[Buffer | tuple[Buffer, int, int]]) -> BindGroup:

@@ -185,13 +185,20 @@ class NativeDevice(Device):
         encoder = self.raw.create_command_encoder()
         encoder.copy_buffer_to_buffer(buffer.handle, offset, staging, 0, size)
         self.raw.queue.submit([encoder.finish()])
-        mapped = staging.map_async("READ_NOSYNC")  # the copy above is the sync
+        return await self._polled_map(staging, size, pause=0)
+
+    async def _polled_map(self, staging, size: int, pause: float) -> bytes:
+        """Map `staging` (a MAP_READ buffer that submitted work copied into), polling here without
+        blocking, and return its first `size` bytes. wgpu-core resolves a map once the submission that
+        last used the buffer is done, not the whole queue (wgpu-py's own wait, a blocking poll, waits
+        for the queue to idle). `pause`: seconds between polls (0: every event-loop turn)."""
+        mapped = staging.map_async("READ_NOSYNC", 0, size)  # the copy that wrote it is the sync
         try:
             await asyncio.sleep(0)  # other tasks' turn while the GPU starts, even when the map is quick
             while mapped._state == "pending":  # wgpu-py 0.32 (pinned) keeps no public poll/state
                 self.raw._poll(False)
                 if mapped._state == "pending":
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(pause)
         except BaseException:  # cancelled: finish the map (at most this step) so the buffer can be reused
             mapped.sync_wait()
             staging.unmap()
@@ -201,6 +208,17 @@ class NativeDevice(Device):
             return bytes(staging.read_mapped(0, size, copy=False))
         finally:
             staging.unmap()
+
+    def create_readback(self, size: int, label: str = "") -> Buffer:
+        size = max(4, align_up(int(size), 4))
+        usage = self._wgpu.BufferUsage.MAP_READ | self._wgpu.BufferUsage.COPY_DST
+        return Buffer(self.raw.create_buffer(size=size, usage=usage, label=label), size, label)
+
+    async def map_read(self, buffer: Buffer, size: int | None = None) -> bytes:
+        # CPU adapters: a short sleep between polls leaves the cores to the kernels (a step takes ms there)
+        return await self._polled_map(
+            buffer.handle, buffer.size if size is None else size, 0 if self._spin_reads else 2e-4
+        )
 
     def bind(self, kernel: Kernel, buffers: Sequence[Buffer | tuple[Buffer, int, int]]) -> BindGroup:
         entries = []
