@@ -253,3 +253,51 @@ def test_smollm2_greedy_tokens_dawn_packed_kv_cache_equal_native():
     native = _bench("bench")
     assert native["kv_cache"] == "f16"
     assert dawn["token_ids"] == native["token_ids"]
+
+
+_PIPELINED = """
+import js
+from webllm_py.engine import Engine, Stats
+from webllm_py.formats.source import JSBufferSource
+from webllm_py.sampling import SamplingParams
+_pp = await Engine.load(JSBufferSource(js.webllmFileBytes({path!r})), context_window=128, prefill_chunk=16)
+_pids = _pp.tokenizer.encode({prompt!r})
+async def _stream(pipelined, params, n):
+    _pp.pipelined_decode = pipelined
+    _pp.reset(0)
+    st = Stats()
+    gen = _pp.generate(_pids, SamplingParams(**params), max_tokens=n, ignore_eos=True, stats=st)
+    toks = [[t.id, t.text, t.logprob, [list(x) for x in t.top_logprobs]] async for t in gen]
+    return {{"toks": toks, "finish": st.finish_reason, "cached": list(_pp._cached.get(0, []))}}
+_runs = {{}}
+for _name, _params in {cases!r}.items():
+    _runs[_name] = [await _stream(p, _params, {n}) for p in (True, False)]
+_pp.unload()
+_pp = None
+{{"ids": _pids, "runs": _runs}}
+"""
+
+
+def test_pipelined_decode_on_dawn_equals_stepped_and_transformers(host):
+    """Pipelined decode through the browser backend (mapAsync of a readback slot while the next step
+    runs, ids fed on the GPU) on Dawn: SmolLM2's greedy stream with logprobs and a seeded sampled stream
+    equal the stepped path's in ids, text and logprobs, the cache keeps the tokens fed, and the greedy
+    ids are transformers'. ~15 s on 2 cores."""
+    model, n = REAL_MODELS["smollm2"], 12
+    cases = {
+        "greedy": {"temperature": 0.0, "logprobs": True, "top_logprobs": 3},
+        "sampled": {"temperature": 1.3, "top_k": 40, "frequency_penalty": 0.5, "seed": 7, "logprobs": True},
+    }
+    r = host.exec(_PIPELINED.format(path=model.path, prompt=model.prompt, cases=cases, n=n))
+    ids = r["ids"]
+    for name, (piped, stepped) in r["runs"].items():
+        assert piped == stepped, name
+        out = [t[0] for t in piped["toks"] if t[0] >= 0]
+        assert piped["finish"] == "length" and len(out) == n
+        assert piped["cached"] == ids + out[:-1]
+    greedy = [t[0] for t in r["runs"]["greedy"][0]["toks"] if t[0] >= 0]
+    # transformers' tokens up to its first near tie (a top-2 gap within twice the logit tolerance)
+    margins = hf_margins(model.path, ids, n)
+    sure = next((i for i, m in enumerate(margins) if m <= 2 * model.logit_rtol), n)
+    assert sure >= 6 and greedy[:sure] == hf_greedy(model.path, ids, n)[0][:sure]
+    assert greedy != [t[0] for t in r["runs"]["sampled"][0]["toks"] if t[0] >= 0]
