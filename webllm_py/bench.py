@@ -193,6 +193,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)"
     )
     p.add_argument(
+        "--decode-loop",
+        choices=["pipelined", "stepped"],
+        default="pipelined",
+        help="decode as generation does (pipelined: the next step runs while a token is read back), or each "
+        "step after its token's readback (stepped: as under a structured-output constraint; A/B)",
+    )
+    p.add_argument(
         "--subgroups",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -482,13 +489,13 @@ async def _bench(args) -> dict:
     res = await engine._prefill(0, prompt)  # as generation runs it: one readback, after the last chunk
     prefill_s = time.perf_counter() - t0
 
-    # Decode as generation runs it (pipelined: Engine._decode_pipelined); the host's time to issue
-    # each step is timed apart from the whole step (submit + GPU + readback).
+    # Decode as generation runs it (Engine._decode_steps: pipelined unless --decode-loop stepped); the host's
+    # time to issue each step is timed apart from the whole step (submit + GPU + readback).
     issue_s = 0.0
     t1 = time.perf_counter()
     tid = res.token_id
     token_ids = [tid]  # greedy ids (prefill's, then each step's): compared across backends
-    async for res in engine._decode_pipelined(0, tid, args.decode_tokens):
+    async for res in engine._decode_steps(0, tid, args.decode_tokens, args.decode_loop == "pipelined"):
         issue_s += engine.last_issue_seconds
         tid = res.token_id
         token_ids.append(tid)
@@ -531,6 +538,7 @@ async def _bench(args) -> dict:
         "prefill_chunk": engine.prefill_chunk,
         "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
         "decode_tokens": args.decode_tokens,
+        "decode_loop": args.decode_loop,
         "decode_tok_s": round(decode_tps, 1),
         "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
         "dispatches_per_token": len(engine._decode_program().commands),  # the captured decode step's

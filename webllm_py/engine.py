@@ -122,7 +122,7 @@ class Engine:
         self._next_decode = None  # (readback slot or None, command buffer) of the next decode step, encoded ahead
         self._readback: list = []  # pipelined decode's readback slots (create_readback), made on first use
         # Decode without the GPU waiting on the host (_decode_pipelined); False: each step waits for its
-        # token's readback before the next is staged, as under a constraint (tests compare the two).
+        # token's readback before the next is staged, as under a constraint (tests and bench compare the two).
         self.pipelined_decode = True
         self.owns_device = False  # set by load(): whether unload() may destroy the device
 
@@ -266,6 +266,21 @@ class Engine:
             self._next_decode = (None, self._encode_decode())
         return await self.sampler.read() if sample else None
 
+    def _decode_steps(self, seq: int, first: int, steps: int, pipelined: bool) -> AsyncIterator[SampleResult]:
+        """Up to `steps` decode steps after `first`, the token just sampled: an iterator of each step's
+        sample, whose consumer pulls the next one to go on with the token it got (generation and bench
+        decode through here). pipelined: see _decode_pipelined; else each step is staged only once the
+        previous token was read (what a constraint needs: its mask for a step depends on that token, and
+        the consumer sets it before pulling)."""
+        return self._decode_pipelined(seq, first, steps) if pipelined else self._decode_stepped(seq, first, steps)
+
+    async def _decode_stepped(self, seq: int, first: int, steps: int) -> AsyncIterator[SampleResult]:
+        tid = first
+        for _ in range(steps):
+            res = await self._step(seq, [tid], sample=True)
+            yield res
+            tid = res.token_id
+
     async def _decode_pipelined(self, seq: int, first: int, steps: int) -> AsyncIterator[SampleResult]:
         """Up to `steps` decode steps after `first`, the token just sampled (still in sampler.result),
         without the GPU waiting on the host between steps: each step copies its input id from the
@@ -274,6 +289,8 @@ class Engine:
         stages. Yields each step's sample. Pulling the next one takes the yielded token as the input of
         the step already running; closing the iterator instead discards that step: its K/V lies at the
         position right after _cached, which the next step or prefill of the sequence writes over."""
+        if steps <= 0:
+            return
         if not self._readback:
             self._readback = [self.device.create_readback(self.sampler.result.size) for _ in range(READBACK_SLOTS)]
         cached = self._cached[seq]
@@ -522,11 +539,10 @@ class Engine:
         held = ""  # text that might be the start of a stop string
         eos = self.tokenizer.eos_ids
         finish, hit = "length", False
-        # One place decides: decode pipelined (the next step runs on the GPU while the host reads and
-        # streams a token), except under a constraint, whose mask for a step depends on the token before.
-        # The pipelined iterator's body starts at the first pull, i.e. once t0 is taken as an input.
-        pipelined = self.pipelined_decode and constraint is None
-        steps = self._decode_pipelined(seq, result.token_id, max_new - 1) if pipelined else None
+        # Decode pipelined (the next step runs on the GPU while the host reads and streams a token), except
+        # under a constraint, whose mask for a step depends on the token before. The iterator's body starts at
+        # the first pull, i.e. once the prefill's token is taken as an input.
+        steps = self._decode_steps(seq, result.token_id, max_new - 1, self.pipelined_decode and constraint is None)
         try:
             for i in range(max_new):
                 tid = result.token_id
@@ -547,15 +563,11 @@ class Engine:
                     break
                 if i + 1 == max_new:
                     break
-                if steps is not None:
-                    result = await steps.__anext__()
-                    continue
                 if constraint is not None:
                     self.sampler.set_mask(constraint.mask())
-                result = await self._step(seq, [tid], sample=True)
+                result = await steps.__anext__()
         finally:
-            if steps is not None:  # discards the step run ahead, if any
-                await steps.aclose()
+            await steps.aclose()  # pipelined: discards the step run ahead, if any
         if not hit:  # after a stop string the held-back text belongs to it; otherwise emit the rest
             tail = held + decoder.flush()
             if tail:
