@@ -301,3 +301,12 @@ def test_pipelined_decode_on_dawn_equals_stepped_and_transformers(host):
     sure = next((i for i, m in enumerate(margins) if m <= 2 * model.logit_rtol), n)
     assert sure >= 6 and greedy[:sure] == hf_greedy(model.path, ids, n)[0][:sure]
     assert greedy != [t[0] for t in r["runs"]["sampled"][0]["toks"] if t[0] >= 0]
+
+
+def test_map_read_gives_each_submissions_copy_on_dawn(host):
+    """The browser backend's create_readback / map_read (mapAsync while the next submission is queued)."""
+    from .test_gpu_native import MAP_READ_RING
+
+    host.exec(_SETUP)
+    got = host.exec(MAP_READ_RING + "await map_read_ring(dev)")
+    assert got == [[k, k + 1, k + 2, 7 * k] for k in range(5)] + [[5, 6, 0, 0]]
