@@ -145,3 +145,35 @@ def test_prefix_reuse_after_an_abort(engine, how):
         )
         assert stats.cached_prompt_tokens == len(cached)
         assert ids_of(again) == ref
+
+
+def test_cache_full_mid_stream(device):
+    """Another sequence holds all but one KV block: the step that needs a second raises KVCacheFullError
+    after the same tokens as the stepped path (the pipelined step run ahead meets it one token early)."""
+    from webllm_py.errors import KVCacheFullError
+
+    # 2 sequences of 64 positions: a pool of 8 blocks of 16
+    engine = asyncio.run(Engine.load(default_model_path(), device=device, context_window=64, prefill_chunk=64))
+    try:
+        ids = engine.tokenizer.encode(MODEL.prompt * 10)
+        for seq, n in ((1, 63), (2, 33)):  # 4 + 3 blocks
+            asyncio.run(engine.complete(ids[:n], params=SamplingParams(temperature=0.0), max_tokens=1, seq=seq))
+        (cache,) = list(engine.cache)
+        assert cache.free_blocks == 1
+        prompt = ids[:6]  # positions 0-15 fit one block: the prefill's token and 10 decoded ones, then full
+        streams = []
+        for pipelined in (True, False):
+            out: list = []
+
+            async def go():
+                async for t in engine.generate(prompt, SamplingParams(temperature=0.0), max_tokens=40, ignore_eos=True):
+                    out.append((t.id, t.text, t.logprob))
+
+            engine.pipelined_decode = pipelined
+            with pytest.raises(KVCacheFullError):
+                asyncio.run(go())
+            streams.append(out)
+        assert streams[0] == streams[1] and len(ids_of(streams[0])) == 11
+        assert cache.free_blocks == 1 and 0 not in engine._cached  # the failed sequence was reset
+    finally:
+        engine.unload()

@@ -298,11 +298,17 @@ class Engine:
         cached.append(first)
         self._submit_fed(seq, pos, 0)
         for i in range(steps):
+            full = None
             if i + 1 < steps:  # the step after this one first: it runs while this one's sample is read
-                self._submit_fed(seq, pos + i + 1, (i + 1) % READBACK_SLOTS)
+                try:
+                    self._submit_fed(seq, pos + i + 1, (i + 1) % READBACK_SLOTS)
+                except ContextOverflowError as e:  # no KV block for it (nothing staged): raised where the
+                    full = e  # stepped path raises it, once this token is out and the stream goes on
             raw = await self.device.map_read(self._readback[i % READBACK_SLOTS], self.sampler.result_size)
             res = self.sampler.parse(raw)
             yield res
+            if full is not None:
+                raise full
             if i + 1 < steps:  # pulled again: the token is the input of the step running now
                 cached.append(res.token_id)
 
