@@ -30,7 +30,10 @@ self.onmessage = (ev) => {
   if (!spec.queued) return abort(id, payload || {});
   const request = { kind, id, payload: payload || {} };
   // Only while Pyodide starts: later loads wait their turn, so two models' bytes are not held at once.
-  if (kind === "load" && !session) request.model = prefetchModel(request);
+  if (kind === "load" && !session) {
+    request.model = prefetchModel(request);
+    startKernels = compileStartKernels(payload || {});
+  }
   queue.push(request);
   pump();
 };
@@ -48,6 +51,65 @@ function prefetchModel({ id, payload }) {
   files.catch(() => {});  // a failure is reported when the request runs
   return files;
 }
+
+// -- start-up kernels: compiled while Pyodide starts -----------------------------------------------
+// On SwiftShader every pipeline compiles in ~0.01-0.65 s, one after another (2.9 s for SmolLM2's first
+// token). The first load of a model stores which kernels its first token needed, with the device
+// request they were made for (webllm_py/gpu/browser.py: first_token_done); a later start of the same
+// runtime requests that device and compiles them (createComputePipelineAsync) from the moment `load`
+// arrives, and Python takes them over (webllmTakeStartKernels) when it asks for its device.
+const KERNELS_CACHE = "webllm-start-kernels";
+let runtimeKey = null;          // resolved by init: the snapshot's key (Pyodide version + wheels), or null
+let setRuntimeKey;
+const runtimeKeyReady = new Promise((r) => { setRuntimeKey = r; });
+let startKernels = null;        // Promise of {adapter, device, request, kernels: Map(source -> {layout, pipeline})} or null
+let loadKey = null;             // the running load's record URL
+
+async function startKernelsURL(payload) {
+  const key = await runtimeKeyReady;
+  if (!key || typeof payload.model !== "string") return null;
+  const id = await sha256Hex(new TextEncoder().encode(JSON.stringify([payload.model, payload.options || {}])));
+  return new URL(`start-kernels/${key}/${id}`, ORIGIN_ROOT).href;
+}
+
+async function compileStartKernels(payload) {
+  try {
+    const url = await startKernelsURL(payload);
+    const hit = url && self.caches && navigator.gpu && await (await caches.open(KERNELS_CACHE)).match(url);
+    if (!hit) return null;
+    const { request, kernels } = await hit.json();
+    const adapter = await navigator.gpu.requestAdapter({ powerPreference: request.powerPreference });
+    if (!adapter) return null;
+    const device = await adapter.requestDevice({ requiredFeatures: request.requiredFeatures, requiredLimits: request.requiredLimits });
+    const made = new Map();
+    for (const k of kernels) {
+      const layout = device.createBindGroupLayout({ label: k.label, entries: k.entries });
+      const pipeline = device.createComputePipelineAsync({
+        label: k.label, layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module: device.createShaderModule({ code: k.source, label: k.label }), entryPoint: "main" },
+      });
+      pipeline.catch(() => {});  // a failure is reported when Python awaits it
+      made.set(k.source, { layout, pipeline });
+    }
+    return { adapter, device, request, kernels: made };
+  } catch (e) {
+    console.warn(`webllm: start-up kernels not compiled ahead (${e && e.message || e})`);
+    return null;
+  }
+}
+
+// Python's BrowserDevice.create takes them (once; null when there are none).
+self.webllmTakeStartKernels = () => { const p = startKernels || Promise.resolve(null); startKernels = null; return p; };
+self.webllmStoreStartKernels = (json) => {
+  const url = loadKey;
+  if (!url || !self.caches) return;
+  (async () => {
+    const cache = await caches.open(KERNELS_CACHE);
+    const current = new URL(`start-kernels/${runtimeKey}/`, ORIGIN_ROOT).href;
+    for (const req of await cache.keys()) if (!req.url.startsWith(current)) await cache.delete(req);  // older runtimes'
+    await cache.put(url, new Response(json, { headers: { "content-type": "application/json" } }));
+  })().catch((e) => console.warn(`webllm: start-up kernels not stored (${e && e.message || e})`));
+};
 
 async function pump() {
   if (running) return;
@@ -140,6 +202,8 @@ async function init(payload, id) {
   // packageBaseUrl and lockFileURL stay on this origin too: nothing may go to Pyodide's CDN.
   const indexURL = new URL("pyodide/", ORIGIN_ROOT).href;
   const slot = payload.snapshot === false ? null : await snapshotSlot(version, wheels);
+  runtimeKey = slot ? slot.url.split("/").pop() : null;  // start-up kernels live and die with the snapshot
+  setRuntimeKey(runtimeKey);
   const hit = slot && await slot.cache.match(slot.url).catch(() => undefined);
   let snapshot = slot ? (hit ? "hit" : "miss") : "off";
   let bytes = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
@@ -204,9 +268,14 @@ async function runPython({ kind, id, payload, model }) {
   if (kind === "load") {
     files = await (model || prefetchModel({ id, payload }));
     data = files.parts.length === 1 ? files.parts[0] : files.parts;  // a split GGUF: one array per shard
+    loadKey = await startKernelsURL(payload).catch(() => null);
   }
   const emit = (k, json) => post(k, id, JSON.parse(json));
   const out = await session.handle(kind, id, JSON.stringify(payload), emit, data);
+  if (kind === "load" && startKernels) {  // not taken (the load failed before it asked for a device)
+    startKernels.then((k) => k && k.device.destroy());
+    startKernels = null;
+  }
   const msg = JSON.parse(out);
   // Cached only once the model loaded: a file the engine refused (not GGUF, truncated) is not kept.
   if (files && msg.kind === "result") await files.commit();

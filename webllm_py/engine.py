@@ -245,8 +245,9 @@ class Engine:
 
     async def _step(self, seq: int, ids: list[int], sample: bool):
         n = len(ids)
-        self._stage_step(seq, ids)
         d = self.device
+        await d.kernels_ready()  # a browser's start-up kernels, compiling since the page started
+        self._stage_step(seq, ids)
         t = time.perf_counter()
         decode = n == 1 and sample
         if decode:  # the step's commands were encoded while the GPU ran the previous one
@@ -540,6 +541,7 @@ class Engine:
         result = await self._prefill(seq, todo)
         t1 = time.perf_counter()
         stats.prefill_seconds = t1 - t0
+        self.device.first_token_done()
 
         decoder = StreamDecoder(self.tokenizer)
         held = ""  # text that might be the start of a stop string
@@ -607,6 +609,7 @@ class Engine:
             "adapter": f"{info.vendor} {info.architecture}".strip(),
             "model": self.checkpoint.name,
             "context_window": self.context_window,
+            "kernels_ahead": self.device.kernels_ahead,  # compiled while the runtime started (browser)
         }
 
 

@@ -130,6 +130,7 @@ class Device(ABC):
     # Chrome requires `enable subgroups;` before subgroup builtins; native wgpu (naga) rejects the
     # directive and enables subgroups by the device feature alone. Backends set this.
     subgroups_directive: str = ""
+    kernels_ahead = 0  # kernels whose pipelines were compiled ahead of this load (BrowserDevice)
 
     def __init__(self) -> None:
         self._pipelines: dict[tuple[str, str], Kernel] = {}
@@ -190,6 +191,14 @@ class Device(ABC):
     async def check_errors(self) -> None:
         """Raise ShaderError for pipelines that failed to build. Natively creation raises at once;
         the browser reports validation errors asynchronously, so it overrides this."""
+
+    async def kernels_ready(self) -> None:
+        """Wait for the pipelines a backend compiles ahead of their first use (the browser's start-up
+        kernels, see BrowserDevice); Engine awaits this before recording a step."""
+
+    def first_token_done(self) -> None:
+        """The first token was sampled: a backend that compiles kernels ahead on a later start
+        remembers the ones built so far (BrowserDevice)."""
 
     # -- buffers ----------------------------------------------------------------------------------
     @abstractmethod

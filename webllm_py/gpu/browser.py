@@ -7,6 +7,7 @@ each Python->JS call costs ~1 us, so a token's dispatches are recorded into one 
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Sequence
 
@@ -61,6 +62,11 @@ def bindings(source: str) -> list[tuple[int, str]]:
     """(binding, GPUBufferBindingType) of every buffer the WGSL declares in group 0."""
     code = re.sub(r"//[^\n]*", "", source)
     return sorted((int(i), _BUFFER_TYPE[(space, access or "")]) for i, space, access in _BINDING.findall(code))
+
+
+def _layout_entries(source: str) -> list[dict]:
+    """Bind group 0's layout entries of a kernel (GPUShaderStage.COMPUTE is 4)."""
+    return [{"binding": i, "visibility": 4, "buffer": {"type": t}} for i, t in bindings(source)]
 
 
 def _snake(name: str) -> str:
@@ -129,6 +135,10 @@ class BrowserDevice(Device):
     _pending_scopes: list[tuple[str, str, Any]]
     _queue: Any
     _submit: Any
+    _request: dict  # what requestDevice was asked for, with the power preference (the start-up record's key)
+    _ahead: dict[str, Any]  # WGSL source -> {layout, pipeline: Promise} compiling since the page started
+    _compiling: list[tuple[Kernel, Any]]  # kernels made from _ahead whose pipeline promise is not awaited yet
+    _remembered: bool
 
     @classmethod
     async def create(
@@ -142,7 +152,14 @@ class BrowserDevice(Device):
                 "This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, "
                 "or start Chromium with --enable-unsafe-webgpu."
             )
-        adapter = await gpu.requestAdapter(_js({"powerPreference": power_preference}))
+        # A returning visit: worker.js requested the device and began compiling the kernels this model's
+        # first token needed last time (webllm_py's start-up record) while Pyodide started.
+        take = getattr(js, "webllmTakeStartKernels", None)
+        ahead = await take() if take is not None else None
+        ahead = None if ahead is jsnull else ahead
+        adapter = (
+            ahead.adapter if ahead is not None else await gpu.requestAdapter(_js({"powerPreference": power_preference}))
+        )
         if adapter is None or adapter is jsnull:
             raise GPUUnavailableError(
                 "navigator.gpu.requestAdapter() returned null: WebGPU is disabled or the GPU is blocklisted."
@@ -179,7 +196,20 @@ class BrowserDevice(Device):
         # every limit at the adapter's maximum: matmul_sgmat's tiles need more than the default 16 KiB
         # of workgroup memory (maxComputeWorkgroupStorageSize)
         limits = {k: getattr(adapter.limits, k) for k in _LIMITS}
-        self.raw = await adapter.requestDevice(_js({"requiredFeatures": granted, "requiredLimits": limits}))
+        self._request = {
+            "powerPreference": power_preference,
+            "requiredFeatures": granted,
+            "requiredLimits": {k: int(v) for k, v in limits.items()},
+        }
+        self._ahead, self._compiling, self._remembered = {}, [], False
+        if ahead is not None and ahead.request.to_py() == self._request:
+            self.raw = ahead.device
+            self._ahead = ahead.kernels.to_py(depth=1)  # a JS Map -> {source: JS {layout, pipeline}}
+        else:
+            if ahead is not None:  # made for another device request (e.g. the browser's adapter changed)
+                ahead.device.destroy()
+                adapter = await gpu.requestAdapter(_js({"powerPreference": power_preference}))  # that one is used up
+            self.raw = await adapter.requestDevice(_js({"requiredFeatures": granted, "requiredLimits": limits}))
         self.features = frozenset(request)
         if "subgroups" in request:
             # GPUAdapterInfo.subgroupMinSize (Chrome/Dawn, with the subgroups feature): the staged matvec's
@@ -234,16 +264,46 @@ class BrowserDevice(Device):
     # compile when the first decode step is recorded. Bind groups need no pipeline for that: each
     # kernel's bind group layout is declared from its WGSL instead of taken from an "auto" pipeline.
     def _make_kernel(self, source: str, label: str) -> Kernel:
-        u = js.GPUShaderStage.COMPUTE
-        entries = [{"binding": i, "visibility": u, "buffer": {"type": t}} for i, t in bindings(source)]
-        layout = self.raw.createBindGroupLayout(_js({"label": label, "entries": entries}))
+        ahead = self._ahead.pop(source, None)
+        if ahead is not None:  # compiling since the page started: kernels_ready() awaits it
+            kernel = Kernel(None, source, label, ahead.layout)
+            self._compiling.append((kernel, ahead.pipeline))
+            self.kernels_ahead += 1
+            return kernel
+        layout = self.raw.createBindGroupLayout(_js({"label": label, "entries": _layout_entries(source)}))
         return Kernel(None, source, label, layout)
 
     def pipeline(self, kernel: Kernel):
-        """The kernel's compute pipeline, created now if it was not yet (see _make_kernel)."""
+        """The kernel's compute pipeline, created now if it was not yet (see _make_kernel; one compiling
+        ahead whose promise was not awaited is created again rather than waited for)."""
         if kernel.pipeline is None:
             kernel.pipeline = self._create_pipeline(kernel.source, kernel.label, kernel.layout)
         return kernel.pipeline
+
+    # Start-up kernels: on SwiftShader each pipeline takes ~0.01-0.65 s to compile (2.9 s for SmolLM2's
+    # first token), one after another in the GPU process, so a returning visit compiles the ones its first
+    # token needed last time from the page's start, while Pyodide starts and the model loads (worker.js
+    # keeps the record in Cache Storage, keyed by the runtime's wheels, the model and the load options).
+    async def kernels_ready(self) -> None:
+        compiling, self._compiling = self._compiling, []
+        for kernel, promise in compiling:
+            try:
+                pipeline = await promise
+            except Exception as e:  # GPUPipelineError: the same source failed to compile
+                raise ShaderError(
+                    f"kernel '{kernel.label}' failed to compile: {e}\n--- source ---\n{kernel.source}"
+                ) from e
+            if kernel.pipeline is None:
+                kernel.pipeline = pipeline
+
+    def first_token_done(self) -> None:
+        store = getattr(js, "webllmStoreStartKernels", None)
+        if self._remembered or store is None:
+            return
+        self._remembered = True
+        made = [k for k in self.kernels_made if k.pipeline is not None]
+        kernels = [{"label": k.label, "source": k.source, "entries": _layout_entries(k.source)} for k in made]
+        store(json.dumps({"request": self._request, "kernels": kernels}))
 
     def _create_pipeline(self, source: str, label: str, layout=None):
         self.raw.pushErrorScope("validation")
