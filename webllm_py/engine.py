@@ -609,7 +609,9 @@ class Engine:
             "adapter": f"{info.vendor} {info.architecture}".strip(),
             "model": self.checkpoint.name,
             "context_window": self.context_window,
-            "kernels_ahead": self.device.kernels_ahead,  # compiled while the runtime started (browser)
+            # kernels compiled while the runtime started (browser), and how long steps waited for them
+            "kernels_ahead": self.device.kernels_ahead,
+            "kernels_ahead_wait_s": round(self.device.kernels_ahead_wait_s, 4),
         }
 
 

@@ -131,6 +131,7 @@ class Device(ABC):
     # directive and enables subgroups by the device feature alone. Backends set this.
     subgroups_directive: str = ""
     kernels_ahead = 0  # kernels whose pipelines were compiled ahead of this load (BrowserDevice)
+    kernels_ahead_wait_s = 0.0  # how long steps waited for them to finish compiling
 
     def __init__(self) -> None:
         self._pipelines: dict[tuple[str, str], Kernel] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any, Sequence
 
 from ..errors import DEVICE_LOST_ADVICE, DeviceLostError, GPUCommandError, GPUUnavailableError, ShaderError
@@ -286,6 +287,7 @@ class BrowserDevice(Device):
     # keeps the record in Cache Storage, keyed by the runtime's wheels, the model and the load options).
     async def kernels_ready(self) -> None:
         compiling, self._compiling = self._compiling, []
+        t = time.perf_counter()
         for kernel, promise in compiling:
             try:
                 pipeline = await promise
@@ -295,6 +297,8 @@ class BrowserDevice(Device):
                 ) from e
             if kernel.pipeline is None:
                 kernel.pipeline = pipeline
+        if compiling:
+            self.kernels_ahead_wait_s += time.perf_counter() - t
 
     def first_token_done(self) -> None:
         store = getattr(js, "webllmStoreStartKernels", None)
