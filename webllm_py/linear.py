@@ -11,11 +11,12 @@ Activations are f32, row-major: x [T, K] in, y [T, N] out. The prefill matmul re
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UnsupportedModelError
-from .formats.quants import GGMLType, row_nbytes
+from .formats.quants import GGMLType, layout_of, row_nbytes
 from .gpu import MAX_GROUPS
 from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and scripts/kernel_bench.py)
     DEFAULT_POLICY,
@@ -251,15 +252,16 @@ class Linear:
                     **{k: v for k, v in self._params.items() if k == "out_stride"},
                 )
             elif kind == "matmul" and isinstance(m, MatmulRowsTiling):
+                params = dict(self._params, accumulate=accumulate)
+                if m.shape_at_run_time:  # K, row bytes and accumulate come from a `shape` binding (bind)
+                    # a representative K of the same unit layout: an even or odd number of blocks
+                    block = layout_of(self.weight.ggml_type).block_size
+                    k_rep = block * (2 - (self.K // block) % 2)
+                    params.update(K=k_rep, row_bytes=row_nbytes(self.weight.ggml_type, k_rep), N=0)
+                    params.update(accumulate=False, shape_at_run_time=True)
+                    label = f"{name} {self.weight.ggml_type.name}"
                 k = self.device.kernel(
-                    name,
-                    label=label,
-                    wg=m.wg,
-                    rows=m.rows,
-                    tm=m.tm,
-                    tokens_at=self._tokens_at,
-                    accumulate=accumulate,
-                    **self._params,
+                    name, label=label, wg=m.wg, rows=m.rows, tm=m.tm, tokens_at=self._tokens_at, **params
                 )
             elif kind == "matmul" and isinstance(m, MatmulTiling):
                 k = self.device.kernel(
@@ -358,6 +360,9 @@ class Linear:
             quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
+        if isinstance(self.matmul_tiling, MatmulRowsTiling) and self.matmul_tiling.shape_at_run_time:
+            shape = struct.pack("<3I", self.K, self._params["row_bytes"], int(accumulate))
+            extra.append(self.device.buffer_from(shape, label=f"shape {self.weight.name}"))
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
         return BoundLinear(self, mv, mm, accumulate, x=x, y=y)
 

@@ -86,6 +86,9 @@ class MatmulRowsTiling:
     wg: int = 8  # lanes per workgroup
     rows: int = 8  # rows per lane: each activation load serves this many rows
     tm: int = 4  # tokens per lane: each weight word serves this many tokens
+    # K, row bytes and accumulate read at run time: one pipeline for every K of a weight type's unit
+    # layout (SwiftShader compiles each in ~0.4-0.65 s, serially, before the first token)
+    shape_at_run_time: bool = False
 
 
 @dataclass(frozen=True)
@@ -674,8 +677,11 @@ MATMUL_TABLE: tuple[MatmulRow, ...] = (
     MatmulRow("matmul_sgmat", sgmat_tiling),
     # packed 8-bit dot products over x quantized once per dispatch pair (where i8_tiling says it runs)
     MatmulRow("matmul_i8", i8_tiling),
-    # CPU adapters: barrier-free rows, by weight type
-    MatmulRow("matmul_rows", lambda a, q, K, N, p: cpu_matmul_tiling(q) if a.cpu else None),
+    # CPU adapters: barrier-free rows, by weight type; on SwiftShader with K read at run time
+    MatmulRow(
+        "matmul_rows",
+        lambda a, q, K, N, p: replace(cpu_matmul_tiling(q), shape_at_run_time=a.swiftshader) if a.cpu else None,
+    ),
     # GPUs: register tiles, by the number of rows
     MatmulRow("matmul", lambda a, q, K, N, p: gpu_matmul_tiling(N)),
 )
