@@ -89,11 +89,30 @@ class _Cursor:
         if n > self.remaining:
             raise ModelFormatError(f"GGUF: {what} claims {n} bytes but only {self.remaining} remain in the file.")
         buf, i = self.take(n, what)
-        try:
-            return bytes(buf[i : i + n]).decode("utf-8")
-        except UnicodeDecodeError:
-            # Token pieces of some vocabularies are not valid UTF-8 on their own; keep them lossless.
-            return bytes(buf[i : i + n]).decode("utf-8", errors="surrogateescape")
+        return _text(bytes(buf[i : i + n]))
+
+    def strings(self, count: int, what: str) -> list[str]:
+        """`count` strings: those wholly inside the read window without a call per field (a vocabulary
+        is ~50-250k of them: half of a model's open time in Pyodide), the others through string()."""
+        out, unpack = [], struct.unpack_from
+        for _ in range(count):
+            buf, i = self._buf, self.pos - self._buf_start
+            if 0 <= i and i + 8 <= len(buf):
+                n = unpack("<Q", buf, i)[0]
+                if i + 8 + n <= len(buf):
+                    self.pos += 8 + n
+                    out.append(_text(bytes(buf[i + 8 : i + 8 + n])))
+                    continue
+            out.append(self.string(what))
+        return out
+
+
+def _text(b: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        # Token pieces of some vocabularies are not valid UTF-8 on their own; keep them lossless.
+        return b.decode("utf-8", errors="surrogateescape")
 
 
 def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> Any:
@@ -118,6 +137,8 @@ def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> Any:
             code, size = _SCALARS[etype]
             buf, i = cur.take(count * size, what)
             return list(struct.unpack_from(f"<{count}{code}", buf, i))
+        if etype == STRING:
+            return cur.strings(count, what)
         return [_read_value(cur, etype, what, depth + 1) for _ in range(count)]
     raise ModelFormatError(f"GGUF: {what} has unknown value type {vtype}.")
 
