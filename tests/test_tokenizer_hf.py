@@ -99,3 +99,26 @@ def test_encode_speed_4000_tokens():
     print(f"encode {n} tokens: {best * 1000:.1f} ms (cold cache)")
     assert n >= 3900
     assert best < 0.1
+
+
+def test_byte_level_decode_inverts_hf_byte_level():
+    """byte_level_decode (its one-translate fast path and its loop) against HF's ByteLevel alphabet: text
+    spelled by HF's pre-tokenizer comes back as its UTF-8; characters outside the alphabet (a piece written
+    in plain text) stand for their own UTF-8, Latin-1 ones included."""
+    import random
+
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    from webllm_py.tokenizer.bpe import byte_level_decode
+
+    spell = ByteLevel(add_prefix_space=False, use_regex=False)
+    rng = random.Random(5)
+    chars = [chr(c) for c in range(1, 0x800)] + ["€", "中", "😀", "\u2581"]
+    for _ in range(2000):
+        text = "".join(rng.choice(chars) for _ in range(rng.randint(1, 8)))
+        (piece, _span), *rest = spell.pre_tokenize_str(text)
+        assert not rest and byte_level_decode(piece) == text.encode("utf-8")
+    alphabet = set(ByteLevel.alphabet())
+    outside = [c for c in map(chr, range(0x800)) if c not in alphabet]  # " ", "\x85", "\xad", U+0144 on
+    for c in outside + ["€", "😀"]:
+        assert byte_level_decode("a" + c) == b"a" + c.encode("utf-8")

@@ -33,8 +33,21 @@ def byte_level_encode(text: str) -> str:
     return "".join([table[b] for b in text.encode("utf-8")])
 
 
+# byte_level_decode in one str.translate: each table character to the Latin-1 character of its byte, every
+# other character below U+0100 to its UTF-8 spelled in Latin-1 characters (characters from U+0100 on that
+# are not in the table make the Latin-1 encode fail: the loop below then spells them)
+_DECODE = str.maketrans(
+    {ch: chr(b) for b, ch in enumerate(BYTE_TO_CHAR)}
+    | {chr(c): chr(c).encode("utf-8").decode("latin-1") for c in range(256) if chr(c) not in CHAR_TO_BYTE}
+)
+
+
 def byte_level_decode(piece: str) -> bytes:
     """Inverse of byte_level_encode; characters outside the table stand for their own UTF-8."""
+    try:
+        return piece.translate(_DECODE).encode("latin-1")  # a vocabulary's ~50-250k pieces at load
+    except UnicodeEncodeError:
+        pass
     out = bytearray()
     for ch in piece:
         b = CHAR_TO_BYTE.get(ch)
