@@ -102,6 +102,7 @@ async function compileStartKernels(payload) {
 self.webllmTakeStartKernels = () => { const p = startKernels || Promise.resolve(null); startKernels = null; return p; };
 self.webllmStoreStartKernels = (json) => {
   const url = loadKey;
+  loadKey = null;  // one record per load: an engine made later in `exec` is not this model's
   if (!url || !self.caches) return;
   (async () => {
     const cache = await caches.open(KERNELS_CACHE);
@@ -118,7 +119,7 @@ async function pump() {
     const { kind, id } = running;
     if (control) { Atomics.store(control, CONTROL.INTERRUPT, 0); Atomics.store(control, CONTROL.RUNNING, id); }
     try {
-      if (kind === "init") post("result", id, await init(running.payload, id));
+      if (kind === "init") post("result", id, await init(running.payload, id).finally(() => setRuntimeKey(runtimeKey)));
       else if (!session) fail(id, E.NotInitializedError, "The worker is not initialised: send `init` first (webllm.js does).");
       else await runPython(running);
     } catch (e) {

@@ -281,7 +281,7 @@ class BrowserDevice(Device):
             kernel.pipeline = self._create_pipeline(kernel.source, kernel.label, kernel.layout)
         return kernel.pipeline
 
-    # Start-up kernels: on SwiftShader each pipeline takes ~0.01-0.65 s to compile (2.9 s for SmolLM2's
+    # Start-up kernels: on SwiftShader each pipeline takes ~0.01-0.65 s to compile (1.6-2.9 s for SmolLM2's
     # first token), one after another in the GPU process, so a returning visit compiles the ones its first
     # token needed last time from the page's start, while Pyodide starts and the model loads (worker.js
     # keeps the record in Cache Storage, keyed by the runtime's wheels, the model and the load options).
@@ -306,6 +306,8 @@ class BrowserDevice(Device):
             return
         self._remembered = True
         made = [k for k in self.kernels_made if k.pipeline is not None]
+        if len(made) == self.kernels_ahead:  # all from the record this start took: it holds them already
+            return
         kernels = [{"label": k.label, "source": k.source, "entries": _layout_entries(k.source)} for k in made]
         store(json.dumps({"request": self._request, "kernels": kernels}))
 
