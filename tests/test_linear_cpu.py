@@ -64,8 +64,8 @@ def test_rows_kernels_every_type(device, qtype):
             assert_close(run_linear(device, lin, x, y0, accumulate=True), ref + y0, x, w)
 
 
-# SwiftShader's matmul_rows (planner: shape_at_run_time): K, row bytes and accumulate from a binding, one
-# pipeline for every K of a unit layout. Word-aligned and unaligned rows, a K-quant and a float type.
+# SwiftShader's matvec_rows and matmul_rows (planner: shape_at_run_time): K, row bytes and accumulate from a
+# binding, one pipeline for every K of a unit layout. Word-aligned and unaligned rows, a K-quant and a float type.
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q4_0", "Q8_0", "Q6_K", "F16"])
 def test_matmul_rows_shape_at_run_time(device, qtype):
     if not device.info.is_fallback:
@@ -73,6 +73,7 @@ def test_matmul_rows_shape_at_run_time(device, qtype):
     rng = np.random.default_rng(7 + sum(map(ord, qtype)))
     unit = 256 if qtype == "Q6_K" else 32
     tiling = MatmulRowsTiling(wg=4, rows=2, tm=3, shape_at_run_time=True)
+    mv_tiling = MatvecTiling(wg=4, rows=3, split_k=False, shape_at_run_time=True)
     # (N, K): two of one layout (an even number of blocks), one of another (odd: unaligned Q4_0/Q8_0/Q6_K
     # rows) with a bias
     lins, ws = [], []
@@ -82,12 +83,12 @@ def test_matmul_rows_shape_at_run_time(device, qtype):
         bias_t = None
         if bias is not None:
             bias_t = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, N * 4))
-        lins.append(Linear(device, upload(device, raw, qtype, N, K), bias_t, matmul=tiling))
+        lins.append(Linear(device, upload(device, raw, qtype, N, K), bias_t, matvec=mv_tiling, matmul=tiling))
         ws.append((w, bias))
-    kernels = [lin.kernel("matmul", False) for lin in lins]
-    assert kernels[0] is kernels[1] is lins[1].kernel("matmul", True)  # one pipeline for both K and accumulate
+    for kind in ("matvec", "matmul"):  # one pipeline for both K and accumulate
+        assert lins[0].kernel(kind, False) is lins[1].kernel(kind, False) is lins[1].kernel(kind, True)
     for lin, (w, bias) in zip(lins, ws):
-        for T, acc in ((7, False), (12, True)):
+        for T, acc in ((1, False), (1, True), (7, False), (12, True)):
             x = rng.standard_normal((T, lin.K)).astype(np.float32)
             y0 = rng.standard_normal((T, lin.N)).astype(np.float32)
             ref = x.astype(np.float64) @ w.T + (0 if bias is None else bias) + (y0 if acc else 0)

@@ -179,15 +179,8 @@ class Linear:
             if kind == "matvec" and self.q4:
                 k = self.q4_kernel([self.N], accumulate)
             elif kind == "matvec" and isinstance(t, MatvecTiling) and name == "matvec_rows":
-                k = self.device.kernel(
-                    name,
-                    label=label,
-                    wg=t.wg,
-                    rows=t.rows,
-                    accumulate=accumulate,
-                    x_uniform=self._x_uniform,
-                    **self._params,
-                )
+                params, label = self._rows_params(label, accumulate, t.shape_at_run_time)
+                k = self.device.kernel(name, label=label, wg=t.wg, rows=t.rows, x_uniform=self._x_uniform, **params)
             elif kind == "matvec" and isinstance(t, MatvecTiling):
                 k = self.device.kernel(
                     name,
@@ -252,14 +245,7 @@ class Linear:
                     **{k: v for k, v in self._params.items() if k == "out_stride"},
                 )
             elif kind == "matmul" and isinstance(m, MatmulRowsTiling):
-                params = dict(self._params, accumulate=accumulate)
-                if m.shape_at_run_time:  # K, row bytes and accumulate come from a `shape` binding (bind)
-                    # a representative K of the same unit layout: an even or odd number of blocks
-                    block = layout_of(self.weight.ggml_type).block_size
-                    k_rep = block * (2 - (self.K // block) % 2)
-                    params.update(K=k_rep, row_bytes=row_nbytes(self.weight.ggml_type, k_rep), N=0)
-                    params.update(accumulate=False, shape_at_run_time=True)
-                    label = f"{name} {self.weight.ggml_type.name}"
+                params, label = self._rows_params(label, accumulate, m.shape_at_run_time)
                 k = self.device.kernel(
                     name, label=label, wg=m.wg, rows=m.rows, tm=m.tm, tokens_at=self._tokens_at, **params
                 )
@@ -280,6 +266,24 @@ class Linear:
                 raise ValueError(f"no {kind!r} kernel for {label} ({t}, {m})")
             self._kernels[(kind, accumulate)] = k
         return k
+
+    def _rows_params(self, label: str, accumulate: bool, shared: bool) -> tuple[dict, str]:
+        """matvec_rows' / matmul_rows' template parameters and label; `shared` (shape_at_run_time): K, row
+        bytes and accumulate come from a `shape` binding (bind), and the source holds a representative K
+        of the same unit layout (an even or an odd number of blocks), so every K of that layout shares it."""
+        params = dict(self._params, accumulate=accumulate)
+        if not shared:
+            return params, label
+        qtype = self.weight.ggml_type
+        block = layout_of(qtype).block_size
+        k_rep = block * (2 - (self.K // block) % 2)
+        params.update(K=k_rep, row_bytes=row_nbytes(qtype, k_rep), accumulate=False, shape_at_run_time=True)
+        return params, f"{label.split()[0]} {qtype.name}"
+
+    def _shape(self, accumulate: bool) -> Any:
+        """The `shape` binding of a shape_at_run_time kernel: K, row bytes, accumulate (u32 each)."""
+        shape = struct.pack("<3I", self.K, self._params["row_bytes"], int(accumulate))
+        return self.device.buffer_from(shape, label=f"shape {self.weight.name}")
 
     def q4_kernel(
         self,
@@ -338,7 +342,9 @@ class Linear:
         w = self.weight.buffer
         extra = [self.bias.buffer] if self.bias is not None else []
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
-        mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra])
+        t = self.matvec_tiling
+        mv_shape = [self._shape(accumulate)] if isinstance(t, MatvecTiling) and t.shape_at_run_time else []
+        mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra, *mv_shape])
         if params is None:
             return BoundLinear(self, mv, None, accumulate, x=x, y=y)
         if self.matmul_plan.template in ("matmul_i8", "matmul_sgmat"):
@@ -361,8 +367,7 @@ class Linear:
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
         if isinstance(self.matmul_tiling, MatmulRowsTiling) and self.matmul_tiling.shape_at_run_time:
-            shape = struct.pack("<3I", self.K, self._params["row_bytes"], int(accumulate))
-            extra.append(self.device.buffer_from(shape, label=f"shape {self.weight.name}"))
+            extra.append(self._shape(accumulate))
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
         return BoundLinear(self, mv, mm, accumulate, x=x, y=y)
 

@@ -36,6 +36,7 @@ class MatvecTiling:
     wg: int = 64  # threads per workgroup
     rows: int = 2  # rows per workgroup (split_k) or per thread
     split_k: bool = True
+    shape_at_run_time: bool = False  # matvec_rows: K, row bytes and accumulate at run time (MatmulRowsTiling's)
 
     def groups(self, n: int, K: int = 0) -> int:
         return _ceil_div(n, self.rows if self.split_k else self.rows * self.wg)
@@ -217,7 +218,7 @@ STAGED_TYPES = Q4_TYPES + (GGMLType.Q8_0, GGMLType.Q6_K)
 # CPU adapters: 32 lanes per workgroup (4- or 8-wide SIMD), 2 rows per lane; SwiftShader wants more
 # rows per lane to reuse x (docs/benchmarks.md).
 CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
-SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False)
+SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False, shape_at_run_time=True)
 # The packed-dot prefill (matmul_i8) reads these types.
 I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
 # ... and the subgroup-matrix prefill (matmul_sgmat) these (whole 32-blocks of signed int8 once unpacked).
@@ -526,10 +527,16 @@ def plan_matvec(
     row = next(r for r in MATVEC_TABLE if r.when(q))
     # CPU adapters load a uniform-buffer x once per SIMD batch, a storage x once per lane (~5x faster
     # on lavapipe; SwiftShader is slower with it): where one token's x fits a uniform binding.
+    # (A uniform array's length is fixed in the source: not with K at run time.)
+    tiling = row.tiling(q)
     x_uniform = (
-        row.template == "matvec_rows" and adapter.cpu and not adapter.swiftshader and 4 * K <= MAX_UNIFORM_BINDING
+        row.template == "matvec_rows"
+        and adapter.cpu
+        and not adapter.swiftshader
+        and 4 * K <= MAX_UNIFORM_BINDING
+        and not getattr(tiling, "shape_at_run_time", False)
     )
-    return MatvecPlan(row.template, row.tiling(q), x_uniform)
+    return MatvecPlan(row.template, tiling, x_uniform)
 
 
 def plan_fused_glu(
