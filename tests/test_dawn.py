@@ -305,7 +305,7 @@ def test_pipelined_decode_on_dawn_equals_stepped_and_transformers(host):
 
 def test_map_read_gives_each_submissions_copy_on_dawn(host):
     """The browser backend's create_readback / map_read (mapAsync while the next submission is queued)."""
-    from .test_gpu_native import MAP_READ_RING
+    from .readback_check import MAP_READ_RING
 
     host.exec(_SETUP)
     got = host.exec(MAP_READ_RING + "await map_read_ring(dev)")

@@ -66,29 +66,10 @@ def test_bad_wgsl_raises_shader_error_and_device_stays_usable(device):
     test_matvec_f32_matches_numpy(device)
 
 
-MAP_READ_RING = """
-import struct
-async def map_read_ring(dev, n=6):
-    # Pipelined decode's readback, reduced to copies: submission k copies what the host wrote before it
-    # into readback slot k % 2, and slot k-1 is mapped only after submission k went in. Each map must
-    # give submission k-1's value: the host's write for k lands after k-1 ran, and k does not touch it.
-    src = dev.create_buffer(16)
-    slots = [dev.create_readback(16) for _ in range(2)]
-    got = []
-    for k in range(n):
-        dev.write_buffer(src, struct.pack("<4I", k, k + 1, k + 2, 7 * k))
-        rec = dev.recorder()
-        rec.copy_buffer(src, 0, slots[k % 2], 0, 16)
-        rec.submit()
-        if k:
-            got.append(list(struct.unpack("<4I", await dev.map_read(slots[(k - 1) % 2]))))
-    got.append(list(struct.unpack("<2I", await dev.map_read(slots[(n - 1) % 2], 8))) + [0, 0])  # a prefix
-    return got
-"""
-
-
 def test_map_read_gives_each_submissions_copy(device):
     """Device.create_readback / map_read as pipelined decode uses them (tests/test_dawn.py: the same on Dawn)."""
+    from .readback_check import MAP_READ_RING
+
     scope: dict = {}
     exec(MAP_READ_RING, scope)
     got = run(scope["map_read_ring"](device))

@@ -368,12 +368,12 @@ class BrowserDevice(Device):
 
     async def _after_readback(self) -> None:
         """Raise what the GPU reported asynchronously about the work a readback waited for."""
-        if self._rejected is not None:
-            msg = self._rejected
-            self._rejected = None
-            raise GPUCommandError(f"the GPU rejected commands submitted before this readback: {msg}")
-        if self._pending_scopes:  # pipelines created on first use since the last check: report them
-            await self.check_errors()
+        rejected = self._rejected
+        self._rejected = None
+        if self._pending_scopes:  # pipelines created on first use since the last check: report them (a
+            await self.check_errors()  # ShaderError first: a pipeline that failed to build explains the rest)
+        if rejected is not None:
+            raise GPUCommandError(f"the GPU rejected commands submitted before this readback: {rejected}")
 
     def create_readback(self, size: int, label: str = "") -> Buffer:
         self.check_lost()
