@@ -167,6 +167,11 @@ await bench._bench(_a)
 def main(args: argparse.Namespace) -> int:
     argv = [a for a in sys.argv[sys.argv.index("dawn-bench") + 1 :]] if "dawn-bench" in sys.argv else []
     argv = _strip_flags(argv)
+    if args.shape and not args.model:  # random_checkpoint builds its weights with numpy, which Pyodide lacks here
+        raise ValueError(
+            "dawn-bench takes a file, not --shape: write one with `python scripts/random_gguf.py --shape "
+            f"{args.shape} --quant {args.quant} FILE` and pass --model FILE"
+        )
     if args.model:
         argv = _absolute_model(argv, args.model)
     elif not args.shape:  # the default model's file is found here, on CPython (Pyodide has no site-packages of ours)
