@@ -205,37 +205,19 @@ class Linear:
                 k = self.device.kernel(
                     "row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at
                 )
-            elif kind == "matmul" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling)):
-                # the int8 prefills (matmul_i8, matmul_sgmat): their tilings, then what both read the same way
-                tiling = (
-                    dict(stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, wg=m.wg)
-                    if isinstance(m, MatmulI8Tiling)
-                    else dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj)
-                )
+            elif kind == "matmul" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling, MatmulSgmatF16Tiling)):
+                # the quantized-block prefills (matmul_i8, matmul_sgmat, matmul_sgmat_f16): their tilings, then
+                # what they all read the same way
+                if isinstance(m, MatmulI8Tiling):
+                    tiling = dict(stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, wg=m.wg, kb=m.kb, planes=m.planes)
+                elif isinstance(m, MatmulSgmatTiling):
+                    tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
+                else:  # f32 x / s_t in, f16 tiles inside
+                    tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db)
                 k = self.device.kernel(
                     name,
                     label=label,
                     **tiling,
-                    kb=m.kb,
-                    planes=m.planes,
-                    qtype=self.weight.ggml_type.name,
-                    K=self.K,
-                    row_bytes=self._params["row_bytes"],
-                    tokens_at=self._tokens_at,
-                    has_bias=self.bias is not None,
-                    accumulate=accumulate,
-                    **{k: v for k, v in self._params.items() if k == "out_stride"},
-                )
-            elif kind == "matmul" and isinstance(m, MatmulSgmatF16Tiling):  # f32 x / s_t in, f16 tiles inside
-                k = self.device.kernel(
-                    name,
-                    label=label,
-                    sg_m=m.sg_m,
-                    sg_n=m.sg_n,
-                    ti=m.ti,
-                    tj=m.tj,
-                    kb=m.kb,
-                    db=m.db,
                     qtype=self.weight.ggml_type.name,
                     K=self.K,
                     row_bytes=self._params["row_bytes"],
