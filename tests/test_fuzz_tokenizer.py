@@ -137,6 +137,15 @@ def test_malformed_gguf_vocabulary_is_a_tokenizer_error(meta):
     _exercise(tok)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])  # (negative ids mean "none")
+def test_non_finite_special_id_is_a_tokenizer_error(bad):
+    """Found by the fuzz above in CI: int(inf) raised OverflowError, not the typed error."""
+    meta = _gpt2_meta()
+    meta["tokenizer.ggml.bos_token_id"] = bad
+    with pytest.raises(TokenizerError):
+        Tokenizer.from_gguf_metadata(meta)
+
+
 @st.composite
 def mangled_hf(draw):
     """A tokenizer.json object with parts retyped/removed, or now and then a path that is no file."""

@@ -381,7 +381,7 @@ def _typed_load(cls, loader, *args) -> "Tokenizer":
         return tok
     except TokenizerError:
         raise
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OSError, RecursionError) as e:
+    except (TypeError, ValueError, ArithmeticError, KeyError, IndexError, AttributeError, OSError, RecursionError) as e:
         raise TokenizerError(f"malformed tokenizer data: {type(e).__name__}: {e}"[:500]) from e
 
 
