@@ -17,6 +17,10 @@
 #   PEER_BUILD_ONLY  1: build llama-bench into /tmp/llama-bin and stop
 #   PEER_FILES       shape:quant list (default: the 1B and 8B Llama shapes x Q4_0, Q4_K_M)
 #   PEER_DECODE      decode tokens (default 256)
+#   PEER_WARMUP      0: no throwaway run. Default: one short `dawn-bench` with the subgroup-matrix option on the
+#                    first file before the table, not recorded: the first Dawn process with the f16 toggle on a
+#                    fresh machine ran at a third of the speed of the next ones (prefill and decode alike:
+#                    docs/benchmarks.md, "the first Dawn process with the f16 toggle")
 # Columns: llama.cpp `llama-bench -fa 1 -ngl 99`: pp512 (`-p 512 -n 0`) and tg256 at depth 512
 # (`-p 0 -n 256 -d 512`); webllm_py `bench --model F --prompt-tokens 512 --decode-tokens 256` (prefill of the
 # 512-token prompt, then decode after it) natively and as `dawn-bench` (same arguments); a "Dawn + subgroup
@@ -111,6 +115,11 @@ for sq in ${PEER_FILES:-llama-3.2-1b:Q4_0 llama-3.2-1b:Q4_K_M llama-3.1-8b:Q4_0 
     echo "=== $sh $q"
     [ -f "$f" ] || $G --shape "$sh" --quant "$q" "$f" || continue
     ls -l "$f"
+    if [ -n "$SGMAT" ] && [ "${PEER_WARMUP:-1}" != 0 ] && [ -z "${warmed:-}" ]; then
+        warmed=1; echo "+ warm-up, not recorded: dawn-bench --model $f $SGMAT --prompt-tokens 512 --decode-tokens 16"
+        timeout 200 python3 -m webllm_py dawn-bench --model "$f" --prompt-tokens 512 --decode-tokens 16 --gpu-reps 0 "$SGMAT" 2>/dev/null \
+            | tail -1 | cut -c1-160
+    fi
     if [ -x $LLAMA_BIN/llama-bench ]; then llama "$f"; fi
     record "$f" native 300 python3 -m webllm_py bench --model "$f" $A
     record "$f" dawn 300 python3 -m webllm_py dawn-bench --model "$f" $A
