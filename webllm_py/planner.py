@@ -165,6 +165,9 @@ class MatmulSgmatF16Tiling:
     # buffer's speed on the H200 (docs/benchmarks.md: twice the workgroup memory, registers live across
     # the multiplies), so off
     db: bool = False
+    # single buffer with the next step's global loads issued before the multiplies (in flight over them),
+    # stored after the barrier: the single buffer's workgroup memory, the loads' latency hidden
+    pf: bool = False
 
     @property
     def tm(self) -> int:
@@ -642,6 +645,21 @@ def sgmat_tiling(
     return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
 
 
+# matmul_sgmat_f16's tiles by the workgroups a prefill chunk makes (docs/benchmarks.md, "f16 tiles by shape"):
+# the 128x128 tile (2x4 subgroups of 4x2 tiles, next step's loads in flight) where a chunk of
+# prefill_chunk tokens gives it at least SGMAT_F16_BIG_GROUPS workgroups, else the 64x64 one (more, smaller
+# workgroups: a 512-token chunk of 2048 rows makes only 64 of 128x128)
+SGMAT_F16_BIG = MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True)
+SGMAT_F16_SMALL = MatmulSgmatF16Tiling()
+SGMAT_F16_BIG_GROUPS = 128
+
+
+def _sgmat_f16_by_shape(adapter: Adapter, N: int) -> MatmulSgmatF16Tiling:
+    gx, gy = SGMAT_F16_BIG.groups(N, prefill_chunk(adapter))
+    big = gx * gy >= SGMAT_F16_BIG_GROUPS and adapter.fits(SGMAT_F16_BIG.shared_bytes())
+    return SGMAT_F16_BIG if big and 32 * SGMAT_F16_BIG.sg_m * SGMAT_F16_BIG.sg_n <= adapter.invocations else SGMAT_F16_SMALL
+
+
 def sgmat_f16_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatF16Tiling | None:
@@ -660,7 +678,7 @@ def sgmat_f16_tiling(
         or not adapter.f16_subgroup_matrix
     ):
         return None
-    t = policy.sgmat_f16_tiling or MatmulSgmatF16Tiling()
+    t = policy.sgmat_f16_tiling or _sgmat_f16_by_shape(adapter, N)
     if (K // 32) % t.kb:
         t = replace(t, kb=1)
     return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
