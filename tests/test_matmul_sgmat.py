@@ -211,7 +211,7 @@ F16_TILINGS = [
     "None",
     "MatmulSgmatF16Tiling(kb=1, db=True)",
     "MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=4, tj=1, kb=1)",
-    "MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True)",
+    "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True)",  # as requested: kb must divide K / 32 = 3
 ]
 F16_IDS = ["planner", "double-buffer", "1x4-subgroups", "128x128-prefetch"]
 # Q4_K rows are whole super-blocks of 256

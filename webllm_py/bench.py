@@ -334,7 +334,9 @@ def kernel_policy(args: argparse.Namespace):
         i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
         if args.i8_tiling
         else None,
-        sgmat_f16_tiling=MatmulSgmatF16Tiling(*ints(args.sgmat_f16_tiling)[:5], *map(bool, ints(args.sgmat_f16_tiling)[5:7]))
+        sgmat_f16_tiling=MatmulSgmatF16Tiling(
+            *ints(args.sgmat_f16_tiling)[:5], *map(bool, ints(args.sgmat_f16_tiling)[5:7])
+        )
         if args.sgmat_f16_tiling
         else None,
         fused_attention=None if args.attention is None else args.attention != "unfused",

@@ -645,19 +645,35 @@ def sgmat_tiling(
     return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
 
 
-# matmul_sgmat_f16's tiles by the workgroups a prefill chunk makes (docs/benchmarks.md, "f16 tiles by shape"):
-# the 128x128 tile (2x4 subgroups of 4x2 tiles, next step's loads in flight) where a chunk of
-# prefill_chunk tokens gives it at least SGMAT_F16_BIG_GROUPS workgroups, else the 64x64 one (more, smaller
-# workgroups: a 512-token chunk of 2048 rows makes only 64 of 128x128)
-SGMAT_F16_BIG = MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True)
-SGMAT_F16_SMALL = MatmulSgmatF16Tiling()
-SGMAT_F16_BIG_GROUPS = 128
+# matmul_sgmat_f16's tile by the waves a prefill chunk's workgroups make (docs/benchmarks.md, "f16 tiles by
+# shape"): each candidate's time is its waves, ceil(workgroups / (per_sm * SMS)), at its full-wave speed; the
+# planner takes the faster. On the H200 (132 SMs) the 128x128 tile runs one workgroup an SM at ~94 TOPS
+# and the 64x64 tile two at ~78: the model picked the measured best (or a tie) at all seven 512-token
+# shapes of Llama-3.2-1B and 3.1-8B. E.g. 6144 rows: 192 workgroups of 128x128 are 2 waves, the second
+# 45% full (68 predicted, 71 measured), against 768 of 64x64 in 3 full ones (76 / 79); 3072 rows: 96 of
+# 128x128 in one wave (68 / 68) against 384 of 64x64 in two, the second 45% full (57 / 57). WebGPU does
+# not tell the SM count: other GPUs get this choice too (both tiles work anywhere they fit).
+SGMAT_F16_SMS = 132
+# (tiling, workgroups an SM runs at once, TOPS at full waves); both with the next step's loads in flight
+SGMAT_F16_TILES = (
+    (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True), 1, 94.0),  # 128x128: 2x4 subgroups of 4x2 tiles
+    (MatmulSgmatF16Tiling(pf=True), 2, 78.0),  # 64x64: 2x2 subgroups of 2x2 tiles
+)
 
 
 def _sgmat_f16_by_shape(adapter: Adapter, N: int) -> MatmulSgmatF16Tiling:
-    gx, gy = SGMAT_F16_BIG.groups(N, prefill_chunk(adapter))
-    big = gx * gy >= SGMAT_F16_BIG_GROUPS and adapter.fits(SGMAT_F16_BIG.shared_bytes())
-    return SGMAT_F16_BIG if big and 32 * SGMAT_F16_BIG.sg_m * SGMAT_F16_BIG.sg_n <= adapter.invocations else SGMAT_F16_SMALL
+    def speed(tile: tuple[MatmulSgmatF16Tiling, int, float]) -> float:
+        t, per_sm, tops = tile
+        gx, gy = t.groups(max(N, 1), prefill_chunk(adapter))
+        wave = per_sm * SGMAT_F16_SMS
+        return tops * gx * gy / (_ceil_div(gx * gy, wave) * wave)
+
+    fits = [
+        c
+        for c in SGMAT_F16_TILES
+        if adapter.fits(c[0].shared_bytes()) and 32 * c[0].sg_m * c[0].sg_n <= adapter.invocations
+    ]
+    return max(fits, key=speed)[0] if fits else SGMAT_F16_TILES[-1][0]
 
 
 def sgmat_f16_tiling(
