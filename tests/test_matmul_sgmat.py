@@ -273,9 +273,9 @@ EMULATED = [
     ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=2, tj=1, kb=2, db=True), True, True),
     ("Q4_1", 33, 64, 2, MatmulSgmatF16Tiling(), False, False),
     ("Q6_K", 37, 512, 9, MatmulSgmatF16Tiling(kb=2), True, False),
-    # prefetch (pf): 128x128 over 3 steps; 4x4 tiles a subgroup
+    # prefetch (pf), the planner's two tiles (SGMAT_F16_TILES): 128x128 over 3 steps, 64x64 over 2
     ("Q4_0", 130, 96, 70, MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True), True, True),
-    ("Q8_0", 45, 128, 20, MatmulSgmatF16Tiling(ti=4, tj=4, pf=True), False, False),
+    ("Q8_0", 45, 128, 20, MatmulSgmatF16Tiling(pf=True), False, False),
 ]
 
 

@@ -166,7 +166,8 @@ class MatmulSgmatF16Tiling:
     # the multiplies), so off
     db: bool = False
     # single buffer with the next step's global loads issued before the multiplies (in flight over them),
-    # stored after the barrier: the single buffer's workgroup memory, the loads' latency hidden
+    # stored after the barrier: 1.01-1.07x the speed without at the 512-token shapes of Llama 1B / 8B
+    # (docs/benchmarks.md, "f16 tiles by shape"); SGMAT_F16_TILES sets it, the bare default stays without
     pf: bool = False
 
     @property
@@ -686,7 +687,8 @@ def sgmat_f16_tiling(
     prefill at 1.31x (docs/benchmarks.md, "f16 weight tiles"). Safe for any f32 x: x is rounded to f16 only
     after division by a per-token power of two (row_scale.wgsl.j2: max |x / s_t| <= 2^14, multiplied back
     exactly), so |x| > 65504 no longer becomes inf (a random-weight Q4_K_M file's MLP reached it: NaN
-    logits before); small values of a row with outliers lose relative precision below 2^-14 s_t."""
+    logits before); small values of a row with outliers lose relative precision below 2^-14 s_t. The tile:
+    the policy's, else the faster of SGMAT_F16_TILES for N rows (_sgmat_f16_by_shape)."""
     if (
         policy.prefill not in ("auto", "sgmat-f16")
         or qtype not in SGMAT_F16_TYPES
