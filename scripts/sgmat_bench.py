@@ -5,6 +5,7 @@ Prints one JSON line per (shape, kernel): TOPS = 2 T N K / time of one matmul di
 matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a layer's linears, not counted).
 
     python scripts/sgmat_bench.py [--shapes 512x4096x4096,512x14336x4096] [--reps 30] [--kernels i8,sgmat,f16]
+        [--variants "128x128,pf"]
 
 Weights are Q4_0 blocks (scales set to a small f16, nibbles random); the GPU's time is the wall time of a
 submitted pass of `reps` dispatches, read back once (one submit + readback is ~0.06 ms on Dawn)."""
@@ -80,16 +81,26 @@ VARIANTS = [
     ("sgmat-sweep", "sgmat 4x4 subgroups, 1x1 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=4, ti=1, tj=1)", {}),
     ("sgmat-sweep", "sgmat 2x2 subgroups, 2x4 tiles, kb1", "MatmulSgmatTiling(tj=4, kb=1)", {}),
     ("sgmat-sweep", "sgmat one plane", "MatmulSgmatTiling(planes=1)", {}),
-    # matmul_sgmat_f16: sg_m x sg_n subgroups, ti x tj tiles each (workgroup tile TM x TN), kb, db
+    # matmul_sgmat_f16: sg_m x sg_n subgroups, ti x tj tiles each (workgroup tile TM x TN), kb, db, pf
+    # ("f16-sweep": the first sweep's losers, docs/benchmarks.md "f16 weight tiles")
     ("f16", "f16 planner", None, {"prefill": "sgmat-f16"}),
-    ("f16", "f16 64x64, 2x2 sg, 2x2, kb2, double-buffered", "MatmulSgmatF16Tiling(db=True)", {}),
-    ("f16", "f16 64x64, 2x2 sg, 2x2, kb1", "MatmulSgmatF16Tiling(kb=1, db=False)", {}),
-    ("f16", "f16 64x64, 2x2 sg, 2x2, kb4", "MatmulSgmatF16Tiling(kb=4, db=False)", {}),
-    ("f16", "f16 128x64, 4x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_m=4, db=False)", {}),
-    ("f16", "f16 64x128, 2x4 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=4, db=False)", {}),
-    ("f16", "f16 128x128, 2x4 sg, 4x2, kb2", "MatmulSgmatF16Tiling(sg_n=4, ti=4, db=False)", {}),
-    ("f16", "f16 64x32, 2x1 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=1, db=False)", {}),
-    ("f16", "f16 32x64, 1x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_m=1, db=False)", {}),
+    ("f16", "f16 64x64, 2x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling()", {}),
+    ("f16", "f16 64x64, 2x2 sg, 2x2, kb2, pf", "MatmulSgmatF16Tiling(pf=True)", {}),
+    ("f16", "f16 128x128, 2x4 sg, 4x2, kb2", "MatmulSgmatF16Tiling(sg_n=4, ti=4)", {}),
+    ("f16", "f16 128x128, 2x4 sg, 4x2, kb2, pf", "MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True)", {}),
+    ("f16", "f16 128x128, 2x4 sg, 4x2, kb1, pf", "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True)", {}),
+    ("f16", "f16 128x128, 2x2 sg, 4x4, kb2", "MatmulSgmatF16Tiling(ti=4, tj=4)", {}),
+    ("f16", "f16 128x128, 2x2 sg, 4x4, kb2, pf", "MatmulSgmatF16Tiling(ti=4, tj=4, pf=True)", {}),
+    ("f16", "f16 128x64, 2x2 sg, 4x2, kb2, pf", "MatmulSgmatF16Tiling(ti=4, pf=True)", {}),
+    ("f16", "f16 64x128, 2x2 sg, 2x4, kb2, pf", "MatmulSgmatF16Tiling(tj=4, pf=True)", {}),
+    ("f16", "f16 128x64, 4x2 sg, 2x2, kb2, pf", "MatmulSgmatF16Tiling(sg_m=4, pf=True)", {}),
+    ("f16-sweep", "f16 64x64, 2x2 sg, 2x2, kb2, double-buffered", "MatmulSgmatF16Tiling(db=True)", {}),
+    ("f16-sweep", "f16 64x64, 2x2 sg, 2x2, kb1", "MatmulSgmatF16Tiling(kb=1)", {}),
+    ("f16-sweep", "f16 64x64, 2x2 sg, 2x2, kb4", "MatmulSgmatF16Tiling(kb=4)", {}),
+    ("f16-sweep", "f16 128x64, 4x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_m=4)", {}),
+    ("f16-sweep", "f16 64x128, 2x4 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=4)", {}),
+    ("f16-sweep", "f16 64x32, 2x1 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=1)", {}),
+    ("f16-sweep", "f16 32x64, 1x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_m=1)", {}),
 ]
 
 
@@ -100,15 +111,18 @@ def main() -> int:
     )
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--kernels", default="i8,sgmat,f16", help="which groups of VARIANTS to time")
+    p.add_argument("--variants", default="", help="only VARIANTS whose label holds one of these, comma-separated")
     a = p.parse_args()
     groups = a.kernels.split(",")
     with DawnHost(flags=["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"], timeout=600) as host:
         offered = host.exec(_SETUP)  # {"i8": i8 subgroup matrices, "f16": f16 ones}
-        need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16"}
+        need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16", "f16-sweep": "f16"}
         for g in groups:
             if g in need and not offered[need[g]]:
                 print(f"sgmat_bench: this adapter has no {need[g]} subgroup matrices: no {g} rows", file=sys.stderr)
         chosen = [v for v in VARIANTS if v[0] in groups and (v[0] not in need or offered[need[v[0]]])]
+        if a.variants:
+            chosen = [v for v in chosen if any(w in v[1] for w in a.variants.split(","))]
         if not chosen:
             return 1
         variants = "[" + ", ".join(f"({lab!r}, {t or 'None'}, {pol!r})" for _, lab, t, pol in chosen) + "]"

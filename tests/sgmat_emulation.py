@@ -138,6 +138,7 @@ def run_emulated(
         tj=t.tj,
         kb=t.kb,
         db=t.db,
+        pf=t.pf,
         qtype=qtype,
         K=K,
         row_bytes=row_nbytes(GGMLType[qtype], K),

@@ -211,8 +211,9 @@ F16_TILINGS = [
     "None",
     "MatmulSgmatF16Tiling(kb=1, db=True)",
     "MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=4, tj=1, kb=1)",
+    "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True)",  # as requested: kb must divide K / 32 = 3
 ]
-F16_IDS = ["planner", "double-buffer", "1x4-subgroups"]
+F16_IDS = ["planner", "double-buffer", "1x4-subgroups", "128x128-prefetch"]
 # Q4_K rows are whole super-blocks of 256
 F16_SHAPES = {q: [(37, 256, 5), (70, 512, 33), (4096, 512, 128)] for q in ("Q4_K", "Q6_K")}
 
@@ -272,11 +273,14 @@ EMULATED = [
     ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=2, tj=1, kb=2, db=True), True, True),
     ("Q4_1", 33, 64, 2, MatmulSgmatF16Tiling(), False, False),
     ("Q6_K", 37, 512, 9, MatmulSgmatF16Tiling(kb=2), True, False),
+    # prefetch (pf), the planner's two tiles (SGMAT_F16_TILES): 128x128 over 3 steps, 64x64 over 2
+    ("Q4_0", 130, 96, 70, MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True), True, True),
+    ("Q8_0", 45, 128, 20, MatmulSgmatF16Tiling(pf=True), False, False),
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", EMULATED, ids=[c[0] for c in EMULATED])
+@pytest.mark.parametrize("case", EMULATED, ids=[f"{c[0]}-{i}" for i, c in enumerate(EMULATED)])
 def test_f16_template_emulated(device, case):
     """matmul_sgmat_f16's own WGSL (staging, dequantization, double buffering, tile offsets, bounds, bias,
     y +=) on lavapipe, its five subgroup-matrix calls emulated through workgroup memory, within f16_bound."""

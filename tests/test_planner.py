@@ -236,20 +236,29 @@ def test_sgmat_row(case):
 # ... with the f16 config too (Dawn on the H200 with vulkan_enable_f16_on_nvidia; Apple, Intel, AMD by default)
 SGMAT16 = dataclasses.replace(SGMAT, f16=True, f16_subgroup_matrix=True)
 SG16 = KernelPolicy(prefill="sgmat-f16")
+# the planner's two tiles (SGMAT_F16_TILES): 128x128 and 64x64, both with the next step's loads in flight
+BIG16 = MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True)
+SMALL16 = MatmulSgmatF16Tiling(pf=True)
 # (adapter, qtype, N, K, policy) -> matmul_sgmat_f16's tiling, or None (then the rows below it)
 # fmt: off
 SGMAT_F16_CASES = [
-    ("f16 tiles, Q4_0", SGMAT16, T.Q4_0, 4096, 4096, SG16, MatmulSgmatF16Tiling()),
-    ("f16 tiles, Q4_K super-blocks", SGMAT16, T.Q4_K, 2048, 8192, SG16, MatmulSgmatF16Tiling()),
-    ("f16 tiles, Q4_1", SGMAT16, T.Q4_1, 64, 64, SG16, MatmulSgmatF16Tiling()),
-    ("Q8_0, K / 32 odd: one block a step", SGMAT16, T.Q8_0, 64, 96, SG16, MatmulSgmatF16Tiling(kb=1)),
+    ("f16 tiles, Q4_0: 128 workgroups of 128x128, one wave", SGMAT16, T.Q4_0, 4096, 4096, SG16, BIG16),
+    ("f16 tiles, Q4_K super-blocks: 64 of 128x128 leave half the SMs idle", SGMAT16, T.Q4_K, 2048, 8192, SG16,
+     SMALL16),
+    ("6144 rows: 128x128 makes two waves, the second 45% full", SGMAT16, T.Q4_0, 6144, 4096, SG16, SMALL16),
+    ("3072 rows: 96 of 128x128 in one wave beat 64x64's second 45% full", SGMAT16, T.Q4_0, 3072, 2048, SG16,
+     BIG16),
+    ("128x128 past the workgroup memory", dataclasses.replace(SGMAT16, workgroup_storage=32768), T.Q4_0, 4096,
+     4096, SG16, SMALL16),
+    ("f16 tiles, Q4_1", SGMAT16, T.Q4_1, 64, 64, SG16, BIG16),
+    ("Q8_0, K / 32 odd: one block a step", SGMAT16, T.Q8_0, 64, 96, SG16, dataclasses.replace(BIG16, kb=1)),
     ("the policy's tile", SGMAT16, T.Q4_0, 64, 256,
      KernelPolicy(prefill="sgmat-f16", sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
      MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
-    ("by default where offered", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(), MatmulSgmatF16Tiling()),
+    ("by default where offered", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(), BIG16),
     ("matmul_i8 forced by policy", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(prefill="i8x2"), None),
     ("the int8 subgroup matrices asked for", SGMAT16, T.Q4_0, 4096, 4096, SG, None),
-    ("f16 tiles, Q6_K super-blocks", SGMAT16, T.Q6_K, 2048, 8192, SG16, MatmulSgmatF16Tiling()),
+    ("f16 tiles, Q6_K super-blocks", SGMAT16, T.Q6_K, 2048, 8192, SG16, SMALL16),
     ("a type it does not read", SGMAT16, T.Q5_K, 4096, 4096, SG16, None),
     ("Q6_K rows of part of a super-block", SGMAT16, T.Q6_K, 64, 96, SG16, None),
     ("Q4_K rows of part of a super-block", SGMAT16, T.Q4_K, 64, 96, SG16, None),

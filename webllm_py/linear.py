@@ -213,7 +213,7 @@ class Linear:
                 elif isinstance(m, MatmulSgmatTiling):
                     tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
                 else:  # f32 x / s_t in, f16 tiles inside
-                    tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db)
+                    tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db, pf=m.pf)
                 k = self.device.kernel(
                     name,
                     label=label,

@@ -165,6 +165,10 @@ class MatmulSgmatF16Tiling:
     # buffer's speed on the H200 (docs/benchmarks.md: twice the workgroup memory, registers live across
     # the multiplies), so off
     db: bool = False
+    # single buffer with the next step's global loads issued before the multiplies (in flight over them),
+    # stored after the barrier: 1.01-1.07x the speed without at the 512-token shapes of Llama 1B / 8B
+    # (docs/benchmarks.md, "f16 tiles by shape"); SGMAT_F16_TILES sets it, the bare default stays without
+    pf: bool = False
 
     @property
     def tm(self) -> int:
@@ -642,6 +646,37 @@ def sgmat_tiling(
     return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
 
 
+# matmul_sgmat_f16's tile by the waves a prefill chunk's workgroups make (docs/benchmarks.md, "f16 tiles by
+# shape"): each candidate's time is its waves, ceil(workgroups / (per_sm * SMS)), at its full-wave speed; the
+# planner takes the faster. On the H200 (132 SMs) the 128x128 tile runs one workgroup an SM at ~94 TOPS
+# and the 64x64 tile two at ~78: the model picked the measured best (or a tie) at all seven 512-token
+# shapes of Llama-3.2-1B and 3.1-8B. E.g. 6144 rows: 192 workgroups of 128x128 are 2 waves, the second
+# 45% full (68 predicted, 71 measured), against 768 of 64x64 in 3 full ones (76 / 79); 3072 rows: 96 of
+# 128x128 in one wave (68 / 68) against 384 of 64x64 in two, the second 45% full (57 / 57). WebGPU does
+# not tell the SM count: other GPUs get this choice too (both tiles work anywhere they fit).
+SGMAT_F16_SMS = 132
+# (tiling, workgroups an SM runs at once, TOPS at full waves); both with the next step's loads in flight
+SGMAT_F16_TILES = (
+    (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True), 1, 94.0),  # 128x128: 2x4 subgroups of 4x2 tiles
+    (MatmulSgmatF16Tiling(pf=True), 2, 78.0),  # 64x64: 2x2 subgroups of 2x2 tiles
+)
+
+
+def _sgmat_f16_by_shape(adapter: Adapter, N: int) -> MatmulSgmatF16Tiling:
+    def speed(tile: tuple[MatmulSgmatF16Tiling, int, float]) -> float:
+        t, per_sm, tops = tile
+        gx, gy = t.groups(max(N, 1), prefill_chunk(adapter))
+        wave = per_sm * SGMAT_F16_SMS
+        return tops * gx * gy / (_ceil_div(gx * gy, wave) * wave)
+
+    fits = [
+        c
+        for c in SGMAT_F16_TILES
+        if adapter.fits(c[0].shared_bytes()) and 32 * c[0].sg_m * c[0].sg_n <= adapter.invocations
+    ]
+    return max(fits, key=speed)[0] if fits else SGMAT_F16_TILES[-1][0]
+
+
 def sgmat_f16_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatF16Tiling | None:
@@ -652,7 +687,8 @@ def sgmat_f16_tiling(
     prefill at 1.31x (docs/benchmarks.md, "f16 weight tiles"). Safe for any f32 x: x is rounded to f16 only
     after division by a per-token power of two (row_scale.wgsl.j2: max |x / s_t| <= 2^14, multiplied back
     exactly), so |x| > 65504 no longer becomes inf (a random-weight Q4_K_M file's MLP reached it: NaN
-    logits before); small values of a row with outliers lose relative precision below 2^-14 s_t."""
+    logits before); small values of a row with outliers lose relative precision below 2^-14 s_t. The tile:
+    the policy's, else the faster of SGMAT_F16_TILES for N rows (_sgmat_f16_by_shape)."""
     if (
         policy.prefill not in ("auto", "sgmat-f16")
         or qtype not in SGMAT_F16_TYPES
@@ -660,7 +696,7 @@ def sgmat_f16_tiling(
         or not adapter.f16_subgroup_matrix
     ):
         return None
-    t = policy.sgmat_f16_tiling or MatmulSgmatF16Tiling()
+    t = policy.sgmat_f16_tiling or _sgmat_f16_by_shape(adapter, N)
     if (K // 32) % t.kb:
         t = replace(t, kb=1)
     return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
