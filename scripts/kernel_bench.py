@@ -91,28 +91,12 @@ def want(part: str) -> bool:
 
 def bench_attention():
     """Decode attention per layer at a 550-position context (and longer), 8B and 1B head layouts: the
-    CPU-adapter path (kv_write, attention_decode, attention_combine: three dispatches) and GPUs'
-    attention_step (one dispatch) over a grid of its tilings."""
+    CPU-adapter path (kv_write, attention_decode, attention_combine: three dispatches). GPUs'
+    attention_step over a grid of its tilings: scripts/attention_step_bench.py (native and Dawn)."""
     import struct
-    from webllm_py.attention import PagedAttention, StepTiling, default_step_tiling
+    from webllm_py.attention import PagedAttention
     from webllm_py.kv_cache import PagedKVCache
 
-    grid = [
-        (128, 32, 32, 32),
-        (256, 32, 32, 32),
-        (512, 64, 32, 64),
-        (128, 32, 16, 64),
-        (256, 64, 16, 64),
-        (128, 64, 32, 64),
-        (256, 128, 16, 128),
-        (512, 128, 16, 128),
-        (64, 16, 32, 16),
-        (128, 16, 32, 16),
-        (256, 32, 64, 32),
-        (256, 64, 4, 64),
-        (256, 64, 1, 64),
-        (128, 32, 1, 32),
-    ]
     for label, nh, nkv, hd in (("8b", 32, 8, 128), ("1b", 32, 8, 64)):
         for n in (550,) if QUICK else (550, 2048, 4096):
             cache = PagedKVCache(dev, 1, nkv, hd, block_size=16, num_blocks=-(-n // 16), dtype="f16")
@@ -145,20 +129,7 @@ def bench_attention():
                     combine_us=round(comb * 1e6, 2),
                     all_us=round(allt * 1e6, 2),
                 )
-            tilings = [default_step_tiling(nkv)]
-            tilings += [t for t in (StepTiling(*g) for g in (grid if n == 550 else grid[:3])) if t != tilings[0]]
-            for t in tilings:
-                att = PagedAttention(dev, cache, nh, nkv, hd, 64, fused=True, step_tiling=t)
-                b = att.bind(0, q, k, v, o, step, table)
-                us = time_dispatches(lambda rec: b.record(rec, 1), REPS)
-                emit(
-                    kind="attention_step",
-                    shape=label,
-                    positions=n,
-                    tiling=list(vars(t).values()),
-                    default=t == tilings[0],
-                    all_us=round(us * 1e6, 2),
-                )
+            # attention_step's tilings: scripts/attention_step_bench.py (native and Dawn)
 
 
 def bench_prefill_attention():
