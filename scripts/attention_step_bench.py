@@ -2,7 +2,8 @@
 Pyodide under Node, webllm_py.dawn.DawnHost): attention_step over a grid of StepTilings (wg, chunk,
 splits, min_split) at 1B and 8B head layouts and several context lengths, with the KV cache element
 the planner picks there. Where the step's slices are merged by attention_combine (Dawn), the step
-alone is timed too, so the combine dispatch's share shows. One JSON line per measurement.
+alone is timed too, so the combine dispatch's share shows. Then the CPU adapters' form (kv_write,
+attention_decode, attention_combine, each alone and all three). One JSON line per measurement.
 
     python scripts/attention_step_bench.py [--dawn] [--dawn-flag vulkan_enable_f16_on_nvidia]
         [--positions 512,2048,4096] [--tilings 128,32,32,32:128,32,1,32 ...] [--reps 200] [--quick]
@@ -62,7 +63,8 @@ async def measure(dev, shapes, positions, tilings, reps):
             q, o = dev.create_buffer(nh * hd * 4), dev.create_buffer(nh * hd * 4)
             k, v = dev.create_buffer(nkv * hd * 4), dev.create_buffer(nkv * hd * 4)
             for t in grid:
-                row = dict(shape=label, positions=n, dtype=dtype, tiling=list(vars(t).values()), default=t == grid[0])
+                row = dict(shape=label, positions=n, dtype=dtype, form="step", tiling=list(vars(t).values()))
+                row["default"] = t == grid[0]
                 try:
                     att = PagedAttention(dev, cache, nh, nkv, hd, 64, fused=True, step_tiling=t)
                     b = att.bind(0, q, k, v, o, step, table)
@@ -74,6 +76,20 @@ async def measure(dev, shapes, positions, tilings, reps):
                 except Exception as e:  # a tiling the adapter cannot take (e.g. too many threads)
                     row["error"] = f"{type(e).__name__}: {e}"[:200]
                 rows.append(row)
+            # The CPU adapters' form (kv_write, attention_decode, attention_combine), the planner's tiling
+            att = PagedAttention(dev, cache, nh, nkv, hd, 64, fused=False)
+            b = att.bind(0, q, k, v, o, step, table)
+            row = dict(shape=label, positions=n, dtype=dtype, form="unfused", wg=att.plan.decode_wg, splits=att.splits)
+            parts = [
+                ("kv_write_us", lambda rec: rec.dispatch(b.kv_write, -(-nkv * hd // 64))),
+                ("decode_us", lambda rec: rec.dispatch(b.decode, nh, att.splits)),
+                ("us", lambda rec: b.record(rec, 1)),
+            ]
+            if b.combine is not None:
+                parts.insert(2, ("combine_us", lambda rec: rec.dispatch(b.combine, nh, -(-hd // att.combine_wg))))
+            for key, record in parts:
+                row[key] = round(1e6 * await _time(dev, record, reps, sync), 2)
+            rows.append(row)
     return rows
 '''
 
