@@ -1,8 +1,9 @@
 #!/bin/bash
 # Decode attention on the device machine (H100, native wgpu over Vulkan): attention_step checked
-# against numpy, its kernel timings (kernel_bench --only=attention), and decode tok/s with it (default
-# and other tilings) and without it (PagedAttention(fused=False): RoPE+kv_write, attention_decode,
-# attention_combine), both orders. Run after `bash scripts/device_bench.sh none` (Vulkan + wgpu set up):
+# against numpy, its kernel timings (scripts/attention_step_bench.py: the step's tilings and the
+# unfused form), and decode tok/s with it (default and other tilings) and without it
+# (PagedAttention(fused=False): RoPE+kv_write, attention_decode, attention_combine), both orders.
+# Run after `bash scripts/device_bench.sh none` (Vulkan + wgpu set up):
 #   bash scripts/device_bench.sh none; bash scripts/attention_bench.sh
 set -u
 OUT=${OUT:-.}
@@ -10,9 +11,8 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 VK_DRIVER_FILES=/tmp/icd.jso
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 echo "+ python scripts/attention_step_check.py"
 timeout 120 python3 scripts/attention_step_check.py 2>"$OUT/check_err.txt" | tee "$OUT/attention_check.jsonl" | cut -c1-230; tail -3 "$OUT/check_err.txt"
-echo "+ python scripts/kernel_bench.py --only=attention"
-timeout 150 python3 scripts/kernel_bench.py --only=attention 2>"$OUT/kernel_err.txt" | tee "$OUT/kernels.jsonl" | grep -v '"kind": "attention"'; tail -3 "$OUT/kernel_err.txt"
-grep '"kind": "attention"' "$OUT/kernels.jsonl" | cut -c1-230
+echo "+ python scripts/attention_step_bench.py"
+timeout 150 python3 scripts/attention_step_bench.py 2>"$OUT/step_err.txt" | tee "$OUT/step.jsonl" | cut -c1-230; tail -3 "$OUT/step_err.txt"
 # bench with PagedAttention's defaults changed: $1 = "unfused" or a tiling "wg,chunk,splits,min_split" or "default"
 variant() {
     local v=$1; shift

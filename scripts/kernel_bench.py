@@ -82,83 +82,11 @@ if QUICK:
 
 emit(adapter=dev.info.description.strip(), features=sorted(dev.features))
 
-ONLY = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]  # e.g. --only=attention,prefill_attention
+ONLY = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]  # e.g. --only=floor,prefill_attention
 
 
 def want(part: str) -> bool:
     return not ONLY or part in ONLY[0].split(",")
-
-
-def bench_attention():
-    """Decode attention per layer at a 550-position context (and longer), 8B and 1B head layouts: the
-    CPU-adapter path (kv_write, attention_decode, attention_combine: three dispatches) and GPUs'
-    attention_step (one dispatch) over a grid of its tilings."""
-    import struct
-    from webllm_py.attention import PagedAttention, StepTiling, default_step_tiling
-    from webllm_py.kv_cache import PagedKVCache
-
-    grid = [
-        (128, 32, 32, 32),
-        (256, 32, 32, 32),
-        (512, 64, 32, 64),
-        (128, 32, 16, 64),
-        (256, 64, 16, 64),
-        (128, 64, 32, 64),
-        (256, 128, 16, 128),
-        (512, 128, 16, 128),
-        (64, 16, 32, 16),
-        (128, 16, 32, 16),
-        (256, 32, 64, 32),
-        (256, 64, 4, 64),
-        (256, 64, 1, 64),
-        (128, 32, 1, 32),
-    ]
-    for label, nh, nkv, hd in (("8b", 32, 8, 128), ("1b", 32, 8, 64)):
-        for n in (550,) if QUICK else (550, 2048, 4096):
-            cache = PagedKVCache(dev, 1, nkv, hd, block_size=16, num_blocks=-(-n // 16), dtype="f16")
-            cache.ensure(0, n)
-            step = dev.buffer_from(struct.pack("<2I", n - 1, 1))
-            table = dev.buffer_from(
-                cache.table_bytes(0) + bytes(max(0, cache.table_buffer_size() - len(cache.table_bytes(0))))
-            )
-            q, o = dev.create_buffer(nh * hd * 4), dev.create_buffer(nh * hd * 4)
-            k, v = dev.create_buffer(nkv * hd * 4), dev.create_buffer(nkv * hd * 4)
-            for wg, splits in ((32, 32),) + (((32, 16), (64, 16), (32, 64)) if n == 550 else ()):
-                att = PagedAttention(dev, cache, nh, nkv, hd, 64, decode_wg=wg, decode_splits=splits, fused=False)
-                b = att.bind(0, q, k, v, o, step, table)
-                kvw = time_dispatches(lambda rec: rec.dispatch(b.kv_write, -(-nkv * hd // 64)), REPS)
-                dec = time_dispatches(lambda rec: rec.dispatch(b.decode, nh, splits), REPS)
-                comb = (
-                    time_dispatches(lambda rec: rec.dispatch(b.combine, nh, -(-hd // att.combine_wg)), REPS)
-                    if b.combine
-                    else 0.0
-                )
-                allt = time_dispatches(lambda rec: b.record(rec, 1), REPS)
-                emit(
-                    kind="attention",
-                    shape=label,
-                    positions=n,
-                    wg=wg,
-                    splits=splits,
-                    kv_write_us=round(kvw * 1e6, 2),
-                    decode_us=round(dec * 1e6, 2),
-                    combine_us=round(comb * 1e6, 2),
-                    all_us=round(allt * 1e6, 2),
-                )
-            tilings = [default_step_tiling(nkv)]
-            tilings += [t for t in (StepTiling(*g) for g in (grid if n == 550 else grid[:3])) if t != tilings[0]]
-            for t in tilings:
-                att = PagedAttention(dev, cache, nh, nkv, hd, 64, fused=True, step_tiling=t)
-                b = att.bind(0, q, k, v, o, step, table)
-                us = time_dispatches(lambda rec: b.record(rec, 1), REPS)
-                emit(
-                    kind="attention_step",
-                    shape=label,
-                    positions=n,
-                    tiling=list(vars(t).values()),
-                    default=t == tilings[0],
-                    all_us=round(us * 1e6, 2),
-                )
 
 
 def bench_prefill_attention():
@@ -264,8 +192,6 @@ if want("floor"):  # an elementwise kernel over 64 numbers: all floor
     bufs = [dev.create_buffer(256) for _ in range(3)]
     g = GLU(dev, 64, "silu").bind(*bufs, dev.buffer_from(struct.pack("<2I", 0, 1)))
     emit(kind="floor_glu", us=round(1e6 * time_dispatches(lambda rec: g.record(rec, 1), REPS), 2))
-if want("attention"):
-    bench_attention()
 if want("prefill_attention"):
     bench_prefill_attention()
 if want("matmul"):

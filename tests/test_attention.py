@@ -132,6 +132,7 @@ LAYOUTS = {"8b": (32, 8, 128), "1b": (32, 8, 64), "smollm2": (H, KV, HD), "gemma
         ("8b", "f16x2", StepTiling(128, 32, 32, 32), None, None),  # packed f16 pairs, several slices
         ("smollm2", "f16x2", StepTiling(32, 8, 56, 8), 70, None),  # packed, GROUP 3, window
         ("gemma3", False, StepTiling(64, 16, 4, 16), None, 5.0),  # head_dim 256, one kv head
+        ("1b", False, StepTiling(512, 4, 3, 4), 29, None),  # 8 position groups > 4-position chunks and slices
     ],
 )
 def test_step_matches_numpy(device, layout, f16, tiling, window, softcap):
@@ -218,6 +219,7 @@ def test_step_with_rope(device, pairs, rot_dim, f16):
         ("1b", True, StepTiling(64, 4, 9, 4), None, "adjacent"),  # 1 to 9 slices used, empty ones at 0
         ("smollm2", False, StepTiling(32, 8, 56, 8), 70, "halves"),  # GROUP 3, many empty slices, window
         ("smollm2", "f16x2", StepTiling(16, 8, 5, 24), None, None),  # packed cache; slices of 3 chunks
+        ("smollm2", False, StepTiling(256, 4, 9, 4), None, None),  # 5 position groups > 4-position chunks
     ],
 )
 def test_step_combine_matches_numpy(device, layout, f16, tiling, window, rope):

@@ -770,7 +770,10 @@ class AttentionPlan:
 
 def default_step_tiling(n_kv_heads: int) -> StepTiling:
     """Slices of >= 32 positions, up to ~256 workgroups: a short chat runs as one slice per kv head
-    (no merge), long contexts as up to 32 slices per kv head."""
+    (no merge), long contexts as up to 32 slices per kv head. On the H200 (Dawn and native, 1B and 8B
+    layouts, 512-4096 positions) no other tiling of 21 was faster beyond the noise at 512 positions, and
+    none at every length; fewer, longer slices lose ~3.5 us per serial 32-position chunk, one slice (no
+    merge, one dispatch on Dawn) 4-15x (docs/benchmarks.md, "decode attention's microseconds")."""
     return StepTiling(splits=max(1, min(32, 256 // n_kv_heads)))
 
 
