@@ -27,7 +27,7 @@ from .errors import (
     WebLLMError,
 )
 from .gpu import Device, request_device
-from .kv_cache import DTYPE_BYTES, KVCaches, max_blocks
+from .kv_cache import KVCaches
 from .models import build_model
 from .models.store import WeightStore
 from .planner import DEFAULT_POLICY, Adapter, KernelPolicy, kv_cache_dtype
@@ -165,35 +165,21 @@ class Engine:
         ctx = min(cfg.context_length, context_window or cfg.context_length)
         policy = policy or DEFAULT_POLICY
         kv_dtype = kv_cache_dtype(Adapter.of(device), cfg.head_dim, policy)
-        per_position = cfg.n_kv_heads * cfg.head_dim * DTYPE_BYTES[kv_dtype]  # bytes of K in one layer
-        fit = max_blocks(device, cfg.n_kv_heads, cfg.head_dim, BLOCK_SIZE, kv_dtype) // max_sequences * BLOCK_SIZE
-        if context_window is None:  # the model's own context, or as much of it as the adapter's cache allows
+        # one cache per attention window: a windowed one holds the window per sequence (KVCaches), so the
+        # context that fits is the plan's, not that of full-size caches in every layer
+        windows = cfg.layer_windows()
+        shape = (windows, cfg.n_kv_heads, cfg.head_dim, BLOCK_SIZE)
+        fit = KVCaches.fit(device, *shape, max_sequences, prefill_chunk, kv_dtype) * BLOCK_SIZE
+        if context_window is None:  # the model's own context, or as much of it as the adapter's caches allow
             ctx = min(ctx, max(fit, BLOCK_SIZE))
-        elif ctx > fit:
-            need = -(-ctx // BLOCK_SIZE) * BLOCK_SIZE * max_sequences * per_position
-            raise ModelTooLargeError(
-                f"A context window of {ctx} positions for {max_sequences} sequence(s) needs {need} bytes of KV "
-                f"cache per layer for K (and as much for V), more than this GPU's largest storage buffer binding "
-                f"({device.max_binding_size} bytes): load with context_window <= {fit}"
-                + (" or fewer max_sequences" if max_sequences > 1 else "")
-                + ", or context_window=None to fit the GPU."
-            )
         blocks_per_seq = -(-ctx // BLOCK_SIZE)
+        sizes = KVCaches.sizes(*shape, blocks_per_seq, max_sequences, prefill_chunk, kv_dtype)
+        if ctx > fit:
+            raise ModelTooLargeError(_context_too_large(device, ctx, fit, max_sequences, prefill_chunk, sizes))
         store = (WeightStore.from_hf if ckpt.format == "hf" else WeightStore)(
             device, ckpt.tensors, on_progress=on_progress
         )
-        # one cache per attention window: a windowed one holds the window per sequence (KVCaches)
-        windows = cfg.layer_windows()
-        kv = (
-            2
-            * BLOCK_SIZE
-            * max_sequences
-            * per_position
-            * sum(
-                len(layers) * pool
-                for layers, pool in KVCaches.plan(windows, BLOCK_SIZE, blocks_per_seq, prefill_chunk).values()
-            )
-        )
+        kv = 2 * sum(n * layer_bytes for n, layer_bytes in sizes.values())  # K and V
         cache = None
         try:
             cache = KVCaches(
@@ -613,6 +599,41 @@ class Engine:
             "kernels_ahead": self.device.kernels_ahead,
             "kernels_ahead_wait_s": round(self.device.kernels_ahead_wait_s, 4),
         }
+
+
+def _context_too_large(
+    device: Device, ctx: int, fit: int, max_sequences: int, prefill_chunk: int, sizes: dict[int | None, tuple[int, int]]
+) -> str:
+    """Engine.load's ModelTooLargeError for a context window past `fit` positions: which of the caches
+    KVCaches would allocate (`sizes`, KVCaches.sizes at `ctx`) does not fit one storage binding."""
+    limit = device.max_binding_size
+    over = [(w, b) for w, (_, b) in sizes.items() if b > limit]
+    if over:
+        w, need = max(over, key=lambda o: o[1])
+        whose = (
+            "its full-attention layers"
+            if w is None
+            else f"its layers with a {w}-position window (the window and a {prefill_chunk}-token prefill step)"
+        )
+        what = f"{need} bytes of KV cache per layer for K (and as much for V) in {whose}"
+    else:  # only the block table (one u32 per block of a sequence) is past the limit
+        what = f"a KV cache block table of {4 * -(-ctx // BLOCK_SIZE)} bytes"
+    head = (
+        f"A context window of {ctx} positions for {max_sequences} sequence(s) needs {what}, more than this GPU's "
+        f"largest storage buffer binding ({limit} bytes): "
+    )
+    if fit < BLOCK_SIZE:  # not one block per sequence (context_window=None asks for one)
+        return (
+            head
+            + f"not even {BLOCK_SIZE} positions fit"
+            + (", load with fewer max_sequences." if max_sequences > 1 else ".")
+        )
+    return (
+        head
+        + f"load with context_window <= {fit}"
+        + (" or fewer max_sequences" if max_sequences > 1 else "")
+        + ", or context_window=None to fit the GPU."
+    )
 
 
 def _is_int(v: Any, least: int) -> bool:

@@ -264,6 +264,47 @@ class KVCaches:
             out.setdefault(w, ([], pool))[0].append(i)
         return out
 
+    @classmethod
+    def fit(
+        cls,
+        device: Device,
+        layer_windows: Sequence[int | None],
+        n_kv_heads: int,
+        head_dim: int,
+        block_size: int,
+        max_sequences: int,
+        max_tokens: int,
+        dtype: str,
+    ) -> int:
+        """The most blocks per sequence whose caches (`plan`) this adapter can bind. Each layer's K (and V)
+        buffer, `max_sequences` times its cache's pool, is bound whole: a full cache's pool grows with the
+        context, so one binding caps it; a windowed cache's stops at `window_blocks`, so where every
+        window's pool fits (Mistral: every layer windowed) only the block table bounds the context (one u32
+        per block, bound whole too: table_buffer_size)."""
+        most = max_blocks(device, n_kv_heads, head_dim, block_size, dtype) // max_sequences
+        table = device.max_binding_size // 4
+        # planned for one block more than a binding holds: the pools still within it are capped windows
+        pools = [pool for _, pool in cls.plan(layer_windows, block_size, most + 1, max_tokens).values()]
+        return min(most, table) if max(pools) > most else table
+
+    @classmethod
+    def sizes(
+        cls,
+        layer_windows: Sequence[int | None],
+        n_kv_heads: int,
+        head_dim: int,
+        block_size: int,
+        blocks_per_seq: int,
+        max_sequences: int,
+        max_tokens: int,
+        dtype: str,
+    ) -> dict[int | None, tuple[int, int]]:
+        """window -> (its number of layers, bytes of one layer's K or V buffer: PagedKVCache.layer_bytes),
+        as the constructor would allocate them."""
+        block = block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype]
+        plan = cls.plan(layer_windows, block_size, blocks_per_seq, max_tokens)
+        return {w: (len(layers), pool * max_sequences * block) for w, (layers, pool) in plan.items()}
+
     def __getitem__(self, window: int | None) -> PagedKVCache:
         return self.caches[int(window) if window else None]
 

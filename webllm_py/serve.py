@@ -30,9 +30,12 @@ import json
 import mimetypes
 import os
 import re
+import shutil
 import stat
 import sys
+import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -167,11 +170,18 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     """Build the webllm_py wheel, collect the vendor wheels and hash the models."""
     if not (PYODIDE / "pyodide.mjs").is_file():
         raise SystemExit(f"Pyodide is missing at {PYODIDE}: run ./scripts/setup.sh first.")
-    built = wheel.build_wheel(BUILD / "wheels")
+    # Into a folder of this server's own, removed with its Site: checkouts that share build/ (git
+    # worktrees) run servers of different sources side by side, and a wheel rebuilt at one shared path
+    # changed under another server's open pages (a returning page then missed its start-up snapshot,
+    # keyed by the wheels' bytes, and ran the other checkout's code).
+    own = Path(tempfile.mkdtemp(prefix="webllm_py-wheel-"))
+    site = Site(quiet=quiet)
+    weakref.finalize(site, shutil.rmtree, own, True)  # also at exit, or when this function raises
+    built = wheel.build_wheel(own)
     wheels = {p.name: p for p in sorted(VENDOR_WHEELS.glob("*.whl"))}
     wheels[built.name] = built
+    site.wheels = wheels
     models = default_models() if models is None else models
-    site = Site(wheels=wheels, quiet=quiet)
     if (jupyterlite.SITE / "jupyter-lite.json").is_file():
         jupyterlite.lock_file(wheels)  # a missing wheel fails here, at start
         site.lite = jupyterlite.SITE

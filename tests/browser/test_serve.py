@@ -172,6 +172,24 @@ def test_wheel_index_and_wheel_is_not_cached(url):
     assert status == 200 and h["Cache-Control"] == "no-cache"
 
 
+def test_a_server_keeps_serving_the_wheel_it_built(url, model_file, tmp_path):
+    """Another server's start (e.g. from a checkout sharing build/, of other sources) does not change the
+    wheel this one serves: a page's returning visit would miss its start-up snapshot (keyed by the wheels'
+    bytes) and run the other sources. Each server's wheel is in a folder of its own, gone with its Site."""
+    import gc
+
+    name = next(e["url"] for e in json.loads(get(url + "wheels/index.json")[2]) if e["package"] == "webllm_py")
+    before = get(url + name.lstrip("/"))[2]
+    other = serve.build_site([model_file])
+    theirs = other.wheels[Path(name).name]
+    theirs.write_bytes(b"another checkout's wheel")  # what that server serves is its own business
+    assert get(url + name.lstrip("/"))[2] == before == wheel.build_wheel(tmp_path).read_bytes()
+    folder = theirs.parent
+    del other
+    gc.collect()
+    assert not folder.exists()
+
+
 def test_wheel_is_pure_holds_shaders_and_its_record_is_right(tmp_path):
     path = wheel.build_wheel(tmp_path)
     assert path.name == f"webllm_py-{wheel.project_version()}-py3-none-any.whl"
