@@ -98,6 +98,8 @@ VARIANTS = [
     ("f16", "f16 128x128, 2x4 sg, 4x2, kb2, pf, xg", "MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, xg=True)", {}),
     ("f16", "f16 128x128, 2x4 sg, 4x2, kb2, xg", "MatmulSgmatF16Tiling(sg_n=4, ti=4, xg=True)", {}),
     ("f16", "f16 128x128, 2x4 sg, 4x2, kb4, pf, xg", "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=4, pf=True, xg=True)", {}),
+    # each left matrix now comes from global memory (L1): 4x2 subgroups of 2x4 tiles load half as many
+    ("f16", "f16 128x128, 4x2 sg, 2x4, kb2, pf, xg", "MatmulSgmatF16Tiling(sg_m=4, tj=4, pf=True, xg=True)", {}),
     ("f16", "f16 64x64, 2x2 sg, 2x2, kb2, pf, xg", "MatmulSgmatF16Tiling(pf=True, xg=True)", {}),
     ("f16", "f16 64x64, 2x2 sg, 2x2, kb4, pf, xg", "MatmulSgmatF16Tiling(kb=4, pf=True, xg=True)", {}),
     ("f16-sweep", "f16 64x64, 2x2 sg, 2x2, kb2, double-buffered", "MatmulSgmatF16Tiling(db=True)", {}),
