@@ -81,8 +81,7 @@ VARIANTS = [
     ("sgmat-sweep", "sgmat 4x4 subgroups, 1x1 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=4, ti=1, tj=1)", {}),
     ("sgmat-sweep", "sgmat 2x2 subgroups, 2x4 tiles, kb1", "MatmulSgmatTiling(tj=4, kb=1)", {}),
     ("sgmat-sweep", "sgmat one plane", "MatmulSgmatTiling(planes=1)", {}),
-    # matmul_sgmat_f16: sg_m x sg_n subgroups, ti x tj tiles each (workgroup tile TM x TN), kb, db, pf, xg (x
-    # from global memory: row_scale's f16 x, not counted here, as the scales are not)
+    # matmul_sgmat_f16: sg_m x sg_n subgroups, ti x tj tiles each (workgroup tile TM x TN), kb, db, pf
     # ("f16-sweep": the first sweep's losers, docs/benchmarks.md "f16 weight tiles")
     ("f16", "f16 planner", None, {"prefill": "sgmat-f16"}),
     ("f16", "f16 64x64, 2x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling()", {}),
@@ -95,13 +94,6 @@ VARIANTS = [
     ("f16", "f16 128x64, 2x2 sg, 4x2, kb2, pf", "MatmulSgmatF16Tiling(ti=4, pf=True)", {}),
     ("f16", "f16 64x128, 2x2 sg, 2x4, kb2, pf", "MatmulSgmatF16Tiling(tj=4, pf=True)", {}),
     ("f16", "f16 128x64, 4x2 sg, 2x2, kb2, pf", "MatmulSgmatF16Tiling(sg_m=4, pf=True)", {}),
-    ("f16", "f16 128x128, 2x4 sg, 4x2, kb2, pf, xg", "MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, xg=True)", {}),
-    ("f16", "f16 128x128, 2x4 sg, 4x2, kb2, xg", "MatmulSgmatF16Tiling(sg_n=4, ti=4, xg=True)", {}),
-    ("f16", "f16 128x128, 2x4 sg, 4x2, kb4, pf, xg", "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=4, pf=True, xg=True)", {}),
-    # each left matrix now comes from global memory (L1): 4x2 subgroups of 2x4 tiles load half as many
-    ("f16", "f16 128x128, 4x2 sg, 2x4, kb2, pf, xg", "MatmulSgmatF16Tiling(sg_m=4, tj=4, pf=True, xg=True)", {}),
-    ("f16", "f16 64x64, 2x2 sg, 2x2, kb2, pf, xg", "MatmulSgmatF16Tiling(pf=True, xg=True)", {}),
-    ("f16", "f16 64x64, 2x2 sg, 2x2, kb4, pf, xg", "MatmulSgmatF16Tiling(kb=4, pf=True, xg=True)", {}),
     ("f16-sweep", "f16 64x64, 2x2 sg, 2x2, kb2, double-buffered", "MatmulSgmatF16Tiling(db=True)", {}),
     ("f16-sweep", "f16 64x64, 2x2 sg, 2x2, kb1", "MatmulSgmatF16Tiling(kb=1)", {}),
     ("f16-sweep", "f16 64x64, 2x2 sg, 2x2, kb4", "MatmulSgmatF16Tiling(kb=4)", {}),

@@ -5,8 +5,7 @@ chromium_experimental_subgroup_matrix specifies, through the workgroup arrays th
     subgroupMatrixLoad<left/right ...>(&a, o, s)       -> (o, s): the operand is read where the multiply runs
     subgroupMatrixLoad<result ..., row_major>(&cs, o, s) -> each lane's 8 elements (lane + 32 e: row
                                                          lane / 16 + 2 e, column lane % 16) of cs
-    subgroupMatrixMultiplyAccumulate(l, r, acc)        -> acc + l r, l row-major [16 tokens][16 k] in xs
-                                                         (the xg tiling: in the storage array xh),
+    subgroupMatrixMultiplyAccumulate(l, r, acc)        -> acc + l r, l row-major [16 tokens][16 k] in xs,
                                                          r column-major [16 rows][16 k] in ws, in f32
     subgroupMatrixStore<row_major>(&cs, o, acc, s)     -> the lane's 8 elements back to cs
 and subgroup_id / subgroup_invocation_id from local_invocation_index (subgroups of 32). Reading the left and
@@ -44,7 +43,7 @@ fn emu_mma(l: vec2<u32>, r: vec2<u32>, a: EmuAcc, lane: u32) -> EmuAcc {
         let row = lane / 16u + 2u * e;
         let col = lane % 16u;
         var sum = 0.0;
-        for (var k = 0u; k < 16u; k++) { sum += f32(LEFT[l.x + row * l.y + k]) * f32(ws[r.x + col * r.y + k]); }
+        for (var k = 0u; k < 16u; k++) { sum += f32(xs[l.x + row * l.y + k]) * f32(ws[r.x + col * r.y + k]); }
         out.v[e] += sum;
     }
     return out;
@@ -86,9 +85,6 @@ def emulate(src: str) -> str:
         sig, "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let sg = tid / 32u;\n    let lane = tid % 32u;"
     )
     operand = lambda a: f"vec2<u32>({a[1]}, {a[2]})"  # noqa: E731
-    # the left operand's array: workgroup xs, or the storage array xh (xg)
-    left = "xh" if "var<storage, read> xh: array<f16>;" in src else "xs"
-    assert f"(&{left}," in src
     src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>", operand)
     src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>", operand)
     src = _replace_calls(
@@ -100,7 +96,7 @@ def emulate(src: str) -> str:
     src = _replace_calls(src, "subgroupMatrixStore<row_major>", lambda a: f"emu_store({a[1]}, {a[2]}, {a[3]}, lane)")
     assert "subgroupMatrix" not in src and "subgroup_matrix" not in src
     i = src.index("@compute")
-    return src[:i] + _BUILTINS.replace("LEFT", left) + src[i:]
+    return src[:i] + _BUILTINS + src[i:]
 
 
 @contextmanager
@@ -143,7 +139,6 @@ def run_emulated(
         kb=t.kb,
         db=t.db,
         pf=t.pf,
-        xg=t.xg,
         qtype=qtype,
         K=K,
         row_bytes=row_nbytes(GGMLType[qtype], K),
@@ -162,13 +157,8 @@ def run_emulated(
     ]
     if bias is not None:
         bufs.append(device.buffer_from(bias.astype(np.float32).tobytes()))
-    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1, xh=t.xg)
-    if t.xg:  # x / s_t in f16 as linear.py pads it (rows past T: NaN, which must reach no stored y)
-        xh = device.buffer_from(np.full(K * t.xh_rows(T), np.nan, np.float16).tobytes())
-        device.run(scales, [bufs[1], bufs[2], bufs[4], xh], 1, T)
-        bufs[1] = xh
-    else:
-        device.run(scales, [bufs[1], bufs[2], bufs[4]], 1, T)
+    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1)
+    device.run(scales, [bufs[1], bufs[2], bufs[4]], 1, T)
     device.run(kernel, bufs, *t.groups(N, T))
     out = asyncio.run(device.read_buffer(bufs[3], 0, 4 * T * N))
     return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)

@@ -212,13 +212,8 @@ F16_TILINGS = [
     "MatmulSgmatF16Tiling(kb=1, db=True)",
     "MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=4, tj=1, kb=1)",
     "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True)",  # as requested: kb must divide K / 32 = 3
-    # x from global memory (xg): the left matrices loaded from row_scale's f16 x, padded to whole tiles
-    "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True, xg=True)",
-    "MatmulSgmatF16Tiling(kb=1, pf=True, xg=True)",
 ]
-F16_IDS = ["planner", "double-buffer", "1x4-subgroups", "128x128-prefetch", "128x128-xg", "64x64-xg"]
-# the planner's 128x128 tile with x from global memory, as dawn-bench --sgmat-f16-tiling 2,4,4,2,2,0,1,1 asks
-F16_XG_POLICY = "sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, xg=True)"
+F16_IDS = ["planner", "double-buffer", "1x4-subgroups", "128x128-prefetch"]
 # Q4_K rows are whole super-blocks of 256
 F16_SHAPES = {q: [(37, 256, 5), (70, 512, 33), (4096, 512, 128)] for q in ("Q4_K", "Q6_K")}
 
@@ -257,9 +252,6 @@ def test_f16_bias_accumulate_and_fallback(host16):
     template, y = run(host16, "Q4_0", raw, N, K, x, policy=policy, bias=bias, y0=y0, accumulate=True)
     bound = f16_bound(x, w, np.abs(bias) + np.abs(y0))
     assert template == "matmul_sgmat_f16" and (np.abs(y - (ref + y0)) <= bound).all()
-    for xg in F16_TILINGS[-2:]:  # the left matrices from global memory
-        template, y = run(host16, "Q4_0", raw, N, K, x, xg, policy, bias, y0, True)
-        assert template == "matmul_sgmat_f16" and (np.abs(y - (ref + y0)) <= bound).all(), xg
     template, y = run(host16, "Q4_0", raw, N, K, x, bias=bias, policy='prefill="i8x2"')
     tol = int8_bound(x, w, 2) + 1e-5 * (np.abs(x) @ np.abs(w).T + np.abs(bias))
     assert template == "matmul_i8" and (np.abs(y - ref) <= tol).all()
@@ -284,11 +276,6 @@ EMULATED = [
     # prefetch (pf), the planner's two tiles (SGMAT_F16_TILES): 128x128 over 3 steps, 64x64 over 2
     ("Q4_0", 130, 96, 70, MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True), True, True),
     ("Q8_0", 45, 128, 20, MatmulSgmatF16Tiling(pf=True), False, False),
-    # x from global memory (xg) on both tiles, with and without prefetch, and double-buffered W
-    ("Q4_0", 130, 96, 70, MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True, xg=True), True, True),
-    ("Q6_K", 37, 512, 9, MatmulSgmatF16Tiling(kb=2, pf=True, xg=True), True, False),
-    ("Q4_1", 33, 128, 21, MatmulSgmatF16Tiling(kb=1, xg=True), False, True),
-    ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=2, tj=1, kb=2, db=True, xg=True), False, False),
 ]
 
 
@@ -296,8 +283,7 @@ EMULATED = [
 @pytest.mark.parametrize("case", EMULATED, ids=[f"{c[0]}-{i}" for i, c in enumerate(EMULATED)])
 def test_f16_template_emulated(device, case):
     """matmul_sgmat_f16's own WGSL (staging, dequantization, double buffering, tile offsets, bounds, bias,
-    y +=) on lavapipe, its five subgroup-matrix calls emulated through workgroup memory, within f16_bound;
-    xg cases read row_scale's f16 x, its padding rows NaN (run_emulated): no stored y may see them."""
+    y +=) on lavapipe, its five subgroup-matrix calls emulated through workgroup memory, within f16_bound."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
     qtype, N, K, T, tiling, bias, accumulate = case
@@ -348,12 +334,10 @@ def test_unsafe_apis_flag_stays_with_the_host():
 
 # one subgroup of one 16x16 tile: the emulated kernel compiles fastest on lavapipe (the scales are under test)
 SMALL = MatmulSgmatF16Tiling(sg_m=1, sg_n=1, ti=1, tj=1, kb=1)
-SMALLS = [SMALL, MatmulSgmatF16Tiling(sg_m=1, sg_n=1, ti=1, tj=1, kb=1, xg=True)]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("small", SMALLS, ids=["staged-x", "xg"])
-def test_f16_scaled_rows_emulated(device, small):
+def test_f16_scaled_rows_emulated(device):
     """x past f16's range (outlier_rows) through a Linear on matmul_sgmat_f16, builtins emulated: row_scale's
     scales are numpy's row_scales exactly; y finite and within f16_bound, with a bias, then y +=."""
     if not device.has_f16:
@@ -366,7 +350,7 @@ def test_f16_scaled_rows_emulated(device, small):
     y0 = rng.standard_normal((T, N)).astype(np.float32)
     with emulating(device):
         b = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, 4 * N))
-        lin = Linear(device, upload(device, raw, "Q4_0", N, K), b, matmul=small)
+        lin = Linear(device, upload(device, raw, "Q4_0", N, K), b, matmul=SMALL)
         assert lin.matmul_plan.template == "matmul_sgmat_f16"
         y = run_linear(device, lin, x)
         scales = read_f32(device, _scratch(device, "xscale", 8 * T), 2 * T).reshape(T, 2)
@@ -393,11 +377,9 @@ QKV_N, QKV_K, QKV_LIMIT = (64, 32, 200), 128, 64 * 72 + 4
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("small", SMALLS, ids=["staged-x", "xg"])
-def test_f16_scales_once_per_x_emulated(device, small):
+def test_f16_scales_once_per_x_emulated(device):
     """Q, K and V read one x: a prefill records row_scale once for the group, and once for V alone, whose
-    row blocks (a split weight) all read the same scales (xg: and the same f16 x); every y within f16_bound
-    of numpy."""
+    row blocks (a split weight) all read the same scales; every y within f16_bound of numpy."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
     rng = np.random.default_rng(23)
@@ -418,7 +400,7 @@ def test_f16_scales_once_per_x_emulated(device, small):
         xb = f32_buffer(device, x)
         ys = [f32_buffer(device, np.full((T, n), np.nan, np.float32)) for n in QKV_N]
         params = device.buffer_from(struct.pack("<II", 0, T))
-        bound = [Linear(device, t, matmul=small).bind(xb, y, params) for t, y in zip(tensors, ys)]
+        bound = [Linear(device, t, matmul=SMALL).bind(xb, y, params) for t, y in zip(tensors, ys)]
         for group in (MatvecGroup(bound), bound[2]):
             with device.recorder() as rec:
                 counting = _Counting(rec)
@@ -429,8 +411,7 @@ def test_f16_scales_once_per_x_emulated(device, small):
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
-@pytest.mark.parametrize("policy", ["", F16_XG_POLICY], ids=["auto", "xg"])
-def test_f16_scaled_rows(host16, qtype, policy):
+def test_f16_scaled_rows(host16, qtype):
     """test_f16_scaled_rows_emulated on the tensor cores, as "auto" plans it: rows of 1e6 and 1e9 beside ordinary
     and all-zero ones stay finite and within f16_bound, with a bias, then y +=."""
     rng = np.random.default_rng(24)
@@ -439,10 +420,10 @@ def test_f16_scaled_rows(host16, qtype, policy):
     bias = rng.standard_normal(N).astype(np.float32)
     x = outlier_rows(rng, T, K)
     y0 = rng.standard_normal((T, N)).astype(np.float32)
-    template, y = run(host16, qtype, raw, N, K, x, policy=policy, bias=bias)
+    template, y = run(host16, qtype, raw, N, K, x, policy="", bias=bias)
     assert template == "matmul_sgmat_f16"
     _check_scaled(y, x, w, bias)
-    template, y = run(host16, qtype, raw, N, K, x, policy=policy, bias=bias, y0=y0, accumulate=True)
+    template, y = run(host16, qtype, raw, N, K, x, policy="", bias=bias, y0=y0, accumulate=True)
     _check_scaled(y, x, w, bias, y0)
 
 
@@ -503,14 +484,13 @@ def run_qkv(host, x, raws, policy="", pass_label="row_scale"):
     return parts, counts, templates, ys
 
 
-@pytest.mark.parametrize("policy", ["", F16_XG_POLICY], ids=["auto", "xg"])
-def test_f16_scales_once_per_x(host16, policy):
+def test_f16_scales_once_per_x(host16):
     """test_f16_scales_once_per_x_emulated on the tensor cores, as "auto" plans it: one row_scale for Q/K/V and
     one for V's four row blocks; every y within f16_bound of numpy."""
     rng = np.random.default_rng(25)
     weights = [make_weight("Q4_0", n, QKV_K, rng) for n in QKV_N]
     x = outlier_rows(rng, 16, QKV_K)
-    parts, counts, templates, ys = run_qkv(host16, x, [raw for raw, _ in weights], policy)
+    parts, counts, templates, ys = run_qkv(host16, x, [raw for raw, _ in weights])
     assert parts == [0, 0, 4] and counts == [1, 1]
     assert templates == ["matmul_sgmat_f16"] * 6
     for (_, w), y in zip(weights, ys):

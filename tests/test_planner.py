@@ -239,7 +239,6 @@ SG16 = KernelPolicy(prefill="sgmat-f16")
 # the planner's two tiles (SGMAT_F16_TILES): 128x128 and 64x64, both with the next step's loads in flight
 BIG16 = MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True)
 SMALL16 = MatmulSgmatF16Tiling(pf=True)
-XG16 = dataclasses.replace(BIG16, xg=True)
 # (adapter, qtype, N, K, policy) -> matmul_sgmat_f16's tiling, or None (then the rows below it)
 # fmt: off
 SGMAT_F16_CASES = [
@@ -257,8 +256,6 @@ SGMAT_F16_CASES = [
      KernelPolicy(prefill="sgmat-f16", sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
      MatmulSgmatF16Tiling(sg_n=4, tj=1, db=False)),
     ("by default where offered", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(), BIG16),
-    ("xg: 128x128 with only W staged fits where both operands did not", dataclasses.replace(SGMAT16,
-     workgroup_storage=32768), T.Q4_0, 4096, 4096, KernelPolicy(sgmat_f16_tiling=XG16), XG16),
     ("matmul_i8 forced by policy", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(prefill="i8x2"), None),
     ("the int8 subgroup matrices asked for", SGMAT16, T.Q4_0, 4096, 4096, SG, None),
     ("f16 tiles, Q6_K super-blocks", SGMAT16, T.Q6_K, 2048, 8192, SG16, SMALL16),
@@ -313,23 +310,6 @@ def test_kv_cache_policy():
     add_arguments(p)
     flags = ([], ["--kv-cache", "f32"], ["--kv-cache", "f16x2"])
     assert [kernel_policy(p.parse_args(a)).kv_cache for a in flags] == ["auto", "f32", "f16x2"]
-
-
-def test_sgmat_f16_tiling_flag():
-    """bench's --sgmat-f16-tiling: 6 to 8 values, the last (xg) reading x from global memory."""
-    import argparse
-
-    from webllm_py.bench import add_arguments, kernel_policy
-
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    tiling = lambda v: kernel_policy(p.parse_args(["--sgmat-f16-tiling", v])).sgmat_f16_tiling  # noqa: E731
-    assert tiling("2,4,4,2,2,0,1,1") == MatmulSgmatF16Tiling(2, 4, 4, 2, 2, False, True, True)
-    assert tiling("2,2,2,2,1,0") == MatmulSgmatF16Tiling(kb=1)
-    # only W staged: half the staging memory of the 128x128 tile; f16 x for whole 128-token tiles
-    assert XG16.shared_bytes() - 8192 == (BIG16.shared_bytes() - 8192) // 2
-    assert [XG16.xh_rows(t) for t in (1, 128, 129, 512)] == [128, 128, 256, 512]
-    assert MatmulSgmatF16Tiling(sg_m=3, xg=True).xh_rows(100) == 384  # whole 96-token tiles as well
 
 
 def test_attention_plan():

@@ -165,9 +165,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
     p.add_argument(
         "--sgmat-f16-tiling",
-        metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF[,XG]]",
+        metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF]",
         help="matmul_sgmat_f16's tile: subgroups along tokens and rows, 16x16 tiles each, 32-blocks a K step, "
-        "double buffering 0/1, prefetch 0/1, x from global memory 0/1 (planner.MatmulSgmatF16Tiling)",
+        "double buffering 0/1, prefetch 0/1 (planner.MatmulSgmatF16Tiling)",
     )
     p.add_argument(
         "--attention",
@@ -335,7 +335,7 @@ def kernel_policy(args: argparse.Namespace):
         if args.i8_tiling
         else None,
         sgmat_f16_tiling=MatmulSgmatF16Tiling(
-            *ints(args.sgmat_f16_tiling)[:5], *map(bool, ints(args.sgmat_f16_tiling)[5:8])
+            *ints(args.sgmat_f16_tiling)[:5], *map(bool, ints(args.sgmat_f16_tiling)[5:7])
         )
         if args.sgmat_f16_tiling
         else None,

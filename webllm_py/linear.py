@@ -201,9 +201,9 @@ class Linear:
                     planes=m.planes,
                     tokens_at=self._tokens_at,
                 )
-            elif kind == "quantize" and isinstance(m, MatmulSgmatF16Tiling):  # x's per-token scales (xg: and f16 x)
+            elif kind == "quantize" and isinstance(m, MatmulSgmatF16Tiling):  # x's per-token scales
                 k = self.device.kernel(
-                    "row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at, xh=m.xg
+                    "row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at
                 )
             elif kind == "matmul" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling, MatmulSgmatF16Tiling)):
                 # the quantized-block prefills (matmul_i8, matmul_sgmat, matmul_sgmat_f16): their tilings, then
@@ -213,7 +213,7 @@ class Linear:
                 elif isinstance(m, MatmulSgmatTiling):
                     tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
                 else:  # f32 x / s_t in, f16 tiles inside
-                    tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db, pf=m.pf, xg=m.xg)
+                    tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db, pf=m.pf)
                 k = self.device.kernel(
                     name,
                     label=label,
@@ -343,18 +343,10 @@ class Linear:
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
         if self.matmul_plan.template == "matmul_sgmat_f16":
-            # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds; xg: and x / s_t
-            # in f16, its rows padded for whole tiles (MatmulSgmatF16Tiling.xh_rows), read instead of x
-            tokens = x.size // (4 * self.K)
-            scale = _scratch(self.device, "xscale", 8 * tokens)
-            t = self.matmul_tiling
-            if isinstance(t, MatmulSgmatF16Tiling) and t.xg:
-                xh = _scratch(self.device, "xh", 2 * self.K * t.xh_rows(tokens))
-                quant = self.device.bind(self.kernel("quantize", False), [x, scale, params, xh])
-                mm = self.device.bind(self.kernel("matmul", accumulate), [w, xh, scale, y, params, *extra])
-            else:
-                quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
-                mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
+            # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds
+            scale = _scratch(self.device, "xscale", 8 * (x.size // (4 * self.K)))
+            quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
+            mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
         if isinstance(self.matmul_tiling, MatmulRowsTiling) and self.matmul_tiling.shape_at_run_time:
             extra.append(self._shape(accumulate))
@@ -387,16 +379,14 @@ class BoundLinear:
     def x_pass(self) -> tuple | None:
         """What this linear's prefill makes of x in a pass before its matmul, where it has one: quantize_i8's
         int8 blocks (matmul_i8 / matmul_sgmat: x, K and the planes) or row_scale's per-token scales
-        (matmul_sgmat_f16: x, K, and with xg the rows of its f16 x), which pick the shared scratch (_scratch
-        is keyed by role and size); else None."""
+        (matmul_sgmat_f16: x, K), which pick the shared scratch (_scratch is keyed by role and size); else None."""
         if self.parts:  # a split weight: its row blocks read the one x (record_in_turn passes over it once)
             return self.parts[0].x_pass
         t = self.linear.matmul_tiling
         if self.quant is None:
             return None
         if isinstance(t, MatmulSgmatF16Tiling):
-            xh = t.xh_rows(self.x.size // (4 * self.linear.K)) if t.xg else 0
-            return (id(self.x), self.linear.K, "row_scale", xh)
+            return (id(self.x), self.linear.K, "row_scale")
         return (id(self.x), self.linear.K, t.planes) if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)) else None
 
     def record(self, rec: Any, n_tokens: int, x_passed: bool = False) -> None:

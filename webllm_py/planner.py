@@ -13,7 +13,6 @@ measurements behind the rows are in docs/benchmarks.md ("Kernel choice").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -170,10 +169,6 @@ class MatmulSgmatF16Tiling:
     # stored after the barrier: 1.01-1.07x the speed without at the 512-token shapes of Llama 1B / 8B
     # (docs/benchmarks.md, "f16 tiles by shape"); SGMAT_F16_TILES sets it, the bare default stays without
     pf: bool = False
-    # x from global memory: row_scale (once per x, shared by the linears reading it) also writes x / s_t in
-    # f16 [rows, K], and the left matrices are loaded from it, so only W is staged (half the staging work
-    # and workgroup memory); off until the H200 measures it (docs/benchmarks.md, "f16 x from global")
-    xg: bool = False
 
     @property
     def tm(self) -> int:
@@ -187,17 +182,9 @@ class MatmulSgmatF16Tiling:
         return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
 
     def shared_bytes(self) -> int:
-        """Workgroup memory: f16 rows of x (none with xg) and W (8 f16 of padding each), twice when
-        double-buffered, and one f32 16x16 tile per subgroup on the way out."""
-        rows = self.tn + (0 if self.xg else self.tm)
-        return 2 * (2 if self.db else 1) * rows * (32 * self.kb + 8) + 4 * 256 * self.sg_m * self.sg_n
-
-    def xh_rows(self, tokens: int) -> int:
-        """Rows of the f16 x an xg tiling reads for up to `tokens` tokens: whole 16x16 loads of the last
-        TM-token tile stay inside it. Rounded up to a multiple of 128 as well, so the usual tiles (TM 64 or
-        128) ask for one size and share the scratch (linear._scratch)."""
-        step = math.lcm(128, self.tm)
-        return _ceil_div(max(tokens, 1), step) * step
+        """Workgroup memory: f16 rows of x and W (8 f16 of padding each), twice when double-buffered,
+        and one f32 16x16 tile per subgroup on the way out."""
+        return 2 * (2 if self.db else 1) * (self.tm + self.tn) * (32 * self.kb + 8) + 4 * 256 * self.sg_m * self.sg_n
 
 
 @dataclass(frozen=True)
