@@ -39,10 +39,10 @@ MODEL = REAL_MODELS["smollm2"]
 PREFILL_RTOL = MODEL.logit_rtol  # 2e-3: the CPU path's tolerance, kept by both GPU prefills
 DECODE_RTOL = 1.5e-2  # the staged int8 matvec's (test_model_gpu_kernels.RTOL)
 N_GREEDY = 8
-# One subgroup of one 16-token tile along the prompt (rows as the default): the emulated multiplies cost what
-# the tile holds, and the default's 64-token tile would run 9x the 7 tokens (28 s against 15 s here). The
-# tile only splits the same products: the default tile's logits were the same bits on this prompt.
-F16_POLICY = KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=1, ti=1))
+# One subgroup of one 16-token tile along the prompt (rows and pf as the planner's 64x64 tile): the emulated
+# multiplies cost what the tile holds, and a 64-token tile would run 9x the 7 tokens (28 s against 15 s here).
+# The tile only splits the same products: the planner's tiles gave the same bits on this prompt.
+F16_POLICY = KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=1, ti=1, pf=True))
 
 
 def templates(engine: Engine, plan: str) -> set[str]:
