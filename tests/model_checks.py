@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +23,16 @@ LONG, SHORT = 20, 5  # prompt lengths: 3 prefill chunks (8 + 8 + 4), and one par
 
 def load_engine(path: str, device, policy=None) -> Engine:
     return asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK, policy=policy))
+
+
+def gpu_like_device():
+    """A fresh lavapipe device that the planner takes for a GPU (Adapter.cpu False): the engine then plans
+    and records the kernels a GPU runs (test_model_gpu_kernels, test_model_real_gpu_paths)."""
+    from webllm_py.gpu.native import NativeDevice
+
+    device = NativeDevice()
+    device.info = replace(device.info, is_fallback=False)
+    return device
 
 
 def assert_logits_match(engine: Engine, ref_path: str, n: int, rtol: float, label: str = "") -> None:

@@ -25,7 +25,8 @@ import numpy as np
 
 from webllm_py import kernels
 from webllm_py.formats.quants import GGMLType, row_nbytes
-from webllm_py.planner import MatmulSgmatF16Tiling
+from webllm_py.gpu.base import SGMAT_FEATURE
+from webllm_py.planner import SGMAT_F16_CONFIG, MatmulSgmatF16Tiling
 
 _BUILTINS = """
 struct EmuAcc { v: array<f32, 8> }
@@ -114,6 +115,20 @@ def emulating(device):
 
 
 _ENABLE = "enable chromium_experimental_subgroup_matrix;"
+
+
+@contextmanager
+def emulated_f16_adapter(device):
+    """`device` (a NativeDevice on lavapipe) as an adapter offering f16 subgroup matrices (what Dawn on the
+    H200 lists with the f16 toggle: the feature, the f16 x f16 -> f32 16x16x16 config, subgroups of 32) with
+    the builtins emulated, so that planner.Adapter.of(device) plans matmul_sgmat_f16 wherever the adapter's
+    other facts allow (a whole model's Linears, tests/test_model_real_gpu_paths.py)."""
+    assert device.has_f16, "matmul_sgmat_f16 needs shader-f16"
+    device.features = device.features | {SGMAT_FEATURE}
+    device.subgroup_matrix_configs = frozenset({SGMAT_F16_CONFIG})
+    device.subgroup_sizes = (32, 32)
+    with emulating(device):
+        yield device
 
 
 def run_emulated(

@@ -16,7 +16,6 @@ of max |logit| and greedy tokens where transformers' top-2 gap clears twice that
 """
 
 import asyncio
-import dataclasses
 import json
 import os
 
@@ -27,7 +26,7 @@ from webllm_py.engine import Engine
 from webllm_py.sampling import SamplingParams
 
 from .hf_models import Variant, build
-from .model_checks import LONG, PREFILL_CHUNK, SHORT, assert_logits_match
+from .model_checks import LONG, PREFILL_CHUNK, SHORT, assert_logits_match, gpu_like_device
 from .reference import prompt_ids
 from .gguf_models import KINDS, finish_gguf, write_llama_gguf
 
@@ -71,12 +70,9 @@ def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def gpu_like_engine(tmp_path_factory):
-    from webllm_py.gpu.native import NativeDevice
-
     d = tmp_path_factory.mktemp("gpu_kernels")
     path, ref_dir = llama_to_gguf(build(VARIANT, d), str(d))
-    device = NativeDevice()
-    device.info = dataclasses.replace(device.info, is_fallback=False)  # pick the GPU kernels
+    device = gpu_like_device()
     engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
     yield engine, ref_dir
     engine.unload()

