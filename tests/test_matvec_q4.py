@@ -531,13 +531,17 @@ def test_staged_two_planes(device, qtype):
     assert min(errs[1, a] for a in (False, True)) > 1.5e-4, errs
 
 
-@pytest.mark.parametrize("qtype,glu", [("Q4_K", "silu"), ("Q6_K", None), ("Q4_0", "gelu_tanh")])
-def test_staged_two_planes_fused(device, qtype, glu):
-    """Two planes in the fused forms with the RMSNorm folded in (Q/K/V, gate/up with the GLU), through the
-    planner's policy (KernelPolicy.staged_planes) on a staged table tiling: near the exact f32 product."""
+@pytest.mark.parametrize(
+    "qtype,glu,subgroups", [("Q4_K", "silu", True), ("Q6_K", None, False), ("Q4_0", "gelu_tanh", False), ("Q8_0", None, True)]
+)
+def test_staged_two_planes_fused(request, qtype, glu, subgroups):
+    """Two planes in the fused forms with the RMSNorm folded in (Q/K/V, gate/up with the GLU), teams reduced
+    through workgroup memory or subgroupShuffleXor, through the planner's policy (KernelPolicy.staged_planes)
+    on a staged table tiling: near the exact f32 product."""
     from webllm_py.ops import RMSNorm
     from webllm_py.planner import staged_tiling
 
+    device = request.getfixturevalue("sg_device" if subgroups else "device")
     rng = np.random.default_rng(19)
     K, eps = 1024, 1e-5
     parts = (40, 40) if glu else (40, 12, 9)
@@ -553,7 +557,9 @@ def test_staged_two_planes_fused(device, qtype, glu):
     for n in parts:
         raw, w = staged_weight(qtype, n, K, rng)
         yb = f32_buffer(device, np.full(n, np.nan, np.float32))
-        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=tiling).bind(hb, yb))
+        lin = Linear(device, upload(device, raw, qtype, n, K), matvec=tiling, subgroups=subgroups)
+        assert ("subgroupShuffleXor" in lin.q4_kernel([n], False).source) == subgroups
+        bounds.append(lin.bind(hb, yb))
         ws.append(w)
         ys.append(yb)
     out = f32_buffer(device, np.full(parts[0], np.nan, np.float32))
