@@ -532,7 +532,8 @@ def test_staged_two_planes(device, qtype):
 
 
 @pytest.mark.parametrize(
-    "qtype,glu,subgroups", [("Q4_K", "silu", True), ("Q6_K", None, False), ("Q4_0", "gelu_tanh", False), ("Q8_0", None, True)]
+    "qtype,glu,subgroups",
+    [("Q4_K", "silu", True), ("Q6_K", None, False), ("Q4_0", "gelu_tanh", False), ("Q8_0", None, True)],
 )
 def test_staged_two_planes_fused(request, qtype, glu, subgroups):
     """Two planes in the fused forms with the RMSNorm folded in (Q/K/V, gate/up with the GLU), teams reduced
@@ -571,7 +572,11 @@ def test_staged_two_planes_fused(request, qtype, glu, subgroups):
         group.record(rec, 1)
     if glu:
         g, u = h[0] @ ws[0].T, h[0] @ ws[1].T
-        a = g / (1 + np.exp(-g)) if glu == "silu" else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        a = (
+            g / (1 + np.exp(-g))
+            if glu == "silu"
+            else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        )
         err = np.abs(read_f32(device, out, parts[0]) - a * u).max() / np.abs(a * u).max()
         assert err < 1e-4
     else:
