@@ -97,13 +97,19 @@ def scaled_error(y, x, w):
     return (np.abs(y - ref) / (np.abs(x.astype(np.float64)) @ np.abs(w).T + 1e-30)).max()
 
 
-def q8_blocks(x: np.ndarray) -> np.ndarray:
+def q8_blocks(x: np.ndarray, planes: int = 1) -> np.ndarray:
     """x rounded as the staged kernel stages it (llama.cpp's q8_1 rule, in f32): per 32 elements
-    d = max|x| / 127, q = round(x * (1 / d)) (half to even, as WGSL's round); returns q * d."""
+    d = max|x| / 127, q = round(x * (1 / d)) (half to even, as WGSL's round); returns q * d. planes=2
+    adds the residual plane r = round((x - q d) * (254 / d)), clamped to +-127: q * d + r * d / 254."""
     b = np.asarray(x, np.float32).reshape(-1, 32)
     d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
     inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
-    return (np.round(b * inv) * d.astype(np.float64)).reshape(x.shape)
+    q = np.round(b * inv)
+    out = q * d.astype(np.float64)
+    if planes == 2:
+        r = np.clip(np.round((b - q * d) * (np.float32(254) * inv)), -127, 127)
+        out += r * (d.astype(np.float64) / 254)
+    return out.reshape(x.shape)
 
 
 def staged_weight(qtype: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
@@ -118,9 +124,9 @@ def staged_weight(qtype: str, n: int, k: int, rng) -> tuple[bytes, np.ndarray]:
     return raw.tobytes(), deq
 
 
-def staged_error(y, x, w):
+def staged_error(y, x, w, planes: int = 1):
     """Max error against W @ q8(x), scaled by sum |q8(x)| |w| per output (f32 accumulation order)."""
-    xq = q8_blocks(x)
+    xq = q8_blocks(x, planes)
     return (np.abs(y - xq @ w.T) / (np.abs(xq) @ np.abs(w).T + 1e-30)).max()
 
 

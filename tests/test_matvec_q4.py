@@ -501,3 +501,84 @@ def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
     with device.recorder() as rec:
         odd.bind(xb, yb).record(rec, 1)
     assert scaled_error(read_f32(device, yb, 5)[None], x, w) < TOL
+
+
+# --- the staged kernel with two int8 planes of x (StagedTiling.planes = 2): q and the rounding residual ---
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K"])
+def test_staged_two_planes(device, qtype):
+    """Against numpy over the same two-plane rounding (tight), and against the exact f32 product: within
+    1.5e-4 of sum |x| |w| per output, a bound the one-plane kernel (run here too) misses by ~20x (its
+    step is 254 times coarser). Prefetch on, 6 units over 4 lanes, rows past N, an all-zero block."""
+    from webllm_py.linear import StagedTiling
+
+    rng = np.random.default_rng(17)
+    N, K = 37, 1536
+    raw, w = staged_weight(qtype, N, K, rng)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    x[0, :32] = 0
+    y0 = rng.standard_normal((1, N)).astype(np.float32)
+    errs = {}
+    for planes in (2, 1):
+        lin = Linear(device, upload(device, raw, qtype, N, K), matvec=StagedTiling(32, 4, 2, True, planes))
+        assert lin.staged
+        for accumulate in (False, True):
+            y = matvec_once(device, lin, x, y0, accumulate)
+            assert staged_error(y, x, w, planes) < (TOL if planes == 1 else 3 * TOL)
+            errs[planes, accumulate] = scaled_error(y, x, w)
+    assert max(errs[2, a] for a in (False, True)) < 1.5e-4, errs
+    assert min(errs[1, a] for a in (False, True)) > 1.5e-4, errs
+
+
+@pytest.mark.parametrize(
+    "qtype,glu,subgroups",
+    [("Q4_K", "silu", True), ("Q6_K", None, False), ("Q4_0", "gelu_tanh", False), ("Q8_0", None, True)],
+)
+def test_staged_two_planes_fused(request, qtype, glu, subgroups):
+    """Two planes in the fused forms with the RMSNorm folded in (Q/K/V, gate/up with the GLU), teams reduced
+    through workgroup memory or subgroupShuffleXor, through the planner's policy (KernelPolicy.staged_planes)
+    on a staged table tiling: near the exact f32 product."""
+    from webllm_py.ops import RMSNorm
+    from webllm_py.planner import staged_tiling
+
+    device = request.getfixturevalue("sg_device" if subgroups else "device")
+    rng = np.random.default_rng(19)
+    K, eps = 1024, 1e-5
+    parts = (40, 40) if glu else (40, 12, 9)
+    x = (rng.standard_normal((1, K)) * 3).astype(np.float32)
+    nw = rng.standard_normal(K).astype(np.float32)
+    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
+    step = device.buffer_from(struct.pack("<II", 0, 1))
+    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, wg=64).bind(xb, hb, step)
+    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * nw
+    tiling = staged_tiling(K, policy=KernelPolicy(staged_planes=2))
+    assert tiling.planes == 2
+    bounds, ws, ys = [], [], []
+    for n in parts:
+        raw, w = staged_weight(qtype, n, K, rng)
+        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
+        lin = Linear(device, upload(device, raw, qtype, n, K), matvec=tiling, subgroups=subgroups)
+        assert ("subgroupShuffleXor" in lin.q4_kernel([n], False).source) == subgroups
+        bounds.append(lin.bind(hb, yb))
+        ws.append(w)
+        ys.append(yb)
+    out = f32_buffer(device, np.full(parts[0], np.nan, np.float32))
+    glu_op = (glu, GLU(device, parts[0], glu).bind(ys[0], ys[1], out, step)) if glu else None
+    group = MatvecGroup(bounds, glu=glu_op, norm=rms)
+    assert group.fused is not None and rms.absorbed
+    with device.recorder() as rec:
+        rms.record(rec, 1)
+        group.record(rec, 1)
+    if glu:
+        g, u = h[0] @ ws[0].T, h[0] @ ws[1].T
+        a = (
+            g / (1 + np.exp(-g))
+            if glu == "silu"
+            else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        )
+        err = np.abs(read_f32(device, out, parts[0]) - a * u).max() / np.abs(a * u).max()
+        assert err < 1e-4
+    else:
+        for n, w, yb in zip(parts, ws, ys):
+            assert scaled_error(read_f32(device, yb, n)[None], h, w) < 1.5e-4

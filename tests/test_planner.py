@@ -136,6 +136,27 @@ def test_staged_policy_overrides_by_op_kind():
     assert parse_staged_tilings("") == () and staged_tiling(2048, policy=KernelPolicy()) == STAGED
 
 
+def test_staged_planes():
+    """Two int8 planes of x: --staged-tiling's fifth field, or KernelPolicy.staged_planes on every staged
+    tiling (table rows and overrides); 17 more vec4 of workgroup memory per unit, so where the adapter's
+    limit is 32 KB the 8B's w_down (K 14336) falls back to matvec_q4 while the 1B's (8192) keeps the kernel."""
+    assert parse_staged_tilings("256,8,1,1,2")[0] == ("all", StagedTiling(256, 8, 1, True, 2))
+    assert parse_staged_tilings("256,8,1")[0][1].planes == 1
+    with pytest.raises(ValueError, match="planes"):
+        StagedTiling(planes=3)
+    two = KernelPolicy(staged_planes=2)
+    assert staged_tiling(8192, policy=two) == replace(staged_tiling(8192), planes=2)
+    assert staged_tiling(4096, glu=True, policy=two) == replace(STAGED_TABLE[1].tiling, planes=2)
+    over = KernelPolicy(staged_tilings=parse_staged_tilings("64,4,1"), staged_planes=2)
+    assert staged_tiling(2048, policy=over) == StagedTiling(64, 4, 1, planes=2)
+    t = staged_tiling(2048)
+    assert replace(t, planes=2).shared_bytes(2048) - t.shared_bytes(2048) == 8 * 17 * 16
+    a32 = replace(GPU, workgroup_storage=32768)
+    assert plan_matvec(a32, T.Q4_0, 4096, 14336).template == "matvec_q4s"
+    assert plan_matvec(a32, T.Q4_0, 4096, 14336, policy=two).template == "matvec_q4"
+    assert plan_matvec(a32, T.Q4_0, 2048, 8192, policy=two).tiling.planes == 2
+
+
 def test_fused_glu_tiling():
     """A fused gate/up group takes the glu row where its members have the default tiling and it fits."""
     K, N = 4096, 14336

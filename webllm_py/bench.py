@@ -148,8 +148,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--staged-tiling",
         metavar="SPEC",
-        help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH] for all, then optional ;glu=... "
+        help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH[,PLANES]] for all, then optional ;glu=... "
         ";tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)",
+    )
+    p.add_argument(
+        "--staged-planes",
+        type=int,
+        choices=[1, 2],
+        help="int8 planes of x in every staged matvec tiling (2: the rounding residual too, as matmul_i8's "
+        "two planes; planner.StagedTiling.planes); default: the tilings' own (1)",
     )
     p.add_argument(
         "--prefill-kernel",
@@ -329,6 +336,7 @@ def kernel_policy(args: argparse.Namespace):
     return KernelPolicy(
         staged_matvec=args.matvec_kernel == "staged",
         staged_tilings=parse_staged_tilings(args.staged_tiling or ""),
+        staged_planes=args.staged_planes,
         fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))

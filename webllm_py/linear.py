@@ -292,6 +292,7 @@ class Linear:
                 lanes=lanes,
                 rows=t.rows,
                 prefetch=t.prefetch,
+                planes=t.planes,
                 subgroups=sg,
                 qtype=self.weight.ggml_type.name,
                 K=self.K,

@@ -51,6 +51,14 @@ class StagedTiling:
     lanes: int = 8  # threads per row (at most K / 256)
     rows: int = 1  # rows per team
     prefetch: bool = False  # load a lane's next unit while the current one's math runs
+    # int8 planes of x: 2 adds the rounding residual at a step of dx / 254 (as MatmulI8Tiling.planes):
+    # real decode logits 40x closer to f32 x (docs/benchmarks.md, "Real models through the GPU paths on
+    # lavapipe"); 1 (the default) until its speed is measured on a GPU
+    planes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.planes not in (1, 2):
+            raise ValueError(f"StagedTiling.planes must be 1 or 2, not {self.planes!r}")
 
     split_k = True  # (threads split K, as MatvecTiling's split_k)
 
@@ -64,9 +72,9 @@ class StagedTiling:
         return _ceil_div(n, self.rows_per_group(K))
 
     def shared_bytes(self, K: int) -> int:
-        """Workgroup memory: 17 vec4 of q and 9 vec2 of scales per unit, one f32 per accumulator
-        (2 * rows + 2 of them)."""
-        return (K // 256) * (17 * 16 + 9 * 8) + 4 * self.wg * (2 * self.rows + 2)
+        """Workgroup memory: 17 vec4 of q (per plane) and 9 vec2 of scales per unit, one f32 per
+        accumulator (2 * rows + 2 of them)."""
+        return (K // 256) * (self.planes * 17 * 16 + 9 * 8) + 4 * self.wg * (2 * self.rows + 2)
 
 
 @dataclass(frozen=True)
@@ -318,14 +326,14 @@ class Adapter:
 
 
 def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
-    """bench's --staged-tiling: "WG,LANES,ROWS[,PREFETCH]" for all, then optional ";glu=..." (fused
+    """bench's --staged-tiling: "WG,LANES,ROWS[,PREFETCH[,PLANES]]" for all, then optional ";glu=..." (fused
     gate/up groups), ";tall=..." (N > 65536: LM heads), ";k<K>=..." (rows of exactly K, e.g.
     k8192=256,32,1) and ";wide=..." (K > 8192)."""
     out = []
     for item in filter(None, spec.split(";")):
         key, v = item.split("=", 1) if "=" in item else ("all", item)
         f = [int(x) for x in v.split(",")]
-        out.append((key, StagedTiling(f[0], f[1], f[2], bool(f[3]) if len(f) > 3 else False)))
+        out.append((key, StagedTiling(f[0], f[1], f[2], bool(f[3]) if len(f) > 3 else False, *f[4:5])))
     return tuple(out)
 
 
@@ -339,6 +347,7 @@ class KernelPolicy:
 
     staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
+    staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
@@ -418,8 +427,10 @@ def staged_tiling(
     for key, applies in (("glu", glu), ("tall", N > 65536), (f"k{K}", True), ("wide", K > 8192), ("all", True)):
         t = policy.staged_override(key) if applies else None
         if t is not None:
-            return t
-    return next(r.tiling for r in STAGED_TABLE if r.when(K, N, glu, qtype))
+            break
+    else:
+        t = next(r.tiling for r in STAGED_TABLE if r.when(K, N, glu, qtype))
+    return t if policy.staged_planes is None else replace(t, planes=policy.staged_planes)
 
 
 def team_subgroups(adapter: Adapter, lanes: int) -> bool:
