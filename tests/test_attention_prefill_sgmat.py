@@ -4,7 +4,7 @@ through PagedAttention as the model does, vs numpy's float64 attention (tests/at
 chunks over pages out of order, each cache element, GQA groups 4 and 3, head_dim 32 and 64, sliding
 window and softcap. The device check of the real builtins is scripts/prefill_attention_check.py.
 
-The bound (sgmat_bound): the kernel rounds q * scale and K to f16 (u = 2^-11 each; K exactly where the cache is
+The bound (attention_helpers.sgmat_bound): the kernel rounds q * scale and K to f16 (u = 2^-11 each; K exactly where the cache is
 f16), so each score is off by at most delta = (2u + u^2 + D 2^-24) scale sum_i |q_i k_i| (the last term: the
 f32 sums), at most delta_row over the positions a row sees; softmax weights then move by factors within
 exp(+-2 delta_row), so an output moves by at most (exp(2 delta_row) - 1) sum_j p_j |v_j|. V (f32 cache) and P
@@ -19,40 +19,8 @@ import pytest
 from webllm_py import attention as attention_mod
 from webllm_py.planner import Adapter, KernelPolicy, PrefillTiling, prefill_tiles
 
-from .attention_helpers import Harness, make_qkv, reference, shuffled_cache
+from .attention_helpers import Harness, make_qkv, reference, sgmat_bound, shuffled_cache
 from .sgmat_emulation import emulating_any
-
-U = 2.0**-11
-
-
-def sgmat_bound(q, k, v, n_heads, n_kv, window=None, f16_kv=False):
-    """Per output element, the bound of the module's doc (numpy, float64)."""
-    N = q.shape[0]
-    D = q.shape[1] // n_heads
-    scale = 1 / np.sqrt(D)
-    g = n_heads // n_kv
-    qh = q.reshape(N, n_heads, D).astype(np.float64)
-    kh = k.reshape(N, n_kv, D).astype(np.float64)
-    vh = v.reshape(N, n_kv, D).astype(np.float64)
-    i, j = np.indices((N, N))
-    mask = j <= i
-    if window:
-        mask &= (i - j) < window
-    ref_p = np.zeros((N, n_heads, N))
-    out = np.zeros((N, n_heads, D))
-    k_err = 0.0 if f16_kv else U
-    for h in range(n_heads):
-        s = qh[:, h] @ kh[:, h // g].T * scale
-        a = np.abs(qh[:, h]) @ np.abs(kh[:, h // g]).T * scale
-        delta = ((U + k_err + U * k_err + D * 2.0**-24) * np.where(mask, a, 0)).max(axis=1, keepdims=True)
-        p = np.where(mask, np.exp(s - np.where(mask, s, -np.inf).max(axis=1, keepdims=True)), 0)
-        p /= p.sum(axis=1, keepdims=True)
-        ref_p[:, h] = p
-        pv = p @ np.abs(vh[:, h // g])  # sum_j p_j |v_j| per dim
-        v_err = 0.0 if f16_kv else U
-        out[:, h] = (np.exp(2 * delta) - 1) * pv + (U + v_err) * pv + N * 2.0**-25 * np.abs(v).max()
-    return out.reshape(N, n_heads * D) + 1e-6
-
 
 CASES = [
     # (layout, cache, N, chunks, window, softcap): head_dim 64 (1B's), group 4 (1B's and 8B's) and 3, two
@@ -78,7 +46,7 @@ def test_sgmat_prefill_emulated(device, monkeypatch, case):
     if f16_kv:
         k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
     ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
-    bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, f16_kv=f16_kv)
+    bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap, f16_kv=f16_kv)
     with emulating_any(device):
         cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
         h = Harness(device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap)
