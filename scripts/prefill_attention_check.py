@@ -9,8 +9,8 @@ run positions x head_dim times each), giving wrong rows there and only there.
     python scripts/prefill_attention_check.py [--quick]   # one JSON line per case; exit 1 on a mismatch
 
 --dawn: on Dawn (DawnHost, Pyodide + BrowserDevice, flags allow_unsafe_apis and vulkan_enable_f16_on_nvidia), the
-same layouts, caches and chunks through PagedAttention as the planner takes it ("auto": attention_prefill_sgmat
-where the adapter has f16 subgroup matrices) and under prefill_attention_kernel="lanes"; sgmat within
+same layouts, caches and chunks through PagedAttention under prefill_attention_kernel="sgmat-f16"
+(attention_prefill_sgmat) and "lanes"; sgmat within
 tests/attention_helpers.sgmat_bound (the bound tests/test_attention_prefill_sgmat.py derives), lanes within the
 tolerances above.
 """
@@ -94,7 +94,7 @@ def dawn() -> int:
                 )
                 ref = reference(q, kr, vr, layout[0], layout[1])
                 bound = sgmat_bound(q, kr, vr, layout[0], layout[1], f16_kv=f16_kv)
-                for kernel in ("auto", "lanes"):
+                for kernel in ("sgmat-f16", "lanes"):
                     tiling, got = host.exec(
                         _DAWN_RUN.format(
                             layout=layout, chunks=chunks, q=_b64(q), k=_b64(k), v=_b64(v), dtype=dtype, kernel=kernel
@@ -103,7 +103,7 @@ def dawn() -> int:
                     got = np.frombuffer(base64.b64decode(got), np.float32).reshape(N, -1).astype(np.float64)
                     err = np.abs(got - ref)
                     tol = bound if tiling[4] else (2e-3 if f16_kv else 2e-4)
-                    good = bool(np.isfinite(got).all() and (err <= tol).all() and tiling[4] == (kernel == "auto"))
+                    good = bool(np.isfinite(got).all() and (err <= tol).all() and tiling[4] == (kernel == "sgmat-f16"))
                     ok &= good
                     print(
                         json.dumps(

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from webllm_py import attention as attention_mod
+from webllm_py import planner
 from webllm_py.planner import Adapter, KernelPolicy, PrefillTiling, prefill_tiles
 
 from .attention_helpers import Harness, make_qkv, reference, sgmat_bound, shuffled_cache
@@ -39,7 +40,8 @@ def test_sgmat_prefill_emulated(device, monkeypatch, case):
     adapter = dataclasses.replace(Adapter.of(device), cpu=False, f16_subgroup_matrix=True, subgroups=True)
     monkeypatch.setattr(attention_mod.Adapter, "of", classmethod(lambda cls, d: adapter))
     group = layout[0] // layout[1]
-    t = prefill_tiles(adapter, layout[2], group)
+    policy = KernelPolicy(prefill_attention_kernel="sgmat-f16")
+    t = prefill_tiles(adapter, layout[2], group, policy)
     assert t.sgmat and t.tq * group % 16 == 0, t
     q, k, v = make_qkv(N, 3, layout)
     f16_kv = dtype != "f32"
@@ -49,7 +51,7 @@ def test_sgmat_prefill_emulated(device, monkeypatch, case):
     bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap, f16_kv=f16_kv)
     with emulating_any(device):
         cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
-        h = Harness(device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap)
+        h = Harness(device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy)
         assert h.attn.plan.prefill.sgmat
         got = h.run(0, q, k, v, chunks)
     err = np.abs(got - ref)
@@ -58,17 +60,27 @@ def test_sgmat_prefill_emulated(device, monkeypatch, case):
 
 
 def test_planner_rows():
-    """The planner's row: attention_prefill_sgmat on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0,
-    the lanes form otherwise and under prefill_attention_kernel="lanes"; "sgmat-f16" without them is an error."""
+    """The planner's row: attention_prefill_sgmat under prefill_attention_kernel="sgmat-f16" (or an sgmat tiling)
+    on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0; the lanes form by default (until measured:
+    planner.SGMAT_ATTENTION_AUTO), under "lanes" and where it does not fit; "sgmat-f16" without it is an error."""
     a = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=49152, f16=True, f16_subgroup_matrix=True)
-    assert prefill_tiles(a, 128, 4) == PrefillTiling(16, 32, sgmat=True)
-    assert prefill_tiles(a, 64, 8) == PrefillTiling(8, 32, sgmat=True)
-    assert prefill_tiles(a, 64, 3) == PrefillTiling(16, 32, sgmat=True)
+    sg = KernelPolicy(prefill_attention_kernel="sgmat-f16")
+    assert prefill_tiles(a, 128, 4, sg) == PrefillTiling(16, 32, sgmat=True)
+    assert prefill_tiles(a, 64, 8, sg) == PrefillTiling(8, 32, sgmat=True)
+    assert prefill_tiles(a, 64, 3, sg) == PrefillTiling(16, 32, sgmat=True)
+    assert prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(16, 64, sgmat=True))).tk == 64
+    with pytest.raises(ValueError, match="sgmat-f16"):  # 128 rows: Q does not fit where the K/V tile goes
+        prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(32, 32, sgmat=True)))
+    assert prefill_tiles(a, 128, 4).sgmat == planner.SGMAT_ATTENTION_AUTO
     assert not prefill_tiles(a, 128, 4, KernelPolicy(prefill_attention_kernel="lanes")).sgmat
-    assert not prefill_tiles(a, 120, 4).sgmat  # head_dim not a multiple of 16
-    assert not prefill_tiles(dataclasses.replace(a, workgroup_storage=16384), 128, 4).sgmat
-    assert not prefill_tiles(dataclasses.replace(a, f16_subgroup_matrix=False), 128, 4).sgmat
-    with pytest.raises(ValueError, match="sgmat-f16"):
-        prefill_tiles(dataclasses.replace(a, f16_subgroup_matrix=False), 128, 4, KernelPolicy(prefill_attention_kernel="sgmat-f16"))
+    for adapter, head_dim in (
+        (a, 120),  # head_dim not a multiple of 16
+        (dataclasses.replace(a, workgroup_storage=16384), 128),
+        (dataclasses.replace(a, f16_subgroup_matrix=False), 128),
+        (dataclasses.replace(a, cpu=True), 128),
+    ):
+        assert planner.sgmat_prefill_tiling(adapter, head_dim, 4, sg) is None
+        with pytest.raises(ValueError, match="sgmat-f16"):
+            prefill_tiles(adapter, head_dim, 4, sg)
     with pytest.raises(ValueError, match="prefill_attention_kernel"):
         KernelPolicy(prefill_attention_kernel="tiles")

@@ -200,8 +200,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--prefill-attention-kernel",
         choices=["auto", "lanes", "sgmat-f16"],
         default="auto",
-        help="prompt attention: auto = attention_prefill_sgmat where the adapter has f16 subgroup matrices, "
-        "lanes = attention_prefill's GPU forms (KernelPolicy.prefill_attention_kernel)",
+        help="prompt attention: sgmat-f16 = attention_prefill_sgmat (f16 subgroup matrices), lanes = "
+        "attention_prefill's GPU forms, auto = the planner's (KernelPolicy.prefill_attention_kernel)",
     )
     p.add_argument(
         "--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)"

@@ -349,6 +349,10 @@ def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
 # KernelPolicy.prefill's choices (bench --prefill-kernel)
 PREFILL_KERNELS = ("auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32")
 PREFILL_ATTENTION_KERNELS = ("auto", "lanes", "sgmat-f16")
+# "auto" takes attention_prefill_sgmat only once it is measured on a device (it was written and tested under
+# emulation on lavapipe, tests/test_attention_prefill_sgmat.py; docs/benchmarks.md, "Prompt attention on f16
+# subgroup matrices"): until then "sgmat-f16" asks for it.
+SGMAT_ATTENTION_AUTO = False
 
 
 @dataclass(frozen=True)
@@ -376,8 +380,8 @@ class KernelPolicy:
     step_merge: bool | None = None
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
     prefill_attention: PrefillTiling | None = None  # attention_prefill's on GPUs (None: prefill_tiles' rule)
-    # prompt attention: "auto" takes attention_prefill_sgmat where the adapter has f16 subgroup matrices
-    # (prefill_tiles), "lanes" never (attention_prefill's GPU forms), "sgmat-f16" requires it
+    # prompt attention: "sgmat-f16" requires attention_prefill_sgmat (f16 subgroup matrices), "lanes" never
+    # takes it (attention_prefill's GPU forms), "auto" where SGMAT_ATTENTION_AUTO and the adapter has them
     prefill_attention_kernel: str = "auto"
     # the KV cache's element: "auto" (kv_cache_dtype's rule), "f32" (tests that compare with
     # transformers' f32 cache to 1e-5 rather than f16's 1e-3), "f16" (needs shader-f16) or "f16x2" (f16
@@ -821,20 +825,19 @@ def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPol
     registers (a whole head_dim 128 row per thread spills) and tq tokens x group heads x L lanes
     make ~128 threads: a 128-token chunk of an 8B model (group 4, L 8) is 32 x 8 kv heads = 256
     workgroups, not 64 of the one-thread-per-row form. Without subgroups that form: 16 tokens.
-    First, where the adapter has f16 subgroup matrices (and the policy gives no lanes tiling):
-    attention_prefill_sgmat (sgmat_prefill_tiling)."""
+    First, where the policy asks for it and the adapter has f16 subgroup matrices (and the policy gives no
+    lanes tiling): attention_prefill_sgmat (sgmat_prefill_tiling)."""
     t = policy.prefill_attention
     if t is None or t.sgmat:
         s = sgmat_prefill_tiling(adapter, head_dim, group, policy)
         if s is not None:
             return s
-    if policy.prefill_attention_kernel == "sgmat-f16":
+    if policy.prefill_attention_kernel == "sgmat-f16" or (t is not None and t.sgmat):
         raise ValueError(
-            "prefill_attention_kernel 'sgmat-f16' needs f16 subgroup matrices (Adapter.f16_subgroup_matrix), "
-            f"head_dim a multiple of 16 (not {head_dim}) and a tiling that fits the adapter"
+            "prefill_attention_kernel 'sgmat-f16' (attention_prefill_sgmat) needs f16 subgroup matrices (Adapter.f16_subgroup_matrix), "
+            f"head_dim a multiple of 16 (not {head_dim}) and a tiling that fits the adapter (tq * group a "
+            f"multiple of 16 and <= 2 tk, tk a multiple of 16): {t}"
         )
-    if t is not None and t.sgmat:
-        t = None
     d4 = head_dim // 4
     if t is None:
         lanes = 1
@@ -864,14 +867,16 @@ def sgmat_prefill_tiling(
     adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY
 ) -> PrefillTiling | None:
     """attention_prefill_sgmat's tiling where it applies (else None): a GPU adapter with f16 subgroup
-    matrices, head_dim a multiple of 16, the policy not "lanes". Up to 64 query rows a workgroup (4 subgroups;
+    matrices, head_dim a multiple of 16, the policy asking for it (see SGMAT_ATTENTION_AUTO). Up to 64 query rows a workgroup (4 subgroups;
     group 4: 16 tokens, group 3: 16 tokens in 3), tq * group a multiple of 16, and 32 keys a tile
     (Q is staged where the K/V tile goes: tq * group <= 2 tk), within the adapter's threads and workgroup
     memory (the policy's tq and tk where it gives an sgmat tiling). Measured in docs/benchmarks.md, "Prompt
     attention on f16 subgroup matrices"."""
     t = policy.prefill_attention
+    kind = policy.prefill_attention_kernel
     if (
-        policy.prefill_attention_kernel == "lanes"
+        kind == "lanes"
+        or (kind == "auto" and not SGMAT_ATTENTION_AUTO and not (t is not None and t.sgmat))
         or adapter.cpu
         or not adapter.f16_subgroup_matrix
         or head_dim % 16
