@@ -179,7 +179,6 @@ def run_emulated(
     return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)
 
 
-
 _ANY_BUILTINS = """
 struct EmuAcc { v: array<f32, 8> }  // a lane's result elements: lane + 32 e (row lane / 16 + 2 e, column lane % 16)
 fn emu_mma(l: u32, r: u32, a: EmuAcc, lane: u32) -> EmuAcc {

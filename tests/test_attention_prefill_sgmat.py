@@ -51,12 +51,16 @@ def test_sgmat_prefill_emulated(device, monkeypatch, case):
     bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap, f16_kv=f16_kv)
     with emulating_any(device):
         cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
-        h = Harness(device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy)
+        h = Harness(
+            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
+        )
         assert h.attn.plan.prefill.sgmat
         got = h.run(0, q, k, v, chunks)
     err = np.abs(got - ref)
     assert np.isfinite(got).all()
-    assert (err <= bound).all(), f"max err {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}, bound there {bound.flat[err.argmax()]:.3g}"
+    assert (err <= bound).all(), (
+        f"max err {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}, bound there {bound.flat[err.argmax()]:.3g}"
+    )
 
 
 def test_planner_rows():
