@@ -834,9 +834,10 @@ def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPol
             return s
     if policy.prefill_attention_kernel == "sgmat-f16" or (t is not None and t.sgmat):
         raise ValueError(
-            "prefill_attention_kernel 'sgmat-f16' (attention_prefill_sgmat) needs f16 subgroup matrices (Adapter.f16_subgroup_matrix), "
-            f"head_dim a multiple of 16 (not {head_dim}) and a tiling that fits the adapter (tq * group a "
-            f"multiple of 16 and <= 2 tk, tk a multiple of 16): {t}"
+            "prefill_attention_kernel 'sgmat-f16' (attention_prefill_sgmat) needs a GPU adapter with f16 subgroup "
+            f"matrices (here cpu={adapter.cpu}, f16_subgroup_matrix={adapter.f16_subgroup_matrix}), head_dim a "
+            f"multiple of 16 (here {head_dim}) and a tiling that fits the adapter (tq * group a multiple of 16 and "
+            f"<= 2 tk, tk a multiple of 16; workgroup memory){f': {t}' if t is not None else ''}"
         )
     d4 = head_dim // 4
     if t is None:
