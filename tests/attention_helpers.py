@@ -39,6 +39,39 @@ def reference(q, k, v, n_heads, n_kv, window=None, scale=None, softcap=None):
     return out.reshape(N, n_heads * D)
 
 
+U = 2.0**-11  # f16's unit roundoff
+
+
+def sgmat_bound(q, k, v, n_heads, n_kv, window=None, softcap=None, f16_kv=False):
+    """attention_prefill_sgmat's error bound per output element (numpy, float64; derived in
+    tests/test_attention_prefill_sgmat.py's doc)."""
+    N = q.shape[0]
+    D = q.shape[1] // n_heads
+    scale = 1 / np.sqrt(D)
+    g = n_heads // n_kv
+    qh = q.reshape(N, n_heads, D).astype(np.float64)
+    kh = k.reshape(N, n_kv, D).astype(np.float64)
+    vh = v.reshape(N, n_kv, D).astype(np.float64)
+    i, j = np.indices((N, N))
+    mask = j <= i
+    if window:
+        mask &= (i - j) < window
+    out = np.zeros((N, n_heads, D))
+    k_err = 0.0 if f16_kv else U
+    for h in range(n_heads):
+        s = qh[:, h] @ kh[:, h // g].T * scale
+        if softcap:  # |d tanh| <= 1: a score's error does not grow
+            s = softcap * np.tanh(s / softcap)
+        a = np.abs(qh[:, h]) @ np.abs(kh[:, h // g]).T * scale
+        delta = ((U + k_err + U * k_err + D * 2.0**-24) * np.where(mask, a, 0)).max(axis=1, keepdims=True)
+        p = np.where(mask, np.exp(s - np.where(mask, s, -np.inf).max(axis=1, keepdims=True)), 0)
+        p /= p.sum(axis=1, keepdims=True)
+        pv = p @ np.abs(vh[:, h // g])  # sum_j p_j |v_j| per dim
+        v_err = 0.0 if f16_kv else U
+        out[:, h] = (np.exp(2 * delta) - 1) * pv + (U + v_err) * pv + N * 2.0**-25 * np.abs(v).max()
+    return out.reshape(N, n_heads * D) + 1e-6
+
+
 class Harness:
     """Drives PagedAttention like the model does: per step write step/table, record, read out."""
 

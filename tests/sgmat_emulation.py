@@ -177,3 +177,104 @@ def run_emulated(
     device.run(kernel, bufs, *t.groups(N, T))
     out = asyncio.run(device.read_buffer(bufs[3], 0, 4 * T * N))
     return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)
+
+
+_ANY_BUILTINS = """
+struct EmuAcc { v: array<f32, 8> }  // a lane's result elements: lane + 32 e (row lane / 16 + 2 e, column lane % 16)
+fn emu_mma(l: u32, r: u32, a: EmuAcc, lane: u32) -> EmuAcc {
+    var out = a;
+    for (var e = 0u; e < 8u; e++) {
+        let row = lane / 16u + 2u * e;
+        let col = lane % 16u;
+        var sum = 0.0;
+        for (var k = 0u; k < 16u; k++) { sum += emu_slots[l + row * 16u + k] * emu_slots[r + k * 16u + col]; }
+        out.v[e] += sum;
+    }
+    return out;
+}
+"""
+
+
+def emulate_any(src: str) -> str:
+    """A kernel's subgroup-matrix calls emulated, for kernels that load operands from any workgroup arrays, in
+    either layout, and may overwrite an array after loading from it (attention_prefill_sgmat's Q): an emulated
+    left or right load copies the whole matrix into a slot of the invocation's private emu_slots (one slot per
+    variable it is assigned to; the variable then holds the slot's offset), as row-major [row][k] / [k][column],
+    reading row_major / col_major as the extension defines them (left M x K, right K x N, element (i, j) at
+    o + i s + j or o + j s + i); result loads and stores move each lane's 8 elements. The kernel must name
+    local_invocation_index `tid` and assign each left / right load to its own `let NAME = ...`. It also runs
+    matmul_sgmat_f16 correctly, but its copies make that test ~10x slower there (47 s vs 4 s on lavapipe), so
+    kernels that do not overwrite loaded operands keep `emulate`."""
+    for line in ("enable chromium_experimental_subgroup_matrix;\n", "enable subgroups;\n", "requires subgroup_id;\n"):
+        assert line in src
+        src = src.replace(line, "")
+    sig = "@builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {"
+    assert sig in src
+    src = src.replace(
+        sig, "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let sg = tid / 32u;\n    let lane = tid % 32u;"
+    )
+    funcs: dict[str, str] = {}
+    slots: dict[str, int] = {}
+    for kind, elem in (("left", "f16"), ("right", "f16")):
+        for major in ("row_major", "col_major"):
+            call = f"subgroupMatrixLoad<subgroup_matrix_{kind}<{elem}, 16, 16>, {major}>"
+            at = "o + i * s + j" if major == "row_major" else "o + j * s + i"
+            while (i := src.find(call + "(")) >= 0:
+                head = src[:i].rstrip()
+                assert head.endswith("="), "each operand load is assigned to a variable of its own"
+                name = head[:-1].split()[-1]
+                slot = slots.setdefault(name, len(slots))
+                j = i + len(call) + 1
+                depth = 1
+                while depth:
+                    depth += (src[j] == "(") - (src[j] == ")")
+                    j += 1
+                args = _args(src[i + len(call) + 1 : j - 1])
+                arr = args[0].lstrip("&")
+                fn = f"emu_ld_{major}_{arr}"
+                funcs[fn] = (
+                    f"fn {fn}(slot: u32, o: u32, s: u32) -> u32 {{\n"
+                    "    for (var i = 0u; i < 16u; i++) { for (var j = 0u; j < 16u; j++) {\n"
+                    f"        emu_slots[slot + i * 16u + j] = f32({arr}[{at}]);\n    }} }}\n    return slot;\n}}\n"
+                )
+                src = src[:i] + f"{fn}({256 * slot}u, {args[1]}, {args[2]})" + src[j:]
+
+    def load_result(a: list[str]) -> str:
+        arr = a[0].lstrip("&")
+        fn = f"emu_ld_result_{arr}"
+        funcs[fn] = (
+            f"fn {fn}(o: u32, s: u32, lane: u32) -> EmuAcc {{\n    var a: EmuAcc;\n"
+            f"    for (var e = 0u; e < 8u; e++) {{ a.v[e] = f32({arr}[o + (lane / 16u + 2u * e) * s + lane % 16u]); }}\n"
+            "    return a;\n}\n"
+        )
+        return f"{fn}({a[1]}, {a[2]}, lane)"
+
+    def store(a: list[str]) -> str:
+        arr = a[0].lstrip("&")
+        fn = f"emu_st_{arr}"
+        funcs[fn] = (
+            f"fn {fn}(o: u32, a: EmuAcc, s: u32, lane: u32) {{\n"
+            f"    for (var e = 0u; e < 8u; e++) {{ {arr}[o + (lane / 16u + 2u * e) * s + lane % 16u] = a.v[e]; }}\n}}\n"
+        )
+        return f"{fn}({a[1]}, {a[2]}, {a[3]}, lane)"
+
+    src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>", load_result)
+    src = _replace_calls(src, "subgroupMatrixMultiplyAccumulate", lambda a: f"emu_mma({a[0]}, {a[1]}, {a[2]}, lane)")
+    src = _replace_calls(src, "subgroupMatrixStore<row_major>", store)
+    assert "subgroupMatrix" not in src and "subgroup_matrix" not in src
+    i = src.index("@compute")
+    decl = f"var<private> emu_slots: array<f32, {256 * max(1, len(slots))}>;\n"
+    return src[:i] + decl + _ANY_BUILTINS + "".join(funcs.values()) + src[i:]
+
+
+@contextmanager
+def emulating_any(device):
+    """As `emulating`, with emulate_any."""
+    make = device._make_kernel
+    device._make_kernel = lambda src, label: make(emulate_any(src) if _ENABLE in src else src, label)
+    try:
+        yield device
+    finally:
+        del device._make_kernel
+        for key in [k for k in device._pipelines if _ENABLE in k[0]]:
+            del device._pipelines[key]

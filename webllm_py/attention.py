@@ -135,16 +135,22 @@ class PagedAttention:
             # Shared by all layers: each layer's decode (or step) and combine run before the next layer's.
             self.partials = device.create_buffer(4 * n_heads * self.splits * (head_dim + 2), "attention.partials")
         lanes = plan.prefill.lanes
-        self.prefill = device.kernel(
-            "attention_prefill",
-            label="attention_prefill",
-            tq=self.tq,
-            tk=self.tk,
-            lanes=lanes,
-            rows=plan.prefill.rows,
-            subgroups=lanes > 1,  # the lanes of a query row sum its scores with subgroupShuffleXor
-            **attn,
-        )
+        if plan.prefill.sgmat:
+            # the same bindings and dispatch; the label keeps it in profiles' attention_prefill row
+            self.prefill = device.kernel(
+                "attention_prefill_sgmat", label="attention_prefill", tq=self.tq, tk=self.tk, **attn
+            )
+        else:
+            self.prefill = device.kernel(
+                "attention_prefill",
+                label="attention_prefill",
+                tq=self.tq,
+                tk=self.tk,
+                lanes=lanes,
+                rows=plan.prefill.rows,
+                subgroups=lanes > 1,  # the lanes of a query row sum its scores with subgroupShuffleXor
+                **attn,
+            )
 
     def bind(
         self,

@@ -197,6 +197,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "row (1: a thread per row; 4/8 need subgroups), rows per thread (with L > 1) (KernelPolicy.prefill_attention)",
     )
     p.add_argument(
+        "--prefill-attention-kernel",
+        choices=["auto", "lanes", "sgmat-f16"],
+        default="auto",
+        help="prompt attention: sgmat-f16 = attention_prefill_sgmat (f16 subgroup matrices), lanes = "
+        "attention_prefill's GPU forms, auto = the planner's (KernelPolicy.prefill_attention_kernel)",
+    )
+    p.add_argument(
         "--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)"
     )
     p.add_argument(
@@ -353,6 +360,7 @@ def kernel_policy(args: argparse.Namespace):
         prefill_attention=PrefillTiling(*ints(args.prefill_attention_tiling))
         if args.prefill_attention_tiling
         else None,
+        prefill_attention_kernel=args.prefill_attention_kernel,
         kv_cache=args.kv_cache,
         **tiling,
     )

@@ -13,6 +13,7 @@ measurements behind the rows are in docs/benchmarks.md ("Kernel choice").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -213,12 +214,20 @@ class PrefillTiling:
     all of q and acc; L > 1 splits a row's head_dim over L consecutive invocations of one subgroup,
     its scores summed by subgroupShuffleXor (L a power of two dividing head_dim / 4); with L > 1 a
     thread may take `rows` query rows (of tq * group), each K/V value it reads from workgroup memory
-    serving them all."""
+    serving them all. sgmat: the other kernel, attention_prefill_sgmat.wgsl.j2 (f16 subgroup matrices; tq
+    tokens x group heads in subgroups of 16 query rows, tk keys a tile; lanes and rows unused)."""
 
     tq: int = 16
     tk: int = 32
     lanes: int = 1
     rows: int = 1
+    sgmat: bool = False
+
+    def sgmat_shared_bytes(self, head_dim: int, group: int) -> int:
+        """attention_prefill_sgmat's workgroup memory: the f16 K/V tile (rows padded by 8), each subgroup's
+        f32 scores and f16 P, each row's rescale, 256 zeros."""
+        rows = self.tq * group
+        return 2 * 2 * self.tk * (head_dim + 8) + rows * self.tk * 4 + rows * (self.tk + 8) * 2 + rows * 4 + 1024
 
 
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2): its weight types and default tiling.
@@ -339,6 +348,11 @@ def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
 
 # KernelPolicy.prefill's choices (bench --prefill-kernel)
 PREFILL_KERNELS = ("auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32")
+PREFILL_ATTENTION_KERNELS = ("auto", "lanes", "sgmat-f16")
+# "auto" takes attention_prefill_sgmat only once it is measured on a device (it was written and tested under
+# emulation on lavapipe, tests/test_attention_prefill_sgmat.py; docs/benchmarks.md, "Prompt attention on f16
+# subgroup matrices"): until then "sgmat-f16" asks for it.
+SGMAT_ATTENTION_AUTO = False
 
 
 @dataclass(frozen=True)
@@ -366,6 +380,9 @@ class KernelPolicy:
     step_merge: bool | None = None
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
     prefill_attention: PrefillTiling | None = None  # attention_prefill's on GPUs (None: prefill_tiles' rule)
+    # prompt attention: "sgmat-f16" requires attention_prefill_sgmat (f16 subgroup matrices), "lanes" never
+    # takes it (attention_prefill's GPU forms), "auto" where SGMAT_ATTENTION_AUTO and the adapter has them
+    prefill_attention_kernel: str = "auto"
     # the KV cache's element: "auto" (kv_cache_dtype's rule), "f32" (tests that compare with
     # transformers' f32 cache to 1e-5 rather than f16's 1e-3), "f16" (needs shader-f16) or "f16x2" (f16
     # pairs packed in u32s, any adapter; head_dim % 4 == 0)
@@ -374,6 +391,11 @@ class KernelPolicy:
     def __post_init__(self) -> None:
         if self.prefill not in PREFILL_KERNELS:
             raise ValueError(f"KernelPolicy.prefill must be one of {', '.join(PREFILL_KERNELS)}, not {self.prefill!r}")
+        if self.prefill_attention_kernel not in PREFILL_ATTENTION_KERNELS:
+            raise ValueError(
+                f"KernelPolicy.prefill_attention_kernel must be one of {', '.join(PREFILL_ATTENTION_KERNELS)}, "
+                f"not {self.prefill_attention_kernel!r}"
+            )
         if self.kv_cache not in ("auto", "f32", "f16", "f16x2"):
             raise ValueError(f"KernelPolicy.kv_cache must be auto, f32, f16 or f16x2, not {self.kv_cache!r}")
         t = self.prefill_attention
@@ -802,8 +824,21 @@ def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPol
     head_dim / 4 and fit the smallest subgroup), so a lane keeps head_dim / L dims of q and acc in
     registers (a whole head_dim 128 row per thread spills) and tq tokens x group heads x L lanes
     make ~128 threads: a 128-token chunk of an 8B model (group 4, L 8) is 32 x 8 kv heads = 256
-    workgroups, not 64 of the one-thread-per-row form. Without subgroups that form: 16 tokens."""
+    workgroups, not 64 of the one-thread-per-row form. Without subgroups that form: 16 tokens.
+    First, where the policy asks for it and the adapter has f16 subgroup matrices (and the policy gives no
+    lanes tiling): attention_prefill_sgmat (sgmat_prefill_tiling)."""
     t = policy.prefill_attention
+    if t is None or t.sgmat:
+        s = sgmat_prefill_tiling(adapter, head_dim, group, policy)
+        if s is not None:
+            return s
+    if policy.prefill_attention_kernel == "sgmat-f16" or (t is not None and t.sgmat):
+        raise ValueError(
+            "prefill_attention_kernel 'sgmat-f16' (attention_prefill_sgmat) needs a GPU adapter with f16 subgroup "
+            f"matrices (here cpu={adapter.cpu}, f16_subgroup_matrix={adapter.f16_subgroup_matrix}), head_dim a "
+            f"multiple of 16 (here {head_dim}) and a tiling that fits the adapter (tq * group a multiple of 16 and "
+            f"<= 2 tk, tk a multiple of 16; workgroup memory){f': {t}' if t is not None else ''}"
+        )
     d4 = head_dim // 4
     if t is None:
         lanes = 1
@@ -827,6 +862,40 @@ def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPol
     while tk > 1 and not adapter.fits(2 * tk * head_dim * 4):
         tk //= 2
     return PrefillTiling(tq, tk, t.lanes, t.rows)
+
+
+def sgmat_prefill_tiling(
+    adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY
+) -> PrefillTiling | None:
+    """attention_prefill_sgmat's tiling where it applies (else None): a GPU adapter with f16 subgroup
+    matrices, head_dim a multiple of 16, the policy asking for it (see SGMAT_ATTENTION_AUTO). Up to 64 query rows a workgroup (4 subgroups;
+    group 4: 16 tokens, group 3: 16 tokens in 3), tq * group a multiple of 16, and 32 keys a tile
+    (Q is staged where the K/V tile goes: tq * group <= 2 tk), within the adapter's threads and workgroup
+    memory (the policy's tq and tk where it gives an sgmat tiling). Measured in docs/benchmarks.md, "Prompt
+    attention on f16 subgroup matrices"."""
+    t = policy.prefill_attention
+    kind = policy.prefill_attention_kernel
+    if (
+        kind == "lanes"
+        or (kind == "auto" and not SGMAT_ATTENTION_AUTO and not (t is not None and t.sgmat))
+        or adapter.cpu
+        or not adapter.f16_subgroup_matrix
+        or head_dim % 16
+        or (t is not None and not t.sgmat)
+    ):
+        return None
+    if t is None:
+        unit = 16 // math.gcd(group, 16)  # tokens whose rows fill whole subgroups
+        t = PrefillTiling(max(unit, 64 // group // unit * unit), 32, sgmat=True)
+    rows = t.tq * group
+    ok = (
+        rows % 16 == 0
+        and t.tk % 16 == 0
+        and rows <= 2 * t.tk
+        and 2 * rows <= adapter.invocations
+        and adapter.fits(t.sgmat_shared_bytes(head_dim, group))
+    )
+    return t if ok else None
 
 
 def plan_attention(
