@@ -54,7 +54,8 @@ class StagedTiling:
     prefetch: bool = False  # load a lane's next unit while the current one's math runs
     # int8 planes of x: 2 adds the rounding residual at a step of dx / 254 (as MatmulI8Tiling.planes):
     # real decode logits 40x closer to f32 x (docs/benchmarks.md, "Real models through the GPU paths on
-    # lavapipe"); 1 (the default) until its speed is measured on a GPU
+    # lavapipe"); 1 by default: on the H200 2 planes cost 17-19% of decode (1B and 8B, Dawn and native),
+    # twice the x staged per workgroup (docs/benchmarks.md, same section)
     planes: int = 1
 
     def __post_init__(self) -> None:
@@ -349,9 +350,10 @@ def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
 # KernelPolicy.prefill's choices (bench --prefill-kernel)
 PREFILL_KERNELS = ("auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32")
 PREFILL_ATTENTION_KERNELS = ("auto", "lanes", "sgmat-f16")
-# "auto" takes attention_prefill_sgmat only once it is measured on a device (it was written and tested under
-# emulation on lavapipe, tests/test_attention_prefill_sgmat.py; docs/benchmarks.md, "Prompt attention on f16
-# subgroup matrices"): until then "sgmat-f16" asks for it.
+# "auto" does not take attention_prefill_sgmat: on the H200 (Dawn) it was right (prefill_attention_check --dawn)
+# but slower than the lanes form at head_dim 64 (1B: 3.18 vs 2.25 ms a 512-token chunk) and only ~17% faster at
+# 128 (8B: 9.4 vs ~11.3 ms, 9% of the step; docs/benchmarks.md, "Prompt attention on f16 subgroup matrices"):
+# "sgmat-f16" asks for it.
 SGMAT_ATTENTION_AUTO = False
 
 
