@@ -101,11 +101,13 @@ def emulate(src: str) -> str:
 
 
 @contextmanager
-def emulating(device):
+def emulating(device, rewrite=None):
     """Kernels made on `device` meanwhile have their subgroup-matrix calls emulated (a Linear given a
-    MatmulSgmatF16Tiling then runs on lavapipe); their pipelines leave the device's cache afterwards."""
+    MatmulSgmatF16Tiling then runs on lavapipe); their pipelines leave the device's cache afterwards.
+    `rewrite`: the source rewrite, `emulate` unless given (emulating_any passes emulate_any)."""
+    rewrite = rewrite or emulate
     make = device._make_kernel
-    device._make_kernel = lambda src, label: make(emulate(src) if _ENABLE in src else src, label)
+    device._make_kernel = lambda src, label: make(rewrite(src) if _ENABLE in src else src, label)
     try:
         yield device
     finally:
@@ -267,14 +269,6 @@ def emulate_any(src: str) -> str:
     return src[:i] + decl + _ANY_BUILTINS + "".join(funcs.values()) + src[i:]
 
 
-@contextmanager
 def emulating_any(device):
     """As `emulating`, with emulate_any."""
-    make = device._make_kernel
-    device._make_kernel = lambda src, label: make(emulate_any(src) if _ENABLE in src else src, label)
-    try:
-        yield device
-    finally:
-        del device._make_kernel
-        for key in [k for k in device._pipelines if _ENABLE in k[0]]:
-            del device._pipelines[key]
+    return emulating(device, emulate_any)
