@@ -17,6 +17,11 @@
 #   PEER_BUILD_ONLY  1: build llama-bench into /tmp/llama-bin and stop
 #   PEER_FILES       shape:quant list (default: the 1B and 8B Llama shapes x Q4_0, Q4_K_M)
 #   PEER_DECODE      decode tokens (default 256)
+#   PEER_REPS        runs of each webllm_py cell (default 1), the engines alternating within a round; with more
+#                    than one a cell shows the median and the range. Every run's JSON line also holds the
+#                    machine's state just before it ("state": GPU clocks, power, temperature, utilization, the
+#                    host's load average): some processes ran 2-3x slow on the H200 with nothing else visible
+#                    (docs/benchmarks.md, "the peer table after issue 22's second round")
 #   PEER_WARMUP      0: no throwaway run. Default: one short `dawn-bench` with the subgroup-matrix option on the
 #                    first file before the table, not recorded: the first Dawn process with the f16 toggle on a
 #                    fresh machine ran at a third of the speed of the next ones (prefill and decode alike:
@@ -74,12 +79,14 @@ echo "dawn-bench subgroup-matrix option: ${SGMAT:-none}"
 record() {  # record FILE ENGINE TIMEOUT CMD...: the command's last JSON line, or its last error line as the reason
     local f=$1 e=$2 t=$3; shift 3
     echo "+ $*"
+    local state
+    state="$(nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu --format=csv,noheader 2>/dev/null | head -1); load $(cut -d' ' -f1-3 /proc/loadavg)"
     timeout "$t" "$@" > /tmp/run.out 2> /tmp/run.err; local rc=$?
-    python3 - "$f" "$e" "$rc" >> "$LOG" <<'EOF'
+    python3 - "$f" "$e" "$rc" "$state" >> "$LOG" <<'EOF'
 import json, sys
-f, e, rc = sys.argv[1], sys.argv[2], int(sys.argv[3])
+f, e, rc, state = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 lines = [l for l in open("/tmp/run.out") if l.startswith("{")]
-r = {"file": f, "engine": e}
+r = {"file": f, "engine": e, "state": state}
 if rc == 0 and lines:
     r.update(json.loads(lines[-1]))
 else:
@@ -121,9 +128,11 @@ for sq in ${PEER_FILES:-llama-3.2-1b:Q4_0 llama-3.2-1b:Q4_K_M llama-3.1-8b:Q4_0 
             | tail -1 | cut -c1-160
     fi
     if [ -x $LLAMA_BIN/llama-bench ]; then llama "$f"; fi
-    record "$f" native 300 python3 -m webllm_py bench --model "$f" $A
-    record "$f" dawn 300 python3 -m webllm_py dawn-bench --model "$f" $A
-    if [ -n "$SGMAT" ]; then record "$f" dawn-sgmat 300 python3 -m webllm_py dawn-bench --model "$f" $A "$SGMAT"; fi
+    for _ in $(seq 1 "${PEER_REPS:-1}"); do
+        record "$f" native 300 python3 -m webllm_py bench --model "$f" $A
+        record "$f" dawn 300 python3 -m webllm_py dawn-bench --model "$f" $A
+        if [ -n "$SGMAT" ]; then record "$f" dawn-sgmat 300 python3 -m webllm_py dawn-bench --model "$f" $A "$SGMAT"; fi
+    done
 done
 
 # -- the table -------------------------------------------------------------------------------------------------
@@ -134,7 +143,17 @@ engines = ["llama.cpp", "native", "dawn"] + (["dawn-sgmat"] if any(r["engine"] =
 names = {"llama.cpp": "llama.cpp CUDA", "native": "webllm_py native", "dawn": "webllm_py on Dawn",
          "dawn-sgmat": "Dawn + subgroup matrices"}
 files = list(dict.fromkeys(r["file"] for r in rows))
-by = {(r["file"], r["engine"]): r for r in rows}
+runs = {}  # (file, engine) -> its runs, in order
+for r in rows:
+    runs.setdefault((r["file"], r["engine"]), []).append(r)
+by = {k: v[0] for k, v in runs.items()}
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
 greedy = []
 print("\n| file | metric | " + " | ".join(names[e] for e in engines) + " |")
 print("|---|---|" + "---|" * len(engines))
@@ -143,17 +162,19 @@ for f in files:
     for key, label in (("prefill_tok_s", "prefill 512 (pp512), tok/s"), ("decode_tok_s", "decode (tg256 @ depth 512), tok/s")):
         cells = []
         for e in engines:
-            r = by.get((f, e))
-            if r is None:
+            rs = runs.get((f, e), [])
+            ok = [r[key] for r in rs if "error" not in r and key in r]
+            if not rs:
                 cells.append("not run")
-            elif "error" in r:
-                cells.append("failed: " + r["error"].replace("|", "/"))
-            elif key not in r:
-                cells.append("-")
-            elif e == "llama.cpp" or not ref.get(key):
-                cells.append(f"{r[key]:,.0f}")
+            elif not ok:
+                err = [r["error"] for r in rs if "error" in r]
+                cells.append("failed: " + err[0].replace("|", "/") if err else "-")
             else:
-                cells.append(f"{r[key]:,.0f} ({r[key] / ref[key]:.2f}x)")
+                m = median(ok)
+                cell = f"{m:,.0f}" + (f" ({m / ref[key]:.2f}x)" if e != "llama.cpp" and ref.get(key) else "")
+                if len(rs) > 1:  # the median of the runs, their range, and how many failed
+                    cell += f" [{len(ok)} runs: {min(ok):,.0f}-{max(ok):,.0f}" + (f", {len(rs) - len(ok)} failed" if len(ok) < len(rs) else "") + "]"
+                cells.append(cell)
         print(f"| {os.path.basename(f)[:-5]} | {label} | " + " | ".join(cells) + " |")
     n = by.get((f, "native"), {})
     for e in ("dawn", "dawn-sgmat"):
