@@ -117,6 +117,8 @@ DEFAULT_TOKENIZER = "build/tokenizers/smollm2"  # SmolLM2's real vocabulary (491
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .planner import PREFILL_ATTENTION_KERNELS, PREFILL_KERNELS
+
     p.add_argument("--model", help="GGUF/HF checkpoint (default: SmolLM2-135M-Instruct) unless --shape is given")
     p.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this published shape")
     p.add_argument(
@@ -160,7 +162,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--prefill-kernel",
-        choices=["auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32"],
+        choices=PREFILL_KERNELS,
         default="auto",
         help="prefill matmul: auto = matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else "
         "matmul_i8 (two int8 planes) where it pays; sgmat = matmul_sgmat "
@@ -198,7 +200,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--prefill-attention-kernel",
-        choices=["auto", "lanes", "sgmat-f16"],
+        choices=PREFILL_ATTENTION_KERNELS,
         default="auto",
         help="prompt attention: sgmat-f16 = attention_prefill_sgmat (f16 subgroup matrices), lanes = "
         "attention_prefill's GPU forms, auto = the planner's (KernelPolicy.prefill_attention_kernel)",

@@ -27,9 +27,14 @@ from .gpu.base import Buffer, Device
 DTYPE_BYTES = {"f32": 4, "f16": 2, "f16x2": 2}  # per value
 
 
+def block_bytes(n_kv_heads: int, head_dim: int, block_size: int, dtype: str) -> int:
+    """Bytes of one cache block in one layer's K (or V) buffer."""
+    return block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype]
+
+
 def max_blocks(device: Device, n_kv_heads: int, head_dim: int, block_size: int, dtype: str) -> int:
     """The most cache blocks the adapter allows: one layer's K (or V) buffer is bound whole."""
-    return device.max_binding_size // (block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype])
+    return device.max_binding_size // block_bytes(n_kv_heads, head_dim, block_size, dtype)
 
 
 def window_blocks(window: int, max_tokens: int, block_size: int) -> int:
@@ -71,7 +76,7 @@ class PagedKVCache:
         self.max_blocks_per_seq = max_blocks_per_seq or num_blocks
 
         # Check the adapter's limits before allocating anything: one layer's K buffer is bound whole.
-        self.layer_bytes = num_blocks * block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype]
+        self.layer_bytes = num_blocks * block_bytes(n_kv_heads, head_dim, block_size, dtype)
         fit = max_blocks(device, n_kv_heads, head_dim, block_size, dtype)
         if num_blocks > fit:
             limit = device.max_binding_size
@@ -301,7 +306,7 @@ class KVCaches:
     ) -> dict[int | None, tuple[int, int]]:
         """window -> (its number of layers, bytes of one layer's K or V buffer: PagedKVCache.layer_bytes),
         as the constructor would allocate them."""
-        block = block_size * n_kv_heads * head_dim * DTYPE_BYTES[dtype]
+        block = block_bytes(n_kv_heads, head_dim, block_size, dtype)
         plan = cls.plan(layer_windows, block_size, blocks_per_seq, max_tokens)
         return {w: (len(layers), pool * max_sequences * block) for w, (layers, pool) in plan.items()}
 

@@ -670,6 +670,11 @@ def i8_tiling(
     return MatmulI8Tiling(tm=64, tn=64 if N >= 4096 else 32, rm=4, rn=4 if N >= 4096 else 2, kb=kb, planes=planes)
 
 
+def _sgmat_fits(adapter: Adapter, t: MatmulSgmatTiling | MatmulSgmatF16Tiling) -> bool:
+    """A subgroup-matrix tile this adapter can run: its workgroup memory and its sg_m x sg_n subgroups of 32."""
+    return adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations
+
+
 def sgmat_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatTiling | None:
@@ -682,7 +687,7 @@ def sgmat_tiling(
     t = policy.sgmat_tiling or MatmulSgmatTiling()
     if (K // 32) % t.kb:
         t = replace(t, kb=1)
-    return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
+    return t if _sgmat_fits(adapter, t) else None
 
 
 # matmul_sgmat_f16's tile by the waves a prefill chunk's workgroups make (docs/benchmarks.md, "f16 tiles by
@@ -708,11 +713,7 @@ def _sgmat_f16_by_shape(adapter: Adapter, N: int) -> MatmulSgmatF16Tiling:
         wave = per_sm * SGMAT_F16_SMS
         return tops * gx * gy / (_ceil_div(gx * gy, wave) * wave)
 
-    fits = [
-        c
-        for c in SGMAT_F16_TILES
-        if adapter.fits(c[0].shared_bytes()) and 32 * c[0].sg_m * c[0].sg_n <= adapter.invocations
-    ]
+    fits = [c for c in SGMAT_F16_TILES if _sgmat_fits(adapter, c[0])]
     return max(fits, key=speed)[0] if fits else SGMAT_F16_TILES[-1][0]
 
 
@@ -741,7 +742,7 @@ def sgmat_f16_tiling(
     t = policy.sgmat_f16_tiling or _sgmat_f16_by_shape(adapter, N)
     if (K // 32) % t.kb:
         t = replace(t, kb=1)
-    return t if adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations else None
+    return t if _sgmat_fits(adapter, t) else None
 
 
 @dataclass(frozen=True)
