@@ -75,8 +75,9 @@ def _replace_calls(src: str, name: str, make) -> str:
     return src
 
 
-def emulate(src: str) -> str:
-    """The rendered kernel with the subgroup-matrix extension's calls emulated (see the module's doc)."""
+def _without_subgroups(src: str) -> str:
+    """The kernel without the extensions' enables, its subgroup_id and subgroup_invocation_id builtins
+    derived from local_invocation_index (`tid`) in subgroups of 32."""
     for line in ("enable chromium_experimental_subgroup_matrix;\n", "enable subgroups;\n", "requires subgroup_id;\n"):
         assert line in src
         src = src.replace(line, "")
@@ -85,6 +86,12 @@ def emulate(src: str) -> str:
     src = src.replace(
         sig, "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let sg = tid / 32u;\n    let lane = tid % 32u;"
     )
+    return src
+
+
+def emulate(src: str) -> str:
+    """The rendered kernel with the subgroup-matrix extension's calls emulated (see the module's doc)."""
+    src = _without_subgroups(src)
     operand = lambda a: f"vec2<u32>({a[1]}, {a[2]})"  # noqa: E731
     src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>", operand)
     src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>", operand)
@@ -207,14 +214,7 @@ def emulate_any(src: str) -> str:
     local_invocation_index `tid` and assign each left / right load to its own `let NAME = ...`. It also runs
     matmul_sgmat_f16 correctly, but its copies make that test ~10x slower there (47 s vs 4 s on lavapipe), so
     kernels that do not overwrite loaded operands keep `emulate`."""
-    for line in ("enable chromium_experimental_subgroup_matrix;\n", "enable subgroups;\n", "requires subgroup_id;\n"):
-        assert line in src
-        src = src.replace(line, "")
-    sig = "@builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {"
-    assert sig in src
-    src = src.replace(
-        sig, "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let sg = tid / 32u;\n    let lane = tid % 32u;"
-    )
+    src = _without_subgroups(src)
     funcs: dict[str, str] = {}
     slots: dict[str, int] = {}
     for kind, elem in (("left", "f16"), ("right", "f16")):

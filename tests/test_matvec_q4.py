@@ -287,6 +287,21 @@ def test_staged_fused(device, qtype, glu, norm):
             assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < tol
 
 
+def _folded_norm(device, rng, K: int, eps: float, scale: float = 1.0):
+    """A token's raw x [1, K] (rng draws x, then the norm weights) and an RMSNorm bound to it, for a fused
+    matvec group to fold in: (the bound norm, its output buffer hb (NaN: the folded norm never writes it), the
+    step params, h = RMSNorm(x) in f64 from numpy)."""
+    from webllm_py.ops import RMSNorm
+
+    x = (rng.standard_normal((1, K)) * scale).astype(np.float32)
+    nw = rng.standard_normal(K).astype(np.float32)
+    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
+    step = device.buffer_from(struct.pack("<II", 0, 1))
+    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, wg=64).bind(xb, hb, step)
+    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * nw
+    return rms, hb, step, h
+
+
 @pytest.mark.parametrize(
     "types", [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q8_0", "Q8_0")], ids=["q4k-q4k-q6k", "q40-q80-q80"]
 )
@@ -294,17 +309,11 @@ def test_staged_mixed_types_fuse_in_runs(device, types):
     """Q/K/V of two types (a Q4_K_M file's Q6_K attn_v): two dispatches, one per run of a type, each
     folding the RMSNorm (whose own dispatch is skipped)."""
     from webllm_py.linear import StagedTiling
-    from webllm_py.ops import RMSNorm
 
     rng = np.random.default_rng(17)
     K, eps = 512, 1e-5
     parts = (40, 12, 9)
-    x = (rng.standard_normal((1, K)) * 3).astype(np.float32)
-    nw = rng.standard_normal(K).astype(np.float32)
-    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
-    step = device.buffer_from(struct.pack("<II", 0, 1))
-    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, wg=64).bind(xb, hb, step)
-    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * nw
+    rms, hb, step, h = _folded_norm(device, rng, K, eps, scale=3.0)
     bounds, ws, ys = [], [], []
     for n, qtype in zip(parts, types):
         raw, w = staged_weight(qtype, n, K, rng)
@@ -326,15 +335,10 @@ def test_staged_gate_up_default_tiling(device):
     """A fused gate/up group of K >= 4096 at the default staged tiling takes the glu tiling of
     linear.staged_tiling (128 threads: 16 rows a workgroup), norm folded; against numpy."""
     from webllm_py.linear import staged_tiling
-    from webllm_py.ops import RMSNorm
 
     rng = np.random.default_rng(14)
     K, H, eps = 4096, 40, 1e-5
-    x = rng.standard_normal((1, K)).astype(np.float32)
-    nw = rng.standard_normal(K).astype(np.float32)
-    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
-    step = device.buffer_from(struct.pack("<II", 0, 1))
-    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, wg=64).bind(xb, hb, step)
+    rms, hb, step, h = _folded_norm(device, rng, K, eps)
     ws, bounds, ys = [], [], []
     for _ in range(2):
         raw, w = make_weight("Q4_0", H, K, rng)
@@ -349,7 +353,6 @@ def test_staged_gate_up_default_tiling(device):
     with device.recorder() as rec:
         rms.record(rec, 1)
         group.record(rec, 1)
-    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * nw
     hq = q8_blocks(h.astype(np.float32))
     g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
     scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
@@ -539,19 +542,13 @@ def test_staged_two_planes_fused(request, qtype, glu, subgroups):
     """Two planes in the fused forms with the RMSNorm folded in (Q/K/V, gate/up with the GLU), teams reduced
     through workgroup memory or subgroupShuffleXor, through the planner's policy (KernelPolicy.staged_planes)
     on a staged table tiling: near the exact f32 product."""
-    from webllm_py.ops import RMSNorm
     from webllm_py.planner import staged_tiling
 
     device = request.getfixturevalue("sg_device" if subgroups else "device")
     rng = np.random.default_rng(19)
     K, eps = 1024, 1e-5
     parts = (40, 40) if glu else (40, 12, 9)
-    x = (rng.standard_normal((1, K)) * 3).astype(np.float32)
-    nw = rng.standard_normal(K).astype(np.float32)
-    xb, hb = f32_buffer(device, x), f32_buffer(device, np.full((1, K), np.nan, np.float32))
-    step = device.buffer_from(struct.pack("<II", 0, 1))
-    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, wg=64).bind(xb, hb, step)
-    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) * nw
+    rms, hb, step, h = _folded_norm(device, rng, K, eps, scale=3.0)
     tiling = staged_tiling(K, policy=KernelPolicy(staged_planes=2))
     assert tiling.planes == 2
     bounds, ws, ys = [], [], []
