@@ -1,0 +1,77 @@
+"""The Pyodide start-up snapshot (static/worker.js): init says "stored" only once Cache Storage holds it,
+so a page closed right after its first start leaves a snapshot that the next page restores ("hit"), and
+a write that fails is reported as "failed" with its reason.
+
+The timing is made deterministic by a hook only this test injects: worker.js is served with a prefix
+that wraps Cache.prototype.put for the snapshot's entry, making the write slow (longer than restoring
+Pyodide, unpacking the wheels and importing takes here) or making it fail with a quota error.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import CONFIG
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+# Longer than the rest of a first start after the snapshot is made (restore + wheels + imports: ~0.5 s
+# here), so that a worker that does not wait for the write answers init before the write happened.
+SLOW_PUT_MS = 2000
+
+_HOOK = """// test hook (tests/browser/test_browser_snapshot.py)
+{
+  const put = Cache.prototype.put;
+  Cache.prototype.put = async function (request, response) {
+    if (String(request.url || request).includes("/pyodide-snapshot/")) {
+      %s
+    }
+    return put.call(this, request, response);
+  };
+}
+"""
+_PUTS = {
+    "slow": f"await new Promise((r) => setTimeout(r, {SLOW_PUT_MS}));",
+    "fail": 'throw new DOMException("injected by the test", "QuotaExceededError");',
+}
+
+
+def test_snapshot_is_stored_before_init_answers_and_a_failed_write_is_reported(chromium, server_url):
+    ctx = chromium.new_context()  # a fresh profile: no snapshot yet, nothing from other tests
+    mode = {"put": "slow"}
+
+    def serve_worker(route):
+        r = route.fetch()
+        route.fulfill(response=r, body=(_HOOK % _PUTS[mode["put"]]) + r.text())
+
+    ctx.route("**/worker.js", serve_worker)  # routing also keeps the HTTP cache out of the way
+
+    def start():
+        page = ctx.new_page()
+        page.set_default_timeout(CONFIG.TIMEOUT_MS)
+        page.goto(server_url + "script-tag.html")
+        t = time.perf_counter()
+        return page, page.evaluate("() => webllm.ready()"), time.perf_counter() - t
+
+    try:
+        page, first, first_s = start()
+        page.close()  # at once: the snapshot must already be in Cache Storage
+        page, again, _ = start()
+        # The next start again has to make one, and its write fails.
+        page.evaluate('() => caches.delete("webllm-pyodide-snapshot")')
+        page.close()
+        mode["put"] = "fail"
+        page, failed, _ = start()
+        stored = page.evaluate('async () => (await (await caches.open("webllm-pyodide-snapshot")).keys()).length')
+        page.close()
+    finally:
+        ctx.close()
+    assert first["snapshot"] == "stored", first
+    assert again["snapshot"] == "hit", again
+    assert first_s * 1000 > SLOW_PUT_MS  # the hook was in place and init waited for the write
+    assert failed["snapshot"] == "failed", failed
+    assert "QuotaExceededError" in failed["snapshot_error"] or "injected by the test" in failed["snapshot_error"]
+    assert stored == 0
+    assert failed["webllm_py"] == first["webllm_py"]  # the worker runs without a snapshot all the same
