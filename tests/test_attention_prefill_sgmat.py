@@ -1,14 +1,17 @@
 """attention_prefill_sgmat.wgsl.j2 (prompt attention on f16 subgroup matrices) on lavapipe, its subgroup-matrix
 builtins emulated (tests/sgmat_emulation.emulate_any), planned as on an adapter with f16 subgroup matrices and run
 through PagedAttention as the model does, vs numpy's float64 attention (tests/attention_helpers.reference):
-chunks over pages out of order, each cache element, GQA groups 4 and 3, head_dim 32 and 64, sliding
+chunks over pages out of order, each cache element it runs over (f16, f16x2: not f32, see
+test_f32_cache_is_never_attended_in_f16), GQA groups 4 and 3, head_dim 32 and 64, sliding
 window and softcap. The device check of the real builtins is scripts/prefill_attention_check.py.
 
-The bound (attention_helpers.sgmat_bound): the kernel rounds q * scale and K to f16 (u = 2^-11 each; K exactly where the cache is
-f16), so each score is off by at most delta = (2u + u^2 + D 2^-24) scale sum_i |q_i k_i| (the last term: the
-f32 sums), at most delta_row over the positions a row sees; softmax weights then move by factors within
-exp(+-2 delta_row), so an output moves by at most (exp(2 delta_row) - 1) sum_j p_j |v_j|. V (f32 cache) and P
-rounded to f16 (while l sums the f32 P) add u sum_j p_j |v_j| each, and P's f16 subnormals (below 2^-14; P <= 1)
+The bound (attention_helpers.sgmat_bound): the kernel rounds q * scale / s to f16 (s: the row's power of two, 1
+unless it passes 2^14; u = 2^-11), and q's values below 2^-14 s are f16 subnormals (off by up to 2^-25 s); K and V
+are the cache's f16 values, exact. So each score is off by at most
+delta = (u + D 2^-24) scale sum_i |q_i k_i| + 2^-25 s sum_i |k_i| (D 2^-24: the f32 sums), at most
+delta_row over the positions a row sees; softmax weights then move by factors within
+exp(+-2 delta_row), so an output moves by at most (exp(2 delta_row) - 1) sum_j p_j |v_j|. P rounded to f16
+(while l sums the f32 P) adds u sum_j p_j |v_j|, and P's f16 subnormals (below 2^-14; P <= 1)
 an absolute 2^-25 per position: N 2^-25 max |v|."""
 
 import dataclasses
@@ -18,6 +21,7 @@ import pytest
 
 from webllm_py import attention as attention_mod
 from webllm_py import planner
+from webllm_py.errors import KernelPolicyError
 from webllm_py.planner import Adapter, KernelPolicy, PrefillTiling, prefill_tiles
 
 from .attention_helpers import Harness, make_qkv, reference, sgmat_bound, shuffled_cache
@@ -28,27 +32,31 @@ CASES = [
     # chunks (the second's keys span the first's positions), 70 positions (three key tiles);
     # head_dim 128 only on the device (its emulated kernel takes ~30 s to compile on lavapipe)
     ((8, 2, 64), "f16x2", 70, [40, 30], None, None),
-    ((8, 2, 64), "f32", 50, [50], None, None),
     ((6, 2, 32), "f16", 60, [37, 23], 20, 30.0),
 ]
+
+
+def as_sgmat_adapter(device, monkeypatch, **kw):
+    """The planner as on an adapter with f16 subgroup matrices (lavapipe's limits)."""
+    adapter = dataclasses.replace(
+        Adapter.of(device), **{"cpu": False, "f16_subgroup_matrix": True, "subgroups": True, **kw}
+    )
+    monkeypatch.setattr(attention_mod.Adapter, "of", classmethod(lambda cls, d: adapter))
+    return adapter
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-w{c[4]}-c{c[5]}")
 def test_sgmat_prefill_emulated(device, monkeypatch, case):
     layout, dtype, N, chunks, window, softcap = case
-    # the planner as on an adapter with f16 subgroup matrices (lavapipe's limits)
-    adapter = dataclasses.replace(Adapter.of(device), cpu=False, f16_subgroup_matrix=True, subgroups=True)
-    monkeypatch.setattr(attention_mod.Adapter, "of", classmethod(lambda cls, d: adapter))
+    adapter = as_sgmat_adapter(device, monkeypatch)
     group = layout[0] // layout[1]
     policy = KernelPolicy(prefill_attention_kernel="sgmat-f16")
     t = prefill_tiles(adapter, layout[2], group, policy)
     assert t.sgmat and t.tq * group % 16 == 0, t
     q, k, v = make_qkv(N, 3, layout)
-    f16_kv = dtype != "f32"
-    if f16_kv:
-        k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)  # the cache's values
     ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
-    bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap, f16_kv=f16_kv)
+    bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     with emulating_any(device):
         cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
         h = Harness(
@@ -88,3 +96,69 @@ def test_planner_rows():
             prefill_tiles(adapter, head_dim, 4, sg)
     with pytest.raises(ValueError, match="prefill_attention_kernel"):
         KernelPolicy(prefill_attention_kernel="tiles")
+    # an f32 KV cache: never the f16 kernel, whether the cache's element comes from the policy or the caller
+    assert planner.sgmat_prefill_tiling(a, 128, 4, sg, kv_dtype="f32") is None
+    assert planner.sgmat_prefill_tiling(a, 128, 4, sg, kv_dtype="f16x2") == PrefillTiling(16, 32, sgmat=True)
+    for policy, kv_dtype in ((sg, "f32"), (dataclasses.replace(sg, kv_cache="f32"), None)):
+        with pytest.raises(KernelPolicyError, match="f32 cache is attended in f32"):
+            prefill_tiles(a, 128, 4, policy, kv_dtype)
+
+
+def test_sgmat_prefill_q_beyond_f16(device, monkeypatch):
+    """q * scale past f16's 65504 (1e6 and 1e9 in one channel of some rows, beside ordinary and all-zero rows):
+    the kernel stages each query row divided by a power of two s (row_scale.wgsl.j2's rule) and multiplies its
+    scores by s, so nothing becomes inf. The keys are 0 in that channel, so the scores stay ordinary and the
+    bound meaningful; without the scaling f16(q * scale) was inf there and inf * 0 NaN."""
+    layout, N, chunks = (6, 2, 32), 40, [24, 16]
+    as_sgmat_adapter(device, monkeypatch)
+    q, k, v = make_qkv(N, 5, layout)
+    k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    qh, kh = q.reshape(N, 6, 32), k.reshape(N, 2, 32)
+    qh[3, :, 5], qh[17, 2, 5], qh[30, 4, 5], qh[31, 1, 5] = 1e6, -1e9, 7e5, 3e5
+    qh[8] = 0.0
+    kh[:, :, 5] = 0.0
+    ref = reference(q, k, v, 6, 2)
+    bound = sgmat_bound(q, k, v, 6, 2)
+    with emulating_any(device):
+        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype="f16")
+        policy = KernelPolicy(prefill_attention_kernel="sgmat-f16")
+        h = Harness(device, cache, max_tokens=max(chunks), layout=layout, policy=policy)
+        assert h.attn.plan.prefill.sgmat
+        got = h.run(0, q, k, v, chunks)
+    assert np.isfinite(got).all(), np.argwhere(~np.isfinite(got))[:4]
+    err = np.abs(got - ref)
+    assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+
+
+def test_f32_cache_is_never_attended_in_f16(device, monkeypatch):
+    """An f32 KV cache is asked for f32 attention (KernelPolicy.kv_cache="f32": CPU adapters, comparisons with
+    transformers to 1e-5), which attention_prefill_sgmat (K and V rounded to f16, inf past 65504) cannot give:
+    the planner takes the f32 forms for it even where "auto" would take the f16 kernel, and "sgmat-f16" over it
+    is a KernelPolicyError. Checked with K and V of 1e5..1e9 in some channels (q 0 where K is large, so the
+    scores stay ordinary), which the f16 kernel turned into inf and NaN."""
+    layout, N, chunks = (6, 2, 32), 40, [24, 16]
+    adapter = as_sgmat_adapter(device, monkeypatch, subgroups=False)  # the lanes form would need subgroups
+    monkeypatch.setattr(planner, "SGMAT_ATTENTION_AUTO", True)
+    assert prefill_tiles(adapter, 32, 3, KernelPolicy(kv_cache="f16")).sgmat  # as "auto" would, given the choice
+    q, k, v = make_qkv(N, 6, layout)
+    qh, kh, vh = q.reshape(N, 6, 32), k.reshape(N, 2, 32), v.reshape(N, 2, 32)
+    kh[:, :, 9] = np.linspace(-1e9, 1e9, N)[:, None]
+    kh[5, 1, 10] = 3e5
+    qh[:, :, 9:11] = 0.0
+    vh[:, 0, 4] = 1e5 * (1 + np.arange(N))
+    vh[7, 1, 20] = -2e6
+    ref = reference(q, k, v, 6, 2)
+    with emulating_any(device):
+        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype="f32")
+        h = Harness(device, cache, max_tokens=max(chunks), layout=layout)
+        assert not h.attn.plan.prefill.sgmat
+        got = h.run(0, q, k, v, chunks)
+        with pytest.raises(KernelPolicyError, match="f32"):
+            Harness(
+                device,
+                cache,
+                max_tokens=max(chunks),
+                layout=layout,
+                policy=KernelPolicy(prefill_attention_kernel="sgmat-f16"),
+            )
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-4)

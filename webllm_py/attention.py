@@ -91,6 +91,7 @@ class PagedAttention:
             decode_splits=decode_splits,
             decode_full_chunks=decode_full_chunks,
             combine_wg=combine_wg,
+            kv_dtype=cache.dtype,
         )
         self.tq, self.tk = plan.prefill.tq, plan.prefill.tk
         self.fused = plan.fused

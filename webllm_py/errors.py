@@ -116,3 +116,8 @@ class NotGGUFError(ModelFormatError):
 
 class IntegrityError(DownloadError):
     """A model file does not match its sha256 (from /models/index.json or recorded when it was cached)."""
+
+
+class KernelPolicyError(WebLLMError, ValueError):
+    """A KernelPolicy (bench options, tests) asks for a kernel that cannot run, or cannot be exact, here: on
+    this adapter, for this model's shapes or for this KV cache."""

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from .errors import KernelPolicyError
 from .formats.quants import GGMLType
 from .gpu.base import SGMAT_FEATURE
 
@@ -226,9 +227,9 @@ class PrefillTiling:
 
     def sgmat_shared_bytes(self, head_dim: int, group: int) -> int:
         """attention_prefill_sgmat's workgroup memory: the f16 K/V tile (rows padded by 8), each subgroup's
-        f32 scores and f16 P, each row's rescale, 256 zeros."""
+        f32 scores and f16 P, each row's rescale and its q scale (s, 1 / s), 256 zeros."""
         rows = self.tq * group
-        return 2 * 2 * self.tk * (head_dim + 8) + rows * self.tk * 4 + rows * (self.tk + 8) * 2 + rows * 4 + 1024
+        return 2 * 2 * self.tk * (head_dim + 8) + rows * self.tk * 4 + rows * (self.tk + 8) * 2 + rows * 12 + 1024
 
 
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2): its weight types and default tiling.
@@ -820,7 +821,9 @@ def default_step_tiling(n_kv_heads: int) -> StepTiling:
     return StepTiling(splits=max(1, min(32, 256 // n_kv_heads)))
 
 
-def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY) -> PrefillTiling:
+def prefill_tiles(
+    adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY, kv_dtype: str | None = None
+) -> PrefillTiling:
     """attention_prefill's tiling on GPUs (the policy's where it gives one), within the adapter's limits
     (threads per workgroup; 2*tk*head_dim floats of workgroup memory).
     With subgroups: L lanes per query row (8 for head_dim >= 128, else 4, where they divide
@@ -829,18 +832,21 @@ def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPol
     make ~128 threads: a 128-token chunk of an 8B model (group 4, L 8) is 32 x 8 kv heads = 256
     workgroups, not 64 of the one-thread-per-row form. Without subgroups that form: 16 tokens.
     First, where the policy asks for it and the adapter has f16 subgroup matrices (and the policy gives no
-    lanes tiling): attention_prefill_sgmat (sgmat_prefill_tiling)."""
+    lanes tiling): attention_prefill_sgmat (sgmat_prefill_tiling; kv_dtype: the KV cache's element, None:
+    kv_cache_dtype's)."""
     t = policy.prefill_attention
     if t is None or t.sgmat:
-        s = sgmat_prefill_tiling(adapter, head_dim, group, policy)
+        s = sgmat_prefill_tiling(adapter, head_dim, group, policy, kv_dtype)
         if s is not None:
             return s
     if policy.prefill_attention_kernel == "sgmat-f16" or (t is not None and t.sgmat):
-        raise ValueError(
+        raise KernelPolicyError(
             "prefill_attention_kernel 'sgmat-f16' (attention_prefill_sgmat) needs a GPU adapter with f16 subgroup "
-            f"matrices (here cpu={adapter.cpu}, f16_subgroup_matrix={adapter.f16_subgroup_matrix}), head_dim a "
-            f"multiple of 16 (here {head_dim}) and a tiling that fits the adapter (tq * group a multiple of 16 and "
-            f"<= 2 tk, tk a multiple of 16; workgroup memory){f': {t}' if t is not None else ''}"
+            f"matrices (here cpu={adapter.cpu}, f16_subgroup_matrix={adapter.f16_subgroup_matrix}), a KV cache of "
+            f"f16 values (f16 or f16x2, here {kv_dtype or kv_cache_dtype(adapter, head_dim, policy)}: an f32 cache "
+            f"is attended in f32), head_dim a multiple of 16 (here {head_dim}) and a tiling that fits the adapter "
+            f"(tq * group a multiple of 16 and <= 2 tk, tk a multiple of 16; workgroup memory)"
+            f"{f': {t}' if t is not None else ''}"
         )
     d4 = head_dim // 4
     if t is None:
@@ -868,10 +874,13 @@ def prefill_tiles(adapter: Adapter, head_dim: int, group: int, policy: KernelPol
 
 
 def sgmat_prefill_tiling(
-    adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY
+    adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY, kv_dtype: str | None = None
 ) -> PrefillTiling | None:
     """attention_prefill_sgmat's tiling where it applies (else None): a GPU adapter with f16 subgroup
-    matrices, head_dim a multiple of 16, the policy asking for it (see SGMAT_ATTENTION_AUTO). Up to 64 query rows a workgroup (4 subgroups;
+    matrices, head_dim a multiple of 16, the policy asking for it (see SGMAT_ATTENTION_AUTO), a KV cache
+    of f16 values (kv_dtype f16 or f16x2; None: kv_cache_dtype's). Not an f32 cache: the kernel rounds K and V
+    to f16 (inf past 65504), and an f32 cache is there to be attended in f32 (KernelPolicy.kv_cache "f32":
+    CPU adapters, comparisons with transformers to 1e-5). Up to 64 query rows a workgroup (4 subgroups;
     group 4: 16 tokens, group 3: 16 tokens in 3), tq * group a multiple of 16, and 32 keys a tile
     (Q is staged where the K/V tile goes: tq * group <= 2 tk), within the adapter's threads and workgroup
     memory (the policy's tq and tk where it gives an sgmat tiling). Measured in docs/benchmarks.md, "Prompt
@@ -885,6 +894,7 @@ def sgmat_prefill_tiling(
         or not adapter.f16_subgroup_matrix
         or head_dim % 16
         or (t is not None and not t.sgmat)
+        or (kv_dtype or kv_cache_dtype(adapter, head_dim, policy)) == "f32"
     ):
         return None
     if t is None:
@@ -913,8 +923,10 @@ def plan_attention(
     decode_splits: int | None = None,
     decode_full_chunks: bool | None = None,
     combine_wg: int | None = None,
+    kv_dtype: str | None = None,
 ) -> AttentionPlan:
-    """Arguments other than the adapter's and the policy's override a choice (tests)."""
+    """kv_dtype: the KV cache's element (None: kv_cache_dtype's). Arguments other than these, the adapter's
+    and the policy's override a choice (tests)."""
     fused = policy.fused_attention if fused is None else fused
     merge = policy.step_merge
     if merge is None:
@@ -945,7 +957,7 @@ def plan_attention(
         full_chunks=not cpu if decode_full_chunks is None else decode_full_chunks,
         # GPUs: 32 dims per workgroup, so the merge spreads over n_heads * head_dim / 32 workgroups
         combine_wg=combine_wg or (min(64, head_dim) if cpu else 32),
-        prefill=prefill_tiles(adapter, head_dim, n_heads // n_kv_heads, policy),
+        prefill=prefill_tiles(adapter, head_dim, n_heads // n_kv_heads, policy, kv_dtype),
     )
 
 
