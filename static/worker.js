@@ -281,18 +281,27 @@ async function info() {
 }
 
 // -- queued requests that Python runs -------------------------------------------------------------
-async function runPython({ kind, id, payload, model }) {
-  let data = null, files = null;
-  if (kind === "load") {
-    files = await (model || prefetchModel({ id, payload }));
-    data = files.parts.length === 1 ? files.parts[0] : files.parts;  // a split GGUF: one array per shard
-    loadKey = await startKernelsURL(payload).catch(() => null);
-  }
-  const emit = (k, json) => post(k, id, JSON.parse(json));
-  const out = await session.handle(kind, id, JSON.stringify(payload), emit, data);
-  if (kind === "load" && startKernels) {  // not taken (the load failed before it asked for a device)
-    startKernels.then((k) => k && k.device.destroy());
-    startKernels = null;
+async function runPython(request) {
+  const { kind, id, payload, model } = request;
+  let data = null, files = null, out;
+  try {
+    if (kind === "load") {
+      // Until the bytes are here Python has not seen the request, so an abort is answered here (see abort).
+      files = await new Promise((resolve, reject) => {
+        request.stopWaiting = reject;
+        (model || prefetchModel({ id, payload })).then(resolve, reject);
+      }).finally(() => { request.stopWaiting = null; });
+      data = files.parts.length === 1 ? files.parts[0] : files.parts;  // a split GGUF: one array per shard
+      loadKey = await startKernelsURL(payload).catch(() => null);
+    }
+    const emit = (k, json) => post(k, id, JSON.parse(json));
+    out = await session.handle(kind, id, JSON.stringify(payload), emit, data);
+  } finally {
+    // Not taken: the load failed (or was aborted) before Python asked for a device.
+    if (kind === "load" && startKernels) {
+      startKernels.then((k) => k && k.device.destroy());
+      startKernels = null;
+    }
   }
   const msg = JSON.parse(out);
   // Cached only once the model loaded: a file the engine refused (not GGUF, truncated) is not kept.
@@ -306,6 +315,13 @@ function abort(id, { target, mode = "cancel" }) {
   if (i >= 0) {
     queue.splice(i, 1);
     fail(target, E.AbortedError, "The request was aborted before it started.");
+    return post("result", id, { aborted: true });
+  }
+  if (running && running.id === target && running.stopWaiting) {
+    // A load still waiting for its model's bytes: it fails now, not after the download (which runs on,
+    // unused: fetch has no abort here). The interrupt the page may have raised is not needed.
+    if (control) Atomics.store(control, CONTROL.INTERRUPT, 0);
+    running.stopWaiting(Object.assign(new Error("The load was aborted while its model was being read."), { name: E.AbortedError }));
     return post("result", id, { aborted: true });
   }
   let aborted = false;

@@ -247,6 +247,32 @@ def test_queued_requests_run_one_at_a_time_and_can_be_aborted(webllm_page):
     assert r["log"] == ["a0", "a1", "b0", "b1"]  # no interleaving, and the dropped one never ran
 
 
+def test_abort_a_load_waiting_for_its_model(webllm_page):
+    """A `load` that runs but still waits for its model's bytes (Python has not seen it): aborting it fails
+    it with AbortedError at once, not after the download, and the worker stays usable. The model's
+    response is held (never answered) until the end."""
+    held = []
+    ctx = webllm_page.context
+    ctx.route("**/models/*.gguf", lambda route: held.append(route))
+    try:
+        outcome = webllm_page.evaluate("""async () => {
+            await webllm.ready();
+            const ctl = new AbortController();
+            const created = webllm.create({ model: "SmolLM2-135M-Instruct.Q4_1.gguf", signal: ctl.signal, cache: false })
+              .then(() => "loaded", (e) => e.name);
+            await new Promise((r) => setTimeout(r, 300));  // the load runs, waiting for the model's bytes
+            ctl.abort();
+            return Promise.race([created, new Promise((r) => setTimeout(() => r("still waiting"), 5000))]);
+        }""")
+    finally:
+        for route in held:
+            route.abort()
+        ctx.unroute("**/models/*.gguf")
+    assert held  # the model was asked for
+    assert outcome == "AbortedError"
+    assert run_python(webllm_page, "6 * 7") == 42
+
+
 def test_unknown_request_kind_is_a_protocol_error(webllm_page):
     name = webllm_page.evaluate("() => webllm.client().request('teleport', {}).then(() => 'ok', (e) => e.name)")
     assert name == "ProtocolError"
