@@ -27,8 +27,9 @@
     }
   }
 
-  // A one-way channel from worker messages to an async iterator (for streamed chunks).
-  function channel() {
+  // A one-way channel from worker messages to an async iterator (for streamed chunks). `onLeave`: the
+  // consumer stopped iterating (break, return, throw in its loop) before the end.
+  function channel(onLeave) {
     const items = [], waiters = [];
     let done = false, error = null;
     const wake = () => { while (waiters.length) waiters.shift()(); };
@@ -36,11 +37,15 @@
       push(v) { items.push(v); wake(); },
       end(err) { done = true; error = err || null; wake(); },
       async *[Symbol.asyncIterator]() {
-        for (;;) {
-          if (items.length) { yield items.shift(); continue; }
-          if (error) throw error;
-          if (done) return;
-          await new Promise((r) => waiters.push(r));
+        try {
+          for (;;) {
+            if (items.length) { yield items.shift(); continue; }
+            if (error) throw error;
+            if (done) return;
+            await new Promise((r) => waiters.push(r));
+          }
+        } finally {
+          if (!done && onLeave) onLeave();
         }
       },
     };
@@ -250,7 +255,9 @@
         this._inflight.add(id);
         try { return await promise; } finally { this._inflight.delete(id); }
       }
-      const ch = channel();
+      // A consumer that leaves the loop early ends the generation (as interrupt() does): else the worker
+      // would generate to max_tokens for nobody, and every later request would wait for it.
+      const ch = channel(() => this._c.abort(id, "interrupt").catch(() => {}));
       const { id, promise } = this._c.send(kind, body, { signal, onChunk: (c) => ch.push(c) });
       this._inflight.add(id);
       promise.then(() => ch.end(), (e) => ch.end(e)).finally(() => this._inflight.delete(id));

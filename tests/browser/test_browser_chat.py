@@ -64,3 +64,26 @@ def test_load_stream_and_complete_through_webllm_js(chat_page):
     assert len(text) > 0 and streamed.startswith(text)
     assert full["usage"]["completion_tokens"] == 3
     assert isinstance(r["stats"], dict)
+
+
+def test_leaving_a_stream_early_stops_the_generation(chat_page):
+    """A consumer that breaks out of `for await` after the first chunk: the worker stops generating (as
+    engine.interrupt() does) and the next request runs within a token, not after the 99 more tokens asked for
+    (0.25-0.5 s each on SwiftShader here: 25-50 s)."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: 100, ignore_eos: true, temperature: 0 });
+        let n = 0;
+        for await (const c of stream) { n += 1; break; }
+        const t0 = performance.now();
+        const next = engine.runtimeStats().then(() => performance.now() - t0);
+        const ms = await Promise.race([next, new Promise((r) => setTimeout(() => r("still generating"), 10000))]);
+        await next;
+        await engine.unload();
+        return { n, ms };
+    }""",
+        QUESTION,
+    )
+    assert r["n"] == 1
+    assert r["ms"] != "still generating", r
