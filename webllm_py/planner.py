@@ -242,6 +242,10 @@ STAGED_TYPES = Q4_TYPES + (GGMLType.Q8_0, GGMLType.Q6_K)
 # rows per lane to reuse x (docs/benchmarks.md).
 CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
 SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False, shape_at_run_time=True)
+# ... but 4 rows for Q8_0 (a lane's 8 rows held 8 x 17 words of a unit): SmolLM2's LM head (Q8_0,
+# 49152 x 576) compiles in ~0.35 s instead of ~1 s, on the returning visit's serial chain of compiles
+# before the first token, and runs as fast (docs/benchmarks.md, "SwiftShader: the first token's compiles").
+SWIFTSHADER_Q8_TILING = MatvecTiling(wg=32, rows=4, split_k=False, shape_at_run_time=True)
 # The packed-dot prefill (matmul_i8) reads these types.
 I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
 # ... and the subgroup-matrix prefill (matmul_sgmat) these (whole 32-blocks of signed int8 once unpacked).
@@ -551,11 +555,15 @@ MATVEC_TABLE: tuple[MatvecRow, ...] = (
     MatvecRow(
         "matvec_rows",
         lambda q: not q.fallback.split_k if q.fallback else q.adapter.cpu,
-        lambda q: q.fallback or (SWIFTSHADER_TILING if q.adapter.swiftshader else CPU_TILING),
+        lambda q: q.fallback or (swiftshader_tiling(q.qtype) if q.adapter.swiftshader else CPU_TILING),
     ),
     # any type on GPUs: threads split K and reduce
     MatvecRow("matvec", lambda q: True, lambda q: q.fallback or q.policy.gpu_tiling),
 )
+
+
+def swiftshader_tiling(qtype: GGMLType) -> MatvecTiling:
+    return SWIFTSHADER_Q8_TILING if qtype == GGMLType.Q8_0 else SWIFTSHADER_TILING
 
 
 def plan_matvec(
