@@ -12,6 +12,7 @@ variant's largest difference from the first variant's y.
     .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] [--tokens N] [TILING ...]
     .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] --head [TILING ...]   # the LM head, one token
     .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] --compile   # a chat's kernels, compile ms each
+    .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] --ops       # the prefill's ms by op kind
 
 Not a test: it asserts nothing.
 """
@@ -132,6 +133,36 @@ chat.unload()
 out
 """
 
+# --ops: after that chat, one 37-token prefill step's op kinds (each recorded for every layer in one
+# submission, as bench.html's prefill_ms_by_op), ms, ROUNDS times
+PY_OPS = PY_COMPILE.split("dev = eng.device")[0] + """
+dev, m, n_pf = eng.device, eng.model, len(prompt)
+eng.reset(0)
+eng._cached[0] = []
+eng._stage_step(0, [0] * n_pf)
+out = {"prompt_tokens": n_pf, "ops": {}}
+names = [k for k in vars(m.layers[0]) if hasattr(getattr(m.layers[0], k), "record")]
+for _ in range(__ROUNDS__):
+    for name in names:
+        await dev.read_buffer(m.state.logits, 0, 4)
+        t3 = time.perf_counter()
+        with dev.recorder() as rec:
+            for layer in m.layers:
+                getattr(layer, name).record(rec, n_pf)
+        await dev.read_buffer(m.state.logits, 0, 4)
+        out["ops"].setdefault(name, []).append(round(1e3 * (time.perf_counter() - t3), 1))
+for name in ("lm_head",):
+    await dev.read_buffer(m.state.logits, 0, 4)
+    t3 = time.perf_counter()
+    with dev.recorder() as rec:
+        m.lm_head.record(rec, 1)
+    await dev.read_buffer(m.state.logits, 0, 4)
+    out["ops"]["lm_head (1 token)"] = [round(1e3 * (time.perf_counter() - t3), 1)]
+eng.reset(0)
+chat.unload()
+out
+"""
+
 
 def main(argv: list[str]) -> int:
     rounds = int(next((a for a in argv if a.isdigit()), "5"))
@@ -154,12 +185,19 @@ def main(argv: list[str]) -> int:
         page.set_default_timeout(cfg.TIMEOUT_MS)
         page.goto(serve.server_url(srv) + "bench.html")
         args = repr((HEAD if head else SHAPES, variants, rounds, tokens, 3))
-        code = PY_COMPILE.replace("__ROUNDS__", str(rounds)) if "--compile" in argv else PY.replace("__ARGS__", args)
+        code = PY.replace("__ARGS__", args)
+        if "--compile" in argv or "--ops" in argv:
+            code = (PY_COMPILE if "--compile" in argv else PY_OPS).replace("__ROUNDS__", str(rounds))
         r = page.evaluate("(code) => webllm.ready().then(() => webllm.runPython(code))", code)
     finally:
         browser.close()
         pw.stop()
         srv.shutdown()
+    if "--ops" in argv:
+        print(f"prefill of {r['prompt_tokens']} tokens, ms per op kind (all layers), each round:")
+        for name, ms in r["ops"].items():
+            print(f"  {name:24s} {ms}")
+        return 0
     if "--compile" in argv:
         print(f"prompt {r['prompt_tokens']} tokens; compile ms per kernel (fresh sources, one at a time):")
         for label, n, ms in r["kernels"]:

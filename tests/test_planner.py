@@ -23,6 +23,7 @@ from webllm_py.planner import (
     MATVEC_TABLE,
     Q4_TILING,
     STAGED_TABLE,
+    SWIFTSHADER_MATMUL_TABLE,
     SWIFTSHADER_Q8_TILING,
     SWIFTSHADER_TILING,
     Adapter,
@@ -195,6 +196,14 @@ def test_cpu_matmul_row(qtype, row):
     assert cpu_matmul_tiling(qtype) == CPU_MATMUL_TABLE[row][1]
     plan = plan_matmul(CPU, qtype, 4096, 512, F32)
     assert (plan.template, plan.tiling) == ("matmul_rows", CPU_MATMUL_TABLE[row][1])
+
+
+def test_swiftshader_matmul_rows():
+    """SwiftShader: Q4_1 unpacked once per row (its own row), other types CPU_MATMUL_TABLE's; K at run time."""
+    q41 = plan_matmul(SWIFTSHADER, T.Q4_1, 1536, 576, F32).tiling
+    assert q41 == replace(SWIFTSHADER_MATMUL_TABLE[0][1], shape_at_run_time=True) and q41.dequant
+    assert plan_matmul(SWIFTSHADER, T.Q8_0, 1536, 576, F32).tiling == replace(CPU_MATMUL_TABLE[1][1], shape_at_run_time=True)
+    assert not plan_matmul(CPU, T.Q4_1, 1536, 576, F32).tiling.dequant  # lavapipe keeps its kernel
 
 
 # (adapter, qtype, N, K, policy) -> matmul_i8's tiling, or None (the rows below it)

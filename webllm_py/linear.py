@@ -229,7 +229,14 @@ class Linear:
             elif kind == "matmul" and isinstance(m, MatmulRowsTiling):
                 params, label = self._rows_params(label, accumulate, m.shape_at_run_time)
                 k = self.device.kernel(
-                    name, label=label, wg=m.wg, rows=m.rows, tm=m.tm, tokens_at=self._tokens_at, **params
+                    name,
+                    label=label,
+                    wg=m.wg,
+                    rows=m.rows,
+                    tm=m.tm,
+                    tokens_at=self._tokens_at,
+                    dequant_rows=m.dequant,
+                    **params,
                 )
             elif kind == "matmul" and isinstance(m, MatmulTiling):
                 k = self.device.kernel(

@@ -101,6 +101,9 @@ class MatmulRowsTiling:
     # K, row bytes and accumulate read at run time: one pipeline for every K of a weight type's unit
     # layout (SwiftShader compiles each in ~0.4-0.65 s, serially, before the first token)
     shape_at_run_time: bool = False
+    # Q4_1 (other types ignore it): a unit's weights unpacked to f32 once per row, before the loop over
+    # the lane's tokens, rather than in each token's dot product (SWIFTSHADER_MATMUL_TABLE)
+    dequant: bool = False
 
 
 @dataclass(frozen=True)
@@ -641,14 +644,24 @@ CPU_MATMUL_TABLE: tuple[tuple[tuple[GGMLType, ...], MatmulRowsTiling], ...] = (
     ),
     ((), MatmulRowsTiling()),  # () = any other type
 )
+# SwiftShader's rows before those (K, row bytes and accumulate at run time there): Q4_1 unpacked once per
+# row and unit, not per token: SmolLM2's 37-token prefill matmuls 7-15% faster in the worker, the
+# same compile time, the same bits (docs/benchmarks.md, "SwiftShader: the first token's compiles and
+# prefill matmuls"); 8 tokens a lane was 30% faster still but doubled the compile (0.8 -> 1.6 s), on the
+# returning visit's serial chain of compiles before the first token. lavapipe: not measured, unchanged.
+SWIFTSHADER_MATMUL_TABLE: tuple[tuple[tuple[GGMLType, ...], MatmulRowsTiling], ...] = (
+    ((GGMLType.Q4_1,), MatmulRowsTiling(dequant=True)),
+)
 
 
 def gpu_matmul_tiling(n: int) -> MatmulTiling:
     return next(t for least, t in GPU_MATMUL_TABLE if n >= least)
 
 
-def cpu_matmul_tiling(qtype: GGMLType) -> MatmulRowsTiling:
-    return next(t for types, t in CPU_MATMUL_TABLE if qtype in types or not types)
+def cpu_matmul_tiling(qtype: GGMLType, swiftshader: bool = False) -> MatmulRowsTiling:
+    table = SWIFTSHADER_MATMUL_TABLE + CPU_MATMUL_TABLE if swiftshader else CPU_MATMUL_TABLE
+    tiling = next(t for types, t in table if qtype in types or not types)
+    return replace(tiling, shape_at_run_time=True) if swiftshader else tiling
 
 
 def i8_tiling(
@@ -775,7 +788,7 @@ MATMUL_TABLE: tuple[MatmulRow, ...] = (
     # CPU adapters: barrier-free rows, by weight type; on SwiftShader with K read at run time
     MatmulRow(
         "matmul_rows",
-        lambda a, q, K, N, p: replace(cpu_matmul_tiling(q), shape_at_run_time=a.swiftshader) if a.cpu else None,
+        lambda a, q, K, N, p: cpu_matmul_tiling(q, a.swiftshader) if a.cpu else None,
     ),
     # GPUs: register tiles, by the number of rows
     MatmulRow("matmul", lambda a, q, K, N, p: gpu_matmul_tiling(N)),
