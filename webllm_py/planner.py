@@ -247,7 +247,8 @@ CPU_TILING = MatvecTiling(wg=32, rows=2, split_k=False)
 SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False, shape_at_run_time=True)
 # ... but 4 rows for Q8_0 (a lane's 8 rows held 8 x 17 words of a unit): SmolLM2's LM head (Q8_0,
 # 49152 x 576) compiles in ~0.35 s instead of ~1 s, on the returning visit's serial chain of compiles
-# before the first token, and runs as fast (docs/benchmarks.md, "SwiftShader: the first token's compiles").
+# before the first token, and runs as fast (docs/benchmarks.md, "SwiftShader: the first token's compiles and
+# prefill matmuls").
 SWIFTSHADER_Q8_TILING = MatvecTiling(wg=32, rows=4, split_k=False, shape_at_run_time=True)
 # The packed-dot prefill (matmul_i8) reads these types.
 I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
