@@ -27,8 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # (name, N, K): SmolLM2-135M (hidden 576, FFN 1536, 9 heads of 64, 3 KV heads)
-SHAPES = [("ffn_up", 1536, 576, "Q4_1"), ("ffn_down", 576, 1536, "Q4_1"), ("attn_q", 576, 576, "Q4_1"),
-          ("attn_kv", 192, 576, "Q4_1")]
+SHAPES = [
+    ("ffn_up", 1536, 576, "Q4_1"),
+    ("ffn_down", 576, 1536, "Q4_1"),
+    ("attn_q", 576, 576, "Q4_1"),
+    ("attn_kv", 192, 576, "Q4_1"),
+]
 # --head: the LM head's matvec (the Q8_0 token embedding, 49152 x 576) for one token, by MatvecTiling
 HEAD = [("lm_head", 49152, 576, "Q8_0")]
 HEAD_VARIANTS = [
@@ -135,7 +139,9 @@ out
 
 # --ops: after that chat, one 37-token prefill step's op kinds (each recorded for every layer in one
 # submission, as bench.html's prefill_ms_by_op), ms, ROUNDS times
-PY_OPS = PY_COMPILE.split("dev = eng.device")[0] + """
+PY_OPS = (
+    PY_COMPILE.split("dev = eng.device")[0]
+    + """
 dev, m, n_pf = eng.device, eng.model, len(prompt)
 eng.reset(0)
 eng._cached[0] = []
@@ -162,6 +168,7 @@ eng.reset(0)
 chat.unload()
 out
 """
+)
 
 
 def main(argv: list[str]) -> int:
@@ -208,7 +215,9 @@ def main(argv: list[str]) -> int:
     for shape, vs in r["shapes"].items():
         print(shape)
         for v, s in vs.items():
-            print(f"  {s['min']:7.2f} min {s['median']:7.2f} median  diff {s['max_diff']:.2e} (|y| {s['max_y']:.1f})  first {s['first_ms']} ms  {v}")
+            print(
+                f"  {s['min']:7.2f} min {s['median']:7.2f} median  diff {s['max_diff']:.2e} (|y| {s['max_y']:.1f})  first {s['first_ms']} ms  {v}"
+            )
     return 0
 
 
