@@ -250,6 +250,18 @@ SWIFTSHADER_TILING = MatvecTiling(wg=32, rows=8, split_k=False, shape_at_run_tim
 # before the first token, and runs as fast (docs/benchmarks.md, "SwiftShader: the first token's compiles and
 # prefill matmuls").
 SWIFTSHADER_Q8_TILING = MatvecTiling(wg=32, rows=4, split_k=False, shape_at_run_time=True)
+# sampling_draw's one workgroup on SwiftShader: 16 threads, not 256. SwiftShader runs a workgroup on one
+# core anyway, and its compiler takes ~0.44 s for the kernel at 256 threads against ~0.18 s at 4-16 (the
+# first token waits for it on a returning visit); the draw itself is as fast or faster (docs/benchmarks.md,
+# "SwiftShader: sampling_draw's workgroup").
+SWIFTSHADER_DRAW_WG = 16
+DRAW_WG = 256
+
+
+def sampling_draw_wg(adapter: Adapter) -> int:
+    return SWIFTSHADER_DRAW_WG if adapter.swiftshader else DRAW_WG
+
+
 # The packed-dot prefill (matmul_i8) reads these types.
 I8_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
 # ... and the subgroup-matrix prefill (matmul_sgmat) these (whole 32-blocks of signed int8 once unpacked).

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from .errors import RequestError
 from .gpu.base import BindGroup, Buffer, Device, Recorder
+from .planner import Adapter, sampling_draw_wg
 
 MAX_TOP_LOGPROBS = 20
 _PARAM_WORDS = 16
@@ -113,7 +114,7 @@ class Sampler:
         vocab_size: int,
         per_thread: int = 16,
         logits_wg: int = 64,
-        draw_wg: int = 256,
+        draw_wg: int | None = None,
         iters: int = 24,
         cut: float = 30.0,
         tree: bool | None = None,
@@ -130,7 +131,7 @@ class Sampler:
             label="sampling_draw",
             vocab=V,
             partials=self.n_partials,
-            wg=draw_wg,
+            wg=sampling_draw_wg(Adapter.of(device)) if draw_wg is None else draw_wg,
             iters=iters,
             cut=repr(float(cut)),
             # CPU adapters pay per barrier: serial reductions there, trees on GPUs.
