@@ -232,10 +232,14 @@ class Engine:
     async def _step(self, seq: int, ids: list[int], sample: bool):
         n = len(ids)
         d = self.device
-        await d.kernels_ready()  # a browser's start-up kernels, compiling since the page started
+        decode = n == 1 and sample
+        # A browser's start-up kernels, compiling since the page started, one after another: a prompt
+        # step waits only for its layers' ones; the head's and sampling's (recorded last) compile while
+        # the layers run (docs/benchmarks.md, "SwiftShader: sampling_draw's workgroup")
+        first = not decode and sample and d.kernels_compiling
+        await d.kernels_ready(d.kernels_of(lambda rec: self.model.record(rec, n, logits=False)) if first else None)
         self._stage_step(seq, ids)
         t = time.perf_counter()
-        decode = n == 1 and sample
         if decode:  # the step's commands were encoded while the GPU ran the previous one
             d.submit_commands(self._decode_commands(None))
         else:
@@ -244,6 +248,8 @@ class Engine:
             if sample:  # in a second submission: a browser device creates pipelines on first use, and
                 # SwiftShader then compiles the head's and sampling's (~1.9 s for SmolLM2) while it
                 # runs the layers, instead of before them
+                if first:
+                    await d.kernels_ready()
                 with d.recorder() as rec:
                     self.model.record_head(rec, n)
                     self.sample_op.record(rec)

@@ -114,6 +114,22 @@ class _CaptureRecorder(Recorder):
         pass
 
 
+class _KernelsRecorder(Recorder):
+    """Keeps only which kernels a recording dispatches (Device.kernels_of)."""
+
+    def __init__(self) -> None:
+        self.kernels: set[Kernel] = set()
+
+    def dispatch(self, bind_group: BindGroup, x: int, y: int = 1, z: int = 1) -> None:
+        self.kernels.add(bind_group.kernel)
+
+    def copy_buffer(self, *args) -> None:
+        pass
+
+    def submit(self) -> None:
+        pass
+
+
 MAX_GROUPS = 65535  # WebGPU's default maxComputeWorkgroupsPerDimension: a larger grid spills into y/z or strides
 # Dawn's tensor-core feature (WGSL `enable chromium_experimental_subgroup_matrix;`): offered with
 # allow_unsafe_apis only; a device lists it in `features` and its configs in `subgroup_matrix_configs`.
@@ -193,9 +209,21 @@ class Device(ABC):
         """Raise ShaderError for pipelines that failed to build. Natively creation raises at once;
         the browser reports validation errors asynchronously, so it overrides this."""
 
-    async def kernels_ready(self) -> None:
+    async def kernels_ready(self, kernels: set[Kernel] | None = None) -> None:
         """Wait for the pipelines a backend compiles ahead of their first use (the browser's start-up
-        kernels, see BrowserDevice); Engine awaits this before recording a step."""
+        kernels, see BrowserDevice), or for those of them in `kernels`; Engine awaits this before
+        recording a step."""
+
+    @property
+    def kernels_compiling(self) -> bool:
+        """Some kernels are still compiling ahead of their first use (kernels_ready)."""
+        return False
+
+    def kernels_of(self, record: Callable[[Recorder], None]) -> set[Kernel]:
+        """The kernels `record` dispatches, recorded against a recorder that encodes nothing."""
+        rec = _KernelsRecorder()
+        record(rec)
+        return rec.kernels
 
     def first_token_done(self) -> None:
         """The first token was sampled: a backend that compiles kernels ahead on a later start

@@ -285,8 +285,9 @@ class BrowserDevice(Device):
     # first token), one after another in the GPU process, so a returning visit compiles the ones its first
     # token needed last time from the page's start, while Pyodide starts and the model loads (worker.js
     # keeps the record in Cache Storage, keyed by the runtime's wheels, the model and the load options).
-    async def kernels_ready(self) -> None:
-        compiling, self._compiling = self._compiling, []
+    async def kernels_ready(self, kernels=None) -> None:
+        compiling = [c for c in self._compiling if kernels is None or c[0] in kernels]
+        self._compiling = [c for c in self._compiling if not (kernels is None or c[0] in kernels)]
         t = time.perf_counter()
         for kernel, promise in compiling:
             try:
@@ -299,6 +300,10 @@ class BrowserDevice(Device):
                 kernel.pipeline = pipeline
         if compiling:
             self.kernels_ahead_wait_s += time.perf_counter() - t
+
+    @property
+    def kernels_compiling(self) -> bool:
+        return bool(self._compiling)
 
     def first_token_done(self) -> None:
         store = getattr(js, "webllmStoreStartKernels", None)
