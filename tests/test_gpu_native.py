@@ -48,6 +48,22 @@ def test_pipelines_are_cached_by_rendered_source(device):
     assert a is b and a is not c
 
 
+def test_kernels_of_lists_what_a_recording_dispatches_and_encodes_nothing(device):
+    # Engine._step waits for a returning visit's start-up kernels by this set (the layers' first)
+    a = device.kernel("matvec_f32", rows=4, cols=4, wg=32)
+    c = device.kernel("matvec_f32", rows=4, cols=8, wg=32)
+    y = device.buffer_from(np.full(4, 7.0, np.float32))
+    bufs = [device.buffer_from(np.ones(16, np.float32)), device.buffer_from(np.ones(4, np.float32)), y]
+
+    def record(rec):
+        rec.dispatch(device.bind(a, bufs), 4)
+        rec.copy_buffer(y, 0, y, 0, 0)
+        rec.dispatch(device.bind(a, bufs), 4)
+
+    assert device.kernels_of(record) == {a} and c not in device.kernels_of(record)
+    assert np.array_equal(np.frombuffer(run(device.read_buffer(y)), np.float32), np.full(4, 7.0))  # not run
+
+
 def test_missing_template_parameter_is_an_error():
     with pytest.raises(Exception, match="rows"):
         kernels.render("matvec_f32", cols=4, wg=32)
