@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from webllm_py.errors import RequestError
+from webllm_py.planner import SWIFTSHADER_DRAW_WG
 from webllm_py.sampling import Sampler, SamplingParams
 
 pytestmark = pytest.mark.gpu
@@ -21,9 +22,9 @@ def run(coro):
 
 
 class Rig:
-    def __init__(self, device, vocab, tree=None):
+    def __init__(self, device, vocab, tree=None, wg=None):
         self.device, self.vocab = device, vocab
-        self.sampler = Sampler(device, vocab, tree=tree)
+        self.sampler = Sampler(device, vocab, tree=tree, draw_wg=wg)
         self.logits = device.create_buffer(4 * vocab)
         self.op = self.sampler.bind(self.logits)
 
@@ -82,11 +83,21 @@ def chi2_critical(dof, z=3.719):
 
 
 # -- greedy and logprobs ---------------------------------------------------------------------------
-# tree=True: the GPU variant's tree reductions; None: the adapter's default (serial on lavapipe).
-@pytest.mark.parametrize("vocab,tree", [(1000, None), (49152, None), (262144, None), (49152, True)])
-def test_greedy_is_argmax_and_logprobs_are_log_softmax(device, vocab, tree):
+# tree=True: the GPU variant's tree reductions; None: the adapter's default (serial on lavapipe);
+# wg: the draw's workgroup (SWIFTSHADER_DRAW_WG: SwiftShader's).
+@pytest.mark.parametrize(
+    "vocab,tree,wg",
+    [
+        (1000, None, None),
+        (49152, None, None),
+        (262144, None, None),
+        (49152, True, None),
+        (49152, None, SWIFTSHADER_DRAW_WG),
+    ],
+)
+def test_greedy_is_argmax_and_logprobs_are_log_softmax(device, vocab, tree, wg):
     rng = np.random.default_rng(vocab)
-    rig = Rig(device, vocab, tree)
+    rig = Rig(device, vocab, tree, wg)
     for trial in range(3):
         x = (rng.standard_normal(vocab) * 3).astype(np.float32)
         rig.start(x, temperature=0, logprobs=True, top_logprobs=5)
@@ -131,12 +142,13 @@ DIST_LOGITS = np.array(
         dict(temperature=1.0, min_p=0.15),
         dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05),
         dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05, tree=True),
+        dict(temperature=0.9, top_k=9, top_p=0.85, min_p=0.05, wg=SWIFTSHADER_DRAW_WG),
     ],
 )
 def test_sampled_distribution_matches_hf_warpers(device, params):
     n = 5000
     params = dict(params)
-    rig = Rig(device, 16, params.pop("tree", None))
+    rig = Rig(device, 16, params.pop("tree", None), params.pop("wg", None))
     rig.start(DIST_LOGITS, seed=1234, **params)
     ids = rig.draws(n)
     freq = np.bincount(ids, minlength=16) / n
