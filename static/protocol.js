@@ -11,7 +11,7 @@ export const PROTOCOL = Object.freeze({
   version: 1,
   requests: Object.freeze({
     init: { queued: true, payload: "{control?, snapshot?: false}", result: "{python, pyodide, webllm_py, crossOriginIsolated, seconds, snapshot}",
-            doc: "Load Pyodide (from its start-up snapshot in Cache Storage when there is one; snapshot: false never uses one), install jinja2/markupsafe/webllm_py from /wheels/. Sent once, first." },
+            doc: "Load Pyodide (from its start-up snapshot in Cache Storage when there is one; snapshot: false never uses one), install jinja2/markupsafe/webllm_py from /wheels/. Sent once, first. Its first progress, {phase: 'alive', lock}, names a Web Lock the worker holds while it lives." },
     exec: { queued: true, payload: "{code}", result: "the value of the last expression, as JSON",
             doc: "Run Python source (top-level await allowed) in one persistent namespace." },
     load: { queued: true, payload: "{model: url, options}", result: "{model, ...engine info}",

@@ -78,8 +78,21 @@
       this.worker.onmessage = (ev) => this._receive(ev.data);
       this.worker.onerror = (ev) => this._crash(new WebLLMError("WorkerError",
         `The worker failed to start or crashed: ${ev.message || "see the console"}${this._startHint()}`));
+      this.dead = null;  // the WorkerError every request of this client fails with, once its worker is gone
       this.ready = this.request("init", { control: this.sab });
+      this.ready.catch(() => {});  // handled: a page that never awaits ready() gets no unhandled rejection
       if (this.worker.boot) this.ready.finally(() => URL.revokeObjectURL(this.worker.boot)).catch(() => {});
+    }
+
+    // A worker can die without `onerror` (the page or the browser terminated it, out of memory). It holds
+    // a Web Lock named `lock` as long as it lives; the page asks for the same lock, which it gets exactly
+    // when the worker is gone. Unlike a ping with a timeout this never mistakes a worker whose event loop
+    // is busy (a long Python loop, a kernel compile) for a dead one, and it costs nothing while idle.
+    // Without Web Locks (an insecure context) only `onerror` is detected.
+    _watch(lock) {
+      if (typeof lock !== "string" || !globalThis.navigator || !navigator.locks) return;
+      navigator.locks.request(lock, () => this._crash(new WebLLMError("WorkerError",
+        "The worker stopped (it was terminated, or ran out of memory); the next webllm call starts a new one."))).catch(() => {});
     }
 
     // Files another origin refused (no CORS for this page, or this page's CSP) fail with no detail
@@ -93,6 +106,7 @@
 
     _receive({ kind, id, payload }) {
       this.answered = true;
+      if (kind === "progress" && payload && payload.phase === "alive") return this._watch(payload.lock);
       const p = this.pending.get(id);
       if (!p) return;
       if (kind === "progress") return p.onProgress && p.onProgress(payload);
@@ -104,8 +118,18 @@
       else p.reject(new WebLLMError("ProtocolError", `unexpected response kind ${kind}`));
     }
 
+    // The worker failed or is gone: every pending request and stream fails with `err`, later requests of
+    // this client (an Engine made on it) fail at once, and the next webllm call starts a fresh worker.
+    // The worker is terminated: after an uncaught error its state no longer matches the page's.
     _crash(err) {
-      for (const p of this.pending.values()) p.reject(err);
+      if (this.dead) return;
+      this.dead = err;
+      if (client === this) client = null;
+      this.worker.terminate();
+      for (const p of this.pending.values()) {
+        if (p.cleanup) p.cleanup();
+        p.reject(err);
+      }
       this.pending.clear();
     }
 
@@ -113,10 +137,12 @@
     send(kind, payload = {}, { onProgress, onChunk, signal } = {}) {
       const id = this.nextId++;
       const promise = new Promise((resolve, reject) => {
+        if (this.dead) return reject(this.dead);
         const entry = { resolve, reject, onProgress, onChunk };
         if (signal) {
           if (signal.aborted) return reject(new WebLLMError("AbortedError", "The request was aborted before it was sent."));
-          const onAbort = () => this.abort(id, "cancel");
+          // A failed abort (the worker died meanwhile) is not the page's error: the request itself says what happened.
+          const onAbort = () => this.abort(id, "cancel").catch(() => {});
           signal.addEventListener("abort", onAbort, { once: true });
           entry.cleanup = () => signal.removeEventListener("abort", onAbort);
         }
@@ -125,6 +151,10 @@
           if (!PROTOCOL.requests[kind]) {
             this.pending.delete(id);
             return reject(new WebLLMError("ProtocolError", `unknown request kind ${kind}`));
+          }
+          if (this.dead) {
+            this.pending.delete(id);
+            return reject(this.dead);
           }
           this.worker.postMessage({ kind, id, payload });
         }, (e) => {
@@ -188,7 +218,7 @@
     NotGGUFError: "The URL does not lead to a GGUF file (often an error or login page). Link to the .gguf file itself.",
     ContextOverflowError: "The conversation is longer than the model's context window. Clear the chat and start again.",
     AbortedError: "Stopped.",
-    WorkerError: "The worker crashed (possibly out of memory). Reload the page.",
+    WorkerError: "The worker crashed (possibly out of memory). Create the engine again (the next call starts a new worker); if it keeps happening, reload the page or pick a smaller model.",
   };
   function errorHint(e) {
     if (!e) return "";

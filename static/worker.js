@@ -198,7 +198,20 @@ function unpackWheels(py, wheels) {
   for (const w of wheels) py.unpackArchive(w.bytes, "wheel", { extractDir: SITE_PACKAGES });
 }
 
+// Held for the worker's whole life: the page asks for the same lock and gets it when the worker is gone
+// (terminated, crashed, out of memory), which is how webllm.js tells a dead worker from a busy one.
+let lifeLock = null;
+function holdLifeLock(id) {
+  if (lifeLock || !navigator.locks) return;
+  lifeLock = `webllm-worker-${crypto.randomUUID()}`;
+  navigator.locks.request(lifeLock, () => {
+    post("progress", id, { phase: "alive", lock: lifeLock });
+    return new Promise(() => {});  // never released while the worker lives
+  }).catch((e) => console.warn(`webllm: no liveness lock (${e && e.message || e})`));
+}
+
 async function init(payload, id) {
+  holdLifeLock(id);
   if (session) return { ...(await info()), already: true };
   const t0 = performance.now();
   post("progress", id, { phase: "pyodide" });

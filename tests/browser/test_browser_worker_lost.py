@@ -1,0 +1,72 @@
+"""The page never waits forever on a worker that is gone, and raises no unhandled rejection of its own.
+
+A worker can stop without `onerror` (the page or the browser terminates it, out of memory): webllm.js
+learns it through the Web Lock the worker holds while it lives. Every pending request then fails with a
+typed WorkerError, so does every later request of that client (an Engine made on it), and the next
+webllm call starts a fresh worker. Each test opens a page of its own (the shared one keeps its worker)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import CONFIG
+
+pytestmark = pytest.mark.browser
+
+
+def _page(chromium, url, route=None):
+    ctx = chromium.new_context()
+    if route:
+        ctx.route(*route)  # a context route: it sees the worker's fetches too
+    page = ctx.new_page()
+    page.set_default_timeout(CONFIG.TIMEOUT_MS)
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(url)
+    return page
+
+
+def test_a_terminated_worker_fails_its_requests_and_the_next_call_starts_a_new_one(chromium, server_url):
+    page = _page(chromium, server_url + "script-tag.html")
+    try:
+        r = page.evaluate("""async () => {
+            await webllm.ready();
+            const old = webllm.client();
+            const settle = (p) => Promise.race([p.then(() => "resolved", (e) => e.name),
+                                                new Promise((r) => setTimeout(() => r("still waiting"), 5000))]);
+            const pending = webllm.runPython("import asyncio\\nawait asyncio.sleep(60)");
+            // A request whose signal fires just before the worker goes: its abort request fails too.
+            const ctl = new AbortController();
+            const aborted = webllm.runPython("import asyncio\\nawait asyncio.sleep(60)", { signal: ctl.signal });
+            await new Promise((r) => setTimeout(r, 300));  // both sent and queued in the worker
+            ctl.abort();
+            old.worker.terminate();  // no onerror: only the lock tells the page
+            const outcome = await settle(pending);
+            const abortedOutcome = await settle(aborted);
+            const later = await settle(old.request("exec", { code: "1" }));  // an Engine on the old client
+            const hint = webllm.errorHint({ name: outcome });
+            const fresh = await Promise.race([webllm.runPython("6 * 7"), settle(new Promise(() => {}))]);
+            return { outcome, abortedOutcome, later, hint, fresh, newClient: webllm.client() !== old };
+        }""")
+        page.wait_for_timeout(200)  # an unhandled rejection is reported after the microtasks
+        assert r["outcome"] == "WorkerError" and r["abortedOutcome"] in ("WorkerError", "AbortedError"), r
+        assert r["later"] == "WorkerError", r
+        assert "new worker" in r["hint"]
+        assert r["fresh"] == 42 and r["newClient"] is True
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_a_failed_start_is_no_unhandled_rejection(chromium, server_url):
+    """A page that never awaits ready(): the failed init is reported where it is awaited, not as an
+    uncaught error. The worker's wheel index answers 404, so init fails at once."""
+    page = _page(chromium, server_url + "script-tag.html",
+                 ("**/wheels/index.json", lambda route: route.fulfill(status=404, body="not here")))
+    try:
+        page.wait_for_function("() => webllm.client().answered && webllm.client().pending.size === 0")
+        page.wait_for_timeout(300)  # an unhandled rejection is reported after the microtasks
+        assert page.errors == []
+        assert page.evaluate("() => webllm.ready().then(() => 'ok', (e) => e.name)") != "ok"
+    finally:
+        page.context.close()
