@@ -59,16 +59,20 @@ function checkMagic(url, head, contentType) {
 
 // Fetch `url` with progress events; on a dropped or stalled connection ask for the rest with `Range`.
 // `magic`: check the first bytes are a GGUF header (as soon as they arrive, not after the download).
-export async function download(url, onProgress = () => {}, attempts = 4, { magic = true, stallMs = STALL_MS } = {}) {
+// `signal`: aborting it stops the download (the connection is dropped) with an AbortedError.
+export async function download(url, onProgress = () => {}, attempts = 4, { magic = true, stallMs = STALL_MS, signal } = {}) {
   let buf = null, loaded = 0, total = 0, short = null;
   const t0 = performance.now();
+  const aborted = () => typed(E.AbortedError, `The download of ${url} was aborted.`);
   for (let attempt = 0; attempt < attempts; attempt++) {
+    if (signal && signal.aborted) throw aborted();
     const headers = loaded ? { Range: `bytes=${loaded}-` } : {};
-    const ctl = new AbortController();
+    const ctl = new AbortController();  // a stalled attempt is dropped through it
     let res;
     try {
-      res = await fetch(url, { headers, cache: "no-store", signal: ctl.signal });
+      res = await fetch(url, { headers, cache: "no-store", signal: signal ? AbortSignal.any([ctl.signal, signal]) : ctl.signal });
     } catch (e) {
+      if (signal && signal.aborted) throw aborted();
       if (!loaded) throw await fetchFailure(url, e);
       console.warn(`resuming ${url} failed (${e.message || e}); trying again`);
       continue;
@@ -111,6 +115,7 @@ export async function download(url, onProgress = () => {}, attempts = 4, { magic
       if (loaded < total) short = { got: loaded - start, want: length };  // ended cleanly but early
     } catch (e) {
       if (e.name === E.NotGGUFError || e.name === E.ContentLengthError) { ctl.abort(); throw e; }
+      if (signal && signal.aborted) throw aborted();
       short = { got: loaded - start, want: length, stalled: ctl.signal.aborted };
       console.warn(`download of ${url} interrupted at ${loaded} bytes${ctl.signal.aborted ? " (stalled)" : ""}, resuming`, e);
     } finally {
@@ -128,7 +133,7 @@ export async function download(url, onProgress = () => {}, attempts = 4, { magic
 
 // One file's bytes: the cached copy when it passes its sha256 check, else a download (not stored:
 // the caller stores it, see fetchModelFiles). Returns {url, bytes, sha256, fresh}.
-async function fetchOne(url, { onProgress, store, served, magic }) {
+async function fetchOne(url, { onProgress, store, served, magic, signal }) {
   const expected = served ? await expectedSha256(url) : null;
   if (store) {
     let cached = null;
@@ -149,7 +154,7 @@ async function fetchOne(url, { onProgress, store, served, magic }) {
       onProgress({ phase: "cache", state: "miss", url });
     }
   }
-  const bytes = await download(url, onProgress, 4, { magic });
+  const bytes = await download(url, onProgress, 4, { magic, signal });
   onProgress({ phase: "verify", url, total: bytes.byteLength });
   const got = await sha256Hex(bytes);
   if (expected && got !== expected) {
@@ -180,7 +185,8 @@ async function storeAll(store, files, onProgress) {
 
 // A model's files, verified, one Uint8Array per shard: {url, urls, parts, commit}. Progress events
 // carry {shard, shards} (1-based) when the model is split. `commit()` caches what was downloaded.
-export async function fetchModelFiles(model, { onProgress = () => {}, store, hfEndpoint, base, magic = true } = {}) {
+// `signal` stops the downloads (AbortedError); nothing is cached then.
+export async function fetchModelFiles(model, { onProgress = () => {}, store, hfEndpoint, base, magic = true, signal } = {}) {
   base = base || new URL("/", self.location.href).href;
   const { url, urls } = modelURLs(model, { hfEndpoint, base, page: self.location.href });
   if (store === undefined) store = await openModelCache();
@@ -189,7 +195,7 @@ export async function fetchModelFiles(model, { onProgress = () => {}, store, hfE
   for (let i = 0; i < urls.length; i++) {
     const tag = urls.length > 1 ? { shard: i + 1, shards: urls.length } : {};
     try {
-      files.push(await fetchOne(urls[i], { onProgress: (p) => onProgress({ ...p, ...tag }), store, served, magic }));
+      files.push(await fetchOne(urls[i], { onProgress: (p) => onProgress({ ...p, ...tag }), store, served, magic, signal }));
     } catch (e) {
       if (urls.length > 1 && e.name === E.ModelNotFoundError) {
         e.message = `shard ${i + 1} of ${urls.length} is missing: ${e.message}`;

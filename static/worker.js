@@ -29,9 +29,11 @@ self.onmessage = (ev) => {
   if (!Number.isInteger(id) || id <= 0) return fail(id, E.ProtocolError, "A request needs a positive integer id.");
   if (!spec.queued) return abort(id, payload || {});
   const request = { kind, id, payload: payload || {} };
-  // Only while Pyodide starts: later loads wait their turn, so two models' bytes are not held at once.
-  if (kind === "load" && !session) {
+  // Only while Pyodide starts, and for one load: later loads wait their turn, so two models' bytes (and
+  // two start-up devices) are not held at once.
+  if (kind === "load" && !session && !queue.some((r) => r.model)) {
     request.model = prefetchModel(request);
+    dropStartKernels();
     startKernels = compileStartKernels(payload || {});
   }
   queue.push(request);
@@ -39,14 +41,17 @@ self.onmessage = (ev) => {
 };
 
 // A model's files are read from the cache (sha256-checked) or downloaded as soon as its `load`
-// arrives, while Pyodide's start-up still runs: {parts: [Uint8Array per shard], commit}.
-function prefetchModel({ id, payload }) {
+// arrives, while Pyodide's start-up still runs: {parts: [Uint8Array per shard], commit}. Aborting the
+// load aborts request.download, which stops the download (nothing is cached: only a loaded model is).
+function prefetchModel(request) {
+  const { id, payload } = request;
   if (typeof payload.model !== "string") return null;
+  request.download = new AbortController();
   const files = (async () => {
     // payload.cache: "cache-api" | "opfs" picks the cache backend, false skips the cache.
     const store = payload.cache === false ? null : await openModelCache(payload.cache || null);
     return fetchModelFiles(payload.model, { store, base: ORIGIN_ROOT, hfEndpoint: payload.hfEndpoint,
-                                            onProgress: (p) => post("progress", id, p) });
+                                            onProgress: (p) => post("progress", id, p), signal: request.download.signal });
   })();
   files.catch(() => {});  // a failure is reported when the request runs
   return files;
@@ -98,6 +103,12 @@ async function compileStartKernels(payload) {
   }
 }
 
+// Start-up kernels nobody will take (their load failed, was aborted or never ran): free their device.
+function dropStartKernels() {
+  if (startKernels) startKernels.then((k) => k && k.device.destroy());
+  startKernels = null;
+}
+
 // Python's BrowserDevice.create takes them (once; null when there are none).
 self.webllmTakeStartKernels = () => { const p = startKernels || Promise.resolve(null); startKernels = null; return p; };
 self.webllmStoreStartKernels = (json) => {
@@ -120,7 +131,11 @@ async function pump() {
     if (control) { Atomics.store(control, CONTROL.INTERRUPT, 0); Atomics.store(control, CONTROL.RUNNING, id); }
     try {
       if (kind === "init") post("result", id, await init(running.payload, id).finally(() => setRuntimeKey(runtimeKey)));
-      else if (!session) fail(id, E.NotInitializedError, "The worker is not initialised: send `init` first (webllm.js does).");
+      else if (!session) {
+        if (running.download) running.download.abort();
+        if (running.model) dropStartKernels();
+        fail(id, E.NotInitializedError, "The worker is not initialised: send `init` first (webllm.js does).");
+      }
       else await runPython(running);
     } catch (e) {
       fail(id, e && e.name === "PythonError" ? "PythonError" : (e && e.name) || "Error", String(e && e.message || e));
@@ -302,7 +317,7 @@ async function runPython(request) {
       // Until the bytes are here Python has not seen the request, so an abort is answered here (see abort).
       files = await new Promise((resolve, reject) => {
         request.stopWaiting = reject;
-        (model || prefetchModel({ id, payload })).then(resolve, reject);
+        (model || prefetchModel(request)).then(resolve, reject);
       }).finally(() => { request.stopWaiting = null; });
       data = files.parts.length === 1 ? files.parts[0] : files.parts;  // a split GGUF: one array per shard
       loadKey = await startKernelsURL(payload).catch(() => null);
@@ -311,10 +326,7 @@ async function runPython(request) {
     out = await session.handle(kind, id, JSON.stringify(payload), emit, data);
   } finally {
     // Not taken: the load failed (or was aborted) before Python asked for a device.
-    if (kind === "load" && startKernels) {
-      startKernels.then((k) => k && k.device.destroy());
-      startKernels = null;
-    }
+    if (kind === "load") dropStartKernels();
   }
   const msg = JSON.parse(out);
   // Cached only once the model loaded: a file the engine refused (not GGUF, truncated) is not kept.
@@ -326,14 +338,17 @@ async function runPython(request) {
 function abort(id, { target, mode = "cancel" }) {
   const i = queue.findIndex((r) => r.id === target);
   if (i >= 0) {
-    queue.splice(i, 1);
+    const [dropped] = queue.splice(i, 1);
+    if (dropped.download) dropped.download.abort();  // a load prefetched while Pyodide starts
+    if (dropped.model) dropStartKernels();
     fail(target, E.AbortedError, "The request was aborted before it started.");
     return post("result", id, { aborted: true });
   }
   if (running && running.id === target && running.stopWaiting) {
-    // A load still waiting for its model's bytes: it fails now, not after the download (which runs on,
-    // unused: fetch has no abort here). The interrupt the page may have raised is not needed.
+    // A load still waiting for its model's bytes: it fails now and its download stops. The interrupt the
+    // page may have raised is not needed.
     if (control) Atomics.store(control, CONTROL.INTERRUPT, 0);
+    if (running.download) running.download.abort();
     running.stopWaiting(Object.assign(new Error("The load was aborted while its model was being read."), { name: E.AbortedError }));
     return post("result", id, { aborted: true });
   }

@@ -70,3 +70,44 @@ def test_a_failed_start_is_no_unhandled_rejection(chromium, server_url):
         assert page.evaluate("() => webllm.ready().then(() => 'ok', (e) => e.name)") != "ok"
     finally:
         page.context.close()
+
+
+def test_aborted_loads_stop_downloading_and_only_one_is_fetched_ahead(chromium, server_url):
+    """Two loads sent while Pyodide starts: only the first reads its model ahead (two models' bytes and two
+    start-up devices are not held at once). Aborting a load stops its download: the model's response is held
+    (never answered), so the download ends only through the abort; nothing is cached."""
+    held, failed = [], []
+    page = _page(chromium, server_url + "script-tag.html", ("**/models/*.gguf", lambda route: held.append(route)))
+    page.context.on("requestfailed", lambda req: failed.append(req.url))
+    try:
+        page.evaluate("""() => {
+            const model = new URL("models/SmolLM2-135M-Instruct.Q4_1.gguf", location.href).href;
+            window.ctls = [new AbortController(), new AbortController()];
+            window.loads = window.ctls.map((ctl) => webllm.client().request("load", { model }, { signal: ctl.signal })
+                .then(() => "loaded", (e) => e.name));
+        }""")
+        page.wait_for_timeout(1500)
+        ahead = len(held)
+        r = page.evaluate("""async () => {
+            const { download } = await import("/download.js");
+            const ctl = new AbortController();
+            const direct = download(new URL("models/SmolLM2-135M-Instruct.Q4_1.gguf", location.href).href, () => {}, 4,
+                                    { signal: ctl.signal }).then(() => "downloaded", (e) => e.name);
+            await new Promise((r) => setTimeout(r, 300));
+            ctl.abort();
+            for (const c of window.ctls) c.abort();
+            const within = (p) => Promise.race([p, new Promise((r) => setTimeout(() => r("still waiting"), 5000))]);
+            return { direct: await within(direct), loads: await within(Promise.all(window.loads)),
+                     cached: await webllm.hasModelInCache("SmolLM2-135M-Instruct.Q4_1.gguf") };
+        }""")
+        page.wait_for_timeout(300)
+        assert r == {"direct": "AbortedError", "loads": ["AbortedError", "AbortedError"], "cached": False}
+        assert ahead == 1
+        assert len([u for u in failed if u.endswith(".gguf")]) == 2, failed  # the load's and download()'s fetch
+    finally:
+        for route in held:
+            try:
+                route.abort()
+            except Exception:  # noqa: BLE001 - the page already dropped it
+                pass
+        page.context.close()
