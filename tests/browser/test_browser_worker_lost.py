@@ -61,8 +61,11 @@ def test_a_terminated_worker_fails_its_requests_and_the_next_call_starts_a_new_o
 def test_a_failed_start_is_no_unhandled_rejection(chromium, server_url):
     """A page that never awaits ready(): the failed init is reported where it is awaited, not as an
     uncaught error. The worker's wheel index answers 404, so init fails at once."""
-    page = _page(chromium, server_url + "script-tag.html",
-                 ("**/wheels/index.json", lambda route: route.fulfill(status=404, body="not here")))
+    page = _page(
+        chromium,
+        server_url + "script-tag.html",
+        ("**/wheels/index.json", lambda route: route.fulfill(status=404, body="not here")),
+    )
     try:
         page.wait_for_function("() => webllm.client().answered && webllm.client().pending.size === 0")
         page.wait_for_timeout(300)  # an unhandled rejection is reported after the microtasks
