@@ -56,6 +56,33 @@ def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, dtype, wind
     np.testing.assert_allclose(got, ref, atol=2e-5 * tol, rtol=1e-4 * tol)
 
 
+@pytest.mark.parametrize(
+    "unroll,dtype,window,softcap", [(4, "f32", None, None), (4, "f16x2", 9, None), (1, "f32", None, 5.0), (8, "f16x2", None, None)]
+)
+def test_prefill_cpu_loop_form_matches_numpy(device, monkeypatch, unroll, dtype, window, softcap):
+    """The CPU form with q and acc in arrays walked `unroll` vec4s a pass (SwiftShader's,
+    planner.SWIFTSHADER_PREFILL_UNROLL), on lavapipe."""
+    q, k, v = make_qkv(45, 5)
+    if softcap:
+        q *= 4
+    forced(monkeypatch, device, True)
+    h = Harness(
+        device,
+        shuffled_cache(device, dtype=dtype),
+        max_tokens=32,
+        sliding_window=window,
+        softcap=softcap,
+        policy=KernelPolicy(prefill_attention=PrefillTiling(16, 32, unroll=unroll)),
+    )
+    assert "var acc: array<vec4<f32>" in h.attn.prefill.source  # the loop form was built
+    if dtype != "f32":
+        k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    ref = reference(q, k, v, H, KV, window=window, softcap=softcap)
+    tol = 1 if dtype == "f32" else 10
+    got = h.run(0, q, k, v, [32] + chunking(45 - 32, 7))
+    np.testing.assert_allclose(got, ref, atol=2e-5 * tol, rtol=1e-4 * tol)
+
+
 @pytest.fixture(scope="module")
 def sg_device():
     """A lavapipe device with the subgroups feature (the session's asks for it on GPUs only)."""

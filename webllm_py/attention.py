@@ -149,6 +149,7 @@ class PagedAttention:
                 tk=self.tk,
                 lanes=lanes,
                 rows=plan.prefill.rows,
+                cpu_unroll=plan.prefill.unroll,
                 subgroups=lanes > 1,  # the lanes of a query row sum its scores with subgroupShuffleXor
                 **attn,
             )

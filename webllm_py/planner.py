@@ -220,13 +220,17 @@ class PrefillTiling:
     its scores summed by subgroupShuffleXor (L a power of two dividing head_dim / 4); with L > 1 a
     thread may take `rows` query rows (of tq * group), each K/V value it reads from workgroup memory
     serving them all. sgmat: the other kernel, attention_prefill_sgmat.wgsl.j2 (f16 subgroup matrices; tq
-    tokens x group heads in subgroups of 16 query rows, tk keys a tile; lanes and rows unused)."""
+    tokens x group heads in subgroups of 16 query rows, tk keys a tile; lanes and rows unused).
+    unroll: CPU adapters' form only (the template's `cpu_adapter`): 0 holds a row's q and acc as head_dim / 4
+    vec4 registers, every dim unrolled; U > 0 keeps them in arrays and walks them U vec4s a loop pass
+    (SWIFTSHADER_PREFILL_UNROLL)."""
 
     tq: int = 16
     tk: int = 32
     lanes: int = 1
     rows: int = 1
     sgmat: bool = False
+    unroll: int = 0
 
     def sgmat_shared_bytes(self, head_dim: int, group: int) -> int:
         """attention_prefill_sgmat's workgroup memory: the f16 K/V tile (rows padded by 8), each subgroup's
@@ -256,6 +260,11 @@ SWIFTSHADER_Q8_TILING = MatvecTiling(wg=32, rows=4, split_k=False, shape_at_run_
 # "SwiftShader: sampling_draw's workgroup").
 SWIFTSHADER_DRAW_WG = 16
 DRAW_WG = 256
+# attention_prefill's CPU form on SwiftShader: q and acc in arrays, walked 4 vec4s a loop pass, not all
+# head_dim / 4 unrolled: SmolLM2's kernel compiles in ~XX s instead of ~YY s (on the returning visit's
+# serial chain of compiles before the first prefill) and ... (docs/benchmarks.md, "SwiftShader: attention_prefill's
+# compile").
+SWIFTSHADER_PREFILL_UNROLL = 4
 
 
 def sampling_draw_wg(adapter: Adapter) -> int:
@@ -892,7 +901,8 @@ def prefill_tiles(
                     lanes = n
                     break
         tq = 16 if lanes == 1 else max(1, min(16, 128 // (group * lanes)))
-        t = PrefillTiling(tq, 32, lanes)
+        unroll = SWIFTSHADER_PREFILL_UNROLL if adapter.swiftshader and d4 % SWIFTSHADER_PREFILL_UNROLL == 0 else 0
+        t = PrefillTiling(tq, 32, lanes, unroll=unroll)
     elif t.lanes > 1 and (head_dim % 4 or d4 % t.lanes):
         raise ValueError(f"attention_prefill's {t.lanes} lanes must divide head_dim / 4 = {head_dim / 4}")
     elif t.lanes > 1 and not adapter.subgroups:
@@ -904,7 +914,9 @@ def prefill_tiles(
         tq //= 2
     while tk > 1 and not adapter.fits(2 * tk * head_dim * 4):
         tk //= 2
-    return PrefillTiling(tq, tk, t.lanes, t.rows)
+    if t.unroll and (head_dim % 4 or d4 % t.unroll):
+        raise ValueError(f"attention_prefill's unroll {t.unroll} must divide head_dim / 4 = {head_dim / 4}")
+    return PrefillTiling(tq, tk, t.lanes, t.rows, unroll=t.unroll)
 
 
 def sgmat_prefill_tiling(
