@@ -264,7 +264,7 @@ DRAW_WG = 256
 # head_dim / 4 unrolled: SmolLM2's kernel compiles in ~XX s instead of ~YY s (on the returning visit's
 # serial chain of compiles before the first prefill) and ... (docs/benchmarks.md, "SwiftShader: attention_prefill's
 # compile").
-SWIFTSHADER_PREFILL_UNROLL = 4
+SWIFTSHADER_PREFILL_UNROLL = 1
 
 
 def sampling_draw_wg(adapter: Adapter) -> int:
