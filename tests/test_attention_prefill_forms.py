@@ -57,7 +57,8 @@ def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, dtype, wind
 
 
 @pytest.mark.parametrize(
-    "unroll,dtype,window,softcap", [(4, "f32", None, None), (4, "f16x2", 9, None), (1, "f32", None, 5.0), (8, "f16x2", None, None)]
+    "unroll,dtype,window,softcap",
+    [(4, "f32", None, None), (4, "f16x2", 9, None), (1, "f32", None, 5.0), (8, "f16x2", None, None)],
 )
 def test_prefill_cpu_loop_form_matches_numpy(device, monkeypatch, unroll, dtype, window, softcap):
     """The CPU form with q and acc in arrays walked `unroll` vec4s a pass (SwiftShader's,

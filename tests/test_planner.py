@@ -207,6 +207,16 @@ def test_swiftshader_matmul_rows():
     assert not plan_matmul(CPU, T.Q4_1, 1536, 576, F32).tiling.dequant  # lavapipe keeps its kernel
 
 
+def test_swiftshader_prefill_attention_loops():
+    """SwiftShader: attention_prefill's CPU form walks q and acc one vec4 a pass; lavapipe keeps it unrolled."""
+    from webllm_py.planner import SWIFTSHADER_PREFILL_UNROLL, PrefillTiling, prefill_tiles
+
+    assert prefill_tiles(SWIFTSHADER, 64, 3).unroll == SWIFTSHADER_PREFILL_UNROLL == 1
+    assert prefill_tiles(CPU, 64, 3).unroll == 0
+    with pytest.raises(ValueError, match="unroll 3"):
+        prefill_tiles(CPU, 64, 3, KernelPolicy(prefill_attention=PrefillTiling(unroll=3)))
+
+
 # (adapter, qtype, N, K, policy) -> matmul_i8's tiling, or None (the rows below it)
 # fmt: off
 I8_CASES = [
