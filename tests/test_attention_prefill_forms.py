@@ -32,7 +32,6 @@ def forced(monkeypatch, device, cpu_adapter: bool):
     [("f32", None, None), ("f16", None, None), ("f16x2", None, None), ("f32", 9, None), ("f32", None, 5.0)],
 )
 def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, dtype, window, softcap):
-    f16 = dtype != "f32"  # f16 values in the cache (f16x2: packed two to a u32, no shader-f16 needed)
     if dtype == "f16" and not device.has_f16:
         pytest.skip("the adapter has no shader-f16")
     N = 45
@@ -48,11 +47,17 @@ def test_prefill_forms_match_numpy(device, monkeypatch, cpu_adapter, dtype, wind
         softcap=softcap,
     )
     assert ("k_tile" not in h.attn.prefill.source) == cpu_adapter  # the form asked for was built
+    _check_against_numpy(h, q, k, v, dtype, window, softcap)
+
+
+def _check_against_numpy(h, q, k, v, dtype, window, softcap):
+    """The prompt in a 32-token chunk and then chunks of up to 7, against the numpy reference."""
+    f16 = dtype != "f32"  # f16 values in the cache (f16x2: packed two to a u32, no shader-f16 needed)
     if f16:  # the cache holds f16: the reference sees K/V rounded the same way
         k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
     ref = reference(q, k, v, H, KV, window=window, softcap=softcap)
     tol = 10 if f16 else 1
-    got = h.run(0, q, k, v, [32] + chunking(N - 32, 7))
+    got = h.run(0, q, k, v, [32] + chunking(len(q) - 32, 7))
     np.testing.assert_allclose(got, ref, atol=2e-5 * tol, rtol=1e-4 * tol)
 
 
@@ -76,12 +81,7 @@ def test_prefill_cpu_loop_form_matches_numpy(device, monkeypatch, unroll, dtype,
         policy=KernelPolicy(prefill_attention=PrefillTiling(16, 32, unroll=unroll)),
     )
     assert "var acc: array<vec4<f32>" in h.attn.prefill.source  # the loop form was built
-    if dtype != "f32":
-        k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
-    ref = reference(q, k, v, H, KV, window=window, softcap=softcap)
-    tol = 1 if dtype == "f32" else 10
-    got = h.run(0, q, k, v, [32] + chunking(45 - 32, 7))
-    np.testing.assert_allclose(got, ref, atol=2e-5 * tol, rtol=1e-4 * tol)
+    _check_against_numpy(h, q, k, v, dtype, window, softcap)
 
 
 @pytest.fixture(scope="module")
