@@ -22,6 +22,13 @@
 #                    machine's state just before it ("state": GPU clocks, power, temperature, utilization, the
 #                    host's load average): some processes ran 2-3x slow on the H200 with nothing else visible
 #                    (docs/benchmarks.md, "the peer table after issue 22's second round")
+#   PEER_DEADLINE    with PEER_REPS > 1: rounds after the first (each over all files) start only while the script
+#                    has run fewer than this many seconds (default: no limit), so a device call's time bounds them
+#   PEER_LLAMA_LAST  1: the llama.cpp cells after all webllm_py cells (a build started in the background, e.g.
+#                    `PEER_BUILD_ONLY=1 ... &`, can then overlap the webllm_py runs); PEER_LLAMA_WAIT seconds
+#                    (default 0) to wait for $LLAMA_BIN/llama-bench to appear before them
+#   PEER_FILE_WAIT   seconds to wait for each file to appear (another process making them, renamed into place
+#                    when whole) before making it here (default 0)
 #   PEER_WARMUP      0: no throwaway run. Default: one short `dawn-bench` with the subgroup-matrix option on the
 #                    first file before the table, not recorded: the first Dawn process with the f16 toggle on a
 #                    fresh machine ran at a third of the speed of the next ones (prefill and decode alike:
@@ -116,10 +123,16 @@ print(json.dumps(r))
 EOF
     tail -1 "$LOG"
 }
+round() {  # one run of each webllm_py engine on file $1
+    record "$1" native 300 python3 -m webllm_py bench --model "$1" $A
+    record "$1" dawn 300 python3 -m webllm_py dawn-bench --model "$1" $A
+    if [ -n "$SGMAT" ]; then record "$1" dawn-sgmat 300 python3 -m webllm_py dawn-bench --model "$1" $A "$SGMAT"; fi
+}
 G="python3 scripts/random_gguf.py --vocab $DIR/vocab.gguf"
 for sq in ${PEER_FILES:-llama-3.2-1b:Q4_0 llama-3.2-1b:Q4_K_M llama-3.1-8b:Q4_0 llama-3.1-8b:Q4_K_M}; do
     sh=${sq%%:*}; q=${sq##*:}; f=/tmp/$sh-$q.gguf
     echo "=== $sh $q"
+    for _ in $(seq 1 "${PEER_FILE_WAIT:-0}"); do [ -f "$f" ] && break; sleep 1; done
     [ -f "$f" ] || $G --shape "$sh" --quant "$q" "$f" || continue
     ls -l "$f"
     if [ -n "$SGMAT" ] && [ "${PEER_WARMUP:-1}" != 0 ] && [ -z "${warmed:-}" ]; then
@@ -127,13 +140,21 @@ for sq in ${PEER_FILES:-llama-3.2-1b:Q4_0 llama-3.2-1b:Q4_K_M llama-3.1-8b:Q4_0 
         timeout 200 python3 -m webllm_py dawn-bench --model "$f" --prompt-tokens 512 --decode-tokens 16 --gpu-reps 0 "$SGMAT" 2>/dev/null \
             | tail -1 | cut -c1-160
     fi
-    if [ -x $LLAMA_BIN/llama-bench ]; then llama "$f"; fi
-    for _ in $(seq 1 "${PEER_REPS:-1}"); do
-        record "$f" native 300 python3 -m webllm_py bench --model "$f" $A
-        record "$f" dawn 300 python3 -m webllm_py dawn-bench --model "$f" $A
-        if [ -n "$SGMAT" ]; then record "$f" dawn-sgmat 300 python3 -m webllm_py dawn-bench --model "$f" $A "$SGMAT"; fi
+    if [ -z "${PEER_LLAMA_LAST:-}" ] && [ -x $LLAMA_BIN/llama-bench ]; then llama "$f"; fi
+    FILES="${FILES:-} $f"
+    round "$f"
+done
+# further rounds over all files (a slow process then shows up as one outlier among a cell's runs)
+for rep in $(seq 2 "${PEER_REPS:-1}"); do
+    for f in $FILES; do
+        [ $SECONDS -lt "${PEER_DEADLINE:-999999}" ] || { echo "round $rep: deadline (PEER_DEADLINE) reached"; break 2; }
+        round "$f"
     done
 done
+if [ -n "${PEER_LLAMA_LAST:-}" ]; then
+    for _ in $(seq 1 "${PEER_LLAMA_WAIT:-0}"); do [ -x $LLAMA_BIN/llama-bench ] && break; sleep 1; done
+    if [ -x $LLAMA_BIN/llama-bench ]; then for f in $FILES; do llama "$f"; done; else echo "llama.cpp: no llama-bench in $LLAMA_BIN"; fi
+fi
 
 # -- the table -------------------------------------------------------------------------------------------------
 python3 - "$LOG" <<'EOF'
