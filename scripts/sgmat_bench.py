@@ -6,6 +6,7 @@ matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a
 
     python scripts/sgmat_bench.py [--shapes 512x4096x4096,512x14336x4096] [--reps 30] [--kernels i8,sgmat,f16]
         [--variants "128x128,pf"]
+    python scripts/sgmat_bench.py --kernels split   # split-K: the planner's tile unsplit, 2-4 slices of 3 tiles
 
 Weights are Q4_0 blocks (scales set to a small f16, nibbles random); the GPU's time is the wall time of a
 submitted pass of `reps` dispatches, read back once (one submit + readback is ~0.06 ms on Dawn)."""
@@ -46,7 +47,6 @@ out = []
 for label, tiling, policy in {variants}:
     lin = Linear(dev, w, matmul=tiling, policy=KernelPolicy(**policy))
     b = lin.bind(x, y, params)
-    groups = lin.matmul_tiling.groups(N, T)
     try:
         with dev.recorder() as rec:
             b.record(rec, T)  # quantize x, warm the pipeline
@@ -57,7 +57,7 @@ for label, tiling, policy in {variants}:
     async def per_dispatch(n):
         with dev.recorder() as rec:
             for _ in range(n):
-                rec.dispatch(b.matmul, *groups)
+                b.record(rec, T, x_passed=True)  # the matmul (and splitk_sum where split), not x's pass
         t0 = time.perf_counter()
         await dev.read_buffer(y, 0, 4)  # the recorder submitted on exit; this waits for the GPU
         return (time.perf_counter() - t0) / n
@@ -101,6 +101,17 @@ VARIANTS = [
     ("f16-sweep", "f16 64x128, 2x4 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=4)", {}),
     ("f16-sweep", "f16 64x32, 2x1 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=1)", {}),
     ("f16-sweep", "f16 32x64, 1x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_m=1)", {}),
+    # split-K (splits S: S workgroups a tile over K slices, then splitk_sum's dispatch, timed with it)
+    ("split", "split planner s1", None, {"prefill": "sgmat-f16", "sgmat_f16_splits": 1}),
+    *[
+        ("split", f"split {name} s{s}", f"MatmulSgmatF16Tiling({args}pf=True, splits={s})", {})
+        for name, args, splits in (
+            ("128x128", "sg_n=4, ti=4, ", (1, 2, 3, 4)),
+            ("64x64", "", (1, 2, 4)),
+            ("128x64", "sg_m=4, ", (2,)),
+        )
+        for s in splits
+    ],
 ]
 
 
@@ -116,7 +127,7 @@ def main() -> int:
     groups = a.kernels.split(",")
     with DawnHost(flags=["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"], timeout=600) as host:
         offered = host.exec(_SETUP)  # {"i8": i8 subgroup matrices, "f16": f16 ones}
-        need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16", "f16-sweep": "f16"}
+        need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16", "f16-sweep": "f16", "split": "f16"}
         for g in groups:
             if g in need and not offered[need[g]]:
                 print(f"sgmat_bench: this adapter has no {need[g]} subgroup matrices: no {g} rows", file=sys.stderr)

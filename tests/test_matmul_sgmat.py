@@ -16,6 +16,7 @@ and one pass over x for Q/K/V and for a weight split into row blocks."""
 
 import base64
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -212,8 +213,9 @@ F16_TILINGS = [
     "MatmulSgmatF16Tiling(kb=1, db=True)",
     "MatmulSgmatF16Tiling(sg_m=1, sg_n=4, ti=4, tj=1, kb=1)",
     "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True)",  # as requested: kb must divide K / 32 = 3
+    "MatmulSgmatF16Tiling(sg_n=4, ti=4, kb=1, pf=True, splits=3)",  # split-K, 3 slices (K / 32 = 3 and more)
 ]
-F16_IDS = ["planner", "double-buffer", "1x4-subgroups", "128x128-prefetch"]
+F16_IDS = ["planner", "double-buffer", "1x4-subgroups", "128x128-prefetch", "split-k"]
 # Q4_K rows are whole super-blocks of 256
 F16_SHAPES = {q: [(37, 256, 5), (70, 512, 33), (4096, 512, 128)] for q in ("Q4_K", "Q6_K")}
 
@@ -360,14 +362,54 @@ def test_f16_scaled_rows_emulated(device):
     _check_scaled(y_acc, x, w, bias, y0)
 
 
+# split-K (splits > 1: partial tiles, then splitk_sum) over ragged N and T: slices even (4 steps in 2),
+# uneven (4 in 3; 3 in 2, double-buffered), 8 steps in 4 with the planner's 64x64 prefetching tile
+SPLIT_K = [
+    ("Q4_0", 45, 128, 19, replace(SMALL, splits=2)),
+    ("Q4_0", 45, 128, 19, replace(SMALL, splits=3)),
+    ("Q4_0", 37, 96, 5, MatmulSgmatF16Tiling(kb=1, db=True, splits=2)),
+    ("Q8_0", 37, 256, 9, replace(SMALL, splits=4)),
+    ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(kb=1, pf=True, splits=4)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", SPLIT_K, ids=[f"{c[0]}-{c[4].splits}-{i}" for i, c in enumerate(SPLIT_K)])
+def test_f16_split_k_emulated(device, case):
+    """A Linear on split-K matmul_sgmat_f16 (builtins emulated): y within f16_bound of numpy with a bias, then
+    y += onto y0, rows of x past f16's range included; two dispatches besides row_scale's."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    qtype, N, K, T, tiling = case
+    rng = np.random.default_rng(N + K + T + tiling.splits)
+    raw, w = make_weight(qtype, N, K, rng)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = outlier_rows(rng, T, K) if T >= 10 else rng.standard_normal((T, K)).astype(np.float32)
+    y0 = rng.standard_normal((T, N)).astype(np.float32)
+    with emulating(device):
+        b = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, 4 * N))
+        lin = Linear(device, upload(device, raw, qtype, N, K), b, matmul=tiling)
+        assert lin.matmul_plan.template == "matmul_sgmat_f16"
+        y = run_linear(device, lin, x)
+        y_acc = run_linear(device, lin, x, y0, accumulate=True)
+        bound = lin.bind(f32_buffer(device, x), f32_buffer(device, y0), device.buffer_from(struct.pack("<II", 0, T)))
+        with device.recorder() as rec:
+            counting = _Counting(rec)
+            bound.record(counting, T)
+    assert counting.dispatches == 3 and counting.scales == 1
+    _check_scaled(y, x, w, bias)
+    _check_scaled(y_acc, x, w, bias, y0)
+
+
 class _Counting:
     """A recorder passing dispatches on, counting row_scale's."""
 
     def __init__(self, rec):
-        self.rec, self.scales = rec, 0
+        self.rec, self.scales, self.dispatches = rec, 0, 0
 
     def dispatch(self, bind_group, *groups):
         self.scales += bind_group.kernel.label.startswith("row_scale")
+        self.dispatches += 1
         self.rec.dispatch(bind_group, *groups)
 
 
@@ -377,9 +419,11 @@ QKV_N, QKV_K, QKV_LIMIT = (64, 32, 200), 128, 64 * 72 + 4
 
 
 @pytest.mark.gpu
-def test_f16_scales_once_per_x_emulated(device):
+@pytest.mark.parametrize("tiling", [SMALL, replace(SMALL, splits=2)], ids=["whole-K", "split-K"])
+def test_f16_scales_once_per_x_emulated(device, tiling):
     """Q, K and V read one x: a prefill records row_scale once for the group, and once for V alone, whose
-    row blocks (a split weight) all read the same scales; every y within f16_bound of numpy."""
+    row blocks (a split weight) all read the same scales; every y within f16_bound of numpy (split-K: each
+    row block's splitk_sum writes its columns of y, out_stride apart)."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
     rng = np.random.default_rng(23)
@@ -400,7 +444,7 @@ def test_f16_scales_once_per_x_emulated(device):
         xb = f32_buffer(device, x)
         ys = [f32_buffer(device, np.full((T, n), np.nan, np.float32)) for n in QKV_N]
         params = device.buffer_from(struct.pack("<II", 0, T))
-        bound = [Linear(device, t, matmul=SMALL).bind(xb, y, params) for t, y in zip(tensors, ys)]
+        bound = [Linear(device, t, matmul=tiling).bind(xb, y, params) for t, y in zip(tensors, ys)]
         for group in (MatvecGroup(bound), bound[2]):
             with device.recorder() as rec:
                 counting = _Counting(rec)

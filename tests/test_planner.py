@@ -310,6 +310,14 @@ SGMAT_F16_CASES = [
     ("no subgroup matrices (default Chrome, native wgpu, lavapipe)", GPU, T.Q4_0, 4096, 4096, SG16, None),
     ("tiles past the workgroup memory", Adapter(f16=True, f16_subgroup_matrix=True), T.Q4_0, 4096, 4096, SG16,
      None),
+    ("split-K asked for", SGMAT16, T.Q4_0, 4096, 4096, KernelPolicy(sgmat_f16_splits=2),
+     dataclasses.replace(BIG16, splits=2)),
+    ("split-K: at most one slice a K step (96 columns: 3 steps of one block)", SGMAT16, T.Q8_0, 64, 96,
+     KernelPolicy(sgmat_f16_splits=8), dataclasses.replace(BIG16, kb=1, splits=3)),
+    ("split-K: partial tiles [splits, 512, N] within 128 MiB", SGMAT16, T.Q4_0, 28672, 4096,
+     KernelPolicy(sgmat_f16_splits=4), dataclasses.replace(BIG16, splits=2)),
+    ("split-K never (the A/B's old planner)", SGMAT16, T.Q4_0, 4096, 4096,
+     KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, splits=4), sgmat_f16_splits=1), BIG16),
 ]
 # fmt: on
 
@@ -340,6 +348,8 @@ def test_matmul_request():
     }
     with pytest.raises(ValueError, match="prefill"):
         KernelPolicy(prefill="int4")
+    with pytest.raises(ValueError, match="sgmat_f16_splits"):
+        KernelPolicy(sgmat_f16_splits=0)
 
 
 def test_kv_cache_policy():

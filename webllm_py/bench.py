@@ -179,6 +179,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "double buffering 0/1, prefetch 0/1 (planner.MatmulSgmatF16Tiling)",
     )
     p.add_argument(
+        "--sgmat-f16-splits",
+        type=int,
+        metavar="S",
+        help="matmul_sgmat_f16's split-K slices in every tile (1: never split); default: the planner's by shape",
+    )
+    p.add_argument(
         "--attention",
         choices=["fused", "combine", "unfused"],
         help="single-token attention as attention_step merging its slices (one dispatch), attention_step "
@@ -356,6 +362,7 @@ def kernel_policy(args: argparse.Namespace):
         )
         if args.sgmat_f16_tiling
         else None,
+        sgmat_f16_splits=args.sgmat_f16_splits,
         fused_attention=None if args.attention is None else args.attention != "unfused",
         step_merge=None if args.attention is None else args.attention == "fused",
         step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None,

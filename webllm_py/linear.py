@@ -73,6 +73,9 @@ def prefill_i8_tiling(
     return i8_tiling(Adapter.of(device), qtype, K, N, policy)
 
 
+SPLITK_SUM_WG = 256  # splitk_sum's threads per workgroup (an output element each)
+
+
 def _scratch(device: Any, role: str, nbytes: int) -> Any:
     """A device-wide scratch buffer of `nbytes` for `role`, shared by every layer that asks for the
     same size: the dispatches that write and read it are recorded in order."""
@@ -213,7 +216,11 @@ class Linear:
                 elif isinstance(m, MatmulSgmatTiling):
                     tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
                 else:  # f32 x / s_t in, f16 tiles inside
-                    tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db, pf=m.pf)
+                    tiling = dict(
+                        sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db, pf=m.pf, splits=m.splits
+                    )
+                # split-K slices write partial tiles; splitk_sum ("reduce") does the bias, += and stride
+                split = isinstance(m, MatmulSgmatF16Tiling) and m.splits > 1
                 k = self.device.kernel(
                     name,
                     label=label,
@@ -221,6 +228,18 @@ class Linear:
                     qtype=self.weight.ggml_type.name,
                     K=self.K,
                     row_bytes=self._params["row_bytes"],
+                    tokens_at=self._tokens_at,
+                    has_bias=self.bias is not None and not split,
+                    accumulate=accumulate and not split,
+                    **{k: v for k, v in self._params.items() if k == "out_stride" and not split},
+                )
+            elif kind == "reduce" and isinstance(m, MatmulSgmatF16Tiling):  # matmul_sgmat_f16's split-K partials
+                k = self.device.kernel(
+                    "splitk_sum",
+                    label=f"splitk_sum {self.weight.name}",
+                    N=self.N,
+                    splits=m.splits,
+                    wg=SPLITK_SUM_WG,
                     tokens_at=self._tokens_at,
                     has_bias=self.bias is not None,
                     accumulate=accumulate,
@@ -352,10 +371,18 @@ class Linear:
             return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
         if self.matmul_plan.template == "matmul_sgmat_f16":
             # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds
-            scale = _scratch(self.device, "xscale", 8 * (x.size // (4 * self.K)))
+            tokens = x.size // (4 * self.K)
+            scale = _scratch(self.device, "xscale", 8 * tokens)
             quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
-            mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
-            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
+            splits = self.matmul_tiling.splits
+            if splits == 1:
+                mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
+                return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
+            # split-K: partial tiles [splits, T, N] in a scratch the next split matmul may reuse
+            part = _scratch(self.device, "splitk", 4 * splits * tokens * self.N)
+            mm = self.device.bind(self.kernel("matmul", False), [w, x, scale, part, params])
+            red = self.device.bind(self.kernel("reduce", accumulate), [part, y, params, *extra])
+            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, reduce=red)
         if isinstance(self.matmul_tiling, MatmulRowsTiling) and self.matmul_tiling.shape_at_run_time:
             extra.append(self._shape(accumulate))
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
@@ -374,6 +401,7 @@ class BoundLinear:
     quant: Any | None = None  # the bind group of the pass over x before the matmul (x_pass)
     x: Any = None  # the activations it reads and writes (bind's x and y)
     y: Any = None
+    reduce: Any | None = None  # splitk_sum's bind group: a split matmul_sgmat_f16's partial tiles into y
 
     @property
     def reads(self) -> tuple:
@@ -421,6 +449,8 @@ class BoundLinear:
             if not x_passed:
                 rec.dispatch(self.quant, 1, n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
+            if self.reduce is not None:
+                rec.dispatch(self.reduce, _ceil_div(lin.N, SPLITK_SUM_WG), n_tokens)
             return
         if isinstance(t, MatmulRowsTiling):  # matmul_rows
             rec.dispatch(self.matmul, _ceil_div(lin.N, t.wg * t.rows), _ceil_div(n_tokens, t.tm))

@@ -183,6 +183,10 @@ class MatmulSgmatF16Tiling:
     # stored after the barrier: 1.01-1.07x the speed without at the 512-token shapes of Llama 1B / 8B
     # (docs/benchmarks.md, "f16 tiles by shape"); SGMAT_F16_TILES sets it, the bare default stays without
     pf: bool = False
+    # split-K: workgroups per output tile, each over a K slice, their partial tiles added by splitk_sum
+    # (one more dispatch): more workgroups where a chunk's tiles alone leave SMs idle (docs/benchmarks.md,
+    # "split-K"); sgmat_f16_tiling keeps it within K's steps and the partials' buffer
+    splits: int = 1
 
     @property
     def tm(self) -> int:
@@ -192,8 +196,8 @@ class MatmulSgmatF16Tiling:
     def tn(self) -> int:
         return 16 * self.sg_n * self.tj
 
-    def groups(self, n: int, T: int) -> tuple[int, int]:
-        return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
+    def groups(self, n: int, T: int) -> tuple[int, int, int]:
+        return _ceil_div(n, self.tn), _ceil_div(T, self.tm), self.splits
 
     def shared_bytes(self) -> int:
         """Workgroup memory: f16 rows of x and W (8 f16 of padding each), twice when double-buffered,
@@ -407,6 +411,8 @@ class KernelPolicy:
     prefill: str = "auto"
     sgmat_tiling: MatmulSgmatTiling | None = None  # matmul_sgmat's tile (kb drops to 1 where K % 64 != 0)
     sgmat_f16_tiling: MatmulSgmatF16Tiling | None = None  # matmul_sgmat_f16's (kb as sgmat_tiling's)
+    # matmul_sgmat_f16's split-K slices in every tile, the planner's or the policy's (None: the tile's own)
+    sgmat_f16_splits: int | None = None
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
     # attention_step merges its split-K slices itself (one dispatch; needs a device-scope
@@ -443,6 +449,8 @@ class KernelPolicy:
                 f"KernelPolicy.prefill_attention needs tq, tk, rows >= 1, lanes a power of two <= 32 "
                 f"and rows 1 where lanes is: {t}"
             )
+        if self.sgmat_f16_splits is not None and self.sgmat_f16_splits < 1:
+            raise ValueError(f"KernelPolicy.sgmat_f16_splits must be >= 1, not {self.sgmat_f16_splits!r}")
 
     def staged_override(self, key: str) -> StagedTiling | None:
         return dict(self.staged_tilings).get(key)
@@ -755,9 +763,9 @@ SGMAT_F16_TILES = (
 def _sgmat_f16_by_shape(adapter: Adapter, N: int) -> MatmulSgmatF16Tiling:
     def speed(tile: tuple[MatmulSgmatF16Tiling, int, float]) -> float:
         t, per_sm, tops = tile
-        gx, gy = t.groups(max(N, 1), prefill_chunk(adapter))
+        groups = math.prod(t.groups(max(N, 1), prefill_chunk(adapter)))
         wave = per_sm * SGMAT_F16_SMS
-        return tops * gx * gy / (_ceil_div(gx * gy, wave) * wave)
+        return tops * groups / (_ceil_div(groups, wave) * wave)
 
     fits = [c for c in SGMAT_F16_TILES if _sgmat_fits(adapter, c[0])]
     return max(fits, key=speed)[0] if fits else SGMAT_F16_TILES[-1][0]
@@ -786,9 +794,21 @@ def sgmat_f16_tiling(
     ):
         return None
     t = policy.sgmat_f16_tiling or _sgmat_f16_by_shape(adapter, N)
+    if policy.sgmat_f16_splits is not None:
+        t = replace(t, splits=policy.sgmat_f16_splits)
     if (K // 32) % t.kb:
         t = replace(t, kb=1)
+    # at most one slice a K step, and the partial tiles [splits, chunk, N] within a storage binding
+    splits = min(t.splits, K // 32 // t.kb)
+    while splits > 1 and 4 * splits * prefill_chunk(adapter) * N > SPLITK_PART_BYTES:
+        splits -= 1
+    t = replace(t, splits=max(splits, 1))
     return t if _sgmat_fits(adapter, t) else None
+
+
+# the partial tiles' buffer of a split matmul_sgmat_f16 stays within WebGPU's default
+# maxStorageBufferBindingSize (128 MiB), which every adapter offers
+SPLITK_PART_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)
