@@ -184,8 +184,10 @@ class MatmulSgmatF16Tiling:
     # (docs/benchmarks.md, "f16 tiles by shape"); SGMAT_F16_TILES sets it, the bare default stays without
     pf: bool = False
     # split-K: workgroups per output tile, each over a K slice, their partial tiles added by splitk_sum
-    # (one more dispatch): more workgroups where a chunk's tiles alone leave SMs idle (docs/benchmarks.md,
-    # "split-K"); sgmat_f16_tiling keeps it within K's steps and the partials' buffer
+    # (one more dispatch), for more workgroups where a chunk's tiles alone leave SMs idle; sgmat_f16_tiling
+    # keeps it within K's steps and the partials' buffer. 1 in the planner's tiles: on the H200, split on
+    # every linear, 1B and 8B prefills lost (gate_up pays the partials' traffic), only qkv gained
+    # (docs/benchmarks.md, "split-K for shapes that leave SMs idle"); KernelPolicy.sgmat_f16_splits asks for it
     splits: int = 1
 
     @property
