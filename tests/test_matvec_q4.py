@@ -579,3 +579,95 @@ def test_staged_two_planes_fused(request, qtype, glu, subgroups):
     else:
         for n, w, yb in zip(parts, ws, ys):
             assert scaled_error(read_f32(device, yb, n)[None], h, w) < 1.5e-4
+
+
+# --- the prestaged form (StagedTiling.prestaged): x quantized once per token by ops.QuantizeX ---
+
+
+@pytest.mark.parametrize(
+    "qtype,glu,norm,planes,prestaged,subgroups",
+    [
+        ("Q4_0", None, False, 1, "copy", False),
+        ("Q4_0", None, False, 2, "direct", True),
+        ("Q4_K", None, True, 2, "direct", False),
+        ("Q4_1", None, True, 1, "copy", True),
+        ("Q6_K", "silu", True, 1, "copy", False),
+        ("Q8_0", "gelu_tanh", True, 1, "direct", True),
+    ],
+)
+def test_staged_prestaged(request, qtype, glu, norm, planes, prestaged, subgroups):
+    """quantize_x + matvec_q4s reading its blocks (copied into workgroup memory, or straight from global
+    memory) against today's staged kernel over the same x: bit-identical without the norm (the same
+    quantization rule, the same sums), the same within f32 rounding of 1 / rms with it; and against numpy
+    over the same int8 rounding of x (times the norm weights, scaled by numpy's 1 / rms). Q/K/V (three
+    parts whose workgroups straddle) or gate/up with the GLU; an all-zero block."""
+    from dataclasses import replace
+
+    from webllm_py.linear import StagedTiling
+    from webllm_py.ops import QuantizeX, RMSNorm
+
+    device = request.getfixturevalue("sg_device" if subgroups else "device")
+    rng = np.random.default_rng(23)
+    K, eps, offset = 768, 1e-5, 1.0 if glu == "gelu_tanh" else 0.0
+    parts = (40, 40) if glu else ((40, 12, 9) if norm else (37,))
+    x = (rng.standard_normal((1, K)) * 3).astype(np.float32)
+    x[0, 64:96] = 0
+    nw = rng.standard_normal(K).astype(np.float32)
+    xb = f32_buffer(device, x)
+    rms = RMSNorm(device, f32_buffer(device, nw), K, eps, weight_offset=offset) if norm else None
+    staged = StagedTiling(32, 2, 2, True, planes)
+    ws, lins = [], []
+    for n in parts:
+        raw, w = staged_weight(qtype, n, K, rng)
+        ws.append(w)
+        lins.append(Linear(device, upload(device, raw, qtype, n, K), matvec=staged, subgroups=subgroups))
+    groups = staged.groups(parts[0], K) if glu else sum(staged.groups(n, K) for n in parts)
+    n_out = 1 if glu else len(parts)
+    quant = QuantizeX(device, K, planes, norm=rms)
+    xq, xd = quant.buffers()
+    outs = {}
+    for form in ("", prestaged):
+        t = replace(staged, prestaged=form)
+        kernel = lins[0].q4_kernel(list(parts), False, glu=glu, norm=rms, tiling=t)
+        # direct: no workgroup copy of x (and with subgroups no barrier at all)
+        assert ("var<workgroup> xq" in kernel.source) != (form == "direct")
+        assert ("workgroupBarrier" in kernel.source) != (form == "direct" and subgroups)
+        xs = [xq, xd] if form else [xb] + ([rms.weight] if norm else [])
+        ys = [f32_buffer(device, np.full(parts[0] if glu else n, np.nan, np.float32)) for n in parts[:n_out]]
+        bg = device.bind(kernel, [lin.weight.buffer for lin in lins] + xs + ys)
+        with device.recorder() as rec:
+            if form:
+                quant.bind(xb, xq, xd).record(rec, 1)
+            rec.dispatch(bg, groups)
+        outs[form] = [read_f32(device, yb, parts[0] if glu else n) for yb, n in zip(ys, parts)]
+    for a, b in zip(outs[""], outs[prestaged]):
+        if norm:
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+        else:
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    xs64 = x[0].astype(np.float64)
+    inv = 1 / np.sqrt((xs64**2).mean() + eps) if norm else 1.0
+    xn = (x * (nw + np.float32(offset))).astype(np.float32) if norm else x
+    if glu:
+        hq = q8_blocks(xn, planes)[0]
+        g, u = inv * (hq @ ws[0].T), inv * (hq @ ws[1].T)
+        act = (
+            g * 0.5 * (1 + np.tanh(g / 2))
+            if glu == "silu"
+            else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        )
+        scale = inv**2 * (np.abs(hq) @ np.abs(ws[0]).T) * (np.abs(hq) @ np.abs(ws[1]).T)
+        assert (np.abs(outs[prestaged][0] - act * u) / scale).max() < TOL
+    else:
+        for y, w in zip(outs[prestaged], ws):
+            assert staged_error(y[None] / inv, xn, w, planes) < TOL
+
+
+def test_staged_prestaged_tiling_checks():
+    """StagedTiling.prestaged takes '', 'copy' or 'direct'; 'direct' stages nothing in workgroup memory."""
+    from webllm_py.linear import StagedTiling
+
+    with pytest.raises(ValueError, match="prestaged"):
+        StagedTiling(prestaged="yes")
+    assert StagedTiling(prestaged="direct").shared_bytes(4096) == 4 * 256 * 4
+    assert StagedTiling(prestaged="copy").shared_bytes(4096) == StagedTiling().shared_bytes(4096)

@@ -319,6 +319,7 @@ class Linear:
                 rows=t.rows,
                 prefetch=t.prefetch,
                 planes=t.planes,
+                prestaged=t.prestaged,
                 subgroups=sg,
                 qtype=self.weight.ggml_type.name,
                 K=self.K,

@@ -58,10 +58,15 @@ class StagedTiling:
     # lavapipe"); 1 by default: on the H200 2 planes cost 17-19% of decode (1B and 8B, Dawn and native),
     # twice the x staged per workgroup (docs/benchmarks.md, same section)
     planes: int = 1
+    # x quantized once per token by ops.QuantizeX rather than by every workgroup (matvec_q4s.wgsl.j2's
+    # prestaged): "copy" into workgroup memory, "direct" read from global memory; "": staged here
+    prestaged: str = ""
 
     def __post_init__(self) -> None:
         if self.planes not in (1, 2):
             raise ValueError(f"StagedTiling.planes must be 1 or 2, not {self.planes!r}")
+        if self.prestaged not in ("", "copy", "direct"):
+            raise ValueError(f"StagedTiling.prestaged must be '', 'copy' or 'direct', not {self.prestaged!r}")
 
     split_k = True  # (threads split K, as MatvecTiling's split_k)
 
@@ -77,7 +82,8 @@ class StagedTiling:
     def shared_bytes(self, K: int) -> int:
         """Workgroup memory: 17 vec4 of q (per plane) and 9 vec2 of scales per unit, one f32 per
         accumulator (2 * rows + 2 of them)."""
-        return (K // 256) * (self.planes * 17 * 16 + 9 * 8) + 4 * self.wg * (2 * self.rows + 2)
+        x_bytes = 0 if self.prestaged == "direct" else (K // 256) * (self.planes * 17 * 16 + 9 * 8)
+        return x_bytes + 4 * self.wg * (2 * self.rows + 2)
 
 
 @dataclass(frozen=True)
