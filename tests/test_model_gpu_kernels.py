@@ -69,9 +69,14 @@ def llama_to_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def gpu_like_engine(tmp_path_factory):
+def llama_gguf(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpu_kernels")
-    path, ref_dir = llama_to_gguf(build(VARIANT, d), str(d))
+    return llama_to_gguf(build(VARIANT, d), str(d))
+
+
+@pytest.fixture(scope="module")
+def gpu_like_engine(llama_gguf):
+    path, ref_dir = llama_gguf
     device = gpu_like_device()
     engine = asyncio.run(Engine.load(path, device=device, context_window=128, prefill_chunk=PREFILL_CHUNK))
     yield engine, ref_dir
@@ -149,3 +154,39 @@ def test_prefill_quantizes_x_once_per_group(gpu_like_engine):
     rec = Counting()
     group.record(rec, 8)
     assert rec.n == 1 + sum(b != a for a, b in zip(keys, keys[1:]))
+
+
+@pytest.mark.parametrize("prestage", ["copy", "direct"])
+def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf, prestage):
+    """KernelPolicy.prestage: every staged matvec reads x quantized once per token (ops.QuantizeX, the
+    norms folded into it) instead of quantizing it in each workgroup: the same rounding rule, so the same
+    greedy tokens and logprobs (within f32 rounding of 1 / rms) as the default engine's decode."""
+    from webllm_py.planner import KernelPolicy
+
+    engine, ref_dir = gpu_like_engine
+    ids = prompt_ids(ref_dir, SHORT)
+    params = SamplingParams(temperature=0.0, logprobs=True)
+
+    async def run(e):
+        return [t async for t in e.generate(ids, params, max_tokens=N_GREEDY, ignore_eos=True) if t.id >= 0]
+
+    ref = asyncio.run(run(engine))
+    pre = asyncio.run(
+        Engine.load(
+            llama_gguf[0],
+            device=gpu_like_device(),
+            context_window=128,
+            prefill_chunk=PREFILL_CHUNK,
+            policy=KernelPolicy(prestage=prestage),
+        )
+    )
+    try:
+        layer = pre.model.layers[0]
+        assert all(p is not None for _, _, p in layer.qkv.runs + layer.gate_up.runs)
+        assert layer.wo.prestage is not None and layer.w_down.prestage is not None
+        assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed
+        out = asyncio.run(run(pre))
+    finally:
+        pre.unload()
+    assert [t.id for t in out] == [t.id for t in ref]
+    np.testing.assert_allclose([t.logprob for t in out], [t.logprob for t in ref], atol=1e-4)

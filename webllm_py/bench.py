@@ -161,6 +161,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "two planes; planner.StagedTiling.planes); default: the tilings' own (1)",
     )
     p.add_argument(
+        "--prestage",
+        choices=["copy", "direct"],
+        help="the staged matvecs read x quantized once per token by its own dispatch (planner.KernelPolicy.prestage; "
+        "copy: into workgroup memory, direct: from global memory); default: each workgroup quantizes x",
+    )
+    p.add_argument(
         "--prefill-kernel",
         choices=PREFILL_KERNELS,
         default="auto",
@@ -352,6 +358,7 @@ def kernel_policy(args: argparse.Namespace):
         staged_matvec=args.matvec_kernel == "staged",
         staged_tilings=parse_staged_tilings(args.staged_tiling or ""),
         staged_planes=args.staged_planes,
+        prestage=args.prestage or "",
         fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))

@@ -354,9 +354,11 @@ class Linear:
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
         t = self.matvec_tiling
         mv_shape = [self._shape(accumulate)] if isinstance(t, MatvecTiling) and t.shape_at_run_time else []
-        mv = self.device.bind(self.kernel("matvec", accumulate), [w, mv_x, y, *extra, *mv_shape])
+        pre = self.prestage(x) if self.staged and t.prestaged else None
+        mv_ins = list(pre.writes) if pre else [mv_x]
+        mv = self.device.bind(self.kernel("matvec", accumulate), [w, *mv_ins, y, *extra, *mv_shape])
         if params is None:
-            return BoundLinear(self, mv, None, accumulate, x=x, y=y)
+            return BoundLinear(self, mv, None, accumulate, x=x, y=y, prestage=pre)
         if self.matmul_plan.template in ("matmul_i8", "matmul_sgmat"):
             # x as int8 blocks for as many tokens as x holds: words [T, K / 4], (d, d * sum q) [T, K / 32]
             tokens = x.size // (4 * self.K)
@@ -369,7 +371,7 @@ class Linear:
             )
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
-            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
+            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre)
         if self.matmul_plan.template == "matmul_sgmat_f16":
             # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds
             tokens = x.size // (4 * self.K)
@@ -378,16 +380,29 @@ class Linear:
             splits = self.matmul_tiling.splits
             if splits == 1:
                 mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
-                return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y)
+                return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre)
             # split-K: partial tiles [splits, T, N] in a scratch the next split matmul may reuse
             part = _scratch(self.device, "splitk", 4 * splits * tokens * self.N)
             mm = self.device.bind(self.kernel("matmul", False), [w, x, scale, part, params])
             red = self.device.bind(self.kernel("reduce", accumulate), [part, y, params, *extra])
-            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, reduce=red)
+            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, reduce=red, prestage=pre)
         if isinstance(self.matmul_tiling, MatmulRowsTiling) and self.matmul_tiling.shape_at_run_time:
             extra.append(self._shape(accumulate))
         mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, y, params, *extra])
-        return BoundLinear(self, mv, mm, accumulate, x=x, y=y)
+        return BoundLinear(self, mv, mm, accumulate, x=x, y=y, prestage=pre)
+
+    def prestage(self, x: Any, norm: Any = None, planes: int | None = None) -> Any:
+        """The bound ops.QuantizeX of one token's x (norm: the RMSNorm folded in) into the device-wide
+        scratch (xq, xd) a prestaged staged matvec (StagedTiling.prestaged) reads: its writes."""
+        from .ops import QuantizeX
+
+        planes = self.matvec_tiling.planes if planes is None else planes
+        q = QuantizeX(self.device, self.K, planes, norm=norm)
+        return q.bind(
+            x,
+            _scratch(self.device, "prestaged xq", planes * self.K),
+            _scratch(self.device, "prestaged xd", 8 * (self.K // 32 + 1)),
+        )
 
 
 @dataclass(eq=False)
@@ -403,6 +418,7 @@ class BoundLinear:
     x: Any = None  # the activations it reads and writes (bind's x and y)
     y: Any = None
     reduce: Any | None = None  # splitk_sum's bind group: a split matmul_sgmat_f16's partial tiles into y
+    prestage: Any = None  # single tokens: the QuantizeX BoundOp recorded before a prestaged matvec
 
     @property
     def reads(self) -> tuple:
@@ -434,6 +450,8 @@ class BoundLinear:
             return
         lin = self.linear
         if n_tokens == 1:
+            if self.prestage is not None:
+                self.prestage.record(rec, 1)
             groups = lin.matvec_tiling.groups(lin.N, lin.K)
             z = _ceil_div(groups, MAX_GROUPS)  # past 65535 groups the grid spills into z
             rec.dispatch(self.matvec, _ceil_div(groups, z), 1, z)
@@ -490,7 +508,8 @@ class MatvecGroup:
         self.members, self.glu = members, glu
         lins = [b.linear for b in members]
         first = lins[0]
-        self.runs: list[tuple[Any, int]] = []  # (bind group, workgroups) of each fused dispatch
+        # (bind group, workgroups, the QuantizeX BoundOp before a prestaged one) of each fused dispatch
+        self.runs: list[tuple[Any, int, Any]] = []
 
         # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
         # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
@@ -533,8 +552,12 @@ class MatvecGroup:
                 )
                 k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)
                 ins = [norm.reads[0], norm.norm.weight] if fold else [members[0].x]
+                pre = None
+                if lead.staged and t.prestaged:  # x (with the norm folded in) quantized once, before the dispatch
+                    pre = lead.prestage(ins[0], rms if fold else None, t.planes)
+                    ins = list(pre.writes)
                 groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)
-                self.runs.append((lead.device.bind(k, [lins[i].weight.buffer for i in sp] + ins + outs), groups))
+                self.runs.append((lead.device.bind(k, [lins[i].weight.buffer for i in sp] + ins + outs), groups, pre))
             if fold:
                 norm.absorbed = True
 
@@ -549,7 +572,9 @@ class MatvecGroup:
 
     def record(self, rec: Any, n_tokens: int) -> None:
         if n_tokens == 1 and self.runs:
-            for bind_group, groups in self.runs:
+            for bind_group, groups, pre in self.runs:
+                if pre is not None:
+                    pre.record(rec, 1)
                 z = _ceil_div(groups, MAX_GROUPS)
                 rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
             return

@@ -408,6 +408,9 @@ class KernelPolicy:
     staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
     staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
+    # "copy" / "direct": every staged tiling reads x quantized once per token (StagedTiling.prestaged);
+    # "": each workgroup quantizes x itself
+    prestage: str = ""
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
@@ -444,6 +447,8 @@ class KernelPolicy:
                 f"KernelPolicy.prefill_attention_kernel must be one of {', '.join(PREFILL_ATTENTION_KERNELS)}, "
                 f"not {self.prefill_attention_kernel!r}"
             )
+        if self.prestage not in ("", "copy", "direct"):
+            raise ValueError(f"KernelPolicy.prestage must be '', 'copy' or 'direct', not {self.prestage!r}")
         if self.kv_cache not in ("auto", "f32", "f16", "f16x2"):
             raise ValueError(f"KernelPolicy.kv_cache must be auto, f32, f16 or f16x2, not {self.kv_cache!r}")
         t = self.prefill_attention
@@ -502,7 +507,8 @@ def staged_tiling(
             break
     else:
         t = next(r.tiling for r in STAGED_TABLE if r.when(K, N, glu, qtype))
-    return t if policy.staged_planes is None else replace(t, planes=policy.staged_planes)
+    t = t if policy.staged_planes is None else replace(t, planes=policy.staged_planes)
+    return replace(t, prestaged=policy.prestage) if policy.prestage else t
 
 
 def team_subgroups(adapter: Adapter, lanes: int) -> bool:
