@@ -540,17 +540,15 @@ if want("staged_q8"):
         w.buffer.destroy()
 
 # x quantized once per token (ops.QuantizeX) for the staged matvec (StagedTiling.prestaged) against
-# today's staged kernel (every workgroup quantizes all of x): each layer op of 1B and 8B (Q4_0) at its
-# planner tiling, GPU us per op in a chain: "staged"; "q+copy" / "q+direct": the quantize dispatch and
-# the prestaged matvec (copy: its words into workgroup memory; direct: read from global memory);
-# "copy" / "direct": the prestaged matvec alone (x quantized beforehand, as an epilogue-fused producer
-# would give); "quant": the quantize dispatch alone. All alternated in this process, best of 3.
+# each workgroup quantizing all of x: each layer op of 1B and 8B (Q4_0) at its planner tiling, GPU us per
+# op in a chain: "staged" (prestaged off), "q+pre" (the quantize dispatch and the prestaged matvec),
+# "pre" (the prestaged matvec alone: x quantized beforehand, as an epilogue-fused producer would give),
+# "quant" (the quantize dispatch alone). All alternated in this process, best of 3.
 if want("prestaged"):
     from dataclasses import replace
 
     from webllm_py.ops import QuantizeX
 
-    step1 = dev.buffer_from(np.array([0, 1], np.uint32).tobytes())
     for size, dim, kv, hidden in (
         [("1b", 2048, 512, 8192), ("8b", 4096, 1024, 14336)] if not QUICK else [("quick", 256, 64, 512)]
     ):
@@ -566,7 +564,7 @@ if want("prestaged"):
             xb = dev.buffer_from(rng.standard_normal(k).astype(np.float32).tobytes())
             rms = RMSNorm(dev, dev.buffer_from(np.ones(k, np.float32).tobytes()), k, 1e-5) if norm else None
             ys = [dev.create_buffer(n * 4) for n in ns[: 1 if glu else len(ns)]]
-            t0 = staged_tiling(k, glu=bool(glu), N=ns[0])
+            t0 = replace(staged_tiling(k, glu=bool(glu), N=ns[0]), prestaged=False)
             lins = [Linear(dev, w, matvec=t0) for w, _ in ws]
             groups = t0.groups(ns[0], k) if glu else sum(t0.groups(n, k) for n in ns)
             quant = QuantizeX(dev, k, t0.planes, norm=rms)
@@ -574,28 +572,15 @@ if want("prestaged"):
             qb = quant.bind(xb, xq, xd)
             accumulate = not norm  # wo and down add into the residual
             bgs = {}
-            for form in ("", "copy", "direct"):
-                kern = lins[0].q4_kernel(list(ns), accumulate, glu=glu, norm=rms, tiling=replace(t0, prestaged=form))
-                xs = [xq, xd] if form else [xb] + ([rms.weight] if norm else [])
-                bgs[form] = dev.bind(kern, [lin.weight.buffer for lin in lins] + xs + ys)
-            # direct (no x in workgroup memory: other occupancy) at other tilings, alone
-            alts = {}
-            for alt in [(64, 8, 1, False), (128, 8, 2, False), (256, 8, 1, True)] if not QUICK else []:
-                ta = StagedTiling(*alt, prestaged="direct")
-                kern = lins[0].q4_kernel(list(ns), accumulate, glu=glu, norm=rms, tiling=ta)
-                ga = ta.groups(ns[0], k) if glu else sum(ta.groups(n, k) for n in ns)
-                bg = dev.bind(kern, [lin.weight.buffer for lin in lins] + [xq, xd] + ys)
-                alts["direct@" + ",".join(str(int(v)) for v in alt)] = (
-                    lambda bg, ga: lambda rec: rec.dispatch(bg, ga)
-                )(bg, ga)
+            for pre in (False, True):
+                kern = lins[0].q4_kernel(list(ns), accumulate, glu=glu, norm=rms, tiling=replace(t0, prestaged=pre))
+                xs = [xq, xd] if pre else [xb] + ([rms.weight] if norm else [])
+                bgs[pre] = dev.bind(kern, [lin.weight.buffer for lin in lins] + xs + ys)
             recs = {
-                **alts,
-                "staged": lambda rec: rec.dispatch(bgs[""], groups),
+                "staged": lambda rec: rec.dispatch(bgs[False], groups),
                 "quant": lambda rec: qb.record(rec, 1),
-                "q+copy": lambda rec: (qb.record(rec, 1), rec.dispatch(bgs["copy"], groups)),
-                "q+direct": lambda rec: (qb.record(rec, 1), rec.dispatch(bgs["direct"], groups)),
-                "copy": lambda rec: rec.dispatch(bgs["copy"], groups),
-                "direct": lambda rec: rec.dispatch(bgs["direct"], groups),
+                "q+pre": lambda rec: (qb.record(rec, 1), rec.dispatch(bgs[True], groups)),
+                "pre": lambda rec: rec.dispatch(bgs[True], groups),
             }
             best = dict.fromkeys(recs, 1e9)
             for _ in range(3 if not QUICK else 1):

@@ -585,19 +585,19 @@ def test_staged_two_planes_fused(request, qtype, glu, subgroups):
 
 
 @pytest.mark.parametrize(
-    "qtype,glu,norm,planes,prestaged,subgroups",
+    "qtype,glu,norm,planes,subgroups",
     [
-        ("Q4_0", None, False, 1, "copy", False),
-        ("Q4_0", None, False, 2, "direct", True),
-        ("Q4_K", None, True, 2, "direct", False),
-        ("Q4_1", None, True, 1, "copy", True),
-        ("Q6_K", "silu", True, 1, "copy", False),
-        ("Q8_0", "gelu_tanh", True, 1, "direct", True),
+        ("Q4_0", None, False, 1, False),
+        ("Q4_0", None, False, 2, True),
+        ("Q4_K", None, True, 2, False),
+        ("Q4_1", None, True, 1, True),
+        ("Q6_K", "silu", True, 1, False),
+        ("Q8_0", "gelu_tanh", True, 1, True),
     ],
 )
-def test_staged_prestaged(request, qtype, glu, norm, planes, prestaged, subgroups):
-    """quantize_x + matvec_q4s reading its blocks (copied into workgroup memory, or straight from global
-    memory) against today's staged kernel over the same x: bit-identical without the norm (the same
+def test_staged_prestaged(request, qtype, glu, norm, planes, subgroups):
+    """quantize_x + matvec_q4s copying its blocks into workgroup memory against the staged kernel that
+    quantizes x in each workgroup, over the same x: bit-identical without the norm (the same
     quantization rule, the same sums), the same within f32 rounding of 1 / rms with it; and against numpy
     over the same int8 rounding of x (times the norm weights, scaled by numpy's 1 / rms). Q/K/V (three
     parts whose workgroups straddle) or gate/up with the GLU; an all-zero block."""
@@ -626,12 +626,10 @@ def test_staged_prestaged(request, qtype, glu, norm, planes, prestaged, subgroup
     quant = QuantizeX(device, K, planes, norm=rms)
     xq, xd = quant.buffers()
     outs = {}
-    for form in ("", prestaged):
+    for form in (False, True):
         t = replace(staged, prestaged=form)
         kernel = lins[0].q4_kernel(list(parts), False, glu=glu, norm=rms, tiling=t)
-        # direct: no workgroup copy of x (and with subgroups no barrier at all)
-        assert ("var<workgroup> xq" in kernel.source) != (form == "direct")
-        assert ("workgroupBarrier" in kernel.source) != (form == "direct" and subgroups)
+        assert ("pq[" in kernel.source) == form and ("round(" in kernel.source) != form
         xs = [xq, xd] if form else [xb] + ([rms.weight] if norm else [])
         ys = [f32_buffer(device, np.full(parts[0] if glu else n, np.nan, np.float32)) for n in parts[:n_out]]
         bg = device.bind(kernel, [lin.weight.buffer for lin in lins] + xs + ys)
@@ -640,7 +638,7 @@ def test_staged_prestaged(request, qtype, glu, norm, planes, prestaged, subgroup
                 quant.bind(xb, xq, xd).record(rec, 1)
             rec.dispatch(bg, groups)
         outs[form] = [read_f32(device, yb, parts[0] if glu else n) for yb, n in zip(ys, parts)]
-    for a, b in zip(outs[""], outs[prestaged]):
+    for a, b in zip(outs[False], outs[True]):
         if norm:
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max())
         else:
@@ -657,17 +655,7 @@ def test_staged_prestaged(request, qtype, glu, norm, planes, prestaged, subgroup
             else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
         )
         scale = inv**2 * (np.abs(hq) @ np.abs(ws[0]).T) * (np.abs(hq) @ np.abs(ws[1]).T)
-        assert (np.abs(outs[prestaged][0] - act * u) / scale).max() < TOL
+        assert (np.abs(outs[True][0] - act * u) / scale).max() < TOL
     else:
-        for y, w in zip(outs[prestaged], ws):
+        for y, w in zip(outs[True], ws):
             assert staged_error(y[None] / inv, xn, w, planes) < TOL
-
-
-def test_staged_prestaged_tiling_checks():
-    """StagedTiling.prestaged takes '', 'copy' or 'direct'; 'direct' stages nothing in workgroup memory."""
-    from webllm_py.linear import StagedTiling
-
-    with pytest.raises(ValueError, match="prestaged"):
-        StagedTiling(prestaged="yes")
-    assert StagedTiling(prestaged="direct").shared_bytes(4096) == 4 * 256 * 4
-    assert StagedTiling(prestaged="copy").shared_bytes(4096) == StagedTiling().shared_bytes(4096)

@@ -58,15 +58,13 @@ class StagedTiling:
     # lavapipe"); 1 by default: on the H200 2 planes cost 17-19% of decode (1B and 8B, Dawn and native),
     # twice the x staged per workgroup (docs/benchmarks.md, same section)
     planes: int = 1
-    # x quantized once per token by ops.QuantizeX rather than by every workgroup (matvec_q4s.wgsl.j2's
-    # prestaged): "copy" into workgroup memory, "direct" read from global memory; "": staged here
-    prestaged: str = ""
+    # x quantized once per token by ops.QuantizeX (its own dispatch) and copied into workgroup memory,
+    # rather than quantized by every workgroup (matvec_q4s.wgsl.j2's prestaged)
+    prestaged: bool = False
 
     def __post_init__(self) -> None:
         if self.planes not in (1, 2):
             raise ValueError(f"StagedTiling.planes must be 1 or 2, not {self.planes!r}")
-        if self.prestaged not in ("", "copy", "direct"):
-            raise ValueError(f"StagedTiling.prestaged must be '', 'copy' or 'direct', not {self.prestaged!r}")
 
     split_k = True  # (threads split K, as MatvecTiling's split_k)
 
@@ -82,8 +80,7 @@ class StagedTiling:
     def shared_bytes(self, K: int) -> int:
         """Workgroup memory: 17 vec4 of q (per plane) and 9 vec2 of scales per unit, one f32 per
         accumulator (2 * rows + 2 of them)."""
-        x_bytes = 0 if self.prestaged == "direct" else (K // 256) * (self.planes * 17 * 16 + 9 * 8)
-        return x_bytes + 4 * self.wg * (2 * self.rows + 2)
+        return (K // 256) * (self.planes * 17 * 16 + 9 * 8) + 4 * self.wg * (2 * self.rows + 2)
 
 
 @dataclass(frozen=True)
@@ -408,9 +405,10 @@ class KernelPolicy:
     staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
     staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
-    # "copy" / "direct": every staged tiling reads x quantized once per token (StagedTiling.prestaged);
-    # "": each workgroup quantizes x itself
-    prestage: str = ""
+    # every staged tiling reads x quantized once per token by its own dispatch (StagedTiling.prestaged):
+    # decode 5% (1B) and 8% (8B) faster on the H200 (docs/benchmarks.md, "H200: x quantized once per token
+    # for the decode matvecs"); False: each workgroup quantizes x itself
+    prestage: bool = True
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
@@ -447,8 +445,6 @@ class KernelPolicy:
                 f"KernelPolicy.prefill_attention_kernel must be one of {', '.join(PREFILL_ATTENTION_KERNELS)}, "
                 f"not {self.prefill_attention_kernel!r}"
             )
-        if self.prestage not in ("", "copy", "direct"):
-            raise ValueError(f"KernelPolicy.prestage must be '', 'copy' or 'direct', not {self.prestage!r}")
         if self.kv_cache not in ("auto", "f32", "f16", "f16x2"):
             raise ValueError(f"KernelPolicy.kv_cache must be auto, f32, f16 or f16x2, not {self.kv_cache!r}")
         t = self.prefill_attention
