@@ -157,16 +157,15 @@ def test_prefill_quantizes_x_once_per_group(gpu_like_engine):
 
 
 def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
-    """KernelPolicy.prestage (the default): every staged matvec reads x quantized once per token by
-    ops.QuantizeX (the norms folded into it) instead of quantizing it in each workgroup (prestage=False):
+    """KernelPolicy.prestage: every staged matvec reads x quantized once per token by ops.QuantizeX (the
+    norms folded into it) instead of quantizing it in each workgroup (the default, prestage=False):
     the same rounding rule, so the same greedy tokens and logprobs (within f32 rounding of 1 / rms). Two
     fresh engines (the shared one may reuse an earlier test's prompt from its prefix cache)."""
     from webllm_py.planner import KernelPolicy
 
     engine, ref_dir = gpu_like_engine
     layer = engine.model.layers[0]
-    assert all(p is not None for _, _, p in layer.qkv.runs + layer.gate_up.runs)
-    assert layer.wo.prestage is not None and layer.w_down.prestage is not None
+    assert all(p is None for _, _, p in layer.qkv.runs + layer.gate_up.runs) and layer.w_down.prestage is None
     ids = prompt_ids(ref_dir, SHORT)
     params = SamplingParams(temperature=0.0, logprobs=True)
     outs = {}

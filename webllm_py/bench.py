@@ -162,9 +162,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--prestage",
-        action=argparse.BooleanOptionalAction,
-        help="the staged matvecs read x quantized once per token by its own dispatch (planner.KernelPolicy.prestage, "
-        "the default); --no-prestage: each workgroup quantizes x itself",
+        action="store_true",
+        help="the staged matvecs read x quantized once per token by its own dispatch (planner.KernelPolicy.prestage); "
+        "default: each workgroup quantizes x itself",
     )
     p.add_argument(
         "--prefill-kernel",
@@ -358,7 +358,7 @@ def kernel_policy(args: argparse.Namespace):
         staged_matvec=args.matvec_kernel == "staged",
         staged_tilings=parse_staged_tilings(args.staged_tiling or ""),
         staged_planes=args.staged_planes,
-        prestage=True if args.prestage is None else args.prestage,
+        prestage=args.prestage,
         fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))

@@ -59,10 +59,10 @@ class StagedTiling:
     # twice the x staged per workgroup (docs/benchmarks.md, same section)
     planes: int = 1
     # x quantized once per token by ops.QuantizeX (its own dispatch) and copied into workgroup memory,
-    # rather than quantized by every workgroup (matvec_q4s.wgsl.j2's prestaged): decode 5% (1B) and 8%
-    # (8B) faster on the H200 (docs/benchmarks.md, "H200: x quantized once per token for the decode
-    # matvecs"); KernelPolicy.prestage = False turns it off in the planner's tilings
-    prestaged: bool = True
+    # rather than quantized by every workgroup (matvec_q4s.wgsl.j2's prestaged). Off: the matvecs alone run
+    # 14-27% faster so, but the extra dispatch per matvec costs more than that in a decode step on Dawn
+    # (docs/benchmarks.md, "H200: x quantized once per token for the decode matvecs")
+    prestaged: bool = False
 
     def __post_init__(self) -> None:
         if self.planes not in (1, 2):
@@ -407,7 +407,7 @@ class KernelPolicy:
     staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
     staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
-    prestage: bool = True  # False: no StagedTiling.prestaged (each workgroup quantizes x itself), for A/B
+    prestage: bool = False  # StagedTiling.prestaged in the planner's staged tilings (A/B; off: see there)
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
@@ -503,7 +503,7 @@ def staged_tiling(
     else:
         t = next(r.tiling for r in STAGED_TABLE if r.when(K, N, glu, qtype))
     t = t if policy.staged_planes is None else replace(t, planes=policy.staged_planes)
-    return t if policy.prestage else replace(t, prestaged=False)
+    return replace(t, prestaged=True) if policy.prestage else t
 
 
 def team_subgroups(adapter: Adapter, lanes: int) -> bool:
