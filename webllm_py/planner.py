@@ -60,7 +60,7 @@ class StagedTiling:
     planes: int = 1
     # x quantized once per token by ops.QuantizeX (its own dispatch) and copied into workgroup memory,
     # rather than quantized by every workgroup (matvec_q4s.wgsl.j2's prestaged). Off: the matvecs alone run
-    # 14-27% faster so, but the extra dispatch per matvec costs more than that in a decode step on Dawn
+    # 9-27% faster so, but the extra dispatch per matvec costs more than that in a decode step on Dawn
     # (docs/benchmarks.md, "H200: x quantized once per token for the decode matvecs")
     prestaged: bool = False
 
