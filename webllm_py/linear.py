@@ -255,6 +255,7 @@ class Linear:
                     tm=m.tm,
                     tokens_at=self._tokens_at,
                     dequant_rows=m.dequant,
+                    row_loop=m.row_loop,
                     **params,
                 )
             elif kind == "matmul" and isinstance(m, MatmulTiling):

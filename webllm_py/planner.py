@@ -109,6 +109,9 @@ class MatmulRowsTiling:
     # Q4_1 (other types ignore it): a unit's weights unpacked to f32 once per row, before the loop over
     # the lane's tokens, rather than in each token's dot product (SWIFTSHADER_MATMUL_TABLE)
     dequant: bool = False
+    # the lane's rows walked by a loop rather than unrolled (accumulators in an array): a source rows
+    # times shorter, for SwiftShader's compile (SWIFTSHADER_MATMUL_TABLE)
+    row_loop: bool = False
 
 
 @dataclass(frozen=True)
