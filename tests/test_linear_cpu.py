@@ -10,9 +10,10 @@ import pytest
 pytest.importorskip("gguf")
 
 from tests.linear_helpers import F32, TYPES, assert_close, make_weight, run_linear, upload
-from webllm_py.formats.quants import TensorInfo
+from webllm_py.formats.quants import GGMLType, TensorInfo
 from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Linear, MatmulRowsTiling, MatvecTiling
+from webllm_py.planner import cpu_matmul_tiling
 from webllm_py.weights import upload_tensor
 
 
@@ -67,20 +68,33 @@ def test_rows_kernels_every_type(device, qtype):
 # SwiftShader's matvec_rows and matmul_rows (planner: shape_at_run_time): K, row bytes and accumulate from a
 # binding, one pipeline for every K of a unit layout. Word-aligned and unaligned rows, a K-quant and a float type.
 # "Q4_1 dequant": SwiftShader's Q4_1 prefill (planner.SWIFTSHADER_MATMUL_TABLE), units unpacked once per row;
-# "row_loop": the lane's rows walked by a loop (5 rows a lane: the second workgroup of N = 21 has one row).
+# "row_loop": the lane's rows walked by a loop (5 rows a lane: the second workgroup of N = 21 has one row);
+# "Q4_1 swiftshader": the planner's row as it ships (one workgroup of 4 x 48 rows, 5-10 of them in use).
 @pytest.mark.parametrize(
-    "qtype",
-    ["Q4_1", "Q4_1 dequant", "Q4_1 dequant row_loop", "Q4_0", "Q4_0 row_loop", "Q8_0", "Q6_K", "F16"],
+    "case",
+    [
+        "Q4_1",
+        "Q4_1 dequant",
+        "Q4_1 dequant row_loop",
+        "Q4_1 swiftshader",
+        "Q4_0",
+        "Q4_0 row_loop",
+        "Q8_0",
+        "Q6_K",
+        "F16",
+    ],
 )
-def test_matmul_rows_shape_at_run_time(device, qtype):
+def test_matmul_rows_shape_at_run_time(device, case):
     if not device.info.is_fallback:
         pytest.skip("CPU-adapter kernels are chosen on fallback adapters (CI: lavapipe)")
-    qtype, dequant, row_loop = qtype.split()[0], "dequant" in qtype, "row_loop" in qtype
+    qtype, dequant, row_loop = case.split()[0], "dequant" in case, "row_loop" in case
     rng = np.random.default_rng(7 + sum(map(ord, qtype)) + dequant + 2 * row_loop)
     unit = 256 if qtype == "Q6_K" else 32
     tiling = MatmulRowsTiling(
         wg=4, rows=5 if row_loop else 2, tm=3, shape_at_run_time=True, dequant=dequant, row_loop=row_loop
     )
+    if "swiftshader" in case:
+        tiling = cpu_matmul_tiling(GGMLType.Q4_1, swiftshader=True)
     mv_tiling = MatvecTiling(wg=4, rows=3, split_k=False, shape_at_run_time=True)
     # (N, K): two of one layout (an even number of blocks), one of another (odd: unaligned Q4_0/Q8_0/Q6_K
     # rows) with a bias

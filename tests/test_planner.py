@@ -199,12 +199,14 @@ def test_cpu_matmul_row(qtype, row):
 
 
 def test_swiftshader_matmul_rows():
-    """SwiftShader: Q4_1 unpacked once per row (its own row), other types CPU_MATMUL_TABLE's; K at run time."""
+    """SwiftShader: Q4_1 unpacked once per row, its rows in a loop (its own row), other types
+    CPU_MATMUL_TABLE's; K at run time."""
     q41 = plan_matmul(SWIFTSHADER, T.Q4_1, 1536, 576, F32).tiling
-    assert q41 == replace(SWIFTSHADER_MATMUL_TABLE[0][1], shape_at_run_time=True) and q41.dequant
+    assert q41 == replace(SWIFTSHADER_MATMUL_TABLE[0][1], shape_at_run_time=True) and q41.dequant and q41.row_loop
     q80 = plan_matmul(SWIFTSHADER, T.Q8_0, 1536, 576, F32).tiling
     assert q80 == replace(CPU_MATMUL_TABLE[1][1], shape_at_run_time=True)
-    assert not plan_matmul(CPU, T.Q4_1, 1536, 576, F32).tiling.dequant  # lavapipe keeps its kernel
+    lavapipe = plan_matmul(CPU, T.Q4_1, 1536, 576, F32).tiling  # lavapipe keeps its kernel
+    assert not lavapipe.dequant and not lavapipe.row_loop
 
 
 def test_swiftshader_prefill_attention_loops():
