@@ -9,7 +9,7 @@ compiled before the first round. Prints ms per dispatch (min and median over the
 variant's largest difference from the first variant's y.
 
     .venv/bin/python scripts/cached_start_bench.py is the whole returning visit; this is one kernel:
-    .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] [--tokens N] [TILING ...]
+    .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] [--tokens N] [--qtype Q4_0|Q8_0] [TILING ...]
     .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] --head [TILING ...]   # the LM head, one token
     .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] --compile   # a chat's kernels, compile ms each
     .venv/bin/python scripts/sw_matmul_bench.py [ROUNDS] --ops       # the prefill's ms by op kind
@@ -62,7 +62,7 @@ dev = await BrowserDevice.create()
 ad = Adapter.of(dev)
 rnd = random.Random(0)
 def blocks(qtype, n, k):  # valid blocks: f16 scale 0.01 (Q4_1: min -0.05), random quants
-    nb, size = n * k // 32, {"Q4_1": 20, "Q8_0": 34}[qtype]
+    nb, size = n * k // 32, {"Q4_1": 20, "Q8_0": 34, "Q4_0": 18}[qtype]
     raw = bytearray(rnd.randbytes(nb * size))
     head = struct.pack("<2e", 0.01, -0.05) if qtype == "Q4_1" else struct.pack("<e", 0.01)
     for b in range(nb):
@@ -191,7 +191,10 @@ def main(argv: list[str]) -> int:
         page = browser.new_page()
         page.set_default_timeout(cfg.TIMEOUT_MS)
         page.goto(serve.server_url(srv) + "bench.html")
-        args = repr((HEAD if head else SHAPES, variants, rounds, tokens, 3))
+        shapes = HEAD if head else SHAPES
+        if "--qtype" in argv:  # the same shapes in another weight type (Q4_1, Q4_0, Q8_0)
+            shapes = [(name, N, K, argv[argv.index("--qtype") + 1]) for name, N, K, _q in shapes]
+        args = repr((shapes, variants, rounds, tokens, 3))
         code = PY.replace("__ARGS__", args)
         if "--compile" in argv or "--ops" in argv:
             code = (PY_COMPILE if "--compile" in argv else PY_OPS).replace("__ROUNDS__", str(rounds))

@@ -69,7 +69,7 @@ def test_rows_kernels_every_type(device, qtype):
 # binding, one pipeline for every K of a unit layout. Word-aligned and unaligned rows, a K-quant and a float type.
 # "Q4_1 dequant": SwiftShader's Q4_1 prefill (planner.SWIFTSHADER_MATMUL_TABLE), units unpacked once per row;
 # "row_loop": the lane's rows walked by a loop (5 rows a lane: the second workgroup of N = 21 has one row);
-# "Q4_1 swiftshader": the planner's row as it ships (one workgroup of 4 x 48 rows, 5-10 of them in use).
+# "... swiftshader": the planner's row as it ships (one workgroup of 4 x 48 rows, 5-10 of them in use).
 @pytest.mark.parametrize(
     "case",
     [
@@ -80,6 +80,7 @@ def test_rows_kernels_every_type(device, qtype):
         "Q4_0",
         "Q4_0 row_loop",
         "Q8_0",
+        "Q8_0 swiftshader",
         "Q6_K",
         "F16",
     ],
@@ -94,7 +95,7 @@ def test_matmul_rows_shape_at_run_time(device, case):
         wg=4, rows=5 if row_loop else 2, tm=3, shape_at_run_time=True, dequant=dequant, row_loop=row_loop
     )
     if "swiftshader" in case:
-        tiling = cpu_matmul_tiling(GGMLType.Q4_1, swiftshader=True)
+        tiling = cpu_matmul_tiling(GGMLType[qtype], swiftshader=True)
     mv_tiling = MatvecTiling(wg=4, rows=3, split_k=False, shape_at_run_time=True)
     # (N, K): two of one layout (an even number of blocks), one of another (odd: unaligned Q4_0/Q8_0/Q6_K
     # rows) with a bias

@@ -199,12 +199,15 @@ def test_cpu_matmul_row(qtype, row):
 
 
 def test_swiftshader_matmul_rows():
-    """SwiftShader: Q4_1 unpacked once per row, its rows in a loop (its own row), other types
-    CPU_MATMUL_TABLE's; K at run time."""
+    """SwiftShader: Q4_1 unpacked once per row, its rows in a loop (its own row), Q4_0 and Q8_0 rows in a
+    loop, other types CPU_MATMUL_TABLE's; K at run time."""
     q41 = plan_matmul(SWIFTSHADER, T.Q4_1, 1536, 576, F32).tiling
     assert q41 == replace(SWIFTSHADER_MATMUL_TABLE[0][1], shape_at_run_time=True) and q41.dequant and q41.row_loop
-    q80 = plan_matmul(SWIFTSHADER, T.Q8_0, 1536, 576, F32).tiling
-    assert q80 == replace(CPU_MATMUL_TABLE[1][1], shape_at_run_time=True)
+    for qtype in (T.Q4_0, T.Q8_0):
+        tiling = plan_matmul(SWIFTSHADER, qtype, 1536, 576, F32).tiling
+        assert tiling == replace(SWIFTSHADER_MATMUL_TABLE[1][1], shape_at_run_time=True) and tiling.row_loop
+    q6k = plan_matmul(SWIFTSHADER, T.Q6_K, 1536, 576, F32).tiling
+    assert q6k == replace(CPU_MATMUL_TABLE[0][1], shape_at_run_time=True)
     lavapipe = plan_matmul(CPU, T.Q4_1, 1536, 576, F32).tiling  # lavapipe keeps its kernel
     assert not lavapipe.dequant and not lavapipe.row_loop
 
