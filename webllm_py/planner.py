@@ -693,7 +693,7 @@ CPU_MATMUL_TABLE: tuple[tuple[tuple[GGMLType, ...], MatmulRowsTiling], ...] = (
 # same compile time, the same bits (docs/benchmarks.md, "SwiftShader: the first token's compiles and
 # prefill matmuls"); 8 tokens a lane was 30% faster still but doubled the compile (0.8 -> 1.6 s), on the
 # returning visit's serial chain of compiles before the first token. lavapipe: not measured, unchanged.
-# Its rows walked by a loop (row_loop): a fifth of the source, so ~0.2 s to compile instead of ~0.6-1.1,
+# Its rows walked by a loop (row_loop): a quarter of the source, so ~0.2 s to compile instead of ~0.5-1.1,
 # and, as the rows no longer cost source, 48 rows x 4 lanes a workgroup (each x load serves 48 rows):
 # the matmuls ~40% faster again, the same bits (docs/benchmarks.md, "SwiftShader: matmul_rows' row loop").
 # Q4_0 and Q8_0 likewise: ~45% faster at SmolLM2's shapes, about half the compile (sums of a unit's two
