@@ -659,3 +659,86 @@ def test_staged_prestaged(request, qtype, glu, norm, planes, subgroups):
     else:
         for y, w in zip(outs[True], ws):
             assert staged_error(y[None] / inv, xn, w, planes) < TOL
+
+
+# --- emit_next: the residual's producer (w_down / wo) writes the next prestaged matvec's x in its epilogue ---
+
+
+def _read_bytes(device, buf, n: int) -> bytes:
+    import asyncio
+
+    return asyncio.run(device.read_buffer(buf, 0, n))
+
+
+@pytest.mark.parametrize("qtype,planes,subgroups", [("Q4_0", 1, False), ("Q4_K", 2, True)])
+def test_emit_next_chain(request, qtype, planes, subgroups):
+    """A residual-adding producer with emit_next (32 rows a workgroup) and the prestaged, norm-folded
+    consumer (Q/K/V) reading what it wrote: the producer's residual against numpy; its quantized x and
+    block sums of x^2 bit-identical to ops.QuantizeX over the same new residual; the consumer against
+    numpy over the int8 rounding of RMSNorm's input scaled by numpy's 1 / rms."""
+    from webllm_py.linear import StagedTiling
+    from webllm_py.ops import QuantizeX, RMSNorm
+
+    device = request.getfixturevalue("sg_device" if subgroups else "device")
+    rng = np.random.default_rng(31)
+    K, N, eps, offset = 512, 512, 1e-5, 1.0 if planes == 2 else 0.0
+    prod_t = StagedTiling(64, 2, 1)  # 2 lanes at K = 512: 32 rows a workgroup
+    raw, w = staged_weight(qtype, N, K, rng)
+    prod = Linear(device, upload(device, raw, qtype, N, K), matvec=prod_t, subgroups=subgroups)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    resid = (rng.standard_normal((1, N)) * 2).astype(np.float32)
+    nw = rng.standard_normal(N).astype(np.float32)
+    rms = RMSNorm(device, f32_buffer(device, nw), N, eps, weight_offset=offset)
+    quant = QuantizeX(device, N, planes, norm=rms)
+    eq, ed = quant.buffers()
+    yb = f32_buffer(device, resid)
+    kern = prod.q4_kernel([N], True, tiling=prod_t, emit_next=rms, emit_planes=planes)
+    bg = device.bind(kern, [prod.weight.buffer, f32_buffer(device, x), yb, rms.weight, eq, ed])
+    with device.recorder() as rec:
+        rec.dispatch(bg, prod_t.groups(N, K))
+    y = read_f32(device, yb, N)
+    assert staged_error(y[None] - resid, x, w) < TOL
+    # QuantizeX over the same f32 residual: the same bytes
+    qq, qd = quant.buffers()
+    with device.recorder() as rec:
+        quant.bind(f32_buffer(device, y[None]), qq, qd).record(rec, 1)
+    for a, b, n in ((eq, qq, planes * N), (ed, qd, QuantizeX.xd_bytes(N))):
+        assert _read_bytes(device, a, n) == _read_bytes(device, b, n)
+    # the consumer: fused Q/K/V with the norm folded in, prestaged from the producer's blocks
+    parts = (64, 32, 32)
+    cons_t = StagedTiling(32, 2, 2, True, planes, prestaged=True)
+    ws, lins = [], []
+    for n in parts:
+        craw, cw = staged_weight("Q4_0", n, N, rng)
+        ws.append(cw)
+        lins.append(Linear(device, upload(device, craw, "Q4_0", n, N), matvec=cons_t, subgroups=subgroups))
+    ck = lins[0].q4_kernel(list(parts), False, norm=rms, tiling=cons_t)
+    outs = [f32_buffer(device, np.full(n, np.nan, np.float32)) for n in parts]
+    bg = device.bind(ck, [lin.weight.buffer for lin in lins] + [eq, ed] + outs)
+    with device.recorder() as rec:
+        rec.dispatch(bg, sum(cons_t.groups(n, N) for n in parts))
+    y32 = y.astype(np.float32)
+    inv = 1 / np.sqrt((y**2).mean() + eps)
+    xn = (y32 * (nw + np.float32(offset))).astype(np.float32)[None]
+    for ob, n, cw in zip(outs, parts, ws):
+        assert staged_error(read_f32(device, ob, n)[None] / inv, xn, cw, planes) < TOL
+
+
+def test_emit_next_refused(device):
+    """emit_next where a workgroup does not own exactly one block of the residual: a clear ValueError."""
+    from webllm_py.linear import StagedTiling
+    from webllm_py.ops import RMSNorm
+
+    rng = np.random.default_rng(5)
+    K = 512
+    rms = RMSNorm(device, f32_buffer(device, np.ones(256, np.float32)), 256, 1e-5)
+    for n, t, acc, match in (
+        (256, StagedTiling(64, 2, 2), True, "32 rows per workgroup"),
+        (256, StagedTiling(64, 2, 1), False, "accumulate"),
+        (224, StagedTiling(64, 2, 1), True, "N % 256"),
+        (256, MatvecTiling(64, 2, True), True, "staged tiling"),
+    ):
+        raw, _ = make_weight("Q4_0", n, K, rng)
+        lin = Linear(device, upload(device, raw, "Q4_0", n, K), matvec=StagedTiling(64, 2, 1))
+        with pytest.raises(ValueError, match=match):
+            lin.q4_kernel([n], acc, tiling=t, emit_next=rms)

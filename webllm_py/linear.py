@@ -301,14 +301,28 @@ class Linear:
         glu: str | None = None,
         norm: Any = None,
         tiling: StagedTiling | MatvecTiling | None = None,
+        emit_next: Any = None,
+        emit_planes: int = 1,
     ) -> Any:
         """matvec_q4 (or matvec_q4s) for this layer's type and K over matrices of `parts` rows (see
         MatvecGroup); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
-        instead of this layer's."""
+        instead of this layer's; emit_next: the next RMSNorm (an ops.RMSNorm) whose input this matvec's
+        output is: its epilogue also writes that x quantized (times the norm's weights) for a prestaged
+        matvec of emit_planes planes, in ops.QuantizeX's layout (staged tilings of 32 rows a workgroup:
+        StagedTiling.emit_refusal; bind the norm's weights and the (xq, xd) after y)."""
         nparams = (
             dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         )
         t = tiling or self.matvec_tiling
+        if emit_next is not None:
+            why = (
+                t.emit_refusal(self.K, list(parts), accumulate, glu)
+                if isinstance(t, StagedTiling)
+                else "emit_next needs a staged tiling"
+            )
+            if why:
+                raise ValueError(f"{self.weight.name}: {why}")
+            nparams.update(emit_next=True, emit_planes=emit_planes, emit_w_offset=emit_next.params["weight_offset"])
         if isinstance(t, StagedTiling):
             lanes = t.lanes_for(self.K)
             sg = self._subgroups and (self._subgroups_asked or team_subgroups(self.adapter, lanes))
@@ -402,7 +416,7 @@ class Linear:
         return q.bind(
             x,
             _scratch(self.device, "prestaged xq", planes * self.K),
-            _scratch(self.device, "prestaged xd", 8 * (self.K // 32 + 1)),
+            _scratch(self.device, "prestaged xd", QuantizeX.xd_bytes(self.K)),
         )
 
 

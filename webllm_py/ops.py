@@ -86,25 +86,28 @@ class QuantizeX:
     """One token's x quantized once for the matvecs that read it (quantize_x.wgsl.j2), in place of every
     workgroup of the staged matvec quantizing it again (matvec_q4s.wgsl.j2 with StagedTiling.prestaged):
     the same per-32-block rule, so the same numbers. norm: the plain RMSNorm whose input x is, folded in as
-    the staged kernel folds it (x * (nw + w_offset) quantized, 1 / rms(x) written after the scales)."""
+    the staged kernel folds it (x * (nw + w_offset) quantized, each block's sum of x^2 written after the
+    scales: the matvec adds them up for 1 / rms, as it does those matvec_q4s's emit_next writes)."""
 
     def __init__(self, device: Device, K: int, planes: int = 1, norm: RMSNorm | None = None, wg: int = 128):
         if K % 256:
             raise ValueError(f"QuantizeX: K = {K} is not a multiple of 256")
         self.device, self.K, self.planes, self.norm, self.wg = device, K, planes, norm, wg
-        nparams = dict(eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else {}
+        nparams = dict(w_offset=norm.params["weight_offset"]) if norm else {}
         self.kernel = device.kernel("quantize_x", K=K, wg=wg, planes=planes, norm=norm is not None, **nparams)
 
+    @staticmethod
+    def xd_bytes(K: int) -> int:
+        """Bytes of xd: K / 32 (dx, dx sum q) and K / 32 sums of x^2 (f32 each)."""
+        return 4 * 3 * (K // 32)
+
     def buffers(self) -> tuple[Buffer, Buffer]:
-        """Fresh (xq, xd) for bind: planes * K int8, and K / 32 (dx, dx sum q) plus (1 / rms, 0)."""
-        return self.device.create_buffer(self.planes * self.K), self.device.create_buffer(8 * (self.K // 32 + 1))
+        """Fresh (xq, xd) for bind: planes * K int8, and xd_bytes(K)."""
+        return self.device.create_buffer(self.planes * self.K), self.device.create_buffer(self.xd_bytes(self.K))
 
     def bind(self, x: Buffer, xq: Buffer, xd: Buffer) -> BoundOp:
         bufs = [x, self.norm.weight, xq, xd] if self.norm else [x, xq, xd]
-        bg = self.device.bind(self.kernel, bufs)
-        if self.norm:  # one workgroup adds up x^2 over all of x
-            return BoundOp(bg, 1, fixed=1, reads=(x,), writes=(xq, xd))
-        return BoundOp(bg, self.K // 32, self.wg, reads=(x,), writes=(xq, xd))
+        return BoundOp(self.device.bind(self.kernel, bufs), self.K // 32, self.wg, reads=(x,), writes=(xq, xd))
 
 
 class LayerNorm:

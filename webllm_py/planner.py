@@ -73,6 +73,20 @@ class StagedTiling:
     def rows_per_group(self, K: int) -> int:
         return (self.wg // self.lanes_for(K)) * self.rows
 
+    def emit_refusal(self, K: int, parts: list[int], accumulate: bool, glu: str | None) -> str | None:
+        """Why matvec_q4s with this tiling cannot write the next prestaged matvec's x in its epilogue
+        (emit_next), or None where it can: each workgroup must own exactly one 32-block of its output (one
+        matrix, RPW == 32, whole blocks), that output the residual x it adds into (accumulate), and the
+        next K a whole number of 256-weight units."""
+        rpw, n = self.rows_per_group(K), parts[0]
+        if glu or len(parts) != 1 or not accumulate:
+            return "emit_next needs one matrix adding into the residual (accumulate, no glu)"
+        if rpw != 32:
+            return f"emit_next needs 32 rows per workgroup (one block of the next x), not {rpw}"
+        if n % 256:
+            return f"emit_next needs N % 256 == 0 (the next matvec's K), not N = {n}"
+        return None
+
     def lanes_for(self, K: int) -> int:
         return min(self.lanes, 1 << ((K // 256).bit_length() - 1))
 
