@@ -599,3 +599,89 @@ if want("prestaged"):
             )
             for w, _ in ws:
                 w.buffer.destroy()
+
+# The residual's producer writing the next matvec's x in its epilogue (matvec_q4s's emit_next) against
+# today's chain, at the 1B and 8B (Q4_0) shapes and planner tilings, GPU us per pair in a chain: w_down
+# (y += ...) -> the next layer's qkv (attn_norm folded in) and wo -> gate_up (ffn_norm folded in).
+# "staged": both staged (the consumer quantizes x in each workgroup); "emit": the producer with emit_next
+# -> the prestaged consumer (no extra dispatch); "q+pre": the producer, ops.QuantizeX, the prestaged
+# consumer (KernelPolicy.prestage today); "prod"/"prod_emit": the producer alone without / with the
+# epilogue (its cost). All alternated in this process, best of 3.
+if want("epilogue"):
+    from dataclasses import replace
+
+    from webllm_py.ops import QuantizeX
+
+    for size, dim, kv, hidden in (
+        [("1b", 2048, 512, 8192), ("8b", 4096, 1024, 14336)] if not QUICK else [("quick", 512, 256, 1024)]
+    ):
+        for label, (pk, cns, glu) in (
+            ("down>qkv", (hidden, [dim, kv, kv], None)),
+            ("wo>gate_up", (dim, [hidden, hidden], "silu")),
+        ):
+            pt = staged_tiling(pk, N=dim)
+            if QUICK:  # small K: fewer lanes, so 32 rows a workgroup need a smaller one
+                pt = replace(pt, wg=32 * pt.lanes_for(pk), rows=1)
+            why = pt.emit_refusal(pk, [dim], True, None)
+            if why:
+                emit(kind="epilogue", size=size, op=label, refused=why)
+                continue
+            ct = replace(staged_tiling(dim, glu=bool(glu), N=cns[0]), prestaged=False)
+            pw, _ = sane_weight("Q4_0", dim, pk)  # a finite residual: the bytes check below
+            cws = [weight("Q4_0", n, dim) for n in cns]
+            prod = Linear(dev, pw, matvec=pt)
+            lins = [Linear(dev, w, matvec=ct) for w, _ in cws]
+            px = dev.buffer_from(rng.standard_normal(pk).astype(np.float32).tobytes())
+            resid = dev.buffer_from(rng.standard_normal(dim).astype(np.float32).tobytes())
+            rms = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5)
+            ys = [dev.create_buffer(n * 4) for n in cns[: 1 if glu else len(cns)]]
+            quant = QuantizeX(dev, dim, ct.planes, norm=rms)
+            xq, xd = quant.buffers()
+            qb = quant.bind(resid, xq, xd)
+            pbg = {
+                e: dev.bind(
+                    prod.q4_kernel([dim], True, tiling=pt, emit_next=rms if e else None, emit_planes=ct.planes),
+                    [pw.buffer, px, resid] + ([rms.weight, xq, xd] if e else []),
+                )
+                for e in (False, True)
+            }
+            cbg = {
+                pre: dev.bind(
+                    lins[0].q4_kernel(list(cns), False, glu=glu, norm=rms, tiling=replace(ct, prestaged=pre)),
+                    [lin.weight.buffer for lin in lins] + ([xq, xd] if pre else [resid, rms.weight]) + ys,
+                )
+                for pre in (False, True)
+            }
+            pg = pt.groups(dim, pk)
+            cg = ct.groups(cns[0], dim) if glu else sum(ct.groups(n, dim) for n in cns)
+            recs = {
+                "staged": lambda rec: (rec.dispatch(pbg[False], pg), rec.dispatch(cbg[False], cg)),
+                "emit": lambda rec: (rec.dispatch(pbg[True], pg), rec.dispatch(cbg[True], cg)),
+                "q+pre": lambda rec: (rec.dispatch(pbg[False], pg), qb.record(rec, 1), rec.dispatch(cbg[True], cg)),
+                "prod": lambda rec: rec.dispatch(pbg[False], pg),
+                "prod_emit": lambda rec: rec.dispatch(pbg[True], pg),
+            }
+            # on this device's compiler too: the epilogue's blocks are QuantizeX's over the same new residual
+            qq, qd = quant.buffers()
+            with dev.recorder() as rec:
+                recs["prod_emit"](rec)
+                quant.bind(resid, qq, qd).record(rec, 1)
+            same = all(
+                asyncio.run(dev.read_buffer(a, 0, n)) == asyncio.run(dev.read_buffer(b, 0, n))
+                for a, b, n in ((xq, qq, ct.planes * dim), (xd, qd, QuantizeX.xd_bytes(dim)))
+            )
+            best = dict.fromkeys(recs, 1e9)
+            for _ in range(3 if not QUICK else 1):
+                for name, r in recs.items():
+                    best[name] = min(best[name], time_dispatches(r, REPS))
+            emit(
+                kind="epilogue",
+                emit_matches_quantize_x=same,
+                size=size,
+                op=label,
+                producer=[dim, pk, [pt.wg, pt.lanes_for(pk), pt.rows, pt.prefetch]],
+                consumer=[cns, dim, [ct.wg, ct.lanes_for(dim), ct.rows, ct.prefetch]],
+                **{name + "_us": round(v * 1e6, 2) for name, v in best.items()},
+            )
+            for w in [pw] + [w for w, _ in cws]:
+                w.buffer.destroy()
