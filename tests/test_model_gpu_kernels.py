@@ -192,3 +192,43 @@ def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
             e.unload()
     assert [t.id for t in outs[True]] == [t.id for t in outs[False]]
     np.testing.assert_allclose([t.logprob for t in outs[True]], [t.logprob for t in outs[False]], atol=1e-4)
+
+
+def test_emitted_decode_matches_staged(llama_gguf):
+    """KernelPolicy.prestage with tilings of 32 rows a workgroup for wo (K 256) and w_down (K 768): their
+    epilogues write the next group's quantized x (matvec_q4s's emit_next; wo -> ffn_norm + gate/up, w_down
+    -> the next layer's attn_norm + Q/K/V) and those groups run no QuantizeX dispatch; layer 0's Q/K/V
+    keeps it. The same greedy tokens and logprobs (within f32 rounding of 1 / rms) as prestage off."""
+    from webllm_py.planner import KernelPolicy, StagedTiling
+
+    _, ref_dir = llama_gguf
+    tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
+    ids = prompt_ids(ref_dir, SHORT)
+    params = SamplingParams(temperature=0.0, logprobs=True)
+    outs = {}
+    for prestage in (True, False):
+        e = asyncio.run(
+            Engine.load(
+                llama_gguf[0],
+                device=gpu_like_device(),
+                context_window=128,
+                prefill_chunk=PREFILL_CHUNK,
+                policy=KernelPolicy(prestage=prestage, staged_tilings=tilings),
+            )
+        )
+        try:
+            l0, l1 = e.model.layers
+            if prestage:
+                assert l0.qkv.runs[0][2] is not None  # layer 0: QuantizeX (the embedding writes x)
+                assert all(run[2] is None for run in l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
+                assert all(lay.wo.prestage is not None for lay in (l0, l1))  # wo's own x: QuantizeX
+                assert "eq[" in e.model.layers[0].wo.linear.q4_kernel([256], True, emit_next=l0.ffn_norm.norm).source
+
+            async def run():
+                return [t async for t in e.generate(ids, params, max_tokens=N_GREEDY, ignore_eos=True) if t.id >= 0]
+
+            outs[prestage] = asyncio.run(run())
+        finally:
+            e.unload()
+    assert [t.id for t in outs[True]] == [t.id for t in outs[False]]
+    np.testing.assert_allclose([t.logprob for t in outs[True]], [t.logprob for t in outs[False]], atol=1e-4)

@@ -443,6 +443,27 @@ class BoundLinear:
     def writes(self) -> tuple:
         return (self.y,)
 
+    def emit_into(self, norm: Any, planes: int) -> tuple[Any, Any] | None:
+        """Make this single-token matvec (a residual add) also write the next norm's input quantized for
+        a prestaged matvec of `planes` planes (matvec_q4s's emit_next; norm: that ops.RMSNorm), into the
+        device-wide (xq, xd) it returns; None where its kernel cannot (StagedTiling.emit_refusal)."""
+        lin, t = self.linear, self.linear.matvec_tiling
+        if (
+            self.parts
+            or not lin.staged
+            or lin.bias is not None
+            or t.emit_refusal(lin.K, [lin.N], self.accumulate, None)
+        ):
+            return None
+        from .ops import QuantizeX
+
+        eq = _scratch(lin.device, "emitted xq", planes * lin.N)
+        ed = _scratch(lin.device, "emitted xd", QuantizeX.xd_bytes(lin.N))
+        k = lin.q4_kernel([lin.N], True, emit_next=norm, emit_planes=planes)
+        ins = list(self.prestage.writes) if self.prestage is not None else [self.x]
+        self.matvec = lin.device.bind(k, [lin.weight.buffer, *ins, self.y, norm.weight, eq, ed])
+        return eq, ed
+
     @property
     def x_pass(self) -> tuple | None:
         """What this linear's prefill makes of x in a pass before its matmul, where it has one: quantize_i8's
@@ -525,6 +546,8 @@ class MatvecGroup:
         first = lins[0]
         # (bind group, workgroups, the QuantizeX BoundOp before a prestaged one) of each fused dispatch
         self.runs: list[tuple[Any, int, Any]] = []
+        self._binds: list[tuple[Any, list, list, int]] = []  # each run's (kernel, weights, outputs, planes)
+        self.norm = None  # the norm BoundOp folded in
 
         # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
         # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
@@ -572,9 +595,28 @@ class MatvecGroup:
                     pre = lead.prestage(ins[0], rms if fold else None, t.planes)
                     ins = list(pre.writes)
                 groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)
-                self.runs.append((lead.device.bind(k, [lins[i].weight.buffer for i in sp] + ins + outs), groups, pre))
+                wbufs = [lins[i].weight.buffer for i in sp]
+                self.runs.append((lead.device.bind(k, wbufs + ins + outs), groups, pre))
+                self._binds.append((k, wbufs, outs, getattr(t, "planes", 0)))  # 0: matvec_q4 (never prestaged)
             if fold:
                 norm.absorbed = True
+                self.norm = norm
+
+    def x_planes(self) -> int | None:
+        """The planes of x its fused dispatches read prequantized (a QuantizeX of its folded norm's input
+        before each), where a producer's epilogue may write that x instead (take_x); else None."""
+        planes = {b[3] for b in self._binds}
+        if not self.runs or any(pre is None for _, _, pre in self.runs) or self.norm is None or len(planes) != 1:
+            return None
+        return planes.pop()
+
+    def take_x(self, xq: Any, xd: Any) -> None:
+        """Read x quantized by the op before (BoundLinear.emit_into) instead of QuantizeX dispatches."""
+        device = self.members[0].linear.device
+        self.runs = [
+            (device.bind(k, wbufs + [xq, xd] + outs), groups, None)
+            for (k, wbufs, outs, _), (_, groups, _) in zip(self._binds, self.runs)
+        ]
 
     @property
     def fused(self) -> Any:

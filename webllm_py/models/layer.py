@@ -164,6 +164,26 @@ def fuse(named: Named) -> Named:
     return out
 
 
+def link_emits(ops: list[Any]) -> int:
+    """Where a residual add (w_down, wo) is followed by the norm folded into a prestaged group reading that
+    residual (the next layer's attn_norm + Q/K/V, ffn_norm + gate/up), the add's epilogue writes the
+    group's quantized x (BoundLinear.emit_into) instead of a QuantizeX dispatch before the group
+    (KernelPolicy.prestage only; where the producer's tiling has 32 rows a workgroup): `ops` in run order,
+    across layers. Returns how many pairs it linked."""
+    n = 0
+    for prod, norm, group in zip(ops, ops[1:], ops[2:]):
+        if not (isinstance(prod, BoundLinear) and isinstance(group, MatvecGroup) and group.norm is norm):
+            continue
+        planes = group.x_planes()
+        if planes is None or norm.reads[0] is not prod.y:
+            continue
+        bufs = prod.emit_into(norm.norm, planes)
+        if bufs is not None:
+            group.take_x(*bufs)
+            n += 1
+    return n
+
+
 class Layer:
     """A transformer block: its ops in run order (`ops`, after the fusion pass), each also an
     attribute under its name (layer.wq, layer.qkv, layer.attention, ...)."""
@@ -190,6 +210,10 @@ class Decoder:
     final_norm: Recordable
     lm_head: Recordable
     softcap: Recordable | None = None
+
+    def link_emits(self) -> int:
+        """link_emits over every layer's ops (w_down of one layer feeds the next one's Q/K/V)."""
+        return link_emits([op for layer in self.layers for op in layer.ops])
 
     def record(self, rec: Recorder, n: int, logits: bool) -> None:
         """One step of n tokens: the residual stream through every layer, then (if asked) the last
