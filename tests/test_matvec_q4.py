@@ -670,8 +670,15 @@ def _read_bytes(device, buf, n: int) -> bytes:
     return asyncio.run(device.read_buffer(buf, 0, n))
 
 
-@pytest.mark.parametrize("qtype,planes,subgroups", [("Q4_0", 1, False), ("Q4_K", 2, True)])
-def test_emit_next_chain(request, qtype, planes, subgroups):
+@pytest.mark.parametrize(
+    "qtype,planes,subgroups,K,prod",
+    [
+        ("Q4_0", 1, False, 512, (64, 2, 1, False)),  # 2 lanes at K = 512: 32 rows a workgroup
+        ("Q4_K", 2, True, 512, (64, 2, 1, False)),
+        ("Q4_0", 1, True, 2048, (256, 8, 1, True)),  # the planner's for w_down / wo at 1B and 8B
+    ],
+)
+def test_emit_next_chain(request, qtype, planes, subgroups, K, prod):
     """A residual-adding producer with emit_next (32 rows a workgroup) and the prestaged, norm-folded
     consumer (Q/K/V) reading what it wrote: the producer's residual against numpy; its quantized x and
     block sums of x^2 bit-identical to ops.QuantizeX over the same new residual; the consumer against
@@ -681,8 +688,8 @@ def test_emit_next_chain(request, qtype, planes, subgroups):
 
     device = request.getfixturevalue("sg_device" if subgroups else "device")
     rng = np.random.default_rng(31)
-    K, N, eps, offset = 512, 512, 1e-5, 1.0 if planes == 2 else 0.0
-    prod_t = StagedTiling(64, 2, 1)  # 2 lanes at K = 512: 32 rows a workgroup
+    N, eps, offset = 512, 1e-5, 1.0 if planes == 2 else 0.0
+    prod_t = StagedTiling(*prod)
     raw, w = staged_weight(qtype, N, K, rng)
     prod = Linear(device, upload(device, raw, qtype, N, K), matvec=prod_t, subgroups=subgroups)
     x = rng.standard_normal((1, K)).astype(np.float32)

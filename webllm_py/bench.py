@@ -163,7 +163,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prestage",
         action="store_true",
-        help="the staged matvecs read x quantized once per token by its own dispatch (planner.KernelPolicy.prestage); "
+        help="the staged matvecs read x quantized once per token by its own dispatch, or by the epilogue of the "
+        "residual add before (w_down, wo; where its tiling has 32 rows a workgroup) (planner.KernelPolicy.prestage); "
         "default: each workgroup quantizes x itself",
     )
     p.add_argument(

@@ -424,7 +424,9 @@ class KernelPolicy:
     staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
     staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
-    prestage: bool = False  # StagedTiling.prestaged in the planner's staged tilings (A/B; off: see there)
+    # StagedTiling.prestaged in the planner's staged tilings (A/B; off: see there); the residual adds before
+    # a norm-folded group then write its x in their epilogue where they can (models/layer.link_emits)
+    prestage: bool = False
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)

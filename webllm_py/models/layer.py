@@ -19,6 +19,9 @@ follows the activation buffers each op reads and writes (`reads` / `writes`) and
 - the RoPE just before attention folds into it (attention_step, or the cache write on CPU adapters)
   where it rotates whole heads.
 
+With KernelPolicy.prestage, `link_emits` (run by the family over all its layers' ops) makes a residual
+add (w_down, wo) write the quantized x of the norm-folded group after it in its epilogue.
+
 Prefill (n_tokens > 1) records every op as written; the folds change single-token steps only.
 """
 
