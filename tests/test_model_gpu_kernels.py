@@ -198,7 +198,8 @@ def test_emitted_decode_matches_staged(llama_gguf):
     """KernelPolicy.prestage with tilings of 32 rows a workgroup for wo (K 256) and w_down (K 768): their
     epilogues write the next group's quantized x (matvec_q4s's emit_next; wo -> ffn_norm + gate/up, w_down
     -> the next layer's attn_norm + Q/K/V) and those groups run no QuantizeX dispatch; layer 0's Q/K/V
-    keeps it. The same greedy tokens and logprobs (within f32 rounding of 1 / rms) as prestage off."""
+    keeps it; the producers quantize their own x in their workgroups (no QuantizeX before them). The same
+    greedy tokens and logprobs (within f32 rounding of 1 / rms) as prestage off."""
     from webllm_py.planner import KernelPolicy, StagedTiling
 
     _, ref_dir = llama_gguf
@@ -221,7 +222,9 @@ def test_emitted_decode_matches_staged(llama_gguf):
             if prestage:
                 assert l0.qkv.runs[0][2] is not None  # layer 0: QuantizeX (the embedding writes x)
                 assert all(run[2] is None for run in l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
-                assert all(lay.wo.prestage is not None for lay in (l0, l1))  # wo's own x: QuantizeX
+                # the producers stage their own x (no QuantizeX before them); the last w_down feeds no group
+                assert all(op.prestage is None for op in (l0.wo, l1.wo, l0.w_down))
+                assert l1.w_down.prestage is not None
                 assert "eq[" in e.model.layers[0].wo.linear.q4_kernel([256], True, emit_next=l0.ffn_norm.norm).source
 
             async def run():

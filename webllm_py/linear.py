@@ -12,7 +12,7 @@ Activations are f32, row-major: x [T, K] in, y [T, N] out. The prefill matmul re
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import UnsupportedModelError
@@ -446,7 +446,10 @@ class BoundLinear:
     def emit_into(self, norm: Any, planes: int) -> tuple[Any, Any] | None:
         """Make this single-token matvec (a residual add) also write the next norm's input quantized for
         a prestaged matvec of `planes` planes (matvec_q4s's emit_next; norm: that ops.RMSNorm), into the
-        device-wide (xq, xd) it returns; None where its kernel cannot (StagedTiling.emit_refusal)."""
+        device-wide (xq, xd) it returns; None where its kernel cannot (StagedTiling.emit_refusal).
+        The producer itself then quantizes its own x in its workgroups (no QuantizeX dispatch before it):
+        on the H200 a QuantizeX + prestaged wo / w_down ran 2-3.5 us slower than the self-staging kernel
+        at the 1B and 8B shapes (docs/benchmarks.md, "H200: x quantized once per token")."""
         lin, t = self.linear, self.linear.matvec_tiling
         if (
             self.parts
@@ -459,9 +462,9 @@ class BoundLinear:
 
         eq = _scratch(lin.device, "emitted xq", planes * lin.N)
         ed = _scratch(lin.device, "emitted xd", QuantizeX.xd_bytes(lin.N))
-        k = lin.q4_kernel([lin.N], True, emit_next=norm, emit_planes=planes)
-        ins = list(self.prestage.writes) if self.prestage is not None else [self.x]
-        self.matvec = lin.device.bind(k, [lin.weight.buffer, *ins, self.y, norm.weight, eq, ed])
+        k = lin.q4_kernel([lin.N], True, tiling=replace(t, prestaged=False), emit_next=norm, emit_planes=planes)
+        self.matvec = lin.device.bind(k, [lin.weight.buffer, self.x, self.y, norm.weight, eq, ed])
+        self.prestage = None
         return eq, ed
 
     @property

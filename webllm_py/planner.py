@@ -425,7 +425,8 @@ class KernelPolicy:
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
     staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
     # StagedTiling.prestaged in the planner's staged tilings (A/B; off: see there); the residual adds before
-    # a norm-folded group then write its x in their epilogue where they can (models/layer.link_emits)
+    # a norm-folded group then write its x in their epilogue where they can (models/layer.link_emits), and
+    # stage their own x (BoundLinear.emit_into)
     prestage: bool = False
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
