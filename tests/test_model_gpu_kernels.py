@@ -92,6 +92,8 @@ def test_engine_records_the_gpu_kernels(gpu_like_engine):
     assert len(layer.qkv.runs) == 2 and len(layer.gate_up.runs) == 1
     assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed
     assert layer.attention.op.fused  # attention_step (lavapipe is a Vulkan adapter)
+    # the default policy's prestage (None) resolved by the model: off at this width (planner.prestage_auto)
+    assert engine.model.policy.prestage is False and all(run[2] is None for run in layer.qkv.runs)
 
 
 @pytest.mark.parametrize("n", [SHORT, LONG], ids=["one-chunk", "three-chunks"])

@@ -578,3 +578,14 @@ def test_browser_gpu_fallbacks():
     assert not b.packed_dot and b.subgroups
     assert plan_matvec(b, T.Q4_0, 2048, 2048).template == "matvec_q4"
     assert plan_matmul(b, T.Q4_0, 2048, 2048).template == "matmul"
+
+
+def test_prestage_auto():
+    """KernelPolicy.prestage None: LlamaModel turns the quantized-x chain on for dense models of dim >= 4096
+    only (measured faster there, slower at 2048 on Dawn); an explicit True / False is kept."""
+    from webllm_py.planner import PRESTAGE_MIN_DIM, prestage_auto
+
+    assert KernelPolicy().prestage is None
+    assert prestage_auto(PRESTAGE_MIN_DIM, dense_mlp=True)
+    assert not prestage_auto(PRESTAGE_MIN_DIM // 2, dense_mlp=True)
+    assert not prestage_auto(PRESTAGE_MIN_DIM, dense_mlp=False)  # Mixtral's experts: no epilogue link

@@ -162,10 +162,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--prestage",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="the staged matvecs read x quantized once per token by its own dispatch, or by the epilogue of the "
         "residual add before (w_down, wo; where its tiling has 32 rows a workgroup) (planner.KernelPolicy.prestage); "
-        "default: each workgroup quantizes x itself",
+        "--no-prestage: each workgroup quantizes x itself; default: the model's choice (planner.prestage_auto)",
     )
     p.add_argument(
         "--prefill-kernel",

@@ -59,9 +59,10 @@ class StagedTiling:
     # twice the x staged per workgroup (docs/benchmarks.md, same section)
     planes: int = 1
     # x quantized once per token by ops.QuantizeX (its own dispatch) and copied into workgroup memory,
-    # rather than quantized by every workgroup (matvec_q4s.wgsl.j2's prestaged). Off: the matvecs alone run
-    # 9-27% faster so, but the extra dispatch per matvec costs more than that in a decode step on Dawn
-    # (docs/benchmarks.md, "H200: x quantized once per token for the decode matvecs")
+    # rather than quantized by every workgroup (matvec_q4s.wgsl.j2's prestaged): the matvecs alone run 9-27%
+    # faster so, but an extra dispatch per matvec costs more than that in a decode step on Dawn (docs/
+    # benchmarks.md, "H200: x quantized once per token for the decode matvecs"); where the residual add before
+    # writes x in its epilogue instead it pays (KernelPolicy.prestage, prestage_auto)
     prestaged: bool = False
 
     def __post_init__(self) -> None:
@@ -424,10 +425,10 @@ class KernelPolicy:
     staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
     staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
-    # StagedTiling.prestaged in the planner's staged tilings (A/B; off: see there); the residual adds before
-    # a norm-folded group then write its x in their epilogue where they can (models/layer.link_emits), and
-    # stage their own x (BoundLinear.emit_into)
-    prestage: bool = False
+    # StagedTiling.prestaged in the planner's staged tilings; the residual adds before a norm-folded group
+    # then write its x in their epilogue where they can (models/layer.link_emits), and stage their own x
+    # (BoundLinear.emit_into). None: the model decides (prestage_auto)
+    prestage: bool | None = None
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
@@ -485,6 +486,17 @@ class KernelPolicy:
 
 
 DEFAULT_POLICY = KernelPolicy()
+
+# KernelPolicy.prestage's default for a model whose residual adds write the next group's quantized x
+# (LlamaModel with its dense MLP: models/layer.link_emits): on from this width. H200, decode tok/s on / off in
+# alternating pairs, one device call (docs/benchmarks.md, "H200: the residual add writes the next matvec's x"):
+# 8B (dim 4096) 338.8 / 302.0 and 288.3 / 254.0 on Dawn, 300.0 / 266.1 natively (+12-14%); 1B (dim 2048)
+# 559.3 / 620.1 and 490.6 / 514.8 on Dawn, 710.7 / 671.0 natively: not on there.
+PRESTAGE_MIN_DIM = 4096
+
+
+def prestage_auto(dim: int, dense_mlp: bool) -> bool:
+    return dense_mlp and dim >= PRESTAGE_MIN_DIM
 
 
 # -- matvec (decode: one token) -----------------------------------------------------------------------

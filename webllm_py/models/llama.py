@@ -18,7 +18,7 @@ command encoder, top to bottom as above.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from typing import Callable
 
@@ -27,7 +27,7 @@ from ..gpu import Buffer, Device
 from ..kv_cache import KVCaches
 from ..linear import Embedding, Linear
 from ..ops import GLU, RMSNorm, RoPE
-from ..planner import DEFAULT_POLICY, KernelPolicy
+from ..planner import DEFAULT_POLICY, KernelPolicy, prestage_auto
 from .config import ModelConfig
 from .layer import Decoder, Layer, LayerWeights, Named
 from .store import WeightStore
@@ -148,6 +148,8 @@ class LlamaModel(Decoder):
     ):
         """mlp: each layer's MLP (Mixtral: a mixture of experts)."""
         self.device, self.cfg, self.cache, self.max_tokens = device, cfg, cache, max_tokens
+        if policy.prestage is None:
+            policy = replace(policy, prestage=prestage_auto(cfg.dim, dense_mlp=mlp is swiglu))
         self.policy = policy
         s = self.state = RunState.allocate(device, cfg, max_tokens)
         self.embed = Embedding(device, weights.matrix("token_embd.weight")).bind(s.ids, s.x)
