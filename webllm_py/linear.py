@@ -310,7 +310,7 @@ class Linear:
         output is: its epilogue also writes that x quantized (times the norm's weights) for a prestaged
         matvec of emit_planes planes, in ops.QuantizeX's layout (staged tilings of 32 rows a workgroup:
         StagedTiling.emit_refusal; bind the norm's weights and the (xq, xd) after y)."""
-        nparams = (
+        nparams: dict[str, Any] = (
             dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         )
         t = tiling or self.matvec_tiling
@@ -369,7 +369,7 @@ class Linear:
         mv_x = (x, 0, 4 * self.K) if self._x_uniform else x  # a uniform binding holds one token's x
         t = self.matvec_tiling
         mv_shape = [self._shape(accumulate)] if isinstance(t, MatvecTiling) and t.shape_at_run_time else []
-        pre = self.prestage(x) if self.staged and t.prestaged else None
+        pre = self.prestage(x) if self.staged and isinstance(t, StagedTiling) and t.prestaged else None
         mv_ins = list(pre.writes) if pre else [mv_x]
         mv = self.device.bind(self.kernel("matvec", accumulate), [w, *mv_ins, y, *extra, *mv_shape])
         if params is None:
@@ -392,7 +392,7 @@ class Linear:
             tokens = x.size // (4 * self.K)
             scale = _scratch(self.device, "xscale", 8 * tokens)
             quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
-            splits = self.matmul_tiling.splits
+            splits = self.matmul_tiling.splits if isinstance(self.matmul_tiling, MatmulSgmatF16Tiling) else 1
             if splits == 1:
                 mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
                 return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre)
@@ -411,7 +411,8 @@ class Linear:
         scratch (xq, xd) a prestaged staged matvec (StagedTiling.prestaged) reads: its writes."""
         from .ops import QuantizeX
 
-        planes = self.matvec_tiling.planes if planes is None else planes
+        t = self.matvec_tiling
+        planes = (t.planes if isinstance(t, StagedTiling) else 1) if planes is None else planes
         q = QuantizeX(self.device, self.K, planes, norm=norm)
         return q.bind(
             x,
@@ -453,6 +454,7 @@ class BoundLinear:
         lin, t = self.linear, self.linear.matvec_tiling
         if (
             self.parts
+            or not isinstance(t, StagedTiling)
             or not lin.staged
             or lin.bias is not None
             or t.emit_refusal(lin.K, [lin.N], self.accumulate, None)
@@ -550,7 +552,7 @@ class MatvecGroup:
         # (bind group, workgroups, the QuantizeX BoundOp before a prestaged one) of each fused dispatch
         self.runs: list[tuple[Any, int, Any]] = []
         self._binds: list[tuple[Any, list, list, int]] = []  # each run's (kernel, weights, outputs, planes)
-        self.norm = None  # the norm BoundOp folded in
+        self.norm: Any = None  # the norm BoundOp folded in
 
         # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
         # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
@@ -594,7 +596,9 @@ class MatvecGroup:
                 k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)
                 ins = [norm.reads[0], norm.norm.weight] if fold else [members[0].x]
                 pre = None
-                if lead.staged and t.prestaged:  # x (with the norm folded in) quantized once, before the dispatch
+                if (
+                    lead.staged and isinstance(t, StagedTiling) and t.prestaged
+                ):  # x (with the norm folded in) quantized once, before the dispatch
                     pre = lead.prestage(ins[0], rms if fold else None, t.planes)
                     ins = list(pre.writes)
                 groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)

@@ -404,7 +404,9 @@ def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
     for item in filter(None, spec.split(";")):
         key, v = item.split("=", 1) if "=" in item else ("all", item)
         f = [int(x) for x in v.split(",")]
-        out.append((key, StagedTiling(f[0], f[1], f[2], bool(f[3]) if len(f) > 3 else False, *f[4:5])))
+        out.append(
+            (key, StagedTiling(f[0], f[1], f[2], bool(f[3]) if len(f) > 3 else False, f[4] if len(f) > 4 else 1))
+        )
     return tuple(out)
 
 
