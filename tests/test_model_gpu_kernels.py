@@ -158,33 +158,28 @@ def test_prefill_quantizes_x_once_per_group(gpu_like_engine):
     assert rec.n == 1 + sum(b != a for a, b in zip(keys, keys[1:]))
 
 
-def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
-    """KernelPolicy.prestage: every staged matvec reads x quantized once per token by ops.QuantizeX (the
-    norms folded into it) instead of quantizing it in each workgroup (the default, prestage=False):
-    the same rounding rule, so the same greedy tokens and logprobs (within f32 rounding of 1 / rms). Two
-    fresh engines (the shared one may reuse an earlier test's prompt from its prefix cache)."""
+def _same_greedy_prestage_on_off(llama_gguf, check, **policy):
+    """Greedy tokens and logprobs of two fresh engines, KernelPolicy(prestage=True / False, **policy), equal
+    (logprobs within f32 rounding of 1 / rms); check(engine, prestage) looks at each engine's ops first.
+    Fresh engines: the shared one may reuse an earlier test's prompt from its prefix cache."""
     from webllm_py.planner import KernelPolicy
 
-    engine, ref_dir = gpu_like_engine
-    layer = engine.model.layers[0]
-    assert all(p is None for _, _, p in layer.qkv.runs + layer.gate_up.runs) and layer.w_down.prestage is None
+    path, ref_dir = llama_gguf
     ids = prompt_ids(ref_dir, SHORT)
     params = SamplingParams(temperature=0.0, logprobs=True)
     outs = {}
     for prestage in (True, False):
         e = asyncio.run(
             Engine.load(
-                llama_gguf[0],
+                path,
                 device=gpu_like_device(),
                 context_window=128,
                 prefill_chunk=PREFILL_CHUNK,
-                policy=KernelPolicy(prestage=prestage),
+                policy=KernelPolicy(prestage=prestage, **policy),
             )
         )
         try:
-            layer = e.model.layers[0]
-            assert all((p is not None) == prestage for _, _, p in layer.qkv.runs + layer.gate_up.runs)
-            assert (layer.wo.prestage is not None) == prestage and layer.attn_norm.absorbed and layer.ffn_norm.absorbed
+            check(e, prestage)
 
             async def run():
                 return [t async for t in e.generate(ids, params, max_tokens=N_GREEDY, ignore_eos=True) if t.id >= 0]
@@ -194,6 +189,21 @@ def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
             e.unload()
     assert [t.id for t in outs[True]] == [t.id for t in outs[False]]
     np.testing.assert_allclose([t.logprob for t in outs[True]], [t.logprob for t in outs[False]], atol=1e-4)
+
+
+def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
+    """KernelPolicy.prestage: every staged matvec reads x quantized once per token by ops.QuantizeX (the
+    norms folded into it) instead of quantizing it in each workgroup (the default at this width): the same
+    rounding rule, so the same greedy tokens and logprobs."""
+    layer = gpu_like_engine[0].model.layers[0]
+    assert all(p is None for _, _, p in layer.qkv.runs + layer.gate_up.runs) and layer.w_down.prestage is None
+
+    def check(e, prestage):
+        layer = e.model.layers[0]
+        assert all((p is not None) == prestage for _, _, p in layer.qkv.runs + layer.gate_up.runs)
+        assert (layer.wo.prestage is not None) == prestage and layer.attn_norm.absorbed and layer.ffn_norm.absorbed
+
+    _same_greedy_prestage_on_off(llama_gguf, check)
 
 
 def test_emitted_decode_matches_staged(llama_gguf):
@@ -201,39 +211,18 @@ def test_emitted_decode_matches_staged(llama_gguf):
     epilogues write the next group's quantized x (matvec_q4s's emit_next; wo -> ffn_norm + gate/up, w_down
     -> the next layer's attn_norm + Q/K/V) and those groups run no QuantizeX dispatch; layer 0's Q/K/V
     keeps it; the producers quantize their own x in their workgroups (no QuantizeX before them). The same
-    greedy tokens and logprobs (within f32 rounding of 1 / rms) as prestage off."""
-    from webllm_py.planner import KernelPolicy, StagedTiling
+    greedy tokens and logprobs as prestage off."""
+    from webllm_py.planner import StagedTiling
 
-    _, ref_dir = llama_gguf
+    def check(e, prestage):
+        l0, l1 = e.model.layers
+        if prestage:
+            assert l0.qkv.runs[0][2] is not None  # layer 0: QuantizeX (the embedding writes x)
+            assert all(run[2] is None for run in l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
+            # the producers stage their own x (no QuantizeX before them); the last w_down feeds no group
+            assert all(op.prestage is None for op in (l0.wo, l1.wo, l0.w_down))
+            assert l1.w_down.prestage is not None
+            assert "eq[" in l0.wo.linear.q4_kernel([256], True, emit_next=l0.ffn_norm.norm).source
+
     tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
-    ids = prompt_ids(ref_dir, SHORT)
-    params = SamplingParams(temperature=0.0, logprobs=True)
-    outs = {}
-    for prestage in (True, False):
-        e = asyncio.run(
-            Engine.load(
-                llama_gguf[0],
-                device=gpu_like_device(),
-                context_window=128,
-                prefill_chunk=PREFILL_CHUNK,
-                policy=KernelPolicy(prestage=prestage, staged_tilings=tilings),
-            )
-        )
-        try:
-            l0, l1 = e.model.layers
-            if prestage:
-                assert l0.qkv.runs[0][2] is not None  # layer 0: QuantizeX (the embedding writes x)
-                assert all(run[2] is None for run in l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
-                # the producers stage their own x (no QuantizeX before them); the last w_down feeds no group
-                assert all(op.prestage is None for op in (l0.wo, l1.wo, l0.w_down))
-                assert l1.w_down.prestage is not None
-                assert "eq[" in e.model.layers[0].wo.linear.q4_kernel([256], True, emit_next=l0.ffn_norm.norm).source
-
-            async def run():
-                return [t async for t in e.generate(ids, params, max_tokens=N_GREEDY, ignore_eos=True) if t.id >= 0]
-
-            outs[prestage] = asyncio.run(run())
-        finally:
-            e.unload()
-    assert [t.id for t in outs[True]] == [t.id for t in outs[False]]
-    np.testing.assert_allclose([t.logprob for t in outs[True]], [t.logprob for t in outs[False]], atol=1e-4)
+    _same_greedy_prestage_on_off(llama_gguf, check, staged_tilings=tilings)
