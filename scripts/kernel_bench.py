@@ -63,6 +63,16 @@ def time_dispatches(record, reps: int) -> float:
     return best
 
 
+def time_alternating(recs: dict) -> dict:
+    """time_dispatches of each form in recs ({name: record}), the forms alternated in rounds (3, or 1 with
+    --quick) so that drift hits them alike: each one's best, by name."""
+    best = dict.fromkeys(recs, 1e9)
+    for _ in range(3 if not QUICK else 1):
+        for name, r in recs.items():
+            best[name] = min(best[name], time_dispatches(r, REPS))
+    return best
+
+
 def emit(**kw):
     print(json.dumps(kw), flush=True)
 
@@ -444,10 +454,7 @@ if want("staged_sg"):
                     recs[sg] = (lambda g: lambda rec: g.record(rec, 1))(g)
                 else:
                     recs[sg] = (lambda b: lambda rec: b.record(rec, 1))(bounds[0])
-            best = {False: 1e9, True: 1e9}
-            for _ in range(3 if not QUICK else 1):
-                for sg in (False, True):
-                    best[sg] = min(best[sg], time_dispatches(recs[sg], REPS))
+            best = time_alternating(recs)
             emit(
                 kind="staged_sg",
                 op=label,
@@ -582,10 +589,7 @@ if want("prestaged"):
                 "q+pre": lambda rec: (qb.record(rec, 1), rec.dispatch(bgs[True], groups)),
                 "pre": lambda rec: rec.dispatch(bgs[True], groups),
             }
-            best = dict.fromkeys(recs, 1e9)
-            for _ in range(3 if not QUICK else 1):
-                for name, r in recs.items():
-                    best[name] = min(best[name], time_dispatches(r, REPS))
+            best = time_alternating(recs)
             emit(
                 kind="prestaged",
                 size=size,
@@ -670,10 +674,7 @@ if want("epilogue"):
                 asyncio.run(dev.read_buffer(a, 0, n)) == asyncio.run(dev.read_buffer(b, 0, n))
                 for a, b, n in ((xq, qq, ct.planes * dim), (xd, qd, QuantizeX.xd_bytes(dim)))
             )
-            best = dict.fromkeys(recs, 1e9)
-            for _ in range(3 if not QUICK else 1):
-                for name, r in recs.items():
-                    best[name] = min(best[name], time_dispatches(r, REPS))
+            best = time_alternating(recs)
             emit(
                 kind="epilogue",
                 emit_matches_quantize_x=same,
