@@ -309,3 +309,65 @@ def test_step_merge_across_layers_and_steps(device):
             got = np.frombuffer(asyncio.run(device.read_buffer(bufs[i][3])), np.float32)
             q, k, v = (x[: pos + 1] for x in data[i])
             np.testing.assert_allclose(got, reference(q, k, v, nh, nkv)[-1], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "form,planes,tiling",
+    [
+        ("merge", 1, StepTiling(64, 4, 9, 4)),  # attention_step merging its slices (1 to 9 in use)
+        ("merge", 2, StepTiling(128, 32, 1, 32)),  # one slice: the step writes out directly
+        ("combine", 1, StepTiling(64, 4, 9, 4)),  # the step's partials merged by attention_combine
+        ("combine-only", 2, StepTiling(64, 4, 9, 4)),  # attention_combine writing the quantized x alone
+        ("decode", 1, None),  # attention_decode + attention_combine (CPU adapters' kernels)
+    ],
+)
+def test_emit_matches_quantize_x(device, form, planes, tiling):
+    """BoundAttention.emit_into: the decode step also writes its output as wo's prestaged x. Every step's
+    emitted bytes equal ops.QuantizeX's over the f32 output the same dispatches wrote (bit-identical: the
+    q8_block rule over the same values), and, dequantized, numpy's attention within half a quantization step
+    (plus the f32 tolerance); with write_out off (attention_combine only) the same bytes as with it on."""
+    from webllm_py.ops import QuantizeX
+    from webllm_py.planner import KernelPolicy
+
+    (nh, nkv, hd), N = (8, 2, 64), 40
+    K = nh * hd
+    kw = dict(fused=form != "decode", step_tiling=tiling, decode_splits=4 if form == "decode" else None)
+    kw["policy"] = KernelPolicy(step_merge=form == "merge")
+    hs = []
+    for write_out in (True, False) if form == "combine-only" else (True,):
+        cache = shuffled_cache(device, num_blocks=16, block_size=4, layout=(nh, nkv, hd))
+        h = Harness(device, cache, max_tokens=8, layout=(nh, nkv, hd), **kw)
+        eq, ed = h.bound.emit_into(planes, write_out=write_out)
+        assert (h.bound.step is not None) == (form != "decode") and (h.bound.combine is None) == (form == "merge")
+        hs.append((h, eq, ed))
+    quant = QuantizeX(device, K, planes)
+    qq, qd = quant.buffers()
+    q, k, v = make_qkv(N, 7, (nh, nkv, hd))
+    ref = reference(q, k, v, nh, nkv)
+    T0 = 5
+    for h, _, _ in hs:
+        h.step_(0, 0, q[:T0], k[:T0], v[:T0])
+    for pos in range(T0, N):
+        got, outs = [], []
+        for h, eq, ed in hs:  # (the harnesses share the scratch eq, ed: read after each)
+            outs.append(h.step_(0, pos, q[pos : pos + 1], k[pos : pos + 1], v[pos : pos + 1]))
+            got.append((_bytes(device, eq, planes * K), _bytes(device, ed, 4 * K // 16)))
+        assert all(g == got[0] for g in got)
+        out = outs[0]
+        with device.recorder() as rec:
+            quant.bind(hs[0][0].o, qq, qd).record(rec, 1)
+        assert got[0][0] == _bytes(device, qq, planes * K)
+        assert got[0][1] == _bytes(device, qd, 4 * K // 16)  # (dx, dx sum q) per block
+        np.testing.assert_allclose(out[0], ref[pos], atol=2e-5, rtol=1e-4)
+        # dequantized: q dx (+ r dx / 254) within half a step of numpy's output
+        qs = np.frombuffer(got[0][0], np.int8).astype(np.float64).reshape(planes, K // 32, 32)
+        dx = np.frombuffer(got[0][1], np.float32)[: 2 * K // 32 : 2].astype(np.float64)[:, None]
+        deq = qs[0] * dx + (qs[1] * dx / 254 if planes == 2 else 0)
+        step = np.abs(ref[pos]).reshape(-1, 32).max(1, keepdims=True) / 127 / (254 if planes == 2 else 1)
+        assert (np.abs(deq - ref[pos].reshape(-1, 32)) <= step / 2 + 1e-4).all()
+        sums = np.frombuffer(got[0][1], np.float32)[1 : 2 * K // 32 : 2]
+        np.testing.assert_allclose(sums, deq.sum(1), rtol=1e-5, atol=1e-5 * np.abs(deq).sum())
+
+
+def _bytes(device, buf, n: int) -> bytes:
+    return asyncio.run(device.read_buffer(buf, 0, n))

@@ -201,7 +201,9 @@ def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
     def check(e, prestage):
         layer = e.model.layers[0]
         assert all((p is not None) == prestage for _, _, p in layer.qkv.runs + layer.gate_up.runs)
-        assert (layer.wo.prestage is not None) == prestage and layer.attn_norm.absorbed and layer.ffn_norm.absorbed
+        assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed
+        # wo reads x the attention wrote quantized (planner.attention_emit_auto), no QuantizeX before it
+        assert layer.wo.prestage is None and (layer.wo.taken is not None) == prestage
 
     _same_greedy_prestage_on_off(llama_gguf, check)
 
@@ -223,6 +225,11 @@ def test_emitted_decode_matches_staged(llama_gguf):
             assert all(op.prestage is None for op in (l0.wo, l1.wo, l0.w_down))
             assert l1.w_down.prestage is not None
             assert "eq[" in l0.wo.linear.q4_kernel([256], True, emit_next=l0.ffn_norm.norm).source
+            # attention writes wo's x (planner.attention_emit_auto: where the model prestages): wo reads it
+            for layer in (l0, l1):
+                assert layer.attention.emits is not None and layer.wo.taken == layer.attention.emits
+        else:
+            assert l0.attention.emits is None and l0.wo.taken is None
 
     tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
     _same_greedy_prestage_on_off(llama_gguf, check, staged_tilings=tilings)

@@ -173,7 +173,7 @@ class PagedAttention:
         d, kc, vc = self.device, self.cache.k[layer], self.cache.v[layer]
         block_table = self.cache.table if block_table is None else block_table
         split = self.combine is not None
-        rope_kv = step_bg = None
+        rope_kv = step_bg = step_kb = None
         rop = getattr(rope, "op", None)
         foldable = (
             rop is not None
@@ -185,16 +185,13 @@ class PagedAttention:
         if self.fused:
             # RoPE of q and the new k inside the step where it rotates whole heads; otherwise (partial
             # rotary) the layer's RoPE dispatch runs first and the step gets q and k rotated.
-            kern = d.kernel(
-                "attention_step",
-                label="attention_step",
-                rope=rop.params["pairs"] if foldable else None,
-                **self._step_params,
-            )
+            params = dict(self._step_params, rope=rop.params["pairs"] if foldable else None)
+            kern = d.kernel("attention_step", label="attention_step", **params)
             bufs = [q, k, v, kc, vc, self.partials if split else out, step, block_table]
             bufs += [rop.inv_freq] if foldable else []
             bufs += [self.scratch] if self.step_tiling.splits > 1 and not split else []
             step_bg = d.bind(kern, bufs)
+            step_kb = (params, bufs)
             if foldable:
                 rope.absorbed = True
         elif foldable and (self.cache.dtype != "f16x2" or rop.params["pairs"] == "adjacent"):
@@ -225,7 +222,26 @@ class PagedAttention:
             rope_kv,
             step_bg,
             (layer, q, k, v, out, step, block_table),
+            step_kb,
         )
+
+    def emit_refusal(self) -> str | None:
+        """Why a single-token step cannot also write its output as wo's prestaged x (emit_into), or None
+        where it can: the dispatch that writes the merged output (attention_combine, or attention_step where
+        it merges its slices or has one) must hold whole 32-blocks of it."""
+        if self.head_dim % 32:
+            return f"head_dim {self.head_dim} is not whole 32-blocks"
+        if (self.n_heads * self.head_dim) % 256:
+            return "wo's K is not a multiple of 256"
+        if self.combine is not None:
+            return None if self.combine_wg % 32 == 0 else f"attention_combine's wg {self.combine_wg} % 32 != 0"
+        if not self.fused:
+            return "attention_decode writes the output itself (one slice)"
+        # attention_step merging its slices: up to 10 storage bindings before these 2
+        need = 8 + 2 + (1 if self.step_tiling.splits > 1 else 0) + 1
+        if Adapter.of(self.device).storage_buffers < need:
+            return f"attention_step with emit needs {need} storage bindings"
+        return None
 
 
 @dataclass(eq=False)
@@ -240,6 +256,44 @@ class BoundAttention:
     rope_kv: tuple[BindGroup, int] | None = None  # RoPE + cache write in one dispatch (single tokens)
     step: BindGroup | None = None  # single tokens, GPUs: attention_step (+ combine where op.step_combine)
     args: tuple = ()  # bind's arguments (layer, q, k, v, out, step, block_table)
+    step_kernel_bufs: Any = None  # attention_step's (template parameters, buffers): emit_into binds it again
+    emits: tuple | None = None  # emit_into's (xq, xd): wo's x, quantized by the step or combine
+
+    def emit_into(self, planes: int, write_out: bool = True) -> tuple[Buffer, Buffer] | None:
+        """Make the single-token step also write its output quantized as wo's prestaged x (planes int8
+        planes; the q8_block rule, in ops.QuantizeX's layout, no norm) into the device-wide (xq, xd) it
+        returns; write_out False: attention_combine no longer writes the f32 output (nothing but wo reads it
+        in a decode step; attention_step keeps writing it). None where it cannot (PagedAttention.emit_refusal);
+        prefill is unchanged."""
+        from .linear import _scratch
+        from .ops import QuantizeX
+
+        op = self.op
+        if op.emit_refusal() is not None:
+            return None
+        K = op.n_heads * op.head_dim
+        eq = _scratch(op.device, "attention xq", planes * K)
+        ed = _scratch(op.device, "attention xd", QuantizeX.xd_bytes(K))
+        d = op.device
+        if self.combine is not None:
+            kern = d.kernel(
+                "attention_combine",
+                label="attention_combine",
+                n_heads=op.n_heads,
+                head_dim=op.head_dim,
+                splits=op.splits,
+                wg=op.combine_wg,
+                emit=planes,
+                write_out=write_out,
+            )
+            out = self.args[4]
+            self.combine = d.bind(kern, [op.partials, *([out] if write_out else []), eq, ed])
+        else:
+            kern, bufs = self.step_kernel_bufs
+            kern = d.kernel("attention_step", label="attention_step", **{**kern, "emit": planes})
+            self.step = d.bind(kern, [*bufs, eq, ed])
+        self.emits = (eq, ed)
+        return eq, ed
 
     def with_rope(self, rope: Any) -> "BoundAttention":
         """This attention bound again with the RoPE op recorded before it, to fold where it can."""

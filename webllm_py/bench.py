@@ -168,6 +168,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-prestage: each workgroup quantizes x itself; default: the model's choice (planner.prestage_auto)",
     )
     p.add_argument(
+        "--attention-emit",
+        action=argparse.BooleanOptionalAction,
+        help="single-token attention also writes its output as wo's quantized x and wo reads it prestaged "
+        "(planner.KernelPolicy.attention_emit); default: planner.attention_emit_auto",
+    )
+    p.add_argument(
         "--prefill-kernel",
         choices=PREFILL_KERNELS,
         default="auto",
@@ -360,6 +366,7 @@ def kernel_policy(args: argparse.Namespace):
         staged_tilings=parse_staged_tilings(args.staged_tiling or ""),
         staged_planes=args.staged_planes,
         prestage=args.prestage,
+        attention_emit=args.attention_emit,
         fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))

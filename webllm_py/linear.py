@@ -435,6 +435,8 @@ class BoundLinear:
     y: Any = None
     reduce: Any | None = None  # splitk_sum's bind group: a split matmul_sgmat_f16's partial tiles into y
     prestage: Any = None  # single tokens: the QuantizeX BoundOp recorded before a prestaged matvec
+    emits: tuple | None = None  # emit_into's (norm, planes, xq, xd): the next group's x it writes
+    taken: tuple | None = None  # take_x's (xq, xd): its own x, quantized by the op before
 
     @property
     def reads(self) -> tuple:
@@ -467,7 +469,30 @@ class BoundLinear:
         k = lin.q4_kernel([lin.N], True, tiling=replace(t, prestaged=False), emit_next=norm, emit_planes=planes)
         self.matvec = lin.device.bind(k, [lin.weight.buffer, self.x, self.y, norm.weight, eq, ed])
         self.prestage = None
+        self.emits = (norm, planes, eq, ed)
         return eq, ed
+
+    def taken_planes(self) -> int | None:
+        """The int8 planes of x this single-token matvec would read prestaged (take_x), or None where its
+        kernel is not the staged one (or is split, or has a bias)."""
+        lin, t = self.linear, self.linear.matvec_tiling
+        if self.parts or not isinstance(t, StagedTiling) or not lin.staged or lin.bias is not None:
+            return None
+        return t.planes
+
+    def take_x(self, xq: Any, xd: Any) -> None:
+        """Read x quantized by the op before (attention's emit_into: BoundAttention.emit_into) in ops.QuantizeX's
+        layout: matvec_q4s prestaged, with no QuantizeX dispatch before it; its emit_next (emit_into) kept."""
+        lin, t = self.linear, self.linear.matvec_tiling
+        assert isinstance(t, StagedTiling) and self.taken_planes() is not None
+        norm, planes, eq, ed = self.emits or (None, 1, None, None)
+        k = lin.q4_kernel(
+            [lin.N], self.accumulate, tiling=replace(t, prestaged=True), emit_next=norm, emit_planes=planes
+        )
+        emitted = [norm.weight, eq, ed] if norm is not None else []
+        self.matvec = lin.device.bind(k, [lin.weight.buffer, xq, xd, self.y, *emitted])
+        self.prestage = None
+        self.taken = (xq, xd)
 
     @property
     def x_pass(self) -> tuple | None:

@@ -431,6 +431,9 @@ class KernelPolicy:
     # then write its x in their epilogue where they can (models/layer.link_emits), and stage their own x
     # (BoundLinear.emit_into). None: the model decides (prestage_auto)
     prestage: bool | None = None
+    # single-token attention writes its output also as wo's quantized x (attention_combine, or attention_step
+    # where it merges), wo reading it prestaged (models/layer.link_attention_emits). None: attention_emit_auto
+    attention_emit: bool | None = None
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
@@ -499,6 +502,14 @@ PRESTAGE_MIN_DIM = 4096
 
 def prestage_auto(dim: int, dense_mlp: bool) -> bool:
     return dense_mlp and dim >= PRESTAGE_MIN_DIM
+
+
+def attention_emit_auto(policy: KernelPolicy) -> bool:
+    """Whether attention writes wo's quantized x (KernelPolicy.attention_emit, else here): where the model
+    prestages (policy.prestage, resolved by the model: prestage_auto)."""
+    if policy.attention_emit is not None:
+        return policy.attention_emit
+    return bool(policy.prestage)
 
 
 # -- matvec (decode: one token) -----------------------------------------------------------------------

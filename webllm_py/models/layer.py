@@ -33,7 +33,7 @@ from ..attention import BoundAttention
 from ..gpu import Buffer, Device, Recorder
 from ..linear import BoundLinear, Linear, MatvecGroup
 from ..ops import GLU, BoundOp, LayerNorm, Recordable, RMSNorm, RoPE
-from ..planner import DEFAULT_POLICY, KernelPolicy
+from ..planner import DEFAULT_POLICY, KernelPolicy, attention_emit_auto
 from ..weights import GPUTensor
 from .config import ModelConfig
 from .store import WeightStore
@@ -187,6 +187,27 @@ def link_emits(ops: list[Any]) -> int:
     return n
 
 
+def link_attention_emits(ops: list[Any]) -> int:
+    """Where attention is followed by the linear that reads its output (wo) and that linear's kernel can read
+    x prestaged (BoundLinear.taken_planes), the single-token attention also writes that output quantized
+    (BoundAttention.emit_into: attention_combine, or attention_step where it merges its slices) and wo reads
+    it (BoundLinear.take_x): no QuantizeX dispatch, no quantizing in wo's workgroups. The f32 output stays
+    where a later op reads it. Run after link_emits (take_x keeps wo's own emit_next). `ops` in run order;
+    returns how many pairs it linked (planner.attention_emit_auto decides whether to call it)."""
+    n = 0
+    for i, (att, wo) in enumerate(zip(ops, ops[1:])):
+        if not (isinstance(att, BoundAttention) and isinstance(wo, BoundLinear) and wo.x is att.args[4]):
+            continue
+        planes = wo.taken_planes()
+        if planes is None:
+            continue
+        bufs = att.emit_into(planes, write_out=_read_later(ops[i + 2 :], wo.x))
+        if bufs is not None:
+            wo.take_x(*bufs)
+            n += 1
+    return n
+
+
 class Layer:
     """A transformer block: its ops in run order (`ops`, after the fusion pass), each also an
     attribute under its name (layer.wq, layer.qkv, layer.attention, ...)."""
@@ -215,8 +236,13 @@ class Decoder:
     softcap: Recordable | None = None
 
     def link_emits(self) -> int:
-        """link_emits over every layer's ops (w_down of one layer feeds the next one's Q/K/V)."""
-        return link_emits([op for layer in self.layers for op in layer.ops])
+        """link_emits over every layer's ops (w_down of one layer feeds the next one's Q/K/V); then, where
+        planner.attention_emit_auto says, link_attention_emits (attention writes wo's x)."""
+        ops = [op for layer in self.layers for op in layer.ops]
+        n = link_emits(ops)
+        if attention_emit_auto(getattr(self, "policy", DEFAULT_POLICY)):
+            link_attention_emits(ops)
+        return n
 
     def record(self, rec: Recorder, n: int, logits: bool) -> None:
         """One step of n tokens: the residual stream through every layer, then (if asked) the last
