@@ -686,3 +686,78 @@ if want("epilogue"):
             )
             for w in [pw] + [w for w, _ in cws]:
                 w.buffer.destroy()
+
+# Attention writing wo's quantized x (BoundAttention.emit_into, wo reading it prestaged: BoundLinear.take_x)
+# against today's chain, 8B layout (32 heads, 8 kv heads, head_dim 128; wo Q4_0 4096 x 4096 with its emit_next
+# into the gate/up norm, as at 8B), one decode token at position 640, GPU us alternated, best of 3:
+# "off": attention (step [+ combine]) -> wo staged; "on": attention emitting -> wo prestaged; "on_sg": the
+# combine's block by subgroup shuffles; pieces: "att_<form>" (attention alone) and "wo"/"wo_pre". form: "combine"
+# (attention_step + attention_combine, as on Dawn) or "merge" (the step merges its slices: native).
+# emit_matches_quantize_x: the emitted bytes equal ops.QuantizeX's over the f32 output, on this compiler.
+if want("attn_emit"):
+    import struct
+
+    from webllm_py.attention import PagedAttention
+    from webllm_py.kv_cache import PagedKVCache
+    from webllm_py.ops import QuantizeX
+    from webllm_py.planner import KernelPolicy
+
+    nh, nkv, hd, dim, pos = (32, 8, 128, 4096, 640) if not QUICK else (8, 2, 64, 512, 100)
+    K = nh * hd
+    for form in ("combine", "merge"):
+        cache = PagedKVCache(dev, 1, nkv, hd, block_size=16, num_blocks=pos // 16 + 2)
+        cache.ensure(0, pos + 1)
+        pol = KernelPolicy(step_merge=form == "merge")
+        att = PagedAttention(dev, cache, nh, nkv, hd, 1, fused=True, policy=pol)
+        qkv = [dev.buffer_from(rng.standard_normal(n).astype(np.float32).tobytes()) for n in (K, nkv * hd, nkv * hd)]
+        o = dev.create_buffer(4 * K)
+        step = dev.buffer_from(struct.pack("<2I", pos, 1))
+        table = dev.buffer_from(cache.table_bytes(0))
+        ww, _ = sane_weight("Q4_0", dim, K)
+        resid = dev.buffer_from(rng.standard_normal(dim).astype(np.float32).tobytes())
+        rms = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5)
+        wlin = Linear(dev, ww, matvec=staged_tiling(K, N=dim))  # (the planner's on GPUs; lavapipe: --quick)
+        forms = {}
+        for name in ("off", "on", "on_sg") if form == "combine" else ("off", "on"):
+            a = att.bind(0, *qkv, o, step, table)
+            w = wlin.bind(o, resid, accumulate=True)
+            w.emit_into(rms, 1)
+            if name != "off":
+                bufs = a.emit_into(w.taken_planes() or 1, write_out=True, subgroups=name == "on_sg")
+                if bufs is None:
+                    emit(kind="attn_emit", form=form, refused=att.emit_refusal())
+                    break
+                w.take_x(*bufs)
+            forms[name] = (a, w)
+        if "on" not in forms:
+            continue
+        recs = {}
+        for name, (a, w) in forms.items():
+            recs[name] = lambda rec, a=a, w=w: (a.record(rec, 1), w.record(rec, 1))
+            recs["att_" + name] = lambda rec, a=a: a.record(rec, 1)
+        recs["wo"] = lambda rec, w=forms["off"][1]: w.record(rec, 1)
+        recs["wo_pre"] = lambda rec, w=forms["on"][1]: w.record(rec, 1)
+        same = {}
+        quant = QuantizeX(dev, K, 1)
+        qq, qd = quant.buffers()
+        for name, (a, w) in forms.items():
+            if name == "off":
+                continue
+            with dev.recorder() as rec:
+                a.record(rec, 1)
+                quant.bind(o, qq, qd).record(rec, 1)
+            eq, ed = a.emits
+            same[name] = all(
+                asyncio.run(dev.read_buffer(x, 0, n)) == asyncio.run(dev.read_buffer(y, 0, n))
+                for x, y, n in ((eq, qq, K), (ed, qd, 4 * K // 16))
+            )
+        best = time_alternating(recs)
+        emit(
+            kind="attn_emit",
+            form=form,
+            pos=pos,
+            emit_matches_quantize_x=same,
+            wo_tiling=str(wlin.matvec_tiling),
+            **{name + "_us": round(v * 1e6, 2) for name, v in best.items()},
+        )
+        ww.buffer.destroy()
