@@ -690,8 +690,8 @@ if want("epilogue"):
 # Attention writing wo's quantized x (BoundAttention.emit_into, wo reading it prestaged: BoundLinear.take_x)
 # against today's chain, 8B layout (32 heads, 8 kv heads, head_dim 128; wo Q4_0 4096 x 4096 with its emit_next
 # into the gate/up norm, as at 8B), one decode token at position 640, GPU us alternated, best of 3:
-# "off": attention (step [+ combine]) -> wo staged; "on": attention emitting -> wo prestaged; "on_sg": the
-# combine's block by subgroup shuffles; pieces: "att_<form>" (attention alone) and "wo"/"wo_pre". form: "combine"
+# "off": attention (step [+ combine]) -> wo staged; "on": attention emitting -> wo prestaged; pieces:
+# "att_off"/"att_on" (attention alone) and "wo"/"wo_pre" (wo alone, staged / prestaged). form: "combine"
 # (attention_step + attention_combine, as on Dawn) or "merge" (the step merges its slices: native).
 # emit_matches_quantize_x: the emitted bytes equal ops.QuantizeX's over the f32 output, on this compiler.
 if want("attn_emit"):
@@ -718,12 +718,12 @@ if want("attn_emit"):
         rms = RMSNorm(dev, dev.buffer_from(np.ones(dim, np.float32).tobytes()), dim, 1e-5)
         wlin = Linear(dev, ww, matvec=staged_tiling(K, N=dim))  # (the planner's on GPUs; lavapipe: --quick)
         forms = {}
-        for name in ("off", "on", "on_sg") if form == "combine" else ("off", "on"):
+        for name in ("off", "on"):
             a = att.bind(0, *qkv, o, step, table)
             w = wlin.bind(o, resid, accumulate=True)
             w.emit_into(rms, 1)
             if name != "off":
-                bufs = a.emit_into(w.taken_planes() or 1, write_out=True, subgroups=name == "on_sg")
+                bufs = a.emit_into(w.taken_planes() or 1, write_out=True)
                 if bufs is None:
                     emit(kind="attn_emit", form=form, refused=att.emit_refusal())
                     break

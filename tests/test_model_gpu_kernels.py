@@ -158,9 +158,10 @@ def test_prefill_quantizes_x_once_per_group(gpu_like_engine):
     assert rec.n == 1 + sum(b != a for a, b in zip(keys, keys[1:]))
 
 
-def _same_greedy_prestage_on_off(llama_gguf, check, **policy):
+def _same_greedy_prestage_on_off(llama_gguf, check, flip="prestage", **policy):
     """Greedy tokens and logprobs of two fresh engines, KernelPolicy(prestage=True / False, **policy), equal
     (logprobs within f32 rounding of 1 / rms); check(engine, prestage) looks at each engine's ops first.
+    flip: the KernelPolicy field turned on / off instead of prestage.
     Fresh engines: the shared one may reuse an earlier test's prompt from its prefix cache."""
     from webllm_py.planner import KernelPolicy
 
@@ -175,7 +176,7 @@ def _same_greedy_prestage_on_off(llama_gguf, check, **policy):
                 device=gpu_like_device(),
                 context_window=128,
                 prefill_chunk=PREFILL_CHUNK,
-                policy=KernelPolicy(prestage=prestage, **policy),
+                policy=KernelPolicy(**{flip: prestage}, **policy),
             )
         )
         try:
@@ -201,9 +202,7 @@ def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
     def check(e, prestage):
         layer = e.model.layers[0]
         assert all((p is not None) == prestage for _, _, p in layer.qkv.runs + layer.gate_up.runs)
-        assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed
-        # wo reads x the attention wrote quantized (planner.attention_emit_auto), no QuantizeX before it
-        assert layer.wo.prestage is None and (layer.wo.taken is not None) == prestage
+        assert (layer.wo.prestage is not None) == prestage and layer.attn_norm.absorbed and layer.ffn_norm.absorbed
 
     _same_greedy_prestage_on_off(llama_gguf, check)
 
@@ -225,11 +224,32 @@ def test_emitted_decode_matches_staged(llama_gguf):
             assert all(op.prestage is None for op in (l0.wo, l1.wo, l0.w_down))
             assert l1.w_down.prestage is not None
             assert "eq[" in l0.wo.linear.q4_kernel([256], True, emit_next=l0.ffn_norm.norm).source
-            # attention writes wo's x (planner.attention_emit_auto: where the model prestages): wo reads it
-            for layer in (l0, l1):
-                assert layer.attention.emits is not None and layer.wo.taken == layer.attention.emits
-        else:
-            assert l0.attention.emits is None and l0.wo.taken is None
 
     tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
     _same_greedy_prestage_on_off(llama_gguf, check, staged_tilings=tilings)
+
+
+@pytest.mark.parametrize("prestage", [False, True])
+@pytest.mark.parametrize("step_merge", [None, False], ids=["merge", "combine"])
+def test_attention_emit_decode_matches_staged(llama_gguf, prestage, step_merge):
+    """KernelPolicy.attention_emit: single-token attention also writes its output quantized as wo's x
+    (attention_step where it merges its slices, attention_combine after the step's partials with step_merge
+    False) and wo reads it prestaged (no QuantizeX before it, no quantizing in its workgroups): the same greedy
+    tokens and logprobs as with it off; with prestage (wo's tiling of 32 rows a workgroup) wo keeps writing
+    gate/up's x in its epilogue."""
+    from webllm_py.planner import StagedTiling
+
+    def check(e, on):
+        for layer in e.model.layers:
+            assert layer.attention.op.step_combine == (step_merge is False)
+            if on:
+                assert layer.attention.emits is not None and layer.wo.taken == layer.attention.emits
+                assert layer.wo.prestage is None
+                assert (layer.wo.emits is not None) == prestage and layer.gate_up.runs[0][2] is None
+            else:
+                assert layer.attention.emits is None and layer.wo.taken is None
+
+    tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
+    _same_greedy_prestage_on_off(
+        llama_gguf, check, flip="attention_emit", prestage=prestage, step_merge=step_merge, staged_tilings=tilings
+    )

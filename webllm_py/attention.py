@@ -259,14 +259,12 @@ class BoundAttention:
     step_kernel_bufs: Any = None  # attention_step's (template parameters, buffers): emit_into binds it again
     emits: tuple | None = None  # emit_into's (xq, xd): wo's x, quantized by the step or combine
 
-    def emit_into(self, planes: int, write_out: bool = True, subgroups: bool = False) -> tuple[Buffer, Buffer] | None:
+    def emit_into(self, planes: int, write_out: bool = True) -> tuple[Buffer, Buffer] | None:
         """Make the single-token step also write its output quantized as wo's prestaged x (planes int8
         planes; the q8_block rule, in ops.QuantizeX's layout, no norm) into the device-wide (xq, xd) it
         returns; write_out False: attention_combine no longer writes the f32 output (nothing but wo reads it
         in a decode step; attention_step keeps writing it). None where it cannot (PagedAttention.emit_refusal);
-        prefill is unchanged. subgroups: attention_combine's block through subgroup shuffles (combine_wg 32, one
-        subgroup of >= 32 invocations: measured on the H200 only, scripts/kernel_bench.py --only=attn_emit; lavapipe's
-        subgroups are narrower, so no test covers it and nothing picks it)."""
+        prefill is unchanged."""
         from .linear import _scratch
         from .ops import QuantizeX
 
@@ -287,7 +285,6 @@ class BoundAttention:
                 wg=op.combine_wg,
                 emit=planes,
                 write_out=write_out,
-                subgroups=subgroups and op.combine_wg == 32,
             )
             out = self.args[4]
             self.combine = d.bind(kern, [op.partials, *([out] if write_out else []), eq, ed])

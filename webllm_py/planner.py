@@ -433,6 +433,7 @@ class KernelPolicy:
     prestage: bool | None = None
     # single-token attention writes its output also as wo's quantized x (attention_combine, or attention_step
     # where it merges), wo reading it prestaged (models/layer.link_attention_emits). None: attention_emit_auto
+    # (off: it did not pay on the H200)
     attention_emit: bool | None = None
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
@@ -505,11 +506,12 @@ def prestage_auto(dim: int, dense_mlp: bool) -> bool:
 
 
 def attention_emit_auto(policy: KernelPolicy) -> bool:
-    """Whether attention writes wo's quantized x (KernelPolicy.attention_emit, else here): where the model
-    prestages (policy.prestage, resolved by the model: prestage_auto)."""
-    if policy.attention_emit is not None:
-        return policy.attention_emit
-    return bool(policy.prestage)
+    """Whether attention writes wo's quantized x (KernelPolicy.attention_emit; off unless asked). H200, 8B Q4_0
+    (docs/benchmarks.md, "H200: attention writes wo's quantized x"): wo prestaged saves 0.9-1.1 us a layer, the
+    emitting attention costs 1.0-1.4 us more (the block quantized by one thread after a barrier), chains
+    attention -> wo 38.92 -> 38.57 us (combine form) and 31.64 -> 32.05 us (merge form); in-model Dawn decode
+    on / off 351.9, 350.6, 347.6, 270.2 / 331.2, 352.2, 357.3, 352.7 tok/s: no gain."""
+    return bool(policy.attention_emit)
 
 
 # -- matvec (decode: one token) -----------------------------------------------------------------------
