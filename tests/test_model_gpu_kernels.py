@@ -194,39 +194,70 @@ def _same_greedy_prestage_on_off(llama_gguf, check, flip="prestage", **policy):
 
 def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
     """KernelPolicy.prestage: every staged matvec reads x quantized once per token by ops.QuantizeX (the
-    norms folded into it) instead of quantizing it in each workgroup (the default at this width): the same
-    rounding rule, so the same greedy tokens and logprobs."""
+    norms folded into it) instead of quantizing it in each workgroup (the default at this width), but layer
+    0's Q/K/V, whose x the embedding writes quantized (the producers' tilings here have no 32 rows a
+    workgroup, so no emits): the same rounding rule, so the same greedy tokens and logprobs."""
     layer = gpu_like_engine[0].model.layers[0]
     assert all(p is None for _, _, p in layer.qkv.runs + layer.gate_up.runs) and layer.w_down.prestage is None
 
     def check(e, prestage):
-        layer = e.model.layers[0]
-        assert all((p is not None) == prestage for _, _, p in layer.qkv.runs + layer.gate_up.runs)
-        assert (layer.wo.prestage is not None) == prestage and layer.attn_norm.absorbed and layer.ffn_norm.absorbed
+        l0, l1 = e.model.layers
+        assert all((p is not None) == prestage for _, _, p in l1.qkv.runs + l0.gate_up.runs + l1.gate_up.runs)
+        assert all(p is None for _, _, p in l0.qkv.runs) and (e.model.embed.emit is not None) == prestage
+        assert (l0.wo.prestage is not None) == prestage and l0.attn_norm.absorbed and l0.ffn_norm.absorbed
+        assert e.model.lm_head_emitted is None  # the last w_down cannot emit with these tilings
 
     _same_greedy_prestage_on_off(llama_gguf, check)
+
+
+class _Counting:
+    """A recorder that counts dispatches (and their bind groups)."""
+
+    def __init__(self):
+        self.groups = []
+
+    def dispatch(self, bind_group, *groups):
+        self.groups.append(bind_group)
 
 
 def test_emitted_decode_matches_staged(llama_gguf):
     """KernelPolicy.prestage with tilings of 32 rows a workgroup for wo (K 256) and w_down (K 768): their
     epilogues write the next group's quantized x (matvec_q4s's emit_next; wo -> ffn_norm + gate/up, w_down
-    -> the next layer's attn_norm + Q/K/V) and those groups run no QuantizeX dispatch; layer 0's Q/K/V
-    keeps it; the producers quantize their own x in their workgroups (no QuantizeX before them). The same
+    -> the next layer's attn_norm + Q/K/V, the last w_down -> the LM head with the final norm folded in),
+    and the embedding writes layer 0's (embedding.wgsl.j2's emit): no group runs a QuantizeX dispatch, nor
+    does the final norm run; the producers quantize their own x in their workgroups (no QuantizeX before
+    them). A decode step then records one dispatch fewer than with prestage off (the final norm's), where
+    it recorded three more before (layer 0's, the last w_down's and the LM head's QuantizeX). The same
     greedy tokens and logprobs as prestage off."""
     from webllm_py.planner import StagedTiling
 
+    counts = {}
+
     def check(e, prestage):
-        l0, l1 = e.model.layers
+        m = e.model
+        l0, l1 = m.layers
+        rec = _Counting()
+        m.record(rec, 1, logits=True)
+        counts[prestage] = len(rec.groups)
         if prestage:
-            assert l0.qkv.runs[0][2] is not None  # layer 0: QuantizeX (the embedding writes x)
-            assert all(run[2] is None for run in l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
-            # the producers stage their own x (no QuantizeX before them); the last w_down feeds no group
-            assert all(op.prestage is None for op in (l0.wo, l1.wo, l0.w_down))
-            assert l1.w_down.prestage is not None
+            assert all(run[2] is None for run in l0.qkv.runs + l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
+            assert all(op.prestage is None for op in (l0.wo, l1.wo, l0.w_down, l1.w_down))
+            assert m.embed.emit is not None and m.lm_head_emitted is not None
+            assert m.lm_head_emitted.prestage is None and m.lm_head.prestage is not None  # prefill's head
             assert "eq[" in l0.wo.linear.q4_kernel([256], True, emit_next=l0.ffn_norm.norm).source
+            # a single-token step: the embedding's emitting form; neither the final norm nor QuantizeX
+            assert m.embed.emit in rec.groups and m.embed.bind_group not in rec.groups
+            assert m.final_norm.bind_group not in rec.groups and m.lm_head.prestage.bind_group not in rec.groups
+            # a prefill step's head: the final norm, QuantizeX and the head over s.last
+            rec = _Counting()
+            m.record_head(rec, 3)
+            assert rec.groups == [m.final_norm.bind_group, m.lm_head.prestage.bind_group, m.lm_head.matvec]
+        else:
+            assert m.lm_head_emitted is None and m.embed.emit is None
 
     tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
     _same_greedy_prestage_on_off(llama_gguf, check, staged_tilings=tilings)
+    assert counts[True] == counts[False] - 1, counts
 
 
 @pytest.mark.parametrize("prestage", [False, True])

@@ -494,6 +494,29 @@ class BoundLinear:
         self.prestage = None
         self.taken = (xq, xd)
 
+    def x_planes(self, norm: Any = None) -> int | None:
+        """The planes of x this single-token matvec reads prequantized (its QuantizeX before it), where a
+        producer may write that x instead, with `norm` (the ops.RMSNorm before it) folded in (reading_emitted);
+        else None."""
+        t, lin = self.linear.matvec_tiling, self.linear
+        if self.prestage is None or self.parts or not isinstance(t, StagedTiling) or not t.prestaged:
+            return None
+        if norm is not None and (lin.bias is not None or norm.params["dim"] != lin.K):
+            return None
+        return t.planes
+
+    def reading_emitted(self, norm: Any, xq: Any, xd: Any) -> "BoundLinear | None":
+        """A copy of this single-token matvec (one with x_planes) that reads x quantized by the op before
+        (BoundLinear.emit_into's (xq, xd): x * (nw + w_offset) with each block's sum of x^2) and folds in
+        `norm` (the ops.RMSNorm whose input that x is), instead of its QuantizeX of the normed x: the LM head
+        after the final norm, which then runs no dispatch of its own for one token. None where x_planes(norm)
+        is (a bias, a norm of another width)."""
+        lin = self.linear
+        if self.x_planes(norm) is None:
+            return None
+        k = lin.q4_kernel([lin.N], self.accumulate, norm=norm)
+        return replace(self, matvec=lin.device.bind(k, [lin.weight.buffer, xq, xd, self.y]), prestage=None)
+
     @property
     def x_pass(self) -> tuple | None:
         """What this linear's prefill makes of x in a pass before its matmul, where it has one: quantize_i8's
@@ -699,9 +722,7 @@ class Embedding:
         self.parts = [Embedding(device, t, scale, wg, first_row=r0, partial=True) for r0, t in weight.parts]
         if self.parts:
             return
-        self._kernel = device.kernel(
-            "embedding",
-            label=f"embedding {weight.name}",
+        self._params = dict(
             D=self.D,
             V=self.V,
             row_bytes=row_nbytes(weight.ggml_type, self.D),
@@ -711,20 +732,51 @@ class Embedding:
             first_row=first_row,
             partial=partial,
         )
+        self._kernel = device.kernel("embedding", label=f"embedding {weight.name}", **self._params)
 
     def bind(self, ids: Any, out: Any) -> "BoundEmbedding | BoundParts":
         if self.parts:
             return BoundParts([p.bind(ids, out) for p in self.parts])
-        return BoundEmbedding(self, self.device.bind(self._kernel, [self.weight.buffer, ids, out]))
+        return BoundEmbedding(self, self.device.bind(self._kernel, [self.weight.buffer, ids, out]), ids=ids, out=out)
 
 
 @dataclass(eq=False)
 class BoundEmbedding:
     embedding: Embedding
     bind_group: Any
+    ids: Any = None  # the buffers it was bound to
+    out: Any = None
+    emit: Any = None  # single tokens: the bind group of the form that also writes x quantized (emit_into)
+
+    def emit_into(self, norm: Any, planes: int) -> tuple[Any, Any] | None:
+        """Make the single-token lookup also write its row quantized for the first layer's prestaged matvec
+        of `planes` planes with `norm` (an ops.RMSNorm of this width) folded in: x * (nw + w_offset) as int8
+        blocks with each block's sum of x^2, QuantizeX's layout and rule (embedding.wgsl.j2's emit), into
+        the device-wide (xq, xd) it returns (BoundLinear.emit_into's: the ops after it write them in turn);
+        None where the width is not a whole number of 256-blocks or the norm is of another width."""
+        e = self.embedding
+        if e.D % 256 or norm.params["dim"] != e.D or e._params["partial"]:
+            return None
+        from .ops import QuantizeX
+
+        eq = _scratch(e.device, "emitted xq", planes * e.D)
+        ed = _scratch(e.device, "emitted xd", QuantizeX.xd_bytes(e.D))
+        k = e.device.kernel(
+            "embedding",
+            label=f"embedding+x {e.weight.name}",
+            **e._params,
+            emit=True,
+            emit_planes=planes,
+            emit_w_offset=norm.params["weight_offset"],
+        )
+        self.emit = e.device.bind(k, [e.weight.buffer, self.ids, self.out, norm.weight, eq, ed])
+        return eq, ed
 
     def record(self, rec: Any, n_tokens: int) -> None:
         e = self.embedding
+        if n_tokens == 1 and self.emit is not None:
+            rec.dispatch(self.emit, _ceil_div(e.D // 32, e.wg))
+            return
         rec.dispatch(self.bind_group, _ceil_div(e.D // 4, e.wg), n_tokens)
 
 

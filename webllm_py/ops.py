@@ -78,7 +78,13 @@ class RMSNorm:
         bg = self.device.bind(k, [x, self.weight, y, step])
         plain = not last_only and rows_per_token == 1 and not accumulate
         return BoundOp(
-            bg, rows_per_token, fixed=1 if last_only else 0, norm=self if plain else None, reads=(x,), writes=(y,)
+            bg,
+            rows_per_token,
+            fixed=1 if last_only else 0,
+            norm=self if plain else None,
+            op=self,
+            reads=(x,),
+            writes=(y,),
         )
 
 

@@ -20,7 +20,9 @@ follows the activation buffers each op reads and writes (`reads` / `writes`) and
   where it rotates whole heads.
 
 With KernelPolicy.prestage, `link_emits` (run by the family over all its layers' ops) makes a residual
-add (w_down, wo) write the quantized x of the norm-folded group after it in its epilogue.
+add (w_down, wo) write the quantized x of the norm-folded group after it in its epilogue; the family's
+`Decoder.link_emits` also has the embedding write layer 0's and the last residual add the LM head's
+(the final norm folded into it), so a decode step quantizes no x in a dispatch of its own.
 
 Prefill (n_tokens > 1) records every op as written; the folds change single-token steps only.
 """
@@ -31,7 +33,7 @@ from typing import Any
 
 from ..attention import BoundAttention
 from ..gpu import Buffer, Device, Recorder
-from ..linear import BoundLinear, Linear, MatvecGroup
+from ..linear import BoundEmbedding, BoundLinear, Linear, MatvecGroup
 from ..ops import GLU, BoundOp, LayerNorm, Recordable, RMSNorm, RoPE
 from ..planner import DEFAULT_POLICY, KernelPolicy, attention_emit_auto
 from ..weights import GPUTensor
@@ -234,15 +236,57 @@ class Decoder:
     final_norm: Recordable
     lm_head: Recordable
     softcap: Recordable | None = None
+    # single tokens: the LM head reading the last residual add's quantized x with the final norm folded in
+    # (link_emits); None: the final norm and lm_head run
+    lm_head_emitted: BoundLinear | None = None
 
     def link_emits(self) -> int:
-        """link_emits over every layer's ops (w_down of one layer feeds the next one's Q/K/V); then, where
-        planner.attention_emit_auto says, link_attention_emits (attention writes wo's x)."""
+        """link_emits over every layer's ops (w_down of one layer feeds the next one's Q/K/V), and at the two
+        ends of a single-token step: the embedding writes layer 0's quantized x (its attn_norm folded into
+        Q/K/V), and the last residual add writes the LM head's (the final norm folded into the head: neither
+        runs a dispatch of its own); then, where planner.attention_emit_auto says, link_attention_emits
+        (attention writes wo's x). Run once the head is bound. Returns how many producer pairs it linked
+        (attention's not counted)."""
         ops = [op for layer in self.layers for op in layer.ops]
-        n = link_emits(ops)
+        n = link_emits(ops) + self._link_embed(ops) + self._link_head(ops)
         if attention_emit_auto(getattr(self, "policy", DEFAULT_POLICY)):
             link_attention_emits(ops)
         return n
+
+    def _link_embed(self, ops: list[Any]) -> int:
+        embed = self.embed
+        if len(ops) < 2 or not isinstance(embed, BoundEmbedding):  # (not a split table's BoundParts)
+            return 0
+        norm, group = ops[0], ops[1]
+        if not (isinstance(group, MatvecGroup) and group.norm is norm and norm.reads[0] is embed.out):
+            return 0
+        planes = group.x_planes()
+        bufs = None if planes is None else embed.emit_into(norm.norm, planes)
+        if bufs is None:
+            return 0
+        group.take_x(*bufs)
+        return 1
+
+    def _link_head(self, ops: list[Any]) -> int:
+        prod, fn, head = (ops[-1] if ops else None), self.final_norm, self.lm_head
+        norm = getattr(fn, "op", None)
+        if not (
+            isinstance(prod, BoundLinear)
+            and isinstance(head, BoundLinear)
+            and isinstance(fn, BoundOp)
+            and isinstance(norm, RMSNorm)
+            and fn.items_per_token == 1  # one row of the model's width a token
+            and fn.reads is not None
+            and fn.reads[0] is prod.y
+            and fn.writes[0] is head.x
+        ):
+            return 0
+        planes = head.x_planes(norm)
+        bufs = None if planes is None else prod.emit_into(norm, planes)
+        if bufs is None:
+            return 0
+        self.lm_head_emitted = head.reading_emitted(norm, *bufs)
+        return 1
 
     def record(self, rec: Recorder, n: int, logits: bool) -> None:
         """One step of n tokens: the residual stream through every layer, then (if asked) the last
@@ -254,8 +298,12 @@ class Decoder:
             self.record_head(rec, n)
 
     def record_head(self, rec: Recorder, n: int) -> None:
-        """Logits of the step's last token (the final norm reads row n-1 of the residual stream)."""
-        self.final_norm.record(rec, n)
-        self.lm_head.record(rec, 1)
+        """Logits of the step's last token (the final norm reads row n-1 of the residual stream); after a
+        single-token step, from the x its last residual add quantized (lm_head_emitted) where linked."""
+        if n == 1 and self.lm_head_emitted is not None:
+            self.lm_head_emitted.record(rec, 1)
+        else:
+            self.final_norm.record(rec, n)
+            self.lm_head.record(rec, 1)
         if self.softcap is not None:
             self.softcap.record(rec, 1)

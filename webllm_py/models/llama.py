@@ -158,9 +158,9 @@ class LlamaModel(Decoder):
             Layer(llama_layer(LayerWeights(device, cfg, weights, i, s.step, policy), cfg, s, rope, attention, mlp))
             for i in range(cfg.n_layers)
         ]
-        self.link_emits()
         self.final_norm = RMSNorm(device, weights.vector("output_norm.weight"), cfg.dim, cfg.norm_eps).bind(
             s.x, s.last, s.step, last_only=True
         )
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head, policy=policy).bind(s.last, s.logits, None)
+        self.link_emits()
