@@ -329,15 +329,21 @@ GEMMA2_GPU = Variant(
 
 
 @pytest.fixture(scope="module")
-def gemma2_gpu(tmp_path_factory):
+def gemma2_gpu_files(tmp_path_factory):
+    """(GGUF path, reference dir) of GEMMA2_GPU with the GPU tests' matrix types."""
+    from .gguf_models import KINDS
+
+    d = tmp_path_factory.mktemp("gemma2_gpu")
+    return gemma2_to_gguf(build(GEMMA2_GPU, d), str(d), kinds=KINDS)
+
+
+@pytest.fixture(scope="module")
+def gemma2_gpu(gemma2_gpu_files):
     import dataclasses
 
     from webllm_py.gpu.native import NativeDevice
 
-    from .gguf_models import KINDS
-
-    d = tmp_path_factory.mktemp("gemma2_gpu")
-    path, ref_dir = gemma2_to_gguf(build(GEMMA2_GPU, d), str(d), kinds=KINDS)
+    path, ref_dir = gemma2_gpu_files
     device = NativeDevice()
     device.info = dataclasses.replace(device.info, is_fallback=False)  # pick the GPU kernels
     engine = load_engine(path, device)
@@ -357,3 +363,22 @@ def test_gemma_fuses_as_llama_does(gemma2_gpu):
     assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed and layer.rope.absorbed
     for n in (9, 17):
         assert_logits_match(engine, ref_dir, n, GPU_RTOL, "gemma2 gpu kernels")
+
+
+def test_gemma_prestaged_matches_staged(gemma2_gpu_files):
+    """KernelPolicy.prestage on Gemma 2 (off by default: its residual adds are the sandwich norms, which
+    write no quantized x): the embedding (times sqrt(dim)) writes layer 0's quantized x, its attn_norm
+    folded in, for both of Q/K/V's runs (Q4_0 q and k, Q8_0 v); the other groups and the head read
+    QuantizeX's; the final softcap after the head as before. The same greedy tokens and logprobs as
+    prestage off."""
+    from .test_model_gpu_kernels import _same_greedy_prestage_on_off
+
+    def check(e, prestage):
+        m = e.model
+        l0, l1 = m.layers
+        assert (m.embed.emit is not None) == prestage and len(l0.qkv.runs) == 2
+        assert all(run[2] is None for run in l0.qkv.runs)
+        assert all((run[2] is not None) == prestage for run in l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
+        assert m.lm_head_emitted is None and m.softcap is not None  # the last residual add is a norm
+
+    _same_greedy_prestage_on_off(gemma2_gpu_files, check)

@@ -33,7 +33,7 @@ from ..errors import ModelFormatError, UnsupportedModelError
 from ..gpu import Buffer, Device
 from ..kv_cache import KVCaches
 from ..linear import Embedding, Linear
-from ..planner import DEFAULT_POLICY, KernelPolicy
+from ..planner import DEFAULT_POLICY, KernelPolicy, prestage_auto
 from ..ops import GLU, RMSNorm, RoPE, Softcap
 from ..formats.gguf_keys import LLM, ArchMeta, Attention, Rope, Tokenizer
 from .config import FamilyOptions, ModelConfig
@@ -261,8 +261,10 @@ class GemmaModel(Decoder):
         max_tokens: int = 64,
         policy: KernelPolicy = DEFAULT_POLICY,
     ):
-        self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
         o = options(cfg)
+        if policy.prestage is None:  # Gemma 1's residual adds are matvecs (link_emits); Gemma 2/3's are norms
+            policy = replace(policy, prestage=prestage_auto(cfg.dim, dense_mlp=not o.sandwich))
+        self.device, self.cfg, self.cache, self.max_tokens, self.policy = device, cfg, cache, max_tokens, policy
         s = self.state = GemmaState.allocate(device, cfg, max_tokens)
         # The 262k-row table may exceed one storage binding: then it is split in row blocks
         # (WeightStore.matrix), looked up block by block and, as the tied head, multiplied block by block.
@@ -310,3 +312,4 @@ class GemmaModel(Decoder):
         head = weights.matrix("token_embd.weight" if cfg.tie_embeddings else "output.weight")
         self.lm_head = Linear(device, head, policy=policy).bind(s.last, s.logits, None)
         self.softcap = Softcap(device, cfg.vocab_size, o.final_softcap).bind(s.logits) if o.final_softcap else None
+        self.link_emits()
