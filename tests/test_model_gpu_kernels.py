@@ -252,11 +252,18 @@ def test_emitted_decode_matches_staged(llama_gguf):
             rec = _Counting()
             m.record_head(rec, 3)
             assert rec.groups == [m.final_norm.bind_group, m.lm_head.prestage.bind_group, m.lm_head.matvec]
+            # bench --profile times the head a decode step runs (no final norm)
+            from webllm_py.bench import profile_ops
+
+            assert "final_norm" not in asyncio.run(profile_ops(e, 1)) and "final_norm" in asyncio.run(
+                profile_ops(e, 1, 3)
+            )
         else:
             assert m.lm_head_emitted is None and m.embed.emit is None
 
     tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
     _same_greedy_prestage_on_off(llama_gguf, check, staged_tilings=tilings)
+    print(f"\ndispatches a decode step: prestage on {counts[True]}, off {counts[False]}")
     assert counts[True] == counts[False] - 1, counts
 
 

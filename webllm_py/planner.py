@@ -429,7 +429,8 @@ class KernelPolicy:
     staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
     # StagedTiling.prestaged in the planner's staged tilings; the residual adds before a norm-folded group
     # then write its x in their epilogue where they can (models/layer.link_emits), and stage their own x
-    # (BoundLinear.emit_into). None: the model decides (prestage_auto)
+    # (BoundLinear.emit_into); the embedding writes layer 0's x and the last residual add the LM head's, the
+    # final norm folded into the head (Decoder.link_emits). None: the model decides (prestage_auto)
     prestage: bool | None = None
     # single-token attention writes its output also as wo's quantized x (attention_combine, or attention_step
     # where it merges), wo reading it prestaged (models/layer.link_attention_emits). None: attention_emit_auto
@@ -494,7 +495,7 @@ class KernelPolicy:
 DEFAULT_POLICY = KernelPolicy()
 
 # KernelPolicy.prestage's default for a model whose residual adds write the next group's quantized x
-# (LlamaModel with its dense MLP: models/layer.link_emits): on from this width. H200, decode tok/s on / off in
+# (LlamaModel with its dense MLP, Gemma 1: models/layer.link_emits): on from this width. H200, decode tok/s on / off in
 # alternating pairs, one device call (docs/benchmarks.md, "H200: the residual add writes the next matvec's x"):
 # 8B (dim 4096) 338.8 / 302.0 and 288.3 / 254.0 on Dawn, 300.0 / 266.1 natively (+12-14%); 1B (dim 2048)
 # 559.3 / 620.1 and 490.6 / 514.8 on Dawn, 710.7 / 671.0 natively: not on there.
