@@ -227,8 +227,8 @@ def test_emitted_decode_matches_staged(llama_gguf):
     and the embedding writes layer 0's (embedding.wgsl.j2's emit): no group runs a QuantizeX dispatch, nor
     does the final norm run; the producers quantize their own x in their workgroups (no QuantizeX before
     them). A decode step then records one dispatch fewer than with prestage off (the final norm's), where
-    it recorded three more before (layer 0's, the last w_down's and the LM head's QuantizeX). The same
-    greedy tokens and logprobs as prestage off."""
+    it recorded four more before (the QuantizeX of layer 0's two Q/K/V runs, the last w_down's and the LM
+    head's). The same greedy tokens and logprobs as prestage off."""
     from webllm_py.planner import StagedTiling
 
     counts = {}
