@@ -231,7 +231,7 @@ def test_emitted_decode_matches_staged(llama_gguf):
     head's). The same greedy tokens and logprobs as prestage off."""
     from webllm_py.planner import StagedTiling
 
-    counts = {}
+    counts, logits = {}, {}
 
     def check(e, prestage):
         m = e.model
@@ -239,6 +239,9 @@ def test_emitted_decode_matches_staged(llama_gguf):
         rec = _Counting()
         m.record(rec, 1, logits=True)
         counts[prestage] = len(rec.groups)
+        # Engine.logits of a prompt whose last chunk is one token: the head alone, after that step
+        ids = prompt_ids(llama_gguf[1], PREFILL_CHUNK + 1)
+        logits[prestage] = np.frombuffer(asyncio.run(e.logits(ids)), np.float32)
         if prestage:
             assert all(run[2] is None for run in l0.qkv.runs + l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
             assert all(op.prestage is None for op in (l0.wo, l1.wo, l0.w_down, l1.w_down))
@@ -265,6 +268,7 @@ def test_emitted_decode_matches_staged(llama_gguf):
     _same_greedy_prestage_on_off(llama_gguf, check, staged_tilings=tilings)
     print(f"\ndispatches a decode step: prestage on {counts[True]}, off {counts[False]}")
     assert counts[True] == counts[False] - 1, counts
+    np.testing.assert_allclose(logits[True], logits[False], rtol=0, atol=1e-4 * np.abs(logits[False]).max())
 
 
 @pytest.mark.parametrize("prestage", [False, True])
