@@ -34,7 +34,7 @@ class BoundOp:
     fixed: int = 0
     norm: "RMSNorm | None" = None  # a plain RMSNorm (one row per token, y = ...) a matvec may fold in
     absorbed: bool = False  # single tokens: a fused dispatch does this op's work (MatvecGroup)
-    op: object = None  # the op that made it, for fusions that need its parameters (RoPE)
+    op: object = None  # the op that made it, for fusions that need its parameters (RoPE, the final RMSNorm)
     reads: tuple | None = None  # None: unknown (the fusion pass then assumes it reads everything)
     writes: tuple = ()
     strided: bool = False  # the kernel loops over its items (grid-stride): the grid may be capped
