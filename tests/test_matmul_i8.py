@@ -30,8 +30,11 @@ TILINGS = [
     LANES,
     MatmulI8Tiling(tm=32, tn=32, planes=1),
     MatmulI8Tiling(stage=False, wg=8, rm=3, rn=4, planes=1),
+    MatmulI8Tiling(pf=True),  # register prefetch, every thread's share whole
+    MatmulI8Tiling(tm=32, tn=32, rm=4, rn=2, pf=True),  # shares that are not whole (guarded)
+    MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1, pf=True, planes=1),
 ]
-IDS = ["staged", "staged64", "lanes", "staged32-1plane", "lanes-1plane"]
+IDS = ["staged", "staged64", "lanes", "staged32-1plane", "lanes-1plane", "pf64", "pf32", "pf128x64-1plane"]
 
 
 # (N, K, T): K / 32 odd (one block a K step) and even; N and T neither multiples of the 32 x 32 tile nor of

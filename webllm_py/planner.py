@@ -141,6 +141,7 @@ class MatmulI8Tiling:
     rm: int = 4  # tokens per thread: each weight vec4 read serves rm tokens
     rn: int = 4  # rows per thread: each activation vec4 read serves rn rows
     kb: int = 2  # staged: 32-blocks per K step (between barriers), where it divides K / 32
+    pf: bool = False  # staged: the next K step's loads into registers before this step's dot products
     wg: int = 8  # not staged: lanes per workgroup
     planes: int = 2  # int8 planes of x: 2 adds the rounding residual (16-bit-like x; 1 plane moved
     # SmolLM2's logits ~0.7 from transformers' against 0.008 in f32: docs/benchmarks.md)
