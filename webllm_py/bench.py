@@ -178,7 +178,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "offered, else as auto; i8x2 / i8 force matmul_i8; "
         "f32 = the dequantizing matmul (KernelPolicy.prefill)",
     )
-    p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB[,PF]]", help="matmul_i8's workgroup tile on GPUs (PF 1: register prefetch)")
+    p.add_argument(
+        "--i8-tiling",
+        metavar="TM,TN,RM,RN[,KB[,PF]]",
+        help="matmul_i8's workgroup tile on GPUs (PF 1: register prefetch)",
+    )
     p.add_argument(
         "--sgmat-f16-tiling",
         metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF]",
