@@ -772,7 +772,7 @@ def i8_tiling(
     # x 4 rows of a 64 x 64 tile at N >= 4096; under 4096 rows (1B's 2048) 8 tokens x 4 rows of a 128 x 64
     # tile, one block a K step (the taller tile's x fills the 16 KiB of workgroup memory with kb 2). The
     # best of the tilings swept on the H200 at 512-token shapes: 1.05-1.11x and 1.11-1.13x the tiles
-    # before (64 x 64 / 64 x 32 without pf; docs/benchmarks.md, "matmul_i8 register prefetch").
+    # before (64 x 64 / 64 x 32 without pf; docs/benchmarks.md, "matmul_i8 with the next K step's loads").
     if N >= 4096:
         return MatmulI8Tiling(tm=64, tn=64, rm=4, rn=4, kb=kb, pf=True, planes=planes)
     return MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1, pf=True, planes=planes)
