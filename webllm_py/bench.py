@@ -367,7 +367,7 @@ def kernel_policy(args: argparse.Namespace):
         fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(
-            *(), **dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))), pf=ints(args.i8_tiling)[5:6] == [1]
+            **dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))), pf=ints(args.i8_tiling)[5:6] == [1]
         )
         if args.i8_tiling
         else None,
