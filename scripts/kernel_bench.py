@@ -761,3 +761,61 @@ if want("attn_emit"):
             **{name + "_us": round(v * 1e6, 2) for name, v in best.items()},
         )
         ww.buffer.destroy()
+
+if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-token shapes, alternated
+    import struct
+
+    from webllm_py.linear import MatmulI8Tiling
+
+    T = 128 if QUICK else 512
+    params = dev.buffer_from(struct.pack("<2I", 0, T))
+    # the planner's tile (64 x 64, 4 x 4 a thread; 64 x 32, 4 x 2 under 4096 rows) against register prefetch
+    # (pf) and taller / wider tiles with one block a K step (what fits WebGPU's 16 KiB of workgroup memory)
+    I8_FORMS = {
+        "planner": None,
+        "planner+pf": "pf",
+        "64x64 4x4 kb1 pf": MatmulI8Tiling(tm=64, tn=64, rm=4, rn=4, kb=1, pf=True),
+        "128x64 8x4 kb1": MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1),
+        "128x64 8x4 kb1 pf": MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1, pf=True),
+        "64x128 4x8 kb1 pf": MatmulI8Tiling(tm=64, tn=128, rm=4, rn=8, kb=1, pf=True),
+        "128x128 8x8 kb1 pf": MatmulI8Tiling(tm=128, tn=128, rm=8, rn=8, kb=1, pf=True),
+        "128x32 8x2 kb1 pf": MatmulI8Tiling(tm=128, tn=32, rm=8, rn=2, kb=1, pf=True),
+    }
+    I8_ONLY = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--i8-forms=")]
+    if I8_ONLY:
+        I8_FORMS = {k: v for k, v in I8_FORMS.items() if k in I8_ONLY[0].split(";")}
+    shapes = [(256, 512)] if QUICK else [(n, k) for n, k in SHAPES_8B + SHAPES_1B if n != 128256 and n >= 2048]
+    for qtype in ("Q4_0",) if QUICK else ("Q4_0", "Q4_K"):
+        for n, k in shapes:
+            w, nb = weight(qtype, n, k)
+            xb, yb = dev.create_buffer(T * k * 4), dev.create_buffer(T * n * 4)
+            recs = {}
+            for name, tl in I8_FORMS.items():
+                planner = MatmulI8Tiling(tm=64, tn=64 if n >= 4096 else 32, rm=4, rn=4 if n >= 4096 else 2)
+                tl = planner if tl is None else MatmulI8Tiling(**{**planner.__dict__, "pf": True}) if tl == "pf" else tl
+                try:
+                    b = Linear(dev, w, matmul=tl).bind(xb, yb, params)
+                    with dev.recorder() as rec:
+                        b.record(rec, T)  # quantizes x, warms the pipeline
+                    sync()
+                except Exception as e:  # a tile this adapter cannot run: say so, go on
+                    emit(kind="i8", qtype=qtype, N=n, K=k, form=name, error=str(e)[:200])
+                    continue
+                recs[name] = lambda rec, b=b: b.record(rec, T, x_passed=True)
+            reps = 2 if QUICK else max(5, int(1e9 / (T * n * k)))  # ~0.05 s a pass at ~25 TOPS
+            best = dict.fromkeys(recs, 1e9)
+            for _ in range(1 if QUICK else 3):
+                for name, r in recs.items():
+                    best[name] = min(best[name], time_dispatches(r, reps))
+            for name, dt in best.items():
+                emit(
+                    kind="i8",
+                    qtype=qtype,
+                    T=T,
+                    N=n,
+                    K=k,
+                    form=name,
+                    us=round(dt * 1e6, 1),
+                    tops=round(2 * T * n * k / dt / 1e12, 2),
+                )
+            w.buffer.destroy()

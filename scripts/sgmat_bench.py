@@ -74,6 +74,11 @@ out
 # (kernel group, label, tiling, policy); "sgmat-sweep": the rest of matmul_sgmat's sweep (docs/benchmarks.md)
 VARIANTS = [
     ("i8", "matmul_i8 (planner's tile)", None, {}),
+    # matmul_i8's tiles (N >= 4096's): today's, with register prefetch (pf), taller / wider ones a block a K step
+    ("i8-sweep", "i8 64x64 4x4 kb2", "MatmulI8Tiling()", {}),
+    ("i8-sweep", "i8 64x64 4x4 kb2 pf", "MatmulI8Tiling(pf=True)", {}),
+    ("i8-sweep", "i8 128x64 8x4 kb1 pf", "MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True)", {}),
+    ("i8-sweep", "i8 64x128 4x8 kb1 pf", "MatmulI8Tiling(tn=128, rn=8, kb=1, pf=True)", {}),
     ("sgmat", "sgmat planner", None, {"prefill": "sgmat"}),
     ("sgmat-sweep", "sgmat kb1", "MatmulSgmatTiling(kb=1)", {}),
     ("sgmat", "sgmat 4x2 subgroups, 1x2 tiles", "MatmulSgmatTiling(sg_m=4, sg_n=2, ti=1, tj=2)", {}),

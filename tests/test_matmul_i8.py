@@ -22,7 +22,7 @@ from .linear_helpers import int8_bound, make_weight, run_linear, upload
 
 pytestmark = pytest.mark.gpu
 
-STAGED = MatmulI8Tiling(stage=True, tm=64, tn=32, rm=4, rn=2, kb=2)  # a GPU's for N < 4096
+STAGED = MatmulI8Tiling(stage=True, tm=64, tn=32, rm=4, rn=2, kb=2)  # a GPU's for N < 4096 before pf
 LANES = MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8)  # lavapipe's
 TILINGS = [
     STAGED,
@@ -30,8 +30,11 @@ TILINGS = [
     LANES,
     MatmulI8Tiling(tm=32, tn=32, planes=1),
     MatmulI8Tiling(stage=False, wg=8, rm=3, rn=4, planes=1),
+    MatmulI8Tiling(pf=True),  # register prefetch, every thread's share whole
+    MatmulI8Tiling(tm=32, tn=32, rm=4, rn=2, pf=True),  # shares that are not whole (guarded)
+    MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1, pf=True),  # a GPU's for N < 4096
 ]
-IDS = ["staged", "staged64", "lanes", "staged32-1plane", "lanes-1plane"]
+IDS = ["staged", "staged64", "lanes", "staged32-1plane", "lanes-1plane", "pf64", "pf32", "pf128x64"]
 
 
 # (N, K, T): K / 32 odd (one block a K step) and even; N and T neither multiples of the 32 x 32 tile nor of
@@ -102,8 +105,8 @@ def test_policy(device):
     # GPUs: workgroup tiles for all three (K / 32 odd: one block a K step)
     gpu = _NoPackedDot(dataclasses.replace(device.info, is_fallback=False))
     gpu.wgsl_language_features = frozenset({"packed_4x8_integer_dot_product"})
-    assert prefill_i8_tiling(gpu, GGMLType.Q4_1, 4096, 14336) == MatmulI8Tiling(stage=True, kb=2, planes=2)
-    assert prefill_i8_tiling(gpu, GGMLType.Q4_0, 2048, 2048) == MatmulI8Tiling(tm=64, tn=32, rm=4, rn=2)
+    assert prefill_i8_tiling(gpu, GGMLType.Q4_1, 4096, 14336) == MatmulI8Tiling(stage=True, kb=2, pf=True, planes=2)
+    assert prefill_i8_tiling(gpu, GGMLType.Q4_0, 2048, 2048) == MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True)
     assert prefill_i8_tiling(gpu, GGMLType.Q8_0, 96).kb == 1
     # the switch: "i8" / "i8x2" force the int8 kernel wherever it runs, "f32" keeps the dequantizing kernels
     i8, f32 = KernelPolicy(prefill="i8"), KernelPolicy(prefill="f32")

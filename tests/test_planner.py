@@ -225,10 +225,10 @@ def test_swiftshader_prefill_attention_loops():
 # (adapter, qtype, N, K, policy) -> matmul_i8's tiling, or None (the rows below it)
 # fmt: off
 I8_CASES = [
-    ("GPU, wide", GPU, T.Q4_1, 14336, 4096, KernelPolicy(), MatmulI8Tiling(stage=True, kb=2, planes=2)),
-    ("GPU, narrow", GPU, T.Q4_0, 2048, 2048, KernelPolicy(), MatmulI8Tiling(tm=64, tn=32, rm=4, rn=2)),
-    ("GPU, K / 32 odd: one block a step", GPU, T.Q8_0, 64, 96, KernelPolicy(), MatmulI8Tiling(tn=32, rn=2, kb=1)),
-    ("GPU, one plane", GPU, T.Q4_K, 64, 256, KernelPolicy(prefill="i8"), MatmulI8Tiling(tn=32, rn=2, planes=1)),
+    ("GPU, wide", GPU, T.Q4_1, 14336, 4096, KernelPolicy(), MatmulI8Tiling(stage=True, kb=2, pf=True, planes=2)),
+    ("GPU, narrow", GPU, T.Q4_0, 2048, 2048, KernelPolicy(), MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True)),
+    ("GPU, K / 32 odd: one block a step", GPU, T.Q8_0, 64, 96, KernelPolicy(), MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True)),
+    ("GPU, one plane", GPU, T.Q4_K, 64, 256, KernelPolicy(prefill="i8"), MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True, planes=1)),
     ("GPU, the policy's tile", GPU, T.Q4_0, 64, 96, KernelPolicy(i8_tiling=MatmulI8Tiling(tm=32, tn=32, rm=2, rn=2, kb=4)),
      MatmulI8Tiling(tm=32, tn=32, rm=2, rn=2, kb=1)),
     ("CPU lanes", CPU, T.Q8_0, 64, 256, KernelPolicy(), MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8)),
@@ -237,7 +237,7 @@ I8_CASES = [
     ("CPU, Q4_1, sgmat asked for (none here): as auto", CPU, T.Q4_1, 64, 64, KernelPolicy(prefill="sgmat"), None),
     ("Q4_K rows of part of a super-block", GPU, T.Q4_K, 64, 96, KernelPolicy(), None),
     ("a type matmul_i8 does not read", GPU, T.Q5_K, 64, 256, KernelPolicy(), None),
-    ("GPU, Q6_K (Q4_K_M's attn_v, ffn_down)", GPU, T.Q6_K, 64, 256, KernelPolicy(), MatmulI8Tiling(tn=32, rn=2)),
+    ("GPU, Q6_K (Q4_K_M's attn_v, ffn_down)", GPU, T.Q6_K, 64, 256, KernelPolicy(), MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True)),
     ("Q6_K rows of part of a super-block", GPU, T.Q6_K, 64, 96, KernelPolicy(), None),
     ("CPU, Q6_K by default: matmul_rows", CPU, T.Q6_K, 64, 256, KernelPolicy(), None),
     ("no packed dot products", Adapter(packed_dot=False), T.Q4_0, 64, 64, KernelPolicy(), None),

@@ -184,7 +184,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "offered, else as auto; i8x2 / i8 force matmul_i8; "
         "f32 = the dequantizing matmul (KernelPolicy.prefill)",
     )
-    p.add_argument("--i8-tiling", metavar="TM,TN,RM,RN[,KB]", help="matmul_i8's workgroup tile on GPUs")
+    p.add_argument(
+        "--i8-tiling",
+        metavar="TM,TN,RM,RN[,KB[,PF]]",
+        help="matmul_i8's workgroup tile on GPUs (PF 1: register prefetch)",
+    )
     p.add_argument(
         "--sgmat-f16-tiling",
         metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF]",
@@ -369,7 +373,9 @@ def kernel_policy(args: argparse.Namespace):
         attention_emit=args.attention_emit,
         fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel,
-        i8_tiling=MatmulI8Tiling(**dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))))
+        i8_tiling=MatmulI8Tiling(
+            **dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))), pf=ints(args.i8_tiling)[5:6] == [1]
+        )
         if args.i8_tiling
         else None,
         sgmat_f16_tiling=MatmulSgmatF16Tiling(

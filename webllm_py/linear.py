@@ -212,7 +212,9 @@ class Linear:
                 # the quantized-block prefills (matmul_i8, matmul_sgmat, matmul_sgmat_f16): their tilings, then
                 # what they all read the same way
                 if isinstance(m, MatmulI8Tiling):
-                    tiling = dict(stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, wg=m.wg, kb=m.kb, planes=m.planes)
+                    tiling = dict(
+                        stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, wg=m.wg, kb=m.kb, pf=m.pf, planes=m.planes
+                    )
                 elif isinstance(m, MatmulSgmatTiling):
                     tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
                 else:  # f32 x / s_t in, f16 tiles inside

@@ -141,6 +141,7 @@ class MatmulI8Tiling:
     rm: int = 4  # tokens per thread: each weight vec4 read serves rm tokens
     rn: int = 4  # rows per thread: each activation vec4 read serves rn rows
     kb: int = 2  # staged: 32-blocks per K step (between barriers), where it divides K / 32
+    pf: bool = False  # staged: the next K step's loads into registers before this step's dot products
     wg: int = 8  # not staged: lanes per workgroup
     planes: int = 2  # int8 planes of x: 2 adds the rounding residual (16-bit-like x; 1 plane moved
     # SmolLM2's logits ~0.7 from transformers' against 0.008 in f32: docs/benchmarks.md)
@@ -781,10 +782,14 @@ def i8_tiling(
     kb = 2 if K % 64 == 0 else 1
     if policy.i8_tiling is not None:
         return replace(policy.i8_tiling, stage=True, kb=policy.i8_tiling.kb if kb == 2 else 1, planes=planes)
-    # 256 threads of 4 tokens x 4 (or 2) rows; narrower tiles for fewer rows, so that a 128-token chunk
-    # still makes a few hundred workgroups (as GPU_MATMUL_TABLE). The best of the tilings swept on the
-    # H200 (docs/benchmarks.md, packed-dot prefill).
-    return MatmulI8Tiling(tm=64, tn=64 if N >= 4096 else 32, rm=4, rn=4 if N >= 4096 else 2, kb=kb, planes=planes)
+    # 256 threads, each with the next K step's loads in registers (pf) while it computes this one: 4 tokens
+    # x 4 rows of a 64 x 64 tile at N >= 4096; under 4096 rows (1B's 2048) 8 tokens x 4 rows of a 128 x 64
+    # tile, one block a K step (the taller tile's x fills the 16 KiB of workgroup memory with kb 2). The
+    # best of the tilings swept on the H200 at 512-token shapes: 1.05-1.11x and 1.11-1.13x the tiles
+    # before (64 x 64 / 64 x 32 without pf; docs/benchmarks.md, "matmul_i8 with the next K step's loads").
+    if N >= 4096:
+        return MatmulI8Tiling(tm=64, tn=64, rm=4, rn=4, kb=kb, pf=True, planes=planes)
+    return MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1, pf=True, planes=planes)
 
 
 def _sgmat_fits(adapter: Adapter, t: MatmulSgmatTiling | MatmulSgmatF16Tiling) -> bool:
