@@ -139,3 +139,38 @@ def assert_greedy_parity(
         f"{close} steps had a top-2 gap <= {tie:.1e}"
     )
     return flipped
+
+
+def same_greedy_policy_on_off(llama_gguf, check, flip="prestage", n_tokens: int = 12, **policy):
+    """Greedy tokens and logprobs of two fresh engines, KernelPolicy(prestage=True / False, **policy), equal
+    (logprobs within f32 rounding of 1 / rms); check(engine, prestage) looks at each engine's ops first.
+    flip: the KernelPolicy field turned on / off instead of prestage; n_tokens: how many to generate.
+    (test_model_gpu_kernels, test_model_gemma)
+    Fresh engines: the shared one may reuse an earlier test's prompt from its prefix cache."""
+    from webllm_py.planner import KernelPolicy
+
+    path, ref_dir = llama_gguf
+    ids = prompt_ids(ref_dir, SHORT)
+    params = SamplingParams(temperature=0.0, logprobs=True)
+    outs = {}
+    for prestage in (True, False):
+        e = asyncio.run(
+            Engine.load(
+                path,
+                device=gpu_like_device(),
+                context_window=128,
+                prefill_chunk=PREFILL_CHUNK,
+                policy=KernelPolicy(**{flip: prestage}, **policy),
+            )
+        )
+        try:
+            check(e, prestage)
+
+            async def run():
+                return [t async for t in e.generate(ids, params, max_tokens=n_tokens, ignore_eos=True) if t.id >= 0]
+
+            outs[prestage] = asyncio.run(run())
+        finally:
+            e.unload()
+    assert [t.id for t in outs[True]] == [t.id for t in outs[False]]
+    np.testing.assert_allclose([t.logprob for t in outs[True]], [t.logprob for t in outs[False]], atol=1e-4)

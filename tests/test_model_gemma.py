@@ -371,7 +371,7 @@ def test_gemma_prestaged_matches_staged(gemma2_gpu_files):
     folded in, for both of Q/K/V's runs (Q4_0 q and k, Q8_0 v); the other groups and the head read
     QuantizeX's; the final softcap after the head as before. The same greedy tokens and logprobs as
     prestage off."""
-    from .test_model_gpu_kernels import _same_greedy_prestage_on_off
+    from .model_checks import same_greedy_policy_on_off
 
     def check(e, prestage):
         m = e.model
@@ -381,4 +381,4 @@ def test_gemma_prestaged_matches_staged(gemma2_gpu_files):
         assert all((run[2] is not None) == prestage for run in l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
         assert m.lm_head_emitted is None and m.softcap is not None  # the last residual add is a norm
 
-    _same_greedy_prestage_on_off(gemma2_gpu_files, check)
+    same_greedy_policy_on_off(gemma2_gpu_files, check)

@@ -26,7 +26,7 @@ from webllm_py.engine import Engine
 from webllm_py.sampling import SamplingParams
 
 from .hf_models import Variant, build
-from .model_checks import LONG, PREFILL_CHUNK, SHORT, assert_logits_match, gpu_like_device
+from .model_checks import LONG, PREFILL_CHUNK, SHORT, assert_logits_match, gpu_like_device, same_greedy_policy_on_off
 from .reference import prompt_ids
 from .gguf_models import KINDS, finish_gguf, write_llama_gguf
 
@@ -158,40 +158,6 @@ def test_prefill_quantizes_x_once_per_group(gpu_like_engine):
     assert rec.n == 1 + sum(b != a for a, b in zip(keys, keys[1:]))
 
 
-def _same_greedy_prestage_on_off(llama_gguf, check, flip="prestage", **policy):
-    """Greedy tokens and logprobs of two fresh engines, KernelPolicy(prestage=True / False, **policy), equal
-    (logprobs within f32 rounding of 1 / rms); check(engine, prestage) looks at each engine's ops first.
-    flip: the KernelPolicy field turned on / off instead of prestage.
-    Fresh engines: the shared one may reuse an earlier test's prompt from its prefix cache."""
-    from webllm_py.planner import KernelPolicy
-
-    path, ref_dir = llama_gguf
-    ids = prompt_ids(ref_dir, SHORT)
-    params = SamplingParams(temperature=0.0, logprobs=True)
-    outs = {}
-    for prestage in (True, False):
-        e = asyncio.run(
-            Engine.load(
-                path,
-                device=gpu_like_device(),
-                context_window=128,
-                prefill_chunk=PREFILL_CHUNK,
-                policy=KernelPolicy(**{flip: prestage}, **policy),
-            )
-        )
-        try:
-            check(e, prestage)
-
-            async def run():
-                return [t async for t in e.generate(ids, params, max_tokens=N_GREEDY, ignore_eos=True) if t.id >= 0]
-
-            outs[prestage] = asyncio.run(run())
-        finally:
-            e.unload()
-    assert [t.id for t in outs[True]] == [t.id for t in outs[False]]
-    np.testing.assert_allclose([t.logprob for t in outs[True]], [t.logprob for t in outs[False]], atol=1e-4)
-
-
 def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
     """KernelPolicy.prestage: every staged matvec reads x quantized once per token by ops.QuantizeX (the
     norms folded into it) instead of quantizing it in each workgroup (the default at this width), but layer
@@ -207,7 +173,7 @@ def test_prestaged_decode_matches_staged(gpu_like_engine, llama_gguf):
         assert (l0.wo.prestage is not None) == prestage and l0.attn_norm.absorbed and l0.ffn_norm.absorbed
         assert e.model.lm_head_emitted is None  # the last w_down cannot emit with these tilings
 
-    _same_greedy_prestage_on_off(llama_gguf, check)
+    same_greedy_policy_on_off(llama_gguf, check)
 
 
 class _Counting:
@@ -265,7 +231,7 @@ def test_emitted_decode_matches_staged(llama_gguf):
             assert m.lm_head_emitted is None and m.embed.emit is None
 
     tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
-    _same_greedy_prestage_on_off(llama_gguf, check, staged_tilings=tilings)
+    same_greedy_policy_on_off(llama_gguf, check, staged_tilings=tilings)
     print(f"\ndispatches a decode step: prestage on {counts[True]}, off {counts[False]}")
     assert counts[True] == counts[False] - 1, counts
     np.testing.assert_allclose(logits[True], logits[False], rtol=0, atol=1e-4 * np.abs(logits[False]).max())
@@ -292,6 +258,6 @@ def test_attention_emit_decode_matches_staged(llama_gguf, prestage, step_merge):
                 assert layer.attention.emits is None and layer.wo.taken is None
 
     tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1)))
-    _same_greedy_prestage_on_off(
+    same_greedy_policy_on_off(
         llama_gguf, check, flip="attention_emit", prestage=prestage, step_merge=step_merge, staged_tilings=tilings
     )
