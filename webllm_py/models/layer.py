@@ -170,17 +170,19 @@ def fuse(named: Named) -> Named:
 
 
 def link_emits(ops: list[Any]) -> int:
-    """Where a residual add (w_down, wo) is followed by the norm folded into a prestaged group reading that
-    residual (the next layer's attn_norm + Q/K/V, ffn_norm + gate/up), the add's epilogue writes the
-    group's quantized x (BoundLinear.emit_into) instead of a QuantizeX dispatch before the group
+    """Where a residual add (w_down, wo), or the embedding lookup (Decoder._link_embed), is followed by the norm
+    folded into a prestaged group reading that residual (the next layer's attn_norm + Q/K/V, ffn_norm + gate/up),
+    the producer's epilogue writes the group's quantized x (BoundLinear / BoundEmbedding.emit_into) instead of a QuantizeX dispatch before the group
     (KernelPolicy.prestage only; where the producer's tiling has 32 rows a workgroup): `ops` in run order,
     across layers. Returns how many pairs it linked."""
     n = 0
     for prod, norm, group in zip(ops, ops[1:], ops[2:]):
-        if not (isinstance(prod, BoundLinear) and isinstance(group, MatvecGroup) and group.norm is norm):
+        if not (
+            isinstance(prod, (BoundLinear, BoundEmbedding)) and isinstance(group, MatvecGroup) and group.norm is norm
+        ):
             continue
         planes = group.x_planes()
-        if planes is None or norm.reads[0] is not prod.y:
+        if planes is None or norm.reads[0] is not (prod.y if isinstance(prod, BoundLinear) else prod.out):
             continue
         bufs = prod.emit_into(norm.norm, planes)
         if bufs is not None:
@@ -254,18 +256,8 @@ class Decoder:
         return n
 
     def _link_embed(self, ops: list[Any]) -> int:
-        embed = self.embed
-        if len(ops) < 2 or not isinstance(embed, BoundEmbedding):  # (not a split table's BoundParts)
-            return 0
-        norm, group = ops[0], ops[1]
-        if not (isinstance(group, MatvecGroup) and group.norm is norm and norm.reads[0] is embed.out):
-            return 0
-        planes = group.x_planes()
-        bufs = None if planes is None else embed.emit_into(norm.norm, planes)
-        if bufs is None:
-            return 0
-        group.take_x(*bufs)
-        return 1
+        """The embedding as link_emits' producer of layer 0's norm + Q/K/V (not a split table's BoundParts)."""
+        return link_emits([self.embed, *ops[:2]]) if isinstance(self.embed, BoundEmbedding) else 0
 
     def _link_head(self, ops: list[Any]) -> int:
         prod, fn, head = (ops[-1] if ops else None), self.final_norm, self.lm_head
