@@ -90,13 +90,15 @@ def chromium():
     pw.stop()
 
 
-def open_page(chromium, url: str):
-    """A new page at `url`, with its console errors collected in page.errors."""
-    page = chromium.new_page()
+def open_page(target, url: str, console: bool = True):
+    """A new page of `target` (the browser, or a context of its own) at `url`, with its uncaught errors, and
+    with `console` its console errors too, collected in page.errors."""
+    page = target.new_page()
     page.set_default_timeout(CONFIG.TIMEOUT_MS)
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    if console:
+        page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
     page.goto(url)
     return page
 

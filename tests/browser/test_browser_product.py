@@ -18,7 +18,7 @@ import pytest
 
 from webllm_py import serve
 
-from .conftest import CONFIG, ROOT
+from .conftest import CONFIG, ROOT, open_page
 
 pytestmark = [pytest.mark.browser]
 
@@ -98,15 +98,6 @@ def context(chromium):
     ctx.close()
 
 
-def page_in(context, url):
-    page = context.new_page()
-    page.set_default_timeout(CONFIG.TIMEOUT_MS)
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.goto(url)
-    return page
-
-
 # Runs fetchModel (download.js, what the worker's `load` runs) in the page: no engine needed.
 _FETCH = """async ([url, kind]) => {
   const { fetchModel } = await import('/download.js');
@@ -128,7 +119,7 @@ def states(r):
 
 @pytest.mark.parametrize("kind", ["cache-api", "opfs"])
 def test_cache_second_fetch_reads_no_network_and_corruption_is_refetched(context, site_server, model_sha256, kind):
-    page = page_in(context, site_server.url + "script-tag.html")
+    page = open_page(context, site_server.url + "script-tag.html", console=False)
     url = site_server.url + "models/" + MODEL
     page.evaluate(
         "async ([url, kind]) => { const { openModelCache } = await import('/cache.js'); "
@@ -180,7 +171,7 @@ def test_cache_second_fetch_reads_no_network_and_corruption_is_refetched(context
 @pytest.fixture(scope="module")
 def engine_page(context, site_server):
     """script-tag.html with `window.engine` = webllm.create({model}) (from a cleared cache)."""
-    page = page_in(context, site_server.url + "script-tag.html")
+    page = open_page(context, site_server.url + "script-tag.html", console=False)
     page.requests = []
     page.on("request", lambda r: page.requests.append(r.url))
     r = page.evaluate(
@@ -369,7 +360,7 @@ def _screenshot(page, name):
 
 @pytest.mark.slow
 def test_widget_renders_loads_and_answers(context, site_server):
-    page = page_in(context, site_server.url + "widget.html")
+    page = open_page(context, site_server.url + "widget.html", console=False)
     page.set_viewport_size({"width": 900, "height": 700})
     page.wait_for_function(
         "() => customElements.get('webllm-chat') && document.querySelector('webllm-chat').shadowRoot"
@@ -403,7 +394,7 @@ def test_widget_renders_loads_and_answers(context, site_server):
 
 @pytest.mark.slow
 def test_chat_page_streams_with_progress_and_stats(context, site_server):
-    page = page_in(context, site_server.url + "chat.html")
+    page = open_page(context, site_server.url + "chat.html", console=False)
     page.set_viewport_size({"width": 1000, "height": 760})
     page.wait_for_function(
         "() => /Runtime ready/.test(document.getElementById('loadinfo').textContent)", timeout=CONFIG.READY_TIMEOUT_MS

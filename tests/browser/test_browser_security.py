@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import CONFIG, decode
+from .conftest import CONFIG, decode, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -52,12 +52,7 @@ def locked(chromium, server_url):
             route.continue_()
 
     context.route(server_url + "**", add_csp)
-    page = context.new_page()
-    page.set_default_timeout(CONFIG.TIMEOUT_MS)
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-    page.goto(server_url + "csp.html")
+    page = open_page(context, server_url + "csp.html")
     page.info = page.evaluate("() => webllm.ready()")
     yield context, page, requests
     browser.close()

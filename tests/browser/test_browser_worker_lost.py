@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import CONFIG
+from .conftest import open_page
 
 pytestmark = pytest.mark.browser
 
@@ -18,12 +18,7 @@ def _page(chromium, url, route=None):
     ctx = chromium.new_context()
     if route:
         ctx.route(*route)  # a context route: it sees the worker's fetches too
-    page = ctx.new_page()
-    page.set_default_timeout(CONFIG.TIMEOUT_MS)
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.goto(url)
-    return page
+    return open_page(ctx, url, console=False)
 
 
 def test_a_terminated_worker_fails_its_requests_and_the_next_call_starts_a_new_one(chromium, server_url):
