@@ -458,8 +458,8 @@ class BoundLinear:
         The producer itself then quantizes its own x in its workgroups (no QuantizeX dispatch before it):
         on the H200 a QuantizeX + prestaged wo / w_down ran 2-3.5 us slower than the self-staging kernel
         at the 1B and 8B shapes (docs/benchmarks.md, "H200: x quantized once per token")."""
-        lin, t = self.linear, self.linear.matvec_tiling
-        if self.taken_planes() is None or t.emit_refusal(lin.K, [lin.N], self.accumulate, None):
+        lin, t = self.linear, self._staged()
+        if t is None or t.emit_refusal(lin.K, [lin.N], self.accumulate, None):
             return None
         from .ops import QuantizeX
 
@@ -469,13 +469,19 @@ class BoundLinear:
         self._rebind()
         return eq, ed
 
-    def taken_planes(self) -> int | None:
-        """The int8 planes of x this single-token matvec would read prestaged (take_x), or None where its
-        kernel is not the staged one (or is split, or has a bias)."""
+    def _staged(self) -> StagedTiling | None:
+        """The staged kernel's tiling of this single-token matvec, or None where it runs another kernel (or is
+        split, or has a bias): where x may come prestaged (take_x, x_planes) or the epilogue emit (emit_into)."""
         lin, t = self.linear, self.linear.matvec_tiling
         if self.parts or not isinstance(t, StagedTiling) or not lin.staged or lin.bias is not None:
             return None
-        return t.planes
+        return t
+
+    def taken_planes(self) -> int | None:
+        """The int8 planes of x this single-token matvec would read prestaged (take_x), or None where its
+        kernel is not the staged one (or is split, or has a bias)."""
+        t = self._staged()
+        return None if t is None else t.planes
 
     def take_x(self, xq: Any, xd: Any) -> None:
         """Read x quantized by the op before (attention's or a fused gate/up's emit_into: BoundAttention /
@@ -488,8 +494,8 @@ class BoundLinear:
     def _rebind(self) -> None:
         """The single-token matvec bound again for what emit_into and take_x set (the one place that binds
         their forms): x from `taken` (prestaged) or staged from `x` itself, and `emits`' epilogue."""
-        lin, t = self.linear, self.linear.matvec_tiling
-        assert isinstance(t, StagedTiling)
+        lin, t = self.linear, self._staged()
+        assert t is not None
         norm, planes, eq, ed = self.emits or (None, 1, None, None)
         k = lin.q4_kernel(
             [lin.N],
@@ -507,8 +513,8 @@ class BoundLinear:
         """The planes of x this single-token matvec reads prequantized (its QuantizeX before it), where a
         producer may write that x instead, with `norm` (the ops.RMSNorm before it) folded in (reading_emitted);
         else None."""
-        t, lin = self.linear.matvec_tiling, self.linear
-        if self.prestage is None or self.taken_planes() is None or not t.prestaged:
+        t, lin = self._staged(), self.linear
+        if self.prestage is None or t is None or not t.prestaged:
             return None
         if norm is not None and norm.params["dim"] != lin.K:
             return None
