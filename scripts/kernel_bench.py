@@ -819,3 +819,96 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
                     tops=round(2 * T * n * k / dt / 1e12, 2),
                 )
             w.buffer.destroy()
+
+# The fused gate/up writing w_down's quantized x in its epilogue (KernelPolicy.glu_emit: MatvecGroup.emit_into,
+# w_down reading it prestaged: BoundLinear.take_x, linked by models/layer.link_emits) against today's chain, at
+# the 1B and 8B (Q4_0) shapes, built as the model builds them with KernelPolicy(prestage=True) (gate/up reading
+# x prestaged, as wo's emit_next gives it; w_down with its emit_next into the next norm, as at 8B), GPU us
+# alternated, best of 3: "off": gate/up (the planner's glu tiling: 16 rows a workgroup at 8B) -> w_down staging
+# its own x; "on": gate/up emitting (plan_fused_glu's 32-row tiling) -> w_down prestaged; "on <tiling>": the
+# same with that glu tiling (a "glu" override of 32 rows); pieces "gu_<form>" (gate/up alone) and "down_off" /
+# "down_on" (w_down alone, staged / prestaged). emit_matches_quantize_x: the emitted bytes equal ops.QuantizeX's
+# over the f32 GLU output, on this compiler. --quick: lavapipe told it is a GPU (the planner's GPU kernels).
+if want("glu_emit"):
+    import struct
+    from dataclasses import replace
+
+    from webllm_py.models.layer import link_emits
+    from webllm_py.ops import QuantizeX
+    from webllm_py.planner import KernelPolicy
+
+    info0 = dev.info
+    if QUICK:
+        dev.info = replace(dev.info, is_fallback=False)
+    GLU_FORMS = {"off": None, "on": (), "on 128,4,1": (128, 4, 1), "on 128,8,2": (128, 8, 2)}
+    step = dev.buffer_from(struct.pack("<2I", 0, 1))
+    for size, dim, hidden in [("1b", 2048, 8192), ("8b", 4096, 14336)] if not QUICK else [("quick", 512, 1024)]:
+        wg_, _ = sane_weight("Q4_0", hidden, dim)
+        wu_, _ = sane_weight("Q4_0", hidden, dim)
+        wd_, _ = sane_weight("Q4_0", dim, hidden)
+        x = dev.buffer_from(rng.standard_normal(dim).astype(np.float32).tobytes())
+        resid = dev.buffer_from(rng.standard_normal(dim).astype(np.float32).tobytes())
+        ones = dev.buffer_from(np.ones(dim, np.float32).tobytes())
+        h, yg, yu, out = (dev.create_buffer(4 * n) for n in (dim, hidden, hidden, hidden))
+        forms, tilings = {}, {}
+        for name, glu_t in GLU_FORMS.items():
+            pol = KernelPolicy(
+                prestage=True,
+                glu_emit=glu_t is not None,
+                staged_tilings=(("glu", StagedTiling(*glu_t)),) if glu_t else (),
+            )
+            norm = RMSNorm(dev, ones, dim, 1e-5).bind(x, h, step)
+            gate = Linear(dev, wg_, policy=pol).bind(h, yg)
+            up = Linear(dev, wu_, policy=pol).bind(h, yu)
+            group = MatvecGroup([gate, up], glu=("silu", GLU(dev, hidden, "silu").bind(yg, yu, out, step)), norm=norm)
+            if group.x_planes() is None:
+                emit(kind="glu_emit", size=size, form=name, refused="gate/up reads no prestaged x")
+                continue
+            pre = group.runs[0][2]  # its QuantizeX: run once here, as wo's emit_next would have written x
+            with dev.recorder() as rec:
+                pre.record(rec, 1)
+            group.take_x(*pre.writes)
+            down = Linear(dev, wd_, policy=pol).bind(out, resid, accumulate=True)
+            down.emit_into(RMSNorm(dev, ones, dim, 1e-5), 1)  # (the next layer's Q/K/V x, as at 8B)
+            linked = link_emits([group, down], glu=glu_t is not None)
+            if glu_t is not None and not linked:
+                emit(kind="glu_emit", size=size, form=name, refused=str(group._specs[0][2]))
+                continue
+            forms[name] = (group, down)
+            t = group._specs[0][2]
+            tilings[name] = [t.wg, t.lanes_for(dim), t.rows, t.prefetch]
+        recs = {}
+        for name, (group, down) in forms.items():
+            recs[name] = lambda rec, g=group, d=down: (g.record(rec, 1), d.record(rec, 1))
+            recs["gu_" + name] = lambda rec, g=group: g.record(rec, 1)
+        if "off" in forms and "on" in forms:
+            recs["down_off"] = lambda rec, d=forms["off"][1]: d.record(rec, 1)
+            recs["down_on"] = lambda rec, d=forms["on"][1]: d.record(rec, 1)
+        same = {}
+        quant = QuantizeX(dev, hidden, 1)
+        qq, qd = quant.buffers()
+        for name, (group, down) in forms.items():
+            if name == "off":
+                continue
+            with dev.recorder() as rec:
+                group.record(rec, 1)
+                quant.bind(out, qq, qd).record(rec, 1)
+            _, eq, ed = group.emits
+            same[name] = all(
+                asyncio.run(dev.read_buffer(a, 0, n)) == asyncio.run(dev.read_buffer(b, 0, n))
+                for a, b, n in ((eq, qq, hidden), (ed, qd, 8 * (hidden // 32)))
+            )
+        best = time_alternating(recs)
+        emit(
+            kind="glu_emit",
+            size=size,
+            dim=dim,
+            hidden=hidden,
+            glu_tilings=tilings,
+            down_tiling=str(forms["off"][1].linear.matvec_tiling) if "off" in forms else None,
+            emit_matches_quantize_x=same,
+            **{name.replace(" ", "_").replace(",", "x") + "_us": round(v * 1e6, 2) for name, v in best.items()},
+        )
+        for w in (wg_, wu_, wd_):
+            w.buffer.destroy()
+    dev.info = info0

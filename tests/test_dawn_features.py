@@ -272,3 +272,65 @@ def test_prefill_attention_lanes_on_dawn(host, layout, tiling, dtype, window, so
     got = _f32(r["out"]).reshape(N, -1)
     # packed: WGSL lets f32 -> f16 round to either neighbour (see _check_steps): atol 5e-4
     np.testing.assert_allclose(got, ref, atol=5e-4 if packed else 2e-5, rtol=1e-3 if packed else 1e-4)
+
+
+_GLU_EMIT = """
+import base64
+from webllm_py.gpu.browser import BrowserDevice
+from webllm_py.formats.quants import GGMLType, TensorInfo
+from webllm_py.formats.source import BytesSource
+from webllm_py.linear import Linear
+from webllm_py.ops import QuantizeX
+from webllm_py.planner import StagedTiling
+from webllm_py.weights import upload_tensor
+dev = await BrowserDevice.create(use_subgroups={use_subgroups})
+K, H, planes = {K}, {H}, {planes}
+t = StagedTiling(64, 2, 1, planes=planes)
+ws = [upload_tensor(dev, BytesSource(base64.b64decode(s)), TensorInfo("w", (K, H), int(GGMLType.Q4_0), 0,
+      len(base64.b64decode(s)))) for s in {ws!r}]
+lin = Linear(dev, ws[0], matvec=t)
+kern = lin.q4_kernel([H, H], False, glu="silu", tiling=t, emit_next=True, emit_planes=planes)
+x, y = dev.buffer_from(base64.b64decode({x!r})), dev.create_buffer(4 * H)
+quant = QuantizeX(dev, H, planes)
+eq, ed = quant.buffers()
+qq, qd = quant.buffers()
+with dev.recorder() as rec:
+    rec.dispatch(dev.bind(kern, [w.buffer for w in ws] + [x, y, eq, ed]), t.groups(H, K))
+    quant.bind(y, qq, qd).record(rec, 1)
+out = {{n: base64.b64encode(await dev.read_buffer(b)).decode() for n, b in (("y", y), ("eq", eq), ("ed", ed),
+       ("qq", qq), ("qd", qd))}}
+out["shuffles"] = "subgroupShuffleXor" in kern.source
+dev.destroy()
+out
+"""
+
+
+@pytest.mark.parametrize("use_subgroups,planes", [(True, 1), (None, 2)])
+def test_glu_emit_on_dawn(host, use_subgroups, planes):
+    """matvec_q4s's fused gate/up with emit_next (KernelPolicy.glu_emit: the GLU output also written as w_down's
+    quantized x) through Tint, its teams reducing by subgroup shuffles or through workgroup memory: the GLU output against numpy over the int8 rounding of x, and the emitted bytes
+    equal ops.QuantizeX's over that output on the same compiler."""
+    from .linear_helpers import q8_blocks
+
+    rng = np.random.default_rng(41)
+    K, H = 512, 256
+    raws, ws = zip(*(make_weight("Q4_0", H, K, rng) for _ in range(2)))
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    r = host.exec(
+        _GLU_EMIT.format(
+            use_subgroups=use_subgroups,
+            K=K,
+            H=H,
+            planes=planes,
+            ws=[base64.b64encode(raw).decode() for raw in raws],
+            x=_b64(x),
+        )
+    )
+    assert r["shuffles"] == bool(use_subgroups)  # the team reduction: subgroup shuffles, or workgroup memory
+    hq = q8_blocks(x, planes)[0]
+    g, u = hq @ ws[0].T, hq @ ws[1].T
+    ref = g * 0.5 * (1 + np.tanh(g / 2)) * u
+    scale = (np.abs(hq) @ np.abs(ws[0]).T) * (np.abs(hq) @ np.abs(ws[1]).T)
+    assert (np.abs(_f32(r["y"])[:H] - ref) / scale).max() < 1e-5
+    assert base64.b64decode(r["eq"]) == base64.b64decode(r["qq"])
+    assert base64.b64decode(r["ed"])[: 8 * (H // 32)] == base64.b64decode(r["qd"])[: 8 * (H // 32)]

@@ -749,3 +749,137 @@ def test_emit_next_refused(device):
         lin = Linear(device, upload(device, raw, "Q4_0", n, K), matvec=StagedTiling(64, 2, 1))
         with pytest.raises(ValueError, match=match):
             lin.q4_kernel([n], acc, tiling=t, emit_next=rms)
+
+
+# --- emit_next with glu: the fused gate/up writes w_down's prestaged x in its epilogue (KernelPolicy.glu_emit) ---
+
+
+def _glu_ref(hq: np.ndarray, wg: np.ndarray, wu: np.ndarray, act: str, inv: float = 1.0):
+    """act(inv hq W_gate^T) * (inv hq W_up^T) in float64 from numpy, and the scale its f32 sums' error is
+    measured against (inv^2 sum|hq||w_gate| * sum|hq||w_up| per output)."""
+    g, u = inv * (hq @ wg.T), inv * (hq @ wu.T)
+    a = (
+        g * 0.5 * (1 + np.tanh(g / 2))
+        if act == "silu"
+        else 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+    )
+    return a * u, inv**2 * (np.abs(hq) @ np.abs(wg).T) * (np.abs(hq) @ np.abs(wu).T)
+
+
+@pytest.mark.parametrize(
+    "qtype,planes,subgroups,norm,prestaged,act,tiling",
+    [
+        ("Q4_0", 1, False, False, False, "silu", (64, 2, 1, False)),
+        ("Q4_0", 2, True, True, True, "silu", (32, 2, 2, True)),
+        ("Q4_1", 2, True, True, False, "gelu_tanh", (64, 2, 1, False)),
+        ("Q4_K", 1, True, False, True, "silu", (32, 2, 2, False)),
+        ("Q4_K", 2, False, True, True, "silu", (64, 2, 1, True)),
+        ("Q8_0", 2, False, True, True, "gelu_tanh", (64, 2, 1, False)),
+        ("Q8_0", 1, True, False, False, "silu", (32, 2, 2, False)),
+        ("Q6_K", 1, False, True, False, "silu", (32, 2, 2, True)),
+        ("Q6_K", 2, True, False, True, "silu", (64, 2, 1, False)),
+    ],
+)
+def test_glu_emit_chain(request, qtype, planes, subgroups, norm, prestaged, act, tiling):
+    """Gate/up with emit_next (glu, 32 rows a workgroup; x staged in its workgroups or prestaged, the ffn norm
+    folded in or not) and the prestaged w_down reading what it wrote: the GLU output bit-identical to the same
+    kernel's without the epilogue and against numpy; its quantized x bit-identical to ops.QuantizeX's (no norm)
+    over that f32 output; w_down (y += ..., of the same type) against numpy over the int8 rounding of that
+    output."""
+    from dataclasses import replace
+
+    from webllm_py.linear import StagedTiling
+    from webllm_py.ops import QuantizeX, RMSNorm
+
+    device = request.getfixturevalue("sg_device" if subgroups else "device")
+    rng = np.random.default_rng(37)
+    K, H, D, eps = 512, 512, 256, 1e-5
+    t = StagedTiling(*tiling, planes, prestaged=prestaged)
+    assert t.rows_per_group(K) == 32
+    x = (rng.standard_normal((1, K)) * 2).astype(np.float32)
+    x[0, 32:64] = 0  # an all-zero block of x
+    nw = rng.standard_normal(K).astype(np.float32)
+    rms = RMSNorm(device, f32_buffer(device, nw), K, eps) if norm else None
+    ws, lins = [], []
+    for _ in range(2):
+        raw, w = staged_weight(qtype, H, K, rng)
+        ws.append(w)
+        lins.append(Linear(device, upload(device, raw, qtype, H, K), matvec=t, subgroups=subgroups))
+    xb = f32_buffer(device, x)
+    if prestaged:  # x quantized beforehand (as wo's emit_next gives it)
+        quant = QuantizeX(device, K, planes, norm=rms)
+        xq, xd = quant.buffers()
+        with device.recorder() as rec:
+            quant.bind(xb, xq, xd).record(rec, 1)
+        xs = [xq, xd]
+    else:
+        xs = [xb] + ([rms.weight] if norm else [])
+    emitted = QuantizeX(device, H, planes)  # (its buffers: where the epilogue writes)
+    eq, ed = emitted.buffers()
+    outs = {}
+    for emit in (False, True):
+        kern = lins[0].q4_kernel(
+            [H, H], False, glu=act, norm=rms, tiling=t, emit_next=True if emit else None, emit_planes=planes
+        )
+        assert ("eq[" in kern.source) == emit and "enw" not in kern.source
+        yb = f32_buffer(device, np.full(H, np.nan, np.float32))
+        bg = device.bind(kern, [lin.weight.buffer for lin in lins] + xs + [yb] + ([eq, ed] if emit else []))
+        with device.recorder() as rec:
+            rec.dispatch(bg, t.groups(H, K))
+        outs[emit] = read_f32(device, yb, H)
+    h = outs[True]
+    assert np.array_equal(outs[False].astype(np.float32).view(np.uint32), h.astype(np.float32).view(np.uint32))
+    inv = 1 / np.sqrt((x.astype(np.float64) ** 2).mean() + eps) if norm else 1.0
+    xn = (x * (nw + np.float32(0))).astype(np.float32) if norm else x
+    ref, scale = _glu_ref(q8_blocks(xn, planes)[0], ws[0], ws[1], act, inv)
+    assert (np.abs(h - ref) / scale).max() < (3e-4 if norm else TOL)  # norm: 1/rms's last bit (test_staged_fused)
+    # QuantizeX over the same f32 GLU output: the same bytes (xd: the blocks' (dx, sum); no norm, no sums of x^2)
+    qq, qd = emitted.buffers()
+    with device.recorder() as rec:
+        emitted.bind(f32_buffer(device, h[None]), qq, qd).record(rec, 1)
+    for a, b, n in ((eq, qq, planes * H), (ed, qd, 8 * (H // 32))):
+        assert _read_bytes(device, a, n) == _read_bytes(device, b, n)
+    # w_down, prestaged from the epilogue's blocks, adding into the residual
+    draw, dw = staged_weight(qtype, D, H, rng)
+    down_t = replace(StagedTiling(64, 2, 1), planes=planes, prestaged=True)
+    down = Linear(device, upload(device, draw, qtype, D, H), matvec=down_t, subgroups=subgroups)
+    resid = rng.standard_normal(D).astype(np.float32)
+    rb = f32_buffer(device, resid)
+    bg = device.bind(down.q4_kernel([D], True, tiling=down_t), [down.weight.buffer, eq, ed, rb])
+    with device.recorder() as rec:
+        rec.dispatch(bg, down_t.groups(D, H))
+    assert staged_error((read_f32(device, rb, D) - resid)[None], h.astype(np.float32)[None], dw, planes) < TOL
+
+
+def test_glu_emit_refused(device):
+    """emit_next on a fused gate/up where a workgroup does not own exactly one block of its output, or where the
+    dispatch is no gate/up writing its output: a clear ValueError; and MatvecGroup.emit_into returns None
+    there (no change: the group keeps its dispatch)."""
+    from webllm_py.linear import StagedTiling
+
+    rng = np.random.default_rng(6)
+    K = 512
+    for parts, t, acc, match in (
+        ([256, 256], StagedTiling(32, 2, 1), False, "32 rows per workgroup"),
+        ([256, 256], StagedTiling(64, 2, 1), True, "writing"),
+        ([256, 128], StagedTiling(64, 2, 1), False, "one height"),
+        ([224, 224], StagedTiling(64, 2, 1), False, "N % 256"),
+        ([256, 256], MatvecTiling(64, 2, True), False, "staged tiling"),
+    ):
+        raw, _ = make_weight("Q4_0", parts[0], K, rng)
+        lin = Linear(device, upload(device, raw, "Q4_0", parts[0], K), matvec=StagedTiling(64, 2, 1))
+        with pytest.raises(ValueError, match=match):
+            lin.q4_kernel(parts, acc, glu="silu", tiling=t, emit_next=True)
+    # a group of 16 rows a workgroup: emit_into refuses and leaves its dispatch as it was
+    H = 256
+    xb = f32_buffer(device, rng.standard_normal((1, K)).astype(np.float32))
+    step = device.buffer_from(struct.pack("<II", 0, 1))
+    ys = [f32_buffer(device, np.zeros(H, np.float32)) for _ in range(3)]
+    bounds = []
+    for yb in ys[:2]:
+        raw, _ = make_weight("Q4_0", H, K, rng)
+        lin = Linear(device, upload(device, raw, "Q4_0", H, K), matvec=StagedTiling(32, 2, 1))
+        bounds.append(lin.bind(xb, yb))
+    group = MatvecGroup(bounds, glu=("silu", GLU(device, H, "silu").bind(ys[0], ys[1], ys[2], step)))
+    before = list(group.runs)
+    assert group.emit_into(1) is None and group.runs == before and group.emits is None

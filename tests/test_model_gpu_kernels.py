@@ -261,3 +261,42 @@ def test_attention_emit_decode_matches_staged(llama_gguf, prestage, step_merge):
     same_greedy_policy_on_off(
         llama_gguf, check, flip="attention_emit", prestage=prestage, step_merge=step_merge, staged_tilings=tilings
     )
+
+
+@pytest.mark.parametrize("prestage", [True, False])
+def test_glu_emit_decode_matches_staged(llama_gguf, prestage):
+    """KernelPolicy.glu_emit: the single-token fused gate/up (32 rows a workgroup) also writes its GLU output
+    quantized as w_down's x (matvec_q4s's emit_next with glu, no norm) and w_down reads it prestaged (no
+    QuantizeX before it, no quantizing in its workgroups): the same greedy tokens and logprobs as with it off,
+    and as many dispatches a decode step. prestage: with the tilings of 32 rows a workgroup (w_down keeps
+    writing the next Q/K/V's and the LM head's x in its epilogue); without: the planner's tilings (the gate/up
+    tiling of 32 rows is plan_fused_glu's, taken only where glu_emit asks)."""
+    from webllm_py.planner import StagedTiling
+
+    from webllm_py.bench import profile_ops
+
+    counts, profiled = {}, {}
+
+    def check(e, on):
+        m = e.model
+        rec = _Counting()
+        m.record(rec, 1, logits=True)
+        counts[on] = len(rec.groups)
+        profiled[on] = set(asyncio.run(profile_ops(e, 1)))  # bench --profile's op kinds of a decode step
+        for layer in m.layers:
+            gu, down = layer.gate_up, layer.w_down
+            t = gu._specs[0][2]
+            assert len(gu.runs) == 1 and down.prestage is None
+            if on:
+                assert t.rows_per_group(256) == 32 and gu.emits is not None and down.taken == gu.emits[1:]
+            else:
+                assert gu.emits is None and down.taken is None
+            assert (down.emits is not None) == prestage and gu.runs[0][2] is None
+            assert (gu.taken is not None) == prestage  # wo's emit_next
+        if not on and not prestage:
+            assert m.layers[0].gate_up._specs[0][2].rows_per_group(256) != 32  # today's glu tiling
+
+    tilings = (("k256", StagedTiling(32, 1, 1)), ("k768", StagedTiling(64, 2, 1))) if prestage else ()
+    same_greedy_policy_on_off(llama_gguf, check, flip="glu_emit", prestage=prestage, staged_tilings=tilings)
+    print(f"\ndispatches a decode step: glu_emit on {counts[True]}, off {counts[False]}")
+    assert counts[True] == counts[False] and profiled[True] == profiled[False], (counts, profiled)

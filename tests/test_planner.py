@@ -176,6 +176,31 @@ def test_fused_glu_tiling():
     assert plan_fused_glu(GPU, q4, T.Q4_0, N, K) == Q4_TILING
 
 
+def test_glu_emit_tiling():
+    """KernelPolicy.glu_emit (off by default): a fused gate/up's tiling takes 32 rows a workgroup (one block of
+    w_down's x, which its epilogue writes): the glu row's lanes and rows with as many threads as that takes;
+    not where its output is no whole number of 256-blocks, nor over an explicit glu override; a tiling that
+    has 32 rows already, or that no workgroup of <= 256 threads gives 32 rows, unchanged."""
+    from webllm_py.planner import glu_emit_auto, glu_emit_tiling
+
+    K, N = 4096, 14336
+    on = KernelPolicy(glu_emit=True)
+    assert not glu_emit_auto(KernelPolicy()) and glu_emit_auto(on)
+    plan = plan_matvec(GPU, T.Q4_0, N, K, policy=on)
+    t = plan_fused_glu(GPU, plan, T.Q4_0, N, K, on)
+    assert t == replace(STAGED_TABLE[1].tiling, wg=256) and t.rows_per_group(K) == 32
+    assert t.emit_refusal(K, [N, N], False, "silu") is None
+    assert STAGED_TABLE[1].tiling.emit_refusal(K, [N, N], False, "silu") is not None  # 16 rows: today's
+    assert plan_fused_glu(GPU, plan, T.Q4_0, N + 32, K, on) == STAGED_TABLE[1].tiling  # N % 256
+    glu16 = KernelPolicy(glu_emit=True, staged_tilings=(("glu", StagedTiling(128, 8, 1)),))
+    plan16 = plan_matvec(GPU, T.Q4_0, N, K, policy=glu16)
+    assert plan_fused_glu(GPU, plan16, T.Q4_0, N, K, glu16) == StagedTiling(128, 8, 1)
+    assert glu_emit_tiling(StagedTiling(128, 4, 1), K) == StagedTiling(128, 4, 1)  # 32 rows already
+    assert glu_emit_tiling(StagedTiling(64, 8, 2), K) == StagedTiling(128, 8, 2)
+    assert glu_emit_tiling(StagedTiling(256, 8, 1), 256) == StagedTiling(32, 8, 1)  # one lane at K = 256
+    assert glu_emit_tiling(StagedTiling(128, 16, 1), K) == StagedTiling(128, 16, 1)  # 512 threads: no
+
+
 # fmt: off
 GPU_MATMUL_CASES = [(14336, 0), (8192, 0), (4096, 1), (8191, 1), (2048, 2), (64, 2)]
 CPU_MATMUL_CASES = [(T.Q4_K, 0), (T.Q6_K, 0), (T.IQ4_XS, 0), (T.Q4_0, 1), (T.Q8_0, 1), (T.IQ4_NL, 1), (T.F32, 1),

@@ -174,6 +174,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(planner.KernelPolicy.attention_emit); default: planner.attention_emit_auto",
     )
     p.add_argument(
+        "--glu-emit",
+        action=argparse.BooleanOptionalAction,
+        help="the single-token fused gate/up (32 rows a workgroup) also writes its GLU output as w_down's quantized "
+        "x and w_down reads it prestaged (planner.KernelPolicy.glu_emit); default: planner.glu_emit_auto",
+    )
+    p.add_argument(
         "--prefill-kernel",
         choices=PREFILL_KERNELS,
         default="auto",
@@ -371,6 +377,7 @@ def kernel_policy(args: argparse.Namespace):
         staged_planes=args.staged_planes,
         prestage=args.prestage,
         attention_emit=args.attention_emit,
+        glu_emit=args.glu_emit,
         fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(

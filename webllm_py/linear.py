@@ -309,9 +309,10 @@ class Linear:
         """matvec_q4 (or matvec_q4s) for this layer's type and K over matrices of `parts` rows (see
         MatvecGroup); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
         instead of this layer's; emit_next: the next RMSNorm (an ops.RMSNorm) whose input this matvec's
-        output is: its epilogue also writes that x quantized (times the norm's weights) for a prestaged
+        output is, or True where the next matvec reads that output as it is (glu: a fused gate/up's output,
+        w_down's x): its epilogue also writes that x quantized (times the norm's weights) for a prestaged
         matvec of emit_planes planes, in ops.QuantizeX's layout (staged tilings of 32 rows a workgroup:
-        StagedTiling.emit_refusal; bind the norm's weights and the (xq, xd) after y)."""
+        StagedTiling.emit_refusal; bind the norm's weights, where there is a norm, and the (xq, xd) after y)."""
         nparams: dict[str, Any] = (
             dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         )
@@ -324,7 +325,9 @@ class Linear:
             )
             if why:
                 raise ValueError(f"{self.weight.name}: {why}")
-            nparams.update(emit_next=True, emit_planes=emit_planes, emit_w_offset=emit_next.params["weight_offset"])
+            nparams.update(emit_next=True, emit_planes=emit_planes, emit_norm=emit_next is not True)
+            if emit_next is not True:
+                nparams.update(emit_w_offset=emit_next.params["weight_offset"])
         if isinstance(t, StagedTiling):
             lanes = t.lanes_for(self.K)
             sg = self._subgroups and (self._subgroups_asked or team_subgroups(self.adapter, lanes))
@@ -455,55 +458,65 @@ class BoundLinear:
         The producer itself then quantizes its own x in its workgroups (no QuantizeX dispatch before it):
         on the H200 a QuantizeX + prestaged wo / w_down ran 2-3.5 us slower than the self-staging kernel
         at the 1B and 8B shapes (docs/benchmarks.md, "H200: x quantized once per token")."""
-        lin, t = self.linear, self.linear.matvec_tiling
-        if (
-            self.parts
-            or not isinstance(t, StagedTiling)
-            or not lin.staged
-            or lin.bias is not None
-            or t.emit_refusal(lin.K, [lin.N], self.accumulate, None)
-        ):
+        lin, t = self.linear, self._staged()
+        if t is None or t.emit_refusal(lin.K, [lin.N], self.accumulate, None):
             return None
         from .ops import QuantizeX
 
         eq = _scratch(lin.device, "emitted xq", planes * lin.N)
         ed = _scratch(lin.device, "emitted xd", QuantizeX.xd_bytes(lin.N))
-        k = lin.q4_kernel([lin.N], True, tiling=replace(t, prestaged=False), emit_next=norm, emit_planes=planes)
-        self.matvec = lin.device.bind(k, [lin.weight.buffer, self.x, self.y, norm.weight, eq, ed])
-        self.prestage = None
         self.emits = (norm, planes, eq, ed)
+        self._rebind()
         return eq, ed
+
+    def _staged(self) -> StagedTiling | None:
+        """The staged kernel's tiling of this single-token matvec, or None where it runs another kernel (or is
+        split, or has a bias): where x may come prestaged (take_x, x_planes) or the epilogue emit (emit_into)."""
+        lin, t = self.linear, self.linear.matvec_tiling
+        if self.parts or not isinstance(t, StagedTiling) or not lin.staged or lin.bias is not None:
+            return None
+        return t
 
     def taken_planes(self) -> int | None:
         """The int8 planes of x this single-token matvec would read prestaged (take_x), or None where its
         kernel is not the staged one (or is split, or has a bias)."""
-        lin, t = self.linear, self.linear.matvec_tiling
-        if self.parts or not isinstance(t, StagedTiling) or not lin.staged or lin.bias is not None:
-            return None
-        return t.planes
+        t = self._staged()
+        return None if t is None else t.planes
 
     def take_x(self, xq: Any, xd: Any) -> None:
-        """Read x quantized by the op before (attention's emit_into: BoundAttention.emit_into) in ops.QuantizeX's
-        layout: matvec_q4s prestaged, with no QuantizeX dispatch before it; its emit_next (emit_into) kept."""
-        lin, t = self.linear, self.linear.matvec_tiling
-        assert isinstance(t, StagedTiling) and self.taken_planes() is not None
+        """Read x quantized by the op before (attention's or a fused gate/up's emit_into: BoundAttention /
+        MatvecGroup.emit_into) in ops.QuantizeX's layout: matvec_q4s prestaged, with no QuantizeX dispatch
+        before it; its emit_next (emit_into, before or after) kept."""
+        assert self.taken_planes() is not None
+        self.taken = (xq, xd)
+        self._rebind()
+
+    def _rebind(self) -> None:
+        """The single-token matvec bound again for what emit_into and take_x set (the one place that binds
+        their forms): x from `taken` (prestaged) or staged from `x` itself, and `emits`' epilogue."""
+        lin, t = self.linear, self._staged()
+        assert t is not None
         norm, planes, eq, ed = self.emits or (None, 1, None, None)
         k = lin.q4_kernel(
-            [lin.N], self.accumulate, tiling=replace(t, prestaged=True), emit_next=norm, emit_planes=planes
+            [lin.N],
+            self.accumulate,
+            tiling=replace(t, prestaged=self.taken is not None),
+            emit_next=norm,
+            emit_planes=planes,
         )
+        xs = list(self.taken) if self.taken is not None else [self.x]
         emitted = [norm.weight, eq, ed] if norm is not None else []
-        self.matvec = lin.device.bind(k, [lin.weight.buffer, xq, xd, self.y, *emitted])
+        self.matvec = lin.device.bind(k, [lin.weight.buffer, *xs, self.y, *emitted])
         self.prestage = None
-        self.taken = (xq, xd)
 
     def x_planes(self, norm: Any = None) -> int | None:
         """The planes of x this single-token matvec reads prequantized (its QuantizeX before it), where a
         producer may write that x instead, with `norm` (the ops.RMSNorm before it) folded in (reading_emitted);
         else None."""
-        t, lin = self.linear.matvec_tiling, self.linear
-        if self.prestage is None or self.parts or not isinstance(t, StagedTiling) or not t.prestaged:
+        t, lin = self._staged(), self.linear
+        if self.prestage is None or t is None or not t.prestaged:
             return None
-        if norm is not None and (lin.bias is not None or norm.params["dim"] != lin.K):
+        if norm is not None and norm.params["dim"] != lin.K:
             return None
         return t.planes
 
@@ -601,8 +614,12 @@ class MatvecGroup:
         first = lins[0]
         # (bind group, workgroups, the QuantizeX BoundOp before a prestaged one) of each fused dispatch
         self.runs: list[tuple[Any, int, Any]] = []
-        self._binds: list[tuple[Any, list, list, int]] = []  # each run's (kernel, weights, outputs, planes)
+        # each run's kernel and bindings: (lead linear, parts, tiling, folded ops.RMSNorm or None, weights,
+        # inputs (x [and the norm's weights], or the QuantizeX's xq, xd), outputs)
+        self._specs: list[tuple[Any, list[int], Any, Any, list, list, list]] = []
         self.norm: Any = None  # the norm BoundOp folded in
+        self.taken: tuple | None = None  # take_x's (xq, xd): x quantized by the op before
+        self.emits: tuple | None = None  # emit_into's (planes, xq, xd): w_down's x its GLU epilogue writes
 
         # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
         # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
@@ -654,7 +671,7 @@ class MatvecGroup:
                 groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)
                 wbufs = [lins[i].weight.buffer for i in sp]
                 self.runs.append((lead.device.bind(k, wbufs + ins + outs), groups, pre))
-                self._binds.append((k, wbufs, outs, getattr(t, "planes", 0)))  # 0: matvec_q4 (never prestaged)
+                self._specs.append((lead, parts, t, rms if fold else None, wbufs, ins, outs))
             if fold:
                 norm.absorbed = True
                 self.norm = norm
@@ -662,18 +679,57 @@ class MatvecGroup:
     def x_planes(self) -> int | None:
         """The planes of x its fused dispatches read prequantized (a QuantizeX of its folded norm's input
         before each), where a producer's epilogue may write that x instead (take_x); else None."""
-        planes = {b[3] for b in self._binds}
+        planes = {getattr(spec[2], "planes", 0) for spec in self._specs}  # 0: matvec_q4 (never prestaged)
         if not self.runs or any(pre is None for _, _, pre in self.runs) or self.norm is None or len(planes) != 1:
             return None
         return planes.pop()
 
     def take_x(self, xq: Any, xd: Any) -> None:
         """Read x quantized by the op before (BoundLinear.emit_into) instead of QuantizeX dispatches."""
-        device = self.members[0].linear.device
-        self.runs = [
-            (device.bind(k, wbufs + [xq, xd] + outs), groups, None)
-            for (k, wbufs, outs, _), (_, groups, _) in zip(self._binds, self.runs)
-        ]
+        self.taken = (xq, xd)
+        self._rebind()
+
+    def emit_into(self, planes: int) -> tuple[Any, Any] | None:
+        """Make the single-token fused gate/up also write its GLU output quantized, as w_down's prestaged x of
+        `planes` planes (matvec_q4s's emit_next with glu: the q8_block rule, no norm, ops.QuantizeX's layout),
+        into the device-wide (xq, xd) it returns (BoundLinear.take_x reads them); the f32 output is still
+        written (prefill's GLU path, and any other reader). None where it cannot: not one staged glu dispatch,
+        or its tiling has no 32 rows a workgroup (StagedTiling.emit_refusal; planner.plan_fused_glu gives
+        one where KernelPolicy.glu_emit asks)."""
+        if not self.glu or len(self._specs) != 1:
+            return None
+        lead, parts, t, *_ = self._specs[0]
+        if not (lead.staged and isinstance(t, StagedTiling)) or t.emit_refusal(lead.K, parts, False, self.glu[0]):
+            return None
+        from .ops import QuantizeX
+
+        H = parts[0]
+        self.emits = (
+            planes,
+            _scratch(lead.device, "glu xq", planes * H),
+            _scratch(lead.device, "glu xd", QuantizeX.xd_bytes(H)),
+        )
+        self._rebind()
+        return self.emits[1], self.emits[2]
+
+    def _rebind(self) -> None:
+        """Every fused dispatch bound again for what take_x and emit_into set (the one place that binds their
+        forms): x from `taken` (no QuantizeX before it) or as first bound, and `emits`' epilogue."""
+        planes, *emitted = self.emits or (1,)
+        runs = []
+        for (lead, parts, t, rms, wbufs, ins, outs), (_, groups, pre) in zip(self._specs, self.runs):
+            k = lead.q4_kernel(
+                parts,
+                False,
+                glu=self.glu[0] if self.glu else None,
+                norm=rms,
+                tiling=t,
+                emit_next=True if self.emits else None,
+                emit_planes=planes,
+            )
+            xs = list(self.taken) if self.taken is not None else ins
+            runs.append((lead.device.bind(k, wbufs + xs + outs + emitted), groups, None if self.taken else pre))
+        self.runs = runs
 
     @property
     def fused(self) -> Any:

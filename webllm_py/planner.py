@@ -76,12 +76,16 @@ class StagedTiling:
 
     def emit_refusal(self, K: int, parts: list[int], accumulate: bool, glu: str | None) -> str | None:
         """Why matvec_q4s with this tiling cannot write the next prestaged matvec's x in its epilogue
-        (emit_next), or None where it can: each workgroup must own exactly one 32-block of its output (one
-        matrix, RPW == 32, whole blocks), that output the residual x it adds into (accumulate), and the
-        next K a whole number of 256-weight units."""
+        (emit_next), or None where it can: each workgroup must own exactly one 32-block of its output (RPW ==
+        32, whole blocks), that output either the residual x one matrix adds into (accumulate: w_down, wo) or
+        a fused gate/up's GLU output (glu, not accumulating: w_down's x), and the next K a whole number of
+        256-weight units."""
         rpw, n = self.rows_per_group(K), parts[0]
-        if glu or len(parts) != 1 or not accumulate:
-            return "emit_next needs one matrix adding into the residual (accumulate, no glu)"
+        if glu:
+            if accumulate or len(parts) != 2 or parts[1] != n:
+                return "a glu emit_next needs gate and up of one height, writing (not adding into) y"
+        elif len(parts) != 1 or not accumulate:
+            return "emit_next needs one matrix adding into the residual (accumulate) or a fused gate/up (glu)"
         if rpw != 32:
             return f"emit_next needs 32 rows per workgroup (one block of the next x), not {rpw}"
         if n % 256:
@@ -437,6 +441,10 @@ class KernelPolicy:
     # where it merges), wo reading it prestaged (models/layer.link_attention_emits). None: attention_emit_auto
     # (off: it did not pay on the H200)
     attention_emit: bool | None = None
+    # single-token fused gate/up (its GLU) also writes w_down's quantized x in its epilogue (matvec_q4s's
+    # emit_next, no norm), w_down reading it prestaged (models/layer.link_emits); the gate/up tiling then takes
+    # 32 rows a workgroup (glu_emit_tiling). None: glu_emit_auto (off: not yet measured on the device)
+    glu_emit: bool | None = None
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
@@ -514,6 +522,25 @@ def attention_emit_auto(policy: KernelPolicy) -> bool:
     attention -> wo 38.92 -> 38.57 us (combine form) and 31.64 -> 32.05 us (merge form); in-model Dawn decode
     on / off 351.9, 350.6, 347.6, 270.2 / 331.2, 352.2, 357.3, 352.7 tok/s: no gain."""
     return bool(policy.attention_emit)
+
+
+def glu_emit_auto(policy: KernelPolicy) -> bool:
+    """Whether the fused gate/up writes w_down's quantized x in its epilogue (KernelPolicy.glu_emit; off unless
+    asked: built and tested on lavapipe, not yet measured on the device). What it trades: w_down reading x
+    prestaged (8B alone on the H200: 16.69 -> 14.24 us) against gate/up's workgroups of 32 rows instead of 16
+    (glu_emit_tiling) and the block quantized by one thread after a barrier in each."""
+    return bool(policy.glu_emit)
+
+
+def glu_emit_tiling(t: StagedTiling, K: int) -> StagedTiling:
+    """A fused gate/up tiling that owns 32 rows (one block of w_down's x) a workgroup, for KernelPolicy.glu_emit:
+    `t` with its lanes and rows and as many threads as that takes (8B: STAGED_TABLE's (128, 8, 1), 16 rows,
+    becomes (256, 8, 1)); `t` itself where it has 32 rows already or no workgroup of at most 256 threads does."""
+    lanes = t.lanes_for(K)
+    if t.rows_per_group(K) == 32 or (32 * lanes) % t.rows:
+        return t
+    wg = 32 * lanes // t.rows
+    return replace(t, wg=wg) if wg <= 256 and wg & (wg - 1) == 0 else t
 
 
 # -- matvec (decode: one token) -----------------------------------------------------------------------
@@ -688,10 +715,15 @@ def plan_fused_glu(
     adapter: Adapter, plan: MatvecPlan, qtype: GGMLType, N: int, K: int, policy: KernelPolicy = DEFAULT_POLICY
 ) -> StagedTiling | MatvecTiling:
     """The tiling of a fused gate/up dispatch whose members run `plan`: the staged kernel's glu row
-    where the members have their default tiling and it fits, else theirs."""
+    where the members have their default tiling and it fits, else theirs; with KernelPolicy.glu_emit
+    (glu_emit_auto) that row with 32 rows a workgroup (glu_emit_tiling: one block of w_down's x, which the
+    epilogue then writes) where the GLU output is whole 256-blocks (w_down's K) and no "glu" override
+    gives the tiling."""
     if plan.template != "matvec_q4s" or plan.tiling != staged_tiling(K, N=N, qtype=qtype, policy=policy):
         return plan.tiling
     glu = staged_tiling(K, glu=True, policy=policy)
+    if glu_emit_auto(policy) and N % 256 == 0 and policy.staged_override("glu") is None:
+        glu = glu_emit_tiling(glu, K)
     return glu if adapter.fits(glu.shared_bytes(K)) else plan.tiling
 
 

@@ -22,7 +22,8 @@ follows the activation buffers each op reads and writes (`reads` / `writes`) and
 With KernelPolicy.prestage, `link_emits` (run by the family over all its layers' ops) makes a residual
 add (w_down, wo) write the quantized x of the norm-folded group after it in its epilogue; the family's
 `Decoder.link_emits` also has the embedding write layer 0's and the last residual add the LM head's
-(the final norm folded into it), so a decode step quantizes no x in a dispatch of its own.
+(the final norm folded into it), so a decode step quantizes no x in a dispatch of its own. With
+KernelPolicy.glu_emit the fused gate/up also writes w_down's quantized x (its GLU output) in its epilogue.
 
 Prefill (n_tokens > 1) records every op as written; the folds change single-token steps only.
 """
@@ -35,7 +36,7 @@ from ..attention import BoundAttention
 from ..gpu import Buffer, Device, Recorder
 from ..linear import BoundEmbedding, BoundLinear, Linear, MatvecGroup
 from ..ops import GLU, BoundOp, LayerNorm, Recordable, RMSNorm, RoPE
-from ..planner import DEFAULT_POLICY, KernelPolicy, attention_emit_auto
+from ..planner import DEFAULT_POLICY, KernelPolicy, attention_emit_auto, glu_emit_auto
 from ..weights import GPUTensor
 from .config import ModelConfig
 from .store import WeightStore
@@ -169,13 +170,26 @@ def fuse(named: Named) -> Named:
     return out
 
 
-def link_emits(ops: list[Any]) -> int:
+def link_emits(ops: list[Any], glu: bool = False) -> int:
     """Where a residual add (w_down, wo), or the embedding lookup (Decoder._link_embed), is followed by the norm
     folded into a prestaged group reading that residual (the next layer's attn_norm + Q/K/V, ffn_norm + gate/up),
     the producer's epilogue writes the group's quantized x (BoundLinear / BoundEmbedding.emit_into) instead of a QuantizeX dispatch before the group
     (KernelPolicy.prestage only; where the producer's tiling has 32 rows a workgroup): `ops` in run order,
-    across layers. Returns how many pairs it linked."""
+    across layers. glu (planner.glu_emit_auto): also where a fused gate/up is followed by the linear reading its
+    GLU output (w_down), the gate/up's epilogue writes that x quantized (MatvecGroup.emit_into, no norm) and
+    w_down reads it prestaged (BoundLinear.take_x) instead of quantizing it in each workgroup (any prestage;
+    where the gate/up's tiling has 32 rows a workgroup). Returns how many pairs it linked."""
     n = 0
+    for group, down in zip(ops, ops[1:]) if glu else ():
+        if not (isinstance(group, MatvecGroup) and group.glu and isinstance(down, BoundLinear)):
+            continue
+        planes = down.taken_planes()
+        if planes is None or down.x is not group.glu[1].writes[0]:
+            continue
+        bufs = group.emit_into(planes)
+        if bufs is not None:
+            down.take_x(*bufs)
+            n += 1
     for prod, norm, group in zip(ops, ops[1:], ops[2:]):
         if not (
             isinstance(prod, (BoundLinear, BoundEmbedding)) and isinstance(group, MatvecGroup) and group.norm is norm
@@ -246,12 +260,13 @@ class Decoder:
         """link_emits over every layer's ops (w_down of one layer feeds the next one's Q/K/V), and at the two
         ends of a single-token step: the embedding writes layer 0's quantized x (its attn_norm folded into
         Q/K/V), and the last residual add writes the LM head's (the final norm folded into the head: neither
-        runs a dispatch of its own); then, where planner.attention_emit_auto says, link_attention_emits
+        runs a dispatch of its own); gate/up writes w_down's where planner.glu_emit_auto says; then, where planner.attention_emit_auto says, link_attention_emits
         (attention writes wo's x). Run once the head is bound. Returns how many producer pairs it linked
         (attention's not counted)."""
         ops = [op for layer in self.layers for op in layer.ops]
-        n = link_emits(ops) + self._link_embed(ops) + self._link_head(ops)
-        if attention_emit_auto(getattr(self, "policy", DEFAULT_POLICY)):
+        policy = getattr(self, "policy", DEFAULT_POLICY)
+        n = link_emits(ops, glu=glu_emit_auto(policy)) + self._link_embed(ops) + self._link_head(ops)
+        if attention_emit_auto(policy):
             link_attention_emits(ops)
         return n
 
