@@ -26,7 +26,7 @@ tokens after the parity prompt against transformers': the variant's argmax at ea
 tokens before it (teacher forcing, one forward: the same as model_checks.assert_greedy_parity's "continue
 from transformers' token"), every flip listed with transformers' top-2 gap there.
 
-Usage: .venv/bin/python scripts/quant_accuracy.py [--models smollm2,gemma3] [--only NAME,...]
+Usage: .venv/bin/python scripts/quant_accuracy.py [--models smollm2,gemma3] [--only "NAME;..."]
 (both models, all variants: ~5 min on 2 CPU cores; torch runs on one thread). Prints markdown tables
 and the memory side of per-row int8 weights at the Llama shapes.
 """
@@ -83,10 +83,12 @@ def int8_rows(v: torch.Tensor, planes: int = 1) -> torch.Tensor:
     return (254.0 * q + q2) * (d / 254.0)
 
 
-def int8_blocks(v: torch.Tensor, planes: int = 2) -> torch.Tensor:
-    """v rounded to int8 per 32-element block of its last axis (quantize_i8.wgsl.j2: matmul_i8's x)."""
-    shape = v.shape
-    return int8_rows(v.reshape(*shape[:-1], shape[-1] // 32, 32), planes).reshape(shape)
+def int8_blocks(v: torch.Tensor, planes: int = 2, block: int = 32) -> torch.Tensor:
+    """v rounded to int8 per `block`-element block of its last axis (32: quantize_i8.wgsl.j2, matmul_i8's x);
+    a K that is no multiple of the block (SmolLM2's 576 for 128 or 256) ends with a shorter block."""
+    k = v.shape[-1]
+    padded = torch.nn.functional.pad(v, (0, -k % block))  # zeros change no block's max
+    return int8_rows(padded.reshape(*v.shape[:-1], -1, block), planes).reshape(*v.shape[:-1], -1)[..., :k]
 
 
 def f16_pow2(v: torch.Tensor) -> torch.Tensor:
@@ -118,13 +120,31 @@ def blocks2(v: torch.Tensor) -> torch.Tensor:
     return int8_blocks(v, 2)
 
 
+def groups256(v: torch.Tensor) -> torch.Tensor:
+    return int8_blocks(v, 1, 256)
+
+
+def groups128(v: torch.Tensor) -> torch.Tensor:
+    return int8_blocks(v, 1, 128)
+
+
+def three_products(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x W^T with both as two int8 planes (per-token x, per-row W) and the two residual planes' product
+    dropped: 3 int8 products instead of 4 (that term is 1 / 254^2 of the whole)."""
+    xh, wh = int8_rows(x, 1), int8_rows(w, 1)
+    xl, wl = int8_rows(x, 2) - xh, int8_rows(w, 2) - wh
+    return torch.nn.functional.linear(xh, wh) + torch.nn.functional.linear(xl, wh) + torch.nn.functional.linear(xh, wl)
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     w: Fn | None  # the weight's rounding (None: the GGUF's dequantized weight, exact)
     x: Fn | None  # x's rounding on its way into the linear (None: f32)
-    scope: str = "all"  # "all" decoder linears, or "i8" (the rows today's int8 / f16-tile prefill runs)
+    # "all" decoder linears, "i8" (the rows today's int8 / f16-tile prefill runs), or one kind ("down_proj")
+    scope: str = "all"
     head: bool = False  # the LM head too (W and x)
+    prod: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # replaces x W^T (w, x unused)
 
 
 VARIANTS = [
@@ -142,8 +162,22 @@ VARIANTS = [
     Variant("W per-row int8, x f16 (s_t)", rows1, f16_pow2),
     Variant("W per-row int8 2 planes, x per-token int8 1 plane", rows2, rows1),
     Variant("W per-row int8 2 planes, x per-token int8 2 planes", rows2, rows2),
+    Variant(
+        "W per-row int8 2 planes, x per-token int8 2 planes, 3 products (lo x lo dropped)",
+        None,
+        None,
+        prod=three_products,
+    ),
+    Variant("W per-row int8 2 planes, x f32", rows2, None),
+    # scales back in the K loop, but every 128 / 256 of K instead of every 32 (way 1)
+    Variant("W int8 per row per 256 of K, x per-token int8 2 planes", groups256, rows2),
+    Variant("W int8 per row per 128 of K, x per-token int8 2 planes", groups128, rows2),
     Variant("W per-row int8, x per-token int8 2 planes, + LM head", rows1, rows2, "all", True),
     Variant("W per-row int8, x f32, + LM head", rows1, None, "all", True),
+] + [
+    # where per-row int8 W's error comes from: one kind of linear at a time
+    Variant(f"W per-row int8 in {k} only, x f32", rows1, None, k)
+    for k in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ]
 
 # GGUF tensor -> transformers module (decoder linears of Llama and Gemma-3)
@@ -181,22 +215,46 @@ def decoder_linears(model, path: str) -> dict[str, tuple[torch.nn.Linear, bool]]
     return out
 
 
-class Applied:
-    """A variant applied to the model in place (weights swapped, x hooks), undone on exit."""
+# Where rounding x to ~2^-11 .. 2^-15 lands within a hair of a rounding boundary, f32 summation order alone
+# (torch's CPU matmul blocks differently at 8 and 16 tokens) flips it, and a flip in the few sensitive
+# positions (SmolLM2's first token, its massive activations) moves logits ~1e-3: a near-tolerance variant's
+# error is one draw of a distribution. Extra draws multiply each x by 1 + 2^-22 N(0, 1) before rounding (the
+# size of a different summation order: what the engine's kernels do); the table gives the worst draw.
+JITTER = 2.0**-22
+DRAWS = 4  # for variants within 5x the tolerance whose x is rounded
 
-    def __init__(self, model, linears, v: Variant):
-        self.model, self.v = model, v
-        self.targets = [m for m, i8 in linears.values() if v.scope == "all" or i8]
+
+class Applied:
+    """A variant applied to the model in place (weights swapped, x hooks), undone on exit; `seed` > 0 jitters
+    x before its rounding (JITTER)."""
+
+    def __init__(self, model, linears, v: Variant, seed: int = 0):
+        self.model, self.v, self.seed = model, v, seed
+        self.targets = [
+            m for n, (m, i8) in linears.items() if v.scope == "all" or (i8 if v.scope == "i8" else n.endswith(v.scope))
+        ]
         if v.head:
             self.targets.append(model.lm_head)
         self.saved, self.hooks = [], []
 
     def __enter__(self):
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def jitter(_m, args):
+            x = args[0]
+            return (x * (1.0 + JITTER * torch.randn(x.shape, generator=gen)),)
+
         for m in self.targets:
+            if self.seed and (self.v.x is not None or self.v.prod is not None):
+                self.hooks.append(m.register_forward_pre_hook(jitter))
             if self.v.w is not None:
                 # a new Parameter: the tied embedding keeps the original one
                 self.saved.append((m, m.weight))
                 m.weight = torch.nn.Parameter(self.v.w(m.weight.data), requires_grad=False)
+            if self.v.prod is not None:
+                assert m.bias is None
+                m.forward = lambda x, m=m, prod=self.v.prod: prod(x, m.weight)
+                self.saved.append((m, None))
             if self.v.x is not None:
                 fn = self.v.x
                 self.hooks.append(m.register_forward_pre_hook(lambda _m, args, fn=fn: (fn(args[0]),)))
@@ -204,7 +262,10 @@ class Applied:
 
     def __exit__(self, *exc):
         for m, w in self.saved:
-            m.weight = w
+            if w is None:
+                del m.forward  # the class's forward again
+            else:
+                m.weight = w
         for h in self.hooks:
             h.remove()
 
@@ -236,28 +297,45 @@ def measure(key: str, variants: list[Variant]) -> list[tuple[Variant, dict]]:
     ref_tokens, _ = hf_greedy(rm.path, ids, N_GREEDY)  # transformers' own greedy loop (KV cache)
     ref_margins = hf_margins(rm.path, ids, N_GREEDY)
     seq = list(ids) + list(ref_tokens[:-1])  # step i's prediction is at position n - 1 + i
-    ref_a, ref_b = logits(model, seq), logits(model, prose)
-    ref_pos = torch.cat([ref_a[:n], ref_b])
+    ref_p, ref_a, ref_b = logits(model, ids), logits(model, seq), logits(model, prose)
+    ref_pos = torch.cat([ref_p, ref_b])
     ref_argmax, ref_gap = ref_pos.argmax(-1), margins_of(ref_pos)
     rows = []
     for v in variants:
-        t0 = time.time()
-        with Applied(model, linears, v):
-            a, b = logits(model, seq), logits(model, prose)
-        pos = torch.cat([a[:n], b])
-        miss = (pos.argmax(-1) != ref_argmax).nonzero().flatten().tolist()
-        steps = a[n - 1 : n - 1 + N_GREEDY].argmax(-1).tolist()
-        flips = [(i, ref_margins[i]) for i, (s, r) in enumerate(zip(steps, ref_tokens)) if s != r]
-        r = {
-            "parity": float(rel_err(a[:n], ref_a[:n]).max()),
-            "last": float(rel_err(a[n - 1], ref_a[n - 1])),
-            "prose": float(rel_err(b, ref_b).max()),
-            "greedy_seq": float(rel_err(a[n - 1 :], ref_a[n - 1 :]).max()),
-            "argmax_miss": len(miss),
-            "argmax_ties": sum(float(ref_gap[i]) <= 2 * RTOL for i in miss),
+        t0, draws = time.time(), []
+        seed = 0
+        while True:
+            with Applied(model, linears, v, seed) as applied:
+                # the parity prompt alone, as the engine's logits checks run it (model_checks.assert_logits_match)
+                p, a, b = logits(model, ids), logits(model, seq), logits(model, prose)
+            pos = torch.cat([p, b])
+            miss = (pos.argmax(-1) != ref_argmax).nonzero().flatten().tolist()
+            steps = a[n - 1 : n - 1 + N_GREEDY].argmax(-1).tolist()
+            eb = rel_err(b, ref_b)
+            draws.append(
+                {
+                    "parity": float(rel_err(p, ref_p).max()),
+                    "last": float(rel_err(p[-1], ref_p[-1])),
+                    "prose": float(eb[1:].max()),
+                    "prose0": float(eb[0]),
+                    "greedy_seq": float(rel_err(a[n - 1 :], ref_a[n - 1 :]).max()),
+                    "argmax_miss": len(miss),
+                    "argmax_ties": sum(float(ref_gap[i]) <= 2 * RTOL for i in miss),
+                    "flips": [i for i, (s, r) in enumerate(zip(steps, ref_tokens)) if s != r],
+                }
+            )
+            seed += 1
+            rounds_x = v.x is not None or v.prod is not None
+            if seed >= DRAWS or not rounds_x or max(draws[0]["parity"], draws[0]["prose"]) > 5 * RTOL:
+                break
+        r = {k: max(d[k] for d in draws) for k in draws[0] if k != "flips"}
+        flipped = sorted({i for d in draws for i in d["flips"]})
+        r |= {
+            "prose_min": min(d["prose"] for d in draws),
+            "draws": len(draws),
+            "flips": [(i, ref_margins[i], sum(i in d["flips"] for d in draws)) for i in flipped],
             "positions": len(pos),
-            "flips": flips,
-            "n_linears": len(Applied(model, linears, v).targets),
+            "n_linears": len(applied.targets),
             "s": time.time() - t0,
         }
         rows.append((v, r))
@@ -270,18 +348,22 @@ def table(key: str, rows: list[tuple[Variant, dict]]) -> str:
     out = [
         f"{key} ({Path(rm.path).name}; parity prompt {rm.prompt!r}; tolerance {RTOL:g})",
         "",
-        "| variant | linears | parity prompt, all pos (last) | prose 200, all pos | argmax differs (near ties) "
-        f"| greedy {N_GREEDY}: flips [step: top-2 gap] |",
-        "|---|---|---|---|---|---|",
+        "| variant | linears | draws | parity prompt: all pos (last) | prose 200: pos >= 1 (pos 0) | best draw "
+        f"| argmax differs (near ties) | greedy {N_GREEDY}: flips [step: top-2 gap] |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v, r in rows:
-        bad = max(r["parity"], r["prose"]) > RTOL
-        err = f"{r['parity']:.1e} ({r['last']:.1e})"
-        flips = ", ".join(f"{i}: {g:.1e}" for i, g in r["flips"]) or "none"
+
+        def cell(a: float, b: float) -> str:  # bold where over the tolerance
+            return f"**{a:.1e}** ({b:.1e})" if a > RTOL else f"{a:.1e} ({b:.1e})"
+
+        flips = ", ".join(
+            f"{i}: {g:.1e}" + (f" ({k} of {r['draws']})" if r["draws"] > 1 else "") for i, g, k in r["flips"]
+        )
         out.append(
-            f"| {v.name} | {r['n_linears']} | {'**' + err + '**' if bad else err} | "
-            f"{'**' if bad else ''}{r['prose']:.1e}{'**' if bad else ''} | "
-            f"{r['argmax_miss']} of {r['positions']} ({r['argmax_ties']}) | {len(r['flips'])} [{flips}] |"
+            f"| {v.name} | {r['n_linears']} | {r['draws']} | {cell(r['parity'], r['last'])} | "
+            f"{cell(r['prose'], r['prose0'])} | {r['prose_min']:.1e} | "
+            f"{r['argmax_miss']} of {r['positions']} ({r['argmax_ties']}) | {len(r['flips'])} [{flips or 'none'}] |"
         )
     return "\n".join(out)
 
@@ -289,7 +371,9 @@ def table(key: str, rows: list[tuple[Variant, dict]]) -> str:
 def memory_side() -> str:
     """Per-row int8 weights' bytes at the Llama shapes against Q4_0's, and a requantizing pass's time."""
     tb_s = 3.0e12  # the H200's ~3 TB/s (4.8 peak)
-    lines = ["| shape | linear weights | Q4_0 (0.5625 B) | per-row int8 (1 B) | requantize pass (read Q4_0 + write int8) |"]
+    lines = [
+        "| shape | linear weights | Q4_0 (0.5625 B) | per-row int8 (1 B) | requantize pass (read Q4_0 + write int8) |"
+    ]
     lines.append("|---|---|---|---|---|")
     for name, layers, dim, kv, ffn in (("llama-3.2-1b", 16, 2048, 512, 8192), ("llama-3.1-8b", 32, 4096, 1024, 14336)):
         w = layers * (2 * dim * dim + 2 * dim * kv + 3 * dim * ffn)
@@ -304,10 +388,10 @@ def memory_side() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="smollm2,gemma3")
-    ap.add_argument("--only", default="", help="comma-separated substrings of variant names")
+    ap.add_argument("--only", default="", help="substrings of variant names, separated by ;")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a shared 2-core host
-    variants = [v for v in VARIANTS if not args.only or any(s in v.name for s in args.only.split(","))]
+    variants = [v for v in VARIANTS if not args.only or any(s in v.name for s in args.only.split(";"))]
     t0 = time.time()
     tables = [table(k, measure(k, variants)) for k in args.models.split(",")]
     print("\n\n".join(tables))
