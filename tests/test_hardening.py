@@ -17,6 +17,7 @@ gguf = pytest.importorskip("gguf")
 
 from webllm_py.checkpoint import open_checkpoint
 from webllm_py.errors import ModelFormatError
+from webllm_py.sampling import SamplingParams
 
 from .gguf_models import add_tokenizer
 
@@ -360,6 +361,86 @@ def test_bad_max_tokens_is_a_request_error(tiny, loop, kw):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"user": "u-1"}, "user"),  # an OpenAI field this runtime does not take: named, not a TypeError
+        ({"metadata": {"a": 1}, "temperatur": 0.5}, "temperatur"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"1": "x"}}, "logit_bias"),
+        ({"logit_bias": {"1": True}}, "logit_bias"),
+        ({"logit_bias": [1, 2]}, "logit_bias"),
+        ({"stop": [1, 2]}, "stop"),
+        ({"stop": {"a": 1}}, "stop"),  # was taken as its keys: stopped at any "a"
+        ({"stop": 5}, "stop"),
+        ({"stream": True, "stream_options": "yes"}, "stream_options"),
+    ],
+    ids=repr,
+)
+def test_odd_request_fields_are_request_errors_naming_the_field(tiny, loop, kw, field):
+    from webllm_py.errors import RequestError
+
+    async def run():
+        r = tiny.completions.create(prompt="Hi", temperature=0, max_tokens=2, **kw)
+        if kw.get("stream"):
+            return [c async for c in r]
+        return await r
+
+    with pytest.raises(RequestError, match=field):
+        loop.run_until_complete(run())
+    # The runtime stays usable, and the valid forms of the same fields are taken.
+    r = loop.run_until_complete(
+        tiny.completions.create(
+            prompt="Hi", temperature=0, max_tokens=2, ignore_eos=True, logit_bias={"1": 0.0}, stop=["\x00"], n=None
+        )
+    )
+    assert r["usage"]["completion_tokens"] == 2
+
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.mark.gpu
+def test_engine_refuses_token_ids_outside_the_vocabulary_and_stays_usable(tiny, loop):
+    """Engine.generate takes token ids from its caller: an id past the embedding table read a row of
+    whatever followed it (or raised struct.error / TypeError); now a RequestError, before any GPU work."""
+    from webllm_py.errors import RequestError
+
+    engine = tiny.engine
+    V = engine.config.vocab_size
+    ok = engine.tokenizer.encode("Once upon")
+
+    async def ids_of(prompt):
+        return [t.id async for t in engine.generate(prompt, GREEDY, max_tokens=3, ignore_eos=True)]
+
+    before = loop.run_until_complete(ids_of(ok))
+    for bad in ([V], [-1], [2**40], [1.5], ["x"], [True], None, iter(ok)):
+        prompt = ok + bad if isinstance(bad, list) else bad
+        with pytest.raises(RequestError, match="token id|prompt"):
+            loop.run_until_complete(ids_of(prompt))
+    assert loop.run_until_complete(ids_of(ok)) == before
+    assert loop.run_until_complete(ids_of(tuple(ok))) == before  # any sequence of ints
+    assert loop.run_until_complete(ids_of(np.array(ok, dtype=np.int64))) == before  # numpy ints too
+
+
+@pytest.mark.gpu
+def test_engine_stop_string_is_one_string_not_its_characters(tiny, loop):
+    """Engine.generate(stop="ab") stopped at the first "a" or "b" (a str iterated as a list of stops)."""
+    engine = tiny.engine
+    ids = engine.tokenizer.encode("Once upon")
+
+    async def text(**kw):
+        return "".join([t.text async for t in engine.generate(ids, GREEDY, max_tokens=12, ignore_eos=True, **kw)])
+
+    full = loop.run_until_complete(text())
+    stop = full[len(full) // 2 :][:4]
+    assert len(set(stop)) > 1 and len(stop) > 1, full  # a stop whose characters occur before it would matter
+    want = full[: full.find(stop)]  # the reference: plain str.find on the unstopped output
+    assert loop.run_until_complete(text(stop=stop)) == want
+    assert loop.run_until_complete(text(stop=[stop])) == want
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
     "kw", [{"context_window": -5}, {"context_window": 1.5}, {"prefill_chunk": 0}, {"max_sequences": 0}], ids=repr
 )
 def test_bad_load_options_are_request_errors(tmp_path, device, loop, kw):
@@ -601,6 +682,7 @@ def test_gguf_truncated_while_loading_is_a_model_format_error_not_sigbus(tmp_pat
     code = f"""
 import os
 from webllm_py.errors import ModelFormatError
+from webllm_py.sampling import SamplingParams
 from webllm_py.formats.gguf import GGUFFile
 g = GGUFFile({path!r})
 t = max(g.tensors.values(), key=lambda t: t.offset)  # the last tensor: its pages are gone

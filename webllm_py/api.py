@@ -5,6 +5,7 @@ iterator of OpenAI's chunk objects when `stream=True`. The same shapes cross to 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import uuid
@@ -46,13 +47,16 @@ def sampling_params(
         if v is not None:
             kw[name] = v
     if logit_bias:
-        kw["logit_bias"] = {int(k): float(v) for k, v in logit_bias.items()}
+        kw["logit_bias"] = logit_bias  # checked as it came (JSON keys are strings), then made {int: float}
     if logprobs:
         kw["logprobs"] = True
     kw.setdefault("temperature", 1.0)
     p = SamplingParams(**kw)
-    p.validate()
+    p.logit_bias = {int(k): float(v) for k, v in p.logit_bias.items()}
     return p
+
+
+_SAMPLING_FIELDS = frozenset(inspect.signature(sampling_params).parameters)
 
 
 class _Completions:
@@ -84,8 +88,18 @@ class _Completions:
         """Returns an awaitable of the response dict, or (stream=True) an async iterator of chunk dicts.
         Structured output: `response_format` (json_object, json_schema, grammar: see structured/) and
         `tools` / `tool_choice` (chat only: calls come back as OpenAI `tool_calls`)."""
-        if n != 1:
+        if n not in (1, None) or isinstance(n, bool):  # None: OpenAI's null, the default
             raise RequestError("Only n=1 is supported.")
+        unknown = sorted(set(sampling) - _SAMPLING_FIELDS)
+        if unknown:
+            raise RequestError(
+                f"unknown request field(s) {', '.join(map(repr, unknown))}: this runtime takes "
+                f"{', '.join(sorted(_FIELDS | _SAMPLING_FIELDS))}."
+            )
+        if stream_options is not None and not isinstance(stream_options, dict):
+            raise RequestError(
+                f"stream_options must be an object such as {{include_usage: true}}, got {stream_options!r}."
+            )
         tok = self._engine.tokenizer
         gbnf = response_format_gbnf(response_format)
         call_tools = None  # the tools whose calls are parsed out of the output
@@ -117,13 +131,12 @@ class _Completions:
                 raise RequestError("prompt is required.")
             ids = tok.encode(prompt, add_special=True, parse_special=True)
         params = sampling_params(**sampling)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         constraint = Constraint(tok, gbnf, self._engine.config.vocab_size) if gbnf is not None else None
         stats = Stats()  # this request's own: engine.last_stats may be another's by the time it is read
         gen = self._owner._generate(
             ids,
             params,
-            stop=stops,
+            stop=stop,  # checked by the engine (a str is one stop string)
             max_tokens=max_tokens if max_completion_tokens is None else max_completion_tokens,
             ignore_eos=ignore_eos,
             constraint=constraint,
@@ -257,6 +270,10 @@ class _Completions:
             "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}],
             "usage": self._usage(stats),
         }
+
+
+# The request fields create() takes itself (the sampling ones are sampling_params()'s).
+_FIELDS = frozenset(inspect.signature(_Completions.create).parameters) - {"self", "sampling"}
 
 
 class _Chat:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import operator
 import struct
 import time
 from dataclasses import dataclass, field
@@ -439,7 +440,7 @@ class Engine:
         params: SamplingParams | None = None,
         *,
         max_tokens: int | None = None,
-        stop: list[str] | None = None,
+        stop: str | list[str] | None = None,
         ignore_eos: bool = False,
         seq: int = 0,
         constraint=None,
@@ -453,6 +454,7 @@ class Engine:
         the output is complete, and generation stops when the grammar admits nothing more."""
         params = params or SamplingParams()
         params.validate()
+        prompt_ids = _token_ids(prompt_ids, self.config.vocab_size)
         if not prompt_ids:
             raise RequestError("The prompt is empty: give at least one token (e.g. text, or a BOS token).")
         if max_tokens is not None and not _is_int(max_tokens, 1):
@@ -464,7 +466,7 @@ class Engine:
             )
         budget = self.context_window - len(prompt_ids)
         max_new = min(max_tokens or budget, budget)
-        stops = [s for s in (stop or []) if s]
+        stops = [s for s in _stop_list(stop) if s]
         turn = await self._acquire(seq)
         try:
             self._check_lost()  # a request queued behind the one that lost the device
@@ -645,6 +647,36 @@ def _context_too_large(
 def _is_int(v: Any, least: int) -> bool:
     """v is an int (not a bool, a float or a numeric string) of at least `least`."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _token_ids(ids: Any, vocab_size: int) -> list[int]:
+    """A prompt's token ids as a list of ints in [0, vocab_size) (numpy ints taken): an id past the
+    embedding table would read whatever lies after it on the GPU."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+        raise RequestError(
+            f"The prompt must be a list of token ids, got {type(ids).__name__} (encode text with engine.tokenizer)."
+        )
+    out = []
+    for t in ids:
+        try:
+            i = operator.index(t)  # int and numpy integers; not float, str or bool
+        except TypeError:
+            i = None
+        if i is None or isinstance(t, bool) or not 0 <= i < vocab_size:
+            raise RequestError(f"The prompt's token id {t!r} is not in this vocabulary (integers 0..{vocab_size - 1}).")
+        out.append(i)
+    return out
+
+
+def _stop_list(stop: Any) -> list[str]:
+    """`stop` as OpenAI takes it: a string or a list of strings (a str is one stop, not its characters)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise RequestError(f"stop must be a string or a list of strings, got {stop!r}.")
+    return list(stop)
 
 
 def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
