@@ -451,6 +451,30 @@ def test_bad_load_options_are_request_errors(tmp_path, device, loop, kw):
         loop.run_until_complete(Engine.load(tiny_gguf(tmp_path / "ok.gguf"), device=device, **kw))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"contextWindow": 64}, "contextWindow"),  # webllm.create({model, contextWindow}) from JS: was a TypeError
+        ({"policy": "fast"}, "policy"),
+        ({"backend": "vulkan"}, "backend"),
+        ({"model": 5}, "model"),
+    ],
+    ids=repr,
+)
+def test_bad_create_arguments_are_request_errors_naming_them(tiny_path, device, loop, kw, match):
+    """webllm_py.create(model, **options): what Engine.load cannot take is named in a RequestError
+    (an unknown option, a policy that is not a KernelPolicy, an unknown backend, a model of another type)."""
+    import webllm_py
+    from webllm_py.errors import RequestError
+
+    kw = {"model": tiny_path, "device": device, "context_window": 64, **kw}
+    if "backend" in kw:
+        del kw["device"]
+    with pytest.raises(RequestError, match=match):
+        loop.run_until_complete(webllm_py.create(**kw))
+
+
 # -- 6, 7, 9: the dev server under hostile requests and changing files ------------------------------------
 @pytest.fixture
 def server(tmp_path):

@@ -331,6 +331,10 @@ class ChatEngine:
         return self.engine.runtime_stats()
 
 
+# Engine.load's options (create() passes them through; `model`, `backend`, `on_progress` are its own).
+_LOAD_OPTIONS = frozenset(inspect.signature(Engine.load).parameters) - {"cls", "model", "backend", "on_progress"}
+
+
 async def create(model: Any = None, *, backend: str | None = None, on_progress=None, **options: Any) -> ChatEngine:
     """Load a model and return an OpenAI-style engine. `model`: a GGUF path or Hugging Face directory
     (CPython), or bytes / a JS Uint8Array / {file name: bytes} (browser). Default: SmolLM2-135M-Instruct.
@@ -344,6 +348,12 @@ async def create(model: Any = None, *, backend: str | None = None, on_progress=N
         model = default_model_path()
     commit = None
     url_options = {k: options.pop(k) for k in ("hf_endpoint", "cache", "runtime_url") if k in options}
+    unknown = sorted(set(options) - _LOAD_OPTIONS)
+    if unknown:  # e.g. webllm.create({model, contextWindow}) from JS: named, rather than Engine.load's TypeError
+        raise RequestError(
+            f"unknown option(s) {', '.join(map(repr, unknown))}: create() takes "
+            f"{', '.join(sorted(_LOAD_OPTIONS | {'hf_endpoint', 'cache', 'runtime_url'}))}."
+        )
     if isinstance(model, str):
         from .gpu import IN_BROWSER
         from .model_url import is_model_url, resolve_model_url

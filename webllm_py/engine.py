@@ -150,6 +150,8 @@ class Engine:
         ):
             if (v is not None or name != "context_window") and not _is_int(v, least):
                 raise RequestError(f"{name} must be an integer >= {least}, got {v!r}.")
+        if policy is not None and not isinstance(policy, KernelPolicy):
+            raise RequestError(f"policy must be a planner.KernelPolicy or None, got {policy!r}.")
         if stream_idle_timeout is not None and (
             isinstance(stream_idle_timeout, bool)
             or not isinstance(stream_idle_timeout, (int, float))
