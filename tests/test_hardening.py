@@ -316,6 +316,30 @@ def test_cli_bench_error_is_one_line_and_verbose_exists(tmp_path):
     assert r.returncode == 1 and "Traceback" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (("--prompt-tokens", "0"), "--prompt-tokens"),  # was ValueError: Invalid data_offset (from wgpu)
+        (("--prompt-tokens", "-3"), "--prompt-tokens"),
+        (("--decode-tokens", "0"), "--decode-tokens"),  # was ZeroDivisionError
+        (("--decode-tokens", "-1"), "--decode-tokens"),  # was a JSON of nonsense rates
+        (("--rounds", "0"), "--rounds"),
+        (("--gpu-reps", "-1"), "--gpu-reps"),
+        (("--token-ids", "-2"), "--token-ids"),
+        (("--matvec-tiling", "abc"), "--matvec-tiling"),  # was ValueError: invalid literal for int()
+        (("--i8-tiling", "x"), "--i8-tiling"),
+        (("--prompt-tokens", "many"), "--prompt-tokens"),  # argparse's own errors: one line too
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_cli_bench_bad_numbers_are_one_line_naming_the_option(args, option):
+    """Refused by the argument parser, before any model is read: one line (not argparse's usage of
+    ~30 lines) naming the option, exit status 2."""
+    r = _cli("bench", "--model", "/nonexistent.gguf", *args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: ") and option in r.stderr and "--help" in r.stderr, r.stderr
+
+
 def test_cli_dawn_bench_shape_is_refused_in_one_line():
     """Pyodide has no numpy to build random weights: dawn-bench asks for a file instead of failing inside it."""
     r = _cli("dawn-bench", "--shape", "smollm2-135m", "--quant", "Q4_0")
