@@ -307,6 +307,25 @@ def test_cli_generate_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
 
 
+@pytest.mark.parametrize(
+    "args, want",
+    [
+        # a system message without --chat was dropped without a word
+        (("--prompt", "hi", "--system", "be brief"), "error: RequestError: --system needs --chat"),
+        # a URL was "model file not found"; webllm_py.create() says why natively
+        (("--prompt", "hi", "--model", "https://example.com/m.gguf"), "error: ModelURLError: "),
+        (("--prompt", "hi", "--model", "hf:owner/repo/m.gguf"), "error: ModelURLError: "),
+        (("--prompt", "hi", "--top-p", "2"), "error: RequestError: top_p"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_cli_generate_refuses_what_it_would_ignore_or_misname(tmp_path, args, want):
+    """Checked before the model is read (the default model here: no GPU is touched)."""
+    r = _cli("generate", *args)
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(want), r.stderr
+
+
 def test_cli_bench_error_is_one_line_and_verbose_exists(tmp_path):
     """Every command takes the --verbose its error line points to (bench had none)."""
     bad = tiny_gguf(tmp_path / "bad.gguf", **{"attention.head_count": 0})
