@@ -166,6 +166,9 @@ class Site:
         return [{"name": n, "url": f"/wheels/{n}", "package": n.split("-")[0].lower()} for n in sorted(self.wheels)]
 
 
+_NOT_IN_URL = set("#?%")  # characters of a file name that a URL path does not carry as they are
+
+
 def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     """Build the webllm_py wheel, collect the vendor wheels and hash the models."""
     if not (PYODIDE / "pyodide.mjs").is_file():
@@ -189,6 +192,13 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
         m = Path(m)
         if not m.is_file():
             raise SystemExit(f"model file not found: {m}")
+        if set(m.name) & _NOT_IN_URL:  # pages load it as models/<name>: the URL would not reach it
+            raise SystemExit(
+                f"model file name {m.name!r} holds a character URLs give another meaning ('#' fragment, "
+                "'?' query, '%' escape): rename the file"
+            )
+        if m.name in site.models and site.models[m.name].resolve() != m.resolve():
+            raise SystemExit(f"two model files are named {m.name!r} (served as models/{m.name} twice): rename one")
         site.models[m.name] = m
     _ = site.model_index  # hashed now, at start, rather than by the first request
     return site
