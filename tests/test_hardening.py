@@ -47,6 +47,9 @@ def tiny_gguf(path, *, shapes: dict | None = None, **meta) -> str:
     }
     w = gguf.GGUFWriter(str(path), "llama")
     for k, v in keys.items():
+        if isinstance(v, str):
+            w.add_string(f"llama.{k}", v)
+            continue
         (w.add_float32 if isinstance(v, float) else w.add_uint64 if v >= 2**32 else w.add_uint32)(f"llama.{k}", v)
     add_tokenizer(w)
     rng = np.random.default_rng(0)
@@ -113,6 +116,8 @@ BAD_META = [
     {"embedding_length": 0},
     {"attention.head_count": 2**40},
     {"context_length": 0},
+    {"rope.scaling.type": "linear", "rope.scaling.factor": 0.0},  # was ZeroDivisionError at load
+    {"rope.scaling.type": "linear", "rope.scaling.factor": float("inf")},
 ]
 
 
@@ -126,6 +131,32 @@ def test_impossible_metadata_is_a_model_format_error(tmp_path, meta):
 def test_degenerate_tensor_shapes_are_a_model_format_error(tmp_path, shape):
     with pytest.raises(ModelFormatError):
         open_checkpoint(tiny_gguf(tmp_path / "bad.gguf", shapes={"blk.0.attn_norm.weight": shape}))
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        "yes",  # was AttributeError ('str' object has no attribute 'get') when the engine loaded
+        {"rope_type": "linear", "factor": 0},  # ZeroDivisionError
+        {"rope_type": "linear"},  # KeyError: 'factor'
+        {"rope_type": "llama3"},  # KeyError: 'factor'
+        {"rope_type": "llama3", "factor": "x"},
+        {"rope_type": "llama3", "factor": -2.0},  # negative frequencies
+    ],
+    ids=repr,
+)
+def test_malformed_rope_scaling_is_a_model_format_error_at_open(tiny_path, tmp_path, scaling):
+    """rope scaling was only read when the engine built its model (after the device and the weights):
+    malformed values ended there in untyped errors. Now open_checkpoint refuses them, no GPU needed."""
+    import json
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_path, d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "rope_scaling": scaling}))
+    with pytest.raises(ModelFormatError, match="rope"):
+        open_checkpoint(str(d))
 
 
 def test_vocab_larger_than_embedding_is_refused(tmp_path):
