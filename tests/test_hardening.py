@@ -167,6 +167,29 @@ def test_vocab_larger_than_embedding_is_refused(tmp_path):
         open_checkpoint(tiny_gguf(tmp_path / "bad.gguf", vocab_size=_TOKENS["n"] + 1))
 
 
+@pytest.mark.gpu
+def test_weights_that_make_logits_nan_are_a_model_format_error(tmp_path, device, loop):
+    """A file whose weights are NaN (corrupt or hostile) made every logit NaN: the sampler kept no
+    token and an id past the vocabulary reached the tokenizer (IndexError). Each request now fails
+    with ModelFormatError, and the engine answers the next one the same way (no hang, no stale state)."""
+    from webllm_py.engine import Engine
+    from webllm_py.formats.gguf import GGUFFile
+
+    path = tiny_gguf(tmp_path / "nan.gguf")
+    t = GGUFFile(path).tensors["output_norm.weight"]
+    with open(path, "r+b") as f:
+        f.seek(t.offset)
+        f.write(np.full(DIM, np.nan, np.float32).tobytes())
+    engine = loop.run_until_complete(Engine.load(path, device=device, context_window=64))
+
+    async def ids():
+        return [x.id async for x in engine.generate([1, 2, 3], GREEDY, max_tokens=4, ignore_eos=True)]
+
+    for _ in range(2):
+        with pytest.raises(ModelFormatError, match="not finite"):
+            loop.run_until_complete(asyncio.wait_for(ids(), 60))
+
+
 # -- the Python API on a tiny random model (tests/hf_models.py, ~14 tok/s on lavapipe) --------------------
 @pytest.fixture(scope="module")
 def loop():
