@@ -470,6 +470,7 @@ def test_bad_max_tokens_is_a_request_error(tiny, loop, kw):
         ({"stop": {"a": 1}}, "stop"),  # was taken as its keys: stopped at any "a"
         ({"stop": 5}, "stop"),
         ({"stream": True, "stream_options": "yes"}, "stream_options"),
+        ({str(i): c for i, c in enumerate("a request given as a string, from JS" * 20)}, "'0', '1', '10'.* more"),
     ],
     ids=repr,
 )
@@ -482,8 +483,9 @@ def test_odd_request_fields_are_request_errors_naming_the_field(tiny, loop, kw, 
             return [c async for c in r]
         return await r
 
-    with pytest.raises(RequestError, match=field):
+    with pytest.raises(RequestError, match=field) as e:
         loop.run_until_complete(run())
+    assert len(str(e.value)) < 600, str(e.value)
     # The runtime stays usable, and the valid forms of the same fields are taken.
     r = loop.run_until_complete(
         tiny.completions.create(

@@ -91,9 +91,10 @@ class _Completions:
         if n not in (1, None) or isinstance(n, bool):  # None: OpenAI's null, the default
             raise RequestError("Only n=1 is supported.")
         unknown = sorted(set(sampling) - _SAMPLING_FIELDS)
-        if unknown:
+        if unknown:  # at most 5 named: a string passed as the request from JS arrives as {"0": ..., "1": ...}
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise RequestError(
-                f"unknown request field(s) {', '.join(map(repr, unknown))}: this runtime takes "
+                f"unknown request field(s) {', '.join(map(repr, unknown[:5]))}{more}: this runtime takes "
                 f"{', '.join(sorted(_FIELDS | _SAMPLING_FIELDS))}."
             )
         if stream_options is not None and not isinstance(stream_options, dict):
