@@ -499,6 +499,22 @@ GREEDY = SamplingParams(temperature=0)
 
 
 @pytest.mark.gpu
+def test_a_stream_may_be_awaited_first_as_openais_async_client_is_used(tiny, loop):
+    """`stream = await client.chat.completions.create(..., stream=True)` is how OpenAI's async client (and
+    this runtime's JS API) is used; here it raised TypeError (an async generator cannot be awaited)."""
+
+    async def texts(awaited: bool):
+        s = tiny.completions.create(prompt="Once upon", temperature=0, max_tokens=5, ignore_eos=True, stream=True)
+        if awaited:
+            s = await s
+        return "".join([c["choices"][0]["text"] async for c in s if c["choices"]])
+
+    direct, awaited = loop.run_until_complete(texts(False)), loop.run_until_complete(texts(True))
+    reference = loop.run_until_complete(_complete(tiny, "Once upon", 5))["choices"][0]["text"]
+    assert direct == awaited == reference and reference
+
+
+@pytest.mark.gpu
 def test_engine_refuses_token_ids_outside_the_vocabulary_and_stays_usable(tiny, loop):
     """Engine.generate takes token ids from its caller: an id past the embedding table read a row of
     whatever followed it (or raised struct.error / TypeError); now a RequestError, before any GPU work."""

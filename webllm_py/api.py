@@ -59,6 +59,30 @@ def sampling_params(
 _SAMPLING_FIELDS = frozenset(inspect.signature(sampling_params).parameters)
 
 
+class Stream:
+    """The chunks of a `stream=True` request: iterate it directly (`async for c in create(...)`), or await
+    it first as OpenAI's async client is used (`s = await create(...)`: the same stream)."""
+
+    def __init__(self, chunks: AsyncIterator[dict]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> "Stream":
+        return self
+
+    def __anext__(self) -> Awaitable[dict]:
+        return self._chunks.__anext__()
+
+    def __await__(self):
+        return _self(self).__await__()
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _self(stream: Stream) -> Stream:
+    return stream
+
+
 class _Completions:
     def __init__(self, owner: "ChatEngine", chat: bool):
         self._owner, self._chat = owner, chat
@@ -149,8 +173,10 @@ class _Completions:
             "model": self._engine.checkpoint.name,
         }
         if stream:
-            return self._stream(
-                gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs, call_tools, stats
+            return Stream(
+                self._stream(
+                    gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs, call_tools, stats
+                )
             )
         return self._collect(gen, meta, params.logprobs, call_tools, stats)
 
