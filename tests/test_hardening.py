@@ -402,6 +402,7 @@ def test_cli_bench_error_is_one_line_and_verbose_exists(tmp_path):
         (("--matvec-tiling", "abc"), "--matvec-tiling"),  # was ValueError: invalid literal for int()
         (("--i8-tiling", "x"), "--i8-tiling"),
         (("--prompt-tokens", "many"), "--prompt-tokens"),  # argparse's own errors: one line too
+        (("--hf-reference",), "--shape"),  # was said after the whole benchmark had run (here: file not found)
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
 )

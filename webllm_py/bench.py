@@ -851,11 +851,11 @@ def hf_reference(args) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.hf_reference and not args.shape:  # before the benchmark, not after it
+        print("error: --hf-reference needs --shape (see webllm-py bench --help)", file=sys.stderr)
+        return 2
     out = asyncio.run(_bench(args))
     if args.hf_reference:
-        if not args.shape:
-            print("--hf-reference needs --shape", file=sys.stderr)
-            return 2
         try:
             out.update(hf_reference(args))
             out["decode_speedup_vs_hf"] = round(out["decode_tok_s"] / out["hf_decode_tok_s"], 2)
