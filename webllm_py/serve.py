@@ -190,6 +190,8 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
         site.lite = jupyterlite.SITE
     for m in models:
         m = Path(m)
+        if m.is_dir():  # "not found" would send the user looking for a path that exists
+            raise SystemExit(f"model {m} is a folder: pages load model files (GGUF); give the .gguf file")
         if not m.is_file():
             raise SystemExit(f"model file not found: {m}")
         if set(m.name) & _NOT_IN_URL:  # pages load it as models/<name>: the URL would not reach it

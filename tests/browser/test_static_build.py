@@ -101,6 +101,9 @@ def test_cli_refuses_a_folder_it_did_not_write_and_leaves_it_alone(tmp_path):
 def test_cli_missing_model_writes_nothing(tmp_path):
     one_line_error(cli(tmp_path / "site", "--model", tmp_path / "nope.gguf"), "model file not found", "nope.gguf")
     assert not (tmp_path / "site").exists()
+    (tmp_path / "hf").mkdir()  # a folder (e.g. a Hugging Face checkpoint) is not "not found"
+    one_line_error(cli(tmp_path / "site", "--model", tmp_path / "hf"), "is a folder", ".gguf")
+    assert not (tmp_path / "site").exists()
 
 
 @pytest.mark.parametrize("name", ["m#1.gguf", "m?.gguf", "m%41.gguf"])
