@@ -173,21 +173,8 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     """Build the webllm_py wheel, collect the vendor wheels and hash the models."""
     if not (PYODIDE / "pyodide.mjs").is_file():
         raise SystemExit(f"Pyodide is missing at {PYODIDE}: run ./scripts/setup.sh first.")
-    # Into a folder of this server's own, removed with its Site: checkouts that share build/ (git
-    # worktrees) run servers of different sources side by side, and a wheel rebuilt at one shared path
-    # changed under another server's open pages (a returning page then missed its start-up snapshot,
-    # keyed by the wheels' bytes, and ran the other checkout's code).
-    own = Path(tempfile.mkdtemp(prefix="webllm_py-wheel-"))
-    site = Site(quiet=quiet)
-    weakref.finalize(site, shutil.rmtree, own, True)  # also at exit, or when this function raises
-    built = wheel.build_wheel(own)
-    wheels = {p.name: p for p in sorted(VENDOR_WHEELS.glob("*.whl"))}
-    wheels[built.name] = built
-    site.wheels = wheels
     models = default_models() if models is None else models
-    if (jupyterlite.SITE / "jupyter-lite.json").is_file():
-        jupyterlite.lock_file(wheels)  # a missing wheel fails here, at start
-        site.lite = jupyterlite.SITE
+    chosen: dict[str, Path] = {}  # checked first: a bad model argument fails before the wheel is built
     for m in models:
         m = Path(m)
         if m.is_dir():  # "not found" would send the user looking for a path that exists
@@ -199,9 +186,24 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
                 f"model file name {m.name!r} holds a character URLs give another meaning ('#' fragment, "
                 "'?' query, '%' escape): rename the file"
             )
-        if m.name in site.models and site.models[m.name].resolve() != m.resolve():
+        if m.name in chosen and chosen[m.name].resolve() != m.resolve():
             raise SystemExit(f"two model files are named {m.name!r} (served as models/{m.name} twice): rename one")
-        site.models[m.name] = m
+        chosen[m.name] = m
+    # Into a folder of this server's own, removed with its Site: checkouts that share build/ (git
+    # worktrees) run servers of different sources side by side, and a wheel rebuilt at one shared path
+    # changed under another server's open pages (a returning page then missed its start-up snapshot,
+    # keyed by the wheels' bytes, and ran the other checkout's code).
+    own = Path(tempfile.mkdtemp(prefix="webllm_py-wheel-"))
+    site = Site(quiet=quiet)
+    weakref.finalize(site, shutil.rmtree, own, True)  # also at exit, or when this function raises
+    built = wheel.build_wheel(own)
+    wheels = {p.name: p for p in sorted(VENDOR_WHEELS.glob("*.whl"))}
+    wheels[built.name] = built
+    site.wheels = wheels
+    site.models = chosen
+    if (jupyterlite.SITE / "jupyter-lite.json").is_file():
+        jupyterlite.lock_file(wheels)  # a missing wheel fails here, at start
+        site.lite = jupyterlite.SITE
     _ = site.model_index  # hashed now, at start, rather than by the first request
     return site
 
