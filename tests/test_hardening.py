@@ -516,6 +516,30 @@ def test_a_stream_may_be_awaited_first_as_openais_async_client_is_used(tiny, loo
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("own_device", [True, False], ids=["own-device", "shared-device"])
+def test_unload_during_a_stream_ends_it_with_model_not_loaded(tiny_path, device, loop, own_device):
+    """unload() while a stream ran ended it with DeviceLostError, whose advice ("send the request again:
+    the engine reloads") is wrong after a deliberate unload; now ModelNotLoadedError, as after it."""
+    import webllm_py
+    from webllm_py.errors import ModelNotLoadedError
+
+    kw = {} if own_device else {"device": device}
+    engine = loop.run_until_complete(webllm_py.create(tiny_path, **kw, **TINY_OPTIONS))
+
+    async def run():
+        s = engine.completions.create(prompt="Once upon", temperature=0, max_tokens=30, ignore_eos=True, stream=True)
+        await s.__anext__()
+        engine.unload()
+        with pytest.raises(ModelNotLoadedError, match="unloaded"):
+            async for _ in s:
+                pass
+        with pytest.raises(ModelNotLoadedError):
+            await engine.completions.create(prompt="Hi", max_tokens=2)
+
+    loop.run_until_complete(run())
+
+
+@pytest.mark.gpu
 def test_engine_refuses_token_ids_outside_the_vocabulary_and_stays_usable(tiny, loop):
     """Engine.generate takes token ids from its caller: an id past the embedding table read a row of
     whatever followed it (or raised struct.error / TypeError); now a RequestError, before any GPU work."""

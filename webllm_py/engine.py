@@ -23,6 +23,7 @@ from .errors import (
     DEVICE_LOST_ADVICE,
     ContextOverflowError,
     DeviceLostError,
+    ModelNotLoadedError,
     ModelTooLargeError,
     RequestError,
     WebLLMError,
@@ -119,6 +120,7 @@ class Engine:
         self.last_stats = Stats()
         self.last_issue_seconds = 0.0
         self.lost = False  # the device is gone: this Engine cannot run again (ChatEngine reloads a new one)
+        self.unloaded = False  # unload() was called: its buffers are gone, deliberately
         self._decode = None  # captured decode Program, built on first use
         self._next_decode = None  # (readback slot or None, command buffer) of the next decode step, encoded ahead
         self._readback: list = []  # pipelined decode's readback slots (create_readback), made on first use
@@ -490,6 +492,8 @@ class Engine:
                     raise
                 # The cache may hold a half-written step; start this sequence afresh next time.
                 self.reset(seq)
+                if self.unloaded and isinstance(e, Exception):  # its buffers went away under it: not a loss
+                    raise ModelNotLoadedError(_UNLOADED) from e
                 if isinstance(e, Exception) and not isinstance(e, WebLLMError) and self._probe_lost():
                     raise DeviceLostError(
                         f"The GPU device was lost during generation ({type(e).__name__}: "
@@ -502,6 +506,8 @@ class Engine:
             self._release(turn)
 
     def _check_lost(self) -> None:
+        if self.unloaded:
+            raise ModelNotLoadedError(_UNLOADED)
         if self.lost:
             raise DeviceLostError("The GPU device of this engine was lost. " + DEVICE_LOST_ADVICE)
 
@@ -592,6 +598,7 @@ class Engine:
         """Free the GPU memory. A device the engine requested itself is destroyed with it; a device
         the caller passed in is shared (tests, several engines): then the KV cache is freed now and the
         weights when this engine is garbage-collected."""
+        self.unloaded = True
         if self.owns_device:
             self.device.destroy()
         else:
@@ -649,6 +656,9 @@ def _context_too_large(
 def _is_int(v: Any, least: int) -> bool:
     """v is an int (not a bool, a float or a numeric string) of at least `least`."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+_UNLOADED = "The engine was unloaded (unload()) while this request ran or waited: load a model again to generate."
 
 
 def _token_ids(ids: Any, vocab_size: int) -> list[int]:
