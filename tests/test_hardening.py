@@ -558,6 +558,8 @@ def test_engine_refuses_token_ids_outside_the_vocabulary_and_stays_usable(tiny, 
         with pytest.raises(RequestError, match="token id|prompt"):
             loop.run_until_complete(ids_of(prompt))
     assert loop.run_until_complete(ids_of(ok)) == before
+    with pytest.raises(RequestError, match="SamplingParams"):  # was AttributeError: 'dict' has no 'validate'
+        loop.run_until_complete(engine.generate(ok, {"temperature": 0}).__anext__())
     assert loop.run_until_complete(ids_of(tuple(ok))) == before  # any sequence of ints
     assert loop.run_until_complete(ids_of(np.array(ok, dtype=np.int64))) == before  # numpy ints too
 

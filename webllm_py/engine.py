@@ -457,6 +457,8 @@ class Engine:
         `constraint`: a structured.Constraint (grammar); only tokens it allows are drawn, EOS only once
         the output is complete, and generation stops when the grammar admits nothing more."""
         params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise RequestError(f"params must be a SamplingParams (webllm_py.sampling), got {type(params).__name__}.")
         params.validate()
         prompt_ids = _token_ids(prompt_ids, self.config.vocab_size)
         if not prompt_ids:
