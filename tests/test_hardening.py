@@ -594,6 +594,23 @@ def test_bad_load_options_are_request_errors(tmp_path, device, loop, kw):
 
 
 @pytest.mark.gpu
+def test_a_buffer_over_the_adapters_limit_is_model_too_large(tmp_path, device, loop):
+    """prefill_chunk=10**9 asked the driver for a 256 GB scratch buffer: a raw GPUValidationError. Every
+    buffer over max_buffer_size is now refused by name first, and the device stays usable."""
+    from webllm_py.engine import Engine
+    from webllm_py.errors import ModelTooLargeError
+
+    limit = int(device.limits["max_buffer_size"])
+    with pytest.raises(ModelTooLargeError, match="'big' needs"):
+        device.create_buffer(limit + 4, "big")
+    path = tiny_gguf(tmp_path / "ok.gguf")
+    with pytest.raises(ModelTooLargeError, match="prefill_chunk"):
+        loop.run_until_complete(Engine.load(path, device=device, context_window=64, prefill_chunk=10**9))
+    e = loop.run_until_complete(Engine.load(path, device=device, context_window=64))
+    assert loop.run_until_complete(e.complete([1, 2], params=GREEDY, max_tokens=2, ignore_eos=True))[1]
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     "kw, match",
     [
