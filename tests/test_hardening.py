@@ -17,6 +17,7 @@ gguf = pytest.importorskip("gguf")
 
 from webllm_py.checkpoint import open_checkpoint
 from webllm_py.errors import ModelFormatError
+from webllm_py.sampling import SamplingParams
 
 from .gguf_models import add_tokenizer
 
@@ -46,6 +47,9 @@ def tiny_gguf(path, *, shapes: dict | None = None, **meta) -> str:
     }
     w = gguf.GGUFWriter(str(path), "llama")
     for k, v in keys.items():
+        if isinstance(v, str):
+            w.add_string(f"llama.{k}", v)
+            continue
         (w.add_float32 if isinstance(v, float) else w.add_uint64 if v >= 2**32 else w.add_uint32)(f"llama.{k}", v)
     add_tokenizer(w)
     rng = np.random.default_rng(0)
@@ -112,6 +116,8 @@ BAD_META = [
     {"embedding_length": 0},
     {"attention.head_count": 2**40},
     {"context_length": 0},
+    {"rope.scaling.type": "linear", "rope.scaling.factor": 0.0},  # was ZeroDivisionError at load
+    {"rope.scaling.type": "linear", "rope.scaling.factor": float("inf")},
 ]
 
 
@@ -127,12 +133,61 @@ def test_degenerate_tensor_shapes_are_a_model_format_error(tmp_path, shape):
         open_checkpoint(tiny_gguf(tmp_path / "bad.gguf", shapes={"blk.0.attn_norm.weight": shape}))
 
 
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        "yes",  # was AttributeError ('str' object has no attribute 'get') when the engine loaded
+        {"rope_type": "linear", "factor": 0},  # ZeroDivisionError
+        {"rope_type": "linear"},  # KeyError: 'factor'
+        {"rope_type": "llama3"},  # KeyError: 'factor'
+        {"rope_type": "llama3", "factor": "x"},
+        {"rope_type": "llama3", "factor": -2.0},  # negative frequencies
+    ],
+    ids=repr,
+)
+def test_malformed_rope_scaling_is_a_model_format_error_at_open(tiny_path, tmp_path, scaling):
+    """rope scaling was only read when the engine built its model (after the device and the weights):
+    malformed values ended there in untyped errors. Now open_checkpoint refuses them, no GPU needed."""
+    import json
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_path, d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "rope_scaling": scaling}))
+    with pytest.raises(ModelFormatError, match="rope"):
+        open_checkpoint(str(d))
+
+
 def test_vocab_larger_than_embedding_is_refused(tmp_path):
     with pytest.raises(ModelFormatError, match="4000000000"):
         open_checkpoint(tiny_gguf(tmp_path / "bad.gguf", vocab_size=4_000_000_000))
     tiny_gguf(tmp_path / "ok.gguf")
     with pytest.raises(ModelFormatError, match=f"vocabulary {_TOKENS['n'] + 1}"):
         open_checkpoint(tiny_gguf(tmp_path / "bad.gguf", vocab_size=_TOKENS["n"] + 1))
+
+
+@pytest.mark.gpu
+def test_weights_that_make_logits_nan_are_a_model_format_error(tmp_path, device, loop):
+    """A file whose weights are NaN (corrupt or hostile) made every logit NaN: the sampler kept no
+    token and an id past the vocabulary reached the tokenizer (IndexError). Each request now fails
+    with ModelFormatError, and the engine answers the next one the same way (no hang, no stale state)."""
+    from webllm_py.engine import Engine
+    from webllm_py.formats.gguf import GGUFFile
+
+    path = tiny_gguf(tmp_path / "nan.gguf")
+    t = GGUFFile(path).tensors["output_norm.weight"]
+    with open(path, "r+b") as f:
+        f.seek(t.offset)
+        f.write(np.full(DIM, np.nan, np.float32).tobytes())
+    engine = loop.run_until_complete(Engine.load(path, device=device, context_window=64))
+
+    async def ids():
+        return [x.id async for x in engine.generate([1, 2, 3], GREEDY, max_tokens=4, ignore_eos=True)]
+
+    for _ in range(2):
+        with pytest.raises(ModelFormatError, match="not finite"):
+            loop.run_until_complete(asyncio.wait_for(ids(), 60))
 
 
 # -- the Python API on a tiny random model (tests/hf_models.py, ~14 tok/s on lavapipe) --------------------
@@ -306,6 +361,25 @@ def test_cli_generate_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
 
 
+@pytest.mark.parametrize(
+    "args, want",
+    [
+        # a system message without --chat was dropped without a word
+        (("--prompt", "hi", "--system", "be brief"), "error: RequestError: --system needs --chat"),
+        # a URL was "model file not found"; webllm_py.create() says why natively
+        (("--prompt", "hi", "--model", "https://example.com/m.gguf"), "error: ModelURLError: "),
+        (("--prompt", "hi", "--model", "hf:owner/repo/m.gguf"), "error: ModelURLError: "),
+        (("--prompt", "hi", "--top-p", "2"), "error: RequestError: top_p"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_cli_generate_refuses_what_it_would_ignore_or_misname(tmp_path, args, want):
+    """Checked before the model is read (the default model here: no GPU is touched)."""
+    r = _cli("generate", *args)
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(want), r.stderr
+
+
 def test_cli_bench_error_is_one_line_and_verbose_exists(tmp_path):
     """Every command takes the --verbose its error line points to (bench had none)."""
     bad = tiny_gguf(tmp_path / "bad.gguf", **{"attention.head_count": 0})
@@ -313,6 +387,31 @@ def test_cli_bench_error_is_one_line_and_verbose_exists(tmp_path):
     assert r.returncode == 1 and r.stderr.startswith("error: ModelFormatError: ") and r.stderr.count("\n") == 1
     r = _cli("bench", "--model", bad, "--decode-tokens", "1", "--verbose")
     assert r.returncode == 1 and "Traceback" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (("--prompt-tokens", "0"), "--prompt-tokens"),  # was ValueError: Invalid data_offset (from wgpu)
+        (("--prompt-tokens", "-3"), "--prompt-tokens"),
+        (("--decode-tokens", "0"), "--decode-tokens"),  # was ZeroDivisionError
+        (("--decode-tokens", "-1"), "--decode-tokens"),  # was a JSON of nonsense rates
+        (("--rounds", "0"), "--rounds"),
+        (("--gpu-reps", "-1"), "--gpu-reps"),
+        (("--token-ids", "-2"), "--token-ids"),
+        (("--matvec-tiling", "abc"), "--matvec-tiling"),  # was ValueError: invalid literal for int()
+        (("--i8-tiling", "x"), "--i8-tiling"),
+        (("--prompt-tokens", "many"), "--prompt-tokens"),  # argparse's own errors: one line too
+        (("--hf-reference",), "--shape"),  # was said after the whole benchmark had run (here: file not found)
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_cli_bench_bad_numbers_are_one_line_naming_the_option(args, option):
+    """Refused by the argument parser, before any model is read: one line (not argparse's usage of
+    ~30 lines) naming the option, exit status 2."""
+    r = _cli("bench", "--model", "/nonexistent.gguf", *args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: ") and option in r.stderr and "--help" in r.stderr, r.stderr
 
 
 def test_cli_dawn_bench_shape_is_refused_in_one_line():
@@ -360,6 +459,130 @@ def test_bad_max_tokens_is_a_request_error(tiny, loop, kw):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"user": "u-1"}, "user"),  # an OpenAI field this runtime does not take: named, not a TypeError
+        ({"metadata": {"a": 1}, "temperatur": 0.5}, "temperatur"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"1": "x"}}, "logit_bias"),
+        ({"logit_bias": {"1": True}}, "logit_bias"),
+        ({"logit_bias": [1, 2]}, "logit_bias"),
+        ({"stop": [1, 2]}, "stop"),
+        ({"stop": {"a": 1}}, "stop"),  # was taken as its keys: stopped at any "a"
+        ({"stop": 5}, "stop"),
+        ({"stream": True, "stream_options": "yes"}, "stream_options"),
+        ({str(i): c for i, c in enumerate("a request given as a string, from JS" * 20)}, "'0', '1', '10'.* more"),
+    ],
+    ids=repr,
+)
+def test_odd_request_fields_are_request_errors_naming_the_field(tiny, loop, kw, field):
+    from webllm_py.errors import RequestError
+
+    async def run():
+        r = tiny.completions.create(prompt="Hi", temperature=0, max_tokens=2, **kw)
+        if kw.get("stream"):
+            return [c async for c in r]
+        return await r
+
+    with pytest.raises(RequestError, match=field) as e:
+        loop.run_until_complete(run())
+    assert len(str(e.value)) < 600, str(e.value)
+    # The runtime stays usable, and the valid forms of the same fields are taken.
+    r = loop.run_until_complete(
+        tiny.completions.create(
+            prompt="Hi", temperature=0, max_tokens=2, ignore_eos=True, logit_bias={"1": 0.0}, stop=["\x00"], n=None
+        )
+    )
+    assert r["usage"]["completion_tokens"] == 2
+
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.mark.gpu
+def test_a_stream_may_be_awaited_first_as_openais_async_client_is_used(tiny, loop):
+    """`stream = await client.chat.completions.create(..., stream=True)` is how OpenAI's async client (and
+    this runtime's JS API) is used; here it raised TypeError (an async generator cannot be awaited)."""
+
+    async def texts(awaited: bool):
+        s = tiny.completions.create(prompt="Once upon", temperature=0, max_tokens=5, ignore_eos=True, stream=True)
+        if awaited:
+            s = await s
+        return "".join([c["choices"][0]["text"] async for c in s if c["choices"]])
+
+    direct, awaited = loop.run_until_complete(texts(False)), loop.run_until_complete(texts(True))
+    reference = loop.run_until_complete(_complete(tiny, "Once upon", 5))["choices"][0]["text"]
+    assert direct == awaited == reference and reference
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("own_device", [True, False], ids=["own-device", "shared-device"])
+def test_unload_during_a_stream_ends_it_with_model_not_loaded(tiny_path, device, loop, own_device):
+    """unload() while a stream ran ended it with DeviceLostError, whose advice ("send the request again:
+    the engine reloads") is wrong after a deliberate unload; now ModelNotLoadedError, as after it."""
+    import webllm_py
+    from webllm_py.errors import ModelNotLoadedError
+
+    kw = {} if own_device else {"device": device}
+    engine = loop.run_until_complete(webllm_py.create(tiny_path, **kw, **TINY_OPTIONS))
+
+    async def run():
+        s = engine.completions.create(prompt="Once upon", temperature=0, max_tokens=30, ignore_eos=True, stream=True)
+        await s.__anext__()
+        engine.unload()
+        with pytest.raises(ModelNotLoadedError, match="unloaded"):
+            async for _ in s:
+                pass
+        with pytest.raises(ModelNotLoadedError):
+            await engine.completions.create(prompt="Hi", max_tokens=2)
+
+    loop.run_until_complete(run())
+
+
+@pytest.mark.gpu
+def test_engine_refuses_token_ids_outside_the_vocabulary_and_stays_usable(tiny, loop):
+    """Engine.generate takes token ids from its caller: an id past the embedding table read a row of
+    whatever followed it (or raised struct.error / TypeError); now a RequestError, before any GPU work."""
+    from webllm_py.errors import RequestError
+
+    engine = tiny.engine
+    V = engine.config.vocab_size
+    ok = engine.tokenizer.encode("Once upon")
+
+    async def ids_of(prompt):
+        return [t.id async for t in engine.generate(prompt, GREEDY, max_tokens=3, ignore_eos=True)]
+
+    before = loop.run_until_complete(ids_of(ok))
+    for bad in ([V], [-1], [2**40], [1.5], ["x"], [True], None, iter(ok)):
+        prompt = ok + bad if isinstance(bad, list) else bad
+        with pytest.raises(RequestError, match="token id|prompt"):
+            loop.run_until_complete(ids_of(prompt))
+    assert loop.run_until_complete(ids_of(ok)) == before
+    with pytest.raises(RequestError, match="SamplingParams"):  # was AttributeError: 'dict' has no 'validate'
+        loop.run_until_complete(engine.generate(ok, {"temperature": 0}).__anext__())
+    assert loop.run_until_complete(ids_of(tuple(ok))) == before  # any sequence of ints
+    assert loop.run_until_complete(ids_of(np.array(ok, dtype=np.int64))) == before  # numpy ints too
+
+
+@pytest.mark.gpu
+def test_engine_stop_string_is_one_string_not_its_characters(tiny, loop):
+    """Engine.generate(stop="ab") stopped at the first "a" or "b" (a str iterated as a list of stops)."""
+    engine = tiny.engine
+    ids = engine.tokenizer.encode("Once upon")
+
+    async def text(**kw):
+        return "".join([t.text async for t in engine.generate(ids, GREEDY, max_tokens=12, ignore_eos=True, **kw)])
+
+    full = loop.run_until_complete(text())
+    stop = full[len(full) // 2 :][:4]
+    assert len(set(stop)) > 1 and len(stop) > 1, full  # a stop whose characters occur before it would matter
+    want = full[: full.find(stop)]  # the reference: plain str.find on the unstopped output
+    assert loop.run_until_complete(text(stop=stop)) == want
+    assert loop.run_until_complete(text(stop=[stop])) == want
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
     "kw", [{"context_window": -5}, {"context_window": 1.5}, {"prefill_chunk": 0}, {"max_sequences": 0}], ids=repr
 )
 def test_bad_load_options_are_request_errors(tmp_path, device, loop, kw):
@@ -368,6 +591,47 @@ def test_bad_load_options_are_request_errors(tmp_path, device, loop, kw):
 
     with pytest.raises(RequestError):
         loop.run_until_complete(Engine.load(tiny_gguf(tmp_path / "ok.gguf"), device=device, **kw))
+
+
+@pytest.mark.gpu
+def test_a_buffer_over_the_adapters_limit_is_model_too_large(tmp_path, device, loop):
+    """prefill_chunk=10**9 asked the driver for a 256 GB scratch buffer: a raw GPUValidationError. Every
+    buffer over max_buffer_size is now refused by name first, and the device stays usable."""
+    from webllm_py.engine import Engine
+    from webllm_py.errors import ModelTooLargeError
+
+    limit = int(device.limits["max_buffer_size"])
+    with pytest.raises(ModelTooLargeError, match="'big' needs"):
+        device.create_buffer(limit + 4, "big")
+    path = tiny_gguf(tmp_path / "ok.gguf")
+    with pytest.raises(ModelTooLargeError, match="prefill_chunk"):
+        loop.run_until_complete(Engine.load(path, device=device, context_window=64, prefill_chunk=10**9))
+    e = loop.run_until_complete(Engine.load(path, device=device, context_window=64))
+    assert loop.run_until_complete(e.complete([1, 2], params=GREEDY, max_tokens=2, ignore_eos=True))[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"contextWindow": 64}, "contextWindow"),  # webllm.create({model, contextWindow}) from JS: was a TypeError
+        ({"policy": "fast"}, "policy"),
+        ({"backend": "vulkan"}, "backend"),
+        ({"model": 5}, "model"),
+    ],
+    ids=repr,
+)
+def test_bad_create_arguments_are_request_errors_naming_them(tiny_path, device, loop, kw, match):
+    """webllm_py.create(model, **options): what Engine.load cannot take is named in a RequestError
+    (an unknown option, a policy that is not a KernelPolicy, an unknown backend, a model of another type)."""
+    import webllm_py
+    from webllm_py.errors import RequestError
+
+    kw = {"model": tiny_path, "device": device, "context_window": 64, **kw}
+    if "backend" in kw:
+        del kw["device"]
+    with pytest.raises(RequestError, match=match):
+        loop.run_until_complete(webllm_py.create(**kw))
 
 
 # -- 6, 7, 9: the dev server under hostile requests and changing files ------------------------------------
@@ -601,6 +865,7 @@ def test_gguf_truncated_while_loading_is_a_model_format_error_not_sigbus(tmp_pat
     code = f"""
 import os
 from webllm_py.errors import ModelFormatError
+from webllm_py.sampling import SamplingParams
 from webllm_py.formats.gguf import GGUFFile
 g = GGUFFile({path!r})
 t = max(g.tensors.values(), key=lambda t: t.offset)  # the last tensor: its pages are gone

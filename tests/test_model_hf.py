@@ -108,6 +108,17 @@ def edit_config(path, **changes):
     (path / "config.json").write_text(json.dumps(cfg))
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_one_file_of_a_checkpoint_says_to_pass_its_folder(broken, name):
+    """A file of a Hugging Face checkpoint given instead of its folder was read as a GGUF ("not a GGUF
+    file (magic b'{\n  ')"): the error now names the folder to pass."""
+    from webllm_py.checkpoint import open_checkpoint
+
+    with pytest.raises(ModelFormatError, match=f"pass its folder.*{broken}"):
+        open_checkpoint(str(broken / name))
+    assert open_checkpoint(str(broken)).config.n_layers >= 1
+
+
 def test_missing_config_json(broken, device):
     (broken / "config.json").unlink()
     with pytest.raises(ModelFormatError, match="lacks config.json"):

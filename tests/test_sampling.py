@@ -296,3 +296,48 @@ def test_bias_token_outside_vocab_is_refused(device):
     s = Sampler(device, 100)
     with pytest.raises(RequestError, match=r"outside the vocabulary \[0, 100\)"):
         s.set_params(SamplingParams(logit_bias={100: 1.0}))
+
+
+@pytest.mark.parametrize(
+    "kw, want",
+    [
+        # A top_p below f32's range became 0.0 on the GPU: no token survived, and an id past the
+        # vocabulary came back (IndexError in the tokenizer). Any top_p below the top token's probability
+        # keeps that token alone (HF's min_tokens_to_keep=1): the argmax.
+        (dict(top_p=1e-300, temperature=1.0), "argmax"),
+        (dict(top_p=1e-46, temperature=1.0), "argmax"),
+        # Beyond f32's range: struct.error / OverflowError when packed. top_k >= vocab keeps every token;
+        # a temperature of 1e300 flattens the distribution (any token); a penalty of 1e300 is legal.
+        (dict(top_k=2**40, temperature=1.0, seed=3), dict(top_k=0, temperature=1.0, seed=3)),
+        (dict(temperature=1e300, seed=3), "any"),
+        (dict(temperature=0, repetition_penalty=1e300), "any"),
+    ],
+    ids=repr,
+)
+def test_parameters_beyond_f32_are_taken_by_their_limit(device, kw, want):
+    rig = Rig(device, 64)
+    logits = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    rig.start(logits, **kw)
+    got = [rig.sample().token_id for _ in range(4)]
+    assert all(0 <= t < 64 for t in got), got
+    if want == "argmax":
+        assert got == [int(np.argmax(logits))] * 4
+    elif isinstance(want, dict):
+        rig.start(logits, **want)
+        assert got == [rig.sample().token_id for _ in range(4)]
+
+
+@pytest.mark.parametrize("bad", [np.nan, -np.inf], ids=str)  # all +inf: a tie, the lowest id (torch.argmax)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_logits_that_are_not_finite_are_a_model_format_error(device, bad, temperature):
+    """A model whose logits are all NaN/inf (corrupt or hostile weights) drew an id past the vocabulary,
+    which ended in an IndexError in the tokenizer; now the sampler says what happened, and stays usable."""
+    from webllm_py.errors import ModelFormatError
+
+    rig = Rig(device, 64)
+    rig.start(np.full(64, bad, np.float32), temperature=temperature, seed=1)
+    with pytest.raises(ModelFormatError, match="not finite"):
+        rig.sample()
+    logits = np.arange(64, dtype=np.float32)
+    rig.start(logits, temperature=0)
+    assert rig.sample().token_id == 63

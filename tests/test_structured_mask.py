@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -284,3 +285,20 @@ def _decodes(data: bytes) -> bool:
         except UnicodeDecodeError:
             pass
     return False
+
+
+def test_a_grammar_no_token_can_follow_is_a_grammar_error():
+    """A grammar whose next character no token of the vocabulary writes (here: none at all, a class of
+    every code point negated) left an empty mask: the sampler drew no token and the engine blamed the
+    model's weights (earlier, an IndexError). The mask says so instead, naming the output so far."""
+    from webllm_py.checkpoint import open_checkpoint
+    from webllm_py.structured.grammar import GrammarError
+
+    tok = open_checkpoint(str(smollm2_gguf())).tokenizer
+    with pytest.raises(GrammarError, match="no token"):
+        Constraint(tok, "root ::= [^\\x00-\\U0010FFFF]\n").mask()
+    c = Constraint(tok, 'root ::= "a" [^\\x00-\\U0010FFFF]\n')
+    c.advance(tok.encode("a", add_special=False)[0])
+    with pytest.raises(GrammarError, match="after b'a'"):
+        c.mask()
+    assert mask_ids(Constraint(tok, 'root ::= "a"\n').mask())  # a grammar a token can follow: a mask

@@ -156,3 +156,38 @@ def test_response_format_errors_say_what_is_wrong():
     with pytest.raises(RequestError, match="line 2"):
         response_format_gbnf({"type": "grammar", "grammar": 'root ::= "a"\nb ::= ( "x"'})
     assert response_format_gbnf({"type": "text"}) is None
+
+
+@pytest.mark.parametrize("required_every", [0, 3, 1], ids=["all-optional", "some-required", "all-required"])
+def test_objects_of_thousands_of_properties_compile_and_match(required_every):
+    """The optional-property chain was built by a recursion one call deep per property: ~1000 properties
+    overflowed Python's stack (RecursionError, not a typed error). Instances are checked by jsonschema.
+    (The matcher expands at most 400 rules before a character: so many optional properties in a row are
+    refused there, with a GrammarError that says so; required ones are not limited.)"""
+    n = 3000 if required_every == 1 else 350
+    props = {f"p{i}": {"type": "integer"} for i in range(n)}
+    required = [f"p{i}" for i in range(n) if required_every and i % required_every == 0]
+    schema = {"type": "object", "properties": props, "required": required}
+    m = matcher_for(schema)
+    for value in ({k: 1 for k in required}, {k: 1 for k in props}, {**{k: 1 for k in required}, f"p{n - 1}": 7}):
+        text = json.dumps(value)
+        assert valid(schema, text) and m.accepts(text), text[:80]
+    if required:
+        text = json.dumps({k: 1 for k in required[1:]})  # the first required one missing
+        assert not valid(schema, text) and not m.accepts(text)
+
+
+@pytest.mark.parametrize("depth", [3000], ids=str)
+def test_schemas_and_grammars_nested_past_the_stack_are_request_errors(depth):
+    """Nesting deeper than Python's stack ended in RecursionError; it is a RequestError that says so."""
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    with pytest.raises(RequestError, match="nest"):
+        schema_to_gbnf(schema)
+    with pytest.raises(RequestError, match="nest"):
+        response_format_gbnf({"type": "grammar", "grammar": "root ::= " + "(" * depth + '"a"' + ")" * depth})
+    with pytest.raises(RequestError, match="optional properties"):  # not "left-recursive" alone
+        matcher_for({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(1000)}}).accepts("{}")
+    # The same shapes, shallow, still compile (the limit is the stack, not a rule of ours).
+    assert matcher_for({"type": "array", "items": {"type": "array", "items": {"type": "string"}}}).accepts('[["a"]]')

@@ -115,3 +115,12 @@ def test_template_errors_are_typed(ours_smollm2):
         ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template="{{ messages.append(1) }}")
     with pytest.raises(ChatTemplateError, match="list of dicts"):
         ours_smollm2.apply_chat_template("hello")
+
+
+@pytest.mark.parametrize("template", [5, ["{{ x }}"], b"{{ x }}"], ids=repr)
+def test_a_chat_template_that_is_not_text_is_a_chat_template_error(ours_smollm2, template):
+    """A GGUF's tokenizer.chat_template is whatever type its writer chose: a number or an array reached
+    Jinja (TypeError: Can't compile non template nodes) instead of a typed error."""
+    with pytest.raises(ChatTemplateError, match="not text"):
+        ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template=template)
+    assert ours_smollm2.apply_chat_template(CONVERSATIONS[0]).startswith("<|im_start|>")  # its own still renders

@@ -5,6 +5,7 @@ iterator of OpenAI's chunk objects when `stream=True`. The same shapes cross to 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import uuid
@@ -46,13 +47,40 @@ def sampling_params(
         if v is not None:
             kw[name] = v
     if logit_bias:
-        kw["logit_bias"] = {int(k): float(v) for k, v in logit_bias.items()}
+        kw["logit_bias"] = logit_bias  # checked as it came (JSON keys are strings), then made {int: float}
     if logprobs:
         kw["logprobs"] = True
     kw.setdefault("temperature", 1.0)
     p = SamplingParams(**kw)
-    p.validate()
+    p.logit_bias = {int(k): float(v) for k, v in p.logit_bias.items()}
     return p
+
+
+_SAMPLING_FIELDS = frozenset(inspect.signature(sampling_params).parameters)
+
+
+class Stream:
+    """The chunks of a `stream=True` request: iterate it directly (`async for c in create(...)`), or await
+    it first as OpenAI's async client is used (`s = await create(...)`: the same stream)."""
+
+    def __init__(self, chunks: AsyncIterator[dict]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> "Stream":
+        return self
+
+    def __anext__(self) -> Awaitable[dict]:
+        return self._chunks.__anext__()
+
+    def __await__(self):
+        return _self(self).__await__()
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _self(stream: Stream) -> Stream:
+    return stream
 
 
 class _Completions:
@@ -84,8 +112,19 @@ class _Completions:
         """Returns an awaitable of the response dict, or (stream=True) an async iterator of chunk dicts.
         Structured output: `response_format` (json_object, json_schema, grammar: see structured/) and
         `tools` / `tool_choice` (chat only: calls come back as OpenAI `tool_calls`)."""
-        if n != 1:
+        if n not in (1, None) or isinstance(n, bool):  # None: OpenAI's null, the default
             raise RequestError("Only n=1 is supported.")
+        unknown = sorted(set(sampling) - _SAMPLING_FIELDS)
+        if unknown:  # at most 5 named: a string passed as the request from JS arrives as {"0": ..., "1": ...}
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise RequestError(
+                f"unknown request field(s) {', '.join(map(repr, unknown[:5]))}{more}: this runtime takes "
+                f"{', '.join(sorted(_FIELDS | _SAMPLING_FIELDS))}."
+            )
+        if stream_options is not None and not isinstance(stream_options, dict):
+            raise RequestError(
+                f"stream_options must be an object such as {{include_usage: true}}, got {stream_options!r}."
+            )
         tok = self._engine.tokenizer
         gbnf = response_format_gbnf(response_format)
         call_tools = None  # the tools whose calls are parsed out of the output
@@ -117,13 +156,12 @@ class _Completions:
                 raise RequestError("prompt is required.")
             ids = tok.encode(prompt, add_special=True, parse_special=True)
         params = sampling_params(**sampling)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         constraint = Constraint(tok, gbnf, self._engine.config.vocab_size) if gbnf is not None else None
         stats = Stats()  # this request's own: engine.last_stats may be another's by the time it is read
         gen = self._owner._generate(
             ids,
             params,
-            stop=stops,
+            stop=stop,  # checked by the engine (a str is one stop string)
             max_tokens=max_tokens if max_completion_tokens is None else max_completion_tokens,
             ignore_eos=ignore_eos,
             constraint=constraint,
@@ -135,8 +173,10 @@ class _Completions:
             "model": self._engine.checkpoint.name,
         }
         if stream:
-            return self._stream(
-                gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs, call_tools, stats
+            return Stream(
+                self._stream(
+                    gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs, call_tools, stats
+                )
             )
         return self._collect(gen, meta, params.logprobs, call_tools, stats)
 
@@ -259,6 +299,10 @@ class _Completions:
         }
 
 
+# The request fields create() takes itself (the sampling ones are sampling_params()'s).
+_FIELDS = frozenset(inspect.signature(_Completions.create).parameters) - {"self", "sampling"}
+
+
 class _Chat:
     def __init__(self, owner: "ChatEngine"):
         self.completions = _Completions(owner, chat=True)
@@ -314,6 +358,10 @@ class ChatEngine:
         return self.engine.runtime_stats()
 
 
+# Engine.load's options (create() passes them through; `model`, `backend`, `on_progress` are its own).
+_LOAD_OPTIONS = frozenset(inspect.signature(Engine.load).parameters) - {"cls", "model", "backend", "on_progress"}
+
+
 async def create(model: Any = None, *, backend: str | None = None, on_progress=None, **options: Any) -> ChatEngine:
     """Load a model and return an OpenAI-style engine. `model`: a GGUF path or Hugging Face directory
     (CPython), or bytes / a JS Uint8Array / {file name: bytes} (browser). Default: SmolLM2-135M-Instruct.
@@ -327,6 +375,12 @@ async def create(model: Any = None, *, backend: str | None = None, on_progress=N
         model = default_model_path()
     commit = None
     url_options = {k: options.pop(k) for k in ("hf_endpoint", "cache", "runtime_url") if k in options}
+    unknown = sorted(set(options) - _LOAD_OPTIONS)
+    if unknown:  # e.g. webllm.create({model, contextWindow}) from JS: named, rather than Engine.load's TypeError
+        raise RequestError(
+            f"unknown option(s) {', '.join(map(repr, unknown))}: create() takes "
+            f"{', '.join(sorted(_LOAD_OPTIONS | {'hf_endpoint', 'cache', 'runtime_url'}))}."
+        )
     if isinstance(model, str):
         from .gpu import IN_BROWSER
         from .model_url import is_model_url, resolve_model_url

@@ -116,6 +116,24 @@ BENCH_SCHEMA = {
 DEFAULT_TOKENIZER = "build/tokenizers/smollm2"  # SmolLM2's real vocabulary (49152 = the smollm2-135m shape's)
 
 
+def _count(least: int):
+    """An argparse type: an integer >= least (a 0-token prompt reached wgpu, 0 decode tokens divided by 0)."""
+
+    def parse(v: str) -> int:
+        if not v.lstrip("-").isdigit() or int(v) < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {v!r}")
+        return int(v)
+
+    return parse
+
+
+def _int_list(v: str) -> str:
+    """An argparse type for the tiling options: comma-separated integers (kernel_policy unpacks them)."""
+    if not all(f.strip().lstrip("-").isdigit() for f in v.split(",")):
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {v!r}")
+    return v
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .planner import PREFILL_ATTENTION_KERNELS, PREFILL_KERNELS
 
@@ -129,18 +147,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "ffn_down of some layers), what most published GGUF files use",
     )
     p.add_argument("--embed-quant", help="type of the token embedding (default: --quant)")
-    p.add_argument("--prompt-tokens", type=int, default=512)
-    p.add_argument("--decode-tokens", type=int, default=256)
+    p.add_argument("--prompt-tokens", type=_count(1), default=512)
+    p.add_argument("--decode-tokens", type=_count(1), default=256)
     p.add_argument("--prefill-chunk", type=int, help="tokens per prefill step (default: the planner's)")
     p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
-    p.add_argument("--gpu-reps", type=int, default=20, help="steps in one submission for the GPU-only time (0: skip)")
+    p.add_argument(
+        "--gpu-reps", type=_count(0), default=20, help="steps in one submission for the GPU-only time (0: skip)"
+    )
     p.add_argument(
         "--profile",
         action="store_true",
         help="GPU time per op kind of one decode step and of the prompt's last chunk (all layers)",
     )
     # Kernel choices other than the planner's (planner.KernelPolicy), for A/B runs
-    p.add_argument("--matvec-tiling", help="WG,ROWS: matvec_q4's and the generic matvec's tiling (KernelPolicy)")
+    p.add_argument(
+        "--matvec-tiling", type=_int_list, help="WG,ROWS: matvec_q4's and the generic matvec's tiling (KernelPolicy)"
+    )
     p.add_argument(
         "--matvec-kernel",
         choices=["staged", "q4"],
@@ -192,11 +214,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--i8-tiling",
+        type=_int_list,
         metavar="TM,TN,RM,RN[,KB[,PF]]",
         help="matmul_i8's workgroup tile on GPUs (PF 1: register prefetch)",
     )
     p.add_argument(
         "--sgmat-f16-tiling",
+        type=_int_list,
         metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF]",
         help="matmul_sgmat_f16's tile: subgroups along tokens and rows, 16x16 tiles each, 32-blocks a K step, "
         "double buffering 0/1, prefetch 0/1 (planner.MatmulSgmatF16Tiling)",
@@ -220,9 +244,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the KV cache's element: auto = the planner's (f16 with shader-f16, else f16x2 on GPUs); "
         "f16x2 = f16 pairs packed in u32s (KernelPolicy.kv_cache)",
     )
-    p.add_argument("--step-tiling", metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
+    p.add_argument("--step-tiling", type=_int_list, metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
     p.add_argument(
         "--prefill-attention-tiling",
+        type=_int_list,
         metavar="TQ,TK,L[,R]",
         help="attention_prefill's on GPUs: tokens per workgroup, key positions per tile, lanes per query "
         "row (1: a thread per row; 4/8 need subgroups), rows per thread (with L > 1) (KernelPolicy.prefill_attention)",
@@ -265,8 +290,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tokenizer", help=f"tokenizer.json or its folder, for --shape (default: {DEFAULT_TOKENIZER})")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the timed decode (seed 0)")
-    p.add_argument("--token-ids", type=int, default=0, metavar="N", help="also print the first N greedy token ids")
-    p.add_argument("--rounds", type=int, default=3, help="--constraint: alternating free/constrained runs")
+    p.add_argument(
+        "--token-ids", type=_count(0), default=0, metavar="N", help="also print the first N greedy token ids"
+    )
+    p.add_argument("--rounds", type=_count(1), default=3, help="--constraint: alternating free/constrained runs")
 
 
 def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
@@ -824,11 +851,11 @@ def hf_reference(args) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.hf_reference and not args.shape:  # before the benchmark, not after it
+        print("error: --hf-reference needs --shape (see webllm-py bench --help)", file=sys.stderr)
+        return 2
     out = asyncio.run(_bench(args))
     if args.hf_reference:
-        if not args.shape:
-            print("--hf-reference needs --shape", file=sys.stderr)
-            return 2
         try:
             out.update(hf_reference(args))
             out["decode_speedup_vs_hf"] = round(out["decode_tok_s"] / out["hf_decode_tok_s"], 2)

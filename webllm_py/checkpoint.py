@@ -34,6 +34,16 @@ class Checkpoint:
     name: str = ""
 
 
+# The files of a Hugging Face checkpoint that a user may pass by mistake instead of its folder.
+HF_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+)
+
+
 def open_checkpoint(model: Any) -> Checkpoint:
     if isinstance(model, Checkpoint):  # already open (e.g. the benchmark's random-weight checkpoints)
         return model
@@ -44,6 +54,13 @@ def open_checkpoint(model: Any) -> Checkpoint:
             return _open_hf(files, os.path.basename(path.rstrip("/")))
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
+        name = os.path.basename(path)
+        if name.endswith(".safetensors") or name in HF_FILES:  # else read as a GGUF: "not a GGUF file"
+            raise ModelFormatError(
+                f"{path} is one file of a Hugging Face checkpoint: pass its folder "
+                f"({os.path.dirname(os.path.abspath(path))}), which holds config.json, tokenizer.json and the "
+                "*.safetensors"
+            )
         shards = shard_names(path)
         if shards:
             missing = [p for p in shards if not os.path.exists(p)]

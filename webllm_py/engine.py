@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import operator
 import struct
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .errors import (
     DEVICE_LOST_ADVICE,
     ContextOverflowError,
     DeviceLostError,
+    ModelNotLoadedError,
     ModelTooLargeError,
     RequestError,
     WebLLMError,
@@ -118,6 +120,7 @@ class Engine:
         self.last_stats = Stats()
         self.last_issue_seconds = 0.0
         self.lost = False  # the device is gone: this Engine cannot run again (ChatEngine reloads a new one)
+        self.unloaded = False  # unload() was called: its buffers are gone, deliberately
         self._decode = None  # captured decode Program, built on first use
         self._next_decode = None  # (readback slot or None, command buffer) of the next decode step, encoded ahead
         self._readback: list = []  # pipelined decode's readback slots (create_readback), made on first use
@@ -149,6 +152,8 @@ class Engine:
         ):
             if (v is not None or name != "context_window") and not _is_int(v, least):
                 raise RequestError(f"{name} must be an integer >= {least}, got {v!r}.")
+        if policy is not None and not isinstance(policy, KernelPolicy):
+            raise RequestError(f"policy must be a planner.KernelPolicy or None, got {policy!r}.")
         if stream_idle_timeout is not None and (
             isinstance(stream_idle_timeout, bool)
             or not isinstance(stream_idle_timeout, (int, float))
@@ -439,7 +444,7 @@ class Engine:
         params: SamplingParams | None = None,
         *,
         max_tokens: int | None = None,
-        stop: list[str] | None = None,
+        stop: str | list[str] | None = None,
         ignore_eos: bool = False,
         seq: int = 0,
         constraint=None,
@@ -452,7 +457,10 @@ class Engine:
         `constraint`: a structured.Constraint (grammar); only tokens it allows are drawn, EOS only once
         the output is complete, and generation stops when the grammar admits nothing more."""
         params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise RequestError(f"params must be a SamplingParams (webllm_py.sampling), got {type(params).__name__}.")
         params.validate()
+        prompt_ids = _token_ids(prompt_ids, self.config.vocab_size)
         if not prompt_ids:
             raise RequestError("The prompt is empty: give at least one token (e.g. text, or a BOS token).")
         if max_tokens is not None and not _is_int(max_tokens, 1):
@@ -464,7 +472,7 @@ class Engine:
             )
         budget = self.context_window - len(prompt_ids)
         max_new = min(max_tokens or budget, budget)
-        stops = [s for s in (stop or []) if s]
+        stops = [s for s in _stop_list(stop) if s]
         turn = await self._acquire(seq)
         try:
             self._check_lost()  # a request queued behind the one that lost the device
@@ -486,6 +494,8 @@ class Engine:
                     raise
                 # The cache may hold a half-written step; start this sequence afresh next time.
                 self.reset(seq)
+                if self.unloaded and isinstance(e, Exception):  # its buffers went away under it: not a loss
+                    raise ModelNotLoadedError(_UNLOADED) from e
                 if isinstance(e, Exception) and not isinstance(e, WebLLMError) and self._probe_lost():
                     raise DeviceLostError(
                         f"The GPU device was lost during generation ({type(e).__name__}: "
@@ -498,6 +508,8 @@ class Engine:
             self._release(turn)
 
     def _check_lost(self) -> None:
+        if self.unloaded:
+            raise ModelNotLoadedError(_UNLOADED)
         if self.lost:
             raise DeviceLostError("The GPU device of this engine was lost. " + DEVICE_LOST_ADVICE)
 
@@ -588,6 +600,7 @@ class Engine:
         """Free the GPU memory. A device the engine requested itself is destroyed with it; a device
         the caller passed in is shared (tests, several engines): then the KV cache is freed now and the
         weights when this engine is garbage-collected."""
+        self.unloaded = True
         if self.owns_device:
             self.device.destroy()
         else:
@@ -645,6 +658,39 @@ def _context_too_large(
 def _is_int(v: Any, least: int) -> bool:
     """v is an int (not a bool, a float or a numeric string) of at least `least`."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+_UNLOADED = "The engine was unloaded (unload()) while this request ran or waited: load a model again to generate."
+
+
+def _token_ids(ids: Any, vocab_size: int) -> list[int]:
+    """A prompt's token ids as a list of ints in [0, vocab_size) (numpy ints taken): an id past the
+    embedding table would read whatever lies after it on the GPU."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+        raise RequestError(
+            f"The prompt must be a list of token ids, got {type(ids).__name__} (encode text with engine.tokenizer)."
+        )
+    out = []
+    for t in ids:
+        try:
+            i = operator.index(t)  # int and numpy integers; not float, str or bool
+        except TypeError:
+            i = None
+        if i is None or isinstance(t, bool) or not 0 <= i < vocab_size:
+            raise RequestError(f"The prompt's token id {t!r} is not in this vocabulary (integers 0..{vocab_size - 1}).")
+        out.append(i)
+    return out
+
+
+def _stop_list(stop: Any) -> list[str]:
+    """`stop` as OpenAI takes it: a string or a list of strings (a str is one stop, not its characters)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise RequestError(f"stop must be a string or a list of strings, got {stop!r}.")
+    return list(stop)
 
 
 def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:

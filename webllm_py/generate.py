@@ -29,11 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from .default_model import default_model_path
-    from .engine import Engine
+    from .api import create
+    from .errors import RequestError
     from .sampling import SamplingParams
 
-    engine = await Engine.load(args.model or default_model_path(), backend=args.backend, context_window=args.context)
+    # What can be refused without the model is refused before it is read.
+    if args.system is not None and not args.chat:
+        raise RequestError("--system needs --chat (a system message goes into the model's chat template)")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    # create(): the one place that loads a model by its argument (a URL is refused natively, with why)
+    engine = (await create(args.model, backend=args.backend, context_window=args.context)).engine
     tok = engine.tokenizer
     if args.chat:
         msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -42,7 +47,6 @@ async def _run(args: argparse.Namespace) -> int:
         ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special=False)
     else:
         ids = tok.encode(args.prompt)
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     async for t in engine.generate(ids, params, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos):
         sys.stdout.write(t.text)
         sys.stdout.flush()

@@ -22,11 +22,13 @@ import random
 import struct
 from dataclasses import dataclass, field
 
-from .errors import RequestError
+from .errors import ModelFormatError, RequestError
 from .gpu.base import BindGroup, Buffer, Device, Recorder
 from .planner import Adapter, sampling_draw_wg
 
 MAX_TOP_LOGPROBS = 20
+F32_MAX = 3.4028234663852886e38  # the largest finite f32: params are packed as f32 for the kernels
+F32_TINY = 2.0**-126  # the smallest normal f32
 _PARAM_WORDS = 16
 _RESULT_WORDS = 4 + 2 * MAX_TOP_LOGPROBS
 _PROMPT_BIT = 1 << 31  # counts[i]: bit 31 = token in the prompt, bits 0-30 = times generated
@@ -166,14 +168,17 @@ class Sampler:
         self.params = params
         seed = params.seed if params.seed is not None else random.getrandbits(64)
         seed &= (1 << 64) - 1
-        top_k = params.top_k if params.top_k > 0 else 0
+        # Into f32 / u32 by their limits (the same draws): top_k past the vocabulary keeps every token; a
+        # top_p under f32's range would be 0 (no token kept), one below the top token's probability keeps
+        # that token alone; temperatures and penalties past f32's range act as its largest value.
+        top_k = min(params.top_k, self.vocab_size) if params.top_k > 0 else 0
         words = struct.pack(
             "<fIffffffIIII",
-            params.temperature,
+            min(params.temperature, F32_MAX),
             top_k,
-            params.top_p,
+            max(params.top_p, F32_TINY),
             params.min_p,
-            params.repetition_penalty,
+            min(max(params.repetition_penalty, F32_TINY), F32_MAX),
             params.frequency_penalty,
             params.presence_penalty,
             0.0,
@@ -238,6 +243,11 @@ class Sampler:
         """A SampleResult from `result`'s first result_size bytes (read here, or copied elsewhere by a step)."""
         n_top = self.params.top_logprobs if self.params.logprobs else 0
         tid, logprob, n = struct.unpack_from("<IfI", raw)
+        if tid >= self.vocab_size:  # the draw kept no token: every logit was NaN or +-inf
+            raise ModelFormatError(
+                "the model's logits are not finite (NaN or infinite), so no token could be drawn: its weights "
+                "are corrupt or overflow. Load another copy of the model (or report it if it loads elsewhere)."
+            )
         tops = [struct.unpack_from("<If", raw, 16 + 8 * r) for r in range(min(n, n_top))]
         return SampleResult(tid, logprob, [(i, lp) for i, lp in tops])
 

@@ -166,10 +166,29 @@ class Site:
         return [{"name": n, "url": f"/wheels/{n}", "package": n.split("-")[0].lower()} for n in sorted(self.wheels)]
 
 
+_NOT_IN_URL = set("#?%")  # characters of a file name that a URL path does not carry as they are
+
+
 def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     """Build the webllm_py wheel, collect the vendor wheels and hash the models."""
     if not (PYODIDE / "pyodide.mjs").is_file():
         raise SystemExit(f"Pyodide is missing at {PYODIDE}: run ./scripts/setup.sh first.")
+    models = default_models() if models is None else models
+    chosen: dict[str, Path] = {}  # checked first: a bad model argument fails before the wheel is built
+    for m in models:
+        m = Path(m)
+        if m.is_dir():  # "not found" would send the user looking for a path that exists
+            raise SystemExit(f"model {m} is a folder: pages load model files (GGUF); give the .gguf file")
+        if not m.is_file():
+            raise SystemExit(f"model file not found: {m}")
+        if set(m.name) & _NOT_IN_URL:  # pages load it as models/<name>: the URL would not reach it
+            raise SystemExit(
+                f"model file name {m.name!r} holds a character URLs give another meaning ('#' fragment, "
+                "'?' query, '%' escape): rename the file"
+            )
+        if m.name in chosen and chosen[m.name].resolve() != m.resolve():
+            raise SystemExit(f"two model files are named {m.name!r} (served as models/{m.name} twice): rename one")
+        chosen[m.name] = m
     # Into a folder of this server's own, removed with its Site: checkouts that share build/ (git
     # worktrees) run servers of different sources side by side, and a wheel rebuilt at one shared path
     # changed under another server's open pages (a returning page then missed its start-up snapshot,
@@ -181,15 +200,10 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     wheels = {p.name: p for p in sorted(VENDOR_WHEELS.glob("*.whl"))}
     wheels[built.name] = built
     site.wheels = wheels
-    models = default_models() if models is None else models
+    site.models = chosen
     if (jupyterlite.SITE / "jupyter-lite.json").is_file():
         jupyterlite.lock_file(wheels)  # a missing wheel fails here, at start
         site.lite = jupyterlite.SITE
-    for m in models:
-        m = Path(m)
-        if not m.is_file():
-            raise SystemExit(f"model file not found: {m}")
-        site.models[m.name] = m
     _ = site.model_index  # hashed now, at start, rather than by the first request
     return site
 

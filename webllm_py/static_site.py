@@ -98,9 +98,6 @@ def build(out_dir: Path, models: list[Path] | None = None) -> dict:
     leaves the old one as it was. Returns the manifest (also written as OUTDIR/webllm-build.json)."""
     out = Path(out_dir).resolve()  # "." has no name to put the temporary sibling next to
     check_out_dir(out)
-    for m in models or []:
-        if not Path(m).is_file():
-            raise BuildError(f"model file not found: {m}")
     try:
         site = serve.build_site(models)
     except SystemExit as e:  # build_site's one-line errors (Pyodide missing, model missing)

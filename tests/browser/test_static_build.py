@@ -101,6 +101,31 @@ def test_cli_refuses_a_folder_it_did_not_write_and_leaves_it_alone(tmp_path):
 def test_cli_missing_model_writes_nothing(tmp_path):
     one_line_error(cli(tmp_path / "site", "--model", tmp_path / "nope.gguf"), "model file not found", "nope.gguf")
     assert not (tmp_path / "site").exists()
+    (tmp_path / "hf").mkdir()  # a folder (e.g. a Hugging Face checkpoint) is not "not found"
+    one_line_error(cli(tmp_path / "site", "--model", tmp_path / "hf"), "is a folder", ".gguf")
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize("name", ["m#1.gguf", "m?.gguf", "m%41.gguf"])
+def test_cli_refuses_a_model_name_a_url_cannot_carry_and_writes_nothing(tmp_path, name):
+    """Pages load a served model by its name (models/<name>, static/modelurl.js): in a URL '#' starts the
+    fragment, '?' the query and '%' an escape, so such a file was listed but could never be loaded."""
+    (tmp_path / name).write_bytes(b"GGUF")
+    one_line_error(cli(tmp_path / "site", "--model", tmp_path / name), name, "rename")
+    assert not (tmp_path / "site").exists()
+    # What a URL can carry as it is (spaces and parentheses are percent-encoded the same way on both sides).
+    (tmp_path / "m (1).gguf").write_bytes(b"GGUF")
+    assert cli(tmp_path / "site", "--model", tmp_path / "m (1).gguf").returncode == 0
+
+
+def test_cli_refuses_two_models_of_one_name(tmp_path, models):
+    """models/<name> holds one file: a second of the same name replaced the first in the listing silently."""
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.gguf").write_bytes(b"GGUF-not-a")
+    one_line_error(cli(tmp_path / "site", "--model", models[0], tmp_path / "other" / "a.gguf"), "a.gguf", "twice")
+    assert not (tmp_path / "site").exists()
+    assert cli(tmp_path / "site", "--model", models[0], models[0]).returncode == 0  # the same file twice: once
+    assert [m["name"] for m in json.loads((tmp_path / "site" / "models" / "index.json").read_text())] == ["a.gguf"]
 
 
 def test_cli_writes_a_build(tmp_path, models):

@@ -16,7 +16,7 @@ import stat
 import threading
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, RequestError
 
 UPLOAD_CHUNK = 32 << 20  # bytes per writeBuffer call for large tensors
 
@@ -188,4 +188,7 @@ def as_source(obj: Any) -> ByteSource:
         return obj
     if hasattr(obj, "subarray") and hasattr(obj, "length"):  # a JS Uint8Array (Pyodide JsProxy)
         return JSBufferSource(obj)
-    raise TypeError(f"cannot read model bytes from {type(obj).__name__}")
+    raise RequestError(
+        f"cannot read model bytes from a {type(obj).__name__}: give a file path, bytes or a Uint8Array "
+        "(or a Hugging Face folder / {file name: bytes})"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import RequestError
 from .base import MAX_GROUPS, AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder
 
 IN_BROWSER = sys.platform == "emscripten"
@@ -20,7 +21,7 @@ async def request_device(backend: str | None = None, **options) -> Device:
         from .native import NativeDevice
 
         return NativeDevice(**options)
-    raise ValueError(f"unknown GPU backend {backend!r}: use 'browser' or 'native'")
+    raise RequestError(f"unknown GPU backend {backend!r}: use 'browser' or 'native'")
 
 
 __all__ = [

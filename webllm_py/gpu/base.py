@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .. import kernels
-from ..errors import GPUFeatureError
+from ..errors import GPUFeatureError, ModelTooLargeError
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,18 @@ class Device(ABC):
             int(self.limits.get("max_storage_buffer_binding_size", 128 << 20)),
             int(self.limits.get("max_buffer_size", 256 << 20)),
         )
+
+    driver_max_buffer: int | None = None  # the driver's own limit where `limits` emulate a smaller adapter
+
+    def check_buffer_size(self, size: int, label: str) -> None:
+        """A buffer over the driver's max_buffer_size fails there with a validation error (a huge
+        prefill_chunk's scratch did): say which buffer, and what to lower, before asking for it."""
+        limit = self.driver_max_buffer or int(self.limits.get("max_buffer_size", 256 << 20))
+        if size > limit:
+            raise ModelTooLargeError(
+                f"Buffer '{label}' needs {size} bytes, more than this adapter's largest buffer ({limit} bytes): "
+                "load the engine with a smaller prefill_chunk or context_window, or use a smaller model."
+            )
 
     # -- kernels ----------------------------------------------------------------------------------
     def kernel(self, template: str, label: str = "", **params: Any) -> Kernel:

@@ -338,6 +338,7 @@ class BrowserDevice(Device):
     def create_buffer(self, size: int, label: str = "") -> Buffer:
         self.check_lost()
         size = max(4, align_up(int(size), 4))
+        self.check_buffer_size(size, label)
         return Buffer(self.raw.createBuffer(_js({"size": size, "usage": self._usage, "label": label})), size, label)
 
     def write_buffer(self, buffer: Buffer, data, offset: int = 0) -> None:

@@ -245,6 +245,12 @@ def validate_config(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
         cfg.rope_theta > 0 and math.isfinite(cfg.rope_theta)
     ):
         raise bad(f"norm epsilon {cfg.norm_eps} / rope base {cfg.rope_theta} out of range")
+    try:  # rope scaling is read here, not first when the model is built (after the device and weights)
+        freqs = cfg.inv_freq()
+    except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError, OverflowError) as e:
+        raise bad(f"rope scaling {cfg.rope_scaling!r} is malformed ({type(e).__name__}: {e})") from None
+    if not all(math.isfinite(f) and f > 0 for f in freqs):
+        raise bad(f"rope scaling {cfg.rope_scaling!r} gives rotation frequencies that are not finite and positive")
     for t in tensors.values():
         if not t.shape or any(not 1 <= d <= MAX_TENSOR_DIM for d in t.shape):
             raise bad(f"tensor '{t.name}' has shape {list(t.shape)}")

@@ -11,7 +11,7 @@ has computed before (masks live on the matcher's states).
 from __future__ import annotations
 
 from ..errors import RequestError
-from .grammar import Grammar
+from .grammar import Grammar, GrammarError
 from .matcher import Matcher
 from .token_mask import TokenTrie, allowed_mask
 
@@ -49,7 +49,13 @@ class Constraint:
         return self.state.accepting
 
     def mask(self) -> bytes:
-        return allowed_mask(self.trie, self.matcher, self.state, self.words, strip_space=self._strip_first)
+        m = allowed_mask(self.trie, self.matcher, self.state, self.words, strip_space=self._strip_first)
+        if not m.strip(b"\0"):  # no token allowed (EOS would be, were the output complete): nothing to draw
+            raise GrammarError(
+                f"structured output: the grammar admits no token of this model's vocabulary after "
+                f"{bytes(self.text)[-60:]!r} (it asks for characters no token writes)"
+            )
+        return m
 
     def advance(self, token_id: int) -> None:
         data = self.tokenizer.token_bytes(token_id)

@@ -230,7 +230,10 @@ def parse_gbnf(text: str) -> dict:
     """GBNF text -> {rule name: AST}."""
     if not isinstance(text, str) or not text.strip():
         raise GrammarError("grammar must be non-empty GBNF text with a `root ::= ...` rule")
-    return _Parser(text).rules()
+    try:
+        return _Parser(text).rules()
+    except RecursionError:  # one Python call per level of parentheses
+        raise GrammarError("grammar nests too deeply (hundreds of levels of parentheses)") from None
 
 
 # -- lowering --------------------------------------------------------------------------------------------

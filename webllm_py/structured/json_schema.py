@@ -212,26 +212,29 @@ class _Builder:
             + self.build(props[k], f"{path}/properties/{k}")
             for k in names
         ]
-        # rest(i, comma): properties i.. , `comma` = something came before (so a "," is due).
-        memo: dict = {}
+        # rest(i, comma): the rule for properties i.. , `comma` = something came before (so a "," is due).
+        n = len(names)
+        rest: dict = {(n, True): "", (n, False): ""}
 
-        def rest(i: int, comma: bool) -> str:
-            if i == len(names):
-                return ""
-            key = (i, comma)
-            if key in memo:
-                return memo[key]
+        def make(i: int, comma: bool) -> None:
             lead = '"," ws ' if comma else ""
-            take = f"{lead}{kv[i]} ws {rest(i + 1, True)}".strip()
+            take = f"{lead}{kv[i]} ws {rest[i + 1, True]}".strip()
             if names[i] in required:
                 body = take
             else:
-                skip = rest(i + 1, comma) or ""
+                skip = rest[i + 1, comma]
                 body = f"{take} | {skip}" if skip else f"{take} |"
-            memo[key] = self.add("obj-rest", body) if body else ""
-            return memo[key]
+            rest[i, comma] = self.add("obj-rest", body)
 
-        inner = rest(0, False)
+        # From the last property back (a recursion one call deep per property overflowed Python's stack at
+        # ~1000): rest(i, True) for i = n-1..1, then rest(i, False) from the first required property (or the
+        # last) back to 0 (after a required one, a "," is always due).
+        for i in range(n - 1, 0, -1):
+            make(i, True)
+        first_required = next((i for i, name in enumerate(names) if name in required), n - 1)
+        for i in range(min(first_required, n - 1), -1, -1):
+            make(i, False)
+        inner = rest[0, False]
         return self.add("object", f'"{{" ws {inner} "}}"')
 
     def ref(self, ref, path: str) -> str:
@@ -266,6 +269,9 @@ def _dump(v) -> str:
 def schema_to_gbnf(schema) -> str:
     """The GBNF text for instances of `schema` (root rule `root`)."""
     b = _Builder(schema if isinstance(schema, dict) else {})
-    top = b.build(schema, "#")
+    try:
+        top = b.build(schema, "#")
+    except RecursionError:  # one Python call per level of the schema
+        raise RequestError("JSON schema nests too deeply for structured output (hundreds of levels)") from None
     lines = [f"root ::= ws {top}"] + [f"{k} ::= {v}" for k, v in b.rules.items()]
     return "\n".join(lines) + "\n" + _PRIMITIVES

@@ -85,7 +85,10 @@ class Matcher:
         if got is not None:
             return got
         if depth > _MAX_EXPAND_DEPTH:
-            raise GrammarError("grammar is left-recursive (a rule reaches itself before matching any character)")
+            raise GrammarError(
+                f"grammar is left-recursive (a rule reaches itself before matching any character), or more than "
+                f"{_MAX_EXPAND_DEPTH} rules deep before one (e.g. an object of that many optional properties)"
+            )
         if stack in self._active:
             # Back at a stack being expanded without consuming input ((x?)* and the like): that path
             # adds nothing the outer expansion does not already produce.

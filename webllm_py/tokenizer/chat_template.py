@@ -66,6 +66,11 @@ def render_chat_template(
     bos_token / eos_token and template-specific switches (e.g. enable_thinking)."""
     if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
         raise ChatTemplateError("messages must be a list of dicts like {'role': 'user', 'content': '...'}")
+    if not isinstance(template, str):  # a model file's tokenizer.chat_template holds whatever its writer put there
+        raise ChatTemplateError(
+            f"the chat template is not text (a {type(template).__name__}): the model's tokenizer.chat_template "
+            "is malformed; pass chat_template='...' explicitly"
+        )
     compiled = _compile(template)
     try:
         return compiled.render(
