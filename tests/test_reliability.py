@@ -85,6 +85,31 @@ def test_bad_request_parameters_are_typed_errors(chat, loop):
         loop.run_until_complete(chat.chat.completions.create(messages=[{"role": "user", "content": "x"}], max_tokens=0))
 
 
+def test_openai_request_forms_run_as_their_plain_equivalents(chat, loop):
+    """A request written for OpenAI's API: content as text parts (SmolLM2's template takes only a string) and
+    OpenAI's service bookkeeping fields (`user`, `store`, ... its SDKs send) give the plain request's answer;
+    a part that is not text is a RequestError naming it, and the engine stays usable."""
+    parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]
+    resp = loop.run_until_complete(
+        chat.chat.completions.create(
+            messages=[{"role": "user", "content": parts}],
+            temperature=0,
+            max_tokens=MAX_TOKENS,
+            user="u-1",
+            store=False,
+            metadata={"k": "v"},
+            service_tier="auto",
+            parallel_tool_calls=True,
+        )
+    )
+    plain = loop.run_until_complete(_ask(chat, "What is the capital\nof France?"))
+    assert _text(resp) == _text(plain) and resp["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+    with pytest.raises(RequestError, match="image_url"):
+        chat.chat.completions.create(messages=[{"role": "user", "content": [image]}])
+    assert _text(loop.run_until_complete(_ask(chat, PROMPTS[0]))) == _alone(chat, loop, PROMPTS[0])
+
+
 class _CountingDevice:
     """The session device with shrunken limits, recording every buffer size asked for."""
 

@@ -114,7 +114,9 @@ class _Completions:
         `tools` / `tool_choice` (chat only: calls come back as OpenAI `tool_calls`)."""
         if n not in (1, None) or isinstance(n, bool):  # None: OpenAI's null, the default
             raise RequestError("Only n=1 is supported.")
-        unknown = sorted(set(sampling) - _SAMPLING_FIELDS)
+        unknown = sorted(set(sampling) - _SAMPLING_FIELDS - _IGNORED_FIELDS)
+        for name in _IGNORED_FIELDS:
+            sampling.pop(name, None)
         if unknown:  # at most 5 named: a string passed as the request from JS arrives as {"0": ..., "1": ...}
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise RequestError(
@@ -131,6 +133,7 @@ class _Completions:
         if self._chat:
             if not messages:
                 raise RequestError("messages must be a non-empty list of {role, content} objects.")
+            messages = text_content(messages)
             if tools is not None:
                 tooling.validate_tools(tools)
             mode, forced = tooling.tool_choice_mode(tool_choice, tools)
@@ -301,6 +304,32 @@ class _Completions:
 
 # The request fields create() takes itself (the sampling ones are sampling_params()'s).
 _FIELDS = frozenset(inspect.signature(_Completions.create).parameters) - {"self", "sampling"}
+# OpenAI request fields that are bookkeeping for a hosted service, with nothing to do on the user's machine:
+# accepted and ignored, so that requests written for OpenAI's API (its SDKs send `user`, `store`) run unchanged.
+_IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+
+
+def text_content(messages: list) -> list:
+    """The messages with OpenAI's content parts (`content: [{"type": "text", "text": ...}, ...]`) as one string
+    (the text parts joined by newlines, as vLLM does): every chat template takes a string, not all take parts.
+    A part of another type (an image, audio, a file) is a RequestError: these models read text only."""
+    out = []
+    for i, m in enumerate(messages):
+        parts = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(parts, list):
+            out.append(m)  # a string, None (a tool call's assistant turn) or what the template checks itself
+            continue
+        texts = []
+        for part in parts:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise RequestError(
+                    f"messages[{i}].content has a part of type {kind!r}: only text parts "
+                    '({"type": "text", "text": "..."}) can be given to a text model.'
+                )
+            texts.append(part["text"])
+        out.append({**m, "content": "\n".join(texts)})
+    return out
 
 
 class _Chat:
