@@ -461,8 +461,8 @@ def test_bad_max_tokens_is_a_request_error(tiny, loop, kw):
 @pytest.mark.parametrize(
     "kw, field",
     [
-        ({"user": "u-1"}, "user"),  # an OpenAI field this runtime does not take: named, not a TypeError
-        ({"metadata": {"a": 1}, "temperatur": 0.5}, "temperatur"),
+        ({"suffix": "x"}, "suffix"),  # an OpenAI field this runtime does not take: named, not a TypeError
+        ({"metadata": {"a": 1}, "temperatur": 0.5}, "temperatur"),  # metadata is ignored, the typo is named
         ({"logit_bias": {"abc": 1}}, "logit_bias"),
         ({"logit_bias": {"1": "x"}}, "logit_bias"),
         ({"logit_bias": {"1": True}}, "logit_bias"),
