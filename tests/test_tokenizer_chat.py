@@ -124,3 +124,32 @@ def test_a_chat_template_that_is_not_text_is_a_chat_template_error(ours_smollm2,
     with pytest.raises(ChatTemplateError, match="not text"):
         ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template=template)
     assert ours_smollm2.apply_chat_template(CONVERSATIONS[0]).startswith("<|im_start|>")  # its own still renders
+
+
+HOSTILE_TEMPLATES = {
+    # Python-level loops: 10^10 empty iterations (Jinja's own range cap is 100,000 per call)
+    "nested loops": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+    # one C-level operation of 400 MB, before any loop
+    "repeat": '{{ ("x" * 400000000) | length }}',
+    "power": "{{ 7 ** 100000000 }}",
+    # a value doubled 60 times: 2^60 bytes, by ~ and by +
+    "doubling ~": '{% set ns = namespace(v="x") %}{% for i in range(60) %}{% set ns.v = ns.v ~ ns.v %}{% endfor %}',
+    "doubling +": "{% set ns = namespace(v=[1]) %}{% for i in range(60) %}{% set ns.v = ns.v + ns.v %}{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_TEMPLATES))
+def test_a_hostile_chat_template_is_stopped_with_a_chat_template_error(ours_smollm2, monkeypatch, name):
+    """A model file's template is code from whoever wrote the file: one that loops for hours or builds
+    gigabytes hung the worker (or the process); now it is stopped within its time budget or at the first
+    value over the size cap, and the tokenizer's own template still renders."""
+    import time
+
+    from webllm_py.tokenizer import chat_template
+
+    monkeypatch.setattr(chat_template, "RENDER_SECONDS", 0.5)
+    t0 = time.monotonic()
+    with pytest.raises(ChatTemplateError, match="ran past|repeats|power|builds a value"):
+        ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template=HOSTILE_TEMPLATES[name])
+    assert time.monotonic() - t0 < 5
+    assert ours_smollm2.apply_chat_template(CONVERSATIONS[0]).startswith("<|im_start|>")

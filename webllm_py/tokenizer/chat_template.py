@@ -3,16 +3,23 @@
 HF's `apply_chat_template` uses a sandboxed, immutable Jinja2 environment with trim_blocks and lstrip_blocks,
 the loopcontrols extension, a `{% generation %}` block (marks assistant text; rendered as-is here), and three
 helpers: `raise_exception(msg)`, `strftime_now(fmt)` and a `tojson` filter that does not HTML-escape.
-Templates are compiled once and cached.
+Templates are compiled once and cached. A template is code from the model file's writer: its render has a time
+budget (RENDER_SECONDS) and the values it builds a size cap (MAX_BUILT_LENGTH), so a hostile one is a
+ChatTemplateError, not a hung worker. Not capped: filters that grow a string (center, indent, replace) other than
+through the loops the time budget stops.
 """
 
 import json
+import sys
+import time
 from datetime import datetime
 from functools import lru_cache
 
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.ext import Extension
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import ChatTemplateError
@@ -45,11 +52,77 @@ class _GenerationBlock(Extension):
         return caller()
 
 
+# A model file's template is code from whoever wrote the file: its render gets a time budget (a template that
+# loops for hours would hang the worker) and values built by * or ** are capped (one such operation can take
+# minutes or gigabytes before any budget check runs). Real templates render in milliseconds.
+RENDER_SECONDS = 5.0
+MAX_BUILT_LENGTH = 1 << 22  # elements of a string or list a template makes by repeating one
+MAX_EXPONENT = 1024
+
+
+def _capped(value):
+    if isinstance(value, (str, list, tuple)) and len(value) > MAX_BUILT_LENGTH:
+        raise SecurityError(f"the chat template builds a value of {len(value)} elements (more than {MAX_BUILT_LENGTH})")
+    return value
+
+
+class _CodeGenerator(CodeGenerator):
+    """Jinja's, with every `~` concatenation's result checked by _capped (a loop doubling a string reaches
+    gigabytes in ~30 steps, faster than a time budget notices)."""
+
+    def visit_Concat(self, node, frame):
+        self.write("environment.capped(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    code_generator_class = _CodeGenerator
+    intercepted_binops = frozenset(["*", "**", "+"])
+
+    @staticmethod
+    def capped(value):
+        return _capped(value)
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"the chat template raises to the power {right} (more than {MAX_EXPONENT})")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_BUILT_LENGTH:
+                    raise SecurityError(f"the chat template repeats a value of {len(seq)} elements {n} times")
+        return _capped(super().call_binop(context, operator, left, right))
+
+
+class _OverBudget(SecurityError):
+    pass
+
+
+def _render_within(compiled, seconds: float, **variables) -> str:
+    """compiled.render(**variables), stopped with _OverBudget once it has run `seconds`: a line tracer checks the
+    clock every 1024 lines of the template's Python (Jinja compiles templates to Python; the tracer costs a
+    few x on a render of milliseconds). The caller's own tracer (a debugger, coverage) is put back after."""
+    deadline = time.monotonic() + seconds
+    lines = 0
+
+    def line(frame, event, arg):
+        nonlocal lines
+        lines += 1
+        if not lines & 1023 and time.monotonic() > deadline:
+            raise _OverBudget(f"the chat template ran past {seconds:g} s")
+        return line
+
+    before = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: line)
+    try:
+        return compiled.render(**variables)
+    finally:
+        sys.settrace(before)
+
+
 @lru_cache(maxsize=16)
 def _compile(template: str):
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, "jinja2.ext.loopcontrols"]
-    )
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, "jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -73,7 +146,9 @@ def render_chat_template(
         )
     compiled = _compile(template)
     try:
-        return compiled.render(
+        return _render_within(
+            compiled,
+            RENDER_SECONDS,
             messages=list(messages),
             tools=tools,
             documents=documents,
