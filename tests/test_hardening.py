@@ -370,6 +370,8 @@ def test_cli_generate_errors_are_one_line(tmp_path):
         (("--prompt", "hi", "--model", "https://example.com/m.gguf"), "error: ModelURLError: "),
         (("--prompt", "hi", "--model", "hf:owner/repo/m.gguf"), "error: ModelURLError: "),
         (("--prompt", "hi", "--top-p", "2"), "error: RequestError: top_p"),
+        # was refused only once the model had loaded
+        (("--prompt", "hi", "--max-tokens", "0"), "error: RequestError: --max-tokens"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
 )

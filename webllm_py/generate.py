@@ -36,6 +36,8 @@ async def _run(args: argparse.Namespace) -> int:
     # What can be refused without the model is refused before it is read.
     if args.system is not None and not args.chat:
         raise RequestError("--system needs --chat (a system message goes into the model's chat template)")
+    if args.max_tokens < 1:
+        raise RequestError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     # create(): the one place that loads a model by its argument (a URL is refused natively, with why)
     engine = (await create(args.model, backend=args.backend, context_window=args.context)).engine
