@@ -420,6 +420,9 @@ def test_cli_dawn_bench_shape_is_refused_in_one_line():
     """Pyodide has no numpy to build random weights: dawn-bench asks for a file instead of failing inside it."""
     r = _cli("dawn-bench", "--shape", "smollm2-135m", "--quant", "Q4_0")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "scripts/random_gguf.py" in r.stderr, r.stderr
+    # the same one-line form as the other commands' errors (it said "dawn-bench: ...")
+    r = _cli("dawn-bench", "--model", "/nonexistent.gguf")
+    assert r.returncode == 1 and r.stderr == "error: FileNotFoundError: model file not found: /nonexistent.gguf\n"
 
 
 def test_cli_serve_on_a_busy_or_invalid_port_is_one_line():

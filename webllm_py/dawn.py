@@ -188,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
         with DawnHost(flags) as host:
             out = host.exec(_BENCH.format(argv=json.dumps(argv)))
     except (DawnHostError, DawnRequestError) as e:
-        print(f"dawn-bench: {e}", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     out["dawn_flags"] = flags
     print(json.dumps(out))
@@ -210,7 +210,7 @@ def _strip_flags(argv: list[str]) -> list[str]:
 def _absolute_model(argv: list[str], model: str) -> list[str]:
     path = str(Path(model).resolve())
     if not Path(path).is_file():
-        raise SystemExit(f"dawn-bench: model file not found: {model}")
+        raise SystemExit(f"error: FileNotFoundError: model file not found: {model}")
     return [path if a == model else a.replace("--model=" + model, "--model=" + path) for a in argv]
 
 
