@@ -48,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.gguf_models import GGUF_TO_HF_LINEAR  # noqa: E402
 from tests.model_checks import REAL_MODELS  # noqa: E402
 from tests.reference import hf_greedy, hf_margins, hf_model  # noqa: E402
 
@@ -189,17 +190,6 @@ VARIANTS = [
     for k in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ]
 
-# GGUF tensor -> transformers module (decoder linears of Llama and Gemma-3)
-_GGUF_TO_HF = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
 
 def decoder_linears(model, path: str) -> dict[str, tuple[torch.nn.Linear, bool]]:
     """name -> (module, whether today's matmul_i8 / matmul_sgmat_f16 run it: planner.I8_TYPES, K a multiple
@@ -212,9 +202,9 @@ def decoder_linears(model, path: str) -> dict[str, tuple[torch.nn.Linear, bool]]
     out = {}
     for t in gguf.GGUFReader(path).tensors:
         parts = t.name.split(".")  # blk.<i>.<kind>.weight
-        if parts[0] != "blk" or parts[2] not in _GGUF_TO_HF:
+        if parts[0] != "blk" or parts[2] not in GGUF_TO_HF_LINEAR:
             continue
-        name = f"model.layers.{parts[1]}.{_GGUF_TO_HF[parts[2]]}"
+        name = f"model.layers.{parts[1]}.{GGUF_TO_HF_LINEAR[parts[2]]}"
         mod = model.get_submodule(name)
         qtype = GGMLType(int(t.tensor_type))
         k_types = (GGMLType.Q4_K, GGMLType.Q6_K)

@@ -11,6 +11,18 @@ import os
 import numpy as np
 
 
+# A decoder layer's linears: GGUF tensor name (blk.N.<key>.weight) -> transformers module (model.layers.N.<value>)
+GGUF_TO_HF_LINEAR = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
 def _adjacent_pairs(w, n_heads: int):
     """Rows of each head reordered from Hugging Face's rotate-half layout (pair i = rows i, i + d/2) to
     llama.cpp's (pair i = rows 2i, 2i+1)."""
@@ -203,20 +215,11 @@ def write_llama_gguf(path: str, c: dict, t: dict, kinds: dict, embd: str = "q8_0
     ref["model.embed_tokens.weight"] = put_tensor(w, "token_embd.weight", t["model.embed_tokens.weight"], embd)
     put_tensor(w, "output_norm.weight", t["model.norm.weight"])
     ref["lm_head.weight"] = put_tensor(w, "output.weight", t["lm_head.weight"], head)
-    names = {
-        "attn_q": "self_attn.q_proj",
-        "attn_k": "self_attn.k_proj",
-        "attn_v": "self_attn.v_proj",
-        "attn_output": "self_attn.o_proj",
-        "ffn_gate": "mlp.gate_proj",
-        "ffn_up": "mlp.up_proj",
-        "ffn_down": "mlp.down_proj",
-    }
     for i in range(L):
         p = f"model.layers.{i}."
         put_tensor(w, f"blk.{i}.attn_norm.weight", t[p + "input_layernorm.weight"])
         put_tensor(w, f"blk.{i}.ffn_norm.weight", t[p + "post_attention_layernorm.weight"])
-        for gg, hf in names.items():
+        for gg, hf in GGUF_TO_HF_LINEAR.items():
             m = t[p + hf + ".weight"]
             if gg in ("attn_q", "attn_k"):  # llama.cpp's layout: rotary pairs in adjacent rows
                 stored = put_tensor(

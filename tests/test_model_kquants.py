@@ -16,7 +16,7 @@ gguf = pytest.importorskip("gguf")
 from .hf_models import Variant, build
 from .model_checks import LONG, assert_logits_match, load_engine
 from .linear_helpers import make_weight
-from .gguf_models import add_tokenizer, finish_gguf, llama_gguf_writer
+from .gguf_models import GGUF_TO_HF_LINEAR, add_tokenizer, finish_gguf, llama_gguf_writer
 
 pytestmark = [pytest.mark.gpu]
 
@@ -88,15 +88,6 @@ MIXES = {
         ffn_down="IQ4_XS",
     ),
 }
-HF = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 
 
 def _hf_pairs(w, n_heads: int):
@@ -135,7 +126,7 @@ def mix_to_gguf(hf_dir: str, out_dir: str, mix: str) -> tuple[str, str]:
         p = f"model.layers.{i}."
         w.add_tensor(f"blk.{i}.attn_norm.weight", t[p + "input_layernorm.weight"])
         w.add_tensor(f"blk.{i}.ffn_norm.weight", t[p + "post_attention_layernorm.weight"])
-        for gg, hf in HF.items():
+        for gg, hf in GGUF_TO_HF_LINEAR.items():
             ty = types[gg] if isinstance(types[gg], str) else types[gg][i]
             put(f"blk.{i}.{gg}.weight", p + hf + ".weight", ty, {"attn_q": H, "attn_k": KV}.get(gg, 0))
     ref_dir = os.path.join(out_dir, f"llama-{mix}-reference")
