@@ -307,6 +307,8 @@ COPY_ONLY = [
     ("Q4_0", 37, 96, 5, MatmulSgmatF16Tiling(kb=1, db=True), "f16", False),
     ("Q4_K", 45, 512, 20, MatmulSgmatF16Tiling(pf=True), "f16", True),
     ("Q4_0", 37, 128, 9, MatmulSgmatF16Tiling(pf=True), "q", True),
+    # the planner's 128x128 tile (SGMAT_F16_TILES), both copies, one K step
+    ("Q4_0", 37, 64, 5, MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True), "f16", True),
 ]
 
 
