@@ -154,12 +154,12 @@ def run_emulated(
     bias: np.ndarray | None = None,
     y0: np.ndarray | None = None,
     wsrc: str = "q",
-    x16: np.ndarray | None = None,
+    xsrc: str = "f32",
 ) -> np.ndarray:
     """y [T, N] (float64) of the emulated kernel over raw ggml rows and f32 x (y0: y += onto it), after
     row_scale.wgsl.j2 (not emulated: plain WGSL) wrote x's per-token scales. wsrc="f16": the kernel's
-    copy-only W staging over the f16 rows dequant_f16.wgsl.j2 makes of raw (run_dequant_f16); x16 (f16
-    [T, K], the caller's f16(x / s_t)): its copy-only x staging (xsrc="f16"), s_t still from row_scale."""
+    copy-only W staging over the f16 rows dequant_f16.wgsl.j2 makes of raw (run_dequant_f16); xsrc="f16": its
+    copy-only x staging over the f16(x / s_t) row_scale writes beside s_t (its x16 option)."""
     T = x.shape[0]
     src = kernels.render(
         "matmul_sgmat_f16",
@@ -177,7 +177,7 @@ def run_emulated(
         has_bias=bias is not None,
         accumulate=y0 is not None,
         wsrc=wsrc,
-        xsrc="f32" if x16 is None else "f16",
+        xsrc=xsrc,
     )
     kernel = device._make_kernel(emulate(src), f"matmul_sgmat_f16 emulated {qtype}")
     x_buf = device.buffer_from(np.ascontiguousarray(x, np.float32).tobytes())
@@ -187,15 +187,15 @@ def run_emulated(
         w_buf = run_dequant_f16(device, qtype, w_buf, N, K)
     bufs = [
         w_buf,
-        x_buf if x16 is None else device.buffer_from(np.ascontiguousarray(x16, np.float16).tobytes()),
+        x_buf if xsrc == "f32" else device.create_buffer(2 * T * K),
         device.create_buffer(8 * T),
         device.buffer_from(y.tobytes()),
         device.buffer_from(struct.pack("<II", 0, T)),
     ]
     if bias is not None:
         bufs.append(device.buffer_from(bias.astype(np.float32).tobytes()))
-    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1)
-    device.run(scales, [x_buf, bufs[2], bufs[4]], 1, T)
+    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=xsrc == "f16")
+    device.run(scales, [x_buf, bufs[2], bufs[4]] + ([bufs[1]] if xsrc == "f16" else []), 1, T)
     device.run(kernel, bufs, *t.groups(N, T))
     out = asyncio.run(device.read_buffer(bufs[3], 0, 4 * T * N))
     return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)

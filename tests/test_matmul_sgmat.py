@@ -316,18 +316,34 @@ COPY_ONLY = [
 @pytest.mark.parametrize("case", COPY_ONLY, ids=[f"{c[0]}-w{c[5]}-x{'f16' if c[6] else 'f32'}" for c in COPY_ONLY])
 def test_f16_copy_only_emulated(device, case):
     """wsrc="f16" / xsrc="f16" (staging by plain copies; builtins emulated) within f16_bound of numpy over
-    gguf-py's dequantization, rows of x past f16's range included (their f16(x / s_t) made by numpy from
-    row_scales, the values row_scale + the staging would make)."""
+    gguf-py's dequantization, rows of x past f16's range included (xsrc: row_scale's x16 writes f16(x / s_t))."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
     qtype, N, K, T, tiling, wsrc, xf16 = case
     rng = np.random.default_rng(N + K + T + 1)
     raw, w = make_weight(qtype, N, K, rng)
     x = outlier_rows(rng, T, K) if T >= 10 else rng.standard_normal((T, K)).astype(np.float32)
-    x16 = (x.astype(np.float64) / row_scales(x)[:, None]).astype(np.float32).astype(np.float16) if xf16 else None
-    y = run_emulated(device, qtype, raw, N, K, x, tiling, wsrc=wsrc, x16=x16)
+    y = run_emulated(device, qtype, raw, N, K, x, tiling, wsrc=wsrc, xsrc="f16" if xf16 else "f32")
     assert np.isfinite(y).all()
     assert (np.abs(y - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()
+
+
+@pytest.mark.gpu
+def test_row_scale_x16(device):
+    """row_scale.wgsl.j2's x16 option: s_t as numpy's row_scales and f16(x / s_t) bit-equal numpy's, rows past
+    f16's range, all-zero and ordinary ones included."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    T, K = 12, 200
+    x = outlier_rows(np.random.default_rng(3), T, K)
+    bufs = [f32_buffer(device, x), device.create_buffer(8 * T), device.buffer_from(struct.pack("<II", 0, T))]
+    bufs.append(device.create_buffer(2 * T * K))
+    device.run(device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=True), bufs, 1, T)
+    s = read_f32(device, bufs[1], 2 * T).reshape(T, 2)
+    assert (s[:, 0] == row_scales(x)).all() and (s[:, 1] == 1 / row_scales(x)).all()
+    got = np.frombuffer(asyncio.run(device.read_buffer(bufs[3], 0, 2 * T * K)), np.uint16).reshape(T, K)
+    want = (x.astype(np.float64) / row_scales(x)[:, None]).astype(np.float32).astype(np.float16).view(np.uint16)
+    assert (got == want).all(), f"{(got != want).sum()} of {T * K} differ"
 
 
 @pytest.mark.gpu
