@@ -7,6 +7,9 @@ matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a
     python scripts/sgmat_bench.py [--shapes 512x4096x4096,512x14336x4096] [--reps 30] [--kernels i8,sgmat,f16]
         [--variants "128x128,pf"]
     python scripts/sgmat_bench.py --kernels split   # split-K: the planner's tile unsplit, 2-4 slices of 3 tiles
+    python scripts/sgmat_bench.py --kernels copy    # matmul_sgmat_f16 at the planner's tile with copy-only
+        # staging (wsrc=f16: W as f16 rows, xsrc=f16: x as f16(x / s_t)) against today's, rounds alternating,
+        # and the dequant_f16 pre-pass alone (GB/s of f16 rows written + quant bytes read)
 
 Weights are Q4_0 blocks (scales set to a small f16, nibbles random); the GPU's time is the wall time of a
 submitted pass of `reps` dispatches, read back once (one submit + readback is ~0.06 ms on Dawn)."""
@@ -71,6 +74,79 @@ for label, tiling, policy in {variants}:
 out
 """
 
+# --kernels copy: matmul_sgmat_f16 rendered directly (not through a Linear: nothing plans wsrc / xsrc "f16"), the
+# planner's tile for the shape, each variant's best of `rounds` rounds, rounds alternating the variants
+_COPY = """
+from webllm_py.planner import sgmat_f16_tiling
+T, N, K, reps, rounds = {T}, {N}, {K}, {reps}, {rounds}
+nbytes = N * K // 32 * 18
+raw = (blocks * (nbytes // len(blocks) + 1))[:nbytes]
+wq = dev.buffer_from(raw + bytes(4))  # the spare word weights carry
+w16 = dev.create_buffer(2 * N * K)
+x32 = dev.buffer_from((xs * (T * K // 4096 + 1))[: 4 * T * K])
+xs16 = struct.pack("<4096e", *((i % 97 - 48) / 16 for i in range(4096)))  # the same values as x32's, in f16
+x16 = dev.buffer_from((xs16 * (T * K // 4096 + 1))[: 2 * T * K])
+sc = dev.buffer_from(struct.pack("<2f", 1.0, 1.0) * T)
+y = dev.create_buffer(4 * T * N)
+params = dev.buffer_from(struct.pack("<II", 0, T))
+t = sgmat_f16_tiling(Adapter.of(dev), GGMLType.Q4_0, K, N)
+pre = dev.kernel("dequant_f16", qtype="Q4_0", K=K, row_bytes=K // 32 * 18, wg=256)
+groups = -(-N * K // 32 // 256)
+pre_grid = (groups, 1) if groups <= 65535 else (-(-groups // 8), 8)  # the kernel skips threads past N K / 32
+jobs = [("dequant_f16 pre-pass", pre, [wq, w16], pre_grid)]
+for label, wsrc, xsrc in {variants}:
+    k = dev.kernel("matmul_sgmat_f16", sg_m=t.sg_m, sg_n=t.sg_n, ti=t.ti, tj=t.tj, kb=t.kb, db=t.db, pf=t.pf,
+                   qtype="Q4_0", K=K, row_bytes=K // 32 * 18, tokens_at=1, has_bias=False, accumulate=False,
+                   wsrc=wsrc, xsrc=xsrc)
+    jobs.append((label, k, [w16 if wsrc == "f16" else wq, x16 if xsrc == "f16" else x32, sc, y, params],
+                 t.groups(N, T)[:2]))
+await dev.kernels_ready()
+bound = [(label, dev.bind(k, bufs), grid) for label, k, bufs, grid in jobs]
+async def per_dispatch(bg, grid, n):
+    with dev.recorder() as rec:
+        for _ in range(n):
+            rec.dispatch(bg, *grid)
+    t0 = time.perf_counter()
+    await dev.read_buffer(y, 0, 4)
+    return (time.perf_counter() - t0) / n
+counts = []
+for label, bg, grid in bound:
+    await per_dispatch(bg, grid, 2)  # warm
+    counts.append(max(reps, int(0.05 / await per_dispatch(bg, grid, reps)) + 1))
+best = [1e9] * len(bound)
+for _ in range(rounds):
+    for i, (label, bg, grid) in enumerate(bound):
+        best[i] = min(best[i], await per_dispatch(bg, grid, counts[i]))
+# correctness on the device: every variant's y against today's (the same f16 operands: x's values are exact in
+# f16, s_t = 1, and the pre-pass's rows are the staging's values), max |difference| over max |y|
+ys = []
+for label, bg, grid in bound[1:]:
+    with dev.recorder() as rec:
+        rec.dispatch(bound[0][1], *bound[0][2])  # the pre-pass first (w16 for wsrc=f16)
+        rec.dispatch(bg, *grid)
+    ys.append(memoryview(await dev.read_buffer(y, 0, 4 * T * N)).cast("f"))
+ref = ys[0]
+scale_y = max(abs(v) for v in ref[:: max(1, len(ref) // 65536)]) or 1.0
+diff = [0.0] + [max(abs(a - b) for a, b in zip(ref[::61], v[::61])) / scale_y for v in ys[1:]]
+out = []
+for (label, bg, grid), b, d in zip(bound, best, [None] + diff):
+    row = {{"shape": f"{{T}}x{{N}}x{{K}}", "label": label, "tiling": repr(t), "us": round(b * 1e6, 2)}}
+    if label.startswith("dequant"):
+        row["GB/s"] = round((2 * N * K + nbytes) / b / 1e9, 1)
+    else:
+        row["tops"] = round(2 * T * N * K / b / 1e12, 2)
+        row["vs today"] = round(best[1] / b, 3)
+        row["max |y - today's| / max |y| (every 61st)"] = d
+    out.append(row)
+out
+"""
+COPY_VARIANTS = [
+    ("today (q, x f32)", "q", "f32"),
+    ("wsrc=f16", "f16", "f32"),
+    ("xsrc=f16", "q", "f16"),
+    ("wsrc=f16 xsrc=f16", "f16", "f16"),
+]
+
 # (kernel group, label, tiling, policy); "sgmat-sweep": the rest of matmul_sgmat's sweep (docs/benchmarks.md)
 VARIANTS = [
     ("i8", "matmul_i8 (planner's tile)", None, {}),
@@ -128,8 +204,20 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--kernels", default="i8,sgmat,f16", help="which groups of VARIANTS to time")
     p.add_argument("--variants", default="", help="only VARIANTS whose label holds one of these, comma-separated")
+    p.add_argument("--rounds", type=int, default=3, help="--kernels copy: alternating rounds (best of)")
     a = p.parse_args()
     groups = a.kernels.split(",")
+    if groups == ["copy"]:
+        with DawnHost(flags=["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"], timeout=600) as host:
+            if not host.exec(_SETUP)["f16"]:
+                print("sgmat_bench: this adapter has no f16 subgroup matrices", file=sys.stderr)
+                return 1
+            for shape in a.shapes.split(","):
+                T, N, K = (int(v) for v in shape.split("x"))
+                code = _COPY.format(T=T, N=N, K=K, reps=a.reps, rounds=a.rounds, variants=repr(COPY_VARIANTS))
+                for row in host.exec(code):
+                    print(json.dumps(row), flush=True)
+        return 0
     with DawnHost(flags=["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"], timeout=600) as host:
         offered = host.exec(_SETUP)  # {"i8": i8 subgroup matrices, "f16": f16 ones}
         need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16", "f16-sweep": "f16", "split": "f16"}

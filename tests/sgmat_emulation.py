@@ -102,6 +102,9 @@ def emulate(src: str) -> str:
     )
     src = _replace_calls(src, "subgroupMatrixMultiplyAccumulate", lambda a: f"emu_mma({a[0]}, {a[1]}, {a[2]}, lane)")
     src = _replace_calls(src, "subgroupMatrixStore<row_major>", lambda a: f"emu_store({a[1]}, {a[2]}, {a[3]}, lane)")
+    # wsrc / xsrc "f16"'s copies: naga (lavapipe's compiler here) does not take bitcast<vec2<f16>>(u32), which
+    # Tint does; the same f16 pair through f32 (exact)
+    src = _replace_calls(src, "bitcast<vec2<f16>>", lambda a: f"vec2<f16>(unpack2x16float({a[0]}))")
     assert "subgroupMatrix" not in src and "subgroup_matrix" not in src
     i = src.index("@compute")
     return src[:i] + _BUILTINS + src[i:]
@@ -150,9 +153,13 @@ def run_emulated(
     t: MatmulSgmatF16Tiling,
     bias: np.ndarray | None = None,
     y0: np.ndarray | None = None,
+    wsrc: str = "q",
+    xsrc: str = "f32",
 ) -> np.ndarray:
     """y [T, N] (float64) of the emulated kernel over raw ggml rows and f32 x (y0: y += onto it), after
-    row_scale.wgsl.j2 (not emulated: plain WGSL) wrote x's per-token scales."""
+    row_scale.wgsl.j2 (not emulated: plain WGSL) wrote x's per-token scales. wsrc="f16": the kernel's
+    copy-only W staging over the f16 rows dequant_f16.wgsl.j2 makes of raw (run_dequant_f16); xsrc="f16": its
+    copy-only x staging over the f16(x / s_t) row_scale writes beside s_t (its x16 option)."""
     T = x.shape[0]
     src = kernels.render(
         "matmul_sgmat_f16",
@@ -169,23 +176,37 @@ def run_emulated(
         tokens_at=1,
         has_bias=bias is not None,
         accumulate=y0 is not None,
+        wsrc=wsrc,
+        xsrc=xsrc,
     )
     kernel = device._make_kernel(emulate(src), f"matmul_sgmat_f16 emulated {qtype}")
+    x_buf = device.buffer_from(np.ascontiguousarray(x, np.float32).tobytes())
     y = np.full((T, N), np.nan, np.float32) if y0 is None else y0.astype(np.float32)
+    w_buf = device.buffer_from(raw + b"\0" * 4)  # the spare word weights carry (weights.SPARE_BYTES)
+    if wsrc == "f16":
+        w_buf = run_dequant_f16(device, qtype, w_buf, N, K)
     bufs = [
-        device.buffer_from(raw + b"\0" * 4),  # the spare word weights carry (weights.SPARE_BYTES)
-        device.buffer_from(np.ascontiguousarray(x, np.float32).tobytes()),
+        w_buf,
+        x_buf if xsrc == "f32" else device.create_buffer(2 * T * K),
         device.create_buffer(8 * T),
         device.buffer_from(y.tobytes()),
         device.buffer_from(struct.pack("<II", 0, T)),
     ]
     if bias is not None:
         bufs.append(device.buffer_from(bias.astype(np.float32).tobytes()))
-    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1)
-    device.run(scales, [bufs[1], bufs[2], bufs[4]], 1, T)
+    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=xsrc == "f16")
+    device.run(scales, [x_buf, bufs[2], bufs[4]] + ([bufs[1]] if xsrc == "f16" else []), 1, T)
     device.run(kernel, bufs, *t.groups(N, T))
     out = asyncio.run(device.read_buffer(bufs[3], 0, 4 * T * N))
     return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)
+
+
+def run_dequant_f16(device, qtype: str, w_buf, N: int, K: int, wg: int = 64):
+    """dequant_f16.wgsl.j2 over a weight buffer (raw ggml rows + a spare word): a new buffer of f16 rows [N, K]."""
+    kernel = device.kernel("dequant_f16", qtype=qtype, K=K, row_bytes=row_nbytes(GGMLType[qtype], K), wg=wg)
+    out = device.create_buffer(2 * N * K)
+    device.run(kernel, [w_buf, out], -(-N * K // 32 // wg))
+    return out
 
 
 _ANY_BUILTINS = """
@@ -263,6 +284,9 @@ def emulate_any(src: str) -> str:
     src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>", load_result)
     src = _replace_calls(src, "subgroupMatrixMultiplyAccumulate", lambda a: f"emu_mma({a[0]}, {a[1]}, {a[2]}, lane)")
     src = _replace_calls(src, "subgroupMatrixStore<row_major>", store)
+    # wsrc / xsrc "f16"'s copies: naga (lavapipe's compiler here) does not take bitcast<vec2<f16>>(u32), which
+    # Tint does; the same f16 pair through f32 (exact)
+    src = _replace_calls(src, "bitcast<vec2<f16>>", lambda a: f"vec2<f16>(unpack2x16float({a[0]}))")
     assert "subgroupMatrix" not in src and "subgroup_matrix" not in src
     i = src.index("@compute")
     decl = f"var<private> emu_slots: array<f32, {256 * max(1, len(slots))}>;\n"

@@ -14,6 +14,7 @@ five subgroup-matrix builtins emulated (tests/sgmat_emulation.py). Both check x'
 (row_scale.wgsl.j2): rows of 1e6 and 1e9, past f16's range, beside ordinary and all-zero ones (outlier_rows),
 and one pass over x for Q/K/V and for a weight split into row blocks."""
 
+import asyncio
 import base64
 import struct
 from dataclasses import replace
@@ -29,7 +30,7 @@ from webllm_py.planner import MatmulSgmatF16Tiling
 from webllm_py.weights import split_upload, upload_tensor
 
 from .linear_helpers import f32_buffer, int8_bound, make_weight, read_f32, run_linear, upload
-from .sgmat_emulation import emulating, run_emulated
+from .sgmat_emulation import emulating, run_dequant_f16, run_emulated
 
 pytestmark = pytest.mark.dawn
 
@@ -298,6 +299,65 @@ def test_f16_template_emulated(device, case):
     extra = (np.abs(b) if bias else 0.0) + (np.abs(y0) if accumulate else 0.0)
     ref = x.astype(np.float64) @ w.T + (b if bias else 0.0) + (y0 if accumulate else 0.0)
     assert (np.abs(y - ref) <= f16_bound(x, w, extra)).all()
+
+
+# matmul_sgmat_f16's copy-only staging (a measurement: wsrc="f16" W as f16 rows from dequant_f16.wgsl.j2,
+# xsrc="f16" x as f16(x / s_t)): (qtype, N, K, T, tiling, wsrc, xsrc f16); ragged N and T, Q4_0 and Q4_K
+COPY_ONLY = [
+    ("Q4_0", 37, 96, 5, MatmulSgmatF16Tiling(kb=1, db=True), "f16", False),
+    ("Q4_K", 45, 512, 20, MatmulSgmatF16Tiling(pf=True), "f16", True),
+    ("Q4_0", 37, 128, 9, MatmulSgmatF16Tiling(pf=True), "q", True),
+    # the planner's 128x128 tile (SGMAT_F16_TILES), both copies, one K step
+    ("Q4_0", 37, 64, 5, MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True), "f16", True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", COPY_ONLY, ids=[f"{c[0]}-w{c[5]}-x{'f16' if c[6] else 'f32'}" for c in COPY_ONLY])
+def test_f16_copy_only_emulated(device, case):
+    """wsrc="f16" / xsrc="f16" (staging by plain copies; builtins emulated) within f16_bound of numpy over
+    gguf-py's dequantization, rows of x past f16's range included (xsrc: row_scale's x16 writes f16(x / s_t))."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    qtype, N, K, T, tiling, wsrc, xf16 = case
+    rng = np.random.default_rng(N + K + T + 1)
+    raw, w = make_weight(qtype, N, K, rng)
+    x = outlier_rows(rng, T, K) if T >= 10 else rng.standard_normal((T, K)).astype(np.float32)
+    y = run_emulated(device, qtype, raw, N, K, x, tiling, wsrc=wsrc, xsrc="f16" if xf16 else "f32")
+    assert np.isfinite(y).all()
+    assert (np.abs(y - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()
+
+
+@pytest.mark.gpu
+def test_row_scale_x16(device):
+    """row_scale.wgsl.j2's x16 option: s_t as numpy's row_scales and f16(x / s_t) bit-equal numpy's, rows past
+    f16's range, all-zero and ordinary ones included."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    T, K = 12, 200
+    x = outlier_rows(np.random.default_rng(3), T, K)
+    bufs = [f32_buffer(device, x), device.create_buffer(8 * T), device.buffer_from(struct.pack("<II", 0, T))]
+    bufs.append(device.create_buffer(2 * T * K))
+    device.run(device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=True), bufs, 1, T)
+    s = read_f32(device, bufs[1], 2 * T).reshape(T, 2)
+    assert (s[:, 0] == row_scales(x)).all() and (s[:, 1] == 1 / row_scales(x)).all()
+    got = np.frombuffer(asyncio.run(device.read_buffer(bufs[3], 0, 2 * T * K)), np.uint16).reshape(T, K)
+    want = (x.astype(np.float64) / row_scales(x)[:, None]).astype(np.float32).astype(np.float16).view(np.uint16)
+    assert (got == want).all(), f"{(got != want).sum()} of {T * K} differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K", "Q8_0", "Q4_1", "Q6_K"])
+def test_dequant_f16_rows(device, qtype):
+    """dequant_f16.wgsl.j2's f16 rows bit-equal numpy's float16 of gguf-py's dequantization (ragged N)."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    N, K = 37, 512
+    raw, w = make_weight(qtype, N, K, np.random.default_rng(7))
+    out = run_dequant_f16(device, qtype, device.buffer_from(raw + b"\0" * 4), N, K)
+    got = np.frombuffer(asyncio.run(device.read_buffer(out, 0, 2 * N * K)), np.uint16).reshape(N, K)
+    want = w.astype(np.float32).astype(np.float16).view(np.uint16)
+    assert (got == want).all(), f"{(got != want).sum()} of {N * K} differ"
 
 
 _ADAPTER_FEATURES = """
