@@ -53,6 +53,7 @@ export const ERRORS = Object.freeze({
   WorkerError: "the worker could not start, crashed, or failed outside Python",
   AbortedError: "the request was aborted (abort mode cancel, or before it started)",
   RequestError: "a malformed request (bad options)",
+  ModelNotLoadedError: "a request to an engine whose model a later webllm.create replaced (one worker holds one model)",
   GPUUnavailableError: "the browser has no WebGPU",
 });
 

@@ -29,12 +29,16 @@
 
   // A one-way channel from worker messages to an async iterator (for streamed chunks). `onLeave`: the
   // consumer stopped iterating (break, return, throw in its loop) before the end.
-  function channel(onLeave) {
+  // `onInterrupt`: the stream's own interrupt() (generation of this request ends; the stream ends
+  // normally with what it has), for a caller that shares its engine with others (engine.interrupt()
+  // stops every request of the engine, queued ones included).
+  function channel(onLeave, onInterrupt) {
     const items = [], waiters = [];
     let done = false, error = null;
     const wake = () => { while (waiters.length) waiters.shift()(); };
     return {
       push(v) { items.push(v); wake(); },
+      interrupt() { return done ? Promise.resolve({ aborted: false }) : onInterrupt(); },
       end(err) { done = true; error = err || null; wake(); },
       async *[Symbol.asyncIterator]() {
         try {
@@ -69,6 +73,8 @@
       this.protocol = import(new URL("protocol.js", baseURL).href);
       this.worker = startWorker(new URL("worker.js", baseURL));
       this.nextId = 1;
+      this.loads = 0;  // `load` requests sent: the worker holds one model, the one of the last load sent
+      this.lastModel = null;
       this.pending = new Map(); // id -> {resolve, reject, onProgress, onChunk}
       // Shared memory lets the page stop a busy Python loop (the worker's event loop is blocked
       // then, so a message would wait). It exists only when the page is cross-origin isolated;
@@ -217,6 +223,8 @@
     ContentLengthError: "The server sent a different amount of data than it announced. Try again later, or download from another host.",
     NotGGUFError: "The URL does not lead to a GGUF file (often an error or login page). Link to the .gguf file itself.",
     ContextOverflowError: "The conversation is longer than the model's context window. Clear the chat and start again.",
+    ModelNotLoadedError: "No model is loaded for this engine (another webllm.create replaced it, or it was unloaded): create the engine again.",
+    SetupError: "The runtime's files are incomplete on the server (a wheel is missing): run scripts/setup.sh, or rebuild with python -m webllm_py build.",
     AbortedError: "Stopped.",
     WorkerError: "The worker crashed (possibly out of memory). Create the engine again (the next call starts a new worker); if it keeps happening, reload the page or pick a smaller model.",
   };
@@ -268,9 +276,10 @@
   }
 
   class Engine {
-    constructor(c, model) {
+    constructor(c, model, loadNo) {
       this._c = c;
       this.model = model;
+      this._loadNo = loadNo;
       this._inflight = new Set();
       this.chat = { completions: { create: (req) => this._generate("chat", req) } };
       this.completions = { create: (req) => this._generate("completion", req) };
@@ -279,6 +288,7 @@
     async _generate(kind, req = {}) {
       const { signal, ...body } = req;
       checkStructured(kind, body);
+      this._current();
       await this._c.ready;
       if (!body.stream) {
         const { id, promise } = this._c.send(kind, body, { signal });
@@ -287,11 +297,20 @@
       }
       // A consumer that leaves the loop early ends the generation (as interrupt() does): else the worker
       // would generate to max_tokens for nobody, and every later request would wait for it.
-      const ch = channel(() => this._c.abort(id, "interrupt").catch(() => {}));
+      const ch = channel(() => this._c.abort(id, "interrupt").catch(() => {}), () => this._c.abort(id, "interrupt"));
       const { id, promise } = this._c.send(kind, body, { signal, onChunk: (c) => ch.push(c) });
       this._inflight.add(id);
       promise.then(() => ch.end(), (e) => ch.end(e)).finally(() => this._inflight.delete(id));
       return ch;
+    }
+
+    // The worker holds one model: a later create() (another engine, another <webllm-chat>) replaced this
+    // one's, and its requests would run on that model. They fail instead (requests run in the order sent,
+    // so a request sent before the later load still ran on this engine's model).
+    _current() {
+      if (this._c.loads === this._loadNo) return;
+      throw new WebLLMError("ModelNotLoadedError", `This engine's model (${this.model}) was replaced by a later ` +
+        `webllm.create (${this._c.lastModel}): one worker holds one model. Call webllm.create({model}) again.`);
     }
 
     // Stop whatever this engine is generating; streams end normally with what they have.
@@ -323,10 +342,12 @@
       const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.
       const loading = c.request("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
+      const loadNo = ++c.loads;
+      c.lastModel = url;
       loading.catch(() => {});  // a failed start-up is the error to report
       await c.ready;
       await loading;
-      return new Engine(c, url);
+      return new Engine(c, url, loadNo);
     },
     // Run Python in the worker (top-level await allowed); resolves with the last expression's
     // value as JSON (bytes arrive as {$bytes: base64}).
