@@ -73,8 +73,6 @@
       this.protocol = import(new URL("protocol.js", baseURL).href);
       this.worker = startWorker(new URL("worker.js", baseURL));
       this.nextId = 1;
-      this.loads = 0;  // `load` requests sent: the worker holds one model, the one of the last load sent
-      this.lastModel = null;
       this.pending = new Map(); // id -> {resolve, reject, onProgress, onChunk}
       // Shared memory lets the page stop a busy Python loop (the worker's event loop is blocked
       // then, so a message would wait). It exists only when the page is cross-origin isolated;
@@ -276,10 +274,12 @@
   }
 
   class Engine {
-    constructor(c, model, loadNo) {
+    // `loadId`: the id of the load request that made it, sent as `_load` with its requests: the worker
+    // holds one model, and refuses (ModelNotLoadedError) an engine whose model a later load replaced.
+    constructor(c, model, loadId) {
       this._c = c;
       this.model = model;
-      this._loadNo = loadNo;
+      this._load = loadId;
       this._inflight = new Set();
       this.chat = { completions: { create: (req) => this._generate("chat", req) } };
       this.completions = { create: (req) => this._generate("completion", req) };
@@ -288,7 +288,7 @@
     async _generate(kind, req = {}) {
       const { signal, ...body } = req;
       checkStructured(kind, body);
-      this._current();
+      body._load = this._load;
       await this._c.ready;
       if (!body.stream) {
         const { id, promise } = this._c.send(kind, body, { signal });
@@ -304,22 +304,13 @@
       return ch;
     }
 
-    // The worker holds one model: a later create() (another engine, another <webllm-chat>) replaced this
-    // one's, and its requests would run on that model. They fail instead (requests run in the order sent,
-    // so a request sent before the later load still ran on this engine's model).
-    _current() {
-      if (this._c.loads === this._loadNo) return;
-      throw new WebLLMError("ModelNotLoadedError", `This engine's model (${this.model}) was replaced by a later ` +
-        `webllm.create (${this._c.lastModel}): one worker holds one model. Call webllm.create({model}) again.`);
-    }
-
     // Stop whatever this engine is generating; streams end normally with what they have.
     async interrupt() {
       await Promise.all([...this._inflight].map((id) => this._c.abort(id, "interrupt")));
     }
 
-    async unload() { await this._c.ready; return this._c.request("unload", {}); }
-    async runtimeStats() { await this._c.ready; return this._c.request("stats", {}); }
+    async unload() { await this._c.ready; return this._c.request("unload", { _load: this._load }); }
+    async runtimeStats() { await this._c.ready; return this._c.request("stats", { _load: this._load }); }
   }
 
   const webllm = {
@@ -341,13 +332,11 @@
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.
-      const loading = c.request("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
-      const loadNo = ++c.loads;
-      c.lastModel = url;
+      const { id, promise: loading } = c.send("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
       loading.catch(() => {});  // a failed start-up is the error to report
       await c.ready;
       await loading;
-      return new Engine(c, url, loadNo);
+      return new Engine(c, url, id);
     },
     // Run Python in the worker (top-level await allowed); resolves with the last expression's
     // value as JSON (bytes arrive as {$bytes: base64}).

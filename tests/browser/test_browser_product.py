@@ -300,6 +300,10 @@ def test_stream_interrupt_and_a_second_create_make_the_first_engine_fail_typed(e
         try { await old.chat.completions.create({ messages, max_tokens: 1 }); out.old = 'answered'; }
         catch (e) { out.old = { name: e.name, message: e.message, hint: webllm.errorHint(e) }; }
         out.after = await engine.chat.completions.create({ messages, max_tokens: 1, temperature: 0 });
+        const ctl = new AbortController();
+        ctl.abort();
+        try { await webllm.create({ model, signal: ctl.signal }); } catch (e) { out.abortedCreate = e.name; }
+        out.stillServes = !!(await engine.runtimeStats());
       } catch (e) { out.error = `${e.name}: ${e.message}\\n${e.traceback || ''}`; }
       return out;
     }""",
@@ -309,6 +313,7 @@ def test_stream_interrupt_and_a_second_create_make_the_first_engine_fail_typed(e
     fin = [c["choices"][0]["finish_reason"] for c in r["interrupted"] if c["choices"]]
     assert fin[-1] == "abort" and len(r["interrupted"]) <= 3, r["interrupted"]
     assert r["old"]["name"] == "ModelNotLoadedError" and MODEL in r["old"]["message"] and r["old"]["hint"], r["old"]
+    assert r["abortedCreate"] == "AbortedError" and r["stillServes"], r  # a load that never ran replaced nothing
     after = r["after"]["choices"][0]["message"]["content"].strip()
     assert after and "The capital of France is Paris.".startswith(after)
 
