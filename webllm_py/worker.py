@@ -78,7 +78,8 @@ def _jsonable(v: Any) -> Any:
 
 
 def to_json(v: Any) -> str:
-    return json.dumps(v, default=_jsonable)
+    # allow_nan=False: NaN / Infinity are not JSON, and the worker's JSON.parse would fail on them.
+    return json.dumps(v, default=_jsonable, allow_nan=False)
 
 
 def error_payload(e: BaseException) -> dict:
@@ -163,7 +164,12 @@ class Session:
             # Raised by Pyodide's interrupt buffer. Turned into an ordinary exception here: asyncio
             # re-raises KeyboardInterrupt out of the event loop, i.e. into JS, past `handle`.
             raise AbortedError("The Python code was interrupted (aborted by the caller).") from None
-        to_json(v)  # fail here, typed, rather than in handle's final dump
+        try:
+            to_json(v)  # fail here, typed, rather than in handle's final dump
+        except ValueError as e:  # a float NaN / Infinity (json's "Out of range float values")
+            raise ResultNotSerializable(
+                f"the result holds a float NaN or Infinity, which JSON cannot carry ({e}): return None or a string for them"
+            ) from None
         return v
 
     def _check_engine(self, load: Any) -> None:

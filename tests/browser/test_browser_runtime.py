@@ -203,6 +203,12 @@ def test_python_error_is_typed_and_worker_stays_usable(webllm_page):
     with pytest.raises(BrowserPythonError) as e:
         run_python(webllm_page, "object()")
     assert e.value.name == "ResultNotSerializable"
+    # NaN / Infinity are not JSON: Python's json wrote them anyway and the worker's JSON.parse failed
+    # with a bare SyntaxError ("Unexpected token 'N'"), which read as an error in the user's code.
+    for code in ("float('nan')", "[1.0, float('-inf')]", "{'x': float('inf')}"):
+        with pytest.raises(BrowserPythonError) as e:
+            run_python(webllm_page, code)
+        assert e.value.name == "ResultNotSerializable" and "NaN" in e.value.message, (code, e.value.message)
     # The namespace persists across requests (notebook-like) and the worker still answers.
     assert run_python(webllm_page, "x_before + 1") == 42
 
