@@ -208,6 +208,7 @@ class WebLLMChat extends HTMLElement {
     } catch (e) {
       reply = e.partial || "";
       this._error(e);
+      if (e.name === "ModelNotLoadedError") this._forget();
     } finally {
       view.flush();
       div.classList.remove("pending");
@@ -222,6 +223,16 @@ class WebLLMChat extends HTMLElement {
 
   // This widget's answer only: engine.interrupt() would stop (and drop the queued requests of) every
   // widget sharing the engine. Before the stream exists, it is stopped as soon as it does.
+  // Another widget's model replaced this one's in the worker: the engine is gone, Load (or the next
+  // send) loads it again.
+  _forget() {
+    const engine = this.engine;
+    const p = engines.get(this.model);
+    if (p) p.then((e) => { if (e === engine && engines.get(this.model) === p) engines.delete(this.model); }, () => {});
+    this.engine = null;
+    this._status("not loaded");
+  }
+
   stop() {
     if (!this.busy) return Promise.resolve();
     this._stopping = true;

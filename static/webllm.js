@@ -206,6 +206,13 @@
     return openModelCache(kind || null);
   }
 
+  // A call's one argument must be an options object (create("x.gguf") read as create({model: undefined})).
+  function plainOptions(call, arg) {
+    if (arg === null || typeof arg !== "object" || Array.isArray(arg)) {
+      throw new WebLLMError("RequestError", `${call} takes one options object ({model, ...} / {messages, ...}), got ${arg === null ? "null" : Array.isArray(arg) ? "an array" : typeof arg}.`);
+    }
+  }
+
   // What the user can do about an error, by its typed name (the Python class or a JS-side one).
   const HINTS = {
     GPUUnavailableError: "This browser has no WebGPU. Use a recent Chrome or Edge (on Linux: start Chromium with --enable-unsafe-webgpu).",
@@ -286,6 +293,7 @@
     }
 
     async _generate(kind, req = {}) {
+      plainOptions(`${kind === "chat" ? "chat." : ""}completions.create`, req);
       const { signal, ...body } = req;
       checkStructured(kind, body);
       body._load = this._load;
@@ -328,7 +336,9 @@
     // total, seconds, eta}, {phase: "verify"}, then the engine's own {stage, loaded, total}.
     // A model is a served model's name, a URL or hf:owner/repo/path/file.gguf[@revision] (split GGUFs
     // by any shard's name, with {shard, shards} in progress events); hfEndpoint: see modelURLs.
-    async create({ model, onProgress, signal, cache, hfEndpoint, ...options } = {}) {
+    async create(args = {}) {
+      plainOptions("webllm.create", args);
+      const { model, onProgress, signal, cache, hfEndpoint, ...options } = args;
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.

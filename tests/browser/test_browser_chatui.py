@@ -287,3 +287,29 @@ def test_widget_stop_and_removal_end_only_its_own_answer(webllm_page):
     assert r["bRunning"], r
     assert r["replyB"] != "still running" and r["streams"][1]["interrupted"], r
     assert r["streams"][1]["chunks"] < 100, r
+
+
+def test_widget_whose_model_was_replaced_offers_load_again(webllm_page):
+    """Widgets of different models replace each other's model in the one worker: the old engine's requests
+    fail with ModelNotLoadedError; the widget then drops that engine (Load is shown again) instead of
+    failing the same way on every later send."""
+    r = webllm_page.evaluate(
+        """async () => {
+      await import('/webllm-chat.js');
+      const el = document.createElement('webllm-chat');
+      el.setAttribute('model', 'replaced-probe2.gguf');
+      document.body.append(el);
+      el.engine = { interrupt: async () => {}, chat: { completions: { create: async () => {
+        throw new webllm.WebLLMError('ModelNotLoadedError', 'replaced by a later webllm.create');
+      } } } };
+      el._controls();
+      const reply = await el.send('hi');
+      const root = el.shadowRoot;
+      const out = { reply, engine: el.engine, loadShown: !root.querySelector('.load').hidden,
+                    error: root.querySelector('.error').textContent, status: root.querySelector('.status').textContent };
+      el.remove();
+      return out;
+    }"""
+    )
+    assert r["engine"] is None and r["loadShown"] and r["status"] == "not loaded", r
+    assert "replaced" in r["error"], r

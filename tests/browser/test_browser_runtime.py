@@ -213,6 +213,22 @@ def test_python_error_is_typed_and_worker_stays_usable(webllm_page):
     assert run_python(webllm_page, "x_before + 1") == 42
 
 
+def test_create_refuses_a_non_object_argument(webllm_page):
+    """webllm.create("x.gguf") read as create({model: undefined}) and said a model URL must be a non-empty
+    string; null threw an untyped TypeError."""
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = [];
+      for (const arg of ['SmolLM2-135M-Instruct.Q4_1.gguf', null, 42]) {
+        try { await webllm.create(arg); out.push('resolved'); } catch (e) { out.push([e.name, e.message]); }
+      }
+      return out;
+    }"""
+    )
+    for name, message in r:
+        assert name == "RequestError" and "webllm.create takes one options object" in message, r
+
+
 def test_abort_a_busy_python_loop(webllm_page):
     """A CPU-bound loop blocks the worker's event loop; the page stops it through the interrupt buffer."""
     t0 = time.monotonic()
