@@ -9,7 +9,8 @@
 // number fails send() with a RequestError shown in the widget (nothing is sent).
 // Methods: load(), send(text), stop() (this widget's answer only: widgets of one model share an
 // engine), clear() (also the New chat button). Removed from the page, a widget stops its answer.
-// One worker holds one model: widgets of different models on one page replace each other's. Answers render as safe
+// One worker holds one model: widgets of different models on one page replace each other's (the
+// replaced one offers Load again); changing `model` drops the loaded engine. Answers render as safe
 // markdown (chatkit.js, shared with chat.html). Events (bubbling): webllm-loaded {model}, webllm-reply {text, usage}, webllm-error {error}.
 // Its look lives in a shadow root, so page styles do not leak in; `--webllm-accent` and
 // `--webllm-font` (CSS custom properties) restyle it from outside.
@@ -75,7 +76,16 @@ class WebLLMChat extends HTMLElement {
   }
 
   static get observedAttributes() { return ["model", "placeholder"]; }
-  attributeChangedCallback() { this._render(); }
+  attributeChangedCallback(name, old, value) {
+    // Another model: the loaded engine is the old model's (answers would come from it under the new
+    // title). Its answer in progress stops; Load (or the next send) loads the new one.
+    if (name === "model" && old !== value && this.engine) {
+      this.stop();
+      this.engine = null;
+      this._status("not loaded");
+    }
+    this._render();
+  }
 
   get model() { return this.getAttribute("model") || ""; }
 

@@ -313,3 +313,31 @@ def test_widget_whose_model_was_replaced_offers_load_again(webllm_page):
     )
     assert r["engine"] is None and r["loadShown"] and r["status"] == "not loaded", r
     assert "replaced" in r["error"], r
+
+
+def test_widget_model_attribute_change_drops_the_old_engine(webllm_page):
+    """Changing `model` after a load retitled the widget, and its answers still came from the old model's
+    engine. Now the old engine is dropped (Load again) and its answer in progress stops."""
+    r = webllm_page.evaluate(
+        """async (fake) => {
+      await import('/webllm-chat.js');
+      const { engine, log } = eval(fake)();
+      const el = document.createElement('webllm-chat');
+      el.setAttribute('model', 'first-probe2.gguf');
+      document.body.append(el);
+      el.engine = engine;
+      el._controls();
+      const pending = el.send('hi');
+      await new Promise((r) => setTimeout(r, 150));
+      el.setAttribute('model', 'second-probe2.gguf');
+      const reply = await Promise.race([pending, new Promise((r) => setTimeout(() => r('still running'), 2000))]);
+      const root = el.shadowRoot;
+      const out = { reply, engine: el.engine, interrupted: log.streams[0].interrupted,
+                    title: root.querySelector('.title').textContent, loadShown: !root.querySelector('.load').hidden };
+      el.remove();
+      return out;
+    }""",
+        _FAKE_ENGINE,
+    )
+    assert r["engine"] is None and r["loadShown"] and r["title"] == "second-probe2", r
+    assert r["interrupted"] and r["reply"] != "still running", r
