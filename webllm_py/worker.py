@@ -131,7 +131,10 @@ class Session:
                 raise ValueError(f"request kind {kind!r} is not handled by Python (known: {', '.join(REQUESTS)})")
             payload = json.loads(payload_json or "{}")
             if kind in ENGINE_KINDS and kind != "load" and isinstance(payload, dict):
-                self._check_engine(payload.pop("_load", None))
+                load = payload.pop("_load", None)
+                if kind == "unload" and load not in (None, self.loaded_by):
+                    return to_json({"kind": "result", "id": id, "payload": {}})  # its model is gone already
+                self._check_engine(load)
             task = asyncio.ensure_future(getattr(self, "_" + kind)(payload, emit, data))
             self._running[id] = (kind, task)
             try:
