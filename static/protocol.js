@@ -53,6 +53,7 @@ export const ERRORS = Object.freeze({
   WorkerError: "the worker could not start, crashed, or failed outside Python",
   AbortedError: "the request was aborted (abort mode cancel, or before it started)",
   RequestError: "a malformed request (bad options)",
+  ModelNotLoadedError: "raised by Python (worker.py): no model, or a later load replaced the engine's; <webllm-chat> reloads on it",
   GPUUnavailableError: "the browser has no WebGPU",
 });
 

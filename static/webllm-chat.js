@@ -218,7 +218,7 @@ class WebLLMChat extends HTMLElement {
     } catch (e) {
       reply = e.partial || "";
       this._error(e);
-      if (e.name === "ModelNotLoadedError") this._forget();
+      if (e.name === E.ModelNotLoadedError) this._forget();
     } finally {
       view.flush();
       div.classList.remove("pending");
