@@ -90,10 +90,10 @@ export function finishNote(reason, maxTokens) {
   return "";
 }
 
-// Stream one chat answer. onText(reply) after each piece; onStats({tokens, tokensPerS, firstTokenS})
+// Stream one chat answer. onStream(stream) once it exists (stream.interrupt() ends it early); onText(reply) after each piece; onStats({tokens, tokensPerS, firstTokenS})
 // live. Resolves {text, usage, finishReason, tokens, tokensPerS, firstTokenS}; on an error it
 // rejects with `partial` (the text so far) attached.
-export async function streamChat(engine, request, { onText, onStats } = {}) {
+export async function streamChat(engine, request, { onStream, onText, onStats } = {}) {
   let text = "", tokens = 0, first = 0, finishReason = null, usage = null;
   const t0 = performance.now();
   const stats = () => {
@@ -102,6 +102,7 @@ export async function streamChat(engine, request, { onText, onStats } = {}) {
   };
   try {
     const stream = await engine.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } });
+    if (onStream) onStream(stream);
     for await (const chunk of stream) {
       const choice = chunk.choices && chunk.choices[0];
       if (choice && choice.delta && choice.delta.content) {

@@ -16,7 +16,7 @@ export const PROTOCOL = Object.freeze({
             doc: "Run Python source (top-level await allowed) in one persistent namespace." },
     load: { queued: true, payload: "{model: url, options}", result: "{model, ...engine info}",
             doc: "Download a model (with progress) and create the engine from its bytes." },
-    chat: { queued: true, payload: "OpenAI chat.completions request", result: "completion, or {done: true} when streamed",
+    chat: { queued: true, payload: "OpenAI chat.completions request, + _load?: the id of the load that made the page's engine (ModelNotLoadedError when a later load replaced it; also for completion, unload, stats)", result: "completion, or {done: true} when streamed",
             doc: "Chat completion (response_format, tools, tool_choice included); with stream: true each OpenAI chunk arrives as a `chunk`." },
     completion: { queued: true, payload: "OpenAI completions request", result: "completion, or {done: true} when streamed",
                   doc: "Text completion; streaming as for chat." },
@@ -53,6 +53,7 @@ export const ERRORS = Object.freeze({
   WorkerError: "the worker could not start, crashed, or failed outside Python",
   AbortedError: "the request was aborted (abort mode cancel, or before it started)",
   RequestError: "a malformed request (bad options)",
+  ModelNotLoadedError: "raised by Python (worker.py): no model, or a later load replaced the engine's; <webllm-chat> reloads on it",
   GPUUnavailableError: "the browser has no WebGPU",
 });
 

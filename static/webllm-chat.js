@@ -3,9 +3,14 @@
 //   <script type="module" src="/webllm-chat.js"></script>
 //   <webllm-chat model="SmolLM2-135M-Instruct.Q4_1.gguf" max-tokens="256" temperature="0.7" autoload></webllm-chat>
 //
-// Attributes: model (a name from /models/index.json, a URL or hf:owner/repo/file.gguf), max-tokens,
-// temperature, system-prompt, autoload (load when attached; otherwise a Load button), placeholder.
-// Methods: load(), send(text), stop(), clear() (also the New chat button). Answers render as safe
+// Attributes: model (a name from /models/index.json, a URL or hf:owner/repo/file.gguf), max-tokens
+// (an integer >= 1), temperature (a number >= 0; 0 = greedy), system-prompt, autoload (load when
+// attached; otherwise a Load button), placeholder. A max-tokens or temperature that is not such a
+// number fails send() with a RequestError shown in the widget (nothing is sent).
+// Methods: load(), send(text), stop() (this widget's answer only: widgets of one model share an
+// engine), clear() (also the New chat button). Removed from the page, a widget stops its answer.
+// One worker holds one model: widgets of different models on one page replace each other's (the
+// replaced one offers Load again); changing `model` drops the loaded engine. Answers render as safe
 // markdown (chatkit.js, shared with chat.html). Events (bubbling): webllm-loaded {model}, webllm-reply {text, usage}, webllm-error {error}.
 // Its look lives in a shadow root, so page styles do not leak in; `--webllm-accent` and
 // `--webllm-font` (CSS custom properties) restyle it from outside.
@@ -71,13 +76,42 @@ class WebLLMChat extends HTMLElement {
   }
 
   static get observedAttributes() { return ["model", "placeholder"]; }
-  attributeChangedCallback() { this._render(); }
+  attributeChangedCallback(name, old, value) {
+    // Another model: the loaded engine is the old model's (answers would come from it under the new
+    // title). Its answer in progress stops; Load (or the next send) loads the new one.
+    if (name === "model" && old !== value && this.engine) {
+      this.stop();
+      this.engine = null;
+      this._status("not loaded");
+    }
+    this._render();
+  }
 
   get model() { return this.getAttribute("model") || ""; }
 
   connectedCallback() {
     this._render();
     if (this.hasAttribute("autoload")) this.load();
+  }
+
+  // Removed from the page (not moved: that reconnects at once): its answer is read by nobody.
+  disconnectedCallback() {
+    queueMicrotask(() => { if (!this.isConnected && this.busy) this.stop(); });
+  }
+
+  // max_tokens and temperature from the attributes, checked: `+"abc"` is NaN, which travels as null
+  // (no limit) through JSON.
+  _sampling() {
+    const bad = (attr, want) => {
+      throw new webllm.WebLLMError(E.RequestError, `${attr}="${this.getAttribute(attr)}" is not ${want}.`);
+    };
+    const mt = (this.getAttribute("max-tokens") ?? "").trim();
+    const maxTokens = mt === "" ? 256 : Number(mt);
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) bad("max-tokens", "an integer >= 1");
+    const t = (this.getAttribute("temperature") ?? "").trim();
+    const temperature = t === "" ? 0.7 : Number(t);
+    if (!Number.isFinite(temperature) || temperature < 0) bad("temperature", "a number >= 0 (0 = greedy)");
+    return { maxTokens, temperature };
   }
 
   _render() {
@@ -151,7 +185,10 @@ class WebLLMChat extends HTMLElement {
 
   async send(text) {
     text = (text || "").trim();
-    if (!text || this.busy || !(await this.load())) return null;
+    if (!text || this.busy) return null;
+    let sampling;
+    try { sampling = this._sampling(); } catch (e) { this._error(e); return null; }
+    if (!(await this.load())) return null;
     this.$("textarea").value = "";
     this._error(null);
     this.history.push({ role: "user", content: text });
@@ -160,7 +197,7 @@ class WebLLMChat extends HTMLElement {
     div.classList.add("pending");
     this.busy = true; this._controls();
     const view = streamRenderer(div.querySelector(".body"));
-    const maxTokens = +(this.getAttribute("max-tokens") || 256);
+    const { maxTokens, temperature } = sampling;
     const system = (this.getAttribute("system-prompt") || "").trim();
     const log = this.$(".log");
     const history = this.history;
@@ -169,8 +206,9 @@ class WebLLMChat extends HTMLElement {
     try {
       const r = await streamChat(this.engine, {
         messages: system ? [{ role: "system", content: system }, ...history] : history,
-        max_tokens: maxTokens, temperature: +(this.getAttribute("temperature") ?? 0.7),
-      }, { onText: (t) => { view.update(t); log.scrollTop = log.scrollHeight; },
+        max_tokens: maxTokens, temperature,
+      }, { onStream: (s) => { this._stream = s; if (this._stopping) s.interrupt().catch(() => {}); },
+           onText: (t) => { view.update(t); log.scrollTop = log.scrollHeight; },
            onStats: (s) => { this.$(".speed").textContent = speed(s); } });
       reply = r.text; usage = r.usage;
       this.$(".speed").textContent = speed(r);
@@ -180,21 +218,39 @@ class WebLLMChat extends HTMLElement {
     } catch (e) {
       reply = e.partial || "";
       this._error(e);
+      if (e.name === E.ModelNotLoadedError) this._forget();
     } finally {
       view.flush();
       div.classList.remove("pending");
       // clear() during the stream started a new conversation: this answer belongs to the old one.
       if (reply && history === this.history) history.push({ role: "assistant", content: reply });
       else if (!reply) div.remove();
+      this._stream = null; this._stopping = false;
       this.busy = false; this._controls();
     }
     return reply;
   }
 
-  stop() { if (this.engine) return this.engine.interrupt(); }
+  // This widget's answer only: engine.interrupt() would stop (and drop the queued requests of) every
+  // widget sharing the engine. Before the stream exists, it is stopped as soon as it does.
+  // Another widget's model replaced this one's in the worker: the engine is gone, Load (or the next
+  // send) loads it again.
+  _forget() {
+    const engine = this.engine;
+    const p = engines.get(this.model);
+    if (p) p.then((e) => { if (e === engine && engines.get(this.model) === p) engines.delete(this.model); }, () => {});
+    this.engine = null;
+    this._status("not loaded");
+  }
+
+  stop() {
+    if (!this.busy) return Promise.resolve();
+    this._stopping = true;
+    return this._stream ? this._stream.interrupt().catch(() => {}) : Promise.resolve();
+  }
 
   clear() {
-    if (this.busy && this.engine) this.engine.interrupt();
+    if (this.busy) this.stop();
     this.history = [];
     this.$(".speed").textContent = "";
     this._error(null);

@@ -29,12 +29,16 @@
 
   // A one-way channel from worker messages to an async iterator (for streamed chunks). `onLeave`: the
   // consumer stopped iterating (break, return, throw in its loop) before the end.
-  function channel(onLeave) {
+  // `onInterrupt`: the stream's own interrupt() (generation of this request ends; the stream ends
+  // normally with what it has), for a caller that shares its engine with others (engine.interrupt()
+  // stops every request of the engine, queued ones included).
+  function channel(onLeave, onInterrupt) {
     const items = [], waiters = [];
     let done = false, error = null;
     const wake = () => { while (waiters.length) waiters.shift()(); };
     return {
       push(v) { items.push(v); wake(); },
+      interrupt() { return done ? Promise.resolve({ aborted: false }) : onInterrupt(); },
       end(err) { done = true; error = err || null; wake(); },
       async *[Symbol.asyncIterator]() {
         try {
@@ -202,6 +206,13 @@
     return openModelCache(kind || null);
   }
 
+  // A call's one argument must be an options object (create("x.gguf") read as create({model: undefined})).
+  function plainOptions(call, arg) {
+    if (arg === null || typeof arg !== "object" || Array.isArray(arg)) {
+      throw new WebLLMError("RequestError", `${call} takes one options object ({model, ...} / {messages, ...}), got ${arg === null ? "null" : Array.isArray(arg) ? "an array" : typeof arg}.`);
+    }
+  }
+
   // What the user can do about an error, by its typed name (the Python class or a JS-side one).
   const HINTS = {
     GPUUnavailableError: "This browser has no WebGPU. Use a recent Chrome or Edge (on Linux: start Chromium with --enable-unsafe-webgpu).",
@@ -217,6 +228,8 @@
     ContentLengthError: "The server sent a different amount of data than it announced. Try again later, or download from another host.",
     NotGGUFError: "The URL does not lead to a GGUF file (often an error or login page). Link to the .gguf file itself.",
     ContextOverflowError: "The conversation is longer than the model's context window. Clear the chat and start again.",
+    ModelNotLoadedError: "No model is loaded for this engine (another webllm.create replaced it, or it was unloaded): create the engine again.",
+    SetupError: "The runtime's files are incomplete on the server (a wheel is missing): run scripts/setup.sh, or rebuild with python -m webllm_py build.",
     AbortedError: "Stopped.",
     WorkerError: "The worker crashed (possibly out of memory). Create the engine again (the next call starts a new worker); if it keeps happening, reload the page or pick a smaller model.",
   };
@@ -268,17 +281,22 @@
   }
 
   class Engine {
-    constructor(c, model) {
+    // `loadId`: the id of the load request that made it, sent as `_load` with its requests: the worker
+    // holds one model, and refuses (ModelNotLoadedError) an engine whose model a later load replaced.
+    constructor(c, model, loadId) {
       this._c = c;
       this.model = model;
+      this._load = loadId;
       this._inflight = new Set();
       this.chat = { completions: { create: (req) => this._generate("chat", req) } };
       this.completions = { create: (req) => this._generate("completion", req) };
     }
 
     async _generate(kind, req = {}) {
+      plainOptions(`${kind === "chat" ? "chat." : ""}completions.create`, req);
       const { signal, ...body } = req;
       checkStructured(kind, body);
+      body._load = this._load;
       await this._c.ready;
       if (!body.stream) {
         const { id, promise } = this._c.send(kind, body, { signal });
@@ -287,7 +305,7 @@
       }
       // A consumer that leaves the loop early ends the generation (as interrupt() does): else the worker
       // would generate to max_tokens for nobody, and every later request would wait for it.
-      const ch = channel(() => this._c.abort(id, "interrupt").catch(() => {}));
+      const ch = channel(() => this._c.abort(id, "interrupt").catch(() => {}), () => this._c.abort(id, "interrupt"));
       const { id, promise } = this._c.send(kind, body, { signal, onChunk: (c) => ch.push(c) });
       this._inflight.add(id);
       promise.then(() => ch.end(), (e) => ch.end(e)).finally(() => this._inflight.delete(id));
@@ -299,8 +317,8 @@
       await Promise.all([...this._inflight].map((id) => this._c.abort(id, "interrupt")));
     }
 
-    async unload() { await this._c.ready; return this._c.request("unload", {}); }
-    async runtimeStats() { await this._c.ready; return this._c.request("stats", {}); }
+    async unload() { await this._c.ready; return this._c.request("unload", { _load: this._load }); }
+    async runtimeStats() { await this._c.ready; return this._c.request("stats", { _load: this._load }); }
   }
 
   const webllm = {
@@ -318,15 +336,17 @@
     // total, seconds, eta}, {phase: "verify"}, then the engine's own {stage, loaded, total}.
     // A model is a served model's name, a URL or hf:owner/repo/path/file.gguf[@revision] (split GGUFs
     // by any shard's name, with {shard, shards} in progress events); hfEndpoint: see modelURLs.
-    async create({ model, onProgress, signal, cache, hfEndpoint, ...options } = {}) {
+    async create(args = {}) {
+      plainOptions("webllm.create", args);
+      const { model, onProgress, signal, cache, hfEndpoint, ...options } = args;
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.
-      const loading = c.request("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
+      const { id, promise: loading } = c.send("load", { model: url, options, ...(cache === undefined ? {} : { cache }) }, { onProgress, signal });
       loading.catch(() => {});  // a failed start-up is the error to report
       await c.ready;
       await loading;
-      return new Engine(c, url);
+      return new Engine(c, url, id);
     },
     // Run Python in the worker (top-level await allowed); resolves with the last expression's
     // value as JSON (bytes arrive as {$bytes: base64}).

@@ -78,7 +78,8 @@ def _jsonable(v: Any) -> Any:
 
 
 def to_json(v: Any) -> str:
-    return json.dumps(v, default=_jsonable)
+    # allow_nan=False: NaN / Infinity are not JSON, and the worker's JSON.parse would fail on them.
+    return json.dumps(v, default=_jsonable, allow_nan=False)
 
 
 def error_payload(e: BaseException) -> dict:
@@ -113,6 +114,11 @@ class Session:
     def __init__(self) -> None:
         self.namespace: dict = {"__name__": "__console__"}
         self.engine = None
+        self.model: str | None = None
+        # The id of the `load` request that made self.engine. The worker holds one model: a page's
+        # engine sends the id of its own load as `_load` with each request, and fails typed when a later
+        # load replaced it (its request would run on the other model; its unload would free that one).
+        self.loaded_by: int | None = None
         self._running: dict[int, tuple[str, asyncio.Future]] = {}
 
     # -- capabilities -----------------------------------------------------------------------------
@@ -124,12 +130,19 @@ class Session:
             if kind not in REQUESTS or kind in ("init", "abort"):
                 raise ValueError(f"request kind {kind!r} is not handled by Python (known: {', '.join(REQUESTS)})")
             payload = json.loads(payload_json or "{}")
+            if kind in ENGINE_KINDS and kind != "load" and isinstance(payload, dict):
+                load = payload.pop("_load", None)
+                if kind == "unload" and load not in (None, self.loaded_by):
+                    return to_json({"kind": "result", "id": id, "payload": {}})  # its model is gone already
+                self._check_engine(load)
             task = asyncio.ensure_future(getattr(self, "_" + kind)(payload, emit, data))
             self._running[id] = (kind, task)
             try:
                 value = await task
             finally:
                 self._running.pop(id, None)
+            if kind == "load":
+                self.loaded_by = id
             return to_json({"kind": "result", "id": id, "payload": value})
         except BaseException as e:  # noqa: B036 - KeyboardInterrupt is how a busy exec is aborted
             return json.dumps({"kind": "error", "id": id, "payload": error_payload(e)})
@@ -154,8 +167,21 @@ class Session:
             # Raised by Pyodide's interrupt buffer. Turned into an ordinary exception here: asyncio
             # re-raises KeyboardInterrupt out of the event loop, i.e. into JS, past `handle`.
             raise AbortedError("The Python code was interrupted (aborted by the caller).") from None
-        to_json(v)  # fail here, typed, rather than in handle's final dump
+        try:
+            to_json(v)  # fail here, typed, rather than in handle's final dump
+        except ValueError as e:  # a float NaN / Infinity (json's "Out of range float values")
+            raise ResultNotSerializable(
+                f"the result holds a float NaN or Infinity, which JSON cannot carry ({e}): return None or a string for them"
+            ) from None
         return v
+
+    def _check_engine(self, load: Any) -> None:
+        if load is None or load == self.loaded_by:
+            return
+        now = f"a later webllm.create loaded {self.model}" if self.engine is not None else "no model is loaded now"
+        raise ModelNotLoadedError(
+            f"This engine's model was replaced ({now}): one worker holds one model. Call webllm.create({{model}}) again."
+        )
 
     def _need_engine(self):
         if self.engine is None:
@@ -174,6 +200,8 @@ class Session:
         if self.engine is not None:
             self.engine.unload()
             self.engine = None
+        self.loaded_by = None
+        self.model = payload.get("model")
         options = payload.get("options") or {}
         engine = create(source, on_progress=lambda d: emit("progress", to_json(d)), **options)
         self.engine = await engine if inspect.isawaitable(engine) else engine
@@ -202,6 +230,7 @@ class Session:
             if inspect.isawaitable(r):
                 await r
             self.engine = None
+        self.loaded_by = None
         return {}
 
     async def _stats(self, payload: dict, emit: Emit, data: Any) -> dict:

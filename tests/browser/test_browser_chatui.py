@@ -192,3 +192,152 @@ def test_two_turns_code_blocks_length_note_phone_new_chat_and_echoed_tag(chat):
     bad = page.evaluate(f"() => ({_UNSAFE})(document.getElementById('messages'))")
     assert bad == [] and page.dialogs == []
     assert page.errors == []
+
+
+def test_widget_refuses_bad_sampling_attributes_before_loading(webllm_page):
+    """max-tokens="abc" was +"abc" = NaN, which JSON sends as null (no limit); temperature="-1" reached
+    the engine. Each is a RequestError shown in the widget, and nothing is loaded or sent."""
+    r = webllm_page.evaluate(
+        """async () => {
+      await import('/webllm-chat.js');
+      const out = [];
+      for (const [attr, value] of [['max-tokens', 'abc'], ['max-tokens', '0'], ['max-tokens', '2.5'],
+                                   ['temperature', '-1'], ['temperature', 'hot']]) {
+        const el = document.createElement('webllm-chat');
+        el.setAttribute('model', 'no-such-model-probe2.gguf');
+        el.setAttribute(attr, value);
+        document.body.append(el);
+        const names = [];
+        el.addEventListener('webllm-error', (ev) => names.push(ev.detail.error.name));
+        const reply = await el.send('hi');
+        const root = el.shadowRoot;
+        out.push({ attr, value, reply, names, error: root.querySelector('.error').textContent,
+                   status: root.querySelector('.status').textContent, bubbles: root.querySelectorAll('.msg').length });
+        el.remove();
+      }
+      return out;
+    }"""
+    )
+    for x in r:
+        assert x["reply"] is None and x["names"] == ["RequestError"], x
+        assert f'{x["attr"]}="{x["value"]}"' in x["error"] and x["status"] == "" and x["bubbles"] == 0, x
+
+
+# A stand-in engine (the widget's `engine` is set directly: no model needed): each stream sends a
+# chunk every 40 ms, up to 100, and ends with finish_reason "abort" once its own interrupt() is called.
+_FAKE_ENGINE = """() => {
+  const log = { engineInterrupts: 0, streams: [] };
+  const engine = {
+    interrupt: async () => { log.engineInterrupts++; },
+    chat: { completions: { create: async () => {
+      const s = { interrupted: false, chunks: 0 };
+      log.streams.push(s);
+      return {
+        interrupt: async () => { s.interrupted = true; },
+        async *[Symbol.asyncIterator]() {
+          for (let i = 0; i < 100 && !s.interrupted; i++) {
+            await new Promise((r) => setTimeout(r, 40));
+            s.chunks++;
+            yield { choices: [{ index: 0, delta: { content: 'w ' }, finish_reason: null }] };
+          }
+          yield { choices: [{ index: 0, delta: {}, finish_reason: s.interrupted ? 'abort' : 'length' }] };
+        },
+      };
+    } } },
+  };
+  return { engine, log };
+}"""
+
+
+def test_widget_stop_and_removal_end_only_its_own_answer(webllm_page):
+    """Widgets of one model share an engine: Stop called engine.interrupt(), which ends (or drops, when
+    queued) the other widgets' answers too; a widget removed mid-answer let it run to max_tokens."""
+    r = webllm_page.evaluate(
+        """async (fake) => {
+      await import('/webllm-chat.js');
+      const { engine, log } = eval(fake)();
+      const make = () => {
+        const el = document.createElement('webllm-chat');
+        el.setAttribute('model', 'shared-probe2.gguf');
+        el.setAttribute('max-tokens', '100');
+        document.body.append(el);
+        el.engine = engine;
+        el._controls();
+        return el;
+      };
+      const a = make(), b = make();
+      const ra = a.send('one'), rb = b.send('two');
+      await new Promise((r) => setTimeout(r, 200));
+      await a.stop();
+      const replyA = await ra;
+      const bRunning = b.busy && !log.streams[1].interrupted;
+      b.remove();
+      const t0 = performance.now();
+      const replyB = await Promise.race([rb, new Promise((r) => setTimeout(() => r('still running'), 2000))]);
+      const out = { replyA, bRunning, replyB, bSeconds: (performance.now() - t0) / 1000,
+                    engineInterrupts: log.engineInterrupts, streams: log.streams,
+                    noteA: (a.shadowRoot.querySelector('.finish') || {}).textContent };
+      a.remove();
+      return out;
+    }""",
+        _FAKE_ENGINE,
+    )
+    assert r["engineInterrupts"] == 0, r
+    assert r["streams"][0]["interrupted"] and r["replyA"].strip() and r["noteA"] == "Stopped.", r
+    assert r["bRunning"], r
+    assert r["replyB"] != "still running" and r["streams"][1]["interrupted"], r
+    assert r["streams"][1]["chunks"] < 100, r
+
+
+def test_widget_whose_model_was_replaced_offers_load_again(webllm_page):
+    """Widgets of different models replace each other's model in the one worker: the old engine's requests
+    fail with ModelNotLoadedError; the widget then drops that engine (Load is shown again) instead of
+    failing the same way on every later send."""
+    r = webllm_page.evaluate(
+        """async () => {
+      await import('/webllm-chat.js');
+      const el = document.createElement('webllm-chat');
+      el.setAttribute('model', 'replaced-probe2.gguf');
+      document.body.append(el);
+      el.engine = { interrupt: async () => {}, chat: { completions: { create: async () => {
+        throw new webllm.WebLLMError('ModelNotLoadedError', 'replaced by a later webllm.create');
+      } } } };
+      el._controls();
+      const reply = await el.send('hi');
+      const root = el.shadowRoot;
+      const out = { reply, engine: el.engine, loadShown: !root.querySelector('.load').hidden,
+                    error: root.querySelector('.error').textContent, status: root.querySelector('.status').textContent };
+      el.remove();
+      return out;
+    }"""
+    )
+    assert r["engine"] is None and r["loadShown"] and r["status"] == "not loaded", r
+    assert "replaced" in r["error"], r
+
+
+def test_widget_model_attribute_change_drops_the_old_engine(webllm_page):
+    """Changing `model` after a load retitled the widget, and its answers still came from the old model's
+    engine. Now the old engine is dropped (Load again) and its answer in progress stops."""
+    r = webllm_page.evaluate(
+        """async (fake) => {
+      await import('/webllm-chat.js');
+      const { engine, log } = eval(fake)();
+      const el = document.createElement('webllm-chat');
+      el.setAttribute('model', 'first-probe2.gguf');
+      document.body.append(el);
+      el.engine = engine;
+      el._controls();
+      const pending = el.send('hi');
+      await new Promise((r) => setTimeout(r, 150));
+      el.setAttribute('model', 'second-probe2.gguf');
+      const reply = await Promise.race([pending, new Promise((r) => setTimeout(() => r('still running'), 2000))]);
+      const root = el.shadowRoot;
+      const out = { reply, engine: el.engine, interrupted: log.streams[0].interrupted,
+                    title: root.querySelector('.title').textContent, loadShown: !root.querySelector('.load').hidden };
+      el.remove();
+      return out;
+    }""",
+        _FAKE_ENGINE,
+    )
+    assert r["engine"] is None and r["loadShown"] and r["title"] == "second-probe2", r
+    assert r["interrupted"] and r["reply"] != "still running", r

@@ -282,6 +282,42 @@ def test_interrupt_and_abort_signal_then_a_new_request_works(engine_page):
     assert "The capital of France is Paris.".startswith(after["choices"][0]["message"]["content"].strip())
 
 
+@pytest.mark.slow
+def test_stream_interrupt_and_a_second_create_make_the_first_engine_fail_typed(engine_page):
+    """stream.interrupt() ends that stream only (finish "abort"). The worker holds one model: after a second
+    webllm.create the first engine's requests ran on the second's model, silently; they fail with
+    ModelNotLoadedError (and a hint), and the new engine answers."""
+    r = engine_page.evaluate(
+        """async ([messages, model]) => {
+      const out = {};
+      try {
+        const chunks = [];
+        const s = await engine.chat.completions.create({ messages, stream: true, max_tokens: 6, temperature: 0 });
+        for await (const c of s) { chunks.push(c); if (chunks.length === 1) await s.interrupt(); }
+        out.interrupted = chunks;
+        const old = window.engine;
+        window.engine = await webllm.create({ model });
+        try { await old.chat.completions.create({ messages, max_tokens: 1 }); out.old = 'answered'; }
+        catch (e) { out.old = { name: e.name, message: e.message, hint: webllm.errorHint(e) }; }
+        out.after = await engine.chat.completions.create({ messages, max_tokens: 1, temperature: 0 });
+        const ctl = new AbortController();
+        ctl.abort();
+        try { await webllm.create({ model, signal: ctl.signal }); } catch (e) { out.abortedCreate = e.name; }
+        out.stillServes = !!(await engine.runtimeStats());
+      } catch (e) { out.error = `${e.name}: ${e.message}\\n${e.traceback || ''}`; }
+      return out;
+    }""",
+        [QUESTION, MODEL],
+    )
+    assert "error" not in r, r["error"]
+    fin = [c["choices"][0]["finish_reason"] for c in r["interrupted"] if c["choices"]]
+    assert fin[-1] == "abort" and len(r["interrupted"]) <= 3, r["interrupted"]
+    assert r["old"]["name"] == "ModelNotLoadedError" and MODEL in r["old"]["message"] and r["old"]["hint"], r["old"]
+    assert r["abortedCreate"] == "AbortedError" and r["stillServes"], r  # a load that never ran replaced nothing
+    after = r["after"]["choices"][0]["message"]["content"].strip()
+    assert after and "The capital of France is Paris.".startswith(after)
+
+
 DOC_SNIPPET = """
 import webllm_py
 from pyodide.http import pyfetch

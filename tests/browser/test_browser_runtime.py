@@ -203,8 +203,30 @@ def test_python_error_is_typed_and_worker_stays_usable(webllm_page):
     with pytest.raises(BrowserPythonError) as e:
         run_python(webllm_page, "object()")
     assert e.value.name == "ResultNotSerializable"
+    # NaN / Infinity are not JSON: Python's json wrote them anyway and the worker's JSON.parse failed
+    # with a bare SyntaxError ("Unexpected token 'N'"), which read as an error in the user's code.
+    for code in ("float('nan')", "[1.0, float('-inf')]", "{'x': float('inf')}"):
+        with pytest.raises(BrowserPythonError) as e:
+            run_python(webllm_page, code)
+        assert e.value.name == "ResultNotSerializable" and "NaN" in e.value.message, (code, e.value.message)
     # The namespace persists across requests (notebook-like) and the worker still answers.
     assert run_python(webllm_page, "x_before + 1") == 42
+
+
+def test_create_refuses_a_non_object_argument(webllm_page):
+    """webllm.create("x.gguf") read as create({model: undefined}) and said a model URL must be a non-empty
+    string; null threw an untyped TypeError."""
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = [];
+      for (const arg of ['SmolLM2-135M-Instruct.Q4_1.gguf', null, 42]) {
+        try { await webllm.create(arg); out.push('resolved'); } catch (e) { out.push([e.name, e.message]); }
+      }
+      return out;
+    }"""
+    )
+    for name, message in r:
+        assert name == "RequestError" and "webllm.create takes one options object" in message, r
 
 
 def test_abort_a_busy_python_loop(webllm_page):

@@ -63,3 +63,32 @@ def test_protocol_mirror_covers_the_engine_kinds():
     assert set(worker.ENGINE_KINDS) <= set(worker.REQUESTS)
     assert set(worker.REQUESTS) == {"init", "exec", "load", "chat", "completion", "abort", "unload", "stats"}
     assert set(worker.RESPONSES) == {"progress", "chunk", "result", "error"}
+
+
+def test_an_engine_whose_model_a_later_load_replaced_is_refused():
+    """One worker holds one model. A page's engine sends its load's id as `_load`: after a later load its
+    requests ran on the other model, and its unload freed that one; now they fail typed and touch nothing."""
+
+    class Engine:
+        unloaded = False
+
+        def runtime_stats(self):
+            return {"ok": 1}
+
+        def unload(self):
+            self.unloaded = True
+
+    s = worker.Session()
+    s.engine, s.loaded_by, s.model = Engine(), 7, "b.gguf"
+    assert call(s, "stats", {"_load": 7})[0]["payload"] == {"ok": 1}
+    assert call(s, "stats", {})[0]["payload"] == {"ok": 1}  # no `_load`: a plain protocol client
+    for kind in ("stats", "chat", "completion"):
+        msg, _ = call(s, kind, {"_load": 3, "messages": [], "prompt": ""})
+        assert msg["kind"] == "error" and msg["payload"]["name"] == "ModelNotLoadedError", msg
+        assert "b.gguf" in msg["payload"]["message"]
+    # Its unload frees what it holds, i.e. nothing: the other model stays (a page's teardown may call it).
+    assert call(s, "unload", {"_load": 3})[0] == {"kind": "result", "id": 1, "payload": {}}
+    assert not s.engine.unloaded and s.loaded_by == 7
+    assert call(s, "unload", {"_load": 7})[0]["kind"] == "result" and s.loaded_by is None
+    msg, _ = call(s, "stats", {"_load": 7})
+    assert msg["payload"]["name"] == "ModelNotLoadedError" and "no model is loaded" in msg["payload"]["message"]
