@@ -53,11 +53,18 @@ def preload() -> list[str]:
     templates compiled."""
     import importlib
 
-    for name in PRELOAD:
-        importlib.import_module(name)
     from . import kernels
 
-    return kernels.compile_templates()
+    # Templates first: compiling one holds its lexed tokens, generated source and AST for a moment (~5 MB for
+    # the largest), and a wasm heap never shrinks: over the imports' ~5 MB that peak made the snapshot-making
+    # instance grow past Pyodide's initial 30 MiB, and a snapshot larger than that cannot be restored (its
+    # restore copies the heap into a fresh instance's initial memory: "offset is out of bounds"). The margin is
+    # under 2 MB of transient memory (measured: a 2 MB bytearray here broke it); tests/browser/
+    # test_browser_snapshot.py fails when it is crossed (every start would then be a full one).
+    names = kernels.compile_templates()
+    for name in PRELOAD:
+        importlib.import_module(name)
+    return names
 
 
 class ResultNotSerializable(Exception):
