@@ -246,7 +246,24 @@ def sane_weight(qtype: str, n: int, k: int):
 
 
 from webllm_py.linear import Q4_TILING, StagedTiling, staged_tiling  # noqa: E402
-from webllm_py.ops import GLU, RMSNorm  # noqa: E402
+from webllm_py.ops import GLU, QuantizeX, RMSNorm  # noqa: E402
+
+
+def emits_like_quantize_x(produce, x, K: int, eq, ed, planes: int = 1, norm=None) -> bool:
+    """Whether the (eq, ed) that `produce` (records the emitting dispatches) writes are, byte for byte,
+    ops.QuantizeX's of x (K wide; norm: the ops.RMSNorm folded in), on this device's compiler. Without a norm
+    only each block's (dx, dx sum q) is compared: the sums of x^2 after them are for a folded norm, and an
+    emitter for a matvec without one leaves them unwritten."""
+    quant = QuantizeX(dev, K, planes, norm=norm)
+    qq, qd = quant.buffers()
+    with dev.recorder() as rec:
+        produce(rec)
+        quant.bind(x, qq, qd).record(rec, 1)
+    return all(
+        asyncio.run(dev.read_buffer(a, 0, n)) == asyncio.run(dev.read_buffer(b, 0, n))
+        for a, b, n in ((eq, qq, planes * K), (ed, qd, QuantizeX.xd_bytes(K) if norm else 8 * (K // 32)))
+    )
+
 
 if want("staged_check"):  # the staged kernel's output on this GPU against numpy (Q4_0) and matvec_q4
     for qtype in ("Q4_0", "Q4_1", "Q4_K"):
@@ -554,8 +571,6 @@ if want("staged_q8"):
 if want("prestaged"):
     from dataclasses import replace
 
-    from webllm_py.ops import QuantizeX
-
     for size, dim, kv, hidden in (
         [("1b", 2048, 512, 8192), ("8b", 4096, 1024, 14336)] if not QUICK else [("quick", 256, 64, 512)]
     ):
@@ -614,8 +629,6 @@ if want("prestaged"):
 if want("epilogue"):
     from dataclasses import replace
 
-    from webllm_py.ops import QuantizeX
-
     for size, dim, kv, hidden in (
         [("1b", 2048, 512, 8192), ("8b", 4096, 1024, 14336)] if not QUICK else [("quick", 512, 256, 1024)]
     ):
@@ -666,14 +679,7 @@ if want("epilogue"):
                 "prod_emit": lambda rec: rec.dispatch(pbg[True], pg),
             }
             # on this device's compiler too: the epilogue's blocks are QuantizeX's over the same new residual
-            qq, qd = quant.buffers()
-            with dev.recorder() as rec:
-                recs["prod_emit"](rec)
-                quant.bind(resid, qq, qd).record(rec, 1)
-            same = all(
-                asyncio.run(dev.read_buffer(a, 0, n)) == asyncio.run(dev.read_buffer(b, 0, n))
-                for a, b, n in ((xq, qq, ct.planes * dim), (xd, qd, QuantizeX.xd_bytes(dim)))
-            )
+            same = emits_like_quantize_x(recs["prod_emit"], resid, dim, xq, xd, ct.planes, rms)
             best = time_alternating(recs)
             emit(
                 kind="epilogue",
@@ -699,7 +705,6 @@ if want("attn_emit"):
 
     from webllm_py.attention import PagedAttention
     from webllm_py.kv_cache import PagedKVCache
-    from webllm_py.ops import QuantizeX
     from webllm_py.planner import KernelPolicy
 
     nh, nkv, hd, dim, pos = (32, 8, 128, 4096, 640) if not QUICK else (8, 2, 64, 512, 100)
@@ -737,20 +742,11 @@ if want("attn_emit"):
             recs["att_" + name] = lambda rec, a=a: a.record(rec, 1)
         recs["wo"] = lambda rec, w=forms["off"][1]: w.record(rec, 1)
         recs["wo_pre"] = lambda rec, w=forms["on"][1]: w.record(rec, 1)
-        same = {}
-        quant = QuantizeX(dev, K, 1)
-        qq, qd = quant.buffers()
-        for name, (a, w) in forms.items():
-            if name == "off":
-                continue
-            with dev.recorder() as rec:
-                a.record(rec, 1)
-                quant.bind(o, qq, qd).record(rec, 1)
-            eq, ed = a.emits
-            same[name] = all(
-                asyncio.run(dev.read_buffer(x, 0, n)) == asyncio.run(dev.read_buffer(y, 0, n))
-                for x, y, n in ((eq, qq, K), (ed, qd, 4 * K // 16))
-            )
+        same = {
+            name: emits_like_quantize_x(lambda rec, a=a: a.record(rec, 1), o, K, *a.emits)
+            for name, (a, w) in forms.items()
+            if name != "off"
+        }
         best = time_alternating(recs)
         emit(
             kind="attn_emit",
@@ -834,7 +830,6 @@ if want("glu_emit"):
     from dataclasses import replace
 
     from webllm_py.models.layer import link_emits
-    from webllm_py.ops import QuantizeX
     from webllm_py.planner import KernelPolicy
 
     info0 = dev.info
@@ -884,20 +879,11 @@ if want("glu_emit"):
         if "off" in forms and "on" in forms:
             recs["down_off"] = lambda rec, d=forms["off"][1]: d.record(rec, 1)
             recs["down_on"] = lambda rec, d=forms["on"][1]: d.record(rec, 1)
-        same = {}
-        quant = QuantizeX(dev, hidden, 1)
-        qq, qd = quant.buffers()
-        for name, (group, down) in forms.items():
-            if name == "off":
-                continue
-            with dev.recorder() as rec:
-                group.record(rec, 1)
-                quant.bind(out, qq, qd).record(rec, 1)
-            _, eq, ed = group.emits
-            same[name] = all(
-                asyncio.run(dev.read_buffer(a, 0, n)) == asyncio.run(dev.read_buffer(b, 0, n))
-                for a, b, n in ((eq, qq, hidden), (ed, qd, 8 * (hidden // 32)))
-            )
+        same = {
+            name: emits_like_quantize_x(lambda rec, g=group: g.record(rec, 1), out, hidden, *group.emits[1:])
+            for name, (group, down) in forms.items()
+            if name != "off"
+        }
         best = time_alternating(recs)
         emit(
             kind="glu_emit",
