@@ -169,19 +169,21 @@ class Device(ABC):
             )
 
     @property
+    def max_buffer_size(self) -> int:
+        """The largest buffer `limits` allow (WebGPU's default, 256 MiB, where the adapter says nothing)."""
+        return int(self.limits.get("max_buffer_size", 256 << 20))
+
+    @property
     def max_binding_size(self) -> int:
         """The largest buffer one storage binding can hold: the binding limit, or the buffer limit if lower."""
-        return min(
-            int(self.limits.get("max_storage_buffer_binding_size", 128 << 20)),
-            int(self.limits.get("max_buffer_size", 256 << 20)),
-        )
+        return min(int(self.limits.get("max_storage_buffer_binding_size", 128 << 20)), self.max_buffer_size)
 
     driver_max_buffer: int | None = None  # the driver's own limit where `limits` emulate a smaller adapter
 
     def check_buffer_size(self, size: int, label: str) -> None:
         """A buffer over the driver's max_buffer_size fails there with a validation error (a huge
         prefill_chunk's scratch did): say which buffer, and what to lower, before asking for it."""
-        limit = self.driver_max_buffer or int(self.limits.get("max_buffer_size", 256 << 20))
+        limit = self.driver_max_buffer or self.max_buffer_size
         if size > limit:
             raise ModelTooLargeError(
                 f"Buffer '{label}' needs {size} bytes, more than this adapter's largest buffer ({limit} bytes): "

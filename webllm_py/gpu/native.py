@@ -126,7 +126,7 @@ class NativeDevice(Device):
         }
         self.raw = adapter.request_device_sync(required_features=request, required_limits=want_limits)
         self.limits = {k.replace("-", "_"): v for k, v in self.raw.limits.items()}
-        self.driver_max_buffer = int(self.limits.get("max_buffer_size", 256 << 20))  # before any emulation
+        self.driver_max_buffer = self.max_buffer_size  # before any emulation
         if max_binding_size:
             for k in ("max_storage_buffer_binding_size", "max_buffer_size"):
                 self.limits[k] = min(int(self.limits.get(k, max_binding_size)), int(max_binding_size))
