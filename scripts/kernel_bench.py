@@ -63,13 +63,13 @@ def time_dispatches(record, reps: int) -> float:
     return best
 
 
-def time_alternating(recs: dict) -> dict:
-    """time_dispatches of each form in recs ({name: record}), the forms alternated in rounds (3, or 1 with
-    --quick) so that drift hits them alike: each one's best, by name."""
+def time_alternating(recs: dict, reps: int | None = None) -> dict:
+    """time_dispatches of each form in recs ({name: record}; reps units a submit, REPS by default), the forms
+    alternated in rounds (3, or 1 with --quick) so that drift hits them alike: each one's best, by name."""
     best = dict.fromkeys(recs, 1e9)
     for _ in range(3 if not QUICK else 1):
         for name, r in recs.items():
-            best[name] = min(best[name], time_dispatches(r, REPS))
+            best[name] = min(best[name], time_dispatches(r, reps or REPS))
     return best
 
 
@@ -799,11 +799,7 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
                     continue
                 recs[name] = lambda rec, b=b: b.record(rec, T, x_passed=True)
             reps = 2 if QUICK else max(5, int(1e9 / (T * n * k)))  # ~0.05 s a pass at ~25 TOPS
-            best = dict.fromkeys(recs, 1e9)
-            for _ in range(1 if QUICK else 3):
-                for name, r in recs.items():
-                    best[name] = min(best[name], time_dispatches(r, reps))
-            for name, dt in best.items():
+            for name, dt in time_alternating(recs, reps).items():
                 emit(
                     kind="i8",
                     qtype=qtype,
