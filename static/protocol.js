@@ -61,8 +61,12 @@ export const ERRORS = Object.freeze({
 export const E = Object.freeze(Object.fromEntries(Object.keys(ERRORS).map((name) => [name, name])));
 
 // Shared memory between page and worker (when the page is cross-origin isolated), as Int32 slots:
-// INTERRUPT is Pyodide's interrupt buffer (2 = raise KeyboardInterrupt in running Python code, which
-// is how a busy Python loop gets stopped: the worker's own event loop is blocked meanwhile);
+// INTERRUPT is Pyodide's interrupt buffer (SIGINT = 2 runs Python's SIGINT handler, which is how a busy
+// Python loop gets stopped: the worker's own event loop is blocked meanwhile, so a message would wait);
 // RUNNING is the id of the request the worker is running (0 = idle), so the page sets INTERRUPT only
-// for the request it means to stop.
-export const CONTROL = Object.freeze({ INTERRUPT: 0, RUNNING: 1, SLOTS: 2, SIGINT: 2 });
+// for the request it means to stop; CANCEL is the id the page cancelled last. The page stores CANCEL
+// and then reads RUNNING; the worker stores RUNNING and then reads CANCEL before it starts a request:
+// with sequentially consistent Atomics at least one of them sees the other, so a cancel that crosses
+// the start of its request is never lost (the abort message alone could be: it waits behind a request
+// that starts a busy loop). webllm.js (a classic script) mirrors these numbers.
+export const CONTROL = Object.freeze({ INTERRUPT: 0, RUNNING: 1, CANCEL: 2, SLOTS: 3, SIGINT: 2 });

@@ -18,6 +18,9 @@
   if (globalThis.webllm && globalThis.webllm.__client) return; // loaded twice: keep the first
 
   const script = typeof document !== "undefined" && document.currentScript;
+  // protocol.js's CONTROL slots (this classic script cannot import it synchronously; a browser test
+  // checks the two agree).
+  const CONTROL = Object.freeze({ INTERRUPT: 0, RUNNING: 1, CANCEL: 2, SLOTS: 3, SIGINT: 2 });
 
   class WebLLMError extends Error {
     constructor(name, message, traceback) {
@@ -77,7 +80,7 @@
       // Shared memory lets the page stop a busy Python loop (the worker's event loop is blocked
       // then, so a message would wait). It exists only when the page is cross-origin isolated;
       // elsewhere aborts travel as messages, which reach Python at its next await (every token).
-      this.sab = globalThis.crossOriginIsolated ? new SharedArrayBuffer(4 * 2) : null;
+      this.sab = globalThis.crossOriginIsolated ? new SharedArrayBuffer(4 * CONTROL.SLOTS) : null;
       this.control = this.sab ? new Int32Array(this.sab) : null;
       this.worker.onmessage = (ev) => this._receive(ev.data);
       this.worker.onerror = (ev) => this._crash(new WebLLMError("WorkerError",
@@ -176,8 +179,10 @@
     // Stop request `id`: `cancel` makes it fail with AbortedError, `interrupt` ends generation early.
     abort(id, mode = "cancel") {
       if (!this.pending.has(id)) return Promise.resolve({ aborted: false });
-      if (this.control && mode === "cancel" && Atomics.load(this.control, 1) === id) {
-        Atomics.store(this.control, 0, 2); // Pyodide's interrupt buffer: KeyboardInterrupt in Python
+      if (this.control && mode === "cancel") {
+        // CANCEL before RUNNING is read: see protocol.js CONTROL (the worker checks CANCEL as it starts `id`).
+        Atomics.store(this.control, CONTROL.CANCEL, id);
+        if (Atomics.load(this.control, CONTROL.RUNNING) === id) Atomics.store(this.control, CONTROL.INTERRUPT, CONTROL.SIGINT);
       }
       return this.request("abort", { target: id, mode });
     }

@@ -16,6 +16,9 @@ const PACKAGES = ["jinja2", "markupsafe", "webllm_py"]; // what the worker insta
 let pyodide = null;
 let session = null;   // PyProxy of webllm_py.worker.Session
 let control = null;   // Int32Array over a SharedArrayBuffer (CONTROL slots), or null
+// The last request that ended aborted before its abort message was read (dropped by pump through CANCEL,
+// or stopped by the interrupt): that message answers {aborted: true}, not "nothing to abort".
+let abortedEarly = 0;
 const queue = [];
 let running = null;   // the request being run
 
@@ -130,7 +133,15 @@ async function pump() {
     const { kind, id } = running;
     if (control) { Atomics.store(control, CONTROL.INTERRUPT, 0); Atomics.store(control, CONTROL.RUNNING, id); }
     try {
-      if (kind === "init") post("result", id, await init(running.payload, id).finally(() => setRuntimeKey(runtimeKey)));
+      if (control && Atomics.load(control, CONTROL.CANCEL) === id) {
+        // Cancelled as it was about to start: its abort message may still be on its way, behind this
+        // request (see protocol.js CONTROL), and would wait forever behind a busy loop.
+        abortedEarly = id;
+        if (running.download) running.download.abort();
+        if (running.model) dropStartKernels();
+        fail(id, E.AbortedError, "The request was aborted before it started.");
+      }
+      else if (kind === "init") post("result", id, await init(running.payload, id).finally(() => setRuntimeKey(runtimeKey)));
       else if (!session) {
         if (running.download) running.download.abort();
         if (running.model) dropStartKernels();
@@ -283,7 +294,10 @@ async function init(payload, id) {
   post("progress", id, { phase: "wheels" });
   unpackWheels(pyodide, wheels);
   const t2 = performance.now();
-  session = pyodide.runPython("from webllm_py.worker import Session; Session()");
+  // With shared memory, Python's SIGINT handler asks whether the request it would interrupt is the one
+  // the page cancelled (webllm_py/worker.py Session._on_sigint).
+  const cancelled = control ? (target) => Atomics.load(control, CONTROL.CANCEL) === target : null;
+  session = pyodide.runPython("from webllm_py.worker import Session; Session")(cancelled);
   const t3 = performance.now();
   if (storing) {
     snapshotError = await storing;
@@ -329,6 +343,7 @@ async function runPython(request) {
     if (kind === "load") dropStartKernels();
   }
   const msg = JSON.parse(out);
+  if (msg.kind === "error" && msg.payload && msg.payload.name === E.AbortedError) abortedEarly = id;
   // Cached only once the model loaded: a file the engine refused (not GGUF, truncated) is not kept.
   if (files && msg.kind === "result") await files.commit();
   self.postMessage(msg);
@@ -358,10 +373,10 @@ function abort(id, { target, mode = "cancel" }) {
     // the page may have raised is not needed: clear it, or it would fire inside session.abort.
     if (control) Atomics.store(control, CONTROL.INTERRUPT, 0);
     try {
-      aborted = !!session.abort(target, mode);
+      aborted = !!session.abort(target, mode, true);  // `running` was handed to session.handle
     } catch (e) {
       return fail(id, E.WorkerError, String(e && e.message || e));
     }
   }
-  post("result", id, { aborted });
+  post("result", id, { aborted: aborted || target === abortedEarly });
 }

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import inspect
 import json
+import signal
 import traceback
 from typing import Any, Callable
 
@@ -118,8 +119,17 @@ async def run_source(code: str, namespace: dict) -> Any:
 class Session:
     """One worker's state: the exec namespace, the engine, and the request being run."""
 
-    def __init__(self) -> None:
+    def __init__(self, cancelled: Callable[[int], bool] | None = None) -> None:
         self.namespace: dict = {"__name__": "__console__"}
+        # `cancelled(id)`: whether the page cancelled request `id` through shared memory (worker.js passes
+        # it where the page is cross-origin isolated; static/protocol.js CONTROL). Then the page stops a
+        # busy request by raising SIGINT in Python through Pyodide's interrupt buffer, and _on_sigint
+        # decides where that may land.
+        self._cancelled = cancelled
+        self.current: int | None = None  # the request being handled (worker.js runs one at a time)
+        self._early_abort: tuple[int, str] | None = None  # an abort that came before its request's handle ran
+        if cancelled is not None:
+            signal.signal(signal.SIGINT, self._on_sigint)
         self.engine = None
         self.model: str | None = None
         # The id of the `load` request that made self.engine. The worker holds one model: a page's
@@ -142,8 +152,12 @@ class Session:
                 if kind == "unload" and load not in (None, self.loaded_by):
                     return to_json({"kind": "result", "id": id, "payload": {}})  # its model is gone already
                 self._check_engine(load)
+            self.current = id
             task = asyncio.ensure_future(getattr(self, "_" + kind)(payload, emit, data))
             self._running[id] = (kind, task)
+            if self._early_abort is not None and self._early_abort[0] == id:
+                self.abort(*self._early_abort)  # it came before this coroutine ran (see abort)
+            self._early_abort = None
             try:
                 value = await task
             finally:
@@ -154,12 +168,36 @@ class Session:
         except BaseException as e:  # noqa: B036 - KeyboardInterrupt is how a busy exec is aborted
             return json.dumps({"kind": "error", "id": id, "payload": error_payload(e)})
 
-    def abort(self, target: int, mode: str = "cancel") -> bool:
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """The page raised SIGINT to stop request `self.current`. A KeyboardInterrupt may land only inside
+        that request's own body: an `exec`'s code (the busy loop that no message can reach) or a `load`
+        (parsing and upload, which a cancel should not wait out). Anywhere else - asyncio's machinery
+        between tasks, `abort` itself, an interrupt meant for a request that ended meanwhile - it escaped
+        into JS as an untyped PythonError; there it is ignored: the abort message the page sent with it
+        cancels the request at its next await, and _exec checks `cancelled` before running any code."""
+        target = self.current
+        if target is None or self._cancelled is None or not self._cancelled(target):
+            return
+        bodies = (Session._exec.__code__, Session._load.__code__)
+        f = frame
+        while f is not None:
+            if f.f_code in bodies:
+                raise KeyboardInterrupt
+            f = f.f_back
+
+    def abort(self, target: int, mode: str = "cancel", handed: bool = False) -> bool:
         """Stop request `target` if it is running. `interrupt` asks the engine to end generation
-        (the request returns what it has); `cancel` cancels it (it fails with AbortedError)."""
+        (the request returns what it has); `cancel` cancels it (it fails with AbortedError).
+        `handed`: the caller has called handle(target) (worker.js's running request), so a target with
+        no task yet is one whose handle has not started: the abort waits for it there."""
         entry = self._running.get(int(target))
         if entry is None:
-            return False
+            if not handed:
+                return False
+            # JS called handle, Python runs it on the loop's next turn: dropped here, the abort was lost
+            # and the request ran in full (a busy loop: forever). handle applies it as it starts.
+            self._early_abort = (int(target), mode)
+            return True
         kind, task = entry
         if mode == "interrupt" and kind in ("chat", "completion") and self.engine is not None:
             self.engine.interrupt()
@@ -168,6 +206,9 @@ class Session:
         return True
 
     async def _exec(self, payload: dict, emit: Emit, data: Any) -> Any:
+        if self._cancelled is not None and self.current is not None and self._cancelled(self.current):
+            # SIGINT came before this code ran (and was ignored there): do not start a loop it cannot stop.
+            raise AbortedError("The request was aborted before it started.")
         try:
             v = await run_source(payload["code"], self.namespace)
         except KeyboardInterrupt:

@@ -5,6 +5,7 @@ paths behave. GPU results are checked on CPython with numpy, from the same input
 from __future__ import annotations
 
 import base64
+import re
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from webllm_py import wheel, worker
 
-from .conftest import BrowserPythonError, run_python
+from .conftest import ROOT, BrowserPythonError, run_python
 
 pytestmark = pytest.mark.browser
 
@@ -34,6 +35,16 @@ def test_protocol_js_and_worker_py_name_the_same_kinds(webllm_page):
     }""")
     assert sorted(kinds[0]) == sorted(worker.REQUESTS)
     assert sorted(kinds[1]) == sorted(worker.RESPONSES)
+
+
+def test_webllm_js_mirrors_protocol_js_control_slots(webllm_page):
+    """webllm.js (a classic script) writes the shared-memory slots by its own copy of CONTROL."""
+    control = webllm_page.evaluate("async () => ({ ...(await import('/protocol.js')).CONTROL })")
+    src = (ROOT / "static" / "webllm.js").read_text()
+    m = re.search(r"const CONTROL = Object\.freeze\((\{[^}]*\})\)", src)
+    assert m, "webllm.js no longer declares CONTROL"
+    mirror = dict(re.findall(r"(\w+): (\d+)", m.group(1)))
+    assert {k: int(v) for k, v in mirror.items()} == control
 
 
 def test_wheel_brings_the_shader_templates(webllm_page):
@@ -237,6 +248,32 @@ def test_abort_a_busy_python_loop(webllm_page):
     assert e.value.name == "AbortedError"
     assert time.monotonic() - t0 < 30
     assert run_python(webllm_page, "n > 0") is True  # it really ran, and the worker is usable again
+
+
+_CANCEL_AS_IT_STARTS = """async ([delay]) => {
+  const c = webllm.client();
+  await webllm.runPython('import asyncio');
+  const first = c.send('exec', { code: 'await asyncio.sleep(0.3)' });
+  const busy = c.send('exec', { code: 'n = 0\\nwhile True:\\n    n += 1' });
+  const outcome = busy.promise.then(() => 'ran', (e) => `${e.name}: ${e.message}`);
+  await new Promise((r) => setTimeout(r, delay));
+  const abort = c.abort(busy.id);
+  const hung = new Promise((r) => setTimeout(() => r('HUNG'), 10000));
+  await first.promise;
+  return [await Promise.race([outcome, hung]), await Promise.race([abort, hung])];
+}"""
+
+
+def test_cancel_crossing_the_start_of_a_busy_loop_still_stops_it(webllm_page):
+    """A cancel sent as the request ahead finishes: the page saw the earlier request running (so raised no
+    interrupt) and its abort message queued behind the busy loop, which then started: the worker hung for
+    good (found as a 20-minute CI hang). Another timing let the interrupt land in asyncio's machinery
+    between tasks, an untyped PythonError. Delays in 1 ms steps across the first request's end."""
+    outcomes = [webllm_page.evaluate(_CANCEL_AS_IT_STARTS, [d]) for d in range(285, 321)]
+    for (outcome, abort), d in zip(outcomes, range(285, 321)):
+        assert outcome.startswith("AbortedError"), (d, outcome, abort)
+        assert abort == {"aborted": True}, (d, outcome, abort)
+    assert run_python(webllm_page, "2 * 21") == 42
 
 
 def test_abort_python_waiting_on_an_await(webllm_page):

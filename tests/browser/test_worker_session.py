@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,6 +59,57 @@ def test_abort_cancels_the_running_request():
 
     msg = run(scenario())
     assert msg["kind"] == "error" and msg["payload"]["name"] == "AbortedError"
+
+
+def test_an_abort_before_its_handle_ran_is_applied_when_it_starts():
+    """worker.js hands a request to handle() and may read its abort message before Python ran that
+    coroutine: the abort found no task and was dropped, so the request ran in full (a busy loop forever)."""
+    s = worker.Session()
+
+    async def scenario():
+        coro = s.handle("exec", 7, json.dumps({"code": "ran = True\nwhile True: pass"}), lambda k, p: None)
+        assert s.abort(7, "cancel", handed=True) is True  # before the coroutine's first step
+        return json.loads(await asyncio.wait_for(coro, 5))
+
+    msg = run(scenario())
+    assert msg["kind"] == "error" and msg["payload"]["name"] == "AbortedError"
+    assert "ran" not in s.namespace
+
+
+def test_sigint_lands_only_in_the_cancelled_requests_own_body():
+    """The page raises SIGINT (Pyodide's interrupt buffer) to stop a busy exec. It may arrive while Python
+    runs something else (asyncio between tasks, `abort`, or after the request ended): a KeyboardInterrupt
+    there escaped into JS untyped. Only the cancelled request's own code gets it."""
+    cancelled: set[int] = set()
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        s = worker.Session(cancelled.__contains__)
+        assert signal.getsignal(signal.SIGINT) == s._on_sigint
+        s.current = 3
+        s._on_sigint(signal.SIGINT, sys._getframe())  # not cancelled: ignored
+        cancelled.add(3)
+        s._on_sigint(signal.SIGINT, sys._getframe())  # cancelled, but outside its exec: ignored
+
+        # The exec's code is where a busy loop runs: there the interrupt raises (the hook stands in for
+        # the page cancelling it and the interrupt arriving mid-loop).
+        def interrupted_here(cancel: int) -> None:
+            cancelled.add(cancel)
+            s._on_sigint(signal.SIGINT, sys._getframe())
+
+        s.namespace["interrupted_here"] = interrupted_here
+        code = "interrupted_here({})\nafter = True"
+        msg, _ = call(s, "exec", {"code": code.format(99)}, id=4)  # another request's cancel: runs on
+        assert msg == {"kind": "result", "id": 4, "payload": None} and s.namespace.pop("after") is True
+        msg, _ = call(s, "exec", {"code": code.format(5)}, id=5)
+        assert msg["kind"] == "error" and msg["payload"]["name"] == "AbortedError", msg
+        assert "after" not in s.namespace
+        msg, _ = call(s, "exec", {"code": "after = True"}, id=6)
+        assert msg["kind"] == "result" and s.namespace["after"] is True  # usable afterwards
+        cancelled.add(7)  # cancelled before its code ran (the interrupt was ignored elsewhere): never runs
+        msg, _ = call(s, "exec", {"code": "ran = True"}, id=7)
+        assert msg["payload"]["name"] == "AbortedError" and "ran" not in s.namespace
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def test_protocol_mirror_covers_the_engine_kinds():
