@@ -207,6 +207,39 @@ async function storeSnapshot(slot, bytes) {
   }
 }
 
+// Pyodide restores a snapshot by copying its heap over a fresh instance's memory (pyodide.asm.mjs,
+// API.restoreSnapshot: `Module.HEAP8.set(heap)`). It means to make that memory large enough
+// (pyodide.ts prepareSnapshot: `emscriptenSettings.INITIAL_MEMORY = snapshot.length`), but
+// pyodide.asm.wasm defines and exports its memory itself (min 480 pages = 30 MiB) and Emscripten reads
+// INITIAL_MEMORY only for a memory it creates in JS, so a snapshot made by an instance whose heap grew
+// past 30 MiB failed to restore ("RangeError: offset is out of bounds") and every start was a full one.
+// loadPyodide's createPyodideModule option (the factory that pyodide.asm.mjs exports) lets the worker
+// grow the fresh instance before the copy: through its own sbrk, i.e. Emscripten's growth path
+// (emscripten_resize_heap), which also renews Module.HEAP8 and the other views. The copy then overwrites
+// the whole heap, sbrk's pointer included, so the growth leaves nothing behind but memory that the
+// snapshot's heap fills. With it a snapshot of any size restores (tests/browser/test_browser_snapshot.py
+// makes one from a heap grown by 20 MB).
+async function restoringFactory(indexURL, bytes) {
+  const create = (await import(new URL("pyodide.asm.mjs", indexURL).href)).default;
+  return async (settings) => {
+    const module = await create(settings);
+    growHeap(module, bytes.byteLength);  // the heap plus the snapshot's small header: enough, barely more
+    return module;
+  };
+}
+
+function growHeap(module, size) {
+  // sbrk takes a signed 32-bit increment: steps of at most 1 GiB.
+  for (let brk = module._sbrk(0) >>> 0; module.HEAP8.length < size;) {
+    const step = Math.min(size - brk, 2 ** 30);
+    if ((module._sbrk(step) >>> 0) === 0xffffffff) {
+      throw Object.assign(new Error(`the start-up snapshot needs ${(size / 2 ** 20).toFixed(1)} MiB of wasm memory and ` +
+        `this browser gave ${(module.HEAP8.length / 2 ** 20).toFixed(1)} MiB`), { name: "RangeError" });
+    }
+    brk += step;
+  }
+}
+
 // Unpacked rather than installed through loadPackage: Pyodide's lock file hashes describe its own
 // builds of these wheels, not ours, and loadPackage leaves JS objects that a snapshot cannot hold.
 function unpackWheels(py, wheels) {
@@ -251,6 +284,10 @@ async function init(payload, id) {
       const maker = await loadPyodide({ indexURL, _makeSnapshot: true });
       unpackWheels(maker, wheels);
       maker.runPython("import webllm_py.worker; webllm_py.worker.preload()");
+      // Test only (tests/browser/test_browser_snapshot.py): a transient allocation that grows the maker's
+      // heap past Pyodide's initial memory, as a larger template or module would.
+      const grow = payload._testSnapshotGrowMB;
+      if (Number.isInteger(grow) && grow > 0 && grow <= 1024) maker.runPython(`bytearray(${grow} << 20); None`);
       bytes = maker.makeMemorySnapshot();
       // Written while the worker restores, unpacks and imports; init waits for it before it answers
       // "stored", so a page closed right after init keeps its snapshot (tests/browser/test_browser_snapshot.py).
@@ -263,7 +300,7 @@ async function init(payload, id) {
   }
   if (bytes) {
     try {
-      pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes });
+      pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes, createPyodideModule: await restoringFactory(indexURL, bytes) });
     } catch (e) {  // a damaged or incompatible snapshot: forget it and start in full
       snapshotError = String(e && e.message || e);
       console.warn(`webllm: start-up snapshot not usable (${snapshotError}); starting in full`);
@@ -295,7 +332,9 @@ async function init(payload, id) {
   const split = { pyodide_s: (t1 - t0) / 1000, wheels_s: (t2 - t1) / 1000, import_s: (t3 - t2) / 1000,
                   ...(storing ? { store_wait_s: (t4 - t3) / 1000 } : {}) };
   // started_at: epoch ms, so the page can tell how long the worker took to get here.
+  // snapshot_bytes: the snapshot's size (about the snapshot maker's wasm heap), to watch its growth.
   return { ...(await info()), seconds: (t4 - t0) / 1000, snapshot, ...(snapshotError ? { snapshot_error: snapshotError } : {}),
+           ...(bytes && pyodide && snapshot !== "failed" ? { snapshot_bytes: bytes.byteLength } : {}),
            ...split, started_at: performance.timeOrigin + t0 };
 }
 
