@@ -223,9 +223,17 @@ async function restoringFactory(indexURL, bytes) {
   const create = (await import(new URL("pyodide.asm.mjs", indexURL).href)).default;
   return async (settings) => {
     const module = await create(settings);
-    growHeap(module, bytes.byteLength);  // the heap plus the snapshot's small header: enough, barely more
+    growHeap(module, snapshotHeapBytes(bytes));
     return module;
   };
+}
+
+// A snapshot is a header (its second u32: the header's length, which API.restoreSnapshot skips) and the
+// maker's heap. Only the heap needs room: a snapshot of a heap of exactly the initial 30 MiB (the usual
+// case) grows nothing, where its whole length would grow the instance by Emscripten's 20% step (6 MiB).
+function snapshotHeapBytes(bytes) {
+  const header = bytes.byteLength >= 8 ? new DataView(bytes.buffer, bytes.byteOffset, 8).getUint32(4, true) : 0;
+  return header < bytes.byteLength ? bytes.byteLength - header : bytes.byteLength;
 }
 
 function growHeap(module, size) {
@@ -233,8 +241,8 @@ function growHeap(module, size) {
   for (let brk = module._sbrk(0) >>> 0; module.HEAP8.length < size;) {
     const step = Math.min(size - brk, 2 ** 30);
     if ((module._sbrk(step) >>> 0) === 0xffffffff) {
-      throw Object.assign(new Error(`the start-up snapshot needs ${(size / 2 ** 20).toFixed(1)} MiB of wasm memory and ` +
-        `this browser gave ${(module.HEAP8.length / 2 ** 20).toFixed(1)} MiB`), { name: "RangeError" });
+      throw new RangeError(`the start-up snapshot needs ${(size / 2 ** 20).toFixed(1)} MiB of wasm memory and ` +
+        `this browser gave ${(module.HEAP8.length / 2 ** 20).toFixed(1)} MiB`);
     }
     brk += step;
   }
