@@ -195,16 +195,36 @@ async function snapshotSlot(version, wheels) {
 // Resolves with null once Cache Storage holds the snapshot, or with why it does not (never rejects).
 async function storeSnapshot(slot, bytes) {
   // The Response copies the bytes now, before the worker's own instance is restored from them.
-  const body = new Response(bytes, { headers: { "content-type": "application/octet-stream" } });
+  const why = await putSnapshotEntry(slot, new Response(bytes, { headers: { "content-type": "application/octet-stream" } }));
+  if (!why) return null;
+  const error = `${why}: the next start makes one again; free some of this site's storage to keep one`;
+  console.warn(`webllm: start-up snapshot not stored (${error})`);
+  return error;
+}
+
+async function putSnapshotEntry(slot, response) {
   try {
-    for (const req of await slot.cache.keys()) await slot.cache.delete(req);  // one snapshot at a time
-    await slot.cache.put(slot.url, body);
+    for (const req of await slot.cache.keys()) await slot.cache.delete(req);  // one entry at a time
+    await slot.cache.put(slot.url, response);
     return null;
   } catch (e) {
-    const why = `${e && e.name ? `${e.name}: ` : ""}${e && e.message || e}`;
-    console.warn(`webllm: start-up snapshot not stored (${why}); the next start is a full one`);
-    return why;
+    return `${e && e.name ? `${e.name}: ` : ""}${e && e.message || e}`;
   }
+}
+
+// A snapshot that could not be made or restored is no passing failure of storage: the same runtime (same
+// Pyodide, same wheels) would fail the same way on every start, each paying for a snapshot-making instance
+// (~3 s here) before starting in full anyway. So the refusal is recorded in the snapshot's place, with why,
+// and later starts of this runtime go straight to a full start. A new runtime has a new key and tries again.
+const REFUSED_TYPE = "application/vnd.webllm.snapshot-refused+json";
+const RETRY_ADVICE = "this runtime (this Pyodide and these wheels) now starts in full without making another " +
+  "(a new runtime version tries again, and so does clearing this site's data: Cache Storage " +
+  `"${SNAPSHOT_CACHE}"); please report this error`;
+
+async function refuseSnapshot(slot, error) {
+  const why = slot && await putSnapshotEntry(slot, new Response(JSON.stringify({ error }), { headers: { "content-type": REFUSED_TYPE } }));
+  console.warn(`webllm: ${error}; ${why ? `not remembered (${why}), so the next start tries again` : RETRY_ADVICE}`);
+  return `${error}; ${why ? "the next start tries again" : RETRY_ADVICE}`;
 }
 
 // Pyodide restores a snapshot by copying its heap over a fresh instance's memory (pyodide.asm.mjs,
@@ -281,9 +301,14 @@ async function init(payload, id) {
   runtimeKey = slot ? slot.url.split("/").pop() : null;
   setRuntimeKey(runtimeKey);
   const hit = slot && await slot.cache.match(slot.url).catch(() => undefined);
-  let snapshot = slot ? (hit ? "hit" : "miss") : "off";
-  let bytes = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+  const refused = hit && hit.headers.get("content-type") === REFUSED_TYPE;  // see refuseSnapshot
+  let snapshot = slot ? (refused ? "failed" : hit ? "hit" : "miss") : "off";
+  let bytes = hit && !refused ? new Uint8Array(await hit.arrayBuffer()) : null;
   let snapshotError;  // why there is none, reported with the result
+  if (refused) {
+    const { error } = await hit.json().catch(() => ({}));
+    snapshotError = `an earlier start refused the start-up snapshot (${error || "no reason recorded"}); ${RETRY_ADVICE}`;
+  }
   let storing = null;  // the snapshot's write: null once done, or why it failed
   if (snapshot === "miss") {
     // An instance in snapshot-making mode cannot use JS afterwards (js.navigator fails), so the
@@ -301,20 +326,17 @@ async function init(payload, id) {
       // "stored", so a page closed right after init keeps its snapshot (tests/browser/test_browser_snapshot.py).
       storing = storeSnapshot(slot, bytes);
     } catch (e) {
-      snapshotError = String(e && e.message || e);
-      console.warn(`webllm: no start-up snapshot (${snapshotError})`);
+      snapshotError = await refuseSnapshot(slot, `the start-up snapshot could not be made (${e && e.message || e})`);
       snapshot = "failed";
     }
   }
   if (bytes) {
     try {
       pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes, createPyodideModule: await restoringFactory(indexURL, bytes) });
-    } catch (e) {  // a damaged or incompatible snapshot: forget it and start in full
-      snapshotError = String(e && e.message || e);
-      console.warn(`webllm: start-up snapshot not usable (${snapshotError}); starting in full`);
-      if (storing) await storing;  // deleted after its write, not before it lands
+    } catch (e) {  // a damaged or incompatible snapshot: start in full, and not from a snapshot again
+      if (storing) await storing;  // replaced after its write, not before it lands
       storing = null;
-      if (slot) await slot.cache.delete(slot.url).catch(() => {});
+      snapshotError = await refuseSnapshot(slot, `the start-up snapshot did not restore (${e && e.message || e})`);
       pyodide = null;
       snapshot = "failed";
     }

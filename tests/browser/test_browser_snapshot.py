@@ -8,6 +8,8 @@ Pyodide, unpacking the wheels and importing takes here) or making it fail with a
 
 A snapshot whose heap grew past Pyodide's initial 30 MiB (a larger template or module can do that) must
 restore too: the second test makes one from a heap grown by 20 MB (init's test-only _testSnapshotGrowMB).
+A snapshot that does not restore is refused once, with why, and later starts of that runtime are full
+ones that do not make another (the third test; its hook stores a damaged snapshot).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ _HOOK = """// test hook (tests/browser/test_browser_snapshot.py)
 _PUTS = {
     "slow": f"await new Promise((r) => setTimeout(r, {SLOW_PUT_MS}));",
     "fail": 'throw new DOMException("injected by the test", "QuotaExceededError");',
+    # A snapshot (not the refusal record) is stored as 64 zero bytes: no snapshot's magic number.
+    "damage": 'if (response.headers.get("content-type") === "application/octet-stream") response = new Response(new Uint8Array(64), { headers: response.headers });',
 }
 
 
@@ -127,3 +131,46 @@ def test_a_snapshot_larger_than_the_initial_memory_restores(chromium, server_url
     assert again["pyodide_s"] * 2 < first["pyodide_s"], (first, again)
     # The restored interpreter runs and can still grow its heap.
     assert ran == {"kind": "result", "id": 2, "payload": 45}, ran
+
+
+def test_a_snapshot_that_does_not_restore_is_refused_once_and_not_made_again(chromium, server_url):
+    ctx = chromium.new_context()  # a fresh profile: no snapshot yet
+
+    def serve_worker(route):
+        r = route.fetch()
+        route.fulfill(response=r, body=(_HOOK % _PUTS["damage"]) + r.text())
+
+    ctx.route("**/worker.js", serve_worker)
+    ctx.route("**/blank.html", lambda r: r.fulfill(body="<!doctype html>", content_type="text/html"))
+    entry = """async () => {
+      const c = await caches.open("webllm-pyodide-snapshot");
+      return Promise.all((await c.keys()).map(async (k) => (await c.match(k)).headers.get("content-type")));
+    }"""
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(CONFIG.TIMEOUT_MS)
+        page.goto(server_url + "blank.html")
+        [made] = page.evaluate(_WORKER, [["init", {}]])  # restores from its own bytes; stores damaged ones
+        after_made = page.evaluate(entry)
+        [damaged] = page.evaluate(_WORKER, [["init", {}]])
+        after_damaged = page.evaluate(entry)
+        [later] = page.evaluate(_WORKER, [["init", {}]])
+        after_later = page.evaluate(entry)
+    finally:
+        ctx.close()
+    assert [a["kind"] for a in (made, damaged, later)] == ["result"] * 3, (made, damaged, later)
+    made, damaged, later = made["payload"], damaged["payload"], later["payload"]
+    assert made["snapshot"] == "stored", made.get("snapshot_error")
+    assert after_made == ["application/octet-stream"]
+    # The damaged snapshot fails its restore: a full start, and the refusal replaces the snapshot ...
+    assert damaged["snapshot"] == "failed", damaged
+    assert "did not restore" in damaged["snapshot_error"] and "invalid magic number" in damaged["snapshot_error"]
+    assert "now starts in full without making another" in damaged["snapshot_error"]  # says what happens and
+    assert "clearing this site's data" in damaged["snapshot_error"]  # what to do
+    assert after_damaged == ["application/vnd.webllm.snapshot-refused+json"]
+    # ... so a later start neither restores nor makes one (it would store a snapshot again).
+    assert later["snapshot"] == "failed", later
+    assert "an earlier start refused the start-up snapshot" in later["snapshot_error"]
+    assert "invalid magic number" in later["snapshot_error"]
+    assert after_later == after_damaged
+    assert "snapshot_bytes" not in later and later["webllm_py"] == made["webllm_py"]
