@@ -10,7 +10,7 @@
 export const PROTOCOL = Object.freeze({
   version: 1,
   requests: Object.freeze({
-    init: { queued: true, payload: "{control?, snapshot?: false}", result: "{python, pyodide, webllm_py, crossOriginIsolated, seconds, snapshot}",
+    init: { queued: true, payload: "{control?, snapshot?: false, _testSnapshotGrowMB?: n (tests only: grows the snapshot maker's heap)}", result: "{python, pyodide, webllm_py, crossOriginIsolated, seconds, snapshot, snapshot_error?, snapshot_bytes?}",
             doc: "Load Pyodide (from its start-up snapshot in Cache Storage when there is one; snapshot: false never uses one), install jinja2/markupsafe/webllm_py from /wheels/. Sent once, first. Its first progress, {phase: 'alive', lock}, names a Web Lock the worker holds while it lives." },
     exec: { queued: true, payload: "{code}", result: "the value of the last expression, as JSON",
             doc: "Run Python source (top-level await allowed) in one persistent namespace." },

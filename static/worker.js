@@ -206,15 +206,76 @@ async function snapshotSlot(version, wheels) {
 // Resolves with null once Cache Storage holds the snapshot, or with why it does not (never rejects).
 async function storeSnapshot(slot, bytes) {
   // The Response copies the bytes now, before the worker's own instance is restored from them.
-  const body = new Response(bytes, { headers: { "content-type": "application/octet-stream" } });
+  const why = await putSnapshotEntry(slot, new Response(bytes, { headers: { "content-type": "application/octet-stream" } }));
+  if (!why) return null;
+  const error = `${why}: the next start makes one again; free some of this site's storage to keep one`;
+  console.warn(`webllm: start-up snapshot not stored (${error})`);
+  return error;
+}
+
+async function putSnapshotEntry(slot, response) {
   try {
-    for (const req of await slot.cache.keys()) await slot.cache.delete(req);  // one snapshot at a time
-    await slot.cache.put(slot.url, body);
+    for (const req of await slot.cache.keys()) await slot.cache.delete(req);  // one entry at a time
+    await slot.cache.put(slot.url, response);
     return null;
   } catch (e) {
-    const why = `${e && e.name ? `${e.name}: ` : ""}${e && e.message || e}`;
-    console.warn(`webllm: start-up snapshot not stored (${why}); the next start is a full one`);
-    return why;
+    return `${e && e.name ? `${e.name}: ` : ""}${e && e.message || e}`;
+  }
+}
+
+// A snapshot that could not be made or restored is no passing failure of storage: the same runtime (same
+// Pyodide, same wheels) would fail the same way on every start, each paying for a snapshot-making instance
+// (~3 s here) before starting in full anyway. So the refusal is recorded in the snapshot's place, with why,
+// and later starts of this runtime go straight to a full start. A new runtime has a new key and tries again.
+const REFUSED_TYPE = "application/vnd.webllm.snapshot-refused+json";
+const RETRY_ADVICE = "this runtime (this Pyodide and these wheels) now starts in full without making another " +
+  "(a new runtime version tries again, and so does clearing this site's data: Cache Storage " +
+  `"${SNAPSHOT_CACHE}"); please report this error`;
+
+async function refuseSnapshot(slot, error) {
+  const why = slot && await putSnapshotEntry(slot, new Response(JSON.stringify({ error }), { headers: { "content-type": REFUSED_TYPE } }));
+  console.warn(`webllm: ${error}; ${why ? `not remembered (${why}), so the next start tries again` : RETRY_ADVICE}`);
+  return `${error}; ${why ? "the next start tries again" : RETRY_ADVICE}`;
+}
+
+// Pyodide restores a snapshot by copying its heap over a fresh instance's memory (pyodide.asm.mjs,
+// API.restoreSnapshot: `Module.HEAP8.set(heap)`). It means to make that memory large enough
+// (pyodide.ts prepareSnapshot: `emscriptenSettings.INITIAL_MEMORY = snapshot.length`), but
+// pyodide.asm.wasm defines and exports its memory itself (min 480 pages = 30 MiB) and Emscripten reads
+// INITIAL_MEMORY only for a memory it creates in JS, so a snapshot made by an instance whose heap grew
+// past 30 MiB failed to restore ("RangeError: offset is out of bounds") and every start was a full one.
+// loadPyodide's createPyodideModule option (the factory that pyodide.asm.mjs exports) lets the worker
+// grow the fresh instance before the copy: through its own sbrk, i.e. Emscripten's growth path
+// (emscripten_resize_heap), which also renews Module.HEAP8 and the other views. The copy then overwrites
+// the whole heap, sbrk's pointer included, so the growth leaves nothing behind but memory that the
+// snapshot's heap fills. With it a snapshot of any size restores (tests/browser/test_browser_snapshot.py
+// makes one from a heap grown by 20 MB).
+async function restoringFactory(indexURL, bytes) {
+  const create = (await import(new URL("pyodide.asm.mjs", indexURL).href)).default;
+  return async (settings) => {
+    const module = await create(settings);
+    growHeap(module, snapshotHeapBytes(bytes));
+    return module;
+  };
+}
+
+// A snapshot is a header (its second u32: the header's length, which API.restoreSnapshot skips) and the
+// maker's heap. Only the heap needs room: a snapshot of a heap of exactly the initial 30 MiB (the usual
+// case) grows nothing, where its whole length would grow the instance by Emscripten's 20% step (6 MiB).
+function snapshotHeapBytes(bytes) {
+  const header = bytes.byteLength >= 8 ? new DataView(bytes.buffer, bytes.byteOffset, 8).getUint32(4, true) : 0;
+  return header < bytes.byteLength ? bytes.byteLength - header : bytes.byteLength;
+}
+
+function growHeap(module, size) {
+  // sbrk takes a signed 32-bit increment: steps of at most 1 GiB.
+  for (let brk = module._sbrk(0) >>> 0; module.HEAP8.length < size;) {
+    const step = Math.min(size - brk, 2 ** 30);
+    if ((module._sbrk(step) >>> 0) === 0xffffffff) {
+      throw new RangeError(`the start-up snapshot needs ${(size / 2 ** 20).toFixed(1)} MiB of wasm memory and ` +
+        `this browser gave ${(module.HEAP8.length / 2 ** 20).toFixed(1)} MiB`);
+    }
+    brk += step;
   }
 }
 
@@ -251,9 +312,14 @@ async function init(payload, id) {
   runtimeKey = slot ? slot.url.split("/").pop() : null;
   setRuntimeKey(runtimeKey);
   const hit = slot && await slot.cache.match(slot.url).catch(() => undefined);
-  let snapshot = slot ? (hit ? "hit" : "miss") : "off";
-  let bytes = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+  const refused = hit && hit.headers.get("content-type") === REFUSED_TYPE;  // see refuseSnapshot
+  let snapshot = slot ? (refused ? "failed" : hit ? "hit" : "miss") : "off";
+  let bytes = hit && !refused ? new Uint8Array(await hit.arrayBuffer()) : null;
   let snapshotError;  // why there is none, reported with the result
+  if (refused) {
+    const { error } = await hit.json().catch(() => ({}));
+    snapshotError = `an earlier start refused the start-up snapshot (${error || "no reason recorded"}); ${RETRY_ADVICE}`;
+  }
   let storing = null;  // the snapshot's write: null once done, or why it failed
   if (snapshot === "miss") {
     // An instance in snapshot-making mode cannot use JS afterwards (js.navigator fails), so the
@@ -262,25 +328,26 @@ async function init(payload, id) {
       const maker = await loadPyodide({ indexURL, _makeSnapshot: true });
       unpackWheels(maker, wheels);
       maker.runPython("import webllm_py.worker; webllm_py.worker.preload()");
+      // Test only (tests/browser/test_browser_snapshot.py): a transient allocation that grows the maker's
+      // heap past Pyodide's initial memory, as a larger template or module would.
+      const grow = payload._testSnapshotGrowMB;
+      if (Number.isInteger(grow) && grow > 0 && grow <= 1024) maker.runPython(`bytearray(${grow} << 20); None`);
       bytes = maker.makeMemorySnapshot();
       // Written while the worker restores, unpacks and imports; init waits for it before it answers
       // "stored", so a page closed right after init keeps its snapshot (tests/browser/test_browser_snapshot.py).
       storing = storeSnapshot(slot, bytes);
     } catch (e) {
-      snapshotError = String(e && e.message || e);
-      console.warn(`webllm: no start-up snapshot (${snapshotError})`);
+      snapshotError = await refuseSnapshot(slot, `the start-up snapshot could not be made (${e && e.message || e})`);
       snapshot = "failed";
     }
   }
   if (bytes) {
     try {
-      pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes });
-    } catch (e) {  // a damaged or incompatible snapshot: forget it and start in full
-      snapshotError = String(e && e.message || e);
-      console.warn(`webllm: start-up snapshot not usable (${snapshotError}); starting in full`);
-      if (storing) await storing;  // deleted after its write, not before it lands
+      pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes, createPyodideModule: await restoringFactory(indexURL, bytes) });
+    } catch (e) {  // a damaged or incompatible snapshot: start in full, and not from a snapshot again
+      if (storing) await storing;  // replaced after its write, not before it lands
       storing = null;
-      if (slot) await slot.cache.delete(slot.url).catch(() => {});
+      snapshotError = await refuseSnapshot(slot, `the start-up snapshot did not restore (${e && e.message || e})`);
       pyodide = null;
       snapshot = "failed";
     }
@@ -309,7 +376,9 @@ async function init(payload, id) {
   const split = { pyodide_s: (t1 - t0) / 1000, wheels_s: (t2 - t1) / 1000, import_s: (t3 - t2) / 1000,
                   ...(storing ? { store_wait_s: (t4 - t3) / 1000 } : {}) };
   // started_at: epoch ms, so the page can tell how long the worker took to get here.
+  // snapshot_bytes: the snapshot's size (about the snapshot maker's wasm heap), to watch its growth.
   return { ...(await info()), seconds: (t4 - t0) / 1000, snapshot, ...(snapshotError ? { snapshot_error: snapshotError } : {}),
+           ...(bytes && pyodide && snapshot !== "failed" ? { snapshot_bytes: bytes.byteLength } : {}),
            ...split, started_at: performance.timeOrigin + t0 };
 }
 

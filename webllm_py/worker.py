@@ -58,10 +58,8 @@ def preload() -> list[str]:
 
     # Templates first: compiling one holds its lexed tokens, generated source and AST for a moment (~5 MB for
     # the largest), and a wasm heap never shrinks: over the imports' ~5 MB that peak made the snapshot-making
-    # instance grow past Pyodide's initial 30 MiB, and a snapshot larger than that cannot be restored (its
-    # restore copies the heap into a fresh instance's initial memory: "offset is out of bounds"). The margin is
-    # under 2 MB of transient memory (measured: a 2 MB bytearray here broke it); tests/browser/
-    # test_browser_snapshot.py fails when it is crossed (every start would then be a full one).
+    # instance grow past Pyodide's initial 30 MiB. Such a snapshot restores (static/worker.js grows the fresh
+    # instance first: restoringFactory), but it costs its size in Cache Storage and in the restore's copy.
     names = kernels.compile_templates()
     for name in PRELOAD:
         importlib.import_module(name)
