@@ -363,8 +363,10 @@ async function init(payload, id) {
   const t2 = performance.now();
   // With shared memory, Python's SIGINT handler asks whether the request it would interrupt is the one
   // the page cancelled (webllm_py/worker.py Session._on_sigint).
-  const cancelled = control ? (target) => Atomics.load(control, CONTROL.CANCEL) === target : null;
-  session = pyodide.runPython("from webllm_py.worker import Session; Session")(cancelled);
+  // (JS null would reach Python as JsNull, not None: no argument then.)
+  const Session = pyodide.runPython("from webllm_py.worker import Session; Session");
+  session = control ? Session((target) => Atomics.load(control, CONTROL.CANCEL) === target) : Session();
+  Session.destroy();
   const t3 = performance.now();
   if (storing) {
     snapshotError = await storing;
