@@ -131,6 +131,7 @@ HOSTILE_TEMPLATES = {
     "nested loops": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
     # one C-level operation of 400 MB, before any loop
     "repeat": '{{ ("x" * 400000000) | length }}',
+    "repeat bytes": '{{ ("x".encode() * 400000000) | length }}',
     "power": "{{ 7 ** 100000000 }}",
     # a value doubled 60 times: 2^60 bytes, by ~ and by +
     "doubling ~": '{% set ns = namespace(v="x") %}{% for i in range(60) %}{% set ns.v = ns.v ~ ns.v %}{% endfor %}',
@@ -160,6 +161,10 @@ HOSTILE_STEPS = {
     "str.replace": '{{ ("x" * 1000000).replace("x", "y" * 400) }}',
     "str.join": '{{ ("x" * 400).join(["y"] * 1000000) }}',
     "str.translate": '{{ ("a" * 100000).translate({97: "b" * 4000}) }}',
+    "str.translate by a list": '{{ ("a" * 100000).translate(["b" * 4000] * 98) }}',
+    "bytes.center": '{{ "x".encode().center(400000000) }}',
+    "bytes.join": '{{ ("x".encode() * 400).join(["y".encode()] * 1000000) }}',
+    "bytes %": '{{ "%400000000d".encode() % 1 }}',
     # a small list holding one big string many times: printing or joining it makes n times the string
     "repeated reference": '{{ (["y" * 4000] * 100000) | join }}',
     "dict.fromkeys": '{{ {}.fromkeys(range(100000), "x" * 4000) }}',

@@ -69,14 +69,14 @@ def _size(value, limit: int = MAX_BUILT_LENGTH) -> int:
     anything else; counted per reference (as printing or joining it would: [s] * n holds n times s), and
     stopped once past `limit`. A string costs nothing; a container is scanned by C-level passes (filter, map),
     so a list of millions of numbers takes milliseconds, not the seconds a Python loop over it would."""
-    if isinstance(value, str):
+    if isinstance(value, (str, bytes)):
         return len(value)
     if not isinstance(value, (list, tuple, dict)):
         return 1
     total, stack = 0, [value]
     while stack and total <= limit:
         v = stack.pop()
-        if isinstance(v, str):
+        if isinstance(v, (str, bytes)):
             total += len(v)
             continue
         if isinstance(v, dict):
@@ -86,8 +86,9 @@ def _size(value, limit: int = MAX_BUILT_LENGTH) -> int:
             continue
         total += len(v)
         kinds = set(map(type, v)) if total <= limit else ()  # one pass; most lists hold one or two types
-        if any(issubclass(k, str) for k in kinds):
-            total += sum(map(len, filter(str.__instancecheck__, v)))
+        for kind in (str, bytes):
+            if any(issubclass(k, kind) for k in kinds):
+                total += sum(map(len, filter(kind.__instancecheck__, v)))
         for kind in (list, tuple, dict):
             if any(issubclass(k, kind) for k in kinds):
                 stack.extend(filter(kind.__instancecheck__, v))
@@ -116,6 +117,10 @@ def _int(v) -> int:
     return v if isinstance(v, int) else len(v) if isinstance(v, str) else 0
 
 
+def _values(table):
+    return table.values() if isinstance(table, dict) else table
+
+
 def _replace_bound(s, old, new, count=-1):
     n = len(s) + 1 if old == "" else s.count(old)
     if count is not None and 0 <= count < n:
@@ -133,6 +138,8 @@ _PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 def _percent_bound(fmt, values):
     """`fmt % values`: each conversion prints at most the largest value plus its width and precision (`*` takes
     them from the values)."""
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("latin-1")
     flat = (
         list(values.values()) if isinstance(values, dict) else list(values) if isinstance(values, tuple) else [values]
     )
@@ -164,7 +171,7 @@ def _wordwrap_bound(s, width=79, break_long_words=True, wrapstring=None, break_o
     return len(s) + lines * len(wrapstring or "\n")
 
 
-def _json_bound(x, indent=None, separators=None, **_):
+def _json_bound(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
     """tojson: the text of x plus, per element, its separators and (with indent) a line indented to its depth."""
     step, sep = _int(indent), sum(len(t) for t in separators or () if isinstance(t, str)) + 2
     total, stack = 0, [(x, 0)]
@@ -178,7 +185,8 @@ def _json_bound(x, indent=None, separators=None, **_):
     return total
 
 
-# str methods a template may call (the sandbox allows them) and the bound of each: (s, *args, **kwargs) -> int
+# str (and bytes: "x".encode()) methods a template may call (the sandbox allows them) and the bound of each:
+# (s, *args, **kwargs) -> int
 _STR_METHODS = {
     "center": lambda s, width, *_: max(len(s), _int(width)),
     "ljust": lambda s, width, *_: max(len(s), _int(width)),
@@ -186,7 +194,7 @@ _STR_METHODS = {
     "zfill": lambda s, width: max(len(s), _int(width)),
     "expandtabs": lambda s, tabsize=8: len(s) + s.count("\t") * _int(tabsize),
     "replace": _replace_bound,
-    "translate": lambda s, table: len(s) * max([1] + [len(v) for v in table.values() if isinstance(v, str)]),
+    "translate": lambda s, table: len(s) * max([1] + [len(v) for v in _values(table) if isinstance(v, str)]),
 }
 
 # Filters that can grow a string in one step: name -> bound from the filter's own arguments (after any
@@ -253,13 +261,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's names: a template may pass `self=`)
         owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
-        if isinstance(owner, str) and (name in _STR_METHODS or name == "join"):
+        if isinstance(owner, (str, bytes)) and (name in _STR_METHODS or name == "join"):
             if name == "join" and args and not isinstance(args[0], (str, list, tuple, dict)):
                 args = (list(args[0]), *args[1:])  # a generator: read once, for the bound and the join
             estimate = (lambda s, items: _join_bound(s, list(items))) if name == "join" else _STR_METHODS[name]
             bound = _bound(estimate, owner, *args, **kwargs)
             if bound is not None:
-                _check(bound, f"str.{name}")
+                _check(bound, f"{type(owner).__name__}.{name}")
         return _capped(super().call(__context, __obj, *args, **kwargs))
 
     def wrap_str_format(self, value):
@@ -282,11 +290,15 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             raise SecurityError(f"the chat template raises to the power {right} (more than {MAX_EXPONENT})")
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_BUILT_LENGTH:
+                if (
+                    isinstance(seq, (str, bytes, list, tuple))
+                    and isinstance(n, int)
+                    and len(seq) * n > MAX_BUILT_LENGTH
+                ):
                     raise SecurityError(f"the chat template repeats a value of {len(seq)} elements {n} times")
                 if isinstance(seq, (list, tuple)) and isinstance(n, int) and n > 0:
                     _check(_size(seq) * n, "*")  # [s] * n holds n times s
-        if operator == "%" and isinstance(left, str):
+        if operator == "%" and isinstance(left, (str, bytes)):
             bound = _bound(_percent_bound, left, right)
             if bound is not None:
                 _check(bound, "%")
