@@ -29,22 +29,27 @@
 
   // A one-way channel from worker messages to an async iterator (for streamed chunks). `onLeave`: the
   // consumer stopped iterating (break, return, throw in its loop) before the end, or dropped the stream:
-  // nobody asked for a chunk for `idleMs` while chunks kept arriving (a stream never iterated, a loop
-  // stuck on something else). Either way the generation ends (once), else the worker would generate to
-  // max_tokens for nobody and every later request would wait behind it. Checked as chunks arrive: a
-  // stream whose generation has ended costs nothing, so no timer is needed.
+  // for `idleMs` a chunk has waited unread and the consumer has asked for none, while more kept arriving
+  // (a stream never iterated, a loop stuck on something else). Either way the generation ends (once), else
+  // the worker would generate to max_tokens for nobody and every later request would wait behind it.
+  // Measured from the later of the oldest unread chunk's arrival and the last read: a stream queued behind
+  // others is not idle while it waits its turn, and a reader slower than the generation (a backlog that
+  // only grows) is not idle while it reads. Checked as chunks arrive: a stream whose generation has ended
+  // costs nothing, so no timer is needed.
   // `onInterrupt`: the stream's own interrupt() (generation of this request ends; the stream ends
   // normally with what it has), for a caller that shares its engine with others (engine.interrupt()
   // stops every request of the engine, queued ones included).
   function channel(onLeave, onInterrupt, idleMs) {
-    const items = [], waiters = [];
-    let done = false, error = null, left = false, lastPull = performance.now();
+    const items = [], arrived = [], waiters = [];  // arrived[i]: when items[i] came (performance.now())
+    let done = false, error = null, left = false, lastRead = 0;
     const wake = () => { while (waiters.length) waiters.shift()(); };
     const leave = (why) => { if (!left && !done) { left = true; onLeave(why); } };
     return {
       push(v) {
-        if (idleMs > 0 && !waiters.length && performance.now() - lastPull > idleMs) leave("idle");
+        const now = performance.now();
+        if (idleMs > 0 && arrived.length && now - Math.max(arrived[0], lastRead) > idleMs) leave("idle");
         items.push(v);
+        arrived.push(now);
         wake();
       },
       interrupt() { return done ? Promise.resolve({ aborted: false }) : onInterrupt(); },
@@ -52,8 +57,8 @@
       async *[Symbol.asyncIterator]() {
         try {
           for (;;) {
-            lastPull = performance.now();
-            if (items.length) { yield items.shift(); continue; }
+            lastRead = performance.now();
+            if (items.length) { arrived.shift(); yield items.shift(); continue; }
             if (error) throw error;
             if (done) return;
             await new Promise((r) => waiters.push(r));
