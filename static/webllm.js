@@ -237,7 +237,7 @@
     }
   }
 
-  // The cache calls take the model first: without one they said that webllm.create needs {model}.
+  // Every call that names a model: without one the cache calls said that webllm.create needs {model}.
   function checkModel(call, model) {
     if (typeof model !== "string" || !model.trim()) {
       throw new WebLLMError("RequestError", `${call} needs a model: a served model's name, a URL or hf:owner/repo/file.gguf, got ${model === undefined ? "none" : JSON.stringify(model)}.`);
@@ -382,6 +382,7 @@
       plainOptions("webllm.create", args);
       const { model, onProgress, signal, cache, hfEndpoint, ...options } = args;
       checkSignal("webllm.create", signal);
+      checkModel("webllm.create({model})", model);
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.

@@ -238,6 +238,7 @@ def test_cache_calls_and_signals_say_which_call_and_what_is_missing(webllm_page)
       const tryIt = async (key, f) => { try { await f(); out[key] = 'resolved'; } catch (e) { out[key] = [e.name, e.message]; } };
       await tryIt('has', () => webllm.hasModelInCache());
       await tryIt('del', () => webllm.deleteModel(''));
+      await tryIt('none', () => webllm.create({}));
       await tryIt('create', () => webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf', signal: 'x' }));
       await tryIt('py', () => webllm.runPython('1', { signal: {} }));
       out.after = await webllm.runPython('6 * 7', { signal: new AbortController().signal });
@@ -247,6 +248,7 @@ def test_cache_calls_and_signals_say_which_call_and_what_is_missing(webllm_page)
     assert r["has"][0] == "RequestError" and r["has"][1].startswith("webllm.hasModelInCache(model) needs a model"), r
     assert r["del"][0] == "RequestError" and r["del"][1].startswith("webllm.deleteModel(model) needs a model"), r
     assert "webllm.create" not in r["has"][1] + r["del"][1], r
+    assert r["none"][0] == "RequestError" and r["none"][1].startswith("webllm.create({model}) needs a model"), r
     assert (
         r["create"][0] == "RequestError" and "webllm.create: the signal option must be an AbortSignal" in r["create"][1]
     )
