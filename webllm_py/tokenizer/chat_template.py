@@ -96,7 +96,7 @@ def _size(value, limit: int = MAX_BUILT_LENGTH) -> int:
 
 
 def _capped(value):
-    n = _size(value)
+    n = len(value) if isinstance(value, (str, bytes)) else _size(value)  # the common case in one traced line
     if n > MAX_BUILT_LENGTH:
         raise SecurityError(f"the chat template builds a value of {n} elements (more than {MAX_BUILT_LENGTH})")
     return value
@@ -323,18 +323,19 @@ def _render_within(compiled, seconds: float, **variables) -> str:
             raise _OverBudget(f"the chat template ran past {seconds:g} s")
         return line
 
-    # The text as it is made: a loop printing one capped value many times adds only references to a list
-    # (cheap, under the time budget) that one final join would make gigabytes of.
+    # The text before it is joined: a loop printing one capped value many times adds only references to a
+    # list (cheap, under the time budget) that one final join would make gigabytes of.
     limit = MAX_BUILT_LENGTH + 2 * _size(list(variables.values()), 1 << 62)
     before = sys.gettrace()
     sys.settrace(lambda frame, event, arg: line)
     try:
-        parts, total = [], 0
-        for part in compiled.generate(**variables):
-            total += len(part)
-            if total > limit:
-                raise SecurityError(f"the chat template's text grows to {total} characters (more than {limit})")
-            parts.append(part)
+        try:  # Template.render's own steps, with the text's parts kept (references: the budget bounds how many)
+            parts = list(compiled.root_render_func(compiled.new_context(variables)))
+        except Exception:
+            compiled.environment.handle_exception()  # raises it, its traceback pointing into the template
+        total = sum(map(len, parts))
+        if total > limit:
+            raise SecurityError(f"the chat template's text grows to {total} characters (more than {limit})")
         return "".join(parts)
     finally:
         sys.settrace(before)
