@@ -153,3 +153,31 @@ def test_a_signal_that_is_not_an_abort_signal_is_a_request_error(chat_page):
             name == "RequestError" and "chat.completions.create: the signal option must be an AbortSignal" in message
         ), r
     assert r["after"] == 1
+
+
+def test_a_stream_queued_behind_another_is_not_idle_while_it_waits(chat_page):
+    """The idle clock starts when a chunk arrives (or at the last read), not when the request was made: stream B,
+    made together with A, waits in the worker's queue while the page reads A (seconds); the page then pauses
+    for less than B's idleTimeout before reading B. B runs to its max_tokens."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const ask = { messages, stream: true, max_tokens: 6, ignore_eos: true, temperature: 0, idleTimeout: 3000 };
+        const t0 = performance.now();
+        const a = await engine.chat.completions.create(ask);
+        const b = await engine.chat.completions.create(ask);
+        const finish = (chunks) => chunks.map((c) => c.choices[0] && c.choices[0].finish_reason).filter(Boolean);
+        const readA = [];
+        for await (const c of a) readA.push(c);
+        const aSeconds = (performance.now() - t0) / 1000;
+        await new Promise((r) => setTimeout(r, 1500));
+        const readB = [];
+        for await (const c of b) readB.push(c);
+        await engine.unload();
+        return { a: finish(readA), b: finish(readB), aSeconds };
+    }""",
+        QUESTION,
+    )
+    # B was made more than idleTimeout before its chunks were read (else this test shows nothing).
+    assert r["aSeconds"] + 1.5 > 3, r
+    assert r["a"] == ["length"] and r["b"] == ["length"], r
