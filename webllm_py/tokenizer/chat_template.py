@@ -57,10 +57,11 @@ class _GenerationBlock(Extension):
 
 
 # A model file's template is code from whoever wrote the file: its render gets a time budget (a template that
-# loops for hours would hang the worker) and values built by * or ** are capped (one such operation can take
-# minutes or gigabytes before any budget check runs). Real templates render in milliseconds.
+# loops for hours would hang the worker) and the values it builds a size cap (one C-level step, * or ** or a
+# filter like center(10**9), can take minutes or gigabytes before any budget check runs; Pyodide's heap is 4 GB
+# at most, shared with the model). Real templates render in milliseconds, far below both.
 RENDER_SECONDS = 5.0
-MAX_BUILT_LENGTH = 1 << 22  # elements of a string or list a template makes by repeating one
+MAX_BUILT_LENGTH = 1 << 22  # what one value a template builds may hold in all (see _size): ~1M tokens of text
 MAX_EXPONENT = 1024
 
 
