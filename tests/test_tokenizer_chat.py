@@ -148,6 +148,8 @@ HOSTILE_STEPS = {
     "join filter": '{{ (["y"] * 1000000) | join("x" * 400) }}',
     "join of a generator": '{{ (["y"] * 10000) | map("lower") | join("x" * 40000) }}',
     "format filter": '{{ "%400000000s" | format("x") }}',
+    "batch filter": '{{ [1] | batch(1000000, "x" * 400) | list }}',
+    "urlize filter": '{{ ("a.co " * 10000) | urlize(target="x" * 40000) }}',
     "wordwrap filter": '{{ ("a " * 20000) | wordwrap(1, wrapstring="x" * 20000) }}',
     "tojson indent": "{{ [[[[[[1]]]]]] | tojson(indent=20000000) }}",
     "% operator": '{{ "%400000000d" % 1 }}',
@@ -199,7 +201,7 @@ def test_a_chat_template_step_that_builds_a_huge_string_is_refused_before_it_run
 
     t0 = time.monotonic()
     with pytest.raises(
-        ChatTemplateError, match=r"(would build a string of up to|builds a value of|text grows to) \d+ .*more than"
+        ChatTemplateError, match=r"(would build a value of up to|builds a value of|text grows to) \d+ .*more than"
     ):
         ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template=HOSTILE_STEPS[name])
     assert time.monotonic() - t0 < 2

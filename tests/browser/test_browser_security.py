@@ -129,7 +129,7 @@ for t in ('{{ "x" | center(400000000) }}', '{{ "%400000000d" % 1 }}', '{{ (["y"]
 out.append(render_chat_template("{{ messages[0].content }}", [{"role": "user", "content": "ok"}]))
 out""",
     )
-    assert all("would build a string of up to" in m and "more than 4194304" in m for m in r[:3]), r
+    assert all("would build a value of up to" in m and "more than 4194304" in m for m in r[:3]), r
     assert r[3] == "ok"
 
 

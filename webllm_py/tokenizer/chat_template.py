@@ -7,8 +7,8 @@ Templates are compiled once and cached. A template is code from the model file's
 budget (RENDER_SECONDS) and the values it builds a size cap (MAX_BUILT_LENGTH, counted over everything a value
 holds), so a hostile one is a ChatTemplateError, not a hung worker: operators, filters and method calls that can
 build a large string in one C-level step (center, indent, replace, join, format and %, wordwrap, tojson's indent,
-str.center/ljust/rjust/zfill/expandtabs/replace/join/translate/format) are checked before they run, every other
-filter's and call's result after, and the rendered text as it is produced.
+batch's fill, urlize, str.center/ljust/rjust/zfill/expandtabs/replace/join/translate/format) are checked before
+they run, every other filter's and call's result after, and the rendered text before it is joined.
 """
 
 import json
@@ -107,7 +107,7 @@ def _check(bound: int, what: str):
     """Refuse a step whose result could hold more than MAX_BUILT_LENGTH (`bound`: an upper bound on it)."""
     if bound > MAX_BUILT_LENGTH:
         raise SecurityError(
-            f"the chat template's {what} would build a string of up to {bound} characters (more than {MAX_BUILT_LENGTH})"
+            f"the chat template's {what} would build a value of up to {bound} elements (more than {MAX_BUILT_LENGTH})"
         )
 
 
@@ -208,6 +208,14 @@ _FILTER_BOUNDS = {
     "format": lambda value, *args, **kwargs: _percent_bound(str(value), kwargs or tuple(args)),
     "wordwrap": lambda s, *args, **kwargs: _wordwrap_bound(str(s), *args, **kwargs),
     "tojson": _json_bound,
+    # the last batch is filled up with linecount - k references to fill_with, in one step
+    "batch": lambda value, linecount, fill_with=None: (
+        0 if fill_with is None else _int(linecount) * (1 + _size(fill_with))
+    ),
+    # each URL-like word (3+ characters) becomes a link: the URL twice, the target and rel attributes, the markup
+    "urlize": lambda value, trim_url_limit=None, nofollow=False, target=None, rel=None, extra_schemes=None: (
+        3 * len(str(value)) + (len(str(value)) // 3 + 1) * (len(str(target or "")) + len(str(rel or "")) + 64)
+    ),
 }
 
 
