@@ -31,28 +31,43 @@
   }
 
   // A one-way channel from worker messages to an async iterator (for streamed chunks). `onLeave`: the
-  // consumer stopped iterating (break, return, throw in its loop) before the end.
+  // consumer stopped iterating (break, return, throw in its loop) before the end, or dropped the stream:
+  // for `idleMs` a chunk has waited unread and the consumer has asked for none, while more kept arriving
+  // (a stream never iterated, a loop stuck on something else). Either way the generation ends (once), else
+  // the worker would generate to max_tokens for nobody and every later request would wait behind it.
+  // Measured from the later of the oldest unread chunk's arrival and the last read: a stream queued behind
+  // others is not idle while it waits its turn, and a reader slower than the generation (a backlog that
+  // only grows) is not idle while it reads. Checked as chunks arrive: a stream whose generation has ended
+  // costs nothing, so no timer is needed.
   // `onInterrupt`: the stream's own interrupt() (generation of this request ends; the stream ends
   // normally with what it has), for a caller that shares its engine with others (engine.interrupt()
   // stops every request of the engine, queued ones included).
-  function channel(onLeave, onInterrupt) {
-    const items = [], waiters = [];
-    let done = false, error = null;
+  function channel(onLeave, onInterrupt, idleMs) {
+    const items = [], arrived = [], waiters = [];  // arrived[i]: when items[i] came (performance.now())
+    let done = false, error = null, left = false, lastRead = 0;
     const wake = () => { while (waiters.length) waiters.shift()(); };
+    const leave = (why) => { if (!left && !done) { left = true; onLeave(why); } };
     return {
-      push(v) { items.push(v); wake(); },
+      push(v) {
+        const now = performance.now();
+        if (idleMs > 0 && arrived.length && now - Math.max(arrived[0], lastRead) > idleMs) leave("idle");
+        items.push(v);
+        arrived.push(now);
+        wake();
+      },
       interrupt() { return done ? Promise.resolve({ aborted: false }) : onInterrupt(); },
       end(err) { done = true; error = err || null; wake(); },
       async *[Symbol.asyncIterator]() {
         try {
           for (;;) {
-            if (items.length) { yield items.shift(); continue; }
+            lastRead = performance.now();
+            if (items.length) { arrived.shift(); yield items.shift(); continue; }
             if (error) throw error;
             if (done) return;
             await new Promise((r) => waiters.push(r));
           }
         } finally {
-          if (!done && onLeave) onLeave();
+          leave("left");
         }
       },
     };
@@ -218,6 +233,22 @@
     }
   }
 
+  // `signal` must be an AbortSignal (or absent): anything else failed later with an untyped TypeError.
+  // Checked by shape, not instanceof: a signal made in another frame is another realm's AbortSignal.
+  function checkSignal(call, signal) {
+    if (signal === undefined || signal === null) return;
+    if (typeof signal !== "object" || typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function") {
+      throw new WebLLMError("RequestError", `${call}: the signal option must be an AbortSignal (new AbortController().signal), got ${signal === null ? "null" : typeof signal === "object" ? "an object that is not one" : `${typeof signal} ${JSON.stringify(signal)}`}.`);
+    }
+  }
+
+  // Every call that names a model: without one the cache calls said that webllm.create needs {model}.
+  function checkModel(call, model) {
+    if (typeof model !== "string" || !model.trim()) {
+      throw new WebLLMError("RequestError", `${call} needs a model: a served model's name, a URL or hf:owner/repo/file.gguf, got ${model === undefined ? "none" : JSON.stringify(model)}.`);
+    }
+  }
+
   // What the user can do about an error, by its typed name (the Python class or a JS-side one).
   const HINTS = {
     GPUUnavailableError: "This browser has no WebGPU. Use a recent Chrome or Edge (on Linux: start Chromium with --enable-unsafe-webgpu).",
@@ -299,7 +330,11 @@
 
     async _generate(kind, req = {}) {
       plainOptions(`${kind === "chat" ? "chat." : ""}completions.create`, req);
-      const { signal, ...body } = req;
+      const { signal, idleTimeout = webllm.streamIdleTimeout, ...body } = req;
+      checkSignal(`${kind === "chat" ? "chat." : ""}completions.create`, signal);
+      if (!(typeof idleTimeout === "number" && idleTimeout >= 0)) {
+        throw new WebLLMError("RequestError", `idleTimeout must be a number of milliseconds >= 0 (0: never), got ${JSON.stringify(idleTimeout)}.`);
+      }
       checkStructured(kind, body);
       body._load = this._load;
       await this._c.ready;
@@ -308,9 +343,13 @@
         this._inflight.add(id);
         try { return await promise; } finally { this._inflight.delete(id); }
       }
-      // A consumer that leaves the loop early ends the generation (as interrupt() does): else the worker
-      // would generate to max_tokens for nobody, and every later request would wait for it.
-      const ch = channel(() => this._c.abort(id, "interrupt").catch(() => {}), () => this._c.abort(id, "interrupt"));
+      // A consumer that leaves the loop early, or leaves the stream unread for idleTimeout ms, ends the
+      // generation (as interrupt() does; see channel). The second is said on the console: a page whose
+      // loop waits that long on purpose (speech, a confirmation) raises idleTimeout or sets it to 0.
+      const ch = channel((why) => {
+        if (why === "idle") console.warn(`webllm: a stream was not read for ${idleTimeout} ms while it generated: its generation was stopped (finish_reason "abort"). Read it, or pass idleTimeout (ms, 0 = never) to create().`);
+        this._c.abort(id, "interrupt").catch(() => {});
+      }, () => this._c.abort(id, "interrupt"), idleTimeout);
       const { id, promise } = this._c.send(kind, body, { signal, onChunk: (c) => ch.push(c) });
       this._inflight.add(id);
       promise.then(() => ch.end(), (e) => ch.end(e)).finally(() => this._inflight.delete(id));
@@ -331,6 +370,9 @@
     baseURL: script ? script.src : null,
     // Where hf: names resolve (null: https://huggingface.co); create({hfEndpoint}) overrides it per call.
     hfEndpoint: null,
+    // A stream nobody reads for this long (ms) while it generates is stopped (0: never); per request:
+    // create({..., stream: true, idleTimeout}). See channel and docs/product.md.
+    streamIdleTimeout: 10000,
     WebLLMError,
     // A sentence saying what to do about an error (by its name), or "".
     errorHint,
@@ -344,6 +386,8 @@
     async create(args = {}) {
       plainOptions("webllm.create", args);
       const { model, onProgress, signal, cache, hfEndpoint, ...options } = args;
+      checkSignal("webllm.create", signal);
+      checkModel("webllm.create({model})", model);
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.
@@ -356,6 +400,7 @@
     // Run Python in the worker (top-level await allowed); resolves with the last expression's
     // value as JSON (bytes arrive as {$bytes: base64}).
     async runPython(code, { signal } = {}) {
+      checkSignal("webllm.runPython", signal);
       const c = getClient();
       await c.ready;
       return c.request("exec", { code }, { signal });
@@ -363,12 +408,14 @@
     // Whether a model (name, URL or hf:; every shard of a split one) is in the browser's model cache
     // (not verified here: loading does that).
     async hasModelInCache(model, { cache, hfEndpoint } = {}) {
+      checkModel("webllm.hasModelInCache(model)", model);
       const { urls } = await modelURLs(model, hfEndpoint);
       const store = await openStore(cache);
       return !!store && (await Promise.all(urls.map((u) => store.has(u)))).every(Boolean);
     },
     // Remove a model (every shard) from the cache; resolves with whether there was one.
     async deleteModel(model, { cache, hfEndpoint } = {}) {
+      checkModel("webllm.deleteModel(model)", model);
       const { urls } = await modelURLs(model, hfEndpoint);
       const store = await openStore(cache);
       return !!store && (await Promise.all(urls.map((u) => store.delete(u)))).some(Boolean);

@@ -131,10 +131,47 @@ HOSTILE_TEMPLATES = {
     "nested loops": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
     # one C-level operation of 400 MB, before any loop
     "repeat": '{{ ("x" * 400000000) | length }}',
+    "repeat bytes": '{{ ("x".encode() * 400000000) | length }}',
     "power": "{{ 7 ** 100000000 }}",
     # a value doubled 60 times: 2^60 bytes, by ~ and by +
     "doubling ~": '{% set ns = namespace(v="x") %}{% for i in range(60) %}{% set ns.v = ns.v ~ ns.v %}{% endfor %}',
     "doubling +": "{% set ns = namespace(v=[1]) %}{% for i in range(60) %}{% set ns.v = ns.v + ns.v %}{% endfor %}",
+}
+
+# One step of ~400 MB each, made by a filter, a method call, % or printing: caught by the size cap before it
+# runs (the checks above saw only *, **, + and ~, and each of these is a single C-level step or a list of
+# references that the time budget does not notice).
+HOSTILE_STEPS = {
+    "center filter": '{{ "x" | center(400000000) }}',
+    "indent filter": '{{ ("x\n" * 1000) | indent(400000) }}',
+    "replace filter": '{{ ("x" * 1000000) | replace("x", "y" * 400) }}',
+    "join filter": '{{ (["y"] * 1000000) | join("x" * 400) }}',
+    "join of a generator": '{{ (["y"] * 10000) | map("lower") | join("x" * 40000) }}',
+    "format filter": '{{ "%400000000s" | format("x") }}',
+    "batch filter": '{{ [1] | batch(1000000, "x" * 400) | list }}',
+    "urlize filter": '{{ ("a.co " * 10000) | urlize(target="x" * 40000) }}',
+    "wordwrap filter": '{{ ("a " * 20000) | wordwrap(1, wrapstring="x" * 20000) }}',
+    "tojson indent": "{{ [[[[[[1]]]]]] | tojson(indent=20000000) }}",
+    "% operator": '{{ "%400000000d" % 1 }}',
+    "% with *": '{{ "%*d" % (400000000, 1) }}',
+    "str.format": '{{ "{:400000000}".format(1) }}',
+    "str.format nested": '{{ "{:{}}".format(1, 400000000) }}',
+    "str.format_map": '{{ "{a:400000000}".format_map({"a": 1}) }}',
+    "str.center": '{{ "x".center(400000000) }}',
+    "str.zfill": '{{ "1".zfill(400000000) }}',
+    "str.expandtabs": '{{ ("\t" * 1000).expandtabs(400000) }}',
+    "str.replace": '{{ ("x" * 1000000).replace("x", "y" * 400) }}',
+    "str.join": '{{ ("x" * 400).join(["y"] * 1000000) }}',
+    "str.translate": '{{ ("a" * 100000).translate({97: "b" * 4000}) }}',
+    "str.translate by a list": '{{ ("a" * 100000).translate(["b" * 4000] * 98) }}',
+    "bytes.center": '{{ "x".encode().center(400000000) }}',
+    "bytes.join": '{{ ("x".encode() * 400).join(["y".encode()] * 1000000) }}',
+    "bytes %": '{{ "%400000000d".encode() % 1 }}',
+    # a small list holding one big string many times: printing or joining it makes n times the string
+    "repeated reference": '{{ (["y" * 4000] * 100000) | join }}',
+    "dict.fromkeys": '{{ {}.fromkeys(range(100000), "x" * 4000) }}',
+    # one capped value printed many times: only the text as a whole grows
+    "printed in a loop": '{% set s = "x" * 4000000 %}{% for i in range(100) %}{{ s }}{% endfor %}',
 }
 
 
@@ -152,4 +189,20 @@ def test_a_hostile_chat_template_is_stopped_with_a_chat_template_error(ours_smol
     with pytest.raises(ChatTemplateError, match="ran past|repeats|power|builds a value"):
         ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template=HOSTILE_TEMPLATES[name])
     assert time.monotonic() - t0 < 5
+    assert ours_smollm2.apply_chat_template(CONVERSATIONS[0]).startswith("<|im_start|>")
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_STEPS))
+def test_a_chat_template_step_that_builds_a_huge_string_is_refused_before_it_runs(ours_smollm2, name):
+    """center(400000000), "%400000000d" % 1, a join of a million items with a 400-character separator...: each
+    made hundreds of megabytes in one call, which the time budget cannot stop (and in Pyodide's 4 GB heap a few
+    of them end the worker). Now each is a ChatTemplateError naming the cap, raised before the step runs."""
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(
+        ChatTemplateError, match=r"(would build a value of up to|builds a value of|text grows to) \d+ .*more than"
+    ):
+        ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template=HOSTILE_STEPS[name])
+    assert time.monotonic() - t0 < 2
     assert ours_smollm2.apply_chat_template(CONVERSATIONS[0]).startswith("<|im_start|>")

@@ -87,3 +87,97 @@ def test_leaving_a_stream_early_stops_the_generation(chat_page):
     )
     assert r["n"] == 1
     assert r["ms"] != "still generating", r
+
+
+def test_a_dropped_stream_stops_and_the_next_request_runs(chat_page):
+    """A stream that is created and never read (a component that unmounted, a reference dropped): once nobody
+    has asked for a chunk for idleTimeout ms while chunks arrive, its generation stops (as interrupt() does)
+    and the next request of the engine runs, instead of waiting behind the 99 more tokens asked for (25-50 s
+    on SwiftShader here). The dropped stream keeps what came: finish_reason "abort", fewer tokens than asked."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const warned = [], warn = console.warn;
+        console.warn = (...a) => { warned.push(a.join(' ')); warn(...a); };
+        try {
+          const bad = [];
+          for (const idleTimeout of [-1, '5s']) {
+            try { await engine.chat.completions.create({ messages, stream: true, idleTimeout }); bad.push('resolved'); }
+            catch (e) { bad.push(e.name); }
+          }
+          const dropped = await engine.chat.completions.create({ messages, stream: true, max_tokens: 100, ignore_eos: true,
+                                                                 temperature: 0, stream_options: { include_usage: true },
+                                                                 idleTimeout: 1000 });
+          const t0 = performance.now();
+          const next = engine.runtimeStats().then(() => performance.now() - t0);
+          const ms = await Promise.race([next, new Promise((r) => setTimeout(() => r("still generating"), 15000))]);
+          await next;
+          const chunks = [];
+          for await (const c of dropped) chunks.push(c);
+          await engine.unload();
+          return { bad, ms, chunks, warned };
+        } finally { console.warn = warn; }
+    }""",
+        QUESTION,
+    )
+    assert r["bad"] == ["RequestError", "RequestError"], r["bad"]
+    assert r["ms"] != "still generating", r["ms"]
+    finish = [
+        c["choices"][0]["finish_reason"] for c in r["chunks"] if c["choices"] and c["choices"][0]["finish_reason"]
+    ]
+    usage = [c["usage"] for c in r["chunks"] if c.get("usage")]
+    assert finish == ["abort"], finish
+    assert usage and 0 < usage[0]["completion_tokens"] < 100, usage
+    assert any("was not read for 1000 ms" in w for w in r["warned"]), r["warned"]
+    assert chat_page.errors == []
+
+
+def test_a_signal_that_is_not_an_abort_signal_is_a_request_error(chat_page):
+    """signal: "x" threw an untyped TypeError (signal.addEventListener is not a function) from inside send."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const out = [];
+        for (const stream of [false, true]) {
+          try { await engine.chat.completions.create({ messages, stream, max_tokens: 1, signal: 'x' }); out.push('resolved'); }
+          catch (e) { out.push([e.name, e.message]); }
+        }
+        const after = await engine.chat.completions.create({ messages, max_tokens: 1, temperature: 0 });
+        await engine.unload();
+        return { out, after: after.usage.completion_tokens };
+    }""",
+        QUESTION,
+    )
+    for name, message in r["out"]:
+        assert (
+            name == "RequestError" and "chat.completions.create: the signal option must be an AbortSignal" in message
+        ), r
+    assert r["after"] == 1
+
+
+def test_a_stream_queued_behind_another_is_not_idle_while_it_waits(chat_page):
+    """The idle clock starts when a chunk arrives (or at the last read), not when the request was made: stream B,
+    made together with A, waits in the worker's queue while the page reads A (seconds); the page then pauses
+    for less than B's idleTimeout before reading B. B runs to its max_tokens."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const ask = { messages, stream: true, max_tokens: 6, ignore_eos: true, temperature: 0, idleTimeout: 3000 };
+        const t0 = performance.now();
+        const a = await engine.chat.completions.create(ask);
+        const b = await engine.chat.completions.create(ask);
+        const finish = (chunks) => chunks.map((c) => c.choices[0] && c.choices[0].finish_reason).filter(Boolean);
+        const readA = [];
+        for await (const c of a) readA.push(c);
+        const aSeconds = (performance.now() - t0) / 1000;
+        await new Promise((r) => setTimeout(r, 1500));
+        const readB = [];
+        for await (const c of b) readB.push(c);
+        await engine.unload();
+        return { a: finish(readA), b: finish(readB), aSeconds };
+    }""",
+        QUESTION,
+    )
+    # B was made more than idleTimeout before its chunks were read (else this test shows nothing).
+    assert r["aSeconds"] + 1.5 > 3, r
+    assert r["a"] == ["length"] and r["b"] == ["length"], r

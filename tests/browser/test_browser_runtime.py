@@ -240,6 +240,33 @@ def test_create_refuses_a_non_object_argument(webllm_page):
         assert name == "RequestError" and "webllm.create takes one options object" in message, r
 
 
+def test_cache_calls_and_signals_say_which_call_and_what_is_missing(webllm_page):
+    """hasModelInCache() / deleteModel() without a model said "webllm.create needs {model}" (a ModelURLError);
+    signal: "x" threw an untyped TypeError from inside the client. Each is a RequestError naming the call."""
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = {};
+      const tryIt = async (key, f) => { try { await f(); out[key] = 'resolved'; } catch (e) { out[key] = [e.name, e.message]; } };
+      await tryIt('has', () => webllm.hasModelInCache());
+      await tryIt('del', () => webllm.deleteModel(''));
+      await tryIt('none', () => webllm.create({}));
+      await tryIt('create', () => webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf', signal: 'x' }));
+      await tryIt('py', () => webllm.runPython('1', { signal: {} }));
+      out.after = await webllm.runPython('6 * 7', { signal: new AbortController().signal });
+      return out;
+    }"""
+    )
+    assert r["has"][0] == "RequestError" and r["has"][1].startswith("webllm.hasModelInCache(model) needs a model"), r
+    assert r["del"][0] == "RequestError" and r["del"][1].startswith("webllm.deleteModel(model) needs a model"), r
+    assert "webllm.create" not in r["has"][1] + r["del"][1], r
+    assert r["none"][0] == "RequestError" and r["none"][1].startswith("webllm.create({model}) needs a model"), r
+    assert (
+        r["create"][0] == "RequestError" and "webllm.create: the signal option must be an AbortSignal" in r["create"][1]
+    )
+    assert r["py"][0] == "RequestError" and "webllm.runPython: the signal option must be an AbortSignal" in r["py"][1]
+    assert r["after"] == 42
+
+
 def test_abort_a_busy_python_loop(webllm_page):
     """A CPU-bound loop blocks the worker's event loop; the page stops it through the interrupt buffer."""
     t0 = time.monotonic()

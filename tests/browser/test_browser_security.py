@@ -111,6 +111,28 @@ out""",
     assert r == "ChatTemplateError"
 
 
+def test_a_chat_template_step_that_builds_a_huge_string_is_refused_in_the_browser(locked):
+    """Where it matters most (Pyodide's heap is 4 GB at most, shared with the model): one filter or % step of
+    400 MB is a ChatTemplateError naming the cap, and the sandbox renders normally after it."""
+    _, page, _ = locked
+    r = _run_python(
+        page,
+        """
+from webllm_py.errors import ChatTemplateError
+from webllm_py.tokenizer import render_chat_template
+out = []
+for t in ('{{ "x" | center(400000000) }}', '{{ "%400000000d" % 1 }}', '{{ (["y"] * 1000000) | join("x" * 400) }}'):
+    try:
+        out.append("rendered %d" % len(render_chat_template(t, [{"role": "user", "content": "x"}])))
+    except ChatTemplateError as e:
+        out.append(str(e))
+out.append(render_chat_template("{{ messages[0].content }}", [{"role": "user", "content": "ok"}]))
+out""",
+    )
+    assert all("would build a value of up to" in m and "more than 4194304" in m for m in r[:3]), r
+    assert r[3] == "ok"
+
+
 @pytest.fixture(scope="module")
 def loaded(locked):
     """The model loaded once in the CSP page (window.__engine)."""
