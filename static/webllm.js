@@ -372,7 +372,7 @@
     hfEndpoint: null,
     // A stream nobody reads for this long (ms) while it generates is stopped (0: never); per request:
     // create({..., stream: true, idleTimeout}). See channel and docs/product.md.
-    streamIdleTimeout: 10000,
+    streamIdleTimeout: 30000,
     WebLLMError,
     // A sentence saying what to do about an error (by its name), or "".
     errorHint,
