@@ -397,6 +397,9 @@ async function info() {
 async function runPython(request) {
   const { kind, id, payload, model } = request;
   let data = null, files = null, out;
+  // Until Python returns, an abort of this request is Python's to apply (Session.abort's `handed`), even
+  // one that comes before handle is called (a load's last steps here) or before its coroutine runs.
+  request.handed = true;
   try {
     if (kind === "load") {
       // Until the bytes are here Python has not seen the request, so an abort is answered here (see abort).
@@ -409,6 +412,7 @@ async function runPython(request) {
     }
     const emit = (k, json) => post(k, id, JSON.parse(json));
     out = await session.handle(kind, id, JSON.stringify(payload), emit, data);
+    request.handed = false;  // Python is done with it (a load may still be committing its cache entry)
   } finally {
     // Not taken: the load failed (or was aborted) before Python asked for a device.
     if (kind === "load") dropStartKernels();
@@ -444,7 +448,7 @@ function abort(id, { target, mode = "cancel" }) {
     // the page may have raised is not needed: clear it, or it would fire inside session.abort.
     if (control) Atomics.store(control, CONTROL.INTERRUPT, 0);
     try {
-      aborted = !!session.abort(target, mode, true);  // `running` was handed to session.handle
+      aborted = !!session.abort(target, mode, !!running.handed);  // handed: Python has it, maybe not started
     } catch (e) {
       return fail(id, E.WorkerError, String(e && e.message || e));
     }
