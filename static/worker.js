@@ -112,6 +112,13 @@ function dropStartKernels() {
   startKernels = null;
 }
 
+// A request that will not run (aborted before it started, or no Python to run it): a load read ahead
+// while Pyodide starts stops downloading, and its start-up kernels are freed.
+function dropUnrun(request) {
+  if (request.download) request.download.abort();
+  if (request.model) dropStartKernels();
+}
+
 // Python's BrowserDevice.create takes them (once; null when there are none).
 self.webllmTakeStartKernels = () => { const p = startKernels || Promise.resolve(null); startKernels = null; return p; };
 self.webllmStoreStartKernels = (json) => {
@@ -137,14 +144,12 @@ async function pump() {
         // Cancelled as it was about to start: its abort message may still be on its way, behind this
         // request (see protocol.js CONTROL), and would wait forever behind a busy loop.
         abortedEarly = id;
-        if (running.download) running.download.abort();
-        if (running.model) dropStartKernels();
+        dropUnrun(running);
         fail(id, E.AbortedError, "The request was aborted before it started.");
       }
       else if (kind === "init") post("result", id, await init(running.payload, id).finally(() => setRuntimeKey(runtimeKey)));
       else if (!session) {
-        if (running.download) running.download.abort();
-        if (running.model) dropStartKernels();
+        dropUnrun(running);
         fail(id, E.NotInitializedError, "The worker is not initialised: send `init` first (webllm.js does).");
       }
       else await runPython(running);
@@ -429,8 +434,7 @@ function abort(id, { target, mode = "cancel" }) {
   const i = queue.findIndex((r) => r.id === target);
   if (i >= 0) {
     const [dropped] = queue.splice(i, 1);
-    if (dropped.download) dropped.download.abort();  // a load prefetched while Pyodide starts
-    if (dropped.model) dropStartKernels();
+    dropUnrun(dropped);
     fail(target, E.AbortedError, "The request was aborted before it started.");
     return post("result", id, { aborted: true });
   }
