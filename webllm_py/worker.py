@@ -186,14 +186,16 @@ class Session:
     def abort(self, target: int, mode: str = "cancel", handed: bool = False) -> bool:
         """Stop request `target` if it is running. `interrupt` asks the engine to end generation
         (the request returns what it has); `cancel` cancels it (it fails with AbortedError).
-        `handed`: the caller has called handle(target) (worker.js's running request), so a target with
-        no task yet is one whose handle has not started: the abort waits for it there."""
+        `handed`: the caller runs `target` and Python has not returned it (worker.js's running request), so a
+        target with no task yet is one whose handle has not started (or not been called): the abort waits
+        for it there."""
         entry = self._running.get(int(target))
         if entry is None:
             if not handed:
                 return False
-            # JS called handle, Python runs it on the loop's next turn: dropped here, the abort was lost
-            # and the request ran in full (a busy loop: forever). handle applies it as it starts.
+            # JS is running it but Python has not started it (handle not yet called, or its coroutine not
+            # yet run): dropped here, the abort was lost and the request ran in full (a busy loop: forever).
+            # handle applies it as it starts.
             self._early_abort = (int(target), mode)
             return True
         kind, task = entry
