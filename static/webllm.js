@@ -329,9 +329,10 @@
     }
 
     async _generate(kind, req = {}) {
-      plainOptions(`${kind === "chat" ? "chat." : ""}completions.create`, req);
+      const call = `${kind === "chat" ? "chat." : ""}completions.create`;
+      plainOptions(call, req);
       const { signal, idleTimeout = webllm.streamIdleTimeout, ...body } = req;
-      checkSignal(`${kind === "chat" ? "chat." : ""}completions.create`, signal);
+      checkSignal(call, signal);
       if (!(typeof idleTimeout === "number" && idleTimeout >= 0)) {
         throw new WebLLMError("RequestError", `idleTimeout must be a number of milliseconds >= 0 (0: never), got ${JSON.stringify(idleTimeout)}.`);
       }
