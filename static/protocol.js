@@ -68,5 +68,10 @@ export const E = Object.freeze(Object.fromEntries(Object.keys(ERRORS).map((name)
 // and then reads RUNNING; the worker stores RUNNING and then reads CANCEL before it starts a request:
 // with sequentially consistent Atomics at least one of them sees the other, so a cancel that crosses
 // the start of its request is never lost (the abort message alone could be: it waits behind a request
-// that starts a busy loop). webllm.js (a classic script) mirrors these numbers.
+// that starts a busy loop). The interrupt itself can be lost: CPython's check (Python/emscripten_signal.c)
+// reads INTERRUPT and then stores 0, two steps, so a SIGINT stored between them is dropped (found as a
+// busy loop that never stopped, about once in a few hundred cancels under load). The page therefore
+// raises it again until the worker answers the abort (it cannot while Python is busy) or the request
+// ends; Python ignores a SIGINT that is not for the request it runs (worker.py Session._on_sigint).
+// webllm.js (a classic script) mirrors these numbers.
 export const CONTROL = Object.freeze({ INTERRUPT: 0, RUNNING: 1, CANCEL: 2, SLOTS: 3, SIGINT: 2 });

@@ -21,6 +21,7 @@
   // protocol.js's CONTROL slots (this classic script cannot import it synchronously; a browser test
   // checks the two agree).
   const CONTROL = Object.freeze({ INTERRUPT: 0, RUNNING: 1, CANCEL: 2, SLOTS: 3, SIGINT: 2 });
+  const RAISE_AGAIN_MS = 50;  // Client.abort: how often a cancel's interrupt is raised again
 
   class WebLLMError extends Error {
     constructor(name, message, traceback) {
@@ -194,12 +195,20 @@
     // Stop request `id`: `cancel` makes it fail with AbortedError, `interrupt` ends generation early.
     abort(id, mode = "cancel") {
       if (!this.pending.has(id)) return Promise.resolve({ aborted: false });
+      const reply = this.request("abort", { target: id, mode });
       if (this.control && mode === "cancel") {
         // CANCEL before RUNNING is read: see protocol.js CONTROL (the worker checks CANCEL as it starts `id`).
         Atomics.store(this.control, CONTROL.CANCEL, id);
-        if (Atomics.load(this.control, CONTROL.RUNNING) === id) Atomics.store(this.control, CONTROL.INTERRUPT, CONTROL.SIGINT);
+        const raise = () => {
+          if (Atomics.load(this.control, CONTROL.RUNNING) === id) Atomics.store(this.control, CONTROL.INTERRUPT, CONTROL.SIGINT);
+        };
+        raise();
+        // Raised again until the worker answers this abort (it cannot while Python runs) or `id` ends: the
+        // interrupt can be lost (protocol.js CONTROL), and a busy loop then never stops.
+        const timer = setInterval(() => { if (this.pending.has(id)) raise(); else clearInterval(timer); }, RAISE_AGAIN_MS);
+        reply.finally(() => clearInterval(timer)).catch(() => {});
       }
-      return this.request("abort", { target: id, mode });
+      return reply;
     }
   }
 
