@@ -361,6 +361,24 @@ def test_cli_generate_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
 
 
+def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`generate ... | head`: the reader closes the pipe; generate stops without a traceback or an error line
+    (it printed "error: BrokenPipeError: [Errno 32] Broken pipe")."""
+    import subprocess
+    import sys
+
+    model = tiny_gguf(tmp_path / "ok.gguf")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "webllm_py", "generate", "--model", model, "--prompt", "hi", "--max-tokens", "64"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    p.stdout.close()  # the reader is gone before the first token
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as a shell reports a tool a closed pipe stopped
+    assert "BrokenPipe" not in err and "Traceback" not in err and "Exception ignored" not in err, err
+
+
 @pytest.mark.parametrize(
     "args, want",
     [

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 import traceback
 
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout's reader went away (`generate ... | head`): stop quietly, as Unix tools do. stdout now goes
+        # to /dev/null, or the interpreter's last flush fails on the pipe again and prints a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as e:  # a CLI user gets one line; --verbose adds the traceback
         if getattr(args, "verbose", False):
             traceback.print_exc()
