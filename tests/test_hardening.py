@@ -357,6 +357,11 @@ def test_cli_generate_errors_are_one_line(tmp_path):
         and r.stderr.startswith("error: FileNotFoundError: model file not found")
         and r.stderr.count("\n") == 1
     )
+    # a folder that is no checkpoint was "Hugging Face checkpoint lacks config.json"
+    r = _cli("generate", "--model", str(tmp_path), "--prompt", "hi")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: ModelFormatError: {tmp_path} is a folder but not a Hugging Face checkpoint")
+    assert "pass one of its GGUF files (bad.gguf)" in r.stderr, r.stderr
     r = _cli("generate", "--model", tiny_gguf(tmp_path / "ok.gguf"), "--prompt", "hi", "--context", "-5")
     assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
 

@@ -51,6 +51,13 @@ def open_checkpoint(model: Any) -> Checkpoint:
         path = os.fspath(model)
         if os.path.isdir(path):
             files = {f: os.path.join(path, f) for f in os.listdir(path)}
+            if "config.json" not in files and not any(f.endswith(".safetensors") for f in files):
+                ggufs = sorted(f for f in files if f.endswith(".gguf"))
+                raise ModelFormatError(
+                    f"{path} is a folder but not a Hugging Face checkpoint (no config.json, no *.safetensors): "
+                    + (f"pass one of its GGUF files ({', '.join(ggufs[:3])})" if ggufs else "pass a .gguf file")
+                    + " or a checkpoint's folder"
+                )
             return _open_hf(files, os.path.basename(path.rstrip("/")))
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
