@@ -327,6 +327,18 @@ def test_parameters_beyond_f32_are_taken_by_their_limit(device, kw, want):
         assert got == [rig.sample().token_id for _ in range(4)]
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 1e-39, 1e-37, 1e-31])
+def test_a_temperature_near_zero_is_greedy(device, temperature):
+    """A subnormal temperature (0 on the GPU), or one whose 1 / temperature times logits of a real model's
+    size (~40) overflows f32, drew token 0 every step (SmolLM2 at 1e-38: its EOS, an empty reply). The
+    limit of a temperature -> 0 is the argmax."""
+    rig = Rig(device, 64)
+    logits = (np.random.default_rng(1).standard_normal(64) * 5 + 30).astype(np.float32)
+    assert int(np.argmax(logits)) != 0
+    rig.start(logits, temperature=temperature, seed=3)
+    assert [rig.sample().token_id for _ in range(4)] == [int(np.argmax(logits))] * 4
+
+
 @pytest.mark.parametrize("bad", [np.nan, -np.inf], ids=str)  # all +inf: a tie, the lowest id (torch.argmax)
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_logits_that_are_not_finite_are_a_model_format_error(device, bad, temperature):

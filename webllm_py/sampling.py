@@ -29,6 +29,11 @@ from .planner import Adapter, sampling_draw_wg
 MAX_TOP_LOGPROBS = 20
 F32_MAX = 3.4028234663852886e38  # the largest finite f32: params are packed as f32 for the kernels
 F32_TINY = 2.0**-126  # the smallest normal f32
+# Temperatures below this are greedy (their limit): the draw kernel scales z by 1 / temperature, which for
+# a subnormal temperature (flushed to 0 on the GPU) or z * (1 / temperature) past f32's range is inf or NaN,
+# and the draw then picked token 0. At 1e-30 any |z| < 3e8 stays finite, and z's a ulp apart already
+# differ by far more than the draw's noise: the same tokens as greedy.
+GREEDY_BELOW = 1e-30
 _PARAM_WORDS = 16
 _RESULT_WORDS = 4 + 2 * MAX_TOP_LOGPROBS
 _PROMPT_BIT = 1 << 31  # counts[i]: bit 31 = token in the prompt, bits 0-30 = times generated
@@ -171,10 +176,11 @@ class Sampler:
         # Into f32 / u32 by their limits (the same draws): top_k past the vocabulary keeps every token; a
         # top_p under f32's range would be 0 (no token kept), one below the top token's probability keeps
         # that token alone; temperatures and penalties past f32's range act as its largest value.
+        temperature = 0.0 if params.temperature < GREEDY_BELOW else min(params.temperature, F32_MAX)
         top_k = min(params.top_k, self.vocab_size) if params.top_k > 0 else 0
         words = struct.pack(
             "<fIffffffIIII",
-            min(params.temperature, F32_MAX),
+            temperature,
             top_k,
             max(params.top_p, F32_TINY),
             params.min_p,
