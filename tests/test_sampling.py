@@ -281,6 +281,10 @@ def test_bias_can_ban_and_force(device):
         (dict(frequency_penalty=3), r"frequency_penalty must be in \[-2, 2\]"),
         (dict(presence_penalty=float("nan")), "presence_penalty must be a finite number"),
         (dict(logit_bias={"x": 1}), "logit_bias keys must be token ids"),
+        # int() took these as token 1; a negative id said "outside the vocabulary [0, None)"
+        (dict(logit_bias={1.5: 1}), r"logit_bias keys must be token ids \(integers\), got 1.5"),
+        (dict(logit_bias={True: 1}), "logit_bias keys must be token ids"),
+        (dict(logit_bias={-1: 1}), r"token id -1 is outside the vocabulary \(ids are >= 0\)\.$"),
         (dict(logit_bias={3: 101}), r"logit_bias values must be in \[-100, 100\]"),
         (dict(top_logprobs=3), "top_logprobs needs logprobs=True"),
         (dict(logprobs=True, top_logprobs=21), r"top_logprobs must be an integer in \[0, 20\]"),
@@ -290,6 +294,11 @@ def test_bias_can_ban_and_force(device):
 def test_validation_messages(kw, msg):
     with pytest.raises(RequestError, match=msg):
         SamplingParams(**kw)
+
+
+def test_bias_keys_as_ints_strings_and_numpy_ints_are_taken():
+    for key in (3, "3", np.int64(3)):
+        assert SamplingParams(logit_bias={key: 1.0}).logit_bias == {key: 1.0}
 
 
 def test_bias_token_outside_vocab_is_refused(device):

@@ -18,6 +18,7 @@ Semantics, so results can be compared with the usual references:
 from __future__ import annotations
 
 import math
+import operator
 import random
 import struct
 from dataclasses import dataclass, field
@@ -82,11 +83,16 @@ class SamplingParams:
             raise RequestError("logit_bias must be a mapping of token id -> bias.")
         for tok, bias in self.logit_bias.items():
             try:
-                tid = int(tok)  # JSON object keys arrive as strings
+                # JSON object keys arrive as strings; otherwise an int (numpy's too), not a float or a bool,
+                # which int() would take: 1.5 or True was a bias on token 1.
+                if isinstance(tok, bool):
+                    raise TypeError
+                tid = int(tok) if isinstance(tok, str) else operator.index(tok)
             except (TypeError, ValueError):
                 raise RequestError(f"logit_bias keys must be token ids (integers), got {tok!r}.") from None
             if tid < 0 or (vocab_size is not None and tid >= vocab_size):
-                raise RequestError(f"logit_bias token id {tid} is outside the vocabulary [0, {vocab_size}).")
+                where = f"[0, {vocab_size})" if vocab_size is not None else "(ids are >= 0)"
+                raise RequestError(f"logit_bias token id {tid} is outside the vocabulary {where}.")
             if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
                 raise RequestError(f"logit_bias values must be in [-100, 100], got {bias!r} for token {tid}.")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
