@@ -524,6 +524,31 @@ def test_odd_request_fields_are_request_errors_naming_the_field(tiny, loop, kw, 
     assert r["usage"]["completion_tokens"] == 2
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "chat, kw, match",
+    [
+        # each was dropped without a word: the reply answered the other input
+        (True, {"messages": [{"role": "user", "content": "Hi"}], "prompt": "Once upon"}, "not prompt"),
+        (False, {"prompt": "Once upon", "messages": [{"role": "user", "content": "Hi"}]}, "not messages"),
+        (False, {"messages": [{"role": "user", "content": "Hi"}]}, "not messages"),  # was "prompt is required"
+        # were TokenizerError "encode() takes a str": a call the user never made
+        (False, {"prompt": [1, 2, 3]}, "prompt must be a string, got list: .*send one string"),
+        (False, {"prompt": ["a", "b"]}, "prompt must be a string, got list"),
+        (False, {"prompt": b"Hi"}, r"prompt must be a string, got bytes\.$"),
+    ],
+    ids=repr,
+)
+def test_each_endpoint_takes_its_own_input_only(tiny, loop, chat, kw, match):
+    from webllm_py.errors import RequestError
+
+    create = (tiny.chat if chat else tiny).completions.create
+    with pytest.raises(RequestError, match=match):
+        loop.run_until_complete(create(temperature=0, max_tokens=2, **kw))
+    r = loop.run_until_complete(tiny.completions.create(prompt="Hi", temperature=0, max_tokens=2, ignore_eos=True))
+    assert r["usage"]["completion_tokens"] == 2
+
+
 GREEDY = SamplingParams(temperature=0)
 
 

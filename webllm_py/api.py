@@ -130,6 +130,11 @@ class _Completions:
         tok = self._engine.tokenizer
         gbnf = response_format_gbnf(response_format)
         call_tools = None  # the tools whose calls are parsed out of the output
+        # The other endpoint's input would be dropped without a word (a prompt given to chat was not read).
+        if self._chat and prompt is not None:
+            raise RequestError("chat.completions takes messages, not prompt (a plain prompt: completions.create).")
+        if not self._chat and messages is not None:
+            raise RequestError("completions takes a prompt, not messages (messages: chat.completions.create).")
         if self._chat:
             if not messages:
                 raise RequestError("messages must be a non-empty list of {role, content} objects.")
@@ -157,6 +162,15 @@ class _Completions:
                 raise RequestError("tools and tool_choice belong to chat.completions, not completions.")
             if prompt is None:
                 raise RequestError("prompt is required.")
+            if not isinstance(prompt, str):  # was TokenizerError "encode() takes a str", a call the user never made
+                raise RequestError(
+                    f"prompt must be a string, got {type(prompt).__name__}"
+                    + (
+                        ": OpenAI's lists (of prompts, of token ids) are not taken, send one string."
+                        if isinstance(prompt, list)
+                        else "."
+                    )
+                )
             ids = tok.encode(prompt, add_special=True, parse_special=True)
         params = sampling_params(**sampling)
         constraint = Constraint(tok, gbnf, self._engine.config.vocab_size) if gbnf is not None else None
