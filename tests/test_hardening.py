@@ -549,6 +549,19 @@ def test_each_endpoint_takes_its_own_input_only(tiny, loop, chat, kw, match):
     assert r["usage"]["completion_tokens"] == 2
 
 
+@pytest.mark.gpu
+def test_chat_on_a_model_without_a_chat_template_says_to_use_completions(tiny, loop):
+    """It said "pass chat_template=... explicitly", which chat.completions refuses as an unknown field."""
+    from webllm_py.errors import ChatTemplateError, RequestError
+
+    assert not tiny.engine.tokenizer.chat_template
+    msgs = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(ChatTemplateError, match=r"no chat template .*completions\.create\(prompt=\.\.\.\)"):
+        loop.run_until_complete(tiny.chat.completions.create(messages=msgs, max_tokens=2))
+    with pytest.raises(RequestError, match="unknown request field.*chat_template"):  # the advice it gave
+        loop.run_until_complete(tiny.chat.completions.create(messages=msgs, max_tokens=2, chat_template="{{ 1 }}"))
+
+
 GREEDY = SamplingParams(temperature=0)
 
 

@@ -347,7 +347,12 @@ class Tokenizer:
 
         template = kw.pop("chat_template", None) or self.chat_template
         if not template:
-            raise ChatTemplateError("this model has no chat template; pass chat_template=... explicitly")
+            # Said for every caller: chat.completions and `generate --chat` take no template of their own.
+            raise ChatTemplateError(
+                "this model has no chat template (a base model, not tuned for chat): give it a plain prompt "
+                "(completions.create(prompt=...); generate without --chat), or a template: "
+                "tokenizer.apply_chat_template(messages, chat_template=...)"
+            )
         variables = dict(self.special_tokens_map)
         variables.setdefault("bos_token", self._piece_text(self.bos_id))
         variables.setdefault("eos_token", self._piece_text(self.eos_id))
