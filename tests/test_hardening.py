@@ -499,6 +499,12 @@ def test_bad_max_tokens_is_a_request_error(tiny, loop, kw):
         ({"stop": {"a": 1}}, "stop"),  # was taken as its keys: stopped at any "a"
         ({"stop": 5}, "stop"),
         ({"stream": True, "stream_options": "yes"}, "stream_options"),
+        # yes/no fields were read by truthiness: ignore_eos="no" ignored EOS, logprobs=3 (OpenAI's legacy
+        # completions: the top 3) gave no top logprobs
+        ({"ignore_eos": "no"}, "ignore_eos must be true or false"),
+        ({"stream": "yes"}, "stream must be true or false"),
+        ({"stream": True, "stream_options": {"include_usage": "x"}}, "include_usage must be true or false"),
+        ({"logprobs": 3}, r"logprobs must be true or false, got 3 .*top_logprobs=N"),
         ({str(i): c for i, c in enumerate("a request given as a string, from JS" * 20)}, "'0', '1', '10'.* more"),
     ],
     ids=repr,
@@ -518,7 +524,15 @@ def test_odd_request_fields_are_request_errors_naming_the_field(tiny, loop, kw, 
     # The runtime stays usable, and the valid forms of the same fields are taken.
     r = loop.run_until_complete(
         tiny.completions.create(
-            prompt="Hi", temperature=0, max_tokens=2, ignore_eos=True, logit_bias={"1": 0.0}, stop=["\x00"], n=None
+            prompt="Hi",
+            temperature=0,
+            max_tokens=2,
+            ignore_eos=True,
+            logit_bias={"1": 0.0},
+            stop=["\x00"],
+            n=None,
+            stream=None,
+            logprobs=None,
         )
     )
     assert r["usage"]["completion_tokens"] == 2

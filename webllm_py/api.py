@@ -48,8 +48,8 @@ def sampling_params(
             kw[name] = v
     if logit_bias:
         kw["logit_bias"] = logit_bias  # checked as it came (JSON keys are strings), then made {int: float}
-    if logprobs:
-        kw["logprobs"] = True
+    if logprobs is not None:
+        kw["logprobs"] = logprobs  # a bool: SamplingParams says what an int would have meant
     kw.setdefault("temperature", 1.0)
     p = SamplingParams(**kw)
     p.logit_bias = {int(k): float(v) for k, v in p.logit_bias.items()}
@@ -127,6 +127,8 @@ class _Completions:
             raise RequestError(
                 f"stream_options must be an object such as {{include_usage: true}}, got {stream_options!r}."
             )
+        stream, ignore_eos = _flag("stream", stream), _flag("ignore_eos", ignore_eos)
+        include_usage = _flag("stream_options.include_usage", (stream_options or {}).get("include_usage"))
         tok = self._engine.tokenizer
         gbnf = response_format_gbnf(response_format)
         call_tools = None  # the tools whose calls are parsed out of the output
@@ -190,11 +192,7 @@ class _Completions:
             "model": self._engine.checkpoint.name,
         }
         if stream:
-            return Stream(
-                self._stream(
-                    gen, meta, bool((stream_options or {}).get("include_usage")), params.logprobs, call_tools, stats
-                )
-            )
+            return Stream(self._stream(gen, meta, include_usage, params.logprobs, call_tools, stats))
         return self._collect(gen, meta, params.logprobs, call_tools, stats)
 
     # -- shapes -------------------------------------------------------------------------------------
@@ -321,6 +319,15 @@ _FIELDS = frozenset(inspect.signature(_Completions.create).parameters) - {"self"
 # OpenAI request fields that are bookkeeping for a hosted service, with nothing to do on the user's machine:
 # accepted and ignored, so that requests written for OpenAI's API (its SDKs send `user`, `store`) run unchanged.
 _IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+
+
+def _flag(name: str, v: Any) -> bool:
+    """A yes/no request field: a bool, or None (JSON's null) for no. Truthiness took ignore_eos="no" as yes."""
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise RequestError(f"{name} must be true or false, got {v!r}.")
+    return v
 
 
 def text_content(messages: list) -> list:

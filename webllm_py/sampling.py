@@ -97,6 +97,10 @@ class SamplingParams:
                 raise RequestError(f"logit_bias values must be in [-100, 100], got {bias!r} for token {tid}.")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise RequestError(f"seed must be an integer or None, got {self.seed!r}.")
+        if not isinstance(self.logprobs, bool):  # OpenAI's legacy completions took logprobs=N for the top N
+            raise RequestError(
+                f"logprobs must be true or false, got {self.logprobs!r} (the N most likely tokens: top_logprobs=N)."
+            )
         if (
             isinstance(self.top_logprobs, bool)
             or not isinstance(self.top_logprobs, int)
