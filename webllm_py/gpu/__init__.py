@@ -14,6 +14,8 @@ async def request_device(backend: str | None = None, **options) -> Device:
     """The default backend is `browser` under Pyodide and `native` elsewhere."""
     backend = backend or ("browser" if IN_BROWSER else "native")
     if backend == "browser":
+        if not IN_BROWSER:  # its module imports Pyodide's `js`: natively, a ModuleNotFoundError
+            raise RequestError("the 'browser' GPU backend runs in Pyodide only: natively use backend='native'")
         from .browser import BrowserDevice
 
         return await BrowserDevice.create(**options)
