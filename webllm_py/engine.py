@@ -154,6 +154,8 @@ class Engine:
                 raise RequestError(f"{name} must be an integer >= {least}, got {v!r}.")
         if policy is not None and not isinstance(policy, KernelPolicy):
             raise RequestError(f"policy must be a planner.KernelPolicy or None, got {policy!r}.")
+        if on_progress is not None and not callable(on_progress):  # was a TypeError from the first weight upload
+            raise RequestError(f"on_progress must be a function taking a dict, or None, got {on_progress!r}.")
         if stream_idle_timeout is not None and (
             isinstance(stream_idle_timeout, bool)
             or not isinstance(stream_idle_timeout, (int, float))
