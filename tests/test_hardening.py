@@ -87,6 +87,17 @@ def test_tiny_gguf_control_opens(tmp_path):
     assert (ck.config.n_layers, ck.config.dim, ck.config.n_heads, ck.config.n_kv_heads) == (LAYERS, DIM, HEADS, KV)
 
 
+def test_a_dict_of_files_holding_a_gguf_says_to_pass_its_bytes(tmp_path):
+    """{file name: bytes} (the browser's form of a Hugging Face checkpoint) holding a .gguf said "Hugging Face
+    checkpoint lacks config.json"; now it names the GGUF file to pass by itself, and that opens."""
+    data = open(tiny_gguf(tmp_path / "m.gguf"), "rb").read()
+    with pytest.raises(ModelFormatError, match=r"not a Hugging Face checkpoint .*GGUF file by themselves \(m\.gguf\)"):
+        open_checkpoint({"m.gguf": data, "README.md": b"hi"})
+    with pytest.raises(ModelFormatError, match=r"not a Hugging Face checkpoint .*pass a \.gguf file"):
+        open_checkpoint({})
+    assert open_checkpoint(data).config.n_layers == LAYERS
+
+
 def test_four_billion_layers_refused_fast_and_small(tmp_path):
     path = tiny_gguf(tmp_path / "huge.gguf", block_count=4_000_000_000)
     t = time.perf_counter()

@@ -51,13 +51,7 @@ def open_checkpoint(model: Any) -> Checkpoint:
         path = os.fspath(model)
         if os.path.isdir(path):
             files = {f: os.path.join(path, f) for f in os.listdir(path)}
-            if "config.json" not in files and not any(f.endswith(".safetensors") for f in files):
-                ggufs = sorted(f for f in files if f.endswith(".gguf"))
-                raise ModelFormatError(
-                    f"{path} is a folder but not a Hugging Face checkpoint (no config.json, no *.safetensors): "
-                    + (f"pass one of its GGUF files ({', '.join(ggufs[:3])})" if ggufs else "pass a .gguf file")
-                    + " or a checkpoint's folder"
-                )
+            _check_hf_files(files, f"{path} is a folder", "one of its GGUF files", "a checkpoint's folder")
             return _open_hf(files, os.path.basename(path.rstrip("/")))
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
@@ -76,8 +70,22 @@ def open_checkpoint(model: Any) -> Checkpoint:
             return _open_gguf(shards, os.path.basename(path))
         return _open_gguf(path, os.path.basename(path))
     if isinstance(model, dict):
+        _check_hf_files(model, "{file name: bytes} was given", "the bytes of a GGUF file by themselves", "a checkpoint")
         return _open_hf(model, "model")
     return _open_gguf(model, "model")
+
+
+def _check_hf_files(files: dict[str, Any], what: str, one_gguf: str, checkpoint: str) -> None:
+    """A folder or {file name: bytes} that holds no Hugging Face checkpoint: said so, with its GGUF files named
+    (it said "Hugging Face checkpoint lacks config.json" of a folder or dict holding just a .gguf)."""
+    if "config.json" in files or any(f.endswith(".safetensors") for f in files):
+        return
+    ggufs = sorted(f for f in files if f.endswith(".gguf"))
+    raise ModelFormatError(
+        f"{what} but not a Hugging Face checkpoint (no config.json, no *.safetensors): "
+        + (f"pass {one_gguf} ({', '.join(ggufs[:3])})" if ggufs else "pass a .gguf file")
+        + f" or {checkpoint}"
+    )
 
 
 def _open_gguf(src: Any, name: str) -> Checkpoint:
