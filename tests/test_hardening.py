@@ -425,6 +425,15 @@ def test_cli_bench_error_is_one_line_and_verbose_exists(tmp_path):
     assert r.returncode == 1 and "Traceback" in r.stderr, r.stderr
 
 
+def test_cli_bench_past_the_models_context_names_the_options(tmp_path):
+    """It said the KV cache's "load the model with a larger context window", which bench has no option for."""
+    model = tiny_gguf(tmp_path / "ok.gguf")  # context_length 256
+    r = _cli("bench", "--model", model, "--prompt-tokens", "250", "--decode-tokens", "10")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: RequestError: --prompt-tokens 250 and --decode-tokens 10 need 261 positions")
+    assert "context of 256" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize(
     "args, option",
     [

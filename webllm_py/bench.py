@@ -539,6 +539,17 @@ async def _bench(args) -> dict:
     )
     if args.shape and (args.constraint or args.tokenizer):  # masks need a real vocabulary
         ckpt.tokenizer = load_tokenizer(args.tokenizer or DEFAULT_TOKENIZER)
+    # Positions the run uses: the prompt, the decode steps, and the one step --gpu-reps / --profile time after
+    # them. Past the model's context the KV cache refused it, saying to load with a larger context window,
+    # which bench has no option for.
+    need = args.prompt_tokens + args.decode_tokens + (1 if args.gpu_reps or args.profile else 0)
+    if need > ckpt.config.context_length:
+        from .errors import RequestError
+
+        raise RequestError(
+            f"--prompt-tokens {args.prompt_tokens} and --decode-tokens {args.decode_tokens} need {need} positions, "
+            f"more than this model's context of {ckpt.config.context_length}: ask for fewer tokens"
+        )
     backend = getattr(args, "backend", "native")  # "browser": the Dawn host (webllm_py/dawn.py) runs this
     spin = {} if args.read_spin is None else {"spin_reads": args.read_spin == "1"}  # native only
     device = await request_device(backend, use_subgroups=args.subgroups, **spin)
