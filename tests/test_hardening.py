@@ -596,6 +596,18 @@ def test_chat_on_a_model_without_a_chat_template_says_to_use_completions(tiny, l
         loop.run_until_complete(tiny.chat.completions.create(messages=msgs, max_tokens=2, chat_template="{{ 1 }}"))
 
 
+def test_a_text_part_whose_text_is_not_a_string_says_so():
+    """It said "a part of type 'text': only text parts ... can be given", of a part of type 'text'."""
+    from webllm_py.api import text_content
+    from webllm_py.errors import RequestError
+
+    bad = [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": 5}]}]
+    with pytest.raises(RequestError, match=r"messages\[1\]\.content has a text part whose text is 5, not a string"):
+        text_content(bad)
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert text_content([{"role": "user", "content": parts}]) == [{"role": "user", "content": "a\nb"}]
+
+
 GREEDY = SamplingParams(temperature=0)
 
 

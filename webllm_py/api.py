@@ -343,7 +343,11 @@ def text_content(messages: list) -> list:
         texts = []
         for part in parts:
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind != "text" or not isinstance(part.get("text"), str):
+            if kind == "text" and not isinstance(part.get("text"), str):  # was "a part of type 'text': only text"
+                raise RequestError(
+                    f"messages[{i}].content has a text part whose text is {part.get('text')!r}, not a string."
+                )
+            if kind != "text":
                 raise RequestError(
                     f"messages[{i}].content has a part of type {kind!r}: only text parts "
                     '({"type": "text", "text": "..."}) can be given to a text model.'
