@@ -377,6 +377,16 @@ def test_cli_generate_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
 
 
+def test_cli_generate_says_when_context_is_past_the_models(tmp_path):
+    """--context beyond the model's trained context was cut to it without a word."""
+    model = tiny_gguf(tmp_path / "ok.gguf")  # context_length 256
+    r = _cli("generate", "--model", model, "--prompt", "hi", "--max-tokens", "2", "--context", "99999")
+    assert r.returncode == 0, r.stderr
+    assert "note: --context 99999 is past the model's context of 256 tokens; using 256" in r.stderr, r.stderr
+    r = _cli("generate", "--model", model, "--prompt", "hi", "--max-tokens", "2", "--context", "128")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+
+
 def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """`generate ... | head`: the reader closes the pipe; generate stops without a traceback or an error line
     (it printed "error: BrokenPipeError: [Errno 32] Broken pipe")."""
@@ -478,6 +488,15 @@ def test_cli_serve_on_a_busy_or_invalid_port_is_one_line():
             r = _cli("serve", "--port", port)
             assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
             assert r.stderr.startswith(f"error: OSError: cannot listen on 127.0.0.1:{port}: ") and "--port" in r.stderr
+
+
+def test_cli_serve_model_errors_take_the_one_line_form(tmp_path):
+    """serve printed its start-up errors bare (no `error: <Type>:`) and took any file as a model."""
+    (tmp_path / "notes.txt").write_text("not a model")
+    for model, words in ((tmp_path / "missing.gguf", "model file not found"), (tmp_path / "notes.txt", "not a GGUF")):
+        r = _cli("serve", "--port", "0", "--model", str(model))
+        assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("error: SiteError: ") and words in r.stderr and model.name in r.stderr, r.stderr
 
 
 # -- 5: request sizes of the wrong type or range ---------------------------------------------------------

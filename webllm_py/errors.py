@@ -118,6 +118,11 @@ class IntegrityError(DownloadError):
     """A model file does not match its sha256 (from /models/index.json or recorded when it was cached)."""
 
 
+class SiteError(WebLLMError):
+    """`serve` or `build` cannot make the site it was asked for: Pyodide not set up, a --model that is not a
+    GGUF file, a bad --allow-origin, an output folder it must not write into."""
+
+
 class KernelPolicyError(WebLLMError, ValueError):
     """A KernelPolicy (bench options, tests) asks for a kernel that cannot run, or cannot be exact, here: on
     this adapter, for this model's shapes or for this KV cache."""

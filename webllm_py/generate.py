@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
-    p.add_argument("--context", type=int, default=4096, help="context window to allocate (tokens)")
+    p.add_argument(
+        "--context", type=int, default=4096, help="context window to allocate (tokens; at most the model's own)"
+    )
     p.add_argument(
         "--backend", default="native", choices=["native"], help="GPU backend (the browser one runs in Pyodide)"
     )
@@ -41,9 +43,15 @@ async def _run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     # create(): the one place that loads a model by its argument (a URL is refused natively, with why)
     engine = (await create(args.model, backend=args.backend, context_window=args.context)).engine
+    if engine.context_window < args.context:  # the engine allocates no more than the model was trained for
+        print(
+            f"note: --context {args.context} is past the model's context of {engine.context_window} tokens; "
+            f"using {engine.context_window}",
+            file=sys.stderr,
+        )
     tok = engine.tokenizer
     if args.chat:
-        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        msgs = ([{"role": "system", "content": args.system}] if args.system is not None else []) + [
             {"role": "user", "content": args.prompt}
         ]
         ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special=False)

@@ -43,6 +43,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from . import jupyterlite, wheel
+from .errors import SiteError
+from .formats.gguf import GGUF_MAGIC
 
 ROOT = wheel.ROOT
 STATIC = ROOT / "static"
@@ -172,22 +174,26 @@ _NOT_IN_URL = set("#?%")  # characters of a file name that a URL path does not c
 def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
     """Build the webllm_py wheel, collect the vendor wheels and hash the models."""
     if not (PYODIDE / "pyodide.mjs").is_file():
-        raise SystemExit(f"Pyodide is missing at {PYODIDE}: run ./scripts/setup.sh first.")
+        raise SiteError(f"Pyodide is missing at {PYODIDE}: run ./scripts/setup.sh first.")
     models = default_models() if models is None else models
     chosen: dict[str, Path] = {}  # checked first: a bad model argument fails before the wheel is built
     for m in models:
         m = Path(m)
         if m.is_dir():  # "not found" would send the user looking for a path that exists
-            raise SystemExit(f"model {m} is a folder: pages load model files (GGUF); give the .gguf file")
+            raise SiteError(f"model {m} is a folder: pages load model files (GGUF); give the .gguf file")
         if not m.is_file():
-            raise SystemExit(f"model file not found: {m}")
+            raise SiteError(f"model file not found: {m}")
+        with open(m, "rb") as f:  # pages would fetch it, cache it, and only then say it is not a model
+            head = f.read(4)
+        if head != GGUF_MAGIC:
+            raise SiteError(f"model {m} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")
         if set(m.name) & _NOT_IN_URL:  # pages load it as models/<name>: the URL would not reach it
-            raise SystemExit(
+            raise SiteError(
                 f"model file name {m.name!r} holds a character URLs give another meaning ('#' fragment, "
                 "'?' query, '%' escape): rename the file"
             )
         if m.name in chosen and chosen[m.name].resolve() != m.resolve():
-            raise SystemExit(f"two model files are named {m.name!r} (served as models/{m.name} twice): rename one")
+            raise SiteError(f"two model files are named {m.name!r} (served as models/{m.name} twice): rename one")
         chosen[m.name] = m
     # Into a folder of this server's own, removed with its Site: checkouts that share build/ (git
     # worktrees) run servers of different sources side by side, and a wheel rebuilt at one shared path
@@ -512,7 +518,7 @@ def check_origin(origin: str) -> str:
     """An --allow-origin value as browsers send it in Origin: scheme://host[:port], no path."""
     u = urlsplit(origin)
     if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/") or u.query or u.fragment:
-        raise SystemExit(
+        raise SiteError(
             f"--allow-origin {origin!r}: give an origin such as https://example.com or http://127.0.0.1:8000"
         )
     return f"{u.scheme}://{u.netloc}".lower()

@@ -20,10 +20,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from . import jupyterlite, serve, wheel
+from .errors import SiteError
 
 # What worker.js's loadPyodide fetches (checked by tests/browser/test_browser_embed.py, which serves a
 # build whose pyodide/ holds only these and asserts no request failed).
@@ -32,18 +32,14 @@ PYODIDE_FILES = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_s
 MARKER = "webllm-build.json"
 
 
-class BuildError(Exception):
-    """The build cannot be written (the output folder, a missing input); the message says why."""
-
-
 def check_out_dir(out: Path) -> None:
     """Refuse an output folder that is a file, or a non-empty folder that is not an earlier build."""
     if out.exists() and not out.is_dir():
-        raise BuildError(f"{out} is a file, not a folder: give a new or empty folder")
+        raise SiteError(f"{out} is a file, not a folder: give a new or empty folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise BuildError(f"{out} is not empty and not an earlier webllm_py build: give a new or empty folder")
+        raise SiteError(f"{out} is not empty and not an earlier webllm_py build: give a new or empty folder")
     if out.resolve() in (wheel.ROOT, serve.STATIC.resolve()) or serve.STATIC.resolve() in out.resolve().parents:
-        raise BuildError(f"{out} is inside the runtime's own static/ folder or is the checkout itself")
+        raise SiteError(f"{out} is inside the runtime's own static/ folder or is the checkout itself")
 
 
 def write_runtime(out: Path, site: serve.Site) -> list[str]:
@@ -66,11 +62,11 @@ def write_runtime(out: Path, site: serve.Site) -> list[str]:
     for name in PYODIDE_FILES:
         src = site.pyodide / name
         if not src.is_file():
-            raise BuildError(f"Pyodide file {src} is missing: run ./scripts/setup.sh")
+            raise SiteError(f"Pyodide file {src} is missing: run ./scripts/setup.sh")
         put(f"pyodide/{name}", src)
     # the chat page's markdown renderer (npm markdown-it), served by `serve` at the same path
     if not serve.MARKDOWN_IT.is_file():
-        raise BuildError(f"{serve.MARKDOWN_IT} is missing: run ./scripts/setup.sh")
+        raise SiteError(f"{serve.MARKDOWN_IT} is missing: run ./scripts/setup.sh")
     put("vendor/markdown-it.mjs", serve.MARKDOWN_IT)
     for name, src in sorted(site.wheels.items()):
         put(f"wheels/{name}", src)
@@ -98,10 +94,7 @@ def build(out_dir: Path, models: list[Path] | None = None) -> dict:
     leaves the old one as it was. Returns the manifest (also written as OUTDIR/webllm-build.json)."""
     out = Path(out_dir).resolve()  # "." has no name to put the temporary sibling next to
     check_out_dir(out)
-    try:
-        site = serve.build_site(models)
-    except SystemExit as e:  # build_site's one-line errors (Pyodide missing, model missing)
-        raise BuildError(str(e)) from None
+    site = serve.build_site(models)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -143,12 +136,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         manifest = build(args.out_dir, [] if args.no_models else args.model)
-    except BuildError as e:
-        print(f"webllm_py build: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"webllm_py build: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except OSError as e:  # the one-line error (__main__) names the folder, not a temporary sibling
+        raise OSError(f"cannot write {args.out_dir}: {e.strerror or e}") from e
     out = args.out_dir
     print(
         f"webllm_py: wrote {manifest['files']} files ({manifest['bytes'] / 2**20:.1f} MiB) to {out}, "

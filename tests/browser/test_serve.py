@@ -18,7 +18,7 @@ from webllm_py import serve, wheel
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("models") / "tiny.gguf"
-    p.write_bytes(bytes(range(256)) * 40 + b"tail")  # 10,244 bytes
+    p.write_bytes(b"GGUF" + bytes(range(256)) * 40 + b"tail")  # 10,248 bytes; serve checks the magic
     return p
 
 

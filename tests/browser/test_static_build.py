@@ -85,7 +85,9 @@ def cli(*args):
 
 
 def one_line_error(r, *words):
-    assert r.returncode != 0 and r.stdout == "", (r.returncode, r.stdout)
+    """The form every command's errors take (webllm_py/__main__.py): `error: <Type>: ...`, exit status 1."""
+    assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stdout)
+    assert r.stderr.startswith("error: "), r.stderr  # it said "webllm_py build: ..." and exited 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert all(w in r.stderr for w in words), r.stderr
 
@@ -103,6 +105,14 @@ def test_cli_missing_model_writes_nothing(tmp_path):
     assert not (tmp_path / "site").exists()
     (tmp_path / "hf").mkdir()  # a folder (e.g. a Hugging Face checkpoint) is not "not found"
     one_line_error(cli(tmp_path / "site", "--model", tmp_path / "hf"), "is a folder", ".gguf")
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"GGU", b"<!doctype html><title>404</title>", b"PK\x03\x04zip"])
+def test_cli_refuses_a_model_that_is_not_gguf_and_writes_nothing(tmp_path, content):
+    """A page would download such a file, cache it, and only then fail on it: the build refuses it."""
+    (tmp_path / "m.gguf").write_bytes(content)
+    one_line_error(cli(tmp_path / "site", "--model", tmp_path / "m.gguf"), "m.gguf", "not a GGUF file")
     assert not (tmp_path / "site").exists()
 
 
