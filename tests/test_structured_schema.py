@@ -151,6 +151,13 @@ def test_response_format_errors_say_what_is_wrong():
         response_format_gbnf({"type": "json_schema", "json_schema": {"name": "x"}})
     with pytest.raises(RequestError, match="json_schema: {name, schema"):
         response_format_gbnf({"type": "json_schema", "schema": {}})
+    with pytest.raises(RequestError, match="json_schema.name"):
+        response_format_gbnf({"type": "json_schema", "json_schema": {"name": 3, "schema": {}}})
+    for strict in ("yes", "false", 1):  # each was accepted without a word
+        with pytest.raises(RequestError, match="json_schema.strict must be true or false"):
+            response_format_gbnf({"type": "json_schema", "json_schema": {"schema": {}, "strict": strict}})
+    for strict in (True, False, None):
+        assert response_format_gbnf({"type": "json_schema", "json_schema": {"schema": {}, "strict": strict}})
     with pytest.raises(RequestError, match="not supported"):
         response_format_gbnf({"type": "xml"})
     with pytest.raises(RequestError, match="line 2"):

@@ -38,6 +38,8 @@ def response_format_gbnf(response_format) -> str | None:
             )
         if "name" in js and not isinstance(js["name"], str):
             raise RequestError("response_format json_schema.name must be a string.")
+        if js.get("strict") is not None and not isinstance(js["strict"], bool):  # a typo or a string was taken silently
+            raise RequestError(f"response_format json_schema.strict must be true or false, got {js['strict']!r}.")
         schema = js.get("schema")
         if not isinstance(schema, (dict, bool)):
             raise RequestError("response_format json_schema.schema must be a JSON schema object.")
