@@ -74,8 +74,8 @@ for label, tiling, policy in {variants}:
 out
 """
 
-# --kernels copy: matmul_sgmat_f16 rendered directly (not through a Linear: nothing plans wsrc / xsrc "f16"), the
-# planner's tile for the shape, each variant's best of `rounds` rounds, rounds alternating the variants
+# --kernels copy: matmul_sgmat_f16 rendered directly (not through a Linear, which plans xsrc by the tiling's x16 and
+# never wsrc "f16"), the planner's tile for the shape, each variant's best of `rounds` rounds, rounds alternating
 _COPY = """
 from webllm_py.planner import sgmat_f16_tiling
 T, N, K, reps, rounds = {T}, {N}, {K}, {reps}, {rounds}

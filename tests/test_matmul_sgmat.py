@@ -401,7 +401,8 @@ SMALL = MatmulSgmatF16Tiling(sg_m=1, sg_n=1, ti=1, tj=1, kb=1)
 @pytest.mark.gpu
 def test_f16_scaled_rows_emulated(device):
     """x past f16's range (outlier_rows) through a Linear on matmul_sgmat_f16, builtins emulated: row_scale's
-    scales are numpy's row_scales exactly; y finite and within f16_bound, with a bias, then y +=."""
+    scales are numpy's row_scales exactly; y finite and within f16_bound, with a bias, then y +=. With x16 (the
+    planned tiles: row_scale writes f16(x / s_t), the matmul copies it in) y is bit-equal to staging's rounding."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
     rng = np.random.default_rng(22)
@@ -410,16 +411,20 @@ def test_f16_scaled_rows_emulated(device):
     bias = rng.standard_normal(N).astype(np.float32)
     x = outlier_rows(rng, T, K)
     y0 = rng.standard_normal((T, N)).astype(np.float32)
-    with emulating(device):
-        b = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, 4 * N))
-        lin = Linear(device, upload(device, raw, "Q4_0", N, K), b, matmul=SMALL)
-        assert lin.matmul_plan.template == "matmul_sgmat_f16"
-        y = run_linear(device, lin, x)
-        scales = read_f32(device, _scratch(device, "xscale", 8 * T), 2 * T).reshape(T, 2)
-        y_acc = run_linear(device, lin, x, y0, accumulate=True)
-    assert (scales[:, 0] == row_scales(x)).all() and (scales[:, 0] * scales[:, 1] == 1).all(), scales
-    _check_scaled(y, x, w, bias)
-    _check_scaled(y_acc, x, w, bias, y0)
+    ys = []
+    for tiling in (SMALL, replace(SMALL, x16=True)):
+        with emulating(device):
+            b = upload_tensor(device, BytesSource(bias.tobytes()), TensorInfo("b", (N,), 0, 0, 4 * N))
+            lin = Linear(device, upload(device, raw, "Q4_0", N, K), b, matmul=tiling)
+            assert lin.matmul_plan.template == "matmul_sgmat_f16"
+            y = run_linear(device, lin, x)
+            scales = read_f32(device, _scratch(device, "xscale", 8 * T), 2 * T).reshape(T, 2)
+            y_acc = run_linear(device, lin, x, y0, accumulate=True)
+        assert (scales[:, 0] == row_scales(x)).all() and (scales[:, 0] * scales[:, 1] == 1).all(), scales
+        _check_scaled(y, x, w, bias)
+        _check_scaled(y_acc, x, w, bias, y0)
+        ys.append((y, y_acc))
+    assert all((a == b).all() for a, b in zip(*ys))
 
 
 # split-K (splits > 1: partial tiles, then splitk_sum) over ragged N and T: slices even (4 steps in 2),
@@ -430,6 +435,7 @@ SPLIT_K = [
     ("Q4_0", 37, 96, 5, MatmulSgmatF16Tiling(kb=1, db=True, splits=2)),
     ("Q8_0", 37, 256, 9, replace(SMALL, splits=4)),
     ("Q4_K", 70, 512, 33, MatmulSgmatF16Tiling(kb=1, pf=True, splits=4)),
+    ("Q4_0", 45, 128, 19, replace(SMALL, splits=2, x16=True)),  # the slices copy row_scale's f16 x
 ]
 
 
@@ -479,7 +485,9 @@ QKV_N, QKV_K, QKV_LIMIT = (64, 32, 200), 128, 64 * 72 + 4
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tiling", [SMALL, replace(SMALL, splits=2)], ids=["whole-K", "split-K"])
+@pytest.mark.parametrize(
+    "tiling", [SMALL, replace(SMALL, splits=2), replace(SMALL, x16=True)], ids=["whole-K", "split-K", "x16"]
+)
 def test_f16_scales_once_per_x_emulated(device, tiling):
     """Q, K and V read one x: a prefill records row_scale once for the group, and once for V alone, whose
     row blocks (a split weight) all read the same scales; every y within f16_bound of numpy (split-K: each

@@ -206,7 +206,7 @@ class Linear:
                 )
             elif kind == "quantize" and isinstance(m, MatmulSgmatF16Tiling):  # x's per-token scales
                 k = self.device.kernel(
-                    "row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at
+                    "row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at, x16=m.x16
                 )
             elif kind == "matmul" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling, MatmulSgmatF16Tiling)):
                 # the quantized-block prefills (matmul_i8, matmul_sgmat, matmul_sgmat_f16): their tilings, then
@@ -217,9 +217,17 @@ class Linear:
                     )
                 elif isinstance(m, MatmulSgmatTiling):
                     tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
-                else:  # f32 x / s_t in, f16 tiles inside
+                else:  # x / s_t in (f32, or f16 from row_scale's x16), f16 tiles inside
                     tiling = dict(
-                        sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db, pf=m.pf, splits=m.splits
+                        sg_m=m.sg_m,
+                        sg_n=m.sg_n,
+                        ti=m.ti,
+                        tj=m.tj,
+                        kb=m.kb,
+                        db=m.db,
+                        pf=m.pf,
+                        splits=m.splits,
+                        xsrc="f16" if m.x16 else "f32",
                     )
                 # split-K slices write partial tiles; splitk_sum ("reduce") does the bias, += and stride
                 split = isinstance(m, MatmulSgmatF16Tiling) and m.splits > 1
@@ -396,14 +404,20 @@ class Linear:
             # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds
             tokens = x.size // (4 * self.K)
             scale = _scratch(self.device, "xscale", 8 * tokens)
-            quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
-            splits = self.matmul_tiling.splits if isinstance(self.matmul_tiling, MatmulSgmatF16Tiling) else 1
+            t = self.matmul_tiling
+            if isinstance(t, MatmulSgmatF16Tiling) and t.x16:  # the pass also writes f16(x / s_t), the matmul's x
+                xs = _scratch(self.device, "x16", 2 * tokens * self.K)
+                quant = self.device.bind(self.kernel("quantize", False), [x, scale, params, xs])
+            else:
+                xs = x
+                quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
+            splits = t.splits if isinstance(t, MatmulSgmatF16Tiling) else 1
             if splits == 1:
-                mm = self.device.bind(self.kernel("matmul", accumulate), [w, x, scale, y, params, *extra])
+                mm = self.device.bind(self.kernel("matmul", accumulate), [w, xs, scale, y, params, *extra])
                 return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre)
             # split-K: partial tiles [splits, T, N] in a scratch the next split matmul may reuse
             part = _scratch(self.device, "splitk", 4 * splits * tokens * self.N)
-            mm = self.device.bind(self.kernel("matmul", False), [w, x, scale, part, params])
+            mm = self.device.bind(self.kernel("matmul", False), [w, xs, scale, part, params])
             red = self.device.bind(self.kernel("reduce", accumulate), [part, y, params, *extra])
             return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, reduce=red, prestage=pre)
         if isinstance(self.matmul_tiling, MatmulRowsTiling) and self.matmul_tiling.shape_at_run_time:
@@ -542,8 +556,8 @@ class BoundLinear:
         t = self.linear.matmul_tiling
         if self.quant is None:
             return None
-        if isinstance(t, MatmulSgmatF16Tiling):
-            return (id(self.x), self.linear.K, "row_scale")
+        if isinstance(t, MatmulSgmatF16Tiling):  # with x16 the pass also writes the f16 x the matmul reads
+            return (id(self.x), self.linear.K, "row_scale", t.x16)
         return (id(self.x), self.linear.K, t.planes) if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)) else None
 
     def record(self, rec: Any, n_tokens: int, x_passed: bool = False) -> None:

@@ -217,6 +217,11 @@ class MatmulSgmatF16Tiling:
     # every linear, 1B and 8B prefills lost (gate_up pays the partials' traffic), only qkv gained
     # (docs/benchmarks.md, "split-K for shapes that leave SMs idle"); KernelPolicy.sgmat_f16_splits asks for it
     splits: int = 1
+    # x arrives as f16(x / s_t), written by the row_scale pass before (its x16 option; 2 bytes a value more
+    # scratch), and is staged by plain copies (the template's xsrc="f16"): the same f16 values, so the same y,
+    # at 1.03-1.22x the speed at the 512-token shapes of Llama-3.1-8B on the H200 (docs/benchmarks.md,
+    # "copy-only staging ... measured"); SGMAT_F16_TILES sets it, the bare default stays without
+    x16: bool = False
 
     @property
     def tm(self) -> int:
@@ -853,10 +858,11 @@ def sgmat_tiling(
 # 128x128 in one wave (68 / 68) against 384 of 64x64 in two, the second 45% full (57 / 57). WebGPU does
 # not tell the SM count: other GPUs get this choice too (both tiles work anywhere they fit).
 SGMAT_F16_SMS = 132
-# (tiling, workgroups an SM runs at once, TOPS at full waves); both with the next step's loads in flight
+# (tiling, workgroups an SM runs at once, TOPS at full waves, measured before x16); both with the next step's
+# loads in flight and x staged by copies
 SGMAT_F16_TILES = (
-    (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True), 1, 94.0),  # 128x128: 2x4 subgroups of 4x2 tiles
-    (MatmulSgmatF16Tiling(pf=True), 2, 78.0),  # 64x64: 2x2 subgroups of 2x2 tiles
+    (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, x16=True), 1, 94.0),  # 128x128: 2x4 subgroups of 4x2 tiles
+    (MatmulSgmatF16Tiling(pf=True, x16=True), 2, 78.0),  # 64x64: 2x2 subgroups of 2x2 tiles
 )
 
 
