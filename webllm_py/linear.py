@@ -227,7 +227,6 @@ class Linear:
                         db=m.db,
                         pf=m.pf,
                         splits=m.splits,
-                        xsrc="f16" if m.x16 else "f32",
                     )
                 # split-K slices write partial tiles; splitk_sum ("reduce") does the bias, += and stride
                 split = isinstance(m, MatmulSgmatF16Tiling) and m.splits > 1
@@ -242,6 +241,7 @@ class Linear:
                     has_bias=self.bias is not None and not split,
                     accumulate=accumulate and not split,
                     **{k: v for k, v in self._params.items() if k == "out_stride" and not split},
+                    **({"xsrc": "f16"} if isinstance(m, MatmulSgmatF16Tiling) and m.x16 else {}),
                 )
             elif kind == "reduce" and isinstance(m, MatmulSgmatF16Tiling):  # matmul_sgmat_f16's split-K partials
                 k = self.device.kernel(
@@ -404,14 +404,14 @@ class Linear:
             # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds
             tokens = x.size // (4 * self.K)
             scale = _scratch(self.device, "xscale", 8 * tokens)
-            t = self.matmul_tiling
-            if isinstance(t, MatmulSgmatF16Tiling) and t.x16:  # the pass also writes f16(x / s_t), the matmul's x
+            mt = self.matmul_tiling
+            if isinstance(mt, MatmulSgmatF16Tiling) and mt.x16:  # the pass also writes f16(x / s_t), the matmul's x
                 xs = _scratch(self.device, "x16", 2 * tokens * self.K)
                 quant = self.device.bind(self.kernel("quantize", False), [x, scale, params, xs])
             else:
                 xs = x
                 quant = self.device.bind(self.kernel("quantize", False), [x, scale, params])
-            splits = t.splits if isinstance(t, MatmulSgmatF16Tiling) else 1
+            splits = mt.splits if isinstance(mt, MatmulSgmatF16Tiling) else 1
             if splits == 1:
                 mm = self.device.bind(self.kernel("matmul", accumulate), [w, xs, scale, y, params, *extra])
                 return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre)
