@@ -179,7 +179,13 @@
             this.pending.delete(id);
             return reject(this.dead);
           }
-          this.worker.postMessage({ kind, id, payload });
+          try {
+            this.worker.postMessage({ kind, id, payload });
+          } catch (e) {  // not cloneable (a DOM element in it): thrown here, the request never settled
+            this.pending.delete(id);
+            if (entry.cleanup) entry.cleanup();
+            reject(new WebLLMError("RequestError", `The ${kind} request could not be sent to the worker: ${e.message}`));
+          }
         }, (e) => {
           this.pending.delete(id);
           reject(new WebLLMError("WorkerError", `${new URL("protocol.js", this.baseURL)} could not be loaded: ${e.message}${this._startHint()}`));
@@ -249,6 +255,25 @@
     if (typeof signal !== "object" || typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function") {
       throw new WebLLMError("RequestError", `${call}: the signal option must be an AbortSignal (new AbortController().signal), got ${signal === null ? "null" : typeof signal === "object" ? "an object that is not one" : `${typeof signal} ${JSON.stringify(signal)}`}.`);
     }
+  }
+
+  // A request travels to the worker by postMessage and on into Python as JSON text: a function or symbol
+  // (a callback put in the request) cannot be posted at all, NaN and Infinity become null (the field's
+  // default: temperature NaN sampled at 1.0, max_tokens NaN had no limit), a BigInt fails in the worker.
+  // Refused here, naming the field; send() turns what this cannot see (another frame's DOM node) into an
+  // error too.
+  function checkSendable(call, value, path, seen = new Set()) {
+    const fail = (what) => { throw new WebLLMError("RequestError", `${call}: ${path} is ${what}, which a request cannot carry (it travels as JSON).`); };
+    if (typeof value === "number" && !Number.isFinite(value)) fail(String(value));
+    if (typeof value === "function" || typeof value === "symbol" || typeof value === "bigint") fail(`a ${typeof value}`);
+    if (value === null || typeof value !== "object") return;
+    if (typeof Node !== "undefined" && value instanceof Node) fail(`a DOM node, <${value.nodeName.toLowerCase()}> (pass its text: .value or .textContent)`);
+    if (seen.has(value)) fail("an object that contains itself");
+    seen.add(value);
+    for (const [k, v] of Object.entries(value)) {
+      checkSendable(call, v, Array.isArray(value) ? `${path}[${k}]` : path ? `${path}.${k}` : k, seen);
+    }
+    seen.delete(value);
   }
 
   // Every call that names a model: without one the cache calls said that webllm.create needs {model}.
@@ -346,6 +371,7 @@
         throw new WebLLMError("RequestError", `idleTimeout must be a number of milliseconds >= 0 (0: never), got ${JSON.stringify(idleTimeout)}.`);
       }
       checkStructured(kind, body);
+      checkSendable(call, body, "");
       body._load = this._load;
       await this._c.ready;
       if (!body.stream) {
@@ -398,6 +424,7 @@
       const { model, onProgress, signal, cache, hfEndpoint, ...options } = args;
       checkSignal("webllm.create", signal);
       checkModel("webllm.create({model})", model);
+      checkSendable("webllm.create", options, "");
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.
