@@ -372,6 +372,11 @@
       }
       checkStructured(kind, body);
       checkSendable(call, body, "");
+      // Picks an iterator or a completion here: by truthiness, stream: "false" or 1 returned an iterator to a
+      // page awaiting a completion (Python's create() refuses them, but worker.py had taken bool() of it).
+      if (body.stream !== undefined && body.stream !== null && typeof body.stream !== "boolean") {
+        throw new WebLLMError("RequestError", `${call}: stream must be true or false, got ${JSON.stringify(body.stream)}.`);
+      }
       body._load = this._load;
       await this._c.ready;
       if (!body.stream) {

@@ -228,3 +228,31 @@ def test_request_values_json_cannot_carry_are_request_errors(chat_page):
         assert isinstance(r[key], list) and r[key][0] == "RequestError", (key, r[key])
         assert field in r[key][1], (key, r[key])
     assert r["after"] == 1
+
+
+def test_stream_that_is_not_a_boolean_is_a_request_error(chat_page):
+    """stream was read by truthiness on both sides (webllm.js picks an iterator or a completion by it, worker.py
+    took bool() of it): stream: "false" or 1 returned an async iterator to a page that awaited a completion
+    (Python's own create() refuses them). null is OpenAI's default, no stream."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const out = {};
+        for (const [key, stream] of [['str', 'false'], ['one', 1], ['obj', {}]]) {
+          for (const api of ['chat', 'completion']) {
+            const call = api === 'chat' ? engine.chat.completions.create({ messages, stream, max_tokens: 1 })
+                                        : engine.completions.create({ prompt: 'Hi', stream, max_tokens: 1 });
+            out[`${api} ${key}`] = await call.then((v) => typeof v[Symbol.asyncIterator] === 'function' ? 'a stream' : 'a completion',
+                                                   (e) => [e.name, e.message]);
+          }
+        }
+        const plain = await engine.chat.completions.create({ messages, stream: null, max_tokens: 1, temperature: 0 });
+        out.null = plain.object;
+        await engine.unload();
+        return out;
+    }""",
+        QUESTION,
+    )
+    assert r.pop("null") == "chat.completion"
+    for key, v in r.items():
+        assert isinstance(v, list) and v[0] == "RequestError" and "stream must be true or false" in v[1], (key, v)
