@@ -276,6 +276,13 @@
     seen.delete(value);
   }
 
+  // cache.js opens a store only for these: any other value (a typo, true) opened none, without a word, and the
+  // model was downloaded again on every visit (hasModelInCache said false for a cached one).
+  function checkCache(call, cache) {
+    if (cache === undefined || cache === null || cache === false || cache === "cache-api" || cache === "opfs") return;
+    throw new WebLLMError("RequestError", `${call}: cache must be "cache-api" (the default), "opfs" or false (no cache), got ${typeof cache === "string" ? JSON.stringify(cache) : String(cache)}.`);
+  }
+
   // Every call that names a model: without one the cache calls said that webllm.create needs {model}.
   function checkModel(call, model) {
     if (typeof model !== "string" || !model.trim()) {
@@ -429,6 +436,7 @@
       const { model, onProgress, signal, cache, hfEndpoint, ...options } = args;
       checkSignal("webllm.create", signal);
       checkModel("webllm.create({model})", model);
+      checkCache("webllm.create", cache);
       checkSendable("webllm.create", options, "");
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);
@@ -451,6 +459,7 @@
     // (not verified here: loading does that).
     async hasModelInCache(model, { cache, hfEndpoint } = {}) {
       checkModel("webllm.hasModelInCache(model)", model);
+      checkCache("webllm.hasModelInCache", cache);
       const { urls } = await modelURLs(model, hfEndpoint);
       const store = await openStore(cache);
       return !!store && (await Promise.all(urls.map((u) => store.has(u)))).every(Boolean);
@@ -458,6 +467,7 @@
     // Remove a model (every shard) from the cache; resolves with whether there was one.
     async deleteModel(model, { cache, hfEndpoint } = {}) {
       checkModel("webllm.deleteModel(model)", model);
+      checkCache("webllm.deleteModel", cache);
       const { urls } = await modelURLs(model, hfEndpoint);
       const store = await openStore(cache);
       return !!store && (await Promise.all(urls.map((u) => store.delete(u)))).some(Boolean);

@@ -267,6 +267,35 @@ def test_cache_calls_and_signals_say_which_call_and_what_is_missing(webllm_page)
     assert r["after"] == 42
 
 
+def test_a_cache_option_that_names_no_cache_is_a_request_error(webllm_page):
+    """cache: took "cache-api", "opfs" or false, and anything else opened no cache without a word: create({cache:
+    "OPFS"}) or {cache: true} loaded the model uncached (downloaded again on every visit), and
+    hasModelInCache(model, {cache: "OPFS"}) answered false for a cached model. Each is a RequestError naming the
+    call and the values it takes; nothing is loaded."""
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = {};
+      const model = 'SmolLM2-135M-Instruct.Q4_1.gguf';
+      const tryIt = async (key, f) => { try { await f(); out[key] = 'resolved'; } catch (e) { out[key] = [e.name, e.message]; } };
+      await tryIt('create', () => webllm.create({ model, cache: 'OPFS' }));
+      await tryIt('createTrue', () => webllm.create({ model, cache: true }));
+      await tryIt('has', () => webllm.hasModelInCache(model, { cache: 'OPFS' }));
+      await tryIt('del', () => webllm.deleteModel(model, { cache: 'cacheapi' }));
+      out.fine = await webllm.hasModelInCache(model, { cache: 'opfs' });
+      return out;
+    }"""
+    )
+    assert r.pop("fine") in (True, False)
+    for key, call in (
+        ("create", "webllm.create"),
+        ("createTrue", "webllm.create"),
+        ("has", "webllm.hasModelInCache"),
+        ("del", "webllm.deleteModel"),
+    ):
+        assert isinstance(r[key], list) and r[key][0] == "RequestError", (key, r[key])
+        assert r[key][1].startswith(f"{call}: cache must be") and '"opfs"' in r[key][1], (key, r[key])
+
+
 def test_abort_a_busy_python_loop(webllm_page):
     """A CPU-bound loop blocks the worker's event loop; the page stops it through the interrupt buffer."""
     t0 = time.monotonic()
