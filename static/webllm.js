@@ -437,6 +437,10 @@
       checkSignal("webllm.create", signal);
       checkModel("webllm.create({model})", model);
       checkCache("webllm.create", cache);
+      // Called for each progress message: anything else threw in the message handler, once per message.
+      if (onProgress !== undefined && onProgress !== null && typeof onProgress !== "function") {
+        throw new WebLLMError("RequestError", `webllm.create: onProgress must be a function (it is called with each progress event), got ${typeof onProgress}.`);
+      }
       checkSendable("webllm.create", options, "");
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);

@@ -296,6 +296,27 @@ def test_a_cache_option_that_names_no_cache_is_a_request_error(webllm_page):
         assert r[key][1].startswith(f"{call}: cache must be") and '"opfs"' in r[key][1], (key, r[key])
 
 
+def test_an_on_progress_that_is_not_a_function_is_a_request_error(webllm_page):
+    """create({onProgress: "x"}) (or an object with a handleEvent) loaded the model while every progress message
+    threw "p.onProgress is not a function" in the page's message handler (hundreds of uncaught errors). It is a
+    RequestError before anything is sent; null or undefined is no callback."""
+    before = len(webllm_page.errors)
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = [];
+      for (const onProgress of ['x', { handleEvent() {} }]) {
+        try { await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf', onProgress }); out.push('resolved'); }
+        catch (e) { out.push([e.name, e.message]); }
+      }
+      return out;
+    }"""
+    )
+    for v in r:
+        assert isinstance(v, list) and v[0] == "RequestError", r
+        assert v[1].startswith("webllm.create: onProgress must be a function"), r
+    assert webllm_page.errors[before:] == []
+
+
 def test_abort_a_busy_python_loop(webllm_page):
     """A CPU-bound loop blocks the worker's event loop; the page stops it through the interrupt buffer."""
     t0 = time.monotonic()
