@@ -453,7 +453,13 @@
     },
     // Run Python in the worker (top-level await allowed); resolves with the last expression's
     // value as JSON (bytes arrive as {$bytes: base64}).
-    async runPython(code, { signal } = {}) {
+    async runPython(code, options) {
+      // Checked here: the worker said KeyError 'code' (none) or compile()'s TypeError (a number), and null
+      // options threw an untyped TypeError while destructuring.
+      if (typeof code !== "string") {
+        throw new WebLLMError("RequestError", `webllm.runPython(code) takes Python source as a string, got ${code === null ? "null" : Array.isArray(code) ? "an array" : typeof code}.`);
+      }
+      const { signal } = options || {};
       checkSignal("webllm.runPython", signal);
       const c = getClient();
       await c.ready;

@@ -317,6 +317,27 @@ def test_an_on_progress_that_is_not_a_function_is_a_request_error(webllm_page):
     assert webllm_page.errors[before:] == []
 
 
+def test_run_python_without_source_text_is_a_request_error(webllm_page):
+    """runPython() failed in the worker as KeyError: 'code', runPython(123) as Python's TypeError "compile() arg 1
+    must be a string", and runPython("1", null) threw an untyped TypeError (destructuring null) from the client.
+    Code that is not a string is a RequestError saying what to pass; null options are no options."""
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = [];
+      for (const code of [undefined, 123, ['1 + 1']]) {
+        try { await webllm.runPython(code); out.push('resolved'); } catch (e) { out.push([e.name, e.message]); }
+      }
+      let nullOptions;
+      try { nullOptions = await webllm.runPython('6 * 7', null); } catch (e) { nullOptions = [e.name, e.message]; }
+      return { out, nullOptions };
+    }"""
+    )
+    for v in r["out"]:
+        assert isinstance(v, list) and v[0] == "RequestError", r
+        assert v[1].startswith("webllm.runPython(code) takes Python source as a string"), r
+    assert r["nullOptions"] == 42, r
+
+
 def test_abort_a_busy_python_loop(webllm_page):
     """A CPU-bound loop blocks the worker's event loop; the page stops it through the interrupt buffer."""
     t0 = time.monotonic()
