@@ -48,6 +48,18 @@ footer { display: flex; justify-content: space-between; gap: 1rem; padding: 0 .8
 @media (max-width: 480px) { .msg { max-width: 100%; } }
 ${MARKDOWN_CSS}`;
 
+// The look, as one constructed stylesheet that every widget's shadow root adopts: a <style> element there is
+// inline style, which a page whose Content-Security-Policy lacks style-src 'unsafe-inline' (docs/security.md's)
+// refuses, and the widget came unstyled. style-src does not govern constructed sheets. A <style> only where
+// there are none (Safari before 16.4).
+let sheet = null;
+function adoptStyle(root) {
+  if (!("adoptedStyleSheets" in root) || typeof CSSStyleSheet.prototype.replaceSync !== "function") return `<style>${STYLE}</style>`;
+  if (!sheet) { sheet = new CSSStyleSheet(); sheet.replaceSync(STYLE); }
+  root.adoptedStyleSheets = [sheet];
+  return "";
+}
+
 class WebLLMChat extends HTMLElement {
   constructor() {
     super();
@@ -55,7 +67,7 @@ class WebLLMChat extends HTMLElement {
     this.engine = null;
     this.busy = false;
     const root = this.attachShadow({ mode: "open" });
-    root.innerHTML = `<style>${STYLE}</style>
+    root.innerHTML = `${adoptStyle(root)}
       <header><span class="title" part="title"></span><span class="status" part="status"></span>
         <button class="new" part="new" title="Clear the conversation">New chat</button>
         <button class="load primary" part="load">Load</button></header>

@@ -341,3 +341,38 @@ def test_widget_model_attribute_change_drops_the_old_engine(webllm_page):
     )
     assert r["engine"] is None and r["loadShown"] and r["title"] == "second-probe2", r
     assert r["interrupted"] and r["reply"] != "still running", r
+
+
+# docs/security.md's policy (static/csp.html's <meta>): no inline script or style.
+STRICT_CSP = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; "
+    "style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def test_widget_is_styled_under_a_strict_csp(chromium, server_url):
+    """The widget's look was a <style> element in its shadow root, which a page whose policy has no
+    'unsafe-inline' in style-src (the policy docs/security.md recommends) refuses: the widget came unstyled (no
+    header bar, no bubbles, the [hidden] rule gone) with a CSP violation on the console. Its sheet is now a
+    constructed stylesheet, which style-src does not govern."""
+    context = chromium.new_context()
+
+    def add_csp(route):
+        resp = route.fetch()
+        route.fulfill(response=resp, headers={**resp.headers, "content-security-policy": STRICT_CSP})
+
+    context.route(server_url + "widget.html", add_csp)
+    page = open_page(context, server_url + "widget.html")
+    try:
+        page.wait_for_function("() => customElements.get('webllm-chat')")
+        r = page.evaluate(
+            """() => {
+          const el = document.querySelector('webllm-chat');
+          const header = getComputedStyle(el.shadowRoot.querySelector('header'));
+          return { display: header.display, border: getComputedStyle(el).borderTopWidth, radius: getComputedStyle(el).borderTopLeftRadius };
+        }"""
+        )
+        assert r["display"] == "flex" and r["border"] == "1px" and r["radius"] == "12px", r
+        assert not [e for e in page.errors if "Content Security Policy" in e], page.errors
+    finally:
+        context.close()
