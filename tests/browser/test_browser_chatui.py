@@ -376,3 +376,36 @@ def test_widget_is_styled_under_a_strict_csp(chromium, server_url):
         assert not [e for e in page.errors if "Content Security Policy" in e], page.errors
     finally:
         context.close()
+
+
+def test_aligned_table_in_model_output_needs_no_inline_style(chromium, server_url):
+    """markdown-it writes a table column's alignment (`|:--|--:|`) as style="text-align:..." on every cell; under a
+    policy without style-src 'unsafe-inline' each cell was a CSP violation on the console (again at every
+    re-render while an answer streams) and the alignment was lost. Cells now carry a class the markdown CSS
+    aligns; the renderer's output holds no style attribute."""
+    context = chromium.new_context()
+
+    def add_csp(route):
+        resp = route.fetch()
+        route.fulfill(response=resp, headers={**resp.headers, "content-security-policy": STRICT_CSP})
+
+    context.route(server_url + "widget.html", add_csp)
+    page = open_page(context, server_url + "widget.html")
+    try:
+        page.wait_for_function("() => customElements.get('webllm-chat')")
+        r = page.evaluate(
+            """async () => {
+          const { renderMarkdown } = await import('/chatkit.js');
+          const body = document.createElement('div');
+          body.className = 'md';
+          document.querySelector('webllm-chat').shadowRoot.querySelector('.log').append(body);
+          renderMarkdown(body, '| a | b | c |\\n|:--|--:|:-:|\\n| x | y | z |');
+          await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 50)));
+          return { styled: body.querySelectorAll('[style]').length,
+                   align: [...body.querySelectorAll('td')].map((td) => getComputedStyle(td).textAlign) };
+        }"""
+        )
+        assert r == {"styled": 0, "align": ["left", "right", "center"]}, r
+        assert not [e for e in page.errors if "Content Security Policy" in e], page.errors
+    finally:
+        context.close()
