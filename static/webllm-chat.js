@@ -200,7 +200,8 @@ class WebLLMChat extends HTMLElement {
     if (!text || this.busy) return null;
     let sampling;
     try { sampling = this._sampling(); } catch (e) { this._error(e); return null; }
-    if (!(await this.load())) return null;
+    this._answering = true;  // stop() is for this answer from here on, during a load of its own too
+    if (!(await this.load())) { this._answering = this._stopping = false; return null; }
     this.$("textarea").value = "";
     this._error(null);
     this.history.push({ role: "user", content: text });
@@ -237,7 +238,7 @@ class WebLLMChat extends HTMLElement {
       // clear() during the stream started a new conversation: this answer belongs to the old one.
       if (reply && history === this.history) history.push({ role: "assistant", content: reply });
       else if (!reply) div.remove();
-      this._stream = null; this._stopping = false;
+      this._stream = null; this._stopping = this._answering = false;
       this.busy = false; this._controls();
     }
     return reply;
@@ -256,7 +257,9 @@ class WebLLMChat extends HTMLElement {
   }
 
   stop() {
-    if (!this.busy) return Promise.resolve();
+    // An answer only: busy with a load alone (Load, autoload) there is none, and the flag set here stopped the
+    // next answer as it began (New chat or a removal during the load).
+    if (!this._answering) return Promise.resolve();
     this._stopping = true;
     return this._stream ? this._stream.interrupt().catch(() => {}) : Promise.resolve();
   }

@@ -409,3 +409,37 @@ def test_aligned_table_in_model_output_needs_no_inline_style(chromium, server_ur
         assert not [e for e in page.errors if "Content Security Policy" in e], page.errors
     finally:
         context.close()
+
+
+def test_new_chat_or_removal_during_a_load_does_not_stop_the_first_answer(webllm_page):
+    """New chat (clear()) or taking the widget off the page while its model loads called stop(), which had no
+    answer to stop and left a flag set: the first answer after the load was interrupted as it began (no text,
+    its bubble removed). stop() now acts on an answer only."""
+    r = webllm_page.evaluate(
+        """async (fake) => {
+      await import('/webllm-chat.js');
+      const { engine, log } = eval(fake)();
+      const create = webllm.create;
+      webllm.create = () => new Promise((r) => setTimeout(() => r(engine), 300));
+      const out = {};
+      try {
+        for (const how of ['clear', 'removal']) {
+          const el = document.createElement('webllm-chat');
+          el.setAttribute('model', `load-then-${how}-probe4.gguf`);
+          el.setAttribute('max-tokens', '3');
+          document.body.append(el);
+          const loading = el.load();
+          if (how === 'clear') el.clear();
+          else { el.remove(); await Promise.resolve(); document.body.append(el); }
+          await loading;
+          const reply = await el.send('hi');
+          out[how] = { reply, interrupted: log.streams[log.streams.length - 1].interrupted };
+          el.remove();
+        }
+      } finally { webllm.create = create; }
+      return out;
+    }""",
+        _FAKE_ENGINE,
+    )
+    for how, x in r.items():
+        assert x["reply"] and not x["interrupted"], (how, r)
