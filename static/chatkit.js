@@ -20,6 +20,18 @@ md.renderer.rules.link_open = (tokens, idx, options, env, self) => {
   return renderToken(tokens, idx, options, env, self);
 };
 
+// A table column's alignment comes as style="text-align:..." on each cell: a style attribute is inline style,
+// which a page whose CSP lacks style-src 'unsafe-inline' refuses (a console error per cell per re-render, the
+// alignment lost). A class instead, aligned by MARKDOWN_CSS.
+for (const rule of ["th_open", "td_open"]) {
+  md.renderer.rules[rule] = (tokens, idx, options, env, self) => {
+    const t = tokens[idx], align = /^text-align:(left|right|center)$/.exec(t.attrGet("style") || "");
+    if (t.attrs) t.attrs = t.attrs.filter(([name]) => name !== "style");
+    if (align) t.attrJoin("class", `align-${align[1]}`);
+    return renderToken(tokens, idx, options, env, self);
+  };
+}
+
 // What markdown-it emits with the options above, and nothing else survives the second pass.
 const TAGS = new Set(["P", "BR", "HR", "H1", "H2", "H3", "H4", "H5", "H6", "EM", "STRONG", "S", "CODE", "PRE",
   "BLOCKQUOTE", "UL", "OL", "LI", "A", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD"]);
@@ -27,8 +39,8 @@ const ATTRS = {
   A: (n, v) => (n === "href" && SAFE_URL.test(v.trim())) || (n === "target" && v === "_blank") || n === "rel" || n === "title",
   OL: (n, v) => n === "start" && /^\d+$/.test(v),
   CODE: (n, v) => n === "class" && /^language-[\w+#.-]*$/.test(v),
-  TH: (n, v) => n === "style" && /^text-align:(left|right|center)$/.test(v),
-  TD: (n, v) => n === "style" && /^text-align:(left|right|center)$/.test(v),
+  TH: (n, v) => n === "class" && /^align-(left|right|center)$/.test(v),
+  TD: (n, v) => n === "class" && /^align-(left|right|center)$/.test(v),
 };
 
 function scrub(root) {
@@ -139,6 +151,7 @@ export const MARKDOWN_CSS = `
 .md blockquote { border-left: 3px solid #c7c7cc; padding-left: .7em; color: #555; }
 .md table { border-collapse: collapse; display: block; overflow-x: auto; }
 .md th, .md td { border: 1px solid #d7d7db; padding: .2em .5em; }
+.md .align-left { text-align: left; } .md .align-right { text-align: right; } .md .align-center { text-align: center; }
 .md a { color: #0a64d8; word-break: break-all; }
 .finish { margin-top: .35em; font-size: 12px; color: #8a5a00; }
 `;

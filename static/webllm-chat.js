@@ -48,6 +48,18 @@ footer { display: flex; justify-content: space-between; gap: 1rem; padding: 0 .8
 @media (max-width: 480px) { .msg { max-width: 100%; } }
 ${MARKDOWN_CSS}`;
 
+// The look, as one constructed stylesheet that every widget's shadow root adopts: a <style> element there is
+// inline style, which a page whose Content-Security-Policy lacks style-src 'unsafe-inline' (docs/security.md's)
+// refuses, and the widget came unstyled. style-src does not govern constructed sheets. A <style> only where
+// there are none (Safari before 16.4).
+let sheet = null;
+function adoptStyle(root) {
+  if (!("adoptedStyleSheets" in root) || typeof CSSStyleSheet.prototype.replaceSync !== "function") return `<style>${STYLE}</style>`;
+  if (!sheet) { sheet = new CSSStyleSheet(); sheet.replaceSync(STYLE); }
+  root.adoptedStyleSheets = [sheet];
+  return "";
+}
+
 class WebLLMChat extends HTMLElement {
   constructor() {
     super();
@@ -55,7 +67,7 @@ class WebLLMChat extends HTMLElement {
     this.engine = null;
     this.busy = false;
     const root = this.attachShadow({ mode: "open" });
-    root.innerHTML = `<style>${STYLE}</style>
+    root.innerHTML = `${adoptStyle(root)}
       <header><span class="title" part="title"></span><span class="status" part="status"></span>
         <button class="new" part="new" title="Clear the conversation">New chat</button>
         <button class="load primary" part="load">Load</button></header>
@@ -188,7 +200,8 @@ class WebLLMChat extends HTMLElement {
     if (!text || this.busy) return null;
     let sampling;
     try { sampling = this._sampling(); } catch (e) { this._error(e); return null; }
-    if (!(await this.load())) return null;
+    this._answering = true;  // stop() is for this answer from here on, during a load of its own too
+    if (!(await this.load())) { this._answering = this._stopping = false; return null; }
     this.$("textarea").value = "";
     this._error(null);
     this.history.push({ role: "user", content: text });
@@ -225,7 +238,7 @@ class WebLLMChat extends HTMLElement {
       // clear() during the stream started a new conversation: this answer belongs to the old one.
       if (reply && history === this.history) history.push({ role: "assistant", content: reply });
       else if (!reply) div.remove();
-      this._stream = null; this._stopping = false;
+      this._stream = null; this._stopping = this._answering = false;
       this.busy = false; this._controls();
     }
     return reply;
@@ -244,7 +257,9 @@ class WebLLMChat extends HTMLElement {
   }
 
   stop() {
-    if (!this.busy) return Promise.resolve();
+    // An answer only: busy with a load alone (Load, autoload) there is none, and the flag set here stopped the
+    // next answer as it began (New chat or a removal during the load).
+    if (!this._answering) return Promise.resolve();
     this._stopping = true;
     return this._stream ? this._stream.interrupt().catch(() => {}) : Promise.resolve();
   }

@@ -179,7 +179,13 @@
             this.pending.delete(id);
             return reject(this.dead);
           }
-          this.worker.postMessage({ kind, id, payload });
+          try {
+            this.worker.postMessage({ kind, id, payload });
+          } catch (e) {  // not cloneable (a DOM element in it): thrown here, the request never settled
+            this.pending.delete(id);
+            if (entry.cleanup) entry.cleanup();
+            reject(new WebLLMError("RequestError", `The ${kind} request could not be sent to the worker: ${e.message}`));
+          }
         }, (e) => {
           this.pending.delete(id);
           reject(new WebLLMError("WorkerError", `${new URL("protocol.js", this.baseURL)} could not be loaded: ${e.message}${this._startHint()}`));
@@ -249,6 +255,32 @@
     if (typeof signal !== "object" || typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function") {
       throw new WebLLMError("RequestError", `${call}: the signal option must be an AbortSignal (new AbortController().signal), got ${signal === null ? "null" : typeof signal === "object" ? "an object that is not one" : `${typeof signal} ${JSON.stringify(signal)}`}.`);
     }
+  }
+
+  // A request travels to the worker by postMessage and on into Python as JSON text: a function or symbol
+  // (a callback put in the request) cannot be posted at all, NaN and Infinity become null (the field's
+  // default: temperature NaN sampled at 1.0, max_tokens NaN had no limit), a BigInt fails in the worker.
+  // Refused here, naming the field; send() turns what this cannot see (another frame's DOM node) into an
+  // error too.
+  function checkSendable(call, value, path, seen = new Set()) {
+    const fail = (what) => { throw new WebLLMError("RequestError", `${call}: ${path} is ${what}, which a request cannot carry (it travels as JSON).`); };
+    if (typeof value === "number" && !Number.isFinite(value)) fail(String(value));
+    if (typeof value === "function" || typeof value === "symbol" || typeof value === "bigint") fail(`a ${typeof value}`);
+    if (value === null || typeof value !== "object") return;
+    if (typeof Node !== "undefined" && value instanceof Node) fail(`a DOM node, <${value.nodeName.toLowerCase()}> (pass its text: .value or .textContent)`);
+    if (seen.has(value)) fail("an object that contains itself");
+    seen.add(value);
+    for (const [k, v] of Object.entries(value)) {
+      checkSendable(call, v, Array.isArray(value) ? `${path}[${k}]` : path ? `${path}.${k}` : k, seen);
+    }
+    seen.delete(value);
+  }
+
+  // cache.js opens a store only for these: any other value (a typo, true) opened none, without a word, and the
+  // model was downloaded again on every visit (hasModelInCache said false for a cached one).
+  function checkCache(call, cache) {
+    if (cache === undefined || cache === null || cache === false || cache === "cache-api" || cache === "opfs") return;
+    throw new WebLLMError("RequestError", `${call}: cache must be "cache-api" (the default), "opfs" or false (no cache), got ${typeof cache === "string" ? JSON.stringify(cache) : String(cache)}.`);
   }
 
   // Every call that names a model: without one the cache calls said that webllm.create needs {model}.
@@ -346,6 +378,12 @@
         throw new WebLLMError("RequestError", `idleTimeout must be a number of milliseconds >= 0 (0: never), got ${JSON.stringify(idleTimeout)}.`);
       }
       checkStructured(kind, body);
+      checkSendable(call, body, "");
+      // Picks an iterator or a completion here: by truthiness, stream: "false" or 1 returned an iterator to a
+      // page awaiting a completion (Python's create() refuses them, but worker.py had taken bool() of it).
+      if (body.stream !== undefined && body.stream !== null && typeof body.stream !== "boolean") {
+        throw new WebLLMError("RequestError", `${call}: stream must be true or false, got ${JSON.stringify(body.stream)}.`);
+      }
       body._load = this._load;
       await this._c.ready;
       if (!body.stream) {
@@ -398,6 +436,12 @@
       const { model, onProgress, signal, cache, hfEndpoint, ...options } = args;
       checkSignal("webllm.create", signal);
       checkModel("webllm.create({model})", model);
+      checkCache("webllm.create", cache);
+      // Called for each progress message: anything else threw in the message handler, once per message.
+      if (onProgress !== undefined && onProgress !== null && typeof onProgress !== "function") {
+        throw new WebLLMError("RequestError", `webllm.create: onProgress must be a function (it is called with each progress event), got ${typeof onProgress}.`);
+      }
+      checkSendable("webllm.create", options, "");
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);
       // Sent at once, not after `ready`: the worker reads (or downloads) the model while Pyodide starts.
@@ -409,7 +453,13 @@
     },
     // Run Python in the worker (top-level await allowed); resolves with the last expression's
     // value as JSON (bytes arrive as {$bytes: base64}).
-    async runPython(code, { signal } = {}) {
+    async runPython(code, options) {
+      // Checked here: the worker said KeyError 'code' (none) or compile()'s TypeError (a number), and null
+      // options threw an untyped TypeError while destructuring.
+      if (typeof code !== "string") {
+        throw new WebLLMError("RequestError", `webllm.runPython(code) takes Python source as a string, got ${code === null ? "null" : Array.isArray(code) ? "an array" : typeof code}.`);
+      }
+      const { signal } = options || {};
       checkSignal("webllm.runPython", signal);
       const c = getClient();
       await c.ready;
@@ -419,6 +469,7 @@
     // (not verified here: loading does that).
     async hasModelInCache(model, { cache, hfEndpoint } = {}) {
       checkModel("webllm.hasModelInCache(model)", model);
+      checkCache("webllm.hasModelInCache", cache);
       const { urls } = await modelURLs(model, hfEndpoint);
       const store = await openStore(cache);
       return !!store && (await Promise.all(urls.map((u) => store.has(u)))).every(Boolean);
@@ -426,6 +477,7 @@
     // Remove a model (every shard) from the cache; resolves with whether there was one.
     async deleteModel(model, { cache, hfEndpoint } = {}) {
       checkModel("webllm.deleteModel(model)", model);
+      checkCache("webllm.deleteModel", cache);
       const { urls } = await modelURLs(model, hfEndpoint);
       const store = await openStore(cache);
       return !!store && (await Promise.all(urls.map((u) => store.delete(u)))).some(Boolean);

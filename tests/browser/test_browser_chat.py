@@ -181,3 +181,78 @@ def test_a_stream_queued_behind_another_is_not_idle_while_it_waits(chat_page):
     # B was made more than idleTimeout before its chunks were read (else this test shows nothing).
     assert r["aSeconds"] + 1.5 > 3, r
     assert r["a"] == ["length"] and r["b"] == ["length"], r
+
+
+def test_request_values_json_cannot_carry_are_request_errors(chat_page):
+    """A request travels as JSON. A function (a callback put in the request), a symbol or a DOM element (content:
+    a <textarea> rather than its value) could not be posted to the worker: postMessage threw inside the client
+    and the request never settled. NaN and Infinity became null, the field's default: temperature NaN sampled at
+    1.0, max_tokens NaN had no limit. A BigInt failed in the worker as an untyped TypeError. Each is now a
+    RequestError naming the field, before anything is sent, and the engine answers the next request."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const area = document.createElement('textarea');
+        const cases = {
+          fn: { onChunk: () => {} }, symbol: { user: Symbol('u') }, element: { messages: [{ role: 'user', content: area }] },
+          nan: { temperature: NaN }, inf: { max_tokens: Infinity }, nested: { logit_bias: { 5: -Infinity } },
+          bigint: { max_tokens: 2n },
+        };
+        const out = {};
+        for (const [key, extra] of Object.entries(cases)) {
+          const ask = engine.chat.completions.create({ messages, max_tokens: 1, temperature: 0, ...extra })
+            .then(() => 'resolved', (e) => [e.name, e.message]);
+          out[key] = await Promise.race([ask, new Promise((r) => setTimeout(() => r('never settled'), 20000))]);
+        }
+        const opt = webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf', onprogress: () => {} })
+          .then(() => 'resolved', (e) => [e.name, e.message]);
+        out.createOption = await Promise.race([opt, new Promise((r) => setTimeout(() => r('never settled'), 20000))]);
+        const engine2 = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        out.after = (await engine2.chat.completions.create({ messages, max_tokens: 1, temperature: 0 })).usage.completion_tokens;
+        await engine2.unload();
+        return out;
+    }""",
+        QUESTION,
+    )
+    named = {
+        "fn": "onChunk",
+        "symbol": "user",
+        "nan": "temperature",
+        "inf": "max_tokens",
+        "nested": "logit_bias.5",
+        "bigint": "max_tokens",
+        "element": "messages[0].content",
+        "createOption": "onprogress",
+    }
+    for key, field in named.items():
+        assert isinstance(r[key], list) and r[key][0] == "RequestError", (key, r[key])
+        assert field in r[key][1], (key, r[key])
+    assert r["after"] == 1
+
+
+def test_stream_that_is_not_a_boolean_is_a_request_error(chat_page):
+    """stream was read by truthiness on both sides (webllm.js picks an iterator or a completion by it, worker.py
+    took bool() of it): stream: "false" or 1 returned an async iterator to a page that awaited a completion
+    (Python's own create() refuses them). null is OpenAI's default, no stream."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const out = {};
+        for (const [key, stream] of [['str', 'false'], ['one', 1], ['obj', {}]]) {
+          for (const api of ['chat', 'completion']) {
+            const call = api === 'chat' ? engine.chat.completions.create({ messages, stream, max_tokens: 1 })
+                                        : engine.completions.create({ prompt: 'Hi', stream, max_tokens: 1 });
+            out[`${api} ${key}`] = await call.then((v) => typeof v[Symbol.asyncIterator] === 'function' ? 'a stream' : 'a completion',
+                                                   (e) => [e.name, e.message]);
+          }
+        }
+        const plain = await engine.chat.completions.create({ messages, stream: null, max_tokens: 1, temperature: 0 });
+        out.null = plain.object;
+        await engine.unload();
+        return out;
+    }""",
+        QUESTION,
+    )
+    assert r.pop("null") == "chat.completion"
+    for key, v in r.items():
+        assert isinstance(v, list) and v[0] == "RequestError" and "stream must be true or false" in v[1], (key, v)

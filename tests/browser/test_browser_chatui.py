@@ -341,3 +341,105 @@ def test_widget_model_attribute_change_drops_the_old_engine(webllm_page):
     )
     assert r["engine"] is None and r["loadShown"] and r["title"] == "second-probe2", r
     assert r["interrupted"] and r["reply"] != "still running", r
+
+
+# docs/security.md's policy (static/csp.html's <meta>): no inline script or style.
+STRICT_CSP = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; "
+    "style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def test_widget_is_styled_under_a_strict_csp(chromium, server_url):
+    """The widget's look was a <style> element in its shadow root, which a page whose policy has no
+    'unsafe-inline' in style-src (the policy docs/security.md recommends) refuses: the widget came unstyled (no
+    header bar, no bubbles, the [hidden] rule gone) with a CSP violation on the console. Its sheet is now a
+    constructed stylesheet, which style-src does not govern."""
+    context = chromium.new_context()
+
+    def add_csp(route):
+        resp = route.fetch()
+        route.fulfill(response=resp, headers={**resp.headers, "content-security-policy": STRICT_CSP})
+
+    context.route(server_url + "widget.html", add_csp)
+    page = open_page(context, server_url + "widget.html")
+    try:
+        page.wait_for_function("() => customElements.get('webllm-chat')")
+        r = page.evaluate(
+            """() => {
+          const el = document.querySelector('webllm-chat');
+          const header = getComputedStyle(el.shadowRoot.querySelector('header'));
+          return { display: header.display, border: getComputedStyle(el).borderTopWidth, radius: getComputedStyle(el).borderTopLeftRadius };
+        }"""
+        )
+        assert r["display"] == "flex" and r["border"] == "1px" and r["radius"] == "12px", r
+        assert not [e for e in page.errors if "Content Security Policy" in e], page.errors
+    finally:
+        context.close()
+
+
+def test_aligned_table_in_model_output_needs_no_inline_style(chromium, server_url):
+    """markdown-it writes a table column's alignment (`|:--|--:|`) as style="text-align:..." on every cell; under a
+    policy without style-src 'unsafe-inline' each cell was a CSP violation on the console (again at every
+    re-render while an answer streams) and the alignment was lost. Cells now carry a class the markdown CSS
+    aligns; the renderer's output holds no style attribute."""
+    context = chromium.new_context()
+
+    def add_csp(route):
+        resp = route.fetch()
+        route.fulfill(response=resp, headers={**resp.headers, "content-security-policy": STRICT_CSP})
+
+    context.route(server_url + "widget.html", add_csp)
+    page = open_page(context, server_url + "widget.html")
+    try:
+        page.wait_for_function("() => customElements.get('webllm-chat')")
+        r = page.evaluate(
+            """async () => {
+          const { renderMarkdown } = await import('/chatkit.js');
+          const body = document.createElement('div');
+          body.className = 'md';
+          document.querySelector('webllm-chat').shadowRoot.querySelector('.log').append(body);
+          renderMarkdown(body, '| a | b | c |\\n|:--|--:|:-:|\\n| x | y | z |');
+          await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 50)));
+          return { styled: body.querySelectorAll('[style]').length,
+                   align: [...body.querySelectorAll('td')].map((td) => getComputedStyle(td).textAlign) };
+        }"""
+        )
+        assert r == {"styled": 0, "align": ["left", "right", "center"]}, r
+        assert not [e for e in page.errors if "Content Security Policy" in e], page.errors
+    finally:
+        context.close()
+
+
+def test_new_chat_or_removal_during_a_load_does_not_stop_the_first_answer(webllm_page):
+    """New chat (clear()) or taking the widget off the page while its model loads called stop(), which had no
+    answer to stop and left a flag set: the first answer after the load was interrupted as it began (no text,
+    its bubble removed). stop() now acts on an answer only."""
+    r = webllm_page.evaluate(
+        """async (fake) => {
+      await import('/webllm-chat.js');
+      const { engine, log } = eval(fake)();
+      const create = webllm.create;
+      webllm.create = () => new Promise((r) => setTimeout(() => r(engine), 300));
+      const out = {};
+      try {
+        for (const how of ['clear', 'removal']) {
+          const el = document.createElement('webllm-chat');
+          el.setAttribute('model', `load-then-${how}-probe4.gguf`);
+          el.setAttribute('max-tokens', '3');
+          document.body.append(el);
+          const loading = el.load();
+          if (how === 'clear') el.clear();
+          else { el.remove(); await Promise.resolve(); document.body.append(el); }
+          await loading;
+          const reply = await el.send('hi');
+          out[how] = { reply, interrupted: log.streams[log.streams.length - 1].interrupted };
+          el.remove();
+        }
+      } finally { webllm.create = create; }
+      return out;
+    }""",
+        _FAKE_ENGINE,
+    )
+    for how, x in r.items():
+        assert x["reply"] and not x["interrupted"], (how, r)

@@ -267,6 +267,77 @@ def test_cache_calls_and_signals_say_which_call_and_what_is_missing(webllm_page)
     assert r["after"] == 42
 
 
+def test_a_cache_option_that_names_no_cache_is_a_request_error(webllm_page):
+    """cache: took "cache-api", "opfs" or false, and anything else opened no cache without a word: create({cache:
+    "OPFS"}) or {cache: true} loaded the model uncached (downloaded again on every visit), and
+    hasModelInCache(model, {cache: "OPFS"}) answered false for a cached model. Each is a RequestError naming the
+    call and the values it takes; nothing is loaded."""
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = {};
+      const model = 'SmolLM2-135M-Instruct.Q4_1.gguf';
+      const tryIt = async (key, f) => { try { await f(); out[key] = 'resolved'; } catch (e) { out[key] = [e.name, e.message]; } };
+      await tryIt('create', () => webllm.create({ model, cache: 'OPFS' }));
+      await tryIt('createTrue', () => webllm.create({ model, cache: true }));
+      await tryIt('has', () => webllm.hasModelInCache(model, { cache: 'OPFS' }));
+      await tryIt('del', () => webllm.deleteModel(model, { cache: 'cacheapi' }));
+      out.fine = await webllm.hasModelInCache(model, { cache: 'opfs' });
+      return out;
+    }"""
+    )
+    assert r.pop("fine") in (True, False)
+    for key, call in (
+        ("create", "webllm.create"),
+        ("createTrue", "webllm.create"),
+        ("has", "webllm.hasModelInCache"),
+        ("del", "webllm.deleteModel"),
+    ):
+        assert isinstance(r[key], list) and r[key][0] == "RequestError", (key, r[key])
+        assert r[key][1].startswith(f"{call}: cache must be") and '"opfs"' in r[key][1], (key, r[key])
+
+
+def test_an_on_progress_that_is_not_a_function_is_a_request_error(webllm_page):
+    """create({onProgress: "x"}) (or an object with a handleEvent) loaded the model while every progress message
+    threw "p.onProgress is not a function" in the page's message handler (hundreds of uncaught errors). It is a
+    RequestError before anything is sent; null or undefined is no callback."""
+    before = len(webllm_page.errors)
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = [];
+      for (const onProgress of ['x', { handleEvent() {} }]) {
+        try { await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf', onProgress }); out.push('resolved'); }
+        catch (e) { out.push([e.name, e.message]); }
+      }
+      return out;
+    }"""
+    )
+    for v in r:
+        assert isinstance(v, list) and v[0] == "RequestError", r
+        assert v[1].startswith("webllm.create: onProgress must be a function"), r
+    assert webllm_page.errors[before:] == []
+
+
+def test_run_python_without_source_text_is_a_request_error(webllm_page):
+    """runPython() failed in the worker as KeyError: 'code', runPython(123) as Python's TypeError "compile() arg 1
+    must be a string", and runPython("1", null) threw an untyped TypeError (destructuring null) from the client.
+    Code that is not a string is a RequestError saying what to pass; null options are no options."""
+    r = webllm_page.evaluate(
+        """async () => {
+      const out = [];
+      for (const code of [undefined, 123, ['1 + 1']]) {
+        try { await webllm.runPython(code); out.push('resolved'); } catch (e) { out.push([e.name, e.message]); }
+      }
+      let nullOptions;
+      try { nullOptions = await webllm.runPython('6 * 7', null); } catch (e) { nullOptions = [e.name, e.message]; }
+      return { out, nullOptions };
+    }"""
+    )
+    for v in r["out"]:
+        assert isinstance(v, list) and v[0] == "RequestError", r
+        assert v[1].startswith("webllm.runPython(code) takes Python source as a string"), r
+    assert r["nullOptions"] == 42, r
+
+
 def test_abort_a_busy_python_loop(webllm_page):
     """A CPU-bound loop blocks the worker's event loop; the page stops it through the interrupt buffer."""
     t0 = time.monotonic()
