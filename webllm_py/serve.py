@@ -183,10 +183,11 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
             raise SiteError(f"model {m} is a folder: pages load model files (GGUF); give the .gguf file")
         if not m.is_file():
             raise SiteError(f"model file not found: {m}")
-        with open(m, "rb") as f:  # pages would fetch it, cache it, and only then say it is not a model
-            head = f.read(4)
-        if head != GGUF_MAGIC:
-            raise SiteError(f"model {m} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")
+        if m.suffix.lower() == ".gguf":  # pages would fetch it, cache it, and only then say it is not a model
+            with open(m, "rb") as f:  # (other files: a Hugging Face checkpoint's config.json, *.safetensors)
+                head = f.read(4)
+            if head != GGUF_MAGIC:
+                raise SiteError(f"model {m} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")
         if set(m.name) & _NOT_IN_URL:  # pages load it as models/<name>: the URL would not reach it
             raise SiteError(
                 f"model file name {m.name!r} holds a character URLs give another meaning ('#' fragment, "
