@@ -350,11 +350,8 @@ STRICT_CSP = (
 )
 
 
-def test_widget_is_styled_under_a_strict_csp(chromium, server_url):
-    """The widget's look was a <style> element in its shadow root, which a page whose policy has no
-    'unsafe-inline' in style-src (the policy docs/security.md recommends) refuses: the widget came unstyled (no
-    header bar, no bubbles, the [hidden] rule gone) with a CSP violation on the console. Its sheet is now a
-    constructed stylesheet, which style-src does not govern."""
+def _widget_page_under_strict_csp(chromium, server_url):
+    """widget.html served with STRICT_CSP (docs/security.md's policy): (context, page); close the context."""
     context = chromium.new_context()
 
     def add_csp(route):
@@ -362,7 +359,15 @@ def test_widget_is_styled_under_a_strict_csp(chromium, server_url):
         route.fulfill(response=resp, headers={**resp.headers, "content-security-policy": STRICT_CSP})
 
     context.route(server_url + "widget.html", add_csp)
-    page = open_page(context, server_url + "widget.html")
+    return context, open_page(context, server_url + "widget.html")
+
+
+def test_widget_is_styled_under_a_strict_csp(chromium, server_url):
+    """The widget's look was a <style> element in its shadow root, which a page whose policy has no
+    'unsafe-inline' in style-src (the policy docs/security.md recommends) refuses: the widget came unstyled (no
+    header bar, no bubbles, the [hidden] rule gone) with a CSP violation on the console. Its sheet is now a
+    constructed stylesheet, which style-src does not govern."""
+    context, page = _widget_page_under_strict_csp(chromium, server_url)
     try:
         page.wait_for_function("() => customElements.get('webllm-chat')")
         r = page.evaluate(
@@ -383,14 +388,7 @@ def test_aligned_table_in_model_output_needs_no_inline_style(chromium, server_ur
     policy without style-src 'unsafe-inline' each cell was a CSP violation on the console (again at every
     re-render while an answer streams) and the alignment was lost. Cells now carry a class the markdown CSS
     aligns; the renderer's output holds no style attribute."""
-    context = chromium.new_context()
-
-    def add_csp(route):
-        resp = route.fetch()
-        route.fulfill(response=resp, headers={**resp.headers, "content-security-policy": STRICT_CSP})
-
-    context.route(server_url + "widget.html", add_csp)
-    page = open_page(context, server_url + "widget.html")
+    context, page = _widget_page_under_strict_csp(chromium, server_url)
     try:
         page.wait_for_function("() => customElements.get('webllm-chat')")
         r = page.evaluate(
