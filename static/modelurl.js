@@ -45,8 +45,21 @@ export function resolveHF(name, endpoint) {
   if (!path[path.length - 1].toLowerCase().endsWith(".gguf")) throw urlError(`hf:${name}: only GGUF files load by URL (the name must end in .gguf).`);
   rev = rev === null ? "main" : rev;
   if (!HF_REV.test(rev) || rev.includes("..")) throw urlError(`hf: revision ${q(rev)} is not a branch, tag or commit name.`);
-  const base = (endpoint || HF_ENDPOINT).replace(/\/+$/, "");
+  const base = hubEndpoint(endpoint);
   return `${base}/${owner}/${repo}/resolve/${encodeURIComponent(rev)}/` + path.map(encodeURIComponent).join("/");
+}
+
+// The Hub to resolve hf: names at: `endpoint` (an http(s) URL) or huggingface.co when none is given. Checked:
+// a number or an object threw an untyped TypeError, a bare host name gave a relative URL.
+function hubEndpoint(endpoint) {
+  if (endpoint === undefined || endpoint === null || endpoint === "") return HF_ENDPOINT;
+  try {
+    if (typeof endpoint !== "string" || endpoint.trim().startsWith("hf:")) throw urlError("");
+    return resolveModelURL(endpoint).replace(/\/+$/, "");
+  } catch (e) {
+    if (e.name !== E.ModelURLError) throw e;
+    throw urlError(`hfEndpoint must be an http(s) URL such as ${q(HF_ENDPOINT)}, got ${typeof endpoint === "string" ? q(endpoint) : typeof endpoint}.`);
+  }
 }
 
 // An absolute http(s) URL for an hf: name or a URL; ModelURLError otherwise.

@@ -196,6 +196,11 @@ class WebLLMChat extends HTMLElement {
   }
 
   async send(text) {
+    // Text only: send(42) threw an untyped TypeError from trim(); an object would be sent as "[object Object]".
+    if (text !== undefined && text !== null && typeof text !== "string") {
+      this._error(new webllm.WebLLMError(E.RequestError, `send(text) takes the message as a string, got ${typeof text}.`));
+      return null;
+    }
     text = (text || "").trim();
     if (!text || this.busy) return null;
     let sampling;

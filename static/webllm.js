@@ -257,6 +257,13 @@
     }
   }
 
+  // An option that may be left out (undefined or null) but is otherwise of one type: `what` says which.
+  function checkOptional(call, name, value, type, what) {
+    if (value === undefined || value === null || typeof value === type) return;
+    const got = ["string", "number", "boolean"].includes(typeof value) ? JSON.stringify(value) : typeof value;
+    throw new WebLLMError("RequestError", `${call}: ${name} must be ${what}, got ${got}.`);
+  }
+
   // A request travels to the worker by postMessage and on into Python as JSON text: a function or symbol
   // (a callback put in the request) cannot be posted at all, NaN and Infinity become null (the field's
   // default: temperature NaN sampled at 1.0, max_tokens NaN had no limit), a BigInt fails in the worker.
@@ -381,9 +388,7 @@
       checkSendable(call, body, "");
       // Picks an iterator or a completion here: by truthiness, stream: "false" or 1 returned an iterator to a
       // page awaiting a completion (Python's create() refuses them, but worker.py had taken bool() of it).
-      if (body.stream !== undefined && body.stream !== null && typeof body.stream !== "boolean") {
-        throw new WebLLMError("RequestError", `${call}: stream must be true or false, got ${JSON.stringify(body.stream)}.`);
-      }
+      checkOptional(call, "stream", body.stream, "boolean", "true or false");
       body._load = this._load;
       await this._c.ready;
       if (!body.stream) {
@@ -438,9 +443,7 @@
       checkModel("webllm.create({model})", model);
       checkCache("webllm.create", cache);
       // Called for each progress message: anything else threw in the message handler, once per message.
-      if (onProgress !== undefined && onProgress !== null && typeof onProgress !== "function") {
-        throw new WebLLMError("RequestError", `webllm.create: onProgress must be a function (it is called with each progress event), got ${typeof onProgress}.`);
-      }
+      checkOptional("webllm.create", "onProgress", onProgress, "function", "a function (it is called with each progress event)");
       checkSendable("webllm.create", options, "");
       const c = getClient();
       const { url } = await modelURLs(model, hfEndpoint);

@@ -29,6 +29,13 @@ RESOLVE = [  # (model, hf endpoint, expected URL or None for a ModelURLError)
     ("hf:o/r@abc123/file.gguf", None, f"{HUB}/o/r/resolve/abc123/file.gguf"),
     ("hf:o/r/file.gguf@refs/pr/1", None, f"{HUB}/o/r/resolve/refs%2Fpr%2F1/file.gguf"),
     ("  hf:o/r/file.GGUF ", "http://127.0.0.1:9/", "http://127.0.0.1:9/o/r/resolve/main/file.GGUF"),
+    ("hf:o/r/x.gguf", "https://mirror.example/hub/", "https://mirror.example/hub/o/r/resolve/main/x.gguf"),
+    ("hf:o/r/x.gguf", "", f"{HUB}/o/r/resolve/main/x.gguf"),  # empty: the default Hub
+    ("hf:o/r/x.gguf", 42, None),  # the endpoint must be an http(s) URL (a number threw a TypeError in JS)
+    ("hf:o/r/x.gguf", {"url": HUB}, None),
+    ("hf:o/r/x.gguf", "mirror.example", None),  # no scheme: a relative URL
+    ("hf:o/r/x.gguf", "ftp://mirror.example", None),
+    ("hf:o/r/x.gguf", "hf:o/r/y.gguf", None),
     ("https://example.com/m/x.gguf", None, "https://example.com/m/x.gguf"),
     ("http://127.0.0.1:8000/x.gguf?download=1", None, "http://127.0.0.1:8000/x.gguf?download=1"),
     ("hf:o/file.gguf", None, None),  # no repository

@@ -66,8 +66,21 @@ def resolve_hf(name: str, endpoint: str | None = None) -> str:
     rev = "main" if rev is None else rev
     if not _HF_REV.match(rev) or ".." in rev:
         raise ModelURLError(f"hf: revision {rev!r} is not a branch, tag or commit name.")
-    base = (endpoint or HF_ENDPOINT).rstrip("/")
+    base = _hub_endpoint(endpoint)
     return f"{base}/{owner}/{repo}/resolve/{quote(rev, safe='')}/" + "/".join(quote(p, safe="") for p in path)
+
+
+def _hub_endpoint(endpoint) -> str:
+    """The Hub to resolve hf: names at: `endpoint` (an http(s) URL), or huggingface.co when none is given."""
+    if endpoint is None or endpoint == "":
+        return HF_ENDPOINT
+    try:
+        if not isinstance(endpoint, str) or endpoint.strip().startswith("hf:"):
+            raise ModelURLError("")
+        return resolve_model_url(endpoint).rstrip("/")
+    except ModelURLError:
+        got = repr(endpoint) if isinstance(endpoint, str) else type(endpoint).__name__
+        raise ModelURLError(f"hf_endpoint must be an http(s) URL such as {HF_ENDPOINT!r}, got {got}.") from None
 
 
 def resolve_model_url(model: str, hf_endpoint: str | None = None) -> str:

@@ -223,6 +223,34 @@ def test_widget_refuses_bad_sampling_attributes_before_loading(webllm_page):
         assert f'{x["attr"]}="{x["value"]}"' in x["error"] and x["status"] == "" and x["bubbles"] == 0, x
 
 
+def test_widget_send_of_something_not_text_is_a_request_error(webllm_page):
+    """send(42) threw an untyped TypeError (trim of a number); an object would have been sent as
+    "[object Object]". Each is a RequestError shown in the widget; nothing is loaded or sent."""
+    r = webllm_page.evaluate(
+        """async () => {
+      await import('/webllm-chat.js');
+      const out = [];
+      for (const value of [42, { text: 'hi' }, ['hi'], true]) {
+        const el = document.createElement('webllm-chat');
+        el.setAttribute('model', 'no-such-model-probe5.gguf');
+        document.body.append(el);
+        const names = [];
+        el.addEventListener('webllm-error', (ev) => names.push(ev.detail.error.name));
+        let reply, thrown = null;
+        try { reply = await el.send(value); } catch (e) { thrown = String(e); }
+        const root = el.shadowRoot;
+        out.push({ reply, thrown, names, error: root.querySelector('.error').textContent,
+                   bubbles: root.querySelectorAll('.msg').length, loaded: !!el.engine });
+        el.remove();
+      }
+      return out;
+    }"""
+    )
+    for x in r:
+        assert x["thrown"] is None and x["reply"] is None and x["names"] == ["RequestError"], x
+        assert "takes the message as a string" in x["error"] and x["bubbles"] == 0 and not x["loaded"], x
+
+
 # A stand-in engine (the widget's `engine` is set directly: no model needed): each stream sends a
 # chunk every 40 ms, up to 100, and ends with finish_reason "abort" once its own interrupt() is called.
 _FAKE_ENGINE = """() => {
