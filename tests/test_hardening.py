@@ -617,14 +617,43 @@ def test_chat_on_a_model_without_a_chat_template_says_to_use_completions(tiny, l
 
 def test_a_text_part_whose_text_is_not_a_string_says_so():
     """It said "a part of type 'text': only text parts ... can be given", of a part of type 'text'."""
-    from webllm_py.api import text_content
+    from webllm_py.api import chat_messages
     from webllm_py.errors import RequestError
 
     bad = [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": 5}]}]
     with pytest.raises(RequestError, match=r"messages\[1\]\.content has a text part whose text is 5, not a string"):
-        text_content(bad)
+        chat_messages(bad)
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
-    assert text_content([{"role": "user", "content": parts}]) == [{"role": "user", "content": "a\nb"}]
+    assert chat_messages([{"role": "user", "content": parts}]) == [{"role": "user", "content": "a\nb"}]
+
+
+@pytest.mark.parametrize(
+    "messages,match",
+    [
+        ([{"role": "bogus", "content": "Hi"}], r"messages\[0\]\.role must be one of .*got 'bogus'"),
+        ([{"role": "user", "content": "a"}, {"content": "b"}], r"messages\[1\]\.role must be one of .*got None"),
+        ([{"role": "User", "content": "Hi"}], r"got 'User'"),
+        (["Hi"], r"messages\[0\] must be a \{role, content\} object, got str"),
+        ({"role": "user", "content": "Hi"}, r"messages must be a list"),
+    ],
+)
+def test_a_message_without_a_known_role_is_a_request_error(messages, match):
+    """role "bogus" went into the prompt as written by some templates and was dropped by others; a message that
+    was not an object reached the template's own error (a ChatTemplateError, or a jinja TypeError)."""
+    from webllm_py.api import chat_messages
+    from webllm_py.errors import RequestError
+
+    with pytest.raises(RequestError, match=match):
+        chat_messages(messages)
+
+
+def test_developer_messages_reach_the_template_as_system():
+    """OpenAI's newer name for the system role: the chat templates know only "system"."""
+    from webllm_py.api import chat_messages
+
+    msgs = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert chat_messages(msgs) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert msgs[0]["role"] == "developer"  # the caller's list is left as it was
 
 
 GREEDY = SamplingParams(temperature=0)

@@ -140,7 +140,7 @@ class _Completions:
         if self._chat:
             if not messages:
                 raise RequestError("messages must be a non-empty list of {role, content} objects.")
-            messages = text_content(messages)
+            messages = chat_messages(messages)
             if tools is not None:
                 tooling.validate_tools(tools)
             mode, forced = tooling.tool_choice_mode(tool_choice, tools)
@@ -330,13 +330,29 @@ def _flag(name: str, v: Any) -> bool:
     return v
 
 
-def text_content(messages: list) -> list:
-    """The messages with OpenAI's content parts (`content: [{"type": "text", "text": ...}, ...]`) as one string
+# The roles of OpenAI's chat API. "developer" is its newer name for "system", which is what the chat templates
+# know (OpenAI maps it the same way for models without it); another role (a typo, "bogus") was written into the
+# prompt as it stood by some templates and dropped by others, without a word.
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def chat_messages(messages: list) -> list:
+    """The messages as the chat templates take them: each an object with a known `role` ("developer" as
+    "system"), OpenAI's content parts (`content: [{"type": "text", "text": ...}, ...]`) as one string
     (the text parts joined by newlines, as vLLM does): every chat template takes a string, not all take parts.
     A part of another type (an image, audio, a file) is a RequestError: these models read text only."""
+    if not isinstance(messages, list):
+        raise RequestError(f"messages must be a list of {{role, content}} objects, got {type(messages).__name__}.")
     out = []
     for i, m in enumerate(messages):
-        parts = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(m, dict):
+            raise RequestError(f"messages[{i}] must be a {{role, content}} object, got {type(m).__name__}.")
+        role = m.get("role")
+        if role not in ROLES:
+            raise RequestError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}.")
+        if role == "developer":
+            m = {**m, "role": "system"}
+        parts = m.get("content")
         if not isinstance(parts, list):
             out.append(m)  # a string, None (a tool call's assistant turn) or what the template checks itself
             continue
