@@ -89,6 +89,34 @@ def test_leaving_a_stream_early_stops_the_generation(chat_page):
     assert r["ms"] != "still generating", r
 
 
+def _finish_and_usage(chunks):
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    return finish, [c["usage"] for c in chunks if c.get("usage")]
+
+
+def test_a_stream_interrupted_before_its_first_chunk_ends_at_once(chat_page):
+    """stream.interrupt() right after create() (<webllm-chat>'s Stop right after Send): the stop reaches the
+    worker before the generation starts. The engine kept one engine-wide flag and reset it as each generation
+    began, so that stop was wiped and the answer ran to max_tokens (100: 25-50 s on SwiftShader); now the stop
+    is the request's own and it ends with finish_reason "abort" after at most the token under way."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: 100, ignore_eos: true,
+                                                              temperature: 0, stream_options: { include_usage: true } });
+        const stopped = await stream.interrupt();
+        const chunks = [];
+        for await (const c of stream) chunks.push(c);
+        await engine.unload();
+        return { stopped, chunks };
+    }""",
+        QUESTION,
+    )
+    assert r["stopped"] == {"aborted": True}, r["stopped"]
+    finish, usage = _finish_and_usage(r["chunks"])
+    assert finish == ["abort"] and usage and usage[0]["completion_tokens"] <= 1, (finish, usage)
+
+
 def test_a_dropped_stream_stops_and_the_next_request_runs(chat_page):
     """A stream that is created and never read (a component that unmounted, a reference dropped): once nobody
     has asked for a chunk for idleTimeout ms while chunks arrive, its generation stops (as interrupt() does)
