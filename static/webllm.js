@@ -58,20 +58,29 @@
       },
       interrupt() { return done ? Promise.resolve({ aborted: false }) : onInterrupt(); },
       end(err) { done = true; error = err || null; wake(); },
-      async *[Symbol.asyncIterator]() {
-        try {
-          for (;;) {
-            lastRead = performance.now();
-            if (items.length) { arrived.shift(); yield items.shift(); continue; }
-            if (error) throw error;
-            if (done) return;
-            await new Promise((r) => waiters.push(r));
-          }
-        } finally {
-          leave("left");
+      // Leaving is done by the iterator's return() (what `break`, a throw in the loop and a cancelled
+      // ReadableStream.from(stream) call) and throw(), not by a `finally` in the generator: a generator
+      // closed before its first next() never runs its body, so such a `finally` missed a stream closed
+      // before its first read, and the generation ran to max_tokens for nobody.
+      [Symbol.asyncIterator]() {
+        const it = read();
+        for (const m of ["return", "throw"]) {
+          const close = it[m].bind(it);
+          it[m] = (v) => { leave("left"); return close(v); };
         }
+        return it;
       },
     };
+    // The generator ends by itself only once the stream has ended (done): nothing to leave then.
+    async function* read() {
+      for (;;) {
+        lastRead = performance.now();
+        if (items.length) { arrived.shift(); yield items.shift(); continue; }
+        if (error) throw error;
+        if (done) return;
+        await new Promise((r) => waiters.push(r));
+      }
+    }
   }
 
   // The module worker (worker.js). Browsers refuse `new Worker(url)` for another origin's url, so a

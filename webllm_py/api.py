@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from .engine import Engine, Stats, Token
+from .engine import Engine, Interrupt, Stats, Token
 from .errors import DeviceLostError, ModelNotLoadedError, ModelURLError, RequestError
 from .sampling import SamplingParams
 from .structured import Constraint, response_format_gbnf, schema_to_gbnf
@@ -107,13 +107,18 @@ class _Completions:
         response_format: dict | None = None,
         model: str | None = None,
         n: int = 1,
+        interrupt: Interrupt | None = None,
         **sampling: Any,
     ):
         """Returns an awaitable of the response dict, or (stream=True) an async iterator of chunk dicts.
         Structured output: `response_format` (json_object, json_schema, grammar: see structured/) and
-        `tools` / `tool_choice` (chat only: calls come back as OpenAI `tool_calls`)."""
+        `tools` / `tool_choice` (chat only: calls come back as OpenAI `tool_calls`).
+        `interrupt`: a webllm_py.engine.Interrupt that stops this request alone when set, even before it
+        starts (finish_reason "abort"); engine.interrupt() stops whichever request is running."""
         if n not in (1, None) or isinstance(n, bool):  # None: OpenAI's null, the default
             raise RequestError("Only n=1 is supported.")
+        if interrupt is not None and not isinstance(interrupt, Interrupt):
+            raise RequestError(f"interrupt must be a webllm_py.engine.Interrupt, got {type(interrupt).__name__}.")
         unknown = sorted(set(sampling) - _SAMPLING_FIELDS - _IGNORED_FIELDS)
         for name in _IGNORED_FIELDS:
             sampling.pop(name, None)
@@ -185,6 +190,7 @@ class _Completions:
             ignore_eos=ignore_eos,
             constraint=constraint,
             stats=stats,
+            interrupt=interrupt,
         )
         meta = {
             "id": ("chatcmpl-" if self._chat else "cmpl-") + uuid.uuid4().hex[:24],
@@ -314,8 +320,9 @@ class _Completions:
         }
 
 
-# The request fields create() takes itself (the sampling ones are sampling_params()'s).
-_FIELDS = frozenset(inspect.signature(_Completions.create).parameters) - {"self", "sampling"}
+# The request fields create() takes itself (the sampling ones are sampling_params()'s). `interrupt` is a
+# Python object, not a field a JSON request can carry.
+_FIELDS = frozenset(inspect.signature(_Completions.create).parameters) - {"self", "sampling", "interrupt"}
 # OpenAI request fields that are bookkeeping for a hosted service, with nothing to do on the user's machine:
 # accepted and ignored, so that requests written for OpenAI's API (its SDKs send `user`, `store`) run unchanged.
 _IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
@@ -418,6 +425,7 @@ class ChatEngine:
             yield t
 
     def interrupt(self) -> None:
+        """Stop the running generation (Engine.interrupt); one request alone: create(interrupt=...)."""
         self.engine.interrupt()
 
     def unload(self) -> None:

@@ -44,6 +44,26 @@ STREAM_IDLE_TIMEOUT = 10.0  # seconds a stream's consumer may leave a token unpu
 READBACK_SLOTS = 2
 
 
+class Interrupt:
+    """One request's stop switch. set() ends that request's generation after its current token; set before
+    the request holds the engine (just sent, queued behind another, not yet made), the request ends as its
+    turn comes, before any work: finish_reason "abort", no tokens. It belongs to the request, not to the engine: an engine-wide flag,
+    reset as each generation began, lost a stop that came before the start (the worker's `abort` of a request
+    it had just taken, a page's Stop right after Send), and stopped whichever request held the engine when
+    the stop was meant for one queued behind it. Engine.interrupt() sets the running request's."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 @dataclass(eq=False)
 class _Turn:
     """One request's hold on the engine (or its place in the queue for it)."""
@@ -51,6 +71,7 @@ class _Turn:
     seq: int
     idle_since: float | None = None  # when a token was handed to a consumer that has not pulled again
     abandoned: bool = False  # aborted by a later request: the engine is no longer this one's to touch
+    interrupt: Interrupt | None = None  # a generation's stop switch (Engine.interrupt() sets the holder's)
 
 
 @dataclass
@@ -115,7 +136,6 @@ class Engine:
         self._queue: collections.deque[_Turn] = collections.deque()
         self._wake = asyncio.Event()  # set (and replaced) whenever the holder or the queue changes
         self.stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT  # None: a stream is never aborted
-        self._interrupt = False
         self._cached: dict[int, list[int]] = {}  # token ids whose K/V are in the cache, per sequence
         self.last_stats = Stats()
         self.last_issue_seconds = 0.0
@@ -431,8 +451,12 @@ class Engine:
         return self._decode
 
     def interrupt(self) -> None:
-        """Stop the running generation after its current token (finish_reason "abort")."""
-        self._interrupt = True
+        """Stop the running generation after its current token (finish_reason "abort"); queued requests and
+        later ones are untouched. To stop one request whether it runs, waits or has not started, pass it an
+        Interrupt (generate(interrupt=...), create(interrupt=...)) and set that."""
+        holder = self._holder
+        if holder is not None and holder.interrupt is not None:
+            holder.interrupt.set()
 
     def reset(self, seq: int = 0) -> None:
         """Forget a sequence's cached conversation."""
@@ -451,11 +475,14 @@ class Engine:
         seq: int = 0,
         constraint=None,
         stats: Stats | None = None,
+        interrupt: Interrupt | None = None,
     ) -> AsyncIterator[Token]:
         """Yield generated tokens. `stats` (or `self.last_stats`, which is the latest request's and
         may already be another's once this one has ended): its `finish_reason` says why it ended: "stop" (EOS or a
-        stop string), "length" (max_tokens or the context window), or "abort" (interrupt(), or a later
-        request took the engine from this stream after it sat unpulled for stream_idle_timeout).
+        stop string), "length" (max_tokens or the context window), or "abort" (`interrupt` was set, or
+        interrupt() called while this ran, or a later request took the engine from this stream after it sat
+        unpulled for stream_idle_timeout). `interrupt`: this request's Interrupt; set before the request
+        holds the engine, it ends with no tokens (and no prefill).
         `constraint`: a structured.Constraint (grammar); only tokens it allows are drawn, EOS only once
         the output is complete, and generation stops when the grammar admits nothing more."""
         params = params or SamplingParams()
@@ -478,11 +505,16 @@ class Engine:
         turn = await self._acquire(seq)
         try:
             self._check_lost()  # a request queued behind the one that lost the device
-            self._interrupt = False
+            turn.interrupt = interrupt if interrupt is not None else Interrupt()
             stats = self.last_stats = stats if stats is not None else Stats()
             stats.prompt_tokens = len(prompt_ids)
+            if turn.interrupt.is_set():  # stopped before it started: nothing to run
+                stats.finish_reason = "abort"
+                return
             try:
-                gen = self._generate_locked(prompt_ids, params, max_new, stops, ignore_eos, seq, stats, constraint)
+                gen = self._generate_locked(
+                    prompt_ids, params, max_new, stops, ignore_eos, seq, stats, constraint, turn.interrupt
+                )
                 async for tok in gen:
                     turn.idle_since = time.monotonic()
                     yield tok
@@ -527,7 +559,7 @@ class Engine:
             self.lost = True
         return self.lost
 
-    async def _generate_locked(self, prompt, params, max_new, stops, ignore_eos, seq, stats, constraint=None):
+    async def _generate_locked(self, prompt, params, max_new, stops, ignore_eos, seq, stats, constraint, interrupt):
         cached = self._cached.setdefault(seq, [])
         reuse = 0
         while reuse < min(len(cached), len(prompt) - 1) and cached[reuse] == prompt[reuse]:
@@ -572,7 +604,7 @@ class Engine:
                 if hit or (constraint is not None and constraint.complete):  # the grammar admits nothing more
                     finish = "stop"
                     break
-                if self._interrupt:
+                if interrupt.is_set():
                     finish = "abort"
                     break
                 if i + 1 == max_new:

@@ -20,12 +20,13 @@ import signal
 import traceback
 from typing import Any, Callable
 
-from .errors import AbortedError, ModelNotLoadedError
+from .errors import AbortedError, ModelNotLoadedError, RequestError
 
 # Mirror of PROTOCOL in static/protocol.js.
 REQUESTS = ("init", "exec", "load", "chat", "completion", "abort", "unload", "stats")
 RESPONSES = ("progress", "chunk", "result", "error")
 ENGINE_KINDS = ("load", "chat", "completion", "unload", "stats")
+GENERATE_KINDS = ("chat", "completion")  # the requests an `interrupt` abort ends early
 
 Emit = Callable[[str, str], Any]
 
@@ -134,7 +135,8 @@ class Session:
         # engine sends the id of its own load as `_load` with each request, and fails typed when a later
         # load replaced it (its request would run on the other model; its unload would free that one).
         self.loaded_by: int | None = None
-        self._running: dict[int, tuple[str, asyncio.Future]] = {}
+        # id -> (kind, task, the request's Interrupt for a chat or completion, else None)
+        self._running: dict[int, tuple[str, asyncio.Future, Any]] = {}
 
     # -- capabilities -----------------------------------------------------------------------------
     # -- requests ---------------------------------------------------------------------------------
@@ -151,8 +153,18 @@ class Session:
                     return to_json({"kind": "result", "id": id, "payload": {}})  # its model is gone already
                 self._check_engine(load)
             self.current = id
-            task = asyncio.ensure_future(getattr(self, "_" + kind)(payload, emit, data))
-            self._running[id] = (kind, task)
+            run = getattr(self, "_" + kind)
+            if kind in GENERATE_KINDS:
+                # Made before its coroutine runs: an `interrupt` abort sets it whenever it comes, and the
+                # engine checks it as the generation starts (see engine.Interrupt).
+                from .engine import Interrupt
+
+                interrupt = Interrupt()
+                task = asyncio.ensure_future(run(payload, emit, interrupt))
+            else:
+                interrupt = None
+                task = asyncio.ensure_future(run(payload, emit, data))
+            self._running[id] = (kind, task, interrupt)
             if self._early_abort is not None and self._early_abort[0] == id:
                 self.abort(*self._early_abort)  # it came before this coroutine ran (see abort)
             self._early_abort = None
@@ -184,8 +196,9 @@ class Session:
             f = f.f_back
 
     def abort(self, target: int, mode: str = "cancel", handed: bool = False) -> bool:
-        """Stop request `target` if it is running. `interrupt` asks the engine to end generation
-        (the request returns what it has); `cancel` cancels it (it fails with AbortedError).
+        """Stop request `target` if it is running. `interrupt` ends a chat or completion's generation (the
+        request returns what it has, none if it had not started); `cancel` cancels it (it fails with
+        AbortedError), as `interrupt` does any other request.
         `handed`: the caller runs `target` and Python has not returned it (worker.js's running request), so a
         target with no task yet is one whose handle has not started (or not been called): the abort waits
         for it there."""
@@ -198,9 +211,9 @@ class Session:
             # handle applies it as it starts.
             self._early_abort = (int(target), mode)
             return True
-        kind, task = entry
-        if mode == "interrupt" and kind in ("chat", "completion") and self.engine is not None:
-            self.engine.interrupt()
+        kind, task, interrupt = entry
+        if mode == "interrupt" and interrupt is not None:
+            interrupt.set()  # this request's own: engine.interrupt() would stop whichever one is running
         else:
             task.cancel()
         return True
@@ -255,9 +268,11 @@ class Session:
         self.engine = await engine if inspect.isawaitable(engine) else engine
         return {"model": payload.get("model")}
 
-    async def _generate(self, api, payload: dict, emit: Emit) -> Any:
+    async def _generate(self, api, payload: dict, emit: Emit, interrupt: Any) -> Any:
         stream = bool(payload.pop("stream", False))
-        r = api.create(stream=stream, **payload)
+        if "interrupt" in payload:  # create()'s Python-only argument: the request's own is passed below
+            raise RequestError("unknown request field 'interrupt': stop a request with an `interrupt` abort.")
+        r = api.create(stream=stream, interrupt=interrupt, **payload)
         if stream:
             if inspect.isawaitable(r) and not hasattr(r, "__aiter__"):
                 r = await r
@@ -266,11 +281,11 @@ class Session:
             return {"done": True}
         return await r if inspect.isawaitable(r) else r
 
-    async def _chat(self, payload: dict, emit: Emit, data: Any) -> Any:
-        return await self._generate(self._need_engine().chat.completions, payload, emit)
+    async def _chat(self, payload: dict, emit: Emit, interrupt: Any) -> Any:
+        return await self._generate(self._need_engine().chat.completions, payload, emit, interrupt)
 
-    async def _completion(self, payload: dict, emit: Emit, data: Any) -> Any:
-        return await self._generate(self._need_engine().completions, payload, emit)
+    async def _completion(self, payload: dict, emit: Emit, interrupt: Any) -> Any:
+        return await self._generate(self._need_engine().completions, payload, emit, interrupt)
 
     async def _unload(self, payload: dict, emit: Emit, data: Any) -> dict:
         if self.engine is not None:

@@ -89,6 +89,64 @@ def test_leaving_a_stream_early_stops_the_generation(chat_page):
     assert r["ms"] != "still generating", r
 
 
+def _finish_and_usage(chunks):
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    return finish, [c["usage"] for c in chunks if c.get("usage")]
+
+
+def test_a_stream_whose_iterator_is_returned_before_its_first_read_stops(chat_page):
+    """Leaving a stream ran from the iterator's `finally`, which a generator that was never started skips: an
+    iterator closed before its first next() (ReadableStream.from(stream) cancelled before a read, a helper that
+    takes the iterator and gives up) let the generation run to max_tokens for nobody, every later request
+    waiting behind it (100 tokens: 25-50 s on SwiftShader). return() now leaves as a `break` does, and the stop,
+    which reaches the worker before the generation starts, is no longer wiped as it starts: what came stays
+    readable and says "abort" after at most the token under way."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: 100, ignore_eos: true,
+                                                              temperature: 0, stream_options: { include_usage: true } });
+        const closed = await stream[Symbol.asyncIterator]().return();
+        const t0 = performance.now();
+        const next = engine.runtimeStats().then(() => performance.now() - t0);
+        const ms = await Promise.race([next, new Promise((r) => setTimeout(() => r("still generating"), 10000))]);
+        await next;
+        const chunks = [];
+        for await (const c of stream) chunks.push(c);
+        await engine.unload();
+        return { closed, ms, chunks };
+    }""",
+        QUESTION,
+    )
+    assert r["closed"]["done"] is True, r["closed"]
+    assert r["ms"] != "still generating", r["ms"]
+    finish, usage = _finish_and_usage(r["chunks"])
+    assert finish == ["abort"] and usage and usage[0]["completion_tokens"] <= 1, (finish, usage)
+
+
+def test_a_stream_interrupted_before_its_first_chunk_ends_at_once(chat_page):
+    """stream.interrupt() right after create() (<webllm-chat>'s Stop right after Send): the stop reaches the
+    worker before the generation starts. The engine kept one engine-wide flag and reset it as each generation
+    began, so that stop was wiped and the answer ran to max_tokens (100: 25-50 s on SwiftShader); now the stop
+    is the request's own and it ends with finish_reason "abort" after at most the token under way."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: 100, ignore_eos: true,
+                                                              temperature: 0, stream_options: { include_usage: true } });
+        const stopped = await stream.interrupt();
+        const chunks = [];
+        for await (const c of stream) chunks.push(c);
+        await engine.unload();
+        return { stopped, chunks };
+    }""",
+        QUESTION,
+    )
+    assert r["stopped"] == {"aborted": True}, r["stopped"]
+    finish, usage = _finish_and_usage(r["chunks"])
+    assert finish == ["abort"] and usage and usage[0]["completion_tokens"] <= 1, (finish, usage)
+
+
 def test_a_dropped_stream_stops_and_the_next_request_runs(chat_page):
     """A stream that is created and never read (a component that unmounted, a reference dropped): once nobody
     has asked for a chunk for idleTimeout ms while chunks arrive, its generation stops (as interrupt() does)
