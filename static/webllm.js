@@ -45,7 +45,7 @@
   // stops every request of the engine, queued ones included).
   function channel(onLeave, onInterrupt, idleMs) {
     const items = [], arrived = [], waiters = [];  // arrived[i]: when items[i] came (performance.now())
-    let done = false, error = null, left = false, lastRead = 0;
+    let done = false, error = null, left = false, lastRead = 0, reader = null;
     const wake = () => { while (waiters.length) waiters.shift()(); };
     const leave = (why) => { if (!left && !done) { left = true; onLeave(why); } };
     return {
@@ -62,23 +62,30 @@
       // ReadableStream.from(stream) call) and throw(), not by a `finally` in the generator: a generator
       // closed before its first next() never runs its body, so such a `finally` missed a stream closed
       // before its first read, and the generation ran to max_tokens for nobody.
+      // One reader at a time: two loops over one stream each took every other chunk, and each put
+      // together half an answer. A loop after one that has ended (`break`) reads on from where it left.
       [Symbol.asyncIterator]() {
-        const it = read();
+        if (reader) throw new WebLLMError("RequestError", "This stream is already being read by another loop: a stream's chunks go to one reader (collect them there, or use a second request).");
+        const it = reader = read();
         for (const m of ["return", "throw"]) {
           const close = it[m].bind(it);
-          it[m] = (v) => { leave("left"); return close(v); };
+          it[m] = (v) => { leave("left"); if (reader === it) reader = null; return close(v); };
         }
         return it;
       },
     };
     // The generator ends by itself only once the stream has ended (done): nothing to leave then.
     async function* read() {
-      for (;;) {
-        lastRead = performance.now();
-        if (items.length) { arrived.shift(); yield items.shift(); continue; }
-        if (error) throw error;
-        if (done) return;
-        await new Promise((r) => waiters.push(r));
+      try {
+        for (;;) {
+          lastRead = performance.now();
+          if (items.length) { arrived.shift(); yield items.shift(); continue; }
+          if (error) throw error;
+          if (done) return;
+          await new Promise((r) => waiters.push(r));
+        }
+      } finally {
+        reader = null;
       }
     }
   }

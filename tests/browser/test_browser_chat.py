@@ -124,6 +124,42 @@ def test_a_stream_whose_iterator_is_returned_before_its_first_read_stops(chat_pa
     assert finish == ["abort"] and usage and usage[0]["completion_tokens"] <= 1, (finish, usage)
 
 
+def test_a_second_loop_over_a_stream_is_refused_and_the_first_gets_every_chunk(chat_page):
+    """Two `for await` loops over one stream each took every other chunk (one shared queue), and each put
+    together half an answer. The second is now a RequestError and the first reads the whole answer; a loop
+    after one that broke off reads on from there."""
+    r = chat_page.evaluate(
+        """async (messages) => {
+        const engine = await webllm.create({ model: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+        const req = { messages, stream: true, max_tokens: 6, ignore_eos: true, temperature: 0,
+                      stream_options: { include_usage: true } };
+        const stream = await engine.chat.completions.create(req);
+        const first = [];
+        const a = (async () => { for await (const c of stream) first.push(c); })();
+        let second = null;
+        try { for await (const c of stream) second = 'read a chunk'; } catch (e) { second = [e.name, e.message]; }
+        await a;
+        const again = await engine.chat.completions.create(req);
+        const parts = [];
+        for await (const c of again) { parts.push(c); break; }
+        for await (const c of again) parts.push(c);
+        const { stream_options, ...plain } = req;
+        const whole = await engine.chat.completions.create({ ...plain, stream: false });
+        await engine.unload();
+        return { first, second, parts, whole: whole.choices[0].message.content };
+    }""",
+        QUESTION,
+    )
+    assert r["second"][0] == "RequestError" and "already being read" in r["second"][1], r["second"]
+    finish, usage = _finish_and_usage(r["first"])
+    assert finish == ["length"] and usage[0]["completion_tokens"] == 6, (finish, usage)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in r["first"] if c["choices"])
+    assert text == r["whole"], (text, r["whole"])  # the same greedy answer, not every other piece of it
+    # the break stopped the second request's generation; the next loop still got the chunks that had come
+    finish2, _ = _finish_and_usage(r["parts"])
+    assert len(r["parts"]) >= 2 and finish2 in (["abort"], ["length"]), r["parts"]
+
+
 def test_a_stream_interrupted_before_its_first_chunk_ends_at_once(chat_page):
     """stream.interrupt() right after create() (<webllm-chat>'s Stop right after Send): the stop reaches the
     worker before the generation starts. The engine kept one engine-wide flag and reset it as each generation
