@@ -163,3 +163,34 @@ def test_interrupting_a_queued_request_leaves_the_running_one_alone(tiny, loop):
     assert [c["choices"][0]["finish_reason"] for c in rest if c["choices"][0]["finish_reason"]] == ["abort"]
     assert len(rest) < N, rest
     assert second["choices"][0]["finish_reason"] == "length" and second["usage"]["completion_tokens"] == N
+
+
+def test_a_queued_request_that_is_stopped_leaves_at_once(tiny, loop):
+    """A stop set while its request waited behind another was seen only once the one ahead had finished (a
+    long answer, or one whose reader paused): the stopped request hung on for nothing. Now it leaves the
+    queue at once and the running one is untouched."""
+    engine = tiny.engine
+
+    async def scenario():
+        first = tiny.completions.create(prompt="Once upon", max_tokens=N, temperature=0, ignore_eos=True, stream=True)
+        head = [await first.__anext__()]  # it holds the engine, its reader paused
+        stop = Interrupt()
+        second = asyncio.ensure_future(
+            tiny.completions.create(prompt="The sky is", max_tokens=N, temperature=0, interrupt=stop)
+        )
+        for _ in range(500):
+            if engine._queue:
+                break
+            await asyncio.sleep(0.01)
+        assert engine._queue, "the second request never queued"
+        stop.set()
+        stopped = await asyncio.wait_for(second, 5)  # before: waited for the first's reader, forever here
+        held = engine._holder is not None and not engine._queue
+        rest = [c async for c in first]
+        return stopped, held, head + rest
+
+    stopped, held, chunks = loop.run_until_complete(scenario())
+    assert stopped["choices"][0]["finish_reason"] == "abort" and stopped["usage"]["completion_tokens"] == 0, stopped
+    assert held  # the first still held the engine when the second had left
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+    assert finish == ["length"] and sum(bool(c["choices"][0]["text"]) for c in chunks) >= 1, chunks

@@ -46,19 +46,23 @@ READBACK_SLOTS = 2
 
 class Interrupt:
     """One request's stop switch. set() ends that request's generation after its current token; set before
-    the request holds the engine (just sent, queued behind another, not yet made), the request ends as its
-    turn comes, before any work: finish_reason "abort", no tokens. It belongs to the request, not to the engine: an engine-wide flag,
+    the request holds the engine (just sent, not yet made, or queued behind another: it leaves the queue
+    then), the request ends before any work: finish_reason "abort", no tokens. It belongs to the request,
+    not to the engine: an engine-wide flag,
     reset as each generation began, lost a stop that came before the start (the worker's `abort` of a request
     it had just taken, a page's Stop right after Send), and stopped whichever request held the engine when
     the stop was meant for one queued behind it. Engine.interrupt() sets the running request's."""
 
-    __slots__ = ("_set",)
+    __slots__ = ("_set", "_wake")
 
     def __init__(self) -> None:
         self._set = False
+        self._wake: Callable[[], None] | None = None  # set while its request waits in the engine's queue
 
     def set(self) -> None:
         self._set = True
+        if self._wake is not None:  # a queued request leaves now, not once the one ahead of it has finished
+            self._wake()
 
     def is_set(self) -> bool:
         return self._set
@@ -393,15 +397,22 @@ class Engine:
             self._release(turn)
 
     # -- one request at a time ----------------------------------------------------------------------
-    async def _acquire(self, seq: int) -> _Turn:
-        """Wait for the engine (first come, first served). The first in the queue aborts a holder
+    async def _acquire(self, seq: int, interrupt: Interrupt | None = None) -> _Turn | None:
+        """Wait for the engine (first come, first served); None if `interrupt` is set while this waits
+        (the request leaves the queue at once). The first in the queue aborts a holder
         whose consumer has left a token unpulled for stream_idle_timeout seconds: a stream abandoned
         without aclose() (a `break`, an exception kept by the caller) would otherwise block every
         later request. Waiters poll the holder, so the abort lands within 1.25 x the timeout."""
         turn = _Turn(seq)
         self._queue.append(turn)
+        if interrupt is not None:
+            interrupt._wake = self._notify
         try:
             while self._holder is not None or self._queue[0] is not turn:
+                if interrupt is not None and interrupt.is_set():
+                    self._queue.remove(turn)
+                    self._notify()  # the next in the queue may now be first
+                    return None
                 h, timeout, limit = self._holder, None, self.stream_idle_timeout
                 if h is not None and limit is not None:
                     timeout = limit / 4
@@ -419,6 +430,9 @@ class Engine:
             self._queue.remove(turn)
             self._notify()
             raise
+        finally:
+            if interrupt is not None:
+                interrupt._wake = None
         self._queue.popleft()
         self._holder = turn
         self._notify()  # the next in the queue now judges this holder
@@ -502,13 +516,18 @@ class Engine:
         budget = self.context_window - len(prompt_ids)
         max_new = min(max_tokens or budget, budget)
         stops = [s for s in _stop_list(stop) if s]
-        turn = await self._acquire(seq)
+        interrupt = interrupt if interrupt is not None else Interrupt()
+        turn = await self._acquire(seq, interrupt)
+        if turn is None:  # stopped while it waited for the engine: it never held it, nothing to run
+            stats = self.last_stats = stats if stats is not None else Stats()
+            stats.prompt_tokens, stats.finish_reason = len(prompt_ids), "abort"
+            return
         try:
             self._check_lost()  # a request queued behind the one that lost the device
-            turn.interrupt = interrupt if interrupt is not None else Interrupt()
+            turn.interrupt = interrupt
             stats = self.last_stats = stats if stats is not None else Stats()
             stats.prompt_tokens = len(prompt_ids)
-            if turn.interrupt.is_set():  # stopped before it started: nothing to run
+            if interrupt.is_set():  # stopped before it started: nothing to run
                 stats.finish_reason = "abort"
                 return
             try:
