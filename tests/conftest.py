@@ -9,3 +9,12 @@ def device():
     from webllm_py.gpu import request_device
 
     return asyncio.run(request_device("native"))
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """An event loop per test module, for module-scoped engines (an engine's asyncio objects belong to the
+    loop that made it): tests drive it with loop.run_until_complete."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()

@@ -20,13 +20,6 @@ N = 12  # tokens asked for: an interrupt that was lost shows as N tokens and fin
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory, device, loop):
     import webllm_py
 

@@ -203,13 +203,6 @@ def test_weights_that_make_logits_nan_are_a_model_format_error(tmp_path, device,
 
 # -- the Python API on a tiny random model (tests/hf_models.py, ~14 tok/s on lavapipe) --------------------
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     from .hf_models import BY_NAME, build
 

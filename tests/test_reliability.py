@@ -25,13 +25,6 @@ PROMPTS = ["What is the capital of France?", "Name a color.", "Say hi."]
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def chat(loop):
     """A ChatEngine on its own device (the device-loss test destroys it), greedy requests only."""
     return loop.run_until_complete(webllm_py.create(default_model_path(), context_window=CONTEXT))
