@@ -11,7 +11,8 @@
 # Env:
 #   PEER_DIR         the bundle (default: the working directory)
 #   LLAMA_BIN        a folder with a built llama-bench and its lib*.so; default /tmp/llama-bin, built there from
-#                    DIR/llama.cpp.tar.xz (CUDA, sm_90: 250 s on the H200 machine's 16 cores) unless a previous
+#                    DIR/llama.cpp.tar.xz (CUDA, sm_90: 250 s on the H200 machine's 16 cores; 574 s on 8 cores of the
+#                    H100 machine while webllm_py cells ran on the other 8, loading the host) unless a previous
 #                    call on the same warm machine left it. (Packed, llama-bench + libs are 43 MB as tar.xz: over
 #                    what a device call returns per file, 16 MiB, and too much to carry beside this bundle.)
 #   PEER_BUILD_ONLY  1: build llama-bench into /tmp/llama-bin and stop
