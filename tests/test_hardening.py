@@ -647,6 +647,31 @@ def test_a_message_without_a_known_role_is_a_request_error(messages, match):
         chat_messages(messages)
 
 
+@pytest.mark.parametrize(
+    "message, match",
+    [
+        ({"role": "user", "content": 5}, r"messages\[1\]\.content must be a string .*got int"),
+        ({"role": "user", "content": {"text": "Hi"}}, r"messages\[1\]\.content must be a string .*got dict"),
+        ({"role": "user", "content": None}, r"messages\[1\]\.content must be a string .*got NoneType"),
+        ({"role": "user"}, r"messages\[1\]\.content must be a string .*got NoneType"),
+        ({"role": "tool", "content": b"3"}, r"messages\[1\]\.content must be a string .*got bytes"),
+    ],
+    ids=["int", "object", "null", "missing", "bytes"],
+)
+def test_a_message_content_that_is_not_text_is_a_request_error(message, match):
+    """Content of another type reached the chat template, whose error named neither the message nor the field
+    ("ChatTemplateError: the chat template failed: TypeError: can only concatenate str (not "int") to str",
+    "'dict object' has no attribute 'content'"). An assistant turn may still be null (it made tool calls)."""
+    from webllm_py.api import chat_messages
+    from webllm_py.errors import RequestError
+
+    with pytest.raises(RequestError, match=match):
+        chat_messages([{"role": "system", "content": "s"}, message])
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ok = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    assert chat_messages(ok) == ok
+
+
 def test_developer_messages_reach_the_template_as_system():
     """OpenAI's newer name for the system role: the chat templates know only "system"."""
     from webllm_py.api import chat_messages

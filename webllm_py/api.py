@@ -345,7 +345,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 def chat_messages(messages: list) -> list:
     """The messages as the chat templates take them: each an object with a known `role` ("developer" as
-    "system"), OpenAI's content parts (`content: [{"type": "text", "text": ...}, ...]`) as one string
+    "system") and a `content` that is text (None only in an assistant turn: its tool calls), OpenAI's content parts (`content: [{"type": "text", "text": ...}, ...]`) as one string
     (the text parts joined by newlines, as vLLM does): every chat template takes a string, not all take parts.
     A part of another type (an image, audio, a file) is a RequestError: these models read text only."""
     if not isinstance(messages, list):
@@ -360,9 +360,14 @@ def chat_messages(messages: list) -> list:
         if role == "developer":
             m = {**m, "role": "system"}
         parts = m.get("content")
-        if not isinstance(parts, list):
-            out.append(m)  # a string, None (a tool call's assistant turn) or what the template checks itself
+        if isinstance(parts, str) or (parts is None and role == "assistant"):  # None: a turn of tool calls
+            out.append(m)
             continue
+        if not isinstance(parts, list):  # was the template's own error, naming neither message nor field
+            raise RequestError(
+                f"messages[{i}].content must be a string or a list of text parts "
+                f'({{"type": "text", "text": "..."}}), got {type(parts).__name__}.'
+            )
         texts = []
         for part in parts:
             kind = part.get("type") if isinstance(part, dict) else None
