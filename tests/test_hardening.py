@@ -685,6 +685,28 @@ GREEDY = SamplingParams(temperature=0)
 
 
 @pytest.mark.gpu
+def test_a_stream_read_by_two_loops_at_once_is_a_request_error(tiny, loop):
+    """Two loops reading one stream at once (asyncio.gather of two consumers) got Python's bare
+    "RuntimeError: anext(): asynchronous generator is already running" (aclose(): the same); now a
+    RequestError, as webllm.js says of a second reader, and the first reader goes on to the end."""
+    from webllm_py.errors import RequestError
+
+    async def run():
+        s = tiny.completions.create(prompt="Once upon", temperature=0, max_tokens=5, ignore_eos=True, stream=True)
+        first = asyncio.ensure_future(s.__anext__())
+        await asyncio.sleep(0)  # the first read is under way (prefill)
+        with pytest.raises(RequestError, match="already being read"):
+            await s.__anext__()
+        with pytest.raises(RequestError, match="already being read"):
+            await s.aclose()
+        chunks = [await first] + [c async for c in s]
+        return "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+
+    reference = loop.run_until_complete(_complete(tiny, "Once upon", 5))["choices"][0]["text"]
+    assert loop.run_until_complete(run()) == reference and reference
+
+
+@pytest.mark.gpu
 def test_a_stream_may_be_awaited_first_as_openais_async_client_is_used(tiny, loop):
     """`stream = await client.chat.completions.create(..., stream=True)` is how OpenAI's async client (and
     this runtime's JS API) is used; here it raised TypeError (an async generator cannot be awaited)."""

@@ -65,18 +65,34 @@ class Stream:
 
     def __init__(self, chunks: AsyncIterator[dict]) -> None:
         self._chunks = chunks
+        self._reading = False  # a read (or close) is under way
 
     def __aiter__(self) -> "Stream":
         return self
 
     def __anext__(self) -> Awaitable[dict]:
-        return self._chunks.__anext__()
+        return self._one_reader(self._chunks.__anext__)
 
     def __await__(self):
         return _self(self).__await__()
 
     async def aclose(self) -> None:
-        await self._chunks.aclose()  # type: ignore[attr-defined]
+        await self._one_reader(self._chunks.aclose)  # type: ignore[attr-defined]
+
+    async def _one_reader(self, step: Callable[[], Awaitable[Any]]) -> Any:
+        """One reader at a time, as webllm.js's streams: a second loop reading (or closing) while one
+        read is under way got Python's bare "RuntimeError: anext(): asynchronous generator is already
+        running"; now a RequestError that says so, and the first reader is left to go on."""
+        if self._reading:
+            raise RequestError(
+                "This stream is already being read by another loop: a stream's chunks go to one reader "
+                "(collect them there, or send a second request)."
+            )
+        self._reading = True
+        try:
+            return await step()
+        finally:
+            self._reading = False
 
 
 async def _self(stream: Stream) -> Stream:
