@@ -456,6 +456,9 @@ def test_cli_bench_past_the_models_context_names_the_options(tmp_path):
         (("--token-ids", "-2"), "--token-ids"),
         (("--matvec-tiling", "abc"), "--matvec-tiling"),  # was ValueError: invalid literal for int()
         (("--i8-tiling", "x"), "--i8-tiling"),
+        (("--staged-tiling", "64,4,x"), "--staged-tiling"),  # was ValueError: invalid literal for int()
+        (("--staged-tiling", "1,2"), "--staged-tiling"),  # was IndexError: list index out of range
+        (("--staged-tiling", "64,4,8;glu"), "--staged-tiling"),
         (("--prompt-tokens", "many"), "--prompt-tokens"),  # argparse's own errors: one line too
         (("--hf-reference",), "--shape"),  # was said after the whole benchmark had run (here: file not found)
     ],

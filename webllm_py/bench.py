@@ -134,6 +134,20 @@ def _int_list(v: str) -> str:
     return v
 
 
+def _staged_spec(v: str) -> str:
+    """An argparse type for --staged-tiling: each tiling 3 to 5 comma-separated integers (planner.parse_staged_tilings
+    unpacks them). It took any text, and a field that was not a number (a key without `=`) or a tiling of two
+    numbers reached a bare ValueError / IndexError once the model had loaded."""
+    for item in filter(None, v.split(";")):
+        fields = item.split("=", 1)[-1].split(",")
+        if not 3 <= len(fields) <= 5 or not all(f.strip().lstrip("-").isdigit() for f in fields):
+            raise argparse.ArgumentTypeError(
+                f"must be WG,LANES,ROWS[,PREFETCH[,PLANES]] (integers), then ;KEY=... of the same form: "
+                f"{item!r} in {v!r} is not"
+            )
+    return v
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .planner import PREFILL_ATTENTION_KERNELS, PREFILL_KERNELS
 
@@ -171,6 +185,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--staged-tiling",
+        type=_staged_spec,
         metavar="SPEC",
         help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH[,PLANES]] for all, then optional ;glu=... "
         ";tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)",
