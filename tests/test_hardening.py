@@ -459,6 +459,8 @@ def test_cli_bench_past_the_models_context_names_the_options(tmp_path):
         (("--staged-tiling", "64,4,x"), "--staged-tiling"),  # was ValueError: invalid literal for int()
         (("--staged-tiling", "1,2"), "--staged-tiling"),  # was IndexError: list index out of range
         (("--staged-tiling", "64,4,8;glu"), "--staged-tiling"),
+        (("--embed-quant", "F16"), "--embed-quant"),  # was KeyError: 'F16' (with --shape: random weights)
+        (("--embed-quant", "q8_0"), "--embed-quant"),
         (("--prompt-tokens", "many"), "--prompt-tokens"),  # argparse's own errors: one line too
         (("--hf-reference",), "--shape"),  # was said after the whole benchmark had run (here: file not found)
     ],

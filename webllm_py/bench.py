@@ -160,7 +160,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Q4_K_M: llama.cpp's mix of that name (Q4_K; Q6_K for the head and for attn_v / "
         "ffn_down of some layers), what most published GGUF files use",
     )
-    p.add_argument("--embed-quant", help="type of the token embedding (default: --quant)")
+    # The types random_checkpoint can fill with random blocks (it knows their scales' offsets): another name was
+    # a bare KeyError from inside it.
+    p.add_argument(
+        "--embed-quant",
+        choices=["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K"],
+        help="type of the token embedding (default: --quant)",
+    )
     p.add_argument("--prompt-tokens", type=_count(1), default=512)
     p.add_argument("--decode-tokens", type=_count(1), default=256)
     p.add_argument("--prefill-chunk", type=int, help="tokens per prefill step (default: the planner's)")
