@@ -474,6 +474,25 @@ def test_cli_bench_bad_numbers_are_one_line_naming_the_option(args, option):
     assert r.stderr.startswith("error: ") and option in r.stderr and "--help" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize(
+    "args, want",
+    [
+        (("--model", "M", "--shape", "smollm2-135m"), "--model and --shape"),  # the model was not run
+        (("--model", "M", "--embed-quant", "Q8_0"), "--embed-quant"),  # the file's own types were run
+        (("--tokenizer", "/nonexistent"), "--tokenizer"),  # the file's own tokenizer was used
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_cli_bench_refuses_what_it_would_ignore(tmp_path, args, want):
+    """Options for --shape's random weights were dropped without a word when bench ran a file (with --model and
+    --shape both, the file was not even opened): the numbers printed were not of what was asked for."""
+    model = tiny_gguf(tmp_path / "ok.gguf")
+    args = tuple(model if a == "M" else a for a in args)
+    r = _cli("bench", *args, "--prompt-tokens", "4", "--decode-tokens", "2", "--gpu-reps", "0")
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: RequestError: ") and want in r.stderr, r.stderr
+
+
 def test_cli_dawn_bench_shape_is_refused_in_one_line():
     """Pyodide has no numpy to build random weights: dawn-bench asks for a file instead of failing inside it."""
     r = _cli("dawn-bench", "--shape", "smollm2-135m", "--quant", "Q4_0")

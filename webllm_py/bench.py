@@ -552,6 +552,16 @@ async def _bench(args) -> dict:
     from .planner import DEFAULT_POLICY
     from .sampling import SamplingParams
 
+    # --shape's options, refused where they would be dropped without a word: bench runs a file's own weights
+    # and tokenizer (with --model and --shape both, it ran the random weights and never opened the file).
+    from .errors import RequestError
+
+    if args.shape and args.model:
+        raise RequestError("--model and --shape each say what to run: give one of them")
+    for given, option in ((args.embed_quant, "--embed-quant"), (args.tokenizer, "--tokenizer")):
+        if given and not args.shape:
+            raise RequestError(f"{option} is for --shape's random weights: a model file runs its own")
+
     t_load = time.perf_counter()
     ckpt = (
         random_checkpoint(args.shape, args.quant, args.embed_quant)
@@ -565,8 +575,6 @@ async def _bench(args) -> dict:
     # which bench has no option for.
     need = args.prompt_tokens + args.decode_tokens + (1 if args.gpu_reps or args.profile else 0)
     if need > ckpt.config.context_length:
-        from .errors import RequestError
-
         raise RequestError(
             f"--prompt-tokens {args.prompt_tokens} and --decode-tokens {args.decode_tokens} need {need} positions, "
             f"more than this model's context of {ckpt.config.context_length}: ask for fewer tokens"
