@@ -523,6 +523,21 @@ def test_cli_serve_model_errors_take_the_one_line_form(tmp_path):
         assert r.stderr.startswith("error: SiteError: ") and words in r.stderr and model.name in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("command", ["build", "serve"])
+def test_cli_site_refuses_a_truncated_gguf_at_start(tmp_path, command):
+    """A GGUF cut short (an interrupted download or copy) passed the 4-byte magic check: build wrote it into the
+    site, serve served it, and a page downloaded and cached it before saying it was not a usable model."""
+    data = open(tiny_gguf(tmp_path / "ok.gguf"), "rb").read()
+    for name, size in (("cut-header.gguf", 1000), ("cut-tensors.gguf", len(data) // 2)):
+        (tmp_path / name).write_bytes(data[:size])
+        args = [str(tmp_path / "site")] if command == "build" else ["--port", "0"]
+        r = _cli(command, *args, "--model", str(tmp_path / name), timeout=60)
+        assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: SiteError: model {tmp_path / name}: "), r.stderr
+        assert "corrupt" in r.stderr or "truncated" in r.stderr, r.stderr
+        assert not (tmp_path / "site").exists()
+
+
 # -- 5: request sizes of the wrong type or range ---------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize(

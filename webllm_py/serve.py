@@ -43,8 +43,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from . import jupyterlite, wheel
-from .errors import SiteError
-from .formats.gguf import GGUF_MAGIC
+from .errors import ModelFormatError, SiteError, UnsupportedModelError
+from .formats.gguf import GGUFFile
 
 ROOT = wheel.ROOT
 STATIC = ROOT / "static"
@@ -184,10 +184,13 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
         if not m.is_file():
             raise SiteError(f"model file not found: {m}")
         if m.suffix.lower() == ".gguf":  # pages would fetch it, cache it, and only then say it is not a model
-            with open(m, "rb") as f:  # (other files: a Hugging Face checkpoint's config.json, *.safetensors)
-                head = f.read(4)
-            if head != GGUF_MAGIC:
-                raise SiteError(f"model {m} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")
+            # (other files: a Hugging Face checkpoint's config.json, *.safetensors). Its header is parsed whole,
+            # not only its magic: a file cut short (an interrupted download or copy) passed the magic check and
+            # was served, or written into a build. Tensor data is not read (the sha256 below reads it once).
+            try:
+                GGUFFile(str(m))
+            except (ModelFormatError, UnsupportedModelError) as e:
+                raise SiteError(f"model {m}: {e}") from e
         if set(m.name) & _NOT_IN_URL:  # pages load it as models/<name>: the URL would not reach it
             raise SiteError(
                 f"model file name {m.name!r} holds a character URLs give another meaning ('#' fragment, "
