@@ -866,6 +866,8 @@ def test_a_buffer_over_the_adapters_limit_is_model_too_large(tmp_path, device, l
         ({"backend": "browser"}, "runs in Pyodide only"),  # was ModuleNotFoundError: No module named 'js'
         ({"on_progress": 5}, "on_progress"),  # was TypeError: 'int' object is not callable, from the first upload
         ({"model": 5}, "model"),
+        ({"device": "cpu"}, "device"),  # was AttributeError: 'str' object has no attribute 'info'
+        ({"device": {"backend": "native"}}, "device"),  # the same AttributeError
     ],
     ids=repr,
 )
