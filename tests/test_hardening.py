@@ -385,6 +385,9 @@ def test_cli_generate_says_when_context_is_past_the_models(tmp_path):
     assert "note: --context 99999 is past the model's context of 256 tokens; using 256" in r.stderr, r.stderr
     r = _cli("generate", "--model", model, "--prompt", "hi", "--max-tokens", "2", "--context", "128")
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+    # not given: the default (4096) is no request of the user's, yet it was noted on every run of a smaller model
+    r = _cli("generate", "--model", model, "--prompt", "hi", "--max-tokens", "2")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
 
 
 def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):

@@ -21,8 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
+    # default None (4096 below): a note that the context was cut to the model's is for a --context the user gave;
+    # the default was noted as "--context 4096 is past the model's context" on every run of a 2048-context model
     p.add_argument(
-        "--context", type=int, default=4096, help="context window to allocate (tokens; at most the model's own)"
+        "--context", type=int, help="context window to allocate (tokens; default 4096, at most the model's own)"
     )
     p.add_argument(
         "--backend", default="native", choices=["native"], help="GPU backend (the browser one runs in Pyodide)"
@@ -42,8 +44,9 @@ async def _run(args: argparse.Namespace) -> int:
         raise RequestError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     # create(): the one place that loads a model by its argument (a URL is refused natively, with why)
-    engine = (await create(args.model, backend=args.backend, context_window=args.context)).engine
-    if engine.context_window < args.context:  # the engine allocates no more than the model was trained for
+    context = 4096 if args.context is None else args.context
+    engine = (await create(args.model, backend=args.backend, context_window=context)).engine
+    if args.context is not None and engine.context_window < context:  # no more than the model was trained for
         print(
             f"note: --context {args.context} is past the model's context of {engine.context_window} tokens; "
             f"using {engine.context_window}",
