@@ -520,7 +520,12 @@ def test_cli_serve_on_a_busy_or_invalid_port_is_one_line():
 def test_cli_serve_model_errors_take_the_one_line_form(tmp_path):
     """serve printed its start-up errors bare (no `error: <Type>:`) and took any file as a model."""
     (tmp_path / "notes.gguf").write_text("not a model")  # a .gguf by name only (HF checkpoint files pass)
-    for model, words in ((tmp_path / "missing.gguf", "model file not found"), (tmp_path / "notes.gguf", "not a GGUF")):
+    os.mkfifo(tmp_path / "pipe.gguf")  # it exists: "model file not found" sent the user looking for a path that does
+    for model, words in (
+        (tmp_path / "missing.gguf", "model file not found"),
+        (tmp_path / "notes.gguf", "not a GGUF"),
+        (tmp_path / "pipe.gguf", "not a regular file"),
+    ):
         r = _cli("serve", "--port", "0", "--model", str(model))
         assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
         assert r.stderr.startswith("error: SiteError: ") and words in r.stderr and model.name in r.stderr, r.stderr

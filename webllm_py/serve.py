@@ -182,6 +182,8 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
         if m.is_dir():  # "not found" would send the user looking for a path that exists
             raise SiteError(f"model {m} is a folder: pages load model files (GGUF); give the .gguf file")
         if not m.is_file():
+            if m.exists():  # a FIFO or a device (/dev/null): "not found" sent the user looking for a path that exists
+                raise SiteError(f"model {m} is not a regular file (a FIFO, socket or device): give a model file")
             raise SiteError(f"model file not found: {m}")
         if m.suffix.lower() == ".gguf":  # pages would fetch it, cache it, and only then say it is not a model
             # (other files: a Hugging Face checkpoint's config.json, *.safetensors). Its header is parsed whole,
