@@ -517,6 +517,19 @@ def test_cli_serve_on_a_busy_or_invalid_port_is_one_line():
             assert r.stderr.startswith(f"error: OSError: cannot listen on 127.0.0.1:{port}: ") and "--port" in r.stderr
 
 
+def test_cli_serve_with_an_empty_host_does_not_listen_on_every_interface():
+    """--host "" (an unset shell variable: --host "$HOST") is the socket API's "every interface": the dev server
+    listened on 0.0.0.0, reachable from the network, while the user meant the default, 127.0.0.1."""
+    import subprocess
+
+    try:
+        r = _cli("serve", "--host", "", "--port", "0", timeout=30)
+    except subprocess.TimeoutExpired:  # it was serving
+        pytest.fail("serve --host '' started a server")
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: SiteError: --host is empty") and "0.0.0.0" in r.stderr, r.stderr
+
+
 def test_cli_serve_model_errors_take_the_one_line_form(tmp_path):
     """serve printed its start-up errors bare (no `error: <Type>:`) and took any file as a model."""
     (tmp_path / "notes.gguf").write_text("not a model")  # a .gguf by name only (HF checkpoint files pass)

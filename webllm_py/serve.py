@@ -553,6 +553,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not args.host.strip():  # an unset shell variable (--host "$HOST"): the socket API reads "" as every interface
+        raise SiteError(
+            "--host is empty, which would listen on every network interface: leave --host out for 127.0.0.1, "
+            "or give 0.0.0.0 to mean every interface"
+        )
     origins = tuple(check_origin(o) for o in args.allow_origins) if args.allow_origins else None
     site = build_site(args.model, quiet=not args.verbose)
     site.allow_origins = origins
