@@ -662,17 +662,43 @@ def test_each_endpoint_takes_its_own_input_only(tiny, loop, chat, kw, match):
     assert r["usage"]["completion_tokens"] == 2
 
 
+def test_a_hugging_face_folder_keeps_its_chat_template_jinja(tiny_path, tmp_path):
+    """transformers' save_pretrained writes the chat template to chat_template.jinja, not into
+    tokenizer_config.json; a checkpoint opened by its folder (or as {file name: bytes}) lost it, and chat
+    said "this model has no chat template (a base model, not tuned for chat)" of an instruction-tuned one."""
+    import shutil
+
+    want = open(os.path.join(tiny_path, "chat_template.jinja"), encoding="utf-8").read()
+    assert want.strip()
+    assert open_checkpoint(tiny_path).tokenizer.chat_template == want
+    files = {f: open(os.path.join(tiny_path, f), "rb").read() for f in os.listdir(tiny_path)}
+    assert open_checkpoint(files).tokenizer.chat_template == want
+    bare = shutil.copytree(tiny_path, tmp_path / "bare")  # without the file: no template, as before
+    os.remove(bare / "chat_template.jinja")
+    assert not open_checkpoint(str(bare)).tokenizer.chat_template
+    (bare / "chat_template.jinja").write_bytes(b"\xff\xfe{{")  # not UTF-8: named, not a UnicodeDecodeError
+    with pytest.raises(ModelFormatError, match="chat_template.jinja"):
+        open_checkpoint(str(bare))
+
+
 @pytest.mark.gpu
-def test_chat_on_a_model_without_a_chat_template_says_to_use_completions(tiny, loop):
+def test_chat_on_a_model_without_a_chat_template_says_to_use_completions(tiny_path, tmp_path, device, loop):
     """It said "pass chat_template=... explicitly", which chat.completions refuses as an unknown field."""
+    import shutil
+
+    import webllm_py
     from webllm_py.errors import ChatTemplateError, RequestError
 
+    bare = shutil.copytree(tiny_path, tmp_path / "bare")
+    os.remove(bare / "chat_template.jinja")  # the tiny model's template is in this file alone
+    tiny = loop.run_until_complete(webllm_py.create(str(bare), device=device, **TINY_OPTIONS))
     assert not tiny.engine.tokenizer.chat_template
     msgs = [{"role": "user", "content": "Hi"}]
     with pytest.raises(ChatTemplateError, match=r"no chat template .*completions\.create\(prompt=\.\.\.\)"):
         loop.run_until_complete(tiny.chat.completions.create(messages=msgs, max_tokens=2))
     with pytest.raises(RequestError, match="unknown request field.*chat_template"):  # the advice it gave
         loop.run_until_complete(tiny.chat.completions.create(messages=msgs, max_tokens=2, chat_template="{{ 1 }}"))
+    tiny.unload()
 
 
 def test_a_text_part_whose_text_is_not_a_string_says_so():
