@@ -903,6 +903,10 @@ def test_a_buffer_over_the_adapters_limit_is_model_too_large(tmp_path, device, l
     assert loop.run_until_complete(e.complete([1, 2], params=GREEDY, max_tokens=2, ignore_eos=True))[1]
 
 
+async def _async_progress(event: dict) -> None:
+    pass
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "kw, match",
@@ -912,6 +916,8 @@ def test_a_buffer_over_the_adapters_limit_is_model_too_large(tmp_path, device, l
         ({"backend": "vulkan"}, "backend"),
         ({"backend": "browser"}, "runs in Pyodide only"),  # was ModuleNotFoundError: No module named 'js'
         ({"on_progress": 5}, "on_progress"),  # was TypeError: 'int' object is not callable, from the first upload
+        # an async function's calls made coroutines that were never awaited: no progress, a RuntimeWarning per call
+        ({"on_progress": _async_progress}, "on_progress must be a plain function"),
         ({"model": 5}, "model"),
         ({"device": "cpu"}, "device"),  # was AttributeError: 'str' object has no attribute 'info'
         ({"device": {"backend": "native"}}, "device"),  # the same AttributeError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import operator
 import struct
 import time
@@ -183,6 +184,12 @@ class Engine:
             raise RequestError(f"policy must be a planner.KernelPolicy or None, got {policy!r}.")
         if on_progress is not None and not callable(on_progress):  # was a TypeError from the first weight upload
             raise RequestError(f"on_progress must be a function taking a dict, or None, got {on_progress!r}.")
+        # It is called, not awaited: an async function's calls made coroutines that never ran (no progress at all,
+        # a RuntimeWarning each).
+        if inspect.iscoroutinefunction(on_progress):
+            raise RequestError(
+                f"on_progress must be a plain function (it is called, not awaited), got the async function {on_progress!r}."
+            )
         if stream_idle_timeout is not None and (
             isinstance(stream_idle_timeout, bool)
             or not isinstance(stream_idle_timeout, (int, float))
