@@ -390,6 +390,25 @@ def test_cli_generate_says_when_context_is_past_the_models(tmp_path):
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
 
 
+def test_cli_generate_prompt_past_the_context_names_the_cli_options(tmp_path):
+    """It said "load the model with a larger context_window", a Python option generate does not have, also when
+    the context already was the model's whole context, which no option makes larger."""
+    model = tiny_gguf(tmp_path / "ok.gguf")  # context_length 256
+
+    def error_line(*args):
+        r = _cli("generate", "--model", model, *args)
+        # the GPU driver's own start-up notes (Mesa without XDG_RUNTIME_DIR) are not ours
+        lines = [line for line in r.stderr.splitlines() if "XDG_RUNTIME_DIR" not in line]
+        assert r.returncode == 1 and r.stdout == "" and len(lines) == 1, r.stderr
+        assert lines[0].startswith("error: ContextOverflowError: --prompt is ") and "context_window" not in lines[0]
+        return lines[0]
+
+    line = error_line("--prompt", "hello " * 100, "--context", "64")
+    assert "larger --context (at most 256)" in line, line
+    line = error_line("--prompt", "hello " * 300)
+    assert "shorten --prompt" in line and "larger --context" not in line, line
+
+
 def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """`generate ... | head`: the reader closes the pipe; generate stops without a traceback or an error line
     (it printed "error: BrokenPipeError: [Errno 32] Broken pipe")."""

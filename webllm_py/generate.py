@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from .api import create
-    from .errors import RequestError
+    from .errors import ContextOverflowError, RequestError
     from .sampling import SamplingParams
 
     # What can be refused without the model is refused before it is read.
@@ -60,6 +60,17 @@ async def _run(args: argparse.Namespace) -> int:
         ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special=False)
     else:
         ids = tok.encode(args.prompt)
+    if len(ids) >= engine.context_window:  # the engine's error names its Python option, context_window
+        most = engine.config.context_length
+        raise ContextOverflowError(
+            f"--prompt is {len(ids)} tokens{' with the chat template' if args.chat else ''} but the context window "
+            f"is {engine.context_window}: "
+            + (
+                f"give a larger --context (at most {most}) or shorten --prompt"
+                if len(ids) < most  # a --context up to the model's would hold it
+                else f"shorten --prompt (the model's context is {most} tokens)"
+            )
+        )
     async for t in engine.generate(ids, params, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos):
         sys.stdout.write(t.text)
         sys.stdout.flush()
