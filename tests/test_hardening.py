@@ -435,6 +435,8 @@ def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
         # a URL was "model file not found"; webllm_py.create() says why natively
         (("--prompt", "hi", "--model", "https://example.com/m.gguf"), "error: ModelURLError: "),
         (("--prompt", "hi", "--model", "hf:owner/repo/m.gguf"), "error: ModelURLError: "),
+        # was "model file not found: " (a path of nothing): an unset shell variable, --model "$MODEL"
+        (("--prompt", "hi", "--model", ""), "error: RequestError: the model's path is empty"),
         (("--prompt", "hi", "--top-p", "2"), "error: RequestError: top_p"),
         # was refused only once the model had loaded
         (("--prompt", "hi", "--max-tokens", "0"), "error: RequestError: --max-tokens"),
@@ -502,6 +504,7 @@ def test_cli_bench_bad_numbers_are_one_line_naming_the_option(args, option):
         (("--model", "M", "--shape", "smollm2-135m"), "--model and --shape"),  # the model was not run
         (("--model", "M", "--embed-quant", "Q8_0"), "--embed-quant"),  # the file's own types were run
         (("--tokenizer", "/nonexistent"), "--tokenizer"),  # the file's own tokenizer was used
+        (("--model", ""), "the model's path is empty"),  # the default model ran in its place
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
 )

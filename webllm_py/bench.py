@@ -566,7 +566,7 @@ async def _bench(args) -> dict:
     ckpt = (
         random_checkpoint(args.shape, args.quant, args.embed_quant)
         if args.shape
-        else open_checkpoint(args.model or default_model_path())
+        else open_checkpoint(default_model_path() if args.model is None else args.model)  # "": refused there
     )
     if args.shape and (args.constraint or args.tokenizer):  # masks need a real vocabulary
         ckpt.tokenizer = load_tokenizer(args.tokenizer or DEFAULT_TOKENIZER)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ModelFormatError
+from .errors import ModelFormatError, RequestError
 from .formats.gguf import GGUFFile, merge_split
 from .formats.quants import TensorInfo
 from .formats.source import as_source
@@ -49,6 +49,10 @@ def open_checkpoint(model: Any) -> Checkpoint:
         return model
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
+        if not path:  # was "model file not found: " (a path of nothing): an unset shell variable, --model "$MODEL"
+            raise RequestError(
+                "the model's path is empty: give a GGUF file or a Hugging Face folder (or no model: the default one)"
+            )
         if os.path.isdir(path):
             files = {f: os.path.join(path, f) for f in os.listdir(path)}
             _check_hf_files(files, f"{path} is a folder", "one of its GGUF files", "a checkpoint's folder")
