@@ -1216,6 +1216,18 @@ def test_fifo_as_model_is_a_model_format_error_at_once(tmp_path):
     assert r.returncode == 1 and r.stderr.startswith("error: ModelFormatError: ") and "not a regular file" in r.stderr
 
 
+def test_a_checkpoint_file_that_is_a_folder_is_named_as_one(tiny_path, tmp_path):
+    """A checkpoint folder whose config.json (or a shard) is a folder was said to be "not a regular file (a FIFO,
+    socket or device)", none of which it is."""
+    import shutil
+
+    bad = shutil.copytree(tiny_path, tmp_path / "bad")
+    os.remove(bad / "config.json")
+    os.mkdir(bad / "config.json")
+    with pytest.raises(ModelFormatError, match=r"config\.json' is a folder, not a file"):
+        open_checkpoint(str(bad))
+
+
 # -- Also: random interleavings of the Python API ----------------------------------------------------------
 @pytest.mark.gpu
 def test_random_interleavings_of_requests_streams_aborts_and_unload(tiny_path, device, loop):
