@@ -378,6 +378,28 @@ def test_cli_generate_says_when_context_is_past_the_models(tmp_path):
     assert "note: --context 99999 is past the model's context of 256 tokens; using 256" in r.stderr, r.stderr
     r = _cli("generate", "--model", model, "--prompt", "hi", "--max-tokens", "2", "--context", "128")
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+    # not given: the default (4096) is no request of the user's, yet it was noted on every run of a smaller model
+    r = _cli("generate", "--model", model, "--prompt", "hi", "--max-tokens", "2")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+
+
+def test_cli_generate_prompt_past_the_context_names_the_cli_options(tmp_path):
+    """It said "load the model with a larger context_window", a Python option generate does not have, also when
+    the context already was the model's whole context, which no option makes larger."""
+    model = tiny_gguf(tmp_path / "ok.gguf")  # context_length 256
+
+    def error_line(*args):
+        r = _cli("generate", "--model", model, *args)
+        # the GPU driver's own start-up notes (Mesa without XDG_RUNTIME_DIR) are not ours
+        lines = [line for line in r.stderr.splitlines() if "XDG_RUNTIME_DIR" not in line]
+        assert r.returncode == 1 and r.stdout == "" and len(lines) == 1, r.stderr
+        assert lines[0].startswith("error: ContextOverflowError: --prompt is ") and "context_window" not in lines[0]
+        return lines[0]
+
+    line = error_line("--prompt", "hello " * 100, "--context", "64")
+    assert "larger --context (at most 256)" in line, line
+    line = error_line("--prompt", "hello " * 300)
+    assert "shorten --prompt" in line and "larger --context" not in line, line
 
 
 def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
@@ -406,6 +428,8 @@ def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
         # a URL was "model file not found"; webllm_py.create() says why natively
         (("--prompt", "hi", "--model", "https://example.com/m.gguf"), "error: ModelURLError: "),
         (("--prompt", "hi", "--model", "hf:owner/repo/m.gguf"), "error: ModelURLError: "),
+        # was "model file not found: " (a path of nothing): an unset shell variable, --model "$MODEL"
+        (("--prompt", "hi", "--model", ""), "error: RequestError: the model's path is empty"),
         (("--prompt", "hi", "--top-p", "2"), "error: RequestError: top_p"),
         # was refused only once the model had loaded
         (("--prompt", "hi", "--max-tokens", "0"), "error: RequestError: --max-tokens"),
@@ -449,6 +473,11 @@ def test_cli_bench_past_the_models_context_names_the_options(tmp_path):
         (("--token-ids", "-2"), "--token-ids"),
         (("--matvec-tiling", "abc"), "--matvec-tiling"),  # was ValueError: invalid literal for int()
         (("--i8-tiling", "x"), "--i8-tiling"),
+        (("--staged-tiling", "64,4,x"), "--staged-tiling"),  # was ValueError: invalid literal for int()
+        (("--staged-tiling", "1,2"), "--staged-tiling"),  # was IndexError: list index out of range
+        (("--staged-tiling", "64,4,8;glu"), "--staged-tiling"),
+        (("--embed-quant", "F16"), "--embed-quant"),  # was KeyError: 'F16' (with --shape: random weights)
+        (("--embed-quant", "q8_0"), "--embed-quant"),
         (("--prompt-tokens", "many"), "--prompt-tokens"),  # argparse's own errors: one line too
         (("--hf-reference",), "--shape"),  # was said after the whole benchmark had run (here: file not found)
     ],
@@ -460,6 +489,26 @@ def test_cli_bench_bad_numbers_are_one_line_naming_the_option(args, option):
     r = _cli("bench", "--model", "/nonexistent.gguf", *args)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: ") and option in r.stderr and "--help" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, want",
+    [
+        (("--model", "M", "--shape", "smollm2-135m"), "--model and --shape"),  # the model was not run
+        (("--model", "M", "--embed-quant", "Q8_0"), "--embed-quant"),  # the file's own types were run
+        (("--tokenizer", "/nonexistent"), "--tokenizer"),  # the file's own tokenizer was used
+        (("--model", ""), "the model's path is empty"),  # the default model ran in its place
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_cli_bench_refuses_what_it_would_ignore(tmp_path, args, want):
+    """Options for --shape's random weights were dropped without a word when bench ran a file (with --model and
+    --shape both, the file was not even opened): the numbers printed were not of what was asked for."""
+    model = tiny_gguf(tmp_path / "ok.gguf")
+    args = tuple(model if a == "M" else a for a in args)
+    r = _cli("bench", *args, "--prompt-tokens", "4", "--decode-tokens", "2", "--gpu-reps", "0")
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: RequestError: ") and want in r.stderr, r.stderr
 
 
 def test_cli_dawn_bench_shape_is_refused_in_one_line():
@@ -483,13 +532,46 @@ def test_cli_serve_on_a_busy_or_invalid_port_is_one_line():
             assert r.stderr.startswith(f"error: OSError: cannot listen on 127.0.0.1:{port}: ") and "--port" in r.stderr
 
 
+def test_cli_serve_with_an_empty_host_does_not_listen_on_every_interface():
+    """--host "" (an unset shell variable: --host "$HOST") is the socket API's "every interface": the dev server
+    listened on 0.0.0.0, reachable from the network, while the user meant the default, 127.0.0.1."""
+    import subprocess
+
+    try:
+        r = _cli("serve", "--host", "", "--port", "0", timeout=30)
+    except subprocess.TimeoutExpired:  # it was serving
+        pytest.fail("serve --host '' started a server")
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: SiteError: --host is empty") and "0.0.0.0" in r.stderr, r.stderr
+
+
 def test_cli_serve_model_errors_take_the_one_line_form(tmp_path):
     """serve printed its start-up errors bare (no `error: <Type>:`) and took any file as a model."""
     (tmp_path / "notes.gguf").write_text("not a model")  # a .gguf by name only (HF checkpoint files pass)
-    for model, words in ((tmp_path / "missing.gguf", "model file not found"), (tmp_path / "notes.gguf", "not a GGUF")):
+    os.mkfifo(tmp_path / "pipe.gguf")  # it exists: "model file not found" sent the user looking for a path that does
+    for model, words in (
+        (tmp_path / "missing.gguf", "model file not found"),
+        (tmp_path / "notes.gguf", "not a GGUF"),
+        (tmp_path / "pipe.gguf", "not a regular file"),
+    ):
         r = _cli("serve", "--port", "0", "--model", str(model))
         assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
         assert r.stderr.startswith("error: SiteError: ") and words in r.stderr and model.name in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("command", ["build", "serve"])
+def test_cli_site_refuses_a_truncated_gguf_at_start(tmp_path, command):
+    """A GGUF cut short (an interrupted download or copy) passed the 4-byte magic check: build wrote it into the
+    site, serve served it, and a page downloaded and cached it before saying it was not a usable model."""
+    data = open(tiny_gguf(tmp_path / "ok.gguf"), "rb").read()
+    for name, size in (("cut-header.gguf", 1000), ("cut-tensors.gguf", len(data) // 2)):
+        (tmp_path / name).write_bytes(data[:size])
+        args = [str(tmp_path / "site")] if command == "build" else ["--port", "0"]
+        r = _cli(command, *args, "--model", str(tmp_path / name), timeout=60)
+        assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: SiteError: model {tmp_path / name}: "), r.stderr
+        assert "corrupt" in r.stderr or "truncated" in r.stderr, r.stderr
+        assert not (tmp_path / "site").exists()
 
 
 # -- 5: request sizes of the wrong type or range ---------------------------------------------------------
@@ -595,17 +677,43 @@ def test_each_endpoint_takes_its_own_input_only(tiny, loop, chat, kw, match):
     assert r["usage"]["completion_tokens"] == 2
 
 
+def test_a_hugging_face_folder_keeps_its_chat_template_jinja(tiny_path, tmp_path):
+    """transformers' save_pretrained writes the chat template to chat_template.jinja, not into
+    tokenizer_config.json; a checkpoint opened by its folder (or as {file name: bytes}) lost it, and chat
+    said "this model has no chat template (a base model, not tuned for chat)" of an instruction-tuned one."""
+    import shutil
+
+    want = open(os.path.join(tiny_path, "chat_template.jinja"), encoding="utf-8").read()
+    assert want.strip()
+    assert open_checkpoint(tiny_path).tokenizer.chat_template == want
+    files = {f: open(os.path.join(tiny_path, f), "rb").read() for f in os.listdir(tiny_path)}
+    assert open_checkpoint(files).tokenizer.chat_template == want
+    bare = shutil.copytree(tiny_path, tmp_path / "bare")  # without the file: no template, as before
+    os.remove(bare / "chat_template.jinja")
+    assert not open_checkpoint(str(bare)).tokenizer.chat_template
+    (bare / "chat_template.jinja").write_bytes(b"\xff\xfe{{")  # not UTF-8: named, not a UnicodeDecodeError
+    with pytest.raises(ModelFormatError, match="chat_template.jinja"):
+        open_checkpoint(str(bare))
+
+
 @pytest.mark.gpu
-def test_chat_on_a_model_without_a_chat_template_says_to_use_completions(tiny, loop):
+def test_chat_on_a_model_without_a_chat_template_says_to_use_completions(tiny_path, tmp_path, device, loop):
     """It said "pass chat_template=... explicitly", which chat.completions refuses as an unknown field."""
+    import shutil
+
+    import webllm_py
     from webllm_py.errors import ChatTemplateError, RequestError
 
+    bare = shutil.copytree(tiny_path, tmp_path / "bare")
+    os.remove(bare / "chat_template.jinja")  # the tiny model's template is in this file alone
+    tiny = loop.run_until_complete(webllm_py.create(str(bare), device=device, **TINY_OPTIONS))
     assert not tiny.engine.tokenizer.chat_template
     msgs = [{"role": "user", "content": "Hi"}]
     with pytest.raises(ChatTemplateError, match=r"no chat template .*completions\.create\(prompt=\.\.\.\)"):
         loop.run_until_complete(tiny.chat.completions.create(messages=msgs, max_tokens=2))
     with pytest.raises(RequestError, match="unknown request field.*chat_template"):  # the advice it gave
         loop.run_until_complete(tiny.chat.completions.create(messages=msgs, max_tokens=2, chat_template="{{ 1 }}"))
+    tiny.unload()
 
 
 def test_a_text_part_whose_text_is_not_a_string_says_so():
@@ -640,6 +748,31 @@ def test_a_message_without_a_known_role_is_a_request_error(messages, match):
         chat_messages(messages)
 
 
+@pytest.mark.parametrize(
+    "message, match",
+    [
+        ({"role": "user", "content": 5}, r"messages\[1\]\.content must be a string .*got int"),
+        ({"role": "user", "content": {"text": "Hi"}}, r"messages\[1\]\.content must be a string .*got dict"),
+        ({"role": "user", "content": None}, r"messages\[1\]\.content must be a string .*got NoneType"),
+        ({"role": "user"}, r"messages\[1\]\.content must be a string .*got NoneType"),
+        ({"role": "tool", "content": b"3"}, r"messages\[1\]\.content must be a string .*got bytes"),
+    ],
+    ids=["int", "object", "null", "missing", "bytes"],
+)
+def test_a_message_content_that_is_not_text_is_a_request_error(message, match):
+    """Content of another type reached the chat template, whose error named neither the message nor the field
+    ("ChatTemplateError: the chat template failed: TypeError: can only concatenate str (not "int") to str",
+    "'dict object' has no attribute 'content'"). An assistant turn may still be null (it made tool calls)."""
+    from webllm_py.api import chat_messages
+    from webllm_py.errors import RequestError
+
+    with pytest.raises(RequestError, match=match):
+        chat_messages([{"role": "system", "content": "s"}, message])
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ok = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    assert chat_messages(ok) == ok
+
+
 def test_developer_messages_reach_the_template_as_system():
     """OpenAI's newer name for the system role: the chat templates know only "system"."""
     from webllm_py.api import chat_messages
@@ -650,6 +783,28 @@ def test_developer_messages_reach_the_template_as_system():
 
 
 GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.mark.gpu
+def test_a_stream_read_by_two_loops_at_once_is_a_request_error(tiny, loop):
+    """Two loops reading one stream at once (asyncio.gather of two consumers) got Python's bare
+    "RuntimeError: anext(): asynchronous generator is already running" (aclose(): the same); now a
+    RequestError, as webllm.js says of a second reader, and the first reader goes on to the end."""
+    from webllm_py.errors import RequestError
+
+    async def run():
+        s = tiny.completions.create(prompt="Once upon", temperature=0, max_tokens=5, ignore_eos=True, stream=True)
+        first = asyncio.ensure_future(s.__anext__())
+        await asyncio.sleep(0)  # the first read is under way (prefill)
+        with pytest.raises(RequestError, match="already being read"):
+            await s.__anext__()
+        with pytest.raises(RequestError, match="already being read"):
+            await s.aclose()
+        chunks = [await first] + [c async for c in s]
+        return "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+
+    reference = loop.run_until_complete(_complete(tiny, "Once upon", 5))["choices"][0]["text"]
+    assert loop.run_until_complete(run()) == reference and reference
 
 
 @pytest.mark.gpu
@@ -763,6 +918,10 @@ def test_a_buffer_over_the_adapters_limit_is_model_too_large(tmp_path, device, l
     assert loop.run_until_complete(e.complete([1, 2], params=GREEDY, max_tokens=2, ignore_eos=True))[1]
 
 
+async def _async_progress(event: dict) -> None:
+    pass
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "kw, match",
@@ -772,7 +931,11 @@ def test_a_buffer_over_the_adapters_limit_is_model_too_large(tmp_path, device, l
         ({"backend": "vulkan"}, "backend"),
         ({"backend": "browser"}, "runs in Pyodide only"),  # was ModuleNotFoundError: No module named 'js'
         ({"on_progress": 5}, "on_progress"),  # was TypeError: 'int' object is not callable, from the first upload
+        # an async function's calls made coroutines that were never awaited: no progress, a RuntimeWarning per call
+        ({"on_progress": _async_progress}, "on_progress must be a plain function"),
         ({"model": 5}, "model"),
+        ({"device": "cpu"}, "device"),  # was AttributeError: 'str' object has no attribute 'info'
+        ({"device": {"backend": "native"}}, "device"),  # the same AttributeError
     ],
     ids=repr,
 )
@@ -1044,6 +1207,18 @@ def test_fifo_as_model_is_a_model_format_error_at_once(tmp_path):
     os.mkfifo(fifo)
     r = _cli("generate", "--model", str(fifo), "--prompt", "hi", timeout=60)
     assert r.returncode == 1 and r.stderr.startswith("error: ModelFormatError: ") and "not a regular file" in r.stderr
+
+
+def test_a_checkpoint_file_that_is_a_folder_is_named_as_one(tiny_path, tmp_path):
+    """A checkpoint folder whose config.json (or a shard) is a folder was said to be "not a regular file (a FIFO,
+    socket or device)", none of which it is."""
+    import shutil
+
+    bad = shutil.copytree(tiny_path, tmp_path / "bad")
+    os.remove(bad / "config.json")
+    os.mkdir(bad / "config.json")
+    with pytest.raises(ModelFormatError, match=r"config\.json' is a folder, not a file"):
+        open_checkpoint(str(bad))
 
 
 # -- Also: random interleavings of the Python API ----------------------------------------------------------

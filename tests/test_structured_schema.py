@@ -119,6 +119,24 @@ def test_unsupported_keyword_is_named(schema, keyword):
         schema_to_gbnf(schema)
 
 
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "required": ["a"]},  # was any object: {} came out, which the schema refuses
+        {"type": "object", "required": "a"},
+        {"type": "object", "properties": {"ab": {}}, "required": "ab"},  # a str: was "a" in "ab", a substring test
+        {"type": "object", "properties": {"a": {}}, "required": [["a"]]},
+    ],
+    ids=["required-without-properties", "required-str", "required-str-with-properties", "required-of-lists"],
+)
+def test_object_required_that_is_not_a_list_of_its_properties_is_a_request_error(schema):
+    """`required` was read only beside `properties`, and then as any container: without properties the names
+    were dropped (the output an object the schema refuses), and a string was tested by substring."""
+    with pytest.raises(RequestError, match=r"JSON schema at #: required (must be a list of property names|names)"):
+        schema_to_gbnf(schema)
+    assert matcher_for({"type": "object", "properties": {"a": {}}, "required": ["a"]}).accepts('{"a":1}')
+
+
 def test_ref_anyof_type_lists_and_recursion():
     schema = {
         "$defs": {

@@ -69,3 +69,24 @@ def test_unknown_pre_tokenizer_is_refused():
         Tokenizer.from_gguf_metadata(meta)
     with pytest.raises(TokenizerError, match="no tokenizer"):
         Tokenizer.from_gguf_metadata({"general.architecture": "llama"})
+
+
+def test_token_ids_are_checked_alike_by_every_lookup(smollm2):
+    """decode() refused numpy's ints as "not in this vocabulary" (ids from np.argmax, a numpy prompt, which
+    Engine.generate takes); token_bytes(-1) was the last token's bytes (Python's negative index) and
+    token_bytes(vocab_size) an IndexError; decode(5) a TypeError. Now every lookup takes any integer in
+    range, numpy's too, and refuses anything else with a TokenizerError naming the id."""
+    np = pytest.importorskip("numpy")
+    ids = smollm2.encode("Hello world", add_special=False)
+    want = smollm2.decode(ids)
+    assert smollm2.decode(np.array(ids, dtype=np.int64)) == want == smollm2.decode([np.int32(i) for i in ids])
+    assert smollm2.token_bytes(np.int64(ids[0])) == smollm2.token_bytes(ids[0])
+    V = smollm2.vocab_size
+    for bad in (-1, V, 2**40, 1.0, True, "1", None):
+        for lookup in (smollm2.token_bytes, smollm2.id_to_piece, smollm2.is_special, lambda i: smollm2.decode([i])):
+            with pytest.raises(TokenizerError, match="not in this vocabulary"):
+                lookup(bad)
+    for bad in (5, None, "Hi"):
+        with pytest.raises(TokenizerError, match="list of token ids"):
+            smollm2.decode(bad)
+    assert smollm2.decode(ids) == want  # still usable

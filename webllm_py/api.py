@@ -65,18 +65,34 @@ class Stream:
 
     def __init__(self, chunks: AsyncIterator[dict]) -> None:
         self._chunks = chunks
+        self._reading = False  # a read (or close) is under way
 
     def __aiter__(self) -> "Stream":
         return self
 
     def __anext__(self) -> Awaitable[dict]:
-        return self._chunks.__anext__()
+        return self._one_reader(self._chunks.__anext__)
 
     def __await__(self):
         return _self(self).__await__()
 
     async def aclose(self) -> None:
-        await self._chunks.aclose()  # type: ignore[attr-defined]
+        await self._one_reader(self._chunks.aclose)  # type: ignore[attr-defined]
+
+    async def _one_reader(self, step: Callable[[], Awaitable[Any]]) -> Any:
+        """One reader at a time, as webllm.js's streams: a second loop reading (or closing) while one
+        read is under way got Python's bare "RuntimeError: anext(): asynchronous generator is already
+        running"; now a RequestError that says so, and the first reader is left to go on."""
+        if self._reading:
+            raise RequestError(
+                "This stream is already being read by another loop: a stream's chunks go to one reader "
+                "(collect them there, or send a second request)."
+            )
+        self._reading = True
+        try:
+            return await step()
+        finally:
+            self._reading = False
 
 
 async def _self(stream: Stream) -> Stream:
@@ -345,7 +361,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 def chat_messages(messages: list) -> list:
     """The messages as the chat templates take them: each an object with a known `role` ("developer" as
-    "system"), OpenAI's content parts (`content: [{"type": "text", "text": ...}, ...]`) as one string
+    "system") and a `content` that is text (None only in an assistant turn: its tool calls), OpenAI's content parts (`content: [{"type": "text", "text": ...}, ...]`) as one string
     (the text parts joined by newlines, as vLLM does): every chat template takes a string, not all take parts.
     A part of another type (an image, audio, a file) is a RequestError: these models read text only."""
     if not isinstance(messages, list):
@@ -360,9 +376,14 @@ def chat_messages(messages: list) -> list:
         if role == "developer":
             m = {**m, "role": "system"}
         parts = m.get("content")
-        if not isinstance(parts, list):
-            out.append(m)  # a string, None (a tool call's assistant turn) or what the template checks itself
+        if isinstance(parts, str) or (parts is None and role == "assistant"):  # None: a turn of tool calls
+            out.append(m)
             continue
+        if not isinstance(parts, list):  # was the template's own error, naming neither message nor field
+            raise RequestError(
+                f"messages[{i}].content must be a string or a list of text parts "
+                f'({{"type": "text", "text": "..."}}), got {type(parts).__name__}.'
+            )
         texts = []
         for part in parts:
             kind = part.get("type") if isinstance(part, dict) else None

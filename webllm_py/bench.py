@@ -134,6 +134,20 @@ def _int_list(v: str) -> str:
     return v
 
 
+def _staged_spec(v: str) -> str:
+    """An argparse type for --staged-tiling: each tiling 3 to 5 comma-separated integers (planner.parse_staged_tilings
+    unpacks them). It took any text, and a field that was not a number (a key without `=`) or a tiling of two
+    numbers reached a bare ValueError / IndexError once the model had loaded."""
+    for item in filter(None, v.split(";")):
+        fields = item.split("=", 1)[-1].split(",")
+        if not 3 <= len(fields) <= 5 or not all(f.strip().lstrip("-").isdigit() for f in fields):
+            raise argparse.ArgumentTypeError(
+                f"must be WG,LANES,ROWS[,PREFETCH[,PLANES]] (integers), then ;KEY=... of the same form: "
+                f"{item!r} in {v!r} is not"
+            )
+    return v
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .planner import PREFILL_ATTENTION_KERNELS, PREFILL_KERNELS
 
@@ -146,7 +160,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Q4_K_M: llama.cpp's mix of that name (Q4_K; Q6_K for the head and for attn_v / "
         "ffn_down of some layers), what most published GGUF files use",
     )
-    p.add_argument("--embed-quant", help="type of the token embedding (default: --quant)")
+    # The types random_checkpoint can fill with random blocks (it knows their scales' offsets): another name was
+    # a bare KeyError from inside it.
+    p.add_argument(
+        "--embed-quant",
+        choices=["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K"],
+        help="type of the token embedding (default: --quant)",
+    )
     p.add_argument("--prompt-tokens", type=_count(1), default=512)
     p.add_argument("--decode-tokens", type=_count(1), default=256)
     p.add_argument("--prefill-chunk", type=int, help="tokens per prefill step (default: the planner's)")
@@ -171,6 +191,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--staged-tiling",
+        type=_staged_spec,
         metavar="SPEC",
         help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH[,PLANES]] for all, then optional ;glu=... "
         ";tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)",
@@ -531,11 +552,21 @@ async def _bench(args) -> dict:
     from .planner import DEFAULT_POLICY
     from .sampling import SamplingParams
 
+    # --shape's options, refused where they would be dropped without a word: bench runs a file's own weights
+    # and tokenizer (with --model and --shape both, it ran the random weights and never opened the file).
+    from .errors import RequestError
+
+    if args.shape and args.model:
+        raise RequestError("--model and --shape each say what to run: give one of them")
+    for given, option in ((args.embed_quant, "--embed-quant"), (args.tokenizer, "--tokenizer")):
+        if given and not args.shape:
+            raise RequestError(f"{option} is for --shape's random weights: a model file runs its own")
+
     t_load = time.perf_counter()
     ckpt = (
         random_checkpoint(args.shape, args.quant, args.embed_quant)
         if args.shape
-        else open_checkpoint(args.model or default_model_path())
+        else open_checkpoint(default_model_path() if args.model is None else args.model)  # "": refused there
     )
     if args.shape and (args.constraint or args.tokenizer):  # masks need a real vocabulary
         ckpt.tokenizer = load_tokenizer(args.tokenizer or DEFAULT_TOKENIZER)
@@ -544,8 +575,6 @@ async def _bench(args) -> dict:
     # which bench has no option for.
     need = args.prompt_tokens + args.decode_tokens + (1 if args.gpu_reps or args.profile else 0)
     if need > ckpt.config.context_length:
-        from .errors import RequestError
-
         raise RequestError(
             f"--prompt-tokens {args.prompt_tokens} and --decode-tokens {args.decode_tokens} need {need} positions, "
             f"more than this model's context of {ckpt.config.context_length}: ask for fewer tokens"

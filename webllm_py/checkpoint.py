@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ModelFormatError
+from .errors import ModelFormatError, RequestError
 from .formats.gguf import GGUFFile, merge_split
 from .formats.quants import TensorInfo
 from .formats.source import as_source
@@ -49,6 +49,10 @@ def open_checkpoint(model: Any) -> Checkpoint:
         return model
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
+        if not path:  # was "model file not found: " (a path of nothing): an unset shell variable, --model "$MODEL"
+            raise RequestError(
+                "the model's path is empty: give a GGUF file or a Hugging Face folder (or no model: the default one)"
+            )
         if os.path.isdir(path):
             files = {f: os.path.join(path, f) for f in os.listdir(path)}
             _check_hf_files(files, f"{path} is a folder", "one of its GGUF files", "a checkpoint's folder")
@@ -124,7 +128,18 @@ def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
     from .formats.safetensors import SafetensorsFile, SafetensorsModel
 
     cfg = _config(lambda: config_from_hf(_read_json(files, "config.json")))
-    tok = Tokenizer.from_hf(_read_json(files, "tokenizer.json"), _read_json(files, "tokenizer_config.json", False))
+    tok_cfg = _read_json(files, "tokenizer_config.json", False)
+    # transformers' save_pretrained writes the chat template to chat_template.jinja, not into tokenizer_config.json.
+    # The tokenizer's loader looks for that file next to a path only: given the parsed JSON here, it never saw it,
+    # and chat said of an instruction-tuned model that it had no chat template.
+    if TEMPLATE_FILE in files and (tok_cfg is None or isinstance(tok_cfg, dict) and not tok_cfg.get("chat_template")):
+        src = as_source(files[TEMPLATE_FILE])
+        try:
+            template = src.read(0, src.size).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ModelFormatError(f"{TEMPLATE_FILE} is not UTF-8 text: {e}") from e
+        tok_cfg = {**(tok_cfg or {}), "chat_template": template}
+    tok = Tokenizer.from_hf(_read_json(files, "tokenizer.json"), tok_cfg)
     shards = sorted(f for f in files if f.endswith(".safetensors"))
     if not shards:
         raise ModelFormatError("Hugging Face checkpoint has no *.safetensors files")
@@ -138,3 +153,4 @@ def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
 
 
 INDEX = "model.safetensors.index.json"
+TEMPLATE_FILE = "chat_template.jinja"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import operator
 import struct
 import time
@@ -176,10 +177,23 @@ class Engine:
         ):
             if (v is not None or name != "context_window") and not _is_int(v, least):
                 raise RequestError(f"{name} must be an integer >= {least}, got {v!r}.")
+        # A device of another kind (a backend's name, wgpu's own GPUDevice) was an AttributeError from deep
+        # inside the load ('str' object has no attribute 'info'). Wrappers that forward to a Device (tests) pass.
+        if device is not None and not isinstance(device, Device) and not callable(getattr(device, "kernel", None)):
+            raise RequestError(
+                f"device must be a webllm_py.gpu.Device (from webllm_py.gpu.request_device) or None, got {device!r}; "
+                "a backend by name: backend=..."
+            )
         if policy is not None and not isinstance(policy, KernelPolicy):
             raise RequestError(f"policy must be a planner.KernelPolicy or None, got {policy!r}.")
         if on_progress is not None and not callable(on_progress):  # was a TypeError from the first weight upload
             raise RequestError(f"on_progress must be a function taking a dict, or None, got {on_progress!r}.")
+        # It is called, not awaited: an async function's calls made coroutines that never ran (no progress at all,
+        # a RuntimeWarning each).
+        if inspect.iscoroutinefunction(on_progress):
+            raise RequestError(
+                f"on_progress must be a plain function (it is called, not awaited), got the async function {on_progress!r}."
+            )
         if stream_idle_timeout is not None and (
             isinstance(stream_idle_timeout, bool)
             or not isinstance(stream_idle_timeout, (int, float))

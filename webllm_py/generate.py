@@ -21,8 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
+    # default None (4096 below): a note that the context was cut to the model's is for a --context the user gave;
+    # the default was noted as "--context 4096 is past the model's context" on every run of a 2048-context model
     p.add_argument(
-        "--context", type=int, default=4096, help="context window to allocate (tokens; at most the model's own)"
+        "--context", type=int, help="context window to allocate (tokens; default 4096, at most the model's own)"
     )
     p.add_argument(
         "--backend", default="native", choices=["native"], help="GPU backend (the browser one runs in Pyodide)"
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from .api import create
-    from .errors import RequestError
+    from .errors import ContextOverflowError, RequestError
     from .sampling import SamplingParams
 
     # What can be refused without the model is refused before it is read.
@@ -42,8 +44,9 @@ async def _run(args: argparse.Namespace) -> int:
         raise RequestError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     # create(): the one place that loads a model by its argument (a URL is refused natively, with why)
-    engine = (await create(args.model, backend=args.backend, context_window=args.context)).engine
-    if engine.context_window < args.context:  # the engine allocates no more than the model was trained for
+    context = 4096 if args.context is None else args.context
+    engine = (await create(args.model, backend=args.backend, context_window=context)).engine
+    if args.context is not None and engine.context_window < context:  # no more than the model was trained for
         print(
             f"note: --context {args.context} is past the model's context of {engine.context_window} tokens; "
             f"using {engine.context_window}",
@@ -57,6 +60,17 @@ async def _run(args: argparse.Namespace) -> int:
         ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special=False)
     else:
         ids = tok.encode(args.prompt)
+    if len(ids) >= engine.context_window:  # the engine's error names its Python option, context_window
+        most = engine.config.context_length
+        raise ContextOverflowError(
+            f"--prompt is {len(ids)} tokens{' with the chat template' if args.chat else ''} but the context window "
+            f"is {engine.context_window}: "
+            + (
+                f"give a larger --context (at most {most}) or shorten --prompt"
+                if len(ids) < most  # a --context up to the model's would hold it
+                else f"shorten --prompt (the model's context is {most} tokens)"
+            )
+        )
     async for t in engine.generate(ids, params, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos):
         sys.stdout.write(t.text)
         sys.stdout.flush()

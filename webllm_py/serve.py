@@ -43,8 +43,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from . import jupyterlite, wheel
-from .errors import SiteError
-from .formats.gguf import GGUF_MAGIC
+from .errors import ModelFormatError, SiteError, UnsupportedModelError
+from .formats.gguf import GGUFFile
 
 ROOT = wheel.ROOT
 STATIC = ROOT / "static"
@@ -182,12 +182,17 @@ def build_site(models: list[Path] | None = None, quiet: bool = True) -> Site:
         if m.is_dir():  # "not found" would send the user looking for a path that exists
             raise SiteError(f"model {m} is a folder: pages load model files (GGUF); give the .gguf file")
         if not m.is_file():
+            if m.exists():  # a FIFO or a device (/dev/null): "not found" sent the user looking for a path that exists
+                raise SiteError(f"model {m} is not a regular file (a FIFO, socket or device): give a model file")
             raise SiteError(f"model file not found: {m}")
         if m.suffix.lower() == ".gguf":  # pages would fetch it, cache it, and only then say it is not a model
-            with open(m, "rb") as f:  # (other files: a Hugging Face checkpoint's config.json, *.safetensors)
-                head = f.read(4)
-            if head != GGUF_MAGIC:
-                raise SiteError(f"model {m} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")
+            # (other files: a Hugging Face checkpoint's config.json, *.safetensors). Its header is parsed whole,
+            # not only its magic: a file cut short (an interrupted download or copy) passed the magic check and
+            # was served, or written into a build. Tensor data is not read (the sha256 below reads it once).
+            try:
+                GGUFFile(str(m))
+            except (ModelFormatError, UnsupportedModelError) as e:
+                raise SiteError(f"model {m}: {e}") from e
         if set(m.name) & _NOT_IN_URL:  # pages load it as models/<name>: the URL would not reach it
             raise SiteError(
                 f"model file name {m.name!r} holds a character URLs give another meaning ('#' fragment, "
@@ -548,6 +553,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not args.host.strip():  # an unset shell variable (--host "$HOST"): the socket API reads "" as every interface
+        raise SiteError(
+            "--host is empty, which would listen on every network interface: leave --host out for 127.0.0.1, "
+            "or give 0.0.0.0 to mean every interface"
+        )
     origins = tuple(check_origin(o) for o in args.allow_origins) if args.allow_origins else None
     site = build_site(args.model, quiet=not args.verbose)
     site.allow_origins = origins

@@ -91,6 +91,8 @@ class FileSource:
             st = os.stat(self.path)
         except OSError as e:
             raise ModelFormatError(f"cannot open model file '{self.path}': {e}") from e
+        if stat.S_ISDIR(st.st_mode):  # a checkpoint's config.json or shard that is a folder: no FIFO, socket or device
+            raise ModelFormatError(f"'{self.path}' is a folder, not a file: give the path of a model file")
         if not stat.S_ISREG(st.st_mode):  # opening a FIFO would wait for a writer, forever
             raise ModelFormatError(
                 f"'{self.path}' is not a regular file (a FIFO, socket or device): give the path of a model file"

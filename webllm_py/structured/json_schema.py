@@ -193,13 +193,22 @@ class _Builder:
         if t == "object":
             only({"properties", "required", "additionalProperties"})
             props = schema.get("properties")
-            if props is None:
-                return "object"
-            if not isinstance(props, dict):
-                raise RequestError(f"JSON schema at {path}: properties must be an object")
             required = schema.get("required", [])
-            if not isinstance(required, list) or any(r not in props for r in required):
-                missing = [r for r in required if r not in props] if isinstance(required, list) else required
+            # Checked whether or not properties are given: without them required was never read (any object came
+            # out, {} too, which the schema refuses); a str was "names not in properties" of itself, a list of
+            # lists a TypeError (unhashable).
+            if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+                raise RequestError(
+                    f"JSON schema at {path}: required must be a list of property names, got {required!r}"
+                )
+            if props is None:
+                if not required:
+                    return "object"
+                props = {}  # the names required are then "not in properties", below
+            elif not isinstance(props, dict):
+                raise RequestError(f"JSON schema at {path}: properties must be an object")
+            missing = [r for r in required if r not in props]
+            if missing:
                 raise RequestError(f"JSON schema at {path}: required names {missing!r} that are not in properties")
             return self.obj(props, set(required), path)
         raise RequestError(f"JSON schema at {path}: unknown type {t!r}")

@@ -10,6 +10,8 @@ Three ways to turn a piece of text (no special tokens in it) into ids:
 Loaders live in gguf_vocab.py and hf_vocab.py; they only fill in the constructor's arguments.
 """
 
+import operator
+
 from ..errors import TokenizerError
 from .bpe import BYTE_TO_CHAR, byte_level_decode, merge_by_rank, merge_by_score
 from .gguf_vocab import tokenizer_args_from_gguf
@@ -132,21 +134,38 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self._pieces)
 
+    def _id(self, i) -> int:
+        """Token id `i` as an int, checked: every lookup by id goes through here. Any integer in range is taken
+        (numpy's too: ids from np.argmax, a numpy prompt); a float, bool, str or an id out of range is a
+        TokenizerError: indexing the lists directly read the last token for -1 (Python's negative index)
+        and raised IndexError past the end."""
+        try:
+            j = operator.index(i)
+        except TypeError:
+            j = None
+        if j is None or isinstance(i, bool) or not 0 <= j < len(self._pieces):
+            raise TokenizerError(
+                f"token id {i!r} is not in this vocabulary (ids are integers 0..{len(self._pieces) - 1})"
+            )
+        return j
+
     def id_to_piece(self, i: int) -> str:
         """The vocabulary's own spelling of token `i` (byte characters / U+2581 as stored)."""
-        return self._pieces[i]
+        return self._pieces[self._id(i)]
 
     def piece_to_id(self, piece: str):
         return self._piece_to_id.get(piece)
 
     def is_special(self, i: int) -> bool:
         """Control tokens (BOS, EOS, chat markers): what decode(skip_special=True) leaves out."""
-        return self._kinds[i] == TokenType.CONTROL
+        return self._kinds[self._id(i)] == TokenType.CONTROL
 
     def token_bytes(self, i: int) -> bytes:
         """The raw bytes token `i` decodes to (control tokens: their text). Structured output needs these."""
         if self._token_bytes is None:
             self._token_bytes = [self._bytes_of(i) for i in range(len(self._pieces))]
+        if type(i) is not int or not 0 <= i < len(self._token_bytes):  # the common case without a call
+            i = self._id(i)
         return self._token_bytes[i]
 
     def _bytes_of(self, i: int) -> bytes:
@@ -321,10 +340,10 @@ class Tokenizer:
         """The raw bytes of `ids` joined (SentencePiece's leading space of the first piece removed)."""
         out = bytearray()
         first = True
-        n = len(self._pieces)
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):  # decode(5) was a TypeError
+            raise TokenizerError(f"decode() takes a list of token ids, got {type(ids).__name__}")
         for i in ids:
-            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n:
-                raise TokenizerError(f"token id {i!r} is not in this vocabulary (ids are integers 0..{n - 1})")
+            i = self._id(i)
             if skip_special and self._kinds[i] == TokenType.CONTROL:
                 continue
             b = self.token_bytes(i)
