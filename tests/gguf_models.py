@@ -395,3 +395,18 @@ def hf_to_gguf(hf_dir: str, out_dir: str, kind: str) -> tuple[str, str]:
     ref_dir = os.path.join(out_dir, f"{os.path.basename(hf_dir)}-{kind}-reference")
     finish_gguf(w, hf_dir, ref, ref_dir)
     return path, ref_dir
+
+
+def minimal_gguf(path, values: int = 2560, start: int = 0):
+    """A GGUF file with a whole header (general.architecture) and one f32 tensor of `values` numbers from
+    `start`: no model, but a file serve and build take (they parse a .gguf's header: a file cut short is
+    refused), for tests of the site rather than of a model. Returns `path`."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("data", np.arange(start, start + values, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

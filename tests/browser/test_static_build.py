@@ -15,13 +15,13 @@ import pytest
 
 from webllm_py import serve, static_site, wheel
 
+from ..gguf_models import minimal_gguf
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> list[Path]:
     d = tmp_path_factory.mktemp("models")
-    (d / "a.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 8)
-    (d / "b.gguf").write_bytes(b"GGUF-other" * 100)
-    return [d / "a.gguf", d / "b.gguf"]
+    return [minimal_gguf(d / "a.gguf", 512), minimal_gguf(d / "b.gguf", 256, start=1000)]
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +108,19 @@ def test_cli_missing_model_writes_nothing(tmp_path):
     assert not (tmp_path / "site").exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"GGU", b"<!doctype html><title>404</title>", b"PK\x03\x04zip"])
-def test_cli_refuses_a_model_that_is_not_gguf_and_writes_nothing(tmp_path, content):
+@pytest.mark.parametrize(
+    "content,says",
+    [
+        (b"", "is empty"),
+        (b"GGU", "truncated or corrupt"),
+        (b"<!doctype html><title>404</title>", "not a GGUF file"),
+        (b"PK\x03\x04zip", "not a GGUF file"),
+    ],
+)
+def test_cli_refuses_a_model_that_is_not_gguf_and_writes_nothing(tmp_path, content, says):
     """A page would download such a file, cache it, and only then fail on it: the build refuses it."""
     (tmp_path / "m.gguf").write_bytes(content)
-    one_line_error(cli(tmp_path / "site", "--model", tmp_path / "m.gguf"), "m.gguf", "not a GGUF file")
+    one_line_error(cli(tmp_path / "site", "--model", tmp_path / "m.gguf"), "m.gguf", says)
     assert not (tmp_path / "site").exists()
 
 
@@ -120,18 +128,18 @@ def test_cli_refuses_a_model_that_is_not_gguf_and_writes_nothing(tmp_path, conte
 def test_cli_refuses_a_model_name_a_url_cannot_carry_and_writes_nothing(tmp_path, name):
     """Pages load a served model by its name (models/<name>, static/modelurl.js): in a URL '#' starts the
     fragment, '?' the query and '%' an escape, so such a file was listed but could never be loaded."""
-    (tmp_path / name).write_bytes(b"GGUF")
+    minimal_gguf(tmp_path / name, 16)
     one_line_error(cli(tmp_path / "site", "--model", tmp_path / name), name, "rename")
     assert not (tmp_path / "site").exists()
     # What a URL can carry as it is (spaces and parentheses are percent-encoded the same way on both sides).
-    (tmp_path / "m (1).gguf").write_bytes(b"GGUF")
+    minimal_gguf(tmp_path / "m (1).gguf", 16)
     assert cli(tmp_path / "site", "--model", tmp_path / "m (1).gguf").returncode == 0
 
 
 def test_cli_refuses_two_models_of_one_name(tmp_path, models):
     """models/<name> holds one file: a second of the same name replaced the first in the listing silently."""
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "a.gguf").write_bytes(b"GGUF-not-a")
+    minimal_gguf(tmp_path / "other" / "a.gguf", 16)
     one_line_error(cli(tmp_path / "site", "--model", models[0], tmp_path / "other" / "a.gguf"), "a.gguf", "twice")
     assert not (tmp_path / "site").exists()
     assert cli(tmp_path / "site", "--model", models[0], models[0]).returncode == 0  # the same file twice: once
