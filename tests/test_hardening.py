@@ -370,6 +370,18 @@ def test_cli_generate_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr == "error: RequestError: context_window must be an integer >= 2, got -5.\n"
 
 
+def test_generated_text_on_a_terminal_cannot_drive_it():
+    """generate wrote model output to the terminal as it came: an ESC sequence in it (a model's, or one copied
+    from a poisoned prompt) could move the cursor, retitle the window or rewrite what was printed. On a
+    terminal the control characters are now shown (as `cat -v` shows them), newlines and tabs kept."""
+    from webllm_py.generate import for_terminal
+
+    text = "ok\x1b]0;pwned\x07\x1b[2J\rx\bz\x7f\u009b31m\n\tend é 中"
+    shown = for_terminal(text)
+    assert shown == "ok^[]0;pwned^G^[[2J^Mx^Hz^?\\x9b31m\n\tend é 中", shown
+    assert not any(ord(c) < 0x20 and c not in "\n\t" or 0x7F <= ord(c) < 0xA0 for c in shown)
+
+
 def test_cli_generate_says_when_context_is_past_the_models(tmp_path):
     """--context beyond the model's trained context was cut to it without a word."""
     model = tiny_gguf(tmp_path / "ok.gguf")  # context_length 256

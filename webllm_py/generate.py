@@ -32,6 +32,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="print the traceback of an error")
 
 
+# Model output is data: on a terminal, control characters other than newline and tab are shown, not obeyed
+# (ESC starts sequences that move the cursor, retitle the window, rewrite what was printed; \r and backspace
+# overwrite it). C0 controls and DEL as caret notation (^[), C1 controls as \x escapes, as `cat -v` would.
+_CONTROLS = {c: f"^{chr(c ^ 0x40)}" for c in [*range(0x20), 0x7F] if chr(c) not in "\n\t"}
+_CONTROLS.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
+
+
+def for_terminal(text: str) -> str:
+    """`text` with the control characters a terminal would act on made visible."""
+    return text.translate(_CONTROLS)
+
+
 async def _run(args: argparse.Namespace) -> int:
     from .api import create
     from .errors import ContextOverflowError, RequestError
@@ -71,8 +83,9 @@ async def _run(args: argparse.Namespace) -> int:
                 else f"shorten --prompt (the model's context is {most} tokens)"
             )
         )
+    shown = for_terminal if sys.stdout.isatty() else str  # piped: the text as generated, it is the consumer's data
     async for t in engine.generate(ids, params, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos):
-        sys.stdout.write(t.text)
+        sys.stdout.write(shown(t.text))
         sys.stdout.flush()
     sys.stdout.write("\n")
     s = engine.last_stats
