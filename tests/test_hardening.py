@@ -964,6 +964,26 @@ def test_bad_create_arguments_are_request_errors_naming_them(tiny_path, device, 
         loop.run_until_complete(webllm_py.create(**kw))
 
 
+def test_an_async_on_progress_is_refused_before_a_download(monkeypatch, loop):
+    """In Pyodide a URL is downloaded (reporting to on_progress) before Engine.load, which refused an async
+    on_progress only then: after the whole download, with no progress shown. create() refuses it first."""
+    import webllm_py
+    from webllm_py import browser_models, gpu
+    from webllm_py.errors import RequestError
+
+    fetched = []
+
+    async def fetch_model(model, **kw):
+        fetched.append(model)
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(gpu, "IN_BROWSER", True)
+    monkeypatch.setattr(browser_models, "fetch_model", fetch_model)
+    with pytest.raises(RequestError, match="on_progress must be a plain function"):
+        loop.run_until_complete(webllm_py.create("https://example.test/m.gguf", on_progress=_async_progress))
+    assert fetched == []
+
+
 # -- 6, 7, 9: the dev server under hostile requests and changing files ------------------------------------
 @pytest.fixture
 def server(tmp_path):

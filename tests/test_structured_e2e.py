@@ -264,7 +264,9 @@ def test_smollm2_slowdown(smol, monkeypatch, capsys):
 def test_tiny_model_tool_calls_streamed_and_not(tiny):
     from .tool_defs import CHATML, TOOLS
 
-    tiny.engine.tokenizer.chat_template = CHATML  # the random checkpoint ships none; plain ChatML: the fallback prompt
+    tiny.engine.tokenizer.chat_template = (
+        CHATML  # a known template (not the checkpoint's own); plain ChatML: the fallback prompt
+    )
     params = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
     msgs = [{"role": "user", "content": "Add 1 and 2."}]
     r = run(

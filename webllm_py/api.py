@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from .engine import Engine, Interrupt, Stats, Token
+from .engine import Engine, Interrupt, Stats, Token, check_on_progress
 from .errors import DeviceLostError, ModelNotLoadedError, ModelURLError, RequestError
 from .sampling import SamplingParams
 from .structured import Constraint, response_format_gbnf, schema_to_gbnf
@@ -473,6 +473,7 @@ async def create(model: Any = None, *, backend: str | None = None, on_progress=N
 
         model = default_model_path()
     commit = None
+    check_on_progress(on_progress)  # here too: in a browser a URL's download, which reports to it, comes first
     url_options = {k: options.pop(k) for k in ("hf_endpoint", "cache", "runtime_url") if k in options}
     unknown = sorted(set(options) - _LOAD_OPTIONS)
     if unknown:  # e.g. webllm.create({model, contextWindow}) from JS: named, rather than Engine.load's TypeError

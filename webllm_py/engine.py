@@ -45,6 +45,19 @@ STREAM_IDLE_TIMEOUT = 10.0  # seconds a stream's consumer may leave a token unpu
 READBACK_SLOTS = 2
 
 
+def check_on_progress(on_progress) -> None:
+    """A progress callback is a plain function taking a dict, or None: checked by create() before a download
+    and by Engine.load before the weights (a non-function was a TypeError from the first weight upload)."""
+    if on_progress is not None and not callable(on_progress):
+        raise RequestError(f"on_progress must be a function taking a dict, or None, got {on_progress!r}.")
+    # It is called, not awaited: an async function's calls made coroutines that never ran (no progress at all,
+    # a RuntimeWarning each).
+    if inspect.iscoroutinefunction(on_progress):
+        raise RequestError(
+            f"on_progress must be a plain function (it is called, not awaited), got the async function {on_progress!r}."
+        )
+
+
 class Interrupt:
     """One request's stop switch. set() ends that request's generation after its current token; set before
     the request holds the engine (just sent, not yet made, or queued behind another: it leaves the queue
@@ -186,14 +199,7 @@ class Engine:
             )
         if policy is not None and not isinstance(policy, KernelPolicy):
             raise RequestError(f"policy must be a planner.KernelPolicy or None, got {policy!r}.")
-        if on_progress is not None and not callable(on_progress):  # was a TypeError from the first weight upload
-            raise RequestError(f"on_progress must be a function taking a dict, or None, got {on_progress!r}.")
-        # It is called, not awaited: an async function's calls made coroutines that never ran (no progress at all,
-        # a RuntimeWarning each).
-        if inspect.iscoroutinefunction(on_progress):
-            raise RequestError(
-                f"on_progress must be a plain function (it is called, not awaited), got the async function {on_progress!r}."
-            )
+        check_on_progress(on_progress)
         if stream_idle_timeout is not None and (
             isinstance(stream_idle_timeout, bool)
             or not isinstance(stream_idle_timeout, (int, float))
