@@ -631,6 +631,14 @@ def test_bad_max_tokens_is_a_request_error(tiny, loop, kw):
         ({"stream": "yes"}, "stream must be true or false"),
         ({"stream": True, "stream_options": {"include_usage": "x"}}, "include_usage must be true or false"),
         ({"logprobs": 3}, r"logprobs must be true or false, got 3 .*top_logprobs=N"),
+        # int() reads these as 5: a bias meant for no token (or a typo) landed on token 5
+        ({"logit_bias": {" 5 ": 1}}, "logit_bias keys must be token ids"),
+        ({"logit_bias": {"\u0665": 1}}, "logit_bias keys must be token ids"),  # ARABIC-INDIC DIGIT FIVE
+        ({"logit_bias": {"+5": 1}}, "logit_bias keys must be token ids"),
+        # OpenAI refuses stream_options without streaming; here it was dropped without a word
+        ({"stream_options": {"include_usage": True}}, "stream_options .*only with stream"),
+        ({"n": 1.0}, "n must be 1"),
+        ({"model": 5}, "model must be a string"),
         ({str(i): c for i, c in enumerate("a request given as a string, from JS" * 20)}, "'0', '1', '10'.* more"),
     ],
     ids=repr,

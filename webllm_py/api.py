@@ -131,8 +131,10 @@ class _Completions:
         `tools` / `tool_choice` (chat only: calls come back as OpenAI `tool_calls`).
         `interrupt`: a webllm_py.engine.Interrupt that stops this request alone when set, even before it
         starts (finish_reason "abort"); engine.interrupt() stops whichever request is running."""
-        if n not in (1, None) or isinstance(n, bool):  # None: OpenAI's null, the default
-            raise RequestError("Only n=1 is supported.")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n != 1):  # None: OpenAI's null
+            raise RequestError(f"n must be 1 (one choice is generated per request), got {n!r}.")
+        if model is not None and not isinstance(model, str):  # it names nothing here, but is OpenAI's string
+            raise RequestError(f"model must be a string (the loaded model answers whatever it names), got {model!r}.")
         if interrupt is not None and not isinstance(interrupt, Interrupt):
             raise RequestError(f"interrupt must be a webllm_py.engine.Interrupt, got {type(interrupt).__name__}.")
         unknown = sorted(set(sampling) - _SAMPLING_FIELDS - _IGNORED_FIELDS)
@@ -149,6 +151,8 @@ class _Completions:
                 f"stream_options must be an object such as {{include_usage: true}}, got {stream_options!r}."
             )
         stream, ignore_eos = _flag("stream", stream), _flag("ignore_eos", ignore_eos)
+        if stream_options is not None and not stream:  # as OpenAI: it was dropped without a word
+            raise RequestError("stream_options is taken only with stream: true (it says what the stream carries).")
         include_usage = _flag("stream_options.include_usage", (stream_options or {}).get("include_usage"))
         tok = self._engine.tokenizer
         gbnf = response_format_gbnf(response_format)

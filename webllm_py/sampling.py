@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import operator
 import random
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ F32_TINY = 2.0**-126  # the smallest normal f32
 # and the draw then picked token 0. At 1e-30 any |z| < 3e8 stays finite, and z's a ulp apart already
 # differ by far more than the draw's noise: the same tokens as greedy.
 GREEDY_BELOW = 1e-30
+_TOKEN_ID = re.compile(r"-?[0-9]+")  # a logit_bias key as JSON carries it (ASCII digits only)
 _PARAM_WORDS = 16
 _RESULT_WORDS = 4 + 2 * MAX_TOP_LOGPROBS
 _PROMPT_BIT = 1 << 31  # counts[i]: bit 31 = token in the prompt, bits 0-30 = times generated
@@ -85,7 +87,8 @@ class SamplingParams:
             try:
                 # JSON object keys arrive as strings; otherwise an int (numpy's too), not a float or a bool,
                 # which int() would take: 1.5 or True was a bias on token 1.
-                if isinstance(tok, bool):
+                # A string key is ASCII digits alone: int() also took " 5 ", "+5" and other scripts' digits ("٥").
+                if isinstance(tok, bool) or isinstance(tok, str) and not _TOKEN_ID.fullmatch(tok):
                     raise TypeError
                 tid = int(tok) if isinstance(tok, str) else operator.index(tok)
             except (TypeError, ValueError):
