@@ -88,10 +88,12 @@ def _json(obj) -> bytes:
     return (json.dumps(obj, indent=1) + "\n").encode()
 
 
-def build(out_dir: Path, models: list[Path] | None = None) -> dict:
+def build(out_dir: Path | str, models: list[Path] | None = None) -> dict:
     """Write the static site into `out_dir` (new, empty, or an earlier build, which is replaced).
     It is written into a sibling folder first and moved into place at the end, so a failed build
     leaves the old one as it was. Returns the manifest (also written as OUTDIR/webllm-build.json)."""
+    if not str(out_dir).strip():  # Path("") is "." : an unset `build "$OUT"` replaced the working folder's build
+        raise SiteError("OUTDIR is empty (an unset shell variable?): name the folder to write, '.' for this one.")
     out = Path(out_dir).resolve()  # "." has no name to put the temporary sibling next to
     check_out_dir(out)
     site = serve.build_site(models)
@@ -118,7 +120,7 @@ def build(out_dir: Path, models: list[Path] | None = None) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "out_dir",
-        type=Path,
+        type=str,  # not Path: Path("") is "." and build() could not tell an empty argument from "."
         metavar="OUTDIR",
         help="folder to write (new, empty, or an earlier build, which is replaced)",
     )

@@ -78,9 +78,13 @@ def test_rebuild_replaces_an_earlier_build(models, tmp_path):
     assert not list(tmp_path.glob(".site.*"))  # no temporary folder left behind
 
 
-def cli(*args):
+def cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "webllm_py", "build", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "webllm_py", "build", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -98,6 +102,16 @@ def test_cli_refuses_a_folder_it_did_not_write_and_leaves_it_alone(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
     one_line_error(cli(tmp_path / "mine.txt", "--no-models"), "is a file")
     one_line_error(cli(serve.STATIC / "out", "--no-models"), "static/")
+
+
+def test_cli_refuses_an_empty_outdir_and_leaves_the_working_folder_alone(tmp_path, models):
+    """`build "$OUT"` with OUT unset is `build ""`, which Path reads as ".": run inside an earlier build, it
+    replaced that build (the working folder) with a new one."""
+    site = tmp_path / "site"
+    static_site.build(site, models)
+    (site / "mine.txt").write_text("keep")
+    one_line_error(cli("", "--no-models", cwd=site), "OUTDIR is empty")
+    assert (site / "mine.txt").read_text() == "keep" and (site / "models" / "a.gguf").exists()
 
 
 def test_cli_missing_model_writes_nothing(tmp_path):
