@@ -954,6 +954,7 @@ async def _async_progress(event: dict) -> None:
         # an async function's calls made coroutines that were never awaited: no progress, a RuntimeWarning per call
         ({"on_progress": _async_progress}, "on_progress must be a plain function"),
         ({"model": 5}, "model"),
+        ({"model": [1, 2]}, "list of its shards; shard 0: cannot read model bytes from a int"),  # named no shard
         ({"device": "cpu"}, "device"),  # was AttributeError: 'str' object has no attribute 'info'
         ({"device": {"backend": "native"}}, "device"),  # the same AttributeError
     ],

@@ -96,7 +96,15 @@ def _open_gguf(src: Any, name: str) -> Checkpoint:
     parts = list(src) if isinstance(src, (list, tuple)) else [src]
     if not parts:
         raise ModelFormatError("a split GGUF needs at least one shard")
-    metadata, tensors = merge_split([GGUFFile(p) for p in parts])
+    files = []
+    for i, part in enumerate(parts):
+        try:
+            files.append(GGUFFile(part))
+        except RequestError as e:  # e.g. "cannot read model bytes from a int": of which shard, in a list?
+            if part is src:
+                raise
+            raise RequestError(f"a split GGUF is given as a list of its shards; shard {i}: {e}") from e
+    metadata, tensors = merge_split(files)
     cfg = _config(lambda: config_from_gguf(metadata, set(tensors)))
     validate_config(cfg, tensors)
     tok = Tokenizer.from_gguf_metadata(metadata)
