@@ -187,3 +187,45 @@ def test_a_queued_request_that_is_stopped_leaves_at_once(tiny, loop):
     assert held  # the first still held the engine when the second had left
     finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
     assert finish == ["length"] and sum(bool(c["choices"][0]["text"]) for c in chunks) >= 1, chunks
+
+
+def test_a_stop_during_a_long_prompt_lands_between_its_chunks(tiny, loop):
+    """On a CPU adapter a prompt's chunks took seconds each (64 tokens of SmolLM2 on SwiftShader: ~12 s) and
+    were queued back to back, so a stop landed only after the whole prompt. Now (planner.prefill_waits) each
+    chunk is waited for and the stop checked before the next: the request ends "abort" with no tokens, the
+    chunks that ran stay cached, and the same prompt afterwards gives what it gives from scratch."""
+    from webllm_py import planner
+
+    engine = tiny.engine
+    assert engine.prefill_waits == planner.prefill_waits(planner.Adapter.of(engine.device)) is True  # lavapipe
+    assert planner.prefill_waits(planner.Adapter(cpu=False)) is False  # GPUs queue the chunks back to back
+
+    class AfterTwoChunks(Interrupt):
+        """Set from its third check on: the first is as the request takes the engine, the next ones come
+        between chunks, so two chunks run."""
+
+        checks = 0
+
+        def is_set(self) -> bool:
+            self.checks += 1
+            return self.checks >= 3 or super().is_set()
+
+    prompt = "one two three four five six seven eight nine ten " * 12
+    kw = dict(prompt=prompt, max_tokens=4, temperature=0, ignore_eos=True)
+    n_prompt = len(engine.tokenizer.encode(prompt))
+    chunk = engine.prefill_chunk
+    assert n_prompt > 3 * chunk, (n_prompt, chunk)
+    tiny.engine.reset(0)
+    stop = AfterTwoChunks()
+    stopped = loop.run_until_complete(tiny.completions.create(**kw, interrupt=stop))
+    ran = len(engine._cached[0])
+    engine.reset(0)
+    fresh = loop.run_until_complete(tiny.completions.create(**kw))
+    assert stopped["choices"][0]["finish_reason"] == "abort" and stopped["usage"]["completion_tokens"] == 0, stopped
+    assert ran == 2 * chunk < n_prompt, (ran, chunk, n_prompt)  # two chunks ran, the rest never did
+    # the prompt again, after a stopped one left its first chunks cached: the same as from scratch
+    engine.reset(0)
+    loop.run_until_complete(tiny.completions.create(**kw, interrupt=AfterTwoChunks()))
+    again = loop.run_until_complete(tiny.completions.create(**kw))
+    assert again["usage"]["extra"]["cached_prompt_tokens"] == 2 * chunk, again["usage"]
+    assert again["choices"][0]["text"] == fresh["choices"][0]["text"], (again, fresh)

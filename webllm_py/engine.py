@@ -35,6 +35,7 @@ from .models import build_model
 from .models.store import WeightStore
 from .planner import DEFAULT_POLICY, Adapter, KernelPolicy, kv_cache_dtype
 from .planner import prefill_chunk as default_prefill_chunk
+from .planner import prefill_waits
 from .sampling import SampleResult, Sampler, SamplingParams
 from .tokenizer import StreamDecoder
 
@@ -150,6 +151,7 @@ class Engine:
         self.sampler = sampler
         self.sample_op = sampler.bind(model.state.logits)
         self.context_window, self.prefill_chunk = context_window, prefill_chunk
+        self.prefill_waits = prefill_waits(Adapter.of(device))  # a stop lands between prompt chunks (planner)
         self._holder: _Turn | None = None
         self._queue: collections.deque[_Turn] = collections.deque()
         self._wake = asyncio.Event()  # set (and replaced) whenever the holder or the queue changes
@@ -367,11 +369,17 @@ class Engine:
         nxt = (slot + 1) % READBACK_SLOTS  # encoded while this step runs (the slot is still unmapped now)
         self._next_decode = (nxt, self._encode_decode(nxt))
 
-    async def _prefill(self, seq: int, ids: list[int]):
+    async def _prefill(self, seq: int, ids: list[int], interrupt: Interrupt | None = None):
         """Run `ids` (non-empty) in chunks of prefill_chunk and sample after the last one: the chunks
-        before it queue on the GPU without a readback between them."""
+        before it queue on the GPU without a readback between them, except where prefill_waits: there each
+        chunk is waited for and `interrupt` checked before the next (None is returned when it was set; the
+        chunks that ran stay cached, as a prefix a later request can reuse)."""
         result = None
         for i in range(0, len(ids), self.prefill_chunk):
+            if i and interrupt is not None and self.prefill_waits:
+                await self.device.read_buffer(self.model.state.ids, 0, 4)  # the chunk before has run
+                if interrupt.is_set():
+                    return None
             chunk = ids[i : i + self.prefill_chunk]
             result = await self._step(seq, chunk, sample=i + self.prefill_chunk >= len(ids))
         return result
@@ -615,9 +623,12 @@ class Engine:
 
         t0 = time.perf_counter()
         todo = prompt[reuse:]
-        result = await self._prefill(seq, todo)
+        result = await self._prefill(seq, todo, interrupt)
         t1 = time.perf_counter()
         stats.prefill_seconds = t1 - t0
+        if result is None:  # stopped between prompt chunks
+            stats.finish_reason = "abort"
+            return
         self.device.first_token_done()
 
         decoder = StreamDecoder(self.tokenizer)

@@ -1144,6 +1144,14 @@ def prefill_chunk(adapter: Adapter) -> int:
     return 64 if adapter.cpu else 512
 
 
+def prefill_waits(adapter: Adapter) -> bool:
+    """Whether a prompt of several chunks waits for each chunk before queuing the next, so that a stop
+    (engine.Interrupt) lands between chunks instead of after the whole prompt. CPU adapters: a chunk takes
+    seconds there (64 tokens of SmolLM2 on SwiftShader at ~5 tok/s), and a wait costs one 4-byte readback.
+    GPUs: no; a chunk takes milliseconds and the chunks queue back to back (a wait would idle the GPU)."""
+    return adapter.cpu
+
+
 # -- the KV cache's element ---------------------------------------------------------------------------
 def kv_cache_dtype(adapter: Adapter, head_dim: int, policy: KernelPolicy = DEFAULT_POLICY) -> str:
     """The KV cache's element type (kv_cache.DTYPE_BYTES): f16 where shader-f16 is granted; without it,
