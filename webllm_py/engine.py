@@ -60,13 +60,14 @@ def check_on_progress(on_progress) -> None:
 
 
 class Interrupt:
-    """One request's stop switch. set() ends that request's generation after its current token; set before
-    the request holds the engine (just sent, not yet made, or queued behind another: it leaves the queue
-    then), the request ends before any work: finish_reason "abort", no tokens. It belongs to the request,
-    not to the engine: an engine-wide flag,
-    reset as each generation began, lost a stop that came before the start (the worker's `abort` of a request
-    it had just taken, a page's Stop right after Send), and stopped whichever request held the engine when
-    the stop was meant for one queued behind it. Engine.interrupt() sets the running request's."""
+    """One request's stop switch. set() ends that request's generation after its current token (on a CPU
+    adapter, during a long prompt, after the prompt's current chunk: planner.prefill_waits); set before the
+    request holds the engine (just sent, not yet made, or queued behind another: it leaves the queue then),
+    the request ends before any work: finish_reason "abort", no tokens. It belongs to the request, not to
+    the engine: an engine-wide flag, reset as each generation began, lost a stop that came before the start
+    (the worker's `abort` of a request it had just taken, a page's Stop right after Send), and stopped
+    whichever request held the engine when the stop was meant for one queued behind it. Engine.interrupt()
+    sets the running request's."""
 
     __slots__ = ("_set", "_wake")
 
