@@ -44,6 +44,11 @@ TOOLS_TEMPLATE = """{%- if tools %}<|im_start|>system
         ('{"name": "mul", "arguments": {}}', None),  # not a known tool
         ("The answer is 3.", None),
         ('{"name": "add", "arguments": {"a": 1', None),  # cut off
+        # arguments that are not an object are not a call (parameters are an object): they stay content
+        ('{"name": "add", "arguments": [1, 2]}', None),
+        ('{"name": "add", "arguments": 3}', None),
+        ('{"name": "add", "arguments": "a=1, b=2"}', None),
+        ('{"name": "add", "arguments": "[1]"}', None),
     ],
 )
 def test_parse_tool_calls(text, calls):

@@ -176,15 +176,18 @@ def _as_call(obj, names: set) -> dict | None:
     name = obj.get("name")
     if name not in names:
         return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        args = _loads_or_keep(args)
+    args = _loads_or_keep(obj.get("arguments", obj.get("parameters", {})))
+    # A function's parameters are an object (OpenAI's tools take an object schema): `arguments` that are a
+    # list, a number or text that is not JSON were passed on as a call the caller's json.loads then refused or
+    # misread; such output stays content, as text that is not a call does.
+    if not isinstance(args, dict):
+        return None
     return {
         "id": "call_" + uuid.uuid4().hex[:24],
         "type": "function",
         "function": {
             "name": name,
-            "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False),
+            "arguments": json.dumps(args, ensure_ascii=False),
         },
     }
 
