@@ -365,9 +365,10 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 def chat_messages(messages: list) -> list:
     """The messages as the chat templates take them: each an object with a known `role` ("developer" as
-    "system") and a `content` that is text (None only in an assistant turn: its tool calls), OpenAI's content parts (`content: [{"type": "text", "text": ...}, ...]`) as one string
-    (the text parts joined by newlines, as vLLM does): every chat template takes a string, not all take parts.
-    A part of another type (an image, audio, a file) is a RequestError: these models read text only."""
+    "system") and a `content` that is text (None only in an assistant turn: its tool calls). OpenAI's content
+    parts (`content: [{"type": "text", "text": ...}, ...]`) become one string (the text parts joined by
+    newlines, as vLLM does): every chat template takes a string, not all take parts. A part of another type
+    (an image, audio, a file) is a RequestError: these models read text only."""
     if not isinstance(messages, list):
         raise RequestError(f"messages must be a list of {{role, content}} objects, got {type(messages).__name__}.")
     out = []

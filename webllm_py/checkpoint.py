@@ -23,6 +23,7 @@ from .formats.gguf_keys import General
 from .models import config_from_gguf, config_from_hf
 from .models.config import ModelConfig, validate_config
 from .tokenizer import Tokenizer
+from .tokenizer.hf_vocab import CHAT_TEMPLATE_FILE
 
 
 @dataclass
@@ -120,14 +121,18 @@ def _config(read) -> ModelConfig:
     return cfg
 
 
+def _file_bytes(files: dict[str, Any], name: str) -> bytes:
+    src = as_source(files[name])
+    return src.read(0, src.size)
+
+
 def _read_json(files: dict[str, Any], name: str, required: bool = True) -> Any:
     if name not in files:
         if required:
             raise ModelFormatError(f"Hugging Face checkpoint lacks {name}")
         return None
-    src = as_source(files[name])
     try:
-        return json.loads(src.read(0, src.size).decode("utf-8"))
+        return json.loads(_file_bytes(files, name).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFormatError(f"{name} is not valid JSON: {e}") from e
 
@@ -140,12 +145,13 @@ def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
     # transformers' save_pretrained writes the chat template to chat_template.jinja, not into tokenizer_config.json.
     # The tokenizer's loader looks for that file next to a path only: given the parsed JSON here, it never saw it,
     # and chat said of an instruction-tuned model that it had no chat template.
-    if TEMPLATE_FILE in files and (tok_cfg is None or isinstance(tok_cfg, dict) and not tok_cfg.get("chat_template")):
-        src = as_source(files[TEMPLATE_FILE])
+    if CHAT_TEMPLATE_FILE in files and (
+        tok_cfg is None or isinstance(tok_cfg, dict) and not tok_cfg.get("chat_template")
+    ):
         try:
-            template = src.read(0, src.size).decode("utf-8")
+            template = _file_bytes(files, CHAT_TEMPLATE_FILE).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ModelFormatError(f"{TEMPLATE_FILE} is not UTF-8 text: {e}") from e
+            raise ModelFormatError(f"{CHAT_TEMPLATE_FILE} is not UTF-8 text: {e}") from e
         tok_cfg = {**(tok_cfg or {}), "chat_template": template}
     tok = Tokenizer.from_hf(_read_json(files, "tokenizer.json"), tok_cfg)
     shards = sorted(f for f in files if f.endswith(".safetensors"))
@@ -161,4 +167,3 @@ def _open_hf(files: dict[str, Any], name: str) -> Checkpoint:
 
 
 INDEX = "model.safetensors.index.json"
-TEMPLATE_FILE = "chat_template.jinja"

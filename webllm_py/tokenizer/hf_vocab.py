@@ -13,6 +13,10 @@ from ..errors import TokenizerError
 from .pretokenize import HF_SPLIT_PATTERNS, split_digit_runs, split_each_digit, split_gpt2
 from .token_types import SPACE_MARK, TokenType
 
+# Where transformers' save_pretrained writes the chat template (not into tokenizer_config.json); checkpoint.py
+# reads it from a folder given as {file name: bytes}.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
 
 def _load_json(obj):
     if obj is None or isinstance(obj, dict):
@@ -141,8 +145,8 @@ def tokenizer_args_from_hf(tokenizer_json, tokenizer_config=None) -> dict[str, A
         template = by_name.get("default") or next(iter(by_name.values()), None)
     if template is None:
         for d in (cfg_dir, json_dir):
-            if d and os.path.exists(os.path.join(d, "chat_template.jinja")):
-                with open(os.path.join(d, "chat_template.jinja"), encoding="utf-8") as f:
+            if d and os.path.exists(os.path.join(d, CHAT_TEMPLATE_FILE)):
+                with open(os.path.join(d, CHAT_TEMPLATE_FILE), encoding="utf-8") as f:
                     template = f.read()
                 break
 
