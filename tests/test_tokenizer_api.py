@@ -1,6 +1,7 @@
 """The public surface the engine relies on: special-token parsing switches, EOS sets, byte views of tokens,
 typed errors. Expectations come from the vocabularies themselves (token texts, GGUF ids), not our output."""
 
+import numpy as np
 import pytest
 
 from .tokenizer_helpers import VOCAB_DIR, HF_DIR, gguf_metadata, require, smollm2_gguf
@@ -76,7 +77,6 @@ def test_token_ids_are_checked_alike_by_every_lookup(smollm2):
     Engine.generate takes); token_bytes(-1) was the last token's bytes (Python's negative index) and
     token_bytes(vocab_size) an IndexError; decode(5) a TypeError. Now every lookup takes any integer in
     range, numpy's too, and refuses anything else with a TokenizerError naming the id."""
-    np = pytest.importorskip("numpy")
     ids = smollm2.encode("Hello world", add_special=False)
     want = smollm2.decode(ids)
     assert smollm2.decode(np.array(ids, dtype=np.int64)) == want == smollm2.decode([np.int32(i) for i in ids])
