@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from webllm_py.dawn import DawnHost  # noqa: E402
+from webllm_py.dawn import TOGGLES, DawnHost  # noqa: E402
 
 _SETUP = """
 import os, struct, time
@@ -205,10 +205,14 @@ def main() -> int:
     p.add_argument("--kernels", default="i8,sgmat,f16", help="which groups of VARIANTS to time")
     p.add_argument("--variants", default="", help="only VARIANTS whose label holds one of these, comma-separated")
     p.add_argument("--rounds", type=int, default=3, help="--kernels copy: alternating rounds (best of)")
+    p.add_argument(
+        "--dawn-flag", action="append", default=[], choices=TOGGLES, help="a further Dawn toggle (repeatable)"
+    )
     a = p.parse_args()
+    flags = list(dict.fromkeys(["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia", *a.dawn_flag]))
     groups = a.kernels.split(",")
     if groups == ["copy"]:
-        with DawnHost(flags=["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"], timeout=600) as host:
+        with DawnHost(flags=flags, timeout=600) as host:
             if not host.exec(_SETUP)["f16"]:
                 print("sgmat_bench: this adapter has no f16 subgroup matrices", file=sys.stderr)
                 return 1
@@ -218,7 +222,7 @@ def main() -> int:
                 for row in host.exec(code):
                     print(json.dumps(row), flush=True)
         return 0
-    with DawnHost(flags=["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"], timeout=600) as host:
+    with DawnHost(flags=flags, timeout=600) as host:
         offered = host.exec(_SETUP)  # {"i8": i8 subgroup matrices, "f16": f16 ones}
         need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16", "f16-sweep": "f16", "split": "f16"}
         for g in groups:

@@ -29,7 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 HOST = ROOT / "scripts" / "dawn_host.mjs"
 MESA = ROOT / "build" / "mesa25"
-TOGGLES = ("allow_unsafe_apis", "vulkan_enable_f16_on_nvidia")
+# allow_unsafe_apis and vulkan_enable_f16_on_nvidia turn on the fast path (subgroup matrices, NVIDIA's f16);
+# disable_robustness and disable_workgroup_init are measurements only (what Tint's bounds clamps and the zeroing
+# of workgroup memory cost a kernel): a browser keeps both on, so nothing ships that needs them off
+TOGGLES = ("allow_unsafe_apis", "vulkan_enable_f16_on_nvidia", "disable_robustness", "disable_workgroup_init")
 
 
 class DawnHostError(RuntimeError):
