@@ -7,6 +7,7 @@ matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a
     python scripts/sgmat_bench.py [--shapes 512x4096x4096,512x14336x4096] [--reps 30] [--kernels i8,sgmat,f16]
         [--variants "128x128,pf"]
     python scripts/sgmat_bench.py --kernels split   # split-K: the planner's tile unsplit, 2-4 slices of 3 tiles
+    python scripts/sgmat_bench.py --kernels lid3    # the planner's matmul_sgmat_f16: 3-D staging offsets vs e-based
     python scripts/sgmat_bench.py --kernels copy    # matmul_sgmat_f16 at the planner's tile with copy-only
         # staging (wsrc=f16: W as f16 rows, xsrc=f16: x as f16(x / s_t)) against today's, rounds alternating,
         # and the dequant_f16 pre-pass alone (GB/s of f16 rows written + quant bytes read)
@@ -94,10 +95,10 @@ pre = dev.kernel("dequant_f16", qtype="Q4_0", K=K, row_bytes=K // 32 * 18, wg=25
 groups = -(-N * K // 32 // 256)
 pre_grid = (groups, 1) if groups <= 65535 else (-(-groups // 8), 8)  # the kernel skips threads past N K / 32
 jobs = [("dequant_f16 pre-pass", pre, [wq, w16], pre_grid)]
-for label, wsrc, xsrc in {variants}:
+for label, opts in {variants}:
     k = dev.kernel("matmul_sgmat_f16", sg_m=t.sg_m, sg_n=t.sg_n, ti=t.ti, tj=t.tj, kb=t.kb, db=t.db, pf=t.pf,
-                   qtype="Q4_0", K=K, row_bytes=K // 32 * 18, tokens_at=1, has_bias=False, accumulate=False,
-                   wsrc=wsrc, xsrc=xsrc)
+                   qtype="Q4_0", K=K, row_bytes=K // 32 * 18, tokens_at=1, has_bias=False, accumulate=False, **opts)
+    wsrc, xsrc = opts.get("wsrc", "q"), opts.get("xsrc", "f32")
     jobs.append((label, k, [w16 if wsrc == "f16" else wq, x16 if xsrc == "f16" else x32, sc, y, params],
                  t.groups(N, T)[:2]))
 await dev.kernels_ready()
@@ -135,16 +136,22 @@ for (label, bg, grid), b, d in zip(bound, best, [None] + diff):
         row["GB/s"] = round((2 * N * K + nbytes) / b / 1e9, 1)
     else:
         row["tops"] = round(2 * T * N * K / b / 1e12, 2)
-        row["vs today"] = round(best[1] / b, 3)
-        row["max |y - today's| / max |y| (every 61st)"] = d
+        row["vs first"] = round(best[1] / b, 3)
+        row["max |y - first's| / max |y| (every 61st)"] = d
     out.append(row)
 out
 """
 COPY_VARIANTS = [
-    ("today (q, x f32)", "q", "f32"),
-    ("wsrc=f16", "f16", "f32"),
-    ("xsrc=f16", "q", "f16"),
-    ("wsrc=f16 xsrc=f16", "f16", "f16"),
+    ("x f32 (q, x f32)", {"wsrc": "q", "xsrc": "f32"}),
+    ("wsrc=f16", {"wsrc": "f16", "xsrc": "f32"}),
+    ("xsrc=f16", {"wsrc": "q", "xsrc": "f16"}),
+    ("wsrc=f16 xsrc=f16", {"wsrc": "f16", "xsrc": "f16"}),
+]
+# --kernels lid3: the planner's kernel (x16) with the staging offsets of the 3-D workgroup (lid3, the default)
+# against the former e-based ones; the same values staged, so the same y (checked as --kernels copy does)
+LID3_VARIANTS = [
+    ("lid3 (x16)", {"xsrc": "f16"}),
+    ("e-based offsets (x16)", {"xsrc": "f16", "lid3": False}),
 ]
 
 # (kernel group, label, tiling, policy); "sgmat-sweep": the rest of matmul_sgmat's sweep (docs/benchmarks.md)
@@ -211,14 +218,15 @@ def main() -> int:
     a = p.parse_args()
     flags = list(dict.fromkeys(["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia", *a.dawn_flag]))
     groups = a.kernels.split(",")
-    if groups == ["copy"]:
+    if groups in (["copy"], ["lid3"]):
+        chosen = COPY_VARIANTS if groups == ["copy"] else LID3_VARIANTS
         with DawnHost(flags=flags, timeout=600) as host:
             if not host.exec(_SETUP)["f16"]:
                 print("sgmat_bench: this adapter has no f16 subgroup matrices", file=sys.stderr)
                 return 1
             for shape in a.shapes.split(","):
                 T, N, K = (int(v) for v in shape.split("x"))
-                code = _COPY.format(T=T, N=N, K=K, reps=a.reps, rounds=a.rounds, variants=repr(COPY_VARIANTS))
+                code = _COPY.format(T=T, N=N, K=K, reps=a.reps, rounds=a.rounds, variants=repr(chosen))
                 for row in host.exec(code):
                     print(json.dumps(row), flush=True)
         return 0

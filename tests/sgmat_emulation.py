@@ -84,7 +84,7 @@ def _without_subgroups(src: str) -> str:
     sig = "@builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {"
     assert sig in src
     src = src.replace(
-        sig, "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let sg = tid / 32u;\n    let lane = tid % 32u;"
+        sig, ") {\n    let sg = tid / 32u;\n    let lane = tid % 32u;"
     )
     return src
 

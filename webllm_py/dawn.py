@@ -29,10 +29,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 HOST = ROOT / "scripts" / "dawn_host.mjs"
 MESA = ROOT / "build" / "mesa25"
-# allow_unsafe_apis and vulkan_enable_f16_on_nvidia turn on the fast path (subgroup matrices, NVIDIA's f16);
-# disable_robustness and disable_workgroup_init are measurements only (what Tint's bounds clamps and the zeroing
-# of workgroup memory cost a kernel): a browser keeps both on, so nothing ships that needs them off
-TOGGLES = ("allow_unsafe_apis", "vulkan_enable_f16_on_nvidia", "disable_robustness", "disable_workgroup_init")
+# allow_unsafe_apis and vulkan_enable_f16_on_nvidia turn on the fast path (subgroup matrices, NVIDIA's f16).
+# enable_integer_range_analysis_in_robustness: Tint's robustness transform skips the clamp of an index it can
+# prove in bounds; Chrome turns it on through its own feature (kWebGPUEnableRangeAnalysisForRobustness), npm
+# `webgpu`'s Dawn only with this toggle, so a bench that wants Chrome's shader code passes it.
+# disable_robustness and disable_workgroup_init are measurements only (what the clamps and the zeroing of
+# workgroup memory cost a kernel): a browser keeps both on, so nothing ships that needs them off
+TOGGLES = (
+    "allow_unsafe_apis",
+    "vulkan_enable_f16_on_nvidia",
+    "enable_integer_range_analysis_in_robustness",
+    "disable_robustness",
+    "disable_workgroup_init",
+)
 
 
 class DawnHostError(RuntimeError):
