@@ -7,7 +7,7 @@ matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a
     python scripts/sgmat_bench.py [--shapes 512x4096x4096,512x14336x4096] [--reps 30] [--kernels i8,sgmat,f16]
         [--variants "128x128,pf"]
     python scripts/sgmat_bench.py --kernels split   # split-K: the planner's tile unsplit, 2-4 slices of 3 tiles
-    python scripts/sgmat_bench.py --kernels lid3    # the planner's matmul_sgmat_f16: 3-D staging offsets vs e-based
+    python scripts/sgmat_bench.py --kernels sgc     # the planner's matmul_sgmat_f16: matrix loads at constant offsets
     python scripts/sgmat_bench.py --kernels copy    # matmul_sgmat_f16 at the planner's tile with copy-only
         # staging (wsrc=f16: W as f16 rows, xsrc=f16: x as f16(x / s_t)) against today's, rounds alternating,
         # and the dequant_f16 pre-pass alone (GB/s of f16 rows written + quant bytes read)
@@ -147,11 +147,11 @@ COPY_VARIANTS = [
     ("xsrc=f16", {"wsrc": "q", "xsrc": "f16"}),
     ("wsrc=f16 xsrc=f16", {"wsrc": "f16", "xsrc": "f16"}),
 ]
-# --kernels lid3: the planner's kernel (x16) with the staging offsets of the 3-D workgroup (lid3, the default)
-# against the former e-based ones; the same values staged, so the same y (checked as --kernels copy does)
-LID3_VARIANTS = [
-    ("lid3 (x16)", {"xsrc": "f16"}),
-    ("e-based offsets (x16)", {"xsrc": "f16", "lid3": False}),
+# --kernels sgc: the planner's kernel (x16) with its multiplies in a switch over the subgroup (sgc: every matrix
+# load at a constant offset) against without; the same products, so the same y (checked as --kernels copy does)
+SGC_VARIANTS = [
+    ("x16", {"xsrc": "f16"}),
+    ("x16, sgc", {"xsrc": "f16", "sgc": True}),
 ]
 
 # (kernel group, label, tiling, policy); "sgmat-sweep": the rest of matmul_sgmat's sweep (docs/benchmarks.md)
@@ -218,8 +218,8 @@ def main() -> int:
     a = p.parse_args()
     flags = list(dict.fromkeys(["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia", *a.dawn_flag]))
     groups = a.kernels.split(",")
-    if groups in (["copy"], ["lid3"]):
-        chosen = COPY_VARIANTS if groups == ["copy"] else LID3_VARIANTS
+    if groups in (["copy"], ["sgc"]):
+        chosen = COPY_VARIANTS if groups == ["copy"] else SGC_VARIANTS
         with DawnHost(flags=flags, timeout=600) as host:
             if not host.exec(_SETUP)["f16"]:
                 print("sgmat_bench: this adapter has no f16 subgroup matrices", file=sys.stderr)

@@ -83,7 +83,9 @@ def _without_subgroups(src: str) -> str:
         src = src.replace(line, "")
     sig = "@builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {"
     assert sig in src
-    src = src.replace(sig, ") {\n    let sg = tid / 32u;\n    let lane = tid % 32u;")
+    src = src.replace(
+        sig, "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let sg = tid / 32u;\n    let lane = tid % 32u;"
+    )
     return src
 
 
@@ -153,13 +155,13 @@ def run_emulated(
     y0: np.ndarray | None = None,
     wsrc: str = "q",
     xsrc: str = "f32",
-    lid3: bool = True,
+    **options,
 ) -> np.ndarray:
     """y [T, N] (float64) of the emulated kernel over raw ggml rows and f32 x (y0: y += onto it), after
     row_scale.wgsl.j2 (not emulated: plain WGSL) wrote x's per-token scales. wsrc="f16": the kernel's
     copy-only W staging over the f16 rows dequant_f16.wgsl.j2 makes of raw (run_dequant_f16); xsrc="f16": its
-    copy-only x staging over the f16(x / s_t) row_scale writes beside s_t (its x16 option). lid3=False: the
-    template's 1-D workgroup staging instead of the 3-D one where that applies."""
+    copy-only x staging over the f16(x / s_t) row_scale writes beside s_t (its x16 option). `options`: further
+    template parameters (sgc)."""
     T = x.shape[0]
     src = kernels.render(
         "matmul_sgmat_f16",
@@ -178,7 +180,7 @@ def run_emulated(
         accumulate=y0 is not None,
         wsrc=wsrc,
         xsrc=xsrc,
-        lid3=lid3,
+        **options,
     )
     kernel = device._make_kernel(emulate(src), f"matmul_sgmat_f16 emulated {qtype}")
     x_buf = device.buffer_from(np.ascontiguousarray(x, np.float32).tobytes())
