@@ -43,8 +43,9 @@ N_GREEDY = 8
 # One subgroup of one 16-token tile along the prompt (rows and pf as the planner's 64x64 tile): the emulated
 # multiplies cost what the tile holds, and a 64-token tile would run 9x the 7 tokens (28 s against 15 s here).
 # The tile only splits the same products: the planner's tiles gave the same bits on this prompt.
-# x16: the planned tiles stage f16 x that row_scale wrote (planner.SGMAT_F16_TILES)
-F16_POLICY = KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=1, ti=1, pf=True, x16=True))
+# x16 and sgc as the planned tiles: f16 x that row_scale wrote, matrix loads at constant offsets
+# (planner.SGMAT_F16_TILES)
+F16_POLICY = KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=1, ti=1, pf=True, x16=True, sgc=True))
 
 
 def templates(engine: Engine, plan: str) -> set[str]:

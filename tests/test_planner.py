@@ -311,8 +311,9 @@ def test_sgmat_row(case):
 SGMAT16 = dataclasses.replace(SGMAT, f16=True, f16_subgroup_matrix=True)
 SG16 = KernelPolicy(prefill="sgmat-f16")
 # the planner's two tiles (SGMAT_F16_TILES): 128x128 and 64x64, both with the next step's loads in flight
-BIG16 = MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, x16=True)  # the planned tiles stage x by copies
-SMALL16 = MatmulSgmatF16Tiling(pf=True, x16=True)
+# the planned tiles stage x by copies (x16) and load matrices at constant offsets (sgc)
+BIG16 = MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, x16=True, sgc=True)
+SMALL16 = MatmulSgmatF16Tiling(pf=True, x16=True, sgc=True)
 # (adapter, qtype, N, K, policy) -> matmul_sgmat_f16's tiling, or None (then the rows below it)
 # fmt: off
 SGMAT_F16_CASES = [

@@ -219,7 +219,15 @@ class Linear:
                     tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
                 else:  # x / s_t in (f32, or f16 from row_scale's x16), f16 tiles inside
                     tiling = dict(
-                        sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, db=m.db, pf=m.pf, splits=m.splits
+                        sg_m=m.sg_m,
+                        sg_n=m.sg_n,
+                        ti=m.ti,
+                        tj=m.tj,
+                        kb=m.kb,
+                        db=m.db,
+                        pf=m.pf,
+                        splits=m.splits,
+                        sgc=m.sgc,
                     )
                 # split-K slices write partial tiles; splitk_sum ("reduce") does the bias, += and stride
                 split = isinstance(m, MatmulSgmatF16Tiling) and m.splits > 1

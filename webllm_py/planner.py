@@ -222,6 +222,12 @@ class MatmulSgmatF16Tiling:
     # at 1.03-1.22x the speed at the 512-token shapes of Llama-3.1-8B on the H200 (docs/benchmarks.md,
     # "copy-only staging ... measured"); SGMAT_F16_TILES sets it, the bare default stays without
     x16: bool = False
+    # the multiplies in a switch over the subgroup, one case each (the template's sgc), so that every matrix
+    # load is at a constant offset: Tint's robustness transform (on in every browser) wraps a subgroup-matrix
+    # load at a run-time offset in a bounds check, which cost the kernel 13-18% on the H100 (1.15-1.22x with
+    # it; without robustness it is 2-5% slower: docs/benchmarks.md, "what robustness costs");
+    # SGMAT_F16_TILES sets it, the bare default stays without
+    sgc: bool = False
 
     @property
     def tm(self) -> int:
@@ -861,8 +867,8 @@ SGMAT_F16_SMS = 132
 # (tiling, workgroups an SM runs at once, TOPS at full waves, measured before x16); both with the next step's
 # loads in flight and x staged by copies
 SGMAT_F16_TILES = (
-    (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, x16=True), 1, 94.0),  # 128x128: 2x4 subgroups of 4x2 tiles
-    (MatmulSgmatF16Tiling(pf=True, x16=True), 2, 78.0),  # 64x64: 2x2 subgroups of 2x2 tiles
+    (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, x16=True, sgc=True), 1, 94.0),  # 128x128: 2x4 subgroups of 4x2
+    (MatmulSgmatF16Tiling(pf=True, x16=True, sgc=True), 2, 78.0),  # 64x64: 2x2 subgroups of 2x2 tiles
 )
 
 
