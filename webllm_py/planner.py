@@ -865,7 +865,7 @@ def sgmat_tiling(
 # not tell the SM count: other GPUs get this choice too (both tiles work anywhere they fit).
 SGMAT_F16_SMS = 132
 # (tiling, workgroups an SM runs at once, TOPS at full waves, measured before x16); both with the next step's
-# loads in flight and x staged by copies
+# loads in flight, x staged by copies and the matrices loaded at constant offsets
 SGMAT_F16_TILES = (
     (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, x16=True, sgc=True), 1, 94.0),  # 128x128: 2x4 subgroups of 4x2
     (MatmulSgmatF16Tiling(pf=True, x16=True, sgc=True), 2, 78.0),  # 64x64: 2x2 subgroups of 2x2 tiles
