@@ -142,7 +142,7 @@ for (label, bg, grid), b, d in zip(bound, best, [None] + diff):
 out
 """
 COPY_VARIANTS = [
-    ("x f32 (q, x f32)", {"wsrc": "q", "xsrc": "f32"}),
+    ("q, x f32 (before x16)", {"wsrc": "q", "xsrc": "f32"}),
     ("wsrc=f16", {"wsrc": "f16", "xsrc": "f32"}),
     ("xsrc=f16", {"wsrc": "q", "xsrc": "f16"}),
     ("wsrc=f16 xsrc=f16", {"wsrc": "f16", "xsrc": "f16"}),

@@ -31,8 +31,9 @@ HOST = ROOT / "scripts" / "dawn_host.mjs"
 MESA = ROOT / "build" / "mesa25"
 # allow_unsafe_apis and vulkan_enable_f16_on_nvidia turn on the fast path (subgroup matrices, NVIDIA's f16).
 # enable_integer_range_analysis_in_robustness: Tint's robustness transform skips the clamp of an index it can
-# prove in bounds; Chrome turns it on through its own feature (kWebGPUEnableRangeAnalysisForRobustness), npm
-# `webgpu`'s Dawn only with this toggle, so a bench that wants Chrome's shader code passes it.
+# prove in bounds; Dawn defaults it to its embedder's platform feature (kWebGPUEnableRangeAnalysisForRobustness,
+# Chrome's choice), npm `webgpu`'s Dawn leaves it off unless this toggle is passed (on the H100 it changed no
+# matmul_sgmat_f16 variant's speed: docs/benchmarks.md, "what robustness costs").
 # disable_robustness and disable_workgroup_init are measurements only (what the clamps and the zeroing of
 # workgroup memory cost a kernel): a browser keeps both on, so nothing ships that needs them off
 TOGGLES = (
