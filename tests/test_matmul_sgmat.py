@@ -329,8 +329,11 @@ def test_f16_copy_only_emulated(device, case):
 
 
 @pytest.mark.gpu
-# 2x2 subgroups of one tile (the planner's tiles compile too slowly on lavapipe with the switch's copies)
-@pytest.mark.parametrize("tiling", [MatmulSgmatF16Tiling(ti=1, tj=1, pf=True)])
+# 2x2 subgroups of one tile, and 2x1 subgroups of 2x2 tiles (each case's offsets multiply ti and tj); the
+# planner's 128x128 tile compiles too slowly on lavapipe with the switch's eight copies
+@pytest.mark.parametrize(
+    "tiling", [MatmulSgmatF16Tiling(ti=1, tj=1, pf=True), MatmulSgmatF16Tiling(sg_n=1, ti=2, tj=2)], ids=["2x2", "2x1"]
+)
 def test_f16_constant_offsets_emulated(device, tiling):
     """sgc (the multiplies in a switch over the subgroup, every matrix load at a constant offset) multiplies
     the same tiles: y bit-equal to the kernel's without it (ragged T and N, several K steps)."""
