@@ -218,8 +218,9 @@ def main() -> int:
     a = p.parse_args()
     flags = list(dict.fromkeys(["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia", *a.dawn_flag]))
     groups = a.kernels.split(",")
-    if groups in (["copy"], ["sgc"]):
-        chosen = COPY_VARIANTS if groups == ["copy"] else SGC_VARIANTS
+    direct = {"copy": COPY_VARIANTS, "sgc": SGC_VARIANTS}  # groups that render the kernel directly (_COPY)
+    if len(groups) == 1 and groups[0] in direct:
+        chosen = direct[groups[0]]
         with DawnHost(flags=flags, timeout=600) as host:
             if not host.exec(_SETUP)["f16"]:
                 print("sgmat_bench: this adapter has no f16 subgroup matrices", file=sys.stderr)
