@@ -71,6 +71,39 @@ def test_sgmat_prefill_emulated(device, monkeypatch, case):
     )
 
 
+def test_sgmat_prefill_constant_offsets_emulated(device, monkeypatch):
+    """PrefillTiling.sgc (the template's sgc: a tile's products in a switch over the subgroup, so that every
+    matrix load and store of the key walk is at a constant offset): out bit-equal to the kernel without it, and
+    within the bound of numpy's attention. Group 3 (3 subgroups: a case whose offsets are all non-zero), a
+    window and a softcap, two chunks; the small layout because the switch is SG copies of the products, which
+    lavapipe's emulation compiles slowly."""
+    layout, N, chunks, window, softcap = (6, 2, 32), 60, [37, 23], 20, 30.0
+    as_sgmat_adapter(device, monkeypatch)
+    q, k, v = make_qkv(N, 7, layout)
+    k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    ref = reference(q, k, v, 6, 2, window=window, softcap=softcap)
+    bound = sgmat_bound(q, k, v, 6, 2, window=window, softcap=softcap)
+    got = {}
+    with emulating_any(device):
+        for sgc in (False, True):
+            policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=sgc))
+            cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype="f16")
+            h = Harness(
+                device,
+                cache,
+                max_tokens=max(chunks),
+                layout=layout,
+                sliding_window=window,
+                softcap=softcap,
+                policy=policy,
+            )
+            assert h.attn.plan.prefill.sgmat and h.attn.plan.prefill.sgc == sgc
+            got[sgc] = h.run(0, q, k, v, chunks)
+    assert np.array_equal(got[True], got[False]), np.abs(got[True] - got[False]).max()
+    err = np.abs(got[True] - ref)
+    assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+
+
 def test_planner_rows():
     """The planner's row: attention_prefill_sgmat under prefill_attention_kernel="sgmat-f16" (or an sgmat tiling)
     on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0; the lanes form by default (until measured:

@@ -139,7 +139,12 @@ class PagedAttention:
         if plan.prefill.sgmat:
             # the same bindings and dispatch; the label keeps it in profiles' attention_prefill row
             self.prefill = device.kernel(
-                "attention_prefill_sgmat", label="attention_prefill", tq=self.tq, tk=self.tk, **attn
+                "attention_prefill_sgmat",
+                label="attention_prefill",
+                tq=self.tq,
+                tk=self.tk,
+                sgc=plan.prefill.sgc,
+                **attn,
             )
         else:
             self.prefill = device.kernel(

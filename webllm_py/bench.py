@@ -270,9 +270,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill-attention-tiling",
         type=_int_list,
-        metavar="TQ,TK,L[,R]",
+        metavar="TQ,TK,L[,R[,SGMAT,UNROLL,SGC]]",
         help="attention_prefill's on GPUs: tokens per workgroup, key positions per tile, lanes per query "
-        "row (1: a thread per row; 4/8 need subgroups), rows per thread (with L > 1) (KernelPolicy.prefill_attention)",
+        "row (1: a thread per row; 4/8 need subgroups), rows per thread (with L > 1); 1 for SGMAT: "
+        "attention_prefill_sgmat's tiling, 1 for SGC its products at constant offsets (PrefillTiling's fields; "
+        "KernelPolicy.prefill_attention)",
     )
     p.add_argument(
         "--prefill-attention-kernel",
@@ -410,7 +412,6 @@ def kernel_policy(args: argparse.Namespace):
         MatmulI8Tiling,
         MatmulSgmatF16Tiling,
         MatvecTiling,
-        PrefillTiling,
         StepTiling,
         parse_staged_tilings,
     )
@@ -444,13 +445,21 @@ def kernel_policy(args: argparse.Namespace):
         fused_attention=None if args.attention is None else args.attention != "unfused",
         step_merge=None if args.attention is None else args.attention == "fused",
         step_tiling=StepTiling(*ints(args.step_tiling)) if args.step_tiling else None,
-        prefill_attention=PrefillTiling(*ints(args.prefill_attention_tiling))
+        prefill_attention=_prefill_attention(ints(args.prefill_attention_tiling))
         if args.prefill_attention_tiling
         else None,
         prefill_attention_kernel=args.prefill_attention_kernel,
         kv_cache=args.kv_cache,
         **tiling,
     )
+
+
+def _prefill_attention(fields: list[int]):
+    """--prefill-attention-tiling's integers as PrefillTiling's fields, its flags as booleans."""
+    from .planner import PrefillTiling
+
+    t = PrefillTiling(*fields)
+    return dataclasses.replace(t, sgmat=bool(t.sgmat), sgc=bool(t.sgc))
 
 
 def count_buffers(device) -> list[int]:

@@ -276,6 +276,10 @@ class PrefillTiling:
     rows: int = 1
     sgmat: bool = False
     unroll: int = 0
+    # sgmat only: a tile's products in a switch over the subgroup (the template's sgc), every matrix load and
+    # store of the key walk at a constant offset, as MatmulSgmatF16Tiling.sgc (Tint's robustness transform wraps
+    # one at a run-time offset in a bounds check); off until measured against the form without it
+    sgc: bool = False
 
     def sgmat_shared_bytes(self, head_dim: int, group: int) -> int:
         """attention_prefill_sgmat's workgroup memory: the f16 K/V tile (rows padded by 8), each subgroup's
