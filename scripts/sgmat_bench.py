@@ -8,6 +8,8 @@ matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a
         [--variants "128x128,pf"]
     python scripts/sgmat_bench.py --kernels split   # split-K: the planner's tile unsplit, 2-4 slices of 3 tiles
     python scripts/sgmat_bench.py --kernels sgc     # the planner's matmul_sgmat_f16: matrix loads at constant offsets
+    python scripts/sgmat_bench.py --kernels probe   # the planner's matmul_sgmat_f16: its multiplies alone, its staging
+        # alone (the template's measurement probes; their y is not the product)
     python scripts/sgmat_bench.py --kernels copy    # matmul_sgmat_f16 at the planner's tile with copy-only
         # staging (wsrc=f16: W as f16 rows, xsrc=f16: x as f16(x / s_t)) against today's, rounds alternating,
         # and the dequant_f16 pre-pass alone (GB/s of f16 rows written + quant bytes read)
@@ -153,6 +155,15 @@ SGC_VARIANTS = [
     ("x16", {"xsrc": "f16"}),
     ("x16, sgc", {"xsrc": "f16", "sgc": True}),
 ]
+# --kernels probe: the planner's kernel against its measurement probes (the template's probe: y is not the product
+# there, so their "max |y - first's|" is large by design): the multiplies alone (the first step's tiles at every
+# step), the same without barriers, the staging alone (multiplies at the last step only)
+PROBE_VARIANTS = [
+    ("x16, sgc", {"xsrc": "f16", "sgc": True}),
+    ("probe mma (no staging in the loop)", {"xsrc": "f16", "sgc": True, "probe": "mma"}),
+    ("probe mma, no barriers", {"xsrc": "f16", "sgc": True, "probe": "mma-nobarrier"}),
+    ("probe stage (multiplies at the last step)", {"xsrc": "f16", "sgc": True, "probe": "stage"}),
+]
 
 # (kernel group, label, tiling, policy); "sgmat-sweep": the rest of matmul_sgmat's sweep (docs/benchmarks.md)
 VARIANTS = [
@@ -218,7 +229,7 @@ def main() -> int:
     a = p.parse_args()
     flags = list(dict.fromkeys(["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia", *a.dawn_flag]))
     groups = a.kernels.split(",")
-    direct = {"copy": COPY_VARIANTS, "sgc": SGC_VARIANTS}  # groups that render the kernel directly (_COPY)
+    direct = {"copy": COPY_VARIANTS, "sgc": SGC_VARIANTS, "probe": PROBE_VARIANTS}  # groups that render the kernel directly (_COPY)
     if len(groups) == 1 and groups[0] in direct:
         chosen = direct[groups[0]]
         with DawnHost(flags=flags, timeout=600) as host:

@@ -628,3 +628,24 @@ def test_f16_scales_once_per_x(host16):
     assert templates == ["matmul_sgmat_f16"] * 6
     for (_, w), y in zip(weights, ys):
         _check_scaled(y, x, w)
+
+
+@pytest.mark.gpu
+def test_f16_probes_emulated(device):
+    """The template's measurement probes (scripts/sgmat_bench.py --kernels probe) time what their docstring
+    says: "mma" multiplies the first K step's tiles at every step (y = STEPS x its partial product), "stage"
+    stages every step and multiplies only the last (y = the last step's partial product); both within f16_bound
+    of numpy over those K columns. K = 256 with kb 2: four steps."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    N, K, T = 45, 256, 37
+    tiling = MatmulSgmatF16Tiling(ti=1, tj=1, pf=True)
+    ks, steps = 32 * tiling.kb, K // (32 * tiling.kb)
+    rng = np.random.default_rng(12)
+    raw, w = make_weight("Q4_0", N, K, rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    first, last = slice(0, ks), slice(K - ks, K)
+    for probe, cols, times in (("mma", first, steps), ("mma-nobarrier", first, steps), ("stage", last, 1)):
+        y = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16", sgc=True, probe=probe)
+        want = times * (x[:, cols].astype(np.float64) @ w[:, cols].T)
+        assert (np.abs(y - want) <= times * f16_bound(x[:, cols], w[:, cols])).all(), probe
