@@ -101,7 +101,7 @@ for label, opts in {variants}:
     k = dev.kernel("matmul_sgmat_f16", sg_m=t.sg_m, sg_n=t.sg_n, ti=t.ti, tj=t.tj, kb=t.kb, db=t.db, pf=t.pf,
                    qtype="Q4_0", K=K, row_bytes=K // 32 * 18, tokens_at=1, has_bias=False, accumulate=False, **opts)
     wsrc, xsrc = opts.get("wsrc", "q"), opts.get("xsrc", "f32")
-    jobs.append((label, k, [w16 if wsrc == "f16" else wq, x16 if xsrc == "f16" else x32, sc, y, params],
+    jobs.append((label, k, [w16 if wsrc == "f16" else wq, x32 if xsrc == "f32" else x16, sc, y, params],
                  t.groups(N, T)[:2]))
 await dev.kernels_ready()
 bound = [(label, dev.bind(k, bufs), grid) for label, k, bufs, grid in jobs]
@@ -163,6 +163,8 @@ PROBE_VARIANTS = [
     ("probe mma (no staging in the loop)", {"xsrc": "f16", "sgc": True, "probe": "mma"}),
     ("probe mma, no barriers", {"xsrc": "f16", "sgc": True, "probe": "mma-nobarrier"}),
     ("probe stage (multiplies at the last step)", {"xsrc": "f16", "sgc": True, "probe": "stage"}),
+    # not a probe: x staged by subgroup-matrix loads and stores (the template's xsrc "m"), y as the first's
+    ("x by matrix copies (xsrc=m), sgc", {"xsrc": "m", "sgc": True}),
 ]
 
 # (kernel group, label, tiling, policy); "sgmat-sweep": the rest of matmul_sgmat's sweep (docs/benchmarks.md)
