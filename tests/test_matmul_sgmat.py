@@ -334,19 +334,23 @@ def test_f16_copy_only_emulated(device, case):
 @pytest.mark.parametrize(
     "tiling", [MatmulSgmatF16Tiling(ti=1, tj=1, pf=True), MatmulSgmatF16Tiling(sg_n=1, ti=2, tj=2)], ids=["2x2", "2x1"]
 )
-def test_f16_constant_offsets_emulated(device, tiling):
-    """sgc (the multiplies in a switch over the subgroup, every matrix load at a constant offset) multiplies
-    the same tiles: y bit-equal to the kernel's without it (ragged T and N, several K steps)."""
+@pytest.mark.parametrize("options", [{"sgc": True}, {"xsrc": "m"}], ids=["sgc", "xsrc-m"])
+def test_f16_same_tiles_emulated(device, tiling, options):
+    """Two forms that multiply the same tiles as the x16 kernel: sgc (the multiplies in a switch over the
+    subgroup, every matrix load at a constant offset) and xsrc "m" (a measurement: x's f16 blocks staged by
+    subgroup-matrix loads from storage and stores to workgroup memory, the subgroups taking the tile's blocks in
+    turn, instead of copies). y bit-equal to the kernel's without them (ragged T and N, several K steps, the pf
+    and plain loops), and within f16_bound of numpy."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
-    N, K, T = 45, 128, 37
+    N, K, T = 45, 256, 37
     rng = np.random.default_rng(11)
     raw, w = make_weight("Q4_0", N, K, rng)
     x = rng.standard_normal((T, K)).astype(np.float32)
     y = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16")
-    y_sgc = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16", sgc=True)
-    assert np.array_equal(y, y_sgc)
-    assert (np.abs(y - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()
+    y_form = run_emulated(device, "Q4_0", raw, N, K, x, tiling, **{"xsrc": "f16", **options})
+    assert np.array_equal(y, y_form)
+    assert (np.abs(y_form - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()
 
 
 @pytest.mark.gpu
@@ -649,22 +653,3 @@ def test_f16_probes_emulated(device):
         y = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16", sgc=True, probe=probe)
         want = times * (x[:, cols].astype(np.float64) @ w[:, cols].T)
         assert (np.abs(y - want) <= times * f16_bound(x[:, cols], w[:, cols])).all(), probe
-
-
-@pytest.mark.gpu
-def test_f16_x_by_matrix_copies_emulated(device):
-    """xsrc "m" (a measurement: x's f16 blocks staged by subgroup-matrix loads from storage and stores to
-    workgroup memory, the subgroups taking the tile's blocks in turn) stages the same values as the copies of
-    xsrc "f16": y bit-equal (ragged T and N, several K steps, the pf and plain loops), and within f16_bound of
-    numpy."""
-    if not device.has_f16:
-        pytest.skip("this adapter has no shader-f16")
-    N, K, T = 45, 256, 37
-    rng = np.random.default_rng(13)
-    raw, w = make_weight("Q4_0", N, K, rng)
-    x = rng.standard_normal((T, K)).astype(np.float32)
-    for tiling in (MatmulSgmatF16Tiling(ti=1, tj=1, pf=True), MatmulSgmatF16Tiling(sg_n=1, ti=2, tj=2)):
-        y = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16")
-        y_m = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="m")
-        assert np.array_equal(y, y_m), tiling
-        assert (np.abs(y_m - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()
