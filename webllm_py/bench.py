@@ -270,7 +270,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill-attention-tiling",
         type=_int_list,
-        metavar="TQ,TK,L[,R[,SGMAT,UNROLL,SGC]]",
+        metavar="TQ,TK[,L[,R[,SGMAT,UNROLL,SGC]]]",
         help="attention_prefill's on GPUs: tokens per workgroup, key positions per tile, lanes per query "
         "row (1: a thread per row; 4/8 need subgroups), rows per thread (with L > 1); 1 for SGMAT: "
         "attention_prefill_sgmat's tiling, 1 for SGC its products at constant offsets (PrefillTiling's fields; "
@@ -458,6 +458,10 @@ def _prefill_attention(fields: list[int]):
     """--prefill-attention-tiling's integers as PrefillTiling's fields, its flags as booleans."""
     from .planner import PrefillTiling
 
+    if not 2 <= len(fields) <= 7:
+        raise ValueError(
+            f"--prefill-attention-tiling takes 2 to 7 integers (TQ,TK[,L,R,SGMAT,UNROLL,SGC]), got {len(fields)}"
+        )
     t = PrefillTiling(*fields)
     return dataclasses.replace(t, sgmat=bool(t.sgmat), sgc=bool(t.sgc))
 
