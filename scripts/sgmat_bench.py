@@ -231,11 +231,8 @@ def main() -> int:
     a = p.parse_args()
     flags = list(dict.fromkeys(["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia", *a.dawn_flag]))
     groups = a.kernels.split(",")
-    direct = {
-        "copy": COPY_VARIANTS,
-        "sgc": SGC_VARIANTS,
-        "probe": PROBE_VARIANTS,
-    }  # groups that render the kernel directly (_COPY)
+    # groups that render the kernel directly (_COPY)
+    direct = {"copy": COPY_VARIANTS, "sgc": SGC_VARIANTS, "probe": PROBE_VARIANTS}
     if len(groups) == 1 and groups[0] in direct:
         chosen = direct[groups[0]]
         with DawnHost(flags=flags, timeout=600) as host:

@@ -458,9 +458,10 @@ def _prefill_attention(fields: list[int]):
     """--prefill-attention-tiling's integers as PrefillTiling's fields, its flags as booleans."""
     from .planner import PrefillTiling
 
-    if not 2 <= len(fields) <= 7:
+    names = [f.name.upper() for f in dataclasses.fields(PrefillTiling)]
+    if not 2 <= len(fields) <= len(names):
         raise ValueError(
-            f"--prefill-attention-tiling takes 2 to 7 integers (TQ,TK[,L,R,SGMAT,UNROLL,SGC]), got {len(fields)}"
+            f"--prefill-attention-tiling takes 2 to {len(names)} integers ({','.join(names)}), got {len(fields)}"
         )
     t = PrefillTiling(*fields)
     return dataclasses.replace(t, sgmat=bool(t.sgmat), sgc=bool(t.sgc))
