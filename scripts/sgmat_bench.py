@@ -163,13 +163,12 @@ PROBE_VARIANTS = [
     ("probe mma (no staging in the loop)", {"xsrc": "f16", "sgc": True, "probe": "mma"}),
     ("probe mma, no barriers", {"xsrc": "f16", "sgc": True, "probe": "mma-nobarrier"}),
     ("probe stage (multiplies at the last step)", {"xsrc": "f16", "sgc": True, "probe": "stage"}),
-    # not a probe: x staged by subgroup-matrix loads and stores (the template's xsrc "m"), y as the first's
-    ("x by matrix copies (xsrc=m), sgc", {"xsrc": "m", "sgc": True}),
 ]
 
 # (kernel group, label, tiling, policy); "sgmat-sweep": the rest of matmul_sgmat's sweep (docs/benchmarks.md)
 VARIANTS = [
-    ("i8", "matmul_i8 (planner's tile)", None, {}),
+    # the policy names matmul_i8: left to "auto", an adapter with f16 subgroup matrices gets matmul_sgmat_f16
+    ("i8", "matmul_i8 (planner's tile)", None, {"prefill": "i8"}),
     # matmul_i8's tiles (N >= 4096's): today's, with register prefetch (pf), taller / wider ones a block a K step
     ("i8-sweep", "i8 64x64 4x4 kb2", "MatmulI8Tiling()", {}),
     ("i8-sweep", "i8 64x64 4x4 kb2 pf", "MatmulI8Tiling(pf=True)", {}),
@@ -202,6 +201,18 @@ VARIANTS = [
     ("f16-sweep", "f16 64x128, 2x4 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=4)", {}),
     ("f16-sweep", "f16 64x32, 2x1 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=1)", {}),
     ("f16-sweep", "f16 32x64, 1x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_m=1)", {}),
+    # larger workgroup tiles than the planner's 128x128 (fewer staged values a multiply; fewer workgroups, so
+    # split-K where they leave SMs idle) and a longer K step (fewer barriers), all with pf, x16 and sgc
+    *[
+        ("f16-big", f"f16 {name}", f"MatmulSgmatF16Tiling({args}pf=True, x16=True, sgc=True)", {})
+        for name, args in (
+            ("128x128, 2x4 sg, 4x2, kb2 (planner's)", "sg_n=4, ti=4, "),
+            ("128x128, 2x4 sg, 4x2, kb4", "sg_n=4, ti=4, kb=4, "),
+            ("256x128, 4x4 sg, 4x2, kb2", "sg_m=4, sg_n=4, ti=4, "),
+            ("256x128, 4x4 sg, 4x2, kb2, 2 splits", "sg_m=4, sg_n=4, ti=4, splits=2, "),
+            ("128x256, 2x8 sg, 4x2, kb2", "sg_n=8, ti=4, "),
+        )
+    ],
     # split-K (splits S: S workgroups a tile over K slices, then splitk_sum's dispatch, timed with it)
     ("split", "split planner s1", None, {"prefill": "sgmat-f16", "sgmat_f16_splits": 1}),
     *[
@@ -247,7 +258,7 @@ def main() -> int:
         return 0
     with DawnHost(flags=flags, timeout=600) as host:
         offered = host.exec(_SETUP)  # {"i8": i8 subgroup matrices, "f16": f16 ones}
-        need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16", "f16-sweep": "f16", "split": "f16"}
+        need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16", "f16-sweep": "f16", "f16-big": "f16", "split": "f16"}
         for g in groups:
             if g in need and not offered[need[g]]:
                 print(f"sgmat_bench: this adapter has no {need[g]} subgroup matrices: no {g} rows", file=sys.stderr)

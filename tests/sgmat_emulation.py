@@ -101,33 +101,13 @@ def emulate(src: str) -> str:
         lambda a: f"emu_load({a[1]}, {a[2]}, lane)",
     )
     src = _replace_calls(src, "subgroupMatrixMultiplyAccumulate", lambda a: f"emu_mma({a[0]}, {a[1]}, {a[2]}, lane)")
-    # xsrc "m": x's blocks loaded from storage (the handle then names x) and stored to xs (copied there, each lane
-    # its 8 elements, as a result matrix's); the zero matrices its registers start as
-    copies = "subgroupMatrixStore<row_major>(&xs," in src
-    src = src.replace("subgroup_matrix_left<f16, 16, 16>()", "vec2<u32>(0u)")
-    src = _replace_calls(
-        src,
-        "subgroupMatrixStore<row_major>",
-        lambda a: (
-            f"emu_copy_x({a[1]}, {a[2]}, {a[3]}, lane)" if a[0] == "&xs" else f"emu_store({a[1]}, {a[2]}, {a[3]}, lane)"
-        ),
-    )
+    src = _replace_calls(src, "subgroupMatrixStore<row_major>", lambda a: f"emu_store({a[1]}, {a[2]}, {a[3]}, lane)")
     # wsrc / xsrc "f16"'s copies: naga (lavapipe's compiler here) does not take bitcast<vec2<f16>>(u32), which
     # Tint does; the same f16 pair through f32 (exact)
     src = _replace_calls(src, "bitcast<vec2<f16>>", lambda a: f"vec2<f16>(unpack2x16float({a[0]}))")
     assert "subgroupMatrix" not in src and "subgroup_matrix" not in src
     i = src.index("@compute")
-    return src[:i] + _BUILTINS + (_COPY_X if copies else "") + src[i:]
-
-
-_COPY_X = """
-fn emu_copy_x(o: u32, h: vec2<u32>, s: u32, lane: u32) {
-    for (var e = 0u; e < 8u; e++) {
-        let row = lane / 16u + 2u * e;
-        xs[o + row * s + lane % 16u] = x[h.x + row * h.y + lane % 16u];
-    }
-}
-"""
+    return src[:i] + _BUILTINS + src[i:]
 
 
 @contextmanager
@@ -210,15 +190,15 @@ def run_emulated(
         w_buf = run_dequant_f16(device, qtype, w_buf, N, K)
     bufs = [
         w_buf,
-        x_buf if xsrc == "f32" else device.create_buffer(2 * T * K),  # "f16", "m": f16(x / s_t) from row_scale
+        x_buf if xsrc == "f32" else device.create_buffer(2 * T * K),
         device.create_buffer(8 * T),
         device.buffer_from(y.tobytes()),
         device.buffer_from(struct.pack("<II", 0, T)),
     ]
     if bias is not None:
         bufs.append(device.buffer_from(bias.astype(np.float32).tobytes()))
-    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=xsrc != "f32")
-    device.run(scales, [x_buf, bufs[2], bufs[4]] + ([bufs[1]] if xsrc != "f32" else []), 1, T)
+    scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=xsrc == "f16")
+    device.run(scales, [x_buf, bufs[2], bufs[4]] + ([bufs[1]] if xsrc == "f16" else []), 1, T)
     device.run(kernel, bufs, *t.groups(N, T))
     out = asyncio.run(device.read_buffer(bufs[3], 0, 4 * T * N))
     return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)

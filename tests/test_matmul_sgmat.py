@@ -334,13 +334,10 @@ def test_f16_copy_only_emulated(device, case):
 @pytest.mark.parametrize(
     "tiling", [MatmulSgmatF16Tiling(ti=1, tj=1, pf=True), MatmulSgmatF16Tiling(sg_n=1, ti=2, tj=2)], ids=["2x2", "2x1"]
 )
-@pytest.mark.parametrize("options", [{"sgc": True}, {"xsrc": "m"}], ids=["sgc", "xsrc-m"])
-def test_f16_same_tiles_emulated(device, tiling, options):
-    """Two forms that multiply the same tiles as the x16 kernel: sgc (the multiplies in a switch over the
-    subgroup, every matrix load at a constant offset) and xsrc "m" (a measurement: x's f16 blocks staged by
-    subgroup-matrix loads from storage and stores to workgroup memory, the subgroups taking the tile's blocks in
-    turn, instead of copies). y bit-equal to the kernel's without them (ragged T and N, several K steps, the pf
-    and plain loops), and within f16_bound of numpy."""
+def test_f16_sgc_emulated(device, tiling):
+    """sgc (the multiplies in a switch over the subgroup, every matrix load at a constant offset) multiplies
+    the same tiles as the x16 kernel: y bit-equal to the kernel's without it (ragged T and N, several K steps,
+    the pf and plain loops), and within f16_bound of numpy."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
     N, K, T = 45, 256, 37
@@ -348,7 +345,7 @@ def test_f16_same_tiles_emulated(device, tiling, options):
     raw, w = make_weight("Q4_0", N, K, rng)
     x = rng.standard_normal((T, K)).astype(np.float32)
     y = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16")
-    y_form = run_emulated(device, "Q4_0", raw, N, K, x, tiling, **{"xsrc": "f16", **options})
+    y_form = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16", sgc=True)
     assert np.array_equal(y, y_form)
     assert (np.abs(y_form - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()
 
