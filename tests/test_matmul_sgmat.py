@@ -334,18 +334,24 @@ def test_f16_copy_only_emulated(device, case):
 @pytest.mark.parametrize(
     "tiling", [MatmulSgmatF16Tiling(ti=1, tj=1, pf=True), MatmulSgmatF16Tiling(sg_n=1, ti=2, tj=2)], ids=["2x2", "2x1"]
 )
-def test_f16_sgc_emulated(device, tiling):
-    """sgc (the multiplies in a switch over the subgroup, every matrix load at a constant offset) multiplies
-    the same tiles as the x16 kernel: y bit-equal to the kernel's without it (ragged T and N, several K steps,
-    the pf and plain loops), and within f16_bound of numpy."""
+@pytest.mark.parametrize(
+    "qtype, options",
+    [("Q4_0", {"sgc": True}), ("Q4_0", {"spread": True}), ("Q6_K", {"spread": True})],
+    ids=["sgc", "spread", "spread-Q6_K"],
+)
+def test_f16_same_tiles_emulated(device, tiling, qtype, options):
+    """Forms that stage and multiply the same tiles as the x16 kernel: sgc (the multiplies in a switch over the
+    subgroup, every matrix load at a constant offset) and spread (the staging's stores in rotated orders, over
+    more banks). y bit-equal to the kernel's without them (ragged T and N, several K steps, the pf and plain
+    loops; Q6_K: two scales a block), and within f16_bound of numpy."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
     N, K, T = 45, 256, 37
     rng = np.random.default_rng(11)
-    raw, w = make_weight("Q4_0", N, K, rng)
+    raw, w = make_weight(qtype, N, K, rng)
     x = rng.standard_normal((T, K)).astype(np.float32)
-    y = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16")
-    y_form = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16", sgc=True)
+    y = run_emulated(device, qtype, raw, N, K, x, tiling, xsrc="f16")
+    y_form = run_emulated(device, qtype, raw, N, K, x, tiling, xsrc="f16", **options)
     assert np.array_equal(y, y_form)
     assert (np.abs(y_form - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()
 

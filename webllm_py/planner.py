@@ -228,6 +228,10 @@ class MatmulSgmatF16Tiling:
     # it; without robustness it is 2-5% slower: docs/benchmarks.md, "what robustness costs");
     # SGMAT_F16_TILES sets it, the bare default stays without
     sgc: bool = False
+    # the staging's 2-byte stores spread over workgroup memory's 32 banks (the template's spread: lanes store
+    # their words in rotated orders, so that at kb 2 a warp's store instruction takes 1 pass instead of 4 for W
+    # and 2 for x); the same values at the same places. Not measured yet, so off in the planner's tiles
+    spread: bool = False
 
     @property
     def tm(self) -> int:
