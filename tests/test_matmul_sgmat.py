@@ -336,13 +336,19 @@ def test_f16_copy_only_emulated(device, case):
 )
 @pytest.mark.parametrize(
     "qtype, options",
-    [("Q4_0", {"sgc": True}), ("Q4_0", {"spread": True}), ("Q6_K", {"spread": True})],
-    ids=["sgc", "spread", "spread-Q6_K"],
+    [
+        ("Q4_0", {"sgc": True}),
+        ("Q4_0", {"spread": True}),
+        ("Q6_K", {"spread": True}),
+        ("Q4_0", {"wsp": True}),
+        ("Q4_0", {"wsp": True, "sgc": True, "spread": True}),
+    ],
+    ids=["sgc", "spread", "spread-Q6_K", "wsp", "wsp-sgc-spread"],
 )
 def test_f16_same_tiles_emulated(device, tiling, qtype, options):
     """Forms that stage and multiply the same tiles as the x16 kernel: sgc (the multiplies in a switch over the
-    subgroup, every matrix load at a constant offset) and spread (the staging's stores in rotated orders, over
-    more banks). y bit-equal to the kernel's without them (ragged T and N, several K steps, the pf and plain
+    subgroup, every matrix load at a constant offset), spread (the staging's stores in rotated orders, over
+    more banks) and wsp (subgroups that only stage beside those that only multiply). y bit-equal to the kernel's without them (ragged T and N, several K steps, the pf and plain
     loops; Q6_K: two scales a block), and within f16_bound of numpy."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
