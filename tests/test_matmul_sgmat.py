@@ -328,23 +328,26 @@ def test_f16_copy_only_emulated(device, case):
     assert (np.abs(y - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()
 
 
-@pytest.mark.gpu
-# 2x2 subgroups of one tile, and 2x1 subgroups of 2x2 tiles (each case's offsets multiply ti and tj); the
+# 2x2 subgroups of one tile (pf), and 2x1 subgroups of 2x2 tiles (the plain loop; each sgc case's offsets multiply
+# ti and tj) for sgc; spread and wsp on the first only (their lanes' store orders and the stagers' loop do not
+# depend on ti, tj or pf; each case of the second costs ~30 s of lavapipe's compile, the three together ~175 s); the
 # planner's 128x128 tile compiles too slowly on lavapipe with the switch's eight copies
+PF_2X2 = MatmulSgmatF16Tiling(ti=1, tj=1, pf=True)
+
+
 @pytest.mark.parametrize(
-    "tiling", [MatmulSgmatF16Tiling(ti=1, tj=1, pf=True), MatmulSgmatF16Tiling(sg_n=1, ti=2, tj=2)], ids=["2x2", "2x1"]
-)
-@pytest.mark.parametrize(
-    "qtype, options",
+    "tiling, qtype, options",
     [
-        ("Q4_0", {"sgc": True}),
-        ("Q4_0", {"spread": True}),
-        ("Q6_K", {"spread": True}),
-        ("Q4_0", {"wsp": True}),
-        ("Q4_0", {"wsp": True, "sgc": True, "spread": True}),
+        (PF_2X2, "Q4_0", {"sgc": True}),
+        (MatmulSgmatF16Tiling(sg_n=1, ti=2, tj=2), "Q4_0", {"sgc": True}),
+        (PF_2X2, "Q4_0", {"spread": True}),
+        (PF_2X2, "Q6_K", {"spread": True}),
+        (PF_2X2, "Q4_0", {"wsp": True}),
+        (PF_2X2, "Q4_0", {"wsp": True, "sgc": True, "spread": True}),
     ],
-    ids=["sgc", "spread", "spread-Q6_K", "wsp", "wsp-sgc-spread"],
+    ids=["sgc-2x2", "sgc-2x1", "spread", "spread-Q6_K", "wsp", "wsp-sgc-spread"],
 )
+@pytest.mark.gpu
 def test_f16_same_tiles_emulated(device, tiling, qtype, options):
     """Forms that stage and multiply the same tiles as the x16 kernel: sgc (the multiplies in a switch over the
     subgroup, every matrix load at a constant offset), spread (the staging's stores in rotated orders, over
