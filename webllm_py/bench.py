@@ -245,9 +245,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF[,X16[,SGC[,SPREAD[,WSP]]]]]",
         help="matmul_sgmat_f16's tile: subgroups along tokens and rows, 16x16 tiles each, 32-blocks a K step, "
         "double buffering 0/1, prefetch 0/1, x staged from row_scale's f16 copy 0/1, matrix loads at constant "
-        "offsets 0/1, staging stores spread over the banks 0/1, warp-specialized 0/1 (planner.MatmulSgmatF16Tiling; "
-        "the planner's tiles "
-        "have PF, X16 and SGC on)",
+        "offsets 0/1, staging stores spread over the banks 0/1, warp-specialized 0/1 "
+        "(planner.MatmulSgmatF16Tiling; the planner's tiles have PF, X16 and SGC on)",
     )
     p.add_argument(
         "--sgmat-f16-splits",
