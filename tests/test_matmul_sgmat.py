@@ -351,8 +351,9 @@ PF_2X2 = MatmulSgmatF16Tiling(ti=1, tj=1, pf=True)
 def test_f16_same_tiles_emulated(device, tiling, qtype, options):
     """Forms that stage and multiply the same tiles as the x16 kernel: sgc (the multiplies in a switch over the
     subgroup, every matrix load at a constant offset), spread (the staging's stores in rotated orders, over
-    more banks) and wsp (subgroups that only stage beside those that only multiply). y bit-equal to the kernel's without them (ragged T and N, several K steps, the pf and plain
-    loops; Q6_K: two scales a block), and within f16_bound of numpy."""
+    more banks) and wsp (subgroups that only stage beside those that only multiply). y bit-equal to the
+    kernel's without them (ragged T and N, several K steps, the pf and plain loops; Q6_K: two scales a block),
+    and within f16_bound of numpy."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
     N, K, T = 45, 256, 37
