@@ -146,6 +146,31 @@ def test_non_finite_special_id_is_a_tokenizer_error(bad):
         Tokenizer.from_gguf_metadata(meta)
 
 
+@pytest.mark.parametrize(
+    "where, bad",
+    [("added", 2**40), ("added", 10**7), ("vocab", -1), ("vocab", 1.5), ("added", True), ("added", "259")],
+)
+def test_implausible_hf_token_id_is_a_tokenizer_error(where, bad):
+    """Found by the fuzz below in CI (a 300 s hang): an id of 2**40 sized the piece list by it; a negative id
+    silently overwrote a piece from the list's end. Refused now, at once, before any list is sized."""
+    tj = _hf_json()
+    if where == "added":
+        tj["added_tokens"][0]["id"] = bad
+    else:
+        tj["model"]["vocab"]["he"] = bad
+    with pytest.raises(TokenizerError, match="token id"):
+        Tokenizer.from_hf(tj)
+    _still_usable("hf")
+
+
+def test_hf_vocabulary_with_holes_loads():
+    """Real files may skip a few ids: a gap of 1,000 before an added token still loads, its id kept."""
+    tj = _hf_json()
+    tj["added_tokens"][0]["id"] = 1259
+    tok = Tokenizer.from_hf(tj)
+    assert tok.vocab_size == 1260 and tok.encode("<|endoftext|>", add_special=False) == [1259]
+
+
 @st.composite
 def mangled_hf(draw):
     """A tokenizer.json object with parts retyped/removed, or now and then a path that is no file."""

@@ -45,6 +45,22 @@ def _token_text(value):
     return value
 
 
+# A real tokenizer.json numbers its tokens 0..n-1, at most with a few holes; ids this far past the count of
+# entries are refused before a list is sized by them (an id of 2**40 would otherwise ask for terabytes)
+ID_HOLES_MAX = 1 << 16
+
+
+def _vocab_size(ids: list) -> int:
+    """One more than the largest token id, after checking that every id is a plausible list index."""
+    bound = len(ids) + ID_HOLES_MAX
+    for i in ids:
+        if type(i) is not int or not 0 <= i < bound:
+            raise TokenizerError(
+                f"tokenizer.json token id {i!r} is not an integer in [0, {bound}) ({len(ids)} tokens listed)"[:300]
+            )
+    return max(ids, default=-1) + 1
+
+
 def tokenizer_args_from_hf(tokenizer_json, tokenizer_config=None) -> dict[str, Any]:
     """Tokenizer(**these) for a tokenizer.json (and tokenizer_config.json)."""
     tj, json_dir = _load_json(tokenizer_json)
@@ -58,7 +74,7 @@ def tokenizer_args_from_hf(tokenizer_json, tokenizer_config=None) -> dict[str, A
         raise TokenizerError(f"tokenizer.json model type {model.get('type')!r} is not supported (only BPE)")
     vocab = model["vocab"]
     added = tj.get("added_tokens") or []
-    size = max([max(vocab.values(), default=-1)] + [a["id"] for a in added]) + 1
+    size = _vocab_size([*vocab.values(), *(a["id"] for a in added)])
     pieces = [None] * size
     kinds = [TokenType.NORMAL] * size
     for piece, i in vocab.items():
