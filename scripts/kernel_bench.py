@@ -308,7 +308,7 @@ STAGED = [
     (256, 4, 2, True),
     (512, 8, 1, True),
 ]
-for qtype in ("Q4_0", "Q4_K") if want("staged") else ():
+for qtype in ("Q4_0", "Q4_K", "Q6_K") if want("staged") else ():
     shapes = (
         [
             (4096, 4096),
