@@ -347,14 +347,12 @@ SGMAT_F16_CASES = [
      KernelPolicy(sgmat_f16_splits=8), dataclasses.replace(BIG16, kb=1, splits=3)),
     ("split-K: partial tiles [splits, 512, N] within 128 MiB", SGMAT16, T.Q4_0, 28672, 4096,
      KernelPolicy(sgmat_f16_splits=4), dataclasses.replace(BIG16, splits=2)),
-    # wsp: 2 x 8 subgroups (512 threads); two buffers of (128 + 128) rows x (32 + 8) f16 at kb 1 + 8 KiB = 48 KiB
-    ("the policy's warp-specialized 128x128 at kb 1: 48 KiB, 512 threads", SGMAT16, T.Q4_0, 4096, 4096,
-     KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, kb=1, wsp=True)),
-     dataclasses.replace(BIG16, kb=1, wsp=True)),
-    ("warp-specialized at kb 2: 80 KiB, past the workgroup memory", SGMAT16, T.Q4_0, 4096, 4096,
-     KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, wsp=True)), None),
-    ("warp-specialized past the adapter's 256 threads", dataclasses.replace(SGMAT16, invocations=256), T.Q4_0, 4096,
-     4096, KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, kb=1, wsp=True)), None),
+    # 4 x 4 subgroups (512 threads) of one tile each: 64x64 in 34 KiB; the threads decide where it runs
+    ("the policy's 4x4 subgroups: 512 threads", SGMAT16, T.Q4_0, 4096, 4096,
+     KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=4, sg_n=4, ti=1, tj=1)),
+     MatmulSgmatF16Tiling(sg_m=4, sg_n=4, ti=1, tj=1)),
+    ("the policy's 4x4 subgroups past the adapter's 256 threads", dataclasses.replace(SGMAT16, invocations=256),
+     T.Q4_0, 4096, 4096, KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=4, sg_n=4, ti=1, tj=1)), None),
     ("split-K never (the A/B's old planner)", SGMAT16, T.Q4_0, 4096, 4096,
      KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, splits=4), sgmat_f16_splits=1), BIG16),
 ]

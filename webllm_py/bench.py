@@ -242,11 +242,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sgmat-f16-tiling",
         type=_int_list,
-        metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF[,X16[,SGC[,SPREAD[,WSP]]]]]",
+        metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF[,X16[,SGC]]]",
         help="matmul_sgmat_f16's tile: subgroups along tokens and rows, 16x16 tiles each, 32-blocks a K step, "
         "double buffering 0/1, prefetch 0/1, x staged from row_scale's f16 copy 0/1, matrix loads at constant "
-        "offsets 0/1, staging stores spread over the banks 0/1, warp-specialized 0/1 "
-        "(planner.MatmulSgmatF16Tiling; the planner's tiles have PF, X16 and SGC on)",
+        "offsets 0/1 (planner.MatmulSgmatF16Tiling; the planner's tiles have PF, X16 and SGC on)",
     )
     p.add_argument(
         "--sgmat-f16-splits",
@@ -438,10 +437,7 @@ def kernel_policy(args: argparse.Namespace):
         else None,
         sgmat_f16_tiling=MatmulSgmatF16Tiling(
             *ints(args.sgmat_f16_tiling)[:5],
-            **{
-                k: bool(v)
-                for k, v in zip(("db", "pf", "x16", "sgc", "spread", "wsp"), ints(args.sgmat_f16_tiling)[5:11])
-            },
+            **{k: bool(v) for k, v in zip(("db", "pf", "x16", "sgc"), ints(args.sgmat_f16_tiling)[5:9])},
         )
         if args.sgmat_f16_tiling
         else None,
