@@ -403,6 +403,26 @@ def test_kv_cache_policy():
     assert [kernel_policy(p.parse_args(a)).kv_cache for a in flags] == ["auto", "f32", "f16x2"]
 
 
+def test_bench_sgmat_f16_tiling_flag(capsys):
+    """bench --sgmat-f16-tiling: MatmulSgmatF16Tiling's fields in order, DB, PF, X16 and SGC as booleans (so the
+    planned tiling equals the planner's own), and a clear argparse error past SGC's 9 fields or short of DB's 6."""
+    import argparse
+
+    from webllm_py.bench import add_arguments, kernel_policy
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    t = kernel_policy(p.parse_args(["--sgmat-f16-tiling", "2,4,4,2,2,0,1,1,1"])).sgmat_f16_tiling
+    assert t == BIG16 and (t.db, t.pf, t.x16, t.sgc) == (False, True, True, True)
+    assert kernel_policy(p.parse_args(["--sgmat-f16-tiling", "1,2,2,1,1,1"])).sgmat_f16_tiling == (
+        MatmulSgmatF16Tiling(sg_m=1, sg_n=2, ti=2, tj=1, kb=1, db=True)
+    )
+    for fields in ("2,4,4,2,2,0,1,1,1,1", "2,4,4,2,2"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--sgmat-f16-tiling", fields])
+        assert "takes 6 to 9 integers (SG_M,SG_N,TI,TJ,KB,DB,PF,X16,SGC)" in capsys.readouterr().err
+
+
 def test_attention_plan():
     """Fused single-token step on GPUs with a device-scope storageBarrier (native Vulkan), 10 storage bindings and head_dim % 8 == 0;
     split-K decode elsewhere; the policy's choices; prefill tiles within the adapter's limits."""
