@@ -10,7 +10,7 @@ matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a
     python scripts/sgmat_bench.py --kernels sgc     # the planner's matmul_sgmat_f16: matrix loads at constant offsets
     python scripts/sgmat_bench.py --kernels probe   # the planner's matmul_sgmat_f16: its multiplies alone, its staging
         # alone (the template's measurement probes; their y is not the product)
-    python scripts/sgmat_bench.py --kernels f16-big # the planner's f16 tiles with spread stores, wsp, larger
+    python scripts/sgmat_bench.py --kernels f16-big # the planner's f16 tiles, 128x128 at kb 1 and 4, 256x128
     python scripts/sgmat_bench.py --kernels copy    # matmul_sgmat_f16 at the planner's tile with copy-only
         # staging (wsrc=f16: W as f16 rows, xsrc=f16: x as f16(x / s_t)) against today's, rounds alternating,
         # and the dequant_f16 pre-pass alone (GB/s of f16 rows written + quant bytes read)
@@ -202,21 +202,14 @@ VARIANTS = [
     ("f16-sweep", "f16 64x128, 2x4 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=4)", {}),
     ("f16-sweep", "f16 64x32, 2x1 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_n=1)", {}),
     ("f16-sweep", "f16 32x64, 1x2 sg, 2x2, kb2", "MatmulSgmatF16Tiling(sg_m=1)", {}),
-    # the planner's tiles with their staging stores spread over the banks (the template's spread), warp-specialized
-    # (wsp: stagers beside multipliers, two buffers: the 128x128 tile only fits 48 KiB at kb 1), a longer K step
-    # (fewer barriers) and a larger tile (fewer staged values a multiply), all with pf, x16 and sgc
+    # the planner's tiles, its 128x128 at a shorter and a longer K step (fewer barriers) and a larger tile (fewer
+    # staged values a multiply), all with pf, x16 and sgc
     *[
         ("f16-big", f"f16 {name}", f"MatmulSgmatF16Tiling({args}pf=True, x16=True, sgc=True)", {})
         for name, args in (
             ("128x128, 2x4 sg, 4x2, kb2 (planner's)", "sg_n=4, ti=4, "),
-            ("128x128, 2x4 sg, 4x2, kb2, spread", "sg_n=4, ti=4, spread=True, "),
             ("64x64, 2x2 sg, 2x2, kb2 (planner's)", ""),
-            ("64x64, 2x2 sg, 2x2, kb2, spread", "spread=True, "),
             ("128x128, 2x4 sg, 4x2, kb1", "sg_n=4, ti=4, kb=1, "),
-            ("128x128, 2x4 sg, 4x2, kb1, wsp", "sg_n=4, ti=4, kb=1, wsp=True, "),
-            ("128x128, 2x4 sg, 4x2, kb1, wsp, spread", "sg_n=4, ti=4, kb=1, wsp=True, spread=True, "),
-            ("64x64, 2x2 sg, 2x2, kb2, wsp", "wsp=True, "),
-            ("64x64, 2x2 sg, 2x2, kb2, wsp, spread", "wsp=True, spread=True, "),
             ("128x128, 2x4 sg, 4x2, kb4", "sg_n=4, ti=4, kb=4, "),
             ("256x128, 4x4 sg, 4x2, kb2", "sg_m=4, sg_n=4, ti=4, "),
         )

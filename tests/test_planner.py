@@ -347,14 +347,12 @@ SGMAT_F16_CASES = [
      KernelPolicy(sgmat_f16_splits=8), dataclasses.replace(BIG16, kb=1, splits=3)),
     ("split-K: partial tiles [splits, 512, N] within 128 MiB", SGMAT16, T.Q4_0, 28672, 4096,
      KernelPolicy(sgmat_f16_splits=4), dataclasses.replace(BIG16, splits=2)),
-    # wsp: 2 x 8 subgroups (512 threads); two buffers of (128 + 128) rows x (32 + 8) f16 at kb 1 + 8 KiB = 48 KiB
-    ("the policy's warp-specialized 128x128 at kb 1: 48 KiB, 512 threads", SGMAT16, T.Q4_0, 4096, 4096,
-     KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, kb=1, wsp=True)),
-     dataclasses.replace(BIG16, kb=1, wsp=True)),
-    ("warp-specialized at kb 2: 80 KiB, past the workgroup memory", SGMAT16, T.Q4_0, 4096, 4096,
-     KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, wsp=True)), None),
-    ("warp-specialized past the adapter's 256 threads", dataclasses.replace(SGMAT16, invocations=256), T.Q4_0, 4096,
-     4096, KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, kb=1, wsp=True)), None),
+    # 4 x 4 subgroups (512 threads) of one tile each: 64x64 in 34 KiB; the threads decide where it runs
+    ("the policy's 4x4 subgroups: 512 threads", SGMAT16, T.Q4_0, 4096, 4096,
+     KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=4, sg_n=4, ti=1, tj=1)),
+     MatmulSgmatF16Tiling(sg_m=4, sg_n=4, ti=1, tj=1)),
+    ("the policy's 4x4 subgroups past the adapter's 256 threads", dataclasses.replace(SGMAT16, invocations=256),
+     T.Q4_0, 4096, 4096, KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=4, sg_n=4, ti=1, tj=1)), None),
     ("split-K never (the A/B's old planner)", SGMAT16, T.Q4_0, 4096, 4096,
      KernelPolicy(sgmat_f16_tiling=dataclasses.replace(BIG16, splits=4), sgmat_f16_splits=1), BIG16),
 ]
@@ -403,6 +401,26 @@ def test_kv_cache_policy():
     add_arguments(p)
     flags = ([], ["--kv-cache", "f32"], ["--kv-cache", "f16x2"])
     assert [kernel_policy(p.parse_args(a)).kv_cache for a in flags] == ["auto", "f32", "f16x2"]
+
+
+def test_bench_sgmat_f16_tiling_flag(capsys):
+    """bench --sgmat-f16-tiling: MatmulSgmatF16Tiling's fields in order, DB, PF, X16 and SGC as booleans (so the
+    planned tiling equals the planner's own), and a clear argparse error past SGC's 9 fields or short of DB's 6."""
+    import argparse
+
+    from webllm_py.bench import add_arguments, kernel_policy
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    t = kernel_policy(p.parse_args(["--sgmat-f16-tiling", "2,4,4,2,2,0,1,1,1"])).sgmat_f16_tiling
+    assert t == BIG16 and (t.db, t.pf, t.x16, t.sgc) == (False, True, True, True)
+    assert kernel_policy(p.parse_args(["--sgmat-f16-tiling", "1,2,2,1,1,1"])).sgmat_f16_tiling == (
+        MatmulSgmatF16Tiling(sg_m=1, sg_n=2, ti=2, tj=1, kb=1, db=True)
+    )
+    for fields in ("2,4,4,2,2,0,1,1,1,1", "2,4,4,2,2"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--sgmat-f16-tiling", fields])
+        assert "takes 6 to 9 integers (SG_M,SG_N,TI,TJ,KB,DB,PF,X16,SGC)" in capsys.readouterr().err
 
 
 def test_attention_plan():

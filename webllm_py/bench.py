@@ -134,6 +134,24 @@ def _int_list(v: str) -> str:
     return v
 
 
+# --sgmat-f16-tiling's fields in order: MatmulSgmatF16Tiling's integers, then its booleans (0/1)
+_SGMAT_F16_INTS = ("sg_m", "sg_n", "ti", "tj", "kb")
+_SGMAT_F16_FLAGS = ("db", "pf", "x16", "sgc")
+
+
+def _sgmat_f16_spec(v: str) -> str:
+    """An argparse type for --sgmat-f16-tiling: 6 to 9 comma-separated integers, SG_M to DB and then PF, X16 and
+    SGC if given (kernel_policy unpacks them). Integers past SGC were silently ignored."""
+    fields = _int_list(v).split(",")
+    names = [f.upper() for f in _SGMAT_F16_INTS + _SGMAT_F16_FLAGS]
+    least = len(_SGMAT_F16_INTS) + 1  # SG_M to DB
+    if not least <= len(fields) <= len(names):
+        raise argparse.ArgumentTypeError(
+            f"takes {least} to {len(names)} integers ({','.join(names)}), got {len(fields)}"
+        )
+    return v
+
+
 def _staged_spec(v: str) -> str:
     """An argparse type for --staged-tiling: each tiling 3 to 5 comma-separated integers (planner.parse_staged_tilings
     unpacks them). It took any text, and a field that was not a number (a key without `=`) or a tiling of two
@@ -241,12 +259,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sgmat-f16-tiling",
-        type=_int_list,
-        metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF[,X16[,SGC[,SPREAD[,WSP]]]]]",
+        type=_sgmat_f16_spec,
+        metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF[,X16[,SGC]]]",
         help="matmul_sgmat_f16's tile: subgroups along tokens and rows, 16x16 tiles each, 32-blocks a K step, "
         "double buffering 0/1, prefetch 0/1, x staged from row_scale's f16 copy 0/1, matrix loads at constant "
-        "offsets 0/1, staging stores spread over the banks 0/1, warp-specialized 0/1 "
-        "(planner.MatmulSgmatF16Tiling; the planner's tiles have PF, X16 and SGC on)",
+        "offsets 0/1 (planner.MatmulSgmatF16Tiling; the planner's tiles have PF, X16 and SGC on)",
     )
     p.add_argument(
         "--sgmat-f16-splits",
@@ -437,11 +454,8 @@ def kernel_policy(args: argparse.Namespace):
         if args.i8_tiling
         else None,
         sgmat_f16_tiling=MatmulSgmatF16Tiling(
-            *ints(args.sgmat_f16_tiling)[:5],
-            **{
-                k: bool(v)
-                for k, v in zip(("db", "pf", "x16", "sgc", "spread", "wsp"), ints(args.sgmat_f16_tiling)[5:11])
-            },
+            **dict(zip(_SGMAT_F16_INTS, ints(args.sgmat_f16_tiling))),
+            **{k: bool(v) for k, v in zip(_SGMAT_F16_FLAGS, ints(args.sgmat_f16_tiling)[len(_SGMAT_F16_INTS) :])},
         )
         if args.sgmat_f16_tiling
         else None,

@@ -228,8 +228,6 @@ class Linear:
                         pf=m.pf,
                         splits=m.splits,
                         sgc=m.sgc,
-                        spread=m.spread,
-                        wsp=m.wsp,
                     )
                 # split-K slices write partial tiles; splitk_sum ("reduce") does the bias, += and stride
                 split = isinstance(m, MatmulSgmatF16Tiling) and m.splits > 1

@@ -170,10 +170,6 @@ class MatmulSgmatTiling:
     planes: int = 2  # int8 planes of x (as MatmulI8Tiling's)
 
     @property
-    def threads(self) -> int:
-        return 32 * self.sg_m * self.sg_n
-
-    @property
     def tm(self) -> int:
         return 16 * self.sg_m * self.ti
 
@@ -232,18 +228,6 @@ class MatmulSgmatF16Tiling:
     # it; without robustness it is 2-5% slower: docs/benchmarks.md, "what robustness costs");
     # SGMAT_F16_TILES sets it, the bare default stays without
     sgc: bool = False
-    # the staging's 2-byte stores spread over workgroup memory's 32 banks (the template's spread: lanes store
-    # their words in rotated orders, so that at kb 2 a warp's store instruction takes 1 pass instead of 4 for W
-    # and 2 for x); the same values at the same places. Not measured yet, so off in the planner's tiles
-    spread: bool = False
-    # warp-specialized (the template's wsp): as many subgroups again, which only stage, into two buffers, while
-    # the first sg_m x sg_n only multiply (the probes measured the time as staging + multiplies, not overlapped);
-    # not measured yet, so off in the planner's tiles
-    wsp: bool = False
-
-    @property
-    def threads(self) -> int:
-        return 32 * self.sg_m * self.sg_n * (2 if self.wsp else 1)
 
     @property
     def tm(self) -> int:
@@ -257,12 +241,9 @@ class MatmulSgmatF16Tiling:
         return _ceil_div(n, self.tn), _ceil_div(T, self.tm), self.splits
 
     def shared_bytes(self) -> int:
-        """Workgroup memory: f16 rows of x and W (8 f16 of padding each), twice when double-buffered (db, wsp),
+        """Workgroup memory: f16 rows of x and W (8 f16 of padding each), twice when double-buffered,
         and one f32 16x16 tile per subgroup on the way out."""
-        return (
-            2 * (2 if self.db or self.wsp else 1) * (self.tm + self.tn) * (32 * self.kb + 8)
-            + 4 * 256 * self.sg_m * self.sg_n
-        )
+        return 2 * (2 if self.db else 1) * (self.tm + self.tn) * (32 * self.kb + 8) + 4 * 256 * self.sg_m * self.sg_n
 
 
 @dataclass(frozen=True)
@@ -860,7 +841,7 @@ def i8_tiling(
 
 def _sgmat_fits(adapter: Adapter, t: MatmulSgmatTiling | MatmulSgmatF16Tiling) -> bool:
     """A subgroup-matrix tile this adapter can run: its workgroup memory and its sg_m x sg_n subgroups of 32."""
-    return adapter.fits(t.shared_bytes()) and t.threads <= adapter.invocations
+    return adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations
 
 
 def sgmat_tiling(
