@@ -151,6 +151,25 @@ def test_unsupported_rope_scaling(broken, device):
         load(broken, device)
 
 
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(rope_parameters=[1]), "malformed"),  # was AttributeError
+        (dict(sliding_window="x", use_sliding_window=True), "sliding window"),  # was ValueError, at build time
+        (dict(sliding_window=-5, use_sliding_window=True), "sliding window -5"),
+        (dict(head_dim=32.5), "not a whole number"),  # was truncated to 32 and loaded
+        (dict(num_hidden_layers=True), "not a whole number"),
+    ],
+    ids=["rope-parameters-list", "window-text", "window-negative", "head-dim-fraction", "layers-bool"],
+)
+def test_malformed_config_values_are_model_format_errors(broken, device, changes, match):
+    """Found by probing config.json with hostile values: each was an untyped exception or loaded a
+    model other than the file describes."""
+    edit_config(broken, **changes)
+    with pytest.raises(ModelFormatError, match=match):
+        load(broken, device)
+
+
 @pytest.mark.parametrize("cut", [lambda n: n * 6 // 10, lambda n: 100], ids=["in-data", "in-header"])
 def test_truncated_safetensors(broken, device, cut):
     f = broken / "model.safetensors"

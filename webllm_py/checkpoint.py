@@ -116,7 +116,8 @@ def _config(read) -> ModelConfig:
     """`read()`'s config, with the errors of malformed values typed (validate_config then checks it)."""
     try:
         cfg = read()
-    except (ZeroDivisionError, TypeError, ValueError, OverflowError) as e:  # e.g. head_count 0, a string size
+    # e.g. head_count 0, a string size, a list where config.json has a dict (rope_parameters)
+    except (ZeroDivisionError, TypeError, ValueError, OverflowError, AttributeError) as e:
         raise ModelFormatError(f"model metadata is malformed ({type(e).__name__}: {e}).") from None
     return cfg
 

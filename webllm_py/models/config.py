@@ -135,14 +135,21 @@ def read_gguf(meta: dict[str, Any], tensor_names: set[str], arch: str) -> ModelC
     )
 
 
+def _whole(v: Any) -> int:
+    """A size from config.json as an int: a fraction (head_dim 32.5) or a boolean is malformed, not truncated."""
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError(f"{v!r} is not a whole number")
+    return int(v)
+
+
 def read_hf(cfg: dict[str, Any], arch: str) -> ModelConfig:
     """config.json of the Llama-like families (Llama, Mistral, Qwen2, Phi-2, StableLM, Mixtral)."""
     try:
-        dim = int(cfg["hidden_size"])
-        n_heads = int(cfg["num_attention_heads"])
-        head_dim = int(cfg.get("head_dim") or dim // n_heads)
-        n_layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
-        vocab = int(cfg["vocab_size"])
+        dim = _whole(cfg["hidden_size"])
+        n_heads = _whole(cfg["num_attention_heads"])
+        head_dim = _whole(cfg.get("head_dim") or dim // n_heads)
+        n_layers, hidden = _whole(cfg["num_hidden_layers"]), _whole(cfg["intermediate_size"])
+        vocab = _whole(cfg["vocab_size"])
     except KeyError as e:
         raise ModelFormatError(f"config.json lacks {e.args[0]!r}, which a {arch} model needs") from None
     except (TypeError, ValueError) as e:
@@ -167,11 +174,11 @@ def read_hf(cfg: dict[str, Any], arch: str) -> ModelConfig:
         n_layers=n_layers,
         dim=dim,
         n_heads=n_heads,
-        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+        n_kv_heads=_whole(cfg.get("num_key_value_heads") or n_heads),
         head_dim=head_dim,
         hidden_dim=hidden,
         vocab_size=vocab,
-        context_length=int(cfg.get("max_position_embeddings", 2048)),
+        context_length=_whole(cfg.get("max_position_embeddings", 2048)),
         norm_eps=float(layer_norm_eps if layer_norm_eps is not None else cfg.get("rms_norm_eps", 1e-6)),
         rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
         rope_pairs="halves",
@@ -261,6 +268,10 @@ def validate_config(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
             f"block count {cfg.n_layers}, but the file holds tensors of {len(layers)} layers"
             + (f" (no tensor of layer {missing})" if missing is not None else "")
         )
+    # (once the layer count matches the tensors: the list holds a window a layer)
+    for w in set(cfg.layer_windows()):
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 0):  # 0: none, as llama.cpp
+            raise bad(f"sliding window {w!r} must be a whole number of positions")
     for names, want in _SHAPES:
         for n in names:
             if n in tensors and tuple(tensors[n].hf_shape) != want(cfg):
