@@ -197,13 +197,21 @@ def test_f32_cache_is_never_attended_in_f16(device, monkeypatch):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-4)
 
 
-def test_bench_prefill_attention_tiling_flag():
+def test_bench_prefill_attention_tiling_flag(capsys):
     """bench --prefill-attention-tiling: PrefillTiling's fields in order, SGMAT and SGC as booleans (so the
-    planned tiling equals the planner's own), and a clear error past its 7 fields."""
-    from webllm_py.bench import _prefill_attention
+    planned tiling equals the planner's own), and a clear error past its 7 fields while parsing (before a model
+    loads)."""
+    import argparse
 
-    t = _prefill_attention([16, 32, 1, 1, 1, 0, 1])
+    from webllm_py.bench import add_arguments, kernel_policy
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    t = kernel_policy(p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1"])).prefill_attention
     assert t == PrefillTiling(16, 32, sgmat=True, sgc=True) and t.sgmat is True and t.sgc is True
-    assert _prefill_attention([16, 32, 4, 2]) == PrefillTiling(16, 32, 4, 2)
-    with pytest.raises(ValueError, match="2 to 7 integers"):
-        _prefill_attention([16, 32, 1, 1, 1, 0, 1, 9])
+    assert kernel_policy(p.parse_args(["--prefill-attention-tiling", "16,32,4,2"])).prefill_attention == (
+        PrefillTiling(16, 32, 4, 2)
+    )
+    with pytest.raises(SystemExit):
+        p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,9"])
+    assert "takes 2 to 7 integers (TQ,TK,LANES,ROWS,SGMAT,UNROLL,SGC), got 8" in capsys.readouterr().err

@@ -423,6 +423,27 @@ def test_bench_sgmat_f16_tiling_flag(capsys):
         assert "takes 6 to 9 integers (SG_M,SG_N,TI,TJ,KB,DB,PF,X16,SGC)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--matvec-tiling", "64,4,2", "takes 2 integers (WG,ROWS), got 3"),  # was a ValueError after loading
+        ("--i8-tiling", "64,64,4", "takes 4 to 6 integers (TM,TN,RM,RN,KB,PF), got 3"),  # was a TypeError after
+        ("--step-tiling", "128,32,32,32,1", "takes 1 to 4 integers (WG,CHUNK,SPLITS,MIN_SPLIT), got 5"),
+    ],
+)
+def test_bench_tiling_flags_count_their_fields_while_parsing(capsys, flag, value, message):
+    """Each tiling flag's field count is checked by argparse, before a model loads (one rule: bench._fields)."""
+    import argparse
+
+    from webllm_py.bench import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    with pytest.raises(SystemExit):
+        p.parse_args([flag, value])
+    assert message in capsys.readouterr().err
+
+
 def test_attention_plan():
     """Fused single-token step on GPUs with a device-scope storageBarrier (native Vulkan), 10 storage bindings and head_dim % 8 == 0;
     split-K decode elsewhere; the policy's choices; prefill tiles within the adapter's limits."""

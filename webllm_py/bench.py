@@ -134,22 +134,24 @@ def _int_list(v: str) -> str:
     return v
 
 
+def _fields(names: tuple[str, ...], least: int):
+    """An argparse type for a tiling option: `least` to len(names) comma-separated integers, checked while the
+    arguments are parsed, before any model loads (kernel_policy unpacks them). A wrong count was a TypeError or
+    ValueError once the model had loaded, or (integers past the last field) silently ignored."""
+
+    def parse(v: str) -> str:
+        n = len(_int_list(v).split(","))
+        if not least <= n <= len(names):
+            count = f"{least} to {len(names)}" if least < len(names) else str(least)
+            raise argparse.ArgumentTypeError(f"takes {count} integers ({','.join(names)}), got {n}")
+        return v
+
+    return parse
+
+
 # --sgmat-f16-tiling's fields in order: MatmulSgmatF16Tiling's integers, then its booleans (0/1)
 _SGMAT_F16_INTS = ("sg_m", "sg_n", "ti", "tj", "kb")
 _SGMAT_F16_FLAGS = ("db", "pf", "x16", "sgc")
-
-
-def _sgmat_f16_spec(v: str) -> str:
-    """An argparse type for --sgmat-f16-tiling: 6 to 9 comma-separated integers, SG_M to DB and then PF, X16 and
-    SGC if given (kernel_policy unpacks them). Integers past SGC were silently ignored."""
-    fields = _int_list(v).split(",")
-    names = [f.upper() for f in _SGMAT_F16_INTS + _SGMAT_F16_FLAGS]
-    least = len(_SGMAT_F16_INTS) + 1  # SG_M to DB
-    if not least <= len(fields) <= len(names):
-        raise argparse.ArgumentTypeError(
-            f"takes {least} to {len(names)} integers ({','.join(names)}), got {len(fields)}"
-        )
-    return v
 
 
 def _staged_spec(v: str) -> str:
@@ -166,8 +168,13 @@ def _staged_spec(v: str) -> str:
     return v
 
 
+def _upper_fields(cls) -> tuple[str, ...]:
+    """A tiling dataclass's field names in order, as its flag's metavar spells them."""
+    return tuple(f.name.upper() for f in dataclasses.fields(cls))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .planner import PREFILL_ATTENTION_KERNELS, PREFILL_KERNELS
+    from .planner import PREFILL_ATTENTION_KERNELS, PREFILL_KERNELS, PrefillTiling, StepTiling
 
     p.add_argument("--model", help="GGUF/HF checkpoint (default: SmolLM2-135M-Instruct) unless --shape is given")
     p.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this published shape")
@@ -199,7 +206,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     # Kernel choices other than the planner's (planner.KernelPolicy), for A/B runs
     p.add_argument(
-        "--matvec-tiling", type=_int_list, help="WG,ROWS: matvec_q4's and the generic matvec's tiling (KernelPolicy)"
+        "--matvec-tiling",
+        type=_fields(("WG", "ROWS"), 2),
+        help="WG,ROWS: matvec_q4's and the generic matvec's tiling (KernelPolicy)",
     )
     p.add_argument(
         "--matvec-kernel",
@@ -253,13 +262,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--i8-tiling",
-        type=_int_list,
+        type=_fields(("TM", "TN", "RM", "RN", "KB", "PF"), 4),
         metavar="TM,TN,RM,RN[,KB[,PF]]",
         help="matmul_i8's workgroup tile on GPUs (PF 1: register prefetch)",
     )
     p.add_argument(
         "--sgmat-f16-tiling",
-        type=_sgmat_f16_spec,
+        type=_fields(tuple(f.upper() for f in _SGMAT_F16_INTS + _SGMAT_F16_FLAGS), len(_SGMAT_F16_INTS) + 1),
         metavar="SG_M,SG_N,TI,TJ,KB,DB[,PF[,X16[,SGC]]]",
         help="matmul_sgmat_f16's tile: subgroups along tokens and rows, 16x16 tiles each, 32-blocks a K step, "
         "double buffering 0/1, prefetch 0/1, x staged from row_scale's f16 copy 0/1, matrix loads at constant "
@@ -284,10 +293,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the KV cache's element: auto = the planner's (f16 with shader-f16, else f16x2 on GPUs); "
         "f16x2 = f16 pairs packed in u32s (KernelPolicy.kv_cache)",
     )
-    p.add_argument("--step-tiling", type=_int_list, metavar="WG,CHUNK,SPLITS,MIN_SPLIT", help="attention_step's tiling")
+    p.add_argument(
+        "--step-tiling",
+        type=_fields(_upper_fields(StepTiling), 1),
+        metavar="WG,CHUNK,SPLITS,MIN_SPLIT",
+        help="attention_step's tiling",
+    )
     p.add_argument(
         "--prefill-attention-tiling",
-        type=_int_list,
+        type=_fields(_upper_fields(PrefillTiling), 2),
         metavar="TQ,TK[,L[,R[,SGMAT,UNROLL,SGC]]]",
         help="attention_prefill's on GPUs: tokens per workgroup, key positions per tile, lanes per query "
         "row (1: a thread per row; 4/8 need subgroups), rows per thread (with L > 1); 1 for SGMAT: "
@@ -476,11 +490,6 @@ def _prefill_attention(fields: list[int]):
     """--prefill-attention-tiling's integers as PrefillTiling's fields, its flags as booleans."""
     from .planner import PrefillTiling
 
-    names = [f.name.upper() for f in dataclasses.fields(PrefillTiling)]
-    if not 2 <= len(fields) <= len(names):
-        raise ValueError(
-            f"--prefill-attention-tiling takes 2 to {len(names)} integers ({','.join(names)}), got {len(fields)}"
-        )
     t = PrefillTiling(*fields)
     return dataclasses.replace(t, sgmat=bool(t.sgmat), sgc=bool(t.sgc))
 
