@@ -43,7 +43,14 @@ DIR=$(cd "${PEER_DIR:-$PWD}" && pwd)
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$DIR/out}; mkdir -p "$OUT"
 LOG=$OUT/peer.jsonl; : > "$LOG"
-date -u +%FT%TZ; echo "tree $(cat "$DIR/REV" 2>/dev/null || echo "?")"
+# the code that runs is $SRC's: a git checkout's HEAD (+ its uncommitted changes) where it is one, else the
+# bundle's `git archive` (REV); a bundle carried beside a checkout keeps its own, older REV
+date -u +%FT%TZ
+if git -C "$SRC" rev-parse --short HEAD > /dev/null 2>&1; then
+    echo "tree $(git -C "$SRC" rev-parse --short HEAD)$(git -C "$SRC" diff --quiet HEAD -- . 2>/dev/null || echo " + changes")"
+else
+    echo "tree $(cat "$DIR/REV" 2>/dev/null || echo "?")"
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 # -- llama.cpp: a built llama-bench, or build it ---------------------------------------------------------------
