@@ -61,3 +61,47 @@ def test_unload_keeps_a_shared_device_usable(device):
     x = np.arange(8, dtype=np.float32)
     buf = device.buffer_from(x)
     assert np.array_equal(np.frombuffer(asyncio.run(device.read_buffer(buf)), np.float32), x)
+
+
+def test_prompt_programs_carry_nothing_of_the_prompt_they_were_captured_from(device):
+    """A prompt step replays the Program captured at the first prompt of its token count
+    (Engine._prompt_program): a later prompt of that count, other tokens, at other positions (after a cached
+    prefix) on another sequence, gets the logits a fresh engine computes for it; the kept Programs stay
+    within PROMPT_PROGRAMS."""
+    import numpy as np
+
+    from webllm_py.engine import PROMPT_PROGRAMS
+
+    async def last_logits(engine, seq, chunks):
+        engine.reset(seq)
+        engine._cached[seq] = []
+        for chunk in chunks:
+            await engine._step(seq, chunk, sample=False)
+        with device.recorder() as rec:
+            engine.model.record_head(rec, len(chunks[-1]))
+        out = np.frombuffer(await device.read_buffer(engine.model.state.logits), np.float32).copy()
+        engine.reset(seq)
+        return out
+
+    async def main():
+        load = Engine.load(default_model_path(), device=device, context_window=128, prefill_chunk=32)
+        engine = await load
+        tok = engine.tokenizer
+        a = tok.encode("The quick brown fox jumps over the lazy dog")
+        prefix, b = tok.encode("Paris is"), tok.encode("the capital of France, and Berlin is that of")[: len(a)]
+        assert len(b) == len(a) and len(prefix) != len(a)
+        await last_logits(engine, 1, [a])  # captures the program of len(a) tokens at positions 0..
+        kept = engine._prompt_programs[len(a)]
+        got = await last_logits(engine, 2, [prefix, b])  # b replays it at positions len(prefix)..
+        assert engine._prompt_programs[len(a)] is kept
+        fresh = await Engine.load(default_model_path(), device=device, context_window=128, prefill_chunk=32)
+        want = await last_logits(fresh, 2, [prefix, b])
+        np.testing.assert_array_equal(got, want)
+        for n in range(1, PROMPT_PROGRAMS + 3):
+            await last_logits(engine, 1, [a[:n]])
+        assert len(engine._prompt_programs) == PROMPT_PROGRAMS
+        assert list(engine._prompt_programs) == list(range(3, PROMPT_PROGRAMS + 3))  # the most recent counts
+        engine.unload()
+        fresh.unload()
+
+    asyncio.run(main())

@@ -656,6 +656,9 @@ async def _bench(args) -> dict:
     t0 = time.perf_counter()
     res = await engine._prefill(0, prompt)  # as generation runs it: one readback, after the last chunk
     prefill_s = time.perf_counter() - t0
+    # the last chunk's host time to record and submit: on a GPU, time before its work starts (on a CPU adapter
+    # a submit may run the work itself: wgpu-native on lavapipe does)
+    prefill_issue_s = engine.last_issue_seconds
 
     # Decode as generation runs it (Engine._decode_steps: pipelined unless --decode-loop stepped); the host's
     # time to issue each step is timed apart from the whole step (submit + GPU + readback).
@@ -705,6 +708,7 @@ async def _bench(args) -> dict:
         "prompt_tokens": args.prompt_tokens,
         "prefill_chunk": engine.prefill_chunk,
         "prefill_tok_s": round(args.prompt_tokens / prefill_s, 1),
+        "prefill_issue_ms_last_chunk": round(1e3 * prefill_issue_s, 3),
         "decode_tokens": args.decode_tokens,
         "decode_loop": args.decode_loop,
         "decode_tok_s": round(decode_tps, 1),
