@@ -293,7 +293,7 @@ class Engine:
         # step waits only for its layers' ones; the head's and sampling's (recorded last) compile while
         # the layers run (docs/benchmarks.md, "SwiftShader: sampling_draw's workgroup")
         first = not decode and sample and d.kernels_compiling
-        await d.kernels_ready(d.kernels_of(lambda rec: self.model.record(rec, n, logits=False)) if first else None)
+        await d.kernels_ready(d.kernels_of(lambda rec: rec.replay(self._prompt_program(n))) if first else None)
         self._stage_step(seq, ids)
         t = time.perf_counter()
         if decode:  # the step's commands were encoded while the GPU ran the previous one
