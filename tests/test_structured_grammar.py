@@ -110,6 +110,20 @@ def test_parse_errors(text, where):
     assert issubclass(GrammarError, RequestError)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        'root ::= "a"{1000000000}',  # took minutes and gigabytes to expand
+        'root ::= (("a"{1000}){1000}){1000}',  # each count small, their product not
+        'root ::= "ab"{10,1100000}',  # the optionals' helper rules count too
+    ],
+)
+def test_grammars_too_large_to_expand_are_refused_at_once(text):
+    with pytest.raises(GrammarError, match="too large"):
+        Grammar.from_gbnf(text)
+    assert Matcher(Grammar.from_gbnf('root ::= "a"{1000} "b"{0,1000}')).accepts("a" * 1000 + "b" * 7)
+
+
 def test_left_recursion_is_an_error():
     with pytest.raises(GrammarError, match="left-recursive"):
         Matcher(Grammar.from_gbnf('root ::= root "a" | "b"'))

@@ -249,11 +249,26 @@ class Grammar:
         return _lower(parse_gbnf(text), root)
 
 
+# Elements and helper rules a lowered grammar may hold: {m,n} expands into copies and nested optionals, so a
+# large count, or counts nested in each other, would otherwise take minutes and gigabytes ("a"{1000000000})
+MAX_ELEMENTS = 1 << 21
+
+
 def _lower(ast_rules: dict, root: str) -> Grammar:
     if root not in ast_rules:
         raise GrammarError(f"grammar has no `{root} ::= ...` rule (the start rule)")
     g = Grammar()
     index: dict[str, int] = {}
+    left = [MAX_ELEMENTS]
+
+    def spend(n: int) -> None:
+        """Count n more elements against MAX_ELEMENTS before making them."""
+        left[0] -= n
+        if left[0] < 0:
+            raise GrammarError(
+                f"grammar is too large (over {MAX_ELEMENTS} elements once its literals and {{m,n}} repetitions "
+                "are expanded): use * or + for long runs, smaller {m,n} counts or shorter literals"
+            )
 
     def new_rule(name: str) -> int:
         g.rules.append([])
@@ -281,7 +296,9 @@ def _lower(ast_rules: dict, root: str) -> Grammar:
             g.rules[r] = [tuple(seq_of(a, owner)) for a in node[1]]
             return [("ref", r)]
         if kind == "lit":
-            return [byte_el(b) for b in node[1].encode("utf-8")]
+            data = node[1].encode("utf-8")
+            spend(len(data))
+            return [byte_el(b) for b in data]
         if kind == "cls":
             ranges, negated = node[1], node[2]
             if not negated and all(hi < 0x80 for _, hi in ranges):
@@ -297,6 +314,7 @@ def _lower(ast_rules: dict, root: str) -> Grammar:
         if kind == "rep":
             item, m, n = node[1], node[2], node[3]
             one = seq_of(item, owner)
+            spend(len(one) * m + (len(one) + 2) * ((n or m + 1) - m))
             out = one * m
             if n is None:  # R ::= x R | ε
                 r = new_rule(f"{owner}-star")
