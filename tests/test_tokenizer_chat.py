@@ -206,3 +206,14 @@ def test_a_chat_template_step_that_builds_a_huge_string_is_refused_before_it_run
         ours_smollm2.apply_chat_template(CONVERSATIONS[0], chat_template=HOSTILE_STEPS[name])
     assert time.monotonic() - t0 < 2
     assert ours_smollm2.apply_chat_template(CONVERSATIONS[0]).startswith("<|im_start|>")
+
+
+def test_a_conversation_past_any_prompt_is_a_context_overflow(ours_smollm2):
+    """A 5 MB message was refused by the template's size cap as a ChatTemplateError ("builds a value of
+    5000017 elements"): a client trimming the conversation on ContextOverflowError missed it. The messages'
+    own size is checked first."""
+    from webllm_py.errors import ContextOverflowError
+
+    with pytest.raises(ContextOverflowError, match="shorten the conversation"):
+        ours_smollm2.apply_chat_template([{"role": "user", "content": "word " * 10**6}])
+    assert ours_smollm2.apply_chat_template(CONVERSATIONS[0]).startswith("<|im_start|>")

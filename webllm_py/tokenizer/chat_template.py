@@ -26,7 +26,7 @@ from jinja2.ext import Extension
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ..errors import ChatTemplateError
+from ..errors import ChatTemplateError, ContextOverflowError
 
 
 def _raise_exception(message):
@@ -373,6 +373,12 @@ def render_chat_template(
         raise ChatTemplateError(
             f"the chat template is not text (a {type(template).__name__}): the model's tokenizer.chat_template "
             "is malformed; pass chat_template='...' explicitly"
+        )
+    held = _size(list(messages))
+    if held > MAX_BUILT_LENGTH:  # the conversation itself, before the template (which would fail on it as above)
+        raise ContextOverflowError(
+            f"The messages hold over {MAX_BUILT_LENGTH} characters (~1M tokens), more than a prompt can: shorten "
+            "the conversation."
         )
     compiled = _compile(template)
     try:
