@@ -149,6 +149,8 @@ def _fields(names: tuple[str, ...], least: int):
     return parse
 
 
+# --i8-tiling's fields in order: MatmulI8Tiling's integers, then PF (0/1)
+_I8_INTS = ("tm", "tn", "rm", "rn", "kb")
 # --sgmat-f16-tiling's fields in order: MatmulSgmatF16Tiling's integers, then its booleans (0/1)
 _SGMAT_F16_INTS = ("sg_m", "sg_n", "ti", "tj", "kb")
 _SGMAT_F16_FLAGS = ("db", "pf", "x16", "sgc")
@@ -262,7 +264,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--i8-tiling",
-        type=_fields(("TM", "TN", "RM", "RN", "KB", "PF"), 4),
+        type=_fields(tuple(f.upper() for f in (*_I8_INTS, "pf")), 4),
         metavar="TM,TN,RM,RN[,KB[,PF]]",
         help="matmul_i8's workgroup tile on GPUs (PF 1: register prefetch)",
     )
@@ -463,7 +465,7 @@ def kernel_policy(args: argparse.Namespace):
         fold_norm_max_k=args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(
-            **dict(zip(("tm", "tn", "rm", "rn", "kb"), ints(args.i8_tiling))), pf=ints(args.i8_tiling)[5:6] == [1]
+            **dict(zip(_I8_INTS, ints(args.i8_tiling))), pf=ints(args.i8_tiling)[len(_I8_INTS) :] == [1]
         )
         if args.i8_tiling
         else None,

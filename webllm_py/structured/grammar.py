@@ -259,12 +259,13 @@ def _lower(ast_rules: dict, root: str) -> Grammar:
         raise GrammarError(f"grammar has no `{root} ::= ...` rule (the start rule)")
     g = Grammar()
     index: dict[str, int] = {}
-    left = [MAX_ELEMENTS]
+    left = MAX_ELEMENTS
 
     def spend(n: int) -> None:
         """Count n more elements against MAX_ELEMENTS before making them."""
-        left[0] -= n
-        if left[0] < 0:
+        nonlocal left
+        left -= n
+        if left < 0:
             raise GrammarError(
                 f"grammar is too large (over {MAX_ELEMENTS} elements once its literals and {{m,n}} repetitions "
                 "are expanded): use * or + for long runs, smaller {m,n} counts or shorter literals"
@@ -314,7 +315,8 @@ def _lower(ast_rules: dict, root: str) -> Grammar:
         if kind == "rep":
             item, m, n = node[1], node[2], node[3]
             one = seq_of(item, owner)
-            spend(len(one) * m + (len(one) + 2) * ((n or m + 1) - m))
+            # m copies, then one star rule or n - m optional rules of x and a ref each
+            spend(len(one) * m + (len(one) + 2) * (1 if n is None else n - m))
             out = one * m
             if n is None:  # R ::= x R | ε
                 r = new_rule(f"{owner}-star")

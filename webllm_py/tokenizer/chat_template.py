@@ -374,8 +374,8 @@ def render_chat_template(
             f"the chat template is not text (a {type(template).__name__}): the model's tokenizer.chat_template "
             "is malformed; pass chat_template='...' explicitly"
         )
-    held = _size(list(messages))
-    if held > MAX_BUILT_LENGTH:  # the conversation itself, before the template (which would fail on it as above)
+    messages = list(messages)
+    if _size(messages) > MAX_BUILT_LENGTH:  # the conversation itself, before the template (which would fail on it)
         raise ContextOverflowError(
             f"The messages hold over {MAX_BUILT_LENGTH} characters (~1M tokens), more than a prompt can: shorten "
             "the conversation."
@@ -385,7 +385,7 @@ def render_chat_template(
         return _render_within(
             compiled,
             RENDER_SECONDS,
-            messages=list(messages),
+            messages=messages,
             tools=tools,
             documents=documents,
             add_generation_prompt=add_generation_prompt,
