@@ -303,11 +303,14 @@ def _folded_norm(device, rng, K: int, eps: float, scale: float = 1.0):
 
 
 @pytest.mark.parametrize(
-    "types", [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q8_0", "Q8_0")], ids=["q4k-q4k-q6k", "q40-q80-q80"]
+    "types",
+    [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q8_0", "Q8_0"), ("Q6_K", "Q4_K", "Q4_0")],
+    ids=["q4k-q4k-q6k", "q40-q80-q80", "q6k-q4k-q40"],
 )
-def test_staged_mixed_types_fuse_in_runs(device, types):
-    """Q/K/V of two types (a Q4_K_M file's Q6_K attn_v): two dispatches, one per run of a type, each
-    folding the RMSNorm (whose own dispatch is skipped)."""
+def test_staged_mixed_types_fuse(device, types):
+    """Q/K/V of several types (a Q4_K_M file's Q6_K attn_v beside Q4_K q and k): one dispatch, each
+    matrix's workgroups on their type's branch, folding the RMSNorm (whose own dispatch is skipped);
+    against numpy."""
     from webllm_py.linear import StagedTiling
 
     rng = np.random.default_rng(17)
@@ -322,11 +325,37 @@ def test_staged_mixed_types_fuse_in_runs(device, types):
         ws.append(w)
         ys.append(yb)
     group = MatvecGroup(bounds, norm=rms)
-    assert len(group.runs) == 2 and rms.absorbed
+    assert len(group.runs) == 1 and rms.absorbed
     with device.recorder() as rec:
         rms.record(rec, 1)  # skipped: folded into both runs
         group.record(rec, 1)
     assert np.isnan(read_f32(device, hb, K)).all()
+    for n, w, yb in zip(parts, ws, ys):
+        assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < 3e-4
+
+
+def test_staged_mixed_tilings_fuse_in_runs(device):
+    """Q/K/V whose tilings differ (as the planner gives a long-row Q6_K its own): one dispatch per run of a
+    tiling, each folding the RMSNorm; against numpy."""
+    from webllm_py.linear import StagedTiling
+
+    rng = np.random.default_rng(19)
+    K, eps = 512, 1e-5
+    parts, types = (40, 12, 9), ("Q4_K", "Q4_K", "Q6_K")
+    tilings = (StagedTiling(32, 2, 2), StagedTiling(32, 2, 2), StagedTiling(64, 2, 1))
+    rms, hb, step, h = _folded_norm(device, rng, K, eps, scale=3.0)
+    bounds, ws, ys = [], [], []
+    for n, qtype, t in zip(parts, types, tilings):
+        raw, w = staged_weight(qtype, n, K, rng)
+        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
+        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=t).bind(hb, yb))
+        ws.append(w)
+        ys.append(yb)
+    group = MatvecGroup(bounds, norm=rms)
+    assert len(group.runs) == 2 and rms.absorbed
+    with device.recorder() as rec:
+        rms.record(rec, 1)
+        group.record(rec, 1)
     for n, w, yb in zip(parts, ws, ys):
         assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < 3e-4
 

@@ -314,9 +314,11 @@ class Linear:
         tiling: StagedTiling | MatvecTiling | None = None,
         emit_next: Any = None,
         emit_planes: int = 1,
+        members: list["Linear"] | None = None,
     ) -> Any:
         """matvec_q4 (or matvec_q4s) for this layer's type and K over matrices of `parts` rows (see
-        MatvecGroup); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
+        MatvecGroup); members: the linears of those parts where their types differ (the staged kernel only:
+        each matrix's type and row bytes); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
         instead of this layer's; emit_next: the next RMSNorm (an ops.RMSNorm) whose input this matvec's
         output is, or True where the next matvec reads that output as it is (glu: a fused gate/up's output,
         w_down's x): its epilogue also writes that x quantized (times the norm's weights) for a prestaged
@@ -357,7 +359,10 @@ class Linear:
                 accumulate=accumulate,
                 glu=glu,
                 **nparams,
+                **_mixed_types(members),
             )
+        if _mixed_types(members):
+            raise ValueError(f"{self.weight.name}: matvec_q4 fuses matrices of one type only")
         return self.device.kernel(
             "matvec_q4",
             label=f"matvec_q4 {self.weight.name}",
@@ -607,6 +612,13 @@ def record_in_turn(linears: list[BoundLinear], rec: Any, n_tokens: int, passed: 
         passed = key
 
 
+def _mixed_types(members: list[Linear] | None) -> dict[str, Any]:
+    """matvec_q4s's per-matrix types and row bytes where `members` are of more than one type, else nothing."""
+    if not members or len({m.weight.ggml_type for m in members}) == 1:
+        return {}
+    return dict(qtypes=[m.weight.ggml_type.name for m in members], rows_bytes=[m._params["row_bytes"] for m in members])
+
+
 class MatvecGroup:
     """Linears that read the same x, recorded as one dispatch for a single token where the aligned
     4-bit kernel can fuse them (Q/K/V; gate and up with the GLU applied on the way out), and one by
@@ -619,8 +631,9 @@ class MatvecGroup:
 
     With `norm`, the fused dispatch reads the norm's input and normalises on the way (the norm's
     own dispatch is then skipped for single tokens: it marks itself `absorbed`); the layer still
-    records the norm first, and it runs for prefill. Members of different kernel variants
-    (a Q6_K attn_v beside Q4_K q and k) fuse in runs, one dispatch each, every run folding the norm.
+    records the norm first, and it runs for prefill. The staged kernel fuses members of different types
+    (a Q6_K attn_v beside Q4_K q and k) where their K and tiling agree; otherwise members of different
+    kernel variants fuse in runs, one dispatch each, every run folding the norm.
     """
 
     def __init__(self, members: list["BoundLinear"], glu: tuple[str, Any] | None = None, norm: Any = None) -> None:
@@ -630,17 +643,18 @@ class MatvecGroup:
         # (bind group, workgroups, the QuantizeX BoundOp before a prestaged one) of each fused dispatch
         self.runs: list[tuple[Any, int, Any]] = []
         # each run's kernel and bindings: (lead linear, parts, tiling, folded ops.RMSNorm or None, weights,
-        # inputs (x [and the norm's weights], or the QuantizeX's xq, xd), outputs)
-        self._specs: list[tuple[Any, list[int], Any, Any, list, list, list]] = []
+        # inputs (x [and the norm's weights], or the QuantizeX's xq, xd), outputs, the run's linears)
+        self._specs: list[tuple[Any, list[int], Any, Any, list, list, list, list]] = []
         self.norm: Any = None  # the norm BoundOp folded in
         self.taken: tuple | None = None  # take_x's (xq, xd): x quantized by the op before
         self.emits: tuple | None = None  # emit_into's (planes, xq, xd): w_down's x its GLU epilogue writes
 
-        # Members fuse in runs of one kernel variant (type, K, tiling): a real Q4_K_M file keeps attn_v
-        # in Q6_K in some layers, whose Q/K/V then take two dispatches (q+k, v) instead of three.
+        # Members fuse in runs of one kernel variant (K, tiling, and the type unless the staged kernel mixes
+        # them): a real Q4_K_M file keeps attn_v in Q6_K in some layers, whose Q/K/V the staged kernel still
+        # runs as one dispatch (each matrix's workgroups take their type's branch); matvec_q4 in two (q+k, v).
         # Gate and up fuse only together (the GLU needs both).
         def variant(l):
-            return (l.weight.ggml_type, l.K, l.matvec_tiling, l._subgroups)
+            return (None if l.staged and not glu else l.weight.ggml_type, l.K, l.matvec_tiling, l._subgroups)
 
         spans: list[list[int]] = []
         for i, l in enumerate(lins):
@@ -667,7 +681,8 @@ class MatvecGroup:
         if ok:
             act = glu[0] if glu else None
             for sp in spans:
-                lead = lins[sp[0]]
+                span = [lins[i] for i in sp]
+                lead = span[0]
                 parts = [lins[i].N for i in sp]
                 outs = [glu[1].writes[0]] if glu else [members[i].y for i in sp]
                 t = (
@@ -675,7 +690,7 @@ class MatvecGroup:
                     if glu
                     else lead.matvec_tiling
                 )
-                k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t)
+                k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t, members=span)
                 ins = [norm.reads[0], norm.norm.weight] if fold else [members[0].x]
                 pre = None
                 if (
@@ -686,7 +701,7 @@ class MatvecGroup:
                 groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)
                 wbufs = [lins[i].weight.buffer for i in sp]
                 self.runs.append((lead.device.bind(k, wbufs + ins + outs), groups, pre))
-                self._specs.append((lead, parts, t, rms if fold else None, wbufs, ins, outs))
+                self._specs.append((lead, parts, t, rms if fold else None, wbufs, ins, outs, span))
             if fold:
                 norm.absorbed = True
                 self.norm = norm
@@ -732,7 +747,7 @@ class MatvecGroup:
         forms): x from `taken` (no QuantizeX before it) or as first bound, and `emits`' epilogue."""
         planes, *emitted = self.emits or (1,)
         runs = []
-        for (lead, parts, t, rms, wbufs, ins, outs), (_, groups, pre) in zip(self._specs, self.runs):
+        for (lead, parts, t, rms, wbufs, ins, outs, span), (_, groups, pre) in zip(self._specs, self.runs):
             k = lead.q4_kernel(
                 parts,
                 False,
@@ -741,6 +756,7 @@ class MatvecGroup:
                 tiling=t,
                 emit_next=True if self.emits else None,
                 emit_planes=planes,
+                members=span,
             )
             xs = list(self.taken) if self.taken is not None else ins
             runs.append((lead.device.bind(k, wbufs + xs + outs + emitted), groups, None if self.taken else pre))
