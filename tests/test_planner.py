@@ -140,6 +140,14 @@ def test_staged_policy_overrides_by_op_kind():
     assert parse_staged_tilings("") == () and staged_tiling(2048, policy=KernelPolicy()) == STAGED
 
 
+def test_staged_planes_auto():
+    """Two int8 planes of x for models narrower than 1024 (SmolLM2 576, Gemma-3-270M 640), the tilings' own above."""
+    from webllm_py.planner import staged_planes_auto
+
+    assert staged_planes_auto(576) == staged_planes_auto(1023) == 2
+    assert staged_planes_auto(1024) is None and staged_planes_auto(4096) is None
+
+
 def test_staged_planes():
     """Two int8 planes of x: --staged-tiling's fifth field, or KernelPolicy.staged_planes on every staged
     tiling (table rows and overrides); 17 more vec4 of workgroup memory per unit, so where the adapter's

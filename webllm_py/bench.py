@@ -230,7 +230,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         choices=[1, 2],
         help="int8 planes of x in every staged matvec tiling (2: the rounding residual too, as matmul_i8's "
-        "two planes; planner.StagedTiling.planes); default: the tilings' own (1)",
+        "two planes; planner.StagedTiling.planes); default: 2 for models narrower than 1024, else the tilings' own "
+        "(1; planner.staged_planes_auto); with --staged-tiling, the tilings' own",
     )
     p.add_argument(
         "--prestage",

@@ -446,7 +446,9 @@ class KernelPolicy:
 
     staged_matvec: bool = True  # the staged kernel where it applies; False: matvec_q4 / the generic one
     staged_tilings: tuple[tuple[str, StagedTiling], ...] = ()  # overrides by op kind (parse_staged_tilings)
-    staged_planes: int | None = None  # x's int8 planes in every staged tiling, table's and overrides' (None: theirs)
+    # x's int8 planes in every staged tiling, table's and overrides'. None: the model's width decides where
+    # no staged_tilings are given (models/families.build_model: staged_planes_auto), else each tiling's own
+    staged_planes: int | None = None
     # StagedTiling.prestaged in the planner's staged tilings; the residual adds before a norm-folded group
     # then write its x in their epilogue where they can (models/layer.link_emits), and stage their own x
     # (BoundLinear.emit_into); the embedding writes layer 0's x and the last residual add the LM head's, the
@@ -528,6 +530,21 @@ PRESTAGE_MIN_DIM = 4096
 
 def prestage_auto(dim: int, dense_mlp: bool) -> bool:
     return dense_mlp and dim >= PRESTAGE_MIN_DIM
+
+
+# KernelPolicy.staged_planes' default for a model narrower than this: two int8 planes of x in its staged
+# matvecs. Real small models' decode logits: SmolLM2-135M (width 576) 9.1e-3 of max |logit| from transformers
+# with one plane, 3.5e-4 with two; Gemma-3-270M (640) 1.6e-2 / 1.8e-4 (docs/benchmarks.md, "Real models through
+# the GPU paths on lavapipe"). Cost, H100 on Dawn, SmolLM2's shape (random Q4_1), three alternating pairs in one
+# call: 568.6 / 556.8, 572.8 / 556.9, 572.1 / 555.1 tok/s (-2.8%; section "H100: mixed-type Q/K/V ..."); at 1B
+# and 8B two planes cost 7-10% of decode (same section), so wider models keep one (the table's own).
+TWO_PLANES_BELOW_DIM = 1024
+
+
+def staged_planes_auto(dim: int) -> int | None:
+    """KernelPolicy.staged_planes where the policy leaves it to the model (None): 2 below TWO_PLANES_BELOW_DIM,
+    else None (each staged tiling's own planes)."""
+    return 2 if dim < TWO_PLANES_BELOW_DIM else None
 
 
 def attention_emit_auto(policy: KernelPolicy) -> bool:

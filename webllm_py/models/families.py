@@ -7,12 +7,12 @@ into a ModelConfig; adding a family is a new module and its rows here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..formats.gguf_keys import General
-from ..planner import DEFAULT_POLICY, KernelPolicy
+from ..planner import DEFAULT_POLICY, KernelPolicy, staged_planes_auto
 from . import gemma
 from .config import ModelConfig, read_gguf, read_hf
 from .gemma import GemmaModel
@@ -74,4 +74,7 @@ def build_model(
     family = FAMILIES.get(cfg.arch)
     if family is None:
         raise UnsupportedModelError(f"no model graph for architecture {cfg.arch!r} (have: {sorted(FAMILIES)})")
+    # the model's width decides x's planes (every family alike), unless the policy names planes or tilings
+    if policy.staged_planes is None and not policy.staged_tilings:
+        policy = replace(policy, staged_planes=staged_planes_auto(cfg.dim))
     return family.model(device, cfg, weights, cache, max_tokens=max_tokens, policy=policy)
