@@ -338,8 +338,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fold-norms",
         type=int,
         metavar="MAX_K",
-        default=0,
-        help="matvec_q4 folds RMSNorm into fused matvecs up to this K (KernelPolicy.fold_norm_max_k)",
+        help="matvec_q4 folds RMSNorm into fused matvecs up to this K (KernelPolicy.fold_norm_max_k; default: "
+        "planner.FOLD_NORM_MAX_K, 1024; 0: never)",
     )
     p.add_argument("--bandwidth-gbps", type=float, help="adapter memory bandwidth for the roofline (default: by name)")
     p.add_argument(
@@ -443,6 +443,7 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
 def kernel_policy(args: argparse.Namespace):
     """The KernelPolicy that bench's flags ask for (the planner's defaults where none is given)."""
     from .planner import (
+        FOLD_NORM_MAX_K,
         KernelPolicy,
         MatmulI8Tiling,
         MatmulSgmatF16Tiling,
@@ -463,7 +464,7 @@ def kernel_policy(args: argparse.Namespace):
         prestage=args.prestage,
         attention_emit=args.attention_emit,
         glu_emit=args.glu_emit,
-        fold_norm_max_k=args.fold_norms,
+        fold_norm_max_k=FOLD_NORM_MAX_K if args.fold_norms is None else args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(
             **dict(zip(_I8_INTS, ints(args.i8_tiling))), pf=ints(args.i8_tiling)[len(_I8_INTS) :] == [1]

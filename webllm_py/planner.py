@@ -440,6 +440,16 @@ PREFILL_ATTENTION_KERNELS = ("auto", "lanes", "sgmat-f16")
 SGMAT_ATTENTION_AUTO = False
 
 
+# KernelPolicy.fold_norm_max_k's default: matvec_q4 (rows that are not whole 256-weight units: SmolLM2's 576,
+# Gemma-3-270M's 640) folds the RMSNorm before a fused Q/K/V or gate/up where rows are this short, each workgroup
+# summing x^2 itself, instead of the norm's own dispatch. H100, Dawn, SmolLM2's shape (random Q4_1), 128 tokens,
+# four alternating pairs in one call, default / folded: 499.5 / 625.9, 514.5 / 625.9, 477.5 / 623.1, 563.7 / 547.2
+# tok/s (245 -> 185 dispatches a token; docs/benchmarks.md, "H100: norms folded into SmolLM2's matvecs"). At
+# K = 4096 folding cost more than the norm's dispatch (H100, "H100 after the decode-kernel work"); the staged kernel
+# (matvec_q4s) folds at any K.
+FOLD_NORM_MAX_K = 1024
+
+
 @dataclass(frozen=True)
 class KernelPolicy:
     """The choices a caller may override; the defaults are the measured best (docs/benchmarks.md)."""
@@ -464,7 +474,7 @@ class KernelPolicy:
     glu_emit: bool | None = None
     q4_tiling: MatvecTiling = Q4_TILING  # matvec_q4's
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
-    fold_norm_max_k: int = 0  # matvec_q4 folds a preceding RMSNorm only for rows this short (never)
+    fold_norm_max_k: int = FOLD_NORM_MAX_K  # matvec_q4 folds a preceding RMSNorm for rows this short
     # prefill: "auto" takes matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else matmul_i8
     # with two int8 planes of x where I8 pays; "i8x2" (two planes) and
     # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
