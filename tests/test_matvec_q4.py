@@ -303,29 +303,39 @@ def _folded_norm(device, rng, K: int, eps: float, scale: float = 1.0):
 
 
 @pytest.mark.parametrize(
-    "types",
-    [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q8_0", "Q8_0"), ("Q6_K", "Q4_K", "Q4_0")],
-    ids=["q4k-q4k-q6k", "q40-q80-q80", "q6k-q4k-q40"],
+    "types,form",
+    [
+        (("Q4_K", "Q4_K", "Q6_K"), "plain"),
+        (("Q4_0", "Q8_0", "Q8_0"), "plain"),
+        (("Q6_K", "Q4_K", "Q4_0"), "plain"),
+        (("Q4_K", "Q4_K", "Q6_K"), "prefetch"),
+        (("Q8_0", "Q4_1", "Q6_K"), "prestaged"),
+    ],
+    ids=["q4k-q4k-q6k", "q40-q80-q80", "q6k-q4k-q40", "q4k-q6k-prefetch", "q80-q41-q6k-prestaged"],
 )
-def test_staged_mixed_types_fuse(device, types):
+def test_staged_mixed_types_fuse(device, types, form):
     """Q/K/V of several types (a Q4_K_M file's Q6_K attn_v beside Q4_K q and k): one dispatch, each
-    matrix's workgroups on their type's branch, folding the RMSNorm (whose own dispatch is skipped);
+    matrix's workgroups on their type's branch (with prefetch: each type's own registers for the next unit;
+    prestaged: x quantized once before, by a QuantizeX), folding the RMSNorm (whose own dispatch is skipped);
     against numpy."""
     from webllm_py.linear import StagedTiling
 
     rng = np.random.default_rng(17)
-    K, eps = 512, 1e-5
+    # K 1024 with 2 lanes: each lane walks 2 units, so prefetch loads a next unit
+    K, eps = 512 if form == "plain" else 1024, 1e-5
+    tiling = StagedTiling(32, 2, 2, prefetch=form == "prefetch", prestaged=form == "prestaged")
     parts = (40, 12, 9)
     rms, hb, step, h = _folded_norm(device, rng, K, eps, scale=3.0)
     bounds, ws, ys = [], [], []
     for n, qtype in zip(parts, types):
         raw, w = staged_weight(qtype, n, K, rng)
         yb = f32_buffer(device, np.full(n, np.nan, np.float32))
-        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=StagedTiling(32, 2, 2)).bind(hb, yb))
+        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=tiling).bind(hb, yb))
         ws.append(w)
         ys.append(yb)
     group = MatvecGroup(bounds, norm=rms)
     assert len(group.runs) == 1 and rms.absorbed
+    assert (group.runs[0][2] is not None) == (form == "prestaged")  # the QuantizeX before the dispatch
     with device.recorder() as rec:
         rms.record(rec, 1)  # skipped: folded into both runs
         group.record(rec, 1)
