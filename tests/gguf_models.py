@@ -186,8 +186,8 @@ def finish_gguf(w, hf_dir: str, ref: dict, ref_dir: str | None) -> None:
     save_file(ref, os.path.join(ref_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
-# Every staged type gguf-py can write; attn_v of another type than q and k, as in Q4_K_M files (Q/K/V
-# then fuse in two runs, each folding the norm).
+# Every staged type gguf-py can write; attn_v of another type than q and k, as in Q4_K_M files (the staged
+# kernel still runs Q/K/V as one dispatch, each matrix on its type's branch; matvec_q4 in two runs).
 KINDS = {
     "attn_q": "q4_0",
     "attn_k": "q4_0",

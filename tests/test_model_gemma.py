@@ -352,14 +352,14 @@ def gemma2_gpu(gemma2_gpu_files):
 
 
 def test_gemma_fuses_as_llama_does(gemma2_gpu):
-    """Gemma's layer goes through the one fusion pass (models/layer.py) as Llama's does: Q/K/V (two runs:
-    attn_v is Q8_0 beside Q4_0 q and k) and gate/up with the GeGLU in one dispatch each, both norms folded
+    """Gemma's layer goes through the one fusion pass (models/layer.py) as Llama's does: Q/K/V (one dispatch
+    though attn_v is Q8_0 beside Q4_0 q and k: the staged kernel mixes types) and gate/up with the GeGLU in one dispatch each, both norms folded
     into them, RoPE into attention_step. Then the last logits of prompts whose last chunk is one token
     (8 + 1, 8 + 8 + 1: the fused decode path, the second past the window) as transformers' on the weights
     as stored."""
     engine, ref_dir = gemma2_gpu
     layer = engine.model.layers[0]
-    assert len(layer.qkv.runs) == 2 and len(layer.gate_up.runs) == 1
+    assert len(layer.qkv.runs) == 1 and len(layer.gate_up.runs) == 1
     assert layer.attn_norm.absorbed and layer.ffn_norm.absorbed and layer.rope.absorbed
     for n in (9, 17):
         assert_logits_match(engine, ref_dir, n, GPU_RTOL, "gemma2 gpu kernels")
@@ -368,7 +368,7 @@ def test_gemma_fuses_as_llama_does(gemma2_gpu):
 def test_gemma_prestaged_matches_staged(gemma2_gpu_files):
     """KernelPolicy.prestage on Gemma 2 (off by default: its residual adds are the sandwich norms, which
     write no quantized x): the embedding (times sqrt(dim)) writes layer 0's quantized x, its attn_norm
-    folded in, for both of Q/K/V's runs (Q4_0 q and k, Q8_0 v); the other groups and the head read
+    folded in, for Q/K/V's one dispatch (Q4_0 q and k, Q8_0 v); the other groups and the head read
     QuantizeX's; the final softcap after the head as before. The same greedy tokens and logprobs as
     prestage off."""
     from .model_checks import same_greedy_policy_on_off
@@ -376,7 +376,7 @@ def test_gemma_prestaged_matches_staged(gemma2_gpu_files):
     def check(e, prestage):
         m = e.model
         l0, l1 = m.layers
-        assert (m.embed.emit is not None) == prestage and len(l0.qkv.runs) == 2
+        assert (m.embed.emit is not None) == prestage and len(l0.qkv.runs) == 1
         assert all(run[2] is None for run in l0.qkv.runs)
         assert all((run[2] is not None) == prestage for run in l0.gate_up.runs + l1.qkv.runs + l1.gate_up.runs)
         assert m.lm_head_emitted is None and m.softcap is not None  # the last residual add is a norm
