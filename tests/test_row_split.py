@@ -21,7 +21,6 @@ from webllm_py.formats.quants import GGMLType, TensorInfo
 from webllm_py.formats.source import BytesSource
 from webllm_py.linear import Q4_TILING, Linear, MatmulTiling, MatvecTiling, StagedTiling
 from webllm_py.models.mixtral import ExpertMatvec
-from webllm_py.planner import KernelPolicy
 from webllm_py.models.store import WeightStore
 from webllm_py.planner import KernelPolicy
 
