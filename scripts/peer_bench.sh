@@ -51,6 +51,8 @@ if git -C "$SRC" rev-parse --short HEAD > /dev/null 2>&1; then
 else
     echo "tree $(cat "$DIR/REV" 2>/dev/null || echo "?")"
 fi
+# the code's own fingerprint: a copy whose .git is stale (the device's) still names what ran
+echo "sources $(bash "$SRC/scripts/source_hash.sh" 2>/dev/null || echo "?") (scripts/source_hash.sh COMMIT gives a commit's)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 # -- llama.cpp: a built llama-bench, or build it ---------------------------------------------------------------
