@@ -302,6 +302,19 @@ def _folded_norm(device, rng, K: int, eps: float, scale: float = 1.0):
     return rms, hb, step, h
 
 
+def _qkv_members(device, rng, K: int, hb, types, tilings):
+    """Bound Q/K/V linears of rows (40, 12, 9) reading hb, each of its type and staged tiling: the bound linears,
+    their weights as numpy saw them, and the output buffers (NaN until written)."""
+    bounds, ws, ys = [], [], []
+    for n, qtype, t in zip((40, 12, 9), types, tilings):
+        raw, w = staged_weight(qtype, n, K, rng)
+        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
+        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=t).bind(hb, yb))
+        ws.append(w)
+        ys.append(yb)
+    return bounds, ws, ys
+
+
 @pytest.mark.parametrize(
     "types,form",
     [
@@ -324,15 +337,8 @@ def test_staged_mixed_types_fuse(device, types, form):
     # K 1024 with 2 lanes: each lane walks 2 units, so prefetch loads a next unit
     K, eps = 512 if form == "plain" else 1024, 1e-5
     tiling = StagedTiling(32, 2, 2, prefetch=form == "prefetch", prestaged=form == "prestaged")
-    parts = (40, 12, 9)
     rms, hb, step, h = _folded_norm(device, rng, K, eps, scale=3.0)
-    bounds, ws, ys = [], [], []
-    for n, qtype in zip(parts, types):
-        raw, w = staged_weight(qtype, n, K, rng)
-        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
-        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=tiling).bind(hb, yb))
-        ws.append(w)
-        ys.append(yb)
+    bounds, ws, ys = _qkv_members(device, rng, K, hb, types, [tiling] * 3)
     group = MatvecGroup(bounds, norm=rms)
     assert len(group.runs) == 1 and rms.absorbed
     assert (group.runs[0][2] is not None) == (form == "prestaged")  # the QuantizeX before the dispatch
@@ -340,8 +346,8 @@ def test_staged_mixed_types_fuse(device, types, form):
         rms.record(rec, 1)  # skipped: folded into both runs
         group.record(rec, 1)
     assert np.isnan(read_f32(device, hb, K)).all()
-    for n, w, yb in zip(parts, ws, ys):
-        assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < 3e-4
+    for b, w, yb in zip(bounds, ws, ys):
+        assert staged_error(read_f32(device, yb, b.linear.N)[None], h.astype(np.float32), w) < 3e-4
 
 
 def test_staged_mixed_tilings_fuse_in_runs(device):
@@ -351,23 +357,16 @@ def test_staged_mixed_tilings_fuse_in_runs(device):
 
     rng = np.random.default_rng(19)
     K, eps = 512, 1e-5
-    parts, types = (40, 12, 9), ("Q4_K", "Q4_K", "Q6_K")
     tilings = (StagedTiling(32, 2, 2), StagedTiling(32, 2, 2), StagedTiling(64, 2, 1))
     rms, hb, step, h = _folded_norm(device, rng, K, eps, scale=3.0)
-    bounds, ws, ys = [], [], []
-    for n, qtype, t in zip(parts, types, tilings):
-        raw, w = staged_weight(qtype, n, K, rng)
-        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
-        bounds.append(Linear(device, upload(device, raw, qtype, n, K), matvec=t).bind(hb, yb))
-        ws.append(w)
-        ys.append(yb)
+    bounds, ws, ys = _qkv_members(device, rng, K, hb, ("Q4_K", "Q4_K", "Q6_K"), tilings)
     group = MatvecGroup(bounds, norm=rms)
     assert len(group.runs) == 2 and rms.absorbed
     with device.recorder() as rec:
         rms.record(rec, 1)
         group.record(rec, 1)
-    for n, w, yb in zip(parts, ws, ys):
-        assert staged_error(read_f32(device, yb, n)[None], h.astype(np.float32), w) < 3e-4
+    for b, w, yb in zip(bounds, ws, ys):
+        assert staged_error(read_f32(device, yb, b.linear.N)[None], h.astype(np.float32), w) < 3e-4
 
 
 def test_staged_gate_up_default_tiling(device):
