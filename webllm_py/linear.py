@@ -642,9 +642,9 @@ class MatvecGroup:
         first = lins[0]
         # (bind group, workgroups, the QuantizeX BoundOp before a prestaged one) of each fused dispatch
         self.runs: list[tuple[Any, int, Any]] = []
-        # each run's kernel and bindings: (lead linear, parts, tiling, folded ops.RMSNorm or None, weights,
-        # inputs (x [and the norm's weights], or the QuantizeX's xq, xd), outputs, the run's linears)
-        self._specs: list[tuple[Any, list[int], Any, Any, list, list, list, list]] = []
+        # each run's kernel and bindings: (the run's linears, the first leading, parts, tiling, folded ops.RMSNorm
+        # or None, weights, inputs (x [and the norm's weights], or the QuantizeX's xq, xd), outputs)
+        self._specs: list[tuple[list, list[int], Any, Any, list, list, list]] = []
         self.norm: Any = None  # the norm BoundOp folded in
         self.taken: tuple | None = None  # take_x's (xq, xd): x quantized by the op before
         self.emits: tuple | None = None  # emit_into's (planes, xq, xd): w_down's x its GLU epilogue writes
@@ -683,7 +683,7 @@ class MatvecGroup:
             for sp in spans:
                 span = [lins[i] for i in sp]
                 lead = span[0]
-                parts = [lins[i].N for i in sp]
+                parts = [l.N for l in span]
                 outs = [glu[1].writes[0]] if glu else [members[i].y for i in sp]
                 t = (
                     plan_fused_glu(lead.adapter, lead.plan, lead.weight.ggml_type, lead.N, lead.K, lead.policy)
@@ -699,9 +699,9 @@ class MatvecGroup:
                     pre = lead.prestage(ins[0], rms if fold else None, t.planes)
                     ins = list(pre.writes)
                 groups = t.groups(parts[0], lead.K) if glu else sum(t.groups(n, lead.K) for n in parts)
-                wbufs = [lins[i].weight.buffer for i in sp]
+                wbufs = [l.weight.buffer for l in span]
                 self.runs.append((lead.device.bind(k, wbufs + ins + outs), groups, pre))
-                self._specs.append((lead, parts, t, rms if fold else None, wbufs, ins, outs, span))
+                self._specs.append((span, parts, t, rms if fold else None, wbufs, ins, outs))
             if fold:
                 norm.absorbed = True
                 self.norm = norm
@@ -728,7 +728,7 @@ class MatvecGroup:
         one where KernelPolicy.glu_emit asks)."""
         if not self.glu or len(self._specs) != 1:
             return None
-        lead, parts, t, *_ = self._specs[0]
+        (lead, *_), parts, t, *_ = self._specs[0]
         if not (lead.staged and isinstance(t, StagedTiling)) or t.emit_refusal(lead.K, parts, False, self.glu[0]):
             return None
         from .ops import QuantizeX
@@ -747,7 +747,8 @@ class MatvecGroup:
         forms): x from `taken` (no QuantizeX before it) or as first bound, and `emits`' epilogue."""
         planes, *emitted = self.emits or (1,)
         runs = []
-        for (lead, parts, t, rms, wbufs, ins, outs, span), (_, groups, pre) in zip(self._specs, self.runs):
+        for (span, parts, t, rms, wbufs, ins, outs), (_, groups, pre) in zip(self._specs, self.runs):
+            lead = span[0]
             k = lead.q4_kernel(
                 parts,
                 False,
