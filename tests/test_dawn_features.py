@@ -88,7 +88,9 @@ def test_staged_matvec_with_and_without_subgroups(host, use_subgroups):
     "qtype,N,K,tiling,template",
     [
         ("Q4_1", 45, 320, "MatvecTiling(wg=64, rows=4)", "matvec_q4"),  # 4-bit rows, K % 256 != 0
-        ("Q8_0", 29, 512, "MatvecTiling(wg=128, rows=3)", "matvec"),  # other types: the generic split-K matvec
+        ("Q5_0", 29, 640, "MatvecTiling(wg=64, rows=4)", "matvec_q4"),  # 5-bit rows (Gemma-3's Q/K/V, gate/up)
+        ("Q8_0", 29, 576, "MatvecTiling(wg=128, rows=3)", "matvec_q4"),  # 8-bit rows, K % 256 != 0 (an LM head)
+        ("Q5_1", 29, 512, "MatvecTiling(wg=128, rows=3)", "matvec"),  # other types: the generic split-K matvec
     ],
 )
 def test_split_k_matvecs_with_subgroups(host, qtype, N, K, tiling, template):

@@ -1,7 +1,7 @@
-"""The aligned 4-bit decode matvec (shaders/matvec_q4.wgsl.j2) on lavapipe vs numpy over gguf-py's
-dequantize (independent reference): Q4_0, Q4_1 and Q4_K, tree and subgroup
+"""The aligned block decode matvec (shaders/matvec_q4.wgsl.j2) on lavapipe vs numpy over gguf-py's
+dequantize (independent reference): Q4_0, Q4_1, Q4_K, Q5_0 and Q8_0, tree and subgroup
 reductions, rows that do not fill the last workgroup, residual accumulate, and the fused forms
-(Q/K/V in one dispatch; gate/up with SiLU or tanh-GELU applied on the way out); and the staged
+(Q/K/V in one dispatch, of one type or several; gate/up with SiLU or tanh-GELU applied on the way out); and the staged
 kernel (shaders/matvec_q4s.wgsl.j2: x as int8 blocks in workgroup memory; Q4_0, Q4_1, Q4_K and
 Q8_0, Q6_K) against numpy over the same int8 rounding of x, with the RMSNorm folded in or not."""
 
@@ -50,7 +50,7 @@ def sg_device():
     return dev
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q8_0"])
 @pytest.mark.parametrize("subgroups,wg,rows", [(False, 64, 4), (False, 32, 3), (True, 16, 2), (True, 128, 1)])
 def test_single_matrix(device, sg_device, qtype, subgroups, wg, rows):
     dev = sg_device if subgroups else device
@@ -67,7 +67,9 @@ def test_single_matrix(device, sg_device, qtype, subgroups, wg, rows):
         assert scaled_error(y, x, w) < TOL, (accumulate, scaled_error(y, x, w))
 
 
-@pytest.mark.parametrize("qtype,K", [("Q4_0", 64), ("Q4_1", 128), ("Q4_0", 192), ("Q4_K", 256)])
+@pytest.mark.parametrize(
+    "qtype,K", [("Q4_0", 64), ("Q4_1", 128), ("Q4_0", 192), ("Q4_K", 256), ("Q5_0", 64), ("Q8_0", 192)]
+)
 def test_short_rows(device, qtype, K):
     """Rows of one to four units: fewer units than rows per workgroup (threads are still one per row)."""
     rng = np.random.default_rng(9)
@@ -84,14 +86,21 @@ def test_short_rows(device, qtype, K):
     assert scaled_error(y, x, w) < TOL, scaled_error(y, x, w)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K"])
-def test_fused_qkv(device, qtype):
+@pytest.mark.parametrize(
+    "types",
+    [("Q4_0",) * 3, ("Q4_1",) * 3, ("Q4_K",) * 3, ("Q5_0",) * 3, ("Q8_0",) * 3, ("Q5_0", "Q5_0", "Q8_0")]
+    + [("Q8_0", "Q4_K", "Q5_0"), ("Q4_1", "Q5_0", "Q4_0")],
+    ids=lambda t: "-".join(t),
+)
+def test_fused_qkv(device, types):
+    """Q/K/V in one dispatch, of one type or of several (Gemma-3's Q4_K_M file: Q8_0 attn_v beside Q5_0 q, k
+    in half the layers): each matrix's workgroups on their type's branch."""
     rng = np.random.default_rng(8)
     K, parts = 512, (40, 12, 9)
     x = rng.standard_normal((1, K)).astype(np.float32)
     xb = f32_buffer(device, x)
     bounds, ws, ys = [], [], []
-    for n in parts:
+    for n, qtype in zip(parts, types):
         raw, w = make_weight(qtype, n, K, rng)
         yb = f32_buffer(device, np.full(n, np.nan, np.float32))
         lin = Linear(device, upload(device, raw, qtype, n, K), matvec=MatvecTiling(32, 4, True), subgroups=False)
@@ -99,14 +108,14 @@ def test_fused_qkv(device, qtype):
         ws.append(w)
         ys.append(yb)
     group = MatvecGroup(bounds)
-    assert group.fused is not None
+    assert group.fused is not None and len(group.runs) == 1
     with device.recorder() as rec:
         group.record(rec, 1)
     for n, w, yb in zip(parts, ws, ys):
         assert scaled_error(read_f32(device, yb, n)[None], x, w) < TOL
 
 
-@pytest.mark.parametrize("qtype,act", [("Q4_0", "silu"), ("Q4_K", "gelu_tanh")])
+@pytest.mark.parametrize("qtype,act", [("Q4_0", "silu"), ("Q4_K", "gelu_tanh"), ("Q5_0", "gelu_tanh"), ("Q8_0", "silu")])
 def test_fused_gate_up(device, qtype, act):
     rng = np.random.default_rng(9)
     H, K = 70, 256
@@ -133,7 +142,7 @@ def test_fused_gate_up(device, qtype, act):
     assert (np.abs(out - ref) / scale).max() < TOL
 
 
-@pytest.mark.parametrize("qtype,glu", [("Q4_0", None), ("Q4_K", "silu")])
+@pytest.mark.parametrize("qtype,glu", [("Q4_0", None), ("Q4_K", "silu"), ("Q5_0", "silu"), ("Q8_0", None)])
 def test_rmsnorm_folded_in(device, qtype, glu):
     """MatvecGroup(norm=...) reads the residual and normalises on the way: equals
     W @ (x / rms(x) * (w + offset)) from numpy; the norm's own dispatch is skipped for one token."""
@@ -178,6 +187,32 @@ def test_rmsnorm_folded_in(device, qtype, glu):
     else:
         for n, w, yb in zip(parts, ws, ys):
             assert scaled_error(read_f32(device, yb, n)[None], h, w) < TOL
+
+
+def test_gemma3_qkv_mixed_types_norm_folded(device):
+    """Gemma-3-270M's Q/K/V in the layers where its Q4_K_M file keeps attn_v in Q8_0: Q5_0 q (1024 rows), k (256)
+    and Q8_0 v (256) of 640-wide rows (not whole 256-weight units: matvec_q4, not the staged kernel), with the
+    RMSNorm folded in: one dispatch, the norm's own skipped; against numpy over gguf-py's dequantize."""
+    rng = np.random.default_rng(21)
+    K = 640
+    rms, hb, step, h = _folded_norm(device, rng, K, 1e-6, scale=3.0)
+    bounds, ws, ys = [], [], []
+    for n, qtype in zip((1024, 256, 256), ("Q5_0", "Q5_0", "Q8_0")):
+        raw, w = make_weight(qtype, n, K, rng)
+        yb = f32_buffer(device, np.full(n, np.nan, np.float32))
+        lin = Linear(device, upload(device, raw, qtype, n, K), matvec=MatvecTiling(64, 4, True))
+        assert lin.plan.template == "matvec_q4"
+        bounds.append(lin.bind(hb, yb))
+        ws.append(w)
+        ys.append(yb)
+    group = MatvecGroup(bounds, norm=rms)
+    assert len(group.runs) == 1 and rms.absorbed
+    with device.recorder() as rec:
+        rms.record(rec, 1)  # skipped: folded in
+        group.record(rec, 1)
+    assert np.isnan(read_f32(device, hb, K)).all()
+    for b, w, yb in zip(bounds, ws, ys):
+        assert scaled_error(read_f32(device, yb, b.linear.N)[None], h, w) < TOL
 
 
 # --- the staged kernel (matvec_q4s.wgsl.j2): x quantized to int8 blocks in workgroup memory ---

@@ -317,8 +317,8 @@ class Linear:
         members: list["Linear"] | None = None,
     ) -> Any:
         """matvec_q4 (or matvec_q4s) for this layer's type and K over matrices of `parts` rows (see
-        MatvecGroup); members: the linears of those parts where their types differ (the staged kernel only:
-        each matrix's type and row bytes); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
+        MatvecGroup); members: the linears of those parts where their types differ (each matrix's type and
+        row bytes); norm: an ops.RMSNorm applied to x on the way in; tiling: the staged kernel's,
         instead of this layer's; emit_next: the next RMSNorm (an ops.RMSNorm) whose input this matvec's
         output is, or True where the next matvec reads that output as it is (glu: a fused gate/up's output,
         w_down's x): its epilogue also writes that x quantized (times the norm's weights) for a prestaged
@@ -361,8 +361,6 @@ class Linear:
                 **nparams,
                 **_mixed_types(members),
             )
-        if _mixed_types(members):
-            raise ValueError(f"{self.weight.name}: matvec_q4 fuses matrices of one type only")
         return self.device.kernel(
             "matvec_q4",
             label=f"matvec_q4 {self.weight.name}",
@@ -376,6 +374,7 @@ class Linear:
             accumulate=accumulate,
             glu=glu,
             **nparams,
+            **_mixed_types(members),
         )
 
     def bind(self, x: Any, y: Any, params: Any | None = None, accumulate: bool = False) -> "BoundLinear":
@@ -613,7 +612,7 @@ def record_in_turn(linears: list[BoundLinear], rec: Any, n_tokens: int, passed: 
 
 
 def _mixed_types(members: list[Linear] | None) -> dict[str, Any]:
-    """matvec_q4s's per-matrix types and row bytes where `members` are of more than one type, else nothing."""
+    """matvec_q4(s)'s per-matrix types and row bytes where `members` are of more than one type, else nothing."""
     if not members or len({m.weight.ggml_type for m in members}) == 1:
         return {}
     return dict(qtypes=[m.weight.ggml_type.name for m in members], rows_bytes=[m._params["row_bytes"] for m in members])
@@ -631,9 +630,9 @@ class MatvecGroup:
 
     With `norm`, the fused dispatch reads the norm's input and normalises on the way (the norm's
     own dispatch is then skipped for single tokens: it marks itself `absorbed`); the layer still
-    records the norm first, and it runs for prefill. The staged kernel fuses members of different types
-    (a Q6_K attn_v beside Q4_K q and k) where their K and tiling agree; otherwise members of different
-    kernel variants fuse in runs, one dispatch each, every run folding the norm.
+    records the norm first, and it runs for prefill. Members of different types (a Q6_K attn_v beside Q4_K
+    q and k) fuse where their kernel, K and tiling agree; otherwise members of different kernel variants fuse
+    in runs, one dispatch each, every run folding the norm.
     """
 
     def __init__(self, members: list["BoundLinear"], glu: tuple[str, Any] | None = None, norm: Any = None) -> None:
@@ -649,12 +648,12 @@ class MatvecGroup:
         self.taken: tuple | None = None  # take_x's (xq, xd): x quantized by the op before
         self.emits: tuple | None = None  # emit_into's (planes, xq, xd): w_down's x its GLU epilogue writes
 
-        # Members fuse in runs of one kernel variant (K, tiling, and the type unless the staged kernel mixes
-        # them): a real Q4_K_M file keeps attn_v in Q6_K in some layers, whose Q/K/V the staged kernel still
-        # runs as one dispatch (each matrix's workgroups take their type's branch); matvec_q4 in two (q+k, v).
-        # Gate and up fuse only together (the GLU needs both).
+        # Members fuse in runs of one kernel variant (K, tiling, subgroups; types may differ but for a GLU):
+        # a real Q4_K_M file keeps attn_v in Q6_K (Gemma-3's: Q8_0 beside Q5_0 q and k) in some layers, whose
+        # Q/K/V still run as one dispatch, each matrix's workgroups on their type's branch. Gate and up fuse
+        # only together (the GLU needs both) and of one type.
         def variant(l):
-            return (None if l.staged and not glu else l.weight.ggml_type, l.K, l.matvec_tiling, l._subgroups)
+            return (l.weight.ggml_type if glu else None, l.K, l.matvec_tiling, l._subgroups)
 
         spans: list[list[int]] = []
         for i, l in enumerate(lins):

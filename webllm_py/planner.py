@@ -290,6 +290,10 @@ class PrefillTiling:
 
 # The aligned 4-bit kernel (matvec_q4.wgsl.j2): its weight types and default tiling.
 Q4_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
+# ... and the block types it also reads in 64-weight units (Q5_0, Q8_0): rows the staged kernel's 256-weight
+# units do not divide (Gemma-3's 640-wide Q5_0 / Q8_0 Q/K/V and gate/up, its Q8_0 head; SmolLM2's 576-wide Q8_0
+# head), which the generic matvec ran one dispatch per matrix, fusing nothing and folding no norm.
+MATVEC_Q4_TYPES = Q4_TYPES + (GGMLType.Q5_0, GGMLType.Q8_0)
 Q4_TILING = MatvecTiling(wg=64, rows=4)
 # The staged kernel (matvec_q4s.wgsl.j2) also takes Q8_0 (int8 weights: one dot4I8Packed a word)
 # and Q6_K (its unaligned super-blocks funnel-shifted into place).
@@ -658,8 +662,8 @@ class MatvecQuery:
     request: MatvecTiling | StagedTiling | None
 
     @property
-    def aligned(self) -> bool:  # matvec_q4: 4-bit rows of whole 64-weight units, no bias
-        return self.qtype in Q4_TYPES and self.K % 64 == 0 and not self.bias
+    def aligned(self) -> bool:  # matvec_q4: block rows of whole 64-weight units, no bias
+        return self.qtype in MATVEC_Q4_TYPES and self.K % 64 == 0 and not self.bias
 
     @property
     def default_staged(self) -> StagedTiling:
@@ -707,7 +711,7 @@ MATVEC_TABLE: tuple[MatvecRow, ...] = (
     # |logit| from transformers' (its w_down alone takes this kernel), 2.3e-4 without it; Gemma-3-270M
     # 1.6e-2 against 2.2e-4: 40-75x the f32 kernels' error, over the real models' 2e-3 (their prefills keep it)
     MatvecRow("matvec_q4s", MatvecQuery.staged_applies, lambda q: q.staged_tiling),
-    # other 4-bit rows of whole 64-weight units, threads splitting K
+    # other 4-, 5- and 8-bit block rows of whole 64-weight units, threads splitting K
     MatvecRow(
         "matvec_q4",
         lambda q: q.aligned and (q.fallback.split_k if q.fallback else not q.adapter.cpu),
