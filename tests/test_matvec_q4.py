@@ -115,7 +115,9 @@ def test_fused_qkv(device, types):
         assert scaled_error(read_f32(device, yb, n)[None], x, w) < TOL
 
 
-@pytest.mark.parametrize("qtype,act", [("Q4_0", "silu"), ("Q4_K", "gelu_tanh"), ("Q5_0", "gelu_tanh"), ("Q8_0", "silu")])
+@pytest.mark.parametrize(
+    "qtype,act", [("Q4_0", "silu"), ("Q4_K", "gelu_tanh"), ("Q5_0", "gelu_tanh"), ("Q8_0", "silu")]
+)
 def test_fused_gate_up(device, qtype, act):
     rng = np.random.default_rng(9)
     H, K = 70, 256

@@ -355,12 +355,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=_count(1), default=3, help="--constraint: alternating free/constrained runs")
 
 
+# Byte offsets of the f16 scale fields inside a block of each type random_blocks fills (d first for all but
+# Q6_K, whose d is last).
+RANDOM_SCALE_FIELDS = {
+    "Q4_0": [0],
+    "Q4_1": [0, 2],
+    "Q5_0": [0],
+    "Q5_1": [0, 2],
+    "Q8_0": [0],
+    "Q4_K": [0, 2],
+    "Q6_K": [208],
+}
+
+
+def random_blocks(gtype, n: int, rng) -> bytes:
+    """n weights of quantized type `gtype` as random blocks whose f16 scales are small (1e-3 to 3e-3), so
+    sums of thousands of them stay finite: a benchmark's weights (speed does not depend on the values)."""
+    import numpy as np
+
+    from .formats.quants import layout_of
+
+    if gtype.name not in RANDOM_SCALE_FIELDS:
+        raise ValueError(f"random weights of type {gtype.name} are not supported ({', '.join(RANDOM_SCALE_FIELDS)})")
+    lay = layout_of(gtype)
+    nblocks = n // lay.block_size
+    blocks = np.frombuffer(rng.bytes(nblocks * lay.type_size), np.uint8).reshape(nblocks, lay.type_size).copy()
+    scales = (rng.random(nblocks, dtype=np.float32) * 2e-3 + 1e-3).astype(np.float16).view(np.uint8).reshape(nblocks, 2)
+    for off in RANDOM_SCALE_FIELDS[gtype.name]:
+        blocks[:, off : off + 2] = scales
+    return blocks.tobytes()
+
+
 def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
     """A Checkpoint whose tensors are random bytes in `quant`, with f16 scales set to small values."""
     import numpy as np
 
     from .checkpoint import Checkpoint
-    from .formats.quants import GGMLType, TensorInfo, layout_of
+    from .formats.quants import GGMLType, TensorInfo
     from .formats.source import BytesSource
     from .models.config import ModelConfig
 
@@ -385,8 +416,6 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
     mix = quant == "Q4_K_M"
     qtype = GGMLType.Q4_K if mix else GGMLType[quant]
     rng = np.random.default_rng(0)
-    # Byte offsets of f16 scale fields inside a block (d first for all but Q6_K, whose d is last).
-    scale_fields = {"Q4_0": [0], "Q4_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
     tensors = {}
     made: dict[tuple, bytes] = {}  # one random matrix per (shape, type): speed does not depend on values
 
@@ -397,18 +426,7 @@ def random_checkpoint(shape: str, quant: str, embed_quant: str | None = None):
             return
         key = (rows, cols, gtype)
         if key not in made:
-            lay = layout_of(gtype)
-            nblocks = rows * cols // lay.block_size
-            blocks = np.frombuffer(rng.bytes(nblocks * lay.type_size), np.uint8).reshape(nblocks, lay.type_size).copy()
-            scales = (
-                (rng.random(nblocks, dtype=np.float32) * 2e-3 + 1e-3)
-                .astype(np.float16)
-                .view(np.uint8)
-                .reshape(nblocks, 2)
-            )
-            for off in scale_fields[gtype.name]:
-                blocks[:, off : off + 2] = scales
-            made[key] = blocks.tobytes()
+            made[key] = random_blocks(gtype, rows * cols, rng)
         data = made[key]
         tensors[name] = TensorInfo(name, (cols, rows), gtype, 0, len(data), True, BytesSource(data))
 
