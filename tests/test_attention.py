@@ -214,6 +214,71 @@ def test_step_with_rope(device, pairs, rot_dim, f16):
 
 
 @pytest.mark.parametrize(
+    "layout,pairs,merge,offset",
+    [
+        ("gemma3", "halves", False, 1.0),  # Gemma-3-270M's heads, its slices merged by attention_combine (Dawn)
+        ("gemma3", "halves", None, 1.0),  # ... merged in the step (native)
+        ("smollm2", "adjacent", False, 0.0),  # GROUP 3, adjacent pairs
+        ("1b", "adjacent", None, 0.0),
+    ],
+)
+def test_step_with_qk_norm(device, layout, pairs, merge, offset):
+    """Per-head q and k RMSNorms (Gemma 3's q_norm, k_norm) before a full-rotary RoPE: single-token steps apply
+    both inside attention_step (the norms and RoPE absorbed: their dispatches skipped), a prefill chunk runs
+    them as written; every step equals numpy's norms, RoPE and attention; the cache holds the normed, rotated k."""
+    from webllm_py.ops import RMSNorm, RoPE
+    from webllm_py.planner import KernelPolicy
+    from .attention_helpers import rope_reference
+
+    (nh, nkv, hd), N, T0, eps = LAYOUTS[layout], 24, 5, 1e-6
+    rng = np.random.default_rng(31)
+    q, k, v = make_qkv(N, 23, (nh, nkv, hd))
+    q, k = q * rng.uniform(0.1, 8.0, (N, 1)), k * rng.uniform(0.1, 8.0, (N, 1))  # rows far from unit rms
+    wq, wk = rng.standard_normal(hd).astype(np.float32), rng.standard_normal(hd).astype(np.float32)
+    inv_freq = [10000.0 ** (-2 * i / hd) for i in range(hd // 2)]
+    h = Harness(
+        device,
+        shuffled_cache(device, num_blocks=16, block_size=4, layout=(nh, nkv, hd)),
+        max_tokens=8,
+        layout=(nh, nkv, hd),
+        fused=True,
+        step_tiling=StepTiling(64, 4, 4, 4),
+        policy=KernelPolicy(step_merge=merge),
+    )
+    # h.q, h.k take the projections (before the norms); the norms write qn, kn, which RoPE and attention read
+    qn_buf, kn_buf = (device.create_buffer(8 * n * hd * 4) for n in (nh, nkv))
+    qnorm = RMSNorm(device, device.buffer_from(wq.tobytes()), hd, eps, weight_offset=offset)
+    knorm = RMSNorm(device, device.buffer_from(wk.tobytes()), hd, eps, weight_offset=offset)
+    qn = qnorm.bind(h.q, qn_buf, h.step, rows_per_token=nh)
+    kn = knorm.bind(h.k, kn_buf, h.step, rows_per_token=nkv)
+    rope = RoPE(device, inv_freq, nh, nkv, hd, pairs).bind(qn_buf, kn_buf, h.step)
+    attention = h.attn.bind(0, qn_buf, kn_buf, h.v, h.o, h.step, h.table, rope=rope, qk_norm=(qn, kn))
+    assert rope.absorbed and qn.absorbed and kn.absorbed
+    assert (attention.combine is not None) == (merge is False)
+
+    class Layer:  # the layer's order: the norms and RoPE (skipped for one token), then attention
+        def record(self, rec, n):
+            for op in (qn, kn, rope, attention):
+                op.record(rec, n)
+
+    h.bound = Layer()
+    got = h.run(0, q, k, v, [T0] + [1] * (N - T0))
+
+    def norm(x, n, w):
+        x = x.reshape(N, n, hd).astype(np.float64)
+        return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * (w + offset)
+
+    pos = np.arange(N)
+    qr = rope_reference(norm(q, nh, wq), pos, inv_freq, pairs).reshape(N, nh * hd)
+    kr = rope_reference(norm(k, nkv, wk), pos, inv_freq, pairs).reshape(N, nkv * hd)
+    f16 = h.attn.cache.dtype != "f32"
+    if f16:
+        kr, v = f16_round(kr), f16_round(v)
+    tol = dict(atol=2e-4, rtol=1e-3) if f16 else dict(atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(got, reference(qr, kr, v, nh, nkv), **tol)
+
+
+@pytest.mark.parametrize(
     "layout,f16,tiling,window,rope",
     [
         ("1b", True, StepTiling(64, 4, 9, 4), None, "adjacent"),  # 1 to 9 slices used, empty ones at 0

@@ -57,10 +57,10 @@ def templates(engine: Engine, plan: str) -> set[str]:
     return {getattr(getattr(layer, n).linear, plan).template for layer in engine.model.layers for n in names}
 
 
-def assert_prompt_logits(engine: Engine, rtol: float, label: str) -> list[int]:
+def assert_prompt_logits(engine: Engine, rtol: float, label: str, model=MODEL) -> list[int]:
     """The prompt's last-token logits within rtol * max |logit| of transformers', same argmax; the ids."""
-    ids = engine.tokenizer.encode(MODEL.prompt)
-    _, ref = hf_greedy(MODEL.path, ids, N_GREEDY)
+    ids = engine.tokenizer.encode(model.prompt)
+    _, ref = hf_greedy(model.path, ids, N_GREEDY)
     ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
     err = np.abs(ours - ref).max() / np.abs(ref).max()
     print(f"\n{label}: {len(ids)}-token prompt, max |diff| {err:.1e} of max |logit| {np.abs(ref).max():.1f}")
@@ -69,15 +69,15 @@ def assert_prompt_logits(engine: Engine, rtol: float, label: str) -> list[int]:
     return ids
 
 
-def assert_greedy(engine: Engine, ids: list[int], label: str) -> None:
-    ref, _ = hf_greedy(MODEL.path, ids, N_GREEDY)
+def assert_greedy(engine: Engine, ids: list[int], label: str, model=MODEL) -> None:
+    ref, _ = hf_greedy(model.path, ids, N_GREEDY)
 
     def generate(prompt, n):
         return asyncio.run(
             engine.complete(prompt, params=SamplingParams(temperature=0.0), max_tokens=n, ignore_eos=True)
         )[1]
 
-    assert_greedy_parity(generate, ids, ref, hf_margins(MODEL.path, ids, N_GREEDY), DECODE_RTOL, label)
+    assert_greedy_parity(generate, ids, ref, hf_margins(model.path, ids, N_GREEDY), DECODE_RTOL, label)
 
 
 def test_int8_prefill_and_staged_decode_match_transformers():
@@ -133,22 +133,38 @@ def test_staged_decode_one_plane_matches_transformers():
         engine.unload()
 
 
-def test_gemma3_staged_decode_matches_transformers():
+@pytest.mark.parametrize("step_merge", [None, False], ids=["step-merges", "attention_combine"])
+def test_gemma3_staged_decode_matches_transformers(step_merge):
     """Gemma-3-270M (real Q4_K_M weights, width 640) token by token through the decode kernels on the GPU-like
-    device: its staged w_down with the default two int8 planes of x (planner.staged_planes_auto), the other
-    rows on matvec_q4 / matvec (f32 x), within the real models' 2e-3 of transformers (measured 1.8e-4; one
-    plane 1.6e-2: docs/benchmarks.md, "Real models through the GPU paths on lavapipe")."""
+    device: its staged w_down with the default two int8 planes of x (planner.staged_planes_auto), its 640-wide
+    Q5_0/Q8_0 Q/K/V and gate/up on matvec_q4 (f32 x; one dispatch each, the RMSNorm folded in), its per-head
+    q/k norms applied by attention_step (which merges its slices, as natively, or leaves them to
+    attention_combine, as on Dawn), within the real models' 2e-3 of transformers (measured 1.8e-4; one plane
+    1.6e-2: docs/benchmarks.md, "Real models through the GPU paths on lavapipe")."""
     gemma = REAL_MODELS["gemma3"]
     device = gpu_like_device()
-    engine = asyncio.run(Engine.load(gemma.path, device=device, context_window=128, prefill_chunk=1))
+    policy = KernelPolicy(step_merge=step_merge)
+    engine = asyncio.run(Engine.load(gemma.path, device=device, context_window=128, prefill_chunk=1, policy=policy))
     try:
-        assert all(layer.w_down.linear.staged for layer in engine.model.layers)
-        assert all(layer.w_down.linear.plan.tiling.planes == 2 for layer in engine.model.layers)
+        layers = engine.model.layers
+        assert all(layer.w_down.linear.staged for layer in layers)
+        assert all(layer.w_down.linear.plan.tiling.planes == 2 for layer in layers)
+        assert all(layer.attn_norm.absorbed and layer.ffn_norm.absorbed for layer in layers)
+        assert all(layer.q_norm.absorbed and layer.k_norm.absorbed and layer.rope.absorbed for layer in layers)
+        assert all((layer.attention.combine is not None) == (step_merge is False) for layer in layers)
         ids = engine.tokenizer.encode(gemma.prompt)
         _, ref = hf_greedy(gemma.path, ids, 1)
         ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
         err = np.abs(ours - ref).max() / np.abs(ref).max()
         print(f"\nGemma-3, token by token through the decode kernels: max |diff| {err:.1e} of max |logit|")
         assert err <= gemma.logit_rtol and int(ours.argmax()) == int(ref.argmax())
+    finally:
+        engine.unload()
+    # The prompt as one prefill chunk (the norms and RoPE run as written, the cache gets their k), then greedy
+    # decode steps reading that cache with the norms applied by attention_step.
+    engine = asyncio.run(Engine.load(gemma.path, device=device, context_window=128, policy=policy))
+    try:
+        ids = assert_prompt_logits(engine, gemma.logit_rtol, "Gemma-3, prefill on the GPU-like device", model=gemma)
+        assert_greedy(engine, ids, "Gemma-3, prefill + decode with the q/k norms in attention_step", model=gemma)
     finally:
         engine.unload()

@@ -169,12 +169,15 @@ class PagedAttention:
         step: Buffer,
         block_table: Buffer | None = None,
         rope: Any = None,
+        qk_norm: tuple[Any, Any] | None = None,
     ) -> "BoundAttention":
         """layer: the model's layer, whose K/V the cache holds. block_table: the cache's `table` unless
         given. rope: the ops.RoPE BoundOp the layer records just before attention (the fusion pass,
         models/layer.py, passes it). Where it rotates whole heads of these q/k, single-token steps fold
         it into attention_step (or, on CPU adapters, into the cache write): RoPE marks itself
-        `absorbed`; prefill records both as before."""
+        `absorbed`; prefill records both as before. qk_norm: the per-head ops.RMSNorm BoundOps (q's, k's)
+        the layer records before that RoPE (Gemma 3); where RoPE folds into attention_step, they fold too
+        (the step reads their inputs) and mark themselves `absorbed`."""
         d, kc, vc = self.device, self.cache.k[layer], self.cache.v[layer]
         block_table = self.cache.table if block_table is None else block_table
         split = self.combine is not None
@@ -189,16 +192,26 @@ class PagedAttention:
         )
         if self.fused:
             # RoPE of q and the new k inside the step where it rotates whole heads; otherwise (partial
-            # rotary) the layer's RoPE dispatch runs first and the step gets q and k rotated.
+            # rotary) the layer's RoPE dispatch runs first and the step gets q and k rotated. The per-head
+            # norms before that RoPE fold in with it (the step reads q and k before them).
             params = dict(self._step_params, rope=rop.params["pairs"] if foldable else None)
+            norms = self._qk_norm_fold(qk_norm, q, k, rope) if foldable else None
+            if norms:
+                qn, kn = (n.op for n in norms)
+                params.update(qk_norm=True, qk_eps=qn.params["eps"], qk_w_offset=qn.params["weight_offset"])
+            # the step's q and k: the norms' inputs where it applies them (prefill reads the norms' outputs)
+            sq, sk = (norms[0].reads[0], norms[1].reads[0]) if norms else (q, k)
             kern = d.kernel("attention_step", label="attention_step", **params)
-            bufs = [q, k, v, kc, vc, self.partials if split else out, step, block_table]
+            bufs = [sq, sk, v, kc, vc, self.partials if split else out, step, block_table]
             bufs += [rop.inv_freq] if foldable else []
             bufs += [self.scratch] if self.step_tiling.splits > 1 and not split else []
+            bufs += [qn.weight, kn.weight] if norms else []
             step_bg = d.bind(kern, bufs)
             step_kb = (params, bufs)
             if foldable:
                 rope.absorbed = True
+            for n in norms or ():
+                n.absorbed = True
         elif foldable and (self.cache.dtype != "f16x2" or rop.params["pairs"] == "adjacent"):
             # (a packed cache with "halves" RoPE keeps the separate kv_write: a thread's rotation pair
             # (i, i + half) is not one of the cache's u32 words, so two threads would write halves of one)
@@ -229,6 +242,33 @@ class PagedAttention:
             (layer, q, k, v, out, step, block_table),
             step_kb,
         )
+
+    def _qk_norm_fold(self, qk_norm: tuple[Any, Any] | None, q: Buffer, k: Buffer, rope: Any) -> tuple | None:
+        """The per-head norms (q's, k's BoundOps) attention_step can apply itself, or None: plain RMSNorms over
+        whole heads writing this q and k (RoPE's inputs), of one eps and weight offset, reading other buffers,
+        with two storage bindings to spare."""
+        from .ops import RMSNorm
+
+        if qk_norm is None:
+            return None
+        qn, kn = qk_norm
+        ops = (qn.op, kn.op)
+        if not all(isinstance(o, RMSNorm) and o.params["dim"] == self.head_dim for o in ops):
+            return None
+        if (
+            ops[0].params["eps"] != ops[1].params["eps"]
+            or ops[0].params["weight_offset"] != ops[1].params["weight_offset"]
+        ):
+            return None
+        if not (qn.writes[0] is q and kn.writes[0] is k and qn.reads[0] is not q and kn.reads[0] is not k):
+            return None
+        if qn.items_per_token != self.n_heads or kn.items_per_token != self.n_kv_heads or qn.fixed or kn.fixed:
+            return None
+        # q..block_table, inv_freq, the scratch where the step merges its slices, the two norms, wo's x (emit)
+        need = 9 + (1 if self.step_tiling.splits > 1 and not self.step_combine else 0) + 2 + 2
+        if Adapter.of(self.device).storage_buffers < need:
+            return None
+        return qk_norm
 
     def emit_refusal(self) -> str | None:
         """Why a single-token step cannot also write its output as wo's prestaged x (emit_into), or None
@@ -300,9 +340,10 @@ class BoundAttention:
         self.emits = (eq, ed)
         return eq, ed
 
-    def with_rope(self, rope: Any) -> "BoundAttention":
-        """This attention bound again with the RoPE op recorded before it, to fold where it can."""
-        return self.op.bind(*self.args, rope=rope)
+    def with_rope(self, rope: Any, qk_norm: tuple[Any, Any] | None = None) -> "BoundAttention":
+        """This attention bound again with the RoPE op recorded before it (and the per-head q/k norms before
+        that), to fold where it can."""
+        return self.op.bind(*self.args, rope=rope, qk_norm=qk_norm)
 
     @property
     def reads(self) -> tuple:

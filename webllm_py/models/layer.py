@@ -17,7 +17,8 @@ follows the activation buffers each op reads and writes (`reads` / `writes`) and
 - the RMSNorm just before such a group folds into it (the group reads the norm's input and normalises
   on the way) where the planner's kernel allows and no later op reads the norm's output;
 - the RoPE just before attention folds into it (attention_step, or the cache write on CPU adapters)
-  where it rotates whole heads.
+  where it rotates whole heads; with it, into attention_step, the per-head q and k RMSNorms just before
+  that RoPE (Gemma 3's q_norm, k_norm).
 
 With KernelPolicy.prestage, `link_emits` (run by the family over all its layers' ops) makes a residual
 add (w_down, wo) write the quantized x of the norm-folded group after it in its epilogue; the family's
@@ -164,7 +165,17 @@ def fuse(named: Named) -> Named:
         if isinstance(op, BoundAttention) and out:
             prev = out[-1][1]
             if isinstance(prev, BoundOp) and isinstance(prev.op, RoPE):
-                op = op.with_rope(prev)
+                # the per-head q and k norms right before RoPE (Gemma 3), which the step may apply itself
+                qk = [o for _, o in out[-3:-1]]
+                qk_norm = (
+                    (qk[0], qk[1])
+                    if len(qk) == 2
+                    and all(isinstance(o, BoundOp) and isinstance(o.op, RMSNorm) for o in qk)
+                    and qk[0].writes[0] is prev.reads[0]
+                    and qk[1].writes[0] is prev.reads[1]
+                    else None
+                )
+                op = op.with_rope(prev, qk_norm)
         out.append((names[id(ops[i])], op))
         i += 1
     return out
