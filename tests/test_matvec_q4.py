@@ -540,8 +540,8 @@ def test_staged_subgroups_need_known_size(sg_device):
 def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
     """Q8_0 and Q6_K take the staged kernel by default on GPU adapters (here lavapipe posing as one),
     at K = 8192 (1B down) with their own default tiling (16 lanes a row, where 4-bit rows prefetch),
-    accumulating; KernelPolicy(staged_matvec=False) (the A/B switch) and K % 256 != 0 give the generic matvec
-    instead (matvec_q4 is 4-bit only), vs numpy."""
+    accumulating; KernelPolicy(staged_matvec=False) (the A/B switch) gives Q8_0 matvec_q4 (its 64-weight units)
+    and Q6_K the generic matvec, K % 64 != 0 the generic one for both; vs numpy."""
     from webllm_py.formats.quants import GGMLType
     from webllm_py.linear import StagedTiling, staged_tiling
 
@@ -562,7 +562,7 @@ def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
         4096
     )
     generic = Linear(device, wt, policy=KernelPolicy(staged_matvec=False))
-    assert not generic.staged and not generic.q4
+    assert not generic.staged and generic.plan.template == ("matvec_q4" if qtype == "Q8_0" else "matvec")
     for layer, err in ((lin, staged_error), (generic, scaled_error)):
         xb, yb = f32_buffer(device, x), f32_buffer(device, y0)
         with device.recorder() as rec:
@@ -570,7 +570,7 @@ def test_staged_8_6_bit_default_and_switch(device, monkeypatch, qtype):
         assert err(read_f32(device, yb, N)[None] - y0, x, w) < TOL
     if qtype == "Q6_K":  # super-blocks of 256: every K is whole units
         return
-    # K = 288: not whole units; a StagedTiling request falls back to the generic kernel
+    # K = 288: not whole 64-weight units; a StagedTiling request falls back to the generic kernel
     raw, w = staged_weight(qtype, 5, 288, rng)
     odd = Linear(device, upload(device, raw, qtype, 5, 288), matvec=StagedTiling(64, 2, 1))
     assert not odd.staged and not odd.q4
