@@ -195,7 +195,7 @@ class PagedAttention:
             # rotary) the layer's RoPE dispatch runs first and the step gets q and k rotated. The per-head
             # norms before that RoPE fold in with it (the step reads q and k before them).
             params = dict(self._step_params, rope=rop.params["pairs"] if foldable else None)
-            norms = self._qk_norm_fold(qk_norm, q, k, rope) if foldable else None
+            norms = self._qk_norm_fold(qk_norm, q, k) if foldable else None
             if norms:
                 qn, kn = (n.op for n in norms)
                 params.update(qk_norm=True, qk_eps=qn.params["eps"], qk_w_offset=qn.params["weight_offset"])
@@ -243,7 +243,7 @@ class PagedAttention:
             step_kb,
         )
 
-    def _qk_norm_fold(self, qk_norm: tuple[Any, Any] | None, q: Buffer, k: Buffer, rope: Any) -> tuple | None:
+    def _qk_norm_fold(self, qk_norm: tuple[Any, Any] | None, q: Buffer, k: Buffer) -> tuple | None:
         """The per-head norms (q's, k's BoundOps) attention_step can apply itself, or None: plain RMSNorms over
         whole heads writing this q and k (RoPE's inputs), of one eps and weight offset, reading other buffers,
         with two storage bindings to spare."""
