@@ -10,7 +10,7 @@ references are numpy's, here):
   browsers: Tint's storageBarrier is workgroup-scoped), over many steps and four layers in one pass,
   with the f32 cache and the f16x2 one (f16 pairs in u32s: what a GPU without shader-f16, Dawn on NVIDIA,
   gets), vs numpy; and what the planner picks there instead: the step writing its slices' partials,
-  merged by attention_combine;
+  merged by attention_combine; and that step applying Gemma 3's per-head q/k norms itself (with RoPE);
 - attention_prefill's lanes form (L lanes per query row, scores summed by subgroupShuffleXor: what GPUs
   with subgroups get; forced here, lavapipe being a CPU adapter) through Tint, vs numpy.
 The planner's rows for each feature and its absence: tests/test_planner.py (test_browser_gpu_*)."""
@@ -336,3 +336,80 @@ def test_glu_emit_on_dawn(host, use_subgroups, planes):
     assert (np.abs(_f32(r["y"])[:H] - ref) / scale).max() < 1e-5
     assert base64.b64decode(r["eq"]) == base64.b64decode(r["qq"])
     assert base64.b64decode(r["ed"])[: 8 * (H // 32)] == base64.b64decode(r["qd"])[: 8 * (H // 32)]
+
+
+_STEP_QK = """
+import base64, random, struct
+from webllm_py.gpu.browser import BrowserDevice
+from webllm_py.attention import PagedAttention
+from webllm_py.kv_cache import PagedKVCache
+from webllm_py.ops import RMSNorm, RoPE
+from webllm_py.planner import KernelPolicy, StepTiling
+dev = await BrowserDevice.create()
+nh, nkv, hd, N = {nh}, {nkv}, {hd}, {N}
+cache = PagedKVCache(dev, 1, nkv, hd, block_size=4, num_blocks=16, dtype="f32")
+random.Random(0).shuffle(cache._free)
+attn = PagedAttention(dev, cache, nh, nkv, hd, 8, fused=True, step_tiling=StepTiling(64, 4, 4, 4),
+                      policy=KernelPolicy(step_merge=False))
+step, table = dev.create_buffer(8), dev.create_buffer(cache.table_buffer_size())
+q_in, k, v = (base64.b64decode(s) for s in {data!r})
+wq, wk = dev.buffer_from(base64.b64decode({wq!r})), dev.buffer_from(base64.b64decode({wk!r}))
+rows = (nh * hd * 4, nkv * hd * 4, nkv * hd * 4)
+qp, kp, vb, qb, kb, ob = (dev.create_buffer(n) for n in (*rows, rows[0], rows[1], rows[0]))
+qn = RMSNorm(dev, wq, hd, 1e-6, weight_offset=1.0).bind(qp, qb, step, rows_per_token=nh)
+kn = RMSNorm(dev, wk, hd, 1e-6, weight_offset=1.0).bind(kp, kb, step, rows_per_token=nkv)
+rope = RoPE(dev, {inv_freq!r}, nh, nkv, hd, "halves").bind(qb, kb, step)
+att = attn.bind(0, qb, kb, vb, ob, step, table, rope=rope, qk_norm=(qn, kn))
+assert qn.absorbed and kn.absorbed and rope.absorbed and att.combine is not None
+outs = []
+for pos in range(N):
+    cache.ensure(0, pos + 1)
+    dev.write_buffer(step, struct.pack("<2I", pos, 1))
+    dev.write_buffer(table, cache.table_bytes(0))
+    for x, buf, n in zip((q_in, k, v), (qp, kp, vb), rows):
+        dev.write_buffer(buf, x[pos * n:(pos + 1) * n])
+    with dev.recorder() as rec:  # the layer's order: the norms and RoPE (skipped: folded), attention
+        for op in (qn, kn, rope, att):
+            op.record(rec, 1)
+    outs.append(await dev.read_buffer(ob))
+dev.destroy()
+base64.b64encode(b"".join(outs)).decode()
+"""
+
+
+def test_step_with_qk_norm_on_dawn(host):
+    """Gemma 3's per-head q/k RMSNorms applied inside attention_step (with its RoPE, the slices merged by
+    attention_combine: what Dawn on a GPU runs), through Tint, over 20 decode steps of Gemma-3-270M's heads
+    (4 q heads, 1 kv head of 256) vs numpy's norms, RoPE and attention."""
+    from .attention_helpers import rope_reference
+
+    (nh, nkv, hd), N, eps = (4, 1, 256), 20, 1e-6
+    rng = np.random.default_rng(41)
+    q, k, v = make_qkv(N, 42, (nh, nkv, hd))
+    q, k = q * rng.uniform(0.1, 8.0, (N, 1)), k * rng.uniform(0.1, 8.0, (N, 1))
+    q, k = q.astype(np.float32), k.astype(np.float32)
+    wq, wk = rng.standard_normal(hd).astype(np.float32), rng.standard_normal(hd).astype(np.float32)
+    inv_freq = [10000.0 ** (-2 * i / hd) for i in range(hd // 2)]
+    got = _f32(
+        host.exec(
+            _STEP_QK.format(
+                nh=nh,
+                nkv=nkv,
+                hd=hd,
+                N=N,
+                data=[_b64(x) for x in (q, k, v)],
+                wq=_b64(wq),
+                wk=_b64(wk),
+                inv_freq=inv_freq,
+            )
+        )
+    ).reshape(N, nh * hd)
+
+    def norm(x, n, w):
+        x = x.reshape(N, n, hd).astype(np.float64)
+        return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * (w + 1.0)
+
+    pos = np.arange(N)
+    qr = rope_reference(norm(q, nh, wq), pos, inv_freq, "halves").reshape(N, nh * hd)
+    kr = rope_reference(norm(k, nkv, wk), pos, inv_freq, "halves").reshape(N, nkv * hd)
+    np.testing.assert_allclose(got, reference(qr, kr, v, nh, nkv), atol=2e-5, rtol=1e-4)
