@@ -170,6 +170,7 @@ def fuse(named: Named) -> Named:
                 qk_norm = (
                     (qk[0], qk[1])
                     if len(qk) == 2
+                    and prev.reads is not None
                     and all(isinstance(o, BoundOp) and isinstance(o.op, RMSNorm) for o in qk)
                     and qk[0].writes[0] is prev.reads[0]
                     and qk[1].writes[0] is prev.reads[1]
