@@ -149,3 +149,10 @@ def rope_reference(x, positions, inv_freq, pairs):
             out[t, :, :half] = a * c - b * s
             out[t, :, half : 2 * half] = a * s + b * c
     return out
+
+
+def head_norm_reference(x, n_heads, head_dim, w, eps, offset=0.0):
+    """x [T, n_heads * head_dim]: each head's RMSNorm times (w + offset) (Gemma 3's q/k norms), in float64:
+    [T, n_heads, head_dim]."""
+    x = x.reshape(x.shape[0], n_heads, head_dim).astype(np.float64)
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * (w + offset)

@@ -228,7 +228,7 @@ def test_step_with_qk_norm(device, layout, pairs, merge, offset):
     them as written; every step equals numpy's norms, RoPE and attention; the cache holds the normed, rotated k."""
     from webllm_py.ops import RMSNorm, RoPE
     from webllm_py.planner import KernelPolicy
-    from .attention_helpers import rope_reference
+    from .attention_helpers import head_norm_reference, rope_reference
 
     (nh, nkv, hd), N, T0, eps = LAYOUTS[layout], 24, 5, 1e-6
     rng = np.random.default_rng(31)
@@ -264,13 +264,9 @@ def test_step_with_qk_norm(device, layout, pairs, merge, offset):
     h.bound = Layer()
     got = h.run(0, q, k, v, [T0] + [1] * (N - T0))
 
-    def norm(x, n, w):
-        x = x.reshape(N, n, hd).astype(np.float64)
-        return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * (w + offset)
-
     pos = np.arange(N)
-    qr = rope_reference(norm(q, nh, wq), pos, inv_freq, pairs).reshape(N, nh * hd)
-    kr = rope_reference(norm(k, nkv, wk), pos, inv_freq, pairs).reshape(N, nkv * hd)
+    qr = rope_reference(head_norm_reference(q, nh, hd, wq, eps, offset), pos, inv_freq, pairs).reshape(N, nh * hd)
+    kr = rope_reference(head_norm_reference(k, nkv, hd, wk, eps, offset), pos, inv_freq, pairs).reshape(N, nkv * hd)
     f16 = h.attn.cache.dtype != "f32"
     if f16:
         kr, v = f16_round(kr), f16_round(v)

@@ -381,7 +381,7 @@ def test_step_with_qk_norm_on_dawn(host):
     """Gemma 3's per-head q/k RMSNorms applied inside attention_step (with its RoPE, the slices merged by
     attention_combine: what Dawn on a GPU runs), through Tint, over 20 decode steps of Gemma-3-270M's heads
     (4 q heads, 1 kv head of 256) vs numpy's norms, RoPE and attention."""
-    from .attention_helpers import rope_reference
+    from .attention_helpers import head_norm_reference, rope_reference
 
     (nh, nkv, hd), N, eps = (4, 1, 256), 20, 1e-6
     rng = np.random.default_rng(41)
@@ -390,26 +390,12 @@ def test_step_with_qk_norm_on_dawn(host):
     q, k = q.astype(np.float32), k.astype(np.float32)
     wq, wk = rng.standard_normal(hd).astype(np.float32), rng.standard_normal(hd).astype(np.float32)
     inv_freq = [10000.0 ** (-2 * i / hd) for i in range(hd // 2)]
+    qkv = [_b64(x) for x in (q, k, v)]
     got = _f32(
-        host.exec(
-            _STEP_QK.format(
-                nh=nh,
-                nkv=nkv,
-                hd=hd,
-                N=N,
-                data=[_b64(x) for x in (q, k, v)],
-                wq=_b64(wq),
-                wk=_b64(wk),
-                inv_freq=inv_freq,
-            )
-        )
+        host.exec(_STEP_QK.format(nh=nh, nkv=nkv, hd=hd, N=N, wq=_b64(wq), wk=_b64(wk), inv_freq=inv_freq, data=qkv))
     ).reshape(N, nh * hd)
 
-    def norm(x, n, w):
-        x = x.reshape(N, n, hd).astype(np.float64)
-        return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * (w + 1.0)
-
     pos = np.arange(N)
-    qr = rope_reference(norm(q, nh, wq), pos, inv_freq, "halves").reshape(N, nh * hd)
-    kr = rope_reference(norm(k, nkv, wk), pos, inv_freq, "halves").reshape(N, nkv * hd)
+    qr = rope_reference(head_norm_reference(q, nh, hd, wq, eps, 1.0), pos, inv_freq, "halves").reshape(N, nh * hd)
+    kr = rope_reference(head_norm_reference(k, nkv, hd, wk, eps, 1.0), pos, inv_freq, "halves").reshape(N, nkv * hd)
     np.testing.assert_allclose(got, reference(qr, kr, v, nh, nkv), atol=2e-5, rtol=1e-4)
