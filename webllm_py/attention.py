@@ -243,17 +243,24 @@ class PagedAttention:
             step_kb,
         )
 
-    def _qk_norm_fold(self, qk_norm: tuple[Any, Any] | None, q: Buffer, k: Buffer) -> tuple | None:
-        """The per-head norms (q's, k's BoundOps) attention_step can apply itself, or None: plain RMSNorms over
-        whole heads writing this q and k (RoPE's inputs), of one eps and weight offset, reading other buffers,
-        with two storage bindings to spare."""
-        from .ops import RMSNorm
+    def _step_bindings(self, norms: bool, emit: bool) -> int:
+        """attention_step's storage bindings at most: q .. block_table (8), inv_freq (RoPE folded), the scratch
+        where it merges its slices, the q/k norms' weights (norms), wo's quantized x (emit: xq, xd)."""
+        merge = self.step_tiling.splits > 1 and not self.step_combine
+        return 8 + 1 + (1 if merge else 0) + (2 if norms else 0) + (2 if emit else 0)
 
-        if qk_norm is None:
+    def _qk_norm_fold(self, qk_norm: tuple[Any, Any] | None, q: Buffer, k: Buffer) -> tuple | None:
+        """The ops recorded right before RoPE (`qk_norm`: the fusion pass's candidates) where attention_step can
+        apply them itself, or None: per-head plain RMSNorms over whole heads writing this q and k (RoPE's
+        inputs), of one eps and weight offset, reading other buffers, with the bindings to spare (and still
+        room for emit_into's two)."""
+        from .ops import BoundOp, RMSNorm
+
+        if qk_norm is None or not all(isinstance(o, BoundOp) and isinstance(o.op, RMSNorm) for o in qk_norm):
             return None
         qn, kn = qk_norm
         ops = (qn.op, kn.op)
-        if not all(isinstance(o, RMSNorm) and o.params["dim"] == self.head_dim for o in ops):
+        if not all(o.params["dim"] == self.head_dim for o in ops):
             return None
         if (
             ops[0].params["eps"] != ops[1].params["eps"]
@@ -264,9 +271,7 @@ class PagedAttention:
             return None
         if qn.items_per_token != self.n_heads or kn.items_per_token != self.n_kv_heads or qn.fixed or kn.fixed:
             return None
-        # q..block_table, inv_freq, the scratch where the step merges its slices, the two norms, wo's x (emit)
-        need = 9 + (1 if self.step_tiling.splits > 1 and not self.step_combine else 0) + 2 + 2
-        if Adapter.of(self.device).storage_buffers < need:
+        if Adapter.of(self.device).storage_buffers < self._step_bindings(norms=True, emit=True):
             return None
         return qk_norm
 
@@ -282,8 +287,8 @@ class PagedAttention:
             return None if self.combine_wg % 32 == 0 else f"attention_combine's wg {self.combine_wg} % 32 != 0"
         if not self.fused:
             return "attention_decode writes the output itself (one slice)"
-        # attention_step merging its slices: up to 10 storage bindings before these 2
-        need = 8 + 2 + (1 if self.step_tiling.splits > 1 else 0) + 1
+        # attention_step merging its slices (the q/k norms' bindings, where folded, were checked with these)
+        need = self._step_bindings(norms=False, emit=True)
         if Adapter.of(self.device).storage_buffers < need:
             return f"attention_step with emit needs {need} storage bindings"
         return None

@@ -165,17 +165,10 @@ def fuse(named: Named) -> Named:
         if isinstance(op, BoundAttention) and out:
             prev = out[-1][1]
             if isinstance(prev, BoundOp) and isinstance(prev.op, RoPE):
-                # the per-head q and k norms right before RoPE (Gemma 3), which the step may apply itself
+                # the two ops right before RoPE: the per-head q and k norms where the step may apply them itself
+                # (Gemma 3; PagedAttention._qk_norm_fold decides)
                 qk = [o for _, o in out[-3:-1]]
-                qk_norm = (
-                    (qk[0], qk[1])
-                    if len(qk) == 2
-                    and prev.reads is not None
-                    and all(isinstance(o, BoundOp) and isinstance(o.op, RMSNorm) for o in qk)
-                    and qk[0].writes[0] is prev.reads[0]
-                    and qk[1].writes[0] is prev.reads[1]
-                    else None
-                )
+                qk_norm = (qk[0], qk[1]) if len(qk) == 2 else None
                 op = op.with_rope(prev, qk_norm)
         out.append((names[id(ops[i])], op))
         i += 1
