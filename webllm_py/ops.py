@@ -68,22 +68,30 @@ class RMSNorm:
         step: Buffer,
         last_only: bool = False,
         rows_per_token: int = 1,
-        accumulate: bool = False,
+        residual: Buffer | None = None,
     ) -> BoundOp:
         """rows_per_token > 1 normalises each of a token's rows of `dim` separately (per-head norms);
-        accumulate adds the result to y (Gemma 2/3's post-norms: x += rmsnorm(o Wo))."""
+        residual: y = residual + rmsnorm(x) (Gemma 2/3's post-norms: x2 = x + rmsnorm(o Wo)), another buffer
+        than y."""
+        if residual is y:
+            raise ValueError("RMSNorm: the residual and the output must be different buffers")
         k = self.device.kernel(
-            "rmsnorm", last_only=last_only, rows_per_token=rows_per_token, accumulate=accumulate, **self.params
+            "rmsnorm",
+            last_only=last_only,
+            rows_per_token=rows_per_token,
+            residual=residual is not None,
+            **self.params,
         )
-        bg = self.device.bind(k, [x, self.weight, y, step])
-        plain = not last_only and rows_per_token == 1 and not accumulate
+        bufs = [x, self.weight, y, step] + ([residual] if residual is not None else [])
+        bg = self.device.bind(k, bufs)
+        plain = not last_only and rows_per_token == 1 and residual is None
         return BoundOp(
             bg,
             rows_per_token,
             fixed=1 if last_only else 0,
             norm=self if plain else None,
             op=self,
-            reads=(x,),
+            reads=(x,) if residual is None else (x, residual),
             writes=(y,),
         )
 
