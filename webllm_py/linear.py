@@ -326,8 +326,8 @@ class Linear:
         matvec of emit_planes planes, in ops.QuantizeX's layout (staged tilings of 32 rows a workgroup:
         StagedTiling.emit_refusal; bind the norm's weights, where there is a norm, and the (xq, xd) after y).
         residual: with norm, the post-norm (an ops.RMSNorm) that makes the norm's input, x = r + rmsnorm(sub) (Gemma
-        2/3's sandwich; matvec_q4 only: bind r, the norm's weights, sub, the post-norm's weights, then y, then
-        where x goes)."""
+        2/3's sandwich; not prestaged, no emit_next: bind r, the norm's weights, sub, the post-norm's weights, then
+        y, then where x goes)."""
         nparams: dict[str, Any] = (
             dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         )
@@ -346,8 +346,8 @@ class Linear:
             if emit_next is not True:
                 nparams.update(emit_w_offset=emit_next.params["weight_offset"])
         if isinstance(t, StagedTiling):
-            if residual is not None:
-                raise ValueError(f"{self.weight.name}: a post-norm folds into matvec_q4 only, not the staged kernel")
+            if residual is not None and (t.prestaged or emit_next is not None):
+                raise ValueError(f"{self.weight.name}: a post-norm folds in where the workgroups stage x themselves")
             lanes = t.lanes_for(self.K)
             sg = self._subgroups and (self._subgroups_asked or team_subgroups(self.adapter, lanes))
             return self.device.kernel(
@@ -725,9 +725,10 @@ class MatvecGroup:
     def fold_post_norm(self, post: Any) -> bool:
         """Fold a post-norm that writes the folded norm's input (Gemma 2/3's sandwich: x2 = x + rmsnorm(sub), an
         ops.RMSNorm bound with a residual, then this group's norm of x2) into every fused dispatch: each reads x and
-        sub and makes x2 on the way in, and writes x2 too (for the ops after it; matvec_q4's `residual`); the
-        post-norm's own dispatch is skipped for single tokens. False where it cannot: no norm folded, a staged run
-        (matvec_q4s has no such prologue), x taken quantized from the op before, or not such a post-norm."""
+        sub and makes x2 on the way in, and writes x2 too (for the ops after it; matvec_q4's and matvec_q4s's
+        `residual`); the post-norm's own dispatch is skipped for single tokens. False where it cannot: no norm
+        folded, x quantized before the group (a prestaged run, or taken from the op before), or not such a
+        post-norm."""
         from .ops import RMSNorm  # (as emit_into's QuantizeX: ops' module is imported lazily here)
 
         rms = getattr(post, "op", None)
@@ -735,7 +736,7 @@ class MatvecGroup:
             self.norm is not None
             and self.taken is None
             and self.emits is None
-            and all(not isinstance(spec[2], StagedTiling) for spec in self._specs)
+            and all(pre is None for _, _, pre in self.runs)
             and isinstance(rms, RMSNorm)
             and post.reads is not None
             and len(post.reads) == 2  # (sub, the residual): RMSNorm.bind's residual form
