@@ -568,9 +568,8 @@ async def profile_ops(engine, reps: int, n: int = 1) -> dict:
         if hasattr(op, "record") and id(op) not in fused
     }
     groups["embed"] = [m.embed]
-    # a single-token step's head reads the x its last residual add quantized, or is one fused group: either way
-    # with the final norm folded in
-    head = (m.lm_head_emitted or m.head_group) if n == 1 else None
+    # a single-token step's head reads the x its last residual add quantized, the final norm folded in
+    head = m.lm_head_emitted if n == 1 and m.lm_head_emitted is not None else None
     if head is None:
         groups["final_norm"] = [m.final_norm]
     groups["lm_head"] = [head or m.lm_head]

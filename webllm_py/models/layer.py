@@ -278,9 +278,6 @@ class Decoder:
     # single tokens: the LM head reading the last residual add's quantized x with the final norm folded in
     # (link_emits); None: the final norm and lm_head run
     lm_head_emitted: BoundLinear | None = None
-    # single tokens otherwise: the LM head's matvecs (a split table's row blocks fused) with the final norm
-    # folded in (link_emits: _fold_head_norm); None: the final norm and lm_head run
-    head_group: MatvecGroup | None = None
 
     def link_emits(self) -> int:
         """link_emits over every layer's ops (w_down of one layer feeds the next one's Q/K/V), and at the two
@@ -295,36 +292,8 @@ class Decoder:
         n = link_emits(ops, glu=glu_emit_auto(policy)) + self._link_embed(ops) + self._link_head(ops)
         if attention_emit_auto(policy):
             link_attention_emits(ops)
-        head = self._fold_head_norm()
-        link_post_norms(ops + head)
+        link_post_norms(ops)
         return n
-
-    def _fold_head_norm(self) -> list[Any]:
-        """Where the head does not read an emitted x (_link_head): the final norm folded into the LM head's
-        matvecs as a MatvecGroup (the row blocks of a split table, up to 3, one dispatch), so a single-token step
-        runs one dispatch for the head, not a norm and each block's. A token's only row is its last, so the
-        norm is bound again as a plain one (the final norm proper normalises a prompt's last row). Returns
-        [that norm, the group] for link_post_norms (a post-norm before the head folds in too), else []."""
-        fn, head, state = self.final_norm, self.lm_head, getattr(self, "state", None)
-        norm = getattr(fn, "op", None)
-        members = (head.parts or [head]) if isinstance(head, BoundLinear) else []
-        if not (
-            self.lm_head_emitted is None
-            and state is not None
-            and isinstance(fn, BoundOp)
-            and isinstance(norm, RMSNorm)
-            and fn.items_per_token == 1
-            and fn.reads is not None
-            and members
-            and all(m.x is fn.writes[0] for m in members)
-        ):
-            return []
-        plain = norm.bind(fn.reads[0], fn.writes[0], state.step)
-        group = MatvecGroup(members, norm=plain)
-        if group.norm is None:
-            return []
-        self.head_group = group
-        return [plain, group]
 
     def _link_embed(self, ops: list[Any]) -> int:
         """The embedding as link_emits' producer of layer 0's norm + Q/K/V (not a split table's BoundParts)."""
@@ -365,8 +334,6 @@ class Decoder:
         single-token step, from the x its last residual add quantized (lm_head_emitted) where linked."""
         if n == 1 and self.lm_head_emitted is not None:
             self.lm_head_emitted.record(rec, 1)
-        elif n == 1 and self.head_group is not None:
-            self.head_group.record(rec, 1)
         else:
             self.final_norm.record(rec, n)
             self.lm_head.record(rec, 1)
