@@ -11,8 +11,6 @@ references are numpy's, here):
   with the f32 cache and the f16x2 one (f16 pairs in u32s: what a GPU without shader-f16, Dawn on NVIDIA,
   gets), vs numpy; and what the planner picks there instead: the step writing its slices' partials,
   merged by attention_combine; and that step applying Gemma 3's per-head q/k norms itself (with RoPE);
-- Gemma 2/3's post-norm folded into the matvec group after it (matvec_q4's `residual`), with and without
-  subgroups;
 - attention_prefill's lanes form (L lanes per query row, scores summed by subgroupShuffleXor: what GPUs
   with subgroups get; forced here, lavapipe being a CPU adapter) through Tint, vs numpy.
 The planner's rows for each feature and its absence: tests/test_planner.py (test_browser_gpu_*)."""
@@ -401,79 +399,3 @@ def test_step_with_qk_norm_on_dawn(host):
     qr = rope_reference(head_norm_reference(q, nh, hd, wq, eps, 1.0), pos, inv_freq, "halves").reshape(N, nh * hd)
     kr = rope_reference(head_norm_reference(k, nkv, hd, wk, eps, 1.0), pos, inv_freq, "halves").reshape(N, nkv * hd)
     np.testing.assert_allclose(got, reference(qr, kr, v, nh, nkv), atol=2e-5, rtol=1e-4)
-
-
-_POST_NORM = """
-import base64, struct
-from webllm_py.gpu.browser import BrowserDevice
-from webllm_py.formats.quants import GGMLType, TensorInfo
-from webllm_py.formats.source import BytesSource
-from webllm_py.linear import Linear, MatvecGroup
-from webllm_py.ops import RMSNorm
-from webllm_py.planner import MatvecTiling, StagedTiling
-from webllm_py.weights import upload_tensor
-dev = await BrowserDevice.create(use_subgroups={use_subgroups})
-K, parts = {K}, {parts!r}
-r, sub, pw, nw = (dev.buffer_from(base64.b64decode(s)) for s in {vecs!r})
-step, x2, h = dev.buffer_from(struct.pack("<2I", 0, 1)), dev.create_buffer(K * 4), dev.create_buffer(K * 4)
-post = RMSNorm(dev, pw, K, 1e-6, weight_offset=1.0).bind(sub, x2, step, residual=r)
-norm = RMSNorm(dev, nw, K, 1e-6, weight_offset=1.0).bind(x2, h, step)
-lins, ys = [], []
-for n, raw in zip(parts, {ws!r}):
-    raw = base64.b64decode(raw)
-    w = upload_tensor(dev, BytesSource(raw), TensorInfo("w", (K, n), int(GGMLType.{qtype}), 0, len(raw)))
-    ys.append(dev.create_buffer(n * 4))
-    lins.append(Linear(dev, w, matvec={tiling}).bind(h, ys[-1]))
-group = MatvecGroup(lins, norm=norm)
-assert group.fold_post_norm(post) and post.absorbed and norm.absorbed
-with dev.recorder() as rec:
-    for op in (post, norm, group):
-        op.record(rec, 1)
-out = {{n: base64.b64encode(await dev.read_buffer(b)).decode() for n, b in (("x2", x2), *zip("qkv", ys))}}
-lead = lins[0].linear
-out["source"] = lead.q4_kernel(list(parts), False, norm=norm.op, residual=post.op, members=[b.linear for b in lins]).source
-dev.destroy()
-out
-"""
-
-
-@pytest.mark.parametrize(
-    "use_subgroups,staged", [(True, False), (None, False), (None, True)], ids=["q4-sg", "q4", "staged"]
-)
-def test_post_norm_fold_on_dawn(host, use_subgroups, staged):
-    """Gemma 2/3's post-norm folded into the Q/K/V group after it (the kernels' `residual`: x2 = r + rmsnorm(sub)
-    made in every workgroup, written by one, then normalised again) through Tint: matvec_q4 (Q5_0 rows of 640,
-    its sums by subgroupAdd or through workgroup memory) and matvec_q4s (Q4_K rows of 512, x staged as int8):
-    x2 and the three outputs against numpy over gguf-py's dequantize (the staged kernel's over numpy's int8
-    rounding of rmsnorm(x2))."""
-    from .linear_helpers import scaled_error
-
-    rng = np.random.default_rng(43)
-    K, parts, eps = (512 if staged else 640), (40, 12, 9), 1e-6
-    qtype = "Q4_K" if staged else "Q5_0"
-    r = rng.standard_normal(K).astype(np.float32)
-    sub = (rng.standard_normal(K) * 40).astype(np.float32)
-    pw, nw = rng.standard_normal(K).astype(np.float32), rng.standard_normal(K).astype(np.float32)
-    raws, ws = zip(*(make_weight(qtype, n, K, rng) for n in parts))
-    out = host.exec(
-        _POST_NORM.format(
-            use_subgroups=use_subgroups,
-            qtype=qtype,
-            tiling="StagedTiling(32, 2, 2, True)" if staged else "MatvecTiling(64, 4, True)",
-            K=K,
-            parts=parts,
-            vecs=[_b64(a) for a in (r, sub, pw, nw)],
-            ws=[base64.b64encode(raw).decode() for raw in raws],
-        )
-    )
-    assert ("enable subgroups;" in out["source"]) == bool(use_subgroups) and "sub_inv_rms" in out["source"]
-    s64 = sub.astype(np.float64)
-    x2 = r + s64 / np.sqrt((s64**2).mean() + eps) * (pw + 1.0)
-    h = x2 / np.sqrt((x2**2).mean() + eps) * (nw + 1.0)
-    np.testing.assert_allclose(_f32(out["x2"])[:K], x2, rtol=1e-5, atol=1e-5)
-    for name, n, w in zip("qkv", parts, ws):
-        y = _f32(out[name])[:n][None].astype(np.float64)
-        if staged:  # x2 and 1 / rms may round apart from numpy's: an int8 step in a few elements at most
-            assert staged_error(y, h[None].astype(np.float32), w) < 3e-4
-        else:
-            assert scaled_error(y, h[None], w) < 1e-5

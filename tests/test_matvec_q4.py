@@ -12,7 +12,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from webllm_py.linear import Linear, MatvecGroup, MatvecTiling, StagedTiling  # noqa: E402
+from webllm_py.linear import Linear, MatvecGroup, MatvecTiling  # noqa: E402
 from webllm_py.planner import KernelPolicy  # noqa: E402
 from webllm_py.ops import GLU  # noqa: E402
 
@@ -215,113 +215,6 @@ def test_gemma3_qkv_mixed_types_norm_folded(device):
     assert np.isnan(read_f32(device, hb, K)).all()
     for b, w, yb in zip(bounds, ws, ys):
         assert scaled_error(read_f32(device, yb, b.linear.N)[None], h, w) < TOL
-
-
-@pytest.mark.parametrize(
-    "glu,subgroups,staged",
-    [(None, False, False), ("gelu_tanh", False, False), (None, True, False), ("gelu_tanh", True, False)]
-    + [(None, False, True), ("gelu_tanh", False, True)],
-    ids=["qkv", "gate-up", "qkv-sg", "gate-up-sg", "staged-qkv", "staged-gate-up"],
-)
-def test_post_norm_folded_in(device, sg_device, glu, subgroups, staged):
-    """Gemma 2/3's sandwich in one dispatch (MatvecGroup.fold_post_norm, the kernels' `residual`): the group reads
-    the residual r and the sub-block's output sub, makes x2 = r + rmsnorm(sub) * (pw + 1) on the way in, writes
-    x2, and multiplies rmsnorm(x2) * (nw + 1); against numpy over gguf-py's dequantize. matvec_q4 at
-    Gemma-3-270M's width (640) and types (Q5_0 Q/K/V beside a Q8_0 v; gate/up of one type), f32 x; the staged
-    kernel (matvec_q4s: Gemma-3-4B's and larger widths, whole 256-weight units) at K 512 with Q4_K and Q6_K beside
-    it, over numpy's int8 rounding of rmsnorm(x2). Neither norm's own dispatch runs."""
-    from webllm_py.ops import RMSNorm
-
-    dev = sg_device if subgroups else device
-    rng = np.random.default_rng(23)
-    K, eps = (512 if staged else 640), 1e-6
-    r = rng.standard_normal((1, K)).astype(np.float32)
-    sub = (rng.standard_normal((1, K)) * 40).astype(np.float32)
-    pw, nw = rng.standard_normal(K).astype(np.float32), rng.standard_normal(K).astype(np.float32)
-    step = dev.buffer_from(struct.pack("<II", 0, 1))
-    rb, x2b, hb = (f32_buffer(dev, a) for a in (r, np.full((1, K), np.nan, np.float32), np.full((1, K), np.nan)))
-    post = RMSNorm(dev, f32_buffer(dev, pw), K, eps, weight_offset=1.0).bind(
-        f32_buffer(dev, sub), x2b, step, residual=rb
-    )
-    norm = RMSNorm(dev, f32_buffer(dev, nw), K, eps, weight_offset=1.0).bind(x2b, hb, step)
-    s64 = sub.astype(np.float64)
-    x2 = r + s64 / np.sqrt((s64**2).mean() + eps) * (pw + 1.0)
-    h = x2 / np.sqrt((x2**2).mean() + eps) * (nw + 1.0)
-    if staged:
-        types = ("Q4_K", "Q4_K") if glu else ("Q4_K", "Q4_K", "Q6_K")
-        tiling = StagedTiling(32, 2, 2, True)
-    else:
-        types = ("Q5_0", "Q5_0") if glu else ("Q5_0", "Q5_0", "Q8_0")
-        tiling = MatvecTiling(64, 4, True)
-    shapes = list(zip((48, 48) if glu else (40, 12, 9), types))
-    bounds, ws, ys = [], [], []
-    for n, qtype in shapes:
-        raw, w = (staged_weight if staged else make_weight)(qtype, n, K, rng)
-        yb = f32_buffer(dev, np.full(n, np.nan, np.float32))
-        lin = Linear(dev, upload(dev, raw, qtype, n, K), matvec=tiling, subgroups=subgroups)
-        assert lin.plan.template == ("matvec_q4s" if staged else "matvec_q4")
-        bounds.append(lin.bind(hb, yb))
-        ws.append(w)
-        ys.append(yb)
-    out = f32_buffer(dev, np.full(48, np.nan, np.float32))
-    glu_op = (glu, GLU(dev, 48, glu).bind(ys[0], ys[1], out, step)) if glu else None
-    group = MatvecGroup(bounds, glu=glu_op, norm=norm)
-    assert len(group.runs) == 1 and group.fold_post_norm(post) and post.absorbed and norm.absorbed
-    with dev.recorder() as rec:
-        post.record(rec, 1)  # both skipped: the group does their work
-        norm.record(rec, 1)
-        group.record(rec, 1)
-    np.testing.assert_allclose(read_f32(dev, x2b, K), x2[0], rtol=1e-5, atol=1e-5)
-    assert np.isnan(read_f32(dev, hb, K)).all()
-    # staged: x2 and 1 / rms from the GPU may differ from numpy's in the last bits and move an element across an
-    # int8 rounding boundary (one step of error in a few elements, as test_staged_fused's norm)
-    hq = q8_blocks(h.astype(np.float32)) if staged else h
-    tol = 3e-4 if staged else TOL
-    if glu:
-        g, u = hq[0] @ ws[0].T, hq[0] @ ws[1].T
-        ref = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * u
-        scale = (np.abs(hq[0]) @ np.abs(ws[0]).T) * (np.abs(hq[0]) @ np.abs(ws[1]).T)
-        assert (np.abs(read_f32(dev, out, 48) - ref) / scale).max() < tol
-    else:
-        for b, w, yb in zip(bounds, ws, ys):
-            y = read_f32(dev, yb, b.linear.N)[None]
-            err = staged_error(y, h.astype(np.float32), w) if staged else scaled_error(y, h, w)
-            assert err < tol
-
-
-def test_post_norm_fold_refused(device):
-    """fold_post_norm declines what it cannot do, leaving the post-norm to run: a group with no norm folded, a
-    prestaged group (x quantized by a QuantizeX before it: no x to make on the way in), an op that is not a
-    post-norm with a residual."""
-    from webllm_py.ops import RMSNorm
-
-    rng = np.random.default_rng(24)
-    K = 512
-    step = device.buffer_from(struct.pack("<II", 0, 1))
-    r, sub, x2b, hb = (f32_buffer(device, rng.standard_normal((1, K)).astype(np.float32)) for _ in range(4))
-    post = RMSNorm(device, f32_buffer(device, np.ones(K, np.float32)), K, 1e-6).bind(sub, x2b, step, residual=r)
-    plain = RMSNorm(device, f32_buffer(device, np.ones(K, np.float32)), K, 1e-6).bind(sub, x2b, step)
-
-    def group(tiling, norm):
-        lins = []
-        for n in (16, 8):
-            raw, _ = staged_weight("Q4_0", n, K, rng)
-            lin = Linear(
-                device, upload(device, raw, "Q4_0", n, K), matvec=tiling, policy=KernelPolicy(fold_norm_max_k=K)
-            )
-            lins.append(lin.bind(hb, f32_buffer(device, np.zeros(n, np.float32))))
-        return MatvecGroup(
-            lins,
-            norm=RMSNorm(device, f32_buffer(device, np.ones(K, np.float32)), K, 1e-6).bind(x2b, hb, step)
-            if norm
-            else None,
-        )
-
-    assert not group(MatvecTiling(64, 4, True), norm=False).fold_post_norm(post)
-    assert not group(StagedTiling(64, 2, 1, prestaged=True), norm=True).fold_post_norm(post)
-    assert not group(MatvecTiling(64, 4, True), norm=True).fold_post_norm(plain)
-    assert not post.absorbed and not plain.absorbed
-    assert group(MatvecTiling(64, 4, True), norm=True).fold_post_norm(post) and post.absorbed
 
 
 # --- the staged kernel (matvec_q4s.wgsl.j2): x quantized to int8 blocks in workgroup memory ---

@@ -315,7 +315,6 @@ class Linear:
         emit_next: Any = None,
         emit_planes: int = 1,
         members: list["Linear"] | None = None,
-        residual: Any = None,
     ) -> Any:
         """matvec_q4 (or matvec_q4s) for this layer's type and K over matrices of `parts` rows (see
         MatvecGroup); members: the linears of those parts where their types differ (each matrix's type and
@@ -324,15 +323,10 @@ class Linear:
         output is, or True where the next matvec reads that output as it is (glu: a fused gate/up's output,
         w_down's x): its epilogue also writes that x quantized (times the norm's weights) for a prestaged
         matvec of emit_planes planes, in ops.QuantizeX's layout (staged tilings of 32 rows a workgroup:
-        StagedTiling.emit_refusal; bind the norm's weights, where there is a norm, and the (xq, xd) after y).
-        residual: with norm, the post-norm (an ops.RMSNorm) that makes the norm's input, x = r + rmsnorm(sub) (Gemma
-        2/3's sandwich; not prestaged, no emit_next: bind r, the norm's weights, sub, the post-norm's weights, then
-        y, then where x goes)."""
+        StagedTiling.emit_refusal; bind the norm's weights, where there is a norm, and the (xq, xd) after y)."""
         nparams: dict[str, Any] = (
             dict(norm=True, eps=norm.params["eps"], w_offset=norm.params["weight_offset"]) if norm else dict(norm=False)
         )
-        if residual is not None:
-            nparams.update(residual=True, r_eps=residual.params["eps"], r_offset=residual.params["weight_offset"])
         t = tiling or self.matvec_tiling
         if emit_next is not None:
             why = (
@@ -346,8 +340,6 @@ class Linear:
             if emit_next is not True:
                 nparams.update(emit_w_offset=emit_next.params["weight_offset"])
         if isinstance(t, StagedTiling):
-            if residual is not None and (t.prestaged or emit_next is not None):
-                raise ValueError(f"{self.weight.name}: a post-norm folds in where the workgroups stage x themselves")
             lanes = t.lanes_for(self.K)
             sg = self._subgroups and (self._subgroups_asked or team_subgroups(self.adapter, lanes))
             return self.device.kernel(
@@ -655,7 +647,6 @@ class MatvecGroup:
         self.norm: Any = None  # the norm BoundOp folded in
         self.taken: tuple | None = None  # take_x's (xq, xd): x quantized by the op before
         self.emits: tuple | None = None  # emit_into's (planes, xq, xd): w_down's x its GLU epilogue writes
-        self.post: Any = None  # fold_post_norm's post-norm BoundOp: the folded norm's input made on the way in
 
         # Members fuse in runs of one kernel variant (K, tiling, subgroups; types may differ but for a GLU):
         # a real Q4_K_M file keeps attn_v in Q6_K (Gemma-3's: Q8_0 beside Q5_0 q and k) in some layers, whose
@@ -722,35 +713,6 @@ class MatvecGroup:
             return None
         return planes.pop()
 
-    def fold_post_norm(self, post: Any) -> bool:
-        """Fold a post-norm that writes the folded norm's input (Gemma 2/3's sandwich: x2 = x + rmsnorm(sub), an
-        ops.RMSNorm bound with a residual, then this group's norm of x2) into every fused dispatch: each reads x and
-        sub and makes x2 on the way in, and writes x2 too (for the ops after it; matvec_q4's and matvec_q4s's
-        `residual`); the post-norm's own dispatch is skipped for single tokens. False where it cannot: no norm
-        folded, x quantized before the group (a prestaged run, or taken from the op before), or not such a
-        post-norm."""
-        from .ops import RMSNorm  # (as emit_into's QuantizeX: ops' module is imported lazily here)
-
-        rms = getattr(post, "op", None)
-        if not (
-            self.norm is not None
-            and self.taken is None
-            and self.emits is None
-            and all(pre is None for _, _, pre in self.runs)
-            and isinstance(rms, RMSNorm)
-            and post.reads is not None
-            and len(post.reads) == 2  # (sub, the residual): RMSNorm.bind's residual form
-            and post.items_per_token == 1
-            and not post.fixed
-            and post.writes[0] is self.norm.reads[0]
-            and rms.params["dim"] == self.norm.norm.params["dim"]
-        ):
-            return False
-        self.post = post
-        post.absorbed = True
-        self._rebind()
-        return True
-
     def take_x(self, xq: Any, xd: Any) -> None:
         """Read x quantized by the op before (BoundLinear.emit_into) instead of QuantizeX dispatches."""
         self.taken = (xq, xd)
@@ -780,15 +742,11 @@ class MatvecGroup:
         return self.emits[1], self.emits[2]
 
     def _rebind(self) -> None:
-        """Every fused dispatch bound again for what take_x, emit_into and fold_post_norm set (the one place that
-        binds their forms): x from `taken` (no QuantizeX before it) or as first bound, and `emits`' epilogue; with
-        `post`, x is (the residual, the norm's weights, sub, the post-norm's weights) and x2 follows the outputs."""
+        """Every fused dispatch bound again for what take_x and emit_into set (the one place that binds their
+        forms): x from `taken` (no QuantizeX before it) or as first bound, and `emits`' epilogue."""
         planes, *emitted = self.emits or (1,)
         runs = []
         for (span, parts, t, rms, wbufs, ins, outs), (_, groups, pre) in zip(self._specs, self.runs):
-            if self.post is not None:
-                (sub, res), post_rms = self.post.reads, self.post.op
-                ins, outs = [res, ins[1], sub, post_rms.weight], [*outs, self.post.writes[0]]
             lead = span[0]
             k = lead.q4_kernel(
                 parts,
@@ -799,7 +757,6 @@ class MatvecGroup:
                 emit_next=True if self.emits else None,
                 emit_planes=planes,
                 members=span,
-                residual=self.post.op if self.post is not None else None,
             )
             xs = list(self.taken) if self.taken is not None else ins
             runs.append((lead.device.bind(k, wbufs + xs + outs + emitted), groups, None if self.taken else pre))

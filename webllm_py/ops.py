@@ -68,30 +68,22 @@ class RMSNorm:
         step: Buffer,
         last_only: bool = False,
         rows_per_token: int = 1,
-        residual: Buffer | None = None,
+        accumulate: bool = False,
     ) -> BoundOp:
         """rows_per_token > 1 normalises each of a token's rows of `dim` separately (per-head norms);
-        residual: y = residual + rmsnorm(x) (Gemma 2/3's post-norms: x2 = x + rmsnorm(o Wo)), another buffer
-        than y."""
-        if residual is y:
-            raise ValueError("RMSNorm: the residual and the output must be different buffers")
+        accumulate adds the result to y (Gemma 2/3's post-norms: x += rmsnorm(o Wo))."""
         k = self.device.kernel(
-            "rmsnorm",
-            last_only=last_only,
-            rows_per_token=rows_per_token,
-            residual=residual is not None,
-            **self.params,
+            "rmsnorm", last_only=last_only, rows_per_token=rows_per_token, accumulate=accumulate, **self.params
         )
-        bufs = [x, self.weight, y, step] + ([residual] if residual is not None else [])
-        bg = self.device.bind(k, bufs)
-        plain = not last_only and rows_per_token == 1 and residual is None
+        bg = self.device.bind(k, [x, self.weight, y, step])
+        plain = not last_only and rows_per_token == 1 and not accumulate
         return BoundOp(
             bg,
             rows_per_token,
             fixed=1 if last_only else 0,
             norm=self if plain else None,
             op=self,
-            reads=(x,) if residual is None else (x, residual),
+            reads=(x,),
             writes=(y,),
         )
 

@@ -200,17 +200,14 @@ def config_from_hf(cfg: dict[str, Any], arch: str) -> ModelConfig:
 
 @dataclass
 class GemmaState(RunState):
-    """Llama's activations plus y, a sub-block's output before its post-norm, and x2, the residual stream
-    between a layer's two sub-blocks (Gemma 2/3)."""
+    """Llama's activations plus y, a sub-block's output before its post-norm (Gemma 2/3)."""
 
     y: Buffer  # [T, dim]
-    x2: Buffer  # [T, dim]: x + rmsnorm(o Wo); x = x2 + rmsnorm(mlp) ends the layer
 
     @classmethod
     def allocate(cls, device: Device, cfg: ModelConfig, max_tokens: int) -> "GemmaState":
         base = RunState.allocate(device, cfg, max_tokens)
-        size = max_tokens * cfg.dim * 4
-        return cls(**vars(base), y=device.create_buffer(size, "y"), x2=device.create_buffer(size, "x2"))
+        return cls(**vars(base), y=device.create_buffer(max_tokens * cfg.dim * 4, "y"))
 
 
 def gemma_layer(b: LayerWeights, cfg: ModelConfig, s: GemmaState, rope: RoPE, attention: PagedAttention) -> Named:
@@ -231,26 +228,23 @@ def gemma_layer(b: LayerWeights, cfg: ModelConfig, s: GemmaState, rope: RoPE, at
         ("rope", rope.bind(s.q, s.k, s.step)),  # q, k = rope(q, k)
         ("attention", attention.bind(b.i, s.q, s.k, s.v, s.o, s.step)),
     ]
-    # Gemma 2/3's sandwich: the residual stream passes through x2 between the two sub-blocks (out of place, so
-    # that a single-token step can fold each post-norm into the matvec group after it: models/layer.py)
-    x = s.x2 if o.sandwich else s.x
-    if o.sandwich:  # x2 = x + rmsnorm(o Wo)
+    if o.sandwich:  # x += rmsnorm(o Wo)
         ops += [
             ("wo", b.linear("attn_output", s.o, s.y)),
-            ("post_attention_norm", b.rmsnorm("post_attention_norm", s.y, s.x2, residual=s.x)),
+            ("post_attention_norm", b.rmsnorm("post_attention_norm", s.y, s.x, accumulate=True)),
         ]
     else:  # x += o Wo
         ops += [("wo", b.linear("attn_output", s.o, s.x, accumulate=True))]
     ops += [
-        ("ffn_norm", b.rmsnorm("ffn_norm", x, s.h)),  # h = rmsnorm(x)
+        ("ffn_norm", b.rmsnorm("ffn_norm", s.x, s.h)),  # h = rmsnorm(x)
         ("w_gate", b.linear("ffn_gate", s.h, s.gate)),  # y = (gelu_tanh(h Wgate) * (h Wup)) Wdown
         ("w_up", b.linear("ffn_up", s.h, s.up)),
         ("glu", GLU(b.device, cfg.hidden_dim, cfg.activation).bind(s.gate, s.up, s.act, s.step)),
     ]
-    if o.sandwich:  # x = x2 + rmsnorm(y)
+    if o.sandwich:  # x += rmsnorm(y)
         ops += [
             ("w_down", b.linear("ffn_down", s.act, s.y)),
-            ("post_ffw_norm", b.rmsnorm("post_ffw_norm", s.y, s.x, residual=s.x2)),
+            ("post_ffw_norm", b.rmsnorm("post_ffw_norm", s.y, s.x, accumulate=True)),
         ]
     else:  # x += y
         ops += [("w_down", b.linear("ffn_down", s.act, s.x, accumulate=True))]

@@ -25,8 +25,6 @@ add (w_down, wo) write the quantized x of the norm-folded group after it in its 
 `Decoder.link_emits` also has the embedding write layer 0's and the last residual add the LM head's
 (the final norm folded into it), so a decode step quantizes no x in a dispatch of its own. With
 KernelPolicy.glu_emit the fused gate/up also writes w_down's quantized x (its GLU output) in its epilogue.
-`link_post_norms` folds a post-norm (Gemma 2/3's x2 = x + rmsnorm(o Wo), and x = x2 + rmsnorm(mlp) across layers)
-into the norm-folded group after it, which makes and writes that residual on the way in.
 
 Prefill (n_tokens > 1) records every op as written; the folds change single-token steps only.
 """
@@ -212,22 +210,6 @@ def link_emits(ops: list[Any], glu: bool = False) -> int:
     return n
 
 
-def link_post_norms(ops: list[Any]) -> int:
-    """Where a post-norm writes the residual stream that the norm folded into the next matvec group reads (Gemma
-    2/3's sandwich: x2 = x + rmsnorm(o Wo), then ffn_norm + gate/up; across layers x = x2 + rmsnorm(mlp), then the
-    next layer's attn_norm + Q/K/V), the group makes that residual itself on the way in and writes it
-    (MatvecGroup.fold_post_norm): one dispatch less a sub-block for single tokens. `ops` in run order, across
-    layers; returns how many it folded."""
-    return sum(
-        1
-        for post, norm, group in zip(ops, ops[1:], ops[2:])
-        if isinstance(group, MatvecGroup)
-        and group.norm is norm
-        and isinstance(post, BoundOp)
-        and group.fold_post_norm(post)
-    )
-
-
 def link_attention_emits(ops: list[Any]) -> int:
     """Where attention is followed by the linear that reads its output (wo) and that linear's kernel can read
     x prestaged (BoundLinear.taken_planes), the single-token attention also writes that output quantized
@@ -284,15 +266,13 @@ class Decoder:
         ends of a single-token step: the embedding writes layer 0's quantized x (its attn_norm folded into
         Q/K/V), and the last residual add writes the LM head's (the final norm folded into the head: neither
         runs a dispatch of its own); gate/up writes w_down's where planner.glu_emit_auto says; then, where planner.attention_emit_auto says, link_attention_emits
-        (attention writes wo's x); and link_post_norms (Gemma 2/3's post-norms folded into the group after them).
-        Run once the head is bound. Returns how many producer pairs it linked (attention's and post-norms' not
-        counted)."""
+        (attention writes wo's x). Run once the head is bound. Returns how many producer pairs it linked
+        (attention's not counted)."""
         ops = [op for layer in self.layers for op in layer.ops]
         policy = getattr(self, "policy", DEFAULT_POLICY)
         n = link_emits(ops, glu=glu_emit_auto(policy)) + self._link_embed(ops) + self._link_head(ops)
         if attention_emit_auto(policy):
             link_attention_emits(ops)
-        link_post_norms(ops)
         return n
 
     def _link_embed(self, ops: list[Any]) -> int:
