@@ -28,6 +28,11 @@
 #   PEER_LLAMA_LAST  1: the llama.cpp cells after all webllm_py cells (a build started in the background, e.g.
 #                    `PEER_BUILD_ONLY=1 ... &`, can then overlap the webllm_py runs); PEER_LLAMA_WAIT seconds
 #                    (default 0) to wait for $LLAMA_BIN/llama-bench to appear before them
+#   PEER_MAX_LOAD    wait, before each webllm_py run, for the host's 1-minute load average to fall below this (at
+#                    most PEER_LOAD_WAIT seconds a run, default 60; default: no wait). The slow processes of every
+#                    table so far ran at host loads of 8-18 (a llama.cpp build or a GGUF writer on the other cores,
+#                    or just after): the same cells at load ~2 ran normally (docs/benchmarks.md, "the peer table
+#                    with two runs a cell"); 4 is a sensible value
 #   PEER_FILE_WAIT   seconds to wait for each file to appear (another process making them, renamed into place
 #                    when whole) before making it here (default 0)
 #   PEER_WARMUP      0: no throwaway run. Default: one short `dawn-bench` with the subgroup-matrix option on the
@@ -93,8 +98,17 @@ DEC=${PEER_DECODE:-256}
 A="--prompt-tokens 512 --decode-tokens $DEC --token-ids 32 --gpu-reps 0"
 SGMAT=$(python3 -m webllm_py dawn-bench --help 2>/dev/null | grep -o -- '--[a-z-]*subgroup-matri[a-z-]*' | head -1)
 echo "dawn-bench subgroup-matrix option: ${SGMAT:-none}"
+quiet() {  # with PEER_MAX_LOAD: wait (at most PEER_LOAD_WAIT s) for the 1-minute load average to fall below it
+    [ -n "${PEER_MAX_LOAD:-}" ] || return 0
+    local t0=$SECONDS
+    while [ $((SECONDS - t0)) -lt "${PEER_LOAD_WAIT:-60}" ] && awk -v m="$PEER_MAX_LOAD" '{exit !($1 >= m)}' /proc/loadavg; do
+        sleep 2
+    done
+    [ $((SECONDS - t0)) -lt 2 ] || echo "waited $((SECONDS - t0)) s for the load to fall below $PEER_MAX_LOAD: $(cut -d' ' -f1 /proc/loadavg)"
+}
 record() {  # record FILE ENGINE TIMEOUT CMD...: the command's last JSON line, or its last error line as the reason
     local f=$1 e=$2 t=$3; shift 3
+    quiet
     echo "+ $*"
     local state
     state="$(nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu --format=csv,noheader 2>/dev/null | head -1); load $(cut -d' ' -f1-3 /proc/loadavg)"
