@@ -586,7 +586,7 @@ if want("prestaged"):
             xb = dev.buffer_from(rng.standard_normal(k).astype(np.float32).tobytes())
             rms = RMSNorm(dev, dev.buffer_from(np.ones(k, np.float32).tobytes()), k, 1e-5) if norm else None
             ys = [dev.create_buffer(n * 4) for n in ns[: 1 if glu else len(ns)]]
-            t0 = replace(staged_tiling(k, glu=bool(glu), N=ns[0]), prestaged=False)
+            t0 = replace(staged_tiling(k, glu=bool(glu), N=ns[0], group=not glu and len(ns) > 1), prestaged=False)
             lins = [Linear(dev, w, matvec=t0) for w, _ in ws]
             groups = t0.groups(ns[0], k) if glu else sum(t0.groups(n, k) for n in ns)
             quant = QuantizeX(dev, k, t0.planes, norm=rms)
@@ -619,6 +619,76 @@ if want("prestaged"):
             for w, _ in ws:
                 w.buffer.destroy()
 
+# The prestaged matvec (x quantized beforehand, as the 8B model reads it) at several tilings, for the ops whose
+# workgroup count is low at 8B (qkv at 256,8,1: 192 workgroups of 32 rows; wo: 128 on 132 SMs): GPU us of the
+# "pre" form per tiling (WG,LANES,ROWS[,PREFETCH]), alternated in this process, best of 3. wo's tilings keep 32
+# rows a workgroup (its emit_next needs them: StagedTiling.emit_refusal); qkv's are free. Its H100 run made
+# STAGED_TABLE's Q/K/V row (128,8,1: docs/benchmarks.md, "Q/K/V at 16 rows a workgroup").
+if want("prestaged_tiles"):
+    from dataclasses import replace
+
+    from webllm_py.planner import Adapter
+
+    AD = Adapter.of(dev)
+
+    TILES = {
+        "qkv": [
+            (256, 8, 1, 0),
+            (128, 8, 1, 0),
+            (64, 8, 1, 0),
+            (256, 16, 1, 0),
+            (128, 16, 1, 0),
+            (128, 4, 1, 0),
+            (256, 8, 1, 1),
+            (128, 8, 1, 1),
+        ],
+        "wo": [(256, 8, 1, 0), (128, 4, 1, 0), (256, 16, 2, 0), (256, 8, 1, 1), (512, 16, 1, 0)],
+    }
+    for size, dim, kv in [("1b", 2048, 512), ("8b", 4096, 1024)] if not QUICK else [("quick", 512, 128)]:
+        for label, ns, norm in (("qkv", [dim, kv, kv], True), ("wo", [dim], False)):
+            k = dim
+            ws = [weight("Q4_0", n, k) for n in ns]
+            nbytes = sum(nb for _, nb in ws)
+            xb = dev.buffer_from(rng.standard_normal(k).astype(np.float32).tobytes())
+            rms = RMSNorm(dev, dev.buffer_from(np.ones(k, np.float32).tobytes()), k, 1e-5) if norm else None
+            ys = [dev.create_buffer(n * 4) for n in ns]
+            t0 = replace(staged_tiling(k, N=ns[0]), prestaged=True)
+            lins = [Linear(dev, w, matvec=t0) for w, _ in ws]
+            quant = QuantizeX(dev, k, t0.planes, norm=rms)
+            xq, xd = quant.buffers()
+            with dev.recorder() as rec:
+                quant.bind(xb, xq, xd).record(rec, 1)
+            recs, groups = {}, {}
+            for wg, lanes, rows, pf in TILES[label]:
+                t = replace(t0, wg=wg, lanes=lanes, rows=rows, prefetch=bool(pf))
+                name = f"{wg},{t.lanes_for(k)},{rows},{pf}"  # lanes past K / 256 are clamped (lanes_for)
+                if name in recs or not (AD.fits(t.shared_bytes(k)) and wg <= AD.invocations):
+                    continue
+                try:
+                    kern = lins[0].q4_kernel(list(ns), not norm, glu=None, norm=rms, tiling=t)
+                except Exception as e:  # a tiling the kernel refuses: say so, go on
+                    emit(kind="prestaged_tiles", size=size, op=label, tiling=name, error=str(e)[:200])
+                    continue
+                bg = dev.bind(kern, [lin.weight.buffer for lin in lins] + [xq, xd] + ys)
+                g = sum(t.groups(n, k) for n in ns)
+                groups[name] = g
+                recs[name] = lambda rec, bg=bg, g=g: rec.dispatch(bg, g)
+            best = time_alternating(recs)
+            for name, v in best.items():
+                emit(
+                    kind="prestaged_tiles",
+                    size=size,
+                    op=label,
+                    N=ns,
+                    K=k,
+                    tiling=name,
+                    groups=groups[name],
+                    us=round(v * 1e6, 2),
+                    gbps=round(nbytes / v / 1e9, 1),
+                )
+            for w, _ in ws:
+                w.buffer.destroy()
+
 # The residual's producer writing the next matvec's x in its epilogue (matvec_q4s's emit_next) against
 # today's chain, at the 1B and 8B (Q4_0) shapes and planner tilings, GPU us per pair in a chain: w_down
 # (y += ...) -> the next layer's qkv (attn_norm folded in) and wo -> gate_up (ffn_norm folded in).
@@ -643,7 +713,7 @@ if want("epilogue"):
             if why:
                 emit(kind="epilogue", size=size, op=label, refused=why)
                 continue
-            ct = replace(staged_tiling(dim, glu=bool(glu), N=cns[0]), prestaged=False)
+            ct = replace(staged_tiling(dim, glu=bool(glu), N=cns[0], group=not glu and len(cns) > 1), prestaged=False)
             pw, _ = sane_weight("Q4_0", dim, pk)  # a finite residual: the bytes check below
             cws = [weight("Q4_0", n, dim) for n in cns]
             prod = Linear(dev, pw, matvec=pt)
@@ -817,7 +887,7 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
 # the 1B and 8B (Q4_0) shapes, built as the model builds them with KernelPolicy(prestage=True) (gate/up reading
 # x prestaged, as wo's emit_next gives it; w_down with its emit_next into the next norm, as at 8B), GPU us
 # alternated, best of 3: "off": gate/up (the planner's glu tiling: 16 rows a workgroup at 8B) -> w_down staging
-# its own x; "on": gate/up emitting (plan_fused_glu's 32-row tiling) -> w_down prestaged; "on <tiling>": the
+# its own x; "on": gate/up emitting (plan_fused's 32-row tiling) -> w_down prestaged; "on <tiling>": the
 # same with that glu tiling (a "glu" override of 32 rows); pieces "gu_<form>" (gate/up alone) and "down_off" /
 # "down_on" (w_down alone, staged / prestaged). emit_matches_quantize_x: the emitted bytes equal ops.QuantizeX's
 # over the f32 GLU output, on this compiler. --quick: lavapipe told it is a GPU (the planner's GPU kernels).

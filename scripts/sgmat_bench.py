@@ -11,6 +11,8 @@ matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a
     python scripts/sgmat_bench.py --kernels probe   # the planner's matmul_sgmat_f16: its multiplies alone, its staging
         # alone (the template's measurement probes; their y is not the product)
     python scripts/sgmat_bench.py --kernels f16-big # the planner's f16 tiles, 128x128 at kb 1 and 4, 256x128
+    python scripts/sgmat_bench.py --kernels occ --shapes 512x4224x4096,512x8448x4096  # 128x128 tiles with fewer
+        # registers held (no pf, no sgc): 132 and 264 workgroups, one or two waves where one fits an SM
     python scripts/sgmat_bench.py --kernels copy    # matmul_sgmat_f16 at the planner's tile with copy-only
         # staging (wsrc=f16: W as f16 rows, xsrc=f16: x as f16(x / s_t)) against today's, rounds alternating,
         # and the dequant_f16 pre-pass alone (GB/s of f16 rows written + quant bytes read)
@@ -214,6 +216,21 @@ VARIANTS = [
             ("256x128, 4x4 sg, 4x2, kb2", "sg_m=4, sg_n=4, ti=4, "),
         )
     ],
+    # workgroups an SM (time at 132 vs 264 workgroups: --shapes 512x4224x4096,512x8448x4096): the 128x128 tile runs
+    # one an SM even at kb 1 (28.7 KiB of workgroup memory), the 64x64 two (docs/benchmarks.md, "one workgroup an
+    # SM"): registers, not workgroup memory, bound it; these drop what holds registers (pf's loads in flight, sgc's
+    # switch) to see whether a second workgroup fits
+    *[
+        ("occ", f"occ 128x128 {name}", f"MatmulSgmatF16Tiling({args}x16=True)", {})
+        for name, args in (
+            ("pf sgc (planner's)", "sg_n=4, ti=4, pf=True, sgc=True, "),
+            ("sgc", "sg_n=4, ti=4, sgc=True, "),
+            ("pf", "sg_n=4, ti=4, pf=True, "),
+            ("plain", "sg_n=4, ti=4, "),
+            ("4x2 sg of 2x4, sgc", "sg_m=4, sg_n=2, ti=2, tj=4, sgc=True, "),
+            ("kb1 sgc", "sg_n=4, ti=4, kb=1, sgc=True, "),
+        )
+    ],
     # split-K (splits S: S workgroups a tile over K slices, then splitk_sum's dispatch, timed with it)
     ("split", "split planner s1", None, {"prefill": "sgmat-f16", "sgmat_f16_splits": 1}),
     *[
@@ -259,7 +276,15 @@ def main() -> int:
         return 0
     with DawnHost(flags=flags, timeout=600) as host:
         offered = host.exec(_SETUP)  # {"i8": i8 subgroup matrices, "f16": f16 ones}
-        need = {"sgmat": "i8", "sgmat-sweep": "i8", "f16": "f16", "f16-sweep": "f16", "f16-big": "f16", "split": "f16"}
+        need = {
+            "sgmat": "i8",
+            "sgmat-sweep": "i8",
+            "f16": "f16",
+            "f16-sweep": "f16",
+            "f16-big": "f16",
+            "occ": "f16",
+            "split": "f16",
+        }
         for g in groups:
             if g in need and not offered[need[g]]:
                 print(f"sgmat_bench: this adapter has no {need[g]} subgroup matrices: no {g} rows", file=sys.stderr)

@@ -434,6 +434,28 @@ def test_staged_gate_up_default_tiling(device):
     assert (np.abs(read_f32(device, out, H) - g * 0.5 * (1 + np.tanh(g / 2)) * u) / scale).max() < 3e-4
 
 
+def test_staged_qkv_default_tiling(device):
+    """A fused Q/K/V group of K >= 2048 at the default staged tiling takes the Q/K/V row of STAGED_TABLE (128
+    threads: 16 rows a workgroup, its three parts' workgroups straddling), norm folded, mixed types in one
+    dispatch; a lone matrix keeps the single-matrix tiling; against numpy."""
+    from webllm_py.linear import staged_tiling
+
+    rng = np.random.default_rng(15)
+    K, eps = 2048, 1e-5
+    t1 = staged_tiling(K)
+    rms, hb, step, h = _folded_norm(device, rng, K, eps, scale=3.0)
+    bounds, ws, ys = _qkv_members(device, rng, K, hb, ("Q4_0", "Q4_0", "Q6_K"), (t1, t1, t1))
+    group = MatvecGroup(bounds, norm=rms)
+    tg = staged_tiling(K, group=True)
+    assert tg != t1 and tg.rows_per_group(K) == 16 and rms.absorbed and len(group.runs) == 1
+    assert group.groups == sum(-(-b.linear.N // 16) for b in bounds)
+    with device.recorder() as rec:
+        rms.record(rec, 1)
+        group.record(rec, 1)
+    for b, w, yb in zip(bounds, ws, ys):
+        assert staged_error(read_f32(device, yb, b.linear.N)[None], h.astype(np.float32), w) < 3e-4
+
+
 def test_staged_default_prefetch_long_rows(device):
     """Rows where a lane walks 4+ units (1B down: K = 8192 at 8 lanes) take the prefetching tiling
     by default, shorter ones not; the default kernel at K = 8192 vs numpy (accumulating, as down does)."""

@@ -272,7 +272,7 @@ def test_glu_emit_decode_matches_staged(llama_gguf, prestage):
     QuantizeX before it, no quantizing in its workgroups): the same greedy tokens and logprobs as with it off,
     and as many dispatches a decode step. prestage: with the tilings of 32 rows a workgroup (w_down keeps
     writing the next Q/K/V's and the LM head's x in its epilogue); without: the planner's tilings (the gate/up
-    tiling of 32 rows is plan_fused_glu's, taken only where glu_emit asks)."""
+    tiling of 32 rows is plan_fused's, taken only where glu_emit asks)."""
     from webllm_py.planner import StagedTiling
 
     from webllm_py.bench import profile_ops

@@ -45,7 +45,7 @@ from webllm_py.planner import (
     prefill_chunk,
     parse_staged_tilings,
     plan_attention,
-    plan_fused_glu,
+    plan_fused,
     plan_matmul,
     plan_matvec,
     sgmat_f16_tiling,
@@ -115,18 +115,20 @@ def test_matvec_cases_cover_every_row():
     assert {c[8] for c in MATVEC_CASES} == {r.template for r in MATVEC_TABLE}
 
 
-# (K, N, glu, qtype) -> the row of STAGED_TABLE it lands on
+# (K, N, glu, qtype, group) -> the row of STAGED_TABLE it lands on
 # fmt: off
-STAGED_CASES = [((8192, 2048, False, T.Q8_0), 0), ((14336, 4096, False, T.Q6_K), 0),
-                ((4096, 14336, True, T.Q4_0), 1), ((8192, 2048, False, T.Q4_0), 2), ((16384, 4096, False, None), 2),
-                ((2048, 2048, True, T.Q4_0), 3), ((4096, 4096, False, T.Q6_K), 3)]
+STAGED_CASES = [((8192, 2048, False, T.Q8_0, False), 0), ((14336, 4096, False, T.Q6_K, False), 0),
+                ((4096, 14336, True, T.Q4_0, False), 1), ((4096, 4096, False, T.Q4_0, True), 2),
+                ((2048, 2048, False, T.Q6_K, True), 2), ((8192, 2048, False, T.Q4_0, False), 3),
+                ((16384, 4096, False, None, False), 3), ((2048, 2048, True, T.Q4_0, False), 4),
+                ((4096, 4096, False, T.Q6_K, False), 4), ((1024, 1024, False, T.Q4_0, True), 4)]
 # fmt: on
 
 
 @pytest.mark.parametrize("args,row", STAGED_CASES)
 def test_staged_row(args, row):
-    K, N, glu, q = args
-    assert staged_tiling(K, glu=glu, N=N, qtype=q) == STAGED_TABLE[row].tiling
+    K, N, glu, q, group = args
+    assert staged_tiling(K, glu=glu, N=N, qtype=q, group=group) == STAGED_TABLE[row].tiling
 
 
 def test_table_cases_cover_every_row():
@@ -181,15 +183,37 @@ def test_fused_glu_tiling():
     """A fused gate/up group takes the glu row where its members have the default tiling and it fits."""
     K, N = 4096, 14336
     plan = plan_matvec(GPU, T.Q4_0, N, K)
-    assert plan_fused_glu(GPU, plan, T.Q4_0, N, K) == STAGED_TABLE[1].tiling != plan.tiling
+    assert plan_fused(GPU, plan, T.Q4_0, N, K) == STAGED_TABLE[1].tiling != plan.tiling
     asked = plan_matvec(GPU, T.Q4_0, N, K, request=StagedTiling(64, 4, 1))
-    assert plan_fused_glu(GPU, asked, T.Q4_0, N, K) == StagedTiling(64, 4, 1)
+    assert plan_fused(GPU, asked, T.Q4_0, N, K) == StagedTiling(64, 4, 1)
     # the glu tiling's 128 threads x 4 accumulators need less workgroup memory than 256 x 4: a limit
     # between the two keeps the default's (planned on a roomier adapter) instead
     small = Adapter(workgroup_storage=STAGED_TABLE[1].tiling.shared_bytes(K) - 4)
-    assert plan_fused_glu(small, plan, T.Q4_0, N, K) == plan.tiling
+    assert plan_fused(small, plan, T.Q4_0, N, K) == plan.tiling
     q4 = plan_matvec(GPU, T.Q4_0, N, K, policy=KernelPolicy(staged_matvec=False))
-    assert plan_fused_glu(GPU, q4, T.Q4_0, N, K) == Q4_TILING
+    assert plan_fused(GPU, q4, T.Q4_0, N, K) == Q4_TILING
+
+
+def test_fused_group_tiling():
+    """A fused Q/K/V group (several matrices, no GLU) takes the group row (16 rows a workgroup) where its members
+    have the default tiling, rows are >= 2048 wide and it fits; a "qkv" override replaces it; prestaged and the
+    planes follow the policy as the members' own tiling does."""
+    K, N = 4096, 4096
+    plan = plan_matvec(GPU, T.Q4_0, N, K)
+    t = plan_fused(GPU, plan, T.Q4_0, N, K, glu=False)
+    assert t == STAGED_TABLE[2].tiling == StagedTiling(128, 8, 1) != plan.tiling
+    assert t.rows_per_group(K) == 16
+    narrow = plan_matvec(GPU, T.Q4_0, 1024, 1024)
+    assert plan_fused(GPU, narrow, T.Q4_0, 1024, 1024, glu=False) == narrow.tiling
+    pre = KernelPolicy(prestage=True, staged_planes=2)
+    t = plan_fused(GPU, plan_matvec(GPU, T.Q4_0, N, K, policy=pre), T.Q4_0, N, K, pre, glu=False)
+    assert (t.wg, t.prestaged, t.planes) == (128, True, 2)
+    asked = KernelPolicy(staged_tilings=(("qkv", StagedTiling(256, 8, 1)),))
+    assert plan_fused(GPU, plan_matvec(GPU, T.Q4_0, N, K, policy=asked), T.Q4_0, N, K, asked, glu=False) == (
+        StagedTiling(256, 8, 1)
+    )
+    small = Adapter(workgroup_storage=STAGED_TABLE[2].tiling.shared_bytes(K) - 4)
+    assert plan_fused(small, plan, T.Q4_0, N, K, glu=False) == plan.tiling
 
 
 def test_glu_emit_tiling():
@@ -203,14 +227,14 @@ def test_glu_emit_tiling():
     on = KernelPolicy(glu_emit=True)
     assert not glu_emit_auto(KernelPolicy()) and glu_emit_auto(on)
     plan = plan_matvec(GPU, T.Q4_0, N, K, policy=on)
-    t = plan_fused_glu(GPU, plan, T.Q4_0, N, K, on)
+    t = plan_fused(GPU, plan, T.Q4_0, N, K, on)
     assert t == replace(STAGED_TABLE[1].tiling, wg=256) and t.rows_per_group(K) == 32
     assert t.emit_refusal(K, [N, N], False, "silu") is None
     assert STAGED_TABLE[1].tiling.emit_refusal(K, [N, N], False, "silu") is not None  # 16 rows: today's
-    assert plan_fused_glu(GPU, plan, T.Q4_0, N + 32, K, on) == STAGED_TABLE[1].tiling  # N % 256
+    assert plan_fused(GPU, plan, T.Q4_0, N + 32, K, on) == STAGED_TABLE[1].tiling  # N % 256
     glu16 = KernelPolicy(glu_emit=True, staged_tilings=(("glu", StagedTiling(128, 8, 1)),))
     plan16 = plan_matvec(GPU, T.Q4_0, N, K, policy=glu16)
-    assert plan_fused_glu(GPU, plan16, T.Q4_0, N, K, glu16) == StagedTiling(128, 8, 1)
+    assert plan_fused(GPU, plan16, T.Q4_0, N, K, glu16) == StagedTiling(128, 8, 1)
     assert glu_emit_tiling(StagedTiling(128, 4, 1), K) == StagedTiling(128, 4, 1)  # 32 rows already
     assert glu_emit_tiling(StagedTiling(64, 8, 2), K) == StagedTiling(128, 8, 2)
     assert glu_emit_tiling(StagedTiling(256, 8, 1), 256) == StagedTiling(32, 8, 1)  # one lane at K = 256

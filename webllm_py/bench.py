@@ -223,7 +223,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_staged_spec,
         metavar="SPEC",
         help="the staged matvec's tilings: WG,LANES,ROWS[,PREFETCH[,PLANES]] for all, then optional ;glu=... "
-        ";tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)",
+        ";qkv=... ;tall=... ;k<K>=... ;wide=... (planner.parse_staged_tilings)",
     )
     p.add_argument(
         "--staged-planes",

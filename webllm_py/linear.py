@@ -37,7 +37,7 @@ from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and
     gpu_matmul_tiling,
     i8_tiling,
     matvec_wg,
-    plan_fused_glu,
+    plan_fused,
     plan_matmul,
     plan_matvec,
     staged_tiling,
@@ -685,8 +685,10 @@ class MatvecGroup:
                 parts = [l.N for l in span]
                 outs = [glu[1].writes[0]] if glu else [members[i].y for i in sp]
                 t = (
-                    plan_fused_glu(lead.adapter, lead.plan, lead.weight.ggml_type, lead.N, lead.K, lead.policy)
-                    if glu
+                    plan_fused(
+                        lead.adapter, lead.plan, lead.weight.ggml_type, lead.N, lead.K, lead.policy, glu=bool(glu)
+                    )
+                    if glu or len(span) > 1
                     else lead.matvec_tiling
                 )
                 k = lead.q4_kernel(parts, False, glu=act, norm=rms if fold else None, tiling=t, members=span)
@@ -723,7 +725,7 @@ class MatvecGroup:
         `planes` planes (matvec_q4s's emit_next with glu: the q8_block rule, no norm, ops.QuantizeX's layout),
         into the device-wide (xq, xd) it returns (BoundLinear.take_x reads them); the f32 output is still
         written (prefill's GLU path, and any other reader). None where it cannot: not one staged glu dispatch,
-        or its tiling has no 32 rows a workgroup (StagedTiling.emit_refusal; planner.plan_fused_glu gives
+        or its tiling has no 32 rows a workgroup (StagedTiling.emit_refusal; planner.plan_fused gives
         one where KernelPolicy.glu_emit asks)."""
         if not self.glu or len(self._specs) != 1:
             return None

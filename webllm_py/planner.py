@@ -422,7 +422,8 @@ class Adapter:
 
 def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
     """bench's --staged-tiling: "WG,LANES,ROWS[,PREFETCH[,PLANES]]" for all, then optional ";glu=..." (fused
-    gate/up groups), ";tall=..." (N > 65536: LM heads), ";k<K>=..." (rows of exactly K, e.g.
+    gate/up groups), ";qkv=..." (fused groups of several matrices without a GLU: Q/K/V), ";tall=..." (N > 65536:
+    LM heads), ";k<K>=..." (rows of exactly K, e.g.
     k8192=256,32,1) and ";wide=..." (K > 8192)."""
     out = []
     for item in filter(None, spec.split(";")):
@@ -594,7 +595,8 @@ def glu_emit_tiling(t: StagedTiling, K: int) -> StagedTiling:
 class StagedRow:
     """A row of the staged kernel's tiling table: the first row whose `when` holds gives the tiling."""
 
-    when: Callable[[int, int, bool, GGMLType | None], bool]  # (K, N, glu, qtype)
+    # (K, N, glu, qtype, group): glu a fused gate/up, group a fused dispatch of several matrices (Q/K/V)
+    when: Callable[[int, int, bool, GGMLType | None, bool], bool]
     tiling: StagedTiling
 
 
@@ -602,28 +604,40 @@ STAGED_TABLE: tuple[StagedRow, ...] = (
     # 8- and 6-bit rows of 32+ units (1B down): 16 rows a workgroup, twice the workgroups, 16 lanes
     # splitting each row
     StagedRow(
-        lambda K, N, glu, q: not glu and K >= 8192 and q in (GGMLType.Q8_0, GGMLType.Q6_K), StagedTiling(256, 16, 1)
+        lambda K, N, glu, q, group: not glu and K >= 8192 and q in (GGMLType.Q8_0, GGMLType.Q6_K),
+        StagedTiling(256, 16, 1),
     ),
     # fused gate/up of a wide model: twice the workgroups of 16 rows each
-    StagedRow(lambda K, N, glu, q: glu and K >= 4096, StagedTiling(128, 8, 1)),
+    StagedRow(lambda K, N, glu, q, group: glu and K >= 4096, StagedTiling(128, 8, 1)),
+    # fused Q/K/V (several matrices, no GLU) of rows >= 2048: twice the workgroups of 16 rows each. H100, native,
+    # x prestaged, GPU us a dispatch (kernel_bench --only=prestaged_tiles, docs/benchmarks.md "Q/K/V at 16 rows a
+    # workgroup"): 8B 11.74 -> 10.54, 1B 7.71 -> 6.89 (64 threads: 10.43 / 6.74; 16 lanes: 11.04 at 8B)
+    StagedRow(lambda K, N, glu, q, group: group and not glu and K >= 2048, StagedTiling(128, 8, 1)),
     # a lane walks 4 or more units in turn: the next unit's loads go out before this one's math
-    StagedRow(lambda K, N, glu, q: K // 256 >= 4 * 8, StagedTiling(256, 8, 1, prefetch=True)),
+    StagedRow(lambda K, N, glu, q, group: K // 256 >= 4 * 8, StagedTiling(256, 8, 1, prefetch=True)),
     # 256 threads as 32 teams of 8 lanes, one row each
-    StagedRow(lambda K, N, glu, q: True, StagedTiling(256, 8, 1)),
+    StagedRow(lambda K, N, glu, q, group: True, StagedTiling(256, 8, 1)),
 )
 
 
 def staged_tiling(
-    K: int, glu: bool = False, N: int = 0, qtype: GGMLType | None = None, policy: KernelPolicy = DEFAULT_POLICY
+    K: int,
+    glu: bool = False,
+    N: int = 0,
+    qtype: GGMLType | None = None,
+    policy: KernelPolicy = DEFAULT_POLICY,
+    group: bool = False,
 ) -> StagedTiling:
-    """The staged kernel's tiling on GPUs for N rows of K (glu: a fused gate/up group): the policy's
-    override for this op kind, else the first row of STAGED_TABLE that applies."""
-    for key, applies in (("glu", glu), ("tall", N > 65536), (f"k{K}", True), ("wide", K > 8192), ("all", True)):
+    """The staged kernel's tiling on GPUs for N rows of K (glu: a fused gate/up group; group: a fused group of
+    several matrices, e.g. Q/K/V): the policy's override for this op kind, else the first row of STAGED_TABLE
+    that applies."""
+    kinds = (("glu", glu), ("qkv", group and not glu), ("tall", N > 65536), (f"k{K}", True), ("wide", K > 8192))
+    for key, applies in (*kinds, ("all", True)):
         t = policy.staged_override(key) if applies else None
         if t is not None:
             break
     else:
-        t = next(r.tiling for r in STAGED_TABLE if r.when(K, N, glu, qtype))
+        t = next(r.tiling for r in STAGED_TABLE if r.when(K, N, glu, qtype, group))
     t = t if policy.staged_planes is None else replace(t, planes=policy.staged_planes)
     return replace(t, prestaged=True) if policy.prestage else t
 
@@ -757,20 +771,26 @@ def plan_matvec(
     return MatvecPlan(row.template, tiling, x_uniform)
 
 
-def plan_fused_glu(
-    adapter: Adapter, plan: MatvecPlan, qtype: GGMLType, N: int, K: int, policy: KernelPolicy = DEFAULT_POLICY
+def plan_fused(
+    adapter: Adapter,
+    plan: MatvecPlan,
+    qtype: GGMLType,
+    N: int,
+    K: int,
+    policy: KernelPolicy = DEFAULT_POLICY,
+    glu: bool = True,
 ) -> StagedTiling | MatvecTiling:
-    """The tiling of a fused gate/up dispatch whose members run `plan`: the staged kernel's glu row
-    where the members have their default tiling and it fits, else theirs; with KernelPolicy.glu_emit
-    (glu_emit_auto) that row with 32 rows a workgroup (glu_emit_tiling: one block of w_down's x, which the
-    epilogue then writes) where the GLU output is whole 256-blocks (w_down's K) and no "glu" override
-    gives the tiling."""
+    """The tiling of a fused dispatch whose members run `plan`, a gate/up with its GLU (glu) or several matrices
+    reading one x (Q/K/V): the staged kernel's row for that group where the members have their default tiling
+    and it fits, else theirs; with KernelPolicy.glu_emit (glu_emit_auto) a gate/up's row with 32 rows a
+    workgroup (glu_emit_tiling: one block of w_down's x, which the epilogue then writes) where the GLU output
+    is whole 256-blocks (w_down's K) and no "glu" override gives the tiling."""
     if plan.template != "matvec_q4s" or plan.tiling != staged_tiling(K, N=N, qtype=qtype, policy=policy):
         return plan.tiling
-    glu = staged_tiling(K, glu=True, policy=policy)
-    if glu_emit_auto(policy) and N % 256 == 0 and policy.staged_override("glu") is None:
-        glu = glu_emit_tiling(glu, K)
-    return glu if adapter.fits(glu.shared_bytes(K)) else plan.tiling
+    t = staged_tiling(K, glu=glu, N=N, qtype=qtype, policy=policy, group=not glu)
+    if glu and glu_emit_auto(policy) and N % 256 == 0 and policy.staged_override("glu") is None:
+        t = glu_emit_tiling(t, K)
+    return t if adapter.fits(t.shared_bytes(K)) else plan.tiling
 
 
 def matvec_wg(template: str, tiling: MatvecTiling, qtype: GGMLType, K: int) -> int:
