@@ -35,7 +35,7 @@ import base64, random, struct
 from webllm_py.attention import PagedAttention
 from webllm_py.gpu.browser import BrowserDevice
 from webllm_py.kv_cache import PagedKVCache
-from webllm_py.planner import Adapter, KernelPolicy
+from webllm_py.planner import Adapter, KernelPolicy, PrefillTiling
 dev = await BrowserDevice.create()
 Adapter.of(dev).f16_subgroup_matrix
 """
@@ -50,7 +50,7 @@ N, T = sum(chunks), max(chunks)
 q, k, v = _b({q!r}), _b({k!r}), _b({v!r})
 cache = PagedKVCache(dev, 1, KV, D, block_size=16, num_blocks=-(-N // 16) + 4, dtype={dtype!r})
 random.Random(0).shuffle(cache._free)
-attn = PagedAttention(dev, cache, H, KV, D, T, policy=KernelPolicy(prefill_attention_kernel={kernel!r}))
+attn = PagedAttention(dev, cache, H, KV, D, T, policy={policy})
 bufs = [dev.create_buffer(T * n * D * 4) for n in (H, KV, KV, H)]
 step, table = dev.create_buffer(8), dev.create_buffer(cache.table_buffer_size())
 bound = attn.bind(0, *bufs, step, table)
@@ -66,7 +66,7 @@ for c in chunks:
     out += bytes(await dev.read_buffer(bufs[3], 0, c * H * D * 4))
     pos += c
 p = attn.plan.prefill
-[[p.tq, p.tk, p.lanes, p.rows, p.sgmat], base64.b64encode(out).decode()]
+[[p.tq, p.tk, p.lanes, p.rows, p.sgmat, p.sgc, p.twopass], base64.b64encode(out).decode()]
 """
 
 
@@ -94,17 +94,25 @@ def dawn() -> int:
                 )
                 ref = reference(q, kr, vr, layout[0], layout[1])
                 bound = sgmat_bound(q, kr, vr, layout[0], layout[1]) if f16_kv else None
-                # the planner refuses attention_prefill_sgmat over an f32 cache (sgmat_prefill_tiling)
-                for kernel in ("sgmat-f16", "lanes") if f16_kv else ("lanes",):
+                # the planner refuses attention_prefill_sgmat over an f32 cache (sgmat_prefill_tiling); "sgmat-f16
+                # twopass": the template's twopass with sgc (PrefillTiling.twopass, off by default)
+                for kernel in ("sgmat-f16", "sgmat-f16 twopass", "lanes") if f16_kv else ("lanes",):
+                    policy = (
+                        "KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=True, twopass=True))"
+                        if kernel.endswith("twopass")
+                        else f"KernelPolicy(prefill_attention_kernel={kernel!r})"
+                    )
                     tiling, got = host.exec(
                         _DAWN_RUN.format(
-                            layout=layout, chunks=chunks, q=_b64(q), k=_b64(k), v=_b64(v), dtype=dtype, kernel=kernel
+                            layout=layout, chunks=chunks, q=_b64(q), k=_b64(k), v=_b64(v), dtype=dtype, policy=policy
                         )
                     )
                     got = np.frombuffer(base64.b64decode(got), np.float32).reshape(N, -1).astype(np.float64)
                     err = np.abs(got - ref)
                     tol = bound if tiling[4] else (2e-3 if f16_kv else 2e-4)
-                    good = bool(np.isfinite(got).all() and (err <= tol).all() and tiling[4] == (kernel == "sgmat-f16"))
+                    good = bool(
+                        np.isfinite(got).all() and (err <= tol).all() and tiling[4] == kernel.startswith("sgmat-f16")
+                    )
                     ok &= good
                     print(
                         json.dumps(

@@ -104,6 +104,35 @@ def test_sgmat_prefill_constant_offsets_emulated(device, monkeypatch):
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
 
 
+@pytest.mark.parametrize(
+    "case",
+    [((8, 2, 64), "f16x2", 70, [40, 30], None, None, False), ((6, 2, 32), "f16", 60, [37, 23], 20, 30.0, True)],
+    ids=["g4-d64-f16x2", "g3-d32-window-softcap-sgc"],
+)
+def test_sgmat_prefill_two_pass_emulated(device, monkeypatch, case):
+    """PrefillTiling.twopass (the template's twopass: the rows' max first, then P V into O's blocks held as result
+    matrices, never rescaled) within the bound of numpy's attention: group 4 at head_dim 64 over an f16x2 cache
+    (70 positions: three key tiles, the second chunk's keys spanning the first's), and group 3 with a window, a
+    softcap and sgc's switch; two chunks each."""
+    layout, dtype, N, chunks, window, softcap, sgc = case
+    as_sgmat_adapter(device, monkeypatch)
+    q, k, v = make_qkv(N, 11, layout)
+    k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
+    bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
+    policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=sgc, twopass=True))
+    with emulating_any(device):
+        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
+        h = Harness(
+            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
+        )
+        assert h.attn.plan.prefill.sgmat and h.attn.plan.prefill.twopass
+        got = h.run(0, q, k, v, chunks)
+    err = np.abs(got - ref)
+    assert np.isfinite(got).all()
+    assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+
+
 def test_planner_rows():
     """The planner's row: attention_prefill_sgmat under prefill_attention_kernel="sgmat-f16" (or an sgmat tiling)
     on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0; the lanes form by default (until measured:
@@ -198,8 +227,8 @@ def test_f32_cache_is_never_attended_in_f16(device, monkeypatch):
 
 
 def test_bench_prefill_attention_tiling_flag(capsys):
-    """bench --prefill-attention-tiling: PrefillTiling's fields in order, SGMAT and SGC as booleans (so the
-    planned tiling equals the planner's own), and a clear error past its 7 fields while parsing (before a model
+    """bench --prefill-attention-tiling: PrefillTiling's fields in order, SGMAT, SGC and TWOPASS as booleans (so
+    the planned tiling equals the planner's own), and a clear error past its 8 fields while parsing (before a model
     loads)."""
     import argparse
 
@@ -212,6 +241,8 @@ def test_bench_prefill_attention_tiling_flag(capsys):
     assert kernel_policy(p.parse_args(["--prefill-attention-tiling", "16,32,4,2"])).prefill_attention == (
         PrefillTiling(16, 32, 4, 2)
     )
+    t = kernel_policy(p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,1"])).prefill_attention
+    assert t == PrefillTiling(16, 32, sgmat=True, sgc=True, twopass=True) and t.twopass is True
     with pytest.raises(SystemExit):
-        p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,9"])
-    assert "takes 2 to 7 integers (TQ,TK,LANES,ROWS,SGMAT,UNROLL,SGC), got 8" in capsys.readouterr().err
+        p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,1,9"])
+    assert "takes 2 to 8 integers (TQ,TK,LANES,ROWS,SGMAT,UNROLL,SGC,TWOPASS), got 9" in capsys.readouterr().err

@@ -144,6 +144,7 @@ class PagedAttention:
                 tq=self.tq,
                 tk=self.tk,
                 sgc=plan.prefill.sgc,
+                twopass=plan.prefill.twopass,
                 **attn,
             )
         else:

@@ -280,6 +280,10 @@ class PrefillTiling:
     # store of the key walk at a constant offset, as MatmulSgmatF16Tiling.sgc (Tint's robustness transform wraps
     # one at a run-time offset in a bounds check); off until measured against the form without it
     sgc: bool = False
+    # sgmat only: the key walk twice (the template's twopass): the rows' max scores first, then P V into O's
+    # column blocks held as result matrices, never rescaled (no store, barrier pair and fold of O's blocks a
+    # tile; Q K^T and K's staging twice); built to be measured against one pass, off until it is
+    twopass: bool = False
 
     def sgmat_shared_bytes(self, head_dim: int, group: int) -> int:
         """attention_prefill_sgmat's workgroup memory: the f16 K/V tile (rows padded by 8), each subgroup's
