@@ -437,7 +437,7 @@ def test_staged_gate_up_default_tiling(device):
 def test_staged_qkv_default_tiling(device):
     """A fused Q/K/V group of K >= 2048 at the default staged tiling takes the Q/K/V row of STAGED_TABLE (128
     threads: 16 rows a workgroup, its three parts' workgroups straddling), norm folded, mixed types in one
-    dispatch; a lone matrix keeps the single-matrix tiling; against numpy."""
+    dispatch; against numpy."""
     from webllm_py.linear import staged_tiling
 
     rng = np.random.default_rng(15)
