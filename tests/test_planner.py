@@ -158,6 +158,34 @@ def test_staged_planes_auto():
     assert staged_planes_auto(1024) is None and staged_planes_auto(4096) is None
 
 
+def test_prefill_planes_auto():
+    """matmul_i8's x planes follow the decode's width rule: two below 1024 (the real small models' 2e-3), one from
+    1024; build_model resolves them unless the policy names them."""
+    from webllm_py.models import families
+    from webllm_py.planner import prefill_planes_auto
+
+    assert prefill_planes_auto(576) == prefill_planes_auto(1023) == 2
+    assert prefill_planes_auto(1024) == prefill_planes_auto(4096) == 1
+    seen = []
+
+    class Family:
+        @staticmethod
+        def model(device, cfg, weights, cache, max_tokens, policy):
+            seen.append(policy)
+
+    for dim, policy, want in (
+        (576, KernelPolicy(), 2),
+        (2048, KernelPolicy(), 1),
+        (2048, KernelPolicy(prefill_planes=2), 2),
+    ):
+        cfg = NS(arch="fake", dim=dim)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setitem(families.FAMILIES, "fake", Family)
+            families.build_model(None, cfg, None, None, 8, policy)
+        assert seen[-1].prefill_planes == want
+        assert i8_tiling(GPU, T.Q4_0, dim, 4096, seen[-1]).planes == want
+
+
 def test_staged_planes():
     """Two int8 planes of x: --staged-tiling's fifth field, or KernelPolicy.staged_planes on every staged
     tiling (table rows and overrides); 17 more vec4 of workgroup memory per unit, so where the adapter's
@@ -294,6 +322,10 @@ I8_CASES = [
     ("GPU, narrow", GPU, T.Q4_0, 2048, 2048, KernelPolicy(), MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True)),
     ("GPU, K / 32 odd: one block a step", GPU, T.Q8_0, 64, 96, KernelPolicy(), MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True)),
     ("GPU, one plane", GPU, T.Q4_K, 64, 256, KernelPolicy(prefill="i8"), MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True, planes=1)),
+    ("GPU, one plane by the model's width", GPU, T.Q4_0, 14336, 4096, KernelPolicy(prefill_planes=1),
+     MatmulI8Tiling(kb=2, pf=True, planes=1)),
+    ("GPU, i8x2 over the width's one plane", GPU, T.Q4_0, 64, 64, KernelPolicy(prefill="i8x2", prefill_planes=1),
+     MatmulI8Tiling(tm=128, rm=8, kb=1, pf=True, planes=2)),
     ("GPU, the policy's tile", GPU, T.Q4_0, 64, 96, KernelPolicy(i8_tiling=MatmulI8Tiling(tm=32, tn=32, rm=2, rn=2, kb=4)),
      MatmulI8Tiling(tm=32, tn=32, rm=2, rn=2, kb=1)),
     ("CPU lanes", CPU, T.Q8_0, 64, 256, KernelPolicy(), MatmulI8Tiling(stage=False, wg=8, rm=4, rn=8)),

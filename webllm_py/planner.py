@@ -468,6 +468,10 @@ class KernelPolicy:
     # x's int8 planes in every staged tiling, table's and overrides'. None: the model's width decides where
     # no staged_tilings are given (models/families.build_model: staged_planes_auto), else each tiling's own
     staged_planes: int | None = None
+    # matmul_i8's int8 planes of x under prefill "auto" / "sgmat" / "sgmat-f16" (the prompt's matmuls without
+    # subgroup matrices). None: 2, unless models/families.build_model resolves it by the model's width
+    # (prefill_planes_auto); prefill "i8" / "i8x2" force 1 / 2
+    prefill_planes: int | None = None
     # StagedTiling.prestaged in the planner's staged tilings; the residual adds before a norm-folded group
     # then write its x in their epilogue where they can (models/layer.link_emits), and stage their own x
     # (BoundLinear.emit_into); the embedding writes layer 0's x and the last residual add the LM head's, the
@@ -485,7 +489,7 @@ class KernelPolicy:
     gpu_tiling: MatvecTiling = field(default_factory=MatvecTiling)  # the generic matvec's on GPUs
     fold_norm_max_k: int = FOLD_NORM_MAX_K  # matvec_q4 folds a preceding RMSNorm for rows this short
     # prefill: "auto" takes matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else matmul_i8
-    # with two int8 planes of x where I8 pays; "i8x2" (two planes) and
+    # where I8 pays, with prefill_planes int8 planes of x (by the model's width); "i8x2" (two planes) and
     # "i8" (one: faster, less accurate) force it wherever it can run; "f32" keeps matmul / matmul_rows
     # "sgmat" takes matmul_sgmat (tensor cores) where the adapter has i8 subgroup matrices, else matmul_i8;
     # "sgmat-f16" only matmul_sgmat_f16 (as "auto" does), never matmul_sgmat
@@ -564,6 +568,16 @@ def staged_planes_auto(dim: int) -> int | None:
     """KernelPolicy.staged_planes where the policy leaves it to the model (None): 2 below TWO_PLANES_BELOW_DIM,
     else None (each staged tiling's own planes)."""
     return 2 if dim < TWO_PLANES_BELOW_DIM else None
+
+
+def prefill_planes_auto(dim: int) -> int:
+    """KernelPolicy.prefill_planes where the policy leaves it to the model (None): the decode's rule
+    (staged_planes_auto) for the prompt's matmul_i8 too. Below TWO_PLANES_BELOW_DIM two planes keep the real small
+    models' prefill logits within 2e-3 of transformers (one: 2-6e-2; docs/benchmarks.md, "Prefill's int8 planes by
+    op"); from that width one plane per 32-block, llama.cpp's own rule for its integer matmuls (q8_1 activations),
+    ~1.7x the two planes' speed at 8B's gate/up (56 vs 32 TOPS on the H100: docs/benchmarks.md, "H100: the peer
+    table in one call, spread and wsp measured")."""
+    return 2 if dim < TWO_PLANES_BELOW_DIM else 1
 
 
 def attention_emit_auto(policy: KernelPolicy) -> bool:
@@ -876,7 +890,7 @@ def i8_tiling(
         or not adapter.packed_dot
     ):
         return None
-    planes = 1 if policy.prefill == "i8" else 2
+    planes = {"i8": 1, "i8x2": 2}.get(policy.prefill, policy.prefill_planes or 2)
     if adapter.cpu:
         if policy.prefill in ("auto", "sgmat", "sgmat-f16") and qtype in (GGMLType.Q4_1, GGMLType.Q6_K):
             return None  # Q6_K: not measured there; matmul_rows keeps it

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..formats.gguf_keys import General
-from ..planner import DEFAULT_POLICY, KernelPolicy, staged_planes_auto
+from ..planner import DEFAULT_POLICY, KernelPolicy, prefill_planes_auto, staged_planes_auto
 from . import gemma
 from .config import ModelConfig, read_gguf, read_hf
 from .gemma import GemmaModel
@@ -74,7 +74,10 @@ def build_model(
     family = FAMILIES.get(cfg.arch)
     if family is None:
         raise UnsupportedModelError(f"no model graph for architecture {cfg.arch!r} (have: {sorted(FAMILIES)})")
-    # the model's width decides x's planes (every family alike), unless the policy names planes or tilings
+    # the model's width decides x's planes in decode and prefill (every family alike), unless the policy
+    # names them (or, for decode, tilings)
     if policy.staged_planes is None and not policy.staged_tilings:
         policy = replace(policy, staged_planes=staged_planes_auto(cfg.dim))
+    if policy.prefill_planes is None:
+        policy = replace(policy, prefill_planes=prefill_planes_auto(cfg.dim))
     return family.model(device, cfg, weights, cache, max_tokens=max_tokens, policy=policy)
