@@ -830,6 +830,7 @@ if want("attn_emit"):
 
 if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-token shapes, alternated
     import struct
+    from dataclasses import replace
 
     from webllm_py.linear import MatmulI8Tiling
 
@@ -846,12 +847,18 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
         "64x128 4x8 kb1 pf": MatmulI8Tiling(tm=64, tn=128, rm=4, rn=8, kb=1, pf=True),
         "128x128 8x8 kb1 pf": MatmulI8Tiling(tm=128, tn=128, rm=8, rn=8, kb=1, pf=True),
         "128x32 8x2 kb1 pf": MatmulI8Tiling(tm=128, tn=32, rm=8, rn=2, kb=1, pf=True),
+        # what one plane of x leaves room for in 16 KiB: two blocks a K step on the taller / wider tiles
+        "128x64 8x4 kb2 pf": MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=2, pf=True),
+        "64x128 4x8 kb2 pf": MatmulI8Tiling(tm=64, tn=128, rm=4, rn=8, kb=2, pf=True),
     }
     I8_ONLY = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--i8-forms=")]
     if I8_ONLY:
         I8_FORMS = {k: v for k, v in I8_FORMS.items() if k in I8_ONLY[0].split(";")}
+    # --i8-planes=1: every form with one int8 plane of x (the prefill's at widths >= 1024: prefill_planes_auto)
+    I8_PLANES = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--i8-planes=")), "2"))
     shapes = [(256, 512)] if QUICK else [(n, k) for n, k in SHAPES_8B + SHAPES_1B if n != 128256 and n >= 2048]
-    for qtype in ("Q4_0",) if QUICK else ("Q4_0", "Q4_K"):
+    I8_TYPES = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--i8-qtypes=")), None)
+    for qtype in I8_TYPES or (("Q4_0",) if QUICK else ("Q4_0", "Q4_K")):
         for n, k in shapes:
             w, nb = weight(qtype, n, k)
             xb, yb = dev.create_buffer(T * k * 4), dev.create_buffer(T * n * 4)
@@ -859,6 +866,7 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
             for name, tl in I8_FORMS.items():
                 planner = MatmulI8Tiling(tm=64, tn=64 if n >= 4096 else 32, rm=4, rn=4 if n >= 4096 else 2)
                 tl = planner if tl is None else MatmulI8Tiling(**{**planner.__dict__, "pf": True}) if tl == "pf" else tl
+                tl = replace(tl, planes=I8_PLANES)
                 try:
                     b = Linear(dev, w, matmul=tl).bind(xb, yb, params)
                     with dev.recorder() as rec:
@@ -877,6 +885,7 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
                     N=n,
                     K=k,
                     form=name,
+                    planes=I8_PLANES,
                     us=round(dt * 1e6, 1),
                     tops=round(2 * T * n * k / dt / 1e12, 2),
                 )
