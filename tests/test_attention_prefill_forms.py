@@ -156,3 +156,28 @@ def test_prefill_gpu_form_odd_head_dim(device, monkeypatch, layout, dtype):
         k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
     got = h.run(0, q, k, v, [32, 13])
     np.testing.assert_allclose(got, reference(q, k, v, *layout[:2]), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 512])
+def test_prefill_gpu_form_long_head_dim_256(device, monkeypatch, window):
+    """The thread-per-row GPU form (GPUs without subgroups, and lavapipe in the GPU-path tests) at Gemma 3's head
+    layout (4 heads on 1 kv head of 256 dims; its local layers' window 512) past 122 positions, rows checked to the
+    last. llvmpipe ends every loop of a shader early once its loops took 65535 back-edges in all (Mesa's
+    LP_MAX_TGSI_LOOP_ITERATIONS); the form's former loops over head_dim spent that from ~120 positions at head_dim
+    256: the rows from 112 on (the workgroups reaching past ~120 keys) came out wrong, off by up to 3.5 here, and
+    Gemma-3-270M's logits by 0.8-1.9 of max |logit| from 122 prompt tokens on gpu_like_device. The form's dims are
+    unrolled since (attention_prefill.wgsl.j2)."""
+    layout = (4, 1, 256)
+    N = 160
+    q, k, v = make_qkv(N, 13, layout)
+    forced(monkeypatch, device, False)
+    h = Harness(
+        device,
+        shuffled_cache(device, num_blocks=16, block_size=16, layout=layout),
+        max_tokens=128,
+        layout=layout,
+        sliding_window=window,
+    )
+    assert "k_tile" in h.attn.prefill.source and "subgroupShuffleXor" not in h.attn.prefill.source
+    got = h.run(0, q, k, v, [128, 32])  # the second chunk's rows attend to 129-160 positions
+    np.testing.assert_allclose(got, reference(q, k, v, *layout[:2], window=window), atol=2e-5, rtol=1e-4)

@@ -12,7 +12,8 @@ references are numpy's, here):
   gets), vs numpy; and what the planner picks there instead: the step writing its slices' partials,
   merged by attention_combine; and that step applying Gemma 3's per-head q/k norms itself (with RoPE);
 - attention_prefill's lanes form (L lanes per query row, scores summed by subgroupShuffleXor: what GPUs
-  with subgroups get; forced here, lavapipe being a CPU adapter) through Tint, vs numpy.
+  with subgroups get; forced here, lavapipe being a CPU adapter) and its thread-per-row form (GPUs without
+  subgroups) through Tint, vs numpy.
 The planner's rows for each feature and its absence: tests/test_planner.py (test_browser_gpu_*)."""
 
 import base64
@@ -245,12 +246,19 @@ dict(shuffles="subgroupShuffleXor" in src, directive="enable subgroups;" in src,
 
 @pytest.mark.parametrize(
     "layout,tiling,dtype,window,softcap",
-    [((9, 3, 64), (4, 8, 4), "f16x2", 9, None), ((8, 2, 128), (4, 16, 8, 2), "f32", None, 5.0)],
+    [
+        ((9, 3, 64), (4, 8, 4), "f16x2", 9, None),
+        ((8, 2, 128), (4, 16, 8, 2), "f32", None, 5.0),
+        # the thread-per-row form (GPUs without subgroups) at Gemma 3's heads, its dims unrolled
+        ((4, 1, 256), (16, 32, 1), "f16x2", 9, None),
+        ((4, 2, 6), (16, 32, 1), "f32", None, 5.0),
+    ],
 )
 def test_prefill_attention_lanes_on_dawn(host, layout, tiling, dtype, window, softcap):
     """attention_prefill with 4 or 8 lanes per query row (and 2 rows per thread) through Tint (its
-    uniformity analysis takes the shuffles; Chrome needs `enable subgroups;`): 45 positions in chunks
-    of 32 and 7 (ragged against tq, several K/V tiles), every token's output vs numpy."""
+    uniformity analysis takes the shuffles; Chrome needs `enable subgroups;`), and with one thread per row
+    (no subgroups): 45 positions in chunks of 32 and 7 (ragged against tq, several K/V tiles), every token's
+    output vs numpy."""
     N = 45
     q, k, v = make_qkv(N, 5, layout)
     if softcap:
@@ -266,7 +274,7 @@ def test_prefill_attention_lanes_on_dawn(host, layout, tiling, dtype, window, so
             data=[_b64(x) for x in (q, k, v)],
         )
     )
-    assert r["shuffles"] and r["directive"]
+    assert r["shuffles"] == r["directive"] == (tiling[2] > 1)
     packed = dtype == "f16x2"
     if packed:
         k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)

