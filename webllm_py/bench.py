@@ -257,7 +257,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=PREFILL_KERNELS,
         default="auto",
         help="prefill matmul: auto = matmul_sgmat_f16 where the adapter has f16 subgroup matrices, else "
-        "matmul_i8 (two int8 planes) where it pays; sgmat = matmul_sgmat "
+        "matmul_i8 where it pays (two int8 planes of x below width 1024, one from it: prefill_planes_auto); sgmat = matmul_sgmat "
         "(tensor cores; Dawn with --unsafe-apis) where offered, else as auto; sgmat-f16 = matmul_sgmat_f16 "
         "(tensor cores on f16 tiles; Dawn on NVIDIA also needs --dawn-flag vulkan_enable_f16_on_nvidia) where "
         "offered, else as auto; i8x2 / i8 force matmul_i8; "
