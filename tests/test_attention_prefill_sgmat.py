@@ -135,17 +135,20 @@ def test_sgmat_prefill_two_pass_emulated(device, monkeypatch, case):
 
 def test_planner_rows():
     """The planner's row: attention_prefill_sgmat under prefill_attention_kernel="sgmat-f16" (or an sgmat tiling)
-    on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0; the lanes form by default (until measured:
-    planner.SGMAT_ATTENTION_AUTO), under "lanes" and where it does not fit; "sgmat-f16" without it is an error."""
+    on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0, and by default from head_dim 128
+    (planner.SGMAT_ATTENTION_MIN_HEAD_DIM); the lanes form below it, under "lanes" and where it does not fit;
+    "sgmat-f16" without it is an error. The planned tile loads and stores its matrices at constant offsets (sgc)."""
     a = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=49152, f16=True, f16_subgroup_matrix=True)
     sg = KernelPolicy(prefill_attention_kernel="sgmat-f16")
-    assert prefill_tiles(a, 128, 4, sg) == PrefillTiling(16, 32, sgmat=True)
-    assert prefill_tiles(a, 64, 8, sg) == PrefillTiling(8, 32, sgmat=True)
-    assert prefill_tiles(a, 64, 3, sg) == PrefillTiling(16, 32, sgmat=True)
+    assert prefill_tiles(a, 128, 4, sg) == PrefillTiling(16, 32, sgmat=True, sgc=True)
+    assert prefill_tiles(a, 64, 8, sg) == PrefillTiling(8, 32, sgmat=True, sgc=True)
+    assert prefill_tiles(a, 64, 3, sg) == PrefillTiling(16, 32, sgmat=True, sgc=True)
     assert prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(16, 64, sgmat=True))).tk == 64
     with pytest.raises(ValueError, match="sgmat-f16"):  # 128 rows: Q does not fit where the K/V tile goes
         prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(32, 32, sgmat=True)))
-    assert prefill_tiles(a, 128, 4).sgmat == planner.SGMAT_ATTENTION_AUTO
+    assert prefill_tiles(a, 128, 4) == PrefillTiling(16, 32, sgmat=True, sgc=True)  # "auto" from head_dim 128
+    assert prefill_tiles(a, 256, 4) == PrefillTiling(16, 32, sgmat=True, sgc=True)  # Gemma-3's heads
+    assert not prefill_tiles(a, 64, 4).sgmat  # below it the lanes form
     assert not prefill_tiles(a, 128, 4, KernelPolicy(prefill_attention_kernel="lanes")).sgmat
     for adapter, head_dim in (
         (a, 120),  # head_dim not a multiple of 16
@@ -160,7 +163,7 @@ def test_planner_rows():
         KernelPolicy(prefill_attention_kernel="tiles")
     # an f32 KV cache: never the f16 kernel, whether the cache's element comes from the policy or the caller
     assert planner.sgmat_prefill_tiling(a, 128, 4, sg, kv_dtype="f32") is None
-    assert planner.sgmat_prefill_tiling(a, 128, 4, sg, kv_dtype="f16x2") == PrefillTiling(16, 32, sgmat=True)
+    assert planner.sgmat_prefill_tiling(a, 128, 4, sg, kv_dtype="f16x2") == PrefillTiling(16, 32, sgmat=True, sgc=True)
     for policy, kv_dtype in ((sg, "f32"), (dataclasses.replace(sg, kv_cache="f32"), None)):
         with pytest.raises(KernelPolicyError, match="f32 cache is attended in f32"):
             prefill_tiles(a, 128, 4, policy, kv_dtype)
@@ -200,7 +203,7 @@ def test_f32_cache_is_never_attended_in_f16(device, monkeypatch):
     scores stay ordinary), which the f16 kernel turned into inf and NaN."""
     layout, N, chunks = (6, 2, 32), 40, [24, 16]
     adapter = as_sgmat_adapter(device, monkeypatch, subgroups=False)  # the lanes form would need subgroups
-    monkeypatch.setattr(planner, "SGMAT_ATTENTION_AUTO", True)
+    monkeypatch.setattr(planner, "SGMAT_ATTENTION_MIN_HEAD_DIM", 0)
     assert prefill_tiles(adapter, 32, 3, KernelPolicy(kv_cache="f16")).sgmat  # as "auto" would, given the choice
     q, k, v = make_qkv(N, 6, layout)
     qh, kh, vh = q.reshape(N, 6, 32), k.reshape(N, 2, 32), v.reshape(N, 2, 32)

@@ -33,8 +33,19 @@ TILINGS = [
     MatmulI8Tiling(pf=True),  # register prefetch, every thread's share whole
     MatmulI8Tiling(tm=32, tn=32, rm=4, rn=2, pf=True),  # shares that are not whole (guarded)
     MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1, pf=True),  # a GPU's for N < 4096
+    MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=2, pf=True, planes=1),  # a GPU's with one plane (width >= 1024)
 ]
-IDS = ["staged", "staged64", "lanes", "staged32-1plane", "lanes-1plane", "pf64", "pf32", "pf128x64"]
+IDS = [
+    "staged",
+    "staged64",
+    "lanes",
+    "staged32-1plane",
+    "lanes-1plane",
+    "pf64",
+    "pf32",
+    "pf128x64",
+    "pf128x64-kb2-1plane",
+]
 
 
 # (N, K, T): K / 32 odd (one block a K step) and even; N and T neither multiples of the 32 x 32 tile nor of

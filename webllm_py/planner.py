@@ -150,6 +150,16 @@ class MatmulI8Tiling:
     planes: int = 2  # int8 planes of x: 2 adds the rounding residual (16-bit-like x; 1 plane moved
     # SmolLM2's logits ~0.7 from transformers' against 0.008 in f32: docs/benchmarks.md)
 
+    def shared_bytes(self) -> int:
+        """Staged: the workgroup memory matmul_i8.wgsl.j2 declares (x's planes and scales, W's words and
+        (d, m)) for a K step of kb blocks."""
+        return (
+            16 * 2 * self.planes * self.kb * self.tm
+            + 8 * self.kb * self.tm
+            + 16 * 2 * self.kb * self.tn
+            + 8 * self.kb * self.tn
+        )
+
     def groups(self, n: int, T: int) -> tuple[int, int]:
         if self.stage:
             return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
@@ -442,11 +452,12 @@ def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
 # KernelPolicy.prefill's choices (bench --prefill-kernel)
 PREFILL_KERNELS = ("auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32")
 PREFILL_ATTENTION_KERNELS = ("auto", "lanes", "sgmat-f16")
-# "auto" does not take attention_prefill_sgmat: on the H200 (Dawn) it was right (prefill_attention_check --dawn)
-# but slower than the lanes form at head_dim 64 (1B: 3.18 vs 2.25 ms a 512-token chunk) and only ~17% faster at
-# 128 (8B: 9.4 vs ~11.3 ms, 9% of the step; docs/benchmarks.md, "Prompt attention on f16 subgroup matrices"):
-# "sgmat-f16" asks for it.
-SGMAT_ATTENTION_AUTO = False
+# "auto" takes attention_prefill_sgmat from this head_dim: on the H200 (Dawn) it was right (prefill_attention_check
+# --dawn) but slower than the lanes form at head_dim 64 (1B: 3.18 vs 2.25 ms a 512-token chunk; 2.5 vs 2.0 in two
+# passes on the H100); at 128 (8B) its form with the products at constant offsets (sgc) took 8.7 GPU ms against the
+# lanes form's 11.1 a 512-token prompt, two runs each alternating on the H100 (docs/benchmarks.md, "The peer table
+# with one int8 plane in the prompt's matmuls"). "sgmat-f16" asks for it at any head_dim, "lanes" never.
+SGMAT_ATTENTION_MIN_HEAD_DIM = 128
 
 
 # KernelPolicy.fold_norm_max_k's default: matvec_q4 (rows that are not whole 256-weight units: SmolLM2's 576,
@@ -506,7 +517,7 @@ class KernelPolicy:
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
     prefill_attention: PrefillTiling | None = None  # attention_prefill's on GPUs (None: prefill_tiles' rule)
     # prompt attention: "sgmat-f16" requires attention_prefill_sgmat (f16 subgroup matrices), "lanes" never
-    # takes it (attention_prefill's GPU forms), "auto" where SGMAT_ATTENTION_AUTO and the adapter has them
+    # takes it (attention_prefill's GPU forms), "auto" where the adapter has them from SGMAT_ATTENTION_MIN_HEAD_DIM
     prefill_attention_kernel: str = "auto"
     # the KV cache's element: "auto" (kv_cache_dtype's rule), "f32" (tests that compare with
     # transformers' f32 cache to 1e-5 rather than f16's 1e-3), "f16" (needs shader-f16) or "f16x2" (f16
@@ -898,14 +909,20 @@ def i8_tiling(
     kb = 2 if K % 64 == 0 else 1
     if policy.i8_tiling is not None:
         return replace(policy.i8_tiling, stage=True, kb=policy.i8_tiling.kb if kb == 2 else 1, planes=planes)
-    # 256 threads, each with the next K step's loads in registers (pf) while it computes this one: 4 tokens
-    # x 4 rows of a 64 x 64 tile at N >= 4096; under 4096 rows (1B's 2048) 8 tokens x 4 rows of a 128 x 64
-    # tile, one block a K step (the taller tile's x fills the 16 KiB of workgroup memory with kb 2). The
-    # best of the tilings swept on the H200 at 512-token shapes: 1.05-1.11x and 1.11-1.13x the tiles
-    # before (64 x 64 / 64 x 32 without pf; docs/benchmarks.md, "matmul_i8 with the next K step's loads").
+    # 256 threads, each with the next K step's loads in registers (pf) while it computes this one. Two planes:
+    # 4 tokens x 4 rows of a 64 x 64 tile at N >= 4096; under 4096 rows (1B's 2048) 8 tokens x 4 rows of a
+    # 128 x 64 tile, one block a K step (the taller tile's two planes of x fill the 16 KiB of workgroup memory
+    # with kb 2). The best of the tilings swept on the H200 at 512-token shapes: 1.05-1.11x and 1.11-1.13x
+    # the tiles before (64 x 64 / 64 x 32 without pf; docs/benchmarks.md, "matmul_i8 with the next K step's
+    # loads"). One plane (widths >= 1024) leaves room for the 128 x 64 tile with two blocks a step (15 KiB):
+    # 1.04-1.10x the 64 x 64 tile at the 8B shapes and 1.07-1.09x the one-block tile at 1B's (H100,
+    # docs/benchmarks.md, "The peer table with one int8 plane in the prompt's matmuls").
+    wide = MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=kb, pf=True, planes=planes)
+    if planes == 1 and adapter.fits(wide.shared_bytes()):
+        return wide
     if N >= 4096:
         return MatmulI8Tiling(tm=64, tn=64, rm=4, rn=4, kb=kb, pf=True, planes=planes)
-    return MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1, pf=True, planes=planes)
+    return replace(wide, kb=1)
 
 
 def _sgmat_fits(adapter: Adapter, t: MatmulSgmatTiling | MatmulSgmatF16Tiling) -> bool:
@@ -1130,7 +1147,7 @@ def sgmat_prefill_tiling(
     adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY, kv_dtype: str | None = None
 ) -> PrefillTiling | None:
     """attention_prefill_sgmat's tiling where it applies (else None): a GPU adapter with f16 subgroup
-    matrices, head_dim a multiple of 16, the policy asking for it (see SGMAT_ATTENTION_AUTO), a KV cache
+    matrices, head_dim a multiple of 16, the policy asking for it (see SGMAT_ATTENTION_MIN_HEAD_DIM), a KV cache
     of f16 values (kv_dtype f16 or f16x2; None: kv_cache_dtype's). Not an f32 cache: the kernel rounds K and V
     to f16 (inf past 65504), and an f32 cache is there to be attended in f32 (KernelPolicy.kv_cache "f32":
     CPU adapters, comparisons with transformers to 1e-5). Up to 64 query rows a workgroup (4 subgroups;
@@ -1142,7 +1159,7 @@ def sgmat_prefill_tiling(
     kind = policy.prefill_attention_kernel
     if (
         kind == "lanes"
-        or (kind == "auto" and not SGMAT_ATTENTION_AUTO and not (t is not None and t.sgmat))
+        or (kind == "auto" and head_dim < SGMAT_ATTENTION_MIN_HEAD_DIM and not (t is not None and t.sgmat))
         or adapter.cpu
         or not adapter.f16_subgroup_matrix
         or head_dim % 16
@@ -1152,7 +1169,7 @@ def sgmat_prefill_tiling(
         return None
     if t is None:
         unit = 16 // math.gcd(group, 16)  # tokens whose rows fill whole subgroups
-        t = PrefillTiling(max(unit, 64 // group // unit * unit), 32, sgmat=True)
+        t = PrefillTiling(max(unit, 64 // group // unit * unit), 32, sgmat=True, sgc=True)
     rows = t.tq * group
     ok = (
         rows % 16 == 0
