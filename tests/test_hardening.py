@@ -958,7 +958,8 @@ async def _async_progress(event: dict) -> None:
         ({"device": "cpu"}, "device"),  # was AttributeError: 'str' object has no attribute 'info'
         ({"device": {"backend": "native"}}, "device"),  # the same AttributeError
     ],
-    ids=repr,
+    # a function's id by its name, not its repr (an address): the same ids in every pytest-xdist worker
+    ids=lambda v: repr({k: getattr(x, "__name__", x) for k, x in v.items()} if isinstance(v, dict) else v),
 )
 def test_bad_create_arguments_are_request_errors_naming_them(tiny_path, device, loop, kw, match):
     """webllm_py.create(model, **options): what Engine.load cannot take is named in a RequestError
