@@ -135,8 +135,8 @@ def test_sgmat_prefill_two_pass_emulated(device, monkeypatch, case):
 
 def test_planner_rows():
     """The planner's row: attention_prefill_sgmat under prefill_attention_kernel="sgmat-f16" (or an sgmat tiling)
-    on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0, and by default from head_dim 128
-    (planner.SGMAT_ATTENTION_MIN_HEAD_DIM); the lanes form below it, under "lanes" and where it does not fit;
+    on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0, and by default at head_dim 128
+    (planner.SGMAT_ATTENTION_HEAD_DIMS); the lanes form at others, under "lanes" and where it does not fit;
     "sgmat-f16" without it is an error. The planned tile loads and stores its matrices at constant offsets (sgc)."""
     a = Adapter(subgroups=True, subgroup_min=32, workgroup_storage=49152, f16=True, f16_subgroup_matrix=True)
     sg = KernelPolicy(prefill_attention_kernel="sgmat-f16")
@@ -146,9 +146,10 @@ def test_planner_rows():
     assert prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(16, 64, sgmat=True))).tk == 64
     with pytest.raises(ValueError, match="sgmat-f16"):  # 128 rows: Q does not fit where the K/V tile goes
         prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(32, 32, sgmat=True)))
-    assert prefill_tiles(a, 128, 4) == PrefillTiling(16, 32, sgmat=True, sgc=True)  # "auto" from head_dim 128
-    assert prefill_tiles(a, 256, 4) == PrefillTiling(16, 32, sgmat=True, sgc=True)  # Gemma-3's heads
-    assert not prefill_tiles(a, 64, 4).sgmat  # below it the lanes form
+    assert prefill_tiles(a, 128, 4) == PrefillTiling(16, 32, sgmat=True, sgc=True)  # "auto" at head_dim 128
+    assert not prefill_tiles(a, 64, 4).sgmat  # the lanes form at 64 (faster there) and 256 (not measured)
+    assert not prefill_tiles(a, 256, 4).sgmat
+    assert prefill_tiles(a, 256, 4, sg) == PrefillTiling(16, 32, sgmat=True, sgc=True)  # asked for: Gemma-3's heads
     assert not prefill_tiles(a, 128, 4, KernelPolicy(prefill_attention_kernel="lanes")).sgmat
     for adapter, head_dim in (
         (a, 120),  # head_dim not a multiple of 16
@@ -203,7 +204,7 @@ def test_f32_cache_is_never_attended_in_f16(device, monkeypatch):
     scores stay ordinary), which the f16 kernel turned into inf and NaN."""
     layout, N, chunks = (6, 2, 32), 40, [24, 16]
     adapter = as_sgmat_adapter(device, monkeypatch, subgroups=False)  # the lanes form would need subgroups
-    monkeypatch.setattr(planner, "SGMAT_ATTENTION_MIN_HEAD_DIM", 0)
+    monkeypatch.setattr(planner, "SGMAT_ATTENTION_HEAD_DIMS", frozenset({32}))
     assert prefill_tiles(adapter, 32, 3, KernelPolicy(kv_cache="f16")).sgmat  # as "auto" would, given the choice
     q, k, v = make_qkv(N, 6, layout)
     qh, kh, vh = q.reshape(N, 6, 32), k.reshape(N, 2, 32), v.reshape(N, 2, 32)

@@ -452,12 +452,13 @@ def parse_staged_tilings(spec: str) -> tuple[tuple[str, StagedTiling], ...]:
 # KernelPolicy.prefill's choices (bench --prefill-kernel)
 PREFILL_KERNELS = ("auto", "sgmat", "sgmat-f16", "i8x2", "i8", "f32")
 PREFILL_ATTENTION_KERNELS = ("auto", "lanes", "sgmat-f16")
-# "auto" takes attention_prefill_sgmat from this head_dim: on the H200 (Dawn) it was right (prefill_attention_check
+# "auto" takes attention_prefill_sgmat at these head dims: on the H200 (Dawn) it was right (prefill_attention_check
 # --dawn) but slower than the lanes form at head_dim 64 (1B: 3.18 vs 2.25 ms a 512-token chunk; 2.5 vs 2.0 in two
 # passes on the H100); at 128 (8B) its form with the products at constant offsets (sgc) took 8.7 GPU ms against the
 # lanes form's 11.1 a 512-token prompt, two runs each alternating on the H100 (docs/benchmarks.md, "The peer table
-# with one int8 plane in the prompt's matmuls"). "sgmat-f16" asks for it at any head_dim, "lanes" never.
-SGMAT_ATTENTION_MIN_HEAD_DIM = 128
+# with one int8 plane in the prompt's matmuls"). Not 256 (Gemma-3): neither timed nor checked on a device there.
+# "sgmat-f16" asks for it at any head_dim, "lanes" never.
+SGMAT_ATTENTION_HEAD_DIMS = frozenset({128})
 
 
 # KernelPolicy.fold_norm_max_k's default: matvec_q4 (rows that are not whole 256-weight units: SmolLM2's 576,
@@ -517,7 +518,7 @@ class KernelPolicy:
     step_tiling: StepTiling | None = None  # attention_step's (None: by the number of kv heads)
     prefill_attention: PrefillTiling | None = None  # attention_prefill's on GPUs (None: prefill_tiles' rule)
     # prompt attention: "sgmat-f16" requires attention_prefill_sgmat (f16 subgroup matrices), "lanes" never
-    # takes it (attention_prefill's GPU forms), "auto" where the adapter has them from SGMAT_ATTENTION_MIN_HEAD_DIM
+    # takes it (attention_prefill's GPU forms), "auto" where the adapter has them at SGMAT_ATTENTION_HEAD_DIMS
     prefill_attention_kernel: str = "auto"
     # the KV cache's element: "auto" (kv_cache_dtype's rule), "f32" (tests that compare with
     # transformers' f32 cache to 1e-5 rather than f16's 1e-3), "f16" (needs shader-f16) or "f16x2" (f16
@@ -1147,7 +1148,7 @@ def sgmat_prefill_tiling(
     adapter: Adapter, head_dim: int, group: int, policy: KernelPolicy = DEFAULT_POLICY, kv_dtype: str | None = None
 ) -> PrefillTiling | None:
     """attention_prefill_sgmat's tiling where it applies (else None): a GPU adapter with f16 subgroup
-    matrices, head_dim a multiple of 16, the policy asking for it (see SGMAT_ATTENTION_MIN_HEAD_DIM), a KV cache
+    matrices, head_dim a multiple of 16, the policy asking for it (see SGMAT_ATTENTION_HEAD_DIMS), a KV cache
     of f16 values (kv_dtype f16 or f16x2; None: kv_cache_dtype's). Not an f32 cache: the kernel rounds K and V
     to f16 (inf past 65504), and an f32 cache is there to be attended in f32 (KernelPolicy.kv_cache "f32":
     CPU adapters, comparisons with transformers to 1e-5). Up to 64 query rows a workgroup (4 subgroups;
@@ -1159,7 +1160,7 @@ def sgmat_prefill_tiling(
     kind = policy.prefill_attention_kernel
     if (
         kind == "lanes"
-        or (kind == "auto" and head_dim < SGMAT_ATTENTION_MIN_HEAD_DIM and not (t is not None and t.sgmat))
+        or (kind == "auto" and head_dim not in SGMAT_ATTENTION_HEAD_DIMS and not (t is not None and t.sgmat))
         or adapter.cpu
         or not adapter.f16_subgroup_matrix
         or head_dim % 16
