@@ -3,7 +3,7 @@
 #   scripts/peer_bundle.sh DIR
 # DIR gets: src.tar.xz + REV (`git archive HEAD` of this checkout), node.xz (this machine's Node 20),
 # js.tar.xz (npm `pyodide` and `webgpu` with only dawn.node for linux-x64, from build/vendor/node_modules),
-# whl/ (wgpu 0.32 + deps for CPython 3.12, gguf, jinja2, the pure markupsafe wheel), gl/ (the Vulkan loader deb),
+# whl/ (wgpu 0.32 + deps for CPython 3.12, gguf, jinja2, the pure markupsafe wheel, pytest-xdist + execnet), gl/ (the Vulkan loader deb),
 # vocab.gguf (the sdist's Llama 3 vocabulary), llama.cpp.tar.xz (the PyPI `llama-cpp-python` 0.3.36 sdist's
 # vendor/llama.cpp minus the backends, tools and assets llama-bench does not need: ~4 MB). ~49 MiB, under the
 # device call's 64 MiB carry.
@@ -25,7 +25,8 @@ fi
 mkdir -p "$DIR/whl" "$DIR/gl"
 if ! ls "$DIR"/whl/wgpu-*.whl > /dev/null 2>&1; then
     "$PIP" download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
-        --platform manylinux2014_x86_64 -d "$DIR/whl" wgpu==0.32.0 cffi pycparser rendercanvas sniffio gguf jinja2==3.1.6
+        --platform manylinux2014_x86_64 -d "$DIR/whl" wgpu==0.32.0 cffi pycparser rendercanvas sniffio gguf jinja2==3.1.6 \
+        pytest-xdist execnet  # the device tests: pyproject's addopts pass pytest -n
     cp "$ROOT"/build/vendor/wheels/markupsafe-*-py3-none-any.whl "$DIR/whl/"  # pure build (scripts/setup.sh)
 fi
 ls "$DIR"/gl/libvulkan1_*.deb > /dev/null 2>&1 || (cd "$DIR/gl" && apt-get download libvulkan1)
