@@ -916,7 +916,7 @@ def i8_tiling(
     # with kb 2). The best of the tilings swept on the H200 at 512-token shapes: 1.05-1.11x and 1.11-1.13x
     # the tiles before (64 x 64 / 64 x 32 without pf; docs/benchmarks.md, "matmul_i8 with the next K step's
     # loads"). One plane (widths >= 1024) leaves room for the 128 x 64 tile with two blocks a step (15 KiB):
-    # 1.04-1.10x the 64 x 64 tile at the 8B shapes and 1.07-1.09x the one-block tile at 1B's (H100,
+    # 1.04-1.10x the 64 x 64 tile at the 8B shapes, 1.06-1.09x the tiles before at 1B's (H100,
     # docs/benchmarks.md, "The peer table with one int8 plane in the prompt's matmuls").
     wide = MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=kb, pf=True, planes=planes)
     if planes == 1 and adapter.fits(wide.shared_bytes()):
