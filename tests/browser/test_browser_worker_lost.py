@@ -84,7 +84,13 @@ def test_aborted_loads_stop_downloading_and_only_one_is_fetched_ahead(chromium, 
             window.loads = window.ctls.map((ctl) => webllm.client().request("load", { model }, { signal: ctl.signal })
                 .then(() => "loaded", (e) => e.name));
         }""")
-        page.wait_for_timeout(1500)
+        # The first load's model request is held from its start; the second would show within the wait after it.
+        page.wait_for_timeout(500)
+        for _ in range(60):
+            if held:
+                break
+            page.wait_for_timeout(500)
+        page.wait_for_timeout(1000)
         ahead = len(held)
         r = page.evaluate("""async () => {
             const { download } = await import("/download.js");
@@ -94,7 +100,9 @@ def test_aborted_loads_stop_downloading_and_only_one_is_fetched_ahead(chromium, 
             await new Promise((r) => setTimeout(r, 300));
             ctl.abort();
             for (const c of window.ctls) c.abort();
-            const within = (p) => Promise.race([p, new Promise((r) => setTimeout(() => r("still waiting"), 5000))]);
+            // The held response never ends, so any settling is the abort's; the window is wide because the worker
+            // reads the abort only between its start-up's synchronous steps (seconds on a loaded 2-core CI machine).
+            const within = (p) => Promise.race([p, new Promise((r) => setTimeout(() => r("still waiting"), 30000))]);
             return { direct: await within(direct), loads: await within(Promise.all(window.loads)),
                      cached: await webllm.hasModelInCache("SmolLM2-135M-Instruct.Q4_1.gguf") };
         }""")
