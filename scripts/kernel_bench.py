@@ -833,14 +833,17 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
     from dataclasses import replace
 
     from webllm_py.linear import MatmulI8Tiling
+    from webllm_py.planner import Adapter, KernelPolicy, i8_tiling
 
     T = 128 if QUICK else 512
     params = dev.buffer_from(struct.pack("<2I", 0, T))
-    # the planner's tile (64 x 64, 4 x 4 a thread; 64 x 32, 4 x 2 under 4096 rows) against register prefetch
-    # (pf) and taller / wider tiles with one block a K step (what fits WebGPU's 16 KiB of workgroup memory)
+    # the planner's tile (planner.i8_tiling for this adapter, weight and plane count) against the first tiles
+    # (64 x 64, 4 x 4 a thread; 64 x 32, 4 x 2 under 4096 rows; "first+pf": with register prefetch) and taller /
+    # wider tiles with one block a K step (what fits WebGPU's 16 KiB of workgroup memory)
     I8_FORMS = {
-        "planner": None,
-        "planner+pf": "pf",
+        "planner": "planner",
+        "first": None,
+        "first+pf": "pf",
         "64x64 4x4 kb1 pf": MatmulI8Tiling(tm=64, tn=64, rm=4, rn=4, kb=1, pf=True),
         "128x64 8x4 kb1": MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1),
         "128x64 8x4 kb1 pf": MatmulI8Tiling(tm=128, tn=64, rm=8, rn=4, kb=1, pf=True),
@@ -864,8 +867,16 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
             xb, yb = dev.create_buffer(T * k * 4), dev.create_buffer(T * n * 4)
             recs = {}
             for name, tl in I8_FORMS.items():
-                planner = MatmulI8Tiling(tm=64, tn=64 if n >= 4096 else 32, rm=4, rn=4 if n >= 4096 else 2)
-                tl = planner if tl is None else MatmulI8Tiling(**{**planner.__dict__, "pf": True}) if tl == "pf" else tl
+                if tl == "planner":
+                    pol = KernelPolicy(prefill="i8" if I8_PLANES == 1 else "i8x2")
+                    tl = i8_tiling(Adapter.of(dev), GGMLType[qtype], k, n, pol)
+                    if tl is None:
+                        emit(kind="i8", qtype=qtype, N=n, K=k, form=name, error="the planner keeps the f32 matmul")
+                        continue
+                    name = f"planner ({tl.tm}x{tl.tn} {tl.rm}x{tl.rn} kb{tl.kb}{' pf' if tl.pf else ''})"
+                else:
+                    first = MatmulI8Tiling(tm=64, tn=64 if n >= 4096 else 32, rm=4, rn=4 if n >= 4096 else 2)
+                    tl = first if tl is None else replace(first, pf=True) if tl == "pf" else tl
                 tl = replace(tl, planes=I8_PLANES)
                 try:
                     b = Linear(dev, w, matmul=tl).bind(xb, yb, params)
