@@ -78,19 +78,10 @@ if [ -z "${LLAMA_BIN:-}" ]; then
     [ -x $LLAMA_BIN/llama-bench ] || build_llama || echo "llama.cpp: build failed"
 fi
 [ -z "${PEER_BUILD_ONLY:-}" ] || exit 0
-export LD_LIBRARY_PATH=$LLAMA_BIN:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$LLAMA_BIN:${LD_LIBRARY_PATH:-}  # (device_env.sh adds NVIDIA's)
 
-# -- webllm_py's hosts: Vulkan loader, NVIDIA's ICD, wheels, Node + npm packages -------------------------------
-for f in "$DIR"/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-# NVIDIA's GLX Vulkan ICD fails headless; its EGL library works (as in scripts/device_bench.sh)
-printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/icd.json
-export VK_DRIVER_FILES=/tmp/icd.json
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DIR"/whl/*.whl || exit 1
-mkdir -p "$SRC/build/vendor/node_modules" "$SRC/build/vendor/wheels"
-tar xJf "$DIR/js.tar.xz" -C "$SRC/build/vendor/node_modules"
-cp "$DIR"/whl/jinja2-*.whl "$DIR"/whl/markupsafe-*.whl "$SRC/build/vendor/wheels/"
-xz -dc "$DIR/node.xz" > /tmp/node && chmod +x /tmp/node
-export WEBLLM_NODE=/tmp/node PYTHONPATH=/tmp/site:$SRC PYTHONUNBUFFERED=1
+# -- webllm_py's hosts: Vulkan loader, NVIDIA's ICD, wheels, Node + npm packages; quiet and record -----------
+. "$SRC/scripts/device_env.sh"
 cd "$SRC" || exit 1
 
 # -- the runs: each appends one JSON line {file, engine, ...} to $LOG ------------------------------------------
@@ -98,35 +89,6 @@ DEC=${PEER_DECODE:-256}
 A="--prompt-tokens 512 --decode-tokens $DEC --token-ids 32 --gpu-reps 0"
 SGMAT=$(python3 -m webllm_py dawn-bench --help 2>/dev/null | grep -o -- '--[a-z-]*subgroup-matri[a-z-]*' | head -1)
 echo "dawn-bench subgroup-matrix option: ${SGMAT:-none}"
-quiet() {  # with PEER_MAX_LOAD: wait (at most PEER_LOAD_WAIT s) for the 1-minute load average to fall below it
-    [ -n "${PEER_MAX_LOAD:-}" ] || return 0
-    local t0=$SECONDS
-    while [ $((SECONDS - t0)) -lt "${PEER_LOAD_WAIT:-60}" ] && awk -v m="$PEER_MAX_LOAD" '{exit !($1 >= m)}' /proc/loadavg; do
-        sleep 2
-    done
-    [ $((SECONDS - t0)) -lt 2 ] || echo "waited $((SECONDS - t0)) s for the load to fall below $PEER_MAX_LOAD: $(cut -d' ' -f1 /proc/loadavg)"
-}
-record() {  # record FILE ENGINE TIMEOUT CMD...: the command's last JSON line, or its last error line as the reason
-    local f=$1 e=$2 t=$3; shift 3
-    quiet
-    echo "+ $*"
-    local state
-    state="$(nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu --format=csv,noheader 2>/dev/null | head -1); load $(cut -d' ' -f1-3 /proc/loadavg)"
-    timeout "$t" "$@" > /tmp/run.out 2> /tmp/run.err; local rc=$?
-    python3 - "$f" "$e" "$rc" "$state" >> "$LOG" <<'EOF'
-import json, sys
-f, e, rc, state = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-lines = [l for l in open("/tmp/run.out") if l.startswith("{")]
-r = {"file": f, "engine": e, "state": state}
-if rc == 0 and lines:
-    r.update(json.loads(lines[-1]))
-else:
-    err = [l.strip() for l in open("/tmp/run.err", errors="replace") if l.strip() and not l.startswith("Warning")]
-    r["error"] = "timed out" if rc == 124 else (err[-1][:160] if err else f"exit {rc}")
-print(json.dumps(r))
-EOF
-    tail -1 "$LOG" | cut -c1-400
-}
 llama() {  # llama FILE: pp512 and tg256 at depth 512, one JSON line
     local f=$1
     echo "+ llama-bench -m $f -fa 1 -ngl 99 -p 512 -n 0 ; -p 0 -n 256 -d 512"

@@ -1,12 +1,13 @@
 #!/bin/bash
 # Makes the bundle scripts/peer_bench.sh runs from on the device (nothing can be downloaded there):
-#   scripts/peer_bundle.sh DIR
+#   scripts/peer_bundle.sh DIR [BASE]
 # DIR gets: src.tar.xz + REV (`git archive HEAD` of this checkout), node.xz (this machine's Node 20),
 # js.tar.xz (npm `pyodide` and `webgpu` with only dawn.node for linux-x64, from build/vendor/node_modules),
 # whl/ (wgpu 0.32 + deps for CPython 3.12, gguf, jinja2, the pure markupsafe wheel, pytest-xdist + execnet), gl/ (the Vulkan loader deb),
 # vocab.gguf (the sdist's Llama 3 vocabulary), llama.cpp.tar.xz (the PyPI `llama-cpp-python` 0.3.36 sdist's
 # vendor/llama.cpp minus the backends, tools and assets llama-bench does not need: ~4 MB). ~49 MiB, under the
-# device call's 64 MiB carry.
+# device call's 64 MiB carry. With BASE (a commit): also old.tar.xz (`git archive BASE`) and OLDREV, the A side of
+# scripts/ab_bench.sh.
 set -eu
 DIR=$(mkdir -p "$1" && cd "$1" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,12 @@ trap 'rm -rf "$T"' EXIT
 
 git -C "$ROOT" archive HEAD | xz -T2 > "$DIR/src.tar.xz"
 git -C "$ROOT" rev-parse --short HEAD > "$DIR/REV"
+if [ -n "${2:-}" ]; then
+    git -C "$ROOT" archive "$2" | xz -T2 > "$DIR/old.tar.xz"
+    git -C "$ROOT" rev-parse --short "$2" > "$DIR/OLDREV"
+else
+    rm -f "$DIR/old.tar.xz" "$DIR/OLDREV"  # a bundle made again without BASE: ab_bench.sh compares arguments
+fi
 [ -f "$DIR/node.xz" ] || xz -T2 -c "$(command -v node)" > "$DIR/node.xz"
 if [ ! -f "$DIR/js.tar.xz" ]; then
     NM=$ROOT/build/vendor/node_modules

@@ -1,0 +1,112 @@
+#!/bin/bash
+# Whole-model A/B on the device: tree A (an older commit, or this tree with other arguments) against tree B
+# (this one), the same random-weight GGUF files, alternating in one call, printed as one markdown table (B/A).
+# Kernel timings say what a kernel does alone; this says what the change does to a model's prefill and decode.
+#
+# The bundle: `scripts/peer_bundle.sh DIR BASE` also puts `git archive BASE` into DIR/old.tar.xz (and its short
+# hash into DIR/OLDREV): A is then BASE, B this tree. Without BASE (no old.tar.xz) A and B are both this tree and
+# differ only in AB_A_ARGS / AB_B_ARGS (a flag against its default). On the device, with DIR carried:
+#   PEER_DIR=DIR bash scripts/ab_bench.sh                         (B = the working tree it runs from)
+# Env:
+#   PEER_DIR       the bundle (default: the working directory)
+#   AB_FILES       shape:quant list (default: llama-3.2-1b:Q4_0 llama-3.1-8b:Q4_0); files are made in /tmp as
+#                  peer_bench.sh makes them (the same names: a file either made is reused)
+#   AB_ENGINES     of native, dawn, dawn-sgmat (default: all three; dawn-sgmat where dawn-bench has the option)
+#   AB_ARGS        bench arguments of both (default: --prompt-tokens 512 --decode-tokens 128 --token-ids 32 --gpu-reps 0)
+#   AB_A_ARGS, AB_B_ARGS   further arguments of one side only
+#   AB_REPS        rounds (default 2); in each, every file and engine runs A and B back to back, the order
+#                  swapped each round (so neither side always runs first, on a warmer GPU)
+#   AB_DEADLINE    rounds after the first start only while the script has run fewer than this many seconds
+#   PEER_MAX_LOAD, PEER_LOAD_WAIT   as in peer_bench.sh (wait for a quiet host before each run)
+# A cell is the median of its runs with their range; "B/A" is the ratio of the medians (higher is faster).
+set -u
+DIR=$(cd "${PEER_DIR:-$PWD}" && pwd)
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$DIR/out}; mkdir -p "$OUT"
+LOG=$OUT/ab.jsonl; : > "$LOG"
+date -u +%FT%TZ
+if git -C "$SRC" rev-parse --short HEAD > /dev/null 2>&1; then
+    echo "B: tree $(git -C "$SRC" rev-parse --short HEAD)$(git -C "$SRC" diff --quiet HEAD -- . 2>/dev/null || echo " + changes")"
+fi
+echo "B: sources $(bash "$SRC/scripts/source_hash.sh" 2>/dev/null || echo "?") (scripts/source_hash.sh COMMIT gives a commit's)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+
+. "$SRC/scripts/device_env.sh"  # DEVICE_SETUP=0: this machine's own hosts (AB_PYTHON, AB_SITE for its Python)
+PY=${AB_PYTHON:-python3}
+A_TREE=$SRC
+if [ -f "$DIR/old.tar.xz" ]; then
+    A_TREE=/tmp/ab-old; rm -rf $A_TREE; mkdir -p $A_TREE && tar xJf "$DIR/old.tar.xz" -C $A_TREE || exit 1
+    if [ "${DEVICE_SETUP:-1}" != 0 ]; then vendor_tree $A_TREE; else ln -s "$SRC/build" $A_TREE/build; fi
+    echo "A: $(cat "$DIR/OLDREV" 2>/dev/null || echo "old.tar.xz"), sources $(bash $A_TREE/scripts/source_hash.sh 2>/dev/null || echo "?")"
+else
+    echo "A: this tree${AB_A_ARGS:+ with $AB_A_ARGS}; B: this tree${AB_B_ARGS:+ with $AB_B_ARGS}"
+fi
+
+ARGS=${AB_ARGS:---prompt-tokens 512 --decode-tokens 128 --token-ids 32 --gpu-reps 0}
+SGMAT=$(cd "$SRC" && $PY -m webllm_py dawn-bench --help 2>/dev/null | grep -o -- '--[a-z-]*subgroup-matri[a-z-]*' | head -1)
+# run SIDE ENGINE FILE: one run of a side's tree (its own folder first on sys.path: `python -m` puts the working
+# directory there, so the run starts in that tree)
+run() {
+    local side=$1 e=$2 f=$3 tree=$SRC extra=${AB_B_ARGS:-} cmd=bench opt=""
+    [ "$side" = B ] || { tree=$A_TREE; extra=${AB_A_ARGS:-}; }
+    [ "$e" = native ] || cmd=dawn-bench
+    [ "$e" != dawn-sgmat ] || opt=$SGMAT
+    [ "$e" != dawn-sgmat ] || [ -n "$SGMAT" ] || { echo "dawn-sgmat: dawn-bench has no subgroup-matrix option"; return; }
+    # shellcheck disable=SC2086  # the argument lists split on spaces
+    record "$f" "$side/$e" 300 env -C "$tree" PYTHONPATH="${AB_SITE:-/tmp/site}:$tree" $PY -m webllm_py $cmd --model "$f" $ARGS $extra $opt
+}
+FILES=""
+for sq in ${AB_FILES:-llama-3.2-1b:Q4_0 llama-3.1-8b:Q4_0}; do
+    sh=${sq%%:*}; q=${sq##*:}; f=/tmp/$sh-$q.gguf
+    vocab=""; [ ! -f "$DIR/vocab.gguf" ] || vocab="--vocab $DIR/vocab.gguf"
+    [ -f "$f" ] || (cd "$SRC" && $PY scripts/random_gguf.py $vocab --shape "$sh" --quant "$q" "$f.part" && mv "$f.part" "$f") || continue
+    FILES="$FILES $f"
+done
+for rep in $(seq 1 "${AB_REPS:-2}"); do
+    [ "$rep" = 1 ] || [ $SECONDS -lt "${AB_DEADLINE:-999999}" ] || { echo "round $rep: deadline (AB_DEADLINE) reached"; break; }
+    order="A B"; [ $((rep % 2)) = 1 ] || order="B A"
+    for f in $FILES; do
+        for e in ${AB_ENGINES:-native dawn dawn-sgmat}; do
+            for side in $order; do run "$side" "$e" "$f"; done
+        done
+    done
+done
+
+# -- the table -------------------------------------------------------------------------------------------------
+$PY - "$LOG" <<'PY'
+import json, os, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+runs = {}  # (file, engine, side) -> its runs
+for r in rows:
+    side, engine = r["engine"].split("/", 1)
+    runs.setdefault((r["file"], engine, side), []).append(r)
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def cell(rs, key):
+    ok = [r[key] for r in rs if "error" not in r and key in r]
+    if not ok:
+        err = [r["error"] for r in rs if "error" in r]
+        return None, ("failed: " + err[0].replace("|", "/")) if err else "not run"
+    m = median(ok)
+    text = f"{m:,.0f}" + (f" [{len(ok)} runs: {min(ok):,.0f}-{max(ok):,.0f}]" if len(ok) > 1 else "")
+    return m, text + (f", {len(rs) - len(ok)} failed" if len(ok) < len(rs) else "")
+
+
+print("\n| file | engine | metric | A | B | B/A |\n|---|---|---|---|---|---|")
+same = []
+for f, engine in dict.fromkeys((f, e) for f, e, _ in runs):
+    a, b = runs.get((f, engine, "A"), []), runs.get((f, engine, "B"), [])
+    for key, label in (("prefill_tok_s", "prefill tok/s"), ("decode_tok_s", "decode tok/s")):
+        (ma, ta), (mb, tb) = cell(a, key), cell(b, key)
+        ratio = f"{mb / ma:.3f}" if ma and mb else "-"
+        print(f"| {os.path.basename(f)[:-5]} | {engine} | {label} | {ta} | {tb} | {ratio} |")
+    ids = [{tuple(r["token_ids"]) for r in rs if r.get("token_ids")} for rs in (a, b)]
+    if all(ids):  # every run of a side gave the same ids, and both sides the same
+        same.append(f"{os.path.basename(f)} {engine}: greedy ids of A == B: {len(ids[0] | ids[1]) == 1}")
+print("\n".join([""] + same))
+PY
