@@ -25,19 +25,17 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$DIR/out}; mkdir -p "$OUT"
 LOG=$OUT/ab.jsonl; : > "$LOG"
 date -u +%FT%TZ
-if git -C "$SRC" rev-parse --short HEAD > /dev/null 2>&1; then
-    echo "B: tree $(git -C "$SRC" rev-parse --short HEAD)$(git -C "$SRC" diff --quiet HEAD -- . 2>/dev/null || echo " + changes")"
-fi
-echo "B: sources $(bash "$SRC/scripts/source_hash.sh" 2>/dev/null || echo "?") (scripts/source_hash.sh COMMIT gives a commit's)"
+. "$SRC/scripts/device_env.sh"
+describe "B: " "$SRC"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 
-. "$SRC/scripts/device_env.sh"  # DEVICE_SETUP=0: this machine's own hosts (AB_PYTHON, AB_SITE for its Python)
+device_setup  # DEVICE_SETUP=0: this machine's own hosts (AB_PYTHON, AB_SITE for its Python)
 PY=${AB_PYTHON:-python3}
 A_TREE=$SRC
 if [ -f "$DIR/old.tar.xz" ]; then
     A_TREE=/tmp/ab-old; rm -rf $A_TREE; mkdir -p $A_TREE && tar xJf "$DIR/old.tar.xz" -C $A_TREE || exit 1
     if [ "${DEVICE_SETUP:-1}" != 0 ]; then vendor_tree $A_TREE; else ln -s "$SRC/build" $A_TREE/build; fi
-    echo "A: $(cat "$DIR/OLDREV" 2>/dev/null || echo "old.tar.xz"), sources $(bash $A_TREE/scripts/source_hash.sh 2>/dev/null || echo "?")"
+    echo "A: $(cat "$DIR/OLDREV" 2>/dev/null || echo "old.tar.xz")"; describe "A: " $A_TREE
 else
     echo "A: this tree${AB_A_ARGS:+ with $AB_A_ARGS}; B: this tree${AB_B_ARGS:+ with $AB_B_ARGS}"
 fi

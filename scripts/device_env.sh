@@ -1,28 +1,41 @@
 #!/bin/bash
-# Sourced on the device by scripts/peer_bench.sh and scripts/ab_bench.sh (nothing can be downloaded there):
-# sets up webllm_py's hosts from the bundle of scripts/peer_bundle.sh and defines the run helpers.
-#   DIR   the bundle (gl/*.deb, whl/*.whl, node.xz, js.tar.xz)
-#   SRC   the tree that runs (its build/vendor gets the npm packages and wheels dawn-bench needs)
-#   LOG   where `record` appends its JSON lines
-# After it: the Vulkan loader, NVIDIA's ICD, the wheels in /tmp/site, Node in /tmp/node (WEBLLM_NODE),
-# PYTHONPATH=/tmp/site:$SRC, and the functions vendor_tree, quiet and record.
-# DEVICE_SETUP=0: the functions only (trying a script on a machine with its own hosts, e.g. lavapipe here).
+# Sourced on the device by scripts/peer_bench.sh and scripts/ab_bench.sh (nothing can be downloaded there): the
+# functions they share. Sourcing it runs nothing.
+#   describe LABEL TREE   prints which code TREE holds (its commit where it is a checkout, its sources' fingerprint)
+#   device_setup          webllm_py's hosts from the bundle of scripts/peer_bundle.sh: the Vulkan loader, NVIDIA's
+#                         ICD, the wheels in /tmp/site, Node in /tmp/node (WEBLLM_NODE), PYTHONPATH=/tmp/site:$SRC,
+#                         and $SRC/build/vendor; DEVICE_SETUP=0 skips it (a machine with its own hosts, e.g.
+#                         lavapipe here, trying a script)
+#   vendor_tree TREE      npm `pyodide` + `webgpu` and the worker's wheels where TREE's dawn-bench looks
+#   quiet, record         below
+# Variables: DIR (the bundle: gl/*.deb, whl/*.whl, node.xz, js.tar.xz), SRC (the tree that runs), LOG (record's).
 
-vendor_tree() {  # vendor_tree TREE: npm `pyodide` + `webgpu` and the worker's wheels where TREE's dawn-bench looks
+describe() {
+    # the code that runs: a git checkout's HEAD (+ its uncommitted changes) where it is one, and the code's own
+    # fingerprint, which still names what ran where the copy's .git is stale (the device's) or absent (an archive)
+    if git -C "$2" rev-parse --short HEAD > /dev/null 2>&1; then
+        echo "$1tree $(git -C "$2" rev-parse --short HEAD)$(git -C "$2" diff --quiet HEAD -- . 2>/dev/null || echo " + changes")"
+    fi
+    echo "$1sources $(bash "$2/scripts/source_hash.sh" 2>/dev/null || echo "?") (scripts/source_hash.sh COMMIT gives a commit's)"
+}
+
+vendor_tree() {
     mkdir -p "$1/build/vendor/node_modules" "$1/build/vendor/wheels"
     tar xJf "$DIR/js.tar.xz" -C "$1/build/vendor/node_modules"
     cp "$DIR"/whl/jinja2-*.whl "$DIR"/whl/markupsafe-*.whl "$1/build/vendor/wheels/"
 }
-if [ "${DEVICE_SETUP:-1}" != 0 ]; then
-for f in "$DIR"/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-# NVIDIA's GLX Vulkan ICD fails headless; its EGL library works (as in scripts/device_bench.sh)
-printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/icd.json
-export VK_DRIVER_FILES=/tmp/icd.json LD_LIBRARY_PATH=/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DIR"/whl/*.whl || exit 1
-xz -dc "$DIR/node.xz" > /tmp/node && chmod +x /tmp/node
-export WEBLLM_NODE=/tmp/node PYTHONPATH=/tmp/site:$SRC PYTHONUNBUFFERED=1
-vendor_tree "$SRC"
-fi
+
+device_setup() {
+    [ "${DEVICE_SETUP:-1}" != 0 ] || return 0
+    for f in "$DIR"/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+    # NVIDIA's GLX Vulkan ICD fails headless; its EGL library works (as in scripts/device_bench.sh)
+    printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/icd.json
+    export VK_DRIVER_FILES=/tmp/icd.json LD_LIBRARY_PATH=/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DIR"/whl/*.whl || exit 1
+    xz -dc "$DIR/node.xz" > /tmp/node && chmod +x /tmp/node
+    export WEBLLM_NODE=/tmp/node PYTHONPATH=/tmp/site:$SRC PYTHONUNBUFFERED=1
+    vendor_tree "$SRC"
+}
 
 quiet() {  # with PEER_MAX_LOAD: wait (at most PEER_LOAD_WAIT s) for the 1-minute load average to fall below it
     [ -n "${PEER_MAX_LOAD:-}" ] || return 0

@@ -48,16 +48,11 @@ DIR=$(cd "${PEER_DIR:-$PWD}" && pwd)
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$DIR/out}; mkdir -p "$OUT"
 LOG=$OUT/peer.jsonl; : > "$LOG"
-# the code that runs is $SRC's: a git checkout's HEAD (+ its uncommitted changes) where it is one, else the
-# bundle's `git archive` (REV); a bundle carried beside a checkout keeps its own, older REV
+. "$SRC/scripts/device_env.sh"
 date -u +%FT%TZ
-if git -C "$SRC" rev-parse --short HEAD > /dev/null 2>&1; then
-    echo "tree $(git -C "$SRC" rev-parse --short HEAD)$(git -C "$SRC" diff --quiet HEAD -- . 2>/dev/null || echo " + changes")"
-else
-    echo "tree $(cat "$DIR/REV" 2>/dev/null || echo "?")"
-fi
-# the code's own fingerprint: a copy whose .git is stale (the device's) still names what ran
-echo "sources $(bash "$SRC/scripts/source_hash.sh" 2>/dev/null || echo "?") (scripts/source_hash.sh COMMIT gives a commit's)"
+# $SRC's code: a checkout's HEAD (+ changes) where it is one, else the bundle's `git archive` (REV)
+git -C "$SRC" rev-parse --short HEAD > /dev/null 2>&1 || echo "tree $(cat "$DIR/REV" 2>/dev/null || echo "?")"
+describe "" "$SRC"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 # -- llama.cpp: a built llama-bench, or build it ---------------------------------------------------------------
@@ -80,8 +75,8 @@ fi
 [ -z "${PEER_BUILD_ONLY:-}" ] || exit 0
 export LD_LIBRARY_PATH=$LLAMA_BIN:${LD_LIBRARY_PATH:-}  # (device_env.sh adds NVIDIA's)
 
-# -- webllm_py's hosts: Vulkan loader, NVIDIA's ICD, wheels, Node + npm packages; quiet and record -----------
-. "$SRC/scripts/device_env.sh"
+# -- webllm_py's hosts: Vulkan loader, NVIDIA's ICD, wheels, Node + npm packages ------------------------------
+device_setup
 cd "$SRC" || exit 1
 
 # -- the runs: each appends one JSON line {file, engine, ...} to $LOG ------------------------------------------
