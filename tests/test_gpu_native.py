@@ -90,3 +90,25 @@ def test_map_read_gives_each_submissions_copy(device):
     exec(MAP_READ_RING, scope)
     got = run(scope["map_read_ring"](device))
     assert got == [[k, k + 1, k + 2, 7 * k] for k in range(5)] + [[5, 6, 0, 0]]
+
+
+def test_headless_start_prints_nothing():
+    """On a machine without a display (no XDG_RUNTIME_DIR: servers, containers, CI) making the native device
+    prints nothing to stderr: Mesa's device-select layer would have libwayland print "error: XDG_RUNTIME_DIR is
+    invalid ..." twice, which reads as this runtime's own error line (webllm_py/gpu/vulkan_env.py). A user's own
+    choice of the layer's switches is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from webllm_py.gpu.vulkan_env import quiet_device_select
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "WAYLAND_DISPLAY", "NODEVICE_SELECT")}
+    code = "from webllm_py.gpu.native import NativeDevice; NativeDevice(); print('made')"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "made", r.stderr
+    assert "XDG_RUNTIME_DIR" not in r.stderr and "error" not in r.stderr.lower(), r.stderr
+    for given in ({"MESA_VK_DEVICE_SELECT": "1002:6863"}, {"NODEVICE_SELECT": "0"}, {"XDG_RUNTIME_DIR": "/run/user/1"}):
+        e = dict(given)
+        quiet_device_select(e)
+        assert e == given  # steered by the user, or a display session: the layer stays as it is

@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .gpu.vulkan_env import quiet_device_select
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = ROOT / "scripts" / "dawn_host.mjs"
 MESA = ROOT / "build" / "mesa25"
@@ -83,6 +85,7 @@ class DawnHost:
             raise DawnHostError("node not found: install Node 20 or set WEBLLM_NODE")
         self._tmp = tempfile.TemporaryDirectory(prefix="webllm-dawn-")
         env = dict(os.environ)
+        quiet_device_select(env)
         if not env.get("VK_DRIVER_FILES"):
             env.update(_mesa_env(Path(self._tmp.name)))
         cmd = [node, str(HOST)]

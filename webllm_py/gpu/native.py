@@ -4,11 +4,13 @@ lavapipe (CPU) and for benchmarks on real GPUs. Mirrors browser.py call for call
 from __future__ import annotations
 
 import asyncio
+import os
 from contextlib import contextmanager
 from typing import Any, Sequence
 
 from ..errors import GPUCommandError, GPUUnavailableError, ShaderError
 from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, align_up
+from .vulkan_env import quiet_device_select
 
 # Features this runtime uses; wgpu-native names subgroups "subgroup".
 FLUSH_BYTES = 64 << 20  # bytes written between flushes of wgpu's staging buffers (write_buffer)
@@ -90,6 +92,7 @@ class NativeDevice(Device):
         except ImportError as e:  # pragma: no cover - depends on the install
             raise GPUUnavailableError("The native backend needs PyPI `wgpu` (pip install 'webllm_py[native]').") from e
         self._wgpu = wgpu
+        quiet_device_select(os.environ)  # before wgpu-native makes its Vulkan instance (vulkan_env.py says why)
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
         except Exception as e:
