@@ -228,6 +228,10 @@ VARIANTS = [
             ("pf", "sg_n=4, ti=4, pf=True, "),
             ("plain", "sg_n=4, ti=4, "),
             ("4x2 sg of 2x4, sgc", "sg_m=4, sg_n=2, ti=2, tj=4, sgc=True, "),
+            # 512 threads, half the accumulators and staged loads a thread: twice the warps to hide the staging's
+            # load latency in one workgroup an SM, or a second workgroup if the registers then allow it
+            ("4x4 sg of 2x2, pf sgc (512 threads)", "sg_m=4, sg_n=4, ti=2, tj=2, pf=True, sgc=True, "),
+            ("4x4 sg of 2x2, sgc (512 threads)", "sg_m=4, sg_n=4, ti=2, tj=2, sgc=True, "),
             ("kb1 sgc", "sg_n=4, ti=4, kb=1, sgc=True, "),
         )
     ],
