@@ -18,6 +18,7 @@
 #                  swapped each round (so neither side always runs first, on a warmer GPU)
 #   AB_DEADLINE    rounds after the first start only while the script has run fewer than this many seconds
 #   PEER_MAX_LOAD, PEER_LOAD_WAIT   as in peer_bench.sh (wait for a quiet host before each run)
+#   PEER_WARMUP    0: no throwaway Dawn run with subgroup matrices before the rounds (default: one, as peer_bench.sh)
 # A cell is the median of its runs with their range; "B/A" is the ratio of the medians (higher is faster).
 set -u
 DIR=$(cd "${PEER_DIR:-$PWD}" && pwd)
@@ -60,6 +61,8 @@ for sq in ${AB_FILES:-llama-3.2-1b:Q4_0 llama-3.1-8b:Q4_0}; do
     [ -f "$f" ] || (cd "$SRC" && $PY scripts/random_gguf.py $vocab --shape "$sh" --quant "$q" "$f.part" && mv "$f.part" "$f") || continue
     FILES="$FILES $f"
 done
+read -r first _ <<< "$FILES"
+if [ -n "$SGMAT" ] && [ "${PEER_WARMUP:-1}" != 0 ] && [ -n "$first" ]; then (cd "$SRC" && warm_dawn "$first" "$SGMAT"); fi
 for rep in $(seq 1 "${AB_REPS:-2}"); do
     [ "$rep" = 1 ] || [ $SECONDS -lt "${AB_DEADLINE:-999999}" ] || { echo "round $rep: deadline (AB_DEADLINE) reached"; break; }
     order="A B"; [ $((rep % 2)) = 1 ] || order="B A"

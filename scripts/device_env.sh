@@ -7,6 +7,9 @@
 #                         and $SRC/build/vendor; DEVICE_SETUP=0 skips it (a machine with its own hosts, e.g.
 #                         lavapipe here, trying a script)
 #   vendor_tree TREE      npm `pyodide` + `webgpu` and the worker's wheels where TREE's dawn-bench looks
+#   warm_dawn FILE OPTION one throwaway `dawn-bench` with OPTION (the subgroup-matrix one) on FILE, not recorded:
+#                         the first Dawn process with the f16 toggle on a fresh machine ran at a third of the speed
+#                         of the next ones (docs/benchmarks.md, "the first Dawn process with the f16 toggle")
 #   quiet, record         below
 # Variables: DIR (the bundle: gl/*.deb, whl/*.whl, node.xz, js.tar.xz), SRC (the tree that runs), LOG (record's).
 
@@ -35,6 +38,12 @@ device_setup() {
     xz -dc "$DIR/node.xz" > /tmp/node && chmod +x /tmp/node
     export WEBLLM_NODE=/tmp/node PYTHONPATH=/tmp/site:$SRC PYTHONUNBUFFERED=1
     vendor_tree "$SRC"
+}
+
+warm_dawn() {
+    echo "+ warm-up, not recorded: dawn-bench --model $1 $2 --prompt-tokens 512 --decode-tokens 16"
+    timeout 200 "${PY:-python3}" -m webllm_py dawn-bench --model "$1" --prompt-tokens 512 --decode-tokens 16 --gpu-reps 0 $2 2>/dev/null \
+        | tail -1 | cut -c1-160
 }
 
 quiet() {  # with PEER_MAX_LOAD: wait (at most PEER_LOAD_WAIT s) for the 1-minute load average to fall below it

@@ -117,9 +117,7 @@ for sq in ${PEER_FILES:-llama-3.2-1b:Q4_0 llama-3.2-1b:Q4_K_M llama-3.1-8b:Q4_0 
     [ -f "$f" ] || $G --shape "$sh" --quant "$q" "$f" || continue
     ls -l "$f"
     if [ -n "$SGMAT" ] && [ "${PEER_WARMUP:-1}" != 0 ] && [ -z "${warmed:-}" ]; then
-        warmed=1; echo "+ warm-up, not recorded: dawn-bench --model $f $SGMAT --prompt-tokens 512 --decode-tokens 16"
-        timeout 200 python3 -m webllm_py dawn-bench --model "$f" --prompt-tokens 512 --decode-tokens 16 --gpu-reps 0 "$SGMAT" 2>/dev/null \
-            | tail -1 | cut -c1-160
+        warmed=1; warm_dawn "$f" "$SGMAT"
     fi
     if [ -z "${PEER_LLAMA_LAST:-}" ] && [ -x $LLAMA_BIN/llama-bench ]; then llama "$f"; fi
     FILES="${FILES:-} $f"
