@@ -9,6 +9,8 @@
 #   PEER_DIR=DIR bash scripts/ab_bench.sh                         (B = the working tree it runs from)
 # Env:
 #   PEER_DIR       the bundle (default: the working directory)
+#   AB_OLD         the A tree's archive (default: DIR/old.tar.xz where it exists); "none": A is this tree too (a
+#                  bundle made with BASE can then also run argument A/Bs)
 #   AB_FILES       shape:quant list (default: llama-3.2-1b:Q4_0 llama-3.1-8b:Q4_0); files are made in /tmp as
 #                  peer_bench.sh makes them (the same names: a file either made is reused)
 #   AB_ENGINES     of native, dawn, dawn-sgmat (default: all three; dawn-sgmat where dawn-bench has the option)
@@ -33,8 +35,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 device_setup  # DEVICE_SETUP=0: this machine's own hosts (AB_PYTHON, AB_SITE for its Python)
 PY=${AB_PYTHON:-python3}
 A_TREE=$SRC
-if [ -f "$DIR/old.tar.xz" ]; then
-    A_TREE=/tmp/ab-old; rm -rf $A_TREE; mkdir -p $A_TREE && tar xJf "$DIR/old.tar.xz" -C $A_TREE || exit 1
+OLD=${AB_OLD:-$DIR/old.tar.xz}
+if [ "$OLD" != none ] && [ -f "$OLD" ]; then
+    A_TREE=/tmp/ab-old; rm -rf $A_TREE; mkdir -p $A_TREE && tar xJf "$OLD" -C $A_TREE || exit 1
     if [ "${DEVICE_SETUP:-1}" != 0 ]; then vendor_tree $A_TREE; else ln -s "$SRC/build" $A_TREE/build; fi
     echo "A: $(cat "$DIR/OLDREV" 2>/dev/null || echo "old.tar.xz")"; describe "A: " $A_TREE
 else
