@@ -79,16 +79,12 @@ done
 # -- the table -------------------------------------------------------------------------------------------------
 $PY - "$LOG" <<'PY'
 import json, os, sys
+from statistics import median
 rows = [json.loads(l) for l in open(sys.argv[1])]
 runs = {}  # (file, engine, side) -> its runs
 for r in rows:
     side, engine = r["engine"].split("/", 1)
     runs.setdefault((r["file"], engine, side), []).append(r)
-
-
-def median(v):
-    v = sorted(v)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def cell(rs, key):

@@ -837,6 +837,7 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
 
     T = 128 if QUICK else 512
     params = dev.buffer_from(struct.pack("<2I", 0, T))
+    I8_ADAPTER = Adapter.of(dev)
     # the planner's tile (planner.i8_tiling for this adapter, weight and plane count) against the first tiles
     # (64 x 64, 4 x 4 a thread; 64 x 32, 4 x 2 under 4096 rows; "first+pf": with register prefetch) and taller /
     # wider tiles with one block a K step (what fits WebGPU's 16 KiB of workgroup memory)
@@ -859,6 +860,7 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
         I8_FORMS = {k: v for k, v in I8_FORMS.items() if k in I8_ONLY[0].split(";")}
     # --i8-planes=1: every form with one int8 plane of x (the prefill's at widths >= 1024: prefill_planes_auto)
     I8_PLANES = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--i8-planes=")), "2"))
+    I8_POLICY = KernelPolicy(prefill="i8" if I8_PLANES == 1 else "i8x2")  # the planner's form at that plane count
     shapes = [(256, 512)] if QUICK else [(n, k) for n, k in SHAPES_8B + SHAPES_1B if n != 128256 and n >= 2048]
     I8_TYPES = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--i8-qtypes=")), None)
     for qtype in I8_TYPES or (("Q4_0",) if QUICK else ("Q4_0", "Q4_K")):
@@ -868,8 +870,7 @@ if want("i8"):  # matmul_i8 (packed-dot prefill) tilings at the models' 512-toke
             recs = {}
             for name, tl in I8_FORMS.items():
                 if tl == "planner":
-                    pol = KernelPolicy(prefill="i8" if I8_PLANES == 1 else "i8x2")
-                    tl = i8_tiling(Adapter.of(dev), GGMLType[qtype], k, n, pol)
+                    tl = i8_tiling(I8_ADAPTER, GGMLType[qtype], k, n, I8_POLICY)
                     if tl is None:
                         emit(kind="i8", qtype=qtype, N=n, K=k, form=name, error="the planner keeps the f32 matmul")
                         continue

@@ -138,6 +138,7 @@ fi
 # -- the table -------------------------------------------------------------------------------------------------
 python3 - "$LOG" <<'EOF'
 import json, os, sys
+from statistics import median
 rows = [json.loads(l) for l in open(sys.argv[1])]
 engines = ["llama.cpp", "native", "dawn"] + (["dawn-sgmat"] if any(r["engine"] == "dawn-sgmat" for r in rows) else [])
 names = {"llama.cpp": "llama.cpp CUDA", "native": "webllm_py native", "dawn": "webllm_py on Dawn",
@@ -147,11 +148,6 @@ runs = {}  # (file, engine) -> its runs, in order
 for r in rows:
     runs.setdefault((r["file"], r["engine"]), []).append(r)
 by = {k: v[0] for k, v in runs.items()}
-
-
-def median(v):
-    v = sorted(v)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 greedy = []
