@@ -16,6 +16,8 @@
 #   AB_ENGINES     of native, dawn, dawn-sgmat (default: all three; dawn-sgmat where dawn-bench has the option)
 #   AB_ARGS        bench arguments of both (default: --prompt-tokens 512 --decode-tokens 128 --token-ids 32 --gpu-reps 0)
 #   AB_A_ARGS, AB_B_ARGS   further arguments of one side only
+#   AB_REPEAT      `--repeat` of both sides (the prompt and the decode timed this many times in a process, the
+#                  medians reported; default 5) where both trees' bench has the option, else one of each
 #   AB_REPS        rounds (default 2); in each, every file and engine runs A and B back to back, the order
 #                  swapped each round (so neither side always runs first, on a warmer GPU)
 #   AB_DEADLINE    rounds after the first start only while the script has run fewer than this many seconds
@@ -45,6 +47,10 @@ else
 fi
 
 ARGS=${AB_ARGS:---prompt-tokens 512 --decode-tokens 128 --token-ids 32 --gpu-reps 0}
+has_repeat() { (cd "$1" && PYTHONPATH="${AB_SITE:-/tmp/site}:$1" $PY -m webllm_py bench --help 2>/dev/null | grep -q -- --repeat); }
+if [ "${AB_REPEAT:-5}" != 1 ] && has_repeat "$SRC" && has_repeat "$A_TREE"; then
+    ARGS="$ARGS --repeat ${AB_REPEAT:-5}"
+fi
 SGMAT=$(cd "$SRC" && $PY -m webllm_py dawn-bench --help 2>/dev/null | grep -o -- '--[a-z-]*subgroup-matri[a-z-]*' | head -1)
 # run SIDE ENGINE FILE: one run of a side's tree (its own folder first on sys.path: `python -m` puts the working
 # directory there, so the run starts in that tree)

@@ -18,6 +18,9 @@
 #   PEER_BUILD_ONLY  1: build llama-bench into /tmp/llama-bin and stop
 #   PEER_FILES       shape:quant list (default: the 1B and 8B Llama shapes x Q4_0, Q4_K_M)
 #   PEER_DECODE      decode tokens (default 256)
+#   PEER_REPEAT      webllm_py times the prompt and the decode this many times in each process and reports the
+#                    medians (`bench --repeat`; default 5, llama-bench's own -r after its warm-up: its cells are
+#                    means of 5); 1: one of each, as before `bench` had the option
 #   PEER_REPS        runs of each webllm_py cell (default 1), the engines alternating within a round; with more
 #                    than one a cell shows the median and the range. Every run's JSON line also holds the
 #                    machine's state just before it ("state": GPU clocks, power, temperature, utilization, the
@@ -82,6 +85,9 @@ cd "$SRC" || exit 1
 # -- the runs: each appends one JSON line {file, engine, ...} to $LOG ------------------------------------------
 DEC=${PEER_DECODE:-256}
 A="--prompt-tokens 512 --decode-tokens $DEC --token-ids 32 --gpu-reps 0"
+if [ "${PEER_REPEAT:-5}" != 1 ] && python3 -m webllm_py bench --help 2>/dev/null | grep -q -- --repeat; then
+    A="$A --repeat ${PEER_REPEAT:-5}"
+fi
 SGMAT=$(python3 -m webllm_py dawn-bench --help 2>/dev/null | grep -o -- '--[a-z-]*subgroup-matri[a-z-]*' | head -1)
 echo "dawn-bench subgroup-matrix option: ${SGMAT:-none}"
 llama() {  # llama FILE: pp512 and tg256 at depth 512, one JSON line

@@ -481,6 +481,7 @@ def test_cli_bench_past_the_models_context_names_the_options(tmp_path):
         (("--decode-tokens", "0"), "--decode-tokens"),  # was ZeroDivisionError
         (("--decode-tokens", "-1"), "--decode-tokens"),  # was a JSON of nonsense rates
         (("--rounds", "0"), "--rounds"),
+        (("--repeat", "0"), "--repeat"),
         (("--gpu-reps", "-1"), "--gpu-reps"),
         (("--token-ids", "-2"), "--token-ids"),
         (("--matvec-tiling", "abc"), "--matvec-tiling"),  # was ValueError: invalid literal for int()
@@ -501,6 +502,56 @@ def test_cli_bench_bad_numbers_are_one_line_naming_the_option(args, option):
     r = _cli("bench", "--model", "/nonexistent.gguf", *args)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: ") and option in r.stderr and "--help" in r.stderr, r.stderr
+
+
+def test_cli_bench_repeat_reports_each_run_and_their_medians(tmp_path):
+    """--repeat N times the prompt and the decode N times in one process (llama-bench's protocol: the peer
+    table's llama.cpp cells are means of 5 runs after a warm-up, ours were one run each); the rates printed are
+    the medians of the runs listed, and every run decodes the same greedy ids (else bench fails)."""
+    import json
+    import statistics
+
+    model = tiny_gguf(tmp_path / "ok.gguf")
+    r = _cli(
+        "bench",
+        "--model",
+        model,
+        "--prompt-tokens",
+        "4",
+        "--decode-tokens",
+        "3",
+        "--gpu-reps",
+        "0",
+        "--repeat",
+        "3",
+        "--token-ids",
+        "4",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["repeat"] == 3 and len(out["prefill_tok_s_runs"]) == 3 and len(out["decode_tok_s_runs"]) == 3
+    assert len(out["token_ids"]) == 4
+    # the median of the runs' times, as a rate: the middle run's rate (rates and times order alike)
+    assert out["prefill_tok_s"] == statistics.median(out["prefill_tok_s_runs"])
+    assert out["decode_tok_s"] == statistics.median(out["decode_tok_s_runs"])
+    one = json.loads(
+        _cli(
+            "bench",
+            "--model",
+            model,
+            "--prompt-tokens",
+            "4",
+            "--decode-tokens",
+            "3",
+            "--gpu-reps",
+            "0",
+            "--token-ids",
+            "4",
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert "repeat" not in one and one["token_ids"] == out["token_ids"]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import statistics
 import sys
 import time
 
@@ -196,6 +197,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--prompt-tokens", type=_count(1), default=512)
     p.add_argument("--decode-tokens", type=_count(1), default=256)
+    p.add_argument(
+        "--repeat",
+        type=_count(1),
+        default=1,
+        metavar="N",
+        help="time the prompt and the decode N times in the process and report the medians (each run's in "
+        "*_runs): llama-bench's protocol (-r 5 after a warm-up); one prefill is ~30 ms on a big GPU, which a "
+        "GPU still raising its clocks, or a slow start of the process, can double",
+    )
     p.add_argument("--prefill-chunk", type=int, help="tokens per prefill step (default: the planner's)")
     p.add_argument("--hf-reference", action="store_true", help="also time transformers eager generation (same shape)")
     p.add_argument(
@@ -675,25 +685,40 @@ async def _bench(args) -> dict:
         pass
     engine.reset(0)
 
-    engine._cached[0] = []
-    t0 = time.perf_counter()
-    res = await engine._prefill(0, prompt)  # as generation runs it: one readback, after the last chunk
-    prefill_s = time.perf_counter() - t0
-    # the last chunk's host time to record and submit: on a GPU, time before its work starts (on a CPU adapter
-    # a submit may run the work itself: wgpu-native on lavapipe does)
-    prefill_issue_s = engine.last_issue_seconds
+    prefill_runs: list[float] = []
+    decode_runs: list[float] = []
+    issue_runs: list[float] = []
+    for rep in range(args.repeat):
+        if rep:
+            engine.reset(0)
+        engine._cached[0] = []
+        t0 = time.perf_counter()
+        res = await engine._prefill(0, prompt)  # as generation runs it: one readback, after the last chunk
+        prefill_runs.append(time.perf_counter() - t0)
+        # the last chunk's host time to record and submit: on a GPU, time before its work starts (on a CPU adapter
+        # a submit may run the work itself: wgpu-native on lavapipe does)
+        prefill_issue_s = engine.last_issue_seconds
 
-    # Decode as generation runs it (Engine._decode_steps: pipelined unless --decode-loop stepped); the host's
-    # time to issue each step is timed apart from the whole step (submit + GPU + readback).
-    issue_s = 0.0
-    t1 = time.perf_counter()
-    tid = res.token_id
-    token_ids = [tid]  # greedy ids (prefill's, then each step's): compared across backends
-    async for res in engine._decode_steps(0, tid, args.decode_tokens, args.decode_loop == "pipelined"):
-        issue_s += engine.last_issue_seconds
+        # Decode as generation runs it (Engine._decode_steps: pipelined unless --decode-loop stepped); the host's
+        # time to issue each step is timed apart from the whole step (submit + GPU + readback).
+        issue_s = 0.0
+        t1 = time.perf_counter()
         tid = res.token_id
-        token_ids.append(tid)
-    decode_s = time.perf_counter() - t1
+        ids = [tid]  # greedy ids (prefill's, then each step's): compared across backends
+        async for res in engine._decode_steps(0, tid, args.decode_tokens, args.decode_loop == "pipelined"):
+            issue_s += engine.last_issue_seconds
+            tid = res.token_id
+            ids.append(tid)
+        decode_runs.append(time.perf_counter() - t1)
+        issue_runs.append(issue_s)
+        if rep == 0:
+            token_ids = ids
+        elif ids != token_ids and args.temperature == 0:
+            # the same prompt on the same state must decode the same: a difference is a defect, not noise
+            raise RuntimeError(f"run {rep + 1} of --repeat decoded other greedy ids than the first")
+    prefill_s = statistics.median(prefill_runs)
+    decode_s = statistics.median(decode_runs)
+    issue_s = statistics.median(issue_runs)
     decode_tps = args.decode_tokens / decode_s
     gpu_ms = await gpu_ms_per_token(engine, tid, args.gpu_reps) if args.gpu_reps else None
 
@@ -735,6 +760,15 @@ async def _bench(args) -> dict:
         "decode_tokens": args.decode_tokens,
         "decode_loop": args.decode_loop,
         "decode_tok_s": round(decode_tps, 1),
+        **(
+            {
+                "repeat": args.repeat,
+                "prefill_tok_s_runs": [round(args.prompt_tokens / t, 1) for t in prefill_runs],
+                "decode_tok_s_runs": [round(args.decode_tokens / t, 1) for t in decode_runs],
+            }
+            if args.repeat > 1
+            else {}
+        ),
         "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
         "dispatches_per_token": len(engine._decode_program().commands),  # the captured decode step's
         "step_ms_per_token": round(1e3 * decode_s / args.decode_tokens, 3),
