@@ -531,6 +531,8 @@ def test_cli_bench_repeat_reports_each_run_and_their_medians(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["repeat"] == 3 and len(out["prefill_tok_s_runs"]) == 3 and len(out["decode_tok_s_runs"]) == 3
     assert len(out["token_ids"]) == 4
+    gc = out["decode_gc"]  # Python's collections during the timed decodes, by generation
+    assert len(gc["collections"]) == len(gc["ms"]) == 3 and gc["tracked"] > 0
     # the median of the runs' times, as a rate: the middle run's rate (rates and times order alike)
     assert out["prefill_tok_s"] == statistics.median(out["prefill_tok_s_runs"])
     assert out["decode_tok_s"] == statistics.median(out["decode_tok_s_runs"])

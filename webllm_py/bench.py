@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import json
 import re
 import statistics
@@ -541,6 +542,38 @@ def count_buffers(device) -> list[int]:
     return total
 
 
+class GCPauses:
+    """Python's cyclic garbage collections between start() and stop(), by generation, and the time they took
+    (gc.callbacks): a full collection walks every object the model and the tokenizer hold, a pause the decode
+    loop's host side waits out (under Pyodide, in WebAssembly)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._t0 = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            g = info["generation"]
+            self.count[g] += 1
+            self.seconds[g] += time.perf_counter() - self._t0
+
+    def start(self) -> None:
+        gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict:
+        return {
+            "collections": self.count,
+            "ms": [round(1e3 * t, 3) for t in self.seconds],
+            "tracked": len(gc.get_objects()),
+        }
+
+
 async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
     """GPU time of one decode step without the host in the loop: `reps` forward+sample steps recorded
     into one command buffer (same position, so the same work as one token), then its submit and
@@ -685,6 +718,7 @@ async def _bench(args) -> dict:
         pass
     engine.reset(0)
 
+    gc_pauses = GCPauses()
     prefill_runs: list[float] = []
     decode_runs: list[float] = []
     issue_runs: list[float] = []
@@ -702,14 +736,18 @@ async def _bench(args) -> dict:
         # Decode as generation runs it (Engine._decode_steps: pipelined unless --decode-loop stepped); the host's
         # time to issue each step is timed apart from the whole step (submit + GPU + readback).
         issue_s = 0.0
-        t1 = time.perf_counter()
-        tid = res.token_id
-        ids = [tid]  # greedy ids (prefill's, then each step's): compared across backends
-        async for res in engine._decode_steps(0, tid, args.decode_tokens, args.decode_loop == "pipelined"):
-            issue_s += engine.last_issue_seconds
+        gc_pauses.start()
+        try:
+            t1 = time.perf_counter()
             tid = res.token_id
-            ids.append(tid)
-        decode_runs.append(time.perf_counter() - t1)
+            ids = [tid]  # greedy ids (prefill's, then each step's): compared across backends
+            async for res in engine._decode_steps(0, tid, args.decode_tokens, args.decode_loop == "pipelined"):
+                issue_s += engine.last_issue_seconds
+                tid = res.token_id
+                ids.append(tid)
+            decode_runs.append(time.perf_counter() - t1)
+        finally:
+            gc_pauses.stop()
         issue_runs.append(issue_s)
         if rep == 0:
             token_ids = ids
@@ -770,6 +808,8 @@ async def _bench(args) -> dict:
             else {}
         ),
         "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
+        # Python's cyclic collections during the timed decodes (all runs): count by generation, their time
+        "decode_gc": gc_pauses.summary(),
         "dispatches_per_token": len(engine._decode_program().commands),  # the captured decode step's
         "step_ms_per_token": round(1e3 * decode_s / args.decode_tokens, 3),
         "weight_bytes_per_token": bytes_tok,
