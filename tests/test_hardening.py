@@ -512,7 +512,7 @@ def test_cli_bench_repeat_reports_each_run_and_their_medians(tmp_path):
     import statistics
 
     model = tiny_gguf(tmp_path / "ok.gguf")
-    r = _cli(
+    run = (
         "bench",
         "--model",
         model,
@@ -522,11 +522,10 @@ def test_cli_bench_repeat_reports_each_run_and_their_medians(tmp_path):
         "3",
         "--gpu-reps",
         "0",
-        "--repeat",
-        "3",
         "--token-ids",
         "4",
     )
+    r = _cli(*run, "--repeat", "3")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["repeat"] == 3 and len(out["prefill_tok_s_runs"]) == 3 and len(out["decode_tok_s_runs"]) == 3
@@ -536,23 +535,7 @@ def test_cli_bench_repeat_reports_each_run_and_their_medians(tmp_path):
     # the median of the runs' times, as a rate: the middle run's rate (rates and times order alike)
     assert out["prefill_tok_s"] == statistics.median(out["prefill_tok_s_runs"])
     assert out["decode_tok_s"] == statistics.median(out["decode_tok_s_runs"])
-    one = json.loads(
-        _cli(
-            "bench",
-            "--model",
-            model,
-            "--prompt-tokens",
-            "4",
-            "--decode-tokens",
-            "3",
-            "--gpu-reps",
-            "0",
-            "--token-ids",
-            "4",
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    one = json.loads(_cli(*run).stdout.strip().splitlines()[-1])
     assert "repeat" not in one and one["token_ids"] == out["token_ids"]
 
 

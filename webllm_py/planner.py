@@ -926,7 +926,7 @@ def i8_tiling(
     return replace(wide, kb=1)
 
 
-def _sgmat_fits(adapter: Adapter, t: MatmulSgmatTiling | MatmulSgmatF16Tiling) -> bool:
+def sgmat_fits(adapter: Adapter, t: MatmulSgmatTiling | MatmulSgmatF16Tiling) -> bool:
     """A subgroup-matrix tile this adapter can run: its workgroup memory and its sg_m x sg_n subgroups of 32."""
     return adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations
 
@@ -943,7 +943,7 @@ def sgmat_tiling(
     t = policy.sgmat_tiling or MatmulSgmatTiling()
     if (K // 32) % t.kb:
         t = replace(t, kb=1)
-    return t if _sgmat_fits(adapter, t) else None
+    return t if sgmat_fits(adapter, t) else None
 
 
 # matmul_sgmat_f16's tile by the waves a prefill chunk's workgroups make (docs/benchmarks.md, "f16 tiles by
@@ -970,7 +970,7 @@ def _sgmat_f16_by_shape(adapter: Adapter, N: int) -> MatmulSgmatF16Tiling:
         wave = per_sm * SGMAT_F16_SMS
         return tops * groups / (_ceil_div(groups, wave) * wave)
 
-    fits = [c for c in SGMAT_F16_TILES if _sgmat_fits(adapter, c[0])]
+    fits = [c for c in SGMAT_F16_TILES if sgmat_fits(adapter, c[0])]
     return max(fits, key=speed)[0] if fits else SGMAT_F16_TILES[-1][0]
 
 
@@ -1006,7 +1006,7 @@ def sgmat_f16_tiling(
     while splits > 1 and 4 * splits * prefill_chunk(adapter) * N > SPLITK_PART_BYTES:
         splits -= 1
     t = replace(t, splits=max(splits, 1))
-    return t if _sgmat_fits(adapter, t) else None
+    return t if sgmat_fits(adapter, t) else None
 
 
 # the partial tiles' buffer of a split matmul_sgmat_f16 stays within WebGPU's default
