@@ -542,6 +542,20 @@ def count_buffers(device) -> list[int]:
     return total
 
 
+def step_quantiles(seconds: list[float]) -> dict:
+    """p10 / p50 / p90 / max of step times in ms, and how many steps took over twice the median."""
+    ms = sorted(1e3 * t for t in seconds)
+    med = statistics.median(ms)
+    p10, p90 = (ms[min(len(ms) - 1, int(q * len(ms)))] for q in (0.1, 0.9))
+    return {
+        "p10": round(p10, 3),
+        "p50": round(med, 3),
+        "p90": round(p90, 3),
+        "max": round(ms[-1], 3),
+        "over_2x_median": sum(t > 2 * med for t in ms),
+    }
+
+
 class GCPauses:
     """Python's cyclic garbage collections between start() and stop(), by generation, and the time they took
     (gc.callbacks): a full collection walks every object the model and the tokenizer hold, a pause the decode
@@ -719,6 +733,7 @@ async def _bench(args) -> dict:
     engine.reset(0)
 
     gc_pauses = GCPauses()
+    step_s: list[float] = []  # every timed decode step's wall time, token to token (all runs)
     prefill_runs: list[float] = []
     decode_runs: list[float] = []
     issue_runs: list[float] = []
@@ -738,14 +753,17 @@ async def _bench(args) -> dict:
         issue_s = 0.0
         gc_pauses.start()
         try:
-            t1 = time.perf_counter()
+            t1 = t_prev = time.perf_counter()
             tid = res.token_id
             ids = [tid]  # greedy ids (prefill's, then each step's): compared across backends
             async for res in engine._decode_steps(0, tid, args.decode_tokens, args.decode_loop == "pipelined"):
                 issue_s += engine.last_issue_seconds
                 tid = res.token_id
                 ids.append(tid)
-            decode_runs.append(time.perf_counter() - t1)
+                t = time.perf_counter()
+                step_s.append(t - t_prev)
+                t_prev = t
+            decode_runs.append(t_prev - t1)
         finally:
             gc_pauses.stop()
         issue_runs.append(issue_s)
@@ -808,6 +826,8 @@ async def _bench(args) -> dict:
             else {}
         ),
         "host_issue_ms_per_token": round(1e3 * issue_s / args.decode_tokens, 3),
+        # token-to-token times of the timed decode steps (all runs): a slow run of steady steps, or a few stalls
+        "decode_step_ms": step_quantiles(step_s),
         # Python's cyclic collections during the timed decodes (all runs): count by generation, their time
         "decode_gc": gc_pauses.summary(),
         "dispatches_per_token": len(engine._decode_program().commands),  # the captured decode step's
