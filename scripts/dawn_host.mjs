@@ -13,6 +13,7 @@ import { readFileSync, openSync, readSync, fstatSync, readdirSync } from "node:f
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { createInterface } from "node:readline";
+import { PerformanceObserver } from "node:perf_hooks";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const env = process.env;
@@ -69,6 +70,13 @@ async function main() {
   py.runPython("import sys; sys.path.insert(0, '/webllm')");
   const session = py.runPython("from webllm_py.worker import Session; Session()");
   globalThis.webllmFileBytes = fileBytes;  // Python may read other files the same way
+  // V8's collections in this process, for bench's decode_gc: dawn.node resolves a mapAsync by polling Dawn from
+  // setImmediate ticks that allocate, so a wait on the GPU makes garbage (here on lavapipe ~17% of the wait went
+  // to GC: docs/benchmarks.md, "JS garbage while waiting on the GPU"); Chrome's GPU process does not poll this way
+  globalThis.webllmGC = { count: 0, ms: 0 };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) { globalThis.webllmGC.count++; globalThis.webllmGC.ms += e.duration; }
+  }).observe({ entryTypes: ["gc"] });
   out({ kind: "ready", id: 0, payload: { seconds: (performance.now() - t0) / 1000, pyodide: py.version, flags } });
 
   const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });

@@ -22,6 +22,7 @@ import re
 import statistics
 import sys
 import time
+from typing import Any
 
 # Published shapes (config.json of the real models); weights random.
 SHAPES = {
@@ -556,15 +557,28 @@ def step_quantiles(seconds: list[float]) -> dict:
     }
 
 
+def _js_gc():
+    """The Dawn host's count of V8's collections (scripts/dawn_host.mjs's webllmGC), where this runs there."""
+    try:
+        import js  # type: ignore  # only under Pyodide
+
+        return getattr(js, "webllmGC", None)
+    except ImportError:
+        return None
+
+
 class GCPauses:
     """Python's cyclic garbage collections between start() and stop(), by generation, and the time they took
     (gc.callbacks): a full collection walks every object the model and the tokenizer hold, a pause the decode
-    loop's host side waits out (under Pyodide, in WebAssembly)."""
+    loop's host side waits out (under Pyodide, in WebAssembly). Under the Dawn host also V8's collections
+    (its webllmGC): dawn.node's wait for the GPU makes JS garbage."""
 
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
         self._t0 = 0.0
+        self._js: Any = _js_gc()
+        self.js_count, self.js_ms = 0, 0.0
 
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "start":
@@ -576,16 +590,25 @@ class GCPauses:
 
     def start(self) -> None:
         gc.callbacks.append(self._callback)
+        if self._js is not None:
+            self.js_count -= self._js.count
+            self.js_ms -= self._js.ms
 
     def stop(self) -> None:
         gc.callbacks.remove(self._callback)
+        if self._js is not None:
+            self.js_count += self._js.count
+            self.js_ms += self._js.ms
 
     def summary(self) -> dict:
-        return {
+        out = {
             "collections": self.count,
             "ms": [round(1e3 * t, 3) for t in self.seconds],
             "tracked": len(gc.get_objects()),
         }
+        if self._js is not None:
+            out["js_collections"], out["js_ms"] = self.js_count, round(self.js_ms, 3)
+        return out
 
 
 async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
