@@ -4,8 +4,8 @@
 #   describe LABEL TREE   prints which code TREE holds (its commit where it is a checkout, its sources' fingerprint)
 #   device_setup          webllm_py's hosts from the bundle of scripts/peer_bundle.sh: the Vulkan loader, NVIDIA's
 #                         ICD, the wheels in /tmp/site, Node in /tmp/node (WEBLLM_NODE), PYTHONPATH=/tmp/site:$SRC,
-#                         and $SRC/build/vendor; DEVICE_SETUP=0 skips it (a machine with its own hosts, e.g.
-#                         lavapipe here, trying a script)
+#                         and $SRC/build/vendor (unpacked once a machine); DEVICE_SETUP=0 skips it (a machine with
+#                         its own hosts, e.g. lavapipe here, trying a script)
 #   vendor_tree TREE      npm `pyodide` + `webgpu` and the worker's wheels where TREE's dawn-bench looks
 #   warm_dawn FILE OPTION one throwaway `dawn-bench` with OPTION (the subgroup-matrix one) on FILE, not recorded:
 #                         the first Dawn process with the f16 toggle on a fresh machine ran at a third of the speed
@@ -30,14 +30,17 @@ vendor_tree() {
 
 device_setup() {
     [ "${DEVICE_SETUP:-1}" != 0 ] || return 0
-    for f in "$DIR"/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-    # NVIDIA's GLX Vulkan ICD fails headless; its EGL library works (as in scripts/device_bench.sh)
-    printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/icd.json
+    # a warm machine keeps /tmp and the tree's ignored build/ between calls: what an earlier call unpacked is reused
+    if ! { [ -x /tmp/node ] && [ -f /tmp/icd.json ] && [ -d /tmp/site/wgpu ]; }; then
+        for f in "$DIR"/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+        # NVIDIA's GLX Vulkan ICD fails headless; its EGL library works (as in scripts/device_bench.sh)
+        printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/icd.json
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DIR"/whl/*.whl || exit 1
+        xz -dc "$DIR/node.xz" > /tmp/node && chmod +x /tmp/node
+    fi
     export VK_DRIVER_FILES=/tmp/icd.json LD_LIBRARY_PATH=/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DIR"/whl/*.whl || exit 1
-    xz -dc "$DIR/node.xz" > /tmp/node && chmod +x /tmp/node
     export WEBLLM_NODE=/tmp/node PYTHONPATH=/tmp/site:$SRC PYTHONUNBUFFERED=1
-    vendor_tree "$SRC"
+    [ -d "$SRC/build/vendor/node_modules/webgpu" ] || vendor_tree "$SRC"
 }
 
 warm_dawn() {
