@@ -60,7 +60,7 @@ for label, tiling, policy in {variants}:
         # previous error") does not name the limit
         out.append({{"shape": f"{{T}}x{{N}}x{{K}}", "label": label, "error": f"does not fit this adapter: "
                     f"{{tiling.shared_bytes()}} bytes of workgroup memory ({{adapter.workgroup_storage}} offered), "
-                    f"{{32 * tiling.sg_m * tiling.sg_n}} threads ({{adapter.invocations}} offered)"}})
+                    f"{{tiling.threads}} threads ({{adapter.invocations}} offered)"}})
         continue
     lin = Linear(dev, w, matmul=tiling, policy=KernelPolicy(**policy))
     b = lin.bind(x, y, params)

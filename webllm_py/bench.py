@@ -753,7 +753,6 @@ async def _bench(args) -> dict:
     await engine._step(0, [1], sample=True)
     async for _ in engine._decode_pipelined(0, 1, 2):  # and both readback slots of the pipelined path
         pass
-    engine.reset(0)
 
     gc_pauses = GCPauses()
     step_s: list[float] = []  # every timed decode step's wall time, token to token (all runs)
@@ -761,8 +760,7 @@ async def _bench(args) -> dict:
     decode_runs: list[float] = []
     issue_runs: list[float] = []
     for rep in range(args.repeat):
-        if rep:
-            engine.reset(0)
+        engine.reset(0)  # after the warm-up, and after each run
         engine._cached[0] = []
         t0 = time.perf_counter()
         res = await engine._prefill(0, prompt)  # as generation runs it: one readback, after the last chunk

@@ -187,6 +187,11 @@ class MatmulSgmatTiling:
     def tn(self) -> int:
         return 16 * self.sg_n * self.tj
 
+    @property
+    def threads(self) -> int:
+        """A workgroup's threads: sg_m x sg_n subgroups of 32."""
+        return 32 * self.sg_m * self.sg_n
+
     def groups(self, n: int, T: int) -> tuple[int, int]:
         return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
 
@@ -246,6 +251,11 @@ class MatmulSgmatF16Tiling:
     @property
     def tn(self) -> int:
         return 16 * self.sg_n * self.tj
+
+    @property
+    def threads(self) -> int:
+        """A workgroup's threads: sg_m x sg_n subgroups of 32."""
+        return 32 * self.sg_m * self.sg_n
 
     def groups(self, n: int, T: int) -> tuple[int, int, int]:
         return _ceil_div(n, self.tn), _ceil_div(T, self.tm), self.splits
@@ -928,7 +938,7 @@ def i8_tiling(
 
 def sgmat_fits(adapter: Adapter, t: MatmulSgmatTiling | MatmulSgmatF16Tiling) -> bool:
     """A subgroup-matrix tile this adapter can run: its workgroup memory and its sg_m x sg_n subgroups of 32."""
-    return adapter.fits(t.shared_bytes()) and 32 * t.sg_m * t.sg_n <= adapter.invocations
+    return adapter.fits(t.shared_bytes()) and t.threads <= adapter.invocations
 
 
 def sgmat_tiling(
