@@ -244,6 +244,14 @@ VARIANTS = [
             ("4x4 sg of 2x2, pf sgc (512 threads)", "sg_m=4, sg_n=4, ti=2, tj=2, pf=True, sgc=True, "),
             ("4x4 sg of 2x2, kb1 pf sgc (512 threads)", "sg_m=4, sg_n=4, ti=2, tj=2, kb=1, pf=True, sgc=True, "),
             ("4x4 sg of 2x2, kb1 sgc (512 threads)", "sg_m=4, sg_n=4, ti=2, tj=2, kb=1, sgc=True, "),
+            # kb 2 at 512 threads within 48 KiB: the 16 subgroups go out in 2 turns through 8 result slices
+            # (45,056 bytes); the planner's tile with 2 turns prices the turns' barriers
+            (
+                "4x4 sg of 2x2, pf sgc, 2 turns out (512 threads)",
+                "sg_m=4, sg_n=4, ti=2, tj=2, pf=True, sgc=True, out_turns=2, ",
+            ),
+            ("4x4 sg of 2x2, sgc, 2 turns out (512 threads)", "sg_m=4, sg_n=4, ti=2, tj=2, sgc=True, out_turns=2, "),
+            ("pf sgc, 2 turns out", "sg_n=4, ti=4, pf=True, sgc=True, out_turns=2, "),
             ("kb1 sgc", "sg_n=4, ti=4, kb=1, sgc=True, "),
             ("kb1 pf sgc", "sg_n=4, ti=4, kb=1, pf=True, sgc=True, "),
         )

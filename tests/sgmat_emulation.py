@@ -169,6 +169,7 @@ def run_emulated(
         sg_n=t.sg_n,
         ti=t.ti,
         tj=t.tj,
+        out_turns=t.out_turns,
         kb=t.kb,
         db=t.db,
         pf=t.pf,

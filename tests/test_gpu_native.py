@@ -82,6 +82,21 @@ def test_bad_wgsl_raises_shader_error_and_device_stays_usable(device):
     test_matvec_f32_matches_numpy(device)
 
 
+def test_kernels_without_shader_checks_match_numpy_and_still_report_bad_wgsl():
+    """shader_checks=False (GPU adapters' default) compiles through wgpu-native's trusted entry point, which
+    wgpu-py does not wrap (native.trusted_module): the tiled matmul (workgroup arrays at run-time indices,
+    loops) must still match numpy, and bad WGSL still raise the typed error naming that entry point."""
+    from webllm_py.gpu.native import NativeDevice
+
+    dev = NativeDevice(shader_checks=False)
+    for M, N, K in [(37, 50, 70), (64, 64, 64)]:
+        test_matmul_f32_matches_numpy(dev, M, N, K)
+    test_matvec_f32_matches_numpy(dev)
+    with pytest.raises(ShaderError, match="wgpuDeviceCreateShaderModuleTrusted"):
+        dev._create_pipeline("fn main( {", "broken")
+    test_matvec_f32_matches_numpy(dev)
+
+
 def test_map_read_gives_each_submissions_copy(device):
     """Device.create_readback / map_read as pipelined decode uses them (tests/test_dawn.py: the same on Dawn)."""
     from .readback_check import MAP_READ_RING

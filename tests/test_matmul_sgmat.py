@@ -282,6 +282,8 @@ EMULATED = [
     # 512 threads: the 128x128 tile as 4x4 subgroups of 2x2 tiles (sgmat_bench's "occ" row; sgc's 16 cases), at
     # kb 1, where it fits NVIDIA's 48 KiB of workgroup memory
     ("Q4_0", 130, 128, 70, MatmulSgmatF16Tiling(sg_m=4, sg_n=4, ti=2, tj=2, kb=1, pf=True, sgc=True), True, False),
+    # the result slices taken in turns (out_turns): two turns of 4 subgroups, ragged T and N, y +=
+    ("Q4_0", 45, 128, 37, MatmulSgmatF16Tiling(sg_m=2, sg_n=4, ti=1, tj=1, pf=True, out_turns=2), False, True),
 ]
 
 

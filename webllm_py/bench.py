@@ -335,6 +335,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--read-spin", choices=["0", "1"], help="readback: 0 = wgpu-py's blocking read, 1 = polled (default: GPUs)"
     )
     p.add_argument(
+        "--shader-checks",
+        choices=["0", "1"],
+        help="native: 1 = kernels compiled with naga's run-time checks (clamped array indices, bounded "
+        "loops), 0 = without (default: with on CPU adapters only; NativeDevice says why)",
+    )
+    p.add_argument(
         "--decode-loop",
         choices=["pipelined", "stepped"],
         default="pipelined",
@@ -726,8 +732,14 @@ async def _bench(args) -> dict:
             f"more than this model's context of {ckpt.config.context_length}: ask for fewer tokens"
         )
     backend = getattr(args, "backend", "native")  # "browser": the Dawn host (webllm_py/dawn.py) runs this
-    spin = {} if args.read_spin is None else {"spin_reads": args.read_spin == "1"}  # native only
-    device = await request_device(backend, use_subgroups=args.subgroups, **spin)
+    native_only = {}
+    if args.read_spin is not None:
+        native_only["spin_reads"] = args.read_spin == "1"
+    if args.shader_checks is not None:
+        native_only["shader_checks"] = args.shader_checks == "1"
+    if native_only and backend != "native":
+        raise RequestError("--read-spin and --shader-checks are options of the native backend (bench), not dawn-bench")
+    device = await request_device(backend, use_subgroups=args.subgroups, **native_only)
     allocated = count_buffers(device)
     ctx = args.prompt_tokens + args.decode_tokens + 16
     engine = await Engine.load(

@@ -228,6 +228,7 @@ class Linear:
                         pf=m.pf,
                         splits=m.splits,
                         sgc=m.sgc,
+                        out_turns=m.out_turns,
                     )
                 # split-K slices write partial tiles; splitk_sum ("reduce") does the bias, += and stride
                 split = isinstance(m, MatmulSgmatF16Tiling) and m.splits > 1

@@ -243,6 +243,13 @@ class MatmulSgmatF16Tiling:
     # it; without robustness it is 2-5% slower: docs/benchmarks.md, "what robustness costs");
     # SGMAT_F16_TILES sets it, the bare default stays without
     sgc: bool = False
+    # the subgroups go out through the result slices in this many turns (the template's out_turns), each
+    # turn's subgroups sharing sg_m x sg_n / out_turns slices of 1 KiB: a 512-thread tile fits 48 KiB at kb 2
+    out_turns: int = 1
+
+    def __post_init__(self) -> None:
+        if self.out_turns < 1 or (self.sg_m * self.sg_n) % self.out_turns:
+            raise ValueError(f"MatmulSgmatF16Tiling.out_turns must divide sg_m x sg_n, not {self.out_turns!r}")
 
     @property
     def tm(self) -> int:
@@ -262,8 +269,9 @@ class MatmulSgmatF16Tiling:
 
     def shared_bytes(self) -> int:
         """Workgroup memory: f16 rows of x and W (8 f16 of padding each), twice when double-buffered,
-        and one f32 16x16 tile per subgroup on the way out."""
-        return 2 * (2 if self.db else 1) * (self.tm + self.tn) * (32 * self.kb + 8) + 4 * 256 * self.sg_m * self.sg_n
+        and one f32 16x16 tile per subgroup of a turn on the way out."""
+        slices = self.sg_m * self.sg_n // self.out_turns
+        return 2 * (2 if self.db else 1) * (self.tm + self.tn) * (32 * self.kb + 8) + 4 * 256 * slices
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,29 @@ class NativeRecorder(Recorder):
             self._dev.raw.queue.submit([cb])
 
 
+def trusted_module(raw_device, source: str, label: str):
+    """A WGSL module compiled without naga's run-time checks (wgpu-native's
+    wgpuDeviceCreateShaderModuleTrusted with WGPUShaderRuntimeChecks_None), which wgpu-py 0.32 does not
+    wrap. naga otherwise clamps every dynamic index into a workgroup or private array and counts the
+    iterations of every loop (so that a shader cannot loop forever): in a matmul's inner loop both
+    are per-element work. Tint (Dawn, Chrome) emits neither for these kernels."""
+    from wgpu.backends.wgpu_native import _api
+
+    ffi, lib = _api.ffi, _api.lib
+    wgsl = _api.new_struct_p("WGPUShaderSourceWGSL *", code=_api.to_c_string_view(source))
+    wgsl[0].chain.next = ffi.NULL
+    wgsl[0].chain.sType = lib.WGPUSType_ShaderSourceWGSL
+    desc = _api.new_struct_p(
+        "WGPUShaderModuleDescriptor *",
+        nextInChain=ffi.cast("WGPUChainedStruct *", wgsl),
+        label=_api.to_c_string_view(label),
+    )
+    handle = _api.libf.wgpuDeviceCreateShaderModuleTrusted(raw_device._internal, desc, 0)
+    if handle == ffi.NULL:
+        raise RuntimeError("shader module creation failed")
+    return _api.GPUShaderModule(label, handle, raw_device)
+
+
 @contextmanager
 def _rejected():
     """wgpu-py's validation errors of recorded commands as the typed error the browser device raises."""
@@ -79,13 +102,19 @@ class NativeDevice(Device):
         use_subgroups: bool | None = None,
         max_binding_size: int | None = None,
         spin_reads: bool | None = None,
+        shader_checks: bool | None = None,
     ) -> None:
         """use_subgroups: request the adapter's subgroups feature; None: on GPU adapters only (the
         staged matvec's team reduction, linear.py; CPU adapters' kernels do not use them).
         max_binding_size: act as if the adapter bound (and allocated) at most this many bytes per
         buffer, so that tests exercise the row-block split of large matrices with small models.
         spin_reads: poll for a readback here (see read_buffer) instead of wgpu-py's blocking read; None:
-        on GPU adapters only (bench --read-spin A/B runs)."""
+        on GPU adapters only (bench --read-spin A/B runs).
+        shader_checks: compile kernels with naga's run-time checks (indices into workgroup and private
+        arrays clamped, a counter in every loop against infinite loops); None: on CPU adapters only.
+        These kernels are this package's own, generated from its templates and tested against numpy
+        with every index in range; storage buffers stay guarded by the driver's robust buffer access.
+        The checks cost native prefill what Dawn does not pay (trusted_module says how much)."""
         super().__init__()
         try:
             import wgpu
@@ -140,10 +169,14 @@ class NativeDevice(Device):
             self._usage |= wgpu.BufferUsage.UNIFORM
         self._spin_reads = not self.info.is_fallback if spin_reads is None else spin_reads
         self._staging: dict[int, Any] = {}  # readback buffers by size (polled reads)
+        self._shader_checks = self.info.is_fallback if shader_checks is None else shader_checks
 
     def _create_pipeline(self, source: str, label: str):
         try:
-            module = self.raw.create_shader_module(code=source, label=label)
+            if self._shader_checks:
+                module = self.raw.create_shader_module(code=source, label=label)
+            else:
+                module = trusted_module(self.raw, source, label)
             return self.raw.create_compute_pipeline(
                 layout="auto", compute={"module": module, "entry_point": "main"}, label=label
             )
