@@ -13,7 +13,7 @@ import { readFileSync, openSync, readSync, fstatSync, readdirSync } from "node:f
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { createInterface } from "node:readline";
-import { PerformanceObserver } from "node:perf_hooks";
+import { PerformanceObserver, constants as perfConstants } from "node:perf_hooks";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const env = process.env;
@@ -73,9 +73,14 @@ async function main() {
   // V8's collections in this process, for bench's decode_gc: dawn.node resolves a mapAsync by polling Dawn from
   // setImmediate ticks that allocate, so a wait on the GPU makes garbage (here on lavapipe ~17% of the wait went
   // to GC: docs/benchmarks.md, "JS garbage while waiting on the GPU"); Chrome's GPU process does not poll this way
-  globalThis.webllmGC = { count: 0, ms: 0 };
+  // (major: Mark-Compacts, which the polling's promoted garbage brings: DawnHost's js_heap_mb)
+  globalThis.webllmGC = { count: 0, ms: 0, major: 0, majorMs: 0 };
   new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) { globalThis.webllmGC.count++; globalThis.webllmGC.ms += e.duration; }
+    for (const e of list.getEntries()) {
+      const g = globalThis.webllmGC;
+      g.count++; g.ms += e.duration;
+      if (e.detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) { g.major++; g.majorMs += e.duration; }
+    }
   }).observe({ entryTypes: ["gc"] });
   out({ kind: "ready", id: 0, payload: { seconds: (performance.now() - t0) / 1000, pyodide: py.version, flags } });
 

@@ -131,6 +131,7 @@ def test_smollm2_greedy_tokens_dawn_equal_native():
     # V8's collections during the timed decode are counted where the Dawn host runs it (dawn.node's wait on the
     # GPU makes JS garbage), and only there
     assert dawn["decode_gc"]["js_collections"] >= 0 and dawn["decode_gc"]["js_ms"] >= 0
+    assert 0 <= dawn["decode_gc"]["js_mark_compacts"] <= dawn["decode_gc"]["js_collections"]
     assert "js_collections" not in native["decode_gc"]
 
 

@@ -584,7 +584,7 @@ class GCPauses:
         self.seconds = [0.0, 0.0, 0.0]
         self._t0 = 0.0
         self._js: Any = _js_gc()
-        self.js_count, self.js_ms = 0, 0.0
+        self.js_count, self.js_ms, self.js_major, self.js_major_ms = 0, 0.0, 0, 0.0
 
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "start":
@@ -599,12 +599,16 @@ class GCPauses:
         if self._js is not None:
             self.js_count -= self._js.count
             self.js_ms -= self._js.ms
+            self.js_major -= self._js.major
+            self.js_major_ms -= self._js.majorMs
 
     def stop(self) -> None:
         gc.callbacks.remove(self._callback)
         if self._js is not None:
             self.js_count += self._js.count
             self.js_ms += self._js.ms
+            self.js_major += self._js.major
+            self.js_major_ms += self._js.majorMs
 
     def summary(self) -> dict:
         out = {
@@ -614,6 +618,7 @@ class GCPauses:
         }
         if self._js is not None:
             out["js_collections"], out["js_ms"] = self.js_count, round(self.js_ms, 3)
+            out["js_mark_compacts"], out["js_mark_compact_ms"] = self.js_major, round(self.js_major_ms, 3)
         return out
 
 

@@ -79,7 +79,14 @@ def _mesa_env(tmp: Path) -> dict:
 class DawnHost:
     """One Node process with Pyodide and Dawn; `request()` runs one worker-protocol request."""
 
-    def __init__(self, flags: list[str] | tuple[str, ...] = (), timeout: float | None = None) -> None:
+    def __init__(
+        self, flags: list[str] | tuple[str, ...] = (), timeout: float | None = None, js_heap_mb: int = 0
+    ) -> None:
+        """flags: Dawn toggles; js_heap_mb > 0: V8's initial heap (node --initial-heap-size). dawn.node resolves
+        GPU promises by polling Dawn from setImmediate ticks that allocate, and what they leave is promoted to
+        V8's old space: at node's default heap a ~35 ms Mark-Compact ran every ~0.65 s of a decode on lavapipe
+        (docs/benchmarks.md, "JS garbage while waiting on the GPU"); a 1 GiB start ran one in the same decode.
+        Chrome waits without this polling, so this is the harness's cost, not the browser's."""
         node = os.environ.get("WEBLLM_NODE") or shutil.which("node")
         if not node:
             raise DawnHostError("node not found: install Node 20 or set WEBLLM_NODE")
@@ -88,7 +95,7 @@ class DawnHost:
         quiet_device_select(env)
         if not env.get("VK_DRIVER_FILES"):
             env.update(_mesa_env(Path(self._tmp.name)))
-        cmd = [node, str(HOST)]
+        cmd = [node, *([f"--initial-heap-size={int(js_heap_mb)}"] if js_heap_mb > 0 else []), str(HOST)]
         for f in flags:
             cmd += ["--flag", f]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
@@ -158,6 +165,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the GPU has it (Chrome: --enable-unsafe-webgpu)",
     )
     p.add_argument(
+        "--js-heap",
+        type=int,
+        default=0,
+        metavar="MB",
+        help="the Node host's initial V8 heap (node --initial-heap-size; 0: node's default): fewer Mark-Compacts "
+        "of the garbage dawn.node's polling makes while the GPU works (DawnHost says why)",
+    )
+    p.add_argument(
         "--subgroup-matrix",
         action="store_true",
         help="= --unsafe-apis --dawn-flag vulkan_enable_f16_on_nvidia --prefill-kernel sgmat-f16: prefill on "
@@ -201,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
         argv += ["--prefill-kernel", "sgmat-f16"]
     flags = list(dict.fromkeys(args.dawn_flag + extra))
     try:
-        with DawnHost(flags) as host:
+        with DawnHost(flags, js_heap_mb=args.js_heap) as host:
             out = host.exec(_BENCH.format(argv=json.dumps(argv)))
     except (DawnHostError, DawnRequestError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
@@ -216,9 +231,9 @@ def _strip_flags(argv: list[str]) -> list[str]:
     for a in argv:
         if skip:
             skip = False
-        elif a == "--dawn-flag":
+        elif a in ("--dawn-flag", "--js-heap"):
             skip = True
-        elif a not in ("--unsafe-apis", "--subgroup-matrix") and not a.startswith("--dawn-flag="):
+        elif a not in ("--unsafe-apis", "--subgroup-matrix") and not a.startswith(("--dawn-flag=", "--js-heap=")):
             out.append(a)
     return out
 
