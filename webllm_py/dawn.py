@@ -85,7 +85,8 @@ class DawnHost:
         """flags: Dawn toggles; js_heap_mb > 0: V8's initial heap (node --initial-heap-size). dawn.node resolves
         GPU promises by polling Dawn from setImmediate ticks that allocate, and what they leave is promoted to
         V8's old space: at node's default heap a ~35 ms Mark-Compact ran every ~0.65 s of a decode on lavapipe
-        (docs/benchmarks.md, "JS garbage while waiting on the GPU"); a 1 GiB start ran one in the same decode.
+        (docs/benchmarks.md, "JS garbage while waiting on the GPU"); from a 1 GiB start none ran in the timed
+        decodes (one in the whole process), the ~13 ms scavenges stayed (section "Three changes built ...").
         Chrome waits without this polling, so this is the harness's cost, not the browser's."""
         node = os.environ.get("WEBLLM_NODE") or shutil.which("node")
         if not node:
