@@ -102,7 +102,7 @@ class NativeDevice(Device):
         use_subgroups: bool | None = None,
         max_binding_size: int | None = None,
         spin_reads: bool | None = None,
-        shader_checks: bool = True,
+        shader_checks: bool | None = None,
     ) -> None:
         """use_subgroups: request the adapter's subgroups feature; None: on GPU adapters only (the
         staged matvec's team reduction, linear.py; CPU adapters' kernels do not use them).
@@ -114,8 +114,10 @@ class NativeDevice(Device):
         arrays clamped, a counter in every loop against infinite loops), as wgpu does by default; False:
         without them (trusted_module), which Tint (Dawn, Chrome) does not emit for these kernels either.
         These kernels are this package's own, generated from its templates and tested against numpy with
-        every index in range; storage buffers stay guarded by the driver's robust buffer access. On until
-        a GPU measures what they cost (bench --shader-checks 0/1; docs/benchmarks.md)."""
+        every index in range; storage buffers stay guarded by the driver's robust buffer access. None: off
+        on GPU adapters (H100, 2026-12-07: 1B decode 1.25x, 1B prefill 1.11x, 8B decode 1.11x, greedy ids
+        equal; docs/benchmarks.md), on for CPU adapters (lavapipe showed no difference; CI keeps naga's
+        checks). bench --shader-checks 0/1 is the A/B."""
         super().__init__()
         try:
             import wgpu
@@ -170,7 +172,7 @@ class NativeDevice(Device):
             self._usage |= wgpu.BufferUsage.UNIFORM
         self._spin_reads = not self.info.is_fallback if spin_reads is None else spin_reads
         self._staging: dict[int, Any] = {}  # readback buffers by size (polled reads)
-        self._shader_checks = shader_checks
+        self._shader_checks = self.info.is_fallback if shader_checks is None else shader_checks
 
     def _create_pipeline(self, source: str, label: str):
         try:
