@@ -64,7 +64,8 @@ def trusted_module(raw_device, source: str, label: str):
     wgpuDeviceCreateShaderModuleTrusted with WGPUShaderRuntimeChecks_None), which wgpu-py 0.32 does not
     wrap. naga otherwise clamps every dynamic index into a workgroup or private array and counts the
     iterations of every loop (so that a shader cannot loop forever): in a matmul's inner loop both
-    are per-element work. Tint (Dawn, Chrome) emits neither for these kernels."""
+    are per-element work. Tint (Dawn, Chrome) adds no loop counters, and its robustness transform clamps
+    only the indices it cannot prove in range."""
     from wgpu.backends.wgpu_native import _api
 
     ffi, lib = _api.ffi, _api.lib
@@ -112,7 +113,8 @@ class NativeDevice(Device):
         on GPU adapters only (bench --read-spin A/B runs).
         shader_checks: compile kernels with naga's run-time checks (indices into workgroup and private
         arrays clamped, a counter in every loop against infinite loops), as wgpu does by default; False:
-        without them (trusted_module), which Tint (Dawn, Chrome) does not emit for these kernels either.
+        without them (trusted_module). Tint (Dawn, Chrome) adds no loop counters; its robustness transform clamps
+        indices too, except where it proves them in range.
         These kernels are this package's own, generated from its templates and tested against numpy with
         every index in range; storage buffers stay guarded by the driver's robust buffer access. None: off
         on GPU adapters (H100, 2026-12-07: 1B decode 1.25x, 1B prefill 1.11x, 8B decode 1.11x, greedy ids
