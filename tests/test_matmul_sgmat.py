@@ -417,6 +417,10 @@ def test_unsafe_apis_flag_stays_with_the_host():
         "--dawn-flag",
         "allow_unsafe_apis",
         "--subgroup-matrix",
+        "--js-heap",
+        "512",
+        "--js-heap=256",
+        "--dawn-flag=disable_robustness",
         "--prompt-tokens",
         "5",
     ]

@@ -227,14 +227,19 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+# dawn-bench's own options (the host's, not bench's): _strip_flags leaves bench the rest
+_HOST_VALUE_OPTIONS = ("--dawn-flag", "--js-heap")
+_HOST_SWITCHES = ("--unsafe-apis", "--subgroup-matrix")
+
+
 def _strip_flags(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a in ("--dawn-flag", "--js-heap"):
+        elif a in _HOST_VALUE_OPTIONS:
             skip = True
-        elif a not in ("--unsafe-apis", "--subgroup-matrix") and not a.startswith(("--dawn-flag=", "--js-heap=")):
+        elif a not in _HOST_SWITCHES and not a.startswith(tuple(o + "=" for o in _HOST_VALUE_OPTIONS)):
             out.append(a)
     return out
 
