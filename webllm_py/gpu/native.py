@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Sequence
 
 from ..errors import GPUCommandError, GPUUnavailableError, ShaderError
-from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Recorder, align_up
+from .base import AdapterInfo, BindGroup, Buffer, Device, Kernel, Program, Recorder, align_up
 from .vulkan_env import quiet_device_select
 
 # Features this runtime uses; wgpu-native names subgroups "subgroup".
@@ -39,6 +39,34 @@ class NativeRecorder(Recorder):
         p.set_pipeline(bind_group.kernel.pipeline)
         p.set_bind_group(0, bind_group.handle)
         p.dispatch_workgroups(x, y, z)
+
+    def replay(self, program: Program) -> None:
+        """A captured Program through wgpu-native's C entry points directly. wgpu-py wraps each call in
+        Python (error capture around every call, a fresh offsets array per set_bind_group): ~10 us a
+        dispatch on this machine's CPU, so a 1B decode step's 85 dispatches cost about as much host time
+        as its GPU time, and the pipelined decode waited on the host. An encoding error is not lost:
+        wgpu-core keeps it in the pass and raises it at end()/finish(), which still go through wgpu-py.
+        program.native: (pipeline or None where it is the previous dispatch's, bind group, x, y, z) handles;
+        program.commands keeps the objects that own them alive."""
+        if program.native is None:
+            cmds, last = [], None
+            for bg, x, y, z in program.commands:
+                pipe = bg.kernel.pipeline._internal
+                cmds.append((None if pipe == last else pipe, bg.handle._internal, x, y, z))
+                last = pipe
+            program.native = cmds
+        from wgpu.backends.wgpu_native import _api
+
+        lib, no_offsets = _api.lib, _api.ffi.NULL
+        set_pipeline = lib.wgpuComputePassEncoderSetPipeline
+        set_bind_group = lib.wgpuComputePassEncoderSetBindGroup
+        dispatch = lib.wgpuComputePassEncoderDispatchWorkgroups
+        h = self._compute_pass()._internal
+        for pipe, bg, x, y, z in program.native:
+            if pipe is not None:
+                set_pipeline(h, pipe)
+            set_bind_group(h, 0, bg, 0, no_offsets)
+            dispatch(h, x, y, z)
 
     def copy_buffer(self, src: Buffer, src_offset: int, dst: Buffer, dst_offset: int, size: int) -> None:
         if self._pass is not None:
