@@ -109,3 +109,10 @@ def test_rejected_commands_are_a_typed_error_and_the_device_stays_usable(device)
         with device.recorder() as rec:
             rec.dispatch(device.bind(k, [*bufs, step_buffer(device, 0, 1)]), 70000)
     test_glu(device, "silu", 3, 1536)
+    # the same grid in a captured Program: the native replay calls wgpu-native directly, and the error still
+    # surfaces when the command buffer is finished
+    bad = device.capture(lambda r: r.dispatch(device.bind(k, [*bufs, step_buffer(device, 0, 1)]), 70000))
+    with pytest.raises(GPUCommandError, match="rejected"):
+        with device.recorder() as rec:
+            rec.replay(bad)
+    test_glu(device, "silu", 3, 1536)
