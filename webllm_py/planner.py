@@ -167,17 +167,15 @@ class MatmulI8Tiling:
 
 
 @dataclass(frozen=True)
-class MatmulSgmatTiling:
-    """Prefill on subgroup matrices (matmul_sgmat.wgsl.j2, tensor cores through Dawn's
-    chromium-experimental-subgroup-matrix) after quantize_i8.wgsl.j2, as matmul_i8: a workgroup of
-    sg_m x sg_n subgroups, each owning ti x tj 16x16 tiles of y, walks K in steps of kb blocks."""
+class SubgroupTile:
+    """What the subgroup-matrix matmuls' tilings share: a workgroup of sg_m x sg_n subgroups of 32, each
+    owning ti x tj 16x16 tiles of y, walks K in steps of kb 32-blocks."""
 
     sg_m: int = 2  # subgroups along tokens
     sg_n: int = 2  # subgroups along rows
     ti: int = 2  # 16-token tiles per subgroup: each weight matrix loaded serves ti multiplies
     tj: int = 2  # 16-row tiles per subgroup: each x matrix loaded serves tj multiplies
     kb: int = 2  # 32-blocks per K step (between staging barriers), where it divides K / 32
-    planes: int = 2  # int8 planes of x (as MatmulI8Tiling's)
 
     @property
     def tm(self) -> int:
@@ -191,6 +189,14 @@ class MatmulSgmatTiling:
     def threads(self) -> int:
         """A workgroup's threads: sg_m x sg_n subgroups of 32."""
         return 32 * self.sg_m * self.sg_n
+
+
+@dataclass(frozen=True)
+class MatmulSgmatTiling(SubgroupTile):
+    """Prefill on subgroup matrices (matmul_sgmat.wgsl.j2, tensor cores through Dawn's
+    chromium-experimental-subgroup-matrix) after quantize_i8.wgsl.j2, as matmul_i8 (the tile: SubgroupTile)."""
+
+    planes: int = 2  # int8 planes of x (as MatmulI8Tiling's)
 
     def groups(self, n: int, T: int) -> tuple[int, int]:
         return _ceil_div(n, self.tn), _ceil_div(T, self.tm)
@@ -207,17 +213,11 @@ class MatmulSgmatTiling:
 
 
 @dataclass(frozen=True)
-class MatmulSgmatF16Tiling:
+class MatmulSgmatF16Tiling(SubgroupTile):
     """Prefill on f16 subgroup matrices (matmul_sgmat_f16.wgsl.j2): weights dequantized to f16 tiles in
     workgroup memory (block scales applied while staging), x / s_t (s_t: its token's power-of-two scale)
-    rounded to f16 there too, f32 accumulators over the whole K; a workgroup of sg_m x sg_n subgroups, each
-    owning ti x tj 16x16 tiles of y."""
+    rounded to f16 there too, f32 accumulators over the whole K (the tile: SubgroupTile)."""
 
-    sg_m: int = 2  # subgroups along tokens
-    sg_n: int = 2  # subgroups along rows
-    ti: int = 2  # 16-token tiles per subgroup: each weight matrix loaded serves ti multiplies
-    tj: int = 2  # 16-row tiles per subgroup: each x matrix loaded serves tj multiplies
-    kb: int = 2  # 32-blocks per K step (between barriers), where it divides K / 32
     # double-buffered K steps (one barrier a step, the next step's loads in flight): 0.67x the single
     # buffer's speed on the H200 (docs/benchmarks.md: twice the workgroup memory, registers live across
     # the multiplies), so off
@@ -250,19 +250,6 @@ class MatmulSgmatF16Tiling:
     def __post_init__(self) -> None:
         if self.out_turns < 1 or (self.sg_m * self.sg_n) % self.out_turns:
             raise ValueError(f"MatmulSgmatF16Tiling.out_turns must divide sg_m x sg_n, not {self.out_turns!r}")
-
-    @property
-    def tm(self) -> int:
-        return 16 * self.sg_m * self.ti
-
-    @property
-    def tn(self) -> int:
-        return 16 * self.sg_n * self.tj
-
-    @property
-    def threads(self) -> int:
-        """A workgroup's threads: sg_m x sg_n subgroups of 32."""
-        return 32 * self.sg_m * self.sg_n
 
     def groups(self, n: int, T: int) -> tuple[int, int, int]:
         return _ceil_div(n, self.tn), _ceil_div(T, self.tm), self.splits
