@@ -83,7 +83,7 @@ def test_bad_wgsl_raises_shader_error_and_device_stays_usable(device):
 
 
 def test_kernels_without_shader_checks_match_numpy_and_still_report_bad_wgsl():
-    """shader_checks=False (bench --shader-checks 0) compiles through wgpu-native's trusted entry point, which
+    """shader_checks=False (GPU adapters' default; bench --shader-checks 0) compiles through wgpu-native's trusted entry point, which
     wgpu-py does not wrap (native.trusted_module): the tiled matmul (workgroup arrays at run-time indices,
     loops) must still match numpy, and bad WGSL still raise the typed error naming that entry point."""
     from webllm_py.gpu.native import NativeDevice

@@ -338,7 +338,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--shader-checks",
         choices=["0", "1"],
         help="native: 1 = kernels compiled with naga's run-time checks (clamped array indices, bounded "
-        "loops; the default), 0 = without (NativeDevice says why)",
+        "loops), 0 = without (default: with on CPU adapters only; NativeDevice says why)",
     )
     p.add_argument(
         "--decode-loop",

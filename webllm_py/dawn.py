@@ -239,7 +239,7 @@ def _strip_flags(argv: list[str]) -> list[str]:
             skip = False
         elif a in _HOST_VALUE_OPTIONS:
             skip = True
-        elif a not in _HOST_SWITCHES and not a.startswith(tuple(o + "=" for o in _HOST_VALUE_OPTIONS)):
+        elif a not in _HOST_SWITCHES and a.split("=", 1)[0] not in _HOST_VALUE_OPTIONS:
             out.append(a)
     return out
 

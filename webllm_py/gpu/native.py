@@ -43,8 +43,8 @@ class NativeRecorder(Recorder):
     def replay(self, program: Program) -> None:
         """A captured Program through wgpu-native's C entry points directly. wgpu-py wraps each call in
         Python (error capture around every call, a fresh offsets array per set_bind_group): ~9 us a
-        dispatch on a 2-core CI machine (1.4 us direct), so a 1B decode step's 85 dispatches cost about as much host time
-        as its GPU time, and the pipelined decode waited on the host. An encoding error is not lost:
+        dispatch on a 2-core CI machine, 1.4 us direct; a 1B decode step has 85 (H100: decode +2-4%,
+        docs/benchmarks.md). An encoding error is not lost:
         wgpu-core keeps it in the pass and raises it at end()/finish(), which still go through wgpu-py.
         program.native: (pipeline or None where it is the previous dispatch's, bind group, x, y, z) handles;
         program.commands keeps the objects that own them alive."""
@@ -146,8 +146,8 @@ class NativeDevice(Device):
         These kernels are this package's own, generated from its templates and tested against numpy with
         every index in range; storage buffers stay guarded by the driver's robust buffer access. None: off
         on GPU adapters (H100, 2026-12-07: 1B decode 1.25x, 1B prefill 1.11x, 8B decode 1.11x; the prompt's
-        logits bit-identical, the decode's within 9e-4 of their scale; docs/benchmarks.md), on for CPU adapters (lavapipe showed no difference; CI keeps naga's
-        checks). bench --shader-checks 0/1 is the A/B."""
+        logits bit-identical, the decode's within 9e-4 of their scale; docs/benchmarks.md), on for CPU
+        adapters (lavapipe showed no difference; CI keeps naga's checks). bench --shader-checks 0/1 is the A/B."""
         super().__init__()
         try:
             import wgpu
