@@ -155,13 +155,16 @@ def run_emulated(
     y0: np.ndarray | None = None,
     wsrc: str = "q",
     xsrc: str = "f32",
+    up: bytes | None = None,
+    glu: str | None = None,
     **options,
 ) -> np.ndarray:
     """y [T, N] (float64) of the emulated kernel over raw ggml rows and f32 x (y0: y += onto it), after
     row_scale.wgsl.j2 (not emulated: plain WGSL) wrote x's per-token scales. wsrc="f16": the kernel's
     copy-only W staging over the f16 rows dequant_f16.wgsl.j2 makes of raw (run_dequant_f16); xsrc="f16": its
     copy-only x staging over the f16(x / s_t) row_scale writes beside s_t (its x16 option). `options`: further
-    template parameters (sgc)."""
+    template parameters (sgc). glu ("silu" / "gelu_tanh") with up (raw ggml rows of the up matrix, raw being the
+    gate's): the fused gate/up, y [T, N] = act(x gate^T) * (x up^T)."""
     T = x.shape[0]
     src = kernels.render(
         "matmul_sgmat_f16",
@@ -181,6 +184,7 @@ def run_emulated(
         accumulate=y0 is not None,
         wsrc=wsrc,
         xsrc=xsrc,
+        **({"glu": glu} if glu else {}),
         **options,
     )
     kernel = device._make_kernel(emulate(src), f"matmul_sgmat_f16 emulated {qtype}")
@@ -198,9 +202,12 @@ def run_emulated(
     ]
     if bias is not None:
         bufs.append(device.buffer_from(bias.astype(np.float32).tobytes()))
+    if glu:
+        assert up is not None and bias is None
+        bufs.append(device.buffer_from(up + b"\0" * 4))
     scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=xsrc == "f16")
     device.run(scales, [x_buf, bufs[2], bufs[4]] + ([bufs[1]] if xsrc == "f16" else []), 1, T)
-    device.run(kernel, bufs, *t.groups(N, T))
+    device.run(kernel, bufs, *t.groups(2 * N if glu else N, T))
     out = asyncio.run(device.read_buffer(bufs[3], 0, 4 * T * N))
     return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)
 

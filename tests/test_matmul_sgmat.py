@@ -661,3 +661,148 @@ def test_f16_probes_emulated(device):
         y = run_emulated(device, "Q4_0", raw, N, K, x, tiling, xsrc="f16", sgc=True, probe=probe)
         want = times * (x[:, cols].astype(np.float64) @ w[:, cols].T)
         assert (np.abs(y - want) <= times * f16_bound(x[:, cols], w[:, cols])).all(), probe
+
+
+def _silu(v):
+    with np.errstate(over="ignore"):  # exp(-v) of a very negative v: inf, and silu(v) -0, as in f32
+        return v / (1.0 + np.exp(-v))
+
+
+def _gelu_tanh(v):
+    return 0.5 * v * (1.0 + np.tanh(0.7978845608028654 * (v + 0.044715 * v**3)))
+
+
+def glu_bound(x, wg, wu, act: str):
+    """|act(a) b - act(a') b'| for a, a' (gate's sums) and b, b' (up's) each within f16_bound of the other: the
+    activations' slopes are at most 1.1 (silu) and 1.13 (gelu_tanh) in magnitude, plus f32's rounding."""
+    a, b = x.astype(np.float64) @ wg.T, x.astype(np.float64) @ wu.T
+    fa = _silu(a) if act == "silu" else _gelu_tanh(a)
+    ea, eb = f16_bound(x, wg), f16_bound(x, wu)
+    return 1.13 * ea * (np.abs(b) + eb) + np.abs(fa) * eb + 1e-5 * np.abs(fa * b) + 1e-6, fa * b
+
+
+# The fused gate/up with its GLU epilogue (glu): (qtype, H, K, T, tiling, act, xsrc); ragged H and T, one and
+# several K steps, the pf, db and plain loops, the K types, gelu_tanh, x staged from f32 and copied as f16
+GLU_EMULATED = [
+    ("Q4_0", 37, 96, 5, MatmulSgmatF16Tiling(kb=1, pf=True), "silu", "f16"),
+    ("Q4_K", 45, 512, 20, MatmulSgmatF16Tiling(pf=True), "gelu_tanh", "f32"),
+    ("Q6_K", 21, 256, 9, MatmulSgmatF16Tiling(kb=2, db=True), "silu", "f32"),
+    ("Q8_0", 70, 128, 37, MatmulSgmatF16Tiling(sg_n=1, ti=2, tj=4, kb=2), "silu", "f16"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GLU_EMULATED, ids=[f"{c[0]}-{c[5]}-x{c[6]}" for c in GLU_EMULATED])
+def test_f16_glu_emulated(device, case):
+    """matmul_sgmat_f16's fused gate/up (glu: both matrices staged in one tile, act(gate) * up in its epilogue)
+    within glu_bound of numpy's act(x Wg^T) * (x Wu^T) over gguf-py's dequantization (builtins emulated), rows
+    of x past f16's range included; every output written (y starts as NaN)."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    qtype, H, K, T, tiling, act, xsrc = case
+    rng = np.random.default_rng(H + K + T + 7)
+    raw_g, wg = make_weight(qtype, H, K, rng)
+    raw_u, wu = make_weight(qtype, H, K, rng)
+    x = outlier_rows(rng, T, K) if T >= 10 else rng.standard_normal((T, K)).astype(np.float32)
+    y = run_emulated(device, qtype, raw_g, H, K, x, tiling, up=raw_u, glu=act, xsrc=xsrc)
+    bound, ref = glu_bound(x, wg, wu, act)
+    assert np.isfinite(y).all()
+    assert (np.abs(y - ref) <= bound).all(), float((np.abs(y - ref) / bound).max())
+
+
+def _glu_group(device, raw_g, raw_u, H, K, x, policy, act="silu"):
+    """A fused gate/up MatvecGroup (glu) over raw Q4_0 rows, recorded for x's T tokens: (its GLU output [T, H], the
+    labels of the kernels it dispatched, whether the group planned the one-matmul form)."""
+    from webllm_py.ops import GLU
+
+    T = x.shape[0]
+    xb = f32_buffer(device, x)
+    ys = [f32_buffer(device, np.full((T, H), np.nan, np.float32)) for _ in range(3)]
+    params = device.buffer_from(struct.pack("<II", 0, T))
+    gate, up = (
+        Linear(device, upload(device, r, "Q4_0", H, K), policy=policy).bind(xb, y, params)
+        for r, y in zip((raw_g, raw_u), ys)
+    )
+    group = MatvecGroup([gate, up], glu=(act, GLU(device, H, act).bind(ys[0], ys[1], ys[2], params)))
+    labels = []
+
+    class Labels:
+        def __init__(self, rec):
+            self.rec = rec
+
+        def dispatch(self, bind_group, *groups):
+            labels.append(bind_group.kernel.label.split()[0])
+            self.rec.dispatch(bind_group, *groups)
+
+    with device.recorder() as rec:
+        group.record(Labels(rec), T)
+    return read_f32(device, ys[2], T * H).reshape(T, H), labels, group.prefill_glu is not None
+
+
+@pytest.mark.gpu
+def test_f16_glu_group_emulated():
+    """A gate/up MatvecGroup on an adapter with f16 subgroup matrices (builtins emulated) runs the prompt as x's
+    row_scale pass and ONE matmul_sgmat_f16 with the GLU in its epilogue, within glu_bound of numpy; with
+    KernelPolicy(prefill_glu=False) as row_scale, two matmuls and the GLU pass, within the same bound."""
+    from webllm_py.planner import KernelPolicy
+
+    from .model_checks import gpu_like_device
+    from .sgmat_emulation import emulated_f16_adapter
+
+    device = gpu_like_device()
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    H, K, T = 45, 128, 20
+    rng = np.random.default_rng(31)
+    (raw_g, wg), (raw_u, wu) = make_weight("Q4_0", H, K, rng), make_weight("Q4_0", H, K, rng)
+    x = outlier_rows(rng, T, K)
+    bound, ref = glu_bound(x, wg, wu, "silu")
+    tile = MatmulSgmatF16Tiling(sg_m=1, ti=1, pf=True, x16=True)  # small: the emulated multiplies are slow
+    with emulated_f16_adapter(device):
+        for on, kernels in (
+            (True, ["row_scale", "matmul_sgmat_f16"]),
+            (False, ["row_scale", "matmul_sgmat_f16", "matmul_sgmat_f16", "glu"]),
+        ):
+            y, labels, fused = _glu_group(
+                device, raw_g, raw_u, H, K, x, KernelPolicy(sgmat_f16_tiling=tile, prefill_glu=on)
+            )
+            assert fused == on and labels == kernels, (on, labels)
+            assert np.isfinite(y).all()
+            assert (np.abs(y - ref) <= bound).all(), (on, float((np.abs(y - ref) / bound).max()))
+
+
+_GLU = """
+import base64, struct
+from webllm_py.linear import Linear, MatvecGroup
+from webllm_py.ops import GLU
+T, K, H = {T}, {K}, {H}
+ws = [upload_tensor(dev, BytesSource(base64.b64decode(r)), TensorInfo("w", (K, H), int(GGMLType.{qtype}), 0, len(base64.b64decode(r)))) for r in {raws!r}]
+xb = dev.buffer_from(base64.b64decode({x!r}))
+ys = [dev.buffer_from(struct.pack(f"<{{T * H}}f", *[float("nan")] * (T * H))) for _ in range(3)]
+params = dev.buffer_from(struct.pack("<II", 0, T))
+gate, up = (Linear(dev, w, policy=KernelPolicy({policy})).bind(xb, y, params) for w, y in zip(ws, ys))
+group = MatvecGroup([gate, up], glu=({act!r}, GLU(dev, H, {act!r}).bind(ys[0], ys[1], ys[2], params)))
+with dev.recorder() as rec:
+    group.record(rec, T)
+[group.prefill_glu is not None, base64.b64encode(await dev.read_buffer(ys[2], 0, 4 * T * H)).decode()]
+"""
+
+
+@pytest.mark.parametrize("qtype,act", [("Q4_0", "silu"), ("Q4_K", "gelu_tanh")])
+@pytest.mark.parametrize("policy", ["", "prefill_glu=False"], ids=["fused", "two-matmuls"])
+def test_f16_glu(host16, qtype, act, policy):
+    """The prompt's gate/up on the tensor cores as "auto" plans it (the planner's tile for 2 H rows): one
+    matmul_sgmat_f16 with the GLU in its epilogue (and, with prefill_glu=False, two matmuls and the GLU pass),
+    ragged H and T, rows of x past f16's range: within glu_bound of numpy over gguf-py's dequantization."""
+    H, K, T = 300, 512, 70
+    rng = np.random.default_rng(41)
+    (raw_g, wg), (raw_u, wu) = make_weight(qtype, H, K, rng), make_weight(qtype, H, K, rng)
+    x = outlier_rows(rng, T, K)
+    fused, y = host16.exec(
+        _GLU.format(T=T, K=K, H=H, qtype=qtype, raws=[_b64(raw_g), _b64(raw_u)], x=_b64(x), policy=policy, act=act)
+    )
+    y = np.frombuffer(base64.b64decode(y), np.float32).astype(np.float64).reshape(T, H)
+    assert fused == (policy == "")
+    bound, ref = glu_bound(x, wg, wu, act)
+    assert np.isfinite(y).all()
+    assert (np.abs(y - ref) <= bound).all(), float((np.abs(y - ref) / bound).max())

@@ -265,6 +265,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "x and w_down reads it prestaged (planner.KernelPolicy.glu_emit); default: planner.glu_emit_auto",
     )
     p.add_argument(
+        "--prefill-glu",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with matmul_sgmat_f16, the prompt's gate and up in one matmul with the GLU in its epilogue "
+        "(planner.sgmat_glu_tiling); --no-prefill-glu: two matmuls and the GLU's own pass (default: on)",
+    )
+    p.add_argument(
         "--prefill-kernel",
         choices=PREFILL_KERNELS,
         default="auto",
@@ -501,6 +508,7 @@ def kernel_policy(args: argparse.Namespace):
         prestage=args.prestage,
         attention_emit=args.attention_emit,
         glu_emit=args.glu_emit,
+        prefill_glu=args.prefill_glu,
         fold_norm_max_k=FOLD_NORM_MAX_K if args.fold_norms is None else args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(

@@ -38,6 +38,7 @@ from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and
     i8_tiling,
     matvec_wg,
     plan_fused,
+    sgmat_glu_tiling,
     plan_matmul,
     plan_matvec,
     staged_tiling,
@@ -218,18 +219,7 @@ class Linear:
                 elif isinstance(m, MatmulSgmatTiling):
                     tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
                 else:  # x / s_t in (f32, or f16 from row_scale's x16), f16 tiles inside
-                    tiling = dict(
-                        sg_m=m.sg_m,
-                        sg_n=m.sg_n,
-                        ti=m.ti,
-                        tj=m.tj,
-                        kb=m.kb,
-                        db=m.db,
-                        pf=m.pf,
-                        splits=m.splits,
-                        sgc=m.sgc,
-                        out_turns=m.out_turns,
-                    )
+                    tiling = sgmat_f16_params(m)
                 # split-K slices write partial tiles; splitk_sum ("reduce") does the bias, += and stride
                 split = isinstance(m, MatmulSgmatF16Tiling) and m.splits > 1
                 k = self.device.kernel(
@@ -243,7 +233,6 @@ class Linear:
                     has_bias=self.bias is not None and not split,
                     accumulate=accumulate and not split,
                     **{k: v for k, v in self._params.items() if k == "out_stride" and not split},
-                    **({"xsrc": "f16"} if isinstance(m, MatmulSgmatF16Tiling) and m.x16 else {}),
                 )
             elif kind == "reduce" and isinstance(m, MatmulSgmatF16Tiling):  # matmul_sgmat_f16's split-K partials
                 k = self.device.kernel(
@@ -420,7 +409,7 @@ class Linear:
             splits = mt.splits if isinstance(mt, MatmulSgmatF16Tiling) else 1
             if splits == 1:
                 mm = self.device.bind(self.kernel("matmul", accumulate), [w, xs, scale, y, params, *extra])
-                return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre)
+                return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre, params=params)
             # split-K: partial tiles [splits, T, N] in a scratch the next split matmul may reuse
             part = _scratch(self.device, "splitk", 4 * splits * tokens * self.N)
             mm = self.device.bind(self.kernel("matmul", False), [w, xs, scale, part, params])
@@ -462,6 +451,7 @@ class BoundLinear:
     prestage: Any = None  # single tokens: the QuantizeX BoundOp recorded before a prestaged matvec
     emits: tuple | None = None  # emit_into's (norm, planes, xq, xd): the next group's x it writes
     taken: tuple | None = None  # take_x's (xq, xd): its own x, quantized by the op before
+    params: Any = None  # matmul_sgmat_f16's (one slice): the prompt's params buffer, for a fused gate/up (MatvecGroup)
 
     @property
     def reads(self) -> tuple:
@@ -601,6 +591,23 @@ class BoundLinear:
         rec.dispatch(self.matmul, _ceil_div(lin.N, t.tn), _ceil_div(n_tokens, t.tm))
 
 
+def sgmat_f16_params(m: MatmulSgmatF16Tiling) -> dict[str, Any]:
+    """matmul_sgmat_f16.wgsl.j2's tiling parameters for a tile, with x copied as f16 where it says x16."""
+    return dict(
+        sg_m=m.sg_m,
+        sg_n=m.sg_n,
+        ti=m.ti,
+        tj=m.tj,
+        kb=m.kb,
+        db=m.db,
+        pf=m.pf,
+        splits=m.splits,
+        sgc=m.sgc,
+        out_turns=m.out_turns,
+        **({"xsrc": "f16"} if m.x16 else {}),
+    )
+
+
 def record_in_turn(linears: list[BoundLinear], rec: Any, n_tokens: int, passed: tuple | None = None) -> None:
     """Record linears that read one x one after another (a group's members, a split weight's row blocks):
     where consecutive ones pass over x alike before their matmuls (x_pass: the int8 prefills' quantize_i8,
@@ -707,6 +714,43 @@ class MatvecGroup:
             if fold:
                 norm.absorbed = True
                 self.norm = norm
+        self.prefill_glu = self._bind_prefill_glu()
+
+    def _bind_prefill_glu(self) -> tuple[Any, MatmulSgmatF16Tiling, Any] | None:
+        """The prompt's gate and up as one matmul_sgmat_f16 dispatch with the GLU in its epilogue (planner.
+        sgmat_glu_tiling): (its bind group, its tile, the row_scale pass over x before it), where both members
+        run matmul_sgmat_f16 in one slice on one x, of one type and shape, without bias, row blocks or y +=, and
+        the planner has a tile for the 2 H rows that copies x as they do (x16) or stages it as they do; else None."""
+        if not self.glu or len(self.members) != 2:
+            return None
+        g, u = self.members
+        lg, lu = g.linear, u.linear
+        if not all(
+            b.params is not None and not b.parts and not b.accumulate and b.linear.bias is None for b in self.members
+        ) or not (g.x is u.x and (lg.weight.ggml_type, lg.N, lg.K) == (lu.weight.ggml_type, lu.N, lu.K)):
+            return None
+        m = lg.matmul_tiling
+        t = sgmat_glu_tiling(lg.adapter, lg.weight.ggml_type, lg.K, lg.N, lg.policy)
+        if t is None or not isinstance(m, MatmulSgmatF16Tiling) or t.x16 != m.x16:
+            return None
+        k = lg.device.kernel(
+            "matmul_sgmat_f16",
+            label=f"matmul_sgmat_f16 glu {lg.weight.name}",
+            **sgmat_f16_params(t),
+            qtype=lg.weight.ggml_type.name,
+            K=lg.K,
+            row_bytes=lg._params["row_bytes"],
+            tokens_at=lg._tokens_at,
+            has_bias=False,
+            accumulate=False,
+            glu=self.glu[0],
+        )
+        # the scratch Linear.bind gave the members' row_scale pass (keyed by role and size: the same buffers)
+        tokens = g.x.size // (4 * lg.K)
+        scale = _scratch(lg.device, "xscale", 8 * tokens)
+        xs = _scratch(lg.device, "x16", 2 * tokens * lg.K) if t.x16 else g.x
+        out = self.glu[1].writes[0]
+        return lg.device.bind(k, [lg.weight.buffer, xs, scale, out, g.params, lu.weight.buffer]), t, g.quant
 
     def x_planes(self) -> int | None:
         """The planes of x its fused dispatches read prequantized (a QuantizeX of its folded norm's input
@@ -781,6 +825,11 @@ class MatvecGroup:
                     pre.record(rec, 1)
                 z = _ceil_div(groups, MAX_GROUPS)
                 rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
+            return
+        if self.prefill_glu is not None:  # gate, up and the GLU in one matmul, after x's per-token scales
+            fused, t, scales = self.prefill_glu
+            rec.dispatch(scales, 1, n_tokens)
+            rec.dispatch(fused, *t.groups(2 * self.members[0].linear.N, n_tokens))
             return
         # Prefill: members one by one (each run of matmuls passing over x alike passes once: record_in_turn).
         record_in_turn(self.members, rec, n_tokens)

@@ -515,6 +515,9 @@ class KernelPolicy:
     sgmat_f16_tiling: MatmulSgmatF16Tiling | None = None  # matmul_sgmat_f16's (kb as sgmat_tiling's)
     # matmul_sgmat_f16's split-K slices in every tile, the planner's or the policy's (None: the tile's own)
     sgmat_f16_splits: int | None = None
+    # the prompt's gate and up in one matmul_sgmat_f16 dispatch with the GLU in its epilogue (sgmat_glu_tiling);
+    # False: two matmuls and the GLU's own pass
+    prefill_glu: bool = True
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
     # attention_step merges its split-K slices itself (one dispatch; needs a device-scope
@@ -1012,6 +1015,23 @@ def sgmat_f16_tiling(
         splits -= 1
     t = replace(t, splits=max(splits, 1))
     return t if sgmat_fits(adapter, t) else None
+
+
+def sgmat_glu_tiling(
+    adapter: Adapter, qtype: GGMLType, K: int, H: int, policy: KernelPolicy = DEFAULT_POLICY
+) -> MatmulSgmatF16Tiling | None:
+    """The tile of a prompt's gate and up (each [H, K] of qtype) as one matmul_sgmat_f16 dispatch of 2 H rows with
+    act(gate) * up in its epilogue (the template's glu), where KernelPolicy.prefill_glu asks and sgmat_f16_tiling
+    plans the 2 H rows with a tile the epilogue can pair (tj even: a subgroup's first tj / 2 tiles are gate's, its
+    last up's, of the same rows), in one slice and one turn; else None (two matmuls and the GLU pass). Why: the
+    two matmuls' workgroups in one wave count (8B's 512 x 14336: 2 x 448 of 128x128, 3.4 waves of 132 SMs
+    each, against 896 in 6.8), and no [T, H] outputs of gate and up to store and read back."""
+    if not policy.prefill_glu:
+        return None
+    t = sgmat_f16_tiling(adapter, qtype, K, 2 * H, policy)
+    if t is None or t.tj % 2 or t.splits > 1 or t.out_turns > 1:
+        return None
+    return t
 
 
 # the partial tiles' buffer of a split matmul_sgmat_f16 stays within WebGPU's default
