@@ -136,3 +136,51 @@ def int8_bound(x: np.ndarray, w: np.ndarray, planes: int = 1) -> np.ndarray:
     T, K = x.shape
     half_step = np.abs(x.astype(np.float64)).reshape(T, K // 32, 32).max(2) / 127 / 2 / (254 if planes == 2 else 1)
     return np.repeat(half_step, 32, 1) @ np.abs(w).T
+
+
+def _silu(v):
+    with np.errstate(over="ignore"):  # exp(-v) of a very negative v: inf, and silu(v) -0, as in f32
+        return v / (1.0 + np.exp(-v))
+
+
+def _gelu_tanh(v):
+    return 0.5 * v * (1.0 + np.tanh(0.7978845608028654 * (v + 0.044715 * v**3)))
+
+
+def glu_error(x, wg, wu, act: str, ea, eb):
+    """(bound, reference) for a fused gate/up's act(x Wg^T) * (x Wu^T) where its gate sums a are within ea and its
+    up sums b within eb of numpy's: |act(a) b - act(a') b'| <= 1.13 ea (|b| + eb) + |act(a)| eb (the activations'
+    slopes are at most 1.1 (silu) and 1.13 (gelu_tanh) in magnitude), plus f32's rounding."""
+    a, b = x.astype(np.float64) @ wg.T, x.astype(np.float64) @ wu.T
+    fa = _silu(a) if act == "silu" else _gelu_tanh(a)
+    return 1.13 * ea * (np.abs(b) + eb) + np.abs(fa) * eb + 1e-5 * np.abs(fa * b) + 1e-6, fa * b
+
+
+def glu_group(device, raw_g, raw_u, H, K, x, policy, act="silu", qtype="Q4_0"):
+    """A fused gate/up MatvecGroup (glu) over raw rows, recorded for x's T tokens: (its GLU output [T, H], the
+    kernels it dispatched (first word of each label), whether the group planned the one-matmul form)."""
+    from webllm_py.linear import MatvecGroup
+    from webllm_py.ops import GLU
+
+    T = x.shape[0]
+    xb = f32_buffer(device, x)
+    ys = [f32_buffer(device, np.full((T, H), np.nan, np.float32)) for _ in range(3)]
+    params = device.buffer_from(struct.pack("<II", 0, T))
+    gate, up = (
+        Linear(device, upload(device, r, qtype, H, K), policy=policy).bind(xb, y, params)
+        for r, y in zip((raw_g, raw_u), ys)
+    )
+    group = MatvecGroup([gate, up], glu=(act, GLU(device, H, act).bind(ys[0], ys[1], ys[2], params)))
+    labels = []
+
+    class Labels:
+        def __init__(self, rec):
+            self.rec = rec
+
+        def dispatch(self, bind_group, *groups):
+            labels.append(bind_group.kernel.label.split()[0])
+            self.rec.dispatch(bind_group, *groups)
+
+    with device.recorder() as rec:
+        group.record(Labels(rec), T)
+    return read_f32(device, ys[2], T * H).reshape(T, H), labels, group.prefill_glu is not None

@@ -18,7 +18,7 @@ from webllm_py.linear import Linear, MatmulI8Tiling, MatmulRowsTiling, prefill_i
 from webllm_py.planner import KernelPolicy
 from webllm_py.weights import upload_tensor
 
-from .linear_helpers import int8_bound, make_weight, run_linear, upload
+from .linear_helpers import glu_error, glu_group, int8_bound, make_weight, run_linear, upload
 
 pytestmark = pytest.mark.gpu
 
@@ -177,3 +177,37 @@ def _linear_tilings(engine):
         for v in vars(o).values():
             stack.extend(v if isinstance(v, (list, tuple)) else [v])
     return out
+
+
+# matmul_i8's fused gate/up (glu): (qtype, H, K, T, tile, act); ragged H and T, the pf loop with whole and partial
+# shares and the plain loop, a K type, gelu_tanh
+GLU_CASES = [
+    ("Q4_0", 37, 96, 5, MatmulI8Tiling(tm=32, tn=32, rm=4, rn=2, kb=1, pf=True), "silu"),
+    ("Q4_K", 45, 512, 20, MatmulI8Tiling(tm=64, tn=64, rm=4, rn=4, kb=2, pf=True), "gelu_tanh"),
+    ("Q8_0", 70, 128, 37, MatmulI8Tiling(tm=32, tn=32, rm=4, rn=2, kb=2), "silu"),
+]
+
+
+@pytest.mark.parametrize("case", GLU_CASES, ids=[f"{c[0]}-{c[5]}" for c in GLU_CASES])
+def test_glu_matches_numpy(case):
+    """A gate/up MatvecGroup whose prompt runs matmul_i8 on a GPU (lavapipe told it is one): x's quantize_i8 pass
+    and ONE matmul_i8 with the GLU in its epilogue, within glu_error's bound (each matmul within int8_bound) of
+    numpy over gguf-py's dequantization; with KernelPolicy(prefill_glu=False) quantize_i8, two matmuls and the
+    GLU pass, within the same bound."""
+    from .model_checks import gpu_like_device
+
+    device = gpu_like_device()
+    qtype, H, K, T, tile, act = case
+    rng = np.random.default_rng(H + K + T + 3)
+    (raw_g, wg), (raw_u, wu) = make_weight(qtype, H, K, rng), make_weight(qtype, H, K, rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    bound, ref = glu_error(x, wg, wu, act, int8_bound(x, wg), int8_bound(x, wu))
+    for on, kernels in (
+        (True, ["quantize_i8", "matmul_i8"]),
+        (False, ["quantize_i8", "matmul_i8", "matmul_i8", "glu"]),
+    ):
+        policy = KernelPolicy(prefill="i8", i8_tiling=tile, prefill_glu=on)
+        y, labels, fused = glu_group(device, raw_g, raw_u, H, K, x, policy, act, qtype)
+        assert fused == on and labels == kernels, (on, labels)
+        assert np.isfinite(y).all()
+        assert (np.abs(y - ref) <= bound).all(), (on, float((np.abs(y - ref) / bound).max()))

@@ -29,7 +29,7 @@ from webllm_py.linear import Linear, MatvecGroup, _scratch
 from webllm_py.planner import MatmulSgmatF16Tiling
 from webllm_py.weights import split_upload, upload_tensor
 
-from .linear_helpers import f32_buffer, int8_bound, make_weight, read_f32, run_linear, upload
+from .linear_helpers import f32_buffer, glu_error, glu_group, int8_bound, make_weight, read_f32, run_linear, upload
 from .sgmat_emulation import emulating, run_dequant_f16, run_emulated
 
 pytestmark = pytest.mark.dawn
@@ -663,22 +663,9 @@ def test_f16_probes_emulated(device):
         assert (np.abs(y - want) <= times * f16_bound(x[:, cols], w[:, cols])).all(), probe
 
 
-def _silu(v):
-    with np.errstate(over="ignore"):  # exp(-v) of a very negative v: inf, and silu(v) -0, as in f32
-        return v / (1.0 + np.exp(-v))
-
-
-def _gelu_tanh(v):
-    return 0.5 * v * (1.0 + np.tanh(0.7978845608028654 * (v + 0.044715 * v**3)))
-
-
 def glu_bound(x, wg, wu, act: str):
-    """|act(a) b - act(a') b'| for a, a' (gate's sums) and b, b' (up's) each within f16_bound of the other: the
-    activations' slopes are at most 1.1 (silu) and 1.13 (gelu_tanh) in magnitude, plus f32's rounding."""
-    a, b = x.astype(np.float64) @ wg.T, x.astype(np.float64) @ wu.T
-    fa = _silu(a) if act == "silu" else _gelu_tanh(a)
-    ea, eb = f16_bound(x, wg), f16_bound(x, wu)
-    return 1.13 * ea * (np.abs(b) + eb) + np.abs(fa) * eb + 1e-5 * np.abs(fa * b) + 1e-6, fa * b
+    """glu_error's bound for matmul_sgmat_f16: each matmul within f16_bound."""
+    return glu_error(x, wg, wu, act, f16_bound(x, wg), f16_bound(x, wu))
 
 
 # The fused gate/up with its GLU epilogue (glu): (qtype, H, K, T, tiling, act, xsrc); ragged H and T, one and
@@ -710,35 +697,6 @@ def test_f16_glu_emulated(device, case):
     assert (np.abs(y - ref) <= bound).all(), float((np.abs(y - ref) / bound).max())
 
 
-def _glu_group(device, raw_g, raw_u, H, K, x, policy, act="silu"):
-    """A fused gate/up MatvecGroup (glu) over raw Q4_0 rows, recorded for x's T tokens: (its GLU output [T, H], the
-    labels of the kernels it dispatched, whether the group planned the one-matmul form)."""
-    from webllm_py.ops import GLU
-
-    T = x.shape[0]
-    xb = f32_buffer(device, x)
-    ys = [f32_buffer(device, np.full((T, H), np.nan, np.float32)) for _ in range(3)]
-    params = device.buffer_from(struct.pack("<II", 0, T))
-    gate, up = (
-        Linear(device, upload(device, r, "Q4_0", H, K), policy=policy).bind(xb, y, params)
-        for r, y in zip((raw_g, raw_u), ys)
-    )
-    group = MatvecGroup([gate, up], glu=(act, GLU(device, H, act).bind(ys[0], ys[1], ys[2], params)))
-    labels = []
-
-    class Labels:
-        def __init__(self, rec):
-            self.rec = rec
-
-        def dispatch(self, bind_group, *groups):
-            labels.append(bind_group.kernel.label.split()[0])
-            self.rec.dispatch(bind_group, *groups)
-
-    with device.recorder() as rec:
-        group.record(Labels(rec), T)
-    return read_f32(device, ys[2], T * H).reshape(T, H), labels, group.prefill_glu is not None
-
-
 @pytest.mark.gpu
 def test_f16_glu_group_emulated():
     """A gate/up MatvecGroup on an adapter with f16 subgroup matrices (builtins emulated) runs the prompt as x's
@@ -763,7 +721,7 @@ def test_f16_glu_group_emulated():
             (True, ["row_scale", "matmul_sgmat_f16"]),
             (False, ["row_scale", "matmul_sgmat_f16", "matmul_sgmat_f16", "glu"]),
         ):
-            y, labels, fused = _glu_group(
+            y, labels, fused = glu_group(
                 device, raw_g, raw_u, H, K, x, KernelPolicy(sgmat_f16_tiling=tile, prefill_glu=on)
             )
             assert fused == on and labels == kernels, (on, labels)

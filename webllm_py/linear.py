@@ -37,6 +37,7 @@ from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and
     gpu_matmul_tiling,
     i8_tiling,
     matvec_wg,
+    i8_glu_tiling,
     plan_fused,
     sgmat_glu_tiling,
     plan_matmul,
@@ -213,9 +214,7 @@ class Linear:
                 # the quantized-block prefills (matmul_i8, matmul_sgmat, matmul_sgmat_f16): their tilings, then
                 # what they all read the same way
                 if isinstance(m, MatmulI8Tiling):
-                    tiling = dict(
-                        stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, wg=m.wg, kb=m.kb, pf=m.pf, planes=m.planes
-                    )
+                    tiling = i8_params(m)
                 elif isinstance(m, MatmulSgmatTiling):
                     tiling = dict(sg_m=m.sg_m, sg_n=m.sg_n, ti=m.ti, tj=m.tj, kb=m.kb, planes=m.planes)
                 else:  # x / s_t in (f32, or f16 from row_scale's x16), f16 tiles inside
@@ -394,7 +393,7 @@ class Linear:
             )
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
-            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre)
+            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre, params=params)
         if self.matmul_plan.template == "matmul_sgmat_f16":
             # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds
             tokens = x.size // (4 * self.K)
@@ -451,7 +450,7 @@ class BoundLinear:
     prestage: Any = None  # single tokens: the QuantizeX BoundOp recorded before a prestaged matvec
     emits: tuple | None = None  # emit_into's (norm, planes, xq, xd): the next group's x it writes
     taken: tuple | None = None  # take_x's (xq, xd): its own x, quantized by the op before
-    params: Any = None  # matmul_sgmat_f16's (one slice): the prompt's params buffer, for a fused gate/up (MatvecGroup)
+    params: Any = None  # matmul_i8's and matmul_sgmat_f16's (one slice): the prompt's params, for a fused gate/up
 
     @property
     def reads(self) -> tuple:
@@ -556,6 +555,14 @@ class BoundLinear:
             return (id(self.x), self.linear.K, "row_scale", t.x16)
         return (id(self.x), self.linear.K, t.planes) if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)) else None
 
+    def record_x_pass(self, rec: Any, n_tokens: int) -> None:
+        """Record the pass over x its prompt's matmul reads (x_pass): quantize_i8's int8 blocks (a workgroup per 64
+        blocks of a token) or row_scale's per-token scales (a workgroup a token)."""
+        per_token = (
+            1 if isinstance(self.linear.matmul_tiling, MatmulSgmatF16Tiling) else _ceil_div(self.linear.K // 32, 64)
+        )
+        rec.dispatch(self.quant, per_token, n_tokens)
+
     def record(self, rec: Any, n_tokens: int, x_passed: bool = False) -> None:
         """Record y = x @ W^T for `n_tokens` rows of x; params[tokens_at] must hold n_tokens when it runs.
         x_passed: the scratch already holds this x's pass (a linear just before read the same x: x_pass)."""
@@ -575,12 +582,12 @@ class BoundLinear:
         t = lin.matmul_tiling
         if isinstance(t, (MatmulI8Tiling, MatmulSgmatTiling)):  # matmul_i8 / matmul_sgmat, after x's quantization
             if not x_passed:
-                rec.dispatch(self.quant, _ceil_div(lin.K // 32, 64), n_tokens)
+                self.record_x_pass(rec, n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
             return
         if isinstance(t, MatmulSgmatF16Tiling):  # matmul_sgmat_f16, after x's per-token scales (a row each)
             if not x_passed:
-                rec.dispatch(self.quant, 1, n_tokens)
+                self.record_x_pass(rec, n_tokens)
             rec.dispatch(self.matmul, *t.groups(lin.N, n_tokens))
             if self.reduce is not None:
                 rec.dispatch(self.reduce, _ceil_div(lin.N, SPLITK_SUM_WG), n_tokens)
@@ -589,6 +596,11 @@ class BoundLinear:
             rec.dispatch(self.matmul, _ceil_div(lin.N, t.wg * t.rows), _ceil_div(n_tokens, t.tm))
             return
         rec.dispatch(self.matmul, _ceil_div(lin.N, t.tn), _ceil_div(n_tokens, t.tm))
+
+
+def i8_params(m: MatmulI8Tiling) -> dict[str, Any]:
+    """matmul_i8.wgsl.j2's tiling parameters for a tile."""
+    return dict(stage=m.stage, tm=m.tm, tn=m.tn, rm=m.rm, rn=m.rn, wg=m.wg, kb=m.kb, pf=m.pf, planes=m.planes)
 
 
 def sgmat_f16_params(m: MatmulSgmatF16Tiling) -> dict[str, Any]:
@@ -716,11 +728,12 @@ class MatvecGroup:
                 self.norm = norm
         self.prefill_glu = self._bind_prefill_glu()
 
-    def _bind_prefill_glu(self) -> tuple[Any, MatmulSgmatF16Tiling, Any] | None:
-        """The prompt's gate and up as one matmul_sgmat_f16 dispatch with the GLU in its epilogue (planner.
-        sgmat_glu_tiling): (its bind group, its tile, the row_scale pass over x before it), where both members
-        run matmul_sgmat_f16 in one slice on one x, of one type and shape, without bias, row blocks or y +=, and
-        the planner has a tile for the 2 H rows that copies x as they do (x16) or stages it as they do; else None."""
+    def _bind_prefill_glu(self) -> tuple[Any, MatmulI8Tiling | MatmulSgmatF16Tiling] | None:
+        """The prompt's gate and up as one matmul_sgmat_f16 or matmul_i8 dispatch with the GLU in its epilogue
+        (planner.sgmat_glu_tiling, i8_glu_tiling): (its bind group, its tile), recorded after the first member's
+        pass over x, where both members run that kernel in one slice on one x, of one type and shape, without
+        bias, row blocks or y +=, and the planner has a tile for the 2 H rows that reads x as theirs do (x16 /
+        planes); else None."""
         if not self.glu or len(self.members) != 2:
             return None
         g, u = self.members
@@ -729,15 +742,30 @@ class MatvecGroup:
             b.params is not None and not b.parts and not b.accumulate and b.linear.bias is None for b in self.members
         ) or not (g.x is u.x and (lg.weight.ggml_type, lg.N, lg.K) == (lu.weight.ggml_type, lu.N, lu.K)):
             return None
-        m = lg.matmul_tiling
-        t = sgmat_glu_tiling(lg.adapter, lg.weight.ggml_type, lg.K, lg.N, lg.policy)
-        if t is None or not isinstance(m, MatmulSgmatF16Tiling) or t.x16 != m.x16:
+        m, qtype, device = lg.matmul_tiling, lg.weight.ggml_type, lg.device
+        tokens = g.x.size // (4 * lg.K)
+        # the scratch Linear.bind gave the members' pass over x (keyed by role and size: the same buffers)
+        t: MatmulI8Tiling | MatmulSgmatF16Tiling | None
+        if isinstance(m, MatmulSgmatF16Tiling):
+            t = sgmat_glu_tiling(lg.adapter, qtype, lg.K, lg.N, lg.policy)
+            if t is None or t.x16 != m.x16:
+                return None
+            name, tiling = "matmul_sgmat_f16", sgmat_f16_params(t)
+            scale = _scratch(device, "xscale", 8 * tokens)
+            ins = [_scratch(device, "x16", 2 * tokens * lg.K) if t.x16 else g.x, scale]
+        elif isinstance(m, MatmulI8Tiling) and lg.matmul_plan.template == "matmul_i8":
+            t = i8_glu_tiling(lg.adapter, qtype, lg.K, lg.N, lg.policy)
+            if t is None or t.planes != m.planes:
+                return None
+            name, tiling = "matmul_i8", i8_params(t)
+            ins = [_scratch(device, "xq", tokens * lg.K * t.planes), _scratch(device, "xd", tokens * lg.K // 4)]
+        else:
             return None
-        k = lg.device.kernel(
-            "matmul_sgmat_f16",
-            label=f"matmul_sgmat_f16 glu {lg.weight.name}",
-            **sgmat_f16_params(t),
-            qtype=lg.weight.ggml_type.name,
+        k = device.kernel(
+            name,
+            label=f"{name} glu {lg.weight.name}",
+            **tiling,
+            qtype=qtype.name,
             K=lg.K,
             row_bytes=lg._params["row_bytes"],
             tokens_at=lg._tokens_at,
@@ -745,12 +773,8 @@ class MatvecGroup:
             accumulate=False,
             glu=self.glu[0],
         )
-        # the scratch Linear.bind gave the members' row_scale pass (keyed by role and size: the same buffers)
-        tokens = g.x.size // (4 * lg.K)
-        scale = _scratch(lg.device, "xscale", 8 * tokens)
-        xs = _scratch(lg.device, "x16", 2 * tokens * lg.K) if t.x16 else g.x
         out = self.glu[1].writes[0]
-        return lg.device.bind(k, [lg.weight.buffer, xs, scale, out, g.params, lu.weight.buffer]), t, g.quant
+        return device.bind(k, [lg.weight.buffer, *ins, out, g.params, lu.weight.buffer]), t
 
     def x_planes(self) -> int | None:
         """The planes of x its fused dispatches read prequantized (a QuantizeX of its folded norm's input
@@ -826,9 +850,9 @@ class MatvecGroup:
                 z = _ceil_div(groups, MAX_GROUPS)
                 rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
             return
-        if self.prefill_glu is not None:  # gate, up and the GLU in one matmul, after x's per-token scales
-            fused, t, scales = self.prefill_glu
-            rec.dispatch(scales, 1, n_tokens)
+        if self.prefill_glu is not None:  # gate, up and the GLU in one matmul, after the pass over x
+            fused, t = self.prefill_glu
+            self.members[0].record_x_pass(rec, n_tokens)
             rec.dispatch(fused, *t.groups(2 * self.members[0].linear.N, n_tokens))
             return
         # Prefill: members one by one (each run of matmuls passing over x alike passes once: record_in_turn).

@@ -515,8 +515,8 @@ class KernelPolicy:
     sgmat_f16_tiling: MatmulSgmatF16Tiling | None = None  # matmul_sgmat_f16's (kb as sgmat_tiling's)
     # matmul_sgmat_f16's split-K slices in every tile, the planner's or the policy's (None: the tile's own)
     sgmat_f16_splits: int | None = None
-    # the prompt's gate and up in one matmul_sgmat_f16 dispatch with the GLU in its epilogue (sgmat_glu_tiling);
-    # False: two matmuls and the GLU's own pass
+    # the prompt's gate and up in one matmul_sgmat_f16 or matmul_i8 dispatch with the GLU in its epilogue
+    # (sgmat_glu_tiling, i8_glu_tiling); False: two matmuls and the GLU's own pass
     prefill_glu: bool = True
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
@@ -611,9 +611,11 @@ def attention_emit_auto(policy: KernelPolicy) -> bool:
 
 def glu_emit_auto(policy: KernelPolicy) -> bool:
     """Whether the fused gate/up writes w_down's quantized x in its epilogue (KernelPolicy.glu_emit; off unless
-    asked: built and tested on lavapipe, not yet measured on the device). What it trades: w_down reading x
-    prestaged (8B alone on the H200: 16.69 -> 14.24 us) against gate/up's workgroups of 32 rows instead of 16
-    (glu_emit_tiling) and the block quantized by one thread after a barrier in each."""
+    asked). What it trades: w_down reading x prestaged (8B alone on the H200: 16.69 -> 14.24 us) against gate/up's
+    workgroups of 32 rows instead of 16 (glu_emit_tiling) and the block quantized by one thread after a barrier in
+    each. Whole-model decode on the H100 (docs/benchmarks.md, "The prompt's gate/up as one matmul ..."): 8B Q4_0
+    0.974x natively and 0.989x on Dawn, 1B Q4_0 1.025-1.034x natively in two calls and unreadable on Dawn (slow
+    processes): off, a 1B-only native gain of ~3% not being worth a rule by width without Dawn's reading."""
     return bool(policy.glu_emit)
 
 
@@ -1032,6 +1034,18 @@ def sgmat_glu_tiling(
     if t is None or t.tj % 2 or t.splits > 1 or t.out_turns > 1:
         return None
     return t
+
+
+def i8_glu_tiling(
+    adapter: Adapter, qtype: GGMLType, K: int, H: int, policy: KernelPolicy = DEFAULT_POLICY
+) -> MatmulI8Tiling | None:
+    """As sgmat_glu_tiling for matmul_i8 (the prompt's matmuls without subgroup matrices): the staged tile
+    i8_tiling plans for 2 H rows, where a thread's rows pair up (rn even: its first rn / 2 rows are gate's, its
+    last up's, of the same outputs); else None."""
+    if not policy.prefill_glu:
+        return None
+    t = i8_tiling(adapter, qtype, K, 2 * H, policy)
+    return t if t is not None and t.stage and t.rn % 2 == 0 else None
 
 
 # the partial tiles' buffer of a split matmul_sgmat_f16 stays within WebGPU's default
