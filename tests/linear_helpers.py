@@ -183,4 +183,4 @@ def glu_group(device, raw_g, raw_u, H, K, x, policy, act="silu", qtype="Q4_0"):
 
     with device.recorder() as rec:
         group.record(Labels(rec), T)
-    return read_f32(device, ys[2], T * H).reshape(T, H), labels, group.prefill_glu is not None
+    return read_f32(device, ys[2], T * H).reshape(T, H), labels, group.prefill_group is not None

@@ -157,14 +157,16 @@ def run_emulated(
     xsrc: str = "f32",
     up: bytes | None = None,
     glu: str | None = None,
+    others: list[tuple[bytes, int]] | None = None,
     **options,
-) -> np.ndarray:
+):
     """y [T, N] (float64) of the emulated kernel over raw ggml rows and f32 x (y0: y += onto it), after
     row_scale.wgsl.j2 (not emulated: plain WGSL) wrote x's per-token scales. wsrc="f16": the kernel's
     copy-only W staging over the f16 rows dequant_f16.wgsl.j2 makes of raw (run_dequant_f16); xsrc="f16": its
     copy-only x staging over the f16(x / s_t) row_scale writes beside s_t (its x16 option). `options`: further
     template parameters (sgc). glu ("silu" / "gelu_tanh") with up (raw ggml rows of the up matrix, raw being the
-    gate's): the fused gate/up, y [T, N] = act(x gate^T) * (x up^T)."""
+    gate's): the fused gate/up, y [T, N] = act(x gate^T) * (x up^T). others ((raw rows, N) of one or two more
+    matrices of the same type and K: the template's mats): the list of every matrix's y instead."""
     T = x.shape[0]
     src = kernels.render(
         "matmul_sgmat_f16",
@@ -185,6 +187,7 @@ def run_emulated(
         wsrc=wsrc,
         xsrc=xsrc,
         **({"glu": glu} if glu else {}),
+        **({"mats": 1 + len(others)} if others else {}),
         **options,
     )
     kernel = device._make_kernel(emulate(src), f"matmul_sgmat_f16 emulated {qtype}")
@@ -205,11 +208,22 @@ def run_emulated(
     if glu:
         assert up is not None and bias is None
         bufs.append(device.buffer_from(up + b"\0" * 4))
+    ys = [(bufs[3], N)]
+    for raw_m, n_m in others or []:  # W_m, y_m
+        bufs.append(device.buffer_from(raw_m + b"\0" * 4))
+        bufs.append(device.buffer_from(np.full((T, n_m), np.nan, np.float32).tobytes()))
+        ys.append((bufs[-1], n_m))
     scales = device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=xsrc == "f16")
     device.run(scales, [x_buf, bufs[2], bufs[4]] + ([bufs[1]] if xsrc == "f16" else []), 1, T)
-    device.run(kernel, bufs, *t.groups(2 * N if glu else N, T))
-    out = asyncio.run(device.read_buffer(bufs[3], 0, 4 * T * N))
-    return np.frombuffer(out, np.float32).astype(np.float64).reshape(T, N)
+    groups = t.groups(2 * N if glu else N, T)
+    if others:  # each matrix's workgroups in turn along x
+        groups = (sum(t.groups(n, T)[0] for _, n in ys), *groups[1:])
+    device.run(kernel, bufs, *groups)
+    outs = [
+        np.frombuffer(asyncio.run(device.read_buffer(b, 0, 4 * T * n)), np.float32).astype(np.float64).reshape(T, n)
+        for b, n in ys
+    ]
+    return outs if others else outs[0]
 
 
 def run_dequant_f16(device, qtype: str, w_buf, N: int, K: int, wg: int = 64):

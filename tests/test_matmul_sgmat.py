@@ -742,7 +742,7 @@ gate, up = (Linear(dev, w, policy=KernelPolicy({policy})).bind(xb, y, params) fo
 group = MatvecGroup([gate, up], glu=({act!r}, GLU(dev, H, {act!r}).bind(ys[0], ys[1], ys[2], params)))
 with dev.recorder() as rec:
     group.record(rec, T)
-[group.prefill_glu is not None, base64.b64encode(await dev.read_buffer(ys[2], 0, 4 * T * H)).decode()]
+[group.prefill_group is not None, base64.b64encode(await dev.read_buffer(ys[2], 0, 4 * T * H)).decode()]
 """
 
 
@@ -764,3 +764,39 @@ def test_f16_glu(host16, qtype, act, policy):
     bound, ref = glu_bound(x, wg, wu, act)
     assert np.isfinite(y).all()
     assert (np.abs(y - ref) <= bound).all(), float((np.abs(y - ref) / bound).max())
+
+
+# Q/K/V as one dispatch (mats): (qtype, rows of each matrix, K, T, tiling); ragged rows and T, two and three
+# matrices, one and several K steps
+MATS_EMULATED = [
+    ("Q4_0", (70, 21, 21), 96, 20, MatmulSgmatF16Tiling(kb=1, pf=True, x16=True)),
+    ("Q4_K", (45, 33), 512, 12, MatmulSgmatF16Tiling(pf=True)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", MATS_EMULATED, ids=[f"{c[0]}-{len(c[1])}" for c in MATS_EMULATED])
+def test_f16_mats_emulated(device, case):
+    """matmul_sgmat_f16 over two or three matrices in one dispatch (mats: each workgroup on one matrix's rows, in
+    turn): every y within f16_bound of numpy over gguf-py's dequantization, every output written (y starts as
+    NaN), rows of x past f16's range included (builtins emulated)."""
+    if not device.has_f16:
+        pytest.skip("this adapter has no shader-f16")
+    qtype, rows, K, T, tiling = case
+    rng = np.random.default_rng(sum(rows) + K + T)
+    weights = [make_weight(qtype, n, K, rng) for n in rows]
+    x = outlier_rows(rng, T, K)
+    ys = run_emulated(
+        device,
+        qtype,
+        weights[0][0],
+        rows[0],
+        K,
+        x,
+        tiling,
+        xsrc="f16" if tiling.x16 else "f32",
+        others=[(raw, n) for (raw, _), n in zip(weights[1:], rows[1:])],
+    )
+    for (_, w), y in zip(weights, ys):
+        assert np.isfinite(y).all()
+        assert (np.abs(y - x.astype(np.float64) @ w.T) <= f16_bound(x, w)).all()

@@ -114,8 +114,10 @@ def test_f16_tile_prefill_matches_transformers():
         engine = load_engine(MODEL.path, device, F16_POLICY)
         try:
             assert templates(engine, "matmul_plan") == {"matmul_sgmat_f16"}
-            # gate, up and the GLU as one matmul with the GLU in its epilogue (planner.sgmat_glu_tiling)
-            assert all(layer.gate_up.prefill_glu is not None for layer in engine.model.layers)
+            # gate, up and the GLU as one matmul with the GLU in its epilogue (planner.sgmat_group_tiling)
+            assert all(layer.gate_up.prefill_group is not None for layer in engine.model.layers)
+            # ... and Q/K/V as one matmul over the three matrices (the template's mats)
+            assert all(layer.qkv.prefill_group is not None for layer in engine.model.layers)
             ids = assert_prompt_logits(engine, PREFILL_RTOL, "SmolLM2, matmul_sgmat_f16 prefill")
             assert_greedy(engine, ids, "SmolLM2, matmul_sgmat_f16 prefill + staged decode")
         finally:

@@ -269,7 +269,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="with matmul_sgmat_f16, the prompt's gate and up in one matmul with the GLU in its epilogue "
-        "(planner.sgmat_glu_tiling); --no-prefill-glu: two matmuls and the GLU's own pass (default: on)",
+        "(planner.sgmat_group_tiling, i8_glu_tiling); --no-prefill-glu: two matmuls and the GLU's own pass "
+        "(default: on)",
+    )
+    p.add_argument(
+        "--prefill-qkv",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with matmul_sgmat_f16, the prompt's Q/K/V in one matmul (planner.sgmat_group_tiling); "
+        "--no-prefill-qkv: a matmul each (default: on)",
     )
     p.add_argument(
         "--prefill-kernel",
@@ -509,6 +517,7 @@ def kernel_policy(args: argparse.Namespace):
         attention_emit=args.attention_emit,
         glu_emit=args.glu_emit,
         prefill_glu=args.prefill_glu,
+        prefill_qkv=args.prefill_qkv,
         fold_norm_max_k=FOLD_NORM_MAX_K if args.fold_norms is None else args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(

@@ -39,7 +39,7 @@ from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and
     matvec_wg,
     i8_glu_tiling,
     plan_fused,
-    sgmat_glu_tiling,
+    sgmat_group_tiling,
     plan_matmul,
     plan_matvec,
     staged_tiling,
@@ -726,34 +726,42 @@ class MatvecGroup:
             if fold:
                 norm.absorbed = True
                 self.norm = norm
-        self.prefill_glu = self._bind_prefill_glu()
+        self.prefill_group = self._bind_prefill_group()
 
-    def _bind_prefill_glu(self) -> tuple[Any, MatmulI8Tiling | MatmulSgmatF16Tiling] | None:
-        """The prompt's gate and up as one matmul_sgmat_f16 or matmul_i8 dispatch with the GLU in its epilogue
-        (planner.sgmat_glu_tiling, i8_glu_tiling): (its bind group, its tile), recorded after the first member's
-        pass over x, where both members run that kernel in one slice on one x, of one type and shape, without
-        bias, row blocks or y +=, and the planner has a tile for the 2 H rows that reads x as theirs do (x16 /
-        planes); else None."""
-        if not self.glu or len(self.members) != 2:
+    def _bind_prefill_group(self) -> tuple[Any, MatmulI8Tiling | MatmulSgmatF16Tiling, int] | None:
+        """The prompt's group as one matmul dispatch: gate and up with the GLU in its epilogue (matmul_sgmat_f16 or
+        matmul_i8: planner.sgmat_group_tiling, i8_glu_tiling), or Q/K/V (matmul_sgmat_f16's mats:
+        sgmat_group_tiling): (its bind group, its tile, its workgroups along x), recorded after the first member's
+        pass over x, where all members run that kernel in one slice on one x, of one type and K (gate and up also of
+        one N), without bias, row blocks or y +=, and the planner has a tile for all their rows that reads x as
+        theirs do (x16 / planes); else None."""
+        members, glu = self.members, self.glu
+        if not (glu and len(members) == 2) and not (glu is None and 2 <= len(members) <= 3):
             return None
-        g, u = self.members
-        lg, lu = g.linear, u.linear
+        lins = [b.linear for b in members]
+        lg = lins[0]
         if not all(
-            b.params is not None and not b.parts and not b.accumulate and b.linear.bias is None for b in self.members
-        ) or not (g.x is u.x and (lg.weight.ggml_type, lg.N, lg.K) == (lu.weight.ggml_type, lu.N, lu.K)):
+            b.params is not None and not b.parts and not b.accumulate and b.linear.bias is None for b in members
+        ) or not all(
+            b.x is members[0].x and (l.weight.ggml_type, l.K) == (lg.weight.ggml_type, lg.K)
+            for b, l in zip(members, lins)
+        ):
+            return None
+        if glu and lins[1].N != lg.N:
             return None
         m, qtype, device = lg.matmul_tiling, lg.weight.ggml_type, lg.device
-        tokens = g.x.size // (4 * lg.K)
+        rows = [l.N for l in lins]
+        tokens = members[0].x.size // (4 * lg.K)
         # the scratch Linear.bind gave the members' pass over x (keyed by role and size: the same buffers)
         t: MatmulI8Tiling | MatmulSgmatF16Tiling | None
         if isinstance(m, MatmulSgmatF16Tiling):
-            t = sgmat_glu_tiling(lg.adapter, qtype, lg.K, lg.N, lg.policy)
+            t = sgmat_group_tiling(lg.adapter, qtype, lg.K, rows, lg.policy, glu=bool(glu))
             if t is None or t.x16 != m.x16:
                 return None
             name, tiling = "matmul_sgmat_f16", sgmat_f16_params(t)
             scale = _scratch(device, "xscale", 8 * tokens)
-            ins = [_scratch(device, "x16", 2 * tokens * lg.K) if t.x16 else g.x, scale]
-        elif isinstance(m, MatmulI8Tiling) and lg.matmul_plan.template == "matmul_i8":
+            ins = [_scratch(device, "x16", 2 * tokens * lg.K) if t.x16 else members[0].x, scale]
+        elif isinstance(m, MatmulI8Tiling) and lg.matmul_plan.template == "matmul_i8" and glu:
             t = i8_glu_tiling(lg.adapter, qtype, lg.K, lg.N, lg.policy)
             if t is None or t.planes != m.planes:
                 return None
@@ -761,9 +769,10 @@ class MatvecGroup:
             ins = [_scratch(device, "xq", tokens * lg.K * t.planes), _scratch(device, "xd", tokens * lg.K // 4)]
         else:
             return None
+        form = {"glu": glu[0]} if glu else {"mats": len(members)}
         k = device.kernel(
             name,
-            label=f"{name} glu {lg.weight.name}",
+            label=f"{name} {'glu' if glu else 'mats'} {lg.weight.name}",
             **tiling,
             qtype=qtype.name,
             K=lg.K,
@@ -771,10 +780,17 @@ class MatvecGroup:
             tokens_at=lg._tokens_at,
             has_bias=False,
             accumulate=False,
-            glu=self.glu[0],
+            **form,
         )
-        out = self.glu[1].writes[0]
-        return device.bind(k, [lg.weight.buffer, *ins, out, g.params, lu.weight.buffer]), t
+        if glu:
+            bufs = [lg.weight.buffer, *ins, glu[1].writes[0], members[0].params, lins[1].weight.buffer]
+            gx = t.groups(2 * lg.N, 1)[0]
+        else:
+            bufs = [lg.weight.buffer, *ins, members[0].y, members[0].params]
+            for b in members[1:]:
+                bufs += [b.linear.weight.buffer, b.y]
+            gx = sum(t.groups(n, 1)[0] for n in rows)
+        return device.bind(k, bufs), t, gx
 
     def x_planes(self) -> int | None:
         """The planes of x its fused dispatches read prequantized (a QuantizeX of its folded norm's input
@@ -850,10 +866,10 @@ class MatvecGroup:
                 z = _ceil_div(groups, MAX_GROUPS)
                 rec.dispatch(bind_group, _ceil_div(groups, z), 1, z)
             return
-        if self.prefill_glu is not None:  # gate, up and the GLU in one matmul, after the pass over x
-            fused, t = self.prefill_glu
+        if self.prefill_group is not None:  # one matmul for all members (and the GLU), after the pass over x
+            fused, t, gx = self.prefill_group
             self.members[0].record_x_pass(rec, n_tokens)
-            rec.dispatch(fused, *t.groups(2 * self.members[0].linear.N, n_tokens))
+            rec.dispatch(fused, gx, *t.groups(1, n_tokens)[1:])
             return
         # Prefill: members one by one (each run of matmuls passing over x alike passes once: record_in_turn).
         record_in_turn(self.members, rec, n_tokens)

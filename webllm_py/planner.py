@@ -516,8 +516,10 @@ class KernelPolicy:
     # matmul_sgmat_f16's split-K slices in every tile, the planner's or the policy's (None: the tile's own)
     sgmat_f16_splits: int | None = None
     # the prompt's gate and up in one matmul_sgmat_f16 or matmul_i8 dispatch with the GLU in its epilogue
-    # (sgmat_glu_tiling, i8_glu_tiling); False: two matmuls and the GLU's own pass
+    # (sgmat_group_tiling, i8_glu_tiling); False: two matmuls and the GLU's own pass
     prefill_glu: bool = True
+    # the prompt's Q/K/V (of one type) in one matmul_sgmat_f16 dispatch (sgmat_group_tiling); False: one a matrix
+    prefill_qkv: bool = True
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
     # attention_step merges its split-K slices itself (one dispatch; needs a device-scope
@@ -1019,19 +1021,22 @@ def sgmat_f16_tiling(
     return t if sgmat_fits(adapter, t) else None
 
 
-def sgmat_glu_tiling(
-    adapter: Adapter, qtype: GGMLType, K: int, H: int, policy: KernelPolicy = DEFAULT_POLICY
+def sgmat_group_tiling(
+    adapter: Adapter, qtype: GGMLType, K: int, rows: list[int], policy: KernelPolicy = DEFAULT_POLICY, glu: bool = False
 ) -> MatmulSgmatF16Tiling | None:
-    """The tile of a prompt's gate and up (each [H, K] of qtype) as one matmul_sgmat_f16 dispatch of 2 H rows with
-    act(gate) * up in its epilogue (the template's glu), where KernelPolicy.prefill_glu asks and sgmat_f16_tiling
-    plans the 2 H rows with a tile the epilogue can pair (tj even: a subgroup's first tj / 2 tiles are gate's, its
-    last up's, of the same rows), in one slice and one turn; else None (two matmuls and the GLU pass). Why: the
-    two matmuls' workgroups in one wave count (8B's 512 x 14336: 2 x 448 of 128x128, 3.4 waves of 132 SMs
-    each, against 896 in 6.8), and no [T, H] outputs of gate and up to store and read back."""
-    if not policy.prefill_glu:
+    """The tile of a prompt's fused group as one matmul_sgmat_f16 dispatch over all its rows: gate and up (each [H,
+    K] of qtype, rows [H, H]) with act(gate) * up in its epilogue (glu: the template's glu, where
+    KernelPolicy.prefill_glu asks), or Q/K/V (two or three matrices of one type: the template's mats, where
+    KernelPolicy.prefill_qkv asks), where sgmat_f16_tiling plans sum(rows) rows in one slice and one turn and,
+    with glu, with a tile the epilogue can pair (tj even: a subgroup's first tj / 2 tiles gate's, its last up's,
+    of the same rows); else None (a matmul a matrix, and the GLU's pass). Why: the workgroups of all the group's
+    matmuls fill the GPU's waves together (8B's 512 x 14336 gate and up: 2 x 448 of 128x128, 3.4 waves of 132
+    SMs each, against 896 in 6.8; its K and V: 32 workgroups each, a quarter of the SMs for a whole wave), and
+    with glu no [T, H] outputs of gate and up are stored and read back."""
+    if not (policy.prefill_glu if glu else policy.prefill_qkv):
         return None
-    t = sgmat_f16_tiling(adapter, qtype, K, 2 * H, policy)
-    if t is None or t.tj % 2 or t.splits > 1 or t.out_turns > 1:
+    t = sgmat_f16_tiling(adapter, qtype, K, sum(rows), policy)
+    if t is None or (glu and t.tj % 2) or t.splits > 1 or t.out_turns > 1:
         return None
     return t
 
@@ -1039,7 +1044,7 @@ def sgmat_glu_tiling(
 def i8_glu_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, H: int, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulI8Tiling | None:
-    """As sgmat_glu_tiling for matmul_i8 (the prompt's matmuls without subgroup matrices): the staged tile
+    """As sgmat_group_tiling's gate/up for matmul_i8 (the prompt's matmuls without subgroup matrices): the staged tile
     i8_tiling plans for 2 H rows, where a thread's rows pair up (rn even: its first rn / 2 rows are gate's, its
     last up's, of the same outputs); else None."""
     if not policy.prefill_glu:
