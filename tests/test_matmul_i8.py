@@ -211,3 +211,51 @@ def test_glu_matches_numpy(case):
         assert fused == on and labels == kernels, (on, labels)
         assert np.isfinite(y).all()
         assert (np.abs(y - ref) <= bound).all(), (on, float((np.abs(y - ref) / bound).max()))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q6_K"])
+def test_qkv_group_matches_numpy(qtype):
+    """A Q/K/V MatvecGroup whose prompt runs matmul_i8 on a GPU (lavapipe told it is one): x's quantize_i8 pass and
+    ONE matmul_i8 over the three matrices (the template's mats: each workgroup on one matrix's rows), ragged rows;
+    with KernelPolicy(prefill_qkv=False) a matmul each; every y within int8_bound of numpy over gguf-py's
+    dequantization and every output written."""
+    import struct
+
+    from webllm_py.linear import MatvecGroup
+
+    from .linear_helpers import f32_buffer, read_f32
+    from .model_checks import gpu_like_device
+
+    device = gpu_like_device()
+    rows, K, T = (70, 21, 37), 256, 20
+    rng = np.random.default_rng(5)
+    weights = [make_weight(qtype, n, K, rng) for n in rows]
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    tile = MatmulI8Tiling(tm=32, tn=32, rm=4, rn=2, kb=2, pf=True)
+    for on, kernels in ((True, ["quantize_i8", "matmul_i8"]), (False, ["quantize_i8"] + ["matmul_i8"] * 3)):
+        xb = f32_buffer(device, x)
+        ys = [f32_buffer(device, np.full((T, n), np.nan, np.float32)) for n in rows]
+        params = device.buffer_from(struct.pack("<II", 0, T))
+        policy = KernelPolicy(prefill="i8", i8_tiling=tile, prefill_qkv=on)
+        bound = [
+            Linear(device, upload(device, raw, qtype, n, K), policy=policy).bind(xb, y, params)
+            for (raw, _), n, y in zip(weights, rows, ys)
+        ]
+        group = MatvecGroup(bound)
+        labels = []
+
+        class Labels:
+            def __init__(self, rec):
+                self.rec = rec
+
+            def dispatch(self, bind_group, *groups):
+                labels.append(bind_group.kernel.label.split()[0])
+                self.rec.dispatch(bind_group, *groups)
+
+        with device.recorder() as rec:
+            group.record(Labels(rec), T)
+        assert (group.prefill_group is not None) == on and labels == kernels, (on, labels)
+        for (_, w), n, y in zip(weights, rows, ys):
+            out = read_f32(device, y, T * n).reshape(T, n)
+            assert np.isfinite(out).all()
+            assert (np.abs(out - x.astype(np.float64) @ w.T) <= int8_bound(x, w) + 1e-5 * np.abs(x) @ np.abs(w).T).all()

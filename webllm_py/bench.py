@@ -268,15 +268,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--prefill-glu",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="with matmul_sgmat_f16, the prompt's gate and up in one matmul with the GLU in its epilogue "
-        "(planner.sgmat_group_tiling, i8_glu_tiling); --no-prefill-glu: two matmuls and the GLU's own pass "
+        help="the prompt's gate and up in one matmul_sgmat_f16 or matmul_i8 with the GLU in its epilogue "
+        "(planner.sgmat_group_tiling, i8_group_tiling); --no-prefill-glu: two matmuls and the GLU's own pass "
         "(default: on)",
     )
     p.add_argument(
         "--prefill-qkv",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="with matmul_sgmat_f16, the prompt's Q/K/V in one matmul (planner.sgmat_group_tiling); "
+        help="the prompt's Q/K/V in one matmul_sgmat_f16 or matmul_i8 (planner.sgmat_group_tiling, i8_group_tiling); "
         "--no-prefill-qkv: a matmul each (default: on)",
     )
     p.add_argument(

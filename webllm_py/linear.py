@@ -37,7 +37,7 @@ from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and
     gpu_matmul_tiling,
     i8_tiling,
     matvec_wg,
-    i8_glu_tiling,
+    i8_group_tiling,
     plan_fused,
     sgmat_group_tiling,
     plan_matmul,
@@ -729,9 +729,9 @@ class MatvecGroup:
         self.prefill_group = self._bind_prefill_group()
 
     def _bind_prefill_group(self) -> tuple[Any, MatmulI8Tiling | MatmulSgmatF16Tiling, int] | None:
-        """The prompt's group as one matmul dispatch: gate and up with the GLU in its epilogue (matmul_sgmat_f16 or
-        matmul_i8: planner.sgmat_group_tiling, i8_glu_tiling), or Q/K/V (matmul_sgmat_f16's mats:
-        sgmat_group_tiling): (its bind group, its tile, its workgroups along x), recorded after the first member's
+        """The prompt's group as one matmul dispatch (matmul_sgmat_f16 or matmul_i8: planner.sgmat_group_tiling,
+        i8_group_tiling): gate and up with the GLU in its epilogue (the templates' glu), or Q/K/V (their mats):
+        (its bind group, its tile, its workgroups along x), recorded after the first member's
         pass over x, where all members run that kernel in one slice on one x, of one type and K (gate and up also of
         one N), without bias, row blocks or y +=, and the planner has a tile for all their rows that reads x as
         theirs do (x16 / planes); else None."""
@@ -761,8 +761,8 @@ class MatvecGroup:
             name, tiling = "matmul_sgmat_f16", sgmat_f16_params(t)
             scale = _scratch(device, "xscale", 8 * tokens)
             ins = [_scratch(device, "x16", 2 * tokens * lg.K) if t.x16 else members[0].x, scale]
-        elif isinstance(m, MatmulI8Tiling) and lg.matmul_plan.template == "matmul_i8" and glu:
-            t = i8_glu_tiling(lg.adapter, qtype, lg.K, lg.N, lg.policy)
+        elif isinstance(m, MatmulI8Tiling) and lg.matmul_plan.template == "matmul_i8":
+            t = i8_group_tiling(lg.adapter, qtype, lg.K, rows, lg.policy, glu=bool(glu))
             if t is None or t.planes != m.planes:
                 return None
             name, tiling = "matmul_i8", i8_params(t)

@@ -516,9 +516,10 @@ class KernelPolicy:
     # matmul_sgmat_f16's split-K slices in every tile, the planner's or the policy's (None: the tile's own)
     sgmat_f16_splits: int | None = None
     # the prompt's gate and up in one matmul_sgmat_f16 or matmul_i8 dispatch with the GLU in its epilogue
-    # (sgmat_group_tiling, i8_glu_tiling); False: two matmuls and the GLU's own pass
+    # (sgmat_group_tiling, i8_group_tiling); False: two matmuls and the GLU's own pass
     prefill_glu: bool = True
-    # the prompt's Q/K/V (of one type) in one matmul_sgmat_f16 dispatch (sgmat_group_tiling); False: one a matrix
+    # the prompt's Q/K/V (of one type) in one matmul_sgmat_f16 or matmul_i8 dispatch (sgmat_group_tiling,
+    # i8_group_tiling); False: a matmul a matrix
     prefill_qkv: bool = True
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
@@ -1041,16 +1042,16 @@ def sgmat_group_tiling(
     return t
 
 
-def i8_glu_tiling(
-    adapter: Adapter, qtype: GGMLType, K: int, H: int, policy: KernelPolicy = DEFAULT_POLICY
+def i8_group_tiling(
+    adapter: Adapter, qtype: GGMLType, K: int, rows: list[int], policy: KernelPolicy = DEFAULT_POLICY, glu: bool = False
 ) -> MatmulI8Tiling | None:
-    """As sgmat_group_tiling's gate/up for matmul_i8 (the prompt's matmuls without subgroup matrices): the staged tile
-    i8_tiling plans for 2 H rows, where a thread's rows pair up (rn even: its first rn / 2 rows are gate's, its
-    last up's, of the same outputs); else None."""
-    if not policy.prefill_glu:
+    """As sgmat_group_tiling for matmul_i8 (the prompt's matmuls without subgroup matrices; the template's glu and
+    mats alike): the staged tile i8_tiling plans for sum(rows) rows, with glu where a thread's rows pair up (rn
+    even: its first rn / 2 rows are gate's, its last up's, of the same outputs); else None."""
+    if not (policy.prefill_glu if glu else policy.prefill_qkv):
         return None
-    t = i8_tiling(adapter, qtype, K, 2 * H, policy)
-    return t if t is not None and t.stage and t.rn % 2 == 0 else None
+    t = i8_tiling(adapter, qtype, K, sum(rows), policy)
+    return t if t is not None and t.stage and not (glu and t.rn % 2) else None
 
 
 # the partial tiles' buffer of a split matmul_sgmat_f16 stays within WebGPU's default
