@@ -171,16 +171,18 @@ def glu_group(device, raw_g, raw_u, H, K, x, policy, act="silu", qtype="Q4_0"):
         for r, y in zip((raw_g, raw_u), ys)
     )
     group = MatvecGroup([gate, up], glu=(act, GLU(device, H, act).bind(ys[0], ys[1], ys[2], params)))
-    labels = []
-
-    class Labels:
-        def __init__(self, rec):
-            self.rec = rec
-
-        def dispatch(self, bind_group, *groups):
-            labels.append(bind_group.kernel.label.split()[0])
-            self.rec.dispatch(bind_group, *groups)
-
     with device.recorder() as rec:
-        group.record(Labels(rec), T)
-    return read_f32(device, ys[2], T * H).reshape(T, H), labels, group.prefill_group is not None
+        labels = Labels(rec)
+        group.record(labels, T)
+    return read_f32(device, ys[2], T * H).reshape(T, H), labels.kernels, group.prefill_group is not None
+
+
+class Labels:
+    """A recorder passing dispatches on to `rec` that keeps each one's kernel (its label's first word)."""
+
+    def __init__(self, rec):
+        self.rec, self.kernels = rec, []
+
+    def dispatch(self, bind_group, *groups):
+        self.kernels.append(bind_group.kernel.label.split()[0])
+        self.rec.dispatch(bind_group, *groups)

@@ -223,7 +223,7 @@ def test_qkv_group_matches_numpy(qtype):
 
     from webllm_py.linear import MatvecGroup
 
-    from .linear_helpers import f32_buffer, read_f32
+    from .linear_helpers import Labels, f32_buffer, read_f32
     from .model_checks import gpu_like_device
 
     device = gpu_like_device()
@@ -242,19 +242,10 @@ def test_qkv_group_matches_numpy(qtype):
             for (raw, _), n, y in zip(weights, rows, ys)
         ]
         group = MatvecGroup(bound)
-        labels = []
-
-        class Labels:
-            def __init__(self, rec):
-                self.rec = rec
-
-            def dispatch(self, bind_group, *groups):
-                labels.append(bind_group.kernel.label.split()[0])
-                self.rec.dispatch(bind_group, *groups)
-
         with device.recorder() as rec:
-            group.record(Labels(rec), T)
-        assert (group.prefill_group is not None) == on and labels == kernels, (on, labels)
+            labels = Labels(rec)
+            group.record(labels, T)
+        assert (group.prefill_group is not None) == on and labels.kernels == kernels, (on, labels.kernels)
         for (_, w), n, y in zip(weights, rows, ys):
             out = read_f32(device, y, T * n).reshape(T, n)
             assert np.isfinite(out).all()
