@@ -450,7 +450,7 @@ class BoundLinear:
     prestage: Any = None  # single tokens: the QuantizeX BoundOp recorded before a prestaged matvec
     emits: tuple | None = None  # emit_into's (norm, planes, xq, xd): the next group's x it writes
     taken: tuple | None = None  # take_x's (xq, xd): its own x, quantized by the op before
-    params: Any = None  # matmul_i8's and matmul_sgmat_f16's (one slice): the prompt's params, for a fused gate/up
+    params: Any = None  # matmul_i8's and matmul_sgmat_f16's (one slice): the prompt's params, for a fused group
 
     @property
     def reads(self) -> tuple:
