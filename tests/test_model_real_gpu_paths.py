@@ -50,7 +50,11 @@ N_GREEDY = 8
 # The tile only splits the same products: the planner's tiles gave the same bits on this prompt.
 # x16 and sgc as the planned tiles: f16 x that row_scale wrote, matrix loads at constant offsets
 # (planner.SGMAT_F16_TILES)
-F16_POLICY = KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=1, ti=1, pf=True, x16=True, sgc=True))
+# The fused groups' prompt forms (KernelPolicy.prefill_glu, prefill_qkv: one matmul for gate/up with the GLU in its
+# epilogue, one for Q/K/V) on, here and in the matmul_i8 test; test_model_gpu_kernels keeps the default (a matmul
+# a matrix)
+FUSED = dict(prefill_glu=True, prefill_qkv=True)
+F16_POLICY = KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=1, ti=1, pf=True, x16=True, sgc=True), **FUSED)
 
 
 def templates(engine: Engine, plan: str) -> set[str]:
@@ -83,13 +87,14 @@ def assert_greedy(engine: Engine, ids: list[int], label: str, model=MODEL) -> No
 
 
 def test_int8_prefill_and_staged_decode_match_transformers():
-    """matmul_i8 prefill logits within today's tolerance; 8 greedy tokens; the prompt run token by token (every
+    """matmul_i8 prefill logits (gate/up and Q/K/V one matmul each) within today's tolerance; 8 greedy tokens; the prompt run token by token (every
     step through the decode kernels, matvec_q4s with its default two planes included) within today's
     tolerance too."""
     device = gpu_like_device()
-    engine = load_engine(MODEL.path, device)  # prefill chunks of 8: the prompt in one step
+    engine = load_engine(MODEL.path, device, KernelPolicy(**FUSED))  # prefill chunks of 8: the prompt in one step
     try:
         assert templates(engine, "matmul_plan") == {"matmul_i8"}
+        assert all(layer.gate_up.prefill_group and layer.qkv.prefill_group for layer in engine.model.layers)
         assert all(layer.w_down.linear.staged for layer in engine.model.layers)
         ids = assert_prompt_logits(engine, PREFILL_RTOL, "SmolLM2, matmul_i8 prefill")
         assert_greedy(engine, ids, "SmolLM2, matmul_i8 prefill + staged decode")

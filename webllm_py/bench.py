@@ -267,17 +267,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill-glu",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="the prompt's gate and up in one matmul_sgmat_f16 or matmul_i8 with the GLU in its epilogue "
         "(planner.sgmat_group_tiling, i8_group_tiling); --no-prefill-glu: two matmuls and the GLU's own pass "
-        "(default: on)",
+        "(default: off, KernelPolicy.prefill_glu: not yet measured on a GPU)",
     )
     p.add_argument(
         "--prefill-qkv",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="the prompt's Q/K/V in one matmul_sgmat_f16 or matmul_i8 (planner.sgmat_group_tiling, i8_group_tiling); "
-        "--no-prefill-qkv: a matmul each (default: on)",
+        "--no-prefill-qkv: a matmul each (default: off, KernelPolicy.prefill_qkv: not yet measured on a GPU)",
     )
     p.add_argument(
         "--prefill-kernel",
