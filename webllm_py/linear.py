@@ -393,7 +393,9 @@ class Linear:
             )
             quant = self.device.bind(self.kernel("quantize", False), [x, xq, xd, params])
             mm = self.device.bind(self.kernel("matmul", accumulate), [w, xq, xd, y, params, *extra])
-            return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre, params=params)
+            return BoundLinear(
+                self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre, params=params, x_in=(xq, xd)
+            )
         if self.matmul_plan.template == "matmul_sgmat_f16":
             # x's per-token power-of-two scales (s_t, 1 / s_t) for as many tokens as x holds
             tokens = x.size // (4 * self.K)
@@ -408,7 +410,9 @@ class Linear:
             splits = mt.splits if isinstance(mt, MatmulSgmatF16Tiling) else 1
             if splits == 1:
                 mm = self.device.bind(self.kernel("matmul", accumulate), [w, xs, scale, y, params, *extra])
-                return BoundLinear(self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre, params=params)
+                return BoundLinear(
+                    self, mv, mm, accumulate, quant=quant, x=x, y=y, prestage=pre, params=params, x_in=(xs, scale)
+                )
             # split-K: partial tiles [splits, T, N] in a scratch the next split matmul may reuse
             part = _scratch(self.device, "splitk", 4 * splits * tokens * self.N)
             mm = self.device.bind(self.kernel("matmul", False), [w, xs, scale, part, params])
@@ -450,7 +454,10 @@ class BoundLinear:
     prestage: Any = None  # single tokens: the QuantizeX BoundOp recorded before a prestaged matvec
     emits: tuple | None = None  # emit_into's (norm, planes, xq, xd): the next group's x it writes
     taken: tuple | None = None  # take_x's (xq, xd): its own x, quantized by the op before
-    params: Any = None  # matmul_i8's and matmul_sgmat_f16's (one slice): the prompt's params, for a fused group
+    # matmul_i8's and matmul_sgmat_f16's (one slice), for a fused group's one matmul (MatvecGroup): the prompt's
+    # params, and what its matmul reads x from (quantize_i8's xq, xd; row_scale's f16 x or x, and the scales)
+    params: Any = None
+    x_in: tuple = ()
 
     @property
     def reads(self) -> tuple:
@@ -751,22 +758,19 @@ class MatvecGroup:
             return None
         m, qtype, device = lg.matmul_tiling, lg.weight.ggml_type, lg.device
         rows = [l.N for l in lins]
-        tokens = members[0].x.size // (4 * lg.K)
-        # the scratch Linear.bind gave the members' pass over x (keyed by role and size: the same buffers)
+        # x as the first member's pass over it wrote it (the fused tile must read it alike: x16, planes)
+        ins = list(members[0].x_in)
         t: MatmulI8Tiling | MatmulSgmatF16Tiling | None
         if isinstance(m, MatmulSgmatF16Tiling):
             t = sgmat_group_tiling(lg.adapter, qtype, lg.K, rows, lg.policy, glu=bool(glu))
             if t is None or t.x16 != m.x16:
                 return None
             name, tiling = "matmul_sgmat_f16", sgmat_f16_params(t)
-            scale = _scratch(device, "xscale", 8 * tokens)
-            ins = [_scratch(device, "x16", 2 * tokens * lg.K) if t.x16 else members[0].x, scale]
         elif isinstance(m, MatmulI8Tiling) and lg.matmul_plan.template == "matmul_i8":
             t = i8_group_tiling(lg.adapter, qtype, lg.K, rows, lg.policy, glu=bool(glu))
             if t is None or t.planes != m.planes:
                 return None
             name, tiling = "matmul_i8", i8_params(t)
-            ins = [_scratch(device, "xq", tokens * lg.K * t.planes), _scratch(device, "xd", tokens * lg.K // 4)]
         else:
             return None
         form = {"glu": glu[0]} if glu else {"mats": len(members)}

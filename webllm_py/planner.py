@@ -617,7 +617,7 @@ def glu_emit_auto(policy: KernelPolicy) -> bool:
     """Whether the fused gate/up writes w_down's quantized x in its epilogue (KernelPolicy.glu_emit; off unless
     asked). What it trades: w_down reading x prestaged (8B alone on the H200: 16.69 -> 14.24 us) against gate/up's
     workgroups of 32 rows instead of 16 (glu_emit_tiling) and the block quantized by one thread after a barrier in
-    each. Whole-model decode on the H100 (docs/benchmarks.md, "The prompt's gate/up as one matmul ..."): 8B Q4_0
+    each. Whole-model decode on the H100 (docs/benchmarks.md, "The prompt's fused groups as one matmul each ..."): 8B Q4_0
     0.974x natively and 0.989x on Dawn, 1B Q4_0 1.025-1.034x natively in two calls and unreadable on Dawn (slow
     processes): off, a 1B-only native gain of ~3% not being worth a rule by width without Dawn's reading."""
     return bool(policy.glu_emit)
