@@ -267,17 +267,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill-glu",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="the prompt's gate and up in one matmul_sgmat_f16 or matmul_i8 with the GLU in its epilogue "
         "(planner.sgmat_group_tiling, i8_group_tiling); --no-prefill-glu: two matmuls and the GLU's own pass "
-        "(default: off, KernelPolicy.prefill_glu: not yet measured on a GPU)",
+        "(default: KernelPolicy.prefill_glu, on)",
     )
     p.add_argument(
         "--prefill-qkv",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="the prompt's Q/K/V in one matmul_sgmat_f16 or matmul_i8 (planner.sgmat_group_tiling, i8_group_tiling); "
-        "--no-prefill-qkv: a matmul each (default: off, KernelPolicy.prefill_qkv: not yet measured on a GPU)",
+        "--no-prefill-qkv: a matmul each (default: KernelPolicy.prefill_qkv, on)",
     )
     p.add_argument(
         "--prefill-kernel",
@@ -516,8 +516,8 @@ def kernel_policy(args: argparse.Namespace):
         prestage=args.prestage,
         attention_emit=args.attention_emit,
         glu_emit=args.glu_emit,
-        prefill_glu=args.prefill_glu,
-        prefill_qkv=args.prefill_qkv,
+        prefill_glu=KernelPolicy.prefill_glu if args.prefill_glu is None else args.prefill_glu,
+        prefill_qkv=KernelPolicy.prefill_qkv if args.prefill_qkv is None else args.prefill_qkv,
         fold_norm_max_k=FOLD_NORM_MAX_K if args.fold_norms is None else args.fold_norms,
         prefill=args.prefill_kernel,
         i8_tiling=MatmulI8Tiling(

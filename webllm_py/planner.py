@@ -516,12 +516,12 @@ class KernelPolicy:
     # matmul_sgmat_f16's split-K slices in every tile, the planner's or the policy's (None: the tile's own)
     sgmat_f16_splits: int | None = None
     # the prompt's gate and up in one matmul_sgmat_f16 or matmul_i8 dispatch with the GLU in its epilogue
-    # (sgmat_group_tiling, i8_group_tiling); False: two matmuls and the GLU's own pass. Off until the device has
-    # measured it (built and tested against numpy and transformers on lavapipe; no device machine came for it)
-    prefill_glu: bool = False
+    # (sgmat_group_tiling, i8_group_tiling); False: two matmuls and the GLU's own pass. On: with prefill_qkv the 8B
+    # prefill 1.07-1.14x, 1B 1.3-1.7x on the H200 (docs/benchmarks.md, "The prompt's fused groups measured ...")
+    prefill_glu: bool = True
     # the prompt's Q/K/V (of one type) in one matmul_sgmat_f16 or matmul_i8 dispatch (sgmat_group_tiling,
-    # i8_group_tiling); False: a matmul a matrix. Off until measured, as prefill_glu
-    prefill_qkv: bool = False
+    # i8_group_tiling); False: a matmul a matrix. Measured with prefill_glu (above)
+    prefill_qkv: bool = True
     i8_tiling: MatmulI8Tiling | None = None  # matmul_i8's tile on GPUs (kb drops to 1 where K % 64 != 0)
     fused_attention: bool | None = None  # attention_step for single tokens (None: where it applies)
     # attention_step merges its split-K slices itself (one dispatch; needs a device-scope
