@@ -24,6 +24,8 @@
 #   PEER_MAX_LOAD, PEER_LOAD_WAIT   as in peer_bench.sh (wait for a quiet host before each run)
 #   PEER_WARMUP    0: no throwaway Dawn run with subgroup matrices before the rounds (default: one, as peer_bench.sh)
 # A cell is the median of its runs with their range; "B/A" is the ratio of the medians (higher is faster).
+# With `--profile --gpu-reps 3` in AB_ARGS the runs also give each op's GPU ms, tabled per file and engine after it
+# (e.g. AB_A_ARGS="" AB_B_ARGS="--sgmat-f16-tiling 4,2,4,4,1,0,1,1,1": where a tile's time goes, op by op).
 set -u
 DIR=$(cd "${PEER_DIR:-$PWD}" && pwd)
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -115,4 +117,21 @@ for f, engine in dict.fromkeys((f, e) for f, e, _ in runs):
     if all(ids):  # every run of a side gave the same ids, and both sides the same
         same.append(f"{os.path.basename(f)} {engine}: greedy ids of A == B: {len(ids[0] | ids[1]) == 1}")
 print("\n".join([""] + same))
+
+# With --profile in AB_ARGS: each op kind's GPU ms (bench.profile_ops: a step's time in that op over all layers,
+# host-clocked, so ops under ~1 ms carry a readback's jitter), the median over a side's runs
+for f, engine in dict.fromkeys((f, e) for f, e, _ in runs):
+    a, b = runs.get((f, engine, "A"), []), runs.get((f, engine, "B"), [])
+    keys = sorted({k for r in a + b for k in r if k.startswith("gpu_ms_by_op")}, reverse=True)
+    for key in keys:
+        what = "a decode step" if key == "gpu_ms_by_op" else f"a prompt chunk of {key.rsplit('_', 1)[1]} tokens"
+        ops = list(dict.fromkeys(op for r in a + b for op in r.get(key, {})))
+        by_side = [{op: median(r[key][op] for r in rs if op in r.get(key, {})) for op in ops if any(op in r.get(key, {}) for r in rs)} for rs in (a, b)]
+        print(f"\n{os.path.basename(f)[:-5]} {engine}: GPU ms of {what} by op\n\n| op | A | B | B - A |\n|---|---|---|---|")
+        for op in sorted(ops, key=lambda o: -max(s.get(o, 0) for s in by_side)):
+            va, vb = by_side[0].get(op), by_side[1].get(op)
+            diff = f"{vb - va:+.3f}" if va is not None and vb is not None else "-"
+            print(f"| {op} | {'-' if va is None else f'{va:.3f}'} | {'-' if vb is None else f'{vb:.3f}'} | {diff} |")
+        tot = [sum(s.values()) for s in by_side]
+        print(f"| total | {tot[0]:.3f} | {tot[1]:.3f} | {tot[1] - tot[0]:+.3f} |")
 PY

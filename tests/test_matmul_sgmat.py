@@ -284,6 +284,9 @@ EMULATED = [
     ("Q4_0", 130, 128, 70, MatmulSgmatF16Tiling(sg_m=4, sg_n=4, ti=2, tj=2, kb=1, pf=True, sgc=True), True, False),
     # the result slices taken in turns (out_turns): two turns of 4 subgroups, ragged T and N, y +=
     ("Q4_0", 45, 128, 37, MatmulSgmatF16Tiling(sg_m=2, sg_n=4, ti=1, tj=1, pf=True, out_turns=2), False, True),
+    # 256 tokens x 128 rows (each weight dequantized half as often as the 128x128 tile's: not yet measured on a
+    # GPU; `bench --sgmat-f16-tiling 4,2,4,4,1,0,1,1,1` asks for it), ragged T past its first token tile
+    ("Q4_0", 70, 64, 260, MatmulSgmatF16Tiling(sg_m=4, sg_n=2, ti=4, tj=4, kb=1, pf=True, sgc=True), True, False),
 ]
 
 
