@@ -51,8 +51,8 @@ N_GREEDY = 8
 # x16 and sgc as the planned tiles: f16 x that row_scale wrote, matrix loads at constant offsets
 # (planner.SGMAT_F16_TILES)
 # The fused groups' prompt forms (KernelPolicy.prefill_glu, prefill_qkv: one matmul for gate/up with the GLU in its
-# epilogue, one for Q/K/V) on, here and in the matmul_i8 test; test_model_gpu_kernels keeps the default (a matmul
-# a matrix)
+# epilogue, one for Q/K/V) asked for by name, here and in the matmul_i8 test, so that these tests keep covering
+# them whatever the default (on since the H200 measured them; a matmul a matrix: the kernel tests' prefill_glu=False)
 FUSED = dict(prefill_glu=True, prefill_qkv=True)
 F16_POLICY = KernelPolicy(sgmat_f16_tiling=MatmulSgmatF16Tiling(sg_m=1, ti=1, pf=True, x16=True, sgc=True), **FUSED)
 
