@@ -139,6 +139,22 @@ def test_decode_steps_match_transformers(gpu_like_engine):
     assert len({t.id for t in out}) > N_GREEDY // 4
 
 
+def test_profile_times_short_ops_over_more_reps(gpu_like_engine, monkeypatch):
+    """bench --profile (profile_ops): an op kind whose reps took less than min_ms is timed again over more reps
+    (at most 100x), so a short op's time is not a readback's jitter; with min_ms 0 it is recorded reps times."""
+    from webllm_py.bench import profile_ops
+
+    engine, _ = gpu_like_engine
+    embed, calls = engine.model.embed, []
+    record = embed.record
+    monkeypatch.setattr(embed, "record", lambda rec, n: (calls.append(n), record(rec, n)))
+    asyncio.run(profile_ops(engine, 2))
+    assert len(calls) == 2
+    calls.clear()
+    ms = asyncio.run(profile_ops(engine, 2, 1, min_ms=1e9))  # never reached: the cap, 100 x 2 reps, again
+    assert len(calls) == 2 + 200 and ms["embed"] > 0
+
+
 def test_prefill_quantizes_x_once_per_group(gpu_like_engine):
     """Q/K/V read one x: in a prefill step only the first of consecutive members that quantize it alike
     (BoundLinear.x_pass) records quantize_i8; the others' matmuls read the shared scratch (the logits

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import math
 import re
 import statistics
 import sys
@@ -217,6 +218,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--profile",
         action="store_true",
         help="GPU time per op kind of one decode step and of the prompt's last chunk (all layers)",
+    )
+    p.add_argument(
+        "--profile-min-ms",
+        type=float,
+        default=PROFILE_MIN_MS,
+        metavar="MS",
+        help="--profile times each op kind over at least this much GPU work (more reps than --gpu-reps where "
+        f"one rep is shorter), so that a short op does not carry a readback's jitter (default {PROFILE_MIN_MS:g})",
     )
     # Kernel choices other than the planner's (planner.KernelPolicy), for A/B runs
     p.add_argument(
@@ -656,10 +665,17 @@ async def gpu_ms_per_token(engine, tid: int, reps: int) -> float:
     return 1e3 * (time.perf_counter() - t) / reps
 
 
-async def profile_ops(engine, reps: int, n: int = 1) -> dict:
+# What --profile times each op kind over at least: its time is the host's clock around one submission and a
+# readback, whose jitter (~1-2 ms on Dawn) was as large as a ~1 ms op's 3 reps (docs/benchmarks.md: RoPE at 8B
+# read 0.64 and 1.48 ms in two runs of the same kernel)
+PROFILE_MIN_MS = 50.0
+
+
+async def profile_ops(engine, reps: int, n: int = 1, min_ms: float = 0.0) -> dict:
     """GPU ms per step of `n` tokens spent in each op kind: that op of every layer recorded `reps`
     times into one submission, one readback at the end, with the inputs staged last (a decode step's,
-    or a prefill chunk's of n tokens: then the head runs on its last row, as in generation)."""
+    or a prefill chunk's of n tokens: then the head runs on its last row, as in generation). Where that
+    submission took less than min_ms, it is timed again with the reps that make about min_ms (at most 100x)."""
     d, m = engine.device, engine.model
     # Ops a fused MatvecGroup records in one dispatch are timed as that group, not again alone.
     layer0 = m.layers[0]
@@ -682,25 +698,28 @@ async def profile_ops(engine, reps: int, n: int = 1) -> dict:
     if head is None:
         groups["final_norm"] = [m.final_norm]
     groups["lm_head"] = [head or m.lm_head]
-    out = {}
-    for name, ops in groups.items():
+    groups["sampling"] = [engine.sample_op]
+
+    async def timed(ops: list, tokens: int, k: int) -> float:
         await d.read_buffer(m.state.logits, 0, 4)
         rec = d.recorder()
-        for _ in range(reps):
+        for _ in range(k):
             for op in ops:
-                op.record(rec, 1 if name == "lm_head" else n)
+                op.record(rec, tokens)
         t = time.perf_counter()
         rec.submit()
         await d.read_buffer(m.state.logits, 0, 4)
-        out[name] = round(1e3 * (time.perf_counter() - t) / reps, 3)
-    await d.read_buffer(m.state.logits, 0, 4)
-    rec = d.recorder()
-    for _ in range(reps):
-        engine.sample_op.record(rec)
-    t = time.perf_counter()
-    rec.submit()
-    await d.read_buffer(m.state.logits, 0, 4)
-    out["sampling"] = round(1e3 * (time.perf_counter() - t) / reps, 3)
+        return 1e3 * (time.perf_counter() - t)
+
+    out = {}
+    for name, ops in groups.items():
+        tokens = 1 if name in ("lm_head", "sampling") else n
+        k = reps
+        ms = await timed(ops, tokens, k)
+        if ms < min_ms:
+            k = min(100 * reps, max(reps + 1, math.ceil(reps * min_ms / max(ms, 1e-3))))
+            ms = await timed(ops, tokens, k)
+        out[name] = round(ms / k, 3)
     return out
 
 
@@ -833,13 +852,14 @@ async def _bench(args) -> dict:
     decode_tps = args.decode_tokens / decode_s
     gpu_ms = await gpu_ms_per_token(engine, tid, args.gpu_reps) if args.gpu_reps else None
 
-    profile = await profile_ops(engine, args.gpu_reps or 10) if args.profile else None
+    min_ms = args.profile_min_ms
+    profile = await profile_ops(engine, args.gpu_reps or 10, 1, min_ms) if args.profile else None
     if args.profile:  # the prompt's last chunk again, over the positions before it
         n = min(engine.prefill_chunk, len(prompt))
         engine.reset(0)
         engine._cached[0] = prompt[:-n]
         engine._stage_step(0, prompt[-n:])
-        prefill_profile = await profile_ops(engine, args.gpu_reps or 10, n)
+        prefill_profile = await profile_ops(engine, args.gpu_reps or 10, n, min_ms)
 
     bytes_tok = weight_bytes_per_token(ckpt)
     kv_bytes = (
