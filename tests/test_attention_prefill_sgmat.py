@@ -133,6 +133,33 @@ def test_sgmat_prefill_two_pass_emulated(device, monkeypatch, case):
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
 
 
+@pytest.mark.parametrize("splits", [2, 4])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-w{c[4]}-c{c[5]}")
+def test_sgmat_prefill_key_slices_emulated(device, monkeypatch, case, splits):
+    """PrefillTiling.splits (the template's splits: each workgroup's key walk in slices of whole tiles, one
+    workgroup each, their partial O and (m, l) merged by attention_combine) within the bound of numpy's
+    attention: two chunks (the second's keys span the first's positions: 3 tiles of 32 in 2 slices, or 4 slices
+    where the last walks nothing), group 4 over an f16x2 cache and group 3 with a window (slices from lo > 0)
+    and a softcap; two dispatches a chunk (the slices, the merge)."""
+    layout, dtype, N, chunks, window, softcap = case
+    as_sgmat_adapter(device, monkeypatch)
+    q, k, v = make_qkv(N, 5 + splits, layout)
+    k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
+    bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
+    policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, splits=splits))
+    with emulating_any(device):
+        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
+        h = Harness(
+            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
+        )
+        assert h.attn.plan.prefill.splits == splits and h.attn.prefill_combine is not None
+        got = h.run(0, q, k, v, chunks)
+    err = np.abs(got - ref)
+    assert np.isfinite(got).all()
+    assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+
+
 def test_planner_rows():
     """The planner's row: attention_prefill_sgmat under prefill_attention_kernel="sgmat-f16" (or an sgmat tiling)
     on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0, and by default at head_dim 128
@@ -146,6 +173,13 @@ def test_planner_rows():
     assert prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(16, 64, sgmat=True))).tk == 64
     with pytest.raises(ValueError, match="sgmat-f16"):  # 128 rows: Q does not fit where the K/V tile goes
         prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(32, 32, sgmat=True)))
+    with pytest.raises(ValueError, match="1 with twopass"):  # key slices merge one pass's partials only
+        prefill_tiles(
+            a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, twopass=True, splits=2))
+        )
+    assert (
+        prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, splits=3))).splits == 3
+    )
     assert prefill_tiles(a, 128, 4) == PrefillTiling(16, 32, sgmat=True, sgc=True)  # "auto" at head_dim 128
     assert not prefill_tiles(a, 64, 4).sgmat  # the lanes form at 64 (faster there) and 256 (not measured)
     assert not prefill_tiles(a, 256, 4).sgmat
@@ -232,7 +266,7 @@ def test_f32_cache_is_never_attended_in_f16(device, monkeypatch):
 
 def test_bench_prefill_attention_tiling_flag(capsys):
     """bench --prefill-attention-tiling: PrefillTiling's fields in order, SGMAT, SGC and TWOPASS as booleans (so
-    the planned tiling equals the planner's own), and a clear error past its 8 fields while parsing (before a model
+    the planned tiling equals the planner's own), SPLITS, and a clear error past its 9 fields while parsing (before a model
     loads)."""
     import argparse
 
@@ -247,6 +281,8 @@ def test_bench_prefill_attention_tiling_flag(capsys):
     )
     t = kernel_policy(p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,1"])).prefill_attention
     assert t == PrefillTiling(16, 32, sgmat=True, sgc=True, twopass=True) and t.twopass is True
+    t = kernel_policy(p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,0,4"])).prefill_attention
+    assert t == PrefillTiling(16, 32, sgmat=True, sgc=True, splits=4) and t.twopass is False
     with pytest.raises(SystemExit):
-        p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,1,9"])
-    assert "takes 2 to 8 integers (TQ,TK,LANES,ROWS,SGMAT,UNROLL,SGC,TWOPASS), got 9" in capsys.readouterr().err
+        p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,1,4,9"])
+    assert "takes 2 to 9 integers (TQ,TK,LANES,ROWS,SGMAT,UNROLL,SGC,TWOPASS,SPLITS), got 10" in capsys.readouterr().err

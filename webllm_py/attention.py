@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import KernelPolicyError
 from .gpu.base import BindGroup, Buffer, Device, Recorder
 from .kv_cache import PagedKVCache
 from .planner import (  # noqa: F401  (StepTiling, default_step_tiling: tests and scripts/kernel_bench.py)
@@ -30,6 +31,9 @@ from .planner import (  # noqa: F401  (StepTiling, default_step_tiling: tests an
 )
 
 KV_WRITE_WG = 64
+# attention_combine's threads a workgroup where it merges the prompt's key slices (a row's head_dim in
+# ceil(head_dim / 64) workgroups: 128-dim heads in two)
+PREFILL_COMBINE_WG = 64
 
 
 class PagedAttention:
@@ -136,6 +140,9 @@ class PagedAttention:
             # Shared by all layers: each layer's decode (or step) and combine run before the next layer's.
             self.partials = device.create_buffer(4 * n_heads * self.splits * (head_dim + 2), "attention.partials")
         lanes = plan.prefill.lanes
+        # the prompt's key walk in slices (PrefillTiling.splits), their partials merged by attention_combine
+        self.prefill_splits = plan.prefill.splits if plan.prefill.sgmat else 1
+        self.prefill_combine = None
         if plan.prefill.sgmat:
             # the same bindings and dispatch; the label keeps it in profiles' attention_prefill row
             self.prefill = device.kernel(
@@ -145,8 +152,27 @@ class PagedAttention:
                 tk=self.tk,
                 sgc=plan.prefill.sgc,
                 twopass=plan.prefill.twopass,
+                **({"splits": self.prefill_splits} if self.prefill_splits > 1 else {}),
                 **attn,
             )
+            if self.prefill_splits > 1:
+                if max_tokens * n_heads > 65535:  # attention_combine's rows are the dispatch's x
+                    raise KernelPolicyError(
+                        f"prefill attention in {self.prefill_splits} slices merges {max_tokens} tokens x "
+                        f"{n_heads} heads = {max_tokens * n_heads} rows, past a dispatch's 65535 workgroups"
+                    )
+                self.prefill_combine = device.kernel(
+                    "attention_combine",
+                    label="attention_combine",
+                    n_heads=n_heads,
+                    head_dim=head_dim,
+                    splits=self.prefill_splits,
+                    wg=PREFILL_COMBINE_WG,
+                )
+                # Shared by all layers, as the decode's partials: a layer's slices and merge run before the next's
+                self.prefill_partials = device.create_buffer(
+                    4 * max_tokens * n_heads * self.prefill_splits * (head_dim + 2), "attention.prefill_partials"
+                )
         else:
             self.prefill = device.kernel(
                 "attention_prefill",
@@ -237,11 +263,16 @@ class PagedAttention:
             if self.decode
             else None,
             d.bind(self.combine, [self.partials, out]) if split else None,
-            d.bind(self.prefill, [q, kc, vc, out, step, block_table]),
+            d.bind(
+                self.prefill, [q, kc, vc, self.prefill_partials if self.prefill_combine else out, step, block_table]
+            ),
             rope_kv,
             step_bg,
             (layer, q, k, v, out, step, block_table),
             step_kb,
+            prefill_combine=d.bind(self.prefill_combine, [self.prefill_partials, out])
+            if self.prefill_combine
+            else None,
         )
 
     def _step_bindings(self, norms: bool, emit: bool) -> int:
@@ -309,6 +340,7 @@ class BoundAttention:
     args: tuple = ()  # bind's arguments (layer, q, k, v, out, step, block_table)
     step_kernel_bufs: Any = None  # attention_step's (template parameters, buffers): emit_into binds it again
     emits: tuple | None = None  # emit_into's (xq, xd): wo's x, quantized by the step or combine
+    prefill_combine: BindGroup | None = None  # attention_combine of the prompt's key slices (prefill_splits)
 
     def emit_into(self, planes: int, write_out: bool = True) -> tuple[Buffer, Buffer] | None:
         """Make the single-token step also write its output quantized as wo's prestaged x (planes int8
@@ -373,4 +405,6 @@ class BoundAttention:
             if self.combine is not None:
                 rec.dispatch(self.combine, op.n_heads, -(-op.head_dim // op.combine_wg))
         else:
-            rec.dispatch(self.prefill, -(-n_tokens // op.tq), op.n_kv_heads)
+            rec.dispatch(self.prefill, -(-n_tokens // op.tq), op.n_kv_heads, op.prefill_splits)
+            if self.prefill_combine is not None:
+                rec.dispatch(self.prefill_combine, n_tokens * op.n_heads, -(-op.head_dim // PREFILL_COMBINE_WG))

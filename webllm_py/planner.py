@@ -299,6 +299,11 @@ class PrefillTiling:
     # column blocks held as result matrices, never rescaled (no store, barrier pair and fold of O's blocks a
     # tile; Q K^T and K's staging twice); built to be measured against one pass, off until it is
     twopass: bool = False
+    # sgmat only, one pass: each workgroup's key walk in this many slices, one workgroup each (the dispatch's
+    # z), their partial O and (m, l) merged by attention_combine (a second dispatch). A 512-token prompt's last
+    # query tile walks 16 key tiles in series while 256 workgroups leave the GPU mostly idle (8B: 9 GPU ms over
+    # 32 layers, ~17 us a tile); slices shorten that walk. Built to be measured, 1 (off) until it is
+    splits: int = 1
 
     def sgmat_shared_bytes(self, head_dim: int, group: int) -> int:
         """attention_prefill_sgmat's workgroup memory: the f16 K/V tile (rows padded by 8), each subgroup's
@@ -1159,7 +1164,8 @@ def prefill_tiles(
             f"matrices (here cpu={adapter.cpu}, f16_subgroup_matrix={adapter.f16_subgroup_matrix}), a KV cache of "
             f"f16 values (f16 or f16x2, here {kv_dtype or kv_cache_dtype(adapter, head_dim, policy)}: an f32 cache "
             f"is attended in f32), head_dim a multiple of 16 (here {head_dim}) and a tiling that fits the adapter "
-            f"(tq * group a multiple of 16 and <= 2 tk, tk a multiple of 16; workgroup memory)"
+            f"(tq * group a multiple of 16 and <= 2 tk, tk a multiple of 16; workgroup memory; splits >= 1, "
+            f"and 1 with twopass)"
             f"{f': {t}' if t is not None else ''}"
         )
     d4 = head_dim // 4
@@ -1220,6 +1226,8 @@ def sgmat_prefill_tiling(
     rows = t.tq * group
     ok = (
         rows % 16 == 0
+        and t.splits >= 1
+        and (t.splits == 1 or not t.twopass)
         and t.tk % 16 == 0
         and rows <= 2 * t.tk
         and 2 * rows <= adapter.invocations
