@@ -129,14 +129,7 @@ class PagedAttention:
             )
         if self.splits > 1 and (not self.fused or self.step_combine):
             self.combine_wg = plan.combine_wg
-            self.combine = device.kernel(
-                "attention_combine",
-                label="attention_combine",
-                n_heads=n_heads,
-                head_dim=head_dim,
-                splits=self.splits,
-                wg=self.combine_wg,
-            )
+            self.combine = self._combine_kernel(self.splits, self.combine_wg)
             # Shared by all layers: each layer's decode (or step) and combine run before the next layer's.
             self.partials = device.create_buffer(4 * n_heads * self.splits * (head_dim + 2), "attention.partials")
         lanes = plan.prefill.lanes
@@ -161,14 +154,7 @@ class PagedAttention:
                         f"prefill attention in {self.prefill_splits} slices merges {max_tokens} tokens x "
                         f"{n_heads} heads = {max_tokens * n_heads} rows, past a dispatch's 65535 workgroups"
                     )
-                self.prefill_combine = device.kernel(
-                    "attention_combine",
-                    label="attention_combine",
-                    n_heads=n_heads,
-                    head_dim=head_dim,
-                    splits=self.prefill_splits,
-                    wg=PREFILL_COMBINE_WG,
-                )
+                self.prefill_combine = self._combine_kernel(self.prefill_splits, PREFILL_COMBINE_WG)
                 # Shared by all layers, as the decode's partials: a layer's slices and merge run before the next's
                 self.prefill_partials = device.create_buffer(
                     4 * max_tokens * n_heads * self.prefill_splits * (head_dim + 2), "attention.prefill_partials"
@@ -275,6 +261,19 @@ class PagedAttention:
             else None,
         )
 
+    def _combine_kernel(self, splits: int, wg: int, **emit: Any) -> Any:
+        """attention_combine merging `splits` slices' partials (a decode step's heads, or a prompt's T x n_heads
+        rows: the kernel does not tell them apart), wg threads a workgroup; emit: its emit / write_out options."""
+        return self.device.kernel(
+            "attention_combine",
+            label="attention_combine",
+            n_heads=self.n_heads,
+            head_dim=self.head_dim,
+            splits=splits,
+            wg=wg,
+            **emit,
+        )
+
     def _step_bindings(self, norms: bool, emit: bool) -> int:
         """attention_step's storage bindings at most: q .. block_table (8), inv_freq (RoPE folded), the scratch
         where it merges its slices, the q/k norms' weights (norms), wo's quantized x (emit: xq, xd)."""
@@ -359,16 +358,7 @@ class BoundAttention:
         ed = _scratch(op.device, "attention xd", QuantizeX.xd_bytes(K))
         d = op.device
         if self.combine is not None:
-            kern = d.kernel(
-                "attention_combine",
-                label="attention_combine",
-                n_heads=op.n_heads,
-                head_dim=op.head_dim,
-                splits=op.splits,
-                wg=op.combine_wg,
-                emit=planes,
-                write_out=write_out,
-            )
+            kern = op._combine_kernel(op.splits, op.combine_wg, emit=planes, write_out=write_out)
             out = self.args[4]
             self.combine = d.bind(kern, [op.partials, *([out] if write_out else []), eq, ed])
         else:
