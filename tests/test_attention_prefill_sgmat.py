@@ -160,6 +160,22 @@ def test_sgmat_prefill_key_slices_emulated(device, monkeypatch, case, splits):
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
 
 
+def test_key_slices_refuse_what_the_device_cannot_hold(device, monkeypatch):
+    """PrefillTiling.splits: partials past the device's binding size, or more rows than a dispatch's x can merge,
+    are a KernelPolicyError when the attention is made (not a GPU validation error later)."""
+    from webllm_py.attention import PagedAttention
+    from webllm_py.kv_cache import PagedKVCache
+
+    as_sgmat_adapter(device, monkeypatch)
+    cache = PagedKVCache(device, n_layers=1, n_kv_heads=2, head_dim=64, num_blocks=4, dtype="f16x2")
+    policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, splits=4))
+    monkeypatch.setattr(type(device), "max_binding_size", property(lambda self: 1 << 20))
+    with pytest.raises(KernelPolicyError, match="bytes of partials"):
+        PagedAttention(device, cache, 8, 2, 64, max_tokens=512, policy=policy)  # 512 x 8 x 4 x 66 x 4 B > 1 MiB
+    with pytest.raises(KernelPolicyError, match="65535"):
+        PagedAttention(device, cache, 8, 2, 64, max_tokens=8192, policy=policy)
+
+
 def test_planner_rows():
     """The planner's row: attention_prefill_sgmat under prefill_attention_kernel="sgmat-f16" (or an sgmat tiling)
     on GPU adapters with f16 subgroup matrices and head_dim % 16 == 0, and by default at head_dim 128

@@ -136,6 +136,19 @@ class PagedAttention:
         # the prompt's key walk in slices (PrefillTiling.splits), their partials merged by attention_combine
         self.prefill_splits = plan.prefill.splits if plan.prefill.sgmat else 1
         self.prefill_combine = None
+        size = 4 * max_tokens * n_heads * self.prefill_splits * (head_dim + 2)  # the slices' partials
+        if self.prefill_splits > 1:
+            if max_tokens * n_heads > 65535:  # attention_combine's rows are the dispatch's x
+                raise KernelPolicyError(
+                    f"prefill attention in {self.prefill_splits} slices merges {max_tokens} tokens x "
+                    f"{n_heads} heads = {max_tokens * n_heads} rows, past a dispatch's 65535 workgroups"
+                )
+            if size > device.max_binding_size:
+                raise KernelPolicyError(
+                    f"prefill attention in {self.prefill_splits} slices needs {size} bytes of partials "
+                    f"({max_tokens} tokens x {n_heads} heads), past this device's {device.max_binding_size} a "
+                    f"binding: fewer slices or a shorter prefill chunk"
+                )
         if plan.prefill.sgmat:
             # the same bindings and dispatch; the label keeps it in profiles' attention_prefill row
             self.prefill = device.kernel(
@@ -149,16 +162,9 @@ class PagedAttention:
                 **attn,
             )
             if self.prefill_splits > 1:
-                if max_tokens * n_heads > 65535:  # attention_combine's rows are the dispatch's x
-                    raise KernelPolicyError(
-                        f"prefill attention in {self.prefill_splits} slices merges {max_tokens} tokens x "
-                        f"{n_heads} heads = {max_tokens * n_heads} rows, past a dispatch's 65535 workgroups"
-                    )
                 self.prefill_combine = self._combine_kernel(self.prefill_splits, PREFILL_COMBINE_WG)
                 # Shared by all layers, as the decode's partials: a layer's slices and merge run before the next's
-                self.prefill_partials = device.create_buffer(
-                    4 * max_tokens * n_heads * self.prefill_splits * (head_dim + 2), "attention.prefill_partials"
-                )
+                self.prefill_partials = device.create_buffer(size, "attention.prefill_partials")
         else:
             self.prefill = device.kernel(
                 "attention_prefill",
