@@ -126,7 +126,9 @@ for f, engine in dict.fromkeys((f, e) for f, e, _ in runs):
     for key in keys:
         what = "a decode step" if key == "gpu_ms_by_op" else f"a prompt chunk of {key.rsplit('_', 1)[1]} tokens"
         ops = list(dict.fromkeys(op for r in a + b for op in r.get(key, {})))
-        by_side = [{op: median(r[key][op] for r in rs if op in r.get(key, {})) for op in ops if any(op in r.get(key, {}) for r in rs)} for rs in (a, b)]
+        by_side = [
+            {op: median(v) for op in ops if (v := [r[key][op] for r in rs if op in r.get(key, {})])} for rs in (a, b)
+        ]
         print(f"\n{os.path.basename(f)[:-5]} {engine}: GPU ms of {what} by op\n\n| op | A | B | B - A |\n|---|---|---|---|")
         for op in sorted(ops, key=lambda o: -max(s.get(o, 0) for s in by_side)):
             va, vb = by_side[0].get(op), by_side[1].get(op)
