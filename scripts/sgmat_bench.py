@@ -10,7 +10,7 @@ matmul_sgmat's quantization of x and matmul_sgmat_f16's scales of x, shared by a
     python scripts/sgmat_bench.py --kernels sgc     # the planner's matmul_sgmat_f16: matrix loads at constant offsets
     python scripts/sgmat_bench.py --kernels probe   # the planner's matmul_sgmat_f16: its multiplies alone, its staging
         # alone (the template's measurement probes; their y is not the product)
-    python scripts/sgmat_bench.py --kernels f16-big # the planner's f16 tiles, 128x128 at kb 1 and 4, 256x128
+    python scripts/sgmat_bench.py --kernels f16-big # the planner's f16 tiles, 128x128 at kb 1 and 4, two 256x128s
     python scripts/sgmat_bench.py --kernels occ --shapes 512x4224x4096,512x8448x4096  # 128x128 tiles with fewer
         # registers held (no pf, no sgc): 132 and 264 workgroups, one or two waves where one fits an SM
     python scripts/sgmat_bench.py --kernels copy    # matmul_sgmat_f16 at the planner's tile with copy-only
@@ -222,6 +222,9 @@ VARIANTS = [
             ("128x128, 2x4 sg, 4x2, kb1", "sg_n=4, ti=4, kb=1, "),
             ("128x128, 2x4 sg, 4x2, kb4", "sg_n=4, ti=4, kb=4, "),
             ("256x128, 4x4 sg, 4x2, kb2", "sg_m=4, sg_n=4, ti=4, "),
+            # 256 tokens x 128 rows from 8 subgroups of 4x4 tiles at kb 1 (38,912 B): each weight dequantized once
+            # per 256 tokens, at the 128x128's thread count (test_f16_template_emulated covers it)
+            ("256x128, 4x2 sg, 4x4, kb1", "sg_m=4, sg_n=2, ti=4, tj=4, kb=1, "),
         )
     ],
     # workgroups an SM (time at 132 vs 264 workgroups: --shapes 512x4224x4096,512x8448x4096): the 128x128 tile runs

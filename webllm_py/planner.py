@@ -966,19 +966,21 @@ def sgmat_tiling(
 
 
 # matmul_sgmat_f16's tile by the waves a prefill chunk's workgroups make (docs/benchmarks.md, "f16 tiles by
-# shape"): each candidate's time is its waves, ceil(workgroups / (per_sm * SMS)), at its full-wave speed; the
-# planner takes the faster. On the H200 (132 SMs) the 128x128 tile runs one workgroup an SM at ~94 TOPS
-# and the 64x64 tile two at ~78: the model picked the measured best (or a tie) at all seven 512-token
-# shapes of Llama-3.2-1B and 3.1-8B. E.g. 6144 rows: 192 workgroups of 128x128 are 2 waves, the second
-# 45% full (68 predicted, 71 measured), against 768 of 64x64 in 3 full ones (76 / 79); 3072 rows: 96 of
-# 128x128 in one wave (68 / 68) against 384 of 64x64 in two, the second 45% full (57 / 57). WebGPU does
+# shape" and "The planner's f16 tiles measured again"): each candidate's time is its waves,
+# ceil(workgroups / (per_sm * SMS)), at its full-wave speed; the planner takes the faster. Measured on the H100
+# (132 SMs, Dawn, 2026-12-07, `sgmat_bench.py --kernels f16-big`): the 128x128 tile runs one workgroup an SM at
+# ~140 TOPS (512x4096x4096: 128 workgroups, 140.0) and the 64x64 tile two at ~95 (95.6 there). The model picks
+# the measured best at all seven 512-token shapes of Llama-3.2-1B and 3.1-8B (predicted / measured TOPS): 6144
+# rows: 192 workgroups of 128x128 in two waves, the second 45% full (102 / 99.4), against 768 of 64x64 in 3
+# (92 / 94.1); 2048 rows: 64 of 128x128 leave half the SMs idle (68 / 70.6) against 256 of 64x64 in one wave
+# (92 / 91.9). (The speeds of before x16 and sgc, 94 and 78, took 64x64 at 6144 rows, 5% slower.) WebGPU does
 # not tell the SM count: other GPUs get this choice too (both tiles work anywhere they fit).
 SGMAT_F16_SMS = 132
-# (tiling, workgroups an SM runs at once, TOPS at full waves, measured before x16); both with the next step's
-# loads in flight, x staged by copies and the matrices loaded at constant offsets
+# (tiling, workgroups an SM runs at once, TOPS at full waves); both with the next step's loads in flight, x
+# staged by copies and the matrices loaded at constant offsets
 SGMAT_F16_TILES = (
-    (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, x16=True, sgc=True), 1, 94.0),  # 128x128: 2x4 subgroups of 4x2
-    (MatmulSgmatF16Tiling(pf=True, x16=True, sgc=True), 2, 78.0),  # 64x64: 2x2 subgroups of 2x2 tiles
+    (MatmulSgmatF16Tiling(sg_n=4, ti=4, pf=True, x16=True, sgc=True), 1, 140.0),  # 128x128: 2x4 subgroups of 4x2
+    (MatmulSgmatF16Tiling(pf=True, x16=True, sgc=True), 2, 95.0),  # 64x64: 2x2 subgroups of 2x2 tiles
 )
 
 
