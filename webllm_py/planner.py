@@ -301,8 +301,10 @@ class PrefillTiling:
     twopass: bool = False
     # sgmat only, one pass: each workgroup's key walk in this many slices, one workgroup each (the dispatch's
     # z), their partial O and (m, l) merged by attention_combine (a second dispatch). A 512-token prompt's last
-    # query tile walks 16 key tiles in series while 256 workgroups leave the GPU mostly idle (8B: 9 GPU ms over
-    # 32 layers, ~17 us a tile); slices shorten that walk. Built to be measured, 1 (off) until it is
+    # query tile walks 16 key tiles in series (8B: 9 GPU ms over 32 layers, ~17 us a tile); slices shorten that
+    # walk. Measured on the H100 (docs/benchmarks.md, "Measured on the H100: the prompt's key slices ..."): 8B
+    # attention 8.82 GPU ms unsplit, 8.52 / 8.80 / 10.49 at 2 / 4 / 8 slices: the walk is not what bounds it,
+    # each tile's own work is. 1 (off)
     splits: int = 1
 
     def sgmat_shared_bytes(self, head_dim: int, group: int) -> int:
