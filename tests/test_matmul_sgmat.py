@@ -361,16 +361,23 @@ def test_f16_same_tiles_emulated(device, tiling):
 
 
 @pytest.mark.gpu
-def test_row_scale_x16(device):
+@pytest.mark.parametrize(
+    "wg, K",
+    # planner.row_scale_wg's two: CPU adapters' 64 and GPUs' 256, each with rows shorter than a workgroup's
+    # vec4s and rows that each thread strides over several times
+    [(64, 200), (64, 1032), (256, 200), (256, 4104)],
+)
+def test_row_scale_x16(device, wg, K):
     """row_scale.wgsl.j2's x16 option: s_t as numpy's row_scales and f16(x / s_t) bit-equal numpy's, rows past
     f16's range, all-zero and ordinary ones included."""
     if not device.has_f16:
         pytest.skip("this adapter has no shader-f16")
-    T, K = 12, 200
+    T = 12
     x = outlier_rows(np.random.default_rng(3), T, K)
+    x[10, 4 * (min(K // 4, wg) - 1)] = 3e5  # a row's max held by the workgroup's last thread with a value
     bufs = [f32_buffer(device, x), device.create_buffer(8 * T), device.buffer_from(struct.pack("<II", 0, T))]
     bufs.append(device.create_buffer(2 * T * K))
-    device.run(device.kernel("row_scale", K=K, wg=64, tokens_at=1, x16=True), bufs, 1, T)
+    device.run(device.kernel("row_scale", K=K, wg=wg, tokens_at=1, x16=True), bufs, 1, T)
     s = read_f32(device, bufs[1], 2 * T).reshape(T, 2)
     assert (s[:, 0] == row_scales(x)).all() and (s[:, 1] == 1 / row_scales(x)).all()
     got = np.frombuffer(asyncio.run(device.read_buffer(bufs[3], 0, 2 * T * K)), np.uint16).reshape(T, K)

@@ -42,6 +42,7 @@ from .planner import (  # noqa: F401  (tilings and tables re-exported: tests and
     sgmat_group_tiling,
     plan_matmul,
     plan_matvec,
+    row_scale_wg,
     staged_tiling,
     subgroup_min_size,
     team_subgroups,
@@ -208,7 +209,12 @@ class Linear:
                 )
             elif kind == "quantize" and isinstance(m, MatmulSgmatF16Tiling):  # x's per-token scales
                 k = self.device.kernel(
-                    "row_scale", label=f"row_scale K {self.K}", K=self.K, wg=64, tokens_at=self._tokens_at, x16=m.x16
+                    "row_scale",
+                    label=f"row_scale K {self.K}",
+                    K=self.K,
+                    wg=row_scale_wg(self.adapter),
+                    tokens_at=self._tokens_at,
+                    x16=m.x16,
                 )
             elif kind == "matmul" and isinstance(m, (MatmulI8Tiling, MatmulSgmatTiling, MatmulSgmatF16Tiling)):
                 # the quantized-block prefills (matmul_i8, matmul_sgmat, matmul_sgmat_f16): their tilings, then

@@ -997,6 +997,19 @@ def _sgmat_f16_by_shape(adapter: Adapter, N: int) -> MatmulSgmatF16Tiling:
     return max(fits, key=speed)[0] if fits else SGMAT_F16_TILES[-1][0]
 
 
+def row_scale_wg(adapter: Adapter) -> int:
+    """Threads of row_scale's workgroup (one workgroup a token row; matmul_sgmat_f16's x scales and f16 copy).
+    The pass is memory-bound and each thread has one vec4 load in flight a loop step, so bytes in flight scale
+    with threads: a 512-token prompt's 512 workgroups of 64 threads left ~250 threads an SM on the H100's 132,
+    ~0.75 TB/s by Little's law; the 8B prompt's linears ran 0.6-2.6 GPU ms slower in the model than
+    matmul_sgmat_f16 alone (w_down, whose x is 512 x 14336: 17.5 vs 14.9 ms; docs/benchmarks.md, "Measured on
+    the H100: the prompt's key slices ..."), this pass's share of which is unmeasured (alone, the weights also
+    stay in L2 over the reps). 256 on GPUs (4x the loads in flight, 512 x 256 threads still one
+    wave); not yet measured against 64. CPU adapters: 64 (a workgroup barrier costs ~10x there, and the
+    emulated subgroup-matrix tests run this pass)."""
+    return 64 if adapter.cpu else 256
+
+
 def sgmat_f16_tiling(
     adapter: Adapter, qtype: GGMLType, K: int, N: int = 0, policy: KernelPolicy = DEFAULT_POLICY
 ) -> MatmulSgmatF16Tiling | None:
