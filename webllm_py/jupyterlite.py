@@ -13,6 +13,10 @@ The site is meant for the root of the origin that also serves /pyodide/ and /whe
   wheels under /wheels/ (PyPI's, fetched by scripts/fetch_pyodide_wheels.py, plus the webllm_py
   wheel) with their own sha256. The kernel loads micropip, ipython, jedi and comm through it, and
   preloads webllm_py (with jinja2, markupsafe) so `import webllm_py` works in the first cell.
+
+`fix_coincident()` then mends a race in the kernel's bundled coincident 1.2.3 (the SharedArrayBuffer
+channel of a cross-origin isolated page, which carries the kernel's /drive file calls, input() and the
+kernel's own requests), in the built site's copy of the kernel extension: see its docstring.
 """
 
 from __future__ import annotations
@@ -37,6 +41,29 @@ NPM_LOCK = BUILD / "vendor" / "node_modules" / "pyodide" / "pyodide-lock.json"
 # Requirements the npm lock file does not state (IPython 9 imports ipython_pygments_lexers; the
 # kernel's ipykernel shim needs comm, which npm Pyodide does not list at all).
 EXTRA_DEPENDS = {"ipython": ["ipython-pygments-lexers"], "webllm-py": ["jinja2"], "jinja2": ["markupsafe"]}
+
+
+# coincident 1.2.3's reply, second step: the answering side writes the JSON reply into the waiting side's
+# SharedArrayBuffer as UTF-16 code units, then notifies. The waiting side blocks with Atomics.wait(sb, 0, 0)
+# and takes "index 0 is not 0" as "the reply is there" - but index 0 holds the first two code units, so
+# a waiter that reaches its wait while the loop is still writing (it posted its request, then was
+# descheduled for a moment) returns at once and decodes a reply cut short: the unwritten rest is U+0000,
+# and JSON.parse fails ("Bad control character in string literal"), a fatal error for Pyodide when the
+# call was a /drive stat. Minified: `for(let V=new U16(SB.buffer),I=0;I<S.length;I++)V[I]=S.charCodeAt(I)`.
+COINCIDENT_REPLY_WRITE = re.compile(
+    r"for\(let (?P<v>[\w$]+)=new (?P<u16>[\w$]+)\((?P<sb>[\w$]+)\.buffer\),(?P<i>[\w$]+)=0;"
+    r"(?P=i)<(?P<s>[\w$]+)\.length;(?P=i)\+\+\)(?P=v)\[(?P=i)\]=(?P=s)\.charCodeAt\((?P=i)\)"
+)
+# The mended loop: code units 2.. first, then the first two in one Atomics.store, so index 0 turns non-zero
+# only when the whole reply is written (and the store publishes the plain writes before it). This is what
+# coincident 2+ does with a separate ready flag; jupyterlite-pyodide-kernel takes coincident 4 in 0.9.
+COINCIDENT_REPLY_WRITE_FIXED = (
+    "{{let {v}=new {u16}({sb}.buffer),{i}=2,$wl_n={s}.length,$wl_h=new {u16}(2);"
+    "for(;{i}<$wl_n;{i}++){v}[{i}]={s}.charCodeAt({i});"
+    "$wl_h[0]={s}.charCodeAt(0);$wl_h[1]=$wl_n>1?{s}.charCodeAt(1):0;"
+    "Atomics.store({sb},0,new Int32Array($wl_h.buffer)[0])}}"
+)
+KERNEL_EXTENSION = Path("extensions") / "@jupyterlite" / "pyodide-kernel-extension" / "static"
 
 
 class JupyterLiteError(RuntimeError):
@@ -98,7 +125,33 @@ def build_site(out_dir: Path, lite_dir: Path = LITE_DIR, venv: Path = VENV) -> P
         )
     if r.returncode != 0 or not (out_dir / "jupyter-lite.json").is_file():
         raise JupyterLiteError(f"jupyter lite build failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
+    fix_coincident(out_dir)
     return out_dir
+
+
+def fix_coincident(site: Path) -> list[Path]:
+    """Mend the reply write of coincident 1.2.3 (COINCIDENT_REPLY_WRITE) in the kernel extension of a
+    built site: once in the main thread's copy (replies to the worker's /drive, input() and log calls)
+    and once in the worker's (replies to the kernel's execute, complete, ... requests). The files that
+    changed. Any other count of matches (a kernel that bundles another coincident) is an error: look at
+    the new bundle, and drop this step once it waits on a flag of its own (coincident 2+)."""
+    mended = {}
+    for js in sorted((Path(site) / KERNEL_EXTENSION).glob("*.js")):
+        text, n = COINCIDENT_REPLY_WRITE.subn(
+            lambda m: COINCIDENT_REPLY_WRITE_FIXED.format(**m.groupdict()), js.read_text(encoding="utf-8")
+        )
+        if n:
+            mended[js] = (text, n)
+    names = [js.name for js in mended]
+    if sum(n for _, n in mended.values()) != 2 or sum(x.startswith("coincident.worker.") for x in names) != 1:
+        raise JupyterLiteError(
+            f"coincident's reply write found {sum(n for _, n in mended.values())} times in {names} under"
+            f" {KERNEL_EXTENSION} (expected once in the main thread's chunk and once in coincident.worker.*.js):"
+            " the kernel's bundle changed; see jupyterlite.fix_coincident"
+        )
+    for js, (text, _) in mended.items():
+        js.write_text(text, encoding="utf-8")
+    return list(mended)
 
 
 def main(argv: list[str] | None = None) -> int:

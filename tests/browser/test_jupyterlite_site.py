@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import subprocess
 import urllib.request
 import zipfile
 
@@ -71,3 +73,57 @@ def test_lock_file_refuses_a_missing_dependency(tmp_path):
     ipython = next(p for p in serve.VENDOR_WHEELS.glob("ipython-*.whl"))
     with pytest.raises(jupyterlite.JupyterLiteError, match="asttokens"):
         jupyterlite.lock_file({ipython.name: ipython})
+
+
+def test_the_served_kernel_has_coincident_reply_write_mended(url):
+    """Both copies of coincident's reply write (main thread's chunk, coincident.worker) as served: index 0
+    of the buffer is stored last, atomically, never by the plain loop (jupyterlite.fix_coincident)."""
+    static = jupyterlite.SITE / jupyterlite.KERNEL_EXTENSION
+    chunks = {js.name: get(url + str(jupyterlite.KERNEL_EXTENSION / js.name))[1].decode() for js in static.glob("*.js")}
+    assert not [n for n, t in chunks.items() if jupyterlite.COINCIDENT_REPLY_WRITE.search(t)]
+    mended = sorted(n for n, t in chunks.items() if "Atomics.store(" in t and "$wl_h" in t)
+    assert len(mended) == 2 and any(n.startswith("coincident.worker.") for n in mended), mended
+
+
+ORIGINAL = "x;{let e=r.get(s);for(let t=new Pe(o.buffer),i=0;i<e.length;i++)t[i]=e.charCodeAt(i)}pe(o,0)"
+
+
+def test_mended_reply_write_fills_the_buffer_and_stores_index_0_last(tmp_path):
+    """The mended loop run by node: the buffer holds the reply's UTF-16 code units, and index 0 is 0 until
+    the last statement (a waiter that sees it non-zero sees the whole reply)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: run ./scripts/setup.sh")
+    fixed, n = jupyterlite.COINCIDENT_REPLY_WRITE.subn(
+        lambda m: jupyterlite.COINCIDENT_REPLY_WRITE_FIXED.format(**m.groupdict()), ORIGINAL
+    )
+    assert n == 1
+    body = fixed[fixed.index("{let t=") : fixed.rindex("}pe(")]
+    script = f"""
+const Pe = Uint16Array, seen = [];
+const Real = Atomics.store;
+for (const e of ["1", "{{}}", '{{"mtime":"2026-01-01T00:00:00.000Z","size":4096}}', "\\"é\\u{{1F600}}\\""]) {{
+  const o = new Int32Array(new SharedArrayBuffer(2 * e.length + (2 * e.length) % 4));
+  Atomics.store = (a, i, v) => {{ seen.push(a[0]); return Real(a, i, v); }};
+  {body}
+  Atomics.store = Real;
+  const got = new TextDecoder("utf-16").decode(new Uint16Array(o.buffer).slice(0, e.length));
+  if (got !== e) throw new Error(`wrote ${{JSON.stringify(got)}} for ${{JSON.stringify(e)}}`);
+}}
+console.log(JSON.stringify(seen));
+"""
+    (tmp_path / "t.js").write_text(script)
+    r = subprocess.run([node, str(tmp_path / "t.js")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [0, 0, 0, 0]  # index 0 still 0 when the store comes
+
+
+def test_fix_coincident_refuses_a_bundle_it_does_not_know(tmp_path):
+    static = tmp_path / jupyterlite.KERNEL_EXTENSION
+    static.mkdir(parents=True)
+    (static / "88.js").write_text(ORIGINAL)  # the main thread's copy only: no coincident.worker
+    with pytest.raises(jupyterlite.JupyterLiteError, match="found 1 times"):
+        jupyterlite.fix_coincident(tmp_path)
+    (static / "coincident.worker.x.js").write_text(ORIGINAL.replace("Pe", "d"))
+    (static / "88.js").write_text(ORIGINAL)
+    assert [p.name for p in jupyterlite.fix_coincident(tmp_path)] == ["88.js", "coincident.worker.x.js"]
