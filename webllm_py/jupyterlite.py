@@ -14,9 +14,9 @@ The site is meant for the root of the origin that also serves /pyodide/ and /whe
   wheel) with their own sha256. The kernel loads micropip, ipython, jedi and comm through it, and
   preloads webllm_py (with jinja2, markupsafe) so `import webllm_py` works in the first cell.
 
-`fix_coincident()` then mends a race in the kernel's bundled coincident 1.2.3 (the SharedArrayBuffer
+`fix_coincident()` then mends two defects of the kernel's bundled coincident 1.2.3 (the SharedArrayBuffer
 channel of a cross-origin isolated page, which carries the kernel's /drive file calls, input() and the
-kernel's own requests), in the built site's copy of the kernel extension: see its docstring.
+kernel's own requests) in the built site's copy of the kernel extension: see COINCIDENT_MENDS.
 """
 
 from __future__ import annotations
@@ -62,6 +62,25 @@ COINCIDENT_REPLY_WRITE_FIXED = (
     "for(;{i}<$wl_n;{i}++){v}[{i}]={s}.charCodeAt({i});"
     "$wl_h[0]={s}.charCodeAt(0);$wl_h[1]=$wl_n>1?{s}.charCodeAt(1):0;"
     "Atomics.store({sb},0,new Int32Array($wl_h.buffer)[0])}}"
+)
+# coincident 1.2.3's main thread waits for the worker with `waitAsync(sb, 0)` and calls `.value.then` on what
+# it returns. When index 0 is already non-zero (the worker answered between the post and the wait: the
+# main thread descheduled for a moment, most likely in the reply's second step, which the worker answers
+# at once), Atomics.waitAsync returns {async: false, value: "not-equal"}, a string: TypeError
+# "A(...).value.then is not a function", and the kernel's request (execute, complete, inspect, comm_*)
+# rejects after the worker did it - no execute_reply, no idle status: the cell stays [*]. Minified:
+# `A=(e,t)=>e?c(t,0):(...sync wait...)`. The mend wraps the value, so a wait that is already over is a
+# resolved promise: index 0 turns non-zero only when the step is done (sb[1] set, or the reply written by
+# the mended loop above), as it is when the wait resolves with "ok".
+COINCIDENT_WAIT_ASYNC = re.compile(
+    r"(?P<f>[\w$]+)=\((?P<a>[\w$]+),(?P<sb>[\w$]+)\)=>(?P=a)\?(?P<wa>[\w$]+)\((?P=sb),0\):\("
+)
+COINCIDENT_WAIT_ASYNC_FIXED = "{f}=({a},{sb})=>{a}?{{value:Promise.resolve({wa}({sb},0).value)}}:("
+# The mends: (what, pattern, replacement with the pattern's groups, a text only the replacement has). Each
+# must be found exactly once in the main thread's chunk and once in coincident.worker.*.js.
+COINCIDENT_MENDS = (
+    ("reply write", COINCIDENT_REPLY_WRITE, COINCIDENT_REPLY_WRITE_FIXED, "new Int32Array($wl_h.buffer)[0])"),
+    ("waitAsync result", COINCIDENT_WAIT_ASYNC, COINCIDENT_WAIT_ASYNC_FIXED, "{value:Promise.resolve("),
 )
 KERNEL_EXTENSION = Path("extensions") / "@jupyterlite" / "pyodide-kernel-extension" / "static"
 
@@ -130,28 +149,30 @@ def build_site(out_dir: Path, lite_dir: Path = LITE_DIR, venv: Path = VENV) -> P
 
 
 def fix_coincident(site: Path) -> list[Path]:
-    """Mend the reply write of coincident 1.2.3 (COINCIDENT_REPLY_WRITE) in the kernel extension of a
-    built site: once in the main thread's copy (replies to the worker's /drive, input() and log calls)
-    and once in the worker's (replies to the kernel's execute, complete, ... requests). The files that
-    changed. Any other count of matches (a kernel that bundles another coincident) is an error: look at
-    the new bundle, and drop this step once it waits on a flag of its own (coincident 2+)."""
-    mended = {}
-    for js in sorted((Path(site) / KERNEL_EXTENSION).glob("*.js")):
-        text, n = COINCIDENT_REPLY_WRITE.subn(
-            lambda m: COINCIDENT_REPLY_WRITE_FIXED.format(**m.groupdict()), js.read_text(encoding="utf-8")
-        )
-        if n:
-            mended[js] = (text, n)
-    names = [js.name for js in mended]
-    if sum(n for _, n in mended.values()) != 2 or sum(x.startswith("coincident.worker.") for x in names) != 1:
-        raise JupyterLiteError(
-            f"coincident's reply write found {sum(n for _, n in mended.values())} times in {names} under"
-            f" {KERNEL_EXTENSION} (expected once in the main thread's chunk and once in coincident.worker.*.js):"
-            " the kernel's bundle changed; see jupyterlite.fix_coincident"
-        )
-    for js, (text, _) in mended.items():
-        js.write_text(text, encoding="utf-8")
-    return list(mended)
+    """Apply COINCIDENT_MENDS to the kernel extension of a built site: each once in the main thread's copy
+    of coincident (it answers the worker's /drive, input() and log calls, and waits for the kernel's
+    execute, complete, ... requests) and once in the worker's. The files that changed. Any other count of
+    matches (a kernel that bundles another coincident) is an error: look at the new bundle, and drop this
+    step once it waits on a flag of its own and handles a settled waitAsync (coincident 2+)."""
+    files = {js: js.read_text(encoding="utf-8") for js in sorted((Path(site) / KERNEL_EXTENSION).glob("*.js"))}
+    changed = set()
+    for what, pattern, fixed, _ in COINCIDENT_MENDS:
+        counts = {}
+        for js, text in files.items():
+            files[js], n = pattern.subn(lambda m, fixed=fixed: fixed.format(**m.groupdict()), text)
+            if n:
+                counts[js.name] = n
+                changed.add(js)
+        names = sorted(counts)
+        if sum(counts.values()) != 2 or len(names) != 2 or sum(x.startswith("coincident.worker.") for x in names) != 1:
+            raise JupyterLiteError(
+                f"coincident's {what} found {sum(counts.values())} times in {names} under {KERNEL_EXTENSION}"
+                " (expected once in the main thread's chunk and once in coincident.worker.*.js):"
+                " the kernel's bundle changed; see jupyterlite.fix_coincident"
+            )
+    for js in sorted(changed):
+        js.write_text(files[js], encoding="utf-8")
+    return sorted(changed)
 
 
 def main(argv: list[str] | None = None) -> int:

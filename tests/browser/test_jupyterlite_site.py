@@ -75,14 +75,16 @@ def test_lock_file_refuses_a_missing_dependency(tmp_path):
         jupyterlite.lock_file({ipython.name: ipython})
 
 
-def test_the_served_kernel_has_coincident_reply_write_mended(url):
-    """Both copies of coincident's reply write (main thread's chunk, coincident.worker) as served: index 0
-    of the buffer is stored last, atomically, never by the plain loop (jupyterlite.fix_coincident)."""
+def test_the_served_kernel_has_coincident_mended(url):
+    """Both copies of coincident (main thread's chunk, coincident.worker) as served carry every mend of
+    jupyterlite.COINCIDENT_MENDS and none of the originals: the reply's index 0 is stored last, atomically,
+    never by the plain loop; a waitAsync that finds the answer already there resolves."""
     static = jupyterlite.SITE / jupyterlite.KERNEL_EXTENSION
     chunks = {js.name: get(url + str(jupyterlite.KERNEL_EXTENSION / js.name))[1].decode() for js in static.glob("*.js")}
-    assert not [n for n, t in chunks.items() if jupyterlite.COINCIDENT_REPLY_WRITE.search(t)]
-    mended = sorted(n for n, t in chunks.items() if "Atomics.store(" in t and "$wl_h" in t)
-    assert len(mended) == 2 and any(n.startswith("coincident.worker.") for n in mended), mended
+    for what, pattern, _, marker in jupyterlite.COINCIDENT_MENDS:
+        assert not [n for n, t in chunks.items() if pattern.search(t)], what
+        mended = sorted(n for n, t in chunks.items() if t.count(marker) == 1)
+        assert len(mended) == 2 and any(n.startswith("coincident.worker.") for n in mended), (what, mended)
 
 
 ORIGINAL = "x;{let e=r.get(s);for(let t=new Pe(o.buffer),i=0;i<e.length;i++)t[i]=e.charCodeAt(i)}pe(o,0)"
@@ -118,12 +120,65 @@ console.log(JSON.stringify(seen));
     assert json.loads(r.stdout) == [0, 0, 0, 0]  # index 0 still 0 when the store comes
 
 
+# coincident 1.2.3's main thread waiting for the worker, as the worker's copy has it (the main thread's
+# chunk: `A=(e,t)=>e?c(t,0):(S?...:u(t,0),w)`).
+ORIGINAL_WAIT = "u=(e,t)=>e?re(t,0):(o?at(t,l,o):ge(t,0),ut),d=!1"
+
+
+def test_mended_wait_async_resolves_when_the_answer_is_already_there(tmp_path):
+    """The waiting function run by node, index 0 already non-zero (the worker answered before the main
+    thread's wait): the original throws "value.then is not a function" (the page error of kernel 0.8.6's
+    runs), the mended one resolves; with index 0 still 0 the mended one resolves only on the notify."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: run ./scripts/setup.sh")
+    fixed, n = jupyterlite.COINCIDENT_WAIT_ASYNC.subn(
+        lambda m: jupyterlite.COINCIDENT_WAIT_ASYNC_FIXED.format(**m.groupdict()), ORIGINAL_WAIT
+    )
+    assert n == 1
+    script = f"""
+const re = Atomics.waitAsync, ge = Atomics.wait, at = null, o = null, l = 42, ut = {{value: {{then: f => f()}}}};
+const steps = [];
+{{ let {ORIGINAL_WAIT};
+  const sb = new Int32Array(new SharedArrayBuffer(8)); sb[0] = 1;
+  try {{ u(true, sb).value.then(() => steps.push("original resolved")); }} catch (e) {{ steps.push(String(e)); }}
+}}
+let {fixed};
+const done = new Int32Array(new SharedArrayBuffer(8)); done[0] = 1;
+const pending = new Int32Array(new SharedArrayBuffer(8));
+u(true, done).value.then(() => steps.push("already there: resolved"));
+u(true, pending).value.then(() => steps.push("pending: resolved"));
+setTimeout(() => {{
+  steps.push("notify");
+  Atomics.store(pending, 0, 1); Atomics.notify(pending, 0);
+  setTimeout(() => console.log(JSON.stringify(steps)), 50);
+}}, 50);
+"""
+    (tmp_path / "t.js").write_text(script)
+    r = subprocess.run([node, str(tmp_path / "t.js")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [
+        "TypeError: u(...).value.then is not a function",
+        "already there: resolved",
+        "notify",
+        "pending: resolved",
+    ]
+
+
 def test_fix_coincident_refuses_a_bundle_it_does_not_know(tmp_path):
     static = tmp_path / jupyterlite.KERNEL_EXTENSION
     static.mkdir(parents=True)
-    (static / "88.js").write_text(ORIGINAL)  # the main thread's copy only: no coincident.worker
-    with pytest.raises(jupyterlite.JupyterLiteError, match="found 1 times"):
+    bundle = ORIGINAL + ORIGINAL_WAIT
+    (static / "88.js").write_text(bundle)  # the main thread's copy only: no coincident.worker
+    with pytest.raises(jupyterlite.JupyterLiteError, match="reply write found 1 times"):
         jupyterlite.fix_coincident(tmp_path)
-    (static / "coincident.worker.x.js").write_text(ORIGINAL.replace("Pe", "d"))
-    (static / "88.js").write_text(ORIGINAL)
+    (static / "coincident.worker.x.js").write_text(ORIGINAL.replace("Pe", "d"))  # the wait is missing
+    (static / "88.js").write_text(bundle)
+    with pytest.raises(jupyterlite.JupyterLiteError, match="waitAsync result found 1 times"):
+        jupyterlite.fix_coincident(tmp_path)
+    assert (static / "88.js").read_text() == bundle  # nothing written when a mend is missing
+    (static / "coincident.worker.x.js").write_text(bundle.replace("Pe", "d"))
     assert [p.name for p in jupyterlite.fix_coincident(tmp_path)] == ["88.js", "coincident.worker.x.js"]
+    for js in ("88.js", "coincident.worker.x.js"):
+        text = (static / js).read_text()
+        assert all(p.search(text) is None and text.count(m) == 1 for _, p, _, m in jupyterlite.COINCIDENT_MENDS)
