@@ -76,11 +76,21 @@ COINCIDENT_WAIT_ASYNC = re.compile(
     r"(?P<f>[\w$]+)=\((?P<a>[\w$]+),(?P<sb>[\w$]+)\)=>(?P=a)\?(?P<wa>[\w$]+)\((?P=sb),0\):\("
 )
 COINCIDENT_WAIT_ASYNC_FIXED = "{f}=({a},{sb})=>{a}?{{value:Promise.resolve({wa}({sb},0).value)}}:("
+# coincident 1.2.3's reply, first step: the answering side sets sb[1] (the reply's length) and then index 0
+# with plain writes. Woken by notify, the waiter is ordered after both; a waiter that finds index 0 already
+# set (the waitAsync mend above, or the worker's Atomics.wait returning "not-equal") is ordered after them
+# only if index 0 is written with Atomics.store, or it may read length 0 (a reply taken as undefined) on a
+# CPU that reorders stores (ARM). Minified: `Error(`Unsupported action: ${e}`);u[0]=1}else{`.
+COINCIDENT_READY_FLAG = re.compile(
+    r"(?P<pre>Error\(`Unsupported action: \$\{[\w$]+\}`\);)(?P<sb>[\w$]+)\[0\]=1\}else\{"
+)
+COINCIDENT_READY_FLAG_FIXED = "{pre}Atomics.store({sb},0,1)}}else{{"
 # The mends: (what, pattern, replacement with the pattern's groups, a text only the replacement has). Each
 # must be found exactly once in the main thread's chunk and once in coincident.worker.*.js.
 COINCIDENT_MENDS = (
     ("reply write", COINCIDENT_REPLY_WRITE, COINCIDENT_REPLY_WRITE_FIXED, "new Int32Array($wl_h.buffer)[0])"),
     ("waitAsync result", COINCIDENT_WAIT_ASYNC, COINCIDENT_WAIT_ASYNC_FIXED, "{value:Promise.resolve("),
+    ("length flag", COINCIDENT_READY_FLAG, COINCIDENT_READY_FLAG_FIXED, ",0,1)}else{"),
 )
 KERNEL_EXTENSION = Path("extensions") / "@jupyterlite" / "pyodide-kernel-extension" / "static"
 

@@ -123,6 +123,8 @@ console.log(JSON.stringify(seen));
 # coincident 1.2.3's main thread waiting for the worker, as the worker's copy has it (the main thread's
 # chunk: `A=(e,t)=>e?c(t,0):(S?...:u(t,0),w)`).
 ORIGINAL_WAIT = "u=(e,t)=>e?re(t,0):(o?at(t,l,o):ge(t,0),ut),d=!1"
+# The answering side's first step, after the action: sb[1] was set, index 0 says so.
+ORIGINAL_FLAG = "else h=Error(`Unsupported action: ${e}`);o[0]=1}else{let e=n.get(s)"
 
 
 def test_mended_wait_async_resolves_when_the_answer_is_already_there(tmp_path):
@@ -168,7 +170,7 @@ setTimeout(() => {{
 def test_fix_coincident_refuses_a_bundle_it_does_not_know(tmp_path):
     static = tmp_path / jupyterlite.KERNEL_EXTENSION
     static.mkdir(parents=True)
-    bundle = ORIGINAL + ORIGINAL_WAIT
+    bundle = ORIGINAL + ORIGINAL_WAIT + ORIGINAL_FLAG
     (static / "88.js").write_text(bundle)  # the main thread's copy only: no coincident.worker
     with pytest.raises(jupyterlite.JupyterLiteError, match="reply write found 1 times"):
         jupyterlite.fix_coincident(tmp_path)
