@@ -1,4 +1,5 @@
 import asyncio
+import shutil
 
 import pytest
 
@@ -18,3 +19,13 @@ def loop():
     loop = asyncio.new_event_loop()
     yield loop
     loop.close()
+
+
+@pytest.fixture(scope="session")
+def node():
+    """The node binary, for tests that run the project's (or a vendored bundle's) JavaScript under Node:
+    scripts/setup.sh installs it (Pyodide's and Dawn's npm packages need it too)."""
+    path = shutil.which("node")
+    if path is None:
+        pytest.fail("node is not installed: run ./scripts/setup.sh")
+    return path

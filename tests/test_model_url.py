@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -116,10 +115,7 @@ console.log(JSON.stringify({
 """
 
 
-def test_browser_copy_agrees():
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (scripts/setup.sh installs it for Pyodide's npm package)")
+def test_browser_copy_agrees(node):
     script = _NODE % (ROOT / "static" / "modelurl.js").as_uri()
     out = subprocess.run(
         [node, "--input-type=module", "-e", script, json.dumps([RESOLVE, SHARDS])],
@@ -133,13 +129,10 @@ def test_browser_copy_agrees():
     assert got["shards"] == [want for _, want in SHARDS]
 
 
-def test_js_error_names_exist_in_python():
+def test_js_error_names_exist_in_python(node):
     """Python in Pyodide re-raises download.js's errors by name (browser_models._typed)."""
     from webllm_py import errors
 
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed")
     script = f'import {{ ERRORS }} from "{(ROOT / "static" / "protocol.js").as_uri()}"; console.log(JSON.stringify(Object.keys(ERRORS)))'
     names = json.loads(
         subprocess.run(

@@ -158,6 +158,12 @@ def build_site(out_dir: Path, lite_dir: Path = LITE_DIR, venv: Path = VENV) -> P
     return out_dir
 
 
+def mend(pattern: re.Pattern[str], fixed: str, text: str) -> tuple[str, int]:
+    """text with each match of one of COINCIDENT_MENDS' patterns replaced by its mended form (the replacement
+    formatted with the match's named groups: the minifier's names), and how many there were."""
+    return pattern.subn(lambda m: fixed.format(**m.groupdict()), text)
+
+
 def fix_coincident(site: Path) -> list[Path]:
     """Apply COINCIDENT_MENDS to the kernel extension of a built site: each once in the main thread's copy
     of coincident (it answers the worker's /drive, input() and log calls, and waits for the kernel's
@@ -169,7 +175,7 @@ def fix_coincident(site: Path) -> list[Path]:
     for what, pattern, fixed, _ in COINCIDENT_MENDS:
         counts = {}
         for js, text in files.items():
-            files[js], n = pattern.subn(lambda m, fixed=fixed: fixed.format(**m.groupdict()), text)
+            files[js], n = mend(pattern, fixed, text)
             if n:
                 counts[js.name] = n
                 changed.add(js)

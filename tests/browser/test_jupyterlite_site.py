@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import urllib.request
 import zipfile
@@ -90,15 +89,10 @@ def test_the_served_kernel_has_coincident_mended(url):
 ORIGINAL = "x;{let e=r.get(s);for(let t=new Pe(o.buffer),i=0;i<e.length;i++)t[i]=e.charCodeAt(i)}pe(o,0)"
 
 
-def test_mended_reply_write_fills_the_buffer_and_stores_index_0_last(tmp_path):
+def test_mended_reply_write_fills_the_buffer_and_stores_index_0_last(tmp_path, node):
     """The mended loop run by node: the buffer holds the reply's UTF-16 code units, and index 0 is 0 until
     the last statement (a waiter that sees it non-zero sees the whole reply)."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is missing: run ./scripts/setup.sh")
-    fixed, n = jupyterlite.COINCIDENT_REPLY_WRITE.subn(
-        lambda m: jupyterlite.COINCIDENT_REPLY_WRITE_FIXED.format(**m.groupdict()), ORIGINAL
-    )
+    fixed, n = jupyterlite.mend(jupyterlite.COINCIDENT_REPLY_WRITE, jupyterlite.COINCIDENT_REPLY_WRITE_FIXED, ORIGINAL)
     assert n == 1
     body = fixed[fixed.index("{let t=") : fixed.rindex("}pe(")]
     script = f"""
@@ -127,15 +121,12 @@ ORIGINAL_WAIT = "u=(e,t)=>e?re(t,0):(o?at(t,l,o):ge(t,0),ut),d=!1"
 ORIGINAL_FLAG = "else h=Error(`Unsupported action: ${e}`);o[0]=1}else{let e=n.get(s)"
 
 
-def test_mended_wait_async_resolves_when_the_answer_is_already_there(tmp_path):
+def test_mended_wait_async_resolves_when_the_answer_is_already_there(tmp_path, node):
     """The waiting function run by node, index 0 already non-zero (the worker answered before the main
     thread's wait): the original throws "value.then is not a function" (the page error of kernel 0.8.6's
     runs), the mended one resolves; with index 0 still 0 the mended one resolves only on the notify."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is missing: run ./scripts/setup.sh")
-    fixed, n = jupyterlite.COINCIDENT_WAIT_ASYNC.subn(
-        lambda m: jupyterlite.COINCIDENT_WAIT_ASYNC_FIXED.format(**m.groupdict()), ORIGINAL_WAIT
+    fixed, n = jupyterlite.mend(
+        jupyterlite.COINCIDENT_WAIT_ASYNC, jupyterlite.COINCIDENT_WAIT_ASYNC_FIXED, ORIGINAL_WAIT
     )
     assert n == 1
     script = f"""
