@@ -66,7 +66,7 @@ for c in chunks:
     out += bytes(await dev.read_buffer(bufs[3], 0, c * H * D * 4))
     pos += c
 p = attn.plan.prefill
-[[p.tq, p.tk, p.lanes, p.rows, p.sgmat, p.sgc, p.twopass, p.splits], base64.b64encode(out).decode()]
+[[p.tq, p.tk, p.lanes, p.rows, p.sgmat, p.sgc, p.twopass, p.splits, p.lazy], base64.b64encode(out).decode()]
 """
 
 
@@ -96,13 +96,18 @@ def dawn() -> int:
                 bound = sgmat_bound(q, kr, vr, layout[0], layout[1]) if f16_kv else None
                 # the planner refuses attention_prefill_sgmat over an f32 cache (sgmat_prefill_tiling); "sgmat-f16
                 # twopass": the template's twopass with sgc (PrefillTiling.twopass, off by default); "sgmat-f16
-                # slices": the key walk in 4 slices merged by attention_combine (PrefillTiling.splits, off by default)
+                # slices": the key walk in 4 slices merged by attention_combine (PrefillTiling.splits, off by default); "sgmat-f16
+                # lazy": O held as result matrices, rescaled when a max grows by more than 8 (PrefillTiling.lazy); "lazy1": by more than 1 (rescales in some tiles)
                 forms = {
                     "sgmat-f16": "KernelPolicy(prefill_attention_kernel='sgmat-f16')",
                     "sgmat-f16 twopass": "KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=True, "
                     "twopass=True))",
                     "sgmat-f16 slices": "KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=True, "
                     "splits=4))",
+                    "sgmat-f16 lazy": "KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=True, "
+                    "lazy=8))",
+                    "sgmat-f16 lazy1": "KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=True, "
+                    "lazy=1))",
                     "lanes": "KernelPolicy(prefill_attention_kernel='lanes')",
                 }
                 for kernel in forms if f16_kv else ("lanes",):

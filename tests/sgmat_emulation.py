@@ -256,7 +256,7 @@ def emulate_any(src: str) -> str:
     left or right load copies the whole matrix into a slot of the invocation's private emu_slots (one slot per
     variable it is assigned to; the variable then holds the slot's offset), as row-major [row][k] / [k][column],
     reading row_major / col_major as the extension defines them (left M x K, right K x N, element (i, j) at
-    o + i s + j or o + j s + i); result loads and stores move each lane's 8 elements. The kernel must name
+    o + i s + j or o + j s + i); result loads (row_major) and stores (either) move each lane's 8 elements. The kernel must name
     local_invocation_index `tid` and assign each left / right load to its own `let NAME = ...`. It also runs
     matmul_sgmat_f16 correctly, but its copies make that test ~10x slower there (47 s vs 4 s on lavapipe), so
     kernels that do not overwrite loaded operands keep `emulate`."""
@@ -297,18 +297,30 @@ def emulate_any(src: str) -> str:
         )
         return f"{fn}({a[1]}, {a[2]}, lane)"
 
-    def store(a: list[str]) -> str:
-        arr = a[0].lstrip("&")
-        fn = f"emu_st_{arr}"
-        funcs[fn] = (
-            f"fn {fn}(o: u32, a: EmuAcc, s: u32, lane: u32) {{\n"
-            f"    for (var e = 0u; e < 8u; e++) {{ {arr}[o + (lane / 16u + 2u * e) * s + lane % 16u] = a.v[e]; }}\n}}\n"
+    def store(major: str):
+        # lane's element e: row lane / 16 + 2 e, column lane % 16, at o + row s + column (row_major) or
+        # o + column s + row (col_major)
+        at = (
+            "(lane / 16u + 2u * e) * s + lane % 16u"
+            if major == "row_major"
+            else "(lane % 16u) * s + lane / 16u + 2u * e"
         )
-        return f"{fn}({a[1]}, {a[2]}, {a[3]}, lane)"
+
+        def call(a: list[str]) -> str:
+            arr = a[0].lstrip("&")
+            fn = f"emu_st_{major}_{arr}"
+            funcs[fn] = (
+                f"fn {fn}(o: u32, a: EmuAcc, s: u32, lane: u32) {{\n"
+                f"    for (var e = 0u; e < 8u; e++) {{ {arr}[o + {at}] = a.v[e]; }}\n}}\n"
+            )
+            return f"{fn}({a[1]}, {a[2]}, {a[3]}, lane)"
+
+        return call
 
     src = _replace_calls(src, "subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>", load_result)
     src = _replace_calls(src, "subgroupMatrixMultiplyAccumulate", lambda a: f"emu_mma({a[0]}, {a[1]}, {a[2]}, lane)")
-    src = _replace_calls(src, "subgroupMatrixStore<row_major>", store)
+    for major in ("row_major", "col_major"):
+        src = _replace_calls(src, f"subgroupMatrixStore<{major}>", store(major))
     # wsrc / xsrc "f16"'s copies: naga (lavapipe's compiler here) does not take bitcast<vec2<f16>>(u32), which
     # Tint does; the same f16 pair through f32 (exact)
     src = _replace_calls(src, "bitcast<vec2<f16>>", lambda a: f"vec2<f16>(unpack2x16float({a[0]}))")

@@ -133,6 +133,68 @@ def test_sgmat_prefill_two_pass_emulated(device, monkeypatch, case):
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
 
 
+def lazy_rescales(q, k, layout, tau, tk=32):
+    """How many times rows rescale O in attention_prefill_sgmat's lazy walk (no window, no softcap, key tiles
+    from position 0): per row, per key tile after its first, the tile's max visible score passing the max it
+    last rescaled to by more than tau."""
+    h, kv, hd = layout
+    n = q.shape[0]
+    qh = q.reshape(n, h, hd).astype(np.float64)
+    kh = k.reshape(n, kv, hd).astype(np.float64)
+    count = 0
+    for head in range(h):
+        s = qh[:, head] @ kh[:, head // (h // kv)].T / np.sqrt(hd)
+        for pq in range(n):
+            m = None
+            for k0 in range(0, pq + 1, tk):
+                tmax = s[pq, k0 : min(k0 + tk, pq + 1)].max()
+                if m is None:
+                    m = tmax
+                elif tmax > m + tau:
+                    count, m = count + 1, tmax
+    return count
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((8, 2, 64), "f16x2", 70, [40, 30], None, None, False, 1, True),
+        ((8, 2, 64), "f16", 70, [40, 30], None, None, True, 8, False),
+        ((6, 2, 32), "f16", 60, [37, 23], 20, 30.0, True, 1, True),
+    ],
+    ids=["g4-d64-f16x2-tau1-growing", "g4-d64-f16-sgc-tau8", "g3-d32-window-softcap-sgc-tau1-growing"],
+)
+def test_sgmat_prefill_lazy_rescale_emulated(device, monkeypatch, case):
+    """PrefillTiling.lazy (the template's lazy: O's blocks held as result matrices, rescaled only when a row's max
+    grows by more than lazy; S and P key-major) within the bound of numpy's attention, two chunks each (the
+    second's keys spanning the first's, three key tiles). "growing": K's rows scaled up along the positions, so
+    later tiles' scores pass the max by more than tau and the rescale path runs (counted in numpy for the case
+    without a window); tau 8 over ordinary scores: the path that never rescales; group 3 with a window, a
+    softcap and sgc's switch."""
+    layout, dtype, N, chunks, window, softcap, sgc, tau, growing = case
+    as_sgmat_adapter(device, monkeypatch)
+    q, k, v = make_qkv(N, 13, layout)
+    if growing:
+        k *= np.linspace(0.5, 3.0, N, dtype=np.float32)[:, None]
+    k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    if window is None:
+        rescales = lazy_rescales(q, k, layout, tau)
+        assert (rescales > 0) == growing, rescales
+    ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
+    bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
+    policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=sgc, lazy=tau))
+    with emulating_any(device):
+        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
+        h = Harness(
+            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
+        )
+        assert h.attn.plan.prefill.lazy == tau
+        got = h.run(0, q, k, v, chunks)
+    err = np.abs(got - ref)
+    assert np.isfinite(got).all()
+    assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+
+
 @pytest.mark.parametrize("splits", [2, 4])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-w{c[4]}-c{c[5]}")
 def test_sgmat_prefill_key_slices_emulated(device, monkeypatch, case, splits):
@@ -196,6 +258,12 @@ def test_planner_rows():
     assert (
         prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, splits=3))).splits == 3
     )
+    lazy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, lazy=8))
+    assert prefill_tiles(a, 128, 4, lazy).lazy == 8
+    for bad in (dict(splits=2), dict(twopass=True), dict(lazy=12)):  # one pass, no slices, P within f16
+        t = dataclasses.replace(lazy.prefill_attention, **bad)
+        with pytest.raises(ValueError, match="lazy 1..11"):
+            prefill_tiles(a, 128, 4, KernelPolicy(prefill_attention=t))
     assert prefill_tiles(a, 128, 4) == PrefillTiling(16, 32, sgmat=True, sgc=True)  # "auto" at head_dim 128
     assert not prefill_tiles(a, 64, 4).sgmat  # the lanes form at 64 (faster there) and 256 (not measured)
     assert not prefill_tiles(a, 256, 4).sgmat
@@ -282,7 +350,7 @@ def test_f32_cache_is_never_attended_in_f16(device, monkeypatch):
 
 def test_bench_prefill_attention_tiling_flag(capsys):
     """bench --prefill-attention-tiling: PrefillTiling's fields in order, SGMAT, SGC and TWOPASS as booleans (so
-    the planned tiling equals the planner's own), SPLITS, and a clear error past its 9 fields while parsing (before a model
+    the planned tiling equals the planner's own), SPLITS, LAZY, and a clear error past its 10 fields while parsing (before a model
     loads)."""
     import argparse
 
@@ -299,6 +367,11 @@ def test_bench_prefill_attention_tiling_flag(capsys):
     assert t == PrefillTiling(16, 32, sgmat=True, sgc=True, twopass=True) and t.twopass is True
     t = kernel_policy(p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,0,4"])).prefill_attention
     assert t == PrefillTiling(16, 32, sgmat=True, sgc=True, splits=4) and t.twopass is False
+    t = kernel_policy(p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,0,1,8"])).prefill_attention
+    assert t == PrefillTiling(16, 32, sgmat=True, sgc=True, lazy=8)
     with pytest.raises(SystemExit):
-        p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,1,4,9"])
-    assert "takes 2 to 9 integers (TQ,TK,LANES,ROWS,SGMAT,UNROLL,SGC,TWOPASS,SPLITS), got 10" in capsys.readouterr().err
+        p.parse_args(["--prefill-attention-tiling", "16,32,1,1,1,0,1,1,4,8,9"])
+    assert (
+        "takes 2 to 10 integers (TQ,TK,LANES,ROWS,SGMAT,UNROLL,SGC,TWOPASS,SPLITS,LAZY), got 11"
+        in capsys.readouterr().err
+    )

@@ -158,6 +158,7 @@ class PagedAttention:
                 tk=self.tk,
                 sgc=plan.prefill.sgc,
                 twopass=plan.prefill.twopass,
+                lazy=plan.prefill.lazy,
                 **({"splits": self.prefill_splits} if self.prefill_splits > 1 else {}),
                 **attn,
             )

@@ -341,11 +341,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill-attention-tiling",
         type=_fields(_upper_fields(PrefillTiling), 2),
-        metavar="TQ,TK[,L[,R[,SGMAT,UNROLL,SGC[,TWOPASS[,SPLITS]]]]]",
+        metavar="TQ,TK[,L[,R[,SGMAT,UNROLL,SGC[,TWOPASS[,SPLITS[,LAZY]]]]]]",
         help="attention_prefill's on GPUs: tokens per workgroup, key positions per tile, lanes per query "
         "row (1: a thread per row; 4/8 need subgroups), rows per thread (with L > 1); 1 for SGMAT: "
         "attention_prefill_sgmat's tiling, 1 for SGC its products at constant offsets, 1 for TWOPASS its key walk "
         "twice, O held in result matrices, SPLITS its one-pass key walk in slices merged by attention_combine "
+        "LAZY > 0 its O held in result matrices, rescaled when a row's max grows by more than LAZY "
         "(PrefillTiling's fields; "
         "KernelPolicy.prefill_attention)",
     )

@@ -306,6 +306,12 @@ class PrefillTiling:
     # attention 8.82 GPU ms unsplit, 8.52 / 8.80 / 10.49 at 2 / 4 / 8 slices: the walk is not what bounds it,
     # each tile's own work is. 1 (off)
     splits: int = 1
+    # sgmat only, one pass, no slices: O's column blocks held as result matrices over the walk and rescaled only
+    # when a row's max grows by more than this (a natural log, 1..11: P <= e^lazy must stay within f16), the
+    # template's lazy; S and P in workgroup memory key-major (the softmax lanes' reads without bank conflicts).
+    # Built to be measured against the default one pass (4 barriers a tile instead of 11 at head_dim 128);
+    # 0 (off) until it is
+    lazy: int = 0
 
     def sgmat_shared_bytes(self, head_dim: int, group: int) -> int:
         """attention_prefill_sgmat's workgroup memory: the f16 K/V tile (rows padded by 8), each subgroup's
@@ -1182,7 +1188,7 @@ def prefill_tiles(
             f"f16 values (f16 or f16x2, here {kv_dtype or kv_cache_dtype(adapter, head_dim, policy)}: an f32 cache "
             f"is attended in f32), head_dim a multiple of 16 (here {head_dim}) and a tiling that fits the adapter "
             f"(tq * group a multiple of 16 and <= 2 tk, tk a multiple of 16; workgroup memory; splits >= 1, "
-            f"and 1 with twopass)"
+            f"and 1 with twopass; lazy 1..11 and only in one pass without slices)"
             f"{f': {t}' if t is not None else ''}"
         )
     d4 = head_dim // 4
@@ -1245,6 +1251,7 @@ def sgmat_prefill_tiling(
         rows % 16 == 0
         and t.splits >= 1
         and (t.splits == 1 or not t.twopass)
+        and (not t.lazy or (1 <= t.lazy <= 11 and t.splits == 1 and not t.twopass))
         and t.tk % 16 == 0
         and rows <= 2 * t.tk
         and 2 * rows <= adapter.invocations
