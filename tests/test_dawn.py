@@ -267,8 +267,8 @@ from webllm_py.formats.source import JSBufferSource
 from webllm_py.sampling import SamplingParams
 _pp = await Engine.load(JSBufferSource(js.webllmFileBytes({path!r})), context_window=128, prefill_chunk=16)
 _pids = _pp.tokenizer.encode({prompt!r})
-async def _stream(pipelined, params, n):
-    _pp.pipelined_decode = pipelined
+async def _stream(pipelined, depth, params, n):
+    _pp.pipelined_decode, _pp.decode_depth = pipelined, depth
     _pp.reset(0)
     st = Stats()
     gen = _pp.generate(_pids, SamplingParams(**params), max_tokens=n, ignore_eos=True, stats=st)
@@ -276,7 +276,7 @@ async def _stream(pipelined, params, n):
     return {{"toks": toks, "finish": st.finish_reason, "cached": list(_pp._cached.get(0, []))}}
 _runs = {{}}
 for _name, _params in {cases!r}.items():
-    _runs[_name] = [await _stream(p, _params, {n}) for p in (True, False)]
+    _runs[_name] = [await _stream(p, d, _params, {n}) for p, d in ((True, 2), (True, 3), (False, 2))]
 _pp.unload()
 _pp = None
 {{"ids": _pids, "runs": _runs}}
@@ -285,7 +285,7 @@ _pp = None
 
 def test_pipelined_decode_on_dawn_equals_stepped_and_transformers(host):
     """Pipelined decode through the browser backend (mapAsync of a readback slot while the next step
-    runs, ids fed on the GPU) on Dawn: SmolLM2's greedy stream with logprobs and a seeded sampled stream
+    runs, ids fed on the GPU; two steps in flight and three) on Dawn: SmolLM2's greedy stream with logprobs and a seeded sampled stream
     equal the stepped path's in ids, text and logprobs, the cache keeps the tokens fed, and the greedy
     ids are transformers'. ~15 s on 2 cores."""
     model, n = REAL_MODELS["smollm2"], 12
@@ -295,8 +295,9 @@ def test_pipelined_decode_on_dawn_equals_stepped_and_transformers(host):
     }
     r = host.exec(_PIPELINED.format(path=model.path, prompt=model.prompt, cases=cases, n=n))
     ids = r["ids"]
-    for name, (piped, stepped) in r["runs"].items():
+    for name, (piped, piped3, stepped) in r["runs"].items():
         assert piped == stepped, name
+        assert piped3 == stepped, f"{name}, three steps in flight"
         out = [t[0] for t in piped["toks"] if t[0] >= 0]
         assert piped["finish"] == "length" and len(out) == n
         assert piped["cached"] == ids + out[:-1]

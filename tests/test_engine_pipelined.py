@@ -1,5 +1,5 @@
 """Pipelined decode (Engine._decode_pipelined): each step takes its input id from the previous step's
-sample on the GPU, and the host reads step k's token while step k+1 runs. What a caller sees must not
+sample on the GPU, and the host reads step k's token while step k+1 runs (and k+2 at Engine.decode_depth 3). What a caller sees must not
 change: the real SmolLM2's token streams (ids, text, logprobs, top logprobs, finish reasons) equal the
 stepped path's (each step waiting for its readback, as before), greedy tokens equal transformers', and
 the cache keeps exactly the tokens whose K/V the stream implies (prefix reuse after a stop or an abort
@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 from webllm_py.default_model import default_model_path
-from webllm_py.engine import Engine, Stats
+from webllm_py.engine import DECODE_DEPTH, Engine, Stats
 from webllm_py.sampling import SamplingParams
 
 from .model_checks import REAL_MODELS, assert_greedy_parity
@@ -30,9 +30,11 @@ def engine(device):
     return asyncio.run(Engine.load(default_model_path(), device=device, context_window=256, prefill_chunk=16))
 
 
-def run(engine, prompt, *, pipelined=True, fresh=True, interrupt_after=None, close_after=None, **kw):
-    """(tokens as (id, text, logprob, top_logprobs), stats, the ids the cache keeps for the sequence)."""
+def run(engine, prompt, *, pipelined=True, depth=2, fresh=True, interrupt_after=None, close_after=None, **kw):
+    """(tokens as (id, text, logprob, top_logprobs), stats, the ids the cache keeps for the sequence); depth:
+    Engine.decode_depth, the pipelined steps in flight."""
     engine.pipelined_decode = pipelined
+    engine.decode_depth = depth
     if fresh:
         engine.reset(0)
     stats = Stats()
@@ -52,17 +54,21 @@ def run(engine, prompt, *, pipelined=True, fresh=True, interrupt_after=None, clo
         toks = asyncio.run(go())
     finally:
         engine.pipelined_decode = True
+        engine.decode_depth = DECODE_DEPTH
     return toks, stats, list(engine._cached.get(0, []))
 
 
 def both(engine, prompt, **kw):
-    """The pipelined run, after asserting it equals the stepped run in everything a caller sees."""
-    piped, stepped = run(engine, prompt, **kw), run(engine, prompt, pipelined=False, **kw)
-    assert piped[0] == stepped[0]
-    assert piped[1].finish_reason == stepped[1].finish_reason
-    assert piped[1].completion_tokens == stepped[1].completion_tokens
-    assert piped[2] == stepped[2]
-    return piped
+    """The pipelined run (two steps in flight, and three: Engine.decode_depth), after asserting each equals the
+    stepped run in everything a caller sees."""
+    stepped = run(engine, prompt, pipelined=False, **kw)
+    for depth in (2, 3):
+        piped = run(engine, prompt, depth=depth, **kw)
+        assert piped[0] == stepped[0], depth
+        assert piped[1].finish_reason == stepped[1].finish_reason, depth
+        assert piped[1].completion_tokens == stepped[1].completion_tokens, depth
+        assert piped[2] == stepped[2], depth
+    return run(engine, prompt, **kw)
 
 
 def ids_of(toks):
@@ -149,7 +155,7 @@ def test_prefix_reuse_after_an_abort(engine, how):
 
 def test_cache_full_mid_stream(device):
     """Another sequence holds all but one KV block: the step that needs a second raises KVCacheFullError
-    after the same tokens as the stepped path (the pipelined step run ahead meets it one token early)."""
+    after the same tokens as the stepped path (the pipelined steps run ahead meet it one or two tokens early)."""
     from webllm_py.errors import KVCacheFullError
 
     # 2 sequences of 64 positions: a pool of 8 blocks of 16
@@ -162,18 +168,18 @@ def test_cache_full_mid_stream(device):
         assert cache.free_blocks == 1
         prompt = ids[:6]  # positions 0-15 fit one block: the prefill's token and 10 decoded ones, then full
         streams = []
-        for pipelined in (True, False):
+        for pipelined, depth in ((True, 2), (True, 3), (False, 2)):
             out: list = []
 
             async def go():
                 async for t in engine.generate(prompt, SamplingParams(temperature=0.0), max_tokens=40, ignore_eos=True):
                     out.append((t.id, t.text, t.logprob))
 
-            engine.pipelined_decode = pipelined
+            engine.pipelined_decode, engine.decode_depth = pipelined, depth
             with pytest.raises(KVCacheFullError):
                 asyncio.run(go())
             streams.append(out)
-        assert streams[0] == streams[1] and len(ids_of(streams[0])) == 11
-        assert cache.free_blocks == 1 and 0 not in engine._cached  # the failed sequence was reset
+            assert cache.free_blocks == 1 and 0 not in engine._cached  # the failed sequence was reset
+        assert streams[0] == streams[1] == streams[2] and len(ids_of(streams[0])) == 11
     finally:
         engine.unload()

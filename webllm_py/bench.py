@@ -179,6 +179,21 @@ def _upper_fields(cls) -> tuple[str, ...]:
     return tuple(f.name.upper() for f in dataclasses.fields(cls))
 
 
+def _at_least(lo: int):
+    """An argparse type: an integer >= lo (argparse prints the error as one line and exits 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"an integer >= {lo}, not {text!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"an integer >= {lo}, not {n}")
+        return n
+
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .planner import PREFILL_ATTENTION_KERNELS, PREFILL_KERNELS, PrefillTiling, StepTiling
 
@@ -372,6 +387,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="pipelined",
         help="decode as generation does (pipelined: the next step runs while a token is read back), or each "
         "step after its token's readback (stepped: as under a structured-output constraint; A/B)",
+    )
+    p.add_argument(
+        "--decode-depth",
+        type=_at_least(2),
+        default=None,
+        metavar="N",
+        help="pipelined decode's steps in flight, >= 2 (default: engine.DECODE_DEPTH; Engine.decode_depth)",
     )
     p.add_argument(
         "--subgroups",
@@ -806,7 +828,9 @@ async def _bench(args) -> dict:
     engine._cached[0] = []
     await engine._step(0, prompt[: engine.prefill_chunk], sample=True)
     await engine._step(0, [1], sample=True)
-    async for _ in engine._decode_pipelined(0, 1, 2):  # and both readback slots of the pipelined path
+    if args.decode_depth is not None:
+        engine.decode_depth = args.decode_depth
+    async for _ in engine._decode_pipelined(0, 1, engine.decode_depth):  # and every readback slot of the pipelined path
         pass
 
     gc_pauses = GCPauses()
@@ -892,6 +916,7 @@ async def _bench(args) -> dict:
         "prefill_issue_ms_last_chunk": round(1e3 * prefill_issue_s, 3),
         "decode_tokens": args.decode_tokens,
         "decode_loop": args.decode_loop,
+        "decode_depth": engine.decode_depth,
         "decode_tok_s": round(decode_tps, 1),
         **(
             {

@@ -41,9 +41,13 @@ from .tokenizer import StreamDecoder
 
 BLOCK_SIZE = 16
 STREAM_IDLE_TIMEOUT = 10.0  # seconds a stream's consumer may leave a token unpulled while others wait
-# Readback buffers of pipelined decode: step k copies its sample into slot k % 2, which the host maps
-# while step k+1 runs; step k+2 writes the slot again only once the host has read and unmapped it.
-READBACK_SLOTS = 2
+# Pipelined decode's steps in flight (Engine.decode_depth): step k copies its sample into readback slot
+# k % depth, which the host maps while steps k+1 .. k+depth-1 are queued; step k+depth writes the slot again
+# only once the host has read and unmapped it. 2: one step runs while the host reads the one before. Deeper
+# queues keep the GPU busy through host stalls longer than a step (a map's resolution, a JS collection:
+# dawn.node polls for it from the event loop, a browser answers through its GPU process), at the cost of
+# depth - 1 steps run past a stop and discarded.
+DECODE_DEPTH = 2
 PROMPT_PROGRAMS = 4  # prompt-step Programs kept, by token count (Engine._prompt_program)
 
 
@@ -170,6 +174,7 @@ class Engine:
         # Decode without the GPU waiting on the host (_decode_pipelined); False: each step waits for its
         # token's readback before the next is staged, as under a constraint (tests and bench compare the two).
         self.pipelined_decode = True
+        self.decode_depth = DECODE_DEPTH  # pipelined decode's steps in flight (>= 2)
         self.owns_device = False  # set by load(): whether unload() may destroy the device
 
     @classmethod
@@ -334,34 +339,39 @@ class Engine:
         """Up to `steps` decode steps after `first`, the token just sampled (still in sampler.result),
         without the GPU waiting on the host between steps: each step copies its input id from the
         previous step's sample on the GPU and its own sample into a readback slot, and step k+1 is
-        submitted before step k's sample is mapped, so the GPU runs it while the host reads, streams and
-        stages. Yields each step's sample. Pulling the next one takes the yielded token as the input of
-        the step already running; closing the iterator instead discards that step: its K/V lies at the
-        position right after _cached, which the next step or prefill of the sequence writes over."""
+        submitted before step k's sample is mapped (up to decode_depth - 1 steps ahead), so the GPU runs
+        them while the host reads, streams and stages. Yields each step's sample. Pulling the next one takes
+        the yielded token as the input of the step already running; closing the iterator instead discards
+        the steps ahead: their K/V lie at the positions right after _cached, which the next step or prefill
+        of the sequence writes over."""
         if steps <= 0:
             return
-        if not self._readback:
-            self._readback = [self.device.create_readback(self.sampler.result.size) for _ in range(READBACK_SLOTS)]
+        depth = max(2, self.decode_depth)
+        if len(self._readback) != depth:
+            self._readback = [self.device.create_readback(self.sampler.result.size) for _ in range(depth)]
+            self._next_decode = None  # encoded for the old slots
         cached = self._cached[seq]
         pos = len(cached)
         cached.append(first)
-        self._submit_fed(seq, pos, 0)
+        self._submit_fed(seq, pos, 0, depth)
+        submitted, full = 1, None
         for i in range(steps):
-            full = None
-            if i + 1 < steps:  # the step after this one first: it runs while this one's sample is read
+            # the steps after this one first: they run while this one's sample is read
+            while full is None and submitted < min(steps, i + depth):
                 try:
-                    self._submit_fed(seq, pos + i + 1, (i + 1) % READBACK_SLOTS)
+                    self._submit_fed(seq, pos + submitted, submitted % depth, depth)
+                    submitted += 1
                 except ContextOverflowError as e:  # no KV block for it (nothing staged): raised where the
-                    full = e  # stepped path raises it, once this token is out and the stream goes on
-            raw = await self.device.map_read(self._readback[i % READBACK_SLOTS], self.sampler.result_size)
+                    full = e  # stepped path raises it, once the token before it is out and the stream goes on
+            raw = await self.device.map_read(self._readback[i % depth], self.sampler.result_size)
             res = self.sampler.parse(raw)
             yield res
-            if full is not None:
+            if full is not None and submitted == i + 1:
                 raise full
             if i + 1 < steps:  # pulled again: the token is the input of the step running now
                 cached.append(res.token_id)
 
-    def _submit_fed(self, seq: int, pos: int, slot: int) -> None:
+    def _submit_fed(self, seq: int, pos: int, slot: int, depth: int) -> None:
         """Stage and submit a pipelined decode step at position `pos` whose sample goes to readback `slot`.
         Its position and block tables are queue writes issued after the previous step's submission, so
         they land between the two steps (WebGPU orders a queue's writes and submissions as issued)."""
@@ -369,7 +379,7 @@ class Engine:
         t = time.perf_counter()
         self.device.submit_commands(self._decode_commands(slot))
         self.last_issue_seconds = time.perf_counter() - t
-        nxt = (slot + 1) % READBACK_SLOTS  # encoded while this step runs (the slot is still unmapped now)
+        nxt = (slot + 1) % depth  # encoded while this step runs (submitted once the host has unmapped the slot)
         self._next_decode = (nxt, self._encode_decode(nxt))
 
     async def _prefill(self, seq: int, ids: list[int], interrupt: Interrupt | None = None):
