@@ -287,32 +287,26 @@ def emulate_any(src: str) -> str:
                 )
                 src = src[:i] + f"{fn}({256 * slot}u, {args[1]}, {args[2]})" + src[j:]
 
+    # a result matrix's lane holds its elements e = 0..7 at row lane / 16 + 2 e, column lane % 16 (EmuAcc):
+    # in memory at o + row s + column (row_major) or o + column s + row (col_major)
+    result_at = {
+        "row_major": "o + (lane / 16u + 2u * e) * s + lane % 16u",
+        "col_major": "o + (lane % 16u) * s + lane / 16u + 2u * e",
+    }
+
     def load_result(a: list[str]) -> str:
         arr = a[0].lstrip("&")
         fn = f"emu_ld_result_{arr}"
-        funcs[fn] = (
-            f"fn {fn}(o: u32, s: u32, lane: u32) -> EmuAcc {{\n    var a: EmuAcc;\n"
-            f"    for (var e = 0u; e < 8u; e++) {{ a.v[e] = f32({arr}[o + (lane / 16u + 2u * e) * s + lane % 16u]); }}\n"
-            "    return a;\n}\n"
-        )
+        body = f"var a: EmuAcc;\n    for (var e = 0u; e < 8u; e++) {{ a.v[e] = f32({arr}[{result_at['row_major']}]); }}\n    return a;"
+        funcs[fn] = f"fn {fn}(o: u32, s: u32, lane: u32) -> EmuAcc {{\n    {body}\n}}\n"
         return f"{fn}({a[1]}, {a[2]}, lane)"
 
     def store(major: str):
-        # lane's element e: row lane / 16 + 2 e, column lane % 16, at o + row s + column (row_major) or
-        # o + column s + row (col_major)
-        at = (
-            "(lane / 16u + 2u * e) * s + lane % 16u"
-            if major == "row_major"
-            else "(lane % 16u) * s + lane / 16u + 2u * e"
-        )
-
         def call(a: list[str]) -> str:
             arr = a[0].lstrip("&")
             fn = f"emu_st_{major}_{arr}"
-            funcs[fn] = (
-                f"fn {fn}(o: u32, a: EmuAcc, s: u32, lane: u32) {{\n"
-                f"    for (var e = 0u; e < 8u; e++) {{ {arr}[o + {at}] = a.v[e]; }}\n}}\n"
-            )
+            body = f"for (var e = 0u; e < 8u; e++) {{ {arr}[{result_at[major]}] = a.v[e]; }}"
+            funcs[fn] = f"fn {fn}(o: u32, a: EmuAcc, s: u32, lane: u32) {{\n    {body}\n}}\n"
             return f"{fn}({a[1]}, {a[2]}, {a[3]}, lane)"
 
         return call

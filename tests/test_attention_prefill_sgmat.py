@@ -45,6 +45,17 @@ def as_sgmat_adapter(device, monkeypatch, **kw):
     return adapter
 
 
+def run_emulated(device, policy, q, k, v, layout, dtype, chunks, window=None, softcap=None):
+    """q, k, v through a PagedAttention planned by `policy` (the model's path: a shuffled paged cache of `dtype`,
+    the chunks in turn), the subgroup-matrix builtins emulated: (the attention, its output)."""
+    with emulating_any(device):
+        cache = shuffled_cache(device, num_blocks=-(-q.shape[0] // 16) + 4, block_size=16, layout=layout, dtype=dtype)
+        h = Harness(
+            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
+        )
+        return h.attn, h.run(0, q, k, v, chunks)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-w{c[4]}-c{c[5]}")
 def test_sgmat_prefill_emulated(device, monkeypatch, case):
     layout, dtype, N, chunks, window, softcap = case
@@ -57,13 +68,8 @@ def test_sgmat_prefill_emulated(device, monkeypatch, case):
     k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)  # the cache's values
     ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
-    with emulating_any(device):
-        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
-        h = Harness(
-            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
-        )
-        assert h.attn.plan.prefill.sgmat
-        got = h.run(0, q, k, v, chunks)
+    attn, got = run_emulated(device, policy, q, k, v, layout, dtype, chunks, window, softcap)
+    assert attn.plan.prefill.sgmat
     err = np.abs(got - ref)
     assert np.isfinite(got).all()
     assert (err <= bound).all(), (
@@ -121,13 +127,8 @@ def test_sgmat_prefill_two_pass_emulated(device, monkeypatch, case):
     ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=sgc, twopass=True))
-    with emulating_any(device):
-        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
-        h = Harness(
-            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
-        )
-        assert h.attn.plan.prefill.sgmat and h.attn.plan.prefill.twopass
-        got = h.run(0, q, k, v, chunks)
+    attn, got = run_emulated(device, policy, q, k, v, layout, dtype, chunks, window, softcap)
+    assert attn.plan.prefill.sgmat and attn.plan.prefill.twopass
     err = np.abs(got - ref)
     assert np.isfinite(got).all()
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
@@ -183,13 +184,8 @@ def test_sgmat_prefill_lazy_rescale_emulated(device, monkeypatch, case):
     ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=sgc, lazy=tau))
-    with emulating_any(device):
-        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
-        h = Harness(
-            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
-        )
-        assert h.attn.plan.prefill.lazy == tau
-        got = h.run(0, q, k, v, chunks)
+    attn, got = run_emulated(device, policy, q, k, v, layout, dtype, chunks, window, softcap)
+    assert attn.plan.prefill.lazy == tau
     err = np.abs(got - ref)
     assert np.isfinite(got).all()
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
@@ -210,13 +206,8 @@ def test_sgmat_prefill_key_slices_emulated(device, monkeypatch, case, splits):
     ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, splits=splits))
-    with emulating_any(device):
-        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype=dtype)
-        h = Harness(
-            device, cache, max_tokens=max(chunks), layout=layout, sliding_window=window, softcap=softcap, policy=policy
-        )
-        assert h.attn.plan.prefill.splits == splits and h.attn.prefill_combine is not None
-        got = h.run(0, q, k, v, chunks)
+    attn, got = run_emulated(device, policy, q, k, v, layout, dtype, chunks, window, softcap)
+    assert attn.plan.prefill.splits == splits and attn.prefill_combine is not None
     err = np.abs(got - ref)
     assert np.isfinite(got).all()
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
@@ -303,12 +294,8 @@ def test_sgmat_prefill_q_beyond_f16(device, monkeypatch):
     kh[:, :, 5] = 0.0
     ref = reference(q, k, v, 6, 2)
     bound = sgmat_bound(q, k, v, 6, 2)
-    with emulating_any(device):
-        cache = shuffled_cache(device, num_blocks=-(-N // 16) + 4, block_size=16, layout=layout, dtype="f16")
-        policy = KernelPolicy(prefill_attention_kernel="sgmat-f16")
-        h = Harness(device, cache, max_tokens=max(chunks), layout=layout, policy=policy)
-        assert h.attn.plan.prefill.sgmat
-        got = h.run(0, q, k, v, chunks)
+    attn, got = run_emulated(device, KernelPolicy(prefill_attention_kernel="sgmat-f16"), q, k, v, layout, "f16", chunks)
+    assert attn.plan.prefill.sgmat
     assert np.isfinite(got).all(), np.argwhere(~np.isfinite(got))[:4]
     err = np.abs(got - ref)
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
