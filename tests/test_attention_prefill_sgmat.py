@@ -159,11 +159,17 @@ def lazy_rescales(q, k, layout, tau, tk=32):
 @pytest.mark.parametrize(
     "case",
     [
-        ((8, 2, 64), "f16x2", 70, [40, 30], None, None, False, 1, True),
-        ((8, 2, 64), "f16", 70, [40, 30], None, None, True, 8, False),
-        ((6, 2, 32), "f16", 60, [37, 23], 20, 30.0, True, 1, True),
+        ((8, 2, 64), "f16x2", 70, [40, 30], None, None, False, 1, True, 32),
+        ((8, 2, 64), "f16", 70, [40, 30], None, None, True, 8, False, 32),
+        ((6, 2, 32), "f16", 60, [37, 23], 20, 30.0, True, 1, True, 32),
+        ((8, 2, 32), "f16x2", 110, [70, 40], None, None, True, 1, True, 48),
     ],
-    ids=["g4-d64-f16x2-tau1-growing", "g4-d64-f16-sgc-tau8", "g3-d32-window-softcap-sgc-tau1-growing"],
+    ids=[
+        "g4-d64-f16x2-tau1-growing",
+        "g4-d64-f16-sgc-tau8",
+        "g3-d32-window-softcap-sgc-tau1-growing",
+        "g4-d32-tk48-sgc-tau1-growing",
+    ],
 )
 def test_sgmat_prefill_lazy_rescale_emulated(device, monkeypatch, case):
     """PrefillTiling.lazy (the template's lazy: O's blocks held as result matrices, rescaled only when a row's max
@@ -171,21 +177,21 @@ def test_sgmat_prefill_lazy_rescale_emulated(device, monkeypatch, case):
     second's keys spanning the first's, three key tiles). "growing": K's rows scaled up along the positions, so
     later tiles' scores pass the max by more than tau and the rescale path runs (counted in numpy for the case
     without a window); tau 8 over ordinary scores: the path that never rescales; group 3 with a window, a
-    softcap and sgc's switch."""
-    layout, dtype, N, chunks, window, softcap, sgc, tau, growing = case
+    softcap and sgc's switch; 48 keys a tile (three 16-key blocks; 110 positions in three tiles)."""
+    layout, dtype, N, chunks, window, softcap, sgc, tau, growing, tk = case
     as_sgmat_adapter(device, monkeypatch)
     q, k, v = make_qkv(N, 13, layout)
     if growing:
         k *= np.linspace(0.5, 3.0, N, dtype=np.float32)[:, None]
     k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
     if window is None:
-        rescales = lazy_rescales(q, k, layout, tau)
+        rescales = lazy_rescales(q, k, layout, tau, tk)
         assert (rescales > 0) == growing, rescales
     ref = reference(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
     bound = sgmat_bound(q, k, v, layout[0], layout[1], window=window, softcap=softcap)
-    policy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=sgc, lazy=tau))
+    policy = KernelPolicy(prefill_attention=PrefillTiling(16, tk, sgmat=True, sgc=sgc, lazy=tau))
     attn, got = run_emulated(device, policy, q, k, v, layout, dtype, chunks, window, softcap)
-    assert attn.plan.prefill.lazy == tau
+    assert attn.plan.prefill.lazy == tau and attn.plan.prefill.tk == tk
     err = np.abs(got - ref)
     assert np.isfinite(got).all()
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
