@@ -96,8 +96,10 @@ def dawn() -> int:
                 bound = sgmat_bound(q, kr, vr, layout[0], layout[1]) if f16_kv else None
                 # the planner refuses attention_prefill_sgmat over an f32 cache (sgmat_prefill_tiling); "sgmat-f16
                 # twopass": the template's twopass with sgc (PrefillTiling.twopass, off by default); "sgmat-f16
-                # slices": the key walk in 4 slices merged by attention_combine (PrefillTiling.splits, off by default); "sgmat-f16
-                # lazy": O held as result matrices, rescaled when a max grows by more than 8 (PrefillTiling.lazy); "lazy1": by more than 1 (rescales in some tiles)
+                # slices": the key walk in 4 slices merged by attention_combine (PrefillTiling.splits, off by
+                # default); "sgmat-f16 lazy": O held as result matrices, rescaled when a max grows by more than 8
+                # (PrefillTiling.lazy, off by default); "lazy1": by more than 1 (rescales in some tiles); "lazy48":
+                # 48 keys a tile
                 forms = {
                     "sgmat-f16": "KernelPolicy(prefill_attention_kernel='sgmat-f16')",
                     "sgmat-f16 twopass": "KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=True, "
@@ -108,6 +110,8 @@ def dawn() -> int:
                     "lazy=8))",
                     "sgmat-f16 lazy1": "KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, sgc=True, "
                     "lazy=1))",
+                    "sgmat-f16 lazy48": "KernelPolicy(prefill_attention=PrefillTiling(16, 48, sgmat=True, sgc=True, "
+                    "lazy=8))",
                     "lanes": "KernelPolicy(prefill_attention_kernel='lanes')",
                 }
                 for kernel in forms if f16_kv else ("lanes",):
