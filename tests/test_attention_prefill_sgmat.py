@@ -255,6 +255,9 @@ def test_planner_rows():
     assert (
         prefill_tiles(a, 64, 4, KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, splits=3))).splits == 3
     )
+    for only_sgmat in (dict(sgc=True), dict(twopass=True), dict(splits=2), dict(lazy=8)):  # not the lanes form's
+        with pytest.raises(ValueError, match="need sgmat"):
+            KernelPolicy(prefill_attention=PrefillTiling(16, 32, 4, **only_sgmat))
     lazy = KernelPolicy(prefill_attention=PrefillTiling(16, 32, sgmat=True, lazy=8))
     assert prefill_tiles(a, 128, 4, lazy).lazy == 8
     for bad in (dict(splits=2), dict(twopass=True), dict(lazy=12)):  # one pass, no slices, P within f16

@@ -571,6 +571,9 @@ class KernelPolicy:
                 f"KernelPolicy.prefill_attention needs tq, tk, rows >= 1, lanes a power of two <= 32 "
                 f"and rows 1 where lanes is: {t}"
             )
+        if t is not None and not t.sgmat and (t.sgc or t.twopass or t.splits != 1 or t.lazy):
+            # attention_prefill_sgmat's options: the lanes form has none of them (they were silently ignored)
+            raise ValueError(f"KernelPolicy.prefill_attention: sgc, twopass, splits and lazy need sgmat: {t}")
         if self.sgmat_f16_splits is not None and self.sgmat_f16_splits < 1:
             raise ValueError(f"KernelPolicy.sgmat_f16_splits must be >= 1, not {self.sgmat_f16_splits!r}")
 
