@@ -348,6 +348,8 @@ class Engine:
             return
         depth = max(2, self.decode_depth)
         if len(self._readback) != depth:
+            for buf in self._readback:  # another depth's slots (destroyed once work that copies into them has run)
+                buf.destroy()
             self._readback = [self.device.create_readback(self.sampler.result.size) for _ in range(depth)]
             self._next_decode = None  # encoded for the old slots
         cached = self._cached[seq]
