@@ -179,21 +179,6 @@ def _upper_fields(cls) -> tuple[str, ...]:
     return tuple(f.name.upper() for f in dataclasses.fields(cls))
 
 
-def _at_least(lo: int):
-    """An argparse type: an integer >= lo (argparse prints the error as one line and exits 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"an integer >= {lo}, not {text!r}") from None
-        if n < lo:
-            raise argparse.ArgumentTypeError(f"an integer >= {lo}, not {n}")
-        return n
-
-    return parse
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .planner import PREFILL_ATTENTION_KERNELS, PREFILL_KERNELS, PrefillTiling, StepTiling
 
@@ -390,7 +375,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--decode-depth",
-        type=_at_least(2),
+        type=_count(2),
         default=None,
         metavar="N",
         help="pipelined decode's steps in flight, >= 2 (default: engine.DECODE_DEPTH; Engine.decode_depth)",
