@@ -62,13 +62,13 @@ def both(engine, prompt, **kw):
     """The pipelined run (two steps in flight, and three: Engine.decode_depth), after asserting each equals the
     stepped run in everything a caller sees."""
     stepped = run(engine, prompt, pipelined=False, **kw)
-    for depth in (2, 3):
-        piped = run(engine, prompt, depth=depth, **kw)
+    runs = {depth: run(engine, prompt, depth=depth, **kw) for depth in (2, 3)}
+    for depth, piped in runs.items():
         assert piped[0] == stepped[0], depth
         assert piped[1].finish_reason == stepped[1].finish_reason, depth
         assert piped[1].completion_tokens == stepped[1].completion_tokens, depth
         assert piped[2] == stepped[2], depth
-    return run(engine, prompt, **kw)
+    return runs[DECODE_DEPTH]
 
 
 def ids_of(toks):
